@@ -1,0 +1,21 @@
+"""The one JSON codec: compact, UTF-8, the way Graph writes it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def dump_bytes(value: Any) -> bytes:
+    return dumps(value).encode("utf-8")
+
+
+def loads(data: str | bytes) -> Any:
+    return json.loads(data)
+
+
+JSONDecodeError = json.JSONDecodeError

@@ -1,0 +1,320 @@
+"""The control API under ``/_wacall/``: tests and people play the WhatsApp side through it.
+
+See docs/control-api.md. Refusals come back as ``{"error": {"reason": ..., "detail": ...}}`` with a
+4xx status; the reasons are the ones a WhatsApp user would see (call icon hidden, outside call
+hours, already in a call...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from .. import codec
+from ..domain.model import User
+from ..domain.state import ControlError
+from ..server import Wacall
+
+log = logging.getLogger("wacall.control")
+USER_FIELDS = {f.name for f in dataclasses.fields(User)}
+USER_BEHAVIOUR = {"incoming": {"answer", "reject", "ignore", "manual"},
+                  "permission_requests": {"manual", "accept", "accept_permanent", "reject", "ignore"},
+                  "platform": {"android", "ios", "smb_android", "smb_ios", "web", "desktop"},
+                  "device": {"primary", "companion"}}
+NUMBER_FIELDS = {"payment_method": bool, "messaging_limit": int, "is_test_number": bool, "allowed_recipients": list,
+                 "country": str}
+
+
+def ok(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=codec.dump_bytes(data), status=status, content_type="application/json")
+
+
+def refuse(reason: str, detail: str, status: int = 400) -> web.Response:
+    return ok({"error": {"reason": reason, "detail": detail}}, status)
+
+
+async def body_of(request: web.Request) -> dict:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        data = codec.loads(raw)
+    except (codec.JSONDecodeError, UnicodeDecodeError):
+        raise ControlError("bad_json", "the body is not valid JSON", 400) from None
+    if not isinstance(data, dict):
+        raise ControlError("bad_json", "the body must be a JSON object", 400)
+    return data
+
+
+def handler(fn):
+    async def wrapped(request: web.Request) -> web.Response:
+        wacall: Wacall = request.app["wacall"]
+        try:
+            return await fn(wacall, request)
+        except ControlError as exc:
+            return refuse(exc.reason, exc.detail, exc.status)
+        except (ValueError, TypeError, KeyError) as exc:
+            return refuse("bad_request", str(exc), 400)
+        except Exception as exc:
+            log.exception("control API failure")
+            return refuse("internal", f"{type(exc).__name__}: {exc}", 500)
+    return wrapped
+
+
+def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
+    call = wacall.platform.calls.get(call_id)
+    if call is None:
+        raise ControlError("unknown_call", f"no call {call_id}", 404)
+    number = wacall.platform.numbers.get(call.phone_number_id)
+    view = {
+        "call_id": call.id, "state": call.state, "direction": call.direction,
+        "phone_number_id": call.phone_number_id,
+        "business": number.display_phone_number if number else None, "wa_id": call.wa_id,
+        "signalling": call.signalling, "entry_point": call.entry_point, "created_at": call.created_at,
+        "accepted_at": call.accepted_at, "ended_at": call.ended_at, "end_status": call.end_status,
+        "end_reason": call.end_reason, "ended_by": call.ended_by, "duration": call.duration,
+        "errors": call.errors, "pulses": call.pulses, "cost": call.cost,
+        "biz_opaque_callback_data": call.biz_opaque_callback_data, "cta_payload": call.cta_payload,
+        "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
+        "timeline": list(call.timeline),
+    }
+    leg = wacall.media.get(call.id)
+    view["media"] = ({"host": leg.host, "port": leg.port, "packets_received": leg.packets_received}
+                     if leg else None)
+    if with_webhooks:
+        journal = wacall.store.journal(call_id=call.id)
+        view["webhooks"] = journal
+        events = [{"t": a["at"], "kind": "webhook_attempt", "outbox_id": j["id"], "field": j["field"],
+                   "url": j["url"], "status_code": a["status_code"], "error": a["error"]}
+                  for j in journal for a in j["attempt_log"]]
+        view["timeline"] = sorted(view["timeline"] + events, key=lambda e: e["t"])
+    return view
+
+
+@handler
+async def health(wacall: Wacall, request: web.Request) -> web.Response:
+    return ok({"status": "ok", "now": wacall.clock.now()})
+
+
+@handler
+async def info(wacall: Wacall, request: web.Request) -> web.Response:
+    return ok(wacall.info())
+
+
+@handler
+async def reset(wacall: Wacall, request: web.Request) -> web.Response:
+    await wacall.reset()
+    return ok({"success": True})
+
+
+def clock_view(wacall: Wacall) -> dict:
+    now = wacall.clock.now()
+    return {"now": now, "iso": datetime.fromtimestamp(now, timezone.utc).isoformat(), "offset": wacall.clock.offset}
+
+
+@handler
+async def clock(wacall: Wacall, request: web.Request) -> web.Response:
+    return ok(clock_view(wacall))
+
+
+@handler
+async def clock_advance(wacall: Wacall, request: web.Request) -> web.Response:
+    seconds = (await body_of(request)).get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ControlError("bad_seconds", "seconds must be a non-negative number", 400)
+    wacall.clock.advance(float(seconds))
+    wacall.apply(wacall.platform.tick)
+    return ok(clock_view(wacall))
+
+
+def check_user_fields(data: dict) -> dict:
+    unknown = set(data) - USER_FIELDS
+    if unknown:
+        raise ControlError("bad_field", f"unknown user fields: {', '.join(sorted(unknown))}", 400)
+    for name, allowed in USER_BEHAVIOUR.items():
+        if name in data and data[name] not in allowed:
+            raise ControlError("bad_field", f"{name} must be one of {', '.join(sorted(allowed))}", 400)
+    for name in ("answer_after", "reply_after"):
+        if name in data and (isinstance(data[name], bool) or not isinstance(data[name], (int, float))
+                             or data[name] < 0):
+            raise ControlError("bad_field", f"{name} must be a non-negative number of seconds", 400)
+    for name in ("name", "country", "client_version"):
+        if name in data and not isinstance(data[name], str):
+            raise ControlError("bad_field", f"{name} must be a string", 400)
+    return data
+
+
+@handler
+async def users(wacall: Wacall, request: web.Request) -> web.Response:
+    if request.method == "GET":
+        return ok({"data": [u.to_doc() for u in wacall.platform.users.values()]})
+    from ..config import region_of
+    data = check_user_fields(await body_of(request))
+    wa_id = "".join(ch for ch in str(data.get("wa_id", "")) if ch.isdigit())
+    if not wa_id:
+        raise ControlError("bad_field", "wa_id is required (the user's phone number digits)", 400)
+    if wa_id in wacall.platform.users:
+        raise ControlError("exists", f"user {wa_id} already exists", 409)
+    user = User(**{"name": wa_id, **data, "wa_id": wa_id, "country": data.get("country") or region_of(wa_id)})
+    wacall.apply(lambda: wacall.platform.put(user))
+    return ok(user.to_doc(), 201)
+
+
+@handler
+async def user(wacall: Wacall, request: web.Request) -> web.Response:
+    found = wacall.platform.user(request.match_info["wa_id"])
+    if request.method == "PATCH":
+        data = check_user_fields(await body_of(request))
+        data.pop("wa_id", None)
+        def change() -> None:
+            for key, value in data.items():
+                setattr(found, key, value)
+            wacall.platform.put(found)
+        wacall.apply(change)
+    return ok(found.to_doc())
+
+
+@handler
+async def user_messages(wacall: Wacall, request: web.Request) -> web.Response:
+    data = await body_of(request)
+    message = wacall.apply(lambda: wacall.platform.user_sends_message(
+        request.match_info["wa_id"], str(data.get("to", "")), data.get("text", "")))
+    return ok({"message_id": message.id}, 201)
+
+
+@handler
+async def user_calls(wacall: Wacall, request: web.Request) -> web.Response:
+    data = await body_of(request)
+    payload = data.get("payload")
+    if payload is not None and not isinstance(payload, str):
+        raise ControlError("bad_payload", "payload must be a string", 400)
+    call_id, leg = await wacall.new_call_leg()
+    try:
+        call = wacall.apply(lambda: wacall.platform.user_calls(
+            request.match_info["wa_id"], str(data.get("to", "")), entry_point=data.get("entry_point", "call_icon"),
+            payload=payload, call_id=call_id, leg=leg))
+    except ControlError:
+        wacall.media.release(call_id)
+        raise
+    return ok({"call_id": call.id, "state": call.state}, 201)
+
+
+@handler
+async def user_permission_replies(wacall: Wacall, request: web.Request) -> web.Response:
+    data = await body_of(request)
+    result = wacall.apply(lambda: wacall.platform.user_permission_reply(
+        request.match_info["wa_id"], str(data.get("phone_number_id", "")), response=data.get("response", ""),
+        permanent=bool(data.get("permanent", False)), via=data.get("via", "request")))
+    return ok(result)
+
+
+@handler
+async def calls(wacall: Wacall, request: web.Request) -> web.Response:
+    items = sorted(wacall.platform.calls.values(), key=lambda c: c.created_at)
+    return ok({"data": [{"call_id": c.id, "state": c.state, "direction": c.direction, "wa_id": c.wa_id,
+                         "phone_number_id": c.phone_number_id, "created_at": c.created_at} for c in items]})
+
+
+@handler
+async def call(wacall: Wacall, request: web.Request) -> web.Response:
+    return ok(call_view(wacall, request.match_info["call_id"]))
+
+
+@handler
+async def call_action(wacall: Wacall, request: web.Request) -> web.Response:
+    call_id, action = request.match_info["call_id"], request.match_info["action"]
+    found = wacall.platform.calls.get(call_id)
+    if found is None:
+        raise ControlError("unknown_call", f"no call {call_id}", 404)
+    operation = {"answer": wacall.platform.user_answers, "reject": wacall.platform.user_rejects,
+                 "hangup": wacall.platform.user_hangs_up}.get(action)
+    if operation is None:
+        raise ControlError("bad_action", "action must be answer, reject or hangup", 404)
+    wacall.apply(lambda: operation(found))
+    return ok(call_view(wacall, call_id, with_webhooks=False))
+
+
+@handler
+async def webhooks(wacall: Wacall, request: web.Request) -> web.Response:
+    limit = int(request.query.get("limit", "200"))
+    return ok({"data": wacall.store.journal(call_id=request.query.get("call_id"), limit=limit)})
+
+
+@handler
+async def limits(wacall: Wacall, request: web.Request) -> web.Response:
+    if request.method == "PATCH":
+        data = await body_of(request)
+        wacall.platform.limits = wacall.platform.limits.updated(**data)
+    return ok(wacall.platform.limits.as_dict())
+
+
+@handler
+async def number(wacall: Wacall, request: web.Request) -> web.Response:
+    found = wacall.platform.numbers.get(request.match_info["phone_number_id"])
+    if found is None:
+        raise ControlError("unknown_number", "no such phone number", 404)
+    if request.method == "PATCH":
+        data = await body_of(request)
+        for key, value in data.items():
+            if key not in NUMBER_FIELDS or not isinstance(value, NUMBER_FIELDS[key]):
+                raise ControlError("bad_field", f"{key} is not a settable number field of that type", 400)
+        def change() -> None:
+            for key, value in data.items():
+                setattr(found, key, value)
+            wacall.platform.put(found)
+        wacall.apply(change)
+    return ok(found.to_doc())
+
+
+@handler
+async def number_restrictions(wacall: Wacall, request: web.Request) -> web.Response:
+    found = wacall.platform.numbers.get(request.match_info["phone_number_id"])
+    if found is None:
+        raise ControlError("unknown_number", "no such phone number", 404)
+    data = await body_of(request)
+    restriction = wacall.apply(lambda: wacall.platform.add_restriction(
+        found, data.get("type", "RESTRICTED_BUSINESS_INITIATED_CALLING"), float(data.get("seconds", 7 * 86400)),
+        data.get("reason")))
+    return ok(restriction, 201)
+
+
+@handler
+async def faults(wacall: Wacall, request: web.Request) -> web.Response:
+    if request.method == "POST":
+        data = await body_of(request)
+        for key, value in data.items():
+            if key not in wacall.faults or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ControlError("bad_fault", f"known faults: {', '.join(wacall.faults)} (counts)", 400)
+            wacall.faults[key] = value
+    return ok(dict(wacall.faults))
+
+
+def control_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/_wacall/health", health)
+    r.add_get("/_wacall/info", info)
+    r.add_post("/_wacall/reset", reset)
+    r.add_get("/_wacall/clock", clock)
+    r.add_post("/_wacall/clock/advance", clock_advance)
+    r.add_route("GET", "/_wacall/users", users)
+    r.add_route("POST", "/_wacall/users", users)
+    r.add_route("GET", "/_wacall/users/{wa_id}", user)
+    r.add_route("PATCH", "/_wacall/users/{wa_id}", user)
+    r.add_post("/_wacall/users/{wa_id}/messages", user_messages)
+    r.add_post("/_wacall/users/{wa_id}/calls", user_calls)
+    r.add_post("/_wacall/users/{wa_id}/permission_replies", user_permission_replies)
+    r.add_get("/_wacall/calls", calls)
+    r.add_get("/_wacall/calls/{call_id}", call)
+    r.add_post("/_wacall/calls/{call_id}/{action}", call_action)
+    r.add_get("/_wacall/webhooks", webhooks)
+    r.add_route("GET", "/_wacall/limits", limits)
+    r.add_route("PATCH", "/_wacall/limits", limits)
+    r.add_route("GET", "/_wacall/numbers/{phone_number_id}", number)
+    r.add_route("PATCH", "/_wacall/numbers/{phone_number_id}", number)
+    r.add_post("/_wacall/numbers/{phone_number_id}/restrictions", number_restrictions)
+    r.add_route("GET", "/_wacall/faults", faults)
+    r.add_route("POST", "/_wacall/faults", faults)

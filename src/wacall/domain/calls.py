@@ -1,0 +1,405 @@
+"""The call state machine, both directions, and the rules that guard it.
+
+User-initiated (UIC):  RINGING --pre_accept--> PRE_ACCEPTED --accept--> ACCEPTED --terminate--> ENDED
+                       RINGING/PRE_ACCEPTED --reject | user hangs up | accept window passes--> ENDED
+Business-initiated (BIC): connect --> RINGING --user answers--> ACCEPTED --terminate/hangup--> ENDED
+                       RINGING --user rejects | ring timeout | business terminates--> ENDED
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from ..media.sdp import SdpError, build_meta_answer, build_meta_offer, validate_business_sdp
+from . import settings as calling_settings
+from .errors import GraphError
+from .events import CallConnect, CallStatus, CallTerminate, ReleaseMedia
+from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
+from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, USER_INITIATED, Call,
+                    PhoneNumber, User)
+from .pricing import price_call
+from .state import ControlError, PlatformState
+
+ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
+UNCALLABLE_PLATFORMS = {"web", "desktop"}
+ENTRY_POINTS = ("call_icon", "call_button", "deeplink", "call_log")
+
+
+def digits_of(value: Any) -> str:
+    return "".join(ch for ch in str(value) if ch.isdigit())
+
+
+def _opaque(body: dict) -> str | None:
+    value = body.get("biz_opaque_callback_data")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise GraphError(100, "Param biz_opaque_callback_data must be a string.")
+    if len(value) > 512:
+        raise GraphError(100, "Param biz_opaque_callback_data must be at most 512 characters long.")
+    return value
+
+
+class CallRules(PlatformState):
+    # -- helpers -------------------------------------------------------------------------------
+    def _media_options(self, number: PhoneNumber) -> tuple[str, list[str]]:
+        calling = number.calling
+        return (calling.get("srtp_key_exchange_protocol") or "DTLS",
+                list((calling.get("audio") or {}).get("additional_codecs") or []))
+
+    def _session_sdp(self, body: dict, number: PhoneNumber, role: str):
+        session = body.get("session")
+        if session is None:
+            raise GraphError(100, "The parameter session is required.")
+        if not isinstance(session, dict):
+            raise GraphError(100, "Param session must be an object with sdp_type and sdp.")
+        for key in session:
+            if key not in ("sdp_type", "sdp"):
+                raise GraphError(100, f"Unexpected key '{key}' on param 'session'.")
+        sdp_type, sdp = session.get("sdp_type"), session.get("sdp")
+        allowed = ("offer",) if role == "offer" else ("answer", "offer")  # docs' table says "offer"; samples "answer"
+        if sdp_type not in allowed:
+            raise GraphError(100, f"Param session[sdp_type] must be '{role}' - got {sdp_type!r}.")
+        if not isinstance(sdp, str) or not sdp:
+            raise GraphError(100, "Param session[sdp] must be a non-empty string.")
+        key_exchange, codecs = self._media_options(number)
+        try:
+            parsed = validate_business_sdp(sdp, key_exchange=key_exchange, additional_codecs=codecs, role=role)
+        except SdpError as exc:
+            raise GraphError(100, f"SDP Validation error: {exc.details}") from None
+        return sdp, parsed
+
+    def _require_calling(self, number: PhoneNumber) -> None:
+        if calling_settings.sip_enabled(number.calling):
+            raise GraphError(131055)
+        if number.calling.get("status") != "ENABLED":
+            raise GraphError(138000)
+
+    def calls_webhooks_enabled(self, number: PhoneNumber) -> bool:
+        return not calling_settings.sip_enabled(number.calling)
+
+    def _emit_call(self, call: Call, event) -> None:
+        if call.signalling == "graph":
+            self.emit(event)
+        else:
+            self.note(call, "webhook_suppressed", reason="number is SIP-enabled; calling webhooks are not sent",
+                      event=type(event).__name__)
+
+    def _set_state(self, call: Call, state: str, **why) -> None:
+        previous, call.state = call.state, state
+        self.note(call, "state", state=state, previous=previous, **why)
+        self.put(call)
+
+    def _end(self, call: Call, *, status: str, reason: str, by: str, errors: list[dict] | None = None) -> None:
+        now = self.now()
+        call.ended_at = now
+        call.end_status = status
+        call.end_reason = reason
+        call.ended_by = by
+        call.errors = errors or []
+        call.deadline = call.deadline_kind = None
+        if call.direction == BUSINESS_INITIATED and call.accepted_at is not None:
+            call.pulses, call.cost = price_call(self.rate_card, call.wa_id, now - call.accepted_at,
+                                                self._bic_minutes_this_month(call))
+        self._set_state(call, ENDED, reason=reason, by=by)
+        self._emit_call(call, CallTerminate(call.id))
+        self.emit(ReleaseMedia(call.id))
+
+    def _bic_minutes_this_month(self, current: Call) -> float:
+        now = dt.datetime.fromtimestamp(self.now(), dt.timezone.utc)
+        month_start = dt.datetime(now.year, now.month, 1, tzinfo=dt.timezone.utc).timestamp()
+        waba_id = self.numbers[current.phone_number_id].waba_id
+        seconds = 0.0
+        for call in self.calls.values():
+            number = self.numbers.get(call.phone_number_id)
+            if (call is not current and call.pulses and number is not None and number.waba_id == waba_id
+                    and (call.ended_at or 0) >= month_start):
+                seconds += call.pulses * 6
+        return seconds / 60.0
+
+    def _connected(self, call: Call) -> None:
+        """A call got connected: counters the docs tie to connected calls move here."""
+        now = self.now()
+        call.accepted_at = now
+        call.deadline = call.deadline_kind = None
+        pair = self.pair(call.phone_number_id, call.wa_id)
+        pair.permission_request_times = []        # any connected call resets request limits
+        pair.unanswered_streak = 0
+        if call.direction == BUSINESS_INITIATED:
+            pair.bic_connected_times = [t for t in pair.bic_connected_times if t > now - 86400] + [now]
+            pair.window_opened_at = now            # the user accepting a call opens the service window
+        self.put(pair)
+        self._set_state(call, ACCEPTED)
+
+    # -- the Graph action dispatcher ----------------------------------------------------------
+    def call_action(self, app, number: PhoneNumber, body: Any, *, new_call_id: str | None = None, leg=None) -> dict:
+        if not isinstance(body, dict):
+            raise GraphError(100, "The request body must be a JSON object.")
+        if body.get("messaging_product") != "whatsapp":
+            raise GraphError(100, "The parameter messaging_product is required and must be 'whatsapp'.")
+        action = body.get("action", "connect")
+        if action not in ACTIONS:
+            raise GraphError(100, f"Param action must be one of {{{', '.join(ACTIONS)}}} - got {action!r}.")
+        self._require_calling(number)
+        if action == "connect":
+            call = self.business_connect(app, number, body, new_call_id, leg)
+            return {"messaging_product": "whatsapp", "calls": [{"id": call.id}]}
+        call = self.call_for(number, body.get("call_id"))
+        self.note(call, "api", action=action, app_id=app.id)
+        getattr(self, f"business_{action}")(call, number, body)
+        return {"messaging_product": "whatsapp", "success": True}
+
+    # -- business-initiated calls -------------------------------------------------------------
+    def business_connect(self, app, number: PhoneNumber, body: dict, call_id: str | None, leg) -> Call:
+        to = body.get("to") if body.get("to") is not None else body.get("recipient")
+        if to is None:
+            raise GraphError(100, "The parameter to is required.")
+        if not isinstance(to, (str, int)) or not digits_of(to):
+            raise GraphError(100, "Param to must be a valid phone number.")
+        wa_id = digits_of(to)
+        opaque = _opaque(body)
+        sdp, offer = self._session_sdp(body, number, "offer")
+        if number.country in BIC_UNAVAILABLE_COUNTRIES:
+            raise GraphError(138013)
+        if self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING"):
+            raise GraphError(138014)
+        if not number.payment_method:
+            raise GraphError(131044, "Business-initiated calls need a valid payment method on the account.")
+        if number.is_test_number and wa_id not in number.allowed_recipients:
+            raise GraphError(131030)
+        user = self.users.get(wa_id)
+        if not self._callable(user):
+            raise GraphError(138001)
+        pair = self.pair(number.id, wa_id)
+        if self.permission_status(pair) == "no_permission":
+            raise GraphError(138006)
+        if self.active_call_between(number.id, wa_id):
+            raise GraphError(138003)
+        if self.active_count(number.id) >= self.limits.concurrent_calls:
+            raise GraphError(138002, f"Limit reached for maximum concurrent calls "
+                                     f"({self.limits.concurrent_calls}) for the given number")
+        now = self.now()
+        initiated = sum(1 for c in self.calls.values() if c.phone_number_id == number.id
+                        and c.direction == BUSINESS_INITIATED and c.created_at > now - 86400)
+        if initiated >= self.limits.bic_initiations_per_24h:
+            raise GraphError(138005)
+        connected = sorted(t for t in pair.bic_connected_times if t > now - 86400)
+        if len(connected) >= self.limits.bic_connected_per_24h:
+            next_allowed = connected[-self.limits.bic_connected_per_24h] + 86400
+            raise GraphError(138012, (
+                f"Limit reached for maximum business initiated calls allowed in 24 hours. Currently "
+                f"{self.limits.bic_connected_per_24h} connected business initiated calls are allowed within "
+                f"24 hours. Next call allowed at {int(next_allowed)} ("
+                f"{dt.datetime.fromtimestamp(next_allowed, dt.timezone.utc).isoformat()})."))
+        if call_id is None or leg is None:
+            raise GraphError(138004)
+        key_exchange, codecs = self._media_options(number)
+        call = Call(id=call_id, phone_number_id=number.id, wa_id=wa_id, direction=BUSINESS_INITIATED,
+                    app_id=app.id, created_at=now, biz_opaque_callback_data=opaque, business_sdp=sdp,
+                    key_exchange=key_exchange)
+        call.meta_sdp = build_meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
+        self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
+        self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
+        self._emit_call(call, CallConnect(call.id))
+        self._emit_call(call, CallStatus(call.id, "RINGING", now))
+        self._schedule_user_reaction(call, user)
+        return call
+
+    def _callable(self, user: User | None) -> bool:
+        return bool(user and user.on_whatsapp and user.tos_accepted
+                    and user.platform not in UNCALLABLE_PLATFORMS
+                    and version_at_least(user.client_version, self.limits.min_client_version))
+
+    def _schedule_user_reaction(self, call: Call, user: User) -> None:
+        now = self.now()
+        if user.incoming == "answer":
+            call.deadline, call.deadline_kind = now + max(0.0, user.answer_after), "user_answer"
+        elif user.incoming == "reject":
+            call.deadline, call.deadline_kind = now + max(0.0, user.answer_after), "user_reject"
+        else:  # ignore | manual: rings until the ring timeout
+            call.deadline, call.deadline_kind = now + self.limits.bic_ring_seconds, "ring_timeout"
+        self.put(call)
+
+    def user_answers(self, call: Call) -> None:
+        if call.state != RINGING or call.direction != BUSINESS_INITIATED:
+            raise ControlError("not_ringing", f"call {call.id} is {call.state}, not ringing on the user's phone")
+        self.note(call, "user", action="answer")
+        self._connected(call)
+        self._emit_call(call, CallStatus(call.id, "ACCEPTED", self.now()))
+
+    def user_rejects(self, call: Call) -> None:
+        if call.state == ENDED:
+            raise ControlError("call_ended", f"call {call.id} has already ended")
+        if call.direction == USER_INITIATED:
+            raise ControlError("wrong_direction", "the user placed this call; use hangup")
+        if call.state != RINGING:
+            raise ControlError("not_ringing", f"call {call.id} is {call.state}; use hangup")
+        self.note(call, "user", action="reject")
+        self._emit_call(call, CallStatus(call.id, "REJECTED", self.now()))
+        self._end(call, status="COMPLETED", reason="rejected", by="user")
+        self._unanswered(call)
+
+    def user_hangs_up(self, call: Call) -> None:
+        if call.state == ENDED:
+            raise ControlError("call_ended", f"call {call.id} has already ended")
+        if call.direction == BUSINESS_INITIATED and call.state == RINGING:
+            return self.user_rejects(call)
+        self.note(call, "user", action="hangup")
+        self._end(call, status="COMPLETED", reason="user_hangup", by="user")
+
+    def _unanswered(self, call: Call) -> None:
+        pair = self.pair(call.phone_number_id, call.wa_id)
+        pair.unanswered_streak += 1
+        self.put(pair)
+        if pair.unanswered_streak == self.limits.unanswered_nudge:
+            self.note(call, "user", action="nudge_shown",
+                      detail=f"{pair.unanswered_streak} consecutive unanswered calls: the user is asked "
+                             "whether to keep the call permission")
+        if pair.unanswered_streak >= self.limits.unanswered_revoke:
+            pair.unanswered_streak = 0
+            if self.permission_status(pair) != "no_permission":
+                self.note(call, "permission", action="auto_revoke")
+                self.revoke_permission(pair, source="automatic", context_id=None)
+
+    # -- actions on calls ---------------------------------------------------------------------
+    def _not_in_state(self, call: Call, action: str) -> GraphError:
+        if call.state == ENDED:
+            if call.end_reason == "not_answered" and call.direction == USER_INITIATED:
+                return GraphError(138007, "Connect API was not invoked with the answer SDP in time: the "
+                                          "call was not answered within the accept window.")
+            if call.ended_by == "user":
+                return GraphError(100, f"Cannot {action} call {call.id}: the WhatsApp user has already "
+                                       "terminated the call.")
+            return GraphError(100, f"Cannot {action} call {call.id}: the call is already terminated "
+                                   f"({call.end_reason}).")
+        if call.state == ACCEPTED:
+            return GraphError(100, f"Cannot {action} call {call.id}: the call is already in progress.")
+        return GraphError(100, f"Cannot {action} call {call.id} in state {call.state}.")
+
+    def _uic_only(self, call: Call, action: str) -> None:
+        if call.direction != USER_INITIATED:
+            raise GraphError(100, f"Action {action} is only valid for user-initiated calls; call "
+                                  f"{call.id} is business-initiated.")
+
+    def business_pre_accept(self, call: Call, number: PhoneNumber, body: dict) -> None:
+        self._uic_only(call, "pre_accept")
+        if call.state != RINGING:
+            raise self._not_in_state(call, "pre_accept")
+        sdp, _ = self._session_sdp(body, number, "answer")
+        call.pre_accept_sdp = sdp
+        call.business_sdp = sdp
+        self._set_state(call, PRE_ACCEPTED)
+
+    def business_accept(self, call: Call, number: PhoneNumber, body: dict) -> None:
+        self._uic_only(call, "accept")
+        if call.state not in (RINGING, PRE_ACCEPTED):
+            raise self._not_in_state(call, "accept")
+        sdp, _ = self._session_sdp(body, number, "answer")
+        if call.pre_accept_sdp is not None and sdp != call.pre_accept_sdp:
+            raise GraphError(100, "SDP Validation error: the SDP answer in accept is different from the SDP "
+                                  "answer given in pre_accept for this call_id.")
+        call.business_sdp = sdp
+        call.biz_opaque_callback_data = _opaque(body) or call.biz_opaque_callback_data
+        self._connected(call)
+
+    def business_reject(self, call: Call, number: PhoneNumber, body: dict) -> None:
+        self._uic_only(call, "reject")
+        if call.state not in (RINGING, PRE_ACCEPTED):
+            raise self._not_in_state(call, "reject")
+        self._end(call, status="COMPLETED", reason="rejected", by="business")
+
+    def business_terminate(self, call: Call, number: PhoneNumber, body: dict) -> None:
+        if call.state == ENDED:
+            raise self._not_in_state(call, "terminate")
+        was_ringing_bic = call.direction == BUSINESS_INITIATED and call.state == RINGING
+        self._end(call, status="COMPLETED", reason="completed" if call.accepted_at else "cancelled",
+                  by="business")
+        if was_ringing_bic:
+            self._unanswered(call)
+
+    # -- user-initiated calls -----------------------------------------------------------------
+    def user_calls(self, wa_id: str, to: str, *, entry_point: str = "call_icon", payload: str | None = None,
+                   call_id: str, leg) -> Call:
+        user = self.user(wa_id)
+        number = self.number_by_address(to)
+        if number is None:
+            raise ControlError("unknown_business", f"{to} is not a WhatsApp business number here", 404)
+        if entry_point not in ENTRY_POINTS:
+            raise ControlError("bad_entry_point", f"entry_point must be one of {', '.join(ENTRY_POINTS)}", 400)
+        if user.platform in UNCALLABLE_PLATFORMS:
+            raise ControlError("unsupported_client", f"WhatsApp {user.platform} cannot call businesses")
+        if number.calling.get("status") != "ENABLED":
+            raise ControlError("calling_not_enabled", "the business has not enabled calling on this number")
+        if self.active_restriction(number, "RESTRICTED_USER_INITIATED_CALLING"):
+            raise ControlError("calling_restricted", "user-initiated calling to this number is paused")
+        if entry_point == "call_icon" and not calling_settings.icon_visible_to(number.calling, user.country):
+            raise ControlError("call_icon_hidden", "the business's call icon is not shown to this user; call "
+                                                   "from a call button, a deep link or the call log instead")
+        now = self.now()
+        if not calling_settings.is_within_call_hours(number.calling, now):
+            raise ControlError("outside_call_hours", "the business is outside its call hours; the user is "
+                                                     "offered to request a callback")
+        if self.active_call_between(number.id, wa_id):
+            raise ControlError("already_in_call", "the user is already in a call with this business")
+        if self.active_count(number.id) >= self.limits.concurrent_calls:
+            # Meta: over the cap the user sees a generic failure and no webhook is sent.
+            raise ControlError("cannot_place_call", "Couldn't place call (the business number is at its "
+                                                    "concurrent call limit; no webhook was sent)", 503)
+        if payload is not None and not version_at_least(user.client_version, self.limits.min_payload_client_version):
+            payload = None
+        key_exchange, codecs = self._media_options(number)
+        call = Call(id=call_id, phone_number_id=number.id, wa_id=wa_id, direction=USER_INITIATED,
+                    created_at=now, entry_point=entry_point, key_exchange=key_exchange,
+                    cta_payload=payload if entry_point == "call_button" else None,
+                    deeplink_payload=payload if entry_point == "deeplink" else None,
+                    signalling="sip" if calling_settings.sip_enabled(number.calling) else "graph")
+        call.meta_sdp = build_meta_offer(leg, key_exchange=key_exchange, additional_codecs=codecs)
+        self.note(call, "user", action="call", entry_point=entry_point)
+        pair = self.pair(number.id, wa_id)
+        pair.window_opened_at = now                # a user call opens the customer service window
+        self.put(pair)
+        if not number.payment_method:
+            self._set_state(call, RINGING, direction=USER_INITIATED)
+            call.ended_at, call.end_status, call.end_reason, call.ended_by = now, "FAILED", "payment", "platform"
+            call.errors = [GraphError(131044).as_webhook_error()]
+            self._set_state(call, ENDED, reason="no valid payment method")
+            self._emit_call(call, CallTerminate(call.id))   # the 131044 error webhook
+            self.emit(ReleaseMedia(call.id))
+            return call
+        call.deadline, call.deadline_kind = now + self.limits.uic_accept_window_seconds, "accept_timeout"
+        self._set_state(call, RINGING, direction=USER_INITIATED)
+        if call.signalling == "sip":
+            self.note(call, "sip", detail="number is SIP-enabled: the INVITE goes to the business's SIP "
+                                          "server (SIP gateway not available in this build)")
+        self._emit_call(call, CallConnect(call.id))
+        if number.calling.get("callback_permission_status") == "ENABLED" and user.device == "primary":
+            self.grant_callback_permission(pair, call)
+        return call
+
+    # -- timers ---------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Run every timer that is due on the clock."""
+        now = self.now()
+        for call in [c for c in self.active_calls.values() if c.deadline is not None and c.deadline <= now]:
+            kind = call.deadline_kind
+            call.deadline = call.deadline_kind = None
+            if kind == "user_answer":
+                self.user_answers(call)
+            elif kind == "user_reject":
+                self.user_rejects(call)
+            elif kind == "ring_timeout":
+                self.note(call, "user", action="not_answered")
+                self._end(call, status="COMPLETED", reason="not_answered", by="platform")
+                self._unanswered(call)
+            elif kind == "accept_timeout":
+                self._end(call, status="FAILED", reason="not_answered", by="platform",
+                          errors=[GraphError(138007, "Business did not accept the call within the accept "
+                                                     "window.").as_webhook_error()])
+        for message in [m for m in self.pending_messages.values() if m.deadline is not None and m.deadline <= now]:
+            self.message_due(message)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [c.deadline for c in self.active_calls.values() if c.deadline is not None]
+        deadlines += [m.deadline for m in self.pending_messages.values() if m.deadline is not None]
+        return min(deadlines) if deadlines else None

@@ -1,0 +1,244 @@
+"""The platform's objects, in Meta's vocabulary. Plain dataclasses: the rules live in ``platform``.
+
+Every object has a ``KIND`` and a ``key`` so the store can persist it as a document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# Call states (one state machine for both directions).
+RINGING = "RINGING"            # UIC: connect webhook sent, waiting for the business; BIC: user's phone rings
+PRE_ACCEPTED = "PRE_ACCEPTED"  # UIC only: business pre-accepted, user sees "Ringing"
+ACCEPTED = "ACCEPTED"          # connected: media may flow, duration runs
+ENDED = "ENDED"
+
+USER_INITIATED = "USER_INITIATED"
+BUSINESS_INITIATED = "BUSINESS_INITIATED"
+
+
+@dataclass
+class Record:
+    KIND: ClassVar[str] = ""
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+
+@dataclass
+class App(Record):
+    KIND: ClassVar[str] = "app"
+    id: str
+    name: str
+    secret: str
+    access_token: str
+    verify_token: str
+    waba_ids: list[str] = field(default_factory=list)
+    permissions: list[str] = field(default_factory=lambda: [
+        "whatsapp_business_messaging", "whatsapp_business_management"])
+    # object -> {"callback_url", "verify_token", "fields": [...], "active": True}
+    subscriptions: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+    @property
+    def app_token(self) -> str:
+        return f"{self.id}|{self.secret}"
+
+    def subscribed_fields(self) -> set[str]:
+        sub = self.subscriptions.get("whatsapp_business_account") or {}
+        return set(sub.get("fields") or [])
+
+
+@dataclass
+class Waba(Record):
+    KIND: ClassVar[str] = "waba"
+    id: str
+    name: str
+    currency: str = "USD"
+    timezone_id: str = "UTC"
+    subscribed_apps: list[str] = field(default_factory=list)
+    # app_id -> {"override_callback_uri", "verify_token"}
+    app_overrides: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+
+@dataclass
+class PhoneNumber(Record):
+    KIND: ClassVar[str] = "phone_number"
+    id: str
+    waba_id: str
+    display_phone_number: str            # E.164 digits, no '+'
+    verified_name: str
+    country: str                         # ISO 3166 alpha-2 of the business number
+    messaging_limit: int = 100000
+    is_test_number: bool = False
+    allowed_recipients: list[str] = field(default_factory=list)
+    payment_method: bool = True
+    calling: dict = field(default_factory=dict)
+    sip_passwords: dict[str, str] = field(default_factory=dict)   # app_id -> password
+    restrictions: list[dict] = field(default_factory=list)         # {"type", "reason", "expiration"}
+    override_callback: dict | None = None                          # {"override_callback_uri", "verify_token"}
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+
+@dataclass
+class User(Record):
+    """A virtual WhatsApp user, and how it behaves when the business reaches it."""
+    KIND: ClassVar[str] = "user"
+    wa_id: str
+    name: str
+    country: str
+    platform: str = "android"            # android | ios | smb_android | smb_ios | web | desktop
+    client_version: str = "2.25.30.0"
+    device: str = "primary"              # primary | companion
+    on_whatsapp: bool = True
+    tos_accepted: bool = True
+    incoming: str = "answer"             # answer | reject | ignore | manual
+    answer_after: float = 2.0
+    permission_requests: str = "manual"  # manual | accept | accept_permanent | reject | ignore
+    reply_after: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return self.wa_id
+
+
+@dataclass
+class Pair(Record):
+    """What the platform remembers about one business number and one user."""
+    KIND: ClassVar[str] = "pair"
+    phone_number_id: str
+    wa_id: str
+    permission: str = "no_permission"    # no_permission | temporary | permanent
+    permission_expires_at: float | None = None
+    permission_request_times: list[float] = field(default_factory=list)
+    unanswered_streak: int = 0
+    bic_connected_times: list[float] = field(default_factory=list)
+    window_opened_at: float | None = None  # customer service window start (last user message / call)
+
+    @property
+    def key(self) -> str:
+        return f"{self.phone_number_id}:{self.wa_id}"
+
+
+@dataclass
+class Call(Record):
+    KIND: ClassVar[str] = "call"
+    id: str
+    phone_number_id: str
+    wa_id: str
+    direction: str
+    app_id: str | None = None
+    state: str = "NEW"
+    created_at: float = 0.0
+    entry_point: str | None = None
+    cta_payload: str | None = None
+    deeplink_payload: str | None = None
+    biz_opaque_callback_data: str | None = None
+    meta_sdp: str | None = None          # Meta's offer (UIC) or answer (BIC)
+    business_sdp: str | None = None      # the business's offer (BIC) or its answer (UIC)
+    pre_accept_sdp: str | None = None
+    key_exchange: str = "DTLS"
+    accepted_at: float | None = None
+    ended_at: float | None = None
+    end_status: str | None = None        # COMPLETED | FAILED
+    end_reason: str | None = None        # completed, rejected, not_answered, user_hangup, ...
+    ended_by: str | None = None          # business | user | platform
+    errors: list[dict] = field(default_factory=list)
+    deadline: float | None = None        # when the next timed thing happens to this call
+    deadline_kind: str | None = None
+    pulses: int = 0
+    cost: float = 0.0
+    signalling: str = "graph"            # graph | sip
+    timeline: list[dict] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+    @property
+    def active(self) -> bool:
+        return self.state != ENDED
+
+    @property
+    def duration(self) -> int | None:
+        if self.accepted_at is None or self.ended_at is None:
+            return None
+        return int(round(self.ended_at - self.accepted_at))
+
+
+@dataclass
+class Message(Record):
+    KIND: ClassVar[str] = "message"
+    id: str
+    phone_number_id: str
+    wa_id: str
+    direction: str                       # outbound (business -> user) | inbound
+    type: str                            # text | interactive | template | ...
+    kind: str                            # text | call_permission_request | voice_call | template | ...
+    created_at: float
+    status: str = "accepted"
+    body: dict = field(default_factory=dict)
+    biz_opaque_callback_data: str | None = None
+    voice_call: dict | None = None       # {"display_text", "ttl_minutes", "payload", "expires_at"}
+    answered: bool = False
+    deadline: float | None = None        # when the virtual user reacts to it
+    deadline_kind: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+
+@dataclass
+class Template(Record):
+    KIND: ClassVar[str] = "template"
+    id: str
+    waba_id: str
+    name: str
+    language: str
+    category: str
+    components: list[dict]
+    status: str = "APPROVED"
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+    def component(self, type_: str) -> dict | None:
+        for comp in self.components:
+            if str(comp.get("type", "")).lower() == type_.lower():
+                return comp
+        return None
+
+    def voice_call_button(self) -> dict | None:
+        buttons = self.component("buttons")
+        for button in (buttons or {}).get("buttons", []):
+            if str(button.get("type", "")).lower() == "voice_call":
+                return button
+        return None
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.KIND: cls for cls in (App, Waba, PhoneNumber, User, Pair, Call, Message, Template)
+}

@@ -1,0 +1,406 @@
+"""The Graph API surface: ``/v{major}.{minor}/{object-id}/{edge}`` the way graph.facebook.com
+answers it, plus seed 000's provider route ``/calling/settings/{phone_number_id}``.
+
+This layer only translates: it reads parameters the ways Graph accepts them (JSON body, form body,
+query string), authenticates the bearer token, finds the object the token may see, calls the
+platform, and writes Meta's JSON or error envelope. It never answers with a 500: anything
+unexpected becomes Graph's code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from .. import codec
+from ..domain.errors import GraphError
+from ..domain.model import App, PhoneNumber, Waba
+from ..domain.state import unsupported
+from ..server import Wacall
+from .errors import error_response, graph_json
+
+log = logging.getLogger("wacall.graph")
+VERSION = re.compile(r"^v(\d+)\.(\d+)$")
+MIN_MAJOR = 17
+MESSAGING = "whatsapp_business_messaging"
+MANAGEMENT = "whatsapp_business_management"
+
+
+class Request:
+    """One Graph request, parsed."""
+
+    def __init__(self, wacall: Wacall, http: web.Request, params: dict[str, Any], body: Any) -> None:
+        self.wacall = wacall
+        self.platform = wacall.platform
+        self.http = http
+        self.params = params       # query string merged with a form or JSON-object body
+        self.body = body           # the JSON body as sent (may be any JSON value) or the form dict
+        self.app: App | None = None
+
+    def param(self, name: str) -> Any:
+        return self.params.get(name)
+
+
+async def parse(wacall: Wacall, http: web.Request) -> Request:
+    params: dict[str, Any] = dict(http.query)
+    body: Any = None
+    raw = await http.read()
+    if raw:
+        ctype = http.content_type
+        if ctype == "application/x-www-form-urlencoded":
+            try:
+                body = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+            except UnicodeDecodeError:
+                raise GraphError(100, "The request body is not valid UTF-8.") from None
+        else:
+            try:
+                body = codec.loads(raw)
+            except (codec.JSONDecodeError, UnicodeDecodeError):
+                raise GraphError(100, "The request body could not be parsed as JSON.") from None
+        if isinstance(body, dict):
+            params.update(body)
+    return Request(wacall, http, params, body)
+
+
+def authenticate(req: Request) -> App:
+    header = req.http.headers.get("Authorization", "")
+    token = None
+    if header[:7].lower() == "bearer ":
+        token = header[7:].strip()
+    token = token or req.http.headers.get("D360-API-KEY") or req.params.get("access_token")
+    if not token:
+        raise GraphError(104)
+    app = req.platform.app_for_token(str(token))
+    if app is None:
+        raise GraphError(190)
+    req.app = app
+    return app
+
+
+def require(app: App, permission: str) -> None:
+    if permission not in app.permissions:
+        raise GraphError(10, f"Application does not have permission for this action: it needs {permission}.")
+
+
+# -- phone number edges ----------------------------------------------------------------------------
+async def number_settings(req: Request, number: PhoneNumber) -> dict:
+    require(req.app, MANAGEMENT)
+    if req.http.method == "GET":
+        include = str(req.param("include_sip_credentials") or "").lower() == "true"
+        return req.platform.get_settings(number, include)
+    return req.wacall.apply(lambda: req.platform.update_settings(req.app, number, req.body))
+
+
+async def number_calls(req: Request, number: PhoneNumber) -> dict:
+    require(req.app, MESSAGING)
+    call_id = leg = None
+    body = req.body
+    if (isinstance(body, dict) and body.get("action", "connect") == "connect"
+            and not (number.calling.get("sip") or {}).get("status") == "ENABLED"):
+        if req.wacall.faults.get("connect_error", 0) > 0 and number.calling.get("status") == "ENABLED":
+            req.wacall.faults["connect_error"] -= 1
+            raise GraphError(138004)
+        call_id, leg = await req.wacall.new_call_leg()
+    try:
+        return req.wacall.apply(lambda: req.platform.call_action(req.app, number, body, new_call_id=call_id, leg=leg))
+    except GraphError as error:
+        if call_id and call_id not in req.platform.calls:
+            req.wacall.media.release(call_id)
+        existing = req.platform.calls.get(body.get("call_id")) if isinstance(body, dict) else None
+        if existing is not None and existing.phone_number_id == number.id and isinstance(body.get("call_id"), str):
+            req.wacall.apply(lambda: req.platform.note(existing, "api_error", action=body.get("action"),
+                                                       code=error.code, details=error.details))
+        raise
+
+
+async def number_call_permissions(req: Request, number: PhoneNumber) -> dict:
+    require(req.app, MESSAGING)
+    if req.param("user_wa_id") is None and req.param("recipient") is not None:
+        raise GraphError(100, "Lookups by BSUID (recipient) are not supported by this emulator; use user_wa_id.")
+    return req.wacall.apply(lambda: req.platform.call_permissions_view(req.app, number, req.param("user_wa_id")))
+
+
+async def number_messages(req: Request, number: PhoneNumber) -> dict:
+    require(req.app, MESSAGING)
+    return req.wacall.apply(lambda: req.platform.send_message(req.app, number, req.body))
+
+
+async def number_node(req: Request, number: PhoneNumber) -> dict:
+    if req.http.method == "POST":
+        require(req.app, MANAGEMENT)
+        config = req.param("webhook_configuration")
+        if isinstance(config, str):
+            try:
+                config = codec.loads(config)
+            except codec.JSONDecodeError:
+                raise GraphError(100, "Param webhook_configuration must be a JSON object.") from None
+        uri = config.get("override_callback_uri") if isinstance(config, dict) else None
+        if uri:
+            await req.wacall.dispatcher.verify_callback(str(uri), str(config.get("verify_token", "")))
+        req.wacall.apply(lambda: req.platform.set_number_override(req.app, number, {"webhook_configuration": config}))
+        return {"success": True}
+    out = {"id": number.id, "display_phone_number": format_number(number.display_phone_number),
+           "verified_name": number.verified_name, "quality_rating": "GREEN",
+           "platform_type": "CLOUD_API", "code_verification_status": "VERIFIED",
+           "messaging_limit_tier": tier_name(number.messaging_limit), "is_test_number": number.is_test_number}
+    if number.override_callback:
+        out["webhook_configuration"] = {"phone_number": number.override_callback["override_callback_uri"]}
+    return filter_fields(out, req.param("fields"))
+
+
+def format_number(digits: str) -> str:
+    import phonenumbers
+    try:
+        return phonenumbers.format_number(phonenumbers.parse("+" + digits),
+                                          phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    except phonenumbers.NumberParseException:
+        return "+" + digits
+
+
+def tier_name(limit: int) -> str:
+    for bound, name in ((250, "TIER_250"), (1000, "TIER_1K"), (2000, "TIER_2K"), (10000, "TIER_10K"),
+                        (100000, "TIER_100K")):
+        if limit <= bound:
+            return name
+    return "TIER_UNLIMITED"
+
+
+def filter_fields(obj: dict, fields: Any) -> dict:
+    if not fields or not isinstance(fields, str):
+        return obj
+    wanted = {f.strip().split(".")[0] for f in fields.split(",")} | {"id"}
+    return {k: v for k, v in obj.items() if k in wanted}
+
+
+# -- WABA edges ----------------------------------------------------------------------------------
+ANALYTICS_ARG = re.compile(r"\.(start|end|granularity)\(([^)]*)\)")
+
+
+async def waba_node(req: Request, waba: Waba) -> dict:
+    if req.http.method != "GET":
+        raise unsupported(waba.id, req.http.method.lower())
+    fields = str(req.param("fields") or "id,name")
+    out: dict[str, Any] = {"id": waba.id}
+    for field in re.split(r",(?![^(]*\))", fields):
+        field = field.strip()
+        name = field.split(".")[0]
+        if name == "call_analytics":
+            args = {k: v for k, v in ANALYTICS_ARG.findall(field)}
+            try:
+                start = float(args["start"]) if "start" in args else None
+                end = float(args["end"]) if "end" in args else None
+            except ValueError:
+                raise GraphError(100, "call_analytics start and end must be Unix timestamps.") from None
+            out["call_analytics"] = req.platform.call_analytics(waba.id, start, end)
+        elif name in ("name", "currency", "timezone_id"):
+            out[name] = getattr(waba, name)
+        elif name and name != "id":
+            raise GraphError(100, f"Tried accessing nonexisting field ({name}) on node type "
+                                  "(WhatsAppBusinessAccount)")
+    return out
+
+
+async def waba_phone_numbers(req: Request, waba: Waba) -> dict:
+    numbers = [n for n in req.platform.numbers.values() if n.waba_id == waba.id]
+    return {"data": [{"id": n.id, "display_phone_number": format_number(n.display_phone_number),
+                      "verified_name": n.verified_name, "quality_rating": "GREEN"} for n in numbers]}
+
+
+async def waba_templates(req: Request, waba: Waba) -> dict:
+    require(req.app, MANAGEMENT)
+    if req.http.method == "POST":
+        return req.wacall.apply(lambda: req.platform.create_template(waba.id, req.body))
+    return {"data": [{"id": t.id, "name": t.name, "language": t.language, "category": t.category,
+                      "status": t.status, "components": t.components}
+                     for t in req.platform.templates.values() if t.waba_id == waba.id]}
+
+
+async def waba_subscribed_apps(req: Request, waba: Waba) -> dict:
+    require(req.app, MANAGEMENT)
+    app, method = req.app, req.http.method
+    if method == "GET":
+        data = []
+        for app_id in waba.subscribed_apps:
+            sub = req.platform.apps.get(app_id)
+            entry: dict = {"whatsapp_business_api_data": {
+                "id": app_id, "name": sub.name if sub else app_id,
+                "link": f"https://www.facebook.com/games/?app_id={app_id}"}}
+            if waba.app_overrides.get(app_id):
+                entry["override_callback_uri"] = waba.app_overrides[app_id]["override_callback_uri"]
+            data.append(entry)
+        return {"data": data}
+
+    def change(override: dict | None, subscribe: bool) -> None:
+        if subscribe:
+            if app.id not in waba.subscribed_apps:
+                waba.subscribed_apps.append(app.id)
+        else:
+            waba.subscribed_apps = [a for a in waba.subscribed_apps if a != app.id]
+        if override:
+            waba.app_overrides[app.id] = override
+        else:
+            waba.app_overrides.pop(app.id, None)
+        req.platform.put(waba)
+
+    if method == "DELETE":
+        req.wacall.apply(lambda: change(None, False))
+        return {"success": True}
+    uri = req.param("override_callback_uri")
+    override = None
+    if uri:
+        if not isinstance(uri, str) or not re.match(r"^https?://", uri):
+            raise GraphError(100, "Param override_callback_uri must be a URL.")
+        verify_token = str(req.param("verify_token") or "")
+        await req.wacall.dispatcher.verify_callback(uri, verify_token)
+        override = {"override_callback_uri": uri, "verify_token": verify_token}
+    req.wacall.apply(lambda: change(override, True))
+    return {"success": True}
+
+
+# -- app edges -----------------------------------------------------------------------------------
+def parse_fields(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                value = codec.loads(value)
+            except codec.JSONDecodeError:
+                raise GraphError(100, "Param fields must be a comma-separated list.") from None
+        else:
+            return [f.strip() for f in value.split(",") if f.strip()]
+    if isinstance(value, list) and all(isinstance(f, str) for f in value):
+        return value
+    raise GraphError(100, "Param fields must be a comma-separated list of strings.")
+
+
+async def app_subscriptions(req: Request, app: App) -> dict:
+    if req.app.id != app.id:
+        raise unsupported(app.id, req.http.method.lower())
+    method = req.http.method
+    if method == "GET":
+        return {"data": [{"object": obj, "callback_url": sub.get("callback_url"), "active": True,
+                          "fields": [{"name": f, "version": "v23.0"} for f in sub.get("fields", [])]}
+                         for obj, sub in app.subscriptions.items()]}
+    obj = req.param("object")
+    if method == "DELETE":
+        def remove() -> None:
+            if obj:
+                app.subscriptions.pop(str(obj), None)
+            else:
+                app.subscriptions.clear()
+            req.platform.put(app)
+        req.wacall.apply(remove)
+        return {"success": True}
+    if not obj:
+        raise GraphError(100, "The parameter object is required.")
+    if obj not in ("whatsapp_business_account", "application", "page", "user", "permissions"):
+        raise GraphError(100, f"Param object must be one of {{whatsapp_business_account, application, page, "
+                              f"user, permissions}} - got \"{obj}\".")
+    callback_url = req.param("callback_url")
+    verify_token = req.param("verify_token")
+    fields = parse_fields(req.param("fields"))
+    existing = app.subscriptions.get(str(obj)) or {}
+    if not callback_url and not existing.get("callback_url"):
+        raise GraphError(100, "The parameter callback_url is required.")
+    if callback_url:
+        if not isinstance(callback_url, str) or not re.match(r"^https?://", callback_url):
+            raise GraphError(100, "Param callback_url must be a valid URL.")
+        if not verify_token:
+            raise GraphError(100, "The parameter verify_token is required.")
+        await req.wacall.dispatcher.verify_callback(callback_url, str(verify_token))
+
+    def save() -> None:
+        merged = sorted(set(existing.get("fields", [])) | set(fields)) if fields else existing.get("fields", [])
+        app.subscriptions[str(obj)] = {"object": obj, "callback_url": callback_url or existing.get("callback_url"),
+                                       "verify_token": str(verify_token or existing.get("verify_token", "")),
+                                       "fields": merged, "active": True}
+        req.platform.put(app)
+    req.wacall.apply(save)
+    return {"success": True}
+
+
+NUMBER_EDGES = {"": number_node, "settings": number_settings, "calls": number_calls,
+                "call_permissions": number_call_permissions, "messages": number_messages}
+WABA_EDGES = {"": waba_node, "message_templates": waba_templates, "subscribed_apps": waba_subscribed_apps,
+              "phone_numbers": waba_phone_numbers}
+APP_EDGES = {"subscriptions": app_subscriptions}
+ALLOWED = {
+    ("number", ""): {"GET", "POST"}, ("number", "settings"): {"GET", "POST"}, ("number", "calls"): {"POST"},
+    ("number", "call_permissions"): {"GET"}, ("number", "messages"): {"POST"},
+    ("waba", ""): {"GET"}, ("waba", "message_templates"): {"GET", "POST"},
+    ("waba", "subscribed_apps"): {"GET", "POST", "DELETE"}, ("waba", "phone_numbers"): {"GET"},
+    ("app", "subscriptions"): {"GET", "POST", "DELETE"},
+}
+
+
+async def dispatch(req: Request, object_id: str, edge: str) -> dict:
+    app = authenticate(req)
+    platform = req.platform
+    method = req.http.method.lower()
+    if object_id in platform.numbers:
+        kind, obj, edges = "number", platform.number_for(app, object_id, method), NUMBER_EDGES
+    elif object_id in platform.wabas:
+        kind, obj, edges = "waba", platform.waba_for(app, object_id, method), WABA_EDGES
+    elif object_id in platform.apps:
+        kind, obj, edges = "app", platform.apps[object_id], APP_EDGES
+    else:
+        raise unsupported(object_id, method)
+    if edge not in edges:
+        node = {"number": "WhatsAppBusinessPhoneNumber", "waba": "WhatsAppBusinessAccount",
+                "app": "Application"}[kind]
+        raise GraphError(100, f"Tried accessing nonexisting field ({edge}) on node type ({node})",
+                         message=f"Tried accessing nonexisting field ({edge}) on node type ({node})")
+    if req.http.method not in ALLOWED[(kind, edge)]:
+        raise unsupported(object_id, method)
+    return await edges[edge](req, obj)
+
+
+async def handle(http: web.Request) -> web.Response:
+    wacall: Wacall = http.app["wacall"]
+    try:
+        path = http.match_info.get("path", "")
+        parts = [p for p in path.split("/") if p]
+        version = http.match_info.get("version")
+        if version is not None:
+            match = VERSION.match(version)
+            if not match:
+                raise GraphError(100, f"Unknown path components: /{version}", message="Unknown path components")
+            if int(match.group(1)) < MIN_MAJOR:
+                raise GraphError(100, f"Graph API {version} is not supported for calling; use v{MIN_MAJOR}.0 or "
+                                      "later.")
+        req = await parse(wacall, http)
+        if http.match_info.get("provider"):
+            result = await dispatch(req, http.match_info["object_id"], "settings")
+        elif not parts or len(parts) > 2:
+            raise GraphError(100, f"Unknown path components: /{path}", message="Unknown path components")
+        else:
+            result = await dispatch(req, parts[0], parts[1] if len(parts) > 1 else "")
+        return graph_json(result)
+    except GraphError as error:
+        return error_response(error)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(GraphError(100, "The request body is too large."))
+    except Exception:
+        log.exception("unexpected error on %s %s", http.method, http.path)
+        return error_response(GraphError(1))
+
+
+def graph_routes(app: web.Application) -> None:
+    app.router.add_route("*", "/calling/settings/{object_id}", handle, name="provider_settings")
+    app.router.add_route("*", r"/{version:v[^/]*}/calling/settings/{object_id}", handle)
+    app.router.add_route("*", r"/{version:v[^/]*}/{path:.*}", handle)
+    app.router.add_route("*", r"/{version:v[^/]*}", handle)
+    for route in list(app.router.routes()):
+        if route.resource and route.resource.canonical.endswith("calling/settings/{object_id}"):
+            pass
+
+
+async def not_found(http: web.Request) -> web.Response:
+    return error_response(GraphError(100, f"Unknown path components: {http.path}",
+                                     message="Unknown path components"))

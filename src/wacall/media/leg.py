@@ -1,0 +1,132 @@
+"""Meta-side media legs: the seam between call signalling and the (later) media relay.
+
+A :class:`MediaLeg` holds everything Meta's SDP advertises for one call: a UDP port that is really
+bound, ICE credentials (RFC 8445 section 5.3, RFC 8839 section 5.4: ``ice-char`` set, ufrag of at
+least 4 and password of at least 22 characters), the DTLS certificate fingerprint (RFC 8122), one
+audio SSRC (RFC 3550) and an SDES master key (RFC 4568 section 6.1: base64 of the 16-byte
+AES-CM key followed by the 14-byte salt). For now the socket only counts what arrives;
+ICE-lite, DTLS-SRTP and Opus plug in behind the same handle later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+from .certificate import DtlsCertificate
+
+#: RFC 8839 ``ice-char = ALPHA / DIGIT / "+" / "/"``.
+ICE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+ICE_UFRAG_LENGTH = 16
+ICE_PWD_LENGTH = 32
+SDES_KEY_SALT_BYTES = 30  # AES_CM_128: 16-byte key + 14-byte salt
+
+
+def _ice_string(length: int) -> str:
+    return "".join(secrets.choice(ICE_CHARS) for _ in range(length))
+
+
+@dataclass
+class MediaLeg:
+    """One call's Meta-side media endpoint, as advertised in Meta's SDP."""
+
+    call_id: str
+    host: str
+    port: int
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprint: str
+    ssrc: int
+    sdes_key_b64: str
+    #: o= session id (RFC 8866 section 5.2); fixed per leg so rebuilding the SDP is stable.
+    session_id: int = field(default_factory=lambda: secrets.randbits(62))
+    #: MediaStream id used in a=msid-semantic / a=ssrc msid lines (RFC 8830).
+    stream_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    packets_received: int = 0
+    bytes_received: int = 0
+    last_remote_addr: tuple[str, int] | None = None
+    _transport: asyncio.DatagramTransport | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def create(cls, call_id: str, *, host: str = "127.0.0.1", port: int, fingerprint: str) -> MediaLeg:
+        """A leg with fresh random credentials (no socket; :class:`MediaEngine` binds one)."""
+        return cls(
+            call_id=call_id,
+            host=host,
+            port=port,
+            ice_ufrag=_ice_string(ICE_UFRAG_LENGTH),
+            ice_pwd=_ice_string(ICE_PWD_LENGTH),
+            fingerprint=fingerprint,
+            ssrc=secrets.randbits(32),
+            sdes_key_b64=base64.b64encode(secrets.token_bytes(SDES_KEY_SALT_BYTES)).decode("ascii"),
+        )
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+class _CountingProtocol(asyncio.DatagramProtocol):
+    """Counts datagrams into the leg; the real ICE/DTLS/SRTP stack replaces it later."""
+
+    def __init__(self, leg: MediaLeg) -> None:
+        self._leg = leg
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self._leg.packets_received += 1
+        self._leg.bytes_received += len(data)
+        self._leg.last_remote_addr = (addr[0], addr[1])
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port-unreachable and the like: nothing to do for a counting sink.
+        pass
+
+
+class MediaEngine:
+    """Allocates and owns the UDP sockets of all media legs of one server process."""
+
+    def __init__(self, host: str = "127.0.0.1", certificate: DtlsCertificate | None = None) -> None:
+        self.host = host
+        self.certificate = certificate if certificate is not None else DtlsCertificate.default()
+        self._legs: dict[str, MediaLeg] = {}
+
+    async def allocate(self, call_id: str) -> MediaLeg:
+        """Bind a UDP socket on ``(host, 0)`` for ``call_id``; returns the existing leg if any."""
+        existing = self._legs.get(call_id)
+        if existing is not None and existing.is_open:
+            return existing
+        loop = asyncio.get_running_loop()
+        leg = MediaLeg.create(call_id, host=self.host, port=0, fingerprint=self.certificate.fingerprint)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _CountingProtocol(leg), local_addr=(self.host, 0)
+        )
+        leg._transport = transport
+        leg.port = transport.get_extra_info("sockname")[1]
+        self._legs[call_id] = leg
+        return leg
+
+    def get(self, call_id: str) -> MediaLeg | None:
+        return self._legs.get(call_id)
+
+    def release(self, call_id: str) -> None:
+        """Close the leg's socket and forget it. Unknown or already released ids are ignored."""
+        leg = self._legs.pop(call_id, None)
+        if leg is not None:
+            leg.close()
+
+    async def close(self) -> None:
+        for call_id in list(self._legs):
+            self.release(call_id)
+        # Let the event loop run the transports' connection_lost callbacks.
+        await asyncio.sleep(0)
+
+    def __len__(self) -> int:
+        return len(self._legs)

@@ -1,0 +1,184 @@
+"""The running emulator: one aiohttp application serving the Graph API and the control API, the
+platform (domain), the store, the media engine and the webhook dispatcher, driven by one clock.
+
+Every operation that changes state goes through :meth:`Wacall.apply`: the domain decides, then the
+records it touched and the webhooks it caused are committed in one transaction, media legs of
+ended calls are released, and the dispatcher is woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable, TypeVar
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config, load_config
+from .domain.clock import VirtualClock
+from .domain.events import ReleaseMedia
+from .domain.platform import Platform
+from .domain.state import new_id
+from .media.leg import MediaEngine
+from .store.sqlite import Store
+from .webhooks.delivery import Dispatcher, outbox_rows
+
+log = logging.getLogger("wacall")
+T = TypeVar("T")
+MAX_BODY = 1024 * 1024
+
+
+class Wacall:
+    def __init__(self, config: Config | None = None, *, db: str = ":memory:", host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.config = config or load_config()
+        self.host, self.port = host, port
+        self.store = Store(db)
+        self.clock = VirtualClock(float(self.store.get_meta("clock_offset") or 0.0))
+        self.platform = Platform(self.clock, self.config.limits, self.config.rate_card)
+        self.media = MediaEngine(host="127.0.0.1")
+        self.session: aiohttp.ClientSession | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task | None = None
+        self._dispatch_task: asyncio.Task | None = None
+        self._tick_wake = asyncio.Event()
+        self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
+        self.clock.on_advance(self._on_clock_advance)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def seed(self) -> None:
+        self.platform.clear()
+        for record in [*self.config.wabas, *self.config.numbers, *self.config.apps, *self.config.users]:
+            self.platform.put(type(record).from_doc(record.to_doc()))   # fresh copies: reset re-seeds
+        self._commit()
+
+    async def start(self) -> "Wacall":
+        if self.store.has_records():
+            self.platform.load(self.store.load_records())
+        else:
+            self.seed()
+        self.session = aiohttp.ClientSession()
+        self.dispatcher = Dispatcher(self.store, self.clock, self.session, self.config.webhooks,
+                                     lambda app_id: (self.platform.apps.get(app_id) or None) and
+                                     self.platform.apps[app_id].secret)
+        from .graph.routes import graph_routes
+        from .control.routes import control_routes
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[])
+        app["wacall"] = self
+        control_routes(app)
+        graph_routes(app)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        site = web.SockSite(self.runner, sock)
+        await site.start()
+        await self._reopen_media()
+        self._ticker = asyncio.create_task(self._tick_loop())
+        self._dispatch_task = asyncio.create_task(self.dispatcher.run())
+        return self
+
+    async def stop(self) -> None:
+        for task in (self._ticker,):
+            if task:
+                task.cancel()
+        if self.dispatcher:
+            await self.dispatcher.stop()
+        if self._dispatch_task:
+            self._dispatch_task.cancel()
+        await asyncio.gather(*(t for t in (self._ticker, self._dispatch_task) if t), return_exceptions=True)
+        await self.media.close()
+        if self.runner:
+            await self.runner.cleanup()
+        if self.session:
+            await self.session.close()
+        self.store.close()
+
+    async def _reopen_media(self) -> None:
+        """After a restart, calls still in progress get fresh media legs (their SDPs were already sent)."""
+        for call in list(self.platform.active_calls.values()):
+            await self.media.allocate(call.id)
+
+    # -- the one path for state changes -----------------------------------------------------------
+    def apply(self, operation: Callable[[], T]) -> T:
+        try:
+            result = operation()
+        finally:
+            self._commit()
+        return result
+
+    def _commit(self) -> None:
+        events, dirty = self.platform.drain()
+        if not events and not dirty:
+            return
+        rows = outbox_rows(self.platform, events, self.clock.now())
+        self.store.commit(dirty, rows)
+        for event in events:
+            if isinstance(event, ReleaseMedia):
+                self.media.release(event.call_id)
+        if rows and self.dispatcher:
+            self.dispatcher.wake()
+        self._tick_wake.set()
+
+    async def reset(self) -> None:
+        """Back to the configured start: state, outbox, clock and media all cleared."""
+        for call_id in list(self.platform.active_calls):
+            self.media.release(call_id)
+        self.store.wipe()
+        self.clock.set_offset(0.0)
+        self.platform.limits = self.config.limits
+        self.faults = {key: 0 for key in self.faults}
+        self.seed()
+
+    async def new_call_leg(self):
+        call_id = new_id("wacid")
+        return call_id, await self.media.allocate(call_id)
+
+    # -- timers -----------------------------------------------------------------------------------
+    def _on_clock_advance(self) -> None:
+        self.store.set_meta("clock_offset", repr(self.clock.offset))
+        self._tick_wake.set()
+        if self.dispatcher:
+            self.dispatcher.wake()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            try:
+                self.apply(self.platform.tick)
+            except Exception:  # a timer bug must not stop every other timer
+                log.exception("timer tick failed")
+            next_deadline = self.platform.next_deadline()
+            delay = 0.5 if next_deadline is None else max(0.005, min(0.5, next_deadline - self.clock.now()))
+            self._tick_wake.clear()
+            try:
+                await asyncio.wait_for(self._tick_wake.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- what a client needs ----------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def info(self) -> dict[str, Any]:
+        app = self.config.apps[0]
+        number = self.config.numbers[0]
+        return {
+            "graph_url": self.base_url,
+            "control_url": f"{self.base_url}/_wacall",
+            "access_token": app.access_token,
+            "app_id": app.id,
+            "app_secret": app.secret,
+            "verify_token": app.verify_token,
+            "waba_id": number.waba_id,
+            "phone_number_id": number.id,
+            "display_phone_number": number.display_phone_number,
+            "users": [{"wa_id": u.wa_id, "name": u.name} for u in self.platform.users.values()],
+            "limits_profile": self.platform.limits.profile,
+        }

@@ -1,0 +1,143 @@
+"""Meta's webhook payloads: each domain event rendered as (field, waba_id, value).
+
+Shapes follow ../shared/reference/calling-wire-spec.md §6 (connect, status, terminate,
+call_permission_reply, message statuses) and §3.3 (account_settings_update). Timestamps are strings
+of Unix seconds; ``duration`` is an integer.
+"""
+
+from __future__ import annotations
+
+from ..domain import events as ev
+from ..domain.model import BUSINESS_INITIATED, Call, PhoneNumber
+from ..domain.platform import Platform
+from ..domain.settings import settings_webhook_view
+from .. import codec
+
+
+def _ts(value: float) -> str:
+    return str(int(value))
+
+
+def envelope(waba_id: str, field: str, value: dict) -> dict:
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": waba_id, "changes": [{"value": value, "field": field}]}]}
+
+
+def _metadata(number: PhoneNumber) -> dict:
+    return {"display_phone_number": number.display_phone_number, "phone_number_id": number.id}
+
+
+def _contacts(platform: Platform, wa_id: str) -> list[dict]:
+    user = platform.users.get(wa_id)
+    return [{"profile": {"name": user.name if user else wa_id}, "wa_id": wa_id}]
+
+
+def _parties(call: Call, number: PhoneNumber) -> dict:
+    if call.direction == BUSINESS_INITIATED:
+        return {"from": number.display_phone_number, "to": call.wa_id}
+    return {"from": call.wa_id, "to": number.display_phone_number}
+
+
+def _payloads(call: Call) -> dict:
+    out = {}
+    if call.cta_payload is not None:
+        out["cta_payload"] = call.cta_payload
+    if call.deeplink_payload is not None:
+        out["deeplink_payload"] = call.deeplink_payload
+    if call.biz_opaque_callback_data is not None:
+        out["biz_opaque_callback_data"] = call.biz_opaque_callback_data
+    return out
+
+
+def call_connect(platform: Platform, call: Call, number: PhoneNumber) -> dict:
+    sdp_type = "answer" if call.direction == BUSINESS_INITIATED else "offer"
+    item = {"id": call.id, **_parties(call, number), "event": "connect", "timestamp": _ts(call.created_at),
+            "direction": call.direction, **_payloads(call),
+            "session": {"sdp_type": sdp_type, "sdp": call.meta_sdp}}
+    if call.direction == BUSINESS_INITIATED:   # Meta still sends the legacy form on BIC connects
+        item["connection"] = {"webrtc": {"sdp": codec.dumps({"sdp": call.meta_sdp, "type": sdp_type})}}
+    return {"messaging_product": "whatsapp", "metadata": _metadata(number),
+            "contacts": _contacts(platform, call.wa_id), "calls": [item]}
+
+
+def call_terminate(platform: Platform, call: Call, number: PhoneNumber) -> dict:
+    item = {"id": call.id, **_parties(call, number), "event": "terminate", "direction": call.direction,
+            **_payloads(call), "timestamp": _ts(call.ended_at or platform.now()), "status": call.end_status}
+    if call.accepted_at is not None and call.ended_at is not None:
+        item.update(start_time=_ts(call.accepted_at), end_time=_ts(call.ended_at), duration=call.duration)
+    value = {"messaging_product": "whatsapp", "metadata": _metadata(number),
+             "contacts": _contacts(platform, call.wa_id), "calls": [item]}
+    if call.errors:
+        value["errors"] = call.errors
+    return value
+
+
+def call_status(call: Call, number: PhoneNumber, status: str, timestamp: float) -> dict:
+    item = {"id": call.id, "timestamp": _ts(timestamp), "type": "call", "status": status,
+            "recipient_id": call.wa_id}
+    if call.biz_opaque_callback_data is not None:
+        item["biz_opaque_callback_data"] = call.biz_opaque_callback_data
+    return {"messaging_product": "whatsapp", "metadata": _metadata(number), "statuses": [item]}
+
+
+def render(platform: Platform, event) -> tuple[str, PhoneNumber, dict, str | None] | None:
+    """Return (field, number, value, call_id) for an event that becomes a webhook, else None."""
+    if isinstance(event, (ev.CallConnect, ev.CallStatus, ev.CallTerminate)):
+        call = platform.calls[event.call_id]
+        number = platform.numbers[call.phone_number_id]
+        if isinstance(event, ev.CallConnect):
+            value = call_connect(platform, call, number)
+        elif isinstance(event, ev.CallStatus):
+            value = call_status(call, number, event.status, event.timestamp)
+        else:
+            value = call_terminate(platform, call, number)
+        return "calls", number, value, call.id
+    if isinstance(event, ev.PermissionReply):
+        number = platform.numbers[event.phone_number_id]
+        reply: dict = {"response": event.response}
+        if event.is_permanent is not None:
+            reply["is_permanent"] = event.is_permanent
+        if event.expiration_timestamp is not None:
+            reply["expiration_timestamp"] = _ts(event.expiration_timestamp)
+        reply["response_source"] = event.response_source
+        message = {"from": event.wa_id, "id": event.message_id, "timestamp": _ts(event.timestamp)}
+        if event.context_id:
+            message["context"] = {"from": event.wa_id, "id": event.context_id}
+        message.update(type="interactive", interactive={"type": "call_permission_reply",
+                                                        "call_permission_reply": reply})
+        value = {"messaging_product": "whatsapp", "metadata": _metadata(number),
+                 "contacts": _contacts(platform, event.wa_id), "messages": [message]}
+        call_id = event.context_id if event.context_id and event.context_id.startswith("wacid.") else None
+        return "messages", number, value, call_id
+    if isinstance(event, ev.MessageStatus):
+        message = platform.messages[event.message_id]
+        number = platform.numbers[message.phone_number_id]
+        status: dict = {"id": message.id, "status": event.status, "timestamp": _ts(event.timestamp),
+                        "recipient_id": message.wa_id}
+        if event.status != "failed":
+            category = "utility" if message.type == "template" else "service"
+            status["pricing"] = {"billable": message.type == "template", "pricing_model": "PMP",
+                                 "category": category,
+                                 "type": "regular" if message.type == "template" else "free_customer_service"}
+        if message.biz_opaque_callback_data is not None:
+            status["biz_opaque_callback_data"] = message.biz_opaque_callback_data
+        if event.errors:
+            status["errors"] = event.errors
+        return "messages", number, {"messaging_product": "whatsapp", "metadata": _metadata(number),
+                                    "statuses": [status]}, None
+    if isinstance(event, ev.InboundMessage):
+        message = platform.messages[event.message_id]
+        number = platform.numbers[message.phone_number_id]
+        item = {"from": message.wa_id, "id": message.id, "timestamp": _ts(message.created_at), "type": "text",
+                "text": {"body": message.body.get("body", "")}}
+        return "messages", number, {"messaging_product": "whatsapp", "metadata": _metadata(number),
+                                    "contacts": _contacts(platform, message.wa_id), "messages": [item]}, None
+    if isinstance(event, ev.SettingsUpdate):
+        number = platform.numbers[event.phone_number_id]
+        settings: dict = {"phone_number_id": number.id}
+        if event.calling_changed:
+            settings["calling"] = settings_webhook_view(number.calling)
+        return "account_settings_update", number, {
+            "messaging_product": "whatsapp", "timestamp": _ts(event.timestamp), "type": "PHONE_NUMBER_SETTINGS",
+            "phone_number_settings": settings}, None
+    return None
