@@ -1,0 +1,257 @@
+"""Test harness: a real ``wacall serve`` subprocess, a real webhook receiver, plain HTTP clients.
+
+Nothing here mocks wacall: tests talk to it over loopback exactly as a business would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = "v23.0"
+
+
+class Wacall:
+    """A running ``wacall serve --json`` process."""
+
+    def __init__(self, *, db: str = ":memory:", config: str | None = None, port: int = 0,
+                 extra: list[str] | None = None) -> None:
+        self.db, self.config, self.extra = db, config, extra or []
+        self.requested_port = port
+        self.proc: subprocess.Popen | None = None
+        self.info: dict[str, Any] = {}
+        self.http = httpx.Client(timeout=30)
+
+    def start(self) -> "Wacall":
+        args = [sys.executable, "-m", "wacall", "serve", "--json", "--port", str(self.requested_port),
+                "--db", self.db, *self.extra]
+        if self.config:
+            args += ["--config", self.config]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"wacall did not start: {self.proc.stderr.read()}")
+        self.info = json.loads(line)
+        self.requested_port = int(self.info["graph_url"].rsplit(":", 1)[1])   # restart on the same port
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """Stop without a clean shutdown, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.http.close()
+
+    # -- shortcuts ---------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.info["graph_url"]
+
+    @property
+    def token(self) -> str:
+        return self.info["access_token"]
+
+    @property
+    def pnid(self) -> str:
+        return self.info["phone_number_id"]
+
+    @property
+    def waba_id(self) -> str:
+        return self.info["waba_id"]
+
+    @property
+    def app_id(self) -> str:
+        return self.info["app_id"]
+
+    @property
+    def app_token(self) -> str:
+        return f"{self.info['app_id']}|{self.info['app_secret']}"
+
+    def graph(self, method: str, path: str, *, token: str | None = "default", **kwargs) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if token == "default":
+            token = self.token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.http.request(method, f"{self.url}/{VERSION}/{path.lstrip('/')}", headers=headers, **kwargs)
+
+    def ctl(self, method: str, path: str, json_body: Any = None) -> httpx.Response:
+        return self.http.request(method, f"{self.url}/_wacall/{path.lstrip('/')}", json=json_body)
+
+    def reset(self) -> None:
+        assert self.ctl("POST", "reset").status_code == 200
+
+    def advance(self, seconds: float) -> None:
+        assert self.ctl("POST", "clock/advance", {"seconds": seconds}).status_code == 200
+
+    def call(self, call_id: str) -> dict:
+        response = self.ctl("GET", f"calls/{call_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def user_calls(self, wa_id: str, **body) -> httpx.Response:
+        body.setdefault("to", self.pnid)
+        return self.ctl("POST", f"users/{wa_id}/calls", body)
+
+    def calls_action(self, body: dict) -> httpx.Response:
+        return self.graph("POST", f"{self.pnid}/calls", json={"messaging_product": "whatsapp", **body})
+
+    def subscribe(self, callback_url: str, fields: str = "calls,messages,account_settings_update") -> httpx.Response:
+        return self.graph("POST", f"{self.app_id}/subscriptions", token=None, params={
+            "object": "whatsapp_business_account", "callback_url": callback_url,
+            "verify_token": self.info["verify_token"], "fields": fields, "access_token": self.app_token})
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate()
+            if result:
+                return result
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def wait_state(self, call_id: str, state: str, timeout: float = 10.0) -> dict:
+        return self.wait_for(lambda: (c := self.call(call_id))["state"] == state and c, timeout,
+                             f"call {call_id} to reach {state}")
+
+
+@dataclass
+class Delivery:
+    headers: dict[str, str]
+    raw: bytes
+    body: dict
+
+    @property
+    def changes(self) -> list[dict]:
+        return [c for e in self.body.get("entry", []) for c in e.get("changes", [])]
+
+    @property
+    def field(self) -> str:
+        return self.changes[0]["field"]
+
+    @property
+    def value(self) -> dict:
+        return self.changes[0]["value"]
+
+
+@dataclass
+class Receiver:
+    """A business's webhook endpoint: answers Meta's verification GET, checks signatures, records POSTs,
+    and can be told to fail (HTTP 500) or hang for a while."""
+    app_secret: str
+    verify_token: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    bad_signatures: int = 0
+    fail_remaining: int = 0
+    failures_served: int = 0
+    hang_seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> "Receiver":
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = parse_qs(urlparse(self.path).query)
+                if (query.get("hub.mode") == ["subscribe"]
+                        and query.get("hub.verify_token") == [receiver.verify_token]):
+                    body = query["hub.challenge"][0].encode()
+                    self.send_response(200)
+                else:
+                    body = b"forbidden"
+                    self.send_response(403)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.lock:
+                    failing = receiver.fail_remaining > 0
+                    if failing:
+                        receiver.fail_remaining -= 1
+                        receiver.failures_served += 1
+                if receiver.hang_seconds:
+                    time.sleep(receiver.hang_seconds)
+                if failing:
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                expected = "sha256=" + hmac.new(receiver.app_secret.encode(), raw, hashlib.sha256).hexdigest()
+                with receiver.lock:
+                    if not hmac.compare_digest(expected, self.headers.get("X-Hub-Signature-256", "")):
+                        receiver.bad_signatures += 1
+                    receiver.deliveries.append(Delivery(dict(self.headers), raw, json.loads(raw)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/webhook"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def snapshot(self) -> list[Delivery]:
+        with self.lock:
+            return list(self.deliveries)
+
+    def values(self, field_name: str) -> list[dict]:
+        return [d.value for d in self.snapshot() if d.field == field_name]
+
+    def call_events(self, call_id: str) -> list[dict]:
+        """Every `calls` item (connect/terminate) and call status for one call, in arrival order."""
+        out = []
+        for value in self.values("calls"):
+            out += [c for c in value.get("calls", []) if c["id"] == call_id]
+            out += [dict(s, event="status") for s in value.get("statuses", []) if s["id"] == call_id]
+        return out
+
+    def wait(self, predicate: Callable[["Receiver"], Any], timeout: float = 10.0, what: str = "webhook") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate(self)
+            if result:
+                return result
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}; got {[d.body for d in self.snapshot()]}")
