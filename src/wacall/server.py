@@ -67,7 +67,7 @@ class Wacall:
         from .graph.routes import graph_routes
         from .control.routes import control_routes
         app = web.Application(client_max_size=MAX_BODY, middlewares=[])
-        app["wacall"] = self
+        app[WACALL] = self
         control_routes(app)
         graph_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
@@ -182,3 +182,6 @@ class Wacall:
             "users": [{"wa_id": u.wa_id, "name": u.name} for u in self.platform.users.values()],
             "limits_profile": self.platform.limits.profile,
         }
+
+
+WACALL = web.AppKey("wacall", Wacall)

@@ -17,7 +17,7 @@ from aiohttp import web
 from .. import codec
 from ..domain.model import User
 from ..domain.state import ControlError
-from ..server import Wacall
+from ..server import WACALL, Wacall
 
 log = logging.getLogger("wacall.control")
 USER_FIELDS = {f.name for f in dataclasses.fields(User)}
@@ -52,7 +52,7 @@ async def body_of(request: web.Request) -> dict:
 
 def handler(fn):
     async def wrapped(request: web.Request) -> web.Response:
-        wacall: Wacall = request.app["wacall"]
+        wacall: Wacall = request.app[WACALL]
         try:
             return await fn(wacall, request)
         except ControlError as exc:

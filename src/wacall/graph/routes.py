@@ -20,7 +20,7 @@ from .. import codec
 from ..domain.errors import GraphError
 from ..domain.model import App, PhoneNumber, Waba
 from ..domain.state import unsupported
-from ..server import Wacall
+from ..server import WACALL, Wacall
 from .errors import error_response, graph_json
 
 log = logging.getLogger("wacall.graph")
@@ -361,8 +361,21 @@ async def dispatch(req: Request, object_id: str, edge: str) -> dict:
     return await edges[edge](req, obj)
 
 
+def app_access_token(req: Request) -> dict:
+    """``GET /oauth/access_token?grant_type=client_credentials&client_id=&client_secret=``: Meta's app
+    access token (``{app_id}|{app_secret}``), which SDKs fetch before ``POST /{app_id}/subscriptions``."""
+    if req.param("grant_type") != "client_credentials":
+        raise GraphError(100, "Only grant_type=client_credentials (app access tokens) is supported.")
+    app = req.platform.apps.get(str(req.param("client_id") or ""))
+    if app is None:
+        raise GraphError(101, message="Error validating application. Invalid application ID.")
+    if str(req.param("client_secret") or "") != app.secret:
+        raise GraphError(1, message="Error validating client secret.", http_status=400)
+    return {"access_token": app.app_token, "token_type": "bearer"}
+
+
 async def handle(http: web.Request) -> web.Response:
-    wacall: Wacall = http.app["wacall"]
+    wacall: Wacall = http.app[WACALL]
     try:
         path = http.match_info.get("path", "")
         parts = [p for p in path.split("/") if p]
@@ -377,6 +390,8 @@ async def handle(http: web.Request) -> web.Response:
         req = await parse(wacall, http)
         if http.match_info.get("provider"):
             result = await dispatch(req, http.match_info["object_id"], "settings")
+        elif parts == ["oauth", "access_token"] and http.method == "GET":
+            result = app_access_token(req)
         elif not parts or len(parts) > 2:
             raise GraphError(100, f"Unknown path components: /{path}", message="Unknown path components")
         else:

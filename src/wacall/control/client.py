@@ -1,0 +1,124 @@
+"""The control API from Python: ``async with ControlClient(url) as wa: await wa.user_calls(...)``.
+
+Thin and typed; each method is one request of docs/control-api.md. Refusals raise
+:class:`ControlRefused` with the reason a WhatsApp user would see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+
+class ControlRefused(Exception):
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        self.status, self.reason, self.detail = status, reason, detail
+        super().__init__(f"{status} {reason}: {detail}")
+
+
+class ControlClient:
+    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
+        """``base_url`` is the server's URL (``graph_url``) or its ``control_url``."""
+        self.base = base_url.rstrip("/").removesuffix("/_wacall") + "/_wacall"
+        self._session = session
+        self._owned = session is None
+
+    async def __aenter__(self) -> "ControlClient":
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owned and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, method: str, path: str, body: dict | None = None, **query: Any) -> Any:
+        if self._session is None:
+            await self.__aenter__()
+        params = {k: str(v) for k, v in query.items() if v is not None}
+        async with self._session.request(method, f"{self.base}/{path.lstrip('/')}", json=body,
+                                         params=params) as resp:
+            data = await resp.json()
+            if resp.status >= 400:
+                error = data.get("error", {}) if isinstance(data, dict) else {}
+                raise ControlRefused(resp.status, error.get("reason", "error"), error.get("detail", ""))
+            return data
+
+    # -- platform -----------------------------------------------------------------------------------
+    async def health(self) -> dict:
+        return await self.request("GET", "health")
+
+    async def info(self) -> dict:
+        return await self.request("GET", "info")
+
+    async def reset(self) -> None:
+        await self.request("POST", "reset")
+
+    async def clock(self) -> dict:
+        return await self.request("GET", "clock")
+
+    async def advance(self, seconds: float) -> dict:
+        return await self.request("POST", "clock/advance", {"seconds": seconds})
+
+    async def set_limits(self, **limits: Any) -> dict:
+        return await self.request("PATCH", "limits", limits)
+
+    async def update_number(self, phone_number_id: str, **fields: Any) -> dict:
+        return await self.request("PATCH", f"numbers/{phone_number_id}", fields)
+
+    async def restrict(self, phone_number_id: str, type: str, seconds: float = 7 * 86400) -> dict:
+        return await self.request("POST", f"numbers/{phone_number_id}/restrictions",
+                                  {"type": type, "seconds": seconds})
+
+    async def inject(self, **faults: int) -> dict:
+        return await self.request("POST", "faults", faults)
+
+    # -- users ----------------------------------------------------------------------------------
+    async def users(self) -> list[dict]:
+        return (await self.request("GET", "users"))["data"]
+
+    async def create_user(self, wa_id: str, **fields: Any) -> dict:
+        return await self.request("POST", "users", {"wa_id": wa_id, **fields})
+
+    async def update_user(self, wa_id: str, **fields: Any) -> dict:
+        return await self.request("PATCH", f"users/{wa_id}", fields)
+
+    async def send_message(self, wa_id: str, to: str, text: str) -> str:
+        return (await self.request("POST", f"users/{wa_id}/messages", {"to": to, "text": text}))["message_id"]
+
+    async def user_calls(self, wa_id: str, to: str, entry_point: str = "call_icon",
+                         payload: str | None = None) -> str:
+        body: dict[str, Any] = {"to": to, "entry_point": entry_point}
+        if payload is not None:
+            body["payload"] = payload
+        return (await self.request("POST", f"users/{wa_id}/calls", body))["call_id"]
+
+    async def reply_permission(self, wa_id: str, phone_number_id: str, response: str = "accept",
+                               permanent: bool = False, via: str = "request") -> dict:
+        return await self.request("POST", f"users/{wa_id}/permission_replies",
+                                  {"phone_number_id": phone_number_id, "response": response,
+                                   "permanent": permanent, "via": via})
+
+    # -- calls ----------------------------------------------------------------------------------
+    async def calls(self) -> list[dict]:
+        return (await self.request("GET", "calls"))["data"]
+
+    async def call(self, call_id: str) -> dict:
+        return await self.request("GET", f"calls/{call_id}")
+
+    async def answer(self, call_id: str) -> dict:
+        return await self.request("POST", f"calls/{call_id}/answer")
+
+    async def reject(self, call_id: str) -> dict:
+        return await self.request("POST", f"calls/{call_id}/reject")
+
+    async def hangup(self, call_id: str) -> dict:
+        return await self.request("POST", f"calls/{call_id}/hangup")
+
+    async def webhooks(self, call_id: str | None = None, limit: int = 200) -> list[dict]:
+        return (await self.request("GET", "webhooks", call_id=call_id, limit=limit))["data"]
