@@ -388,7 +388,7 @@ async def handle(http: web.Request) -> web.Response:
                 raise GraphError(100, f"Graph API {version} is not supported for calling; use v{MIN_MAJOR}.0 or "
                                       "later.")
         req = await parse(wacall, http)
-        if http.match_info.get("provider"):
+        if "object_id" in http.match_info:              # /calling/settings/{id} (seed 000's provider route)
             result = await dispatch(req, http.match_info["object_id"], "settings")
         elif parts == ["oauth", "access_token"] and http.method == "GET":
             result = app_access_token(req)
@@ -407,15 +407,8 @@ async def handle(http: web.Request) -> web.Response:
 
 
 def graph_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/calling/settings/{object_id}", handle, name="provider_settings")
+    app.router.add_route("*", "/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/{path:.*}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}", handle)
-    for route in list(app.router.routes()):
-        if route.resource and route.resource.canonical.endswith("calling/settings/{object_id}"):
-            pass
-
-
-async def not_found(http: web.Request) -> web.Response:
-    return error_response(GraphError(100, f"Unknown path components: {http.path}",
-                                     message="Unknown path components"))
+    app.router.add_route("*", r"/{path:.*}", handle)           # unversioned requests, like Graph's default version

@@ -7,6 +7,8 @@ of Unix seconds; ``duration`` is an integer.
 
 from __future__ import annotations
 
+import hashlib
+
 from ..domain import events as ev
 from ..domain.model import BUSINESS_INITIATED, Call, PhoneNumber
 from ..domain.platform import Platform
@@ -29,7 +31,10 @@ def _metadata(number: PhoneNumber) -> dict:
 
 def _contacts(platform: Platform, wa_id: str) -> list[dict]:
     user = platform.users.get(wa_id)
-    return [{"profile": {"name": user.name if user else wa_id}, "wa_id": wa_id}]
+    # Since April 2026 Meta adds the business-scoped user ID (BSUID, "<ISO country>.<digits>") to every
+    # contact; wacall models one business portfolio, so it is derived from the wa_id alone.
+    bsuid = f"{user.country if user else 'ZZ'}.{int(hashlib.sha256(wa_id.encode()).hexdigest()[:15], 16)}"
+    return [{"profile": {"name": user.name if user else wa_id}, "wa_id": wa_id, "user_id": bsuid}]
 
 
 def _parties(call: Call, number: PhoneNumber) -> dict:
