@@ -11,11 +11,13 @@ against the ``GraphError(<code>`` raises in ``src/wacall``):
 =======  ======  ===========================================================================================
 code     HTTP    test
 =======  ======  ===========================================================================================
+1        400     test_1_oauth_bad_client_secret                 (also the catch-all for unexpected exceptions)
 10       403     test_10_app_without_permission                 (tests/data/errors.toml apps)
 100      400     test_100_bad_json_body, test_100_unexpected_session_key, test_100_invalid_sdp,
                  test_100_unknown_call_id, test_100_accept_sdp_differs_from_pre_accept,
                  test_100_pre_accept_on_business_initiated_call, test_100_accept_on_ended_call,
-                 test_100_terminate_twice
+                 test_100_terminate_twice, test_100_invalid_sdp_in_pre_accept_names_the_line
+101      400     test_101_oauth_unknown_application
 104      400     test_104_no_access_token
 190      401     test_190_bad_access_token
 613      429     test_613_call_permissions_more_than_5_per_second
@@ -44,9 +46,9 @@ code     HTTP    test
 138018   400     test_138018_no_calls_webhook_subscriber
 =======  ======  ===========================================================================================
 
-Not provoked: code 1 (only the catch-all for an unexpected exception, i.e. a wacall bug); 2, 4, 200 and
-131008 (in the catalogue, never raised); 138019-138023 (terminate-webhook-only client/media failures the
-virtual users never simulate).
+Not provoked: 2, 4, 200 and 131008 (in the catalogue, never raised); 138019-138023 (terminate-webhook-only
+client/media failures the virtual users never simulate); code 1 as the catch-all for an unexpected
+exception (that would be a wacall bug).
 """
 
 from __future__ import annotations
@@ -77,11 +79,13 @@ E_NO_CALLS_FIELD_TOKEN = "EAAerrors0000no0calls0field"
 
 # code -> the tests that produce it (see the module docstring)
 COVERAGE: dict[int, list[str]] = {
+    1: ["test_1_oauth_bad_client_secret"],
     10: ["test_10_app_without_permission"],
     100: ["test_100_bad_json_body", "test_100_unexpected_session_key", "test_100_invalid_sdp",
           "test_100_unknown_call_id", "test_100_accept_sdp_differs_from_pre_accept",
           "test_100_pre_accept_on_business_initiated_call", "test_100_accept_on_ended_call",
-          "test_100_terminate_twice"],
+          "test_100_terminate_twice", "test_100_invalid_sdp_in_pre_accept_names_the_line"],
+    101: ["test_101_oauth_unknown_application"],
     104: ["test_104_no_access_token"],
     190: ["test_190_bad_access_token"],
     613: ["test_613_call_permissions_more_than_5_per_second"],
@@ -109,8 +113,8 @@ COVERAGE: dict[int, list[str]] = {
     138017: ["test_138017_permanent_permission_exists"],
     138018: ["test_138018_no_calls_webhook_subscriber"],
 }
-# Raised in src but not provokable through the API on purpose.
-NOT_PROVOKABLE = {1: "catch-all for an unexpected exception (a wacall bug), never a business rule"}
+# Raised in src but not provokable through the API on purpose: code -> why.
+NOT_PROVOKABLE: dict[int, str] = {}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -226,7 +230,7 @@ def test_104_no_access_token(wa, method, path):
 
 @pytest.mark.parametrize("token", ["not-a-token", "EAAwacall0000default0000tokenX"])
 def test_190_bad_access_token(wa, token):
-    response = connect(wa) if False else wa.graph("POST", f"{wa.pnid}/calls", token=token, json={
+    response = wa.graph("POST", f"{wa.pnid}/calls", token=token, json={
         "messaging_product": "whatsapp", "to": ALICE, "action": "connect",
         "session": {"sdp_type": "offer", "sdp": business_offer()}})
     assert_graph_error(response, 190, 401)
@@ -249,6 +253,20 @@ def test_10_app_without_permission(errors_world, token, method, edge, permission
                                   json=body if method == "POST" else None)
     error = assert_graph_error(response, 10, 403)
     assert permission in details(error)
+
+
+def test_101_oauth_unknown_application(wa):
+    response = wa.graph("GET", "oauth/access_token", token=None, params={
+        "grant_type": "client_credentials", "client_id": "999999999999999", "client_secret": "x"})
+    error = assert_graph_error(response, 101, 400)
+    assert "Invalid application ID" in details(error)
+
+
+def test_1_oauth_bad_client_secret(wa):
+    response = wa.graph("GET", "oauth/access_token", token=None, params={
+        "grant_type": "client_credentials", "client_id": wa.app_id, "client_secret": "wrong"})
+    error = assert_graph_error(response, 1, 400)
+    assert "client secret" in details(error)
 
 
 # -- 100: invalid parameters -------------------------------------------------------------------------
@@ -484,11 +502,9 @@ def test_138001_receiver_uncallable(wa, who):
     elif who == "tos_not_accepted":
         assert wa.ctl("POST", "users", {"wa_id": wa_id, "tos_accepted": False}).status_code == 201
     assert_graph_error(connect(wa, to=wa_id), 138001, 400)
-    if who in ("unknown", "tos_not_accepted"):   # permission requests are refused the same way
-        if who == "tos_not_accepted":
-            open_window(wa, wa_id)
-        assert_graph_error(permission_request(wa, wa_id), 131047 if who == "unknown" else 138001,
-                           400)
+    if who == "tos_not_accepted":                 # permission requests are refused the same way
+        open_window(wa, wa_id)
+        assert_graph_error(permission_request(wa, wa_id), 138001, 400)
 
 
 def test_138002_concurrent_calls_limit(wa):

@@ -11,7 +11,10 @@ def dumps(value: Any) -> str:
 
 
 def dump_bytes(value: Any) -> bytes:
-    return dumps(value).encode("utf-8")
+    try:
+        return dumps(value).encode("utf-8")
+    except UnicodeEncodeError:   # a lone surrogate (a client's \ud800 echoed back): keep it escaped
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 def loads(data: str | bytes) -> Any:

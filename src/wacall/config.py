@@ -98,10 +98,13 @@ def _digits(value: Any) -> str:
 
 
 def region_of(e164_digits: str) -> str:
+    """ISO country of a number; fictional ranges (e.g. UK 07700 900xxx) fall back to the calling code's."""
     try:
-        return phonenumbers.region_code_for_number(phonenumbers.parse("+" + e164_digits)) or "ZZ"
+        parsed = phonenumbers.parse("+" + e164_digits)
     except phonenumbers.NumberParseException:
         return "ZZ"
+    return (phonenumbers.region_code_for_number(parsed)
+            or phonenumbers.region_code_for_country_code(parsed.country_code) or "ZZ")
 
 
 def _take(table: dict, cls, fields: set[str]) -> dict:

@@ -38,12 +38,16 @@ def refuse(reason: str, detail: str, status: int = 400) -> web.Response:
 
 
 async def body_of(request: web.Request) -> dict:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ControlError("too_large", "the body is over the 1 MiB limit", 413) from None
     if not raw:
         return {}
     try:
         data = codec.loads(raw)
-    except (codec.JSONDecodeError, UnicodeDecodeError):
+        codec.dumps(data).encode("utf-8")   # lone surrogates ("\ud800") could be neither stored nor echoed
+    except (ValueError, RecursionError):   # bad JSON or UTF-8, an over-long int, too-deep nesting
         raise ControlError("bad_json", "the body is not valid JSON", 400) from None
     if not isinstance(data, dict):
         raise ControlError("bad_json", "the body must be a JSON object", 400)
@@ -57,7 +61,7 @@ def handler(fn):
             return await fn(wacall, request)
         except ControlError as exc:
             return refuse(exc.reason, exc.detail, exc.status)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
             return refuse("bad_request", str(exc), 400)
         except Exception as exc:
             log.exception("control API failure")
@@ -95,6 +99,15 @@ def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
     return view
 
 
+def patch(wacall: Wacall, record, data: dict) -> None:
+    """Set validated fields on a record and persist it."""
+    def change() -> None:
+        for key, value in data.items():
+            setattr(record, key, value)
+        wacall.platform.put(record)
+    wacall.apply(change)
+
+
 @handler
 async def health(wacall: Wacall, request: web.Request) -> web.Response:
     return ok({"status": "ok", "now": wacall.clock.now()})
@@ -124,8 +137,10 @@ async def clock(wacall: Wacall, request: web.Request) -> web.Response:
 @handler
 async def clock_advance(wacall: Wacall, request: web.Request) -> web.Response:
     seconds = (await body_of(request)).get("seconds")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ControlError("bad_seconds", "seconds must be a non-negative number", 400)
+    limit = 95_617_584_000 - wacall.clock.now()   # the year 5000: every timestamp stays a valid date
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= limit:
+        raise ControlError("bad_seconds", "seconds must be a non-negative number (the clock stops at year 5000)",
+                           400)
     wacall.clock.advance(float(seconds))
     wacall.apply(wacall.platform.tick)
     return ok(clock_view(wacall))
@@ -170,11 +185,7 @@ async def user(wacall: Wacall, request: web.Request) -> web.Response:
     if request.method == "PATCH":
         data = check_user_fields(await body_of(request))
         data.pop("wa_id", None)
-        def change() -> None:
-            for key, value in data.items():
-                setattr(found, key, value)
-            wacall.platform.put(found)
-        wacall.apply(change)
+        patch(wacall, found, data)
     return ok(found.to_doc())
 
 
@@ -252,30 +263,31 @@ async def limits(wacall: Wacall, request: web.Request) -> web.Response:
     return ok(wacall.platform.limits.as_dict())
 
 
-@handler
-async def number(wacall: Wacall, request: web.Request) -> web.Response:
+def number_of(wacall: Wacall, request: web.Request):
     found = wacall.platform.numbers.get(request.match_info["phone_number_id"])
     if found is None:
         raise ControlError("unknown_number", "no such phone number", 404)
+    return found
+
+
+@handler
+async def number(wacall: Wacall, request: web.Request) -> web.Response:
+    found = number_of(wacall, request)
     if request.method == "PATCH":
         data = await body_of(request)
         for key, value in data.items():
             if key not in NUMBER_FIELDS or not isinstance(value, NUMBER_FIELDS[key]):
                 raise ControlError("bad_field", f"{key} is not a settable number field of that type", 400)
-        def change() -> None:
-            for key, value in data.items():
-                setattr(found, key, value)
-            wacall.platform.put(found)
-        wacall.apply(change)
+        patch(wacall, found, data)
     return ok(found.to_doc())
 
 
 @handler
 async def number_restrictions(wacall: Wacall, request: web.Request) -> web.Response:
-    found = wacall.platform.numbers.get(request.match_info["phone_number_id"])
-    if found is None:
-        raise ControlError("unknown_number", "no such phone number", 404)
+    found = number_of(wacall, request)
     data = await body_of(request)
+    if not 0 <= float(data.get("seconds", 0)) <= 1e10:          # also refuses nan and inf
+        raise ControlError("bad_seconds", "seconds must be between 0 and 1e10", 400)
     restriction = wacall.apply(lambda: wacall.platform.add_restriction(
         found, data.get("type", "RESTRICTED_BUSINESS_INITIATED_CALLING"), float(data.get("seconds", 7 * 86400)),
         data.get("reason")))
@@ -318,3 +330,9 @@ def control_routes(app: web.Application) -> None:
     r.add_post("/_wacall/numbers/{phone_number_id}/restrictions", number_restrictions)
     r.add_route("GET", "/_wacall/faults", faults)
     r.add_route("POST", "/_wacall/faults", faults)
+    r.add_route("*", r"/_wacall{tail:(?s:/.*)?}", no_route)   # last: unknown path or method, before Graph's catch-all
+
+
+@handler
+async def no_route(wacall: Wacall, request: web.Request) -> web.Response:
+    raise ControlError("no_route", f"no control route {request.method} {request.path}", 404)

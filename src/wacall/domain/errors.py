@@ -102,8 +102,9 @@ class GraphError(Exception):
                  http_status: int | None = None, subcode: int | None = None) -> None:
         entry = CATALOGUE.get(code) or ErrorCode(code, 400, "Error", "")
         self.code = code
-        self.details = details if details is not None else entry.details
         self.title = message or entry.title
+        # error_data.details is never empty: a specific message, else the catalogue text, else the title
+        self.details = details if details is not None else (message or entry.details or self.title)
         self.http_status = http_status or entry.http_status
         self.type = entry.type
         self.subcode = subcode

@@ -113,7 +113,8 @@ class MessageRules(PlatformState):
         action = content.get("action")
         if not isinstance(action, dict) or action.get("name") != "voice_call":
             raise GraphError(100, "Param interactive[action][name] must be 'voice_call'.")
-        params = action.get("parameters") or {}
+        params = action.get("parameters")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise GraphError(100, "Param interactive[action][parameters] must be an object.")
         text = params.get("display_text", "Call Now")
@@ -143,9 +144,11 @@ class MessageRules(PlatformState):
             raise GraphError(138000)
         button = template.voice_call_button() or {}
         ttl, payload = int(button.get("ttl_minutes", 10080)), None
-        for comp in content.get("components") or []:
+        comps = content.get("components") or []
+        for comp in comps if isinstance(comps, list) else []:
             if isinstance(comp, dict) and comp.get("sub_type") == "voice_call":
-                for param in comp.get("parameters") or []:
+                params = comp.get("parameters") or []
+                for param in params if isinstance(params, list) else []:
                     if isinstance(param, dict) and param.get("type") == "ttl_minutes":
                         ttl = _check_ttl(param.get("ttl_minutes"), 1, 43200, "ttl_minutes")
                     elif isinstance(param, dict) and param.get("type") == "payload":
@@ -207,8 +210,10 @@ class MessageRules(PlatformState):
                             language=language, category=category, components=components)
         if template.component("call_permission_request") and not template.component("body"):
             raise GraphError(100, "A call_permission_request template needs a BODY component.")
-        buttons = [b for b in (template.component("buttons") or {}).get("buttons", [])
-                   if isinstance(b, dict) and str(b.get("type", "")).lower() == "voice_call"]
+        listed = (template.component("buttons") or {}).get("buttons", [])
+        if not isinstance(listed, list):
+            raise GraphError(100, "Param components[buttons][buttons] must be a list.")
+        buttons = [b for b in listed if isinstance(b, dict) and str(b.get("type", "")).lower() == "voice_call"]
         if len(buttons) > 1:
             raise GraphError(100, "A template can have at most one voice_call button.")
         for button in buttons:

@@ -232,9 +232,9 @@ class Template(Record):
         return None
 
     def voice_call_button(self) -> dict | None:
-        buttons = self.component("buttons")
-        for button in (buttons or {}).get("buttons", []):
-            if str(button.get("type", "")).lower() == "voice_call":
+        buttons = (self.component("buttons") or {}).get("buttons")
+        for button in buttons if isinstance(buttons, list) else []:
+            if isinstance(button, dict) and str(button.get("type", "")).lower() == "voice_call":
                 return button
         return None
 

@@ -59,7 +59,8 @@ async def parse(wacall: Wacall, http: web.Request) -> Request:
         else:
             try:
                 body = codec.loads(raw)
-            except (codec.JSONDecodeError, UnicodeDecodeError):
+                codec.dumps(body).encode("utf-8")   # lone surrogates ("\ud800") could be neither stored nor echoed
+            except (ValueError, RecursionError):   # bad JSON or UTF-8, an over-long int, too-deep nesting
                 raise GraphError(100, "The request body could not be parsed as JSON.") from None
         if isinstance(body, dict):
             params.update(body)
@@ -110,8 +111,9 @@ async def number_calls(req: Request, number: PhoneNumber) -> dict:
     except GraphError as error:
         if call_id and call_id not in req.platform.calls:
             req.wacall.media.release(call_id)
-        existing = req.platform.calls.get(body.get("call_id")) if isinstance(body, dict) else None
-        if existing is not None and existing.phone_number_id == number.id and isinstance(body.get("call_id"), str):
+        call_ref = body.get("call_id") if isinstance(body, dict) else None
+        existing = req.platform.calls.get(call_ref) if isinstance(call_ref, str) else None   # may be unhashable
+        if existing is not None and existing.phone_number_id == number.id:
             req.wacall.apply(lambda: req.platform.note(existing, "api_error", action=body.get("action"),
                                                        code=error.code, details=error.details))
         raise
@@ -121,6 +123,9 @@ async def number_call_permissions(req: Request, number: PhoneNumber) -> dict:
     require(req.app, MESSAGING)
     if req.param("user_wa_id") is None and req.param("recipient") is not None:
         raise GraphError(100, "Lookups by BSUID (recipient) are not supported by this emulator; use user_wa_id.")
+    user_wa_id = req.param("user_wa_id")
+    if user_wa_id is not None and (isinstance(user_wa_id, bool) or not isinstance(user_wa_id, (str, int))):
+        raise GraphError(100, "Param user_wa_id must be a phone number string.")
     return req.wacall.apply(lambda: req.platform.call_permissions_view(req.app, number, req.param("user_wa_id")))
 
 
@@ -193,6 +198,8 @@ async def waba_node(req: Request, waba: Waba) -> dict:
             try:
                 start = float(args["start"]) if "start" in args else None
                 end = float(args["end"]) if "end" in args else None
+                if any(v is not None and not abs(v) < 1e18 for v in (start, end)):   # nan, inf, absurd
+                    raise ValueError
             except ValueError:
                 raise GraphError(100, "call_analytics start and end must be Unix timestamps.") from None
             out["call_analytics"] = req.platform.call_analytics(waba.id, start, end)
@@ -409,6 +416,6 @@ async def handle(http: web.Request) -> web.Response:
 def graph_routes(app: web.Application) -> None:
     app.router.add_route("*", "/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/calling/settings/{object_id}", handle)
-    app.router.add_route("*", r"/{version:v[^/]*}/{path:.*}", handle)
+    app.router.add_route("*", r"/{version:v[^/]*}/{path:(?s:.*)}", handle)   # (?s): paths may hold %0A
     app.router.add_route("*", r"/{version:v[^/]*}", handle)
-    app.router.add_route("*", r"/{path:.*}", handle)           # unversioned requests, like Graph's default version
+    app.router.add_route("*", r"/{path:(?s:.*)}", handle)           # unversioned requests, like Graph's default version
