@@ -48,6 +48,11 @@ class Limits:
         unknown = set(overrides) - set(names)
         if unknown:
             raise ValueError(f"unknown limits: {', '.join(sorted(unknown))}")
+        for name, value in overrides.items():   # a wrong type here would break every rule that reads it
+            kind = names[name]
+            if not (isinstance(value, str) if kind == "str" else not isinstance(value, bool) and
+                    isinstance(value, int if kind == "int" else (int, float)) and 0 <= value <= 1e12):
+                raise ValueError(f"limit {name} must be a {'string' if kind == 'str' else 'non-negative ' + kind}")
         return dataclasses.replace(self, **overrides)
 
     def as_dict(self) -> dict:
@@ -62,7 +67,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in str(version).split("."):
         digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
+        parts.append(int(digits[:12] or 0))   # int() refuses 4300+ digits
     return tuple(parts)
 
 
