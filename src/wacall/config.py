@@ -152,7 +152,8 @@ def build_config(raw: dict) -> Config:
     users = []
     for u in raw.get("users", []):
         _take(u, "users", {"wa_id", "name", "country", "platform", "client_version", "device", "on_whatsapp",
-                           "tos_accepted", "incoming", "answer_after", "permission_requests", "reply_after"})
+                           "tos_accepted", "incoming", "answer_after", "permission_requests", "reply_after",
+                           "audio"})
         wa_id = _digits(u["wa_id"])
         users.append(User(**{**u, "wa_id": wa_id, "country": u.get("country") or region_of(wa_id)}))
     pricing = raw.get("pricing") or {}

@@ -157,6 +157,10 @@ def check_user_fields(data: dict) -> dict:
         if name in data and (isinstance(data[name], bool) or not isinstance(data[name], (int, float))
                              or data[name] < 0):
             raise ControlError("bad_field", f"{name} must be a non-negative number of seconds", 400)
+    audio = data.get("audio")
+    if audio is not None and not (isinstance(audio, str) and (
+            audio == "silence" or audio.split(":", 1)[0] in ("tone", "file", "tts") and ":" in audio)):
+        raise ControlError("bad_field", 'audio must be "tone:HZ", "file:PATH", "silence" or "tts:TEXT"', 400)
     for name in ("name", "country", "client_version"):
         if name in data and not isinstance(data[name], str):
             raise ControlError("bad_field", f"{name} must be a string", 400)

@@ -377,6 +377,23 @@ class CallRules(PlatformState):
             self.grant_callback_permission(pair, call)
         return call
 
+    # -- what the media plane reports -------------------------------------------------------------
+    def media_note(self, call_id: str, kind: str, **data) -> None:
+        """A media fact for the call's timeline (ICE, DTLS, first packet, DTMF, anomalies)."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            self.note(call, "media", event=kind, **data)
+
+    def media_ended(self, call_id: str, code: int, reason: str) -> None:
+        """The user's phone gave up on the media (no media at start, silence mid-call, relay failure):
+        it hangs up, and the business gets a FAILED terminate with the error code."""
+        call = self.calls.get(call_id)
+        if call is None or call.state == ENDED:
+            return
+        self.note(call, "media", event="timeout", code=code, reason=reason)
+        self._end(call, status="FAILED", reason=f"media: {reason}", by="user",
+                  errors=[GraphError(code, reason).as_webhook_error()])
+
     # -- timers ---------------------------------------------------------------------------------
     def tick(self) -> None:
         """Run every timer that is due on the clock."""

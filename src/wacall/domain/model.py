@@ -117,6 +117,7 @@ class User(Record):
     answer_after: float = 2.0
     permission_requests: str = "manual"  # manual | accept | accept_permanent | reject | ignore
     reply_after: float = 1.0
+    audio: str = "tone:440"              # what the user says: tone:HZ | file:PATH | silence | tts:TEXT
 
     @property
     def key(self) -> str:
