@@ -28,7 +28,7 @@ def test_user_initiated_call_connect_pre_accept_accept_terminate(wa, receiver):
     terminate = receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "terminate"])[0]
     assert terminate["status"] == "COMPLETED"
     assert terminate["biz_opaque_callback_data"] == "tracking-1"
-    assert 65 <= terminate["duration"] <= 66
+    assert 65 <= terminate["duration"] <= 75   # 65 s of virtual time plus real time under load
     assert int(terminate["end_time"]) - int(terminate["start_time"]) == terminate["duration"]
     assert receiver.bad_signatures == 0
     assert wa.call(call_id)["state"] == "ENDED"

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from wacall.media.certificate import DtlsCertificate
-from wacall.media.leg import MediaEngine
+from wacall.media.engine import MediaEngine
 from wacall.media.sdp import build_meta_offer, validate_business_sdp
 
 

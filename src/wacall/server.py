@@ -18,10 +18,10 @@ from aiohttp import web
 
 from .config import Config, load_config
 from .domain.clock import VirtualClock
-from .domain.events import ReleaseMedia
+from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia
 from .domain.platform import Platform
 from .domain.state import new_id
-from .media.leg import MediaEngine
+from .media.engine import MediaEngine
 from .store.sqlite import Store
 from .webhooks.delivery import Dispatcher, outbox_rows
 
@@ -38,7 +38,7 @@ class Wacall:
         self.store = Store(db)
         self.clock = VirtualClock(float(self.store.get_meta("clock_offset") or 0.0))
         self.platform = Platform(self.clock, self.config.limits, self.config.rate_card)
-        self.media = MediaEngine(host="127.0.0.1")
+        self.media = MediaEngine(host="127.0.0.1", reporter=self)
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self.runner: web.AppRunner | None = None
@@ -121,6 +121,10 @@ class Wacall:
         for event in events:
             if isinstance(event, ReleaseMedia):
                 self.media.release(event.call_id)
+            elif isinstance(event, MediaConfigure):
+                self._configure_media(event.call_id)
+            elif isinstance(event, MediaConnected) and (endpoint := self.media.endpoint(event.call_id)):
+                endpoint.call_connected(event.at)
         if rows and self.dispatcher:
             self.dispatcher.wake()
         self._tick_wake.set()
@@ -135,6 +139,28 @@ class Wacall:
         self.faults = {key: 0 for key in self.faults}
         self.seed()
 
+    def _configure_media(self, call_id: str) -> None:
+        call = self.platform.calls.get(call_id)
+        endpoint = self.media.endpoint(call_id)
+        if call is None or endpoint is None or not call.meta_sdp or not call.business_sdp:
+            return
+        user = self.platform.users.get(call.wa_id)
+        endpoint.configure(call.meta_sdp, call.business_sdp, call.key_exchange, user.audio if user else "silence")
+
+    # -- the media plane's reporter (wacall.media.relay.Reporter) ------------------------------------
+    def note(self, call_id: str, kind: str, **data) -> None:
+        self.apply(lambda: self.platform.media_note(call_id, kind, **data))
+
+    def ended(self, call_id: str, code: int, reason: str) -> None:
+        self.apply(lambda: self.platform.media_ended(call_id, code, reason))
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def timeouts(self) -> tuple[float, float]:
+        limits = self.platform.limits
+        return limits.media_start_timeout_seconds, limits.media_silence_timeout_seconds
+
     async def new_call_leg(self):
         call_id = new_id("wacid")
         return call_id, await self.media.allocate(call_id)
@@ -142,6 +168,7 @@ class Wacall:
     # -- timers -----------------------------------------------------------------------------------
     def _on_clock_advance(self) -> None:
         self.store.set_meta("clock_offset", repr(self.clock.offset))
+        self.media.check_timeouts()
         self._tick_wake.set()
         if self.dispatcher:
             self.dispatcher.wake()

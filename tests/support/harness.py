@@ -106,8 +106,16 @@ class Wacall:
     def ctl(self, method: str, path: str, json_body: Any = None) -> httpx.Response:
         return self.http.request(method, f"{self.url}/_wacall/{path.lstrip('/')}", json=json_body)
 
-    def reset(self) -> None:
+    def reset(self, *, media_timeouts: bool = False) -> None:
+        """Back to the default. Signalling-only tests use SDPs no media stack stands behind, so the
+        users' media timeouts (no media 20 s after accept) are off unless asked for."""
         assert self.ctl("POST", "reset").status_code == 200
+        if not media_timeouts:
+            self.media_timeouts(False)
+
+    def media_timeouts(self, on: bool) -> None:
+        value = {"media_start_timeout_seconds": 20.0 if on else 0, "media_silence_timeout_seconds": 30.0 if on else 0}
+        assert self.ctl("PATCH", "limits", value).status_code == 200
 
     def advance(self, seconds: float) -> None:
         assert self.ctl("POST", "clock/advance", {"seconds": seconds}).status_code == 200

@@ -14,7 +14,7 @@ from typing import Any
 from ..media.sdp import SdpError, build_meta_answer, build_meta_offer, validate_business_sdp
 from . import settings as calling_settings
 from .errors import GraphError
-from .events import CallConnect, CallStatus, CallTerminate, ReleaseMedia
+from .events import CallConnect, CallStatus, CallTerminate, MediaConfigure, MediaConnected, ReleaseMedia
 from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
 from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, USER_INITIATED, Call,
                     PhoneNumber, User)
@@ -131,6 +131,7 @@ class CallRules(PlatformState):
             pair.window_opened_at = now            # the user accepting a call opens the service window
         self.put(pair)
         self._set_state(call, ACCEPTED)
+        self.emit(MediaConnected(call.id, now))
 
     # -- the Graph action dispatcher ----------------------------------------------------------
     def call_action(self, app, number: PhoneNumber, body: Any, *, new_call_id: str | None = None, leg=None) -> dict:
@@ -203,6 +204,7 @@ class CallRules(PlatformState):
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id))
         self._emit_call(call, CallStatus(call.id, "RINGING", now))
+        self.emit(MediaConfigure(call.id))
         self._schedule_user_reaction(call, user)
         return call
 
@@ -290,6 +292,7 @@ class CallRules(PlatformState):
         call.pre_accept_sdp = sdp
         call.business_sdp = sdp
         self._set_state(call, PRE_ACCEPTED)
+        self.emit(MediaConfigure(call.id))
 
     def business_accept(self, call: Call, number: PhoneNumber, body: dict) -> None:
         self._uic_only(call, "accept")
@@ -301,6 +304,7 @@ class CallRules(PlatformState):
                                   "answer given in pre_accept for this call_id.")
         call.business_sdp = sdp
         call.biz_opaque_callback_data = _opaque(body) or call.biz_opaque_callback_data
+        self.emit(MediaConfigure(call.id))
         self._connected(call)
 
     def business_reject(self, call: Call, number: PhoneNumber, body: dict) -> None:

@@ -61,5 +61,18 @@ class ReleaseMedia:
     call_id: str
 
 
+@dataclass
+class MediaConfigure:
+    """Both SDPs of the call are known: the relay can set up ICE, DTLS or SDES."""
+    call_id: str
+
+
+@dataclass
+class MediaConnected:
+    """The call was accepted: the user's phone starts its media clock."""
+    call_id: str
+    at: float
+
+
 Event = (CallConnect | CallStatus | CallTerminate | PermissionReply | MessageStatus
-         | SettingsUpdate | InboundMessage | ReleaseMedia)
+         | SettingsUpdate | InboundMessage | ReleaseMedia | MediaConfigure | MediaConnected)

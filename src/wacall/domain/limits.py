@@ -29,6 +29,8 @@ class Limits:
     bic_ring_seconds: float = 60.0
     service_window_seconds: float = DAY
     min_messaging_limit_for_calling: int = 2000
+    media_start_timeout_seconds: float = 20.0    # no business media this long after the accept: user hangs up
+    media_silence_timeout_seconds: float = 30.0  # no RTP nor RTCP this long mid-call: user hangs up (0 = off)
     min_client_version: str = "2.24.14"
     min_payload_client_version: str = "2.25.27"
 

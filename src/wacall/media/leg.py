@@ -4,8 +4,8 @@ A :class:`MediaLeg` holds everything Meta's SDP advertises for one call: a UDP p
 bound, ICE credentials (RFC 8445 section 5.3, RFC 8839 section 5.4: ``ice-char`` set, ufrag of at
 least 4 and password of at least 22 characters), the DTLS certificate fingerprint (RFC 8122), one
 audio SSRC (RFC 3550) and an SDES master key (RFC 4568 section 6.1: base64 of the 16-byte
-AES-CM key followed by the 14-byte salt). For now the socket only counts what arrives;
-ICE-lite, DTLS-SRTP and Opus plug in behind the same handle later.
+AES-CM key followed by the 14-byte salt). ``wacall.media.engine`` binds the socket and puts a
+``RelayEndpoint`` (ICE-lite, DTLS-SRTP or SDES, Opus, RFC 4733) behind it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 
-from .certificate import DtlsCertificate
 
 #: RFC 8839 ``ice-char = ALPHA / DIGIT / "+" / "/"``.
 ICE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -72,61 +71,3 @@ class MediaLeg:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-
-
-class _CountingProtocol(asyncio.DatagramProtocol):
-    """Counts datagrams into the leg; the real ICE/DTLS/SRTP stack replaces it later."""
-
-    def __init__(self, leg: MediaLeg) -> None:
-        self._leg = leg
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        self._leg.packets_received += 1
-        self._leg.bytes_received += len(data)
-        self._leg.last_remote_addr = (addr[0], addr[1])
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port-unreachable and the like: nothing to do for a counting sink.
-        pass
-
-
-class MediaEngine:
-    """Allocates and owns the UDP sockets of all media legs of one server process."""
-
-    def __init__(self, host: str = "127.0.0.1", certificate: DtlsCertificate | None = None) -> None:
-        self.host = host
-        self.certificate = certificate if certificate is not None else DtlsCertificate.default()
-        self._legs: dict[str, MediaLeg] = {}
-
-    async def allocate(self, call_id: str) -> MediaLeg:
-        """Bind a UDP socket on ``(host, 0)`` for ``call_id``; returns the existing leg if any."""
-        existing = self._legs.get(call_id)
-        if existing is not None and existing.is_open:
-            return existing
-        loop = asyncio.get_running_loop()
-        leg = MediaLeg.create(call_id, host=self.host, port=0, fingerprint=self.certificate.fingerprint)
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _CountingProtocol(leg), local_addr=(self.host, 0)
-        )
-        leg._transport = transport
-        leg.port = transport.get_extra_info("sockname")[1]
-        self._legs[call_id] = leg
-        return leg
-
-    def get(self, call_id: str) -> MediaLeg | None:
-        return self._legs.get(call_id)
-
-    def release(self, call_id: str) -> None:
-        """Close the leg's socket and forget it. Unknown or already released ids are ignored."""
-        leg = self._legs.pop(call_id, None)
-        if leg is not None:
-            leg.close()
-
-    async def close(self) -> None:
-        for call_id in list(self._legs):
-            self.release(call_id)
-        # Let the event loop run the transports' connection_lost callbacks.
-        await asyncio.sleep(0)
-
-    def __len__(self) -> int:
-        return len(self._legs)

@@ -1,0 +1,124 @@
+"""The media plane of one server process: a UDP leg and a :class:`RelayEndpoint` per call, one 20 ms
+ticker for every call's outgoing audio, and the users' patience (media timeouts) on the virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .certificate import DtlsCertificate
+from .leg import MediaLeg
+from .relay import RelayEndpoint, Reporter
+
+log = logging.getLogger("wacall.media")
+TICK = 0.020
+KEEP_FINISHED = 500
+
+
+class _Silent:
+    """A reporter for engines used without a platform (tests of the leg alone)."""
+
+    def note(self, call_id: str, kind: str, **data: Any) -> None:
+        pass
+
+    def ended(self, call_id: str, code: int, reason: str) -> None:
+        pass
+
+    def now(self) -> float:
+        return time.time()
+
+    def timeouts(self) -> tuple[float, float]:
+        return 20.0, 30.0
+
+
+class MediaEngine:
+    def __init__(self, host: str = "127.0.0.1", certificate: DtlsCertificate | None = None,
+                 reporter: Reporter | None = None) -> None:
+        self.host = host
+        self.certificate = certificate if certificate is not None else DtlsCertificate.default()
+        self.reporter: Reporter = reporter or _Silent()
+        self.endpoints: dict[str, RelayEndpoint] = {}
+        self.finished: dict[str, RelayEndpoint] = {}     # recordings and statistics of ended calls
+        self._ticker: asyncio.Task | None = None
+
+    # -- legs -------------------------------------------------------------------------------------
+    async def allocate(self, call_id: str) -> MediaLeg:
+        """Bind a UDP socket on ``(host, 0)`` for ``call_id``; returns the existing leg if any."""
+        existing = self.endpoints.get(call_id)
+        if existing is not None and existing.leg.is_open:
+            return existing.leg
+        loop = asyncio.get_running_loop()
+        leg = MediaLeg.create(call_id, host=self.host, port=0, fingerprint=self.certificate.fingerprint)
+        transport, endpoint = await loop.create_datagram_endpoint(
+            lambda: RelayEndpoint(leg, self.certificate, self.reporter), local_addr=(self.host, 0))
+        leg._transport = transport
+        leg.port = transport.get_extra_info("sockname")[1]
+        self.endpoints[call_id] = endpoint
+        self._ensure_ticker()
+        return leg
+
+    def get(self, call_id: str) -> MediaLeg | None:
+        endpoint = self.endpoints.get(call_id)
+        return endpoint.leg if endpoint else None
+
+    def endpoint(self, call_id: str) -> RelayEndpoint | None:
+        return self.endpoints.get(call_id) or self.finished.get(call_id)
+
+    def release(self, call_id: str) -> None:
+        """Close the leg and keep its results for the inspector. Unknown ids are ignored."""
+        endpoint = self.endpoints.pop(call_id, None)
+        if endpoint is None:
+            return
+        endpoint.close()
+        endpoint.leg._transport = None
+        self.finished[call_id] = endpoint
+        while len(self.finished) > KEEP_FINISHED:
+            self.finished.pop(next(iter(self.finished)))
+
+    async def close(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
+        for call_id in list(self.endpoints):
+            self.release(call_id)
+        await asyncio.sleep(0)
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
+
+    # -- the 20 ms ticker ---------------------------------------------------------------------------
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        next_at = time.monotonic()
+        last_check = 0.0
+        while self.endpoints:
+            now = time.monotonic()
+            for endpoint in list(self.endpoints.values()):
+                try:
+                    endpoint.tick(now)
+                except Exception:
+                    log.exception("relay %s: tick failed", endpoint.call_id)
+            if now - last_check >= 0.25:
+                last_check = now
+                self.check_timeouts()
+            next_at += TICK
+            delay = next_at - time.monotonic()
+            if delay < -0.2:        # fell far behind: skip, don't burst
+                next_at = time.monotonic()
+                delay = 0
+            await asyncio.sleep(max(0.0, delay))
+        self._ticker = None
+
+    def check_timeouts(self) -> None:
+        now = self.reporter.now()
+        start, silence = self.reporter.timeouts()
+        for endpoint in list(self.endpoints.values()):
+            verdict = endpoint.check_timeouts(now, start, silence)
+            if verdict is not None:
+                self.reporter.ended(endpoint.call_id, *verdict)

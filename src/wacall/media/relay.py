@@ -1,0 +1,502 @@
+"""Meta's media relay for one call leg, and the WhatsApp user's phone behind it.
+
+One :class:`RelayEndpoint` per call owns the leg's UDP socket and demultiplexes it (RFC 7983):
+STUN goes to the ICE-lite agent (RFC 8445 §2.5, always controlled), DTLS to the DTLS-SRTP session
+(RFC 5764; role from the negotiated ``a=setup``), SRTP/SRTCP to the SRTP context (keyed by DTLS or
+by SDES, RFC 4568). Received audio is the user's earpiece: it is recorded (what the user heard),
+measured, and RFC 4733 digits are detected. The user's microphone is a pre-encoded source sent on
+one SSRC, 20 ms Opus (or G.711 when negotiated), with the user's DTMF on the same SSRC and
+sequence space.
+
+Behaviour from Meta's docs: the business sends the first SRTP packet; the user side treats the
+first media packet or the accept, whichever comes first, as answered; no business media 20 s after
+the call connects, or 30 s of silence (no RTP nor RTCP) mid-call, makes the user hang up (the
+reporter ends the call with the error code); media that arrives before the media connection is
+up, or before the user answered, is lost and shows as clipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import time
+import wave
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from . import g711
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, PreEncodedAudio, Recorder, parse_audio_spec
+from .certificate import DtlsCertificate
+from .dtls import DtlsSrtpSession, is_dtls
+from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
+from .ice_lite import IceLiteAgent, Nominated, Rejected
+from .leg import MediaLeg
+from .rtcp import RtcpError, RtcpSenderReport, build_compound, ntp_timestamp, parse_rtcp
+from .rtp import ReceiveStats, RtpError, RtpPacket, is_rtcp
+from .sdp import SessionDescription, parse_crypto, parse_sdp
+from .srtp import SrtpContext, SrtpError
+from .stun import is_stun
+
+log = logging.getLogger("wacall.media")
+Addr = tuple[str, int]
+RTCP_INTERVAL = 5.0
+CODEC_NAMES = {"opus": "opus", "pcmu": "pcmu", "pcma": "pcma"}
+
+
+class Reporter(Protocol):
+    """How the relay talks to the platform (implemented by the server)."""
+
+    def note(self, call_id: str, kind: str, **data: Any) -> None: ...
+    def ended(self, call_id: str, code: int, reason: str) -> None: ...
+    def now(self) -> float: ...
+    def timeouts(self) -> tuple[float, float]: ...   # (no media at start, silence mid-call); 0 = off
+
+
+@dataclass
+class Negotiated:
+    """What the two SDPs agreed on, from the relay's point of view."""
+    key_exchange: str                   # DTLS | SDES
+    dtls_role: str | None = None        # client | server (DTLS only)
+    remote_fingerprint: str | None = None
+    remote_ufrag: str | None = None
+    remote_pwd: str | None = None
+    remote_crypto: str | None = None    # SDES only
+    remote_addr: Addr | None = None     # c= / m= of the business (SDES latching starts here)
+    send_codec: str = "opus"
+    payload_types: dict[str, int] = field(default_factory=dict)   # opus / pcmu / pcma / telephone-event
+
+
+def _codec_pts(desc: SessionDescription) -> dict[str, int]:
+    audio = desc.audio
+    found: dict[str, int] = {}
+    if audio is None:
+        return found
+    for pt in audio.payload_types:
+        codec = audio.codec(pt)
+        if codec is None:
+            continue
+        name = codec.encoding.lower()
+        if name == "opus" and codec.clock_rate == 48000:
+            found.setdefault("opus", pt)
+        elif name in ("pcmu", "pcma") and codec.clock_rate == 8000:
+            found.setdefault(name, pt)
+        elif name == "telephone-event" and codec.clock_rate == 8000:
+            found.setdefault("telephone-event", pt)
+    return found
+
+
+def negotiate(meta_sdp: str, business_sdp: str, key_exchange: str) -> Negotiated:
+    meta, business = parse_sdp(meta_sdp), parse_sdp(business_sdp)
+    result = Negotiated(key_exchange=key_exchange)
+    ours, theirs = _codec_pts(meta), _codec_pts(business)
+    result.payload_types = {name: pt for name, pt in ours.items() if name in theirs}
+    for pt in (business.audio.payload_types if business.audio else []):   # the business's preference
+        codec = business.audio.codec(pt)
+        name = codec.encoding.lower() if codec else ""
+        if name in ("opus", "pcmu", "pcma") and name in result.payload_types:
+            result.send_codec = name
+            break
+    baudio = business.audio
+    connection = (baudio.connection if baudio and baudio.connection else business.connection)
+    if baudio and connection and connection.address not in ("0.0.0.0", "::") and baudio.port not in (0, 9):
+        result.remote_addr = (connection.address, baudio.port)
+    if key_exchange == "SDES":
+        for _, value in business.effective_attribute(baudio, "crypto") and baudio.attributes_named("crypto") or []:
+            try:
+                parse_crypto(value or "")
+                result.remote_crypto = value
+                break
+            except ValueError:
+                continue
+        return result
+    ufrag = business.effective_attribute(baudio, "ice-ufrag")
+    pwd = business.effective_attribute(baudio, "ice-pwd")
+    fingerprint = business.effective_attribute(baudio, "fingerprint")
+    result.remote_ufrag = ufrag[1] if ufrag else None
+    result.remote_pwd = pwd[1] if pwd else None
+    result.remote_fingerprint = fingerprint[1] if fingerprint else None
+    meta_setup = (meta.effective_attribute(meta.audio, "setup") or (0, "actpass"))[1]
+    their_setup = (business.effective_attribute(baudio, "setup") or (0, "active"))[1]
+    if meta_setup == "active":
+        result.dtls_role = "client"
+    elif meta_setup == "passive":
+        result.dtls_role = "server"
+    else:   # Meta offered actpass: the business's answer decides
+        result.dtls_role = "client" if their_setup == "passive" else "server"
+    return result
+
+
+class G711Loop:
+    """A user's source encoded once as 20 ms G.711 frames (160 bytes), shared between calls."""
+
+    _cache: dict[tuple[str, str], list[bytes]] = {}
+
+    @classmethod
+    def get(cls, spec: str, codec: str, seconds: float = 10.0) -> list[bytes]:
+        key = (spec, codec)
+        if key not in cls._cache:
+            source = parse_audio_spec(spec)
+            frames = int(seconds * 50)
+            pcm = np.concatenate([np.asarray(source.read(), dtype=np.int16) for _ in range(frames)])
+            narrow = g711.resample_48k_to_8k(pcm)
+            encode = g711.ulaw_encode if codec == "pcmu" else g711.alaw_encode
+            data = encode(narrow)
+            cls._cache[key] = [data[i:i + 160] for i in range(0, len(data) - 159, 160)]
+        return cls._cache[key]
+
+
+class RelayEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, leg: MediaLeg, certificate: DtlsCertificate, reporter: Reporter) -> None:
+        self.leg = leg
+        self.certificate = certificate
+        self.reporter = reporter
+        self.call_id = leg.call_id
+        self.transport: asyncio.DatagramTransport | None = None
+        self.ice = IceLiteAgent(leg.ice_ufrag, leg.ice_pwd)
+        self.negotiated: Negotiated | None = None
+        self.dtls: DtlsSrtpSession | None = None
+        self.srtp: SrtpContext | None = None
+        self.remote: Addr | None = None
+        self.failure: tuple[int, str] | None = None        # why media never came up
+        self.closed = False
+        # the user's phone
+        self.user_audio = "tone:440"
+        self.stream = RtpStreamState.random(ssrc=leg.ssrc)
+        self.dtmf_out: DtmfSender | None = None
+        self.dtmf_in: DtmfReceiver | None = None
+        self.recorder: Recorder | None = None
+        self.stats = ReceiveStats()
+        self._frames: list[bytes] = []
+        self._frame_index = 0
+        self.connected_at: float | None = None            # the call was accepted (virtual clock)
+        self.user_answered_at: float | None = None
+        self.sending = False
+        self.business_sent_first = False
+        self.first_packet_at: float | None = None
+        self.last_media_at: float | None = None
+        self.clipped_packets = 0
+        self.wrong_payload_types: set[int] = set()
+        self.digits_received: list[dict] = []
+        self.digits_sent: list[str] = []
+        self.packets_sent = 0
+        self._noted: set[str] = set()
+        self._last_rtcp = 0.0
+        self._dtls_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio plumbing -------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._dtls_timer:
+            self._dtls_timer.cancel()
+        if self.dtmf_in:
+            for digit in self.dtmf_in.flush():
+                self._digit(digit)
+        if self.transport:
+            self.transport.close()
+
+    def _send(self, data: bytes, addr: Addr | None = None) -> None:
+        target = addr or self.remote
+        if target and self.transport and not self.transport.is_closing():
+            self.transport.sendto(data, target)
+
+    def _note_once(self, kind: str, **data: Any) -> None:
+        if kind not in self._noted:
+            self._noted.add(kind)
+            self.reporter.note(self.call_id, kind, **data)
+
+    # -- configuration (from the signalling) ------------------------------------------------------
+    def configure(self, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str) -> None:
+        if self.negotiated is not None:
+            return
+        self.user_audio = user_audio
+        try:
+            self.negotiated = n = negotiate(meta_sdp, business_sdp, key_exchange)
+        except Exception as exc:   # validated SDPs; a failure here is a relay bug, not the business's
+            self.failure = (138020, f"relay could not use the SDPs: {exc}")
+            self._note_once("negotiation_failed", reason=str(exc))
+            return
+        te = n.payload_types.get("telephone-event", 126)
+        self.dtmf_out = DtmfSender(self.stream, payload_type=te)
+        self.dtmf_in = DtmfReceiver(payload_type=te)
+        self.recorder = Recorder("opus")
+        if n.key_exchange == "SDES":
+            if n.remote_crypto is None:
+                self.failure = (138020, "no usable a=crypto line from the business")
+                return
+            self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.sdes_key_b64), parse_crypto(n.remote_crypto))
+            self.remote = n.remote_addr
+            self.reporter.note(self.call_id, "srtp_ready", key_exchange="SDES", suite=parse_crypto(n.remote_crypto).suite)
+            return
+        if n.remote_ufrag and n.remote_pwd:
+            self.ice.set_remote_credentials(n.remote_ufrag, n.remote_pwd)
+        self.dtls = DtlsSrtpSession(self.certificate, role=n.dtls_role or "server",
+                                    remote_fingerprint=n.remote_fingerprint or "")
+        self.reporter.note(self.call_id, "dtls_role", role=n.dtls_role)
+
+    # -- receiving ------------------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        if self.closed:
+            return
+        addr = (addr[0], addr[1])
+        self.leg.packets_received += 1
+        self.leg.bytes_received += len(data)
+        self.leg.last_remote_addr = addr
+        try:
+            if is_stun(data):
+                self._on_stun(data, addr)
+            elif is_dtls(data):
+                self._on_dtls(data, addr)
+            elif 128 <= data[0] <= 191:
+                self._on_srtp(data, addr)
+        except Exception:   # a hostile datagram must never take the relay down
+            log.exception("relay %s: datagram from %s", self.call_id, addr)
+
+    def _on_stun(self, data: bytes, addr: Addr) -> None:
+        result = self.ice.handle(data, addr)
+        if result.response:
+            self._send(result.response, addr)
+        for event in result.events:
+            if isinstance(event, Nominated):
+                first = self.remote is None
+                self.remote = event.addr
+                self.reporter.note(self.call_id, "ice_connected" if first else "ice_switched",
+                                   remote=f"{event.addr[0]}:{event.addr[1]}")
+                if first and self.dtls is not None and self.dtls.state == "new" and self.negotiated \
+                        and self.negotiated.dtls_role == "client":
+                    self._dtls_out(self.dtls.start())
+            elif isinstance(event, Rejected) and event.reason in ("role_conflict", "bad_integrity", "bad_username"):
+                if event.reason == "role_conflict":
+                    self.failure = self.failure or (138020, "ICE role conflict: the business's agent is "
+                                                            "controlled, but Meta's relay is ICE-lite and "
+                                                            "always controlled; the business must control")
+                self._note_once(f"ice_{event.reason}", remote=f"{addr[0]}:{addr[1]}")
+
+    def _dtls_out(self, datagrams: list[bytes]) -> None:
+        for datagram in datagrams:
+            self._send(datagram)
+        self._arm_dtls_timer()
+
+    def _arm_dtls_timer(self) -> None:
+        if self._dtls_timer:
+            self._dtls_timer.cancel()
+            self._dtls_timer = None
+        if self.dtls is None or self.dtls.state not in ("new", "connecting"):
+            return
+        delay = self.dtls.timeout()
+        if delay is not None:
+            self._dtls_timer = asyncio.get_running_loop().call_later(max(delay, 0.01), self._dtls_retransmit)
+
+    def _dtls_retransmit(self) -> None:
+        self._dtls_timer = None
+        if self.dtls is not None and not self.closed:
+            self._dtls_out(self.dtls.handle_timeout())
+
+    def _on_dtls(self, data: bytes, addr: Addr) -> None:
+        if self.dtls is None:
+            self._note_once("dtls_before_answer")
+            return
+        if self.remote is None:
+            self.remote = addr
+        before = self.dtls.state
+        self._dtls_out(self.dtls.feed(data))
+        if self.dtls.state == "connected" and before != "connected":
+            self.srtp = self.dtls.srtp()
+            self.reporter.note(self.call_id, "dtls_connected", profile=self.dtls.srtp_profile.name
+                               if self.dtls.srtp_profile else None)
+        elif self.dtls.state == "failed" and before != "failed":
+            self.failure = (138020, f"DTLS failed: {self.dtls.failure_reason}")
+            self.reporter.note(self.call_id, "dtls_failed", reason=self.dtls.failure_reason)
+
+    def _on_srtp(self, data: bytes, addr: Addr) -> None:
+        now = self.reporter.now()
+        if self.srtp is None:
+            self.clipped_packets += 1
+            self._note_once("media_before_connection", detail="SRTP arrived before the media connection "
+                                                                "was up: lost (clipping)")
+            return
+        if is_rtcp(data):
+            try:
+                reports = parse_rtcp(self.srtp.unprotect_rtcp(data))
+            except SrtpError as exc:
+                self._note_once(f"srtcp_{exc.kind}_failure")
+                return
+            except RtcpError:
+                self._note_once("rtcp_malformed")
+                return
+            for report in reports:
+                if isinstance(report, RtcpSenderReport):
+                    self.stats.on_sender_report(report.ssrc, report.ntp_timestamp, time.monotonic())
+            self.last_media_at = now
+            return
+        try:
+            plain = self.srtp.unprotect(data)
+            packet = RtpPacket.parse(plain)
+        except SrtpError as exc:
+            self._note_once(f"srtp_{exc.kind}_failure", detail="SRTP packets failed authentication")
+            return
+        except RtpError:
+            self._note_once("rtp_malformed")
+            return
+        if self.negotiated and self.negotiated.key_exchange == "SDES":
+            self.remote = addr                      # symmetric RTP: latch the business's source
+        if not self.business_sent_first:
+            self.business_sent_first = True
+            self.first_packet_at = now
+            after = None if self.connected_at is None else round((now - self.connected_at) * 1000)
+            self.reporter.note(self.call_id, "first_media_from_business", ms_after_accept=after)
+        self.last_media_at = now
+        if self.user_answered_at is None:
+            self.user_answered_at = now
+            self.reporter.note(self.call_id, "user_answered", trigger="first_media")
+        self.stats.update(packet, time.monotonic())
+        if self.stats.multiple_ssrcs:
+            self._note_once("multiple_ssrcs", ssrcs=sorted(self.stats.ssrcs_seen))
+        pts = self.negotiated.payload_types if self.negotiated else {}
+        if packet.payload_type == pts.get("telephone-event"):
+            for digit in self.dtmf_in.receive(packet, time.monotonic()):
+                self._digit(digit)
+        elif packet.payload_type == pts.get("opus"):
+            self._record("opus", packet)
+        elif packet.payload_type in (pts.get("pcmu"), pts.get("pcma")):
+            self._record("pcmu" if packet.payload_type == pts.get("pcmu") else "pcma", packet)
+        else:
+            if packet.payload_type not in self.wrong_payload_types:
+                self.wrong_payload_types.add(packet.payload_type)
+                self.reporter.note(self.call_id, "wrong_payload_type", payload_type=packet.payload_type)
+
+    def _record(self, codec: str, packet: RtpPacket) -> None:
+        if self.recorder is None or self.recorder.codec != codec:
+            if self.recorder is not None and self.recorder.packets:
+                self._note_once("codec_switch", codec=codec)
+                return
+            self.recorder = Recorder(codec)
+        self.recorder.add_packet(packet, time.monotonic())
+
+    def _digit(self, digit) -> None:
+        entry = {"digit": digit.digit, "duration_ms": round(digit.duration_ms)}
+        self.digits_received.append(entry)
+        self.reporter.note(self.call_id, "dtmf_from_business", **entry)
+
+    # -- the user's side ----------------------------------------------------------------------------
+    def call_connected(self, at: float) -> None:
+        """The call was accepted (UIC accept, or the user picked up a BIC)."""
+        if self.connected_at is None:
+            self.connected_at = at
+            if self.user_answered_at is None:
+                self.user_answered_at = at
+                self.reporter.note(self.call_id, "user_answered", trigger="accept")
+
+    def send_dtmf(self, digits: str) -> None:
+        if self.dtmf_out is None:
+            raise RuntimeError("the call has no media yet")
+        self.dtmf_out.send(digits)
+        self.digits_sent.extend(digits)
+
+    def _frames_for(self, codec: str) -> list[bytes]:
+        if codec == "opus":
+            return PreEncodedAudio.get(self.user_audio).frames
+        return G711Loop.get(self.user_audio, codec)
+
+    def tick(self, now: float) -> None:
+        """One 20 ms interval: the user's microphone and DTMF, and RTCP every few seconds."""
+        if self.closed or self.srtp is None or self.remote is None or self.negotiated is None:
+            return
+        if not self.sending:
+            if not (self.business_sent_first and self.user_answered_at is not None):
+                return
+            self.sending = True
+            self._frames = self._frames_for(self.negotiated.send_codec)
+            self.reporter.note(self.call_id, "user_media_started", codec=self.negotiated.send_codec)
+        events = self.dtmf_out.tick() if self.dtmf_out and self.dtmf_out.busy else []
+        if events:
+            packets = events
+        else:
+            frame = self._frames[self._frame_index % len(self._frames)]
+            self._frame_index += 1
+            pt = self.negotiated.payload_types[self.negotiated.send_codec]
+            packets = [self.stream.packet(pt, frame)]
+        for packet in packets:
+            self._send(self.srtp.protect(packet.serialize()))
+            self.packets_sent += 1
+        self.stream.advance()
+        wall = time.time()
+        if wall - self._last_rtcp >= RTCP_INTERVAL:
+            self._last_rtcp = wall
+            self._send_rtcp(wall)
+
+    def _send_rtcp(self, wall: float) -> None:
+        sender = (ntp_timestamp(wall), self.stream.timestamp, self.stream.packet_count, self.stream.octet_count)
+        compound = build_compound(self.stream.ssrc, "WhatsAppAudioStream1", stats=self.stats,
+                                  now=time.monotonic(), sender=sender)
+        self._send(self.srtp.protect_rtcp(compound))
+
+    # -- the user's patience --------------------------------------------------------------------------
+    def check_timeouts(self, now: float, start_timeout: float, silence_timeout: float) -> tuple[int, str] | None:
+        if self.connected_at is None or self.closed:
+            return None
+        if self.last_media_at is None:
+            if start_timeout and now - self.connected_at >= start_timeout:
+                if self.failure:
+                    return self.failure
+                if self.remote is None and (self.negotiated is None or self.negotiated.key_exchange == "DTLS"):
+                    return (138023, f"no media connection signals within {start_timeout:g} s of the accept "
+                                    "(no ICE connectivity check from the business)")
+                return (138021, f"no media from the business within {start_timeout:g} s of the accept")
+        elif silence_timeout and now - max(self.last_media_at, self.connected_at) >= silence_timeout:
+            return (138021, f"no media (neither RTP nor RTCP) from the business for {silence_timeout:g} s")
+        return None
+
+    # -- what the inspector shows ---------------------------------------------------------------------
+    def view(self) -> dict:
+        level = self.recorder.level_dbfs if self.recorder and self.recorder.packets else None
+        return {
+            "host": self.leg.host, "port": self.leg.port,
+            "key_exchange": self.negotiated.key_exchange if self.negotiated else None,
+            "ice": {"connected": self.ice.connected,
+                    "remote": f"{self.remote[0]}:{self.remote[1]}" if self.remote else None},
+            "dtls": {"role": self.negotiated.dtls_role if self.negotiated else None,
+                     "state": self.dtls.state if self.dtls else None,
+                     "profile": self.dtls.srtp_profile.name if self.dtls and self.dtls.srtp_profile else None},
+            "send_codec": self.negotiated.send_codec if self.negotiated else None,
+            "payload_types": self.negotiated.payload_types if self.negotiated else {},
+            "received": {
+                "packets": self.stats.received, "lost": self.stats.lost,
+                "loss": round(self.stats.lost / self.stats.expected, 4) if self.stats.expected else 0.0,
+                "jitter_ms": round(max((s.jitter_ms for s in self.stats.sources.values()), default=0.0), 2),
+                "level_dbfs": None if level is None or level == float("-inf") else round(level, 1),
+                "first_packet_ms_after_accept": None if self.first_packet_at is None or self.connected_at is None
+                else round((self.first_packet_at - self.connected_at) * 1000),
+                "clipped_packets": self.clipped_packets,
+                "srtp_auth_failures": self.srtp.auth_failures if self.srtp else 0,
+                "wrong_payload_types": sorted(self.wrong_payload_types),
+                "ssrcs": len(self.stats.sources),
+            },
+            "sent": {"packets": self.packets_sent, "ssrc": self.stream.ssrc, "audio": self.user_audio},
+            "digits_received": list(self.digits_received),
+            "digits_sent": "".join(self.digits_sent),
+        }
+
+    def recording_wav(self) -> bytes:
+        pcm = self.recorder.pcm() if self.recorder else np.zeros(0, dtype=np.int16)
+        buffer = io.BytesIO()
+        with wave.open(buffer, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(SAMPLE_RATE)
+            out.writeframes(np.asarray(pcm, dtype=np.int16).tobytes())
+        return buffer.getvalue()
+
+
+__all__ = ["RelayEndpoint", "Reporter", "negotiate", "Negotiated", "FRAME_SAMPLES"]
