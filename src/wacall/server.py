@@ -19,6 +19,7 @@ from aiohttp import web
 from .config import Config, load_config
 from .domain.clock import VirtualClock
 from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia
+from .domain.model import USER_INITIATED
 from .domain.platform import Platform
 from .domain.state import new_id
 from .media.engine import MediaEngine
@@ -145,7 +146,8 @@ class Wacall:
         if call is None or endpoint is None or not call.meta_sdp or not call.business_sdp:
             return
         user = self.platform.users.get(call.wa_id)
-        endpoint.configure(call.meta_sdp, call.business_sdp, call.key_exchange, user.audio if user else "silence")
+        endpoint.configure(call.meta_sdp, call.business_sdp, call.key_exchange, user.audio if user else "silence",
+                           user_is_caller=call.direction == USER_INITIATED)
 
     # -- the media plane's reporter (wacall.media.relay.Reporter) ------------------------------------
     def note(self, call_id: str, kind: str, **data) -> None:

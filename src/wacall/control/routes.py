@@ -86,9 +86,12 @@ def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
         "timeline": list(call.timeline),
     }
-    leg = wacall.media.get(call.id)
-    view["media"] = ({"host": leg.host, "port": leg.port, "packets_received": leg.packets_received}
-                     if leg else None)
+    endpoint = wacall.media.endpoint(call.id)
+    view["media"] = None
+    if endpoint is not None:
+        view["media"] = endpoint.view()
+        view["media"]["packets_received"] = endpoint.leg.packets_received
+        view["media"]["recording_url"] = f"{wacall.base_url}/_wacall/calls/{call.id}/recording.wav"
     if with_webhooks:
         journal = wacall.store.journal(call_id=call.id)
         view["webhooks"] = journal
@@ -254,6 +257,31 @@ async def call_action(wacall: Wacall, request: web.Request) -> web.Response:
 
 
 @handler
+async def call_dtmf(wacall: Wacall, request: web.Request) -> web.Response:
+    call_id = request.match_info["call_id"]
+    digits = (await body_of(request)).get("digits")
+    if not isinstance(digits, str) or not digits or any(d not in "0123456789*#ABCD" for d in digits.upper()):
+        raise ControlError("bad_digits", "digits must be a string of 0-9, *, #, A-D", 400)
+    call = wacall.platform.calls.get(call_id)
+    endpoint = wacall.media.endpoints.get(call_id)
+    if call is None:
+        raise ControlError("unknown_call", f"no call {call_id}", 404)
+    if endpoint is None or call.state != "ACCEPTED" or endpoint.srtp is None:
+        raise ControlError("no_media", "the call has no media connection to press keys on", 409)
+    endpoint.send_dtmf(digits.upper())
+    wacall.apply(lambda: wacall.platform.media_note(call_id, "dtmf_from_user", digits=digits.upper()))
+    return ok({"digits": digits.upper()})
+
+
+@handler
+async def call_recording(wacall: Wacall, request: web.Request) -> web.Response:
+    endpoint = wacall.media.endpoint(request.match_info["call_id"])
+    if endpoint is None:
+        raise ControlError("no_recording", "no media was recorded for this call (or it was forgotten)", 404)
+    return web.Response(body=endpoint.recording_wav(), content_type="audio/wav")
+
+
+@handler
 async def webhooks(wacall: Wacall, request: web.Request) -> web.Response:
     limit = int(request.query.get("limit", "200"))
     return ok({"data": wacall.store.journal(call_id=request.query.get("call_id"), limit=limit)})
@@ -325,6 +353,8 @@ def control_routes(app: web.Application) -> None:
     r.add_post("/_wacall/users/{wa_id}/permission_replies", user_permission_replies)
     r.add_get("/_wacall/calls", calls)
     r.add_get("/_wacall/calls/{call_id}", call)
+    r.add_post("/_wacall/calls/{call_id}/dtmf", call_dtmf)
+    r.add_get("/_wacall/calls/{call_id}/recording.wav", call_recording)
     r.add_post("/_wacall/calls/{call_id}/{action}", call_action)
     r.add_get("/_wacall/webhooks", webhooks)
     r.add_route("GET", "/_wacall/limits", limits)

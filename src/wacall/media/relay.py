@@ -165,6 +165,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.closed = False
         # the user's phone
         self.user_audio = "tone:440"
+        self.user_is_caller = True
         self.stream = RtpStreamState.random(ssrc=leg.ssrc)
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in: DtmfReceiver | None = None
@@ -217,10 +218,12 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             self.reporter.note(self.call_id, kind, **data)
 
     # -- configuration (from the signalling) ------------------------------------------------------
-    def configure(self, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str) -> None:
+    def configure(self, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str,
+                  user_is_caller: bool = True) -> None:
         if self.negotiated is not None:
             return
         self.user_audio = user_audio
+        self.user_is_caller = user_is_caller
         try:
             self.negotiated = n = negotiate(meta_sdp, business_sdp, key_exchange)
         except Exception as exc:   # validated SDPs; a failure here is a relay bug, not the business's
@@ -358,7 +361,12 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             self.reporter.note(self.call_id, "first_media_from_business", ms_after_accept=after)
         self.last_media_at = now
         if self.user_answered_at is None:
-            self.user_answered_at = now
+            if not self.user_is_caller:        # the user's phone is still ringing: nobody listens
+                self.clipped_packets += 1
+                self._note_once("media_before_answer", detail="business media before the user answered: "
+                                                              "lost (clipping)")
+                return
+            self.user_answered_at = now        # the caller's phone: first media counts as answered
             self.reporter.note(self.call_id, "user_answered", trigger="first_media")
         self.stats.update(packet, time.monotonic())
         if self.stats.multiple_ssrcs:
