@@ -1,0 +1,203 @@
+"""SDES-keyed SRTP (RFC 4568): a business written directly on pylibsrtp and PyAV over plain UDP
+(no ICE, no DTLS) exchanges audio with the virtual user through wacall's relay."""
+
+from __future__ import annotations
+
+import base64
+import fractions
+import os
+import re
+import socket
+import struct
+import time
+
+import av
+import numpy as np
+import pylibsrtp
+import pytest
+
+from wacall.media.audio import dominant_frequency, tone_power
+
+ALICE = "447700900001"
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+
+class SdesBusiness:
+    """A business's media stack: one UDP socket, Opus via PyAV, SRTP via pylibsrtp."""
+
+    def __init__(self, tone_hz: float = 1000.0, *, payload_type: int = 111, wrong_key: bool = False,
+                 extra_ssrc: bool = False) -> None:
+        self.payload_type, self.wrong_key, self.extra_ssrc = payload_type, wrong_key, extra_ssrc
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.key = os.urandom(30)
+        self.ssrc = int.from_bytes(os.urandom(4), "big")
+        self.tone_hz = tone_hz
+        self.encoder = av.CodecContext.create("libopus", "w")
+        self.encoder.sample_rate, self.encoder.layout, self.encoder.format = 48000, "mono", "s16"
+        self.decoder = av.CodecContext.create("libopus", "r")
+        self.decoder.sample_rate, self.decoder.layout = 48000, "mono"
+        self.received_pcm: list[np.ndarray] = []
+        self.rx_session: pylibsrtp.Session | None = None
+        self.tx_session: pylibsrtp.Session | None = None
+        self.remote: tuple[str, int] | None = None
+        self.sent = 0
+
+    def answer(self, meta_offer: str) -> str:
+        crypto = re.search(r"a=crypto:(\d+) (\S+) inline:([A-Za-z0-9+/=]+)", meta_offer)
+        assert crypto and crypto.group(2) == SUITE, meta_offer
+        port = int(re.search(r"m=audio (\d+) RTP/SAVP", meta_offer).group(1))
+        host = re.search(r"c=IN IP4 (\S+)", meta_offer).group(1)
+        self.remote = (host, port)
+        rx = pylibsrtp.Policy(key=base64.b64decode(crypto.group(3)), ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+                              srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
+        tx = pylibsrtp.Policy(key=self.key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                              srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
+        self.rx_session, self.tx_session = pylibsrtp.Session(rx), pylibsrtp.Session(tx)
+        if self.wrong_key:                      # advertise one key, encrypt with another
+            self.tx_session = pylibsrtp.Session(pylibsrtp.Policy(
+                key=os.urandom(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+        lines = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
+                 f"m=audio {self.port} RTP/SAVP 111 126", f"a=crypto:{crypto.group(1)} {SUITE} inline:"
+                 + base64.b64encode(self.key).decode(), "a=rtpmap:111 opus/48000/2", "a=fmtp:111 useinbandfec=1",
+                 "a=rtpmap:126 telephone-event/8000", "a=ptime:20", "a=sendrecv", ""]
+        return "\r\n".join(lines)
+
+    def _opus_frame(self, n: int) -> bytes:
+        t = (np.arange(960) + n * 960) / 48000
+        pcm = (np.sin(2 * np.pi * self.tone_hz * t) * 12000).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, n * 960, fractions.Fraction(1, 48000)
+        packets = self.encoder.encode(frame)
+        return bytes(packets[0]) if packets else b"\xf8\xff\xfe"
+
+    def send_one(self) -> None:
+        ssrc = self.ssrc ^ (self.sent & 1) if self.extra_ssrc else self.ssrc
+        header = struct.pack("!BBHII", 0x80, self.payload_type, self.sent & 0xFFFF, (self.sent * 960) & 0xFFFFFFFF, ssrc)
+        self.sock.sendto(self.tx_session.protect(header + self._opus_frame(self.sent)), self.remote)
+        self.sent += 1
+
+    def run(self, seconds: float) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            self.send_one()
+            deadline = start + self.sent * 0.02
+            while time.monotonic() < deadline:
+                try:
+                    data, _ = self.sock.recvfrom(2048)
+                except BlockingIOError:
+                    time.sleep(0.002)
+                    continue
+                if 192 <= data[1] <= 223:            # SRTCP (RFC 5761)
+                    continue
+                rtp = self.rx_session.unprotect(data)
+                payload = rtp[12 + 4 * (rtp[0] & 0x0F):]
+                if rtp[1] & 0x7F == 111:
+                    for frame in self.decoder.decode(av.Packet(payload)):
+                        self.received_pcm.append(frame.to_ndarray().reshape(-1))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def sdes(wa):
+    wa.reset(media_timeouts=True)
+    assert wa.graph("POST", f"{wa.pnid}/settings",
+                    json={"calling": {"srtp_key_exchange_protocol": "SDES"}}).status_code == 200
+    business = SdesBusiness()
+    yield business
+    business.close()
+
+
+def test_sdes_user_initiated_call_audio_both_ways(wa, sdes):
+    call_id = wa.user_calls(ALICE).json()["call_id"]
+    offer = wa.call(call_id)["meta_sdp"]
+    assert "RTP/SAVP" in offer and "a=crypto:" in offer and "a=ice-ufrag" not in offer and "fingerprint" not in offer
+    answer = sdes.answer(offer)
+    for action in ("pre_accept", "accept"):
+        response = wa.calls_action({"call_id": call_id, "action": action,
+                                    "session": {"sdp_type": "answer", "sdp": answer}})
+        assert response.status_code == 200, response.text
+    sdes.run(3.0)
+    media = wa.call(call_id)["media"]
+    assert media["key_exchange"] == "SDES"
+    assert media["received"]["packets"] >= 100 and media["received"]["srtp_auth_failures"] == 0
+    heard = np.concatenate(sdes.received_pcm)
+    assert len(heard) > 48000, "the business received less than a second of the user's audio"
+    assert abs(dominant_frequency(heard, 48000) - 440) < 5
+    wav = wa.http.get(media["recording_url"]).content
+    pcm = np.frombuffer(wav[44:], dtype=np.int16)
+    assert abs(dominant_frequency(pcm, 48000) - 1000) < 5
+    assert tone_power(pcm, 48000, 1000) > 100 * tone_power(pcm, 48000, 440)
+    assert wa.calls_action({"call_id": call_id, "action": "terminate"}).status_code == 200
+
+
+def _media_events(call: dict) -> dict[str, dict]:
+    return {e["event"]: e for e in call["timeline"] if e["kind"] == "media"}
+
+
+def _connect(wa, business: SdesBusiness) -> str:
+    call_id = wa.user_calls(ALICE).json()["call_id"]
+    answer = business.answer(wa.call(call_id)["meta_sdp"])
+    for action in ("pre_accept", "accept"):
+        assert wa.calls_action({"call_id": call_id, "action": action,
+                                "session": {"sdp_type": "answer", "sdp": answer}}).status_code == 200
+    return call_id
+
+
+@pytest.mark.parametrize("knobs, event, check", [
+    ({"wrong_key": True}, "srtp_auth_failure", lambda m: m["received"]["srtp_auth_failures"] > 0),
+    ({"payload_type": 100}, "wrong_payload_type", lambda m: m["received"]["wrong_payload_types"] == [100]),
+    ({"extra_ssrc": True}, "multiple_ssrcs", lambda m: m["received"]["ssrcs"] == 2),
+])
+def test_media_faults_land_on_the_timeline(wa, sdes, knobs, event, check):
+    for name, value in knobs.items():
+        setattr(sdes, name, value)
+    call_id = _connect(wa, sdes)
+    sdes.run(0.5)
+    call = wa.wait_for(lambda: (c := wa.call(call_id)) and event in _media_events(c) and c, what=event)
+    assert check(call["media"]), call["media"]
+
+
+def test_no_business_media_ends_the_call_after_20_seconds(wa, sdes, receiver):
+    call_id = _connect(wa, sdes)                       # accepted, but the business never sends media
+    wa.advance(19)
+    assert wa.call(call_id)["state"] == "ACCEPTED"
+    wa.advance(2)
+    call = wa.wait_state(call_id, "ENDED")
+    assert call["end_status"] == "FAILED" and call["ended_by"] == "user"
+    terminate = receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "terminate"])[0]
+    assert terminate["status"] == "FAILED"
+    errors = receiver.values("calls")[-1]["errors"]
+    assert errors[0]["code"] == 138021 and "20 s" in errors[0]["error_data"]["details"]
+
+
+def test_silence_mid_call_ends_the_call_after_30_seconds(wa, sdes, receiver):
+    call_id = _connect(wa, sdes)
+    sdes.run(0.5)                                      # media flows, then stops
+    wa.advance(25)
+    assert wa.call(call_id)["state"] == "ACCEPTED"
+    wa.advance(6)
+    call = wa.wait_state(call_id, "ENDED")
+    assert call["errors"][0]["code"] == 138021 and "30 s" in call["errors"][0]["error_data"]["details"]
+
+
+def test_media_before_the_connection_is_up_is_clipped(wa, sdes):
+    call_id = wa.user_calls(ALICE).json()["call_id"]
+    answer = sdes.answer(wa.call(call_id)["meta_sdp"])
+    for _ in range(25):                                # half a second before wacall has the business's key
+        sdes.send_one()
+        time.sleep(0.02)
+    for action in ("pre_accept", "accept"):
+        assert wa.calls_action({"call_id": call_id, "action": action,
+                                "session": {"sdp_type": "answer", "sdp": answer}}).status_code == 200
+    sdes.run(1.0)
+    call = wa.call(call_id)
+    assert call["media"]["received"]["clipped_packets"] == 25
+    assert "media_before_connection" in _media_events(call)
+    # the recording starts with the first packet that could be heard, not with the first one sent
+    assert call["media"]["received"]["packets"] == sdes.sent - 25
