@@ -23,6 +23,7 @@ from aiortc.rtp import RtpPacket
 from support.aiortc_business import (
     AiortcBusiness,
     extensions_installed,
+    loopback_only_sdp,
     sdp_candidate_addresses,
 )
 
@@ -235,3 +236,50 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError):
         AiortcBusiness(srtp_profiles=["NOPE"])
     assert not extensions_installed()
+
+
+async def test_telephone_event_follows_the_offered_payload_type():
+    a = AiortcBusiness(tone_hz=440.0)
+    b = AiortcBusiness(tone_hz=1000.0)
+    try:
+        offer = await a.offer()
+        offer_101 = (
+            offer.replace(" 8 126\r\n", " 8 101\r\n")
+            .replace("a=rtpmap:126 ", "a=rtpmap:101 ")
+            .replace("a=fmtp:126 ", "a=fmtp:101 ")
+        )
+        assert "a=rtpmap:101 telephone-event/8000" in offer_101
+        answer = await b.answer(offer_101)
+        assert "a=rtpmap:101 telephone-event/8000" in answer and "126" not in answer.split("m=")[1].split("\r\n")[0]
+        await a.accept_answer(answer)
+        await asyncio.gather(a.wait_connected(5), b.wait_connected(5))
+        assert a.dtmf_payload_type == b.dtmf_payload_type == 101
+        await asyncio.gather(a.wait_received(0.3, 5), b.wait_received(0.3, 5))
+        b.send_dtmf("5")
+        a.send_dtmf("9")
+        assert await a.wait_digits(1, timeout=3) == ["5"]
+        assert await b.wait_digits(1, timeout=3) == ["9"]
+        assert a.received_dtmf[0].payload_type == b.received_dtmf[0].payload_type == 101
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_send_dtmf_needs_negotiated_telephone_event():
+    """A plain aiortc offer has no telephone-event: nothing to send DTMF with."""
+    plain = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    biz = AiortcBusiness()
+    try:
+        plain.addTransceiver("audio")
+        await plain.setLocalDescription(await plain.createOffer())
+        # drop the plain peer's (non-loopback) candidates: no traffic leaves loopback
+        answer = await biz.answer(loopback_only_sdp(plain.localDescription.sdp))
+        assert "telephone-event" not in answer
+        assert biz.dtmf_payload_type is None
+        with pytest.raises(RuntimeError):
+            biz.send_dtmf("1")
+        with pytest.raises(ValueError):
+            biz.send_dtmf("1x")
+    finally:
+        await plain.close()
+        await biz.close()

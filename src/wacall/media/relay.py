@@ -44,6 +44,7 @@ from .stun import is_stun
 log = logging.getLogger("wacall.media")
 Addr = tuple[str, int]
 RTCP_INTERVAL = 5.0
+MAX_RECORDED_PACKETS = 50 * 600          # ten minutes of what the user heard, per call
 CODEC_NAMES = {"opus": "opus", "pcmu": "pcmu", "pcma": "pcma"}
 
 
@@ -169,7 +170,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.stream = RtpStreamState.random(ssrc=leg.ssrc)
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in: DtmfReceiver | None = None
-        self.recorder: Recorder | None = None
+        self._heard: list[tuple[str, RtpPacket, float]] = []
+        self._recorder: Recorder | None = None
+        self._fed = 0
         self.stats = ReceiveStats()
         self._frames: list[bytes] = []
         self._frame_index = 0
@@ -233,7 +236,6 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         te = n.payload_types.get("telephone-event", 126)
         self.dtmf_out = DtmfSender(self.stream, payload_type=te)
         self.dtmf_in = DtmfReceiver(payload_type=te)
-        self.recorder = Recorder("opus")
         if n.key_exchange == "SDES":
             if n.remote_crypto is None:
                 self.failure = (138020, "no usable a=crypto line from the business")
@@ -385,12 +387,24 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 self.reporter.note(self.call_id, "wrong_payload_type", payload_type=packet.payload_type)
 
     def _record(self, codec: str, packet: RtpPacket) -> None:
-        if self.recorder is None or self.recorder.codec != codec:
-            if self.recorder is not None and self.recorder.packets:
-                self._note_once("codec_switch", codec=codec)
-                return
-            self.recorder = Recorder(codec)
-        self.recorder.add_packet(packet, time.monotonic())
+        """Keep what the user heard; decoding waits until someone listens (recording, level)."""
+        if self._heard and self._heard[0][0] != codec:
+            self._note_once("codec_switch", codec=codec)
+            return
+        if len(self._heard) < MAX_RECORDED_PACKETS:
+            self._heard.append((codec, packet, time.monotonic()))
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The user's earpiece decoded so far (incrementally, on demand)."""
+        if not self._heard:
+            return None
+        if self._recorder is None:
+            self._recorder = Recorder(self._heard[0][0])
+        for _, packet, arrival in self._heard[self._fed:]:
+            self._recorder.add_packet(packet, arrival)
+        self._fed = len(self._heard)
+        return self._recorder
 
     def _digit(self, digit) -> None:
         entry = {"digit": digit.digit, "duration_ms": round(digit.duration_ms)}
@@ -468,7 +482,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
 
     # -- what the inspector shows ---------------------------------------------------------------------
     def view(self) -> dict:
-        level = self.recorder.level_dbfs if self.recorder and self.recorder.packets else None
+        recorder = self.recorder
+        level = recorder.level_dbfs if recorder and recorder.packets else None
         return {
             "host": self.leg.host, "port": self.leg.port,
             "key_exchange": self.negotiated.key_exchange if self.negotiated else None,
@@ -497,7 +512,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         }
 
     def recording_wav(self) -> bytes:
-        pcm = self.recorder.pcm() if self.recorder else np.zeros(0, dtype=np.int16)
+        recorder = self.recorder
+        pcm = recorder.pcm() if recorder else np.zeros(0, dtype=np.int16)
         buffer = io.BytesIO()
         with wave.open(buffer, "wb") as out:
             out.setnchannels(1)
