@@ -112,3 +112,25 @@ async def test_business_initiated_call_with_aiortc_business(media_wa):
         heard = recording(wa, call)
         assert abs(dominant_frequency(heard, 48000) - 1000) < 5
         await call_api(wa.ctl, "POST", f"calls/{call_id}/hangup")
+
+
+async def test_dtls_failure_is_on_the_timeline_and_ends_the_call(media_wa):
+    """A business whose SDP fingerprint does not match its certificate: DTLS fails at the relay."""
+    wa = media_wa
+    call_id = (await call_api(wa.user_calls, ALICE)).json()["call_id"]
+    offer = (await call_api(wa.call, call_id))["meta_sdp"]
+    async with AiortcBusiness(tone_hz=1000) as business:
+        answer = await business.answer(offer)
+        line = next(l for l in answer.split("\r\n") if l.startswith("a=fingerprint:sha-256 "))
+        forged = answer.replace(line, "a=fingerprint:sha-256 " + ":".join(["AB"] * 32))
+        for action in ("pre_accept", "accept"):
+            response = await call_api(wa.calls_action, {"call_id": call_id, "action": action,
+                                                        "session": {"sdp_type": "answer", "sdp": forged}})
+            assert response.status_code == 200, response.text
+        call = await wait_media(wa, call_id, lambda c: any(e.get("event") == "dtls_failed" for e in c["timeline"]))
+        failed = next(e for e in call["timeline"] if e.get("event") == "dtls_failed")
+        assert "fingerprint" in failed["reason"]
+        await call_api(wa.advance, 21)
+        call = await call_api(wa.wait_state, call_id, "ENDED")
+        assert call["end_status"] == "FAILED"
+        assert call["errors"][0]["code"] == 138020 and "DTLS failed" in call["errors"][0]["error_data"]["details"]
