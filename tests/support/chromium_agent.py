@@ -13,8 +13,6 @@ pytest-asyncio's loops) never share a loop with it; every call has a timeout.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -38,14 +36,16 @@ def chromium_available() -> bool:
     return True
 
 
-def chromium_args(wav: Path, user_data_dir: Path) -> list[str]:
+def chromium_args(wav: Path) -> list[str]:
+    """The flags from shared/reference/stack-notes.md. No ``--user-data-dir``: Playwright refuses it in
+    ``launch()`` and always starts Chromium on a fresh temporary profile of its own, deleted on close."""
     return [
         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={wav}", "--allow-loopback-in-peer-connection",
         "--disable-features=WebRtcHideLocalIpsWithMdns", "--no-sandbox",
         "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={user_data_dir}",
+        "--autoplay-policy=no-user-gesture-required",
     ]
 
 
@@ -94,7 +94,6 @@ class ChromiumBrowser:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="playwright-loop", daemon=True)
         self.server: PageServer | None = None
-        self.user_data_dir = Path(tempfile.mkdtemp(prefix="wacall-chromium-"))
         self._pw = None
         self.browser = None
         self.launch_seconds: float | None = None
@@ -118,8 +117,8 @@ class ChromiumBrowser:
             self._pw = await async_playwright().start()
             self.browser = await self._pw.chromium.launch(
                 executable_path=CHROMIUM, headless=True,
-                args=chromium_args(self.wav, self.user_data_dir),
-                # Playwright adds its own defaults; these two would break the fake device / loopback ICE
+                args=chromium_args(self.wav),
+                # Playwright's defaults include --mute-audio; the agent's audio graph should be live
                 ignore_default_args=["--mute-audio"], timeout=20000)
 
         try:
@@ -165,7 +164,6 @@ class ChromiumBrowser:
             if self.server is not None:
                 self.server.close()
                 self.server = None
-            shutil.rmtree(self.user_data_dir, ignore_errors=True)
 
 
 class ChromiumAgent:

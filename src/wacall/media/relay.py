@@ -21,6 +21,7 @@ import asyncio
 import base64
 import io
 import logging
+import struct
 import time
 import wave
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from .stun import is_stun
 log = logging.getLogger("wacall.media")
 Addr = tuple[str, int]
 RTCP_INTERVAL = 5.0
+_RTP_HEADER = struct.Struct("!BBHII")   # V=2, no padding/extension/CSRC; PT; sequence; timestamp; SSRC
 MAX_RECORDED_PACKETS = 50 * 600          # ten minutes of what the user heard, per call
 CODEC_NAMES = {"opus": "opus", "pcmu": "pcmu", "pcma": "pcma"}
 
@@ -176,6 +178,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.stats = ReceiveStats()
         self._frames: list[bytes] = []
         self._frame_index = 0
+        self._send_pt = 111
         self.connected_at: float | None = None            # the call was accepted (virtual clock)
         self.user_answered_at: float | None = None
         self.sending = False
@@ -440,17 +443,21 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 return
             self.sending = True
             self._frames = self._frames_for(self.negotiated.send_codec)
+            self._send_pt = self.negotiated.payload_types[self.negotiated.send_codec]
             self.reporter.note(self.call_id, "user_media_started", codec=self.negotiated.send_codec)
         events = self.dtmf_out.tick() if self.dtmf_out and self.dtmf_out.busy else []
         if events:
-            packets = events
-        else:
+            for packet in events:
+                self._send(self.srtp.protect(packet.serialize()))
+            self.packets_sent += len(events)
+        else:                                  # the hot path: one pre-encoded frame, header packed here
+            stream = self.stream
             frame = self._frames[self._frame_index % len(self._frames)]
             self._frame_index += 1
-            pt = self.negotiated.payload_types[self.negotiated.send_codec]
-            packets = [self.stream.packet(pt, frame)]
-        for packet in packets:
-            self._send(self.srtp.protect(packet.serialize()))
+            stream.packet_count += 1
+            stream.octet_count += len(frame)
+            header = _RTP_HEADER.pack(0x80, self._send_pt, stream.next_sequence(), stream.timestamp, stream.ssrc)
+            self._send(self.srtp.protect(header + frame))
             self.packets_sent += 1
         self.stream.advance()
         wall = time.time()
