@@ -201,3 +201,18 @@ def test_media_before_the_connection_is_up_is_clipped(wa, sdes):
     assert "media_before_connection" in _media_events(call)
     # the recording starts with the first packet that could be heard, not with the first one sent
     assert call["media"]["received"]["packets"] == sdes.sent - 25
+
+
+def test_user_audio_from_a_file_and_bad_sources_are_refused(wa, sdes, tmp_path):
+    from wacall.media.audio import write_wav
+    path = tmp_path / "voice.wav"
+    t = np.arange(48000 * 2) / 48000
+    write_wav(path, (np.sin(2 * np.pi * 700 * t) * 10000).astype(np.int16), 48000)
+    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": f"file:{path}"}).status_code == 200
+    refused = wa.ctl("PATCH", f"users/{ALICE}", {"audio": f"file:{tmp_path}/missing.wav"})
+    assert refused.status_code == 400 and refused.json()["error"]["reason"] == "bad_audio"
+    call_id = _connect(wa, sdes)
+    sdes.run(2.0)
+    heard = np.concatenate(sdes.received_pcm)
+    assert abs(dominant_frequency(heard, 48000) - 700) < 5
+    assert wa.call(call_id)["media"]["sent"]["audio"] == f"file:{path}"

@@ -22,6 +22,7 @@ from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia
 from .domain.model import USER_INITIATED
 from .domain.platform import Platform
 from .domain.state import new_id
+from .media.audio import PreEncodedAudio
 from .media.engine import MediaEngine
 from .store.sqlite import Store
 from .webhooks.delivery import Dispatcher, outbox_rows
@@ -146,6 +147,9 @@ class Wacall:
         if call is None or endpoint is None or not call.meta_sdp or not call.business_sdp:
             return
         user = self.platform.users.get(call.wa_id)
+        audio = user.audio if user else "silence"
+        if not PreEncodedAudio.cached(audio):       # encode a new source once, off the event loop
+            asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, audio)
         endpoint.configure(call.meta_sdp, call.business_sdp, call.key_exchange, user.audio if user else "silence",
                            user_is_caller=call.direction == USER_INITIATED)
 

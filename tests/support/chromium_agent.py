@@ -66,8 +66,8 @@ class PageServer:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
-                else:
-                    self.send_response(404)
+                else:   # favicon.ico and anything else: nothing to see (and no console error)
+                    self.send_response(204 if self.path == "/favicon.ico" else 404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
 
@@ -224,6 +224,10 @@ class ChromiumAgent:
         samples = np.asarray(data["samples"], dtype=np.float64)
         return (np.clip(samples, -1, 1) * 32767).astype(np.int16), int(data["sampleRate"])
 
+    def set_audio_constraints(self, constraints: Any) -> None:
+        """getUserMedia's ``audio`` constraints for the next offer/answer (default ``True``)."""
+        self.js("c => agent.setAudioConstraints(c)", constraints)
+
     def send_dtmf(self, tones: str, duration_ms: int = 100, gap_ms: int = 70) -> str:
         return self.js("([t, d, g]) => agent.insertDTMF(t, d, g)", [tones, duration_ms, gap_ms])
 
@@ -247,5 +251,11 @@ class ChromiumAgent:
             self.context = None
 
 
-def loopback_candidates(sdp: str) -> list[str]:
-    return [line for line in sdp.split("\r\n") if line.startswith("a=candidate:")]
+def candidates(sdp: str) -> list[tuple[str, str, int]]:
+    """``(transport, address, port)`` of every ``a=candidate`` line."""
+    out = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=candidate:"):
+            fields = line[len("a=candidate:"):].split()
+            out.append((fields[2].lower(), fields[4], int(fields[5])))
+    return out

@@ -7,6 +7,7 @@ hours, already in a call...).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from aiohttp import web
 from .. import codec
 from ..domain.model import User
 from ..domain.state import ControlError
+from ..media.audio import PreEncodedAudio
 from ..server import WACALL, Wacall
 
 log = logging.getLogger("wacall.control")
@@ -102,6 +104,14 @@ def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
     return view
 
 
+async def prepare_audio(spec: str) -> None:
+    """Encode a user's audio source once, off the event loop; refuse one that cannot be read."""
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, spec)
+    except Exception as exc:
+        raise ControlError("bad_audio", f"cannot use audio {spec!r}: {exc}", 400) from None
+
+
 def patch(wacall: Wacall, record, data: dict) -> None:
     """Set validated fields on a record and persist it."""
     def change() -> None:
@@ -181,6 +191,8 @@ async def users(wacall: Wacall, request: web.Request) -> web.Response:
         raise ControlError("bad_field", "wa_id is required (the user's phone number digits)", 400)
     if wa_id in wacall.platform.users:
         raise ControlError("exists", f"user {wa_id} already exists", 409)
+    if "audio" in data:
+        await prepare_audio(data["audio"])
     user = User(**{"name": wa_id, **data, "wa_id": wa_id, "country": data.get("country") or region_of(wa_id)})
     wacall.apply(lambda: wacall.platform.put(user))
     return ok(user.to_doc(), 201)
@@ -192,6 +204,8 @@ async def user(wacall: Wacall, request: web.Request) -> web.Response:
     if request.method == "PATCH":
         data = check_user_fields(await body_of(request))
         data.pop("wa_id", None)
+        if "audio" in data:
+            await prepare_audio(data["audio"])
         patch(wacall, found, data)
     return ok(found.to_doc())
 

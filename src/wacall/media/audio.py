@@ -546,6 +546,10 @@ class PreEncodedAudio:
             return cached
 
     @classmethod
+    def cached(cls, spec: str, *, max_seconds: float = 60.0, bitrate: int = DEFAULT_OPUS_BITRATE) -> bool:
+        return (spec, float(max_seconds), int(bitrate)) in cls._cache
+
+    @classmethod
     def clear_cache(cls) -> None:
         with cls._lock:
             cls._cache.clear()

@@ -179,6 +179,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self._frames: list[bytes] = []
         self._frame_index = 0
         self._send_pt = 111
+        self._waited = 0
         self.connected_at: float | None = None            # the call was accepted (virtual clock)
         self.user_answered_at: float | None = None
         self.sending = False
@@ -429,10 +430,19 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.dtmf_out.send(digits)
         self.digits_sent.extend(digits)
 
-    def _frames_for(self, codec: str) -> list[bytes]:
-        if codec == "opus":
-            return PreEncodedAudio.get(self.user_audio).frames
-        return G711Loop.get(self.user_audio, codec)
+    def _frames_for(self, codec: str) -> list[bytes] | None:
+        """The user's pre-encoded microphone, or None while it is still being encoded."""
+        try:
+            if codec == "opus":
+                if not PreEncodedAudio.cached(self.user_audio) and self._waited < 100:
+                    self._waited += 1              # being encoded off the loop; after 2 s encode here
+                    return None
+                return PreEncodedAudio.get(self.user_audio).frames
+            return G711Loop.get(self.user_audio, codec)
+        except Exception as exc:              # a bad file: the user says nothing, and the timeline says why
+            self._note_once("user_audio_unavailable", audio=self.user_audio, reason=str(exc))
+            self.user_audio = "silence"
+            return PreEncodedAudio.get("silence").frames
 
     def tick(self, now: float) -> None:
         """One 20 ms interval: the user's microphone and DTMF, and RTCP every few seconds."""
@@ -441,8 +451,11 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         if not self.sending:
             if not (self.business_sent_first and self.user_answered_at is not None):
                 return
+            frames = self._frames_for(self.negotiated.send_codec)
+            if frames is None:
+                return
             self.sending = True
-            self._frames = self._frames_for(self.negotiated.send_codec)
+            self._frames = frames
             self._send_pt = self.negotiated.payload_types[self.negotiated.send_codec]
             self.reporter.note(self.call_id, "user_media_started", codec=self.negotiated.send_codec)
         events = self.dtmf_out.tick() if self.dtmf_out and self.dtmf_out.busy else []

@@ -1,0 +1,659 @@
+"""A lean business-side load generator for wacall: many user-initiated calls with real media.
+
+Every call takes the full WebRTC path a business's media server takes against Meta's relay:
+
+* signalling over wacall's HTTP APIs: the user calls (control API), the business reads Meta's SDP
+  offer, answers it (``pre_accept`` then ``accept`` on ``POST /v23.0/{pnid}/calls``);
+* ICE as the *controlling full agent* (Meta's relay is ICE-lite): STUN binding requests with
+  USERNAME ``meta_ufrag:our_ufrag``, PRIORITY, ICE-CONTROLLING, USE-CANDIDATE, MESSAGE-INTEGRITY
+  keyed with Meta's ``ice-pwd`` and FINGERPRINT; the success response is checked; a consent check
+  (RFC 7675) every ~5 s afterwards;
+* DTLS 1.2 as the client (``a=setup:active``) with the call's own certificate, whose sha-256
+  fingerprint is in the answer, checking Meta's fingerprint; DTLS-SRTP keys from the handshake;
+* SRTP: pre-encoded 20 ms Opus (``wacall.media.audio.PreEncodedAudio``) sent every 20 ms on one
+  SSRC, an RTCP sender report every 5 s; everything received is SRTP-authenticated and decrypted,
+  and the user's RTP sequence numbers are tracked (gaps = loss).
+
+One process runs many calls: one UDP socket per call, one asyncio 20 ms ticker for all the
+process's outgoing audio, and one epoll set for all the sockets (drained in batches when the
+epoll fd becomes readable), so the per-packet cost is a ``recv``/``send`` syscall, the SRTP
+transform and a few lines of Python. :class:`WorkerHandle` runs such a process under
+``multiprocessing``; ``bench/media_calls.py`` drives several of them.
+
+Stand-alone use (starts its own wacall unless ``--graph-url`` is given)::
+
+    .venv/bin/python bench/business_peer.py --calls 20 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import secrets
+import select
+import socket
+import string
+import struct
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+from wacall.media.audio import PreEncodedAudio  # noqa: E402
+from wacall.media.certificate import DtlsCertificate  # noqa: E402
+from wacall.media.dtls import DtlsSrtpSession  # noqa: E402
+from wacall.media.rtcp import build_compound, ntp_timestamp  # noqa: E402
+from wacall.media.srtp import SrtpError  # noqa: E402
+from wacall.media.stun import StunClass, binding_request, check_integrity, peek_header  # noqa: E402
+
+TICK = 0.020
+SAMPLES_PER_FRAME = 960            # 20 ms at 48 kHz
+OPUS_PT = 111
+HOST_PRIORITY = 2130706431         # type preference 126, local 65535, component 1 (RFC 8445 5.1.2.1)
+ICE_RETRANSMIT = 0.1
+CONSENT_INTERVAL = 5.0
+RTCP_INTERVAL = 5.0
+MAX_CATCH_UP = 10                  # frames per call the ticker sends at once when it fell behind
+ICE_CHARS = string.ascii_letters + string.digits + "+/"
+GRAPH_VERSION = "v23.0"
+
+
+def _ice_string(n: int) -> str:
+    return "".join(secrets.choice(ICE_CHARS) for _ in range(n))
+
+
+# -- SDP ---------------------------------------------------------------------------------------------
+
+@dataclass
+class MetaOffer:
+    ufrag: str
+    pwd: str
+    fingerprint: str
+    host: str
+    port: int
+    opus_pt: int
+    te_pt: int
+
+
+def parse_meta_offer(sdp: str) -> MetaOffer:
+    """What the business needs from Meta's offer (the relay's candidate, ICE and DTLS identity)."""
+    ufrag = pwd = fingerprint = None
+    host, port = "127.0.0.1", 0
+    cand: tuple[str, int] | None = None
+    opus_pt, te_pt = OPUS_PT, 126
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=ice-ufrag:"):
+            ufrag = line[12:]
+        elif line.startswith("a=ice-pwd:"):
+            pwd = line[10:]
+        elif line.startswith("a=fingerprint:"):
+            fingerprint = line[14:]
+        elif line.startswith("m=audio "):
+            port = int(line.split()[1])
+        elif line.startswith("c=IN IP4 "):
+            host = line[9:].strip()
+        elif line.startswith("a=candidate:") and cand is None:
+            parts = line.split()
+            if len(parts) >= 8 and parts[2].lower() == "udp" and parts[7] == "host":
+                cand = (parts[4], int(parts[5]))
+        elif line.startswith("a=rtpmap:"):
+            pt, _, codec = line[9:].partition(" ")
+            if codec.lower().startswith("opus/48000"):
+                opus_pt = int(pt)
+            elif codec.lower().startswith("telephone-event/8000"):
+                te_pt = int(pt)
+    if not (ufrag and pwd and fingerprint):
+        raise ValueError("Meta's offer has no ICE credentials or fingerprint (SDES number?)")
+    if cand is not None:
+        host, port = cand
+    return MetaOffer(ufrag, pwd, fingerprint, host, port, opus_pt, te_pt)
+
+
+def build_answer(*, port: int, ufrag: str, pwd: str, fingerprint: str, ssrc: int, opus_pt: int = OPUS_PT,
+                 te_pt: int = 126, session_id: int | None = None) -> str:
+    """The business's answer: active DTLS client, one loopback host candidate, Opus + telephone-event."""
+    sid = session_id if session_id is not None else random.getrandbits(62)
+    lines = [
+        "v=0",
+        f"o=- {sid} 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE audio",
+        "a=msid-semantic: WMS bench",
+        f"m=audio {port} UDP/TLS/RTP/SAVPF {opus_pt} {te_pt}",
+        "c=IN IP4 127.0.0.1",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        f"a=candidate:1 1 udp {HOST_PRIORITY} 127.0.0.1 {port} typ host generation 0",
+        f"a=ice-ufrag:{ufrag}",
+        f"a=ice-pwd:{pwd}",
+        f"a=fingerprint:sha-256 {fingerprint}",
+        "a=setup:active",
+        "a=mid:audio",
+        "a=sendrecv",
+        "a=rtcp-mux",
+        f"a=rtpmap:{opus_pt} opus/48000/2",
+        f"a=fmtp:{opus_pt} minptime=10;useinbandfec=1",
+        f"a=rtpmap:{te_pt} telephone-event/8000",
+        f"a=fmtp:{te_pt} 0-15",
+        "a=ptime:20",
+        f"a=ssrc:{ssrc} cname:bench-business",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+# -- one call's media ----------------------------------------------------------------------------------
+
+class BusinessCall:
+    """The business end of one call: socket, ICE (controlling), DTLS client, SRTP, RTP counters."""
+
+    __slots__ = ("peer", "wa_id", "call_id", "sock", "fd", "port", "offer", "ufrag", "pwd", "cert", "dtls",
+                 "srtp", "state", "tie_breaker", "ice_txid", "ice_sent_at", "ice_attempts", "ice_done_at",
+                 "consent_at", "dtls_timer", "started_at", "connected_at", "accepted", "sending", "ssrc",
+                 "seq", "ts", "frame", "sent", "octets", "rtcp_at", "rx", "rx_rtcp", "rx_base", "rx_max",
+                 "rx_bad", "error", "ready")
+
+    def __init__(self, peer: "PeerProcess", wa_id: str, cert: DtlsCertificate) -> None:
+        self.peer = peer
+        self.wa_id = wa_id
+        self.call_id: str | None = None
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.bind(("127.0.0.1", 0))
+        self.fd = self.sock.fileno()
+        self.port = self.sock.getsockname()[1]
+        self.offer: MetaOffer | None = None
+        self.ufrag, self.pwd = _ice_string(8), _ice_string(24)
+        self.cert = cert
+        self.dtls: DtlsSrtpSession | None = None
+        self.srtp = None
+        self.state = "new"                   # new -> ice -> dtls -> media | failed | closed
+        self.tie_breaker = random.getrandbits(64)
+        self.ice_txid = b""
+        self.ice_sent_at = 0.0
+        self.ice_attempts = 0
+        self.ice_done_at: float | None = None
+        self.consent_at = 0.0
+        self.dtls_timer: asyncio.TimerHandle | None = None
+        self.started_at = time.monotonic()
+        self.connected_at: float | None = None
+        self.accepted = False
+        self.sending = False
+        self.ssrc = random.getrandbits(32)
+        self.seq = random.getrandbits(16)
+        self.ts = random.getrandbits(32)
+        self.frame = random.randrange(1 << 16)
+        self.sent = 0
+        self.octets = 0
+        self.rtcp_at = 0.0
+        self.rx = 0
+        self.rx_rtcp = 0
+        self.rx_base: int | None = None
+        self.rx_max = 0
+        self.rx_bad = 0
+        self.error: str | None = None
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    # -- signalling helpers
+    def answer_sdp(self) -> str:
+        assert self.offer is not None
+        return build_answer(port=self.port, ufrag=self.ufrag, pwd=self.pwd, fingerprint=self.cert.fingerprint,
+                            ssrc=self.ssrc, opus_pt=self.offer.opus_pt, te_pt=self.offer.te_pt)
+
+    def start_media(self, offer: MetaOffer) -> None:
+        """After the answer is in: connect the socket to the relay and start ICE checks."""
+        self.offer = offer
+        self.sock.connect((offer.host, offer.port))
+        self.dtls = DtlsSrtpSession(self.cert, role="client", remote_fingerprint=offer.fingerprint)
+        self.state = "ice"
+        self.send_check(use_candidate=True)
+
+    # -- ICE (controlling, aggressive nomination: every check carries USE-CANDIDATE)
+    def send_check(self, use_candidate: bool = True) -> None:
+        assert self.offer is not None
+        msg = binding_request(f"{self.offer.ufrag}:{self.ufrag}", priority=HOST_PRIORITY,
+                              controlling=self.tie_breaker, use_candidate=use_candidate)
+        self.ice_txid = msg.transaction_id
+        self.ice_sent_at = time.monotonic()
+        self.ice_attempts += 1
+        self._send(msg.encode(self.offer.pwd.encode()))
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except (BlockingIOError, ConnectionRefusedError, OSError):
+            self.peer.send_errors += 1
+
+    def on_stun(self, data: bytes) -> None:
+        head = peek_header(data)
+        if head is None or head[2] != self.ice_txid:
+            return
+        if head[1] == StunClass.SUCCESS and check_integrity(data, self.offer.pwd.encode()):
+            self.ice_txid = b""
+            self.consent_at = time.monotonic()
+            if self.state == "ice":
+                self.ice_done_at = self.consent_at
+                self.state = "dtls"
+                self._dtls_out(self.dtls.start())
+        elif head[1] == StunClass.ERROR:
+            self.fail("ICE check refused (error response)")
+
+    # -- DTLS (client)
+    def _dtls_out(self, datagrams: list[bytes]) -> None:
+        for d in datagrams:
+            self._send(d)
+        if self.dtls_timer:
+            self.dtls_timer.cancel()
+            self.dtls_timer = None
+        if self.dtls is not None and self.dtls.state == "connecting":
+            delay = self.dtls.timeout()
+            if delay is not None:
+                self.dtls_timer = asyncio.get_running_loop().call_later(max(delay, 0.01), self._dtls_timeout)
+
+    def _dtls_timeout(self) -> None:
+        self.dtls_timer = None
+        if self.dtls is not None and self.state == "dtls":
+            self._dtls_out(self.dtls.handle_timeout())
+            if self.dtls.state == "failed":
+                self.fail(f"DTLS failed: {self.dtls.failure_reason}")
+
+    def on_dtls(self, data: bytes) -> None:
+        if self.dtls is None:
+            return
+        self._dtls_out(self.dtls.feed(data))
+        if self.dtls.state == "connected" and self.srtp is None:
+            self.srtp = self.dtls.srtp()
+            self.connected_at = time.monotonic()
+            self.state = "media"
+            if not self.ready.done():
+                self.ready.set_result(True)
+        elif self.dtls.state == "failed":
+            self.fail(f"DTLS failed: {self.dtls.failure_reason}")
+
+    def fail(self, reason: str) -> None:
+        if self.state in ("failed", "closed"):
+            return
+        self.state = "failed"
+        self.error = reason
+        if not self.ready.done():
+            self.ready.set_exception(RuntimeError(reason))
+
+    # -- SRTP in
+    def on_srtp(self, data: bytes) -> None:
+        srtp = self.srtp
+        if srtp is None:
+            return
+        if 192 <= data[1] <= 223:                    # RTCP (RFC 5761)
+            try:
+                srtp.unprotect_rtcp(data)
+                self.rx_rtcp += 1
+            except SrtpError:
+                self.rx_bad += 1
+            return
+        try:
+            plain = srtp.unprotect(data)
+        except SrtpError:
+            self.rx_bad += 1
+            return
+        seq = (plain[2] << 8) | plain[3]
+        if self.rx_base is None:
+            self.rx_base = self.rx_max = seq
+        else:
+            d = (seq - self.rx_max) & 0xFFFF
+            if d < 0x8000:
+                self.rx_max += d
+        self.rx += 1
+
+    # -- SRTP out (called by the process's ticker)
+    def send_frames(self, count: int, frames: list[bytes], pack=struct.Struct("!BBHII").pack) -> None:
+        srtp, send = self.srtp, self.sock.send
+        n = len(frames)
+        for _ in range(count):
+            payload = frames[self.frame % n]
+            self.frame += 1
+            marker = 0x80 if self.sent == 0 else 0
+            rtp = pack(0x80, marker | OPUS_PT, self.seq, self.ts, self.ssrc) + payload
+            self.seq = (self.seq + 1) & 0xFFFF
+            self.ts = (self.ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+            try:
+                send(srtp.protect(rtp))
+            except OSError:
+                self.peer.send_errors += 1
+                continue
+            self.sent += 1
+            self.octets += len(payload)
+
+    def send_rtcp(self) -> None:
+        wall = time.time()
+        report = build_compound(self.ssrc, "bench-business", now=time.monotonic(),
+                                sender=(ntp_timestamp(wall), self.ts, self.sent, self.octets))
+        self._send(self.srtp.protect_rtcp(report))
+
+    def counters(self) -> tuple:
+        expected = 0 if self.rx_base is None else self.rx_max - self.rx_base + 1
+        return (self.sent, self.rx, expected, self.rx_rtcp, self.rx_bad)
+
+    def close(self) -> None:
+        self.state = "closed"
+        if self.dtls_timer:
+            self.dtls_timer.cancel()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# -- one process's worth of calls ----------------------------------------------------------------------
+
+class PeerProcess:
+    """All the calls of one process: HTTP signalling, one epoll set, one 20 ms ticker."""
+
+    def __init__(self, info: dict, *, audio: str = "tone:440", pre_accept: bool = True,
+                 cert_per_call: bool = True, http_concurrency: int = 16, setup_timeout: float = 15.0) -> None:
+        self.info = info
+        self.graph = info["graph_url"].rstrip("/")
+        self.pnid = info["phone_number_id"]
+        self.headers = {"Authorization": f"Bearer {info['access_token']}"}
+        self.frames = PreEncodedAudio.get(audio).frames
+        self.pre_accept = pre_accept
+        self.cert_per_call = cert_per_call
+        self.shared_cert = DtlsCertificate.generate()
+        self.http_sem = asyncio.Semaphore(http_concurrency)
+        self.setup_timeout = setup_timeout
+        self.calls: dict[int, BusinessCall] = {}           # fd -> call
+        self.ep = select.epoll()
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.ep.fileno(), self.drain)
+        self.session = None
+        self.send_errors = 0
+        self.ticks = 0
+        self.late_ticks = 0
+        self.skipped_frames = 0
+        self.drain_calls = 0
+        self._ticker = self.loop.create_task(self.run_ticker())
+
+    async def http(self):
+        if self.session is None:
+            import aiohttp
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
+                                                 timeout=aiohttp.ClientTimeout(total=60))
+        return self.session
+
+    # -- receive path: epoll fd readable -> drain every ready socket, repeat until nothing is ready
+    def drain(self) -> None:
+        self.drain_calls += 1
+        poll, calls = self.ep.poll, self.calls
+        for _ in range(8):
+            events = poll(0)
+            if not events:
+                return
+            for fd, _ in events:
+                call = calls.get(fd)
+                if call is None:
+                    continue
+                try:
+                    data = call.sock.recv(2048)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:       # ICMP port unreachable after the relay closed
+                    continue
+                if not data:
+                    continue
+                b = data[0]
+                if 128 <= b <= 191:
+                    call.on_srtp(data)
+                elif 20 <= b <= 63:
+                    call.on_dtls(data)
+                elif b <= 3:
+                    call.on_stun(data)
+
+    # -- send path: one ticker for every call of the process
+    async def run_ticker(self) -> None:
+        start = time.monotonic()
+        done = 0
+        frames = self.frames
+        while True:
+            now = time.monotonic()
+            due = int((now - start) / TICK) + 1 - done
+            if due > 1:
+                self.late_ticks += 1
+            if due > MAX_CATCH_UP:               # fell far behind: skip, count what was not sent
+                self.skipped_frames += (due - MAX_CATCH_UP) * sum(1 for c in self.calls.values() if c.sending)
+                done += due - MAX_CATCH_UP
+                due = MAX_CATCH_UP
+            if due > 0:
+                done += due
+                self.ticks += due
+                for call in list(self.calls.values()):
+                    state = call.state
+                    if state == "media":
+                        if call.sending:
+                            call.send_frames(due, frames)
+                            if now - call.rtcp_at >= RTCP_INTERVAL:
+                                call.rtcp_at = now
+                                call.send_rtcp()
+                        if now - call.consent_at >= CONSENT_INTERVAL and not call.ice_txid:
+                            call.send_check(use_candidate=False)     # RFC 7675 consent freshness
+                        elif call.ice_txid and now - call.ice_sent_at > 1.0:
+                            call.ice_txid = b""                      # unanswered consent: try again later
+                    elif state == "ice" and now - call.ice_sent_at >= ICE_RETRANSMIT:
+                        if call.ice_attempts >= 50:
+                            call.fail("ICE: no response to 50 checks")
+                        else:
+                            call.send_check(use_candidate=True)
+            next_at = start + done * TICK
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    # -- one call's signalling
+    async def _req(self, method: str, url: str, body: dict | None = None, graph: bool = False) -> dict:
+        session = await self.http()
+        async with self.http_sem:
+            async with session.request(method, url, json=body, headers=self.headers if graph else None) as r:
+                data = await r.json(content_type=None)
+                if r.status >= 300:
+                    raise RuntimeError(f"{method} {url.split('/', 3)[-1]} -> {r.status}: {json.dumps(data)[:300]}")
+                return data
+
+    async def place(self, wa_id: str) -> BusinessCall:
+        cert = DtlsCertificate.generate() if self.cert_per_call else self.shared_cert
+        call = BusinessCall(self, wa_id, cert)
+        self.calls[call.fd] = call
+        self.ep.register(call.fd, select.EPOLLIN)
+        try:
+            ctl = f"{self.graph}/_wacall"
+            placed = await self._req("POST", f"{ctl}/users/{wa_id}/calls", {"to": self.pnid, "entry_point": "call_button"})
+            call.call_id = placed["call_id"]
+            view = await self._req("GET", f"{ctl}/calls/{call.call_id}")
+            offer = parse_meta_offer(view["meta_sdp"])
+            call.offer = offer
+            answer = call.answer_sdp()
+            graph = f"{self.graph}/{GRAPH_VERSION}/{self.pnid}/calls"
+            session = {"sdp_type": "answer", "sdp": answer}
+            if self.pre_accept:
+                await self._req("POST", graph, {"messaging_product": "whatsapp", "call_id": call.call_id,
+                                                "action": "pre_accept", "session": session}, graph=True)
+                call.start_media(offer)                  # media connection comes up while we accept
+            await self._req("POST", graph, {"messaging_product": "whatsapp", "call_id": call.call_id,
+                                            "action": "accept", "session": session}, graph=True)
+            if not self.pre_accept:
+                call.start_media(offer)
+            call.accepted = True
+            await asyncio.wait_for(asyncio.shield(call.ready), self.setup_timeout)
+            call.sending = True                          # the business sends first (Meta's rule)
+        except Exception as exc:
+            call.fail(f"{type(exc).__name__}: {exc}")
+        return call
+
+    async def add(self, wa_ids: list[str]) -> dict:
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(self.place(w) for w in wa_ids))
+        ok = [c for c in results if c.state == "media"]
+        failed = [(c.wa_id, c.error) for c in results if c.state != "media"]
+        for c in results:
+            if c.state != "media":
+                self.remove(c)
+        setup = sorted((c.connected_at - c.started_at) * 1000 for c in ok if c.connected_at)
+        return {"ok": len(ok), "failed": failed[:20], "n_failed": len(failed),
+                "call_ids": [c.call_id for c in ok], "seconds": time.monotonic() - t0,
+                "setup_ms_median": setup[len(setup) // 2] if setup else None,
+                "setup_ms_max": setup[-1] if setup else None}
+
+    def remove(self, call: BusinessCall) -> None:
+        if self.calls.pop(call.fd, None) is not None:
+            try:
+                self.ep.unregister(call.fd)
+            except OSError:
+                pass
+        call.close()
+
+    def snapshot(self) -> dict:
+        """Cumulative counters per call (the coordinator diffs two snapshots)."""
+        return {"t": time.monotonic(), "calls": {c.call_id: c.counters() for c in self.calls.values()
+                                                 if c.state == "media"},
+                "send_errors": self.send_errors, "ticks": self.ticks, "late_ticks": self.late_ticks,
+                "skipped_frames": self.skipped_frames, "drains": self.drain_calls}
+
+    async def close(self) -> None:
+        self._ticker.cancel()
+        for call in list(self.calls.values()):
+            self.remove(call)
+        self.loop.remove_reader(self.ep.fileno())
+        self.ep.close()
+        if self.session is not None:
+            await self.session.close()
+
+
+# -- multiprocessing worker ------------------------------------------------------------------------------
+
+def _worker_main(conn, info: dict, options: dict) -> None:
+    try:
+        import gc
+        gc.freeze()
+    except Exception:
+        pass
+    asyncio.run(_worker_async(conn, info, options))
+
+
+async def _worker_async(conn, info: dict, options: dict) -> None:
+    loop = asyncio.get_running_loop()
+    peer = PeerProcess(info, **options)
+    inbox: asyncio.Queue = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    conn.send({"op": "ready", "pid": os.getpid()})
+    try:
+        while True:
+            cmd = await inbox.get()
+            op = cmd.get("op")
+            try:
+                if op == "add":
+                    conn.send({"op": "added", **(await peer.add(cmd["wa_ids"]))})
+                elif op == "snapshot":
+                    conn.send({"op": "snapshot", **peer.snapshot()})
+                elif op == "stop":
+                    break
+            except Exception as exc:
+                conn.send({"op": "error", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+    finally:
+        loop.remove_reader(conn.fileno())
+        await peer.close()
+        try:
+            conn.send({"op": "stopped"})
+        except (BrokenPipeError, OSError):
+            pass
+
+
+class WorkerHandle:
+    """A generator process, driven synchronously from the coordinator."""
+
+    def __init__(self, info: dict, **options) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, info, options), daemon=True)
+        self.proc.start()
+        hello = self._recv(60)
+        self.pid = hello["pid"]
+
+    def _recv(self, timeout: float) -> dict:
+        if not self.conn.poll(timeout):
+            raise TimeoutError("generator worker did not answer")
+        msg = self.conn.recv()
+        if msg.get("op") == "error":
+            raise RuntimeError(f"generator worker: {msg['error']}\n{msg.get('trace', '')}")
+        return msg
+
+    def send(self, cmd: dict) -> None:
+        self.conn.send(cmd)
+
+    def recv(self, timeout: float = 300) -> dict:
+        return self._recv(timeout)
+
+    def stop(self) -> None:
+        try:
+            self.conn.send({"op": "stop"})
+            self._recv(10)
+        except Exception:
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+
+
+# -- stand-alone -----------------------------------------------------------------------------------------
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from media_calls import WacallProcess, create_users, cpu_seconds, summarize_business  # noqa: E402
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--graph-url", help="an already running wacall (else one is started)")
+    ap.add_argument("--token", default="EAAwacall0000default0000token")
+    args = ap.parse_args()
+    wacall = None
+    if args.graph_url:
+        import httpx
+        info = httpx.get(f"{args.graph_url}/_wacall/info").json()
+        info["access_token"] = args.token
+    else:
+        wacall = WacallProcess().start()
+        info = wacall.info
+    try:
+        wa_ids = create_users(info, args.calls)
+        workers = [WorkerHandle(info) for _ in range(args.workers)]
+        for i, w in enumerate(workers):
+            w.send({"op": "add", "wa_ids": wa_ids[i::args.workers]})
+        added = [w.recv() for w in workers]
+        print(json.dumps([{k: v for k, v in a.items() if k != "call_ids"} for a in added]))
+        time.sleep(2)
+        pids = [w.pid for w in workers] + ([wacall.pid] if wacall else [])
+        cpu0 = {p: cpu_seconds(p) for p in pids}
+        for w in workers:
+            w.send({"op": "snapshot"})
+        s0 = [w.recv() for w in workers]
+        time.sleep(args.seconds)
+        for w in workers:
+            w.send({"op": "snapshot"})
+        s1 = [w.recv() for w in workers]
+        cpu1 = {p: cpu_seconds(p) for p in pids}
+        print(json.dumps(summarize_business(s0, s1), indent=1))
+        print("cpu seconds:", {p: round(cpu1[p] - cpu0[p], 2) for p in pids})
+        for w in workers:
+            w.stop()
+    finally:
+        if wacall:
+            wacall.stop()
+
+
+if __name__ == "__main__":
+    main()
