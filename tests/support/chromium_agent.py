@@ -46,6 +46,9 @@ def chromium_args(wav: Path) -> list[str]:
         "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--autoplay-policy=no-user-gesture-required",
+        # even with the flags above Chromium looks up accounts.google.com, clients2.google.com and
+        # update.googleapis.com when a page opens: resolve nothing but localhost, so no DNS leaves
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
     ]
 
 
