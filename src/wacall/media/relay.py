@@ -45,6 +45,7 @@ from .stun import is_stun
 log = logging.getLogger("wacall.media")
 Addr = tuple[str, int]
 RTCP_INTERVAL = 5.0
+_SEQ_TS_SSRC = struct.Struct("!HII")
 _RTP_HEADER = struct.Struct("!BBHII")   # V=2, no padding/extension/CSRC; PT; sequence; timestamp; SSRC
 MAX_RECORDED_PACKETS = 50 * 600          # ten minutes of what the user heard, per call
 CODEC_NAMES = {"opus": "opus", "pcmu": "pcmu", "pcma": "pcma"}
@@ -172,7 +173,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.stream = RtpStreamState.random(ssrc=leg.ssrc)
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in: DtmfReceiver | None = None
-        self._heard: list[tuple[str, RtpPacket, float]] = []
+        self._heard: list[tuple[str, bytes, float]] = []     # (codec, decrypted RTP, arrival)
+        self._codec_by_pt: dict[int, str] = {}
+        self._te_pt = -1
         self._recorder: Recorder | None = None
         self._fed = 0
         self.stats = ReceiveStats()
@@ -238,6 +241,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             self._note_once("negotiation_failed", reason=str(exc))
             return
         te = n.payload_types.get("telephone-event", 126)
+        self._te_pt = te
+        self._codec_by_pt = {pt: name for name, pt in n.payload_types.items() if name in ("opus", "pcmu", "pcma")}
         self.dtmf_out = DtmfSender(self.stream, payload_type=te)
         self.dtmf_in = DtmfReceiver(payload_type=te)
         if n.key_exchange == "SDES":
@@ -351,13 +356,14 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             return
         try:
             plain = self.srtp.unprotect(data)
-            packet = RtpPacket.parse(plain)
         except SrtpError as exc:
             self._note_once(f"srtp_{exc.kind}_failure", detail="SRTP packets failed authentication")
             return
-        except RtpError:
+        if len(plain) < 12 or plain[0] >> 6 != 2:
             self._note_once("rtp_malformed")
             return
+        payload_type = plain[1] & 0x7F
+        sequence_number, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(plain, 2)
         if self.negotiated and self.negotiated.key_exchange == "SDES":
             self.remote = addr                      # symmetric RTP: latch the business's source
         if not self.business_sent_first:
@@ -374,29 +380,32 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 return
             self.user_answered_at = now        # the caller's phone: first media counts as answered
             self.reporter.note(self.call_id, "user_answered", trigger="first_media")
-        self.stats.update(packet, time.monotonic())
-        if self.stats.multiple_ssrcs:
+        arrival = time.monotonic()
+        self.stats.update_fields(ssrc, sequence_number, timestamp, payload_type, len(plain) - 12, arrival)
+        if len(self.stats.sources) > 1:
             self._note_once("multiple_ssrcs", ssrcs=sorted(self.stats.ssrcs_seen))
-        pts = self.negotiated.payload_types if self.negotiated else {}
-        if packet.payload_type == pts.get("telephone-event"):
-            for digit in self.dtmf_in.receive(packet, time.monotonic()):
+        codec = self._codec_by_pt.get(payload_type)
+        if codec is not None:
+            self._record(codec, plain, arrival)
+        elif payload_type == self._te_pt:
+            try:
+                packet = RtpPacket.parse(plain)
+            except RtpError:
+                self._note_once("rtp_malformed")
+                return
+            for digit in self.dtmf_in.receive(packet, arrival):
                 self._digit(digit)
-        elif packet.payload_type == pts.get("opus"):
-            self._record("opus", packet)
-        elif packet.payload_type in (pts.get("pcmu"), pts.get("pcma")):
-            self._record("pcmu" if packet.payload_type == pts.get("pcmu") else "pcma", packet)
-        else:
-            if packet.payload_type not in self.wrong_payload_types:
-                self.wrong_payload_types.add(packet.payload_type)
-                self.reporter.note(self.call_id, "wrong_payload_type", payload_type=packet.payload_type)
+        elif payload_type not in self.wrong_payload_types:
+            self.wrong_payload_types.add(payload_type)
+            self.reporter.note(self.call_id, "wrong_payload_type", payload_type=payload_type)
 
-    def _record(self, codec: str, packet: RtpPacket) -> None:
-        """Keep what the user heard; decoding waits until someone listens (recording, level)."""
+    def _record(self, codec: str, plain: bytes, arrival: float) -> None:
+        """Keep what the user heard; parsing and decoding wait until someone listens."""
         if self._heard and self._heard[0][0] != codec:
             self._note_once("codec_switch", codec=codec)
             return
         if len(self._heard) < MAX_RECORDED_PACKETS:
-            self._heard.append((codec, packet, time.monotonic()))
+            self._heard.append((codec, plain, arrival))
 
     @property
     def recorder(self) -> Recorder | None:
@@ -405,8 +414,11 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             return None
         if self._recorder is None:
             self._recorder = Recorder(self._heard[0][0])
-        for _, packet, arrival in self._heard[self._fed:]:
-            self._recorder.add_packet(packet, arrival)
+        for _, plain, arrival in self._heard[self._fed:]:
+            try:
+                self._recorder.add_packet(RtpPacket.parse(plain), arrival)
+            except RtpError:
+                pass
         self._fed = len(self._heard)
         return self._recorder
 

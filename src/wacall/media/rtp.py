@@ -410,19 +410,25 @@ class ReceiveStats:
 
     def update(self, packet: RtpPacket, arrival_time: float) -> bool:
         """Account one packet; True if the sequence check accepted it (A.1)."""
+        return self.update_fields(packet.ssrc, packet.sequence_number, packet.timestamp, packet.payload_type,
+                                  len(packet.payload), arrival_time)
+
+    def update_fields(self, ssrc: int, sequence_number: int, timestamp: int, payload_type: int,
+                      payload_length: int, arrival_time: float) -> bool:
+        """:meth:`update` from header fields, for receivers that do not build an :class:`RtpPacket`."""
         self.packets += 1
-        self.payload_types_seen.add(packet.payload_type)
+        self.payload_types_seen.add(payload_type)
         if self.first_packet_at is None:
             self.first_packet_at = arrival_time
         self.last_packet_at = arrival_time
-        src = self.source(packet.ssrc)
+        src = self.sources.get(ssrc) or self.source(ssrc)
         if src.first_packet_at is None:
             src.first_packet_at = arrival_time
-        valid = src.update_seq(packet.sequence_number)
+        valid = src.update_seq(sequence_number)
         src.last_packet_at = arrival_time
-        src.octets += len(packet.payload)
-        if valid and packet.payload_type not in self.event_payload_types:
-            src.update_jitter(packet.timestamp, arrival_time)
+        src.octets += payload_length
+        if valid and payload_type not in self.event_payload_types:
+            src.update_jitter(timestamp, arrival_time)
         return valid
 
     def on_sender_report(self, ssrc: int, ntp_timestamp: int, arrival_time: float) -> None:
