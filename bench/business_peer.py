@@ -14,11 +14,14 @@ Every call takes the full WebRTC path a business's media server takes against Me
   SSRC, an RTCP sender report every 5 s; everything received is SRTP-authenticated and decrypted,
   and the user's RTP sequence numbers are tracked (gaps = loss).
 
-One process runs many calls: one UDP socket per call, one asyncio 20 ms ticker for all the
-process's outgoing audio, and one epoll set for all the sockets (drained in batches when the
-epoll fd becomes readable), so the per-packet cost is a ``recv``/``send`` syscall, the SRTP
-transform and a few lines of Python. :class:`WorkerHandle` runs such a process under
-``multiprocessing``; ``bench/media_calls.py`` drives several of them.
+One process runs many calls: one UDP socket per call and one asyncio 20 ms ticker for all of
+them. Each tick drains every readable socket (epoll, zero timeout) and then sends one frame per
+call; nothing wakes the process between ticks. The per-packet work (RTP header, libsrtp
+protect/unprotect, send/recv, sequence tracking) runs in C (bench/fastpath.c, compiled with the
+system's ``cc`` on first use and loaded with ctypes). Handshakes, consent checks, RTCP and
+signalling stay in Python. ``engine="python"`` does the same in pure Python (also the fallback
+without a compiler). :class:`WorkerHandle` runs such a process under ``multiprocessing``;
+``bench/media_calls.py`` drives them.
 
 Stand-alone use (starts its own wacall unless ``--graph-url`` is given)::
 
@@ -44,6 +47,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from pylibsrtp import Error as SrtpLibError, Policy, Session
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
@@ -52,7 +57,6 @@ from wacall.media.audio import PreEncodedAudio  # noqa: E402
 from wacall.media.certificate import DtlsCertificate  # noqa: E402
 from wacall.media.dtls import DtlsSrtpSession  # noqa: E402
 from wacall.media.rtcp import build_compound, ntp_timestamp  # noqa: E402
-from wacall.media.srtp import SrtpError  # noqa: E402
 from wacall.media.stun import StunClass, binding_request, check_integrity, peek_header  # noqa: E402
 
 TICK = 0.020
@@ -150,16 +154,116 @@ def build_answer(*, port: int, ufrag: str, pwd: str, fingerprint: str, ssrc: int
     return "\r\n".join(lines) + "\r\n"
 
 
+# -- the C hot path ----------------------------------------------------------------------------------------
+
+_FIELDS = ("fd", "active", "sending", "tx", "rx", "ssrc", "seq", "ts", "frame", "sent", "octets", "send_errors",
+           "rx_packets", "rx_rtcp", "rx_bad", "rx_started", "rx_base", "rx_max", "payload_type")
+
+
+class FastPath:
+    """bench/fastpath.c compiled with the system's C compiler (cached in bench/.build/) and loaded
+    with ctypes; libsrtp's protect/unprotect come from pylibsrtp's own binding, so the sessions
+    pylibsrtp creates from the DTLS keys are used as they are."""
+
+    def __init__(self, capacity: int = 8192, fd_limit: int = 1 << 16) -> None:
+        import ctypes
+        import hashlib
+        import subprocess
+        from pylibsrtp import _binding
+
+        src = Path(__file__).with_name("fastpath.c")
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+        build = Path(__file__).with_name(".build")
+        build.mkdir(exist_ok=True)
+        lib_path = build / f"fastpath-{digest}.so"
+        if not lib_path.exists():
+            tmp = lib_path.with_suffix(f".{os.getpid()}.tmp")
+            subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)], check=True,
+                           capture_output=True)
+            os.replace(tmp, lib_path)
+        self.ctypes = ctypes
+        lib = ctypes.CDLL(str(lib_path))
+        ffi, blib = _binding.ffi, _binding.lib
+        self.ffi = ffi
+
+        def addr(name: str) -> int:
+            return int(ffi.cast("uintptr_t", ffi.addressof(blib, name)))
+
+        lib.fp_init.argtypes = [ctypes.c_void_p] * 3
+        lib.fp_init(addr("srtp_protect"), addr("srtp_unprotect"), addr("srtp_unprotect_rtcp"))
+
+        class Call(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_int64) for name in _FIELDS]
+
+        self.Call = Call
+        self.capacity = capacity
+        self.calls = (Call * capacity)()
+        self.used = 0
+        self.fd_index = (ctypes.c_int32 * fd_limit)(*([-1] * fd_limit))
+        self.fd_limit = fd_limit
+        self.out_cap = 1 << 20
+        self.out = (ctypes.c_uint8 * self.out_cap)()
+        self.meta_cap = 512
+        self.meta = (ctypes.c_int32 * (2 * self.meta_cap))()
+        self.media_count = ctypes.c_int64(0)
+        lib.fp_set_frames.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+        lib.fp_send.argtypes = [ctypes.POINTER(Call), ctypes.c_int, ctypes.c_int]
+        lib.fp_send.restype = ctypes.c_int64
+        lib.fp_drain.argtypes = [ctypes.c_int, ctypes.POINTER(Call), ctypes.POINTER(ctypes.c_int32), ctypes.c_int,
+                                 ctypes.POINTER(ctypes.c_uint8), ctypes.c_int, ctypes.POINTER(ctypes.c_int32),
+                                 ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
+        self.lib = lib
+
+    def set_frames(self, frames: list[bytes]) -> None:
+        lengths = (self.ctypes.c_int * len(frames))(*[len(f) for f in frames])
+        self.lib.fp_set_frames(b"".join(frames), lengths, len(frames))
+
+    def allocate(self, fd: int) -> int:
+        if self.used >= self.capacity or fd >= self.fd_limit:
+            raise RuntimeError("fast path call table is full")
+        idx = self.used
+        self.used += 1
+        self.calls[idx].fd = fd
+        self.fd_index[fd] = idx
+        return idx
+
+    def release(self, idx: int, fd: int) -> None:
+        c = self.calls[idx]
+        c.active = c.sending = 0
+        if 0 <= fd < self.fd_limit and self.fd_index[fd] == idx:
+            self.fd_index[fd] = -1
+
+    def srtp_pointer(self, session: Session) -> int:
+        return int(self.ffi.cast("uintptr_t", session._srtp[0]))
+
+    def send(self, due: int) -> int:
+        return self.lib.fp_send(self.calls, self.used, due)
+
+    def drain(self, epfd: int) -> list[tuple[int, bytes]]:
+        n = self.lib.fp_drain(epfd, self.calls, self.fd_index, self.fd_limit, self.out, self.out_cap, self.meta,
+                              self.meta_cap, self.ctypes.byref(self.media_count))
+        if not n:
+            return []
+        meta = self.meta
+        raw = self.ctypes.string_at(self.out, sum(meta[2 * i + 1] for i in range(n)))
+        handed, off = [], 0
+        for i in range(n):
+            length = meta[2 * i + 1]
+            handed.append((meta[2 * i], raw[off:off + length]))
+            off += length
+        return handed
+
+
 # -- one call's media ----------------------------------------------------------------------------------
 
 class BusinessCall:
     """The business end of one call: socket, ICE (controlling), DTLS client, SRTP, RTP counters."""
 
-    __slots__ = ("peer", "wa_id", "call_id", "sock", "fd", "port", "offer", "ufrag", "pwd", "cert", "dtls",
-                 "srtp", "state", "tie_breaker", "ice_txid", "ice_sent_at", "ice_attempts", "ice_done_at",
-                 "consent_at", "dtls_timer", "started_at", "connected_at", "accepted", "sending", "ssrc",
-                 "seq", "ts", "frame", "sent", "octets", "rtcp_at", "rx", "rx_rtcp", "rx_base", "rx_max",
-                 "rx_bad", "error", "ready")
+    __slots__ = ("peer", "wa_id", "call_id", "sock", "fd", "port", "send", "offer", "ufrag", "pwd", "cert",
+                 "dtls", "tx", "rx_session", "state", "tie_breaker", "ice_txid", "ice_sent_at", "ice_attempts",
+                 "consent_at", "dtls_timer", "started_at", "connected_at", "sending", "ssrc", "seq", "ts",
+                 "frame", "sent", "octets", "rtcp_at", "rx", "rx_rtcp", "rx_base", "rx_max", "rx_bad", "error",
+                 "ready", "idx", "c")
 
     def __init__(self, peer: "PeerProcess", wa_id: str, cert: DtlsCertificate) -> None:
         self.peer = peer
@@ -170,22 +274,22 @@ class BusinessCall:
         self.sock.bind(("127.0.0.1", 0))
         self.fd = self.sock.fileno()
         self.port = self.sock.getsockname()[1]
+        self.send = self.sock.send
         self.offer: MetaOffer | None = None
         self.ufrag, self.pwd = _ice_string(8), _ice_string(24)
         self.cert = cert
         self.dtls: DtlsSrtpSession | None = None
-        self.srtp = None
-        self.state = "new"                   # new -> ice -> dtls -> media | failed | closed
+        self.tx = None                         # libsrtp sessions, keyed by the DTLS handshake
+        self.rx_session = None
+        self.state = "new"                     # new -> ice -> dtls -> media | failed | closed
         self.tie_breaker = random.getrandbits(64)
         self.ice_txid = b""
         self.ice_sent_at = 0.0
         self.ice_attempts = 0
-        self.ice_done_at: float | None = None
         self.consent_at = 0.0
         self.dtls_timer: asyncio.TimerHandle | None = None
         self.started_at = time.monotonic()
         self.connected_at: float | None = None
-        self.accepted = False
         self.sending = False
         self.ssrc = random.getrandbits(32)
         self.seq = random.getrandbits(16)
@@ -201,36 +305,39 @@ class BusinessCall:
         self.rx_bad = 0
         self.error: str | None = None
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.idx = -1
+        self.c = None                          # this call's row in the C call table
+        if peer.fast is not None:
+            self.idx = peer.fast.allocate(self.fd)
+            self.c = peer.fast.calls[self.idx]
 
-    # -- signalling helpers
     def answer_sdp(self) -> str:
         assert self.offer is not None
         return build_answer(port=self.port, ufrag=self.ufrag, pwd=self.pwd, fingerprint=self.cert.fingerprint,
                             ssrc=self.ssrc, opus_pt=self.offer.opus_pt, te_pt=self.offer.te_pt)
 
     def start_media(self, offer: MetaOffer) -> None:
-        """After the answer is in: connect the socket to the relay and start ICE checks."""
+        """Once the answer is in: connect the socket to the relay's candidate and start ICE checks."""
         self.offer = offer
         self.sock.connect((offer.host, offer.port))
         self.dtls = DtlsSrtpSession(self.cert, role="client", remote_fingerprint=offer.fingerprint)
         self.state = "ice"
         self.send_check(use_candidate=True)
 
-    # -- ICE (controlling, aggressive nomination: every check carries USE-CANDIDATE)
+    def _send(self, data: bytes) -> None:
+        try:
+            self.send(data)
+        except OSError:
+            self.peer.send_errors += 1
+
+    # -- ICE (controlling full agent, aggressive nomination: every check carries USE-CANDIDATE)
     def send_check(self, use_candidate: bool = True) -> None:
-        assert self.offer is not None
         msg = binding_request(f"{self.offer.ufrag}:{self.ufrag}", priority=HOST_PRIORITY,
                               controlling=self.tie_breaker, use_candidate=use_candidate)
         self.ice_txid = msg.transaction_id
         self.ice_sent_at = time.monotonic()
         self.ice_attempts += 1
         self._send(msg.encode(self.offer.pwd.encode()))
-
-    def _send(self, data: bytes) -> None:
-        try:
-            self.sock.send(data)
-        except (BlockingIOError, ConnectionRefusedError, OSError):
-            self.peer.send_errors += 1
 
     def on_stun(self, data: bytes) -> None:
         head = peek_header(data)
@@ -240,7 +347,6 @@ class BusinessCall:
             self.ice_txid = b""
             self.consent_at = time.monotonic()
             if self.state == "ice":
-                self.ice_done_at = self.consent_at
                 self.state = "dtls"
                 self._dtls_out(self.dtls.start())
         elif head[1] == StunClass.ERROR:
@@ -269,8 +375,16 @@ class BusinessCall:
         if self.dtls is None:
             return
         self._dtls_out(self.dtls.feed(data))
-        if self.dtls.state == "connected" and self.srtp is None:
-            self.srtp = self.dtls.srtp()
+        if self.dtls.state == "connected" and self.tx is None:
+            profile = self.dtls.srtp_profile
+            self.tx = _srtp_session(profile, self.dtls.local_key_salt, Policy.SSRC_ANY_OUTBOUND)
+            self.rx_session = _srtp_session(profile, self.dtls.remote_key_salt, Policy.SSRC_ANY_INBOUND)
+            if self.c is not None:             # hand the media to the C path
+                c, fast = self.c, self.peer.fast
+                c.tx, c.rx = fast.srtp_pointer(self.tx), fast.srtp_pointer(self.rx_session)
+                c.ssrc, c.seq, c.ts, c.frame = self.ssrc, self.seq, self.ts, self.frame
+                c.payload_type = OPUS_PT
+                c.active = 1
             self.connected_at = time.monotonic()
             self.state = "media"
             if not self.ready.done():
@@ -284,23 +398,20 @@ class BusinessCall:
         self.state = "failed"
         self.error = reason
         if not self.ready.done():
-            self.ready.set_exception(RuntimeError(reason))
+            self.ready.set_result(False)
 
-    # -- SRTP in
+    # -- SRTP in (the hot path: called for every datagram from the relay once media is up)
     def on_srtp(self, data: bytes) -> None:
-        srtp = self.srtp
-        if srtp is None:
-            return
-        if 192 <= data[1] <= 223:                    # RTCP (RFC 5761)
-            try:
-                srtp.unprotect_rtcp(data)
-                self.rx_rtcp += 1
-            except SrtpError:
-                self.rx_bad += 1
+        rx = self.rx_session
+        if rx is None:
             return
         try:
-            plain = srtp.unprotect(data)
-        except SrtpError:
+            if 192 <= data[1] <= 223:              # RTCP (RFC 5761)
+                rx.unprotect_rtcp(data)
+                self.rx_rtcp += 1
+                return
+            plain = rx.unprotect(data)
+        except (SrtpLibError, ValueError):
             self.rx_bad += 1
             return
         seq = (plain[2] << 8) | plain[3]
@@ -312,37 +423,30 @@ class BusinessCall:
                 self.rx_max += d
         self.rx += 1
 
-    # -- SRTP out (called by the process's ticker)
-    def send_frames(self, count: int, frames: list[bytes], pack=struct.Struct("!BBHII").pack) -> None:
-        srtp, send = self.srtp, self.sock.send
-        n = len(frames)
-        for _ in range(count):
-            payload = frames[self.frame % n]
-            self.frame += 1
-            marker = 0x80 if self.sent == 0 else 0
-            rtp = pack(0x80, marker | OPUS_PT, self.seq, self.ts, self.ssrc) + payload
-            self.seq = (self.seq + 1) & 0xFFFF
-            self.ts = (self.ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
-            try:
-                send(srtp.protect(rtp))
-            except OSError:
-                self.peer.send_errors += 1
-                continue
-            self.sent += 1
-            self.octets += len(payload)
+    def start_sending(self) -> None:
+        self.sending = True
+        if self.c is not None:
+            self.c.sending = 1
 
     def send_rtcp(self) -> None:
-        wall = time.time()
+        c = self.c if self.c is not None else self
         report = build_compound(self.ssrc, "bench-business", now=time.monotonic(),
-                                sender=(ntp_timestamp(wall), self.ts, self.sent, self.octets))
-        self._send(self.srtp.protect_rtcp(report))
+                                sender=(ntp_timestamp(time.time()), c.ts, c.sent, c.octets))
+        self._send(self.tx.protect_rtcp(report))
 
     def counters(self) -> tuple:
+        c = self.c
+        if c is not None:
+            expected = c.rx_max - c.rx_base + 1 if c.rx_started else 0
+            return (c.sent + self.sent, c.rx_packets + self.rx, expected, c.rx_rtcp + self.rx_rtcp,
+                    c.rx_bad + self.rx_bad)
         expected = 0 if self.rx_base is None else self.rx_max - self.rx_base + 1
         return (self.sent, self.rx, expected, self.rx_rtcp, self.rx_bad)
 
     def close(self) -> None:
         self.state = "closed"
+        if self.c is not None:
+            self.peer.fast.release(self.idx, self.fd)
         if self.dtls_timer:
             self.dtls_timer.cancel()
         try:
@@ -351,47 +455,69 @@ class BusinessCall:
             pass
 
 
+def _srtp_session(profile, key_salt: bytes, ssrc_type: int) -> Session:
+    policy = Policy(key=key_salt, ssrc_type=ssrc_type, srtp_profile=profile.libsrtp_profile)
+    policy.window_size = 1024
+    return Session(policy)
+
+
 # -- one process's worth of calls ----------------------------------------------------------------------
 
 class PeerProcess:
-    """All the calls of one process: HTTP signalling, one epoll set, one 20 ms ticker."""
+    """All the calls of one process: HTTP signalling, one epoll set, one 20 ms ticker.
+
+    The ticker does all the media work: every 20 ms it drains every readable socket (epoll with a
+    zero timeout, one ``recv`` per ready socket, repeated until nothing is ready), then sends one
+    Opus frame per call (more if it woke late, up to MAX_CATCH_UP). Nothing wakes the process
+    between ticks, so at N calls a tick costs about N recv + N send syscalls and no wake-ups.
+    Handshake datagrams are handled the same way (at most 20 ms later than an event-driven peer).
+    """
 
     def __init__(self, info: dict, *, audio: str = "tone:440", pre_accept: bool = True,
-                 cert_per_call: bool = True, http_concurrency: int = 16, setup_timeout: float = 15.0) -> None:
+                 cert_per_call: bool = True, call_concurrency: int = 8, setup_timeout: float = 20.0,
+                 engine: str = "c") -> None:
         self.info = info
         self.graph = info["graph_url"].rstrip("/")
         self.pnid = info["phone_number_id"]
         self.headers = {"Authorization": f"Bearer {info['access_token']}"}
         self.frames = PreEncodedAudio.get(audio).frames
+        self.fast: FastPath | None = None
+        self.engine = "python"
+        if engine == "c":
+            try:
+                self.fast = FastPath()
+                self.fast.set_frames(self.frames)
+                self.engine = "c"
+            except Exception as exc:           # no C compiler: the same logic in Python
+                print(f"business_peer: C fast path unavailable ({exc}); using Python", file=sys.stderr)
         self.pre_accept = pre_accept
         self.cert_per_call = cert_per_call
         self.shared_cert = DtlsCertificate.generate()
-        self.http_sem = asyncio.Semaphore(http_concurrency)
+        self.call_sem = asyncio.Semaphore(call_concurrency)
         self.setup_timeout = setup_timeout
         self.calls: dict[int, BusinessCall] = {}           # fd -> call
         self.ep = select.epoll()
         self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.ep.fileno(), self.drain)
         self.session = None
         self.send_errors = 0
         self.ticks = 0
         self.late_ticks = 0
         self.skipped_frames = 0
-        self.drain_calls = 0
-        self._ticker = self.loop.create_task(self.run_ticker())
+        self.t_drain = 0.0
+        self.t_send = 0.0
+        self._ticker = self.loop.create_task(self.run_ticker_c() if self.fast else self.run_ticker())
 
     async def http(self):
         if self.session is None:
             import aiohttp
             self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
-                                                 timeout=aiohttp.ClientTimeout(total=60))
+                                                 timeout=aiohttp.ClientTimeout(total=120))
         return self.session
 
-    # -- receive path: epoll fd readable -> drain every ready socket, repeat until nothing is ready
     def drain(self) -> None:
-        self.drain_calls += 1
+        """Read every datagram waiting on any call's socket."""
         poll, calls = self.ep.poll, self.calls
-        for _ in range(8):
+        while True:
             events = poll(0)
             if not events:
                 return
@@ -401,9 +527,7 @@ class PeerProcess:
                     continue
                 try:
                     data = call.sock.recv(2048)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:       # ICMP port unreachable after the relay closed
+                except OSError:            # EAGAIN, or ICMP port unreachable after the relay closed
                     continue
                 if not data:
                     continue
@@ -415,81 +539,161 @@ class PeerProcess:
                 elif b <= 3:
                     call.on_stun(data)
 
-    # -- send path: one ticker for every call of the process
     async def run_ticker(self) -> None:
         start = time.monotonic()
         done = 0
         frames = self.frames
+        n_frames = len(frames)
+        pack = struct.Struct("!BBHII").pack
+        clock = time.thread_time
         while True:
+            c0 = clock()
+            self.drain()
+            c1 = clock()
+            self.t_drain += c1 - c0
             now = time.monotonic()
             due = int((now - start) / TICK) + 1 - done
             if due > 1:
                 self.late_ticks += 1
-            if due > MAX_CATCH_UP:               # fell far behind: skip, count what was not sent
+            if due > MAX_CATCH_UP:                 # fell far behind: skip, count what was not sent
                 self.skipped_frames += (due - MAX_CATCH_UP) * sum(1 for c in self.calls.values() if c.sending)
                 done += due - MAX_CATCH_UP
                 due = MAX_CATCH_UP
             if due > 0:
                 done += due
                 self.ticks += due
+                errors = 0
                 for call in list(self.calls.values()):
+                    if call.sending:
+                        protect, send = call.tx.protect, call.send
+                        for _ in range(due):
+                            payload = frames[call.frame % n_frames]
+                            call.frame += 1
+                            seq = call.seq
+                            try:
+                                send(protect(pack(0x80, OPUS_PT if call.sent else 0x80 | OPUS_PT, seq, call.ts,
+                                                  call.ssrc) + payload))
+                            except OSError:
+                                errors += 1
+                            call.seq = (seq + 1) & 0xFFFF
+                            call.ts = (call.ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+                            call.sent += 1
+                            call.octets += len(payload)
+                        if now - call.rtcp_at >= RTCP_INTERVAL:
+                            call.rtcp_at = now
+                            call.send_rtcp()
                     state = call.state
                     if state == "media":
-                        if call.sending:
-                            call.send_frames(due, frames)
-                            if now - call.rtcp_at >= RTCP_INTERVAL:
-                                call.rtcp_at = now
-                                call.send_rtcp()
-                        if now - call.consent_at >= CONSENT_INTERVAL and not call.ice_txid:
-                            call.send_check(use_candidate=False)     # RFC 7675 consent freshness
-                        elif call.ice_txid and now - call.ice_sent_at > 1.0:
-                            call.ice_txid = b""                      # unanswered consent: try again later
+                        if call.ice_txid:
+                            if now - call.ice_sent_at > 2.0:
+                                call.ice_txid = b""            # unanswered consent check: next one later
+                        elif now - call.consent_at >= CONSENT_INTERVAL:
+                            call.send_check(use_candidate=False)   # RFC 7675 consent freshness
                     elif state == "ice" and now - call.ice_sent_at >= ICE_RETRANSMIT:
-                        if call.ice_attempts >= 50:
-                            call.fail("ICE: no response to 50 checks")
+                        if call.ice_attempts >= 100:
+                            call.fail("ICE: no response to 100 checks")
                         else:
                             call.send_check(use_candidate=True)
-            next_at = start + done * TICK
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                self.send_errors += errors
+            self.t_send += clock() - c1
+            await asyncio.sleep(max(0.0, start + done * TICK - time.monotonic()))
+
+    def housekeeping(self, now: float) -> None:
+        """ICE retransmissions, consent checks and RTCP sender reports (Python, a few per tick)."""
+        for call in list(self.calls.values()):
+            state = call.state
+            if state == "media":
+                if call.sending and now - call.rtcp_at >= RTCP_INTERVAL:
+                    call.rtcp_at = now
+                    call.send_rtcp()
+                if call.ice_txid:
+                    if now - call.ice_sent_at > 2.0:
+                        call.ice_txid = b""
+                elif now - call.consent_at >= CONSENT_INTERVAL:
+                    call.send_check(use_candidate=False)   # RFC 7675 consent freshness
+            elif state == "ice" and now - call.ice_sent_at >= ICE_RETRANSMIT:
+                if call.ice_attempts >= 100:
+                    call.fail("ICE: no response to 100 checks")
+                else:
+                    call.send_check(use_candidate=True)
+
+    async def run_ticker_c(self) -> None:
+        """The ticker with the C hot path: drain and send in C, handshakes and housekeeping in Python."""
+        fast, epfd = self.fast, self.ep.fileno()
+        start = time.monotonic()
+        done = 0
+        clock = time.thread_time
+        while True:
+            c0 = clock()
+            for idx, data in fast.drain(epfd):
+                call = self.calls.get(fast.calls[idx].fd)
+                if call is None or call.idx != idx:
+                    continue
+                b = data[0]
+                if 20 <= b <= 63:
+                    call.on_dtls(data)
+                elif b <= 3:
+                    call.on_stun(data)
+                elif 128 <= b <= 191:
+                    call.on_srtp(data)               # media that raced the keys into the C table
+            c1 = clock()
+            self.t_drain += c1 - c0
+            now = time.monotonic()
+            due = int((now - start) / TICK) + 1 - done
+            if due > 1:
+                self.late_ticks += 1
+            if due > MAX_CATCH_UP:
+                self.skipped_frames += (due - MAX_CATCH_UP) * sum(1 for c in self.calls.values() if c.sending)
+                done += due - MAX_CATCH_UP
+                due = MAX_CATCH_UP
+            if due > 0:
+                done += due
+                self.ticks += due
+                fast.send(due)
+                if self.ticks % 5 < due:             # every ~100 ms
+                    self.housekeeping(now)
+            self.t_send += clock() - c1
+            await asyncio.sleep(max(0.0, start + done * TICK - time.monotonic()))
 
     # -- one call's signalling
     async def _req(self, method: str, url: str, body: dict | None = None, graph: bool = False) -> dict:
         session = await self.http()
-        async with self.http_sem:
-            async with session.request(method, url, json=body, headers=self.headers if graph else None) as r:
-                data = await r.json(content_type=None)
-                if r.status >= 300:
-                    raise RuntimeError(f"{method} {url.split('/', 3)[-1]} -> {r.status}: {json.dumps(data)[:300]}")
-                return data
+        async with session.request(method, url, json=body, headers=self.headers if graph else None) as r:
+            data = await r.json(content_type=None)
+            if r.status >= 300:
+                raise RuntimeError(f"{method} {url.split('/', 3)[-1]} -> {r.status}: {json.dumps(data)[:300]}")
+            return data
 
     async def place(self, wa_id: str) -> BusinessCall:
-        cert = DtlsCertificate.generate() if self.cert_per_call else self.shared_cert
-        call = BusinessCall(self, wa_id, cert)
-        self.calls[call.fd] = call
-        self.ep.register(call.fd, select.EPOLLIN)
-        try:
-            ctl = f"{self.graph}/_wacall"
-            placed = await self._req("POST", f"{ctl}/users/{wa_id}/calls", {"to": self.pnid, "entry_point": "call_button"})
-            call.call_id = placed["call_id"]
-            view = await self._req("GET", f"{ctl}/calls/{call.call_id}")
-            offer = parse_meta_offer(view["meta_sdp"])
-            call.offer = offer
-            answer = call.answer_sdp()
-            graph = f"{self.graph}/{GRAPH_VERSION}/{self.pnid}/calls"
-            session = {"sdp_type": "answer", "sdp": answer}
-            if self.pre_accept:
+        async with self.call_sem:                        # a few calls at a time, each set up start to end
+            cert = DtlsCertificate.generate() if self.cert_per_call else self.shared_cert
+            call = BusinessCall(self, wa_id, cert)
+            self.calls[call.fd] = call
+            self.ep.register(call.fd, select.EPOLLIN)
+            try:
+                ctl = f"{self.graph}/_wacall"
+                placed = await self._req("POST", f"{ctl}/users/{wa_id}/calls",
+                                         {"to": self.pnid, "entry_point": "call_button"})
+                call.call_id = placed["call_id"]
+                offer = parse_meta_offer((await self._req("GET", f"{ctl}/calls/{call.call_id}"))["meta_sdp"])
+                call.offer = offer
+                session = {"sdp_type": "answer", "sdp": call.answer_sdp()}
+                graph = f"{self.graph}/{GRAPH_VERSION}/{self.pnid}/calls"
+                if self.pre_accept:
+                    await self._req("POST", graph, {"messaging_product": "whatsapp", "call_id": call.call_id,
+                                                    "action": "pre_accept", "session": session}, graph=True)
+                    call.start_media(offer)              # the media connection comes up while we accept
                 await self._req("POST", graph, {"messaging_product": "whatsapp", "call_id": call.call_id,
-                                                "action": "pre_accept", "session": session}, graph=True)
-                call.start_media(offer)                  # media connection comes up while we accept
-            await self._req("POST", graph, {"messaging_product": "whatsapp", "call_id": call.call_id,
-                                            "action": "accept", "session": session}, graph=True)
-            if not self.pre_accept:
-                call.start_media(offer)
-            call.accepted = True
-            await asyncio.wait_for(asyncio.shield(call.ready), self.setup_timeout)
-            call.sending = True                          # the business sends first (Meta's rule)
-        except Exception as exc:
-            call.fail(f"{type(exc).__name__}: {exc}")
+                                                "action": "accept", "session": session}, graph=True)
+                if not self.pre_accept:
+                    call.start_media(offer)
+            except Exception as exc:
+                call.fail(f"{type(exc).__name__}: {exc}")
+        try:
+            if await asyncio.wait_for(asyncio.shield(call.ready), self.setup_timeout):
+                call.start_sending()                     # the business sends first (Meta's rule)
+        except asyncio.TimeoutError:
+            call.fail(f"media not up {self.setup_timeout:g} s after accept (state {call.state})")
         return call
 
     async def add(self, wa_ids: list[str]) -> dict:
@@ -518,14 +722,15 @@ class PeerProcess:
         """Cumulative counters per call (the coordinator diffs two snapshots)."""
         return {"t": time.monotonic(), "calls": {c.call_id: c.counters() for c in self.calls.values()
                                                  if c.state == "media"},
-                "send_errors": self.send_errors, "ticks": self.ticks, "late_ticks": self.late_ticks,
-                "skipped_frames": self.skipped_frames, "drains": self.drain_calls}
+                "send_errors": self.send_errors + (sum(self.fast.calls[i].send_errors for i in range(self.fast.used))
+                                                   if self.fast else 0), "ticks": self.ticks, "late_ticks": self.late_ticks,
+                "skipped_frames": self.skipped_frames, "t_drain": self.t_drain, "t_send": self.t_send,
+                "t_process": time.process_time(), "engine": self.engine}
 
     async def close(self) -> None:
         self._ticker.cancel()
         for call in list(self.calls.values()):
             self.remove(call)
-        self.loop.remove_reader(self.ep.fileno())
         self.ep.close()
         if self.session is not None:
             await self.session.close()
@@ -534,12 +739,21 @@ class PeerProcess:
 # -- multiprocessing worker ------------------------------------------------------------------------------
 
 def _worker_main(conn, info: dict, options: dict) -> None:
-    try:
-        import gc
-        gc.freeze()
-    except Exception:
-        pass
-    asyncio.run(_worker_async(conn, info, options))
+    cpu = options.pop("cpu", None)
+    if cpu is not None:
+        os.sched_setaffinity(0, cpu)
+    profile = options.pop("profile", None)
+    if profile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            asyncio.run(_worker_async(conn, info, options))
+        finally:
+            profiler.disable()
+            profiler.dump_stats(profile)
+    else:
+        asyncio.run(_worker_async(conn, info, options))
 
 
 async def _worker_async(conn, info: dict, options: dict) -> None:

@@ -109,7 +109,11 @@ class MediaEngine:
                 self.check_timeouts()
             next_at += TICK
             delay = next_at - time.monotonic()
-            if delay < -0.2:        # fell far behind: skip, don't burst
+            if delay < -0.2:        # fell far behind: skip, don't burst, and say so per call
+                skipped = int(-delay / TICK)
+                for endpoint in self.endpoints.values():
+                    if endpoint.sending:
+                        endpoint.skipped_ticks += skipped
                 next_at = time.monotonic()
                 delay = 0
             await asyncio.sleep(max(0.0, delay))

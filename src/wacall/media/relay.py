@@ -47,7 +47,7 @@ Addr = tuple[str, int]
 RTCP_INTERVAL = 5.0
 _SEQ_TS_SSRC = struct.Struct("!HII")
 _RTP_HEADER = struct.Struct("!BBHII")   # V=2, no padding/extension/CSRC; PT; sequence; timestamp; SSRC
-MAX_RECORDED_PACKETS = 50 * 600          # ten minutes of what the user heard, per call
+MAX_RECORDED_PACKETS = 50 * 180          # three minutes of what the user heard, per call (memory at scale)
 CODEC_NAMES = {"opus": "opus", "pcmu": "pcmu", "pcma": "pcma"}
 
 
@@ -194,6 +194,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.digits_received: list[dict] = []
         self.digits_sent: list[str] = []
         self.packets_sent = 0
+        self.skipped_ticks = 0                              # 20 ms intervals the engine could not serve
         self._noted: set[str] = set()
         self._last_rtcp = 0.0
         self._dtls_timer: asyncio.TimerHandle | None = None
@@ -538,7 +539,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 "wrong_payload_types": sorted(self.wrong_payload_types),
                 "ssrcs": len(self.stats.sources),
             },
-            "sent": {"packets": self.packets_sent, "ssrc": self.stream.ssrc, "audio": self.user_audio},
+            "sent": {"packets": self.packets_sent, "ssrc": self.stream.ssrc, "audio": self.user_audio,
+                     "skipped_ticks": self.skipped_ticks},
             "digits_received": list(self.digits_received),
             "digits_sent": "".join(self.digits_sent),
         }
