@@ -36,10 +36,8 @@ import json
 import multiprocessing as mp
 import os
 import random
-import secrets
 import select
 import socket
-import string
 import struct
 import sys
 import time
@@ -53,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
+from wacall.media.leg import ice_string
 from wacall.media.audio import PreEncodedAudio  # noqa: E402
 from wacall.media.certificate import DtlsCertificate  # noqa: E402
 from wacall.media.dtls import DtlsSrtpSession  # noqa: E402
@@ -67,12 +66,7 @@ ICE_RETRANSMIT = 0.1
 CONSENT_INTERVAL = 5.0
 RTCP_INTERVAL = 5.0
 MAX_CATCH_UP = 10                  # frames per call the ticker sends at once when it fell behind
-ICE_CHARS = string.ascii_letters + string.digits + "+/"
 GRAPH_VERSION = "v23.0"
-
-
-def _ice_string(n: int) -> str:
-    return "".join(secrets.choice(ICE_CHARS) for _ in range(n))
 
 
 # -- SDP ---------------------------------------------------------------------------------------------
@@ -276,7 +270,7 @@ class BusinessCall:
         self.port = self.sock.getsockname()[1]
         self.send = self.sock.send
         self.offer: MetaOffer | None = None
-        self.ufrag, self.pwd = _ice_string(8), _ice_string(24)
+        self.ufrag, self.pwd = ice_string(8), ice_string(24)
         self.cert = cert
         self.dtls: DtlsSrtpSession | None = None
         self.tx = None                         # libsrtp sessions, keyed by the DTLS handshake

@@ -24,7 +24,7 @@ ICE_PWD_LENGTH = 32
 SDES_KEY_SALT_BYTES = 30  # AES_CM_128: 16-byte key + 14-byte salt
 
 
-def _ice_string(length: int) -> str:
+def ice_string(length: int) -> str:
     return "".join(secrets.choice(ICE_CHARS) for _ in range(length))
 
 
@@ -56,8 +56,8 @@ class MediaLeg:
             call_id=call_id,
             host=host,
             port=port,
-            ice_ufrag=_ice_string(ICE_UFRAG_LENGTH),
-            ice_pwd=_ice_string(ICE_PWD_LENGTH),
+            ice_ufrag=ice_string(ICE_UFRAG_LENGTH),
+            ice_pwd=ice_string(ICE_PWD_LENGTH),
             fingerprint=fingerprint,
             ssrc=secrets.randbits(32),
             sdes_key_b64=base64.b64encode(secrets.token_bytes(SDES_KEY_SALT_BYTES)).decode("ascii"),
