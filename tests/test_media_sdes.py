@@ -216,3 +216,49 @@ def test_user_audio_from_a_file_and_bad_sources_are_refused(wa, sdes, tmp_path):
     heard = np.concatenate(sdes.received_pcm)
     assert abs(dominant_frequency(heard, 48000) - 700) < 5
     assert wa.call(call_id)["media"]["sent"]["audio"] == f"file:{path}"
+
+
+def test_g711_business_is_transcoded_to_and_from_the_users_opus(wa, sdes):
+    """With audio.additional_codecs enabled, a business that prefers PCMU gets PCMU (encoded from the
+    user's Opus source) and its PCMU is heard by the user. The business side uses the stdlib's G.711."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+    assert wa.graph("POST", f"{wa.pnid}/settings",
+                    json={"calling": {"audio": {"additional_codecs": ["PCMU"]}}}).status_code == 200
+    call_id = wa.user_calls(ALICE).json()["call_id"]
+    offer = wa.call(call_id)["meta_sdp"]
+    assert "a=rtpmap:0 PCMU/8000" in offer
+    answer = sdes.answer(offer).replace("RTP/SAVP 111 126", "RTP/SAVP 0 111 126").replace(
+        "a=rtpmap:111", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:111")
+    for action in ("pre_accept", "accept"):
+        assert wa.calls_action({"call_id": call_id, "action": action,
+                                "session": {"sdp_type": "answer", "sdp": answer}}).status_code == 200
+    heard: list[bytes] = []
+    start, sent = time.monotonic(), 0
+    while time.monotonic() - start < 2.5:
+        t = (np.arange(160) + sent * 160) / 8000
+        pcm = (np.sin(2 * np.pi * 1000 * t) * 10000).astype(np.int16).tobytes()
+        header = struct.pack("!BBHII", 0x80, 0, sent & 0xFFFF, sent * 160, sdes.ssrc)
+        sdes.sock.sendto(sdes.tx_session.protect(header + audioop.lin2ulaw(pcm, 2)), sdes.remote)
+        sent += 1
+        while time.monotonic() < start + sent * 0.02:
+            try:
+                data, _ = sdes.sock.recvfrom(2048)
+            except BlockingIOError:
+                time.sleep(0.002)
+                continue
+            if 192 <= data[1] <= 223:
+                continue
+            rtp = sdes.rx_session.unprotect(data)
+            if rtp[1] & 0x7F == 0:
+                heard.append(audioop.ulaw2lin(rtp[12:], 2))
+    media = wa.call(call_id)["media"]
+    assert media["send_codec"] == "pcmu" and media["payload_types"]["pcmu"] == 0
+    business_heard = np.frombuffer(b"".join(heard), dtype=np.int16)
+    assert len(business_heard) > 8000
+    assert abs(dominant_frequency(business_heard, 8000) - 440) < 10
+    wav = wa.http.get(media["recording_url"]).content
+    user_heard = np.frombuffer(wav[44:], dtype=np.int16)
+    assert abs(dominant_frequency(user_heard, 48000) - 1000) < 5
