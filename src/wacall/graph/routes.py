@@ -114,8 +114,9 @@ async def number_calls(req: Request, number: PhoneNumber) -> dict:
         call_ref = body.get("call_id") if isinstance(body, dict) else None
         existing = req.platform.calls.get(call_ref) if isinstance(call_ref, str) else None   # may be unhashable
         if existing is not None and existing.phone_number_id == number.id:
+            code, details = error.code, error.details
             req.wacall.apply(lambda: req.platform.note(existing, "api_error", action=body.get("action"),
-                                                       code=error.code, details=error.details))
+                                                       code=code, details=details))
         raise
 
 

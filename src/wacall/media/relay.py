@@ -25,12 +25,12 @@ import struct
 import time
 import wave
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import g711
-from .audio import FRAME_SAMPLES, SAMPLE_RATE, PreEncodedAudio, Recorder, parse_audio_spec
+from .audio import SAMPLE_RATE, PreEncodedAudio, Recorder, parse_audio_spec
 from .certificate import DtlsCertificate
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
@@ -48,7 +48,6 @@ RTCP_INTERVAL = 5.0
 _SEQ_TS_SSRC = struct.Struct("!HII")
 _RTP_HEADER = struct.Struct("!BBHII")   # V=2, no padding/extension/CSRC; PT; sequence; timestamp; SSRC
 MAX_RECORDED_PACKETS = 50 * 180          # three minutes of what the user heard, per call (memory at scale)
-CODEC_NAMES = {"opus": "opus", "pcmu": "pcmu", "pcma": "pcma"}
 
 
 class Reporter(Protocol):
@@ -109,7 +108,8 @@ def negotiate(meta_sdp: str, business_sdp: str, key_exchange: str) -> Negotiated
     if baudio and connection and connection.address not in ("0.0.0.0", "::") and baudio.port not in (0, 9):
         result.remote_addr = (connection.address, baudio.port)
     if key_exchange == "SDES":
-        for _, value in business.effective_attribute(baudio, "crypto") and baudio.attributes_named("crypto") or []:
+        lines = list(baudio.attributes_named("crypto")) or list(business.attributes_named("crypto"))
+        for _, value in lines:
             try:
                 parse_crypto(value or "")
                 result.remote_crypto = value
@@ -557,4 +557,4 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         return buffer.getvalue()
 
 
-__all__ = ["RelayEndpoint", "Reporter", "negotiate", "Negotiated", "FRAME_SAMPLES"]
+__all__ = ["RelayEndpoint", "Reporter", "negotiate", "Negotiated"]
