@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -23,6 +22,9 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers import WorkerProcess  # noqa: E402
+
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
@@ -178,32 +180,11 @@ async def _worker_async(conn, options: dict) -> None:
             pass
 
 
-class AiortcWorker:
+class AiortcWorker(WorkerProcess):
     def __init__(self, **options) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, options), daemon=True)
-        self.proc.start()
-        self.pid = self.recv(60)["pid"]
+        super().__init__(_worker_main, options, name="aiortc worker")
 
-    def send(self, cmd: dict) -> None:
-        self.conn.send(cmd)
+    def stop(self, timeout: float = 30) -> None:
+        super().stop(timeout)
 
-    def recv(self, timeout: float = 300) -> dict:
-        if not self.conn.poll(timeout):
-            raise TimeoutError("aiortc worker did not answer")
-        msg = self.conn.recv()
-        if msg.get("op") == "error":
-            raise RuntimeError(f"aiortc worker: {msg['error']}\n{msg.get('trace', '')}")
-        return msg
 
-    def stop(self) -> None:
-        try:
-            self.conn.send({"op": "stop"})
-            self.recv(30)
-        except Exception:
-            pass
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)

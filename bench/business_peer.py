@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import os
 import random
 import select
@@ -48,6 +47,9 @@ from pathlib import Path
 from pylibsrtp import Error as SrtpLibError, Policy, Session
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers import WorkerProcess  # noqa: E402
+
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
@@ -778,41 +780,11 @@ async def _worker_async(conn, info: dict, options: dict) -> None:
             pass
 
 
-class WorkerHandle:
+class WorkerHandle(WorkerProcess):
     """A generator process, driven synchronously from the coordinator."""
 
     def __init__(self, info: dict, **options) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, info, options), daemon=True)
-        self.proc.start()
-        hello = self._recv(60)
-        self.pid = hello["pid"]
-
-    def _recv(self, timeout: float) -> dict:
-        if not self.conn.poll(timeout):
-            raise TimeoutError("generator worker did not answer")
-        msg = self.conn.recv()
-        if msg.get("op") == "error":
-            raise RuntimeError(f"generator worker: {msg['error']}\n{msg.get('trace', '')}")
-        return msg
-
-    def send(self, cmd: dict) -> None:
-        self.conn.send(cmd)
-
-    def recv(self, timeout: float = 300) -> dict:
-        return self._recv(timeout)
-
-    def stop(self) -> None:
-        try:
-            self.conn.send({"op": "stop"})
-            self._recv(10)
-        except Exception:
-            pass
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
+        super().__init__(_worker_main, info, options, name="generator worker")
 
 
 # -- stand-alone -----------------------------------------------------------------------------------------

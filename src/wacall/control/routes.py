@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import codec
-from ..domain.model import User
+from ..domain.model import ACCEPTED, User
 from ..domain.state import ControlError
 from ..media.audio import PreEncodedAudio
 from ..server import WACALL, Wacall
@@ -280,7 +280,7 @@ async def call_dtmf(wacall: Wacall, request: web.Request) -> web.Response:
     endpoint = wacall.media.endpoints.get(call_id)
     if call is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
-    if endpoint is None or call.state != "ACCEPTED" or endpoint.srtp is None:
+    if endpoint is None or call.state != ACCEPTED or endpoint.srtp is None:
         raise ControlError("no_media", "the call has no media connection to press keys on", 409)
     endpoint.send_dtmf(digits.upper())
     wacall.apply(lambda: wacall.platform.media_note(call_id, "dtmf_from_user", digits=digits.upper()))

@@ -44,9 +44,7 @@ def _opaque(body: dict) -> str | None:
 class CallRules(PlatformState):
     # -- helpers -------------------------------------------------------------------------------
     def _media_options(self, number: PhoneNumber) -> tuple[str, list[str]]:
-        calling = number.calling
-        return (calling.get("srtp_key_exchange_protocol") or "DTLS",
-                list((calling.get("audio") or {}).get("additional_codecs") or []))
+        return calling_settings.srtp_protocol(number.calling), calling_settings.additional_codecs(number.calling)
 
     def _session_sdp(self, body: dict, number: PhoneNumber, role: str):
         session = body.get("session")
@@ -75,9 +73,6 @@ class CallRules(PlatformState):
             raise GraphError(131055)
         if number.calling.get("status") != "ENABLED":
             raise GraphError(138000)
-
-    def calls_webhooks_enabled(self, number: PhoneNumber) -> bool:
-        return not calling_settings.sip_enabled(number.calling)
 
     def _emit_call(self, call: Call, event) -> None:
         if call.signalling == "graph":

@@ -655,4 +655,4 @@ def srtp_protocol(stored: dict) -> str:
 
 def additional_codecs(stored: dict) -> list[str]:
     """G.711 codecs offered besides Opus (``[]`` = Opus only)."""
-    return list((stored.get("audio") or {}).get("additional_codecs", []))
+    return list((stored.get("audio") or {}).get("additional_codecs") or [])

@@ -13,7 +13,7 @@ from .clock import VirtualClock
 from .errors import GraphError
 from .events import Event
 from .limits import Limits
-from .model import (ACCEPTED, Call, App, Message, Pair, PhoneNumber, Record, RECORD_TYPES, Template, User,
+from .model import (Call, App, Message, Pair, PhoneNumber, Record, RECORD_TYPES, Template, User,
                     Waba)
 from .pricing import RateCard
 
@@ -87,8 +87,6 @@ class PlatformState:
         self.dirty[(record.KIND, record.key)] = record
         return record
 
-    touch = put
-
     def emit(self, event: Event) -> None:
         self.events.append(event)
 
@@ -117,7 +115,7 @@ class PlatformState:
         entry = {"t": round(self.now(), 3), "kind": kind}
         entry.update({k: v for k, v in data.items() if v is not None})
         call.timeline.append(entry)
-        self.touch(call)
+        self.put(call)
 
     # -- lookups ----------------------------------------------------------------------------
     def app_for_token(self, token: str | None) -> App | None:
@@ -178,10 +176,6 @@ class PlatformState:
 
     def active_count(self, phone_number_id: str) -> int:
         return sum(1 for c in self.active_calls.values() if c.phone_number_id == phone_number_id)
-
-    def connected_count(self, phone_number_id: str) -> int:
-        return sum(1 for c in self.active_calls.values()
-                   if c.phone_number_id == phone_number_id and c.state == ACCEPTED)
 
     def active_restriction(self, number: PhoneNumber, type_: str) -> dict | None:
         now = self.now()

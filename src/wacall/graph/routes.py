@@ -19,6 +19,7 @@ from aiohttp import web
 from .. import codec
 from ..domain.errors import GraphError
 from ..domain.model import App, PhoneNumber, Waba
+from ..domain.settings import sip_enabled
 from ..domain.state import unsupported
 from ..server import WACALL, Wacall
 from .errors import error_response, graph_json
@@ -101,7 +102,7 @@ async def number_calls(req: Request, number: PhoneNumber) -> dict:
     call_id = leg = None
     body = req.body
     if (isinstance(body, dict) and body.get("action", "connect") == "connect"
-            and not (number.calling.get("sip") or {}).get("status") == "ENABLED"):
+            and not sip_enabled(number.calling)):
         if req.wacall.faults.get("connect_error", 0) > 0 and number.calling.get("status") == "ENABLED":
             req.wacall.faults["connect_error"] -= 1
             raise GraphError(138004)

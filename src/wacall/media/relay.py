@@ -37,7 +37,7 @@ from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
 from .ice_lite import IceLiteAgent, Nominated, Rejected
 from .leg import MediaLeg
 from .rtcp import RtcpError, RtcpSenderReport, build_compound, ntp_timestamp, parse_rtcp
-from .rtp import ReceiveStats, RtpError, RtpPacket, is_rtcp
+from .rtp import RTP_HEADER, ReceiveStats, RtpError, RtpPacket, is_rtcp
 from .sdp import SessionDescription, parse_crypto, parse_sdp
 from .srtp import SrtpContext, SrtpError
 from .stun import is_stun
@@ -46,7 +46,6 @@ log = logging.getLogger("wacall.media")
 Addr = tuple[str, int]
 RTCP_INTERVAL = 5.0
 _SEQ_TS_SSRC = struct.Struct("!HII")
-_RTP_HEADER = struct.Struct("!BBHII")   # V=2, no padding/extension/CSRC; PT; sequence; timestamp; SSRC
 MAX_RECORDED_PACKETS = 50 * 180          # three minutes of what the user heard, per call (memory at scale)
 
 
@@ -482,7 +481,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             self._frame_index += 1
             stream.packet_count += 1
             stream.octet_count += len(frame)
-            header = _RTP_HEADER.pack(0x80, self._send_pt, stream.next_sequence(), stream.timestamp, stream.ssrc)
+            header = RTP_HEADER.pack(0x80, self._send_pt, stream.next_sequence(), stream.timestamp, stream.ssrc)
             self._send(self.srtp.protect(header + frame))
             self.packets_sent += 1
         self.stream.advance()

@@ -39,7 +39,8 @@ ONE_BYTE_PROFILE = 0xBEDE
 TWO_BYTE_PROFILE_MASK = 0xFFF0
 TWO_BYTE_PROFILE = 0x1000
 
-_HEADER = struct.Struct("!BBHII")
+#: The fixed 12-byte header: V/P/X/CC, M/PT, sequence number, timestamp, SSRC.
+RTP_HEADER = _HEADER = struct.Struct("!BBHII")
 _EXT_HEADER = struct.Struct("!HH")
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32

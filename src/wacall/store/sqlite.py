@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 
 from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, create_engine,
                         delete, event, select, update)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
@@ -133,7 +134,6 @@ class Store:
         rows = [{"kind": r.KIND, "key": r.key, "doc": codec.dumps(r.to_doc())} for r in dirty]
         if not rows:
             return
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
         stmt = sqlite_insert(records).values(rows)
         conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "key"], set_={"doc": stmt.excluded.doc}))
 
@@ -149,7 +149,6 @@ class Store:
             return row.value if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
         with self.engine.begin() as conn:
             stmt = sqlite_insert(meta).values(key=key, value=value)
             conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
