@@ -80,8 +80,9 @@ def machine_block(b0: tuple, b1: tuple, measured_cores: float, seconds: float) -
 # -- wacall -----------------------------------------------------------------------------------------------
 
 class WacallProcess:
-    def __init__(self, profile: str | None = None) -> None:
+    def __init__(self, profile: str | None = None, media_workers: int = 0) -> None:
         self.profile = profile
+        self.media_workers = media_workers
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -92,7 +93,8 @@ class WacallProcess:
         args = [py]
         if self.profile:
             args += ["-m", "cProfile", "-o", self.profile]
-        args += ["-m", "wacall", "serve", "--json", "--port", "0", "--db", ":memory:"]
+        args += ["-m", "wacall", "serve", "--json", "--port", "0", "--db", ":memory:",
+                 "--media-workers", str(self.media_workers)]
         self.stderr = open(HERE / "results" / "wacall-stderr.log", "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -105,6 +107,12 @@ class WacallProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """The server and its media worker processes."""
+        with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+            return [self.pid, *(int(p) for p in f.read().split())]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -263,7 +271,7 @@ def _deadline_ok(deadline: float, needed: float) -> bool:
 
 def ramp_wacall(args, steps: list[int], deadline: float, log) -> dict:
     from business_peer import WorkerHandle
-    wacall = WacallProcess(profile=args.profile_wacall).start()
+    wacall = WacallProcess(profile=args.profile_wacall, media_workers=args.media_workers).start()
     info = wacall.info
     result: dict = {"steps": [], "wacall_pid": wacall.pid}
     workers: list = []
@@ -274,12 +282,12 @@ def ramp_wacall(args, steps: list[int], deadline: float, log) -> dict:
         log(f"wacall up (pid {wacall.pid}), {len(wa_ids)} users created in {time.monotonic() - t0:.1f} s")
         cpus = os.cpu_count() or 1
         gen_cpus = None
-        if args.pin and cpus >= 2:
+        if args.pin and cpus >= 2 and not args.media_workers:
             os.sched_setaffinity(wacall.pid, {0})          # the system under test gets a core of its own
             gen_cpus = set(range(1, cpus))
         workers = [WorkerHandle(info, pre_accept=not args.no_pre_accept, cert_per_call=not args.shared_cert,
                                 cpu=gen_cpus, engine=args.engine) for _ in range(args.workers)]
-        pids = {"wacall": [wacall.pid], "generator": [w.pid for w in workers]}
+        pids = {"wacall": wacall.pids, "generator": [w.pid for w in workers]}
         http = httpx.Client(timeout=120)
         all_calls: list[str] = []
         rng = random.Random(1)
@@ -357,7 +365,7 @@ def ramp_wacall(args, steps: list[int], deadline: float, log) -> dict:
                      "setup_ms_median": _pct([a["setup_ms_median"] for a in added if a["setup_ms_median"]], 0.5),
                      "window_seconds": round(window, 2),
                      "user_to_business": business, "business_to_user": relay, "cpu": cpu,
-                     "machine_busy": round(busy, 3), "machine": machine, "wacall_rss_mb": round(rss_mb(wacall.pid)),
+                     "machine_busy": round(busy, 3), "machine": machine, "wacall_rss_mb": round(sum(rss_mb(p) for p in wacall.pids)),
                      "passed": passed}
             result["steps"].append(entry)
             log(f"wacall {step:5d} calls: loss user->biz {business['loss']:.2%} (delivery "
@@ -541,6 +549,8 @@ def main() -> None:
     ap.add_argument("--hold-seconds", type=float, default=10.0, help="measurement window per step")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds between a step's set-up and its window")
     ap.add_argument("--workers", type=int, default=1, help="generator processes")
+    ap.add_argument("--media-workers", type=int, default=2,
+                    help="wacall's media worker processes (0: media in the server process, pinned to CPU 0)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin wacall to CPU 0 and the generators to the other CPUs")
     ap.add_argument("--aiortc-workers", type=int, default=2, help="processes for the aiortc pairs")

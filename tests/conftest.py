@@ -27,3 +27,19 @@ def receiver(wa):
     assert response.status_code == 200, response.text
     yield rx
     rx.stop()
+
+
+@pytest.fixture(scope="session")
+def wacall_workers_server():
+    """A second emulator whose media runs in two worker processes (``--media-workers 2``)."""
+    server = Wacall(extra=["--media-workers", "2"]).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["in-process", "2-workers"])
+def media_server(request):
+    """Media tests run against both media planes: in the server process and in worker processes."""
+    server = request.getfixturevalue("wacall_server" if request.param == "in-process" else "wacall_workers_server")
+    server.reset()
+    return server

@@ -201,16 +201,20 @@ def test_file_source_decodes_ogg_opus(tmp_path):
     assert dominant_frequency(pcm[4800:-4800], 48000) == pytest.approx(880, abs=3)
 
 
-def test_tts_source_works_or_says_why():
-    if audio.espeak_binary() is None:
-        with pytest.raises(AudioSourceUnavailable, match="espeak-ng"):
-            TtsSource("hello")
-        with pytest.raises(AudioSourceUnavailable):
-            parse_audio_spec("tts:press one")
-    else:
-        src = parse_audio_spec("tts:press one")
-        assert isinstance(src, TtsSource) and src.duration > 1.0
-        assert rms_dbfs(src.pcm) > -50
+def test_tts_source_speaks_with_espeak_ng():
+    """espeak-ng comes from Debian (scripts/apt-packages); its speech is resampled to 48 kHz."""
+    assert audio.espeak_binary() is not None, "the test command installs espeak-ng"
+    src = parse_audio_spec("tts:press one")
+    assert isinstance(src, TtsSource) and src.duration > 1.0
+    assert rms_dbfs(src.pcm) > -50
+
+
+def test_tts_source_without_espeak_ng_says_why(monkeypatch):
+    monkeypatch.setattr(audio, "espeak_binary", lambda: None)
+    with pytest.raises(AudioSourceUnavailable, match="espeak-ng"):
+        TtsSource("hello")
+    with pytest.raises(AudioSourceUnavailable):
+        parse_audio_spec("tts:press one")
 
 
 # --- pre-encoded playout --------------------------------------------------------------------------

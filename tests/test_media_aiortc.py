@@ -40,7 +40,8 @@ async def wait_media(wa, call_id: str, predicate, timeout: float = 10.0) -> dict
 
 
 @pytest.fixture
-def media_wa(wa):
+def media_wa(media_server):
+    wa = media_server
     wa.reset(media_timeouts=True)
     assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440", "answer_after": 1}).status_code == 200
     return wa

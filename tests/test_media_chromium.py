@@ -210,7 +210,7 @@ def test_chromium_agent_places_a_business_initiated_call(wa, agent):
     assert call["state"] == "RINGING"
     meta_answer = call["meta_sdp"]
     assert "a=ice-lite" in meta_answer and "a=setup:active" in meta_answer
-    assert [c[1] for c in candidates(meta_answer)] == ["127.0.0.1"]
+    assert [c[1] for c in candidates(meta_answer)] == ["127.0.0.1", "::1"]     # IPv4 first, then IPv6
 
     agent.accept_answer(meta_answer)
     agent.wait_connected(timeout=5)              # media connects while the user's phone rings

@@ -104,6 +104,12 @@ class SdesBusiness:
 
 
 @pytest.fixture
+def wa(media_server):
+    """Every SDES test runs with media in the server process and in worker processes."""
+    return media_server
+
+
+@pytest.fixture
 def sdes(wa):
     wa.reset(media_timeouts=True)
     assert wa.graph("POST", f"{wa.pnid}/settings",
@@ -216,6 +222,24 @@ def test_user_audio_from_a_file_and_bad_sources_are_refused(wa, sdes, tmp_path):
     heard = np.concatenate(sdes.received_pcm)
     assert abs(dominant_frequency(heard, 48000) - 700) < 5
     assert wa.call(call_id)["media"]["sent"]["audio"] == f"file:{path}"
+
+
+def test_user_speaks_with_text_to_speech(wa, sdes):
+    """``tts:TEXT`` renders speech with Debian's espeak-ng: the business hears a voice (energy spread over
+    the speech band, no single tone) where the same call with silence is silent."""
+    from wacall.media.audio import rms_dbfs
+    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tts:press one for sales"}).status_code == 200
+    call_id = _connect(wa, sdes)
+    sdes.run(2.5)
+    heard = np.concatenate(sdes.received_pcm)[48000 // 2:]
+    assert rms_dbfs(heard) > -40, "the business should hear the user's synthetic voice"
+    spectrum = np.abs(np.fft.rfft(heard.astype(np.float64))) ** 2     # power
+    freqs = np.fft.rfftfreq(len(heard), 1 / 48000)
+    speech = spectrum[(freqs > 100) & (freqs < 4000)].sum()
+    assert speech > 0.8 * spectrum.sum(), "speech energy lies in the voice band"
+    peak = spectrum.argmax()
+    assert spectrum[max(0, peak - 20):peak + 20].sum() < 0.5 * speech, "a voice, not a tone"
+    assert wa.call(call_id)["media"]["sent"]["audio"] == "tts:press one for sales"
 
 
 def test_g711_business_is_transcoded_to_and_from_the_users_opus(wa, sdes):

@@ -35,6 +35,7 @@ class Config:
     rate_card: RateCard
     webhooks: WebhookDelivery = field(default_factory=WebhookDelivery)
     sip_domain: str = "wa.meta.vc"
+    media_workers: int = 0       # 0: media in the server process; N: N worker processes
 
 
 DEFAULT_TOML = """
@@ -162,7 +163,8 @@ def build_config(raw: dict) -> Config:
     webhooks = WebhookDelivery(**(raw.get("webhooks") or {}))
     return Config(wabas=wabas, numbers=numbers, apps=apps, users=users, limits=limits,
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
-                  sip_domain=raw.get("sip", {}).get("domain", "wa.meta.vc"))
+                  sip_domain=raw.get("sip", {}).get("domain", "wa.meta.vc"),
+                  media_workers=int(_take(dict(raw.get("media") or {}), "media", {"workers"}).get("workers", 0)))
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -22,8 +22,8 @@ from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia
 from .domain.model import USER_INITIATED
 from .domain.platform import Platform
 from .domain.state import new_id
-from .media.audio import PreEncodedAudio
 from .media.engine import MediaEngine
+from .media.workers import MediaWorkers
 from .store.sqlite import Store
 from .webhooks.delivery import Dispatcher, outbox_rows
 
@@ -40,7 +40,9 @@ class Wacall:
         self.store = Store(db)
         self.clock = VirtualClock(float(self.store.get_meta("clock_offset") or 0.0))
         self.platform = Platform(self.clock, self.config.limits, self.config.rate_card)
-        self.media = MediaEngine(host="127.0.0.1", reporter=self)
+        workers = self.config.media_workers
+        self.media: MediaEngine | MediaWorkers = (MediaWorkers(workers, "127.0.0.1", reporter=self) if workers
+                                                  else MediaEngine(host="127.0.0.1", reporter=self))
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self.runner: web.AppRunner | None = None
@@ -80,6 +82,8 @@ class Wacall:
         self.port = sock.getsockname()[1]
         site = web.SockSite(self.runner, sock)
         await site.start()
+        if isinstance(self.media, MediaWorkers):
+            await self.media.start()
         await self._reopen_media()
         self._ticker = asyncio.create_task(self._tick_loop())
         self._dispatch_task = asyncio.create_task(self.dispatcher.run())
@@ -125,8 +129,8 @@ class Wacall:
                 self.media.release(event.call_id)
             elif isinstance(event, MediaConfigure):
                 self._configure_media(event.call_id)
-            elif isinstance(event, MediaConnected) and (endpoint := self.media.endpoint(event.call_id)):
-                endpoint.call_connected(event.at)
+            elif isinstance(event, MediaConnected):
+                self.media.call_connected(event.call_id, event.at)
         if rows and self.dispatcher:
             self.dispatcher.wake()
         self._tick_wake.set()
@@ -143,15 +147,11 @@ class Wacall:
 
     def _configure_media(self, call_id: str) -> None:
         call = self.platform.calls.get(call_id)
-        endpoint = self.media.endpoint(call_id)
-        if call is None or endpoint is None or not call.meta_sdp or not call.business_sdp:
+        if call is None or not call.meta_sdp or not call.business_sdp:
             return
         user = self.platform.users.get(call.wa_id)
-        audio = user.audio if user else "silence"
-        if not PreEncodedAudio.cached(audio):       # encode a new source once, off the event loop
-            asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, audio)
-        endpoint.configure(call.meta_sdp, call.business_sdp, call.key_exchange, user.audio if user else "silence",
-                           user_is_caller=call.direction == USER_INITIATED)
+        self.media.configure(call_id, call.meta_sdp, call.business_sdp, call.key_exchange,
+                             user.audio if user else "silence", user_is_caller=call.direction == USER_INITIATED)
 
     # -- the media plane's reporter (wacall.media.relay.Reporter) ------------------------------------
     def note(self, call_id: str, kind: str, **data) -> None:

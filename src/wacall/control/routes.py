@@ -71,7 +71,7 @@ def handler(fn):
     return wrapped
 
 
-def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
+async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
     call = wacall.platform.calls.get(call_id)
     if call is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
@@ -88,11 +88,8 @@ def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
         "timeline": list(call.timeline),
     }
-    endpoint = wacall.media.endpoint(call.id)
-    view["media"] = None
-    if endpoint is not None:
-        view["media"] = endpoint.view()
-        view["media"]["packets_received"] = endpoint.leg.packets_received
+    view["media"] = await wacall.media.view(call.id)
+    if view["media"] is not None:
         view["media"]["recording_url"] = f"{wacall.base_url}/_wacall/calls/{call.id}/recording.wav"
     if with_webhooks:
         journal = wacall.store.journal(call_id=call.id)
@@ -253,7 +250,7 @@ async def calls(wacall: Wacall, request: web.Request) -> web.Response:
 
 @handler
 async def call(wacall: Wacall, request: web.Request) -> web.Response:
-    return ok(call_view(wacall, request.match_info["call_id"]))
+    return ok(await call_view(wacall, request.match_info["call_id"]))
 
 
 @handler
@@ -267,7 +264,7 @@ async def call_action(wacall: Wacall, request: web.Request) -> web.Response:
     if operation is None:
         raise ControlError("bad_action", "action must be answer, reject or hangup", 404)
     wacall.apply(lambda: operation(found))
-    return ok(call_view(wacall, call_id, with_webhooks=False))
+    return ok(await call_view(wacall, call_id, with_webhooks=False))
 
 
 @handler
@@ -277,22 +274,20 @@ async def call_dtmf(wacall: Wacall, request: web.Request) -> web.Response:
     if not isinstance(digits, str) or not digits or any(d not in "0123456789*#ABCD" for d in digits.upper()):
         raise ControlError("bad_digits", "digits must be a string of 0-9, *, #, A-D", 400)
     call = wacall.platform.calls.get(call_id)
-    endpoint = wacall.media.endpoints.get(call_id)
     if call is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
-    if endpoint is None or call.state != ACCEPTED or endpoint.srtp is None:
+    if call.state != ACCEPTED or not await wacall.media.send_dtmf(call_id, digits.upper()):
         raise ControlError("no_media", "the call has no media connection to press keys on", 409)
-    endpoint.send_dtmf(digits.upper())
     wacall.apply(lambda: wacall.platform.media_note(call_id, "dtmf_from_user", digits=digits.upper()))
     return ok({"digits": digits.upper()})
 
 
 @handler
 async def call_recording(wacall: Wacall, request: web.Request) -> web.Response:
-    endpoint = wacall.media.endpoint(request.match_info["call_id"])
-    if endpoint is None:
+    wav = await wacall.media.recording_wav(request.match_info["call_id"])
+    if wav is None:
         raise ControlError("no_recording", "no media was recorded for this call (or it was forgotten)", 404)
-    return web.Response(body=endpoint.recording_wav(), content_type="audio/wav")
+    return web.Response(body=wav, content_type="audio/wav")
 
 
 @handler

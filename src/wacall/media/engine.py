@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
+from .audio import PreEncodedAudio
 from .certificate import DtlsCertificate
 from .leg import MediaLeg
 from .relay import RelayEndpoint, Reporter
@@ -33,10 +35,23 @@ class _Silent:
         return 20.0, 30.0
 
 
+def loopback6() -> str | None:
+    """``::1`` when this host has IPv6 loopback (the relay then offers an IPv6 candidate), else None."""
+    if not socket.has_ipv6:
+        return None
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return None
+    return "::1"
+
+
 class MediaEngine:
     def __init__(self, host: str = "127.0.0.1", certificate: DtlsCertificate | None = None,
-                 reporter: Reporter | None = None) -> None:
+                 reporter: Reporter | None = None, host6: str | None = None) -> None:
         self.host = host
+        self.host6 = host6 if host6 is not None else loopback6()
         self.certificate = certificate if certificate is not None else DtlsCertificate.default()
         self.reporter: Reporter = reporter or _Silent()
         self.endpoints: dict[str, RelayEndpoint] = {}
@@ -55,6 +70,15 @@ class MediaEngine:
             lambda: RelayEndpoint(leg, self.certificate, self.reporter), local_addr=(self.host, 0))
         leg._transport = transport
         leg.port = transport.get_extra_info("sockname")[1]
+        if self.host6:
+            try:
+                transport6, _ = await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(self.host6, 0))
+            except OSError as exc:               # IPv6 went away: IPv4 only from now on
+                log.warning("no IPv6 candidate: %s", exc)
+                self.host6 = None
+            else:
+                leg._transport6 = transport6
+                leg.host6, leg.port6 = self.host6, transport6.get_extra_info("sockname")[1]
         self.endpoints[call_id] = endpoint
         self._ensure_ticker()
         return leg
@@ -72,7 +96,7 @@ class MediaEngine:
         if endpoint is None:
             return
         endpoint.close()
-        endpoint.leg._transport = None
+        endpoint.leg._transport = endpoint.leg._transport6 = None
         self.finished[call_id] = endpoint
         while len(self.finished) > KEEP_FINISHED:
             self.finished.pop(next(iter(self.finished)))
@@ -88,6 +112,41 @@ class MediaEngine:
 
     def __len__(self) -> int:
         return len(self.endpoints)
+
+    # -- what signalling and the inspector ask of the media plane (the same on MediaWorkers) ----------
+    def configure(self, call_id: str, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str,
+                  user_is_caller: bool) -> None:
+        endpoint = self.endpoints.get(call_id)
+        if endpoint is None:
+            return
+        if not PreEncodedAudio.cached(user_audio):      # encode a new source once, off the event loop
+            asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, user_audio)
+        endpoint.configure(meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller=user_is_caller)
+
+    def call_connected(self, call_id: str, at: float) -> None:
+        if (endpoint := self.endpoint(call_id)) is not None:
+            endpoint.call_connected(at)
+
+    def is_live(self, call_id: str) -> bool:
+        return call_id in self.endpoints
+
+    async def send_dtmf(self, call_id: str, digits: str) -> bool:
+        """Press keys on the user's phone; False when the call has no media connection yet."""
+        endpoint = self.endpoints.get(call_id)
+        if endpoint is None or endpoint.srtp is None or endpoint.dtmf_out is None:
+            return False
+        endpoint.send_dtmf(digits)
+        return True
+
+    async def view(self, call_id: str) -> dict | None:
+        endpoint = self.endpoint(call_id)
+        if endpoint is None:
+            return None
+        return {**endpoint.view(), "packets_received": endpoint.leg.packets_received}
+
+    async def recording_wav(self, call_id: str) -> bytes | None:
+        endpoint = self.endpoint(call_id)
+        return endpoint.recording_wav() if endpoint is not None else None
 
     # -- the 20 ms ticker ---------------------------------------------------------------------------
     def _ensure_ticker(self) -> None:

@@ -44,10 +44,14 @@ class MediaLeg:
     session_id: int = field(default_factory=lambda: secrets.randbits(62))
     #: MediaStream id used in a=msid-semantic / a=ssrc msid lines (RFC 8830).
     stream_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: the IPv6 host candidate's address and port, where the host has IPv6 (None otherwise)
+    host6: str | None = None
+    port6: int | None = None
     packets_received: int = 0
     bytes_received: int = 0
     last_remote_addr: tuple[str, int] | None = None
     _transport: asyncio.DatagramTransport | None = field(default=None, repr=False, compare=False)
+    _transport6: asyncio.DatagramTransport | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, call_id: str, *, host: str = "127.0.0.1", port: int, fingerprint: str) -> MediaLeg:
@@ -68,6 +72,7 @@ class MediaLeg:
         return self._transport is not None and not self._transport.is_closing()
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        for transport in (self._transport, self._transport6):
+            if transport is not None:
+                transport.close()
+        self._transport = self._transport6 = None

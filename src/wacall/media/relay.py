@@ -21,6 +21,7 @@ import asyncio
 import base64
 import io
 import logging
+import socket
 import struct
 import time
 import wave
@@ -158,7 +159,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.certificate = certificate
         self.reporter = reporter
         self.call_id = leg.call_id
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: asyncio.DatagramTransport | None = None      # the IPv4 socket
+        self.transport6: asyncio.DatagramTransport | None = None     # the IPv6 one, where the host has it
         self.ice = IceLiteAgent(leg.ice_ufrag, leg.ice_pwd)
         self.negotiated: Negotiated | None = None
         self.dtls: DtlsSrtpSession | None = None
@@ -200,7 +202,10 @@ class RelayEndpoint(asyncio.DatagramProtocol):
 
     # -- asyncio plumbing -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        self.transport = transport
+        if transport.get_extra_info("socket").family == socket.AF_INET6:
+            self.transport6 = transport
+        else:
+            self.transport = transport
 
     def error_received(self, exc: Exception) -> None:
         pass
@@ -214,13 +219,15 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         if self.dtmf_in:
             for digit in self.dtmf_in.flush():
                 self._digit(digit)
-        if self.transport:
-            self.transport.close()
+        for transport in (self.transport, self.transport6):
+            if transport:
+                transport.close()
 
     def _send(self, data: bytes, addr: Addr | None = None) -> None:
         target = addr or self.remote
-        if target and self.transport and not self.transport.is_closing():
-            self.transport.sendto(data, target)
+        transport = self.transport6 if target and ":" in target[0] else self.transport
+        if target and transport and not transport.is_closing():
+            transport.sendto(data, target)
 
     def _note_once(self, kind: str, **data: Any) -> None:
         if kind not in self._noted:
@@ -517,7 +524,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         recorder = self.recorder
         level = recorder.level_dbfs if recorder and recorder.packets else None
         return {
-            "host": self.leg.host, "port": self.leg.port,
+            "host": self.leg.host, "port": self.leg.port, "host6": self.leg.host6, "port6": self.leg.port6,
             "key_exchange": self.negotiated.key_exchange if self.negotiated else None,
             "ice": {"connected": self.ice.connected,
                     "remote": f"{self.remote[0]}:{self.remote[1]}" if self.remote else None},

@@ -604,6 +604,7 @@ def validate_business_sdp(
 OPUS_PT = 111
 TELEPHONE_EVENT_PT = 126
 _CANDIDATE_PRIORITY = 2122260223
+_CANDIDATE_PRIORITY_V6 = _CANDIDATE_PRIORITY - 256   # RFC 8445 §5.1.2.1: local preference one below IPv4's
 _EXTMAPS = (
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
@@ -617,8 +618,9 @@ _SSRC_CNAME = "WhatsAppAudioStream1"
 _TRACK_ID = "WhatsAppTrack1"
 
 
-def _foundation(leg: MediaLeg) -> str:
-    return str(1_000_000_000 + (leg.session_id % 3_000_000_000))
+def _foundation(leg: MediaLeg, base: str | None = None) -> str:
+    """RFC 8445 §5.1.1.3: candidates from different base addresses get different foundations."""
+    return str(1_000_000_000 + ((leg.session_id + (1 if base else 0)) % 3_000_000_000))
 
 
 def _session_header(leg: MediaLeg, mid: str, *, ice_lite: bool) -> list[str]:
@@ -639,6 +641,11 @@ def _dtls_transport_lines(leg: MediaLeg, setup: str, *, trickle: bool = False) -
     lines = [
         f"a=candidate:{_foundation(leg)} 1 udp {_CANDIDATE_PRIORITY} {leg.host} {leg.port} typ host"
         f" generation 0 network-cost 50 ufrag {leg.ice_ufrag}",
+    ]
+    if leg.port6:       # Meta's relay offers an IPv6 host candidate too, at a lower priority
+        lines.append(f"a=candidate:{_foundation(leg, leg.host6)} 1 udp {_CANDIDATE_PRIORITY_V6} {leg.host6} "
+                     f"{leg.port6} typ host generation 0 network-cost 50 ufrag {leg.ice_ufrag}")
+    lines += [
         f"a=ice-ufrag:{leg.ice_ufrag}",
         f"a=ice-pwd:{leg.ice_pwd}",
     ]

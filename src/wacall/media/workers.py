@@ -1,0 +1,316 @@
+"""The media plane spread over worker processes.
+
+One Python process tops out at a few hundred calls of real media (every packet is a syscall, an
+SRTP operation and some Python), so with ``media.workers = N`` the server starts N child processes,
+each running its own :class:`~wacall.media.engine.MediaEngine`, and gives each new call to the
+least-loaded one. Signalling, the store and the domain stay in the main process.
+
+The two sides talk over the child's stdin/stdout, one JSON object per line:
+
+- main → worker: ``{"op": "allocate" | "configure" | "connected" | "dtmf" | "release" | "view" |
+  "recording" | "clock" | "check", ...}``; operations that answer carry an ``id``.
+- worker → main: ``{"re": id, "value": ...}`` answers, and the relay's reports
+  ``{"report": "note" | "ended", "call_id": ..., ...}`` which the main process applies to the
+  domain exactly as it does for in-process media.
+
+A worker runs the virtual clock as wall time plus the offset the main process last sent it, and
+checks the media timeouts itself every 250 ms; after a clock jump the main process sends the new
+offset and a ``check``. Recordings travel as a temporary WAV file, not through the pipe.
+
+Run a worker by hand with ``python -m wacall.media.workers --host 127.0.0.1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .. import codec
+from ..loop import loop_factory
+from .engine import MediaEngine
+from .leg import MediaLeg
+from .relay import Reporter
+
+log = logging.getLogger("wacall.media.workers")
+PIPE_LIMIT = 1 << 20
+KEEP_OWNERS = 5000
+LEG_FIELDS = [f.name for f in fields(MediaLeg) if not f.name.startswith("_")]
+
+
+def leg_to_doc(leg: MediaLeg) -> dict:
+    return {name: getattr(leg, name) for name in LEG_FIELDS}
+
+
+def leg_from_doc(doc: dict) -> MediaLeg:
+    leg = MediaLeg(**{name: doc[name] for name in LEG_FIELDS if name in doc})
+    if isinstance(leg.last_remote_addr, list):
+        leg.last_remote_addr = tuple(leg.last_remote_addr)  # type: ignore[assignment]
+    return leg
+
+
+# -- the main process's side ---------------------------------------------------------------------------
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process
+    live: set[str] = field(default_factory=set)
+    pending: dict[int, asyncio.Future] = field(default_factory=dict)
+    reader: asyncio.Task | None = None
+    alive: bool = True
+
+    def send(self, message: dict) -> None:
+        if self.alive and self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.write(codec.dump_bytes(message) + b"\n")
+
+
+class MediaWorkers:
+    """The same interface as :class:`MediaEngine`, with the calls living in child processes."""
+
+    def __init__(self, count: int, host: str = "127.0.0.1", reporter: Reporter | None = None) -> None:
+        if count < 1:
+            raise ValueError("media workers: at least one")
+        self.count, self.host = count, host
+        self.reporter = reporter
+        self.workers: list[_Worker] = []
+        self.owner: dict[str, _Worker] = {}         # call_id → the worker holding its leg (or results)
+        self._next_id = 0
+        self._clock_sent: tuple[float, float, float] | None = None
+        self._sync_task: asyncio.Task | None = None
+        self._closing = False
+
+    async def start(self) -> MediaWorkers:
+        for index in range(self.count):
+            self.workers.append(await self._spawn(index))
+        self._sync_clock(force=True)
+        self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+        return self
+
+    async def _spawn(self, index: int) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wacall.media.workers", "--host", self.host,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=PIPE_LIMIT)
+        worker = _Worker(index, process)
+        worker.reader = asyncio.get_running_loop().create_task(self._read(worker))
+        return worker
+
+    async def _read(self, worker: _Worker) -> None:
+        assert worker.process.stdout is not None
+        while line := await worker.process.stdout.readline():
+            try:
+                self._on_message(worker, codec.loads(line))
+            except Exception:
+                log.exception("media worker %d: bad message %r", worker.index, line[:200])
+        worker.alive = False
+        if not self._closing:
+            log.error("media worker %d exited (%s); its %d calls lose media", worker.index,
+                      worker.process.returncode, len(worker.live))
+        for future in worker.pending.values():
+            if not future.done():
+                future.set_exception(RuntimeError("media worker exited"))
+        worker.pending.clear()
+
+    def _on_message(self, worker: _Worker, message: dict) -> None:
+        if "re" in message:
+            future = worker.pending.pop(message["re"], None)
+            if future is not None and not future.done():
+                future.set_result(message.get("value"))
+        elif self.reporter is not None and message.get("report") == "note":
+            self.reporter.note(message["call_id"], message["kind"], **message.get("data", {}))
+        elif self.reporter is not None and message.get("report") == "ended":
+            self.reporter.ended(message["call_id"], message["code"], message["reason"])
+
+    async def _ask(self, worker: _Worker, message: dict) -> Any:
+        self._next_id += 1
+        future = asyncio.get_running_loop().create_future()
+        worker.pending[self._next_id] = future
+        worker.send({**message, "id": self._next_id})
+        return await future
+
+    def _clock_state(self) -> tuple[float, float, float]:
+        if self.reporter is None:
+            return (0.0, 20.0, 30.0)
+        start, silence = self.reporter.timeouts()
+        return (round(self.reporter.now() - time.time(), 3), float(start), float(silence))
+
+    def _sync_clock(self, force: bool = False) -> None:
+        state = self._clock_state()
+        if force or self._clock_sent is None or any(abs(a - b) > 0.01 for a, b in zip(state, self._clock_sent)):
+            self._clock_sent = state
+            for worker in self.workers:
+                worker.send({"op": "clock", "offset": state[0], "start": state[1], "silence": state[2]})
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self._sync_clock()
+
+    # -- the media plane interface ------------------------------------------------------------------
+    async def allocate(self, call_id: str) -> MediaLeg:
+        if not any(worker.alive for worker in self.workers):
+            raise RuntimeError("every media worker has exited")
+        for i, worker in enumerate(self.workers):          # a crashed worker is replaced for new calls
+            if not worker.alive:
+                self.workers[i] = await self._spawn(i)
+                self._clock_sent = None
+        self._sync_clock()
+        worker = min((w for w in self.workers if w.alive), key=lambda w: len(w.live))
+        doc = await self._ask(worker, {"op": "allocate", "call_id": call_id})
+        worker.live.add(call_id)
+        self.owner[call_id] = worker
+        while len(self.owner) > KEEP_OWNERS:
+            self.owner.pop(next(iter(self.owner)))
+        return leg_from_doc(doc)
+
+    def configure(self, call_id: str, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str,
+                  user_is_caller: bool) -> None:
+        if (worker := self.owner.get(call_id)) is not None:
+            worker.send({"op": "configure", "call_id": call_id, "meta_sdp": meta_sdp, "business_sdp": business_sdp,
+                         "key_exchange": key_exchange, "user_audio": user_audio, "user_is_caller": user_is_caller})
+
+    def call_connected(self, call_id: str, at: float) -> None:
+        if (worker := self.owner.get(call_id)) is not None:
+            worker.send({"op": "connected", "call_id": call_id, "at": at})
+
+    def is_live(self, call_id: str) -> bool:
+        worker = self.owner.get(call_id)
+        return worker is not None and call_id in worker.live
+
+    async def send_dtmf(self, call_id: str, digits: str) -> bool:
+        worker = self.owner.get(call_id)
+        return bool(worker and await self._ask(worker, {"op": "dtmf", "call_id": call_id, "digits": digits}))
+
+    async def view(self, call_id: str) -> dict | None:
+        worker = self.owner.get(call_id)
+        return await self._ask(worker, {"op": "view", "call_id": call_id}) if worker else None
+
+    async def recording_wav(self, call_id: str) -> bytes | None:
+        worker = self.owner.get(call_id)
+        path = await self._ask(worker, {"op": "recording", "call_id": call_id}) if worker else None
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as wav:
+                return wav.read()
+        finally:
+            os.unlink(path)
+
+    def release(self, call_id: str) -> None:
+        worker = self.owner.get(call_id)
+        if worker is not None and call_id in worker.live:
+            worker.live.discard(call_id)
+            worker.send({"op": "release", "call_id": call_id})
+
+    def check_timeouts(self) -> None:
+        self._sync_clock(force=True)
+        for worker in self.workers:
+            worker.send({"op": "check"})
+
+    def __len__(self) -> int:
+        return sum(len(worker.live) for worker in self.workers)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._sync_task:
+            self._sync_task.cancel()
+        for worker in self.workers:
+            if worker.process.stdin is not None and not worker.process.stdin.is_closing():
+                worker.process.stdin.close()
+        for worker in self.workers:
+            try:
+                await asyncio.wait_for(worker.process.wait(), 5)
+            except asyncio.TimeoutError:
+                worker.process.kill()
+                await worker.process.wait()
+            if worker.reader:
+                await asyncio.gather(worker.reader, return_exceptions=True)
+        self.workers.clear()
+
+
+# -- the worker process's side ---------------------------------------------------------------------------
+class _PipeReporter:
+    """The relay's reporter inside a worker: reports go up the pipe; time is wall time plus the offset."""
+
+    def __init__(self) -> None:
+        self.offset, self.start, self.silence = 0.0, 20.0, 30.0
+
+    def note(self, call_id: str, kind: str, **data: Any) -> None:
+        _emit({"report": "note", "call_id": call_id, "kind": kind, "data": data})
+
+    def ended(self, call_id: str, code: int, reason: str) -> None:
+        _emit({"report": "ended", "call_id": call_id, "code": code, "reason": reason})
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def timeouts(self) -> tuple[float, float]:
+        return self.start, self.silence
+
+
+def _emit(message: dict) -> None:
+    sys.stdout.buffer.write(codec.dump_bytes(message) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+async def _serve_pipe(host: str) -> None:
+    reporter = _PipeReporter()
+    engine = MediaEngine(host=host, reporter=reporter)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=PIPE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        message: Any = None
+        try:
+            message = codec.loads(line)
+            op, call_id = message["op"], message.get("call_id", "")
+            value: Any = None
+            if op == "allocate":
+                value = leg_to_doc(await engine.allocate(call_id))
+            elif op == "configure":
+                engine.configure(call_id, message["meta_sdp"], message["business_sdp"], message["key_exchange"],
+                                 message["user_audio"], message["user_is_caller"])
+            elif op == "connected":
+                engine.call_connected(call_id, message["at"])
+            elif op == "dtmf":
+                value = await engine.send_dtmf(call_id, message["digits"])
+            elif op == "release":
+                engine.release(call_id)
+            elif op == "view":
+                value = await engine.view(call_id)
+            elif op == "recording":
+                wav = await engine.recording_wav(call_id)
+                if wav is not None:
+                    fd, value = tempfile.mkstemp(prefix="wacall-", suffix=".wav")
+                    with os.fdopen(fd, "wb") as out:
+                        out.write(wav)
+            elif op == "clock":
+                reporter.offset, reporter.start, reporter.silence = message["offset"], message["start"], message["silence"]
+            elif op == "check":
+                engine.check_timeouts()
+            if "id" in message:
+                _emit({"re": message["id"], "value": value})
+        except Exception as exc:   # one bad request must not take every call on this worker down
+            log.exception("media worker: %r failed", line[:200])
+            if isinstance(message, dict) and "id" in message:
+                _emit({"re": message["id"], "value": None, "error": str(exc)})
+    await engine.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="a wacall media worker (started by the server)")
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s media-worker[%(process)d] %(name)s: %(message)s")
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_serve_pipe(args.host))
+
+
+if __name__ == "__main__":
+    main()
