@@ -14,6 +14,7 @@ from rich.table import Table
 
 from . import codec
 from .config import load_config
+from .loop import loop_factory
 
 cli = typer.Typer(add_completion=False, help="wacall: a self-hosted WhatsApp Business Calling platform.")
 
@@ -31,6 +32,14 @@ def serve(
     db: str = typer.Option("wacall.db", "--db", help="SQLite file, or :memory:"),
     json_output: bool = typer.Option(False, "--json", help="print exactly one JSON line when ready"),
     log_level: str = typer.Option("WARNING", "--log-level", help="Python logging level"),
+    media_workers: Optional[int] = typer.Option(None, "--media-workers",
+                                                help="media worker processes (0: media in the server process)"),
+    sip_port: Optional[int] = typer.Option(None, "--sip-port",
+                                           help="SIP/TLS port of the gateway (default 5061; 0: any free port; "
+                                                "-1: no SIP gateway)"),
+    pki_dir: Optional[str] = typer.Option(None, "--pki-dir", help="the local CA directory (default ~/.wacall/pki)"),
+    sip_hosts: list[str] = typer.Option([], "--sip-host",
+                                        help="NAME=ADDRESS: resolve a business SIP hostname to a loopback address"),
 ) -> None:
     """Start the emulator and print what a client needs."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -40,17 +49,20 @@ def serve(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         typer.echo(f"wacall: cannot load config {config}: {exc}", err=True)
         raise typer.Exit(2)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    if media_workers is not None:
+        cfg.media_workers = max(0, media_workers)
+    if sip_port is not None:
+        cfg.sip.port = sip_port
+    if pki_dir is not None:
+        cfg.sip.pki_dir = pki_dir
+    for mapping in sip_hosts:
+        name, _, address = mapping.partition("=")
+        if not name or not address:
+            typer.echo(f"wacall: --sip-host wants NAME=ADDRESS, got {mapping!r}", err=True)
+            raise typer.Exit(2)
+        cfg.sip.hosts[name] = address
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_serve(cfg, host, port, db, json_output))
-
-
-def _loop_factory():
-    """uvloop when installed: the media plane moves tens of thousands of UDP datagrams a second."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def _serve(cfg, host: str, port: int, db: str, json_output: bool) -> None:
@@ -81,6 +93,66 @@ def _print_banner(info: dict) -> None:
     table.add_row("users", ", ".join(f"{u['wa_id']} ({u['name']})" for u in info["users"]))
     console.print(table)
     console.print(f"Graph API: {info['graph_url']}/v23.0/{info['phone_number_id']}/calls   (Ctrl-C stops)")
+
+
+cert_cli = typer.Typer(add_completion=False, no_args_is_help=True,
+                       help="The local CA behind wacall's SIP/TLS gateway (wa.meta.vc) and business servers.")
+cli.add_typer(cert_cli, name="cert")
+
+_PKI_DIR_HELP = "PKI directory (default ~/.wacall/pki)"
+
+
+@cert_cli.command("init")
+def cert_init(
+    directory: Optional[str] = typer.Option(None, "--dir", help=_PKI_DIR_HELP),
+    domain: str = typer.Option("wa.meta.vc", "--domain", help="SIP domain the gateway certificate covers"),
+) -> None:
+    """Create the CA (if missing) and the gateway certificate; print their paths."""
+    from .certs import CertError, LocalCA
+
+    try:
+        ca = LocalCA.load_or_create(directory)
+        cert, key = ca.gateway_paths(domain)
+    except (CertError, OSError, ValueError) as exc:
+        typer.echo(f"wacall: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"ca      {ca.cert_path}")
+    typer.echo(f"gateway {cert}")
+    typer.echo(f"key     {key}")
+
+
+@cert_cli.command("issue")
+def cert_issue(
+    hostnames: list[str] = typer.Argument(..., help="business SIP hostnames (first one names the files)"),
+    directory: Optional[str] = typer.Option(None, "--dir", help=_PKI_DIR_HELP),
+    out: Optional[str] = typer.Option(None, "--out", help="path prefix for PREFIX.pem / PREFIX.key "
+                                      "(relative to the current directory; default: DIR/<first hostname>)"),
+) -> None:
+    """Issue a leaf certificate for business hostnames (plus 127.0.0.1 and ::1), signed by the CA."""
+    import os
+
+    from .certs import CertError, LocalCA
+
+    try:
+        prefix = os.path.abspath(os.path.expanduser(out)) if out else None
+        cert, key = LocalCA.load_or_create(directory).issue(hostnames, out=prefix)
+    except (CertError, OSError, ValueError) as exc:
+        typer.echo(f"wacall: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"cert {cert}")
+    typer.echo(f"key  {key}")
+
+
+@cert_cli.command("ca")
+def cert_ca(directory: Optional[str] = typer.Option(None, "--dir", help=_PKI_DIR_HELP)) -> None:
+    """Print the CA certificate path (what a business server must trust); creates the CA if missing."""
+    from .certs import CertError, LocalCA
+
+    try:
+        typer.echo(str(LocalCA.load_or_create(directory).cert_path))
+    except (CertError, OSError, ValueError) as exc:
+        typer.echo(f"wacall: {exc}", err=True)
+        raise typer.Exit(2)
 
 
 def main() -> None:

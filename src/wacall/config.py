@@ -26,6 +26,17 @@ class WebhookDelivery:
 
 
 @dataclass
+class SipGatewayConfig:
+    """``[sip]``: the gateway playing wa.meta.vc (docs/configuration.md)."""
+    domain: str = "wa.meta.vc"
+    port: int = 5061                       # 0: any free port; -1: no SIP gateway
+    pki_dir: str = "~/.wacall/pki"         # the local CA and the gateway's certificate (wacall cert)
+    hosts: dict[str, str] = field(default_factory=dict)   # business hostnames -> loopback addresses
+    trust: list[str] = field(default_factory=list)        # extra CA files for business servers
+    t1: float = 0.5                        # RFC 3261 T1; 64*T1 ends a dialog whose 200 is never ACKed
+
+
+@dataclass
 class Config:
     wabas: list[Waba]
     numbers: list[PhoneNumber]
@@ -34,7 +45,7 @@ class Config:
     limits: Limits
     rate_card: RateCard
     webhooks: WebhookDelivery = field(default_factory=WebhookDelivery)
-    sip_domain: str = "wa.meta.vc"
+    sip: SipGatewayConfig = field(default_factory=SipGatewayConfig)
     media_workers: int = 0       # 0: media in the server process; N: N worker processes
 
 
@@ -163,7 +174,8 @@ def build_config(raw: dict) -> Config:
     webhooks = WebhookDelivery(**(raw.get("webhooks") or {}))
     return Config(wabas=wabas, numbers=numbers, apps=apps, users=users, limits=limits,
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
-                  sip_domain=raw.get("sip", {}).get("domain", "wa.meta.vc"),
+                  sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",
+                                               {"domain", "port", "pki_dir", "hosts", "trust", "t1"})),
                   media_workers=int(_take(dict(raw.get("media") or {}), "media", {"workers"}).get("workers", 0)))
 
 

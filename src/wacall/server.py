@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .config import Config, load_config
 from .domain.clock import VirtualClock
-from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia
+from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia, SipCallChanged
 from .domain.model import USER_INITIATED
 from .domain.platform import Platform
 from .domain.state import new_id
@@ -49,6 +49,9 @@ class Wacall:
         self._ticker: asyncio.Task | None = None
         self._dispatch_task: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()
+        self.sip = None                    # the SIP gateway (wacall.sip.gateway.SipGateway), when enabled
+        self.sip_ca_file: str | None = None
+        self._commit_scheduled = False
         self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
         self.clock.on_advance(self._on_clock_advance)
 
@@ -85,9 +88,31 @@ class Wacall:
         if isinstance(self.media, MediaWorkers):
             await self.media.start()
         await self._reopen_media()
+        if self.config.sip.port >= 0:
+            await self._start_sip()
         self._ticker = asyncio.create_task(self._tick_loop())
         self._dispatch_task = asyncio.create_task(self.dispatcher.run())
         return self
+
+    async def _start_sip(self) -> None:
+        """The SIP gateway on TLS, with a certificate for its domain from the local CA (wacall cert)."""
+        from .certs import LocalCA
+        from .sip import tls
+        from .sip.gateway import SipGateway
+        from .sip.transport import TlsTransport
+
+        sip = self.config.sip
+        ca = LocalCA.load_or_create(sip.pki_dir)
+        cert, key = ca.gateway_paths(sip.domain)
+        client = tls.client_context(ca.cert_path)
+        for extra in sip.trust:
+            client.load_verify_locations(cafile=extra)
+        transport = TlsTransport(server_ssl=tls.server_context(cert, key), client_ssl=client,
+                                 resolver=tls.Resolver(sip.hosts))
+        host = self.host if self.host in ("127.0.0.1", "::1", "localhost") else "127.0.0.1"
+        await transport.start(host, sip.port)
+        self.sip = SipGateway(self, transport, domain=sip.domain, t1=sip.t1)
+        self.sip_ca_file = str(ca.cert_path)
 
     async def stop(self) -> None:
         for task in (self._ticker,):
@@ -98,6 +123,8 @@ class Wacall:
         if self._dispatch_task:
             self._dispatch_task.cancel()
         await asyncio.gather(*(t for t in (self._ticker, self._dispatch_task) if t), return_exceptions=True)
+        if self.sip is not None:
+            await self.sip.close()
         await self.media.close()
         if self.runner:
             await self.runner.cleanup()
@@ -131,9 +158,21 @@ class Wacall:
                 self._configure_media(event.call_id)
             elif isinstance(event, MediaConnected):
                 self.media.call_connected(event.call_id, event.at)
+            elif isinstance(event, SipCallChanged) and self.sip is not None:
+                self.sip.on_call_changed(event.call_id)
         if rows and self.dispatcher:
             self.dispatcher.wake()
         self._tick_wake.set()
+
+    def commit_soon(self) -> None:
+        """Persist notes added outside :meth:`apply` (SIP traces) on the next loop iteration."""
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+
+            def run() -> None:
+                self._commit_scheduled = False
+                self._commit()
+            asyncio.get_running_loop().call_soon(run)
 
     async def reset(self) -> None:
         """Back to the configured start: state, outbox, clock and media all cleared."""
@@ -214,6 +253,9 @@ class Wacall:
             "display_phone_number": number.display_phone_number,
             "users": [{"wa_id": u.wa_id, "name": u.name} for u in self.platform.users.values()],
             "limits_profile": self.platform.limits.profile,
+            "sip": None if self.sip is None else {
+                "host": self.sip.transport.host, "port": self.sip.transport.port, "domain": self.sip.domain,
+                "ca_file": self.sip_ca_file},
         }
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -24,6 +25,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "v23.0"
+#: One local CA for every wacall the tests start (``wacall cert`` keeps it in this directory).
+PKI_DIR = os.environ.get("WACALL_TEST_PKI") or tempfile.mkdtemp(prefix="wacall-test-pki-")
+os.environ["WACALL_TEST_PKI"] = PKI_DIR          # subprocesses and xdist workers share it
+#: Business SIP server hostnames the tests configure; wacall resolves them to 127.0.0.1.
+BUSINESS_SIP_HOSTS = ("pbx.business.example", "sip.business.example")
 
 
 class Wacall:
@@ -33,13 +39,15 @@ class Wacall:
                  extra: list[str] | None = None) -> None:
         self.db, self.config, self.extra = db, config, extra or []
         self.requested_port = port
+        self.requested_sip_port = 0
         self.proc: subprocess.Popen | None = None
         self.info: dict[str, Any] = {}
         self.http = httpx.Client(timeout=30)
 
     def start(self) -> "Wacall":
         args = [sys.executable, "-m", "wacall", "serve", "--json", "--port", str(self.requested_port),
-                "--db", self.db, *self.extra]
+                "--db", self.db, "--sip-port", str(self.requested_sip_port), "--pki-dir", PKI_DIR,
+                *(f"--sip-host={name}=127.0.0.1" for name in BUSINESS_SIP_HOSTS), *self.extra]
         if self.config:
             args += ["--config", self.config]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -49,6 +57,8 @@ class Wacall:
             raise RuntimeError(f"wacall did not start: {self.proc.stderr.read()}")
         self.info = json.loads(line)
         self.requested_port = int(self.info["graph_url"].rsplit(":", 1)[1])   # restart on the same port
+        if self.info.get("sip"):
+            self.requested_sip_port = int(self.info["sip"]["port"])
         return self
 
     def stop(self) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 from ..media.sdp import SdpError, build_meta_answer, build_meta_offer, validate_business_sdp
 from . import settings as calling_settings
 from .errors import GraphError
-from .events import CallConnect, CallStatus, CallTerminate, MediaConfigure, MediaConnected, ReleaseMedia
+from .events import (CallConnect, CallStatus, CallTerminate, MediaConfigure, MediaConnected, ReleaseMedia,
+                     SipCallChanged)
 from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
 from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, USER_INITIATED, Call,
                     PhoneNumber, User)
@@ -80,6 +81,7 @@ class CallRules(PlatformState):
         else:
             self.note(call, "webhook_suppressed", reason="number is SIP-enabled; calling webhooks are not sent",
                       event=type(event).__name__)
+            self.emit(SipCallChanged(call.id))     # the SIP gateway signals the change instead
 
     def _set_state(self, call: Call, state: str, **why) -> None:
         previous, call.state = call.state, state
@@ -193,7 +195,8 @@ class CallRules(PlatformState):
         key_exchange, codecs = self._media_options(number)
         call = Call(id=call_id, phone_number_id=number.id, wa_id=wa_id, direction=BUSINESS_INITIATED,
                     app_id=app.id, created_at=now, biz_opaque_callback_data=opaque, business_sdp=sdp,
-                    key_exchange=key_exchange)
+                    key_exchange=key_exchange,
+                    signalling="sip" if calling_settings.sip_enabled(number.calling) else "graph")
         call.meta_sdp = build_meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
@@ -368,9 +371,6 @@ class CallRules(PlatformState):
             return call
         call.deadline, call.deadline_kind = now + self.limits.uic_accept_window_seconds, "accept_timeout"
         self._set_state(call, RINGING, direction=USER_INITIATED)
-        if call.signalling == "sip":
-            self.note(call, "sip", detail="number is SIP-enabled: the INVITE goes to the business's SIP "
-                                          "server (SIP gateway not available in this build)")
         self._emit_call(call, CallConnect(call.id))
         if number.calling.get("callback_permission_status") == "ENABLED" and user.device == "primary":
             self.grant_callback_permission(pair, call)

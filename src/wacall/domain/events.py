@@ -57,6 +57,12 @@ class InboundMessage:
 
 
 @dataclass
+class SipCallChanged:
+    """A SIP-signalled call changed state: the SIP gateway sends what Meta's gateway would."""
+    call_id: str
+
+
+@dataclass
 class ReleaseMedia:
     call_id: str
 

@@ -10,7 +10,8 @@ from .calls import CallRules
 from .messaging import MessageRules
 from .numbers import NumberRules
 from .permissions import PermissionRules
+from .sip import SipRules
 
 
-class Platform(CallRules, PermissionRules, MessageRules, NumberRules):
+class Platform(SipRules, CallRules, PermissionRules, MessageRules, NumberRules):
     pass

@@ -1,0 +1,136 @@
+"""Calls signalled over SIP (Meta's ``wa.meta.vc`` gateway), decided by the same rules as Graph calls.
+
+The SIP gateway (``wacall.sip.gateway``) translates messages; everything it asks here is a domain
+question: which number an INVITE's ``From`` names, which configured server its domain matches, which
+password the digest must use, whether the app behind the server may call, and then the very same
+``business_connect`` / ``business_accept`` / ``business_terminate`` the Graph path uses. Refusals
+come back as :class:`SipRefusal` with Meta's status and reason text (calling-wire-spec §7.2).
+"""
+
+from __future__ import annotations
+
+from .calls import CallRules, digits_of
+from .errors import GraphError
+from .model import Call, PhoneNumber
+from . import settings as calling_settings
+
+MESSAGING = "whatsapp_business_messaging"
+
+# Meta's reason texts, exactly (calling-wire-spec §7.2)
+UNKNOWN_NUMBER = "Asset not found, invalid business phone number"
+NO_PERMISSION = "No Approved Call Permission Found: No approved call permission from the recipient"
+DAILY_LIMIT = "Business Initiated Connected Call Per Day Limit Hit"
+# undocumented texts: our wording (docs/fidelity.md)
+DUPLICATE_CALL = "Duplicate call: a call between this business number and the recipient is already in progress"
+BAD_DIGEST = "Invalid digest response"
+PAYMENT = "Business payment eligibility check failed: no valid payment method"
+SDP_INVALID = "SDP Validation error"
+
+
+class SipRefusal(Exception):
+    """A final SIP response for an INVITE: status, reason phrase, and whether Meta adds a Warning header."""
+
+    def __init__(self, status: int, reason: str, *, warning: bool = False) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status, self.reason, self.warning = status, reason, warning
+
+
+def refusal_for(error: GraphError) -> SipRefusal:
+    """The SIP answer to a business-initiated INVITE that the Graph rules refuse with ``error``."""
+    code = error.code
+    if code in (138001, 138006, 131030):          # deliberately indistinguishable (not on WhatsApp, no ToS...)
+        return SipRefusal(403, NO_PERMISSION)
+    if code == 138012:
+        return SipRefusal(403, DAILY_LIMIT)
+    if code == 138003:
+        return SipRefusal(403, DUPLICATE_CALL)
+    if code == 131044:
+        return SipRefusal(403, PAYMENT)
+    if code == 100 and SDP_INVALID in (error.details or ""):
+        return SipRefusal(403, error.details.replace("\r", " ").replace("\n", " ")[:200], warning=True)
+    if code in (138013, 138014, 138005, 138000):
+        return SipRefusal(403, error.details)
+    return SipRefusal(503, "Service Unavailable")  # 138002 concurrency, 138004 connection error, the rest
+
+
+class SipRules(CallRules):
+    # -- who is calling (business-initiated INVITE) ---------------------------------------------------
+    def sip_number(self, from_user: str) -> PhoneNumber:
+        """The business number in the INVITE's From user part, or 400 (calling-wire-spec §7.2)."""
+        number = self.number_by_address(digits_of(from_user.split(";", 1)[0])) if digits_of(from_user) else None
+        if number is None:
+            raise SipRefusal(400, UNKNOWN_NUMBER)
+        return number
+
+    def sip_server(self, number: PhoneNumber, from_domain: str) -> dict:
+        """The configured server the From domain names: the hostname itself, or a configured sub-domain
+        of it (``bar.foo.com`` configured, ``From: …@foo.com`` matches). Otherwise 403 with a Warning."""
+        domain = from_domain.lower().rstrip(".")
+        if calling_settings.sip_enabled(number.calling):
+            for server in calling_settings.sip_servers(number.calling):
+                host = str(server.get("hostname", "")).lower().rstrip(".")
+                if host == domain or host.endswith("." + domain):
+                    return server
+        raise SipRefusal(403, f"SIP server {from_domain} from INVITE does not match any SIP server configured "
+                              f"for phone number id {number.id}", warning=True)
+
+    def sip_password(self, number: PhoneNumber, server: dict) -> str:
+        return number.sip_passwords.get(str(server.get("app_id")), "")
+
+    def sip_check_app(self, number: PhoneNumber, server: dict):
+        """The app that configured the server must hold messaging permission on the number."""
+        app = self.apps.get(str(server.get("app_id")))
+        if app is None or MESSAGING not in app.permissions or number.waba_id not in app.waba_ids:
+            raise SipRefusal(403, f"The app {server.get('app_id')} configured for SIP server "
+                                  f"{server.get('hostname')} is not authorized for phone number id {number.id}")
+        return app
+
+    def sip_business_invite(self, number: PhoneNumber, server: dict, to_user: str, sdp: str, *,
+                            call_id: str, leg) -> Call:
+        """A business-initiated call placed by an authenticated INVITE: Graph's ``connect`` rules."""
+        app = self.sip_check_app(number, server)
+        body = {"to": digits_of(to_user), "session": {"sdp_type": "offer", "sdp": sdp}}
+        try:
+            call = self.business_connect(app, number, body, call_id, leg)
+        except GraphError as error:
+            raise refusal_for(error) from None
+        return call
+
+    # -- the business's answers on a user-initiated call -------------------------------------------------
+    def sip_business_ringing(self, call: Call, sdp: str | None) -> str | None:
+        """180/183 from the business server; an SDP in it works like Graph's ``pre_accept``.
+        Returns the SDP problem, if any (the call goes on without early media)."""
+        if not sdp or call.state != "RINGING":
+            return None
+        try:
+            self.business_pre_accept(call, self.numbers[call.phone_number_id],
+                                     {"session": {"sdp_type": "answer", "sdp": sdp}})
+        except GraphError as error:
+            return error.details or error.details
+        return None
+
+    def sip_business_answers(self, call: Call, sdp: str) -> str | None:
+        """200 OK from the business server: Graph's ``accept``. Returns why it cannot be used, if so."""
+        number = self.numbers[call.phone_number_id]
+        call.pre_accept_sdp = None          # SIP has no rule that the 200's SDP repeats the 183's
+        try:
+            self.business_accept(call, number, {"session": {"sdp_type": "answer", "sdp": sdp}})
+        except GraphError as error:
+            return error.details or error.details
+        return None
+
+    def sip_business_declines(self, call: Call, status: int, reason: str) -> None:
+        if call.state in ("RINGING", "PRE_ACCEPTED"):
+            self.note(call, "sip", event="declined", status=status, reason=reason)
+            self._end(call, status="COMPLETED", reason="rejected", by="business")
+
+    def sip_business_hangs_up(self, call: Call) -> None:
+        if call.state != "ENDED":
+            self.business_terminate(call, self.numbers[call.phone_number_id], {})
+
+    def sip_call_failed(self, call: Call, reason: str, code: int = 138020) -> None:
+        """The SIP dialog itself failed (no ACK, unreachable server, bad SDP in a 200 OK)."""
+        if call.state != "ENDED":
+            self.note(call, "sip", event="dialog_failed", reason=reason)
+            self._end(call, status="FAILED", reason=f"sip: {reason}", by="platform",
+                      errors=[GraphError(code, reason).as_webhook_error()])

@@ -1,0 +1,638 @@
+"""Meta's SIP gateway (``wa.meta.vc``): the user agent that turns SIP into domain operations and back.
+
+Layering (RFC 3261): ``transport`` (TLS, framing) → ``transaction`` (timers, CANCEL, retransmits)
+→ this module, the UA core with its dialogs. It never decides a business rule: it asks the domain
+(``wacall.domain.sip``) and renders the answer the way Meta's gateway does (calling-wire-spec §7.2,
+§8): the 407 challenge, the refusal texts, 180/200 with Meta's Record-Route, Contact, Allow and
+``X-FB-External-Domain``, and BYE with ``Reason`` and ``x-wa-meta-call-duration``.
+
+Business-initiated calls (business → wacall): ``INVITE sip:+<user>@<domain>;transport=tls`` is
+challenged (407), the retry's digest is checked against the number's SIP password (username = the
+business number, ``uri`` = the Request-URI), then the domain places the call. The SIP dialog follows
+the call: RINGING → 180, ACCEPTED → 200 (resent until ACKed), user rejects → 486, no answer → 480,
+CANCEL → 487, user hangs up → BYE.
+
+User-initiated calls (wacall → business): when a user calls a SIP-enabled number the gateway sends
+the INVITE to the configured server (hostname, port, ``request_uri_user_params``, TLS verified
+against the hostname), answers a 401/407 challenge, and maps 18x/200/4xx-6xx onto pre_accept,
+accept and reject. A 200 OK that drops Meta's two Record-Route entries breaks Meta's rule: the ACK
+is never sent (it would not reach the business through Meta's proxies), the business keeps
+retransmitting its 200, and after 64×T1 the dialog dies; the timeline says why.
+
+Every SIP message of a call is put on its timeline (``kind: "sip_message"``) for a ladder view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
+from ..domain.sip import BAD_DIGEST, SipRefusal
+from . import digest
+from .message import Headers, Request, Response, SipParseError, new_branch, new_tag, response_to
+from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
+from .transport import Connection, TlsTransport, TransportError
+from .uri import parse_name_addr, parse_uri
+
+if TYPE_CHECKING:
+    from ..server import Wacall
+
+log = logging.getLogger("wacall.sip")
+
+ALLOW = "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS"
+PROXY = "onevc-sip-proxy.fbinfra.net:8191"
+USER_AGENT = "Facebook SipGateway"
+SDP = "application/sdp"
+TRACE_LIMIT = 4000          # characters of each SIP message kept on the timeline
+
+
+def meta_record_routes(domain: str) -> list[str]:
+    """Meta's two Record-Route entries, in the order its INVITE carries them (§8.3)."""
+    return [f"<sip:{domain};transport=tls;lr>", f"<sip:{PROXY};transport=tls;lr>"]
+
+
+@dataclass
+class Dialog:
+    """One call's SIP dialog (RFC 3261 §12) on the gateway."""
+
+    call_id: str                       # wacall's call id (wacid)
+    direction: str                     # BUSINESS_INITIATED | USER_INITIATED
+    sip_call_id: str
+    local_tag: str
+    conn: Connection | None = None
+    remote_tag: str | None = None
+    local_uri: str = ""                # our From (UIC) / To (BIC) value without tag
+    remote_uri: str = ""
+    remote_target: str = ""            # the business's Contact URI
+    route_set: list[str] = field(default_factory=list)
+    local_cseq: int = 0
+    invite: Request | None = None      # the INVITE that created the dialog
+    server_txn: ServerTransaction | None = None
+    client_txn: ClientTransaction | None = None
+    retransmitter: Retransmitter | None = None
+    sent_ringing: bool = False
+    final_status: int | None = None    # our (BIC) or the business's (UIC) final answer to the INVITE
+    confirmed: bool = False            # 2xx exchanged and ACKed
+    broken_route: bool = False         # the business's 200 broke Meta's Record-Route rule
+    bye_sent: bool = False
+
+
+class SipGateway:
+    def __init__(self, wacall: Wacall, transport: TlsTransport, *, domain: str = "wa.meta.vc",
+                 t1: float = 0.5) -> None:
+        self.wacall = wacall
+        self.platform = wacall.platform
+        self.domain = domain
+        self.transport = transport
+        self.layer = TransactionLayer(transport, t1=t1)
+        self.layer.on_request = self.on_request
+        self.layer.on_cancel = self.on_cancel
+        self.layer.on_stray_response = self.on_stray_response
+        self.nonces = digest.NonceBook(domain, now=time.monotonic)
+        self.dialogs: dict[str, Dialog] = {}           # by wacall call id
+        self.by_sip_call_id: dict[str, Dialog] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.stats = {"invites": 0, "challenges": 0, "established": 0, "refused": 0}
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("SIP gateway task failed", exc_info=task.exception())
+
+    def _register(self, dialog: Dialog) -> None:
+        self.dialogs[dialog.call_id] = dialog
+        self.by_sip_call_id[dialog.sip_call_id] = dialog
+
+    def _forget(self, dialog: Dialog) -> None:
+        self.dialogs.pop(dialog.call_id, None)
+        self.by_sip_call_id.pop(dialog.sip_call_id, None)
+        if dialog.retransmitter:
+            dialog.retransmitter.cancel()
+
+    def trace(self, call_id: str | None, direction: str, message: Request | Response) -> None:
+        """Put a SIP message on the call's timeline (``in`` from the business, ``out`` from Meta)."""
+        call = self.platform.calls.get(call_id) if call_id else None
+        if call is None:
+            return
+        raw = message.to_bytes().decode("utf-8", "replace")
+        first = raw.split("\r\n", 1)[0]
+        self.platform.note(call, "sip_message", direction=direction, line=first, raw=raw[:TRACE_LIMIT])
+        self.wacall.commit_soon()
+
+    def _send_response(self, txn: ServerTransaction, response: Response, call_id: str | None = None) -> None:
+        self.trace(call_id, "out", response)
+        txn.respond(response)
+
+    def _meta_headers(self) -> list[tuple[str, str]]:
+        return [("X-FB-External-Domain", self.domain)]
+
+    def _refuse(self, txn: ServerTransaction, request: Request, refusal: SipRefusal, call_id: str | None = None,
+                to_tag: str | None = None) -> None:
+        headers = self._meta_headers()
+        if refusal.warning:
+            headers.append(("Warning", f'399 {self.domain} "{refusal.reason}"'))
+        self.stats["refused"] += 1
+        self._send_response(txn, response_to(request, refusal.status, refusal.reason, to_tag=to_tag or txn.local_tag,
+                                             headers=headers), call_id)
+
+    # -- requests from business servers ---------------------------------------------------------
+    async def on_request(self, request: Request, txn: ServerTransaction | None) -> None:
+        method = request.method
+        if txn is None:                       # an ACK outside any transaction: the ACK to our 2xx
+            if method == "ACK":
+                self._on_ack(request)
+            return
+        if method == "INVITE":
+            if request.to.tag:
+                dialog = self.by_sip_call_id.get(request.call_id)
+                self.trace(dialog.call_id if dialog else None, "in", request)
+                self._send_response(txn, response_to(request, 500, "Internal Server Error",
+                                                     headers=self._meta_headers()),
+                                    dialog.call_id if dialog else None)   # re-INVITE: unsupported (FAQ)
+                return
+            await self._business_invite(request, txn)
+        elif method == "BYE":
+            self._on_bye(request, txn)
+        elif method == "OPTIONS":
+            txn.respond(response_to(request, 200, "OK", to_tag=txn.local_tag, headers=[
+                ("Allow", ALLOW), ("Accept", SDP), *self._meta_headers()]))
+        elif method == "REGISTER":
+            txn.respond(response_to(request, 403, "Forbidden", to_tag=txn.local_tag, headers=self._meta_headers()))
+        elif method == "NOTIFY":
+            txn.respond(response_to(request, 481, "Call/Transaction Does Not Exist", to_tag=txn.local_tag))
+        else:
+            txn.respond(response_to(request, 405, "Method Not Allowed", to_tag=txn.local_tag,
+                                    headers=[("Allow", ALLOW), *self._meta_headers()]))
+
+    async def _business_invite(self, request: Request, txn: ServerTransaction) -> None:
+        """A business-initiated call (calling-wire-spec §8.2)."""
+        self.stats["invites"] += 1
+        try:
+            ruri = request.ruri
+            from_uri = request.from_.uri
+        except SipParseError as exc:
+            txn.respond(response_to(request, 400, exc.reason, to_tag=txn.local_tag))
+            return
+        if ruri.is_ip_host or ruri.host.lower() != self.domain:
+            self._refuse(txn, request, SipRefusal(404, "Not found"))
+            return
+        authorization = request.headers.get("Proxy-Authorization")
+        if authorization is None:
+            self.stats["challenges"] += 1
+            challenge = self.nonces.issue()
+            txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
+                                    headers=[("Proxy-Authenticate", challenge.header_value()),
+                                             *self._meta_headers()]))
+            return
+        try:
+            number = self.platform.sip_number(from_uri.user or "")
+            server = self.platform.sip_server(number, from_uri.host)
+            self._check_digest(request, authorization, number, server)
+            if not request.body or (request.content_type or "").split(";")[0].strip().lower() != SDP:
+                raise SipRefusal(403, "SDP Validation error: the INVITE carries no SDP offer")
+        except SipRefusal as refusal:
+            self._refuse(txn, request, refusal)
+            return
+        call_id, leg = await self.wacall.new_call_leg()
+        dialog = Dialog(call_id=call_id, direction=BUSINESS_INITIATED, sip_call_id=request.call_id,
+                        local_tag=txn.local_tag, conn=txn.conn, remote_tag=request.from_.tag,
+                        local_uri=request.headers.get("To") or "", remote_uri=request.headers.get("From") or "",
+                        remote_target=_contact_uri(request) or str(from_uri),
+                        route_set=request.headers.get_all("Record-Route"), invite=request, server_txn=txn)
+        self._register(dialog)
+        try:
+            self.wacall.apply(lambda: self.platform.sip_business_invite(
+                number, server, ruri.user_number or "", request.body.decode("utf-8", "replace"),
+                call_id=call_id, leg=leg))
+        except SipRefusal as refusal:
+            self._forget(dialog)
+            self.wacall.media.release(call_id)
+            self._refuse(txn, request, refusal)
+            return
+        self.trace(call_id, "in", request)
+        self.on_call_changed(call_id)
+
+    def _check_digest(self, request: Request, authorization: str, number, server: dict) -> None:
+        try:
+            creds = digest.parse_credentials(authorization)
+        except (ValueError, SipParseError):
+            raise SipRefusal(403, BAD_DIGEST) from None
+        from_user = (request.from_.uri.user_number or "").lstrip("+")
+        if (creds.username or "").lstrip("+") != from_user:
+            raise SipRefusal(403, BAD_DIGEST)
+        if creds.uri is None or not _same_uri(creds.uri, request.uri):
+            raise SipRefusal(403, BAD_DIGEST)
+        verdict = self.nonces.verify(creds, method="INVITE", password=self.platform.sip_password(number, server))
+        if verdict is not digest.Verdict.OK:
+            raise SipRefusal(403, f"{BAD_DIGEST} ({verdict.value})")
+
+    def on_cancel(self, txn: ServerTransaction, cancel: Request) -> None:
+        dialog = self.by_sip_call_id.get(cancel.call_id)
+        if dialog is None or dialog.server_txn is not txn:
+            txn.respond(response_to(txn.request, 487, "Request Terminated", to_tag=txn.local_tag))
+            return
+        self.trace(dialog.call_id, "in", cancel)
+        dialog.final_status = 487
+        self._send_response(txn, response_to(txn.request, 487, "Request Terminated", to_tag=dialog.local_tag,
+                                             headers=self._meta_headers()), dialog.call_id)
+        call = self.platform.calls.get(dialog.call_id)
+        if call is not None and call.state != ENDED:
+            self.wacall.apply(lambda: self.platform.sip_business_hangs_up(call))
+        self._forget(dialog)
+
+    def _on_ack(self, ack: Request) -> None:
+        dialog = self.by_sip_call_id.get(ack.call_id)
+        if dialog is None:
+            return
+        self.trace(dialog.call_id, "in", ack)
+        if dialog.retransmitter:
+            dialog.retransmitter.ack()
+        dialog.confirmed = True
+
+    def _on_bye(self, request: Request, txn: ServerTransaction) -> None:
+        dialog = self.by_sip_call_id.get(request.call_id)
+        call_id = dialog.call_id if dialog else None
+        self.trace(call_id, "in", request)
+        if dialog is None:
+            txn.respond(response_to(request, 481, "Call/Transaction Does Not Exist", to_tag=txn.local_tag))
+            return
+        if dialog.broken_route:           # Meta's proxies cannot route it: the business's Route set is wrong
+            self._send_response(txn, response_to(request, 404, "Not Found", headers=self._meta_headers()), call_id)
+            return
+        self._send_response(txn, response_to(request, 200, "OK", headers=self._meta_headers()), call_id)
+        call = self.platform.calls.get(dialog.call_id)
+        if call is not None:
+            self.wacall.apply(lambda: self.platform.sip_business_hangs_up(call))
+        self._forget(dialog)
+
+    def on_stray_response(self, response: Response, conn: Connection) -> None:
+        """A 2xx retransmitted after the INVITE transaction ended: ACK it again (RFC 3261 §13.2.2.4)."""
+        dialog = self.by_sip_call_id.get(response.call_id)
+        if dialog is not None and response.cseq[1] == "INVITE" and 200 <= response.status < 300:
+            self.trace(dialog.call_id, "in", response)
+            if not dialog.broken_route:
+                self._send_ack(dialog, response)
+
+    # -- the domain changed a SIP call: say it in SIP ------------------------------------------------
+    def on_call_changed(self, call_id: str) -> None:
+        call = self.platform.calls.get(call_id)
+        if call is None:
+            return
+        dialog = self.dialogs.get(call_id)
+        if call.direction == BUSINESS_INITIATED:
+            if dialog is not None:
+                self._bic_follow(call, dialog)
+        elif dialog is None and call.state == RINGING:
+            dialog = Dialog(call_id=call.id, direction=USER_INITIATED, sip_call_id=f"outgoing:wacid.{call.id}",
+                            local_tag=str(_uuid()))
+            self._register(dialog)
+            self._spawn(self._user_invite(call, dialog))
+        elif dialog is not None and call.state == ENDED:
+            self._spawn(self._uic_end(call, dialog))
+
+    def _bic_follow(self, call: Call, dialog: Dialog) -> None:
+        txn, invite = dialog.server_txn, dialog.invite
+        assert txn is not None and invite is not None
+        if dialog.final_status is None:
+            if call.state == RINGING and not dialog.sent_ringing:
+                dialog.sent_ringing = True
+                self._send_response(txn, self._dialog_response(invite, dialog, 180, "Ringing"), call.id)
+            elif call.state == ACCEPTED:
+                dialog.final_status = 200
+                ok = self._dialog_response(invite, dialog, 200, "OK", sdp=call.meta_sdp)
+                self.trace(call.id, "out", ok)
+                self.stats["established"] += 1
+                dialog.retransmitter = self.layer.retransmit_2xx(txn, ok, on_give_up=lambda: self._no_ack(dialog))
+            elif call.state == ENDED:
+                status, reason = _final_for(call)
+                dialog.final_status = status
+                self._send_response(txn, response_to(invite, status, reason, to_tag=dialog.local_tag,
+                                                     headers=self._meta_headers()), call.id)
+                self._forget(dialog)
+        elif call.state == ENDED and call.ended_by != "business" and not dialog.bye_sent:
+            self._spawn(self._send_bye(call, dialog))
+
+    def _no_ack(self, dialog: Dialog) -> None:
+        call = self.platform.calls.get(dialog.call_id)
+        if call is not None:
+            self.wacall.apply(lambda: self.platform.sip_call_failed(
+                call, "no ACK for the 200 OK within 64*T1: the dialog is torn down"))
+
+    def _dialog_response(self, invite: Request, dialog: Dialog, status: int, reason: str, *,
+                         sdp: str | None = None) -> Response:
+        """Meta's 180/200 to a business INVITE (§8.2): Record-Route, Contact, Allow, Supported, X-FB."""
+        headers: list[tuple[str, str]] = [("Record-Route", rr) for rr in reversed(meta_record_routes(self.domain))]
+        user = invite.ruri.user_number or ""
+        headers += [("Allow", ALLOW), ("Supported", "timer"), *self._meta_headers(),
+                    ("Contact", f"<sip:{user}@{self.domain};transport=tls;ob;"
+                                f"X-FB-Sip-Smc-Tier=collaboration.sip_gateway.sip.prod>;isfocus")]
+        body = sdp.encode() if sdp else b""
+        # the business's own Record-Route entries come first, as received (RFC 3261 §12.1.1)
+        for rr in reversed(invite.headers.get_all("Record-Route")):
+            headers.insert(0, ("Record-Route", rr))
+        return response_to(invite, status, reason, to_tag=dialog.local_tag, headers=headers, body=body,
+                           content_type=SDP if sdp else None)
+
+    # -- in-dialog requests from Meta ------------------------------------------------------------------
+    def _in_dialog_request(self, dialog: Dialog, method: str, extra: list[tuple[str, str]] = ()) -> Request:
+        dialog.local_cseq = max(dialog.local_cseq, (dialog.invite.cseq[0] if dialog.direction == USER_INITIATED
+                                                    and dialog.invite else 0)) + 1
+        target = dialog.remote_target
+        routes = self._routes_toward_business(dialog)
+        h = Headers()
+        h.add("Via", f"SIP/2.0/TLS {self.domain};branch={new_branch()}")
+        h.add("Max-Forwards", "70")
+        for route in routes:
+            h.add("Route", route)
+        local = f"{dialog.local_uri};tag={dialog.local_tag}"
+        remote = dialog.remote_uri + (f";tag={dialog.remote_tag}" if dialog.remote_tag else "")
+        h.add("From", local)
+        h.add("To", remote)
+        h.add("Call-ID", dialog.sip_call_id)
+        h.add("CSeq", f"{dialog.local_cseq} {method}")
+        for name, value in extra:
+            h.add(name, value)
+        h.add("X-FB-External-Domain", self.domain)
+        h.add("User-Agent", USER_AGENT)
+        return Request(method, target, h)
+
+    def _routes_toward_business(self, dialog: Dialog) -> list[str]:
+        """The dialog's route set as seen past Meta's own proxies (RFC 3261 §12.1: the UAC reverses the
+        Record-Route list; Meta's two entries are consumed by its proxies before the business sees it)."""
+        routes = list(reversed(dialog.route_set)) if dialog.direction == USER_INITIATED else list(dialog.route_set)
+        meta = {re.sub(r"\s+", "", rr) for rr in meta_record_routes(self.domain)}
+        return [r for r in routes if re.sub(r"\s+", "", r) not in meta]
+
+    async def _send_bye(self, call: Call, dialog: Dialog) -> None:
+        dialog.bye_sent = True
+        if dialog.retransmitter:
+            dialog.retransmitter.cancel()
+        duration = str(int(call.duration or 0))
+        if call.end_reason and call.end_reason.startswith("media:"):
+            reason = 'SIP;cause=408;text="RTP Timeout"'
+        else:
+            reason = 'Q.850;cause=16;text="NORMAL_CLEARING"'
+        bye = self._in_dialog_request(dialog, "BYE", [
+            ("Reason", reason), ("x-wa-meta-wacid", call.id), ("x-wa-meta-call-duration", duration)])
+        await self._request(dialog, bye)
+        self._forget(dialog)
+
+    async def _request(self, dialog: Dialog, request: Request) -> Response | None:
+        conn = dialog.conn
+        if conn is None or not conn.is_open:
+            try:
+                conn = dialog.conn = await self._connect_for(dialog)
+            except (TransportError, OSError) as exc:
+                self._timeline(dialog.call_id, "sip_transport_error", reason=str(exc))
+                return None
+        self.trace(dialog.call_id, "out", request)
+        txn = self.layer.send_request(request, conn)
+        response = await txn.final()
+        self.trace(dialog.call_id, "in", response)
+        return response
+
+    async def _connect_for(self, dialog: Dialog) -> Connection:
+        """A connection to the business server of a dialog whose connection closed."""
+        call = self.platform.calls[dialog.call_id]
+        server = self._server_for(call)
+        if server is None:
+            raise TransportError("no SIP server configured")
+        return await self.transport.connect(server["hostname"], int(server.get("port") or 5061))
+
+    def _timeline(self, call_id: str, event: str, **data: Any) -> None:
+        call = self.platform.calls.get(call_id)
+        if call is not None:
+            self.platform.note(call, "sip", event=event, **data)
+            self.wacall.commit_soon()
+
+    # -- user-initiated calls: Meta's INVITE to the business server ------------------------------------
+    def _server_for(self, call: Call) -> dict | None:
+        from ..domain import settings as calling_settings
+        number = self.platform.numbers[call.phone_number_id]
+        servers = calling_settings.sip_servers(number.calling)
+        return servers[0] if servers else None
+
+    async def _user_invite(self, call: Call, dialog: Dialog) -> None:
+        number = self.platform.numbers[call.phone_number_id]
+        server = self._server_for(call)
+        if server is None:
+            self.wacall.apply(lambda: self.platform.sip_call_failed(call, "no SIP server configured"))
+            return
+        host, port = str(server["hostname"]), int(server.get("port") or 5061)
+        params = server.get("request_uri_user_params") or {}
+        business = f"+{number.display_phone_number}"
+        user_part = business + "".join(f";{k}={v}" for k, v in params.items())
+        ruri = f"sip:{user_part}@{host}" + (f":{port}" if port != 5061 else "") + ";transport=tls"
+        dialog.local_uri = f'"{call.wa_id}" <sip:+{call.wa_id}@{self.domain}>'
+        dialog.remote_uri = f"<sip:{business}@{host}>"
+        dialog.remote_target = ruri
+        dialog.local_cseq = secrets.randbelow(5000) + 1
+        extra = [("Record-Route", rr) for rr in meta_record_routes(self.domain)]
+        extra += [("Contact", f"<sip:+{call.wa_id}@{self.domain};transport=tls;ob>;isfocus"),
+                  ("Allow", ALLOW), ("x-wa-meta-wacid", call.id)]
+        if call.cta_payload:
+            extra.append(("x-wa-meta-cta-payload", call.cta_payload))
+        if call.deeplink_payload:
+            extra.append(("x-wa-meta-deeplink-payload", call.deeplink_payload))
+        try:
+            dialog.conn = await self.transport.connect(host, port)
+        except (TransportError, OSError) as exc:
+            self._timeline(call.id, "sip_transport_error", reason=f"cannot reach {host}:{port}: {exc}")
+            self.wacall.apply(lambda: self.platform.sip_call_failed(call, f"SIP server {host}:{port} unreachable"))
+            self._forget(dialog)
+            return
+        password = self.platform.sip_password(number, server)
+        auth: tuple[str, str] | None = None
+        for attempt in range(3):
+            invite = self._uic_invite(dialog, ruri, extra, call.meta_sdp or "", auth)
+            dialog.invite = invite
+            self.trace(call.id, "out", invite)
+            txn = dialog.client_txn = self.layer.send_request(invite, dialog.conn)
+            txn.on_provisional = lambda response: self._uic_provisional(call, dialog, response)
+            response = await txn.final()
+            self.trace(call.id, "in", response)
+            if response.status in (401, 407) and attempt < 2 and call.state != ENDED:
+                header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+                try:
+                    challenge = digest.parse_challenge(response.headers.get(header) or "")
+                except (ValueError, SipParseError):
+                    break
+                creds = digest.answer(challenge, username=number.display_phone_number, password=password,
+                                      method="INVITE", uri=f"sip:{business}@{host}")
+                auth = ("Authorization" if response.status == 401 else "Proxy-Authorization", creds.header_value())
+                continue
+            await self._uic_final(call, dialog, response)
+            return
+        await self._uic_final(call, dialog, response)
+
+    def _uic_invite(self, dialog: Dialog, ruri: str, extra: list[tuple[str, str]], sdp: str,
+                    auth: tuple[str, str] | None) -> Request:
+        dialog.local_cseq += 1
+        h = Headers()
+        h.add("Via", f"SIP/2.0/TLS {self.domain};branch={new_branch()};alias")
+        h.add("Max-Forwards", "70")
+        h.add("From", f"{dialog.local_uri};tag={dialog.local_tag}")
+        h.add("To", dialog.remote_uri)
+        h.add("Call-ID", dialog.sip_call_id)
+        h.add("CSeq", f"{dialog.local_cseq} INVITE")
+        for name, value in extra:
+            h.add(name, value)
+        h.add("X-FB-External-Domain", self.domain)
+        h.add("User-Agent", USER_AGENT)
+        if auth:
+            h.add(*auth)
+        h.add("Content-Type", SDP)
+        return Request("INVITE", ruri, h, sdp.encode())
+
+    def _uic_provisional(self, call: Call, dialog: Dialog, response: Response) -> None:
+        self.trace(call.id, "in", response)
+        if response.status == 100 or call.state == ENDED:
+            return
+        dialog.remote_tag = response.to.tag or dialog.remote_tag
+        sdp = response.body.decode("utf-8", "replace") if response.body else None
+        problem = self.wacall.apply(lambda: self.platform.sip_business_ringing(call, sdp))
+        if problem:
+            self._timeline(call.id, "early_media_refused", reason=problem)
+
+    async def _uic_final(self, call: Call, dialog: Dialog, response: Response) -> None:
+        status = response.status
+        if 200 <= status < 300:
+            dialog.remote_tag = response.to.tag
+            dialog.remote_target = _contact_uri(response) or dialog.remote_target
+            dialog.route_set = response.headers.get_all("Record-Route")
+            if not _keeps_meta_routes(dialog.route_set, self.domain):
+                dialog.broken_route = True
+                self._timeline(call.id, "record_route_rule_broken", reason=(
+                    "the 200 OK does not end with Meta's Record-Route headers (sip:wa.meta.vc;lr, then "
+                    "onevc-sip-proxy): Meta's ACK cannot reach the business server; the dialog dies after 64*T1"))
+                await asyncio.sleep(64 * self.layer.t1)
+                self.wacall.apply(lambda: self.platform.sip_call_failed(
+                    call, "no ACK could be routed to the business (Record-Route rule broken); dialog timed out "
+                          "after 64*T1"))
+                self._forget(dialog)
+                return
+            self._send_ack(dialog, response)
+            dialog.confirmed = True
+            if call.state == ENDED:                     # the user hung up meanwhile
+                await self._send_bye(call, dialog)
+                return
+            problem = self.wacall.apply(lambda: self.platform.sip_business_answers(
+                call, response.body.decode("utf-8", "replace")))
+            if problem:
+                self._timeline(call.id, "answer_refused", reason=problem)
+                self.wacall.apply(lambda: self.platform.sip_call_failed(call, f"unusable SDP in 200 OK: {problem}"))
+                await self._send_bye(call, dialog)
+            else:
+                self.stats["established"] += 1
+            return
+        dialog.final_status = status
+        if call.state != ENDED:
+            if status == 488:
+                self._timeline(call.id, "not_acceptable_here", hint="488 usually means no ICE support on the "
+                                                                    "business side: switch the number to SDES")
+            if status in (408, 503) and response.headers.get("Via") is None:
+                self.wacall.apply(lambda: self.platform.sip_call_failed(
+                    call, f"INVITE failed locally: {status} {response.reason}"))
+            else:
+                self.wacall.apply(lambda: self.platform.sip_business_declines(call, status, response.reason))
+        self._forget(dialog)
+
+    def _send_ack(self, dialog: Dialog, response: Response) -> None:
+        if dialog.conn is None or not dialog.conn.is_open:
+            return
+        h = Headers()
+        h.add("Via", f"SIP/2.0/TLS {self.domain};branch={new_branch()}")
+        h.add("Max-Forwards", "70")
+        for route in self._routes_toward_business(dialog):
+            h.add("Route", route)
+        h.add("From", f"{dialog.local_uri};tag={dialog.local_tag}")
+        h.add("To", response.headers.get("To") or dialog.remote_uri)
+        h.add("Call-ID", dialog.sip_call_id)
+        h.add("CSeq", f"{response.cseq[0]} ACK")
+        h.add("X-FB-External-Domain", self.domain)
+        ack = Request("ACK", dialog.remote_target, h)
+        self.trace(dialog.call_id, "out", ack)
+        self.layer.send_ack(ack, dialog.conn)
+
+    async def _uic_end(self, call: Call, dialog: Dialog) -> None:
+        """The user (or the platform) ended a user-initiated SIP call: CANCEL before the answer, BYE after."""
+        if call.ended_by == "business" or dialog.bye_sent:
+            return
+        if dialog.confirmed:
+            await self._send_bye(call, dialog)
+            return
+        txn = dialog.client_txn
+        if txn is not None and dialog.final_status is None:
+            cancel_txn = await self.layer.cancel(txn)
+            if cancel_txn is not None:
+                self.trace(call.id, "out", cancel_txn.request)
+                self.trace(call.id, "in", await cancel_txn.final())
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.layer.close()
+        await self.transport.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _uuid() -> str:
+    import uuid
+    return str(uuid.uuid4())
+
+
+def _contact_uri(message: Request | Response) -> str | None:
+    value = message.headers.get("Contact")
+    if not value:
+        return None
+    try:
+        return str(parse_name_addr(value).uri)
+    except SipParseError:
+        return None
+
+
+def _same_uri(digest_uri: str, request_uri: str) -> bool:
+    """Meta checks the digest ``uri`` against the Request-URI; compare parsed, so case and order of
+    parameters do not matter but user, host and port do."""
+    try:
+        a, b = parse_uri(digest_uri), parse_uri(request_uri)
+    except SipParseError:
+        return digest_uri == request_uri
+    return (a.scheme.lower(), a.user, a.host.lower(), a.port) == (b.scheme.lower(), b.user, b.host.lower(), b.port)
+
+
+def _keeps_meta_routes(record_routes: list[str], domain: str) -> bool:
+    """Meta's rule (§8.3): the 200 OK's Record-Route list must end with Meta's two entries, unchanged."""
+    wanted = meta_record_routes(domain)
+    normal = [re.sub(r"\s+", "", rr) for rr in record_routes]
+    return len(normal) >= 2 and normal[-2:] == [re.sub(r"\s+", "", w) for w in wanted]
+
+
+def _final_for(call: Call) -> tuple[int, str]:
+    """Meta's final answer to a business INVITE whose call ended before it was answered (§7.2)."""
+    if call.end_reason == "rejected":
+        return 486, "User declined the call"
+    if call.end_reason == "not_answered":
+        return 480, "Temporarily Unavailable"
+    if call.end_reason == "cancelled":
+        return 487, "Request Terminated"
+    if call.errors and call.errors[0].get("code") == 138021:
+        return 408, "RTP Timeout"
+    return 503, "Service Unavailable"
+
+
+__all__ = ["SipGateway", "Dialog", "meta_record_routes"]

@@ -1,0 +1,762 @@
+"""SIP messages: parse, serialise, frame on streams, and build responses (RFC 3261 section 7, 8, 18, 20).
+
+* :func:`parse_message` turns one complete message (a datagram, or what :class:`StreamFramer`
+  cut from a TLS/TCP stream) into a :class:`Request` or :class:`Response`, or raises
+  :class:`SipParseError` whose ``status``/``reason`` are what to answer a request with.
+  It is strict where RFC 3261 and RFC 4475 section 3.1.2 require rejecting (missing mandatory
+  headers, CSeq problems, bad start line, bad Request-URI, Content-Length mismatches) and tolerant
+  where RFC 4475 section 3.1.1 requires accepting (folding, odd whitespace and case, compact
+  names, unknown headers and parameters, escapes, long values).
+* :class:`Headers` keeps header fields in order with their values unfolded but otherwise verbatim;
+  compact names (section 7.3.3) are expanded. :meth:`Headers.get_all` splits comma lists.
+* ``to_bytes()`` renders with CRLF line ends and a Content-Length equal to the body length.
+* :func:`response_to` builds a response per section 8.2.6.
+
+Text is decoded as UTF-8 with ``surrogateescape``: arbitrary octets in header values survive a
+parse/serialise round trip unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from .uri import (
+    NameAddr,
+    SipParseError,
+    SipUri,
+    has_param,
+    is_digits,
+    is_token,
+    param,
+    parse_name_addr,
+    parse_params,
+    parse_uri,
+    render_params,
+    split_list,
+)
+
+__all__ = [
+    "PING",
+    "REASONS",
+    "Headers",
+    "Request",
+    "Response",
+    "SipParseError",
+    "StreamFramer",
+    "Via",
+    "new_branch",
+    "new_call_id",
+    "new_tag",
+    "parse_message",
+    "parse_via",
+    "response_to",
+]
+
+#: RFC 3261 section 21 (and RFC 3262/3311/3326 where noted) reason phrases.
+REASONS: Final[dict[int, str]] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+}
+
+SIP_VERSION: Final = "SIP/2.0"
+CRLF: Final = "\r\n"
+
+# --- header names ------------------------------------------------------------------------------
+
+#: Compact forms, RFC 3261 section 7.3.3 / 20 and the RFCs named in the brief (3265, 3515, 4028).
+COMPACT: Final[dict[str, str]] = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "e": "Content-Encoding",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "f": "From",
+    "s": "Subject",
+    "k": "Supported",
+    "t": "To",
+    "v": "Via",
+    "o": "Event",
+    "r": "Refer-To",
+    "u": "Allow-Events",
+    "x": "Session-Expires",
+}
+
+_KNOWN_NAMES = [
+    "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
+    "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact", "Content-Disposition",
+    "Content-Encoding", "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date",
+    "Error-Info", "Event", "Expires", "From", "In-Reply-To", "Max-Forwards", "Min-Expires",
+    "Min-SE", "MIME-Version", "Organization", "Path", "Priority", "Proxy-Authenticate",
+    "Proxy-Authorization", "Proxy-Require", "RAck", "Reason", "Record-Route", "Refer-To",
+    "Referred-By", "Reply-To", "Require", "Retry-After", "Route", "RSeq", "Server",
+    "Service-Route", "Session-Expires", "Subject", "Subscription-State", "Supported",
+    "Timestamp", "To", "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+    "P-Asserted-Identity", "P-Preferred-Identity", "Privacy",
+]
+_CANONICAL: Final[dict[str, str]] = {n.lower(): n for n in _KNOWN_NAMES} | COMPACT
+
+#: Headers whose grammar is a comma-separated list (section 7.3.1); others are never split
+#: (WWW-Authenticate, Authorization, Date, unknown headers ... contain commas of their own).
+LIST_HEADERS: Final[frozenset[str]] = frozenset({
+    "accept", "accept-encoding", "accept-language", "alert-info", "allow", "allow-events",
+    "call-info", "contact", "content-encoding", "content-language", "error-info", "in-reply-to",
+    "path", "proxy-require", "reason", "record-route", "require", "route", "service-route",
+    "supported", "unsupported", "via", "warning", "p-asserted-identity", "p-preferred-identity",
+})
+
+
+def _checked(name: str, value: str) -> tuple[str, str]:
+    """Canonical name, after refusing what would corrupt the wire form (header injection)."""
+    if not is_token(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"CR/LF in the value of {name}")
+    return canonical_name(name), value
+
+
+def canonical_name(name: str) -> str:
+    """Expand a compact form and give well-known names their usual spelling; others stay as given."""
+    return _CANONICAL.get(name.lower(), name)
+
+
+class Headers:
+    """Ordered multi-map of header fields with case-insensitive names (RFC 3261 section 7.3).
+
+    Iteration yields ``(name, value)`` in message order. :meth:`get` returns the first header
+    field's whole value; :meth:`get_all` returns every value, with the list headers
+    (:data:`LIST_HEADERS`: Via, Route, Record-Route, Contact, Allow, ...) split at top-level commas,
+    so each element is one value.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = []
+        for name, value in items:
+            self.add(name, value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The value of the first header field called ``name``, or ``default``."""
+        low = canonical_name(name).lower()
+        for n, v in self._items:
+            if n.lower() == low:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """All values of ``name`` in order; list headers are split into one value per element."""
+        low = canonical_name(name).lower()
+        values = [v for n, v in self._items if n.lower() == low]
+        if low in LIST_HEADERS:
+            return [e for v in values for e in split_list(v)]
+        return values
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header field (after all others). CR/LF in ``value`` raises ValueError."""
+        self._items.append(_checked(name, value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert ``name`` before the first field of that name, or first of all (a proxy's Via)."""
+        name, value = _checked(name, value)
+        low = name.lower()
+        for i, (n, _) in enumerate(self._items):
+            if n.lower() == low:
+                self._items.insert(i, (name, value))
+                return
+        self._items.insert(0, (name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field called ``name`` by one, at the position of the first (else append)."""
+        name, value = _checked(name, value)
+        low = name.lower()
+        for i, (n, _) in enumerate(self._items):
+            if n.lower() == low:
+                self._items[i] = (name, value)
+                self._items[i + 1:] = [(n2, v2) for n2, v2 in self._items[i + 1:] if n2.lower() != low]
+                return
+        self._items.append((name, value))
+
+    def remove(self, name: str) -> None:
+        """Remove every field called ``name`` (no error if there is none)."""
+        low = canonical_name(name).lower()
+        self._items = [(n, v) for n, v in self._items if n.lower() != low]
+
+    def copy(self) -> Headers:
+        new = Headers()
+        new._items = list(self._items)
+        return new
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+# --- Via ---------------------------------------------------------------------------------------
+
+_VIA_RE = re.compile(
+    r"[ \t]*(?P<proto>[A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*(?P<ver>[A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/"
+    r"[ \t]*(?P<transport>[A-Za-z0-9\-.!%*_+`'~]+)[ \t]+"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?:[ \t]*:[ \t]*(?P<port>[0-9]{1,5}))?"
+)
+
+
+@dataclass
+class Via:
+    """One via-parm: ``SIP/2.0/TLS host:port;branch=z9hG4bK...`` (RFC 3261 section 20.42, 18.2.1)."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def branch(self) -> str | None:
+        return param(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return param(self.params, "received")
+
+    @property
+    def rport(self) -> int | None:
+        """The ``rport`` value filled in by the server (RFC 3581 section 4), or None."""
+        value = param(self.params, "rport")
+        return int(value) if value and is_digits(value) else None
+
+    @property
+    def wants_rport(self) -> bool:
+        """True if the client asked for ``rport`` (valueless parameter present, RFC 3581 section 3)."""
+        return has_param(self.params, "rport")
+
+    def __str__(self) -> str:
+        port = "" if self.port is None else f":{self.port}"
+        return f"{SIP_VERSION}/{self.transport} {self.host}{port}{render_params(self.params)}"
+
+
+def parse_via(text: str) -> Via:
+    """Parse one via-parm; whitespace is allowed around ``/``, ``:`` and ``;`` (RFC 4475 3.1.1.1)."""
+    m = _VIA_RE.match(text)
+    if not m:
+        raise SipParseError("Bad Request - Malformed Via")
+    if m["proto"].upper() != "SIP" or m["ver"] != "2.0":
+        raise SipParseError("Bad Request - Unsupported Via protocol")
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and port > 65535:
+        raise SipParseError("Bad Request - Malformed Via port")
+    return Via(m["transport"], m["host"], port, parse_params(text[m.end():], what="Via"))
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+#: Methods of RFC 3261 and its extensions (3262, 3265, 3311, 3428, 3515, 3903, 6086).
+KNOWN_METHODS: Final[frozenset[str]] = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+})
+
+_CSEQ_RE = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
+_MAX_CSEQ: Final = 2**31 - 1  # RFC 3261 section 8.1.1.5: "MUST be less than 2**31"
+
+
+class _Message:
+    """Accessors shared by requests and responses (fields ``headers`` and ``body``)."""
+
+    headers: Headers
+    body: bytes
+
+    def _single(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise SipParseError(f"Bad Request - Missing {canonical_name(name)}")
+        return value
+
+    @property
+    def call_id(self) -> str:
+        return self._single("Call-ID")
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """``(sequence number, method)`` from CSeq (section 20.16)."""
+        m = _CSEQ_RE.match(self._single("CSeq").strip())
+        if not m or int(m[1]) > _MAX_CSEQ:
+            raise SipParseError("Bad Request - Malformed CSeq")
+        return int(m[1]), m[2]
+
+    @property
+    def from_(self) -> NameAddr:
+        return parse_name_addr(self._single("From"))
+
+    @property
+    def to(self) -> NameAddr:
+        return parse_name_addr(self._single("To"))
+
+    @property
+    def vias(self) -> list[Via]:
+        """All Via elements, topmost first."""
+        return [parse_via(v) for v in self.headers.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.headers.get_all("Via")
+        if not vias:
+            raise SipParseError("Bad Request - Missing Via")
+        return parse_via(vias[0])
+
+    @property
+    def branch(self) -> str | None:
+        """The branch parameter of the top Via, or None (no Via, or no branch)."""
+        vias = self.headers.get_all("Via")
+        return parse_via(vias[0]).branch if vias else None
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+    def name_addrs(self, name: str) -> list[NameAddr]:
+        """Every element of a name-addr list header (Contact, Route, Record-Route) parsed.
+
+        ``Contact: *`` (section 10.2.2) is not a name-addr: check ``headers.get("Contact")`` first.
+        """
+        return [parse_name_addr(v) for v in self.headers.get_all(name)]
+
+    def _render(self, start_line: str) -> bytes:
+        lines = [start_line]
+        wrote_length = False
+        for name, value in self.headers:
+            if name.lower() == "content-length":
+                if wrote_length:
+                    continue
+                value, wrote_length = str(len(self.body)), True
+            lines.append(f"{name}: {value}")
+        if not wrote_length:
+            lines.append(f"Content-Length: {len(self.body)}")
+        head = CRLF.join(lines) + CRLF + CRLF
+        return head.encode("utf-8", "surrogateescape") + self.body
+
+
+@dataclass
+class Request(_Message):
+    """A SIP request (RFC 3261 section 7.1). ``uri`` is the Request-URI text as received."""
+
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    @property
+    def ruri(self) -> SipUri:
+        """The parsed Request-URI. A non-SIP scheme comes back opaque (``is_sip`` False: answer 416)."""
+        return parse_uri(self.uri, any_scheme=True)
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("Max-Forwards")
+        return int(value) if value is not None and is_digits(value.strip()) else None
+
+    def to_bytes(self) -> bytes:
+        """Wire form: CRLF line ends, full header names, Content-Length = len(body)."""
+        return self._render(f"{self.method} {self.uri} {SIP_VERSION}")
+
+
+@dataclass
+class Response(_Message):
+    """A SIP response (RFC 3261 section 7.2)."""
+
+    status: int
+    reason: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """Wire form: CRLF line ends, full header names, Content-Length = len(body)."""
+        return self._render(f"{SIP_VERSION} {self.status} {self.reason}")
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+_METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_VERSION_RE = re.compile(r"SIP/([0-9]+)\.([0-9]+)\Z", re.IGNORECASE)
+_HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
+_OPAQUE_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+\Z")
+
+
+def _bad(detail: str, message: Request | Response | None = None) -> SipParseError:
+    err = SipParseError(f"Bad Request - {detail}")
+    err.message = message
+    return err
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    """Split at the empty line; leading CRLFs are ignored (section 7.5)."""
+    data = data.lstrip(b"\r\n")
+    m = _HEADER_END_RE.search(data)
+    if not m:
+        raise _bad("Missing empty line after headers")
+    return data[: m.start()], data[m.end():]
+
+
+def _header_lines(head: str) -> tuple[str, list[tuple[str, str]]]:
+    """Start line plus unfolded ``(name, value)`` pairs (section 7.3.1: LWS folding)."""
+    raw = re.split(r"\r?\n", head)
+    start, rest = raw[0], raw[1:]
+    fields: list[tuple[str, str]] = []
+    for line in rest:
+        if "\r" in line:
+            raise _bad("Bare CR in header line")
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                raise _bad("Continuation line before any header")
+            name, value = fields[-1]
+            folded = line.strip(" \t")
+            fields[-1] = (name, f"{value} {folded}" if value else folded)
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not is_token(name):
+            raise _bad("Malformed header line")
+        fields.append((name, value.strip(" \t")))
+    return start, fields
+
+
+def _content_length(headers: Headers) -> int | None:
+    """The Content-Length, None if absent; several equal values are tolerated (RFC 4475 3.3.9)."""
+    values = {v.strip() for raw in headers.get_all("Content-Length") for v in raw.split(",")}
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _bad("Conflicting Content-Length")
+    (text,) = values
+    if not is_digits(text):
+        raise _bad("Malformed Content-Length")
+    return int(text)
+
+
+def _parse_start(start: str, headers: Headers) -> Request | Response:
+    if start.upper().startswith("SIP/"):
+        parts = start.split(" ", 2)
+        if len(parts) < 2:
+            raise _bad("Malformed Status-Line")
+        version, code = parts[0], parts[1]
+        reason = parts[2] if len(parts) == 3 else ""
+        _check_version(version)
+        if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
+            raise _bad("Malformed status code")
+        return Response(int(code), reason, headers)
+    parts = start.split(" ")
+    if len(parts) != 3 or not all(parts):
+        raise _bad("Malformed Request-Line")
+    method, uri, version = parts
+    if not _METHOD_RE.match(method):
+        raise _bad("Malformed method")
+    _check_version(version)
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme in ("sip", "sips"):
+        ruri = parse_uri(uri)
+        if ruri.headers:  # RFC 3261 section 19.1.1 table; RFC 4475 section 3.1.2.11
+            raise _bad("Headers not allowed in Request-URI")
+    elif not _OPAQUE_URI_RE.match(uri):
+        raise _bad("Malformed Request-URI")
+    return Request(method, uri, headers)
+
+
+def _check_version(version: str) -> None:
+    m = _VERSION_RE.match(version)
+    if not m:
+        raise _bad("Malformed SIP version")
+    if (int(m[1]), int(m[2])) != (2, 0):
+        raise SipParseError("Version Not Supported", status=505)
+
+
+def _check_fields(msg: Request | Response) -> None:
+    """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
+    h = msg.headers
+    for name in ("To", "From", "Call-ID", "CSeq"):
+        count = len(h.get_all(name))
+        if count == 0:
+            raise _bad(f"Missing {name}", msg)
+        if count > 1:
+            raise _bad(f"Multiple {name}", msg)
+    if not h.get_all("Via"):
+        raise _bad("Missing Via", msg)
+    call_id = h.get("Call-ID") or ""
+    if not call_id or any(c in call_id for c in " \t"):
+        raise _bad("Malformed Call-ID", msg)
+    try:
+        seq, method = msg.cseq
+    except SipParseError:
+        raise _bad("Malformed CSeq", msg) from None
+    if isinstance(msg, Request) and method != msg.method:
+        if msg.method not in KNOWN_METHODS:  # RFC 4475 section 3.1.2.18 prefers 501 here
+            err = SipParseError("Not Implemented - CSeq method does not match Request-Line", status=501)
+            err.message = msg
+            raise err
+        raise _bad("CSeq method does not match Request-Line", msg)
+    for name, part in (("From", "from_"), ("To", "to")):
+        try:
+            getattr(msg, part)
+        except SipParseError as exc:
+            raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
+    try:
+        msg.vias
+    except SipParseError:
+        raise _bad("Malformed Via", msg) from None
+    contacts = h.get_all("Contact")
+    if contacts != ["*"]:
+        try:
+            msg.name_addrs("Contact")
+        except SipParseError:
+            raise _bad("Malformed Contact", msg) from None
+    mf = h.get_all("Max-Forwards")  # optional in practice (the brief tolerates its absence)
+    if mf and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
+        raise _bad("Malformed Max-Forwards", msg)
+
+
+def parse_message(data: bytes) -> Request | Response:
+    """Parse one complete SIP message (RFC 3261 section 7).
+
+    ``data`` is a datagram or one message cut by :class:`StreamFramer`. The body is
+    Content-Length octets; octets after it are ignored (section 18.3, RFC 4475 section 3.1.1.8);
+    without Content-Length the body is the rest of ``data``; a Content-Length larger than what
+    is there is an error (RFC 4475 section 3.1.2.2).
+    """
+    head_bytes, rest = _split_head(data)
+    start, fields = _header_lines(head_bytes.decode("utf-8", "surrogateescape"))
+    headers = Headers(fields)
+    msg = _parse_start(start, headers)
+    try:
+        length = _content_length(headers)
+    except SipParseError as exc:
+        exc.message = msg
+        raise
+    if length is None:
+        msg.body = rest
+    elif length > len(rest):
+        raise _bad("Content-Length larger than body", msg)
+    else:
+        msg.body = rest[:length]
+    _check_fields(msg)
+    return msg
+
+
+# --- stream framing ----------------------------------------------------------------------------
+
+
+def _length_headers(head: bytes) -> Headers:
+    """Just the Content-Length fields of a header block, found leniently (for framing only)."""
+    found = Headers()
+    text = head.decode("utf-8", "surrogateescape")
+    for line in re.split(r"\r?\n(?![ \t])", text)[1:]:  # split on CRLF not followed by folding
+        name, colon, value = line.partition(":")
+        if colon and name.strip(" \t").lower() in ("content-length", "l"):
+            found.add("Content-Length", " ".join(value.split()))
+    return found
+
+
+class _Ping:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PING"
+
+
+#: Yielded by :meth:`StreamFramer.feed` for a double-CRLF keep-alive (RFC 5626 section 3.5.1);
+#: the transport answers with a single CRLF ("pong").
+PING: Final = _Ping()
+
+
+class StreamFramer:
+    """Cut a TLS/TCP byte stream into messages (RFC 3261 section 18.3).
+
+    :meth:`feed` returns, in order, raw messages (``bytes``: header block, empty line and
+    Content-Length octets of body), :data:`PING` for each ``CRLFCRLF`` keep-alive, and
+    :class:`SipParseError` for framing problems:
+
+    * missing Content-Length (mandatory on streams): the error is yielded, with ``message`` set
+      when the header block parses, and framing resumes treating the body as empty;
+    * a header block larger than ``max_header`` (status 400), or a Content-Length that is not a
+      number, conflicting, or larger than ``max_body`` (status 413), cannot be resynchronised:
+      the error is yielded, the framer stops (``closed`` becomes True) and the transport should
+      answer if it can and close the connection.
+
+    A lone CRLF between messages (a keep-alive "pong") is skipped and counted in ``pongs``.
+    """
+
+    def __init__(self, *, max_header: int = 64 * 1024, max_body: int = 1024 * 1024) -> None:
+        self.max_header = max_header
+        self.max_body = max_body
+        self.pings = 0
+        self.pongs = 0
+        self.closed = False
+        self._buf = bytearray()
+        self._scan = 0  # where to resume searching for the end of the header block
+
+    def feed(self, data: bytes) -> list[bytes | SipParseError | _Ping]:
+        out: list[bytes | SipParseError | _Ping] = []
+        if self.closed:
+            return out
+        self._buf += data
+        while self._step(out):
+            pass
+        return out
+
+    def _fatal(self, out: list[bytes | SipParseError | _Ping], err: SipParseError) -> bool:
+        out.append(err)
+        self.closed = True
+        self._buf.clear()
+        return False
+
+    def _step(self, out: list[bytes | SipParseError | _Ping]) -> bool:
+        buf = self._buf
+        if buf[:1] in (b"\r", b"\n"):
+            if buf[:4] == b"\r\n\r\n":
+                del buf[:4]
+                self.pings += 1
+                out.append(PING)
+            elif len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                return False  # wait: this may still become a ping
+            elif buf[:2] == b"\r\n":
+                del buf[:2]
+                self.pongs += 1
+            else:
+                del buf[:1]  # bare LF or stray CR before a start line (section 7.5)
+            return True
+        end = buf.find(b"\r\n\r\n", max(0, self._scan - 3))
+        if end < 0:
+            if len(buf) > self.max_header:
+                return self._fatal(out, SipParseError("Bad Request - Header block too large"))
+            self._scan = len(buf)
+            return False
+        self._scan = 0
+        head_len = end + 4
+        if head_len > self.max_header:
+            return self._fatal(out, SipParseError("Bad Request - Header block too large"))
+        try:
+            length = _content_length(_length_headers(bytes(buf[:end])))
+        except SipParseError as exc:
+            return self._fatal(out, exc)
+        if length is None:
+            raw = bytes(buf[:head_len])
+            del buf[:head_len]
+            err = SipParseError("Bad Request - Missing Content-Length")
+            try:
+                err.message = parse_message(raw)
+            except SipParseError as inner:
+                err.message = inner.message
+            out.append(err)
+            return True
+        if length > self.max_body:
+            return self._fatal(out, SipParseError("Request Entity Too Large", status=413))
+        if len(buf) < head_len + length:
+            return False
+        out.append(bytes(buf[: head_len + length]))
+        del buf[: head_len + length]
+        return True
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+def response_to(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Response:
+    """Build a response to ``request`` (RFC 3261 section 8.2.6.1 and 8.2.6.2).
+
+    Copies every Via (in order), From, To, Call-ID and CSeq; adds ``;tag=to_tag`` to To when it has
+    no tag; copies Timestamp into a 100 (section 8.2.6.1). ``reason`` defaults to :data:`REASONS`.
+    Extra ``headers`` follow; Content-Type is set when ``content_type`` is given. Record-Route
+    copying for dialog-creating responses (section 12.1.1) is the dialog layer's job.
+    """
+    h = Headers()
+    for name, value in request.headers:
+        if name == "Via":
+            h.add(name, value)
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = request.headers.get(name)
+        if value is None:
+            continue
+        if name == "To" and to_tag is not None and parse_name_addr(value).tag is None:
+            value = f"{value};tag={to_tag}"
+        h.add(name, value)
+    if status == 100:
+        timestamp = request.headers.get("Timestamp")
+        if timestamp is not None:
+            h.add("Timestamp", timestamp)
+    for name, value in headers:
+        h.add(name, value)
+    if content_type is not None:
+        h.set("Content-Type", content_type)
+    return Response(status, reason if reason is not None else REASONS.get(status, ""), h, body)
+
+
+def new_branch() -> str:
+    """A fresh RFC 3261 branch: the magic cookie ``z9hG4bK`` plus 64 random bits (section 8.1.1.7)."""
+    return "z9hG4bK" + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    """A fresh From/To tag with 64 random bits (section 19.3 asks for at least 32)."""
+    return secrets.token_hex(8)
+
+
+def new_call_id(host: str) -> str:
+    """A globally unique Call-ID ``<uuid4>@host`` (section 8.1.1.4)."""
+    return f"{uuid.uuid4()}@{host}"

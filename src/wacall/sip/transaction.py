@@ -1,0 +1,689 @@
+"""SIP transactions over a reliable transport (RFC 3261 section 17, with RFC 6026 and section 9.2).
+
+wacall speaks SIP over TLS only, so the retransmission timers of unreliable transports (A, E, G)
+never run and the "wait for stray retransmissions" timers are zero (D, I, J, K = 0). What remains:
+
+=========  ===================  ============================================================
+Timer      Value                Meaning
+=========  ===================  ============================================================
+B          64*T1                client INVITE: no response at all -> 408 to the TU (17.1.1.2)
+F          64*T1                client non-INVITE: no final response -> 408 (17.1.2.2)
+H          64*T1                server INVITE: non-2xx sent but no ACK -> terminated (17.2.1)
+L          64*T1                server INVITE Accepted state, absorbs INVITE retransmits (RFC 6026)
+M          64*T1                client INVITE Accepted state, passes 2xx retransmits up (RFC 6026)
+(100)      ``trying_delay``     server INVITE sends 100 Trying if the TU has not (17.2.1)
+=========  ===================  ============================================================
+
+RFC 6026 replaces "terminate on 2xx" with an Accepted state in both INVITE transactions, so a
+retransmitted INVITE after the 2xx is absorbed instead of reaching the TU as a new request, and
+retransmitted 2xx responses reach the client TU through the transaction.
+
+100 Trying: the server INVITE transaction sends it ``trying_delay`` seconds (default 0.2, the 200 ms
+of section 17.2.1) after the request arrived unless the TU has responded by then; ``trying_delay=0``
+sends it at once, before the TU sees the request.
+
+CANCEL (section 9.2) is handled here, not by the TU: it is matched to the INVITE server transaction
+by branch and sent-by, answered 200 (481 if nothing matches), and the TU is told through
+``layer.on_cancel(invite_txn, cancel)`` and ``invite_txn.cancelled``; the TU then answers the INVITE
+with 487. Without an ``on_cancel`` callback the layer answers 487 itself.
+
+Deviation: if the connection a client transaction was sent on closes before a final response,
+the transaction fails at once with a local 503 (section 8.1.3.1 transport error) instead of
+waiting for Timer B/F, since over TLS the response can only come back on that connection.
+
+2xx retransmission for INVITE is the UAS core's job (section 13.3.1.4, "even if the transport is
+reliable"): :class:`Retransmitter` / :meth:`TransactionLayer.retransmit_2xx`.
+
+Matching: server transactions by (branch, sent-by, method) with ACK matching INVITE (17.2.3);
+client transactions by (branch, CSeq method) of the response (17.1.3). Requests whose branch lacks
+the ``z9hG4bK`` cookie (RFC 2543 peers) are keyed by Call-ID, From tag, CSeq number and top Via.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Union
+
+from .message import Headers, Request, Response, SipParseError, new_tag, response_to
+from .transport import Connection, TlsTransport, TransportError
+
+log = logging.getLogger(__name__)
+
+T1 = 0.5  #: RTT estimate (section 17.1.1.1)
+T2 = 4.0  #: maximum retransmit interval for non-INVITE requests and INVITE responses
+T4 = 5.0  #: maximum duration a message remains in the network
+TRYING_DELAY = 0.2
+MAGIC_COOKIE = "z9hG4bK"
+
+__all__ = [
+    "ClientTransaction", "Retransmitter", "ServerTransaction", "State", "TransactionLayer",
+    "build_ack", "build_cancel",
+]
+
+Message = Union[Request, Response]
+
+
+class State(enum.Enum):
+    CALLING = "Calling"
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    ACCEPTED = "Accepted"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    TERMINATED = "Terminated"
+
+
+def _run_callback(callback: Callable[..., Any] | None, *args: Any) -> None:
+    """Call a TU callback; exceptions are logged, coroutines scheduled (never crash the layer)."""
+    if callback is None:
+        return
+    try:
+        result = callback(*args)
+    except Exception:
+        log.exception("TU callback %r failed", callback)
+        return
+    if inspect.isawaitable(result):
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(_log_task_error)
+
+
+def _log_task_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("TU callback task failed", exc_info=task.exception())
+
+
+class _Transaction:
+    """State, timers and the termination event shared by the four transaction kinds."""
+
+    def __init__(self, layer: TransactionLayer, request: Request, conn: Connection | None, key: tuple[Any, ...],
+                 state: State) -> None:
+        self.layer = layer
+        self.request = request
+        self.conn = conn
+        self.key = key
+        self.method = request.method
+        self.state = state
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._terminated = asyncio.Event()
+
+    @property
+    def is_invite(self) -> bool:
+        return self.method == "INVITE"
+
+    @property
+    def branch(self) -> str | None:
+        return self.request.branch
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.method} {self.branch} {self.state.value}>"
+
+    def _start_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer(name)
+        self._timers[name] = self.layer.loop.call_later(delay, self._fire, name, callback)
+
+    def _fire(self, name: str, callback: Callable[[], None]) -> None:
+        self._timers.pop(name, None)
+        if self.state is not State.TERMINATED:
+            callback()
+
+    def _cancel_timer(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _terminate(self) -> None:
+        if self.state is State.TERMINATED:
+            return
+        self.state = State.TERMINATED
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self.layer._remove(self)
+        self._terminated.set()
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is State.TERMINATED
+
+    async def wait_terminated(self) -> None:
+        await self._terminated.wait()
+
+
+class ServerTransaction(_Transaction):
+    """INVITE (17.2.1 + RFC 6026) or non-INVITE (17.2.2) server transaction; the TU calls :meth:`respond`."""
+
+    def __init__(self, layer: TransactionLayer, request: Request, conn: Connection, key: tuple[Any, ...]) -> None:
+        super().__init__(layer, request, conn, key, State.PROCEEDING if request.method == "INVITE" else State.TRYING)
+        self.last_response: Response | None = None
+        #: Suggested To tag for this transaction's responses; also used for the 200 to a CANCEL (9.2).
+        self.local_tag = new_tag()
+        self.cancelled = asyncio.Event()
+        self.cancel_request: Request | None = None
+        #: The ACK that confirmed a non-2xx final response (INVITE only).
+        self.ack: Request | None = None
+        #: Timer H fired: a non-2xx final response was never acknowledged.
+        self.timed_out = False
+        self.transport_error: str | None = None
+
+    @property
+    def to_tag(self) -> str | None:
+        """The To tag of the last response sent, if any."""
+        if self.last_response is None:
+            return None
+        try:
+            return self.last_response.to.tag
+        except SipParseError:
+            return None
+
+    @property
+    def final_sent(self) -> bool:
+        return self.last_response is not None and self.last_response.status >= 200
+
+    def respond(self, response: Response) -> bool:
+        """Send ``response`` through the transaction; False if the state no longer allows it.
+
+        Proceeding/Trying accept any response; Accepted (INVITE after a 2xx) accepts further 2xx
+        (the UAS core's retransmissions); Completed and later accept nothing.
+        """
+        status = response.status
+        if self.state in (State.COMPLETED, State.CONFIRMED, State.TERMINATED) or (
+                self.state is State.ACCEPTED and not 200 <= status < 300):
+            log.debug("%r: not sending %d in state %s", self, status, self.state.value)
+            return False
+        self._cancel_timer("trying")
+        self.last_response = response
+        self._send(response)
+        if status < 200:
+            if not self.is_invite:
+                self.state = State.PROCEEDING
+        elif self.is_invite and status < 300:
+            if self.state is not State.ACCEPTED:
+                self.state = State.ACCEPTED  # RFC 6026 section 7.1
+                self._start_timer("L", 64 * self.layer.t1, self._terminate)
+        elif self.is_invite:
+            self.state = State.COMPLETED
+            self._start_timer("H", 64 * self.layer.t1, self._timer_h)
+        else:
+            self.state = State.COMPLETED
+            self._terminate()  # Timer J = 0 on reliable transports (17.2.2)
+        return True
+
+    def _send(self, response: Response) -> None:
+        conn = self.conn
+        if conn is not None and conn.is_open:
+            try:
+                conn.send(response)
+                return
+            except TransportError:
+                pass
+        # Section 18.2.2: the connection is gone, try a new one to the Via's received/sent-by.
+        task = asyncio.ensure_future(self.layer.transport.send_response(response, None))
+        task.add_done_callback(self._fallback_done)
+
+    def _fallback_done(self, task: asyncio.Future[Connection]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._transport_failed(str(exc))
+        else:
+            self.conn = task.result()
+
+    def _transport_failed(self, reason: str) -> None:
+        """Section 17.2.4: inform the TU (``transport_error``) and terminate."""
+        log.info("%r: transport error: %s", self, reason)
+        self.transport_error = reason
+        self._terminate()
+
+    def _timer_h(self) -> None:
+        self.timed_out = True
+        log.info("%r: Timer H fired, no ACK for %d", self, self.last_response.status if self.last_response else 0)
+        self._terminate()
+
+    def _send_trying(self) -> None:
+        if self.state is State.PROCEEDING and self.last_response is None:
+            self.respond(response_to(self.request, 100, "Trying"))
+
+    def _on_retransmission(self, request: Request) -> None:
+        """A retransmitted request (17.2.1 / 17.2.2): repeat the last response, or absorb it."""
+        if self.state in (State.PROCEEDING, State.COMPLETED) and self.last_response is not None:
+            self._send(self.last_response)
+        # Trying (nothing sent yet), Accepted (RFC 6026: TU retransmits 2xx), Confirmed: absorb.
+
+    def _on_ack(self, ack: Request) -> None:
+        if self.state is State.COMPLETED:
+            self.ack = ack
+            self.state = State.CONFIRMED
+            self._terminate()  # Timer I = 0 on reliable transports
+        elif self.state is State.ACCEPTED:
+            _run_callback(self.layer.on_request, ack, None)  # RFC 6026 section 7.1: pass the ACK up
+        # Confirmed: absorbed.
+
+
+class ClientTransaction(_Transaction):
+    """INVITE (17.1.1 + RFC 6026) or non-INVITE (17.1.2) client transaction.
+
+    ``await txn.final()`` gives the first final response (a local 408 on Timer B/F, a local 503 on
+    a transport error; see ``error``). ``on_provisional(response)`` is called for each 1xx and
+    ``on_response(response)`` for every response passed up, including 2xx retransmissions in the
+    Accepted state. ``async for response in txn`` yields the same responses until termination.
+    """
+
+    def __init__(self, layer: TransactionLayer, request: Request, conn: Connection, key: tuple[Any, ...]) -> None:
+        super().__init__(layer, request, conn, key, State.CALLING if request.method == "INVITE" else State.TRYING)
+        self.on_provisional: Callable[[Response], Any] | None = None
+        self.on_response: Callable[[Response], Any] | None = None
+        self.provisional: Response | None = None
+        self.final_response: Response | None = None
+        #: ``"timeout"`` or ``"transport: ..."`` when the final response was generated locally.
+        self.error: str | None = None
+        #: The ACK this transaction sent for a non-2xx final response (17.1.1.3).
+        self.ack: Request | None = None
+        self._final: asyncio.Future[Response] = layer.loop.create_future()
+        self._got_response = asyncio.Event()
+        self._queue: asyncio.Queue[Response | None] = asyncio.Queue()
+
+    async def final(self) -> Response:
+        """The final response (first one for INVITE; 2xx retransmissions come via ``on_response``)."""
+        return await asyncio.shield(self._final)
+
+    def __aiter__(self) -> AsyncIterator[Response]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Response]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    def _start(self) -> None:
+        assert self.conn is not None
+        self.conn.add_close_callback(self._on_conn_closed)
+        if self.terminated:  # the connection was already gone
+            return
+        try:
+            self.conn.send(self.request)
+        except TransportError as exc:
+            self._fail(503, "Service Unavailable", f"transport: {exc}")
+            return
+        self._start_timer("BF", 64 * self.layer.t1, self._on_timeout)  # Timer B or F
+
+    def _on_conn_closed(self, conn: Connection) -> None:
+        if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+            self._fail(503, "Service Unavailable", "transport: connection closed")
+
+    def _on_timeout(self) -> None:
+        if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+            self._fail(408, "Request Timeout", "timeout")
+
+    def _fail(self, status: int, reason: str, error: str) -> None:
+        """Section 8.1.3.1: a timeout is a 408, a transport error a 503, generated locally."""
+        if self.terminated:
+            return
+        self.error = error
+        response = response_to(self.request, status, reason)
+        self._pass_up(response)
+        if not self._final.done():
+            self.final_response = response
+            self._final.set_result(response)
+        self._terminate()
+
+    def _terminate(self) -> None:
+        if self.state is State.TERMINATED:
+            return
+        if self.conn is not None:
+            self.conn.remove_close_callback(self._on_conn_closed)
+        super()._terminate()
+        self._got_response.set()
+        self._queue.put_nowait(None)
+        if not self._final.done():  # e.g. layer closed: never leave final() hanging
+            self.error = self.error or "terminated"
+            response = response_to(self.request, 503, "Service Unavailable")
+            self.final_response = response
+            self._final.set_result(response)
+
+    def _pass_up(self, response: Response) -> None:
+        self._queue.put_nowait(response)
+        _run_callback(self.on_response, response)
+
+    def _on_response(self, response: Response) -> None:
+        """A response matched to this transaction (17.1.3)."""
+        status = response.status
+        self._got_response.set()
+        if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+            if status < 200:
+                if self.is_invite:
+                    self._cancel_timer("BF")  # Timer B only runs in Calling
+                self.state = State.PROCEEDING
+                self.provisional = response
+                self._pass_up(response)
+                _run_callback(self.on_provisional, response)
+                return
+            self._cancel_timer("BF")
+            self.final_response = response
+            if self.is_invite and status < 300:
+                self.state = State.ACCEPTED  # RFC 6026 section 7.2
+                self._start_timer("M", 64 * self.layer.t1, self._terminate)
+            elif self.is_invite:
+                self.state = State.COMPLETED
+                self._send_ack(response)
+            else:
+                self.state = State.COMPLETED
+            self._pass_up(response)
+            self._final.set_result(response)
+            if self.state is State.COMPLETED:
+                self._terminate()  # Timer D / K = 0 on reliable transports
+        elif self.state is State.ACCEPTED and 200 <= status < 300:
+            self._pass_up(response)  # retransmitted (or forked) 2xx: the TU ACKs it
+        elif self.state is State.COMPLETED and self.is_invite and status >= 300:
+            self._send_ack(response)
+
+    def _send_ack(self, response: Response) -> None:
+        self.ack = build_ack(self.request, response)
+        try:
+            if self.conn is not None:
+                self.conn.send(self.ack)
+        except TransportError as exc:
+            log.info("%r: could not send ACK: %s", self, exc)
+
+
+class Retransmitter:
+    """Resend a 2xx to INVITE until ACKed (RFC 3261 section 13.3.1.4), over any transport.
+
+    First resend after T1, then the interval doubles up to T2; after 64*T1 without :meth:`ack` it
+    gives up (``done`` resolves False, ``on_give_up`` runs: the UAS core should then BYE, 13.3.1.4).
+    ``done`` resolves True once ACKed; :meth:`cancel` stops quietly (resolves False).
+    """
+
+    def __init__(self, send: Callable[[], Any], *, t1: float = T1, t2: float = T2,
+                 on_give_up: Callable[[], Any] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self._send = send
+        self.t1 = t1
+        self.t2 = t2
+        self.on_give_up = on_give_up
+        self.retransmissions = 0
+        self.acked = False
+        self.gave_up = False
+        self.done: asyncio.Future[bool] = self.loop.create_future()
+        self._interval = t1
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def start(self) -> Retransmitter:
+        """Arm the timers (the first transmission is the caller's)."""
+        if self._deadline is None and not self.done.done():
+            self._timer = self.loop.call_later(self._interval, self._tick)
+            self._deadline = self.loop.call_later(64 * self.t1, self._give_up)
+        return self
+
+    def _tick(self) -> None:
+        if self.done.done():
+            return
+        self.retransmissions += 1
+        try:
+            self._send()
+        except Exception:
+            log.exception("2xx retransmission failed")
+        self._interval = min(2 * self._interval, self.t2)
+        self._timer = self.loop.call_later(self._interval, self._tick)
+
+    def _stop(self, result: bool) -> None:
+        for handle in (self._timer, self._deadline):
+            if handle is not None:
+                handle.cancel()
+        if not self.done.done():
+            self.done.set_result(result)
+
+    def ack(self) -> None:
+        """The ACK for the 2xx arrived: stop."""
+        if not self.done.done():
+            self.acked = True
+        self._stop(True)
+
+    def cancel(self) -> None:
+        self._stop(False)
+
+    def _give_up(self) -> None:
+        if self.done.done():
+            return
+        self.gave_up = True
+        self._stop(False)
+        _run_callback(self.on_give_up)
+
+    async def wait(self) -> bool:
+        """True if ACKed, False if it gave up or was cancelled."""
+        return await asyncio.shield(self.done)
+
+
+class TransactionLayer:
+    """Matches messages to transactions and runs their timers; installs itself on ``transport``.
+
+    TU hooks (plain functions or coroutines):
+
+    * ``on_request(request, server_txn)`` -- a new request; ``server_txn`` is None for an ACK that
+      matches no transaction (the ACK to a 2xx, an end-to-end request for the dialog layer).
+    * ``on_cancel(invite_txn, cancel)`` -- a CANCEL matched a pending INVITE (already answered 200).
+    * ``on_stray_response(response, conn)`` -- a response matching no client transaction (e.g. a
+      2xx retransmission after Timer M: the UAC core must still ACK it, 13.2.2.4).
+    """
+
+    def __init__(self, transport: TlsTransport, *, t1: float = T1, t2: float = T2, t4: float = T4,
+                 trying_delay: float = TRYING_DELAY, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.transport = transport
+        self.loop = loop or asyncio.get_running_loop()
+        self.t1 = t1
+        self.t2 = t2
+        self.t4 = t4
+        self.trying_delay = trying_delay
+        self.on_request: Callable[[Request, ServerTransaction | None], Any] | None = None
+        self.on_cancel: Callable[[ServerTransaction, Request], Any] | None = None
+        self.on_stray_response: Callable[[Response, Connection], Any] | None = None
+        self.server_transactions: dict[tuple[Any, ...], ServerTransaction] = {}
+        self.client_transactions: dict[tuple[Any, ...], ClientTransaction] = {}
+        transport.on_message = self.receive
+
+    # -- keys -------------------------------------------------------------------------------------
+    @staticmethod
+    def server_key(request: Request) -> tuple[Any, ...]:
+        """Section 17.2.3: branch + sent-by + method, ACK (and CANCEL's target) as INVITE."""
+        via = request.top_via
+        method = "INVITE" if request.method == "ACK" else request.method
+        branch = via.branch or ""
+        sent_by = (via.host.lower(), via.port or 5061)
+        if branch.startswith(MAGIC_COOKIE):
+            return (branch, sent_by, method)
+        # RFC 2543 fallback (17.2.3 end): To tag excluded so the ACK matches its INVITE.
+        return ("2543", request.call_id, request.from_.tag, request.cseq[0], str(via), method)
+
+    @staticmethod
+    def client_key(message: Message) -> tuple[Any, ...]:
+        """Section 17.1.3: top-Via branch + CSeq method."""
+        return (message.branch, message.cseq[1])
+
+    def _remove(self, txn: _Transaction) -> None:
+        table: dict[tuple[Any, ...], Any] = (
+            self.server_transactions if isinstance(txn, ServerTransaction) else self.client_transactions)
+        if table.get(txn.key) is txn:
+            del table[txn.key]
+
+    # -- receiving --------------------------------------------------------------------------------
+    def receive(self, msg: Message, conn: Connection) -> None:
+        """Entry point for the transport (installed as ``transport.on_message``)."""
+        try:
+            if isinstance(msg, Request):
+                self._receive_request(msg, conn)
+            else:
+                self._receive_response(msg, conn)
+        except SipParseError as exc:  # a header the transport did not validate (should not happen)
+            log.info("dropping message from %r: %s", conn, exc.reason)
+
+    def _receive_response(self, response: Response, conn: Connection) -> None:
+        txn = self.client_transactions.get(self.client_key(response))
+        if txn is not None:
+            txn._on_response(response)
+        else:
+            _run_callback(self.on_stray_response, response, conn)
+
+    def _receive_request(self, request: Request, conn: Connection) -> None:
+        key = self.server_key(request)
+        txn = self.server_transactions.get(key)
+        if request.method == "ACK":
+            if txn is not None:
+                txn._on_ack(request)
+            else:
+                _run_callback(self.on_request, request, None)
+            return
+        if txn is not None:
+            txn._on_retransmission(request)
+            return
+        txn = ServerTransaction(self, request, conn, key)
+        self.server_transactions[key] = txn
+        if request.method == "CANCEL":
+            self._receive_cancel(request, txn)
+            return
+        if txn.is_invite:
+            if self.trying_delay <= 0:
+                txn._send_trying()
+            else:
+                txn._start_timer("trying", self.trying_delay, txn._send_trying)
+        if self.on_request is None:
+            txn.respond(response_to(request, 503, "Service Unavailable", to_tag=txn.local_tag))
+            return
+        try:
+            result = self.on_request(request, txn)
+        except Exception:
+            log.exception("on_request failed for %s", request.method)
+            self._internal_error(txn)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(lambda t: self._tu_task_done(t, txn))
+
+    def _tu_task_done(self, task: asyncio.Future[Any], txn: ServerTransaction) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("on_request failed for %s", txn.method, exc_info=task.exception())
+            self._internal_error(txn)
+
+    @staticmethod
+    def _internal_error(txn: ServerTransaction) -> None:
+        if not txn.final_sent and not txn.terminated:
+            txn.respond(response_to(txn.request, 500, "Server Internal Error", to_tag=txn.local_tag))
+
+    def _receive_cancel(self, cancel: Request, cancel_txn: ServerTransaction) -> None:
+        """Section 9.2: find the INVITE by branch/sent-by, answer 200 (or 481), tell the TU."""
+        via = cancel.top_via
+        invite: ServerTransaction | None = None
+        if (via.branch or "").startswith(MAGIC_COOKIE):
+            invite = self.server_transactions.get((via.branch, (via.host.lower(), via.port or 5061), "INVITE"))
+        else:
+            invite = self.server_transactions.get(self.server_key(cancel)[:-1] + ("INVITE",))
+        if invite is None:
+            cancel_txn.respond(response_to(cancel, 481, "Call/Transaction Does Not Exist", to_tag=new_tag()))
+            return
+        cancel_txn.respond(response_to(cancel, 200, "OK", to_tag=invite.to_tag or invite.local_tag))
+        if invite.final_sent or invite.cancelled.is_set():
+            return  # "the CANCEL has no effect on the original request" (9.2)
+        invite.cancel_request = cancel
+        invite.cancelled.set()
+        if self.on_cancel is None:
+            invite.respond(response_to(invite.request, 487, "Request Terminated", to_tag=invite.local_tag))
+        else:
+            _run_callback(self.on_cancel, invite, cancel)
+
+    # -- sending ----------------------------------------------------------------------------------
+    def send_request(self, request: Request, conn: Connection) -> ClientTransaction:
+        """Start a client transaction for ``request`` (not ACK) on ``conn``.
+
+        The request must carry a top Via with an RFC 3261 branch (``new_branch()``), unique per
+        transaction (section 8.1.1.7).
+        """
+        if request.method == "ACK":
+            raise ValueError("ACK is not sent in a client transaction: use send_ack()")
+        branch = request.branch
+        if not branch or not branch.startswith(MAGIC_COOKIE):
+            raise ValueError("request needs a top Via with a z9hG4bK branch")
+        key = (branch, request.method)
+        if key in self.client_transactions:
+            raise ValueError(f"a client transaction for branch {branch} {request.method} already exists")
+        txn = ClientTransaction(self, request, conn, key)
+        self.client_transactions[key] = txn
+        txn._start()
+        return txn
+
+    async def cancel(self, invite: ClientTransaction) -> ClientTransaction | None:
+        """Send CANCEL for a pending INVITE (section 9.1); None if it already got a final response.
+
+        Waits for a provisional response first (9.1: no CANCEL before one arrives).
+        """
+        if not invite.is_invite:
+            raise ValueError("only INVITE transactions can be cancelled")
+        while invite.provisional is None and invite.state is State.CALLING:
+            invite._got_response.clear()
+            await invite._got_response.wait()
+        if invite.state is not State.PROCEEDING or invite.conn is None or not invite.conn.is_open:
+            return None
+        return self.send_request(build_cancel(invite.request), invite.conn)
+
+    def send_ack(self, ack: Request, conn: Connection) -> None:
+        """Send the ACK to a 2xx: end to end, outside any transaction (section 13.2.2.4)."""
+        self.transport.send(ack, conn)
+
+    def send_stateless(self, msg: Message, conn: Connection) -> None:
+        """Send any message without a transaction (e.g. a stateless response, 8.2.7)."""
+        self.transport.send(msg, conn)
+
+    def retransmit_2xx(self, txn: ServerTransaction, response: Response, *,
+                       on_give_up: Callable[[], Any] | None = None) -> Retransmitter:
+        """Send ``response`` (a 2xx to ``txn``'s INVITE) now, and again per 13.3.1.4 until ACKed.
+
+        The TU calls ``.ack()`` on the returned :class:`Retransmitter` when the dialog's ACK arrives.
+        """
+        if not (txn.is_invite and 200 <= response.status < 300):
+            raise ValueError("only 2xx responses to INVITE are retransmitted by the UAS core")
+        txn.respond(response)
+
+        def resend() -> None:
+            if txn.state is State.ACCEPTED:
+                txn.respond(response)
+            elif txn.conn is not None and txn.conn.is_open:
+                txn.conn.send(response)
+
+        return Retransmitter(resend, t1=self.t1, t2=self.t2, on_give_up=on_give_up, loop=self.loop).start()
+
+    async def close(self) -> None:
+        """Terminate every transaction (pending client ones fail with a local 503)."""
+        for txn in [*self.client_transactions.values(), *self.server_transactions.values()]:
+            txn._terminate()
+
+
+# -- request builders -----------------------------------------------------------------------------
+
+def _copy_common(request: Request, method: str, to: str) -> Headers:
+    """Via (top only), Route, From, To, Call-ID, CSeq(method), Max-Forwards as 17.1.1.3 and 9.1 ask."""
+    h = Headers()
+    h.add("Via", request.headers.get_all("Via")[0])
+    for route in request.headers.get_all("Route"):
+        h.add("Route", route)
+    h.add("Max-Forwards", "70")
+    h.add("From", request.headers.get("From") or "")
+    h.add("To", to)
+    h.add("Call-ID", request.call_id)
+    h.add("CSeq", f"{request.cseq[0]} {method}")
+    return h
+
+
+def build_ack(invite: Request, response: Response) -> Request:
+    """The ACK for a non-2xx final response (section 17.1.1.3): same branch, To from the response."""
+    to = response.headers.get("To") or invite.headers.get("To") or ""
+    return Request("ACK", invite.uri, _copy_common(invite, "ACK", to))
+
+
+def build_cancel(invite: Request) -> Request:
+    """CANCEL for ``invite`` (section 9.1): same Request-URI, top Via (branch), From, To, Call-ID, CSeq number."""
+    return Request("CANCEL", invite.uri, _copy_common(invite, "CANCEL", invite.headers.get("To") or ""))

@@ -1,0 +1,592 @@
+"""SIP over TLS: an asyncio listener and connector (RFC 3261 section 18, RFC 5626 section 4.4.1, RFC 5923).
+
+One :class:`Connection` per TLS stream. Bytes go through the sans-I/O
+:class:`~wacall.sip.message.StreamFramer` (RFC 3261 section 18.3: Content-Length frames messages
+on streams); each complete message is parsed and handed to ``on_message(msg, conn)``.
+
+Behaviour on the wire:
+
+* Keep-alive (RFC 5626 section 4.4.1): a ``CRLFCRLF`` ping is answered with a ``CRLF`` pong.
+* Responses go back over the connection the request arrived on (RFC 3261 section 18.2.2); if that
+  connection has gone, :meth:`TlsTransport.send_response` opens a new one to the top Via's
+  ``received``/sent-by (only ever to loopback).
+* Requests wacall originates go over an outgoing connection from :meth:`TlsTransport.connect`,
+  reused per (hostname, port) while it stays open (RFC 5923 style reuse; TLS verifies ``hostname``).
+* A request that frames but does not parse is answered ``400 <reason>`` (RFC 3261 section 21.4.1)
+  when Via, From, To, Call-ID and CSeq can still be read; otherwise it is dropped. A malformed
+  response is dropped silently (section 18.1.2). If the framer itself gives up, the framing is
+  lost and the connection is closed.
+* A misbehaving peer never takes the listener down: handshake failures, resets and garbage are
+  contained per connection; a message left half-sent for ``half_message_timeout`` (slowloris)
+  closes the connection; a peer that stops reading (write buffer over ``max_write_buffer``) is
+  aborted. TCP_NODELAY is set on every socket (SIP messages are small and latency-bound).
+
+Only loopback is ever used: listening addresses must be loopback, and outgoing names resolve
+through :class:`~wacall.sip.tls.Resolver`, which refuses everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Union
+
+from .message import PING, Headers, Request, Response, SipParseError, StreamFramer, new_tag, parse_message
+from .uri import split_list
+from .tls import NotLoopbackError, Resolver, is_loopback
+
+log = logging.getLogger(__name__)
+
+Message = Union[Request, Response]
+OnMessage = Callable[[Message, "Connection"], Union[None, Awaitable[None]]]
+
+HALF_MESSAGE_TIMEOUT = 32.0
+HANDSHAKE_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0
+MAX_WRITE_BUFFER = 1 << 20
+
+__all__ = ["Connection", "Message", "TlsTransport", "TransportError", "TransportStats"]
+
+
+class TransportError(OSError):
+    """A message could not be sent: the connection is closed or could not be opened (RFC 3261 8.1.3.1)."""
+
+
+@dataclass
+class TransportStats:
+    """Counters over the whole transport (all connections)."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    parse_errors: int = 0
+    bad_requests_answered: int = 0
+    pings: int = 0
+    connections_in: int = 0
+    connections_out: int = 0
+    timeouts: int = 0
+    callback_errors: int = 0
+
+
+class Connection(asyncio.Protocol):
+    """One TLS stream carrying SIP in both directions (incoming or outgoing)."""
+
+    def __init__(self, owner: TlsTransport, *, outgoing: bool, hostname: str | None = None) -> None:
+        self.owner = owner
+        self.outgoing = outgoing
+        #: For outgoing connections: the name TLS verified (the peer's configured hostname).
+        self.hostname = hostname
+        self.peer: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self.bytes_in = self.bytes_out = self.messages_in = self.messages_out = 0
+        self._transport: asyncio.Transport | None = None
+        self._framer = StreamFramer()
+        self._partial_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._closed = asyncio.get_running_loop().create_future()
+        self._close_callbacks: list[Callable[[Connection], None]] = []
+
+    def __repr__(self) -> str:
+        kind = "out" if self.outgoing else "in"
+        return f"<Connection {kind} {self.local[0]}:{self.local[1]}->{self.peer[0]}:{self.peer[1]}>"
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # called after the handshake
+        # Not isinstance-checked: uvloop's SSL transport is not an asyncio.Transport subclass.
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.peer, self.local = (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):  # pragma: no cover - non-TCP sockets in tests
+                pass
+        self.owner._register(self)
+        self._touch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        for timer in (self._partial_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self.owner._unregister(self)
+        if not self._closed.done():
+            self._closed.set_result(None)
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:  # pragma: no cover - defensive
+                log.exception("close callback failed for %r", self)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.owner.stats.bytes_in += len(data)
+        self._touch()
+        try:
+            items = self._framer.feed(data)
+        except Exception:  # a framer bug must not kill the loop: treat it as lost framing
+            log.exception("framer failed on %r", self)
+            self.owner.stats.parse_errors += 1
+            self.abort()
+            return
+        for item in items:
+            if not self.is_open:
+                return
+            if item is PING:
+                self.owner.stats.pings += 1
+                self._write_quietly(b"\r\n")  # RFC 5626 section 4.4.1 pong
+            elif isinstance(item, SipParseError):
+                self._on_framing_error(item)
+            else:
+                self._on_frame(bytes(item))
+        if self._framer.closed:
+            log.info("framing lost on %r: closing", self)
+            self.close()
+            return
+        self._arm_partial_timer()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    # -- receiving --------------------------------------------------------------------------------
+    def _on_frame(self, raw: bytes) -> None:
+        owner = self.owner
+        try:
+            msg = parse_message(raw)
+        except SipParseError as exc:
+            owner.stats.parse_errors += 1
+            self._answer_bad_request(raw, exc.status, exc.reason)
+            return
+        except Exception as exc:  # parser bug: contain it like a parse error
+            log.exception("parse_message failed on %r", self)
+            owner.stats.parse_errors += 1
+            self._answer_bad_request(raw, 400, f"Bad Request ({exc.__class__.__name__})")
+            return
+        self.messages_in += 1
+        owner.stats.messages_in += 1
+        if isinstance(msg, Request):
+            try:
+                stamp_via(msg, self.peer)
+            except SipParseError:  # pragma: no cover - parse_message already checked the Via
+                pass
+        owner._deliver(msg, self)
+
+    def _answer_bad_request(self, raw: bytes, status: int, reason: str) -> None:
+        """RFC 3261 section 21.4.1 400 if enough of the request survives to address a response."""
+        if not 400 <= status <= 699:
+            status, reason = 400, "Bad Request"
+        response = salvage_error_response(raw, status, reason)
+        if response is None:
+            log.info("dropping unparseable message from %s: %s %s", self.peer, status, reason)
+            return
+        self.owner.stats.bad_requests_answered += 1
+        self._write_quietly(response)
+
+    def _on_framing_error(self, exc: SipParseError) -> None:
+        """A framer error: answer it if the header block was readable (the framer may then close)."""
+        self.owner.stats.parse_errors += 1
+        partial = exc.message
+        if isinstance(partial, Request):
+            self._answer_bad_request(partial.to_bytes(), exc.status, exc.reason)
+        else:
+            log.info("framing error on %r: %s %s", self, exc.status, exc.reason)
+
+    # -- timers -----------------------------------------------------------------------------------
+    def _arm_partial_timer(self) -> None:
+        """Slowloris guard: a message may not stay incomplete for longer than half_message_timeout."""
+        pending = _framer_pending(self._framer)
+        if not pending:
+            if self._partial_timer is not None:
+                self._partial_timer.cancel()
+                self._partial_timer = None
+        elif self._partial_timer is None and self._transport is not None:
+            self._partial_timer = asyncio.get_running_loop().call_later(
+                self.owner.half_message_timeout, self._timed_out, "half a message")
+
+    def _touch(self) -> None:
+        timeout = self.owner.idle_timeout
+        if timeout is None or self._transport is None:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, "idle")
+
+    def _timed_out(self, what: str) -> None:
+        self.owner.stats.timeouts += 1
+        log.info("%r: %s timeout, closing", self, what)
+        self.abort()
+
+    # -- sending ----------------------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        """Write raw bytes; raises :class:`TransportError` if the connection is closed."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise TransportError(f"{self!r} is closed")
+        transport.write(data)
+        self.bytes_out += len(data)
+        self.owner.stats.bytes_out += len(data)
+        if transport.get_write_buffer_size() > self.owner.max_write_buffer:
+            log.warning("%r: peer is not reading (%d bytes queued), aborting", self, transport.get_write_buffer_size())
+            self.abort()
+
+    def _write_quietly(self, data: bytes) -> None:
+        """Write from inside the protocol callbacks, where a closed connection is not an error."""
+        try:
+            self.write(data)
+        except TransportError:
+            pass
+
+    def send(self, msg: Message | bytes) -> None:
+        """Serialise and write one SIP message."""
+        data = msg if isinstance(msg, (bytes, bytearray)) else msg.to_bytes()
+        self.write(bytes(data))
+        self.messages_out += 1
+        self.owner.stats.messages_out += 1
+
+    def close(self) -> None:
+        """Close gracefully (TLS close_notify)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (misbehaving peer)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def add_close_callback(self, callback: Callable[[Connection], None]) -> None:
+        """Call ``callback(conn)`` once the connection is lost (immediately if it already is)."""
+        if self._closed.done():
+            callback(self)
+        else:
+            self._close_callbacks.append(callback)
+
+    def remove_close_callback(self, callback: Callable[[Connection], None]) -> None:
+        try:
+            self._close_callbacks.remove(callback)
+        except ValueError:
+            pass
+
+
+class TlsTransport:
+    """SIP/TLS listener plus connector; set ``on_message`` to receive parsed messages."""
+
+    def __init__(
+        self,
+        *,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        resolver: Resolver | None = None,
+        on_message: OnMessage | None = None,
+        half_message_timeout: float = HALF_MESSAGE_TIMEOUT,
+        idle_timeout: float | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        max_write_buffer: int = MAX_WRITE_BUFFER,
+    ) -> None:
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.resolver = resolver or Resolver()
+        self.on_message = on_message
+        self.half_message_timeout = half_message_timeout
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
+        self.connect_timeout = connect_timeout
+        self.max_write_buffer = max_write_buffer
+        self.stats = TransportStats()
+        self.connections: set[Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._outgoing: dict[tuple[str, int], Connection] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Task[Connection]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- listener ---------------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 5061) -> None:
+        """Listen for SIP/TLS on ``host:port`` (loopback only; port 0 picks a free port)."""
+        if self.server_ssl is None:
+            raise ValueError("TlsTransport.start needs server_ssl (see sip.tls.server_context)")
+        if host != "localhost" and not is_loopback(host.strip("[]")):
+            raise NotLoopbackError(f"refusing to listen on {host}: loopback only")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._accept, host.strip("[]"), port, ssl=self.server_ssl,
+            ssl_handshake_timeout=self.handshake_timeout, reuse_address=True)
+
+    def _accept(self) -> Connection:
+        return Connection(self, outgoing=False)
+
+    @property
+    def port(self) -> int:
+        """The listening port (after :meth:`start`)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("not listening")
+        return str(self._server.sockets[0].getsockname()[0])
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connecting.values()):
+            task.cancel()
+        conns = list(self.connections)
+        for conn in conns:
+            conn.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if conns:
+            await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in conns], timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _register(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        if conn.outgoing:
+            self.stats.connections_out += 1
+        else:
+            self.stats.connections_in += 1
+
+    def _unregister(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        for key, value in list(self._outgoing.items()):
+            if value is conn:
+                del self._outgoing[key]
+
+    def _deliver(self, msg: Message, conn: Connection) -> None:
+        callback = self.on_message
+        if callback is None:
+            return
+        try:
+            result = callback(msg, conn)
+        except Exception:
+            self.stats.callback_errors += 1
+            log.exception("on_message failed for %s from %r", _describe(msg), conn)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._await_callback(result, msg, conn))
+
+    async def _await_callback(self, result: Awaitable[None], msg: Message, conn: Connection) -> None:
+        try:
+            await result
+        except Exception:
+            self.stats.callback_errors += 1
+            log.exception("on_message failed for %s from %r", _describe(msg), conn)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- connector --------------------------------------------------------------------------------
+    async def connect(self, host: str, port: int = 5061, *, address: str | None = None) -> Connection:
+        """An open outgoing connection to ``host:port``: reused if one exists, else a new TLS one.
+
+        ``host`` is a hostname (mapped to loopback by the resolver; the TLS certificate must cover
+        it) or a loopback IP literal. ``address`` (loopback only) overrides the resolver but TLS
+        still verifies ``host``. Concurrent calls for the same target share one handshake.
+        """
+        if self.client_ssl is None:
+            raise ValueError("TlsTransport.connect needs client_ssl (see sip.tls.client_context)")
+        key = (host.strip().lower().rstrip(".").strip("[]"), int(port))
+        conn = self._outgoing.get(key)
+        if conn is not None and conn.is_open:
+            return conn
+        task = self._connecting.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._open(key[0], key[1], address))
+            self._connecting[key] = task
+            task.add_done_callback(lambda t, k=key: self._connecting.pop(k, None))
+        conn = await asyncio.shield(task)
+        self._outgoing[key] = conn
+        return conn
+
+    async def _open(self, host: str, port: int, address: str | None) -> Connection:
+        if address is not None:
+            addresses = await self.resolver.resolve(address, port)  # enforces loopback
+        else:
+            addresses = await self.resolver.resolve(host, port)
+        loop = asyncio.get_running_loop()
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: Connection(self, outgoing=True, hostname=host), address, port,
+                                           ssl=self.client_ssl, server_hostname=host,
+                                           ssl_handshake_timeout=self.handshake_timeout),
+                    self.connect_timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                last = exc
+                continue
+            return conn
+        raise TransportError(f"cannot connect to {host}:{port}: {last}") from last
+
+    # -- sending ----------------------------------------------------------------------------------
+    def send(self, msg: Message | bytes, conn: Connection) -> None:
+        """Send ``msg`` on ``conn`` now; raises :class:`TransportError` if it is closed."""
+        conn.send(msg)
+
+    async def send_response(self, response: Response, conn: Connection | None) -> Connection:
+        """RFC 3261 section 18.2.2: on the request's connection, else a new one to the top Via.
+
+        The fallback target is ``received`` (else the sent-by host) and ``rport`` (else the sent-by
+        port, default 5061); the resolver keeps it on loopback. Returns the connection used.
+        """
+        if conn is not None and conn.is_open:
+            conn.send(response)
+            return conn
+        host, received, port = _via_target(response)
+        if host is None:
+            raise TransportError("connection closed and no usable Via to reach the client")
+        address = received if received is not None and is_loopback(received) else None
+        new_conn = await self.connect(host, port, address=address)
+        new_conn.send(response)
+        return new_conn
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _framer_pending(framer: StreamFramer) -> bool:
+    """True while the framer holds bytes of an incomplete message."""
+    value = getattr(framer, "buffered", None)  # public name asked of message.py
+    if value is None:
+        value = len(getattr(framer, "_buf", b""))
+    return bool(value() if callable(value) else value)
+
+
+def stamp_via(request: Request, peer: tuple[str, int]) -> None:
+    """RFC 3261 section 18.2.1 ``received`` and RFC 3581 section 4 ``rport`` on the top Via.
+
+    ``received`` is added when the sent-by host is not the packet source address; ``rport`` gets
+    the source port when the client sent it empty. The top Via header element is rewritten in place.
+    """
+    host, port = peer
+    if not host:
+        return
+    via = request.top_via
+    changed = False
+    if via.host.strip("[]").lower() != host.lower():
+        _set_param(via.params, "received", host)
+        changed = True
+    if via.wants_rport and via.rport is None:
+        _set_param(via.params, "rport", str(port))
+        changed = True
+    if not changed:
+        return
+    items: list[tuple[str, str]] = []
+    done = False
+    for name, value in request.headers:
+        if not done and name.lower() == "via":
+            elements = split_list(value)
+            elements[0] = str(via)
+            value = ", ".join(elements)
+            done = True
+        items.append((name, value))
+    request.headers = Headers(items)
+
+
+def _set_param(params: dict[str, str | None], name: str, value: str) -> None:
+    """Set ``name`` in place (keeping its position and spelling) or append it."""
+    for key in params:
+        if key.lower() == name:
+            params[key] = value
+            return
+    params[name] = value
+
+
+def _describe(msg: Message) -> str:
+    if isinstance(msg, Request):
+        return f"{msg.method} request"
+    return f"{msg.status} response"
+
+
+def _via_target(response: Response) -> tuple[str | None, str | None, int]:
+    """(sent-by host, received address, sent-by port) of the top Via (RFC 3261 section 18.2.2).
+
+    ``rport`` is ignored: on a connection-oriented transport it names the client's ephemeral
+    port, which is not listening once the connection is gone.
+    """
+    try:
+        via = response.top_via
+    except SipParseError:
+        return None, None, 5061
+    return via.host.strip("[]"), via.received, via.port or 5061
+
+
+_COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
+_NEEDED = ("via", "from", "to", "call-id", "cseq")
+_REQUEST_LINE = re.compile(rb"^([A-Za-z0-9.!%*_+`'~-]+) +\S+ +SIP/\d+\.\d+\s*$")
+_TAG = re.compile(r";\s*tag\s*=", re.IGNORECASE)
+
+
+def salvage_error_response(raw: bytes, status: int, reason: str) -> bytes | None:
+    """Build ``SIP/2.0 <status> <reason>`` for an unparseable request, or None if that is impossible.
+
+    Needs a request line, at least one Via, and From, To, Call-ID and CSeq (RFC 3261 section 8.2.6.2
+    copies these into the response). The To gets a tag if it has none. ACK is never answered
+    (section 17.2.1), nor is anything that looks like a response (section 18.1.2).
+    """
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    match = _REQUEST_LINE.match(lines[0]) if lines else None
+    if match is None or match.group(1).upper() == b"ACK":
+        return None
+    fields: dict[str, list[str]] = {}
+    last: str | None = None
+    for line in lines[1:]:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            text = line.decode("latin-1")
+        if text[:1] in (" ", "\t") and last is not None:  # folded continuation (section 7.3.1)
+            fields[last][-1] += " " + text.strip()
+            continue
+        name, sep, value = text.partition(":")
+        if not sep:
+            last = None
+            continue
+        key = name.strip().lower()
+        key = _COMPACT.get(key, key)
+        if key not in _NEEDED:
+            last = None
+            continue
+        fields.setdefault(key, []).append(value.strip())
+        last = key
+    if any(not fields.get(k) or not fields[k][0] for k in _NEEDED):
+        return None
+    if any(ch in v for vs in fields.values() for v in vs for ch in "\r\n\x00"):
+        return None
+    cseq = fields["cseq"][0].split()
+    if len(cseq) != 2 or not cseq[0].isdigit():
+        return None
+    to = fields["to"][0]
+    if not _TAG.search(to):
+        to = f"{to};tag={new_tag()}"
+    reason = re.sub(r"[\r\n\x00]", " ", reason) or "Bad Request"
+    out = [f"SIP/2.0 {status} {reason}"]
+    out += [f"Via: {v}" for v in fields["via"]]
+    out += [f"From: {fields['from'][0]}", f"To: {to}", f"Call-ID: {fields['call-id'][0]}",
+            f"CSeq: {fields['cseq'][0]}", "Content-Length: 0", "", ""]
+    return "\r\n".join(out).encode("utf-8")

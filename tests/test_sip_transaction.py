@@ -1,0 +1,372 @@
+"""RFC 3261 section 17 transactions over TLS on loopback (wacall.sip.transaction), with a small T1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from wacall.certs import LocalCA
+from wacall.sip.message import Headers, Request, new_branch, new_tag, response_to
+from wacall.sip.tls import Resolver, client_context, server_context
+from wacall.sip.transaction import (
+    Retransmitter,
+    ServerTransaction,
+    State,
+    TransactionLayer,
+    build_ack,
+)
+from wacall.sip.transport import TlsTransport
+
+T1 = 0.01  # 64*T1 = 0.64 s
+T2 = 0.04
+BIZ = "sip.business.example"
+
+
+def make_request(method: str, *, branch: str | None = None, call_id: str | None = None, cseq: int = 1,
+                 to_tag: str | None = None, from_tag: str = "fromtag") -> Request:
+    h = Headers()
+    h.add("Via", f"SIP/2.0/TLS {BIZ}:5061;branch={branch or new_branch()}")
+    h.add("Max-Forwards", "70")
+    h.add("From", f"<sip:+15550002222@{BIZ}>;tag={from_tag}")
+    h.add("To", "<sip:+15550001111@wa.meta.vc>" + (f";tag={to_tag}" if to_tag else ""))
+    h.add("Call-ID", call_id or f"{new_tag()}@{BIZ}")
+    h.add("CSeq", f"{cseq} {method}")
+    h.add("Contact", f"<sip:+15550002222@{BIZ};transport=tls>")
+    return Request(method, "sip:+15550001111@wa.meta.vc;transport=tls", h)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def __call__(self, *args) -> None:
+        self.queue.put_nowait(args if len(args) > 1 else args[0])
+
+    async def get(self, timeout: float = 5.0):
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    def empty(self) -> bool:
+        return self.queue.empty()
+
+
+class Side:
+    """One end: a TlsTransport and (optionally) a TransactionLayer on top of it."""
+
+    def __init__(self, transport: TlsTransport, layer: TransactionLayer | None) -> None:
+        self.transport = transport
+        self.layer = layer
+        self.requests = Inbox()  # (request, server_txn) from layer.on_request
+        self.raw = Inbox()  # (msg, conn) when there is no layer
+        if layer is not None:
+            layer.on_request = self.requests
+        else:
+            transport.on_message = self.raw
+
+
+@pytest.fixture
+async def pair(tmp_path):
+    """``make(uas_layer=True, uac_layer=True, trying_delay=...)`` -> (uas, uac, conn uac->uas)."""
+    ca = LocalCA.load_or_create(tmp_path / "pki")
+    cert, key = ca.gateway_paths()
+    made: list[TlsTransport] = []
+
+    async def make(*, uas_layer: bool = True, uac_layer: bool = True, trying_delay: float = 0.05):
+        uas_t = TlsTransport(server_ssl=server_context(cert, key))
+        await uas_t.start("127.0.0.1", 0)
+        uac_t = TlsTransport(client_ssl=client_context(ca.cert_path), resolver=Resolver({"wa.meta.vc": "127.0.0.1"}))
+        made.extend([uas_t, uac_t])
+        uas = Side(uas_t, TransactionLayer(uas_t, t1=T1, t2=T2, trying_delay=trying_delay) if uas_layer else None)
+        uac = Side(uac_t, TransactionLayer(uac_t, t1=T1, t2=T2) if uac_layer else None)
+        conn = await uac_t.connect("wa.meta.vc", uas_t.port)
+        return uas, uac, conn
+
+    yield make
+    for t in made:
+        await t.close()
+
+
+async def test_non_invite_round_trip(pair):
+    uas, uac, conn = await pair()
+    txn = uac.layer.send_request(make_request("OPTIONS"), conn)
+    assert txn.state is State.TRYING
+    request, stxn = await uas.requests.get()
+    assert isinstance(stxn, ServerTransaction) and stxn.state is State.TRYING
+    assert stxn.respond(response_to(request, 200, to_tag=stxn.local_tag))
+    assert stxn.terminated  # Timer J = 0 on reliable transports
+    response = await asyncio.wait_for(txn.final(), 5)
+    assert response.status == 200 and txn.terminated  # Timer K = 0
+    assert not uac.layer.client_transactions and not uas.layer.server_transactions
+    assert not stxn.respond(response_to(request, 500))  # too late
+
+
+async def test_invite_trying_then_486_and_ack_absorbed(pair):
+    uas, uac, conn = await pair(trying_delay=0.05)
+    provisional = []
+    txn = uac.layer.send_request(make_request("INVITE"), conn)
+    txn.on_provisional = provisional.append
+    request, stxn = await uas.requests.get()
+    await asyncio.sleep(0.15)  # TU silent for longer than trying_delay
+    assert [r.status for r in provisional] == [100] and txn.state is State.PROCEEDING
+    assert provisional[0].to.tag is None  # no To tag on 100 (8.2.6.1)
+    stxn.respond(response_to(request, 486, "Busy Here", to_tag=stxn.local_tag))
+    assert stxn.state is State.COMPLETED
+    final = await asyncio.wait_for(txn.final(), 5)
+    assert final.status == 486 and txn.terminated
+    # The client transaction ACKed the 486 itself (17.1.1.3), on the same branch, and the server
+    # transaction absorbed it (TU not told) and terminated (Timer I = 0).
+    assert txn.ack is not None and txn.ack.branch == txn.branch and txn.ack.to.tag == stxn.local_tag
+    assert txn.ack.cseq == (1, "ACK")
+    await asyncio.wait_for(stxn.wait_terminated(), 5)
+    assert stxn.ack is not None and not stxn.timed_out
+    assert uas.requests.empty()
+
+
+async def test_trying_not_sent_when_tu_answers_quickly(pair):
+    uas, uac, conn = await pair(trying_delay=0.2)
+    responses = []
+    txn = uac.layer.send_request(make_request("INVITE"), conn)
+    txn.on_response = responses.append
+    request, stxn = await uas.requests.get()
+    stxn.respond(response_to(request, 180, to_tag=stxn.local_tag))
+    stxn.respond(response_to(request, 603, to_tag=stxn.local_tag))
+    assert (await txn.final()).status == 603
+    await asyncio.sleep(0.3)
+    assert [r.status for r in responses] == [180, 603]
+
+
+async def test_trying_immediately_with_zero_delay(pair):
+    uas, uac, conn = await pair(trying_delay=0)
+    got = []
+    txn = uac.layer.send_request(make_request("INVITE"), conn)
+    txn.on_provisional = got.append
+    request, stxn = await uas.requests.get()
+    assert stxn.last_response is not None and stxn.last_response.status == 100
+    stxn.respond(response_to(request, 480, to_tag=stxn.local_tag))
+    assert (await txn.final()).status == 480 and [r.status for r in got] == [100]
+
+
+async def test_timer_b_and_timer_f(pair):
+    uas, uac, conn = await pair(uas_layer=False)  # the far end never answers
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    invite = uac.layer.send_request(make_request("INVITE"), conn)
+    options = uac.layer.send_request(make_request("OPTIONS"), conn)
+    r1, r2 = await asyncio.wait_for(asyncio.gather(invite.final(), options.final()), 5)
+    elapsed = loop.time() - start
+    assert r1.status == 408 and r2.status == 408
+    assert invite.error == "timeout" and options.error == "timeout"
+    assert 64 * T1 * 0.9 < elapsed < 64 * T1 + 1.0
+    assert invite.terminated and options.terminated and not uac.layer.client_transactions
+    # No retransmissions over TLS (Timer A/E do not run): the peer saw each request exactly once.
+    seen = []
+    while not uas.raw.empty():
+        seen.append((await uas.raw.get())[0].method)
+    assert sorted(seen) == ["INVITE", "OPTIONS"]
+
+
+async def test_retransmitted_invite_is_absorbed_with_the_same_response(pair):
+    uas, uac, conn = await pair(uac_layer=False, trying_delay=10)
+    invite = make_request("INVITE")
+    conn.send(invite)
+    request, stxn = await uas.requests.get()
+    conn.send(invite)  # retransmission before any response: absorbed silently
+    await asyncio.sleep(0.05)
+    assert uac.raw.empty()
+    stxn.respond(response_to(request, 180, to_tag=stxn.local_tag))
+    assert (await uac.raw.get())[0].status == 180
+    conn.send(invite)  # in Proceeding: the last provisional again
+    assert (await uac.raw.get())[0].status == 180
+    busy = response_to(request, 486, to_tag=stxn.local_tag)
+    stxn.respond(busy)
+    first, _ = await uac.raw.get()
+    conn.send(invite)  # in Completed: the final again
+    again, _ = await uac.raw.get()
+    assert first.status == again.status == 486 and again.to_bytes() == first.to_bytes()
+    assert uas.requests.empty()  # the TU saw one INVITE
+    # ACK (same branch) confirms; Timer H does not fire.
+    conn.send(build_ack(invite, first))
+    await asyncio.wait_for(stxn.wait_terminated(), 5)
+    assert stxn.ack is not None and not stxn.timed_out and uas.requests.empty()
+
+
+async def test_timer_h_without_ack(pair):
+    uas, uac, conn = await pair(uac_layer=False, trying_delay=10)
+    conn.send(make_request("INVITE"))
+    request, stxn = await uas.requests.get()
+    stxn.respond(response_to(request, 404, to_tag=stxn.local_tag))
+    await asyncio.wait_for(stxn.wait_terminated(), 5)
+    assert stxn.timed_out and stxn.ack is None
+
+
+async def test_cancel_gets_200_and_tu_answers_487(pair):
+    uas, uac, conn = await pair()
+    cancels = Inbox()
+    uas.layer.on_cancel = cancels
+    invite_txn = uac.layer.send_request(make_request("INVITE"), conn)
+    request, stxn = await uas.requests.get()
+    stxn.respond(response_to(request, 180, to_tag=stxn.local_tag))
+    cancel_txn = await asyncio.wait_for(uac.layer.cancel(invite_txn), 5)
+    assert cancel_txn is not None and cancel_txn.request.branch == invite_txn.branch
+    cancel_final = await asyncio.wait_for(cancel_txn.final(), 5)
+    assert cancel_final.status == 200 and cancel_final.to.tag == stxn.local_tag  # same To tag (9.2)
+    txn, cancel = await cancels.get()
+    assert txn is stxn and cancel.method == "CANCEL" and stxn.cancelled.is_set()
+    assert stxn.state is State.PROCEEDING  # the TU decides: it answers 487
+    stxn.respond(response_to(request, 487, "Request Terminated", to_tag=stxn.local_tag))
+    assert (await asyncio.wait_for(invite_txn.final(), 5)).status == 487
+    await asyncio.wait_for(stxn.wait_terminated(), 5)
+    assert stxn.ack is not None  # the 487 was ACKed by the client transaction
+    assert uas.requests.empty()  # neither CANCEL nor ACK reached on_request
+
+
+async def test_cancel_without_tu_handler_answers_487(pair):
+    uas, uac, conn = await pair(trying_delay=0)
+    invite_txn = uac.layer.send_request(make_request("INVITE"), conn)
+    await uas.requests.get()
+    cancel_txn = await asyncio.wait_for(uac.layer.cancel(invite_txn), 5)
+    assert (await cancel_txn.final()).status == 200
+    assert (await asyncio.wait_for(invite_txn.final(), 5)).status == 487
+
+
+async def test_unknown_cancel_gets_481(pair):
+    uas, uac, conn = await pair()
+    cancel = make_request("CANCEL")
+    txn = uac.layer.send_request(cancel, conn)
+    response = await asyncio.wait_for(txn.final(), 5)
+    assert response.status == 481 and response.reason == "Call/Transaction Does Not Exist"
+    assert uas.requests.empty()
+
+
+async def test_cancel_after_final_still_200_but_no_effect(pair):
+    uas, uac, conn = await pair(uac_layer=False)
+    invite = make_request("INVITE")
+    conn.send(invite)
+    request, stxn = await uas.requests.get()
+    stxn.respond(response_to(request, 200, to_tag=stxn.local_tag))
+    assert (await uac.raw.get())[0].status == 200
+    cancel = make_request("CANCEL", branch=invite.branch, call_id=invite.call_id)
+    conn.send(cancel)
+    response, _ = await uac.raw.get()
+    assert response.status == 200 and response.cseq == (1, "CANCEL")
+    assert not stxn.cancelled.is_set()
+
+
+async def test_2xx_retransmitter_stops_on_ack(pair):
+    uas, uac, conn = await pair()
+    invite_txn = uac.layer.send_request(make_request("INVITE"), conn)
+    two_xx = []
+    invite_txn.on_response = lambda r: two_xx.append(r) if r.status == 200 else None
+    request, stxn = await uas.requests.get()
+    ok = response_to(request, 200, to_tag=stxn.local_tag)
+    rtx = uas.layer.retransmit_2xx(stxn, ok)
+    assert stxn.state is State.ACCEPTED
+    final = await asyncio.wait_for(invite_txn.final(), 5)
+    assert final.status == 200 and invite_txn.state is State.ACCEPTED
+    await asyncio.sleep(5 * T1)
+    assert len(two_xx) >= 2  # retransmissions reached the UAC TU through the Accepted state
+
+    # A retransmitted INVITE in Accepted is absorbed (RFC 6026), not passed to the TU.
+    conn.send(request)
+    # The UAC core ACKs the 2xx end to end (new branch), outside any transaction.
+    ack = build_ack(invite_txn.request, final)
+    ack.headers.set("Via", f"SIP/2.0/TLS {BIZ}:5061;branch={new_branch()}")
+    uac.layer.send_ack(ack, conn)
+    got, txn = await uas.requests.get()
+    assert got.method == "ACK" and txn is None
+    rtx.ack()
+    assert await rtx.wait() is True and rtx.acked and not rtx.gave_up
+    count = rtx.retransmissions
+    assert count >= 1
+    await asyncio.sleep(10 * T1)
+    assert rtx.retransmissions == count
+    assert uas.requests.empty()
+
+
+async def test_2xx_retransmitter_gives_up_after_64_t1(pair):
+    uas, uac, conn = await pair(uac_layer=False)
+    conn.send(make_request("INVITE"))
+    request, stxn = await uas.requests.get()
+    gave_up = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    rtx = uas.layer.retransmit_2xx(stxn, response_to(request, 200, to_tag=stxn.local_tag), on_give_up=gave_up.set)
+    assert await asyncio.wait_for(rtx.wait(), 5) is False
+    elapsed = loop.time() - start
+    assert gave_up.is_set() and rtx.gave_up and not rtx.acked
+    assert 64 * T1 * 0.9 < elapsed < 64 * T1 + 1.0
+    # T1, 2T1, 4T1, then every T2 (= 4T1) until 64*T1: 1+1+ (64-7)/4 -> about 16 resends.
+    assert 12 <= rtx.retransmissions <= 17
+    received = 0
+    while not uac.raw.empty():
+        msg, _ = await uac.raw.get()
+        received += msg.status == 200
+    assert received == rtx.retransmissions + 1
+
+
+async def test_retransmitter_schedule_unit():
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    start = loop.time()
+    rtx = Retransmitter(lambda: times.append(loop.time() - start), t1=0.02, t2=0.08).start()
+    assert await asyncio.wait_for(rtx.wait(), 5) is False
+    gaps = [round(b - a, 2) for a, b in zip([0.0, *times], times)]
+    assert gaps[:3] == pytest.approx([0.02, 0.04, 0.08], abs=0.015)
+    assert all(g == pytest.approx(0.08, abs=0.02) for g in gaps[3:])
+    assert times[-1] < 64 * 0.02
+
+
+async def test_connection_loss_fails_pending_client_transaction(pair):
+    uas, uac, conn = await pair(uas_layer=False)
+    txn = uac.layer.send_request(make_request("OPTIONS"), conn)
+    _, server_conn = await uas.raw.get()
+    server_conn.abort()
+    response = await asyncio.wait_for(txn.final(), 5)
+    assert response.status == 503 and txn.error.startswith("transport")
+    # Sending on a dead connection fails immediately too.
+    txn2 = uac.layer.send_request(make_request("OPTIONS"), conn)
+    assert (await txn2.final()).status == 503 and txn2.terminated
+
+
+async def test_tu_exception_gives_500(pair):
+    uas, uac, conn = await pair()
+
+    def broken(request, txn):
+        raise RuntimeError("TU bug")
+
+    uas.layer.on_request = broken
+    txn = uac.layer.send_request(make_request("MESSAGE"), conn)
+    assert (await asyncio.wait_for(txn.final(), 5)).status == 500
+
+    async def broken_async(request, txn):
+        await asyncio.sleep(0)
+        raise RuntimeError("async TU bug")
+
+    uas.layer.on_request = broken_async
+    txn = uac.layer.send_request(make_request("MESSAGE"), conn)
+    assert (await asyncio.wait_for(txn.final(), 5)).status == 500
+
+
+async def test_async_iteration_over_responses(pair):
+    uas, uac, conn = await pair(trying_delay=10)
+    txn = uac.layer.send_request(make_request("INVITE"), conn)
+    request, stxn = await uas.requests.get()
+    for status in (180, 183, 404):
+        stxn.respond(response_to(request, status, to_tag=stxn.local_tag))
+    statuses = [r.status async for r in txn]
+    assert statuses == [180, 183, 404]
+
+
+async def test_send_request_validation(pair):
+    uas, uac, conn = await pair()
+    with pytest.raises(ValueError):
+        uac.layer.send_request(make_request("ACK"), conn)
+    bad = make_request("OPTIONS")
+    bad.headers.set("Via", f"SIP/2.0/TLS {BIZ}:5061;branch=oldstyle")
+    with pytest.raises(ValueError):
+        uac.layer.send_request(bad, conn)
+    req = make_request("OPTIONS")
+    uac.layer.send_request(req, conn)
+    with pytest.raises(ValueError):
+        uac.layer.send_request(req, conn)
+    await uac.layer.close()

@@ -1,0 +1,337 @@
+"""SIP over TLS on loopback (wacall.sip.transport): framing, keep-alive, robustness, connection reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from wacall.certs import LocalCA
+from wacall.sip.message import Request, Response, StreamFramer, new_branch, parse_message, response_to
+from wacall.sip.tls import NotLoopbackError, Resolver, client_context, server_context
+from wacall.sip.transport import Connection, TlsTransport, TransportError, salvage_error_response
+
+BIZ = "sip.business.example"
+
+
+def options(branch: str | None = None, *, via_host: str = BIZ, via_port: int = 5061, extra: str = "",
+            body: bytes = b"") -> bytes:
+    branch = branch or new_branch()
+    head = (f"OPTIONS sip:+15550001111@wa.meta.vc;transport=tls SIP/2.0\r\n"
+            f"Via: SIP/2.0/TLS {via_host}:{via_port};branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\n"
+            f"From: <sip:+15550002222@{BIZ}>;tag=abc\r\n"
+            f"To: <sip:+15550001111@wa.meta.vc>\r\n"
+            f"Call-ID: {branch}@{BIZ}\r\n"
+            f"CSeq: 1 OPTIONS\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+@pytest.fixture
+def pki(tmp_path):
+    ca = LocalCA.load_or_create(tmp_path / "pki")
+    return ca, ca.gateway_paths(), ca.issue([BIZ])
+
+
+class Inbox:
+    """Collects (message, connection) pairs from a transport's on_message."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[Request | Response, Connection]] = asyncio.Queue()
+
+    def __call__(self, msg, conn) -> None:
+        self.queue.put_nowait((msg, conn))
+
+    async def get(self, timeout: float = 5.0):
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+@pytest.fixture
+async def gateway(pki):
+    """wacall's listener (certificate for wa.meta.vc) that answers OPTIONS with 200."""
+    ca, (cert, key), _ = pki
+    inbox = Inbox()
+    transport = TlsTransport(server_ssl=server_context(cert, key), client_ssl=client_context(ca.cert_path),
+                             resolver=Resolver({BIZ: "127.0.0.1"}), on_message=inbox)
+    await transport.start("127.0.0.1", 0)
+    transport.inbox = inbox
+    yield transport
+    await transport.close()
+
+
+async def raw_client(port: int, cafile, *, hostname: str = "wa.meta.vc"):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(cafile),
+                                                   server_hostname=hostname)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+async def read_message(reader: asyncio.StreamReader, timeout: float = 5.0) -> Request | Response:
+    framer = StreamFramer()
+    while True:
+        data = await asyncio.wait_for(reader.read(65536), timeout)
+        assert data, "connection closed"
+        for item in framer.feed(data):
+            if isinstance(item, bytes):
+                return parse_message(item)
+
+
+async def test_listen_and_connect_round_trip(pki, gateway):
+    ca, _, (biz_cert, biz_key) = pki
+    # A business-side transport that connects to the gateway by its SIP domain.
+    inbox = Inbox()
+    biz = TlsTransport(client_ssl=client_context(ca.cert_path), resolver=Resolver({"wa.meta.vc": "127.0.0.1"}),
+                       on_message=inbox)
+    try:
+        conn = await biz.connect("wa.meta.vc", gateway.port)
+        assert conn.outgoing and conn.hostname == "wa.meta.vc" and conn.peer[0] == "127.0.0.1"
+        assert await biz.connect("WA.META.VC", gateway.port) is conn  # reused
+        both = await asyncio.gather(biz.connect("wa.meta.vc", gateway.port), biz.connect("wa.meta.vc", gateway.port))
+        assert both[0] is both[1] is conn
+        assert biz.stats.connections_out == 1
+
+        biz.send(parse_message(options(via_host="127.0.0.1", via_port=conn.local[1])), conn)
+        request, server_conn = await gateway.inbox.get()
+        assert isinstance(request, Request) and request.method == "OPTIONS"
+        assert not server_conn.outgoing and server_conn.peer[1] == conn.local[1]
+        sock = server_conn._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        # RFC 3581: the empty rport was filled; sent-by equals the source, so no received.
+        assert request.top_via.rport == conn.local[1] and request.top_via.received is None
+
+        gateway.send(response_to(request, 200, to_tag="t1"), server_conn)  # back on the same connection
+        response, conn2 = await inbox.get()
+        assert isinstance(response, Response) and response.status == 200 and conn2 is conn
+
+        assert gateway.stats.messages_in == 1 and gateway.stats.messages_out == 1
+        assert biz.stats.messages_out == 1 and biz.stats.messages_in == 1
+        assert gateway.stats.bytes_in == biz.stats.bytes_out > 0
+        assert gateway.stats.connections_in == 1
+    finally:
+        await biz.close()
+
+
+async def test_received_param_for_a_hostname_sent_by(pki, gateway):
+    ca = pki[0]
+    reader, writer = await raw_client(gateway.port, ca.cert_path)
+    writer.write(options())  # Via sent-by is sip.business.example:5061
+    request, _ = await gateway.inbox.get()
+    via = request.top_via
+    assert via.received == "127.0.0.1" and via.rport == writer.get_extra_info("sockname")[1]
+    assert request.headers.get_all("Via")[0].startswith(f"SIP/2.0/TLS {BIZ}:5061;branch=")
+    writer.close()
+
+
+async def test_hostname_verification_and_loopback_only(pki, gateway):
+    ca = pki[0]
+    client = TlsTransport(client_ssl=client_context(ca.cert_path),
+                          resolver=Resolver({"evil.example": "127.0.0.1", "wa.meta.vc": "127.0.0.1"}))
+    try:
+        with pytest.raises(TransportError):
+            await client.connect("evil.example", gateway.port)  # certificate does not cover it
+        with pytest.raises(NotLoopbackError):
+            await client.connect("192.0.2.1", gateway.port)
+        with pytest.raises(NotLoopbackError):
+            await client.connect("unknown.invalid", gateway.port)
+        with pytest.raises(NotLoopbackError):
+            await TlsTransport(server_ssl=gateway.server_ssl).start("0.0.0.0", 0)
+        assert await client.connect("wa.meta.vc", gateway.port)  # the gateway survived the failed handshake
+    finally:
+        await client.close()
+
+
+async def test_framing_across_tls_records(pki, gateway):
+    ca = pki[0]
+    reader, writer = await raw_client(gateway.port, ca.cert_path)
+    body = b"v=0\r\n" * 20
+    first = options(body=body, extra="Content-Type: application/sdp\r\n")
+    second, third = options(), options()
+    # First message one byte per TLS record for its head, then odd-sized chunks.
+    for i in range(0, 40):
+        writer.write(first[i:i + 1])
+        await writer.drain()
+    for i in range(40, len(first), 7):
+        writer.write(first[i:i + 7])
+        await writer.drain()
+    # Two messages and half of a third in one record, the rest later.
+    writer.write(second + third[:50])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(third[50:])
+    got = [await gateway.inbox.get() for _ in range(3)]
+    assert [m.call_id for m, _ in got] == [parse_message(x).call_id for x in (first, second, third)]
+    assert got[0][0].body == body
+    assert gateway.stats.parse_errors == 0
+    writer.close()
+
+
+async def test_keepalive_ping_gets_pong(pki, gateway):
+    ca = pki[0]
+    reader, writer = await raw_client(gateway.port, ca.cert_path)
+    writer.write(b"\r\n\r\n")
+    assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"
+    writer.write(b"\r\n\r\n" + options())  # ping then a message in one record
+    assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"
+    msg, _ = await gateway.inbox.get()
+    assert msg.method == "OPTIONS" and gateway.stats.pings == 2
+    writer.close()
+
+
+async def test_garbage_gets_400_or_is_dropped_and_server_survives(pki, gateway):
+    ca = pki[0]
+    reader, writer = await raw_client(gateway.port, ca.cert_path)
+    # Parseable enough to answer: CSeq method disagrees with the request line.
+    bad = options().replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")
+    writer.write(bad)
+    response = await read_message(reader)
+    assert isinstance(response, Response) and response.status == 400
+    assert "CSeq" in response.reason
+    assert response.to.tag  # RFC 3261 8.2.6.2
+    sent_via = bad.split(b"\r\n")[1].decode().removeprefix("Via: ")
+    assert response.headers.get("Via") == sent_via
+    assert response.call_id in bad.decode()
+    # Unanswerable garbage (no Via/Call-ID): dropped, connection still usable.
+    writer.write(b"\x00\x01\xffgarbage here\r\nno colon\r\n\r\n")
+    writer.write(b"SIP/2.0 999 nonsense\r\nContent-Length: 0\r\n\r\n")  # malformed response: dropped
+    writer.write(options())
+    msg, _ = await gateway.inbox.get()
+    assert msg.method == "OPTIONS"
+    assert gateway.stats.parse_errors >= 2 and gateway.stats.bad_requests_answered == 1
+
+    # Lost framing (header block beyond 64 KiB without an end): the connection is closed.
+    writer.write(b"OPTIONS sip:x@wa.meta.vc SIP/2.0\r\nX-Junk: " + b"a" * 70000)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+    # Not TLS at all, and a reset in the middle of a message.
+    _, plain = await asyncio.open_connection("127.0.0.1", gateway.port)
+    plain.write(b"OPTIONS sip:x SIP/2.0\r\n\r\n" * 10)
+    await plain.drain()
+    plain.close()
+    _, resetter = await raw_client(gateway.port, ca.cert_path)
+    resetter.write(options()[:60])
+    await resetter.drain()
+    resetter.transport.abort()
+
+    # A second connection is still served.
+    reader2, writer2 = await raw_client(gateway.port, ca.cert_path)
+    writer2.write(b"\r\n\r\n")
+    assert await asyncio.wait_for(reader2.readexactly(2), 5) == b"\r\n"
+    writer2.write(options())
+    msg, conn = await gateway.inbox.get()
+    assert msg.method == "OPTIONS"
+    gateway.send(response_to(msg, 200, to_tag="x"), conn)
+    assert (await read_message(reader2)).status == 200
+    writer2.close()
+
+
+async def test_missing_content_length_is_answered(pki, gateway):
+    ca = pki[0]
+    reader, writer = await raw_client(gateway.port, ca.cert_path)
+    writer.write(options().replace(b"Content-Length: 0\r\n", b""))
+    response = await read_message(reader)
+    assert response.status == 400 and "Content-Length" in response.reason
+    writer.write(options())
+    assert (await gateway.inbox.get())[0].method == "OPTIONS"
+    writer.close()
+
+
+async def test_slowloris_half_message_times_out(pki):
+    ca, (cert, key), _ = pki
+    transport = TlsTransport(server_ssl=server_context(cert, key), half_message_timeout=0.3, on_message=Inbox())
+    await transport.start("127.0.0.1", 0)
+    try:
+        reader, writer = await raw_client(transport.port, ca.cert_path)
+        msg = options()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(5):  # trickle bytes; never complete the message
+            writer.write(msg[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert 0.25 < loop.time() - start < 2
+        assert transport.stats.timeouts == 1
+        # A connection that only sends complete messages is not timed out.
+        reader, writer = await raw_client(transport.port, ca.cert_path)
+        writer.write(msg)
+        await asyncio.sleep(0.5)
+        writer.write(b"\r\n\r\n")
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"
+        writer.close()
+    finally:
+        await transport.close()
+
+
+async def test_callback_errors_are_contained(pki):
+    ca, (cert, key), _ = pki
+    seen = []
+
+    def broken(msg, conn):
+        seen.append(msg)
+        raise RuntimeError("TU bug")
+
+    transport = TlsTransport(server_ssl=server_context(cert, key), on_message=broken)
+    await transport.start("127.0.0.1", 0)
+    try:
+        reader, writer = await raw_client(transport.port, ca.cert_path)
+        writer.write(options() + options())
+        for _ in range(50):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(seen) == 2 and transport.stats.callback_errors == 2
+        writer.close()
+    finally:
+        await transport.close()
+
+
+async def test_response_falls_back_to_via_when_connection_is_gone(pki, gateway):
+    """RFC 3261 18.2.2: the request's connection closed, so the response goes to the Via sent-by."""
+    ca, _, (biz_cert, biz_key) = pki
+    biz_inbox = Inbox()
+    biz = TlsTransport(server_ssl=server_context(biz_cert, biz_key), on_message=biz_inbox)
+    await biz.start("127.0.0.1", 0)
+    try:
+        reader, writer = await raw_client(gateway.port, ca.cert_path)
+        writer.write(options(via_host=BIZ, via_port=biz.port).replace(b";rport", b""))
+        request, conn = await gateway.inbox.get()
+        writer.close()
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        with pytest.raises(TransportError):
+            gateway.send(response_to(request, 200, to_tag="z"), conn)
+        # received=127.0.0.1 was stamped: the fallback connects there, to the sent-by port, and
+        # TLS verifies the sent-by hostname.
+        gateway.resolver = Resolver()  # no hosts mapping needed: the received address is used
+        used = await gateway.send_response(response_to(request, 200, to_tag="z"), conn)
+        assert used is not conn and used.outgoing and used.hostname == BIZ and used.peer[1] == biz.port
+        response, _ = await biz_inbox.get()
+        assert response.status == 200 and response.call_id == request.call_id
+    finally:
+        await biz.close()
+
+
+def test_salvage_error_response():
+    raw = options().replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")
+    out = salvage_error_response(raw, 400, "Bad Request - CSeq")
+    msg = parse_message(out)
+    assert msg.status == 400 and msg.reason == "Bad Request - CSeq" and msg.to.tag
+    assert salvage_error_response(raw.replace(b"Call-ID", b"X-Call"), 400, "x") is None
+    assert salvage_error_response(b"ACK sip:a@b SIP/2.0\r\n\r\n", 400, "x") is None
+    assert salvage_error_response(b"SIP/2.0 200 OK\r\n\r\n", 400, "x") is None
+    compact = (b"MESSAGE sip:a@b SIP/2.0\r\nv: SIP/2.0/TLS h;branch=z9hG4bKx\r\nf: <sip:a@b>;tag=1\r\n"
+               b"t: <sip:c@d>;tag=2\r\ni: abc\r\nCSeq: 3 MESSAGE\r\n\r\n")
+    msg = parse_message(salvage_error_response(compact, 400, "Bad"))
+    assert msg.to.tag == "2" and msg.call_id == "abc" and msg.cseq == (3, "MESSAGE")
+
+
+async def test_close_with_open_connections(pki, gateway):
+    ca = pki[0]
+    reader, writer = await raw_client(gateway.port, ca.cert_path)
+    writer.write(b"\r\n\r\n")
+    await asyncio.wait_for(reader.readexactly(2), 5)
+    await gateway.close()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert not gateway.connections
