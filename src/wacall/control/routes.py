@@ -324,6 +324,38 @@ async def number(wacall: Wacall, request: web.Request) -> web.Response:
 
 
 @handler
+async def app_record(wacall: Wacall, request: web.Request) -> web.Response:
+    """The app's permissions on its WABAs (e.g. take ``whatsapp_business_messaging`` away)."""
+    found = wacall.platform.apps.get(request.match_info["app_id"])
+    if found is None:
+        raise ControlError("unknown_app", f"no app {request.match_info['app_id']}", 404)
+    if request.method == "PATCH":
+        data = await body_of(request)
+        permissions = data.get("permissions")
+        if set(data) - {"permissions"} or not isinstance(permissions, list) or not all(
+                isinstance(p, str) for p in permissions):
+            raise ControlError("bad_field", "only permissions (a list of strings) can be set", 400)
+        patch(wacall, found, {"permissions": permissions})
+    return ok({"id": found.id, "name": found.name, "permissions": found.permissions, "waba_ids": found.waba_ids})
+
+
+@handler
+async def sip_hosts(wacall: Wacall, request: web.Request) -> web.Response:
+    """The gateway's hosts mapping: business SIP hostnames resolved to loopback addresses."""
+    if wacall.sip is None:
+        raise ControlError("no_sip", "the SIP gateway is not running (--sip-port -1)", 409)
+    resolver = wacall.sip.transport.resolver
+    if request.method == "POST":
+        data = await body_of(request)
+        try:
+            for name, address in data.items():
+                resolver.add(str(name), str(address))
+        except OSError as exc:
+            raise ControlError("not_loopback", str(exc), 400) from None
+    return ok({"hosts": resolver.hosts})
+
+
+@handler
 async def number_restrictions(wacall: Wacall, request: web.Request) -> web.Response:
     found = number_of(wacall, request)
     data = await body_of(request)
@@ -371,6 +403,10 @@ def control_routes(app: web.Application) -> None:
     r.add_route("GET", "/_wacall/numbers/{phone_number_id}", number)
     r.add_route("PATCH", "/_wacall/numbers/{phone_number_id}", number)
     r.add_post("/_wacall/numbers/{phone_number_id}/restrictions", number_restrictions)
+    r.add_route("GET", "/_wacall/apps/{app_id}", app_record)
+    r.add_route("PATCH", "/_wacall/apps/{app_id}", app_record)
+    r.add_route("GET", "/_wacall/sip/hosts", sip_hosts)
+    r.add_route("POST", "/_wacall/sip/hosts", sip_hosts)
     r.add_route("GET", "/_wacall/faults", faults)
     r.add_route("POST", "/_wacall/faults", faults)
     r.add_route("*", r"/_wacall{tail:(?s:/.*)?}", no_route)   # last: unknown path or method, before Graph's catch-all

@@ -124,12 +124,14 @@ class SipGateway:
     def trace(self, call_id: str | None, direction: str, message: Request | Response) -> None:
         """Put a SIP message on the call's timeline (``in`` from the business, ``out`` from Meta)."""
         call = self.platform.calls.get(call_id) if call_id else None
-        if call is None:
-            return
+        if call is not None:
+            self._note_message(call, direction, message)
+            self.wacall.commit_soon()
+
+    def _note_message(self, call: Call, direction: str, message: Request | Response) -> None:
         raw = message.to_bytes().decode("utf-8", "replace")
-        first = raw.split("\r\n", 1)[0]
-        self.platform.note(call, "sip_message", direction=direction, line=first, raw=raw[:TRACE_LIMIT])
-        self.wacall.commit_soon()
+        self.platform.note(call, "sip_message", direction=direction, line=raw.split("\r\n", 1)[0],
+                           raw=raw[:TRACE_LIMIT])
 
     def _send_response(self, txn: ServerTransaction, response: Response, call_id: str | None = None) -> None:
         self.trace(call_id, "out", response)
@@ -202,6 +204,11 @@ class SipGateway:
             self._check_digest(request, authorization, number, server)
             if not request.body or (request.content_type or "").split(";")[0].strip().lower() != SDP:
                 raise SipRefusal(403, "SDP Validation error: the INVITE carries no SDP offer")
+        except _Stale:                   # right password, old nonce: a fresh challenge (RFC 2617 §3.2.1)
+            txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
+                                    headers=[("Proxy-Authenticate", self.nonces.issue(stale=True).header_value()),
+                                             *self._meta_headers()]))
+            return
         except SipRefusal as refusal:
             self._refuse(txn, request, refusal)
             return
@@ -212,16 +219,18 @@ class SipGateway:
                         remote_target=_contact_uri(request) or str(from_uri),
                         route_set=request.headers.get_all("Record-Route"), invite=request, server_txn=txn)
         self._register(dialog)
+        def place() -> Call:
+            call = self.platform.sip_business_invite(number, server, ruri.user_number or "",
+                                                     request.body.decode("utf-8", "replace"), call_id=call_id, leg=leg)
+            self._note_message(call, "in", request)       # first on the ladder, before the 180 it causes
+            return call
         try:
-            self.wacall.apply(lambda: self.platform.sip_business_invite(
-                number, server, ruri.user_number or "", request.body.decode("utf-8", "replace"),
-                call_id=call_id, leg=leg))
+            self.wacall.apply(place)
         except SipRefusal as refusal:
             self._forget(dialog)
             self.wacall.media.release(call_id)
             self._refuse(txn, request, refusal)
             return
-        self.trace(call_id, "in", request)
         self.on_call_changed(call_id)
 
     def _check_digest(self, request: Request, authorization: str, number, server: dict) -> None:
@@ -235,8 +244,10 @@ class SipGateway:
         if creds.uri is None or not _same_uri(creds.uri, request.uri):
             raise SipRefusal(403, BAD_DIGEST)
         verdict = self.nonces.verify(creds, method="INVITE", password=self.platform.sip_password(number, server))
+        if verdict is digest.Verdict.STALE:
+            raise _Stale()
         if verdict is not digest.Verdict.OK:
-            raise SipRefusal(403, f"{BAD_DIGEST} ({verdict.value})")
+            raise SipRefusal(403, BAD_DIGEST)
 
     def on_cancel(self, txn: ServerTransaction, cancel: Request) -> None:
         dialog = self.by_sip_call_id.get(cancel.call_id)
@@ -590,6 +601,10 @@ class SipGateway:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+class _Stale(Exception):
+    """The digest was right but its nonce expired."""
+
+
 def _uuid() -> str:
     import uuid
     return str(uuid.uuid4())

@@ -1,0 +1,224 @@
+"""The SIP gateway against Debian's SIPp over TLS (stunnel4 carries TLS for SIPp, which has none):
+business-initiated calls with Meta's 407 digest challenge, and every documented refusal with its
+exact status and reason text (calling-wire-spec §7.2, §8.2)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from support.sip_tools import (Sipp, Stunnel, bic_auth_uri, bic_keys, expect_status_scenario, render_scenario,
+                               scenario_path)
+
+ALICE, BRUNO, DAVE = "447700900001", "5511987650002", "14155550004"
+HOST = "pbx.business.example"
+
+
+@pytest.fixture
+def sip(wa, tmp_path):
+    """The default number switched to SIP (SDES) with the business server pbx.business.example, a
+    stunnel client in front of SIPp that verifies wa.meta.vc's certificate, and the SIP password."""
+    info = wa.info["sip"]
+    assert info and info["domain"] == "wa.meta.vc"
+    response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {
+        "status": "ENABLED", "srtp_key_exchange_protocol": "SDES",
+        "sip": {"status": "ENABLED", "servers": [{"hostname": HOST, "port": 5061}]}}})
+    assert response.status_code == 200, response.text
+    settings = wa.graph("GET", f"{wa.pnid}/settings", params={"include_sip_credentials": "true"}).json()
+    password = settings["calling"]["sip"]["servers"][0]["sip_user_password"]
+    for wa_id in (ALICE, DAVE):
+        assert wa.ctl("POST", f"users/{wa_id}/permission_replies", {
+            "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
+    assert wa.ctl("PATCH", f"users/{ALICE}", {"answer_after": 0.2}).status_code == 200
+    assert wa.ctl("PATCH", f"users/{DAVE}", {"answer_after": 0.2}).status_code == 200
+    tunnel = Stunnel.client(("127.0.0.1", info["port"]), ca=Path(info["ca_file"]), check_host="wa.meta.vc",
+                            workdir=tmp_path / "stunnel").start()
+    yield Sip(wa, tunnel, password, tmp_path)
+    tunnel.stop()
+
+
+class Sip:
+    def __init__(self, wa, tunnel: Stunnel, password: str, tmp: Path) -> None:
+        self.wa, self.tunnel, self.password, self.tmp = wa, tunnel, password, tmp
+        self.business = wa.info["display_phone_number"]
+        self.runs = 0
+
+    def sipp(self, scenario, *, user: str = ALICE, business: str | None = None, from_domain: str = HOST,
+             password: str | None = None, hold_ms: int = 1000, calls: int = 1, **kwargs) -> Sipp:
+        self.runs += 1
+        business = business or self.business
+        return Sipp(scenario, self.tunnel.address, calls=calls,
+                    keys=bic_keys(user, business, from_domain), auth=(business, password or self.password),
+                    auth_uri=bic_auth_uri(user), pause_ms=hold_ms, workdir=self.tmp / f"sipp{self.runs}", **kwargs)
+
+    def expect(self, status: int, reason: str, **kwargs):
+        scenario = expect_status_scenario(self.tmp, status, reason)
+        result = self.sipp(scenario, **kwargs).run(timeout=60)
+        result.assert_ok(1)
+        final = [t for t in result.received() if t.startswith(f"SIP/2.0 {status} ")]
+        assert final and _first_line(final[-1]) == f"SIP/2.0 {status} {reason}", result.describe()
+        return final[-1]
+
+
+def _header(message: str, name: str) -> list[str]:
+    head = re.split(r"\r?\n\r?\n", message, maxsplit=1)[0]
+    return [line.split(":", 1)[1].strip() for line in head.splitlines()
+            if line.lower().startswith(name.lower() + ":")]
+
+
+def _first_line(message: str) -> str:
+    return message.splitlines()[0].strip()
+
+
+def _sip_calls(wa) -> list[dict]:
+    return [wa.call(c["call_id"]) for c in wa.ctl("GET", "calls").json()["data"]]
+
+
+def test_business_call_with_digest_is_established_and_ended_with_bye(sip, receiver):
+    result = sip.sipp("bic_digest.xml", hold_ms=1500).run(timeout=60)
+    result.assert_ok(1)
+    assert result.statuses()[:1] == [407] and 180 in result.statuses() and 200 in result.statuses()
+    challenge = next(t for t in result.received() if t.startswith("SIP/2.0 407 "))
+    assert challenge.startswith("SIP/2.0 407 Proxy Authentication Required")
+    assert re.fullmatch(r'Digest realm="wa\.meta\.vc",nonce="[0-9a-f]{16}",opaque="[0-9a-f]{16}",'
+                        r'algorithm=MD5,qop="auth"', _header(challenge, "Proxy-Authenticate")[0])
+    ok = next(t for t in result.received() if t.startswith("SIP/2.0 200 ") and "INVITE" in _header(t, "CSeq")[0])
+    assert _header(ok, "Record-Route") == ["<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>",
+                                           "<sip:wa.meta.vc;transport=tls;lr>"]
+    assert _header(ok, "X-FB-External-Domain") == ["wa.meta.vc"]
+    assert _header(ok, "Allow") == ["INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS"]
+    assert _header(ok, "Contact")[0].startswith(f"<sip:+{ALICE}@wa.meta.vc;transport=tls;ob;")
+    body = re.split(r"\r?\n\r?\n", ok, maxsplit=1)[1]
+    assert "m=audio" in body and "RTP/SAVP 111 126" in body and "a=crypto:1 AES_CM_128_HMAC_SHA1_80" in body
+    assert "a=ice-lite" not in body, "SDES: no ICE"
+
+    [call] = _sip_calls(sip.wa)
+    assert call["direction"] == "BUSINESS_INITIATED" and call["signalling"] == "sip"
+    assert call["state"] == "ENDED" and call["ended_by"] == "business" and call["duration"] >= 1
+    assert call["pulses"] >= 1, "SIP calls are priced like Graph calls"
+    lines = [e["line"] for e in call["timeline"] if e["kind"] == "sip_message"]
+    assert lines[0].startswith("INVITE sip:+447700900001@wa.meta.vc;transport=tls")
+    assert any(line == "SIP/2.0 180 Ringing" for line in lines)
+    assert any(line.startswith("ACK ") for line in lines) and any(line.startswith("BYE ") for line in lines)
+    assert any(e["kind"] == "webhook_suppressed" for e in call["timeline"])
+    time.sleep(0.5)
+    assert not [d for d in receiver.deliveries if d.field == "calls"], "no calling webhooks for SIP numbers"
+
+
+def test_user_hangs_up_a_business_call_gateway_sends_bye_with_duration(sip):
+    """The user ends an established business-initiated call: Meta's BYE carries Reason, the wacid and
+    x-wa-meta-call-duration; SIPp (as the business) answers it 200."""
+    scenario = scenario_path("bic_digest_remote_bye.xml")
+    sipp = sip.sipp(scenario).start()
+    call_id = sip.wa.wait_for(lambda: next((c["call_id"] for c in sip.wa.ctl("GET", "calls").json()["data"]
+                                            if sip.wa.call(c["call_id"])["state"] == "ACCEPTED"), None),
+                              what="the call to be answered")
+    time.sleep(1.2)
+    assert sip.wa.ctl("POST", f"calls/{call_id}/hangup").status_code == 200
+    result = sipp.wait(timeout=30)
+    result.assert_ok(1)
+    bye = next(t for t in result.received() if t.startswith("BYE "))
+    assert _header(bye, "x-wa-meta-wacid") == [call_id]
+    assert int(_header(bye, "x-wa-meta-call-duration")[0]) >= 1
+    assert _header(bye, "Reason") == ['Q.850;cause=16;text="NORMAL_CLEARING"']
+    assert sip.wa.call(call_id)["ended_by"] == "user"
+
+
+NEGATIVE = {
+    "unknown business number": dict(status=400, reason="Asset not found, invalid business phone number",
+                                    business="15550000000"),
+    "From domain not configured": dict(status=403, reason=(
+        "SIP server other.example from INVITE does not match any SIP server configured for phone number id "
+        "{pnid}"), from_domain="other.example"),
+    "no call permission": dict(status=403, reason=(
+        "No Approved Call Permission Found: No approved call permission from the recipient"), user=BRUNO),
+    "bad digest password": dict(status=403, reason="Invalid digest response", password="wrong"),
+}
+
+
+@pytest.mark.parametrize("case", list(NEGATIVE))
+def test_refusals_have_metas_status_and_reason(sip, case):
+    spec = dict(NEGATIVE[case])
+    status, reason = spec.pop("status"), spec.pop("reason").format(pnid=sip.wa.pnid)
+    final = sip.expect(status, reason, **spec)
+    assert _header(final, "X-FB-External-Domain") == ["wa.meta.vc"]
+    if case == "From domain not configured":
+        assert _header(final, "Warning") == [f'399 wa.meta.vc "{reason}"']
+    assert sip.wa.ctl("GET", "calls").json()["data"] == [], "a refused INVITE creates no call"
+
+
+def test_a_sub_domain_of_the_from_domain_matches_the_configured_server(sip):
+    """Configured pbx.business.example; From: …@business.example is accepted (Meta's rule)."""
+    result = sip.sipp("bic_digest.xml", from_domain="business.example", hold_ms=200).run(timeout=60)
+    result.assert_ok(1)
+
+
+def test_app_not_authorized_for_the_number(sip):
+    app_id = sip.wa.info["app_id"]
+    assert sip.wa.ctl("PATCH", f"apps/{app_id}", {"permissions": ["whatsapp_business_management"]}).status_code == 200
+    sip.expect(403, f"The app {app_id} configured for SIP server {HOST} is not authorized for phone number id "
+                    f"{sip.wa.pnid}")
+
+
+def test_daily_connected_call_limit(sip):
+    assert sip.wa.ctl("PATCH", "limits", {"bic_connected_per_24h": 1}).status_code == 200
+    sip.sipp("bic_digest.xml", hold_ms=200).run(timeout=60).assert_ok(1)
+    sip.expect(403, "Business Initiated Connected Call Per Day Limit Hit")
+
+
+def test_duplicate_call(sip):
+    first = sip.sipp("bic_digest.xml", hold_ms=4000).start()
+    sip.wa.wait_for(lambda: any(sip.wa.call(c["call_id"])["state"] == "ACCEPTED"
+                                for c in sip.wa.ctl("GET", "calls").json()["data"]), what="first call up")
+    sip.expect(403, "Duplicate call: a call between this business number and the recipient is already in progress")
+    first.wait(timeout=30).assert_ok(1)
+
+
+def test_user_declines_480_when_unanswered_and_503_over_capacity(sip):
+    assert sip.wa.ctl("PATCH", f"users/{DAVE}", {"incoming": "reject"}).status_code == 200
+    sip.expect(486, "User declined the call", user=DAVE)
+    assert sip.wa.ctl("PATCH", f"users/{ALICE}", {"incoming": "ignore"}).status_code == 200
+    done = {}
+    runner = threading.Thread(target=lambda: done.setdefault("final", sip.expect(480, "Temporarily Unavailable")))
+    runner.start()
+    sip.wa.wait_for(lambda: any(sip.wa.call(c["call_id"])["state"] == "RINGING"
+                                for c in sip.wa.ctl("GET", "calls").json()["data"]), what="ringing")
+    sip.wa.advance(61)                        # the ring timeout, on the virtual clock
+    runner.join(60)
+    assert "final" in done
+    assert sip.wa.ctl("PATCH", "limits", {"concurrent_calls": 0}).status_code == 200
+    sip.expect(503, "Service Unavailable")
+
+
+def test_cancel_before_answer_gets_487(sip):
+    assert sip.wa.ctl("PATCH", f"users/{ALICE}", {"incoming": "manual"}).status_code == 200
+    result = sip.sipp("bic_cancel.xml").run(timeout=60)
+    result.assert_ok(1)
+    assert "SIP/2.0 487 Request Terminated" in [_first_line(t) for t in result.received()]
+    [call] = _sip_calls(sip.wa)
+    assert call["state"] == "ENDED" and call["ended_by"] == "business"
+
+
+def test_ip_address_in_the_request_uri_gets_404(sip):
+    text = scenario_path("bic_expect_status.xml").read_text().replace(
+        "INVITE sip:+[user]@wa.meta.vc;transport=tls", "INVITE sip:+[user]@127.0.0.1;transport=tls")
+    template = sip.tmp / "bic_ip_template.xml"
+    template.write_text(text)
+    scenario = render_scenario(str(template), sip.tmp, STATUS=404, REASON_RE="Not found")
+    result = sip.sipp(scenario).run(timeout=60)
+    result.assert_ok(1)
+    assert [_first_line(t) for t in result.received()][-1] == "SIP/2.0 404 Not found"
+
+
+def test_options_register_and_reinvite(sip):
+    result = sip.sipp("options_register.xml").run(timeout=60)
+    result.assert_ok(1)
+    lines = [_first_line(t) for t in result.received()]
+    assert "SIP/2.0 200 OK" in lines and "SIP/2.0 403 Forbidden" in lines
+    reinvite = sip.sipp("bic_reinvite.xml").run(timeout=60)
+    reinvite.assert_ok(1)
+    assert "SIP/2.0 500 Internal Server Error" in [_first_line(t) for t in reinvite.received()]
