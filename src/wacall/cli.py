@@ -38,6 +38,7 @@ def serve(
                                            help="SIP/TLS port of the gateway (default 5061; 0: any free port; "
                                                 "-1: no SIP gateway)"),
     pki_dir: Optional[str] = typer.Option(None, "--pki-dir", help="the local CA directory (default ~/.wacall/pki)"),
+    sip_t1: Optional[float] = typer.Option(None, "--sip-t1", help="RFC 3261 T1 in seconds (default 0.5)"),
     sip_hosts: list[str] = typer.Option([], "--sip-host",
                                         help="NAME=ADDRESS: resolve a business SIP hostname to a loopback address"),
 ) -> None:
@@ -55,6 +56,8 @@ def serve(
         cfg.sip.port = sip_port
     if pki_dir is not None:
         cfg.sip.pki_dir = pki_dir
+    if sip_t1 is not None:
+        cfg.sip.t1 = sip_t1
     for mapping in sip_hosts:
         name, _, address = mapping.partition("=")
         if not name or not address:
