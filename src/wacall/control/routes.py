@@ -120,7 +120,14 @@ def patch(wacall: Wacall, record, data: dict) -> None:
 
 @handler
 async def health(wacall: Wacall, request: web.Request) -> web.Response:
-    return ok({"status": "ok", "now": wacall.clock.now()})
+    sip = None
+    if wacall.sip is not None:
+        gateway = wacall.sip
+        sip = {"connections": len(gateway.transport.connections), "dialogs": len(gateway.dialogs),
+               "server_transactions": len(gateway.layer.server_transactions),
+               "client_transactions": len(gateway.layer.client_transactions),
+               "parse_errors": gateway.transport.stats.parse_errors, **gateway.stats}
+    return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip})
 
 
 @handler

@@ -537,7 +537,8 @@ def _via_target(response: Response) -> tuple[str | None, str | None, int]:
 
 _COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
 _NEEDED = ("via", "from", "to", "call-id", "cseq")
-_REQUEST_LINE = re.compile(rb"^([A-Za-z0-9.!%*_+`'~-]+) +\S+ +SIP/\d+\.\d+\s*$")
+#: loose on purpose: a Request-URI with spaces in it (RFC 4475 §3.1.2.8) still gets its 400
+_REQUEST_LINE = re.compile(rb"^([A-Za-z0-9.!%*_+`'~-]+) +.+? +SIP/\d+\.\d+\s*$")
 _TAG = re.compile(r";\s*tag\s*=", re.IGNORECASE)
 
 
@@ -579,7 +580,7 @@ def salvage_error_response(raw: bytes, status: int, reason: str) -> bytes | None
     if any(ch in v for vs in fields.values() for v in vs for ch in "\r\n\x00"):
         return None
     cseq = fields["cseq"][0].split()
-    if len(cseq) != 2 or not cseq[0].isdigit():
+    if len(cseq) != 2 or not (cseq[0].isascii() and cseq[0].isdigit()):
         return None
     to = fields["to"][0]
     if not _TAG.search(to):
