@@ -15,6 +15,13 @@ a work directory and their tails are part of every failure message.
   recordings out, RFC 4733 in and out) driven over its ``ctrl_tcp`` JSON-netstring socket.
 * :class:`Kamailio`: plays Meta's gateway for business-initiated calls (407 digest challenge, then
   200 OK with a canned SDES answer) from ``bench/kamailio/wa-meta-vc.cfg``: the benchmark baseline.
+* :class:`FakeDns`: the DNS server baresip asks (and the only one), so ``wa.meta.vc`` in Meta's
+  Record-Route resolves to the gateway and no query leaves the machine.
+
+Scenarios (``tests/data/sipp``): ``bic_digest.xml`` (the full business-initiated call),
+``bic_expect_status.xml`` (a template: :func:`expect_status_scenario`), ``bic_cancel.xml``,
+``uas_401.xml`` (a business server challenging Meta with 401) and ``uas_meta_cancel.xml`` (a
+ringing stand-in for Meta). :func:`bic_keys` / :func:`uas_keys` give their ``-key`` values.
 
 Binaries come from Debian packages listed in ``scripts/apt-packages`` (found with ``shutil.which``);
 ports are free ports picked by binding port 0 on 127.0.0.1. Everything stays on loopback.
@@ -23,6 +30,7 @@ ports are free ports picked by binding port 0 on 127.0.0.1. Everything stays on 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import re
@@ -33,6 +41,7 @@ import subprocess
 import tempfile
 import time
 import wave
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +293,7 @@ class _Process:
                                          cwd=cwd or self.workdir, env=dict(env) if env else None,
                                          start_new_session=True)
         self.argv = list(argv)
+        _LIVE.add(self)
 
     @property
     def pid(self) -> int | None:
@@ -349,6 +359,17 @@ class _Process:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
+
+
+_LIVE: "weakref.WeakSet[_Process]" = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Safety net for a crashed test run: kill every tool process still running at exit."""
+    for tool in list(_LIVE):
+        if tool.proc is not None and tool.proc.poll() is None:
+            _signal_group(tool.proc, signal.SIGKILL)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -426,7 +447,7 @@ class Stunnel(_Process):
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> "Stunnel":
-        binary = find_binary("stunnel4", "stunnel4") if shutil.which("stunnel4") else find_binary("stunnel", "stunnel4")
+        binary = find_binary("stunnel4", "stunnel4")
         self.config.write_text(self.config_text())
         self._spawn([binary, str(self.config)])
         self._wait_listening([self.accept_port], timeout)
@@ -673,7 +694,7 @@ class FakeDns:
 
     Meta's Record-Route is ``<sip:wa.meta.vc;transport=tls;lr>``: a real UA sends ACK and BYE to
     that host, resolving ``_sips._tcp.wa.meta.vc`` (SRV) and then the A record (RFC 3263). With
-    :meth:`add_host` ``("wa.meta.vc", port=<gateway TLS port>)`` those lookups land on the gateway.
+    :meth:`add_host` ``("wa.meta.vc", tls_port=<gateway TLS port>)`` those lookups land on the gateway.
     Unknown names get NXDOMAIN, so no query ever leaves the machine. :attr:`queries` logs
     ``(name, type)`` of every question.
     """
