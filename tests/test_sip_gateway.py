@@ -125,6 +125,10 @@ def test_user_hangs_up_a_business_call_gateway_sends_bye_with_duration(sip):
     assert _header(bye, "x-wa-meta-wacid") == [call_id]
     assert int(_header(bye, "x-wa-meta-call-duration")[0]) >= 1
     assert _header(bye, "Reason") == ['Q.850;cause=16;text="NORMAL_CLEARING"']
+    ok = next(t for t in result.received() if t.startswith("SIP/2.0 200 "))
+    meta_tag = re.search(r";tag=([^;>\s]+)", _header(ok, "To")[0]).group(1)
+    assert _header(bye, "From")[0].endswith(f";tag={meta_tag}") and _header(bye, "From")[0].count("tag=") == 1
+    assert _header(bye, "To")[0].count("tag=") == 1, "the business's tag, once"
     assert sip.wa.call(call_id)["ended_by"] == "user"
 
 

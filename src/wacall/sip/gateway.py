@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
 from ..domain.sip import BAD_DIGEST, SipRefusal
 from . import digest
-from .message import Headers, Request, Response, SipParseError, new_branch, new_tag, response_to
+from .message import Headers, Request, Response, SipParseError, new_branch, response_to
 from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
 from .transport import Connection, TlsTransport, TransportError
 from .uri import parse_name_addr, parse_uri
@@ -215,7 +215,8 @@ class SipGateway:
         call_id, leg = await self.wacall.new_call_leg()
         dialog = Dialog(call_id=call_id, direction=BUSINESS_INITIATED, sip_call_id=request.call_id,
                         local_tag=txn.local_tag, conn=txn.conn, remote_tag=request.from_.tag,
-                        local_uri=request.headers.get("To") or "", remote_uri=request.headers.get("From") or "",
+                        local_uri=_without_tag(request.headers.get("To") or ""),
+                        remote_uri=_without_tag(request.headers.get("From") or ""),
                         remote_target=_contact_uri(request) or str(from_uri),
                         route_set=request.headers.get_all("Record-Route"), invite=request, server_txn=txn)
         self._register(dialog)
@@ -360,24 +361,28 @@ class SipGateway:
     def _in_dialog_request(self, dialog: Dialog, method: str, extra: list[tuple[str, str]] = ()) -> Request:
         dialog.local_cseq = max(dialog.local_cseq, (dialog.invite.cseq[0] if dialog.direction == USER_INITIATED
                                                     and dialog.invite else 0)) + 1
-        target = dialog.remote_target
-        routes = self._routes_toward_business(dialog)
+        remote = dialog.remote_uri + (f";tag={dialog.remote_tag}" if dialog.remote_tag else "")
+        h = self._headers(dialog, method, dialog.local_cseq, to=remote,
+                          routes=self._routes_toward_business(dialog), extra=extra)
+        return Request(method, dialog.remote_target, h)
+
+    def _headers(self, dialog: Dialog, method: str, cseq: int, *, to: str, routes: list[str] = (),
+                 extra: list[tuple[str, str]] = (), via_params: str = "") -> Headers:
+        """The headers of a request Meta's gateway sends in (or to create) a dialog."""
         h = Headers()
-        h.add("Via", f"SIP/2.0/TLS {self.domain};branch={new_branch()}")
+        h.add("Via", f"SIP/2.0/TLS {self.domain};branch={new_branch()}{via_params}")
         h.add("Max-Forwards", "70")
         for route in routes:
             h.add("Route", route)
-        local = f"{dialog.local_uri};tag={dialog.local_tag}"
-        remote = dialog.remote_uri + (f";tag={dialog.remote_tag}" if dialog.remote_tag else "")
-        h.add("From", local)
-        h.add("To", remote)
+        h.add("From", f"{dialog.local_uri};tag={dialog.local_tag}")
+        h.add("To", to)
         h.add("Call-ID", dialog.sip_call_id)
-        h.add("CSeq", f"{dialog.local_cseq} {method}")
+        h.add("CSeq", f"{cseq} {method}")
         for name, value in extra:
             h.add(name, value)
         h.add("X-FB-External-Domain", self.domain)
         h.add("User-Agent", USER_AGENT)
-        return Request(method, target, h)
+        return h
 
     def _routes_toward_business(self, dialog: Dialog) -> list[str]:
         """The dialog's route set as seen past Meta's own proxies (RFC 3261 §12.1: the UAC reverses the
@@ -491,17 +496,7 @@ class SipGateway:
     def _uic_invite(self, dialog: Dialog, ruri: str, extra: list[tuple[str, str]], sdp: str,
                     auth: tuple[str, str] | None) -> Request:
         dialog.local_cseq += 1
-        h = Headers()
-        h.add("Via", f"SIP/2.0/TLS {self.domain};branch={new_branch()};alias")
-        h.add("Max-Forwards", "70")
-        h.add("From", f"{dialog.local_uri};tag={dialog.local_tag}")
-        h.add("To", dialog.remote_uri)
-        h.add("Call-ID", dialog.sip_call_id)
-        h.add("CSeq", f"{dialog.local_cseq} INVITE")
-        for name, value in extra:
-            h.add(name, value)
-        h.add("X-FB-External-Domain", self.domain)
-        h.add("User-Agent", USER_AGENT)
+        h = self._headers(dialog, "INVITE", dialog.local_cseq, to=dialog.remote_uri, extra=extra, via_params=";alias")
         if auth:
             h.add(*auth)
         h.add("Content-Type", SDP)
@@ -563,16 +558,8 @@ class SipGateway:
     def _send_ack(self, dialog: Dialog, response: Response) -> None:
         if dialog.conn is None or not dialog.conn.is_open:
             return
-        h = Headers()
-        h.add("Via", f"SIP/2.0/TLS {self.domain};branch={new_branch()}")
-        h.add("Max-Forwards", "70")
-        for route in self._routes_toward_business(dialog):
-            h.add("Route", route)
-        h.add("From", f"{dialog.local_uri};tag={dialog.local_tag}")
-        h.add("To", response.headers.get("To") or dialog.remote_uri)
-        h.add("Call-ID", dialog.sip_call_id)
-        h.add("CSeq", f"{response.cseq[0]} ACK")
-        h.add("X-FB-External-Domain", self.domain)
+        h = self._headers(dialog, "ACK", response.cseq[0], to=response.headers.get("To") or dialog.remote_uri,
+                          routes=self._routes_toward_business(dialog))
         ack = Request("ACK", dialog.remote_target, h)
         self.trace(dialog.call_id, "out", ack)
         self.layer.send_ack(ack, dialog.conn)
@@ -608,6 +595,16 @@ class _Stale(Exception):
 def _uuid() -> str:
     import uuid
     return str(uuid.uuid4())
+
+
+def _without_tag(value: str) -> str:
+    """A From/To value without its tag: the dialog adds the tags itself."""
+    try:
+        addr = parse_name_addr(value)
+    except SipParseError:
+        return value
+    addr.params.pop("tag", None)
+    return str(addr)
 
 
 def _contact_uri(message: Request | Response) -> str | None:
