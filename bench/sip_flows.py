@@ -142,7 +142,7 @@ def start_wacall(workdir: Path, users: int, extra: list[str]) -> WacallTarget:
     number switched to SIP with SDES and the business server FROM_DOMAIN (resolved to 127.0.0.1),
     ``users`` users with an approved permission who answer at once, and no limit in the way."""
     py = ROOT / ".venv" / "bin" / "python"
-    args = [str(py if py.exists() else sys.executable), "-m", "wacall", "serve", "--json", "--port", "0",
+    args = [str(py if py.exists() else sys.executable), *os.environ.get("WACALL_BENCH_PYFLAGS", "").split(), "-m", "wacall", "serve", "--json", "--port", "0",
             "--db", ":memory:", "--sip-port", "0", "--pki-dir", str(workdir / "wacall-pki"),
             f"--sip-host={FROM_DOMAIN}=127.0.0.1", *extra]
     stderr = open(workdir / "wacall-stderr.log", "w")

@@ -166,13 +166,18 @@ class Wacall:
 
     def commit_soon(self) -> None:
         """Persist notes added outside :meth:`apply` (SIP traces) on the next loop iteration."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:            # no loop (a synchronous caller): commit now
+            self._commit()
+            return
         if not self._commit_scheduled:
             self._commit_scheduled = True
 
             def run() -> None:
                 self._commit_scheduled = False
                 self._commit()
-            asyncio.get_running_loop().call_soon(run)
+            loop.call_soon(run)
 
     async def reset(self) -> None:
         """Back to the configured start: state, outbox, clock and media all cleared."""
@@ -194,7 +199,8 @@ class Wacall:
 
     # -- the media plane's reporter (wacall.media.relay.Reporter) ------------------------------------
     def note(self, call_id: str, kind: str, **data) -> None:
-        self.apply(lambda: self.platform.media_note(call_id, kind, **data))
+        self.platform.media_note(call_id, kind, **data)      # a timeline entry only: persisted with the next commit
+        self.commit_soon()
 
     def ended(self, call_id: str, code: int, reason: str) -> None:
         self.apply(lambda: self.platform.media_ended(call_id, code, reason))

@@ -28,7 +28,12 @@ class Record:
         raise NotImplementedError
 
     def to_doc(self) -> dict[str, Any]:
+        """A deep copy as plain data."""
         return dataclasses.asdict(self)
+
+    def fields_view(self) -> dict[str, Any]:
+        """The fields as they are (no copy): for serialising at once, e.g. by the store."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]):

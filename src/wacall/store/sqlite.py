@@ -131,7 +131,7 @@ class Store:
 
     @staticmethod
     def _save(conn: Connection, dirty: Iterable[Record]) -> None:
-        rows = [{"kind": r.KIND, "key": r.key, "doc": codec.dumps(r.to_doc())} for r in dirty]
+        rows = [{"kind": r.KIND, "key": r.key, "doc": codec.dumps(r.fields_view())} for r in dirty]
         if not rows:
             return
         stmt = sqlite_insert(records).values(rows)
