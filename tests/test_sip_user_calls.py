@@ -142,3 +142,24 @@ def test_breaking_metas_record_route_rule_kills_the_dialog(fast_t1, tmp_path):
                        for e in call["timeline"] if e["kind"] == "sip_message"), "no ACK can reach the business"
     finally:
         server.stop()
+
+
+def test_user_hangs_up_while_the_business_rings_meta_sends_cancel(wa, tmp_path):
+    server = BusinessServer(wa, tmp_path, scenario="uas_ring_cancel.xml").start()
+    try:
+        call_id = wa.user_calls(ALICE).json()["call_id"]
+        wa.wait_for(lambda: any(e.get("line") == "SIP/2.0 180 Ringing" for e in wa.call(call_id)["timeline"]),
+                    what="the business server ringing")
+        assert wa.ctl("POST", f"calls/{call_id}/hangup").status_code == 200
+        result = server.sipp.wait(timeout=20)
+        result.assert_ok(1)
+        cancel = next(t for t in result.received() if t.startswith("CANCEL "))
+        invite = next(t for t in result.received() if t.startswith("INVITE "))
+        assert cancel.splitlines()[0].split()[1] == invite.splitlines()[0].split()[1], "same Request-URI"
+        assert _header(cancel, "CSeq")[0].split()[0] == _header(invite, "CSeq")[0].split()[0]
+        ladder = [e["line"] for e in wa.call(call_id)["timeline"] if e["kind"] == "sip_message"]
+        assert any(line.startswith("CANCEL ") for line in ladder)
+        assert "SIP/2.0 487 Request Terminated" in ladder
+        assert wa.call(call_id)["ended_by"] == "user"
+    finally:
+        server.stop()
