@@ -109,3 +109,14 @@ def test_abuse_garbage_oversize_and_non_tls_leave_the_gateway_serving(gateway):
         lambda: (h := gateway.ctl("GET", "health").json()["sip"])["server_transactions"] == 0
         and h["client_transactions"] == 0 and h, timeout=10, what="no transaction left behind")
     assert health["dialogs"] == 0
+
+
+def test_a_taken_sip_port_is_a_clear_error_not_a_traceback(gateway):
+    import subprocess
+    import sys
+    port = str(gateway.info["sip"]["port"])
+    done = subprocess.run([sys.executable, "-m", "wacall", "serve", "--port", "0", "--db", ":memory:", "--json",
+                           "--sip-port", port, "--pki-dir", str(Path(gateway.info["sip"]["ca_file"]).parent)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "cannot listen" in done.stderr and "Traceback" not in done.stderr, done.stderr

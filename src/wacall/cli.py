@@ -72,7 +72,13 @@ async def _serve(cfg, host: str, port: int, db: str, json_output: bool) -> None:
     from .server import Wacall
 
     wacall = Wacall(cfg, db=db, host=host, port=port)
-    await wacall.start()
+    try:
+        await wacall.start()
+    except OSError as exc:
+        await wacall.stop()
+        typer.echo(f"wacall: cannot listen: {exc} (the Graph API on --port {port}, the SIP gateway on "
+                   f"--sip-port {cfg.sip.port}; 0 picks a free port, --sip-port -1 turns SIP off)", err=True)
+        raise typer.Exit(2)
     info = wacall.info()
     if json_output:
         sys.stdout.write(codec.dumps(info) + "\n")
