@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from wacall_process import WacallProcess  # noqa: E402
 NOMINAL_PPS = 50.0
 LOSS_LIMIT = 0.01
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -78,52 +78,6 @@ def machine_block(b0: tuple, b1: tuple, measured_cores: float, seconds: float) -
 
 
 # -- wacall -----------------------------------------------------------------------------------------------
-
-class WacallProcess:
-    def __init__(self, profile: str | None = None, media_workers: int = 0) -> None:
-        self.profile = profile
-        self.media_workers = media_workers
-        self.proc: subprocess.Popen | None = None
-        self.info: dict = {}
-
-    def start(self) -> "WacallProcess":
-        py = str(ROOT / ".venv" / "bin" / "python")
-        if not Path(py).exists():
-            py = sys.executable
-        args = [py]
-        if self.profile:
-            args += ["-m", "cProfile", "-o", self.profile]
-        args += ["-m", "wacall", "serve", "--json", "--port", "0", "--db", ":memory:",
-                 "--media-workers", str(self.media_workers)]
-        self.stderr = open(HERE / "results" / "wacall-stderr.log", "w")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("wacall did not start (see bench/results/wacall-stderr.log)")
-        self.info = json.loads(line)
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def pids(self) -> list[int]:
-        """The server and its media worker processes."""
-        with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-            return [self.pid, *(int(p) for p in f.read().split())]
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.stderr.close()
-
 
 def create_users(info: dict, n: int, prefix: str = "4479") -> list[str]:
     """n users able to call the business (one call per business-user pair at a time)."""
@@ -271,7 +225,7 @@ def _deadline_ok(deadline: float, needed: float) -> bool:
 
 def ramp_wacall(args, steps: list[int], deadline: float, log) -> dict:
     from business_peer import WorkerHandle
-    wacall = WacallProcess(profile=args.profile_wacall, media_workers=args.media_workers).start()
+    wacall = WacallProcess(extra=["--media-workers", str(args.media_workers)], profile=args.profile_wacall).start()
     info = wacall.info
     result: dict = {"steps": [], "wacall_pid": wacall.pid}
     workers: list = []

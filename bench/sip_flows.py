@@ -36,8 +36,6 @@ import argparse
 import json
 import os
 import resource
-import signal
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -50,7 +48,9 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
 
+from wacall_process import WacallProcess  # noqa: E402
 from support.sip_tools import (  # noqa: E402
     Kamailio, Sipp, Stunnel, TestPki, bic_auth_uri, bic_keys, make_test_pki, process_tree_cpu_seconds,
 )
@@ -114,7 +114,7 @@ def start_kamailio(workdir: Path, pki: TestPki, tcp_children: int, users: int) -
 
 @dataclass
 class WacallTarget:
-    proc: subprocess.Popen
+    wacall: WacallProcess
     address: tuple[str, int]
     ca: Path
     users: list[str]
@@ -125,38 +125,23 @@ class WacallTarget:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.wacall.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.wacall.stop()
 
 
-def start_wacall(workdir: Path, users: int, extra: list[str]) -> WacallTarget:
+def start_wacall(workdir: Path, users: int, extra: list[str], profile: str | None = None) -> WacallTarget:
     """``wacall serve --port 0 --sip-port 0 --json`` (its own CA in ``workdir``), the default business
     number switched to SIP with SDES and the business server FROM_DOMAIN (resolved to 127.0.0.1),
     ``users`` users with an approved permission who answer at once, and no limit in the way."""
-    py = ROOT / ".venv" / "bin" / "python"
-    args = [str(py if py.exists() else sys.executable), *os.environ.get("WACALL_BENCH_PYFLAGS", "").split(), "-m", "wacall", "serve", "--json", "--port", "0",
-            "--db", ":memory:", "--sip-port", "0", "--pki-dir", str(workdir / "wacall-pki"),
-            f"--sip-host={FROM_DOMAIN}=127.0.0.1", *extra]
-    stderr = open(workdir / "wacall-stderr.log", "w")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(5)
-        raise SystemExit(f"wacall did not start (see {workdir / 'wacall-stderr.log'})")
-    info = json.loads(line)
+    wacall = WacallProcess(extra=["--sip-port", "0", "--pki-dir", str(workdir / "wacall-pki"),
+                                  f"--sip-host={FROM_DOMAIN}=127.0.0.1", *extra],
+                           stderr_path=workdir / "wacall-stderr.log", profile=profile).start()
+    info = wacall.info
     sip = info.get("sip") or {}
     if not sip.get("port"):
-        proc.kill()
+        wacall.stop()
         raise SystemExit(f"wacall serve printed no SIP port: {sorted(info)}")
     graph = f"{info['graph_url']}/v23.0"
     auth = {"Authorization": f"Bearer {info['access_token']}"}
@@ -165,7 +150,7 @@ def start_wacall(workdir: Path, users: int, extra: list[str]) -> WacallTarget:
     with httpx.Client(timeout=30) as http:
         def ok(response: httpx.Response) -> httpx.Response:
             if response.status_code >= 300:
-                proc.kill()
+                wacall.stop()
                 raise SystemExit(f"wacall set-up: {response.request.method} {response.request.url}: "
                                  f"{response.status_code} {response.text}")
             return response
@@ -188,7 +173,7 @@ def start_wacall(workdir: Path, users: int, extra: list[str]) -> WacallTarget:
                 "phone_number_id": pnid, "response": "accept", "via": "business_profile"}))
             ok(http.patch(f"{ctl}/users/{wa_id}", json={"answer_after": 0}))
     business = "".join(ch for ch in info["display_phone_number"] if ch.isdigit())
-    return WacallTarget(proc, (sip.get("host", "127.0.0.1"), int(sip["port"])), Path(sip["ca_file"]),
+    return WacallTarget(wacall, (sip.get("host", "127.0.0.1"), int(sip["port"])), Path(sip["ca_file"]),
                         wa_ids, business, FROM_DOMAIN, password)
 
 
@@ -365,6 +350,8 @@ def main() -> None:
     parser.add_argument("--hold-ms", type=int, default=0, help="pause between ACK and BYE (SIPp -d)")
     parser.add_argument("--kamailio-tcp-children", type=int, default=2, help="kamailio TLS workers")
     parser.add_argument("--wacall-arg", action="append", default=[], help="extra argument for wacall serve")
+    parser.add_argument("--profile-wacall", metavar="PATH", help="run wacall under cProfile, write stats to PATH "
+                        "(inflates wacall's CPU: use for hot spots, not for the figures)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target to CPU 0")
     parser.add_argument("--workdir", help="keep logs here (default: a temporary directory)")
     args = parser.parse_args()
@@ -389,7 +376,7 @@ def main() -> None:
             pki = make_test_pki(workdir / "pki", [FROM_DOMAIN])
             target: Target = start_kamailio(workdir, pki, args.kamailio_tcp_children, users)
         else:
-            target = start_wacall(workdir, users, args.wacall_arg)
+            target = start_wacall(workdir, users, args.wacall_arg, args.profile_wacall)
         try:
             ramps.append(ramp(target, workdir, rates, args.seconds, limit, args.hold_ms, not args.no_pin, log))
         finally:

@@ -11,13 +11,12 @@ import hashlib
 import hmac
 import io
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from support.harness import Receiver, Wacall
+from support.harness import Receiver, Wacall, wait_until
 from support.sdp_samples import business_answer, business_offer
 
 DATA = Path(__file__).parent / "data"
@@ -138,16 +137,6 @@ def journal(wa: Wacall, **params) -> list[dict]:
     return response.json()["data"]
 
 
-def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def subscribe_app(wa: Wacall, app_id: str, secret: str, url: str, verify_token: str):
     return wa.graph("POST", f"{app_id}/subscriptions", token=None, params={
         "object": "whatsapp_business_account", "callback_url": url, "verify_token": verify_token,
@@ -220,7 +209,7 @@ def test_failing_receiver_and_crash_lose_nothing(emulator, receivers):
     clock_before = wa.ctl("GET", "clock").json()["offset"]
 
     # the receiver has turned the head of the queue away a few times
-    wait_until(lambda: len(journal(wa)[0]["attempt_log"]) >= 2, what="failed attempts")
+    wait_until(lambda: len(journal(wa)[0]["attempt_log"]) >= 2, what="failed attempts", timeout=15)
     assert rx.deliveries == []
     pending_before = journal(wa)
     assert all(item["status"] == "pending" for item in pending_before)
@@ -268,7 +257,7 @@ def test_failing_receiver_and_crash_lose_nothing(emulator, receivers):
                  ("permission_reply", dave_call, "accept", "automatic")}
 
     wait_until(lambda: len(journal(wa)[0]["attempt_log"]) > len(after_restart[0]["attempt_log"]) + 1,
-               what="failed attempts after the restart")
+               what="failed attempts after the restart", timeout=15)
     assert rx.deliveries == []
 
     # -- the receiver recovers --------------------------------------------------------------------
@@ -278,7 +267,7 @@ def test_failing_receiver_and_crash_lose_nothing(emulator, receivers):
     assert failures >= 4
     rx.wait(lambda r: expected <= events(r), timeout=20, what=f"every expected event ({len(expected)})")
     items = wait_until(lambda: (j := journal(wa)) and all(i["status"] == "delivered" for i in j) and j,
-                       what="the whole outbox delivered")
+                       what="the whole outbox delivered", timeout=15)
     received = events(rx)
     assert expected <= received, expected - received
     assert rx.bad_signatures == 0
@@ -329,7 +318,7 @@ def test_attempt_cut_short_by_a_crash_is_sent_again(emulator, receivers):
     assert wa.subscribe(rx.url).status_code == 200
     rx.hang_seconds = 0.8                              # slower than usual, within the 1 s timeout
     call_id = user_call(wa, ALICE)
-    wait_until(lambda: attempts, what="the first attempt to reach the receiver")
+    wait_until(lambda: attempts, what="the first attempt to reach the receiver", timeout=15)
     wa.kill()                                          # while the receiver is still working on it
     rx.hang_seconds = 0
     wa.start()
@@ -338,7 +327,7 @@ def test_attempt_cut_short_by_a_crash_is_sent_again(emulator, receivers):
     connects = [d for d in rx.snapshot() if identity(d.body) == (("call", call_id, "connect"),)]
     assert len({d.raw for d in connects}) == 1
     assert len({header(d, "X-Hub-Signature-256") for d in connects}) == 1
-    wait_until(lambda: all(i["status"] == "delivered" for i in journal(wa)), what="outbox delivered")
+    wait_until(lambda: all(i["status"] == "delivered" for i in journal(wa)), what="outbox delivered", timeout=15)
     assert rx.bad_signatures == 0
     head = journal(wa)[0]
     assert identity(head["body"]) == (("call", call_id, "connect"),)
@@ -352,9 +341,9 @@ def test_receiver_slower_than_the_timeout_is_retried(emulator, receivers):
     rx.hang_seconds = 1.5                              # the timeout is 1 s
     call_id = user_call(wa, ALICE)
     wait_until(lambda: any(a["error"] and "timed out" in a["error"] for a in journal(wa)[0]["attempt_log"]),
-               what="an attempt that timed out")
+               what="an attempt that timed out", timeout=15)
     rx.hang_seconds = 0
-    wait_until(lambda: all(i["status"] == "delivered" for i in journal(wa)), what="outbox delivered")
+    wait_until(lambda: all(i["status"] == "delivered" for i in journal(wa)), what="outbox delivered", timeout=15)
     head = journal(wa, call_id=call_id)[0]
     log = head["attempt_log"]
     assert log[0]["status_code"] is None and log[0]["error"].startswith("timed out")

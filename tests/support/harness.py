@@ -32,6 +32,19 @@ os.environ["WACALL_TEST_PKI"] = PKI_DIR          # subprocesses and xdist worker
 BUSINESS_SIP_HOSTS = ("pbx.business.example", "sip.business.example")
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+               describe: Callable[[], str] | None = None) -> Any:
+    """Poll ``predicate`` every 20 ms until it returns something truthy (returned), or fail after ``timeout``
+    seconds saying ``what`` was awaited (and ``describe()`` of what was seen instead)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}" + (f"; {describe()}" if describe else ""))
+
+
 class Wacall:
     """A running ``wacall serve --json`` process."""
 
@@ -148,13 +161,7 @@ class Wacall:
             "verify_token": self.info["verify_token"], "fields": fields, "access_token": self.app_token})
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = predicate()
-            if result:
-                return result
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
+        return wait_until(predicate, timeout, what)
 
     def wait_state(self, call_id: str, state: str, timeout: float = 10.0) -> dict:
         return self.wait_for(lambda: (c := self.call(call_id))["state"] == state and c, timeout,

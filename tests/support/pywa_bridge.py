@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from pywa import WhatsApp, types
 
-from .harness import Wacall
+from .harness import Wacall, wait_until
 
 META_GRAPH_HOST = "graph.facebook.com"
 
@@ -130,15 +130,10 @@ class PywaBusiness:
             return [r.value for r in self.raw if r.field == field_name]
 
     def wait(self, probe: Callable[[], Any], timeout: float = 10.0, what: str = "update") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = probe()
-            if result:
-                return result
-            time.sleep(0.02)
-        with self.lock:
-            seen = [(k, getattr(u, "id", None)) for k, u in self.updates]
-        raise AssertionError(f"timed out waiting for {what}; pywa handlers saw {seen}")
+        def seen() -> str:
+            with self.lock:
+                return f"pywa handlers saw {[(k, getattr(u, 'id', None)) for k, u in self.updates]}"
+        return wait_until(probe, timeout, what, describe=seen)
 
     def wait_one(self, kind: str, predicate: Callable[[Any], bool] = lambda _: True, timeout: float = 10.0) -> Any:
         return self.wait(lambda: self.of(kind, predicate), timeout, f"a pywa {kind} update")[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .calls import CallRules, digits_of
 from .errors import GraphError
-from .model import Call, PhoneNumber
+from .model import ENDED, PRE_ACCEPTED, RINGING, Call, PhoneNumber
 from . import settings as calling_settings
 
 MESSAGING = "whatsapp_business_messaging"
@@ -100,7 +100,7 @@ class SipRules(CallRules):
     def sip_business_ringing(self, call: Call, sdp: str | None) -> str | None:
         """180/183 from the business server; an SDP in it works like Graph's ``pre_accept``.
         Returns the SDP problem, if any (the call goes on without early media)."""
-        if not sdp or call.state != "RINGING":
+        if not sdp or call.state != RINGING:
             return None
         try:
             self.business_pre_accept(call, self.numbers[call.phone_number_id],
@@ -120,17 +120,17 @@ class SipRules(CallRules):
         return None
 
     def sip_business_declines(self, call: Call, status: int, reason: str) -> None:
-        if call.state in ("RINGING", "PRE_ACCEPTED"):
+        if call.state in (RINGING, PRE_ACCEPTED):
             self.note(call, "sip", event="declined", status=status, reason=reason)
             self._end(call, status="COMPLETED", reason="rejected", by="business")
 
     def sip_business_hangs_up(self, call: Call) -> None:
-        if call.state != "ENDED":
+        if call.state != ENDED:
             self.business_terminate(call, self.numbers[call.phone_number_id], {})
 
     def sip_call_failed(self, call: Call, reason: str, code: int = 138020) -> None:
         """The SIP dialog itself failed (no ACK, unreachable server, bad SDP in a 200 OK)."""
-        if call.state != "ENDED":
+        if call.state != ENDED:
             self.note(call, "sip", event="dialog_failed", reason=reason)
             self._end(call, status="FAILED", reason=f"sip: {reason}", by="platform",
                       errors=[GraphError(code, reason).as_webhook_error()])

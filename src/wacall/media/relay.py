@@ -165,7 +165,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.negotiated: Negotiated | None = None
         self.dtls: DtlsSrtpSession | None = None
         self.srtp: SrtpContext | None = None
-        self.remote: Addr | None = None
+        self.remote: Addr | None = None                  # where media goes: set through _latch
+        self._remote_transport: asyncio.DatagramTransport | None = None
         self.failure: tuple[int, str] | None = None        # why media never came up
         self.closed = False
         # the user's phone
@@ -223,11 +224,21 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             if transport:
                 transport.close()
 
+    def _transport_for(self, addr: Addr) -> asyncio.DatagramTransport | None:
+        return self.transport6 if ":" in addr[0] else self.transport
+
+    def _latch(self, addr: Addr | None) -> None:
+        """Send to ``addr`` from now on, through the socket of its address family (chosen once, not per packet)."""
+        self.remote = addr
+        self._remote_transport = self._transport_for(addr) if addr else None
+
     def _send(self, data: bytes, addr: Addr | None = None) -> None:
-        target = addr or self.remote
-        transport = self.transport6 if target and ":" in target[0] else self.transport
-        if target and transport and not transport.is_closing():
-            transport.sendto(data, target)
+        if addr is None:
+            addr, transport = self.remote, self._remote_transport
+        else:
+            transport = self._transport_for(addr)
+        if addr and transport and not transport.is_closing():
+            transport.sendto(data, addr)
 
     def _note_once(self, kind: str, **data: Any) -> None:
         if kind not in self._noted:
@@ -257,7 +268,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 self.failure = (138020, "no usable a=crypto line from the business")
                 return
             self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.sdes_key_b64), parse_crypto(n.remote_crypto))
-            self.remote = n.remote_addr
+            self._latch(n.remote_addr)
             self.reporter.note(self.call_id, "srtp_ready", key_exchange="SDES", suite=parse_crypto(n.remote_crypto).suite)
             return
         if n.remote_ufrag and n.remote_pwd:
@@ -291,7 +302,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         for event in result.events:
             if isinstance(event, Nominated):
                 first = self.remote is None
-                self.remote = event.addr
+                self._latch(event.addr)
                 self.reporter.note(self.call_id, "ice_connected" if first else "ice_switched",
                                    remote=f"{event.addr[0]}:{event.addr[1]}")
                 if first and self.dtls is not None and self.dtls.state == "new" and self.negotiated \
@@ -329,7 +340,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             self._note_once("dtls_before_answer")
             return
         if self.remote is None:
-            self.remote = addr
+            self._latch(addr)
         before = self.dtls.state
         self._dtls_out(self.dtls.feed(data))
         if self.dtls.state == "connected" and before != "connected":
@@ -371,8 +382,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             return
         payload_type = plain[1] & 0x7F
         sequence_number, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(plain, 2)
-        if self.negotiated and self.negotiated.key_exchange == "SDES":
-            self.remote = addr                      # symmetric RTP: latch the business's source
+        if addr != self.remote and self.negotiated and self.negotiated.key_exchange == "SDES":
+            self._latch(addr)                       # symmetric RTP: latch the business's source
         if not self.business_sent_first:
             self.business_sent_first = True
             self.first_packet_at = now

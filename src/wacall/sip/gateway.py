@@ -29,9 +29,11 @@ import logging
 import re
 import secrets
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..domain import settings as calling_settings
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
 from ..domain.sip import BAD_DIGEST, SipRefusal
 from . import digest
@@ -308,7 +310,7 @@ class SipGateway:
                 self._bic_follow(call, dialog)
         elif dialog is None and call.state == RINGING:
             dialog = Dialog(call_id=call.id, direction=USER_INITIATED, sip_call_id=f"outgoing:wacid.{call.id}",
-                            local_tag=str(_uuid()))
+                            local_tag=str(uuid.uuid4()))
             self._register(dialog)
             self._spawn(self._user_invite(call, dialog))
         elif dialog is not None and call.state == ENDED:
@@ -345,22 +347,20 @@ class SipGateway:
     def _dialog_response(self, invite: Request, dialog: Dialog, status: int, reason: str, *,
                          sdp: str | None = None) -> Response:
         """Meta's 180/200 to a business INVITE (§8.2): Record-Route, Contact, Allow, Supported, X-FB."""
-        headers: list[tuple[str, str]] = [("Record-Route", rr) for rr in reversed(meta_record_routes(self.domain))]
+        # the business's own Record-Route entries as received, then Meta's two (RFC 3261 §12.1.1)
+        headers = [("Record-Route", rr) for rr in
+                   [*invite.headers.get_all("Record-Route"), *reversed(meta_record_routes(self.domain))]]
         user = invite.ruri.user_number or ""
         headers += [("Allow", ALLOW), ("Supported", "timer"), *self._meta_headers(),
                     ("Contact", f"<sip:{user}@{self.domain};transport=tls;ob;"
                                 f"X-FB-Sip-Smc-Tier=collaboration.sip_gateway.sip.prod>;isfocus")]
         body = sdp.encode() if sdp else b""
-        # the business's own Record-Route entries come first, as received (RFC 3261 §12.1.1)
-        for rr in reversed(invite.headers.get_all("Record-Route")):
-            headers.insert(0, ("Record-Route", rr))
         return response_to(invite, status, reason, to_tag=dialog.local_tag, headers=headers, body=body,
                            content_type=SDP if sdp else None)
 
     # -- in-dialog requests from Meta ------------------------------------------------------------------
     def _in_dialog_request(self, dialog: Dialog, method: str, extra: list[tuple[str, str]] = ()) -> Request:
-        dialog.local_cseq = max(dialog.local_cseq, (dialog.invite.cseq[0] if dialog.direction == USER_INITIATED
-                                                    and dialog.invite else 0)) + 1
+        dialog.local_cseq += 1        # BIC: from 0; UIC: after the INVITE's (RFC 3261 §12.2.1.1)
         remote = dialog.remote_uri + (f";tag={dialog.remote_tag}" if dialog.remote_tag else "")
         h = self._headers(dialog, method, dialog.local_cseq, to=remote,
                           routes=self._routes_toward_business(dialog), extra=extra)
@@ -435,7 +435,6 @@ class SipGateway:
 
     # -- user-initiated calls: Meta's INVITE to the business server ------------------------------------
     def _server_for(self, call: Call) -> dict | None:
-        from ..domain import settings as calling_settings
         number = self.platform.numbers[call.phone_number_id]
         servers = calling_settings.sip_servers(number.calling)
         return servers[0] if servers else None
@@ -590,11 +589,6 @@ class SipGateway:
 # -- helpers ---------------------------------------------------------------------------------------------
 class _Stale(Exception):
     """The digest was right but its nonce expired."""
-
-
-def _uuid() -> str:
-    import uuid
-    return str(uuid.uuid4())
 
 
 def _without_tag(value: str) -> str:

@@ -1,0 +1,63 @@
+"""``wacall serve --json`` as a benchmark target: a subprocess on loopback, its stderr in a log file,
+optionally under cProfile. Used by media_calls.py and sip_flows.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WacallProcess:
+    """``serve --json --port 0 --db :memory:`` plus ``extra`` arguments; ``info`` is its JSON line."""
+
+    def __init__(self, *, extra: Sequence[str] = (), stderr_path: Path | None = None,
+                 profile: str | None = None) -> None:
+        self.extra = list(extra)
+        self.stderr_path = stderr_path or ROOT / "bench" / "results" / "wacall-stderr.log"
+        self.profile = profile
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def start(self) -> "WacallProcess":
+        py = ROOT / ".venv" / "bin" / "python"
+        args = [str(py if py.exists() else sys.executable)]
+        if self.profile:        # inflates wacall's CPU: for hot spots, not for figures
+            args += ["-m", "cProfile", "-o", self.profile]
+        args += ["-m", "wacall", "serve", "--json", "--port", "0", "--db", ":memory:", *self.extra]
+        self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
+        self.stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        line = self.proc.stdout.readline()
+        if not line:
+            self.stop()
+            raise RuntimeError(f"wacall did not start (see {self.stderr_path})")
+        self.info = json.loads(line)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """The server and its media worker processes."""
+        with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+            return [self.pid, *(int(p) for p in f.read().split())]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
