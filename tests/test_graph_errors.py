@@ -12,6 +12,7 @@ against the ``GraphError(<code>`` raises in ``src/wacall``):
 code     HTTP    test
 =======  ======  ===========================================================================================
 1        400     test_1_oauth_bad_client_secret                 (also the catch-all for unexpected exceptions)
+2        503     test_2_media_relay_without_room_is_transient_and_recovers   (is_transient: true)
 10       403     test_10_app_without_permission                 (tests/data/errors.toml apps)
 100      400     test_100_bad_json_body, test_100_unexpected_session_key, test_100_invalid_sdp,
                  test_100_unknown_call_id, test_100_accept_sdp_differs_from_pre_accept,
@@ -46,7 +47,7 @@ code     HTTP    test
 138018   400     test_138018_no_calls_webhook_subscriber
 =======  ======  ===========================================================================================
 
-Not provoked: 2, 4, 200 and 131008 (in the catalogue, never raised); 138019-138023 (terminate-webhook-only
+Not provoked: 4, 200 and 131008 (in the catalogue, never raised); 138019-138023 (terminate-webhook-only
 client/media failures the virtual users never simulate); code 1 as the catch-all for an unexpected
 exception (that would be a wacall bug).
 """
@@ -80,6 +81,7 @@ E_NO_CALLS_FIELD_TOKEN = "EAAerrors0000no0calls0field"
 # code -> the tests that produce it (see the module docstring)
 COVERAGE: dict[int, list[str]] = {
     1: ["test_1_oauth_bad_client_secret"],
+    2: ["test_2_media_relay_without_room_is_transient_and_recovers"],
     10: ["test_10_app_without_permission"],
     100: ["test_100_bad_json_body", "test_100_unexpected_session_key", "test_100_invalid_sdp",
           "test_100_unknown_call_id", "test_100_accept_sdp_differs_from_pre_accept",
@@ -515,6 +517,31 @@ def test_138002_concurrent_calls_limit(wa):
     connected_call_id(connect(wa, to=ALICE))
     error = assert_graph_error(connect(wa, to=BRUNO), 138002, 429)
     assert "(1)" in details(error)
+
+
+def test_2_media_relay_without_room_is_transient_and_recovers():
+    """The relay cannot get its port (another program holds it): a connect gets Graph's transient
+    error, never code 1 or a 500; a user's call fails the way the app shows it; both recover."""
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("127.0.0.1", 0))
+    server = Wacall(extra=["--media-port", str(squatter.getsockname()[1])]).start()
+    try:
+        server.media_timeouts(False)
+        grant_permission(server, ALICE)
+        for _ in range(2):
+            error = assert_graph_error(connect(server, to=ALICE), 2, 503)
+            assert error["is_transient"] is True and "retry" in details(error).lower()
+        refused = server.user_calls(BRUNO)
+        assert refused.status_code == 503 and refused.json()["error"]["reason"] == "cannot_place_call"
+        squatter.close()
+        connected_call_id(connect(server, to=ALICE))
+        assert server.user_calls(BRUNO).status_code == 201
+    finally:
+        squatter.close()
+        server.close()
+    log = server.proc.stderr.read()
+    assert log.count("media capacity exhausted") == 1 and "media capacity recovered" in log
+    assert "Traceback" not in log
 
 
 def test_138003_duplicate_call(wa):

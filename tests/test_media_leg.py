@@ -1,4 +1,5 @@
-"""MediaEngine / MediaLeg: real UDP sockets on loopback, credentials, lifecycle; aiortc interop."""
+"""MediaEngine / MediaLeg on the engine's shared ports: real UDP sockets on loopback, credentials,
+routing by ICE ufrag and validated address, restore on the old port, aiortc interop."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.engine import MediaEngine
+from wacall.media.leg import MediaLeg
 from wacall.media.sdp import build_meta_offer, validate_business_sdp
+from wacall.media.stun import binding_request
 
 
 @pytest.fixture
@@ -19,37 +22,6 @@ async def engine():
     eng = MediaEngine()
     yield eng
     await eng.close()
-
-
-async def test_allocate_gives_fresh_credentials(engine: MediaEngine) -> None:
-    leg = await engine.allocate("wacid.A")
-    other = await engine.allocate("wacid.B")
-    assert leg.call_id == "wacid.A" and leg.host == "127.0.0.1"
-    assert 0 < leg.port < 65536 and leg.port != other.port
-    assert re.fullmatch(r"[A-Za-z0-9+/]{4,256}", leg.ice_ufrag)
-    assert re.fullmatch(r"[A-Za-z0-9+/]{22,256}", leg.ice_pwd)
-    assert leg.ice_ufrag != other.ice_ufrag and leg.ice_pwd != other.ice_pwd
-    assert 0 <= leg.ssrc < 2**32
-    assert len(base64.b64decode(leg.sdes_key_b64, validate=True)) == 30
-    assert leg.fingerprint == engine.certificate.fingerprint == DtlsCertificate.default().fingerprint
-    assert engine.get("wacid.A") is leg and engine.get("nope") is None
-    assert len(engine) == 2
-
-
-async def test_engine_uses_given_certificate() -> None:
-    cert = DtlsCertificate.generate()
-    eng = MediaEngine(certificate=cert)
-    try:
-        leg = await eng.allocate("c")
-        assert leg.fingerprint == cert.fingerprint
-        assert f"a=fingerprint:sha-256 {cert.fingerprint}\r\n" in build_meta_offer(leg)
-    finally:
-        await eng.close()
-
-
-async def test_allocate_is_idempotent_per_call(engine: MediaEngine) -> None:
-    leg = await engine.allocate("wacid.A")
-    assert await engine.allocate("wacid.A") is leg
 
 
 async def _wait_for(predicate, timeout: float = 1.0) -> None:
@@ -61,39 +33,186 @@ async def _wait_for(predicate, timeout: float = 1.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_leg_port_receives_datagrams(engine: MediaEngine) -> None:
+async def _recv(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 2048), 2)
+
+
+def _check(leg: MediaLeg, remote_ufrag: str = "biz1") -> bytes:
+    """A connectivity check a controlling business sends to ``leg`` (RFC 8445 section 7.1.1)."""
+    return binding_request(f"{leg.ice_ufrag}:{remote_ufrag}", priority=1, controlling=7,
+                           use_candidate=True).encode(leg.ice_pwd.encode())
+
+
+async def test_allocate_gives_fresh_credentials_on_one_shared_port(engine: MediaEngine) -> None:
     leg = await engine.allocate("wacid.A")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        sender.bind(("127.0.0.1", 0))
-        sender.sendto(b"\x80" + bytes(171), ("127.0.0.1", leg.port))
-        sender.sendto(b"hello", ("127.0.0.1", leg.port))
+    other = await engine.allocate("wacid.B")
+    assert leg.call_id == "wacid.A" and leg.host == "127.0.0.1"
+    assert 0 < leg.port < 65536 and leg.port == other.port            # Meta's relay: one port, many calls
+    assert re.fullmatch(r"[A-Za-z0-9+/]{4,256}", leg.ice_ufrag)
+    assert re.fullmatch(r"[A-Za-z0-9+/]{22,256}", leg.ice_pwd)
+    assert leg.ice_ufrag != other.ice_ufrag and leg.ice_pwd != other.ice_pwd
+    assert 0 <= leg.ssrc < 2**32
+    assert len(base64.b64decode(leg.sdes_key_b64, validate=True)) == 30
+    assert leg.fingerprint == engine.certificate.fingerprint == DtlsCertificate.default().fingerprint
+    assert engine.get("wacid.A") is leg and engine.get("nope") is None
+    assert len(engine) == 2
+
+
+async def test_many_legs_cost_no_descriptors(engine: MediaEngine) -> None:
+    await engine.allocate("first")
+    before = len(list(__import__("pathlib").Path("/proc/self/fd").iterdir()))
+    for i in range(300):
+        await engine.allocate(f"wacid.{i}")
+    after = len(list(__import__("pathlib").Path("/proc/self/fd").iterdir()))
+    assert after - before < 5
+
+
+async def test_engine_uses_given_certificate() -> None:
+    cert = DtlsCertificate.generate()
+    eng = MediaEngine(certificate=cert)
+    try:
+        leg = await eng.allocate("c")
+        assert leg.fingerprint == cert.fingerprint
+        assert f"a=fingerprint:sha-256 {cert.fingerprint}\r\n" in build_meta_offer(leg)
+        again = DtlsCertificate.from_pem(cert.cert_pem, cert.key_pem)
+        assert again.fingerprint == cert.fingerprint
+    finally:
+        await eng.close()
+
+
+async def test_allocate_is_idempotent_per_call(engine: MediaEngine) -> None:
+    leg = await engine.allocate("wacid.A")
+    assert await engine.allocate("wacid.A") is leg
+
+
+async def test_datagrams_reach_a_leg_by_ufrag_then_by_validated_address(engine: MediaEngine) -> None:
+    leg = await engine.allocate("wacid.A")
+    other = await engine.allocate("wacid.B")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as business:
+        business.bind(("127.0.0.1", 0))
+        business.sendto(b"\x16\xfe\xfd" + bytes(40), ("127.0.0.1", leg.port))   # DTLS-looking, unvalidated
+        business.sendto(b"\x80" + bytes(171), ("127.0.0.1", leg.port))          # RTP-looking, unvalidated
+        await _wait_for(lambda: engine.ports.stats["unknown_source"] == 2)
+        assert leg.packets_received == 0 and other.packets_received == 0
+        business.sendto(_check(leg), ("127.0.0.1", leg.port))
+        response = (await _recv(business))
+        assert response[:2] == b"\x01\x01"                                       # Binding success
+        await _wait_for(lambda: leg.packets_received == 1)
+        business.sendto(b"hello", ("127.0.0.1", leg.port))                      # now from a validated address
         await _wait_for(lambda: leg.packets_received == 2)
-        assert leg.bytes_received == 172 + 5
-        assert leg.last_remote_addr == sender.getsockname()
+        assert leg.bytes_received == len(_check(leg)) + 5
+        assert leg.last_remote_addr == business.getsockname() and other.packets_received == 0
+        assert engine.endpoint("wacid.A").remote == business.getsockname()
+        view = await engine.view("wacid.A")
+        assert view["junk_datagrams"] == 1
 
 
-async def test_release_closes_socket_and_is_idempotent(engine: MediaEngine) -> None:
+async def test_a_check_with_the_wrong_password_validates_nothing(engine: MediaEngine) -> None:
     leg = await engine.allocate("wacid.A")
-    port = leg.port
-    assert leg.is_open
+    forged = binding_request(f"{leg.ice_ufrag}:x", priority=1, controlling=7, use_candidate=True).encode(b"guess")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.sendto(forged, ("127.0.0.1", leg.port))
+        assert (await _recv(stranger))[:2] == b"\x01\x11"                            # 401 error response
+        stranger.sendto(b"\x16\xfe\xfd" + bytes(40), ("127.0.0.1", leg.port))
+        await _wait_for(lambda: engine.ports.stats["unknown_source"] == 1)
+    assert engine.endpoint("wacid.A").remote is None
+
+
+async def test_release_stops_routing_and_keeps_the_shared_port(engine: MediaEngine) -> None:
+    leg = await engine.allocate("wacid.A")
+    keep = await engine.allocate("wacid.B")
     engine.release("wacid.A")
     engine.release("wacid.A")
     engine.release("never-allocated")
-    assert not leg.is_open and engine.get("wacid.A") is None
-    await asyncio.sleep(0)
-    # The port is free again: binding it proves the socket was really closed.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", port))
-    # A new allocation for the same call gets a new leg.
+    assert engine.get("wacid.A") is None and engine.get("wacid.B") is keep
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as business:
+        business.bind(("127.0.0.1", 0))
+        business.sendto(_check(leg), ("127.0.0.1", leg.port))
+        await _wait_for(lambda: engine.ports.stats["unknown_ufrag"] == 1)
+    assert leg.packets_received == 0
     again = await engine.allocate("wacid.A")
-    assert again is not leg and again.is_open
+    assert again is not leg and again.port == leg.port and again.ice_ufrag != leg.ice_ufrag
 
 
-async def test_close_releases_everything() -> None:
+async def test_close_frees_the_port_and_restore_takes_it_back() -> None:
     eng = MediaEngine()
-    legs = [await eng.allocate(f"c{i}") for i in range(3)]
+    leg = await eng.allocate("wacid.A")
     await eng.close()
-    assert len(eng) == 0 and not any(leg.is_open for leg in legs)
+    assert len(eng) == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", leg.port))                                       # really closed
+    restarted = MediaEngine()
+    try:
+        assert await restarted.restore("wacid.A", leg.to_doc(), {}, meta_sdp=None, business_sdp=None,
+                                       key_exchange="DTLS", user_audio="silence", user_is_caller=True,
+                                       connected_at=None)
+        back = restarted.get("wacid.A")
+        assert (back.port, back.ice_ufrag, back.ice_pwd, back.ssrc) == (leg.port, leg.ice_ufrag, leg.ice_pwd, leg.ssrc)
+        assert (await restarted.allocate("wacid.new")).port == leg.port          # new calls keep the port
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as business:
+            business.bind(("127.0.0.1", 0))
+            business.sendto(_check(leg), ("127.0.0.1", leg.port))
+            assert (await _recv(business))[:2] == b"\x01\x01"                         # same password still works
+    finally:
+        await restarted.close()
+
+
+async def test_restore_on_a_taken_port_keeps_a_dead_leg_whose_timeout_fires() -> None:
+    ended: list[tuple] = []
+
+    class Reporter:
+        now_value = 1000.0
+
+        def note(self, call_id, kind, **data):
+            ended.append(("note", kind, data))
+
+        def ended(self, call_id, code, reason):
+            ended.append(("ended", code, reason))
+
+        def persist(self, call_id, state):
+            pass
+
+        def now(self):
+            return self.now_value
+
+        def timeouts(self):
+            return 20.0, 30.0
+
+    reporter = Reporter()
+    leg = MediaLeg.create("wacid.A", port=0, fingerprint=DtlsCertificate.default().fingerprint)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        leg.port = squatter.getsockname()[1]
+        eng = MediaEngine(reporter=reporter)
+        try:
+            ok = await eng.restore("wacid.A", leg.to_doc(), {}, meta_sdp=None, business_sdp=None,
+                                   key_exchange="DTLS", user_audio="silence", user_is_caller=True,
+                                   connected_at=990.0)
+            assert not ok
+            assert any(e[:2] == ("note", "media_not_restored") and "taken" in e[2]["reason"] for e in ended)
+            eng.check_timeouts()
+            assert not [e for e in ended if e[0] == "ended"]
+            reporter.now_value += 30.0
+            eng.check_timeouts()
+            assert [e for e in ended if e[0] == "ended"][0][1] == 138021
+            assert (await eng.allocate("wacid.B")).port != leg.port                # new calls still work
+        finally:
+            await eng.close()
+
+
+async def test_ipv6_candidate_comes_back_after_a_failed_bind() -> None:
+    eng = MediaEngine(host6="::1")
+    eng.host6 = "::bad"            # an address that cannot be bound: the IPv6 candidate is missing for now
+    try:
+        leg = await eng.allocate("wacid.A")
+        assert leg.port6 is None
+        eng.host6, eng._ipv6_retry_at = "::1", 0.0
+        leg = await eng.allocate("wacid.B")
+        assert leg.host6 == "::1" and leg.port6
+    finally:
+        await eng.close()
 
 
 async def test_aiortc_accepts_meta_offer_and_answers_validly(engine: MediaEngine) -> None:

@@ -34,6 +34,8 @@ def serve(
     log_level: str = typer.Option("WARNING", "--log-level", help="Python logging level"),
     media_workers: Optional[int] = typer.Option(None, "--media-workers",
                                                 help="media worker processes (0: media in the server process)"),
+    media_port: Optional[int] = typer.Option(None, "--media-port",
+                                             help="the media relay's shared UDP port (default: any free port)"),
     sip_port: Optional[int] = typer.Option(None, "--sip-port",
                                            help="SIP/TLS port of the gateway (default 5061; 0: any free port; "
                                                 "-1: no SIP gateway)"),
@@ -52,6 +54,8 @@ def serve(
         raise typer.Exit(2)
     if media_workers is not None:
         cfg.media_workers = max(0, media_workers)
+    if media_port is not None:
+        cfg.media_port = media_port
     if sip_port is not None:
         cfg.sip.port = sip_port
     if pki_dir is not None:
@@ -69,8 +73,9 @@ def serve(
 
 
 async def _serve(cfg, host: str, port: int, db: str, json_output: bool) -> None:
-    from .server import Wacall
+    from .server import Wacall, raise_open_file_limit
 
+    raise_open_file_limit()
     wacall = Wacall(cfg, db=db, host=host, port=port)
     try:
         await wacall.start()

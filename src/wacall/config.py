@@ -47,6 +47,7 @@ class Config:
     webhooks: WebhookDelivery = field(default_factory=WebhookDelivery)
     sip: SipGatewayConfig = field(default_factory=SipGatewayConfig)
     media_workers: int = 0       # 0: media in the server process; N: N worker processes
+    media_port: int = 0          # the relay's shared UDP port (worker i: port + i); 0: any free port
 
 
 DEFAULT_TOML = """
@@ -176,7 +177,17 @@ def build_config(raw: dict) -> Config:
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
                   sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",
                                                {"domain", "port", "pki_dir", "hosts", "trust", "t1"})),
-                  media_workers=int(_take(dict(raw.get("media") or {}), "media", {"workers"}).get("workers", 0)))
+                  **_media(raw.get("media") or {}))
+
+
+def _media(table: dict) -> dict:
+    media = _take(dict(table), "media", {"workers", "port"})
+    workers, port = media.get("workers", 0), media.get("port", 0)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError("media.workers must be a whole number of processes, 0 or more")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError("media.port must be a UDP port number (0: any free port)")
+    return {"media_workers": workers, "media_port": port}
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -9,7 +9,9 @@ ended calls are released, and the dispatcher is woken.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import resource
 import socket
 from typing import Any, Callable, TypeVar
 
@@ -22,7 +24,10 @@ from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia, SipCall
 from .domain.model import USER_INITIATED
 from .domain.platform import Platform
 from .domain.state import new_id
+from .media.certificate import DtlsCertificate
 from .media.engine import MediaEngine
+from .media.leg import MediaLeg
+from .media.ports import MediaUnavailable
 from .media.workers import MediaWorkers
 from .store.sqlite import Store
 from .webhooks.delivery import Dispatcher, outbox_rows
@@ -30,6 +35,20 @@ from .webhooks.delivery import Dispatcher, outbox_rows
 log = logging.getLogger("wacall")
 T = TypeVar("T")
 MAX_BODY = 1024 * 1024
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one (calls need descriptors: SIP connections,
+    webhooks, the store). Returns (soft, hard) as they are afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return soft, hard
 
 
 class Wacall:
@@ -40,9 +59,11 @@ class Wacall:
         self.store = Store(db)
         self.clock = VirtualClock(float(self.store.get_meta("clock_offset") or 0.0))
         self.platform = Platform(self.clock, self.config.limits, self.config.rate_card)
-        workers = self.config.media_workers
-        self.media: MediaEngine | MediaWorkers = (MediaWorkers(workers, "127.0.0.1", reporter=self) if workers
-                                                  else MediaEngine(host="127.0.0.1", reporter=self))
+        workers, certificate, port = self.config.media_workers, self._relay_certificate(), self.config.media_port
+        self.media: MediaEngine | MediaWorkers = (
+            MediaWorkers(workers, "127.0.0.1", reporter=self, certificate=certificate, port=port) if workers
+            else MediaEngine(host="127.0.0.1", reporter=self, certificate=certificate, port=port))
+        self._media_exhausted = False
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self.runner: web.AppRunner | None = None
@@ -132,10 +153,34 @@ class Wacall:
             await self.session.close()
         self.store.close()
 
+    def _relay_certificate(self) -> DtlsCertificate:
+        """The relay's DTLS certificate, kept in the store: a restarted relay still matches the
+        fingerprint its SDPs advertised."""
+        saved = self.store.get_meta("dtls_certificate")
+        if saved:
+            try:
+                doc = json.loads(saved)
+                return DtlsCertificate.from_pem(doc["cert"].encode(), doc["key"].encode())
+            except (ValueError, KeyError, TypeError):
+                log.warning("the saved DTLS certificate is unusable; making a new one")
+        certificate = DtlsCertificate.generate()
+        self.store.set_meta("dtls_certificate", json.dumps({"cert": certificate.cert_pem.decode("ascii"),
+                                                            "key": certificate.key_pem.decode("ascii")}))
+        return certificate
+
     async def _reopen_media(self) -> None:
-        """After a restart, calls still in progress get fresh media legs (their SDPs were already sent)."""
+        """After a restart, calls still in progress get their media legs back: same port, ICE
+        credentials, SSRC and keys, so a connected business hears a gap and the call goes on. A leg
+        that cannot come back (its port is taken, or nothing was saved) stays without a socket, and the
+        user's phone hangs up after its media timeout, as it would if Meta's relay vanished."""
         for call in list(self.platform.active_calls.values()):
-            await self.media.allocate(call.id)
+            state = dict(call.media or {})
+            leg = state.pop("leg", None)
+            user = self.platform.users.get(call.wa_id)
+            await self.media.restore(call.id, leg, state, meta_sdp=call.meta_sdp, business_sdp=call.business_sdp,
+                                     key_exchange=call.key_exchange, user_audio=user.audio if user else "silence",
+                                     user_is_caller=call.direction == USER_INITIATED,
+                                     connected_at=call.accepted_at)
 
     # -- the one path for state changes -----------------------------------------------------------
     def apply(self, operation: Callable[[], T]) -> T:
@@ -205,6 +250,10 @@ class Wacall:
     def ended(self, call_id: str, code: int, reason: str) -> None:
         self.apply(lambda: self.platform.media_ended(call_id, code, reason))
 
+    def persist(self, call_id: str, state: dict) -> None:
+        self.platform.media_state(call_id, state)           # saved with the call on the next commit
+        self.commit_soon()
+
     def now(self) -> float:
         return self.clock.now()
 
@@ -212,9 +261,21 @@ class Wacall:
         limits = self.platform.limits
         return limits.media_start_timeout_seconds, limits.media_silence_timeout_seconds
 
-    async def new_call_leg(self):
+    async def new_call_leg(self) -> tuple[str, MediaLeg]:
+        """A call id and its media leg; :class:`MediaUnavailable` when the relay has no room."""
         call_id = new_id("wacid")
-        return call_id, await self.media.allocate(call_id)
+        try:
+            leg = await self.media.allocate(call_id)
+        except (OSError, RuntimeError) as exc:
+            if not self._media_exhausted:            # said once per episode, not once per refused call
+                self._media_exhausted = True
+                log.error("media capacity exhausted (%s: %s); new calls get Meta's transient error until it "
+                          "recovers", type(exc).__name__, exc)
+            raise MediaUnavailable(str(exc)) from None
+        if self._media_exhausted:
+            self._media_exhausted = False
+            log.warning("media capacity recovered")
+        return call_id, leg
 
     # -- timers -----------------------------------------------------------------------------------
     def _on_clock_advance(self) -> None:

@@ -19,6 +19,7 @@ from .. import codec
 from ..domain.model import ACCEPTED, User
 from ..domain.state import ControlError
 from ..media.audio import PreEncodedAudio
+from ..media.ports import MediaUnavailable
 from ..server import WACALL, Wacall
 
 log = logging.getLogger("wacall.control")
@@ -127,7 +128,7 @@ async def health(wacall: Wacall, request: web.Request) -> web.Response:
                "server_transactions": len(gateway.layer.server_transactions),
                "client_transactions": len(gateway.layer.client_transactions),
                "parse_errors": gateway.transport.stats.parse_errors, **gateway.stats}
-    return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip})
+    return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip, "media": await wacall.media.stats()})
 
 
 @handler
@@ -228,7 +229,11 @@ async def user_calls(wacall: Wacall, request: web.Request) -> web.Response:
     payload = data.get("payload")
     if payload is not None and not isinstance(payload, str):
         raise ControlError("bad_payload", "payload must be a string", 400)
-    call_id, leg = await wacall.new_call_leg()
+    try:
+        call_id, leg = await wacall.new_call_leg()
+    except MediaUnavailable:
+        raise ControlError("cannot_place_call", "Couldn't place call (Meta's relay has no room right now; "
+                                                "try again)", 503) from None
     try:
         call = wacall.apply(lambda: wacall.platform.user_calls(
             request.match_info["wa_id"], str(data.get("to", "")), entry_point=data.get("entry_point", "call_icon"),

@@ -198,6 +198,7 @@ class CallRules(PlatformState):
                     key_exchange=key_exchange,
                     signalling="sip" if calling_settings.sip_enabled(number.calling) else "graph")
         call.meta_sdp = build_meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
+        call.media = {"leg": leg.to_doc()}
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id))
@@ -357,6 +358,7 @@ class CallRules(PlatformState):
                     deeplink_payload=payload if entry_point == "deeplink" else None,
                     signalling="sip" if calling_settings.sip_enabled(number.calling) else "graph")
         call.meta_sdp = build_meta_offer(leg, key_exchange=key_exchange, additional_codecs=codecs)
+        call.media = {"leg": leg.to_doc()}
         self.note(call, "user", action="call", entry_point=entry_point)
         pair = self.pair(number.id, wa_id)
         pair.window_opened_at = now                # a user call opens the customer service window
@@ -382,6 +384,13 @@ class CallRules(PlatformState):
         call = self.calls.get(call_id)
         if call is not None:
             self.note(call, "media", event=kind, **data)
+
+    def media_state(self, call_id: str, state: dict) -> None:
+        """What the relay needs to carry a live call on after a restart, saved with the call."""
+        call = self.active_calls.get(call_id)
+        if call is not None:
+            call.media = {**(call.media or {}), **state}
+            self.put(call)
 
     def media_ended(self, call_id: str, code: int, reason: str) -> None:
         """The user's phone gave up on the media (no media at start, silence mid-call, relay failure):

@@ -176,6 +176,9 @@ class Call(Record):
     pulses: int = 0
     cost: float = 0.0
     signalling: str = "graph"            # graph | sip
+    # the media relay's saved state for this call (its leg, SRTP keys, stream positions), so a restarted
+    # relay carries the call on; opaque to the rules
+    media: dict | None = None
     timeline: list[dict] = field(default_factory=list)
 
     @property

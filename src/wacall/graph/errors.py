@@ -10,6 +10,10 @@ from .. import codec
 from ..domain.errors import GraphError
 
 
+#: Graph's "temporary, retry" codes (https://developers.facebook.com/docs/graph-api/guides/error-handling/)
+TRANSIENT = {2}
+
+
 def fbtrace_id() -> str:
     return secrets.token_urlsafe(16)[:22]
 
@@ -19,6 +23,8 @@ def error_body(error: GraphError) -> dict:
                   "error_data": {"messaging_product": "whatsapp", "details": error.details}}
     if error.subcode is not None:
         body["error_subcode"] = error.subcode
+    if error.code in TRANSIENT:
+        body["is_transient"] = True        # Graph marks errors worth retrying as is
     body["fbtrace_id"] = fbtrace_id()
     return {"error": body}
 

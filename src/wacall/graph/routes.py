@@ -21,6 +21,7 @@ from ..domain.errors import GraphError
 from ..domain.model import App, PhoneNumber, Waba
 from ..domain.settings import sip_enabled
 from ..domain.state import unsupported
+from ..media.ports import MediaUnavailable
 from ..server import WACALL, Wacall
 from .errors import error_response, graph_json
 
@@ -106,7 +107,11 @@ async def number_calls(req: Request, number: PhoneNumber) -> dict:
         if req.wacall.faults.get("connect_error", 0) > 0 and number.calling.get("status") == "ENABLED":
             req.wacall.faults["connect_error"] -= 1
             raise GraphError(138004)
-        call_id, leg = await req.wacall.new_call_leg()
+        try:
+            call_id, leg = await req.wacall.new_call_leg()
+        except MediaUnavailable:
+            raise GraphError(2, "Service temporarily unavailable: the media relay has no room for a new call "
+                                "right now. Retry the request.") from None
     try:
         return req.wacall.apply(lambda: req.platform.call_action(req.app, number, body, new_call_id=call_id, leg=leg))
     except GraphError as error:

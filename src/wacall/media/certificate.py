@@ -65,6 +65,17 @@ class DtlsCertificate:
         )
 
     @classmethod
+    def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> DtlsCertificate:
+        """A certificate saved with :attr:`cert_pem` and :attr:`key_pem` (a restarted relay keeps the
+        fingerprint its SDPs advertised)."""
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the relay's DTLS key must be ECDSA")
+        return cls(certificate=cert, private_key=key,
+                   fingerprint=fingerprint_sha256(cert.public_bytes(serialization.Encoding.DER)))
+
+    @classmethod
     def default(cls) -> DtlsCertificate:
         """The process-wide certificate, generated on first use."""
         global _default

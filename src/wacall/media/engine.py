@@ -1,5 +1,6 @@
-"""The media plane of one server process: a UDP leg and a :class:`RelayEndpoint` per call, one 20 ms
-ticker for every call's outgoing audio, and the users' patience (media timeouts) on the virtual clock."""
+"""The media plane of one server process: a :class:`RelayEndpoint` per call behind the engine's shared
+UDP ports (one IPv4, one IPv6; see ``wacall.media.ports``), one 20 ms ticker for every call's
+outgoing audio, and the users' patience (media timeouts) on the virtual clock."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 from .audio import PreEncodedAudio
 from .certificate import DtlsCertificate
 from .leg import MediaLeg
+from .ports import BIND_RETRY_SECONDS, PortSocket, Ports
 from .relay import RelayEndpoint, Reporter
 
 log = logging.getLogger("wacall.media")
 TICK = 0.020
 KEEP_FINISHED = 500
+IPV6_RETRY_SECONDS = 5.0
 
 
 class _Silent:
@@ -26,6 +29,9 @@ class _Silent:
         pass
 
     def ended(self, call_id: str, code: int, reason: str) -> None:
+        pass
+
+    def persist(self, call_id: str, state: dict) -> None:
         pass
 
     def now(self) -> float:
@@ -49,39 +55,97 @@ def loopback6() -> str | None:
 
 class MediaEngine:
     def __init__(self, host: str = "127.0.0.1", certificate: DtlsCertificate | None = None,
-                 reporter: Reporter | None = None, host6: str | None = None) -> None:
+                 reporter: Reporter | None = None, host6: str | None = None, port: int = 0) -> None:
         self.host = host
         self.host6 = host6 if host6 is not None else loopback6()
+        self.port = port                                  # 0: any free port (same for IPv6 where possible)
         self.certificate = certificate if certificate is not None else DtlsCertificate.default()
         self.reporter: Reporter = reporter or _Silent()
+        self.ports = Ports()
         self.endpoints: dict[str, RelayEndpoint] = {}
         self.finished: dict[str, RelayEndpoint] = {}     # recordings and statistics of ended calls
         self._ticker: asyncio.Task | None = None
+        self._home: PortSocket | None = None
+        self._home6: PortSocket | None = None
+        self._ipv6_retry_at = 0.0
+
+    # -- the shared ports --------------------------------------------------------------------------
+    async def _home_sockets(self) -> tuple[PortSocket, PortSocket | None]:
+        """The sockets new legs share, bound on first use. IPv4 is required: a failure raises
+        (the caller answers Meta's transient error) and is retried on the next call. IPv6 is
+        optional: after a failure the next attempt waits a few seconds, and it comes back."""
+        if self._home is None or not self._home.is_open:
+            self._home = await self.ports.bind(self.host, self.port)
+        if self.host6 and (self._home6 is None or not self._home6.is_open) and time.monotonic() >= self._ipv6_retry_at:
+            try:
+                self._home6 = await self.ports.bind(self.host6, self.port or self._home.port)
+            except OSError:
+                try:                                      # that port number is taken on ::1: any other
+                    self._home6 = await self.ports.bind(self.host6, 0) if not self.port else None
+                except OSError as exc:
+                    self._home6 = None
+                    self._ipv6_retry_at = time.monotonic() + IPV6_RETRY_SECONDS
+                    log.warning("no IPv6 candidate for now: %s", exc)
+        return self._home, self._home6 if self._home6 is not None and self._home6.is_open else None
 
     # -- legs -------------------------------------------------------------------------------------
     async def allocate(self, call_id: str) -> MediaLeg:
-        """Bind a UDP socket on ``(host, 0)`` for ``call_id``; returns the existing leg if any."""
+        """A leg for ``call_id`` on the shared ports (fresh credentials); the existing one if any."""
         existing = self.endpoints.get(call_id)
-        if existing is not None and existing.leg.is_open:
+        if existing is not None:
             return existing.leg
-        loop = asyncio.get_running_loop()
-        leg = MediaLeg.create(call_id, host=self.host, port=0, fingerprint=self.certificate.fingerprint)
-        transport, endpoint = await loop.create_datagram_endpoint(
-            lambda: RelayEndpoint(leg, self.certificate, self.reporter), local_addr=(self.host, 0))
-        leg._transport = transport
-        leg.port = transport.get_extra_info("sockname")[1]
-        if self.host6:
-            try:
-                transport6, _ = await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(self.host6, 0))
-            except OSError as exc:               # IPv6 went away: IPv4 only from now on
-                log.warning("no IPv6 candidate: %s", exc)
-                self.host6 = None
-            else:
-                leg._transport6 = transport6
-                leg.host6, leg.port6 = self.host6, transport6.get_extra_info("sockname")[1]
-        self.endpoints[call_id] = endpoint
-        self._ensure_ticker()
+        sock, sock6 = await self._home_sockets()
+        leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
+        while leg.ice_ufrag in self.ports.by_ufrag:      # the ufrag routes datagrams: it must be unique here
+            leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
+        if sock6 is not None:
+            leg.host6, leg.port6 = sock6.host, sock6.port
+        self._add(RelayEndpoint(leg, self.certificate, self.reporter, self.ports, sock, sock6))
         return leg
+
+    async def restore(self, call_id: str, leg_doc: dict | None, state: dict, *, meta_sdp: str | None,
+                      business_sdp: str | None, key_exchange: str, user_audio: str, user_is_caller: bool,
+                      connected_at: float | None) -> bool:
+        """Bring back a leg a previous process served, on its old port with its old credentials.
+        False when its port cannot be had (or nothing was saved): the leg is kept without a socket,
+        so the user's phone hangs up after its media timeout as it would when the relay vanished."""
+        sock = None
+        if leg_doc is None:
+            leg = MediaLeg.create(call_id, host=self.host, port=0, fingerprint=self.certificate.fingerprint)
+            reason = "no media state was saved for this call"
+        else:
+            leg, reason = MediaLeg.from_doc(leg_doc), None
+            try:
+                sock = await self.ports.bind(leg.host, leg.port, retry=BIND_RETRY_SECONDS)
+            except OSError as exc:
+                reason = f"port {leg.host}:{leg.port} is taken ({exc.strerror or exc})"
+        sock6 = None
+        if sock is not None and leg.host6 and leg.port6:
+            try:
+                sock6 = await self.ports.bind(leg.host6, leg.port6, retry=BIND_RETRY_SECONDS)
+            except OSError:
+                leg.host6 = leg.port6 = None              # IPv4 carries on; the IPv6 candidate is gone
+        if sock is not None and self._home is None and leg.host == self.host:
+            self._home = sock                             # new calls keep the port the old process had
+            self._home6 = sock6 if self._home6 is None else self._home6
+        endpoint = RelayEndpoint(leg, self.certificate, self.reporter, self.ports, sock, sock6)
+        self._add(endpoint)
+        if meta_sdp and business_sdp:
+            endpoint.configure(meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller=user_is_caller)
+        if sock is None:
+            endpoint.restored = True
+            if connected_at is not None:
+                endpoint.connected_at = endpoint.user_answered_at = connected_at
+                endpoint.last_media_at = self.reporter.now()
+            self.reporter.note(call_id, "media_not_restored", reason=reason)
+            return False
+        endpoint.restore(state, connected_at)
+        return True
+
+    def _add(self, endpoint: RelayEndpoint) -> None:
+        self.ports.add(endpoint)
+        self.endpoints[endpoint.call_id] = endpoint
+        self._ensure_ticker()
 
     def get(self, call_id: str) -> MediaLeg | None:
         endpoint = self.endpoints.get(call_id)
@@ -96,7 +160,6 @@ class MediaEngine:
         if endpoint is None:
             return
         endpoint.close()
-        endpoint.leg._transport = endpoint.leg._transport6 = None
         self.finished[call_id] = endpoint
         while len(self.finished) > KEEP_FINISHED:
             self.finished.pop(next(iter(self.finished)))
@@ -108,6 +171,8 @@ class MediaEngine:
             self._ticker = None
         for call_id in list(self.endpoints):
             self.release(call_id)
+        self.ports.close()
+        self._home = self._home6 = None
         await asyncio.sleep(0)
 
     def __len__(self) -> int:
@@ -137,6 +202,9 @@ class MediaEngine:
             return False
         endpoint.send_dtmf(digits)
         return True
+
+    async def stats(self) -> dict:
+        return {"live": len(self.endpoints), **self.ports.view()}
 
     async def view(self, call_id: str) -> dict | None:
         endpoint = self.endpoint(call_id)

@@ -140,6 +140,11 @@ class IceLiteAgent:
         """A candidate signalled in SDP; checks from elsewhere are flagged peer-reflexive."""
         self.known_remote_candidates.add(_addr(addr))
 
+    def resume(self, selected: Addr) -> None:
+        """Take over a pair a previous process of this relay had selected (same credentials)."""
+        self._selected = selected
+        self._last_check_at = self._clock()
+
     # -- state
 
     @property

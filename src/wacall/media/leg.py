@@ -4,17 +4,18 @@ A :class:`MediaLeg` holds everything Meta's SDP advertises for one call: a UDP p
 bound, ICE credentials (RFC 8445 section 5.3, RFC 8839 section 5.4: ``ice-char`` set, ufrag of at
 least 4 and password of at least 22 characters), the DTLS certificate fingerprint (RFC 8122), one
 audio SSRC (RFC 3550) and an SDES master key (RFC 4568 section 6.1: base64 of the 16-byte
-AES-CM key followed by the 14-byte salt). ``wacall.media.engine`` binds the socket and puts a
-``RelayEndpoint`` (ICE-lite, DTLS-SRTP or SDES, Opus, RFC 4733) behind it.
+AES-CM key followed by the 14-byte salt). ``wacall.media.engine`` puts a ``RelayEndpoint``
+(ICE-lite, DTLS-SRTP or SDES, Opus, RFC 4733) behind it on the engine's shared ports
+(``wacall.media.ports``). The leg is persisted with its call (:meth:`MediaLeg.to_doc`), so a
+restarted relay answers on the same address with the same credentials.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 #: RFC 8839 ``ice-char = ALPHA / DIGIT / "+" / "/"``.
@@ -50,8 +51,6 @@ class MediaLeg:
     packets_received: int = 0
     bytes_received: int = 0
     last_remote_addr: tuple[str, int] | None = None
-    _transport: asyncio.DatagramTransport | None = field(default=None, repr=False, compare=False)
-    _transport6: asyncio.DatagramTransport | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, call_id: str, *, host: str = "127.0.0.1", port: int, fingerprint: str) -> MediaLeg:
@@ -67,12 +66,14 @@ class MediaLeg:
             sdes_key_b64=base64.b64encode(secrets.token_bytes(SDES_KEY_SALT_BYTES)).decode("ascii"),
         )
 
-    @property
-    def is_open(self) -> bool:
-        return self._transport is not None and not self._transport.is_closing()
+    def to_doc(self) -> dict:
+        """What a restarted relay needs to answer as this leg again (no counters)."""
+        return {name: getattr(self, name) for name in _PERSISTED}
 
-    def close(self) -> None:
-        for transport in (self._transport, self._transport6):
-            if transport is not None:
-                transport.close()
-        self._transport = self._transport6 = None
+    @classmethod
+    def from_doc(cls, doc: dict) -> MediaLeg:
+        return cls(**{name: doc[name] for name in _PERSISTED if name in doc})
+
+
+_PERSISTED = [f.name for f in fields(MediaLeg) if f.name not in ("packets_received", "bytes_received",
+                                                                  "last_remote_addr")]

@@ -1,9 +1,11 @@
 """Meta's media relay for one call leg, and the WhatsApp user's phone behind it.
 
-One :class:`RelayEndpoint` per call owns the leg's UDP socket and demultiplexes it (RFC 7983):
-STUN goes to the ICE-lite agent (RFC 8445 §2.5, always controlled), DTLS to the DTLS-SRTP session
-(RFC 5764; role from the negotiated ``a=setup``), SRTP/SRTCP to the SRTP context (keyed by DTLS or
-by SDES, RFC 4568). Received audio is the user's earpiece: it is recorded (what the user heard),
+One :class:`RelayEndpoint` per call gets the datagrams that the engine's shared ports
+(``wacall.media.ports``) route to its leg and demultiplexes them (RFC 7983): STUN goes to the
+ICE-lite agent (RFC 8445 §2.5, always controlled), DTLS to the DTLS-SRTP session (RFC 5764; role
+from the negotiated ``a=setup``), SRTP/SRTCP to the SRTP context (keyed by DTLS or by SDES,
+RFC 4568). Media goes only to an address the business proved is its own: the pair it nominated
+after a check that passed the leg's ICE credentials, or (SDES) the source of authenticated SRTP. Received audio is the user's earpiece: it is recorded (what the user heard),
 measured, and RFC 4733 digits are detected. The user's microphone is a pre-encoded source sent on
 one SSRC, 20 ms Opus (or G.711 when negotiated), with the user's DTMF on the same SSRC and
 sequence space.
@@ -13,6 +15,10 @@ first media packet or the accept, whichever comes first, as answered; no busines
 the call connects, or 30 s of silence (no RTP nor RTCP) mid-call, makes the user hang up (the
 reporter ends the call with the error code); media that arrives before the media connection is
 up, or before the user answered, is lost and shows as clipping.
+
+What a restarted relay needs to carry a call on (the SRTP keys once DTLS agreed them, the business's
+address, where both RTP streams had got to) is reported with ``Reporter.persist`` and comes back
+through :meth:`RelayEndpoint.restore`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import asyncio
 import base64
 import io
 import logging
-import socket
 import struct
 import time
 import wave
@@ -35,8 +40,9 @@ from .audio import SAMPLE_RATE, PreEncodedAudio, Recorder, parse_audio_spec
 from .certificate import DtlsCertificate
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
-from .ice_lite import IceLiteAgent, Nominated, Rejected
+from .ice_lite import CheckReceived, IceLiteAgent, Nominated, Rejected
 from .leg import MediaLeg
+from .ports import PortSocket, Ports
 from .rtcp import RtcpError, RtcpSenderReport, build_compound, ntp_timestamp, parse_rtcp
 from .rtp import RTP_HEADER, ReceiveStats, RtpError, RtpPacket, is_rtcp
 from .sdp import SessionDescription, parse_crypto, parse_sdp
@@ -48,6 +54,8 @@ Addr = tuple[str, int]
 RTCP_INTERVAL = 5.0
 _SEQ_TS_SSRC = struct.Struct("!HII")
 MAX_RECORDED_PACKETS = 50 * 180          # three minutes of what the user heard, per call (memory at scale)
+CHECKPOINT_INTERVAL = 30.0               # seconds between persisted positions of both RTP streams
+MAX_RESUME_GAP = 30000                   # packets skipped after a restart (libsrtp guesses within 2^15)
 
 
 class Reporter(Protocol):
@@ -57,6 +65,7 @@ class Reporter(Protocol):
     def ended(self, call_id: str, code: int, reason: str) -> None: ...
     def now(self) -> float: ...
     def timeouts(self) -> tuple[float, float]: ...   # (no media at start, silence mid-call); 0 = off
+    def persist(self, call_id: str, state: dict) -> None: ...   # merged into the call's saved media state
 
 
 @dataclass
@@ -153,26 +162,30 @@ class G711Loop:
         return cls._cache[key]
 
 
-class RelayEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, leg: MediaLeg, certificate: DtlsCertificate, reporter: Reporter) -> None:
+class RelayEndpoint:
+    def __init__(self, leg: MediaLeg, certificate: DtlsCertificate, reporter: Reporter, ports: Ports,
+                 sock: PortSocket | None, sock6: PortSocket | None = None) -> None:
         self.leg = leg
         self.certificate = certificate
         self.reporter = reporter
         self.call_id = leg.call_id
-        self.transport: asyncio.DatagramTransport | None = None      # the IPv4 socket
-        self.transport6: asyncio.DatagramTransport | None = None     # the IPv6 one, where the host has it
+        self.ice_ufrag = leg.ice_ufrag
+        self.ports = ports
+        self.sock = sock                                  # the shared IPv4 socket (None: the leg is dead)
+        self.sock6 = sock6                                # the shared IPv6 one, where the host has it
         self.ice = IceLiteAgent(leg.ice_ufrag, leg.ice_pwd)
         self.negotiated: Negotiated | None = None
         self.dtls: DtlsSrtpSession | None = None
         self.srtp: SrtpContext | None = None
         self.remote: Addr | None = None                  # where media goes: set through _latch
-        self._remote_transport: asyncio.DatagramTransport | None = None
+        self._remote_sock: PortSocket | None = None
         self.failure: tuple[int, str] | None = None        # why media never came up
         self.closed = False
         # the user's phone
         self.user_audio = "tone:440"
         self.user_is_caller = True
         self.stream = RtpStreamState.random(ssrc=leg.ssrc)
+        self._first_seq = self.stream.sequence_number     # SRTP index = first sequence number + packets sent
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in: DtmfReceiver | None = None
         self._heard: list[tuple[str, bytes, float]] = []     # (codec, decrypted RTP, arrival)
@@ -192,25 +205,20 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.first_packet_at: float | None = None
         self.last_media_at: float | None = None
         self.clipped_packets = 0
+        self.junk_datagrams = 0                             # empty, unclassifiable or undecodable datagrams
         self.wrong_payload_types: set[int] = set()
         self.digits_received: list[dict] = []
         self.digits_sent: list[str] = []
         self.packets_sent = 0
+        self.rtcp_sent = 0
         self.skipped_ticks = 0                              # 20 ms intervals the engine could not serve
         self._noted: set[str] = set()
         self._last_rtcp = 0.0
+        self._last_checkpoint = 0.0
         self._dtls_timer: asyncio.TimerHandle | None = None
+        self.restored = False                               # carried on from a previous relay process
 
-    # -- asyncio plumbing -------------------------------------------------------------------------
-    def connection_made(self, transport) -> None:  # type: ignore[override]
-        if transport.get_extra_info("socket").family == socket.AF_INET6:
-            self.transport6 = transport
-        else:
-            self.transport = transport
-
-    def error_received(self, exc: Exception) -> None:
-        pass
-
+    # -- plumbing ----------------------------------------------------------------------------------
     def close(self) -> None:
         if self.closed:
             return
@@ -220,25 +228,25 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         if self.dtmf_in:
             for digit in self.dtmf_in.flush():
                 self._digit(digit)
-        for transport in (self.transport, self.transport6):
-            if transport:
-                transport.close()
+        self.ports.remove(self)
 
-    def _transport_for(self, addr: Addr) -> asyncio.DatagramTransport | None:
-        return self.transport6 if ":" in addr[0] else self.transport
+    def _sock_for(self, addr: Addr) -> PortSocket | None:
+        return self.sock6 if ":" in addr[0] else self.sock
 
     def _latch(self, addr: Addr | None) -> None:
         """Send to ``addr`` from now on, through the socket of its address family (chosen once, not per packet)."""
+        if addr is not None and addr != self.remote:
+            self.reporter.persist(self.call_id, {"remote": list(addr)})
         self.remote = addr
-        self._remote_transport = self._transport_for(addr) if addr else None
+        self._remote_sock = self._sock_for(addr) if addr else None
 
     def _send(self, data: bytes, addr: Addr | None = None) -> None:
         if addr is None:
-            addr, transport = self.remote, self._remote_transport
+            addr, sock = self.remote, self._remote_sock
         else:
-            transport = self._transport_for(addr)
-        if addr and transport and not transport.is_closing():
-            transport.sendto(data, addr)
+            sock = self._sock_for(addr)
+        if addr and sock is not None:
+            sock.sendto(data, addr)
 
     def _note_once(self, kind: str, **data: Any) -> None:
         if kind not in self._noted:
@@ -268,7 +276,10 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 self.failure = (138020, "no usable a=crypto line from the business")
                 return
             self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.sdes_key_b64), parse_crypto(n.remote_crypto))
-            self._latch(n.remote_addr)
+            if n.remote_addr is not None:               # c=/m= of the business: media goes there first
+                self._latch(n.remote_addr)
+                self.ports.learn(n.remote_addr, self)
+            self.ports.expect_claims(self, True)        # until its media comes (symmetric RTP, RFC 4961)
             self.reporter.note(self.call_id, "srtp_ready", key_exchange="SDES", suite=parse_crypto(n.remote_crypto).suite)
             return
         if n.remote_ufrag and n.remote_pwd:
@@ -278,29 +289,60 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.reporter.note(self.call_id, "dtls_role", role=n.dtls_role)
 
     # -- receiving ------------------------------------------------------------------------------
-    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+    def receive(self, data: bytes, addr: Addr, sock: PortSocket) -> None:
+        """A datagram the shared port routed here (from a validated address, or STUN with our ufrag)."""
         if self.closed:
             return
-        addr = (addr[0], addr[1])
         self.leg.packets_received += 1
         self.leg.bytes_received += len(data)
         self.leg.last_remote_addr = addr
         try:
-            if is_stun(data):
-                self._on_stun(data, addr)
+            if not data:
+                self._junk("empty datagram")
+            elif is_stun(data):
+                self._on_stun(data, addr, sock)
             elif is_dtls(data):
                 self._on_dtls(data, addr)
             elif 128 <= data[0] <= 191:
                 self._on_srtp(data, addr)
-        except Exception:   # a hostile datagram must never take the relay down
-            log.exception("relay %s: datagram from %s", self.call_id, addr)
+            else:
+                self._junk("not STUN, DTLS or RTP (RFC 7983)")
+        except Exception as exc:   # a hostile datagram must never take the relay down, nor fill the log
+            self._junk(f"{type(exc).__name__}: {exc}")
 
-    def _on_stun(self, data: bytes, addr: Addr) -> None:
+    def claim(self, data: bytes, addr: Addr, sock: PortSocket) -> bool:
+        """SDES media from an address nobody validated: ours if it authenticates with our keys."""
+        if self.closed or self.srtp is None or not data or not 128 <= data[0] <= 191 or is_rtcp(data):
+            return False
+        plain = self.srtp.try_unprotect(data)
+        if plain is None:
+            return False
+        self.ports.learn(addr, self)
+        self.leg.packets_received += 1
+        self.leg.bytes_received += len(data)
+        self.leg.last_remote_addr = addr
+        self._on_rtp(plain, addr)
+        return True
+
+    def clipped(self, packets: int) -> None:
+        """Media the business sent before its address was known here: lost, as clipping."""
+        self.clipped_packets += packets
+        self._note_once("media_before_connection", detail="SRTP arrived before the media connection "
+                                                            "was up: lost (clipping)")
+
+    def _junk(self, why: str) -> None:
+        self.junk_datagrams += 1
+        self._note_once("junk_datagrams", detail=f"datagrams the relay could not use are dropped and counted "
+                                                 f"(first: {why})")
+
+    def _on_stun(self, data: bytes, addr: Addr, sock: PortSocket) -> None:
         result = self.ice.handle(data, addr)
         if result.response:
-            self._send(result.response, addr)
+            sock.sendto(result.response, addr)          # answered from where the check arrived
         for event in result.events:
-            if isinstance(event, Nominated):
+            if isinstance(event, CheckReceived):
+                self.ports.learn(event.addr, self)      # the address proved it holds our ICE password
+            elif isinstance(event, Nominated):
                 first = self.remote is None
                 self._latch(event.addr)
                 self.reporter.note(self.call_id, "ice_connected" if first else "ice_switched",
@@ -315,9 +357,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                                                             "always controlled; the business must control")
                 self._note_once(f"ice_{event.reason}", remote=f"{addr[0]}:{addr[1]}")
 
-    def _dtls_out(self, datagrams: list[bytes]) -> None:
+    def _dtls_out(self, datagrams: list[bytes], addr: Addr | None = None) -> None:
         for datagram in datagrams:
-            self._send(datagram)
+            self._send(datagram, addr if self.remote is None else None)
         self._arm_dtls_timer()
 
     def _arm_dtls_timer(self) -> None:
@@ -336,27 +378,28 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             self._dtls_out(self.dtls.handle_timeout())
 
     def _on_dtls(self, data: bytes, addr: Addr) -> None:
+        """DTLS from an address that passed an ICE check (the port routes nothing else here)."""
         if self.dtls is None:
-            self._note_once("dtls_before_answer")
+            if not self.restored:             # a restored leg has its keys; late handshake records are moot
+                self._note_once("dtls_before_answer")
             return
-        if self.remote is None:
-            self._latch(addr)
         before = self.dtls.state
-        self._dtls_out(self.dtls.feed(data))
+        self._dtls_out(self.dtls.feed(data), addr)
         if self.dtls.state == "connected" and before != "connected":
             self.srtp = self.dtls.srtp()
-            self.reporter.note(self.call_id, "dtls_connected", profile=self.dtls.srtp_profile.name
-                               if self.dtls.srtp_profile else None)
+            profile = self.dtls.srtp_profile
+            self.reporter.note(self.call_id, "dtls_connected", profile=profile.name if profile else None)
+            self.reporter.persist(self.call_id, {"srtp": {
+                "profile": profile.name if profile else None,
+                "local": base64.b64encode(self.srtp.local_key_salt).decode("ascii"),
+                "remote": base64.b64encode(self.srtp.remote_key_salt).decode("ascii")}})
         elif self.dtls.state == "failed" and before != "failed":
             self.failure = (138020, f"DTLS failed: {self.dtls.failure_reason}")
             self.reporter.note(self.call_id, "dtls_failed", reason=self.dtls.failure_reason)
 
     def _on_srtp(self, data: bytes, addr: Addr) -> None:
-        now = self.reporter.now()
         if self.srtp is None:
-            self.clipped_packets += 1
-            self._note_once("media_before_connection", detail="SRTP arrived before the media connection "
-                                                                "was up: lost (clipping)")
+            self.clipped(1)
             return
         if is_rtcp(data):
             try:
@@ -370,23 +413,30 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             for report in reports:
                 if isinstance(report, RtcpSenderReport):
                     self.stats.on_sender_report(report.ssrc, report.ntp_timestamp, time.monotonic())
-            self.last_media_at = now
+            self.last_media_at = self.reporter.now()
             return
         try:
             plain = self.srtp.unprotect(data)
         except SrtpError as exc:
             self._note_once(f"srtp_{exc.kind}_failure", detail="SRTP packets failed authentication")
             return
+        self._on_rtp(plain, addr)
+
+    def _on_rtp(self, plain: bytes, addr: Addr) -> None:
+        """An authenticated, decrypted RTP packet from the business."""
+        now = self.reporter.now()
         if len(plain) < 12 or plain[0] >> 6 != 2:
             self._note_once("rtp_malformed")
             return
         payload_type = plain[1] & 0x7F
         sequence_number, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(plain, 2)
         if addr != self.remote and self.negotiated and self.negotiated.key_exchange == "SDES":
-            self._latch(addr)                       # symmetric RTP: latch the business's source
+            self._latch(addr)                       # symmetric RTP: latch the business's authenticated source
+            self.ports.learn(addr, self)
         if not self.business_sent_first:
             self.business_sent_first = True
             self.first_packet_at = now
+            self.ports.expect_claims(self, False)
             after = None if self.connected_at is None else round((now - self.connected_at) * 1000)
             self.reporter.note(self.call_id, "first_media_from_business", ms_after_accept=after)
         self.last_media_at = now
@@ -476,7 +526,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
 
     def tick(self, now: float) -> None:
         """One 20 ms interval: the user's microphone and DTMF, and RTCP every few seconds."""
-        if self.closed or self.srtp is None or self.remote is None or self.negotiated is None:
+        if self.closed or self.srtp is None or self._remote_sock is None or self.negotiated is None:
             return
         if not self.sending:
             if not (self.business_sent_first and self.user_answered_at is not None):
@@ -488,6 +538,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             self._frames = frames
             self._send_pt = self.negotiated.payload_types[self.negotiated.send_codec]
             self.reporter.note(self.call_id, "user_media_started", codec=self.negotiated.send_codec)
+            self._checkpoint(time.time())
         events = self.dtmf_out.tick() if self.dtmf_out and self.dtmf_out.busy else []
         if events:
             for packet in events:
@@ -507,12 +558,65 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         if wall - self._last_rtcp >= RTCP_INTERVAL:
             self._last_rtcp = wall
             self._send_rtcp(wall)
+        if wall - self._last_checkpoint >= CHECKPOINT_INTERVAL:
+            self._checkpoint(wall)
 
     def _send_rtcp(self, wall: float) -> None:
         sender = (ntp_timestamp(wall), self.stream.timestamp, self.stream.packet_count, self.stream.octet_count)
         compound = build_compound(self.stream.ssrc, "WhatsAppAudioStream1", stats=self.stats,
                                   now=time.monotonic(), sender=sender)
         self._send(self.srtp.protect_rtcp(compound))
+        self.rtcp_sent += 1
+
+    # -- surviving a restart ------------------------------------------------------------------------
+    def _checkpoint(self, wall: float) -> None:
+        """Persist where both RTP streams are, so a restarted relay can carry on with the same keys."""
+        self._last_checkpoint = wall
+        state: dict[str, Any] = {"tx": {"index": self._first_seq + self.packets_sent, "ts": self.stream.timestamp,
+                                        "packets": self.stream.packet_count, "octets": self.stream.octet_count,
+                                        "rtcp": self.rtcp_sent, "at": wall}}
+        source = next(iter(self.stats.sources.values()), None)
+        if source is not None:
+            state["rx"] = {"ssrc": source.ssrc, "index": source.cycles + source.max_seq}
+        self.reporter.persist(self.call_id, state)
+
+    def restore(self, state: dict, connected_at: float | None) -> None:
+        """Carry on a call that a previous relay process served (called after :meth:`configure`).
+
+        The leg already has its old address and credentials. DTLS is not repeated: the business
+        finished it with the old process, so the SRTP keys it exported come back from ``state``.
+        Both streams resume past where they were (see :meth:`SrtpContext.resume`); the user's phone
+        gives the business the usual 30 s of silence before it hangs up.
+        """
+        keys = state.get("srtp")
+        if keys and self.negotiated is not None and self.negotiated.key_exchange == "DTLS":
+            self.dtls = None
+            self.srtp = SrtpContext(keys["profile"], base64.b64decode(keys["local"]),
+                                    base64.b64decode(keys["remote"]))
+        if state.get("remote"):
+            remote = (str(state["remote"][0]), int(state["remote"][1]))
+            self.ice.resume(remote)
+            self.ports.learn(remote, self)
+            self._latch(remote)
+        tx, rx = state.get("tx"), state.get("rx") or {}
+        if tx and self.srtp is not None:
+            gap = min(MAX_RESUME_GAP, int(max(0.0, time.time() - tx["at"]) * 50) + 50)
+            index = tx["index"] + gap
+            self.stream.sequence_number = index & 0xFFFF
+            self.stream.timestamp = (tx["ts"] + gap * self.stream.samples_per_packet) & 0xFFFFFFFF
+            self.stream.packet_count, self.stream.octet_count = tx["packets"], tx["octets"]
+            self._first_seq = index - self.packets_sent
+            self.rtcp_sent = tx.get("rtcp", 0)
+            self.srtp.resume(tx_ssrc=self.stream.ssrc, tx_index=index - 1, rtcp_sent=self.rtcp_sent + gap // 250 + 2,
+                             rx_ssrc=rx.get("ssrc"), rx_index=rx.get("index"))
+            self.business_sent_first = True           # the user's phone picks up where it was
+            self.ports.expect_claims(self, False)
+        if connected_at is not None:
+            self.connected_at = self.user_answered_at = connected_at
+            self.last_media_at = self.reporter.now()
+        self.restored = True
+        self.reporter.note(self.call_id, "media_restored", remote=f"{self.remote[0]}:{self.remote[1]}"
+                           if self.remote else None, resumed_streams=bool(tx and self.srtp is not None))
 
     # -- the user's patience --------------------------------------------------------------------------
     def check_timeouts(self, now: float, start_timeout: float, silence_timeout: float) -> tuple[int, str] | None:
@@ -558,6 +662,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             },
             "sent": {"packets": self.packets_sent, "ssrc": self.stream.ssrc, "audio": self.user_audio,
                      "skipped_ticks": self.skipped_ticks},
+            "junk_datagrams": self.junk_datagrams,
+            "restored": self.restored,
+            "alive": self.sock is not None,
             "digits_received": list(self.digits_received),
             "digits_sent": "".join(self.digits_sent),
         }

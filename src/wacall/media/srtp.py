@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -271,9 +272,52 @@ class SrtpContext:
                 return result
         return self._run(self._rx.unprotect, srtp, outbound=False)   # failures: the exact error
 
+    def try_unprotect(self, srtp: bytes) -> bytes | None:
+        """The plain RTP if ``srtp`` authenticates with this context's key, else None, counting no
+        failure: a shared port asks each waiting leg whether a packet from a new address is its own."""
+        if self._fast_rx is not None:
+            result = self._fast_rx.run(_lib.srtp_unprotect, srtp, 0)
+        else:  # pragma: no cover - pylibsrtp without the internals the fast path uses
+            try:
+                result = self._rx.unprotect(srtp)
+            except (pylibsrtp.Error, TypeError, ValueError):
+                result = None
+        if result is not None:
+            self.packets_unprotected += 1
+        return result
+
     def unprotect_rtcp(self, srtcp: bytes) -> bytes:
         """Authenticate, replay-check and decrypt an inbound SRTCP packet."""
         return self._run(self._rx.unprotect_rtcp, srtcp, outbound=False)
+
+    def resume(self, *, tx_ssrc: int, tx_index: int, rtcp_sent: int = 0, rx_ssrc: int | None = None,
+               rx_index: int | None = None) -> None:
+        """Bring a new context to where a lost one was (a relay restarted mid-call with the same keys).
+
+        libsrtp keeps each stream's rollover counter (RFC 3711 section 3.3.1) to itself and guesses
+        it from sequence numbers that move by less than 2^15 at a time; a fresh context starts at
+        ROC 0 and its first packet's sequence number. Protecting throw-away packets whose indices
+        climb in steps of 30000 up to ``tx_index`` moves the outbound ROC where the peer expects it;
+        the same walk, protected with the *peer's* key and unprotected here, does it for the
+        inbound stream (``rx_index``: the highest index received before). The SRTCP index moves past
+        the ``rtcp_sent`` compound packets sent before.
+        """
+        def walk(target: int) -> list[int]:
+            start = target % 30000
+            return list(range(start, target + 1, 30000))
+
+        def packet(ssrc: int, index: int) -> bytes:
+            return struct.pack("!BBHII", 0x80, 0, index & 0xFFFF, 0, ssrc) + bytes(4)
+
+        for index in walk(max(0, tx_index)):
+            self._tx.protect(packet(tx_ssrc, index))
+        rtcp = struct.pack("!BBHI", 0x80, 200, 6, tx_ssrc) + bytes(20)
+        for _ in range(max(0, rtcp_sent)):
+            self._tx.protect_rtcp(rtcp)
+        if rx_ssrc is not None and rx_index is not None:
+            peer = _session(self.profile, self.remote_key_salt, Policy.SSRC_ANY_OUTBOUND)
+            for index in walk(max(0, rx_index)):
+                self._rx.unprotect(peer.protect(packet(rx_ssrc, index)))
 
     def unprotect_any(self, packet: bytes) -> bytes:
         """Unprotect an inbound packet as SRTCP or SRTP by its payload type (RFC 5761)."""

@@ -7,11 +7,15 @@ least-loaded one. Signalling, the store and the domain stay in the main process.
 
 The two sides talk over the child's stdin/stdout, one JSON object per line:
 
-- main → worker: ``{"op": "allocate" | "configure" | "connected" | "dtmf" | "release" | "view" |
-  "recording" | "clock" | "check", ...}``; operations that answer carry an ``id``.
+- main → worker: ``{"op": "certificate" | "allocate" | "restore" | "configure" | "connected" | "dtmf" |
+  "release" | "view" | "stats" | "recording" | "clock" | "check", ...}``; operations that answer carry
+  an ``id``.
 - worker → main: ``{"re": id, "value": ...}`` answers, and the relay's reports
-  ``{"report": "note" | "ended", "call_id": ..., ...}`` which the main process applies to the
-  domain exactly as it does for in-process media.
+  ``{"report": "note" | "ended" | "persist", "call_id": ..., ...}`` which the main process applies to
+  the domain exactly as it does for in-process media.
+
+Each worker's engine has its own shared ports. After a restart, the calls a worker had are restored
+together on one new worker, which binds their old ports again.
 
 A worker runs the virtual clock as wall time plus the offset the main process last sent it, and
 checks the media timeouts itself every 250 ms; after a clock jump the main process sends the new
@@ -29,11 +33,12 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import codec
 from ..loop import loop_factory
+from .certificate import DtlsCertificate
 from .engine import MediaEngine
 from .leg import MediaLeg
 from .relay import Reporter
@@ -41,18 +46,6 @@ from .relay import Reporter
 log = logging.getLogger("wacall.media.workers")
 PIPE_LIMIT = 1 << 20
 KEEP_OWNERS = 5000
-LEG_FIELDS = [f.name for f in fields(MediaLeg) if not f.name.startswith("_")]
-
-
-def leg_to_doc(leg: MediaLeg) -> dict:
-    return {name: getattr(leg, name) for name in LEG_FIELDS}
-
-
-def leg_from_doc(doc: dict) -> MediaLeg:
-    leg = MediaLeg(**{name: doc[name] for name in LEG_FIELDS if name in doc})
-    if isinstance(leg.last_remote_addr, list):
-        leg.last_remote_addr = tuple(leg.last_remote_addr)  # type: ignore[assignment]
-    return leg
 
 
 # -- the main process's side ---------------------------------------------------------------------------
@@ -73,11 +66,14 @@ class _Worker:
 class MediaWorkers:
     """The same interface as :class:`MediaEngine`, with the calls living in child processes."""
 
-    def __init__(self, count: int, host: str = "127.0.0.1", reporter: Reporter | None = None) -> None:
+    def __init__(self, count: int, host: str = "127.0.0.1", reporter: Reporter | None = None,
+                 certificate: DtlsCertificate | None = None, port: int = 0) -> None:
         if count < 1:
             raise ValueError("media workers: at least one")
-        self.count, self.host = count, host
+        self.count, self.host, self.port = count, host, port
         self.reporter = reporter
+        self.certificate = certificate
+        self._by_port: dict[int, _Worker] = {}      # restored ports → the worker that bound them
         self.workers: list[_Worker] = []
         self.owner: dict[str, _Worker] = {}         # call_id → the worker holding its leg (or results)
         self._next_id = 0
@@ -93,11 +89,15 @@ class MediaWorkers:
         return self
 
     async def _spawn(self, index: int) -> _Worker:
+        port = self.port + index if self.port else 0
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "wacall.media.workers", "--host", self.host,
+            sys.executable, "-m", "wacall.media.workers", "--host", self.host, "--port", str(port),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=PIPE_LIMIT)
         worker = _Worker(index, process)
         worker.reader = asyncio.get_running_loop().create_task(self._read(worker))
+        if self.certificate is not None:
+            worker.send({"op": "certificate", "cert": self.certificate.cert_pem.decode("ascii"),
+                         "key": self.certificate.key_pem.decode("ascii")})
         return worker
 
     async def _read(self, worker: _Worker) -> None:
@@ -125,6 +125,8 @@ class MediaWorkers:
             self.reporter.note(message["call_id"], message["kind"], **message.get("data", {}))
         elif self.reporter is not None and message.get("report") == "ended":
             self.reporter.ended(message["call_id"], message["code"], message["reason"])
+        elif self.reporter is not None and message.get("report") == "persist":
+            self.reporter.persist(message["call_id"], message["state"])
 
     async def _ask(self, worker: _Worker, message: dict) -> Any:
         self._next_id += 1
@@ -152,21 +154,37 @@ class MediaWorkers:
             self._sync_clock()
 
     # -- the media plane interface ------------------------------------------------------------------
-    async def allocate(self, call_id: str) -> MediaLeg:
-        if not any(worker.alive for worker in self.workers):
-            raise RuntimeError("every media worker has exited")
+    async def _least_loaded(self) -> _Worker:
         for i, worker in enumerate(self.workers):          # a crashed worker is replaced for new calls
             if not worker.alive:
                 self.workers[i] = await self._spawn(i)
                 self._clock_sent = None
         self._sync_clock()
-        worker = min((w for w in self.workers if w.alive), key=lambda w: len(w.live))
-        doc = await self._ask(worker, {"op": "allocate", "call_id": call_id})
+        return min((w for w in self.workers if w.alive), key=lambda w: len(w.live))
+
+    def _own(self, worker: _Worker, call_id: str) -> None:
         worker.live.add(call_id)
         self.owner[call_id] = worker
         while len(self.owner) > KEEP_OWNERS:
             self.owner.pop(next(iter(self.owner)))
-        return leg_from_doc(doc)
+
+    async def allocate(self, call_id: str) -> MediaLeg:
+        worker = await self._least_loaded()
+        doc = await self._ask(worker, {"op": "allocate", "call_id": call_id})
+        if doc is None:
+            raise RuntimeError(f"media worker {worker.index} could not allocate a leg")
+        self._own(worker, call_id)
+        return MediaLeg.from_doc(doc)
+
+    async def restore(self, call_id: str, leg_doc: dict | None, state: dict, **kwargs: Any) -> bool:
+        port = int((leg_doc or {}).get("port") or 0)
+        worker = self._by_port.get(port)
+        if worker is None or not worker.alive:
+            worker = self._by_port[port] = await self._least_loaded()
+        restored = await self._ask(worker, {"op": "restore", "call_id": call_id, "leg": leg_doc, "state": state,
+                                            **kwargs})
+        self._own(worker, call_id)
+        return bool(restored)
 
     def configure(self, call_id: str, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str,
                   user_is_caller: bool) -> None:
@@ -207,6 +225,17 @@ class MediaWorkers:
             worker.live.discard(call_id)
             worker.send({"op": "release", "call_id": call_id})
 
+    async def stats(self) -> dict:
+        per_worker = [await self._ask(w, {"op": "stats"}) for w in self.workers if w.alive]
+        totals: dict[str, Any] = {"workers": len(per_worker)}
+        for stats in per_worker:
+            for key, value in (stats or {}).items():
+                if isinstance(value, int):
+                    totals[key] = totals.get(key, 0) + value
+                elif isinstance(value, list):
+                    totals.setdefault(key, []).extend(value)
+        return totals
+
     def check_timeouts(self) -> None:
         self._sync_clock(force=True)
         for worker in self.workers:
@@ -246,6 +275,9 @@ class _PipeReporter:
     def ended(self, call_id: str, code: int, reason: str) -> None:
         _emit({"report": "ended", "call_id": call_id, "code": code, "reason": reason})
 
+    def persist(self, call_id: str, state: dict) -> None:
+        _emit({"report": "persist", "call_id": call_id, "state": state})
+
     def now(self) -> float:
         return time.time() + self.offset
 
@@ -258,9 +290,9 @@ def _emit(message: dict) -> None:
     sys.stdout.buffer.flush()
 
 
-async def _serve_pipe(host: str) -> None:
+async def _serve_pipe(host: str, port: int) -> None:
     reporter = _PipeReporter()
-    engine = MediaEngine(host=host, reporter=reporter)
+    engine = MediaEngine(host=host, reporter=reporter, port=port)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=PIPE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -271,7 +303,17 @@ async def _serve_pipe(host: str) -> None:
             op, call_id = message["op"], message.get("call_id", "")
             value: Any = None
             if op == "allocate":
-                value = leg_to_doc(await engine.allocate(call_id))
+                value = (await engine.allocate(call_id)).to_doc()
+            elif op == "restore":
+                value = await engine.restore(call_id, message["leg"], message["state"], meta_sdp=message["meta_sdp"],
+                                             business_sdp=message["business_sdp"],
+                                             key_exchange=message["key_exchange"], user_audio=message["user_audio"],
+                                             user_is_caller=message["user_is_caller"],
+                                             connected_at=message["connected_at"])
+            elif op == "certificate":
+                engine.certificate = DtlsCertificate.from_pem(message["cert"].encode(), message["key"].encode())
+            elif op == "stats":
+                value = await engine.stats()
             elif op == "configure":
                 engine.configure(call_id, message["meta_sdp"], message["business_sdp"], message["key_exchange"],
                                  message["user_audio"], message["user_is_caller"])
@@ -305,11 +347,12 @@ async def _serve_pipe(host: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="a wacall media worker (started by the server)")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="the shared media port (0: any free port)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s media-worker[%(process)d] %(name)s: %(message)s")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_serve_pipe(args.host))
+        runner.run(_serve_pipe(args.host, args.port))
 
 
 if __name__ == "__main__":

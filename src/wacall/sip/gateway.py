@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..domain import settings as calling_settings
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
 from ..domain.sip import BAD_DIGEST, SipRefusal
+from ..media.ports import MediaUnavailable
 from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
 from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
@@ -214,7 +215,11 @@ class SipGateway:
         except SipRefusal as refusal:
             self._refuse(txn, request, refusal)
             return
-        call_id, leg = await self.wacall.new_call_leg()
+        try:
+            call_id, leg = await self.wacall.new_call_leg()
+        except MediaUnavailable:
+            self._refuse(txn, request, SipRefusal(503, "Service Unavailable"))
+            return
         dialog = Dialog(call_id=call_id, direction=BUSINESS_INITIATED, sip_call_id=request.call_id,
                         local_tag=txn.local_tag, conn=txn.conn, remote_tag=request.from_.tag,
                         local_uri=_without_tag(request.headers.get("To") or ""),
