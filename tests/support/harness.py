@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import resource
 import signal
 import subprocess
 import tempfile
@@ -49,8 +50,9 @@ class Wacall:
     """A running ``wacall serve --json`` process."""
 
     def __init__(self, *, db: str = ":memory:", config: str | None = None, port: int = 0,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, open_files: int | None = None) -> None:
         self.db, self.config, self.extra = db, config, extra or []
+        self.open_files = open_files            # run under `ulimit -n N` (soft and hard)
         self.requested_port = port
         self.requested_sip_port = 0
         self.proc: subprocess.Popen | None = None
@@ -63,8 +65,14 @@ class Wacall:
                 *(f"--sip-host={name}=127.0.0.1" for name in BUSINESS_SIP_HOSTS), *self.extra]
         if self.config:
             args += ["--config", self.config]
+        limit = self.open_files
+
+        def preexec() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                     preexec_fn=preexec if limit is not None else None)
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"wacall did not start: {self.proc.stderr.read()}")

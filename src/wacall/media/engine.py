@@ -131,7 +131,7 @@ class MediaEngine:
         endpoint = RelayEndpoint(leg, self.certificate, self.reporter, self.ports, sock, sock6)
         self._add(endpoint)
         if meta_sdp and business_sdp:
-            endpoint.configure(meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller=user_is_caller)
+            self.configure(call_id, meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller)
         if sock is None:
             endpoint.restored = True
             if connected_at is not None:
