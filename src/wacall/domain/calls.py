@@ -97,7 +97,7 @@ class CallRules(PlatformState):
         call.errors = errors or []
         call.deadline = call.deadline_kind = None
         if call.direction == BUSINESS_INITIATED and call.accepted_at is not None:
-            call.pulses, call.cost = price_call(self.rate_card, call.wa_id, now - call.accepted_at,
+            call.pulses, call.cost = price_call(self.rate_card, call.wa_id, call.duration or 0,
                                                 self._bic_minutes_this_month(call))
         self._set_state(call, ENDED, reason=reason, by=by)
         self._emit_call(call, CallTerminate(call.id))
