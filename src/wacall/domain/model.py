@@ -55,6 +55,8 @@ class App(Record):
         "whatsapp_business_messaging", "whatsapp_business_management"])
     # object -> {"callback_url", "verify_token", "fields": [...], "active": True}
     subscriptions: dict[str, dict] = field(default_factory=dict)
+    # Meta's app setting "Require App Secret": user/system-user tokens need an appsecret_proof
+    require_appsecret_proof: bool = False
 
     @property
     def key(self) -> str:
