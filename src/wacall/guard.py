@@ -2,8 +2,9 @@
 HTTP itself refuses gets back. See docs/fidelity.md, "Exposure".
 
 - **Host** (DNS rebinding): a request naming a ``Host`` that is neither a loopback address
-  (127.0.0.0/8, ::1), ``localhost``, the address wacall listens on, nor a configured name
-  (``--allowed-host``, ``[server] allowed_hosts``; ``*`` allows any) is refused.
+  (127.0.0.0/8, ::1), ``localhost``, the address wacall listens on, ``graph.facebook.com`` (SDKs
+  rerouted to wacall keep it), nor a configured name (``--allowed-host``, ``[server] allowed_hosts``;
+  ``*`` allows any) is refused.
 - **Origin** (cross-site requests): a browser's ``Origin`` must be wacall's own origin,
   ``http://<Host>``; any other (``null`` too) is refused, and so is a state-changing request a browser
   marks ``Sec-Fetch-Site: cross-site``/``same-site`` without an Origin. Server-to-server clients
@@ -64,6 +65,11 @@ def host_name(value: str) -> str | None:
     return name.rstrip(".") or None
 
 
+# Meta's own API host: an SDK rerouted to wacall at the transport level (the README's pywa example) or by
+# a hosts-file entry still names it, and no rebinding page can make a browser send it to loopback.
+META_HOSTS = frozenset({"graph.facebook.com"})
+
+
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 (and ::ffff:127.x), or ``localhost``."""
     if host == "localhost":
@@ -92,7 +98,7 @@ class Exposure:
         name = host_name(host)
         if name is None:
             return False
-        return ("*" in self.allowed_hosts or is_loopback(name) or name in self.allowed_hosts
+        return ("*" in self.allowed_hosts or is_loopback(name) or name in self.allowed_hosts or name in META_HOSTS
                 or name == (host_name(self.listen_host) or self.listen_host))
 
 
