@@ -21,6 +21,7 @@ code     HTTP    test
 101      400     test_101_oauth_unknown_application
 104      400     test_104_no_access_token
 190      401     test_190_bad_access_token
+200      403     test_200_app_token_on_whatsapp_business_objects  (the app token where Meta wants a user token)
 613      429     test_613_call_permissions_more_than_5_per_second
 2200     400     test_2200_callback_verification_fails
 131009   400     test_131009_voice_call_parameter_invalid
@@ -47,7 +48,7 @@ code     HTTP    test
 138018   400     test_138018_no_calls_webhook_subscriber
 =======  ======  ===========================================================================================
 
-Not provoked: 4, 200 and 131008 (in the catalogue, never raised); 138019-138023 (terminate-webhook-only
+Not provoked: 4 and 131008 (in the catalogue, never raised); 138019-138023 (terminate-webhook-only
 client/media failures the virtual users never simulate); code 1 as the catch-all for an unexpected
 exception (that would be a wacall bug).
 """
@@ -90,6 +91,7 @@ COVERAGE: dict[int, list[str]] = {
     101: ["test_101_oauth_unknown_application"],
     104: ["test_104_no_access_token"],
     190: ["test_190_bad_access_token"],
+    200: ["test_200_app_token_on_whatsapp_business_objects"],
     613: ["test_613_call_permissions_more_than_5_per_second"],
     2200: ["test_2200_callback_verification_fails"],
     131009: ["test_131009_voice_call_parameter_invalid"],
@@ -236,6 +238,29 @@ def test_190_bad_access_token(wa, token):
         "messaging_product": "whatsapp", "to": ALICE, "action": "connect",
         "session": {"sdp_type": "offer", "sdp": business_offer()}})
     assert_graph_error(response, 190, 401)
+
+
+@pytest.mark.parametrize("method,edge", [("POST", "calls"), ("POST", "messages"), ("GET", "settings"),
+                                         ("POST", "settings"), ("GET", "call_permissions"), ("GET", ""),
+                                         ("POST", ""), ("GET", "waba:"), ("GET", "waba:subscribed_apps"),
+                                         ("POST", "waba:subscribed_apps"), ("GET", "waba:message_templates"),
+                                         ("GET", "waba:phone_numbers")])
+def test_200_app_token_on_whatsapp_business_objects(wa, method, edge):
+    """An app access token ("{app_id}|{app_secret}") is for the app's own edges (subscriptions); the
+    phone number and WABA edges want a system-user or user token."""
+    object_id, edge = (wa.waba_id, edge[5:]) if edge.startswith("waba:") else (wa.pnid, edge)
+    path = f"{object_id}/{edge}" if edge else object_id
+    body = {"messaging_product": "whatsapp", "to": ALICE, "action": "connect",
+            "session": {"sdp_type": "offer", "sdp": business_offer()}} if method == "POST" else None
+    response = wa.graph(method, path, token=wa.app_token, json=body,
+                        params={"user_wa_id": ALICE} if edge == "call_permissions" else None)
+    error = assert_graph_error(response, 200, 403)
+    assert "app access token" in details(error)
+    assert wa.ctl("GET", "calls").json()["data"] == []
+    # the same app's token is what /{app_id}/subscriptions wants
+    assert wa.graph("GET", f"{wa.app_id}/subscriptions", token=wa.app_token).status_code == 200
+    assert wa.graph("DELETE", f"{wa.app_id}/subscriptions", token=wa.app_token).status_code == 200
+    assert_graph_error(wa.subscribe(closed_port_url()), 2200, 400)          # verified, not refused for its token
 
 
 @pytest.mark.parametrize("token,method,edge,permission", [

@@ -124,6 +124,7 @@ def test_user_hangs_up_a_business_call_gateway_sends_bye_with_duration(sip):
     bye = next(t for t in result.received() if t.startswith("BYE "))
     assert _header(bye, "x-wa-meta-wacid") == [call_id]
     assert int(_header(bye, "x-wa-meta-call-duration")[0]) >= 1
+    assert int(_header(bye, "x-wa-meta-call-duration")[0]) == sip.wa.call(call_id)["duration"]   # Call.duration
     assert _header(bye, "Reason") == ['Q.850;cause=16;text="NORMAL_CLEARING"']
     ok = next(t for t in result.received() if t.startswith("SIP/2.0 200 "))
     meta_tag = re.search(r";tag=([^;>\s]+)", _header(ok, "To")[0]).group(1)

@@ -43,6 +43,12 @@ def serve(
     sip_t1: Optional[float] = typer.Option(None, "--sip-t1", help="RFC 3261 T1 in seconds (default 0.5)"),
     sip_hosts: list[str] = typer.Option([], "--sip-host",
                                         help="NAME=ADDRESS: resolve a business SIP hostname to a loopback address"),
+    allowed_hosts: list[str] = typer.Option([], "--allowed-host",
+                                            help="a Host name the APIs answer besides loopback (repeatable; "
+                                                 "'*': any)"),
+    control_token: Optional[str] = typer.Option(None, "--control-token", envvar="WACALL_CONTROL_TOKEN",
+                                                help="bearer token the control API demands (required with a "
+                                                     "non-loopback --host)"),
 ) -> None:
     """Start the emulator and print what a client needs."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -68,8 +74,26 @@ def serve(
             typer.echo(f"wacall: --sip-host wants NAME=ADDRESS, got {mapping!r}", err=True)
             raise typer.Exit(2)
         cfg.sip.hosts[name] = address
+    cfg.server.allowed_hosts += allowed_hosts
+    if control_token is not None:
+        cfg.server.control_token = control_token or None
+    if not listens_on_loopback(host):
+        typer.echo(f"wacall: warning: --host {host} is not a loopback address: whoever reaches it can drive this "
+                   "emulator. The control API demands the control token; the Graph API answers only Host names "
+                   "given with --allowed-host.", err=True)
+        if not cfg.server.control_token:
+            typer.echo("wacall: a non-loopback --host needs a control token (--control-token, "
+                       "WACALL_CONTROL_TOKEN or [server] control_token)", err=True)
+            raise typer.Exit(2)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_serve(cfg, host, port, db, json_output))
+
+
+def listens_on_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only listen addresses that need no control token."""
+    from .guard import host_name, is_loopback
+
+    return is_loopback(host_name(host) or host)
 
 
 async def _serve(cfg, host: str, port: int, db: str, json_output: bool) -> None:

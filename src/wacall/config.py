@@ -4,12 +4,13 @@ users, the limits profile, webhook delivery and the pricing rate card. See docs/
 from __future__ import annotations
 
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import phonenumbers
 
+from .domain import fields
 from .domain.limits import Limits
 from .domain.model import App, PhoneNumber, User, Waba
 from .domain.pricing import DEFAULT_RATES, RateCard
@@ -37,6 +38,13 @@ class SipGatewayConfig:
 
 
 @dataclass
+class ServerConfig:
+    """``[server]``: who may reach the Graph and control APIs (docs/configuration.md, "Exposure")."""
+    allowed_hosts: list[str] = field(default_factory=list)   # Host header names accepted besides loopback
+    control_token: str | None = None       # when set, the control API demands "Authorization: Bearer <token>"
+
+
+@dataclass
 class Config:
     wabas: list[Waba]
     numbers: list[PhoneNumber]
@@ -48,6 +56,7 @@ class Config:
     sip: SipGatewayConfig = field(default_factory=SipGatewayConfig)
     media_workers: int = 0       # 0: media in the server process; N: N worker processes
     media_port: int = 0          # the relay's shared UDP port (worker i: port + i); 0: any free port
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 DEFAULT_TOML = """
@@ -106,10 +115,6 @@ client_version = "2.23.20.0"
 """
 
 
-def _digits(value: Any) -> str:
-    return "".join(ch for ch in str(value) if ch.isdigit())
-
-
 def region_of(e164_digits: str) -> str:
     """ISO country of a number; fictional ranges (e.g. UK 07700 900xxx) fall back to the calling code's."""
     try:
@@ -120,8 +125,8 @@ def region_of(e164_digits: str) -> str:
             or phonenumbers.region_code_for_country_code(parsed.country_code) or "ZZ")
 
 
-def _take(table: dict, cls, fields: set[str]) -> dict:
-    unknown = set(table) - fields
+def _take(table: dict, cls, keys: set[str]) -> dict:
+    unknown = set(table) - keys
     if unknown:
         raise ValueError(f"{cls}: unknown keys {', '.join(sorted(unknown))}")
     return table
@@ -130,30 +135,38 @@ def _take(table: dict, cls, fields: set[str]) -> dict:
 def build_config(raw: dict) -> Config:
     limits_raw = dict(raw.get("limits") or {})
     limits = Limits.for_profile(limits_raw.pop("profile", "production"), **limits_raw)
-    wabas = [Waba(**_take(w, "wabas", {"id", "name", "currency", "timezone_id"})) for w in raw.get("wabas", [])]
+    wabas = [Waba(**_take(w, "wabas", {"id", "name", "currency", "timezone_id"})) for w in _tables(raw, "wabas")]
     for waba in wabas:
         waba.id = str(waba.id)
     numbers = []
-    for n in raw.get("numbers", []):
+    for i, n in enumerate(_tables(raw, "numbers")):
         _take(n, "numbers", {"id", "waba_id", "display_phone_number", "verified_name", "country",
                              "messaging_limit", "is_test_number", "allowed_recipients", "payment_method", "calling"})
-        digits = _digits(n["display_phone_number"])
+        with _where(f"numbers[{i}]"):
+            digits = fields.phone(n["display_phone_number"], "display_phone_number")
+            settable = fields.check_number_fields({k: n[k] for k in fields.NUMBER_SETTABLE if k in n})
+            if not isinstance(n.get("verified_name", ""), str) or not isinstance(n.get("calling", {}), dict):
+                raise ValueError("verified_name must be a string and calling a table")
         calling = default_calling_settings(False)
         calling.update(n.get("calling") or {})
         numbers.append(PhoneNumber(
             id=str(n["id"]), waba_id=str(n["waba_id"]), display_phone_number=digits,
-            verified_name=n.get("verified_name", "Business"), country=n.get("country") or region_of(digits),
-            messaging_limit=int(n.get("messaging_limit", 100000)), is_test_number=bool(n.get("is_test_number", False)),
-            allowed_recipients=[_digits(r) for r in n.get("allowed_recipients", [])],
-            payment_method=bool(n.get("payment_method", True)), calling=calling))
+            verified_name=n.get("verified_name", "Business"), country=settable.get("country") or region_of(digits),
+            messaging_limit=settable.get("messaging_limit", 100000),
+            is_test_number=settable.get("is_test_number", False),
+            allowed_recipients=settable.get("allowed_recipients", []),
+            payment_method=settable.get("payment_method", True), calling=calling))
     apps = []
-    for a in raw.get("apps", []):
+    for i, a in enumerate(_tables(raw, "apps")):
         _take(a, "apps", {"id", "name", "secret", "access_token", "verify_token", "waba_ids", "permissions",
-                          "subscribed_to", "callback_url", "fields"})
+                          "subscribed_to", "callback_url", "fields", "require_appsecret_proof"})
         app = App(id=str(a["id"]), name=a.get("name", "App"), secret=a["secret"], access_token=a["access_token"],
                   verify_token=a.get("verify_token", ""), waba_ids=[str(w) for w in a.get("waba_ids", [])])
         if "permissions" in a:
             app.permissions = list(a["permissions"])
+        app.require_appsecret_proof = a.get("require_appsecret_proof", False)
+        if not isinstance(app.require_appsecret_proof, bool):
+            raise ValueError(f"apps[{i}].require_appsecret_proof must be true or false")
         app.subscriptions["whatsapp_business_account"] = {
             "object": "whatsapp_business_account", "callback_url": a.get("callback_url"),
             "verify_token": a.get("verify_token", ""), "active": True,
@@ -163,12 +176,12 @@ def build_config(raw: dict) -> Config:
                 waba.subscribed_apps.append(app.id)
         apps.append(app)
     users = []
-    for u in raw.get("users", []):
-        _take(u, "users", {"wa_id", "name", "country", "platform", "client_version", "device", "on_whatsapp",
-                           "tos_accepted", "incoming", "answer_after", "permission_requests", "reply_after",
-                           "audio"})
-        wa_id = _digits(u["wa_id"])
-        users.append(User(**{**u, "wa_id": wa_id, "country": u.get("country") or region_of(wa_id)}))
+    for i, u in enumerate(_tables(raw, "users")):
+        with _where(f"users[{i}]"):
+            if "wa_id" not in u or "name" not in u:
+                raise ValueError("wa_id and name are required")
+            u = fields.check_user_fields(u)
+        users.append(User(**{**u, "country": u.get("country") or region_of(u["wa_id"])}))
     pricing = raw.get("pricing") or {}
     rates = {str(code): [(int(t[0]), float(t[1])) for t in tiers]
              for code, tiers in (pricing.get("rates") or DEFAULT_RATES).items()}
@@ -177,6 +190,7 @@ def build_config(raw: dict) -> Config:
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
                   sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",
                                                {"domain", "port", "pki_dir", "hosts", "trust", "t1"})),
+                  server=_server_config(raw.get("server") or {}),
                   **_media(raw.get("media") or {}))
 
 
@@ -190,6 +204,41 @@ def _media(table: dict) -> dict:
     return {"media_workers": workers, "media_port": port}
 
 
+def _server_config(table: dict) -> ServerConfig:
+    _take(table, "server", {"allowed_hosts", "control_token"})
+    hosts, token = table.get("allowed_hosts", []), table.get("control_token")
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+        raise ValueError("server.allowed_hosts must be a list of host names")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ValueError("server.control_token must be a non-empty string")
+    return ServerConfig(allowed_hosts=list(hosts), control_token=token)
+
+
 def load_config(path: str | Path | None = None) -> Config:
+    """The config at ``path`` (default: the built-in one). A file that is not what docs/configuration.md
+    describes raises ValueError with a sentence naming the key, never another exception."""
     text = Path(path).read_text() if path else DEFAULT_TOML
-    return build_config(tomllib.loads(text))
+    raw = tomllib.loads(text)
+    try:
+        return build_config(raw)
+    except KeyError as exc:
+        raise ValueError(f"a required key is missing: {exc}") from None
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"a value has the wrong type ({exc})") from None
+
+
+def _tables(raw: dict, name: str) -> list[dict]:
+    """``[[name]]``: a list of tables."""
+    items = raw.get(name, [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError(f"{name} must be an array of tables ([[{name}]])")
+    return items
+
+
+@contextmanager
+def _where(place: str):
+    """Prefix a ValueError raised inside with where in the file it happened."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"{place}: {exc}") from None

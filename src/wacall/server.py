@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 import aiohttp
 from aiohttp import web
 
+from . import guard
 from .config import Config, load_config
 from .domain.clock import VirtualClock
 from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia, SipCallChanged
@@ -67,6 +68,8 @@ class Wacall:
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self.runner: web.AppRunner | None = None
+        self._http: asyncio.AbstractServer | None = None
+        self.exposure = guard.Exposure.build(host, self.config.server.allowed_hosts, self.config.server.control_token)
         self._ticker: asyncio.Task | None = None
         self._dispatch_task: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()
@@ -94,8 +97,9 @@ class Wacall:
                                      self.platform.apps[app_id].secret)
         from .graph.routes import graph_routes
         from .control.routes import control_routes
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.guard_middleware])
         app[WACALL] = self
+        app[guard.EXPOSURE] = self.exposure
         control_routes(app)
         graph_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
@@ -104,8 +108,10 @@ class Wacall:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        site = web.SockSite(self.runner, sock)
-        await site.start()
+        # the runner's connections, with requests aiohttp's parser refuses answered in Meta's envelope
+        loop = asyncio.get_running_loop()
+        self._http = await loop.create_server(guard.protocol_factory(self.runner.server, loop, access_log=None),
+                                              sock=sock)
         if isinstance(self.media, MediaWorkers):
             await self.media.start()
         await self._reopen_media()
@@ -147,6 +153,8 @@ class Wacall:
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
+        if self._http is not None:
+            self._http.close()
         if self.runner:
             await self.runner.cleanup()
         if self.session:
@@ -305,16 +313,17 @@ class Wacall:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def info(self) -> dict[str, Any]:
+    def info(self, credentials: bool = True) -> dict[str, Any]:
+        """What a client needs; the app's credentials only when ``credentials`` (loopback callers)."""
         app = self.config.apps[0]
         number = self.config.numbers[0]
         return {
             "graph_url": self.base_url,
             "control_url": f"{self.base_url}/_wacall",
-            "access_token": app.access_token,
+            "access_token": app.access_token if credentials else None,
             "app_id": app.id,
-            "app_secret": app.secret,
-            "verify_token": app.verify_token,
+            "app_secret": app.secret if credentials else None,
+            "verify_token": app.verify_token if credentials else None,
             "waba_id": number.waba_id,
             "phone_number_id": number.id,
             "display_phone_number": number.display_phone_number,

@@ -50,9 +50,11 @@ class Wacall:
     """A running ``wacall serve --json`` process."""
 
     def __init__(self, *, db: str = ":memory:", config: str | None = None, port: int = 0,
-                 extra: list[str] | None = None, open_files: int | None = None) -> None:
+                 extra: list[str] | None = None, open_files: int | None = None,
+                 control_token: str | None = None) -> None:
         self.db, self.config, self.extra = db, config, extra or []
         self.open_files = open_files            # run under `ulimit -n N` (soft and hard)
+        self.control_token = control_token      # sent as a bearer token on every control request
         self.requested_port = port
         self.requested_sip_port = 0
         self.proc: subprocess.Popen | None = None
@@ -65,6 +67,8 @@ class Wacall:
                 *(f"--sip-host={name}=127.0.0.1" for name in BUSINESS_SIP_HOSTS), *self.extra]
         if self.config:
             args += ["--config", self.config]
+        if self.control_token:
+            args += ["--control-token", self.control_token]
         limit = self.open_files
 
         def preexec() -> None:
@@ -135,7 +139,8 @@ class Wacall:
         return self.http.request(method, f"{self.url}/{VERSION}/{path.lstrip('/')}", headers=headers, **kwargs)
 
     def ctl(self, method: str, path: str, json_body: Any = None) -> httpx.Response:
-        return self.http.request(method, f"{self.url}/_wacall/{path.lstrip('/')}", json=json_body)
+        headers = {"Authorization": f"Bearer {self.control_token}"} if self.control_token else None
+        return self.http.request(method, f"{self.url}/_wacall/{path.lstrip('/')}", json=json_body, headers=headers)
 
     def reset(self, *, media_timeouts: bool = False) -> None:
         """Back to the default. Signalling-only tests use SDPs no media stack stands behind, so the

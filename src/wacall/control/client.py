@@ -18,9 +18,12 @@ class ControlRefused(Exception):
 
 
 class ControlClient:
-    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
-        """``base_url`` is the server's URL (``graph_url``) or its ``control_url``."""
+    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None, *,
+                 token: str | None = None) -> None:
+        """``base_url`` is the server's URL (``graph_url``) or its ``control_url``; ``token`` the control
+        token when the server has one (``--control-token``), sent as ``Authorization: Bearer``."""
         self.base = base_url.rstrip("/").removesuffix("/_wacall") + "/_wacall"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session = session
         self._owned = session is None
 
@@ -42,7 +45,7 @@ class ControlClient:
             await self.__aenter__()
         params = {k: str(v) for k, v in query.items() if v is not None}
         async with self._session.request(method, f"{self.base}/{path.lstrip('/')}", json=body,
-                                         params=params) as resp:
+                                         params=params, headers=self.headers) as resp:
             data = await resp.json()
             if resp.status >= 400:
                 error = data.get("error", {}) if isinstance(data, dict) else {}

@@ -8,7 +8,6 @@ hours, already in a call...).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from datetime import datetime, timezone
 from typing import Any
@@ -16,20 +15,16 @@ from typing import Any
 from aiohttp import web
 
 from .. import codec
+from ..domain import fields
 from ..domain.model import ACCEPTED, User
+from ..domain.phone import phone_digits
 from ..domain.state import ControlError
+from ..guard import is_loopback
 from ..media.audio import PreEncodedAudio
 from ..media.ports import MediaUnavailable
 from ..server import WACALL, Wacall
 
 log = logging.getLogger("wacall.control")
-USER_FIELDS = {f.name for f in dataclasses.fields(User)}
-USER_BEHAVIOUR = {"incoming": {"answer", "reject", "ignore", "manual"},
-                  "permission_requests": {"manual", "accept", "accept_permanent", "reject", "ignore"},
-                  "platform": {"android", "ios", "smb_android", "smb_ios", "web", "desktop"},
-                  "device": {"primary", "companion"}}
-NUMBER_FIELDS = {"payment_method": bool, "messaging_limit": int, "is_test_number": bool, "allowed_recipients": list,
-                 "country": str}
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
@@ -133,7 +128,8 @@ async def health(wacall: Wacall, request: web.Request) -> web.Response:
 
 @handler
 async def info(wacall: Wacall, request: web.Request) -> web.Response:
-    return ok(wacall.info())
+    """The only control response with the app's credentials, and only for a caller on loopback."""
+    return ok(wacall.info(credentials=is_loopback(request.remote or "")))
 
 
 @handler
@@ -165,24 +161,19 @@ async def clock_advance(wacall: Wacall, request: web.Request) -> web.Response:
 
 
 def check_user_fields(data: dict) -> dict:
-    unknown = set(data) - USER_FIELDS
-    if unknown:
-        raise ControlError("bad_field", f"unknown user fields: {', '.join(sorted(unknown))}", 400)
-    for name, allowed in USER_BEHAVIOUR.items():
-        if name in data and data[name] not in allowed:
-            raise ControlError("bad_field", f"{name} must be one of {', '.join(sorted(allowed))}", 400)
-    for name in ("answer_after", "reply_after"):
-        if name in data and (isinstance(data[name], bool) or not isinstance(data[name], (int, float))
-                             or data[name] < 0):
-            raise ControlError("bad_field", f"{name} must be a non-negative number of seconds", 400)
-    audio = data.get("audio")
-    if audio is not None and not (isinstance(audio, str) and (
-            audio == "silence" or audio.split(":", 1)[0] in ("tone", "file", "tts") and ":" in audio)):
-        raise ControlError("bad_field", 'audio must be "tone:HZ", "file:PATH", "silence" or "tts:TEXT"', 400)
-    for name in ("name", "country", "client_version"):
-        if name in data and not isinstance(data[name], str):
-            raise ControlError("bad_field", f"{name} must be a string", 400)
-    return data
+    try:
+        return fields.check_user_fields(data)
+    except ValueError as exc:
+        raise ControlError("bad_field", str(exc), 400) from None
+
+
+def business_address(data: dict) -> str:
+    """The ``to`` of a user's call or message: a phone_number_id or the business's display number."""
+    to = data.get("to", "")
+    if phone_digits(to) is None:
+        raise ControlError("bad_field", "to must be the business's phone_number_id or phone number (digits with "
+                                        "optional +, -, (, ) and spaces)", 400)
+    return str(to)
 
 
 @handler
@@ -191,9 +182,9 @@ async def users(wacall: Wacall, request: web.Request) -> web.Response:
         return ok({"data": [u.to_doc() for u in wacall.platform.users.values()]})
     from ..config import region_of
     data = check_user_fields(await body_of(request))
-    wa_id = "".join(ch for ch in str(data.get("wa_id", "")) if ch.isdigit())
+    wa_id = data.get("wa_id")
     if not wa_id:
-        raise ControlError("bad_field", "wa_id is required (the user's phone number digits)", 400)
+        raise ControlError("bad_field", "wa_id is required (the user's phone number)", 400)
     if wa_id in wacall.platform.users:
         raise ControlError("exists", f"user {wa_id} already exists", 409)
     if "audio" in data:
@@ -219,7 +210,7 @@ async def user(wacall: Wacall, request: web.Request) -> web.Response:
 async def user_messages(wacall: Wacall, request: web.Request) -> web.Response:
     data = await body_of(request)
     message = wacall.apply(lambda: wacall.platform.user_sends_message(
-        request.match_info["wa_id"], str(data.get("to", "")), data.get("text", "")))
+        request.match_info["wa_id"], business_address(data), data.get("text", "")))
     return ok({"message_id": message.id}, 201)
 
 
@@ -236,7 +227,7 @@ async def user_calls(wacall: Wacall, request: web.Request) -> web.Response:
                                                 "try again)", 503) from None
     try:
         call = wacall.apply(lambda: wacall.platform.user_calls(
-            request.match_info["wa_id"], str(data.get("to", "")), entry_point=data.get("entry_point", "call_icon"),
+            request.match_info["wa_id"], business_address(data), entry_point=data.get("entry_point", "call_icon"),
             payload=payload, call_id=call_id, leg=leg))
     except ControlError:
         wacall.media.release(call_id)
@@ -327,12 +318,15 @@ def number_of(wacall: Wacall, request: web.Request):
 async def number(wacall: Wacall, request: web.Request) -> web.Response:
     found = number_of(wacall, request)
     if request.method == "PATCH":
-        data = await body_of(request)
-        for key, value in data.items():
-            if key not in NUMBER_FIELDS or not isinstance(value, NUMBER_FIELDS[key]):
-                raise ControlError("bad_field", f"{key} is not a settable number field of that type", 400)
+        try:
+            data = fields.check_number_fields(await body_of(request))
+        except ValueError as exc:
+            raise ControlError("bad_field", str(exc), 400) from None
         patch(wacall, found, data)
-    return ok(found.to_doc())
+    doc = found.to_doc()
+    if str(request.query.get("include_sip_credentials", "")).lower() != "true":   # as Graph's GET settings
+        doc.pop("sip_passwords", None)
+    return ok(doc)
 
 
 @handler
@@ -343,12 +337,15 @@ async def app_record(wacall: Wacall, request: web.Request) -> web.Response:
         raise ControlError("unknown_app", f"no app {request.match_info['app_id']}", 404)
     if request.method == "PATCH":
         data = await body_of(request)
-        permissions = data.get("permissions")
-        if set(data) - {"permissions"} or not isinstance(permissions, list) or not all(
-                isinstance(p, str) for p in permissions):
-            raise ControlError("bad_field", "only permissions (a list of strings) can be set", 400)
-        patch(wacall, found, {"permissions": permissions})
-    return ok({"id": found.id, "name": found.name, "permissions": found.permissions, "waba_ids": found.waba_ids})
+        permissions = data.get("permissions", found.permissions)
+        proof = data.get("require_appsecret_proof", found.require_appsecret_proof)
+        if (set(data) - {"permissions", "require_appsecret_proof"} or not isinstance(permissions, list)
+                or not all(isinstance(p, str) for p in permissions) or not isinstance(proof, bool)):
+            raise ControlError("bad_field", "only permissions (a list of strings) and require_appsecret_proof "
+                                            "(true/false) can be set", 400)
+        patch(wacall, found, {"permissions": permissions, "require_appsecret_proof": proof})
+    return ok({"id": found.id, "name": found.name, "permissions": found.permissions, "waba_ids": found.waba_ids,
+               "require_appsecret_proof": found.require_appsecret_proof})
 
 
 @handler

@@ -19,6 +19,7 @@ from .events import (CallConnect, CallStatus, CallTerminate, MediaConfigure, Med
 from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
 from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, USER_INITIATED, Call,
                     PhoneNumber, User)
+from .phone import ascii_digits, phone_digits
 from .pricing import price_call
 from .state import ControlError, PlatformState
 
@@ -28,7 +29,8 @@ ENTRY_POINTS = ("call_icon", "call_button", "deeplink", "call_log")
 
 
 def digits_of(value: Any) -> str:
-    return "".join(ch for ch in str(value) if ch.isdigit())
+    """Every ASCII digit of a SIP user part or address (lenient; Graph input goes through phone_digits)."""
+    return ascii_digits(value)
 
 
 def _opaque(body: dict) -> str | None:
@@ -97,7 +99,7 @@ class CallRules(PlatformState):
         call.errors = errors or []
         call.deadline = call.deadline_kind = None
         if call.direction == BUSINESS_INITIATED and call.accepted_at is not None:
-            call.pulses, call.cost = price_call(self.rate_card, call.wa_id, now - call.accepted_at,
+            call.pulses, call.cost = price_call(self.rate_card, call.wa_id, call.duration or 0,
                                                 self._bic_minutes_this_month(call))
         self._set_state(call, ENDED, reason=reason, by=by)
         self._emit_call(call, CallTerminate(call.id))
@@ -153,9 +155,9 @@ class CallRules(PlatformState):
         to = body.get("to") if body.get("to") is not None else body.get("recipient")
         if to is None:
             raise GraphError(100, "The parameter to is required.")
-        if not isinstance(to, (str, int)) or not digits_of(to):
+        wa_id = phone_digits(to)
+        if wa_id is None:
             raise GraphError(100, "Param to must be a valid phone number.")
-        wa_id = digits_of(to)
         opaque = _opaque(body)
         sdp, offer = self._session_sdp(body, number, "offer")
         if number.country in BIC_UNAVAILABLE_COUNTRIES:

@@ -99,20 +99,24 @@ class GraphError(Exception):
     """A Graph API error the domain decided on. ``details`` lands in ``error_data.details``."""
 
     def __init__(self, code: int, details: str | None = None, *, message: str | None = None,
-                 http_status: int | None = None, subcode: int | None = None) -> None:
+                 http_status: int | None = None, subcode: int | None = None, error_type: str | None = None,
+                 bare_message: bool = False) -> None:
+        """``bare_message``: ``message`` is Graph's whole text, without the ``(#code)`` prefix (Graph's
+        own errors such as "Invalid appsecret_proof provided in the API argument" read that way)."""
         entry = CATALOGUE.get(code) or ErrorCode(code, 400, "Error", "")
         self.code = code
         self.title = message or entry.title
         # error_data.details is never empty: a specific message, else the catalogue text, else the title
         self.details = details if details is not None else (message or entry.details or self.title)
         self.http_status = http_status or entry.http_status
-        self.type = entry.type
+        self.type = error_type or entry.type
         self.subcode = subcode
+        self.bare_message = bare_message
         super().__init__(f"(#{code}) {self.title}: {self.details}")
 
     @property
     def message(self) -> str:
-        return f"(#{self.code}) {self.title}"
+        return self.title if self.bare_message else f"(#{self.code}) {self.title}"
 
     def as_webhook_error(self) -> dict:
         """The ``errors[]`` item shape used inside webhooks (terminate, failed statuses)."""

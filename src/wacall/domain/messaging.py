@@ -9,14 +9,11 @@ from .errors import GraphError
 from .events import InboundMessage, MessageStatus
 from .limits import version_at_least
 from .model import Message, PhoneNumber, Template
+from .phone import phone_digits
 from .state import ControlError, PlatformState, new_id
 
 VOICE_CALL_MIN_VERSION = "2.24.1"
 TEXT_MAX = 4096
-
-
-def _digits(value: Any) -> str:
-    return "".join(ch for ch in str(value) if ch.isdigit())
 
 
 def _check_ttl(value: Any, low: int, high: int, where: str) -> int:
@@ -32,9 +29,9 @@ class MessageRules(PlatformState):
         if body.get("messaging_product") != "whatsapp":
             raise GraphError(100, "The parameter messaging_product is required and must be 'whatsapp'.")
         to = body.get("to")
-        if to is None or not isinstance(to, (str, int)) or not _digits(to):
+        wa_id = phone_digits(to)
+        if wa_id is None:
             raise GraphError(100, "The parameter to is required and must be a phone number.")
-        wa_id = _digits(to)
         type_ = body.get("type", "text")
         if not isinstance(type_, str):
             raise GraphError(100, "Param type must be a string.")

@@ -6,6 +6,7 @@ Every object has a ``KIND`` and a ``key`` so the store can persist it as a docum
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,6 +55,8 @@ class App(Record):
         "whatsapp_business_messaging", "whatsapp_business_management"])
     # object -> {"callback_url", "verify_token", "fields": [...], "active": True}
     subscriptions: dict[str, dict] = field(default_factory=dict)
+    # Meta's app setting "Require App Secret": user/system-user tokens need an appsecret_proof
+    require_appsecret_proof: bool = False
 
     @property
     def key(self) -> str:
@@ -189,11 +192,26 @@ class Call(Record):
     def active(self) -> bool:
         return self.state != ENDED
 
+    # One definition of a connected call's length, used by the terminate webhook, pricing, analytics,
+    # the control API and the SIP BYE: whole seconds, so that end_time - start_time == duration and
+    # pulses == ceil(duration / 6) always hold (docs/fidelity.md, "Duration, timestamps and pulses").
     @property
     def duration(self) -> int | None:
+        """Whole seconds from accept to end, rounded half up; None for a call that never connected."""
         if self.accepted_at is None or self.ended_at is None:
             return None
-        return int(round(self.ended_at - self.accepted_at))
+        return max(0, math.floor(self.ended_at - self.accepted_at + 0.5))
+
+    @property
+    def start_time(self) -> int | None:
+        """Unix seconds of the accept (truncated), as the terminate webhook's ``start_time``."""
+        return None if self.accepted_at is None else int(self.accepted_at)
+
+    @property
+    def end_time(self) -> int | None:
+        """``start_time + duration`` for a connected call that ended; else None."""
+        duration = self.duration
+        return None if duration is None else int(self.accepted_at) + duration
 
 
 @dataclass

@@ -7,6 +7,7 @@ from .errors import GraphError
 from .events import MessageStatus, PermissionReply
 from .limits import BIC_UNAVAILABLE_COUNTRIES
 from .model import Call, Message, Pair, PhoneNumber
+from .phone import phone_digits
 from .state import ControlError, PlatformState, new_id
 
 DAY = 86400.0
@@ -89,8 +90,8 @@ class PermissionRules(PlatformState):
             raise GraphError(138000)
         if not user_wa_id:
             raise GraphError(100, "The parameter user_wa_id is required.")
-        wa_id = "".join(ch for ch in str(user_wa_id) if ch.isdigit())
-        if not wa_id:
+        wa_id = phone_digits(user_wa_id)
+        if wa_id is None:
             raise GraphError(100, "Param user_wa_id must be a valid phone number.")
         now = self.now()
         pair = self.pairs.get(f"{number.id}:{wa_id}") or Pair(phone_number_id=number.id, wa_id=wa_id)

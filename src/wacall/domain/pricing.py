@@ -38,14 +38,16 @@ class RateCard:
         return "*", sorted(self.rates.get("*", [(0, 0.0)]))
 
 
-def pulses_for(duration_seconds: float) -> int:
+def pulses_for(duration_seconds: int) -> int:
+    """Six-second pulses for a call of ``duration_seconds`` whole seconds (``Call.duration``), a
+    fractional pulse counting as one: 56 s -> 10 pulses, 6 s -> 1, 0 s -> 0."""
     if duration_seconds <= 0:
         return 0
     return math.ceil(duration_seconds / PULSE_SECONDS)
 
 
-def price_call(card: RateCard, wa_id: str, duration_seconds: float, minutes_this_month: float) -> tuple[int, float]:
-    """Return (pulses, cost) for a connected business-initiated call."""
+def price_call(card: RateCard, wa_id: str, duration_seconds: int, minutes_this_month: float) -> tuple[int, float]:
+    """Return (pulses, cost) for a connected business-initiated call of ``Call.duration`` seconds."""
     pulses = pulses_for(duration_seconds)
     if pulses == 0:
         return 0, 0.0

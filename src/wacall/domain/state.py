@@ -15,6 +15,7 @@ from .events import Event
 from .limits import Limits
 from .model import (Call, App, Message, Pair, PhoneNumber, Record, RECORD_TYPES, Template, User,
                     Waba)
+from .phone import phone_digits
 from .pricing import RateCard
 
 
@@ -139,9 +140,11 @@ class PlatformState:
         return waba
 
     def number_by_address(self, address: str) -> PhoneNumber | None:
-        digits = "".join(ch for ch in str(address) if ch.isdigit())
         if address in self.numbers:
             return self.numbers[address]
+        digits = phone_digits(address)
+        if digits is None:
+            return None
         for number in self.numbers.values():
             if number.display_phone_number == digits:
                 return number

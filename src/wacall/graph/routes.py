@@ -9,6 +9,8 @@ unexpected becomes Graph's code 1.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 from typing import Any
@@ -42,6 +44,7 @@ class Request:
         self.params = params       # query string merged with a form or JSON-object body
         self.body = body           # the JSON body as sent (may be any JSON value) or the form dict
         self.app: App | None = None
+        self.app_token = False     # authenticated with the app access token ("{app_id}|{app_secret}")
 
     def param(self, name: str) -> Any:
         return self.params.get(name)
@@ -66,6 +69,7 @@ async def parse(wacall: Wacall, http: web.Request) -> Request:
                 raise GraphError(100, "The request body could not be parsed as JSON.") from None
         if isinstance(body, dict):
             params.update(body)
+            body.pop("appsecret_proof", None)    # a Graph-wide parameter (authenticate), not the edge's
     return Request(wacall, http, params, body)
 
 
@@ -81,7 +85,25 @@ def authenticate(req: Request) -> App:
     if app is None:
         raise GraphError(190)
     req.app = app
+    req.app_token = str(token) == app.app_token
+    check_appsecret_proof(req, app, str(token))
     return app
+
+
+def check_appsecret_proof(req: Request, app: App, token: str) -> None:
+    """``appsecret_proof`` = hex HMAC-SHA256 of the access token keyed with the app secret: checked when
+    sent; required for user/system-user tokens when the app requires it (Meta's "Require App Secret",
+    which an app token, holding the secret itself, satisfies)."""
+    proof = req.param("appsecret_proof")
+    if proof is None:
+        if app.require_appsecret_proof and not req.app_token:
+            raise GraphError(100, message="API calls from the server require an appsecret_proof argument",
+                             error_type="GraphMethodException", bare_message=True)
+        return
+    expected = hmac.new(app.secret.encode(), token.encode(), hashlib.sha256).hexdigest()
+    if not isinstance(proof, str) or not hmac.compare_digest(proof.encode(), expected.encode()):
+        raise GraphError(100, message="Invalid appsecret_proof provided in the API argument",
+                         error_type="GraphMethodException", bare_message=True)
 
 
 def require(app: App, permission: str) -> None:
@@ -365,6 +387,10 @@ async def dispatch(req: Request, object_id: str, edge: str) -> dict:
         kind, obj, edges = "app", platform.apps[object_id], APP_EDGES
     else:
         raise unsupported(object_id, method)
+    if kind != "app" and req.app_token:
+        raise GraphError(200, "An app access token cannot be used on WhatsApp Business objects: use a system "
+                              "user or user access token with whatsapp_business_messaging / "
+                              "whatsapp_business_management.")
     if edge not in edges:
         node = {"number": "WhatsAppBusinessPhoneNumber", "waba": "WhatsAppBusinessAccount",
                 "app": "Application"}[kind]

@@ -66,10 +66,12 @@ def call_connect(platform: Platform, call: Call, number: PhoneNumber) -> dict:
 
 
 def call_terminate(platform: Platform, call: Call, number: PhoneNumber) -> dict:
+    # a connected call's times come from Call.start_time/end_time/duration, which agree with each other
+    ended = call.end_time if call.end_time is not None else _ts(call.ended_at or platform.now())
     item = {"id": call.id, **_parties(call, number), "event": "terminate", "direction": call.direction,
-            **_payloads(call), "timestamp": _ts(call.ended_at or platform.now()), "status": call.end_status}
-    if call.accepted_at is not None and call.ended_at is not None:
-        item.update(start_time=_ts(call.accepted_at), end_time=_ts(call.ended_at), duration=call.duration)
+            **_payloads(call), "timestamp": str(ended), "status": call.end_status}
+    if call.duration is not None:
+        item.update(start_time=str(call.start_time), end_time=str(call.end_time), duration=call.duration)
     value = {"messaging_product": "whatsapp", "metadata": _metadata(number),
              "contacts": _contacts(platform, call.wa_id), "calls": [item]}
     if call.errors:
