@@ -98,6 +98,7 @@ class CallRules(PlatformState):
         call.ended_by = by
         call.errors = errors or []
         call.deadline = call.deadline_kind = None
+        call.media = None                          # the relay's keys and positions are of no use any more
         if call.direction == BUSINESS_INITIATED and call.accepted_at is not None:
             call.pulses, call.cost = price_call(self.rate_card, call.wa_id, call.duration or 0,
                                                 self._bic_minutes_this_month(call))
