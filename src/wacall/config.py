@@ -42,7 +42,10 @@ class WebhookDelivery:
         if isinstance(self.concurrent_per_url, bool) or not isinstance(self.concurrent_per_url, int) \
                 or not 1 <= self.concurrent_per_url <= 1000:
             raise ValueError("webhooks: concurrent_per_url must be an integer from 1 to 1000")
-        FaultPlan.parse(self.faults)           # refuse a bad [webhooks.faults] at load time
+        try:
+            FaultPlan.parse(self.faults)       # refuse a bad [webhooks.faults] at load time
+        except ValueError as exc:
+            raise ValueError(f"webhooks.faults: {exc}") from None
 
 
 @dataclass
