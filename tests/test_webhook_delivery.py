@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import io
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,32 @@ def record_attempts(rx: Receiver) -> list[Attempt]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+def config(tmp_path: Path, faults_toml: str = "", **webhooks) -> Path:
+    """FAST with its [webhooks] table replaced (and a [webhooks.faults] table, if given)."""
+    base = FAST.read_text().split("[webhooks]")[0]
+    lines = ["[webhooks]", *(f"{key} = {json.dumps(value)}" for key, value in webhooks.items())]
+    path = tmp_path / "wacall.toml"
+    path.write_text(base + "\n".join(lines) + "\n" + faults_toml)
+    return path
+
+
+def field_of(body: dict) -> str:
+    return body["entry"][0]["changes"][0]["field"]
+
+
+def item_for(wa: Wacall, key: tuple) -> dict | None:
+    return next((i for i in journal(wa) if identity(i["body"]) == key), None)
+
+
+def text_message(body: dict) -> bool:
+    value = body["entry"][0]["changes"][0]["value"]
+    return any(m.get("type") == "text" for m in value.get("messages", []))
+
+
+def in_flight(wa: Wacall) -> int:
+    return wa.ctl("GET", "health").json()["webhooks"]["in_flight"]
+
 
 def signature(secret: str, raw: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
@@ -290,18 +317,18 @@ def test_failing_receiver_and_crash_lose_nothing(emulator, receivers):
     for item in items:
         log = item["attempt_log"]
         assert log[-1]["status_code"] == 200 and log[-1]["error"] is None, item
-        assert all(a["status_code"] == 500 and a["error"] == "HTTP 500" for a in log[:-1]), item
+        assert all(a["status_code"] == 500 and a["error"] == "HTTP 500" for a in log[:-1]), log
         assert item["attempts"] == len(log) and item["url"] == rx.url
         raw = delivered_raw[identity(item["body"])]
         assert json.loads(raw) == item["body"]
     assert {(i["call_id"]) for i in items if i["field"] == "calls"} == {alice_call, bic_id, dave_call}
 
-    # head-of-line per URL: the receiver saw the webhooks in the order they were produced
-    first_seen: list[tuple] = []
-    for delivery in rx.snapshot():
-        if identity(delivery.body) not in first_seen:
-            first_seen.append(identity(delivery.body))
-    assert first_seen == [identity(i["body"]) for i in items]
+    # every webhook was retried on its own schedule: each interval is the backoff after that many failures
+    # (tests/data/delivery_fast_retry.toml: 0.2 s doubling, at most 1 s), so none waited for another
+    for item in items:
+        at = [a["at"] for a in item["attempt_log"]]
+        for n in range(1, len(at)):
+            assert at[n] - at[n - 1] >= min(0.2 * 2 ** (n - 1), 1.0) - 0.01, (n, at)
 
     # and after a recovery, a brief outage affects only what is queued then
     rx.fail_remaining = 2
@@ -364,7 +391,7 @@ def test_verification_handshake_is_required(emulator, receivers):
         "fields": "calls", "access_token": wa.app_token})
     error = graph_error(wrong, 2200)
     assert "403" in error["error_data"]["details"]
-    assert wa.graph("GET", f"{wa.app_id}/subscriptions", token=wa.app_token).json()["data"][0]["callback_url"] is None
+    assert wa.graph("GET", f"{wa.app_id}/subscriptions", token=wa.app_token).json()["data"] == []   # still none
 
     closed = receivers("x", "y")
     closed.stop()
@@ -459,3 +486,124 @@ def test_waba_and_number_overrides_take_precedence(emulator, receivers):
     after = user_call(wa, DAVE)
     number_rx.wait(lambda r: ("call", after, "connect") in events(r))
     assert urls(after) == {number_rx.url}
+
+
+# ---------------------------------------------------------------------------------------------- independence
+
+#: Retries only when the test moves the virtual clock: 60 s, then 120, 240... (a 20 s timeout, as Meta's).
+SCHEDULE = {"timeout_seconds": 20, "retry_base_seconds": 60, "retry_factor": 2, "retry_max_seconds": 3600,
+            "concurrent_per_url": 4}
+
+
+def test_refused_event_does_not_hold_back_later_ones_and_is_retried_on_meta_schedule(emulator, receivers, tmp_path):
+    wa = emulator(config(tmp_path, **SCHEDULE))
+    rx = receivers(wa.info["app_secret"], wa.info["verify_token"])
+    rx.refuse = lambda body: 400 if field_of(body) == "messages" else None     # a calls-only bot
+    assert wa.subscribe(rx.url).status_code == 200
+
+    hello = wa.ctl("POST", f"users/{BRUNO}/messages", {"to": wa.pnid, "text": "do you sell ferns?"})
+    assert hello.status_code == 201, hello.text
+    key = (("message", hello.json()["message_id"]),)
+    wait_until(lambda: (i := item_for(wa, key)) and i["attempts"] == 1, what="the refused first attempt")
+
+    # every later event still arrives at once, on its first attempt
+    call_id = user_call(wa, ALICE)
+    action(wa, call_id, "reject")
+    rx.wait(lambda r: {("call", call_id, "connect"), ("call", call_id, "terminate")} <= events(r))
+    for item in journal(wa, call_id=call_id):
+        if item["field"] == "calls":       # (the automatic callback permission is a `messages` event: refused)
+            assert item["status"] == "delivered" and [a["status_code"] for a in item["attempt_log"]] == [200], item
+
+    # the refused one waits for its retry, 60 s on the virtual clock, then 120, 240...
+    item = item_for(wa, key)
+    assert item["status"] == "pending" and item["attempts"] == 1
+    assert item["attempt_log"][0]["status_code"] == 400 and item["attempt_log"][0]["error"] == "HTTP 400"
+    assert item["next_attempt_at"] == pytest.approx(item["attempt_log"][0]["at"] + 60)
+    for made, wait in ((2, 60), (3, 120), (4, 240)):
+        wa.advance(wait)
+        item = wait_until(lambda: (i := item_for(wa, key)) and i["attempts"] == made and i,
+                          what=f"attempt {made} after {wait} s")
+        assert item["next_attempt_at"] == pytest.approx(item["attempt_log"][-1]["at"] + 2 * wait)
+        assert item["status"] == "pending"
+    refused = [p for p in rx.snapshot() if identity(p.body) == key]
+    assert refused == []
+    assert len([p for p in rx.posts if identity(p.body) == key]) == 4
+
+    # Meta keeps trying for up to 7 days, then drops it
+    wa.advance(7 * 86400)
+    item = wait_until(lambda: (i := item_for(wa, key)) and i["status"] == "expired" and i, what="expiry")
+    assert item["attempts"] == 5 and all(a["status_code"] == 400 for a in item["attempt_log"])
+    assert rx.bad_signatures == 0
+
+
+def test_hanging_event_does_not_hold_back_later_ones(emulator, receivers, tmp_path):
+    wa = emulator(config(tmp_path, **SCHEDULE))
+    rx = receivers(wa.info["app_secret"], wa.info["verify_token"])
+    release = threading.Event()
+    rx.hold = lambda body: release if text_message(body) else None     # the user's text only
+    assert wa.subscribe(rx.url).status_code == 200
+
+    hello = wa.ctl("POST", f"users/{BRUNO}/messages", {"to": wa.pnid, "text": "hello?"}).json()["message_id"]
+    wait_until(lambda: any(identity(p.body) == (("message", hello),) for p in rx.posts), what="the held POST")
+    call_id = user_call(wa, ALICE)
+    action(wa, call_id, "reject")
+    rx.wait(lambda r: {("call", call_id, "connect"), ("call", call_id, "terminate")} <= events(r))
+    assert ("message", hello) not in events(rx)
+    held = item_for(wa, (("message", hello),))
+    assert held["status"] == "pending" and held["attempt_log"] == []      # still waiting for its answer
+    assert in_flight(wa) == 1
+    release.set()
+    item = wait_until(lambda: (i := item_for(wa, (("message", hello),))) and i["status"] == "delivered" and i,
+                      what="the held webhook delivered")
+    assert [a["status_code"] for a in item["attempt_log"]] == [200]
+
+
+def test_concurrent_attempts_per_url_are_bounded(emulator, receivers, tmp_path):
+    wa = emulator(config(tmp_path, **{**SCHEDULE, "concurrent_per_url": 2}))
+    rx = receivers(wa.info["app_secret"], wa.info["verify_token"])
+    release = threading.Event()
+    rx.hold = lambda body: release
+    assert wa.subscribe(rx.url, fields="messages").status_code == 200
+    sent = [wa.ctl("POST", f"users/{BRUNO}/messages", {"to": wa.pnid, "text": f"m{n}"}).json()["message_id"]
+            for n in range(3)]
+    wait_until(lambda: len(rx.posts) == 2, what="two POSTs in flight")
+    assert len(journal(wa)) == 3 and in_flight(wa) == 2 and len(rx.posts) == 2    # the third waits for a slot
+    release.set()
+    wait_until(lambda: all(i["status"] == "delivered" for i in journal(wa)), what="all three delivered")
+    assert events(rx) == {("message", m) for m in sent}
+    assert all(len(i["attempt_log"]) == 1 for i in journal(wa))
+
+
+def test_one_failing_app_does_not_slow_another(emulator, receivers):
+    wa = emulator(TWO_APPS)
+    good = receivers(wa.info["app_secret"], wa.info["verify_token"])
+    bad = receivers(SECOND_APP["secret"], SECOND_APP["verify_token"])
+    release = threading.Event()
+    bad.hold = lambda body: release                     # hangs past the 1 s timeout on everything...
+    bad.refuse = lambda body: 500                       # ...and then refuses it
+    assert wa.subscribe(good.url).status_code == 200
+    assert subscribe_app(wa, SECOND_APP["id"], SECOND_APP["secret"], bad.url,
+                         SECOND_APP["verify_token"]).status_code == 200
+
+    changed = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {"call_icon_visibility": "DEFAULT"}})
+    assert changed.status_code == 200, changed.text
+    call_id = user_call(wa, ALICE)
+    action(wa, call_id, "reject")
+    hello = wa.ctl("POST", f"users/{BRUNO}/messages", {"to": wa.pnid, "text": "hi"}).json()["message_id"]
+    expected = {("settings", wa.pnid), ("call", call_id, "connect"), ("call", call_id, "terminate"),
+                ("permission_reply", call_id, "accept", "automatic"), ("message", hello)}
+    good.wait(lambda r: expected <= events(r), what="everything at the good app")
+    for item in journal(wa):
+        if item["app_id"] == wa.app_id:
+            assert item["status"] == "delivered" and len(item["attempt_log"]) == 1, item
+    assert events(bad) == set()
+    bad_items = [i for i in journal(wa) if i["app_id"] == SECOND_APP["id"]]
+    assert len(bad_items) == len([i for i in journal(wa) if i["app_id"] == wa.app_id])
+    assert all(i["status"] == "pending" for i in bad_items)
+
+    bad.refuse = None
+    release.set()
+    wait_until(lambda: all(i["status"] == "delivered" for i in journal(wa)), what="the second app recovers",
+               timeout=20)
+    assert expected <= events(bad)
+    assert good.bad_signatures == 0 and bad.bad_signatures == 0

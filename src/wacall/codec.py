@@ -1,4 +1,4 @@
-"""The one JSON codec: compact, UTF-8, the way Graph writes it."""
+"""The one JSON codec: compact, UTF-8, the way Graph writes it; webhook bodies escaped the way Meta signs them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ def dump_bytes(value: Any) -> bytes:
         return dumps(value).encode("utf-8")
     except UnicodeEncodeError:   # a lone surrogate (a client's \ud800 echoed back): keep it escaped
         return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def dump_escaped(value: Any) -> bytes:
+    """Compact JSON with every non-ASCII character escaped as ``\\uXXXX`` in lowercase hex (astral
+    characters as a surrogate pair), so the bytes are ASCII: the form Meta signs webhook payloads in
+    ("an escaped unicode version of the payload, with lowercase hex digits")."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def loads(data: str | bytes) -> Any:

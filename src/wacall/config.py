@@ -3,6 +3,7 @@ users, the limits profile, webhook delivery and the pricing rate card. See docs/
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,15 +16,37 @@ from .domain.limits import Limits
 from .domain.model import App, PhoneNumber, User, Waba
 from .domain.pricing import DEFAULT_RATES, RateCard
 from .domain.settings import default_calling_settings
+from .webhooks.faults import FaultPlan
 
 
 @dataclass
 class WebhookDelivery:
-    timeout_seconds: float = 20.0
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 300.0
-    give_up_after_seconds: float = 7 * 86400.0
+    """``[webhooks]``: how the outbox is delivered (docs/configuration.md, docs/fidelity.md)."""
+    timeout_seconds: float = 20.0              # Meta's FAQ: an attempt times out after about 20 s
+    retry_base_seconds: float = 1.0            # the first retry; each later interval grows by retry_factor...
+    retry_factor: float = 2.0
+    retry_max_seconds: float = 86400.0         # ...up to this
+    give_up_after_seconds: float = 7 * 86400.0  # Meta: retried "for up to 7 days"
     verify_timeout_seconds: float = 5.0
+    concurrent_per_url: int = 8                # attempts in flight at once per callback URL
+    faults: dict = field(default_factory=dict)  # [webhooks.faults]: wacall.webhooks.faults
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_seconds", "retry_base_seconds", "retry_max_seconds", "give_up_after_seconds",
+                     "verify_timeout_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"webhooks: {name} must be a positive number")
+        if isinstance(self.retry_factor, bool) or not isinstance(self.retry_factor, (int, float)) \
+                or not 1 <= self.retry_factor <= 10:
+            raise ValueError("webhooks: retry_factor must be a number from 1 to 10")
+        if isinstance(self.concurrent_per_url, bool) or not isinstance(self.concurrent_per_url, int) \
+                or not 1 <= self.concurrent_per_url <= 1000:
+            raise ValueError("webhooks: concurrent_per_url must be an integer from 1 to 1000")
+        try:
+            FaultPlan.parse(self.faults)       # refuse a bad [webhooks.faults] at load time
+        except ValueError as exc:
+            raise ValueError(f"webhooks.faults: {exc}") from None
 
 
 @dataclass
@@ -167,10 +190,12 @@ def build_config(raw: dict) -> Config:
         app.require_appsecret_proof = a.get("require_appsecret_proof", False)
         if not isinstance(app.require_appsecret_proof, bool):
             raise ValueError(f"apps[{i}].require_appsecret_proof must be true or false")
-        app.subscriptions["whatsapp_business_account"] = {
-            "object": "whatsapp_business_account", "callback_url": a.get("callback_url"),
-            "verify_token": a.get("verify_token", ""), "active": True,
-            "fields": list(a.get("fields", ["calls", "messages", "account_settings_update"]))}
+        if "callback_url" in a or "fields" in a:
+            # A new Meta app has no webhook subscription until the business subscribes (POST
+            # /{app_id}/subscriptions or the App Dashboard); a config may declare one, e.g. for tests.
+            app.subscriptions["whatsapp_business_account"] = {
+                "object": "whatsapp_business_account", "callback_url": a.get("callback_url"),
+                "verify_token": a.get("verify_token", ""), "active": True, "fields": list(a.get("fields", []))}
         for waba in wabas:
             if waba.id in [str(w) for w in a.get("subscribed_to", [])]:
                 waba.subscribed_apps.append(app.id)
@@ -185,7 +210,8 @@ def build_config(raw: dict) -> Config:
     pricing = raw.get("pricing") or {}
     rates = {str(code): [(int(t[0]), float(t[1])) for t in tiers]
              for code, tiers in (pricing.get("rates") or DEFAULT_RATES).items()}
-    webhooks = WebhookDelivery(**(raw.get("webhooks") or {}))
+    webhooks = WebhookDelivery(**_take(dict(raw.get("webhooks") or {}), "webhooks",
+                                       {f.name for f in dataclasses.fields(WebhookDelivery)}))
     return Config(wabas=wabas, numbers=numbers, apps=apps, users=users, limits=limits,
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
                   sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",

@@ -202,8 +202,11 @@ class Wacall:
         events, dirty = self.platform.drain()
         if not events and not dirty:
             return
-        rows = outbox_rows(self.platform, events, self.clock.now())
+        faults = self.dispatcher.faults if self.dispatcher else None
+        rows = outbox_rows(self.platform, events, self.clock.now(), faults)
         self.store.commit(dirty, rows)
+        if self.platform.dirty:         # injected webhook faults noted on call timelines: persisted next
+            self.commit_soon()
         for event in events:
             if isinstance(event, ReleaseMedia):
                 self.media.release(event.call_id)
@@ -214,7 +217,7 @@ class Wacall:
             elif isinstance(event, SipCallChanged) and self.sip is not None:
                 self.sip.on_call_changed(event.call_id)
         if rows and self.dispatcher:
-            self.dispatcher.wake()
+            self.dispatcher.wake(row["url"] for row in rows)
         self._tick_wake.set()
 
     def commit_soon(self) -> None:
@@ -240,6 +243,8 @@ class Wacall:
         self.clock.set_offset(0.0)
         self.platform.limits = self.config.limits
         self.faults = {key: 0 for key in self.faults}
+        if self.dispatcher:
+            self.dispatcher.reset()
         self.seed()
 
     def _configure_media(self, call_id: str) -> None:

@@ -203,14 +203,20 @@ class Delivery:
 @dataclass
 class Receiver:
     """A business's webhook endpoint: answers Meta's verification GET, checks signatures, records POSTs,
-    and can be told to fail (HTTP 500) or hang for a while."""
+    and can be told to fail (HTTP 500) or hang for a while, or, per webhook, to answer another status
+    (``refuse(body)`` returns one, or None to accept) or to hold the request until an event is set
+    (``hold(body)`` returns a ``threading.Event``, or None). ``posts`` has every POST as it arrived,
+    accepted or not; ``deliveries`` only the accepted ones."""
     app_secret: str
     verify_token: str
     deliveries: list[Delivery] = field(default_factory=list)
+    posts: list[Delivery] = field(default_factory=list)
     bad_signatures: int = 0
     fail_remaining: int = 0
     failures_served: int = 0
     hang_seconds: float = 0.0
+    refuse: Callable[[dict], int | None] | None = None
+    hold: Callable[[dict], threading.Event | None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> "Receiver":
@@ -236,15 +242,21 @@ class Receiver:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = json.loads(raw)
                 with receiver.lock:
+                    receiver.posts.append(Delivery(dict(self.headers), raw, body))
                     failing = receiver.fail_remaining > 0
                     if failing:
                         receiver.fail_remaining -= 1
                         receiver.failures_served += 1
+                held = receiver.hold(body) if receiver.hold else None
+                if held is not None:
+                    held.wait(60)
                 if receiver.hang_seconds:
                     time.sleep(receiver.hang_seconds)
-                if failing:
-                    self.send_response(500)
+                status = 500 if failing else (receiver.refuse(body) if receiver.refuse else None)
+                if status is not None and status != 200:
+                    self.send_response(status)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -252,12 +264,15 @@ class Receiver:
                 with receiver.lock:
                     if not hmac.compare_digest(expected, self.headers.get("X-Hub-Signature-256", "")):
                         receiver.bad_signatures += 1
-                    receiver.deliveries.append(Delivery(dict(self.headers), raw, json.loads(raw)))
+                    receiver.deliveries.append(Delivery(dict(self.headers), raw, body))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128        # Meta sends several webhooks to one URL at once
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self

@@ -125,3 +125,17 @@ class ControlClient:
 
     async def webhooks(self, call_id: str | None = None, limit: int = 200) -> list[dict]:
         return (await self.request("GET", "webhooks", call_id=call_id, limit=limit))["data"]
+
+    # -- webhook faults (docs/control-api.md) ----------------------------------------------------
+    async def webhook_faults(self) -> dict:
+        return await self.request("GET", "webhooks/faults")
+
+    async def set_webhook_faults(self, *rules: dict, seed: int | None = None, ordered: bool = False) -> dict:
+        """Replace the plan: ``set_webhook_faults({"kind": "duplicate", "field": "calls"}, seed=7)``."""
+        body: dict[str, Any] = {"rules": list(rules), "ordered": ordered}
+        if seed is not None:
+            body["seed"] = seed
+        return await self.request("POST", "webhooks/faults", body)
+
+    async def clear_webhook_faults(self) -> dict:
+        return await self.request("DELETE", "webhooks/faults")

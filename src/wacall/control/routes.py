@@ -23,6 +23,7 @@ from ..guard import is_loopback
 from ..media.audio import PreEncodedAudio
 from ..media.ports import MediaUnavailable
 from ..server import WACALL, Wacall
+from ..webhooks.faults import FaultPlan
 
 log = logging.getLogger("wacall.control")
 
@@ -91,7 +92,8 @@ async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) ->
         journal = wacall.store.journal(call_id=call.id)
         view["webhooks"] = journal
         events = [{"t": a["at"], "kind": "webhook_attempt", "outbox_id": j["id"], "field": j["field"],
-                   "url": j["url"], "status_code": a["status_code"], "error": a["error"]}
+                   "url": j["url"], "status_code": a["status_code"], "error": a["error"],
+                   **({"fault": j["fault"]} if j.get("fault") else {})}
                   for j in journal for a in j["attempt_log"]]
         view["timeline"] = sorted(view["timeline"] + events, key=lambda e: e["t"])
     return view
@@ -123,7 +125,9 @@ async def health(wacall: Wacall, request: web.Request) -> web.Response:
                "server_transactions": len(gateway.layer.server_transactions),
                "client_transactions": len(gateway.layer.client_transactions),
                "parse_errors": gateway.transport.stats.parse_errors, **gateway.stats}
-    return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip, "media": await wacall.media.stats()})
+    webhooks = wacall.dispatcher.stats() if wacall.dispatcher else None
+    return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip, "webhooks": webhooks,
+               "media": await wacall.media.stats()})
 
 
 @handler
@@ -300,6 +304,22 @@ async def webhooks(wacall: Wacall, request: web.Request) -> web.Response:
 
 
 @handler
+async def webhook_faults(wacall: Wacall, request: web.Request) -> web.Response:
+    """The webhook fault plan (wacall.webhooks.faults): POST replaces it, DELETE clears it."""
+    dispatcher = wacall.dispatcher
+    if request.method == "POST":
+        try:
+            dispatcher.faults = FaultPlan.parse(await body_of(request))
+        except ValueError as exc:
+            raise ControlError("bad_fault", str(exc), 400) from None
+        dispatcher.wake()
+    elif request.method == "DELETE":
+        dispatcher.faults = FaultPlan.parse({})
+        dispatcher.wake()
+    return ok(dispatcher.faults.view())
+
+
+@handler
 async def limits(wacall: Wacall, request: web.Request) -> web.Response:
     if request.method == "PATCH":
         data = await body_of(request)
@@ -407,6 +427,8 @@ def control_routes(app: web.Application) -> None:
     r.add_get("/_wacall/calls/{call_id}/recording.wav", call_recording)
     r.add_post("/_wacall/calls/{call_id}/{action}", call_action)
     r.add_get("/_wacall/webhooks", webhooks)
+    for method in ("GET", "POST", "DELETE"):
+        r.add_route(method, "/_wacall/webhooks/faults", webhook_faults)
     r.add_route("GET", "/_wacall/limits", limits)
     r.add_route("PATCH", "/_wacall/limits", limits)
     r.add_route("GET", "/_wacall/numbers/{phone_number_id}", number)

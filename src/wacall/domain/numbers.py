@@ -50,7 +50,8 @@ class NumberRules(PlatformState):
                 raise GraphError(138015, f"Check and make sure messaging limit on your phone number is "
                                          f"{self.limits.min_messaging_limit_for_calling} or more (it is "
                                          f"{number.messaging_limit}).")
-            if not calling_settings.sip_enabled(new) and not self._calls_subscriber(number.waba_id):
+            enabling = body["calling"].get("status") == "ENABLED"      # checked when calling is (re-)enabled
+            if enabling and not calling_settings.sip_enabled(new) and not self._calls_subscriber(number.waba_id):
                 raise GraphError(138018)
         number.calling = new
         self._sync_sip_passwords(number)

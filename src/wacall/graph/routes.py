@@ -325,11 +325,16 @@ async def app_subscriptions(req: Request, app: App) -> dict:
                          for obj, sub in app.subscriptions.items()]}
     obj = req.param("object")
     if method == "DELETE":
+        unsubscribe = set(parse_fields(req.param("fields")))
+
         def remove() -> None:
-            if obj:
-                app.subscriptions.pop(str(obj), None)
-            else:
-                app.subscriptions.clear()
+            chosen = [str(obj)] if obj else list(app.subscriptions)
+            for name in chosen:
+                if not unsubscribe:                  # no fields: the whole object (every object without one)
+                    app.subscriptions.pop(name, None)
+                elif name in app.subscriptions:      # fields: just those, the callback stays
+                    sub = app.subscriptions[name]
+                    sub["fields"] = [f for f in sub.get("fields", []) if f not in unsubscribe]
             req.platform.put(app)
         req.wacall.apply(remove)
         return {"success": True}

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, create_engine,
-                        delete, event, select, update)
+from sqlalchemy import (Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, create_engine,
+                        delete, event, func, inspect, select, text, update)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
@@ -46,6 +46,13 @@ outbox = Table(
     Column("status", String(16), nullable=False, default="pending"),   # pending | delivered | expired
     Column("last_error", Text),
     Column("delivered_at", Float),
+    Column("fault", Text),                                              # injected faults (JSON list), if any
+)
+# The dispatcher reads only due rows, per URL, and the next due time: never every pending row.
+OUTBOX_INDEXES = (
+    Index("ix_outbox_due", outbox.c.status, outbox.c.url, outbox.c.next_attempt_at),
+    Index("ix_outbox_next", outbox.c.status, outbox.c.next_attempt_at),
+    Index("ix_outbox_head", outbox.c.status, outbox.c.url, outbox.c.id),
 )
 
 attempts = Table(
@@ -81,6 +88,7 @@ class OutboxItem:
     status: str
     last_error: str | None
     delivered_at: float | None
+    fault: str | None = None
 
 
 def database_url(path: str) -> str:
@@ -99,6 +107,15 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", self._sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a database written by an older wacall up to this schema (columns and indexes added since)."""
+        with self.engine.begin() as conn:
+            if "fault" not in {c["name"] for c in inspect(conn).get_columns("outbox")}:
+                conn.execute(text("ALTER TABLE outbox ADD COLUMN fault TEXT"))
+            for index in OUTBOX_INDEXES:
+                index.create(conn, checkfirst=True)
 
     @staticmethod
     def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -154,11 +171,34 @@ class Store:
             conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 
     # -- outbox -------------------------------------------------------------------------------
-    def pending_outbox(self, limit: int = 500) -> list[OutboxItem]:
+    def pending_urls(self) -> set[str]:
+        """Every URL with something left to deliver (read once, when the dispatcher starts)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(outbox).where(outbox.c.status == "pending")
-                                .order_by(outbox.c.id).limit(limit))
-            return [OutboxItem(**row._mapping) for row in rows]
+            return set(conn.execute(select(outbox.c.url).where(outbox.c.status == "pending").distinct()).scalars())
+
+    def due_outbox(self, url: str, now: float, *, exclude: Iterable[int] = (), limit: int = 10) -> list[OutboxItem]:
+        """Up to ``limit`` pending rows for ``url`` whose attempt is due, earliest first (index range scan)."""
+        query = (select(outbox).where(outbox.c.status == "pending", outbox.c.url == url,
+                                      outbox.c.next_attempt_at <= now)
+                 .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit))
+        exclude = list(exclude)
+        if exclude:
+            query = query.where(outbox.c.id.not_in(exclude))
+        with self.engine.connect() as conn:
+            return [OutboxItem(**row._mapping) for row in conn.execute(query)]
+
+    def oldest_pending(self, url: str) -> OutboxItem | None:
+        """The head of ``url``'s queue, for the opt-in ordered delivery mode."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(outbox).where(outbox.c.status == "pending", outbox.c.url == url)
+                               .order_by(outbox.c.id).limit(1)).first()
+            return OutboxItem(**row._mapping) if row else None
+
+    def next_attempt_after(self, now: float) -> float | None:
+        """When the next pending attempt falls due (the dispatcher sleeps until then)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.min(outbox.c.next_attempt_at))
+                                .where(outbox.c.status == "pending", outbox.c.next_attempt_at > now)).scalar()
 
     def record_attempt(self, item_id: int, *, at: float, status_code: int | None, error: str | None,
                        duration_ms: float, delivered: bool, next_attempt_at: float | None, expired: bool) -> None:
@@ -190,5 +230,6 @@ class Store:
                          "duration_ms": row.duration_ms})
         for item in items:
             item["body"] = codec.loads(item["body"])
+            item["fault"] = codec.loads(item["fault"]) if item["fault"] else None
             item["attempt_log"] = tries.get(item["id"], [])
         return list(reversed(items))

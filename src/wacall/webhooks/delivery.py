@@ -1,10 +1,15 @@
-"""Webhook delivery from the persisted outbox: at least once, retried with exponential backoff while
-the receiver fails or times out, for up to ``give_up_after_seconds`` (Meta: 7 days).
+"""Webhook delivery from the persisted outbox, the way Meta delivers: every event on its own.
 
 Each app subscribed to the WABA and to the event's field gets its own copy, signed with its secret,
 at the most specific URL it set: the number's override, then the WABA's, then the app's callback.
-Deliveries to one URL leave in order (head-of-line), so a receiver that recovers sees events in the
-order they happened, with duplicates only where an attempt's outcome was unknown.
+Every copy is delivered and retried independently: a refused or slow event never holds back later
+ones, up to ``concurrent_per_url`` attempts run at once per URL, and a failed attempt (anything but
+HTTP 200, a timeout, a connection error) is retried with growing intervals ("decreasing frequency")
+until ``give_up_after_seconds`` (Meta: 7 days). Meta promises no ordering; the ``ordered`` fault mode
+brings back one-at-a-time delivery per URL for businesses that want to test the strict case.
+
+The dispatcher reads only what is due, per URL, through the outbox indexes, and sleeps until the
+next due attempt: thousands of rows waiting for a retry cost nothing per loop.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterable
 from urllib.parse import urlencode
 
 import aiohttp
@@ -25,6 +30,7 @@ from ..domain.model import PhoneNumber
 from ..domain.platform import Platform
 from ..store.sqlite import OutboxItem, Store
 from . import payloads
+from .faults import FaultPlan, hold, injected
 from .signature import HEADER, sign
 
 log = logging.getLogger("wacall.webhooks")
@@ -49,18 +55,36 @@ def targets(platform: Platform, field: str, number: PhoneNumber) -> list[tuple[s
     return out
 
 
-def outbox_rows(platform: Platform, events: list, now: float) -> list[dict]:
+def outbox_rows(platform: Platform, events: list, now: float, faults: FaultPlan | None = None) -> list[dict]:
+    """The outbox rows for these events: one per (event, app), bodies escaped and signed as Meta does.
+    Injected faults are decided here, stored with the row, and noted on the call's timeline."""
     rows = []
     for event in events:
         rendered = payloads.render(platform, event)
         if rendered is None:
             continue
         field, number, value, call_id = rendered
-        body = codec.dump_bytes(payloads.envelope(number.waba_id, field, value))
+        body = codec.dump_escaped(payloads.envelope(number.waba_id, field, value))
+        kind = payloads.event_kind(field, value)
         for app_id, url in targets(platform, field, number):
-            rows.append({"app_id": app_id, "url": url, "field": field, "waba_id": number.waba_id,
-                         "phone_number_id": number.id, "call_id": call_id, "body": body, "created_at": now,
-                         "next_attempt_at": now, "attempts": 0, "status": "pending"})
+            row = {"app_id": app_id, "url": url, "field": field, "waba_id": number.waba_id,
+                   "phone_number_id": number.id, "call_id": call_id, "body": body, "created_at": now,
+                   "next_attempt_at": now, "attempts": 0, "status": "pending", "fault": None}
+            decided = faults.decide(field, kind, app_id) if faults else []
+            if decided:
+                row.update(fault=codec.dumps(decided), next_attempt_at=now + hold(decided))
+                call = platform.calls.get(call_id) if call_id else None
+                for fault in decided:
+                    if call is not None:
+                        platform.note(call, "webhook_fault", fault=fault["kind"], field=field, event=kind,
+                                      app_id=app_id, url=url, seconds=fault.get("seconds"),
+                                      attempts=fault.get("attempts"), copies=fault.get("copies"))
+            rows.append(row)
+            for fault in decided:
+                for copy in range(fault.get("copies", 0) if fault["kind"] == "duplicate" else 0):
+                    rows.append({**row, "next_attempt_at": now,
+                                 "fault": codec.dumps([{"kind": "duplicate", "rule": fault["rule"],
+                                                        "copy": copy + 1}])})
     return rows
 
 
@@ -72,17 +96,39 @@ class Dispatcher:
         self.session = session
         self.settings = settings
         self.secret_for = secret_for
+        self.faults = FaultPlan.parse(settings.faults)
         self._wake = asyncio.Event()
-        self._busy_urls: set[str] = set()
+        self._in_flight: dict[str, set[int]] = {}     # url -> outbox ids being attempted
+        self._urls: set[str] | None = None            # URLs with pending rows (read from the store once)
         self._tasks: set[asyncio.Task] = set()
+        self._generation = 0                          # bumped by reset(): attempts from before it are not recorded
         self._stopping = False
 
-    def wake(self) -> None:
+    def wake(self, urls: Iterable[str] = ()) -> None:
+        """Look again now; ``urls`` have new rows."""
+        if self._urls is not None:
+            self._urls.update(urls)
         self._wake.set()
+
+    def reset(self) -> None:
+        """The outbox was wiped (control API reset): forget what was known about it, restore the config's faults."""
+        self._urls = None
+        self._in_flight = {}
+        self._generation += 1
+        self.faults = FaultPlan.parse(self.settings.faults)
+        self._wake.set()
+
+    def stats(self) -> dict:
+        return {"in_flight": sum(len(ids) for ids in self._in_flight.values()),
+                "urls_pending": None if self._urls is None else len(self._urls)}
 
     async def run(self) -> None:
         while not self._stopping:
-            delay = self._dispatch_due()
+            try:
+                delay = self._dispatch_due()
+            except Exception:  # a store hiccup must not stop delivery for good
+                log.exception("webhook dispatch failed")
+                delay = 1.0
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
@@ -97,39 +143,61 @@ class Dispatcher:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def retry_delay(self, failed_attempts: int) -> float:
+        """Seconds between the n-th failed attempt and the next: growing by ``retry_factor`` up to the cap."""
+        s = self.settings
+        exponent = min(failed_attempts - 1, 64)
+        return min(s.retry_base_seconds * s.retry_factor ** exponent, s.retry_max_seconds)
+
     def _dispatch_due(self) -> float:
         now = self.clock.now()
-        next_due = now + 1.0
-        seen: set[str] = set()
-        for item in self.store.pending_outbox():
-            if item.url in seen:
-                continue
-            seen.add(item.url)                    # only the oldest pending item per URL may go
-            if item.url in self._busy_urls:
-                continue
-            if item.next_attempt_at > now:
-                next_due = min(next_due, item.next_attempt_at)
-                continue
-            self._busy_urls.add(item.url)
-            task = asyncio.create_task(self._attempt(item))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return max(0.01, min(1.0, next_due - now))
+        if self._urls is None:
+            self._urls = self.store.pending_urls()
+        for url in list(self._urls):
+            busy = self._in_flight.setdefault(url, set())
+            if self.faults.ordered:
+                if busy:
+                    continue
+                head = self.store.oldest_pending(url)
+                due = [head] if head is not None and head.next_attempt_at <= now else []
+                idle = head is None
+            else:
+                free = self.settings.concurrent_per_url - len(busy)
+                if free <= 0:
+                    continue
+                due = self.store.due_outbox(url, now, exclude=busy, limit=free)
+                idle = not due and not busy and self.store.oldest_pending(url) is None
+            if idle:
+                self._urls.discard(url)
+                self._in_flight.pop(url, None)
+            for item in due:
+                busy.add(item.id)
+                task = asyncio.create_task(self._attempt(item))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        next_due = self.store.next_attempt_after(now)
+        return 1.0 if next_due is None else max(0.01, min(1.0, next_due - now))
 
     async def _attempt(self, item: OutboxItem) -> None:
-        started, status, error = time.monotonic(), None, None
+        started, status, error, generation = time.monotonic(), None, None, self._generation
+        fault = injected(codec.loads(item.fault) if item.fault else None, item.attempts)
         try:
-            secret = self.secret_for(item.app_id) or ""
-            headers = {"Content-Type": "application/json", HEADER: sign(secret, item.body),
-                       "User-Agent": USER_AGENT}
-            timeout = aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
-            async with self.session.post(item.url, data=item.body, headers=headers, timeout=timeout) as resp:
-                status = resp.status
-                await resp.read()
-                if not 200 <= status < 300:
-                    error = f"HTTP {status}"
+            if fault == "fail":
+                error = "injected fault: fail (the attempt never reached the receiver)"
+            else:
+                secret = self.secret_for(item.app_id) or ""
+                headers = {"Content-Type": "application/json", HEADER: sign(secret, item.body),
+                           "User-Agent": USER_AGENT}
+                timeout = aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
+                async with self.session.post(item.url, data=item.body, headers=headers, timeout=timeout,
+                                             allow_redirects=False) as resp:
+                    status = resp.status
+                    await resp.read()
+                    if status != 200:           # Meta: "an HTTP status code other than 200" is a failure
+                        error = f"HTTP {status}"
         except asyncio.CancelledError:
-            self._busy_urls.discard(item.url)
+            if generation == self._generation:
+                self._done(item)
             raise
         except asyncio.TimeoutError:
             error = f"timed out after {self.settings.timeout_seconds} s"
@@ -137,17 +205,27 @@ class Dispatcher:
             error = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a receiver must never take the dispatcher down
             error = f"{type(exc).__name__}: {exc}"
+        if fault == "timeout":
+            error = f"injected fault: timeout (the receiver answered {error or f'HTTP {status}'})"
         now = self.clock.now()
         delivered = error is None
-        backoff = min(self.settings.retry_base_seconds * (2 ** item.attempts), self.settings.retry_max_seconds)
+        backoff = self.retry_delay(item.attempts + 1)
         expired = not delivered and now + backoff > item.created_at + self.settings.give_up_after_seconds
-        self.store.record_attempt(item.id, at=now, status_code=status, error=error,
-                                  duration_ms=round((time.monotonic() - started) * 1000, 2),
-                                  delivered=delivered, next_attempt_at=now + backoff, expired=expired)
+        if generation != self._generation:      # the outbox was wiped meanwhile: this row is gone
+            return
+        try:
+            self.store.record_attempt(item.id, at=now, status_code=status, error=error,
+                                      duration_ms=round((time.monotonic() - started) * 1000, 2),
+                                      delivered=delivered, next_attempt_at=now + backoff, expired=expired)
+        finally:
+            self._done(item)
         if error:
-            log.info("webhook %s to %s failed (%s); retry in %.1fs", item.id, item.url, error, backoff)
-        self._busy_urls.discard(item.url)
-        self.wake()
+            log.info("webhook %s to %s failed (%s); %s", item.id, item.url, error,
+                     "giving up" if expired else f"retry in {backoff:.1f}s")
+
+    def _done(self, item: OutboxItem) -> None:
+        self._in_flight.get(item.url, set()).discard(item.id)
+        self._wake.set()
 
     async def verify_callback(self, url: str, verify_token: str) -> None:
         """Meta's GET handshake: the endpoint must echo hub.challenge for the right verify token."""

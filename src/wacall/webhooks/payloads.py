@@ -148,3 +148,16 @@ def render(platform: Platform, event) -> tuple[str, PhoneNumber, dict, str | Non
             "messaging_product": "whatsapp", "timestamp": _ts(event.timestamp), "type": "PHONE_NUMBER_SETTINGS",
             "phone_number_settings": settings}, None
     return None
+
+
+def event_kind(field: str, value: dict) -> str:
+    """What one webhook is about, in the words fault rules use: ``connect``/``terminate``, a call or message
+    status (``RINGING``, ``delivered``...), ``call_permission_reply``, a message type, or the field."""
+    for item in value.get("calls") or []:
+        return str(item.get("event", field))
+    for item in value.get("statuses") or []:
+        return str(item.get("status", field))
+    for item in value.get("messages") or []:
+        interactive = item.get("interactive") or {}
+        return str(interactive.get("type") or item.get("type") or field)
+    return field
