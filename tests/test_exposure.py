@@ -316,7 +316,7 @@ def test_no_control_response_carries_a_sip_password_or_app_secret_except_info(wa
              "/_wacall/calls/{call_id}/recording.wav": f"calls/{call_id}/recording.wav",
              "/_wacall/limits": "limits", "/_wacall/numbers/{phone_number_id}": f"numbers/{wa.pnid}",
              "/_wacall/apps/{app_id}": f"apps/{wa.app_id}", "/_wacall/sip/hosts": "sip/hosts",
-             "/_wacall/faults": "faults"}
+             "/_wacall/faults": "faults", "/_wacall/webhooks/faults": "webhooks/faults"}
     assert set(paths) == control_get_routes(), "a new GET route: add it here"
     bodies = {template: wa.ctl("GET", path).content for template, path in paths.items()}
     bodies["calls/{sip call}"] = wa.ctl("GET", f"calls/{sip_call.json()['call_id']}").content
@@ -410,7 +410,8 @@ def test_require_app_secret_proof_per_app_through_the_control_api(wa):
         assert error["type"] == "GraphMethodException"
     good = proof(wa.info["app_secret"], wa.token)
     assert wa.graph("GET", f"{wa.pnid}/settings", params={"appsecret_proof": good}).status_code == 200
-    response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {"status": "ENABLED"}, "appsecret_proof": good})
+    response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {"srtp_key_exchange_protocol": "DTLS"},
+                                                             "appsecret_proof": good})
     assert response.status_code == 200, response.text
     assert wa.graph("POST", f"{wa.pnid}/messages", data={"appsecret_proof": good, "messaging_product": "whatsapp",
                                                           "to": ALICE, "type": "text"}).json()["error"]["code"] == 100

@@ -64,6 +64,14 @@ def heard_by_user(wa, call_id: str) -> np.ndarray:
         return np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
 
 
+def bind_or_false(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
 def media_port(sdp: str) -> int:
     return int(re.search(r"^m=audio (\d+) ", sdp, re.M).group(1))
 
@@ -117,7 +125,8 @@ async def test_restart_where_the_media_port_is_taken_ends_the_call_with_the_medi
         await call_api(wa.kill)
         squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            squatter.bind(("127.0.0.1", port))                 # someone else took the relay's port
+            # someone else takes the relay's port (once the killed process's media workers let go of it)
+            await call_api(wa.wait_for, lambda: bind_or_false(squatter, port), 10, "the old media port free")
             await call_api(wa.start)
             call = await call_api(wa.call, call_id)
             assert call["state"] == "ACCEPTED"
