@@ -309,7 +309,8 @@ class SipGateway:
             if dialog is not None:
                 self._bic_follow(call, dialog)
         elif dialog is None and call.state == RINGING:
-            dialog = Dialog(call_id=call.id, direction=USER_INITIATED, sip_call_id=f"outgoing:wacid.{call.id}",
+            # Meta's captures: "Call-ID: outgoing:wacid.HBgL…" (the call id already starts with "wacid.")
+            dialog = Dialog(call_id=call.id, direction=USER_INITIATED, sip_call_id=f"outgoing:{call.id}",
                             local_tag=str(uuid.uuid4()))
             self._register(dialog)
             self._spawn(self._user_invite(call, dialog))
