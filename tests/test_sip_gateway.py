@@ -226,3 +226,19 @@ def test_options_register_and_reinvite(sip):
     reinvite = sip.sipp("bic_reinvite.xml").run(timeout=60)
     reinvite.assert_ok(1)
     assert "SIP/2.0 500 Internal Server Error" in [_first_line(t) for t in reinvite.received()]
+
+
+@pytest.mark.parametrize("calling, says, not_says", [
+    ({}, ["does not support ICE", "set srtp_key_exchange_protocol to SDES"], ["already uses SDES"]),
+    ({"srtp_key_exchange_protocol": "SDES"},
+     ["already uses SDES", "(Opus, telephone-event)", "additional_codecs (PCMU, PCMA)"], ["ICE support", "set srtp"]),
+    ({"srtp_key_exchange_protocol": "SDES", "audio": {"additional_codecs": ["PCMA"]}},
+     ["(Opus, PCMA, telephone-event)", "additional_codecs (PCMU)"], ["set srtp"]),
+    ({"srtp_key_exchange_protocol": "SDES", "audio": {"additional_codecs": ["PCMU", "PCMA"]}},
+     ["(Opus, PCMU, PCMA, telephone-event)", "AES_CM_128_HMAC_SHA1_80"], ["additional_codecs", "set srtp"]),
+])
+def test_the_488_hint_fits_the_numbers_settings(calling, says, not_says):
+    """Meta's FAQ: 488 likely means no ICE, so switch to SDES; that advice is wrong for an SDES number."""
+    from wacall.domain.sip import not_acceptable_hint
+    hint = not_acceptable_hint(calling)
+    assert all(s in hint for s in says) and not any(s in hint for s in not_says), hint

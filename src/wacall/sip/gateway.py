@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain import settings as calling_settings
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
-from ..domain.sip import BAD_DIGEST, SipRefusal
+from ..domain.sip import BAD_DIGEST, SipRefusal, not_acceptable_hint
 from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
 from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
@@ -546,8 +546,8 @@ class SipGateway:
         dialog.final_status = status
         if call.state != ENDED:
             if status == 488:
-                self._timeline(call.id, "not_acceptable_here", hint="488 usually means no ICE support on the "
-                                                                    "business side: switch the number to SDES")
+                self._timeline(call.id, "not_acceptable_here", hint=not_acceptable_hint(
+                    self.platform.numbers[call.phone_number_id].calling))
             if status in (408, 503) and response.headers.get("Via") is None:
                 self.wacall.apply(lambda: self.platform.sip_call_failed(
                     call, f"INVITE failed locally: {status} {response.reason}"))
