@@ -96,6 +96,7 @@ class SipGateway:
         self.layer.on_request = self.on_request
         self.layer.on_cancel = self.on_cancel
         self.layer.on_stray_response = self.on_stray_response
+        transport.in_use = self._carries_dialog      # a connection with a live dialog is never idle-closed
         self.nonces = digest.NonceBook(domain, now=time.monotonic)
         self.dialogs: dict[str, Dialog] = {}           # by wacall call id
         self.by_sip_call_id: dict[str, Dialog] = {}
@@ -112,6 +113,9 @@ class SipGateway:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("SIP gateway task failed", exc_info=task.exception())
+
+    def _carries_dialog(self, conn: Connection) -> bool:
+        return any(dialog.conn is conn for dialog in self.dialogs.values())
 
     def _register(self, dialog: Dialog) -> None:
         self.dialogs[dialog.call_id] = dialog
