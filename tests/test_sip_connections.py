@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +69,10 @@ def test_idle_and_surplus_connections_go_and_a_real_call_still_works(guarded, tm
         sock.settimeout(10)
         assert _closed_by_wacall(sock), "idle and handshake-less connections are closed"
         sock.close()
+    health = wait_until(lambda: (h := wa.ctl("GET", "health").json()["sip"])["incoming_connections"] == 0 and h,
+                        what="every slot freed")
+    assert health["connections_refused"] == 5
+    assert health["handshake_failures"] == len(silent) and health["idle_closed"] == len(idle)
 
     # a real business call still gets in, and its dialog keeps the connection through 2.5 s of quiet
     response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {

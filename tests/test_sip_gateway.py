@@ -242,3 +242,23 @@ def test_the_488_hint_fits_the_numbers_settings(calling, says, not_says):
     from wacall.domain.sip import not_acceptable_hint
     hint = not_acceptable_hint(calling)
     assert all(s in hint for s in says) and not any(s in hint for s in not_says), hint
+
+
+def test_dialog_state_survives_a_round_trip_through_the_call_record():
+    """What Call.sip keeps is plain JSON and rebuilds the same dialog (RFC 3261 §12 dialog state)."""
+    from wacall import codec
+    from wacall.domain.model import BUSINESS_INITIATED, Call
+    from wacall.sip.gateway import Dialog
+    call = Call(id="wacid.X", phone_number_id="1", wa_id=ALICE, direction=BUSINESS_INITIATED, signalling="sip")
+    dialog = Dialog(call_id=call.id, direction=BUSINESS_INITIATED, sip_call_id="abc@pbx", local_tag="meta",
+                    remote_tag="biz", local_uri="<sip:+447700900001@wa.meta.vc>", remote_uri="<sip:+1555@pbx>",
+                    remote_target="sip:+1555@127.0.0.1:5071;transport=tls", route_set=["<sip:pbx;lr>"],
+                    local_cseq=7, remote_cseq=2, final_status=200, confirmed=True,
+                    server={"hostname": "pbx", "port": 5061}, peer=("127.0.0.1", 40000))
+    state = codec.loads(codec.dumps(dialog.state()))
+    assert state["uac"] == "business" and state["call_id"] == "abc@pbx"
+    again = Dialog.from_state(call, state)
+    for name in ("sip_call_id", "local_tag", "remote_tag", "local_uri", "remote_uri", "remote_target", "route_set",
+                 "local_cseq", "remote_cseq", "final_status", "confirmed", "server", "peer", "direction"):
+        assert getattr(again, name) == getattr(dialog, name), name
+    assert again.conn is None and again.server_txn is None

@@ -115,6 +115,7 @@ class Wacall:
         await transport.start(host, sip.port)
         self.sip = SipGateway(self, transport, domain=sip.domain, t1=sip.t1)
         self.sip_ca_file = str(ca.cert_path)
+        self.sip.restore()                 # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:
         for task in (self._ticker,):

@@ -177,6 +177,7 @@ class Call(Record):
     cost: float = 0.0
     signalling: str = "graph"            # graph | sip
     timeline: list[dict] = field(default_factory=list)
+    sip: dict | None = None              # the SIP dialog's state (gateway.Dialog.state()): restored on restart
 
     @property
     def key(self) -> str:

@@ -149,6 +149,12 @@ class SipRules(CallRules):
         if call.state != ENDED:
             self.business_terminate(call, self.numbers[call.phone_number_id], {})
 
+    def sip_dialog_state(self, call: Call, state: dict) -> None:
+        """The gateway's dialog for this call (tags, route set, CSeqs, targets), kept with the call record
+        so that a restarted gateway can rebuild the dialog and either side's BYE still ends the call."""
+        call.sip = state
+        self.put(call)
+
     def sip_call_failed(self, call: Call, reason: str, code: int = 138020) -> None:
         """The SIP dialog itself failed (no ACK, unreachable server, bad SDP in a 200 OK)."""
         if call.state != ENDED:
