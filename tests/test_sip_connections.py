@@ -75,12 +75,7 @@ def test_idle_and_surplus_connections_go_and_a_real_call_still_works(guarded, tm
     assert health["handshake_failures"] == len(silent) and health["idle_closed"] == len(idle)
 
     # a real business call still gets in, and its dialog keeps the connection through 2.5 s of quiet
-    response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {
-        "status": "ENABLED", "srtp_key_exchange_protocol": "SDES",
-        "sip": {"status": "ENABLED", "servers": [{"hostname": HOST, "port": 5061}]}}})
-    assert response.status_code == 200, response.text
-    settings = wa.graph("GET", f"{wa.pnid}/settings", params={"include_sip_credentials": "true"}).json()
-    password = settings["calling"]["sip"]["servers"][0]["sip_user_password"]
+    password = wa.enable_sip(HOST, 5061)
     assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
         "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
     assert wa.ctl("PATCH", f"users/{ALICE}", {"answer_after": 0.2}).status_code == 200

@@ -48,14 +48,20 @@ def _last(messages: list[str], start: str, cseq_method: str | None = None) -> st
             and (cseq_method is None or _header(m, "CSeq")[0].endswith(cseq_method))][-1]
 
 
+def _restartable(tmp: Path, extra: list[str] | None = None) -> Wacall:
+    """A wacall on a database file, so that it can be killed and restarted; no media timeouts (SIPp's
+    SDP has nothing behind it; limits set over the control API would not outlive the restart)."""
+    limits = '[limits]\nprofile = "production"\n'
+    assert limits in DEFAULT_TOML
+    config = tmp / "wacall.toml"
+    config.write_text(DEFAULT_TOML.replace(limits, limits + 'media_start_timeout_seconds = 0\n'
+                                                            'media_silence_timeout_seconds = 0\n'))
+    return Wacall(db=str(tmp / "wacall.db"), config=str(config), extra=extra).start()
+
+
 @pytest.fixture
 def wa(tmp_path):
-    """A wacall on a database file, so that it can be killed and restarted; no media timeouts
-    (SIPp's SDP has nothing behind it)."""
-    config = tmp_path / "wacall.toml"
-    config.write_text(DEFAULT_TOML.replace('[limits]\nprofile = "production"\n', '[limits]\nprofile = "production"\n'
-                                           'media_start_timeout_seconds = 0\nmedia_silence_timeout_seconds = 0\n'))
-    server = Wacall(db=str(tmp_path / "wacall.db"), config=str(config)).start()
+    server = _restartable(tmp_path)
     yield server
     server.close()
 
@@ -64,15 +70,6 @@ def wa(tmp_path):
 def business_cert():
     cert, key = LocalCA.load_or_create(PKI_DIR).issue([HOST], out="pbx-business")
     return Path(cert), Path(key)
-
-
-def _enable_sip(wa, port: int) -> str:
-    response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {
-        "status": "ENABLED", "srtp_key_exchange_protocol": "SDES",
-        "sip": {"status": "ENABLED", "servers": [{"hostname": HOST, "port": port}]}}})
-    assert response.status_code == 200, response.text
-    settings = wa.graph("GET", f"{wa.pnid}/settings", params={"include_sip_credentials": "true"}).json()
-    return settings["calling"]["sip"]["servers"][0]["sip_user_password"]
 
 
 def _restart(wa, call_id: str) -> dict:
@@ -136,7 +133,7 @@ def _assert_metas_bye(result: SippResult, call: dict, *, call_id: str, meta_tag:
 @pytest.mark.parametrize("bye_from", ["business", "user"])
 def test_business_initiated_call_survives_kill_9(wa, tmp_path, business_cert, bye_from):
     biz = wa.info["display_phone_number"]
-    password = _enable_sip(wa, free_port())         # nothing listens at the configured port: the BYE
+    password = wa.enable_sip(HOST, free_port())         # nothing listens at the configured port: the BYE
     assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {      # must follow the dialog's route set
         "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
     assert wa.ctl("PATCH", f"users/{ALICE}", {"answer_after": 0.2}).status_code == 200
@@ -184,7 +181,7 @@ def test_user_initiated_call_survives_kill_9(wa, tmp_path, business_cert, bye_fr
     setup = Sipp(_uas_setup_scenario(tmp_path), None, keys={}, workdir=tmp_path / "sipp-setup", timeout=40)
     to_business = Stunnel.server(("127.0.0.1", setup.port), cert=business_cert[0], key=business_cert[1],
                                  workdir=tmp_path / "stunnel-to-business")
-    password = _enable_sip(wa, to_business.accept_port)
+    password = wa.enable_sip(HOST, to_business.accept_port)
     setup.keys = uas_keys(biz, password, f"sip:+{biz}@{HOST}:{to_business.accept_port};transport=tls")
     sip = wa.info["sip"]
     to_meta = Stunnel.client(("127.0.0.1", sip["port"]), ca=Path(sip["ca_file"]), check_host="wa.meta.vc",
@@ -229,7 +226,7 @@ def test_a_call_whose_invite_transaction_was_open_ends_at_restart(wa, tmp_path, 
     ringing = Sipp("uas_ring_cancel.xml", None, keys={}, workdir=tmp_path / "sipp-ring", timeout=30)
     to_business = Stunnel.server(("127.0.0.1", ringing.port), cert=business_cert[0], key=business_cert[1],
                                  workdir=tmp_path / "stunnel-to-business")
-    _enable_sip(wa, to_business.accept_port)
+    wa.enable_sip(HOST, to_business.accept_port)
     ringing.keys = {"contact": f"sip:+{wa.info['display_phone_number']}@{HOST}:{to_business.accept_port};"
                                "transport=tls"}
     try:
@@ -253,14 +250,11 @@ def test_a_call_whose_invite_transaction_was_open_ends_at_restart(wa, tmp_path, 
 def test_a_200_not_acked_before_the_restart_still_waits_64_t1_for_its_ack(tmp_path, business_cert):
     """Meta's 200 went out, the business's ACK had not come when wacall died: the restored dialog
     waits 64*T1 for it (T1 = 50 ms here), as before the restart, then the call fails."""
-    config = tmp_path / "wacall.toml"
-    config.write_text(DEFAULT_TOML.replace('[limits]\nprofile = "production"\n', '[limits]\nprofile = "production"\n'
-                                           'media_start_timeout_seconds = 0\nmedia_silence_timeout_seconds = 0\n'))
-    wa = Wacall(db=str(tmp_path / "wacall.db"), config=str(config), extra=["--sip-t1", "0.05"]).start()
+    wa = _restartable(tmp_path, ["--sip-t1", "0.05"])
     to_meta = None
     try:
         biz = wa.info["display_phone_number"]
-        password = _enable_sip(wa, 5061)
+        password = wa.enable_sip(HOST, 5061)
         assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
             "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
         assert wa.ctl("PATCH", f"users/{ALICE}", {"answer_after": 0}).status_code == 200
