@@ -10,13 +10,14 @@ connection to Meta dropped goes on with its calls. SIPp sends no media: the medi
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
 
 from support.harness import PKI_DIR, Wacall
-from support.sip_tools import (Sipp, SippResult, Stunnel, bic_auth_uri, bic_keys, free_port, scenario_path,
+from support.sip_tools import (Baresip, Sipp, SippResult, Stunnel, bic_auth_uri, bic_keys, free_port, scenario_path,
                                uas_keys)
 from wacall.certs import LocalCA
 from wacall.config import DEFAULT_TOML
@@ -281,3 +282,75 @@ def test_a_200_not_acked_before_the_restart_still_waits_64_t1_for_its_ack(tmp_pa
         if to_meta is not None:
             to_meta.stop()
         wa.close()
+
+
+# -- baresip: a real SIP stack keeps going with the restored dialog (signalling; media is not restored here) --
+
+@pytest.fixture
+def business_pem(business_cert) -> Path:
+    pem = Path(PKI_DIR) / "pbx-business.combined.pem"
+    pem.write_bytes(business_cert[0].read_bytes() + business_cert[1].read_bytes())
+    return pem
+
+
+async def _ctl(fn, *args, **kwargs):
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def _baresip_after_restart(wa, business: Baresip, call_id: str, bye_from: str) -> dict:
+    await _ctl(_restart, wa, call_id)
+    if bye_from == "business":
+        await business.hangup()                     # its BYE follows Meta's Record-Route to wa.meta.vc
+        call = await _ctl(wa.wait_state, call_id, "ENDED")
+        assert call["ended_by"] == "business"
+    else:
+        assert (await _ctl(wa.ctl, "POST", f"calls/{call_id}/hangup")).status_code == 200
+        closed = await business.wait_event("CALL_CLOSED", 15)  # Meta's BYE reached it on a new connection
+        call = await _ctl(wa.wait_state, call_id, "ENDED")
+        assert call["ended_by"] == "user", closed
+    answered = ("in" if bye_from == "user" else "out", "SIP/2.0 200 OK")
+
+    def ladder() -> list[tuple[str, str]]:
+        return [(e["direction"], e["line"]) for e in wa.call(call_id)["timeline"] if e["kind"] == "sip_message"]
+    seen = await _ctl(wa.wait_for, lambda: (lines := ladder())[-1] == answered and lines, what="the BYE's 200")
+    assert seen[-2][1].startswith("BYE ") and seen[-2][0] != answered[0], seen[-4:]
+    return call
+
+
+@pytest.mark.parametrize("bye_from", ["business", "user"])
+async def test_baresip_calling_through_wa_meta_vc_survives_kill_9(tmp_path, business_pem, bye_from):
+    wa = await _ctl(_restartable, tmp_path)
+    try:
+        biz = wa.info["display_phone_number"]
+        password = await _ctl(wa.enable_sip, HOST, 5061)
+        assert (await _ctl(wa.ctl, "POST", f"users/{ALICE}/permission_replies", {
+            "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"})).status_code == 200
+        assert (await _ctl(wa.ctl, "PATCH", f"users/{ALICE}", {"answer_after": 0.2})).status_code == 200
+        business = Baresip(user=f"+{biz}", domain=HOST, ca=Path(wa.info["sip"]["ca_file"]), cert=business_pem,
+                           auth_user=biz, auth_pass=password, tls_hosts={"wa.meta.vc": wa.info["sip"]["port"]},
+                           workdir=tmp_path / "business")
+        async with business:
+            await business.dial(f"sip:+{ALICE}@wa.meta.vc")
+            await business.wait_event("CALL_ESTABLISHED", 15)
+            [call_id] = [c["call_id"] for c in (await _ctl(wa.ctl, "GET", "calls")).json()["data"]]
+            await _ctl(wa.wait_for, lambda: (wa.call(call_id)["sip"] or {}).get("confirmed"), what="the ACK")
+            await _baresip_after_restart(wa, business, call_id, bye_from)
+    finally:
+        await _ctl(wa.close)
+
+
+@pytest.mark.parametrize("bye_from", ["business", "user"])
+async def test_baresip_answering_a_user_call_survives_kill_9(tmp_path, business_pem, bye_from):
+    wa = await _ctl(_restartable, tmp_path)
+    try:
+        biz = wa.info["display_phone_number"]
+        business = Baresip(user=f"+{biz}", domain=HOST, ca=Path(wa.info["sip"]["ca_file"]), cert=business_pem,
+                           tls_hosts={"wa.meta.vc": wa.info["sip"]["port"]}, workdir=tmp_path / "business")
+        async with business:
+            await _ctl(wa.enable_sip, HOST, business.tls_port)
+            call_id = (await _ctl(wa.user_calls, ALICE)).json()["call_id"]
+            await business.wait_event("CALL_ESTABLISHED", 15)
+            await _ctl(wa.wait_for, lambda: (wa.call(call_id)["sip"] or {}).get("confirmed"), what="the dialog")
+            await _baresip_after_restart(wa, business, call_id, bye_from)
+    finally:
+        await _ctl(wa.close)
