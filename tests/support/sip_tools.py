@@ -822,8 +822,9 @@ class Baresip(_Process):
 
     One account ``<sip:{user}@{domain};transport=tls>`` with auto-answer, SRTP-SDES mandatory
     (``mediaenc=srtp-mand``: AES_CM_128_HMAC_SHA1_80) and Opus only (``audio_codecs`` changes that:
-    ``("PCMU/8000", "PCMA/8000")`` loads only the g711 module, a legacy endpoint without Opus). It plays ``source_wav`` (48 kHz
-    mono; a 120 s tone is generated when none is given — baresip *hangs up* when the file ends) and
+    ``("PCMU/8000", "PCMA/8000")`` loads only the g711 module, a legacy endpoint without Opus). It
+    plays ``source_wav`` (48 kHz mono; a 120 s tone is generated when none is given — baresip *hangs
+    up* when the file ends) and
     records both directions with the ``sndfile`` module into :attr:`recordings_dir`
     (``dump-<time>-dec.wav`` = what it received, ``-enc.wav`` = what it sent). Received RFC 4733
     digits arrive as ``CALL_DTMF_START`` events (param = the digit) followed by ``CALL_DTMF_END``;
