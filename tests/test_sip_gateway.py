@@ -262,3 +262,14 @@ def test_dialog_state_survives_a_round_trip_through_the_call_record():
                  "local_cseq", "remote_cseq", "final_status", "confirmed", "server", "peer", "direction"):
         assert getattr(again, name) == getattr(dialog, name), name
     assert again.conn is None and again.server_txn is None
+
+
+@pytest.mark.parametrize("state", [{"final_status": 200}, {"final_status": 200, "call_id": "a", "local_tag": "t",
+                                                           "local_cseq": "many"}])
+def test_a_dialog_state_wacall_did_not_write_is_refused_not_crashed_on(state):
+    """restore() treats such a record as a call it cannot go on with (it ends) instead of failing to start."""
+    from wacall.domain.model import USER_INITIATED, Call
+    from wacall.sip.gateway import Dialog
+    call = Call(id="wacid.X", phone_number_id="1", wa_id=ALICE, direction=USER_INITIATED, signalling="sip")
+    with pytest.raises((KeyError, TypeError, ValueError, IndexError)):
+        Dialog.from_state(call, state)

@@ -174,11 +174,14 @@ class SipGateway:
         for call in list(self.platform.active_calls.values()):
             if call.signalling != "sip":
                 continue
-            state = call.sip or {}
-            if state.get("final_status") != 200 or not state.get("call_id"):
+            state = call.sip if isinstance(call.sip, dict) else {}
+            try:
+                dialog = Dialog.from_state(call, state) if state.get("final_status") == 200 else None
+            except (KeyError, TypeError, ValueError, IndexError):     # not a state this gateway wrote
+                dialog = None
+            if dialog is None:
                 lost.append(call)
                 continue
-            dialog = Dialog.from_state(call, state)
             self._register(dialog)
             self._timeline(call.id, "dialog_restored", sip_call_id=dialog.sip_call_id, confirmed=dialog.confirmed)
             if not dialog.confirmed:             # Meta's 200 went out but no ACK came before the restart
