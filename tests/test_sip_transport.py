@@ -362,7 +362,7 @@ async def _still_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 async def test_idle_connections_are_closed_keepalives_and_live_dialogs_keep_them(pki):
     ca, (cert, key), _ = pki
     inbox, busy = Inbox(), set()
-    transport = TlsTransport(server_ssl=server_context(cert, key), on_message=inbox, idle_timeout=0.4,
+    transport = TlsTransport(server_ssl=server_context(cert, key), on_message=inbox, idle_timeout=1.0,
                              in_use=lambda conn: conn in busy)
     await transport.start("127.0.0.1", 0)
     try:
@@ -372,8 +372,8 @@ async def test_idle_connections_are_closed_keepalives_and_live_dialogs_keep_them
         call_w.write(options())                       # this one carries a (pretend) dialog
         _, conn = await inbox.get()
         busy.add(conn)
-        for _ in range(8):                            # 1.6 s: four idle timeouts
-            await asyncio.sleep(0.2)
+        for _ in range(10):                           # 2.5 s: two and a half idle timeouts
+            await asyncio.sleep(0.25)
             assert await _still_open(ping_r, ping_w), "CRLF keep-alives are activity"
         assert await _closed_by_peer(idle_r), "an idle connection is closed"
         assert await _still_open(call_r, call_w), "a connection with a live dialog is kept"
