@@ -587,6 +587,7 @@ class SipGateway:
             self.wacall.apply(lambda: self.platform.sip_call_failed(call, f"SIP server {host}:{port} unreachable"))
             self._forget(dialog)
             return
+        dialog.peer = dialog.conn.peer
         password = self.platform.sip_password(number, server)
         auth: tuple[str, str] | None = None
         for attempt in range(3):
