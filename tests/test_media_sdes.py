@@ -22,11 +22,26 @@ ALICE = "447700900001"
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 
 
+G711_PT = {"PCMU": 0, "PCMA": 8}
+
+
+def _audioop():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+    return audioop
+
+
 class SdesBusiness:
-    """A business's media stack: one UDP socket, Opus via PyAV, SRTP via pylibsrtp."""
+    """A business's media stack: one UDP socket, Opus via PyAV (or, with ``g711="PCMU"``/``"PCMA"``,
+    only that G.711 codec via the stdlib's audioop: a legacy endpoint without Opus), SRTP via pylibsrtp."""
 
     def __init__(self, tone_hz: float = 1000.0, *, payload_type: int = 111, wrong_key: bool = False,
-                 extra_ssrc: bool = False) -> None:
+                 extra_ssrc: bool = False, g711: str | None = None) -> None:
+        self.g711 = g711
+        if g711 is not None:
+            payload_type = G711_PT[g711]
         self.payload_type, self.wrong_key, self.extra_ssrc = payload_type, wrong_key, extra_ssrc
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -45,11 +60,11 @@ class SdesBusiness:
         self.remote: tuple[str, int] | None = None
         self.sent = 0
 
-    def answer(self, meta_offer: str) -> str:
-        crypto = re.search(r"a=crypto:(\d+) (\S+) inline:([A-Za-z0-9+/=]+)", meta_offer)
-        assert crypto and crypto.group(2) == SUITE, meta_offer
-        port = int(re.search(r"m=audio (\d+) RTP/SAVP", meta_offer).group(1))
-        host = re.search(r"c=IN IP4 (\S+)", meta_offer).group(1)
+    def _keys_from(self, meta_sdp: str) -> re.Match:
+        crypto = re.search(r"a=crypto:(\d+) (\S+) inline:([A-Za-z0-9+/=]+)", meta_sdp)
+        assert crypto and crypto.group(2) == SUITE, meta_sdp
+        port = int(re.search(r"m=audio (\d+) RTP/SAVP", meta_sdp).group(1))
+        host = re.search(r"c=IN IP4 (\S+)", meta_sdp).group(1)
         self.remote = (host, port)
         rx = pylibsrtp.Policy(key=base64.b64decode(crypto.group(3)), ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
                               srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
@@ -60,11 +75,36 @@ class SdesBusiness:
             self.tx_session = pylibsrtp.Session(pylibsrtp.Policy(
                 key=os.urandom(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
                 srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+        return crypto
+
+    def _sdp(self, tag: str, codecs: list[str]) -> str:
+        pts = [G711_PT[c] for c in codecs] if self.g711 else [111]
         lines = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
-                 f"m=audio {self.port} RTP/SAVP 111 126", f"a=crypto:{crypto.group(1)} {SUITE} inline:"
-                 + base64.b64encode(self.key).decode(), "a=rtpmap:111 opus/48000/2", "a=fmtp:111 useinbandfec=1",
-                 "a=rtpmap:126 telephone-event/8000", "a=ptime:20", "a=sendrecv", ""]
+                 f"m=audio {self.port} RTP/SAVP {' '.join(map(str, pts))} 126",
+                 f"a=crypto:{tag} {SUITE} inline:" + base64.b64encode(self.key).decode()]
+        if self.g711:
+            lines += [f"a=rtpmap:{G711_PT[c]} {c}/8000" for c in codecs]
+        else:
+            lines += ["a=rtpmap:111 opus/48000/2", "a=fmtp:111 useinbandfec=1"]
+        lines += ["a=rtpmap:126 telephone-event/8000", "a=ptime:20", "a=sendrecv", ""]
         return "\r\n".join(lines)
+
+    def answer(self, meta_offer: str) -> str:
+        """The answer to Meta's offer (a user-initiated call)."""
+        crypto = self._keys_from(meta_offer)
+        return self._sdp(crypto.group(1), [self.g711] if self.g711 else [])
+
+    def offer(self, codecs: list[str] | None = None) -> str:
+        """An offer for a business-initiated call (G.711 mode: ``codecs``, default both, in that order)."""
+        return self._sdp("1", codecs or ["PCMU", "PCMA"])
+
+    def answered(self, meta_answer: str) -> None:
+        """Meta's answer to :meth:`offer`: its key, its address, and the G.711 codec it chose."""
+        self._keys_from(meta_answer)
+        if self.g711:
+            m_line = re.search(r"m=audio \d+ RTP/SAVP ([\d ]+)", meta_answer).group(1).split()
+            self.g711 = next(c for c, pt in G711_PT.items() if str(pt) == m_line[0])
+            self.payload_type = G711_PT[self.g711]
 
     def _opus_frame(self, n: int) -> bytes:
         t = (np.arange(960) + n * 960) / 48000
@@ -74,10 +114,24 @@ class SdesBusiness:
         packets = self.encoder.encode(frame)
         return bytes(packets[0]) if packets else b"\xf8\xff\xfe"
 
+    def _g711_frame(self, n: int) -> bytes:
+        t = (np.arange(160) + n * 160) / 8000
+        pcm = (np.sin(2 * np.pi * self.tone_hz * t) * 10000).astype(np.int16).tobytes()
+        audioop = _audioop()
+        return audioop.lin2ulaw(pcm, 2) if self.g711 == "PCMU" else audioop.lin2alaw(pcm, 2)
+
+    @property
+    def rate(self) -> int:
+        """The sample rate of :attr:`received_pcm`."""
+        return 8000 if self.g711 else 48000
+
     def send_one(self) -> None:
         ssrc = self.ssrc ^ (self.sent & 1) if self.extra_ssrc else self.ssrc
-        header = struct.pack("!BBHII", 0x80, self.payload_type, self.sent & 0xFFFF, (self.sent * 960) & 0xFFFFFFFF, ssrc)
-        self.sock.sendto(self.tx_session.protect(header + self._opus_frame(self.sent)), self.remote)
+        step = 160 if self.g711 else 960
+        header = struct.pack("!BBHII", 0x80, self.payload_type, self.sent & 0xFFFF, (self.sent * step) & 0xFFFFFFFF,
+                             ssrc)
+        frame = self._g711_frame(self.sent) if self.g711 else self._opus_frame(self.sent)
+        self.sock.sendto(self.tx_session.protect(header + frame), self.remote)
         self.sent += 1
 
     def run(self, seconds: float) -> None:
@@ -95,7 +149,11 @@ class SdesBusiness:
                     continue
                 rtp = self.rx_session.unprotect(data)
                 payload = rtp[12 + 4 * (rtp[0] & 0x0F):]
-                if rtp[1] & 0x7F == 111:
+                if self.g711 and rtp[1] & 0x7F == self.payload_type:
+                    audioop = _audioop()
+                    pcm = audioop.ulaw2lin(payload, 2) if self.g711 == "PCMU" else audioop.alaw2lin(payload, 2)
+                    self.received_pcm.append(np.frombuffer(pcm, dtype=np.int16))
+                elif not self.g711 and rtp[1] & 0x7F == 111:
                     for frame in self.decoder.decode(av.Packet(payload)):
                         self.received_pcm.append(frame.to_ndarray().reshape(-1))
 
@@ -286,3 +344,87 @@ def test_g711_business_is_transcoded_to_and_from_the_users_opus(wa, sdes):
     wav = wa.http.get(media["recording_url"]).content
     user_heard = np.frombuffer(wav[44:], dtype=np.int16)
     assert abs(dominant_frequency(user_heard, 48000) - 1000) < 5
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_g711_only_business_answers_a_user_call(wa, codec):
+    """A business without Opus (a legacy PBX answering with G.711 only) works once the number enables
+    that codec: the user hears its tone and it hears the user's, transcoded by Meta's relay."""
+    business = SdesBusiness(1000.0, g711=codec)
+    try:
+        assert wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {
+            "srtp_key_exchange_protocol": "SDES", "audio": {"additional_codecs": ["PCMU", "PCMA"]}}}).status_code == 200
+        call_id = wa.user_calls(ALICE).json()["call_id"]
+        answer = business.answer(wa.call(call_id)["meta_sdp"])
+        assert "opus" not in answer
+        for action in ("pre_accept", "accept"):
+            response = wa.calls_action({"call_id": call_id, "action": action,
+                                        "session": {"sdp_type": "answer", "sdp": answer}})
+            assert response.status_code == 200, response.text
+        business.run(2.5)
+        _assert_g711_audio_both_ways(wa, call_id, business)
+        assert wa.calls_action({"call_id": call_id, "action": "terminate"}).status_code == 200
+    finally:
+        business.close()
+
+
+def test_g711_only_business_calls_a_user(wa, receiver):
+    """Business-initiated: a G.711-only offer gets a G.711-only answer (no Opus line) from Meta."""
+    business = SdesBusiness(1000.0, g711="PCMU")
+    try:
+        assert wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {
+            "srtp_key_exchange_protocol": "SDES", "audio": {"additional_codecs": ["PCMA", "PCMU"]}}}).status_code == 200
+        assert wa.ctl("POST", f"users/{ALICE}/permission_replies",
+                      {"phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
+        assert wa.ctl("PATCH", f"users/{ALICE}", {"answer_after": 0.2}).status_code == 200
+        response = wa.calls_action({"to": ALICE, "action": "connect",
+                                    "session": {"sdp_type": "offer", "sdp": business.offer(["PCMU", "PCMA"])}})
+        assert response.status_code == 200, response.text
+        call_id = response.json()["calls"][0]["id"]
+        connect = receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "connect"])[0]
+        meta_answer = connect["session"]["sdp"]
+        assert "RTP/SAVP 0 8 126" in meta_answer and "opus" not in meta_answer, meta_answer
+        business.answered(meta_answer)
+        wa.wait_state(call_id, "ACCEPTED")
+        business.run(2.5)
+        _assert_g711_audio_both_ways(wa, call_id, business)
+        assert wa.calls_action({"call_id": call_id, "action": "terminate"}).status_code == 200
+    finally:
+        business.close()
+
+
+def _assert_g711_audio_both_ways(wa, call_id: str, business: SdesBusiness) -> None:
+    media = wa.call(call_id)["media"]
+    assert media["send_codec"] == business.g711.lower(), media
+    heard = np.concatenate(business.received_pcm)
+    assert len(heard) > business.rate, "the business received less than a second of the user's audio"
+    assert abs(dominant_frequency(heard, business.rate) - 440) < 10, "the business hears the user's 440 Hz"
+    wav = wa.http.get(media["recording_url"]).content
+    user_heard = np.frombuffer(wav[44:], dtype=np.int16)
+    assert abs(dominant_frequency(user_heard, 48000) - 1000) < 5, "the user hears the business's 1000 Hz"
+    assert tone_power(user_heard, 48000, 1000) > 100 * tone_power(user_heard, 48000, 440)
+
+
+def test_g711_only_business_is_refused_when_the_number_does_not_enable_g711(wa):
+    """Without audio.additional_codecs a G.711-only SDP gets Meta's SDP validation error, both ways."""
+    assert wa.graph("POST", f"{wa.pnid}/settings",
+                    json={"calling": {"srtp_key_exchange_protocol": "SDES"}}).status_code == 200
+    assert wa.ctl("POST", f"users/{ALICE}/permission_replies",
+                  {"phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
+    business = SdesBusiness(g711="PCMU")
+    try:
+        connect = wa.calls_action({"to": ALICE, "action": "connect",
+                                   "session": {"sdp_type": "offer", "sdp": business.offer()}})
+        call_id = wa.user_calls(ALICE).json()["call_id"]
+        offer = wa.call(call_id)["meta_sdp"]
+        assert "PCMU" not in offer, "Meta offers G.711 only when the number enables it"
+        accept = wa.calls_action({"call_id": call_id, "action": "accept",
+                                  "session": {"sdp_type": "answer", "sdp": business.answer(offer)}})
+    finally:
+        business.close()
+    for response in (connect, accept):
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == 100
+        assert error["error_data"]["details"].startswith("SDP Validation error: SDP line 6 'm=audio ")
+        assert "opus/48000/2) is required on the audio m-line; without Opus, PCMU" in error["error_data"]["details"]

@@ -361,6 +361,27 @@ def test_g711_in_offer_is_fine_without_additional_codecs() -> None:
     validate_business_sdp(SDES_OFFER, key_exchange="SDES", role="offer")
 
 
+# A G.711-only endpoint (a legacy PBX or PSTN gateway without Opus): PCMU and PCMA, DTMF on 101.
+G711_ONLY_OFFER = replace_line(replace_line(replace_line(SDES_OFFER, "m=audio", "m=audio 19534 RTP/SAVP 0 8 101"),
+                                            "a=rtpmap:107", None), "a=fmtp:107", None)
+
+
+@pytest.mark.parametrize("role", ["offer", "answer"])
+def test_g711_only_sdp_is_accepted_when_the_number_enables_g711(role: str) -> None:
+    """Meta offers G.711 precisely for endpoints without Opus (call settings, audio codec)."""
+    validate_business_sdp(G711_ONLY_OFFER, key_exchange="SDES", role=role, additional_codecs=["PCMU", "PCMA"])
+    if role == "offer":                         # an offer may list more than Meta enabled; one usable is enough
+        validate_business_sdp(G711_ONLY_OFFER, key_exchange="SDES", role=role, additional_codecs=["PCMA"])
+
+
+@pytest.mark.parametrize("role", ["offer", "answer"])
+def test_g711_only_sdp_is_refused_without_additional_codecs(role: str) -> None:
+    _assert_line_error(G711_ONLY_OFFER, "m=audio",
+                       "Opus (a=rtpmap:<pt> opus/48000/2) is required on the audio m-line; without Opus, "
+                       "PCMU/PCMA must be enabled in settings calling.audio.additional_codecs",
+                       key_exchange="SDES", role=role)
+
+
 # --------------------------------------------------------------------------------------------
 # validate_business_sdp: every rejection names the line or the missing item
 # --------------------------------------------------------------------------------------------
@@ -687,6 +708,16 @@ def test_meta_answer_keeps_only_enabled_and_offered_g711(leg: MediaLeg) -> None:
                            "a=rtpmap:8 ", None)
     audio = parse_sdp(build_meta_answer(leg, parse_sdp(no_g711), additional_codecs=["PCMA", "PCMU"])).audio
     assert audio is not None and audio.payload_types == [111, 126]
+
+
+def test_meta_answer_to_a_g711_only_offer_is_g711_only(leg: MediaLeg) -> None:
+    offer = validate_business_sdp(G711_ONLY_OFFER, key_exchange="SDES", role="offer", additional_codecs=["PCMU"])
+    answer = build_meta_answer(leg, offer, key_exchange="SDES", additional_codecs=["PCMU"])
+    audio = validate_business_sdp(answer, key_exchange="SDES", additional_codecs=["PCMU"]).audio
+    assert audio is not None and audio.payload_types == [0, 101]
+    assert audio.find_codec("opus", 48000, 2) is None and "opus" not in answer
+    with pytest.raises(SdpError, match="nor an enabled PCMU/PCMA"):
+        build_meta_answer(leg, parse_sdp(G711_ONLY_OFFER), key_exchange="SDES")
 
 
 def test_meta_answer_telephone_event_fallback_when_126_is_taken(leg: MediaLeg) -> None:

@@ -227,3 +227,50 @@ def test_options_register_and_reinvite(sip):
     reinvite = sip.sipp("bic_reinvite.xml").run(timeout=60)
     reinvite.assert_ok(1)
     assert "SIP/2.0 500 Internal Server Error" in [_first_line(t) for t in reinvite.received()]
+
+
+@pytest.mark.parametrize("calling, says, not_says", [
+    ({}, ["does not support ICE", "set srtp_key_exchange_protocol to SDES"], ["already uses SDES"]),
+    ({"srtp_key_exchange_protocol": "SDES"},
+     ["already uses SDES", "(Opus, telephone-event)", "additional_codecs (PCMU, PCMA)"], ["ICE support", "set srtp"]),
+    ({"srtp_key_exchange_protocol": "SDES", "audio": {"additional_codecs": ["PCMA"]}},
+     ["(Opus, PCMA, telephone-event)", "additional_codecs (PCMU)"], ["set srtp"]),
+    ({"srtp_key_exchange_protocol": "SDES", "audio": {"additional_codecs": ["PCMU", "PCMA"]}},
+     ["(Opus, PCMU, PCMA, telephone-event)", "AES_CM_128_HMAC_SHA1_80"], ["additional_codecs", "set srtp"]),
+])
+def test_the_488_hint_fits_the_numbers_settings(calling, says, not_says):
+    """Meta's FAQ: 488 likely means no ICE, so switch to SDES; that advice is wrong for an SDES number."""
+    from wacall.domain.sip import not_acceptable_hint
+    hint = not_acceptable_hint(calling)
+    assert all(s in hint for s in says) and not any(s in hint for s in not_says), hint
+
+
+def test_dialog_state_survives_a_round_trip_through_the_call_record():
+    """What Call.sip keeps is plain JSON and rebuilds the same dialog (RFC 3261 §12 dialog state)."""
+    from wacall import codec
+    from wacall.domain.model import BUSINESS_INITIATED, Call
+    from wacall.sip.gateway import Dialog
+    call = Call(id="wacid.X", phone_number_id="1", wa_id=ALICE, direction=BUSINESS_INITIATED, signalling="sip")
+    dialog = Dialog(call_id=call.id, direction=BUSINESS_INITIATED, sip_call_id="abc@pbx", local_tag="meta",
+                    remote_tag="biz", local_uri="<sip:+447700900001@wa.meta.vc>", remote_uri="<sip:+1555@pbx>",
+                    remote_target="sip:+1555@127.0.0.1:5071;transport=tls", route_set=["<sip:pbx;lr>"],
+                    local_cseq=7, remote_cseq=2, final_status=200, confirmed=True,
+                    server={"hostname": "pbx", "port": 5061}, peer=("127.0.0.1", 40000))
+    state = codec.loads(codec.dumps(dialog.state()))
+    assert state["uac"] == "business" and state["call_id"] == "abc@pbx"
+    again = Dialog.from_state(call, state)
+    for name in ("sip_call_id", "local_tag", "remote_tag", "local_uri", "remote_uri", "remote_target", "route_set",
+                 "local_cseq", "remote_cseq", "final_status", "confirmed", "server", "peer", "direction"):
+        assert getattr(again, name) == getattr(dialog, name), name
+    assert again.conn is None and again.server_txn is None
+
+
+@pytest.mark.parametrize("state", [{"final_status": 200}, {"final_status": 200, "call_id": "a", "local_tag": "t",
+                                                           "local_cseq": "many"}])
+def test_a_dialog_state_wacall_did_not_write_is_refused_not_crashed_on(state):
+    """restore() treats such a record as a call it cannot go on with (it ends) instead of failing to start."""
+    from wacall.domain.model import USER_INITIATED, Call
+    from wacall.sip.gateway import Dialog
+    call = Call(id="wacid.X", phone_number_id="1", wa_id=ALICE, direction=USER_INITIATED, signalling="sip")
+    with pytest.raises((KeyError, TypeError, ValueError, IndexError)):
+        Dialog.from_state(call, state)

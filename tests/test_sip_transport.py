@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 import pytest
 
@@ -335,3 +336,101 @@ async def test_close_with_open_connections(pki, gateway):
     await gateway.close()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     assert not gateway.connections
+
+
+# -- idle clients cannot take the file descriptors calls need ----------------------------------------
+
+async def _closed_by_peer(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    """True once the other side closed (EOF or reset) within ``timeout``."""
+    try:
+        while True:
+            if not await asyncio.wait_for(reader.read(65536), timeout):
+                return True
+    except (ConnectionError, OSError):
+        return True
+
+
+async def _still_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """A CRLF ping still gets its pong (RFC 5626 section 4.4.1)."""
+    writer.write(b"\r\n\r\n")
+    try:
+        return await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return False
+
+
+async def test_idle_connections_are_closed_keepalives_and_live_dialogs_keep_them(pki):
+    ca, (cert, key), _ = pki
+    inbox, busy = Inbox(), set()
+    transport = TlsTransport(server_ssl=server_context(cert, key), on_message=inbox, idle_timeout=1.0,
+                             in_use=lambda conn: conn in busy)
+    await transport.start("127.0.0.1", 0)
+    try:
+        idle_r, idle_w = await raw_client(transport.port, ca.cert_path)
+        ping_r, ping_w = await raw_client(transport.port, ca.cert_path)
+        call_r, call_w = await raw_client(transport.port, ca.cert_path)
+        call_w.write(options())                       # this one carries a (pretend) dialog
+        _, conn = await inbox.get()
+        busy.add(conn)
+        for _ in range(10):                           # 2.5 s: two and a half idle timeouts
+            await asyncio.sleep(0.25)
+            assert await _still_open(ping_r, ping_w), "CRLF keep-alives are activity"
+        assert await _closed_by_peer(idle_r), "an idle connection is closed"
+        assert await _still_open(call_r, call_w), "a connection with a live dialog is kept"
+        busy.clear()                                  # the call ended: now it may idle out too
+        assert await _closed_by_peer(call_r)
+        assert await _closed_by_peer(ping_r), "once the pings stop, that one idles out too"
+        assert transport.stats.idle_closed == 3 and transport.stats.timeouts == 0
+        await asyncio.sleep(0.05)
+        assert transport.incoming == 0 and not transport.connections, "every slot is free again"
+        for w in (idle_w, ping_w, call_w):
+            w.close()
+    finally:
+        await transport.close()
+
+
+async def test_a_client_that_never_says_client_hello_is_dropped(pki):
+    ca, (cert, key), _ = pki
+    transport = TlsTransport(server_ssl=server_context(cert, key), handshake_timeout=0.3, max_connections=2)
+    await transport.start("127.0.0.1", 0)
+    try:
+        silent = [await asyncio.open_connection("127.0.0.1", transport.port) for _ in range(2)]
+        for reader, _ in silent:
+            assert await _closed_by_peer(reader), "no ClientHello: closed after the handshake timeout"
+        assert transport.stats.handshake_failures == 2
+        await asyncio.sleep(0.05)
+        assert transport.incoming == 0, "their slots are free again"
+        reader, writer = await raw_client(transport.port, ca.cert_path)
+        assert await _still_open(reader, writer)
+        writer.close()
+        for _, w in silent:
+            w.close()
+    finally:
+        await transport.close()
+
+
+async def test_connections_over_the_cap_are_refused_before_the_handshake_and_logged_once(pki, caplog):
+    ca, (cert, key), _ = pki
+    transport = TlsTransport(server_ssl=server_context(cert, key), max_connections=3, handshake_timeout=30)
+    await transport.start("127.0.0.1", 0)
+    try:
+        held = [await raw_client(transport.port, ca.cert_path) for _ in range(2)]
+        held.append(await asyncio.open_connection("127.0.0.1", transport.port))   # plain TCP, handshaking
+        with caplog.at_level("WARNING", logger="wacall.sip.transport"):
+            for _ in range(5):
+                reader, writer = await asyncio.open_connection("127.0.0.1", transport.port)
+                assert await _closed_by_peer(reader, 2), "refused: closed before any TLS byte"
+                writer.close()
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                await raw_client(transport.port, ca.cert_path)
+        assert transport.stats.refused == 6 and transport.stats.handshake_failures == 0
+        assert len([r for r in caplog.records if "max_connections" in r.getMessage()]) == 1, "logged once"
+        held.pop()[1].close()                          # one goes: a new client gets in
+        await asyncio.sleep(0.1)
+        reader, writer = await raw_client(transport.port, ca.cert_path)
+        assert await _still_open(reader, writer)
+        assert await _still_open(*held[0]), "the connections already in were never disturbed"
+        for _, w in [*held, (reader, writer)]:
+            w.close()
+    finally:
+        await transport.close()

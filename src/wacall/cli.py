@@ -41,6 +41,14 @@ def serve(
                                                 "-1: no SIP gateway)"),
     pki_dir: Optional[str] = typer.Option(None, "--pki-dir", help="the local CA directory (default ~/.wacall/pki)"),
     sip_t1: Optional[float] = typer.Option(None, "--sip-t1", help="RFC 3261 T1 in seconds (default 0.5)"),
+    sip_idle_timeout: Optional[float] = typer.Option(
+        None, "--sip-idle-timeout", help="close a SIP/TLS connection idle this many seconds (CRLF keep-alives "
+                                         "count; connections carrying a call are kept; default 300; 0: never)"),
+    sip_max_connections: Optional[int] = typer.Option(
+        None, "--sip-max-connections", help="incoming SIP/TLS connections at once; more are closed before the "
+                                            "TLS handshake (default 512; 0: no limit)"),
+    sip_handshake_timeout: Optional[float] = typer.Option(
+        None, "--sip-handshake-timeout", help="seconds a SIP/TLS client has to finish its handshake (default 10)"),
     sip_hosts: list[str] = typer.Option([], "--sip-host",
                                         help="NAME=ADDRESS: resolve a business SIP hostname to a loopback address"),
     allowed_hosts: list[str] = typer.Option([], "--allowed-host",
@@ -68,6 +76,17 @@ def serve(
         cfg.sip.pki_dir = pki_dir
     if sip_t1 is not None:
         cfg.sip.t1 = sip_t1
+    if sip_idle_timeout is not None:
+        cfg.sip.idle_timeout = sip_idle_timeout
+    if sip_max_connections is not None:
+        cfg.sip.max_connections = sip_max_connections
+    if sip_handshake_timeout is not None:
+        cfg.sip.handshake_timeout = sip_handshake_timeout
+    try:
+        cfg.sip.check()
+    except ValueError as exc:
+        typer.echo(f"wacall: {exc}", err=True)
+        raise typer.Exit(2)
     for mapping in sip_hosts:
         name, _, address = mapping.partition("=")
         if not name or not address:

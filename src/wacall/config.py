@@ -58,6 +58,19 @@ class SipGatewayConfig:
     hosts: dict[str, str] = field(default_factory=dict)   # business hostnames -> loopback addresses
     trust: list[str] = field(default_factory=list)        # extra CA files for business servers
     t1: float = 0.5                        # RFC 3261 T1; 64*T1 ends a dialog whose 200 is never ACKed
+    idle_timeout: float = 300.0            # close a connection quiet this long (CRLF keep-alives count); 0: never
+    max_connections: int = 512             # incoming SIP/TLS connections at once; more are refused; 0: no limit
+    handshake_timeout: float = 10.0        # a client must finish its TLS handshake within this
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse values the transport cannot run with (ValueError names the key)."""
+        if not self.handshake_timeout > 0:
+            raise ValueError(f"sip.handshake_timeout must be > 0, got {self.handshake_timeout}")
+        if self.idle_timeout < 0 or self.max_connections < 0:
+            raise ValueError("sip.idle_timeout and sip.max_connections must be >= 0 (0: off)")
 
 
 @dataclass
@@ -215,7 +228,8 @@ def build_config(raw: dict) -> Config:
     return Config(wabas=wabas, numbers=numbers, apps=apps, users=users, limits=limits,
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
                   sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",
-                                               {"domain", "port", "pki_dir", "hosts", "trust", "t1"})),
+                                               {"domain", "port", "pki_dir", "hosts", "trust", "t1",
+                                                "idle_timeout", "max_connections", "handshake_timeout"})),
                   server=_server_config(raw.get("server") or {}),
                   **_media(raw.get("media") or {}))
 

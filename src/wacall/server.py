@@ -135,11 +135,14 @@ class Wacall:
         for extra in sip.trust:
             client.load_verify_locations(cafile=extra)
         transport = TlsTransport(server_ssl=tls.server_context(cert, key), client_ssl=client,
-                                 resolver=tls.Resolver(sip.hosts))
+                                 resolver=tls.Resolver(sip.hosts), idle_timeout=sip.idle_timeout or None,
+                                 max_connections=sip.max_connections or None,
+                                 handshake_timeout=sip.handshake_timeout)
         host = self.host if self.host in ("127.0.0.1", "::1", "localhost") else "127.0.0.1"
         await transport.start(host, sip.port)
         self.sip = SipGateway(self, transport, domain=sip.domain, t1=sip.t1)
         self.sip_ca_file = str(ca.cert_path)
+        self.sip.restore()                 # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:
         for task in (self._ticker,):

@@ -153,6 +153,16 @@ class Wacall:
         value = {"media_start_timeout_seconds": 20.0 if on else 0, "media_silence_timeout_seconds": 30.0 if on else 0}
         assert self.ctl("PATCH", "limits", value).status_code == 200
 
+    def enable_sip(self, hostname: str, port: int, **calling: Any) -> str:
+        """Turn SIP on for the default number (SDES unless ``calling`` says otherwise) with one business
+        server; returns its SIP password (read as Graph gives it, with ``include_sip_credentials``)."""
+        body = {"status": "ENABLED", "srtp_key_exchange_protocol": "SDES", **calling,
+                "sip": {"status": "ENABLED", "servers": [{"hostname": hostname, "port": port}]}}
+        response = self.graph("POST", f"{self.pnid}/settings", json={"calling": body})
+        assert response.status_code == 200, response.text
+        settings = self.graph("GET", f"{self.pnid}/settings", params={"include_sip_credentials": "true"}).json()
+        return settings["calling"]["sip"]["servers"][0]["sip_user_password"]
+
     def advance(self, seconds: float) -> None:
         assert self.ctl("POST", "clock/advance", {"seconds": seconds}).status_code == 200
 

@@ -821,8 +821,10 @@ class Baresip(_Process):
     """baresip 1.0 as a headless SIP endpoint on 127.0.0.1, scripted over ``ctrl_tcp``.
 
     One account ``<sip:{user}@{domain};transport=tls>`` with auto-answer, SRTP-SDES mandatory
-    (``mediaenc=srtp-mand``: AES_CM_128_HMAC_SHA1_80) and Opus only. It plays ``source_wav`` (48 kHz
-    mono; a 120 s tone is generated when none is given — baresip *hangs up* when the file ends) and
+    (``mediaenc=srtp-mand``: AES_CM_128_HMAC_SHA1_80) and Opus only (``audio_codecs`` changes that:
+    ``("PCMU/8000", "PCMA/8000")`` loads only the g711 module, a legacy endpoint without Opus). It
+    plays ``source_wav`` (48 kHz mono; a 120 s tone is generated when none is given — baresip *hangs
+    up* when the file ends) and
     records both directions with the ``sndfile`` module into :attr:`recordings_dir`
     (``dump-<time>-dec.wav`` = what it received, ``-enc.wav`` = what it sent). Received RFC 4733
     digits arrive as ``CALL_DTMF_START`` events (param = the digit) followed by ``CALL_DTMF_END``;
@@ -847,8 +849,10 @@ class Baresip(_Process):
                  source_wav: Path | None = None, tone_hz: float = 440.0, record: bool = True,
                  workdir: str | Path | None = None, extra_config: Mapping[str, str] | None = None,
                  account_params: Mapping[str, str] | None = None, sip_trace: bool = True,
-                 dns: FakeDns | None = None, tls_hosts: Mapping[str, int] | None = None) -> None:
+                 dns: FakeDns | None = None, tls_hosts: Mapping[str, int] | None = None,
+                 audio_codecs: Sequence[str] = ("opus/48000/2",)) -> None:
         super().__init__(workdir)
+        self.audio_codecs = tuple(audio_codecs)
         self.sip_trace = sip_trace
         self._own_dns = dns is None
         self.dns = dns or FakeDns()
@@ -908,7 +912,7 @@ class Baresip(_Process):
     # configuration -----------------------------------------------------------------------------
     def account_line(self) -> str:
         params = {"answermode": self.answermode, "mediaenc": self.mediaenc,
-                  "audio_codecs": "opus/48000/2", "regint": "0", "ptime": "20"}
+                  "audio_codecs": ",".join(self.audio_codecs), "regint": "0", "ptime": "20"}
         if self.auth_user:
             params["auth_user"] = self.auth_user
         if self.auth_pass:
@@ -920,8 +924,10 @@ class Baresip(_Process):
 
     def config_text(self) -> str:
         assert self.source_wav is not None
-        modules = ["account.so", "ctrl_tcp.so", "opus.so", "srtp.so", "aufile.so", "aubridge.so",
-                   "menu.so"]
+        names = {c.split("/")[0].lower() for c in self.audio_codecs}
+        codec_modules = [m for m, wanted in (("opus.so", "opus" in names),
+                                             ("g711.so", bool(names & {"pcmu", "pcma"}))) if wanted]
+        modules = ["account.so", "ctrl_tcp.so", *codec_modules, "srtp.so", "aufile.so", "aubridge.so", "menu.so"]
         if self.record:
             modules.insert(0, "sndfile.so")
         settings: dict[str, str] = {

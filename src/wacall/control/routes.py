@@ -84,6 +84,7 @@ async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) ->
         "biz_opaque_callback_data": call.biz_opaque_callback_data, "cta_payload": call.cta_payload,
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
         "timeline": list(call.timeline),
+        "sip": call.sip,                   # the SIP dialog as persisted (restored after a restart)
     }
     view["media"] = await wacall.media.view(call.id)
     if view["media"] is not None:
@@ -124,7 +125,11 @@ async def health(wacall: Wacall, request: web.Request) -> web.Response:
         sip = {"connections": len(gateway.transport.connections), "dialogs": len(gateway.dialogs),
                "server_transactions": len(gateway.layer.server_transactions),
                "client_transactions": len(gateway.layer.client_transactions),
-               "parse_errors": gateway.transport.stats.parse_errors, **gateway.stats}
+               "parse_errors": gateway.transport.stats.parse_errors,
+               "incoming_connections": gateway.transport.incoming,
+               "connections_refused": gateway.transport.stats.refused,
+               "idle_closed": gateway.transport.stats.idle_closed,
+               "handshake_failures": gateway.transport.stats.handshake_failures, **gateway.stats}
     webhooks = wacall.dispatcher.stats() if wacall.dispatcher else None
     return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip, "webhooks": webhooks,
                "media": await wacall.media.stats()})

@@ -183,6 +183,7 @@ class Call(Record):
     # relay carries the call on; opaque to the rules
     media: dict | None = None
     timeline: list[dict] = field(default_factory=list)
+    sip: dict | None = None              # the SIP dialog's state (gateway.Dialog.state()): restored on restart
 
     @property
     def key(self) -> str:

@@ -27,6 +27,27 @@ PAYMENT = "Business payment eligibility check failed: no valid payment method"
 SDP_INVALID = "SDP Validation error"
 
 
+def not_acceptable_hint(calling: dict) -> str:
+    """What a business server's 488 Not Acceptable Here most likely means for the number's settings.
+
+    Meta's FAQ names the DTLS case: the server "does not support WebRTC ICE"; the fix is SDES. A number
+    already on SDES gets no ICE in Meta's offer, so there the offer's codecs or SRTP suite are the cause.
+    """
+    codecs = calling_settings.additional_codecs(calling)
+    if calling_settings.srtp_protocol(calling) != "SDES":
+        return ("488 usually means the business's SIP server does not support ICE (the number uses DTLS, so "
+                "Meta's offer is WebRTC: ICE-lite, DTLS-SRTP): set srtp_key_exchange_protocol to SDES")
+    offered = "Opus" + "".join(f", {c}" for c in codecs)
+    hint = (f"the number already uses SDES (RTP/SAVP, a=crypto AES_CM_128_HMAC_SHA1_80, no ICE), so 488 means "
+            f"the business's SIP server accepted none of the offered codecs ({offered}, telephone-event) or "
+            f"not that SRTP suite")
+    missing = [c for c in ("PCMU", "PCMA") if c not in codecs]
+    if missing:
+        hint += (f"; a server without Opus needs G.711 enabled in settings calling.audio.additional_codecs "
+                 f"({', '.join(missing)})")
+    return hint
+
+
 class SipRefusal(Exception):
     """A final SIP response for an INVITE: status, reason phrase, and whether Meta adds a Warning header."""
 
@@ -47,7 +68,7 @@ def refusal_for(error: GraphError) -> SipRefusal:
     if code == 131044:
         return SipRefusal(403, PAYMENT)
     if code == 100 and SDP_INVALID in (error.details or ""):
-        return SipRefusal(403, error.details.replace("\r", " ").replace("\n", " ")[:200], warning=True)
+        return SipRefusal(403, error.details.replace("\r", " ").replace("\n", " ")[:320], warning=True)
     if code in (138013, 138014, 138005, 138000):
         return SipRefusal(403, error.details)
     return SipRefusal(503, "Service Unavailable")  # 138002 concurrency, 138004 connection error, the rest
@@ -127,6 +148,12 @@ class SipRules(CallRules):
     def sip_business_hangs_up(self, call: Call) -> None:
         if call.state != ENDED:
             self.business_terminate(call, self.numbers[call.phone_number_id], {})
+
+    def sip_dialog_state(self, call: Call, state: dict) -> None:
+        """The gateway's dialog for this call (tags, route set, CSeqs, targets), kept with the call record
+        so that a restarted gateway can rebuild the dialog and either side's BYE still ends the call."""
+        call.sip = state
+        self.put(call)
 
     def sip_call_failed(self, call: Call, reason: str, code: int = 138020) -> None:
         """The SIP dialog itself failed (no ACK, unreachable server, bad SDP in a 200 OK)."""

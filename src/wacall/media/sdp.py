@@ -8,7 +8,8 @@ Validation (:func:`validate_business_sdp`) follows what Meta's calling docs ask 
 business sends to ``POST /{phone_number_id}/calls``:
 
 - CRLF line endings (RFC 8866 section 5) and a raw string, not JSON-in-JSON (FAQ);
-- exactly one audio m-line, Opus ``opus/48000/2`` (RFC 7587), RFC 4733 ``telephone-event/8000``;
+- exactly one audio m-line with Opus ``opus/48000/2`` (RFC 7587), or only G.711 (PCMU/PCMA, RFC 3551)
+  when the number enables them in ``audio.additional_codecs``; RFC 4733 ``telephone-event/8000``;
 - DTLS-SRTP: ``UDP/TLS/RTP/SAVPF`` (RFC 5764), ICE credentials (RFC 8839), a sha-256
   ``a=fingerprint`` (RFC 8122) and ``a=setup`` (RFC 4145; in an answer ``active`` or ``passive``,
   RFC 5763 section 5);
@@ -481,13 +482,26 @@ def _single_audio(sd: SessionDescription) -> MediaDescription:
     return audio
 
 
-def _check_payload_types(sd: SessionDescription, audio: MediaDescription) -> None:
+def _check_payload_types(sd: SessionDescription, audio: MediaDescription, extra: set[str]) -> None:
+    """Every payload type has a codec, and one of them is Opus or a G.711 codec the number enabled.
+
+    Meta offers PCMU/PCMA "for interoperability with legacy telephony systems or PSTN gateways" that
+    do not support Opus (call settings, audio codec): with them enabled a G.711-only endpoint is fine.
+    """
     raw = sd.lines[audio.line - 1]
     for pt in audio.payload_types:
         if audio.codec(pt) is None:
             raise _line_error(audio.line, raw, f"payload type {pt} has no a=rtpmap")
-    if audio.find_codec("opus", 48000, 2) is None:
-        raise _line_error(audio.line, raw, "Opus (a=rtpmap:<pt> opus/48000/2) is required on the audio m-line")
+    if audio.find_codec("opus", 48000, 2) is not None:
+        return
+    if any(audio.find_codec(name, 8000) is not None for name in extra & {"PCMU", "PCMA"}):
+        return
+    reason = "Opus (a=rtpmap:<pt> opus/48000/2) is required on the audio m-line"
+    offered_g711 = [name for name in ("PCMU", "PCMA") if audio.find_codec(name, 8000) is not None]
+    if offered_g711:
+        reason += (f"; without Opus, {'/'.join(offered_g711)} must be enabled in settings "
+                   "calling.audio.additional_codecs")
+    raise _line_error(audio.line, raw, reason)
 
 
 def _check_dtls(sd: SessionDescription, audio: MediaDescription, role: str) -> None:
@@ -591,7 +605,7 @@ def validate_business_sdp(
         _check_dtls(sd, audio, role)
     else:
         _check_sdes(sd, audio)
-    _check_payload_types(sd, audio)
+    _check_payload_types(sd, audio, extra)
     if role == "answer":
         _check_answer_codecs(sd, audio, extra)
     return sd
@@ -745,15 +759,16 @@ def build_meta_answer(
     if audio is None:
         raise SdpError("No m=audio line found in SDP")
     opus_pt = audio.find_codec("opus", 48000, 2)
-    if opus_pt is None:
-        raise SdpError("No opus/48000/2 rtpmap found in the offer")
     te_pt = _telephone_event_pt(audio)
     g711: list[tuple[str, int]] = []
     for name, _ in _enabled_g711(additional_codecs):
         offered_pt = audio.find_codec(name, 8000)
         if offered_pt is not None:
             g711.append((name, offered_pt))
-    pts = [opus_pt, *(pt for _, pt in g711), te_pt]
+    if opus_pt is None and not g711:
+        raise SdpError("No opus/48000/2 rtpmap (nor an enabled PCMU/PCMA) found in the offer")
+    # a G.711-only offer (a legacy endpoint without Opus) gets a G.711-only answer
+    pts = [*([opus_pt] if opus_pt is not None else []), *(pt for _, pt in g711), te_pt]
     mid = audio.attribute("mid") or "audio"
     proto = DTLS_PROTO if kx == "DTLS" else SDES_PROTO
     lines = _session_header(leg, mid, ice_lite=kx == "DTLS")
@@ -779,11 +794,12 @@ def build_meta_answer(
     if kx == "SDES":
         crypto = _first_acceptable_crypto(audio)
         lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}")
-    lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
-    offered_fb = {v for _, v in audio.attributes_named("rtcp-fb")}
-    if kx == "DTLS" and f"{opus_pt} transport-cc" in offered_fb:
-        lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
-    lines.append(f"a=fmtp:{opus_pt} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}")
+    if opus_pt is not None:
+        lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
+        offered_fb = {v for _, v in audio.attributes_named("rtcp-fb")}
+        if kx == "DTLS" and f"{opus_pt} transport-cc" in offered_fb:
+            lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
+        lines.append(f"a=fmtp:{opus_pt} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}")
     lines += [f"a=rtpmap:{pt} {name}/8000" for name, pt in g711]
     lines += [f"a=rtpmap:{te_pt} telephone-event/8000", "a=ptime:20", "a=maxptime:20"]
     lines += _ssrc_lines(leg)

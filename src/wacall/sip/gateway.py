@@ -20,6 +20,14 @@ is never sent (it would not reach the business through Meta's proxies), the busi
 retransmitting its 200, and after 64×T1 the dialog dies; the timeline says why.
 
 Every SIP message of a call is put on its timeline (``kind: "sip_message"``) for a ladder view.
+
+A restart is not the end of a call: once a dialog is established (Meta's 200 sent, or the business's
+200 ACKed) its state -- Call-ID, tags, URIs, route set, remote target, both CSeqs, which side is the
+UAC, the business's server -- is kept with the call record (``Call.sip``, written through the domain's
+``sip_dialog_state`` and committed like any other change). At start :meth:`SipGateway.restore`
+rebuilds those dialogs, so the business's BYE gets its 200 and the user's hang-up sends Meta's BYE over
+a new connection (:meth:`SipGateway._connect_for`). A call whose INVITE transaction was still open
+when the process died cannot be finished and ends.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain import settings as calling_settings
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
-from ..domain.sip import BAD_DIGEST, SipRefusal
+from ..domain.sip import BAD_DIGEST, SipRefusal, not_acceptable_hint
 from ..media.ports import MediaUnavailable
 from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
@@ -84,6 +92,30 @@ class Dialog:
     confirmed: bool = False            # 2xx exchanged and ACKed
     broken_route: bool = False         # the business's 200 broke Meta's Record-Route rule
     bye_sent: bool = False
+    remote_cseq: int | None = None     # the business's last CSeq in the dialog (RFC 3261 §12.2.2)
+    server: dict | None = None         # the business's configured server: {"hostname", "port"}
+    peer: tuple[str, int] | None = None  # where the business's connection came from / what we dialled
+
+    # -- persistence (Call.sip) ---------------------------------------------------------------------
+    def state(self) -> dict:
+        """What a restarted gateway needs to go on with the dialog (RFC 3261 §12: its state)."""
+        return {"call_id": self.sip_call_id, "uac": "business" if self.direction == BUSINESS_INITIATED else "meta",
+                "local_tag": self.local_tag, "remote_tag": self.remote_tag, "local_uri": self.local_uri,
+                "remote_uri": self.remote_uri, "remote_target": self.remote_target,
+                "route_set": list(self.route_set), "local_cseq": self.local_cseq, "remote_cseq": self.remote_cseq,
+                "final_status": self.final_status, "confirmed": self.confirmed, "server": self.server,
+                "peer": list(self.peer) if self.peer else None}
+
+    @classmethod
+    def from_state(cls, call: Call, state: dict) -> Dialog:
+        peer = state.get("peer")
+        return cls(call_id=call.id, direction=call.direction, sip_call_id=state["call_id"],
+                   local_tag=state["local_tag"], remote_tag=state.get("remote_tag"),
+                   local_uri=state.get("local_uri") or "", remote_uri=state.get("remote_uri") or "",
+                   remote_target=state.get("remote_target") or "", route_set=list(state.get("route_set") or []),
+                   local_cseq=int(state.get("local_cseq") or 0), remote_cseq=state.get("remote_cseq"),
+                   final_status=state.get("final_status"), confirmed=bool(state.get("confirmed")),
+                   sent_ringing=True, server=state.get("server"), peer=(str(peer[0]), int(peer[1])) if peer else None)
 
 
 class SipGateway:
@@ -97,6 +129,7 @@ class SipGateway:
         self.layer.on_request = self.on_request
         self.layer.on_cancel = self.on_cancel
         self.layer.on_stray_response = self.on_stray_response
+        transport.in_use = self._carries_dialog      # a connection with a live dialog is never idle-closed
         self.nonces = digest.NonceBook(domain, now=time.monotonic)
         self.dialogs: dict[str, Dialog] = {}           # by wacall call id
         self.by_sip_call_id: dict[str, Dialog] = {}
@@ -114,9 +147,55 @@ class SipGateway:
         if not task.cancelled() and task.exception() is not None:
             log.error("SIP gateway task failed", exc_info=task.exception())
 
+    def _carries_dialog(self, conn: Connection) -> bool:
+        return any(dialog.conn is conn for dialog in self.dialogs.values())
+
     def _register(self, dialog: Dialog) -> None:
         self.dialogs[dialog.call_id] = dialog
         self.by_sip_call_id[dialog.sip_call_id] = dialog
+
+    def _save(self, dialog: Dialog) -> None:
+        """Keep the dialog's state with its call (what :meth:`restore` rebuilds), committed with the
+        SIP trace of the message that changed it."""
+        call = self.platform.calls.get(dialog.call_id)
+        if call is not None and call.state != ENDED:
+            self.platform.sip_dialog_state(call, dialog.state())
+            self.wacall.commit_soon()
+
+    def restore(self) -> None:
+        """After a restart: rebuild the dialogs of the SIP calls still in progress from their records.
+
+        An established dialog (Meta's 200 sent on a business-initiated call, or the business's 200 ACKed on
+        a user-initiated one) is registered again without a connection: the business's next request comes
+        on a new one, and Meta's next request opens one (:meth:`_connect_for`). A call whose INVITE
+        transaction was still open died with it (nothing can answer or cancel that INVITE any more): it
+        ends as a failed call, with the reason on its timeline.
+        """
+        lost: list[Call] = []
+        for call in list(self.platform.active_calls.values()):
+            if call.signalling != "sip":
+                continue
+            state = call.sip if isinstance(call.sip, dict) else {}
+            try:
+                dialog = Dialog.from_state(call, state) if state.get("final_status") == 200 else None
+            except (KeyError, TypeError, ValueError, IndexError):     # not a state this gateway wrote
+                dialog = None
+            if dialog is None:
+                lost.append(call)
+                continue
+            self._register(dialog)
+            self._timeline(call.id, "dialog_restored", sip_call_id=dialog.sip_call_id, confirmed=dialog.confirmed)
+            if not dialog.confirmed:             # Meta's 200 went out but no ACK came before the restart
+                self._spawn(self._await_ack(dialog))
+        for call in lost:
+            self.wacall.apply(lambda c=call: self.platform.sip_call_failed(
+                c, "the SIP gateway restarted while the INVITE transaction was open; the transaction is gone"))
+
+    async def _await_ack(self, dialog: Dialog) -> None:
+        await asyncio.sleep(64 * self.layer.t1)
+        if not dialog.confirmed and self.dialogs.get(dialog.call_id) is dialog:
+            self._no_ack(dialog)
+            self._forget(dialog)
 
     def _forget(self, dialog: Dialog) -> None:
         self.dialogs.pop(dialog.call_id, None)
@@ -225,7 +304,9 @@ class SipGateway:
                         local_uri=_without_tag(request.headers.get("To") or ""),
                         remote_uri=_without_tag(request.headers.get("From") or ""),
                         remote_target=_contact_uri(request) or str(from_uri),
-                        route_set=request.headers.get_all("Record-Route"), invite=request, server_txn=txn)
+                        route_set=request.headers.get_all("Record-Route"), invite=request, server_txn=txn,
+                        remote_cseq=request.cseq[0], peer=txn.conn.peer if txn.conn else None,
+                        server={"hostname": str(server.get("hostname")), "port": int(server.get("port") or 5061)})
         self._register(dialog)
         def place() -> Call:
             call = self.platform.sip_business_invite(number, server, ruri.user_number or "",
@@ -278,7 +359,9 @@ class SipGateway:
         self.trace(dialog.call_id, "in", ack)
         if dialog.retransmitter:
             dialog.retransmitter.ack()
-        dialog.confirmed = True
+        if not dialog.confirmed and dialog.final_status == 200:
+            dialog.confirmed = True
+            self._save(dialog)
 
     def _on_bye(self, request: Request, txn: ServerTransaction) -> None:
         dialog = self.by_sip_call_id.get(request.call_id)
@@ -290,6 +373,14 @@ class SipGateway:
         if dialog.broken_route:           # Meta's proxies cannot route it: the business's Route set is wrong
             self._send_response(txn, response_to(request, 404, "Not Found", headers=self._meta_headers()), call_id)
             return
+        cseq = request.cseq[0]
+        if dialog.remote_cseq is not None and cseq < dialog.remote_cseq:   # out of order (RFC 3261 §12.2.2)
+            self._send_response(txn, response_to(request, 500, "Server Internal Error",
+                                                 headers=self._meta_headers()), call_id)
+            return
+        dialog.remote_cseq = cseq
+        if dialog.conn is None or not dialog.conn.is_open:
+            dialog.conn = txn.conn        # the business's new flow (after a restart, or a reconnect)
         self._send_response(txn, response_to(request, 200, "OK", headers=self._meta_headers()), call_id)
         call = self.platform.calls.get(dialog.call_id)
         if call is not None:
@@ -302,7 +393,7 @@ class SipGateway:
         if dialog is not None and response.cseq[1] == "INVITE" and 200 <= response.status < 300:
             self.trace(dialog.call_id, "in", response)
             if not dialog.broken_route:
-                self._send_ack(dialog, response)
+                self._send_ack(dialog, response, conn)
 
     # -- the domain changed a SIP call: say it in SIP ------------------------------------------------
     def on_call_changed(self, call_id: str) -> None:
@@ -314,7 +405,8 @@ class SipGateway:
             if dialog is not None:
                 self._bic_follow(call, dialog)
         elif dialog is None and call.state == RINGING:
-            dialog = Dialog(call_id=call.id, direction=USER_INITIATED, sip_call_id=f"outgoing:wacid.{call.id}",
+            # Meta's captures: "Call-ID: outgoing:wacid.HBgL…" (the call id already starts with "wacid.")
+            dialog = Dialog(call_id=call.id, direction=USER_INITIATED, sip_call_id=f"outgoing:{call.id}",
                             local_tag=str(uuid.uuid4()))
             self._register(dialog)
             self._spawn(self._user_invite(call, dialog))
@@ -323,8 +415,8 @@ class SipGateway:
 
     def _bic_follow(self, call: Call, dialog: Dialog) -> None:
         txn, invite = dialog.server_txn, dialog.invite
-        assert txn is not None and invite is not None
         if dialog.final_status is None:
+            assert txn is not None and invite is not None    # a restored dialog always has its final status
             if call.state == RINGING and not dialog.sent_ringing:
                 dialog.sent_ringing = True
                 self._send_response(txn, self._dialog_response(invite, dialog, 180, "Ringing"), call.id)
@@ -334,6 +426,7 @@ class SipGateway:
                 self.trace(call.id, "out", ok)
                 self.stats["established"] += 1
                 dialog.retransmitter = self.layer.retransmit_2xx(txn, ok, on_give_up=lambda: self._no_ack(dialog))
+                self._save(dialog)
             elif call.state == ENDED:
                 status, reason = _final_for(call)
                 dialog.final_status = status
@@ -425,12 +518,37 @@ class SipGateway:
         return response
 
     async def _connect_for(self, dialog: Dialog) -> Connection:
-        """A connection to the business server of a dialog whose connection closed."""
-        call = self.platform.calls[dialog.call_id]
-        server = self._server_for(call)
+        """A new connection for a request in a dialog whose connection is gone (the business closed it,
+        or wacall restarted), tried in this order:
+
+        1. RFC 3261 §12.2.1.1 and §8.1.2: the next hop is the first entry of the route set (the business's
+           own Record-Route entries), else the remote target (the business's Contact), if it is TLS
+           (Meta speaks nothing else; ``transport=udp``/``tcp`` is skipped) and its certificate verifies
+           for that host;
+        2. the business's configured SIP server (hostname and port, certificate verified) that the dialog
+           was set up with: the server Meta called (user-initiated) or whose domain the INVITE's From
+           named (business-initiated).
+        """
+        hops: list[tuple[str, int]] = []
+        routes = self._routes_toward_business(dialog)
+        hop = _tls_hop(routes[0] if routes else dialog.remote_target)
+        if hop is not None:
+            hops.append(hop)
+        server = dialog.server
         if server is None:
-            raise TransportError("no SIP server configured")
-        return await self.transport.connect(server["hostname"], int(server.get("port") or 5061))
+            call = self.platform.calls.get(dialog.call_id)
+            configured = self._server_for(call) if call is not None else None
+            if configured is not None:
+                server = {"hostname": str(configured["hostname"]), "port": int(configured.get("port") or 5061)}
+        if server is not None:
+            hops.append((str(server["hostname"]), int(server.get("port") or 5061)))
+        problems: list[str] = []
+        for host, port in dict.fromkeys(hops):
+            try:
+                return await self.transport.connect(host, port)
+            except (TransportError, OSError) as exc:
+                problems.append(f"{host}:{port}: {exc}")
+        raise TransportError("; ".join(problems) or "no route to the business: no TLS hop and no SIP server")
 
     def _timeline(self, call_id: str, event: str, **data: Any) -> None:
         call = self.platform.calls.get(call_id)
@@ -451,6 +569,7 @@ class SipGateway:
             self.wacall.apply(lambda: self.platform.sip_call_failed(call, "no SIP server configured"))
             return
         host, port = str(server["hostname"]), int(server.get("port") or 5061)
+        dialog.server = {"hostname": host, "port": port}
         params = server.get("request_uri_user_params") or {}
         business = f"+{number.display_phone_number}"
         user_part = business + "".join(f";{k}={v}" for k, v in params.items())
@@ -473,6 +592,7 @@ class SipGateway:
             self.wacall.apply(lambda: self.platform.sip_call_failed(call, f"SIP server {host}:{port} unreachable"))
             self._forget(dialog)
             return
+        dialog.peer = dialog.conn.peer
         password = self.platform.sip_password(number, server)
         auth: tuple[str, str] | None = None
         for attempt in range(3):
@@ -535,6 +655,8 @@ class SipGateway:
                 return
             self._send_ack(dialog, response)
             dialog.confirmed = True
+            dialog.final_status = 200
+            self._save(dialog)
             if call.state == ENDED:                     # the user hung up meanwhile
                 await self._send_bye(call, dialog)
                 return
@@ -550,8 +672,8 @@ class SipGateway:
         dialog.final_status = status
         if call.state != ENDED:
             if status == 488:
-                self._timeline(call.id, "not_acceptable_here", hint="488 usually means no ICE support on the "
-                                                                    "business side: switch the number to SDES")
+                self._timeline(call.id, "not_acceptable_here", hint=not_acceptable_hint(
+                    self.platform.numbers[call.phone_number_id].calling))
             if status in (408, 503) and response.headers.get("Via") is None:
                 self.wacall.apply(lambda: self.platform.sip_call_failed(
                     call, f"INVITE failed locally: {status} {response.reason}"))
@@ -559,7 +681,10 @@ class SipGateway:
                 self.wacall.apply(lambda: self.platform.sip_business_declines(call, status, response.reason))
         self._forget(dialog)
 
-    def _send_ack(self, dialog: Dialog, response: Response) -> None:
+    def _send_ack(self, dialog: Dialog, response: Response, conn: Connection | None = None) -> None:
+        """ACK a 2xx on the dialog's connection, or on the one the 2xx came over (a new flow)."""
+        if dialog.conn is None or not dialog.conn.is_open:
+            dialog.conn = conn if conn is not None and conn.is_open else dialog.conn
         if dialog.conn is None or not dialog.conn.is_open:
             return
         h = self._headers(dialog, "ACK", response.cseq[0], to=response.headers.get("To") or dialog.remote_uri,
@@ -614,6 +739,21 @@ def _contact_uri(message: Request | Response) -> str | None:
         return str(parse_name_addr(value).uri)
     except SipParseError:
         return None
+
+
+def _tls_hop(value: str) -> tuple[str, int] | None:
+    """(host, port) to open TLS to for a route entry (``<sip:…;lr>``) or a target URI, or None when it
+    cannot be used: unparseable, or naming a transport other than TLS."""
+    if not value:
+        return None
+    try:
+        uri = parse_name_addr(value).uri if "<" in value else parse_uri(value)
+    except SipParseError:
+        return None
+    transport = (uri.transport or "").lower()
+    if transport not in ("", "tls") and uri.scheme.lower() != "sips":
+        return None
+    return uri.host.strip("[]"), int(uri.port or 5061)
 
 
 def _same_uri(digest_uri: str, request_uri: str) -> bool:

@@ -20,6 +20,18 @@ Behaviour on the wire:
   contained per connection; a message left half-sent for ``half_message_timeout`` (slowloris)
   closes the connection; a peer that stops reading (write buffer over ``max_write_buffer``) is
   aborted. TCP_NODELAY is set on every socket (SIP messages are small and latency-bound).
+* Idle clients cannot take the file descriptors calls need. The listener accepts plain TCP sockets
+  itself and hands each to ``connect_accepted_socket`` for TLS, so it sees them before any TLS work:
+
+  - at most ``max_connections`` incoming connections (handshaking or established) at a time; one
+    more is closed at once, before the handshake (its client sees the TCP connection close and, per
+    RFC 3261 section 8.1.3.1, treats it as a transport error), and the first refusal of an episode
+    is logged (not every one);
+  - a client that does not finish its TLS handshake within ``handshake_timeout`` (one that connects
+    and never sends a ClientHello) is dropped;
+  - a connection on which nothing moved for ``idle_timeout`` seconds is closed. Any bytes count,
+    RFC 5626 section 4.4.1 CRLF keep-alives included; a connection that ``in_use(conn)`` says
+    carries a live dialog is never closed for being quiet (its call has its own timers).
 
 Only loopback is ever used: listening addresses must be loopback, and outgoing names resolve
 through :class:`~wacall.sip.tls.Resolver`, which refuses everything else.
@@ -50,6 +62,9 @@ HALF_MESSAGE_TIMEOUT = 32.0
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 MAX_WRITE_BUFFER = 1 << 20
+IDLE_TIMEOUT = 300.0              # 2.5x RFC 5626's 120 s default keep-alive interval for TCP/TLS
+MAX_CONNECTIONS = 512             # incoming; PBXs keep one or a few connections for all their calls
+LISTEN_BACKLOG = 128
 
 __all__ = ["Connection", "Message", "TlsTransport", "TransportError", "TransportStats"]
 
@@ -73,6 +88,9 @@ class TransportStats:
     connections_out: int = 0
     timeouts: int = 0
     callback_errors: int = 0
+    idle_closed: int = 0
+    handshake_failures: int = 0
+    refused: int = 0               # incoming connections closed before the handshake: over max_connections
 
 
 class Connection(asyncio.Protocol):
@@ -90,6 +108,7 @@ class Connection(asyncio.Protocol):
         self._framer = StreamFramer()
         self._partial_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
         self._closed = asyncio.get_running_loop().create_future()
         self._close_callbacks: list[Callable[[Connection], None]] = []
 
@@ -214,12 +233,30 @@ class Connection(asyncio.Protocol):
                 self.owner.half_message_timeout, self._timed_out, "half a message")
 
     def _touch(self) -> None:
+        """Something moved: the idle clock restarts (one timer per connection, re-armed when it fires)."""
         timeout = self.owner.idle_timeout
-        if timeout is None or self._transport is None:
+        if not timeout or self._transport is None:
             return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, "idle")
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_later(timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        timeout = self.owner.idle_timeout
+        if not timeout or self._transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_activity
+        if quiet < timeout:
+            self._idle_timer = loop.call_later(timeout - quiet, self._idle_check)
+        elif self.owner.in_use is not None and self.owner.in_use(self):
+            self._idle_timer = loop.call_later(timeout, self._idle_check)   # a live dialog: keep it
+        else:
+            self.owner.stats.idle_closed += 1
+            log.info("%r: idle for %.0f s, closing", self, quiet)
+            self.close()
 
     def _timed_out(self, what: str) -> None:
         self.owner.stats.timeouts += 1
@@ -239,6 +276,7 @@ class Connection(asyncio.Protocol):
         transport.write(data)
         self.bytes_out += len(data)
         self.owner.stats.bytes_out += len(data)
+        self._touch()
         if transport.get_write_buffer_size() > self.owner.max_write_buffer:
             log.warning("%r: peer is not reading (%d bytes queued), aborting", self, transport.get_write_buffer_size())
             self.abort()
@@ -299,6 +337,8 @@ class TlsTransport:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
         max_write_buffer: int = MAX_WRITE_BUFFER,
+        max_connections: int | None = None,
+        in_use: Callable[[Connection], bool] | None = None,
     ) -> None:
         self.server_ssl = server_ssl
         self.client_ssl = client_ssl
@@ -309,12 +349,21 @@ class TlsTransport:
         self.handshake_timeout = handshake_timeout
         self.connect_timeout = connect_timeout
         self.max_write_buffer = max_write_buffer
+        #: incoming connections allowed at once, handshaking ones included (None or 0: no limit)
+        self.max_connections = max_connections
+        #: ``in_use(conn)``: whether a live dialog runs over ``conn`` (then idleness never closes it)
+        self.in_use = in_use
+        self.incoming = 0             # incoming TCP connections held now (handshaking or established)
+        self._over_cap = False        # inside an episode of refusals (logged once per episode)
+        self._accept_failing = False
         self.stats = TransportStats()
         self.connections: set[Connection] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._outgoing: dict[tuple[str, int], Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Task[Connection]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
 
     # -- listener ---------------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 5061) -> None:
@@ -324,31 +373,100 @@ class TlsTransport:
         if host != "localhost" and not is_loopback(host.strip("[]")):
             raise NotLoopbackError(f"refusing to listen on {host}: loopback only")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._accept, host.strip("[]"), port, ssl=self.server_ssl,
-            ssl_handshake_timeout=self.handshake_timeout, reuse_address=True)
+        infos = await loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, proto, _, address = infos[0]
+        listener = socket.socket(family, socket.SOCK_STREAM, proto)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._accepting = asyncio.ensure_future(self._accept_loop(listener))
 
-    def _accept(self) -> Connection:
-        return Connection(self, outgoing=False)
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept TCP connections; each one is counted against ``max_connections`` (or closed at once,
+        before any TLS work, when over it) and then upgraded to TLS within ``handshake_timeout``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:                  # EMFILE and friends: back off instead of spinning
+                if not self._accept_failing:
+                    self._accept_failing = True
+                    log.warning("SIP/TLS: cannot accept connections (%s); retrying (logged once)", exc)
+                await asyncio.sleep(0.1)
+                continue
+            self._accept_failing = False
+            if not self._admit():
+                sock.close()                        # before the handshake: no TLS work for a refused client
+                continue
+            task = asyncio.ensure_future(self._handshake(sock))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    def _admit(self) -> bool:
+        """Hold a slot for a just-accepted connection, or refuse it (over ``max_connections``)."""
+        cap = self.max_connections
+        if cap and self.incoming >= cap:
+            self.stats.refused += 1
+            if not self._over_cap:
+                self._over_cap = True
+                log.warning("SIP/TLS: %d incoming connections, the limit (max_connections): refusing new "
+                            "ones before the TLS handshake until some close (logged once per episode)", cap)
+            return False
+        self.incoming += 1
+        return True
+
+    def _release(self) -> None:
+        self.incoming -= 1
+        cap = self.max_connections
+        if self._over_cap and (not cap or self.incoming < cap):
+            self._over_cap = False
+            log.info("SIP/TLS: below max_connections again (%d refused so far)", self.stats.refused)
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        """TLS on an accepted connection (RFC 3261 section 26.2.1). The connection's slot is released
+        when it closes, or here if the handshake fails or times out."""
+        established = False
+        conn = Connection(self, outgoing=False)
+        try:
+            # (uvloop returns its SSL protocol, not ours, as the second item: use ``conn`` itself)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn, sock, ssl=self.server_ssl, ssl_handshake_timeout=self.handshake_timeout)
+            conn.add_close_callback(lambda _conn: self._release())
+            established = True
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            self.stats.handshake_failures += 1
+            log.debug("TLS handshake failed: %r", exc)
+        finally:
+            if not established:
+                sock.close()
+                self._release()
 
     @property
     def port(self) -> int:
         """The listening port (after :meth:`start`)."""
-        if self._server is None or not self._server.sockets:
+        if self._listener is None:
             raise RuntimeError("not listening")
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._listener.getsockname()[1])
 
     @property
     def host(self) -> str:
-        if self._server is None or not self._server.sockets:
+        if self._listener is None:
             raise RuntimeError("not listening")
-        return str(self._server.sockets[0].getsockname()[0])
+        return str(self._listener.getsockname()[0])
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connecting.values()):
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for task in [*self._connecting.values(), *self._handshakes]:
             task.cancel()
         conns = list(self.connections)
         for conn in conns:
@@ -357,9 +475,12 @@ class TlsTransport:
             task.cancel()
         if conns:
             await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in conns], timeout=5)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        if self._accepting is not None:
+            await asyncio.gather(self._accepting, *self._handshakes, return_exceptions=True)
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _register(self, conn: Connection) -> None:
