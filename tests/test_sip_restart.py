@@ -6,14 +6,22 @@ tags, Route set, a CSeq above any before, ``x-wa-meta-call-duration``) over a ne
 The business is Debian's SIPp behind stunnel4. One SIPp run sets the call up and exits once the
 dialog is confirmed; after the restart another run, on a new connection, sends or receives the BYE
 within that dialog (``indialog_bye.xml`` / ``indialog_bye_uas.xml``), the way a PBX whose
-connection to Meta dropped goes on with its calls. SIPp sends no media: the media timeouts are off."""
+connection to Meta dropped goes on with its calls. SIPp sends no media: the media timeouts are off.
+
+baresip, in both directions, talks SRTP-SDES with Opus through the crash: its audio and the user's are
+heard again within 2 s of wacall being ready (the relay comes back on its port with its keys), the
+users' media timeouts stay on, and either side's BYE ends the call normally."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import re
+import time
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from support.harness import PKI_DIR, Wacall
@@ -21,6 +29,7 @@ from support.sip_tools import (Baresip, Sipp, SippResult, Stunnel, bic_auth_uri,
                                uas_keys)
 from wacall.certs import LocalCA
 from wacall.config import DEFAULT_TOML
+from wacall.media.audio import dominant_frequency
 
 ALICE = "447700900001"
 HOST = "pbx.business.example"
@@ -49,14 +58,18 @@ def _last(messages: list[str], start: str, cseq_method: str | None = None) -> st
             and (cseq_method is None or _header(m, "CSeq")[0].endswith(cseq_method))][-1]
 
 
-def _restartable(tmp: Path, extra: list[str] | None = None) -> Wacall:
-    """A wacall on a database file, so that it can be killed and restarted; no media timeouts (SIPp's
-    SDP has nothing behind it; limits set over the control API would not outlive the restart)."""
-    limits = '[limits]\nprofile = "production"\n'
-    assert limits in DEFAULT_TOML
+def _restartable(tmp: Path, extra: list[str] | None = None, *, media_timeouts: bool = False) -> Wacall:
+    """A wacall on a database file, so that it can be killed and restarted; no media timeouts unless
+    asked (SIPp's SDP has nothing behind it; limits set over the control API would not outlive the
+    restart)."""
     config = tmp / "wacall.toml"
-    config.write_text(DEFAULT_TOML.replace(limits, limits + 'media_start_timeout_seconds = 0\n'
-                                                            'media_silence_timeout_seconds = 0\n'))
+    if media_timeouts:
+        config.write_text(DEFAULT_TOML)
+    else:
+        limits = '[limits]\nprofile = "production"\n'
+        assert limits in DEFAULT_TOML
+        config.write_text(DEFAULT_TOML.replace(limits, limits + 'media_start_timeout_seconds = 0\n'
+                                                                'media_silence_timeout_seconds = 0\n'))
     return Wacall(db=str(tmp / "wacall.db"), config=str(config), extra=extra).start()
 
 
@@ -284,7 +297,7 @@ def test_a_200_not_acked_before_the_restart_still_waits_64_t1_for_its_ack(tmp_pa
         wa.close()
 
 
-# -- baresip: a real SIP stack keeps going with the restored dialog (signalling; media is not restored here) --
+# -- baresip: a real SIP stack keeps going with the restored dialog and the restored media ------------------
 
 @pytest.fixture
 def business_pem(business_cert) -> Path:
@@ -297,8 +310,27 @@ async def _ctl(fn, *args, **kwargs):
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+def _wav(data: bytes | Path) -> np.ndarray:
+    with wave.open(io.BytesIO(data) if isinstance(data, bytes) else str(data)) as wav:
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+        return pcm[::2] if wav.getnchannels() == 2 else pcm
+
+
 async def _baresip_after_restart(wa, business: Baresip, call_id: str, bye_from: str) -> dict:
+    """kill -9 mid-call with SRTP-SDES audio both ways (the user says 440 Hz, baresip 1000 Hz); within 2 s
+    of wacall being ready the audio flows again both ways, then the call ends normally with either BYE."""
+    await asyncio.sleep(2.0)                            # audio both ways before the crash
     await _ctl(_restart, wa, call_id)
+    ready = time.monotonic()
+    await _ctl(wa.wait_for, lambda: (m := wa.call(call_id)["media"]) and m["received"]["packets"] >= 25
+               and m["sent"]["packets"] >= 25, 2.0, "audio both ways again within 2 s of wacall being ready")
+    assert time.monotonic() - ready < 2.0
+    await asyncio.sleep(1.5)
+    call = await _ctl(wa.call, call_id)
+    assert call["state"] == "ACCEPTED" and call["media"]["restored"] is True
+    assert call["media"]["received"]["srtp_auth_failures"] == 0
+    heard = _wav((await _ctl(wa.http.get, call["media"]["recording_url"])).content)
+    assert abs(dominant_frequency(heard, 48000) - 1000) < 5, "after the restart the user hears baresip"
     if bye_from == "business":
         await business.hangup()                     # its BYE follows Meta's Record-Route to wa.meta.vc
         call = await _ctl(wa.wait_state, call_id, "ENDED")
@@ -308,27 +340,32 @@ async def _baresip_after_restart(wa, business: Baresip, call_id: str, bye_from: 
         closed = await business.wait_event("CALL_CLOSED", 15)  # Meta's BYE reached it on a new connection
         call = await _ctl(wa.wait_state, call_id, "ENDED")
         assert call["ended_by"] == "user", closed
+    assert call["end_status"] == "COMPLETED" and not call["errors"]
     answered = ("in" if bye_from == "user" else "out", "SIP/2.0 200 OK")
 
     def ladder() -> list[tuple[str, str]]:
         return [(e["direction"], e["line"]) for e in wa.call(call_id)["timeline"] if e["kind"] == "sip_message"]
     seen = await _ctl(wa.wait_for, lambda: (lines := ladder())[-1] == answered and lines, what="the BYE's 200")
     assert seen[-2][1].startswith("BYE ") and seen[-2][0] != answered[0], seen[-4:]
+    await asyncio.sleep(0.5)                        # baresip writes its recording when the call closes
+    at_business = _wav(business.recordings()["dec"][0])
+    assert abs(dominant_frequency(at_business[-48000:], 48000) - 440) < 5, "after the restart baresip hears the user"
     return call
 
 
 @pytest.mark.parametrize("bye_from", ["business", "user"])
 async def test_baresip_calling_through_wa_meta_vc_survives_kill_9(tmp_path, business_pem, bye_from):
-    wa = await _ctl(_restartable, tmp_path)
+    wa = await _ctl(_restartable, tmp_path, media_timeouts=True)
     try:
         biz = wa.info["display_phone_number"]
         password = await _ctl(wa.enable_sip, HOST, 5061)
         assert (await _ctl(wa.ctl, "POST", f"users/{ALICE}/permission_replies", {
             "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"})).status_code == 200
-        assert (await _ctl(wa.ctl, "PATCH", f"users/{ALICE}", {"answer_after": 0.2})).status_code == 200
+        assert (await _ctl(wa.ctl, "PATCH", f"users/{ALICE}", {"answer_after": 0.2, "audio": "tone:440"})
+                ).status_code == 200
         business = Baresip(user=f"+{biz}", domain=HOST, ca=Path(wa.info["sip"]["ca_file"]), cert=business_pem,
                            auth_user=biz, auth_pass=password, tls_hosts={"wa.meta.vc": wa.info["sip"]["port"]},
-                           workdir=tmp_path / "business")
+                           tone_hz=1000, workdir=tmp_path / "business")
         async with business:
             await business.dial(f"sip:+{ALICE}@wa.meta.vc")
             await business.wait_event("CALL_ESTABLISHED", 15)
@@ -341,11 +378,13 @@ async def test_baresip_calling_through_wa_meta_vc_survives_kill_9(tmp_path, busi
 
 @pytest.mark.parametrize("bye_from", ["business", "user"])
 async def test_baresip_answering_a_user_call_survives_kill_9(tmp_path, business_pem, bye_from):
-    wa = await _ctl(_restartable, tmp_path)
+    wa = await _ctl(_restartable, tmp_path, media_timeouts=True)
     try:
         biz = wa.info["display_phone_number"]
+        assert (await _ctl(wa.ctl, "PATCH", f"users/{ALICE}", {"audio": "tone:440"})).status_code == 200
         business = Baresip(user=f"+{biz}", domain=HOST, ca=Path(wa.info["sip"]["ca_file"]), cert=business_pem,
-                           tls_hosts={"wa.meta.vc": wa.info["sip"]["port"]}, workdir=tmp_path / "business")
+                           tls_hosts={"wa.meta.vc": wa.info["sip"]["port"]}, tone_hz=1000,
+                           workdir=tmp_path / "business")
         async with business:
             await _ctl(wa.enable_sip, HOST, business.tls_port)
             call_id = (await _ctl(wa.user_calls, ALICE)).json()["call_id"]
