@@ -37,6 +37,14 @@ class SipGatewayConfig:
 
 
 @dataclass
+class RecordingsConfig:
+    """``[recordings]``: what each user heard, one file per call (docs/configuration.md)."""
+    dir: str = ""                          # "": next to the database (<db>.recordings/); a temporary one for :memory:
+    retention_seconds: float = 7 * 86400.0  # removed this long (virtual time) after the call's last audio
+    max_seconds: float = 180.0             # recorded per call (the first minutes); 0 records nothing
+
+
+@dataclass
 class Config:
     wabas: list[Waba]
     numbers: list[PhoneNumber]
@@ -47,6 +55,7 @@ class Config:
     webhooks: WebhookDelivery = field(default_factory=WebhookDelivery)
     sip: SipGatewayConfig = field(default_factory=SipGatewayConfig)
     media_workers: int = 0       # 0: media in the server process; N: N worker processes
+    recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
 
 
 DEFAULT_TOML = """
@@ -176,7 +185,18 @@ def build_config(raw: dict) -> Config:
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
                   sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",
                                                {"domain", "port", "pki_dir", "hosts", "trust", "t1"})),
-                  media_workers=int(_take(dict(raw.get("media") or {}), "media", {"workers"}).get("workers", 0)))
+                  media_workers=int(_take(dict(raw.get("media") or {}), "media", {"workers"}).get("workers", 0)),
+                  recordings=_recordings(raw.get("recordings") or {}))
+
+
+def _recordings(table: dict) -> RecordingsConfig:
+    _take(table, "recordings", {"dir", "retention_seconds", "max_seconds"})
+    config = RecordingsConfig(dir=str(table.get("dir", "")),
+                              retention_seconds=float(table.get("retention_seconds", 7 * 86400.0)),
+                              max_seconds=float(table.get("max_seconds", 180.0)))
+    if not (config.retention_seconds >= 0 and 0 <= config.max_seconds <= 86400):
+        raise ValueError("recordings: retention_seconds must be >= 0 and max_seconds between 0 and 86400")
+    return config
 
 
 def load_config(path: str | Path | None = None) -> Config:

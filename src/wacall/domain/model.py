@@ -1,6 +1,7 @@
 """The platform's objects, in Meta's vocabulary. Plain dataclasses: the rules live in ``platform``.
 
-Every object has a ``KIND`` and a ``key`` so the store can persist it as a document.
+Every object has a ``KIND`` and a ``key`` so the store can persist it as a document, and says whether
+it is ``live`` (part of the working set the platform keeps in memory).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ class Record:
     @property
     def key(self) -> str:
         raise NotImplementedError
+
+    @property
+    def live(self) -> bool:
+        """In the platform's working set: loaded at start and kept in memory (ended calls and done
+        messages are not; they are read back from the store when asked for)."""
+        return True
 
     def to_doc(self) -> dict[str, Any]:
         """A deep copy as plain data."""
@@ -78,6 +85,8 @@ class Waba(Record):
     subscribed_apps: list[str] = field(default_factory=list)
     # app_id -> {"override_callback_uri", "verify_token"}
     app_overrides: dict[str, dict] = field(default_factory=dict)
+    # "YYYY-MM" (UTC) -> seconds of business-initiated calls billed that month (pulses x 6): the volume tier
+    bic_seconds_by_month: dict[str, float] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -141,6 +150,7 @@ class Pair(Record):
     unanswered_streak: int = 0
     bic_connected_times: list[float] = field(default_factory=list)
     window_opened_at: float | None = None  # customer service window start (last user message / call)
+    last_request_id: str | None = None     # the latest call permission request that reached the user
 
     @property
     def key(self) -> str:
@@ -176,7 +186,6 @@ class Call(Record):
     pulses: int = 0
     cost: float = 0.0
     signalling: str = "graph"            # graph | sip
-    timeline: list[dict] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -184,6 +193,10 @@ class Call(Record):
 
     @property
     def active(self) -> bool:
+        return self.state != ENDED
+
+    @property
+    def live(self) -> bool:
         return self.state != ENDED
 
     @property
@@ -214,6 +227,10 @@ class Message(Record):
     @property
     def key(self) -> str:
         return self.id
+
+    @property
+    def live(self) -> bool:
+        return self.deadline is not None
 
 
 @dataclass
