@@ -56,6 +56,7 @@ class Config:
     sip: SipGatewayConfig = field(default_factory=SipGatewayConfig)
     media_workers: int = 0       # 0: media in the server process; N: N worker processes
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
+    keep_ended: int = 1000       # [memory] ended calls and done messages kept in memory (older: read from the store)
 
 
 DEFAULT_TOML = """
@@ -186,7 +187,15 @@ def build_config(raw: dict) -> Config:
                   sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",
                                                {"domain", "port", "pki_dir", "hosts", "trust", "t1"})),
                   media_workers=int(_take(dict(raw.get("media") or {}), "media", {"workers"}).get("workers", 0)),
-                  recordings=_recordings(raw.get("recordings") or {}))
+                  recordings=_recordings(raw.get("recordings") or {}),
+                  keep_ended=_keep_ended(raw.get("memory") or {}))
+
+
+def _keep_ended(table: dict) -> int:
+    value = _take(table, "memory", {"keep_ended"}).get("keep_ended", 1000)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("memory: keep_ended must be a non-negative integer")
+    return value
 
 
 def _recordings(table: dict) -> RecordingsConfig:

@@ -46,6 +46,7 @@ class Wacall:
         self.store = Store(db)
         self.clock = VirtualClock(float(self.store.get_meta("clock_offset") or 0.0))
         self.platform = Platform(self.clock, self.config.limits, self.config.rate_card, archive=self.store)
+        self.platform.keep_ended = self.config.keep_ended
         self.recordings, self._temporary_recordings = self._recordings_for(db)
         self._swept_at = time.monotonic()
         workers = self.config.media_workers
@@ -173,6 +174,7 @@ class Wacall:
         events, dirty = self.platform.drain()
         notes = self.platform.drain_notes()
         if not events and not dirty and not notes:
+            self.platform.trim()
             return
         rows = outbox_rows(self.platform, events, self.clock.now())
         self.store.commit(dirty, rows, notes)
@@ -188,7 +190,7 @@ class Wacall:
         if rows and self.dispatcher:
             self.dispatcher.wake()
         self._tick_wake.set()
-        self.platform.trim()
+        self.platform.trim()             # ended calls beyond the working set leave memory (persisted now)
 
     def commit_soon(self) -> None:
         """Persist notes added outside :meth:`apply` (SIP traces) on the next loop iteration."""

@@ -102,6 +102,7 @@ async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) ->
                    "url": j["url"], "status_code": a["status_code"], "error": a["error"]}
                   for j in journal for a in j["attempt_log"]]
         view["timeline"] = sorted(view["timeline"] + events, key=lambda e: e["t"])
+    wacall.platform.trim()                        # a call read back from the store does not stay long
     return view
 
 
@@ -131,7 +132,10 @@ async def health(wacall: Wacall, request: web.Request) -> web.Response:
                "server_transactions": len(gateway.layer.server_transactions),
                "client_transactions": len(gateway.layer.client_transactions),
                "parse_errors": gateway.transport.stats.parse_errors, **gateway.stats}
-    return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip})
+    platform = wacall.platform
+    working_set = {"calls": len(platform.calls), "live_calls": len(platform.active_calls),
+                   "messages": len(platform.messages), "pending_messages": len(platform.pending_messages)}
+    return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip, "working_set": working_set})
 
 
 @handler

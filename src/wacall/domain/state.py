@@ -5,7 +5,7 @@ No I/O happens here. Time comes from the injected clock. The server persists ``d
 timeline entries (``drain_notes``), and delivers ``events`` after each operation (see ``wacall.server``).
 
 The working set is what is live: every app, WABA, number, user, pair and template, the calls in progress
-and the messages the virtual user still has to react to, plus the last ``keep_resting`` ended calls and
+and the messages the virtual user still has to react to, plus the last ``keep_ended`` ended calls and
 done messages. After each commit the server calls :meth:`PlatformState.trim`, and older ones leave
 memory; :meth:`PlatformState.call` and :meth:`PlatformState.message` read them back through the injected
 :class:`Archive` (the store). Counts the rules need are indexes kept up to date as records change
@@ -27,7 +27,7 @@ from .model import (Call, App, Message, Pair, PhoneNumber, Record, RECORD_TYPES,
                     Waba)
 from .pricing import RateCard
 
-KEEP_RESTING = 1000     # ended calls and done messages kept in memory after they leave the working set
+KEEP_ENDED = 1000     # ended calls and done messages kept in memory after they leave the working set
 
 
 class Archive(Protocol):
@@ -77,7 +77,7 @@ class PlatformState:
         self.limits = limits
         self.rate_card = rate_card or RateCard()
         self.archive = archive              # None: nothing ever leaves memory
-        self.keep_resting = KEEP_RESTING
+        self.keep_ended = KEEP_ENDED
         self.apps: dict[str, App] = {}
         self.wabas: dict[str, Waba] = {}
         self.numbers: dict[str, PhoneNumber] = {}
@@ -92,7 +92,7 @@ class PlatformState:
         self.dirty: dict[tuple[str, str], Record] = {}
         self.notes: list[tuple[str, dict]] = []          # new timeline entries: (call_id, entry)
         self.request_windows: dict[str, list[float]] = {}
-        self.resting: OrderedDict[tuple[str, str], None] = OrderedDict()   # ended calls, done messages
+        self.ended: OrderedDict[tuple[str, str], None] = OrderedDict()   # ended calls, done messages: oldest first
         self.active_by_pair: dict[tuple[str, str], Call] = {}
         self.active_per_number: dict[str, int] = {}
         self.bic_initiations: dict[str, deque[float]] = {}  # phone_number_id -> created_at, last 24 h
@@ -127,10 +127,10 @@ class PlatformState:
             return
         slot = (record.KIND, record.key)
         if record.live:
-            self.resting.pop(slot, None)
+            self.ended.pop(slot, None)
         else:
-            self.resting[slot] = None
-            self.resting.move_to_end(slot)
+            self.ended[slot] = None
+            self.ended.move_to_end(slot)
 
     def _index_call(self, call: Call) -> None:
         pair = (call.phone_number_id, call.wa_id)
@@ -169,11 +169,11 @@ class PlatformState:
         and :meth:`message` read them back. The server calls this after each commit."""
         if self.archive is None:
             return
-        while len(self.resting) > self.keep_resting:
-            slot = next(iter(self.resting))
+        while len(self.ended) > self.keep_ended:
+            slot = next(iter(self.ended))
             if slot in self.dirty:               # not persisted yet: keep until the next commit
                 break
-            del self.resting[slot]
+            del self.ended[slot]
             self._table(slot[0]).pop(slot[1], None)
 
     def load(self, docs: Iterable[tuple[str, dict]]) -> None:
@@ -197,7 +197,7 @@ class PlatformState:
         self.dirty.clear()
         self.notes.clear()
         self.request_windows.clear()
-        self.resting.clear()
+        self.ended.clear()
         self.active_by_pair.clear()
         self.active_per_number.clear()
         self.bic_initiations.clear()

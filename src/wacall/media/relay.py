@@ -3,10 +3,10 @@
 One :class:`RelayEndpoint` per call owns the leg's UDP socket and demultiplexes it (RFC 7983):
 STUN goes to the ICE-lite agent (RFC 8445 §2.5, always controlled), DTLS to the DTLS-SRTP session
 (RFC 5764; role from the negotiated ``a=setup``), SRTP/SRTCP to the SRTP context (keyed by DTLS or
-by SDES, RFC 4568). Received audio is the user's earpiece: it is recorded (what the user heard, streamed
-to a file by ``wacall.media.recording``), measured, and RFC 4733 digits are detected. The user's microphone is a pre-encoded source sent on
-one SSRC, 20 ms Opus (or G.711 when negotiated), with the user's DTMF on the same SSRC and
-sequence space.
+by SDES, RFC 4568). Received audio is the user's earpiece: it is recorded (what the user heard,
+streamed to a file by ``wacall.media.recording``), measured, and RFC 4733 digits are detected. The
+user's microphone is a pre-encoded source sent on one SSRC, 20 ms Opus (or G.711 when negotiated),
+with the user's DTMF on the same SSRC and sequence space.
 
 Behaviour from Meta's docs: the business sends the first SRTP packet; the user side treats the
 first media packet or the accept, whichever comes first, as answered; no business media 20 s after
