@@ -107,10 +107,13 @@ def push_out_of_memory(wa, call_id: str) -> None:
     assert working_set(wa)["calls"] <= 2 + working_set(wa)["live_calls"]
 
 
-def seconds_to_next_month(now: float) -> float:
-    today = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-    first = dt.datetime(today.year + today.month // 12, today.month % 12 + 1, 1, tzinfo=dt.timezone.utc)
-    return first.timestamp() - now + 3600
+def month_after(moment: dt.datetime) -> dt.datetime:
+    return dt.datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=dt.timezone.utc)
+
+
+def seconds_to_two_hours_before_next_utc_month(now: float) -> float:
+    """In UTC+14 the next month has begun by then; in UTC it is still this month."""
+    return month_after(dt.datetime.fromtimestamp(now, dt.timezone.utc)).timestamp() - 7200 - now
 
 
 # ---------------------------------------------------------------------------------------------- working set
@@ -188,17 +191,22 @@ def test_business_initiated_calls_per_24_hours_count_from_the_index(wa):
 
 
 def test_monthly_volume_prices_the_tier_without_the_month_in_memory(tmp_path):
-    """BRUNO (+55) on a rate card whose cheaper tier starts at 2 minutes a month."""
-    config = config_file(tmp_path, '[memory]\nkeep_ended = 0\n\n[pricing]\ncurrency = "USD"\n'
-                                   '[pricing.rates]\n"55" = [[0, 0.06], [2, 0.006]]\n"*" = [[0, 0.03]]\n')
-    wa = Wacall(config=config).start()
+    """BRUNO (+55) on a rate card whose cheaper tier starts at 2 minutes a month; the WABA's calendar month
+    runs in its timezone, UTC+14."""
+    path = tmp_path / "wacall.toml"
+    path.write_text(DEFAULT_TOML.replace('currency = "USD"\n', 'currency = "USD"\ntimezone_id = "Pacific/Kiritimati"\n', 1)
+                    + '[memory]\nkeep_ended = 0\n\n[pricing]\ncurrency = "USD"\n'
+                    '[pricing.rates]\n"55" = [[0, 0.06], [2, 0.006]]\n"*" = [[0, 0.03]]\n')
+    wa = Wacall(config=str(path)).start()
     try:
         wa.media_timeouts(False)
+        if seconds_to_two_hours_before_next_utc_month(wa.ctl("GET", "clock").json()["now"]) < DAY:
+            wa.advance(2 * DAY)                     # the first calls must be in the same month in both zones
         grant(wa, BRUNO)
         costs = []
         for month_change in (False, False, True):
-            if month_change:
-                wa.advance(seconds_to_next_month(wa.ctl("GET", "clock").json()["now"]))
+            if month_change:                        # a new month in Kiritimati, still the old one in UTC
+                wa.advance(seconds_to_two_hours_before_next_utc_month(wa.ctl("GET", "clock").json()["now"]))
             call_id = connected_bic(wa, BRUNO)
             wa.advance(57)                          # 10 pulses of 6 s: one minute
             assert wa.calls_action({"call_id": call_id, "action": "terminate"}).status_code == 200
@@ -206,7 +214,7 @@ def test_monthly_volume_prices_the_tier_without_the_month_in_memory(tmp_path):
             assert call["pulses"] == 10, call
             costs.append(call["cost"])
         # 1 minute, then 2 minutes this month (the second call is billed wholly at the cheaper tier), then
-        # a new month starts from zero
+        # a new month (in the WABA's timezone) starts from zero
         assert costs == [pytest.approx(0.06), pytest.approx(0.006), pytest.approx(0.06)]
         analytics = wa.graph("GET", wa.waba_id, params={"fields": "call_analytics"}).json()
         bic = next(p for p in analytics["call_analytics"]["data"][0]["data_points"]

@@ -9,6 +9,7 @@ Business-initiated (BIC): connect --> RINGING --user answers--> ACCEPTED --termi
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from typing import Any
 
 from ..media.sdp import SdpError, build_meta_answer, build_meta_offer, validate_business_sdp
@@ -25,6 +26,14 @@ from .state import ControlError, PlatformState
 ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
 UNCALLABLE_PLATFORMS = {"web", "desktop"}
 ENTRY_POINTS = ("call_icon", "call_button", "deeplink", "call_log")
+
+
+def _zone(name: str) -> dt.tzinfo:
+    """The WABA's timezone (an IANA name), UTC when it is not one zoneinfo knows."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        return dt.timezone.utc
 
 
 def digits_of(value: Any) -> str:
@@ -103,10 +112,10 @@ class CallRules(PlatformState):
         self.emit(ReleaseMedia(call.id))
 
     def _bill(self, call: Call, now: float) -> None:
-        """Price a connected business-initiated call at the WABA's volume tier of the month, and count
-        its billed seconds into that month's volume (the WABA keeps a counter per UTC month)."""
+        """Price a connected business-initiated call at the WABA's volume tier of the calendar month (in
+        the WABA's timezone), and count its billed seconds into that month's volume (a counter per WABA)."""
         waba = self.wabas[self.numbers[call.phone_number_id].waba_id]
-        month = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y-%m")
+        month = dt.datetime.fromtimestamp(now, _zone(waba.timezone_id)).strftime("%Y-%m")
         billed = waba.bic_seconds_by_month.get(month, 0.0)
         call.pulses, call.cost = price_call(self.rate_card, call.wa_id, now - call.accepted_at, billed / 60.0)
         if call.pulses:
