@@ -18,7 +18,8 @@ With ``--baseline-ref REF`` (or ``--baseline-src DIR``) the same run measures th
 ``--seconds``, through a pool of users; RSS, the working set, the database and the recordings on disk
 are sampled every 5 s, and control API reads (``GET /_wacall/calls/{id}`` of a live call and of an
 ended call long gone from memory, ``GET /_wacall/calls?limit=100``) every 0.5 s with their latency.
-Recordings are kept ``--retention`` seconds, so the sweeper runs during the soak. Stops by itself.
+Recordings are kept ``--retention`` seconds, so the sweeper runs during the soak. With ``--webhooks``
+the app subscribes a local receiver (answers 200) and every webhook is delivered. Stops by itself.
 
     .venv/bin/python bench/memory.py percall --baseline-ref 127aa83
     .venv/bin/python bench/memory.py soak                   # 10 000 calls in 10 minutes
@@ -36,7 +37,9 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 
@@ -301,6 +304,48 @@ class Reader(threading.Thread):
                 self.timed("old_ended_call", f"calls/{self.old_call}")
 
 
+class WebhookSink:
+    """A business's webhook endpoint on loopback that verifies and answers 200 to everything."""
+
+    def __init__(self, verify_token: str) -> None:
+        sink = self
+        self.received = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = parse_qs(urlparse(self.path).query)
+                ok = query.get("hub.verify_token") == [verify_token]
+                body = query["hub.challenge"][0].encode() if ok else b"forbidden"
+                self.send_response(200 if ok else 403)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.received += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def subscribe(self, target: Target) -> None:
+        info = target.info
+        response = target.http.post(f"{target.base}/{GRAPH_VERSION}/{info['app_id']}/subscriptions", params={
+            "object": "whatsapp_business_account", "callback_url": self.url, "verify_token": info["verify_token"],
+            "fields": "calls,messages", "access_token": f"{info['app_id']}|{info['app_secret']}"})
+        response.raise_for_status()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 def dir_usage(path: Path) -> tuple[int, int]:
     count = size = 0
     try:
@@ -325,7 +370,10 @@ def soak(args, log) -> dict:
     stop = threading.Event()
     reader = Reader(target, stop)
     started = time.monotonic()
+    sink = WebhookSink(target.info["verify_token"]) if args.webhooks else None
     try:
+        if sink is not None:
+            sink.subscribe(target)
         users = create_users(target.info, args.users, prefix="4477")
         generator = WorkerHandle(target.info, cert_per_call=False)
         rate = args.total / args.seconds
@@ -344,6 +392,7 @@ def soak(args, log) -> dict:
             db_bytes = sum(p.stat().st_size for p in directory.glob("soak.db*"))
             sample = {"t": round(time.monotonic() - t0, 1), "rss_kb": target.rss(), "started": progress["started"],
                       "ended": progress["ended"], "failed": progress["failed"], "working_set": ws,
+                      "webhooks_received": sink.received if sink else None,
                       "recording_files": files, "recording_mb": round(rec_bytes / 2**20, 1),
                       "db_mb": round(db_bytes / 2**20, 1)}
             result["samples"].append(sample)
@@ -365,6 +414,8 @@ def soak(args, log) -> dict:
         if generator is not None:
             generator.stop()
         target.stop()
+        if sink is not None:
+            sink.close()
         subprocess.run(["rm", "-rf", str(directory)])
     result["reads"] = summarize_reads(reader.samples, t0)
     result["summary"] = summarize_soak(result)
@@ -414,6 +465,7 @@ def summarize_soak(result: dict) -> dict:
         "working_set_last": samples[-1]["working_set"] if samples else None,
         "recording_files_max": max((s["recording_files"] for s in samples), default=0),
         "db_mb_last": samples[-1]["db_mb"] if samples else None,
+        "webhooks_received": samples[-1].get("webhooks_received") if samples else None,
         "reads": {k: {x: v[x] for x in ("n", "errors", "p50_ms", "p95_ms", "max_ms")}
                   for k, v in result["reads"].items()},
     }
@@ -436,6 +488,7 @@ def main() -> None:
     s.add_argument("--users", type=int, default=400, help="the pool of users placing the calls")
     s.add_argument("--retention", type=float, default=120.0, help="recordings.retention_seconds")
     s.add_argument("--media-workers", type=int, default=0)
+    s.add_argument("--webhooks", action="store_true", help="subscribe a local receiver to calls and messages")
     ap.add_argument("--out", help="JSON path (default bench/results/memory-<mode>-<timestamp>.json)")
     args = ap.parse_args()
     if args.mode == "percall":

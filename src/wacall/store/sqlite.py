@@ -24,9 +24,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from .. import codec
-from ..domain.model import BUSINESS_INITIATED, ENDED, Call, Record
+from ..domain.model import ACCEPTED, BUSINESS_INITIATED, PRE_ACCEPTED, RINGING, Call, Record
 
 metadata = MetaData()
+LIVE_STATES = (RINGING, PRE_ACCEPTED, ACCEPTED)
 
 records = Table(
     "records", metadata,
@@ -59,6 +60,7 @@ calls = Table(
     Column("pulses", Integer, nullable=False, default=0),
     Column("cost", Float, nullable=False, default=0.0),
     Index("calls_by_number", "phone_number_id", "direction", "created_at"),
+    Index("calls_by_state", "state", "created_at"),
 )
 
 outbox = Table(
@@ -78,6 +80,8 @@ outbox = Table(
     Column("last_error", Text),
     Column("delivered_at", Float),
 )
+
+outbox_by_call = Index("outbox_by_call", outbox.c.call_id)     # a call's deliveries, for the call view
 
 attempts = Table(
     "attempts", metadata,
@@ -130,6 +134,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", self._sqlite_pragmas)
         metadata.create_all(self.engine)
+        outbox_by_call.create(self.engine, checkfirst=True)      # databases from before the index
         self._migrate()
 
     def _migrate(self) -> None:
@@ -260,7 +265,7 @@ class Store:
         if before is not None:
             query = query.where(calls.c.created_at < before)
         if state == "live":
-            query = query.where(calls.c.state != ENDED)
+            query = query.where(calls.c.state.in_(LIVE_STATES))
         elif state is not None:
             query = query.where(calls.c.state == state)
         with self.engine.connect() as conn:
