@@ -391,12 +391,20 @@ def test_recording_file_is_appended_in_chunks_and_survives_a_torn_write(tmp_path
     assert recordings.sweep(1061.0, keep={"wacid.abc"}) == 0                 # a live call keeps its file
     assert recordings.sweep(1061.0) == 1 and not path.exists()
 
+    fresh = RecordingWriter(tmp_path / "created" / "x.rec", clock=lambda: 0.0, max_packets=10)
+    fresh.add("pcmu", packets[0])
+    fresh.flush()                                   # a missing directory is created
+    assert read_packets((tmp_path / "created" / "x.rec").read_bytes()) == ("pcmu", packets[:1])
+    (tmp_path / "a-file").write_bytes(b"")
     reasons: list[str] = []
-    failing = RecordingWriter(tmp_path / "missing" / "x.rec", clock=lambda: 0.0, max_packets=10,
+    failing = RecordingWriter(tmp_path / "a-file" / "x.rec", clock=lambda: 0.0, max_packets=10,
                               on_error=reasons.append)
     failing.add("opus", packets[0])
-    failing.flush()
+    failing.flush()                                 # cannot be written: said once, the call goes on
     assert failing.error and reasons == [failing.error]
+    failing.add("opus", packets[1])
+    failing.flush()
+    assert reasons == [failing.error]
 
 
 def test_audio_caches_are_bounded():

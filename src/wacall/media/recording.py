@@ -72,20 +72,27 @@ class RecordingWriter:
         if not self.buffer or self.error is not None:
             return
         try:
-            with open(self.path, "ab") as out:
-                if out.tell() == 0:
-                    out.write(MAGIC + (self.codec or "opus").encode("ascii") + b"\n")
-                out.write(self.buffer)
             try:
-                at = self.clock()
-                os.utime(self.path, (at, at))
-            except (OSError, OverflowError, ValueError):
-                pass                    # a virtual time the filesystem cannot hold: wall time stays
+                self._append()
+            except FileNotFoundError:   # the directory is not there (yet, or any more)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._append()
         except OSError as exc:
             self.error = f"cannot write {self.path}: {exc.strerror or exc}"
             if self.on_error is not None:
                 self.on_error(self.error)
         self.buffer = bytearray()
+
+    def _append(self) -> None:
+        with open(self.path, "ab") as out:
+            if out.tell() == 0:
+                out.write(MAGIC + (self.codec or "opus").encode("ascii") + b"\n")
+            out.write(self.buffer)
+        try:
+            at = self.clock()
+            os.utime(self.path, (at, at))
+        except (OSError, OverflowError, ValueError):
+            pass                        # a virtual time the filesystem cannot hold: wall time stays
 
 
 def read_packets(data: bytes) -> tuple[str, list[bytes]]:
@@ -131,8 +138,7 @@ class Recordings:
 
     def __init__(self, directory: str | Path, *, max_seconds: float = 180.0,
                  retention_seconds: float = 7 * 86400.0) -> None:
-        self.dir = Path(directory).expanduser()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(directory).expanduser()          # created with the first recording
         self.max_seconds = max_seconds
         self.retention_seconds = retention_seconds
 
@@ -189,7 +195,11 @@ class Recordings:
 
     def clear(self) -> None:
         """Remove every recording (a reset)."""
-        for entry in list(os.scandir(self.dir)):
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError:
+            return
+        for entry in entries:
             if entry.name.endswith(SUFFIX):
                 try:
                     os.unlink(entry.path)
