@@ -87,7 +87,8 @@ def grant(wa, wa_id: str) -> None:
 
 
 def connect(wa, wa_id: str):
-    return wa.calls_action({"to": wa_id, "action": "connect", "session": {"sdp_type": "offer", "sdp": business_offer()}})
+    return wa.calls_action({"to": wa_id, "action": "connect",
+                            "session": {"sdp_type": "offer", "sdp": business_offer()}})
 
 
 def connected_bic(wa, wa_id: str) -> str:
@@ -129,7 +130,8 @@ def test_ended_calls_leave_memory_and_are_read_from_the_store(wa):
     assert working_set(wa) == {"calls": 3, "live_calls": 1, "messages": 0, "pending_messages": 0}
     first = wa.call(ended[0])                       # left memory: answered from the store
     assert first["state"] == "ENDED" and first["end_reason"] == "user_hangup" and first["ended_by"] == "user"
-    kinds = [(e["kind"], e.get("state") or e.get("action")) for e in first["timeline"] if e["kind"] in ("user", "state")]
+    kinds = [(e["kind"], e.get("state") or e.get("action"))
+             for e in first["timeline"] if e["kind"] in ("user", "state")]
     assert kinds == [("user", "call"), ("state", "RINGING"), ("user", "hangup"), ("state", "ENDED")]
     assert first["meta_sdp"].startswith("v=0")
     listed = wa.ctl("GET", "calls").json()["data"]
@@ -194,8 +196,8 @@ def test_monthly_volume_prices_the_tier_without_the_month_in_memory(tmp_path):
     """BRUNO (+55) on a rate card whose cheaper tier starts at 2 minutes a month; the WABA's calendar month
     runs in its timezone, UTC+14."""
     path = tmp_path / "wacall.toml"
-    path.write_text(DEFAULT_TOML.replace('currency = "USD"\n', 'currency = "USD"\ntimezone_id = "Pacific/Kiritimati"\n', 1)
-                    + '[memory]\nkeep_ended = 0\n\n[pricing]\ncurrency = "USD"\n'
+    waba = DEFAULT_TOML.replace('currency = "USD"\n', 'currency = "USD"\ntimezone_id = "Pacific/Kiritimati"\n', 1)
+    path.write_text(waba + '[memory]\nkeep_ended = 0\n\n[pricing]\ncurrency = "USD"\n'
                     '[pricing.rates]\n"55" = [[0, 0.06], [2, 0.006]]\n"*" = [[0, 0.03]]\n')
     wa = Wacall(config=str(path)).start()
     try:
