@@ -90,7 +90,7 @@ async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) ->
     }
     media = await wacall.media.view(call.id)
     if media is None:                 # a released leg the media plane forgot: its final statistics
-        media = next((e["media"] for e in reversed(view["timeline"])
+        media = next((dict(e["media"]) for e in reversed(view["timeline"])
                       if e.get("event") == "final_stats" and isinstance(e.get("media"), dict)), None)
     view["media"] = media
     if media is not None:

@@ -107,12 +107,14 @@ class MediaEngine:
             return
         endpoint.close()
         endpoint.leg._transport = endpoint.leg._transport6 = None
+        if self._closing:                    # a shutdown does not end the call: no final statistics
+            return
         final = self._view(endpoint)
         self.finished[call_id] = final
         while len(self.finished) > KEEP_FINISHED:
             self.finished.pop(next(iter(self.finished)))
-        if endpoint.negotiated is not None and not self._closing:   # a shutdown does not end the call
-            self.reporter.note(call_id, "final_stats", media=final)
+        if endpoint.negotiated is not None:
+            self.reporter.note(call_id, "final_stats", media=dict(final))
 
     async def close(self) -> None:
         self._closing = True
@@ -162,7 +164,10 @@ class MediaEngine:
 
     async def view(self, call_id: str) -> dict | None:
         endpoint = self.endpoints.get(call_id)
-        return self._view(endpoint) if endpoint is not None else self.finished.get(call_id)
+        if endpoint is not None:
+            return self._view(endpoint)
+        final = self.finished.get(call_id)
+        return dict(final) if final is not None else None
 
     def flush_recording(self, call_id: str) -> None:
         """Write out what a live call's relay has buffered of its recording."""
