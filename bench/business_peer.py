@@ -195,6 +195,7 @@ class FastPath:
         self.capacity = capacity
         self.calls = (Call * capacity)()
         self.used = 0
+        self.free: list[int] = []                 # released rows, reused (a soak places more calls than rows)
         self.fd_index = (ctypes.c_int32 * fd_limit)(*([-1] * fd_limit))
         self.fd_limit = fd_limit
         self.out_cap = 1 << 20
@@ -215,10 +216,14 @@ class FastPath:
         self.lib.fp_set_frames(b"".join(frames), lengths, len(frames))
 
     def allocate(self, fd: int) -> int:
-        if self.used >= self.capacity or fd >= self.fd_limit:
+        if (not self.free and self.used >= self.capacity) or fd >= self.fd_limit:
             raise RuntimeError("fast path call table is full")
-        idx = self.used
-        self.used += 1
+        if self.free:
+            idx = self.free.pop()
+            self.ctypes.memset(self.ctypes.addressof(self.calls[idx]), 0, self.ctypes.sizeof(self.Call))
+        else:
+            idx = self.used
+            self.used += 1
         self.calls[idx].fd = fd
         self.fd_index[fd] = idx
         return idx
@@ -228,6 +233,7 @@ class FastPath:
         c.active = c.sending = 0
         if 0 <= fd < self.fd_limit and self.fd_index[fd] == idx:
             self.fd_index[fd] = -1
+        self.free.append(idx)
 
     def srtp_pointer(self, session: Session) -> int:
         return int(self.ffi.cast("uintptr_t", session._srtp[0]))
@@ -440,9 +446,12 @@ class BusinessCall:
         return (self.sent, self.rx, expected, self.rx_rtcp, self.rx_bad)
 
     def close(self) -> None:
+        if self.state == "closed":
+            return
         self.state = "closed"
         if self.c is not None:
             self.peer.fast.release(self.idx, self.fd)
+            self.c = None
         if self.dtls_timer:
             self.dtls_timer.cancel()
         try:

@@ -358,14 +358,23 @@ def dir_usage(path: Path) -> tuple[int, int]:
 
 
 def soak(args, log) -> dict:
+    results: dict = {"targets": []}
+    src = args.baseline_src or (baseline_src(args.baseline_ref) if args.baseline_ref else None)
+    if src:
+        results["targets"].append(soak_one("baseline", src, args, log))
+    results["targets"].append(soak_one("wacall", None, args, log))
+    return results
+
+
+def soak_one(name: str, src: str | None, args, log) -> dict:
     from business_peer import WorkerHandle
     from wacall.config import DEFAULT_TOML
     directory = Path(tempfile.mkdtemp(prefix="wacall-soak-"))
     config = directory / "wacall.toml"
     config.write_text(DEFAULT_TOML + f"\n[recordings]\nretention_seconds = {args.retention}\n")
-    target = Target("soak", directory, src=None, media_workers=args.media_workers, config=str(config))
+    target = Target(name, directory, src=src, media_workers=args.media_workers, config=str(config))
     recordings = Path(str(target.db) + ".recordings")
-    result: dict = {"samples": [], "args": vars(args)}
+    result: dict = {"name": name, "src": src or "this checkout", "samples": []}
     generator = None
     stop = threading.Event()
     reader = Reader(target, stop)
@@ -389,7 +398,7 @@ def soak(args, log) -> dict:
             progress = generator.recv()
             ws = target.working_set()
             files, rec_bytes = dir_usage(recordings)
-            db_bytes = sum(p.stat().st_size for p in directory.glob("soak.db*"))
+            db_bytes = sum(p.stat().st_size for p in directory.glob(f"{name}.db*") if p.is_file())
             sample = {"t": round(time.monotonic() - t0, 1), "rss_kb": target.rss(), "started": progress["started"],
                       "ended": progress["ended"], "failed": progress["failed"], "working_set": ws,
                       "webhooks_received": sink.received if sink else None,
@@ -398,7 +407,7 @@ def soak(args, log) -> dict:
             result["samples"].append(sample)
             if sample["t"] - last_log >= 30 or progress["done"]:
                 last_log = sample["t"]
-                log(f"soak t={sample['t']:5.0f}s started {progress['started']:6d} ended {progress['ended']:6d} "
+                log(f"{name} t={sample['t']:5.0f}s started {progress['started']:6d} ended {progress['ended']:6d} "
                     f"failed {progress['failed']:3d} RSS {sample['rss_kb'] / 1024:6.1f} MB working set {ws} "
                     f"recordings {files} files {sample['recording_mb']} MB db {sample['db_mb']} MB")
             if progress["done"]:
@@ -419,8 +428,12 @@ def soak(args, log) -> dict:
         subprocess.run(["rm", "-rf", str(directory)])
     result["reads"] = summarize_reads(reader.samples, t0)
     result["summary"] = summarize_soak(result)
-    log(json.dumps(result["summary"], indent=1))
-    log(f"total wall time {time.monotonic() - started:.0f} s")
+    summary = result["summary"]
+    log(f"{name}: {summary['calls_up']} calls up, {summary['calls_failed']} failed; RSS by minute (MB) "
+        f"{summary['rss_mb_by_minute']}; second half {summary['rss_kb_per_1000_calls_second_half']} KB per 1000 calls; "
+        + "; ".join(f"{k} p50 {v['p50_ms']} ms p95 {v['p95_ms']} ms max {v['max_ms']} ms"
+                    for k, v in summary["reads"].items()))
+    log(f"{name}: wall time {time.monotonic() - started:.0f} s")
     return result
 
 
@@ -489,6 +502,8 @@ def main() -> None:
     s.add_argument("--retention", type=float, default=120.0, help="recordings.retention_seconds")
     s.add_argument("--media-workers", type=int, default=0)
     s.add_argument("--webhooks", action="store_true", help="subscribe a local receiver to calls and messages")
+    s.add_argument("--baseline-ref", help="soak this git ref's wacall first, with the same arguments")
+    s.add_argument("--baseline-src", help="soak the wacall package in this directory first")
     ap.add_argument("--out", help="JSON path (default bench/results/memory-<mode>-<timestamp>.json)")
     args = ap.parse_args()
     if args.mode == "percall":
@@ -503,7 +518,8 @@ def main() -> None:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    results = {"run": stamp, "commit": commit, "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
+    results = {"run": stamp, "commit": commit, "args": vars(args),
+               "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
     results.update(percall(args, log) if args.mode == "percall" else soak(args, log))
     out.write_text(json.dumps(results, indent=1, default=str))
     log(f"run {stamp}: results in {out}")
