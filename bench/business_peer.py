@@ -195,6 +195,7 @@ class FastPath:
         self.capacity = capacity
         self.calls = (Call * capacity)()
         self.used = 0
+        self.free: list[int] = []                 # released rows, reused (a soak places more calls than rows)
         self.fd_index = (ctypes.c_int32 * fd_limit)(*([-1] * fd_limit))
         self.fd_limit = fd_limit
         self.out_cap = 1 << 20
@@ -215,10 +216,14 @@ class FastPath:
         self.lib.fp_set_frames(b"".join(frames), lengths, len(frames))
 
     def allocate(self, fd: int) -> int:
-        if self.used >= self.capacity or fd >= self.fd_limit:
+        if (not self.free and self.used >= self.capacity) or fd >= self.fd_limit:
             raise RuntimeError("fast path call table is full")
-        idx = self.used
-        self.used += 1
+        if self.free:
+            idx = self.free.pop()
+            self.ctypes.memset(self.ctypes.addressof(self.calls[idx]), 0, self.ctypes.sizeof(self.Call))
+        else:
+            idx = self.used
+            self.used += 1
         self.calls[idx].fd = fd
         self.fd_index[fd] = idx
         return idx
@@ -228,6 +233,7 @@ class FastPath:
         c.active = c.sending = 0
         if 0 <= fd < self.fd_limit and self.fd_index[fd] == idx:
             self.fd_index[fd] = -1
+        self.free.append(idx)
 
     def srtp_pointer(self, session: Session) -> int:
         return int(self.ffi.cast("uintptr_t", session._srtp[0]))
@@ -440,9 +446,12 @@ class BusinessCall:
         return (self.sent, self.rx, expected, self.rx_rtcp, self.rx_bad)
 
     def close(self) -> None:
+        if self.state == "closed":
+            return
         self.state = "closed"
         if self.c is not None:
             self.peer.fast.release(self.idx, self.fd)
+            self.c = None
         if self.dtls_timer:
             self.dtls_timer.cancel()
         try:
@@ -706,6 +715,84 @@ class PeerProcess:
                 "setup_ms_median": setup[len(setup) // 2] if setup else None,
                 "setup_ms_max": setup[-1] if setup else None}
 
+    async def end(self, call_ids: list[str]) -> dict:
+        """The business terminates these calls (Graph ``terminate``) and closes their media."""
+        by_id = {c.call_id: c for c in self.calls.values()}
+        failed = 0
+
+        async def one(call_id: str) -> None:
+            nonlocal failed
+            try:
+                await self._terminate(call_id)
+            except Exception:
+                failed += 1
+            if (call := by_id.get(call_id)) is not None:
+                self.remove(call)
+        await asyncio.gather(*(one(c) for c in call_ids))
+        return {"ended": len(call_ids) - failed, "failed": failed}
+
+    async def _terminate(self, call_id: str) -> None:
+        async with self.call_sem:
+            await self._req("POST", f"{self.graph}/{GRAPH_VERSION}/{self.pnid}/calls",
+                            {"messaging_product": "whatsapp", "call_id": call_id, "action": "terminate"}, graph=True)
+
+    # -- a soak: many short calls, one after the other, at a steady rate
+    def start_soak(self, wa_ids: list[str], total: int, rate: float, hold: float) -> None:
+        self.soak_stats = {"started": 0, "up": 0, "failed": 0, "ended": 0, "terminate_failed": 0, "done": False,
+                           "failures": [], "rx_packets": 0, "rx_expected": 0, "tx_packets": 0}
+        self._soak_task = self.loop.create_task(self._soak(wa_ids, total, rate, hold))
+
+    async def _soak(self, wa_ids: list[str], total: int, rate: float, hold: float) -> None:
+        free: asyncio.Queue = asyncio.Queue()
+        for wa_id in wa_ids:
+            free.put_nowait(wa_id)
+        running: set[asyncio.Task] = set()
+        start = time.monotonic()
+        try:
+            for i in range(total):
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+                wa_id = await free.get()                 # a user has one call with the business at a time
+                self.soak_stats["started"] += 1
+                task = self.loop.create_task(self._short_call(wa_id, hold, free))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+        finally:
+            self.soak_stats["done"] = True
+
+    async def _short_call(self, wa_id: str, hold: float, free: asyncio.Queue) -> None:
+        stats = self.soak_stats
+        call = None
+        try:
+            call = await self.place(wa_id)
+            if call.state == "media":
+                stats["up"] += 1
+                await asyncio.sleep(hold)
+                sent, rx, expected, _, _ = call.counters()
+                stats["tx_packets"] += sent
+                stats["rx_packets"] += rx
+                stats["rx_expected"] += expected
+            else:
+                stats["failed"] += 1
+                if len(stats["failures"]) < 20:
+                    stats["failures"].append(call.error)
+            if call.call_id:
+                try:
+                    await self._terminate(call.call_id)
+                    stats["ended"] += 1
+                except Exception as exc:               # e.g. the user's phone already hung up
+                    stats["terminate_failed"] += 1
+                    if len(stats["failures"]) < 20:
+                        stats["failures"].append(f"terminate: {exc}"[:300])
+        except Exception as exc:
+            stats["failed"] += 1
+            if len(stats["failures"]) < 20:
+                stats["failures"].append(f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            if call is not None:
+                self.remove(call)
+            free.put_nowait(wa_id)
+
     def remove(self, call: BusinessCall) -> None:
         if self.calls.pop(call.fd, None) is not None:
             try:
@@ -765,6 +852,13 @@ async def _worker_async(conn, info: dict, options: dict) -> None:
             try:
                 if op == "add":
                     conn.send({"op": "added", **(await peer.add(cmd["wa_ids"]))})
+                elif op == "end":
+                    conn.send({"op": "ended", **(await peer.end(cmd["call_ids"]))})
+                elif op == "soak":
+                    peer.start_soak(cmd["wa_ids"], cmd["total"], cmd["rate"], cmd["hold"])
+                    conn.send({"op": "soaking"})
+                elif op == "soak_progress":
+                    conn.send({"op": "soak_progress", **peer.soak_stats})
                 elif op == "snapshot":
                     conn.send({"op": "snapshot", **peer.snapshot()})
                 elif op == "stop":

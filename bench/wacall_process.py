@@ -1,5 +1,6 @@
 """``wacall serve --json`` as a benchmark target: a subprocess on loopback, its stderr in a log file,
-optionally under cProfile. Used by media_calls.py and sip_flows.py."""
+optionally under cProfile, optionally another checkout's code (``src``: a baseline side by side). Used by
+media_calls.py, sip_flows.py and memory.py."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class WacallProcess:
-    """``serve --json --port 0 --db :memory:`` plus ``extra`` arguments; ``info`` is its JSON line."""
+    """``serve --json --port 0 --db :memory:`` plus ``extra`` arguments; ``info`` is its JSON line. ``db``: a
+    database file instead of ``:memory:``; ``src``: run the ``wacall`` package found in that directory."""
 
     def __init__(self, *, extra: Sequence[str] = (), stderr_path: Path | None = None,
-                 profile: str | None = None) -> None:
+                 profile: str | None = None, db: str = ":memory:", src: str | None = None) -> None:
         self.extra = list(extra)
+        self.db = db
+        self.src = src
         self.stderr_path = stderr_path or ROOT / "bench" / "results" / "wacall-stderr.log"
         self.profile = profile
         self.proc: subprocess.Popen | None = None
@@ -30,11 +34,14 @@ class WacallProcess:
         args = [str(py if py.exists() else sys.executable)]
         if self.profile:        # inflates wacall's CPU: for hot spots, not for figures
             args += ["-m", "cProfile", "-o", self.profile]
-        args += ["-m", "wacall", "serve", "--json", "--port", "0", "--db", ":memory:", *self.extra]
+        args += ["-m", "wacall", "serve", "--json", "--port", "0", "--db", self.db, *self.extra]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.src:
+            env["PYTHONPATH"] = os.pathsep.join([self.src, *filter(None, [env.get("PYTHONPATH")])])
         self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         self.stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env=env)
         line = self.proc.stdout.readline()
         if not line:
             self.stop()

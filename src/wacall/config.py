@@ -81,6 +81,14 @@ class ServerConfig:
 
 
 @dataclass
+class RecordingsConfig:
+    """``[recordings]``: what each user heard, one file per call (docs/configuration.md)."""
+    dir: str = ""                          # "": next to the database (<db>.recordings/); a temporary one for :memory:
+    retention_seconds: float = 7 * 86400.0  # removed this long (virtual time) after the call's last audio
+    max_seconds: float = 180.0             # recorded per call (the first minutes); 0 records nothing
+
+
+@dataclass
 class Config:
     wabas: list[Waba]
     numbers: list[PhoneNumber]
@@ -93,6 +101,8 @@ class Config:
     media_workers: int = 0       # 0: media in the server process; N: N worker processes
     media_port: int = 0          # the relay's shared UDP port (worker i: port + i); 0: any free port
     server: ServerConfig = field(default_factory=ServerConfig)
+    recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
+    keep_ended: int = 1000       # [memory] ended calls and done messages kept in memory (older: read from the store)
 
 
 DEFAULT_TOML = """
@@ -231,6 +241,8 @@ def build_config(raw: dict) -> Config:
                                                {"domain", "port", "pki_dir", "hosts", "trust", "t1",
                                                 "idle_timeout", "max_connections", "handshake_timeout"})),
                   server=_server_config(raw.get("server") or {}),
+                  recordings=_recordings(raw.get("recordings") or {}),
+                  keep_ended=_keep_ended(raw.get("memory") or {}),
                   **_media(raw.get("media") or {}))
 
 
@@ -252,6 +264,23 @@ def _server_config(table: dict) -> ServerConfig:
     if token is not None and (not isinstance(token, str) or not token):
         raise ValueError("server.control_token must be a non-empty string")
     return ServerConfig(allowed_hosts=list(hosts), control_token=token)
+
+
+def _keep_ended(table: dict) -> int:
+    value = _take(table, "memory", {"keep_ended"}).get("keep_ended", 1000)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("memory: keep_ended must be a non-negative integer")
+    return value
+
+
+def _recordings(table: dict) -> RecordingsConfig:
+    _take(table, "recordings", {"dir", "retention_seconds", "max_seconds"})
+    config = RecordingsConfig(dir=str(table.get("dir", "")),
+                              retention_seconds=float(table.get("retention_seconds", 7 * 86400.0)),
+                              max_seconds=float(table.get("max_seconds", 180.0)))
+    if not (config.retention_seconds >= 0 and 0 <= config.max_seconds <= 86400):
+        raise ValueError("recordings: retention_seconds must be >= 0 and max_seconds between 0 and 86400")
+    return config
 
 
 def load_config(path: str | Path | None = None) -> Config:

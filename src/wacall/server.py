@@ -2,8 +2,9 @@
 platform (domain), the store, the media engine and the webhook dispatcher, driven by one clock.
 
 Every operation that changes state goes through :meth:`Wacall.apply`: the domain decides, then the
-records it touched and the webhooks it caused are committed in one transaction, media legs of
-ended calls are released, and the dispatcher is woken.
+records it touched, the timeline entries it noted and the webhooks it caused are committed in one
+transaction, media legs of ended calls are released, the dispatcher is woken, and the platform lets
+ended calls beyond its working set leave memory (the store is its archive).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import json
 import logging
 import resource
 import socket
+import tempfile
+import time
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import aiohttp
@@ -29,6 +33,7 @@ from .media.certificate import DtlsCertificate
 from .media.engine import MediaEngine
 from .media.leg import MediaLeg
 from .media.ports import MediaUnavailable
+from .media.recording import Recordings
 from .media.workers import MediaWorkers
 from .store.sqlite import Store
 from .webhooks.delivery import Dispatcher, outbox_rows
@@ -36,6 +41,7 @@ from .webhooks.delivery import Dispatcher, outbox_rows
 log = logging.getLogger("wacall")
 T = TypeVar("T")
 MAX_BODY = 1024 * 1024
+SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -59,11 +65,16 @@ class Wacall:
         self.host, self.port = host, port
         self.store = Store(db)
         self.clock = VirtualClock(float(self.store.get_meta("clock_offset") or 0.0))
-        self.platform = Platform(self.clock, self.config.limits, self.config.rate_card)
+        self.platform = Platform(self.clock, self.config.limits, self.config.rate_card, archive=self.store)
+        self.platform.keep_ended = self.config.keep_ended
+        self.recordings, self._temporary_recordings = self._recordings_for(db)
+        self._swept_at = time.monotonic()
         workers, certificate, port = self.config.media_workers, self._relay_certificate(), self.config.media_port
         self.media: MediaEngine | MediaWorkers = (
-            MediaWorkers(workers, "127.0.0.1", reporter=self, certificate=certificate, port=port) if workers
-            else MediaEngine(host="127.0.0.1", reporter=self, certificate=certificate, port=port))
+            MediaWorkers(workers, "127.0.0.1", reporter=self, certificate=certificate, port=port,
+                         recordings=self.recordings) if workers
+            else MediaEngine(host="127.0.0.1", reporter=self, certificate=certificate, port=port,
+                             recordings=self.recordings))
         self._media_exhausted = False
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
@@ -79,6 +90,19 @@ class Wacall:
         self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
         self.clock.on_advance(self._on_clock_advance)
 
+    def _recordings_for(self, db: str) -> tuple[Recordings, bool]:
+        """The recordings directory: configured, else ``<db>.recordings`` next to a database file, else a
+        temporary directory (removed at stop)."""
+        settings = self.config.recordings
+        directory, temporary = settings.dir, False
+        if not directory:
+            if db == ":memory:" or "://" in db:
+                directory, temporary = tempfile.mkdtemp(prefix="wacall-recordings-"), True
+            else:
+                directory = str(Path(db).with_name(Path(db).name + ".recordings"))
+        return Recordings(directory, max_seconds=settings.max_seconds,
+                          retention_seconds=settings.retention_seconds), temporary
+
     # -- lifecycle ----------------------------------------------------------------------------
     def seed(self) -> None:
         self.platform.clear()
@@ -88,7 +112,7 @@ class Wacall:
 
     async def start(self) -> "Wacall":
         if self.store.has_records():
-            self.platform.load(self.store.load_records())
+            self.platform.load(self.store.load_live_records())
         else:
             self.seed()
         self.session = aiohttp.ClientSession()
@@ -163,6 +187,8 @@ class Wacall:
         if self.session:
             await self.session.close()
         self.store.close()
+        if self._temporary_recordings:
+            self.recordings.remove_dir()
 
     def _relay_certificate(self) -> DtlsCertificate:
         """The relay's DTLS certificate, kept in the store: a restarted relay still matches the
@@ -203,13 +229,14 @@ class Wacall:
 
     def _commit(self) -> None:
         events, dirty = self.platform.drain()
-        if not events and not dirty:
+        notes = self.platform.drain_notes()
+        if not events and not dirty and not notes:
+            self.platform.trim()
             return
         faults = self.dispatcher.faults if self.dispatcher else None
         rows = outbox_rows(self.platform, events, self.clock.now(), faults)
-        self.store.commit(dirty, rows)
-        if self.platform.dirty:         # injected webhook faults noted on call timelines: persisted next
-            self.commit_soon()
+        notes += self.platform.drain_notes()      # injected webhook faults noted on call timelines
+        self.store.commit(dirty, rows, notes)
         for event in events:
             if isinstance(event, ReleaseMedia):
                 self.media.release(event.call_id)
@@ -222,6 +249,7 @@ class Wacall:
         if rows and self.dispatcher:
             self.dispatcher.wake(row["url"] for row in rows)
         self._tick_wake.set()
+        self.platform.trim()             # ended calls beyond the working set leave memory (persisted now)
 
     def commit_soon(self) -> None:
         """Persist notes added outside :meth:`apply` (SIP traces) on the next loop iteration."""
@@ -243,6 +271,7 @@ class Wacall:
         for call_id in list(self.platform.active_calls):
             self.media.release(call_id)
         self.store.wipe()
+        self.recordings.clear()
         self.clock.set_offset(0.0)
         self.platform.limits = self.config.limits
         self.faults = {key: 0 for key in self.faults}
@@ -296,6 +325,7 @@ class Wacall:
     # -- timers -----------------------------------------------------------------------------------
     def _on_clock_advance(self) -> None:
         self.store.set_meta("clock_offset", repr(self.clock.offset))
+        self.recordings.sweep(self.clock.now(), set(self.platform.active_calls))
         self.media.check_timeouts()
         self._tick_wake.set()
         if self.dispatcher:
@@ -307,6 +337,10 @@ class Wacall:
                 self.apply(self.platform.tick)
             except Exception:  # a timer bug must not stop every other timer
                 log.exception("timer tick failed")
+            if time.monotonic() - self._swept_at >= SWEEP_SECONDS:
+                self._swept_at = time.monotonic()
+                asyncio.get_running_loop().run_in_executor(None, self.recordings.sweep, self.clock.now(),
+                                                           set(self.platform.active_calls))
             next_deadline = self.platform.next_deadline()
             delay = 0.5 if next_deadline is None else max(0.005, min(0.5, next_deadline - self.clock.now()))
             self._tick_wake.clear()

@@ -69,7 +69,7 @@ def handler(fn):
 
 
 async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
-    call = wacall.platform.calls.get(call_id)
+    call = wacall.platform.call(call_id)          # live, or ended and read back from the store
     if call is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
     number = wacall.platform.numbers.get(call.phone_number_id)
@@ -83,12 +83,16 @@ async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) ->
         "errors": call.errors, "pulses": call.pulses, "cost": call.cost,
         "biz_opaque_callback_data": call.biz_opaque_callback_data, "cta_payload": call.cta_payload,
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
-        "timeline": list(call.timeline),
+        "timeline": wacall.store.timeline(call.id) + wacall.platform.pending_notes(call.id),
         "sip": call.sip,                   # the SIP dialog as persisted (restored after a restart)
     }
-    view["media"] = await wacall.media.view(call.id)
-    if view["media"] is not None:
-        view["media"]["recording_url"] = f"{wacall.base_url}/_wacall/calls/{call.id}/recording.wav"
+    media = await wacall.media.view(call.id)
+    if media is None:                 # a released leg the media plane forgot: its final statistics
+        media = next((dict(e["media"]) for e in reversed(view["timeline"])
+                      if e.get("event") == "final_stats" and isinstance(e.get("media"), dict)), None)
+    view["media"] = media
+    if media is not None:
+        media["recording_url"] = f"{wacall.base_url}/_wacall/calls/{call.id}/recording.wav"
     if with_webhooks:
         journal = wacall.store.journal(call_id=call.id)
         view["webhooks"] = journal
@@ -97,6 +101,7 @@ async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) ->
                    **({"fault": j["fault"]} if j.get("fault") else {})}
                   for j in journal for a in j["attempt_log"]]
         view["timeline"] = sorted(view["timeline"] + events, key=lambda e: e["t"])
+    wacall.platform.trim()                        # a call read back from the store does not stay long
     return view
 
 
@@ -130,9 +135,12 @@ async def health(wacall: Wacall, request: web.Request) -> web.Response:
                "connections_refused": gateway.transport.stats.refused,
                "idle_closed": gateway.transport.stats.idle_closed,
                "handshake_failures": gateway.transport.stats.handshake_failures, **gateway.stats}
+    platform = wacall.platform
+    working_set = {"calls": len(platform.calls), "live_calls": len(platform.active_calls),
+                   "messages": len(platform.messages), "pending_messages": len(platform.pending_messages)}
     webhooks = wacall.dispatcher.stats() if wacall.dispatcher else None
     return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip, "webhooks": webhooks,
-               "media": await wacall.media.stats()})
+               "media": await wacall.media.stats(), "working_set": working_set})
 
 
 @handler
@@ -253,11 +261,25 @@ async def user_permission_replies(wacall: Wacall, request: web.Request) -> web.R
     return ok(result)
 
 
+CALL_LIST_STATES = {"live", "RINGING", "PRE_ACCEPTED", "ACCEPTED", "ENDED"}
+
+
 @handler
 async def calls(wacall: Wacall, request: web.Request) -> web.Response:
-    items = sorted(wacall.platform.calls.values(), key=lambda c: c.created_at)
-    return ok({"data": [{"call_id": c.id, "state": c.state, "direction": c.direction, "wa_id": c.wa_id,
-                         "phone_number_id": c.phone_number_id, "created_at": c.created_at} for c in items]})
+    """The latest calls, oldest first, from the store's call index (``limit``, ``before``, ``state``)."""
+    query = request.query
+    limit = int(query.get("limit", "1000"))
+    before = float(query["before"]) if "before" in query else None
+    state = query.get("state")
+    if not 1 <= limit <= 10000 or (before is not None and before != before) or (
+            state is not None and state not in CALL_LIST_STATES):
+        raise ControlError("bad_query", "limit is 1..10000, before a time, state one of "
+                                        f"{', '.join(sorted(CALL_LIST_STATES))}", 400)
+    items = wacall.store.call_list(limit=limit, before=before, state=state)
+    body: dict = {"data": items}
+    if len(items) == limit:
+        body["paging"] = {"before": items[0]["created_at"]}
+    return ok(body)
 
 
 @handler
@@ -268,7 +290,7 @@ async def call(wacall: Wacall, request: web.Request) -> web.Response:
 @handler
 async def call_action(wacall: Wacall, request: web.Request) -> web.Response:
     call_id, action = request.match_info["call_id"], request.match_info["action"]
-    found = wacall.platform.calls.get(call_id)
+    found = wacall.platform.call(call_id)
     if found is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
     operation = {"answer": wacall.platform.user_answers, "reject": wacall.platform.user_rejects,
@@ -285,7 +307,7 @@ async def call_dtmf(wacall: Wacall, request: web.Request) -> web.Response:
     digits = (await body_of(request)).get("digits")
     if not isinstance(digits, str) or not digits or any(d not in "0123456789*#ABCD" for d in digits.upper()):
         raise ControlError("bad_digits", "digits must be a string of 0-9, *, #, A-D", 400)
-    call = wacall.platform.calls.get(call_id)
+    call = wacall.platform.call(call_id)
     if call is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
     if call.state != ACCEPTED or not await wacall.media.send_dtmf(call_id, digits.upper()):

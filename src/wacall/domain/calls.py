@@ -9,6 +9,7 @@ Business-initiated (BIC): connect --> RINGING --user answers--> ACCEPTED --termi
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from typing import Any
 
 from ..media.sdp import SdpError, build_meta_answer, build_meta_offer, validate_business_sdp
@@ -20,12 +21,20 @@ from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
 from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, USER_INITIATED, Call,
                     PhoneNumber, User)
 from .phone import ascii_digits, phone_digits
-from .pricing import price_call
+from .pricing import PULSE_SECONDS, price_call
 from .state import ControlError, PlatformState
 
 ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
 UNCALLABLE_PLATFORMS = {"web", "desktop"}
 ENTRY_POINTS = ("call_icon", "call_button", "deeplink", "call_log")
+
+
+def _zone(name: str) -> dt.tzinfo:
+    """The WABA's timezone (an IANA name), UTC when it is not one zoneinfo knows."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        return dt.timezone.utc
 
 
 def digits_of(value: Any) -> str:
@@ -100,23 +109,21 @@ class CallRules(PlatformState):
         call.deadline = call.deadline_kind = None
         call.media = None                          # the relay's keys and positions are of no use any more
         if call.direction == BUSINESS_INITIATED and call.accepted_at is not None:
-            call.pulses, call.cost = price_call(self.rate_card, call.wa_id, call.duration or 0,
-                                                self._bic_minutes_this_month(call))
+            self._bill(call, now)
         self._set_state(call, ENDED, reason=reason, by=by)
         self._emit_call(call, CallTerminate(call.id))
         self.emit(ReleaseMedia(call.id))
 
-    def _bic_minutes_this_month(self, current: Call) -> float:
-        now = dt.datetime.fromtimestamp(self.now(), dt.timezone.utc)
-        month_start = dt.datetime(now.year, now.month, 1, tzinfo=dt.timezone.utc).timestamp()
-        waba_id = self.numbers[current.phone_number_id].waba_id
-        seconds = 0.0
-        for call in self.calls.values():
-            number = self.numbers.get(call.phone_number_id)
-            if (call is not current and call.pulses and number is not None and number.waba_id == waba_id
-                    and (call.ended_at or 0) >= month_start):
-                seconds += call.pulses * 6
-        return seconds / 60.0
+    def _bill(self, call: Call, now: float) -> None:
+        """Price a connected business-initiated call at the WABA's volume tier of the calendar month (in
+        the WABA's timezone), and count its billed seconds into that month's volume (a counter per WABA)."""
+        waba = self.wabas[self.numbers[call.phone_number_id].waba_id]
+        month = dt.datetime.fromtimestamp(now, _zone(waba.timezone_id)).strftime("%Y-%m")
+        billed = waba.bic_seconds_by_month.get(month, 0.0)
+        call.pulses, call.cost = price_call(self.rate_card, call.wa_id, now - call.accepted_at, billed / 60.0)
+        if call.pulses:
+            waba.bic_seconds_by_month = {month: billed + call.pulses * PULSE_SECONDS}   # older months are done
+            self.put(waba)
 
     def _connected(self, call: Call) -> None:
         """A call got connected: counters the docs tie to connected calls move here."""
@@ -181,9 +188,8 @@ class CallRules(PlatformState):
             raise GraphError(138002, f"Limit reached for maximum concurrent calls "
                                      f"({self.limits.concurrent_calls}) for the given number")
         now = self.now()
-        initiated = sum(1 for c in self.calls.values() if c.phone_number_id == number.id
-                        and c.direction == BUSINESS_INITIATED and c.created_at > now - 86400)
-        if initiated >= self.limits.bic_initiations_per_24h:
+        initiated = self.bic_initiated_last_24h(number.id)
+        if len(initiated) >= self.limits.bic_initiations_per_24h:
             raise GraphError(138005)
         connected = sorted(t for t in pair.bic_connected_times if t > now - 86400)
         if len(connected) >= self.limits.bic_connected_per_24h:
@@ -202,6 +208,7 @@ class CallRules(PlatformState):
                     signalling="sip" if calling_settings.sip_enabled(number.calling) else "graph")
         call.meta_sdp = build_meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
         call.media = {"leg": leg.to_doc()}
+        initiated.append(now)
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id))
@@ -384,7 +391,7 @@ class CallRules(PlatformState):
     # -- what the media plane reports -------------------------------------------------------------
     def media_note(self, call_id: str, kind: str, **data) -> None:
         """A media fact for the call's timeline (ICE, DTLS, first packet, DTMF, anomalies)."""
-        call = self.calls.get(call_id)
+        call = self.call(call_id)
         if call is not None:
             self.note(call, "media", event=kind, **data)
 

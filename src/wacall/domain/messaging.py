@@ -80,6 +80,9 @@ class MessageRules(PlatformState):
         if pair is not None:
             self.record_permission_request(pair)
         self._deliver(message)
+        if pair is not None and message.status != "failed":
+            pair.last_request_id = message.id
+            self.put(pair)
         response = {"messaging_product": "whatsapp", "contacts": [{"input": str(to), "wa_id": wa_id}],
                     "messages": [{"id": message.id}]}
         if type_ == "template":
@@ -183,7 +186,8 @@ class MessageRules(PlatformState):
         self.put(message)
         if message.answered or message.kind != "call_permission_request":
             return
-        if self._latest_open_request(message.phone_number_id, message.wa_id) is not message:
+        latest = self._latest_open_request(message.phone_number_id, message.wa_id)
+        if latest is None or latest.id != message.id:
             return
         pair = self.pair(message.phone_number_id, message.wa_id)
         self._answer_request(message, pair, response="reject" if behaviour == "reject" else "accept",

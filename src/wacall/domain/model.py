@@ -1,6 +1,7 @@
 """The platform's objects, in Meta's vocabulary. Plain dataclasses: the rules live in ``platform``.
 
-Every object has a ``KIND`` and a ``key`` so the store can persist it as a document.
+Every object has a ``KIND`` and a ``key`` so the store can persist it as a document, and says whether
+it is ``live`` (part of the working set the platform keeps in memory).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ class Record:
     @property
     def key(self) -> str:
         raise NotImplementedError
+
+    @property
+    def live(self) -> bool:
+        """In the platform's working set: loaded at start and kept in memory (ended calls and done
+        messages are not; they are read back from the store when asked for)."""
+        return True
 
     def to_doc(self) -> dict[str, Any]:
         """A deep copy as plain data."""
@@ -81,6 +88,8 @@ class Waba(Record):
     subscribed_apps: list[str] = field(default_factory=list)
     # app_id -> {"override_callback_uri", "verify_token"}
     app_overrides: dict[str, dict] = field(default_factory=dict)
+    # "YYYY-MM" (UTC) -> seconds of business-initiated calls billed that month (pulses x 6): the volume tier
+    bic_seconds_by_month: dict[str, float] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -144,6 +153,7 @@ class Pair(Record):
     unanswered_streak: int = 0
     bic_connected_times: list[float] = field(default_factory=list)
     window_opened_at: float | None = None  # customer service window start (last user message / call)
+    last_request_id: str | None = None     # the latest call permission request that reached the user
 
     @property
     def key(self) -> str:
@@ -182,7 +192,6 @@ class Call(Record):
     # the media relay's saved state for this call (its leg, SRTP keys, stream positions), so a restarted
     # relay carries the call on; opaque to the rules
     media: dict | None = None
-    timeline: list[dict] = field(default_factory=list)
     sip: dict | None = None              # the SIP dialog's state (gateway.Dialog.state()): restored on restart
 
     @property
@@ -196,6 +205,10 @@ class Call(Record):
     # One definition of a connected call's length, used by the terminate webhook, pricing, analytics,
     # the control API and the SIP BYE: whole seconds, so that end_time - start_time == duration and
     # pulses == ceil(duration / 6) always hold (docs/fidelity.md, "Duration, timestamps and pulses").
+    @property
+    def live(self) -> bool:
+        return self.state != ENDED
+
     @property
     def duration(self) -> int | None:
         """Whole seconds from accept to end, rounded half up; None for a call that never connected."""
@@ -236,6 +249,10 @@ class Message(Record):
     @property
     def key(self) -> str:
         return self.id
+
+    @property
+    def live(self) -> bool:
+        return self.deadline is not None
 
 
 @dataclass

@@ -148,15 +148,13 @@ class PermissionRules(PlatformState):
         return {"permission": pair.permission, "context_id": request.id}
 
     def _latest_open_request(self, phone_number_id: str, wa_id: str) -> Message | None:
-        now = self.now()
-        candidates = [m for m in self.messages.values()
-                      if m.phone_number_id == phone_number_id and m.wa_id == wa_id
-                      and m.kind == "call_permission_request" and m.status != "failed"
-                      and m.created_at > now - 7 * DAY]
-        if not candidates:
+        """The pair's latest request that reached the user, unless answered or older than 7 days (a newer
+        request supersedes older ones)."""
+        pair = self.pairs.get(f"{phone_number_id}:{wa_id}")
+        latest = self.message(pair.last_request_id) if pair is not None else None
+        if latest is None or latest.answered or latest.created_at <= self.now() - 7 * DAY:
             return None
-        latest = max(candidates, key=lambda m: m.created_at)   # a newer request supersedes older ones
-        return None if latest.answered else latest
+        return latest
 
     def _answer_request(self, request: Message, pair: Pair, *, response: str, permanent: bool) -> None:
         request.answered = True

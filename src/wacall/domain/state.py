@@ -1,22 +1,48 @@
-"""The platform's state and the bookkeeping every rule shares: lookups, ids, events, dirty tracking.
+"""The platform's state and the bookkeeping every rule shares: lookups, ids, events, dirty tracking, the
+working set and the indexes the rules count with.
 
-No I/O happens here. Time comes from the injected clock. The server persists ``dirty`` records
-and delivers ``events`` after each operation (see ``wacall.server``).
+No I/O happens here. Time comes from the injected clock. The server persists ``dirty`` records and the new
+timeline entries (``drain_notes``), and delivers ``events`` after each operation (see ``wacall.server``).
+
+The working set is what is live: every app, WABA, number, user, pair and template, the calls in progress
+and the messages the virtual user still has to react to, plus the last ``keep_ended`` ended calls and
+done messages. After each commit the server calls :meth:`PlatformState.trim`, and older ones leave
+memory; :meth:`PlatformState.call` and :meth:`PlatformState.message` read them back through the injected
+:class:`Archive` (the store). Counts the rules need are indexes kept up to date as records change
+(active calls per number and per pair, business-initiated calls per number in the last 24 hours, billed
+seconds per WABA and month), never scans over every call.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Iterable
+from collections import OrderedDict, deque
+from typing import Iterable, Protocol
 
 from .clock import VirtualClock
 from .errors import GraphError
 from .events import Event
-from .limits import Limits
+from .limits import DAY, Limits
 from .model import (Call, App, Message, Pair, PhoneNumber, Record, RECORD_TYPES, Template, User,
                     Waba)
 from .phone import phone_digits
 from .pricing import RateCard
+
+KEEP_ENDED = 1000     # ended calls and done messages kept in memory after they leave the working set
+
+
+class Archive(Protocol):
+    """What the platform reads back from persistence (implemented by ``wacall.store.sqlite.Store``)."""
+
+    def load_record(self, kind: str, key: str) -> dict | None:
+        """The stored document of one record, or None."""
+
+    def call_totals(self, phone_number_ids: list[str], direction: str, start: float, end: float) -> dict:
+        """``count``, ``completed_count``, ``total_duration``, ``pulses`` and ``cost`` of the calls created in
+        ``[start, end)`` on those numbers in that direction."""
+
+    def bic_initiations_since(self, since: float) -> list[tuple[str, float]]:
+        """``(phone_number_id, created_at)`` of every business-initiated call created after ``since``."""
 
 
 class ControlError(Exception):
@@ -46,10 +72,13 @@ def unsupported(object_id: str, method: str = "get") -> GraphError:
 
 
 class PlatformState:
-    def __init__(self, clock: VirtualClock, limits: Limits, rate_card: RateCard | None = None) -> None:
+    def __init__(self, clock: VirtualClock, limits: Limits, rate_card: RateCard | None = None,
+                 archive: Archive | None = None) -> None:
         self.clock = clock
         self.limits = limits
         self.rate_card = rate_card or RateCard()
+        self.archive = archive              # None: nothing ever leaves memory
+        self.keep_ended = KEEP_ENDED
         self.apps: dict[str, App] = {}
         self.wabas: dict[str, Waba] = {}
         self.numbers: dict[str, PhoneNumber] = {}
@@ -62,31 +91,63 @@ class PlatformState:
         self.pending_messages: dict[str, Message] = {}
         self.events: list[Event] = []
         self.dirty: dict[tuple[str, str], Record] = {}
+        self.notes: list[tuple[str, dict]] = []          # new timeline entries: (call_id, entry)
         self.request_windows: dict[str, list[float]] = {}
+        self.ended: OrderedDict[tuple[str, str], None] = OrderedDict()   # ended calls, done messages: oldest first
+        self.active_by_pair: dict[tuple[str, str], Call] = {}
+        self.active_per_number: dict[str, int] = {}
+        self.bic_initiations: dict[str, deque[float]] = {}  # phone_number_id -> created_at, last 24 h
+        self._tables: dict[str, dict] = {
+            "app": self.apps, "waba": self.wabas, "phone_number": self.numbers, "user": self.users,
+            "pair": self.pairs, "call": self.calls, "message": self.messages, "template": self.templates}
 
     # -- bookkeeping -------------------------------------------------------------------------
     def now(self) -> float:
         return self.clock.now()
 
     def _table(self, kind: str) -> dict:
-        return {"app": self.apps, "waba": self.wabas, "phone_number": self.numbers, "user": self.users,
-                "pair": self.pairs, "call": self.calls, "message": self.messages,
-                "template": self.templates}[kind]
+        return self._tables[kind]
 
     def put(self, record: Record) -> Record:
+        """Keep ``record`` and mark it for persistence with the next commit."""
+        self._hold(record)
+        self.dirty[(record.KIND, record.key)] = record
+        return record
+
+    def _hold(self, record: Record) -> None:
+        """Keep ``record`` in memory and in the indexes."""
         self._table(record.KIND)[record.key] = record
         if isinstance(record, Call):
-            if record.active:
-                self.active_calls[record.id] = record
-            else:
-                self.active_calls.pop(record.id, None)
-        if isinstance(record, Message):
+            self._index_call(record)
+        elif isinstance(record, Message):
             if record.deadline is not None:
                 self.pending_messages[record.id] = record
             else:
                 self.pending_messages.pop(record.id, None)
-        self.dirty[(record.KIND, record.key)] = record
-        return record
+        else:
+            return
+        slot = (record.KIND, record.key)
+        if record.live:
+            self.ended.pop(slot, None)
+        else:
+            self.ended[slot] = None
+            self.ended.move_to_end(slot)
+
+    def _index_call(self, call: Call) -> None:
+        pair = (call.phone_number_id, call.wa_id)
+        if call.active:
+            if self.active_calls.get(call.id) is None:
+                self.active_per_number[call.phone_number_id] = self.active_per_number.get(call.phone_number_id, 0) + 1
+            self.active_calls[call.id] = call
+            self.active_by_pair[pair] = call
+        elif self.active_calls.pop(call.id, None) is not None:
+            left = self.active_per_number.get(call.phone_number_id, 1) - 1
+            if left > 0:
+                self.active_per_number[call.phone_number_id] = left
+            else:
+                self.active_per_number.pop(call.phone_number_id, None)
+            if (held := self.active_by_pair.get(pair)) is not None and held.id == call.id:
+                del self.active_by_pair[pair]
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
@@ -96,11 +157,36 @@ class PlatformState:
         dirty, self.dirty = list(self.dirty.values()), {}
         return events, dirty
 
+    def drain_notes(self) -> list[tuple[str, dict]]:
+        notes, self.notes = self.notes, []
+        return notes
+
+    def pending_notes(self, call_id: str) -> list[dict]:
+        """Timeline entries of ``call_id`` not committed yet."""
+        return [entry for owner, entry in self.notes if owner == call_id]
+
+    def trim(self) -> None:
+        """Let the oldest ended calls and done messages leave memory; they are persisted, and :meth:`call`
+        and :meth:`message` read them back. The server calls this after each commit."""
+        if self.archive is None:
+            return
+        while len(self.ended) > self.keep_ended:
+            slot = next(iter(self.ended))
+            if slot in self.dirty:               # not persisted yet: keep until the next commit
+                break
+            del self.ended[slot]
+            self._table(slot[0]).pop(slot[1], None)
+
     def load(self, docs: Iterable[tuple[str, dict]]) -> None:
+        """Load the working set after a restart, and rebuild the indexes that need history."""
         for kind, doc in docs:
             cls = RECORD_TYPES.get(kind)
             if cls is not None:
-                self.put(cls.from_doc(doc))
+                self._hold(cls.from_doc(doc))
+        if self.archive is not None:
+            for phone_number_id, created_at in sorted(self.archive.bic_initiations_since(self.now() - DAY),
+                                                      key=lambda item: item[1]):
+                self.bic_initiations.setdefault(phone_number_id, deque()).append(created_at)
         self.dirty.clear()
 
     def clear(self) -> None:
@@ -110,13 +196,18 @@ class PlatformState:
         self.pending_messages.clear()
         self.events.clear()
         self.dirty.clear()
+        self.notes.clear()
         self.request_windows.clear()
+        self.ended.clear()
+        self.active_by_pair.clear()
+        self.active_per_number.clear()
+        self.bic_initiations.clear()
 
     def note(self, call: Call, kind: str, **data) -> None:
+        """A timeline entry for ``call``: appended to the call's timeline table with the next commit."""
         entry = {"t": round(self.now(), 3), "kind": kind}
         entry.update({k: v for k, v in data.items() if v is not None})
-        call.timeline.append(entry)
-        self.put(call)
+        self.notes.append((call.id, entry))
 
     # -- lookups ----------------------------------------------------------------------------
     def app_for_token(self, token: str | None) -> App | None:
@@ -163,22 +254,45 @@ class PlatformState:
             pair = self.put(Pair(phone_number_id=phone_number_id, wa_id=wa_id))
         return pair
 
+    def _find(self, kind: str, key: object) -> Record | None:
+        if not isinstance(key, str):
+            return None
+        found = self._table(kind).get(key)
+        if found is None and self.archive is not None and key:
+            doc = self.archive.load_record(kind, key)
+            if doc is not None:
+                found = RECORD_TYPES[kind].from_doc(doc)
+                self._hold(found)
+        return found
+
+    def call(self, call_id: object) -> Call | None:
+        """Any call, live or ended: from memory, else read back from the archive (and kept a while)."""
+        return self._find(Call.KIND, call_id)  # type: ignore[return-value]
+
+    def message(self, message_id: object) -> Message | None:
+        return self._find(Message.KIND, message_id)  # type: ignore[return-value]
+
     def call_for(self, number: PhoneNumber, call_id: object) -> Call:
         if not isinstance(call_id, str) or not call_id:
             raise GraphError(100, "The parameter call_id is required and must be a string.")
-        call = self.calls.get(call_id)
+        call = self.call(call_id)
         if call is None or call.phone_number_id != number.id:
             raise GraphError(100, f"Invalid call_id: no call '{call_id}' found for this phone number.")
         return call
 
     def active_call_between(self, phone_number_id: str, wa_id: str) -> Call | None:
-        for call in self.active_calls.values():
-            if call.phone_number_id == phone_number_id and call.wa_id == wa_id:
-                return call
-        return None
+        return self.active_by_pair.get((phone_number_id, wa_id))
 
     def active_count(self, phone_number_id: str) -> int:
-        return sum(1 for c in self.active_calls.values() if c.phone_number_id == phone_number_id)
+        return self.active_per_number.get(phone_number_id, 0)
+
+    def bic_initiated_last_24h(self, phone_number_id: str) -> deque[float]:
+        """When this number's business-initiated calls of the last 24 hours were created, oldest first."""
+        times = self.bic_initiations.setdefault(phone_number_id, deque())
+        cutoff = self.now() - DAY
+        while times and times[0] <= cutoff:
+            times.popleft()
+        return times
 
     def active_restriction(self, number: PhoneNumber, type_: str) -> dict | None:
         now = self.now()

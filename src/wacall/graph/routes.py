@@ -140,7 +140,7 @@ async def number_calls(req: Request, number: PhoneNumber) -> dict:
         if call_id and call_id not in req.platform.calls:
             req.wacall.media.release(call_id)
         call_ref = body.get("call_id") if isinstance(body, dict) else None
-        existing = req.platform.calls.get(call_ref) if isinstance(call_ref, str) else None   # may be unhashable
+        existing = req.platform.call(call_ref)        # live or ended (None for a non-string call_id)
         if existing is not None and existing.phone_number_id == number.id:
             code, details = error.code, error.details
             req.wacall.apply(lambda: req.platform.note(existing, "api_error", action=body.get("action"),

@@ -10,7 +10,8 @@ to mono (libopus downmixes stereo packets).
 Cost (PyAV 18 / libopus, 2-core Debian VM, mono 32 kbit/s, complexity 10): encoding a 20 ms frame
 takes about 115 µs for a tone and 215 µs for broadband audio, decoding 30-60 µs; ``complexity=0``
 brings broadband encoding to 65-95 µs. So a call never encodes per packet if it can help it: :class:`PreEncodedAudio` encodes a source once into a loop of Opus packets, cached by
-spec string and shared by every call that plays the same spec; silence is one cached frame.
+spec string and shared by every call that plays the same spec; silence is one cached frame. The cache
+is bounded (:class:`ByteLRU`, least recently used sources go first); a call keeps the packets it plays.
 
 Sources (:func:`parse_audio_spec`): ``silence``, ``tone:FREQ[:AMPLITUDE]``, ``file:PATH`` (anything
 FFmpeg decodes, resampled to 48 kHz mono, looped), ``tts:TEXT`` (the ``espeak-ng`` binary renders
@@ -30,11 +31,12 @@ import fractions
 import math
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import wave
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -48,6 +50,7 @@ from . import g711
 from .rtp import RtpPacket
 
 __all__ = [
+    "ByteLRU",
     "FRAME_SAMPLES",
     "SAMPLE_RATE",
     "SILENCE_DBFS",
@@ -64,6 +67,7 @@ __all__ = [
     "ToneSource",
     "TtsSource",
     "dominant_frequency",
+    "frames_size",
     "parse_audio_spec",
     "read_wav",
     "rms_dbfs",
@@ -453,6 +457,52 @@ def parse_audio_spec(spec: str) -> AudioSource:
 # --- pre-encoded playout ----------------------------------------------------------------------
 
 
+def frames_size(frames: list[bytes]) -> int:
+    """Bytes a list of packets takes in memory (payloads, object headers, the list's pointers)."""
+    return sum(sys.getsizeof(frame) + 8 for frame in frames)
+
+
+class ByteLRU:
+    """A cache bounded by the bytes of what it holds: putting past ``max_bytes`` drops the least recently
+    used entries (one entry larger than the bound is kept alone). Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[object, tuple[object, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: object) -> object | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key: object, value: object, size: int) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._items[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.bytes -= dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+
+
 class PreEncodedAudio:
     """A source encoded once into a loop of 20 ms Opus packets, shared between calls.
 
@@ -462,7 +512,8 @@ class PreEncodedAudio:
     1; at most 50 for any integer frequency); a file or TTS its whole length up to ``max_seconds``.
     """
 
-    _cache: dict[tuple[str, float, int], PreEncodedAudio] = {}
+    MAX_CACHE_BYTES = 32 * 1024 * 1024     # ~2 hours of 32 kbit/s Opus over all sources
+    _cache = ByteLRU(MAX_CACHE_BYTES)
     _lock = threading.Lock()
 
     def __init__(self, spec: str, frames: list[bytes], *, bitrate: int, encode_seconds: float) -> None:
@@ -536,14 +587,14 @@ class PreEncodedAudio:
         key = (spec, float(max_seconds), int(bitrate))
         cached = cls._cache.get(key)
         if cached is not None:
-            return cached
-        with cls._lock:
+            return cached  # type: ignore[return-value]
+        with cls._lock:                 # one encoding at a time: a second caller waits and finds it cached
             cached = cls._cache.get(key)
             if cached is None:
                 source = parse_audio_spec(spec)
                 cached = cls.encode(source, cls.loop_frames(source, max_seconds), bitrate=bitrate, spec=spec)
-                cls._cache[key] = cached
-            return cached
+                cls._cache.put(key, cached, frames_size(cached.frames))
+            return cached  # type: ignore[return-value]
 
     @classmethod
     def cached(cls, spec: str, *, max_seconds: float = 60.0, bitrate: int = DEFAULT_OPUS_BITRATE) -> bool:
@@ -551,8 +602,7 @@ class PreEncodedAudio:
 
     @classmethod
     def clear_cache(cls) -> None:
-        with cls._lock:
-            cls._cache.clear()
+        cls._cache.clear()
 
 
 # --- recording --------------------------------------------------------------------------------

@@ -1,6 +1,11 @@
 """The media plane of one server process: a :class:`RelayEndpoint` per call behind the engine's shared
 UDP ports (one IPv4, one IPv6; see ``wacall.media.ports``), one 20 ms ticker for every call's
-outgoing audio, and the users' patience (media timeouts) on the virtual clock."""
+outgoing audio, and the users' patience (media timeouts) on the virtual clock.
+
+What the user heard goes to the call's recording file (``wacall.media.recording``). When a call's leg
+is released, only the relay's final statistics stay (a small dict, for the last ``KEEP_FINISHED``
+calls), and they are reported once as the ``final_stats`` media entry of the call's timeline, so the
+inspector shows them for every ended call, also after a restart."""
 
 from __future__ import annotations
 
@@ -14,11 +19,12 @@ from .audio import PreEncodedAudio
 from .certificate import DtlsCertificate
 from .leg import MediaLeg
 from .ports import BIND_RETRY_SECONDS, PortSocket, Ports
+from .recording import Recordings
 from .relay import RelayEndpoint, Reporter
 
 log = logging.getLogger("wacall.media")
 TICK = 0.020
-KEEP_FINISHED = 500
+KEEP_FINISHED = 200          # final statistics of the last released legs, kept for the inspector
 IPV6_RETRY_SECONDS = 5.0
 
 
@@ -55,7 +61,8 @@ def loopback6() -> str | None:
 
 class MediaEngine:
     def __init__(self, host: str = "127.0.0.1", certificate: DtlsCertificate | None = None,
-                 reporter: Reporter | None = None, host6: str | None = None, port: int = 0) -> None:
+                 reporter: Reporter | None = None, host6: str | None = None, port: int = 0,
+                 recordings: Recordings | None = None) -> None:
         self.host = host
         self.host6 = host6 if host6 is not None else loopback6()
         self.port = port                                  # 0: any free port (same for IPv6 where possible)
@@ -63,7 +70,9 @@ class MediaEngine:
         self.reporter: Reporter = reporter or _Silent()
         self.ports = Ports()
         self.endpoints: dict[str, RelayEndpoint] = {}
-        self.finished: dict[str, RelayEndpoint] = {}     # recordings and statistics of ended calls
+        self.recordings = recordings                     # None: nothing is recorded
+        self.finished: dict[str, dict] = {}              # final statistics of released legs (view dicts)
+        self._closing = False
         self._ticker: asyncio.Task | None = None
         self._home: PortSocket | None = None
         self._home6: PortSocket | None = None
@@ -152,19 +161,26 @@ class MediaEngine:
         return endpoint.leg if endpoint else None
 
     def endpoint(self, call_id: str) -> RelayEndpoint | None:
-        return self.endpoints.get(call_id) or self.finished.get(call_id)
+        return self.endpoints.get(call_id)
 
     def release(self, call_id: str) -> None:
-        """Close the leg and keep its results for the inspector. Unknown ids are ignored."""
+        """Close the leg (its recording is written out) and keep only its final statistics, which also go
+        to the call's timeline. Unknown ids are ignored."""
         endpoint = self.endpoints.pop(call_id, None)
         if endpoint is None:
             return
         endpoint.close()
-        self.finished[call_id] = endpoint
+        if self._closing:                    # a shutdown does not end the call: no final statistics
+            return
+        final = self._view(endpoint)
+        self.finished[call_id] = final
         while len(self.finished) > KEEP_FINISHED:
             self.finished.pop(next(iter(self.finished)))
+        if endpoint.negotiated is not None:
+            self.reporter.note(call_id, "final_stats", media=dict(final))
 
     async def close(self) -> None:
+        self._closing = True
         if self._ticker:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
@@ -186,6 +202,10 @@ class MediaEngine:
             return
         if not PreEncodedAudio.cached(user_audio):      # encode a new source once, off the event loop
             asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, user_audio)
+        if self.recordings is not None and endpoint.recording is None:
+            endpoint.recording = self.recordings.writer(
+                call_id, self.reporter.now,
+                on_error=lambda reason: self.reporter.note(call_id, "recording_failed", reason=reason))
         endpoint.configure(meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller=user_is_caller)
 
     def call_connected(self, call_id: str, at: float) -> None:
@@ -206,15 +226,28 @@ class MediaEngine:
     async def stats(self) -> dict:
         return {"live": len(self.endpoints), **self.ports.view()}
 
-    async def view(self, call_id: str) -> dict | None:
-        endpoint = self.endpoint(call_id)
-        if endpoint is None:
-            return None
+    @staticmethod
+    def _view(endpoint: RelayEndpoint) -> dict:
         return {**endpoint.view(), "packets_received": endpoint.leg.packets_received}
 
+    async def view(self, call_id: str) -> dict | None:
+        endpoint = self.endpoints.get(call_id)
+        if endpoint is not None:
+            return self._view(endpoint)
+        final = self.finished.get(call_id)
+        return dict(final) if final is not None else None
+
+    def flush_recording(self, call_id: str) -> None:
+        """Write out what a live call's relay has buffered of its recording."""
+        if (endpoint := self.endpoints.get(call_id)) is not None:
+            endpoint.flush_recording()
+
     async def recording_wav(self, call_id: str) -> bytes | None:
-        endpoint = self.endpoint(call_id)
-        return endpoint.recording_wav() if endpoint is not None else None
+        """What the user heard on ``call_id`` (live or ended) as a WAV, decoded off the event loop."""
+        if self.recordings is None:
+            return None
+        self.flush_recording(call_id)
+        return await asyncio.get_running_loop().run_in_executor(None, self.recordings.wav, call_id)
 
     # -- the 20 ms ticker ---------------------------------------------------------------------------
     def _ensure_ticker(self) -> None:

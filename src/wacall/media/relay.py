@@ -5,10 +5,11 @@ One :class:`RelayEndpoint` per call gets the datagrams that the engine's shared 
 ICE-lite agent (RFC 8445 §2.5, always controlled), DTLS to the DTLS-SRTP session (RFC 5764; role
 from the negotiated ``a=setup``), SRTP/SRTCP to the SRTP context (keyed by DTLS or by SDES,
 RFC 4568). Media goes only to an address the business proved is its own: the pair it nominated
-after a check that passed the leg's ICE credentials, or (SDES) the source of authenticated SRTP. Received audio is the user's earpiece: it is recorded (what the user heard),
-measured, and RFC 4733 digits are detected. The user's microphone is a pre-encoded source sent on
-one SSRC, 20 ms Opus (or G.711 when negotiated), with the user's DTMF on the same SSRC and
-sequence space.
+after a check that passed the leg's ICE credentials, or (SDES) the source of authenticated SRTP.
+Received audio is the user's earpiece: it is recorded (what the user heard, streamed to a file by
+``wacall.media.recording``), measured, and RFC 4733 digits are detected. The user's microphone is a
+pre-encoded source sent on one SSRC, 20 ms Opus (or G.711 when negotiated), with the user's DTMF on
+the same SSRC and sequence space.
 
 Behaviour from Meta's docs: the business sends the first SRTP packet; the user side treats the
 first media packet or the accept, whichever comes first, as answered; no business media 20 s after
@@ -25,24 +26,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import logging
 import struct
 import time
-import wave
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import g711
-from .audio import SAMPLE_RATE, PreEncodedAudio, Recorder, parse_audio_spec
+from .audio import ByteLRU, PreEncodedAudio, frames_size, parse_audio_spec
 from .certificate import DtlsCertificate
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
 from .ice_lite import CheckReceived, IceLiteAgent, Nominated, Rejected
 from .leg import MediaLeg
 from .ports import PortSocket, Ports
+from .recording import RecordingWriter, decode
 from .rtcp import RtcpError, RtcpSenderReport, build_compound, ntp_timestamp, parse_rtcp
 from .rtp import RTP_HEADER, ReceiveStats, RtpError, RtpPacket, is_rtcp
 from .sdp import SessionDescription, parse_crypto, parse_sdp
@@ -53,7 +54,7 @@ log = logging.getLogger("wacall.media")
 Addr = tuple[str, int]
 RTCP_INTERVAL = 5.0
 _SEQ_TS_SSRC = struct.Struct("!HII")
-MAX_RECORDED_PACKETS = 50 * 180          # three minutes of what the user heard, per call (memory at scale)
+LEVEL_PACKETS = 15                       # the last 300 ms heard, kept for the level (200 ms window + warm-up)
 CHECKPOINT_INTERVAL = 30.0               # seconds between persisted positions of both RTP streams
 MAX_RESUME_GAP = 30000                   # packets skipped after a restart (libsrtp guesses within 2^15)
 
@@ -144,22 +145,26 @@ def negotiate(meta_sdp: str, business_sdp: str, key_exchange: str) -> Negotiated
 
 
 class G711Loop:
-    """A user's source encoded once as 20 ms G.711 frames (160 bytes), shared between calls."""
+    """A user's source encoded once as 20 ms G.711 frames (160 bytes), shared between calls; the cache
+    keeps the most recently used sources up to ``MAX_CACHE_BYTES`` (~100 KB per 10 s source)."""
 
-    _cache: dict[tuple[str, str], list[bytes]] = {}
+    MAX_CACHE_BYTES = 16 * 1024 * 1024
+    _cache = ByteLRU(MAX_CACHE_BYTES)
 
     @classmethod
     def get(cls, spec: str, codec: str, seconds: float = 10.0) -> list[bytes]:
         key = (spec, codec)
-        if key not in cls._cache:
+        frames = cls._cache.get(key)
+        if frames is None:
             source = parse_audio_spec(spec)
-            frames = int(seconds * 50)
-            pcm = np.concatenate([np.asarray(source.read(), dtype=np.int16) for _ in range(frames)])
+            count = int(seconds * 50)
+            pcm = np.concatenate([np.asarray(source.read(), dtype=np.int16) for _ in range(count)])
             narrow = g711.resample_48k_to_8k(pcm)
             encode = g711.ulaw_encode if codec == "pcmu" else g711.alaw_encode
             data = encode(narrow)
-            cls._cache[key] = [data[i:i + 160] for i in range(0, len(data) - 159, 160)]
-        return cls._cache[key]
+            frames = [data[i:i + 160] for i in range(0, len(data) - 159, 160)]
+            cls._cache.put(key, frames, frames_size(frames))
+        return frames
 
 
 class RelayEndpoint:
@@ -188,11 +193,11 @@ class RelayEndpoint:
         self._first_seq = self.stream.sequence_number     # SRTP index = first sequence number + packets sent
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in: DtmfReceiver | None = None
-        self._heard: list[tuple[str, bytes, float]] = []     # (codec, decrypted RTP, arrival)
+        self.recording: RecordingWriter | None = None          # set by the engine: the file of what is heard
+        self._heard_codec: str | None = None
+        self._recent: deque[bytes] = deque(maxlen=LEVEL_PACKETS)   # the last packets heard (plain RTP)
         self._codec_by_pt: dict[int, str] = {}
         self._te_pt = -1
-        self._recorder: Recorder | None = None
-        self._fed = 0
         self.stats = ReceiveStats()
         self._frames: list[bytes] = []
         self._frame_index = 0
@@ -228,6 +233,7 @@ class RelayEndpoint:
         if self.dtmf_in:
             for digit in self.dtmf_in.flush():
                 self._digit(digit)
+        self.flush_recording()
         self.ports.remove(self)
 
     def _sock_for(self, addr: Addr) -> PortSocket | None:
@@ -468,27 +474,27 @@ class RelayEndpoint:
             self.reporter.note(self.call_id, "wrong_payload_type", payload_type=payload_type)
 
     def _record(self, codec: str, plain: bytes, arrival: float) -> None:
-        """Keep what the user heard; parsing and decoding wait until someone listens."""
-        if self._heard and self._heard[0][0] != codec:
-            self._note_once("codec_switch", codec=codec)
-            return
-        if len(self._heard) < MAX_RECORDED_PACKETS:
-            self._heard.append((codec, plain, arrival))
+        """Keep what the user heard (to the recording file, still encoded) and the last few packets for
+        the level; decoding waits until someone listens."""
+        if self._heard_codec != codec:
+            if self._heard_codec is not None:
+                self._note_once("codec_switch", codec=codec)
+                return
+            self._heard_codec = codec
+        self._recent.append(plain)
+        if self.recording is not None:
+            self.recording.add(codec, plain)
 
-    @property
-    def recorder(self) -> Recorder | None:
-        """The user's earpiece decoded so far (incrementally, on demand)."""
-        if not self._heard:
+    def flush_recording(self) -> None:
+        """Write what is buffered of the recording to its file (before someone reads it, and at the end)."""
+        if self.recording is not None:
+            self.recording.flush()
+
+    def level_dbfs(self) -> float | None:
+        """The level of the last 200 ms heard (decoded now from the last packets), None before any."""
+        if not self._recent or self._heard_codec is None:
             return None
-        if self._recorder is None:
-            self._recorder = Recorder(self._heard[0][0])
-        for _, plain, arrival in self._heard[self._fed:]:
-            try:
-                self._recorder.add_packet(RtpPacket.parse(plain), arrival)
-            except RtpError:
-                pass
-        self._fed = len(self._heard)
-        return self._recorder
+        return decode(self._heard_codec, list(self._recent)).level_dbfs
 
     def _digit(self, digit) -> None:
         entry = {"digit": digit.digit, "duration_ms": round(digit.duration_ms)}
@@ -636,8 +642,7 @@ class RelayEndpoint:
 
     # -- what the inspector shows ---------------------------------------------------------------------
     def view(self) -> dict:
-        recorder = self.recorder
-        level = recorder.level_dbfs if recorder and recorder.packets else None
+        level = self.level_dbfs()
         return {
             "host": self.leg.host, "port": self.leg.port, "host6": self.leg.host6, "port6": self.leg.port6,
             "key_exchange": self.negotiated.key_exchange if self.negotiated else None,
@@ -668,17 +673,6 @@ class RelayEndpoint:
             "digits_received": list(self.digits_received),
             "digits_sent": "".join(self.digits_sent),
         }
-
-    def recording_wav(self) -> bytes:
-        recorder = self.recorder
-        pcm = recorder.pcm() if recorder else np.zeros(0, dtype=np.int16)
-        buffer = io.BytesIO()
-        with wave.open(buffer, "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(SAMPLE_RATE)
-            out.writeframes(np.asarray(pcm, dtype=np.int16).tobytes())
-        return buffer.getvalue()
 
 
 __all__ = ["RelayEndpoint", "Reporter", "negotiate", "Negotiated"]

@@ -19,7 +19,9 @@ together on one new worker, which binds their old ports again.
 
 A worker runs the virtual clock as wall time plus the offset the main process last sent it, and
 checks the media timeouts itself every 250 ms; after a clock jump the main process sends the new
-offset and a ``check``. Recordings travel as a temporary WAV file, not through the pipe.
+offset and a ``check``. Recordings never travel through the pipe: every worker appends its calls'
+recordings to the shared recordings directory, and the main process reads the file (after asking the
+worker to write out what it has buffered, for a live call).
 
 Run a worker by hand with ``python -m wacall.media.workers --host 127.0.0.1``.
 """
@@ -29,9 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +41,7 @@ from ..loop import loop_factory
 from .certificate import DtlsCertificate
 from .engine import MediaEngine
 from .leg import MediaLeg
+from .recording import Recordings
 from .relay import Reporter
 
 log = logging.getLogger("wacall.media.workers")
@@ -67,13 +68,15 @@ class MediaWorkers:
     """The same interface as :class:`MediaEngine`, with the calls living in child processes."""
 
     def __init__(self, count: int, host: str = "127.0.0.1", reporter: Reporter | None = None,
-                 certificate: DtlsCertificate | None = None, port: int = 0) -> None:
+                 certificate: DtlsCertificate | None = None, port: int = 0,
+                 recordings: Recordings | None = None) -> None:
         if count < 1:
             raise ValueError("media workers: at least one")
         self.count, self.host, self.port = count, host, port
         self.reporter = reporter
         self.certificate = certificate
         self._by_port: dict[int, _Worker] = {}      # restored ports → the worker that bound them
+        self.recordings = recordings
         self.workers: list[_Worker] = []
         self.owner: dict[str, _Worker] = {}         # call_id → the worker holding its leg (or results)
         self._next_id = 0
@@ -90,8 +93,11 @@ class MediaWorkers:
 
     async def _spawn(self, index: int) -> _Worker:
         port = self.port + index if self.port else 0
+        recording = ([] if self.recordings is None else
+                     ["--recordings-dir", str(self.recordings.dir), "--recording-max-seconds",
+                      repr(self.recordings.max_seconds)])
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "wacall.media.workers", "--host", self.host, "--port", str(port),
+            sys.executable, "-m", "wacall.media.workers", "--host", self.host, "--port", str(port), *recording,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=PIPE_LIMIT)
         worker = _Worker(index, process)
         worker.reader = asyncio.get_running_loop().create_task(self._read(worker))
@@ -209,15 +215,13 @@ class MediaWorkers:
         return await self._ask(worker, {"op": "view", "call_id": call_id}) if worker else None
 
     async def recording_wav(self, call_id: str) -> bytes | None:
-        worker = self.owner.get(call_id)
-        path = await self._ask(worker, {"op": "recording", "call_id": call_id}) if worker else None
-        if not path:
+        """The call's recording file as a WAV; a live call's worker first writes out what it buffered."""
+        if self.recordings is None:
             return None
-        try:
-            with open(path, "rb") as wav:
-                return wav.read()
-        finally:
-            os.unlink(path)
+        worker = self.owner.get(call_id)
+        if worker is not None and call_id in worker.live and worker.alive:
+            await self._ask(worker, {"op": "recording", "call_id": call_id})
+        return await asyncio.get_running_loop().run_in_executor(None, self.recordings.wav, call_id)
 
     def release(self, call_id: str) -> None:
         worker = self.owner.get(call_id)
@@ -290,9 +294,9 @@ def _emit(message: dict) -> None:
     sys.stdout.buffer.flush()
 
 
-async def _serve_pipe(host: str, port: int) -> None:
+async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None) -> None:
     reporter = _PipeReporter()
-    engine = MediaEngine(host=host, reporter=reporter, port=port)
+    engine = MediaEngine(host=host, reporter=reporter, port=port, recordings=recordings)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=PIPE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -325,12 +329,9 @@ async def _serve_pipe(host: str, port: int) -> None:
                 engine.release(call_id)
             elif op == "view":
                 value = await engine.view(call_id)
-            elif op == "recording":
-                wav = await engine.recording_wav(call_id)
-                if wav is not None:
-                    fd, value = tempfile.mkstemp(prefix="wacall-", suffix=".wav")
-                    with os.fdopen(fd, "wb") as out:
-                        out.write(wav)
+            elif op == "recording":         # write out the buffered part; the main process reads the file
+                engine.flush_recording(call_id)
+                value = True
             elif op == "clock":
                 reporter.offset, reporter.start, reporter.silence = message["offset"], message["start"], message["silence"]
             elif op == "check":
@@ -348,11 +349,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="a wacall media worker (started by the server)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="the shared media port (0: any free port)")
+    parser.add_argument("--recordings-dir", help="where the calls' recordings go (none without)")
+    parser.add_argument("--recording-max-seconds", type=float, default=180.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s media-worker[%(process)d] %(name)s: %(message)s")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_serve_pipe(args.host, args.port))
+        recordings = (Recordings(args.recordings_dir, max_seconds=args.recording_max_seconds)
+                      if args.recordings_dir else None)
+        runner.run(_serve_pipe(args.host, args.port, recordings))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ class SipGateway:
     def _save(self, dialog: Dialog) -> None:
         """Keep the dialog's state with its call (what :meth:`restore` rebuilds), committed with the
         SIP trace of the message that changed it."""
-        call = self.platform.calls.get(dialog.call_id)
+        call = self.platform.call(dialog.call_id)
         if call is not None and call.state != ENDED:
             self.platform.sip_dialog_state(call, dialog.state())
             self.wacall.commit_soon()
@@ -205,7 +205,7 @@ class SipGateway:
 
     def trace(self, call_id: str | None, direction: str, message: Request | Response) -> None:
         """Put a SIP message on the call's timeline (``in`` from the business, ``out`` from Meta)."""
-        call = self.platform.calls.get(call_id) if call_id else None
+        call = self.platform.call(call_id) if call_id else None
         if call is not None:
             self._note_message(call, direction, message)
             self.wacall.commit_soon()
@@ -347,7 +347,7 @@ class SipGateway:
         dialog.final_status = 487
         self._send_response(txn, response_to(txn.request, 487, "Request Terminated", to_tag=dialog.local_tag,
                                              headers=self._meta_headers()), dialog.call_id)
-        call = self.platform.calls.get(dialog.call_id)
+        call = self.platform.call(dialog.call_id)
         if call is not None and call.state != ENDED:
             self.wacall.apply(lambda: self.platform.sip_business_hangs_up(call))
         self._forget(dialog)
@@ -382,7 +382,7 @@ class SipGateway:
         if dialog.conn is None or not dialog.conn.is_open:
             dialog.conn = txn.conn        # the business's new flow (after a restart, or a reconnect)
         self._send_response(txn, response_to(request, 200, "OK", headers=self._meta_headers()), call_id)
-        call = self.platform.calls.get(dialog.call_id)
+        call = self.platform.call(dialog.call_id)
         if call is not None:
             self.wacall.apply(lambda: self.platform.sip_business_hangs_up(call))
         self._forget(dialog)
@@ -397,7 +397,7 @@ class SipGateway:
 
     # -- the domain changed a SIP call: say it in SIP ------------------------------------------------
     def on_call_changed(self, call_id: str) -> None:
-        call = self.platform.calls.get(call_id)
+        call = self.platform.call(call_id)
         if call is None:
             return
         dialog = self.dialogs.get(call_id)
@@ -437,7 +437,7 @@ class SipGateway:
             self._spawn(self._send_bye(call, dialog))
 
     def _no_ack(self, dialog: Dialog) -> None:
-        call = self.platform.calls.get(dialog.call_id)
+        call = self.platform.call(dialog.call_id)
         if call is not None:
             self.wacall.apply(lambda: self.platform.sip_call_failed(
                 call, "no ACK for the 200 OK within 64*T1: the dialog is torn down"))
@@ -536,7 +536,7 @@ class SipGateway:
             hops.append(hop)
         server = dialog.server
         if server is None:
-            call = self.platform.calls.get(dialog.call_id)
+            call = self.platform.call(dialog.call_id)
             configured = self._server_for(call) if call is not None else None
             if configured is not None:
                 server = {"hostname": str(configured["hostname"]), "port": int(configured.get("port") or 5061)}
@@ -551,7 +551,7 @@ class SipGateway:
         raise TransportError("; ".join(problems) or "no route to the business: no TLS hop and no SIP server")
 
     def _timeline(self, call_id: str, event: str, **data: Any) -> None:
-        call = self.platform.calls.get(call_id)
+        call = self.platform.call(call_id)
         if call is not None:
             self.platform.note(call, "sip", event=event, **data)
             self.wacall.commit_soon()

@@ -1,10 +1,15 @@
 """State in an embedded SQLite database (SQLAlchemy Core; a Postgres URL works the same way).
 
-Three tables: ``records`` holds every domain object as a JSON document, ``outbox`` the webhook
-deliveries that have not succeeded yet (and those that did, for the journal), ``attempts`` every
-delivery attempt, and ``meta`` small values such as the virtual clock's offset. A domain operation's
-records and the webhooks it caused are written in one transaction, so a crash never loses one
-without the other.
+Tables: ``records`` holds every domain object as a JSON document (``live`` marks the working set the
+platform loads at start: ended calls and done messages are not), ``outbox`` the webhook deliveries that
+have not succeeded yet (and those that did, for the journal), ``attempts`` every delivery attempt,
+``timeline`` every call's timeline entries (append-only), ``calls`` an index of every call's columns
+the rules and the inspector count and list by, and ``meta`` small values such as the virtual clock's
+offset. A domain operation's records, timeline entries and the webhooks it caused are written in one
+transaction, so a crash never loses one without the other.
+
+The store is also the platform's :class:`~wacall.domain.state.Archive`: it reads back records that
+left memory and answers counts over every call from the ``calls`` index.
 """
 
 from __future__ import annotations
@@ -12,22 +17,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from sqlalchemy import (Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, create_engine,
-                        delete, event, func, inspect, select, text, update)
+from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+                        and_, create_engine, delete, event, func, inspect, select, text, update)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from .. import codec
-from ..domain.model import Record
+from ..domain.model import ACCEPTED, BUSINESS_INITIATED, PRE_ACCEPTED, RINGING, Call, Record
 
 metadata = MetaData()
+LIVE_STATES = (RINGING, PRE_ACCEPTED, ACCEPTED)
 
 records = Table(
     "records", metadata,
     Column("kind", String(32), primary_key=True),
     Column("key", String(200), primary_key=True),
     Column("doc", Text, nullable=False),
+    Column("live", Boolean, nullable=False, default=True, server_default=text("1"), index=True),
+)
+
+timeline = Table(
+    "timeline", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", String(200), nullable=False, index=True),
+    Column("t", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("data", Text, nullable=False),            # the entry's other keys, as a JSON object
+)
+
+calls = Table(
+    "calls", metadata,
+    Column("call_id", String(200), primary_key=True),
+    Column("phone_number_id", String(64), nullable=False),
+    Column("wa_id", String(64), nullable=False),
+    Column("direction", String(32), nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("accepted_at", Float),
+    Column("ended_at", Float),
+    Column("duration", Integer),
+    Column("pulses", Integer, nullable=False, default=0),
+    Column("cost", Float, nullable=False, default=0.0),
+    Index("calls_by_number", "phone_number_id", "direction", "created_at"),
+    Index("calls_by_state", "state", "created_at"),
 )
 
 outbox = Table(
@@ -54,6 +87,8 @@ OUTBOX_INDEXES = (
     Index("ix_outbox_next", outbox.c.status, outbox.c.next_attempt_at),
     Index("ix_outbox_head", outbox.c.status, outbox.c.url, outbox.c.id),
 )
+
+outbox_by_call = Index("outbox_by_call", outbox.c.call_id)     # a call's deliveries, for the call view
 
 attempts = Table(
     "attempts", metadata,
@@ -108,6 +143,7 @@ class Store:
             event.listen(self.engine, "connect", self._sqlite_pragmas)
         metadata.create_all(self.engine)
         self._upgrade()
+        self._migrate()
 
     def _upgrade(self) -> None:
         """Bring a database written by an older wacall up to this schema (columns and indexes added since)."""
@@ -116,6 +152,29 @@ class Store:
                 conn.execute(text("ALTER TABLE outbox ADD COLUMN fault TEXT"))
             for index in OUTBOX_INDEXES:
                 index.create(conn, checkfirst=True)
+        outbox_by_call.create(self.engine, checkfirst=True)      # databases from before the index
+
+    def _migrate(self) -> None:
+        """A database from before the working set and the timeline table: add ``live``, move every call's
+        timeline out of its document into ``timeline``, and index the calls."""
+        if "live" in {column["name"] for column in inspect(self.engine).get_columns("records")}:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE records ADD COLUMN live BOOLEAN NOT NULL DEFAULT 1"))
+            conn.execute(text("CREATE INDEX IF NOT EXISTS ix_records_live ON records (live)"))
+            for row in conn.execute(select(records.c.kind, records.c.key, records.c.doc)
+                                    .where(records.c.kind.in_(["call", "message"]))).all():
+                doc = codec.loads(row.doc)
+                if row.kind == "message":
+                    live = doc.get("deadline") is not None
+                else:
+                    entries = doc.pop("timeline", None) or []
+                    call = Call.from_doc(doc)
+                    live = call.live
+                    self._index_calls(conn, [call])
+                    self._append_notes(conn, [(call.id, entry) for entry in entries if isinstance(entry, dict)])
+                conn.execute(update(records).where(and_(records.c.kind == row.kind, records.c.key == row.key))
+                             .values(doc=codec.dumps(doc), live=live))
 
     @staticmethod
     def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -137,26 +196,101 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(records.c.key).limit(1)).first() is not None
 
-    def commit(self, dirty: Iterable[Record], new_outbox: Iterable[dict]) -> list[int]:
-        """Write changed records and enqueue webhooks atomically; return the new outbox ids."""
+    def load_live_records(self) -> Iterator[tuple[str, dict]]:
+        """The working set: every record except ended calls and done messages."""
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(records.c.kind, records.c.doc).where(records.c.live)):
+                yield row.kind, codec.loads(row.doc)
+
+    def commit(self, dirty: Iterable[Record], new_outbox: Iterable[dict],
+               notes: Iterable[tuple[str, dict]] = ()) -> list[int]:
+        """Write changed records and new timeline entries, and enqueue webhooks, atomically; return the
+        new outbox ids."""
         ids: list[int] = []
         with self.engine.begin() as conn:
             self._save(conn, dirty)
+            self._append_notes(conn, notes)
             for row in new_outbox:
                 ids.append(conn.execute(outbox.insert().values(**row)).inserted_primary_key[0])
         return ids
 
-    @staticmethod
-    def _save(conn: Connection, dirty: Iterable[Record]) -> None:
-        rows = [{"kind": r.KIND, "key": r.key, "doc": codec.dumps(r.fields_view())} for r in dirty]
+    @classmethod
+    def _save(cls, conn: Connection, dirty: Iterable[Record]) -> None:
+        dirty = list(dirty)
+        rows = [{"kind": r.KIND, "key": r.key, "doc": codec.dumps(r.fields_view()), "live": r.live} for r in dirty]
         if not rows:
             return
         stmt = sqlite_insert(records).values(rows)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "key"], set_={"doc": stmt.excluded.doc}))
+        conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "key"],
+                                                set_={"doc": stmt.excluded.doc, "live": stmt.excluded.live}))
+        cls._index_calls(conn, [r for r in dirty if isinstance(r, Call)])
+
+    @staticmethod
+    def _index_calls(conn: Connection, changed: list[Call]) -> None:
+        if not changed:
+            return
+        rows = [{"call_id": c.id, "phone_number_id": c.phone_number_id, "wa_id": c.wa_id, "direction": c.direction,
+                 "state": c.state, "created_at": c.created_at, "accepted_at": c.accepted_at, "ended_at": c.ended_at,
+                 "duration": c.duration, "pulses": c.pulses, "cost": c.cost} for c in changed]
+        stmt = sqlite_insert(calls)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["call_id"], set_={
+            name: stmt.excluded[name] for name in ("state", "accepted_at", "ended_at", "duration", "pulses", "cost")}),
+            rows)
+
+    @staticmethod
+    def _append_notes(conn: Connection, notes: Iterable[tuple[str, dict]]) -> None:
+        rows = []
+        for call_id, entry in notes:
+            data = {k: v for k, v in entry.items() if k not in ("t", "kind")}
+            rows.append({"call_id": call_id, "t": entry["t"], "kind": entry["kind"], "data": codec.dumps(data)})
+        if rows:
+            conn.execute(timeline.insert(), rows)
+
+    # -- what the platform reads back (wacall.domain.state.Archive) and the inspector lists --------------
+    def load_record(self, kind: str, key: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(records.c.doc).where(and_(records.c.kind == kind, records.c.key == key))).first()
+        return codec.loads(row.doc) if row else None
+
+    def call_totals(self, phone_number_ids: list[str], direction: str, start: float, end: float) -> dict:
+        query = select(func.count(), func.count(calls.c.duration), func.coalesce(func.sum(calls.c.duration), 0),
+                       func.coalesce(func.sum(calls.c.pulses), 0), func.coalesce(func.sum(calls.c.cost), 0.0)).where(
+            calls.c.phone_number_id.in_(phone_number_ids), calls.c.direction == direction,
+            calls.c.created_at >= start, calls.c.created_at < end)
+        with self.engine.connect() as conn:
+            count, completed, duration, pulses, cost = conn.execute(query).one()
+        return {"count": count, "completed_count": completed, "total_duration": int(duration), "pulses": int(pulses),
+                "cost": float(cost)}
+
+    def bic_initiations_since(self, since: float) -> list[tuple[str, float]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(calls.c.phone_number_id, calls.c.created_at).where(
+                calls.c.direction == BUSINESS_INITIATED, calls.c.created_at > since).order_by(calls.c.created_at))
+            return [(row.phone_number_id, row.created_at) for row in rows]
+
+    def timeline(self, call_id: str) -> list[dict]:
+        """A call's timeline entries in the order they were noted."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(timeline.c.t, timeline.c.kind, timeline.c.data)
+                                .where(timeline.c.call_id == call_id).order_by(timeline.c.seq))
+            return [{"t": t, "kind": kind, **codec.loads(data)} for t, kind, data in rows]
+
+    def call_list(self, *, limit: int, before: float | None = None, state: str | None = None) -> list[dict]:
+        """The most recent ``limit`` calls (created before ``before``), oldest first."""
+        query = select(calls.c.call_id, calls.c.state, calls.c.direction, calls.c.wa_id, calls.c.phone_number_id,
+                       calls.c.created_at).order_by(calls.c.created_at.desc(), calls.c.call_id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(calls.c.created_at < before)
+        if state == "live":
+            query = query.where(calls.c.state.in_(LIVE_STATES))
+        elif state is not None:
+            query = query.where(calls.c.state == state)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
 
     def wipe(self) -> None:
         with self.engine.begin() as conn:
-            for table in (records, outbox, attempts, meta):
+            for table in (records, outbox, attempts, meta, timeline, calls):
                 conn.execute(delete(table))
 
     # -- meta ---------------------------------------------------------------------------------

@@ -1,0 +1,210 @@
+"""What each user heard, on disk: one append-only file per call, decoded to a WAV only when asked for.
+
+The relay hands every received audio packet (plain RTP, after SRTP) to the call's
+:class:`RecordingWriter`, which keeps a few seconds in memory and appends them to
+``<dir>/<call_id>.rec`` with open/write/close: a live call holds no file descriptor, so a thousand
+calls fit under ``ulimit -n 1024``, and what was written survives a crash of the process. Packets stay
+encoded (decoding every packet of every call would cost more CPU than the relay itself); a
+recording is decoded by :meth:`Recordings.wav` when someone downloads it.
+
+File format: the line ``WACREC1 <codec>\\n`` (``opus``, ``pcmu`` or ``pcma``), then per packet a 2-byte
+big-endian length and the RTP packet. A partly written last packet (a crash mid-write) is ignored.
+After every append the file's modification time is set to the *virtual* time of the write, so
+retention (:meth:`Recordings.sweep`) follows ``POST /_wacall/clock/advance`` like every other timer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import struct
+import wave
+from pathlib import Path
+from typing import Callable
+
+from .audio import SAMPLE_RATE, Recorder
+from .rtp import RtpError, RtpPacket
+
+log = logging.getLogger("wacall.media")
+MAGIC = b"WACREC1 "
+SUFFIX = ".rec"
+LENGTH = struct.Struct("!H")
+FLUSH_BYTES = 32 * 1024           # ~6 s of 32 kbit/s Opus, ~3.5 s of G.711 per call in memory
+PACKETS_PER_SECOND = 50           # 20 ms packets
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+class RecordingWriter:
+    """One call's recording: packets buffered in memory and appended to the file every ``flush_bytes``."""
+
+    __slots__ = ("path", "clock", "max_packets", "flush_bytes", "on_error", "codec", "packets", "buffer", "error")
+
+    def __init__(self, path: Path, *, clock: Callable[[], float], max_packets: int,
+                 flush_bytes: int = FLUSH_BYTES, on_error: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.clock = clock
+        self.max_packets = max_packets
+        self.flush_bytes = flush_bytes
+        self.on_error = on_error
+        self.codec: str | None = None
+        self.packets = 0
+        self.buffer = bytearray()
+        self.error: str | None = None
+
+    def add(self, codec: str, packet: bytes) -> None:
+        """One received RTP packet (plain). Past ``max_packets`` the rest of the call is not recorded."""
+        if self.packets >= self.max_packets or self.error is not None:
+            return
+        if self.codec is None:
+            self.codec = codec
+        self.packets += 1
+        buffer = self.buffer
+        buffer += LENGTH.pack(len(packet))
+        buffer += packet
+        if len(buffer) >= self.flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append what is buffered (open, write, close)."""
+        if not self.buffer or self.error is not None:
+            return
+        try:
+            try:
+                self._append()
+            except FileNotFoundError:   # the directory is not there (yet, or any more)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._append()
+        except OSError as exc:
+            self.error = f"cannot write {self.path}: {exc.strerror or exc}"
+            if self.on_error is not None:
+                self.on_error(self.error)
+        self.buffer = bytearray()
+
+    def _append(self) -> None:
+        with open(self.path, "ab") as out:
+            if out.tell() == 0:
+                out.write(MAGIC + (self.codec or "opus").encode("ascii") + b"\n")
+            out.write(self.buffer)
+        try:
+            at = self.clock()
+            os.utime(self.path, (at, at))
+        except (OSError, OverflowError, ValueError):
+            pass                        # a virtual time the filesystem cannot hold: wall time stays
+
+
+def read_packets(data: bytes) -> tuple[str, list[bytes]]:
+    """(codec, RTP packets) of a recording file's contents."""
+    if not data.startswith(MAGIC):
+        raise ValueError("not a wacall recording")
+    end = data.index(b"\n")
+    codec = data[len(MAGIC):end].decode("ascii")
+    packets, pos = [], end + 1
+    while pos + 2 <= len(data):
+        (length,) = LENGTH.unpack_from(data, pos)
+        if pos + 2 + length > len(data):
+            break                       # cut short by a crash
+        packets.append(data[pos + 2:pos + 2 + length])
+        pos += 2 + length
+    return codec, packets
+
+
+def decode(codec: str, packets: list[bytes]) -> Recorder:
+    """The packets on a 48 kHz timeline (gaps as silence), as the user's earpiece played them."""
+    recorder = Recorder(codec)
+    for plain in packets:
+        try:
+            recorder.add_packet(RtpPacket.parse(plain))
+        except RtpError:
+            pass
+    return recorder
+
+
+def wav_bytes(recorder: Recorder | None) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        if recorder is not None:
+            out.writeframes(recorder.pcm().astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+class Recordings:
+    """The recordings directory: where each call's file is, writers for live calls, WAVs, retention."""
+
+    def __init__(self, directory: str | Path, *, max_seconds: float = 180.0,
+                 retention_seconds: float = 7 * 86400.0) -> None:
+        self.dir = Path(directory).expanduser()          # created with the first recording
+        self.max_seconds = max_seconds
+        self.retention_seconds = retention_seconds
+
+    def path(self, call_id: str) -> Path | None:
+        """The file of ``call_id``; None for an id that cannot be a file name here."""
+        if not isinstance(call_id, str) or not _SAFE_ID.fullmatch(call_id):
+            return None
+        return self.dir / f"{call_id}{SUFFIX}"
+
+    def writer(self, call_id: str, clock: Callable[[], float],
+               on_error: Callable[[str], None] | None = None) -> RecordingWriter | None:
+        path = self.path(call_id)
+        if path is None or self.max_seconds <= 0:
+            return None
+        return RecordingWriter(path, clock=clock, max_packets=int(self.max_seconds * PACKETS_PER_SECOND),
+                               on_error=on_error)
+
+    def wav(self, call_id: str) -> bytes | None:
+        """The recording of ``call_id`` as a 48 kHz mono WAV, or None when there is none (blocking: decodes
+        up to ``max_seconds`` of audio, so run it in an executor)."""
+        path = self.path(call_id)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            codec, packets = read_packets(data)
+        except (ValueError, UnicodeDecodeError):
+            log.warning("recording %s is not readable", path)
+            return None
+        return wav_bytes(decode(codec, packets) if packets else None)
+
+    def sweep(self, now: float, keep: set[str] = frozenset()) -> int:
+        """Remove recordings last written more than ``retention_seconds`` before ``now`` (virtual time),
+        except those of calls in ``keep`` (still live). Returns how many went."""
+        cutoff = now - self.retention_seconds
+        removed = 0
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError:
+            return 0
+        for entry in entries:
+            if not entry.name.endswith(SUFFIX) or entry.name[:-len(SUFFIX)] in keep:
+                continue
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+    def clear(self) -> None:
+        """Remove every recording (a reset)."""
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.endswith(SUFFIX):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
+
+    def remove_dir(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
