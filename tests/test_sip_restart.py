@@ -173,7 +173,11 @@ def test_business_initiated_call_survives_kill_9(wa, tmp_path, business_cert, by
             _business_bye(to_meta.address, keys, _header(invite, "Call-ID")[0], tmp_path / "sipp-bye-out")
             call = wa.wait_state(call_id, "ENDED")
             assert call["ended_by"] == "business" and call["end_reason"] == "completed"
-            assert any(e.get("line") == "SIP/2.0 200 OK" and e["direction"] == "out" for e in call["timeline"][-3:])
+            def ladder() -> list[tuple[str, str]]:
+                return [(e["direction"], e["line"]) for e in wa.call(call_id)["timeline"] if e["kind"] == "sip_message"]
+            seen = wa.wait_for(lambda: (lines := ladder())[-1] == ("out", "SIP/2.0 200 OK") and lines,
+                               what="the 200 to the business's BYE")
+            assert seen[-2][0] == "in" and seen[-2][1].startswith("BYE "), seen[-4:]
         else:
             bye_server.start()
             to_business.start()

@@ -120,7 +120,7 @@ class CallRules(PlatformState):
         waba = self.wabas[self.numbers[call.phone_number_id].waba_id]
         month = dt.datetime.fromtimestamp(now, _zone(waba.timezone_id)).strftime("%Y-%m")
         billed = waba.bic_seconds_by_month.get(month, 0.0)
-        call.pulses, call.cost = price_call(self.rate_card, call.wa_id, now - call.accepted_at, billed / 60.0)
+        call.pulses, call.cost = price_call(self.rate_card, call.wa_id, call.duration or 0, billed / 60.0)
         if call.pulses:
             waba.bic_seconds_by_month = {month: billed + call.pulses * PULSE_SECONDS}   # older months are done
             self.put(waba)
