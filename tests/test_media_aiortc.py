@@ -10,7 +10,7 @@ import wave
 import numpy as np
 import pytest
 
-from support.aiortc_business import AiortcBusiness
+from support.aiortc_business import AiortcBusiness, take_user_call
 from wacall.media.audio import dominant_frequency, tone_power
 
 ALICE = "447700900001"
@@ -50,14 +50,8 @@ def media_wa(media_server):
 async def test_user_initiated_call_with_aiortc_business(media_wa):
     wa = media_wa
     call_id = (await call_api(wa.user_calls, ALICE)).json()["call_id"]
-    offer = (await call_api(wa.call, call_id))["meta_sdp"]
     async with AiortcBusiness(tone_hz=1000) as business:
-        answer = await business.answer(offer)
-        for action in ("pre_accept", "accept"):
-            response = await call_api(wa.calls_action, {"call_id": call_id, "action": action,
-                                                        "session": {"sdp_type": "answer", "sdp": answer}})
-            assert response.status_code == 200, response.text
-        await business.wait_connected(10)
+        await take_user_call(wa, business, call_id)
         assert business.ice_role == "controlling" and business.dtls_role == "client"
         await business.wait_received(2.0, timeout=10)
         assert abs(business.dominant_frequency() - 440) < 5, "the business should hear the user's 440 Hz"

@@ -17,7 +17,7 @@ import socket
 
 import pytest
 
-from support.aiortc_business import AiortcBusiness
+from support.aiortc_business import AiortcBusiness, take_user_call
 from support.harness import Wacall
 from test_media_sdes import SdesBusiness
 from wacall.media.stun import binding_request
@@ -63,12 +63,7 @@ async def test_strangers_do_not_steer_media_and_junk_leaves_no_trace(own_wacall)
             stranger.sendto(b"\x16\xfe\xfd\x00\x00" + os.urandom(80), relay)
             stranger.sendto(b"\x80\x6f" + os.urandom(100), relay)
         async with AiortcBusiness(tone_hz=1000) as business:
-            answer = await business.answer(offer)
-            for action in ("pre_accept", "accept"):
-                response = await call_api(wa.calls_action, {"call_id": call_id, "action": action,
-                                                            "session": {"sdp_type": "answer", "sdp": answer}})
-                assert response.status_code == 200, response.text
-            await business.wait_connected(10)
+            await take_user_call(wa, business, call_id)
             await business.wait_received(1.0, timeout=10)
             media = (await call_api(wa.call, call_id))["media"]
             stranger_addr = "%s:%d" % stranger.getsockname()

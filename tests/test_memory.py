@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.aiortc_business import AiortcBusiness
+from support.aiortc_business import AiortcBusiness, take_user_call
 from support.harness import Wacall, wait_until
 from support.sdp_samples import business_answer, business_offer
 from wacall.config import DEFAULT_TOML
@@ -331,14 +331,8 @@ async def test_recording_of_an_ended_call_is_served_from_disk_until_retention(tm
     try:
         await call_api(wa.reset, media_timeouts=True)
         call_id = (await call_api(wa.user_calls, ALICE)).json()["call_id"]
-        offer = (await call_api(wa.call, call_id))["meta_sdp"]
         async with AiortcBusiness(tone_hz=1000) as business:
-            answer = await business.answer(offer)
-            for action in ("pre_accept", "accept"):
-                response = await call_api(wa.calls_action, {"call_id": call_id, "action": action,
-                                                            "session": {"sdp_type": "answer", "sdp": answer}})
-                assert response.status_code == 200, response.text
-            await business.wait_connected(10)
+            await take_user_call(wa, business, call_id)
             while (await call_api(wa.call, call_id))["media"]["received"]["packets"] < 100:
                 await asyncio.sleep(0.1)
             response = await call_api(wa.calls_action, {"call_id": call_id, "action": "terminate"})

@@ -17,7 +17,7 @@ import wave
 import numpy as np
 import pytest
 
-from support.aiortc_business import AiortcBusiness
+from support.aiortc_business import AiortcBusiness, take_user_call
 from support.harness import Receiver, Wacall
 from wacall.media.audio import dominant_frequency
 
@@ -43,12 +43,7 @@ def restartable(request, tmp_path):
 
 async def connected_call(wa, business: AiortcBusiness) -> str:
     call_id = (await call_api(wa.user_calls, ALICE)).json()["call_id"]
-    answer = await business.answer((await call_api(wa.call, call_id))["meta_sdp"])
-    for action in ("pre_accept", "accept"):
-        response = await call_api(wa.calls_action, {"call_id": call_id, "action": action,
-                                                    "session": {"sdp_type": "answer", "sdp": answer}})
-        assert response.status_code == 200, response.text
-    await business.wait_connected(10)
+    await take_user_call(wa, business, call_id)
     await business.wait_received(1.0, timeout=10)
     return call_id
 

@@ -895,3 +895,15 @@ class AiortcBusiness:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def take_user_call(wa, business: AiortcBusiness, call_id: str) -> None:
+    """Answer a user-initiated call the way Meta asks: the answer SDP with ``pre_accept``, then ``accept``
+    (``wa``: the test harness's wacall); returns once ICE and DTLS are up."""
+    offer = (await asyncio.to_thread(wa.call, call_id))["meta_sdp"]
+    answer = await business.answer(offer)
+    for action in ("pre_accept", "accept"):
+        response = await asyncio.to_thread(wa.calls_action, {"call_id": call_id, "action": action,
+                                                             "session": {"sdp_type": "answer", "sdp": answer}})
+        assert response.status_code == 200, response.text
+    await business.wait_connected(10)
