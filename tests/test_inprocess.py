@@ -41,3 +41,36 @@ async def test_virtual_clock_runs_timers(emulator):
         call = await control.call(call_id)
         assert call["state"] == "ENDED" and call["end_reason"] == "not_answered"
         assert call["errors"][0]["code"] == 138007
+
+
+async def test_restart_gives_no_leg_to_a_call_that_ended_meanwhile_and_ends_one_without_a_leg(tmp_path):
+    """The APIs answer while the media of live calls comes back after a restart: a call that ends
+    meanwhile keeps no leg (nothing would ever release it), and a call whose leg cannot be had at all
+    (its media worker died) ends at once instead of staying live with no timer that could end it."""
+    db = str(tmp_path / "wacall.db")
+    first = await Wacall(load_config(), db=db, port=0).start()
+    info = first.info()
+    async with ControlClient(info["control_url"]) as control:
+        lost = await control.user_calls("447700900001", info["phone_number_id"])
+        hung_up = await control.user_calls("5511987650002", info["phone_number_id"])
+    await first.stop()                             # the calls stay live in the store, as after kill -9
+
+    second = Wacall(load_config(), db=db, port=0)
+    restore = second.media.restore
+
+    async def restore_meanwhile(call_id, *args, **kwargs):
+        if call_id == lost:
+            raise RuntimeError("media worker 0 exited")
+        if call_id == hung_up:                       # the user hangs up while the leg is coming back
+            second.apply(lambda: second.platform.user_hangs_up(second.platform.call(hung_up)))
+        return await restore(call_id, *args, **kwargs)
+
+    second.media.restore = restore_meanwhile
+    await second.start()
+    try:
+        call = second.platform.call(lost)
+        assert call.state == "ENDED" and call.errors[0]["code"] == 138021
+        assert second.platform.call(hung_up).state == "ENDED"
+        assert not second.media.is_live(hung_up) and len(second.media) == 0
+    finally:
+        await second.stop()

@@ -209,15 +209,29 @@ class Wacall:
         """After a restart, calls still in progress get their media legs back: same port, ICE
         credentials, SSRC and keys, so a connected business hears a gap and the call goes on. A leg
         that cannot come back (its port is taken, or nothing was saved) stays without a socket, and the
-        user's phone hangs up after its media timeout, as it would if Meta's relay vanished."""
+        user's phone hangs up after its media timeout, as it would if Meta's relay vanished.
+
+        The APIs already answer meanwhile: a call that ends while legs come back gets no leg (or loses
+        the one it just got), and one whose leg cannot be had at all (a media worker died) ends now."""
         for call in list(self.platform.active_calls.values()):
+            if call.id not in self.platform.active_calls:
+                continue                                   # ended while earlier legs were coming back
             state = dict(call.media or {})
             leg = state.pop("leg", None)
             user = self.platform.users.get(call.wa_id)
-            await self.media.restore(call.id, leg, state, meta_sdp=call.meta_sdp, business_sdp=call.business_sdp,
-                                     key_exchange=call.key_exchange, user_audio=user.audio if user else "silence",
-                                     user_is_caller=call.direction == USER_INITIATED,
-                                     connected_at=call.accepted_at)
+            try:
+                await self.media.restore(call.id, leg, state, meta_sdp=call.meta_sdp,
+                                         business_sdp=call.business_sdp, key_exchange=call.key_exchange,
+                                         user_audio=user.audio if user else "silence",
+                                         user_is_caller=call.direction == USER_INITIATED,
+                                         connected_at=call.accepted_at)
+            except Exception as exc:      # no leg at all: nothing could ever time the call out
+                log.error("call %s: media could not be restored: %r", call.id, exc)
+                reason = f"media could not be restored after a restart ({type(exc).__name__}: {exc})"
+                self.apply(lambda c=call.id: self.platform.media_ended(c, 138021, reason))
+                continue
+            if call.id not in self.platform.active_calls:  # it ended while its leg was coming back
+                self.media.release(call.id)
 
     # -- the one path for state changes -----------------------------------------------------------
     def apply(self, operation: Callable[[], T]) -> T:
