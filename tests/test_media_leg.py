@@ -293,3 +293,27 @@ async def test_aiortc_accepts_meta_offer_and_answers_validly(engine: MediaEngine
         assert audio.attribute("mid") == "audio"
     finally:
         await pc.close()
+
+
+async def test_media_workers_restore_a_configured_port_on_the_worker_it_belongs_to() -> None:
+    """With ``media.port`` set, worker i binds port + i for its new calls: a call restored on port + 2
+    goes to worker 2 (any other worker would take worker 2's port, and worker 2 could never allocate
+    again), and calls of one old port stay together."""
+    from types import SimpleNamespace
+
+    from wacall.media.workers import MediaWorkers, _Worker
+
+    workers = MediaWorkers(3, port=40000)
+    workers.workers = [_Worker(i, SimpleNamespace(stdin=None)) for i in range(3)]   # no processes needed
+    asked: list[tuple[int, int]] = []
+
+    async def ask(worker, message):
+        asked.append((worker.index, message["leg"]["port"]))
+        return True
+
+    workers._ask = ask
+    for call_id, port in (("wacid.A", 40002), ("wacid.B", 40002), ("wacid.C", 40000), ("wacid.D", 51234)):
+        await workers.restore(call_id, {"port": port}, {})
+    assert asked[:3] == [(2, 40002), (2, 40002), (0, 40000)]
+    assert asked[3][1] == 51234                      # a port no worker is configured for: the least loaded
+    assert workers.owner["wacid.A"].index == 2 and workers.owner["wacid.C"].index == 0

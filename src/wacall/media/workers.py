@@ -188,7 +188,12 @@ class MediaWorkers:
         port = int((leg_doc or {}).get("port") or 0)
         worker = self._by_port.get(port)
         if worker is None or not worker.alive:
-            worker = self._by_port[port] = await self._least_loaded()
+            worker = await self._least_loaded()
+            if self.port and 0 <= port - self.port < len(self.workers):
+                # worker i's own configured port (port + i): another worker binding it would take it
+                # from worker i, whose new calls could then never get a leg
+                worker = self.workers[port - self.port]
+            self._by_port[port] = worker
         restored = await self._ask(worker, {"op": "restore", "call_id": call_id, "leg": leg_doc, "state": state,
                                             **kwargs})
         self._own(worker, call_id)
