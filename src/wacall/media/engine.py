@@ -117,8 +117,9 @@ class MediaEngine:
                       business_sdp: str | None, key_exchange: str, user_audio: str, user_is_caller: bool,
                       connected_at: float | None) -> bool:
         """Bring back a leg a previous process served, on its old port with its old credentials.
-        False when its port cannot be had (or nothing was saved): the leg is kept without a socket,
-        so the user's phone hangs up after its media timeout as it would when the relay vanished."""
+        False when its port cannot be had (or nothing was saved, or the saved state cannot be used): the
+        leg is kept without a socket, so the user's phone hangs up after its media timeout as it would
+        when the relay vanished."""
         sock = None
         if leg_doc is None:
             leg = MediaLeg.create(call_id, host=self.host, port=0, fingerprint=self.certificate.fingerprint)
