@@ -74,3 +74,18 @@ async def test_restart_gives_no_leg_to_a_call_that_ended_meanwhile_and_ends_one_
         assert not second.media.is_live(hung_up) and len(second.media) == 0
     finally:
         await second.stop()
+
+
+async def test_the_relay_certificate_outlives_a_reset_and_a_restart(tmp_path):
+    """A reset wipes the store but not the running relay's certificate; a restart after it must find the
+    same one, or a call whose DTLS handshake had not happened yet fails the fingerprint its SDP advertised."""
+    db = str(tmp_path / "wacall.db")
+    first = await Wacall(load_config(), db=db, port=0).start()
+    await first.reset()
+    fingerprint = first.media.certificate.fingerprint
+    await first.stop()
+    second = await Wacall(load_config(), db=db, port=0).start()
+    try:
+        assert second.media.certificate.fingerprint == fingerprint
+    finally:
+        await second.stop()

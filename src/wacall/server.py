@@ -201,9 +201,12 @@ class Wacall:
             except (ValueError, KeyError, TypeError):
                 log.warning("the saved DTLS certificate is unusable; making a new one")
         certificate = DtlsCertificate.generate()
+        self._save_certificate(certificate)
+        return certificate
+
+    def _save_certificate(self, certificate: DtlsCertificate) -> None:
         self.store.set_meta("dtls_certificate", json.dumps({"cert": certificate.cert_pem.decode("ascii"),
                                                             "key": certificate.key_pem.decode("ascii")}))
-        return certificate
 
     async def _reopen_media(self) -> None:
         """After a restart, calls still in progress get their media legs back: same port, ICE
@@ -285,6 +288,7 @@ class Wacall:
         for call_id in list(self.platform.active_calls):
             self.media.release(call_id)
         self.store.wipe()
+        self._save_certificate(self.media.certificate)    # the relay keeps it: so must a restart after the reset
         self.recordings.clear()
         self.clock.set_offset(0.0)
         self.platform.limits = self.config.limits
