@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from wacall.config import load_config
@@ -41,6 +43,16 @@ async def test_virtual_clock_runs_timers(emulator):
         call = await control.call(call_id)
         assert call["state"] == "ENDED" and call["end_reason"] == "not_answered"
         assert call["errors"][0]["code"] == 138007
+
+
+async def test_stop_right_after_a_state_change_stops():
+    """A state change wakes the timer loop; a stop in the same loop iteration must still end it (Python
+    3.11's wait_for swallows a cancel that arrives as its inner wait finishes)."""
+    wacall = await Wacall(load_config(), db=":memory:", port=0).start()
+    await asyncio.sleep(0.05)                            # the timer loop is waiting for its next deadline
+    user = next(iter(wacall.platform.users.values()))
+    wacall.apply(lambda: wacall.platform.put(user))      # commits, and wakes the timer loop
+    await asyncio.wait_for(wacall.stop(), 5)
 
 
 async def test_restart_gives_no_leg_to_a_call_that_ended_meanwhile_and_ends_one_without_a_leg(tmp_path):
@@ -89,3 +101,4 @@ async def test_the_relay_certificate_outlives_a_reset_and_a_restart(tmp_path):
         assert second.media.certificate.fingerprint == fingerprint
     finally:
         await second.stop()
+

@@ -84,6 +84,7 @@ class Wacall:
         self._ticker: asyncio.Task | None = None
         self._dispatch_task: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()
+        self._stopping = False
         self.sip = None                    # the SIP gateway (wacall.sip.gateway.SipGateway), when enabled
         self.sip_ca_file: str | None = None
         self._commit_scheduled = False
@@ -169,6 +170,10 @@ class Wacall:
         self.sip.restore()                 # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:
+        # the tick loop also checks this flag: Python 3.11's wait_for returns normally, swallowing the
+        # cancel, when its inner wait finished in the same loop iteration (a state change just before stop)
+        self._stopping = True
+        self._tick_wake.set()
         for task in (self._ticker,):
             if task:
                 task.cancel()
@@ -350,7 +355,7 @@ class Wacall:
             self.dispatcher.wake()
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 self.apply(self.platform.tick)
             except Exception:  # a timer bug must not stop every other timer
