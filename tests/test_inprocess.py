@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -102,3 +103,52 @@ async def test_the_relay_certificate_outlives_a_reset_and_a_restart(tmp_path):
     finally:
         await second.stop()
 
+
+async def test_a_sip_call_that_ends_while_media_comes_back_gets_its_bye(tmp_path):
+    """At start the SIP dialogs come back before the media legs (which can take seconds while the APIs
+    already answer): a SIP call ended meanwhile still has its dialog, so Meta's BYE goes out (here to a
+    business server that is gone: the attempt is on the timeline)."""
+    config = load_config()
+    config.sip.port, config.sip.pki_dir = 0, str(tmp_path / "pki")
+    db = str(tmp_path / "wacall.db")
+    first = await Wacall(config, db=db, port=0).start()
+    info = first.info()
+    async with ControlClient(info["control_url"]) as control:
+        call_id = await control.user_calls("447700900001", info["phone_number_id"])
+    with socket.socket() as probe:                   # a port nothing listens on: the business server is gone
+        probe.bind(("127.0.0.1", 0))
+        gone = probe.getsockname()[1]
+
+    def answered_over_sip() -> None:                 # as if the business's 200 had been ACKed over SIP
+        call = first.platform.call(call_id)
+        call.signalling, call.state, call.accepted_at, call.deadline = "sip", "ACCEPTED", first.clock.now(), None
+        call.sip = {"call_id": f"outgoing:{call_id}", "uac": "meta", "local_tag": "meta-tag", "remote_tag": "biz-tag",
+                    "local_uri": "<sip:+447700900001@wa.meta.vc>", "remote_uri": "<sip:+15550001234@127.0.0.1>",
+                    "remote_target": f"sip:+15550001234@127.0.0.1:{gone};transport=tls", "route_set": [],
+                    "local_cseq": 1, "remote_cseq": None, "final_status": 200, "confirmed": True,
+                    "server": {"hostname": "127.0.0.1", "port": gone}, "peer": None}
+        first.platform.put(call)
+
+    first.apply(answered_over_sip)
+    await first.stop()
+
+    second = Wacall(config, db=db, port=0)
+    restore = second.media.restore
+
+    async def hang_up_meanwhile(restored_id, *args, **kwargs):
+        second.apply(lambda: second.platform.user_hangs_up(second.platform.call(restored_id)))
+        return await restore(restored_id, *args, **kwargs)
+
+    second.media.restore = hang_up_meanwhile
+    await second.start()
+    try:
+        assert second.platform.call(call_id).state == "ENDED"
+        for _ in range(200):
+            timeline = second.store.timeline(call_id) + second.platform.pending_notes(call_id)
+            if any(e.get("event") == "sip_transport_error" for e in timeline):
+                break
+            await asyncio.sleep(0.025)
+        else:
+            raise AssertionError(f"no BYE was attempted: {timeline}")
+    finally:
+        await second.stop()

@@ -139,9 +139,9 @@ class Wacall:
                                               sock=sock)
         if isinstance(self.media, MediaWorkers):
             await self.media.start()
-        await self._reopen_media()
         if self.config.sip.port >= 0:
-            await self._start_sip()
+            await self._start_sip()        # SIP dialogs first: a call that ends while media comes back gets its BYE
+        await self._reopen_media()
         self._ticker = asyncio.create_task(self._tick_loop())
         self._dispatch_task = asyncio.create_task(self.dispatcher.run())
         return self
