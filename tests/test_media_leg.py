@@ -13,6 +13,7 @@ import pytest
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.engine import MediaEngine
 from wacall.media.leg import MediaLeg
+from wacall.media.ports import Ports
 from wacall.media.sdp import build_meta_offer, validate_business_sdp
 from wacall.media.stun import binding_request
 
@@ -317,3 +318,18 @@ async def test_media_workers_restore_a_configured_port_on_the_worker_it_belongs_
     assert asked[:3] == [(2, 40002), (2, 40002), (0, 40000)]
     assert asked[3][1] == 51234                      # a port no worker is configured for: the least loaded
     assert workers.owner["wacid.A"].index == 2 and workers.owner["wacid.C"].index == 0
+
+
+async def test_concurrent_binds_of_one_port_share_the_socket() -> None:
+    """A restore retrying its old port while a new call's allocate binds the same (configured) port gets
+    the socket the other one bound, instead of waiting for itself and giving up."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ports = Ports()
+    try:
+        first, second = await asyncio.gather(ports.bind("127.0.0.1", port, retry=3.0),
+                                             ports.bind("127.0.0.1", port, retry=3.0))
+        assert first is second and first.port == port
+    finally:
+        ports.close()
