@@ -13,6 +13,7 @@ import pytest
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.engine import MediaEngine
 from wacall.media.leg import MediaLeg
+from wacall.media.ports import Ports
 from wacall.media.sdp import build_meta_offer, validate_business_sdp
 from wacall.media.stun import binding_request
 
@@ -159,28 +160,32 @@ async def test_close_frees_the_port_and_restore_takes_it_back() -> None:
         await restarted.close()
 
 
+class Reporter:
+    """A platform stand-in: what the relay reports, on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now_value = 1000.0
+        self.events: list[tuple] = []
+
+    def note(self, call_id, kind, **data):
+        self.events.append(("note", kind, data))
+
+    def ended(self, call_id, code, reason):
+        self.events.append(("ended", code, reason))
+
+    def persist(self, call_id, state):
+        pass
+
+    def now(self):
+        return self.now_value
+
+    def timeouts(self):
+        return 20.0, 30.0
+
+
 async def test_restore_on_a_taken_port_keeps_a_dead_leg_whose_timeout_fires() -> None:
-    ended: list[tuple] = []
-
-    class Reporter:
-        now_value = 1000.0
-
-        def note(self, call_id, kind, **data):
-            ended.append(("note", kind, data))
-
-        def ended(self, call_id, code, reason):
-            ended.append(("ended", code, reason))
-
-        def persist(self, call_id, state):
-            pass
-
-        def now(self):
-            return self.now_value
-
-        def timeouts(self):
-            return 20.0, 30.0
-
     reporter = Reporter()
+    ended = reporter.events
     leg = MediaLeg.create("wacid.A", port=0, fingerprint=DtlsCertificate.default().fingerprint)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -200,6 +205,61 @@ async def test_restore_on_a_taken_port_keeps_a_dead_leg_whose_timeout_fires() ->
             assert (await eng.allocate("wacid.B")).port != leg.port                # new calls still work
         finally:
             await eng.close()
+
+
+async def test_many_calls_on_a_taken_port_wait_for_it_once() -> None:
+    """A restart with many calls on a port someone else holds tries (and waits for) the port once, not
+    once per call: a thousand calls must not keep wacall from starting for an hour."""
+    reporter = Reporter()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        port = squatter.getsockname()[1]
+        eng = MediaEngine(reporter=reporter)
+        binds: list[int] = []
+        bind = eng.ports.bind
+
+        async def counted(host, bound_port=0, **kwargs):
+            binds.append(bound_port)
+            return await bind(host, bound_port, **kwargs)
+
+        eng.ports.bind = counted
+        try:
+            for i in range(3):
+                leg = MediaLeg.create(f"wacid.{i}", port=port, fingerprint=DtlsCertificate.default().fingerprint)
+                assert not await eng.restore(leg.call_id, leg.to_doc(), {}, meta_sdp=None, business_sdp=None,
+                                             key_exchange="DTLS", user_audio="silence", user_is_caller=True,
+                                             connected_at=990.0)
+            assert binds == [port]
+            lost = [e[2]["reason"] for e in reporter.events if e[:2] == ("note", "media_not_restored")]
+            assert len(lost) == 3 and all("taken" in reason for reason in lost)
+        finally:
+            await eng.close()
+
+
+async def test_a_saved_state_the_relay_cannot_use_leaves_a_dead_leg_whose_timeout_fires() -> None:
+    """A call record whose media state cannot be used does not stop the start: the leg carries nothing,
+    the timeline says why, and the user's phone hangs up after its silence timeout."""
+    reporter = Reporter()
+    eng = MediaEngine(reporter=reporter)
+    try:
+        leg = await eng.allocate("wacid.A")
+        eng.release("wacid.A")
+        ok = await eng.restore("wacid.A", leg.to_doc(), {"remote": ["127.0.0.1", "not a port"]}, meta_sdp=None,
+                               business_sdp=None, key_exchange="DTLS", user_audio="silence", user_is_caller=True,
+                               connected_at=990.0)
+        assert not ok
+        lost = next(e[2] for e in reporter.events if e[:2] == ("note", "media_not_restored"))
+        assert "could not be used" in lost["reason"]
+        assert eng.endpoint("wacid.A").view()["alive"] is False
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as business:
+            business.bind(("127.0.0.1", 0))
+            business.sendto(_check(leg), ("127.0.0.1", leg.port))             # nothing routes to it any more
+            await _wait_for(lambda: eng.ports.stats["unknown_ufrag"] == 1)
+        reporter.now_value += 30.0
+        eng.check_timeouts()
+        assert [e[1] for e in reporter.events if e[0] == "ended"] == [138021]
+    finally:
+        await eng.close()
 
 
 async def test_ipv6_candidate_comes_back_after_a_failed_bind() -> None:
@@ -234,3 +294,42 @@ async def test_aiortc_accepts_meta_offer_and_answers_validly(engine: MediaEngine
         assert audio.attribute("mid") == "audio"
     finally:
         await pc.close()
+
+
+async def test_media_workers_restore_a_configured_port_on_the_worker_it_belongs_to() -> None:
+    """With ``media.port`` set, worker i binds port + i for its new calls: a call restored on port + 2
+    goes to worker 2 (any other worker would take worker 2's port, and worker 2 could never allocate
+    again), and calls of one old port stay together."""
+    from types import SimpleNamespace
+
+    from wacall.media.workers import MediaWorkers, _Worker
+
+    workers = MediaWorkers(3, port=40000)
+    workers.workers = [_Worker(i, SimpleNamespace(stdin=None)) for i in range(3)]   # no processes needed
+    asked: list[tuple[int, int]] = []
+
+    async def ask(worker, message):
+        asked.append((worker.index, message["leg"]["port"]))
+        return True
+
+    workers._ask = ask
+    for call_id, port in (("wacid.A", 40002), ("wacid.B", 40002), ("wacid.C", 40000), ("wacid.D", 51234)):
+        await workers.restore(call_id, {"port": port}, {})
+    assert asked[:3] == [(2, 40002), (2, 40002), (0, 40000)]
+    assert asked[3][1] == 51234                      # a port no worker is configured for: the least loaded
+    assert workers.owner["wacid.A"].index == 2 and workers.owner["wacid.C"].index == 0
+
+
+async def test_concurrent_binds_of_one_port_share_the_socket() -> None:
+    """A restore retrying its old port while a new call's allocate binds the same (configured) port gets
+    the socket the other one bound, instead of waiting for itself and giving up."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ports = Ports()
+    try:
+        first, second = await asyncio.gather(ports.bind("127.0.0.1", port, retry=3.0),
+                                             ports.bind("127.0.0.1", port, retry=3.0))
+        assert first is second and first.port == port
+    finally:
+        ports.close()

@@ -306,6 +306,17 @@ def test_parse_error_names_line_exactly() -> None:
         ("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\nt=0 0\r\n",
          "SDP line 7 't=0 0': 't=' is not allowed inside a media section"),
         ("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\n", "SDP has no t= line"),
+        # digits str.isdigit() accepts but int() refuses: an SDP error (Graph 100), not a ValueError (a 500)
+        ("v=0\r\no=- \u00b9 1 IN IP4 1.2.3.4\r\n",
+         "SDP line 2 'o=- \u00b9 1 IN IP4 1.2.3.4': session id and version must be numeric"),
+        ("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=\u00b2 0\r\n",
+         "SDP line 4 't=\u00b2 0': expected 't=<start-time> <stop-time>'"),
+        ("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\nc=IN IP4 1.2.3.4\r\nm=audio \u2079 RTP/AVP 0\r\n",
+         "SDP line 6 'm=audio \u2079 RTP/AVP 0': invalid port"),
+        ("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\nc=IN IP4 1.2.3.4\r\nm=audio 9/\u00b2 RTP/AVP 0\r\n",
+         "SDP line 6 'm=audio 9/\u00b2 RTP/AVP 0': invalid port count"),
+        ("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\nc=IN IP4 1.2.3.4\r\nm=audio 9 RTP/AVP \u00b9\r\n",
+         "SDP line 6 'm=audio 9 RTP/AVP \u00b9': invalid RTP payload type '\u00b9'"),
     ],
 )
 def test_parse_errors(text: str, expected: str) -> None:

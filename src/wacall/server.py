@@ -84,6 +84,7 @@ class Wacall:
         self._ticker: asyncio.Task | None = None
         self._dispatch_task: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()
+        self._stopping = False
         self.sip = None                    # the SIP gateway (wacall.sip.gateway.SipGateway), when enabled
         self.sip_ca_file: str | None = None
         self._commit_scheduled = False
@@ -138,9 +139,9 @@ class Wacall:
                                               sock=sock)
         if isinstance(self.media, MediaWorkers):
             await self.media.start()
-        await self._reopen_media()
         if self.config.sip.port >= 0:
-            await self._start_sip()
+            await self._start_sip()        # SIP dialogs first: a call that ends while media comes back gets its BYE
+        await self._reopen_media()
         self._ticker = asyncio.create_task(self._tick_loop())
         self._dispatch_task = asyncio.create_task(self.dispatcher.run())
         return self
@@ -169,6 +170,10 @@ class Wacall:
         self.sip.restore()                 # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:
+        # the tick loop also checks this flag: Python 3.11's wait_for returns normally, swallowing the
+        # cancel, when its inner wait finished in the same loop iteration (a state change just before stop)
+        self._stopping = True
+        self._tick_wake.set()
         for task in (self._ticker,):
             if task:
                 task.cancel()
@@ -201,23 +206,40 @@ class Wacall:
             except (ValueError, KeyError, TypeError):
                 log.warning("the saved DTLS certificate is unusable; making a new one")
         certificate = DtlsCertificate.generate()
+        self._save_certificate(certificate)
+        return certificate
+
+    def _save_certificate(self, certificate: DtlsCertificate) -> None:
         self.store.set_meta("dtls_certificate", json.dumps({"cert": certificate.cert_pem.decode("ascii"),
                                                             "key": certificate.key_pem.decode("ascii")}))
-        return certificate
 
     async def _reopen_media(self) -> None:
         """After a restart, calls still in progress get their media legs back: same port, ICE
         credentials, SSRC and keys, so a connected business hears a gap and the call goes on. A leg
         that cannot come back (its port is taken, or nothing was saved) stays without a socket, and the
-        user's phone hangs up after its media timeout, as it would if Meta's relay vanished."""
+        user's phone hangs up after its media timeout, as it would if Meta's relay vanished.
+
+        The APIs already answer meanwhile: a call that ends while legs come back gets no leg (or loses
+        the one it just got), and one whose leg cannot be had at all (a media worker died) ends now."""
         for call in list(self.platform.active_calls.values()):
+            if call.id not in self.platform.active_calls:
+                continue                                   # ended while earlier legs were coming back
             state = dict(call.media or {})
             leg = state.pop("leg", None)
             user = self.platform.users.get(call.wa_id)
-            await self.media.restore(call.id, leg, state, meta_sdp=call.meta_sdp, business_sdp=call.business_sdp,
-                                     key_exchange=call.key_exchange, user_audio=user.audio if user else "silence",
-                                     user_is_caller=call.direction == USER_INITIATED,
-                                     connected_at=call.accepted_at)
+            try:
+                await self.media.restore(call.id, leg, state, meta_sdp=call.meta_sdp,
+                                         business_sdp=call.business_sdp, key_exchange=call.key_exchange,
+                                         user_audio=user.audio if user else "silence",
+                                         user_is_caller=call.direction == USER_INITIATED,
+                                         connected_at=call.accepted_at)
+            except Exception as exc:      # no leg at all: nothing could ever time the call out
+                log.error("call %s: media could not be restored: %r", call.id, exc)
+                reason = f"media could not be restored after a restart ({type(exc).__name__}: {exc})"
+                self.apply(lambda c=call.id: self.platform.media_ended(c, 138021, reason))
+                continue
+            if call.id not in self.platform.active_calls:  # it ended while its leg was coming back
+                self.media.release(call.id)
 
     # -- the one path for state changes -----------------------------------------------------------
     def apply(self, operation: Callable[[], T]) -> T:
@@ -271,6 +293,7 @@ class Wacall:
         for call_id in list(self.platform.active_calls):
             self.media.release(call_id)
         self.store.wipe()
+        self._save_certificate(self.media.certificate)    # the relay keeps it: so must a restart after the reset
         self.recordings.clear()
         self.clock.set_offset(0.0)
         self.platform.limits = self.config.limits
@@ -332,7 +355,7 @@ class Wacall:
             self.dispatcher.wake()
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 self.apply(self.platform.tick)
             except Exception:  # a timer bug must not stop every other timer

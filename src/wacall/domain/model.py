@@ -202,13 +202,13 @@ class Call(Record):
     def active(self) -> bool:
         return self.state != ENDED
 
-    # One definition of a connected call's length, used by the terminate webhook, pricing, analytics,
-    # the control API and the SIP BYE: whole seconds, so that end_time - start_time == duration and
-    # pulses == ceil(duration / 6) always hold (docs/fidelity.md, "Duration, timestamps and pulses").
     @property
     def live(self) -> bool:
         return self.state != ENDED
 
+    # One definition of a connected call's length, used by the terminate webhook, pricing, analytics,
+    # the control API and the SIP BYE: whole seconds, so that end_time - start_time == duration and
+    # pulses == ceil(duration / 6) always hold (docs/fidelity.md, "Duration, timestamps and pulses").
     @property
     def duration(self) -> int | None:
         """Whole seconds from accept to end, rounded half up; None for a call that never connected."""

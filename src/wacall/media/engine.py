@@ -77,6 +77,7 @@ class MediaEngine:
         self._home: PortSocket | None = None
         self._home6: PortSocket | None = None
         self._ipv6_retry_at = 0.0
+        self._unbindable: dict[tuple[str, int], str] = {}   # old ports a restore could not bind, and why
 
     # -- the shared ports --------------------------------------------------------------------------
     async def _home_sockets(self) -> tuple[PortSocket, PortSocket | None]:
@@ -116,40 +117,54 @@ class MediaEngine:
                       business_sdp: str | None, key_exchange: str, user_audio: str, user_is_caller: bool,
                       connected_at: float | None) -> bool:
         """Bring back a leg a previous process served, on its old port with its old credentials.
-        False when its port cannot be had (or nothing was saved): the leg is kept without a socket,
-        so the user's phone hangs up after its media timeout as it would when the relay vanished."""
+        False when its port cannot be had (or nothing was saved, or the saved state cannot be used): the
+        leg is kept without a socket, so the user's phone hangs up after its media timeout as it would
+        when the relay vanished."""
         sock = None
         if leg_doc is None:
             leg = MediaLeg.create(call_id, host=self.host, port=0, fingerprint=self.certificate.fingerprint)
             reason = "no media state was saved for this call"
         else:
-            leg, reason = MediaLeg.from_doc(leg_doc), None
-            try:
-                sock = await self.ports.bind(leg.host, leg.port, retry=BIND_RETRY_SECONDS)
-            except OSError as exc:
-                reason = f"port {leg.host}:{leg.port} is taken ({exc.strerror or exc})"
+            leg = MediaLeg.from_doc(leg_doc)
+            sock, reason = await self._bind_again(leg.host, leg.port)
         sock6 = None
         if sock is not None and leg.host6 and leg.port6:
-            try:
-                sock6 = await self.ports.bind(leg.host6, leg.port6, retry=BIND_RETRY_SECONDS)
-            except OSError:
+            sock6, _ = await self._bind_again(leg.host6, leg.port6)
+            if sock6 is None:
                 leg.host6 = leg.port6 = None              # IPv4 carries on; the IPv6 candidate is gone
         if sock is not None and self._home is None and leg.host == self.host:
             self._home = sock                             # new calls keep the port the old process had
             self._home6 = sock6 if self._home6 is None else self._home6
         endpoint = RelayEndpoint(leg, self.certificate, self.reporter, self.ports, sock, sock6)
         self._add(endpoint)
-        if meta_sdp and business_sdp:
-            self.configure(call_id, meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller)
-        if sock is None:
-            endpoint.restored = True
-            if connected_at is not None:
-                endpoint.connected_at = endpoint.user_answered_at = connected_at
-                endpoint.last_media_at = self.reporter.now()
-            self.reporter.note(call_id, "media_not_restored", reason=reason)
-            return False
-        endpoint.restore(state, connected_at)
-        return True
+        try:
+            if meta_sdp and business_sdp:
+                self.configure(call_id, meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller)
+            if sock is not None:
+                endpoint.restore(state, connected_at)
+                return True
+        except Exception as exc:   # a saved state this relay cannot use must not stop the start
+            log.warning("call %s: media state not restorable: %r", call_id, exc)
+            reason = f"the saved media state could not be used ({type(exc).__name__}: {exc})"
+            endpoint.detach()
+        endpoint.restored = True
+        if connected_at is not None:
+            endpoint.connected_at = endpoint.user_answered_at = connected_at
+            endpoint.last_media_at = self.reporter.now()
+        self.reporter.note(call_id, "media_not_restored", reason=reason)
+        return False
+
+    async def _bind_again(self, host: str, port: int) -> tuple[PortSocket | None, str | None]:
+        """A restored leg's old port, or (None, why). A port that could not be had is not tried again for
+        the next leg on it: a restart with many calls on a taken port must not wait
+        ``BIND_RETRY_SECONDS`` per call."""
+        if (host, port) in self._unbindable:
+            return None, self._unbindable[(host, port)]
+        try:
+            return await self.ports.bind(host, port, retry=BIND_RETRY_SECONDS), None
+        except OSError as exc:
+            reason = self._unbindable[(host, port)] = f"port {host}:{port} is taken ({exc.strerror or exc})"
+            return None, reason
 
     def _add(self, endpoint: RelayEndpoint) -> None:
         self.ports.add(endpoint)

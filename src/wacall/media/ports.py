@@ -138,12 +138,14 @@ class Ports:
     async def bind(self, host: str, port: int = 0, *, retry: float = 0.0) -> PortSocket:
         """The shared socket on ``(host, port)``, binding it if needed. ``port`` 0 binds a free port.
         A taken port is retried for ``retry`` seconds (a killed predecessor may still hold it)."""
-        if port and (host, port) in self.sockets and self.sockets[(host, port)].is_open:
-            return self.sockets[(host, port)]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + retry
         while True:
+            # checked on every try: a concurrent bind of the same port here (a restore and a new call's
+            # allocate) may be the one that holds it
+            if port and (host, port) in self.sockets and self.sockets[(host, port)].is_open:
+                return self.sockets[(host, port)]
             try:
                 _, sock = await loop.create_datagram_endpoint(lambda: PortSocket(self, family),
                                                               local_addr=(host, port), family=family)

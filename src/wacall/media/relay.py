@@ -236,6 +236,13 @@ class RelayEndpoint:
         self.flush_recording()
         self.ports.remove(self)
 
+    def detach(self) -> None:
+        """Carry nothing any more (a restore that could not use its saved state): no datagram is routed
+        here and nothing is sent; the user's patience (:meth:`check_timeouts`) still ends the call."""
+        self.ports.remove(self)
+        self.sock = self.sock6 = None
+        self.remote, self._remote_sock = None, None
+
     def _sock_for(self, addr: Addr) -> PortSocket | None:
         return self.sock6 if ":" in addr[0] else self.sock
 

@@ -233,6 +233,11 @@ def _parse_connection(number: int, raw: str, value: str) -> Connection:
     return Connection(*parts)
 
 
+def _number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts "²" or "³", which ``int()`` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _parse_origin(number: int, raw: str, value: str) -> Origin:
     parts = value.split(" ")
     if len(parts) != 6 or not all(parts):
@@ -240,7 +245,7 @@ def _parse_origin(number: int, raw: str, value: str) -> Origin:
             number, raw,
             "expected 'o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>'",
         )
-    if not parts[1].isdigit() or not parts[2].isdigit():
+    if not _number(parts[1]) or not _number(parts[2]):
         raise _line_error(number, raw, "session id and version must be numeric")
     return Origin(*parts)
 
@@ -253,11 +258,11 @@ def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
     if not _TOKEN_RE.match(kind):
         raise _line_error(number, raw, "invalid media type")
     port_part, _, count_part = port_text.partition("/")
-    if not port_part.isdigit() or int(port_part) > 65535:
+    if not _number(port_part) or int(port_part) > 65535:
         raise _line_error(number, raw, "invalid port")
     port_count: int | None = None
     if count_part:
-        if not count_part.isdigit() or int(count_part) < 1:
+        if not _number(count_part) or int(count_part) < 1:
             raise _line_error(number, raw, "invalid port count")
         port_count = int(count_part)
     if not all(_TOKEN_RE.match(p) for p in proto.split("/")):
@@ -267,7 +272,7 @@ def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
     )
     if media.is_rtp:
         for fmt in formats:
-            if not fmt.isdigit() or int(fmt) > 127:
+            if not _number(fmt) or int(fmt) > 127:
                 raise _line_error(number, raw, f"invalid RTP payload type {fmt!r}")
     return media
 
@@ -350,7 +355,7 @@ def parse_sdp(text: str) -> SessionDescription:
             sd.session_name = value
         elif kind == "t":
             parts = value.split(" ")
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            if len(parts) != 2 or not all(_number(p) for p in parts):
                 raise _line_error(number, raw, "expected 't=<start-time> <stop-time>'")
             sd.timing.append((int(parts[0]), int(parts[1])))
         elif kind == "c":

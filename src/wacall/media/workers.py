@@ -135,6 +135,8 @@ class MediaWorkers:
             self.reporter.persist(message["call_id"], message["state"])
 
     async def _ask(self, worker: _Worker, message: dict) -> Any:
+        if not worker.alive:             # nothing would ever answer (its reader has already finished)
+            raise RuntimeError(f"media worker {worker.index} exited")
         self._next_id += 1
         future = asyncio.get_running_loop().create_future()
         worker.pending[self._next_id] = future
@@ -186,7 +188,12 @@ class MediaWorkers:
         port = int((leg_doc or {}).get("port") or 0)
         worker = self._by_port.get(port)
         if worker is None or not worker.alive:
-            worker = self._by_port[port] = await self._least_loaded()
+            worker = await self._least_loaded()
+            if self.port and 0 <= port - self.port < len(self.workers):
+                # worker i's own configured port (port + i): another worker binding it would take it
+                # from worker i, whose new calls could then never get a leg
+                worker = self.workers[port - self.port]
+            self._by_port[port] = worker
         restored = await self._ask(worker, {"op": "restore", "call_id": call_id, "leg": leg_doc, "state": state,
                                             **kwargs})
         self._own(worker, call_id)
@@ -208,11 +215,12 @@ class MediaWorkers:
 
     async def send_dtmf(self, call_id: str, digits: str) -> bool:
         worker = self.owner.get(call_id)
-        return bool(worker and await self._ask(worker, {"op": "dtmf", "call_id": call_id, "digits": digits}))
+        return bool(worker and worker.alive
+                    and await self._ask(worker, {"op": "dtmf", "call_id": call_id, "digits": digits}))
 
     async def view(self, call_id: str) -> dict | None:
         worker = self.owner.get(call_id)
-        return await self._ask(worker, {"op": "view", "call_id": call_id}) if worker else None
+        return await self._ask(worker, {"op": "view", "call_id": call_id}) if worker and worker.alive else None
 
     async def recording_wav(self, call_id: str) -> bytes | None:
         """The call's recording file as a WAV; a live call's worker first writes out what it buffered."""
