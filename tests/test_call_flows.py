@@ -35,15 +35,7 @@ def test_user_initiated_call_connect_pre_accept_accept_terminate(wa, receiver):
 
 
 def test_business_initiated_call_rings_and_is_answered(wa, receiver):
-    # Alice grants permission through a request message first
-    assert wa.ctl("POST", f"users/{ALICE}/messages", {"to": wa.pnid, "text": "hi"}).status_code == 201
-    sent = wa.graph("POST", f"{wa.pnid}/messages", json={
-        "messaging_product": "whatsapp", "to": ALICE, "type": "interactive",
-        "interactive": {"type": "call_permission_request", "action": {"name": "call_permission_request"},
-                        "body": {"text": "May we call you?"}}})
-    assert sent.status_code == 200, sent.text
-    reply = wa.ctl("POST", f"users/{ALICE}/permission_replies", {"phone_number_id": wa.pnid, "response": "accept"})
-    assert reply.status_code == 200, reply.text
+    wa.grant_permission(ALICE)           # Alice grants permission through a request message first
     response = wa.calls_action({"to": ALICE, "action": "connect", "biz_opaque_callback_data": "bic-1",
                                 "session": {"sdp_type": "offer", "sdp": business_offer()}})
     assert response.status_code == 200, response.text

@@ -101,14 +101,7 @@ def no_traceback(wa: Wacall) -> str:
 
 
 def grant(wa: Wacall, wa_id: str) -> None:
-    assert wa.ctl("POST", f"users/{wa_id}/messages", {"to": wa.pnid, "text": "hi"}).status_code == 201
-    sent = wa.graph("POST", f"{wa.pnid}/messages", json={
-        "messaging_product": "whatsapp", "to": wa_id, "type": "interactive",
-        "interactive": {"type": "call_permission_request", "action": {"name": "call_permission_request"},
-                        "body": {"text": "May we call you?"}}})
-    assert sent.status_code == 200, sent.text
-    replied = wa.ctl("POST", f"users/{wa_id}/permission_replies", {"phone_number_id": wa.pnid, "response": "accept"})
-    assert replied.status_code == 200, replied.text
+    wa.grant_permission(wa_id)
 
 
 def connect(wa: Wacall, to) -> object:

@@ -158,10 +158,7 @@ def open_window(wa, wa_id: str) -> None:
 
 
 def permission_request(wa, wa_id: str):
-    return wa.graph("POST", f"{wa.pnid}/messages", json={
-        "messaging_product": "whatsapp", "to": wa_id, "type": "interactive",
-        "interactive": {"type": "call_permission_request", "action": {"name": "call_permission_request"},
-                        "body": {"text": "May we call you?"}}})
+    return wa.permission_request(wa_id)
 
 
 def voice_call(wa, wa_id: str, **parameters):
@@ -173,12 +170,7 @@ def voice_call(wa, wa_id: str, **parameters):
 
 def grant_permission(wa, wa_id: str, *, permanent: bool = False) -> None:
     """The user opens the window, the business asks, the user accepts."""
-    open_window(wa, wa_id)
-    sent = permission_request(wa, wa_id)
-    assert sent.status_code == 200, sent.text
-    reply = wa.ctl("POST", f"users/{wa_id}/permission_replies",
-                   {"phone_number_id": wa.pnid, "response": "accept", "permanent": permanent})
-    assert reply.status_code == 200, reply.text
+    wa.grant_permission(wa_id, permanent=permanent)
 
 
 def set_user(wa, wa_id: str, **fields) -> None:

@@ -178,6 +178,24 @@ class Wacall:
     def calls_action(self, body: dict) -> httpx.Response:
         return self.graph("POST", f"{self.pnid}/calls", json={"messaging_product": "whatsapp", **body})
 
+    def permission_request(self, wa_id: str) -> httpx.Response:
+        """The business asks the user for call permission (an interactive call_permission_request)."""
+        return self.graph("POST", f"{self.pnid}/messages", json={
+            "messaging_product": "whatsapp", "to": wa_id, "type": "interactive",
+            "interactive": {"type": "call_permission_request", "action": {"name": "call_permission_request"},
+                            "body": {"text": "May we call you?"}}})
+
+    def grant_permission(self, wa_id: str, *, permanent: bool = False) -> None:
+        """The way Meta's docs tell it: the user writes (opening the window), the business asks, the user
+        accepts."""
+        opened = self.ctl("POST", f"users/{wa_id}/messages", {"to": self.pnid, "text": "hi"})
+        assert opened.status_code == 201, opened.text
+        sent = self.permission_request(wa_id)
+        assert sent.status_code == 200, sent.text
+        reply = self.ctl("POST", f"users/{wa_id}/permission_replies",
+                         {"phone_number_id": self.pnid, "response": "accept", "permanent": permanent})
+        assert reply.status_code == 200, reply.text
+
     def subscribe(self, callback_url: str, fields: str = "calls,messages,account_settings_update") -> httpx.Response:
         return self.graph("POST", f"{self.app_id}/subscriptions", token=None, params={
             "object": "whatsapp_business_account", "callback_url": callback_url,
