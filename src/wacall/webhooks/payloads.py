@@ -1,7 +1,8 @@
 """Meta's webhook payloads: each domain event rendered as (field, waba_id, value).
 
-Shapes follow ../shared/reference/calling-wire-spec.md §6 (connect, status, terminate,
-call_permission_reply, message statuses) and §3.3 (account_settings_update). Timestamps are strings
+Shapes follow Meta's calling webhook reference
+(https://developers.facebook.com/docs/whatsapp/cloud-api/calling/reference: connect, status, terminate),
+the call permission reply and message status webhooks, and account_settings_update. Timestamps are strings
 of Unix seconds; ``duration`` is an integer.
 """
 
