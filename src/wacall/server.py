@@ -251,13 +251,12 @@ class Wacall:
 
     def _commit(self) -> None:
         events, dirty = self.platform.drain()
-        notes = self.platform.drain_notes()
+        faults = self.dispatcher.faults if self.dispatcher else None
+        rows = outbox_rows(self.platform, events, self.clock.now(), faults) if events else []
+        notes = self.platform.drain_notes()       # after the rows: injected webhook faults are noted too
         if not events and not dirty and not notes:
             self.platform.trim()
             return
-        faults = self.dispatcher.faults if self.dispatcher else None
-        rows = outbox_rows(self.platform, events, self.clock.now(), faults)
-        notes += self.platform.drain_notes()      # injected webhook faults noted on call timelines
         self.store.commit(dirty, rows, notes)
         for event in events:
             if isinstance(event, ReleaseMedia):

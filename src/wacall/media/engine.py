@@ -146,12 +146,7 @@ class MediaEngine:
         except Exception as exc:   # a saved state this relay cannot use must not stop the start
             log.warning("call %s: media state not restorable: %r", call_id, exc)
             reason = f"the saved media state could not be used ({type(exc).__name__}: {exc})"
-            endpoint.detach()
-        endpoint.restored = True
-        if connected_at is not None:
-            endpoint.connected_at = endpoint.user_answered_at = connected_at
-            endpoint.last_media_at = self.reporter.now()
-        self.reporter.note(call_id, "media_not_restored", reason=reason)
+        endpoint.lost(reason or "", connected_at)
         return False
 
     async def _bind_again(self, host: str, port: int) -> tuple[PortSocket | None, str | None]:

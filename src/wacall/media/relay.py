@@ -236,12 +236,15 @@ class RelayEndpoint:
         self.flush_recording()
         self.ports.remove(self)
 
-    def detach(self) -> None:
-        """Carry nothing any more (a restore that could not use its saved state): no datagram is routed
-        here and nothing is sent; the user's patience (:meth:`check_timeouts`) still ends the call."""
+    def lost(self, reason: str, connected_at: float | None) -> None:
+        """A restored leg that cannot carry media (its port is taken, nothing was saved, or the saved state
+        is unusable): nothing is routed here nor sent, and the user's patience (:meth:`check_timeouts`)
+        ends the call as it would if Meta's relay vanished."""
         self.ports.remove(self)
         self.sock = self.sock6 = None
         self.remote, self._remote_sock = None, None
+        self._patience_from_now(connected_at)
+        self.reporter.note(self.call_id, "media_not_restored", reason=reason)
 
     def _sock_for(self, addr: Addr) -> PortSocket | None:
         return self.sock6 if ":" in addr[0] else self.sock
@@ -624,12 +627,17 @@ class RelayEndpoint:
                              rx_ssrc=rx.get("ssrc"), rx_index=rx.get("index"))
             self.business_sent_first = True           # the user's phone picks up where it was
             self.ports.expect_claims(self, False)
+        self._patience_from_now(connected_at)
+        self.reporter.note(self.call_id, "media_restored", remote=f"{self.remote[0]}:{self.remote[1]}"
+                           if self.remote else None, resumed_streams=bool(tx and self.srtp is not None))
+
+    def _patience_from_now(self, connected_at: float | None) -> None:
+        """A restored leg: the call was connected at ``connected_at``, and the user's phone counts its
+        silence from the restart."""
+        self.restored = True
         if connected_at is not None:
             self.connected_at = self.user_answered_at = connected_at
             self.last_media_at = self.reporter.now()
-        self.restored = True
-        self.reporter.note(self.call_id, "media_restored", remote=f"{self.remote[0]}:{self.remote[1]}"
-                           if self.remote else None, resumed_streams=bool(tx and self.srtp is not None))
 
     # -- the user's patience --------------------------------------------------------------------------
     def check_timeouts(self, now: float, start_timeout: float, silence_timeout: float) -> tuple[int, str] | None:

@@ -47,6 +47,8 @@ from .relay import Reporter
 log = logging.getLogger("wacall.media.workers")
 PIPE_LIMIT = 1 << 20
 KEEP_OWNERS = 5000
+#: what ``restore`` carries besides the leg and its saved state (``MediaEngine.restore``'s keywords)
+RESTORE_ARGS = ("meta_sdp", "business_sdp", "key_exchange", "user_audio", "user_is_caller", "connected_at")
 
 
 # -- the main process's side ---------------------------------------------------------------------------
@@ -317,11 +319,8 @@ async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None
             if op == "allocate":
                 value = (await engine.allocate(call_id)).to_doc()
             elif op == "restore":
-                value = await engine.restore(call_id, message["leg"], message["state"], meta_sdp=message["meta_sdp"],
-                                             business_sdp=message["business_sdp"],
-                                             key_exchange=message["key_exchange"], user_audio=message["user_audio"],
-                                             user_is_caller=message["user_is_caller"],
-                                             connected_at=message["connected_at"])
+                value = await engine.restore(call_id, message["leg"], message["state"],
+                                             **{key: message[key] for key in RESTORE_ARGS})
             elif op == "certificate":
                 engine.certificate = DtlsCertificate.from_pem(message["cert"].encode(), message["key"].encode())
             elif op == "stats":
