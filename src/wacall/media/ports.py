@@ -25,13 +25,12 @@ import asyncio
 import errno
 import logging
 import socket
-import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .stun import Attr, is_stun
+from .stun import is_stun, peek_username
 
 log = logging.getLogger("wacall.media")
 Addr = tuple[str, int]
@@ -60,21 +59,6 @@ class Leg(Protocol):
     def receive(self, data: bytes, addr: Addr, sock: "PortSocket") -> None: ...
     def claim(self, data: bytes, addr: Addr, sock: "PortSocket") -> bool: ...
     def clipped(self, packets: int) -> None: ...
-
-
-def stun_username(data: bytes) -> str | None:
-    """The USERNAME of a STUN message, read by walking its attributes (no full parse, no checks:
-    the leg's ICE agent checks everything)."""
-    pos, end = 20, min(len(data), 20 + int.from_bytes(data[2:4], "big"))
-    while pos + 4 <= end:
-        attr_type, length = struct.unpack_from("!HH", data, pos)
-        if attr_type == Attr.USERNAME:
-            try:
-                return data[pos + 4:pos + 4 + length].decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-        pos += 4 + length + (-length % 4)
-    return None
 
 
 class PortSocket(asyncio.DatagramProtocol):
@@ -203,7 +187,7 @@ class Ports:
             leg.receive(data, addr, sock)
             return
         if is_stun(data):
-            username = stun_username(data)
+            username = peek_username(data)
             leg = self.by_ufrag.get(username.partition(":")[0]) if username else None
             if leg is not None:
                 leg.receive(data, addr, sock)

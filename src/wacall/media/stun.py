@@ -431,6 +431,18 @@ def _find(data: bytes, attr_type: int) -> tuple[int, bytes] | None:
     return None
 
 
+def peek_username(data: bytes) -> str | None:
+    """The USERNAME of a well-framed STUN message, without checking anything else (a shared port reads
+    the ufrag to find the leg whose ICE agent then checks everything)."""
+    found = _find(data, Attr.USERNAME)
+    if found is None:
+        return None
+    try:
+        return found[1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def check_integrity(data: bytes, key: bytes) -> bool:
     """Whether ``data`` carries a MESSAGE-INTEGRITY that ``key`` produced. The HMAC covers the
     bytes before the attribute, with the header length set as if it ended the message."""
