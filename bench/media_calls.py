@@ -28,7 +28,6 @@ import random
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -36,7 +35,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from wacall_process import WacallProcess  # noqa: E402
+from wacall_process import WacallProcess, start_run  # noqa: E402
 NOMINAL_PPS = 50.0
 LOSS_LIMIT = 0.01
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -527,13 +526,8 @@ def main() -> None:
 
     steps = sorted({s for s in (int(x) for x in args.steps.split(",")) if 0 < s <= args.max} | {args.max})
     a_steps = sorted({s for s in (int(x) for x in args.aiortc_steps.split(",")) if 0 < s <= args.max})
-    (HERE / "results").mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.out) if args.out else HERE / "results" / f"{stamp}.json"
+    stamp, out, log = start_run("", args.out)
     started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {msg}" if msg else "", flush=True)
 
     results: dict = {"started": stamp, "args": vars(args), "steps": steps, "aiortc_steps": a_steps,
                      "git": _git_state(),

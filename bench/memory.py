@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -48,7 +47,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 from media_calls import create_users  # noqa: E402
-from wacall_process import WacallProcess  # noqa: E402
+from wacall_process import WacallProcess, start_run  # noqa: E402
 
 GRAPH_VERSION = "v23.0"
 
@@ -508,13 +507,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.mode == "percall":
         args.marks = [int(x) for x in args.marks.split(",")]
-    (HERE / "results").mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.out) if args.out else HERE / "results" / f"memory-{args.mode}-{stamp}.json"
-    started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {msg}" if msg else "", flush=True)
+    stamp, out, log = start_run(f"memory-{args.mode}-", args.out)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()

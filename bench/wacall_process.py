@@ -9,10 +9,25 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def start_run(name: str, out: str | None) -> tuple[str, Path, Callable[[str], None]]:
+    """A benchmark run's UTC stamp, its results file (``bench/results/<name><stamp>.json`` unless ``out``)
+    and a log that prefixes each line with the seconds since now."""
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    started = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}" if msg else "", flush=True)
+    return stamp, Path(out) if out else RESULTS / f"{name}{stamp}.json", log
 
 
 class WacallProcess:
