@@ -140,8 +140,8 @@ def check(exposure: Exposure, request: web.BaseRequest) -> Refusal | None:
     return None
 
 
-def control_error(reason: str, detail: str, status: int) -> web.Response:
-    """The control API's error shape (the same as wacall.control.routes.refuse)."""
+def control_error(reason: str, detail: str, status: int = 400) -> web.Response:
+    """The control API's error shape, ``{"error": {"reason", "detail"}}`` (its routes refuse with it too)."""
     return web.Response(body=codec.dump_bytes({"error": {"reason": reason, "detail": detail}}), status=status,
                         content_type="application/json")
 
