@@ -35,13 +35,11 @@ class WebhookDelivery:
         for name in ("timeout_seconds", "retry_base_seconds", "retry_max_seconds", "give_up_after_seconds",
                      "verify_timeout_seconds"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if not fields.is_number(value) or not value > 0:
                 raise ValueError(f"webhooks: {name} must be a positive number")
-        if isinstance(self.retry_factor, bool) or not isinstance(self.retry_factor, (int, float)) \
-                or not 1 <= self.retry_factor <= 10:
+        if not fields.is_number(self.retry_factor) or not 1 <= self.retry_factor <= 10:
             raise ValueError("webhooks: retry_factor must be a number from 1 to 10")
-        if isinstance(self.concurrent_per_url, bool) or not isinstance(self.concurrent_per_url, int) \
-                or not 1 <= self.concurrent_per_url <= 1000:
+        if not fields.is_number(self.concurrent_per_url, integer=True) or not 1 <= self.concurrent_per_url <= 1000:
             raise ValueError("webhooks: concurrent_per_url must be an integer from 1 to 1000")
         try:
             FaultPlan.parse(self.faults)       # refuse a bad [webhooks.faults] at load time
@@ -249,9 +247,9 @@ def build_config(raw: dict) -> Config:
 def _media(table: dict) -> dict:
     media = _take(dict(table), "media", {"workers", "port"})
     workers, port = media.get("workers", 0), media.get("port", 0)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+    if not fields.is_number(workers, integer=True) or workers < 0:
         raise ValueError("media.workers must be a whole number of processes, 0 or more")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+    if not fields.is_number(port, integer=True) or not 0 <= port <= 65535:
         raise ValueError("media.port must be a UDP port number (0: any free port)")
     return {"media_workers": workers, "media_port": port}
 
@@ -268,7 +266,7 @@ def _server_config(table: dict) -> ServerConfig:
 
 def _keep_ended(table: dict) -> int:
     value = _take(table, "memory", {"keep_ended"}).get("keep_ended", 1000)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not fields.is_number(value, integer=True) or value < 0:
         raise ValueError("memory: keep_ended must be a non-negative integer")
     return value
 

@@ -165,7 +165,7 @@ async def clock(wacall: Wacall, request: web.Request) -> web.Response:
 async def clock_advance(wacall: Wacall, request: web.Request) -> web.Response:
     seconds = (await body_of(request)).get("seconds")
     limit = 95_617_584_000 - wacall.clock.now()   # the year 5000: every timestamp stays a valid date
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= limit:
+    if not fields.is_number(seconds) or not 0 <= seconds <= limit:
         raise ControlError("bad_seconds", "seconds must be a non-negative number (the clock stops at year 5000)",
                            400)
     wacall.clock.advance(float(seconds))
@@ -424,7 +424,7 @@ async def faults(wacall: Wacall, request: web.Request) -> web.Response:
     if request.method == "POST":
         data = await body_of(request)
         for key, value in data.items():
-            if key not in wacall.faults or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if key not in wacall.faults or not fields.is_number(value, integer=True) or value < 0:
                 raise ControlError("bad_fault", f"known faults: {', '.join(wacall.faults)} (counts)", 400)
             wacall.faults[key] = value
     return ok(dict(wacall.faults))
