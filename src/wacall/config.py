@@ -176,6 +176,11 @@ def _take(table: dict, cls, keys: set[str]) -> dict:
     return table
 
 
+def _keys_of(table_class) -> set[str]:
+    """The keys a ``[table]`` read into a dataclass takes: its fields."""
+    return {f.name for f in dataclasses.fields(table_class)}
+
+
 def build_config(raw: dict) -> Config:
     limits_raw = dict(raw.get("limits") or {})
     limits = Limits.for_profile(limits_raw.pop("profile", "production"), **limits_raw)
@@ -231,13 +236,10 @@ def build_config(raw: dict) -> Config:
     pricing = raw.get("pricing") or {}
     rates = {str(code): [(int(t[0]), float(t[1])) for t in tiers]
              for code, tiers in (pricing.get("rates") or DEFAULT_RATES).items()}
-    webhooks = WebhookDelivery(**_take(dict(raw.get("webhooks") or {}), "webhooks",
-                                       {f.name for f in dataclasses.fields(WebhookDelivery)}))
+    webhooks = WebhookDelivery(**_take(dict(raw.get("webhooks") or {}), "webhooks", _keys_of(WebhookDelivery)))
     return Config(wabas=wabas, numbers=numbers, apps=apps, users=users, limits=limits,
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
-                  sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",
-                                               {"domain", "port", "pki_dir", "hosts", "trust", "t1",
-                                                "idle_timeout", "max_connections", "handshake_timeout"})),
+                  sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip", _keys_of(SipGatewayConfig))),
                   server=_server_config(raw.get("server") or {}),
                   recordings=_recordings(raw.get("recordings") or {}),
                   keep_ended=_keep_ended(raw.get("memory") or {}),
@@ -255,7 +257,7 @@ def _media(table: dict) -> dict:
 
 
 def _server_config(table: dict) -> ServerConfig:
-    _take(table, "server", {"allowed_hosts", "control_token"})
+    _take(table, "server", _keys_of(ServerConfig))
     hosts, token = table.get("allowed_hosts", []), table.get("control_token")
     if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
         raise ValueError("server.allowed_hosts must be a list of host names")
@@ -272,7 +274,7 @@ def _keep_ended(table: dict) -> int:
 
 
 def _recordings(table: dict) -> RecordingsConfig:
-    _take(table, "recordings", {"dir", "retention_seconds", "max_seconds"})
+    _take(table, "recordings", _keys_of(RecordingsConfig))
     config = RecordingsConfig(dir=str(table.get("dir", "")),
                               retention_seconds=float(table.get("retention_seconds", 7 * 86400.0)),
                               max_seconds=float(table.get("max_seconds", 180.0)))
