@@ -16,6 +16,7 @@ from .domain.limits import Limits
 from .domain.model import App, PhoneNumber, User, Waba
 from .domain.pricing import DEFAULT_RATES, RateCard
 from .domain.settings import default_calling_settings
+from .domain.state import KEEP_ENDED
 from .webhooks.faults import FaultPlan
 
 
@@ -100,7 +101,7 @@ class Config:
     media_port: int = 0          # the relay's shared UDP port (worker i: port + i); 0: any free port
     server: ServerConfig = field(default_factory=ServerConfig)
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
-    keep_ended: int = 1000       # [memory] ended calls and done messages kept in memory (older: read from the store)
+    keep_ended: int = KEEP_ENDED  # [memory] ended calls and done messages kept in memory (older: read from the store)
 
 
 DEFAULT_TOML = """
@@ -267,7 +268,7 @@ def _server_config(table: dict) -> ServerConfig:
 
 
 def _keep_ended(table: dict) -> int:
-    value = _take(table, "memory", {"keep_ended"}).get("keep_ended", 1000)
+    value = _take(table, "memory", {"keep_ended"}).get("keep_ended", KEEP_ENDED)
     if not fields.is_number(value, integer=True) or value < 0:
         raise ValueError("memory: keep_ended must be a non-negative integer")
     return value
