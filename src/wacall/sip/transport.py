@@ -62,8 +62,6 @@ HALF_MESSAGE_TIMEOUT = 32.0
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 MAX_WRITE_BUFFER = 1 << 20
-IDLE_TIMEOUT = 300.0              # 2.5x RFC 5626's 120 s default keep-alive interval for TCP/TLS
-MAX_CONNECTIONS = 512             # incoming; PBXs keep one or a few connections for all their calls
 LISTEN_BACKLOG = 128
 
 __all__ = ["Connection", "Message", "TlsTransport", "TransportError", "TransportStats"]
