@@ -681,8 +681,8 @@ class SipGateway:
 
     def _send_ack(self, dialog: Dialog, response: Response, conn: Connection | None = None) -> None:
         """ACK a 2xx on the dialog's connection, or on the one the 2xx came over (a new flow)."""
-        if dialog.conn is None or not dialog.conn.is_open:
-            dialog.conn = conn if conn is not None and conn.is_open else dialog.conn
+        if (dialog.conn is None or not dialog.conn.is_open) and conn is not None and conn.is_open:
+            dialog.conn = conn
         if dialog.conn is None or not dialog.conn.is_open:
             return
         h = self._headers(dialog, "ACK", response.cseq[0], to=response.headers.get("To") or dialog.remote_uri,
