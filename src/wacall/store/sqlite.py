@@ -185,11 +185,6 @@ class Store:
         self.engine.dispose()
 
     # -- records ------------------------------------------------------------------------------
-    def load_records(self) -> Iterator[tuple[str, dict]]:
-        with self.engine.connect() as conn:
-            for row in conn.execute(select(records.c.kind, records.c.doc)):
-                yield row.kind, codec.loads(row.doc)
-
     def has_records(self) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(records.c.key).limit(1)).first() is not None
