@@ -392,8 +392,6 @@ class TlsTransport:
         while True:
             try:
                 sock, _ = await loop.sock_accept(listener)
-            except asyncio.CancelledError:
-                raise
             except OSError as exc:                  # EMFILE and friends: back off instead of spinning
                 if not self._accept_failing:
                     self._accept_failing = True
