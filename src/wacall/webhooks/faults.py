@@ -106,7 +106,7 @@ class FaultPlan:
     seed: int
     ordered: bool = False
     rules: list[Rule] = field(default_factory=list)
-    rng: random.Random = field(default_factory=random.Random, repr=False)
+    rng: random.Random = field(init=False, repr=False)      # seeded from ``seed``
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
