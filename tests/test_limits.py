@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from support.harness import graph_error
 from support.sdp_samples import business_answer, business_offer
 
 ALICE = "447700900001"      # GB, answers after 2 s
@@ -28,13 +29,6 @@ DAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUN
 
 def now(wa) -> float:
     return wa.ctl("GET", "clock").json()["now"]
-
-
-def graph_error(response, code: int) -> dict:
-    assert response.status_code >= 400, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, response.text
-    return error
 
 
 def user_message(wa, wa_id: str, text: str = "hello") -> None:

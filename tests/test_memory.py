@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from support.aiortc_business import AiortcBusiness, take_user_call
-from support.harness import Wacall, wait_until
+from support.harness import Wacall, graph_error, wait_until
 from support.sdp_samples import business_answer, business_offer
 from wacall.config import DEFAULT_TOML
 from wacall.media.audio import ByteLRU, PreEncodedAudio, dominant_frequency
@@ -59,13 +59,6 @@ def wa(small_memory):
 
 def working_set(wa) -> dict:
     return wa.ctl("GET", "health").json()["working_set"]
-
-
-def graph_error(response, code: int) -> dict:
-    assert response.status_code >= 400, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, response.text
-    return error
 
 
 def user_call(wa, wa_id: str) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from support.sip_tools import (Sipp, Stunnel, bic_auth_uri, bic_keys, expect_status_scenario, render_scenario,
-                               scenario_path)
+from support.sip_tools import (Sipp, Stunnel, bic_auth_uri, bic_keys, expect_status_scenario, header_values,
+                               render_scenario, scenario_path)
 
 ALICE, BRUNO, DAVE = "447700900001", "5511987650002", "14155550004"
 HOST = "pbx.business.example"
@@ -64,12 +64,6 @@ class Sip:
         return final[-1]
 
 
-def _header(message: str, name: str) -> list[str]:
-    head = re.split(r"\r?\n\r?\n", message, maxsplit=1)[0]
-    return [line.split(":", 1)[1].strip() for line in head.splitlines()
-            if line.lower().startswith(name.lower() + ":")]
-
-
 def _first_line(message: str) -> str:
     return message.splitlines()[0].strip()
 
@@ -85,13 +79,13 @@ def test_business_call_with_digest_is_established_and_ended_with_bye(sip, receiv
     challenge = next(t for t in result.received() if t.startswith("SIP/2.0 407 "))
     assert challenge.startswith("SIP/2.0 407 Proxy Authentication Required")
     assert re.fullmatch(r'Digest realm="wa\.meta\.vc",nonce="[0-9a-f]{16}",opaque="[0-9a-f]{16}",'
-                        r'algorithm=MD5,qop="auth"', _header(challenge, "Proxy-Authenticate")[0])
-    ok = next(t for t in result.received() if t.startswith("SIP/2.0 200 ") and "INVITE" in _header(t, "CSeq")[0])
-    assert _header(ok, "Record-Route") == ["<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>",
+                        r'algorithm=MD5,qop="auth"', header_values(challenge, "Proxy-Authenticate")[0])
+    ok = next(t for t in result.received() if t.startswith("SIP/2.0 200 ") and "INVITE" in header_values(t, "CSeq")[0])
+    assert header_values(ok, "Record-Route") == ["<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>",
                                            "<sip:wa.meta.vc;transport=tls;lr>"]
-    assert _header(ok, "X-FB-External-Domain") == ["wa.meta.vc"]
-    assert _header(ok, "Allow") == ["INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS"]
-    assert _header(ok, "Contact")[0].startswith(f"<sip:+{ALICE}@wa.meta.vc;transport=tls;ob;")
+    assert header_values(ok, "X-FB-External-Domain") == ["wa.meta.vc"]
+    assert header_values(ok, "Allow") == ["INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS"]
+    assert header_values(ok, "Contact")[0].startswith(f"<sip:+{ALICE}@wa.meta.vc;transport=tls;ob;")
     body = re.split(r"\r?\n\r?\n", ok, maxsplit=1)[1]
     assert "m=audio" in body and "RTP/SAVP 111 126" in body and "a=crypto:1 AES_CM_128_HMAC_SHA1_80" in body
     assert "a=ice-lite" not in body, "SDES: no ICE"
@@ -122,14 +116,15 @@ def test_user_hangs_up_a_business_call_gateway_sends_bye_with_duration(sip):
     result = sipp.wait(timeout=30)
     result.assert_ok(1)
     bye = next(t for t in result.received() if t.startswith("BYE "))
-    assert _header(bye, "x-wa-meta-wacid") == [call_id]
-    assert int(_header(bye, "x-wa-meta-call-duration")[0]) >= 1
-    assert int(_header(bye, "x-wa-meta-call-duration")[0]) == sip.wa.call(call_id)["duration"]   # Call.duration
-    assert _header(bye, "Reason") == ['Q.850;cause=16;text="NORMAL_CLEARING"']
+    assert header_values(bye, "x-wa-meta-wacid") == [call_id]
+    assert int(header_values(bye, "x-wa-meta-call-duration")[0]) >= 1
+    assert int(header_values(bye, "x-wa-meta-call-duration")[0]) == sip.wa.call(call_id)["duration"]   # Call.duration
+    assert header_values(bye, "Reason") == ['Q.850;cause=16;text="NORMAL_CLEARING"']
     ok = next(t for t in result.received() if t.startswith("SIP/2.0 200 "))
-    meta_tag = re.search(r";tag=([^;>\s]+)", _header(ok, "To")[0]).group(1)
-    assert _header(bye, "From")[0].endswith(f";tag={meta_tag}") and _header(bye, "From")[0].count("tag=") == 1
-    assert _header(bye, "To")[0].count("tag=") == 1, "the business's tag, once"
+    meta_tag = re.search(r";tag=([^;>\s]+)", header_values(ok, "To")[0]).group(1)
+    assert (header_values(bye, "From")[0].endswith(f";tag={meta_tag}")
+            and header_values(bye, "From")[0].count("tag=") == 1)
+    assert header_values(bye, "To")[0].count("tag=") == 1, "the business's tag, once"
     assert sip.wa.call(call_id)["ended_by"] == "user"
 
 
@@ -150,9 +145,9 @@ def test_refusals_have_metas_status_and_reason(sip, case):
     spec = dict(NEGATIVE[case])
     status, reason = spec.pop("status"), spec.pop("reason").format(pnid=sip.wa.pnid)
     final = sip.expect(status, reason, **spec)
-    assert _header(final, "X-FB-External-Domain") == ["wa.meta.vc"]
+    assert header_values(final, "X-FB-External-Domain") == ["wa.meta.vc"]
     if case == "From domain not configured":
-        assert _header(final, "Warning") == [f'399 wa.meta.vc "{reason}"']
+        assert header_values(final, "Warning") == [f'399 wa.meta.vc "{reason}"']
     assert sip.wa.ctl("GET", "calls").json()["data"] == [], "a refused INVITE creates no call"
 
 

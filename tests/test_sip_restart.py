@@ -25,20 +25,14 @@ import numpy as np
 import pytest
 
 from support.harness import PKI_DIR, Wacall
-from support.sip_tools import (Baresip, Sipp, SippResult, Stunnel, bic_auth_uri, bic_keys, free_port, scenario_path,
-                               uas_keys)
+from support.sip_tools import (Baresip, Sipp, SippResult, Stunnel, bic_auth_uri, bic_keys, free_port, header_values,
+                               scenario_path, uas_keys)
 from wacall.certs import LocalCA
 from wacall.config import DEFAULT_TOML
 from wacall.media.audio import dominant_frequency
 
 ALICE = "447700900001"
 HOST = "pbx.business.example"
-
-
-def _header(message: str, name: str) -> list[str]:
-    head = re.split(r"\r?\n\r?\n", message, maxsplit=1)[0]
-    return [line.split(":", 1)[1].strip() for line in head.splitlines()
-            if line.lower().startswith(name.lower() + ":")]
 
 
 def _tag(value: str) -> str:
@@ -55,7 +49,7 @@ def _first(messages: list[str], start: str) -> str:
 
 def _last(messages: list[str], start: str, cseq_method: str | None = None) -> str:
     return [m for m in messages if m.startswith(start)
-            and (cseq_method is None or _header(m, "CSeq")[0].endswith(cseq_method))][-1]
+            and (cseq_method is None or header_values(m, "CSeq")[0].endswith(cseq_method))][-1]
 
 
 def _restartable(tmp: Path, extra: list[str] | None = None, *, media_timeouts: bool = False) -> Wacall:
@@ -134,14 +128,14 @@ def _assert_metas_bye(result: SippResult, call: dict, *, call_id: str, meta_tag:
     result.assert_ok(1)
     bye = _first(result.received(), "BYE ")
     assert bye.splitlines()[0] == f"BYE {ruri} SIP/2.0", bye
-    assert _header(bye, "Call-ID") == [call_id]
-    assert _tag(_header(bye, "From")[0]) == meta_tag and _tag(_header(bye, "To")[0]) == business_tag
-    assert [r.strip() for h in _header(bye, "Route") for r in h.split(",")] == routes
-    number, method = _header(bye, "CSeq")[0].split()
+    assert header_values(bye, "Call-ID") == [call_id]
+    assert _tag(header_values(bye, "From")[0]) == meta_tag and _tag(header_values(bye, "To")[0]) == business_tag
+    assert [r.strip() for h in header_values(bye, "Route") for r in h.split(",")] == routes
+    number, method = header_values(bye, "CSeq")[0].split()
     assert method == "BYE" and int(number) > above, "CSeq above every request Meta sent in the dialog"
-    assert _header(bye, "x-wa-meta-call-duration") == [str(call["duration"])]
-    assert _header(bye, "x-wa-meta-wacid") == [call["call_id"]]
-    assert _header(bye, "Reason") == ['Q.850;cause=16;text="NORMAL_CLEARING"']
+    assert header_values(bye, "x-wa-meta-call-duration") == [str(call["duration"])]
+    assert header_values(bye, "x-wa-meta-wacid") == [call["call_id"]]
+    assert header_values(bye, "Reason") == ['Q.850;cause=16;text="NORMAL_CLEARING"']
 
 
 @pytest.mark.parametrize("bye_from", ["business", "user"])
@@ -168,9 +162,10 @@ def test_business_initiated_call_survives_kill_9(wa, tmp_path, business_cert, by
         ok = _last(setup.received(), "SIP/2.0 200 ", "INVITE")
         _restart(wa, call_id)
         if bye_from == "business":
-            keys = _bye_keys(ruri=_uri(_header(ok, "Contact")[0]), routes=list(reversed(_header(ok, "Record-Route"))),
-                             from_=_header(invite, "From")[0], to=_header(ok, "To")[0], cseq=3)
-            _business_bye(to_meta.address, keys, _header(invite, "Call-ID")[0], tmp_path / "sipp-bye-out")
+            keys = _bye_keys(ruri=_uri(header_values(ok, "Contact")[0]),
+                             routes=list(reversed(header_values(ok, "Record-Route"))),
+                             from_=header_values(invite, "From")[0], to=header_values(ok, "To")[0], cseq=3)
+            _business_bye(to_meta.address, keys, header_values(invite, "Call-ID")[0], tmp_path / "sipp-bye-out")
             call = wa.wait_state(call_id, "ENDED")
             assert call["ended_by"] == "business" and call["end_reason"] == "completed"
             def ladder() -> list[tuple[str, str]]:
@@ -185,9 +180,10 @@ def test_business_initiated_call_survives_kill_9(wa, tmp_path, business_cert, by
             result = bye_server.wait(timeout=30)
             call = wa.wait_state(call_id, "ENDED")
             assert call["ended_by"] == "user"
-            _assert_metas_bye(result, call, call_id=_header(invite, "Call-ID")[0],
-                              meta_tag=_tag(_header(ok, "To")[0]), business_tag=_tag(_header(invite, "From")[0]),
-                              ruri=_uri(_header(invite, "Contact")[0]), routes=[record_route], above=0)
+            _assert_metas_bye(result, call, call_id=header_values(invite, "Call-ID")[0],
+                              meta_tag=_tag(header_values(ok, "To")[0]),
+                              business_tag=_tag(header_values(invite, "From")[0]),
+                              ruri=_uri(header_values(invite, "Contact")[0]), routes=[record_route], above=0)
     finally:
         for tool in (to_meta, to_business, bye_server):
             tool.stop()
@@ -215,13 +211,14 @@ def test_user_initiated_call_survives_kill_9(wa, tmp_path, business_cert, bye_fr
         result.assert_ok(1)
         invite = _last(result.received(), "INVITE ")
         ok = _last(result.sent(), "SIP/2.0 200 ")
-        assert _header(invite, "Call-ID") == [f"outgoing:{call_id}"]
+        assert header_values(invite, "Call-ID") == [f"outgoing:{call_id}"]
         _restart(wa, call_id)
         if bye_from == "business":
             to_meta.start()
-            keys = _bye_keys(ruri=_uri(_header(invite, "Contact")[0]), routes=_header(invite, "Record-Route"),
-                             from_=_header(ok, "To")[0], to=_header(invite, "From")[0], cseq=1)
-            _business_bye(to_meta.address, keys, _header(invite, "Call-ID")[0], tmp_path / "sipp-bye-out")
+            keys = _bye_keys(ruri=_uri(header_values(invite, "Contact")[0]),
+                             routes=header_values(invite, "Record-Route"),
+                             from_=header_values(ok, "To")[0], to=header_values(invite, "From")[0], cseq=1)
+            _business_bye(to_meta.address, keys, header_values(invite, "Call-ID")[0], tmp_path / "sipp-bye-out")
             call = wa.wait_state(call_id, "ENDED")
             assert call["ended_by"] == "business" and call["end_reason"] == "completed"
         else:
@@ -230,9 +227,9 @@ def test_user_initiated_call_survives_kill_9(wa, tmp_path, business_cert, bye_fr
             bye = bye_server.wait(timeout=30)
             call = wa.wait_state(call_id, "ENDED")
             assert call["ended_by"] == "user"
-            _assert_metas_bye(bye, call, call_id=f"outgoing:{call_id}", meta_tag=_tag(_header(invite, "From")[0]),
-                              business_tag=_tag(_header(ok, "To")[0]), ruri=_uri(_header(ok, "Contact")[0]),
-                              routes=[], above=int(_header(invite, "CSeq")[0].split()[0]))
+            _assert_metas_bye(bye, call, call_id=f"outgoing:{call_id}", meta_tag=_tag(header_values(invite, "From")[0]),
+                              business_tag=_tag(header_values(ok, "To")[0]), ruri=_uri(header_values(ok, "Contact")[0]),
+                              routes=[], above=int(header_values(invite, "CSeq")[0].split()[0]))
     finally:
         for tool in (to_meta, to_business, setup, bye_server):
             tool.stop()

@@ -4,25 +4,18 @@ SIPp behind a stunnel4 TLS front (SIPp has no TLS), challenging with 401 as a re
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import pytest
 
 from support.harness import PKI_DIR, Wacall
-from support.sip_tools import Sipp, Stunnel, scenario_path, uas_keys
+from support.sip_tools import Sipp, Stunnel, header_values, scenario_path, uas_keys
 from wacall.certs import LocalCA
 
 ALICE = "447700900001"
 HOST = "pbx.business.example"
 USER_PARAMS = {"tgrp": "wacall", "trunk-context": "byoc.example.com"}
-
-
-def _header(message: str, name: str) -> list[str]:
-    head = re.split(r"\r?\n\r?\n", message, maxsplit=1)[0]
-    return [line.split(":", 1)[1].strip() for line in head.splitlines()
-            if line.lower().startswith(name.lower() + ":")]
 
 
 class BusinessServer:
@@ -80,21 +73,21 @@ def test_user_call_rings_the_business_server_which_challenges_answers_and_gets_b
     assert first.splitlines()[0] == (f"INVITE sip:+{biz};tgrp=wacall;trunk-context=byoc.example.com@{HOST}:{port}"
                                      f";transport=tls SIP/2.0")
     assert call_id.startswith("wacid.")
-    assert _header(first, "Call-ID") == [f"outgoing:{call_id}"], "outgoing:wacid.<id>, as in Meta's captures"
-    assert _header(first, "x-wa-meta-wacid") == [call_id]
-    assert _header(first, "x-wa-meta-cta-payload") == ["order-1234"]
-    assert _header(first, "Record-Route") == ["<sip:wa.meta.vc;transport=tls;lr>",
+    assert header_values(first, "Call-ID") == [f"outgoing:{call_id}"], "outgoing:wacid.<id>, as in Meta's captures"
+    assert header_values(first, "x-wa-meta-wacid") == [call_id]
+    assert header_values(first, "x-wa-meta-cta-payload") == ["order-1234"]
+    assert header_values(first, "Record-Route") == ["<sip:wa.meta.vc;transport=tls;lr>",
                                               "<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>"]
-    assert _header(first, "From")[0].startswith(f'"{ALICE}" <sip:+{ALICE}@wa.meta.vc>;tag=')
-    assert _header(first, "X-FB-External-Domain") == ["wa.meta.vc"]
-    assert _header(first, "User-Agent") == ["Facebook SipGateway"]
+    assert header_values(first, "From")[0].startswith(f'"{ALICE}" <sip:+{ALICE}@wa.meta.vc>;tag=')
+    assert header_values(first, "X-FB-External-Domain") == ["wa.meta.vc"]
+    assert header_values(first, "User-Agent") == ["Facebook SipGateway"]
     assert "RTP/SAVP" in first and "a=crypto:" in first, "Meta's SDES offer"
-    auth = _header(retry, "Authorization")[0]
+    auth = header_values(retry, "Authorization")[0]
     assert f'username="{biz}"' in auth and 'realm="business.example.com"' in auth
     assert f'uri="sip:+{biz}@{HOST}"' in auth
     bye = next(t for t in result.received() if t.startswith("BYE "))
-    assert int(_header(bye, "x-wa-meta-call-duration")[0]) >= 1
-    assert _header(bye, "x-wa-meta-wacid") == [call_id]
+    assert int(header_values(bye, "x-wa-meta-call-duration")[0]) >= 1
+    assert header_values(bye, "x-wa-meta-wacid") == [call_id]
 
     call = wa.call(call_id)
     assert call["state"] == "ENDED" and call["ended_by"] == "user" and call["signalling"] == "sip"
@@ -157,7 +150,7 @@ def test_user_hangs_up_while_the_business_rings_meta_sends_cancel(wa, tmp_path):
         cancel = next(t for t in result.received() if t.startswith("CANCEL "))
         invite = next(t for t in result.received() if t.startswith("INVITE "))
         assert cancel.splitlines()[0].split()[1] == invite.splitlines()[0].split()[1], "same Request-URI"
-        assert _header(cancel, "CSeq")[0].split()[0] == _header(invite, "CSeq")[0].split()[0]
+        assert header_values(cancel, "CSeq")[0].split()[0] == header_values(invite, "CSeq")[0].split()[0]
         ladder = [e["line"] for e in wa.call(call_id)["timeline"] if e["kind"] == "sip_message"]
         assert any(line.startswith("CANCEL ") for line in ladder)
         assert "SIP/2.0 487 Request Terminated" in ladder

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from support.harness import Receiver, Wacall, wait_until
+from support.harness import Receiver, Wacall, graph_error, wait_until
 from support.sdp_samples import business_answer, business_offer
 
 DATA = Path(__file__).parent / "data"
@@ -188,13 +188,6 @@ def permission(wa: Wacall, wa_id: str) -> dict:
     response = wa.graph("GET", f"{wa.pnid}/call_permissions", params={"user_wa_id": wa_id})
     assert response.status_code == 200, response.text
     return response.json()["permission"]
-
-
-def graph_error(response, code: int) -> dict:
-    assert response.status_code >= 400, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, response.text
-    return error
 
 
 # ---------------------------------------------------------------------------------------------- crash + recovery

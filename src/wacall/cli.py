@@ -70,18 +70,11 @@ def serve(
         cfg.media_workers = max(0, media_workers)
     if media_port is not None:
         cfg.media_port = media_port
-    if sip_port is not None:
-        cfg.sip.port = sip_port
-    if pki_dir is not None:
-        cfg.sip.pki_dir = pki_dir
-    if sip_t1 is not None:
-        cfg.sip.t1 = sip_t1
-    if sip_idle_timeout is not None:
-        cfg.sip.idle_timeout = sip_idle_timeout
-    if sip_max_connections is not None:
-        cfg.sip.max_connections = sip_max_connections
-    if sip_handshake_timeout is not None:
-        cfg.sip.handshake_timeout = sip_handshake_timeout
+    sip_options = {"port": sip_port, "pki_dir": pki_dir, "t1": sip_t1, "idle_timeout": sip_idle_timeout,
+                   "max_connections": sip_max_connections, "handshake_timeout": sip_handshake_timeout}
+    for name, value in sip_options.items():     # [sip] keys the command line overrides
+        if value is not None:
+            setattr(cfg.sip, name, value)
     try:
         cfg.sip.check()
     except ValueError as exc:

@@ -14,7 +14,7 @@ def dump_bytes(value: Any) -> bytes:
     try:
         return dumps(value).encode("utf-8")
     except UnicodeEncodeError:   # a lone surrogate (a client's \ud800 echoed back): keep it escaped
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return dump_escaped(value)
 
 
 def dump_escaped(value: Any) -> bytes:

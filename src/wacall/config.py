@@ -16,6 +16,7 @@ from .domain.limits import Limits
 from .domain.model import App, PhoneNumber, User, Waba
 from .domain.pricing import DEFAULT_RATES, RateCard
 from .domain.settings import default_calling_settings
+from .domain.state import KEEP_ENDED
 from .webhooks.faults import FaultPlan
 
 
@@ -35,13 +36,11 @@ class WebhookDelivery:
         for name in ("timeout_seconds", "retry_base_seconds", "retry_max_seconds", "give_up_after_seconds",
                      "verify_timeout_seconds"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if not fields.is_number(value) or not value > 0:
                 raise ValueError(f"webhooks: {name} must be a positive number")
-        if isinstance(self.retry_factor, bool) or not isinstance(self.retry_factor, (int, float)) \
-                or not 1 <= self.retry_factor <= 10:
+        if not fields.is_number(self.retry_factor) or not 1 <= self.retry_factor <= 10:
             raise ValueError("webhooks: retry_factor must be a number from 1 to 10")
-        if isinstance(self.concurrent_per_url, bool) or not isinstance(self.concurrent_per_url, int) \
-                or not 1 <= self.concurrent_per_url <= 1000:
+        if not fields.is_number(self.concurrent_per_url, integer=True) or not 1 <= self.concurrent_per_url <= 1000:
             raise ValueError("webhooks: concurrent_per_url must be an integer from 1 to 1000")
         try:
             FaultPlan.parse(self.faults)       # refuse a bad [webhooks.faults] at load time
@@ -102,7 +101,7 @@ class Config:
     media_port: int = 0          # the relay's shared UDP port (worker i: port + i); 0: any free port
     server: ServerConfig = field(default_factory=ServerConfig)
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
-    keep_ended: int = 1000       # [memory] ended calls and done messages kept in memory (older: read from the store)
+    keep_ended: int = KEEP_ENDED  # [memory] ended calls and done messages kept in memory (older: read from the store)
 
 
 DEFAULT_TOML = """
@@ -178,6 +177,11 @@ def _take(table: dict, cls, keys: set[str]) -> dict:
     return table
 
 
+def _keys_of(table_class) -> set[str]:
+    """The keys a ``[table]`` read into a dataclass takes: its fields."""
+    return {f.name for f in dataclasses.fields(table_class)}
+
+
 def build_config(raw: dict) -> Config:
     limits_raw = dict(raw.get("limits") or {})
     limits = Limits.for_profile(limits_raw.pop("profile", "production"), **limits_raw)
@@ -233,13 +237,10 @@ def build_config(raw: dict) -> Config:
     pricing = raw.get("pricing") or {}
     rates = {str(code): [(int(t[0]), float(t[1])) for t in tiers]
              for code, tiers in (pricing.get("rates") or DEFAULT_RATES).items()}
-    webhooks = WebhookDelivery(**_take(dict(raw.get("webhooks") or {}), "webhooks",
-                                       {f.name for f in dataclasses.fields(WebhookDelivery)}))
+    webhooks = WebhookDelivery(**_take(dict(raw.get("webhooks") or {}), "webhooks", _keys_of(WebhookDelivery)))
     return Config(wabas=wabas, numbers=numbers, apps=apps, users=users, limits=limits,
                   rate_card=RateCard(currency=pricing.get("currency", "USD"), rates=rates), webhooks=webhooks,
-                  sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip",
-                                               {"domain", "port", "pki_dir", "hosts", "trust", "t1",
-                                                "idle_timeout", "max_connections", "handshake_timeout"})),
+                  sip=SipGatewayConfig(**_take(dict(raw.get("sip") or {}), "sip", _keys_of(SipGatewayConfig))),
                   server=_server_config(raw.get("server") or {}),
                   recordings=_recordings(raw.get("recordings") or {}),
                   keep_ended=_keep_ended(raw.get("memory") or {}),
@@ -249,15 +250,15 @@ def build_config(raw: dict) -> Config:
 def _media(table: dict) -> dict:
     media = _take(dict(table), "media", {"workers", "port"})
     workers, port = media.get("workers", 0), media.get("port", 0)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+    if not fields.is_number(workers, integer=True) or workers < 0:
         raise ValueError("media.workers must be a whole number of processes, 0 or more")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+    if not fields.is_number(port, integer=True) or not 0 <= port <= 65535:
         raise ValueError("media.port must be a UDP port number (0: any free port)")
     return {"media_workers": workers, "media_port": port}
 
 
 def _server_config(table: dict) -> ServerConfig:
-    _take(table, "server", {"allowed_hosts", "control_token"})
+    _take(table, "server", _keys_of(ServerConfig))
     hosts, token = table.get("allowed_hosts", []), table.get("control_token")
     if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
         raise ValueError("server.allowed_hosts must be a list of host names")
@@ -267,14 +268,14 @@ def _server_config(table: dict) -> ServerConfig:
 
 
 def _keep_ended(table: dict) -> int:
-    value = _take(table, "memory", {"keep_ended"}).get("keep_ended", 1000)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    value = _take(table, "memory", {"keep_ended"}).get("keep_ended", KEEP_ENDED)
+    if not fields.is_number(value, integer=True) or value < 0:
         raise ValueError("memory: keep_ended must be a non-negative integer")
     return value
 
 
 def _recordings(table: dict) -> RecordingsConfig:
-    _take(table, "recordings", {"dir", "retention_seconds", "max_seconds"})
+    _take(table, "recordings", _keys_of(RecordingsConfig))
     config = RecordingsConfig(dir=str(table.get("dir", "")),
                               retention_seconds=float(table.get("retention_seconds", 7 * 86400.0)),
                               max_seconds=float(table.get("max_seconds", 180.0)))

@@ -84,22 +84,23 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class Exposure:
-    """The rules for one server: the listen address, the extra Host names, the control token."""
-    listen_host: str = "127.0.0.1"
+    """The rules for one server: the listen address (as a Host header names it), the extra Host names, the
+    control token; normalised once by :meth:`build`, not per request."""
+    listen_name: str = "127.0.0.1"
     allowed_hosts: frozenset[str] = frozenset()
     control_token: str | None = None
 
     @classmethod
     def build(cls, listen_host: str, allowed_hosts: list[str], control_token: str | None) -> "Exposure":
         names = {(host_name(h) or h.lower()) for h in allowed_hosts}
-        return cls(listen_host, frozenset(names), control_token or None)
+        return cls(host_name(listen_host) or listen_host, frozenset(names), control_token or None)
 
     def host_allowed(self, host: str) -> bool:
         name = host_name(host)
         if name is None:
             return False
         return ("*" in self.allowed_hosts or is_loopback(name) or name in self.allowed_hosts or name in META_HOSTS
-                or name == (host_name(self.listen_host) or self.listen_host))
+                or name == self.listen_name)
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,8 @@ def check(exposure: Exposure, request: web.BaseRequest) -> Refusal | None:
     return None
 
 
-def control_error(reason: str, detail: str, status: int) -> web.Response:
-    """The control API's error shape (the same as wacall.control.routes.refuse)."""
+def control_error(reason: str, detail: str, status: int = 400) -> web.Response:
+    """The control API's error shape, ``{"error": {"reason", "detail"}}`` (its routes refuse with it too)."""
     return web.Response(body=codec.dump_bytes({"error": {"reason": reason, "detail": detail}}), status=status,
                         content_type="application/json")
 

@@ -46,6 +46,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
     raise AssertionError(f"timed out waiting for {what}" + (f"; {describe()}" if describe else ""))
 
 
+def graph_error(response: httpx.Response, code: int) -> dict:
+    """The ``error`` of a Graph refusal (any 4xx/5xx) with this code."""
+    assert response.status_code >= 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, response.text
+    return error
+
+
 class Wacall:
     """A running ``wacall serve --json`` process."""
 

@@ -144,6 +144,13 @@ def render(template: str, values: Mapping[str, object]) -> str:
     return out
 
 
+def header_values(message: str, name: str) -> list[str]:
+    """The values of every ``name`` header in a SIP message's text (case-insensitive; the body is not read)."""
+    head = re.split(r"\r?\n\r?\n", message, maxsplit=1)[0]
+    return [line.split(":", 1)[1].strip() for line in head.splitlines()
+            if line.lower().startswith(name.lower() + ":")]
+
+
 def write_tone_wav(path: Path, freq: float = 440.0, seconds: float = 120.0, sample_rate: int = 48000,
                    amplitude: float = 0.3) -> Path:
     """A mono 16-bit WAV holding a sine tone (what baresip's ``aufile`` source plays)."""

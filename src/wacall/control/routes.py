@@ -19,7 +19,7 @@ from ..domain import fields
 from ..domain.model import ACCEPTED, User
 from ..domain.phone import phone_digits
 from ..domain.state import ControlError
-from ..guard import is_loopback
+from ..guard import control_error, is_loopback
 from ..media.audio import PreEncodedAudio
 from ..media.ports import MediaUnavailable
 from ..server import WACALL, Wacall
@@ -30,10 +30,6 @@ log = logging.getLogger("wacall.control")
 
 def ok(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=codec.dump_bytes(data), status=status, content_type="application/json")
-
-
-def refuse(reason: str, detail: str, status: int = 400) -> web.Response:
-    return ok({"error": {"reason": reason, "detail": detail}}, status)
 
 
 async def body_of(request: web.Request) -> dict:
@@ -59,12 +55,12 @@ def handler(fn):
         try:
             return await fn(wacall, request)
         except ControlError as exc:
-            return refuse(exc.reason, exc.detail, exc.status)
+            return control_error(exc.reason, exc.detail, exc.status)
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
-            return refuse("bad_request", str(exc), 400)
+            return control_error("bad_request", str(exc), 400)
         except Exception as exc:
             log.exception("control API failure")
-            return refuse("internal", f"{type(exc).__name__}: {exc}", 500)
+            return control_error("internal", f"{type(exc).__name__}: {exc}", 500)
     return wrapped
 
 
@@ -169,7 +165,7 @@ async def clock(wacall: Wacall, request: web.Request) -> web.Response:
 async def clock_advance(wacall: Wacall, request: web.Request) -> web.Response:
     seconds = (await body_of(request)).get("seconds")
     limit = 95_617_584_000 - wacall.clock.now()   # the year 5000: every timestamp stays a valid date
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= limit:
+    if not fields.is_number(seconds) or not 0 <= seconds <= limit:
         raise ControlError("bad_seconds", "seconds must be a non-negative number (the clock stops at year 5000)",
                            400)
     wacall.clock.advance(float(seconds))
@@ -428,7 +424,7 @@ async def faults(wacall: Wacall, request: web.Request) -> web.Response:
     if request.method == "POST":
         data = await body_of(request)
         for key, value in data.items():
-            if key not in wacall.faults or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if key not in wacall.faults or not fields.is_number(value, integer=True) or value < 0:
                 raise ControlError("bad_fault", f"known faults: {', '.join(wacall.faults)} (counts)", 400)
             wacall.faults[key] = value
     return ok(dict(wacall.faults))

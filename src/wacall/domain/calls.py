@@ -20,7 +20,7 @@ from .events import (CallConnect, CallStatus, CallTerminate, MediaConfigure, Med
 from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
 from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, USER_INITIATED, Call,
                     PhoneNumber, User)
-from .phone import ascii_digits, phone_digits
+from .phone import phone_digits
 from .pricing import PULSE_SECONDS, price_call
 from .state import ControlError, PlatformState
 
@@ -35,11 +35,6 @@ def _zone(name: str) -> dt.tzinfo:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
         return dt.timezone.utc
-
-
-def digits_of(value: Any) -> str:
-    """Every ASCII digit of a SIP user part or address (lenient; Graph input goes through phone_digits)."""
-    return ascii_digits(value)
 
 
 def _opaque(body: dict) -> str | None:

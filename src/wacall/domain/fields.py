@@ -28,10 +28,13 @@ def _type_name(kind: type) -> str:
     return {bool: "true or false", int: "an integer", str: "a string", list: "a list"}[kind]
 
 
+def is_number(value: Any, *, integer: bool = False) -> bool:
+    """A JSON/TOML number: an int, or also a float unless ``integer``; never a bool (``true`` is no number)."""
+    return isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+
+
 def _is(value: Any, kind: type) -> bool:
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
+    return is_number(value, integer=True) if kind is int else isinstance(value, kind)
 
 
 def phone(value: Any, name: str) -> str:
@@ -54,8 +57,7 @@ def check_user_fields(data: dict) -> dict:
         if name in out and (not isinstance(out[name], str) or out[name] not in allowed):
             raise ValueError(f"{name} must be one of {', '.join(sorted(allowed))}")
     for name in USER_SECONDS:
-        if name in out and (not (_is(out[name], int) or isinstance(out[name], float))
-                            or not math.isfinite(out[name]) or out[name] < 0):
+        if name in out and (not is_number(out[name]) or not math.isfinite(out[name]) or out[name] < 0):
             raise ValueError(f"{name} must be a non-negative number of seconds")
     for name in USER_BOOLS:
         if name in out and not isinstance(out[name], bool):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import GraphError
+from .fields import is_number
 from .events import InboundMessage, MessageStatus
 from .limits import version_at_least
 from .model import Message, PhoneNumber, Template
@@ -17,7 +18,7 @@ TEXT_MAX = 4096
 
 
 def _check_ttl(value: Any, low: int, high: int, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_number(value, integer=True) or not low <= value <= high:
         raise GraphError(131009, f"Param {where} must be an integer between {low} and {high}.")
     return value
 

@@ -9,9 +9,10 @@ come back as :class:`SipRefusal` with Meta's status and reason text (calling-wir
 
 from __future__ import annotations
 
-from .calls import CallRules, digits_of
+from .calls import CallRules
 from .errors import GraphError
 from .model import ENDED, PRE_ACCEPTED, RINGING, Call, PhoneNumber
+from .phone import ascii_digits
 from . import settings as calling_settings
 
 MESSAGING = "whatsapp_business_messaging"
@@ -78,7 +79,7 @@ class SipRules(CallRules):
     # -- who is calling (business-initiated INVITE) ---------------------------------------------------
     def sip_number(self, from_user: str) -> PhoneNumber:
         """The business number in the INVITE's From user part, or 400 (calling-wire-spec §7.2)."""
-        number = self.number_by_address(digits_of(from_user.split(";", 1)[0])) if digits_of(from_user) else None
+        number = self.number_by_address(ascii_digits(from_user.split(";", 1)[0])) if ascii_digits(from_user) else None
         if number is None:
             raise SipRefusal(400, UNKNOWN_NUMBER)
         return number
@@ -110,7 +111,7 @@ class SipRules(CallRules):
                             call_id: str, leg) -> Call:
         """A business-initiated call placed by an authenticated INVITE: Graph's ``connect`` rules."""
         app = self.sip_check_app(number, server)
-        body = {"to": digits_of(to_user), "session": {"sdp_type": "offer", "sdp": sdp}}
+        body = {"to": ascii_digits(to_user), "session": {"sdp_type": "offer", "sdp": sdp}}
         try:
             call = self.business_connect(app, number, body, call_id, leg)
         except GraphError as error:

@@ -42,7 +42,8 @@ class Archive(Protocol):
         ``[start, end)`` on those numbers in that direction."""
 
     def bic_initiations_since(self, since: float) -> list[tuple[str, float]]:
-        """``(phone_number_id, created_at)`` of every business-initiated call created after ``since``."""
+        """``(phone_number_id, created_at)`` of every business-initiated call created after ``since``, oldest
+        first."""
 
 
 class ControlError(Exception):
@@ -184,8 +185,7 @@ class PlatformState:
             if cls is not None:
                 self._hold(cls.from_doc(doc))
         if self.archive is not None:
-            for phone_number_id, created_at in sorted(self.archive.bic_initiations_since(self.now() - DAY),
-                                                      key=lambda item: item[1]):
+            for phone_number_id, created_at in self.archive.bic_initiations_since(self.now() - DAY):
                 self.bic_initiations.setdefault(phone_number_id, deque()).append(created_at)
         self.dirty.clear()
 

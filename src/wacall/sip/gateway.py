@@ -306,7 +306,7 @@ class SipGateway:
                         remote_target=_contact_uri(request) or str(from_uri),
                         route_set=request.headers.get_all("Record-Route"), invite=request, server_txn=txn,
                         remote_cseq=request.cseq[0], peer=txn.conn.peer if txn.conn else None,
-                        server={"hostname": str(server.get("hostname")), "port": int(server.get("port") or 5061)})
+                        server=_server_address(server))
         self._register(dialog)
         def place() -> Call:
             call = self.platform.sip_business_invite(number, server, ruri.user_number or "",
@@ -535,13 +535,11 @@ class SipGateway:
         if hop is not None:
             hops.append(hop)
         server = dialog.server
-        if server is None:
-            call = self.platform.call(dialog.call_id)
-            configured = self._server_for(call) if call is not None else None
-            if configured is not None:
-                server = {"hostname": str(configured["hostname"]), "port": int(configured.get("port") or 5061)}
+        if server is None and (call := self.platform.call(dialog.call_id)) is not None:
+            server = self._server_for(call)
         if server is not None:
-            hops.append((str(server["hostname"]), int(server.get("port") or 5061)))
+            address = _server_address(server)
+            hops.append((address["hostname"], address["port"]))
         problems: list[str] = []
         for host, port in dict.fromkeys(hops):
             try:
@@ -568,8 +566,8 @@ class SipGateway:
         if server is None:
             self.wacall.apply(lambda: self.platform.sip_call_failed(call, "no SIP server configured"))
             return
-        host, port = str(server["hostname"]), int(server.get("port") or 5061)
-        dialog.server = {"hostname": host, "port": port}
+        dialog.server = _server_address(server)
+        host, port = dialog.server["hostname"], dialog.server["port"]
         params = server.get("request_uri_user_params") or {}
         business = f"+{number.display_phone_number}"
         user_part = business + "".join(f";{k}={v}" for k, v in params.items())
@@ -683,8 +681,8 @@ class SipGateway:
 
     def _send_ack(self, dialog: Dialog, response: Response, conn: Connection | None = None) -> None:
         """ACK a 2xx on the dialog's connection, or on the one the 2xx came over (a new flow)."""
-        if dialog.conn is None or not dialog.conn.is_open:
-            dialog.conn = conn if conn is not None and conn.is_open else dialog.conn
+        if (dialog.conn is None or not dialog.conn.is_open) and conn is not None and conn.is_open:
+            dialog.conn = conn
         if dialog.conn is None or not dialog.conn.is_open:
             return
         h = self._headers(dialog, "ACK", response.cseq[0], to=response.headers.get("To") or dialog.remote_uri,
@@ -739,6 +737,11 @@ def _contact_uri(message: Request | Response) -> str | None:
         return str(parse_name_addr(value).uri)
     except SipParseError:
         return None
+
+
+def _server_address(server: dict) -> dict:
+    """A configured business SIP server as a dialog keeps it: ``{"hostname", "port"}``, port 5061 unless set."""
+    return {"hostname": str(server["hostname"]), "port": int(server.get("port") or 5061)}
 
 
 def _tls_hop(value: str) -> tuple[str, int] | None:

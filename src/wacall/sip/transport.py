@@ -62,8 +62,6 @@ HALF_MESSAGE_TIMEOUT = 32.0
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 MAX_WRITE_BUFFER = 1 << 20
-IDLE_TIMEOUT = 300.0              # 2.5x RFC 5626's 120 s default keep-alive interval for TCP/TLS
-MAX_CONNECTIONS = 512             # incoming; PBXs keep one or a few connections for all their calls
 LISTEN_BACKLOG = 128
 
 __all__ = ["Connection", "Message", "TlsTransport", "TransportError", "TransportStats"]
@@ -394,8 +392,6 @@ class TlsTransport:
         while True:
             try:
                 sock, _ = await loop.sock_accept(listener)
-            except asyncio.CancelledError:
-                raise
             except OSError as exc:                  # EMFILE and friends: back off instead of spinning
                 if not self._accept_failing:
                     self._accept_failing = True

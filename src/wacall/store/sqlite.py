@@ -86,9 +86,8 @@ OUTBOX_INDEXES = (
     Index("ix_outbox_due", outbox.c.status, outbox.c.url, outbox.c.next_attempt_at),
     Index("ix_outbox_next", outbox.c.status, outbox.c.next_attempt_at),
     Index("ix_outbox_head", outbox.c.status, outbox.c.url, outbox.c.id),
+    Index("outbox_by_call", outbox.c.call_id),                  # a call's deliveries, for the call view
 )
-
-outbox_by_call = Index("outbox_by_call", outbox.c.call_id)     # a call's deliveries, for the call view
 
 attempts = Table(
     "attempts", metadata,
@@ -150,9 +149,8 @@ class Store:
         with self.engine.begin() as conn:
             if "fault" not in {c["name"] for c in inspect(conn).get_columns("outbox")}:
                 conn.execute(text("ALTER TABLE outbox ADD COLUMN fault TEXT"))
-            for index in OUTBOX_INDEXES:
+            for index in OUTBOX_INDEXES:                         # databases from before the indexes
                 index.create(conn, checkfirst=True)
-        outbox_by_call.create(self.engine, checkfirst=True)      # databases from before the index
 
     def _migrate(self) -> None:
         """A database from before the working set and the timeline table: add ``live``, move every call's
@@ -187,11 +185,6 @@ class Store:
         self.engine.dispose()
 
     # -- records ------------------------------------------------------------------------------
-    def load_records(self) -> Iterator[tuple[str, dict]]:
-        with self.engine.connect() as conn:
-            for row in conn.execute(select(records.c.kind, records.c.doc)):
-                yield row.kind, codec.loads(row.doc)
-
     def has_records(self) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(records.c.key).limit(1)).first() is not None

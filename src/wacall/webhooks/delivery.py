@@ -74,17 +74,15 @@ def outbox_rows(platform: Platform, events: list, now: float, faults: FaultPlan 
             if decided:
                 row.update(fault=codec.dumps(decided), next_attempt_at=now + hold(decided))
                 call = platform.calls.get(call_id) if call_id else None
-                for fault in decided:
-                    if call is not None:
+                if call is not None:
+                    for fault in decided:
                         platform.note(call, "webhook_fault", fault=fault["kind"], field=field, event=kind,
                                       app_id=app_id, url=url, seconds=fault.get("seconds"),
                                       attempts=fault.get("attempts"), copies=fault.get("copies"))
             rows.append(row)
-            for fault in decided:
-                for copy in range(fault.get("copies", 0) if fault["kind"] == "duplicate" else 0):
-                    rows.append({**row, "next_attempt_at": now,
-                                 "fault": codec.dumps([{"kind": "duplicate", "rule": fault["rule"],
-                                                        "copy": copy + 1}])})
+            rows += [{**row, "next_attempt_at": now,
+                      "fault": codec.dumps([{"kind": "duplicate", "rule": fault["rule"], "copy": copy}])}
+                     for fault in decided if fault["kind"] == "duplicate" for copy in range(1, fault["copies"] + 1)]
     return rows
 
 

@@ -27,6 +27,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..domain.fields import is_number
+
 KINDS = ("duplicate", "delay", "reorder", "fail", "timeout")
 FIELDS = ("calls", "messages", "account_settings_update")
 _SELECTORS = {"kind", "field", "event", "app_id", "probability", "count"}
@@ -37,7 +39,7 @@ MAX_SECONDS = 7 * 86400.0
 
 def _number(rule: dict, key: str, low: float, high: float, default: float, integer: bool = False) -> Any:
     value = rule.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not low <= value <= high:
+    if not is_number(value, integer=integer) or not low <= value <= high:
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{key} must be {kind} between {low:g} and {high:g}")
     return value
@@ -104,7 +106,7 @@ class FaultPlan:
     seed: int
     ordered: bool = False
     rules: list[Rule] = field(default_factory=list)
-    rng: random.Random = field(default_factory=random.Random, repr=False)
+    rng: random.Random = field(init=False, repr=False)      # seeded from ``seed``
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -122,7 +124,7 @@ class FaultPlan:
         seed = raw.get("seed")
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)      # shown by view(), so a run can be replayed
-        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        elif not is_number(seed, integer=True) or not 0 <= seed < 2**63:
             raise ValueError("seed must be a non-negative integer")
         ordered = raw.get("ordered", False)
         if not isinstance(ordered, bool):
