@@ -199,11 +199,8 @@ class Call(Record):
         return self.id
 
     @property
-    def active(self) -> bool:
-        return self.state != ENDED
-
-    @property
     def live(self) -> bool:
+        """Not ended: in the active-call indexes and the working set."""
         return self.state != ENDED
 
     # One definition of a connected call's length, used by the terminate webhook, pricing, analytics,

@@ -136,7 +136,7 @@ class PlatformState:
 
     def _index_call(self, call: Call) -> None:
         pair = (call.phone_number_id, call.wa_id)
-        if call.active:
+        if call.live:
             if self.active_calls.get(call.id) is None:
                 self.active_per_number[call.phone_number_id] = self.active_per_number.get(call.phone_number_id, 0) + 1
             self.active_calls[call.id] = call
