@@ -10,11 +10,12 @@ import socket
 
 import pytest
 
+from wacall.domain.ends import MediaFact
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.engine import MediaEngine
 from wacall.media.leg import MediaLeg
 from wacall.media.ports import Ports
-from wacall.media.sdp import build_meta_offer, validate_business_sdp
+from wacall.domain.sdp import build_meta_offer, validate_business_sdp
 from wacall.media.stun import binding_request
 
 
@@ -56,7 +57,7 @@ async def test_allocate_gives_fresh_credentials_on_one_shared_port(engine: Media
     assert 0 <= leg.ssrc < 2**32
     assert len(base64.b64decode(leg.sdes_key_b64, validate=True)) == 30
     assert leg.fingerprint == engine.certificate.fingerprint == DtlsCertificate.default().fingerprint
-    assert engine.get("wacid.A") is leg and engine.get("nope") is None
+    assert engine.get("wacid.A").local() == leg and engine.get("nope") is None
     assert len(engine) == 2
 
 
@@ -84,12 +85,13 @@ async def test_engine_uses_given_certificate() -> None:
 
 async def test_allocate_is_idempotent_per_call(engine: MediaEngine) -> None:
     leg = await engine.allocate("wacid.A")
-    assert await engine.allocate("wacid.A") is leg
+    assert await engine.allocate("wacid.A") == leg                      # the same leg, as a value
 
 
 async def test_datagrams_reach_a_leg_by_ufrag_then_by_validated_address(engine: MediaEngine) -> None:
-    leg = await engine.allocate("wacid.A")
-    other = await engine.allocate("wacid.B")
+    await engine.allocate("wacid.A")
+    await engine.allocate("wacid.B")
+    leg, other = engine.get("wacid.A"), engine.get("wacid.B")      # the relay's legs, with their counters
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as business:
         business.bind(("127.0.0.1", 0))
         business.sendto(b"\x16\xfe\xfd" + bytes(40), ("127.0.0.1", leg.port))   # DTLS-looking, unvalidated
@@ -127,12 +129,12 @@ async def test_release_stops_routing_and_keeps_the_shared_port(engine: MediaEngi
     engine.release("wacid.A")
     engine.release("wacid.A")
     engine.release("never-allocated")
-    assert engine.get("wacid.A") is None and engine.get("wacid.B") is keep
+    assert engine.get("wacid.A") is None and engine.get("wacid.B").local() == keep
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as business:
         business.bind(("127.0.0.1", 0))
         business.sendto(_check(leg), ("127.0.0.1", leg.port))
         await _wait_for(lambda: engine.ports.stats["unknown_ufrag"] == 1)
-    assert leg.packets_received == 0
+    assert engine.get("wacid.B").packets_received == 0
     again = await engine.allocate("wacid.A")
     assert again is not leg and again.port == leg.port and again.ice_ufrag != leg.ice_ufrag
 
@@ -146,8 +148,7 @@ async def test_close_frees_the_port_and_restore_takes_it_back() -> None:
         probe.bind(("127.0.0.1", leg.port))                                       # really closed
     restarted = MediaEngine()
     try:
-        assert await restarted.restore("wacid.A", leg.to_doc(), {}, meta_sdp=None, business_sdp=None,
-                                       key_exchange="DTLS", user_audio="silence", user_is_caller=True,
+        assert await restarted.restore("wacid.A", leg.to_doc(), {}, negotiated=None, user_audio="silence", user_is_caller=True,
                                        connected_at=None)
         back = restarted.get("wacid.A")
         assert (back.port, back.ice_ufrag, back.ice_pwd, back.ssrc) == (leg.port, leg.ice_ufrag, leg.ice_pwd, leg.ssrc)
@@ -170,8 +171,8 @@ class Reporter:
     def note(self, call_id, kind, **data):
         self.events.append(("note", kind, data))
 
-    def ended(self, call_id, code, reason):
-        self.events.append(("ended", code, reason))
+    def ended(self, call_id, fact, reason):
+        self.events.append(("ended", fact, reason))
 
     def persist(self, call_id, state):
         pass
@@ -192,8 +193,7 @@ async def test_restore_on_a_taken_port_keeps_a_dead_leg_whose_timeout_fires() ->
         leg.port = squatter.getsockname()[1]
         eng = MediaEngine(reporter=reporter)
         try:
-            ok = await eng.restore("wacid.A", leg.to_doc(), {}, meta_sdp=None, business_sdp=None,
-                                   key_exchange="DTLS", user_audio="silence", user_is_caller=True,
+            ok = await eng.restore("wacid.A", leg.to_doc(), {}, negotiated=None, user_audio="silence", user_is_caller=True,
                                    connected_at=990.0)
             assert not ok
             assert any(e[:2] == ("note", "media_not_restored") and "taken" in e[2]["reason"] for e in ended)
@@ -201,7 +201,7 @@ async def test_restore_on_a_taken_port_keeps_a_dead_leg_whose_timeout_fires() ->
             assert not [e for e in ended if e[0] == "ended"]
             reporter.now_value += 30.0
             eng.check_timeouts()
-            assert [e for e in ended if e[0] == "ended"][0][1] == 138021
+            assert [e for e in ended if e[0] == "ended"][0][1] == MediaFact.SILENCE         # 138021 (domain/ends)
             assert (await eng.allocate("wacid.B")).port != leg.port                # new calls still work
         finally:
             await eng.close()
@@ -226,8 +226,7 @@ async def test_many_calls_on_a_taken_port_wait_for_it_once() -> None:
         try:
             for i in range(3):
                 leg = MediaLeg.create(f"wacid.{i}", port=port, fingerprint=DtlsCertificate.default().fingerprint)
-                assert not await eng.restore(leg.call_id, leg.to_doc(), {}, meta_sdp=None, business_sdp=None,
-                                             key_exchange="DTLS", user_audio="silence", user_is_caller=True,
+                assert not await eng.restore(leg.call_id, leg.to_doc(), {}, negotiated=None, user_audio="silence", user_is_caller=True,
                                              connected_at=990.0)
             assert binds == [port]
             lost = [e[2]["reason"] for e in reporter.events if e[:2] == ("note", "media_not_restored")]
@@ -244,8 +243,8 @@ async def test_a_saved_state_the_relay_cannot_use_leaves_a_dead_leg_whose_timeou
     try:
         leg = await eng.allocate("wacid.A")
         eng.release("wacid.A")
-        ok = await eng.restore("wacid.A", leg.to_doc(), {"remote": ["127.0.0.1", "not a port"]}, meta_sdp=None,
-                               business_sdp=None, key_exchange="DTLS", user_audio="silence", user_is_caller=True,
+        ok = await eng.restore("wacid.A", leg.to_doc(), {"remote": ["127.0.0.1", "not a port"]}, negotiated=None,
+                               user_audio="silence", user_is_caller=True,
                                connected_at=990.0)
         assert not ok
         lost = next(e[2] for e in reporter.events if e[:2] == ("note", "media_not_restored"))
@@ -257,7 +256,7 @@ async def test_a_saved_state_the_relay_cannot_use_leaves_a_dead_leg_whose_timeou
             await _wait_for(lambda: eng.ports.stats["unknown_ufrag"] == 1)
         reporter.now_value += 30.0
         eng.check_timeouts()
-        assert [e[1] for e in reporter.events if e[0] == "ended"] == [138021]
+        assert [e[1] for e in reporter.events if e[0] == "ended"] == [MediaFact.SILENCE]
     finally:
         await eng.close()
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.leg import MediaLeg
-from wacall.media.sdp import (
+from wacall.domain.sdp import (
     RtpMap,
     SdpError,
     build_meta_answer,

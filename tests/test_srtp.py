@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from wacall.media.sdp import parse_crypto
+from wacall.domain.sdp import parse_crypto
 from wacall.media.srtp import (
     AEAD_AES_128_GCM,
     AEAD_AES_256_GCM,

@@ -26,13 +26,12 @@ from . import guard
 from .config import Config, load_config
 from .domain.clock import VirtualClock
 from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia, SipCallChanged
+from .domain.ends import MediaFact
 from .domain.model import USER_INITIATED
 from .domain.platform import Platform
-from .domain.state import new_id
+from .legs import LegOwner
 from .media.certificate import DtlsCertificate
 from .media.engine import MediaEngine
-from .media.leg import MediaLeg
-from .media.ports import MediaUnavailable
 from .media.recording import Recordings
 from .media.workers import MediaWorkers
 from .store.sqlite import Store
@@ -75,7 +74,7 @@ class Wacall:
                          recordings=self.recordings) if workers
             else MediaEngine(host="127.0.0.1", reporter=self, certificate=certificate, port=port,
                              recordings=self.recordings))
-        self._media_exhausted = False
+        self.legs = LegOwner(self.media, self.apply)      # allocates new calls' legs, releases refused ones
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self.runner: web.AppRunner | None = None
@@ -226,17 +225,17 @@ class Wacall:
                 continue                                   # ended while earlier legs were coming back
             state = dict(call.media or {})
             leg = state.pop("leg", None)
+            setup = self.platform.media_setup(call)        # the domain's negotiation, as at the call's set-up
             user = self.platform.users.get(call.wa_id)
             try:
-                await self.media.restore(call.id, leg, state, meta_sdp=call.meta_sdp,
-                                         business_sdp=call.business_sdp, key_exchange=call.key_exchange,
+                await self.media.restore(call.id, leg, state, negotiated=setup.negotiated if setup else None,
                                          user_audio=user.audio if user else "silence",
                                          user_is_caller=call.direction == USER_INITIATED,
                                          connected_at=call.accepted_at)
             except Exception as exc:      # no leg at all: nothing could ever time the call out
                 log.error("call %s: media could not be restored: %r", call.id, exc)
                 reason = f"media could not be restored after a restart ({type(exc).__name__}: {exc})"
-                self.apply(lambda c=call.id: self.platform.media_ended(c, 138021, reason))
+                self.apply(lambda c=call.id: self.platform.media_ended(c, MediaFact.NOT_RESTORED, reason))
                 continue
             if call.id not in self.platform.active_calls:  # it ended while its leg was coming back
                 self.media.release(call.id)
@@ -262,7 +261,7 @@ class Wacall:
             if isinstance(event, ReleaseMedia):
                 self.media.release(event.call_id)
             elif isinstance(event, MediaConfigure):
-                self._configure_media(event.call_id)
+                self.media.configure(event.call_id, event.negotiated, event.user_audio, event.user_is_caller)
             elif isinstance(event, MediaConnected):
                 self.media.call_connected(event.call_id, event.at)
             elif isinstance(event, SipCallChanged) and self.sip is not None:
@@ -301,21 +300,13 @@ class Wacall:
             self.dispatcher.reset()
         self.seed()
 
-    def _configure_media(self, call_id: str) -> None:
-        call = self.platform.calls.get(call_id)
-        if call is None or not call.meta_sdp or not call.business_sdp:
-            return
-        user = self.platform.users.get(call.wa_id)
-        self.media.configure(call_id, call.meta_sdp, call.business_sdp, call.key_exchange,
-                             user.audio if user else "silence", user_is_caller=call.direction == USER_INITIATED)
-
     # -- the media plane's reporter (wacall.media.relay.Reporter) ------------------------------------
     def note(self, call_id: str, kind: str, **data) -> None:
         self.platform.media_note(call_id, kind, **data)      # a timeline entry only: persisted with the next commit
         self.commit_soon()
 
-    def ended(self, call_id: str, code: int, reason: str) -> None:
-        self.apply(lambda: self.platform.media_ended(call_id, code, reason))
+    def ended(self, call_id: str, fact: str, reason: str) -> None:
+        self.apply(lambda: self.platform.media_ended(call_id, fact, reason))
 
     def persist(self, call_id: str, state: dict) -> None:
         self.platform.media_state(call_id, state)           # saved with the call on the next commit
@@ -327,22 +318,6 @@ class Wacall:
     def timeouts(self) -> tuple[float, float]:
         limits = self.platform.limits
         return limits.media_start_timeout_seconds, limits.media_silence_timeout_seconds
-
-    async def new_call_leg(self) -> tuple[str, MediaLeg]:
-        """A call id and its media leg; :class:`MediaUnavailable` when the relay has no room."""
-        call_id = new_id("wacid")
-        try:
-            leg = await self.media.allocate(call_id)
-        except (OSError, RuntimeError) as exc:
-            if not self._media_exhausted:            # said once per episode, not once per refused call
-                self._media_exhausted = True
-                log.error("media capacity exhausted (%s: %s); new calls get Meta's transient error until it "
-                          "recovers", type(exc).__name__, exc)
-            raise MediaUnavailable(str(exc)) from None
-        if self._media_exhausted:
-            self._media_exhausted = False
-            log.warning("media capacity recovered")
-        return call_id, leg
 
     # -- timers -----------------------------------------------------------------------------------
     def _on_clock_advance(self) -> None:

@@ -234,17 +234,12 @@ async def user_calls(wacall: Wacall, request: web.Request) -> web.Response:
     if payload is not None and not isinstance(payload, str):
         raise ControlError("bad_payload", "payload must be a string", 400)
     try:
-        call_id, leg = await wacall.new_call_leg()
+        call = await wacall.legs.place(lambda call_id, leg: wacall.platform.user_calls(
+            request.match_info["wa_id"], business_address(data), entry_point=data.get("entry_point", "call_icon"),
+            payload=payload, call_id=call_id, leg=leg))
     except MediaUnavailable:
         raise ControlError("cannot_place_call", "Couldn't place call (Meta's relay has no room right now; "
                                                 "try again)", 503) from None
-    try:
-        call = wacall.apply(lambda: wacall.platform.user_calls(
-            request.match_info["wa_id"], business_address(data), entry_point=data.get("entry_point", "call_icon"),
-            payload=payload, call_id=call_id, leg=leg))
-    except ControlError:
-        wacall.media.release(call_id)
-        raise
     return ok({"call_id": call.id, "state": call.state}, 201)
 
 

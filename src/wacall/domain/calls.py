@@ -12,8 +12,8 @@ import datetime as dt
 import zoneinfo
 from typing import Any
 
-from ..media.sdp import SdpError, build_meta_answer, build_meta_offer, validate_business_sdp
 from . import settings as calling_settings
+from .ends import failure_code
 from .errors import GraphError
 from .events import (CallConnect, CallStatus, CallTerminate, MediaConfigure, MediaConnected, ReleaseMedia,
                      SipCallChanged)
@@ -22,6 +22,7 @@ from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, 
                     PhoneNumber, User)
 from .phone import phone_digits
 from .pricing import PULSE_SECONDS, price_call
+from .sdp import LocalMedia, SdpError, build_meta_answer, build_meta_offer, negotiate, validate_business_sdp
 from .state import ControlError, PlatformState
 
 ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
@@ -120,6 +121,25 @@ class CallRules(PlatformState):
             waba.bic_seconds_by_month = {month: billed + call.pulses * PULSE_SECONDS}   # older months are done
             self.put(waba)
 
+    def media_setup(self, call: Call) -> MediaConfigure | None:
+        """What the relay needs for ``call`` once both SDPs are known: the negotiation (done here, once,
+        by ``wacall.domain.sdp.negotiate``) and the user's phone. None before both SDPs are known."""
+        if not call.meta_sdp or not call.business_sdp:
+            return None
+        try:
+            negotiated = negotiate(call.meta_sdp, call.business_sdp, call.key_exchange)
+        except SdpError as exc:         # validated SDPs: not the business's fault; the media will time out
+            self.note(call, "media", event="negotiation_failed", reason=exc.details)
+            return None
+        user = self.users.get(call.wa_id)
+        return MediaConfigure(call.id, negotiated, user.audio if user else "silence",
+                              user_is_caller=call.direction == USER_INITIATED)
+
+    def _configure_media(self, call: Call) -> None:
+        setup = self.media_setup(call)
+        if setup is not None:
+            self.emit(setup)
+
     def _connected(self, call: Call) -> None:
         """A call got connected: counters the docs tie to connected calls move here."""
         now = self.now()
@@ -136,7 +156,14 @@ class CallRules(PlatformState):
         self.emit(MediaConnected(call.id, now))
 
     # -- the Graph action dispatcher ----------------------------------------------------------
-    def call_action(self, app, number: PhoneNumber, body: Any, *, new_call_id: str | None = None, leg=None) -> dict:
+    def wants_new_leg(self, number: PhoneNumber, body: Any) -> bool:
+        """Whether ``body`` asks to place a new call on ``number`` that may get past the calling checks,
+        so the wire layer must get the call a media leg (``wacall.legs.LegOwner``) before applying it."""
+        return (isinstance(body, dict) and body.get("action", "connect") == "connect"
+                and not calling_settings.sip_enabled(number.calling) and number.calling.get("status") == "ENABLED")
+
+    def call_action(self, app, number: PhoneNumber, body: Any, *, new_call_id: str | None = None,
+                    leg: LocalMedia | None = None) -> dict:
         if not isinstance(body, dict):
             raise GraphError(100, "The request body must be a JSON object.")
         if body.get("messaging_product") != "whatsapp":
@@ -154,7 +181,8 @@ class CallRules(PlatformState):
         return {"messaging_product": "whatsapp", "success": True}
 
     # -- business-initiated calls -------------------------------------------------------------
-    def business_connect(self, app, number: PhoneNumber, body: dict, call_id: str | None, leg) -> Call:
+    def business_connect(self, app, number: PhoneNumber, body: dict, call_id: str | None,
+                         leg: LocalMedia | None) -> Call:
         to = body.get("to") if body.get("to") is not None else body.get("recipient")
         if to is None:
             raise GraphError(100, "The parameter to is required.")
@@ -208,7 +236,7 @@ class CallRules(PlatformState):
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id))
         self._emit_call(call, CallStatus(call.id, "RINGING", now))
-        self.emit(MediaConfigure(call.id))
+        self._configure_media(call)
         self._schedule_user_reaction(call, user)
         return call
 
@@ -296,7 +324,7 @@ class CallRules(PlatformState):
         call.pre_accept_sdp = sdp
         call.business_sdp = sdp
         self._set_state(call, PRE_ACCEPTED)
-        self.emit(MediaConfigure(call.id))
+        self._configure_media(call)
 
     def business_accept(self, call: Call, number: PhoneNumber, body: dict) -> None:
         self._uic_only(call, "accept")
@@ -308,7 +336,7 @@ class CallRules(PlatformState):
                                   "answer given in pre_accept for this call_id.")
         call.business_sdp = sdp
         call.biz_opaque_callback_data = _opaque(body) or call.biz_opaque_callback_data
-        self.emit(MediaConfigure(call.id))
+        self._configure_media(call)
         self._connected(call)
 
     def business_reject(self, call: Call, number: PhoneNumber, body: dict) -> None:
@@ -328,7 +356,7 @@ class CallRules(PlatformState):
 
     # -- user-initiated calls -----------------------------------------------------------------
     def user_calls(self, wa_id: str, to: str, *, entry_point: str = "call_icon", payload: str | None = None,
-                   call_id: str, leg) -> Call:
+                   call_id: str, leg: LocalMedia) -> Call:
         user = self.user(wa_id)
         number = self.number_by_address(to)
         if number is None:
@@ -397,12 +425,14 @@ class CallRules(PlatformState):
             call.media = {**(call.media or {}), **state}
             self.put(call)
 
-    def media_ended(self, call_id: str, code: int, reason: str) -> None:
+    def media_ended(self, call_id: str, fact: str, reason: str) -> None:
         """The user's phone gave up on the media (no media at start, silence mid-call, relay failure):
-        it hangs up, and the business gets a FAILED terminate with the error code."""
+        it hangs up, and the business gets a FAILED terminate with the error code Meta uses for that
+        fact (a ``wacall.domain.ends.MediaFact``; the code comes from the one table there)."""
         call = self.calls.get(call_id)
         if call is None or call.state == ENDED:
             return
+        code = failure_code(fact)
         self.note(call, "media", event="timeout", code=code, reason=reason)
         self._end(call, status="FAILED", reason=f"media: {reason}", by="user",
                   errors=[GraphError(code, reason).as_webhook_error()])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .sdp import Negotiated
+
 
 @dataclass
 class CallConnect:
@@ -69,8 +71,12 @@ class ReleaseMedia:
 
 @dataclass
 class MediaConfigure:
-    """Both SDPs of the call are known: the relay can set up ICE, DTLS or SDES."""
+    """Both SDPs of the call are known: the relay sets up ICE, DTLS or SDES as ``negotiated`` says (the
+    one negotiation, ``wacall.domain.sdp.negotiate``), and the user's phone plays ``user_audio``."""
     call_id: str
+    negotiated: Negotiated
+    user_audio: str = "silence"
+    user_is_caller: bool = True
 
 
 @dataclass

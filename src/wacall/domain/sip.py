@@ -4,28 +4,21 @@ The SIP gateway (``wacall.sip.gateway``) translates messages; everything it asks
 question: which number an INVITE's ``From`` names, which configured server its domain matches, which
 password the digest must use, whether the app behind the server may call, and then the very same
 ``business_connect`` / ``business_accept`` / ``business_terminate`` the Graph path uses. Refusals
-come back as :class:`SipRefusal` with Meta's status and reason text (calling-wire-spec §7.2).
+come back as :class:`SipRefusal` with Meta's status and reason text (calling-wire-spec §7.2), chosen by
+the one table in ``wacall.domain.ends``.
 """
 
 from __future__ import annotations
 
 from .calls import CallRules
+from .ends import SIP_DIALOG_FAILED, UNKNOWN_NUMBER, SipRefusal, failure_code, refusal_for
 from .errors import GraphError
 from .model import ENDED, PRE_ACCEPTED, RINGING, Call, PhoneNumber
 from .phone import ascii_digits
+from .sdp import LocalMedia
 from . import settings as calling_settings
 
 MESSAGING = "whatsapp_business_messaging"
-
-# Meta's reason texts, exactly (calling-wire-spec §7.2)
-UNKNOWN_NUMBER = "Asset not found, invalid business phone number"
-NO_PERMISSION = "No Approved Call Permission Found: No approved call permission from the recipient"
-DAILY_LIMIT = "Business Initiated Connected Call Per Day Limit Hit"
-# undocumented texts: our wording (docs/fidelity.md)
-DUPLICATE_CALL = "Duplicate call: a call between this business number and the recipient is already in progress"
-BAD_DIGEST = "Invalid digest response"
-PAYMENT = "Business payment eligibility check failed: no valid payment method"
-SDP_INVALID = "SDP Validation error"
 
 
 def not_acceptable_hint(calling: dict) -> str:
@@ -47,32 +40,6 @@ def not_acceptable_hint(calling: dict) -> str:
         hint += (f"; a server without Opus needs G.711 enabled in settings calling.audio.additional_codecs "
                  f"({', '.join(missing)})")
     return hint
-
-
-class SipRefusal(Exception):
-    """A final SIP response for an INVITE: status, reason phrase, and whether Meta adds a Warning header."""
-
-    def __init__(self, status: int, reason: str, *, warning: bool = False) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status, self.reason, self.warning = status, reason, warning
-
-
-def refusal_for(error: GraphError) -> SipRefusal:
-    """The SIP answer to a business-initiated INVITE that the Graph rules refuse with ``error``."""
-    code = error.code
-    if code in (138001, 138006, 131030):          # deliberately indistinguishable (not on WhatsApp, no ToS...)
-        return SipRefusal(403, NO_PERMISSION)
-    if code == 138012:
-        return SipRefusal(403, DAILY_LIMIT)
-    if code == 138003:
-        return SipRefusal(403, DUPLICATE_CALL)
-    if code == 131044:
-        return SipRefusal(403, PAYMENT)
-    if code == 100 and SDP_INVALID in (error.details or ""):
-        return SipRefusal(403, error.details.replace("\r", " ").replace("\n", " ")[:320], warning=True)
-    if code in (138013, 138014, 138005, 138000):
-        return SipRefusal(403, error.details)
-    return SipRefusal(503, "Service Unavailable")  # 138002 concurrency, 138004 connection error, the rest
 
 
 class SipRules(CallRules):
@@ -108,7 +75,7 @@ class SipRules(CallRules):
         return app
 
     def sip_business_invite(self, number: PhoneNumber, server: dict, to_user: str, sdp: str, *,
-                            call_id: str, leg) -> Call:
+                            call_id: str, leg: LocalMedia) -> Call:
         """A business-initiated call placed by an authenticated INVITE: Graph's ``connect`` rules."""
         app = self.sip_check_app(number, server)
         body = {"to": ascii_digits(to_user), "session": {"sdp_type": "offer", "sdp": sdp}}
@@ -156,8 +123,9 @@ class SipRules(CallRules):
         call.sip = state
         self.put(call)
 
-    def sip_call_failed(self, call: Call, reason: str, code: int = 138020) -> None:
+    def sip_call_failed(self, call: Call, reason: str) -> None:
         """The SIP dialog itself failed (no ACK, unreachable server, bad SDP in a 200 OK)."""
+        code = failure_code(SIP_DIALOG_FAILED)
         if call.state != ENDED:
             self.note(call, "sip", event="dialog_failed", reason=reason)
             self._end(call, status="FAILED", reason=f"sip: {reason}", by="platform",

@@ -21,7 +21,6 @@ from aiohttp import web
 from .. import codec
 from ..domain.errors import GraphError
 from ..domain.model import App, PhoneNumber, Waba
-from ..domain.settings import sip_enabled
 from ..domain.state import unsupported
 from ..media.ports import MediaUnavailable
 from ..server import WACALL, Wacall
@@ -122,23 +121,20 @@ async def number_settings(req: Request, number: PhoneNumber) -> dict:
 
 async def number_calls(req: Request, number: PhoneNumber) -> dict:
     require(req.app, MESSAGING)
-    call_id = leg = None
     body = req.body
-    if (isinstance(body, dict) and body.get("action", "connect") == "connect"
-            and not sip_enabled(number.calling)):
-        if req.wacall.faults.get("connect_error", 0) > 0 and number.calling.get("status") == "ENABLED":
+    try:
+        if not req.platform.wants_new_leg(number, body):
+            return req.wacall.apply(lambda: req.platform.call_action(req.app, number, body))
+        if req.wacall.faults.get("connect_error", 0) > 0:
             req.wacall.faults["connect_error"] -= 1
             raise GraphError(138004)
         try:
-            call_id, leg = await req.wacall.new_call_leg()
+            return await req.wacall.legs.place(lambda call_id, leg: req.platform.call_action(
+                req.app, number, body, new_call_id=call_id, leg=leg))
         except MediaUnavailable:
             raise GraphError(2, "Service temporarily unavailable: the media relay has no room for a new call "
                                 "right now. Retry the request.") from None
-    try:
-        return req.wacall.apply(lambda: req.platform.call_action(req.app, number, body, new_call_id=call_id, leg=leg))
     except GraphError as error:
-        if call_id and call_id not in req.platform.calls:
-            req.wacall.media.release(call_id)
         call_ref = body.get("call_id") if isinstance(body, dict) else None
         existing = req.platform.call(call_ref)        # live or ended (None for a non-string call_id)
         if existing is not None and existing.phone_number_id == number.id:

@@ -17,6 +17,7 @@ from typing import Any
 
 from .audio import PreEncodedAudio
 from .certificate import DtlsCertificate
+from ..domain.sdp import LocalMedia, Negotiated
 from .leg import MediaLeg
 from .ports import BIND_RETRY_SECONDS, PortSocket, Ports
 from .recording import Recordings
@@ -34,7 +35,7 @@ class _Silent:
     def note(self, call_id: str, kind: str, **data: Any) -> None:
         pass
 
-    def ended(self, call_id: str, code: int, reason: str) -> None:
+    def ended(self, call_id: str, fact: str, reason: str) -> None:
         pass
 
     def persist(self, call_id: str, state: dict) -> None:
@@ -99,11 +100,12 @@ class MediaEngine:
         return self._home, self._home6 if self._home6 is not None and self._home6.is_open else None
 
     # -- legs -------------------------------------------------------------------------------------
-    async def allocate(self, call_id: str) -> MediaLeg:
-        """A leg for ``call_id`` on the shared ports (fresh credentials); the existing one if any."""
+    async def allocate(self, call_id: str) -> LocalMedia:
+        """A leg for ``call_id`` on the shared ports (fresh credentials), the existing one if any; what
+        Meta's SDP advertises of it, as a frozen value."""
         existing = self.endpoints.get(call_id)
         if existing is not None:
-            return existing.leg
+            return existing.leg.local()
         sock, sock6 = await self._home_sockets()
         leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
         while leg.ice_ufrag in self.ports.by_ufrag:      # the ufrag routes datagrams: it must be unique here
@@ -111,11 +113,10 @@ class MediaEngine:
         if sock6 is not None:
             leg.host6, leg.port6 = sock6.host, sock6.port
         self._add(RelayEndpoint(leg, self.certificate, self.reporter, self.ports, sock, sock6))
-        return leg
+        return leg.local()
 
-    async def restore(self, call_id: str, leg_doc: dict | None, state: dict, *, meta_sdp: str | None,
-                      business_sdp: str | None, key_exchange: str, user_audio: str, user_is_caller: bool,
-                      connected_at: float | None) -> bool:
+    async def restore(self, call_id: str, leg_doc: dict | None, state: dict, *, negotiated: Negotiated | None,
+                      user_audio: str, user_is_caller: bool, connected_at: float | None) -> bool:
         """Bring back a leg a previous process served, on its old port with its old credentials.
         False when its port cannot be had (or nothing was saved, or the saved state cannot be used): the
         leg is kept without a socket, so the user's phone hangs up after its media timeout as it would
@@ -138,8 +139,8 @@ class MediaEngine:
         endpoint = RelayEndpoint(leg, self.certificate, self.reporter, self.ports, sock, sock6)
         self._add(endpoint)
         try:
-            if meta_sdp and business_sdp:
-                self.configure(call_id, meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller)
+            if negotiated is not None:
+                self.configure(call_id, negotiated, user_audio, user_is_caller)
             if sock is not None:
                 endpoint.restore(state, connected_at)
                 return True
@@ -205,8 +206,7 @@ class MediaEngine:
         return len(self.endpoints)
 
     # -- what signalling and the inspector ask of the media plane (the same on MediaWorkers) ----------
-    def configure(self, call_id: str, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str,
-                  user_is_caller: bool) -> None:
+    def configure(self, call_id: str, negotiated: Negotiated, user_audio: str, user_is_caller: bool) -> None:
         endpoint = self.endpoints.get(call_id)
         if endpoint is None:
             return
@@ -216,7 +216,7 @@ class MediaEngine:
             endpoint.recording = self.recordings.writer(
                 call_id, self.reporter.now,
                 on_error=lambda reason: self.reporter.note(call_id, "recording_failed", reason=reason))
-        endpoint.configure(meta_sdp, business_sdp, key_exchange, user_audio, user_is_caller=user_is_caller)
+        endpoint.configure(negotiated, user_audio, user_is_caller=user_is_caller)
 
     def call_connected(self, call_id: str, at: float) -> None:
         if (endpoint := self.endpoint(call_id)) is not None:

@@ -1,4 +1,4 @@
-"""Meta-side media legs: the seam between call signalling and the (later) media relay.
+"""Meta-side media legs: the relay's own record of one call's endpoint.
 
 A :class:`MediaLeg` holds everything Meta's SDP advertises for one call: a UDP port that is really
 bound, ICE credentials (RFC 8445 section 5.3, RFC 8839 section 5.4: ``ice-char`` set, ufrag of at
@@ -6,8 +6,10 @@ least 4 and password of at least 22 characters), the DTLS certificate fingerprin
 audio SSRC (RFC 3550) and an SDES master key (RFC 4568 section 6.1: base64 of the 16-byte
 AES-CM key followed by the 14-byte salt). ``wacall.media.engine`` puts a ``RelayEndpoint``
 (ICE-lite, DTLS-SRTP or SDES, Opus, RFC 4733) behind it on the engine's shared ports
-(``wacall.media.ports``). The leg is persisted with its call (:meth:`MediaLeg.to_doc`), so a
-restarted relay answers on the same address with the same credentials.
+(``wacall.media.ports``). What the domain sees of it is :meth:`MediaLeg.local`, a frozen
+:class:`~wacall.domain.sdp.LocalMedia` (no sockets, no counters) from which Meta's SDP is built and
+which is persisted with its call, so a restarted relay answers on the same address with the same
+credentials.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import base64
 import secrets
 import uuid
 from dataclasses import dataclass, field, fields
+
+from ..domain.sdp import LocalMedia
 
 
 #: RFC 8839 ``ice-char = ALPHA / DIGIT / "+" / "/"``.
@@ -65,6 +69,10 @@ class MediaLeg:
             ssrc=secrets.randbits(32),
             sdes_key_b64=base64.b64encode(secrets.token_bytes(SDES_KEY_SALT_BYTES)).decode("ascii"),
         )
+
+    def local(self) -> LocalMedia:
+        """Meta's side of this leg as a frozen value: what the SDP advertises and a restart needs."""
+        return LocalMedia(**{name: getattr(self, name) for name in _PERSISTED})
 
     def to_doc(self) -> dict:
         """What a restarted relay needs to answer as this leg again (no counters)."""

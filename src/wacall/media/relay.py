@@ -30,7 +30,6 @@ import logging
 import struct
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,6 +37,8 @@ import numpy as np
 from . import g711
 from .audio import ByteLRU, PreEncodedAudio, frames_size, parse_audio_spec
 from .certificate import DtlsCertificate
+from ..domain.ends import MediaFact
+from ..domain.sdp import Negotiated, parse_crypto
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
 from .ice_lite import CheckReceived, IceLiteAgent, Nominated, Rejected
@@ -46,7 +47,6 @@ from .ports import PortSocket, Ports
 from .recording import RecordingWriter, decode
 from .rtcp import RtcpError, RtcpSenderReport, build_compound, ntp_timestamp, parse_rtcp
 from .rtp import RTP_HEADER, ReceiveStats, RtpError, RtpPacket, is_rtcp
-from .sdp import SessionDescription, parse_crypto, parse_sdp
 from .srtp import SrtpContext, SrtpError
 from .stun import is_stun
 
@@ -63,85 +63,10 @@ class Reporter(Protocol):
     """How the relay talks to the platform (implemented by the server)."""
 
     def note(self, call_id: str, kind: str, **data: Any) -> None: ...
-    def ended(self, call_id: str, code: int, reason: str) -> None: ...
+    def ended(self, call_id: str, fact: str, reason: str) -> None: ...   # a MediaFact; the domain picks the code
     def now(self) -> float: ...
     def timeouts(self) -> tuple[float, float]: ...   # (no media at start, silence mid-call); 0 = off
     def persist(self, call_id: str, state: dict) -> None: ...   # merged into the call's saved media state
-
-
-@dataclass
-class Negotiated:
-    """What the two SDPs agreed on, from the relay's point of view."""
-    key_exchange: str                   # DTLS | SDES
-    dtls_role: str | None = None        # client | server (DTLS only)
-    remote_fingerprint: str | None = None
-    remote_ufrag: str | None = None
-    remote_pwd: str | None = None
-    remote_crypto: str | None = None    # SDES only
-    remote_addr: Addr | None = None     # c= / m= of the business (SDES latching starts here)
-    send_codec: str = "opus"
-    payload_types: dict[str, int] = field(default_factory=dict)   # opus / pcmu / pcma / telephone-event
-
-
-def _codec_pts(desc: SessionDescription) -> dict[str, int]:
-    audio = desc.audio
-    found: dict[str, int] = {}
-    if audio is None:
-        return found
-    for pt in audio.payload_types:
-        codec = audio.codec(pt)
-        if codec is None:
-            continue
-        name = codec.encoding.lower()
-        if name == "opus" and codec.clock_rate == 48000:
-            found.setdefault("opus", pt)
-        elif name in ("pcmu", "pcma") and codec.clock_rate == 8000:
-            found.setdefault(name, pt)
-        elif name == "telephone-event" and codec.clock_rate == 8000:
-            found.setdefault("telephone-event", pt)
-    return found
-
-
-def negotiate(meta_sdp: str, business_sdp: str, key_exchange: str) -> Negotiated:
-    meta, business = parse_sdp(meta_sdp), parse_sdp(business_sdp)
-    result = Negotiated(key_exchange=key_exchange)
-    ours, theirs = _codec_pts(meta), _codec_pts(business)
-    result.payload_types = {name: pt for name, pt in ours.items() if name in theirs}
-    for pt in (business.audio.payload_types if business.audio else []):   # the business's preference
-        codec = business.audio.codec(pt)
-        name = codec.encoding.lower() if codec else ""
-        if name in ("opus", "pcmu", "pcma") and name in result.payload_types:
-            result.send_codec = name
-            break
-    baudio = business.audio
-    connection = (baudio.connection if baudio and baudio.connection else business.connection)
-    if baudio and connection and connection.address not in ("0.0.0.0", "::") and baudio.port not in (0, 9):
-        result.remote_addr = (connection.address, baudio.port)
-    if key_exchange == "SDES":
-        lines = list(baudio.attributes_named("crypto")) or list(business.attributes_named("crypto"))
-        for _, value in lines:
-            try:
-                parse_crypto(value or "")
-                result.remote_crypto = value
-                break
-            except ValueError:
-                continue
-        return result
-    ufrag = business.effective_attribute(baudio, "ice-ufrag")
-    pwd = business.effective_attribute(baudio, "ice-pwd")
-    fingerprint = business.effective_attribute(baudio, "fingerprint")
-    result.remote_ufrag = ufrag[1] if ufrag else None
-    result.remote_pwd = pwd[1] if pwd else None
-    result.remote_fingerprint = fingerprint[1] if fingerprint else None
-    meta_setup = (meta.effective_attribute(meta.audio, "setup") or (0, "actpass"))[1]
-    their_setup = (business.effective_attribute(baudio, "setup") or (0, "active"))[1]
-    if meta_setup == "active":
-        result.dtls_role = "client"
-    elif meta_setup == "passive":
-        result.dtls_role = "server"
-    else:   # Meta offered actpass: the business's answer decides
-        result.dtls_role = "client" if their_setup == "passive" else "server"
-    return result
 
 
 class G711Loop:
@@ -184,7 +109,7 @@ class RelayEndpoint:
         self.srtp: SrtpContext | None = None
         self.remote: Addr | None = None                  # where media goes: set through _latch
         self._remote_sock: PortSocket | None = None
-        self.failure: tuple[int, str] | None = None        # why media never came up
+        self.failure: tuple[str, str] | None = None        # why media never came up: (MediaFact, reason)
         self.closed = False
         # the user's phone
         self.user_audio = "tone:440"
@@ -270,33 +195,29 @@ class RelayEndpoint:
             self.reporter.note(self.call_id, kind, **data)
 
     # -- configuration (from the signalling) ------------------------------------------------------
-    def configure(self, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str,
-                  user_is_caller: bool = True) -> None:
+    def configure(self, negotiated: Negotiated, user_audio: str, user_is_caller: bool = True) -> None:
+        """Set up ICE, DTLS or SDES as the domain negotiated (``wacall.domain.sdp.negotiate``); once."""
         if self.negotiated is not None:
             return
         self.user_audio = user_audio
         self.user_is_caller = user_is_caller
-        try:
-            self.negotiated = n = negotiate(meta_sdp, business_sdp, key_exchange)
-        except Exception as exc:   # validated SDPs; a failure here is a relay bug, not the business's
-            self.failure = (138020, f"relay could not use the SDPs: {exc}")
-            self._note_once("negotiation_failed", reason=str(exc))
-            return
-        te = n.payload_types.get("telephone-event", 126)
+        self.negotiated = n = negotiated
+        te = n.telephone_event_pt
         self._te_pt = te
-        self._codec_by_pt = {pt: name for name, pt in n.payload_types.items() if name in ("opus", "pcmu", "pcma")}
+        self._codec_by_pt = n.audio_codecs
         self.dtmf_out = DtmfSender(self.stream, payload_type=te)
         self.dtmf_in = DtmfReceiver(payload_type=te)
         if n.key_exchange == "SDES":
             if n.remote_crypto is None:
-                self.failure = (138020, "no usable a=crypto line from the business")
+                self.failure = (MediaFact.NO_SDES_KEY, "no usable a=crypto line from the business")
                 return
-            self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.sdes_key_b64), parse_crypto(n.remote_crypto))
+            crypto = parse_crypto(n.remote_crypto)
+            self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.sdes_key_b64), crypto)
             if n.remote_addr is not None:               # c=/m= of the business: media goes there first
                 self._latch(n.remote_addr)
                 self.ports.learn(n.remote_addr, self)
             self.ports.expect_claims(self, True)        # until its media comes (symmetric RTP, RFC 4961)
-            self.reporter.note(self.call_id, "srtp_ready", key_exchange="SDES", suite=parse_crypto(n.remote_crypto).suite)
+            self.reporter.note(self.call_id, "srtp_ready", key_exchange="SDES", suite=crypto.suite)
             return
         if n.remote_ufrag and n.remote_pwd:
             self.ice.set_remote_credentials(n.remote_ufrag, n.remote_pwd)
@@ -368,7 +289,7 @@ class RelayEndpoint:
                     self._dtls_out(self.dtls.start())
             elif isinstance(event, Rejected) and event.reason in ("role_conflict", "bad_integrity", "bad_username"):
                 if event.reason == "role_conflict":
-                    self.failure = self.failure or (138020, "ICE role conflict: the business's agent is "
+                    self.failure = self.failure or (MediaFact.ICE_ROLE_CONFLICT, "ICE role conflict: the business's agent is "
                                                             "controlled, but Meta's relay is ICE-lite and "
                                                             "always controlled; the business must control")
                 self._note_once(f"ice_{event.reason}", remote=f"{addr[0]}:{addr[1]}")
@@ -410,7 +331,7 @@ class RelayEndpoint:
                 "local": base64.b64encode(self.srtp.local_key_salt).decode("ascii"),
                 "remote": base64.b64encode(self.srtp.remote_key_salt).decode("ascii")}})
         elif self.dtls.state == "failed" and before != "failed":
-            self.failure = (138020, f"DTLS failed: {self.dtls.failure_reason}")
+            self.failure = (MediaFact.DTLS_FAILED, f"DTLS failed: {self.dtls.failure_reason}")
             self.reporter.note(self.call_id, "dtls_failed", reason=self.dtls.failure_reason)
 
     def _on_srtp(self, data: bytes, addr: Addr) -> None:
@@ -640,7 +561,8 @@ class RelayEndpoint:
             self.last_media_at = self.reporter.now()
 
     # -- the user's patience --------------------------------------------------------------------------
-    def check_timeouts(self, now: float, start_timeout: float, silence_timeout: float) -> tuple[int, str] | None:
+    def check_timeouts(self, now: float, start_timeout: float, silence_timeout: float) -> tuple[str, str] | None:
+        """Why the user's phone gives up on the media now, as (:class:`MediaFact`, reason), or None."""
         if self.connected_at is None or self.closed:
             return None
         if self.last_media_at is None:
@@ -648,11 +570,11 @@ class RelayEndpoint:
                 if self.failure:
                     return self.failure
                 if self.remote is None and (self.negotiated is None or self.negotiated.key_exchange == "DTLS"):
-                    return (138023, f"no media connection signals within {start_timeout:g} s of the accept "
+                    return (MediaFact.NO_ICE_CHECK, f"no media connection signals within {start_timeout:g} s of the accept "
                                     "(no ICE connectivity check from the business)")
-                return (138021, f"no media from the business within {start_timeout:g} s of the accept")
+                return (MediaFact.NO_MEDIA, f"no media from the business within {start_timeout:g} s of the accept")
         elif silence_timeout and now - max(self.last_media_at, self.connected_at) >= silence_timeout:
-            return (138021, f"no media (neither RTP nor RTCP) from the business for {silence_timeout:g} s")
+            return (MediaFact.SILENCE, f"no media (neither RTP nor RTCP) from the business for {silence_timeout:g} s")
         return None
 
     # -- what the inspector shows ---------------------------------------------------------------------
@@ -690,4 +612,4 @@ class RelayEndpoint:
         }
 
 
-__all__ = ["RelayEndpoint", "Reporter", "negotiate", "Negotiated"]
+__all__ = ["RelayEndpoint", "Reporter"]

@@ -25,7 +25,7 @@ import pylibsrtp
 from pylibsrtp import Policy, Session
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .sdp import CryptoAttribute
+    from ..domain.sdp_syntax import CryptoAttribute
 
 __all__ = [
     "AEAD_AES_128_GCM",

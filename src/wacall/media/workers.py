@@ -12,7 +12,9 @@ The two sides talk over the child's stdin/stdout, one JSON object per line:
   an ``id``.
 - worker → main: ``{"re": id, "value": ...}`` answers, and the relay's reports
   ``{"report": "note" | "ended" | "persist", "call_id": ..., ...}`` which the main process applies to
-  the domain exactly as it does for in-process media.
+  the domain exactly as it does for in-process media (``ended`` carries a neutral fact, not a code).
+
+``configure`` and ``restore`` carry the domain's negotiation (``Negotiated.to_doc()``), never the SDPs.
 
 Each worker's engine has its own shared ports. After a restart, the calls a worker had are restored
 together on one new worker, which binds their old ports again.
@@ -40,7 +42,7 @@ from .. import codec
 from ..loop import loop_factory
 from .certificate import DtlsCertificate
 from .engine import MediaEngine
-from .leg import MediaLeg
+from ..domain.sdp import LocalMedia, Negotiated
 from .recording import Recordings
 from .relay import Reporter
 
@@ -48,7 +50,7 @@ log = logging.getLogger("wacall.media.workers")
 PIPE_LIMIT = 1 << 20
 KEEP_OWNERS = 5000
 #: what ``restore`` carries besides the leg and its saved state (``MediaEngine.restore``'s keywords)
-RESTORE_ARGS = ("meta_sdp", "business_sdp", "key_exchange", "user_audio", "user_is_caller", "connected_at")
+RESTORE_ARGS = ("negotiated", "user_audio", "user_is_caller", "connected_at")
 
 
 # -- the main process's side ---------------------------------------------------------------------------
@@ -132,7 +134,7 @@ class MediaWorkers:
         elif self.reporter is not None and message.get("report") == "note":
             self.reporter.note(message["call_id"], message["kind"], **message.get("data", {}))
         elif self.reporter is not None and message.get("report") == "ended":
-            self.reporter.ended(message["call_id"], message["code"], message["reason"])
+            self.reporter.ended(message["call_id"], message["fact"], message["reason"])
         elif self.reporter is not None and message.get("report") == "persist":
             self.reporter.persist(message["call_id"], message["state"])
 
@@ -178,15 +180,16 @@ class MediaWorkers:
         while len(self.owner) > KEEP_OWNERS:
             self.owner.pop(next(iter(self.owner)))
 
-    async def allocate(self, call_id: str) -> MediaLeg:
+    async def allocate(self, call_id: str) -> LocalMedia:
         worker = await self._least_loaded()
         doc = await self._ask(worker, {"op": "allocate", "call_id": call_id})
         if doc is None:
             raise RuntimeError(f"media worker {worker.index} could not allocate a leg")
         self._own(worker, call_id)
-        return MediaLeg.from_doc(doc)
+        return LocalMedia.from_doc(doc)
 
-    async def restore(self, call_id: str, leg_doc: dict | None, state: dict, **kwargs: Any) -> bool:
+    async def restore(self, call_id: str, leg_doc: dict | None, state: dict, *, negotiated: Negotiated | None = None,
+                      **kwargs: Any) -> bool:
         port = int((leg_doc or {}).get("port") or 0)
         worker = self._by_port.get(port)
         if worker is None or not worker.alive:
@@ -197,15 +200,14 @@ class MediaWorkers:
                 worker = self.workers[port - self.port]
             self._by_port[port] = worker
         restored = await self._ask(worker, {"op": "restore", "call_id": call_id, "leg": leg_doc, "state": state,
-                                            **kwargs})
+                                            "negotiated": negotiated.to_doc() if negotiated else None, **kwargs})
         self._own(worker, call_id)
         return bool(restored)
 
-    def configure(self, call_id: str, meta_sdp: str, business_sdp: str, key_exchange: str, user_audio: str,
-                  user_is_caller: bool) -> None:
+    def configure(self, call_id: str, negotiated: Negotiated, user_audio: str, user_is_caller: bool) -> None:
         if (worker := self.owner.get(call_id)) is not None:
-            worker.send({"op": "configure", "call_id": call_id, "meta_sdp": meta_sdp, "business_sdp": business_sdp,
-                         "key_exchange": key_exchange, "user_audio": user_audio, "user_is_caller": user_is_caller})
+            worker.send({"op": "configure", "call_id": call_id, "negotiated": negotiated.to_doc(),
+                         "user_audio": user_audio, "user_is_caller": user_is_caller})
 
     def call_connected(self, call_id: str, at: float) -> None:
         if (worker := self.owner.get(call_id)) is not None:
@@ -286,8 +288,8 @@ class _PipeReporter:
     def note(self, call_id: str, kind: str, **data: Any) -> None:
         _emit({"report": "note", "call_id": call_id, "kind": kind, "data": data})
 
-    def ended(self, call_id: str, code: int, reason: str) -> None:
-        _emit({"report": "ended", "call_id": call_id, "code": code, "reason": reason})
+    def ended(self, call_id: str, fact: str, reason: str) -> None:
+        _emit({"report": "ended", "call_id": call_id, "fact": fact, "reason": reason})
 
     def persist(self, call_id: str, state: dict) -> None:
         _emit({"report": "persist", "call_id": call_id, "state": state})
@@ -319,15 +321,16 @@ async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None
             if op == "allocate":
                 value = (await engine.allocate(call_id)).to_doc()
             elif op == "restore":
-                value = await engine.restore(call_id, message["leg"], message["state"],
-                                             **{key: message[key] for key in RESTORE_ARGS})
+                args = {key: message[key] for key in RESTORE_ARGS}
+                args["negotiated"] = Negotiated.from_doc(args["negotiated"]) if args["negotiated"] else None
+                value = await engine.restore(call_id, message["leg"], message["state"], **args)
             elif op == "certificate":
                 engine.certificate = DtlsCertificate.from_pem(message["cert"].encode(), message["key"].encode())
             elif op == "stats":
                 value = await engine.stats()
             elif op == "configure":
-                engine.configure(call_id, message["meta_sdp"], message["business_sdp"], message["key_exchange"],
-                                 message["user_audio"], message["user_is_caller"])
+                engine.configure(call_id, Negotiated.from_doc(message["negotiated"]), message["user_audio"],
+                                 message["user_is_caller"])
             elif op == "connected":
                 engine.call_connected(call_id, message["at"])
             elif op == "dtmf":

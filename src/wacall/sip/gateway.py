@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain import settings as calling_settings
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
-from ..domain.sip import BAD_DIGEST, SipRefusal, not_acceptable_hint
+from ..domain.ends import BAD_DIGEST, SERVICE_UNAVAILABLE, SipRefusal, sip_final_for_ended
+from ..domain.sip import not_acceptable_hint
 from ..media.ports import MediaUnavailable
 from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
@@ -294,33 +295,34 @@ class SipGateway:
         except SipRefusal as refusal:
             self._refuse(txn, request, refusal)
             return
-        try:
-            call_id, leg = await self.wacall.new_call_leg()
-        except MediaUnavailable:
-            self._refuse(txn, request, SipRefusal(503, "Service Unavailable"))
-            return
-        dialog = Dialog(call_id=call_id, direction=BUSINESS_INITIATED, sip_call_id=request.call_id,
-                        local_tag=txn.local_tag, conn=txn.conn, remote_tag=request.from_.tag,
-                        local_uri=_without_tag(request.headers.get("To") or ""),
-                        remote_uri=_without_tag(request.headers.get("From") or ""),
-                        remote_target=_contact_uri(request) or str(from_uri),
-                        route_set=request.headers.get_all("Record-Route"), invite=request, server_txn=txn,
-                        remote_cseq=request.cseq[0], peer=txn.conn.peer if txn.conn else None,
-                        server=_server_address(server))
-        self._register(dialog)
-        def place() -> Call:
+        dialog: Dialog | None = None
+
+        def place(call_id: str, leg) -> Call:
+            nonlocal dialog
+            dialog = Dialog(call_id=call_id, direction=BUSINESS_INITIATED, sip_call_id=request.call_id,
+                            local_tag=txn.local_tag, conn=txn.conn, remote_tag=request.from_.tag,
+                            local_uri=_without_tag(request.headers.get("To") or ""),
+                            remote_uri=_without_tag(request.headers.get("From") or ""),
+                            remote_target=_contact_uri(request) or str(from_uri),
+                            route_set=request.headers.get_all("Record-Route"), invite=request, server_txn=txn,
+                            remote_cseq=request.cseq[0], peer=txn.conn.peer if txn.conn else None,
+                            server=_server_address(server))
+            self._register(dialog)
             call = self.platform.sip_business_invite(number, server, ruri.user_number or "",
                                                      request.body.decode("utf-8", "replace"), call_id=call_id, leg=leg)
             self._note_message(call, "in", request)       # first on the ladder, before the 180 it causes
             return call
         try:
-            self.wacall.apply(place)
+            call = await self.wacall.legs.place(place)     # the leg is released if the call is refused
+        except MediaUnavailable:
+            self._refuse(txn, request, SipRefusal(503, SERVICE_UNAVAILABLE))
+            return
         except SipRefusal as refusal:
-            self._forget(dialog)
-            self.wacall.media.release(call_id)
+            if dialog is not None:
+                self._forget(dialog)
             self._refuse(txn, request, refusal)
             return
-        self.on_call_changed(call_id)
+        self.on_call_changed(call.id)
 
     def _check_digest(self, request: Request, authorization: str, number, server: dict) -> None:
         try:
@@ -428,7 +430,7 @@ class SipGateway:
                 dialog.retransmitter = self.layer.retransmit_2xx(txn, ok, on_give_up=lambda: self._no_ack(dialog))
                 self._save(dialog)
             elif call.state == ENDED:
-                status, reason = _final_for(call)
+                status, reason = sip_final_for_ended(call)
                 dialog.final_status = status
                 self._send_response(txn, response_to(invite, status, reason, to_tag=dialog.local_tag,
                                                      headers=self._meta_headers()), call.id)
@@ -774,19 +776,6 @@ def _keeps_meta_routes(record_routes: list[str], domain: str) -> bool:
     wanted = meta_record_routes(domain)
     normal = [re.sub(r"\s+", "", rr) for rr in record_routes]
     return len(normal) >= 2 and normal[-2:] == [re.sub(r"\s+", "", w) for w in wanted]
-
-
-def _final_for(call: Call) -> tuple[int, str]:
-    """Meta's final answer to a business INVITE whose call ended before it was answered (§7.2)."""
-    if call.end_reason == "rejected":
-        return 486, "User declined the call"
-    if call.end_reason == "not_answered":
-        return 480, "Temporarily Unavailable"
-    if call.end_reason == "cancelled":
-        return 487, "Request Terminated"
-    if call.errors and call.errors[0].get("code") == 138021:
-        return 408, "RTP Timeout"
-    return 503, "Service Unavailable"
 
 
 __all__ = ["SipGateway", "Dialog", "meta_record_routes"]

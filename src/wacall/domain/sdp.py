@@ -1,0 +1,580 @@
+"""Meta's SDP rules: validating a business's SDP as Meta does, building Meta's offer and answer, and
+the one negotiation of a call's media (:func:`negotiate`). Pure: values in, values out, no sockets.
+
+Validation (:func:`validate_business_sdp`) follows what Meta's calling docs ask of the SDP a
+business sends to ``POST /{phone_number_id}/calls``
+(https://developers.facebook.com/docs/whatsapp/cloud-api/calling/reference):
+
+- CRLF line endings (RFC 8866 section 5) and a raw string, not JSON-in-JSON (FAQ);
+- exactly one audio m-line with Opus ``opus/48000/2`` (RFC 7587), or only G.711 (PCMU/PCMA, RFC 3551)
+  when the number enables them in ``audio.additional_codecs``; RFC 4733 ``telephone-event/8000``;
+- DTLS-SRTP: ``UDP/TLS/RTP/SAVPF`` (RFC 5764), ICE credentials (RFC 8839), a sha-256
+  ``a=fingerprint`` (RFC 8122) and ``a=setup`` (RFC 4145; in an answer ``active`` or ``passive``,
+  RFC 5763 section 5);
+- SDES: ``RTP/SAVP`` (RFC 3711) with ``a=crypto`` (RFC 4568) for an AES_CM_128 suite.
+
+Builders produce Meta's own SDP (ICE-lite, RFC 8445 section 2.5) shaped like the samples in
+Meta's docs: the offer Meta sends for a user-initiated call and its answer to a
+business-initiated call's offer (offer/answer per RFC 3264). They work on :class:`LocalMedia`, the
+frozen description of Meta's side of a leg that the media engine hands out when it allocates one.
+
+:func:`negotiate` reads Meta's SDP and the business's and says what the relay must do (codec and
+payload types, the DTMF payload type, the SDES key or the DTLS role, the business's credentials and
+address). It is the only place that works this out; the result travels to the relay in
+``MediaConfigure`` (and as :meth:`Negotiated.to_doc` through the media workers' pipe).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+from .sdp_syntax import (STATIC_PAYLOAD_TYPES, Connection, CryptoAttribute, MediaDescription, Origin, RtpMap,
+                         SdpError, SessionDescription, line_error, parse_crypto, parse_sdp)
+
+__all__ = [
+    "Connection",
+    "CryptoAttribute",
+    "LocalMedia",
+    "MediaDescription",
+    "Negotiated",
+    "Origin",
+    "RtpMap",
+    "STATIC_PAYLOAD_TYPES",
+    "SdpError",
+    "SessionDescription",
+    "build_meta_answer",
+    "build_meta_offer",
+    "negotiate",
+    "parse_crypto",
+    "parse_sdp",
+    "validate_business_sdp",
+]
+
+
+@dataclass(frozen=True)
+class LocalMedia:
+    """Meta's side of one call's media leg, as its SDP advertises it: where the relay listens (an IPv4
+    and, where the host has it, an IPv6 host candidate), its ICE credentials (RFC 8839), its DTLS
+    certificate fingerprint (RFC 8122), the audio SSRC (RFC 3550) and the SDES master key (RFC 4568,
+    base64 of key||salt). Made by the media engine at allocation; persisted with the call
+    (:meth:`to_doc`) so a restarted relay answers as the same leg."""
+
+    call_id: str
+    host: str
+    port: int
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprint: str
+    ssrc: int
+    sdes_key_b64: str
+    #: o= session id (RFC 8866 section 5.2); fixed per leg so rebuilding the SDP is stable.
+    session_id: int
+    #: MediaStream id used in a=msid-semantic / a=ssrc msid lines (RFC 8830).
+    stream_id: str
+    host6: str | None = None
+    port6: int | None = None
+
+    def to_doc(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> LocalMedia:
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
+
+# --------------------------------------------------------------------------------------------
+# Validation of a business's SDP
+# --------------------------------------------------------------------------------------------
+
+DTLS_PROTO = "UDP/TLS/RTP/SAVPF"
+SDES_PROTO = "RTP/SAVP"
+_FINGERPRINT_RE = re.compile(r"^([A-Za-z0-9-]+) ((?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2})$")
+_ICE_RE = re.compile(r"^[A-Za-z0-9+/]+$")
+
+
+def _normalise_key_exchange(key_exchange: str) -> str:
+    kx = key_exchange.upper()
+    if kx not in ("DTLS", "SDES"):
+        raise ValueError(f"key_exchange must be 'DTLS' or 'SDES', not {key_exchange!r}")
+    return kx
+
+
+def _check_raw_text(text: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise SdpError("SDP is empty")
+    first = text.lstrip().split("\n", 1)[0].rstrip("\r")
+    if text.lstrip().startswith(("{", '"')):
+        raise line_error(
+            1, first, "sdp must be the raw SDP text, not a JSON-encoded object (JSON-in-JSON)"
+        )
+    pieces = text.split("\n")
+    for index, piece in enumerate(pieces[:-1]):
+        if not piece.endswith("\r"):
+            raise line_error(index + 1, piece, "line ends in a bare LF; SDP lines must end in CRLF")
+    if pieces[-1] != "":
+        raise line_error(len(pieces), pieces[-1], "line does not end in CRLF")
+
+
+def _single_audio(sd: SessionDescription) -> MediaDescription:
+    audio: MediaDescription | None = None
+    for media in sd.media:
+        raw = sd.lines[media.line - 1]
+        if media.kind != "audio":
+            raise line_error(media.line, raw, f"only one audio m-line is supported ({media.kind} is not)")
+        if audio is not None:
+            raise line_error(media.line, raw, "only one audio m-line is supported (second m=audio)")
+        audio = media
+    if audio is None:
+        raise SdpError("No m=audio line found in SDP")
+    if audio.port == 0:
+        raise line_error(audio.line, sd.lines[audio.line - 1], "audio m-line is rejected (port 0)")
+    return audio
+
+
+def _check_payload_types(sd: SessionDescription, audio: MediaDescription, extra: set[str]) -> None:
+    """Every payload type has a codec, and one of them is Opus or a G.711 codec the number enabled.
+
+    Meta offers PCMU/PCMA "for interoperability with legacy telephony systems or PSTN gateways" that
+    do not support Opus (call settings, audio codec): with them enabled a G.711-only endpoint is fine.
+    """
+    raw = sd.lines[audio.line - 1]
+    for pt in audio.payload_types:
+        if audio.codec(pt) is None:
+            raise line_error(audio.line, raw, f"payload type {pt} has no a=rtpmap")
+    if audio.find_codec("opus", 48000, 2) is not None:
+        return
+    if any(audio.find_codec(name, 8000) is not None for name in extra & {"PCMU", "PCMA"}):
+        return
+    reason = "Opus (a=rtpmap:<pt> opus/48000/2) is required on the audio m-line"
+    offered_g711 = [name for name in ("PCMU", "PCMA") if audio.find_codec(name, 8000) is not None]
+    if offered_g711:
+        reason += (f"; without Opus, {'/'.join(offered_g711)} must be enabled in settings "
+                   "calling.audio.additional_codecs")
+    raise line_error(audio.line, raw, reason)
+
+
+def _check_dtls(sd: SessionDescription, audio: MediaDescription, role: str) -> None:
+    if audio.proto != DTLS_PROTO:
+        raise line_error(
+            audio.line, sd.lines[audio.line - 1],
+            f"transport must be {DTLS_PROTO} for DTLS key exchange (got {audio.proto})",
+        )
+    for name, minimum in (("ice-ufrag", 4), ("ice-pwd", 22)):
+        found = sd.effective_attribute(audio, name)
+        if found is None:
+            raise SdpError(f"No a={name} found in SDP")
+        line, value = found
+        if not value or not _ICE_RE.match(value) or not minimum <= len(value) <= 256:
+            raise line_error(line, sd.lines[line - 1], f"invalid {name} (need {minimum}-256 ICE characters)")
+    fingerprints = list(audio.attributes_named("fingerprint")) or list(sd.attributes_named("fingerprint"))
+    if not fingerprints:
+        raise SdpError("No fingerprint found in SDP")
+    sha256 = False
+    for line, value in fingerprints:
+        algo = (value or "").split(" ", 1)[0].lower()
+        if algo != "sha-256":
+            continue
+        if not _FINGERPRINT_RE.match(value or ""):
+            raise line_error(line, sd.lines[line - 1], "invalid fingerprint (expected 'sha-256' and 32 hex pairs)")
+        sha256 = True
+    if not sha256:
+        line = fingerprints[0][0]
+        raise line_error(line, sd.lines[line - 1], "fingerprint hash function must be sha-256")
+    setup = sd.effective_attribute(audio, "setup")
+    if setup is None:
+        raise SdpError("No a=setup found in SDP")
+    line, value = setup
+    allowed = ("active", "passive") if role == "answer" else ("active", "passive", "actpass")
+    if value not in allowed:
+        raise line_error(line, sd.lines[line - 1], f"a=setup in an {role} must be one of {', '.join(allowed)}")
+
+
+def _check_sdes(sd: SessionDescription, audio: MediaDescription) -> None:
+    if audio.proto != SDES_PROTO:
+        raise line_error(
+            audio.line, sd.lines[audio.line - 1],
+            f"transport must be {SDES_PROTO} for SDES key exchange (got {audio.proto})",
+        )
+    problems: list[tuple[int, str]] = []
+    for line, value in audio.attributes_named("crypto"):
+        try:
+            parse_crypto(value or "")
+        except ValueError as exc:
+            problems.append((line, str(exc)))
+        else:
+            return  # at least one usable key is enough; other suites are simply not chosen
+    if problems:
+        # Prefer a malformed line of a supported suite over a merely unsupported suite.
+        line, reason = min(problems, key=lambda p: (p[1].startswith("unsupported crypto suite"), p[0]))
+        raise line_error(line, sd.lines[line - 1], reason)
+    raise SdpError("No a=crypto line found in SDP")
+
+
+def _check_answer_codecs(sd: SessionDescription, audio: MediaDescription, extra: set[str]) -> None:
+    for pt in audio.payload_types:
+        codec = audio.codec(pt)
+        assert codec is not None  # checked by _check_payload_types
+        name = codec.encoding.upper()
+        ok = (
+            codec.matches("opus", 48000, 2)
+            or codec.matches("telephone-event", 8000)
+            or (name in ("PCMU", "PCMA") and codec.clock_rate == 8000 and name in extra)
+        )
+        if ok:
+            continue
+        rtpmap_lines = (ln for ln, v in audio.attributes_named("rtpmap") if (v or "").split(" ")[0] == str(pt))
+        line = next(rtpmap_lines, audio.line)
+        reason = f"codec {codec} (payload type {pt}) is not supported in an answer"
+        if name in ("PCMU", "PCMA"):
+            reason += "; enable it in settings calling.audio.additional_codecs"
+        raise line_error(line, sd.lines[line - 1], reason)
+
+
+def validate_business_sdp(
+    text: str,
+    *,
+    key_exchange: str = "DTLS",
+    additional_codecs: Sequence[str] = (),
+    role: str = "answer",
+) -> SessionDescription:
+    """Check a business's SDP as Meta does and return it parsed.
+
+    ``role`` is ``"offer"`` for ``connect`` and ``"answer"`` for ``pre_accept``/``accept``;
+    ``key_exchange`` is the number's ``srtp_key_exchange_protocol``; ``additional_codecs`` its
+    ``audio.additional_codecs`` (``PCMA``/``PCMU``).
+    """
+    kx = _normalise_key_exchange(key_exchange)
+    if role not in ("offer", "answer"):
+        raise ValueError(f"role must be 'offer' or 'answer', not {role!r}")
+    extra = {c.upper() for c in additional_codecs}
+    _check_raw_text(text)
+    sd = parse_sdp(text)
+    audio = _single_audio(sd)
+    if kx == "DTLS":
+        _check_dtls(sd, audio, role)
+    else:
+        _check_sdes(sd, audio)
+    _check_payload_types(sd, audio, extra)
+    if role == "answer":
+        _check_answer_codecs(sd, audio, extra)
+    return sd
+
+
+# --------------------------------------------------------------------------------------------
+# Meta-side builders
+# --------------------------------------------------------------------------------------------
+
+OPUS_PT = 111
+TELEPHONE_EVENT_PT = 126
+_CANDIDATE_PRIORITY = 2122260223
+_CANDIDATE_PRIORITY_V6 = _CANDIDATE_PRIORITY - 256   # RFC 8445 §5.1.2.1: local preference one below IPv4's
+_EXTMAPS = (
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+)
+#: Opus fmtp in Meta's Graph (WebRTC) samples and in its SIP samples (used for SDES).
+_OPUS_FMTP_GRAPH = "minptime=10;useinbandfec=1"
+_OPUS_FMTP_SIP = "maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;sprop-maxcapturerate=16000;useinbandfec=1"
+_G711 = (("PCMU", 0), ("PCMA", 8))
+_SSRC_CNAME = "WhatsAppAudioStream1"
+_TRACK_ID = "WhatsAppTrack1"
+
+
+def _foundation(leg: LocalMedia, base: str | None = None) -> str:
+    """RFC 8445 §5.1.1.3: candidates from different base addresses get different foundations."""
+    return str(1_000_000_000 + ((leg.session_id + (1 if base else 0)) % 3_000_000_000))
+
+
+def _session_header(leg: LocalMedia, mid: str, *, ice_lite: bool) -> list[str]:
+    lines = [
+        "v=0",
+        f"o=- {leg.session_id} 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        f"a=group:BUNDLE {mid}",
+        f"a=msid-semantic: WMS {leg.stream_id}",
+    ]
+    if ice_lite:
+        lines.append("a=ice-lite")
+    return lines
+
+
+def _dtls_transport_lines(leg: LocalMedia, setup: str, *, trickle: bool = False) -> list[str]:
+    lines = [
+        f"a=candidate:{_foundation(leg)} 1 udp {_CANDIDATE_PRIORITY} {leg.host} {leg.port} typ host"
+        f" generation 0 network-cost 50 ufrag {leg.ice_ufrag}",
+    ]
+    if leg.port6:       # Meta's relay offers an IPv6 host candidate too, at a lower priority
+        lines.append(f"a=candidate:{_foundation(leg, leg.host6)} 1 udp {_CANDIDATE_PRIORITY_V6} {leg.host6} "
+                     f"{leg.port6} typ host generation 0 network-cost 50 ufrag {leg.ice_ufrag}")
+    lines += [
+        f"a=ice-ufrag:{leg.ice_ufrag}",
+        f"a=ice-pwd:{leg.ice_pwd}",
+    ]
+    if trickle:
+        lines.append("a=ice-options:trickle")
+    lines += [f"a=fingerprint:sha-256 {leg.fingerprint}", f"a=setup:{setup}"]
+    return lines
+
+
+def _ssrc_lines(leg: LocalMedia) -> list[str]:
+    return [
+        f"a=ssrc:{leg.ssrc} cname:{_SSRC_CNAME}",
+        f"a=ssrc:{leg.ssrc} msid:{leg.stream_id} {_TRACK_ID}",
+        f"a=ssrc:{leg.ssrc} mslabel:{leg.stream_id}",
+        f"a=ssrc:{leg.ssrc} label:{_TRACK_ID}",
+    ]
+
+
+def _join(lines: list[str]) -> str:
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _enabled_g711(additional_codecs: Sequence[str]) -> list[tuple[str, int]]:
+    wanted = {c.upper() for c in additional_codecs}
+    return [(name, pt) for name, pt in _G711 if name in wanted]
+
+
+def build_meta_offer(
+    leg: LocalMedia, *, key_exchange: str = "DTLS", additional_codecs: Sequence[str] = ()
+) -> str:
+    """Meta's SDP offer for a user-initiated call (connect webhook / SIP INVITE)."""
+    kx = _normalise_key_exchange(key_exchange)
+    g711 = _enabled_g711(additional_codecs)
+    pts = [OPUS_PT, *(pt for _, pt in g711), TELEPHONE_EVENT_PT]
+    proto = DTLS_PROTO if kx == "DTLS" else SDES_PROTO
+    lines = _session_header(leg, "audio", ice_lite=kx == "DTLS")
+    lines += [
+        f"m=audio {leg.port} {proto} {' '.join(map(str, pts))}",
+        f"c=IN IP4 {leg.host}",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+    ]
+    if kx == "DTLS":
+        lines += _dtls_transport_lines(leg, "actpass")
+    lines.append("a=mid:audio")
+    if kx == "DTLS":
+        lines += [f"a=extmap:{i} {uri}" for i, uri in enumerate(_EXTMAPS, start=1)]
+    lines += ["a=sendrecv", "a=rtcp-mux"]
+    if kx == "SDES":
+        lines.append(f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{leg.sdes_key_b64}")
+    lines.append(f"a=rtpmap:{OPUS_PT} opus/48000/2")
+    if kx == "DTLS":
+        lines.append(f"a=rtcp-fb:{OPUS_PT} transport-cc")
+    lines.append(f"a=fmtp:{OPUS_PT} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}")
+    lines += [f"a=rtpmap:{pt} {name}/8000" for name, pt in g711]
+    lines += [f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000", "a=ptime:20", "a=maxptime:20"]
+    lines += _ssrc_lines(leg)
+    return _join(lines)
+
+
+_DIRECTION_ANSWER = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+
+
+def _answer_direction(offer: SessionDescription, audio: MediaDescription) -> str:
+    for attr, _ in audio.attributes:
+        if attr in _DIRECTION_ANSWER:
+            return _DIRECTION_ANSWER[attr]
+    for attr, _ in offer.attributes:
+        if attr in _DIRECTION_ANSWER:
+            return _DIRECTION_ANSWER[attr]
+    return "sendrecv"
+
+
+def _telephone_event_pt(audio: MediaDescription) -> int:
+    pt = audio.find_codec("telephone-event", 8000)
+    if pt is not None:
+        return pt
+    # Meta: "even if it is absent, the API still proceeds with 8000 clock rate against PT 126".
+    used = set(audio.payload_types)
+    if TELEPHONE_EVENT_PT not in used:
+        return TELEPHONE_EVENT_PT
+    return next(p for p in range(127, 95, -1) if p not in used)
+
+
+def build_meta_answer(
+    leg: LocalMedia,
+    offer: SessionDescription,
+    *,
+    key_exchange: str = "DTLS",
+    additional_codecs: Sequence[str] = (),
+) -> str:
+    """Meta's SDP answer to a business's offer (business-initiated call, connect webhook / 200 OK).
+
+    ``offer`` should already have passed ``validate_business_sdp(role="offer")``.
+    """
+    kx = _normalise_key_exchange(key_exchange)
+    audio = offer.audio
+    if audio is None:
+        raise SdpError("No m=audio line found in SDP")
+    opus_pt = audio.find_codec("opus", 48000, 2)
+    te_pt = _telephone_event_pt(audio)
+    g711: list[tuple[str, int]] = []
+    for name, _ in _enabled_g711(additional_codecs):
+        offered_pt = audio.find_codec(name, 8000)
+        if offered_pt is not None:
+            g711.append((name, offered_pt))
+    if opus_pt is None and not g711:
+        raise SdpError("No opus/48000/2 rtpmap (nor an enabled PCMU/PCMA) found in the offer")
+    # a G.711-only offer (a legacy endpoint without Opus) gets a G.711-only answer
+    pts = [*([opus_pt] if opus_pt is not None else []), *(pt for _, pt in g711), te_pt]
+    mid = audio.attribute("mid") or "audio"
+    proto = DTLS_PROTO if kx == "DTLS" else SDES_PROTO
+    lines = _session_header(leg, mid, ice_lite=kx == "DTLS")
+    lines += [
+        f"m=audio {leg.port} {proto} {' '.join(map(str, pts))}",
+        f"c=IN IP4 {leg.host}",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+    ]
+    if kx == "DTLS":
+        found = offer.effective_attribute(audio, "setup")
+        offered_setup = found[1] if found else "actpass"
+        setup = "passive" if offered_setup == "active" else "active"
+        lines += _dtls_transport_lines(leg, setup, trickle=True)
+    lines.append(f"a=mid:{mid}")
+    if kx == "DTLS":
+        for _, value in audio.attributes_named("extmap"):
+            ext_id, _, uri = (value or "").partition(" ")
+            if uri.split(" ")[0] in _EXTMAPS:
+                lines.append(f"a=extmap:{ext_id} {uri.split(' ')[0]}")
+    lines.append(f"a={_answer_direction(offer, audio)}")
+    if audio.has_attribute("rtcp-mux") or kx == "SDES":
+        lines.append("a=rtcp-mux")
+    if kx == "SDES":
+        chosen = _chosen_crypto(offer, audio)
+        if chosen is None:
+            raise SdpError("No acceptable a=crypto line found in the offer")
+        crypto = chosen[1]
+        lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}")
+    if opus_pt is not None:
+        lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
+        offered_fb = {v for _, v in audio.attributes_named("rtcp-fb")}
+        if kx == "DTLS" and f"{opus_pt} transport-cc" in offered_fb:
+            lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
+        lines.append(f"a=fmtp:{opus_pt} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}")
+    lines += [f"a=rtpmap:{pt} {name}/8000" for name, pt in g711]
+    lines += [f"a=rtpmap:{te_pt} telephone-event/8000", "a=ptime:20", "a=maxptime:20"]
+    lines += _ssrc_lines(leg)
+    return _join(lines)
+
+
+def _chosen_crypto(sd: SessionDescription, audio: MediaDescription) -> tuple[str, CryptoAttribute] | None:
+    """The business's ``a=crypto`` Meta uses (value and parsed): the first acceptable one, media level
+    first. The one SDES choice: the answer's tag and suite and the relay's key both come from here."""
+    for _, value in [*audio.attributes_named("crypto"), *sd.attributes_named("crypto")]:
+        try:
+            return value or "", parse_crypto(value or "")
+        except ValueError:
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The negotiation: what the relay does with the two SDPs
+# --------------------------------------------------------------------------------------------
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """What Meta's SDP and the business's agreed on, from the relay's point of view."""
+
+    key_exchange: str                   # DTLS | SDES
+    dtls_role: str | None = None        # client | server (DTLS only)
+    remote_fingerprint: str | None = None
+    remote_ufrag: str | None = None
+    remote_pwd: str | None = None
+    remote_crypto: str | None = None    # SDES: the business's a=crypto value Meta chose
+    remote_addr: Addr | None = None     # c= / m= of the business (SDES latching starts here)
+    send_codec: str = "opus"
+    #: Meta's payload type per codec both sides have: opus / pcmu / pcma / telephone-event
+    payload_types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def telephone_event_pt(self) -> int:
+        """RFC 4733 events; Meta's default 126 when the business did not negotiate them."""
+        return self.payload_types.get("telephone-event", TELEPHONE_EVENT_PT)
+
+    @property
+    def audio_codecs(self) -> dict[int, str]:
+        """Payload type → audio codec name (opus / pcmu / pcma), for what the business sends."""
+        return {pt: name for name, pt in self.payload_types.items() if name in ("opus", "pcmu", "pcma")}
+
+    def to_doc(self) -> dict:
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["remote_addr"] = list(self.remote_addr) if self.remote_addr else None
+        doc["payload_types"] = dict(self.payload_types)
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> Negotiated:
+        values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc}
+        addr = values.get("remote_addr")
+        values["remote_addr"] = (str(addr[0]), int(addr[1])) if addr else None
+        values["payload_types"] = {str(k): int(v) for k, v in (values.get("payload_types") or {}).items()}
+        return cls(**values)
+
+
+def _codec_pts(desc: SessionDescription) -> dict[str, int]:
+    audio = desc.audio
+    found: dict[str, int] = {}
+    if audio is None:
+        return found
+    for pt in audio.payload_types:
+        codec = audio.codec(pt)
+        if codec is None:
+            continue
+        name = codec.encoding.lower()
+        if name == "opus" and codec.clock_rate == 48000:
+            found.setdefault("opus", pt)
+        elif name in ("pcmu", "pcma") and codec.clock_rate == 8000:
+            found.setdefault(name, pt)
+        elif name == "telephone-event" and codec.clock_rate == 8000:
+            found.setdefault("telephone-event", pt)
+    return found
+
+
+def negotiate(meta_sdp: str, business_sdp: str, key_exchange: str) -> Negotiated:
+    """What the relay must do for a call whose SDPs are ``meta_sdp`` (Meta's offer or answer, from the
+    builders above) and ``business_sdp`` (the business's validated answer or offer): the codecs both
+    have with Meta's payload types, the one the user's phone sends (the business's first preference),
+    the DTMF payload type, the business's address, and the SDES key or the DTLS role and the
+    business's ICE credentials and fingerprint. ``SdpError`` if either cannot be parsed."""
+    kx = _normalise_key_exchange(key_exchange)
+    meta, business = parse_sdp(meta_sdp), parse_sdp(business_sdp)
+    ours, theirs = _codec_pts(meta), _codec_pts(business)
+    payload_types = {name: pt for name, pt in ours.items() if name in theirs}
+    baudio = business.audio
+    send_codec = "opus"
+    for pt in (baudio.payload_types if baudio else []):          # the business's preference
+        codec = baudio.codec(pt)
+        name = codec.encoding.lower() if codec else ""
+        if name in ("opus", "pcmu", "pcma") and name in payload_types:
+            send_codec = name
+            break
+    remote_addr = None
+    connection = baudio.connection if baudio and baudio.connection else business.connection
+    if baudio and connection and connection.address not in ("0.0.0.0", "::") and baudio.port not in (0, 9):
+        remote_addr = (connection.address, baudio.port)
+    common = {"key_exchange": kx, "remote_addr": remote_addr, "send_codec": send_codec,
+              "payload_types": payload_types}
+    if baudio is None:
+        return Negotiated(**common)
+    if kx == "SDES":
+        chosen = _chosen_crypto(business, baudio)
+        return Negotiated(**common, remote_crypto=chosen[0] if chosen else None)
+    ufrag = business.effective_attribute(baudio, "ice-ufrag")
+    pwd = business.effective_attribute(baudio, "ice-pwd")
+    fingerprint = business.effective_attribute(baudio, "fingerprint")
+    meta_setup = (meta.effective_attribute(meta.audio, "setup") or (0, "actpass"))[1] if meta.audio else "actpass"
+    their_setup = (business.effective_attribute(baudio, "setup") or (0, "active"))[1]
+    if meta_setup == "active":
+        role = "client"
+    elif meta_setup == "passive":
+        role = "server"
+    else:   # Meta offered actpass: the business's answer decides
+        role = "client" if their_setup == "passive" else "server"
+    return Negotiated(**common, dtls_role=role, remote_ufrag=ufrag[1] if ufrag else None,
+                      remote_pwd=pwd[1] if pwd else None, remote_fingerprint=fingerprint[1] if fingerprint else None)

@@ -1,0 +1,420 @@
+"""SDP syntax: a small typed model and parser of RFC 8866 session descriptions, and RFC 4568 ``a=crypto``.
+
+Model: RFC 8866 (which obsoletes RFC 4566) session descriptions: ``v= o= s=`` first, the session
+part, then ``m=`` sections; ``a=rtpmap``/``a=fmtp`` per RFC 8866 section 6.6/6.15; static payload
+types per RFC 3551 section 6. Pure (no I/O); Meta's rules on top of it are in ``wacall.domain.sdp``.
+
+Every problem raises :class:`SdpError`, whose ``details`` names the offending line (1-based) or
+says what is missing; the Graph layer puts it into ``error_data.details`` of a code-100 error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+__all__ = [
+    "SDES_SUITES",
+    "STATIC_PAYLOAD_TYPES",
+    "Connection",
+    "CryptoAttribute",
+    "MediaDescription",
+    "Origin",
+    "RtpMap",
+    "SdpError",
+    "SessionDescription",
+    "line_error",
+    "parse_crypto",
+    "parse_sdp",
+]
+
+
+class SdpError(Exception):
+    """Malformed or unacceptable SDP. ``details`` is the human-readable reason."""
+
+    def __init__(self, details: str, *, line: int | None = None) -> None:
+        super().__init__(details)
+        self.details = details
+        self.line = line
+
+
+_MAX_QUOTED = 120
+
+
+def _quote(raw: str) -> str:
+    return raw if len(raw) <= _MAX_QUOTED else raw[: _MAX_QUOTED - 3] + "..."
+
+
+def line_error(number: int, raw: str, reason: str) -> SdpError:
+    return SdpError(f"SDP line {number} '{_quote(raw)}': {reason}", line=number)
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    """``o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address>``."""
+
+    username: str
+    session_id: str
+    session_version: str
+    nettype: str
+    addrtype: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Connection:
+    """``c=<nettype> <addrtype> <connection-address>``."""
+
+    nettype: str
+    addrtype: str
+    address: str
+
+
+class RtpMap(NamedTuple):
+    """``a=rtpmap:<pt> <encoding>/<clock>[/<channels>]``."""
+
+    encoding: str
+    clock_rate: int
+    channels: int | None = None
+
+    def matches(self, encoding: str, clock_rate: int, channels: int | None = None) -> bool:
+        if self.encoding.lower() != encoding.lower() or self.clock_rate != clock_rate:
+            return False
+        return channels is None or (self.channels or 1) == channels
+
+    def __str__(self) -> str:
+        base = f"{self.encoding}/{self.clock_rate}"
+        return base if self.channels is None else f"{base}/{self.channels}"
+
+
+#: RFC 3551 section 6 static audio payload types (used when no a=rtpmap is given).
+STATIC_PAYLOAD_TYPES: dict[int, RtpMap] = {
+    0: RtpMap("PCMU", 8000),
+    3: RtpMap("GSM", 8000),
+    4: RtpMap("G723", 8000),
+    8: RtpMap("PCMA", 8000),
+    9: RtpMap("G722", 8000),
+    13: RtpMap("CN", 8000),
+    18: RtpMap("G729", 8000),
+}
+
+
+@dataclass
+class _Attributes:
+    """Ordered ``a=`` attributes with the 1-based line number of each."""
+
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    attribute_lines: list[int] = field(default_factory=list)
+
+    def attributes_named(self, name: str) -> Iterator[tuple[int, str | None]]:
+        """``(line number, value)`` of every attribute called ``name``, in order."""
+        for (attr, value), line in zip(self.attributes, self.attribute_lines):
+            if attr == name:
+                yield line, value
+
+    def has_attribute(self, name: str) -> bool:
+        return any(attr == name for attr, _ in self.attributes)
+
+    def attribute(self, name: str) -> str | None:
+        """Value of the first ``name`` attribute (``None`` if absent or a flag)."""
+        for _, value in self.attributes_named(name):
+            return value
+        return None
+
+
+@dataclass
+class MediaDescription(_Attributes):
+    """One ``m=`` section."""
+
+    kind: str = ""
+    port: int = 0
+    port_count: int | None = None
+    proto: str = ""
+    #: The m-line's ``<fmt>`` tokens; payload type numbers for RTP profiles.
+    formats: list[str] = field(default_factory=list)
+    connection: Connection | None = None
+    rtpmap: dict[int, RtpMap] = field(default_factory=dict)
+    fmtp: dict[int, str] = field(default_factory=dict)
+    #: 1-based line number of the ``m=`` line.
+    line: int = 0
+
+    @property
+    def is_rtp(self) -> bool:
+        return "RTP/" in self.proto
+
+    @property
+    def payload_types(self) -> list[int]:
+        return [int(f) for f in self.formats] if self.is_rtp else []
+
+    def codec(self, pt: int) -> RtpMap | None:
+        """The codec of payload type ``pt``: its a=rtpmap, else the RFC 3551 static assignment."""
+        return self.rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
+
+    def find_codec(self, encoding: str, clock_rate: int, channels: int | None = None) -> int | None:
+        """First payload type on the m-line carrying that codec."""
+        for pt in self.payload_types:
+            codec = self.codec(pt)
+            if codec is not None and codec.matches(encoding, clock_rate, channels):
+                return pt
+        return None
+
+
+@dataclass
+class SessionDescription(_Attributes):
+    """A parsed SDP session description."""
+
+    version: int = 0
+    origin: Origin = field(default_factory=lambda: Origin("-", "0", "0", "IN", "IP4", "0.0.0.0"))
+    session_name: str = "-"
+    connection: Connection | None = None
+    timing: list[tuple[int, int]] = field(default_factory=list)
+    media: list[MediaDescription] = field(default_factory=list)
+    #: The raw lines without terminators (``lines[n - 1]`` is line ``n``).
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def audio(self) -> MediaDescription | None:
+        return next((m for m in self.media if m.kind == "audio"), None)
+
+    def effective_attribute(self, media: MediaDescription, name: str) -> tuple[int, str | None] | None:
+        """``(line, value)`` of ``name`` at media level, falling back to session level."""
+        for found in media.attributes_named(name):
+            return found
+        for found in self.attributes_named(name):
+            return found
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------
+
+_LINE_RE = re.compile(r"^([a-z])=(.*)$", re.DOTALL)
+_SESSION_TYPES = set("vosiuepcbtrzka")
+_MEDIA_TYPES = set("icbka")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")  # RFC 8866 token
+_RTPMAP_RE = re.compile(r"^(\d{1,3}) ([^\s/]+)/(\d+)(?:/(\d+))?$")
+_FMTP_RE = re.compile(r"^(\d{1,3}) (.+)$")
+
+
+def _parse_connection(number: int, raw: str, value: str) -> Connection:
+    parts = value.split(" ")
+    if len(parts) != 3 or not all(parts):
+        raise line_error(number, raw, "expected 'c=<nettype> <addrtype> <address>'")
+    if parts[1] not in ("IP4", "IP6"):
+        raise line_error(number, raw, f"unknown address type {parts[1]!r}")
+    return Connection(*parts)
+
+
+def _number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts "²" or "³", which ``int()`` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def _parse_origin(number: int, raw: str, value: str) -> Origin:
+    parts = value.split(" ")
+    if len(parts) != 6 or not all(parts):
+        raise line_error(
+            number, raw,
+            "expected 'o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>'",
+        )
+    if not _number(parts[1]) or not _number(parts[2]):
+        raise line_error(number, raw, "session id and version must be numeric")
+    return Origin(*parts)
+
+
+def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
+    parts = value.split(" ")
+    if len(parts) < 4 or not all(parts):
+        raise line_error(number, raw, "expected 'm=<media> <port> <proto> <fmt> ...'")
+    kind, port_text, proto, *formats = parts
+    if not _TOKEN_RE.match(kind):
+        raise line_error(number, raw, "invalid media type")
+    port_part, _, count_part = port_text.partition("/")
+    if not _number(port_part) or int(port_part) > 65535:
+        raise line_error(number, raw, "invalid port")
+    port_count: int | None = None
+    if count_part:
+        if not _number(count_part) or int(count_part) < 1:
+            raise line_error(number, raw, "invalid port count")
+        port_count = int(count_part)
+    if not all(_TOKEN_RE.match(p) for p in proto.split("/")):
+        raise line_error(number, raw, "invalid transport protocol")
+    media = MediaDescription(
+        kind=kind, port=int(port_part), port_count=port_count, proto=proto, formats=formats, line=number
+    )
+    if media.is_rtp:
+        for fmt in formats:
+            if not _number(fmt) or int(fmt) > 127:
+                raise line_error(number, raw, f"invalid RTP payload type {fmt!r}")
+    return media
+
+
+def _parse_attribute(number: int, raw: str, value: str) -> tuple[str, str | None]:
+    name, sep, attr_value = value.partition(":")
+    if not name or not _TOKEN_RE.match(name):
+        raise line_error(number, raw, "invalid attribute name")
+    return name, (attr_value if sep else None)
+
+
+def _add_media_attribute(media: MediaDescription, number: int, raw: str, name: str, value: str | None) -> None:
+    media.attributes.append((name, value))
+    media.attribute_lines.append(number)
+    if name == "rtpmap":
+        match = _RTPMAP_RE.match(value or "")
+        if match is None or int(match.group(1)) > 127:
+            raise line_error(number, raw, "expected 'a=rtpmap:<payload type> <encoding>/<clock rate>[/<channels>]'")
+        pt = int(match.group(1))
+        if pt in media.rtpmap:
+            raise line_error(number, raw, f"duplicate rtpmap for payload type {pt}")
+        channels = int(match.group(4)) if match.group(4) else None
+        media.rtpmap[pt] = RtpMap(match.group(2), int(match.group(3)), channels)
+    elif name == "fmtp":
+        match = _FMTP_RE.match(value or "")
+        if match is None:
+            raise line_error(number, raw, "expected 'a=fmtp:<payload type> <parameters>'")
+        media.fmtp[int(match.group(1))] = match.group(2)
+
+
+def _split_lines(text: str) -> list[str]:
+    """Split on LF, dropping one CR before each LF; the final terminator yields no line."""
+    pieces = text.split("\n")
+    if pieces and pieces[-1] == "":
+        pieces.pop()
+    return [p[:-1] if p.endswith("\r") else p for p in pieces]
+
+
+def parse_sdp(text: str) -> SessionDescription:
+    """Parse RFC 8866 SDP. Accepts CRLF or LF endings (the CRLF rule is Meta's, see validate)."""
+    if not isinstance(text, str) or not text.strip():
+        raise SdpError("SDP is empty")
+    lines = _split_lines(text)
+    sd = SessionDescription(lines=lines)
+    current: MediaDescription | None = None
+    seen: set[str] = set()
+    for index, raw in enumerate(lines):
+        number = index + 1
+        if raw == "":
+            raise line_error(number, raw, "empty line")
+        if "\r" in raw:
+            raise line_error(number, raw.replace("\r", "\\r"), "stray CR inside the line")
+        match = _LINE_RE.match(raw)
+        if match is None:
+            raise line_error(number, raw, "expected '<type>=<value>' with a single lowercase letter type")
+        kind, value = match.group(1), match.group(2)
+        # RFC 8866 section 5: v=, o=, s= come first and in this order.
+        expected_first = {1: "v", 2: "o", 3: "s"}.get(number)
+        if expected_first is not None and kind != expected_first:
+            raise line_error(number, raw, f"expected a '{expected_first}=' line here")
+        if kind == "v":
+            if number != 1:
+                raise line_error(number, raw, "v= must appear only as the first line")
+            if value != "0":
+                raise line_error(number, raw, "unsupported protocol version (must be v=0)")
+            continue
+        if current is None:
+            if kind not in _SESSION_TYPES and kind != "m":
+                raise line_error(number, raw, f"unknown line type '{kind}='")
+            if kind in "os" and kind in seen:
+                raise line_error(number, raw, f"duplicate {kind}= line")
+            seen.add(kind)
+        elif kind not in _MEDIA_TYPES and kind != "m":
+            raise line_error(number, raw, f"'{kind}=' is not allowed inside a media section")
+        if kind == "o":
+            sd.origin = _parse_origin(number, raw, value)
+        elif kind == "s":
+            if value == "":
+                raise line_error(number, raw, "session name must not be empty (use 's=-')")
+            sd.session_name = value
+        elif kind == "t":
+            parts = value.split(" ")
+            if len(parts) != 2 or not all(_number(p) for p in parts):
+                raise line_error(number, raw, "expected 't=<start-time> <stop-time>'")
+            sd.timing.append((int(parts[0]), int(parts[1])))
+        elif kind == "c":
+            conn = _parse_connection(number, raw, value)
+            if current is None:
+                sd.connection = conn
+            else:
+                current.connection = conn
+        elif kind == "m":
+            if "t" not in seen:
+                raise line_error(number, raw, "m= line before any t= line")
+            current = _parse_media_line(number, raw, value)
+            sd.media.append(current)
+        elif kind == "a":
+            name, attr_value = _parse_attribute(number, raw, value)
+            if current is None:
+                sd.attributes.append((name, attr_value))
+                sd.attribute_lines.append(number)
+            else:
+                _add_media_attribute(current, number, raw, name, attr_value)
+        # i= u= e= p= b= r= z= k= are syntactically accepted and not modelled.
+    for required in "ost":
+        if required not in seen:
+            raise SdpError(f"SDP has no {required}= line")
+    for media in sd.media:
+        if media.connection is None and sd.connection is None:
+            raise line_error(media.line, lines[media.line - 1], "no c= line at session or media level")
+    return sd
+
+
+# --------------------------------------------------------------------------------------------
+# SDES (RFC 4568)
+# --------------------------------------------------------------------------------------------
+
+#: Suites Meta's SDES is assumed to accept (samples are masked); both take a 30-byte key||salt.
+SDES_SUITES = {"AES_CM_128_HMAC_SHA1_80": 30, "AES_CM_128_HMAC_SHA1_32": 30}
+
+
+@dataclass(frozen=True)
+class CryptoAttribute:
+    """``a=crypto:<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len] [session params]``."""
+
+    tag: int
+    suite: str
+    key_b64: str
+    key: bytes
+    lifetime: str | None = None
+    mki: str | None = None
+    session_params: tuple[str, ...] = ()
+
+
+_CRYPTO_RE = re.compile(r"^(\d{1,9}) ([A-Za-z0-9_]+) (\S+)((?: \S+)*)$")
+
+
+def parse_crypto(value: str) -> CryptoAttribute:
+    """Parse an ``a=crypto`` value; ``ValueError`` with a reason if it is not acceptable."""
+    match = _CRYPTO_RE.match(value)
+    if match is None:
+        raise ValueError("expected 'a=crypto:<tag> <crypto-suite> inline:<key||salt>'")
+    tag, suite, key_params = int(match.group(1)), match.group(2), match.group(3)
+    if suite not in SDES_SUITES:
+        raise ValueError(f"unsupported crypto suite {suite} (use AES_CM_128_HMAC_SHA1_80 or AES_CM_128_HMAC_SHA1_32)")
+    first = key_params.split(";")[0]  # RFC 4568 allows several keys; the first one is used
+    if not first.startswith("inline:"):
+        raise ValueError("key parameter must use the 'inline:' method")
+    key_b64, *extras = first[len("inline:"):].split("|")
+    try:
+        key = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("key material is not valid base64") from None
+    if len(key) != SDES_SUITES[suite]:
+        raise ValueError(f"key material decodes to {len(key)} bytes, {suite} needs {SDES_SUITES[suite]} (key||salt)")
+    lifetime = mki = None
+    for extra in extras:
+        if ":" in extra:
+            mki = extra
+        else:
+            lifetime = extra
+    params = tuple(match.group(4).split()) if match.group(4) else ()
+    return CryptoAttribute(tag, suite, key_b64, key, lifetime, mki, params)
