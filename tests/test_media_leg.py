@@ -57,7 +57,7 @@ async def test_allocate_gives_fresh_credentials_on_one_shared_port(engine: Media
     assert 0 <= leg.ssrc < 2**32
     assert len(base64.b64decode(leg.sdes_key_b64, validate=True)) == 30
     assert leg.fingerprint == engine.certificate.fingerprint == DtlsCertificate.default().fingerprint
-    assert engine.get("wacid.A").local() == leg and engine.get("nope") is None
+    assert engine.get("wacid.A").local == leg and engine.get("nope") is None
     assert len(engine) == 2
 
 
@@ -129,7 +129,7 @@ async def test_release_stops_routing_and_keeps_the_shared_port(engine: MediaEngi
     engine.release("wacid.A")
     engine.release("wacid.A")
     engine.release("never-allocated")
-    assert engine.get("wacid.A") is None and engine.get("wacid.B").local() == keep
+    assert engine.get("wacid.A") is None and engine.get("wacid.B").local == keep
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as business:
         business.bind(("127.0.0.1", 0))
         business.sendto(_check(leg), ("127.0.0.1", leg.port))
@@ -187,10 +187,10 @@ class Reporter:
 async def test_restore_on_a_taken_port_keeps_a_dead_leg_whose_timeout_fires() -> None:
     reporter = Reporter()
     ended = reporter.events
-    leg = MediaLeg.create("wacid.A", port=0, fingerprint=DtlsCertificate.default().fingerprint)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", 0))
-        leg.port = squatter.getsockname()[1]
+        leg = MediaLeg.create("wacid.A", port=squatter.getsockname()[1],
+                              fingerprint=DtlsCertificate.default().fingerprint)
         eng = MediaEngine(reporter=reporter)
         try:
             ok = await eng.restore("wacid.A", leg.to_doc(), {}, negotiated=None, user_audio="silence", user_is_caller=True,

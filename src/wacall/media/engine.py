@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 from .audio import PreEncodedAudio
@@ -105,15 +106,15 @@ class MediaEngine:
         Meta's SDP advertises of it, as a frozen value."""
         existing = self.endpoints.get(call_id)
         if existing is not None:
-            return existing.leg.local()
+            return existing.leg.local
         sock, sock6 = await self._home_sockets()
         leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
         while leg.ice_ufrag in self.ports.by_ufrag:      # the ufrag routes datagrams: it must be unique here
             leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
         if sock6 is not None:
-            leg.host6, leg.port6 = sock6.host, sock6.port
+            leg.local = replace(leg.local, host6=sock6.host, port6=sock6.port)
         self._add(RelayEndpoint(leg, self.certificate, self.reporter, self.ports, sock, sock6))
-        return leg.local()
+        return leg.local
 
     async def restore(self, call_id: str, leg_doc: dict | None, state: dict, *, negotiated: Negotiated | None,
                       user_audio: str, user_is_caller: bool, connected_at: float | None) -> bool:
@@ -132,7 +133,7 @@ class MediaEngine:
         if sock is not None and leg.host6 and leg.port6:
             sock6, _ = await self._bind_again(leg.host6, leg.port6)
             if sock6 is None:
-                leg.host6 = leg.port6 = None              # IPv4 carries on; the IPv6 candidate is gone
+                leg.local = replace(leg.local, host6=None, port6=None)   # IPv4 carries on; no IPv6 candidate
         if sock is not None and self._home is None and leg.host == self.host:
             self._home = sock                             # new calls keep the port the old process had
             self._home6 = sock6 if self._home6 is None else self._home6

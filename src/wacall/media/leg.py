@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 from ..domain.sdp import LocalMedia
 
@@ -33,33 +33,26 @@ def ice_string(length: int) -> str:
     return "".join(secrets.choice(ICE_CHARS) for _ in range(length))
 
 
-@dataclass
+@dataclass(slots=True)
 class MediaLeg:
-    """One call's Meta-side media endpoint, as advertised in Meta's SDP."""
+    """One call's Meta-side media endpoint: what Meta's SDP advertises of it (``local``, frozen; its
+    fields read through, ``leg.port`` is ``leg.local.port``, and cannot be set: replace ``local``) and
+    what the relay counts on it."""
 
-    call_id: str
-    host: str
-    port: int
-    ice_ufrag: str
-    ice_pwd: str
-    fingerprint: str
-    ssrc: int
-    sdes_key_b64: str
-    #: o= session id (RFC 8866 section 5.2); fixed per leg so rebuilding the SDP is stable.
-    session_id: int = field(default_factory=lambda: secrets.randbits(62))
-    #: MediaStream id used in a=msid-semantic / a=ssrc msid lines (RFC 8830).
-    stream_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    #: the IPv6 host candidate's address and port, where the host has IPv6 (None otherwise)
-    host6: str | None = None
-    port6: int | None = None
+    local: LocalMedia
     packets_received: int = 0
     bytes_received: int = 0
     last_remote_addr: tuple[str, int] | None = None
 
+    def __getattr__(self, name: str):
+        if name == "local":                     # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.local, name)
+
     @classmethod
     def create(cls, call_id: str, *, host: str = "127.0.0.1", port: int, fingerprint: str) -> MediaLeg:
         """A leg with fresh random credentials (no socket; :class:`MediaEngine` binds one)."""
-        return cls(
+        return cls(LocalMedia(
             call_id=call_id,
             host=host,
             port=port,
@@ -68,20 +61,16 @@ class MediaLeg:
             fingerprint=fingerprint,
             ssrc=secrets.randbits(32),
             sdes_key_b64=base64.b64encode(secrets.token_bytes(SDES_KEY_SALT_BYTES)).decode("ascii"),
-        )
-
-    def local(self) -> LocalMedia:
-        """Meta's side of this leg as a frozen value: what the SDP advertises and a restart needs."""
-        return LocalMedia(**{name: getattr(self, name) for name in _PERSISTED})
+            session_id=secrets.randbits(62),            # o= session id (RFC 8866 §5.2): fixed per leg
+            stream_id=str(uuid.uuid4()),                # a=msid-semantic / a=ssrc msid (RFC 8830)
+        ))
 
     def to_doc(self) -> dict:
         """What a restarted relay needs to answer as this leg again (no counters)."""
-        return {name: getattr(self, name) for name in _PERSISTED}
+        return self.local.to_doc()
 
     @classmethod
     def from_doc(cls, doc: dict) -> MediaLeg:
-        return cls(**{name: doc[name] for name in _PERSISTED if name in doc})
+        doc = {"session_id": secrets.randbits(62), "stream_id": str(uuid.uuid4()), **doc}
+        return cls(LocalMedia.from_doc(doc))
 
-
-_PERSISTED = [f.name for f in fields(MediaLeg) if f.name not in ("packets_received", "bytes_received",
-                                                                  "last_remote_addr")]
