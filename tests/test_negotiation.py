@@ -122,3 +122,9 @@ def test_unparsable_sdp_is_an_sdp_error() -> None:
         negotiate(build_meta_offer(LOCAL), "not sdp", "DTLS")
     with pytest.raises(ValueError):
         negotiate(build_meta_offer(LOCAL), business_answer(), "ZRTP")
+
+
+def test_an_sdp_already_parsed_by_its_validation_negotiates_the_same() -> None:
+    offer = business_offer()
+    answer, n = bic(offer)
+    assert negotiate(parse_sdp(answer), validate_business_sdp(offer, role="offer"), "DTLS") == n

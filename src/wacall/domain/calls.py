@@ -22,7 +22,8 @@ from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, 
                     PhoneNumber, User)
 from .phone import phone_digits
 from .pricing import PULSE_SECONDS, price_call
-from .sdp import LocalMedia, SdpError, build_meta_answer, build_meta_offer, negotiate, validate_business_sdp
+from .sdp import (LocalMedia, SdpError, SessionDescription, build_meta_answer, build_meta_offer, negotiate,
+                  validate_business_sdp)
 from .state import ControlError, PlatformState
 
 ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
@@ -121,13 +122,14 @@ class CallRules(PlatformState):
             waba.bic_seconds_by_month = {month: billed + call.pulses * PULSE_SECONDS}   # older months are done
             self.put(waba)
 
-    def media_setup(self, call: Call) -> MediaConfigure | None:
+    def media_setup(self, call: Call, business: SessionDescription | None = None) -> MediaConfigure | None:
         """What the relay needs for ``call`` once both SDPs are known: the negotiation (done here, once,
-        by ``wacall.domain.sdp.negotiate``) and the user's phone. None before both SDPs are known."""
+        by ``wacall.domain.sdp.negotiate``) and the user's phone. None before both SDPs are known.
+        ``business``: the business's SDP already parsed (by its validation), not parsed again."""
         if not call.meta_sdp or not call.business_sdp:
             return None
         try:
-            negotiated = negotiate(call.meta_sdp, call.business_sdp, call.key_exchange)
+            negotiated = negotiate(call.meta_sdp, business or call.business_sdp, call.key_exchange)
         except SdpError as exc:         # validated SDPs: not the business's fault; the media will time out
             self.note(call, "media", event="negotiation_failed", reason=exc.details)
             return None
@@ -135,8 +137,8 @@ class CallRules(PlatformState):
         return MediaConfigure(call.id, negotiated, user.audio if user else "silence",
                               user_is_caller=call.direction == USER_INITIATED)
 
-    def _configure_media(self, call: Call) -> None:
-        setup = self.media_setup(call)
+    def _configure_media(self, call: Call, business: SessionDescription) -> None:
+        setup = self.media_setup(call, business)
         if setup is not None:
             self.emit(setup)
 
@@ -236,7 +238,7 @@ class CallRules(PlatformState):
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id))
         self._emit_call(call, CallStatus(call.id, "RINGING", now))
-        self._configure_media(call)
+        self._configure_media(call, offer)
         self._schedule_user_reaction(call, user)
         return call
 
@@ -320,23 +322,24 @@ class CallRules(PlatformState):
         self._uic_only(call, "pre_accept")
         if call.state != RINGING:
             raise self._not_in_state(call, "pre_accept")
-        sdp, _ = self._session_sdp(body, number, "answer")
+        sdp, answer = self._session_sdp(body, number, "answer")
         call.pre_accept_sdp = sdp
         call.business_sdp = sdp
         self._set_state(call, PRE_ACCEPTED)
-        self._configure_media(call)
+        self._configure_media(call, answer)
 
     def business_accept(self, call: Call, number: PhoneNumber, body: dict) -> None:
         self._uic_only(call, "accept")
         if call.state not in (RINGING, PRE_ACCEPTED):
             raise self._not_in_state(call, "accept")
-        sdp, _ = self._session_sdp(body, number, "answer")
+        sdp, answer = self._session_sdp(body, number, "answer")
         if call.pre_accept_sdp is not None and sdp != call.pre_accept_sdp:
             raise GraphError(100, "SDP Validation error: the SDP answer in accept is different from the SDP "
                                   "answer given in pre_accept for this call_id.")
         call.business_sdp = sdp
         call.biz_opaque_callback_data = _opaque(body) or call.biz_opaque_callback_data
-        self._configure_media(call)
+        if call.pre_accept_sdp is None:          # after a pre_accept the relay has this very answer already
+            self._configure_media(call, answer)
         self._connected(call)
 
     def business_reject(self, call: Call, number: PhoneNumber, body: dict) -> None:

@@ -536,14 +536,17 @@ def _codec_pts(desc: SessionDescription) -> dict[str, int]:
     return found
 
 
-def negotiate(meta_sdp: str, business_sdp: str, key_exchange: str) -> Negotiated:
+def negotiate(meta_sdp: str | SessionDescription, business_sdp: str | SessionDescription,
+              key_exchange: str) -> Negotiated:
     """What the relay must do for a call whose SDPs are ``meta_sdp`` (Meta's offer or answer, from the
     builders above) and ``business_sdp`` (the business's validated answer or offer): the codecs both
     have with Meta's payload types, the one the user's phone sends (the business's first preference),
     the DTMF payload type, the business's address, and the SDES key or the DTLS role and the
-    business's ICE credentials and fingerprint. ``SdpError`` if either cannot be parsed."""
+    business's ICE credentials and fingerprint. ``SdpError`` if either cannot be parsed. Either SDP may
+    be given already parsed."""
     kx = _normalise_key_exchange(key_exchange)
-    meta, business = parse_sdp(meta_sdp), parse_sdp(business_sdp)
+    meta = meta_sdp if isinstance(meta_sdp, SessionDescription) else parse_sdp(meta_sdp)
+    business = business_sdp if isinstance(business_sdp, SessionDescription) else parse_sdp(business_sdp)
     ours, theirs = _codec_pts(meta), _codec_pts(business)
     payload_types = {name: pt for name, pt in ours.items() if name in theirs}
     baudio = business.audio
