@@ -3,7 +3,7 @@
 One :class:`RelayEndpoint` per call gets the datagrams that the engine's shared ports
 (``wacall.media.ports``) route to its leg and demultiplexes them (RFC 7983): STUN goes to the
 ICE-lite agent (RFC 8445 §2.5, always controlled), DTLS to the DTLS-SRTP session (RFC 5764; role
-from the negotiated ``a=setup``), SRTP/SRTCP to the SRTP context (keyed by DTLS or by SDES,
+from the domain's negotiation, ``Negotiated``), SRTP/SRTCP to the SRTP context (keyed by DTLS or by SDES,
 RFC 4568). Media goes only to an address the business proved is its own: the pair it nominated
 after a check that passed the leg's ICE credentials, or (SDES) the source of authenticated SRTP.
 Received audio is the user's earpiece: it is recorded (what the user heard, streamed to a file by
@@ -14,7 +14,7 @@ the same SSRC and sequence space.
 Behaviour from Meta's docs: the business sends the first SRTP packet; the user side treats the
 first media packet or the accept, whichever comes first, as answered; no business media 20 s after
 the call connects, or 30 s of silence (no RTP nor RTCP) mid-call, makes the user hang up (the
-reporter ends the call with the error code); media that arrives before the media connection is
+reporter says which fact, a ``MediaFact``; the domain's ``ends`` table picks Meta's code); media that arrives before the media connection is
 up, or before the user answered, is lost and shows as clipping.
 
 What a restarted relay needs to carry a call on (the SRTP keys once DTLS agreed them, the business's
@@ -34,11 +34,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..domain.ends import MediaFact
+from ..domain.sdp import Negotiated, parse_crypto
 from . import g711
 from .audio import ByteLRU, PreEncodedAudio, frames_size, parse_audio_spec
 from .certificate import DtlsCertificate
-from ..domain.ends import MediaFact
-from ..domain.sdp import Negotiated, parse_crypto
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
 from .ice_lite import CheckReceived, IceLiteAgent, Nominated, Rejected
