@@ -232,4 +232,4 @@ def test_the_reader_resolves_relative_imports_and_notices_nested_ones(tmp_path):
                      ("wacall.graph.routes", "wacall.graph.errors", 2, False),
                      ("wacall.graph.routes", "aiohttp", 3, False),
                      ("wacall.graph.routes", "wacall.server", 5, True)}
-    assert "graph -.-> server" in graph.render(graph.imports(package))
+    assert "m_graph -.-> m_server" in graph.render(graph.imports(package))
