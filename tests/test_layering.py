@@ -13,6 +13,7 @@ Each failure names the offending import as ``file:line: statement``.
 
 from __future__ import annotations
 
+import difflib
 import importlib.machinery
 import importlib.util
 import sys
@@ -179,7 +180,11 @@ def test_the_design_doc_shows_the_current_import_graph(imports):
     text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
     shown = graph.section(text)
     assert shown is not None, "docs/design.md has no generated import graph section"
-    assert shown == graph.render(imports), "docs/design.md's import graph is stale: run scripts/import-graph"
+    current = graph.render(imports)
+    if shown != current:
+        diff = difflib.unified_diff(shown.splitlines(), current.splitlines(), "docs/design.md", "the source", lineterm="")
+        pytest.fail("docs/design.md's import graph is stale: run scripts/import-graph\n" + "\n".join(diff),
+                    pytrace=False)
 
 
 # -- the rules fail, and say where ------------------------------------------------------------------------
