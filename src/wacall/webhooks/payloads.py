@@ -112,25 +112,26 @@ def render(platform: Platform, event) -> Rendered | None:
     return None if renderer is None else renderer(platform, event)
 
 
+def _calls_field(platform: Platform, call_id: str, value: Callable[[Call, PhoneNumber], dict]) -> Rendered:
+    call = platform.calls[call_id]
+    number = platform.numbers[call.phone_number_id]
+    return "calls", number, value(call, number), call.id
+
+
 @renders(ev.CallConnect)
 def _call_connect(platform: Platform, event: ev.CallConnect) -> Rendered:
-    call = platform.calls[event.call_id]
-    number = platform.numbers[call.phone_number_id]
-    return "calls", number, call_connect(platform, call, number), call.id
+    return _calls_field(platform, event.call_id, lambda call, number: call_connect(platform, call, number))
 
 
 @renders(ev.CallStatus)
 def _call_status(platform: Platform, event: ev.CallStatus) -> Rendered:
-    call = platform.calls[event.call_id]
-    number = platform.numbers[call.phone_number_id]
-    return "calls", number, call_status(call, number, event.status, event.timestamp), call.id
+    return _calls_field(platform, event.call_id,
+                        lambda call, number: call_status(call, number, event.status, event.timestamp))
 
 
 @renders(ev.CallTerminate)
 def _call_terminate(platform: Platform, event: ev.CallTerminate) -> Rendered:
-    call = platform.calls[event.call_id]
-    number = platform.numbers[call.phone_number_id]
-    return "calls", number, call_terminate(platform, call, number), call.id
+    return _calls_field(platform, event.call_id, lambda call, number: call_terminate(platform, call, number))
 
 
 @renders(ev.PermissionReply)
