@@ -8,7 +8,7 @@ from wacall.domain.errors import GraphError
 from wacall.domain.sdp import LocalMedia
 from wacall.domain.state import ControlError
 from wacall.legs import LegOwner
-from wacall.media.ports import MediaUnavailable
+from wacall.domain.errors import MediaUnavailable
 
 
 class FakeMedia:

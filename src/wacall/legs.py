@@ -18,9 +18,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
+from .domain.errors import MediaUnavailable
 from .domain.sdp import LocalMedia
 from .domain.state import new_id
-from .media.ports import MediaUnavailable
 
 log = logging.getLogger("wacall")
 T = TypeVar("T")

@@ -1,10 +1,15 @@
-"""The running emulator: one aiohttp application serving the Graph API and the control API, the
-platform (domain), the store, the media engine and the webhook dispatcher, driven by one clock.
+"""The running emulator, and where its parts are wired together: one aiohttp application serving the
+Graph API and the control API, the platform (domain), the store, the media engine, the SIP gateway and
+the webhook dispatcher, driven by one clock.
+
+Nothing imports this module but the command line: each wire layer declares the narrow interface it
+needs (``GraphHost``, ``ControlHost``, ``SipHost``) and this module builds it.
 
 Every operation that changes state goes through :meth:`Wacall.apply`: the domain decides, then the
 records it touched, the timeline entries it noted and the webhooks it caused are committed in one
-transaction, media legs of ended calls are released, the dispatcher is woken, and the platform lets
-ended calls beyond its working set leave memory (the store is its archive).
+transaction, the events are published to the consumers that registered for their type (media legs
+configured, connected and released; the SIP gateway told), the dispatcher is woken, and the platform
+lets ended calls beyond its working set leave memory (the store is its archive).
 """
 
 from __future__ import annotations
@@ -23,17 +28,24 @@ import aiohttp
 from aiohttp import web
 
 from . import guard
+from .certs import LocalCA
 from .config import Config, load_config
+from .control.routes import CONTROL, ControlHost, control_routes
 from .domain.clock import VirtualClock
-from .domain.events import MediaConfigure, MediaConnected, ReleaseMedia, SipCallChanged
 from .domain.ends import MediaFact
+from .domain.events import EventRegistry, MediaConfigure, MediaConnected, ReleaseMedia, SipCallChanged
 from .domain.model import USER_INITIATED
 from .domain.platform import Platform
+from .graph.routes import GRAPH, GraphHost, graph_routes
 from .legs import LegOwner
+from .media.audio import PreEncodedAudio
 from .media.certificate import DtlsCertificate
 from .media.engine import MediaEngine
 from .media.recording import Recordings
 from .media.workers import MediaWorkers
+from .sip import tls
+from .sip.gateway import SipGateway, SipHost
+from .sip.transport import TlsTransport
 from .store.sqlite import Store
 from .webhooks.delivery import Dispatcher, outbox_rows
 
@@ -84,11 +96,15 @@ class Wacall:
         self._dispatch_task: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()
         self._stopping = False
-        self.sip = None                    # the SIP gateway (wacall.sip.gateway.SipGateway), when enabled
+        self.sip: SipGateway | None = None     # the SIP gateway, when enabled
         self.sip_ca_file: str | None = None
-        self._commit_scheduled = False
+        self._applying = 0                     # apply() calls and commits in progress (they nest: one commit)
+        self._due = False                      # a nested apply() wants its commit now, not deferred
+        self._flush_scheduled = False
         self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
         self.clock.on_advance(self._on_clock_advance)
+        self.consumers = EventRegistry()       # event type -> who reacts after the commit (see _route_events)
+        self._route_events()
 
     def _recordings_for(self, db: str) -> tuple[Recordings, bool]:
         """The recordings directory: configured, else ``<db>.recordings`` next to a database file, else a
@@ -119,11 +135,10 @@ class Wacall:
         self.dispatcher = Dispatcher(self.store, self.clock, self.session, self.config.webhooks,
                                      lambda app_id: (self.platform.apps.get(app_id) or None) and
                                      self.platform.apps[app_id].secret)
-        from .graph.routes import graph_routes
-        from .control.routes import control_routes
         app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.guard_middleware])
-        app[WACALL] = self
         app[guard.EXPOSURE] = self.exposure
+        app[CONTROL] = self._control_host()
+        app[GRAPH] = self._graph_host()
         control_routes(app)
         graph_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
@@ -147,11 +162,6 @@ class Wacall:
 
     async def _start_sip(self) -> None:
         """The SIP gateway on TLS, with a certificate for its domain from the local CA (wacall cert)."""
-        from .certs import LocalCA
-        from .sip import tls
-        from .sip.gateway import SipGateway
-        from .sip.transport import TlsTransport
-
         sip = self.config.sip
         ca = LocalCA.load_or_create(sip.pki_dir)
         cert, key = ca.gateway_paths(sip.domain)
@@ -164,9 +174,12 @@ class Wacall:
                                  handshake_timeout=sip.handshake_timeout)
         host = self.host if self.host in ("127.0.0.1", "::1", "localhost") else "127.0.0.1"
         await transport.start(host, sip.port)
-        self.sip = SipGateway(self, transport, domain=sip.domain, t1=sip.t1)
+        self.sip = gateway = SipGateway(
+            SipHost(platform=self.platform, apply=self.apply, place_call=self.legs.place), transport,
+            domain=sip.domain, t1=sip.t1)
         self.sip_ca_file = str(ca.cert_path)
-        self.sip.restore()                 # dialogs of SIP calls in progress before a restart
+        self.consumers.on(SipCallChanged, lambda event: gateway.on_call_changed(event.call_id))
+        gateway.restore()                  # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:
         # the tick loop also checks this flag: Python 3.11's wait_for returns normally, swallowing the
@@ -241,50 +254,82 @@ class Wacall:
                 self.media.release(call.id)
 
     # -- the one path for state changes -----------------------------------------------------------
-    def apply(self, operation: Callable[[], T]) -> T:
+    def apply(self, operation: Callable[[], T], *, defer: bool = False) -> T:
+        """Run ``operation`` (a domain call) and commit what it changed, also when it raises.
+
+        Calls nest: an ``apply`` inside another, or inside a consumer reacting to a commit's events,
+        is committed by the one around it. ``defer`` is for facts no caller waits on (SIP traces and
+        dialog state, the media plane's notes and positions): they are committed at the end of this
+        event-loop iteration with whatever else changed by then, so a burst of them costs one
+        transaction, and a consumer's trace does not hold up the request that caused it.
+        """
+        self._applying += 1
         try:
-            result = operation()
+            return operation()
         finally:
-            self._commit()
-        return result
+            self._applying -= 1
+            if not defer:
+                self._due = True
+            if not self._applying:
+                if self._due:
+                    self._commit()
+                else:
+                    self._flush_soon()
+            elif defer:
+                self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Commit at the end of this event-loop iteration (now, without a running loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:            # a synchronous caller: there is no later
+            self._due = True
+            if not self._applying:
+                self._commit()
+            return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+
+            def flush() -> None:
+                self._flush_scheduled = False
+                self._commit()
+            loop.call_soon(flush)
 
     def _commit(self) -> None:
+        """Commit in rounds: each persists the domain's changes (records, timeline entries, outbox rows)
+        in one transaction, then publishes its events; a consumer's own apply() makes another round."""
+        self._applying += 1             # consumers' apply() calls do not commit on their own
+        try:
+            self._due = True
+            while self._due:
+                self._due = False
+                self._commit_round()
+        finally:
+            self._applying -= 1
+            self._due = False
+        self.platform.trim()            # ended calls beyond the working set leave memory (persisted now)
+
+    def _commit_round(self) -> None:
         events, dirty = self.platform.drain()
         faults = self.dispatcher.faults if self.dispatcher else None
         rows = outbox_rows(self.platform, events, self.clock.now(), faults) if events else []
         notes = self.platform.drain_notes()       # after the rows: injected webhook faults are noted too
         if not events and not dirty and not notes:
-            self.platform.trim()
             return
         self.store.commit(dirty, rows, notes)
         for event in events:
-            if isinstance(event, ReleaseMedia):
-                self.media.release(event.call_id)
-            elif isinstance(event, MediaConfigure):
-                self.media.configure(event.call_id, event.negotiated, event.user_audio, event.user_is_caller)
-            elif isinstance(event, MediaConnected):
-                self.media.call_connected(event.call_id, event.at)
-            elif isinstance(event, SipCallChanged) and self.sip is not None:
-                self.sip.on_call_changed(event.call_id)
+            self.consumers.publish(event)         # media, SIP: whoever registered for the event's type
         if rows and self.dispatcher:
             self.dispatcher.wake(row["url"] for row in rows)
         self._tick_wake.set()
-        self.platform.trim()             # ended calls beyond the working set leave memory (persisted now)
 
-    def commit_soon(self) -> None:
-        """Persist notes added outside :meth:`apply` (SIP traces) on the next loop iteration."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:            # no loop (a synchronous caller): commit now
-            self._commit()
-            return
-        if not self._commit_scheduled:
-            self._commit_scheduled = True
-
-            def run() -> None:
-                self._commit_scheduled = False
-                self._commit()
-            loop.call_soon(run)
+    def _route_events(self) -> None:
+        """Who consumes which event after its commit (the webhooks were rendered into the commit itself;
+        the SIP gateway registers for ``SipCallChanged`` when it starts)."""
+        self.consumers.on(ReleaseMedia, lambda event: self.media.release(event.call_id))
+        self.consumers.on(MediaConfigure, lambda event: self.media.configure(
+            event.call_id, event.negotiated, event.user_audio, event.user_is_caller))
+        self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at))
 
     async def reset(self) -> None:
         """Back to the configured start: state, outbox, clock and media all cleared."""
@@ -295,22 +340,21 @@ class Wacall:
         self.recordings.clear()
         self.clock.set_offset(0.0)
         self.platform.limits = self.config.limits
-        self.faults = {key: 0 for key in self.faults}
+        for key in self.faults:          # in place: the control API holds this dict
+            self.faults[key] = 0
         if self.dispatcher:
             self.dispatcher.reset()
         self.seed()
 
     # -- the media plane's reporter (wacall.media.relay.Reporter) ------------------------------------
     def note(self, call_id: str, kind: str, **data) -> None:
-        self.platform.media_note(call_id, kind, **data)      # a timeline entry only: persisted with the next commit
-        self.commit_soon()
+        self.apply(lambda: self.platform.media_note(call_id, kind, **data), defer=True)
 
     def ended(self, call_id: str, fact: str, reason: str) -> None:
         self.apply(lambda: self.platform.media_ended(call_id, fact, reason))
 
     def persist(self, call_id: str, state: dict) -> None:
-        self.platform.media_state(call_id, state)           # saved with the call on the next commit
-        self.commit_soon()
+        self.apply(lambda: self.platform.media_state(call_id, state), defer=True)   # saved with the call
 
     def now(self) -> float:
         return self.clock.now()
@@ -318,6 +362,33 @@ class Wacall:
     def timeouts(self) -> tuple[float, float]:
         limits = self.platform.limits
         return limits.media_start_timeout_seconds, limits.media_silence_timeout_seconds
+
+    # -- the wire layers' interfaces --------------------------------------------------------------
+    def _graph_host(self) -> GraphHost:
+        assert self.dispatcher is not None
+        return GraphHost(platform=self.platform, apply=self.apply, place_call=self.legs.place,
+                         take_fault=self._take_fault,
+                         verify_callback=self.dispatcher.verify_callback)
+
+    def _control_host(self) -> ControlHost:
+        assert self.dispatcher is not None
+        media, store, dispatcher = self.media, self.store, self.dispatcher
+        return ControlHost(
+            platform=self.platform, clock=self.clock, apply=self.apply, place_call=self.legs.place,
+            reset=self.reset, info=self.info, base_url=lambda: self.base_url,
+            faults=self.faults, encode_audio=PreEncodedAudio.get, timeline=store.timeline, journal=store.journal,
+            call_list=store.call_list, media_view=media.view, media_stats=media.stats, send_dtmf=media.send_dtmf,
+            recording_wav=media.recording_wav, webhook_stats=dispatcher.stats,
+            webhook_faults=dispatcher.fault_plan,
+            sip_health=lambda: None if self.sip is None else self.sip.health(),
+            sip_hosts=lambda add: None if self.sip is None else self.sip.hosts(add))
+
+    def _take_fault(self, name: str) -> bool:
+        """True, and one fewer to cause, when an injected fault of this name is due."""
+        if self.faults.get(name, 0) > 0:
+            self.faults[name] -= 1
+            return True
+        return False
 
     # -- timers -----------------------------------------------------------------------------------
     def _on_clock_advance(self) -> None:
@@ -373,5 +444,3 @@ class Wacall:
                 "ca_file": self.sip_ca_file},
         }
 
-
-WACALL = web.AppKey("wacall", Wacall)

@@ -2,30 +2,61 @@
 
 See docs/control-api.md. Refusals come back as ``{"error": {"reason": ..., "detail": ...}}`` with a
 4xx status; the reasons are the ones a WhatsApp user would see (call icon hidden, outside call
-hours, already in a call...).
+hours, already in a call...). What it may do with the running emulator is :class:`ControlHost`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from .. import codec
+from ..config import region_of
 from ..domain import fields
+from ..domain.clock import VirtualClock
+from ..domain.errors import MediaUnavailable
 from ..domain.model import ACCEPTED, User
 from ..domain.phone import phone_digits
+from ..domain.platform import Platform
 from ..domain.state import ControlError
 from ..guard import control_error, is_loopback
-from ..media.audio import PreEncodedAudio
-from ..media.ports import MediaUnavailable
-from ..server import WACALL, Wacall
-from ..webhooks.faults import FaultPlan
 
 log = logging.getLogger("wacall.control")
+
+
+@dataclass(frozen=True)
+class ControlHost:
+    """What the control API may do with the running emulator (built by ``wacall.server``): play the
+    WhatsApp side, move the clock, inject faults, and inspect calls, media, webhooks and SIP."""
+
+    platform: Platform                                       # read: lookups and views
+    clock: VirtualClock
+    apply: Callable[[Callable[[], Any]], Any]                # the one write path: run a domain operation, commit
+    place_call: Callable[[Callable[[str, Any], Any]], Awaitable[Any]]   # legs.LegOwner.place: a new call with its leg
+    reset: Callable[[], Awaitable[None]]                     # back to the configured start
+    info: Callable[..., dict]                                # what a client needs (``credentials=``)
+    base_url: Callable[[], str]
+    faults: dict[str, int]                                   # injected faults still to cause, by name
+    encode_audio: Callable[[str], Any]                       # a user's audio source encoded once; raises if unusable
+    timeline: Callable[[str], list[dict]]                    # a call's committed timeline
+    journal: Callable[..., list[dict]]                       # webhook deliveries (``call_id=``, ``limit=``)
+    call_list: Callable[..., list[dict]]                     # the call index (``limit=``, ``before=``, ``state=``)
+    media_view: Callable[[str], Awaitable[dict | None]]
+    media_stats: Callable[[], Awaitable[dict]]
+    send_dtmf: Callable[[str, str], Awaitable[bool]]         # the user presses keys; False without media
+    recording_wav: Callable[[str], Awaitable[bytes | None]]
+    webhook_stats: Callable[[], dict | None]
+    webhook_faults: Callable[[dict | None], dict]            # None: the plan; a dict replaces it (ValueError)
+    sip_health: Callable[[], dict | None]                    # None when the SIP gateway is off
+    sip_hosts: Callable[[dict | None], dict | None]          # add name -> loopback address (OSError); None when off
+
+
+CONTROL = web.AppKey("control", ControlHost)
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
@@ -51,9 +82,9 @@ async def body_of(request: web.Request) -> dict:
 
 def handler(fn):
     async def wrapped(request: web.Request) -> web.Response:
-        wacall: Wacall = request.app[WACALL]
+        host = request.app[CONTROL]
         try:
-            return await fn(wacall, request)
+            return await fn(host, request)
         except ControlError as exc:
             return control_error(exc.reason, exc.detail, exc.status)
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
@@ -64,11 +95,11 @@ def handler(fn):
     return wrapped
 
 
-async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) -> dict:
-    call = wacall.platform.call(call_id)          # live, or ended and read back from the store
+async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True) -> dict:
+    call = host.platform.call(call_id)          # live, or ended and read back from the store
     if call is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
-    number = wacall.platform.numbers.get(call.phone_number_id)
+    number = host.platform.numbers.get(call.phone_number_id)
     view = {
         "call_id": call.id, "state": call.state, "direction": call.direction,
         "phone_number_id": call.phone_number_id,
@@ -79,98 +110,86 @@ async def call_view(wacall: Wacall, call_id: str, with_webhooks: bool = True) ->
         "errors": call.errors, "pulses": call.pulses, "cost": call.cost,
         "biz_opaque_callback_data": call.biz_opaque_callback_data, "cta_payload": call.cta_payload,
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
-        "timeline": wacall.store.timeline(call.id) + wacall.platform.pending_notes(call.id),
+        "timeline": host.timeline(call.id) + host.platform.pending_notes(call.id),
         "sip": call.sip,                   # the SIP dialog as persisted (restored after a restart)
     }
-    media = await wacall.media.view(call.id)
+    media = await host.media_view(call.id)
     if media is None:                 # a released leg the media plane forgot: its final statistics
         media = next((dict(e["media"]) for e in reversed(view["timeline"])
                       if e.get("event") == "final_stats" and isinstance(e.get("media"), dict)), None)
     view["media"] = media
     if media is not None:
-        media["recording_url"] = f"{wacall.base_url}/_wacall/calls/{call.id}/recording.wav"
+        media["recording_url"] = f"{host.base_url()}/_wacall/calls/{call.id}/recording.wav"
     if with_webhooks:
-        journal = wacall.store.journal(call_id=call.id)
+        journal = host.journal(call_id=call.id)
         view["webhooks"] = journal
         events = [{"t": a["at"], "kind": "webhook_attempt", "outbox_id": j["id"], "field": j["field"],
                    "url": j["url"], "status_code": a["status_code"], "error": a["error"],
                    **({"fault": j["fault"]} if j.get("fault") else {})}
                   for j in journal for a in j["attempt_log"]]
         view["timeline"] = sorted(view["timeline"] + events, key=lambda e: e["t"])
-    wacall.platform.trim()                        # a call read back from the store does not stay long
+    host.platform.trim()                        # a call read back from the store does not stay long
     return view
 
 
-async def prepare_audio(spec: str) -> None:
+async def prepare_audio(host: ControlHost, spec: str) -> None:
     """Encode a user's audio source once, off the event loop; refuse one that cannot be read."""
     try:
-        await asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, spec)
+        await asyncio.get_running_loop().run_in_executor(None, host.encode_audio, spec)
     except Exception as exc:
         raise ControlError("bad_audio", f"cannot use audio {spec!r}: {exc}", 400) from None
 
 
-def patch(wacall: Wacall, record, data: dict) -> None:
+def patch(host: ControlHost, record, data: dict) -> None:
     """Set validated fields on a record and persist it."""
     def change() -> None:
         for key, value in data.items():
             setattr(record, key, value)
-        wacall.platform.put(record)
-    wacall.apply(change)
+        host.platform.put(record)
+    host.apply(change)
 
 
 @handler
-async def health(wacall: Wacall, request: web.Request) -> web.Response:
-    sip = None
-    if wacall.sip is not None:
-        gateway = wacall.sip
-        sip = {"connections": len(gateway.transport.connections), "dialogs": len(gateway.dialogs),
-               "server_transactions": len(gateway.layer.server_transactions),
-               "client_transactions": len(gateway.layer.client_transactions),
-               "parse_errors": gateway.transport.stats.parse_errors,
-               "incoming_connections": gateway.transport.incoming,
-               "connections_refused": gateway.transport.stats.refused,
-               "idle_closed": gateway.transport.stats.idle_closed,
-               "handshake_failures": gateway.transport.stats.handshake_failures, **gateway.stats}
-    platform = wacall.platform
+async def health(host: ControlHost, request: web.Request) -> web.Response:
+    platform = host.platform
     working_set = {"calls": len(platform.calls), "live_calls": len(platform.active_calls),
                    "messages": len(platform.messages), "pending_messages": len(platform.pending_messages)}
-    webhooks = wacall.dispatcher.stats() if wacall.dispatcher else None
-    return ok({"status": "ok", "now": wacall.clock.now(), "sip": sip, "webhooks": webhooks,
-               "media": await wacall.media.stats(), "working_set": working_set})
+    return ok({"status": "ok", "now": host.clock.now(), "sip": host.sip_health(), "webhooks": host.webhook_stats(),
+               "media": await host.media_stats(), "working_set": working_set})
 
 
 @handler
-async def info(wacall: Wacall, request: web.Request) -> web.Response:
+async def info(host: ControlHost, request: web.Request) -> web.Response:
     """The only control response with the app's credentials, and only for a caller on loopback."""
-    return ok(wacall.info(credentials=is_loopback(request.remote or "")))
+    return ok(host.info(credentials=is_loopback(request.remote or "")))
 
 
 @handler
-async def reset(wacall: Wacall, request: web.Request) -> web.Response:
-    await wacall.reset()
+async def reset(host: ControlHost, request: web.Request) -> web.Response:
+    await host.reset()
     return ok({"success": True})
 
 
-def clock_view(wacall: Wacall) -> dict:
-    now = wacall.clock.now()
-    return {"now": now, "iso": datetime.fromtimestamp(now, timezone.utc).isoformat(), "offset": wacall.clock.offset}
+def clock_view(host: ControlHost) -> dict:
+    now = host.clock.now()
+    return {"now": now, "iso": datetime.fromtimestamp(now, timezone.utc).isoformat(), "offset": host.clock.offset}
 
 
 @handler
-async def clock(wacall: Wacall, request: web.Request) -> web.Response:
-    return ok(clock_view(wacall))
+async def clock(host: ControlHost, request: web.Request) -> web.Response:
+    return ok(clock_view(host))
 
 
 @handler
-async def clock_advance(wacall: Wacall, request: web.Request) -> web.Response:
+async def clock_advance(host: ControlHost, request: web.Request) -> web.Response:
     seconds = (await body_of(request)).get("seconds")
-    limit = 95_617_584_000 - wacall.clock.now()   # the year 5000: every timestamp stays a valid date
+    limit = 95_617_584_000 - host.clock.now()   # the year 5000: every timestamp stays a valid date
     if not fields.is_number(seconds) or not 0 <= seconds <= limit:
         raise ControlError("bad_seconds", "seconds must be a non-negative number (the clock stops at year 5000)",
                            400)
-    wacall.clock.advance(float(seconds))
-    wacall.apply(wacall.platform.tick)
-    return ok(clock_view(wacall))
+    host.clock.advance(float(seconds))
+    host.apply(host.platform.tick)
+    return ok(clock_view(host))
 
 
 def check_user_fields(data: dict) -> dict:
@@ -190,51 +209,50 @@ def business_address(data: dict) -> str:
 
 
 @handler
-async def users(wacall: Wacall, request: web.Request) -> web.Response:
+async def users(host: ControlHost, request: web.Request) -> web.Response:
     if request.method == "GET":
-        return ok({"data": [u.to_doc() for u in wacall.platform.users.values()]})
-    from ..config import region_of
+        return ok({"data": [u.to_doc() for u in host.platform.users.values()]})
     data = check_user_fields(await body_of(request))
     wa_id = data.get("wa_id")
     if not wa_id:
         raise ControlError("bad_field", "wa_id is required (the user's phone number)", 400)
-    if wa_id in wacall.platform.users:
+    if wa_id in host.platform.users:
         raise ControlError("exists", f"user {wa_id} already exists", 409)
     if "audio" in data:
-        await prepare_audio(data["audio"])
+        await prepare_audio(host, data["audio"])
     user = User(**{"name": wa_id, **data, "wa_id": wa_id, "country": data.get("country") or region_of(wa_id)})
-    wacall.apply(lambda: wacall.platform.put(user))
+    host.apply(lambda: host.platform.put(user))
     return ok(user.to_doc(), 201)
 
 
 @handler
-async def user(wacall: Wacall, request: web.Request) -> web.Response:
-    found = wacall.platform.user(request.match_info["wa_id"])
+async def user(host: ControlHost, request: web.Request) -> web.Response:
+    found = host.platform.user(request.match_info["wa_id"])
     if request.method == "PATCH":
         data = check_user_fields(await body_of(request))
         data.pop("wa_id", None)
         if "audio" in data:
-            await prepare_audio(data["audio"])
-        patch(wacall, found, data)
+            await prepare_audio(host, data["audio"])
+        patch(host, found, data)
     return ok(found.to_doc())
 
 
 @handler
-async def user_messages(wacall: Wacall, request: web.Request) -> web.Response:
+async def user_messages(host: ControlHost, request: web.Request) -> web.Response:
     data = await body_of(request)
-    message = wacall.apply(lambda: wacall.platform.user_sends_message(
+    message = host.apply(lambda: host.platform.user_sends_message(
         request.match_info["wa_id"], business_address(data), data.get("text", "")))
     return ok({"message_id": message.id}, 201)
 
 
 @handler
-async def user_calls(wacall: Wacall, request: web.Request) -> web.Response:
+async def user_calls(host: ControlHost, request: web.Request) -> web.Response:
     data = await body_of(request)
     payload = data.get("payload")
     if payload is not None and not isinstance(payload, str):
         raise ControlError("bad_payload", "payload must be a string", 400)
     try:
-        call = await wacall.legs.place(lambda call_id, leg: wacall.platform.user_calls(
+        call = await host.place_call(lambda call_id, leg: host.platform.user_calls(
             request.match_info["wa_id"], business_address(data), entry_point=data.get("entry_point", "call_icon"),
             payload=payload, call_id=call_id, leg=leg))
     except MediaUnavailable:
@@ -244,9 +262,9 @@ async def user_calls(wacall: Wacall, request: web.Request) -> web.Response:
 
 
 @handler
-async def user_permission_replies(wacall: Wacall, request: web.Request) -> web.Response:
+async def user_permission_replies(host: ControlHost, request: web.Request) -> web.Response:
     data = await body_of(request)
-    result = wacall.apply(lambda: wacall.platform.user_permission_reply(
+    result = host.apply(lambda: host.platform.user_permission_reply(
         request.match_info["wa_id"], str(data.get("phone_number_id", "")), response=data.get("response", ""),
         permanent=bool(data.get("permanent", False)), via=data.get("via", "request")))
     return ok(result)
@@ -256,7 +274,7 @@ CALL_LIST_STATES = {"live", "RINGING", "PRE_ACCEPTED", "ACCEPTED", "ENDED"}
 
 
 @handler
-async def calls(wacall: Wacall, request: web.Request) -> web.Response:
+async def calls(host: ControlHost, request: web.Request) -> web.Response:
     """The latest calls, oldest first, from the store's call index (``limit``, ``before``, ``state``)."""
     query = request.query
     limit = int(query.get("limit", "1000"))
@@ -266,7 +284,7 @@ async def calls(wacall: Wacall, request: web.Request) -> web.Response:
             state is not None and state not in CALL_LIST_STATES):
         raise ControlError("bad_query", "limit is 1..10000, before a time, state one of "
                                         f"{', '.join(sorted(CALL_LIST_STATES))}", 400)
-    items = wacall.store.call_list(limit=limit, before=before, state=state)
+    items = host.call_list(limit=limit, before=before, state=state)
     body: dict = {"data": items}
     if len(items) == limit:
         body["paging"] = {"before": items[0]["created_at"]}
@@ -274,93 +292,88 @@ async def calls(wacall: Wacall, request: web.Request) -> web.Response:
 
 
 @handler
-async def call(wacall: Wacall, request: web.Request) -> web.Response:
-    return ok(await call_view(wacall, request.match_info["call_id"]))
+async def call(host: ControlHost, request: web.Request) -> web.Response:
+    return ok(await call_view(host, request.match_info["call_id"]))
 
 
 @handler
-async def call_action(wacall: Wacall, request: web.Request) -> web.Response:
+async def call_action(host: ControlHost, request: web.Request) -> web.Response:
     call_id, action = request.match_info["call_id"], request.match_info["action"]
-    found = wacall.platform.call(call_id)
+    found = host.platform.call(call_id)
     if found is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
-    operation = {"answer": wacall.platform.user_answers, "reject": wacall.platform.user_rejects,
-                 "hangup": wacall.platform.user_hangs_up}.get(action)
+    operation = {"answer": host.platform.user_answers, "reject": host.platform.user_rejects,
+                 "hangup": host.platform.user_hangs_up}.get(action)
     if operation is None:
         raise ControlError("bad_action", "action must be answer, reject or hangup", 404)
-    wacall.apply(lambda: operation(found))
-    return ok(await call_view(wacall, call_id, with_webhooks=False))
+    host.apply(lambda: operation(found))
+    return ok(await call_view(host, call_id, with_webhooks=False))
 
 
 @handler
-async def call_dtmf(wacall: Wacall, request: web.Request) -> web.Response:
+async def call_dtmf(host: ControlHost, request: web.Request) -> web.Response:
     call_id = request.match_info["call_id"]
     digits = (await body_of(request)).get("digits")
     if not isinstance(digits, str) or not digits or any(d not in "0123456789*#ABCD" for d in digits.upper()):
         raise ControlError("bad_digits", "digits must be a string of 0-9, *, #, A-D", 400)
-    call = wacall.platform.call(call_id)
+    call = host.platform.call(call_id)
     if call is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
-    if call.state != ACCEPTED or not await wacall.media.send_dtmf(call_id, digits.upper()):
+    if call.state != ACCEPTED or not await host.send_dtmf(call_id, digits.upper()):
         raise ControlError("no_media", "the call has no media connection to press keys on", 409)
-    wacall.apply(lambda: wacall.platform.media_note(call_id, "dtmf_from_user", digits=digits.upper()))
+    host.apply(lambda: host.platform.media_note(call_id, "dtmf_from_user", digits=digits.upper()))
     return ok({"digits": digits.upper()})
 
 
 @handler
-async def call_recording(wacall: Wacall, request: web.Request) -> web.Response:
-    wav = await wacall.media.recording_wav(request.match_info["call_id"])
+async def call_recording(host: ControlHost, request: web.Request) -> web.Response:
+    wav = await host.recording_wav(request.match_info["call_id"])
     if wav is None:
         raise ControlError("no_recording", "no media was recorded for this call (or it was forgotten)", 404)
     return web.Response(body=wav, content_type="audio/wav")
 
 
 @handler
-async def webhooks(wacall: Wacall, request: web.Request) -> web.Response:
+async def webhooks(host: ControlHost, request: web.Request) -> web.Response:
     limit = int(request.query.get("limit", "200"))
-    return ok({"data": wacall.store.journal(call_id=request.query.get("call_id"), limit=limit)})
+    return ok({"data": host.journal(call_id=request.query.get("call_id"), limit=limit)})
 
 
 @handler
-async def webhook_faults(wacall: Wacall, request: web.Request) -> web.Response:
+async def webhook_faults(host: ControlHost, request: web.Request) -> web.Response:
     """The webhook fault plan (wacall.webhooks.faults): POST replaces it, DELETE clears it."""
-    dispatcher = wacall.dispatcher
     if request.method == "POST":
         try:
-            dispatcher.faults = FaultPlan.parse(await body_of(request))
+            return ok(host.webhook_faults(await body_of(request)))
         except ValueError as exc:
             raise ControlError("bad_fault", str(exc), 400) from None
-        dispatcher.wake()
-    elif request.method == "DELETE":
-        dispatcher.faults = FaultPlan.parse({})
-        dispatcher.wake()
-    return ok(dispatcher.faults.view())
+    return ok(host.webhook_faults({} if request.method == "DELETE" else None))
 
 
 @handler
-async def limits(wacall: Wacall, request: web.Request) -> web.Response:
+async def limits(host: ControlHost, request: web.Request) -> web.Response:
     if request.method == "PATCH":
         data = await body_of(request)
-        wacall.platform.limits = wacall.platform.limits.updated(**data)
-    return ok(wacall.platform.limits.as_dict())
+        host.platform.limits = host.platform.limits.updated(**data)
+    return ok(host.platform.limits.as_dict())
 
 
-def number_of(wacall: Wacall, request: web.Request):
-    found = wacall.platform.numbers.get(request.match_info["phone_number_id"])
+def number_of(host: ControlHost, request: web.Request):
+    found = host.platform.numbers.get(request.match_info["phone_number_id"])
     if found is None:
         raise ControlError("unknown_number", "no such phone number", 404)
     return found
 
 
 @handler
-async def number(wacall: Wacall, request: web.Request) -> web.Response:
-    found = number_of(wacall, request)
+async def number(host: ControlHost, request: web.Request) -> web.Response:
+    found = number_of(host, request)
     if request.method == "PATCH":
         try:
             data = fields.check_number_fields(await body_of(request))
         except ValueError as exc:
             raise ControlError("bad_field", str(exc), 400) from None
-        patch(wacall, found, data)
+        patch(host, found, data)
     doc = found.to_doc()
     if str(request.query.get("include_sip_credentials", "")).lower() != "true":   # as Graph's GET settings
         doc.pop("sip_passwords", None)
@@ -368,9 +381,9 @@ async def number(wacall: Wacall, request: web.Request) -> web.Response:
 
 
 @handler
-async def app_record(wacall: Wacall, request: web.Request) -> web.Response:
+async def app_record(host: ControlHost, request: web.Request) -> web.Response:
     """The app's permissions on its WABAs (e.g. take ``whatsapp_business_messaging`` away)."""
-    found = wacall.platform.apps.get(request.match_info["app_id"])
+    found = host.platform.apps.get(request.match_info["app_id"])
     if found is None:
         raise ControlError("unknown_app", f"no app {request.match_info['app_id']}", 404)
     if request.method == "PATCH":
@@ -381,51 +394,51 @@ async def app_record(wacall: Wacall, request: web.Request) -> web.Response:
                 or not all(isinstance(p, str) for p in permissions) or not isinstance(proof, bool)):
             raise ControlError("bad_field", "only permissions (a list of strings) and require_appsecret_proof "
                                             "(true/false) can be set", 400)
-        patch(wacall, found, {"permissions": permissions, "require_appsecret_proof": proof})
+        patch(host, found, {"permissions": permissions, "require_appsecret_proof": proof})
     return ok({"id": found.id, "name": found.name, "permissions": found.permissions, "waba_ids": found.waba_ids,
                "require_appsecret_proof": found.require_appsecret_proof})
 
 
 @handler
-async def sip_hosts(wacall: Wacall, request: web.Request) -> web.Response:
+async def sip_hosts(host: ControlHost, request: web.Request) -> web.Response:
     """The gateway's hosts mapping: business SIP hostnames resolved to loopback addresses."""
-    if wacall.sip is None:
+    hosts = host.sip_hosts(None)
+    if hosts is None:
         raise ControlError("no_sip", "the SIP gateway is not running (--sip-port -1)", 409)
-    resolver = wacall.sip.transport.resolver
     if request.method == "POST":
         data = await body_of(request)
         try:
-            for name, address in data.items():
-                resolver.add(str(name), str(address))
+            hosts = host.sip_hosts(data)
         except OSError as exc:
             raise ControlError("not_loopback", str(exc), 400) from None
-    return ok({"hosts": resolver.hosts})
+    return ok({"hosts": hosts})
 
 
 @handler
-async def number_restrictions(wacall: Wacall, request: web.Request) -> web.Response:
-    found = number_of(wacall, request)
+async def number_restrictions(host: ControlHost, request: web.Request) -> web.Response:
+    found = number_of(host, request)
     data = await body_of(request)
     if not 0 <= float(data.get("seconds", 0)) <= 1e10:          # also refuses nan and inf
         raise ControlError("bad_seconds", "seconds must be between 0 and 1e10", 400)
-    restriction = wacall.apply(lambda: wacall.platform.add_restriction(
+    restriction = host.apply(lambda: host.platform.add_restriction(
         found, data.get("type", "RESTRICTED_BUSINESS_INITIATED_CALLING"), float(data.get("seconds", 7 * 86400)),
         data.get("reason")))
     return ok(restriction, 201)
 
 
 @handler
-async def faults(wacall: Wacall, request: web.Request) -> web.Response:
+async def faults(host: ControlHost, request: web.Request) -> web.Response:
     if request.method == "POST":
         data = await body_of(request)
         for key, value in data.items():
-            if key not in wacall.faults or not fields.is_number(value, integer=True) or value < 0:
-                raise ControlError("bad_fault", f"known faults: {', '.join(wacall.faults)} (counts)", 400)
-            wacall.faults[key] = value
-    return ok(dict(wacall.faults))
+            if key not in host.faults or not fields.is_number(value, integer=True) or value < 0:
+                raise ControlError("bad_fault", f"known faults: {', '.join(host.faults)} (counts)", 400)
+            host.faults[key] = value
+    return ok(dict(host.faults))
 
 
 def control_routes(app: web.Application) -> None:
+    """Register the routes; their handlers use the :class:`ControlHost` in ``app[CONTROL]``."""
     r = app.router
     r.add_get("/_wacall/health", health)
     r.add_get("/_wacall/info", info)
@@ -462,5 +475,5 @@ def control_routes(app: web.Application) -> None:
 
 
 @handler
-async def no_route(wacall: Wacall, request: web.Request) -> web.Response:
+async def no_route(host: ControlHost, request: web.Request) -> web.Response:
     raise ControlError("no_route", f"no control route {request.method} {request.path}", 404)

@@ -123,3 +123,9 @@ class GraphError(Exception):
         return {"code": self.code, "title": self.title, "message": self.title,
                 "error_data": {"details": self.details},
                 "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}
+
+
+class MediaUnavailable(Exception):
+    """No media leg can be had right now (a port, a worker process or descriptors ran out): a fact the
+    media plane reports, shared by every entry point. Each wire layer answers with Meta's transient
+    error: Graph code 2, a control-API 503, SIP 503."""

@@ -1,9 +1,17 @@
-"""What the domain tells the outside world happened. The webhooks layer renders these into Meta's
-envelopes; the server applies the rest (media release, persistence)."""
+"""What the domain tells the outside world happened, and the registry that routes each event to the
+consumers that react to it.
+
+The webhooks layer renders events into Meta's envelopes (``wacall.webhooks.payloads``, its own
+table from event type to renderer, before the commit: the outbox rows are part of the transaction);
+after the commit the server publishes every event through an :class:`EventRegistry`, where the media
+plane (configure, connected, release) and the SIP gateway (``SipCallChanged``) registered for the
+types they consume. No consumer asks ``isinstance``: the type is the address.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .sdp import Negotiated
 
@@ -87,4 +95,24 @@ class MediaConnected:
 
 
 Event = (CallConnect | CallStatus | CallTerminate | PermissionReply | MessageStatus
-         | SettingsUpdate | InboundMessage | ReleaseMedia | MediaConfigure | MediaConnected)
+         | SettingsUpdate | InboundMessage | SipCallChanged | ReleaseMedia | MediaConfigure | MediaConnected)
+
+
+class EventRegistry:
+    """Event type -> the handlers that consume it, called in the order they registered.
+
+    An event type nobody registered for is simply not consumed here (a webhook-only event, or
+    ``SipCallChanged`` when the SIP gateway is off)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[type, list[Callable[[Any], None]]] = {}
+
+    def on(self, event_type: type, handler: Callable[[Any], None]) -> None:
+        self._handlers.setdefault(event_type, []).append(handler)
+
+    def handlers(self, event_type: type) -> list[Callable[[Any], None]]:
+        return list(self._handlers.get(event_type, ()))
+
+    def publish(self, event: Any) -> None:
+        for handler in self._handlers.get(type(event), ()):
+            handler(event)

@@ -11,7 +11,8 @@ from .messaging import MessageRules
 from .numbers import NumberRules
 from .permissions import PermissionRules
 from .sip import SipRules
+from .subscriptions import SubscriptionRules
 
 
-class Platform(SipRules, CallRules, PermissionRules, MessageRules, NumberRules):
+class Platform(SipRules, CallRules, PermissionRules, MessageRules, NumberRules, SubscriptionRules):
     pass

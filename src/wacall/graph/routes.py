@@ -4,7 +4,7 @@ answers it, plus seed 000's provider route ``/calling/settings/{phone_number_id}
 This layer only translates: it reads parameters the ways Graph accepts them (JSON body, form body,
 query string), authenticates the bearer token, finds the object the token may see, calls the
 platform, and writes Meta's JSON or error envelope. It never answers with a 500: anything
-unexpected becomes Graph's code 1.
+unexpected becomes Graph's code 1. What it may do with the running emulator is :class:`GraphHost`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import hashlib
 import hmac
 import logging
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from .. import codec
-from ..domain.errors import GraphError
+from ..domain.errors import GraphError, MediaUnavailable
 from ..domain.model import App, PhoneNumber, Waba
+from ..domain.platform import Platform
 from ..domain.state import unsupported
-from ..media.ports import MediaUnavailable
-from ..server import WACALL, Wacall
 from .errors import error_response, graph_json
 
 log = logging.getLogger("wacall.graph")
@@ -33,12 +33,26 @@ MESSAGING = "whatsapp_business_messaging"
 MANAGEMENT = "whatsapp_business_management"
 
 
+@dataclass(frozen=True)
+class GraphHost:
+    """What the Graph API may do with the running emulator (built by ``wacall.server``)."""
+
+    platform: Platform                                       # read: lookups and views
+    apply: Callable[[Callable[[], Any]], Any]                # the one write path: run a domain operation, commit
+    place_call: Callable[[Callable[[str, Any], Any]], Awaitable[Any]]   # legs.LegOwner.place: a new call with its leg
+    take_fault: Callable[[str], bool]                        # True (and counted) when an injected fault is due
+    verify_callback: Callable[[str, str], Awaitable[None]]   # Meta's hub.challenge handshake, or GraphError 2200
+
+
+GRAPH = web.AppKey("graph", GraphHost)
+
+
 class Request:
     """One Graph request, parsed."""
 
-    def __init__(self, wacall: Wacall, http: web.Request, params: dict[str, Any], body: Any) -> None:
-        self.wacall = wacall
-        self.platform = wacall.platform
+    def __init__(self, host: GraphHost, http: web.Request, params: dict[str, Any], body: Any) -> None:
+        self.host = host
+        self.platform = host.platform
         self.http = http
         self.params = params       # query string merged with a form or JSON-object body
         self.body = body           # the JSON body as sent (may be any JSON value) or the form dict
@@ -49,7 +63,7 @@ class Request:
         return self.params.get(name)
 
 
-async def parse(wacall: Wacall, http: web.Request) -> Request:
+async def parse(host: GraphHost, http: web.Request) -> Request:
     params: dict[str, Any] = dict(http.query)
     body: Any = None
     raw = await http.read()
@@ -69,7 +83,7 @@ async def parse(wacall: Wacall, http: web.Request) -> Request:
         if isinstance(body, dict):
             params.update(body)
             body.pop("appsecret_proof", None)    # a Graph-wide parameter (authenticate), not the edge's
-    return Request(wacall, http, params, body)
+    return Request(host, http, params, body)
 
 
 def authenticate(req: Request) -> App:
@@ -116,7 +130,7 @@ async def number_settings(req: Request, number: PhoneNumber) -> dict:
     if req.http.method == "GET":
         include = str(req.param("include_sip_credentials") or "").lower() == "true"
         return req.platform.get_settings(number, include)
-    return req.wacall.apply(lambda: req.platform.update_settings(req.app, number, req.body))
+    return req.host.apply(lambda: req.platform.update_settings(req.app, number, req.body))
 
 
 async def number_calls(req: Request, number: PhoneNumber) -> dict:
@@ -124,12 +138,11 @@ async def number_calls(req: Request, number: PhoneNumber) -> dict:
     body = req.body
     try:
         if not req.platform.wants_new_leg(number, body):
-            return req.wacall.apply(lambda: req.platform.call_action(req.app, number, body))
-        if req.wacall.faults.get("connect_error", 0) > 0:
-            req.wacall.faults["connect_error"] -= 1
+            return req.host.apply(lambda: req.platform.call_action(req.app, number, body))
+        if req.host.take_fault("connect_error"):
             raise GraphError(138004)
         try:
-            return await req.wacall.legs.place(lambda call_id, leg: req.platform.call_action(
+            return await req.host.place_call(lambda call_id, leg: req.platform.call_action(
                 req.app, number, body, new_call_id=call_id, leg=leg))
         except MediaUnavailable:
             raise GraphError(2, "Service temporarily unavailable: the media relay has no room for a new call "
@@ -139,8 +152,8 @@ async def number_calls(req: Request, number: PhoneNumber) -> dict:
         existing = req.platform.call(call_ref)        # live or ended (None for a non-string call_id)
         if existing is not None and existing.phone_number_id == number.id:
             code, details = error.code, error.details
-            req.wacall.apply(lambda: req.platform.note(existing, "api_error", action=body.get("action"),
-                                                       code=code, details=details))
+            req.host.apply(lambda: req.platform.note(existing, "api_error", action=body.get("action"),
+                                                     code=code, details=details))
         raise
 
 
@@ -151,12 +164,12 @@ async def number_call_permissions(req: Request, number: PhoneNumber) -> dict:
     user_wa_id = req.param("user_wa_id")
     if user_wa_id is not None and (isinstance(user_wa_id, bool) or not isinstance(user_wa_id, (str, int))):
         raise GraphError(100, "Param user_wa_id must be a phone number string.")
-    return req.wacall.apply(lambda: req.platform.call_permissions_view(req.app, number, req.param("user_wa_id")))
+    return req.host.apply(lambda: req.platform.call_permissions_view(req.app, number, req.param("user_wa_id")))
 
 
 async def number_messages(req: Request, number: PhoneNumber) -> dict:
     require(req.app, MESSAGING)
-    return req.wacall.apply(lambda: req.platform.send_message(req.app, number, req.body))
+    return req.host.apply(lambda: req.platform.send_message(req.app, number, req.body))
 
 
 async def number_node(req: Request, number: PhoneNumber) -> dict:
@@ -170,8 +183,8 @@ async def number_node(req: Request, number: PhoneNumber) -> dict:
                 raise GraphError(100, "Param webhook_configuration must be a JSON object.") from None
         uri = config.get("override_callback_uri") if isinstance(config, dict) else None
         if uri:
-            await req.wacall.dispatcher.verify_callback(str(uri), str(config.get("verify_token", "")))
-        req.wacall.apply(lambda: req.platform.set_number_override(req.app, number, {"webhook_configuration": config}))
+            await req.host.verify_callback(str(uri), str(config.get("verify_token", "")))
+        req.host.apply(lambda: req.platform.set_number_override(req.app, number, {"webhook_configuration": config}))
         return {"success": True}
     out = {"id": number.id, "display_phone_number": format_number(number.display_phone_number),
            "verified_name": number.verified_name, "quality_rating": "GREEN",
@@ -245,7 +258,7 @@ async def waba_phone_numbers(req: Request, waba: Waba) -> dict:
 async def waba_templates(req: Request, waba: Waba) -> dict:
     require(req.app, MANAGEMENT)
     if req.http.method == "POST":
-        return req.wacall.apply(lambda: req.platform.create_template(waba.id, req.body))
+        return req.host.apply(lambda: req.platform.create_template(waba.id, req.body))
     return {"data": [{"id": t.id, "name": t.name, "language": t.language, "category": t.category,
                       "status": t.status, "components": t.components}
                      for t in req.platform.templates.values() if t.waba_id == waba.id]}
@@ -265,21 +278,8 @@ async def waba_subscribed_apps(req: Request, waba: Waba) -> dict:
                 entry["override_callback_uri"] = waba.app_overrides[app_id]["override_callback_uri"]
             data.append(entry)
         return {"data": data}
-
-    def change(override: dict | None, subscribe: bool) -> None:
-        if subscribe:
-            if app.id not in waba.subscribed_apps:
-                waba.subscribed_apps.append(app.id)
-        else:
-            waba.subscribed_apps = [a for a in waba.subscribed_apps if a != app.id]
-        if override:
-            waba.app_overrides[app.id] = override
-        else:
-            waba.app_overrides.pop(app.id, None)
-        req.platform.put(waba)
-
     if method == "DELETE":
-        req.wacall.apply(lambda: change(None, False))
+        req.host.apply(lambda: req.platform.unsubscribe_waba(app, waba))
         return {"success": True}
     uri = req.param("override_callback_uri")
     override = None
@@ -287,9 +287,9 @@ async def waba_subscribed_apps(req: Request, waba: Waba) -> dict:
         if not isinstance(uri, str) or not re.match(r"^https?://", uri):
             raise GraphError(100, "Param override_callback_uri must be a URL.")
         verify_token = str(req.param("verify_token") or "")
-        await req.wacall.dispatcher.verify_callback(uri, verify_token)
+        await req.host.verify_callback(uri, verify_token)
         override = {"override_callback_uri": uri, "verify_token": verify_token}
-    req.wacall.apply(lambda: change(override, True))
+    req.host.apply(lambda: req.platform.subscribe_waba(app, waba, override))
     return {"success": True}
 
 
@@ -322,17 +322,7 @@ async def app_subscriptions(req: Request, app: App) -> dict:
     obj = req.param("object")
     if method == "DELETE":
         unsubscribe = set(parse_fields(req.param("fields")))
-
-        def remove() -> None:
-            chosen = [str(obj)] if obj else list(app.subscriptions)
-            for name in chosen:
-                if not unsubscribe:                  # no fields: the whole object (every object without one)
-                    app.subscriptions.pop(name, None)
-                elif name in app.subscriptions:      # fields: just those, the callback stays
-                    sub = app.subscriptions[name]
-                    sub["fields"] = [f for f in sub.get("fields", []) if f not in unsubscribe]
-            req.platform.put(app)
-        req.wacall.apply(remove)
+        req.host.apply(lambda: req.platform.unsubscribe_app(app, str(obj) if obj else None, unsubscribe))
         return {"success": True}
     if not obj:
         raise GraphError(100, "The parameter object is required.")
@@ -350,15 +340,8 @@ async def app_subscriptions(req: Request, app: App) -> dict:
             raise GraphError(100, "Param callback_url must be a valid URL.")
         if not verify_token:
             raise GraphError(100, "The parameter verify_token is required.")
-        await req.wacall.dispatcher.verify_callback(callback_url, str(verify_token))
-
-    def save() -> None:
-        merged = sorted(set(existing.get("fields", [])) | set(fields)) if fields else existing.get("fields", [])
-        app.subscriptions[str(obj)] = {"object": obj, "callback_url": callback_url or existing.get("callback_url"),
-                                       "verify_token": str(verify_token or existing.get("verify_token", "")),
-                                       "fields": merged, "active": True}
-        req.platform.put(app)
-    req.wacall.apply(save)
+        await req.host.verify_callback(callback_url, str(verify_token))
+    req.host.apply(lambda: req.platform.subscribe_app(app, str(obj), callback_url, verify_token, fields))
     return {"success": True}
 
 
@@ -416,7 +399,7 @@ def app_access_token(req: Request) -> dict:
 
 
 async def handle(http: web.Request) -> web.Response:
-    wacall: Wacall = http.app[WACALL]
+    host = http.app[GRAPH]
     try:
         path = http.match_info.get("path", "")
         parts = [p for p in path.split("/") if p]
@@ -428,7 +411,7 @@ async def handle(http: web.Request) -> web.Response:
             if int(match.group(1)) < MIN_MAJOR:
                 raise GraphError(100, f"Graph API {version} is not supported for calling; use v{MIN_MAJOR}.0 or "
                                       "later.")
-        req = await parse(wacall, http)
+        req = await parse(host, http)
         if "object_id" in http.match_info:              # /calling/settings/{id} (seed 000's provider route)
             result = await dispatch(req, http.match_info["object_id"], "settings")
         elif parts == ["oauth", "access_token"] and http.method == "GET":
@@ -448,6 +431,7 @@ async def handle(http: web.Request) -> web.Response:
 
 
 def graph_routes(app: web.Application) -> None:
+    """Register the routes; their handlers use the :class:`GraphHost` in ``app[GRAPH]``."""
     app.router.add_route("*", "/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/{path:(?s:.*)}", handle)   # (?s): paths may hold %0A

@@ -45,11 +45,6 @@ MAX_STRANGERS = 4096
 BIND_RETRY_SECONDS = 3.0
 
 
-class MediaUnavailable(Exception):
-    """No media leg can be had right now (a port, a worker process or descriptors ran out). Each wire
-    layer answers with Meta's transient error: Graph code 2, a control-API 503, SIP 503."""
-
-
 class Leg(Protocol):
     """What the router needs of a call leg (``RelayEndpoint``)."""
 

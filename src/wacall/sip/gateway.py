@@ -21,6 +21,11 @@ retransmitting its 200, and after 64×T1 the dialog dies; the timeline says why.
 
 Every SIP message of a call is put on its timeline (``kind: "sip_message"``) for a ladder view.
 
+What the gateway may do with the running emulator is :class:`SipHost`: read the domain, change it
+through ``apply`` (the one write path: SIP traces and dialog state too), and own a call's media leg.
+It hears about calls the domain changed through the event registry (``SipCallChanged`` ->
+:meth:`SipGateway.on_call_changed`), never by calling itself after an operation.
+
 A restart is not the end of a call: once a dialog is established (Meta's 200 sent, or the business's
 200 ACKed) its state -- Call-ID, tags, URIs, route set, remote target, both CSeqs, which side is the
 UAC, the business's server -- is kept with the call record (``Call.sip``, written through the domain's
@@ -39,21 +44,19 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Awaitable, Callable
 
 from ..domain import settings as calling_settings
+from ..domain.errors import MediaUnavailable
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
 from ..domain.ends import BAD_DIGEST, SERVICE_UNAVAILABLE, SipRefusal, sip_final_for_ended
+from ..domain.platform import Platform
 from ..domain.sip import not_acceptable_hint
-from ..media.ports import MediaUnavailable
 from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
 from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
 from .transport import Connection, TlsTransport, TransportError
 from .uri import parse_name_addr, parse_uri
-
-if TYPE_CHECKING:
-    from ..server import Wacall
 
 log = logging.getLogger("wacall.sip")
 
@@ -67,6 +70,15 @@ TRACE_LIMIT = 4000          # characters of each SIP message kept on the timelin
 def meta_record_routes(domain: str) -> list[str]:
     """Meta's two Record-Route entries, in the order its INVITE carries them (§8.3)."""
     return [f"<sip:{domain};transport=tls;lr>", f"<sip:{PROXY};transport=tls;lr>"]
+
+
+@dataclass(frozen=True)
+class SipHost:
+    """What the SIP gateway may do with the running emulator (built by ``wacall.server``)."""
+
+    platform: Platform                                       # read: SIP questions, calls, numbers
+    apply: Callable[..., Any]                                # the one write path: run a domain operation, commit
+    place_call: Callable[[Callable[[str, Any], Any]], Awaitable[Any]]   # legs.LegOwner.place: a new call with its leg
 
 
 @dataclass
@@ -120,10 +132,10 @@ class Dialog:
 
 
 class SipGateway:
-    def __init__(self, wacall: Wacall, transport: TlsTransport, *, domain: str = "wa.meta.vc",
+    def __init__(self, host: SipHost, transport: TlsTransport, *, domain: str = "wa.meta.vc",
                  t1: float = 0.5) -> None:
-        self.wacall = wacall
-        self.platform = wacall.platform
+        self.host = host
+        self.platform = host.platform
         self.domain = domain
         self.transport = transport
         self.layer = TransactionLayer(transport, t1=t1)
@@ -160,8 +172,8 @@ class SipGateway:
         SIP trace of the message that changed it."""
         call = self.platform.call(dialog.call_id)
         if call is not None and call.state != ENDED:
-            self.platform.sip_dialog_state(call, dialog.state())
-            self.wacall.commit_soon()
+            state = dialog.state()
+            self.host.apply(lambda: self.platform.sip_dialog_state(call, state), defer=True)
 
     def restore(self) -> None:
         """After a restart: rebuild the dialogs of the SIP calls still in progress from their records.
@@ -189,7 +201,7 @@ class SipGateway:
             if not dialog.confirmed:             # Meta's 200 went out but no ACK came before the restart
                 self._spawn(self._await_ack(dialog))
         for call in lost:
-            self.wacall.apply(lambda c=call: self.platform.sip_call_failed(
+            self.host.apply(lambda c=call: self.platform.sip_call_failed(
                 c, "the SIP gateway restarted while the INVITE transaction was open; the transaction is gone"))
 
     async def _await_ack(self, dialog: Dialog) -> None:
@@ -208,8 +220,7 @@ class SipGateway:
         """Put a SIP message on the call's timeline (``in`` from the business, ``out`` from Meta)."""
         call = self.platform.call(call_id) if call_id else None
         if call is not None:
-            self._note_message(call, direction, message)
-            self.wacall.commit_soon()
+            self.host.apply(lambda: self._note_message(call, direction, message), defer=True)
 
     def _note_message(self, call: Call, direction: str, message: Request | Response) -> None:
         raw = message.to_bytes().decode("utf-8", "replace")
@@ -313,8 +324,8 @@ class SipGateway:
             self._note_message(call, "in", request)       # first on the ladder, before the 180 it causes
             return call
         try:
-            call = await self.wacall.legs.place(place)     # the leg is released if the call is refused
-        except MediaUnavailable:
+            await self.host.place_call(place)      # the leg is released if the call is refused; its
+        except MediaUnavailable:                   # SipCallChanged has the gateway send the 180
             self._refuse(txn, request, SipRefusal(503, SERVICE_UNAVAILABLE))
             return
         except SipRefusal as refusal:
@@ -322,7 +333,6 @@ class SipGateway:
                 self._forget(dialog)
             self._refuse(txn, request, refusal)
             return
-        self.on_call_changed(call.id)
 
     def _check_digest(self, request: Request, authorization: str, number, server: dict) -> None:
         try:
@@ -351,7 +361,7 @@ class SipGateway:
                                              headers=self._meta_headers()), dialog.call_id)
         call = self.platform.call(dialog.call_id)
         if call is not None and call.state != ENDED:
-            self.wacall.apply(lambda: self.platform.sip_business_hangs_up(call))
+            self.host.apply(lambda: self.platform.sip_business_hangs_up(call))
         self._forget(dialog)
 
     def _on_ack(self, ack: Request) -> None:
@@ -386,7 +396,7 @@ class SipGateway:
         self._send_response(txn, response_to(request, 200, "OK", headers=self._meta_headers()), call_id)
         call = self.platform.call(dialog.call_id)
         if call is not None:
-            self.wacall.apply(lambda: self.platform.sip_business_hangs_up(call))
+            self.host.apply(lambda: self.platform.sip_business_hangs_up(call))
         self._forget(dialog)
 
     def on_stray_response(self, response: Response, conn: Connection) -> None:
@@ -441,7 +451,7 @@ class SipGateway:
     def _no_ack(self, dialog: Dialog) -> None:
         call = self.platform.call(dialog.call_id)
         if call is not None:
-            self.wacall.apply(lambda: self.platform.sip_call_failed(
+            self.host.apply(lambda: self.platform.sip_call_failed(
                 call, "no ACK for the 200 OK within 64*T1: the dialog is torn down"))
 
     def _dialog_response(self, invite: Request, dialog: Dialog, status: int, reason: str, *,
@@ -553,8 +563,7 @@ class SipGateway:
     def _timeline(self, call_id: str, event: str, **data: Any) -> None:
         call = self.platform.call(call_id)
         if call is not None:
-            self.platform.note(call, "sip", event=event, **data)
-            self.wacall.commit_soon()
+            self.host.apply(lambda: self.platform.note(call, "sip", event=event, **data), defer=True)
 
     # -- user-initiated calls: Meta's INVITE to the business server ------------------------------------
     def _server_for(self, call: Call) -> dict | None:
@@ -566,7 +575,7 @@ class SipGateway:
         number = self.platform.numbers[call.phone_number_id]
         server = self._server_for(call)
         if server is None:
-            self.wacall.apply(lambda: self.platform.sip_call_failed(call, "no SIP server configured"))
+            self.host.apply(lambda: self.platform.sip_call_failed(call, "no SIP server configured"))
             return
         dialog.server = _server_address(server)
         host, port = dialog.server["hostname"], dialog.server["port"]
@@ -589,7 +598,7 @@ class SipGateway:
             dialog.conn = await self.transport.connect(host, port)
         except (TransportError, OSError) as exc:
             self._timeline(call.id, "sip_transport_error", reason=f"cannot reach {host}:{port}: {exc}")
-            self.wacall.apply(lambda: self.platform.sip_call_failed(call, f"SIP server {host}:{port} unreachable"))
+            self.host.apply(lambda: self.platform.sip_call_failed(call, f"SIP server {host}:{port} unreachable"))
             self._forget(dialog)
             return
         dialog.peer = dialog.conn.peer
@@ -632,7 +641,7 @@ class SipGateway:
             return
         dialog.remote_tag = response.to.tag or dialog.remote_tag
         sdp = response.body.decode("utf-8", "replace") if response.body else None
-        problem = self.wacall.apply(lambda: self.platform.sip_business_ringing(call, sdp))
+        problem = self.host.apply(lambda: self.platform.sip_business_ringing(call, sdp))
         if problem:
             self._timeline(call.id, "early_media_refused", reason=problem)
 
@@ -648,7 +657,7 @@ class SipGateway:
                     "the 200 OK does not end with Meta's Record-Route headers (sip:wa.meta.vc;lr, then "
                     "onevc-sip-proxy): Meta's ACK cannot reach the business server; the dialog dies after 64*T1"))
                 await asyncio.sleep(64 * self.layer.t1)
-                self.wacall.apply(lambda: self.platform.sip_call_failed(
+                self.host.apply(lambda: self.platform.sip_call_failed(
                     call, "no ACK could be routed to the business (Record-Route rule broken); dialog timed out "
                           "after 64*T1"))
                 self._forget(dialog)
@@ -660,11 +669,11 @@ class SipGateway:
             if call.state == ENDED:                     # the user hung up meanwhile
                 await self._send_bye(call, dialog)
                 return
-            problem = self.wacall.apply(lambda: self.platform.sip_business_answers(
+            problem = self.host.apply(lambda: self.platform.sip_business_answers(
                 call, response.body.decode("utf-8", "replace")))
             if problem:
                 self._timeline(call.id, "answer_refused", reason=problem)
-                self.wacall.apply(lambda: self.platform.sip_call_failed(call, f"unusable SDP in 200 OK: {problem}"))
+                self.host.apply(lambda: self.platform.sip_call_failed(call, f"unusable SDP in 200 OK: {problem}"))
                 await self._send_bye(call, dialog)
             else:
                 self.stats["established"] += 1
@@ -675,10 +684,10 @@ class SipGateway:
                 self._timeline(call.id, "not_acceptable_here", hint=not_acceptable_hint(
                     self.platform.numbers[call.phone_number_id].calling))
             if status in (408, 503) and response.headers.get("Via") is None:
-                self.wacall.apply(lambda: self.platform.sip_call_failed(
+                self.host.apply(lambda: self.platform.sip_call_failed(
                     call, f"INVITE failed locally: {status} {response.reason}"))
             else:
-                self.wacall.apply(lambda: self.platform.sip_business_declines(call, status, response.reason))
+                self.host.apply(lambda: self.platform.sip_business_declines(call, status, response.reason))
         self._forget(dialog)
 
     def _send_ack(self, dialog: Dialog, response: Response, conn: Connection | None = None) -> None:
@@ -708,6 +717,24 @@ class SipGateway:
                 self.trace(call.id, "in", await cancel_txn.final())
 
     # -- lifecycle -------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        """What ``/_wacall/health`` shows of the gateway: connections, dialogs, transactions, counters."""
+        transport, stats = self.transport, self.transport.stats
+        return {"connections": len(transport.connections), "dialogs": len(self.dialogs),
+                "server_transactions": len(self.layer.server_transactions),
+                "client_transactions": len(self.layer.client_transactions),
+                "parse_errors": stats.parse_errors, "incoming_connections": transport.incoming,
+                "connections_refused": stats.refused, "idle_closed": stats.idle_closed,
+                "handshake_failures": stats.handshake_failures, **self.stats}
+
+    def hosts(self, add: dict | None = None) -> dict:
+        """The business SIP hostnames the gateway resolves (to loopback addresses), after adding ``add``
+        (name -> address; OSError for an address that is not loopback)."""
+        resolver = self.transport.resolver
+        for name, address in (add or {}).items():
+            resolver.add(str(name), str(address))
+        return resolver.hosts
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

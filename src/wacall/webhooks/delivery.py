@@ -1,7 +1,8 @@
 """Webhook delivery from the persisted outbox, the way Meta delivers: every event on its own.
 
-Each app subscribed to the WABA and to the event's field gets its own copy, signed with its secret,
-at the most specific URL it set: the number's override, then the WABA's, then the app's callback.
+Each app subscribed to the WABA and to the event's field gets its own copy, signed with its secret, at
+the URL the domain chose (``Platform.webhook_targets``: the number's override, then the WABA's, then the
+app's callback).
 Every copy is delivered and retried independently: a refused or slow event never holds back later
 ones, up to ``concurrent_per_url`` attempts run at once per URL, and a failed attempt (anything but
 HTTP 200, a timeout, a connection error) is retried with growing intervals ("decreasing frequency")
@@ -23,36 +24,17 @@ from urllib.parse import urlencode
 import aiohttp
 
 from .. import codec
-from ..config import WebhookDelivery
 from ..domain.clock import VirtualClock
 from ..domain.errors import GraphError
-from ..domain.model import PhoneNumber
 from ..domain.platform import Platform
 from ..store.sqlite import OutboxItem, Store
 from . import payloads
 from .faults import FaultPlan, hold, injected
+from .settings import WebhookDelivery
 from .signature import HEADER, sign
 
 log = logging.getLogger("wacall.webhooks")
 USER_AGENT = "facebookexternalua"
-
-
-def targets(platform: Platform, field: str, number: PhoneNumber) -> list[tuple[str, str]]:
-    """(app_id, url) for every subscribed app that wants this field and has somewhere to receive it."""
-    waba = platform.wabas[number.waba_id]
-    out = []
-    for app_id in waba.subscribed_apps:
-        app = platform.apps.get(app_id)
-        if app is None or field not in app.subscribed_fields():
-            continue
-        url = None
-        if number.override_callback and number.override_callback.get("app_id", app_id) == app_id:
-            url = number.override_callback.get("override_callback_uri")
-        url = url or (waba.app_overrides.get(app_id) or {}).get("override_callback_uri")
-        url = url or (app.subscriptions.get("whatsapp_business_account") or {}).get("callback_url")
-        if url:
-            out.append((app_id, url))
-    return out
 
 
 def outbox_rows(platform: Platform, events: list, now: float, faults: FaultPlan | None = None) -> list[dict]:
@@ -66,7 +48,7 @@ def outbox_rows(platform: Platform, events: list, now: float, faults: FaultPlan 
         field, number, value, call_id = rendered
         body = codec.dump_escaped(payloads.envelope(number.waba_id, field, value))
         kind = payloads.event_kind(field, value)
-        for app_id, url in targets(platform, field, number):
+        for app_id, url in platform.webhook_targets(field, number):
             row = {"app_id": app_id, "url": url, "field": field, "waba_id": number.waba_id,
                    "phone_number_id": number.id, "call_id": call_id, "body": body, "created_at": now,
                    "next_attempt_at": now, "attempts": 0, "status": "pending", "fault": None}
@@ -115,6 +97,14 @@ class Dispatcher:
         self._generation += 1
         self.faults = FaultPlan.parse(self.settings.faults)
         self._wake.set()
+
+    def fault_plan(self, replace: dict | None = None) -> dict:
+        """The fault plan as the control API shows it, after replacing it with ``replace`` when given
+        (``{}`` clears it; ValueError for a plan that does not parse)."""
+        if replace is not None:
+            self.faults = FaultPlan.parse(replace)
+            self.wake()
+        return self.faults.view()
 
     def stats(self) -> dict:
         return {"in_flight": sum(len(ids) for ids in self._in_flight.values()),

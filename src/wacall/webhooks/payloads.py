@@ -1,6 +1,7 @@
 """Meta's webhook payloads: each domain event rendered as (field, waba_id, value).
 
-Shapes follow Meta's calling webhook reference
+Which events become webhooks is the table :data:`RENDERERS` (event type -> renderer). Shapes follow
+Meta's calling webhook reference
 (https://developers.facebook.com/docs/whatsapp/cloud-api/calling/reference: connect, status, terminate),
 the call permission reply and message status webhooks, and account_settings_update. Timestamps are strings
 of Unix seconds; ``duration`` is an integer.
@@ -9,6 +10,7 @@ of Unix seconds; ``duration`` is an integer.
 from __future__ import annotations
 
 import hashlib
+from typing import Any, Callable
 
 from ..domain import events as ev
 from ..domain.model import BUSINESS_INITIATED, Call, PhoneNumber
@@ -88,67 +90,108 @@ def call_status(call: Call, number: PhoneNumber, status: str, timestamp: float) 
     return {"messaging_product": "whatsapp", "metadata": _metadata(number), "statuses": [item]}
 
 
-def render(platform: Platform, event) -> tuple[str, PhoneNumber, dict, str | None] | None:
+Rendered = tuple[str, PhoneNumber, dict, str | None]
+"""(field, number, value, call_id) of one webhook."""
+
+#: event type -> its renderer: the events that become webhooks, and how (the others render to nothing)
+RENDERERS: dict[type, Callable[[Platform, Any], Rendered]] = {}
+
+
+def renders(*event_types: type) -> Callable:
+    """Register the decorated function as the webhook renderer of ``event_types``."""
+    def register(renderer: Callable[[Platform, Any], Rendered]) -> Callable[[Platform, Any], Rendered]:
+        for event_type in event_types:
+            RENDERERS[event_type] = renderer
+        return renderer
+    return register
+
+
+def render(platform: Platform, event) -> Rendered | None:
     """Return (field, number, value, call_id) for an event that becomes a webhook, else None."""
-    if isinstance(event, (ev.CallConnect, ev.CallStatus, ev.CallTerminate)):
-        call = platform.calls[event.call_id]
-        number = platform.numbers[call.phone_number_id]
-        if isinstance(event, ev.CallConnect):
-            value = call_connect(platform, call, number)
-        elif isinstance(event, ev.CallStatus):
-            value = call_status(call, number, event.status, event.timestamp)
-        else:
-            value = call_terminate(platform, call, number)
-        return "calls", number, value, call.id
-    if isinstance(event, ev.PermissionReply):
-        number = platform.numbers[event.phone_number_id]
-        reply: dict = {"response": event.response}
-        if event.is_permanent is not None:
-            reply["is_permanent"] = event.is_permanent
-        if event.expiration_timestamp is not None:
-            reply["expiration_timestamp"] = _ts(event.expiration_timestamp)
-        reply["response_source"] = event.response_source
-        message = {"from": event.wa_id, "id": event.message_id, "timestamp": _ts(event.timestamp)}
-        if event.context_id:
-            message["context"] = {"from": event.wa_id, "id": event.context_id}
-        message.update(type="interactive", interactive={"type": "call_permission_reply",
-                                                        "call_permission_reply": reply})
-        value = {"messaging_product": "whatsapp", "metadata": _metadata(number),
-                 "contacts": _contacts(platform, event.wa_id), "messages": [message]}
-        call_id = event.context_id if event.context_id and event.context_id.startswith("wacid.") else None
-        return "messages", number, value, call_id
-    if isinstance(event, ev.MessageStatus):
-        message = platform.messages[event.message_id]
-        number = platform.numbers[message.phone_number_id]
-        status: dict = {"id": message.id, "status": event.status, "timestamp": _ts(event.timestamp),
-                        "recipient_id": message.wa_id}
-        if event.status != "failed":
-            category = "utility" if message.type == "template" else "service"
-            status["pricing"] = {"billable": message.type == "template", "pricing_model": "PMP",
-                                 "category": category,
-                                 "type": "regular" if message.type == "template" else "free_customer_service"}
-        if message.biz_opaque_callback_data is not None:
-            status["biz_opaque_callback_data"] = message.biz_opaque_callback_data
-        if event.errors:
-            status["errors"] = event.errors
-        return "messages", number, {"messaging_product": "whatsapp", "metadata": _metadata(number),
-                                    "statuses": [status]}, None
-    if isinstance(event, ev.InboundMessage):
-        message = platform.messages[event.message_id]
-        number = platform.numbers[message.phone_number_id]
-        item = {"from": message.wa_id, "id": message.id, "timestamp": _ts(message.created_at), "type": "text",
-                "text": {"body": message.body.get("body", "")}}
-        return "messages", number, {"messaging_product": "whatsapp", "metadata": _metadata(number),
-                                    "contacts": _contacts(platform, message.wa_id), "messages": [item]}, None
-    if isinstance(event, ev.SettingsUpdate):
-        number = platform.numbers[event.phone_number_id]
-        settings: dict = {"phone_number_id": number.id}
-        if event.calling_changed:
-            settings["calling"] = settings_webhook_view(number.calling)
-        return "account_settings_update", number, {
-            "messaging_product": "whatsapp", "timestamp": _ts(event.timestamp), "type": "PHONE_NUMBER_SETTINGS",
-            "phone_number_settings": settings}, None
-    return None
+    renderer = RENDERERS.get(type(event))
+    return None if renderer is None else renderer(platform, event)
+
+
+def _calls_field(platform: Platform, call_id: str, value: Callable[[Call, PhoneNumber], dict]) -> Rendered:
+    call = platform.calls[call_id]
+    number = platform.numbers[call.phone_number_id]
+    return "calls", number, value(call, number), call.id
+
+
+@renders(ev.CallConnect)
+def _call_connect(platform: Platform, event: ev.CallConnect) -> Rendered:
+    return _calls_field(platform, event.call_id, lambda call, number: call_connect(platform, call, number))
+
+
+@renders(ev.CallStatus)
+def _call_status(platform: Platform, event: ev.CallStatus) -> Rendered:
+    return _calls_field(platform, event.call_id,
+                        lambda call, number: call_status(call, number, event.status, event.timestamp))
+
+
+@renders(ev.CallTerminate)
+def _call_terminate(platform: Platform, event: ev.CallTerminate) -> Rendered:
+    return _calls_field(platform, event.call_id, lambda call, number: call_terminate(platform, call, number))
+
+
+@renders(ev.PermissionReply)
+def _permission_reply(platform: Platform, event: ev.PermissionReply) -> Rendered:
+    number = platform.numbers[event.phone_number_id]
+    reply: dict = {"response": event.response}
+    if event.is_permanent is not None:
+        reply["is_permanent"] = event.is_permanent
+    if event.expiration_timestamp is not None:
+        reply["expiration_timestamp"] = _ts(event.expiration_timestamp)
+    reply["response_source"] = event.response_source
+    message = {"from": event.wa_id, "id": event.message_id, "timestamp": _ts(event.timestamp)}
+    if event.context_id:
+        message["context"] = {"from": event.wa_id, "id": event.context_id}
+    message.update(type="interactive", interactive={"type": "call_permission_reply",
+                                                    "call_permission_reply": reply})
+    value = {"messaging_product": "whatsapp", "metadata": _metadata(number),
+             "contacts": _contacts(platform, event.wa_id), "messages": [message]}
+    call_id = event.context_id if event.context_id and event.context_id.startswith("wacid.") else None
+    return "messages", number, value, call_id
+
+
+@renders(ev.MessageStatus)
+def _message_status(platform: Platform, event: ev.MessageStatus) -> Rendered:
+    message = platform.messages[event.message_id]
+    number = platform.numbers[message.phone_number_id]
+    status: dict = {"id": message.id, "status": event.status, "timestamp": _ts(event.timestamp),
+                    "recipient_id": message.wa_id}
+    if event.status != "failed":
+        category = "utility" if message.type == "template" else "service"
+        status["pricing"] = {"billable": message.type == "template", "pricing_model": "PMP",
+                             "category": category,
+                             "type": "regular" if message.type == "template" else "free_customer_service"}
+    if message.biz_opaque_callback_data is not None:
+        status["biz_opaque_callback_data"] = message.biz_opaque_callback_data
+    if event.errors:
+        status["errors"] = event.errors
+    return "messages", number, {"messaging_product": "whatsapp", "metadata": _metadata(number),
+                                "statuses": [status]}, None
+
+
+@renders(ev.InboundMessage)
+def _inbound_message(platform: Platform, event: ev.InboundMessage) -> Rendered:
+    message = platform.messages[event.message_id]
+    number = platform.numbers[message.phone_number_id]
+    item = {"from": message.wa_id, "id": message.id, "timestamp": _ts(message.created_at), "type": "text",
+            "text": {"body": message.body.get("body", "")}}
+    return "messages", number, {"messaging_product": "whatsapp", "metadata": _metadata(number),
+                                "contacts": _contacts(platform, message.wa_id), "messages": [item]}, None
+
+
+@renders(ev.SettingsUpdate)
+def _settings_update(platform: Platform, event: ev.SettingsUpdate) -> Rendered:
+    number = platform.numbers[event.phone_number_id]
+    settings: dict = {"phone_number_id": number.id}
+    if event.calling_changed:
+        settings["calling"] = settings_webhook_view(number.calling)
+    return "account_settings_update", number, {
+        "messaging_product": "whatsapp", "timestamp": _ts(event.timestamp), "type": "PHONE_NUMBER_SETTINGS",
+        "phone_number_settings": settings}, None
 
 
 def event_kind(field: str, value: dict) -> str:
