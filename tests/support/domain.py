@@ -1,5 +1,5 @@
 """Driving the domain directly: a :class:`Platform` seeded with the built-in default config (one WABA,
-one GB number with calling and callback permission on, one app, four users) on a clock that stands
+one GB number with calling and callback permission on, one app, six users) on a clock that stands
 still until the test advances it. No HTTP, no sockets, no subprocess, no sleeping.
 
 Time moves only through :meth:`Domain.advance`, which advances the clock and runs the platform's timers
