@@ -14,16 +14,18 @@ from pathlib import Path
 import pytest
 
 from support.domain import ALICE, T0, Domain
-from wacall.domain import calls, messaging
+from support.sdp_samples import business_offer
+from wacall.domain import calls, messaging, numbers, permissions
 from wacall.domain.calls import CallPermissions, CallRules, MessageTimers
 from wacall.domain.clock import VirtualClock
 from wacall.domain.errors import GraphError
 from wacall.domain.events import CallConnect, CallStatus, CallTerminate, MediaConfigure, ReleaseMedia
-from wacall.domain.messaging import MessagePermissions, MessageRules
 from wacall.domain.limits import Limits
+from wacall.domain.messaging import MessagePermissions, MessageRules
+from wacall.domain.numbers import NumberRules
+from wacall.domain.permissions import PermissionRules
 from wacall.domain.platform import Platform
 from wacall.domain.state import PlatformState
-from support.sdp_samples import business_offer
 
 NEEDS = [(CallRules, "permission_rules", CallPermissions), (CallRules, "message_rules", MessageTimers),
          (MessageRules, "permission_rules", MessagePermissions)]
@@ -51,7 +53,8 @@ def test_each_rule_class_declares_its_collaborators_and_platform_provides_them(r
 def test_the_declared_methods_are_all_that_crosses_between_rule_classes():
     """Every ``self.<method>`` a rule module calls is its own, the shared state's, or a declared one."""
     state = set(dir(PlatformState)) | set(vars(PlatformState(VirtualClock(), Limits())))
-    for module, rules in ((calls, CallRules), (messaging, MessageRules)):
+    for module, rules in ((calls, CallRules), (messaging, MessageRules), (permissions, PermissionRules),
+                          (numbers, NumberRules)):
         own = {name for name in vars(rules)} | set(getattr(rules, "__annotations__", {}))
         tree = ast.parse(Path(module.__file__).read_text())
         used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
