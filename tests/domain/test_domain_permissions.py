@@ -12,7 +12,8 @@ import pytest
 
 from support.domain import ALICE, BRUNO, DAY, HOUR, T0, WEEK, Domain
 from wacall.domain.errors import GraphError
-from wacall.domain.events import CallConnect, MessageStatus, PermissionReply
+from wacall.domain.events import (CallConnect, CallStatus, CallTerminate, MediaConfigure, MessageStatus,
+                                  PermissionReply, ReleaseMedia)
 
 
 def request_permission(domain: Domain, wa_id: str) -> str:
@@ -167,8 +168,10 @@ def test_four_unanswered_business_calls_revoke_the_permission(domain: Domain):
             assert not [e for e in events if isinstance(e, PermissionReply)]
     nudges = [n for n in domain.notes(calls[1]) if n.get("action") == "nudge_shown"]
     assert len(nudges) == 1 and "2 consecutive unanswered calls" in nudges[0]["detail"]
-    assert [e for e in events if isinstance(e, PermissionReply)][0].response == "reject"
-    [reply] = [e for e in events if isinstance(e, PermissionReply)]
+    last = calls[3].id
+    *call_events, reply = events
+    assert call_events == [CallConnect(last), CallStatus(last, "RINGING", T0 + 3 * 60), MediaConfigure(last),
+                           CallTerminate(last), ReleaseMedia(last)]
     assert reply_fields(reply) == (ALICE, "reject", None, None, "automatic", None, T0 + 4 * 60)
     assert domain.pair(ALICE).permission == "no_permission" and domain.pair(ALICE).unanswered_streak == 0
     assert {"kind": "permission", "action": "auto_revoke"} in domain.notes(calls[3])
