@@ -1,8 +1,58 @@
 from __future__ import annotations
 
+import socket
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from support.harness import Receiver, Wacall
+
+TESTS = Path(__file__).parent
+
+# The fast tier (``pytest -m fast``): domain tests on the virtual clock and protocol tests (one RFC or one
+# module each) that open no socket and start no process. Every other test is ``e2e``: it talks to a
+# running wacall or a real peer (aiortc, Chromium, SIPp, baresip, pywa, openssl) over loopback.
+FAST = {"domain", "test_audio.py", "test_dtmf.py", "test_outbox_store.py", "test_rtp.py", "test_sdp.py",
+        "test_settings.py", "test_sip_digest.py", "test_sip_message.py", "test_sip_torture.py",
+        "test_srtp.py", "test_stun.py", "test_negotiation.py", "test_ends.py", "test_legs.py",
+        "test_layering.py"}
+
+
+def _fast_path(path: Path) -> bool:
+    return path.relative_to(TESTS).parts[0] in FAST
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``-m fast`` does not even import the other test modules (aiortc, Playwright...: seconds saved)."""
+    if (config.getoption("markexpr") == "fast" and collection_path.suffix == ".py"
+            and collection_path.name.startswith("test_") and collection_path.is_relative_to(TESTS)
+            and not _fast_path(collection_path)):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("fast") or item.get_closest_marker("e2e"):
+            continue                             # marked by hand (e.g. the one test of a file that runs a tool)
+        item.add_marker(pytest.mark.fast if _fast_path(Path(item.path)) else pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_stay_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``fast`` test that binds, connects or sends on a socket, or starts a process, fails: the marker
+    cannot drift from the truth."""
+    if request.node.get_closest_marker("fast") is None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} is marked fast but opened a socket or started a process; "
+                             "move it out of conftest.FAST")
+
+    for name in ("bind", "connect", "connect_ex", "listen", "sendto", "sendmsg"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -201,6 +201,7 @@ def test_file_source_decodes_ogg_opus(tmp_path):
     assert dominant_frequency(pcm[4800:-4800], 48000) == pytest.approx(880, abs=3)
 
 
+@pytest.mark.e2e                                 # runs espeak-ng: not in the fast tier
 def test_tts_source_speaks_with_espeak_ng():
     """espeak-ng comes from Debian (scripts/apt-packages); its speech is resampled to 48 kHz."""
     assert audio.espeak_binary() is not None, "the test command installs espeak-ng"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from typing import Any
+from typing import Any, Protocol
 
 from . import settings as calling_settings
 from .ends import failure_code
@@ -19,7 +19,7 @@ from .events import (CallConnect, CallStatus, CallTerminate, MediaConfigure, Med
                      SipCallChanged)
 from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
 from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, USER_INITIATED, Call,
-                    PhoneNumber, User)
+                    Message, Pair, PhoneNumber, User)
 from .phone import phone_digits
 from .pricing import PULSE_SECONDS, price_call
 from .sdp import (LocalMedia, SdpError, SessionDescription, build_meta_answer, build_meta_offer, negotiate,
@@ -50,7 +50,26 @@ def _opaque(body: dict) -> str | None:
     return value
 
 
+class CallPermissions(Protocol):
+    """What the call rules need from the permission rules (``PermissionRules``)."""
+
+    def permission_status(self, pair: Pair) -> str: ...
+
+    def revoke_permission(self, pair: Pair, *, source: str, context_id: str | None) -> None: ...
+
+    def grant_callback_permission(self, pair: Pair, call: Call) -> None: ...
+
+
+class MessageTimers(Protocol):
+    """What the call rules' ``tick`` needs from the message rules (``MessageRules``)."""
+
+    def message_due(self, message: Message) -> None: ...
+
+
 class CallRules(PlatformState):
+    permission_rules: CallPermissions    # set by Platform (itself); a test may give a stand-in
+    message_rules: MessageTimers
+
     # -- helpers -------------------------------------------------------------------------------
     def _media_options(self, number: PhoneNumber) -> tuple[str, list[str]]:
         return calling_settings.srtp_protocol(number.calling), calling_settings.additional_codecs(number.calling)
@@ -205,7 +224,7 @@ class CallRules(PlatformState):
         if not self._callable(user):
             raise GraphError(138001)
         pair = self.pair(number.id, wa_id)
-        if self.permission_status(pair) == "no_permission":
+        if self.permission_rules.permission_status(pair) == "no_permission":
             raise GraphError(138006)
         if self.active_call_between(number.id, wa_id):
             raise GraphError(138003)
@@ -294,9 +313,9 @@ class CallRules(PlatformState):
                              "whether to keep the call permission")
         if pair.unanswered_streak >= self.limits.unanswered_revoke:
             pair.unanswered_streak = 0
-            if self.permission_status(pair) != "no_permission":
+            if self.permission_rules.permission_status(pair) != "no_permission":
                 self.note(call, "permission", action="auto_revoke")
-                self.revoke_permission(pair, source="automatic", context_id=None)
+                self.permission_rules.revoke_permission(pair, source="automatic", context_id=None)
 
     # -- actions on calls ---------------------------------------------------------------------
     def _not_in_state(self, call: Call, action: str) -> GraphError:
@@ -411,7 +430,7 @@ class CallRules(PlatformState):
         self._set_state(call, RINGING, direction=USER_INITIATED)
         self._emit_call(call, CallConnect(call.id))
         if number.calling.get("callback_permission_status") == "ENABLED" and user.device == "primary":
-            self.grant_callback_permission(pair, call)
+            self.permission_rules.grant_callback_permission(pair, call)
         return call
 
     # -- what the media plane reports -------------------------------------------------------------
@@ -460,7 +479,7 @@ class CallRules(PlatformState):
                           errors=[GraphError(138007, "Business did not accept the call within the accept "
                                                      "window.").as_webhook_error()])
         for message in [m for m in self.pending_messages.values() if m.deadline is not None and m.deadline <= now]:
-            self.message_due(message)
+            self.message_rules.message_due(message)
 
     def next_deadline(self) -> float | None:
         deadlines = [c.deadline for c in self.active_calls.values() if c.deadline is not None]

@@ -3,13 +3,13 @@ templates), the 24-hour customer service window, message statuses, and the user'
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import GraphError
 from .fields import is_number
 from .events import InboundMessage, MessageStatus
 from .limits import version_at_least
-from .model import Message, PhoneNumber, Template
+from .model import Message, Pair, PhoneNumber, Template
 from .phone import phone_digits
 from .state import ControlError, PlatformState, new_id
 
@@ -23,7 +23,22 @@ def _check_ttl(value: Any, low: int, high: int, where: str) -> int:
     return value
 
 
+class MessagePermissions(Protocol):
+    """What the message rules need from the permission rules (``PermissionRules``): a call permission
+    request is checked, counted and answered there."""
+
+    def check_permission_request(self, number: PhoneNumber, wa_id: str) -> Pair: ...
+
+    def record_permission_request(self, pair: Pair) -> None: ...
+
+    def latest_open_request(self, phone_number_id: str, wa_id: str) -> Message | None: ...
+
+    def answer_request(self, request: Message, pair: Pair, *, response: str, permanent: bool) -> None: ...
+
+
 class MessageRules(PlatformState):
+    permission_rules: MessagePermissions  # set by Platform (itself); a test may give a stand-in
+
     def send_message(self, app, number: PhoneNumber, body: Any) -> dict:
         if not isinstance(body, dict):
             raise GraphError(100, "The request body must be a JSON object.")
@@ -46,7 +61,7 @@ class MessageRules(PlatformState):
             if kind == "call_permission_request":
                 self._window_required(number, wa_id)
                 self._check_permission_request_body(content)
-                pair = self.check_permission_request(number, wa_id)
+                pair = self.permission_rules.check_permission_request(number, wa_id)
             elif kind == "voice_call":
                 self._window_required(number, wa_id)
                 voice_call = self._voice_call_parameters(number, content)
@@ -59,7 +74,7 @@ class MessageRules(PlatformState):
         elif type_ == "template":
             template = self._template_for(number, content)
             if template.component("call_permission_request"):
-                kind, pair = "call_permission_request", self.check_permission_request(number, wa_id)
+                kind, pair = "call_permission_request", self.permission_rules.check_permission_request(number, wa_id)
             elif template.voice_call_button():
                 kind, pair = "voice_call", None
                 voice_call = self._template_voice_call(number, template, content)
@@ -79,7 +94,7 @@ class MessageRules(PlatformState):
                           biz_opaque_callback_data=opaque if isinstance(opaque, str) else None,
                           voice_call=voice_call)
         if pair is not None:
-            self.record_permission_request(pair)
+            self.permission_rules.record_permission_request(pair)
         self._deliver(message)
         if pair is not None and message.status != "failed":
             pair.last_request_id = message.id
@@ -187,12 +202,12 @@ class MessageRules(PlatformState):
         self.put(message)
         if message.answered or message.kind != "call_permission_request":
             return
-        latest = self._latest_open_request(message.phone_number_id, message.wa_id)
+        latest = self.permission_rules.latest_open_request(message.phone_number_id, message.wa_id)
         if latest is None or latest.id != message.id:
             return
         pair = self.pair(message.phone_number_id, message.wa_id)
-        self._answer_request(message, pair, response="reject" if behaviour == "reject" else "accept",
-                             permanent=behaviour == "accept_permanent")
+        self.permission_rules.answer_request(message, pair, response="reject" if behaviour == "reject" else "accept",
+                                             permanent=behaviour == "accept_permanent")
 
     # -- templates ----------------------------------------------------------------------------
     def create_template(self, waba_id: str, body: Any) -> dict:

@@ -140,14 +140,14 @@ class PermissionRules(PlatformState):
             return {"permission": pair.permission}
         if via != "request":
             raise ControlError("bad_via", "via must be request or business_profile", 400)
-        request = self._latest_open_request(number.id, wa_id)
+        request = self.latest_open_request(number.id, wa_id)
         if request is None:
             raise ControlError("no_open_request", "there is no call permission request to answer "
                                                   "(none sent, already answered, or expired)")
-        self._answer_request(request, pair, response=response, permanent=permanent)
+        self.answer_request(request, pair, response=response, permanent=permanent)
         return {"permission": pair.permission, "context_id": request.id}
 
-    def _latest_open_request(self, phone_number_id: str, wa_id: str) -> Message | None:
+    def latest_open_request(self, phone_number_id: str, wa_id: str) -> Message | None:
         """The pair's latest request that reached the user, unless answered or older than 7 days (a newer
         request supersedes older ones)."""
         pair = self.pairs.get(f"{phone_number_id}:{wa_id}")
@@ -156,7 +156,7 @@ class PermissionRules(PlatformState):
             return None
         return latest
 
-    def _answer_request(self, request: Message, pair: Pair, *, response: str, permanent: bool) -> None:
+    def answer_request(self, request: Message, pair: Pair, *, response: str, permanent: bool) -> None:
         request.answered = True
         request.deadline = request.deadline_kind = None
         self.put(request)

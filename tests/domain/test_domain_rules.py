@@ -1,0 +1,125 @@
+"""The rule classes declare what they need from each other (``typing.Protocol`` attributes) instead of
+calling through ``Platform``'s inheritance order: ``Platform`` provides every declared method with the
+declared signature, a rule class runs with stand-in collaborators, and no rule module imports another
+(``sip`` extends ``calls``: it is the call rules spoken over SIP).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import typing
+from pathlib import Path
+
+import pytest
+from support.domain import ALICE, T0, Domain, configured
+from support.sdp_samples import business_offer
+
+from wacall.domain import calls, messaging, numbers, permissions
+from wacall.domain.calls import CallPermissions, CallRules, MessageTimers
+from wacall.domain.clock import VirtualClock
+from wacall.domain.errors import GraphError
+from wacall.domain.events import (
+    CallConnect,
+    CallStatus,
+    CallTerminate,
+    ReleaseMedia,
+)
+from wacall.domain.limits import Limits
+from wacall.domain.messaging import MessagePermissions, MessageRules
+from wacall.domain.numbers import NumberRules
+from wacall.domain.permissions import PermissionRules
+from wacall.domain.platform import Platform
+from wacall.domain.state import PlatformState
+
+NEEDS = [(CallRules, "permission_rules", CallPermissions), (CallRules, "message_rules", MessageTimers),
+         (MessageRules, "permission_rules", MessagePermissions)]
+
+
+def protocol_methods(protocol: type) -> list[str]:
+    return sorted(name for name, value in vars(protocol).items()
+                  if inspect.isfunction(value) and not name.startswith("__"))
+
+
+@pytest.mark.parametrize("rules, attribute, protocol", NEEDS, ids=[f"{r.__name__}.{a}" for r, a, _ in NEEDS])
+def test_each_rule_class_declares_its_collaborators_and_platform_provides_them(rules, attribute, protocol):
+    hints = typing.get_type_hints(rules, vars(calls) | vars(messaging))
+    assert hints[attribute] is protocol
+    domain = Domain()
+    provider = getattr(domain.platform, attribute)
+    assert provider is domain.platform           # one object plays every rule class
+    assert protocol_methods(protocol)
+    for name in protocol_methods(protocol):
+        declared = inspect.signature(getattr(protocol, name))
+        provided = inspect.signature(getattr(type(provider), name))
+        assert provided == declared, f"{type(provider).__name__}.{name}{provided} is not {declared}"
+
+
+def test_the_declared_methods_are_all_that_crosses_between_rule_classes():
+    """Every ``self.<method>`` a rule module calls is its own, the shared state's, or a declared one."""
+    state = set(dir(PlatformState)) | set(vars(PlatformState(VirtualClock(), Limits())))
+    for module, rules in ((calls, CallRules), (messaging, MessageRules), (permissions, PermissionRules),
+                          (numbers, NumberRules)):
+        own = {name for name in vars(rules)} | set(getattr(rules, "__annotations__", {}))
+        tree = ast.parse(Path(module.__file__).read_text())
+        used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name) and node.value.id == "self"}
+        assert used - own - state == set(), module.__name__
+
+
+def test_rule_modules_do_not_import_each_other():
+    rule_modules = {"calls", "permissions", "messaging", "numbers", "sip"}
+    allowed = {"sip": {"calls"}}
+    for name in rule_modules:
+        tree = ast.parse((Path(calls.__file__).parent / f"{name}.py").read_text())
+        imported = {node.module.lstrip(".") for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        assert imported & rule_modules <= allowed.get(name, set()), name
+
+
+class StandInPermissions:
+    """Permission rules reduced to what CallRules declares it needs, recording what it is asked."""
+
+    def __init__(self) -> None:
+        self.status = "temporary"
+        self.asked: list[tuple] = []
+
+    def permission_status(self, pair) -> str:
+        self.asked.append(("status", pair.wa_id))
+        return self.status
+
+    def revoke_permission(self, pair, *, source: str, context_id: str | None) -> None:
+        self.asked.append(("revoke", pair.wa_id, source, context_id))
+        self.status = "no_permission"
+
+    def grant_callback_permission(self, pair, call) -> None:
+        self.asked.append(("callback", pair.wa_id, call.id))
+
+
+class NoMessages:
+    def message_due(self, message) -> None:
+        raise AssertionError("no message timer in this test")
+
+
+def test_call_rules_run_alone_with_stand_in_collaborators():
+    seeded = Domain()
+    rules = CallRules(seeded.clock, seeded.platform.limits, seeded.platform.rate_card)
+    for record in [seeded.waba, seeded.number, seeded.app, seeded.user(ALICE)]:
+        rules.put(record)
+    permissions = StandInPermissions()
+    rules.permission_rules, rules.message_rules = permissions, NoMessages()
+    rules.users[ALICE].incoming = "ignore"
+    body = {"messaging_product": "whatsapp", "to": ALICE, "session": {"sdp_type": "offer", "sdp": business_offer()}}
+    for n in range(4):
+        call_id = f"wacid.alone{n}"
+        rules.call_action(seeded.app, seeded.number, body, new_call_id=call_id, leg=seeded.leg(call_id))
+        seeded.clock.advance(60)
+        rules.tick()
+    events, _ = rules.drain()
+    assert events[:5] == [CallConnect("wacid.alone0"), CallStatus("wacid.alone0", "RINGING", T0),
+                          configured("wacid.alone0"), CallTerminate("wacid.alone0"), ReleaseMedia("wacid.alone0")]
+    assert permissions.asked == [("status", ALICE)] * 5 + [("revoke", ALICE, "automatic", None)]
+    with pytest.raises(GraphError) as refused:
+        rules.call_action(seeded.app, seeded.number, body, new_call_id="wacid.alone4", leg=seeded.leg("wacid.alone4"))
+    assert refused.value.code == 138006
+    assert not isinstance(rules, Platform)
