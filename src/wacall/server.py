@@ -36,6 +36,7 @@ from .media.ports import MediaUnavailable
 from .media.recording import Recordings
 from .media.workers import MediaWorkers
 from .store.sqlite import Store
+from .users import behaviour
 from .webhooks.delivery import Dispatcher, outbox_rows
 
 log = logging.getLogger("wacall")
@@ -230,7 +231,7 @@ class Wacall:
             try:
                 await self.media.restore(call.id, leg, state, meta_sdp=call.meta_sdp,
                                          business_sdp=call.business_sdp, key_exchange=call.key_exchange,
-                                         user_audio=user.audio if user else "silence",
+                                         user_audio=behaviour.voice(user),
                                          user_is_caller=call.direction == USER_INITIATED,
                                          connected_at=call.accepted_at)
             except Exception as exc:      # no leg at all: nothing could ever time the call out
@@ -307,7 +308,7 @@ class Wacall:
             return
         user = self.platform.users.get(call.wa_id)
         self.media.configure(call_id, call.meta_sdp, call.business_sdp, call.key_exchange,
-                             user.audio if user else "silence", user_is_caller=call.direction == USER_INITIATED)
+                             behaviour.voice(user), user_is_caller=call.direction == USER_INITIATED)
 
     # -- the media plane's reporter (wacall.media.relay.Reporter) ------------------------------------
     def note(self, call_id: str, kind: str, **data) -> None:

@@ -13,6 +13,7 @@ import zoneinfo
 from typing import Any
 
 from ..media.sdp import SdpError, build_meta_answer, build_meta_offer, validate_business_sdp
+from ..users import behaviour
 from . import settings as calling_settings
 from .errors import GraphError
 from .events import (CallConnect, CallStatus, CallTerminate, MediaConfigure, MediaConnected, ReleaseMedia,
@@ -218,12 +219,13 @@ class CallRules(PlatformState):
                     and version_at_least(user.client_version, self.limits.min_client_version))
 
     def _schedule_user_reaction(self, call: Call, user: User) -> None:
+        """The user's phone rings: the user reacts when it decides to (wacall.users.behaviour), and a call
+        nobody answers rings until Meta's ring timeout."""
         now = self.now()
-        if user.incoming == "answer":
-            call.deadline, call.deadline_kind = now + max(0.0, user.answer_after), "user_answer"
-        elif user.incoming == "reject":
-            call.deadline, call.deadline_kind = now + max(0.0, user.answer_after), "user_reject"
-        else:  # ignore | manual: rings until the ring timeout
+        reaction = behaviour.when_called(user)
+        if reaction is not None:
+            call.deadline, call.deadline_kind = now + reaction.after, f"user_{reaction.action}"
+        else:
             call.deadline, call.deadline_kind = now + self.limits.bic_ring_seconds, "ring_timeout"
         self.put(call)
 
