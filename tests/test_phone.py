@@ -28,7 +28,7 @@ class Clock:
 
 def make_phone(audio: str = "tone:440", is_caller: bool = True) -> tuple[Phone, list[tuple[str, dict]]]:
     notes: list[tuple[str, dict]] = []
-    phone = Phone(lambda kind, **data: notes.append((kind, data)), Clock())
+    phone = Phone(lambda kind, **data: notes.append((kind, data)))
     phone.set_up(audio, is_caller)
     return phone, notes
 

@@ -157,7 +157,7 @@ class RelayEndpoint:
         self._remote_sock: PortSocket | None = None
         self.failure: tuple[int, str] | None = None        # why media never came up
         self.closed = False
-        self.phone = Phone(lambda kind, **data: reporter.note(self.call_id, kind, **data), reporter.now)
+        self.phone = Phone(lambda kind, **data: reporter.note(self.call_id, kind, **data))
         self.stream = RtpStreamState.random(ssrc=leg.ssrc)  # the user's stream: audio and DTMF
         self._first_seq = self.stream.sequence_number     # SRTP index = first sequence number + packets sent
         self.dtmf_out: DtmfSender | None = None

@@ -92,12 +92,14 @@ class Microphone:
 
 
 class Phone:
-    """One call's virtual user at the phone. ``note`` puts facts on the call's timeline; ``now`` is the
-    platform's (virtual) clock."""
+    """One call's virtual user at the phone. ``note(kind, **data)`` puts facts on the call's timeline;
+    times come in as arguments (the platform's virtual clock), the phone keeps none of its own."""
 
-    def __init__(self, note: Note, now: Callable[[], float]) -> None:
+    __slots__ = ("_note", "audio", "is_caller", "connected_at", "answered_at", "microphone", "keys",
+                 "recording", "heard_codec", "_recent", "digits_received", "digits_sent", "_waited", "_noted")
+
+    def __init__(self, note: Note) -> None:
         self._note = note
-        self._now = now
         self.audio = "tone:440"                      # what the user says (a source spec, wacall.media.audio)
         self.is_caller = True                        # the user placed the call (its phone is not ringing)
         self.connected_at: float | None = None       # the call was accepted (virtual clock)
