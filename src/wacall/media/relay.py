@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import struct
 import time
@@ -157,7 +158,7 @@ class RelayEndpoint:
         self._remote_sock: PortSocket | None = None
         self.failure: tuple[int, str] | None = None        # why media never came up
         self.closed = False
-        self.phone = Phone(lambda kind, **data: reporter.note(self.call_id, kind, **data))
+        self.phone = Phone(functools.partial(reporter.note, leg.call_id))   # no cycle back to the relay
         self.stream = RtpStreamState.random(ssrc=leg.ssrc)  # the user's stream: audio and DTMF
         self._first_seq = self.stream.sequence_number     # SRTP index = first sequence number + packets sent
         self.dtmf_out: DtmfSender | None = None
