@@ -7,9 +7,17 @@ import socket
 
 import pytest
 
-from wacall.config import load_config
+from wacall.config import load_config as _load_config
 from wacall.control.client import ControlClient, ControlRefused
 from wacall.server import Wacall
+
+
+def load_config():
+    """The built-in configuration with the SIP gateway on a free port (never the fixed 5061: other
+    instances and test runs share the machine)."""
+    config = _load_config()
+    config.sip.port = 0
+    return config
 
 
 @pytest.fixture

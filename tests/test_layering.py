@@ -2,7 +2,7 @@
 
 * the domain imports nothing but the domain: no wire layer, no media, no SIP, no store, no server, and no
   I/O library (aiohttp, SQLAlchemy, sockets, asyncio...);
-* the wire layers (Graph routes, control routes, the SIP gateway, webhooks, media) do not import one
+* the wire layers (Graph routes, control routes, the SIP gateway, webhooks, the media plane) do not import one
   another, nor the server that wires them (each receives a narrow interface instead);
 * no import cycle among wacall's modules, nor among its groups; an import inside a function counts too,
   so it cannot hide one;
@@ -29,7 +29,7 @@ _loader.exec_module(graph)
 Import = graph.Import
 
 DOMAIN = "domain"
-WIRE = {"graph", "control", "sip", "webhooks", "media"}
+WIRE = set(graph.WIRE)              # graph, control, sip, webhooks and the media plane (relay)
 NEVER_FROM_WIRE = {"server", "cli"}
 # what the domain may not use even from outside the package: I/O, transports, the web and SQL stacks
 NO_IO = {"aiohttp", "sqlalchemy", "sqlite3", "asyncio", "socket", "ssl", "selectors", "subprocess", "httpx",

@@ -47,6 +47,7 @@ from .sip import tls
 from .sip.gateway import SipGateway, SipHost
 from .sip.transport import TlsTransport
 from .store.sqlite import Store
+from .users import behaviour
 from .webhooks.delivery import Dispatcher, outbox_rows
 
 log = logging.getLogger("wacall")
@@ -76,7 +77,8 @@ class Wacall:
         self.host, self.port = host, port
         self.store = Store(db)
         self.clock = VirtualClock(float(self.store.get_meta("clock_offset") or 0.0))
-        self.platform = Platform(self.clock, self.config.limits, self.config.rate_card, archive=self.store)
+        self.platform = Platform(self.clock, self.config.limits, self.config.rate_card, archive=self.store,
+                                 behaviour=behaviour)
         self.platform.keep_ended = self.config.keep_ended
         self.recordings, self._temporary_recordings = self._recordings_for(db)
         self._swept_at = time.monotonic()
@@ -242,7 +244,7 @@ class Wacall:
             user = self.platform.users.get(call.wa_id)
             try:
                 await self.media.restore(call.id, leg, state, negotiated=setup.negotiated if setup else None,
-                                         user_audio=user.audio if user else "silence",
+                                         user_audio=behaviour.voice(user),
                                          user_is_caller=call.direction == USER_INITIATED,
                                          connected_at=call.accepted_at)
             except Exception as exc:      # no leg at all: nothing could ever time the call out

@@ -19,6 +19,7 @@ from wacall.domain.model import Call, Pair, User
 from wacall.domain.platform import Platform
 from wacall.domain.sdp import LocalMedia
 from wacall.domain.state import Archive
+from wacall.users import behaviour
 
 from .sdp_samples import FINGERPRINT, business_answer, business_offer
 
@@ -38,7 +39,8 @@ class Domain:
     def __init__(self, archive: Archive | None = None, **limits: Any) -> None:
         config = load_config()
         self.clock = VirtualClock(source=lambda: T0)
-        self.platform = Platform(self.clock, config.limits.updated(**limits), config.rate_card, archive=archive)
+        self.platform = Platform(self.clock, config.limits.updated(**limits), config.rate_card, archive=archive,
+                                 behaviour=behaviour)
         self.platform.load((r.KIND, r.to_doc()) for r in [*config.wabas, *config.numbers, *config.apps,
                                                           *config.users])
         self.app = self.platform.apps[config.apps[0].id]

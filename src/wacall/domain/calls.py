@@ -15,15 +15,40 @@ from typing import Any, Protocol
 from . import settings as calling_settings
 from .ends import failure_code
 from .errors import GraphError
-from .events import (CallConnect, CallStatus, CallTerminate, MediaConfigure, MediaConnected, ReleaseMedia,
-                     SipCallChanged)
+from .events import (
+    CallConnect,
+    CallStatus,
+    CallTerminate,
+    MediaConfigure,
+    MediaConnected,
+    ReleaseMedia,
+    SipCallChanged,
+)
 from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
-from .model import (ACCEPTED, BUSINESS_INITIATED, ENDED, PRE_ACCEPTED, RINGING, USER_INITIATED, Call,
-                    Message, Pair, PhoneNumber, User)
+from .model import (
+    ACCEPTED,
+    BUSINESS_INITIATED,
+    ENDED,
+    PRE_ACCEPTED,
+    RINGING,
+    USER_INITIATED,
+    Call,
+    Message,
+    Pair,
+    PhoneNumber,
+    User,
+)
 from .phone import phone_digits
 from .pricing import PULSE_SECONDS, price_call
-from .sdp import (LocalMedia, SdpError, SessionDescription, build_meta_answer, build_meta_offer, negotiate,
-                  validate_business_sdp)
+from .sdp import (
+    LocalMedia,
+    SdpError,
+    SessionDescription,
+    build_meta_answer,
+    build_meta_offer,
+    negotiate,
+    validate_business_sdp,
+)
 from .state import ControlError, PlatformState
 
 ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
@@ -153,7 +178,7 @@ class CallRules(PlatformState):
             self.note(call, "media", event="negotiation_failed", reason=exc.details)
             return None
         user = self.users.get(call.wa_id)
-        return MediaConfigure(call.id, negotiated, user.audio if user else "silence",
+        return MediaConfigure(call.id, negotiated, self.behaviour.voice(user),
                               user_is_caller=call.direction == USER_INITIATED)
 
     def _configure_media(self, call: Call, business: SessionDescription) -> None:
@@ -267,12 +292,13 @@ class CallRules(PlatformState):
                     and version_at_least(user.client_version, self.limits.min_client_version))
 
     def _schedule_user_reaction(self, call: Call, user: User) -> None:
+        """The user's phone rings: the user reacts when it decides to (wacall.users.behaviour), and a call
+        nobody answers rings until Meta's ring timeout."""
         now = self.now()
-        if user.incoming == "answer":
-            call.deadline, call.deadline_kind = now + max(0.0, user.answer_after), "user_answer"
-        elif user.incoming == "reject":
-            call.deadline, call.deadline_kind = now + max(0.0, user.answer_after), "user_reject"
-        else:  # ignore | manual: rings until the ring timeout
+        reaction = self.behaviour.when_called(user)
+        if reaction is not None:
+            call.deadline, call.deadline_kind = now + reaction.after, f"user_{reaction.action}"
+        else:
             call.deadline, call.deadline_kind = now + self.limits.bic_ring_seconds, "ring_timeout"
         self.put(call)
 

@@ -190,14 +190,15 @@ class MessageRules(PlatformState):
                                             .as_webhook_error()]))
             return
         message.status = "delivered"
-        if message.kind == "call_permission_request" and user.permission_requests not in ("manual", "ignore"):
-            message.deadline, message.deadline_kind = now + max(0.0, user.reply_after), user.permission_requests
+        reply = self.behaviour.when_asked_permission(user) if message.kind == "call_permission_request" else None
+        if reply is not None:                      # the user replies by itself (wacall.users.behaviour)
+            message.deadline, message.deadline_kind = now + reply.after, reply.action
         self.put(message)
         self.emit(MessageStatus(message.id, "sent", now))
         self.emit(MessageStatus(message.id, "delivered", now))
 
     def message_due(self, message: Message) -> None:
-        behaviour = message.deadline_kind
+        reply = message.deadline_kind          # what the user chose to reply (wacall.users.behaviour)
         message.deadline = message.deadline_kind = None
         self.put(message)
         if message.answered or message.kind != "call_permission_request":
@@ -206,8 +207,8 @@ class MessageRules(PlatformState):
         if latest is None or latest.id != message.id:
             return
         pair = self.pair(message.phone_number_id, message.wa_id)
-        self.permission_rules.answer_request(message, pair, response="reject" if behaviour == "reject" else "accept",
-                                             permanent=behaviour == "accept_permanent")
+        self.permission_rules.answer_request(message, pair, response="reject" if reply == "reject" else "accept",
+                                             permanent=reply == "accept_permanent")
 
     # -- templates ----------------------------------------------------------------------------
     def create_template(self, waba_id: str, body: Any) -> dict:

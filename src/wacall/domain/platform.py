@@ -27,8 +27,8 @@ from .numbers import NumberRules
 from .permissions import PermissionRules
 from .pricing import RateCard
 from .sip import SipRules
+from .state import Archive, UserBehaviour
 from .subscriptions import SubscriptionRules
-from .state import Archive
 
 
 class Platform(SipRules, CallRules, PermissionRules, MessageRules, NumberRules, SubscriptionRules):
@@ -38,7 +38,7 @@ class Platform(SipRules, CallRules, PermissionRules, MessageRules, NumberRules, 
     message_rules: MessageRules
 
     def __init__(self, clock: VirtualClock, limits: Limits, rate_card: RateCard | None = None,
-                 archive: Archive | None = None) -> None:
-        super().__init__(clock, limits, rate_card, archive)
+                 archive: Archive | None = None, behaviour: UserBehaviour | None = None) -> None:
+        super().__init__(clock, limits, rate_card, archive, behaviour)
         self.permission_rules = self
         self.message_rules = self

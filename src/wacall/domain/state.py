@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 from .clock import VirtualClock
 from .errors import GraphError
@@ -72,10 +72,33 @@ def unsupported(object_id: str, method: str = "get") -> GraphError:
     )
 
 
+class UserBehaviour(Protocol):
+    """What a virtual user decides for itself, asked by the rules (``wacall.users.behaviour`` is the one
+    implementation; the server hands it to the platform, so the domain imports nothing outside itself)."""
+
+    def when_called(self, user: Any) -> Any: ...             # a Reaction(action, after) or None
+    def when_asked_permission(self, user: Any) -> Any: ...   # a Reaction(action, after) or None
+    def voice(self, user: Any) -> str: ...                   # the user's audio source on a call
+
+
+class _Unattended:
+    """No behaviour given: users do nothing by themselves and say nothing (a bare platform in tests)."""
+
+    def when_called(self, user: Any) -> None:
+        return None
+
+    def when_asked_permission(self, user: Any) -> None:
+        return None
+
+    def voice(self, user: Any) -> str:
+        return "silence"
+
+
 class PlatformState:
     def __init__(self, clock: VirtualClock, limits: Limits, rate_card: RateCard | None = None,
-                 archive: Archive | None = None) -> None:
+                 archive: Archive | None = None, behaviour: UserBehaviour | None = None) -> None:
         self.clock = clock
+        self.behaviour = behaviour or _Unattended()   # what the virtual users decide (wacall.users.behaviour)
         self.limits = limits
         self.rate_card = rate_card or RateCard()
         self.archive = archive              # None: nothing ever leaves memory

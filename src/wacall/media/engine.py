@@ -213,15 +213,15 @@ class MediaEngine:
             return
         if not PreEncodedAudio.cached(user_audio):      # encode a new source once, off the event loop
             asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, user_audio)
-        if self.recordings is not None and endpoint.recording is None:
-            endpoint.recording = self.recordings.writer(
+        if self.recordings is not None and endpoint.phone.recording is None:
+            endpoint.phone.recording = self.recordings.writer(
                 call_id, self.reporter.now,
                 on_error=lambda reason: self.reporter.note(call_id, "recording_failed", reason=reason))
         endpoint.configure(negotiated, user_audio, user_is_caller=user_is_caller)
 
     def call_connected(self, call_id: str, at: float) -> None:
         if (endpoint := self.endpoint(call_id)) is not None:
-            endpoint.call_connected(at)
+            endpoint.phone.connected(at)
 
     def is_live(self, call_id: str) -> bool:
         return call_id in self.endpoints
@@ -231,7 +231,7 @@ class MediaEngine:
         endpoint = self.endpoints.get(call_id)
         if endpoint is None or endpoint.srtp is None or endpoint.dtmf_out is None:
             return False
-        endpoint.send_dtmf(digits)
+        endpoint.phone.press(digits)
         return True
 
     async def stats(self) -> dict:
@@ -251,7 +251,7 @@ class MediaEngine:
     def flush_recording(self, call_id: str) -> None:
         """Write out what a live call's relay has buffered of its recording."""
         if (endpoint := self.endpoints.get(call_id)) is not None:
-            endpoint.flush_recording()
+            endpoint.phone.flush_recording()
 
     async def recording_wav(self, call_id: str) -> bytes | None:
         """What the user heard on ``call_id`` (live or ended) as a WAV, decoded off the event loop."""

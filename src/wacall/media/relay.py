@@ -1,4 +1,4 @@
-"""Meta's media relay for one call leg, and the WhatsApp user's phone behind it.
+"""Meta's media relay for one call leg: the transport part, in front of the user's phone.
 
 One :class:`RelayEndpoint` per call gets the datagrams that the engine's shared ports
 (``wacall.media.ports``) route to its leg and demultiplexes them (RFC 7983): STUN goes to the
@@ -6,16 +6,16 @@ ICE-lite agent (RFC 8445 §2.5, always controlled), DTLS to the DTLS-SRTP sessio
 from the domain's negotiation, ``Negotiated``), SRTP/SRTCP to the SRTP context (keyed by DTLS or by SDES,
 RFC 4568). Media goes only to an address the business proved is its own: the pair it nominated
 after a check that passed the leg's ICE credentials, or (SDES) the source of authenticated SRTP.
-Received audio is the user's earpiece: it is recorded (what the user heard, streamed to a file by
-``wacall.media.recording``), measured, and RFC 4733 digits are detected. The user's microphone is a
-pre-encoded source sent on one SSRC, 20 ms Opus (or G.711 when negotiated), with the user's DTMF on
-the same SSRC and sequence space.
+The transport keeps the RTP/RTCP statistics, parses RFC 4733 events, and sends on one SSRC and
+sequence space what the user says (20 ms Opus, or G.711 when negotiated) and the user's DTMF.
 
-Behaviour from Meta's docs: the business sends the first SRTP packet; the user side treats the
-first media packet or the accept, whichever comes first, as answered; no business media 20 s after
-the call connects, or 30 s of silence (no RTP nor RTCP) mid-call, makes the user hang up (the
-reporter says which fact, a ``MediaFact``; the domain's ``ends`` table picks Meta's code); media that arrives before the media connection is
-up, or before the user answered, is lost and shows as clipping.
+The user's phone (``wacall.users.phone.Phone``: what the user hears, says, keys and records, when it
+counts as answered and when the user gives up) never sees a socket or a key: the transport hands it
+every authenticated audio packet (one call per packet) and every decoded digit, and takes the
+frames and keys it sends from it. Behaviour from Meta's docs: the business sends the first SRTP
+packet; media that arrives before the media connection is up, or before the user answered, is lost
+and shows as clipping; when the user's patience runs out (:meth:`RelayEndpoint.check_timeouts`) the
+reporter says which fact (a ``MediaFact``), and the domain's ``ends`` table picks Meta's code.
 
 What a restarted relay needs to carry a call on (the SRTP keys once DTLS agreed them, the business's
 address, where both RTP streams had got to) is reported with ``Reporter.persist`` and comes back
@@ -26,25 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import struct
 import time
-from collections import deque
 from typing import Any, Protocol
-
-import numpy as np
 
 from ..domain.ends import MediaFact
 from ..domain.sdp import Negotiated, parse_crypto
-from . import g711
-from .audio import ByteLRU, PreEncodedAudio, frames_size, parse_audio_spec
+from ..users.phone import NO_MEDIA_AT_START, Microphone, Phone
 from .certificate import DtlsCertificate
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
 from .ice_lite import CheckReceived, IceLiteAgent, Nominated, Rejected
 from .leg import MediaLeg
-from .ports import PortSocket, Ports
-from .recording import RecordingWriter, decode
+from .ports import Ports, PortSocket
 from .rtcp import RtcpError, RtcpSenderReport, build_compound, ntp_timestamp, parse_rtcp
 from .rtp import RTP_HEADER, ReceiveStats, RtpError, RtpPacket, is_rtcp
 from .srtp import SrtpContext, SrtpError
@@ -54,7 +50,6 @@ log = logging.getLogger("wacall.media")
 Addr = tuple[str, int]
 RTCP_INTERVAL = 5.0
 _SEQ_TS_SSRC = struct.Struct("!HII")
-LEVEL_PACKETS = 15                       # the last 300 ms heard, kept for the level (200 ms window + warm-up)
 CHECKPOINT_INTERVAL = 30.0               # seconds between persisted positions of both RTP streams
 MAX_RESUME_GAP = 30000                   # packets skipped after a restart (libsrtp guesses within 2^15)
 
@@ -67,29 +62,6 @@ class Reporter(Protocol):
     def now(self) -> float: ...
     def timeouts(self) -> tuple[float, float]: ...   # (no media at start, silence mid-call); 0 = off
     def persist(self, call_id: str, state: dict) -> None: ...   # merged into the call's saved media state
-
-
-class G711Loop:
-    """A user's source encoded once as 20 ms G.711 frames (160 bytes), shared between calls; the cache
-    keeps the most recently used sources up to ``MAX_CACHE_BYTES`` (~100 KB per 10 s source)."""
-
-    MAX_CACHE_BYTES = 16 * 1024 * 1024
-    _cache = ByteLRU(MAX_CACHE_BYTES)
-
-    @classmethod
-    def get(cls, spec: str, codec: str, seconds: float = 10.0) -> list[bytes]:
-        key = (spec, codec)
-        frames = cls._cache.get(key)
-        if frames is None:
-            source = parse_audio_spec(spec)
-            count = int(seconds * 50)
-            pcm = np.concatenate([np.asarray(source.read(), dtype=np.int16) for _ in range(count)])
-            narrow = g711.resample_48k_to_8k(pcm)
-            encode = g711.ulaw_encode if codec == "pcmu" else g711.alaw_encode
-            data = encode(narrow)
-            frames = [data[i:i + 160] for i in range(0, len(data) - 159, 160)]
-            cls._cache.put(key, frames, frames_size(frames))
-        return frames
 
 
 class RelayEndpoint:
@@ -111,25 +83,16 @@ class RelayEndpoint:
         self._remote_sock: PortSocket | None = None
         self.failure: tuple[str, str] | None = None        # why media never came up: (MediaFact, reason)
         self.closed = False
-        # the user's phone
-        self.user_audio = "tone:440"
-        self.user_is_caller = True
-        self.stream = RtpStreamState.random(ssrc=leg.ssrc)
+        self.phone = Phone(functools.partial(reporter.note, leg.call_id))   # no cycle back to the relay
+        self.stream = RtpStreamState.random(ssrc=leg.ssrc)  # the user's stream: audio and DTMF
         self._first_seq = self.stream.sequence_number     # SRTP index = first sequence number + packets sent
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in: DtmfReceiver | None = None
-        self.recording: RecordingWriter | None = None          # set by the engine: the file of what is heard
-        self._heard_codec: str | None = None
-        self._recent: deque[bytes] = deque(maxlen=LEVEL_PACKETS)   # the last packets heard (plain RTP)
         self._codec_by_pt: dict[int, str] = {}
         self._te_pt = -1
         self.stats = ReceiveStats()
-        self._frames: list[bytes] = []
-        self._frame_index = 0
+        self._microphone: Microphone | None = None         # what the phone says, once it talks
         self._send_pt = 111
-        self._waited = 0
-        self.connected_at: float | None = None            # the call was accepted (virtual clock)
-        self.user_answered_at: float | None = None
         self.sending = False
         self.business_sent_first = False
         self.first_packet_at: float | None = None
@@ -137,8 +100,6 @@ class RelayEndpoint:
         self.clipped_packets = 0
         self.junk_datagrams = 0                             # empty, unclassifiable or undecodable datagrams
         self.wrong_payload_types: set[int] = set()
-        self.digits_received: list[dict] = []
-        self.digits_sent: list[str] = []
         self.packets_sent = 0
         self.rtcp_sent = 0
         self.skipped_ticks = 0                              # 20 ms intervals the engine could not serve
@@ -157,8 +118,8 @@ class RelayEndpoint:
             self._dtls_timer.cancel()
         if self.dtmf_in:
             for digit in self.dtmf_in.flush():
-                self._digit(digit)
-        self.flush_recording()
+                self.phone.heard_digit(digit)
+        self.phone.hang_up()
         self.ports.remove(self)
 
     def lost(self, reason: str, connected_at: float | None) -> None:
@@ -199,8 +160,7 @@ class RelayEndpoint:
         """Set up ICE, DTLS or SDES as the domain negotiated (``wacall.domain.sdp.negotiate``); once."""
         if self.negotiated is not None:
             return
-        self.user_audio = user_audio
-        self.user_is_caller = user_is_caller
+        self.phone.set_up(user_audio, user_is_caller)
         self.negotiated = n = negotiated
         te = n.telephone_event_pt
         self._te_pt = te
@@ -374,24 +334,23 @@ class RelayEndpoint:
             self.business_sent_first = True
             self.first_packet_at = now
             self.ports.expect_claims(self, False)
-            after = None if self.connected_at is None else round((now - self.connected_at) * 1000)
+            connected_at = self.phone.connected_at
+            after = None if connected_at is None else round((now - connected_at) * 1000)
             self.reporter.note(self.call_id, "first_media_from_business", ms_after_accept=after)
         self.last_media_at = now
-        if self.user_answered_at is None:
-            if not self.user_is_caller:        # the user's phone is still ringing: nobody listens
-                self.clipped_packets += 1
-                self._note_once("media_before_answer", detail="business media before the user answered: "
-                                                              "lost (clipping)")
-                return
-            self.user_answered_at = now        # the caller's phone: first media counts as answered
-            self.reporter.note(self.call_id, "user_answered", trigger="first_media")
+        phone = self.phone
+        if phone.answered_at is None and not phone.answer_on_media(now):
+            self.clipped_packets += 1          # the user's phone is still ringing: nobody listens
+            self._note_once("media_before_answer", detail="business media before the user answered: "
+                                                          "lost (clipping)")
+            return
         arrival = time.monotonic()
         self.stats.update_fields(ssrc, sequence_number, timestamp, payload_type, len(plain) - 12, arrival)
         if len(self.stats.sources) > 1:
             self._note_once("multiple_ssrcs", ssrcs=sorted(self.stats.ssrcs_seen))
         codec = self._codec_by_pt.get(payload_type)
         if codec is not None:
-            self._record(codec, plain, arrival)
+            phone.hear(codec, plain)
         elif payload_type == self._te_pt:
             try:
                 packet = RtpPacket.parse(plain)
@@ -399,83 +358,28 @@ class RelayEndpoint:
                 self._note_once("rtp_malformed")
                 return
             for digit in self.dtmf_in.receive(packet, arrival):
-                self._digit(digit)
+                phone.heard_digit(digit)
         elif payload_type not in self.wrong_payload_types:
             self.wrong_payload_types.add(payload_type)
             self.reporter.note(self.call_id, "wrong_payload_type", payload_type=payload_type)
-
-    def _record(self, codec: str, plain: bytes, arrival: float) -> None:
-        """Keep what the user heard (to the recording file, still encoded) and the last few packets for
-        the level; decoding waits until someone listens."""
-        if self._heard_codec != codec:
-            if self._heard_codec is not None:
-                self._note_once("codec_switch", codec=codec)
-                return
-            self._heard_codec = codec
-        self._recent.append(plain)
-        if self.recording is not None:
-            self.recording.add(codec, plain)
-
-    def flush_recording(self) -> None:
-        """Write what is buffered of the recording to its file (before someone reads it, and at the end)."""
-        if self.recording is not None:
-            self.recording.flush()
-
-    def level_dbfs(self) -> float | None:
-        """The level of the last 200 ms heard (decoded now from the last packets), None before any."""
-        if not self._recent or self._heard_codec is None:
-            return None
-        return decode(self._heard_codec, list(self._recent)).level_dbfs
-
-    def _digit(self, digit) -> None:
-        entry = {"digit": digit.digit, "duration_ms": round(digit.duration_ms)}
-        self.digits_received.append(entry)
-        self.reporter.note(self.call_id, "dtmf_from_business", **entry)
-
-    # -- the user's side ----------------------------------------------------------------------------
-    def call_connected(self, at: float) -> None:
-        """The call was accepted (UIC accept, or the user picked up a BIC)."""
-        if self.connected_at is None:
-            self.connected_at = at
-            if self.user_answered_at is None:
-                self.user_answered_at = at
-                self.reporter.note(self.call_id, "user_answered", trigger="accept")
-
-    def send_dtmf(self, digits: str) -> None:
-        if self.dtmf_out is None:
-            raise RuntimeError("the call has no media yet")
-        self.dtmf_out.send(digits)
-        self.digits_sent.extend(digits)
-
-    def _frames_for(self, codec: str) -> list[bytes] | None:
-        """The user's pre-encoded microphone, or None while it is still being encoded."""
-        try:
-            if codec == "opus":
-                if not PreEncodedAudio.cached(self.user_audio) and self._waited < 100:
-                    self._waited += 1              # being encoded off the loop; after 2 s encode here
-                    return None
-                return PreEncodedAudio.get(self.user_audio).frames
-            return G711Loop.get(self.user_audio, codec)
-        except Exception as exc:              # a bad file: the user says nothing, and the timeline says why
-            self._note_once("user_audio_unavailable", audio=self.user_audio, reason=str(exc))
-            self.user_audio = "silence"
-            return PreEncodedAudio.get("silence").frames
 
     def tick(self, now: float) -> None:
         """One 20 ms interval: the user's microphone and DTMF, and RTCP every few seconds."""
         if self.closed or self.srtp is None or self._remote_sock is None or self.negotiated is None:
             return
+        phone = self.phone
         if not self.sending:
-            if not (self.business_sent_first and self.user_answered_at is not None):
+            if not phone.wants_to_talk(self.business_sent_first):
                 return
-            frames = self._frames_for(self.negotiated.send_codec)
-            if frames is None:
+            microphone = phone.start_talking(self.negotiated.send_codec)
+            if microphone is None:
                 return
             self.sending = True
-            self._frames = frames
+            self._microphone = microphone
             self._send_pt = self.negotiated.payload_types[self.negotiated.send_codec]
-            self.reporter.note(self.call_id, "user_media_started", codec=self.negotiated.send_codec)
             self._checkpoint(time.time())
+        if phone.keys and self.dtmf_out is not None:
+            self.dtmf_out.send(phone.take_keys())
         events = self.dtmf_out.tick() if self.dtmf_out and self.dtmf_out.busy else []
         if events:
             for packet in events:
@@ -483,8 +387,7 @@ class RelayEndpoint:
             self.packets_sent += len(events)
         else:                                  # the hot path: one pre-encoded frame, header packed here
             stream = self.stream
-            frame = self._frames[self._frame_index % len(self._frames)]
-            self._frame_index += 1
+            frame = self._microphone.next()
             stream.packet_count += 1
             stream.octet_count += len(frame)
             header = RTP_HEADER.pack(0x80, self._send_pt, stream.next_sequence(), stream.timestamp, stream.ssrc)
@@ -556,30 +459,31 @@ class RelayEndpoint:
         """A restored leg: the call was connected at ``connected_at``, and the user's phone counts its
         silence from the restart."""
         self.restored = True
+        self.phone.resume(connected_at)
         if connected_at is not None:
-            self.connected_at = self.user_answered_at = connected_at
             self.last_media_at = self.reporter.now()
 
-    # -- the user's patience --------------------------------------------------------------------------
+    # -- when the user's patience runs out -------------------------------------------------------------
     def check_timeouts(self, now: float, start_timeout: float, silence_timeout: float) -> tuple[str, str] | None:
         """Why the user's phone gives up on the media now, as (:class:`MediaFact`, reason), or None."""
-        if self.connected_at is None or self.closed:
+        if self.closed:
             return None
-        if self.last_media_at is None:
-            if start_timeout and now - self.connected_at >= start_timeout:
-                if self.failure:
-                    return self.failure
-                if self.remote is None and (self.negotiated is None or self.negotiated.key_exchange == "DTLS"):
-                    return (MediaFact.NO_ICE_CHECK, f"no media connection signals within {start_timeout:g} s of the accept "
-                                    "(no ICE connectivity check from the business)")
-                return (MediaFact.NO_MEDIA, f"no media from the business within {start_timeout:g} s of the accept")
-        elif silence_timeout and now - max(self.last_media_at, self.connected_at) >= silence_timeout:
-            return (MediaFact.SILENCE, f"no media (neither RTP nor RTCP) from the business for {silence_timeout:g} s")
-        return None
+        verdict = self.phone.gives_up(now, start_timeout, silence_timeout, self.last_media_at)
+        if verdict is None:
+            return None
+        if verdict == NO_MEDIA_AT_START:
+            if self.failure:
+                return self.failure
+            if self.remote is None and (self.negotiated is None or self.negotiated.key_exchange == "DTLS"):
+                return (MediaFact.NO_ICE_CHECK, f"no media connection signals within {start_timeout:g} s of the "
+                                                "accept (no ICE connectivity check from the business)")
+            return (MediaFact.NO_MEDIA, f"no media from the business within {start_timeout:g} s of the accept")
+        return (MediaFact.SILENCE, f"no media (neither RTP nor RTCP) from the business for {silence_timeout:g} s")
 
     # -- what the inspector shows ---------------------------------------------------------------------
     def view(self) -> dict:
-        level = self.level_dbfs()
+        phone = self.phone
+        level = phone.level_dbfs()
         return {
             "host": self.leg.host, "port": self.leg.port, "host6": self.leg.host6, "port6": self.leg.port6,
             "key_exchange": self.negotiated.key_exchange if self.negotiated else None,
@@ -595,20 +499,20 @@ class RelayEndpoint:
                 "loss": round(self.stats.lost / self.stats.expected, 4) if self.stats.expected else 0.0,
                 "jitter_ms": round(max((s.jitter_ms for s in self.stats.sources.values()), default=0.0), 2),
                 "level_dbfs": None if level is None or level == float("-inf") else round(level, 1),
-                "first_packet_ms_after_accept": None if self.first_packet_at is None or self.connected_at is None
-                else round((self.first_packet_at - self.connected_at) * 1000),
+                "first_packet_ms_after_accept": None if self.first_packet_at is None or phone.connected_at is None
+                else round((self.first_packet_at - phone.connected_at) * 1000),
                 "clipped_packets": self.clipped_packets,
                 "srtp_auth_failures": self.srtp.auth_failures if self.srtp else 0,
                 "wrong_payload_types": sorted(self.wrong_payload_types),
                 "ssrcs": len(self.stats.sources),
             },
-            "sent": {"packets": self.packets_sent, "ssrc": self.stream.ssrc, "audio": self.user_audio,
+            "sent": {"packets": self.packets_sent, "ssrc": self.stream.ssrc, "audio": phone.audio,
                      "skipped_ticks": self.skipped_ticks},
             "junk_datagrams": self.junk_datagrams,
             "restored": self.restored,
             "alive": self.sock is not None,
-            "digits_received": list(self.digits_received),
-            "digits_sent": "".join(self.digits_sent),
+            "digits_received": list(phone.digits_received),
+            "digits_sent": "".join(phone.digits_sent),
         }
 
 

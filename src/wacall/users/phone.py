@@ -1,0 +1,233 @@
+"""A virtual WhatsApp user's phone on one call: what the user says, hears, keys and records, when it
+counts as answered, and when the user gives up on the media.
+
+The phone is sans-I/O: it never touches a socket, a DTLS session or an SRTP key. The relay's transport
+part (``wacall.media.relay.RelayEndpoint``) owns the connection and talks to the phone through a
+narrow interface:
+
+- in: :meth:`Phone.hear` with every authenticated, decrypted RTP packet of the negotiated audio codec
+  (one call per media packet), :meth:`Phone.heard_digit` with every RFC 4733 digit the transport
+  decoded, :meth:`Phone.answer_on_media` when media arrives before the phone was answered;
+- out: :meth:`Phone.start_talking` once the transport can send, then the :class:`Microphone`'s frames
+  (one pre-encoded 20 ms frame per packet, or a batch of them with :meth:`Microphone.take`), and
+  :meth:`Phone.take_keys` for the keys the user pressed (the transport sends them as RFC 4733 events on
+  the audio stream);
+- patience: :meth:`Phone.gives_up` says, from the time the call connected and when media last arrived
+  (RTP or RTCP, which the transport knows), whether the user hangs up, and why in neutral words.
+
+Behaviour from Meta's docs: the business sends the first packet; the caller's phone treats the first
+media packet or the accept, whichever comes first, as answered; a phone that is still ringing
+(business-initiated call not yet picked up) hears nothing, so media before the answer is lost
+(clipping); no media 20 s after the call connects, or 30 s of silence mid-call, and the user hangs up
+(the timeouts come from the platform's limits).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+
+from ..media import g711
+from ..media.audio import ByteLRU, PreEncodedAudio, frames_size, parse_audio_spec
+from ..media.dtmf import DtmfDigit
+from ..media.recording import RecordingWriter, decode
+
+LEVEL_PACKETS = 15                       # the last 300 ms heard, kept for the level (200 ms window + warm-up)
+ENCODE_WAIT_TICKS = 100                  # 2 s of ticks waiting for a source encoded off the loop, then here
+
+#: What :meth:`Phone.gives_up` answers: the user heard nothing since the call connected, or the line
+#: went silent mid-call. The transport adds why (no ICE check, DTLS failed...) and the error code.
+NO_MEDIA_AT_START = "no_media_at_start"
+SILENCE = "silence"
+
+Note = Callable[..., None]               # note(kind, **data): a fact for the call's timeline
+
+
+class G711Loop:
+    """A user's source encoded once as 20 ms G.711 frames (160 bytes), shared between calls; the cache
+    keeps the most recently used sources up to ``MAX_CACHE_BYTES`` (~100 KB per 10 s source)."""
+
+    MAX_CACHE_BYTES = 16 * 1024 * 1024
+    _cache = ByteLRU(MAX_CACHE_BYTES)
+
+    @classmethod
+    def get(cls, spec: str, codec: str, seconds: float = 10.0) -> list[bytes]:
+        key = (spec, codec)
+        frames = cls._cache.get(key)
+        if frames is None:
+            source = parse_audio_spec(spec)
+            count = int(seconds * 50)
+            pcm = np.concatenate([np.asarray(source.read(), dtype=np.int16) for _ in range(count)])
+            narrow = g711.resample_48k_to_8k(pcm)
+            encode = g711.ulaw_encode if codec == "pcmu" else g711.alaw_encode
+            data = encode(narrow)
+            frames = [data[i:i + 160] for i in range(0, len(data) - 159, 160)]
+            cls._cache.put(key, frames, frames_size(frames))
+        return frames
+
+
+class Microphone:
+    """What the user says: a loop of pre-encoded 20 ms frames (shared between calls, never copied) and
+    where this call is in it. The transport reads ``frames`` and ``position`` directly when it sends in
+    batches (a compiled path may take the whole loop once)."""
+
+    __slots__ = ("frames", "position")
+
+    def __init__(self, frames: list[bytes], position: int = 0) -> None:
+        self.frames = frames
+        self.position = position
+
+    def next(self) -> bytes:
+        frame = self.frames[self.position % len(self.frames)]
+        self.position += 1
+        return frame
+
+    def take(self, count: int) -> list[bytes]:
+        """The next ``count`` frames, in order."""
+        frames, start, size = self.frames, self.position, len(self.frames)
+        self.position += count
+        return [frames[i % size] for i in range(start, start + count)]
+
+
+class Phone:
+    """One call's virtual user at the phone. ``note(kind, **data)`` puts facts on the call's timeline;
+    times come in as arguments (the platform's virtual clock), the phone keeps none of its own."""
+
+    __slots__ = ("_note", "audio", "is_caller", "connected_at", "answered_at", "microphone", "keys",
+                 "recording", "heard_codec", "_recent", "digits_received", "digits_sent", "_waited", "_noted")
+
+    def __init__(self, note: Note) -> None:
+        self._note = note
+        self.audio = "tone:440"                      # what the user says (a source spec, wacall.media.audio)
+        self.is_caller = True                        # the user placed the call (its phone is not ringing)
+        self.connected_at: float | None = None       # the call was accepted (virtual clock)
+        self.answered_at: float | None = None        # the user's phone is off the hook (accept or first media)
+        self.microphone: Microphone | None = None    # set once the user talks
+        self.keys = ""                               # pressed, not yet handed to the transport
+        self.recording: RecordingWriter | None = None    # set by the engine: the file of what is heard
+        self.heard_codec: str | None = None
+        self._recent: deque[bytes] = deque(maxlen=LEVEL_PACKETS)   # the last packets heard (plain RTP)
+        self.digits_received: list[dict] = []
+        self.digits_sent: list[str] = []
+        self._waited = 0
+        self._noted: set[str] = set()
+
+    def _note_once(self, kind: str, **data: Any) -> None:
+        if kind not in self._noted:
+            self._noted.add(kind)
+            self._note(kind, **data)
+
+    # -- set-up and the call's progress ---------------------------------------------------------------
+    def set_up(self, audio: str, is_caller: bool) -> None:
+        """What the user will say, and whether the user placed the call (from the signalling)."""
+        self.audio, self.is_caller = audio, is_caller
+
+    def connected(self, at: float) -> None:
+        """The call was accepted (the business accepted the user's call, or the user picked up)."""
+        if self.connected_at is None:
+            self.connected_at = at
+            if self.answered_at is None:
+                self.answered_at = at
+                self._note("user_answered", trigger="accept")
+
+    def answer_on_media(self, now: float) -> bool:
+        """Media arrived before the phone was answered: the caller's phone counts it as answered (True);
+        a phone still ringing has nobody listening (False: the packet is lost, as clipping)."""
+        if not self.is_caller:
+            return False
+        self.answered_at = now
+        self._note("user_answered", trigger="first_media")
+        return True
+
+    def resume(self, connected_at: float | None) -> None:
+        """A call carried on by a restarted relay, connected at ``connected_at``."""
+        if connected_at is not None:
+            self.connected_at = self.answered_at = connected_at
+
+    def hang_up(self) -> None:
+        """The leg is closing: the recording is written out."""
+        self.flush_recording()
+
+    # -- the earpiece ---------------------------------------------------------------------------------
+    def hear(self, codec: str, plain: bytes) -> None:
+        """One authenticated RTP packet (decrypted, header included) of the audio codec ``codec``: kept
+        for the recording (still encoded) and the level; decoding waits until someone listens."""
+        if self.heard_codec != codec:
+            if self.heard_codec is not None:
+                self._note_once("codec_switch", codec=codec)
+                return
+            self.heard_codec = codec
+        self._recent.append(plain)
+        if self.recording is not None:
+            self.recording.add(codec, plain)
+
+    def heard_digit(self, digit: DtmfDigit) -> None:
+        entry = {"digit": digit.digit, "duration_ms": round(digit.duration_ms)}
+        self.digits_received.append(entry)
+        self._note("dtmf_from_business", **entry)
+
+    def level_dbfs(self) -> float | None:
+        """The level of the last 200 ms heard (decoded now from the last packets), None before any."""
+        if not self._recent or self.heard_codec is None:
+            return None
+        return decode(self.heard_codec, list(self._recent)).level_dbfs
+
+    def flush_recording(self) -> None:
+        """Write what is buffered of the recording to its file (before someone reads it, and at the end)."""
+        if self.recording is not None:
+            self.recording.flush()
+
+    # -- the keys -------------------------------------------------------------------------------------
+    def press(self, digits: str) -> None:
+        """The user presses keys; the transport sends them on its next 20 ms tick."""
+        self.keys += digits
+        self.digits_sent.extend(digits)
+
+    def take_keys(self) -> str:
+        keys, self.keys = self.keys, ""
+        return keys
+
+    # -- the microphone -------------------------------------------------------------------------------
+    def wants_to_talk(self, business_sent_first: bool) -> bool:
+        """The user talks once the phone is answered and the business's media arrived (Meta: the
+        business sends the first packet)."""
+        return business_sent_first and self.answered_at is not None
+
+    def start_talking(self, codec: str) -> Microphone | None:
+        """The user's microphone in ``codec`` (opus, pcmu, pcma), or None while its source is still
+        being encoded off the event loop (after 2 s of waiting it is encoded here)."""
+        try:
+            if codec == "opus":
+                if not PreEncodedAudio.cached(self.audio) and self._waited < ENCODE_WAIT_TICKS:
+                    self._waited += 1
+                    return None
+                frames = PreEncodedAudio.get(self.audio).frames
+            else:
+                frames = G711Loop.get(self.audio, codec)
+        except Exception as exc:              # a bad file: the user says nothing, and the timeline says why
+            self._note_once("user_audio_unavailable", audio=self.audio, reason=str(exc))
+            self.audio = "silence"
+            frames = PreEncodedAudio.get("silence").frames
+        self.microphone = Microphone(frames)
+        self._note("user_media_started", codec=codec)
+        return self.microphone
+
+    # -- patience -------------------------------------------------------------------------------------
+    def gives_up(self, now: float, start_timeout: float, silence_timeout: float,
+                 last_media_at: float | None) -> str | None:
+        """Whether the user hangs up for want of media: :data:`NO_MEDIA_AT_START` (nothing since the call
+        connected, for ``start_timeout`` s), :data:`SILENCE` (no RTP nor RTCP for ``silence_timeout`` s
+        mid-call) or None. A timeout of 0 is off."""
+        if self.connected_at is None:
+            return None
+        if last_media_at is None:
+            if start_timeout and now - self.connected_at >= start_timeout:
+                return NO_MEDIA_AT_START
+        elif silence_timeout and now - max(last_media_at, self.connected_at) >= silence_timeout:
+            return SILENCE
+        return None
+
+
+__all__ = ["G711Loop", "Microphone", "Phone", "NO_MEDIA_AT_START", "SILENCE"]
