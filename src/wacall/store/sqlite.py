@@ -125,6 +125,37 @@ class OutboxItem:
     fault: str | None = None
 
 
+OUTBOX_COLUMNS = ("app_id", "url", "field", "waba_id", "phone_number_id", "call_id", "body", "created_at",
+                  "next_attempt_at", "attempts", "status", "last_error", "delivered_at", "fault")
+OUTBOX_DEFAULTS = {"attempts": 0, "status": "pending"}
+CALL_COLUMNS = ("call_id", "phone_number_id", "wa_id", "direction", "state", "created_at", "accepted_at", "ended_at",
+                "duration", "pulses", "cost")
+CALL_UPDATED = ("state", "accepted_at", "ended_at", "duration", "pulses", "cost")
+
+
+def _write_sql(engine: Engine) -> dict[str, str]:
+    """The hot write statements as SQL text for this engine's dialect, in positional form (compiled once)."""
+    records_stmt = sqlite_insert(records)
+    calls_stmt = sqlite_insert(calls)
+    columns = {"records": ("kind", "key", "doc", "live"), "calls": CALL_COLUMNS,
+               "timeline": ("call_id", "t", "kind", "data"), "outbox": OUTBOX_COLUMNS}
+    statements = {
+        "records": records_stmt.values({c: None for c in columns["records"]}).on_conflict_do_update(
+            index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc, "live": records_stmt.excluded.live}),
+        "calls": calls_stmt.values({c: None for c in CALL_COLUMNS}).on_conflict_do_update(
+            index_elements=["call_id"], set_={name: calls_stmt.excluded[name] for name in CALL_UPDATED}),
+        "timeline": timeline.insert().values({c: None for c in columns["timeline"]}),
+        "outbox": outbox.insert().values({c: None for c in OUTBOX_COLUMNS}),
+    }
+    out = {}
+    for name, stmt in statements.items():
+        compiled = stmt.compile(dialect=engine.dialect)
+        if list(compiled.positiontup or ()) != list(columns[name]):    # named parameters: not this store's driver
+            raise RuntimeError(f"the store needs a positional-parameter DB-API driver, not {engine.dialect.name}")
+        out[name] = compiled.string
+    return out
+
+
 def database_url(path: str) -> str:
     if "://" in path:
         return path
@@ -141,6 +172,8 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", self._sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._sql = _write_sql(self.engine)
+        self._writer = None           # the DB-API connection commit() writes with, taken from the pool once
         self._upgrade()
         self._migrate()
 
@@ -169,8 +202,11 @@ class Store:
                     entries = doc.pop("timeline", None) or []
                     call = Call.from_doc(doc)
                     live = call.live
-                    self._index_calls(conn, [call])
-                    self._append_notes(conn, [(call.id, entry) for entry in entries if isinstance(entry, dict)])
+                    cursor = conn.connection.dbapi_connection.cursor()
+                    self._index_calls(cursor, [call], self._sql)
+                    self._append_notes(cursor, [(call.id, entry) for entry in entries if isinstance(entry, dict)],
+                                       self._sql)
+                    cursor.close()
                 conn.execute(update(records).where(and_(records.c.kind == row.kind, records.c.key == row.key))
                              .values(doc=codec.dumps(doc), live=live))
 
@@ -182,6 +218,9 @@ class Store:
         cursor.close()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self.engine.dispose()
 
     # -- records ------------------------------------------------------------------------------
@@ -198,46 +237,59 @@ class Store:
     def commit(self, dirty: Iterable[Record], new_outbox: Iterable[dict],
                notes: Iterable[tuple[str, dict]] = ()) -> list[int]:
         """Write changed records and new timeline entries, and enqueue webhooks, atomically; return the
-        new outbox ids."""
+        new outbox ids.
+
+        This runs once per state change (several times per SIP call), so it skips SQLAlchemy's statement
+        building: the statements are fixed SQL strings (``_WRITE_SQL``, compiled once per store for its
+        dialect) executed with ``executemany`` on a DB-API connection the store keeps for its writes
+        (``_writer``), in one transaction."""
         ids: list[int] = []
-        with self.engine.begin() as conn:
-            self._save(conn, dirty)
-            self._append_notes(conn, notes)
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = self.engine.raw_connection()
+        cursor = writer.cursor()
+        try:
+            self._save(cursor, dirty, self._sql)
+            self._append_notes(cursor, notes, self._sql)
             for row in new_outbox:
-                ids.append(conn.execute(outbox.insert().values(**row)).inserted_primary_key[0])
+                cursor.execute(self._sql["outbox"], self._outbox_params(row))
+                ids.append(cursor.lastrowid)
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
+        finally:
+            cursor.close()
         return ids
 
+    @staticmethod
+    def _outbox_params(row: dict) -> tuple:
+        return tuple(row.get(name, OUTBOX_DEFAULTS.get(name)) for name in OUTBOX_COLUMNS)
+
     @classmethod
-    def _save(cls, conn: Connection, dirty: Iterable[Record]) -> None:
+    def _save(cls, cursor, dirty: Iterable[Record], sql: dict[str, str]) -> None:
         dirty = list(dirty)
-        rows = [{"kind": r.KIND, "key": r.key, "doc": codec.dumps(r.fields_view()), "live": r.live} for r in dirty]
-        if not rows:
+        if not dirty:
             return
-        stmt = sqlite_insert(records).values(rows)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "key"],
-                                                set_={"doc": stmt.excluded.doc, "live": stmt.excluded.live}))
-        cls._index_calls(conn, [r for r in dirty if isinstance(r, Call)])
+        cursor.executemany(sql["records"],
+                           [(r.KIND, r.key, codec.dumps(r.fields_view()), r.live) for r in dirty])
+        cls._index_calls(cursor, [r for r in dirty if isinstance(r, Call)], sql)
 
     @staticmethod
-    def _index_calls(conn: Connection, changed: list[Call]) -> None:
-        if not changed:
-            return
-        rows = [{"call_id": c.id, "phone_number_id": c.phone_number_id, "wa_id": c.wa_id, "direction": c.direction,
-                 "state": c.state, "created_at": c.created_at, "accepted_at": c.accepted_at, "ended_at": c.ended_at,
-                 "duration": c.duration, "pulses": c.pulses, "cost": c.cost} for c in changed]
-        stmt = sqlite_insert(calls)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["call_id"], set_={
-            name: stmt.excluded[name] for name in ("state", "accepted_at", "ended_at", "duration", "pulses", "cost")}),
-            rows)
+    def _index_calls(cursor, changed: list[Call], sql: dict[str, str]) -> None:
+        if changed:
+            cursor.executemany(sql["calls"], [
+                (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at, c.accepted_at, c.ended_at,
+                 c.duration, c.pulses, c.cost) for c in changed])
 
     @staticmethod
-    def _append_notes(conn: Connection, notes: Iterable[tuple[str, dict]]) -> None:
+    def _append_notes(cursor, notes: Iterable[tuple[str, dict]], sql: dict[str, str]) -> None:
         rows = []
         for call_id, entry in notes:
-            data = {k: v for k, v in entry.items() if k not in ("t", "kind")}
-            rows.append({"call_id": call_id, "t": entry["t"], "kind": entry["kind"], "data": codec.dumps(data)})
+            data = {k: v for k, v in entry.items() if k != "t" and k != "kind"}
+            rows.append((call_id, entry["t"], entry["kind"], codec.dumps(data)))
         if rows:
-            conn.execute(timeline.insert(), rows)
+            cursor.executemany(sql["timeline"], rows)
 
     # -- what the platform reads back (wacall.domain.state.Archive) and the inspector lists --------------
     def load_record(self, kind: str, key: str) -> dict | None:
