@@ -175,6 +175,7 @@ class Load:
                                                                                       "terminate": []})
     missing_webhooks: dict[str, int] = field(default_factory=lambda: {"connect": 0, "terminate": 0, "user_call": 0})
     flow_errors: list[str] = field(default_factory=list)
+    series: list[tuple[float, float]] = field(default_factory=list)    # (response time, webhook ms)
     measuring: bool = True
 
     async def request(self, kind: str, method: str, url: str, body: dict | None = None,
@@ -209,6 +210,7 @@ class Load:
         arrived = self.receiver.arrivals[(call_id, kind)]
         if self.measuring:
             self.webhook_ms[name].append(1000 * (arrived - sample.answered))
+            self.series.append((round(sample.answered, 4), round(1000 * (arrived - sample.answered), 2)))
             if name in self.webhook_from_request_ms:
                 self.webhook_from_request_ms[name].append(1000 * (arrived - sample.started))
         return True
@@ -394,6 +396,8 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
         "flow_errors": len(load.flow_errors), "flow_error_examples": load.flow_errors[:5],
         "wacall_cores": round(cpu / measured_s, 3), "wacall_cpu_us_per_request": round(1e6 * cpu / max(1, len(samples)), 1),
         "generator_cores": round(self_cpu / measured_s, 3),
+        # webhook latency over the run: the worst per 100 ms window (seconds from the start of measuring)
+        "webhook_worst_per_100ms": _worst_per_window([(t - cpu_t0, ms) for t, ms in load.series], 0.1),
     }
     lat, wh = result["latency_ms"], result["webhooks_all_ms"]
     log(f"rate {rate:g}/s: {result['requests_per_s']} requests/s, {result['errors']} errors, latency p50 "
@@ -402,6 +406,14 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
         f"wacall {result['wacall_cores']} cores ({result['wacall_cpu_us_per_request']} µs/request), "
         f"generator {result['generator_cores']} cores")
     return result
+
+
+def _worst_per_window(series: list[tuple[float, float]], width: float) -> list[tuple[float, float]]:
+    worst: dict[int, float] = {}
+    for t, ms in series:
+        k = int(t / width)
+        worst[k] = max(worst.get(k, ms), ms)
+    return [(round(k * width, 2), ms) for k, ms in sorted(worst.items())]
 
 
 def _pin(pid: int, cpus: set[int]) -> None:

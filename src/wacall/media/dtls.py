@@ -33,6 +33,21 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from .certificate import DtlsCertificate
+
+# The relay's certificate and key as pyOpenSSL objects, converted once per certificate (every call's DTLS
+# context loads them; converting from ``cryptography`` objects each time was ~10 % of a Graph call's CPU).
+_OPENSSL_PAIRS: dict[int, tuple[DtlsCertificate, crypto.X509, crypto.PKey]] = {}
+
+
+def _openssl_pair(certificate: DtlsCertificate) -> tuple[crypto.X509, crypto.PKey]:
+    known = _OPENSSL_PAIRS.get(id(certificate))
+    if known is None or known[0] is not certificate:
+        if len(_OPENSSL_PAIRS) >= 64:            # a generator with a certificate per call: stay bounded
+            _OPENSSL_PAIRS.clear()
+        known = _OPENSSL_PAIRS[id(certificate)] = (
+            certificate, crypto.X509.from_cryptography(certificate.certificate),
+            crypto.PKey.from_cryptography_key(certificate.private_key))
+    return known[1], known[2]
 from .srtp import AEAD_AES_128_GCM, AEAD_AES_256_GCM, AES_CM_128_HMAC_SHA1_80, SrtpContext, SrtpProfile, get_profile
 
 __all__ = [
@@ -301,8 +316,9 @@ class DtlsSrtpSession:
         # No tickets, no renegotiation (RFC 5764 keys must not change under us), and keep the
         # MTU we set: a memory BIO cannot answer OpenSSL's MTU query.
         ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_QUERY_MTU)
-        ctx.use_certificate(self.certificate.certificate)
-        ctx.use_privatekey(self.certificate.private_key)
+        cert, key = _openssl_pair(self.certificate)
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(key)
         ctx.check_privatekey()
         ctx.set_cipher_list(_CIPHERS)
         ctx.set_tlsext_use_srtp(b":".join(p.openssl_name for p in self._profiles))

@@ -355,43 +355,62 @@ class Store:
         with self.engine.connect() as conn:
             return set(conn.execute(select(outbox.c.url).where(outbox.c.status == "pending").distinct()).scalars())
 
+    # The dispatcher asks these on every wake-up and after every attempt: fixed SQL on the writer connection
+    # (see commit()), read back into OutboxItem by position.
+    _OUTBOX_SELECT = "SELECT id, " + ", ".join(OUTBOX_COLUMNS) + " FROM outbox"
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = self.engine.raw_connection()
+        cursor = writer.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
     def due_outbox(self, url: str, now: float, *, exclude: Iterable[int] = (), limit: int = 10) -> list[OutboxItem]:
         """Up to ``limit`` pending rows for ``url`` whose attempt is due, earliest first (index range scan)."""
-        query = (select(outbox).where(outbox.c.status == "pending", outbox.c.url == url,
-                                      outbox.c.next_attempt_at <= now)
-                 .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit))
-        exclude = list(exclude)
-        if exclude:
-            query = query.where(outbox.c.id.not_in(exclude))
-        with self.engine.connect() as conn:
-            return [OutboxItem(**row._mapping) for row in conn.execute(query)]
+        exclude = set(exclude)
+        rows = self._rows(self._OUTBOX_SELECT + " WHERE status = 'pending' AND url = ? AND next_attempt_at <= ? "
+                          "ORDER BY next_attempt_at, id LIMIT ?", (url, now, limit + len(exclude)))
+        return [OutboxItem(*row) for row in rows if row[0] not in exclude][:limit]
 
     def oldest_pending(self, url: str) -> OutboxItem | None:
         """The head of ``url``'s queue, for the opt-in ordered delivery mode."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(outbox).where(outbox.c.status == "pending", outbox.c.url == url)
-                               .order_by(outbox.c.id).limit(1)).first()
-            return OutboxItem(**row._mapping) if row else None
+        rows = self._rows(self._OUTBOX_SELECT + " WHERE status = 'pending' AND url = ? ORDER BY id LIMIT 1", (url,))
+        return OutboxItem(*rows[0]) if rows else None
 
     def next_attempt_after(self, now: float) -> float | None:
         """When the next pending attempt falls due (the dispatcher sleeps until then)."""
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.min(outbox.c.next_attempt_at))
-                                .where(outbox.c.status == "pending", outbox.c.next_attempt_at > now)).scalar()
+        return self._rows("SELECT min(next_attempt_at) FROM outbox WHERE status = 'pending' AND next_attempt_at > ?",
+                          (now,))[0][0]
 
     def record_attempt(self, item_id: int, *, at: float, status_code: int | None, error: str | None,
                        duration_ms: float, delivered: bool, next_attempt_at: float | None, expired: bool) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(attempts.insert().values(outbox_id=item_id, at=at, status_code=status_code, error=error,
-                                                  duration_ms=duration_ms))
-            values: dict = {"attempts": outbox.c.attempts + 1, "last_error": error}
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = self.engine.raw_connection()
+        cursor = writer.cursor()
+        try:
+            cursor.execute("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
+                           (item_id, at, status_code, error, duration_ms))
             if delivered:
-                values.update(status="delivered", delivered_at=at)
+                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, status = 'delivered', "
+                               "delivered_at = ? WHERE id = ?", (error, at, item_id))
             elif expired:
-                values.update(status="expired")
+                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, status = 'expired' "
+                               "WHERE id = ?", (error, item_id))
             else:
-                values.update(next_attempt_at=next_attempt_at)
-            conn.execute(update(outbox).where(outbox.c.id == item_id).values(**values))
+                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                               "WHERE id = ?", (error, next_attempt_at, item_id))
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
+        finally:
+            cursor.close()
 
     def journal(self, *, call_id: str | None = None, limit: int = 200) -> list[dict]:
         with self.engine.connect() as conn:
