@@ -57,7 +57,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from wacall_process import WacallProcess, start_run  # noqa: E402
+from wacall_process import WacallProcess, baseline_src, start_run  # noqa: E402
 from support.sdp_samples import business_answer, business_offer  # noqa: E402
 from support.sip_tools import process_tree_cpu_seconds  # noqa: E402
 
@@ -436,6 +436,8 @@ def main() -> None:
     parser.add_argument("--db", default=None, help="database file (default: a file in a temporary directory)")
     parser.add_argument("--wacall-arg", action="append", default=[], help="extra argument for wacall serve")
     parser.add_argument("--profile-wacall", metavar="PATH", help="run wacall under cProfile (inflates its CPU)")
+    parser.add_argument("--baseline-ref", metavar="REF", help="also run wacall at this git ref (git archive REF src) "
+                        "before this checkout's, at each rate, in the same run")
     parser.add_argument("--no-pin", action="store_true", help="do not pin wacall to CPU 0 and this to the rest")
     parser.add_argument("--out", help="results file (default bench/results/graph-<stamp>.json)")
     args = parser.parse_args()
@@ -443,26 +445,30 @@ def main() -> None:
     stamp, out, log = start_run("graph-", args.out)
     import tempfile
     results = []
+    runs: list[tuple[str, str | None]] = [("wacall", None)]
+    if args.baseline_ref:
+        runs.insert(0, (f"wacall@{args.baseline_ref}", baseline_src(args.baseline_ref)))
     for rate in rates:
-        users = args.users or max(50, int(rate * (MIX["connect"] + MIX["accept"]) * (args.hold + 2) * 2))
-        workdir = Path(tempfile.mkdtemp(prefix="graph-load-"))
-        db = args.db or str(workdir / "wacall.db")
-        wacall = WacallProcess(extra=["--sip-port", "-1", *args.wacall_arg], db=db,
-                               stderr_path=workdir / "wacall-stderr.log", profile=args.profile_wacall).start()
-        try:
-            if not args.no_pin and (os.cpu_count() or 1) > 1:
-                _pin(wacall.pid, {0})
-                os.sched_setaffinity(0, set(range(1, os.cpu_count() or 1)))
-            log(f"wacall pid {wacall.pid}, db {db}, {users} users, rate {rate:g}/s for {args.seconds:g} s "
-                f"(+{args.warmup:g} s warm-up), hold {args.hold:g} s, mix {MIX}")
-            result = asyncio.run(run_step(wacall.info, wacall.pid, rate, args.seconds, users, args.hold,
-                                          args.warmup, args.drain, log))
-            result["users"] = users
-            results.append(result)
-        finally:
-            wacall.stop()
-            if not args.no_pin:
-                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        for name, src in runs:
+            users = args.users or max(50, int(rate * (MIX["connect"] + MIX["accept"]) * (args.hold + 2) * 2))
+            workdir = Path(tempfile.mkdtemp(prefix="graph-load-"))
+            db = args.db or str(workdir / "wacall.db")
+            wacall = WacallProcess(extra=["--sip-port", "-1", *args.wacall_arg], db=db, src=src,
+                                   stderr_path=workdir / "wacall-stderr.log", profile=args.profile_wacall).start()
+            try:
+                if not args.no_pin and (os.cpu_count() or 1) > 1:
+                    _pin(wacall.pid, {0})
+                    os.sched_setaffinity(0, set(range(1, os.cpu_count() or 1)))
+                log(f"{name} pid {wacall.pid}, db {db}, {users} users, rate {rate:g}/s for {args.seconds:g} s "
+                    f"(+{args.warmup:g} s warm-up), hold {args.hold:g} s, mix {MIX}")
+                result = asyncio.run(run_step(wacall.info, wacall.pid, rate, args.seconds, users, args.hold,
+                                              args.warmup, args.drain, log))
+                result.update(target=name, users=users)
+                results.append(result)
+            finally:
+                wacall.stop()
+                if not args.no_pin:
+                    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     out.write_text(json.dumps({"bench": "graph_load", "when": stamp, "cpus": os.cpu_count(), "mix": MIX,
                                "hold_s": args.hold, "pinned": not args.no_pin, "steps": results}, indent=2))
     log(f"results: {out}")

@@ -136,6 +136,7 @@ _KNOWN_NAMES = [
     "P-Asserted-Identity", "P-Preferred-Identity", "Privacy",
 ]
 _CANONICAL: Final[dict[str, str]] = {n.lower(): n for n in _KNOWN_NAMES} | COMPACT
+_KNOWN_SPELLINGS: Final[frozenset[str]] = frozenset(_KNOWN_NAMES)     # tokens: no need to check them again
 
 #: Headers whose grammar is a comma-separated list (section 7.3.1); others are never split
 #: (WWW-Authenticate, Authorization, Date, unknown headers ... contain commas of their own).
@@ -149,7 +150,7 @@ LIST_HEADERS: Final[frozenset[str]] = frozenset({
 
 def _checked(name: str, value: str) -> tuple[str, str]:
     """Canonical name, after refusing what would corrupt the wire form (header injection)."""
-    if not is_token(name):
+    if name not in _KNOWN_SPELLINGS and not is_token(name):
         raise ValueError(f"invalid header name {name!r}")
     if "\r" in value or "\n" in value:
         raise ValueError(f"CR/LF in the value of {name}")
@@ -614,7 +615,9 @@ def parse_message(data: bytes) -> Request | Response:
     """
     head_bytes, rest = _split_head(data)
     start, fields = _header_lines(head_bytes.decode("utf-8", "surrogateescape"))
-    headers = Headers(fields)
+    headers = Headers()
+    # _header_lines checked every name (a token) and a line holds no CR/LF: only the names to canonicalise
+    headers._items = [(_CANONICAL.get(name.lower(), name), value) for name, value in fields]
     msg = _parse_start(start, headers)
     try:
         length = _content_length(headers)
