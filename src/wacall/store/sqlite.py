@@ -14,6 +14,7 @@ left memory and answers counts over every call from the ``calls`` index.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -27,6 +28,7 @@ from .. import codec
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, PRE_ACCEPTED, RINGING, Call, Record
 
 metadata = MetaData()
+CHECKPOINT_SECONDS = 1.0       # how often a database file's WAL is checkpointed (off the event loop)
 LIVE_STATES = (RINGING, PRE_ACCEPTED, ACCEPTED)
 
 records = Table(
@@ -174,6 +176,8 @@ class Store:
         metadata.create_all(self.engine)
         self._sql = _write_sql(self.engine)
         self._writer = None           # the DB-API connection commit() writes with, taken from the pool once
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         self._upgrade()
         self._migrate()
 
@@ -217,7 +221,39 @@ class Store:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    def _open_writer(self):
+        """The DB-API connection the hot paths write and read with. For a database file its WAL is
+        checkpointed by a thread (``_checkpoints``) instead of inside a commit on the event loop: SQLite's
+        automatic checkpoint copies pages into the database and syncs it, a stall every ~1000 pages."""
+        writer = self._writer = self.engine.raw_connection()
+        path = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        if path and path != ":memory:" and self._checkpointer is None:
+            cursor = writer.cursor()
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+            cursor.close()
+            self._checkpointer = threading.Thread(target=self._checkpoints, args=(path,), name="wacall-wal-checkpoint",
+                                                  daemon=True)
+            self._checkpointer.start()
+        return writer
+
+    def _checkpoints(self, path: str) -> None:
+        """Checkpoint the WAL (PASSIVE: never waits for the writer) once a second until the store closes."""
+        import sqlite3
+        conn = sqlite3.connect(path, check_same_thread=False)
+        try:
+            while not self._closing.wait(CHECKPOINT_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    continue           # busy or locked: the next round does it
+        finally:
+            conn.close()
+
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -244,9 +280,7 @@ class Store:
         dialect) executed with ``executemany`` on a DB-API connection the store keeps for its writes
         (``_writer``), in one transaction."""
         ids: list[int] = []
-        writer = self._writer
-        if writer is None:
-            writer = self._writer = self.engine.raw_connection()
+        writer = self._writer or self._open_writer()
         cursor = writer.cursor()
         try:
             self._save(cursor, dirty, self._sql)
@@ -360,9 +394,7 @@ class Store:
     _OUTBOX_SELECT = "SELECT id, " + ", ".join(OUTBOX_COLUMNS) + " FROM outbox"
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
-        writer = self._writer
-        if writer is None:
-            writer = self._writer = self.engine.raw_connection()
+        writer = self._writer or self._open_writer()
         cursor = writer.cursor()
         try:
             cursor.execute(sql, params)
@@ -389,9 +421,7 @@ class Store:
 
     def record_attempt(self, item_id: int, *, at: float, status_code: int | None, error: str | None,
                        duration_ms: float, delivered: bool, next_attempt_at: float | None, expired: bool) -> None:
-        writer = self._writer
-        if writer is None:
-            writer = self._writer = self.engine.raw_connection()
+        writer = self._writer or self._open_writer()
         cursor = writer.cursor()
         try:
             cursor.execute("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
