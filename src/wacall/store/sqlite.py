@@ -15,6 +15,7 @@ left memory and answers counts over every call from the ``calls`` index.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -280,21 +281,27 @@ class Store:
         dialect) executed with ``executemany`` on a DB-API connection the store keeps for its writes
         (``_writer``), in one transaction."""
         ids: list[int] = []
-        writer = self._writer or self._open_writer()
-        cursor = writer.cursor()
-        try:
+        with self._transaction() as cursor:
             self._save(cursor, dirty, self._sql)
             self._append_notes(cursor, notes, self._sql)
             for row in new_outbox:
                 cursor.execute(self._sql["outbox"], self._outbox_params(row))
                 ids.append(cursor.lastrowid)
+        return ids
+
+    @contextmanager
+    def _transaction(self) -> Iterator:
+        """A cursor on the writer connection; committed at the end, rolled back on any exception."""
+        writer = self._writer or self._open_writer()
+        cursor = writer.cursor()
+        try:
+            yield cursor
             writer.commit()
         except BaseException:
             writer.rollback()
             raise
         finally:
             cursor.close()
-        return ids
 
     @staticmethod
     def _outbox_params(row: dict) -> tuple:
@@ -421,9 +428,7 @@ class Store:
 
     def record_attempt(self, item_id: int, *, at: float, status_code: int | None, error: str | None,
                        duration_ms: float, delivered: bool, next_attempt_at: float | None, expired: bool) -> None:
-        writer = self._writer or self._open_writer()
-        cursor = writer.cursor()
-        try:
+        with self._transaction() as cursor:
             cursor.execute("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
                            (item_id, at, status_code, error, duration_ms))
             if delivered:
@@ -435,12 +440,6 @@ class Store:
             else:
                 cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
                                "WHERE id = ?", (error, next_attempt_at, item_id))
-            writer.commit()
-        except BaseException:
-            writer.rollback()
-            raise
-        finally:
-            cursor.close()
 
     def journal(self, *, call_id: str | None = None, limit: int = 200) -> list[dict]:
         with self.engine.connect() as conn:
