@@ -47,7 +47,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 from media_calls import create_users  # noqa: E402
-from wacall_process import WacallProcess, start_run  # noqa: E402
+from wacall_process import WacallProcess, baseline_src, start_run  # noqa: E402
 
 GRAPH_VERSION = "v23.0"
 
@@ -79,14 +79,6 @@ def pct(values: list[float], q: float) -> float | None:
         return None
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def baseline_src(ref: str) -> str:
-    """``git archive REF src`` into a temporary directory; returns the directory holding ``wacall``."""
-    target = Path(tempfile.mkdtemp(prefix="wacall-baseline-"))
-    archive = subprocess.run(["git", "archive", ref, "src"], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return str(target / "src")
 
 
 def answer_sdp() -> str:

@@ -50,7 +50,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from wacall_process import WacallProcess  # noqa: E402
+from wacall_process import WacallProcess, baseline_src  # noqa: E402
 from support.sip_tools import (  # noqa: E402
     Kamailio, Sipp, Stunnel, TestPki, bic_auth_uri, bic_keys, make_test_pki, process_tree_cpu_seconds,
 )
@@ -131,13 +131,14 @@ class WacallTarget:
         self.wacall.stop()
 
 
-def start_wacall(workdir: Path, users: int, extra: list[str], profile: str | None = None) -> WacallTarget:
+def start_wacall(workdir: Path, users: int, extra: list[str], profile: str | None = None, src: str | None = None,
+                 name: str = "wacall") -> WacallTarget:
     """``wacall serve --port 0 --sip-port 0 --json`` (its own CA in ``workdir``), the default business
     number switched to SIP with SDES and the business server FROM_DOMAIN (resolved to 127.0.0.1),
     ``users`` users with an approved permission who answer at once, and no limit in the way."""
     wacall = WacallProcess(extra=["--sip-port", "0", "--pki-dir", str(workdir / "wacall-pki"),
                                   f"--sip-host={FROM_DOMAIN}=127.0.0.1", *extra],
-                           stderr_path=workdir / "wacall-stderr.log", profile=profile).start()
+                           stderr_path=workdir / f"{name}-stderr.log", profile=profile, src=src).start()
     info = wacall.info
     sip = info.get("sip") or {}
     if not sip.get("port"):
@@ -174,7 +175,7 @@ def start_wacall(workdir: Path, users: int, extra: list[str], profile: str | Non
             ok(http.patch(f"{ctl}/users/{wa_id}", json={"answer_after": 0}))
     business = "".join(ch for ch in info["display_phone_number"] if ch.isdigit())
     return WacallTarget(wacall, (sip.get("host", "127.0.0.1"), int(sip["port"])), Path(sip["ca_file"]),
-                        wa_ids, business, FROM_DOMAIN, password)
+                        wa_ids, business, FROM_DOMAIN, password, name=name)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -313,18 +314,28 @@ def ramp(target: Target, workdir: Path, rates: list[float], seconds: float, limi
 def report(ramps: list[Ramp], log: Callable[[str], None]) -> dict:
     summary: dict = {}
     log("")
-    log(f"{'target':10} {'users x limit':>13} {'best calls/s (0 failed)':>24} {'at rate':>8} "
+    log(f"{'target':18} {'users x limit':>13} {'best calls/s (0 failed)':>24} {'at rate':>8} "
         f"{'target CPU µs/call':>19} {'target cores':>13}")
     for r in ramps:
         b = r.best()
         if b is None:
-            log(f"{r.target:10} {f'{r.users} x {r.limit}':>13} {'no step without failures':>24}")
+            log(f"{r.target:18} {f'{r.users} x {r.limit}':>13} {'no step without failures':>24}")
             summary[r.target] = None
             continue
         summary[r.target] = {"cps": b.cps, "rate": b.rate, "cpu_us_per_call": round(b.us_per_call or 0, 1),
                              "target_cores": round(b.target_cores, 2), "users": r.users, "limit": r.limit}
-        log(f"{r.target:10} {f'{r.users} x {r.limit}':>13} {b.cps:24.1f} {b.rate:8g} {b.us_per_call or 0:19.1f} "
+        log(f"{r.target:18} {f'{r.users} x {r.limit}':>13} {b.cps:24.1f} {b.rate:8g} {b.us_per_call or 0:19.1f} "
             f"{b.target_cores:13.2f}")
+    for name, w in list(summary.items()):
+        k = summary.get("kamailio")
+        if name.startswith("wacall@") and w and summary.get("wacall"):
+            now = summary["wacall"]
+            summary["ratios_vs_baseline"] = {"cpu_per_call_baseline_over_now": round(
+                w["cpu_us_per_call"] / now["cpu_us_per_call"], 2), "cps_now_over_baseline": round(now["cps"] / w["cps"], 2)}
+            log(f"this checkout vs {name}: CPU per call {w['cpu_us_per_call']:.0f} -> {now['cpu_us_per_call']:.0f} µs "
+                f"({summary['ratios_vs_baseline']['cpu_per_call_baseline_over_now']}x less)")
+        if name.startswith("wacall@") and w and k:
+            log(f"{name} vs kamailio: CPU per call {w['cpu_us_per_call'] / k['cpu_us_per_call']:.1f}x")
     if summary.get("kamailio") and summary.get("wacall"):
         k, w = summary["kamailio"], summary["wacall"]
         ratios = {"cps_wacall_over_kamailio": round(w["cps"] / k["cps"], 3),
@@ -352,6 +363,8 @@ def main() -> None:
     parser.add_argument("--wacall-arg", action="append", default=[], help="extra argument for wacall serve")
     parser.add_argument("--profile-wacall", metavar="PATH", help="run wacall under cProfile, write stats to PATH "
                         "(inflates wacall's CPU: use for hot spots, not for the figures)")
+    parser.add_argument("--baseline-ref", metavar="REF", help="also run wacall at this git ref (git archive REF "
+                        "src), before this checkout's, in the same run: a before/after side by side")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target to CPU 0")
     parser.add_argument("--workdir", help="keep logs here (default: a temporary directory)")
     args = parser.parse_args()
@@ -371,12 +384,15 @@ def main() -> None:
     log(f"bench/sip_flows.py: targets {targets}, rates {rates}, {args.seconds:g}s per step, {users} users "
         f"x -l {limit}, hold {args.hold_ms} ms, {os.cpu_count()} CPUs, logs in {workdir}")
     ramps: list[Ramp] = []
-    for name in targets:
+    runs = [(name, None) for name in targets]
+    if args.baseline_ref and with_wacall:
+        runs.insert(runs.index(("wacall", None)), (f"wacall@{args.baseline_ref}", baseline_src(args.baseline_ref)))
+    for name, src in runs:
         if name == "kamailio":
             pki = make_test_pki(workdir / "pki", [FROM_DOMAIN])
             target: Target = start_kamailio(workdir, pki, args.kamailio_tcp_children, users)
         else:
-            target = start_wacall(workdir, users, args.wacall_arg, args.profile_wacall)
+            target = start_wacall(workdir / name, users, args.wacall_arg, args.profile_wacall, src=src, name=name)
         try:
             ramps.append(ramp(target, workdir, rates, args.seconds, limit, args.hold_ms, not args.no_pin, log))
         finally:

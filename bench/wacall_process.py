@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,15 @@ from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+
+
+def baseline_src(ref: str) -> str:
+    """``git archive REF src`` into a temporary directory; returns the directory holding ``wacall`` (for
+    ``WacallProcess(src=...)``: another commit's code side by side in the same run)."""
+    target = Path(tempfile.mkdtemp(prefix="wacall-baseline-"))
+    archive = subprocess.run(["git", "archive", ref, "src"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return str(target / "src")
 
 
 def start_run(name: str, out: str | None) -> tuple[str, Path, Callable[[str], None]]:

@@ -3,6 +3,9 @@ thousands of rows waiting for a retry are never scanned (SQLite's own query plan
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
 from sqlalchemy import text
 
 from wacall.store.sqlite import Store
@@ -54,3 +57,78 @@ def test_an_older_database_gains_the_new_column_and_indexes(tmp_path):
     assert "ix_outbox_due" in plan(store, "SELECT * FROM outbox WHERE status='pending' AND url='x' "
                                           "AND next_attempt_at <= 1")
     store.close()
+
+
+def test_a_commit_is_all_or_nothing_and_readers_see_it(tmp_path):
+    """commit() writes with fixed SQL on the store's own DB-API connection: records, the calls index,
+    timeline entries and outbox rows land together, a failing row takes the whole commit back, and the
+    store's other connections (the inspector's reads, a restart) see what was committed."""
+    from wacall.domain.model import Call
+    path = tmp_path / "w.db"
+    store = Store(str(path))
+    call = Call(id="wacid.1", phone_number_id="p", wa_id="u", direction="USER_INITIATED", state="RINGING",
+                created_at=5.0)
+    ids = store.commit([call], [row("http://a", 1.0, call_id=call.id)], [(call.id, {"t": 5.0, "kind": "user", "x": 1})])
+    assert store.load_record("call", call.id)["state"] == "RINGING"
+    assert store.timeline(call.id) == [{"t": 5.0, "kind": "user", "x": 1}]
+    assert [c["state"] for c in store.call_list(limit=5)] == ["RINGING"]
+    assert [i.id for i in store.due_outbox("http://a", now=1.0)] == ids
+
+    call.state = "ENDED"
+    broken = row("http://a", 2.0)
+    del broken["url"]                                    # NOT NULL: the insert fails after the others ran
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit([call], [broken], [(call.id, {"t": 6.0, "kind": "user", "x": 2})])
+    assert store.load_record("call", call.id)["state"] == "RINGING"          # rolled back with the failing row
+    assert len(store.timeline(call.id)) == 1
+    store.commit([call], [], [])                                             # and the connection still writes
+    store.close()
+    reopened = Store(str(path))
+    assert reopened.load_record("call", call.id)["state"] == "ENDED"
+    assert [c["state"] for c in reopened.call_list(limit=5)] == ["ENDED"]
+    reopened.close()
+
+
+def test_a_wake_starts_the_committed_rows_without_the_dispatch_loop(tmp_path):
+    """After a commit the server wakes the dispatcher: the due rows are attempted on the loop's next turns
+    by wake() itself (Dispatcher.run is not running here), so a webhook does not wait for the loop's
+    sleep to end, and the attempt is recorded."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from wacall.config import WebhookDelivery
+    from wacall.domain.clock import VirtualClock
+    from wacall.webhooks.delivery import Dispatcher
+
+    async def scenario() -> None:
+        got: asyncio.Queue = asyncio.Queue()
+
+        async def receive(request: web.Request) -> web.Response:
+            got.put_nowait(await request.read())
+            return web.Response()
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
+        store = Store(str(tmp_path / "w.db"))
+        async with aiohttp.ClientSession() as session:
+            dispatcher = Dispatcher(store, VirtualClock(), session, WebhookDelivery(), lambda app_id: "secret")
+            dispatcher.wake()                          # reads the (empty) set of pending URLs
+            await asyncio.sleep(0)
+            (item_id,) = store.commit([], [row(url, 0.0, body=b'{"n":1}')])
+            dispatcher.wake([url])
+            assert await asyncio.wait_for(got.get(), 10) == b'{"n":1}'
+            for _ in range(100):                       # the attempt is recorded once the answer is read
+                if store.journal()[0]["status"] == "delivered":
+                    break
+                await asyncio.sleep(0.01)
+            assert store.journal()[0]["id"] == item_id and store.journal()[0]["status"] == "delivered"
+            await dispatcher.stop()
+        store.close()
+        await runner.cleanup()
+    asyncio.run(scenario())

@@ -734,3 +734,41 @@ class TestStreamFramer:
         assert framer.feed(head) == []
         assert framer.feed(body[:-1]) == []
         assert framer.feed(body[-1:]) == [BIC_INVITE]
+
+
+def test_parsed_values_are_memoised_by_text_but_handed_out_as_copies():
+    """parse_uri / parse_name_addr / parse_via keep what they parsed (the same From, To and Via come back in
+    every message of a call): a caller changing its copy changes nothing for the next caller."""
+    text = '"Alice" <sip:+15550001@wa.meta.vc;transport=tls>;tag=abc'
+    first = parse_name_addr(text)
+    first.params.pop("tag")
+    first.uri.params["transport"] = "udp"
+    again = parse_name_addr(text)
+    assert again.tag == "abc" and again.uri.transport == "tls" and again is not first
+    uri = parse_uri("sip:+15550001@wa.meta.vc;lr")
+    uri.params.clear()
+    assert parse_uri("sip:+15550001@wa.meta.vc;lr").lr
+    via = parse_via("SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1;rport")
+    via.params["received"] = "x"
+    assert parse_via("SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1;rport").received is None
+    with pytest.raises(SipParseError):                    # failures are not kept: they fail every time
+        parse_uri("sip:a b@host")
+    with pytest.raises(SipParseError):
+        parse_uri("sip:a b@host")
+
+
+def test_header_lookups_follow_every_change():
+    """Headers answers lookups from an index: add, set, prepend and remove all show at once."""
+    h = Headers([("Via", "SIP/2.0/TLS a;branch=z9hG4bK1"), ("To", "<sip:b@c>"), ("v", "SIP/2.0/TLS b;branch=z9hG4bK2")])
+    assert h.get("TO") == "<sip:b@c>" and len(h.get_all("via")) == 2
+    h.prepend("Via", "SIP/2.0/TLS z;branch=z9hG4bK0")
+    assert h.get("Via").startswith("SIP/2.0/TLS z")
+    h.set("To", "<sip:d@e>;tag=1")
+    assert h.get_all("t") == ["<sip:d@e>;tag=1"]
+    h.remove("Via")
+    assert h.get_all("Via") == [] and h.get("Via") is None
+    h.add("X-Custom", "1")
+    assert h.get("x-custom") == "1"
+    values = h.get_all("X-Custom")
+    values.append("2")                                    # a caller's list, not the index's
+    assert h.get_all("X-Custom") == ["1"]

@@ -71,7 +71,20 @@ META_HOSTS = frozenset({"graph.facebook.com"})
 
 
 def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 (and ::ffff:127.x), or ``localhost``."""
+    """127.0.0.0/8, ::1 (and ::ffff:127.x), or ``localhost``. Every request asks (its Host and peer), so
+    the common answers are kept (bounded)."""
+    known = _LOOPBACK.get(host)
+    if known is None:
+        known = _is_loopback(host)
+        if len(_LOOPBACK) < 1024:
+            _LOOPBACK[host] = known
+    return known
+
+
+_LOOPBACK: dict[str, bool] = {}
+
+
+def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -21,6 +21,9 @@ USER_INITIATED = "USER_INITIATED"
 BUSINESS_INITIATED = "BUSINESS_INITIATED"
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 @dataclass
 class Record:
     KIND: ClassVar[str] = ""
@@ -40,8 +43,12 @@ class Record:
         return dataclasses.asdict(self)
 
     def fields_view(self) -> dict[str, Any]:
-        """The fields as they are (no copy): for serialising at once, e.g. by the store."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The fields as they are (no copy): for serialising at once, e.g. by the store (on every commit
+        of a changed record, so the field names are looked up once per class)."""
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))
+        return {name: getattr(self, name) for name in names}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]):

@@ -33,6 +33,16 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from .certificate import DtlsCertificate
+
+# One OpenSSL context per (certificate, SRTP profiles), shared by every session made with them: building a
+# context (loading and checking the certificate and key) was ~10 % of a Graph call's CPU. The peer's
+# fingerprint check stays per session: the shared verify callback finds the session through the
+# connection's app data.
+_CONTEXTS: dict[tuple[int, tuple[str, ...]], tuple[DtlsCertificate, SSL.Context]] = {}
+
+
+def _verify_session(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    return conn.get_app_data()._verify(conn, cert, errno, depth, ok)
 from .srtp import AEAD_AES_128_GCM, AEAD_AES_256_GCM, AES_CM_128_HMAC_SHA1_80, SrtpContext, SrtpProfile, get_profile
 
 __all__ = [
@@ -181,6 +191,7 @@ class DtlsSrtpSession:
         self._remote_key_salt: bytes | None = None
         self._srtp: SrtpContext | None = None
         self._ssl = SSL.Connection(self._make_context(), None)  # None: memory BIOs
+        self._ssl.set_app_data(self)                            # for the shared context's verify callback
         self._ssl.set_ciphertext_mtu(mtu)
         if role == "client":
             self._ssl.set_connect_state()
@@ -295,6 +306,10 @@ class DtlsSrtpSession:
     # -- internals ---------------------------------------------------------------------------
 
     def _make_context(self) -> SSL.Context:
+        key = (id(self.certificate), tuple(p.openssl_name.decode() for p in self._profiles))
+        known = _CONTEXTS.get(key)
+        if known is not None and known[0] is self.certificate:
+            return known[1]
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_min_proto_version(_DTLS1_2_VERSION)
         ctx.set_max_proto_version(_DTLS1_2_VERSION)
@@ -307,7 +322,10 @@ class DtlsSrtpSession:
         ctx.set_cipher_list(_CIPHERS)
         ctx.set_tlsext_use_srtp(b":".join(p.openssl_name for p in self._profiles))
         # Self-signed peers: the chain check is replaced by the SDP fingerprint check.
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_session)
+        if len(_CONTEXTS) >= 64:                  # a generator with a certificate per call: stay bounded
+            _CONTEXTS.clear()
+        _CONTEXTS[key] = (self.certificate, ctx)
         return ctx
 
     def _verify(self, _conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:

@@ -29,6 +29,7 @@ from .uri import (
     NameAddr,
     SipParseError,
     SipUri,
+    _remember,
     has_param,
     is_digits,
     is_token,
@@ -135,6 +136,7 @@ _KNOWN_NAMES = [
     "P-Asserted-Identity", "P-Preferred-Identity", "Privacy",
 ]
 _CANONICAL: Final[dict[str, str]] = {n.lower(): n for n in _KNOWN_NAMES} | COMPACT
+_KNOWN_SPELLINGS: Final[frozenset[str]] = frozenset(_KNOWN_NAMES)     # tokens: no need to check them again
 
 #: Headers whose grammar is a comma-separated list (section 7.3.1); others are never split
 #: (WWW-Authenticate, Authorization, Date, unknown headers ... contain commas of their own).
@@ -148,7 +150,7 @@ LIST_HEADERS: Final[frozenset[str]] = frozenset({
 
 def _checked(name: str, value: str) -> tuple[str, str]:
     """Canonical name, after refusing what would corrupt the wire form (header injection)."""
-    if not is_token(name):
+    if name not in _KNOWN_SPELLINGS and not is_token(name):
         raise ValueError(f"invalid header name {name!r}")
     if "\r" in value or "\n" in value:
         raise ValueError(f"CR/LF in the value of {name}")
@@ -160,6 +162,17 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
+_LOWER: dict[str, str] = {}      # header name as written -> its canonical name lower-cased (memo, bounded)
+_NONE: list[str] = []
+
+
+def _lower(name: str) -> str:
+    low = canonical_name(name).lower()
+    if len(_LOWER) < 4096:
+        _LOWER[name] = low
+    return low
+
+
 class Headers:
     """Ordered multi-map of header fields with case-insensitive names (RFC 3261 section 7.3).
 
@@ -169,36 +182,50 @@ class Headers:
     so each element is one value.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_index")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
+        self._index: dict[str, list[str]] | None = None   # lower-case name -> values, built on first lookup
         for name, value in items:
             self.add(name, value)
 
+    def _values(self, name: str) -> list[str]:
+        """The values of ``name`` in order, from the index (rebuilt after any change): a lookup is a dict
+        access, not a scan of every field (the gateway looks up ~100 header values per call)."""
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for n, v in self._items:
+                low = _LOWER.get(n) or _lower(n)
+                values = index.get(low)
+                if values is None:
+                    index[low] = [v]
+                else:
+                    values.append(v)
+        return index.get(_LOWER.get(name) or _lower(name), _NONE)
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first header field called ``name``, or ``default``."""
-        low = canonical_name(name).lower()
-        for n, v in self._items:
-            if n.lower() == low:
-                return v
-        return default
+        values = self._values(name)
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """All values of ``name`` in order; list headers are split into one value per element."""
-        low = canonical_name(name).lower()
-        values = [v for n, v in self._items if n.lower() == low]
-        if low in LIST_HEADERS:
+        values = self._values(name)
+        if (_LOWER.get(name) or _lower(name)) in LIST_HEADERS:
             return [e for v in values for e in split_list(v)]
-        return values
+        return list(values)
 
     def add(self, name: str, value: str) -> None:
         """Append a header field (after all others). CR/LF in ``value`` raises ValueError."""
         self._items.append(_checked(name, value))
+        self._index = None
 
     def prepend(self, name: str, value: str) -> None:
         """Insert ``name`` before the first field of that name, or first of all (a proxy's Via)."""
         name, value = _checked(name, value)
+        self._index = None
         low = name.lower()
         for i, (n, _) in enumerate(self._items):
             if n.lower() == low:
@@ -209,6 +236,7 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every field called ``name`` by one, at the position of the first (else append)."""
         name, value = _checked(name, value)
+        self._index = None
         low = name.lower()
         for i, (n, _) in enumerate(self._items):
             if n.lower() == low:
@@ -221,6 +249,7 @@ class Headers:
         """Remove every field called ``name`` (no error if there is none)."""
         low = canonical_name(name).lower()
         self._items = [(n, v) for n, v in self._items if n.lower() != low]
+        self._index = None
 
     def copy(self) -> Headers:
         new = Headers()
@@ -285,8 +314,21 @@ class Via:
         return f"{SIP_VERSION}/{self.transport} {self.host}{port}{render_params(self.params)}"
 
 
+_via_memo: dict[str, Via] = {}
+
+
 def parse_via(text: str) -> Via:
-    """Parse one via-parm; whitespace is allowed around ``/``, ``:`` and ``;`` (RFC 4475 3.1.1.1)."""
+    """Parse one via-parm; whitespace is allowed around ``/``, ``:`` and ``;`` (RFC 4475 3.1.1.1).
+    Memoised by text like the URI parsers (``uri._remember``); a fresh copy is returned."""
+    known = _via_memo.get(text)
+    if known is None:
+        known = _parse_via(text)
+        if len(text) <= 512:
+            _remember(_via_memo, text, known)
+    return Via(known.transport, known.host, known.port, dict(known.params))
+
+
+def _parse_via(text: str) -> Via:
     m = _VIA_RE.match(text)
     if not m:
         raise SipParseError("Bad Request - Malformed Via")
@@ -573,7 +615,9 @@ def parse_message(data: bytes) -> Request | Response:
     """
     head_bytes, rest = _split_head(data)
     start, fields = _header_lines(head_bytes.decode("utf-8", "surrogateescape"))
-    headers = Headers(fields)
+    headers = Headers()
+    # _header_lines checked every name (a token) and a line holds no CR/LF: only the names to canonicalise
+    headers._items = [(_CANONICAL.get(name.lower(), name), value) for name, value in fields]
     msg = _parse_start(start, headers)
     try:
         length = _content_length(headers)

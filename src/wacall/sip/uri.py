@@ -207,12 +207,39 @@ def has_param(params: dict[str, str | None], name: str) -> bool:
     return any(k.lower() == low for k in params)
 
 
+# --- memos ---------------------------------------------------------------------------------------
+# A SIP call repeats the same header values (From, To, Via, Contact, the Request-URI) in every message,
+# and each layer looks at them again: the parsers below are pure functions of their text, so a parsed
+# value is kept by its text (short texts only, at most _MEMO_SIZE of each, cleared when full) and a
+# copy is handed out (callers may change what they get). Failures are not kept.
+_MEMO_SIZE = 4096
+_MEMO_TEXT = 512
+_split_memo: dict[str, tuple[str, ...]] = {}
+_uri_memo: dict[tuple[str, bool], "SipUri"] = {}
+_addr_memo: dict[str, "NameAddr"] = {}
+
+
+def _remember(memo: dict, key, value) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value (section 7.3.1) into its elements.
 
     Commas inside quoted strings or ``<...>`` do not split. Elements are stripped; empty
     elements are dropped.
     """
+    known = _split_memo.get(value)
+    if known is None:
+        known = tuple(_split_list(value))
+        if len(value) <= _MEMO_TEXT:
+            _remember(_split_memo, value, known)
+    return list(known)
+
+
+def _split_list(value: str) -> list[str]:
     out: list[str] = []
     start = 0
     depth = 0
@@ -337,6 +364,20 @@ def _valid_host(host: str) -> bool:
 
 
 def parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
+    """Parse a SIP or SIPS URI (see :func:`_parse_uri`); a fresh copy of a memoised parse."""
+    known = _uri_memo.get((text, any_scheme))
+    if known is None:
+        known = _parse_uri(text, any_scheme=any_scheme)
+        if len(text) <= _MEMO_TEXT:
+            _remember(_uri_memo, (text, any_scheme), known)
+    return _copy_uri(known)
+
+
+def _copy_uri(u: SipUri) -> SipUri:
+    return SipUri(u.scheme, u.user, u.password, u.host, u.port, dict(u.params), dict(u.headers), u.opaque)
+
+
+def _parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
     """Parse a SIP or SIPS URI (RFC 3261 section 19.1.1, grammar in section 25.1).
 
     The user part extends to the first ``@`` (so it may hold ``;`` and ``?``, RFC 4475 section
@@ -433,6 +474,17 @@ class NameAddr:
 
 
 def parse_name_addr(text: str) -> NameAddr:
+    """Parse a From, To, Contact or Route value (see :func:`_parse_name_addr`); a fresh copy of a memoised
+    parse."""
+    known = _addr_memo.get(text)
+    if known is None:
+        known = _parse_name_addr(text)
+        if len(text) <= _MEMO_TEXT:
+            _remember(_addr_memo, text, known)
+    return NameAddr(known.display, _copy_uri(known.uri), dict(known.params))
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     """Parse ``( name-addr / addr-spec ) *( SEMI param )`` as in From, To, Contact, Route.
 
     * ``"Name" <sip:..>;tag=x`` and ``Name <sip:..>`` (display-name = *(token LWS) / quoted-string);

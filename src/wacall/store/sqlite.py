@@ -14,19 +14,22 @@ left memory and answers counts over every call from the ``calls`` index.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
                         and_, create_engine, delete, event, func, inspect, select, text, update)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
 from .. import codec
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, PRE_ACCEPTED, RINGING, Call, Record
 
 metadata = MetaData()
+CHECKPOINT_SECONDS = 1.0       # how often a database file's WAL is checkpointed (off the event loop)
 LIVE_STATES = (RINGING, PRE_ACCEPTED, ACCEPTED)
 
 records = Table(
@@ -125,6 +128,37 @@ class OutboxItem:
     fault: str | None = None
 
 
+OUTBOX_COLUMNS = ("app_id", "url", "field", "waba_id", "phone_number_id", "call_id", "body", "created_at",
+                  "next_attempt_at", "attempts", "status", "last_error", "delivered_at", "fault")
+OUTBOX_DEFAULTS = {"attempts": 0, "status": "pending"}
+CALL_COLUMNS = ("call_id", "phone_number_id", "wa_id", "direction", "state", "created_at", "accepted_at", "ended_at",
+                "duration", "pulses", "cost")
+CALL_UPDATED = ("state", "accepted_at", "ended_at", "duration", "pulses", "cost")
+
+
+def _write_sql(engine: Engine) -> dict[str, str]:
+    """The hot write statements as SQL text for this engine's dialect, in positional form (compiled once)."""
+    records_stmt = sqlite_insert(records)
+    calls_stmt = sqlite_insert(calls)
+    columns = {"records": ("kind", "key", "doc", "live"), "calls": CALL_COLUMNS,
+               "timeline": ("call_id", "t", "kind", "data"), "outbox": OUTBOX_COLUMNS}
+    statements = {
+        "records": records_stmt.values({c: None for c in columns["records"]}).on_conflict_do_update(
+            index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc, "live": records_stmt.excluded.live}),
+        "calls": calls_stmt.values({c: None for c in CALL_COLUMNS}).on_conflict_do_update(
+            index_elements=["call_id"], set_={name: calls_stmt.excluded[name] for name in CALL_UPDATED}),
+        "timeline": timeline.insert().values({c: None for c in columns["timeline"]}),
+        "outbox": outbox.insert().values({c: None for c in OUTBOX_COLUMNS}),
+    }
+    out = {}
+    for name, stmt in statements.items():
+        compiled = stmt.compile(dialect=engine.dialect)
+        if list(compiled.positiontup or ()) != list(columns[name]):    # named parameters: not this store's driver
+            raise RuntimeError(f"the store needs a positional-parameter DB-API driver, not {engine.dialect.name}")
+        out[name] = compiled.string
+    return out
+
+
 def database_url(path: str) -> str:
     if "://" in path:
         return path
@@ -141,6 +175,10 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", self._sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._sql = _write_sql(self.engine)
+        self._writer = None           # the DB-API connection commit() writes with, taken from the pool once
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         self._upgrade()
         self._migrate()
 
@@ -169,8 +207,11 @@ class Store:
                     entries = doc.pop("timeline", None) or []
                     call = Call.from_doc(doc)
                     live = call.live
-                    self._index_calls(conn, [call])
-                    self._append_notes(conn, [(call.id, entry) for entry in entries if isinstance(entry, dict)])
+                    cursor = conn.connection.dbapi_connection.cursor()
+                    self._index_calls(cursor, [call], self._sql)
+                    self._append_notes(cursor, [(call.id, entry) for entry in entries if isinstance(entry, dict)],
+                                       self._sql)
+                    cursor.close()
                 conn.execute(update(records).where(and_(records.c.kind == row.kind, records.c.key == row.key))
                              .values(doc=codec.dumps(doc), live=live))
 
@@ -181,7 +222,42 @@ class Store:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    def _open_writer(self):
+        """The DB-API connection the hot paths write and read with. For a database file its WAL is
+        checkpointed by a thread (``_checkpoints``) instead of inside a commit on the event loop: SQLite's
+        automatic checkpoint copies pages into the database and syncs it, a stall every ~1000 pages."""
+        writer = self._writer = self.engine.raw_connection()
+        path = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        if path and path != ":memory:" and self._checkpointer is None:
+            cursor = writer.cursor()
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+            cursor.close()
+            self._checkpointer = threading.Thread(target=self._checkpoints, args=(path,), name="wacall-wal-checkpoint",
+                                                  daemon=True)
+            self._checkpointer.start()
+        return writer
+
+    def _checkpoints(self, path: str) -> None:
+        """Checkpoint the WAL (PASSIVE: never waits for the writer) once a second until the store closes."""
+        import sqlite3
+        conn = sqlite3.connect(path, check_same_thread=False)
+        try:
+            while not self._closing.wait(CHECKPOINT_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    continue           # busy or locked: the next round does it
+        finally:
+            conn.close()
+
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self.engine.dispose()
 
     # -- records ------------------------------------------------------------------------------
@@ -198,46 +274,63 @@ class Store:
     def commit(self, dirty: Iterable[Record], new_outbox: Iterable[dict],
                notes: Iterable[tuple[str, dict]] = ()) -> list[int]:
         """Write changed records and new timeline entries, and enqueue webhooks, atomically; return the
-        new outbox ids."""
+        new outbox ids.
+
+        This runs once per state change (several times per SIP call), so it skips SQLAlchemy's statement
+        building: the statements are fixed SQL strings (``_WRITE_SQL``, compiled once per store for its
+        dialect) executed with ``executemany`` on a DB-API connection the store keeps for its writes
+        (``_writer``), in one transaction."""
         ids: list[int] = []
-        with self.engine.begin() as conn:
-            self._save(conn, dirty)
-            self._append_notes(conn, notes)
+        with self._transaction() as cursor:
+            self._save(cursor, dirty, self._sql)
+            self._append_notes(cursor, notes, self._sql)
             for row in new_outbox:
-                ids.append(conn.execute(outbox.insert().values(**row)).inserted_primary_key[0])
+                cursor.execute(self._sql["outbox"], self._outbox_params(row))
+                ids.append(cursor.lastrowid)
         return ids
 
+    @contextmanager
+    def _transaction(self) -> Iterator:
+        """A cursor on the writer connection; committed at the end, rolled back on any exception."""
+        writer = self._writer or self._open_writer()
+        cursor = writer.cursor()
+        try:
+            yield cursor
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _outbox_params(row: dict) -> tuple:
+        return tuple(row.get(name, OUTBOX_DEFAULTS.get(name)) for name in OUTBOX_COLUMNS)
+
     @classmethod
-    def _save(cls, conn: Connection, dirty: Iterable[Record]) -> None:
+    def _save(cls, cursor, dirty: Iterable[Record], sql: dict[str, str]) -> None:
         dirty = list(dirty)
-        rows = [{"kind": r.KIND, "key": r.key, "doc": codec.dumps(r.fields_view()), "live": r.live} for r in dirty]
-        if not rows:
+        if not dirty:
             return
-        stmt = sqlite_insert(records).values(rows)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "key"],
-                                                set_={"doc": stmt.excluded.doc, "live": stmt.excluded.live}))
-        cls._index_calls(conn, [r for r in dirty if isinstance(r, Call)])
+        cursor.executemany(sql["records"],
+                           [(r.KIND, r.key, codec.dumps(r.fields_view()), r.live) for r in dirty])
+        cls._index_calls(cursor, [r for r in dirty if isinstance(r, Call)], sql)
 
     @staticmethod
-    def _index_calls(conn: Connection, changed: list[Call]) -> None:
-        if not changed:
-            return
-        rows = [{"call_id": c.id, "phone_number_id": c.phone_number_id, "wa_id": c.wa_id, "direction": c.direction,
-                 "state": c.state, "created_at": c.created_at, "accepted_at": c.accepted_at, "ended_at": c.ended_at,
-                 "duration": c.duration, "pulses": c.pulses, "cost": c.cost} for c in changed]
-        stmt = sqlite_insert(calls)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["call_id"], set_={
-            name: stmt.excluded[name] for name in ("state", "accepted_at", "ended_at", "duration", "pulses", "cost")}),
-            rows)
+    def _index_calls(cursor, changed: list[Call], sql: dict[str, str]) -> None:
+        if changed:
+            cursor.executemany(sql["calls"], [
+                (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at, c.accepted_at, c.ended_at,
+                 c.duration, c.pulses, c.cost) for c in changed])
 
     @staticmethod
-    def _append_notes(conn: Connection, notes: Iterable[tuple[str, dict]]) -> None:
+    def _append_notes(cursor, notes: Iterable[tuple[str, dict]], sql: dict[str, str]) -> None:
         rows = []
         for call_id, entry in notes:
-            data = {k: v for k, v in entry.items() if k not in ("t", "kind")}
-            rows.append({"call_id": call_id, "t": entry["t"], "kind": entry["kind"], "data": codec.dumps(data)})
+            data = {k: v for k, v in entry.items() if k != "t" and k != "kind"}
+            rows.append((call_id, entry["t"], entry["kind"], codec.dumps(data)))
         if rows:
-            conn.execute(timeline.insert(), rows)
+            cursor.executemany(sql["timeline"], rows)
 
     # -- what the platform reads back (wacall.domain.state.Archive) and the inspector lists --------------
     def load_record(self, kind: str, key: str) -> dict | None:
@@ -303,43 +396,50 @@ class Store:
         with self.engine.connect() as conn:
             return set(conn.execute(select(outbox.c.url).where(outbox.c.status == "pending").distinct()).scalars())
 
+    # The dispatcher asks these on every wake-up and after every attempt: fixed SQL on the writer connection
+    # (see commit()), read back into OutboxItem by position.
+    _OUTBOX_SELECT = "SELECT id, " + ", ".join(OUTBOX_COLUMNS) + " FROM outbox"
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        writer = self._writer or self._open_writer()
+        cursor = writer.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
     def due_outbox(self, url: str, now: float, *, exclude: Iterable[int] = (), limit: int = 10) -> list[OutboxItem]:
         """Up to ``limit`` pending rows for ``url`` whose attempt is due, earliest first (index range scan)."""
-        query = (select(outbox).where(outbox.c.status == "pending", outbox.c.url == url,
-                                      outbox.c.next_attempt_at <= now)
-                 .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit))
-        exclude = list(exclude)
-        if exclude:
-            query = query.where(outbox.c.id.not_in(exclude))
-        with self.engine.connect() as conn:
-            return [OutboxItem(**row._mapping) for row in conn.execute(query)]
+        exclude = set(exclude)
+        rows = self._rows(self._OUTBOX_SELECT + " WHERE status = 'pending' AND url = ? AND next_attempt_at <= ? "
+                          "ORDER BY next_attempt_at, id LIMIT ?", (url, now, limit + len(exclude)))
+        return [OutboxItem(*row) for row in rows if row[0] not in exclude][:limit]
 
     def oldest_pending(self, url: str) -> OutboxItem | None:
         """The head of ``url``'s queue, for the opt-in ordered delivery mode."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(outbox).where(outbox.c.status == "pending", outbox.c.url == url)
-                               .order_by(outbox.c.id).limit(1)).first()
-            return OutboxItem(**row._mapping) if row else None
+        rows = self._rows(self._OUTBOX_SELECT + " WHERE status = 'pending' AND url = ? ORDER BY id LIMIT 1", (url,))
+        return OutboxItem(*rows[0]) if rows else None
 
     def next_attempt_after(self, now: float) -> float | None:
         """When the next pending attempt falls due (the dispatcher sleeps until then)."""
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.min(outbox.c.next_attempt_at))
-                                .where(outbox.c.status == "pending", outbox.c.next_attempt_at > now)).scalar()
+        return self._rows("SELECT min(next_attempt_at) FROM outbox WHERE status = 'pending' AND next_attempt_at > ?",
+                          (now,))[0][0]
 
     def record_attempt(self, item_id: int, *, at: float, status_code: int | None, error: str | None,
                        duration_ms: float, delivered: bool, next_attempt_at: float | None, expired: bool) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(attempts.insert().values(outbox_id=item_id, at=at, status_code=status_code, error=error,
-                                                  duration_ms=duration_ms))
-            values: dict = {"attempts": outbox.c.attempts + 1, "last_error": error}
+        with self._transaction() as cursor:
+            cursor.execute("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
+                           (item_id, at, status_code, error, duration_ms))
             if delivered:
-                values.update(status="delivered", delivered_at=at)
+                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, status = 'delivered', "
+                               "delivered_at = ? WHERE id = ?", (error, at, item_id))
             elif expired:
-                values.update(status="expired")
+                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, status = 'expired' "
+                               "WHERE id = ?", (error, item_id))
             else:
-                values.update(next_attempt_at=next_attempt_at)
-            conn.execute(update(outbox).where(outbox.c.id == item_id).values(**values))
+                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                               "WHERE id = ?", (error, next_attempt_at, item_id))
 
     def journal(self, *, call_id: str | None = None, limit: int = 200) -> list[dict]:
         with self.engine.connect() as conn:

@@ -83,12 +83,31 @@ class Dispatcher:
         self._tasks: set[asyncio.Task] = set()
         self._generation = 0                          # bumped by reset(): attempts from before it are not recorded
         self._stopping = False
+        self._kick_scheduled = False
 
     def wake(self, urls: Iterable[str] = ()) -> None:
-        """Look again now; ``urls`` have new rows."""
+        """Look again now; ``urls`` have new rows (committed: the caller wakes the dispatcher after the
+        store's commit). The due rows are started on the loop's next turn, not after :meth:`run` has come
+        round (a webhook's latency is what a business measures)."""
         if self._urls is not None:
             self._urls.update(urls)
         self._wake.set()
+        if not self._kick_scheduled and not self._stopping:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return                      # no loop (a synchronous caller): run() looks when it runs
+            self._kick_scheduled = True
+            loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        if self._stopping:
+            return
+        try:
+            self._dispatch_due()
+        except Exception:  # run() retries on its own schedule
+            log.exception("webhook dispatch failed")
 
     def reset(self) -> None:
         """The outbox was wiped (control API reset): forget what was known about it, restore the config's faults."""
@@ -213,7 +232,7 @@ class Dispatcher:
 
     def _done(self, item: OutboxItem) -> None:
         self._in_flight.get(item.url, set()).discard(item.id)
-        self._wake.set()
+        self.wake()
 
     async def verify_callback(self, url: str, verify_token: str) -> None:
         """Meta's GET handshake: the endpoint must echo hub.challenge for the right verify token."""

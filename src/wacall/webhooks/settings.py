@@ -21,7 +21,7 @@ class WebhookDelivery:
     retry_max_seconds: float = 86400.0         # ...up to this
     give_up_after_seconds: float = 7 * 86400.0  # Meta: retried "for up to 7 days"
     verify_timeout_seconds: float = 5.0
-    concurrent_per_url: int = 8                # attempts in flight at once per callback URL
+    concurrent_per_url: int = 32               # attempts in flight at once per callback URL (bench/graph_load.py)
     faults: dict = field(default_factory=dict)  # [webhooks.faults]: wacall.webhooks.faults
 
     def __post_init__(self) -> None:
