@@ -17,6 +17,7 @@ from typing import Any
 
 from .audio import PreEncodedAudio
 from .certificate import DtlsCertificate
+from .fastpath import HOUSEKEEPING, load as load_fastpath
 from .leg import MediaLeg
 from .ports import BIND_RETRY_SECONDS, PortSocket, Ports
 from .recording import Recordings
@@ -69,6 +70,7 @@ class MediaEngine:
         self.certificate = certificate if certificate is not None else DtlsCertificate.default()
         self.reporter: Reporter = reporter or _Silent()
         self.ports = Ports()
+        self.fast = self.ports.fast = load_fastpath()    # None: every packet in Python (WACALL_FASTPATH=0)
         self.endpoints: dict[str, RelayEndpoint] = {}
         self.recordings = recordings                     # None: nothing is recorded
         self.finished: dict[str, dict] = {}              # final statistics of released legs (view dicts)
@@ -234,7 +236,8 @@ class MediaEngine:
         return True
 
     async def stats(self) -> dict:
-        return {"live": len(self.endpoints), **self.ports.view()}
+        fast = {"fast_legs": len(self.fast.legs), "fast_packets_sent": self.fast.packets_sent} if self.fast else {}
+        return {"live": len(self.endpoints), **self.ports.view(), **fast}
 
     @staticmethod
     def _view(endpoint: RelayEndpoint) -> dict:
@@ -267,15 +270,25 @@ class MediaEngine:
     async def _run(self) -> None:
         next_at = time.monotonic()
         last_check = 0.0
+        fast = self.fast
         while self.endpoints:
             now = time.monotonic()
             for endpoint in list(self.endpoints.values()):
+                if endpoint.fast is not None and endpoint.fast.tx:
+                    continue                       # the compiled path sends this one (below)
                 try:
                     endpoint.tick(now)
                 except Exception:
                     log.exception("relay %s: tick failed", endpoint.call_id)
-            if now - last_check >= 0.25:
+            if fast is not None:
+                fast.send()
+            if now - last_check >= HOUSEKEEPING:
                 last_check = now
+                if fast is not None:
+                    try:
+                        fast.housekeeping(time.time())   # RTCP, checkpoints, media seen, for fast legs
+                    except Exception:
+                        log.exception("media: fast path housekeeping failed")
                 self.check_timeouts()
             next_at += TICK
             delay = next_at - time.monotonic()

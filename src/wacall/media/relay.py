@@ -40,6 +40,7 @@ from .audio import ByteLRU, PreEncodedAudio, frames_size, parse_audio_spec
 from .certificate import DtlsCertificate
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
+from .fastpath import FastLeg
 from .ice_lite import CheckReceived, IceLiteAgent, Nominated, Rejected
 from .leg import MediaLeg
 from .ports import PortSocket, Ports
@@ -222,12 +223,15 @@ class RelayEndpoint:
         self._last_checkpoint = 0.0
         self._dtls_timer: asyncio.TimerHandle | None = None
         self.restored = False                               # carried on from a previous relay process
+        self.fast: FastLeg | None = None                    # [fastpath] the compiled path carries this leg
 
     # -- plumbing ----------------------------------------------------------------------------------
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.fast is not None:                           # [fastpath] what C holds comes back first
+            self.fast.release()
         if self._dtls_timer:
             self._dtls_timer.cancel()
         if self.dtmf_in:
@@ -240,6 +244,8 @@ class RelayEndpoint:
         """A restored leg that cannot carry media (its port is taken, nothing was saved, or the saved state
         is unusable): nothing is routed here nor sent, and the user's patience (:meth:`check_timeouts`)
         ends the call as it would if Meta's relay vanished."""
+        if self.fast is not None:                           # [fastpath]
+            self.fast.release()
         self.ports.remove(self)
         self.sock = self.sock6 = None
         self.remote, self._remote_sock = None, None
@@ -255,6 +261,8 @@ class RelayEndpoint:
             self.reporter.persist(self.call_id, {"remote": list(addr)})
         self.remote = addr
         self._remote_sock = self._sock_for(addr) if addr else None
+        if self.fast is not None:                           # [fastpath] C sends there, and takes media from there
+            self.fast.rebind()
 
     def _send(self, data: bytes, addr: Addr | None = None) -> None:
         if addr is None:
@@ -472,16 +480,20 @@ class RelayEndpoint:
         if codec is not None:
             self._record(codec, plain, arrival)
         elif payload_type == self._te_pt:
-            try:
-                packet = RtpPacket.parse(plain)
-            except RtpError:
-                self._note_once("rtp_malformed")
-                return
-            for digit in self.dtmf_in.receive(packet, arrival):
-                self._digit(digit)
+            self._on_event(plain, arrival)
         elif payload_type not in self.wrong_payload_types:
             self.wrong_payload_types.add(payload_type)
             self.reporter.note(self.call_id, "wrong_payload_type", payload_type=payload_type)
+
+    def _on_event(self, plain: bytes, arrival: float) -> None:
+        """An RFC 4733 telephone-event packet (already counted in the statistics)."""
+        try:
+            packet = RtpPacket.parse(plain)
+        except RtpError:
+            self._note_once("rtp_malformed")
+            return
+        for digit in self.dtmf_in.receive(packet, arrival):
+            self._digit(digit)
 
     def _record(self, codec: str, plain: bytes, arrival: float) -> None:
         """Keep what the user heard (to the recording file, still encoded) and the last few packets for
@@ -497,6 +509,8 @@ class RelayEndpoint:
 
     def flush_recording(self) -> None:
         """Write what is buffered of the recording to its file (before someone reads it, and at the end)."""
+        if self.fast is not None:                           # [fastpath]
+            self.fast.take_recording()
         if self.recording is not None:
             self.recording.flush()
 
@@ -523,6 +537,8 @@ class RelayEndpoint:
     def send_dtmf(self, digits: str) -> None:
         if self.dtmf_out is None:
             raise RuntimeError("the call has no media yet")
+        if self.fast is not None:                           # [fastpath] Python sends while the keys are pressed
+            self.fast.stop_tx()
         self.dtmf_out.send(digits)
         self.digits_sent.extend(digits)
 
@@ -576,6 +592,8 @@ class RelayEndpoint:
             self._send_rtcp(wall)
         if wall - self._last_checkpoint >= CHECKPOINT_INTERVAL:
             self._checkpoint(wall)
+        if self.ports.fast is not None and not (self.dtmf_out and self.dtmf_out.busy):
+            self.ports.fast.promote(self)                   # [fastpath] established: C carries it from here
 
     def _send_rtcp(self, wall: float) -> None:
         sender = (ntp_timestamp(wall), self.stream.timestamp, self.stream.packet_count, self.stream.octet_count)
@@ -657,6 +675,8 @@ class RelayEndpoint:
 
     # -- what the inspector shows ---------------------------------------------------------------------
     def view(self) -> dict:
+        if self.fast is not None:                           # [fastpath] what C counted, first
+            self.fast.sync()
         level = self.level_dbfs()
         return {
             "host": self.leg.host, "port": self.leg.port, "host6": self.leg.host6, "port6": self.leg.port6,
