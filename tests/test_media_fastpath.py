@@ -204,3 +204,17 @@ def test_the_compiled_path_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) 
 
 
 
+
+
+def test_config_media_fastpath() -> None:
+    import tomllib
+
+    from wacall.config import DEFAULT_TOML, build_config
+
+    raw = tomllib.loads(DEFAULT_TOML)
+    assert build_config(raw).media_fastpath is True
+    raw.setdefault("media", {})["fastpath"] = False
+    assert build_config(raw).media_fastpath is False
+    raw["media"]["fastpath"] = "no"
+    with pytest.raises(ValueError, match="media.fastpath"):
+        build_config(raw)

@@ -63,14 +63,15 @@ def loopback6() -> str | None:
 class MediaEngine:
     def __init__(self, host: str = "127.0.0.1", certificate: DtlsCertificate | None = None,
                  reporter: Reporter | None = None, host6: str | None = None, port: int = 0,
-                 recordings: Recordings | None = None) -> None:
+                 recordings: Recordings | None = None, fastpath: bool = True) -> None:
         self.host = host
         self.host6 = host6 if host6 is not None else loopback6()
         self.port = port                                  # 0: any free port (same for IPv6 where possible)
         self.certificate = certificate if certificate is not None else DtlsCertificate.default()
         self.reporter: Reporter = reporter or _Silent()
         self.ports = Ports()
-        self.fast = self.ports.fast = load_fastpath()    # None: every packet in Python (WACALL_FASTPATH=0)
+        # the compiled per-packet path; None: every packet in Python ([media] fastpath = false, WACALL_FASTPATH=0)
+        self.fast = self.ports.fast = load_fastpath() if fastpath else None
         self.endpoints: dict[str, RelayEndpoint] = {}
         self.recordings = recordings                     # None: nothing is recorded
         self.finished: dict[str, dict] = {}              # final statistics of released legs (view dicts)
