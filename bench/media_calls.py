@@ -327,6 +327,8 @@ def ramp_wacall(args, steps: list[int], deadline: float, log, media_path: str = 
             entry = {"calls": step, "active": business["calls"], "setup_failed": n_failed, "why_failed": why,
                      "setup_seconds": round(setup_s, 1), "setup_failures": failures,
                      "setup_ms_median": _pct([a["setup_ms_median"] for a in added if a["setup_ms_median"]], 0.5),
+                     "ice_dtls_ms_median": _pct([a["ice_dtls_ms_median"] for a in added
+                                                 if a.get("ice_dtls_ms_median")], 0.5),
                      "window_seconds": round(window, 2),
                      "user_to_business": business, "business_to_user": relay, "cpu": cpu,
                      "machine_busy": round(busy, 3), "machine": machine, "wacall_rss_mb": round(sum(rss_mb(p) for p in wacall.pids)),
@@ -435,13 +437,14 @@ def _wacall_table(title: str, w: list[dict], log) -> None:
     log(title)
     log(f"{'calls':>6} {'up':>5} {'loss u->b':>10} {'deliv':>7} {'loss b->u':>10} {'deliv':>7} "
         f"{'wacall cores':>12} {'ms/call-s':>10} {'gen cores':>10} {'gen ms/call-s':>13} {'machine':>8} "
-        f"{'setup ms':>8} {'RSS MB':>7}  result")
+        f"{'setup ms':>8} {'ICE+DTLS':>8} {'RSS MB':>7}  result")
     for s in w:
         u, r, c = s["user_to_business"], s["business_to_user"], s["cpu"]
         log(f"{s['calls']:>6} {s['active']:>5} {u['loss']:>10.2%} {u['delivery']:>7.1%} {r['loss']:>10.2%} "
             f"{(r['delivery'] or 0):>7.1%} {c['wacall']['cores']:>12.2f} {c['wacall']['ms_per_call_second'] or 0:>10.3f} "
             f"{c['generator']['cores']:>10.2f} {c['generator']['ms_per_call_second'] or 0:>13.3f} "
-            f"{s['machine_busy']:>8.0%} {s['setup_ms_median'] or 0:>8.0f} {s['wacall_rss_mb']:>7}  "
+            f"{s['machine_busy']:>8.0%} {s['setup_ms_median'] or 0:>8.0f} {s.get('ice_dtls_ms_median') or 0:>8.0f} "
+            f"{s['wacall_rss_mb']:>7}  "
             f"{'pass' if s['passed'] else 'FAIL'}")
 
 
