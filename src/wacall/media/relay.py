@@ -460,6 +460,8 @@ class RelayEndpoint:
         if not self.business_sent_first:
             self.business_sent_first = True
             self.first_packet_at = now
+            if self.dtls is not None:       # its SRTP proves the business has our last flight: ~90 KB freed
+                self.dtls.release()
             self.ports.expect_claims(self, False)
             after = None if self.connected_at is None else round((now - self.connected_at) * 1000)
             self.reporter.note(self.call_id, "first_media_from_business", ms_after_accept=after)
