@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("wacall.media")
 RAW, DTMF, DEMOTED, REC, MEDIA = 0, 1, 2, 3, 4
 MAX_ITEMS = 4096
-ARENA = 4 * 1024 * 1024
+ARENA = 1024 * 1024
 MAX_DATAGRAMS = 8192             # per drain call, so one busy socket cannot starve the event loop
 RING = 15
 HOUSEKEEPING = 0.25              # seconds between the Python side's look at each fast leg
@@ -84,8 +84,9 @@ class FastPath:
             _SHARED["sets"] = {}
         self._bffi = _binding.ffi
         self._sets: dict[int, tuple[list[bytes], int]] = _SHARED["sets"]
-        self.items = ffi.new("struct fp_item[]", MAX_ITEMS)
-        self.arena = ffi.new("uint8_t[]", ARENA)
+        raw = ffi.new_allocator(should_clear_after_alloc=False)   # pages are touched only as datagrams fill them
+        self.items = raw("struct fp_item[]", MAX_ITEMS)
+        self.arena = raw("uint8_t[]", ARENA)
         self._more = ffi.new("int *")
         self._consumed = ffi.new("int64_t *")
         self._errors = ffi.new("int64_t *")
