@@ -44,44 +44,7 @@
 
 enum { FP_RAW = 0, FP_DTMF = 1, FP_DEMOTED = 2, FP_REC = 3, FP_MEDIA = 4 };
 
-struct fp_leg {
-    int32_t used, rx_on, tx_on, rec_on;
-    int32_t group;                 /* the engine (one process may run several): fp_send(group) */
-    int32_t family, port;          /* the remote (latched) address: key of the receive table */
-    uint8_t addr[16];
-    int32_t fd;                    /* the shared socket media goes out on */
-    int32_t next, linked;          /* hash chain; linked: datagrams from addr are looked up here */
-    void *rx, *tx;                 /* srtp_t of each direction */
-    /* receive */
-    uint32_t ssrc;
-    int32_t codec_pt, te_pt, event_pt;
-    double clock_rate;
-    int64_t datagrams, octets_in, packets;   /* leg counters, ReceiveStats.packets: only grow */
-    int32_t media_flag;                      /* set at the first media since Python last cleared it */
-    double last_packet_at;                   /* ReceiveStats and SourceStats */
-    int64_t max_seq, cycles, base_seq, bad_seq, probation, received, expected_prior, received_prior;
-    int32_t min_sequential, started;
-    double jitter;
-    int32_t jitter_started;
-    double last_arrival;
-    int64_t last_ts, octets, duplicates_or_late, restarts;
-    /* recording and level */
-    int64_t rec_left, rec_count;
-    int32_t rec_len, rec_cap, rec_flagged, ring_pos, ring_n;
-    uint8_t *rec;
-    uint8_t *ring;
-    int32_t ring_len[FP_RING];
-    /* send */
-    int32_t frames, send_pt;
-    uint32_t tx_ssrc;
-    int64_t seq, ts, spp, packet_count, octet_count, frame_index, packets_sent, send_errors;
-};
-
-struct fp_item {
-    int32_t kind, leg, off, len, family, port;
-    uint8_t addr[16];
-    double arrival;
-};
+#include "fastpath.h"
 
 typedef int (*srtp_fn)(void *ctx, void *hdr, int *len);
 static srtp_fn p_protect, p_unprotect;
