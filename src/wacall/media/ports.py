@@ -43,6 +43,9 @@ MAX_CLAIM_TRIES = 32
 STRANGER_TTL = 5.0
 MAX_STRANGERS = 4096
 BIND_RETRY_SECONDS = 3.0
+#: [fastpath] after draining a shared socket, wait this long before watching it again, so each wake-up
+#: takes a batch of datagrams (recvmmsg) instead of one or two; media is at most this much later
+COALESCE_SECONDS = 0.002
 
 
 class MediaUnavailable(Exception):
@@ -121,12 +124,22 @@ class FastPortSocket(PortSocket):
                 pass
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.fd, self._readable)
+        self._watching = True
 
     def _readable(self) -> None:
         try:
             self.router.fast.drain(self)
         except Exception:       # a bug here must not stop the socket being read
             log.exception("media: the compiled receive path failed")
+        if self.sock is not None and COALESCE_SECONDS > 0:
+            self.loop.remove_reader(self.fd)
+            self._watching = False
+            self.loop.call_later(COALESCE_SECONDS, self._watch)
+
+    def _watch(self) -> None:
+        if self.sock is not None and not self._watching:
+            self.loop.add_reader(self.fd, self._readable)
+            self._watching = True
 
     def sendto(self, data: bytes, addr: Addr) -> None:
         if self.sock is not None:
@@ -143,7 +156,8 @@ class FastPortSocket(PortSocket):
 
     def close(self) -> None:
         if self.sock is not None:
-            self.loop.remove_reader(self.fd)
+            if self._watching:
+                self.loop.remove_reader(self.fd)
             self.sock.close()
             self.sock = None
 
