@@ -263,7 +263,7 @@ class BusinessCall:
 
     __slots__ = ("peer", "wa_id", "call_id", "sock", "fd", "port", "send", "offer", "ufrag", "pwd", "cert",
                  "dtls", "tx", "rx_session", "state", "tie_breaker", "ice_txid", "ice_sent_at", "ice_attempts",
-                 "consent_at", "dtls_timer", "started_at", "connected_at", "sending", "ssrc", "seq", "ts",
+                 "consent_at", "dtls_timer", "started_at", "media_at", "connected_at", "sending", "ssrc", "seq", "ts",
                  "frame", "sent", "octets", "rtcp_at", "rx", "rx_rtcp", "rx_base", "rx_max", "rx_bad", "error",
                  "ready", "idx", "c")
 
@@ -291,6 +291,7 @@ class BusinessCall:
         self.consent_at = 0.0
         self.dtls_timer: asyncio.TimerHandle | None = None
         self.started_at = time.monotonic()
+        self.media_at: float | None = None      # the first ICE check (ICE + DTLS set-up starts)
         self.connected_at: float | None = None
         self.sending = False
         self.ssrc = random.getrandbits(32)
@@ -324,6 +325,7 @@ class BusinessCall:
         self.sock.connect((offer.host, offer.port))
         self.dtls = DtlsSrtpSession(self.cert, role="client", remote_fingerprint=offer.fingerprint)
         self.state = "ice"
+        self.media_at = time.monotonic()
         self.send_check(use_candidate=True)
 
     def _send(self, data: bytes) -> None:
@@ -710,10 +712,13 @@ class PeerProcess:
             if c.state != "media":
                 self.remove(c)
         setup = sorted((c.connected_at - c.started_at) * 1000 for c in ok if c.connected_at)
+        ice_dtls = sorted((c.connected_at - c.media_at) * 1000 for c in ok if c.connected_at and c.media_at)
         return {"ok": len(ok), "failed": failed[:20], "n_failed": len(failed),
                 "call_ids": [c.call_id for c in ok], "seconds": time.monotonic() - t0,
                 "setup_ms_median": setup[len(setup) // 2] if setup else None,
-                "setup_ms_max": setup[-1] if setup else None}
+                "setup_ms_max": setup[-1] if setup else None,
+                "ice_dtls_ms_median": ice_dtls[len(ice_dtls) // 2] if ice_dtls else None,
+                "ice_dtls_ms_max": ice_dtls[-1] if ice_dtls else None}
 
     async def end(self, call_ids: list[str]) -> dict:
         """The business terminates these calls (Graph ``terminate``) and closes their media."""

@@ -222,11 +222,22 @@ def _deadline_ok(deadline: float, needed: float) -> bool:
 
 # -- the wacall ramp ----------------------------------------------------------------------------------------
 
-def ramp_wacall(args, steps: list[int], deadline: float, log) -> dict:
+def ramp_wacall(args, steps: list[int], deadline: float, log, media_path: str = "c") -> dict:
+    """The ramp against one wacall; ``media_path`` "python" starts it with WACALL_FASTPATH=0 (every packet in
+    Python, the reference the compiled path is tested against)."""
     from business_peer import WorkerHandle
-    wacall = WacallProcess(extra=["--media-workers", str(args.media_workers)], profile=args.profile_wacall).start()
+    saved = os.environ.get("WACALL_FASTPATH")
+    os.environ["WACALL_FASTPATH"] = "0" if media_path == "python" else "1"
+    try:
+        wacall = WacallProcess(extra=["--media-workers", str(args.media_workers)], profile=args.profile_wacall).start()
+    finally:
+        if saved is None:
+            os.environ.pop("WACALL_FASTPATH", None)
+        else:
+            os.environ["WACALL_FASTPATH"] = saved
     info = wacall.info
-    result: dict = {"steps": [], "wacall_pid": wacall.pid}
+    tag = "wacall" if media_path == "c" else "wacall[python]"
+    result: dict = {"steps": [], "wacall_pid": wacall.pid, "media_path": media_path}
     workers: list = []
     try:
         set_limits(info, max(steps))
@@ -316,12 +327,14 @@ def ramp_wacall(args, steps: list[int], deadline: float, log) -> dict:
             entry = {"calls": step, "active": business["calls"], "setup_failed": n_failed, "why_failed": why,
                      "setup_seconds": round(setup_s, 1), "setup_failures": failures,
                      "setup_ms_median": _pct([a["setup_ms_median"] for a in added if a["setup_ms_median"]], 0.5),
+                     "ice_dtls_ms_median": _pct([a["ice_dtls_ms_median"] for a in added
+                                                 if a.get("ice_dtls_ms_median")], 0.5),
                      "window_seconds": round(window, 2),
                      "user_to_business": business, "business_to_user": relay, "cpu": cpu,
                      "machine_busy": round(busy, 3), "machine": machine, "wacall_rss_mb": round(sum(rss_mb(p) for p in wacall.pids)),
                      "passed": passed}
             result["steps"].append(entry)
-            log(f"wacall {step:5d} calls: loss user->biz {business['loss']:.2%} (delivery "
+            log(f"{tag} {step:5d} calls: loss user->biz {business['loss']:.2%} (delivery "
                 f"{business['delivery']:.1%}), biz->user {relay['loss']:.2%} (delivery "
                 f"{(relay['delivery'] or 0):.1%}, {relay['sampled_calls']} sampled); CPU wacall "
                 f"{cpu['wacall']['cores']:.2f} cores = {cpu['wacall']['ms_per_call_second']:.3f} ms/call-s, "
@@ -419,19 +432,35 @@ def best(steps: list[dict], key: str) -> dict | None:
     return max(passed, key=lambda s: s[key]) if passed else None
 
 
-def report(results: dict, log) -> None:
-    w = results.get("wacall", {}).get("steps", [])
-    a = results.get("aiortc", {}).get("steps", [])
+def _wacall_table(title: str, w: list[dict], log) -> None:
     log("")
-    log("wacall (relay process) + lean business generator, full WebRTC path per call")
+    log(title)
     log(f"{'calls':>6} {'up':>5} {'loss u->b':>10} {'deliv':>7} {'loss b->u':>10} {'deliv':>7} "
-        f"{'wacall cores':>12} {'ms/call-s':>10} {'gen cores':>10} {'gen ms/call-s':>13} {'machine':>8}  result")
+        f"{'wacall cores':>12} {'ms/call-s':>10} {'gen cores':>10} {'gen ms/call-s':>13} {'machine':>8} "
+        f"{'setup ms':>8} {'ICE+DTLS':>8} {'RSS MB':>7}  result")
     for s in w:
         u, r, c = s["user_to_business"], s["business_to_user"], s["cpu"]
         log(f"{s['calls']:>6} {s['active']:>5} {u['loss']:>10.2%} {u['delivery']:>7.1%} {r['loss']:>10.2%} "
             f"{(r['delivery'] or 0):>7.1%} {c['wacall']['cores']:>12.2f} {c['wacall']['ms_per_call_second'] or 0:>10.3f} "
             f"{c['generator']['cores']:>10.2f} {c['generator']['ms_per_call_second'] or 0:>13.3f} "
-            f"{s['machine_busy']:>8.0%}  {'pass' if s['passed'] else 'FAIL'}")
+            f"{s['machine_busy']:>8.0%} {s['setup_ms_median'] or 0:>8.0f} {s.get('ice_dtls_ms_median') or 0:>8.0f} "
+            f"{s['wacall_rss_mb']:>7}  "
+            f"{'pass' if s['passed'] else 'FAIL'}")
+
+
+def report(results: dict, log) -> None:
+    w = results.get("wacall", {}).get("steps", [])
+    a = results.get("aiortc", {}).get("steps", [])
+    if w:
+        _wacall_table("wacall (relay, compiled media path) + lean business generator, full WebRTC path per call", w, log)
+    wp = results.get("wacall_python", {}).get("steps", [])
+    if wp:
+        _wacall_table("wacall with WACALL_FASTPATH=0 (every packet in Python: the fallback)", wp, log)
+        bp = best(wp, "calls")
+        if bp:
+            results.setdefault("summary_python", {})["wacall"] = {
+                "max_calls_under_1pct_loss": bp["calls"],
+                "wacall_ms_per_call_second": bp["cpu"]["wacall"]["ms_per_call_second"]}
     if a:
         log("")
         log("plain aiortc peer pairs (both ends aiortc, pre-encoded Opus out, aiortc decoding in)")
@@ -472,6 +501,10 @@ def report(results: dict, log) -> None:
             f"generator {s['generator_ms_per_call_second']:.3f} ms per call-second")
     else:
         log("wacall: no step passed")
+    if results.get("summary_python"):
+        s = results["summary_python"]["wacall"]
+        log(f"wacall, every packet in Python: {s['max_calls_under_1pct_loss']} concurrent calls with < 1 % loss; "
+            f"wacall CPU {s['wacall_ms_per_call_second']:.3f} ms per call-second")
     if ba:
         s = summary["aiortc"]
         log(f"aiortc: {s['max_pairs_under_1pct_loss']} pairs with < 1 % loss; {s['ms_per_pair_second']:.3f} ms "
@@ -510,7 +543,7 @@ def main() -> None:
     ap.add_argument("--aiortc-steps", default="10,20,30,40,50,70,100,150,200,300,400,500,700,1000",
                     help="steps for the aiortc baseline (finer at the bottom: aiortc tops out far lower)")
     ap.add_argument("--sample", type=int, default=20, help="calls whose relay counters are read from wacall")
-    ap.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run")
+    ap.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
     ap.add_argument("--baseline-reserve", type=float, default=200.0, help="seconds of the budget kept for aiortc")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at the first failing step")
     ap.add_argument("--no-baseline", action="store_true", help="skip the aiortc baseline")
@@ -519,6 +552,9 @@ def main() -> None:
     ap.add_argument("--shared-cert", action="store_true", help="one DTLS certificate per generator process")
     ap.add_argument("--engine", choices=("c", "python"), default="c",
                     help="generator hot path: C (bench/fastpath.c, built with cc) or pure Python")
+    ap.add_argument("--media-path", choices=("c", "python", "both"), default="both",
+                    help="wacall's per-packet path: the compiled one, the pure-Python fallback (WACALL_FASTPATH=0), "
+                         "or both, one ramp after the other (the budget is split between them)")
     ap.add_argument("--profile-wacall", metavar="PATH", help="run wacall under cProfile, write stats to PATH "
                     "(inflates wacall's CPU: use for hot spots, not for the figures)")
     ap.add_argument("--out", help="JSON path (default bench/results/<timestamp>.json)")
@@ -536,7 +572,12 @@ def main() -> None:
     try:
         if not args.only_baseline:
             reserve = 0 if args.no_baseline else args.baseline_reserve
-            results["wacall"] = ramp_wacall(args, steps, started + args.budget - reserve, log)
+            end = started + args.budget - reserve
+            if args.media_path in ("c", "both"):
+                half = started + (args.budget - reserve) / 2 if args.media_path == "both" else end
+                results["wacall"] = ramp_wacall(args, steps, half, log, "c")
+            if args.media_path in ("python", "both"):
+                results["wacall_python"] = ramp_wacall(args, steps, end, log, "python")
         if not args.no_baseline:
             results["aiortc"] = ramp_aiortc(args, a_steps, started + args.budget, log)
     finally:

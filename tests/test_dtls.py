@@ -417,3 +417,29 @@ def test_interop_with_openssl_cli_and_exported_keys(our_role: str, tmp_path) -> 
     assert (ours.local_key_salt, ours.remote_key_salt) == (
         (client_keys, server_keys) if our_role == "client" else (server_keys, client_keys)
     )
+
+
+def test_release_after_the_peer_proved_its_keys_keeps_srtp_and_ignores_late_records() -> None:
+    client, server, wire = connected_pair()
+    late = [x for d, x in wire.log if d == "to_server"][-1]       # the client's last flight, repeated later
+    s_srtp, c_srtp = server.srtp(), client.srtp()
+    assert s_srtp.unprotect(c_srtp.protect(rtp(1))) == rtp(1)
+    server.release()
+    assert server.released and server.state == "connected" and server.srtp() is s_srtp
+    assert server.feed(late) == [] and server.timeout() is None and server.handle_timeout() == []
+    assert c_srtp.unprotect(s_srtp.protect(rtp(2, ssrc=7))) == rtp(2, ssrc=7)
+    assert server.close() == [] and server.state == "closed"
+
+
+def test_sessions_of_one_certificate_share_a_context_but_check_their_own_peer() -> None:
+    wrong = "sha-256 " + ":".join(["AB"] * 32)
+    honest_client, honest_server = sessions()
+    fooled_client, picky_server = sessions(server_sees=wrong)     # this server expects another client
+    assert honest_server._ssl.get_context() is picky_server._ssl.get_context()
+    honest, picky = Wire(honest_client, honest_server), Wire(fooled_client, picky_server)
+    honest.send("to_server", honest_client.start())
+    picky.send("to_server", fooled_client.start())
+    honest.run()
+    picky.run()
+    assert (honest_client.state, honest_server.state) == ("connected", "connected")
+    assert picky_server.state == "failed" and picky_server.failure_reason == "fingerprint mismatch"

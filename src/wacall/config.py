@@ -71,6 +71,7 @@ class Config:
     sip: SipGatewayConfig = field(default_factory=SipGatewayConfig)
     media_workers: int = 0       # 0: media in the server process; N: N worker processes
     media_port: int = 0          # the relay's shared UDP port (worker i: port + i); 0: any free port
+    media_fastpath: bool = True  # [media] fastpath: established legs' packets in C (False: all in Python)
     server: ServerConfig = field(default_factory=ServerConfig)
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
     keep_ended: int = KEEP_ENDED  # [memory] ended calls and done messages kept in memory (older: read from the store)
@@ -220,13 +221,15 @@ def build_config(raw: dict) -> Config:
 
 
 def _media(table: dict) -> dict:
-    media = _take(dict(table), "media", {"workers", "port"})
-    workers, port = media.get("workers", 0), media.get("port", 0)
+    media = _take(dict(table), "media", {"workers", "port", "fastpath"})
+    workers, port, fastpath = media.get("workers", 0), media.get("port", 0), media.get("fastpath", True)
+    if not isinstance(fastpath, bool):
+        raise ValueError("media.fastpath must be true or false")
     if not fields.is_number(workers, integer=True) or workers < 0:
         raise ValueError("media.workers must be a whole number of processes, 0 or more")
     if not fields.is_number(port, integer=True) or not 0 <= port <= 65535:
         raise ValueError("media.port must be a UDP port number (0: any free port)")
-    return {"media_workers": workers, "media_port": port}
+    return {"media_workers": workers, "media_port": port, "media_fastpath": fastpath}
 
 
 def _server_config(table: dict) -> ServerConfig:

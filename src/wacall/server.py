@@ -85,9 +85,9 @@ class Wacall:
         workers, certificate, port = self.config.media_workers, self._relay_certificate(), self.config.media_port
         self.media: MediaEngine | MediaWorkers = (
             MediaWorkers(workers, "127.0.0.1", reporter=self, certificate=certificate, port=port,
-                         recordings=self.recordings) if workers
+                         recordings=self.recordings, fastpath=self.config.media_fastpath) if workers
             else MediaEngine(host="127.0.0.1", reporter=self, certificate=certificate, port=port,
-                             recordings=self.recordings))
+                             recordings=self.recordings, fastpath=self.config.media_fastpath))
         self.legs = LegOwner(self.media, self.apply)      # allocates new calls' legs, releases refused ones
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None

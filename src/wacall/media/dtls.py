@@ -25,6 +25,7 @@ flight fits in one datagram, which is why Meta asks for ECDSA.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Literal
 
@@ -33,16 +34,6 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from .certificate import DtlsCertificate
-
-# One OpenSSL context per (certificate, SRTP profiles), shared by every session made with them: building a
-# context (loading and checking the certificate and key) was ~10 % of a Graph call's CPU. The peer's
-# fingerprint check stays per session: the shared verify callback finds the session through the
-# connection's app data.
-_CONTEXTS: dict[tuple[int, tuple[str, ...]], tuple[DtlsCertificate, SSL.Context]] = {}
-
-
-def _verify_session(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-    return conn.get_app_data()._verify(conn, cert, errno, depth, ok)
 from .srtp import AEAD_AES_128_GCM, AEAD_AES_256_GCM, AES_CM_128_HMAC_SHA1_80, SrtpContext, SrtpProfile, get_profile
 
 __all__ = [
@@ -67,6 +58,18 @@ DEFAULT_MTU = 1200
 
 EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"
 _DTLS1_2_VERSION = 0xFEFD  # pyOpenSSL has no constant for it
+#: One OpenSSL context per (certificate, SRTP profiles), shared by every session made with them (most
+#: recently used last): building a context per session (loading and checking the certificate and key) cost
+#: ~10 % of a Graph call's CPU, ~20 KB and a third of the handshake. The peer's fingerprint check stays per
+#: session: the shared verify callback finds the session through the connection's app data.
+_CONTEXTS: OrderedDict = OrderedDict()
+MAX_CONTEXTS = 32
+
+
+def _verify_session(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    session = conn.get_app_data()
+    return bool(session is not None and session._verify(conn, cert, errno, depth, ok))
+
 _RECORD_HEADER = 13  # type(1) version(2) epoch(2) sequence(6) length(2)
 _CIPHERS = b":".join(
     [
@@ -190,8 +193,8 @@ class DtlsSrtpSession:
         self._local_key_salt: bytes | None = None
         self._remote_key_salt: bytes | None = None
         self._srtp: SrtpContext | None = None
-        self._ssl = SSL.Connection(self._make_context(), None)  # None: memory BIOs
-        self._ssl.set_app_data(self)                            # for the shared context's verify callback
+        self._ssl: SSL.Connection | None = SSL.Connection(self._make_context(), None)  # None: memory BIOs
+        self._ssl.set_app_data(self)                       # the shared context's verify callback finds us
         self._ssl.set_ciphertext_mtu(mtu)
         if role == "client":
             self._ssl.set_connect_state()
@@ -260,7 +263,7 @@ class DtlsSrtpSession:
         Non-DTLS datagrams (RFC 7983 first byte outside 20..63) are ignored; so is everything
         after the session failed or closed. A server that has not been started starts here.
         """
-        if self._state in ("failed", "closed") or not is_dtls(datagram):
+        if self._state in ("failed", "closed") or not is_dtls(datagram) or self._ssl is None:
             return []
         out = self.start() if self._state == "new" else []
         self._ssl.bio_write(datagram)
@@ -275,7 +278,7 @@ class DtlsSrtpSession:
 
         OpenSSL's DTLS timer: 1 s initially, doubling on each retransmission up to 60 s.
         """
-        if self._state not in ("connecting", "connected"):
+        if self._state not in ("connecting", "connected") or self._ssl is None:
             return None
         return self._ssl.DTLSv1_get_timeout()
 
@@ -285,7 +288,7 @@ class DtlsSrtpSession:
         Calling it early does nothing. When OpenSSL gives up (too many retransmissions) the
         session fails.
         """
-        if self._state not in ("connecting", "connected"):
+        if self._state not in ("connecting", "connected") or self._ssl is None:
             return []
         try:
             self._ssl.DTLSv1_handle_timeout()
@@ -298,18 +301,34 @@ class DtlsSrtpSession:
     def close(self) -> list[bytes]:
         """Close the session; returns the close_notify alert to send, if any."""
         out: list[bytes] = []
-        if self._state in ("connecting", "connected"):
+        if self._state in ("connecting", "connected") and self._ssl is not None:
             out = self._shutdown()
         self._state = "closed"
         return out
 
+    def release(self) -> None:
+        """Forget the OpenSSL connection once the peer has shown it holds the keys (its first
+        authenticated SRTP packet, so it needs no retransmitted flight): about 90 KB per call. The
+        state stays ``connected`` and the SRTP context stays; later DTLS records are ignored, and
+        :meth:`close` sends no close_notify (RFC 5764 media ends with the call's signalling)."""
+        if self._state == "connected" and self._srtp is not None:
+            self._ssl = None
+
+    @property
+    def released(self) -> bool:
+        return self._ssl is None
+
     # -- internals ---------------------------------------------------------------------------
 
     def _make_context(self) -> SSL.Context:
-        key = (id(self.certificate), tuple(p.openssl_name.decode() for p in self._profiles))
-        known = _CONTEXTS.get(key)
-        if known is not None and known[0] is self.certificate:
-            return known[1]
+        """One OpenSSL context per certificate and profile list, shared by every session that uses them
+        (a context per session cost ~20 KB and a third of the handshake's CPU); the peer check is per
+        session, through the connection's app data."""
+        key = (id(self.certificate), self._profiles)
+        cached = _CONTEXTS.get(key)
+        if cached is not None and cached[0] is self.certificate:
+            _CONTEXTS.move_to_end(key)
+            return cached[1]
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_min_proto_version(_DTLS1_2_VERSION)
         ctx.set_max_proto_version(_DTLS1_2_VERSION)
@@ -323,9 +342,11 @@ class DtlsSrtpSession:
         ctx.set_tlsext_use_srtp(b":".join(p.openssl_name for p in self._profiles))
         # Self-signed peers: the chain check is replaced by the SDP fingerprint check.
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_session)
-        if len(_CONTEXTS) >= 64:                  # a generator with a certificate per call: stay bounded
-            _CONTEXTS.clear()
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)    # a shared context must not keep every session
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         _CONTEXTS[key] = (self.certificate, ctx)
+        while len(_CONTEXTS) > MAX_CONTEXTS:
+            _CONTEXTS.popitem(last=False)
         return ctx
 
     def _verify(self, _conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 from .audio import PreEncodedAudio
 from .certificate import DtlsCertificate
 from ..domain.sdp import LocalMedia, Negotiated
+from .fastpath import HOUSEKEEPING, load as load_fastpath
 from .leg import MediaLeg
 from .ports import BIND_RETRY_SECONDS, PortSocket, Ports
 from .recording import Recordings
@@ -64,13 +65,15 @@ def loopback6() -> str | None:
 class MediaEngine:
     def __init__(self, host: str = "127.0.0.1", certificate: DtlsCertificate | None = None,
                  reporter: Reporter | None = None, host6: str | None = None, port: int = 0,
-                 recordings: Recordings | None = None) -> None:
+                 recordings: Recordings | None = None, fastpath: bool = True) -> None:
         self.host = host
         self.host6 = host6 if host6 is not None else loopback6()
         self.port = port                                  # 0: any free port (same for IPv6 where possible)
         self.certificate = certificate if certificate is not None else DtlsCertificate.default()
         self.reporter: Reporter = reporter or _Silent()
         self.ports = Ports()
+        # the compiled per-packet path; None: every packet in Python ([media] fastpath = false, WACALL_FASTPATH=0)
+        self.fast = self.ports.fast = load_fastpath() if fastpath else None
         self.endpoints: dict[str, RelayEndpoint] = {}
         self.recordings = recordings                     # None: nothing is recorded
         self.finished: dict[str, dict] = {}              # final statistics of released legs (view dicts)
@@ -231,11 +234,12 @@ class MediaEngine:
         endpoint = self.endpoints.get(call_id)
         if endpoint is None or endpoint.srtp is None or endpoint.dtmf_out is None:
             return False
-        endpoint.phone.press(digits)
+        endpoint.press(digits)
         return True
 
     async def stats(self) -> dict:
-        return {"live": len(self.endpoints), **self.ports.view()}
+        fast = {"fast_legs": len(self.fast.legs), "fast_packets_sent": self.fast.packets_sent} if self.fast else {}
+        return {"live": len(self.endpoints), **self.ports.view(), **fast}
 
     @staticmethod
     def _view(endpoint: RelayEndpoint) -> dict:
@@ -251,6 +255,8 @@ class MediaEngine:
     def flush_recording(self, call_id: str) -> None:
         """Write out what a live call's relay has buffered of its recording."""
         if (endpoint := self.endpoints.get(call_id)) is not None:
+            if endpoint.fast is not None:       # [fastpath] the chunks C kept come first
+                endpoint.fast.take_recording()
             endpoint.phone.flush_recording()
 
     async def recording_wav(self, call_id: str) -> bytes | None:
@@ -268,15 +274,25 @@ class MediaEngine:
     async def _run(self) -> None:
         next_at = time.monotonic()
         last_check = 0.0
+        fast = self.fast
         while self.endpoints:
             now = time.monotonic()
             for endpoint in list(self.endpoints.values()):
+                if endpoint.fast is not None and endpoint.fast.tx:
+                    continue                       # the compiled path sends this one (below)
                 try:
                     endpoint.tick(now)
                 except Exception:
                     log.exception("relay %s: tick failed", endpoint.call_id)
-            if now - last_check >= 0.25:
+            if fast is not None:
+                fast.send()
+            if now - last_check >= HOUSEKEEPING:
                 last_check = now
+                if fast is not None:
+                    try:
+                        fast.housekeeping(time.time())   # RTCP, checkpoints, media seen, for fast legs
+                    except Exception:
+                        log.exception("media: fast path housekeeping failed")
                 self.check_timeouts()
             next_at += TICK
             delay = next_at - time.monotonic()

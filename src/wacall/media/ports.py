@@ -28,7 +28,7 @@ import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .stun import is_stun, peek_username
 
@@ -43,6 +43,9 @@ MAX_CLAIM_TRIES = 32
 STRANGER_TTL = 5.0
 MAX_STRANGERS = 4096
 BIND_RETRY_SECONDS = 3.0
+#: [fastpath] after draining a shared socket, wait this long before watching it again, so each wake-up
+#: takes a batch of datagrams (recvmmsg) instead of one or two; media is at most this much later
+COALESCE_SECONDS = 0.002
 
 
 class Leg(Protocol):
@@ -100,6 +103,60 @@ class PortSocket(asyncio.DatagramProtocol):
             self.transport = None
 
 
+class FastPortSocket(PortSocket):
+    """[fastpath] A shared socket read by the compiled path (``recvmmsg``) instead of asyncio: the
+    media of established legs stays in C, every other datagram goes to :meth:`Ports.route` as before."""
+
+    def __init__(self, router: Ports, family: int, sock: socket.socket) -> None:
+        super().__init__(router, family)
+        self.sock: socket.socket | None = sock
+        self.fd = sock.fileno()
+        self.host, self.port = sock.getsockname()[:2]
+        for option, size in ((socket.SO_RCVBUF, RCVBUF), (socket.SO_SNDBUF, SNDBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+            except OSError:
+                pass
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.fd, self._readable)
+        self._watching = True
+
+    def _readable(self) -> None:
+        try:
+            self.router.fast.drain(self)
+        except Exception:       # a bug here must not stop the socket being read
+            log.exception("media: the compiled receive path failed")
+        if self.sock is not None and COALESCE_SECONDS > 0:
+            self.loop.remove_reader(self.fd)
+            self._watching = False
+            self.loop.call_later(COALESCE_SECONDS, self._watch)
+
+    def _watch(self) -> None:
+        if self.sock is not None and not self._watching:
+            self.loop.add_reader(self.fd, self._readable)
+            self._watching = True
+
+    def sendto(self, data: bytes, addr: Addr) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self.router.stats["send_errors"] += 1     # a full send buffer drops the datagram, as UDP does
+            except OSError:
+                self.router.stats["send_errors"] += 1
+
+    @property
+    def is_open(self) -> bool:
+        return self.sock is not None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            if self._watching:
+                self.loop.remove_reader(self.fd)
+            self.sock.close()
+            self.sock = None
+
+
 @dataclass
 class Ports:
     """The shared sockets of one media engine and the routing of datagrams to legs."""
@@ -112,6 +169,7 @@ class Ports:
     waiting: dict[str, Leg] = field(default_factory=dict)      # SDES legs that may claim a new source
     strangers: OrderedDict = field(default_factory=OrderedDict)
     early: OrderedDict = field(default_factory=OrderedDict)    # RTP-looking packets per unknown source
+    fast: Any = None                                            # [fastpath] wacall.media.fastpath.FastPath
 
     # -- sockets ------------------------------------------------------------------------------------
     async def bind(self, host: str, port: int = 0, *, retry: float = 0.0) -> PortSocket:
@@ -126,6 +184,9 @@ class Ports:
             if port and (host, port) in self.sockets and self.sockets[(host, port)].is_open:
                 return self.sockets[(host, port)]
             try:
+                if self.fast is not None:                  # [fastpath] read by C, not by asyncio
+                    sock = self._bind_fast(host, port, family)
+                    break
                 _, sock = await loop.create_datagram_endpoint(lambda: PortSocket(self, family),
                                                               local_addr=(host, port), family=family)
                 break
@@ -135,6 +196,18 @@ class Ports:
                 await asyncio.sleep(0.1)
         self.sockets[(sock.host, sock.port)] = sock
         return sock
+
+    def _bind_fast(self, host: str, port: int, family: int) -> FastPortSocket:
+        raw = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            raw.setblocking(False)
+            raw.bind((host, port))
+        except OSError:
+            raw.close()
+            raise
+        return FastPortSocket(self, family, raw)
 
     def close(self) -> None:
         for sock in self.sockets.values():

@@ -30,7 +30,7 @@ import functools
 import logging
 import struct
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..domain.ends import MediaFact
 from ..domain.sdp import Negotiated, parse_crypto
@@ -108,12 +108,15 @@ class RelayEndpoint:
         self._last_checkpoint = 0.0
         self._dtls_timer: asyncio.TimerHandle | None = None
         self.restored = False                               # carried on from a previous relay process
+        self.fast: Any = None          # [fastpath] a media.fastpath.FastLeg while the compiled path carries this leg
 
     # -- plumbing ----------------------------------------------------------------------------------
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.fast is not None:                           # [fastpath] what C holds comes back first
+            self.fast.release()
         if self._dtls_timer:
             self._dtls_timer.cancel()
         if self.dtmf_in:
@@ -126,6 +129,8 @@ class RelayEndpoint:
         """A restored leg that cannot carry media (its port is taken, nothing was saved, or the saved state
         is unusable): nothing is routed here nor sent, and the user's patience (:meth:`check_timeouts`)
         ends the call as it would if Meta's relay vanished."""
+        if self.fast is not None:                           # [fastpath]
+            self.fast.release()
         self.ports.remove(self)
         self.sock = self.sock6 = None
         self.remote, self._remote_sock = None, None
@@ -141,6 +146,8 @@ class RelayEndpoint:
             self.reporter.persist(self.call_id, {"remote": list(addr)})
         self.remote = addr
         self._remote_sock = self._sock_for(addr) if addr else None
+        if self.fast is not None:                           # [fastpath] C sends there, and takes media from there
+            self.fast.rebind()
 
     def _send(self, data: bytes, addr: Addr | None = None) -> None:
         if addr is None:
@@ -333,6 +340,8 @@ class RelayEndpoint:
         if not self.business_sent_first:
             self.business_sent_first = True
             self.first_packet_at = now
+            if self.dtls is not None:       # its SRTP proves the business has our last flight: ~90 KB freed
+                self.dtls.release()
             self.ports.expect_claims(self, False)
             connected_at = self.phone.connected_at
             after = None if connected_at is None else round((now - connected_at) * 1000)
@@ -352,16 +361,26 @@ class RelayEndpoint:
         if codec is not None:
             phone.hear(codec, plain)
         elif payload_type == self._te_pt:
-            try:
-                packet = RtpPacket.parse(plain)
-            except RtpError:
-                self._note_once("rtp_malformed")
-                return
-            for digit in self.dtmf_in.receive(packet, arrival):
-                phone.heard_digit(digit)
+            self._on_event(plain, arrival)
         elif payload_type not in self.wrong_payload_types:
             self.wrong_payload_types.add(payload_type)
             self.reporter.note(self.call_id, "wrong_payload_type", payload_type=payload_type)
+
+    def _on_event(self, plain: bytes, arrival: float) -> None:
+        """An RFC 4733 telephone-event packet (already counted in the statistics): digits for the phone."""
+        try:
+            packet = RtpPacket.parse(plain)
+        except RtpError:
+            self._note_once("rtp_malformed")
+            return
+        for digit in self.dtmf_in.receive(packet, arrival):
+            self.phone.heard_digit(digit)
+
+    def press(self, digits: str) -> None:
+        """The user presses keys: its phone has them sent on the next 20 ms tick, by Python."""
+        self.phone.press(digits)
+        if self.fast is not None:                           # [fastpath] Python sends while the keys are pressed
+            self.fast.stop_tx()
 
     def tick(self, now: float) -> None:
         """One 20 ms interval: the user's microphone and DTMF, and RTCP every few seconds."""
@@ -394,12 +413,26 @@ class RelayEndpoint:
             self._send(self.srtp.protect(header + frame))
             self.packets_sent += 1
         self.stream.advance()
-        wall = time.time()
+        self.reports(time.time())
+        if self.ports.fast is not None and not phone.keys and not (self.dtmf_out and self.dtmf_out.busy):
+            self.ports.fast.promote(self)                   # [fastpath] established: C carries it from here
+
+    def reports(self, wall: float, before: Callable[[], None] | None = None) -> bool:
+        """An RTCP report every ``RTCP_INTERVAL`` and a checkpoint every ``CHECKPOINT_INTERVAL`` (from
+        :meth:`tick`, or from the compiled path's housekeeping, which brings what C counted first:
+        ``before``). True when a report went out."""
+        sent = False
         if wall - self._last_rtcp >= RTCP_INTERVAL:
+            if before is not None:
+                before()
             self._last_rtcp = wall
             self._send_rtcp(wall)
+            sent = True
         if wall - self._last_checkpoint >= CHECKPOINT_INTERVAL:
+            if before is not None:
+                before()
             self._checkpoint(wall)
+        return sent
 
     def _send_rtcp(self, wall: float) -> None:
         sender = (ntp_timestamp(wall), self.stream.timestamp, self.stream.packet_count, self.stream.octet_count)
@@ -482,6 +515,8 @@ class RelayEndpoint:
 
     # -- what the inspector shows ---------------------------------------------------------------------
     def view(self) -> dict:
+        if self.fast is not None:                           # [fastpath] what C counted, first
+            self.fast.sync()
         phone = self.phone
         level = phone.level_dbfs()
         return {

@@ -73,10 +73,11 @@ class MediaWorkers:
 
     def __init__(self, count: int, host: str = "127.0.0.1", reporter: Reporter | None = None,
                  certificate: DtlsCertificate | None = None, port: int = 0,
-                 recordings: Recordings | None = None) -> None:
+                 recordings: Recordings | None = None, fastpath: bool = True) -> None:
         if count < 1:
             raise ValueError("media workers: at least one")
         self.count, self.host, self.port = count, host, port
+        self.fastpath = fastpath
         self.reporter = reporter
         self.certificate = certificate
         self._by_port: dict[int, _Worker] = {}      # restored ports → the worker that bound them
@@ -102,6 +103,7 @@ class MediaWorkers:
                       repr(self.recordings.max_seconds)])
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wacall.media.workers", "--host", self.host, "--port", str(port), *recording,
+            *([] if self.fastpath else ["--no-fastpath"]),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=PIPE_LIMIT)
         worker = _Worker(index, process)
         worker.reader = asyncio.get_running_loop().create_task(self._read(worker))
@@ -306,9 +308,9 @@ def _emit(message: dict) -> None:
     sys.stdout.buffer.flush()
 
 
-async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None) -> None:
+async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None, fastpath: bool = True) -> None:
     reporter = _PipeReporter()
-    engine = MediaEngine(host=host, reporter=reporter, port=port, recordings=recordings)
+    engine = MediaEngine(host=host, reporter=reporter, port=port, recordings=recordings, fastpath=fastpath)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=PIPE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -361,13 +363,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="the shared media port (0: any free port)")
     parser.add_argument("--recordings-dir", help="where the calls' recordings go (none without)")
     parser.add_argument("--recording-max-seconds", type=float, default=180.0)
+    parser.add_argument("--no-fastpath", action="store_true", help="every packet in Python (no compiled path)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s media-worker[%(process)d] %(name)s: %(message)s")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         recordings = (Recordings(args.recordings_dir, max_seconds=args.recording_max_seconds)
                       if args.recordings_dir else None)
-        runner.run(_serve_pipe(args.host, args.port, recordings))
+        runner.run(_serve_pipe(args.host, args.port, recordings, fastpath=not args.no_fastpath))
 
 
 if __name__ == "__main__":

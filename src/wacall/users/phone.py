@@ -96,7 +96,7 @@ class Phone:
     times come in as arguments (the platform's virtual clock), the phone keeps none of its own."""
 
     __slots__ = ("_note", "audio", "is_caller", "connected_at", "answered_at", "microphone", "keys",
-                 "recording", "heard_codec", "_recent", "digits_received", "digits_sent", "_waited", "_noted")
+                 "recording", "heard_codec", "recent", "digits_received", "digits_sent", "_waited", "_noted")
 
     def __init__(self, note: Note) -> None:
         self._note = note
@@ -108,7 +108,7 @@ class Phone:
         self.keys = ""                               # pressed, not yet handed to the transport
         self.recording: RecordingWriter | None = None    # set by the engine: the file of what is heard
         self.heard_codec: str | None = None
-        self._recent: deque[bytes] = deque(maxlen=LEVEL_PACKETS)   # the last packets heard (plain RTP)
+        self.recent: deque[bytes] = deque(maxlen=LEVEL_PACKETS)   # the last packets heard (plain RTP)
         self.digits_received: list[dict] = []
         self.digits_sent: list[str] = []
         self._waited = 0
@@ -159,7 +159,7 @@ class Phone:
                 self._note_once("codec_switch", codec=codec)
                 return
             self.heard_codec = codec
-        self._recent.append(plain)
+        self.recent.append(plain)
         if self.recording is not None:
             self.recording.add(codec, plain)
 
@@ -170,9 +170,9 @@ class Phone:
 
     def level_dbfs(self) -> float | None:
         """The level of the last 200 ms heard (decoded now from the last packets), None before any."""
-        if not self._recent or self.heard_codec is None:
+        if not self.recent or self.heard_codec is None:
             return None
-        return decode(self.heard_codec, list(self._recent)).level_dbfs
+        return decode(self.heard_codec, list(self.recent)).level_dbfs
 
     def flush_recording(self) -> None:
         """Write what is buffered of the recording to its file (before someone reads it, and at the end)."""
