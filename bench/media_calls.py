@@ -534,7 +534,7 @@ def main() -> None:
     ap.add_argument("--max", type=int, default=1000, help="drop steps above this (and end on it)")
     ap.add_argument("--hold-seconds", type=float, default=10.0, help="measurement window per step")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds between a step's set-up and its window")
-    ap.add_argument("--workers", type=int, default=1, help="generator processes")
+    ap.add_argument("--workers", type=int, default=2, help="generator processes (one alone falls behind at 1000 calls)")
     ap.add_argument("--media-workers", type=int, default=2,
                     help="wacall's media worker processes (0: media in the server process, pinned to CPU 0)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
