@@ -22,7 +22,7 @@ import pytest
 
 from wacall.media import fastpath as fastpath_module
 from wacall.media import relay as relay_module
-from wacall.domain.sdp import build_meta_offer, negotiate
+from wacall.domain.sdp import build_meta_answer, build_meta_offer, negotiate, parse_sdp
 from wacall.media.audio import PreEncodedAudio
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.dtmf import RtpStreamState
@@ -220,3 +220,30 @@ def test_config_media_fastpath() -> None:
     raw["media"]["fastpath"] = "no"
     with pytest.raises(ValueError, match="media.fastpath"):
         build_config(raw)
+
+
+async def test_events_on_the_negotiated_pt_do_not_count_for_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIP business's telephone-event is often PT 101, not Meta's 126: its packets (timestamp held at the
+    event's onset, RFC 4733 §2.5.1.2) count for loss but never for jitter (RFC 3550 A.8), on either path."""
+    clock = {"t": 5000.0}
+    monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=lambda: clock["t"], time=lambda: 1.8e9))
+    ports = Ports()
+    sock = await ports.bind("127.0.0.1", 0)
+    cert = DtlsCertificate.default()
+    leg = MediaLeg.create("wacid.TE101", host=sock.host, port=sock.port, fingerprint=cert.fingerprint)
+    endpoint = RelayEndpoint(leg, cert, _FixedClock(), ports, sock)
+    ports.add(endpoint)
+    business = _business_sdp(40000).replace(" 126", " 101").replace("rtpmap:126", "rtpmap:101")
+    meta = build_meta_answer(leg.local, parse_sdp(business), key_exchange="SDES")   # the business offers
+    endpoint.configure(negotiate(meta, business, "SDES"), "silence")
+    endpoint.phone.connected(99.0)
+    assert endpoint._te_pt == 101
+    seq = 1
+    endpoint._on_rtp(_rtp(111, seq, 0, b"\x78" * 40), ("127.0.0.1", 40000))
+    for i in range(6):                                   # one event, 50 ms apart, onset timestamp held
+        seq, clock["t"] = seq + 1, clock["t"] + 0.05
+        endpoint._on_rtp(_rtp(101, seq, 960, struct.pack("!BBH", 3, 10, 400 * (i + 1))), ("127.0.0.1", 40000))
+    source = endpoint.stats.sources[BUSINESS_SSRC]
+    assert source.received == 7 and source.jitter == 0.0
+    endpoint.close()
+    ports.close()

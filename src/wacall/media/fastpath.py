@@ -281,7 +281,7 @@ class FastLeg:
         stats = endpoint.stats
         phone = endpoint.phone
         return (not self.rx and not self.rx_given_up and self.remote is not None and phone.heard_codec is not None
-                and len(stats.sources) == 1 and len(stats.event_payload_types) <= 1
+                and len(stats.sources) == 1
                 and phone.answered_at is not None and endpoint.business_sent_first)
 
     def start_rx(self) -> None:
@@ -295,7 +295,7 @@ class FastLeg:
         c.ssrc = source.ssrc
         c.codec_pt = codec_pt
         c.te_pt = endpoint._te_pt
-        c.event_pt = next(iter(stats.event_payload_types), -1)
+        c.event_pt = endpoint._te_pt                 # as Python's stats: events count for loss, not jitter
         c.clock_rate = float(source.clock_rate)
         for name in ("max_seq", "cycles", "base_seq", "bad_seq", "probation", "received", "expected_prior",
                      "received_prior", "jitter", "octets", "duplicates_or_late", "restarts",

@@ -171,6 +171,7 @@ class RelayEndpoint:
         self.negotiated = n = negotiated
         te = n.telephone_event_pt
         self._te_pt = te
+        self.stats.event_payload_types = frozenset({te})   # RFC 4733 packets count for loss, not jitter
         self._codec_by_pt = n.audio_codecs
         self.dtmf_out = DtmfSender(self.stream, payload_type=te)
         self.dtmf_in = DtmfReceiver(payload_type=te)
