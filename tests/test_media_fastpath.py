@@ -247,3 +247,65 @@ async def test_events_on_the_negotiated_pt_do_not_count_for_jitter(monkeypatch: 
     assert source.received == 7 and source.jitter == 0.0
     endpoint.close()
     ports.close()
+
+
+async def test_a_report_sent_while_keys_are_pressed_has_what_c_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the user presses keys Python sends (the compiled path keeps the receive side): the RTCP report
+    Python sends then carries what C counted, not the counts of the moment the leg went fast."""
+    from wacall.media.rtcp import RtcpSenderReport, parse_rtcp
+
+    PreEncodedAudio.get("tone:440")
+    monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=time.monotonic, time=lambda: 1.8e9))
+    ports = Ports()
+    fast = ports.fast = FastPath()
+    sock = await ports.bind("127.0.0.1", 0)
+    business = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    business.bind(("127.0.0.1", 0))
+    business.setblocking(False)
+    cert = DtlsCertificate.default()
+    leg = MediaLeg.create("wacid.KEYS", host=sock.host, port=sock.port, fingerprint=cert.fingerprint)
+    leg.local = dataclasses.replace(leg.local, sdes_key_b64=META_KEY)
+    endpoint = RelayEndpoint(leg, cert, _FixedClock(), ports, sock)
+    ports.add(endpoint)
+    endpoint.configure(negotiate(build_meta_offer(leg.local, key_exchange="SDES"),
+                                 _business_sdp(business.getsockname()[1]), "SDES"), "tone:440")
+    endpoint.phone.connected(99.0)
+    tx, rx = _session(BUSINESS_KEY, True), _session(base64.b64decode(META_KEY), False)
+
+    async def send(seq: int) -> None:
+        before = leg.packets_received + (int(endpoint.fast.c.datagrams) if endpoint.fast else 0)
+        business.sendto(tx.protect(_rtp(111, seq, seq * 960, b"\x78" * 40)), (sock.host, sock.port))
+        deadline = time.monotonic() + 2
+        while leg.packets_received + (int(endpoint.fast.c.datagrams) if endpoint.fast else 0) == before \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+
+    await send(1)
+    for _ in range(3):
+        endpoint.tick(0.0)                                 # the user answers and talks: the leg goes fast
+    assert endpoint.fast is not None and endpoint.fast.rx and endpoint.fast.tx
+    for seq in range(2, 40):
+        await send(seq)                                    # counted by C only
+    endpoint.press("1")
+    await asyncio.sleep(0.02)
+    while True:                                            # what was sent so far
+        try:
+            business.recv(2048)
+        except BlockingIOError:
+            break
+    endpoint._last_rtcp = 0.0                              # a report is due on this tick
+    endpoint.tick(0.0)
+    await asyncio.sleep(0.02)
+    reports = []
+    while True:
+        try:
+            packet = business.recv(2048)
+        except BlockingIOError:
+            break
+        if is_rtcp(packet):
+            reports += [r for r in parse_rtcp(rx.unprotect_rtcp(packet)) if isinstance(r, RtcpSenderReport)]
+    endpoint.close()
+    ports.close()
+    business.close()
+    assert fast is not None and len(reports) == 1
+    assert reports[0].reports[0].highest_sequence == 39      # not 1: the packets C received are in it

@@ -402,13 +402,17 @@ class FastLeg:
             self.take_recording()
 
     def housekeeping(self, wall: float) -> None:
-        endpoint, c = self.endpoint, self.c
+        c = self.c
         c.media_flag = 0                       # the next media packet tells Python again (last_media_at)
         if not self.rx:
             self.start_rx()                    # e.g. a restored leg, once its first packet came through Python
         if not self.tx:
-            return
-        if endpoint.reports(wall, before=self.sync):
+            return                             # Python sends (keys pressed): its tick reports, through here
+        self.reports(wall)
+
+    def reports(self, wall: float) -> None:
+        """The endpoint's RTCP reports and checkpoints, with what C counted brought in first."""
+        if self.endpoint.reports(wall, before=self.sync):
             self._push_report_marks()
 
     def release(self) -> None:

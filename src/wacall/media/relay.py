@@ -414,7 +414,10 @@ class RelayEndpoint:
             self._send(self.srtp.protect(header + frame))
             self.packets_sent += 1
         self.stream.advance()
-        self.reports(time.time())
+        if self.fast is not None:                           # [fastpath] C may still carry the receive side
+            self.fast.reports(time.time())
+        else:
+            self.reports(time.time())
         if self.ports.fast is not None and not phone.keys and not (self.dtmf_out and self.dtmf_out.busy):
             self.ports.fast.promote(self)                   # [fastpath] established: C carries it from here
 
