@@ -237,7 +237,7 @@ class FastLeg:
         endpoint, c = self.endpoint, self.c
         if self.tx or not endpoint.sending or self.remote is None:
             return
-        microphone = endpoint._microphone
+        microphone = endpoint.phone.microphone
         if microphone is None:
             return
         index = self.fast.frame_set(microphone.frames)
@@ -271,8 +271,8 @@ class FastLeg:
         stream.timestamp = int(c.ts)
         stream.packet_count = int(c.packet_count)
         stream.octet_count = int(c.octet_count)
-        if endpoint._microphone is not None:
-            endpoint._microphone.position = int(c.frame_index)
+        if endpoint.phone.microphone is not None:
+            endpoint.phone.microphone.position = int(c.frame_index)
         endpoint.packets_sent = int(c.packets_sent)
 
     # -- what the user hears ------------------------------------------------------------------------------
