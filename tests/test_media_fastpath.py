@@ -103,21 +103,27 @@ class _FixedClock(_Silent):
         return 100.0
 
 
-async def _run(compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    PreEncodedAudio.get("tone:440")                                # the microphone's frames, encoded once
-    clock = {"t": 5000.0}
-    monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=lambda: clock["t"],
-                                                                    time=lambda: 1.8e9))
+async def _sdes_leg(compiled: bool, call_id: str, **local) -> tuple:
+    """A relay endpoint on its own shared port (C reading it or not), and the business's socket."""
     ports = Ports()
-    fast = ports.fast = FastPath() if compiled else None
+    ports.fast = FastPath() if compiled else None
     sock = await ports.bind("127.0.0.1", 0)
     business = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     business.bind(("127.0.0.1", 0))
     business.setblocking(False)
     cert = DtlsCertificate.default()
-    leg = MediaLeg.create("wacid.FAST", host=sock.host, port=sock.port, fingerprint=cert.fingerprint)
-    leg.local = dataclasses.replace(leg.local, ssrc=0xCAFE0001, sdes_key_b64=META_KEY)
-    endpoint = RelayEndpoint(leg, cert, _FixedClock(), ports, sock)
+    leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=cert.fingerprint)
+    leg.local = dataclasses.replace(leg.local, sdes_key_b64=META_KEY, **local)
+    return ports, sock, business, leg, RelayEndpoint(leg, cert, _FixedClock(), ports, sock)
+
+
+async def _run(compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    PreEncodedAudio.get("tone:440")                                # the microphone's frames, encoded once
+    clock = {"t": 5000.0}
+    monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=lambda: clock["t"],
+                                                                    time=lambda: 1.8e9))
+    ports, sock, business, leg, endpoint = await _sdes_leg(compiled, "wacid.FAST", ssrc=0xCAFE0001)
+    fast = ports.fast
     endpoint.stream = RtpStreamState(ssrc=leg.ssrc, sequence_number=65533, timestamp=4_000_000_000)
     endpoint._first_seq = 65533
     endpoint.phone.recording = RecordingWriter(tmp_path / f"{compiled}.rec", clock=lambda: 1.8e9, max_packets=1000,
@@ -256,16 +262,8 @@ async def test_a_report_sent_while_keys_are_pressed_has_what_c_received(monkeypa
 
     PreEncodedAudio.get("tone:440")
     monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=time.monotonic, time=lambda: 1.8e9))
-    ports = Ports()
-    fast = ports.fast = FastPath()
-    sock = await ports.bind("127.0.0.1", 0)
-    business = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    business.bind(("127.0.0.1", 0))
-    business.setblocking(False)
-    cert = DtlsCertificate.default()
-    leg = MediaLeg.create("wacid.KEYS", host=sock.host, port=sock.port, fingerprint=cert.fingerprint)
-    leg.local = dataclasses.replace(leg.local, sdes_key_b64=META_KEY)
-    endpoint = RelayEndpoint(leg, cert, _FixedClock(), ports, sock)
+    ports, sock, business, leg, endpoint = await _sdes_leg(True, "wacid.KEYS")
+    fast = ports.fast
     ports.add(endpoint)
     endpoint.configure(negotiate(build_meta_offer(leg.local, key_exchange="SDES"),
                                  _business_sdp(business.getsockname()[1]), "SDES"), "tone:440")
