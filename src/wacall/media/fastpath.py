@@ -173,7 +173,7 @@ class FastPath:
             leg.housekeeping(wall)
 
 
-_U16 = struct.Struct("=i")
+_RECENT_LENGTH = struct.Struct("=i")     # fp_leg_recent: each packet after its native int32 length
 
 
 class FastLeg:
@@ -353,7 +353,7 @@ class FastLeg:
             raw = self.fast.ffi.buffer(buf, size)[:]
             recent, pos = [], 0
             while pos < size:
-                (length,) = _U16.unpack_from(raw, pos)
+                (length,) = _RECENT_LENGTH.unpack_from(raw, pos)
                 recent.append(raw[pos + 4:pos + 4 + length])
                 pos += 4 + length
             keep = self._recent_before[-(RING - ring_n):] if ring_n < RING else []
