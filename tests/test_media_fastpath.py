@@ -22,7 +22,7 @@ import pytest
 
 from wacall.media import fastpath as fastpath_module
 from wacall.media import relay as relay_module
-from wacall.domain.sdp import build_meta_offer, negotiate
+from wacall.domain.sdp import build_meta_answer, build_meta_offer, negotiate, parse_sdp
 from wacall.media.audio import PreEncodedAudio
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.dtmf import RtpStreamState
@@ -103,21 +103,27 @@ class _FixedClock(_Silent):
         return 100.0
 
 
-async def _run(compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    PreEncodedAudio.get("tone:440")                                # the microphone's frames, encoded once
-    clock = {"t": 5000.0}
-    monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=lambda: clock["t"],
-                                                                    time=lambda: 1.8e9))
+async def _sdes_leg(compiled: bool, call_id: str, **local) -> tuple:
+    """A relay endpoint on its own shared port (C reading it or not), and the business's socket."""
     ports = Ports()
-    fast = ports.fast = FastPath() if compiled else None
+    ports.fast = FastPath() if compiled else None
     sock = await ports.bind("127.0.0.1", 0)
     business = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     business.bind(("127.0.0.1", 0))
     business.setblocking(False)
     cert = DtlsCertificate.default()
-    leg = MediaLeg.create("wacid.FAST", host=sock.host, port=sock.port, fingerprint=cert.fingerprint)
-    leg.local = dataclasses.replace(leg.local, ssrc=0xCAFE0001, sdes_key_b64=META_KEY)
-    endpoint = RelayEndpoint(leg, cert, _FixedClock(), ports, sock)
+    leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=cert.fingerprint)
+    leg.local = dataclasses.replace(leg.local, sdes_key_b64=META_KEY, **local)
+    return ports, sock, business, leg, RelayEndpoint(leg, cert, _FixedClock(), ports, sock)
+
+
+async def _run(compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    PreEncodedAudio.get("tone:440")                                # the microphone's frames, encoded once
+    clock = {"t": 5000.0}
+    monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=lambda: clock["t"],
+                                                                    time=lambda: 1.8e9))
+    ports, sock, business, leg, endpoint = await _sdes_leg(compiled, "wacid.FAST", ssrc=0xCAFE0001)
+    fast = ports.fast
     endpoint.stream = RtpStreamState(ssrc=leg.ssrc, sequence_number=65533, timestamp=4_000_000_000)
     endpoint._first_seq = 65533
     endpoint.phone.recording = RecordingWriter(tmp_path / f"{compiled}.rec", clock=lambda: 1.8e9, max_packets=1000,
@@ -220,3 +226,84 @@ def test_config_media_fastpath() -> None:
     raw["media"]["fastpath"] = "no"
     with pytest.raises(ValueError, match="media.fastpath"):
         build_config(raw)
+
+
+async def test_events_on_the_negotiated_pt_do_not_count_for_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIP business's telephone-event is often PT 101, not Meta's 126: its packets (timestamp held at the
+    event's onset, RFC 4733 §2.5.1.2) count for loss but never for jitter (RFC 3550 A.8), on either path."""
+    clock = {"t": 5000.0}
+    monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=lambda: clock["t"], time=lambda: 1.8e9))
+    ports = Ports()
+    sock = await ports.bind("127.0.0.1", 0)
+    cert = DtlsCertificate.default()
+    leg = MediaLeg.create("wacid.TE101", host=sock.host, port=sock.port, fingerprint=cert.fingerprint)
+    endpoint = RelayEndpoint(leg, cert, _FixedClock(), ports, sock)
+    ports.add(endpoint)
+    business = _business_sdp(40000).replace(" 126", " 101").replace("rtpmap:126", "rtpmap:101")
+    meta = build_meta_answer(leg.local, parse_sdp(business), key_exchange="SDES")   # the business offers
+    endpoint.configure(negotiate(meta, business, "SDES"), "silence")
+    endpoint.phone.connected(99.0)
+    assert endpoint._te_pt == 101
+    seq = 1
+    endpoint._on_rtp(_rtp(111, seq, 0, b"\x78" * 40), ("127.0.0.1", 40000))
+    for i in range(6):                                   # one event, 50 ms apart, onset timestamp held
+        seq, clock["t"] = seq + 1, clock["t"] + 0.05
+        endpoint._on_rtp(_rtp(101, seq, 960, struct.pack("!BBH", 3, 10, 400 * (i + 1))), ("127.0.0.1", 40000))
+    source = endpoint.stats.sources[BUSINESS_SSRC]
+    assert source.received == 7 and source.jitter == 0.0
+    endpoint.close()
+    ports.close()
+
+
+async def test_a_report_sent_while_keys_are_pressed_has_what_c_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the user presses keys Python sends (the compiled path keeps the receive side): the RTCP report
+    Python sends then carries what C counted, not the counts of the moment the leg went fast."""
+    from wacall.media.rtcp import RtcpSenderReport, parse_rtcp
+
+    PreEncodedAudio.get("tone:440")
+    monkeypatch.setattr(relay_module, "time", types.SimpleNamespace(monotonic=time.monotonic, time=lambda: 1.8e9))
+    ports, sock, business, leg, endpoint = await _sdes_leg(True, "wacid.KEYS")
+    fast = ports.fast
+    ports.add(endpoint)
+    endpoint.configure(negotiate(build_meta_offer(leg.local, key_exchange="SDES"),
+                                 _business_sdp(business.getsockname()[1]), "SDES"), "tone:440")
+    endpoint.phone.connected(99.0)
+    tx, rx = _session(BUSINESS_KEY, True), _session(base64.b64decode(META_KEY), False)
+
+    async def send(seq: int) -> None:
+        before = leg.packets_received + (int(endpoint.fast.c.datagrams) if endpoint.fast else 0)
+        business.sendto(tx.protect(_rtp(111, seq, seq * 960, b"\x78" * 40)), (sock.host, sock.port))
+        deadline = time.monotonic() + 2
+        while leg.packets_received + (int(endpoint.fast.c.datagrams) if endpoint.fast else 0) == before \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+
+    await send(1)
+    for _ in range(3):
+        endpoint.tick(0.0)                                 # the user answers and talks: the leg goes fast
+    assert endpoint.fast is not None and endpoint.fast.rx and endpoint.fast.tx
+    for seq in range(2, 40):
+        await send(seq)                                    # counted by C only
+    endpoint.press("1")
+    await asyncio.sleep(0.02)
+    while True:                                            # what was sent so far
+        try:
+            business.recv(2048)
+        except BlockingIOError:
+            break
+    endpoint._last_rtcp = 0.0                              # a report is due on this tick
+    endpoint.tick(0.0)
+    await asyncio.sleep(0.02)
+    reports = []
+    while True:
+        try:
+            packet = business.recv(2048)
+        except BlockingIOError:
+            break
+        if is_rtcp(packet):
+            reports += [r for r in parse_rtcp(rx.unprotect_rtcp(packet)) if isinstance(r, RtcpSenderReport)]
+    endpoint.close()
+    ports.close()
+    business.close()
+    assert fast is not None and len(reports) == 1
+    assert reports[0].reports[0].highest_sequence == 39      # not 1: the packets C received are in it

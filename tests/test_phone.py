@@ -15,7 +15,7 @@ from wacall.media.dtmf import DtmfDigit
 from wacall.media.recording import Recordings, read_packets
 from wacall.media.rtp import RTP_HEADER
 from wacall.users import phone as phone_module
-from wacall.users.phone import NO_MEDIA_AT_START, SILENCE, G711Loop, Microphone, Phone
+from wacall.users.phone import NO_MEDIA_AT_START, SILENCE, G711Loop, Phone
 
 
 class Clock:
@@ -149,13 +149,6 @@ def test_the_microphone_is_the_pre_encoded_source_looped():
     assert microphone.frames is frames                             # shared between calls, not copied
     assert [microphone.next() for _ in range(len(frames) + 2)] == frames + frames[:2]
     assert notes == [("user_media_started", {"codec": "opus"})]
-
-
-def test_a_batch_of_frames_is_the_same_as_one_at_a_time():
-    one, batch = Microphone([b"a", b"b", b"c"]), Microphone([b"a", b"b", b"c"])
-    assert batch.take(7) == [one.next() for _ in range(7)] == [b"a", b"b", b"c", b"a", b"b", b"c", b"a"]
-    assert batch.position == one.position == 7
-    assert batch.take(0) == [] and batch.next() == b"b"
 
 
 def test_g711_frames_are_160_bytes_of_20_ms():

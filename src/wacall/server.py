@@ -34,7 +34,6 @@ from .control.routes import CONTROL, ControlHost, control_routes
 from .domain.clock import VirtualClock
 from .domain.ends import MediaFact
 from .domain.events import EventRegistry, MediaConfigure, MediaConnected, ReleaseMedia, SipCallChanged
-from .domain.model import USER_INITIATED
 from .domain.platform import Platform
 from .graph.routes import GRAPH, GraphHost, graph_routes
 from .legs import LegOwner
@@ -240,12 +239,11 @@ class Wacall:
                 continue                                   # ended while earlier legs were coming back
             state = dict(call.media or {})
             leg = state.pop("leg", None)
-            setup = self.platform.media_setup(call)        # the domain's negotiation, as at the call's set-up
-            user = self.platform.users.get(call.wa_id)
+            setup = self.platform.media_setup(call)        # the domain's negotiation and phone, as at set-up
             try:
                 await self.media.restore(call.id, leg, state, negotiated=setup.negotiated if setup else None,
-                                         user_audio=behaviour.voice(user),
-                                         user_is_caller=call.direction == USER_INITIATED,
+                                         user_audio=setup.user_audio if setup else "silence",
+                                         user_is_caller=setup.user_is_caller if setup else True,
                                          connected_at=call.accepted_at)
             except Exception as exc:      # no leg at all: nothing could ever time the call out
                 log.error("call %s: media could not be restored: %r", call.id, exc)

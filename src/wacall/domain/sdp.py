@@ -362,11 +362,8 @@ def build_meta_offer(
     lines.append(f"a=rtpmap:{OPUS_PT} opus/48000/2")
     if kx == "DTLS":
         lines.append(f"a=rtcp-fb:{OPUS_PT} transport-cc")
-    lines.append(f"a=fmtp:{OPUS_PT} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}")
-    lines += [f"a=rtpmap:{pt} {name}/8000" for name, pt in g711]
-    lines += [f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000", "a=ptime:20", "a=maxptime:20"]
-    lines += _ssrc_lines(leg)
-    return _join(lines)
+    lines.append(_opus_fmtp(OPUS_PT, kx))
+    return _join(lines + _audio_tail(g711, TELEPHONE_EVENT_PT, leg))
 
 
 _DIRECTION_ANSWER = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
@@ -452,11 +449,18 @@ def build_meta_answer(
         offered_fb = {v for _, v in audio.attributes_named("rtcp-fb")}
         if kx == "DTLS" and f"{opus_pt} transport-cc" in offered_fb:
             lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
-        lines.append(f"a=fmtp:{opus_pt} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}")
-    lines += [f"a=rtpmap:{pt} {name}/8000" for name, pt in g711]
-    lines += [f"a=rtpmap:{te_pt} telephone-event/8000", "a=ptime:20", "a=maxptime:20"]
-    lines += _ssrc_lines(leg)
-    return _join(lines)
+        lines.append(_opus_fmtp(opus_pt, kx))
+    return _join(lines + _audio_tail(g711, te_pt, leg))
+
+
+def _opus_fmtp(pt: int, kx: str) -> str:
+    return f"a=fmtp:{pt} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}"
+
+
+def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> list[str]:
+    """How both of Meta's SDPs end: G.711 codecs, RFC 4733 events, packet time, the leg's SSRC."""
+    return [*(f"a=rtpmap:{pt} {name}/8000" for name, pt in g711),
+            f"a=rtpmap:{te_pt} telephone-event/8000", "a=ptime:20", "a=maxptime:20", *_ssrc_lines(leg)]
 
 
 def _chosen_crypto(sd: SessionDescription, audio: MediaDescription) -> tuple[str, CryptoAttribute] | None:

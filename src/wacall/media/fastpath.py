@@ -173,7 +173,7 @@ class FastPath:
             leg.housekeeping(wall)
 
 
-_U16 = struct.Struct("=i")
+_RECENT_LENGTH = struct.Struct("=i")     # fp_leg_recent: each packet after its native int32 length
 
 
 class FastLeg:
@@ -237,7 +237,7 @@ class FastLeg:
         endpoint, c = self.endpoint, self.c
         if self.tx or not endpoint.sending or self.remote is None:
             return
-        microphone = endpoint._microphone
+        microphone = endpoint.phone.microphone
         if microphone is None:
             return
         index = self.fast.frame_set(microphone.frames)
@@ -271,8 +271,8 @@ class FastLeg:
         stream.timestamp = int(c.ts)
         stream.packet_count = int(c.packet_count)
         stream.octet_count = int(c.octet_count)
-        if endpoint._microphone is not None:
-            endpoint._microphone.position = int(c.frame_index)
+        if endpoint.phone.microphone is not None:
+            endpoint.phone.microphone.position = int(c.frame_index)
         endpoint.packets_sent = int(c.packets_sent)
 
     # -- what the user hears ------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ class FastLeg:
         stats = endpoint.stats
         phone = endpoint.phone
         return (not self.rx and not self.rx_given_up and self.remote is not None and phone.heard_codec is not None
-                and len(stats.sources) == 1 and len(stats.event_payload_types) <= 1
+                and len(stats.sources) == 1
                 and phone.answered_at is not None and endpoint.business_sent_first)
 
     def start_rx(self) -> None:
@@ -295,7 +295,7 @@ class FastLeg:
         c.ssrc = source.ssrc
         c.codec_pt = codec_pt
         c.te_pt = endpoint._te_pt
-        c.event_pt = next(iter(stats.event_payload_types), -1)
+        c.event_pt = endpoint._te_pt                 # as Python's stats: events count for loss, not jitter
         c.clock_rate = float(source.clock_rate)
         for name in ("max_seq", "cycles", "base_seq", "bad_seq", "probation", "received", "expected_prior",
                      "received_prior", "jitter", "octets", "duplicates_or_late", "restarts",
@@ -353,7 +353,7 @@ class FastLeg:
             raw = self.fast.ffi.buffer(buf, size)[:]
             recent, pos = [], 0
             while pos < size:
-                (length,) = _U16.unpack_from(raw, pos)
+                (length,) = _RECENT_LENGTH.unpack_from(raw, pos)
                 recent.append(raw[pos + 4:pos + 4 + length])
                 pos += 4 + length
             keep = self._recent_before[-(RING - ring_n):] if ring_n < RING else []
@@ -402,13 +402,17 @@ class FastLeg:
             self.take_recording()
 
     def housekeeping(self, wall: float) -> None:
-        endpoint, c = self.endpoint, self.c
+        c = self.c
         c.media_flag = 0                       # the next media packet tells Python again (last_media_at)
         if not self.rx:
             self.start_rx()                    # e.g. a restored leg, once its first packet came through Python
         if not self.tx:
-            return
-        if endpoint.reports(wall, before=self.sync):
+            return                             # Python sends (keys pressed): its tick reports, through here
+        self.reports(wall)
+
+    def reports(self, wall: float) -> None:
+        """The endpoint's RTCP reports and checkpoints, with what C counted brought in first."""
+        if self.endpoint.reports(wall, before=self.sync):
             self._push_report_marks()
 
     def release(self) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 from ..domain.ends import MediaFact
 from ..domain.sdp import Negotiated, parse_crypto
-from ..users.phone import NO_MEDIA_AT_START, Microphone, Phone
+from ..users.phone import NO_MEDIA_AT_START, Phone
 from .certificate import DtlsCertificate
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
@@ -91,7 +91,6 @@ class RelayEndpoint:
         self._codec_by_pt: dict[int, str] = {}
         self._te_pt = -1
         self.stats = ReceiveStats()
-        self._microphone: Microphone | None = None         # what the phone says, once it talks
         self._send_pt = 111
         self.sending = False
         self.business_sent_first = False
@@ -171,6 +170,7 @@ class RelayEndpoint:
         self.negotiated = n = negotiated
         te = n.telephone_event_pt
         self._te_pt = te
+        self.stats.event_payload_types = frozenset({te})   # RFC 4733 packets count for loss, not jitter
         self._codec_by_pt = n.audio_codecs
         self.dtmf_out = DtmfSender(self.stream, payload_type=te)
         self.dtmf_in = DtmfReceiver(payload_type=te)
@@ -390,11 +390,9 @@ class RelayEndpoint:
         if not self.sending:
             if not phone.wants_to_talk(self.business_sent_first):
                 return
-            microphone = phone.start_talking(self.negotiated.send_codec)
-            if microphone is None:
+            if phone.start_talking(self.negotiated.send_codec) is None:
                 return
             self.sending = True
-            self._microphone = microphone
             self._send_pt = self.negotiated.payload_types[self.negotiated.send_codec]
             self._checkpoint(time.time())
         if phone.keys and self.dtmf_out is not None:
@@ -406,14 +404,17 @@ class RelayEndpoint:
             self.packets_sent += len(events)
         else:                                  # the hot path: one pre-encoded frame, header packed here
             stream = self.stream
-            frame = self._microphone.next()
+            frame = phone.microphone.next()
             stream.packet_count += 1
             stream.octet_count += len(frame)
             header = RTP_HEADER.pack(0x80, self._send_pt, stream.next_sequence(), stream.timestamp, stream.ssrc)
             self._send(self.srtp.protect(header + frame))
             self.packets_sent += 1
         self.stream.advance()
-        self.reports(time.time())
+        if self.fast is not None:                           # [fastpath] C may still carry the receive side
+            self.fast.reports(time.time())
+        else:
+            self.reports(time.time())
         if self.ports.fast is not None and not phone.keys and not (self.dtmf_out and self.dtmf_out.busy):
             self.ports.fast.promote(self)                   # [fastpath] established: C carries it from here
 

@@ -9,7 +9,8 @@ narrow interface:
   (one call per media packet), :meth:`Phone.heard_digit` with every RFC 4733 digit the transport
   decoded, :meth:`Phone.answer_on_media` when media arrives before the phone was answered;
 - out: :meth:`Phone.start_talking` once the transport can send, then the :class:`Microphone`'s frames
-  (one pre-encoded 20 ms frame per packet, or a batch of them with :meth:`Microphone.take`), and
+  (one pre-encoded 20 ms frame per packet; a compiled path takes the loop once and hands back where it
+  is in it, ``Microphone.position``), and
   :meth:`Phone.take_keys` for the keys the user pressed (the transport sends them as RFC 4733 events on
   the audio stream);
 - patience: :meth:`Phone.gives_up` says, from the time the call connected and when media last arrived
@@ -83,12 +84,6 @@ class Microphone:
         frame = self.frames[self.position % len(self.frames)]
         self.position += 1
         return frame
-
-    def take(self, count: int) -> list[bytes]:
-        """The next ``count`` frames, in order."""
-        frames, start, size = self.frames, self.position, len(self.frames)
-        self.position += count
-        return [frames[i % size] for i in range(start, start + count)]
 
 
 class Phone:
