@@ -58,6 +58,21 @@ def test_the_registry_routes_by_type_in_registration_order():
     assert len(registry.handlers(ReleaseMedia)) == 2 and registry.handlers(CallTerminate) == []
 
 
+def test_a_failing_handler_keeps_no_other_from_the_event():
+    registry, seen, failures = EventRegistry(), [], []
+
+    def broken(event):
+        raise RuntimeError("consumer bug")
+
+    registry.on(ReleaseMedia, broken)
+    registry.on(ReleaseMedia, lambda e: seen.append(e.call_id))
+    registry.publish(ReleaseMedia("a"), lambda event, exc: failures.append((event.call_id, str(exc))))
+    assert seen == ["a"] and failures == [("a", "consumer bug")]
+    with pytest.raises(RuntimeError, match="consumer bug"):        # nobody listening for failures: raised,
+        registry.publish(ReleaseMedia("b"))                          # after the others ran
+    assert seen == ["a", "b"]
+
+
 def test_nested_applies_commit_once(wacall):
     def outer() -> str:
         touch(wacall)

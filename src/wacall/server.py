@@ -317,11 +317,17 @@ class Wacall:
         if not events and not dirty and not notes:
             return
         self.store.commit(dirty, rows, notes)
-        for event in events:
-            self.consumers.publish(event)         # media, SIP: whoever registered for the event's type
+        for event in events:                      # media, SIP: whoever registered for the event's type
+            self.consumers.publish(event, self._consumer_failed)
         if rows and self.dispatcher:
             self.dispatcher.wake(row["url"] for row in rows)
         self._tick_wake.set()
+
+    @staticmethod
+    def _consumer_failed(event: Any, exc: Exception) -> None:
+        """A consumer's bug: the state is committed already, and the other consumers, the webhooks and
+        the next events go on; the log says what failed."""
+        log.error("consumer of %s failed: %s", type(event).__name__, exc, exc_info=exc)
 
     def _route_events(self) -> None:
         """Who consumes which event after its commit (the webhooks were rendered into the commit itself;

@@ -113,6 +113,17 @@ class EventRegistry:
     def handlers(self, event_type: type) -> list[Callable[[Any], None]]:
         return list(self._handlers.get(event_type, ()))
 
-    def publish(self, event: Any) -> None:
+    def publish(self, event: Any, failed: Callable[[Any, Exception], None] | None = None) -> None:
+        """Every handler of the event's type, in order. One that raises keeps no other from the event:
+        ``failed(event, exc)`` hears of each failure (without it, the first is raised once all ran)."""
+        first: Exception | None = None
         for handler in self._handlers.get(type(event), ()):
-            handler(event)
+            try:
+                handler(event)
+            except Exception as exc:
+                if failed is None:
+                    first = first or exc
+                else:
+                    failed(event, exc)
+        if first is not None:
+            raise first
