@@ -489,7 +489,7 @@ class CallRules(PlatformState):
     def tick(self) -> None:
         """Run every timer that is due on the clock."""
         now = self.now()
-        for call in [c for c in self.active_calls.values() if c.deadline is not None and c.deadline <= now]:
+        for call in self.due_calls(now):
             kind = call.deadline_kind
             call.deadline = call.deadline_kind = None
             if kind == "user_answer":
@@ -508,6 +508,10 @@ class CallRules(PlatformState):
             self.message_rules.message_due(message)
 
     def next_deadline(self) -> float | None:
-        deadlines = [c.deadline for c in self.active_calls.values() if c.deadline is not None]
-        deadlines += [m.deadline for m in self.pending_messages.values() if m.deadline is not None]
+        """When the next timer falls due: the calls' from their heap (``due_calls``), the few pending
+        messages' by looking."""
+        deadlines = [m.deadline for m in self.pending_messages.values() if m.deadline is not None]
+        first = self.next_call_deadline()
+        if first is not None:
+            deadlines.append(first)
         return min(deadlines) if deadlines else None

@@ -107,6 +107,7 @@ class Dialog:
     bye_sent: bool = False
     remote_cseq: int | None = None     # the business's last CSeq in the dialog (RFC 3261 §12.2.2)
     server: dict | None = None         # the business's configured server: {"hostname", "port"}
+    outgoing: Response | None = None   # a 180/200 prepared with the commit of its state change, sent after it
     peer: tuple[str, int] | None = None  # where the business's connection came from / what we dialled
 
     # -- persistence (Call.sip) ---------------------------------------------------------------------
@@ -425,7 +426,42 @@ class SipGateway:
         elif dialog is not None and call.state == ENDED:
             self._spawn(self._uic_end(call, dialog))
 
+    def prepare_call_changed(self, call_id: str) -> None:
+        """Before the commit of a change to a business-initiated SIP call: build the 180 or 200 it causes, and
+        put it on the call's timeline (with the dialog state the 200 sets) in that same commit. It is sent by
+        :meth:`on_call_changed` once the commit is done, as before: never ahead of the state it announces."""
+        dialog = self.dialogs.get(call_id)
+        if (dialog is None or dialog.direction != BUSINESS_INITIATED or dialog.final_status is not None
+                or dialog.outgoing is not None or dialog.invite is None or dialog.server_txn is None):
+            return
+        call = self.platform.call(call_id)
+        if call is None:
+            return
+        if call.state == RINGING and not dialog.sent_ringing:
+            dialog.sent_ringing = True
+            dialog.outgoing = self._dialog_response(dialog.invite, dialog, 180, "Ringing")
+        elif call.state == ACCEPTED:
+            dialog.final_status = 200
+            dialog.outgoing = self._dialog_response(dialog.invite, dialog, 200, "OK", sdp=call.meta_sdp)
+            self._save(dialog)
+        else:
+            return
+        self.trace(call.id, "out", dialog.outgoing)
+
+    def _send_prepared(self, dialog: Dialog) -> None:
+        response, dialog.outgoing = dialog.outgoing, None
+        txn = dialog.server_txn
+        if response is None or txn is None:
+            return
+        if response.status == 200:
+            self.stats["established"] += 1
+            dialog.retransmitter = self.layer.retransmit_2xx(txn, response, on_give_up=lambda: self._no_ack(dialog))
+        else:
+            txn.respond(response)
+
     def _bic_follow(self, call: Call, dialog: Dialog) -> None:
+        if dialog.outgoing is not None:
+            self._send_prepared(dialog)
         txn, invite = dialog.server_txn, dialog.invite
         if dialog.final_status is None:
             assert txn is not None and invite is not None    # a restored dialog always has its final status
