@@ -89,6 +89,7 @@ def test_a_commit_is_all_or_nothing_and_readers_see_it(tmp_path):
     reopened.close()
 
 
+@pytest.mark.e2e           # a local aiohttp receiver: a socket
 def test_a_wake_starts_the_committed_rows_without_the_dispatch_loop(tmp_path):
     """After a commit the server wakes the dispatcher: the due rows are attempted on the loop's next turns
     by wake() itself (Dispatcher.run is not running here), so a webhook does not wait for the loop's
