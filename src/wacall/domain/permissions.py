@@ -105,7 +105,7 @@ class PermissionRules(PlatformState):
                       self._limit("P7D", self.limits.permission_requests_per_7d, week, 7 * DAY)]
         can_request = (status != "permanent" and all(l["current_usage"] < l["max_allowed"] for l in req_limits)
                        and not self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING"))
-        connected = sorted(t for t in pair.bic_connected_times if t > now - DAY)
+        connected = self.bic_connected_last_24h(pair)
         call_limits = [self._limit("PT24H", self.limits.bic_connected_per_24h, connected, DAY)]
         can_call = (status != "no_permission" and call_limits[0]["current_usage"] < call_limits[0]["max_allowed"]
                     and not self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING"))

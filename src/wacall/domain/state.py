@@ -15,6 +15,7 @@ seconds per WABA and month), never scans over every call.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import secrets
@@ -46,6 +47,10 @@ class Archive(Protocol):
     def bic_initiations_since(self, since: float) -> list[tuple[str, float]]:
         """``(phone_number_id, created_at)`` of every business-initiated call created after ``since``, oldest
         first."""
+
+    def bic_connected_since(self, since: float) -> list[tuple[str, str, float]]:
+        """``(phone_number_id, wa_id, accepted_at)`` of every business-initiated call connected after ``since``,
+        oldest first."""
 
 
 class ControlError(Exception):
@@ -271,6 +276,10 @@ class PlatformState:
         if self.archive is not None:
             for phone_number_id, created_at in self.archive.bic_initiations_since(self.now() - DAY):
                 self.bic_initiations.setdefault(phone_number_id, deque()).append(created_at)
+            for pair in self.pairs.values():            # an older database's docs still carry them
+                pair.bic_connected_times = []
+            for phone_number_id, wa_id, accepted_at in self.archive.bic_connected_since(self.now() - DAY):
+                self.pair(phone_number_id, wa_id).bic_connected_times.append(accepted_at)
         self.dirty.clear()
 
     def clear(self) -> None:
@@ -379,6 +388,12 @@ class PlatformState:
         while times and times[0] <= cutoff:
             times.popleft()
         return times
+
+    def bic_connected_last_24h(self, pair: Pair) -> list[float]:
+        """When this pair's business-initiated calls of the last 24 hours were connected, oldest first (the
+        list is kept in time order: a bisection, not a scan and a sort per call)."""
+        times = pair.bic_connected_times
+        return times[bisect.bisect_right(times, self.now() - DAY):]
 
     def active_restriction(self, number: PhoneNumber, type_: str) -> dict | None:
         now = self.now()

@@ -369,6 +369,12 @@ class Store:
                 calls.c.direction == BUSINESS_INITIATED, calls.c.created_at > since).order_by(calls.c.created_at))
             return [(row.phone_number_id, row.created_at) for row in rows]
 
+    def bic_connected_since(self, since: float) -> list[tuple[str, str, float]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(calls.c.phone_number_id, calls.c.wa_id, calls.c.accepted_at).where(
+                calls.c.direction == BUSINESS_INITIATED, calls.c.accepted_at > since).order_by(calls.c.accepted_at))
+            return [(row.phone_number_id, row.wa_id, row.accepted_at) for row in rows]
+
     def timeline(self, call_id: str) -> list[dict]:
         """A call's timeline entries in the order they were noted."""
         with self.engine.connect() as conn:
