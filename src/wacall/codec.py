@@ -16,10 +16,10 @@ _LONG_KEPT = 2048
 
 
 def dumps_fields(fields: dict[str, Any]) -> str:
-    """``dumps`` of a record's fields (a fresh dict the caller gives away: it is changed), with the JSON of
-    each long string value remembered: a call is saved with each of its changes, and its SDPs (most of its
-    bytes, and of the escaping) stay the same from its first save to its last. Same JSON value as
-    ``dumps(fields)``; the long fields come last."""
+    """``dumps`` of a record's fields (a fresh dict the caller gives away: it is changed; its keys are field
+    names, identifiers with nothing to escape), with the JSON of each long string value remembered: a call
+    is saved with each of its changes, and its SDPs (most of its bytes, and of the escaping) stay the same
+    from its first save to its last. Same JSON value as ``dumps(fields)``; the long fields come last."""
     long = [(name, value) for name, value in fields.items() if type(value) is str and len(value) >= LONG]
     if not long:
         return dumps(fields)
@@ -33,7 +33,7 @@ def dumps_fields(fields: dict[str, Any]) -> str:
             if len(_long) >= _LONG_KEPT:
                 _long.clear()
             encoded = _long[value] = dumps(value)
-        parts.append(f"{sep}{dumps(name)}:{encoded}")
+        parts.append(f'{sep}"{name}":{encoded}')      # a dataclass field's name: nothing to escape
         sep = ","
     parts.append("}")
     return "".join(parts)
