@@ -245,12 +245,15 @@ class SipGateway:
                                              headers=headers), call_id)
 
     # -- requests from business servers ---------------------------------------------------------
-    async def on_request(self, request: Request, txn: ServerTransaction | None) -> None:
+    def on_request(self, request: Request, txn: ServerTransaction | None) -> Awaitable[None] | None:
+        """A request from a business server. Answered here and now, except an authenticated INVITE: the
+        call is placed by the coroutine returned (the transaction layer runs it as a task), so only
+        those requests pay for one."""
         method = request.method
         if txn is None:                       # an ACK outside any transaction: the ACK to our 2xx
             if method == "ACK":
                 self._on_ack(request)
-            return
+            return None
         if method == "INVITE":
             if request.to.tag:
                 dialog = self.by_sip_call_id.get(request.call_id)
@@ -258,8 +261,8 @@ class SipGateway:
                 self._send_response(txn, response_to(request, 500, "Internal Server Error",
                                                      headers=self._meta_headers()),
                                     dialog.call_id if dialog else None)   # re-INVITE: unsupported (FAQ)
-                return
-            await self._business_invite(request, txn)
+                return None
+            return self._business_invite(request, txn)
         elif method == "BYE":
             self._on_bye(request, txn)
         elif method == "OPTIONS":
@@ -272,19 +275,21 @@ class SipGateway:
         else:
             txn.respond(response_to(request, 405, "Method Not Allowed", to_tag=txn.local_tag,
                                     headers=[("Allow", ALLOW), *self._meta_headers()]))
+        return None
 
-    async def _business_invite(self, request: Request, txn: ServerTransaction) -> None:
-        """A business-initiated call (calling-wire-spec §8.2)."""
+    def _business_invite(self, request: Request, txn: ServerTransaction) -> Awaitable[None] | None:
+        """A business-initiated call (calling-wire-spec §8.2): challenged or refused at once, else placed by
+        the coroutine returned."""
         self.stats["invites"] += 1
         try:
             ruri = request.ruri
             from_uri = request.from_.uri
         except SipParseError as exc:
             txn.respond(response_to(request, 400, exc.reason, to_tag=txn.local_tag))
-            return
+            return None
         if ruri.is_ip_host or ruri.host.lower() != self.domain:
             self._refuse(txn, request, SipRefusal(404, "Not found"))
-            return
+            return None
         authorization = request.headers.get("Proxy-Authorization")
         if authorization is None:
             self.stats["challenges"] += 1
@@ -292,7 +297,7 @@ class SipGateway:
             txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
                                     headers=[("Proxy-Authenticate", challenge.header_value()),
                                              *self._meta_headers()]))
-            return
+            return None
         try:
             number = self.platform.sip_number(from_uri.user or "")
             server = self.platform.sip_server(number, from_uri.host)
@@ -303,10 +308,14 @@ class SipGateway:
             txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
                                     headers=[("Proxy-Authenticate", self.nonces.issue(stale=True).header_value()),
                                              *self._meta_headers()]))
-            return
+            return None
         except SipRefusal as refusal:
             self._refuse(txn, request, refusal)
-            return
+            return None
+        return self._place_business_call(request, txn, number, server, ruri, from_uri)
+
+    async def _place_business_call(self, request: Request, txn: ServerTransaction, number, server: dict,
+                                   ruri, from_uri) -> None:
         dialog: Dialog | None = None
 
         def place(call_id: str, leg) -> Call:
