@@ -287,7 +287,7 @@ class Store:
         with self._transaction() as cursor:
             if dirty:
                 cursor.executemany(self._sql["records"],
-                                   [(r.KIND, r.key, codec.dumps_fields(r.fields_view()), r.live) for r in dirty])
+                                   [(r.KIND, r.key, codec.dumps(r.fields_view()), r.live) for r in dirty])
             if indexed:
                 cursor.executemany(self._sql["calls"], indexed)
             self._append_notes(cursor, notes, self._sql)
