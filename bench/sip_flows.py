@@ -322,8 +322,11 @@ def report(ramps: list[Ramp], log: Callable[[str], None]) -> dict:
             log(f"{r.target:18} {f'{r.users} x {r.limit}':>13} {'no step without failures':>24}")
             summary[r.target] = None
             continue
+        per_call = sorted(s.us_per_call for s in r.steps if s.ok and s.us_per_call)
         summary[r.target] = {"cps": b.cps, "rate": b.rate, "cpu_us_per_call": round(b.us_per_call or 0, 1),
-                             "target_cores": round(b.target_cores, 2), "users": r.users, "limit": r.limit}
+                             "target_cores": round(b.target_cores, 2), "users": r.users, "limit": r.limit,
+                             "steps": len(r.steps),
+                             "median_cpu_us_per_call": round(per_call[len(per_call) // 2], 1) if per_call else None}
         log(f"{r.target:18} {f'{r.users} x {r.limit}':>13} {b.cps:24.1f} {b.rate:8g} {b.us_per_call or 0:19.1f} "
             f"{b.target_cores:13.2f}")
     for name, w in list(summary.items()):
@@ -334,6 +337,9 @@ def report(ramps: list[Ramp], log: Callable[[str], None]) -> dict:
                 w["cpu_us_per_call"] / now["cpu_us_per_call"], 2), "cps_now_over_baseline": round(now["cps"] / w["cps"], 2)}
             log(f"this checkout vs {name}: CPU per call {w['cpu_us_per_call']:.0f} -> {now['cpu_us_per_call']:.0f} µs "
                 f"({summary['ratios_vs_baseline']['cpu_per_call_baseline_over_now']}x less)")
+            if w["median_cpu_us_per_call"] and now["median_cpu_us_per_call"]:
+                log(f"median CPU per call over every passing step: {w['median_cpu_us_per_call']:.0f} ({w['steps']} steps) "
+                    f"-> {now['median_cpu_us_per_call']:.0f} µs ({now['steps']} steps)")
         if name.startswith("wacall@") and w and k:
             log(f"{name} vs kamailio: CPU per call {w['cpu_us_per_call'] / k['cpu_us_per_call']:.1f}x")
     if summary.get("kamailio") and summary.get("wacall"):
@@ -365,6 +371,10 @@ def main() -> None:
                         "(inflates wacall's CPU: use for hot spots, not for the figures)")
     parser.add_argument("--baseline-ref", metavar="REF", help="also run wacall at this git ref (git archive REF "
                         "src), before this checkout's, in the same run: a before/after side by side")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="with --baseline-ref: run the baseline and this checkout N times each, alternately "
+                             "(a fresh server each time), and report the median CPU per call over their steps: "
+                             "on a shared machine, neighbours come and go during a run")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target to CPU 0")
     parser.add_argument("--workdir", help="keep logs here (default: a temporary directory)")
     args = parser.parse_args()
@@ -386,17 +396,26 @@ def main() -> None:
     ramps: list[Ramp] = []
     runs = [(name, None) for name in targets]
     if args.baseline_ref and with_wacall:
-        runs.insert(runs.index(("wacall", None)), (f"wacall@{args.baseline_ref}", baseline_src(args.baseline_ref)))
-    for name, src in runs:
+        at = runs.index(("wacall", None))
+        pair = [(f"wacall@{args.baseline_ref}", baseline_src(args.baseline_ref)), ("wacall", None)]
+        runs[at:at + 1] = pair * max(1, args.repeat)
+    by_name: dict[str, Ramp] = {}
+    for n, (name, src) in enumerate(runs):
         if name == "kamailio":
             pki = make_test_pki(workdir / "pki", [FROM_DOMAIN])
             target: Target = start_kamailio(workdir, pki, args.kamailio_tcp_children, users)
         else:
-            target = start_wacall(workdir / name, users, args.wacall_arg, args.profile_wacall, src=src, name=name)
+            target = start_wacall(workdir / f"{name}-{n}", users, args.wacall_arg, args.profile_wacall, src=src,
+                                  name=name)
         try:
-            ramps.append(ramp(target, workdir, rates, args.seconds, limit, args.hold_ms, not args.no_pin, log))
+            result = ramp(target, workdir / f"run{n}", rates, args.seconds, limit, args.hold_ms, not args.no_pin, log)
         finally:
             target.stop()
+        if name in by_name:                 # --repeat: one ramp per target, its steps from every repetition
+            by_name[name].steps.extend(result.steps)
+        else:
+            by_name[name] = result
+            ramps.append(result)
     summary = report(ramps, log)
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)

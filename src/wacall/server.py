@@ -96,12 +96,14 @@ class Wacall:
         self._ticker: asyncio.Task | None = None
         self._dispatch_task: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()
+        self._tick_planned = float("-inf")     # when (clock time) the timer loop will look next; -inf: it is running
         self._stopping = False
         self.sip: SipGateway | None = None     # the SIP gateway, when enabled
         self.sip_ca_file: str | None = None
         self._applying = 0                     # apply() calls and commits in progress (they nest: one commit)
         self._due = False                      # a nested apply() wants its commit now, not deferred
         self._flush_scheduled = False
+        self._preparing = False                # consumers are preparing a commit's events (see _commit_round)
         self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
         self.clock.on_advance(self._on_clock_advance)
         self.consumers = EventRegistry()       # event type -> who reacts after the commit (see _route_events)
@@ -179,7 +181,8 @@ class Wacall:
             SipHost(platform=self.platform, apply=self.apply, place_call=self.legs.place), transport,
             domain=sip.domain, t1=sip.t1)
         self.sip_ca_file = str(ca.cert_path)
-        self.consumers.on(SipCallChanged, lambda event: gateway.on_call_changed(event.call_id))
+        self.consumers.on(SipCallChanged, lambda event: gateway.on_call_changed(event.call_id),
+                          prepare=lambda event: gateway.prepare_call_changed(event.call_id))
         gateway.restore()                  # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:
@@ -275,7 +278,7 @@ class Wacall:
                     self._commit()
                 else:
                     self._flush_soon()
-            elif defer:
+            elif defer and not self._preparing:      # (a preparer's changes join the commit under way)
                 self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -311,6 +314,8 @@ class Wacall:
 
     def _commit_round(self) -> None:
         events, dirty = self.platform.drain()
+        if events and self.consumers.prepares:
+            dirty = self._prepare(events, dirty)
         faults = self.dispatcher.faults if self.dispatcher else None
         rows = outbox_rows(self.platform, events, self.clock.now(), faults) if events else []
         notes = self.platform.drain_notes()       # after the rows: injected webhook faults are noted too
@@ -321,7 +326,32 @@ class Wacall:
             self.consumers.publish(event, self._consumer_failed)
         if rows and self.dispatcher:
             self.dispatcher.wake(row["url"] for row in rows)
-        self._tick_wake.set()
+        self._wake_timers()
+
+    def _wake_timers(self) -> None:
+        """Wake the timer loop when a commit made a deadline earlier than the loop's next look (a call the
+        user answers at once); other commits leave it asleep (the next deadline comes from a heap)."""
+        if self._tick_wake.is_set():
+            return
+        due = self.platform.next_deadline()
+        if due is not None and due < self._tick_planned:
+            self._tick_wake.set()
+
+    def _prepare(self, events: list, dirty: list) -> list:
+        """Let the consumers prepare the events before they are committed: what they note or save joins this
+        commit (one transaction and one serialisation of the call instead of two). Returns the dirty records."""
+        self._preparing = True
+        try:
+            for event in events:
+                self.consumers.prepare(event)
+        finally:
+            self._preparing = False
+        more_events, more_dirty = self.platform.drain()
+        events.extend(more_events)
+        if more_dirty:
+            known = {(record.KIND, record.key) for record in dirty}
+            dirty = dirty + [record for record in more_dirty if (record.KIND, record.key) not in known]
+        return dirty
 
     @staticmethod
     def _consumer_failed(event: Any, exc: Exception) -> None:
@@ -418,10 +448,12 @@ class Wacall:
             next_deadline = self.platform.next_deadline()
             delay = 0.5 if next_deadline is None else max(0.005, min(0.5, next_deadline - self.clock.now()))
             self._tick_wake.clear()
+            self._tick_planned = self.clock.now() + delay
             try:
                 await asyncio.wait_for(self._tick_wake.wait(), timeout=delay)
             except asyncio.TimeoutError:
                 pass
+            self._tick_planned = float("-inf")
 
     # -- what a client needs ----------------------------------------------------------------------
     @property

@@ -137,6 +137,9 @@ class History:
         times = [T0 - 23 * 3600 + n for n in range(10000)]
         return [("106540352242922", t) for t in times if t > since]
 
+    def bic_connected_since(self, since: float) -> list[tuple[str, str, float]]:
+        return []
+
 
 def test_10000_business_call_initiations_per_number_in_24_hours():
     domain = Domain(archive=History())           # a restart reads the last 24 h back from the store
@@ -151,3 +154,24 @@ def test_10000_business_call_initiations_per_number_in_24_hours():
     with pytest.raises(GraphError) as error:     # and its place is taken again at once
         domain.connect(BRUNO)
     assert error.value.code == 138005
+
+
+class Connected(History):
+    """A store whose calls index holds 100 connected business-initiated calls to ALICE, the first at T0 - 23 h."""
+
+    def bic_initiations_since(self, since: float) -> list[tuple[str, float]]:
+        return []
+
+    def bic_connected_since(self, since: float) -> list[tuple[str, str, float]]:
+        return [("106540352242922", ALICE, t) for t in (T0 - 23 * 3600 + n for n in range(100)) if t > since]
+
+
+def test_the_daily_connected_call_limit_is_rebuilt_from_the_calls_index_not_the_pairs_document():
+    domain = Domain(archive=Connected())         # a restart: the pair's 24 h of connected calls from the store
+    domain.grant(ALICE, permanent=True)
+    with pytest.raises(GraphError) as error:
+        domain.connect(ALICE)
+    assert error.value.code == 138012
+    assert "bic_connected_times" not in domain.pair(ALICE).fields_view()     # never written into the document
+    domain.advance(3600)                         # the first of them is 24 h old: one call allowed again
+    assert domain.connect(ALICE).state == "RINGING"

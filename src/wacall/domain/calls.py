@@ -8,6 +8,7 @@ Business-initiated (BIC): connect --> RINGING --user answers--> ACCEPTED --termi
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import zoneinfo
 from typing import Any, Protocol
@@ -195,7 +196,9 @@ class CallRules(PlatformState):
         pair.permission_request_times = []        # any connected call resets request limits
         pair.unanswered_streak = 0
         if call.direction == BUSINESS_INITIATED:
-            pair.bic_connected_times = [t for t in pair.bic_connected_times if t > now - 86400] + [now]
+            times = pair.bic_connected_times          # oldest first: drop what left the 24 hours, add this one
+            del times[:bisect.bisect_right(times, now - 86400)]
+            times.append(now)
             pair.window_opened_at = now            # the user accepting a call opens the service window
         self.put(pair)
         self._set_state(call, ACCEPTED)
@@ -260,7 +263,7 @@ class CallRules(PlatformState):
         initiated = self.bic_initiated_last_24h(number.id)
         if len(initiated) >= self.limits.bic_initiations_per_24h:
             raise GraphError(138005)
-        connected = sorted(t for t in pair.bic_connected_times if t > now - 86400)
+        connected = self.bic_connected_last_24h(pair)
         if len(connected) >= self.limits.bic_connected_per_24h:
             next_allowed = connected[-self.limits.bic_connected_per_24h] + 86400
             raise GraphError(138012, (
@@ -489,7 +492,7 @@ class CallRules(PlatformState):
     def tick(self) -> None:
         """Run every timer that is due on the clock."""
         now = self.now()
-        for call in [c for c in self.active_calls.values() if c.deadline is not None and c.deadline <= now]:
+        for call in self.due_calls(now):
             kind = call.deadline_kind
             call.deadline = call.deadline_kind = None
             if kind == "user_answer":
@@ -508,6 +511,10 @@ class CallRules(PlatformState):
             self.message_rules.message_due(message)
 
     def next_deadline(self) -> float | None:
-        deadlines = [c.deadline for c in self.active_calls.values() if c.deadline is not None]
-        deadlines += [m.deadline for m in self.pending_messages.values() if m.deadline is not None]
+        """When the next timer falls due: the calls' from their heap (``due_calls``), the few pending
+        messages' by looking."""
+        deadlines = [m.deadline for m in self.pending_messages.values() if m.deadline is not None]
+        first = self.next_call_deadline()
+        if first is not None:
+            deadlines.append(first)
         return min(deadlines) if deadlines else None

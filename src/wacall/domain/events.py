@@ -106,9 +106,24 @@ class EventRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[type, list[Callable[[Any], None]]] = {}
+        self._preparers: dict[type, list[Callable[[Any], None]]] = {}
 
-    def on(self, event_type: type, handler: Callable[[Any], None]) -> None:
+    def on(self, event_type: type, handler: Callable[[Any], None], *,
+           prepare: Callable[[Any], None] | None = None) -> None:
+        """``handler`` consumes the event after its commit. ``prepare``, if given, sees it before the commit:
+        what it notes or saves (through the one write path) joins that same commit, e.g. the SIP response a
+        state change causes, put on the call's timeline and sent by ``handler`` once the change is durable."""
         self._handlers.setdefault(event_type, []).append(handler)
+        if prepare is not None:
+            self._preparers.setdefault(event_type, []).append(prepare)
+
+    @property
+    def prepares(self) -> bool:
+        return bool(self._preparers)
+
+    def prepare(self, event: Any) -> None:
+        for handler in self._preparers.get(type(event), ()):
+            handler(event)
 
     def handlers(self, event_type: type) -> list[Callable[[Any], None]]:
         return list(self._handlers.get(event_type, ()))

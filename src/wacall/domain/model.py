@@ -27,6 +27,7 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 @dataclass
 class Record:
     KIND: ClassVar[str] = ""
+    NOT_STORED: ClassVar[frozenset[str]] = frozenset()   # fields the platform rebuilds at start, not kept in the doc
 
     @property
     def key(self) -> str:
@@ -47,7 +48,8 @@ class Record:
         of a changed record, so the field names are looked up once per class)."""
         names = _FIELD_NAMES.get(type(self))
         if names is None:
-            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self)
+                                                     if f.name not in self.NOT_STORED)
         return {name: getattr(self, name) for name in names}
 
     @classmethod
@@ -150,8 +152,13 @@ class User(Record):
 
 @dataclass
 class Pair(Record):
-    """What the platform remembers about one business number and one user."""
+    """What the platform remembers about one business number and one user.
+
+    ``bic_connected_times`` (oldest first, the last 24 hours) is not stored in the pair's document: it grows
+    by one with every connected business-initiated call, and the store rebuilds it at start from its calls
+    index (``Archive.bic_connected_since``), as it does the numbers' 24-hour initiation counts."""
     KIND: ClassVar[str] = "pair"
+    NOT_STORED: ClassVar[frozenset[str]] = frozenset({"bic_connected_times"})
     phone_number_id: str
     wa_id: str
     permission: str = "no_permission"    # no_permission | temporary | permanent

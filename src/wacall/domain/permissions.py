@@ -93,7 +93,6 @@ class PermissionRules(PlatformState):
         wa_id = phone_digits(user_wa_id)
         if wa_id is None:
             raise GraphError(100, "Param user_wa_id must be a valid phone number.")
-        now = self.now()
         pair = self.pairs.get(f"{number.id}:{wa_id}") or Pair(phone_number_id=number.id, wa_id=wa_id)
         status = self.permission_status(pair) if pair.key in self.pairs else "no_permission"
         permission: dict = {"status": status}
@@ -105,7 +104,7 @@ class PermissionRules(PlatformState):
                       self._limit("P7D", self.limits.permission_requests_per_7d, week, 7 * DAY)]
         can_request = (status != "permanent" and all(l["current_usage"] < l["max_allowed"] for l in req_limits)
                        and not self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING"))
-        connected = sorted(t for t in pair.bic_connected_times if t > now - DAY)
+        connected = self.bic_connected_last_24h(pair)
         call_limits = [self._limit("PT24H", self.limits.bic_connected_per_24h, connected, DAY)]
         can_call = (status != "no_permission" and call_limits[0]["current_usage"] < call_limits[0]["max_allowed"]
                     and not self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING"))

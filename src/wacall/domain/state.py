@@ -15,6 +15,9 @@ seconds per WABA and month), never scans over every call.
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 import secrets
 from collections import OrderedDict, deque
 from typing import Any, Iterable, Protocol
@@ -44,6 +47,10 @@ class Archive(Protocol):
     def bic_initiations_since(self, since: float) -> list[tuple[str, float]]:
         """``(phone_number_id, created_at)`` of every business-initiated call created after ``since``, oldest
         first."""
+
+    def bic_connected_since(self, since: float) -> list[tuple[str, str, float]]:
+        """``(phone_number_id, wa_id, accepted_at)`` of every business-initiated call connected after ``since``,
+        oldest first."""
 
 
 class ControlError(Exception):
@@ -121,6 +128,9 @@ class PlatformState:
         self.active_by_pair: dict[tuple[str, str], Call] = {}
         self.active_per_number: dict[str, int] = {}
         self.bic_initiations: dict[str, deque[float]] = {}  # phone_number_id -> created_at, last 24 h
+        self.timers: list[tuple[float, int, str]] = []      # heap of (deadline, n, call_id): the calls' timers
+        self._timed: dict[str, float] = {}                  # call_id -> the deadline last pushed for it
+        self._timer_n = itertools.count()
         self._tables: dict[str, dict] = {
             "app": self.apps, "waba": self.wabas, "phone_number": self.numbers, "user": self.users,
             "pair": self.pairs, "call": self.calls, "message": self.messages, "template": self.templates}
@@ -164,7 +174,12 @@ class PlatformState:
                 self.active_per_number[call.phone_number_id] = self.active_per_number.get(call.phone_number_id, 0) + 1
             self.active_calls[call.id] = call
             self.active_by_pair[pair] = call
+            if call.deadline is not None and self._timed.get(call.id) != call.deadline:
+                self._push_timer(call)
         elif self.active_calls.pop(call.id, None) is not None:
+            self._timed.pop(call.id, None)
+            if len(self.timers) > 2 * len(self.active_calls) + 64:    # ended calls' entries: drop them now
+                self._rebuild_timers()
             left = self.active_per_number.get(call.phone_number_id, 1) - 1
             if left > 0:
                 self.active_per_number[call.phone_number_id] = left
@@ -172,6 +187,57 @@ class PlatformState:
                 self.active_per_number.pop(call.phone_number_id, None)
             if (held := self.active_by_pair.get(pair)) is not None and held.id == call.id:
                 del self.active_by_pair[pair]
+
+    # -- the calls' timers: a heap, so a tick and the next deadline never scan every active call ----------
+    def _push_timer(self, call: Call) -> None:
+        self._timed[call.id] = call.deadline
+        heapq.heappush(self.timers, (call.deadline, next(self._timer_n), call.id))
+
+    def _rebuild_timers(self) -> None:
+        self._timed.clear()
+        self.timers = []
+        for call in self.active_calls.values():
+            if call.deadline is not None:
+                self._timed[call.id] = call.deadline
+                self.timers.append((call.deadline, next(self._timer_n), call.id))
+        heapq.heapify(self.timers)
+
+    def _timer_entry_current(self, deadline: float, call_id: str) -> Call | None:
+        """The active call a popped heap entry still times, or None for a stale entry (the call ended, or its
+        deadline was cleared or moved: a moved deadline has its own entry, pushed when the call was put)."""
+        if self._timed.get(call_id) == deadline:
+            del self._timed[call_id]
+        call = self.active_calls.get(call_id)
+        if call is None or call.deadline is None:
+            return None
+        if call.deadline != deadline:
+            if self._timed.get(call_id) != call.deadline:      # changed without a put: keep it timed
+                self._push_timer(call)
+            return None
+        return call
+
+    def due_calls(self, now: float) -> list[Call]:
+        """The active calls whose deadline has come, earliest first (taken off the heap)."""
+        due: dict[str, Call] = {}
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            deadline, _, call_id = heapq.heappop(timers)
+            call = self._timer_entry_current(deadline, call_id)
+            if call is not None:
+                due.setdefault(call_id, call)
+        return list(due.values())
+
+    def next_call_deadline(self) -> float | None:
+        """The earliest deadline of an active call (stale heap entries on top are dropped)."""
+        timers = self.timers
+        while timers:
+            deadline, _, call_id = timers[0]
+            call = self.active_calls.get(call_id)
+            if call is not None and call.deadline == deadline:
+                return deadline
+            heapq.heappop(timers)
+            self._timer_entry_current(deadline, call_id)
+        return None
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
@@ -210,6 +276,10 @@ class PlatformState:
         if self.archive is not None:
             for phone_number_id, created_at in self.archive.bic_initiations_since(self.now() - DAY):
                 self.bic_initiations.setdefault(phone_number_id, deque()).append(created_at)
+            for pair in self.pairs.values():            # an older database's docs still carry them
+                pair.bic_connected_times = []
+            for phone_number_id, wa_id, accepted_at in self.archive.bic_connected_since(self.now() - DAY):
+                self.pair(phone_number_id, wa_id).bic_connected_times.append(accepted_at)
         self.dirty.clear()
 
     def clear(self) -> None:
@@ -225,6 +295,8 @@ class PlatformState:
         self.active_by_pair.clear()
         self.active_per_number.clear()
         self.bic_initiations.clear()
+        self.timers.clear()
+        self._timed.clear()
 
     def note(self, call: Call, kind: str, **data) -> None:
         """A timeline entry for ``call``: appended to the call's timeline table with the next commit."""
@@ -316,6 +388,12 @@ class PlatformState:
         while times and times[0] <= cutoff:
             times.popleft()
         return times
+
+    def bic_connected_last_24h(self, pair: Pair) -> list[float]:
+        """When this pair's business-initiated calls of the last 24 hours were connected, oldest first (the
+        list is kept in time order: a bisection, not a scan and a sort per call)."""
+        times = pair.bic_connected_times
+        return times[bisect.bisect_right(times, self.now() - DAY):]
 
     def active_restriction(self, number: PhoneNumber, type_: str) -> dict | None:
         now = self.now()

@@ -107,6 +107,7 @@ class Dialog:
     bye_sent: bool = False
     remote_cseq: int | None = None     # the business's last CSeq in the dialog (RFC 3261 §12.2.2)
     server: dict | None = None         # the business's configured server: {"hostname", "port"}
+    outgoing: Response | None = None   # a 180/200 prepared with the commit of its state change, sent after it
     peer: tuple[str, int] | None = None  # where the business's connection came from / what we dialled
 
     # -- persistence (Call.sip) ---------------------------------------------------------------------
@@ -244,12 +245,15 @@ class SipGateway:
                                              headers=headers), call_id)
 
     # -- requests from business servers ---------------------------------------------------------
-    async def on_request(self, request: Request, txn: ServerTransaction | None) -> None:
+    def on_request(self, request: Request, txn: ServerTransaction | None) -> Awaitable[None] | None:
+        """A request from a business server. Answered here and now, except an authenticated INVITE: the
+        call is placed by the coroutine returned (the transaction layer runs it as a task), so only
+        those requests pay for one."""
         method = request.method
         if txn is None:                       # an ACK outside any transaction: the ACK to our 2xx
             if method == "ACK":
                 self._on_ack(request)
-            return
+            return None
         if method == "INVITE":
             if request.to.tag:
                 dialog = self.by_sip_call_id.get(request.call_id)
@@ -257,8 +261,8 @@ class SipGateway:
                 self._send_response(txn, response_to(request, 500, "Internal Server Error",
                                                      headers=self._meta_headers()),
                                     dialog.call_id if dialog else None)   # re-INVITE: unsupported (FAQ)
-                return
-            await self._business_invite(request, txn)
+                return None
+            return self._business_invite(request, txn)
         elif method == "BYE":
             self._on_bye(request, txn)
         elif method == "OPTIONS":
@@ -271,19 +275,21 @@ class SipGateway:
         else:
             txn.respond(response_to(request, 405, "Method Not Allowed", to_tag=txn.local_tag,
                                     headers=[("Allow", ALLOW), *self._meta_headers()]))
+        return None
 
-    async def _business_invite(self, request: Request, txn: ServerTransaction) -> None:
-        """A business-initiated call (calling-wire-spec §8.2)."""
+    def _business_invite(self, request: Request, txn: ServerTransaction) -> Awaitable[None] | None:
+        """A business-initiated call (calling-wire-spec §8.2): challenged or refused at once, else placed by
+        the coroutine returned."""
         self.stats["invites"] += 1
         try:
             ruri = request.ruri
             from_uri = request.from_.uri
         except SipParseError as exc:
             txn.respond(response_to(request, 400, exc.reason, to_tag=txn.local_tag))
-            return
+            return None
         if ruri.is_ip_host or ruri.host.lower() != self.domain:
             self._refuse(txn, request, SipRefusal(404, "Not found"))
-            return
+            return None
         authorization = request.headers.get("Proxy-Authorization")
         if authorization is None:
             self.stats["challenges"] += 1
@@ -291,7 +297,7 @@ class SipGateway:
             txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
                                     headers=[("Proxy-Authenticate", challenge.header_value()),
                                              *self._meta_headers()]))
-            return
+            return None
         try:
             number = self.platform.sip_number(from_uri.user or "")
             server = self.platform.sip_server(number, from_uri.host)
@@ -302,10 +308,14 @@ class SipGateway:
             txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
                                     headers=[("Proxy-Authenticate", self.nonces.issue(stale=True).header_value()),
                                              *self._meta_headers()]))
-            return
+            return None
         except SipRefusal as refusal:
             self._refuse(txn, request, refusal)
-            return
+            return None
+        return self._place_business_call(request, txn, number, server, ruri, from_uri)
+
+    async def _place_business_call(self, request: Request, txn: ServerTransaction, number, server: dict,
+                                   ruri, from_uri) -> None:
         dialog: Dialog | None = None
 
         def place(call_id: str, leg) -> Call:
@@ -425,7 +435,42 @@ class SipGateway:
         elif dialog is not None and call.state == ENDED:
             self._spawn(self._uic_end(call, dialog))
 
+    def prepare_call_changed(self, call_id: str) -> None:
+        """Before the commit of a change to a business-initiated SIP call: build the 180 or 200 it causes, and
+        put it on the call's timeline (with the dialog state the 200 sets) in that same commit. It is sent by
+        :meth:`on_call_changed` once the commit is done, as before: never ahead of the state it announces."""
+        dialog = self.dialogs.get(call_id)
+        if (dialog is None or dialog.direction != BUSINESS_INITIATED or dialog.final_status is not None
+                or dialog.outgoing is not None or dialog.invite is None or dialog.server_txn is None):
+            return
+        call = self.platform.call(call_id)
+        if call is None:
+            return
+        if call.state == RINGING and not dialog.sent_ringing:
+            dialog.sent_ringing = True
+            dialog.outgoing = self._dialog_response(dialog.invite, dialog, 180, "Ringing")
+        elif call.state == ACCEPTED:
+            dialog.final_status = 200
+            dialog.outgoing = self._dialog_response(dialog.invite, dialog, 200, "OK", sdp=call.meta_sdp)
+            self._save(dialog)
+        else:
+            return
+        self.trace(call.id, "out", dialog.outgoing)
+
+    def _send_prepared(self, dialog: Dialog) -> None:
+        response, dialog.outgoing = dialog.outgoing, None
+        txn = dialog.server_txn
+        if response is None or txn is None:
+            return
+        if response.status == 200:
+            self.stats["established"] += 1
+            dialog.retransmitter = self.layer.retransmit_2xx(txn, response, on_give_up=lambda: self._no_ack(dialog))
+        else:
+            txn.respond(response)
+
     def _bic_follow(self, call: Call, dialog: Dialog) -> None:
+        if dialog.outgoing is not None:
+            self._send_prepared(dialog)
         txn, invite = dialog.server_txn, dialog.invite
         if dialog.final_status is None:
             assert txn is not None and invite is not None    # a restored dialog always has its final status

@@ -182,11 +182,12 @@ class Headers:
     so each element is one value.
     """
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_items", "_index", "_version")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
         self._index: dict[str, list[str]] | None = None   # lower-case name -> values, built on first lookup
+        self._version = 0                                  # counts changes (a message's rendering is kept per version)
         for name, value in items:
             self.add(name, value)
 
@@ -221,11 +222,13 @@ class Headers:
         """Append a header field (after all others). CR/LF in ``value`` raises ValueError."""
         self._items.append(_checked(name, value))
         self._index = None
+        self._version += 1
 
     def prepend(self, name: str, value: str) -> None:
         """Insert ``name`` before the first field of that name, or first of all (a proxy's Via)."""
         name, value = _checked(name, value)
         self._index = None
+        self._version += 1
         low = name.lower()
         for i, (n, _) in enumerate(self._items):
             if n.lower() == low:
@@ -237,6 +240,7 @@ class Headers:
         """Replace every field called ``name`` by one, at the position of the first (else append)."""
         name, value = _checked(name, value)
         self._index = None
+        self._version += 1
         low = name.lower()
         for i, (n, _) in enumerate(self._items):
             if n.lower() == low:
@@ -245,11 +249,25 @@ class Headers:
                 return
         self._items.append((name, value))
 
+    def replace_first(self, name: str, value: str) -> None:
+        """Replace the value of the first field called ``name`` in place, keeping its spelling and position
+        (append one if there is none)."""
+        checked_name, value = _checked(name, value)
+        low = checked_name.lower()
+        for i, (n, _) in enumerate(self._items):
+            if (_LOWER.get(n) or _lower(n)) == low:
+                self._items[i] = (n, value)
+                self._index = None
+                self._version += 1
+                return
+        self.add(checked_name, value)
+
     def remove(self, name: str) -> None:
         """Remove every field called ``name`` (no error if there is none)."""
         low = canonical_name(name).lower()
         self._items = [(n, v) for n, v in self._items if n.lower() != low]
         self._index = None
+        self._version += 1
 
     def copy(self) -> Headers:
         new = Headers()
@@ -414,6 +432,19 @@ class _Message:
         return [parse_name_addr(v) for v in self.headers.get_all(name)]
 
     def _render(self, start_line: str) -> bytes:
+        """The wire form, rendered once per content: a message is rendered for its transport and for the call's
+        timeline (and a 2xx again for each retransmission), so the bytes are kept while the start line, the
+        headers (their version) and the body stay the same."""
+        headers, body = self.headers, self.body
+        kept = self.__dict__.get("_wire")
+        if (kept is not None and kept[1] is headers and kept[2] == headers._version and kept[3] is body
+                and kept[0] == start_line):
+            return kept[4]
+        data = self._render_now(start_line)
+        self.__dict__["_wire"] = (start_line, headers, headers._version, body, data)
+        return data
+
+    def _render_now(self, start_line: str) -> bytes:
         lines = [start_line]
         wrote_length = False
         for name, value in self.headers:
@@ -770,16 +801,16 @@ def response_to(
     copying for dialog-creating responses (section 12.1.1) is the dialog layer's job.
     """
     h = Headers()
-    for name, value in request.headers:
-        if name == "Via":
-            h.add(name, value)
+    copied = h._items           # the request's own fields were checked when they were added or parsed
+    copied.extend(field for field in request.headers._items if field[0] == "Via")
     for name in ("From", "To", "Call-ID", "CSeq"):
         value = request.headers.get(name)
         if value is None:
             continue
         if name == "To" and to_tag is not None and parse_name_addr(value).tag is None:
-            value = f"{value};tag={to_tag}"
-        h.add(name, value)
+            h.add(name, f"{value};tag={to_tag}")
+        else:
+            copied.append((name, value))
     if status == 100:
         timestamp = request.headers.get("Timestamp")
         if timestamp is not None:

@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import PING, Headers, Request, Response, SipParseError, StreamFramer, new_tag, parse_message
+from .message import PING, Request, Response, SipParseError, StreamFramer, new_tag, parse_message
 from .uri import split_list
 from .tls import NotLoopbackError, Resolver, is_loopback
 
@@ -612,16 +612,9 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
         changed = True
     if not changed:
         return
-    items: list[tuple[str, str]] = []
-    done = False
-    for name, value in request.headers:
-        if not done and name.lower() == "via":
-            elements = split_list(value)
-            elements[0] = str(via)
-            value = ", ".join(elements)
-            done = True
-        items.append((name, value))
-    request.headers = Headers(items)
+    elements = split_list(request.headers.get("Via") or "")
+    elements[0] = str(via)
+    request.headers.replace_first("Via", ", ".join(elements))
 
 
 def _set_param(params: dict[str, str | None], name: str, value: str) -> None:

@@ -177,6 +177,7 @@ class Store:
         metadata.create_all(self.engine)
         self._sql = _write_sql(self.engine)
         self._writer = None           # the DB-API connection commit() writes with, taken from the pool once
+        self._indexed: dict[str, tuple] = {}   # live call id -> its row in the calls index, as committed
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
         self._upgrade()
@@ -281,13 +282,36 @@ class Store:
         dialect) executed with ``executemany`` on a DB-API connection the store keeps for its writes
         (``_writer``), in one transaction."""
         ids: list[int] = []
+        dirty = list(dirty)
+        indexed = self._call_rows([r for r in dirty if isinstance(r, Call)])
         with self._transaction() as cursor:
-            self._save(cursor, dirty, self._sql)
+            if dirty:
+                cursor.executemany(self._sql["records"],
+                                   [(r.KIND, r.key, codec.dumps(r.fields_view()), r.live) for r in dirty])
+            if indexed:
+                cursor.executemany(self._sql["calls"], indexed)
             self._append_notes(cursor, notes, self._sql)
             for row in new_outbox:
                 cursor.execute(self._sql["outbox"], self._outbox_params(row))
                 ids.append(cursor.lastrowid)
+        for row in indexed:                       # committed: what the calls index holds now
+            if row[4] in LIVE_STATES:
+                self._indexed[row[0]] = row
+            else:
+                self._indexed.pop(row[0], None)
         return ids
+
+    def _call_rows(self, changed: list[Call]) -> list[tuple]:
+        """The calls index rows of ``changed`` calls that differ from what the index holds: a live call's row
+        is written when its state, times or price move, not with every change to its document (the dialog
+        state, the media positions)."""
+        rows = []
+        for c in changed:
+            row = (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at, c.accepted_at, c.ended_at,
+                   c.duration, c.pulses, c.cost)
+            if self._indexed.get(c.id) != row:
+                rows.append(row)
+        return rows
 
     @contextmanager
     def _transaction(self) -> Iterator:
@@ -306,15 +330,6 @@ class Store:
     @staticmethod
     def _outbox_params(row: dict) -> tuple:
         return tuple(row.get(name, OUTBOX_DEFAULTS.get(name)) for name in OUTBOX_COLUMNS)
-
-    @classmethod
-    def _save(cls, cursor, dirty: Iterable[Record], sql: dict[str, str]) -> None:
-        dirty = list(dirty)
-        if not dirty:
-            return
-        cursor.executemany(sql["records"],
-                           [(r.KIND, r.key, codec.dumps(r.fields_view()), r.live) for r in dirty])
-        cls._index_calls(cursor, [r for r in dirty if isinstance(r, Call)], sql)
 
     @staticmethod
     def _index_calls(cursor, changed: list[Call], sql: dict[str, str]) -> None:
@@ -354,6 +369,12 @@ class Store:
                 calls.c.direction == BUSINESS_INITIATED, calls.c.created_at > since).order_by(calls.c.created_at))
             return [(row.phone_number_id, row.created_at) for row in rows]
 
+    def bic_connected_since(self, since: float) -> list[tuple[str, str, float]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(calls.c.phone_number_id, calls.c.wa_id, calls.c.accepted_at).where(
+                calls.c.direction == BUSINESS_INITIATED, calls.c.accepted_at > since).order_by(calls.c.accepted_at))
+            return [(row.phone_number_id, row.wa_id, row.accepted_at) for row in rows]
+
     def timeline(self, call_id: str) -> list[dict]:
         """A call's timeline entries in the order they were noted."""
         with self.engine.connect() as conn:
@@ -375,6 +396,7 @@ class Store:
             return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
 
     def wipe(self) -> None:
+        self._indexed.clear()
         with self.engine.begin() as conn:
             for table in (records, outbox, attempts, meta, timeline, calls):
                 conn.execute(delete(table))
