@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from wacall.domain.ends import (DAILY_LIMIT, DUPLICATE_CALL, NO_PERMISSION, PAYMENT, SIP_DIALOG_FAILED, TABLE,
-                                MediaFact, failure_code, refusal_for, sip_final_for_ended)
+from wacall.domain.ends import (DAILY_LIMIT, DUPLICATE_CALL, MEDIA_UNAVAILABLE, NO_PERMISSION, PAYMENT,
+                                SIP_DIALOG_FAILED, TABLE, MediaFact, failure_code, refusal_for,
+                                refusal_for_cause, sip_final_for_ended)
 from wacall.domain.errors import GraphError
 
 
@@ -78,3 +79,8 @@ def test_the_table_is_consistent() -> None:
     assert all(len(answers) == 1 for answers in by_code.values())     # one SIP answer per failure code
     facts = {value for name, value in vars(MediaFact).items() if name.isupper()}
     assert facts <= set(causes)                                       # every media fact has its code
+
+
+def test_a_refusal_by_cause_reads_its_row() -> None:
+    refusal = refusal_for_cause(MEDIA_UNAVAILABLE)
+    assert (refusal.status, refusal.reason, refusal.warning) == (503, "Service Unavailable", False)

@@ -38,6 +38,7 @@ class MediaFact:
 
 
 SIP_DIALOG_FAILED = "sip_dialog_failed"         # no ACK, unreachable server, unusable SDP in a 200 OK
+MEDIA_UNAVAILABLE = "media_unavailable"         # the relay has no room for a new call
 
 # Meta's SIP reason texts, exactly (calling-wire-spec §7.2)
 UNKNOWN_NUMBER = "Asset not found, invalid business phone number"
@@ -81,7 +82,7 @@ TABLE: tuple[Outcome, ...] = (
     Outcome("refusal", "calling_disabled", 138000, 403, DETAILS),
     Outcome("refusal", "concurrent_calls", 138002, 503, SERVICE_UNAVAILABLE),
     Outcome("refusal", "connection_error", 138004, 503, SERVICE_UNAVAILABLE),
-    Outcome("refusal", "media_unavailable", 2, 503, SERVICE_UNAVAILABLE),
+    Outcome("refusal", MEDIA_UNAVAILABLE, 2, 503, SERVICE_UNAVAILABLE),
     # calls that end before the business's INVITE was answered: the state machine's end reasons
     Outcome("end", "rejected", None, 486, "User declined the call"),
     Outcome("end", "not_answered", None, 480, "Temporarily Unavailable"),
@@ -124,6 +125,13 @@ def refusal_for(error: GraphError) -> SipRefusal:
         return SipRefusal(403, error.details.replace("\r", " ").replace("\n", " ")[:320], warning=True)
     row = _REFUSAL_BY_CODE.get(error.code, _FALLBACK)
     return SipRefusal(row.sip_status, row.sip_reason if row.sip_reason is not DETAILS else error.details)
+
+
+def refusal_for_cause(cause: str) -> SipRefusal:
+    """The SIP answer to an INVITE refused for ``cause`` before any Graph rule ran (``MEDIA_UNAVAILABLE``:
+    the relay has no room for a new call)."""
+    row = _BY_CAUSE[cause]
+    return SipRefusal(row.sip_status, row.sip_reason)
 
 
 def sip_final_for_ended(call: Call) -> tuple[int, str]:

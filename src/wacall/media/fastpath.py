@@ -177,7 +177,8 @@ _RECENT_LENGTH = struct.Struct("=i")     # fp_leg_recent: each packet after its 
 
 
 class FastLeg:
-    """One leg's row in the C table and what moves between it and the relay endpoint (``wacall.media.relay.RelayEndpoint``, not imported: the relay hooks in here)."""
+    """One leg's row in the C table and what moves between it and the relay endpoint
+    (``wacall.media.relay.RelayEndpoint``, not imported: the relay hooks in here)."""
 
     def __init__(self, fast: FastPath, endpoint: Any, index: int) -> None:
         self.fast = fast

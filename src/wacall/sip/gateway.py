@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ..domain import settings as calling_settings
-from ..domain.errors import GraphError, MediaUnavailable
+from ..domain.errors import MediaUnavailable
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
-from ..domain.ends import BAD_DIGEST, SipRefusal, refusal_for, sip_final_for_ended
+from ..domain.ends import BAD_DIGEST, MEDIA_UNAVAILABLE, SipRefusal, refusal_for_cause, sip_final_for_ended
 from ..domain.platform import Platform
 from ..domain.sip import not_acceptable_hint
 from . import digest
@@ -336,7 +336,7 @@ class SipGateway:
         try:
             await self.host.place_call(place)      # the leg is released if the call is refused; its
         except MediaUnavailable:                   # SipCallChanged has the gateway send the 180
-            self._refuse(txn, request, refusal_for(GraphError(2)))   # the table's media_unavailable row
+            self._refuse(txn, request, refusal_for_cause(MEDIA_UNAVAILABLE))
             return
         except SipRefusal as refusal:
             if dialog is not None:
