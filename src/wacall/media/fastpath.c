@@ -30,7 +30,7 @@
 
 #define FP_MAX_LEGS 65536
 #define FP_BUCKETS 65536
-#define FP_RING 15           /* the last packets heard, for the level (relay.LEVEL_PACKETS) */
+#define FP_RING 15           /* the last packets heard, for the level (users.phone.LEVEL_PACKETS) */
 #define FP_RING_SLOT 320     /* longest plain RTP kept here; longer packets go to Python */
 #define FP_REC_CHUNK 8192    /* a recording chunk is handed to Python at this size */
 #define FP_BATCH 64
@@ -104,7 +104,6 @@ int32_t fp_leg_new(void) {
     else return -1;
     struct fp_leg *l = calloc(1, sizeof *l);
     if (!l) { free_ids[n_free++] = id; return -1; }
-    l->used = 1;
     l->next = -1;
     l->family = -1;
     legs[id] = l;
@@ -164,7 +163,6 @@ int fp_leg_recording(int32_t id, int64_t left) {
         l->rec = malloc(l->rec_cap);
         if (!l->rec) return -1;
     }
-    l->rec_on = 1;
     l->rec_left = left;
     return 0;
 }
@@ -321,7 +319,7 @@ static int handle(struct fp_leg *l, uint8_t *buf, int *len, double now, int *ite
     l->last_packet_at = now;
     int valid = update_seq(l, seq);
     l->octets += plain_len - 12;
-    if (valid && pt != l->event_pt) update_jitter(l, ts, now);
+    if (valid && pt != l->te_pt) update_jitter(l, ts, now);
     if (pt == l->te_pt) return FP_DTMF;
     if (l->ring) {
         memcpy(l->ring + l->ring_pos * FP_RING_SLOT, buf, plain_len);
@@ -329,7 +327,7 @@ static int handle(struct fp_leg *l, uint8_t *buf, int *len, double now, int *ite
         l->ring_pos = (l->ring_pos + 1) % FP_RING;
         if (l->ring_n < FP_RING) l->ring_n++;
     }
-    if (l->rec_on && l->rec_left > 0) {
+    if (l->rec_left > 0) {
         if (l->rec_len + 2 + plain_len > l->rec_cap) {
             uint8_t *grown = realloc(l->rec, l->rec_cap * 2);
             if (!grown) return -1;

@@ -2,7 +2,7 @@
  * cdef (fastpath_build.py), so it holds only what cdef parses: no #include, no macros. */
 
 struct fp_leg {
-    int32_t used, rx_on, tx_on, rec_on;
+    int32_t rx_on, tx_on;
     int32_t group;                 /* the engine (one process may run several): fp_send(group) */
     int32_t family, port;          /* the remote (latched) address: key of the receive table */
     uint8_t addr[16];
@@ -11,7 +11,7 @@ struct fp_leg {
     void *rx, *tx;                 /* srtp_t of each direction */
     /* receive */
     uint32_t ssrc;
-    int32_t codec_pt, te_pt, event_pt;
+    int32_t codec_pt, te_pt;       /* te_pt: RFC 4733 events count for loss, not jitter */
     double clock_rate;
     int64_t datagrams, octets_in, packets;   /* leg counters, ReceiveStats.packets: only grow */
     int32_t media_flag;                      /* set at the first media since Python last cleared it */

@@ -33,6 +33,8 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from ..users.phone import LEVEL_PACKETS
+
 if TYPE_CHECKING:  # pragma: no cover
     from .ports import PortSocket
 
@@ -41,7 +43,7 @@ RAW, DTMF, DEMOTED, REC, MEDIA = 0, 1, 2, 3, 4
 MAX_ITEMS = 4096
 ARENA = 1024 * 1024
 MAX_DATAGRAMS = 8192             # per drain call, so one busy socket cannot starve the event loop
-RING = 15
+RING_SLOT = 320                  # FP_RING_SLOT: the longest plain RTP C keeps for the level
 HOUSEKEEPING = 0.25              # seconds between the Python side's look at each fast leg
 
 
@@ -173,6 +175,9 @@ class FastPath:
             leg.housekeeping(wall)
 
 
+# the statistics counters C keeps for a source, copied both ways (wacall.media.rtp.SourceStats)
+_SOURCE_COUNTS = ("max_seq", "cycles", "base_seq", "bad_seq", "probation", "received", "expected_prior",
+                  "received_prior", "octets", "duplicates_or_late", "restarts")
 _RECENT_LENGTH = struct.Struct("=i")     # fp_leg_recent: each packet after its native int32 length
 
 
@@ -292,15 +297,11 @@ class FastLeg:
         stats = endpoint.stats
         source = next(iter(stats.sources.values()))
         phone = endpoint.phone
-        codec_pt = next((pt for pt, name in endpoint._codec_by_pt.items() if name == phone.heard_codec), -1)
         c.ssrc = source.ssrc
-        c.codec_pt = codec_pt
-        c.te_pt = endpoint._te_pt
-        c.event_pt = endpoint._te_pt                 # as Python's stats: events count for loss, not jitter
+        c.codec_pt = endpoint.negotiated.payload_types.get(phone.heard_codec, -1)
+        c.te_pt = endpoint._te_pt                    # as Python's stats: events count for loss, not jitter
         c.clock_rate = float(source.clock_rate)
-        for name in ("max_seq", "cycles", "base_seq", "bad_seq", "probation", "received", "expected_prior",
-                     "received_prior", "jitter", "octets", "duplicates_or_late", "restarts",
-                     "min_sequential"):
+        for name in (*_SOURCE_COUNTS, "jitter", "min_sequential"):
             setattr(c, name, getattr(source, name))
         c.started = int(source._started)
         c.jitter_started = int(source._jitter_started)
@@ -337,8 +338,7 @@ class FastLeg:
             endpoint.leg.last_remote_addr = self.remote
         source = stats.sources.get(int(c.ssrc))
         if source is not None:
-            for name in ("max_seq", "cycles", "base_seq", "bad_seq", "probation", "received", "expected_prior",
-                         "received_prior", "octets", "duplicates_or_late", "restarts"):
+            for name in _SOURCE_COUNTS:
                 setattr(source, name, int(getattr(c, name)))
             source.jitter = float(c.jitter)
             source._started = bool(c.started)
@@ -349,7 +349,7 @@ class FastLeg:
                 source.last_packet_at = stats.last_packet_at = float(c.last_packet_at)
         ring_n = int(c.ring_n)
         if ring_n:
-            buf = self.fast.ffi.new("uint8_t[]", RING * (4 + 320))
+            buf = self.fast.ffi.new("uint8_t[]", LEVEL_PACKETS * (4 + RING_SLOT))
             size = self.fast.lib.fp_leg_recent(self.index, buf)
             raw = self.fast.ffi.buffer(buf, size)[:]
             recent, pos = [], 0
@@ -357,9 +357,10 @@ class FastLeg:
                 (length,) = _RECENT_LENGTH.unpack_from(raw, pos)
                 recent.append(raw[pos + 4:pos + 4 + length])
                 pos += 4 + length
-            keep = self._recent_before[-(RING - ring_n):] if ring_n < RING else []
-            endpoint.phone.recent.clear()
-            endpoint.phone.recent.extend(keep + recent)
+            heard = endpoint.phone.recent            # a deque of LEVEL_PACKETS: it keeps the newest
+            heard.clear()
+            heard.extend(self._recent_before)
+            heard.extend(recent)
 
     def _push_report_marks(self) -> None:
         """An RTCP report started a new interval (``mark_reported``): C counts the next one from there."""

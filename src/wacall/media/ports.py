@@ -140,9 +140,7 @@ class FastPortSocket(PortSocket):
         if self.sock is not None:
             try:
                 self.sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                self.router.stats["send_errors"] += 1     # a full send buffer drops the datagram, as UDP does
-            except OSError:
+            except OSError:                           # a full send buffer drops the datagram, as UDP does
                 self.router.stats["send_errors"] += 1
 
     @property
