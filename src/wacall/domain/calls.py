@@ -25,7 +25,7 @@ from .events import (
     ReleaseMedia,
     SipCallChanged,
 )
-from .limits import BIC_UNAVAILABLE_COUNTRIES, version_at_least
+from .limits import BIC_UNAVAILABLE_COUNTRIES, DAY, version_at_least
 from .model import (
     ACCEPTED,
     BUSINESS_INITIATED,
@@ -197,7 +197,7 @@ class CallRules(PlatformState):
         pair.unanswered_streak = 0
         if call.direction == BUSINESS_INITIATED:
             times = pair.bic_connected_times          # oldest first: drop what left the 24 hours, add this one
-            del times[:bisect.bisect_right(times, now - 86400)]
+            del times[:bisect.bisect_right(times, now - DAY)]
             times.append(now)
             pair.window_opened_at = now            # the user accepting a call opens the service window
         self.put(pair)
@@ -265,7 +265,7 @@ class CallRules(PlatformState):
             raise GraphError(138005)
         connected = self.bic_connected_last_24h(pair)
         if len(connected) >= self.limits.bic_connected_per_24h:
-            next_allowed = connected[-self.limits.bic_connected_per_24h] + 86400
+            next_allowed = connected[-self.limits.bic_connected_per_24h] + DAY
             raise GraphError(138012, (
                 f"Limit reached for maximum business initiated calls allowed in 24 hours. Currently "
                 f"{self.limits.bic_connected_per_24h} connected business initiated calls are allowed within "

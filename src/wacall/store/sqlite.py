@@ -165,6 +165,12 @@ def database_url(path: str) -> str:
     return "sqlite://" if path == ":memory:" else f"sqlite:///{path}"
 
 
+
+def _call_row(c: Call) -> tuple:
+    """A call's row in the calls index (the columns of ``CALL_COLUMNS``, in order)."""
+    return (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at, c.accepted_at, c.ended_at,
+            c.duration, c.pulses, c.cost)
+
 class Store:
     def __init__(self, path: str = ":memory:") -> None:
         url = database_url(path)
@@ -307,8 +313,7 @@ class Store:
         state, the media positions)."""
         rows = []
         for c in changed:
-            row = (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at, c.accepted_at, c.ended_at,
-                   c.duration, c.pulses, c.cost)
+            row = _call_row(c)
             if self._indexed.get(c.id) != row:
                 rows.append(row)
         return rows
@@ -334,9 +339,7 @@ class Store:
     @staticmethod
     def _index_calls(cursor, changed: list[Call], sql: dict[str, str]) -> None:
         if changed:
-            cursor.executemany(sql["calls"], [
-                (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at, c.accepted_at, c.ended_at,
-                 c.duration, c.pulses, c.cost) for c in changed])
+            cursor.executemany(sql["calls"], [_call_row(c) for c in changed])
 
     @staticmethod
     def _append_notes(cursor, notes: Iterable[tuple[str, dict]], sql: dict[str, str]) -> None:
