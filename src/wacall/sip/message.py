@@ -29,10 +29,10 @@ from .uri import (
     NameAddr,
     SipParseError,
     SipUri,
-    _remember,
     has_param,
     is_digits,
     is_token,
+    memoised,
     param,
     parse_name_addr,
     parse_params,
@@ -337,12 +337,8 @@ _via_memo: dict[str, Via] = {}
 
 def parse_via(text: str) -> Via:
     """Parse one via-parm; whitespace is allowed around ``/``, ``:`` and ``;`` (RFC 4475 3.1.1.1).
-    Memoised by text like the URI parsers (``uri._remember``); a fresh copy is returned."""
-    known = _via_memo.get(text)
-    if known is None:
-        known = _parse_via(text)
-        if len(text) <= 512:
-            _remember(_via_memo, text, known)
+    Memoised by text like the URI parsers (``uri.memoised``); a fresh copy is returned."""
+    known = memoised(_via_memo, text, text, lambda: _parse_via(text))
     return Via(known.transport, known.host, known.port, dict(known.params))
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 from urllib.parse import unquote
 
 __all__ = [
@@ -217,12 +218,19 @@ _MEMO_TEXT = 512
 _split_memo: dict[str, tuple[str, ...]] = {}
 _uri_memo: dict[tuple[str, bool], "SipUri"] = {}
 _addr_memo: dict[str, "NameAddr"] = {}
+T = TypeVar("T")
 
 
-def _remember(memo: dict, key, value) -> None:
-    if len(memo) >= _MEMO_SIZE:
-        memo.clear()
-    memo[key] = value
+def memoised(memo: dict, key, text: str, parse: Callable[[], T]) -> T:
+    """``memo[key]``, or ``parse()`` kept there when ``text`` is short (a failure raises and is not kept)."""
+    known = memo.get(key)
+    if known is None:
+        known = parse()
+        if len(text) <= _MEMO_TEXT:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[key] = known
+    return known
 
 
 def split_list(value: str) -> list[str]:
@@ -231,12 +239,7 @@ def split_list(value: str) -> list[str]:
     Commas inside quoted strings or ``<...>`` do not split. Elements are stripped; empty
     elements are dropped.
     """
-    known = _split_memo.get(value)
-    if known is None:
-        known = tuple(_split_list(value))
-        if len(value) <= _MEMO_TEXT:
-            _remember(_split_memo, value, known)
-    return list(known)
+    return list(memoised(_split_memo, value, value, lambda: tuple(_split_list(value))))
 
 
 def _split_list(value: str) -> list[str]:
@@ -365,12 +368,7 @@ def _valid_host(host: str) -> bool:
 
 def parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
     """Parse a SIP or SIPS URI (see :func:`_parse_uri`); a fresh copy of a memoised parse."""
-    known = _uri_memo.get((text, any_scheme))
-    if known is None:
-        known = _parse_uri(text, any_scheme=any_scheme)
-        if len(text) <= _MEMO_TEXT:
-            _remember(_uri_memo, (text, any_scheme), known)
-    return _copy_uri(known)
+    return _copy_uri(memoised(_uri_memo, (text, any_scheme), text, lambda: _parse_uri(text, any_scheme=any_scheme)))
 
 
 def _copy_uri(u: SipUri) -> SipUri:
@@ -476,11 +474,7 @@ class NameAddr:
 def parse_name_addr(text: str) -> NameAddr:
     """Parse a From, To, Contact or Route value (see :func:`_parse_name_addr`); a fresh copy of a memoised
     parse."""
-    known = _addr_memo.get(text)
-    if known is None:
-        known = _parse_name_addr(text)
-        if len(text) <= _MEMO_TEXT:
-            _remember(_addr_memo, text, known)
+    known = memoised(_addr_memo, text, text, lambda: _parse_name_addr(text))
     return NameAddr(known.display, _copy_uri(known.uri), dict(known.params))
 
 
