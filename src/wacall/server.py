@@ -30,6 +30,7 @@ from aiohttp import web
 from . import guard
 from .certs import LocalCA
 from .config import Config, load_config
+from .console.phone import PhoneHost, add_phone_routes
 from .control.routes import CONTROL, ControlHost, control_routes
 from .domain.clock import VirtualClock
 from .domain.ends import MediaFact
@@ -142,6 +143,7 @@ class Wacall:
         app[guard.EXPOSURE] = self.exposure
         app[CONTROL] = self._control_host()
         app[GRAPH] = self._graph_host()
+        add_phone_routes(app, self._phone_host())      # before the control API's catch-all
         control_routes(app)
         graph_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
@@ -418,6 +420,12 @@ class Wacall:
             webhook_faults=dispatcher.fault_plan,
             sip_health=lambda: None if self.sip is None else self.sip.health(),
             sip_hosts=lambda add: None if self.sip is None else self.sip.hosts(add))
+
+    def _phone_host(self) -> PhoneHost:
+        media = self.media
+        return PhoneHost(platform=self.platform, apply=self.apply, place_call=self.legs.place,
+                         attach_browser=media.attach_browser, connect_browser=media.connect_browser,
+                         detach_browser=media.detach_browser)
 
     def _take_fault(self, name: str) -> bool:
         """True, and one fewer to cause, when an injected fault of this name is due."""

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from .audio import PreEncodedAudio
+from .bridge import BrowserReporter, browser_leg_id, join, part
 from .certificate import DtlsCertificate
 from ..domain.sdp import LocalMedia, Negotiated
 from .fastpath import HOUSEKEEPING, load as load_fastpath
@@ -110,14 +111,48 @@ class MediaEngine:
         existing = self.endpoints.get(call_id)
         if existing is not None:
             return existing.leg.local
+        self._add(await self._new_endpoint(call_id, self.reporter))
+        return self.endpoints[call_id].leg.local
+
+    async def _new_endpoint(self, call_id: str, reporter: Reporter) -> RelayEndpoint:
+        """A new leg with fresh credentials on the shared ports, behind its relay endpoint."""
         sock, sock6 = await self._home_sockets()
         leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
         while leg.ice_ufrag in self.ports.by_ufrag:      # the ufrag routes datagrams: it must be unique here
             leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
         if sock6 is not None:
             leg.local = replace(leg.local, host6=sock6.host, port6=sock6.port)
-        self._add(RelayEndpoint(leg, self.certificate, self.reporter, self.ports, sock, sock6))
-        return leg.local
+        return RelayEndpoint(leg, self.certificate, reporter, self.ports, sock, sock6)
+
+    # -- a browser in the user's place (wacall.media.bridge) ------------------------------------------
+    async def attach_browser(self, call_id: str) -> LocalMedia | None:
+        """A leg for a browser that takes the user's place on ``call_id``, bridged to the call's leg
+        (a browser already there is replaced); None when the call has no leg here."""
+        call = self.endpoints.get(call_id)
+        if call is None or call.closed:
+            return None
+        self.detach_browser(call_id)
+        browser = await self._new_endpoint(browser_leg_id(call_id), BrowserReporter(self.reporter, call_id))
+        if self.endpoints.get(call_id) is not call:      # the call ended meanwhile
+            return None
+        self._add(browser)
+        join(call, browser)
+        return browser.leg.local
+
+    def connect_browser(self, call_id: str, negotiated: Negotiated) -> bool:
+        """The browser answered: its leg's ICE, DTLS and codecs as ``negotiated``."""
+        browser = self.endpoints.get(browser_leg_id(call_id))
+        if browser is None:
+            return False
+        browser.configure(negotiated, "silence", user_is_caller=True)
+        return True
+
+    def detach_browser(self, call_id: str) -> None:
+        """The browser leaves ``call_id`` (the user says nothing from now on); unknown ids are ignored."""
+        browser = self.endpoints.pop(browser_leg_id(call_id), None)
+        if browser is not None:
+            part(browser)
+            browser.close()
 
     async def restore(self, call_id: str, leg_doc: dict | None, state: dict, *, negotiated: Negotiated | None,
                       user_audio: str, user_is_caller: bool, connected_at: float | None) -> bool:
@@ -184,6 +219,7 @@ class MediaEngine:
         endpoint = self.endpoints.pop(call_id, None)
         if endpoint is None:
             return
+        self.detach_browser(call_id)
         endpoint.close()
         if self._closing:                    # a shutdown does not end the call: no final statistics
             return
@@ -243,7 +279,11 @@ class MediaEngine:
 
     @staticmethod
     def _view(endpoint: RelayEndpoint) -> dict:
-        return {**endpoint.view(), "packets_received": endpoint.leg.packets_received}
+        view = {**endpoint.view(), "packets_received": endpoint.leg.packets_received}
+        if endpoint.partner is not None:                 # a browser in the user's place: its leg, briefly
+            browser = endpoint.partner.view()
+            view["browser"] = {key: browser[key] for key in ("ice", "dtls", "send_codec", "received", "sent")}
+        return view
 
     async def view(self, call_id: str) -> dict | None:
         endpoint = self.endpoints.get(call_id)

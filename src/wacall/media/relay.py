@@ -108,6 +108,8 @@ class RelayEndpoint:
         self._dtls_timer: asyncio.TimerHandle | None = None
         self.restored = False                               # carried on from a previous relay process
         self.fast: Any = None          # [fastpath] a media.fastpath.FastLeg while the compiled path carries this leg
+        # the other leg of a bridge (wacall.media.bridge: a browser in the user's place); bridged legs stay in Python
+        self.partner: RelayEndpoint | None = None
 
     # -- plumbing ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -403,19 +405,21 @@ class RelayEndpoint:
                 self._send(self.srtp.protect(packet.serialize()))
             self.packets_sent += len(events)
         else:                                  # the hot path: one pre-encoded frame, header packed here
-            stream = self.stream
             frame = phone.microphone.next()
-            stream.packet_count += 1
-            stream.octet_count += len(frame)
-            header = RTP_HEADER.pack(0x80, self._send_pt, stream.next_sequence(), stream.timestamp, stream.ssrc)
-            self._send(self.srtp.protect(header + frame))
-            self.packets_sent += 1
+            if frame is not None:              # (None: a browser in the user's place sent nothing in time)
+                stream = self.stream
+                stream.packet_count += 1
+                stream.octet_count += len(frame)
+                header = RTP_HEADER.pack(0x80, self._send_pt, stream.next_sequence(), stream.timestamp, stream.ssrc)
+                self._send(self.srtp.protect(header + frame))
+                self.packets_sent += 1
         self.stream.advance()
         if self.fast is not None:                           # [fastpath] C may still carry the receive side
             self.fast.reports(time.time())
         else:
             self.reports(time.time())
-        if self.ports.fast is not None and not phone.keys and not (self.dtmf_out and self.dtmf_out.busy):
+        if self.ports.fast is not None and self.partner is None and not phone.keys \
+                and not (self.dtmf_out and self.dtmf_out.busy):
             self.ports.fast.promote(self)                   # [fastpath] established: C carries it from here
 
     def reports(self, wall: float, before: Callable[[], None] | None = None) -> bool:

@@ -25,6 +25,7 @@ __all__ = [
     "RtpError",
     "RtpExtension",
     "RtpPacket",
+    "rtp_payload",
     "ReceiveStats",
     "SourceStats",
     "is_rtcp",
@@ -228,6 +229,19 @@ class RtpPacket:
         if self.padding_size:
             parts.append(b"\x00" * (self.padding_size - 1) + bytes((self.padding_size,)))
         return b"".join(parts)
+
+
+def rtp_payload(data: bytes) -> bytes:
+    """The payload of a well-formed RTP packet (past CSRCs and header extension, without padding), read
+    without building an :class:`RtpPacket`; empty when the packet is too short for what its header says."""
+    b0 = data[0]
+    pos = RTP_HEADER_SIZE + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if len(data) < pos + 4:
+            return b""
+        pos += 4 + 4 * _EXT_HEADER.unpack_from(data, pos)[1]
+    end = len(data) - (data[-1] if b0 & 0x20 else 0)
+    return bytes(data[pos:end]) if end > pos else b""
 
 
 # --- receive statistics (RFC 3550 appendix A) --------------------------------------------------

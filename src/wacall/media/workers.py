@@ -8,7 +8,8 @@ least-loaded one. Signalling, the store and the domain stay in the main process.
 The two sides talk over the child's stdin/stdout, one JSON object per line:
 
 - main → worker: ``{"op": "certificate" | "allocate" | "restore" | "configure" | "connected" | "dtmf" |
-  "release" | "view" | "stats" | "recording" | "clock" | "check", ...}``; operations that answer carry
+  "release" | "view" | "stats" | "recording" | "clock" | "check" | "attach_browser" | "connect_browser" |
+  "detach_browser", ...}``; operations that answer carry
   an ``id``.
 - worker → main: ``{"re": id, "value": ...}`` answers, and the relay's reports
   ``{"report": "note" | "ended" | "persist", "call_id": ..., ...}`` which the main process applies to
@@ -215,6 +216,25 @@ class MediaWorkers:
         if (worker := self.owner.get(call_id)) is not None:
             worker.send({"op": "connected", "call_id": call_id, "at": at})
 
+    async def attach_browser(self, call_id: str) -> LocalMedia | None:
+        """The browser's leg, in the worker that holds the call's (a bridge never crosses processes)."""
+        worker = self.owner.get(call_id)
+        if worker is None or call_id not in worker.live or not worker.alive:
+            return None
+        doc = await self._ask(worker, {"op": "attach_browser", "call_id": call_id})
+        return None if doc is None else LocalMedia.from_doc(doc)
+
+    def connect_browser(self, call_id: str, negotiated: Negotiated) -> bool:
+        worker = self.owner.get(call_id)
+        if worker is None or call_id not in worker.live:
+            return False
+        worker.send({"op": "connect_browser", "call_id": call_id, "negotiated": negotiated.to_doc()})
+        return True
+
+    def detach_browser(self, call_id: str) -> None:
+        if (worker := self.owner.get(call_id)) is not None:
+            worker.send({"op": "detach_browser", "call_id": call_id})
+
     def is_live(self, call_id: str) -> bool:
         worker = self.owner.get(call_id)
         return worker is not None and call_id in worker.live
@@ -337,6 +357,13 @@ async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None
                 engine.call_connected(call_id, message["at"])
             elif op == "dtmf":
                 value = await engine.send_dtmf(call_id, message["digits"])
+            elif op == "attach_browser":
+                local = await engine.attach_browser(call_id)
+                value = None if local is None else local.to_doc()
+            elif op == "connect_browser":
+                engine.connect_browser(call_id, Negotiated.from_doc(message["negotiated"]))
+            elif op == "detach_browser":
+                engine.detach_browser(call_id)
             elif op == "release":
                 engine.release(call_id)
             elif op == "view":

@@ -13,6 +13,10 @@ narrow interface:
   is in it, ``Microphone.position``), and
   :meth:`Phone.take_keys` for the keys the user pressed (the transport sends them as RFC 4733 events on
   the audio stream);
+- a browser in the user's place (the console's phone, ``wacall.media.engine.MediaEngine.attach_browser``):
+  :attr:`Phone.bridge` is a :class:`BrowserMicrophone` the user's microphone becomes (the browser's own
+  Opus frames, passed through), and :attr:`Phone.forward` gets every packet the phone hears (for the
+  browser's earpiece);
 - patience: :meth:`Phone.gives_up` says, from the time the call connected and when media last arrived
   (RTP or RTCP, which the transport knows), whether the user hangs up, and why in neutral words.
 
@@ -33,6 +37,7 @@ import numpy as np
 from ..media import g711
 from ..media.audio import ByteLRU, PreEncodedAudio, frames_size, parse_audio_spec
 from ..media.dtmf import DtmfDigit
+from ..media.rtp import rtp_payload
 from ..media.recording import RecordingWriter, decode
 
 LEVEL_PACKETS = 15                       # the last 300 ms heard, kept for the level (200 ms window + warm-up)
@@ -86,12 +91,40 @@ class Microphone:
         return frame
 
 
+class BrowserMicrophone:
+    """What a browser says in the user's place: the payloads of the RTP packets its leg received (the
+    browser's Opus frames, passed through untouched), one per 20 ms tick of the leg that sends them on.
+    :meth:`next` is None when nothing came in time (that tick sends nothing: a gap, as with DTX). At
+    most ``KEEP`` frames wait: when the browser's clock runs ahead of the ticker, the oldest go."""
+
+    __slots__ = ("waiting",)
+    KEEP = 3                             # 60 ms: a little jitter absorbed, no latency built up
+
+    def __init__(self) -> None:
+        self.waiting: deque[bytes] = deque(maxlen=self.KEEP)
+
+    def put(self, plain: bytes) -> None:
+        """One decrypted RTP packet (header included) of the other leg's audio codec."""
+        payload = rtp_payload(plain)
+        if payload:
+            self.waiting.append(payload)
+
+    def next(self) -> bytes | None:
+        waiting = self.waiting
+        if not waiting:
+            return None
+        if len(waiting) == self.KEEP:     # running behind: catch up by one frame
+            waiting.popleft()
+        return waiting.popleft()
+
+
 class Phone:
     """One call's virtual user at the phone. ``note(kind, **data)`` puts facts on the call's timeline;
     times come in as arguments (the platform's virtual clock), the phone keeps none of its own."""
 
     __slots__ = ("_note", "audio", "is_caller", "connected_at", "answered_at", "microphone", "keys",
-                 "recording", "heard_codec", "recent", "digits_received", "digits_sent", "_waited", "_noted")
+                 "recording", "heard_codec", "recent", "digits_received", "digits_sent", "_waited", "_noted",
+                 "bridge", "forward")
 
     def __init__(self, note: Note) -> None:
         self._note = note
@@ -99,7 +132,9 @@ class Phone:
         self.is_caller = True                        # the user placed the call (its phone is not ringing)
         self.connected_at: float | None = None       # the call was accepted (virtual clock)
         self.answered_at: float | None = None        # the user's phone is off the hook (accept or first media)
-        self.microphone: Microphone | None = None    # set once the user talks
+        self.microphone: Microphone | BrowserMicrophone | None = None    # set once the user talks
+        self.bridge: BrowserMicrophone | None = None     # a browser talks in the user's place (console phone)
+        self.forward: Callable[[bytes], None] | None = None   # and hears what the user hears
         self.keys = ""                               # pressed, not yet handed to the transport
         self.recording: RecordingWriter | None = None    # set by the engine: the file of what is heard
         self.heard_codec: str | None = None
@@ -157,6 +192,8 @@ class Phone:
         self.recent.append(plain)
         if self.recording is not None:
             self.recording.add(codec, plain)
+        if self.forward is not None and codec == "opus":
+            self.forward(plain)
 
     def heard_digit(self, digit: DtmfDigit) -> None:
         entry = {"digit": digit.digit, "duration_ms": round(digit.duration_ms)}
@@ -190,9 +227,16 @@ class Phone:
         business sends the first packet)."""
         return business_sent_first and self.answered_at is not None
 
-    def start_talking(self, codec: str) -> Microphone | None:
+    def start_talking(self, codec: str) -> Microphone | BrowserMicrophone | None:
         """The user's microphone in ``codec`` (opus, pcmu, pcma), or None while its source is still
-        being encoded off the event loop (after 2 s of waiting it is encoded here)."""
+        being encoded off the event loop (after 2 s of waiting it is encoded here). With a browser in the
+        user's place, the browser's frames."""
+        if self.bridge is not None:
+            if codec == "opus":           # passed through: the browser speaks Opus only
+                self.microphone = self.bridge
+                self._note("user_media_started", codec=codec, source="browser")
+                return self.microphone
+            self._note_once("browser_needs_opus", codec=codec)
         try:
             if codec == "opus":
                 if not PreEncodedAudio.cached(self.audio) and self._waited < ENCODE_WAIT_TICKS:
@@ -225,4 +269,4 @@ class Phone:
         return None
 
 
-__all__ = ["G711Loop", "Microphone", "Phone", "NO_MEDIA_AT_START", "SILENCE"]
+__all__ = ["BrowserMicrophone", "G711Loop", "Microphone", "Phone", "NO_MEDIA_AT_START", "SILENCE"]

@@ -1,0 +1,1 @@
+"""The console: wacall's pages for people (calls, users, the browser phone)."""

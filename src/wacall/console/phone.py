@@ -1,0 +1,190 @@
+"""The console's phone: a browser takes a virtual user's place on a call, with its microphone and speaker.
+
+The page (``/_wacall/console/phone``, assets in ``console/static/phone.*``) places a user's call to a
+business, or takes a business-initiated call ringing on the user's phone. Its audio travels as a second
+WebRTC leg on wacall's own relay, bridged to the call's leg (``wacall.media.bridge``): wacall offers the
+browser the SDP Meta's relay offers a business (ICE-lite, DTLS-SRTP, Opus, RFC 4733), the browser
+answers, and from then on the browser's microphone is the user's and the browser plays what the user
+hears. Keys, answering and hanging up go through the control API like any other user action
+(``/_wacall/calls/{call_id}/dtmf|answer|hangup``).
+
+The page's signalling, JSON under ``/_wacall/console/phone`` (through the guard like all of ``/_wacall``):
+
+- ``POST /_wacall/console/phone/calls`` ``{"wa_id", "to", "entry_point"?, "payload"?}``: the user calls
+  the business (as ``POST /_wacall/users/{wa_id}/calls``) with the browser in its place; answers
+  ``{"call_id", "state", "sdp"}``, ``sdp`` being the offer for the browser;
+- ``POST /_wacall/console/phone/calls/{call_id}/browser``: the browser takes the user's place on a call in
+  progress (a business-initiated call still ringing, typically); answers ``{"call_id", "state", "sdp"}``;
+- ``POST /_wacall/console/phone/calls/{call_id}/browser/answer`` ``{"sdp"}``: the browser's answer;
+- ``DELETE /_wacall/console/phone/calls/{call_id}/browser``: the browser leaves (the user goes silent).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from .. import codec
+from ..domain.errors import MediaUnavailable
+from ..domain.model import ENDED
+from ..domain.phone import phone_digits
+from ..domain.platform import Platform
+from ..domain.sdp import LocalMedia, Negotiated, SdpError, build_meta_offer, negotiate
+from ..domain.state import ControlError
+from ..guard import control_error
+
+log = logging.getLogger("wacall.console")
+STATIC = Path(__file__).with_name("static")
+ASSETS = {"phone.js": "application/javascript", "phone.css": "text/css"}
+MAX_OFFERS = 1000                 # offers waiting for the browser's answer (one per call; the oldest go)
+
+
+@dataclass(frozen=True)
+class PhoneHost:
+    """What the phone may do with the running emulator (built by ``wacall.server``)."""
+
+    platform: Platform
+    apply: Callable[[Callable[[], Any]], Any]                 # the one write path
+    place_call: Callable[[Callable[[str, Any], Any]], Awaitable[Any]]   # legs.LegOwner.place
+    attach_browser: Callable[[str], Awaitable[LocalMedia | None]]      # the media plane's (wacall.media.bridge)
+    connect_browser: Callable[[str, Negotiated], bool]
+    detach_browser: Callable[[str], None]
+
+
+PHONE = web.AppKey("phone", PhoneHost)
+_OFFERS = web.AppKey("phone_offers", dict)
+_ADDED = web.AppKey("phone_routes", bool)
+
+
+def _ok(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=codec.dump_bytes(data), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict:
+    raw = await request.read()
+    try:
+        data = codec.loads(raw) if raw else {}
+    except (ValueError, RecursionError):
+        raise ControlError("bad_json", "the body is not valid JSON", 400) from None
+    if not isinstance(data, dict):
+        raise ControlError("bad_json", "the body must be a JSON object", 400)
+    return data
+
+
+def _handler(fn):
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await fn(request.app[PHONE], request)
+        except ControlError as exc:
+            return control_error(exc.reason, exc.detail, exc.status)
+        except (ValueError, TypeError, KeyError) as exc:
+            return control_error("bad_request", str(exc), 400)
+        except Exception as exc:
+            log.exception("console phone failure")
+            return control_error("internal", f"{type(exc).__name__}: {exc}", 500)
+    return wrapped
+
+
+async def _browser_offer(host: PhoneHost, request: web.Request, call_id: str) -> web.Response:
+    """A leg for the browser beside the call's, and Meta's offer for it."""
+    local = await host.attach_browser(call_id)
+    call = host.platform.call(call_id)
+    if local is None or call is None or call.state == ENDED:
+        raise ControlError("no_media", f"call {call_id} has no media leg to join (it has ended)", 409)
+    offers: dict = request.app[_OFFERS]
+    offers.pop(call_id, None)
+    offers[call_id] = offer = build_meta_offer(local)     # DTLS-SRTP, Opus only: passed through to the call
+    while len(offers) > MAX_OFFERS:
+        offers.pop(next(iter(offers)))
+    return _ok({"call_id": call_id, "state": call.state, "sdp": offer}, 201)
+
+
+@_handler
+async def place(host: PhoneHost, request: web.Request) -> web.Response:
+    data = await _body(request)
+    wa_id, to = str(data.get("wa_id", "")), data.get("to", "")
+    if phone_digits(to) is None:
+        raise ControlError("bad_field", "to must be the business's phone_number_id or phone number", 400)
+    payload = data.get("payload")
+    if payload is not None and not isinstance(payload, str):
+        raise ControlError("bad_payload", "payload must be a string", 400)
+    try:
+        call = await host.place_call(lambda call_id, leg: host.platform.user_calls(
+            wa_id, str(to), entry_point=data.get("entry_point", "call_icon"), payload=payload,
+            call_id=call_id, leg=leg))
+    except MediaUnavailable:
+        raise ControlError("cannot_place_call", "Couldn't place call (Meta's relay has no room right now; "
+                                                "try again)", 503) from None
+    return await _browser_offer(host, request, call.id)
+
+
+@_handler
+async def join(host: PhoneHost, request: web.Request) -> web.Response:
+    call_id = request.match_info["call_id"]
+    if host.platform.call(call_id) is None:
+        raise ControlError("unknown_call", f"no call {call_id}", 404)
+    if request.method == "DELETE":
+        host.detach_browser(call_id)
+        request.app[_OFFERS].pop(call_id, None)
+        return _ok({"success": True})
+    return await _browser_offer(host, request, call_id)
+
+
+@_handler
+async def answer(host: PhoneHost, request: web.Request) -> web.Response:
+    call_id = request.match_info["call_id"]
+    offer = request.app[_OFFERS].get(call_id)
+    if offer is None:
+        raise ControlError("no_offer", f"no browser offer is waiting for call {call_id}: POST "
+                                       f"/_wacall/console/phone/calls/{call_id}/browser first", 409)
+    sdp = (await _body(request)).get("sdp")
+    if not isinstance(sdp, str) or not sdp:
+        raise ControlError("bad_sdp", "sdp must be the browser's answer (a string)", 400)
+    try:
+        negotiated = negotiate(offer, sdp, "DTLS")
+    except SdpError as exc:
+        raise ControlError("bad_sdp", f"the browser's answer is not usable SDP: {exc}", 400) from None
+    if "opus" not in negotiated.payload_types or not (negotiated.remote_ufrag and negotiated.remote_pwd
+                                                       and negotiated.remote_fingerprint):
+        raise ControlError("bad_sdp", "the browser's answer needs Opus, ICE credentials and a DTLS fingerprint",
+                           400)
+    if not host.connect_browser(call_id, negotiated):
+        raise ControlError("no_media", f"call {call_id} has no browser leg any more", 409)
+    request.app[_OFFERS].pop(call_id, None)
+    host.apply(lambda: host.platform.media_note(call_id, "browser_joined", dtls_role=negotiated.dtls_role))
+    return _ok({"call_id": call_id, "connected": True})
+
+
+async def page(request: web.Request) -> web.Response:
+    return web.Response(body=(STATIC / "phone.html").read_bytes(), content_type="text/html", charset="utf-8")
+
+
+async def asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return web.Response(body=(STATIC / name).read_bytes(), content_type=ASSETS[name], charset="utf-8")
+
+
+def add_phone_routes(app: web.Application, host: PhoneHost | None = None) -> None:
+    """Register the phone's page, assets and signalling (once; later calls do nothing). Call it before
+    the control API's routes, whose catch-all answers every other ``/_wacall`` path. ``host`` (or
+    ``app[PHONE]`` set beforehand) is what the handlers use."""
+    if host is not None:
+        app[PHONE] = host
+    if app.get(_ADDED):
+        return
+    app[_ADDED] = True
+    app[_OFFERS] = {}
+    r = app.router
+    r.add_get("/_wacall/console/phone", page)
+    r.add_get(r"/_wacall/console/static/{name:phone\.(?:js|css)}", asset)
+    r.add_post("/_wacall/console/phone/calls", place)
+    r.add_route("POST", "/_wacall/console/phone/calls/{call_id}/browser", join)
+    r.add_route("DELETE", "/_wacall/console/phone/calls/{call_id}/browser", join)
+    r.add_post("/_wacall/console/phone/calls/{call_id}/browser/answer", answer)
+
+
+__all__ = ["PhoneHost", "PHONE", "add_phone_routes"]

@@ -1,0 +1,275 @@
+// wacall's browser phone: this browser takes a virtual WhatsApp user's place on a call.
+//
+// wacall offers SDP (its relay: ICE-lite, DTLS-SRTP, Opus, RFC 4733) the way Meta's relay offers it to a
+// business; this page answers with one RTCPeerConnection. Signalling: JSON under /_wacall/console/phone
+// (see wacall/console/phone.py); keys, answer and hang-up: the control API (/_wacall/calls/{id}/...).
+// Incoming calls and state changes come from the live stream (/_wacall/stream); when it is not there
+// the page polls /_wacall/calls. window.phone exposes what the page knows (used by the tests).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const LIVE = new Set(["RINGING", "PRE_ACCEPTED", "ACCEPTED"]);
+
+let pc = null, mic = null, ctx = null, speakerAnalyser = null, micAnalyser = null;
+let call = null;            // {call_id, state, direction, wa_id, accepted_at, ...} of the call in this browser
+let ringing = null;         // a business-initiated call ringing on the chosen user's phone
+let digitsSent = "";
+let streamUp = false;
+const events = [];
+const log = (what, data) => events.push({t: Math.round(performance.now()), what, data});
+
+async function api(method, path, body) {
+  const init = {method, headers: {}};
+  if (method !== "GET") {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body || {});
+  }
+  const response = await fetch(path, init);
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = data.error || {};
+    throw new Error(error.detail || error.reason || error.message || `${method} ${path}: ${response.status}`);
+  }
+  return data;
+}
+
+function say(text) { $("message").textContent = text || ""; }
+
+// -- audio ---------------------------------------------------------------------------------------------
+function analyserFor(stream) {
+  ctx = ctx || new AudioContext({sampleRate: 48000});
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 32768;
+  analyser.smoothingTimeConstant = 0;
+  ctx.createMediaStreamSource(stream).connect(analyser);
+  ctx.resume();
+  return analyser;
+}
+
+function levelDbfs(analyser) {
+  if (!analyser) return null;
+  const buf = new Float32Array(4096);
+  analyser.getFloatTimeDomainData(buf);
+  let sum = 0;
+  for (const x of buf) sum += x * x;
+  const rms = Math.sqrt(sum / buf.length);
+  return rms > 0 ? 20 * Math.log10(rms) : -120;
+}
+
+async function connect(offerSdp, callId) {
+  hangUpMedia();
+  const processing = $("processing").checked;
+  mic = await navigator.mediaDevices.getUserMedia({audio: processing ? true :
+    {echoCancellation: false, noiseSuppression: false, autoGainControl: false}, video: false});
+  micAnalyser = analyserFor(mic);
+  pc = new RTCPeerConnection({iceServers: []});
+  pc.addTrack(mic.getAudioTracks()[0], mic);
+  pc.addEventListener("connectionstatechange", () => { log("connection", pc && pc.connectionState); render(); });
+  pc.addEventListener("track", (e) => {
+    const stream = e.streams[0] || new MediaStream([e.track]);
+    $("speaker").srcObject = stream;        // Chromium renders a remote track only when an element plays it
+    speakerAnalyser = analyserFor(stream);
+    log("track", e.track.kind);
+  });
+  await pc.setRemoteDescription({type: "offer", sdp: offerSdp});
+  await pc.setLocalDescription(await pc.createAnswer());
+  // wacall's relay is ICE-lite: it needs no candidates from the browser, only its credentials
+  await api("POST", `/_wacall/console/phone/calls/${callId}/browser/answer`, {sdp: pc.localDescription.sdp});
+  log("answered", callId);
+}
+
+function hangUpMedia() {
+  if (pc) pc.close();
+  if (mic) mic.getTracks().forEach((t) => t.stop());
+  pc = mic = speakerAnalyser = micAnalyser = null;
+  $("speaker").srcObject = null;
+}
+
+// -- actions -------------------------------------------------------------------------------------------
+async function placeCall(event) {
+  event.preventDefault();
+  if (call) return;
+  say("");
+  $("call").disabled = true;
+  try {
+    const placed = await api("POST", "/_wacall/console/phone/calls",
+      {wa_id: $("user").value, to: $("to").value.trim(), entry_point: $("entry-point").value});
+    call = {call_id: placed.call_id, state: placed.state, direction: "USER_INITIATED", wa_id: $("user").value};
+    digitsSent = "";
+    render();
+    await connect(placed.sdp, placed.call_id);
+  } catch (error) {
+    say(error.message);
+    if (call) await endCall();
+  } finally {
+    $("call").disabled = false;
+  }
+}
+
+async function answerCall() {
+  if (!ringing) return;
+  const callId = ringing.call_id;
+  say("");
+  try {
+    const joined = await api("POST", `/_wacall/console/phone/calls/${callId}/browser`);
+    call = {...ringing, state: joined.state};
+    ringing = null;
+    digitsSent = "";
+    render();
+    await connect(joined.sdp, callId);
+    call = await api("POST", `/_wacall/calls/${callId}/answer`);
+  } catch (error) {
+    say(error.message);
+  }
+  render();
+}
+
+async function rejectCall() {
+  if (!ringing) return;
+  try { await api("POST", `/_wacall/calls/${ringing.call_id}/reject`); } catch (error) { say(error.message); }
+  ringing = null;
+  render();
+}
+
+async function endCall() {
+  const current = call;
+  if (current && LIVE.has(current.state)) {
+    try { await api("POST", `/_wacall/calls/${current.call_id}/hangup`); } catch (error) { say(error.message); }
+  }
+  finished();
+}
+
+function finished() {
+  hangUpMedia();
+  call = null;
+  render();
+}
+
+async function press(key) {
+  if (!call) return;
+  try {
+    await api("POST", `/_wacall/calls/${call.call_id}/dtmf`, {digits: key});
+    digitsSent += key;
+  } catch (error) { say(error.message); }
+  render();
+}
+
+// -- what the server says about calls --------------------------------------------------------------------
+function onCall(view) {
+  if (call && view.call_id === call.call_id) {
+    call = {...call, ...view};
+    if (view.state === "ENDED") {
+      say(`call ended: ${view.end_reason || view.end_status || ""}`);
+      finished();
+    }
+  } else if (!call && view.direction === "BUSINESS_INITIATED" && view.wa_id === $("user").value) {
+    if (view.state === "RINGING") ringing = view;
+    else if (ringing && ringing.call_id === view.call_id) ringing = null;
+  }
+  render();
+}
+
+function listen() {
+  if (!window.EventSource) return;
+  const stream = new EventSource("/_wacall/stream");
+  stream.addEventListener("open", () => { streamUp = true; });
+  stream.addEventListener("call", (e) => { try { onCall(JSON.parse(e.data)); } catch (_) { /* not a call */ } });
+  stream.addEventListener("error", () => { streamUp = false; });
+}
+
+async function poll() {               // the stream's safety net (and all there is without it)
+  try {
+    if (call) onCall(await api("GET", `/_wacall/calls/${call.call_id}`));
+    if (!streamUp && !call) {
+      const live = await api("GET", "/_wacall/calls?state=live&limit=100");
+      const mine = (live.data || []).find((c) => c.direction === "BUSINESS_INITIATED" && c.state === "RINGING"
+                                                 && c.wa_id === $("user").value);
+      ringing = mine ? {call_id: mine.call_id || mine.id, ...mine} : null;
+      render();
+    }
+  } catch (_) { /* the server restarts, or the call is gone: next time */ }
+  setTimeout(poll, 1000);
+}
+
+// -- the page ------------------------------------------------------------------------------------------
+function render() {
+  $("dial").hidden = !!call;
+  $("incoming").hidden = !ringing || !!call;
+  if (ringing) $("incoming-from").textContent = ringing.business || ringing.phone_number_id || "a business";
+  $("in-call").hidden = !call;
+  if (call) {
+    $("state").textContent = call.state === "ACCEPTED" ? "connected" : (call.state || "").toLowerCase();
+    $("call-id").textContent = call.call_id;
+    $("digits").textContent = digitsSent;
+  }
+}
+
+function meters() {
+  const mic = levelDbfs(micAnalyser), speaker = levelDbfs(speakerAnalyser);
+  $("mic-level").value = mic === null ? -60 : Math.max(-60, mic);
+  $("speaker-level").value = speaker === null ? -60 : Math.max(-60, speaker);
+  if (call && call.accepted_at) {
+    const seconds = Math.max(0, Math.round(Date.now() / 1000 - call.accepted_at));
+    $("duration").textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+  } else {
+    $("duration").textContent = "";
+  }
+  requestAnimationFrame(meters);
+}
+
+async function start() {
+  const [info, users] = await Promise.all([api("GET", "/_wacall/info"), api("GET", "/_wacall/users")]);
+  const select = $("user");
+  for (const user of users.data || []) {
+    const option = document.createElement("option");
+    option.value = user.wa_id;
+    option.textContent = user.name && user.name !== user.wa_id ? `${user.name} (+${user.wa_id})` : `+${user.wa_id}`;
+    select.append(option);
+  }
+  const wanted = new URLSearchParams(location.search);
+  if (wanted.get("user")) select.value = wanted.get("user");
+  $("to").value = wanted.get("to") || info.display_phone_number || info.phone_number_id || "";
+  $("dial").addEventListener("submit", placeCall);
+  $("hangup").addEventListener("click", endCall);
+  $("answer").addEventListener("click", answerCall);
+  $("reject").addEventListener("click", rejectCall);
+  $("user").addEventListener("change", () => { ringing = null; render(); });
+  for (const key of $("keypad").querySelectorAll("button")) key.addEventListener("click", () => press(key.textContent));
+  listen();
+  poll();
+  render();
+  requestAnimationFrame(meters);
+  window.phone.ready = true;
+}
+
+window.phone = {
+  ready: false, events,
+  state() {
+    return {call: call && {call_id: call.call_id, state: call.state}, ringing: ringing && ringing.call_id,
+            connection: pc ? pc.connectionState : null, audioContext: ctx ? ctx.state : null,
+            micDbfs: levelDbfs(micAnalyser), speakerDbfs: levelDbfs(speakerAnalyser), digits: digitsSent,
+            message: $("message").textContent};
+  },
+  // the last ~0.68 s the speaker played (float samples in [-1, 1]) and the sample rate
+  heard() {
+    if (!speakerAnalyser) return null;
+    const buf = new Float32Array(speakerAnalyser.fftSize);
+    speakerAnalyser.getFloatTimeDomainData(buf);
+    return {sampleRate: ctx.sampleRate, samples: Array.from(buf)};
+  },
+  async stats() {
+    if (!pc) return null;
+    const out = {};
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio") {
+        out.inbound = {packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, audioLevel: s.audioLevel,
+                       totalAudioEnergy: s.totalAudioEnergy, totalSamplesDuration: s.totalSamplesDuration};
+      }
+      if (s.type === "outbound-rtp" && s.kind === "audio") out.outbound = {packetsSent: s.packetsSent};
+      if (s.type === "transport") out.transport = {dtlsState: s.dtlsState, dtlsRole: s.dtlsRole, iceRole: s.iceRole};
+    });
+    return out;
+  },
+};
+
+start().catch((error) => say(`the phone could not start: ${error.message}`));

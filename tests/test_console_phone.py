@@ -1,0 +1,226 @@
+"""The console's phone in a real browser: Debian's headless Chromium (Playwright) takes a virtual user's
+place on a call to, and from, a business written with aiortc.
+
+Chromium's fake microphone plays a WAV (a 1200 Hz tone); the business sends 600 Hz; the virtual user's
+own audio source is 440 Hz. Each test checks both directions through wacall's bridge
+(``wacall.media.bridge``): the business hears the WAV's tone at the WAV's level (and not the user's
+440 Hz), and the page's speaker plays the business's tone (its WebAudio analyser, and WebRTC's
+``audioLevel``). The keypad's keys reach the business as RFC 4733 events. Both media planes: in the
+server process and in worker processes (the browser's leg is allocated beside the call's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from support.aiortc_business import AiortcBusiness, take_user_call
+from support.chromium_agent import ChromiumBrowser, chromium_available
+from wacall.media.audio import dominant_frequency, rms_dbfs, tone_power, write_wav
+
+assert chromium_available(), "needs /usr/bin/chromium (scripts/apt-packages) and playwright (test extras)"
+
+ALICE = "447700900001"
+BROWSER_HZ = 1200.0
+BUSINESS_HZ = 600.0
+USER_HZ = 440.0
+AMPLITUDE = 12000
+WAV_DBFS = 20 * np.log10(AMPLITUDE / np.sqrt(2) / 32768)
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    t = np.arange(48000 * 10) / 48000
+    pcm = (np.sin(2 * np.pi * BROWSER_HZ * t) * AMPLITUDE).astype(np.int16)
+    wav = write_wav(tmp_path_factory.mktemp("phone") / "mic-1200hz.wav", pcm, 48000)
+    browser = ChromiumBrowser(wav).start()
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+class PhonePage:
+    """The phone page (``/_wacall/console/phone``) in its own browser context; every method is synchronous
+    (Playwright runs on its own loop thread): call them through ``asyncio.to_thread`` from async tests."""
+
+    def __init__(self, browser: ChromiumBrowser, url: str) -> None:
+        self.browser, self.url = browser, url
+        self.console: list[str] = []
+        self.context = self.page = None
+
+    def open(self) -> "PhonePage":
+        async def go():
+            self.context = await self.browser.browser.new_context()
+            self.page = await self.context.new_page()
+            self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+            self.page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+            self.page.on("response", lambda r: r.status >= 400 and self.console.append(f"http {r.status} {r.url}"))
+            await self.page.goto(self.url, timeout=10000)
+            await self.page.wait_for_function("window.phone && window.phone.ready", timeout=10000)
+        self.browser.run(go())
+        return self
+
+    def js(self, expression: str, arg: Any = None) -> Any:
+        return self.browser.run(self.page.evaluate(expression, arg))
+
+    def click(self, selector: str) -> None:
+        self.browser.run(self.page.click(selector, timeout=5000))
+
+    def dial(self, wa_id: str, to: str) -> None:
+        async def go():
+            await self.page.select_option("#user", wa_id)
+            await self.page.fill("#to", to)
+            await self.page.uncheck("#processing")     # the WAV as it is: no noise suppression, no AGC
+            await self.page.click("#call")
+        self.browser.run(go())
+
+    def state(self) -> dict:
+        return self.js("() => phone.state()")
+
+    def wait(self, predicate, timeout: float = 10.0, what: str = "page state") -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state()
+            if predicate(state):
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: {state}, events {self.js('() => phone.events')}, "
+                                     f"console {self.console}")
+            time.sleep(0.1)
+
+    def heard(self) -> np.ndarray:
+        data = self.js("() => phone.heard()")
+        if data is None:
+            return np.zeros(0, dtype=np.int16)
+        assert data["sampleRate"] == 48000
+        return (np.clip(np.asarray(data["samples"], dtype=np.float64), -1, 1) * 32767).astype(np.int16)
+
+    def wait_hears(self, hz: float, timeout: float = 8.0) -> np.ndarray:
+        deadline = time.monotonic() + timeout
+        while True:
+            pcm = self.heard()
+            if pcm.size and rms_dbfs(pcm) > -40 and abs(dominant_frequency(pcm, 48000) - hz) < 5:
+                return pcm
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the page did not hear {hz} Hz: level {rms_dbfs(pcm) if pcm.size else None}, "
+                                     f"state {self.state()}, stats {self.stats()}, console {self.console}")
+            time.sleep(0.1)
+
+    def stats(self) -> dict | None:
+        return self.js("() => phone.stats()")
+
+    def errors(self) -> list[str]:
+        """The page's console errors, less the live stream's 404 where the server has none (the page then
+        polls the control API instead)."""
+        errors = [line for line in self.console if line.startswith(("error", "pageerror"))]
+        for _ in [line for line in self.console if line.startswith("http 404") and line.endswith("/_wacall/stream")]:
+            errors.remove(next(e for e in errors if "status of 404" in e))
+        return errors
+
+    def close(self) -> None:
+        if self.context is not None:
+            try:
+                self.browser.run(self.context.close(), timeout=10)
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def phone_wa(media_server):
+    wa = media_server
+    wa.reset(media_timeouts=True)
+    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": f"tone:{USER_HZ:g}", "incoming": "manual"}).status_code == 200
+    return wa
+
+
+@pytest.fixture
+def phone(phone_wa, chromium):
+    # "localhost": Chromium resolves nothing else here (chromium_args' host resolver rules), and it is a
+    # secure context, so getUserMedia works
+    url = phone_wa.url.replace("127.0.0.1", "localhost") + "/_wacall/console/phone"
+    page = PhonePage(chromium, url).open()
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def _browser_events(call: dict) -> list[str]:
+    return [e["event"] for e in call["timeline"] if e["kind"] == "media" and e["event"].startswith("browser_")]
+
+
+async def _both_ways(wa, phone: PhonePage, business: AiortcBusiness, call_id: str) -> None:
+    """The business hears the browser's microphone (the WAV), the browser plays the business, keys go
+    through: the checks both directions of the bridge share."""
+    await asyncio.to_thread(phone.wait, lambda s: s["connection"] == "connected", 10, "the browser connected")
+    await business.wait_received(2.5, timeout=10)
+    assert abs(business.dominant_frequency(last_seconds=1.5) - BROWSER_HZ) < 5, "the business hears the WAV"
+    assert business.tone_power(BROWSER_HZ, last_seconds=1.5) > 0.8
+    assert business.tone_power(USER_HZ) < 0.01, "the user's own source is replaced, not mixed"
+    assert abs(business.rms_dbfs(last_seconds=1.5) - WAV_DBFS) < 4, (business.rms_dbfs(last_seconds=1.5), WAV_DBFS)
+
+    heard = await asyncio.to_thread(phone.wait_hears, BUSINESS_HZ)
+    assert tone_power(heard, 48000, BUSINESS_HZ) > 100 * tone_power(heard, 48000, USER_HZ)
+    stats = await asyncio.to_thread(phone.stats)
+    assert stats["inbound"]["packetsReceived"] >= 50 and stats["inbound"]["audioLevel"] > 0.05, stats
+    assert stats["transport"]["dtlsState"] == "connected" and stats["transport"]["iceRole"] == "controlling"
+
+    await asyncio.to_thread(phone.click, "#keypad button:text-is('5')")
+    await asyncio.to_thread(phone.click, "#keypad button:text-is('#')")
+    assert await business.wait_digits(2, timeout=5) == ["5", "#"]
+
+    call = await asyncio.to_thread(wa.call, call_id)
+    media = call["media"]
+    assert media["send_codec"] == "opus" and media["browser"]["dtls"]["state"] == "connected", media
+    assert media["browser"]["received"]["packets"] >= 50 and media["browser"]["sent"]["packets"] >= 50
+    assert media["browser"]["received"]["srtp_auth_failures"] == 0
+    assert {"browser_ice_connected", "browser_dtls_connected", "browser_media_started"} <= set(_browser_events(call))
+    assert any(e.get("event") == "browser_joined" for e in call["timeline"])
+    started = [e for e in call["timeline"] if e.get("event") == "user_media_started"]
+    assert started and started[0].get("source") == "browser", started
+
+
+async def test_the_browser_calls_a_business(phone_wa, phone):
+    wa = phone_wa
+    await asyncio.to_thread(phone.dial, ALICE, wa.pnid)
+    state = await asyncio.to_thread(phone.wait, lambda s: s["call"] is not None, 10, "the call placed")
+    call_id = state["call"]["call_id"]
+    async with AiortcBusiness(tone_hz=BUSINESS_HZ) as business:
+        await take_user_call(wa, business, call_id)
+        await _both_ways(wa, phone, business, call_id)
+
+        await asyncio.to_thread(phone.click, "#hangup")
+        ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 5)
+        assert ended["end_status"] == "COMPLETED" and ended["ended_by"] == "user", ended
+        await asyncio.to_thread(phone.wait, lambda s: s["call"] is None and s["connection"] is None, 5,
+                                "the page back to dialling")
+    assert not phone.errors(), phone.console
+
+
+async def test_the_browser_answers_a_business_call(phone_wa, phone):
+    wa = phone_wa
+    await asyncio.to_thread(wa.grant_permission, ALICE, permanent=True)
+    async with AiortcBusiness(tone_hz=BUSINESS_HZ) as business:
+        offer = await business.offer()
+        response = await asyncio.to_thread(wa.calls_action, {"to": ALICE, "action": "connect",
+                                                             "session": {"sdp_type": "offer", "sdp": offer}})
+        assert response.status_code == 200, response.text
+        call_id = response.json()["calls"][0]["id"]
+        await business.accept_answer((await asyncio.to_thread(wa.call, call_id))["meta_sdp"])
+
+        await asyncio.to_thread(phone.js, f"() => {{ document.getElementById('user').value = '{ALICE}'; "
+                                          "document.getElementById('processing').checked = false; }")
+        await asyncio.to_thread(phone.wait, lambda s: s["ringing"] == call_id, 10, "the call ringing on the page")
+        await asyncio.to_thread(phone.click, "#answer")
+        await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 5)
+        await _both_ways(wa, phone, business, call_id)
+
+        response = await asyncio.to_thread(wa.calls_action, {"call_id": call_id, "action": "terminate"})
+        assert response.status_code == 200, response.text
+        await asyncio.to_thread(phone.wait, lambda s: s["call"] is None, 5, "the page sees the end")
+    assert not phone.errors(), phone.console
