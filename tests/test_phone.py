@@ -15,7 +15,7 @@ from wacall.media.dtmf import DtmfDigit
 from wacall.media.recording import Recordings, read_packets
 from wacall.media.rtp import RTP_HEADER
 from wacall.users import phone as phone_module
-from wacall.users.phone import NO_MEDIA_AT_START, SILENCE, G711Loop, Phone
+from wacall.users.phone import NO_MEDIA_AT_START, SILENCE, BrowserMicrophone, G711Loop, Phone
 
 
 class Clock:
@@ -202,6 +202,43 @@ def test_a_timeout_of_zero_is_off():
     phone.connected(1000.0)
     assert phone.gives_up(10**9, 0.0, 0.0, None) is None
     assert phone.gives_up(10**9, 0.0, 0.0, 1001.0) is None
+
+
+# -- a browser in the user's place (the console's phone) ----------------------------------------------------
+def test_a_browser_microphone_passes_payloads_through_and_never_builds_up_latency():
+    mic = BrowserMicrophone()
+    assert mic.next() is None                                # nothing came: that tick sends nothing
+    packets = rtp_packets("tone:1200", 5)
+    mic.put(packets[0])
+    assert mic.next() == packets[0][12:] and mic.next() is None
+    for packet in packets:                                  # the browser's clock ran ahead: 5 in one tick
+        mic.put(packet)
+    assert mic.next() == packets[3][12:]                     # the oldest went; never more than 40 ms behind
+    assert mic.next() == packets[4][12:] and mic.next() is None
+
+
+def test_a_bridged_phone_talks_with_the_browser_and_forwards_what_it_hears():
+    phone, notes = make_phone(audio="tone:440")
+    phone.bridge = BrowserMicrophone()
+    heard: list[bytes] = []
+    phone.forward = heard.append
+    packets = rtp_packets("tone:600", 3)
+    for packet in packets:
+        phone.hear("opus", packet)
+    assert heard == packets                                  # the browser's earpiece gets every packet
+    assert phone.recent and phone.level_dbfs() is not None   # and the user's level and recording go on
+    assert phone.start_talking("opus") is phone.bridge
+    assert notes[-1] == ("user_media_started", {"codec": "opus", "source": "browser"})
+    phone.hear("pcmu", b"\x80\x00" + bytes(170))             # not Opus: nothing the browser could play
+    assert len(heard) == 3
+
+
+def test_a_bridged_phone_on_a_g711_call_keeps_its_own_source_and_says_why():
+    phone, notes = make_phone(audio="tone:440")
+    phone.bridge = BrowserMicrophone()
+    microphone = phone.start_talking("pcmu")
+    assert microphone is not phone.bridge and len(microphone.next()) == 160
+    assert ("browser_needs_opus", {"codec": "pcmu"}) in notes
 
 
 # -- the phone stays on its side of the seam ----------------------------------------------------------------

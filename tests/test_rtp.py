@@ -35,10 +35,29 @@ from wacall.media.rtp import (
     SourceStats,
     is_rtcp,
     is_rtp,
+    rtp_payload,
     seq_distance,
 )
 
 # --- RTP packets ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("packet", [
+    RtpPacket(payload_type=111, payload=b"opus"),
+    RtpPacket(payload_type=111, payload=b"opus", csrc=[1, 2]),
+    RtpPacket(payload_type=111, payload=b"opus", extension=RtpExtension.from_elements([(1, b"\x30")])),
+    RtpPacket(payload_type=111, payload=b"opus", csrc=[7], padding_size=3,
+              extension=RtpExtension.from_elements([(1, b"\x30"), (3, b"abc")])),
+])
+def test_rtp_payload_reads_past_csrcs_and_extension_and_drops_padding(packet):
+    data = packet.serialize()
+    assert rtp_payload(data) == RtpPacket.parse(data).payload == b"opus"
+
+
+def test_rtp_payload_of_a_packet_shorter_than_its_header_says_is_empty():
+    data = RtpPacket(payload_type=111, payload=b"", extension=RtpExtension.from_elements([(1, b"x")])).serialize()
+    assert rtp_payload(data[:14]) == b""
+    assert rtp_payload(RtpPacket(payload_type=111).serialize()) == b""
 
 
 def test_minimal_packet_round_trip_and_layout():
