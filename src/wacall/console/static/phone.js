@@ -94,7 +94,8 @@ async function placeCall(event) {
   try {
     const placed = await api("POST", "/_wacall/console/phone/calls",
       {wa_id: $("user").value, to: $("to").value.trim(), entry_point: $("entry-point").value});
-    call = {call_id: placed.call_id, state: placed.state, direction: "USER_INITIATED", wa_id: $("user").value};
+    call = {call_id: placed.call_id, state: placed.state, direction: "USER_INITIATED", wa_id: $("user").value,
+            business: $("to").value.trim()};
     digitsSent = "";
     render();
     await connect(placed.sdp, placed.call_id);
@@ -200,6 +201,10 @@ function render() {
   if (call) {
     $("state").textContent = call.state === "ACCEPTED" ? "connected" : (call.state || "").toLowerCase();
     $("call-id").textContent = call.call_id;
+    const user = `+${call.wa_id}`, business = call.business ? `+${String(call.business).replace(/^\+/, "")}`
+                                                              : call.phone_number_id || "the business";
+    $("parties").textContent = call.direction === "BUSINESS_INITIATED" ? `${business} → ${user} (you)`
+                                                                         : `${user} (you) → ${business}`;
     $("digits").textContent = digitsSent;
   }
 }
