@@ -219,9 +219,8 @@ def test_a_browser_microphone_passes_payloads_through_and_never_builds_up_latenc
 
 def test_a_bridged_phone_talks_with_the_browser_and_forwards_what_it_hears():
     phone, notes = make_phone(audio="tone:440")
-    phone.bridge = BrowserMicrophone()
     heard: list[bytes] = []
-    phone.forward = heard.append
+    phone.let_browser_in(BrowserMicrophone(), heard.append)
     packets = rtp_packets("tone:600", 3)
     for packet in packets:
         phone.hear("opus", packet)
@@ -231,11 +230,25 @@ def test_a_bridged_phone_talks_with_the_browser_and_forwards_what_it_hears():
     assert notes[-1] == ("user_media_started", {"codec": "opus", "source": "browser"})
     phone.hear("pcmu", b"\x80\x00" + bytes(170))             # not Opus: nothing the browser could play
     assert len(heard) == 3
+    phone.let_browser_out()                                  # the browser leaves: the user goes silent
+    assert phone.bridge is None and phone.forward is None and phone.audio == "silence"
+
+
+def test_a_browser_taking_over_a_talking_phone_talks_from_the_next_frame():
+    phone, notes = make_phone(audio="tone:440")
+    PreEncodedAudio.get("tone:440")                          # encoded: the phone talks at once
+    phone.answer_on_media(1000.0)
+    own = phone.start_talking("opus")
+    assert own is not None
+    browser = BrowserMicrophone()
+    phone.let_browser_in(browser, lambda plain: None)
+    assert phone.microphone is browser and own is not browser
+    assert notes[-1] == ("user_media_switched", {"source": "browser"})
 
 
 def test_a_bridged_phone_on_a_g711_call_keeps_its_own_source_and_says_why():
     phone, notes = make_phone(audio="tone:440")
-    phone.bridge = BrowserMicrophone()
+    phone.let_browser_in(BrowserMicrophone(), lambda plain: None)
     microphone = phone.start_talking("pcmu")
     assert microphone is not phone.bridge and len(microphone.next()) == 160
     assert ("browser_needs_opus", {"codec": "pcmu"}) in notes

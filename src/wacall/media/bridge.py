@@ -69,23 +69,18 @@ def join(call: RelayEndpoint, browser: RelayEndpoint) -> None:
         call.fast.release()
     call.partner, browser.partner = browser, call
     to_call, to_browser = BrowserMicrophone(), BrowserMicrophone()
-    call.phone.bridge, browser.phone.bridge = to_call, to_browser
-    if call.phone.microphone is not None:
-        call.phone.microphone = to_call
-    browser.phone.forward = to_call.put
-    call.phone.forward = to_browser.put
+    call.phone.let_browser_in(to_call, to_browser.put)
+    browser.phone.let_browser_in(to_browser, to_call.put)
 
 
 def part(browser: RelayEndpoint) -> None:
     """The browser leaves (before its leg closes): the user hears on and says nothing from now on."""
     call = browser.partner
     browser.partner = None
-    browser.phone.forward = None
+    browser.phone.let_browser_out()
     if call is not None:
         call.partner = None
-        call.phone.forward = None
-        call.phone.bridge = None      # the call's microphone stays the browser's, now silent
-        call.phone.audio = "silence"  # (or, not talking yet, becomes silence)
+        call.phone.let_browser_out()
 
 
 __all__ = ["BrowserReporter", "browser_leg_id", "join", "part", "SUFFIX"]

@@ -221,6 +221,20 @@ class Phone:
         keys, self.keys = self.keys, ""
         return keys
 
+    # -- a browser in the user's place (the console's phone) -------------------------------------------
+    def let_browser_in(self, microphone: BrowserMicrophone, earpiece: Callable[[bytes], None]) -> None:
+        """A browser takes the user's place: it talks through ``microphone`` (from the next frame, when
+        the user was already talking) and ``earpiece`` gets every Opus packet the phone hears."""
+        self.bridge, self.forward = microphone, earpiece
+        if self.microphone is not None and self.microphone is not microphone:
+            self.microphone = microphone
+            self._note("user_media_switched", source="browser")
+
+    def let_browser_out(self) -> None:
+        """The browser leaves: the user hears on, and says nothing from now on."""
+        self.bridge = self.forward = None
+        self.audio = "silence"           # (a microphone already started stays the browser's, now silent)
+
     # -- the microphone -------------------------------------------------------------------------------
     def wants_to_talk(self, business_sent_first: bool) -> bool:
         """The user talks once the phone is answered and the business's media arrived (Meta: the

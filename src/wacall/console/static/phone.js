@@ -107,22 +107,32 @@ async function placeCall(event) {
   }
 }
 
-async function answerCall() {
-  if (!ringing) return;
-  const callId = ringing.call_id;
+// The browser takes the user's place on a call: one ringing on the user's phone (then the user answers),
+// or one in progress (?call=<call_id>: the console's call page links here), which the browser takes over.
+async function takeOver(callId) {
   say("");
   try {
     const joined = await api("POST", `/_wacall/console/phone/calls/${callId}/browser`);
-    call = {...ringing, state: joined.state};
+    const view = await api("GET", `/_wacall/calls/${callId}`);
+    delete view.timeline;
+    call = view;
     ringing = null;
     digitsSent = "";
     render();
     await connect(joined.sdp, callId);
-    call = await api("POST", `/_wacall/calls/${callId}/answer`);
+    if (view.direction === "BUSINESS_INITIATED" && view.state === "RINGING") {
+      const answered = await api("POST", `/_wacall/calls/${callId}/answer`);
+      delete answered.timeline;
+      call = answered;
+    }
   } catch (error) {
     say(error.message);
   }
   render();
+}
+
+async function answerCall() {
+  if (ringing) await takeOver(ringing.call_id);
 }
 
 async function rejectCall() {
@@ -233,6 +243,7 @@ async function start() {
   }
   const wanted = new URLSearchParams(location.search);
   if (wanted.get("user")) select.value = wanted.get("user");
+  if (wanted.get("processing") === "off") $("processing").checked = false;
   $("to").value = wanted.get("to") || info.display_phone_number || info.phone_number_id || "";
   $("dial").addEventListener("submit", placeCall);
   $("hangup").addEventListener("click", endCall);
@@ -240,6 +251,7 @@ async function start() {
   $("reject").addEventListener("click", rejectCall);
   $("user").addEventListener("change", () => { ringing = null; render(); });
   for (const key of $("keypad").querySelectorAll("button")) key.addEventListener("click", () => press(key.textContent));
+  if (wanted.get("call")) await takeOver(wanted.get("call"));
   listen();
   poll();
   render();
