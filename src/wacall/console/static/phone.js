@@ -166,7 +166,8 @@ async function press(key) {
 }
 
 // -- what the server says about calls --------------------------------------------------------------------
-function onCall(view) {
+function onCall(full) {
+  const {timeline, webhooks, ...view} = full;    // (GET /_wacall/calls/{id} has them; the page needs neither)
   if (call && view.call_id === call.call_id) {
     call = {...call, ...view};
     if (view.state === "ENDED") {
@@ -188,10 +189,12 @@ function listen() {
   stream.addEventListener("error", () => { streamUp = false; });
 }
 
+let polled = false;
 async function poll() {               // the stream's safety net (and all there is without it)
   try {
     if (call) onCall(await api("GET", `/_wacall/calls/${call.call_id}`));
-    if (!streamUp && !call) {
+    if ((!streamUp || !polled) && !call) {       // (the first time: a call ringing before the stream opened)
+      polled = true;
       const live = await api("GET", "/_wacall/calls?state=live&limit=100");
       const mine = (live.data || []).find((c) => c.direction === "BUSINESS_INITIATED" && c.state === "RINGING"
                                                  && c.wa_id === $("user").value);
