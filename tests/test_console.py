@@ -98,6 +98,26 @@ async def test_the_console_is_guarded_like_the_control_api():
             async with http.post(f"{wacall.base_url}/_wacall/reset", headers={
                     "Authorization": "Bearer s3cret", "Origin": "http://evil.example"}) as resp:
                 assert resp.status == 403
+            async with http.get(f"{url}/users?token=s3cret", headers=BROWSER) as resp:     # only the entry page
+                assert resp.status == 401
+            async with http.get(f"{wacall.base_url}/_wacall/clock?token=s3cret") as resp:
+                assert resp.status == 401
+            async with http.get(f"{url}?token=wrong", headers=BROWSER) as resp:
+                assert resp.status == 401 and "wacall_control_token" not in resp.cookies
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.get(f"{url}?token=s3cret", headers=BROWSER, allow_redirects=False) as resp:
+                assert resp.status == 302 and resp.headers["Location"] == "/_wacall/console"
+                cookie = resp.cookies["wacall_control_token"]
+                assert cookie.value == "s3cret" and cookie["httponly"] and cookie["samesite"] == "Strict"
+                assert cookie["path"] == "/_wacall"
+            for path in ("/_wacall/console/users", "/_wacall/clock"):       # the cookie now stands for the token
+                async with browser.get(wacall.base_url + path, headers=BROWSER) as resp:
+                    assert resp.status == 200, path
+            async with browser.post(f"{wacall.base_url}/_wacall/clock/advance", json={"seconds": 1}) as resp:
+                assert resp.status == 200
+            async with browser.post(f"{wacall.base_url}/_wacall/clock/advance", json={"seconds": 1},
+                                    headers={"Origin": "http://evil.example"}) as resp:
+                assert resp.status == 403                      # a cross-site page cannot ride on the cookie
     finally:
         await wacall.stop()
 

@@ -51,7 +51,7 @@ function describe(entry, webhooks) {
 
 function compact(data, skip) {
   return Object.entries(data).filter(([k, v]) => !skip.includes(k) && v !== null && v !== undefined && k !== "raw")
-    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+    .map(([k, v]) => (typeof v === "object" ? `${k}={…}` : `${k}=${v}`)).join(" ");
 }
 
 function eventOf(body) {
@@ -94,7 +94,7 @@ function sip(call) {
 
 function sdp(call) {
   const media = call.media || {};
-  const pts = new Set(Object.keys(media.payload_types || {}).map(String));
+  const pts = new Set(Object.values(media.payload_types || {}).map(String));
   const negotiated = (line) => {
     const match = /^a=(rtpmap|fmtp):(\d+)/.exec(line);
     return match && pts.has(match[2]);
