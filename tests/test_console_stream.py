@@ -108,6 +108,10 @@ async def test_the_stream_tells_calls_webhooks_and_the_clock(emulator):
             _, ended = await everything.until(
                 lambda k, d: k == "call" and d["call_id"] == call_id and d["state"] == "ENDED", "ended call")
             assert ended["end_reason"] and ended["ended_at"] is not None
+            full = await control.call(call_id)                 # the contract: GET's view minus timeline, webhooks
+            assert set(ended) == set(full) - {"timeline", "webhooks"}
+            assert {k: v for k, v in ended.items() if k != "media"} == {
+                k: v for k, v in full.items() if k not in ("media", "timeline", "webhooks")}
             _, hooked = await everything.until(lambda k, d: k == "webhook" and d["call_id"] == call_id, "webhook")
             assert hooked["field"] == "calls" and hooked["attempt_log"][0]["status_code"] == 200
             assert hooked["body"]["entry"][0]["changes"][0]["field"] == "calls"
