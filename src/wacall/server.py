@@ -27,10 +27,12 @@ from typing import Any, Callable, TypeVar
 import aiohttp
 from aiohttp import web
 
-from . import guard
+from . import codec, guard
 from .certs import LocalCA
 from .config import Config, load_config
 from .console.phone import PhoneHost, add_phone_routes
+from .console.routes import console_routes, root_redirect
+from .console.stream import CALL_EVENTS, LiveStream
 from .control.routes import CONTROL, ControlHost, control_routes
 from .domain.clock import VirtualClock
 from .domain.ends import MediaFact
@@ -107,6 +109,7 @@ class Wacall:
         self._preparing = False                # consumers are preparing a commit's events (see _commit_round)
         self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
         self.clock.on_advance(self._on_clock_advance)
+        self.live = LiveStream()               # GET /_wacall/stream: told of call changes, webhook attempts, the clock
         self.consumers = EventRegistry()       # event type -> who reacts after the commit (see _route_events)
         self._route_events()
 
@@ -139,11 +142,13 @@ class Wacall:
         self.dispatcher = Dispatcher(self.store, self.clock, self.session, self.config.webhooks,
                                      lambda app_id: (self.platform.apps.get(app_id) or None) and
                                      self.platform.apps[app_id].secret)
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.guard_middleware])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.guard_middleware, root_redirect])
         app[guard.EXPOSURE] = self.exposure
         app[CONTROL] = self._control_host()
         app[GRAPH] = self._graph_host()
-        add_phone_routes(app, self._phone_host())      # before the control API's catch-all
+        self.dispatcher.on_attempt = self.live.webhook_attempted
+        add_phone_routes(app, self._phone_host())      # the browser phone (console_routes finds it added)
+        console_routes(app, self.live)         # the console and the live stream: before the control routes' catch-all
         control_routes(app)
         graph_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
@@ -203,6 +208,7 @@ class Wacall:
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
+        self.live.close()                  # open streams end: the runner's cleanup does not wait on them
         if self._http is not None:
             self._http.close()
         if self.runner:
@@ -368,6 +374,8 @@ class Wacall:
         self.consumers.on(MediaConfigure, lambda event: self.media.configure(
             event.call_id, event.negotiated, event.user_audio, event.user_is_caller))
         self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at))
+        for event_type in CALL_EVENTS:         # the live stream: which call changed (it reads the view itself)
+            self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
 
     async def reset(self) -> None:
         """Back to the configured start: state, outbox, clock and media all cleared."""
@@ -419,7 +427,22 @@ class Wacall:
             recording_wav=media.recording_wav, webhook_stats=dispatcher.stats,
             webhook_faults=dispatcher.fault_plan,
             sip_health=lambda: None if self.sip is None else self.sip.health(),
-            sip_hosts=lambda add: None if self.sip is None else self.sip.hosts(add))
+            sip_hosts=lambda add: None if self.sip is None else self.sip.hosts(add),
+            resend_webhook=self._resend_webhook)
+
+    def _resend_webhook(self, outbox_id: int) -> dict | None:
+        """A copy of a journal entry (same app, URL and body) queued for delivery now; None if unknown."""
+        found = self.store.journal(outbox_id=outbox_id, limit=1)
+        if not found:
+            return None
+        entry, now = found[0], self.clock.now()
+        row = {key: entry[key] for key in ("app_id", "url", "field", "waba_id", "phone_number_id", "call_id")}
+        row.update(body=codec.dump_escaped(entry["body"]), created_at=now, next_attempt_at=now, attempts=0,
+                   status="pending", fault=None)
+        [new_id] = self.store.commit([], [row])
+        if self.dispatcher:
+            self.dispatcher.wake([row["url"]])
+        return self.store.journal(outbox_id=new_id, limit=1)[0]
 
     def _phone_host(self) -> PhoneHost:
         media = self.media
@@ -437,6 +460,7 @@ class Wacall:
     # -- timers -----------------------------------------------------------------------------------
     def _on_clock_advance(self) -> None:
         self.store.set_meta("clock_offset", repr(self.clock.offset))
+        self.live.clock_advanced()
         self.recordings.sweep(self.clock.now(), set(self.platform.active_calls))
         self.media.check_timeouts()
         self._tick_wake.set()

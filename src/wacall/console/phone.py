@@ -1,6 +1,6 @@
 """The console's phone: a browser takes a virtual user's place on a call, with its microphone and speaker.
 
-The page (``/_wacall/console/phone``, assets in ``console/static/phone.*``) places a user's call to a
+The page (``/_wacall/console/phone``: the console's shell, filled by ``console/static/phone.js``) places a user's call to a
 business, or takes a business-initiated call ringing on the user's phone. Its audio travels as a second
 WebRTC leg on wacall's own relay, bridged to the call's leg (``wacall.media.bridge``): wacall offers the
 browser the SDP Meta's relay offers a business (ICE-lite, DTLS-SRTP, Opus, RFC 4733), the browser
@@ -36,6 +36,7 @@ from ..domain.platform import Platform
 from ..domain.sdp import LocalMedia, Negotiated, SdpError, build_meta_offer, negotiate
 from ..domain.state import ControlError
 from ..guard import control_error
+from .routes import page
 
 log = logging.getLogger("wacall.console")
 STATIC = Path(__file__).with_name("static")
@@ -159,27 +160,24 @@ async def answer(host: PhoneHost, request: web.Request) -> web.Response:
     return _ok({"call_id": call_id, "connected": True})
 
 
-async def page(request: web.Request) -> web.Response:
-    return web.Response(body=(STATIC / "phone.html").read_bytes(), content_type="text/html", charset="utf-8")
-
-
 async def asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     return web.Response(body=(STATIC / name).read_bytes(), content_type=ASSETS[name], charset="utf-8")
 
 
-def add_phone_routes(app: web.Application, host: PhoneHost | None = None) -> None:
+def add_phone_routes(app: web.Application, host: Any = None) -> None:
     """Register the phone's page, assets and signalling (once; later calls do nothing). Call it before
-    the control API's routes, whose catch-all answers every other ``/_wacall`` path. ``host`` (or
-    ``app[PHONE]`` set beforehand) is what the handlers use."""
-    if host is not None:
+    the control API's routes, whose catch-all answers every other ``/_wacall`` path. ``host``, when a
+    :class:`PhoneHost` (or ``app[PHONE]`` set beforehand), is what the handlers use; any other host (the
+    console's routes pass their ``ControlHost``) leaves the one the server gave."""
+    if isinstance(host, PhoneHost):
         app[PHONE] = host
     if app.get(_ADDED):
         return
     app[_ADDED] = True
     app[_OFFERS] = {}
     r = app.router
-    r.add_get("/_wacall/console/phone", page)
+    r.add_get("/_wacall/console/phone", page("phone", "Phone"))     # the console's shell; phone.js fills it
     r.add_get(r"/_wacall/console/static/{name:phone\.(?:js|css)}", asset)
     r.add_post("/_wacall/console/phone/calls", place)
     r.add_route("POST", "/_wacall/console/phone/calls/{call_id}/browser", join)

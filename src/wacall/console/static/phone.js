@@ -1,11 +1,57 @@
-// wacall's browser phone: this browser takes a virtual WhatsApp user's place on a call.
+// The console's phone page: this browser takes a virtual WhatsApp user's place on a call.
 //
 // wacall offers SDP (its relay: ICE-lite, DTLS-SRTP, Opus, RFC 4733) the way Meta's relay offers it to a
 // business; this page answers with one RTCPeerConnection. Signalling: JSON under /_wacall/console/phone
 // (see wacall/console/phone.py); keys, answer and hang-up: the control API (/_wacall/calls/{id}/...).
-// Incoming calls and state changes come from the live stream (/_wacall/stream); when it is not there
-// the page polls /_wacall/calls. window.phone exposes what the page knows (used by the tests).
-"use strict";
+// Incoming calls and state changes come from the console's live stream (the bus console.js hands to
+// render); the page also polls the call it is on, and the ringing calls while the stream is down.
+// window.phone exposes what the page knows (used by the tests).
+
+const PAGE = `<div class="phone">
+  <h1>Phone</h1>
+  <p class="hint">Be a WhatsApp user with this browser's microphone and speaker: call a business, or answer
+    the business's call to the user you pick. Audio goes through wacall's relay exactly as it would through Meta's.</p>
+
+  <form id="dial" autocomplete="off">
+    <label>User <select id="user" required></select></label>
+    <label>Business <input id="to" required placeholder="phone_number_id or number"></label>
+    <label>Entry point
+      <select id="entry-point">
+        <option>call_icon</option><option>call_button</option><option>deeplink</option><option>call_log</option>
+      </select>
+    </label>
+    <label class="check"><input type="checkbox" id="processing" checked> echo cancellation, noise suppression, gain control</label>
+    <button id="call" type="submit" class="green">Call</button>
+  </form>
+
+  <section id="incoming" hidden>
+    <p>Incoming call from <strong id="incoming-from"></strong></p>
+    <button id="answer" class="green">Answer</button>
+    <button id="reject" class="red">Decline</button>
+  </section>
+
+  <section id="in-call" hidden>
+    <p class="parties" id="parties"></p>
+    <p class="status"><span id="state">-</span> <span id="duration"></span></p>
+    <p class="call-id">call <code id="call-id"></code></p>
+    <div class="meters">
+      <label>microphone <meter id="mic-level" min="-60" max="0" value="-60"></meter></label>
+      <label>speaker <meter id="speaker-level" min="-60" max="0" value="-60"></meter></label>
+    </div>
+    <div id="keypad" class="keypad">
+      <button>1</button><button>2</button><button>3</button>
+      <button>4</button><button>5</button><button>6</button>
+      <button>7</button><button>8</button><button>9</button>
+      <button>*</button><button>0</button><button>#</button>
+    </div>
+    <p class="digits">keys sent: <code id="digits"></code></p>
+    <button id="hangup" class="red">Hang up</button>
+  </section>
+
+  <p id="message" role="status"></p>
+  <audio id="speaker" autoplay></audio>
+  <audio id="speaker" autoplay></audio>
+</div>`;
 
 const $ = (id) => document.getElementById(id);
 const LIVE = new Set(["RINGING", "PRE_ACCEPTED", "ACCEPTED"]);
@@ -14,7 +60,8 @@ let pc = null, mic = null, ctx = null, speakerAnalyser = null, micAnalyser = nul
 let call = null;            // {call_id, state, direction, wa_id, accepted_at, ...} of the call in this browser
 let ringing = null;         // a business-initiated call ringing on the chosen user's phone
 let digitsSent = "";
-let streamUp = false;
+// the console's header shows whether its live stream is connected
+const streamUp = () => { const dot = document.getElementById("live"); return !!(dot && dot.classList.contains("on")); };
 const events = [];
 const log = (what, data) => events.push({t: Math.round(performance.now()), what, data});
 
@@ -64,7 +111,7 @@ async function connect(offerSdp, callId) {
   micAnalyser = analyserFor(mic);
   pc = new RTCPeerConnection({iceServers: []});
   pc.addTrack(mic.getAudioTracks()[0], mic);
-  pc.addEventListener("connectionstatechange", () => { log("connection", pc && pc.connectionState); render(); });
+  pc.addEventListener("connectionstatechange", () => { log("connection", pc && pc.connectionState); show(); });
   pc.addEventListener("track", (e) => {
     const stream = e.streams[0] || new MediaStream([e.track]);
     $("speaker").srcObject = stream;        // Chromium renders a remote track only when an element plays it
@@ -97,7 +144,7 @@ async function placeCall(event) {
     call = {call_id: placed.call_id, state: placed.state, direction: "USER_INITIATED", wa_id: $("user").value,
             business: $("to").value.trim()};
     digitsSent = "";
-    render();
+    show();
     await connect(placed.sdp, placed.call_id);
   } catch (error) {
     say(error.message);
@@ -118,7 +165,7 @@ async function takeOver(callId) {
     call = view;
     ringing = null;
     digitsSent = "";
-    render();
+    show();
     await connect(joined.sdp, callId);
     if (view.direction === "BUSINESS_INITIATED" && view.state === "RINGING") {
       const answered = await api("POST", `/_wacall/calls/${callId}/answer`);
@@ -128,7 +175,7 @@ async function takeOver(callId) {
   } catch (error) {
     say(error.message);
   }
-  render();
+  show();
 }
 
 async function answerCall() {
@@ -139,7 +186,7 @@ async function rejectCall() {
   if (!ringing) return;
   try { await api("POST", `/_wacall/calls/${ringing.call_id}/reject`); } catch (error) { say(error.message); }
   ringing = null;
-  render();
+  show();
 }
 
 async function endCall() {
@@ -153,7 +200,7 @@ async function endCall() {
 function finished() {
   hangUpMedia();
   call = null;
-  render();
+  show();
 }
 
 async function press(key) {
@@ -162,7 +209,7 @@ async function press(key) {
     await api("POST", `/_wacall/calls/${call.call_id}/dtmf`, {digits: key});
     digitsSent += key;
   } catch (error) { say(error.message); }
-  render();
+  show();
 }
 
 // -- what the server says about calls --------------------------------------------------------------------
@@ -178,35 +225,27 @@ function onCall(full) {
     if (view.state === "RINGING") ringing = view;
     else if (ringing && ringing.call_id === view.call_id) ringing = null;
   }
-  render();
-}
-
-function listen() {
-  if (!window.EventSource) return;
-  const stream = new EventSource("/_wacall/stream");
-  stream.addEventListener("open", () => { streamUp = true; });
-  stream.addEventListener("call", (e) => { try { onCall(JSON.parse(e.data)); } catch (_) { /* not a call */ } });
-  stream.addEventListener("error", () => { streamUp = false; });
+  show();
 }
 
 let polled = false;
 async function poll() {               // the stream's safety net (and all there is without it)
   try {
     if (call) onCall(await api("GET", `/_wacall/calls/${call.call_id}`));
-    if ((!streamUp || !polled) && !call) {       // (the first time: a call ringing before the stream opened)
+    if ((!streamUp() || !polled) && !call) {       // (the first time: a call ringing before the stream opened)
       polled = true;
       const live = await api("GET", "/_wacall/calls?state=live&limit=100");
       const mine = (live.data || []).find((c) => c.direction === "BUSINESS_INITIATED" && c.state === "RINGING"
                                                  && c.wa_id === $("user").value);
       ringing = mine ? {call_id: mine.call_id || mine.id, ...mine} : null;
-      render();
+      show();
     }
   } catch (_) { /* the server restarts, or the call is gone: next time */ }
   setTimeout(poll, 1000);
 }
 
 // -- the page ------------------------------------------------------------------------------------------
-function render() {
+function show() {
   $("dial").hidden = !!call;
   $("incoming").hidden = !ringing || !!call;
   if (ringing) $("incoming-from").textContent = ringing.business || ringing.phone_number_id || "a business";
@@ -235,6 +274,16 @@ function meters() {
   requestAnimationFrame(meters);
 }
 
+export async function render(main, bus) {
+  if (!document.querySelector('link[href$="/phone.css"]')) {
+    document.head.append(Object.assign(document.createElement("link"),
+                                       {rel: "stylesheet", href: "/_wacall/console/static/phone.css"}));
+  }
+  main.innerHTML = PAGE;             // (static markup: nothing from the server goes in as HTML)
+  bus.on("call", onCall);
+  await start();
+}
+
 async function start() {
   const [info, users] = await Promise.all([api("GET", "/_wacall/info"), api("GET", "/_wacall/users")]);
   const select = $("user");
@@ -245,19 +294,19 @@ async function start() {
     select.append(option);
   }
   const wanted = new URLSearchParams(location.search);
-  if (wanted.get("user")) select.value = wanted.get("user");
+  const chosen = wanted.get("user") || wanted.get("wa_id");    // (the console's Users page says wa_id)
+  if (chosen) select.value = chosen;
   if (wanted.get("processing") === "off") $("processing").checked = false;
   $("to").value = wanted.get("to") || info.display_phone_number || info.phone_number_id || "";
   $("dial").addEventListener("submit", placeCall);
   $("hangup").addEventListener("click", endCall);
   $("answer").addEventListener("click", answerCall);
   $("reject").addEventListener("click", rejectCall);
-  $("user").addEventListener("change", () => { ringing = null; render(); });
+  $("user").addEventListener("change", () => { ringing = null; show(); });
   for (const key of $("keypad").querySelectorAll("button")) key.addEventListener("click", () => press(key.textContent));
   if (wanted.get("call")) await takeOver(wanted.get("call"));
-  listen();
   poll();
-  render();
+  show();
   requestAnimationFrame(meters);
   window.phone.ready = true;
 }
@@ -292,4 +341,3 @@ window.phone = {
   },
 };
 
-start().catch((error) => say(`the phone could not start: ${error.message}`));
