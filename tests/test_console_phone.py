@@ -66,6 +66,18 @@ class PhonePage:
         self.browser.run(go())
         return self
 
+    def go(self, url: str, click: str) -> None:
+        """Load another page, and follow its link ``click`` back to the phone."""
+        async def go():
+            await self.page.goto(url, timeout=10000)
+            await self.page.click(click, timeout=10000)
+            await self.page.wait_for_function("window.phone && window.phone.ready", timeout=10000)
+        self.browser.run(go())
+
+    def audio_processing(self, on: bool) -> None:
+        """Tick or untick the browser's audio processing (the page remembers it)."""
+        self.browser.run(self.page.set_checked("#processing", on))
+
     def js(self, expression: str, arg: Any = None) -> Any:
         return self.browser.run(self.page.evaluate(expression, arg))
 
@@ -139,15 +151,19 @@ def phone_wa(media_server):
     return wa
 
 
+def console_url(wa) -> str:
+    # "localhost": Chromium resolves nothing else here (chromium_args' host resolver rules), and it is a
+    # secure context, so getUserMedia works
+    return wa.url.replace("127.0.0.1", "localhost") + "/_wacall/console"
+
+
 @pytest.fixture
 def open_phone(phone_wa, chromium):
     """Opens the phone page (``query``: its URL parameters); the pages close after the test."""
     pages: list[PhonePage] = []
 
     def open_page(query: str = "") -> PhonePage:
-        # "localhost": Chromium resolves nothing else here (chromium_args' host resolver rules), and it is a
-        # secure context, so getUserMedia works
-        url = phone_wa.url.replace("127.0.0.1", "localhost") + "/_wacall/console/phone" + query
+        url = console_url(phone_wa) + "/phone" + query
         pages.append(PhonePage(chromium, url))
         return pages[-1].open()
 
@@ -240,8 +256,8 @@ async def test_the_browser_answers_a_business_call(phone_wa, phone):
 
 async def test_the_browser_takes_over_a_call_in_progress(phone_wa, open_phone):
     """A call whose user talks with its own source (440 Hz), carried by the compiled media path where it
-    runs: the browser joins (``?call=``), the call's leg goes back to the Python path, and the business
-    hears the browser from then on."""
+    runs: the browser joins (the call page's "Talk in the browser": the phone with ``?call=``), the call's
+    leg goes back to the Python path, and the business hears the browser from then on."""
     wa = phone_wa
     call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
     async with AiortcBusiness(tone_hz=BUSINESS_HZ) as business:
@@ -251,7 +267,11 @@ async def test_the_browser_takes_over_a_call_in_progress(phone_wa, open_phone):
         health = (await asyncio.to_thread(wa.ctl, "GET", "health")).json()["media"]
         fast_before = health.get("fast_legs")
 
-        phone = await asyncio.to_thread(open_phone, f"?call={call_id}&processing=off")
+        phone = await asyncio.to_thread(open_phone)
+        await asyncio.to_thread(phone.audio_processing, False)     # remembered for the next visit
+        await asyncio.to_thread(phone.go, f"{console_url(wa)}/calls/{call_id}", "text=Talk in the browser")
+        assert await asyncio.to_thread(phone.js, "() => location.search") == f"?call={call_id}"
+        assert await asyncio.to_thread(phone.js, "() => document.getElementById('processing').checked") is False
         heard_before = business.received_seconds
         await _both_ways(wa, phone, business, call_id)
         assert business.received_seconds > heard_before + 1.5

@@ -16,6 +16,11 @@ function summary(call) {
                  h("button", { onclick: () => run("reject") }, "Reject"));
   }
   if (call.state !== "ENDED") buttons.push(h("button", { class: "danger", onclick: () => run("hangup") }, "Hang up"));
+  if (call.state !== "ENDED") {          // the browser phone takes the user's place (and answers a ringing call)
+    buttons.push(h("a", { class: "button", href: `${prefix}/phone?call=${encodeURIComponent(callId)}` },
+                   call.state === "RINGING" && call.direction === "BUSINESS_INITIATED" ? "Answer in the browser"
+                                                                                       : "Talk in the browser"));
+  }
   const keypad = call.state === "ACCEPTED" ? h("div", { class: "keypad", title: "the user presses keys (RFC 4733)" },
     [..."123A456B789C*0#D"].map((key) => h("button", {
       onclick: () => act(`sent ${key}`, () => api("POST", `calls/${callId}/dtmf`, { digits: key })) }, key))) : "";

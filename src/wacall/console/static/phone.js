@@ -296,7 +296,10 @@ async function start() {
   const wanted = new URLSearchParams(location.search);
   const chosen = wanted.get("user") || wanted.get("wa_id");    // (the console's Users page says wa_id)
   if (chosen) select.value = chosen;
-  if (wanted.get("processing") === "off") $("processing").checked = false;
+  const processing = wanted.get("processing") || localStorage.getItem("wacall.phone.processing");
+  if (processing) $("processing").checked = processing !== "off";
+  $("processing").addEventListener("change", () =>
+    localStorage.setItem("wacall.phone.processing", $("processing").checked ? "on" : "off"));
   $("to").value = wanted.get("to") || info.display_phone_number || info.phone_number_id || "";
   $("dial").addEventListener("submit", placeCall);
   $("hangup").addEventListener("click", endCall);
