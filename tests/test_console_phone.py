@@ -279,7 +279,8 @@ async def test_the_browser_takes_over_a_call_in_progress(phone_wa, open_phone):
         if fast_before is not None:                       # the compiled path is built: it carried the call
             assert fast_before == 1 and health["fast_legs"] == 0, (fast_before, health)
 
-        await asyncio.to_thread(phone.click, "#hangup")
+        # leaving the page hangs up, as the user
+        await asyncio.to_thread(lambda: phone.browser.run(phone.page.goto(console_url(wa), timeout=10000)))
         ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 5)
-        assert ended["ended_by"] == "user", ended
+        assert ended["ended_by"] == "user" and ended["end_reason"] == "user_hangup", ended
     assert not phone.errors(), phone.console

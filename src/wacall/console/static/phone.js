@@ -307,6 +307,13 @@ async function start() {
   $("reject").addEventListener("click", rejectCall);
   $("user").addEventListener("change", () => { ringing = null; show(); });
   for (const key of $("keypad").querySelectorAll("button")) key.addEventListener("click", () => press(key.textContent));
+  // closing or leaving the page hangs up, as a phone's user does (keepalive: the request outlives the page)
+  window.addEventListener("pagehide", () => {
+    if (call && LIVE.has(call.state)) {
+      fetch(`/_wacall/calls/${call.call_id}/hangup`, {method: "POST", keepalive: true,
+        headers: {"Content-Type": "application/json"}, body: "{}"}).catch(() => {});
+    }
+  });
   if (wanted.get("call")) await takeOver(wanted.get("call"));
   poll();
   show();
