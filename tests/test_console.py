@@ -51,6 +51,8 @@ async def test_every_page_renders(emulator, http):
             text = await resp.text()
             assert resp.status == 200 and resp.content_type == "text/html", (path, resp.status, text[:200])
             assert '<main id="app" data-page=' in text and "/_wacall/console/static/console.js" in text, path
+    async with http.get(f"{emulator.base_url}/_wacall/console/", allow_redirects=False) as resp:
+        assert resp.status == 302 and resp.headers["Location"] == "/_wacall/console"
     async with http.get(f"{emulator.base_url}/_wacall/console/calls/{call_id}") as resp:
         assert f'data-call-id="{call_id}"' in await resp.text()
     async with http.get(f"{emulator.base_url}/_wacall/console/calls/%3Cscript%3E") as resp:   # escaped, not run
@@ -125,12 +127,12 @@ async def test_the_console_is_guarded_like_the_control_api():
 async def test_numbers_and_permissions(emulator):
     info = emulator.info()
     async with ControlClient(emulator.base_url) as control:
-        numbers = (await control.request("GET", "numbers"))["data"]
+        numbers = await control.numbers()
         assert [n["id"] for n in numbers][0] == info["phone_number_id"]
         assert all("sip_passwords" not in n for n in numbers)
         assert (await control.request("GET", "permissions"))["data"] == []
         await control.send_message(ALICE, info["phone_number_id"], "hi")
-        [pair] = (await control.request("GET", "permissions", wa_id=ALICE))["data"]
+        [pair] = await control.permissions(wa_id=ALICE)
         assert pair["permission"] == "no_permission" and pair["window_open"] is True
         assert pair["requests_24h"] == 0
         await control.advance(2 * 86400)
@@ -170,7 +172,7 @@ async def test_resend_delivers_a_journal_entry_again(emulator):
                     break
                 await asyncio.sleep(0.02)
             first = journal[0]
-            copy = await control.request("POST", f"webhooks/{first['id']}/resend")
+            copy = await control.resend_webhook(first["id"])
             assert copy["id"] != first["id"] and copy["body"] == first["body"] and copy["url"] == url
             for _ in range(200):
                 if len(got) >= 2:
@@ -192,6 +194,6 @@ async def test_media_samples_are_taken_while_someone_follows(emulator):
         await samples.sample()                      # nobody follows: the loop would not sample (wanted is False)
         assert samples.wanted() is False
         body = await control.request("GET", f"calls/{call_id}/media/samples")
-        assert body["call_id"] == call_id and len(body["data"]) == 1
+        assert body["call_id"] == call_id and len(body["data"]) == 1 == len(await control.media_samples(call_id))
         assert set(body["data"][0]) >= {"t", "rx_packets", "loss", "jitter_ms", "level_dbfs", "tx_packets"}
         assert (await control.request("GET", "calls/nope/media/samples"))["data"] == []

@@ -231,7 +231,11 @@ async function draw() {
     sections.recording.dataset.done = "1";
     sections.recording.replaceChildren(await recording(view));
   } else if (view.state !== "ENDED" && !sections.recording.childNodes.length) {
-    sections.recording.replaceChildren(h("p", { class: "muted" }, "Available when the call has ended."));
+    const load = h("button", { onclick: async () => {
+      load.disabled = true;
+      sections.recording.replaceChildren(await recording(view));
+    } }, "Load what was recorded so far");
+    sections.recording.replaceChildren(h("p", { class: "muted" }, "The whole recording loads when the call ends. "), load);
   }
   sections.media.replaceChildren(await quality(view));
   document.title = `Call ${callId} · wacall console`;
