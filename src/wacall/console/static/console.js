@@ -14,8 +14,7 @@ bus.on("clock", showClock);
 const pages = {
   calls: () => import("./calls.js"), call: () => import("./call.js"), users: () => import("./users.js"),
   permissions: () => import("./permissions.js"), numbers: () => import("./numbers.js"),
-  webhooks: () => import("./webhooks.js"), platform: () => import("./platform.js"),
-  phone: () => import("./phone.js").catch(() => import("./nophone.js")),     // the browser phone, when present
+  webhooks: () => import("./webhooks.js"), platform: () => import("./platform.js"), phone: () => import("./nophone.js"),
 };
 
 async function main() {
