@@ -2,7 +2,7 @@
 import { api, app, prefix } from "./api.js";
 import { ladder, sipEntries } from "./ladder.js";
 import { plot } from "./plots.js";
-import { act, badge, duration, h, json, time } from "./ui.js";
+import { act, badge, duration, h, json, since, time } from "./ui.js";
 
 const callId = app.dataset.callId;
 let view, sections = {}, wave = null;
@@ -77,7 +77,7 @@ function timeline(call) {
     }
     const text = describe(entry, webhooks);
     return h("tr", {},
-      h("td", { title: time(entry.t) }, `+${(entry.t - start).toFixed(3)} s`),
+      h("td", { title: time(entry.t) }, `${since(entry.t, start)} s`),
       h("td", {}, h("span", { class: `kind ${entry.kind}` }, entry.kind)),
       h("td", {}, detail ? h("details", {}, h("summary", {}, text), detail) : text));
   });
