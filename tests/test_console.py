@@ -9,28 +9,19 @@ import asyncio
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from wacall.config import load_config as _load_config
-from wacall.console.routes import PAGES, STATIC
-from wacall.control.client import ControlClient
+from support.inprocess import VERSION, config, hook_receiver
+from wacall.console.routes import PAGES, SAMPLES, STATIC
+from wacall.control.client import ControlClient, ControlRefused
 from wacall.server import Wacall
 
-VERSION = "v23.0"
 ALICE = "447700900001"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
-def load_config(token: str | None = None):
-    config = _load_config()
-    config.sip.port = -1
-    config.server.control_token = token
-    return config
-
-
 @pytest.fixture
 async def emulator():
-    wacall = await Wacall(load_config(), db=":memory:", port=0).start()
+    wacall = await Wacall(config(), db=":memory:", port=0).start()
     yield wacall
     await wacall.stop()
 
@@ -51,6 +42,8 @@ async def test_every_page_renders(emulator, http):
             text = await resp.text()
             assert resp.status == 200 and resp.content_type == "text/html", (path, resp.status, text[:200])
             assert '<main id="app" data-page=' in text and "/_wacall/console/static/console.js" in text, path
+    async with http.get(f"{emulator.base_url}/_wacall/console/", allow_redirects=False) as resp:
+        assert resp.status == 302 and resp.headers["Location"] == "/_wacall/console"
     async with http.get(f"{emulator.base_url}/_wacall/console/calls/{call_id}") as resp:
         assert f'data-call-id="{call_id}"' in await resp.text()
     async with http.get(f"{emulator.base_url}/_wacall/console/calls/%3Cscript%3E") as resp:   # escaped, not run
@@ -84,7 +77,7 @@ async def test_a_browser_opening_root_lands_on_the_console_and_api_clients_do_no
 
 
 async def test_the_console_is_guarded_like_the_control_api():
-    wacall = await Wacall(load_config(token="s3cret"), db=":memory:", port=0).start()
+    wacall = await Wacall(config(token="s3cret"), db=":memory:", port=0).start()
     try:
         async with aiohttp.ClientSession() as http:
             url = f"{wacall.base_url}/_wacall/console"
@@ -125,12 +118,12 @@ async def test_the_console_is_guarded_like_the_control_api():
 async def test_numbers_and_permissions(emulator):
     info = emulator.info()
     async with ControlClient(emulator.base_url) as control:
-        numbers = (await control.request("GET", "numbers"))["data"]
+        numbers = await control.numbers()
         assert [n["id"] for n in numbers][0] == info["phone_number_id"]
         assert all("sip_passwords" not in n for n in numbers)
         assert (await control.request("GET", "permissions"))["data"] == []
         await control.send_message(ALICE, info["phone_number_id"], "hi")
-        [pair] = (await control.request("GET", "permissions", wa_id=ALICE))["data"]
+        [pair] = await control.permissions(wa_id=ALICE)
         assert pair["permission"] == "no_permission" and pair["window_open"] is True
         assert pair["requests_24h"] == 0
         await control.advance(2 * 86400)
@@ -142,26 +135,9 @@ async def test_numbers_and_permissions(emulator):
 
 async def test_resend_delivers_a_journal_entry_again(emulator):
     info = emulator.info()
-    got: list[bytes] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        if request.method == "GET":
-            return web.Response(text=request.query.get("hub.challenge", ""))
-        got.append(await request.read())
-        return web.Response(text="ok")
-    app = web.Application()
-    app.router.add_route("*", "/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
+    async with aiohttp.ClientSession() as http:
+        runner, url, got = await hook_receiver(info, http)
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{info['graph_url']}/{VERSION}/{info['app_id']}/subscriptions", params={
-                    "object": "whatsapp_business_account", "callback_url": url, "verify_token": info["verify_token"],
-                    "fields": "calls", "access_token": f"{info['app_id']}|{info['app_secret']}"}) as resp:
-                assert resp.status == 200
         async with ControlClient(emulator.base_url) as control:
             await control.user_calls(ALICE, info["phone_number_id"])
             for _ in range(200):
@@ -170,28 +146,28 @@ async def test_resend_delivers_a_journal_entry_again(emulator):
                     break
                 await asyncio.sleep(0.02)
             first = journal[0]
-            copy = await control.request("POST", f"webhooks/{first['id']}/resend")
+            copy = await control.resend_webhook(first["id"])
             assert copy["id"] != first["id"] and copy["body"] == first["body"] and copy["url"] == url
             for _ in range(200):
                 if len(got) >= 2:
                     break
                 await asyncio.sleep(0.02)
             assert got[-1] == got[0]
-            with pytest.raises(Exception) as refused:
-                await control.request("POST", "webhooks/999999/resend")
-            assert getattr(refused.value, "reason", "") == "unknown_webhook"
+            with pytest.raises(ControlRefused) as refused:
+                await control.resend_webhook(999999)
+            assert refused.value.reason == "unknown_webhook" and refused.value.status == 404
     finally:
         await runner.cleanup()
 
 
 async def test_media_samples_are_taken_while_someone_follows(emulator):
     info = emulator.info()
-    samples = emulator.runner.app[__import__("wacall.console.routes", fromlist=["SAMPLES"]).SAMPLES]
+    samples = emulator.runner.app[SAMPLES]
     async with ControlClient(emulator.base_url) as control:
         call_id = await control.user_calls(ALICE, info["phone_number_id"])
         await samples.sample()                      # nobody follows: the loop would not sample (wanted is False)
         assert samples.wanted() is False
         body = await control.request("GET", f"calls/{call_id}/media/samples")
-        assert body["call_id"] == call_id and len(body["data"]) == 1
+        assert body["call_id"] == call_id and len(body["data"]) == 1 == len(await control.media_samples(call_id))
         assert set(body["data"][0]) >= {"t", "rx_packets", "loss", "jitter_ms", "level_dbfs", "tx_packets"}
         assert (await control.request("GET", "calls/nope/media/samples"))["data"] == []

@@ -22,7 +22,7 @@ class Views:
         return {"call_id": call_id, "state": self.state[call_id]} if call_id in self.state else None
 
     def webhook(self, outbox_id: int) -> dict | None:
-        return {"id": outbox_id, "call_id": "c1" if outbox_id == 1 else "c2"}
+        return {"id": outbox_id, "call_id": {1: "c1", 2: "c2"}.get(outbox_id)}     # 3: a message's, no call
 
     def clock(self) -> dict:
         return {"now": 1.0, "offset": 0.0}
@@ -62,10 +62,11 @@ async def test_changes_in_one_turn_make_one_event_per_call_in_order():
                                 'event: call\ndata: {"call_id":"c2","state":"RINGING"}\n\n']
     live.webhook_attempted(1)
     live.webhook_attempted(2)
+    live.webhook_attempted(3)
     live.clock_advanced()
     live.call_changed("gone")                           # unknown by now: nothing sent
     await settle()
-    assert [f.split("\n", 1)[0] for f in frames(everyone)] == ["event: webhook", "event: webhook", "event: clock"]
+    assert [f.split("\n", 1)[0] for f in frames(everyone)] == ["event: webhook"] * 3 + ["event: clock"]
     got = frames(only_c2)
     assert [f.split("\n", 1)[0] for f in got] == ["event: call", "event: webhook", "event: clock"]
     assert '"call_id":"c2"' in got[0] and '"id":2' in got[1]

@@ -79,6 +79,10 @@ async def media_samples(request: web.Request) -> web.Response:
                         content_type="application/json")
 
 
+async def to_console(request: web.Request) -> web.Response:
+    raise web.HTTPFound(PREFIX)
+
+
 @web.middleware
 async def root_redirect(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                         ) -> web.StreamResponse:
@@ -109,6 +113,7 @@ def console_routes(app: web.Application, live: LiveStream) -> None:
     for path, name, title in PAGES:
         r.add_get(PREFIX + path, page(name, title))
     r.add_get(PREFIX + "/calls/{call_id}", page("call", "Call"))
+    r.add_get(PREFIX + "/", to_console)
     r.add_static(PREFIX + "/static", STATIC, append_version=False)
     try:                                   # the browser phone (console/phone.py), when present
         phone = importlib.import_module(f"{__package__}.phone")

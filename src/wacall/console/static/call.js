@@ -2,7 +2,7 @@
 import { api, app, prefix } from "./api.js";
 import { ladder, sipEntries } from "./ladder.js";
 import { plot } from "./plots.js";
-import { act, badge, duration, h, json, time } from "./ui.js";
+import { act, badge, duration, h, json, since, time } from "./ui.js";
 
 const callId = app.dataset.callId;
 let view, sections = {}, wave = null;
@@ -82,7 +82,7 @@ function timeline(call) {
     }
     const text = describe(entry, webhooks);
     return h("tr", {},
-      h("td", { title: time(entry.t) }, `+${(entry.t - start).toFixed(3)} s`),
+      h("td", { title: time(entry.t) }, `${since(entry.t, start)} s`),
       h("td", {}, h("span", { class: `kind ${entry.kind}` }, entry.kind)),
       h("td", {}, detail ? h("details", {}, h("summary", {}, text), detail) : text));
   });
@@ -236,7 +236,11 @@ async function draw() {
     sections.recording.dataset.done = "1";
     sections.recording.replaceChildren(await recording(view));
   } else if (view.state !== "ENDED" && !sections.recording.childNodes.length) {
-    sections.recording.replaceChildren(h("p", { class: "muted" }, "Available when the call has ended."));
+    const load = h("button", { onclick: async () => {
+      load.disabled = true;
+      sections.recording.replaceChildren(await recording(view));
+    } }, "Load what was recorded so far");
+    sections.recording.replaceChildren(h("p", { class: "muted" }, "The whole recording loads when the call ends. "), load);
   }
   sections.media.replaceChildren(await quality(view));
   document.title = `Call ${callId} · wacall console`;

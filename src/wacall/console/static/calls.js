@@ -4,7 +4,7 @@ import { act, badge, duration, h, time } from "./ui.js";
 
 const LIMIT = 100;
 const rows = new Map();        // call_id -> {call, tr}
-let body, skew = 0;          // skew: the virtual clock minus the wall clock, seconds
+let body, skew = 0, names = {};          // skew: the virtual clock minus the wall clock, seconds
 
 function direction(call) {
   return call.direction === "USER_INITIATED" ? "user → business" : "business → user";
@@ -31,7 +31,8 @@ function row(call) {
     h("td", { class: "mono" }, time(call.created_at)),
     h("td", {}, h("a", { href: `${prefix}/calls/${encodeURIComponent(call.call_id)}` }, call.call_id)),
     h("td", {}, direction(call)),
-    h("td", {}, call.wa_id, h("div", { class: "muted" }, call.business ? `business ${call.business}` : call.phone_number_id)),
+    h("td", {}, names[call.wa_id] ? `${names[call.wa_id]} ` : "", h("span", { class: "mono" }, call.wa_id),
+      h("div", { class: "muted" }, call.business ? `business ${call.business}` : call.phone_number_id)),
     h("td", { class: "state" }, badge(call.state)),
     h("td", { class: "num duration" }, duration(liveDuration(call))),
     h("td", { class: "num" }, call.cost ? `$${Number(call.cost).toFixed(4)}` : ""),
@@ -65,6 +66,7 @@ export async function render(main, bus) {
   const setSkew = (clock) => { skew = clock.now - Date.now() / 1000; };
   bus.on("clock", setSkew);
   api("GET", "clock").then(setSkew);
+  names = Object.fromEntries((await api("GET", "users")).data.map((user) => [user.wa_id, user.name]));
   const index = (await api("GET", `calls?limit=${LIMIT}`)).data;
   if (!index.length) main.append(h("p", { id: "no-calls", class: "muted" }, "No calls yet."));
   for (const item of index) {               // oldest first: each prepended, the newest ends on top

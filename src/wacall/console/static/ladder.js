@@ -1,5 +1,5 @@
 // A SIP ladder diagram from a call's timeline.
-import { h } from "./ui.js";
+import { h, since } from "./ui.js";
 
 const NS = "http://www.w3.org/2000/svg";
 const svg = (tag, attrs = {}, text) => {
@@ -48,10 +48,10 @@ export function ladder(entries, start, onPick) {
   entries.forEach((entry, i) => {
     const y = top + i * row;
     const [from, to] = entry.direction === "in" ? [business, meta] : [meta, business];
-    const text = label(entry.line);
+    const text = label(entry.line) + (/\r\n\r\nv=0/.test(entry.raw) ? " (SDP)" : "");
     const colour = /^[456]\d\d/.test(text) ? "#c0362c" : /^[12]\d\d/.test(text) ? "#1a7f37" : "#34405a";
     const group = svg("g", { class: "message", style: "cursor: pointer" });
-    group.append(svg("text", { x: 4, y: y + 4, fill: "#6b7385" }, `+${(entry.t - start).toFixed(3)}`));
+    group.append(svg("text", { x: 4, y: y + 4, fill: "#6b7385" }, since(entry.t, start)));
     group.append(svg("line", { x1: from, y1: y, x2: to, y2: y, stroke: colour, "stroke-width": "1.6",
                                "marker-end": "url(#arrow)" }));
     group.append(svg("text", { x: (business + meta) / 2, y: y - 5, "text-anchor": "middle", fill: colour }, text));

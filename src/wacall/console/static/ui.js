@@ -48,5 +48,7 @@ export function relative(seconds) {
   if (abs < 172800) return `${sign}${(abs / 3600).toFixed(1)} h`;
   return `${sign}${(abs / 86400).toFixed(1)} d`;
 }
+// seconds after a start, as "+1.234 s" (a timestamp a hair before the start shows as +0.000)
+export const since = (t, start) => `+${Math.max(0, t - start).toFixed(3)}`;
 export const badge = (text, kind) => h("span", { class: `badge ${kind || text}` }, text);
 export const json = (value) => h("pre", {}, JSON.stringify(value, null, 2));
