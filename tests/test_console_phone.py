@@ -284,3 +284,35 @@ async def test_the_browser_takes_over_a_call_in_progress(phone_wa, open_phone):
         ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 5)
         assert ended["ended_by"] == "user" and ended["end_reason"] == "user_hangup", ended
     assert not phone.errors(), phone.console
+
+
+def test_the_phone_signalling_refuses_what_it_cannot_use(wa):
+    """Without a browser: the refusals of the phone's JSON endpoints, in the control API's shape."""
+    wa.reset()
+    post = lambda path, body=None: wa.http.post(f"{wa.url}/_wacall/console/phone/{path}", json=body or {})  # noqa: E731
+    assert post("calls", {"wa_id": ALICE, "to": "not a number"}).json()["error"]["reason"] == "bad_field"
+    assert post("calls", {"wa_id": "15550000000", "to": wa.pnid}).status_code == 404      # no such user
+    assert post("calls/wacid.nope/browser").json()["error"]["reason"] == "unknown_call"
+
+    placed = post("calls", {"wa_id": ALICE, "to": wa.pnid, "entry_point": "deeplink"})
+    assert placed.status_code == 201, placed.text
+    call_id, offer = placed.json()["call_id"], placed.json()["sdp"]
+    assert "a=ice-lite" in offer and "a=setup:actpass" in offer and "opus/48000/2" in offer
+    assert wa.call(call_id)["entry_point"] == "deeplink"
+    assert post(f"calls/{call_id}/browser/answer", {"sdp": 42}).json()["error"]["reason"] == "bad_sdp"
+    refused = post(f"calls/{call_id}/browser/answer", {"sdp": "v=0\r\nm=audio 9 RTP/AVP 0\r\n"})
+    assert refused.status_code == 400 and refused.json()["error"]["reason"] == "bad_sdp", refused.text
+
+    again = post(f"calls/{call_id}/browser")                  # a second browser replaces the first
+    assert again.status_code == 201 and again.json()["sdp"] != offer
+    left = wa.http.delete(f"{wa.url}/_wacall/console/phone/calls/{call_id}/browser")
+    assert left.status_code == 200
+    assert post(f"calls/{call_id}/browser/answer", {"sdp": offer}).json()["error"]["reason"] == "no_offer"
+
+    assert wa.ctl("POST", f"calls/{call_id}/hangup").status_code == 200
+    ended = post(f"calls/{call_id}/browser")
+    assert ended.status_code == 409 and ended.json()["error"]["reason"] == "no_media", ended.text
+    # a browser's request from another site is refused by the guard, as for all of /_wacall
+    cross = wa.http.post(f"{wa.url}/_wacall/console/phone/calls", json={"wa_id": ALICE, "to": wa.pnid},
+                         headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403
