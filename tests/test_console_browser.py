@@ -1,7 +1,10 @@
 """The console in a real browser (Debian's Chromium driven by Playwright): the calls list updates live, over
-the stream and without polling, when a call starts and ends; a call's page shows its timeline."""
+the stream and without polling, when a call starts and ends; a call's page shows its timeline; a SIP call's
+page draws its ladder."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -78,4 +81,33 @@ async def test_the_call_list_actions_go_through_the_control_api(emulator, page):
         await page.click(f"{row} button.danger")                       # Hang up, as the user
         await page.wait_for_selector(f"{row}[data-state='ENDED']", timeout=10_000)
         assert (await control.call(call_id))["ended_by"] == "user"
+    assert page.errors == []
+
+
+async def test_a_sip_calls_page_draws_its_ladder(wa, tmp_path, page):
+    """A user's call to a SIP-enabled number, answered by SIPp (the business's SIP server, behind stunnel),
+    drawn as a ladder from the call's timeline: each SIP message one arrow, in order, the right way."""
+    from test_sip_user_calls import BusinessServer
+    server = await asyncio.to_thread(lambda: BusinessServer(wa, tmp_path).start())
+    try:
+        call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
+        await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
+        await asyncio.to_thread(wa.ctl, "POST", f"calls/{call_id}/hangup")
+        await asyncio.to_thread(server.sipp.wait, 30)
+    finally:
+        await asyncio.to_thread(server.stop)
+    timeline = (await asyncio.to_thread(wa.call, call_id))["timeline"]
+    sent = [(e["direction"], e["line"].split(" ")[0] if not e["line"].startswith("SIP/2.0") else e["line"][8:])
+            for e in timeline if e["kind"] == "sip_message"]
+    await page.goto(f"{wa.url.replace('127.0.0.1', 'localhost')}/_wacall/console/calls/{call_id}")
+    await page.wait_for_selector("#sip svg.ladder")
+    arrows = await page.eval_on_selector_all("#sip svg.ladder g.message", """groups => groups.map(g => {
+        const line = g.querySelector('line');
+        return [Number(line.getAttribute('x1')) < Number(line.getAttribute('x2')) ? 'in' : 'out',
+                g.querySelectorAll('text')[1].textContent.replace(' (SDP)', '')];
+    })""")
+    assert arrows == [list(item) for item in sent] and len(arrows) >= 8
+    assert arrows[0] == ["out", "INVITE"] and arrows[1] == ["in", "401 Unauthorized"] and ["out", "BYE"] in arrows
+    await page.locator("#sip svg.ladder g.message").nth(1).dispatch_event("click")
+    assert (await page.inner_text("#sip pre.raw")).startswith("SIP/2.0 401 Unauthorized")
     assert page.errors == []
