@@ -6,9 +6,11 @@ Thin and typed; each method is one request of docs/control-api.md. Refusals rais
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
+
+from .. import codec
 
 
 class ControlRefused(Exception):
@@ -46,7 +48,11 @@ class ControlClient:
         params = {k: str(v) for k, v in query.items() if v is not None}
         async with self._session.request(method, f"{self.base}/{path.lstrip('/')}", json=body,
                                          params=params, headers=self.headers) as resp:
-            data = await resp.json()
+            try:
+                data = await resp.json()
+            except (aiohttp.ContentTypeError, ValueError):     # not wacall's control API answering
+                raise ControlRefused(resp.status, "not_wacall", f"{resp.method} {resp.url} answered "
+                                     f"{resp.content_type}, not the control API's JSON") from None
             if resp.status >= 400:
                 error = data.get("error", {}) if isinstance(data, dict) else {}
                 raise ControlRefused(resp.status, error.get("reason", "error"), error.get("detail", ""))
@@ -67,6 +73,9 @@ class ControlClient:
 
     async def advance(self, seconds: float) -> dict:
         return await self.request("POST", "clock/advance", {"seconds": seconds})
+
+    async def limits(self) -> dict:
+        return await self.request("GET", "limits")
 
     async def set_limits(self, **limits: Any) -> dict:
         return await self.request("PATCH", "limits", limits)
@@ -123,6 +132,9 @@ class ControlClient:
     async def hangup(self, call_id: str) -> dict:
         return await self.request("POST", f"calls/{call_id}/hangup")
 
+    async def dtmf(self, call_id: str, digits: str) -> dict:
+        return await self.request("POST", f"calls/{call_id}/dtmf", {"digits": digits})
+
     async def webhooks(self, call_id: str | None = None, limit: int = 200) -> list[dict]:
         return (await self.request("GET", "webhooks", call_id=call_id, limit=limit))["data"]
 
@@ -139,3 +151,33 @@ class ControlClient:
 
     async def clear_webhook_faults(self) -> dict:
         return await self.request("DELETE", "webhooks/faults")
+
+    # -- the live stream (GET /_wacall/stream: server-sent events) -------------------------------------
+    async def stream(self, call_id: str | None = None) -> AsyncIterator[tuple[str, Any]]:
+        """``(event, data)`` as they come: ``("call", <call view>)``, ``("webhook", <journal entry>)``,
+        ``("clock", {...})``; runs until the server closes the stream."""
+        if self._session is None:
+            await self.__aenter__()
+        params = {"call_id": call_id} if call_id else {}
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with self._session.get(f"{self.base}/stream", params=params, headers=self.headers,
+                                     timeout=timeout) as resp:
+            if resp.status >= 400 or resp.content_type != "text/event-stream":
+                raise ControlRefused(resp.status, "no_stream", f"GET {resp.url} answered {resp.status} "
+                                     f"{resp.content_type}, not an event stream")
+            event, data = "message", []
+            async for raw in resp.content:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if not line:                            # a blank line ends an event
+                    if data:
+                        yield event, codec.loads("\n".join(data))
+                    event, data = "message", []
+                elif line.startswith(":"):              # a comment (": ping")
+                    continue
+                else:
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "event":
+                        event = value
+                    elif name == "data":
+                        data.append(value)
