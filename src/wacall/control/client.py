@@ -6,11 +6,9 @@ Thin and typed; each method is one request of docs/control-api.md. Refusals rais
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
-
-from .. import codec
 
 
 class ControlRefused(Exception):
@@ -151,33 +149,3 @@ class ControlClient:
 
     async def clear_webhook_faults(self) -> dict:
         return await self.request("DELETE", "webhooks/faults")
-
-    # -- the live stream (GET /_wacall/stream: server-sent events) -------------------------------------
-    async def stream(self, call_id: str | None = None) -> AsyncIterator[tuple[str, Any]]:
-        """``(event, data)`` as they come: ``("call", <call view>)``, ``("webhook", <journal entry>)``,
-        ``("clock", {...})``; runs until the server closes the stream."""
-        if self._session is None:
-            await self.__aenter__()
-        params = {"call_id": call_id} if call_id else {}
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        async with self._session.get(f"{self.base}/stream", params=params, headers=self.headers,
-                                     timeout=timeout) as resp:
-            if resp.status >= 400 or resp.content_type != "text/event-stream":
-                raise ControlRefused(resp.status, "no_stream", f"GET {resp.url} answered {resp.status} "
-                                     f"{resp.content_type}, not an event stream")
-            event, data = "message", []
-            async for raw in resp.content:
-                line = raw.decode("utf-8").rstrip("\r\n")
-                if not line:                            # a blank line ends an event
-                    if data:
-                        yield event, codec.loads("\n".join(data))
-                    event, data = "message", []
-                elif line.startswith(":"):              # a comment (": ping")
-                    continue
-                else:
-                    name, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if name == "event":
-                        event = value
-                    elif name == "data":
-                        data.append(value)
