@@ -39,7 +39,6 @@ Json = Annotated[bool, typer.Option("--json", help="JSON for machines (one objec
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="keep the table live (until Ctrl-C)")]
 Limit = Annotated[int, typer.Option("--limit", "-n", help="how many of the latest to show")]
 
-console = Console()
 Scenario = Enum("Scenario", {name: name for name in SCENARIOS}, type=str)   # typer shows the choices
 
 
@@ -67,6 +66,11 @@ def run(url: str, token: str | None, work: Callable[[ControlClient], Awaitable[A
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:         # Ctrl-C ends --follow
         raise typer.Exit(0) from None
+
+
+def console() -> Console:
+    """A console for this output (made per use: it reads the terminal's width and COLUMNS now)."""
+    return Console()
 
 
 def emit_json(value: Any) -> None:
@@ -168,7 +172,7 @@ def print_call(view: dict, as_json: bool) -> None:
         emit_json(view)
         return
     end = f" ({view['end_status']}, {view['end_reason']})" if view.get("end_status") else ""
-    console.print(f"{view['call_id']}: {view['state']}{end}")
+    console().print(f"{view['call_id']}: {view['state']}{end}")
 
 
 # -- the commands -------------------------------------------------------------------------------------------------
@@ -209,7 +213,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(u["wa_id"], u["name"], u["country"], u["platform"], u["device"],
                           f"{u['incoming']} after {u['answer_after']:g} s" if u["incoming"] in ("answer", "reject")
                           else u["incoming"], u["permission_requests"], u["audio"])
-        console.print(table)
+        console().print(table)
 
     @app.command()
     def call(user: Annotated[str, typer.Argument(help="the calling user's wa_id")],
@@ -272,7 +276,7 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 emit_json(rows)
             else:
-                console.print(calls_table(rows))
+                console().print(calls_table(rows))
 
     @app.command()
     def webhooks(follow: Follow = False, limit: Limit = 20,
@@ -298,7 +302,7 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 emit_json(entries)
             else:
-                console.print(webhooks_table(entries))
+                console().print(webhooks_table(entries))
 
     clock_cli = typer.Typer(add_completion=False, help="The virtual clock.")
     app.add_typer(clock_cli, name="clock")
@@ -339,20 +343,20 @@ def register(app: typer.Typer) -> None:
             table.add_column("what happens")
             for name in SCENARIOS:
                 table.add_row(name, describe(name))
-            console.print(table)
+            console().print(table)
             return
-        say = (lambda text: None) if as_json else (lambda text: console.print(f"• {text}", highlight=False))
+        say = (lambda text: None) if as_json else (lambda text: console().print(f"• {text}", highlight=False))
         outcome = run(url, token, lambda wa: play(wa, scenario.value, user=user, phone_number_id=number,
                                                   access_token=access_token, say=say))
         if as_json:
             return emit_json(outcome.as_dict())
         if outcome.webhooks:
-            console.print(webhooks_table(outcome.webhooks, "webhooks the business got"))
+            console().print(webhooks_table(outcome.webhooks, "webhooks the business got"))
         else:
-            console.print("[yellow]No webhooks were sent: no app subscribed to this business has a callback "
+            console().print("[yellow]No webhooks were sent: no app subscribed to this business has a callback "
                           "URL (POST /<app_id>/subscriptions).[/yellow]")
         if outcome.refusal:
-            console.print(f"The business's last call was refused: HTTP {outcome.refusal['status']}, "
+            console().print(f"The business's last call was refused: HTTP {outcome.refusal['status']}, "
                           f"{outcome.refusal.get('message')}", highlight=False)
 
     @app.command("config")
@@ -378,7 +382,7 @@ async def live(wa: ControlClient, as_json: bool, initial: list[dict], kind: str,
                 update(data)
                 emit_json({"event": event, "data": data})
         return
-    with Live(render(), console=console, auto_refresh=False) as screen:
+    with Live(render(), console=console(), auto_refresh=False) as screen:
         async for event, data in wa.stream(call_id=call_id):
             if event == kind:
                 update(data)
