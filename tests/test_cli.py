@@ -320,6 +320,11 @@ def test_trigger_lists_the_scenarios(wa):
         assert name in result.stdout
 
 
+def test_trigger_unknown_scenario_is_a_usage_error(wa):
+    result = wacall_cli(wa, "trigger", "alien-call")
+    assert result.exit_code == 2 and "alien-call" in result.output + result.stderr
+
+
 def test_trigger_missed_call(wa, receiver):
     outcome = trigger(wa, "missed-call")
     (call_id,) = outcome["calls"]

@@ -32,9 +32,9 @@ from .triggers import SCENARIOS, ScenarioFailed, describe, play
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
-Url = Annotated[str, typer.Option("--url", envvar="WACALL_URL", help="the running wacall (env WACALL_URL)")]
+Url = Annotated[str, typer.Option("--url", envvar="WACALL_URL", help="the running wacall")]
 Token = Annotated[Optional[str], typer.Option("--token", envvar="WACALL_CONTROL_TOKEN",
-                                              help="its control token, if it has one (env WACALL_CONTROL_TOKEN)")]
+                                              help="its control token, if it has one")]
 Json = Annotated[bool, typer.Option("--json", help="JSON for machines (one object; with --follow one per line)")]
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="keep the table live (until Ctrl-C)")]
 Limit = Annotated[int, typer.Option("--limit", "-n", help="how many of the latest to show")]
@@ -51,8 +51,10 @@ def _fail(message: str) -> typer.Exit:
 def run(url: str, token: str | None, work: Callable[[ControlClient], Awaitable[Any]]) -> Any:
     """Run ``work`` with a client of the server at ``url``; every failure is one readable line."""
     async def main() -> Any:
-        async with ControlClient(url, token=token) as wa:
-            return await work(wa)
+        # a wacall that stops answering fails the command instead of hanging it (the stream sets its own)
+        timeout = aiohttp.ClientTimeout(total=60, sock_connect=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            return await work(ControlClient(url, session, token=token))
     try:
         return asyncio.run(main())
     except ControlRefused as exc:
@@ -60,7 +62,9 @@ def run(url: str, token: str | None, work: Callable[[ControlClient], Awaitable[A
         raise _fail(f"{exc.reason}: {exc.detail}{hint}") from None
     except aiohttp.ClientConnectorError as exc:
         raise _fail(f"no wacall at {url} ({exc.os_error.strerror or exc.os_error})") from None
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except asyncio.TimeoutError:
+        raise _fail(f"the wacall at {url} did not answer in time") from None
+    except aiohttp.ClientError as exc:
         raise _fail(f"{url}: {type(exc).__name__}: {exc}") from None
     except ScenarioFailed as exc:
         raise _fail(str(exc)) from None

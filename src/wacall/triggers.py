@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
-from .control.client import ControlClient
+from .control.client import ControlClient, ControlRefused
 
 GRAPH_VERSION = "v23.0"
 
@@ -305,8 +305,7 @@ async def play(wa: ControlClient, name: str, *, user: str | None = None, phone_n
                              "to a caller on loopback; pass --access-token")
     pnid = phone_number_id or info["phone_number_id"]
     if user is None:
-        user = f"1555{random.randrange(10**7):07d}"
-        await wa.create_user(user, name=f"trigger {name}", incoming="manual", permission_requests="manual")
+        user = await _new_user(wa, name)
         say(f"new user {user} (answers, declines and replies only when told)")
     before = await wa.webhooks(limit=1)
     mark = before[-1]["id"] if before else 0
@@ -317,6 +316,19 @@ async def play(wa: ControlClient, name: str, *, user: str | None = None, phone_n
         await scenario(run)
     outcome.webhooks = await _settled(wa, mark, settle)
     return outcome
+
+
+async def _new_user(wa: ControlClient, scenario: str) -> str:
+    """A user of its own for this run (North American fictional numbers, 1-555-...), reacting to nothing."""
+    for _ in range(20):
+        wa_id = f"1555{random.randrange(10**7):07d}"
+        try:
+            await wa.create_user(wa_id, name=f"trigger {scenario}", incoming="manual", permission_requests="manual")
+            return wa_id
+        except ControlRefused as exc:
+            if exc.reason != "exists":
+                raise
+    raise ScenarioFailed("could not find a free number for the scenario's user; pass --user")
 
 
 async def _settled(wa: ControlClient, mark: int, timeout: float) -> list[dict]:
