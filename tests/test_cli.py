@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -234,16 +235,25 @@ def test_calls_follow_json_shows_each_state_change(wa):
 
 
 def test_calls_follow_table_until_ctrl_c(wa):
+    manual(wa, ALICE)
+    wa.grant_permission(ALICE, permanent=True)
     proc = follow(wa, "calls", "--follow")
-    call_id = json.loads(wacall_cli(wa, "call", ALICE, "--json").stdout)["call_id"]
-    wa.ctl("POST", f"calls/{call_id}/hangup")
-    time.sleep(0.5)
+    ended = json.loads(wacall_cli(wa, "call", ALICE, "--json").stdout)["call_id"]
+    wa.ctl("POST", f"calls/{ended}/hangup")
+    talking = business_calls(wa, ALICE)
+    wa.ctl("POST", f"calls/{talking}/answer")
+    wa.advance(90)                              # a clock event: the live call's duration follows it
+    time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     last = out[out.rfind("calls (live"):]       # the table as last drawn
-    assert call_id in last and "ENDED" in last and "user_hangup" in last
+    row = {line.split("│")[1].strip(): line for line in last.splitlines() if "wacid." in line}
+    assert "ENDED" in row[ended] and "user_hangup" in row[ended] and "user → business" in row[ended]
+    assert "ACCEPTED" in row[talking] and "business → user" in row[talking]
+    assert re.search(r"\b(9[0-9]) s so far", row[talking]), row[talking]
+    wa.ctl("POST", f"calls/{talking}/hangup")
 
 
 def test_clock_show_and_advance(wa):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import time
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Awaitable, Callable, Optional
@@ -144,7 +145,8 @@ def last_http(entry: dict) -> str:
 
 def webhooks_table(entries: list[dict], title: str = "webhooks") -> Table:
     table = Table(title=title)
-    for name in ("id", "queued", "field", "event", "call", "status", "attempts", "last answer"):
+    table.add_column("id", no_wrap=True)
+    for name in ("queued", "field", "event", "call", "status", "attempts", "last answer"):
         table.add_column(name, overflow="fold")
     for e in entries:
         table.add_row(str(e["id"]), when(e.get("created_at")), e.get("field", ""), webhook_event(e.get("body", {})),
@@ -152,21 +154,24 @@ def webhooks_table(entries: list[dict], title: str = "webhooks") -> Table:
     return table
 
 
-def calls_table(calls: list[dict], title: str = "calls") -> Table:
+def calls_table(calls: list[dict], title: str = "calls", now: float | None = None) -> Table:
+    """The calls, one a row; ``now`` (the virtual time) gives connected calls their duration so far."""
     table = Table(title=title)
-    for name in ("call", "direction", "user", "business", "state", "signalling", "started", "duration", "cost",
-                 "end"):
+    table.add_column("call", no_wrap=True)
+    for name in ("direction", "user", "business", "state", "signalling", "started", "duration", "cost", "end"):
         table.add_column(name, overflow="fold")
     for c in calls:
         end = " ".join(str(p) for p in (c.get("end_status"), c.get("end_reason")) if p)
         codes = " ".join(str(e.get("code")) for e in c.get("errors") or [])
-        duration = c.get("duration")
+        duration = f"{c['duration']} s" if c.get("duration") is not None else ""
+        if not duration and now is not None and c.get("state") == "ACCEPTED" and c.get("accepted_at"):
+            duration = f"{max(0, int(now - c['accepted_at']))} s so far"
         cost = c.get("cost")
         table.add_row(c["call_id"], {"USER_INITIATED": "user → business", "BUSINESS_INITIATED": "business → user"}
                       .get(c.get("direction") or "", c.get("direction") or ""), c.get("wa_id") or "",
                       c.get("business") or c.get("phone_number_id") or "", c.get("state", ""),
                       c.get("signalling") or "", when(c.get("created_at")),
-                      f"{duration} s" if duration is not None else "", "" if cost in (None, 0) else str(cost),
+                      duration, "" if cost in (None, 0) else str(cost),
                       " ".join(p for p in (end, codes) if p))
     return table
 
@@ -271,8 +276,17 @@ def register(app: typer.Typer) -> None:
             if not follow:
                 return rows
             by_id = {row["call_id"]: row for row in rows}
-            await live(wa, as_json, rows, "call", lambda view: by_id.__setitem__(view["call_id"], view),
-                       lambda: calls_table(list(by_id.values())[-limit:], "calls (live; Ctrl-C stops)"))
+            offset = [(await wa.clock())["offset"]]        # the virtual clock runs at wall time plus this
+
+            def seen(event: str, data: dict) -> None:
+                if event == "call":
+                    by_id[data["call_id"]] = data
+                    trimmed(by_id, limit)
+                elif event == "clock":
+                    offset[0] = data["offset"]
+            await live(wa, as_json, rows, "call", seen,
+                       lambda: calls_table(list(by_id.values()), "calls (live; Ctrl-C stops)",
+                                           now=time.time() + offset[0]))
             return None
 
         rows = run(url, token, work)
@@ -293,11 +307,12 @@ def register(app: typer.Typer) -> None:
                 return entries
             by_id = {e["id"]: e for e in entries}
 
-            def seen(entry: dict) -> None:
-                if call_id is None or entry.get("call_id") == call_id:
+            def seen(event: str, entry: dict) -> None:
+                if event == "webhook" and (call_id is None or entry.get("call_id") == call_id):
                     by_id[entry["id"]] = entry
+                    trimmed(by_id, limit)
             await live(wa, as_json, entries, "webhook", seen,
-                       lambda: webhooks_table(sorted(by_id.values(), key=lambda e: e["id"])[-limit:],
+                       lambda: webhooks_table(sorted(by_id.values(), key=lambda e: e["id"]),
                                               "webhooks (live; Ctrl-C stops)"), call_id)
             return None
 
@@ -374,20 +389,26 @@ def register(app: typer.Typer) -> None:
         typer.echo(DEFAULT_TOML.strip("\n"))
 
 
-async def live(wa: ControlClient, as_json: bool, initial: list[dict], kind: str, update: Callable[[dict], None],
-               render: Callable[[], Table], call_id: str | None = None) -> None:
-    """Follow ``/_wacall/stream``: each ``kind`` event updates the rows (``update``) and the table is drawn
-    again; with ``--json`` each event is printed as one JSON line instead."""
+async def live(wa: ControlClient, as_json: bool, initial: list[dict], kind: str,
+               update: Callable[[str, dict], None], render: Callable[[], Table], call_id: str | None = None) -> None:
+    """Follow ``/_wacall/stream``: each event goes to ``update(event, data)`` and the table is drawn again
+    (and once a second, for what moves with time); with ``--json`` each ``kind`` event is printed as one JSON
+    line instead."""
     if as_json:
         for item in initial:
             emit_json({"event": kind, "data": item})
         async for event, data in wa.stream(call_id=call_id):
             if event == kind:
-                update(data)
+                update(event, data)
                 emit_json({"event": event, "data": data})
         return
-    with Live(render(), console=console(), auto_refresh=False) as screen:
+    with Live(get_renderable=render, console=console(), refresh_per_second=1) as screen:
         async for event, data in wa.stream(call_id=call_id):
-            if event == kind:
-                update(data)
-                screen.update(render(), refresh=True)
+            update(event, data)
+            screen.refresh()
+
+
+def trimmed(rows: dict, limit: int) -> None:
+    """Keep the latest ``limit`` rows (insertion order: the newest last)."""
+    while len(rows) > max(1, limit):
+        del rows[next(iter(rows))]
