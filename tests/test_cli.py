@@ -256,6 +256,17 @@ def test_calls_follow_table_until_ctrl_c(wa):
     wa.ctl("POST", f"calls/{talking}/hangup")
 
 
+def test_follow_ends_with_a_failure_when_wacall_stops():
+    server = Wacall().start()
+    try:
+        proc = follow(server, "webhooks", "--follow")
+    finally:
+        server.close()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.startswith("wacall: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_clock_show_and_advance(wa):
     before = ok_json(wa, "clock")
     after = ok_json(wa, "clock", "advance", "7d")

@@ -401,11 +401,12 @@ async def live(wa: ControlClient, as_json: bool, initial: list[dict], kind: str,
             if event == kind:
                 update(event, data)
                 emit_json({"event": event, "data": data})
-        return
-    with Live(get_renderable=render, console=console(), refresh_per_second=1) as screen:
-        async for event, data in wa.stream(call_id=call_id):
-            update(event, data)
-            screen.refresh()
+    else:
+        with Live(get_renderable=render, console=console(), refresh_per_second=1) as screen:
+            async for event, data in wa.stream(call_id=call_id):
+                update(event, data)
+                screen.refresh()
+    raise ControlRefused(0, "stream_ended", f"{wa.base} closed the live stream (did it stop?)")
 
 
 def trimmed(rows: dict, limit: int) -> None:
