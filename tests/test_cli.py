@@ -91,6 +91,15 @@ def test_version_comes_from_the_package_metadata():
     assert done.stdout.strip() == f"wacall {version('wacall')}" == f"wacall {package_version()}"
 
 
+def test_help_lists_every_command():
+    result = CliRunner().invoke(cli, ["--help"], env=WIDE)
+    assert result.exit_code == 0
+    for command in ("serve", "cert", "users", "call", "answer", "reject", "hangup", "dtmf", "calls", "webhooks",
+                    "clock", "trigger", "config"):
+        assert f" {command} " in result.stdout, command
+    assert "--version" in result.stdout
+
+
 def test_config_default_prints_the_built_in_configuration_as_toml(tmp_path):
     result = CliRunner().invoke(cli, ["config", "--default"])
     assert result.exit_code == 0, result.output

@@ -14,6 +14,7 @@ import cycle).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import sys
 import time
@@ -202,7 +203,12 @@ def package_version() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the commands to ``wacall``'s typer app, and ``--version`` to its root."""
+    """Add the commands to ``wacall``'s typer app, and ``--version`` to its root (whose callback in
+    ``wacall.cli`` takes no options, so this one replaces it; one that takes options would lose them)."""
+    previous = app.registered_callback
+    if previous is not None and previous.callback is not None and inspect.signature(previous.callback).parameters:
+        raise RuntimeError("wacall.cli's root callback takes options now: move --version into it "
+                           "(wacall.cli_client.register would replace it)")
 
     @app.callback()
     def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
