@@ -271,7 +271,7 @@ def test_follow_ends_with_a_failure_when_wacall_stops():
         proc = follow(server, "webhooks", "--follow")
     finally:
         server.close()
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert err.startswith("wacall: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 

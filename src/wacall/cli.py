@@ -209,7 +209,7 @@ def cert_ca(directory: Optional[str] = typer.Option(None, "--dir", help=_PKI_DIR
         raise typer.Exit(2)
 
 
-from .cli_client import register as _register_client_commands  # noqa: E402  (users, call, trigger...: docs/cli.md)
+from .cli_client import register as _register_client_commands  # users, call, trigger...: docs/cli.md
 _register_client_commands(cli)
 
 
