@@ -209,6 +209,10 @@ def cert_ca(directory: Optional[str] = typer.Option(None, "--dir", help=_PKI_DIR
         raise typer.Exit(2)
 
 
+from .cli_client import register as _register_client_commands  # users, call, trigger...: docs/cli.md
+_register_client_commands(cli)
+
+
 def main() -> None:
     cli()
 

@@ -47,7 +47,11 @@ class ControlClient:
         params = {k: str(v) for k, v in query.items() if v is not None}
         async with self._session.request(method, f"{self.base}/{path.lstrip('/')}", json=body,
                                          params=params, headers=self.headers) as resp:
-            data = await resp.json()
+            try:
+                data = await resp.json()
+            except (aiohttp.ContentTypeError, ValueError):     # not wacall's control API answering
+                raise ControlRefused(resp.status, "not_wacall", f"{resp.method} {resp.url} answered "
+                                     f"{resp.content_type}, not the control API's JSON") from None
             if resp.status >= 400:
                 error = data.get("error", {}) if isinstance(data, dict) else {}
                 raise ControlRefused(resp.status, error.get("reason", "error"), error.get("detail", ""))
@@ -68,6 +72,9 @@ class ControlClient:
 
     async def advance(self, seconds: float) -> dict:
         return await self.request("POST", "clock/advance", {"seconds": seconds})
+
+    async def limits(self) -> dict:
+        return await self.request("GET", "limits")
 
     async def set_limits(self, **limits: Any) -> dict:
         return await self.request("PATCH", "limits", limits)
@@ -123,6 +130,9 @@ class ControlClient:
 
     async def hangup(self, call_id: str) -> dict:
         return await self.request("POST", f"calls/{call_id}/hangup")
+
+    async def dtmf(self, call_id: str, digits: str) -> dict:
+        return await self.request("POST", f"calls/{call_id}/dtmf", {"digits": digits})
 
     async def webhooks(self, call_id: str | None = None, limit: int = 200) -> list[dict]:
         return (await self.request("GET", "webhooks", call_id=call_id, limit=limit))["data"]
