@@ -5,6 +5,10 @@ wacall's) media relay: one audio transceiver, Opus 48000/2, RFC 4733 telephone e
 full ICE, on loopback only. Nobody in this project wrote aiortc, so a call that works against it is
 evidence that wacall's media leg speaks real WebRTC and not just its own dialect.
 
+:class:`BusinessPeer` is the same peer for plain (non-async) tests: it runs on a background event loop
+and each method returns its result, or an awaitable when called from a coroutine (the pytest plugin's
+``wacall_business`` fixture is one).
+
 Usage::
 
     biz = AiortcBusiness(tone_hz=440.0)
@@ -112,6 +116,7 @@ from aiortc.rtp import is_rtcp
 
 __all__ = [
     "AiortcBusiness",
+    "BusinessPeer",
     "ToneTrack",
     "TELEPHONE_EVENT_PT",
     "OPUS_PT",
@@ -897,13 +902,64 @@ class AiortcBusiness:
         await self.close()
 
 
-async def take_user_call(wa, business: AiortcBusiness, call_id: str) -> None:
-    """Answer a user-initiated call the way Meta asks: the answer SDP with ``pre_accept``, then ``accept``
-    (``wa``: the test harness's wacall); returns once ICE and DTLS are up."""
-    offer = (await asyncio.to_thread(wa.call, call_id))["meta_sdp"]
-    answer = await business.answer(offer)
-    for action in ("pre_accept", "accept"):
-        response = await asyncio.to_thread(wa.calls_action, {"call_id": call_id, "action": action,
-                                                             "session": {"sdp_type": "answer", "sdp": answer}})
-        assert response.status_code == 200, response.text
-    await business.wait_connected(10)
+class BusinessPeer:
+    """An :class:`AiortcBusiness` on the plugin's background event loop (:func:`running.client_portal`),
+    so that plain tests can use it: each method below returns its result from plain code, and an
+    awaitable from a coroutine. The peer's loop keeps running (ICE, DTLS, audio both ways) while a
+    test blocks. Attributes (``received_digits``, ``ice_role``...) and the analysis methods
+    (``dominant_frequency()``, ``tone_power(f)``, ``rms_dbfs()``) are read straight from the peer.
+
+    ``BusinessPeer(tone_hz=1000.0)`` plays a sine tone; ``BusinessPeer(wav_path="prompt.wav")`` a WAV file.
+    """
+
+    def __init__(self, tone_hz: float = 1000.0, wav_path: str | None = None, **options: Any) -> None:
+        from .running import client_portal
+
+        self._portal = client_portal()
+
+        async def make() -> AiortcBusiness:
+            return AiortcBusiness(tone_hz, wav_path, **options)
+        self.peer = self._portal.run(make(), timeout=30)
+
+    def answer(self, offer_sdp: str) -> Any:
+        """A user-initiated call: take Meta's offer (the ``connect`` webhook's SDP), return the answer SDP
+        for ``pre_accept``/``accept``."""
+        return self._portal.call(self.peer.answer(offer_sdp))
+
+    def offer(self) -> Any:
+        """A business-initiated call: the offer SDP for Graph's ``connect``."""
+        return self._portal.call(self.peer.offer())
+
+    def accept_answer(self, answer_sdp: str) -> Any:
+        """A business-initiated call: take Meta's answer (the ``connect`` webhook's SDP)."""
+        return self._portal.call(self.peer.accept_answer(answer_sdp))
+
+    def wait_connected(self, timeout: float = 10.0) -> Any:
+        """Until ICE and DTLS are up."""
+        return self._portal.call(self.peer.wait_connected(timeout))
+
+    def wait_received(self, seconds: float, timeout: float = 10.0) -> Any:
+        """Until ``seconds`` of the user's audio have been received and decoded."""
+        return self._portal.call(self.peer.wait_received(seconds, timeout))
+
+    def wait_digits(self, count: int, timeout: float = 5.0) -> Any:
+        """Until ``count`` RFC 4733 digits have arrived from the user; returns them."""
+        return self._portal.call(self.peer.wait_digits(count, timeout))
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100, gap_ms: int = 60) -> Any:
+        """Press keys (RFC 4733 on the audio stream); returns once they are sent."""
+        async def send() -> None:
+            await self.peer.send_dtmf(digits, duration_ms, gap_ms)
+        return self._portal.call(send())
+
+    def close(self) -> Any:
+        return self._portal.call(self.peer.close())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.peer, name)
+
+    def __enter__(self) -> "BusinessPeer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._portal.run(self.peer.close(), timeout=30)
