@@ -119,8 +119,10 @@ class Clock:
         return client_portal().call(now())
 
     def advance(self, duration: float | str) -> Any:
-        """``advance(90)``, ``advance("15m")``, ``advance("7d")``."""
-        return self.server.advance(duration)
+        """``advance(90)``, ``advance("15m")``, ``advance("7d")``; returns the clock (``{"now": ...}``)."""
+        from .running import seconds
+
+        return self.server.control.advance(seconds(duration))
 
 
 @pytest.fixture

@@ -95,8 +95,10 @@ class Portal:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return future.result()
-        return asyncio.wrap_future(future)
+            in_a_coroutine = False
+        else:
+            in_a_coroutine = True
+        return asyncio.wrap_future(future) if in_a_coroutine else future.result()
 
     def close(self) -> None:
         if self.loop.is_closed():
