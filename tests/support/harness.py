@@ -62,26 +62,10 @@ class Wacall(Subprocess):
         super().close()
         self.http.close()
 
-    # -- shortcuts ---------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return self.info["graph_url"]
-
-    @property
-    def token(self) -> str:
-        return self.info["access_token"]
-
-    @property
-    def pnid(self) -> str:
-        return self.info["phone_number_id"]
-
-    @property
-    def waba_id(self) -> str:
-        return self.info["waba_id"]
-
-    @property
-    def app_id(self) -> str:
-        return self.info["app_id"]
+    # -- shortcuts (the tests' short names for the plugin's) ----------------------------------------
+    url = Subprocess.graph_url
+    token = Subprocess.access_token
+    pnid = Subprocess.phone_number_id
 
     @property
     def app_token(self) -> str:

@@ -152,6 +152,10 @@ class Control:
             self._portal.run(self.client.close(), timeout=10)
 
 
+def _info(key: str, doc: str) -> property:
+    return property(lambda self: self.info[key], doc=doc)
+
+
 # -- the server -----------------------------------------------------------------------------------
 class Running:
     """A started wacall: what a client needs (``graph_url``, ``access_token``, ``phone_number_id``,
@@ -263,43 +267,16 @@ class Running:
                 os.environ[name] = value
         self._saved_env = None
 
-    # -- what a client needs --------------------------------------------------------------------------
-    @property
-    def graph_url(self) -> str:
-        """The base URL your code uses instead of ``https://graph.facebook.com``."""
-        return self.info["graph_url"]
-
-    @property
-    def control_url(self) -> str:
-        return self.info["control_url"]
-
-    @property
-    def access_token(self) -> str:
-        return self.info["access_token"]
-
-    @property
-    def phone_number_id(self) -> str:
-        return self.info["phone_number_id"]
-
-    @property
-    def display_phone_number(self) -> str:
-        return self.info["display_phone_number"]
-
-    @property
-    def waba_id(self) -> str:
-        return self.info["waba_id"]
-
-    @property
-    def app_id(self) -> str:
-        return self.info["app_id"]
-
-    @property
-    def app_secret(self) -> str:
-        return self.info["app_secret"]
-
-    @property
-    def verify_token(self) -> str:
-        return self.info["verify_token"]
+    # -- what a client needs (from the server's info: GET /_wacall/info) ----------------------------
+    graph_url = _info("graph_url", "The base URL your code uses instead of ``https://graph.facebook.com``.")
+    control_url = _info("control_url", "The control API's base URL (``.../_wacall``).")
+    access_token = _info("access_token", "The default app's access token (``Authorization: Bearer``).")
+    phone_number_id = _info("phone_number_id", "The default business phone number's id.")
+    display_phone_number = _info("display_phone_number", "The number users call (``+1 555...``).")
+    waba_id = _info("waba_id", "The WhatsApp Business Account's id.")
+    app_id = _info("app_id", "The default app's id.")
+    app_secret = _info("app_secret", "The app secret webhooks are signed with (``X-Hub-Signature-256``).")
+    verify_token = _info("verify_token", "The verify token of Meta's subscription handshake.")
 
     @property
     def sip(self) -> dict[str, Any] | None:
