@@ -61,6 +61,16 @@ def test_the_readme_shows_the_example_file_as_it_is():
     assert EXAMPLE.read_text() in blocks, "README's 'Testing your integration' must show examples/test_my_business.py"
 
 
+def test_the_plugin_and_import_wacall_stay_light():
+    """pytest loads the plugin in every run where wacall is installed, and ``import wacall`` must not pull
+    the server in: the server, aiohttp and aiortc are imported when a fixture or ``running()`` is used."""
+    code = ("import sys, wacall, wacall.testing.plugin, wacall.testing; "
+            "print(sorted(m for m in ('aiohttp', 'aiortc', 'av', 'numpy', 'wacall.server', 'wacall.testing.running') "
+            "if m in sys.modules)); wacall.running; print('wacall.testing.running' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout + done.stderr
+
+
 # -- the fixtures, from the project's own tests (their wacall_server is the harness's) -------------------
 def test_wait_for_says_what_it_waited_for_and_what_came(wacall, wacall_users, wacall_receiver):
     call_id = wacall_users.user_calls(ALICE, wacall.phone_number_id)
@@ -177,3 +187,9 @@ def test_running_as_a_decorator_of_plain_and_async_functions():
     assert info["sip"] is None and info["phone_number_id"] and refused(info["graph_url"])
     with pytest.raises(ValueError, match="mode must be one of"):
         wacall_package.running(mode="docker")
+
+
+def test_a_wacall_that_cannot_start_says_why(tmp_path):
+    with pytest.raises(RuntimeError, match=r"wacall did not start .*cannot load config"):
+        with wacall_package.running(config=str(tmp_path / "missing.toml")):
+            pass

@@ -42,6 +42,8 @@ class Wacall(Subprocess):
     """A running ``wacall serve --json`` process (the pytest plugin's :class:`Subprocess`), with the
     business SIP hostnames the tests use and plain HTTP shortcuts for Graph and control requests."""
 
+    stderr_pipe = True                          # tests read ``proc.stderr`` themselves
+
     def __init__(self, *, db: str = ":memory:", config: str | None = None, port: int = 0,
                  extra: list[str] | None = None, open_files: int | None = None,
                  control_token: str | None = None) -> None:

@@ -44,10 +44,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("wacall_config", "a wacall.toml for the wacall_server fixture", default="")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "wacall: a test that uses the wacall emulator (wacall's pytest plugin)")
-
-
 def _setting(config: pytest.Config, name: str) -> str | None:
     return (config.getoption(f"--wacall-{name}") or config.getini(f"wacall_{name}")
             or os.environ.get(f"WACALL_{name.upper()}") or None)

@@ -353,9 +353,12 @@ class GraphError(Exception):
 
 class Subprocess(Running):
     """``wacall serve --json`` in a child process (``python -m wacall``); :meth:`kill` ends it as a crash
-    would, :meth:`start` after :meth:`stop` brings it back on the same Graph and SIP ports."""
+    would, :meth:`start` after :meth:`stop` brings it back on the same Graph and SIP ports. Its log
+    (stderr) goes to a temporary file, read with :meth:`log` (a pipe nobody reads would stall the server
+    once it filled); a subclass with ``stderr_pipe = True`` reads ``proc.stderr`` itself instead."""
 
     mode = "subprocess"
+    stderr_pipe = False
 
     def __init__(self, *, extra_args: list[str] | None = None, **options: Any) -> None:
         super().__init__(**options)
@@ -363,6 +366,7 @@ class Subprocess(Running):
         self.proc: subprocess.Popen | None = None
         self.requested_port = 0
         self.requested_sip_port = 0 if self.sip_enabled else -1
+        self._log = None if self.stderr_pipe else tempfile.TemporaryFile("w+", prefix="wacall-log-")
 
     def args(self) -> list[str]:
         args = [sys.executable, "-m", "wacall", "serve", "--json", "--port", str(self.requested_port),
@@ -378,13 +382,25 @@ class Subprocess(Running):
     def popen_options(self) -> dict[str, Any]:
         return {}
 
+    def log(self) -> str:
+        """What the server wrote to stderr so far (every start of this object)."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        text = self._log.read()
+        self._log.seek(0, os.SEEK_END)
+        return text
+
     def _launch(self) -> dict[str, Any]:
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stderr = subprocess.PIPE if self._log is None else self._log
+        self.proc = subprocess.Popen(self.args(), stdout=subprocess.PIPE, stderr=stderr, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, **self.popen_options())
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(10)
-            raise RuntimeError(f"wacall did not start ({' '.join(self.args())}): {self.proc.stderr.read()}")
+            log = self.proc.stderr.read() if self._log is None else self.log()
+            raise RuntimeError(f"wacall did not start ({' '.join(self.args())}): {log}")
         info = json.loads(line)
         self.requested_port = int(info["graph_url"].rsplit(":", 1)[1])   # a restart takes the same ports
         if info.get("sip"):
@@ -399,6 +415,8 @@ class Subprocess(Running):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def kill(self) -> None:
         """Stop without a clean shutdown, as a crash would."""
@@ -408,14 +426,8 @@ class Subprocess(Running):
 
     def close(self) -> None:
         super().close()
-        self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        """The stopped process's output stays readable (``w.proc.stderr.read()``) until :meth:`close`."""
-        if self.proc is not None:
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        if self._log is not None:
+            self._log.close()
 
 
 class InProcess(Running):
