@@ -127,10 +127,10 @@ async def test_async_tests_await_the_same_fixtures(wacall, wacall_users, wacall_
                                                     wacall_clock):
     await wacall_users.update_user(ALICE, audio="tone:440")
     call_id = await wacall_users.user_calls(ALICE, wacall.phone_number_id)
-    connect = await asyncio.to_thread(wacall_receiver.wait_for, "calls", id=call_id, event="connect")
+    connect = await wacall_receiver.wait_for("calls", id=call_id, event="connect")
     answer = await wacall_business.answer(connect["calls"][0]["session"]["sdp"])
     for action in ("pre_accept", "accept"):
-        await asyncio.to_thread(wacall.graph_api, "POST", f"{wacall.phone_number_id}/calls", {
+        await wacall.graph_api("POST", f"{wacall.phone_number_id}/calls", {
             "messaging_product": "whatsapp", "call_id": call_id, "action": action,
             "session": {"sdp_type": "answer", "sdp": answer}})
     await wacall_business.wait_connected()

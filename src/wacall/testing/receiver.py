@@ -200,7 +200,14 @@ class WebhookReceiver:
         event="terminate")``, ``wait_for("calls", status="ACCEPTED")``, ``wait_for("messages", type="text")``.
         Each ``key=expected`` must hold on the value itself or on one object of its lists (``calls``,
         ``statuses``, ``messages``...); ``where(value)`` may add any other test. Fails with what did arrive
-        when the time is up, and at once when a webhook came with a bad signature."""
+        when the time is up, and at once when a webhook came with a bad signature. From a coroutine it
+        returns an awaitable (``connect = await receiver.wait_for("calls", event="connect")``)."""
+        from .running import blocking_or_awaitable
+
+        return blocking_or_awaitable(self._wait_for, field_name, timeout, where, match)
+
+    def _wait_for(self, field_name: str | None, timeout: float, where: Callable[[dict], bool] | None,
+                  match: dict[str, Any]) -> dict:
         described = ", ".join(f"{key}={expected!r}" for key, expected in match.items())
         what = f"a {field_name or 'any'!r} webhook" + (f" with {described}" if described else "") + \
             (" passing where()" if where else "")

@@ -66,6 +66,23 @@ def seconds(duration: float | str) -> float:
     return sum(float(number) * _UNITS[unit or "s"] for number, unit in parts)
 
 
+def in_a_coroutine() -> bool:
+    """True when called from code running on an event loop (an ``async def`` test), where a blocking wait
+    is handed back as an awaitable instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def blocking_or_awaitable(function: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` from plain code; from a coroutine, an awaitable running it in a thread."""
+    if in_a_coroutine():
+        return asyncio.to_thread(function, *args, **kwargs)
+    return function(*args, **kwargs)
+
+
 # -- an event loop on a thread, for callers that are not async ----------------------------------------
 class Portal:
     """An event loop running on a daemon thread. :meth:`call` runs a coroutine there and hands back its
@@ -92,13 +109,7 @@ class Portal:
 
     def call(self, coro) -> Any:
         future = self.submit(coro)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            in_a_coroutine = False
-        else:
-            in_a_coroutine = True
-        return asyncio.wrap_future(future) if in_a_coroutine else future.result()
+        return asyncio.wrap_future(future) if in_a_coroutine() else future.result()
 
     def close(self) -> None:
         if self.loop.is_closed():
@@ -314,9 +325,12 @@ class Running:
 
     def graph_api(self, method: str, path: str, body: dict | None = None, *, token: str | None = None,
               **query: Any) -> dict:
-        """One Graph API request with the default access token (plain code only; stdlib HTTP): the JSON
-        answer, or :class:`GraphError` for a refusal. For tests of wacall itself and quick scripts; your
-        integration uses its own HTTP client against :attr:`graph_url`."""
+        """One Graph API request with the default access token (stdlib HTTP): the JSON answer, or
+        :class:`GraphError` for a refusal; awaitable from a coroutine. For tests of wacall itself and quick
+        scripts: your integration uses its own HTTP client against :attr:`graph_url`."""
+        return blocking_or_awaitable(self._graph_api, method, path, body, token=token, **query)
+
+    def _graph_api(self, method: str, path: str, body: dict | None, *, token: str | None, **query: Any) -> dict:
         url = f"{self.graph_url}/{GRAPH_VERSION}/{path.lstrip('/')}"
         if query:
             url += "?" + urllib.parse.urlencode({k: str(v) for k, v in query.items()})
@@ -333,9 +347,9 @@ class Running:
                            fields: str = "calls,messages,account_settings_update") -> dict:
         """Subscribe the default app's webhooks to ``callback_url`` (Meta's app subscription, verified
         with a GET carrying ``hub.challenge`` first, as Meta does)."""
-        return self.graph_api("POST", f"{self.app_id}/subscriptions", token=f"{self.app_id}|{self.app_secret}",
-                          object="whatsapp_business_account", callback_url=callback_url,
-                          verify_token=self.verify_token, fields=fields)
+        return self._graph_api("POST", f"{self.app_id}/subscriptions", None,
+                               token=f"{self.app_id}|{self.app_secret}", object="whatsapp_business_account",
+                               callback_url=callback_url, verify_token=self.verify_token, fields=fields)
 
     def __repr__(self) -> str:
         where = self.info.get("graph_url", "not started")
