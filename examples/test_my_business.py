@@ -1,6 +1,6 @@
 """Testing a WhatsApp Business Calling integration with wacall's pytest plugin.
 
-    pip install "wacall[testing]"       # wacall, its pytest plugin, and aiortc for the media peer
+    pip install ".[testing]"            # wacall, its pytest plugin, and aiortc for the media peer
     pytest examples/test_my_business.py # also with -n 2 (pytest-xdist), or --wacall-mode=inprocess
 
 The fixtures come with the package (no conftest.py needed): ``wacall`` (a wacall on free ports, reset

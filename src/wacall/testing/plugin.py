@@ -65,16 +65,11 @@ def wacall_server(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def wacall(wacall_server: "Running") -> Iterator["Running"]:
+def wacall(wacall_server: "Running") -> "Running":
     """The session's wacall, reset to its configured start before this test (calls, users, permissions,
-    webhook subscriptions, clock, limits, faults); ``WACALL_URL`` and friends are in the environment
-    during the test."""
+    webhook subscriptions, clock, limits, faults)."""
     wacall_server.reset()
-    wacall_server.export_env()
-    try:
-        yield wacall_server
-    finally:
-        wacall_server.restore_env()
+    return wacall_server
 
 
 @pytest.fixture
