@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from support.harness import Wacall
+from support.harness import Receiver, Wacall
 
 # wacall's own pytest plugin (its entry point registers it under this name too: loaded once either way)
 pytest_plugins = ["wacall.testing.plugin"]
@@ -74,9 +74,11 @@ def wa(wacall):
 
 
 @pytest.fixture
-def receiver(wacall_receiver):
-    """A webhook receiver subscribed (app level) to the default app's calls, messages and settings."""
-    return wacall_receiver
+def receiver(wa):
+    """A webhook receiver subscribed (app level) to the default app's calls, messages and settings (of
+    ``wa``, which some modules override: not the plugin's ``wacall_receiver``, which resets ``wacall``)."""
+    with Receiver.subscribed_to(wa) as rx:
+        yield rx
 
 
 @pytest.fixture(scope="session")

@@ -78,12 +78,8 @@ def wacall_receiver(wacall: "Running") -> Iterator["WebhookReceiver"]:
     ``messages`` and ``account_settings_update``; it verifies ``X-Hub-Signature-256``."""
     from .receiver import WebhookReceiver
 
-    receiver = WebhookReceiver(app_secret=wacall.app_secret, verify_token=wacall.verify_token).start()
-    try:
-        wacall.subscribe_webhooks(receiver.url)
+    with WebhookReceiver.subscribed_to(wacall) as receiver:
         yield receiver
-    finally:
-        receiver.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ or not; ``deliveries`` only the accepted ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlparse
 
 
@@ -162,6 +163,16 @@ class WebhookReceiver:
 
     def __enter__(self) -> "WebhookReceiver":
         return self.start()
+
+    @classmethod
+    @contextlib.contextmanager
+    def subscribed_to(cls, server: Any, **options: Any) -> Iterator["WebhookReceiver"]:
+        """A started receiver for ``server``'s default app (a :class:`~wacall.testing.running.Running`),
+        subscribed (app level) to its ``calls``, ``messages`` and ``account_settings_update``; stopped
+        on exit."""
+        with cls(app_secret=server.app_secret, verify_token=server.verify_token, **options) as receiver:
+            server.subscribe_webhooks(receiver.url)
+            yield receiver
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
