@@ -8,6 +8,9 @@ import pytest
 
 from support.harness import Receiver, Wacall
 
+# wacall's own pytest plugin (its entry point registers it under this name too: loaded once either way)
+pytest_plugins = ["wacall.testing.plugin"]
+
 TESTS = Path(__file__).parent
 
 # The fast tier (``pytest -m fast``): domain tests on the virtual clock and protocol tests (one RFC or one
@@ -57,26 +60,25 @@ def _fast_tests_stay_in_process(request: pytest.FixtureRequest, monkeypatch: pyt
 
 @pytest.fixture(scope="session")
 def wacall_server():
+    """The plugin's session server, as the harness's :class:`Wacall` (its HTTP shortcuts, the business SIP
+    hostnames, media timeouts off at each reset); the plugin's ``wacall`` fixture resets it per test."""
     server = Wacall().start()
     yield server
     server.close()
 
 
 @pytest.fixture
-def wa(wacall_server):
+def wa(wacall):
     """The shared emulator, reset to its built-in default before each test."""
-    wacall_server.reset()
-    return wacall_server
+    return wacall
 
 
 @pytest.fixture
 def receiver(wa):
-    """A webhook receiver subscribed (app level) to the default app's calls, messages and settings."""
-    rx = Receiver(app_secret=wa.info["app_secret"], verify_token=wa.info["verify_token"]).start()
-    response = wa.subscribe(rx.url)
-    assert response.status_code == 200, response.text
-    yield rx
-    rx.stop()
+    """A webhook receiver subscribed (app level) to the default app's calls, messages and settings (of
+    ``wa``, which some modules override: not the plugin's ``wacall_receiver``, which resets ``wacall``)."""
+    with Receiver.subscribed_to(wa) as rx:
+        yield rx
 
 
 @pytest.fixture(scope="session")

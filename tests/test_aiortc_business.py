@@ -1,4 +1,4 @@
-"""The aiortc business media stack (tests/support/aiortc_business.py), proven against itself.
+"""The aiortc business media stack (wacall.testing.peer, the plugin's business media peer), proven against itself.
 
 Two :class:`AiortcBusiness` peers on loopback: one offers (business-initiated shape), one answers
 (user-initiated shape). They must connect over ICE + DTLS-SRTP, hear each other's tone, exchange
@@ -20,7 +20,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtp import RtpPacket
 
-from support.aiortc_business import (
+from wacall.testing.peer import (
     AiortcBusiness,
     extensions_installed,
     loopback_only_sdp,

@@ -17,10 +17,10 @@ import socket
 
 import pytest
 
-from support.aiortc_business import AiortcBusiness, take_user_call
-from support.harness import Wacall
+from support.harness import Wacall, take_user_call
 from test_media_sdes import SdesBusiness
 from wacall.media.stun import binding_request
+from wacall.testing.peer import AiortcBusiness
 
 ALICE = "447700900001"
 

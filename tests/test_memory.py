@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.aiortc_business import AiortcBusiness, take_user_call
-from support.harness import Wacall, graph_error, wait_until
+from support.harness import Wacall, graph_error, take_user_call, wait_until
 from support.sdp_samples import business_answer, business_offer
 from wacall.config import DEFAULT_TOML
 from wacall.media.audio import ByteLRU, PreEncodedAudio, dominant_frequency
 from wacall.media.recording import RecordingWriter, Recordings, read_packets
+from wacall.testing.peer import AiortcBusiness
 
 ALICE = "447700900001"      # answers business calls after 2 s
 BRUNO = "5511987650002"

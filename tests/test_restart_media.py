@@ -17,9 +17,9 @@ import wave
 import numpy as np
 import pytest
 
-from support.aiortc_business import AiortcBusiness, take_user_call
-from support.harness import Receiver, Wacall
+from support.harness import Receiver, Wacall, take_user_call
 from wacall.media.audio import dominant_frequency
+from wacall.testing.peer import AiortcBusiness
 
 ALICE = "447700900001"
 

@@ -1,28 +1,25 @@
-"""Test harness: a real ``wacall serve`` subprocess, a real webhook receiver, plain HTTP clients.
+"""Test harness: a real ``wacall serve`` subprocess, a real webhook receiver, plain HTTP clients (the
+server and the receiver are the pytest plugin's, ``wacall.testing``).
 
 Nothing here mocks wacall: tests talk to it over loopback exactly as a business would.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
+import asyncio
 import os
 import resource
-import signal
-import subprocess
 import tempfile
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import parse_qs, urlparse
+from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
+
+from wacall.testing.receiver import Delivery, WebhookReceiver as Receiver  # noqa: F401  (the tests' names)
+from wacall.testing.running import Subprocess, wait_until
+
+if TYPE_CHECKING:
+    from wacall.testing.peer import AiortcBusiness
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "v23.0"
@@ -33,19 +30,6 @@ os.environ["WACALL_TEST_PKI"] = PKI_DIR          # subprocesses and xdist worker
 BUSINESS_SIP_HOSTS = ("pbx.business.example", "sip.business.example")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
-               describe: Callable[[], str] | None = None) -> Any:
-    """Poll ``predicate`` every 20 ms until it returns something truthy (returned), or fail after ``timeout``
-    seconds saying ``what`` was awaited (and ``describe()`` of what was seen instead)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}" + (f"; {describe()}" if describe else ""))
-
-
 def graph_error(response: httpx.Response, code: int) -> dict:
     """The ``error`` of a Graph refusal (any 4xx/5xx) with this code."""
     assert response.status_code >= 400, response.text
@@ -54,85 +38,36 @@ def graph_error(response: httpx.Response, code: int) -> dict:
     return error
 
 
-class Wacall:
-    """A running ``wacall serve --json`` process."""
+class Wacall(Subprocess):
+    """A running ``wacall serve --json`` process (the pytest plugin's :class:`Subprocess`), with the
+    business SIP hostnames the tests use and plain HTTP shortcuts for Graph and control requests."""
+
+    stderr_pipe = True                          # tests read ``proc.stderr`` themselves
 
     def __init__(self, *, db: str = ":memory:", config: str | None = None, port: int = 0,
                  extra: list[str] | None = None, open_files: int | None = None,
                  control_token: str | None = None) -> None:
-        self.db, self.config, self.extra = db, config, extra or []
+        super().__init__(db=db, config=config, extra_args=extra, control_token=control_token, pki_dir=PKI_DIR,
+                         sip_hosts={name: "127.0.0.1" for name in BUSINESS_SIP_HOSTS}, env=False)
         self.open_files = open_files            # run under `ulimit -n N` (soft and hard)
-        self.control_token = control_token      # sent as a bearer token on every control request
         self.requested_port = port
-        self.requested_sip_port = 0
-        self.proc: subprocess.Popen | None = None
-        self.info: dict[str, Any] = {}
         self.http = httpx.Client(timeout=30)
 
-    def start(self) -> "Wacall":
-        args = [sys.executable, "-m", "wacall", "serve", "--json", "--port", str(self.requested_port),
-                "--db", self.db, "--sip-port", str(self.requested_sip_port), "--pki-dir", PKI_DIR,
-                *(f"--sip-host={name}=127.0.0.1" for name in BUSINESS_SIP_HOSTS), *self.extra]
-        if self.config:
-            args += ["--config", self.config]
-        if self.control_token:
-            args += ["--control-token", self.control_token]
+    def popen_options(self) -> dict[str, Any]:
         limit = self.open_files
 
         def preexec() -> None:
-            if limit is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                     preexec_fn=preexec if limit is not None else None)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"wacall did not start: {self.proc.stderr.read()}")
-        self.info = json.loads(line)
-        self.requested_port = int(self.info["graph_url"].rsplit(":", 1)[1])   # restart on the same port
-        if self.info.get("sip"):
-            self.requested_sip_port = int(self.info["sip"]["port"])
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kill(self) -> None:
-        """Stop without a clean shutdown, as a crash would."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        return {"cwd": ROOT, "preexec_fn": preexec if limit is not None else None}
 
     def close(self) -> None:
-        self.stop()
+        super().close()
         self.http.close()
 
-    # -- shortcuts ---------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return self.info["graph_url"]
-
-    @property
-    def token(self) -> str:
-        return self.info["access_token"]
-
-    @property
-    def pnid(self) -> str:
-        return self.info["phone_number_id"]
-
-    @property
-    def waba_id(self) -> str:
-        return self.info["waba_id"]
-
-    @property
-    def app_id(self) -> str:
-        return self.info["app_id"]
+    # -- shortcuts (the tests' short names for the plugin's) ----------------------------------------
+    url = Subprocess.graph_url
+    token = Subprocess.access_token
+    pnid = Subprocess.phone_number_id
 
     @property
     def app_token(self) -> str:
@@ -217,130 +152,13 @@ class Wacall:
                              f"call {call_id} to reach {state}")
 
 
-@dataclass
-class Delivery:
-    headers: dict[str, str]
-    raw: bytes
-    body: dict
-
-    @property
-    def changes(self) -> list[dict]:
-        return [c for e in self.body.get("entry", []) for c in e.get("changes", [])]
-
-    @property
-    def field(self) -> str:
-        return self.changes[0]["field"]
-
-    @property
-    def value(self) -> dict:
-        return self.changes[0]["value"]
-
-
-@dataclass
-class Receiver:
-    """A business's webhook endpoint: answers Meta's verification GET, checks signatures, records POSTs,
-    and can be told to fail (HTTP 500) or hang for a while, or, per webhook, to answer another status
-    (``refuse(body)`` returns one, or None to accept) or to hold the request until an event is set
-    (``hold(body)`` returns a ``threading.Event``, or None). ``posts`` has every POST as it arrived,
-    accepted or not; ``deliveries`` only the accepted ones."""
-    app_secret: str
-    verify_token: str
-    deliveries: list[Delivery] = field(default_factory=list)
-    posts: list[Delivery] = field(default_factory=list)
-    bad_signatures: int = 0
-    fail_remaining: int = 0
-    failures_served: int = 0
-    hang_seconds: float = 0.0
-    refuse: Callable[[dict], int | None] | None = None
-    hold: Callable[[dict], threading.Event | None] | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> "Receiver":
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                query = parse_qs(urlparse(self.path).query)
-                if (query.get("hub.mode") == ["subscribe"]
-                        and query.get("hub.verify_token") == [receiver.verify_token]):
-                    body = query["hub.challenge"][0].encode()
-                    self.send_response(200)
-                else:
-                    body = b"forbidden"
-                    self.send_response(403)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                body = json.loads(raw)
-                with receiver.lock:
-                    receiver.posts.append(Delivery(dict(self.headers), raw, body))
-                    failing = receiver.fail_remaining > 0
-                    if failing:
-                        receiver.fail_remaining -= 1
-                        receiver.failures_served += 1
-                held = receiver.hold(body) if receiver.hold else None
-                if held is not None:
-                    held.wait(60)
-                if receiver.hang_seconds:
-                    time.sleep(receiver.hang_seconds)
-                status = 500 if failing else (receiver.refuse(body) if receiver.refuse else None)
-                if status is not None and status != 200:
-                    self.send_response(status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                expected = "sha256=" + hmac.new(receiver.app_secret.encode(), raw, hashlib.sha256).hexdigest()
-                with receiver.lock:
-                    if not hmac.compare_digest(expected, self.headers.get("X-Hub-Signature-256", "")):
-                        receiver.bad_signatures += 1
-                    receiver.deliveries.append(Delivery(dict(self.headers), raw, body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 128        # Meta sends several webhooks to one URL at once
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/webhook"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def snapshot(self) -> list[Delivery]:
-        with self.lock:
-            return list(self.deliveries)
-
-    def values(self, field_name: str) -> list[dict]:
-        return [d.value for d in self.snapshot() if d.field == field_name]
-
-    def call_events(self, call_id: str) -> list[dict]:
-        """Every `calls` item (connect/terminate) and call status for one call, in arrival order."""
-        out = []
-        for value in self.values("calls"):
-            out += [c for c in value.get("calls", []) if c["id"] == call_id]
-            out += [dict(s, event="status") for s in value.get("statuses", []) if s["id"] == call_id]
-        return out
-
-    def wait(self, predicate: Callable[["Receiver"], Any], timeout: float = 10.0, what: str = "webhook") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = predicate(self)
-            if result:
-                return result
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}; got {[d.body for d in self.snapshot()]}")
+async def take_user_call(wa, business: AiortcBusiness, call_id: str) -> None:
+    """Answer a user-initiated call the way Meta asks: the answer SDP with ``pre_accept``, then ``accept``
+    (``wa``: the test harness's wacall); returns once ICE and DTLS are up."""
+    offer = (await asyncio.to_thread(wa.call, call_id))["meta_sdp"]
+    answer = await business.answer(offer)
+    for action in ("pre_accept", "accept"):
+        response = await asyncio.to_thread(wa.calls_action, {"call_id": call_id, "action": action,
+                                                             "session": {"sdp_type": "answer", "sdp": answer}})
+        assert response.status_code == 200, response.text
+    await business.wait_connected(10)
