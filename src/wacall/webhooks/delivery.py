@@ -226,9 +226,10 @@ class Dispatcher:
                                       delivered=delivered, next_attempt_at=now + backoff, expired=expired)
         finally:
             self._done(item)
-        if error:
-            log.info("webhook %s to %s failed (%s); %s", item.id, item.url, error,
-                     "giving up" if expired else f"retry in {backoff:.1f}s")
+        if log.isEnabledFor(logging.INFO):      # one line per attempt (wacall.logs); nothing below INFO
+            log.info("webhook %s attempt %d to %s: %s", item.id, item.attempts + 1, item.url,
+                     "delivered (HTTP 200)" if delivered else
+                     f"failed ({error}); {'giving up' if expired else f'retry in {backoff:.1f}s'}")
 
     def _done(self, item: OutboxItem) -> None:
         self._in_flight.get(item.url, set()).discard(item.id)
