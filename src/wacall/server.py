@@ -30,6 +30,7 @@ from aiohttp import web
 from . import guard, logs
 from .certs import LocalCA
 from .config import Config, load_config
+from .console.stream import CALL_EVENTS, LiveStream, stream_routes
 from .control.routes import CONTROL, ControlHost, control_routes
 from .domain.clock import VirtualClock
 from .domain.ends import MediaFact
@@ -115,6 +116,7 @@ class Wacall:
         self._preparing = False                # consumers are preparing a commit's events (see _commit_round)
         self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
         self.clock.on_advance(self._on_clock_advance)
+        self.live = LiveStream()               # GET /_wacall/stream: told of call changes, webhook attempts, the clock
         self.consumers = EventRegistry()       # event type -> who reacts after the commit (see _route_events)
         self._route_events()
 
@@ -194,6 +196,8 @@ class Wacall:
         app[guard.EXPOSURE] = self.exposure
         app[CONTROL] = self._control_host()
         app[GRAPH] = self._graph_host()
+        self.dispatcher.on_attempt = self.live.webhook_attempted
+        stream_routes(app, self.live)          # before the control routes' catch-all
         control_routes(app)
         graph_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
@@ -253,6 +257,7 @@ class Wacall:
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
+        self.live.close()                  # open streams end: the runner's cleanup does not wait on them
         if self._http is not None:
             self._http.close()
         if self.runner:
@@ -420,6 +425,8 @@ class Wacall:
         self.consumers.on(MediaConfigure, lambda event: self.media.configure(
             event.call_id, event.negotiated, event.user_audio, event.user_is_caller))
         self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at))
+        for event_type in CALL_EVENTS:         # the live stream: which call changed (it reads the view itself)
+            self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
 
     async def reset(self) -> None:
         """Back to the configured start: state, outbox, clock and media all cleared."""
@@ -483,6 +490,7 @@ class Wacall:
     # -- timers -----------------------------------------------------------------------------------
     def _on_clock_advance(self) -> None:
         self.store.set_meta("clock_offset", repr(self.clock.offset))
+        self.live.clock_advanced()
         self.recordings.sweep(self.clock.now(), set(self.platform.active_calls))
         self.media.check_timeouts()
         self._tick_wake.set()

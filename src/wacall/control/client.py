@@ -6,7 +6,8 @@ Thin and typed; each method is one request of docs/control-api.md. Refusals rais
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, AsyncIterator
 
 import aiohttp
 
@@ -125,6 +126,30 @@ class ControlClient:
 
     async def webhooks(self, call_id: str | None = None, limit: int = 200) -> list[dict]:
         return (await self.request("GET", "webhooks", call_id=call_id, limit=limit))["data"]
+
+    async def stream(self, call_id: str | None = None) -> AsyncIterator[tuple[str, dict]]:
+        """The live stream (``GET /_wacall/stream``, docs/console.md): ``(event, data)`` pairs, ``event`` one
+        of ``call``, ``webhook``, ``clock``, until the server ends the stream or the caller stops iterating."""
+        if self._session is None:
+            await self.__aenter__()
+        params = {"call_id": call_id} if call_id else {}
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with self._session.get(f"{self.base}/stream", params=params, headers=self.headers,
+                                     timeout=timeout) as resp:
+            if resp.status >= 400:
+                error = (await resp.json()).get("error", {})
+                raise ControlRefused(resp.status, error.get("reason", "error"), error.get("detail", ""))
+            event, data = "message", []
+            async for raw in resp.content:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if not line:
+                    if data:
+                        yield event, json.loads("\n".join(data))
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
 
     # -- webhook faults (docs/control-api.md) ----------------------------------------------------
     async def webhook_faults(self) -> dict:

@@ -95,7 +95,9 @@ def handler(fn):
     return wrapped
 
 
-async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True) -> dict:
+async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True, with_timeline: bool = True) -> dict:
+    """A call as ``GET /_wacall/calls/{call_id}`` shows it; without its timeline for the live stream (an
+    ended call's final media statistics are still read from it, one entry)."""
     call = host.platform.call(call_id)          # live, or ended and read back from the store
     if call is None:
         raise ControlError("unknown_call", f"no call {call_id}", 404)
@@ -110,17 +112,19 @@ async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True)
         "errors": call.errors, "pulses": call.pulses, "cost": call.cost,
         "biz_opaque_callback_data": call.biz_opaque_callback_data, "cta_payload": call.cta_payload,
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
-        "timeline": host.timeline(call.id) + host.platform.pending_notes(call.id),
         "sip": call.sip,                   # the SIP dialog as persisted (restored after a restart)
     }
+    if with_timeline:
+        view["timeline"] = host.timeline(call.id) + host.platform.pending_notes(call.id)
     media = await host.media_view(call.id)
     if media is None:                 # a released leg the media plane forgot: its final statistics
-        media = next((dict(e["media"]) for e in reversed(view["timeline"])
+        timeline = view["timeline"] if with_timeline else host.timeline(call.id) + host.platform.pending_notes(call.id)
+        media = next((dict(e["media"]) for e in reversed(timeline)
                       if e.get("event") == "final_stats" and isinstance(e.get("media"), dict)), None)
     view["media"] = media
     if media is not None:
         media["recording_url"] = f"{host.base_url()}/_wacall/calls/{call.id}/recording.wav"
-    if with_webhooks:
+    if with_webhooks and with_timeline:
         journal = host.journal(call_id=call.id)
         view["webhooks"] = journal
         events = [{"t": a["at"], "kind": "webhook_attempt", "outbox_id": j["id"], "field": j["field"],

@@ -466,11 +466,13 @@ class Store:
                 cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
                                "WHERE id = ?", (error, next_attempt_at, item_id))
 
-    def journal(self, *, call_id: str | None = None, limit: int = 200) -> list[dict]:
+    def journal(self, *, call_id: str | None = None, limit: int = 200, outbox_id: int | None = None) -> list[dict]:
         with self.engine.connect() as conn:
             query = select(outbox).order_by(outbox.c.id.desc()).limit(limit)
             if call_id:
                 query = query.where(outbox.c.call_id == call_id)
+            if outbox_id is not None:
+                query = query.where(outbox.c.id == outbox_id)
             items = [dict(row._mapping) for row in conn.execute(query)]
             ids = [i["id"] for i in items]
             tries: dict[int, list[dict]] = {}

@@ -84,6 +84,7 @@ class Dispatcher:
         self._generation = 0                          # bumped by reset(): attempts from before it are not recorded
         self._stopping = False
         self._kick_scheduled = False
+        self.on_attempt: Callable[[int], None] | None = None   # told each recorded attempt's outbox id (live stream)
 
     def wake(self, urls: Iterable[str] = ()) -> None:
         """Look again now; ``urls`` have new rows (committed: the caller wakes the dispatcher after the
@@ -226,6 +227,8 @@ class Dispatcher:
                                       delivered=delivered, next_attempt_at=now + backoff, expired=expired)
         finally:
             self._done(item)
+        if self.on_attempt is not None:
+            self.on_attempt(item.id)
         if log.isEnabledFor(logging.INFO):      # one line per attempt (wacall.logs); nothing below INFO
             log.info("webhook %s attempt %d to %s: %s", item.id, item.attempts + 1, item.url,
                      "delivered (HTTP 200)" if delivered else
