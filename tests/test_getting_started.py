@@ -129,6 +129,7 @@ def test_a_config_edited_after_the_database_was_seeded_is_reported(tmp_path):
         assert reset.status_code in (200, 204), reset.text
         users = {u["wa_id"]: u["name"] for u in httpx.get(f"{info['control_url']}/info", timeout=10).json()["users"]}
         assert users == {ALICE: "Alice Renamed", "447700900099": "Zed"}
+        assert httpx.get(f"{info['control_url']}/info", timeout=10).json()["config_drift"] == []
     finally:
         err = stop(proc)
     assert "the config differs from what" in err and "POST /_wacall/reset" in err and "Traceback" not in err

@@ -436,6 +436,7 @@ class Wacall:
         self._save_certificate(self.media.certificate)    # the relay keeps it: so must a restart after the reset
         self.recordings.clear()
         self.clock.set_offset(0.0)
+        self.config_drift = []           # the config is applied now
         self.platform.limits = self.config.limits
         for key in self.faults:          # in place: the control API holds this dict
             self.faults[key] = 0
