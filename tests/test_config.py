@@ -39,7 +39,8 @@ def test_merged_recurses_into_tables_only():
     ("[[users]]\nwa_id = '447700900001'\nname = 'A'\n\n[[users]]\nwa_id = '447700900002'\nname = 'B'\n"
      "on_whatsapp = 'no'\n", ":8:", "users[1]: on_whatsapp must be true or false"),
     ("[memory]\nkeep_ended = -3\n", ":2:", "keep_ended"),
-    ("[sip]\nbogus = 1\n", ":1:", "sip: unknown keys bogus"),
+    ("[sip]\nbogus = 1\n", ":2:", "sip: unknown keys bogus"),
+    ("[limits]\nprofile = \"nope\"\n", ":2:", "unknown limits profile"),
     ("colour = 'blue'\n", ":1:", "unknown key 'colour'"),
     ("[limits\nprofile = 1\n", "", "not valid TOML"),
     ("users = 5\n", ":1:", "users must be an array of tables"),

@@ -352,7 +352,7 @@ def _line_of(text: str, message: str) -> str:
         for i, line in enumerate(lines):        # a top-level key (``users = 5``)
             if re.match(rf"\s*{re.escape(table or '')}\s*=", line):
                 return f":{i + 1}"
-        return ""
+        return _key_line(lines, message)
     if key:
         for i in range(start + 1, len(lines)):
             stripped = lines[i].strip()
@@ -360,7 +360,18 @@ def _line_of(text: str, message: str) -> str:
                 break
             if re.match(rf"{re.escape(key)}\s*=", stripped):
                 return f":{i + 1}"
-    return f":{start + 1}"
+    return _key_line(lines, message, start + 1) or f":{start + 1}"
+
+
+def _key_line(lines: list[str], message: str, after: int = 0) -> str:
+    """The first line from ``after`` on that sets a key the message names (``unknown keys bogus``)."""
+    import re
+
+    for word in re.findall(r"[A-Za-z_]\w*", message):
+        for i in range(after, len(lines)):
+            if re.match(rf"\s*{re.escape(word)}\s*=", lines[i]):
+                return f":{i + 1}"
+    return ""
 
 
 def _tables(raw: dict, name: str) -> list[dict]:
