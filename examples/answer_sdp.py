@@ -16,35 +16,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from echo_business import EchoTrack, loopback_only  # noqa: E402
+from echo_business import echo_peer, loopback_only  # noqa: E402
 
 
 async def answer(offer: str) -> None:
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    done = asyncio.Event()
 
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    echo, done = EchoTrack(), asyncio.Event()
+    async def ended() -> None:
+        done.set()
 
-    @pc.on("track")
-    def on_track(track) -> None:
-        if track.kind == "audio":
-            echo.source = track
-            pc.addTrack(echo)
-
-    @pc.on("connectionstatechange")
-    def on_state() -> None:
-        print(f"media {pc.connectionState}", file=sys.stderr, flush=True)
-        if pc.connectionState in ("failed", "closed"):
-            done.set()
-
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-    await pc.setLocalDescription(await pc.createAnswer())
-    print(json.dumps({"sdp_type": "answer", "sdp": pc.localDescription.sdp}), flush=True)
+    pc, answer_sdp = await echo_peer(offer, on_end=ended)
+    print(json.dumps({"sdp_type": "answer", "sdp": answer_sdp}), flush=True)
     try:
         await done.wait()
     finally:
@@ -68,6 +56,8 @@ def main() -> None:
         parser.error("give a call id or --offer-file")
     if args.loopback:
         loopback_only()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")    # "media connected" on stderr
+    logging.getLogger("aioice").setLevel(logging.WARNING)
     try:
         asyncio.run(answer(offer))
     except KeyboardInterrupt:

@@ -79,6 +79,31 @@ class EchoTrack(MediaStreamTrack):
         return frame
 
 
+async def echo_peer(offer_sdp: str, on_end=None):
+    """An aiortc peer connection answering ``offer_sdp`` with an :class:`EchoTrack`; returns it and the answer
+    SDP (ICE candidates gathered). ``on_end`` (a coroutine function) runs when its media fails or closes."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))   # no STUN server: Meta's relay is ICE-lite
+    echo = EchoTrack()
+
+    @pc.on("track")
+    def on_track(track) -> None:                    # the caller's audio goes straight back to them
+        if track.kind == "audio":
+            echo.source = track
+            pc.addTrack(echo)
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        log.info("media %s", pc.connectionState)
+        if pc.connectionState in ("failed", "closed") and on_end is not None:
+            await on_end()
+
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    await pc.setLocalDescription(await pc.createAnswer())          # gathers the ICE candidates
+    return pc, pc.localDescription.sdp
+
+
 class EchoBusiness:
     def __init__(self, *, graph: str, token: str, phone_number_id: str, app_id: str, app_secret: str,
                  verify_token: str) -> None:
@@ -130,27 +155,9 @@ class EchoBusiness:
 
     # -- the call ---------------------------------------------------------------------------------
     async def answer(self, call_id: str, offer_sdp: str) -> None:
-        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))   # no STUN server: Meta's relay is ICE-lite
+        pc, answer_sdp = await echo_peer(offer_sdp, on_end=lambda: self.hang_up_media(call_id))
         self.calls[call_id] = pc
-        echo = EchoTrack()
-
-        @pc.on("track")
-        def on_track(track) -> None:                # the caller's audio goes straight back to them
-            if track.kind == "audio":
-                echo.source = track
-                pc.addTrack(echo)
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            log.info("call %s: media %s", call_id, pc.connectionState)
-            if pc.connectionState in ("failed", "closed"):
-                await self.hang_up_media(call_id)
-
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())      # gathers the ICE candidates
-        session = {"sdp_type": "answer", "sdp": pc.localDescription.sdp}
+        session = {"sdp_type": "answer", "sdp": answer_sdp}
         await self.call_action(call_id, "pre_accept", session)     # media may start flowing now
         await self.call_action(call_id, "accept", session)         # the call is connected
         self.answered.append(call_id)
@@ -225,6 +232,7 @@ def main() -> None:
                         help="ICE on 127.0.0.1 only (for wacall on this machine)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.loopback:
         loopback_only()
     bot = EchoBusiness(graph=args.graph, token=args.token, phone_number_id=args.phone_number_id,
