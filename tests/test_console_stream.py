@@ -7,26 +7,17 @@ import asyncio
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from wacall.config import load_config as _load_config
+from support.inprocess import config, hook_receiver
 from wacall.control.client import ControlClient, ControlRefused
 from wacall.server import Wacall
 
-VERSION = "v23.0"
 ALICE, BOB = "447700900001", "5511987650002"
-
-
-def load_config(token: str | None = None):
-    config = _load_config()
-    config.sip.port = -1                 # no SIP gateway: these tests are about HTTP
-    config.server.control_token = token
-    return config
 
 
 @pytest.fixture
 async def emulator():
-    wacall = await Wacall(load_config(), db=":memory:", port=0).start()
+    wacall = await Wacall(config(), db=":memory:", port=0).start()
     yield wacall
     await wacall.stop()
 
@@ -68,31 +59,11 @@ class Events:
         self.task.cancel()
 
 
-async def receiver() -> tuple[web.AppRunner, str]:
-    async def handle(request: web.Request) -> web.Response:
-        if request.method == "GET":
-            return web.Response(text=request.query.get("hub.challenge", ""))
-        await request.read()
-        return web.Response(text="ok")
-    app = web.Application()
-    app.router.add_route("*", "/hook", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}/hook"
-
-
 async def test_the_stream_tells_calls_webhooks_and_the_clock(emulator):
     info = emulator.info()
-    hook, url = await receiver()
+    async with aiohttp.ClientSession() as http:
+        hook, _, _ = await hook_receiver(info, http)
     try:
-        async with aiohttp.ClientSession() as http:
-            subscribed = await http.post(f"{info['graph_url']}/{VERSION}/{info['app_id']}/subscriptions", params={
-                "object": "whatsapp_business_account", "callback_url": url, "verify_token": info["verify_token"],
-                "fields": "calls", "access_token": f"{info['app_id']}|{info['app_secret']}"})
-            assert subscribed.status == 200, await subscribed.text()
         async with ControlClient(info["control_url"]) as control:
             everything = Events(control)
             await everything.listening(emulator.live)
@@ -108,6 +79,10 @@ async def test_the_stream_tells_calls_webhooks_and_the_clock(emulator):
             _, ended = await everything.until(
                 lambda k, d: k == "call" and d["call_id"] == call_id and d["state"] == "ENDED", "ended call")
             assert ended["end_reason"] and ended["ended_at"] is not None
+            full = await control.call(call_id)                 # the contract: GET's view minus timeline, webhooks
+            assert set(ended) == set(full) - {"timeline", "webhooks"}
+            assert {k: v for k, v in ended.items() if k != "media"} == {
+                k: v for k, v in full.items() if k not in ("media", "timeline", "webhooks")}
             _, hooked = await everything.until(lambda k, d: k == "webhook" and d["call_id"] == call_id, "webhook")
             assert hooked["field"] == "calls" and hooked["attempt_log"][0]["status_code"] == 200
             assert hooked["body"]["entry"][0]["changes"][0]["field"] == "calls"
@@ -125,7 +100,7 @@ async def test_the_stream_tells_calls_webhooks_and_the_clock(emulator):
 
 
 async def test_pings_and_an_end_at_stop():
-    wacall = await Wacall(load_config(), db=":memory:", port=0).start()
+    wacall = await Wacall(config(), db=":memory:", port=0).start()
     wacall.live.ping_seconds = 0.05
     stopped = False
     try:
@@ -145,7 +120,7 @@ async def test_pings_and_an_end_at_stop():
 
 
 async def test_the_stream_is_guarded_like_the_control_api():
-    wacall = await Wacall(load_config(token="s3cret"), db=":memory:", port=0).start()
+    wacall = await Wacall(config(token="s3cret"), db=":memory:", port=0).start()
     try:
         url = f"{wacall.base_url}/_wacall/stream"
         async with aiohttp.ClientSession() as http:

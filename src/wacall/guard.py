@@ -45,6 +45,9 @@ STATE_CHANGING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 # what a browser may send cross-site without a CORS preflight (the Fetch standard's "simple" types)
 CORS_SAFELISTED = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 CONTROL_PREFIX = "/_wacall"
+# the control token as a browser keeps it (set by the console's entry page from ?token=; SameSite=Strict)
+TOKEN_COOKIE = "wacall_control_token"
+CONSOLE_ENTRY = CONTROL_PREFIX + "/console"
 
 
 def is_control(path: str) -> bool:
@@ -142,7 +145,9 @@ def check(exposure: Exposure, request: web.BaseRequest) -> Refusal | None:
         return None
     if exposure.control_token is not None:
         sent = headers.get("Authorization", "")
-        token = sent[7:].strip() if sent[:7].lower() == "bearer " else ""
+        token = sent[7:].strip() if sent[:7].lower() == "bearer " else request.cookies.get(TOKEN_COOKIE, "")
+        if not token and request.method == "GET" and request.path == CONSOLE_ENTRY:
+            token = request.query.get("token", "")       # the console's entry page turns it into the cookie
         if not hmac.compare_digest(token.encode(), exposure.control_token.encode()):
             return Refusal(401, "unauthorized", "the control API needs \"Authorization: Bearer <control token>\" "
                            "(--control-token)", 190)

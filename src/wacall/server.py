@@ -27,10 +27,11 @@ from typing import Any, Callable, TypeVar
 import aiohttp
 from aiohttp import web
 
-from . import guard, logs
+from . import codec, guard, logs
 from .certs import LocalCA
 from .config import Config, load_config
-from .console.stream import CALL_EVENTS, LiveStream, stream_routes
+from .console.routes import console_routes, root_redirect
+from .console.stream import CALL_EVENTS, LiveStream
 from .control.routes import CONTROL, ControlHost, control_routes
 from .domain.clock import VirtualClock
 from .domain.ends import MediaFact
@@ -189,7 +190,7 @@ class Wacall:
         self.dispatcher = Dispatcher(self.store, self.clock, self.session, self.config.webhooks,
                                      lambda app_id: (self.platform.apps.get(app_id) or None) and
                                      self.platform.apps[app_id].secret)
-        middlewares = [guard.guard_middleware]
+        middlewares = [guard.guard_middleware, root_redirect]
         if logs.http.isEnabledFor(logging.INFO):     # decided once: below INFO a request pays nothing for it
             middlewares.insert(0, logs.request_middleware)
         app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
@@ -197,7 +198,7 @@ class Wacall:
         app[CONTROL] = self._control_host()
         app[GRAPH] = self._graph_host()
         self.dispatcher.on_attempt = self.live.webhook_attempted
-        stream_routes(app, self.live)          # before the control routes' catch-all
+        console_routes(app, self.live)         # the console and the live stream: before the control routes' catch-all
         control_routes(app)
         graph_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
@@ -479,7 +480,22 @@ class Wacall:
             recording_wav=media.recording_wav, webhook_stats=dispatcher.stats,
             webhook_faults=dispatcher.fault_plan,
             sip_health=lambda: None if self.sip is None else self.sip.health(),
-            sip_hosts=lambda add: None if self.sip is None else self.sip.hosts(add))
+            sip_hosts=lambda add: None if self.sip is None else self.sip.hosts(add),
+            resend_webhook=self._resend_webhook)
+
+    def _resend_webhook(self, outbox_id: int) -> dict | None:
+        """A copy of a journal entry (same app, URL and body) queued for delivery now; None if unknown."""
+        found = self.store.journal(outbox_id=outbox_id, limit=1)
+        if not found:
+            return None
+        entry, now = found[0], self.clock.now()
+        row = {key: entry[key] for key in ("app_id", "url", "field", "waba_id", "phone_number_id", "call_id")}
+        row.update(body=codec.dump_escaped(entry["body"]), created_at=now, next_attempt_at=now, attempts=0,
+                   status="pending", fault=None)
+        [new_id] = self.store.commit([], [row])
+        if self.dispatcher:
+            self.dispatcher.wake([row["url"]])
+        return self.store.journal(outbox_id=new_id, limit=1)[0]
 
     def _take_fault(self, name: str) -> bool:
         """True, and one fewer to cause, when an injected fault of this name is due."""

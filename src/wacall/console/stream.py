@@ -72,8 +72,8 @@ class Listener:
             self.queue.get_nowait()
         self.queue.put_nowait(CLOSE)
 
-    def wants(self, call_id: str | None) -> bool:
-        return self.call_id is None or call_id is None or call_id == self.call_id
+    def wants(self, kind: str, call_id: str | None) -> bool:
+        return self.call_id is None or kind == "clock" or call_id == self.call_id
 
 
 class LiveStream:
@@ -136,7 +136,7 @@ class LiveStream:
     def _send(self, kind: str, data: dict, call_id: str | None) -> None:
         frame = f"event: {kind}\ndata: {codec.dumps(data)}\n\n".encode("utf-8")
         for listener in list(self.listeners):
-            if listener.wants(call_id):
+            if listener.wants(kind, call_id):
                 try:
                     listener.queue.put_nowait(frame)
                 except asyncio.QueueFull:

@@ -127,6 +127,19 @@ class ControlClient:
     async def webhooks(self, call_id: str | None = None, limit: int = 200) -> list[dict]:
         return (await self.request("GET", "webhooks", call_id=call_id, limit=limit))["data"]
 
+    async def resend_webhook(self, outbox_id: int) -> dict:
+        """Deliver a journal entry again (a new entry with the same body): the new entry."""
+        return await self.request("POST", f"webhooks/{outbox_id}/resend")
+
+    async def media_samples(self, call_id: str) -> list[dict]:
+        return (await self.request("GET", f"calls/{call_id}/media/samples"))["data"]
+
+    async def numbers(self) -> list[dict]:
+        return (await self.request("GET", "numbers"))["data"]
+
+    async def permissions(self, phone_number_id: str | None = None, wa_id: str | None = None) -> list[dict]:
+        return (await self.request("GET", "permissions", phone_number_id=phone_number_id, wa_id=wa_id))["data"]
+
     async def stream(self, call_id: str | None = None) -> AsyncIterator[tuple[str, dict]]:
         """The live stream (``GET /_wacall/stream``, docs/console.md): ``(event, data)`` pairs, ``event`` one
         of ``call``, ``webhook``, ``clock``, until the server ends the stream or the caller stops iterating."""

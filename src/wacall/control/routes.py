@@ -54,6 +54,7 @@ class ControlHost:
     webhook_faults: Callable[[dict | None], dict]            # None: the plan; a dict replaces it (ValueError)
     sip_health: Callable[[], dict | None]                    # None when the SIP gateway is off
     sip_hosts: Callable[[dict | None], dict | None]          # add name -> loopback address (OSError); None when off
+    resend_webhook: Callable[[int], dict | None] = lambda outbox_id: None   # a copy of a journal entry, queued now
 
 
 CONTROL = web.AppKey("control", ControlHost)
@@ -344,6 +345,15 @@ async def webhooks(host: ControlHost, request: web.Request) -> web.Response:
 
 
 @handler
+async def webhook_resend(host: ControlHost, request: web.Request) -> web.Response:
+    """Deliver a journal entry again, as a new entry with the same body (signed afresh when attempted)."""
+    entry = host.resend_webhook(int(request.match_info["outbox_id"]))
+    if entry is None:
+        raise ControlError("unknown_webhook", f"no webhook {request.match_info['outbox_id']} in the journal", 404)
+    return ok(entry, 201)
+
+
+@handler
 async def webhook_faults(host: ControlHost, request: web.Request) -> web.Response:
     """The webhook fault plan (wacall.webhooks.faults): POST replaces it, DELETE clears it."""
     if request.method == "POST":
@@ -362,6 +372,44 @@ async def limits(host: ControlHost, request: web.Request) -> web.Response:
     return ok(host.platform.limits.as_dict())
 
 
+def number_doc(found, credentials: bool = False) -> dict:
+    doc = found.to_doc()
+    if not credentials:                                          # as Graph's GET settings
+        doc.pop("sip_passwords", None)
+    return doc
+
+
+@handler
+async def numbers(host: ControlHost, request: web.Request) -> web.Response:
+    return ok({"data": [number_doc(n) for n in host.platform.numbers.values()]})
+
+
+@handler
+async def permissions(host: ControlHost, request: web.Request) -> web.Response:
+    """What the platform remembers per business number and user: the call permission and its expiry, and
+    the counts its limits are judged on (``?phone_number_id=``, ``?wa_id=`` narrow it)."""
+    now, limits = host.clock.now(), host.platform.limits
+    number, wa_id = request.query.get("phone_number_id"), request.query.get("wa_id")
+    data = []
+    for pair in list(host.platform.pairs.values()):
+        if (number and pair.phone_number_id != number) or (wa_id and pair.wa_id != wa_id):
+            continue
+        expired = pair.permission == "temporary" and (pair.permission_expires_at or 0) <= now
+        data.append({
+            "phone_number_id": pair.phone_number_id, "wa_id": pair.wa_id,
+            "permission": "expired" if expired else pair.permission, "expires_at": pair.permission_expires_at,
+            "requests_24h": sum(1 for t in pair.permission_request_times if t > now - 86400),
+            "requests_7d": sum(1 for t in pair.permission_request_times if t > now - 7 * 86400),
+            "bic_connected_24h": sum(1 for t in pair.bic_connected_times if t > now - 86400),
+            "unanswered_streak": pair.unanswered_streak, "window_opened_at": pair.window_opened_at,
+            "window_open": pair.window_opened_at is not None
+            and now - pair.window_opened_at < limits.service_window_seconds})
+    return ok({"data": data, "now": now, "limits": {
+        key: value for key, value in limits.as_dict().items()
+        if key in ("permission_requests_per_24h", "permission_requests_per_7d", "temporary_permission_seconds",
+                   "unanswered_nudge", "unanswered_revoke", "bic_connected_per_24h", "service_window_seconds")}})
+
+
 def number_of(host: ControlHost, request: web.Request):
     found = host.platform.numbers.get(request.match_info["phone_number_id"])
     if found is None:
@@ -378,10 +426,7 @@ async def number(host: ControlHost, request: web.Request) -> web.Response:
         except ValueError as exc:
             raise ControlError("bad_field", str(exc), 400) from None
         patch(host, found, data)
-    doc = found.to_doc()
-    if str(request.query.get("include_sip_credentials", "")).lower() != "true":   # as Graph's GET settings
-        doc.pop("sip_passwords", None)
-    return ok(doc)
+    return ok(number_doc(found, str(request.query.get("include_sip_credentials", "")).lower() == "true"))
 
 
 @handler
@@ -464,8 +509,11 @@ def control_routes(app: web.Application) -> None:
     r.add_get("/_wacall/webhooks", webhooks)
     for method in ("GET", "POST", "DELETE"):
         r.add_route(method, "/_wacall/webhooks/faults", webhook_faults)
+    r.add_post(r"/_wacall/webhooks/{outbox_id:\d{1,18}}/resend", webhook_resend)
     r.add_route("GET", "/_wacall/limits", limits)
     r.add_route("PATCH", "/_wacall/limits", limits)
+    r.add_get("/_wacall/numbers", numbers)
+    r.add_get("/_wacall/permissions", permissions)
     r.add_route("GET", "/_wacall/numbers/{phone_number_id}", number)
     r.add_route("PATCH", "/_wacall/numbers/{phone_number_id}", number)
     r.add_post("/_wacall/numbers/{phone_number_id}/restrictions", number_restrictions)
