@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import signal
 import sys
 from typing import Optional
@@ -13,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import codec
-from .config import load_config
+from . import codec, logs
+from .config import DEFAULT_PORT, load_config
 from .loop import loop_factory
 
 cli = typer.Typer(add_completion=False, help="wacall: a self-hosted WhatsApp Business Calling platform.")
@@ -29,17 +28,21 @@ def _root() -> None:
 def serve(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="wacall.toml (default: built-in)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
-    port: int = typer.Option(8080, "--port", "-p", help="port for the Graph and control APIs (0: any free port)"),
+    port: int = typer.Option(DEFAULT_PORT, "--port", "-p",
+                             help="port for the Graph and control APIs (0: every listener takes a free port)"),
     db: str = typer.Option("wacall.db", "--db", help="SQLite file, or :memory:"),
     json_output: bool = typer.Option(False, "--json", help="print exactly one JSON line when ready"),
-    log_level: str = typer.Option("WARNING", "--log-level", help="Python logging level"),
+    log_level: str = typer.Option("WARNING", "--log-level",
+                                  help="DEBUG, INFO (a line per request, call event, webhook attempt), WARNING, "
+                                       "ERROR"),
+    log_format: str = typer.Option("text", "--log-format", help="text (for people) or json (one object a line)"),
     media_workers: Optional[int] = typer.Option(None, "--media-workers",
                                                 help="media worker processes (0: media in the server process)"),
     media_port: Optional[int] = typer.Option(None, "--media-port",
                                              help="the media relay's shared UDP port (default: any free port)"),
     sip_port: Optional[int] = typer.Option(None, "--sip-port",
-                                           help="SIP/TLS port of the gateway (default 5061; 0: any free port; "
-                                                "-1: no SIP gateway)"),
+                                           help="SIP/TLS port of the gateway (default: 5061 with --port 8080, "
+                                                "else any free port; 0: any free port; -1: no SIP gateway)"),
     pki_dir: Optional[str] = typer.Option(None, "--pki-dir", help="the local CA directory (default ~/.wacall/pki)"),
     sip_t1: Optional[float] = typer.Option(None, "--sip-t1", help="RFC 3261 T1 in seconds (default 0.5)"),
     sip_idle_timeout: Optional[float] = typer.Option(
@@ -60,12 +63,15 @@ def serve(
                                                      "non-loopback --host)"),
 ) -> None:
     """Start the emulator and print what a client needs."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level.upper() not in logs.LEVELS or log_format not in logs.FORMATS:
+        typer.echo(f"wacall: --log-level is one of {', '.join(logs.LEVELS)} and --log-format one of "
+                   f"{', '.join(logs.FORMATS)}", err=True)
+        raise typer.Exit(2)
+    logs.setup(log_level.upper(), log_format)
     try:
         cfg = load_config(config)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        typer.echo(f"wacall: cannot load config {config}: {exc}", err=True)
+    except ValueError as exc:           # ConfigError: names the file, the line and the key
+        typer.echo(f"wacall: {exc}", err=True)
         raise typer.Exit(2)
     if media_workers is not None:
         cfg.media_workers = max(0, media_workers)
@@ -119,7 +125,8 @@ async def _serve(cfg, host: str, port: int, db: str, json_output: bool) -> None:
     except OSError as exc:
         await wacall.stop()
         typer.echo(f"wacall: cannot listen: {exc} (the Graph API on --port {port}, the SIP gateway on "
-                   f"--sip-port {cfg.sip.port}; 0 picks a free port, --sip-port -1 turns SIP off)", err=True)
+                   f"--sip-port {cfg.sip.port_for(port)}; --port 0 picks free ports for every listener, "
+                   "--sip-port -1 turns SIP off)", err=True)
         raise typer.Exit(2)
     # what start-up made (modules, config, certificates) lives as long as the process: out of the cyclic
     # collector's sight, so its full collections walk only what calls and requests allocate
@@ -145,6 +152,10 @@ def _print_banner(info: dict) -> None:
                 "phone_number_id", "display_phone_number"):
         table.add_row(key, str(info[key]))
     table.add_row("users", ", ".join(f"{u['wa_id']} ({u['name']})" for u in info["users"]))
+    if info.get("sip"):
+        table.add_row("sip", f"sips:{info['sip']['host']}:{info['sip']['port']} (domain {info['sip']['domain']}, "
+                             f"CA {info['sip']['ca_file']})")
+    table.add_row("database", f"{info['db']} ({'state restored from it' if info['restored'] else 'new'})")
     console.print(table)
     console.print(f"Graph API: {info['graph_url']}/v23.0/{info['phone_number_id']}/calls   (Ctrl-C stops)")
 

@@ -1,5 +1,6 @@
-"""The one config loader: the built-in default, or a ``wacall.toml`` describing WABAs, numbers, apps,
-users, the limits profile, webhook delivery and the pricing rate card. See docs/configuration.md."""
+"""The one config loader: the built-in default, with a ``wacall.toml`` merged over it that holds only what
+differs (WABAs, numbers, apps, users, the limits profile, webhook delivery, the pricing rate card...).
+See docs/configuration.md."""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ from .domain.settings import default_calling_settings
 from .domain.state import KEEP_ENDED
 from .webhooks.settings import WebhookDelivery
 
+DEFAULT_PORT = 8080          # the Graph and control APIs of the default instance
+DEFAULT_SIP_PORT = 5061      # the SIP gateway of the default instance (docs/configuration.md, "Ports")
+
 
 @dataclass
 class SipGatewayConfig:
     """``[sip]``: the gateway playing wa.meta.vc (docs/configuration.md)."""
     domain: str = "wa.meta.vc"
-    port: int = 5061                       # 0: any free port; -1: no SIP gateway
+    port: int | None = None                # None: 5061 beside --port 8080, else any free port (sip_port_for);
+                                           # 0: any free port; -1: no SIP gateway
     pki_dir: str = "~/.wacall/pki"         # the local CA and the gateway's certificate (wacall cert)
     hosts: dict[str, str] = field(default_factory=dict)   # business hostnames -> loopback addresses
     trust: list[str] = field(default_factory=list)        # extra CA files for business servers
@@ -42,6 +47,17 @@ class SipGatewayConfig:
             raise ValueError(f"sip.handshake_timeout must be > 0, got {self.handshake_timeout}")
         if self.idle_timeout < 0 or self.max_connections < 0:
             raise ValueError("sip.idle_timeout and sip.max_connections must be >= 0 (0: off)")
+        if self.port is not None and (not fields.is_number(self.port, integer=True) or not -1 <= self.port <= 65535):
+            raise ValueError(f"sip.port must be a TCP port number (0: any free port, -1: no SIP gateway), "
+                             f"got {self.port!r}")
+
+    def port_for(self, graph_port: int) -> int:
+        """The port the gateway listens on: the configured one, else 5061 beside the default Graph port 8080
+        (the default instance), else any free port (so ``--port 0`` or a second instance on another port
+        never collides with a running default one)."""
+        if self.port is not None:
+            return self.port
+        return DEFAULT_SIP_PORT if graph_port == DEFAULT_PORT else 0
 
 
 @dataclass
@@ -259,17 +275,103 @@ def _recordings(table: dict) -> RecordingsConfig:
     return config
 
 
+TOP_LEVEL = {"limits", "wabas", "numbers", "apps", "users", "pricing", "webhooks", "sip", "server", "recordings",
+             "memory", "media"}
+
+
+class ConfigError(ValueError):
+    """A config file that is not what docs/configuration.md describes; the message names the file, the line
+    (when it can be found) and the key."""
+
+
+def merged(default: dict, override: dict) -> dict:
+    """``override`` over ``default``: tables merge key by key (recursively); anything else, arrays of tables
+    (``[[users]]``, ``[[numbers]]``...) included, replaces the default's value as a whole."""
+    out = dict(default)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | Path | None = None) -> Config:
-    """The config at ``path`` (default: the built-in one). A file that is not what docs/configuration.md
-    describes raises ValueError with a sentence naming the key, never another exception."""
-    text = Path(path).read_text() if path else DEFAULT_TOML
-    raw = tomllib.loads(text)
-    try:
+    """The built-in default, with the file at ``path`` (if any) merged over it (:func:`merged`). A file that
+    cannot be read or is not what docs/configuration.md describes raises :class:`ConfigError` (a
+    ValueError) with a sentence naming the file, the line and the key, never another exception."""
+    raw = tomllib.loads(DEFAULT_TOML)
+    if not path:
         return build_config(raw)
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read it ({exc})") from None
+    try:
+        mine = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:       # its message says "(at line L, column C)"
+        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+    unknown = sorted(set(mine) - TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"{name}{_line_of(text, unknown[0])}: unknown key {unknown[0]!r} (the tables are "
+                          f"{', '.join(sorted(TOP_LEVEL))})")
+    try:
+        return build_config(merged(raw, mine))
     except KeyError as exc:
-        raise ValueError(f"a required key is missing: {exc}") from None
-    except (TypeError, AttributeError) as exc:
-        raise ValueError(f"a value has the wrong type ({exc})") from None
+        message = f"a required key is missing: {exc}"
+    except (TypeError, AttributeError, IndexError, OverflowError) as exc:
+        message = f"a value has the wrong type ({exc})"
+    except ValueError as exc:
+        message = str(exc)
+    raise ConfigError(f"{name}{_line_of(text, message)}: {message}") from None
+
+
+def _line_of(text: str, message: str) -> str:
+    """Best effort: the line of the key a message names (``users[1]: on_whatsapp ...``, ``sip.port ...``,
+    ``media: ...``), as ``":L"``, or ``""`` when it cannot be found."""
+    import re
+
+    match = re.match(r"(?:(\w+)\[(\d+)\]|(\w+)[.:]? ?)(?::\s*|\.)?(\w+)?", message)
+    if not match:
+        return ""
+    table, index, plain, key = match.group(1) or match.group(3), match.group(2), match.group(3), match.group(4)
+    lines = text.splitlines()
+    start, seen = None, -1
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if index is not None and stripped == f"[[{table}]]":
+            seen += 1
+            if seen == int(index):
+                start = i
+                break
+        elif index is None and plain and (stripped == f"[{plain}]" or stripped.startswith(f"[{plain}.")):
+            start = i
+            break
+    if start is None:
+        for i, line in enumerate(lines):        # a top-level key (``users = 5``)
+            if re.match(rf"\s*{re.escape(table or '')}\s*=", line):
+                return f":{i + 1}"
+        return _key_line(lines, message)
+    if key:
+        for i in range(start + 1, len(lines)):
+            stripped = lines[i].strip()
+            if stripped.startswith("["):
+                break
+            if re.match(rf"{re.escape(key)}\s*=", stripped):
+                return f":{i + 1}"
+    return _key_line(lines, message, start + 1) or f":{start + 1}"
+
+
+def _key_line(lines: list[str], message: str, after: int = 0) -> str:
+    """The first line from ``after`` on that sets a key the message names (``unknown keys bogus``)."""
+    import re
+
+    for word in re.findall(r"[A-Za-z_]\w*", message):
+        for i in range(after, len(lines)):
+            if re.match(rf"\s*{re.escape(word)}\s*=", lines[i]):
+                return f":{i + 1}"
+    return ""
 
 
 def _tables(raw: dict, name: str) -> list[dict]:

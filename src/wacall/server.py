@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 import aiohttp
 from aiohttp import web
 
-from . import codec, guard
+from . import codec, guard, logs
 from .certs import LocalCA
 from .config import Config, load_config
 from .console.phone import PhoneHost, add_phone_routes
@@ -72,11 +72,20 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def _differing(old: dict, new: dict) -> list[str]:
+    """The fields two documents disagree on."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 class Wacall:
     def __init__(self, config: Config | None = None, *, db: str = ":memory:", host: str = "127.0.0.1",
                  port: int = 0) -> None:
         self.config = config or load_config()
         self.host, self.port = host, port
+        self.port_requested = port             # what was asked for (0: any free port); self.port: what was had
+        self.db = db
+        self.restored = False                  # start() found state in the database and used it
+        self.config_drift: list[str] = []      # how the config differs from what the database was seeded with
         self.store = Store(db)
         self.clock = VirtualClock(float(self.store.get_meta("clock_offset") or 0.0))
         self.platform = Platform(self.clock, self.config.limits, self.config.rate_card, archive=self.store,
@@ -132,17 +141,60 @@ class Wacall:
         for record in [*self.config.wabas, *self.config.numbers, *self.config.apps, *self.config.users]:
             self.platform.put(type(record).from_doc(record.to_doc()))   # fresh copies: reset re-seeds
         self._commit()
+        self.store.set_meta("seeded_from", json.dumps(self._seed_docs(), sort_keys=True))
+
+    def _seed_docs(self) -> dict[str, dict[str, dict]]:
+        """What the config seeds, as documents by kind and key (kept in the store to tell config edits apart)."""
+        docs: dict[str, dict[str, dict]] = {}
+        for record in [*self.config.wabas, *self.config.numbers, *self.config.apps, *self.config.users]:
+            docs.setdefault(record.KIND, {})[record.key] = json.loads(json.dumps(record.to_doc(), default=str))
+        return docs
+
+    def _check_config_drift(self) -> list[str]:
+        """A database with state is used as it is; a config edited since it was seeded (users or numbers added,
+        removed or changed) is reported, never silently ignored (docs/configuration.md, "Config and database")."""
+        saved = self.store.get_meta("seeded_from")
+        if saved is None:
+            return []
+        try:
+            before = json.loads(saved)
+        except ValueError:
+            return []
+        now = self._seed_docs()
+        drift = []
+        for kind in sorted(set(before) | set(now)):
+            old, new = before.get(kind, {}), now.get(kind, {})
+            added = sorted(set(new) - set(old))
+            removed = sorted(set(old) - set(new))
+            changed = [f"{key} ({', '.join(_differing(old[key], new[key]))})"
+                       for key in sorted(set(old) & set(new)) if old[key] != new[key]]
+            for what, keys in (("added", added), ("removed", removed), ("changed", changed)):
+                if keys:
+                    drift.append(f"{kind} {what}: {', '.join(keys)}")
+        return drift
 
     async def start(self) -> "Wacall":
-        if self.store.has_records():
+        self.restored = self.store.has_records()
+        if self.restored:
             self.platform.load(self.store.load_live_records())
+            self.config_drift = self._check_config_drift()
+            if self.config_drift:
+                log.warning("the config differs from what %s was seeded with (%s); the database's state is used "
+                            "as it is: POST /_wacall/reset (or a new --db) applies the config", self.db,
+                            "; ".join(self.config_drift))
         else:
             self.seed()
+        if log.isEnabledFor(logging.INFO):
+            log.info("database %s: %s", self.db, f"state restored ({len(self.platform.active_calls)} calls in "
+                     "progress)" if self.restored else "new, seeded from the config")
         self.session = aiohttp.ClientSession()
         self.dispatcher = Dispatcher(self.store, self.clock, self.session, self.config.webhooks,
                                      lambda app_id: (self.platform.apps.get(app_id) or None) and
                                      self.platform.apps[app_id].secret)
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.guard_middleware, root_redirect])
+        middlewares = [guard.guard_middleware, root_redirect]
+        if logs.http.isEnabledFor(logging.INFO):     # decided once: below INFO a request pays nothing for it
+            middlewares.insert(0, logs.request_middleware)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         app[guard.EXPOSURE] = self.exposure
         app[CONTROL] = self._control_host()
         app[GRAPH] = self._graph_host()
@@ -156,14 +208,14 @@ class Wacall:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
+        self.port_requested, self.port = self.port, sock.getsockname()[1]
         # the runner's connections, with requests aiohttp's parser refuses answered in Meta's envelope
         loop = asyncio.get_running_loop()
         self._http = await loop.create_server(guard.protocol_factory(self.runner.server, loop, access_log=None),
                                               sock=sock)
         if isinstance(self.media, MediaWorkers):
             await self.media.start()
-        if self.config.sip.port >= 0:
+        if self.config.sip.port_for(self.port_requested) >= 0:
             await self._start_sip()        # SIP dialogs first: a call that ends while media comes back gets its BYE
         await self._reopen_media()
         self._ticker = asyncio.create_task(self._tick_loop())
@@ -183,7 +235,7 @@ class Wacall:
                                  max_connections=sip.max_connections or None,
                                  handshake_timeout=sip.handshake_timeout)
         host = self.host if self.host in ("127.0.0.1", "::1", "localhost") else "127.0.0.1"
-        await transport.start(host, sip.port)
+        await transport.start(host, sip.port_for(self.port_requested))
         self.sip = gateway = SipGateway(
             SipHost(platform=self.platform, apply=self.apply, place_call=self.legs.place), transport,
             domain=sip.domain, t1=sip.t1)
@@ -330,6 +382,8 @@ class Wacall:
         if not events and not dirty and not notes:
             return
         self.store.commit(dirty, rows, notes)
+        if notes and logs.calls.isEnabledFor(logging.INFO):
+            logs.log_notes(notes)
         for event in events:                      # media, SIP: whoever registered for the event's type
             self.consumers.publish(event, self._consumer_failed)
         if rows and self.dispatcher:
@@ -385,6 +439,7 @@ class Wacall:
         self._save_certificate(self.media.certificate)    # the relay keeps it: so must a restart after the reset
         self.recordings.clear()
         self.clock.set_offset(0.0)
+        self.config_drift = []           # the config is applied now
         self.platform.limits = self.config.limits
         for key in self.faults:          # in place: the control API holds this dict
             self.faults[key] = 0
@@ -509,6 +564,9 @@ class Wacall:
             "display_phone_number": number.display_phone_number,
             "users": [{"wa_id": u.wa_id, "name": u.name} for u in self.platform.users.values()],
             "limits_profile": self.platform.limits.profile,
+            "db": self.db if credentials else None,
+            "restored": self.restored,
+            "config_drift": self.config_drift,
             "sip": None if self.sip is None else {
                 "host": self.sip.transport.host, "port": self.sip.transport.port, "domain": self.sip.domain,
                 "ca_file": self.sip_ca_file},

@@ -229,9 +229,10 @@ class Dispatcher:
             self._done(item)
         if self.on_attempt is not None:
             self.on_attempt(item.id)
-        if error:
-            log.info("webhook %s to %s failed (%s); %s", item.id, item.url, error,
-                     "giving up" if expired else f"retry in {backoff:.1f}s")
+        if log.isEnabledFor(logging.INFO):      # one line per attempt (wacall.logs); nothing below INFO
+            log.info("webhook %s attempt %d to %s: %s", item.id, item.attempts + 1, item.url,
+                     "delivered (HTTP 200)" if delivered else
+                     f"failed ({error}); {'giving up' if expired else f'retry in {backoff:.1f}s'}")
 
     def _done(self, item: OutboxItem) -> None:
         self._in_flight.get(item.url, set()).discard(item.id)
