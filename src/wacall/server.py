@@ -321,11 +321,11 @@ class Wacall:
         notes = self.platform.drain_notes()       # after the rows: injected webhook faults are noted too
         if not events and not dirty and not notes:
             return
-        self.store.commit(dirty, rows, notes)
+        ids = self.store.commit(dirty, rows, notes)
+        if rows and self.dispatcher:              # first: the webhooks leave now, in this loop turn
+            self.dispatcher.committed(rows, ids)
         for event in events:                      # media, SIP: whoever registered for the event's type
             self.consumers.publish(event, self._consumer_failed)
-        if rows and self.dispatcher:
-            self.dispatcher.wake(row["url"] for row in rows)
         self._wake_timers()
 
     def _wake_timers(self) -> None:
