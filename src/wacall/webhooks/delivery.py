@@ -173,7 +173,7 @@ class Dispatcher:
 
     def stats(self) -> dict:
         return {"in_flight": sum(len(ids) for ids in self._in_flight.values()),
-                "urls_pending": None if self._urls is None else len(self._urls)}
+                "urls_pending": None if self._urls is None else len(self._urls), **self.sender.stats}
 
     async def run(self) -> None:
         while not self._stopping:

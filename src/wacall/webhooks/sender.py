@@ -108,7 +108,7 @@ class _Connection(asyncio.Protocol):
             answer.set_result(self.status)
         if keep and not self.closed:
             self.reused = True
-            self.pool._idle(self)
+            self.pool._release(self)
         else:
             self.close()
 
@@ -133,6 +133,7 @@ class Sender:
         self._idle: dict[Key, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._ssl: ssl.SSLContext | None = None
+        self.stats = {"on_idle_connection": 0, "connections_opened": 0}   # POSTs written on a kept-alive connection; new ones
 
     def request(self, url: str, headers: list[tuple[str, str]], body: bytes) -> tuple[Key, bytes]:
         """The bytes of one POST: request line, Host, User-Agent, Content-Length, ``headers``, the body."""
@@ -154,6 +155,7 @@ class Sender:
             conn = idle.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
+            self.stats["on_idle_connection"] += 1
             return conn, conn.send(request[1])
         return None
 
@@ -198,9 +200,10 @@ class Sender:
         except OSError as exc:
             raise SendError(f"cannot connect to {host}:{port}: {exc}") from None
         self._all.add(conn)
+        self.stats["connections_opened"] += 1
         return conn
 
-    def _idle(self, conn: _Connection) -> None:
+    def _release(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= MAX_IDLE_PER_KEY:
             conn.close()
