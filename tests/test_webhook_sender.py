@@ -149,3 +149,56 @@ def test_garbage_refused_and_bad_urls_are_errors():
         with pytest.raises(SendError):
             sender.request(url, [("X-Evil", "a\r\nInjected: 1")], b"{}")
     run(scenario())
+
+
+def test_dispatcher_writes_a_committed_row_before_the_loop_turns(tmp_path):
+    """Dispatcher.committed: a row due now goes out on an idle kept-alive connection inside the call (no
+    task, no read back from the store); rows with a fault wait for the dispatcher; both attempts are then
+    recorded, signed as Meta signs, and the rows leave the in-flight set only once recorded."""
+    from wacall.config import WebhookDelivery
+    from wacall.domain.clock import VirtualClock
+    from wacall.store.sqlite import Store
+    from wacall.webhooks.delivery import Dispatcher
+    from wacall.webhooks.signature import verify
+
+    def row(url: str, body: bytes, **extra) -> dict:
+        return {"app_id": "1", "url": url, "field": "calls", "waba_id": "w", "phone_number_id": "p",
+                "call_id": None, "body": body, "created_at": clock.now(), "next_attempt_at": clock.now(),
+                "attempts": 0, "status": "pending", **extra}
+
+    clock = VirtualClock()
+
+    async def scenario():
+        server = Server([])
+        url = await server.start()
+        store = Store(str(tmp_path / "w.db"))
+        dispatcher = Dispatcher(store, clock, None, WebhookDelivery(), lambda app_id: "s3cret")  # type: ignore[arg-type]
+        first = [row(url, b'{"n":1}')]
+        dispatcher.committed(first, store.commit([], first))
+        for _ in range(200):                                # the first one opens the connection
+            if store.journal()[0]["status"] == "delivered" and not dispatcher.stats()["in_flight"]:
+                break
+            await asyncio.sleep(0.01)
+        rows = [row(url, b'{"n":2}'), row(url, b'{"n":3}', fault='[{"kind":"delay","rule":0,"seconds":0}]')]
+        dispatcher.committed(rows, store.commit([], rows))
+        assert dispatcher.sender.stats["on_idle_connection"] == 1     # written before this coroutine yields
+        assert dispatcher.stats()["in_flight"] == 1
+        for _ in range(300):
+            if [i["status"] for i in store.journal()] == ["delivered"] * 3 and not dispatcher.stats()["in_flight"]:
+                break
+            await asyncio.sleep(0.01)
+        journal = store.journal()
+        assert [i["status"] for i in journal] == ["delivered"] * 3, journal
+        assert [len(i["attempt_log"]) for i in journal] == [1, 1, 1]
+        bodies = {}
+        for raw in server.requests:
+            head, _, body = raw.partition(b"\r\n\r\n")
+            signature = [line.split(b": ", 1)[1].decode() for line in head.split(b"\r\n")
+                         if line.lower().startswith(b"x-hub-signature-256")][0]
+            assert verify("s3cret", body, signature)
+            bodies[body] = bodies.get(body, 0) + 1
+        assert bodies == {b'{"n":1}': 1, b'{"n":2}': 1, b'{"n":3}': 1}
+        await dispatcher.stop()
+        store.close()
+        server.stop()
+    run(scenario())

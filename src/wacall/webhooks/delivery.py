@@ -100,6 +100,10 @@ class Dispatcher:
         the rest waits for the dispatcher as before."""
         urls: set[str] = set()
         now = self.clock.now()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:                    # no loop (a synchronous caller): run() sends them when it runs
+            urls, rows = {row["url"] for row in rows}, []
         for row, item_id in zip(rows, ids):
             url = row["url"]
             busy = self._in_flight.setdefault(url, set())
@@ -112,7 +116,7 @@ class Dispatcher:
             try:
                 request = self._request(item)
                 started = self.sender.start(request)
-            except SendError:
+            except Exception:  # a bad URL or header, a socket error: the attempt task reports it
                 request = started = None
             self._spawn(self._attempt(item, request, started))
         if self._urls is not None:
@@ -159,6 +163,7 @@ class Dispatcher:
         """The outbox was wiped (control API reset): forget what was known about it, restore the config's faults."""
         self._urls = None
         self._in_flight = {}
+        self._records = []                            # attempts at rows that are gone
         self._generation += 1
         self.faults = FaultPlan.parse(self.settings.faults)
         self._wake.set()
