@@ -2,9 +2,11 @@
 business's webhook endpoint.
 
 ``wacall serve --port 0 --sip-port -1 --json`` runs as a subprocess on loopback (pinned to CPU 0 unless
-``--no-pin``); this process (pinned to the other CPUs) is both the business's API client (aiohttp, a pool
-of keep-alive connections) and the business's webhook endpoint (an aiohttp server on 127.0.0.1, port 0,
-subscribed to the ``calls`` field through Graph's ``/{app_id}/subscriptions``, answering 200 at once).
+``--no-pin``); this process (pinned to the other CPUs) is the business's API client (aiohttp, a pool of
+keep-alive connections), and the business's webhook endpoint is a process of its own on the same CPUs
+(bench/webhook_receiver.py: asyncio + httptools on 127.0.0.1, port 0, subscribed to the ``calls`` field
+through Graph's ``/{app_id}/subscriptions``, answering 200 at once and stamping each POST when its body is
+complete), so that the generator's work never delays a stamp.
 
 The load is open-loop: requests start on a fixed schedule at ``--rate`` Graph requests/s whatever the
 answers do (a slow server gets a queue, not a gentler client), in this mix (``--mix``):
@@ -21,7 +23,10 @@ media flows. Each user has at most one call at a time (Meta's rule), so there ar
 calls that overlap.
 
 Reported per request kind and over all: requests/s achieved, latency p50/p95/p99/max, errors. Webhook
-latency: for a Graph request that changes a call, the time from the moment its response arrived to the
+latency from the state change: for every webhook wacall made in the measured interval (read afterwards
+from its database: the outbox row's ``created_at``, the clock reading of the commit that changed the
+state, wall clock as the receiver's stamp), the time until the receiver had its body; per event or
+status too. Webhook latency after the response: for a Graph request that changes a call, the time from the moment its response arrived to the
 moment the webhook it caused arrived (``connect`` → the ``connect`` webhook, ``accept`` → nothing of its
 own in Meta's API for a user-initiated call, so not measured, ``terminate`` → the ``terminate`` webhook),
 and also from the request's start (a webhook may arrive before the response: then the after-response figure
