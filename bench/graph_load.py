@@ -26,10 +26,10 @@ Reported per request kind and over all: requests/s achieved, latency p50/p95/p99
 latency from the state change: for every webhook wacall made in the measured interval (read afterwards
 from its database: the outbox row's ``created_at``, the clock reading of the commit that changed the
 state, wall clock as the receiver's stamp), the time until the receiver had its body; per event or
-status too. Webhook latency after the response: for a Graph request that changes a call, the time from the moment its response arrived to the
-moment the webhook it caused arrived (``connect`` → the ``connect`` webhook, ``accept`` → nothing of its
-own in Meta's API for a user-initiated call, so not measured, ``terminate`` → the ``terminate`` webhook),
-and also from the request's start (a webhook may arrive before the response: then the after-response figure
+status too. Webhook latency after the response: for a Graph request that changes a call, the time from
+the moment its response arrived to the moment the webhook it caused arrived (``connect`` → the
+``connect`` webhook, ``accept`` → nothing of its own in Meta's API for a user-initiated call, so not
+measured, ``terminate`` → the ``terminate`` webhook), and also from the request's start (a webhook may arrive before the response: then the after-response figure
 is negative). The control API's user call → the ``connect`` webhook is reported apart. The whole run is
 bounded (``--seconds``, then at most ``--drain`` seconds for outstanding calls and webhooks) and stops by
 itself; results go to bench/results/graph-<UTC timestamp>.json.
@@ -455,8 +455,9 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
     lat, wh, sc = result["latency_ms"], result["webhooks_all_ms"], result["webhook_after_state_change_ms"]
     log(f"rate {rate:g}/s: {result['requests_per_s']} requests/s, {result['errors']} errors, latency p50 "
         f"{lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} ms; webhook after response p50 {wh.get('p50')} "
-        f"p95 {wh.get('p95')} p99 {wh.get('p99')} ms (n={wh.get('n')}, missing {load.missing_webhooks}); webhook after the "
-        f"state change p50 {sc.get('p50')} p95 {sc.get('p95')} p99 {sc.get('p99')} ms (n={sc.get('n')}, not received {missed}); "
+        f"p95 {wh.get('p95')} p99 {wh.get('p99')} ms (n={wh.get('n')}, missing {load.missing_webhooks}); "
+        f"webhook after the state change p50 {sc.get('p50')} p95 {sc.get('p95')} p99 {sc.get('p99')} ms "
+        f"(n={sc.get('n')}, not received {missed}); "
         f"wacall {result['wacall_cores']} cores ({result['wacall_cpu_us_per_request']} µs/request), "
         f"generator {result['generator_cores']} cores")
     return result

@@ -62,7 +62,8 @@ def test_kept_alive_connection_is_reused_and_written_at_once():
         url = await server.start()
         sender = Sender("facebookexternalua")
         body = b'{"object":"whatsapp_business_account"}'
-        request = sender.request(url, [("Content-Type", "application/json"), ("X-Hub-Signature-256", "sha256=ab")], body)
+        headers = [("Content-Type", "application/json"), ("X-Hub-Signature-256", "sha256=ab")]
+        request = sender.request(url, headers, body)
         assert sender.start(request) is None                # nothing idle yet: post() opens a connection
         assert await sender.post(request) == 200
         started = sender.start(request)                     # now written synchronously, on the kept-alive one
@@ -172,7 +173,8 @@ def test_dispatcher_writes_a_committed_row_before_the_loop_turns(tmp_path):
         server = Server([])
         url = await server.start()
         store = Store(str(tmp_path / "w.db"))
-        dispatcher = Dispatcher(store, clock, None, WebhookDelivery(), lambda app_id: "s3cret")  # type: ignore[arg-type]
+        session = None                                      # (only the verification GET uses aiohttp)
+        dispatcher = Dispatcher(store, clock, session, WebhookDelivery(), lambda app_id: "s3cret")  # type: ignore
         first = [row(url, b'{"n":1}')]
         dispatcher.committed(first, store.commit([], first))
         for _ in range(200):                                # the first one opens the connection

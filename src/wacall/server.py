@@ -412,7 +412,7 @@ class Wacall:
         return ControlHost(
             platform=self.platform, clock=self.clock, apply=self.apply, place_call=self.legs.place,
             reset=self.reset, info=self.info, base_url=lambda: self.base_url,
-            faults=self.faults, encode_audio=PreEncodedAudio.get, timeline=store.timeline, journal=store.journal,
+            faults=self.faults, encode_audio=PreEncodedAudio.get, timeline=store.timeline, journal=dispatcher.journal,
             call_list=store.call_list, media_view=media.view, media_stats=media.stats, send_dtmf=media.send_dtmf,
             recording_wav=media.recording_wav, webhook_stats=dispatcher.stats,
             webhook_faults=dispatcher.fault_plan,

@@ -455,7 +455,8 @@ class Store:
         """Record delivery attempts, each (outbox id, {at, status_code, error, duration_ms, delivered,
         next_attempt_at, expired}), in one transaction: the dispatcher's attempts of one loop turn together."""
         with self._transaction() as cursor:
-            cursor.executemany("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
+            cursor.executemany("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) "
+                               "VALUES (?, ?, ?, ?, ?)",
                                [(item_id, o["at"], o["status_code"], o["error"], o["duration_ms"])
                                 for item_id, o in outcomes])
             delivered = [(o["error"], o["at"], item_id) for item_id, o in outcomes if o["delivered"]]

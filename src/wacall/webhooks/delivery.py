@@ -13,7 +13,7 @@ The dispatcher reads only what is due, per URL, through the outbox indexes, and 
 next due attempt: thousands of rows waiting for a retry cost nothing per loop. A row that is due the
 moment it is committed is not read back: :meth:`Dispatcher.committed` writes its POST on an idle
 kept-alive connection in the same loop turn as the commit (``sender.py``), before the loop answers the
-next queued request. Attempts are recorded together at the end of the loop turn (one transaction); a
+next queued request. Attempts are recorded together, one transaction every ``RECORD_BATCH_SECONDS``; a
 row stays "in flight" until its attempt is recorded, so it is never sent twice at once.
 """
 
@@ -40,6 +40,7 @@ from .signature import HEADER, sign
 
 log = logging.getLogger("wacall.webhooks")
 USER_AGENT = "facebookexternalua"
+RECORD_BATCH_SECONDS = 0.01    # attempts are recorded together, at most this long after they end
 
 
 def outbox_rows(platform: Platform, events: list, now: float, faults: FaultPlan | None = None) -> list[dict]:
@@ -273,13 +274,24 @@ class Dispatcher:
                                          delivered=delivered, next_attempt_at=now + backoff, expired=expired)))
         if not self._record_scheduled:
             self._record_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_records)
+            loop = asyncio.get_running_loop()
+            if self.faults.ordered:                 # the next head waits for this record
+                loop.call_soon(self._flush_records)
+            else:
+                loop.call_later(RECORD_BATCH_SECONDS, self._flush_records)
         if error:
             log.info("webhook %s to %s failed (%s); %s", item.id, item.url, error,
                      "giving up" if expired else f"retry in {backoff:.1f}s")
 
+    def journal(self, **query) -> list[dict]:
+        """The store's journal (``Store.journal``) with every attempt that has ended recorded first: what
+        the receiver has answered, the journal shows."""
+        self._flush_records()
+        return self.store.journal(**query)
+
     def _flush_records(self) -> None:
-        """Record the attempts of this loop turn in one transaction; only then are their rows free again."""
+        """Record the attempts that ended since the last time in one transaction; only then are their rows free
+        again (a crash before it repeats those deliveries: at least once)."""
         self._record_scheduled = False
         batch, self._records = self._records, []
         if not batch:

@@ -133,7 +133,8 @@ class Sender:
         self._idle: dict[Key, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._ssl: ssl.SSLContext | None = None
-        self.stats = {"on_idle_connection": 0, "connections_opened": 0}   # POSTs written on a kept-alive connection; new ones
+        # POSTs written on a kept-alive connection; connections opened
+        self.stats = {"on_idle_connection": 0, "connections_opened": 0}
 
     def request(self, url: str, headers: list[tuple[str, str]], body: bytes) -> tuple[Key, bytes]:
         """The bytes of one POST: request line, Host, User-Agent, Content-Length, ``headers``, the body."""
