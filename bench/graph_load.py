@@ -414,14 +414,17 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
             try:
                 async with session.get(f"{info['graph_url']}/_wacall/health") as r:
                     health = (await r.json(content_type=None)).get("webhooks")
-            except (aiohttp.ClientError, ValueError):
-                health = None
+                async with session.get(f"{info['graph_url']}/_wacall/clock") as r:
+                    offset = float((await r.json(content_type=None)).get("offset") or 0.0)
+            except (aiohttp.ClientError, ValueError, TypeError):
+                health, offset = None, 0.0
     finally:
         await receiver.stop()
     # from the state change (the commit that made the webhook) to the receiver having the body, for every
     # webhook made in the measured interval
     by_event: dict[str, list[float]] = {}
-    made = state_changes(db) if db != ":memory:" else {}
+    # (wacall's clock is the wall clock plus an offset that only an advance of its virtual clock sets)
+    made = {key: created - offset for key, created in (state_changes(db) if db != ":memory:" else {}).items()}
     for key, created in made.items():
         arrived = receiver.arrivals_wall.get(key)
         if arrived is not None and wall0 <= created < wall1:
