@@ -175,6 +175,8 @@ def test_dispatcher_writes_a_committed_row_before_the_loop_turns(tmp_path):
         store = Store(str(tmp_path / "w.db"))
         session = None                                      # (only the verification GET uses aiohttp)
         dispatcher = Dispatcher(store, clock, session, WebhookDelivery(), lambda app_id: "s3cret")  # type: ignore
+        recorded: list[int] = []
+        dispatcher.on_attempt = recorded.append             # (the live stream's hook)
         first = [row(url, b'{"n":1}')]
         dispatcher.committed(first, store.commit([], first))
         for _ in range(200):                                # the first one opens the connection
@@ -192,6 +194,7 @@ def test_dispatcher_writes_a_committed_row_before_the_loop_turns(tmp_path):
         journal = store.journal()
         assert [i["status"] for i in journal] == ["delivered"] * 3, journal
         assert [len(i["attempt_log"]) for i in journal] == [1, 1, 1]
+        assert sorted(recorded) == [i["id"] for i in journal]
         bodies = {}
         for raw in server.requests:
             head, _, body = raw.partition(b"\r\n\r\n")

@@ -90,6 +90,7 @@ class Dispatcher:
         self._generation = 0                          # bumped by reset(): attempts from before it are not recorded
         self._stopping = False
         self._kick_scheduled = False
+        self.on_attempt: Callable[[int], None] | None = None   # told each recorded attempt's outbox id (live stream)
         self.sender = Sender(USER_AGENT)
         self._backlog: set[str] = set()               # URLs that may have due rows not yet started
         self._records: list[tuple[OutboxItem, dict]] = []   # attempts to record at the end of this loop turn
@@ -303,6 +304,9 @@ class Dispatcher:
         finally:
             for item, outcome in batch:
                 self._done(item, outcome["delivered"])
+        if self.on_attempt is not None:
+            for item, _ in batch:
+                self.on_attempt(item.id)
 
     def _done(self, item: OutboxItem, delivered: bool) -> None:
         self._in_flight.get(item.url, set()).discard(item.id)
