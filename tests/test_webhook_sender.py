@@ -207,3 +207,37 @@ def test_dispatcher_writes_a_committed_row_before_the_loop_turns(tmp_path):
         store.close()
         server.stop()
     run(scenario())
+
+
+def test_one_slot_per_url_sends_each_row_once(tmp_path):
+    """concurrent_per_url = 1: an answered row frees the slot before its attempt is recorded, and the next
+    row goes out then; the answered one is not sent again while its record is pending."""
+    from wacall.config import WebhookDelivery
+    from wacall.domain.clock import VirtualClock
+    from wacall.store.sqlite import Store
+    from wacall.webhooks.delivery import Dispatcher
+
+    clock = VirtualClock()
+
+    async def scenario():
+        server = Server([])
+        url = await server.start()
+        store = Store(str(tmp_path / "w.db"))
+        dispatcher = Dispatcher(store, clock, None, WebhookDelivery(concurrent_per_url=1),  # type: ignore
+                                lambda app_id: "s")
+        rows = [{"app_id": "1", "url": url, "field": "calls", "waba_id": "w", "phone_number_id": "p",
+                 "call_id": None, "body": b'{"n":%d}' % n, "created_at": clock.now(),
+                 "next_attempt_at": clock.now(), "attempts": 0, "status": "pending"} for n in range(6)]
+        dispatcher.committed(rows, store.commit([], rows))
+        for _ in range(500):
+            if [i["status"] for i in store.journal()] == ["delivered"] * 6:
+                break
+            await asyncio.sleep(0.01)
+        assert [i["status"] for i in store.journal()] == ["delivered"] * 6
+        bodies = sorted(raw.partition(b"\r\n\r\n")[2] for raw in server.requests)
+        assert bodies == [b'{"n":%d}' % n for n in range(6)]
+        assert [len(i["attempt_log"]) for i in store.journal()] == [1] * 6
+        await dispatcher.stop()
+        store.close()
+        server.stop()
+    run(scenario())

@@ -13,8 +13,9 @@ The dispatcher reads only what is due, per URL, through the outbox indexes, and 
 next due attempt: thousands of rows waiting for a retry cost nothing per loop. A row that is due the
 moment it is committed is not read back: :meth:`Dispatcher.committed` writes its POST on an idle
 kept-alive connection in the same loop turn as the commit (``sender.py``), before the loop answers the
-next queued request. Attempts are recorded together, one transaction every ``RECORD_BATCH_SECONDS``; a
-row stays "in flight" until its attempt is recorded, so it is never sent twice at once.
+next queued request. Attempts are recorded together, one transaction every ``RECORD_BATCH_SECONDS``; an
+answered row frees its URL's slot at once but is not attempted again until its attempt is recorded, so it
+is never sent twice at once.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Dispatcher:
         self.faults = FaultPlan.parse(settings.faults)
         self._wake = asyncio.Event()
         self._in_flight: dict[str, set[int]] = {}     # url -> outbox ids being attempted
+        self._recording: dict[str, set[int]] = {}     # url -> ids answered, their attempt not yet recorded
         self._urls: set[str] | None = None            # URLs with pending rows (read from the store once)
         self._tasks: set[asyncio.Task] = set()
         self._generation = 0                          # bumped by reset(): attempts from before it are not recorded
@@ -165,6 +167,7 @@ class Dispatcher:
         """The outbox was wiped (control API reset): forget what was known about it, restore the config's faults."""
         self._urls = None
         self._in_flight = {}
+        self._recording = {}
         self._records = []                            # attempts at rows that are gone
         self._generation += 1
         self.faults = FaultPlan.parse(self.settings.faults)
@@ -217,8 +220,9 @@ class Dispatcher:
             self._urls = self.store.pending_urls()
         for url in list(self._urls):
             busy = self._in_flight.setdefault(url, set())
+            recording = self._recording.get(url, set())      # still pending in the store: not to start again
             if self.faults.ordered:
-                if busy:
+                if busy or recording:
                     continue
                 head = self.store.oldest_pending(url)
                 due = [head] if head is not None and head.next_attempt_at <= now else []
@@ -227,8 +231,8 @@ class Dispatcher:
                 free = self.settings.concurrent_per_url - len(busy)
                 if free <= 0:
                     continue
-                due = self.store.due_outbox(url, now, exclude=busy, limit=free)
-                idle = not due and not busy and self.store.oldest_pending(url) is None
+                due = self.store.due_outbox(url, now, exclude=busy | recording, limit=free)
+                idle = not due and not busy and not recording and self.store.oldest_pending(url) is None
                 if len(due) < free:
                     self._backlog.discard(url)
                 else:
@@ -236,6 +240,7 @@ class Dispatcher:
             if idle:
                 self._urls.discard(url)
                 self._in_flight.pop(url, None)
+                self._recording.pop(url, None)
             for item in due:
                 busy.add(item.id)
                 self._spawn(self._attempt(item))
@@ -273,6 +278,11 @@ class Dispatcher:
         self._records.append((item, dict(at=now, status_code=status, error=error,
                                          duration_ms=round((time.monotonic() - began) * 1000, 2),
                                          delivered=delivered, next_attempt_at=now + backoff, expired=expired)))
+        # the answer is in: the URL's slot is free now (the row stays out of reach until it is recorded)
+        self._in_flight.get(item.url, set()).discard(item.id)
+        self._recording.setdefault(item.url, set()).add(item.id)
+        if item.url in self._backlog:
+            self.wake()
         if not self._record_scheduled:
             self._record_scheduled = True
             loop = asyncio.get_running_loop()
@@ -310,6 +320,7 @@ class Dispatcher:
 
     def _done(self, item: OutboxItem, delivered: bool) -> None:
         self._in_flight.get(item.url, set()).discard(item.id)
+        self._recording.get(item.url, set()).discard(item.id)
         if not delivered or item.url in self._backlog or self.faults.ordered:
             self.wake()
 
