@@ -373,6 +373,7 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
                     load.measuring = True
                     cpu0, cpu_t0 = process_tree_cpu_seconds(pid), now
                     wall0 = time.time()
+                    receiver_cpu0 = process_tree_cpu_seconds(receiver.proc.pid)
                     self_cpu0 = time.process_time()
                     first_measured = n
                 kind = rng.choices(kinds, weights)[0]
@@ -397,6 +398,7 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
                 await asyncio.sleep(max(0.0, t0 + n * interval - time.monotonic()))
             measured_s = time.monotonic() - cpu_t0
             wall1 = time.time()
+            receiver_cpu = process_tree_cpu_seconds(receiver.proc.pid) - receiver_cpu0
             cpu = process_tree_cpu_seconds(pid) - cpu0
             self_cpu = time.process_time() - self_cpu0
             load.measuring = False
@@ -452,6 +454,7 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
         "flow_errors": len(load.flow_errors), "flow_error_examples": load.flow_errors[:5],
         "wacall_cores": round(cpu / measured_s, 3), "wacall_cpu_us_per_request": round(1e6 * cpu / max(1, len(samples)), 1),
         "generator_cores": round(self_cpu / measured_s, 3),
+        "receiver_cores": round(receiver_cpu / measured_s, 3),
         # webhook latency over the run: the worst per 100 ms window (seconds from the start of measuring)
         "webhook_worst_per_100ms": _worst_per_window([(t - cpu_t0, ms) for t, ms in load.series], 0.1),
     }
@@ -462,7 +465,7 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
         f"webhook after the state change p50 {sc.get('p50')} p95 {sc.get('p95')} p99 {sc.get('p99')} ms "
         f"(n={sc.get('n')}, not received {missed}); "
         f"wacall {result['wacall_cores']} cores ({result['wacall_cpu_us_per_request']} µs/request), "
-        f"generator {result['generator_cores']} cores")
+        f"generator {result['generator_cores']} cores, receiver {result['receiver_cores']} cores")
     return result
 
 
