@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -61,7 +61,7 @@ class Endpoint(asyncio.Protocol):
                 self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nforbidden")
             return
         self.transport.write(OK)
-        lines = [f"n 1\n"]
+        lines = ["n 1\n"]
         try:
             for entry in json.loads(body).get("entry", []):
                 for change in entry.get("changes", []):
