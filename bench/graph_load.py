@@ -2,9 +2,11 @@
 business's webhook endpoint.
 
 ``wacall serve --port 0 --sip-port -1 --json`` runs as a subprocess on loopback (pinned to CPU 0 unless
-``--no-pin``); this process (pinned to the other CPUs) is both the business's API client (aiohttp, a pool
-of keep-alive connections) and the business's webhook endpoint (an aiohttp server on 127.0.0.1, port 0,
-subscribed to the ``calls`` field through Graph's ``/{app_id}/subscriptions``, answering 200 at once).
+``--no-pin``); this process (pinned to the other CPUs) is the business's API client (aiohttp, a pool of
+keep-alive connections), and the business's webhook endpoint is a process of its own on the same CPUs
+(bench/webhook_receiver.py: asyncio + httptools on 127.0.0.1, port 0, subscribed to the ``calls`` field
+through Graph's ``/{app_id}/subscriptions``, answering 200 at once and stamping each POST when its body is
+complete), so that the generator's work never delays a stamp.
 
 The load is open-loop: requests start on a fixed schedule at ``--rate`` Graph requests/s whatever the
 answers do (a slow server gets a queue, not a gentler client), in this mix (``--mix``):
@@ -21,10 +23,13 @@ media flows. Each user has at most one call at a time (Meta's rule), so there ar
 calls that overlap.
 
 Reported per request kind and over all: requests/s achieved, latency p50/p95/p99/max, errors. Webhook
-latency: for a Graph request that changes a call, the time from the moment its response arrived to the
-moment the webhook it caused arrived (``connect`` → the ``connect`` webhook, ``accept`` → nothing of its
-own in Meta's API for a user-initiated call, so not measured, ``terminate`` → the ``terminate`` webhook),
-and also from the request's start (a webhook may arrive before the response: then the after-response figure
+latency from the state change: for every webhook wacall made in the measured interval (read afterwards
+from its database: the outbox row's ``created_at``, the clock reading of the commit that changed the
+state, wall clock as the receiver's stamp), the time until the receiver had its body; per event or
+status too. Webhook latency after the response: for a Graph request that changes a call, the time from
+the moment its response arrived to the moment the webhook it caused arrived (``connect`` → the
+``connect`` webhook, ``accept`` → nothing of its own in Meta's API for a user-initiated call, so not
+measured, ``terminate`` → the ``terminate`` webhook), and also from the request's start (a webhook may arrive before the response: then the after-response figure
 is negative). The control API's user call → the ``connect`` webhook is reported apart. The whole run is
 bounded (``--seconds``, then at most ``--drain`` seconds for outstanding calls and webhooks) and stops by
 itself; results go to bench/results/graph-<UTC timestamp>.json.
@@ -50,7 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -78,56 +82,55 @@ def percentiles(values: list[float]) -> dict:
 
 
 class Receiver:
-    """The business's webhook endpoint: Meta's GET verification, and every POST timed on arrival."""
+    """The business's webhook endpoint (bench/webhook_receiver.py, a process of its own, stamping each POST
+    with the wall clock when its body is complete), seen from here through its feed: ``arrivals`` on this
+    process's monotonic clock, and futures for the flows that wait for a webhook."""
 
-    def __init__(self, verify_token: str) -> None:
+    def __init__(self, verify_token: str, cpus: set[int] | None = None) -> None:
         self.verify_token = verify_token
-        self.arrivals: dict[tuple[str, str], float] = {}      # (call_id, event or status) -> first arrival
+        self.cpus = cpus
+        self.arrivals: dict[tuple[str, str], float] = {}      # (call_id, event or status) -> first arrival (monotonic)
+        self.arrivals_wall: dict[tuple[str, str], float] = {}  # the same, as the receiver stamped it (time.time())
         self.waiters: dict[tuple[str, str], asyncio.Future] = {}
         self.received = 0
-        self.runner: web.AppRunner | None = None
         self.url = ""
+        self.proc: asyncio.subprocess.Process | None = None
+        self._feed: asyncio.Server | None = None
+        self._feed_writer: asyncio.StreamWriter | None = None
+        self._ready: asyncio.Future | None = None
+        self._wall_minus_mono = time.time() - time.monotonic()
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/webhook", self.verify)
-        app.router.add_post("/webhook", self.post)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]      # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/webhook"
+        self._ready = asyncio.get_running_loop().create_future()
+        self._feed = await asyncio.start_server(self._read_feed, "127.0.0.1", 0)
+        port = self._feed.sockets[0].getsockname()[1]
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(HERE / "webhook_receiver.py"), "--feed", str(port), "--verify-token", self.verify_token)
+        if self.cpus:
+            _pin(self.proc.pid, self.cpus)
+        self.url = await asyncio.wait_for(self._ready, 30)
 
-    async def verify(self, request: web.Request) -> web.Response:
-        if request.query.get("hub.verify_token") != self.verify_token:
-            return web.Response(status=403, text="forbidden")
-        return web.Response(text=request.query.get("hub.challenge", ""))
+    async def _read_feed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._feed_writer = writer
+        async for raw in reader:
+            first, _, rest = raw.decode().strip().partition(" ")
+            if first == "url":
+                self._ready.set_result(rest)
+            elif first == "n":
+                self.received += int(rest)
+            else:
+                kind, _, stamp = rest.partition(" ")
+                self._arrived(first, kind, float(stamp))
 
-    async def post(self, request: web.Request) -> web.Response:
-        now = time.monotonic()
-        body = await request.read()
-        self.received += 1
-        try:
-            for entry in json.loads(body).get("entry", []):
-                for change in entry.get("changes", []):
-                    value = change.get("value", {})
-                    for call in value.get("calls", []):
-                        self._arrived(call.get("id"), call.get("event"), now, call)
-                    for status in value.get("statuses", []):
-                        self._arrived(status.get("id"), status.get("status"), now, status)
-        except (ValueError, AttributeError):
-            pass
-        return web.Response(status=200)
-
-    def _arrived(self, call_id: str | None, kind: str | None, now: float, payload: dict) -> None:
-        if not call_id or not kind:
-            return
+    def _arrived(self, call_id: str, kind: str, wall: float) -> None:
         key = (call_id, kind)
-        self.arrivals.setdefault(key, now)
+        if key in self.arrivals:
+            return
+        self.arrivals_wall[key] = wall
+        self.arrivals[key] = wall - self._wall_minus_mono
         waiter = self.waiters.pop(key, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(payload)
+            waiter.set_result(None)
 
     def wait(self, call_id: str, kind: str) -> asyncio.Future:
         """A future for this webhook (already resolved if it came first)."""
@@ -140,8 +143,35 @@ class Receiver:
         return future
 
     async def stop(self) -> None:
-        if self.runner:
-            await self.runner.cleanup()
+        if self._feed_writer is not None:
+            self._feed_writer.close()
+        if self._feed is not None:
+            self._feed.close()
+        if self.proc is not None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+def state_changes(db: str) -> dict[tuple[str, str], float]:
+    """(call id, event or status) -> when wacall made the webhook for it (the outbox row's ``created_at``: the
+    clock reading of the commit that changed the state, just before the transaction; wall clock)."""
+    import sqlite3
+    made: dict[tuple[str, str], float] = {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        for body, created_at in conn.execute("SELECT body, created_at FROM outbox ORDER BY id"):
+            for entry in json.loads(body).get("entry", []):
+                for change in entry.get("changes", []):
+                    value = change.get("value", {})
+                    for item, kind in [(c, c.get("event")) for c in value.get("calls", [])] + \
+                                      [(st, st.get("status")) for st in value.get("statuses", [])]:
+                        made.setdefault((str(item.get("id")), str(kind)), created_at)
+    finally:
+        conn.close()
+    return made
 
 
 @dataclass
@@ -306,8 +336,8 @@ async def prepare(info: dict, users: int, receiver: Receiver) -> None:
 
 
 async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int, hold: float, warmup: float,
-                   drain: float, log) -> dict:
-    receiver = Receiver(info["verify_token"])
+                   drain: float, log, db: str, cpus: set[int] | None) -> dict:
+    receiver = Receiver(info["verify_token"], cpus)
     await receiver.start()
     try:
         await prepare(info, users, receiver)
@@ -341,6 +371,8 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
                 if cpu0 is None and now - t0 >= warmup:
                     load.measuring = True
                     cpu0, cpu_t0 = process_tree_cpu_seconds(pid), now
+                    wall0 = time.time()
+                    receiver_cpu0 = process_tree_cpu_seconds(receiver.proc.pid)
                     self_cpu0 = time.process_time()
                     first_measured = n
                 kind = rng.choices(kinds, weights)[0]
@@ -364,6 +396,8 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
                 n += 1
                 await asyncio.sleep(max(0.0, t0 + n * interval - time.monotonic()))
             measured_s = time.monotonic() - cpu_t0
+            wall1 = time.time()
+            receiver_cpu = process_tree_cpu_seconds(receiver.proc.pid) - receiver_cpu0
             cpu = process_tree_cpu_seconds(pid) - cpu0
             self_cpu = time.process_time() - self_cpu0
             load.measuring = False
@@ -378,8 +412,26 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                async with session.get(f"{info['graph_url']}/_wacall/health") as r:
+                    health = (await r.json(content_type=None)).get("webhooks")
+                async with session.get(f"{info['graph_url']}/_wacall/clock") as r:
+                    offset = float((await r.json(content_type=None)).get("offset") or 0.0)
+            except (aiohttp.ClientError, ValueError, TypeError):
+                health, offset = None, 0.0
     finally:
         await receiver.stop()
+    # from the state change (the commit that made the webhook) to the receiver having the body, for every
+    # webhook made in the measured interval
+    by_event: dict[str, list[float]] = {}
+    # (wacall's clock is the wall clock plus an offset that only an advance of its virtual clock sets)
+    made = {key: created - offset for key, created in (state_changes(db) if db != ":memory:" else {}).items()}
+    for key, created in made.items():
+        arrived = receiver.arrivals_wall.get(key)
+        if arrived is not None and wall0 <= created < wall1:
+            by_event.setdefault(key[1], []).append(1000 * (arrived - created))
+    after_change = [ms for values in by_event.values() for ms in values]
+    missed = sum(1 for key, created in made.items() if wall0 <= created < wall1 and key not in receiver.arrivals_wall)
     samples = load.samples
     by_kind = {k: [s for s in samples if s.kind == k] for k in MIX if k != "terminate"} | {
         "terminate": [s for s in samples if s.kind == "terminate"]}
@@ -393,19 +445,26 @@ async def run_step(info: dict, pid: int, rate: float, seconds: float, users: int
         "webhook_after_response_ms": {k: percentiles(v) for k, v in load.webhook_ms.items()},
         "webhook_after_request_ms": {k: percentiles(v) for k, v in load.webhook_from_request_ms.items()},
         "webhooks_all_ms": percentiles(load.webhook_ms["connect"] + load.webhook_ms["terminate"]),
+        "webhook_after_state_change_ms": percentiles(after_change),
+        "webhook_after_state_change_ms_by_event": {k: percentiles(v) for k, v in sorted(by_event.items())},
+        "webhooks_made_not_received": missed,
+        "wacall_webhook_stats": health,
         "missing_webhooks": load.missing_webhooks, "webhooks_received": receiver.received,
         "flow_errors": len(load.flow_errors), "flow_error_examples": load.flow_errors[:5],
         "wacall_cores": round(cpu / measured_s, 3), "wacall_cpu_us_per_request": round(1e6 * cpu / max(1, len(samples)), 1),
         "generator_cores": round(self_cpu / measured_s, 3),
+        "receiver_cores": round(receiver_cpu / measured_s, 3),
         # webhook latency over the run: the worst per 100 ms window (seconds from the start of measuring)
         "webhook_worst_per_100ms": _worst_per_window([(t - cpu_t0, ms) for t, ms in load.series], 0.1),
     }
-    lat, wh = result["latency_ms"], result["webhooks_all_ms"]
+    lat, wh, sc = result["latency_ms"], result["webhooks_all_ms"], result["webhook_after_state_change_ms"]
     log(f"rate {rate:g}/s: {result['requests_per_s']} requests/s, {result['errors']} errors, latency p50 "
         f"{lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} ms; webhook after response p50 {wh.get('p50')} "
         f"p95 {wh.get('p95')} p99 {wh.get('p99')} ms (n={wh.get('n')}, missing {load.missing_webhooks}); "
+        f"webhook after the state change p50 {sc.get('p50')} p95 {sc.get('p95')} p99 {sc.get('p99')} ms "
+        f"(n={sc.get('n')}, not received {missed}); "
         f"wacall {result['wacall_cores']} cores ({result['wacall_cpu_us_per_request']} µs/request), "
-        f"generator {result['generator_cores']} cores")
+        f"generator {result['generator_cores']} cores, receiver {result['receiver_cores']} cores")
     return result
 
 
@@ -462,8 +521,9 @@ def main() -> None:
                     os.sched_setaffinity(0, set(range(1, os.cpu_count() or 1)))
                 log(f"{name} pid {wacall.pid}, db {db}, {users} users, rate {rate:g}/s for {args.seconds:g} s "
                     f"(+{args.warmup:g} s warm-up), hold {args.hold:g} s, mix {MIX}")
+                others = set(range(1, os.cpu_count() or 1)) if not args.no_pin and (os.cpu_count() or 1) > 1 else None
                 result = asyncio.run(run_step(wacall.info, wacall.pid, rate, args.seconds, users, args.hold,
-                                              args.warmup, args.drain, log))
+                                              args.warmup, args.drain, log, db, others))
                 result.update(target=name, users=users)
                 results.append(result)
             finally:

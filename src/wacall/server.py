@@ -381,13 +381,13 @@ class Wacall:
         notes = self.platform.drain_notes()       # after the rows: injected webhook faults are noted too
         if not events and not dirty and not notes:
             return
-        self.store.commit(dirty, rows, notes)
+        ids = self.store.commit(dirty, rows, notes)
+        if rows and self.dispatcher:              # first: the webhooks leave now, in this loop turn
+            self.dispatcher.committed(rows, ids)
         if notes and logs.calls.isEnabledFor(logging.INFO):
             logs.log_notes(notes)
         for event in events:                      # media, SIP: whoever registered for the event's type
             self.consumers.publish(event, self._consumer_failed)
-        if rows and self.dispatcher:
-            self.dispatcher.wake(row["url"] for row in rows)
         self._wake_timers()
 
     def _wake_timers(self) -> None:
@@ -477,7 +477,7 @@ class Wacall:
         return ControlHost(
             platform=self.platform, clock=self.clock, apply=self.apply, place_call=self.legs.place,
             reset=self.reset, info=self.info, base_url=lambda: self.base_url,
-            faults=self.faults, encode_audio=PreEncodedAudio.get, timeline=store.timeline, journal=store.journal,
+            faults=self.faults, encode_audio=PreEncodedAudio.get, timeline=store.timeline, journal=dispatcher.journal,
             call_list=store.call_list, media_view=media.view, media_stats=media.stats, send_dtmf=media.send_dtmf,
             recording_wav=media.recording_wav, webhook_stats=dispatcher.stats,
             webhook_faults=dispatcher.fault_plan,
@@ -487,17 +487,16 @@ class Wacall:
 
     def _resend_webhook(self, outbox_id: int) -> dict | None:
         """A copy of a journal entry (same app, URL and body) queued for delivery now; None if unknown."""
-        found = self.store.journal(outbox_id=outbox_id, limit=1)
+        found = self.dispatcher.journal(outbox_id=outbox_id, limit=1) if self.dispatcher else []
         if not found:
             return None
         entry, now = found[0], self.clock.now()
         row = {key: entry[key] for key in ("app_id", "url", "field", "waba_id", "phone_number_id", "call_id")}
         row.update(body=codec.dump_escaped(entry["body"]), created_at=now, next_attempt_at=now, attempts=0,
                    status="pending", fault=None)
-        [new_id] = self.store.commit([], [row])
-        if self.dispatcher:
-            self.dispatcher.wake([row["url"]])
-        return self.store.journal(outbox_id=new_id, limit=1)[0]
+        ids = self.store.commit([], [row])
+        self.dispatcher.committed([row], ids)
+        return self.store.journal(outbox_id=ids[0], limit=1)[0]
 
     def _phone_host(self) -> PhoneHost:
         media = self.media

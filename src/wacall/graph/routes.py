@@ -77,7 +77,8 @@ async def parse(host: GraphHost, http: web.Request) -> Request:
         else:
             try:
                 body = codec.loads(raw)
-                codec.dumps(body).encode("utf-8")   # lone surrogates ("\ud800") could be neither stored nor echoed
+                if b"\\u" in raw:                   # lone surrogates ("\ud800", only ever escaped) could be
+                    codec.dumps(body).encode("utf-8")   # neither stored nor echoed: refused
             except (ValueError, RecursionError):   # bad JSON or UTF-8, an over-long int, too-deep nesting
                 raise GraphError(100, "The request body could not be parsed as JSON.") from None
         if isinstance(body, dict):

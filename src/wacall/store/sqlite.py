@@ -451,20 +451,27 @@ class Store:
         return self._rows("SELECT min(next_attempt_at) FROM outbox WHERE status = 'pending' AND next_attempt_at > ?",
                           (now,))[0][0]
 
-    def record_attempt(self, item_id: int, *, at: float, status_code: int | None, error: str | None,
-                       duration_ms: float, delivered: bool, next_attempt_at: float | None, expired: bool) -> None:
+    def record_attempts(self, outcomes: list[tuple[int, dict]]) -> None:
+        """Record delivery attempts, each (outbox id, {at, status_code, error, duration_ms, delivered,
+        next_attempt_at, expired}), in one transaction: the dispatcher's attempts of one loop turn together."""
         with self._transaction() as cursor:
-            cursor.execute("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
-                           (item_id, at, status_code, error, duration_ms))
+            cursor.executemany("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) "
+                               "VALUES (?, ?, ?, ?, ?)",
+                               [(item_id, o["at"], o["status_code"], o["error"], o["duration_ms"])
+                                for item_id, o in outcomes])
+            delivered = [(o["error"], o["at"], item_id) for item_id, o in outcomes if o["delivered"]]
+            expired = [(o["error"], item_id) for item_id, o in outcomes if not o["delivered"] and o["expired"]]
+            retried = [(o["error"], o["next_attempt_at"], item_id) for item_id, o in outcomes
+                       if not o["delivered"] and not o["expired"]]
             if delivered:
-                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, status = 'delivered', "
-                               "delivered_at = ? WHERE id = ?", (error, at, item_id))
-            elif expired:
-                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, status = 'expired' "
-                               "WHERE id = ?", (error, item_id))
-            else:
-                cursor.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
-                               "WHERE id = ?", (error, next_attempt_at, item_id))
+                cursor.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ?, status = 'delivered', "
+                                   "delivered_at = ? WHERE id = ?", delivered)
+            if expired:
+                cursor.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ?, status = 'expired' "
+                                   "WHERE id = ?", expired)
+            if retried:
+                cursor.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                                   "WHERE id = ?", retried)
 
     def journal(self, *, call_id: str | None = None, limit: int = 200, outbox_id: int | None = None) -> list[dict]:
         with self.engine.connect() as conn:
