@@ -89,6 +89,26 @@ def test_a_commit_is_all_or_nothing_and_readers_see_it(tmp_path):
     reopened.close()
 
 
+def test_a_commits_entries_of_one_call_are_one_row_and_read_back_in_order(tmp_path):
+    """Several timeline entries of one call in one commit are written as one row (kind ``*``, the entries as a
+    JSON list); a call's single entry keeps a row of its own. Reading gives every entry in the order noted,
+    whatever the rows, also after a reopen and beside rows of the one-entry form."""
+    path = tmp_path / "t.db"
+    store = Store(str(path))
+    a = [{"t": 1.0, "kind": "sip_message", "direction": "in", "raw": "INVITE ...\r\n"},
+         {"t": 1.0, "kind": "state", "state": "RINGING"}, {"t": 1.001, "kind": "sip_message", "direction": "out"}]
+    store.commit([], [], [("c1", a[0]), ("c2", {"t": 1.0, "kind": "api"}), ("c1", a[1]), ("c1", a[2])])
+    store.commit([], [], [("c1", {"t": 2.0, "kind": "user", "x": 1})])
+    rows = store.engine.connect().execute(text("SELECT call_id, kind FROM timeline ORDER BY seq")).all()
+    assert [tuple(r) for r in rows] == [("c1", "*"), ("c2", "api"), ("c1", "user")]
+    assert store.timeline("c1") == [*a, {"t": 2.0, "kind": "user", "x": 1}]
+    assert store.timeline("c2") == [{"t": 1.0, "kind": "api"}]
+    store.close()
+    reopened = Store(str(path))
+    assert [e["kind"] for e in reopened.timeline("c1")] == ["sip_message", "state", "sip_message", "user"]
+    reopened.close()
+
+
 @pytest.mark.e2e                                 # sends to a loopback receiver: not in the fast tier
 def test_a_wake_starts_the_committed_rows_without_the_dispatch_loop(tmp_path):
     """After a commit the server wakes the dispatcher: the due rows are attempted on the loop's next turns

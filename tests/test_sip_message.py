@@ -709,6 +709,20 @@ class TestStreamFramer:
         raw = MINIMAL.replace(b"Content-Length: 0", b"Content-Length :\r\n 0")
         assert StreamFramer().feed(raw) == [raw]
 
+    @pytest.mark.parametrize("field, expected", [
+        (b"l: 5", ["5"]), (b"content-length:5", ["5"]), (b"CONTENT-LENGTH \t: 5 ", ["5"]),
+        (b"Content-Length: 5\r\nl: 5", ["5", "5"]), (b"Content-Length: 5\r\nL: 6", ["5", "6"]),
+        (b"Content-Length: x", ["x"]), (b"X-Content-Length: 9", []), (b"L-Foo: 9", []),
+        (b"Content-Length:\r\n 5", ["5"])])
+    def test_length_fields_found_alike_with_and_without_folding(self, field: bytes, expected: list[str]) -> None:
+        """The framer's search of an unfolded header block finds the same Content-Length fields as its
+        line-by-line path (taken when a line is folded): the compact ``l``, any case, repeated fields."""
+        from wacall.sip.message import _length_headers
+        head = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: x\r\n" + field + b"\r\nTo: <sip:a@b>"
+        folded = head + b"\r\nSubject: a\r\n b"             # a folded line elsewhere: the line-by-line path
+        assert _length_headers(head).get_all("Content-Length") == expected
+        assert _length_headers(folded).get_all("Content-Length") == expected
+
     def test_header_block_too_large_is_fatal(self) -> None:
         framer = StreamFramer(max_header=1024)
         out = framer.feed(b"INVITE sip:a@b SIP/2.0\r\nX: " + b"a" * 2000)
@@ -772,3 +786,14 @@ def test_header_lookups_follow_every_change():
     values = h.get_all("X-Custom")
     values.append("2")                                    # a caller's list, not the index's
     assert h.get_all("X-Custom") == ["1"]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("INVITE, ACK,BYE , ,\tCANCEL", ["INVITE", "ACK", "BYE", "CANCEL"]),        # no quote or <: split in C
+    ("SIP/2.0/TLS a:5061;branch=z9hG4bK1;rport", ["SIP/2.0/TLS a:5061;branch=z9hG4bK1;rport"]),
+    ("a > b, c", ["a > b", "c"]), (" , ", []),
+    ('"Doe, J" <sip:a@b>, <sip:c@d;x=1,2>', ['"Doe, J" <sip:a@b>', "<sip:c@d;x=1,2>"]),   # the character walk
+])
+def test_split_list_splits_at_top_level_commas_only(value: str, expected: list[str]) -> None:
+    from wacall.sip.uri import split_list
+    assert split_list(value) == expected

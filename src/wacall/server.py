@@ -425,11 +425,20 @@ class Wacall:
         """Who consumes which event after its commit (the webhooks were rendered into the commit itself;
         the SIP gateway registers for ``SipCallChanged`` when it starts)."""
         self.consumers.on(ReleaseMedia, lambda event: self.media.release(event.call_id))
-        self.consumers.on(MediaConfigure, lambda event: self.media.configure(
-            event.call_id, event.negotiated, event.user_audio, event.user_is_caller))
+        # the relay is configured before the commit of the change that negotiated its media, so what it notes
+        # (srtp_ready, dtls_role) joins that commit instead of costing a transaction of its own
+        self.consumers.on(MediaConfigure, lambda event: None, prepare=self._configure_media)
         self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at))
         for event_type in CALL_EVENTS:         # the live stream: which call changed (it reads the view itself)
             self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
+
+    def _configure_media(self, event: MediaConfigure) -> None:
+        """Configure the relay for a call (a preparer: a failure is logged like a consumer's and the commit
+        goes on; the call's media then times out as Meta's would)."""
+        try:
+            self.media.configure(event.call_id, event.negotiated, event.user_audio, event.user_is_caller)
+        except Exception as exc:
+            self._consumer_failed(event, exc)
 
     async def reset(self) -> None:
         """Back to the configured start: state, outbox, clock and media all cleared."""

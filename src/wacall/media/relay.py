@@ -141,9 +141,10 @@ class RelayEndpoint:
     def _sock_for(self, addr: Addr) -> PortSocket | None:
         return self.sock6 if ":" in addr[0] else self.sock
 
-    def _latch(self, addr: Addr | None) -> None:
-        """Send to ``addr`` from now on, through the socket of its address family (chosen once, not per packet)."""
-        if addr is not None and addr != self.remote:
+    def _latch(self, addr: Addr | None, persist: bool = True) -> None:
+        """Send to ``addr`` from now on, through the socket of its address family (chosen once, not per packet).
+        ``persist=False``: an address a restart gets back without it (the SDP's, which configure latches again)."""
+        if persist and addr is not None and addr != self.remote:
             self.reporter.persist(self.call_id, {"remote": list(addr)})
         self.remote = addr
         self._remote_sock = self._sock_for(addr) if addr else None
@@ -183,7 +184,7 @@ class RelayEndpoint:
             crypto = parse_crypto(n.remote_crypto)
             self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.sdes_key_b64), crypto)
             if n.remote_addr is not None:               # c=/m= of the business: media goes there first
-                self._latch(n.remote_addr)
+                self._latch(n.remote_addr, persist=False)     # (restore() runs after configure: no need to save it)
                 self.ports.learn(n.remote_addr, self)
             self.ports.expect_claims(self, True)        # until its media comes (symmetric RTP, RFC 4961)
             self.reporter.note(self.call_id, "srtp_ready", key_exchange="SDES", suite=crypto.suite)

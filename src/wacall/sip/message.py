@@ -403,18 +403,26 @@ class _Message:
         """All Via elements, topmost first."""
         return [parse_via(v) for v in self.headers.get_all("Via")]
 
+    def _top_via_text(self) -> str | None:
+        """The first Via element, splitting only the fields up to the one that holds it."""
+        for value in self.headers._values("Via"):
+            elements = split_list(value)
+            if elements:
+                return elements[0]
+        return None
+
     @property
     def top_via(self) -> Via:
-        vias = self.headers.get_all("Via")
-        if not vias:
+        text = self._top_via_text()
+        if text is None:
             raise SipParseError("Bad Request - Missing Via")
-        return parse_via(vias[0])
+        return parse_via(text)
 
     @property
     def branch(self) -> str | None:
         """The branch parameter of the top Via, or None (no Via, or no branch)."""
-        vias = self.headers.get_all("Via")
-        return parse_via(vias[0]).branch if vias else None
+        text = self._top_via_text()
+        return parse_via(text).branch if text is not None else None
 
     @property
     def content_type(self) -> str | None:
@@ -516,11 +524,16 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     return data[: m.start()], data[m.end():]
 
 
+_LINE_RE = re.compile(r"\r?\n")
+_TOKEN_NAMES: set[str] = set()   # header names as written that are tokens (a memo: the same ~15 names every message)
+
+
 def _header_lines(head: str) -> tuple[str, list[tuple[str, str]]]:
     """Start line plus unfolded ``(name, value)`` pairs (section 7.3.1: LWS folding)."""
-    raw = re.split(r"\r?\n", head)
+    raw = _LINE_RE.split(head)
     start, rest = raw[0], raw[1:]
     fields: list[tuple[str, str]] = []
+    tokens = _TOKEN_NAMES
     for line in rest:
         if "\r" in line:
             raise _bad("Bare CR in header line")
@@ -533,7 +546,12 @@ def _header_lines(head: str) -> tuple[str, list[tuple[str, str]]]:
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not is_token(name):
+        if name not in tokens:
+            if not colon or not is_token(name):
+                raise _bad("Malformed header line")
+            if len(tokens) < 4096:
+                tokens.add(name)
+        elif not colon:
             raise _bad("Malformed header line")
         fields.append((name, value.strip(" \t")))
     return start, fields
@@ -591,8 +609,8 @@ def _check_version(version: str) -> None:
 def _check_fields(msg: Request | Response) -> None:
     """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
     h = msg.headers
-    for name in ("To", "From", "Call-ID", "CSeq"):
-        count = len(h.get_all(name))
+    for name in ("To", "From", "Call-ID", "CSeq"):     # not list headers: their fields are their values
+        count = len(h._values(name))
         if count == 0:
             raise _bad(f"Missing {name}", msg)
         if count > 1:
@@ -664,9 +682,19 @@ def parse_message(data: bytes) -> Request | Response:
 # --- stream framing ----------------------------------------------------------------------------
 
 
+# A header block without folded lines (every one a sender writes): its Content-Length fields by one search of
+# the bytes, instead of decoding and splitting every line (the framer runs this on every message it cuts).
+_LENGTH_FIELD_RE = re.compile(rb"\n[ \t]*(?:content-length|l)[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_FOLDED_RE = re.compile(rb"\n[ \t]")
+
+
 def _length_headers(head: bytes) -> Headers:
     """Just the Content-Length fields of a header block, found leniently (for framing only)."""
     found = Headers()
+    if _FOLDED_RE.search(head) is None:
+        for value in _LENGTH_FIELD_RE.findall(head):
+            found.add("Content-Length", " ".join(value.decode("utf-8", "surrogateescape").split()))
+        return found
     text = head.decode("utf-8", "surrogateescape")
     for line in re.split(r"\r?\n(?![ \t])", text)[1:]:  # split on CRLF not followed by folding
         name, colon, value = line.partition(":")

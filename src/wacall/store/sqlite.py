@@ -31,6 +31,7 @@ from ..domain.model import ACCEPTED, BUSINESS_INITIATED, PRE_ACCEPTED, RINGING, 
 metadata = MetaData()
 CHECKPOINT_SECONDS = 1.0       # how often a database file's WAL is checkpointed (off the event loop)
 LIVE_STATES = (RINGING, PRE_ACCEPTED, ACCEPTED)
+BATCH = "*"                    # a timeline row holding several entries of one commit (``data``: their JSON list)
 
 records = Table(
     "records", metadata,
@@ -46,7 +47,7 @@ timeline = Table(
     Column("call_id", String(200), nullable=False, index=True),
     Column("t", Float, nullable=False),
     Column("kind", String(64), nullable=False),
-    Column("data", Text, nullable=False),            # the entry's other keys, as a JSON object
+    Column("data", Text, nullable=False),            # the entry's other keys, as a JSON object (BATCH: the entries)
 )
 
 calls = Table(
@@ -343,10 +344,24 @@ class Store:
 
     @staticmethod
     def _append_notes(cursor, notes: Iterable[tuple[str, dict]], sql: dict[str, str]) -> None:
-        rows = []
+        """A commit's timeline entries: a call's one entry as a row of its own; a call's several entries (a SIP
+        message, the state change it caused and the answer to it) as one row of kind ``BATCH`` holding them
+        as a JSON list, in order: one row, one index entry and one encoding instead of one per entry."""
+        by_call: dict[str, list[dict]] = {}
         for call_id, entry in notes:
-            data = {k: v for k, v in entry.items() if k != "t" and k != "kind"}
-            rows.append((call_id, entry["t"], entry["kind"], codec.dumps(data)))
+            entries = by_call.get(call_id)
+            if entries is None:
+                by_call[call_id] = [entry]
+            else:
+                entries.append(entry)
+        rows = []
+        for call_id, entries in by_call.items():
+            if len(entries) == 1:
+                entry = entries[0]
+                data = {k: v for k, v in entry.items() if k != "t" and k != "kind"}
+                rows.append((call_id, entry["t"], entry["kind"], codec.dumps(data)))
+            else:
+                rows.append((call_id, entries[0]["t"], BATCH, codec.dumps(entries)))
         if rows:
             cursor.executemany(sql["timeline"], rows)
 
@@ -383,7 +398,13 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(timeline.c.t, timeline.c.kind, timeline.c.data)
                                 .where(timeline.c.call_id == call_id).order_by(timeline.c.seq))
-            return [{"t": t, "kind": kind, **codec.loads(data)} for t, kind, data in rows]
+            out: list[dict] = []
+            for t, kind, data in rows:
+                if kind == BATCH:
+                    out.extend(codec.loads(data))
+                else:
+                    out.append({"t": t, "kind": kind, **codec.loads(data)})
+            return out
 
     def call_list(self, *, limit: int, before: float | None = None, state: str | None = None) -> list[dict]:
         """The most recent ``limit`` calls (created before ``before``), oldest first."""
