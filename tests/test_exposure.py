@@ -29,6 +29,7 @@ from aiohttp import web
 
 from support.harness import ROOT, VERSION, Receiver, Wacall
 from support.sdp_samples import business_offer
+from support.sip_tools import free_port
 from wacall.control.client import ControlClient, ControlRefused
 from wacall.control.routes import control_routes
 from wacall.cli import listens_on_loopback
@@ -41,7 +42,8 @@ BRUNO = "5511987650002"
 CONTROL_TOKEN = "ctl-token-0123456789"
 SUPERSCRIPT = "²³⁴"
 ARABIC_INDIC = "٤٤٧٧٠٠٩٠٠٠٠١"        # 447700900001 in Arabic-Indic digits
-SIP_SERVER = {"hostname": "pbx.business.example", "port": 5061}
+# the business SIP server: nothing listens on its port (never 5061: a wacall on this machine may hold it)
+SIP_SERVER = {"hostname": "pbx.business.example", "port": free_port()}
 
 
 # -- helpers ---------------------------------------------------------------------------------------

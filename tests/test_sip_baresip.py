@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from support.harness import PKI_DIR
-from support.sip_tools import Baresip
+from support.sip_tools import Baresip, free_port
 from wacall.certs import LocalCA
 from wacall.media.audio import dominant_frequency, tone_power
 
@@ -104,7 +104,7 @@ async def test_user_calls_a_baresip_business_audio_both_ways_and_dtmf(audio_wa, 
 async def test_baresip_business_calls_a_user_through_wa_meta_vc(audio_wa, tmp_path):
     wa = audio_wa
     biz = wa.info["display_phone_number"]
-    password = _enable_sip(wa, 5061)
+    password = _enable_sip(wa, free_port())
     assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
         "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
     business = Baresip(user=f"+{biz}", domain=HOST, ca=Path(wa.info["sip"]["ca_file"]), cert=_business_pem(),
@@ -183,7 +183,7 @@ async def test_g711_only_baresip_business_calls_a_user(audio_wa, tmp_path):
     """Business-initiated through wa.meta.vc: baresip offers only PCMU/PCMA, Meta answers G.711 only."""
     wa = audio_wa
     biz = wa.info["display_phone_number"]
-    password = _enable_sip(wa, 5061, additional_codecs=["PCMU", "PCMA"])
+    password = _enable_sip(wa, free_port(), additional_codecs=["PCMU", "PCMA"])
     assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
         "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
     business = Baresip(user=f"+{biz}", domain=HOST, ca=Path(wa.info["sip"]["ca_file"]), cert=_business_pem(),
@@ -224,7 +224,7 @@ async def test_g711_only_baresip_is_refused_without_additional_codecs(audio_wa, 
         assert "switch" not in hint and "already uses SDES" in hint and "additional_codecs (PCMU, PCMA)" in hint
     assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
         "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
-    _enable_sip(wa, 5061)
+    _enable_sip(wa, free_port())
     caller = Baresip(user=f"+{biz}", domain=HOST, ca=Path(wa.info["sip"]["ca_file"]), cert=_business_pem(),
                      auth_user=biz, auth_pass=password, audio_codecs=G711_ONLY,
                      tls_hosts={"wa.meta.vc": wa.info["sip"]["port"]}, workdir=tmp_path / "caller")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.harness import Wacall, wait_until
-from support.sip_tools import Sipp, Stunnel, bic_auth_uri, bic_keys
+from support.sip_tools import free_port, Sipp, Stunnel, bic_auth_uri, bic_keys
 
 ALICE = "447700900001"
 HOST = "pbx.business.example"
@@ -75,7 +75,7 @@ def test_idle_and_surplus_connections_go_and_a_real_call_still_works(guarded, tm
     assert health["handshake_failures"] == len(silent) and health["idle_closed"] == len(idle)
 
     # a real business call still gets in, and its dialog keeps the connection through 4 s of quiet
-    password = wa.enable_sip(HOST, 5061)
+    password = wa.enable_sip(HOST, free_port())
     assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
         "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
     assert wa.ctl("PATCH", f"users/{ALICE}", {"answer_after": 0.2}).status_code == 200

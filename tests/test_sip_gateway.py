@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.sip_tools import (Sipp, Stunnel, bic_auth_uri, bic_keys, expect_status_scenario, header_values,
+from support.sip_tools import (free_port, Sipp, Stunnel, bic_auth_uri, bic_keys, expect_status_scenario, header_values,
                                render_scenario, scenario_path)
 
 ALICE, BRUNO, DAVE = "447700900001", "5511987650002", "14155550004"
@@ -26,7 +26,7 @@ def sip(wa, tmp_path):
     assert info and info["domain"] == "wa.meta.vc"
     response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {
         "status": "ENABLED", "srtp_key_exchange_protocol": "SDES",
-        "sip": {"status": "ENABLED", "servers": [{"hostname": HOST, "port": 5061}]}}})
+        "sip": {"status": "ENABLED", "servers": [{"hostname": HOST, "port": free_port()}]}}})
     assert response.status_code == 200, response.text
     settings = wa.graph("GET", f"{wa.pnid}/settings", params={"include_sip_credentials": "true"}).json()
     password = settings["calling"]["sip"]["servers"][0]["sip_user_password"]
