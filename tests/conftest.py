@@ -23,7 +23,9 @@ FAST = {"domain", "test_audio.py", "test_dtmf.py", "test_outbox_store.py", "test
 
 
 def _fast_path(path: Path) -> bool:
-    return path.relative_to(TESTS).parts[0] in FAST
+    """In the fast tier: a file (or directory) of ``tests/`` named in ``FAST``; nothing outside ``tests/``
+    (``examples/test_my_business.py`` run in the same session starts a wacall)."""
+    return path.is_relative_to(TESTS) and path.relative_to(TESTS).parts[0] in FAST
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

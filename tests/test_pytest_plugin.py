@@ -190,6 +190,6 @@ def test_running_as_a_decorator_of_plain_and_async_functions():
 
 
 def test_a_wacall_that_cannot_start_says_why(tmp_path):
-    with pytest.raises(RuntimeError, match=r"wacall did not start .*cannot load config"):
+    with pytest.raises(RuntimeError, match=r"wacall did not start .*missing.toml: cannot read it"):
         with wacall_package.running(config=str(tmp_path / "missing.toml")):
             pass

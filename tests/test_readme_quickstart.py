@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import wave
@@ -17,13 +16,8 @@ import numpy as np
 import pytest
 
 from support.harness import ROOT, Wacall
+from support.sip_tools import free_port
 from wacall.media.audio import dominant_frequency
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def quickstart_blocks() -> list[str]:

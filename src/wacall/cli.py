@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import codec, logs
+from .cli_client import register as _register_client_commands  # users, call, trigger...: docs/cli.md
+from .cli_client import version_option
 from .config import DEFAULT_PORT, load_config
 from .loop import loop_factory
 
@@ -20,8 +22,9 @@ cli = typer.Typer(add_completion=False, help="wacall: a self-hosted WhatsApp Bus
 
 
 @cli.callback()
-def _root() -> None:
-    """wacall commands."""
+def _root(version: bool = typer.Option(False, "--version", callback=version_option, is_eager=True,
+                                       help="print wacall's version and exit")) -> None:
+    """wacall: a self-hosted WhatsApp Business Calling platform."""
 
 
 @cli.command()
@@ -220,7 +223,6 @@ def cert_ca(directory: Optional[str] = typer.Option(None, "--dir", help=_PKI_DIR
         raise typer.Exit(2)
 
 
-from .cli_client import register as _register_client_commands  # users, call, trigger...: docs/cli.md
 _register_client_commands(cli)
 
 

@@ -1,9 +1,9 @@
 """The ``wacall`` commands that drive a running wacall from a terminal (docs/cli.md).
 
 ``wacall users``, ``call``, ``answer``/``reject``/``hangup``, ``dtmf``, ``calls [--follow]``, ``clock``,
-``webhooks [--follow]``, ``trigger <scenario>``, plus ``--version`` and ``config --default``. Every command
-that talks to a server reaches it at ``--url`` (or ``WACALL_URL``; default the local default
-``http://127.0.0.1:8080``) through :class:`~wacall.control.client.ControlClient`, sending ``--token`` (or
+``webhooks [--follow]``, ``trigger <scenario>``, ``config --default``, and ``--version``
+(``version_option``). Every command that talks to a server reaches it at ``--url`` (or ``WACALL_URL``;
+default the local default ``http://127.0.0.1:8080``) through :class:`~wacall.control.client.ControlClient`, sending ``--token`` (or
 ``WACALL_CONTROL_TOKEN``) when the server demands one. People get rich tables, scripts ``--json``. A refusal
 is one line, ``wacall: <reason>: <detail>``, and a non-zero exit status.
 
@@ -14,7 +14,6 @@ import cycle).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
 import sys
 import time
@@ -186,7 +185,8 @@ def print_call(view: dict, as_json: bool) -> None:
 
 
 # -- the commands -------------------------------------------------------------------------------------------------
-def _version(value: bool) -> None:
+def version_option(value: bool) -> None:
+    """``wacall --version`` (an eager option of the root callback in ``wacall.cli``)."""
     if value:
         typer.echo(f"wacall {package_version()}")
         raise typer.Exit()
@@ -203,18 +203,7 @@ def package_version() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the commands to ``wacall``'s typer app, and ``--version`` to its root (whose callback in
-    ``wacall.cli`` takes no options, so this one replaces it; one that takes options would lose them)."""
-    previous = app.registered_callback
-    if previous is not None and previous.callback is not None and inspect.signature(previous.callback).parameters:
-        raise RuntimeError("wacall.cli's root callback takes options now: move --version into it "
-                           "(wacall.cli_client.register would replace it)")
-
-    @app.callback()
-    def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                   help="print wacall's version and exit")] = False) -> None:
-        """wacall: a self-hosted WhatsApp Business Calling platform."""
-
+    """Add the commands to ``wacall``'s typer app."""
     @app.command()
     def users(url: Url = DEFAULT_URL, token: Token = None, as_json: Json = False) -> None:
         """The virtual WhatsApp users."""
