@@ -28,12 +28,12 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .. import codec
 from ..domain.errors import MediaUnavailable
 from ..domain.model import ENDED
 from ..domain.phone import phone_digits
 from ..domain.platform import Platform
 from ..domain.sdp import LocalMedia, Negotiated, SdpError, build_meta_offer, negotiate
+from ..control.routes import body_of, ok
 from ..domain.state import ControlError
 from ..guard import control_error
 from .routes import page
@@ -61,21 +61,6 @@ _OFFERS = web.AppKey("phone_offers", dict)
 _ADDED = web.AppKey("phone_routes", bool)
 
 
-def _ok(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=codec.dump_bytes(data), status=status, content_type="application/json")
-
-
-async def _body(request: web.Request) -> dict:
-    raw = await request.read()
-    try:
-        data = codec.loads(raw) if raw else {}
-    except (ValueError, RecursionError):
-        raise ControlError("bad_json", "the body is not valid JSON", 400) from None
-    if not isinstance(data, dict):
-        raise ControlError("bad_json", "the body must be a JSON object", 400)
-    return data
-
-
 def _handler(fn):
     async def wrapped(request: web.Request) -> web.Response:
         try:
@@ -101,12 +86,12 @@ async def _browser_offer(host: PhoneHost, request: web.Request, call_id: str) ->
     offers[call_id] = offer = build_meta_offer(local)     # DTLS-SRTP, Opus only: passed through to the call
     while len(offers) > MAX_OFFERS:
         offers.pop(next(iter(offers)))
-    return _ok({"call_id": call_id, "state": call.state, "sdp": offer}, 201)
+    return ok({"call_id": call_id, "state": call.state, "sdp": offer}, 201)
 
 
 @_handler
 async def place(host: PhoneHost, request: web.Request) -> web.Response:
-    data = await _body(request)
+    data = await body_of(request)
     wa_id, to = str(data.get("wa_id", "")), data.get("to", "")
     if phone_digits(to) is None:
         raise ControlError("bad_field", "to must be the business's phone_number_id or phone number", 400)
@@ -131,7 +116,7 @@ async def join(host: PhoneHost, request: web.Request) -> web.Response:
     if request.method == "DELETE":
         host.detach_browser(call_id)
         request.app[_OFFERS].pop(call_id, None)
-        return _ok({"success": True})
+        return ok({"success": True})
     return await _browser_offer(host, request, call_id)
 
 
@@ -142,7 +127,7 @@ async def answer(host: PhoneHost, request: web.Request) -> web.Response:
     if offer is None:
         raise ControlError("no_offer", f"no browser offer is waiting for call {call_id}: POST "
                                        f"/_wacall/console/phone/calls/{call_id}/browser first", 409)
-    sdp = (await _body(request)).get("sdp")
+    sdp = (await body_of(request)).get("sdp")
     if not isinstance(sdp, str) or not sdp:
         raise ControlError("bad_sdp", "sdp must be the browser's answer (a string)", 400)
     try:
@@ -157,7 +142,7 @@ async def answer(host: PhoneHost, request: web.Request) -> web.Response:
         raise ControlError("no_media", f"call {call_id} has no browser leg any more", 409)
     request.app[_OFFERS].pop(call_id, None)
     host.apply(lambda: host.platform.media_note(call_id, "browser_joined", dtls_role=negotiated.dtls_role))
-    return _ok({"call_id": call_id, "connected": True})
+    return ok({"call_id": call_id, "connected": True})
 
 
 async def asset(request: web.Request) -> web.Response:
