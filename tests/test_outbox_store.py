@@ -50,10 +50,17 @@ def test_an_older_database_gains_the_new_column_and_indexes(tmp_path):
         for index in ("ix_outbox_due", "ix_outbox_next", "ix_outbox_head"):
             conn.execute(text(f"DROP INDEX {index}"))
         conn.execute(text("ALTER TABLE outbox DROP COLUMN fault"))
+        conn.execute(text("ALTER TABLE attempts DROP COLUMN response"))   # and before answers were kept
     store.close()
     store = Store(str(path))
-    store.commit([], [row("http://a", 1.0, fault='[{"kind": "delay", "rule": 0, "seconds": 1}]')])
-    assert store.journal()[0]["fault"] == [{"kind": "delay", "rule": 0, "seconds": 1}]
+    [item_id] = store.commit([], [row("http://a", 1.0, fault='[{"kind": "delay", "rule": 0, "seconds": 1}]')])
+    store.record_attempts([(item_id, dict(at=2.0, status_code=503, error="HTTP 503", duration_ms=1.5,
+                                          response="busy, try later", delivered=False, next_attempt_at=3.0,
+                                          expired=False))])
+    [entry] = store.journal()
+    assert entry["fault"] == [{"kind": "delay", "rule": 0, "seconds": 1}]
+    assert entry["attempt_log"] == [{"at": 2.0, "status_code": 503, "error": "HTTP 503", "duration_ms": 1.5,
+                                     "response": "busy, try later"}]
     assert "ix_outbox_due" in plan(store, "SELECT * FROM outbox WHERE status='pending' AND url='x' "
                                           "AND next_attempt_at <= 1")
     store.close()

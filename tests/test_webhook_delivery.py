@@ -231,6 +231,8 @@ def test_failing_receiver_and_crash_lose_nothing(emulator, receivers):
     # the receiver has turned the head of the queue away a few times
     wait_until(lambda: len(journal(wa)[0]["attempt_log"]) >= 2, what="failed attempts", timeout=15)
     assert rx.deliveries == []
+    assert {(a["status_code"], a["error"], a["response"]) for a in journal(wa)[0]["attempt_log"]} == {
+        (500, "HTTP 500", "down for a test")}               # what the receiver said, kept for the journal
     pending_before = journal(wa)
     assert all(item["status"] == "pending" for item in pending_before)
     assert len(pending_before) >= len(expected)

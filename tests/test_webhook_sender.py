@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from wacall.webhooks.sender import Sender, SendError
+from wacall.webhooks.sender import ANSWER_KEPT, Sender, SendError
 
 KEEP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -65,10 +65,10 @@ def test_kept_alive_connection_is_reused_and_written_at_once():
         headers = [("Content-Type", "application/json"), ("X-Hub-Signature-256", "sha256=ab")]
         request = sender.request(url, headers, body)
         assert sender.start(request) is None                # nothing idle yet: post() opens a connection
-        assert await sender.post(request) == 200
+        assert await sender.post(request) == (200, b"ok")
         started = sender.start(request)                     # now written synchronously, on the kept-alive one
         assert started is not None
-        assert await sender.post(request, started) == 200
+        assert await sender.post(request, started) == (200, b"ok")
         assert server.connections == 1 and sender.stats == {"on_idle_connection": 1, "connections_opened": 1}
         head, _, sent = server.requests[0].partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
@@ -81,19 +81,21 @@ def test_kept_alive_connection_is_reused_and_written_at_once():
     run(scenario())
 
 
-@pytest.mark.parametrize("answer,status", [
-    (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nthe body ends with the connection", 200),
-    (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 500),
+@pytest.mark.parametrize("answer,status,said", [
+    (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nthe body ends with the connection", 200,
+     b"the body ends with the connection"),
+    (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 500, b""),
     (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 302 Found\r\nLocation: /x\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"3\r\nabc\r\n0\r\n\r\n", 302),
+     b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", 302, b"abcde"),
+    (b"HTTP/1.1 503 Busy\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000, 503, b"x" * ANSWER_KEPT),
 ])
-def test_status_of_each_kind_of_answer(answer, status):
+def test_status_and_body_of_each_kind_of_answer(answer, status, said):
     async def scenario():
         server = Server([answer], close_after_answer=answer.startswith(b"HTTP/1.0"))
         url = await server.start()
         sender = Sender("ua")
-        assert await sender.post(sender.request(url, [], b"{}")) == status
-        assert await sender.post(sender.request(url, [], b"{}")) == 200      # and the next one goes through
+        assert await sender.post(sender.request(url, [], b"{}")) == (status, said)   # the body's first KiB
+        assert await sender.post(sender.request(url, [], b"{}")) == (200, b"ok")    # and the next one goes through
         sender.close()
         server.stop()
     run(scenario())
@@ -107,9 +109,9 @@ def test_connection_closed_while_idle_is_replaced():
         url = await server.start()
         sender = Sender("ua")
         request = sender.request(url, [], b"{}")
-        assert await sender.post(request) == 200
+        assert await sender.post(request) == (200, b"ok")
         await asyncio.sleep(0.05)                           # the close reached us: nothing idle
-        assert await sender.post(request) == 200
+        assert await sender.post(request) == (200, b"ok")
         assert server.connections == 2
         sender.close()
         server.stop()
@@ -122,8 +124,8 @@ def test_reused_connection_closed_before_answering_is_tried_once_more():
         url = await server.start()
         sender = Sender("ua")
         request = sender.request(url, [], b"{}")
-        assert await sender.post(request) == 200
-        assert await sender.post(request) == 200             # on the idle one: closed unanswered; then a new one
+        assert await sender.post(request) == (200, b"ok")
+        assert await sender.post(request) == (200, b"ok")             # on the idle one: closed unanswered; then a new one
         assert server.connections == 2 and len(server.requests) == 3
         server.answers = [None]                             # a new connection closed unanswered: an error
         sender.close()

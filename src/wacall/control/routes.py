@@ -129,7 +129,7 @@ async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True,
         journal = host.journal(call_id=call.id)
         view["webhooks"] = journal
         events = [{"t": a["at"], "kind": "webhook_attempt", "outbox_id": j["id"], "field": j["field"],
-                   "url": j["url"], "status_code": a["status_code"], "error": a["error"],
+                   "url": j["url"], "status_code": a["status_code"], "error": a["error"], "response": a["response"],
                    **({"fault": j["fault"]} if j.get("fault") else {})}
                   for j in journal for a in j["attempt_log"]]
         view["timeline"] = sorted(view["timeline"] + events, key=lambda e: e["t"])

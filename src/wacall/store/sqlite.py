@@ -101,6 +101,7 @@ attempts = Table(
     Column("status_code", Integer),
     Column("error", Text),
     Column("duration_ms", Float),
+    Column("response", Text),                       # the first KiB of the receiver's answer
 )
 
 meta = Table(
@@ -193,8 +194,9 @@ class Store:
     def _upgrade(self) -> None:
         """Bring a database written by an older wacall up to this schema (columns and indexes added since)."""
         with self.engine.begin() as conn:
-            if "fault" not in {c["name"] for c in inspect(conn).get_columns("outbox")}:
-                conn.execute(text("ALTER TABLE outbox ADD COLUMN fault TEXT"))
+            for table, column in (("outbox", "fault"), ("attempts", "response")):
+                if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"))
             for index in OUTBOX_INDEXES:                         # databases from before the indexes
                 index.create(conn, checkfirst=True)
 
@@ -473,12 +475,12 @@ class Store:
                           (now,))[0][0]
 
     def record_attempts(self, outcomes: list[tuple[int, dict]]) -> None:
-        """Record delivery attempts, each (outbox id, {at, status_code, error, duration_ms, delivered,
+        """Record delivery attempts, each (outbox id, {at, status_code, error, duration_ms, response, delivered,
         next_attempt_at, expired}), in one transaction: the dispatcher's attempts of one loop turn together."""
         with self._transaction() as cursor:
-            cursor.executemany("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms) "
-                               "VALUES (?, ?, ?, ?, ?)",
-                               [(item_id, o["at"], o["status_code"], o["error"], o["duration_ms"])
+            cursor.executemany("INSERT INTO attempts (outbox_id, at, status_code, error, duration_ms, response) "
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                               [(item_id, o["at"], o["status_code"], o["error"], o["duration_ms"], o.get("response"))
                                 for item_id, o in outcomes])
             delivered = [(o["error"], o["at"], item_id) for item_id, o in outcomes if o["delivered"]]
             expired = [(o["error"], item_id) for item_id, o in outcomes if not o["delivered"] and o["expired"]]
@@ -509,7 +511,7 @@ class Store:
                                         .order_by(attempts.c.id)):
                     tries.setdefault(row.outbox_id, []).append(
                         {"at": row.at, "status_code": row.status_code, "error": row.error,
-                         "duration_ms": row.duration_ms})
+                         "duration_ms": row.duration_ms, "response": row.response})
         for item in items:
             item["body"] = codec.loads(item["body"])
             item["fault"] = codec.loads(item["fault"]) if item["fault"] else None

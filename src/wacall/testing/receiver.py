@@ -133,7 +133,7 @@ class WebhookReceiver:
                     time.sleep(receiver.hang_seconds)
                 status = 500 if failing else (receiver.refuse(body) if receiver.refuse else None)
                 if status is not None and status != 200:
-                    self._answer(status)
+                    self._answer(status, b"down for a test" if failing else b"")
                     return
                 expected = "sha256=" + hmac.new(receiver.app_secret.encode(), raw, hashlib.sha256).hexdigest()
                 if not hmac.compare_digest(expected, self.headers.get("X-Hub-Signature-256", "")):

@@ -249,14 +249,14 @@ class Dispatcher:
 
     async def _attempt(self, item: OutboxItem, request=None, started=None) -> None:
         """One attempt at one row (``started``: its POST is on the wire already, see :meth:`committed`)."""
-        began, status, error, generation = time.monotonic(), None, None, self._generation
+        began, status, said, error, generation = time.monotonic(), None, b"", None, self._generation
         fault = injected(codec.loads(item.fault) if item.fault else None, item.attempts)
         try:
             if fault == "fail":
                 error = "injected fault: fail (the attempt never reached the receiver)"
             else:
                 async with asyncio.timeout(self.settings.timeout_seconds):
-                    status = await self.sender.post(request or self._request(item), started)
+                    status, said = await self.sender.post(request or self._request(item), started)
                 if status != 200:               # Meta: "an HTTP status code other than 200" is a failure
                     error = f"HTTP {status}"
         except asyncio.CancelledError:
@@ -276,6 +276,7 @@ class Dispatcher:
         backoff = self.retry_delay(item.attempts + 1)
         expired = not delivered and now + backoff > item.created_at + self.settings.give_up_after_seconds
         self._records.append((item, dict(at=now, status_code=status, error=error,
+                                         response=said.decode("utf-8", "replace") if said else None,
                                          duration_ms=round((time.monotonic() - began) * 1000, 2),
                                          delivered=delivered, next_attempt_at=now + backoff, expired=expired)))
         # the answer is in: the URL's slot is free now (the row stays out of reach until it is recorded)

@@ -8,7 +8,8 @@ kept-alive connection is written synchronously (:meth:`Sender.start`), in the sa
 commit that produced the event; only the answer is awaited. Without an idle connection the POST waits
 for a new one (:meth:`Sender.post`).
 
-One request per connection at a time (no pipelining). A response's body is read and discarded. A reused
+One request per connection at a time (no pipelining). Of a response's body the first ``ANSWER_KEPT`` bytes
+are kept (the journal shows what the receiver said); the rest is read and dropped. A reused
 connection that the receiver closed before answering anything is tried once more on a new connection (the
 receiver may have closed it as idle while the request was on its way); anything else is the attempt's
 error, and the dispatcher's retry schedule takes over.
@@ -25,6 +26,7 @@ import httptools
 
 Key = tuple[str, str, int]          # (scheme, host, port)
 MAX_IDLE_PER_KEY = 64
+ANSWER_KEPT = 1024                  # bytes of a response's body kept for the journal
 
 
 class SendError(Exception):
@@ -54,8 +56,9 @@ class _Connection(asyncio.Protocol):
         self.pool, self.key = pool, key
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
-        self.answer: asyncio.Future | None = None     # the status of the request in flight
+        self.answer: asyncio.Future | None = None     # (status, body) of the request in flight
         self.status: int | None = None                # its status line's code, once the headers are in
+        self.body = b""                               # the first ANSWER_KEPT bytes of its body
         self.reused = False                           # served a request before this one
         self.got_bytes = False                        # any byte of the current response arrived
         self.closed = False
@@ -87,6 +90,10 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
 
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) < ANSWER_KEPT:
+            self.body += body[:ANSWER_KEPT - len(self.body)]
+
     def on_message_complete(self) -> None:
         if self.status is not None and self.status >= 200:      # not a 1xx interim answer
             self._answered(keep=self.parser.should_keep_alive())
@@ -95,7 +102,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future:
         assert self.transport is not None
         self.answer = asyncio.get_running_loop().create_future()
-        self.status, self.got_bytes = None, False
+        self.status, self.body, self.got_bytes = None, b"", False
         self.transport.write(data)
         return self.answer
 
@@ -105,7 +112,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         if not answer.done():
-            answer.set_result(self.status)
+            answer.set_result((self.status, self.body))
         if keep and not self.closed:
             self.reused = True
             self.pool._release(self)
@@ -149,7 +156,7 @@ class Sender:
         return key, b"".join(lines)
 
     def start(self, request: tuple[Key, bytes]) -> tuple[_Connection, asyncio.Future] | None:
-        """Write the request now on an idle kept-alive connection: (the connection, a future of the status),
+        """Write the request now on an idle kept-alive connection: (the connection, a future of the answer),
         or None when there is none."""
         idle = self._idle.get(request[0])
         while idle:
@@ -161,8 +168,9 @@ class Sender:
         return None
 
     async def post(self, request: tuple[Key, bytes],
-                   started: tuple[_Connection, asyncio.Future] | None = None) -> int:
-        """The receiver's status for this request (already written by :meth:`start` when ``started``).
+                   started: tuple[_Connection, asyncio.Future] | None = None) -> tuple[int, bytes]:
+        """The receiver's answer to this request, (status, the body's first ``ANSWER_KEPT`` bytes) (already
+        written by :meth:`start` when ``started``).
         SendError when no whole response came; the caller bounds the time (a cancelled request's
         connection is closed: it cannot be reused half-answered)."""
         conn = None
