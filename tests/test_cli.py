@@ -54,10 +54,16 @@ def follow(wa: Wacall, *args: str) -> subprocess.Popen:
     """``wacall ARGS`` as a long-running subprocess (a ``--follow``), once it is connected to the stream."""
     proc = subprocess.Popen([sys.executable, "-m", "wacall", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "WACALL_URL": wa.url, **WIDE})
+                            env={**os.environ, "WACALL_URL": wa.url, **WIDE}, preexec_fn=_ctrl_c_heard)
     wa.wait_for(lambda: connected(proc, wa), 20, "the --follow process on the stream")
     time.sleep(0.5)           # its first page came on that connection; the stream request follows at once
     return proc
+
+
+def _ctrl_c_heard() -> None:
+    """In the child: SIGINT acts as a terminal's Ctrl-C does, also when this test run was started in the
+    background by a shell without job control (its children inherit SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def connected(proc: subprocess.Popen, wa: Wacall) -> bool:
