@@ -166,6 +166,14 @@ def test_wire_layers_import_neither_each_other_nor_the_server(imports):
     _fail("a wire layer reaches another layer", wire_violations(imports))
 
 
+def test_the_business_library_stands_alone(imports):
+    """``wacall.business`` is what a business runs against Meta: it may use nothing of the emulator."""
+    _fail("wacall.business imports the emulator", [
+        f"{imp.where()}  (wacall.business imports {imp.target})" for imp in imports
+        if imp.source.startswith("wacall.business") and imp.target.startswith("wacall")
+        and not imp.target.startswith("wacall.business")])
+
+
 def test_no_import_cycle_among_modules(imports):
     _fail("import cycles among wacall's modules", cycle_violations(imports, "module"))
 
