@@ -316,3 +316,27 @@ def test_the_phone_signalling_refuses_what_it_cannot_use(wa):
     cross = wa.http.post(f"{wa.url}/_wacall/console/phone/calls", json={"wa_id": ALICE, "to": wa.pnid},
                          headers={"Origin": "http://evil.example"})
     assert cross.status_code == 403
+
+
+async def test_a_browser_that_leaves_hands_the_user_back_to_silence_on_the_compiled_path(wa):
+    """Without a browser: a browser leg joins a connected call and leaves again. The user then says nothing
+    but keeps sending (silence, Opus), and the call's leg goes back to the compiled path (before the fix, it
+    kept the browser's microphone, which that path cannot read: no packet, an error every tick)."""
+    await asyncio.to_thread(wa.reset)
+    call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
+    fast_legs = lambda: wa.ctl("GET", "health").json()["media"].get("fast_legs")  # noqa: E731
+    async with AiortcBusiness(tone_hz=BUSINESS_HZ) as business:
+        await take_user_call(wa, business, call_id)
+        await business.wait_received(0.5, timeout=10)
+        assert await asyncio.to_thread(fast_legs) == 1
+        joined = await asyncio.to_thread(wa.http.post, f"{wa.url}/_wacall/console/phone/calls/{call_id}/browser",
+                                         json={})
+        assert joined.status_code == 201, joined.text
+        assert await asyncio.to_thread(fast_legs) == 0               # the bridge runs on the Python path
+        left = await asyncio.to_thread(wa.http.delete, f"{wa.url}/_wacall/console/phone/calls/{call_id}/browser")
+        assert left.status_code == 200, left.text
+        before = business.received_seconds
+        await asyncio.sleep(1.5)
+        assert business.received_seconds - before > 1.0             # the user goes on sending (silence)
+        assert await asyncio.to_thread(fast_legs) == 1
+        assert rms_dbfs(business.received_pcm()[-48000 // 2:]) < -50  # and says nothing

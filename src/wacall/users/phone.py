@@ -231,9 +231,12 @@ class Phone:
             self._note("user_media_switched", source="browser")
 
     def let_browser_out(self) -> None:
-        """The browser leaves: the user hears on, and says nothing from now on."""
+        """The browser leaves: the user hears on, and says nothing from now on (a microphone that was the
+        browser's becomes a silent one of the user's own, which the compiled path can carry again)."""
         self.bridge = self.forward = None
-        self.audio = "silence"           # (a microphone already started stays the browser's, now silent)
+        self.audio = "silence"
+        if isinstance(self.microphone, BrowserMicrophone):
+            self.microphone = Microphone(PreEncodedAudio.get("silence").frames)
 
     # -- the microphone -------------------------------------------------------------------------------
     def wants_to_talk(self, business_sent_first: bool) -> bool:
