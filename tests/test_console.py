@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import yarl
 import pytest
 
 from support.inprocess import VERSION, config, hook_receiver
@@ -96,13 +97,21 @@ async def test_the_console_is_guarded_like_the_control_api():
             async with http.get(f"{wacall.base_url}/_wacall/clock?token=s3cret") as resp:
                 assert resp.status == 401
             async with http.get(f"{url}?token=wrong", headers=BROWSER) as resp:
-                assert resp.status == 401 and "wacall_control_token" not in resp.cookies
+                assert resp.status == 401 and not resp.cookies
+        name = f"wacall_control_token_{wacall.base_url.rsplit(':', 1)[1]}"    # one cookie per wacall (port)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            # a cookie left by another wacall, or by this one before a restart with another token
+            browser.cookie_jar.update_cookies({name: "stale"}, response_url=yarl.URL(wacall.base_url))
+            async with browser.get(url, headers=BROWSER) as resp:
+                assert resp.status == 401
             async with browser.get(f"{url}?token=s3cret", headers=BROWSER, allow_redirects=False) as resp:
                 assert resp.status == 302 and resp.headers["Location"] == "/_wacall/console"
-                cookie = resp.cookies["wacall_control_token"]
+                cookie = resp.cookies[name]
                 assert cookie.value == "s3cret" and cookie["httponly"] and cookie["samesite"] == "Strict"
                 assert cookie["path"] == "/_wacall"
+            # another page never sets it: a page on another local port cannot log the console out
+            async with browser.get(f"{url}/users?token=garbage", headers=BROWSER, allow_redirects=False) as resp:
+                assert resp.status == 200 and not resp.cookies
             for path in ("/_wacall/console/users", "/_wacall/clock"):       # the cookie now stands for the token
                 async with browser.get(wacall.base_url + path, headers=BROWSER) as resp:
                     assert resp.status == 200, path

@@ -45,9 +45,17 @@ STATE_CHANGING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 # what a browser may send cross-site without a CORS preflight (the Fetch standard's "simple" types)
 CORS_SAFELISTED = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 CONTROL_PREFIX = "/_wacall"
-# the control token as a browser keeps it (set by the console's entry page from ?token=; SameSite=Strict)
+# the control token as a browser keeps it (set by the console's entry page from ?token=; SameSite=Strict),
+# one cookie per port: browsers keep cookies per host, not per port, and wacalls side by side (or a restart
+# with another token) must not answer each other's
 TOKEN_COOKIE = "wacall_control_token"
 CONSOLE_ENTRY = CONTROL_PREFIX + "/console"
+
+
+def token_cookie(request: web.BaseRequest) -> str:
+    """The name of this wacall's token cookie: ``wacall_control_token_<port>``."""
+    port = request.url.port or (443 if request.url.scheme == "https" else 80)
+    return f"{TOKEN_COOKIE}_{port}"
 
 
 def is_control(path: str) -> bool:
@@ -145,9 +153,12 @@ def check(exposure: Exposure, request: web.BaseRequest) -> Refusal | None:
         return None
     if exposure.control_token is not None:
         sent = headers.get("Authorization", "")
-        token = sent[7:].strip() if sent[:7].lower() == "bearer " else request.cookies.get(TOKEN_COOKIE, "")
-        if not token and request.method == "GET" and request.path == CONSOLE_ENTRY:
-            token = request.query.get("token", "")       # the console's entry page turns it into the cookie
+        if sent[:7].lower() == "bearer ":
+            token = sent[7:].strip()
+        elif request.method == "GET" and request.path == CONSOLE_ENTRY and "token" in request.query:
+            token = request.query["token"]               # the console's entry page turns it into the cookie
+        else:
+            token = request.cookies.get(token_cookie(request), "")
         if not hmac.compare_digest(token.encode(), exposure.control_token.encode()):
             return Refusal(401, "unauthorized", "the control API needs \"Authorization: Bearer <control token>\" "
                            "(--control-token)", 190)

@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from .. import codec
-from ..guard import TOKEN_COOKIE
+from ..guard import CONSOLE_ENTRY, token_cookie
 from ..control.routes import CONTROL, ControlHost
 from .samples import MediaSamples
 from .stream import LiveStream, stream_routes
@@ -64,9 +64,9 @@ def page_html(page: str, title: str, **data: str) -> str:
 def page(name: str, title: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         token = request.query.get("token")
-        if token:            # the guard accepted it: keep it in a cookie, and take it out of the address bar
-            response = web.HTTPFound(request.path)
-            response.set_cookie(TOKEN_COOKIE, token, path="/_wacall", httponly=True, samesite="Strict")
+        if token and request.path == CONSOLE_ENTRY:   # the guard checked it: keep it in a cookie, and take
+            response = web.HTTPFound(request.path)   # it out of the address bar (other pages ignore ?token=)
+            response.set_cookie(token_cookie(request), token, path="/_wacall", httponly=True, samesite="Strict")
             raise response
         return web.Response(text=page_html(name, title, **request.match_info), content_type="text/html",
                             headers={"Cache-Control": "no-store"})
