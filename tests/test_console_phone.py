@@ -12,6 +12,7 @@ server process and in worker processes (the browser's leg is allocated beside th
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -302,6 +303,12 @@ def test_the_phone_signalling_refuses_what_it_cannot_use(wa):
     assert post(f"calls/{call_id}/browser/answer", {"sdp": 42}).json()["error"]["reason"] == "bad_sdp"
     refused = post(f"calls/{call_id}/browser/answer", {"sdp": "v=0\r\nm=audio 9 RTP/AVP 0\r\n"})
     assert refused.status_code == 400 and refused.json()["error"]["reason"] == "bad_sdp", refused.text
+    for wrong in (offer,                                                  # the offer echoed: a=setup:actpass
+                  offer.replace("a=setup:actpass", "a=setup:active").replace("sha-256", "sha-1"),
+                  re.sub(r"(a=fingerprint:sha-256 )\S+", r"\1XY:ZZ", offer).replace("a=setup:actpass",
+                                                                                   "a=setup:active")):
+        refused = post(f"calls/{call_id}/browser/answer", {"sdp": wrong})
+        assert refused.status_code == 400 and refused.json()["error"]["reason"] == "bad_sdp", refused.text
 
     again = post(f"calls/{call_id}/browser")                  # a second browser replaces the first
     assert again.status_code == 201 and again.json()["sdp"] != offer

@@ -32,7 +32,7 @@ from ..domain.errors import MediaUnavailable
 from ..domain.model import ENDED
 from ..domain.phone import phone_digits
 from ..domain.platform import Platform
-from ..domain.sdp import LocalMedia, Negotiated, SdpError, build_meta_offer, negotiate
+from ..domain.sdp import LocalMedia, Negotiated, SdpError, build_meta_offer, negotiate, validate_business_sdp
 from ..control.routes import body_of, ok
 from ..domain.state import ControlError
 from ..guard import control_error
@@ -130,8 +130,8 @@ async def answer(host: PhoneHost, request: web.Request) -> web.Response:
     sdp = (await body_of(request)).get("sdp")
     if not isinstance(sdp, str) or not sdp:
         raise ControlError("bad_sdp", "sdp must be the browser's answer (a string)", 400)
-    try:
-        negotiated = negotiate(offer, sdp, "DTLS")
+    try:                   # Meta's rules for an answer (sha-256 fingerprint, setup active or passive...)
+        negotiated = negotiate(offer, validate_business_sdp(sdp, key_exchange="DTLS", role="answer"), "DTLS")
     except SdpError as exc:
         raise ControlError("bad_sdp", f"the browser's answer is not usable SDP: {exc}", 400) from None
     if "opus" not in negotiated.payload_types or not (negotiated.remote_ufrag and negotiated.remote_pwd
