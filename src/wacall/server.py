@@ -199,7 +199,7 @@ class Wacall:
         app[CONTROL] = self._control_host()
         app[GRAPH] = self._graph_host()
         self.dispatcher.on_attempt = self.live.webhook_attempted
-        add_phone_routes(app, self._phone_host())      # the browser phone (console_routes finds it added)
+        add_phone_routes(app, self._phone_host())      # the browser phone
         console_routes(app, self.live)         # the console and the live stream: before the control routes' catch-all
         control_routes(app)
         graph_routes(app)

@@ -23,24 +23,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from ..domain.errors import MediaUnavailable
 from ..domain.model import ENDED
-from ..domain.phone import phone_digits
 from ..domain.platform import Platform
 from ..domain.sdp import LocalMedia, Negotiated, SdpError, build_meta_offer, negotiate, validate_business_sdp
-from ..control.routes import body_of, ok
+from ..control.routes import body_of, handler, ok, place_user_call
 from ..domain.state import ControlError
-from ..guard import control_error
 from .routes import page
 
 log = logging.getLogger("wacall.console")
-STATIC = Path(__file__).with_name("static")
-ASSETS = {"phone.js": "application/javascript", "phone.css": "text/css"}
 MAX_OFFERS = 1000                 # offers waiting for the browser's answer (one per call; the oldest go)
 
 
@@ -58,21 +52,10 @@ class PhoneHost:
 
 PHONE = web.AppKey("phone", PhoneHost)
 _OFFERS = web.AppKey("phone_offers", dict)
-_ADDED = web.AppKey("phone_routes", bool)
 
 
 def _handler(fn):
-    async def wrapped(request: web.Request) -> web.Response:
-        try:
-            return await fn(request.app[PHONE], request)
-        except ControlError as exc:
-            return control_error(exc.reason, exc.detail, exc.status)
-        except (ValueError, TypeError, KeyError) as exc:
-            return control_error("bad_request", str(exc), 400)
-        except Exception as exc:
-            log.exception("console phone failure")
-            return control_error("internal", f"{type(exc).__name__}: {exc}", 500)
-    return wrapped
+    return handler(fn, PHONE)
 
 
 async def _browser_offer(host: PhoneHost, request: web.Request, call_id: str) -> web.Response:
@@ -92,19 +75,7 @@ async def _browser_offer(host: PhoneHost, request: web.Request, call_id: str) ->
 @_handler
 async def place(host: PhoneHost, request: web.Request) -> web.Response:
     data = await body_of(request)
-    wa_id, to = str(data.get("wa_id", "")), data.get("to", "")
-    if phone_digits(to) is None:
-        raise ControlError("bad_field", "to must be the business's phone_number_id or phone number", 400)
-    payload = data.get("payload")
-    if payload is not None and not isinstance(payload, str):
-        raise ControlError("bad_payload", "payload must be a string", 400)
-    try:
-        call = await host.place_call(lambda call_id, leg: host.platform.user_calls(
-            wa_id, str(to), entry_point=data.get("entry_point", "call_icon"), payload=payload,
-            call_id=call_id, leg=leg))
-    except MediaUnavailable:
-        raise ControlError("cannot_place_call", "Couldn't place call (Meta's relay has no room right now; "
-                                                "try again)", 503) from None
+    call = await place_user_call(host, str(data.get("wa_id", "")), data)
     return await _browser_offer(host, request, call.id)
 
 
@@ -145,25 +116,13 @@ async def answer(host: PhoneHost, request: web.Request) -> web.Response:
     return ok({"call_id": call_id, "connected": True})
 
 
-async def asset(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    return web.Response(body=(STATIC / name).read_bytes(), content_type=ASSETS[name], charset="utf-8")
-
-
-def add_phone_routes(app: web.Application, host: Any = None) -> None:
-    """Register the phone's page, assets and signalling (once; later calls do nothing). Call it before
-    the control API's routes, whose catch-all answers every other ``/_wacall`` path. ``host``, when a
-    :class:`PhoneHost` (or ``app[PHONE]`` set beforehand), is what the handlers use; any other host (the
-    console's routes pass their ``ControlHost``) leaves the one the server gave."""
-    if isinstance(host, PhoneHost):
-        app[PHONE] = host
-    if app.get(_ADDED):
-        return
-    app[_ADDED] = True
+def add_phone_routes(app: web.Application, host: PhoneHost) -> None:
+    """Register the phone's page and signalling (before the control API's catch-all for ``/_wacall``);
+    its script and stylesheet are the console's static files."""
+    app[PHONE] = host
     app[_OFFERS] = {}
     r = app.router
     r.add_get("/_wacall/console/phone", page("phone", "Phone"))     # the console's shell; phone.js fills it
-    r.add_get(r"/_wacall/console/static/{name:phone\.(?:js|css)}", asset)
     r.add_post("/_wacall/console/phone/calls", place)
     r.add_route("POST", "/_wacall/console/phone/calls/{call_id}/browser", join)
     r.add_route("DELETE", "/_wacall/console/phone/calls/{call_id}/browser", join)

@@ -9,7 +9,6 @@ package (``wacall/console/static``). See docs/console.md.
 from __future__ import annotations
 
 import html
-import importlib
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -114,12 +113,4 @@ def console_routes(app: web.Application, live: LiveStream) -> None:
         r.add_get(PREFIX + path, page(name, title))
     r.add_get(PREFIX + "/calls/{call_id}", page("call", "Call"))
     r.add_get(PREFIX + "/", to_console)
-    r.add_static(PREFIX + "/static", STATIC, append_version=False)
-    try:                                   # the browser phone (console/phone.py), when present
-        phone = importlib.import_module(f"{__package__}.phone")
-    except ModuleNotFoundError:
-        phone = None
-    if phone is not None and hasattr(phone, "add_phone_routes"):
-        phone.add_phone_routes(app, host)
-    else:
-        r.add_get(PREFIX + "/phone", page("phone", "Phone"))
+    r.add_static(PREFIX + "/static", STATIC, append_version=False)     # phone.js and phone.css too

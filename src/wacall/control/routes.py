@@ -81,9 +81,11 @@ async def body_of(request: web.Request) -> dict:
     return data
 
 
-def handler(fn):
+def handler(fn, key: web.AppKey = CONTROL):
+    """A route in the control API's manner: ``fn(host, request)`` with the host stored under ``key``;
+    refusals and failures in the control API's error shape, never a traceback to the client."""
     async def wrapped(request: web.Request) -> web.Response:
-        host = request.app[CONTROL]
+        host = request.app[key]
         try:
             return await fn(host, request)
         except ControlError as exc:
@@ -252,18 +254,23 @@ async def user_messages(host: ControlHost, request: web.Request) -> web.Response
 
 @handler
 async def user_calls(host: ControlHost, request: web.Request) -> web.Response:
-    data = await body_of(request)
+    call = await place_user_call(host, request.match_info["wa_id"], await body_of(request))
+    return ok({"call_id": call.id, "state": call.state}, 201)
+
+
+async def place_user_call(host: Any, wa_id: str, data: dict) -> Any:
+    """A user calls a business (``data``: ``to``, ``entry_point``, ``payload``), its media leg owned from the
+    start (``host.place_call``); the control API's and the browser phone's one way to place a user's call."""
     payload = data.get("payload")
     if payload is not None and not isinstance(payload, str):
         raise ControlError("bad_payload", "payload must be a string", 400)
+    to = business_address(data)
     try:
-        call = await host.place_call(lambda call_id, leg: host.platform.user_calls(
-            request.match_info["wa_id"], business_address(data), entry_point=data.get("entry_point", "call_icon"),
-            payload=payload, call_id=call_id, leg=leg))
+        return await host.place_call(lambda call_id, leg: host.platform.user_calls(
+            wa_id, to, entry_point=data.get("entry_point", "call_icon"), payload=payload, call_id=call_id, leg=leg))
     except MediaUnavailable:
         raise ControlError("cannot_place_call", "Couldn't place call (Meta's relay has no room right now; "
                                                 "try again)", 503) from None
-    return ok({"call_id": call.id, "state": call.state}, 201)
 
 
 @handler
