@@ -469,3 +469,11 @@ def test_trigger_with_an_existing_user(wa, receiver):
     manual(wa, ALICE)
     outcome = ok_json(wa, "trigger", "declined-call", "--user", ALICE)
     assert outcome["user"] == ALICE and wa.call(outcome["calls"][0])["wa_id"] == ALICE
+
+
+@pytest.mark.parametrize("option,value", [("--port", "70000"), ("--media-port", "-3")])
+def test_serve_refuses_a_port_out_of_range_in_one_line(option, value):
+    done = subprocess.run([sys.executable, "-m", "wacall", "serve", option, value, "--db", ":memory:"],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, **WIDE})
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "Unclosed" not in done.stderr
+    assert f"Invalid value for '{option}'" in done.stderr

@@ -193,3 +193,21 @@ def test_a_wacall_that_cannot_start_says_why(tmp_path):
     with pytest.raises(RuntimeError, match=r"wacall did not start .*missing.toml: cannot read it"):
         with wacall_package.running(config=str(tmp_path / "missing.toml")):
             pass
+
+
+@pytest.mark.parametrize("program,says", [
+    ("print('Welcome to something else')", "Welcome to something else"),    # not wacall's JSON line
+    ("import time; time.sleep(60)", "nothing within 1 s"),                   # hangs before its line
+])
+def test_a_child_that_is_not_a_ready_wacall_is_stopped_and_named(monkeypatch, program, says):
+    from wacall.testing import running
+
+    class NotWacall(running.Subprocess):
+        def args(self) -> list[str]:
+            return [sys.executable, "-c", program]
+
+    monkeypatch.setattr(running, "START_TIMEOUT", 1.0)
+    server = NotWacall(sip=False)
+    with pytest.raises(RuntimeError, match=re.escape(says)):
+        server.start()
+    assert server.proc is not None and server.proc.poll() is not None        # not left running

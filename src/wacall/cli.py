@@ -31,7 +31,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_opti
 def serve(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="wacall.toml (default: built-in)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
-    port: int = typer.Option(DEFAULT_PORT, "--port", "-p",
+    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", min=0, max=65535,
                              help="port for the Graph and control APIs (0: every listener takes a free port)"),
     db: str = typer.Option("wacall.db", "--db", help="SQLite file, or :memory:"),
     json_output: bool = typer.Option(False, "--json", help="print exactly one JSON line when ready"),
@@ -41,7 +41,7 @@ def serve(
     log_format: str = typer.Option("text", "--log-format", help="text (for people) or json (one object a line)"),
     media_workers: Optional[int] = typer.Option(None, "--media-workers",
                                                 help="media worker processes (0: media in the server process)"),
-    media_port: Optional[int] = typer.Option(None, "--media-port",
+    media_port: Optional[int] = typer.Option(None, "--media-port", min=0, max=65535,
                                              help="the media relay's shared UDP port (default: any free port)"),
     sip_port: Optional[int] = typer.Option(None, "--sip-port",
                                            help="SIP/TLS port of the gateway (default: 5061 with --port 8080, "

@@ -6,10 +6,11 @@ Thin and typed; each method is one request of docs/control-api.md. Refusals rais
 
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator
 
 import aiohttp
+
+from .. import codec
 
 
 class ControlRefused(Exception):
@@ -167,7 +168,7 @@ class ControlClient:
                 line = raw.decode("utf-8").rstrip("\r\n")
                 if not line:
                     if data:
-                        yield event, json.loads("\n".join(data))
+                        yield event, codec.loads("\n".join(data))
                     event, data = "message", []
                 elif line.startswith("event:"):
                     event = line[6:].strip()

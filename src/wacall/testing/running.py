@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -410,12 +411,19 @@ class Subprocess(Running):
         stderr = subprocess.PIPE if self._log is None else self._log
         self.proc = subprocess.Popen(self.args(), stdout=subprocess.PIPE, stderr=stderr, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, **self.popen_options())
-        line = self.proc.stdout.readline()
-        if not line:
+        ready = select.select([self.proc.stdout], [], [], START_TIMEOUT)[0]   # never wait forever
+        line = self.proc.stdout.readline() if ready else ""
+        try:
+            info = json.loads(line) if line else None
+        except ValueError:
+            info = None
+        if not isinstance(info, dict) or "graph_url" not in info:
+            if self.proc.poll() is None:                      # hung, or printed something else: stop it
+                self.proc.kill()
             self.proc.wait(10)
             log = self.proc.stderr.read() if self._log is None else self.log()
-            raise RuntimeError(f"wacall did not start ({' '.join(self.args())}): {log}")
-        info = json.loads(line)
+            raise RuntimeError(f"wacall did not start ({' '.join(self.args())}): "
+                               f"{log or line or f'nothing within {START_TIMEOUT:g} s'}")
         self.requested_port = int(info["graph_url"].rsplit(":", 1)[1])   # a restart takes the same ports
         if info.get("sip"):
             self.requested_sip_port = int(info["sip"]["port"])
