@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .. import codec
 from ..config import region_of
-from ..domain import fields
+from ..domain import fields, identity
 from ..domain.clock import VirtualClock
 from ..domain.errors import MediaUnavailable
 from ..domain.model import ACCEPTED, User
@@ -238,6 +238,32 @@ async def user(host: ControlHost, request: web.Request) -> web.Response:
         data.pop("wa_id", None)
         if "audio" in data:
             await prepare_audio(host, data["audio"])
+        patch(host, found, data)
+    return ok(found.to_doc())
+
+
+@handler
+async def user_number_change(host: ControlHost, request: web.Request) -> web.Response:
+    """The user moves to a new number: a new BSUID, and ``user_changed_user_id`` to the businesses it knows."""
+    data = check_user_fields({"wa_id": (await body_of(request)).get("wa_id")})
+    new_wa_id = data.get("wa_id")
+    if not new_wa_id:
+        raise ControlError("bad_field", "wa_id (the new phone number) is required", 400)
+    user = host.apply(lambda: identity.user_changes_number(host.platform, request.match_info["wa_id"], new_wa_id,
+                                                           country=region_of(new_wa_id)))
+    return ok(user.to_doc(), 201)
+
+
+@handler
+async def waba(host: ControlHost, request: web.Request) -> web.Response:
+    """A WABA's business-portfolio switches: ``parent_bsuids`` (webhooks add the parent BSUID fields)."""
+    found = host.platform.wabas.get(request.match_info["waba_id"])
+    if found is None:
+        raise ControlError("unknown_waba", f"no WABA {request.match_info['waba_id']}", 404)
+    if request.method == "PATCH":
+        data = await body_of(request)
+        if set(data) - {"parent_bsuids"} or not isinstance(data.get("parent_bsuids", False), bool):
+            raise ControlError("bad_field", "settable: parent_bsuids (true or false)", 400)
         patch(host, found, data)
     return ok(found.to_doc())
 
@@ -499,6 +525,9 @@ def control_routes(app: web.Application) -> None:
     r.add_route("GET", "/_wacall/users/{wa_id}", user)
     r.add_route("PATCH", "/_wacall/users/{wa_id}", user)
     r.add_post("/_wacall/users/{wa_id}/messages", user_messages)
+    r.add_post("/_wacall/users/{wa_id}/number_change", user_number_change)
+    r.add_route("GET", "/_wacall/wabas/{waba_id}", waba)
+    r.add_route("PATCH", "/_wacall/wabas/{waba_id}", waba)
     r.add_post("/_wacall/users/{wa_id}/calls", user_calls)
     r.add_post("/_wacall/users/{wa_id}/permission_replies", user_permission_replies)
     r.add_get("/_wacall/calls", calls)
