@@ -213,10 +213,16 @@ def business_address(data: dict) -> str:
     return str(to)
 
 
+def user_doc(user: User) -> dict:
+    """A user's record plus its effective BSUID and parent BSUID (derived ones included)."""
+    return {**user.to_doc(), "user_id": identity.user_id(user, user.wa_id),
+            "parent_user_id": identity.parent_user_id(user, user.wa_id)}
+
+
 @handler
 async def users(host: ControlHost, request: web.Request) -> web.Response:
     if request.method == "GET":
-        return ok({"data": [u.to_doc() for u in host.platform.users.values()]})
+        return ok({"data": [user_doc(u) for u in host.platform.users.values()]})
     data = check_user_fields(await body_of(request))
     wa_id = data.get("wa_id")
     if not wa_id:
@@ -227,7 +233,7 @@ async def users(host: ControlHost, request: web.Request) -> web.Response:
         await prepare_audio(host, data["audio"])
     user = User(**{"name": wa_id, **data, "wa_id": wa_id, "country": data.get("country") or region_of(wa_id)})
     host.apply(lambda: host.platform.put(user))
-    return ok(user.to_doc(), 201)
+    return ok(user_doc(user), 201)
 
 
 @handler
@@ -239,7 +245,7 @@ async def user(host: ControlHost, request: web.Request) -> web.Response:
         if "audio" in data:
             await prepare_audio(host, data["audio"])
         patch(host, found, data)
-    return ok(found.to_doc())
+    return ok(user_doc(found))
 
 
 @handler
@@ -251,7 +257,7 @@ async def user_number_change(host: ControlHost, request: web.Request) -> web.Res
         raise ControlError("bad_field", "wa_id (the new phone number) is required", 400)
     user = host.apply(lambda: identity.user_changes_number(host.platform, request.match_info["wa_id"], new_wa_id,
                                                            country=region_of(new_wa_id)))
-    return ok(user.to_doc(), 201)
+    return ok(user_doc(user), 201)
 
 
 @handler
