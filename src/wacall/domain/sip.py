@@ -80,8 +80,9 @@ class SipRules(CallRules):
         """A business-initiated call placed by an authenticated INVITE: Graph's ``connect`` rules."""
         app = self.sip_check_app(number, server)
         # the Request-URI user is the user's number, or its BSUID / parent BSUID (Graph's `recipient`)
-        by_id = is_bsuid(to_user) or is_parent_bsuid(to_user)
-        target = {"recipient": to_user} if by_id else {"to": ascii_digits(to_user)}
+        user_id = to_user.lstrip("+")        # sip:+US.1349...@wa.meta.vc or sip:US.1349...@wa.meta.vc
+        by_id = is_bsuid(user_id) or is_parent_bsuid(user_id)
+        target = {"recipient": user_id} if by_id else {"to": ascii_digits(to_user)}
         body = {**target, "session": {"sdp_type": "offer", "sdp": sdp}}
         try:
             call = self.business_connect(app, number, body, call_id, leg)
