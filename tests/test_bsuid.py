@@ -97,6 +97,14 @@ def test_pywa_reads_bsuid_parent_and_username_from_messages_statuses_and_calls(w
     terminate = business.wait_one("terminate", lambda t: t.id == call_id)
     assert terminate.from_user.bsuid == alice["user_id"]
 
+    changes = []       # Alice changes number: pywa's PhoneNumberChange reads user_changed_user_id
+    business.client.on_phone_number_change()(lambda _, change: changes.append(change))
+    moved = wa.ctl("POST", f"users/{ALICE}/number_change", {"wa_id": "447700900099"}).json()
+    [change] = business.wait(lambda: changes, what="pywa's PhoneNumberChange")
+    assert change.sys_type.value == "user_changed_user_id" and change.old_wa_id == ALICE
+    assert (change.new_user_id, change.new_parent_id) == (moved["user_id"], moved["parent_user_id"])
+    assert moved["user_id"] != alice["user_id"]
+
 
 def test_pywa_calls_and_looks_up_permission_by_bsuid_and_a_username_only_user_shows_no_number(wa, business):
     carol = add_carol(wa)

@@ -387,3 +387,22 @@ def test_call_status_events_render_recipient_fields(domain: Domain):
     [(field, _, value, call_id)] = webhooks
     assert field == "calls" and call_id == call.id
     assert value["statuses"][0]["recipient_user_id"] == bsuid(domain, ALICE)
+
+
+def test_the_config_sets_parent_bsuids_and_users_identities(tmp_path):
+    from wacall.config import ConfigError, load_config
+    path = tmp_path / "wacall.toml"
+    path.write_text('[[wabas]]\nid = "1"\nname = "W"\nparent_bsuids = true\n\n'
+                    '[[users]]\nwa_id = "447700900077"\nname = "Carol"\nusername = "carol.gardens"\n'
+                    'username_only = true\nbsuid = "GB.42"\ncontacts = ["+44 7700 900123"]\n')
+    config = load_config(str(path))
+    assert config.wabas[0].parent_bsuids is True
+    [user] = config.users
+    assert (user.bsuid, user.username, user.username_only, user.contacts) == (
+        "GB.42", "carol.gardens", True, ["447700900123"])
+    path.write_text('[[wabas]]\nid = "1"\nname = "W"\nparent_bsuids = "yes"\n')
+    with pytest.raises(ConfigError, match="parent_bsuids must be true or false"):
+        load_config(str(path))
+    path.write_text('[[users]]\nwa_id = "447700900077"\nname = "Carol"\nbsuid = "447700900077"\n')
+    with pytest.raises(ConfigError, match="bsuid must be"):
+        load_config(str(path))
