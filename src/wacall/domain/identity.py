@@ -15,6 +15,7 @@ Rules only, no I/O: the webhooks layer asks :func:`identity` what to show.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, replace
@@ -38,6 +39,7 @@ def is_parent_bsuid(value: Any) -> bool:
     return isinstance(value, str) and PARENT_BSUID_RE.fullmatch(value) is not None
 
 
+@functools.lru_cache(maxsize=65536)       # the webhooks ask for the same users' IDs over and over
 def _digits(seed: str) -> str:
     return str(int(hashlib.sha256(seed.encode()).hexdigest()[:16], 16))
 

@@ -128,12 +128,28 @@ def _parent_key(prefix: str, item: dict) -> str:
     return "recipient_parent_user_id" if item.get("type") == "call" else "parent_recipient_user_id"
 
 
-def _tag(platform: Platform, number: PhoneNumber, item: dict, key: str, prefix: str) -> dict:
+Who = Callable[[Any], "identity.Identity | None"]
+
+
+def _who(platform: Platform, number: PhoneNumber) -> Who:
+    """The identity of a value naming a user (None for anything else, e.g. the business's number), asked
+    once per user and webhook."""
+    seen: dict[str, identity.Identity | None] = {}
+
+    def who(wa_id: Any) -> identity.Identity | None:
+        if not isinstance(wa_id, str):
+            return None
+        if wa_id not in seen:
+            seen[wa_id] = identity.identity(platform, number, wa_id) if wa_id in platform.users else None
+        return seen[wa_id]
+    return who
+
+
+def _tag(who_is: Who, item: dict, key: str, prefix: str) -> dict:
     """``item`` with the BSUID fields beside ``item[key]`` when it names a user (a business number does not)."""
-    wa_id = item.get(key)
-    if not isinstance(wa_id, str) or wa_id not in platform.users:
+    who = who_is(item.get(key))
+    if who is None:
         return item
-    who = identity.identity(platform, number, wa_id)
     out: dict = {}
     for name, value in item.items():
         if name != key:
@@ -147,11 +163,10 @@ def _tag(platform: Platform, number: PhoneNumber, item: dict, key: str, prefix: 
     return out
 
 
-def _contact(platform: Platform, number: PhoneNumber, contact: dict, *, username: bool) -> dict:
-    wa_id = contact.get("wa_id")
-    if not isinstance(wa_id, str) or wa_id not in platform.users:
+def _contact(who_is: Who, contact: dict, *, username: bool) -> dict:
+    who = who_is(contact.get("wa_id"))
+    if who is None:
         return contact
-    who = identity.identity(platform, number, wa_id)
     profile = dict(contact.get("profile") or {"name": who.name})
     if username and who.username:
         profile["username"] = who.username
@@ -169,20 +184,20 @@ def with_user_ids(platform: Platform, number: PhoneNumber, value: dict) -> dict:
     """``value`` with Meta's business-scoped identity fields (see above); other values unchanged."""
     if not isinstance(value, dict) or "metadata" not in value:
         return value
+    who = _who(platform, number)
     statuses = value.get("statuses")
     if "contacts" in value:
         # a message status shows the username on delivered and read only (Meta's BSUID page)
         username = not statuses or all(s.get("status") in ("delivered", "read") for s in statuses)
-        value["contacts"] = [_contact(platform, number, c, username=username) for c in value["contacts"]]
+        value["contacts"] = [_contact(who, c, username=username) for c in value["contacts"]]
     if "calls" in value:
-        value["calls"] = [_tag(platform, number, _tag(platform, number, item, "from", "from"), "to", "to")
-                          for item in value["calls"]]
+        value["calls"] = [_tag(who, _tag(who, item, "from", "from"), "to", "to") for item in value["calls"]]
     if statuses:
-        value["statuses"] = [_tag(platform, number, item, "recipient_id", "recipient") for item in statuses]
+        value["statuses"] = [_tag(who, item, "recipient_id", "recipient") for item in statuses]
     if "messages" in value:
         messages = []
         for item in value["messages"]:
-            tagged = _tag(platform, number, item, "from", "from")
+            tagged = _tag(who, item, "from", "from")
             context = tagged.get("context")
             if "from" not in tagged and isinstance(context, dict) and context.get("from") == item.get("from"):
                 tagged["context"] = {k: v for k, v in context.items() if k != "from"}   # no phone leaks there
