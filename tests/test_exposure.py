@@ -311,7 +311,8 @@ def test_no_control_response_carries_a_sip_password_or_app_secret_except_info(wa
              "/_wacall/limits": "limits", "/_wacall/numbers/{phone_number_id}": f"numbers/{wa.pnid}",
              "/_wacall/apps/{app_id}": f"apps/{wa.app_id}", "/_wacall/sip/hosts": "sip/hosts",
              "/_wacall/faults": "faults", "/_wacall/webhooks/faults": "webhooks/faults",
-             "/_wacall/numbers": "numbers", "/_wacall/permissions": "permissions"}
+             "/_wacall/numbers": "numbers", "/_wacall/permissions": "permissions",
+             "/_wacall/wabas/{waba_id}": f"wabas/{wa.waba_id}"}
     assert set(paths) == control_get_routes(), "a new GET route: add it here"
     bodies = {template: wa.ctl("GET", path).content for template, path in paths.items()}
     bodies["calls/{sip call}"] = wa.ctl("GET", f"calls/{sip_call.json()['call_id']}").content

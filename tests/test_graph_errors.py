@@ -30,6 +30,7 @@ code     HTTP    test
 131044   400     test_131044_no_payment_method                  (+ the UIC terminate webhook errors[])
 131047   400     test_131047_outside_customer_service_window
 131055   400     test_131055_graph_calls_on_sip_enabled_number
+131062   400     test_131062_bsuid_recipient_for_an_authentication_template
 132001   404     test_132001_unknown_template
 138000   401     test_138000_calling_not_enabled
 138001   400     test_138001_receiver_uncallable
@@ -100,6 +101,7 @@ COVERAGE: dict[int, list[str]] = {
     131044: ["test_131044_no_payment_method", "test_131044_user_call_terminate_webhook"],
     131047: ["test_131047_outside_customer_service_window"],
     131055: ["test_131055_graph_calls_on_sip_enabled_number"],
+    131062: ["test_131062_bsuid_recipient_for_an_authentication_template"],
     132001: ["test_132001_unknown_template"],
     138000: ["test_138000_calling_not_enabled"],
     138001: ["test_138001_receiver_uncallable"],
@@ -494,6 +496,20 @@ def test_132001_unknown_template(wa):
         "template": {"name": "no_such_template", "language": {"code": "en_US"}}})
     error = assert_graph_error(response, 132001, 404)
     assert "no_such_template" in details(error)
+
+
+def test_131062_bsuid_recipient_for_an_authentication_template(wa):
+    created = wa.graph("POST", f"{wa.waba_id}/message_templates", json={
+        "name": "login_code", "language": "en_US", "category": "AUTHENTICATION",
+        "components": [{"type": "BODY", "text": "{{1}} is your code."}]})
+    assert created.status_code == 200, created.text
+    bsuid = wa.ctl("GET", f"users/{ALICE}").json()["user_id"]
+    message = {"messaging_product": "whatsapp", "type": "template",
+               "template": {"name": "login_code", "language": {"code": "en_US"}}}
+    error = assert_graph_error(wa.graph("POST", f"{wa.pnid}/messages", json={**message, "recipient": bsuid}),
+                               131062, 400)
+    assert details(error) == "Business-scoped User ID (BSUID) recipients are not supported for this message."
+    assert wa.graph("POST", f"{wa.pnid}/messages", json={**message, "to": ALICE}).status_code == 200
 
 
 # -- 1380xx: calling codes ------------------------------------------------------------------------------

@@ -174,9 +174,12 @@ def _keys_of(table_class) -> set[str]:
 def build_config(raw: dict) -> Config:
     limits_raw = dict(raw.get("limits") or {})
     limits = Limits.for_profile(limits_raw.pop("profile", "production"), **limits_raw)
-    wabas = [Waba(**_take(w, "wabas", {"id", "name", "currency", "timezone_id"})) for w in _tables(raw, "wabas")]
+    wabas = [Waba(**_take(w, "wabas", {"id", "name", "currency", "timezone_id", "parent_bsuids"}))
+             for w in _tables(raw, "wabas")]
     for waba in wabas:
         waba.id = str(waba.id)
+        if not isinstance(waba.parent_bsuids, bool):
+            raise ValueError(f"wabas: parent_bsuids must be true or false, got {waba.parent_bsuids!r}")
     numbers = []
     for i, n in enumerate(_tables(raw, "numbers")):
         _take(n, "numbers", {"id", "waba_id", "display_phone_number", "verified_name", "country",

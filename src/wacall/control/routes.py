@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .. import codec
 from ..config import region_of
-from ..domain import fields
+from ..domain import fields, identity
 from ..domain.clock import VirtualClock
 from ..domain.errors import MediaUnavailable
 from ..domain.model import ACCEPTED, User
@@ -215,10 +215,16 @@ def business_address(data: dict) -> str:
     return str(to)
 
 
+def user_doc(user: User) -> dict:
+    """A user's record plus its effective BSUID and parent BSUID (derived ones included)."""
+    return {**user.to_doc(), "user_id": identity.user_id(user, user.wa_id),
+            "parent_user_id": identity.parent_user_id(user, user.wa_id)}
+
+
 @handler
 async def users(host: ControlHost, request: web.Request) -> web.Response:
     if request.method == "GET":
-        return ok({"data": [u.to_doc() for u in host.platform.users.values()]})
+        return ok({"data": [user_doc(u) for u in host.platform.users.values()]})
     data = check_user_fields(await body_of(request))
     wa_id = data.get("wa_id")
     if not wa_id:
@@ -229,7 +235,7 @@ async def users(host: ControlHost, request: web.Request) -> web.Response:
         await prepare_audio(host, data["audio"])
     user = User(**{"name": wa_id, **data, "wa_id": wa_id, "country": data.get("country") or region_of(wa_id)})
     host.apply(lambda: host.platform.put(user))
-    return ok(user.to_doc(), 201)
+    return ok(user_doc(user), 201)
 
 
 @handler
@@ -240,6 +246,32 @@ async def user(host: ControlHost, request: web.Request) -> web.Response:
         data.pop("wa_id", None)
         if "audio" in data:
             await prepare_audio(host, data["audio"])
+        patch(host, found, data)
+    return ok(user_doc(found))
+
+
+@handler
+async def user_number_change(host: ControlHost, request: web.Request) -> web.Response:
+    """The user moves to a new number: a new BSUID, and ``user_changed_user_id`` to the businesses it knows."""
+    data = check_user_fields({"wa_id": (await body_of(request)).get("wa_id")})
+    new_wa_id = data.get("wa_id")
+    if not new_wa_id:
+        raise ControlError("bad_field", "wa_id (the new phone number) is required", 400)
+    user = host.apply(lambda: identity.user_changes_number(host.platform, request.match_info["wa_id"], new_wa_id,
+                                                           country=region_of(new_wa_id)))
+    return ok(user_doc(user), 201)
+
+
+@handler
+async def waba(host: ControlHost, request: web.Request) -> web.Response:
+    """A WABA's business-portfolio switches: ``parent_bsuids`` (webhooks add the parent BSUID fields)."""
+    found = host.platform.wabas.get(request.match_info["waba_id"])
+    if found is None:
+        raise ControlError("unknown_waba", f"no WABA {request.match_info['waba_id']}", 404)
+    if request.method == "PATCH":
+        data = await body_of(request)
+        if set(data) - {"parent_bsuids"} or not isinstance(data.get("parent_bsuids", False), bool):
+            raise ControlError("bad_field", "settable: parent_bsuids (true or false)", 400)
         patch(host, found, data)
     return ok(found.to_doc())
 
@@ -506,6 +538,9 @@ def control_routes(app: web.Application) -> None:
     r.add_route("GET", "/_wacall/users/{wa_id}", user)
     r.add_route("PATCH", "/_wacall/users/{wa_id}", user)
     r.add_post("/_wacall/users/{wa_id}/messages", user_messages)
+    r.add_post("/_wacall/users/{wa_id}/number_change", user_number_change)
+    r.add_route("GET", "/_wacall/wabas/{waba_id}", waba)
+    r.add_route("PATCH", "/_wacall/wabas/{waba_id}", waba)
     r.add_post("/_wacall/users/{wa_id}/calls", user_calls)
     r.add_post("/_wacall/users/{wa_id}/permission_replies", user_permission_replies)
     r.add_get("/_wacall/calls", calls)

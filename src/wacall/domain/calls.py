@@ -13,6 +13,7 @@ import datetime as dt
 import zoneinfo
 from typing import Any, Protocol
 
+from . import identity
 from . import settings as calling_settings
 from .ends import failure_code
 from .errors import GraphError
@@ -232,10 +233,15 @@ class CallRules(PlatformState):
     # -- business-initiated calls -------------------------------------------------------------
     def business_connect(self, app, number: PhoneNumber, body: dict, call_id: str | None,
                          leg: LocalMedia | None) -> Call:
-        to = body.get("to") if body.get("to") is not None else body.get("recipient")
-        if to is None:
+        to = body.get("to")
+        if to is None and body.get("recipient") is not None:     # a BSUID; `to` wins when both are sent
+            wa_id = identity.recipient_wa_id(self, number, body.get("recipient"))
+            if wa_id is None:
+                raise GraphError(138001)      # no WhatsApp user of this business has that BSUID
+        elif to is None:
             raise GraphError(100, "The parameter to is required.")
-        wa_id = phone_digits(to)
+        else:
+            wa_id = phone_digits(to)
         if wa_id is None:
             raise GraphError(100, "Param to must be a valid phone number.")
         opaque = _opaque(body)
@@ -281,6 +287,8 @@ class CallRules(PlatformState):
         call.meta_sdp = build_meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
         call.media = {"leg": leg.to_doc()}
         initiated.append(now)
+        if to is not None:
+            identity.phone_used(self, number, wa_id)
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id))
@@ -447,6 +455,8 @@ class CallRules(PlatformState):
         pair = self.pair(number.id, wa_id)
         pair.window_opened_at = now                # a user call opens the customer service window
         self.put(pair)
+        if not user.username_only:                 # placed from the number, not the username
+            identity.phone_used(self, number, wa_id)
         if not number.payment_method:
             self._set_state(call, RINGING, direction=USER_INITIATED)
             call.ended_at, call.end_status, call.end_reason, call.ended_by = now, "FAILED", "payment", "platform"

@@ -52,6 +52,8 @@ CATALOGUE: dict[int, ErrorCode] = {
                   "last replied to this number."),
         ErrorCode(131055, 400, "Method not allowed",
                   "Method not allowed. Graph API calls are not allowed for SIP enabled numbers"),
+        ErrorCode(131062, 400, "BSUID recipients not supported",
+                  "Business-scoped User ID (BSUID) recipients are not supported for this message."),
         ErrorCode(138000, 401, "Calling not enabled", "Calling APIs are not enabled for this phone number"),
         ErrorCode(138001, 400, "Receiver Uncallable", "Receiver is unable to receive calls"),
         ErrorCode(138002, 429, "Concurrent Calls limit",

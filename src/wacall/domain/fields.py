@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .identity import is_bsuid, is_parent_bsuid
 from .phone import phone_digits
 
 USER_CHOICES = {"incoming": {"answer", "reject", "ignore", "manual"},
@@ -18,7 +19,8 @@ USER_CHOICES = {"incoming": {"answer", "reject", "ignore", "manual"},
 USER_STRINGS = ("name", "country", "client_version")
 USER_BOOLS = ("on_whatsapp", "tos_accepted")
 USER_SECONDS = ("answer_after", "reply_after")
-USER_KEYS = {"wa_id", "audio", *USER_CHOICES, *USER_STRINGS, *USER_BOOLS, *USER_SECONDS}
+USER_IDENTITY = ("bsuid", "parent_bsuid", "username", "username_only", "contacts")   # domain.identity
+USER_KEYS = {"wa_id", "audio", *USER_CHOICES, *USER_STRINGS, *USER_BOOLS, *USER_SECONDS, *USER_IDENTITY}
 
 NUMBER_SETTABLE = {"payment_method": bool, "messaging_limit": int, "is_test_number": bool,
                    "allowed_recipients": list, "country": str}
@@ -65,11 +67,29 @@ def check_user_fields(data: dict) -> dict:
     for name in USER_STRINGS:
         if name in out and not isinstance(out[name], str):
             raise ValueError(f"{name} must be a string")
+    _check_identity(out)
     audio = out.get("audio")
     if "audio" in out and not (isinstance(audio, str) and (
             audio == "silence" or audio.split(":", 1)[0] in ("tone", "file", "tts") and ":" in audio)):
         raise ValueError('audio must be "tone:HZ", "file:PATH", "silence" or "tts:TEXT"')
     return out
+
+
+def _check_identity(out: dict) -> None:
+    """A user's business-scoped identity: BSUIDs in Meta's form, a username, contacts as business numbers."""
+    if out.get("bsuid") is not None and not is_bsuid(out["bsuid"]):
+        raise ValueError("bsuid must be a country code, a dot and 1-128 letters or digits (US.13491208655302741918)")
+    if out.get("parent_bsuid") is not None and not (is_parent_bsuid(out["parent_bsuid"])
+                                                    or is_bsuid(out["parent_bsuid"])):
+        raise ValueError("parent_bsuid must look like US.ENT.11815799212886844830")
+    if out.get("username") is not None and not (isinstance(out["username"], str) and 0 < len(out["username"]) <= 64):
+        raise ValueError("username must be a non-empty string (at most 64 characters) or null")
+    if "username_only" in out and not isinstance(out["username_only"], bool):
+        raise ValueError("username_only must be true or false")
+    if "contacts" in out:
+        if not isinstance(out["contacts"], list):
+            raise ValueError("contacts must be a list of business phone numbers or phone_number_ids")
+        out["contacts"] = [phone(c, "contacts[]") for c in out["contacts"]]
 
 
 def check_number_fields(data: dict) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from . import identity
 from .errors import GraphError
 from .fields import is_number
 from .events import InboundMessage, MessageStatus
@@ -45,7 +46,14 @@ class MessageRules(PlatformState):
         if body.get("messaging_product") != "whatsapp":
             raise GraphError(100, "The parameter messaging_product is required and must be 'whatsapp'.")
         to = body.get("to")
-        wa_id = phone_digits(to)
+        by_bsuid = to is None and body.get("recipient") is not None   # `to` wins when both are sent
+        if by_bsuid:
+            to = body.get("recipient")
+            wa_id = identity.recipient_wa_id(self, number, to)
+            if wa_id is None:
+                raise GraphError(100, "Param recipient does not name a WhatsApp user of this business.")
+        else:
+            wa_id = phone_digits(to)
         if wa_id is None:
             raise GraphError(100, "The parameter to is required and must be a phone number.")
         type_ = body.get("type", "text")
@@ -80,6 +88,8 @@ class MessageRules(PlatformState):
                 voice_call = self._template_voice_call(number, template, content)
             else:
                 kind, pair = "template", None
+            if by_bsuid and template.category.upper() == "AUTHENTICATION":
+                raise GraphError(131062)      # one-time passcodes go to phone numbers only
         else:
             if type_ == "text" and not isinstance(content.get("body"), str):
                 raise GraphError(100, "The parameter text[body] is required.")
@@ -96,10 +106,12 @@ class MessageRules(PlatformState):
         if pair is not None:
             self.permission_rules.record_permission_request(pair)
         self._deliver(message)
+        if not by_bsuid:
+            identity.phone_used(self, number, wa_id)
         if pair is not None and message.status != "failed":
             pair.last_request_id = message.id
             self.put(pair)
-        response = {"messaging_product": "whatsapp", "contacts": [{"input": str(to), "wa_id": wa_id}],
+        response = {"messaging_product": "whatsapp", "contacts": [identity.send_contact(self, number, str(to), wa_id)],
                     "messages": [{"id": message.id}]}
         if type_ == "template":
             response["messages"][0]["message_status"] = "accepted"
@@ -258,5 +270,7 @@ class MessageRules(PlatformState):
         pair = self.pair(number.id, wa_id)
         pair.window_opened_at = self.now()
         self.put(pair)
+        if not self.users[wa_id].username_only:      # sent from the number, not the username
+            identity.phone_used(self, number, wa_id)
         self.emit(InboundMessage(message.id))
         return message

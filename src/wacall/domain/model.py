@@ -99,6 +99,8 @@ class Waba(Record):
     app_overrides: dict[str, dict] = field(default_factory=dict)
     # "YYYY-MM" (UTC) -> seconds of business-initiated calls billed that month (pulses x 6): the volume tier
     bic_seconds_by_month: dict[str, float] = field(default_factory=dict)
+    # the business portfolio has parent BSUIDs enabled: webhooks add the parent_user_id fields
+    parent_bsuids: bool = False
 
     @property
     def key(self) -> str:
@@ -144,6 +146,13 @@ class User(Record):
     permission_requests: str = "manual"  # manual | accept | accept_permanent | reject | ignore
     reply_after: float = 1.0
     audio: str = "tone:440"              # what the user says: tone:HZ | file:PATH | silence | tts:TEXT
+    # business-scoped identity (wacall.domain.identity): None = derived from the wa_id, stable across restarts
+    bsuid: str | None = None
+    parent_bsuid: str | None = None
+    username: str | None = None
+    username_only: bool = False          # adopted a username: the phone number shows only under Meta's rules
+    contacts: list[str] = field(default_factory=list)   # business numbers in contacts (either side)
+    changed_to: str | None = None        # the user moved to this wa_id (a number change): this one is gone
 
     @property
     def key(self) -> str:
@@ -168,6 +177,7 @@ class Pair(Record):
     bic_connected_times: list[float] = field(default_factory=list)
     window_opened_at: float | None = None  # customer service window start (last user message / call)
     last_request_id: str | None = None     # the latest call permission request that reached the user
+    phone_seen_at: float | None = None     # the last message or call exchanged by phone number (30-day rule)
 
     @property
     def key(self) -> str:

@@ -3,6 +3,7 @@ automatic callback permission, automatic revoke, and the ``call_permissions`` vi
 
 from __future__ import annotations
 
+from . import identity
 from .errors import GraphError
 from .events import MessageStatus, PermissionReply
 from .limits import BIC_UNAVAILABLE_COUNTRIES
@@ -83,14 +84,19 @@ class PermissionRules(PlatformState):
                                          if t > self.now() - 7 * DAY] + [self.now()]
         self.put(pair)
 
-    def call_permissions_view(self, app, number: PhoneNumber, user_wa_id: str | None) -> dict:
+    def call_permissions_view(self, app, number: PhoneNumber, user_wa_id: str | None,
+                              recipient: str | None = None) -> dict:
         if self.rate_limit_hit(f"call_permissions:{app.id}:{number.id}", self.limits.call_permissions_per_second):
             raise GraphError(613)
         if number.calling.get("status") != "ENABLED":
             raise GraphError(138000)
-        if not user_wa_id:
+        if not user_wa_id and recipient is not None:      # by BSUID; user_wa_id wins when both are sent
+            # a BSUID that names no user of this business is uncallable: no_permission, as for a phone number
+            wa_id = identity.recipient_wa_id(self, number, recipient) or f"bsuid:{recipient}"
+        elif not user_wa_id:
             raise GraphError(100, "The parameter user_wa_id is required.")
-        wa_id = phone_digits(user_wa_id)
+        else:
+            wa_id = phone_digits(user_wa_id)
         if wa_id is None:
             raise GraphError(100, "Param user_wa_id must be a valid phone number.")
         pair = self.pairs.get(f"{number.id}:{wa_id}") or Pair(phone_number_id=number.id, wa_id=wa_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from .calls import CallRules
 from .ends import SIP_DIALOG_FAILED, UNKNOWN_NUMBER, SipRefusal, failure_code, refusal_for
 from .errors import GraphError
+from .identity import identity, is_bsuid, is_parent_bsuid
 from .model import ENDED, PRE_ACCEPTED, RINGING, Call, PhoneNumber
 from .phone import ascii_digits
 from .sdp import LocalMedia
@@ -78,12 +79,30 @@ class SipRules(CallRules):
                             call_id: str, leg: LocalMedia) -> Call:
         """A business-initiated call placed by an authenticated INVITE: Graph's ``connect`` rules."""
         app = self.sip_check_app(number, server)
-        body = {"to": ascii_digits(to_user), "session": {"sdp_type": "offer", "sdp": sdp}}
+        # the Request-URI user is the user's number, or its BSUID / parent BSUID (Graph's `recipient`)
+        user_id = to_user.lstrip("+")        # sip:+US.1349...@wa.meta.vc or sip:US.1349...@wa.meta.vc
+        by_id = is_bsuid(user_id) or is_parent_bsuid(user_id)
+        target = {"recipient": user_id} if by_id else {"to": ascii_digits(to_user)}
+        body = {**target, "session": {"sdp_type": "offer", "sdp": sdp}}
         try:
             call = self.business_connect(app, number, body, call_id, leg)
         except GraphError as error:
             raise refusal_for(error) from None
         return call
+
+    def sip_user_headers(self, call: Call) -> list[tuple[str, str]]:
+        """Meta's user-identity headers on the INVITE of a user-initiated call (the BSUID page's SIP section;
+        its samples spell them ``x-wa-meta-user-id``, ``x-wa_meta-parent-user-id`` (sic: wacall sends the
+        hyphen), ``x-wa-meta-user-name`` and ``x-wa-meta-user-country-code``)."""
+        number = self.numbers[call.phone_number_id]
+        ident = identity(self, number, call.wa_id)
+        headers = [("x-wa-meta-user-id", ident.user_id)]
+        if ident.parent_user_id is not None:
+            headers.append(("x-wa-meta-parent-user-id", ident.parent_user_id))
+        if ident.username:
+            headers.append(("x-wa-meta-user-name", ident.username))
+        headers.append(("x-wa-meta-user-country-code", ident.user_id.split(".", 1)[0]))
+        return headers
 
     # -- the business's answers on a user-initiated call -------------------------------------------------
     def sip_business_ringing(self, call: Call, sdp: str | None) -> str | None:

@@ -160,12 +160,12 @@ async def number_calls(req: Request, number: PhoneNumber) -> dict:
 
 async def number_call_permissions(req: Request, number: PhoneNumber) -> dict:
     require(req.app, MESSAGING)
-    if req.param("user_wa_id") is None and req.param("recipient") is not None:
-        raise GraphError(100, "Lookups by BSUID (recipient) are not supported by this emulator; use user_wa_id.")
     user_wa_id = req.param("user_wa_id")
     if user_wa_id is not None and (isinstance(user_wa_id, bool) or not isinstance(user_wa_id, (str, int))):
         raise GraphError(100, "Param user_wa_id must be a phone number string.")
-    return req.host.apply(lambda: req.platform.call_permissions_view(req.app, number, req.param("user_wa_id")))
+    recipient = req.param("recipient")     # a BSUID or parent BSUID instead of user_wa_id
+    return req.host.apply(lambda: req.platform.call_permissions_view(req.app, number, user_wa_id,
+                                                                     recipient=recipient))
 
 
 async def number_messages(req: Request, number: PhoneNumber) -> dict:

@@ -639,6 +639,7 @@ class SipGateway:
             extra.append(("x-wa-meta-cta-payload", call.cta_payload))
         if call.deeplink_payload:
             extra.append(("x-wa-meta-deeplink-payload", call.deeplink_payload))
+        extra += self.platform.sip_user_headers(call)     # BSUID, parent BSUID, username (domain.sip)
         try:
             dialog.conn = await self.transport.connect(host, port)
         except (TransportError, OSError) as exc:

@@ -9,10 +9,10 @@ of Unix seconds; ``duration`` is an integer.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable
 
 from ..domain import events as ev
+from ..domain import identity
 from ..domain.model import BUSINESS_INITIATED, Call, PhoneNumber
 from ..domain.platform import Platform
 from ..domain.settings import settings_webhook_view
@@ -33,11 +33,10 @@ def _metadata(number: PhoneNumber) -> dict:
 
 
 def _contacts(platform: Platform, wa_id: str) -> list[dict]:
+    # the BSUID fields (user_id, parent_user_id, profile.username) and the phone-number rule are applied to
+    # every rendered value by with_user_ids(), in render()
     user = platform.users.get(wa_id)
-    # Since April 2026 Meta adds the business-scoped user ID (BSUID, "<ISO country>.<digits>") to every
-    # contact; wacall models one business portfolio, so it is derived from the wa_id alone.
-    bsuid = f"{user.country if user else 'ZZ'}.{int(hashlib.sha256(wa_id.encode()).hexdigest()[:15], 16)}"
-    return [{"profile": {"name": user.name if user else wa_id}, "wa_id": wa_id, "user_id": bsuid}]
+    return [{"profile": {"name": user.name if user else wa_id}, "wa_id": wa_id}]
 
 
 def _parties(call: Call, number: PhoneNumber) -> dict:
@@ -109,7 +108,102 @@ def renders(*event_types: type) -> Callable:
 def render(platform: Platform, event) -> Rendered | None:
     """Return (field, number, value, call_id) for an event that becomes a webhook, else None."""
     renderer = RENDERERS.get(type(event))
-    return None if renderer is None else renderer(platform, event)
+    if renderer is None:
+        return None
+    field, number, value, call_id = renderer(platform, event)
+    return field, number, with_user_ids(platform, number, value), call_id
+
+
+# -- business-scoped user IDs: one pass over every rendered value ----------------------------------------
+# Meta's BSUID page: each phone-number field that names the user (contacts[].wa_id, calls[].from/to,
+# statuses[].recipient_id, messages[].from) gains its BSUID sibling (user_id, from_user_id, to_user_id,
+# recipient_user_id) and, with parent BSUIDs enabled, the parent one; contacts gain profile.username; the
+# phone-number field itself stays only under Meta's phone-number rules (domain.identity.phone_visible).
+# Renderers written before BSUIDs (and those of other features) get all of this for free.
+
+def _parent_key(prefix: str, item: dict) -> str:
+    if prefix != "recipient":
+        return f"{prefix}_parent_user_id"
+    # Meta's quirk: call statuses say recipient_parent_user_id, message statuses parent_recipient_user_id
+    return "recipient_parent_user_id" if item.get("type") == "call" else "parent_recipient_user_id"
+
+
+Who = Callable[[Any], "identity.Identity | None"]
+
+
+def _who(platform: Platform, number: PhoneNumber) -> Who:
+    """The identity of a value naming a user (None for anything else, e.g. the business's number), asked
+    once per user and webhook."""
+    seen: dict[str, identity.Identity | None] = {}
+
+    def who(wa_id: Any) -> identity.Identity | None:
+        if not isinstance(wa_id, str):
+            return None
+        if wa_id not in seen:
+            seen[wa_id] = identity.identity(platform, number, wa_id) if wa_id in platform.users else None
+        return seen[wa_id]
+    return who
+
+
+def _tag(who_is: Who, item: dict, key: str, prefix: str) -> dict:
+    """``item`` with the BSUID fields beside ``item[key]`` when it names a user (a business number does not)."""
+    who = who_is(item.get(key))
+    if who is None:
+        return item
+    out: dict = {}
+    for name, value in item.items():
+        if name != key:
+            out[name] = value
+            continue
+        if who.wa_id is not None:
+            out[key] = value
+        out[f"{prefix}_user_id"] = who.user_id
+        if who.parent_user_id is not None:
+            out[_parent_key(prefix, item)] = who.parent_user_id
+    return out
+
+
+def _contact(who_is: Who, contact: dict, *, username: bool) -> dict:
+    who = who_is(contact.get("wa_id"))
+    if who is None:
+        return contact
+    profile = dict(contact.get("profile") or {"name": who.name})
+    if username and who.username:
+        profile["username"] = who.username
+    out: dict = {"profile": profile}
+    if who.wa_id is not None:
+        out["wa_id"] = who.wa_id
+    out["user_id"] = who.user_id
+    if who.parent_user_id is not None:
+        out["parent_user_id"] = who.parent_user_id
+    out.update((k, v) for k, v in contact.items() if k not in ("profile", "wa_id", "user_id", "parent_user_id"))
+    return out
+
+
+def with_user_ids(platform: Platform, number: PhoneNumber, value: dict) -> dict:
+    """``value`` with Meta's business-scoped identity fields (see above); other values unchanged."""
+    if not isinstance(value, dict) or "metadata" not in value:
+        return value
+    who = _who(platform, number)
+    statuses = value.get("statuses")
+    if "contacts" in value:
+        # a message status shows the username on delivered and read only (Meta's BSUID page)
+        username = not statuses or all(s.get("status") in ("delivered", "read") for s in statuses)
+        value["contacts"] = [_contact(who, c, username=username) for c in value["contacts"]]
+    if "calls" in value:
+        value["calls"] = [_tag(who, _tag(who, item, "from", "from"), "to", "to") for item in value["calls"]]
+    if statuses:
+        value["statuses"] = [_tag(who, item, "recipient_id", "recipient") for item in statuses]
+    if "messages" in value:
+        messages = []
+        for item in value["messages"]:
+            tagged = _tag(who, item, "from", "from")
+            context = tagged.get("context")
+            if "from" not in tagged and isinstance(context, dict) and context.get("from") == item.get("from"):
+                tagged["context"] = {k: v for k, v in context.items() if k != "from"}   # no phone leaks there
+            messages.append(tagged)
+        value["messages"] = messages
+    return value
 
 
 def _calls_field(platform: Platform, call_id: str, value: Callable[[Call, PhoneNumber], dict]) -> Rendered:
@@ -169,8 +263,29 @@ def _message_status(platform: Platform, event: ev.MessageStatus) -> Rendered:
         status["biz_opaque_callback_data"] = message.biz_opaque_callback_data
     if event.errors:
         status["errors"] = event.errors
+    value: dict = {"messaging_product": "whatsapp", "metadata": _metadata(number)}
+    if event.status != "failed":     # since BSUIDs, sent/delivered/read carry the user's contact (not failed)
+        value["contacts"] = _contacts(platform, message.wa_id)
+    value["statuses"] = [status]
+    return "messages", number, value, None
+
+
+@renders(identity.UserChangedUserId)
+def _user_changed_user_id(platform: Platform, event: identity.UserChangedUserId) -> Rendered:
+    """Meta's system message when a user's number (so its BSUID) changes: no contacts array; the old
+    identity in ``from``/``from_user_id``, the new BSUID in ``system.user_id``."""
+    number = platform.numbers[event.phone_number_id]
+    new = identity.identity(platform, number, event.new_wa_id)
+    old_user = platform.users.get(event.wa_id)
+    old_id = identity.user_id(old_user, event.wa_id)
+    system: dict = {"body": f"User {new.name} changed from {old_id} to {new.user_id}",
+                    "type": "user_changed_user_id", "user_id": new.user_id}
+    if new.parent_user_id is not None:
+        system["parent_user_id"] = new.parent_user_id
+    message = {"from": event.wa_id, "id": event.message_id, "timestamp": _ts(event.timestamp), "type": "system",
+               "system": system}
     return "messages", number, {"messaging_product": "whatsapp", "metadata": _metadata(number),
-                                "statuses": [status]}, None
+                                "messages": [message]}, None
 
 
 @renders(ev.InboundMessage)
