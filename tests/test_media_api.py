@@ -149,6 +149,11 @@ def test_size_and_type_rules(wa):
     too_big = envelope(upload(wa, b"\xff\xd8" + b"\0" * (5 * 1024 * 1024), "image/jpeg"), 131053, 400)
     assert "5242880" in too_big["error_data"]["details"]
     assert upload(wa, b"\xff\xd8" + b"\0" * (5 * 1024 * 1024 - 2), "image/jpeg").status_code == 200
+    # far too large: refused once over the limit (the rest read, not kept), the answer still arrives
+    body = wa.graph("POST", f"{A['number']}/media", token=A["token"],
+                    files={"file": ("big.png", io.BytesIO(bytes(20 * 1024 * 1024)), "image/png")},
+                    data={"messaging_product": "whatsapp"})
+    envelope(body, 131053, 400)
     # a sticker (image/webp) up to 500 KB; a document (PDF) far above an image's 5 MB
     envelope(upload(wa, b"RIFF" + b"\0" * 600 * 1024, "image/webp"), 131053, 400)
     assert upload(wa, b"%PDF-1.4\n" + b"\0" * (6 * 1024 * 1024), "application/pdf").status_code == 200
