@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import httpx
@@ -279,7 +278,8 @@ def test_pywa_uploads_downloads_and_deletes(wa):
     uploaded = client.upload_media(announcement, mime_type="audio/ogg", filename="hello.ogg")
     media_id = uploaded if isinstance(uploaded, str) else uploaded.id
     url = client.get_media_url(media_id)
-    assert url.mime_type == "audio/ogg" and url.sha256 == base64.b64encode(hashlib.sha256(announcement).digest()).decode()
+    assert url.mime_type == "audio/ogg"
+    assert url.sha256 == base64.b64encode(hashlib.sha256(announcement).digest()).decode()
     assert int(url.file_size) == len(announcement)
     assert client.get_media_bytes(url.url) == announcement
     assert client.delete_media(media_id).success is True
@@ -308,7 +308,8 @@ def test_graph_versions_configurable(tmp_path):
     wa = Wacall(config=str(config)).start()
     try:
         def get(version: str) -> httpx.Response:
-            return wa.http.get(f"{wa.url}/{version}/{wa.pnid}/settings", headers={"Authorization": f"Bearer {wa.token}"})
+            return wa.http.get(f"{wa.url}/{version}/{wa.pnid}/settings",
+                               headers={"Authorization": f"Bearer {wa.token}"})
         assert get("v19.0").status_code == 200
         upgraded = get("v18.0")                        # retired: served as the oldest version
         assert upgraded.status_code == 200 and upgraded.headers["facebook-api-version"] == "v19.0"
