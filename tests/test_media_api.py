@@ -316,3 +316,36 @@ def test_graph_versions_configurable(tmp_path):
         envelope(get("v24.0"), 100, 400)               # newer than latest, refused
     finally:
         wa.close()
+
+
+def test_a_large_upload_and_download_are_streamed_not_held_in_memory(wa):
+    """90 MB up and down: the server's peak resident memory grows by far less than the file."""
+    def peak_kb() -> int:
+        status = Path(f"/proc/{wa.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+
+    class Zeros(io.RawIOBase):
+        left = 90 * 1024 * 1024
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            n = min(len(buffer), self.left)
+            buffer[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    before = peak_kb()
+    response = wa.graph("POST", f"{A['number']}/media", token=A["token"], data={"messaging_product": "whatsapp"},
+                        files={"file": ("big.pdf", io.BufferedReader(Zeros(), 1 << 20), "application/pdf")})
+    assert response.status_code == 200, response.text
+    info = wa.graph("GET", response.json()["id"], token=A["token"]).json()
+    assert info["file_size"] == str(90 * 1024 * 1024)
+    got = 0
+    with wa.http.stream("GET", info["url"], headers={"Authorization": f"Bearer {A['token']}"}) as download:
+        for chunk in download.iter_bytes(1 << 20):
+            assert not chunk.strip(b"\0")
+            got += len(chunk)
+    assert got == 90 * 1024 * 1024
+    assert peak_kb() - before < 24 * 1024, (before, peak_kb())
