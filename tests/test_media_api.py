@@ -98,6 +98,9 @@ def test_upload_get_download_delete(wa):
     got = download(wa, body["url"])
     assert got.status_code == 200 and got.content == PNG
     assert got.headers["content-type"] == "image/png"
+    head = wa.http.head(body["url"], headers={"Authorization": f"Bearer {A['token']}"})
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(PNG))
+    envelope(wa.http.post(body["url"], headers={"Authorization": f"Bearer {A['token']}"}), 100, 400)
 
     deleted = wa.graph("DELETE", media_id, token=A["token"])
     assert deleted.status_code == 200 and deleted.json() == {"success": True}
