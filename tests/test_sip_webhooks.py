@@ -176,3 +176,15 @@ def test_user_initiated_sip_call_sends_call_created_and_terminate(wa, receiver, 
     assert terminate["duration"] >= 1 and {"start_time", "end_time"} <= set(terminate)
     bye = next(t for t in result.received() if t.startswith("BYE "))
     assert int(header_values(bye, "x-wa-meta-call-duration")[0]) == terminate["duration"]
+
+
+def test_a_bad_webhook_delivery_gets_graphs_error_and_changes_nothing(wa):
+    response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {"sip": {
+        "status": "ENABLED", "servers": [{"hostname": HOST}], "webhook_delivery": "on"}}})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == 100 and error["type"] == "OAuthException"
+    assert error["error_data"]["details"] == (
+        'Param calling[sip][webhook_delivery] must be one of {ENABLED, DISABLED} - got "on".')
+    sip = wa.graph("GET", f"{wa.pnid}/settings").json()["calling"]["sip"]
+    assert sip["status"] == "DISABLED" and "webhook_delivery" not in sip

@@ -152,6 +152,9 @@ def test_webhook_delivery_defaults_to_disabled_and_is_echoed_once_set():
     assert changed == ["sip.webhook_delivery"] and not sip_webhook_delivery(off)
     assert render_calling_settings(off, include_sip_credentials=False, sip_passwords={})["sip"][
         "webhook_delivery"] == "DISABLED"
+    parked, _ = _apply({"sip": {"status": "DISABLED", "servers": []}}, stored)
+    back, _ = _apply({"sip": {"status": "ENABLED", "servers": [{"hostname": "pbx.example"}]}}, parked)
+    assert sip_webhook_delivery(back), "kept while SIP is off"
 
 
 @pytest.mark.parametrize("bad, got", [("enabled", '"enabled"'), ("YES", '"YES"'), (True, "true"), (1, "1"),
