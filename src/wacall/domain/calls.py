@@ -19,6 +19,7 @@ from .ends import failure_code
 from .errors import GraphError
 from .events import (
     CallConnect,
+    CallCreated,
     CallStatus,
     CallTerminate,
     MediaConfigure,
@@ -56,6 +57,8 @@ from .state import ControlError, PlatformState
 ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
 UNCALLABLE_PLATFORMS = {"web", "desktop"}
 ENTRY_POINTS = ("call_icon", "call_button", "deeplink", "call_log")
+#: the calling webhooks a SIP call sends with ``calling.sip.webhook_delivery`` ENABLED, by the Graph event
+_SIP_WEBHOOKS: dict[type, type] = {CallConnect: CallCreated, CallTerminate: CallTerminate}
 
 
 def _zone(name: str) -> dt.tzinfo:
@@ -132,10 +135,16 @@ class CallRules(PlatformState):
     def _emit_call(self, call: Call, event) -> None:
         if call.signalling == "graph":
             self.emit(event)
+            return
+        # SIP numbers: no calling webhooks, unless sip.webhook_delivery is ENABLED: then the call's creation
+        # (call_created, for its connect) and its terminate, and nothing else (Meta's call-settings page)
+        delivered = _SIP_WEBHOOKS.get(type(event))
+        if delivered is not None and calling_settings.sip_webhook_delivery(self.numbers[call.phone_number_id].calling):
+            self.emit(delivered(call.id))
         else:
             self.note(call, "webhook_suppressed", reason="number is SIP-enabled; calling webhooks are not sent",
                       event=type(event).__name__)
-            self.emit(SipCallChanged(call.id))     # the SIP gateway signals the change instead
+        self.emit(SipCallChanged(call.id))         # the SIP gateway signals the change
 
     def _set_state(self, call: Call, state: str, **why) -> None:
         previous, call.state = call.state, state

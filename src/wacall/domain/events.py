@@ -34,6 +34,13 @@ class CallTerminate:
 
 
 @dataclass
+class CallCreated:
+    """A SIP call was attempted on a number with ``calling.sip.webhook_delivery`` ENABLED (its ``call_created``
+    webhook; Graph calls have ``connect`` instead)."""
+    call_id: str
+
+
+@dataclass
 class PermissionReply:
     phone_number_id: str
     wa_id: str
@@ -94,7 +101,7 @@ class MediaConnected:
     at: float
 
 
-Event = (CallConnect | CallStatus | CallTerminate | PermissionReply | MessageStatus
+Event = (CallConnect | CallStatus | CallTerminate | CallCreated | PermissionReply | MessageStatus
          | SettingsUpdate | InboundMessage | SipCallChanged | ReleaseMedia | MediaConfigure | MediaConnected)
 
 

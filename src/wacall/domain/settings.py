@@ -64,7 +64,8 @@ Choices made where the docs are silent or contradictory:
   stays parseable; empty params are not shown in GET.
 * SIP ENABLED with no server after the update: 100 "At least 1 SIP server must exist when SIP status is
   ENABLED". Checked only when the request carries ``sip``.
-* ``sip.webhook_delivery`` (ENABLED|DISABLED; secondary sources only) is accepted and stored.
+* ``sip.webhook_delivery`` (ENABLED|DISABLED, default DISABLED; Meta's call-settings page, 2026) is stored
+  and echoed by GET once set; ENABLED makes SIP calls send ``call_created`` and ``terminate``.
 * ``audio``: only ``additional_codecs``; ``OPUS`` in the list is an error (Opus cannot be listed);
   duplicates are dropped; ``audio: {}`` changes nothing.
 * ``voicemail`` merges at its own top level (``status``, ``triggers``, ``audio`` present replace);
@@ -641,6 +642,12 @@ def icon_visible_to(stored: dict, user_country: str) -> bool:
 
 def sip_enabled(stored: dict) -> bool:
     return (stored.get("sip") or {}).get("status") == "ENABLED"
+
+
+def sip_webhook_delivery(stored: dict) -> bool:
+    """Whether SIP calls of the number send ``call_created``/``terminate`` (``sip.webhook_delivery``, default
+    DISABLED)."""
+    return (stored.get("sip") or {}).get("webhook_delivery") == "ENABLED"
 
 
 def sip_servers(stored: dict) -> list[dict]:

@@ -67,6 +67,15 @@ def call_connect(platform: Platform, call: Call, number: PhoneNumber) -> dict:
             "contacts": _contacts(platform, call.wa_id), "calls": [item]}
 
 
+def call_created(platform: Platform, call: Call, number: PhoneNumber) -> dict:
+    """A SIP call was attempted (``calling.sip.webhook_delivery`` ENABLED): Meta's ``call_created``, on
+    ``calls``, without ``session`` (https://developers.facebook.com/docs/whatsapp/cloud-api/calling/call-settings)."""
+    item = {"id": call.id, **_parties(call, number), "event": "call_created", "timestamp": _ts(call.created_at),
+            "direction": call.direction}
+    return {"messaging_product": "whatsapp", "metadata": _metadata(number),
+            "contacts": _contacts(platform, call.wa_id), "calls": [item]}
+
+
 def call_terminate(platform: Platform, call: Call, number: PhoneNumber) -> dict:
     # a connected call's times come from Call.start_time/end_time/duration, which agree with each other
     ended = call.end_time if call.end_time is not None else _ts(call.ended_at or platform.now())
@@ -215,6 +224,11 @@ def _calls_field(platform: Platform, call_id: str, value: Callable[[Call, PhoneN
 @renders(ev.CallConnect)
 def _call_connect(platform: Platform, event: ev.CallConnect) -> Rendered:
     return _calls_field(platform, event.call_id, lambda call, number: call_connect(platform, call, number))
+
+
+@renders(ev.CallCreated)
+def _call_created(platform: Platform, event: ev.CallCreated) -> Rendered:
+    return _calls_field(platform, event.call_id, lambda call, number: call_created(platform, call, number))
 
 
 @renders(ev.CallStatus)
