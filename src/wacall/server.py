@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import resource
+import secrets
 import socket
 import tempfile
 import time
@@ -57,6 +58,7 @@ from .media.workers import MediaWorkers
 from .sip import tls
 from .sip.gateway import SipGateway, SipHost
 from .sip.transport import TlsTransport
+from .store.mediafiles import MediaFiles, MediaLibrary
 from .store.sqlite import Store
 from .users import behaviour
 from .webhooks.delivery import Dispatcher, outbox_rows
@@ -102,6 +104,7 @@ class Wacall:
                                  behaviour=behaviour)
         self.platform.keep_ended = self.config.keep_ended
         self.recordings, self._temporary_recordings = self._recordings_for(db)
+        self.media_library = MediaLibrary(self._media_files_for(db), self.platform, self.apply, self._media_url_key())
         self._swept_at = time.monotonic()
         workers, certificate, port = self.config.media_workers, self._relay_certificate(), self.config.media_port
         self.media: MediaEngine | MediaWorkers = (
@@ -144,6 +147,22 @@ class Wacall:
                 directory = str(Path(db).with_name(Path(db).name + ".recordings"))
         return Recordings(directory, max_seconds=settings.max_seconds,
                           retention_seconds=settings.retention_seconds), temporary
+
+    @staticmethod
+    def _media_files_for(db: str) -> MediaFiles:
+        """The Media API's files: ``<db>.media`` next to a database file, else a temporary directory (removed
+        at stop)."""
+        if db == ":memory:" or "://" in db:
+            return MediaFiles(tempfile.mkdtemp(prefix="wacall-media-"), temporary=True)
+        return MediaFiles(Path(db).with_name(Path(db).name + ".media"))
+
+    def _media_url_key(self) -> bytes:
+        """The key media download URLs are signed with: kept in the store, so URLs outlive a restart."""
+        key = self.store.get_meta("media_url_key")
+        if key is None:
+            key = secrets.token_hex(32)
+            self.store.set_meta("media_url_key", key)
+        return bytes.fromhex(key)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def seed(self) -> None:
@@ -194,6 +213,7 @@ class Wacall:
                             "; ".join(self.config_drift))
         else:
             self.seed()
+        self.media_library.sweep_orphans()      # files a crash left without their record
         if log.isEnabledFor(logging.INFO):
             log.info("database %s: %s", self.db, f"state restored ({len(self.platform.active_calls)} calls in "
                      "progress)" if self.restored else "new, seeded from the config")
@@ -280,6 +300,8 @@ class Wacall:
         self.store.close()
         if self._temporary_recordings:
             self.recordings.remove_dir()
+        if self.media_library.files.temporary:
+            self.media_library.files.remove_dir()
 
     def _relay_certificate(self) -> DtlsCertificate:
         """The relay's DTLS certificate, kept in the store: a restarted relay still matches the
@@ -495,6 +517,7 @@ class Wacall:
         self.store.wipe()
         self._save_certificate(self.media.certificate)    # the relay keeps it: so must a restart after the reset
         self.recordings.clear()
+        self.media_library.files.clear()
         self.clock.set_offset(0.0)
         self.config_drift = []           # the config is applied now
         self.platform.limits = self.config.limits
@@ -526,7 +549,7 @@ class Wacall:
         assert self.dispatcher is not None
         return GraphHost(platform=self.platform, apply=self.apply, place_call=self.legs.place,
                          take_fault=self._take_fault,
-                         verify_callback=self.dispatcher.verify_callback)
+                         verify_callback=self.dispatcher.verify_callback, media=self.media_library)
 
     def _control_host(self) -> ControlHost:
         assert self.dispatcher is not None
@@ -573,6 +596,7 @@ class Wacall:
         self.store.set_meta("clock_offset", repr(self.clock.offset))
         self.live.clock_advanced()
         self.recordings.sweep(self.clock.now(), set(self.platform.active_calls))
+        self.media_library.expire()         # media past their retention (virtual clock), and their files
         self.media.check_timeouts()
         self._tick_wake.set()
         if self.dispatcher:
@@ -588,6 +612,10 @@ class Wacall:
                 self._swept_at = time.monotonic()
                 asyncio.get_running_loop().run_in_executor(None, self.recordings.sweep, self.clock.now(),
                                                            set(self.platform.active_calls))
+                try:
+                    self.media_library.expire()
+                except Exception:
+                    log.exception("media retention sweep failed")
             next_deadline = self.platform.next_deadline()
             delay = 0.5 if next_deadline is None else max(0.005, min(0.5, next_deadline - self.clock.now()))
             self._tick_wake.clear()

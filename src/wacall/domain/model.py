@@ -299,6 +299,32 @@ class Template(Record):
         return None
 
 
+@dataclass
+class Media(Record):
+    """A file the business can download through the Media API (``GET /{media_id}``): uploaded by the
+    business, or published by the platform (voicemail messages, call recordings, transcripts). The bytes
+    live on disk (``wacall.store.mediafiles``); this is what the platform knows about them."""
+    KIND: ClassVar[str] = "media"
+    id: str                              # numeric string, like Meta's media ids
+    phone_number_id: str
+    mime_type: str
+    sha256: str                          # base64 of the SHA-256 of the bytes (Meta's webhook/GET shape)
+    file_size: int
+    use_case: str | None                 # e.g. "call_voicemail_announcement"; None for ordinary media
+    created_at: float
+    expires_at: float | None             # None: kept (voicemail announcements)
+    origin: str = "upload"               # upload (POST /{phone_number_id}/media) | platform (webhook media)
+    deleted: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+    @property
+    def live(self) -> bool:
+        return not self.deleted
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.KIND: cls for cls in (App, Waba, PhoneNumber, User, Pair, Call, Message, Template)
+    cls.KIND: cls for cls in (App, Waba, PhoneNumber, User, Pair, Call, Message, Template, Media)
 }

@@ -10,7 +10,7 @@ other rule classes as a ``typing.Protocol`` attribute, never through the inherit
   permission) and ``CallRules.message_rules: MessageTimers`` (a message's timer is due);
 - ``MessageRules.permission_rules: MessagePermissions`` (check, count and answer a call permission
   request);
-- ``PermissionRules`` and ``NumberRules`` need nothing but the state; ``SipRules`` is ``CallRules``
+- ``PermissionRules``, ``NumberRules`` and ``MediaRules`` need nothing but the state; ``SipRules`` is ``CallRules``
   spoken over SIP (it extends it).
 
 ``Platform`` is all of them in one object, so it is its own collaborator: it wires those attributes
@@ -22,6 +22,7 @@ from __future__ import annotations
 from .calls import CallRules
 from .clock import VirtualClock
 from .limits import Limits
+from .media import MediaRules
 from .messaging import MessageRules
 from .numbers import NumberRules
 from .permissions import PermissionRules
@@ -31,7 +32,7 @@ from .state import Archive, UserBehaviour
 from .subscriptions import SubscriptionRules
 
 
-class Platform(SipRules, CallRules, PermissionRules, MessageRules, NumberRules, SubscriptionRules):
+class Platform(SipRules, CallRules, PermissionRules, MessageRules, NumberRules, SubscriptionRules, MediaRules):
     # Narrowed to the concrete rule classes: a type checker verifies that each provides the Protocol the
     # base classes declare (CallPermissions and MessagePermissions; MessageTimers).
     permission_rules: PermissionRules

@@ -25,6 +25,7 @@ from ..domain.model import App, PhoneNumber, Waba
 from ..domain.platform import Platform
 from ..domain.state import unsupported
 from .errors import error_response, graph_json
+from .media import DOWNLOAD_PATH, MediaHost, Upload, download_url, file_response, read_upload, store_upload
 
 log = logging.getLogger("wacall.graph")
 VERSION = re.compile(r"^v(\d+)\.(\d+)$")
@@ -42,6 +43,7 @@ class GraphHost:
     place_call: Callable[[Callable[[str, Any], Any]], Awaitable[Any]]   # legs.LegOwner.place: a new call with its leg
     take_fault: Callable[[str], bool]                        # True (and counted) when an injected fault is due
     verify_callback: Callable[[str, str], Awaitable[None]]   # Meta's hub.challenge handshake, or GraphError 2200
+    media: MediaHost | None = None                           # the Media API's files (wacall.store.mediafiles)
 
 
 GRAPH = web.AppKey("graph", GraphHost)
@@ -58,6 +60,7 @@ class Request:
         self.body = body           # the JSON body as sent (may be any JSON value) or the form dict
         self.app: App | None = None
         self.app_token = False     # authenticated with the app access token ("{app_id}|{app_secret}")
+        self.upload: Upload | None = None   # a multipart body's file (POST /{phone_number_id}/media)
 
     def param(self, name: str) -> Any:
         return self.params.get(name)
@@ -66,6 +69,12 @@ class Request:
 async def parse(host: GraphHost, http: web.Request) -> Request:
     params: dict[str, Any] = dict(http.query)
     body: Any = None
+    if http.content_type == "multipart/form-data" and host.media is not None:
+        upload = await read_upload(http, host.media)        # the file streamed to disk, the fields kept
+        params.update(upload.params)
+        req = Request(host, http, params, dict(upload.params))
+        req.upload = upload
+        return req
     raw = await http.read()
     if raw:
         ctype = http.content_type
@@ -171,6 +180,37 @@ async def number_call_permissions(req: Request, number: PhoneNumber) -> dict:
 async def number_messages(req: Request, number: PhoneNumber) -> dict:
     require(req.app, MESSAGING)
     return req.host.apply(lambda: req.platform.send_message(req.app, number, req.body))
+
+
+async def number_media(req: Request, number: PhoneNumber) -> dict:
+    """``POST /{phone_number_id}/media``: a multipart upload (``file``, ``type``, ``messaging_product``,
+    optional ``use_case``): ``{"id": media_id}``."""
+    require(req.app, MESSAGING)
+    if req.host.media is None:
+        raise GraphError(2, "The Media API is not available on this instance.")
+    if req.upload is None:
+        if req.param("messaging_product") != "whatsapp":
+            raise GraphError(100, "The parameter messaging_product is required and must be 'whatsapp'.",
+                             message="The parameter messaging_product is required")
+        raise GraphError(100, "The parameter file is required (send the upload as multipart/form-data).",
+                         message="The parameter file is required")
+    upload, media = req.upload, req.host.media
+    return store_upload(media, upload, number.id, req.params)
+
+
+async def media_node(req: Request, media_id: str) -> dict:
+    """``GET /{media_id}``: the media's URL (valid 5 minutes), type, hash and size; ``DELETE /{media_id}``."""
+    require(req.app, MESSAGING)
+    method = req.http.method.lower()
+    media = req.platform.media_for(req.app, media_id, method)
+    number_id = req.param("phone_number_id")
+    if number_id is not None and str(number_id) != media.phone_number_id:
+        raise GraphError(100, f"Media {media_id} does not belong to phone number {number_id}.")
+    if req.http.method == "DELETE":
+        req.host.apply(lambda: req.platform.delete_media(media))
+        req.host.media.delete(media.id)
+        return {"success": True}
+    return req.platform.media_view(media, download_url(req.http, req.host.media, media.id))
 
 
 async def number_node(req: Request, number: PhoneNumber) -> dict:
@@ -347,13 +387,15 @@ async def app_subscriptions(req: Request, app: App) -> dict:
 
 
 NUMBER_EDGES = {"": number_node, "settings": number_settings, "calls": number_calls,
-                "call_permissions": number_call_permissions, "messages": number_messages}
+                "call_permissions": number_call_permissions, "messages": number_messages, "media": number_media}
+MEDIA_EDGES = {"": media_node}
 WABA_EDGES = {"": waba_node, "message_templates": waba_templates, "subscribed_apps": waba_subscribed_apps,
               "phone_numbers": waba_phone_numbers}
 APP_EDGES = {"subscriptions": app_subscriptions}
 ALLOWED = {
     ("number", ""): {"GET", "POST"}, ("number", "settings"): {"GET", "POST"}, ("number", "calls"): {"POST"},
-    ("number", "call_permissions"): {"GET"}, ("number", "messages"): {"POST"},
+    ("number", "call_permissions"): {"GET"}, ("number", "messages"): {"POST"}, ("number", "media"): {"POST"},
+    ("media", ""): {"GET", "DELETE"},
     ("waba", ""): {"GET"}, ("waba", "message_templates"): {"GET", "POST"},
     ("waba", "subscribed_apps"): {"GET", "POST", "DELETE"}, ("waba", "phone_numbers"): {"GET"},
     ("app", "subscriptions"): {"GET", "POST", "DELETE"},
@@ -370,6 +412,8 @@ async def dispatch(req: Request, object_id: str, edge: str) -> dict:
         kind, obj, edges = "waba", platform.waba_for(app, object_id, method), WABA_EDGES
     elif object_id in platform.apps:
         kind, obj, edges = "app", platform.apps[object_id], APP_EDGES
+    elif req.host.media is not None and platform.media_record(object_id) is not None:
+        kind, obj, edges = "media", object_id, MEDIA_EDGES
     else:
         raise unsupported(object_id, method)
     if kind != "app" and req.app_token:
@@ -378,7 +422,7 @@ async def dispatch(req: Request, object_id: str, edge: str) -> dict:
                               "whatsapp_business_management.")
     if edge not in edges:
         node = {"number": "WhatsAppBusinessPhoneNumber", "waba": "WhatsAppBusinessAccount",
-                "app": "Application"}[kind]
+                "app": "Application", "media": "WhatsAppBusinessMedia"}[kind]
         raise GraphError(100, f"Tried accessing nonexisting field ({edge}) on node type ({node})",
                          message=f"Tried accessing nonexisting field ({edge}) on node type ({node})")
     if req.http.method not in ALLOWED[(kind, edge)]:
@@ -399,8 +443,39 @@ def app_access_token(req: Request) -> dict:
     return {"access_token": app.app_token, "token_type": "bearer"}
 
 
+async def download(http: web.Request) -> web.StreamResponse:
+    """A media URL from ``GET /{media_id}``: the bytes, with the bearer token of an app that may see the
+    media, within 5 minutes (virtual clock) of the ``GET``; afterwards 404 (fetch a fresh URL)."""
+    host = http.app[GRAPH]
+    req = None
+    try:
+        if host.media is None:
+            raise GraphError(100, "Unknown path components", message="Unknown path components")
+        req = await parse(host, http)
+        app = authenticate(req)
+        media_id, ext, hash_ = (str(http.query.get(k, "")) for k in ("mid", "ext", "hash"))
+        gone = GraphError(100, "The media URL has expired or is not valid: fetch a new one with GET /{media_id}.",
+                          message="Media URL expired or invalid", http_status=404)
+        if not host.media.url_valid(media_id, ext, hash_):
+            raise gone
+        try:
+            host.platform.media_for(app, media_id)
+            return file_response(host.media, media_id)
+        except GraphError:
+            raise gone from None
+    except GraphError as error:
+        return error_response(error)
+    except Exception:
+        log.exception("unexpected error on %s %s", http.method, http.path)
+        return error_response(GraphError(1))
+    finally:
+        if req is not None and req.upload is not None:
+            req.upload.discard()
+
+
 async def handle(http: web.Request) -> web.Response:
     host = http.app[GRAPH]
+    req = None
     try:
         path = http.match_info.get("path", "")
         parts = [p for p in path.split("/") if p]
@@ -429,10 +504,14 @@ async def handle(http: web.Request) -> web.Response:
     except Exception:
         log.exception("unexpected error on %s %s", http.method, http.path)
         return error_response(GraphError(1))
+    finally:
+        if req is not None and req.upload is not None:
+            req.upload.discard()       # an upload no edge kept (any error, a wrong edge): its temporary file
 
 
 def graph_routes(app: web.Application) -> None:
     """Register the routes; their handlers use the :class:`GraphHost` in ``app[GRAPH]``."""
+    app.router.add_route("GET", DOWNLOAD_PATH, download)        # media URLs (Meta's lookaside.fbsbx.com)
     app.router.add_route("*", "/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/{path:(?s:.*)}", handle)   # (?s): paths may hold %0A
