@@ -492,6 +492,15 @@ class Wacall:
         if not self.media.voicemail_answer(call_id, frames, event.user_audio):
             self.apply(lambda: self.platform.voicemail_failed(call_id, "the call's media leg is gone"))
 
+    def _announcement_bytes(self, media_id: str) -> tuple[str, bytes]:
+        return self.media_library.media_bytes(media_id)
+
+    def _publish_voicemail(self, phone_number_id: str, ogg: bytes) -> tuple[str, str]:
+        """The message as webhook media (kept 7 days): its media id and base64 SHA-256."""
+        media_id = self.media_library.add_media(phone_number_id, ogg, VOICEMAIL_MIME)
+        media = self.platform.media_record(media_id)
+        return media_id, media.sha256 if media is not None else ""
+
     def voicemail_heard(self, call_id: str) -> None:
         self.apply(lambda: self.platform.voicemail_heard(call_id))
 
