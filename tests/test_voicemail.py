@@ -1,0 +1,174 @@
+"""Voicemail end to end: a business written with pywa (PyPI ``pywa==4.5.0``, unmodified) and a virtual
+user with real audio.
+
+pywa 4.5.0 has no ``voicemail`` in its ``CallingSettings`` and no ``use_case`` on ``upload_media``, so the
+announcement upload and the settings are plain HTTP (what Meta documents); rejecting the call, receiving
+the terminate and the audio message, and downloading the message through the Media API are pywa's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import wave
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from pywa.types.calls import CallDirection, CallTerminateStatus
+
+from support.pywa_bridge import PywaBusiness, start_business
+from wacall.media.audio import SAMPLE_RATE, dominant_frequency
+from wacall.media.voicemail import decode_ogg_opus, encode_ogg_opus
+
+ALICE = "447700900001"
+ANNOUNCEMENT_HZ, USER_HZ = 600, 1000
+ANNOUNCEMENT_SECONDS, MESSAGE_SECONDS = 1.5, 2
+
+
+@pytest.fixture
+def business(wa) -> Iterator[PywaBusiness]:
+    biz = start_business(wa)
+    try:
+        yield biz
+    finally:
+        biz.close()
+
+
+def tone_ogg(freq: float, seconds: float) -> bytes:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return encode_ogg_opus((np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16))
+
+
+def upload_announcement(wa) -> str:
+    """``POST /{phone_number_id}/media`` with ``use_case=call_voicemail_announcement`` (plain HTTP)."""
+    response = wa.graph("POST", f"{wa.pnid}/media", files={
+        "file": ("announcement.ogg", tone_ogg(ANNOUNCEMENT_HZ, ANNOUNCEMENT_SECONDS), "audio/ogg")},
+        data={"messaging_product": "whatsapp", "type": "audio/ogg", "use_case": "call_voicemail_announcement"})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def enable_voicemail(wa, triggers: list[str], media_id: str, timeout: int = 20) -> dict:
+    voicemail = {"status": "ENABLED", "triggers": triggers,
+                 "audio": {"default": {"announcement_media_id": int(media_id), "timeout_seconds": timeout}}}
+    response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {"voicemail": voicemail}})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"success": True}
+    echoed = wa.graph("GET", f"{wa.pnid}/settings").json()["calling"]["voicemail"]
+    assert echoed == voicemail
+    return voicemail
+
+
+def user_calls(wa, seconds: float = MESSAGE_SECONDS) -> str:
+    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": f"tone:{USER_HZ}"}).status_code == 200
+    response = wa.user_calls(ALICE)
+    assert response.status_code == 201, response.text
+    call_id = response.json()["call_id"]
+    chosen = wa.ctl("POST", f"calls/{call_id}/voicemail", {"seconds": seconds})
+    assert chosen.status_code == 200, chosen.text
+    return call_id
+
+
+def check_voicemail(wa, business: PywaBusiness, call_id: str, trigger: str) -> None:
+    client = business.client
+    message = business.wait_one("message", lambda m: m.id == call_id, timeout=30)
+    assert message.from_user.wa_id == ALICE
+    assert message.audio is not None and message.audio.mime_type == "audio/ogg; codecs=opus"
+    raw = message.raw["entry"][0]["changes"][0]
+    assert raw["field"] == "messages" and raw["value"]["messages"][0]["type"] == "audio"
+
+    terminate = business.wait_one("terminate", lambda t: t.id == call_id)
+    assert terminate.status == CallTerminateStatus.COMPLETED
+    assert terminate.direction == CallDirection.USER_INITIATED
+
+    # the business downloads the message through the Media API, with pywa
+    url = client.get_media_url(message.audio.id)
+    assert url.mime_type == "audio/ogg; codecs=opus"
+    data = client.get_media_bytes(url.url)
+    assert base64.b64encode(hashlib.sha256(data).digest()).decode() == message.audio.sha256 == url.sha256
+    assert int(url.file_size) == len(data)
+    pcm = decode_ogg_opus(data)
+    assert abs(len(pcm) / SAMPLE_RATE - MESSAGE_SECONDS) < 0.1
+    assert abs(dominant_frequency(pcm, SAMPLE_RATE) - USER_HZ) < 5          # the user's tone
+
+    # the user heard the announcement: it is in the user's recording
+    wav = wa.ctl("GET", f"calls/{call_id}/recording.wav")
+    assert wav.status_code == 200
+    with wave.open(io.BytesIO(wav.content)) as w:
+        rate = w.getframerate()
+        heard = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    assert abs(len(heard) / rate - ANNOUNCEMENT_SECONDS) < 0.1
+    assert abs(dominant_frequency(heard, rate) - ANNOUNCEMENT_HZ) < 5
+
+    view = wa.call(call_id)
+    assert (view["state"], view["end_reason"], view["ended_by"]) == ("ENDED", "voicemail", "user")
+    assert view["voicemail"] == {"trigger": trigger, "media_id": message.audio.id, "seconds": MESSAGE_SECONDS,
+                                 "phase": "done"}
+
+
+def test_business_rejects_and_the_user_leaves_a_voicemail(wa, business):
+    client = business.client
+    media_id = upload_announcement(wa)
+    enable_voicemail(wa, ["REJECT"], media_id)
+    rejected = []
+
+    @client.on_call_connect
+    def reject(_, call):        # pywa's own reject, from its webhook handler
+        if call.direction == CallDirection.USER_INITIATED:
+            rejected.append(call.reject())
+
+    call_id = user_calls(wa)
+    business.wait(lambda: rejected, what="pywa to reject")
+    assert rejected[0].success is True
+    check_voicemail(wa, business, call_id, "REJECT")
+
+
+def test_business_does_not_answer_in_time_and_the_user_leaves_a_voicemail(wa, business):
+    media_id = upload_announcement(wa)
+    enable_voicemail(wa, ["REJECT", "TIMEOUT"], media_id, timeout=10)
+    call_id = user_calls(wa)
+    business.wait_one("connect", lambda c: c.id == call_id)
+    assert wa.call(call_id)["state"] == "RINGING"
+    wa.advance(10)                                     # timeout_seconds on the virtual clock
+    check_voicemail(wa, business, call_id, "TIMEOUT")
+
+
+def test_user_hangs_up_during_the_announcement_no_message(wa, receiver):
+    media_id = upload_announcement(wa)
+    enable_voicemail(wa, ["REJECT"], media_id)
+    call_id = user_calls(wa)
+    receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "connect"])
+    assert wa.calls_action({"call_id": call_id, "action": "reject"}).status_code == 200
+    assert wa.call(call_id)["state"] == "VOICEMAIL"
+    again = wa.calls_action({"call_id": call_id, "action": "accept", "session": {"sdp_type": "answer", "sdp": "x"}})
+    assert again.status_code == 400 and "went to voicemail" in again.json()["error"]["error_data"]["details"]
+    assert wa.ctl("POST", f"calls/{call_id}/hangup").status_code == 200
+    terminate = receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "terminate"])[0]
+    assert terminate["status"] == "COMPLETED" and "duration" not in terminate
+    view = wa.call(call_id)
+    assert view["end_reason"] == "user_hangup"
+    assert view["voicemail"] == {"trigger": "REJECT", "media_id": None, "seconds": None, "phase": "abandoned"}
+    wa.advance(1)
+    assert not [v for v in receiver.values("messages") if any(m["id"] == call_id for m in v.get("messages", []))]
+
+
+def test_voicemail_settings_refuse_what_meta_refuses(wa):
+    def refused(voicemail: dict) -> str:
+        response = wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {"voicemail": voicemail}})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == 100
+        return error["error_data"]["details"]
+
+    assert "timeout_seconds" in refused({"status": "ENABLED", "triggers": ["TIMEOUT"], "audio": {
+        "default": {"announcement_media_id": "1", "timeout_seconds": 31}}})
+    assert refused({"status": "ENABLED", "audio": {"default": {"announcement_media_id": "1"}}}) == \
+        "The parameter calling[voicemail][triggers] is required."
+    assert "call_voicemail_announcement" in refused({"status": "ENABLED", "triggers": ["REJECT"], "audio": {
+        "default": {"announcement_media_id": "123456789"}}})
+    plain = wa.graph("POST", f"{wa.pnid}/media", files={"file": ("a.ogg", tone_ogg(440, 0.5), "audio/ogg")},
+                     data={"messaging_product": "whatsapp", "type": "audio/ogg"}).json()["id"]
+    assert "call_voicemail_announcement" in refused({"status": "ENABLED", "triggers": ["REJECT"], "audio": {
+        "default": {"announcement_media_id": plain}}})
