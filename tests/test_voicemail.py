@@ -28,8 +28,14 @@ ANNOUNCEMENT_SECONDS, MESSAGE_SECONDS = 1.5, 2
 
 
 @pytest.fixture
-def business(wa) -> Iterator[PywaBusiness]:
-    biz = start_business(wa)
+def vwa(media_server):
+    """wacall with its media in the server process, and with it in two worker processes."""
+    return media_server
+
+
+@pytest.fixture
+def business(vwa) -> Iterator[PywaBusiness]:
+    biz = start_business(vwa)
     try:
         yield biz
     finally:
@@ -108,7 +114,8 @@ def check_voicemail(wa, business: PywaBusiness, call_id: str, trigger: str) -> N
                                  "phase": "done"}
 
 
-def test_business_rejects_and_the_user_leaves_a_voicemail(wa, business):
+def test_business_rejects_and_the_user_leaves_a_voicemail(vwa, business):
+    wa = vwa
     client = business.client
     media_id = upload_announcement(wa)
     enable_voicemail(wa, ["REJECT"], media_id)
@@ -125,7 +132,8 @@ def test_business_rejects_and_the_user_leaves_a_voicemail(wa, business):
     check_voicemail(wa, business, call_id, "REJECT")
 
 
-def test_business_does_not_answer_in_time_and_the_user_leaves_a_voicemail(wa, business):
+def test_business_does_not_answer_in_time_and_the_user_leaves_a_voicemail(vwa, business):
+    wa = vwa
     media_id = upload_announcement(wa)
     enable_voicemail(wa, ["REJECT", "TIMEOUT"], media_id, timeout=10)
     call_id = user_calls(wa)
