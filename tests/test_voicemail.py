@@ -180,3 +180,31 @@ def test_voicemail_settings_refuse_what_meta_refuses(wa):
                      data={"messaging_product": "whatsapp", "type": "audio/ogg"}).json()["id"]
     assert "call_voicemail_announcement" in refused({"status": "ENABLED", "triggers": ["REJECT"], "audio": {
         "default": {"announcement_media_id": plain}}})
+
+
+# -- SIP numbers: the business's SIP server declines (603) or lets it ring past timeout_seconds --------------
+@pytest.mark.parametrize("scenario, trigger", [("uas_decline.xml", "REJECT"), ("uas_ring_cancel.xml", "TIMEOUT")])
+def test_sip_number_voicemail(wa, receiver, tmp_path, scenario, trigger):
+    from test_sip_user_calls import BusinessServer
+    server = BusinessServer(wa, tmp_path, scenario=scenario).start()
+    try:
+        enable_voicemail(wa, ["REJECT", "TIMEOUT"], upload_announcement(wa), timeout=10)
+        call_id = user_calls(wa)
+        wa.wait_for(lambda: any(e.get("line") == "SIP/2.0 180 Ringing" for e in wa.call(call_id)["timeline"]),
+                    what="the business server ringing")
+        if trigger == "TIMEOUT":
+            wa.advance(10)
+        server.sipp.wait(timeout=20).assert_ok(1)       # 603 ACKed, or Meta's CANCEL answered 487 and ACKed
+        value = receiver.wait(lambda r: [v for v in r.values("messages")
+                                         if any(m["id"] == call_id for m in v.get("messages", []))], timeout=30)[0]
+        audio = value["messages"][0]["audio"]
+        assert audio["mime_type"] == "audio/ogg; codecs=opus"
+        url = wa.graph("GET", audio["id"]).json()["url"]
+        pcm = decode_ogg_opus(wa.http.get(url, headers={"Authorization": f"Bearer {wa.token}"}).content)
+        assert abs(dominant_frequency(pcm, SAMPLE_RATE) - USER_HZ) < 5
+        view = wa.call(call_id)
+        assert view["voicemail"]["trigger"] == trigger and view["end_reason"] == "voicemail"
+        ladder = [e["line"] for e in view["timeline"] if e["kind"] == "sip_message"]
+        assert any(line.startswith("CANCEL ") for line in ladder) == (trigger == "TIMEOUT")
+    finally:
+        server.stop()

@@ -212,3 +212,17 @@ def test_voicemail_plan_reads_the_stored_setting():
     assert voicemail_plan(stored, "REJECT") == {"announcement_media_id": "42", "timeout_seconds": 0}
     assert voicemail_plan(stored, "TIMEOUT") is None
     assert voicemail_plan({**stored, "status": "DISABLED"}, "REJECT") is None   # calling off: ignored
+
+
+def test_a_sip_decline_is_a_reject_only_when_it_says_so(domain: Domain):
+    enable(domain)
+    call = placed(domain)
+    domain.platform.sip_business_declines(call, 403, "Forbidden")      # an error, not a rejection
+    assert (call.state, call.end_reason) == (ENDED, "rejected")
+    for status in (486, 600, 603):
+        call = domain.user_calls(BRUNO)
+        domain.platform.sip_business_declines(call, status, "Decline")
+        assert call.state == VOICEMAIL and call.voicemail["trigger"] == "REJECT"
+        domain.platform.sip_call_failed(call, "late 200 OK with a bad SDP")   # the voicemail goes on
+        assert call.state == VOICEMAIL
+        domain.platform.voicemail_failed(call.id, "test")

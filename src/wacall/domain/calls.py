@@ -490,9 +490,8 @@ class CallRules(PlatformState):
 
     # -- voicemail: the platform answers a user's call the business rejected or left unanswered -------
     def _voicemail_plan(self, call: Call, number: PhoneNumber, trigger: str) -> dict | None:
-        """The number's voicemail for ``trigger``, or None. Graph-signalled calls only: a SIP number's calls
-        are answered by its own SIP server (docs/fidelity.md, "Voicemail")."""
-        if call.direction != USER_INITIATED or call.signalling != "graph":
+        """The number's voicemail for ``trigger``, or None (user-initiated calls, Graph or SIP signalled)."""
+        if call.direction != USER_INITIATED:
             return None
         return calling_settings.voicemail_plan(number.calling, trigger)
 
@@ -512,6 +511,8 @@ class CallRules(PlatformState):
         self.note(call, "voicemail", event="answered", trigger=trigger,
                   announcement_media_id=plan["announcement_media_id"])
         self._set_state(call, VOICEMAIL, trigger=trigger)
+        if call.signalling == "sip":               # the gateway CANCELs an INVITE still pending (TIMEOUT)
+            self.emit(SipCallChanged(call.id))
         self.emit(VoicemailAnswer(call.id, plan["announcement_media_id"],
                                   self.behaviour.voice(self.users.get(call.wa_id))))
         return True
