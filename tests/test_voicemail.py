@@ -208,3 +208,36 @@ def test_sip_number_voicemail(wa, receiver, tmp_path, scenario, trigger):
         assert any(line.startswith("CANCEL ") for line in ladder) == (trigger == "TIMEOUT")
     finally:
         server.stop()
+
+
+# -- faults: killed in the middle of the voicemail -----------------------------------------------------------
+def test_kill_9_during_the_voicemail_ends_the_call_without_a_message(tmp_path):
+    """Best effort, and no call left in a state whose timers cannot fire: after a SIGKILL mid-voicemail the
+    restarted wacall ends the call when the announcement's deadline passes, with one terminate and no
+    message."""
+    from support.harness import Receiver, Wacall
+    wa = Wacall(db=str(tmp_path / "wacall.db")).start()
+    rx = Receiver(app_secret=wa.info["app_secret"], verify_token=wa.info["verify_token"]).start()
+    try:
+        assert wa.subscribe(rx.url).status_code == 200
+        enable_voicemail(wa, ["REJECT"], upload_announcement(wa))
+        call_id = user_calls(wa, seconds=30)
+        rx.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "connect"])
+        assert wa.calls_action({"call_id": call_id, "action": "reject"}).status_code == 200
+        wa.wait_for(lambda: wa.call(call_id)["voicemail"]["phase"] == "message", what="the announcement to play")
+        wa.kill()
+        wa.start()
+        assert wa.call(call_id)["state"] == "VOICEMAIL"
+        wa.advance(30 + 15)                                # the message's deadline (n + 15 s)
+        view = wa.wait_state(call_id, "ENDED")
+        assert (view["end_reason"], view["voicemail"]["phase"], view["voicemail"]["media_id"]) == (
+            "voicemail_failed", "failed", None)
+        def terminates():
+            return [e for e in rx.call_events(call_id) if e.get("event") == "terminate"]
+        rx.wait(lambda r: terminates())
+        wa.advance(1)
+        assert len(terminates()) == 1
+        assert not [v for v in rx.values("messages") if any(m["id"] == call_id for m in v.get("messages", []))]
+    finally:
+        wa.close()
+        rx.stop()
