@@ -277,6 +277,7 @@ class MediaEngine:
             asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, user_audio)
         phone = endpoint.phone
         phone.set_up(user_audio, True)
+        phone.microphone = None           # the message is Opus (a browser in the user's place talks on)
         if self.recordings is not None and phone.recording is None:
             phone.recording = self.recordings.writer(
                 call_id, self.reporter.now,
