@@ -24,11 +24,13 @@ code     HTTP    test
 200      403     test_200_app_token_on_whatsapp_business_objects  (the app token where Meta wants a user token)
 613      429     test_613_call_permissions_more_than_5_per_second
 2200     400     test_2200_callback_verification_fails
+2635     400     test_2635_retired_graph_version                ([graph] oldest_version, v21.0 by default)
 131009   400     test_131009_voice_call_parameter_invalid
 131026   (wh)    test_131026_failed_status_webhook_for_old_client  (messages `failed` status webhook only)
 131030   400     test_131030_recipient_not_in_test_number_allow_list
 131044   400     test_131044_no_payment_method                  (+ the UIC terminate webhook errors[])
 131047   400     test_131047_outside_customer_service_window
+131053   400     test_131053_media_upload_too_large            (more Media API errors: tests/test_media_api.py)
 131055   400     test_131055_graph_calls_on_sip_enabled_number
 132001   404     test_132001_unknown_template
 138000   401     test_138000_calling_not_enabled
@@ -116,6 +118,8 @@ COVERAGE: dict[int, list[str]] = {
     138015: ["test_138015_calling_cannot_be_enabled_low_messaging_limit"],
     138017: ["test_138017_permanent_permission_exists"],
     138018: ["test_138018_no_calls_webhook_subscriber"],
+    131053: ["test_131053_media_upload_too_large"],
+    2635: ["test_2635_retired_graph_version"],
 }
 # Raised in src but not provokable through the API on purpose: code -> why.
 NOT_PROVOKABLE: dict[int, str] = {}
@@ -687,3 +691,15 @@ def test_every_graph_error_code_is_covered():
     names = {name for name, obj in globals().items() if name.startswith("test_") and callable(obj)}
     unknown = {t for tests in COVERAGE.values() for t in tests} - names
     assert not unknown, f"COVERAGE names tests that do not exist: {sorted(unknown)}"
+
+
+def test_131053_media_upload_too_large(wa):
+    response = wa.graph("POST", f"{wa.pnid}/media", files={"file": ("big.png", b"\x89PNG" + bytes(5 * 1024 * 1024),
+                                                                      "image/png")},
+                        data={"messaging_product": "whatsapp", "type": "image/png"})
+    assert_graph_error(response, 131053, 400)
+
+
+def test_2635_retired_graph_version(wa):
+    response = wa.http.get(f"{wa.url}/v20.0/{wa.pnid}/settings", headers={"Authorization": f"Bearer {wa.token}"})
+    assert_graph_error(response, 2635, 400)

@@ -798,12 +798,13 @@ def test_head_request_never_5xx(fresh):
         assert fresh.send("HEAD", path_of(object_id, edge), token=A["token"]).status_code < 500
 
 
-@pytest.mark.parametrize("version", ["v16.0", "v1.0", "v0.0", "v2.12"])
+@pytest.mark.parametrize("version", ["v20.0", "v17.0", "v16.0", "v1.0", "v0.0", "v2.12"])
 def test_old_graph_version(fresh, version):
+    """Retired versions (older than [graph] oldest_version, v21.0 by default) are refused with code 2635."""
     for method, object_id, edge in [("POST", A["number"], "calls"), ("GET", A["number"], "settings"),
                                     ("GET", "999", "")]:
         error = assert_envelope(fresh.send(method, path_of(object_id, edge), token=A["token"],
-                                           version=version), 100, status=400)
+                                           version=version), 2635, status=400)
         assert version in json.dumps(error) or "version" in json.dumps(error).lower()
 
 
@@ -816,7 +817,8 @@ def test_malformed_graph_version(fresh, version):
 
 
 def test_newer_versions_are_accepted(fresh):
-    for version in ["v17.0", "v23.0", "v26.0", "v99.9", "%76%32%33.0", "v" + "9" * 400 + ".0"]:
+    for version in ["v21.0", "v22.0", "v23.0", "v24.0", "v25.0", "v26.0", "v99.9", "%76%32%33.0",
+                    "v" + "9" * 400 + ".0"]:
         response = fresh.send("GET", f"{A['number']}/settings", token=A["token"], version=version)
         assert response.status_code == 200, (version, response.text)
 

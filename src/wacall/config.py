@@ -18,6 +18,7 @@ from .domain.model import App, PhoneNumber, User, Waba
 from .domain.pricing import DEFAULT_RATES, RateCard
 from .domain.settings import default_calling_settings
 from .domain.state import KEEP_ENDED
+from .graph.versions import GraphVersions
 from .webhooks.settings import WebhookDelivery
 
 DEFAULT_PORT = 8080          # the Graph and control APIs of the default instance
@@ -91,6 +92,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
     keep_ended: int = KEEP_ENDED  # [memory] ended calls and done messages kept in memory (older: read from the store)
+    graph: GraphVersions = field(default_factory=GraphVersions)   # [graph] the Graph API versions served
 
 
 DEFAULT_TOML = """
@@ -233,6 +235,7 @@ def build_config(raw: dict) -> Config:
                   server=_server_config(raw.get("server") or {}),
                   recordings=_recordings(raw.get("recordings") or {}),
                   keep_ended=_keep_ended(raw.get("memory") or {}),
+                  graph=GraphVersions(**_take(dict(raw.get("graph") or {}), "graph", _keys_of(GraphVersions))),
                   **_media(raw.get("media") or {}))
 
 
@@ -276,7 +279,7 @@ def _recordings(table: dict) -> RecordingsConfig:
 
 
 TOP_LEVEL = {"limits", "wabas", "numbers", "apps", "users", "pricing", "webhooks", "sip", "server", "recordings",
-             "memory", "media"}
+             "memory", "media", "graph"}
 
 
 class ConfigError(ValueError):

@@ -524,6 +524,7 @@ class Wacall:
         for call_id in list(self.platform.active_calls):
             self.media.release(call_id)
         self.store.wipe()
+        self.store.set_meta("media_url_key", self.media_library.url_key.hex())   # media URLs handed out stay valid
         self._save_certificate(self.media.certificate)    # the relay keeps it: so must a restart after the reset
         self.recordings.clear()
         self.media_library.files.clear()
@@ -558,7 +559,8 @@ class Wacall:
         assert self.dispatcher is not None
         return GraphHost(platform=self.platform, apply=self.apply, place_call=self.legs.place,
                          take_fault=self._take_fault,
-                         verify_callback=self.dispatcher.verify_callback, media=self.media_library)
+                         verify_callback=self.dispatcher.verify_callback, media=self.media_library,
+                         versions=self.config.graph)
 
     def _control_host(self) -> ControlHost:
         assert self.dispatcher is not None

@@ -50,6 +50,8 @@ CATALOGUE: dict[int, ErrorCode] = {
         ErrorCode(131047, 400, "Re-engagement message",
                   "Message failed to send because more than 24 hours have passed since the customer "
                   "last replied to this number."),
+        ErrorCode(131053, 400, "Media upload error", "Unable to upload the media used in the message."),
+        ErrorCode(2635, 400, "Deprecated API version", "You are calling a deprecated version of the Graph API."),
         ErrorCode(131055, 400, "Method not allowed",
                   "Method not allowed. Graph API calls are not allowed for SIP enabled numbers"),
         ErrorCode(138000, 401, "Calling not enabled", "Calling APIs are not enabled for this phone number"),

@@ -117,7 +117,10 @@ class MediaRules(PlatformState):
     def media_record(self, media_id: object) -> Media | None:
         """The media, if it exists and is neither deleted nor past its retention."""
         media = self._find(Media.KIND, media_id)
-        if not isinstance(media, Media) or media.deleted:
+        if not isinstance(media, Media):
+            return None
+        if media.deleted:                    # read back from the store: not kept in memory
+            self.media.pop(media.id, None)
             return None
         if media.expires_at is not None and media.expires_at <= self.now():
             return None
@@ -141,10 +144,15 @@ class MediaRules(PlatformState):
         self.put(media)
         self.media.pop(media.id, None)       # the commit persists it (dirty holds it); memory lets it go
 
+    def media_due(self) -> bool:
+        """Whether a media is past its retention (so :meth:`expire_media` has work)."""
+        now = self.now()
+        return any(m.expires_at is not None and m.expires_at <= now and not m.deleted for m in self.media.values())
+
     def expire_media(self) -> list[str]:
         """Delete every media past its retention; return their ids (the caller removes the files)."""
         now = self.now()
-        gone = [m for m in self.media.values() if m.expires_at is not None and m.expires_at <= now]
+        gone = [m for m in self.media.values() if m.expires_at is not None and m.expires_at <= now and not m.deleted]
         for media in gone:
             self.delete_media(media)
         return [m.id for m in gone]

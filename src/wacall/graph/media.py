@@ -86,7 +86,7 @@ async def read_upload(http: web.Request, media: MediaHost) -> Upload:
     except GraphError:
         upload.discard()
         raise
-    except (ValueError, AssertionError, KeyError) as exc:   # aiohttp's refusals of a malformed multipart body
+    except Exception as exc:            # aiohttp's refusals of a malformed multipart body (ValueError, ...)
         upload.discard()
         raise GraphError(100, f"The multipart body could not be parsed: {exc}.") from None
     except BaseException:

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
 
@@ -25,11 +25,10 @@ from ..domain.model import App, PhoneNumber, Waba
 from ..domain.platform import Platform
 from ..domain.state import unsupported
 from .errors import error_response, graph_json
+from .versions import GraphVersions
 from .media import DOWNLOAD_PATH, MediaHost, Upload, download_url, file_response, read_upload, store_upload
 
 log = logging.getLogger("wacall.graph")
-VERSION = re.compile(r"^v(\d+)\.(\d+)$")
-MIN_MAJOR = 17
 MESSAGING = "whatsapp_business_messaging"
 MANAGEMENT = "whatsapp_business_management"
 
@@ -44,6 +43,7 @@ class GraphHost:
     take_fault: Callable[[str], bool]                        # True (and counted) when an injected fault is due
     verify_callback: Callable[[str, str], Awaitable[None]]   # Meta's hub.challenge handshake, or GraphError 2200
     media: MediaHost | None = None                           # the Media API's files (wacall.store.mediafiles)
+    versions: GraphVersions = field(default_factory=GraphVersions)   # [graph]: the versions served
 
 
 GRAPH = web.AppKey("graph", GraphHost)
@@ -479,14 +479,7 @@ async def handle(http: web.Request) -> web.Response:
     try:
         path = http.match_info.get("path", "")
         parts = [p for p in path.split("/") if p]
-        version = http.match_info.get("version")
-        if version is not None:
-            match = VERSION.match(version)
-            if not match:
-                raise GraphError(100, f"Unknown path components: /{version}", message="Unknown path components")
-            if int(match.group(1)) < MIN_MAJOR:
-                raise GraphError(100, f"Graph API {version} is not supported for calling; use v{MIN_MAJOR}.0 or "
-                                      "later.")
+        served = host.versions.served(http.match_info.get("version"))   # or Graph's refusal (retired, unknown)
         req = await parse(host, http)
         if "object_id" in http.match_info:              # /calling/settings/{id} (seed 000's provider route)
             result = await dispatch(req, http.match_info["object_id"], "settings")
@@ -496,7 +489,9 @@ async def handle(http: web.Request) -> web.Response:
             raise GraphError(100, f"Unknown path components: /{path}", message="Unknown path components")
         else:
             result = await dispatch(req, parts[0], parts[1] if len(parts) > 1 else "")
-        return graph_json(result)
+        response = graph_json(result)
+        response.headers["facebook-api-version"] = served
+        return response
     except GraphError as error:
         return error_response(error)
     except web.HTTPRequestEntityTooLarge:

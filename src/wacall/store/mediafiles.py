@@ -216,6 +216,8 @@ class MediaLibrary:
 
     def expire(self) -> list[str]:
         """Delete the media past their retention, and their files."""
+        if not self.platform.media_due():
+            return []
         gone = self.apply(self.platform.expire_media)
         for media_id in gone:
             self.files.remove(media_id)
