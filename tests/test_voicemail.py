@@ -241,3 +241,13 @@ def test_kill_9_during_the_voicemail_ends_the_call_without_a_message(tmp_path):
     finally:
         wa.close()
         rx.stop()
+
+
+def test_cli_voicemail_choice(wa):
+    from test_cli import subprocess_cli
+    call_id = wa.user_calls(ALICE).json()["call_id"]
+    done = subprocess_cli("voicemail", call_id, "2.5", url=wa.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{call_id}: a message of 2.5 s if it goes to voicemail"
+    refused = subprocess_cli("voicemail", call_id, "500", url=wa.url)
+    assert refused.returncode != 0 and "bad_seconds" in refused.stdout + refused.stderr
