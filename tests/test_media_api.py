@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import httpx
@@ -99,6 +98,9 @@ def test_upload_get_download_delete(wa):
     got = download(wa, body["url"])
     assert got.status_code == 200 and got.content == PNG
     assert got.headers["content-type"] == "image/png"
+    head = wa.http.head(body["url"], headers={"Authorization": f"Bearer {A['token']}"})
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(PNG))
+    envelope(wa.http.post(body["url"], headers={"Authorization": f"Bearer {A['token']}"}), 100, 400)
 
     deleted = wa.graph("DELETE", media_id, token=A["token"])
     assert deleted.status_code == 200 and deleted.json() == {"success": True}
@@ -149,6 +151,11 @@ def test_size_and_type_rules(wa):
     too_big = envelope(upload(wa, b"\xff\xd8" + b"\0" * (5 * 1024 * 1024), "image/jpeg"), 131053, 400)
     assert "5242880" in too_big["error_data"]["details"]
     assert upload(wa, b"\xff\xd8" + b"\0" * (5 * 1024 * 1024 - 2), "image/jpeg").status_code == 200
+    # far too large: refused once over the limit (the rest read, not kept), the answer still arrives
+    body = wa.graph("POST", f"{A['number']}/media", token=A["token"],
+                    files={"file": ("big.png", io.BytesIO(bytes(20 * 1024 * 1024)), "image/png")},
+                    data={"messaging_product": "whatsapp"})
+    envelope(body, 131053, 400)
     # a sticker (image/webp) up to 500 KB; a document (PDF) far above an image's 5 MB
     envelope(upload(wa, b"RIFF" + b"\0" * 600 * 1024, "image/webp"), 131053, 400)
     assert upload(wa, b"%PDF-1.4\n" + b"\0" * (6 * 1024 * 1024), "application/pdf").status_code == 200
@@ -274,7 +281,8 @@ def test_pywa_uploads_downloads_and_deletes(wa):
     uploaded = client.upload_media(announcement, mime_type="audio/ogg", filename="hello.ogg")
     media_id = uploaded if isinstance(uploaded, str) else uploaded.id
     url = client.get_media_url(media_id)
-    assert url.mime_type == "audio/ogg" and url.sha256 == base64.b64encode(hashlib.sha256(announcement).digest()).decode()
+    assert url.mime_type == "audio/ogg"
+    assert url.sha256 == base64.b64encode(hashlib.sha256(announcement).digest()).decode()
     assert int(url.file_size) == len(announcement)
     assert client.get_media_bytes(url.url) == announcement
     assert client.delete_media(media_id).success is True
@@ -303,10 +311,44 @@ def test_graph_versions_configurable(tmp_path):
     wa = Wacall(config=str(config)).start()
     try:
         def get(version: str) -> httpx.Response:
-            return wa.http.get(f"{wa.url}/{version}/{wa.pnid}/settings", headers={"Authorization": f"Bearer {wa.token}"})
+            return wa.http.get(f"{wa.url}/{version}/{wa.pnid}/settings",
+                               headers={"Authorization": f"Bearer {wa.token}"})
         assert get("v19.0").status_code == 200
         upgraded = get("v18.0")                        # retired: served as the oldest version
         assert upgraded.status_code == 200 and upgraded.headers["facebook-api-version"] == "v19.0"
         envelope(get("v24.0"), 100, 400)               # newer than latest, refused
     finally:
         wa.close()
+
+
+def test_a_large_upload_and_download_are_streamed_not_held_in_memory(wa):
+    """90 MB up and down: the server's peak resident memory grows by far less than the file."""
+    def peak_kb() -> int:
+        status = Path(f"/proc/{wa.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+
+    class Zeros(io.RawIOBase):
+        left = 90 * 1024 * 1024
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            n = min(len(buffer), self.left)
+            buffer[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    before = peak_kb()
+    response = wa.graph("POST", f"{A['number']}/media", token=A["token"], data={"messaging_product": "whatsapp"},
+                        files={"file": ("big.pdf", io.BufferedReader(Zeros(), 1 << 20), "application/pdf")})
+    assert response.status_code == 200, response.text
+    info = wa.graph("GET", response.json()["id"], token=A["token"]).json()
+    assert info["file_size"] == str(90 * 1024 * 1024)
+    got = 0
+    with wa.http.stream("GET", info["url"], headers={"Authorization": f"Bearer {A['token']}"}) as download:
+        for chunk in download.iter_bytes(1 << 20):
+            assert not chunk.strip(b"\0")
+            got += len(chunk)
+    assert got == 90 * 1024 * 1024
+    assert peak_kb() - before < 24 * 1024, (before, peak_kb())

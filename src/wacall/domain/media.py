@@ -50,6 +50,20 @@ def base_type(mime_type: str) -> str:
     return mime_type.split(";", 1)[0].strip().lower()
 
 
+def size_limit(mime_type: str | None) -> int:
+    """The largest file Meta takes of this type (the largest of all for a type it does not take)."""
+    known = MEDIA_TYPES.get(base_type(mime_type or ""))
+    return known[1] if known else MAX_UPLOAD
+
+
+def too_large(mime_type: str, size: int | None = None) -> GraphError:
+    base = base_type(mime_type)
+    kind, limit = MEDIA_TYPES.get(base, ("file", MAX_UPLOAD))
+    got = f"{size} bytes" if size is not None else f"over {limit} bytes"
+    return GraphError(131053, f"Media file size ({got}) is too big; the maximum for {kind} ({base or 'any type'}) "
+                              f"is {limit} bytes.", message="Media upload error")
+
+
 def new_media_id() -> str:
     """A fresh media id: a numeric string of 15-16 digits, like Meta's (``"1037543291543636"``)."""
     return str(10 ** 14 + secrets.randbelow(9 * 10 ** 15))
@@ -78,8 +92,7 @@ def check_upload(params: dict[str, Any], mime_type: str | None, size: int, *, op
     if size <= 0:
         raise GraphError(100, "Param file must be a non-empty file.")
     if size > limit:
-        raise GraphError(131053, f"Media file size {size} bytes is too big; the maximum for {kind} "
-                                 f"({base}) is {limit} bytes.", message="Media upload error")
+        raise too_large(declared, size)
     if base == "audio/ogg" and opus is False:
         raise GraphError(131053, "audio/ogg files must hold Opus audio (OPUS codecs only; base audio/ogg "
                                  "is not supported).", message="Media upload error")

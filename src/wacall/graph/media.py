@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from aiohttp import BodyPartReader, web
 
 from ..domain.errors import GraphError
-from ..domain.media import MAX_UPLOAD, check_upload
+from ..domain.media import MAX_UPLOAD, check_upload, size_limit, too_large
 
 CHUNK = 256 * 1024
 FIELD_LIMIT = 64 * 1024          # a form field other than the file
@@ -67,12 +67,17 @@ async def read_upload(http: web.Request, media: MediaHost) -> Upload:
                 continue                       # a nested multipart: not Graph's
             if part.name == "file" and upload.incoming is None:
                 upload.file_type = part.headers.get("Content-Type")
+                declared = upload.params.get("type") or upload.file_type or ""
+                limit = size_limit(declared)       # stop writing as soon as the file is over it
                 incoming = upload.incoming = media.files.incoming()
                 while chunk := await part.read_chunk(CHUNK):
                     incoming.write(chunk)
-                    if incoming.size > MAX_UPLOAD:
-                        raise GraphError(131053, f"Media file size is too big; the largest file Graph takes is "
-                                                 f"{MAX_UPLOAD} bytes.", message="Media upload error")
+                    if incoming.size > limit:       # refused: the rest is read (so the client gets the
+                        upload.discard()            # answer, not a reset) but not kept, up to a bound
+                        drained = incoming.size
+                        while drained < 2 * MAX_UPLOAD and (chunk := await part.read_chunk(CHUNK)):
+                            drained += len(chunk)
+                        raise too_large(declared)
             else:
                 value = bytearray()
                 while chunk := await part.read_chunk(CHUNK):
