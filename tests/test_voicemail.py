@@ -200,7 +200,9 @@ def test_sip_number_voicemail(wa, receiver, tmp_path, scenario, trigger):
         audio = value["messages"][0]["audio"]
         assert audio["mime_type"] == "audio/ogg; codecs=opus"
         url = wa.graph("GET", audio["id"]).json()["url"]
-        pcm = decode_ogg_opus(wa.http.get(url, headers={"Authorization": f"Bearer {wa.token}"}).content)
+        download = wa.http.get(url, headers={"Authorization": f"Bearer {wa.token}"})
+        assert download.status_code == 200 and download.headers["Content-Type"] == "audio/ogg; codecs=opus"
+        pcm = decode_ogg_opus(download.content)
         assert abs(dominant_frequency(pcm, SAMPLE_RATE) - USER_HZ) < 5
         view = wa.call(call_id)
         assert view["voicemail"]["trigger"] == trigger and view["end_reason"] == "voicemail"
@@ -251,3 +253,18 @@ def test_cli_voicemail_choice(wa):
     assert done.stdout.strip() == f"{call_id}: a message of 2.5 s if it goes to voicemail"
     refused = subprocess_cli("voicemail", call_id, "500", url=wa.url)
     assert refused.returncode != 0 and "bad_seconds" in refused.stdout + refused.stderr
+
+
+def test_a_deleted_announcement_ends_the_voicemail_without_a_message(wa, receiver):
+    media_id = upload_announcement(wa)
+    enable_voicemail(wa, ["REJECT"], media_id)
+    assert wa.graph("DELETE", media_id).json() == {"success": True}
+    call_id = user_calls(wa)
+    receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "connect"])
+    assert wa.calls_action({"call_id": call_id, "action": "reject"}).status_code == 200
+    view = wa.wait_state(call_id, "ENDED")
+    assert (view["end_reason"], view["ended_by"], view["voicemail"]["phase"]) == ("voicemail_failed", "platform",
+                                                                                  "failed")
+    failed = [e for e in view["timeline"] if e["kind"] == "voicemail" and e.get("event") == "failed"]
+    assert failed and media_id in failed[0]["reason"]
+    receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "terminate"])
