@@ -268,3 +268,35 @@ def test_a_deleted_announcement_ends_the_voicemail_without_a_message(wa, receive
     failed = [e for e in view["timeline"] if e["kind"] == "voicemail" and e.get("event") == "failed"]
     assert failed and media_id in failed[0]["reason"]
     receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "terminate"])
+
+
+async def test_the_live_stream_shows_the_call_in_voicemail():
+    """The console's live stream (``GET /_wacall/stream``) tells the call going to voicemail and on."""
+    from support.inprocess import config
+    from test_console_stream import Events
+    from wacall.control.client import ControlClient
+    from wacall.server import Wacall as InProcess
+
+    emulator = await InProcess(config(), db=":memory:", port=0).start()
+    try:
+        info = emulator.info()
+        platform = emulator.platform
+        number, app = platform.numbers[info["phone_number_id"]], platform.apps[info["app_id"]]
+        media_id = emulator.media_library.add_media(number.id, tone_ogg(ANNOUNCEMENT_HZ, 0.5), "audio/ogg",
+                                                    use_case="call_voicemail_announcement")
+        emulator.apply(lambda: platform.update_settings(app, number, {"calling": {"voicemail": {
+            "status": "ENABLED", "triggers": ["REJECT"], "audio": {"default": {"announcement_media_id": media_id}}}}}))
+        async with ControlClient(info["control_url"]) as control:
+            call_id = await control.user_calls(ALICE, number.id)
+            await control.voicemail(call_id, 1)
+            events = Events(control, call_id)
+            await events.listening(emulator.live)
+            emulator.apply(lambda: platform.call_action(app, number, {
+                "messaging_product": "whatsapp", "call_id": call_id, "action": "reject"}))
+            _, answered = await events.until(lambda k, d: k == "call" and d["state"] == "VOICEMAIL", "voicemail")
+            assert answered["voicemail"]["trigger"] == "REJECT"
+            _, ended = await events.until(lambda k, d: k == "call" and d["state"] == "ENDED", "ended")
+            assert ended["voicemail"]["phase"] == "done" and ended["voicemail"]["seconds"] == 1
+            events.stop()
+    finally:
+        await emulator.stop()

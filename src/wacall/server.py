@@ -463,6 +463,8 @@ class Wacall:
         self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at))
         self.consumers.on(VoicemailAnswer, self._voicemail_answer)
         self.consumers.on(VoicemailRecord, lambda event: self.media.voicemail_record(event.call_id, event.seconds))
+        for event_type in (VoicemailAnswer, VoicemailRecord):      # the live stream: the call's voicemail moved on
+            self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
         for event_type in CALL_EVENTS:         # the live stream: which call changed (it reads the view itself)
             self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
 
