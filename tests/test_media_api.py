@@ -233,6 +233,46 @@ def test_files_on_disk_survive_kill_9_and_retention_removes_them(tmp_path):
         wa.close()
 
 
+def test_kill_9_mid_upload_leaves_nothing_behind(tmp_path):
+    """An upload cut by a crash was never answered: after the restart there is neither a record nor a file."""
+    import threading
+
+    db = tmp_path / "wacall.db"
+    wa = Wacall(db=str(db)).start()
+    media_dir = Path(str(db) + ".media")
+    stop = threading.Event()
+
+    def body():
+        yield (b'--b\r\nContent-Disposition: form-data; name="messaging_product"\r\n\r\nwhatsapp\r\n'
+               b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.pdf"\r\n'
+               b"Content-Type: application/pdf\r\n\r\n")
+        while not stop.is_set():
+            yield b"%" * 65536
+            stop.wait(0.01)
+
+    def send():
+        try:
+            wa.http.post(f"{wa.url}/{VERSION}/{wa.pnid}/media", content=body(),
+                         headers={"Authorization": f"Bearer {wa.token}",
+                                  "Content-Type": "multipart/form-data; boundary=b"})
+        except httpx.HTTPError:
+            pass                                     # the server died under it
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        wa.wait_for(lambda: any(p.stat().st_size > 0 for p in (media_dir / ".incoming").iterdir()),
+                    what="the upload to reach the disk")
+        wa.kill()
+        stop.set()
+        sender.join(10)
+        wa.start()
+        assert list(media_dir.iterdir()) == [media_dir / ".incoming"]
+        assert not list((media_dir / ".incoming").iterdir())
+    finally:
+        stop.set()
+        wa.close()
+
+
 def test_add_media_contract_in_process():
     """``MediaLibrary.add_media`` (what voicemail and recording publish through): webhook media, downloadable
     through the Media API, kept 7 days; ``media_bytes`` reads it back; the temporary directory of a
