@@ -1,9 +1,10 @@
 """The ``wacall`` commands that drive a running wacall from a terminal (docs/cli.md).
 
-``wacall users``, ``call``, ``answer``/``reject``/``hangup``, ``dtmf``, ``calls [--follow]``, ``clock``,
-``webhooks [--follow]``, ``trigger <scenario>``, ``config --default``, and ``--version``
+``wacall users``, ``call``, ``answer``/``reject``/``hangup``, ``dtmf``, ``voicemail``, ``calls [--follow]``,
+``clock``, ``webhooks [--follow]``, ``trigger <scenario>``, ``config --default``, and ``--version``
 (``version_option``). Every command that talks to a server reaches it at ``--url`` (or ``WACALL_URL``;
-default the local default ``http://127.0.0.1:8080``) through :class:`~wacall.control.client.ControlClient`, sending ``--token`` (or
+default the local default ``http://127.0.0.1:8080``) through :class:`~wacall.control.client.ControlClient`,
+sending ``--token`` (or
 ``WACALL_CONTROL_TOKEN``) when the server demands one. People get rich tables, scripts ``--json``. A refusal
 is one line, ``wacall: <reason>: <detail>``, and a non-zero exit status.
 
@@ -256,6 +257,16 @@ def register(app: typer.Typer) -> None:
         if as_json:
             return emit_json(sent)
         typer.echo(f"{call_id}: pressed {sent['digits']}")
+
+    @app.command()
+    def voicemail(call_id: Annotated[str, typer.Argument(help="the call id")],
+                  seconds: Annotated[float, typer.Argument(help="how long the user's message is (1-120 s)")],
+                  url: Url = DEFAULT_URL, token: Token = None, as_json: Json = False) -> None:
+        """If the user's call goes to voicemail, the user leaves a message of SECONDS."""
+        chosen = run(url, token, lambda wa: wa.voicemail(call_id, seconds))
+        if as_json:
+            return emit_json(chosen)
+        typer.echo(f"{call_id}: a message of {chosen['voicemail']['message_seconds']:g} s if it goes to voicemail")
 
     @app.command()
     def calls(follow: Follow = False, limit: Limit = 20, url: Url = DEFAULT_URL, token: Token = None,

@@ -37,7 +37,15 @@ from .console.stream import CALL_EVENTS, LiveStream
 from .control.routes import CONTROL, ControlHost, control_routes
 from .domain.clock import VirtualClock
 from .domain.ends import MediaFact
-from .domain.events import EventRegistry, MediaConfigure, MediaConnected, ReleaseMedia, SipCallChanged
+from .domain.events import (
+    EventRegistry,
+    MediaConfigure,
+    MediaConnected,
+    ReleaseMedia,
+    SipCallChanged,
+    VoicemailAnswer,
+    VoicemailRecord,
+)
 from .domain.platform import Platform
 from .graph.routes import GRAPH, GraphHost, graph_routes
 from .legs import LegOwner
@@ -45,6 +53,7 @@ from .media.audio import PreEncodedAudio
 from .media.certificate import DtlsCertificate
 from .media.engine import MediaEngine
 from .media.recording import Recordings
+from .media.voicemail import announcement_frames
 from .media.workers import MediaWorkers
 from .sip import tls
 from .sip.gateway import SipGateway, SipHost
@@ -57,6 +66,7 @@ from .webhooks.delivery import Dispatcher, outbox_rows
 log = logging.getLogger("wacall")
 T = TypeVar("T")
 MAX_BODY = 1024 * 1024
+VOICEMAIL_MIME = "audio/ogg; codecs=opus"      # Meta's voicemail sample
 SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
 
 
@@ -451,6 +461,10 @@ class Wacall:
         # (srtp_ready, dtls_role) joins that commit instead of costing a transaction of its own
         self.consumers.on(MediaConfigure, lambda event: None, prepare=self._configure_media)
         self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at))
+        self.consumers.on(VoicemailAnswer, self._voicemail_answer)
+        self.consumers.on(VoicemailRecord, lambda event: self.media.voicemail_record(event.call_id, event.seconds))
+        for event_type in (VoicemailAnswer, VoicemailRecord):      # the live stream: the call's voicemail moved on
+            self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
         for event_type in CALL_EVENTS:         # the live stream: which call changed (it reads the view itself)
             self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
 
@@ -461,6 +475,51 @@ class Wacall:
             self.media.configure(event.call_id, event.negotiated, event.user_audio, event.user_is_caller)
         except Exception as exc:
             self._consumer_failed(event, exc)
+
+    # -- voicemail: the announcement from the media store to the relay, the message back ----------------
+    def _voicemail_answer(self, event: VoicemailAnswer) -> None:
+        asyncio.get_running_loop().create_task(self._play_announcement(event))
+
+    async def _play_announcement(self, event: VoicemailAnswer) -> None:
+        """Read the business's uploaded announcement, decode it off the loop and hand the relay its frames;
+        an announcement that cannot be had (deleted, not Ogg/Opus) ends the voicemail without a message."""
+        call_id = event.call_id
+        try:
+            _mime, data = self._announcement_bytes(event.announcement_media_id)
+            frames = await asyncio.get_running_loop().run_in_executor(None, announcement_frames, data)
+        except Exception as exc:
+            reason = f"announcement {event.announcement_media_id} unusable: {type(exc).__name__}: {exc}"
+            self.apply(lambda: self.platform.voicemail_failed(call_id, reason))
+            return
+        if not self.media.voicemail_answer(call_id, frames, event.user_audio):
+            self.apply(lambda: self.platform.voicemail_failed(call_id, "the call's media leg is gone"))
+
+    def _announcement_bytes(self, media_id: str) -> tuple[str, bytes]:
+        return self.media_library.media_bytes(media_id)
+
+    def _publish_voicemail(self, phone_number_id: str, ogg: bytes) -> tuple[str, str]:
+        """The message as webhook media (kept 7 days): its media id and base64 SHA-256."""
+        media_id = self.media_library.add_media(phone_number_id, ogg, VOICEMAIL_MIME)
+        media = self.platform.media_record(media_id)
+        return media_id, media.sha256 if media is not None else ""
+
+    def voicemail_heard(self, call_id: str) -> None:
+        self.apply(lambda: self.platform.voicemail_heard(call_id))
+
+    def voicemail_recorded(self, call_id: str, ogg: bytes, seconds: float) -> None:
+        """The relay recorded the user's message: publish it in the media store (downloadable through the
+        Media API), then the domain ends the call and sends the audio message."""
+        call = self.platform.active_calls.get(call_id)
+        if call is None:                     # the user hung up meanwhile: nothing is published
+            return
+        try:
+            media_id, sha256 = self._publish_voicemail(call.phone_number_id, ogg)
+        except Exception as exc:
+            reason = f"the message could not be stored: {type(exc).__name__}: {exc}"
+            self.apply(lambda: self.platform.voicemail_failed(call_id, reason))
+            return
+        self.apply(lambda: self.platform.voicemail_left(call_id, media_id=media_id, sha256=sha256,
+                                                        mime_type=VOICEMAIL_MIME, seconds=seconds))
 
     async def reset(self) -> None:
         """Back to the configured start: state, outbox, clock and media all cleared."""

@@ -135,6 +135,10 @@ class ControlClient:
     async def dtmf(self, call_id: str, digits: str) -> dict:
         return await self.request("POST", f"calls/{call_id}/dtmf", {"digits": digits})
 
+    async def voicemail(self, call_id: str, seconds: float) -> dict:
+        """If the call goes to voicemail, the user leaves a message of ``seconds``."""
+        return await self.request("POST", f"calls/{call_id}/voicemail", {"seconds": seconds})
+
     async def webhooks(self, call_id: str | None = None, limit: int = 200) -> list[dict]:
         return (await self.request("GET", "webhooks", call_id=call_id, limit=limit))["data"]
 

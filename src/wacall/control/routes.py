@@ -98,6 +98,15 @@ def handler(fn, key: web.AppKey = CONTROL):
     return wrapped
 
 
+def _voicemail_view(voicemail: dict | None) -> dict | None:
+    """What the platform's voicemail did on a call (None: it never went there): the trigger, the message's
+    media id and length (None until a message was left), and where it got to."""
+    if not voicemail or not voicemail.get("trigger"):
+        return None
+    return {"trigger": voicemail["trigger"], "media_id": voicemail.get("media_id"),
+            "seconds": voicemail.get("seconds"), "phase": voicemail.get("phase")}
+
+
 async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True, with_timeline: bool = True) -> dict:
     """A call as ``GET /_wacall/calls/{call_id}`` shows it; without its timeline for the live stream (an
     ended call's final media statistics are still read from it, one entry)."""
@@ -116,6 +125,7 @@ async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True,
         "biz_opaque_callback_data": call.biz_opaque_callback_data, "cta_payload": call.cta_payload,
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
         "sip": call.sip,                   # the SIP dialog as persisted (restored after a restart)
+        "voicemail": _voicemail_view(call.voicemail),
     }
     if with_timeline:
         view["timeline"] = host.timeline(call.id) + host.platform.pending_notes(call.id)
@@ -314,7 +324,7 @@ async def user_permission_replies(host: ControlHost, request: web.Request) -> we
     return ok(result)
 
 
-CALL_LIST_STATES = {"live", "RINGING", "PRE_ACCEPTED", "ACCEPTED", "ENDED"}
+CALL_LIST_STATES = {"live", "RINGING", "PRE_ACCEPTED", "ACCEPTED", "VOICEMAIL", "ENDED"}
 
 
 @handler
@@ -352,6 +362,18 @@ async def call_action(host: ControlHost, request: web.Request) -> web.Response:
         raise ControlError("bad_action", "action must be answer, reject or hangup", 404)
     host.apply(lambda: operation(found))
     return ok(await call_view(host, call_id, with_webhooks=False))
+
+
+@handler
+async def call_voicemail(host: ControlHost, request: web.Request) -> web.Response:
+    """The user's choice if the call goes to voicemail: ``{"seconds": n}`` leaves a message of n seconds
+    (before the voicemail answers, or while its announcement plays). Hanging up is ``.../hangup``."""
+    call_id = request.match_info["call_id"]
+    seconds = (await body_of(request)).get("seconds")
+    found = host.platform.call(call_id)
+    if found is None:
+        raise ControlError("unknown_call", f"no call {call_id}", 404)
+    return ok({"voicemail": host.apply(lambda: host.platform.user_voicemail_choice(found, seconds))})
 
 
 @handler
@@ -546,6 +568,7 @@ def control_routes(app: web.Application) -> None:
     r.add_get("/_wacall/calls", calls)
     r.add_get("/_wacall/calls/{call_id}", call)
     r.add_post("/_wacall/calls/{call_id}/dtmf", call_dtmf)
+    r.add_post("/_wacall/calls/{call_id}/voicemail", call_voicemail)
     r.add_get("/_wacall/calls/{call_id}/recording.wav", call_recording)
     r.add_post("/_wacall/calls/{call_id}/{action}", call_action)
     r.add_get("/_wacall/webhooks", webhooks)

@@ -2,6 +2,8 @@
 
 User-initiated (UIC):  RINGING --pre_accept--> PRE_ACCEPTED --accept--> ACCEPTED --terminate--> ENDED
                        RINGING/PRE_ACCEPTED --reject | user hangs up | accept window passes--> ENDED
+                       RINGING/PRE_ACCEPTED --reject | timeout_seconds pass (voicemail on)--> VOICEMAIL
+                       VOICEMAIL --announcement played, message recorded | user hangs up | stalls--> ENDED
 Business-initiated (BIC): connect --> RINGING --user answers--> ACCEPTED --terminate/hangup--> ENDED
                        RINGING --user rejects | ring timeout | business terminates--> ENDED
 """
@@ -24,8 +26,11 @@ from .events import (
     CallTerminate,
     MediaConfigure,
     MediaConnected,
+    InboundMessage,
     ReleaseMedia,
     SipCallChanged,
+    VoicemailAnswer,
+    VoicemailRecord,
 )
 from .limits import BIC_UNAVAILABLE_COUNTRIES, DAY, version_at_least
 from .model import (
@@ -35,6 +40,7 @@ from .model import (
     PRE_ACCEPTED,
     RINGING,
     USER_INITIATED,
+    VOICEMAIL,
     Call,
     Message,
     Pair,
@@ -59,6 +65,14 @@ UNCALLABLE_PLATFORMS = {"web", "desktop"}
 ENTRY_POINTS = ("call_icon", "call_button", "deeplink", "call_log")
 #: the calling webhooks a SIP call sends with ``calling.sip.webhook_delivery`` ENABLED, by the Graph event
 _SIP_WEBHOOKS: dict[type, type] = {CallConnect: CallCreated, CallTerminate: CallTerminate}
+
+# voicemail (docs/fidelity.md, "Voicemail"): what the user says when it leaves a message and nobody chose
+# otherwise, the longest message the control API accepts, and how long past what the relay should take
+# the platform waits for it before giving the voicemail up (best effort: then no message is sent)
+VOICEMAIL_DEFAULT_MESSAGE_SECONDS = 5.0
+VOICEMAIL_MAX_MESSAGE_SECONDS = 120.0
+VOICEMAIL_ANNOUNCEMENT_MAX_SECONDS = 60.0
+VOICEMAIL_GRACE_SECONDS = 15.0
 
 
 def _zone(name: str) -> dt.tzinfo:
@@ -347,6 +361,9 @@ class CallRules(PlatformState):
         if call.direction == BUSINESS_INITIATED and call.state == RINGING:
             return self.user_rejects(call)
         self.note(call, "user", action="hangup")
+        if call.state == VOICEMAIL:               # before the message was complete: no message is sent
+            self.note(call, "voicemail", event="abandoned", phase=call.voicemail.get("phase"))
+            call.voicemail = {**call.voicemail, "phase": "abandoned"}
         self._end(call, status="COMPLETED", reason="user_hangup", by="user")
 
     def _unanswered(self, call: Call) -> None:
@@ -376,6 +393,10 @@ class CallRules(PlatformState):
                                    f"({call.end_reason}).")
         if call.state == ACCEPTED:
             return GraphError(100, f"Cannot {action} call {call.id}: the call is already in progress.")
+        if call.state == VOICEMAIL:
+            trigger = (call.voicemail or {}).get("trigger")
+            why = "rejected" if trigger == "REJECT" else "not answered in time"
+            return GraphError(100, f"Cannot {action} call {call.id}: the call was {why} and went to voicemail.")
         return GraphError(100, f"Cannot {action} call {call.id} in state {call.state}.")
 
     def _uic_only(self, call: Call, action: str) -> None:
@@ -411,10 +432,12 @@ class CallRules(PlatformState):
         self._uic_only(call, "reject")
         if call.state not in (RINGING, PRE_ACCEPTED):
             raise self._not_in_state(call, "reject")
+        if self._to_voicemail(call, number, "REJECT"):
+            return
         self._end(call, status="COMPLETED", reason="rejected", by="business")
 
     def business_terminate(self, call: Call, number: PhoneNumber, body: dict) -> None:
-        if call.state == ENDED:
+        if call.state in (ENDED, VOICEMAIL):
             raise self._not_in_state(call, "terminate")
         was_ringing_bic = call.direction == BUSINESS_INITIATED and call.state == RINGING
         self._end(call, status="COMPLETED", reason="completed" if call.accepted_at else "cancelled",
@@ -475,11 +498,120 @@ class CallRules(PlatformState):
             self.emit(ReleaseMedia(call.id))
             return call
         call.deadline, call.deadline_kind = now + self.limits.uic_accept_window_seconds, "accept_timeout"
+        plan = self._voicemail_plan(call, number, "TIMEOUT")
+        if plan is not None and now + plan["timeout_seconds"] < call.deadline:
+            call.deadline, call.deadline_kind = now + plan["timeout_seconds"], "voicemail_timeout"
         self._set_state(call, RINGING, direction=USER_INITIATED)
         self._emit_call(call, CallConnect(call.id))
         if number.calling.get("callback_permission_status") == "ENABLED" and user.device == "primary":
             self.permission_rules.grant_callback_permission(pair, call)
         return call
+
+    # -- voicemail: the platform answers a user's call the business rejected or left unanswered -------
+    def _voicemail_plan(self, call: Call, number: PhoneNumber, trigger: str) -> dict | None:
+        """The number's voicemail for ``trigger``, or None (user-initiated calls, Graph or SIP signalled)."""
+        if call.direction != USER_INITIATED:
+            return None
+        return calling_settings.voicemail_plan(number.calling, trigger)
+
+    def _to_voicemail(self, call: Call, number: PhoneNumber, trigger: str) -> bool:
+        """The platform answers ``call`` itself (``REJECT``/``TIMEOUT``): the relay plays the announcement to
+        the user. False (nothing changed) when the number has no voicemail for ``trigger``."""
+        plan = self._voicemail_plan(call, number, trigger)
+        if plan is None:
+            return False
+        now = self.now()
+        chosen = (call.voicemail or {}).get("message_seconds")
+        call.voicemail = {"trigger": trigger, "media_id": None, "seconds": None, "phase": "announcement",
+                          "announcement_media_id": plan["announcement_media_id"], "started_at": now,
+                          "message_seconds": chosen}
+        call.deadline = now + VOICEMAIL_ANNOUNCEMENT_MAX_SECONDS + VOICEMAIL_GRACE_SECONDS
+        call.deadline_kind = "voicemail_announcement"
+        self.note(call, "voicemail", event="answered", trigger=trigger,
+                  announcement_media_id=plan["announcement_media_id"])
+        self._set_state(call, VOICEMAIL, trigger=trigger)
+        if call.signalling == "sip":               # the gateway CANCELs an INVITE still pending (TIMEOUT)
+            self.emit(SipCallChanged(call.id))
+        self.emit(VoicemailAnswer(call.id, plan["announcement_media_id"],
+                                  self.behaviour.voice(self.users.get(call.wa_id))))
+        return True
+
+    def _voicemail_timeout(self, call: Call) -> None:
+        """``timeout_seconds`` passed without an accept or a reject: voicemail, if still configured; else the
+        call waits out the ordinary accept window."""
+        if call.state not in (RINGING, PRE_ACCEPTED):
+            return
+        if self._to_voicemail(call, self.numbers[call.phone_number_id], "TIMEOUT"):
+            return
+        call.deadline = call.created_at + self.limits.uic_accept_window_seconds
+        call.deadline_kind = "accept_timeout"
+        self.put(call)
+
+    def _in_voicemail(self, call_id: str, phase: str) -> Call | None:
+        call = self.active_calls.get(call_id)
+        if call is None or call.state != VOICEMAIL or (call.voicemail or {}).get("phase") != phase:
+            return None
+        return call
+
+    def user_voicemail_choice(self, call: Call, seconds: Any) -> dict:
+        """The user's choice (control API): if the call goes to voicemail (or while its announcement plays),
+        leave a message of ``seconds``. (Hanging up instead is ``user_hangs_up``.)"""
+        if call.direction != USER_INITIATED:
+            raise ControlError("wrong_direction", "only a call the user placed goes to voicemail")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+                not 1 <= seconds <= VOICEMAIL_MAX_MESSAGE_SECONDS:
+            raise ControlError("bad_seconds", f"seconds must be a number from 1 to "
+                                              f"{VOICEMAIL_MAX_MESSAGE_SECONDS:g}", 400)
+        if call.state == ENDED:
+            raise ControlError("call_ended", f"call {call.id} has already ended")
+        phase = (call.voicemail or {}).get("phase")
+        if call.state == ACCEPTED or (call.state == VOICEMAIL and phase != "announcement"):
+            raise ControlError("too_late", f"call {call.id} is past the point where the user chooses a message")
+        call.voicemail = {**(call.voicemail or {}), "message_seconds": float(seconds)}
+        self.note(call, "user", action="voicemail_choice", seconds=float(seconds))
+        self.put(call)
+        return dict(call.voicemail)
+
+    def voicemail_heard(self, call_id: str) -> None:
+        """The relay played the whole announcement: the user now speaks its message."""
+        call = self._in_voicemail(call_id, "announcement")
+        if call is None:
+            return
+        seconds = (call.voicemail or {}).get("message_seconds") or VOICEMAIL_DEFAULT_MESSAGE_SECONDS
+        call.voicemail = {**call.voicemail, "phase": "message"}
+        call.deadline, call.deadline_kind = self.now() + seconds + VOICEMAIL_GRACE_SECONDS, "voicemail_message"
+        self.note(call, "voicemail", event="announcement_played", message_seconds=seconds)
+        self.put(call)
+        self.emit(VoicemailRecord(call.id, seconds))
+
+    def voicemail_left(self, call_id: str, *, media_id: str, sha256: str, mime_type: str, seconds: float) -> None:
+        """The user's message is recorded and published as media ``media_id``: the user hangs up, and the
+        business gets it as an audio message on ``messages`` whose id is the call's wacid."""
+        call = self._in_voicemail(call_id, "message")
+        if call is None:
+            return
+        call.voicemail = {**call.voicemail, "phase": "done", "media_id": media_id, "seconds": round(seconds, 2)}
+        self.note(call, "voicemail", event="message_left", media_id=media_id, seconds=round(seconds, 2))
+        self._end(call, status="COMPLETED", reason="voicemail", by="user")
+        now = self.now()
+        message = Message(id=call.id, phone_number_id=call.phone_number_id, wa_id=call.wa_id, direction="inbound",
+                          type="audio", kind="voicemail", created_at=now, status="received",
+                          body={"audio": {"id": media_id, "sha256": sha256, "mime_type": mime_type}})
+        self.put(message)
+        pair = self.pair(call.phone_number_id, call.wa_id)
+        pair.window_opened_at = now            # a message from the user opens the customer service window
+        self.put(pair)
+        self.emit(InboundMessage(message.id))
+
+    def voicemail_failed(self, call_id: str, reason: str) -> None:
+        """The voicemail could not be collected (announcement unreadable, the relay gone, nothing in time):
+        best effort, as Meta's: the call ends and no message is sent."""
+        call = self.active_calls.get(call_id)
+        if call is None or call.state != VOICEMAIL:
+            return
+        call.voicemail = {**call.voicemail, "phase": "failed"}
+        self.note(call, "voicemail", event="failed", reason=reason)
+        self._end(call, status="COMPLETED", reason="voicemail_failed", by="platform")
 
     # -- what the media plane reports -------------------------------------------------------------
     def media_note(self, call_id: str, kind: str, **data) -> None:
@@ -522,6 +654,10 @@ class CallRules(PlatformState):
                 self.note(call, "user", action="not_answered")
                 self._end(call, status="COMPLETED", reason="not_answered", by="platform")
                 self._unanswered(call)
+            elif kind == "voicemail_timeout":
+                self._voicemail_timeout(call)
+            elif kind in ("voicemail_announcement", "voicemail_message"):
+                self.voicemail_failed(call.id, f"the voicemail {kind.split('_')[1]} did not finish in time")
             elif kind == "accept_timeout":
                 self._end(call, status="FAILED", reason="not_answered", by="platform",
                           errors=[GraphError(138007, "Business did not accept the call within the accept "

@@ -101,8 +101,25 @@ class MediaConnected:
     at: float
 
 
+@dataclass
+class VoicemailAnswer:
+    """The platform answers a user's call for voicemail: the relay plays the business's announcement
+    (the uploaded media ``announcement_media_id``) to the user, whose phone says ``user_audio`` later."""
+    call_id: str
+    announcement_media_id: str
+    user_audio: str = "silence"
+
+
+@dataclass
+class VoicemailRecord:
+    """The announcement has played: the relay takes ``seconds`` of what the user says as the message."""
+    call_id: str
+    seconds: float
+
+
 Event = (CallConnect | CallStatus | CallTerminate | CallCreated | PermissionReply | MessageStatus
-         | SettingsUpdate | InboundMessage | SipCallChanged | ReleaseMedia | MediaConfigure | MediaConnected)
+         | SettingsUpdate | InboundMessage | SipCallChanged | ReleaseMedia | MediaConfigure | MediaConnected
+         | VoicemailAnswer | VoicemailRecord)
 
 
 class EventRegistry:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 RINGING = "RINGING"            # UIC: connect webhook sent, waiting for the business; BIC: user's phone rings
 PRE_ACCEPTED = "PRE_ACCEPTED"  # UIC only: business pre-accepted, user sees "Ringing"
 ACCEPTED = "ACCEPTED"          # connected: media may flow, duration runs
+VOICEMAIL = "VOICEMAIL"        # UIC only: rejected or not answered in time, the platform answered (voicemail)
 ENDED = "ENDED"
 
 USER_INITIATED = "USER_INITIATED"
@@ -217,6 +218,9 @@ class Call(Record):
     # relay carries the call on; opaque to the rules
     media: dict | None = None
     sip: dict | None = None              # the SIP dialog's state (gateway.Dialog.state()): restored on restart
+    # the platform's voicemail on a user-initiated call (domain.calls): {"trigger", "media_id", "seconds",
+    # "phase", "announcement_media_id", "message_seconds", "started_at"}; None when it never went there
+    voicemail: dict | None = None
 
     @property
     def key(self) -> str:

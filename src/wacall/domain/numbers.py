@@ -7,12 +7,13 @@ import re
 import secrets
 import string
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from . import settings as calling_settings
 from .errors import GraphError
 from .events import SettingsUpdate
-from .model import BUSINESS_INITIATED, USER_INITIATED, App, PhoneNumber
+from .media import ANNOUNCEMENT
+from .model import BUSINESS_INITIATED, USER_INITIATED, App, Media, PhoneNumber
 from .state import PlatformState
 
 NON_CALLING_FEATURES = {"storage_configuration", "user_identity_change", "payload_encryption", "payments"}
@@ -23,7 +24,14 @@ def sip_password() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(32))
 
 
+class MediaLookup(Protocol):
+    """What the settings rules need from the media rules (``MediaRules``): the voicemail announcement."""
+
+    def media_record(self, media_id: object) -> Media | None: ...
+
+
 class NumberRules(PlatformState):
+    media_rules: MediaLookup             # set by Platform (itself)
     def get_settings(self, number: PhoneNumber, include_sip_credentials: bool) -> dict:
         now = self.now()
         restrictions = [dict(r, expiration=int(r["expiration"])) for r in number.restrictions
@@ -45,6 +53,9 @@ class NumberRules(PlatformState):
         today = datetime.fromtimestamp(self.now(), timezone.utc).date()
         new, changed = calling_settings.apply_calling_update(number.calling, body["calling"], app_id=app.id,
                                                              today=today)
+        announcement = calling_settings.voicemail_announcement(new)
+        if announcement is not None and announcement != calling_settings.voicemail_announcement(number.calling):
+            self._check_announcement(number, announcement)
         if new.get("status") == "ENABLED":
             if number.messaging_limit < self.limits.min_messaging_limit_for_calling and not number.is_test_number:
                 raise GraphError(138015, f"Check and make sure messaging limit on your phone number is "
@@ -59,6 +70,16 @@ class NumberRules(PlatformState):
         self.emit(SettingsUpdate(number.id, self.now(),
                                  calling_changed=bool(set(changed) & calling_settings.WEBHOOK_OBSERVED_KEYS)))
         return {"success": True}
+
+    def _check_announcement(self, number: PhoneNumber, media_id: str) -> None:
+        """A voicemail announcement being set must be media of this WABA uploaded as one
+        (``use_case=call_voicemail_announcement``; docs/fidelity.md, "Voicemail")."""
+        media = self.media_rules.media_record(media_id)
+        owner = self.numbers.get(media.phone_number_id) if media is not None else None
+        if media is None or owner is None or owner.waba_id != number.waba_id or media.use_case != ANNOUNCEMENT:
+            raise GraphError(100, "Param calling[voicemail][audio][default][announcement_media_id] must be the id "
+                                  "of media uploaded with use_case call_voicemail_announcement - got "
+                                  f"\"{media_id}\".")
 
     def _calls_subscriber(self, waba_id: str) -> bool:
         waba = self.wabas[waba_id]

@@ -10,7 +10,8 @@ other rule classes as a ``typing.Protocol`` attribute, never through the inherit
   permission) and ``CallRules.message_rules: MessageTimers`` (a message's timer is due);
 - ``MessageRules.permission_rules: MessagePermissions`` (check, count and answer a call permission
   request);
-- ``PermissionRules``, ``NumberRules`` and ``MediaRules`` need nothing but the state; ``SipRules`` is ``CallRules``
+- ``NumberRules.media_rules: MediaLookup`` (the voicemail announcement a setting names);
+- ``PermissionRules`` and ``MediaRules`` need nothing but the state; ``SipRules`` is ``CallRules``
   spoken over SIP (it extends it).
 
 ``Platform`` is all of them in one object, so it is its own collaborator: it wires those attributes
@@ -37,9 +38,11 @@ class Platform(SipRules, CallRules, PermissionRules, MessageRules, NumberRules, 
     # base classes declare (CallPermissions and MessagePermissions; MessageTimers).
     permission_rules: PermissionRules
     message_rules: MessageRules
+    media_rules: MediaRules
 
     def __init__(self, clock: VirtualClock, limits: Limits, rate_card: RateCard | None = None,
                  archive: Archive | None = None, behaviour: UserBehaviour | None = None) -> None:
         super().__init__(clock, limits, rate_card, archive, behaviour)
         self.permission_rules = self
         self.message_rules = self
+        self.media_rules = self

@@ -110,6 +110,8 @@ __all__ = [
     "sip_servers",
     "srtp_protocol",
     "additional_codecs",
+    "voicemail_plan",
+    "voicemail_announcement",
 ]
 
 WEBHOOK_OBSERVED_KEYS = frozenset(
@@ -483,6 +485,18 @@ def _validate_voicemail(value: Any, current: dict | None) -> dict:
             stored_audio["default"] = stored_default
         new["audio"] = stored_audio
     new.setdefault("status", "DISABLED")
+    if new["status"] == "ENABLED":      # what Meta requires of an enabled voicemail, on the merged result
+        if "triggers" not in new:
+            raise _bad(f"The parameter {path}[triggers] is required.")
+        if not new["triggers"]:
+            raise _bad(f"Param {path}[triggers] must contain at least one of {{REJECT, TIMEOUT}}.")
+        default = (new.get("audio") or {}).get("default")
+        if default is None:
+            raise _bad(f"The parameter {path}[audio][default] is required.")
+        if "announcement_media_id" not in default:
+            raise _bad(f"The parameter {path}[audio][default][announcement_media_id] is required.")
+        if "TIMEOUT" in new["triggers"] and "timeout_seconds" not in default:
+            raise _bad(f"The parameter {path}[audio][default][timeout_seconds] is required.")
     return new
 
 
@@ -663,3 +677,26 @@ def srtp_protocol(stored: dict) -> str:
 def additional_codecs(stored: dict) -> list[str]:
     """G.711 codecs offered besides Opus (``[]`` = Opus only)."""
     return list((stored.get("audio") or {}).get("additional_codecs") or [])
+
+
+def voicemail_plan(stored: dict, trigger: str) -> dict | None:
+    """What the platform does when a user's call meets ``trigger`` (``REJECT`` or ``TIMEOUT``):
+    ``{"announcement_media_id", "timeout_seconds"}`` when voicemail is enabled for that trigger on a number
+    with calling enabled (Meta: otherwise the setting is ignored), else None."""
+    if stored.get("status") != "ENABLED":
+        return None
+    voicemail = stored.get("voicemail") or {}
+    if voicemail.get("status") != "ENABLED" or trigger not in (voicemail.get("triggers") or []):
+        return None
+    default = (voicemail.get("audio") or {}).get("default") or {}
+    if default.get("announcement_media_id") is None:
+        return None
+    return {"announcement_media_id": str(default["announcement_media_id"]),
+            "timeout_seconds": int(default.get("timeout_seconds") or 0)}
+
+
+def voicemail_announcement(stored: dict) -> str | None:
+    """The announcement media id the voicemail setting names (enabled or not), as a string."""
+    default = (((stored.get("voicemail") or {}).get("audio") or {}).get("default") or {})
+    media = default.get("announcement_media_id")
+    return None if media is None else str(media)

@@ -14,12 +14,15 @@ from .calls import CallRules
 from .ends import SIP_DIALOG_FAILED, UNKNOWN_NUMBER, SipRefusal, failure_code, refusal_for
 from .errors import GraphError
 from .identity import identity, is_bsuid, is_parent_bsuid
-from .model import ENDED, PRE_ACCEPTED, RINGING, Call, PhoneNumber
+from .model import ENDED, PRE_ACCEPTED, RINGING, VOICEMAIL, Call, PhoneNumber
 from .phone import ascii_digits
 from .sdp import LocalMedia
 from . import settings as calling_settings
 
 MESSAGING = "whatsapp_business_messaging"
+#: final responses that are the business rejecting a user's call (voicemail's REJECT trigger): Busy Here,
+#: Busy Everywhere, Decline (RFC 3261 §21.4.24, §21.6.1, §21.6.2); other failures are not a rejection
+SIP_REJECTS = frozenset({486, 600, 603})
 
 
 def not_acceptable_hint(calling: dict) -> str:
@@ -130,6 +133,8 @@ class SipRules(CallRules):
     def sip_business_declines(self, call: Call, status: int, reason: str) -> None:
         if call.state in (RINGING, PRE_ACCEPTED):
             self.note(call, "sip", event="declined", status=status, reason=reason)
+            if status in SIP_REJECTS and self._to_voicemail(call, self.numbers[call.phone_number_id], "REJECT"):
+                return
             self._end(call, status="COMPLETED", reason="rejected", by="business")
 
     def sip_business_hangs_up(self, call: Call) -> None:
@@ -145,6 +150,9 @@ class SipRules(CallRules):
     def sip_call_failed(self, call: Call, reason: str) -> None:
         """The SIP dialog itself failed (no ACK, unreachable server, bad SDP in a 200 OK)."""
         code = failure_code(SIP_DIALOG_FAILED)
+        if call.state == VOICEMAIL:          # the business's late answer failed; the voicemail goes on
+            self.note(call, "sip", event="dialog_failed", reason=reason)
+            return
         if call.state != ENDED:
             self.note(call, "sip", event="dialog_failed", reason=reason)
             self._end(call, status="FAILED", reason=f"sip: {reason}", by="platform",

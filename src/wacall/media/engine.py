@@ -25,6 +25,7 @@ from .leg import MediaLeg
 from .ports import BIND_RETRY_SECONDS, PortSocket, Ports
 from .recording import Recordings
 from .relay import RelayEndpoint, Reporter
+from .voicemail import VoicemailMachine, ogg_opus
 
 log = logging.getLogger("wacall.media")
 TICK = 0.020
@@ -42,6 +43,12 @@ class _Silent:
         pass
 
     def persist(self, call_id: str, state: dict) -> None:
+        pass
+
+    def voicemail_heard(self, call_id: str) -> None:
+        pass
+
+    def voicemail_recorded(self, call_id: str, ogg: bytes, seconds: float) -> None:
         pass
 
     def now(self) -> float:
@@ -257,6 +264,47 @@ class MediaEngine:
                 call_id, self.reporter.now,
                 on_error=lambda reason: self.reporter.note(call_id, "recording_failed", reason=reason))
         endpoint.configure(negotiated, user_audio, user_is_caller=user_is_caller)
+
+    # -- the platform's voicemail (wacall.media.voicemail) ---------------------------------------------
+    def voicemail_answer(self, call_id: str, announcement: list[bytes], user_audio: str) -> bool:
+        """The platform answers ``call_id`` in the business's place: the user hears ``announcement`` (20 ms
+        Opus frames; also in the user's recording), then :meth:`voicemail_record` takes its message.
+        False when the call has no leg here."""
+        endpoint = self.endpoints.get(call_id)
+        if endpoint is None or endpoint.closed:
+            return False
+        if not PreEncodedAudio.cached(user_audio):      # the user's message source, encoded off the loop
+            asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, user_audio)
+        phone = endpoint.phone
+        phone.set_up(user_audio, True)
+        phone.microphone = None           # the message is Opus (a browser in the user's place talks on)
+        if self.recordings is not None and phone.recording is None:
+            phone.recording = self.recordings.writer(
+                call_id, self.reporter.now,
+                on_error=lambda reason: self.reporter.note(call_id, "recording_failed", reason=reason))
+        phone.answered_at = phone.answered_at or self.reporter.now()
+        reporter = self.reporter
+
+        def recorded(frames: list[bytes]) -> None:
+            seconds = len(frames) / 50.0
+
+            def done(future: asyncio.Future) -> None:
+                if future.exception() is not None:
+                    reporter.note(call_id, "voicemail_encode_failed", reason=str(future.exception()))
+                else:
+                    reporter.voicemail_recorded(call_id, future.result(), seconds)
+            asyncio.get_running_loop().run_in_executor(None, ogg_opus, frames).add_done_callback(done)
+
+        endpoint.take_over(VoicemailMachine(phone, announcement, heard=lambda: reporter.voicemail_heard(call_id),
+                                            recorded=recorded))
+        self._ensure_ticker()
+        return True
+
+    def voicemail_record(self, call_id: str, seconds: float) -> None:
+        """The user speaks its message for ``seconds`` (the announcement has played)."""
+        endpoint = self.endpoints.get(call_id)
+        if endpoint is not None and endpoint.voicemail is not None:
+            endpoint.voicemail.record(seconds)
 
     def call_connected(self, call_id: str, at: float) -> None:
         if (endpoint := self.endpoint(call_id)) is not None:

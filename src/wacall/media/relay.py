@@ -62,6 +62,8 @@ class Reporter(Protocol):
     def now(self) -> float: ...
     def timeouts(self) -> tuple[float, float]: ...   # (no media at start, silence mid-call); 0 = off
     def persist(self, call_id: str, state: dict) -> None: ...   # merged into the call's saved media state
+    def voicemail_heard(self, call_id: str) -> None: ...     # the voicemail announcement has played
+    def voicemail_recorded(self, call_id: str, ogg: bytes, seconds: float) -> None: ...   # the user's message
 
 
 class RelayEndpoint:
@@ -110,6 +112,8 @@ class RelayEndpoint:
         self.fast: Any = None          # [fastpath] a media.fastpath.FastLeg while the compiled path carries this leg
         # the other leg of a bridge (wacall.media.bridge: a browser in the user's place); bridged legs stay in Python
         self.partner: RelayEndpoint | None = None
+        # the platform's voicemail in the business's place (wacall.media.voicemail): it alone talks to the phone
+        self.voicemail: Any = None
 
     # -- plumbing ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -194,6 +198,14 @@ class RelayEndpoint:
         self.dtls = DtlsSrtpSession(self.certificate, role=n.dtls_role or "server",
                                     remote_fingerprint=n.remote_fingerprint or "")
         self.reporter.note(self.call_id, "dtls_role", role=n.dtls_role)
+
+    def take_over(self, machine: Any) -> None:
+        """The platform's voicemail (a ``wacall.media.voicemail.VoicemailMachine``) takes the business's
+        place: nothing more goes to the business, and the machine is ticked instead."""
+        if self.fast is not None:                           # [fastpath] back to Python for the rest of the call
+            self.fast.release()
+        self.voicemail = machine
+        self.sending = False
 
     # -- receiving ------------------------------------------------------------------------------
     def receive(self, data: bytes, addr: Addr, sock: PortSocket) -> None:
@@ -361,6 +373,8 @@ class RelayEndpoint:
         if len(self.stats.sources) > 1:
             self._note_once("multiple_ssrcs", ssrcs=sorted(self.stats.ssrcs_seen))
         codec = self._codec_by_pt.get(payload_type)
+        if self.voicemail is not None:
+            return                             # the business left the call: the voicemail talks to the user now
         if codec is not None:
             phone.hear(codec, plain)
         elif payload_type == self._te_pt:
@@ -387,6 +401,10 @@ class RelayEndpoint:
 
     def tick(self, now: float) -> None:
         """One 20 ms interval: the user's microphone and DTMF, and RTCP every few seconds."""
+        if self.voicemail is not None:
+            if not self.closed:
+                self.voicemail.tick()
+            return
         if self.closed or self.srtp is None or self._remote_sock is None or self.negotiated is None:
             return
         phone = self.phone

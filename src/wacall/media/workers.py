@@ -9,10 +9,11 @@ The two sides talk over the child's stdin/stdout, one JSON object per line:
 
 - main → worker: ``{"op": "certificate" | "allocate" | "restore" | "configure" | "connected" | "dtmf" |
   "release" | "view" | "stats" | "recording" | "clock" | "check" | "attach_browser" | "connect_browser" |
-  "detach_browser", ...}``; operations that answer carry
+  "detach_browser" | "voicemail_answer" | "voicemail_record", ...}``; operations that answer carry
   an ``id``.
 - worker → main: ``{"re": id, "value": ...}`` answers, and the relay's reports
-  ``{"report": "note" | "ended" | "persist", "call_id": ..., ...}`` which the main process applies to
+  ``{"report": "note" | "ended" | "persist" | "voicemail_heard" | "voicemail_recorded", "call_id": ..., ...}``
+  (the voicemail's Opus frames and Ogg file travel base64-encoded) which the main process applies to
   the domain exactly as it does for in-process media (``ended`` carries a neutral fact, not a code).
 
 ``configure`` and ``restore`` carry the domain's negotiation (``Negotiated.to_doc()``), never the SDPs.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import logging
 import sys
 import time
@@ -140,6 +142,11 @@ class MediaWorkers:
             self.reporter.ended(message["call_id"], message["fact"], message["reason"])
         elif self.reporter is not None and message.get("report") == "persist":
             self.reporter.persist(message["call_id"], message["state"])
+        elif self.reporter is not None and message.get("report") == "voicemail_heard":
+            self.reporter.voicemail_heard(message["call_id"])
+        elif self.reporter is not None and message.get("report") == "voicemail_recorded":
+            self.reporter.voicemail_recorded(message["call_id"], base64.b64decode(message["ogg"]),
+                                             float(message["seconds"]))
 
     async def _ask(self, worker: _Worker, message: dict) -> Any:
         if not worker.alive:             # nothing would ever answer (its reader has already finished)
@@ -211,6 +218,18 @@ class MediaWorkers:
         if (worker := self.owner.get(call_id)) is not None:
             worker.send({"op": "configure", "call_id": call_id, "negotiated": negotiated.to_doc(),
                          "user_audio": user_audio, "user_is_caller": user_is_caller})
+
+    def voicemail_answer(self, call_id: str, announcement: list[bytes], user_audio: str) -> bool:
+        worker = self.owner.get(call_id)
+        if worker is None or call_id not in worker.live or not worker.alive:
+            return False
+        worker.send({"op": "voicemail_answer", "call_id": call_id, "user_audio": user_audio,
+                     "frames": [base64.b64encode(f).decode("ascii") for f in announcement]})
+        return True
+
+    def voicemail_record(self, call_id: str, seconds: float) -> None:
+        if (worker := self.owner.get(call_id)) is not None:
+            worker.send({"op": "voicemail_record", "call_id": call_id, "seconds": seconds})
 
     def call_connected(self, call_id: str, at: float) -> None:
         if (worker := self.owner.get(call_id)) is not None:
@@ -316,6 +335,13 @@ class _PipeReporter:
     def persist(self, call_id: str, state: dict) -> None:
         _emit({"report": "persist", "call_id": call_id, "state": state})
 
+    def voicemail_heard(self, call_id: str) -> None:
+        _emit({"report": "voicemail_heard", "call_id": call_id})
+
+    def voicemail_recorded(self, call_id: str, ogg: bytes, seconds: float) -> None:
+        _emit({"report": "voicemail_recorded", "call_id": call_id, "seconds": seconds,
+               "ogg": base64.b64encode(ogg).decode("ascii")})
+
     def now(self) -> float:
         return time.time() + self.offset
 
@@ -355,6 +381,12 @@ async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None
                                  message["user_is_caller"])
             elif op == "connected":
                 engine.call_connected(call_id, message["at"])
+            elif op == "voicemail_answer":
+                if not engine.voicemail_answer(call_id, [base64.b64decode(f) for f in message["frames"]],
+                                               message["user_audio"]):
+                    reporter.note(call_id, "voicemail_no_leg")
+            elif op == "voicemail_record":
+                engine.voicemail_record(call_id, message["seconds"])
             elif op == "dtmf":
                 value = await engine.send_dtmf(call_id, message["digits"])
             elif op == "attach_browser":

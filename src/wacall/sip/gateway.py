@@ -48,7 +48,7 @@ from typing import Any, Awaitable, Callable
 
 from ..domain import settings as calling_settings
 from ..domain.errors import MediaUnavailable
-from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, Call
+from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, VOICEMAIL, Call
 from ..domain.ends import BAD_DIGEST, MEDIA_UNAVAILABLE, SipRefusal, refusal_for_cause, sip_final_for_ended
 from ..domain.platform import Platform
 from ..domain.sip import not_acceptable_hint
@@ -432,7 +432,7 @@ class SipGateway:
                             local_tag=str(uuid.uuid4()))
             self._register(dialog)
             self._spawn(self._user_invite(call, dialog))
-        elif dialog is not None and call.state == ENDED:
+        elif dialog is not None and call.state in (ENDED, VOICEMAIL):    # voicemail: CANCEL a pending INVITE
             self._spawn(self._uic_end(call, dialog))
 
     def prepare_call_changed(self, call_id: str) -> None:

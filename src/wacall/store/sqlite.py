@@ -26,11 +26,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
 from .. import codec
-from ..domain.model import ACCEPTED, BUSINESS_INITIATED, PRE_ACCEPTED, RINGING, Call, Record
+from ..domain.model import ACCEPTED, BUSINESS_INITIATED, PRE_ACCEPTED, RINGING, VOICEMAIL, Call, Record
 
 metadata = MetaData()
 CHECKPOINT_SECONDS = 1.0       # how often a database file's WAL is checkpointed (off the event loop)
-LIVE_STATES = (RINGING, PRE_ACCEPTED, ACCEPTED)
+LIVE_STATES = (RINGING, PRE_ACCEPTED, ACCEPTED, VOICEMAIL)
 BATCH = "*"                    # a timeline row holding several entries of one commit (``data``: their JSON list)
 
 records = Table(

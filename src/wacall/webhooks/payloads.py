@@ -306,8 +306,12 @@ def _user_changed_user_id(platform: Platform, event: identity.UserChangedUserId)
 def _inbound_message(platform: Platform, event: ev.InboundMessage) -> Rendered:
     message = platform.messages[event.message_id]
     number = platform.numbers[message.phone_number_id]
-    item = {"from": message.wa_id, "id": message.id, "timestamp": _ts(message.created_at), "type": "text",
-            "text": {"body": message.body.get("body", "")}}
+    if message.type == "audio":         # a voicemail: id is the call's wacid (Meta's voicemail sample)
+        item = {"from": message.wa_id, "id": message.id, "timestamp": _ts(message.created_at), "type": "audio",
+                "audio": dict(message.body.get("audio") or {})}
+    else:
+        item = {"from": message.wa_id, "id": message.id, "timestamp": _ts(message.created_at), "type": "text",
+                "text": {"body": message.body.get("body", "")}}
     return "messages", number, {"messaging_product": "whatsapp", "metadata": _metadata(number),
                                 "contacts": _contacts(platform, message.wa_id), "messages": [item]}, None
 
