@@ -5,9 +5,29 @@ from __future__ import annotations
 import json
 from typing import Any
 
+try:                                   # a dependency (pyproject.toml); the standard library's encoder otherwise
+    import orjson
+except ImportError:                    # pragma: no cover
+    orjson = None
+
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_stored(value: Any) -> str:
+    """JSON for the store's own columns (records, timeline rows), read back only by :func:`loads`: the same
+    value as :func:`dumps`, encoded by orjson (~6x faster on a call's document and SIP traces, which every
+    commit encodes). The text may differ from :func:`dumps` in form (``1e16`` for ``1e+16``), never in what
+    :func:`loads` reads back; what orjson refuses (an int beyond 64 bits, a lone surrogate) goes through
+    :func:`dumps`. Not for bytes anyone else reads or signs (Graph responses, webhook bodies). Stored
+    documents hold no NaN or infinity (orjson would write ``null``)."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        except (orjson.JSONEncodeError, TypeError):
+            pass
+    return dumps(value)
 
 
 def dump_bytes(value: Any) -> bytes:

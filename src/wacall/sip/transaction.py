@@ -86,7 +86,7 @@ def _run_callback(callback: Callable[..., Any] | None, *args: Any) -> None:
     except Exception:
         log.exception("TU callback %r failed", callback)
         return
-    if inspect.isawaitable(result):
+    if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
         task = asyncio.ensure_future(result)
         task.add_done_callback(_log_task_error)
 
@@ -561,7 +561,7 @@ class TransactionLayer:
             log.exception("on_request failed for %s", request.method)
             self._internal_error(txn)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
             task = asyncio.ensure_future(result)
             task.add_done_callback(lambda t: self._tu_task_done(t, txn))
 

@@ -502,7 +502,7 @@ class TlsTransport:
             self.stats.callback_errors += 1
             log.exception("on_message failed for %s from %r", _describe(msg), conn)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
             self._spawn(self._await_callback(result, msg, conn))
 
     async def _await_callback(self, result: Awaitable[None], msg: Message, conn: Connection) -> None:

@@ -185,6 +185,7 @@ class Store:
         metadata.create_all(self.engine)
         self._sql = _write_sql(self.engine)
         self._writer = None           # the DB-API connection commit() writes with, taken from the pool once
+        self._cursor = None           # commit()'s cursor on it, kept between commits
         self._indexed: dict[str, tuple] = {}   # live call id -> its row in the calls index, as committed
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
@@ -265,6 +266,9 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.join()
             self._checkpointer = None
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -293,16 +297,27 @@ class Store:
         ids: list[int] = []
         dirty = list(dirty)
         indexed = self._call_rows([r for r in dirty if isinstance(r, Call)])
-        with self._transaction() as cursor:
+        sql = self._sql
+        writer = self._writer or self._open_writer()
+        cursor = self._cursor or writer.cursor()    # kept for the next commit (not inside _transaction: once
+        self._cursor = None                         # per state change, a generator context manager shows)
+        try:
             if dirty:
-                cursor.executemany(self._sql["records"],
-                                   [(r.KIND, r.key, codec.dumps(r.fields_view()), r.live) for r in dirty])
+                dumps = codec.dumps_stored
+                cursor.executemany(sql["records"], [(r.KIND, r.key, dumps(r.fields_view()), r.live) for r in dirty])
             if indexed:
-                cursor.executemany(self._sql["calls"], indexed)
-            self._append_notes(cursor, notes, self._sql)
+                cursor.executemany(sql["calls"], indexed)
+            if notes:
+                self._append_notes(cursor, notes, sql)
             for row in new_outbox:
-                cursor.execute(self._sql["outbox"], self._outbox_params(row))
+                cursor.execute(sql["outbox"], self._outbox_params(row))
                 ids.append(cursor.lastrowid)
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            cursor.close()
+            raise
+        self._cursor = cursor
         for row in indexed:                       # committed: what the calls index holds now
             if row[4] in LIVE_STATES:
                 self._indexed[row[0]] = row
@@ -361,9 +376,9 @@ class Store:
             if len(entries) == 1:
                 entry = entries[0]
                 data = {k: v for k, v in entry.items() if k != "t" and k != "kind"}
-                rows.append((call_id, entry["t"], entry["kind"], codec.dumps(data)))
+                rows.append((call_id, entry["t"], entry["kind"], codec.dumps_stored(data)))
             else:
-                rows.append((call_id, entries[0]["t"], BATCH, codec.dumps(entries)))
+                rows.append((call_id, entries[0]["t"], BATCH, codec.dumps_stored(entries)))
         if rows:
             cursor.executemany(sql["timeline"], rows)
 
