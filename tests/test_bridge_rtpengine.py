@@ -137,3 +137,32 @@ async def test_the_user_hangs_up_and_the_agent_gets_a_bye(bridged):
             break
         await asyncio.sleep(0.1)
     assert "BYE to the PBX: 200" in bridge.log_text(), bridge.log_text()[-3000:]
+
+
+async def test_the_agent_declines_and_the_user_call_is_rejected(bridged):
+    """A final refusal from the PBX (baresip declines while ringing) becomes Graph ``reject``."""
+    wa, agent, bridge, _, _ = bridged
+    call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
+    await agent.wait_event("CALL_INCOMING", 15)
+    await agent.hangup()
+    ended = await asyncio.to_thread(wa.wait_for, lambda: (c := wa.call(call_id))["state"] in ("REJECTED", "ENDED")
+                                    and c, 10, "the call to be rejected")
+    assert ended["state"] in ("REJECTED", "ENDED") and ended.get("ended_by") in (None, "business"), ended
+    log = bridge.log_text()
+    assert re.search(rf"wacid={re.escape(call_id)} sip=- PBX refused: 4\d\d", log), log[-3000:]
+    assert "Graph on end" not in log, "Graph accepted the reject"
+
+
+async def test_the_user_hangs_up_while_the_agent_rings_and_the_invite_is_cancelled(bridged):
+    wa, agent, bridge, _, _ = bridged
+    call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
+    incoming = await agent.wait_event("CALL_INCOMING", 15)
+    assert (await asyncio.to_thread(wa.ctl, "POST", f"calls/{call_id}/hangup")).status_code == 200
+    await agent.wait_event("CALL_CLOSED", 10, after=agent.history.index(incoming))
+    trace = agent.stdout_log.read_text(errors="replace")
+    assert re.search(r"^CANCEL sip:", trace, re.M), "the agent's phone got the CANCEL"
+    for _ in range(50):
+        if f"wacid={call_id} sip=- ended (whatsapp)" in bridge.log_text():
+            break
+        await asyncio.sleep(0.1)
+    assert f"wacid={call_id} sip=- ended (whatsapp)" in bridge.log_text(), bridge.log_text()[-3000:]

@@ -235,6 +235,7 @@ def bridge(
 
     from .bridge.app import serve as serve_bridge
     from .bridge.config import load_bridge_config
+    from .bridge.ng import NgError
 
     try:
         cfg = load_bridge_config(config)
@@ -245,7 +246,7 @@ def bridge(
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         asyncio.run(serve_bridge(cfg, json_output=json_output))
-    except OSError as exc:                        # a port taken, RtpEngine unreachable
+    except (OSError, NgError) as exc:             # a port taken, RtpEngine not answering
         typer.echo(f"wacall bridge: {exc}", err=True)
         raise typer.Exit(1)
 

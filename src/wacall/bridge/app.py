@@ -195,7 +195,11 @@ class Bridge:
 async def serve(config: BridgeConfig, *, json_output: bool = False) -> None:
     """Run until SIGINT/SIGTERM; then end the live calls on both sides and stop."""
     bridge = Bridge(config)
-    info = await bridge.start()
+    try:
+        info = await bridge.start()
+    except BaseException:
+        await bridge.stop()
+        raise
     print(json.dumps(info) if json_output else f"wacall bridge: webhook {info['webhook_url']}, SIP {info['sip']}, "
           f"rtpengine {info['rtpengine']}, Graph {info['graph']}", flush=True)
     stop = asyncio.Event()

@@ -204,7 +204,7 @@ class Client:
 
 def ice_lite_in_media(sdp: str) -> str:
     """``a=ice-lite`` repeated in each m-section when the session level has it. Meta's SDP carries it at session
-    level (RFC 8839 5.3), where RtpEngine up to 11.x does not look (it reads only the m-section, and then treats
+    level (RFC 8839 5.3), where RtpEngine 10.5 (Debian 12's) does not look (it reads only the m-section, and treats
     Meta's relay as a full agent: it takes the controlled role after its answer and never nominates a pair, so
     Meta never sends media). Only RtpEngine reads the result; Meta gets RtpEngine's own SDP."""
     eol = "\r\n" if "\r\n" in sdp else "\n"
