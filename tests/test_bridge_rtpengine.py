@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 import wave
 from pathlib import Path
@@ -166,3 +167,46 @@ async def test_the_user_hangs_up_while_the_agent_rings_and_the_invite_is_cancell
             break
         await asyncio.sleep(0.1)
     assert f"wacid={call_id} sip=- ended (whatsapp)" in bridge.log_text(), bridge.log_text()[-3000:]
+
+
+async def test_a_connect_delivered_twice_rings_the_agent_once(bridged):
+    """wacall's fault injection delivers the connect webhook twice: one INVITE, one bridged call."""
+    wa, agent, bridge, _, _ = bridged
+    faults = await asyncio.to_thread(wa.ctl, "POST", "webhooks/faults", {"seed": 1, "rules": [
+        {"kind": "duplicate", "field": "calls", "event": "connect", "copies": 2}]})
+    assert faults.status_code == 200, faults.text
+    call_id = await _user_calls_and_agent_answers(wa, agent, bridge)
+    await asyncio.sleep(1.0)                                   # time for a second INVITE, were there one
+    assert [e.type for e in agent.history].count("CALL_INCOMING") == 1
+    assert bridge.log_text().count(f"wacid={call_id} sip=- connect from") == 1
+    assert (await asyncio.to_thread(wa.ctl, "POST", f"calls/{call_id}/hangup")).status_code == 200
+    await agent.wait_event("CALL_CLOSED", 10)
+
+
+async def test_a_terminate_before_its_connect_never_rings_the_agent(bridged):
+    """The connect is held back (virtual 60 s) and the user hangs up meanwhile: the terminate comes first, the
+    late connect is recognised and nothing is sent to the PBX."""
+    wa, agent, bridge, _, _ = bridged
+    faults = await asyncio.to_thread(wa.ctl, "POST", "webhooks/faults", {"seed": 1, "rules": [
+        {"kind": "delay", "field": "calls", "event": "connect", "seconds": 60}]})
+    assert faults.status_code == 200, faults.text
+    call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
+    assert (await asyncio.to_thread(wa.ctl, "POST", f"calls/{call_id}/hangup")).status_code == 200
+    await asyncio.to_thread(wa.advance, 61)
+    def connect_delivered():
+        items = wa.ctl("GET", f"webhooks?call_id={call_id}").json()["data"]
+        return [i for i in items if i["status"] == "delivered" and '"connect"' in json.dumps(i.get("body"))]
+    await asyncio.to_thread(wa.wait_for, connect_delivered, 10, "the late connect delivered")
+    await asyncio.sleep(0.5)
+    assert not [e for e in agent.history if e.type == "CALL_INCOMING"]
+    assert f"wacid={call_id}" not in bridge.log_text()
+
+
+async def test_sigterm_ends_a_bridged_call_on_both_sides(bridged):
+    wa, agent, bridge, _, _ = bridged
+    call_id = await _user_calls_and_agent_answers(wa, agent, bridge)
+    assert await asyncio.to_thread(bridge.terminate) == 0
+    await agent.wait_event("CALL_CLOSED", 10)
+    ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
+    assert ended["ended_by"] == "business"
+    assert f"wacid={call_id}" in bridge.log_text() and "ended (shutdown)" in bridge.log_text()
