@@ -84,16 +84,35 @@ async def test_cancelled_while_ringing_sends_cancel_and_acks_the_487():
     ua, wire = ua_with_fake_transport()
     call = asyncio.create_task(ua.invite("sip:c2b-sip@pbx", "sip:+1@b", "sip:c2b-sip@pbx", "v=0\r\n", []))
     invite = await wire.next("INVITE")
+    assert ua.cancel(invite.call_id)                                     # before any provisional answer
+    await asyncio.sleep(0.02)
+    assert not [m for m, _ in wire.sent if m.method == "CANCEL"], "RFC 3261 9.1: not before a 1xx"
     answer(ua, invite, 180)
-    await asyncio.sleep(0.01)
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
     cancel = await wire.next("CANCEL")
     assert cancel.branch == invite.branch and cancel.cseq == (1, "CANCEL") and cancel.uri == invite.uri
     answer(ua, invite, 487)
+    with pytest.raises(SipFailure) as ended:
+        await asyncio.wait_for(call, 5)
+    assert ended.value.status == 487
     ack, _ = wire.sent[-1]
-    assert ack.method == "ACK" and ack.branch == invite.branch
+    assert ack.method == "ACK" and ack.branch == invite.branch and not ua.cancel(invite.call_id)
+
+
+async def test_a_200_crossing_the_cancel_is_acked_and_ended_with_a_bye():
+    ua, wire = ua_with_fake_transport()
+    call = asyncio.create_task(ua.invite("sip:c2b-sip@pbx", "sip:+1@b", "sip:c2b-sip@pbx", "v=0\r\n", []))
+    invite = await wire.next("INVITE")
+    answer(ua, invite, 180)
+    await asyncio.sleep(0.01)
+    ua.cancel(invite.call_id)
+    await wire.next("CANCEL")
+    answer(ua, invite, 200, body=b"v=0\r\n")
+    bye = await wire.next("BYE")
+    assert [m.method for m, _ in wire.sent[-2:]] == ["ACK", "BYE"] and bye.to.tag == "pbx1"
+    answer(ua, bye, 200)
+    with pytest.raises(SipFailure) as ended:
+        await asyncio.wait_for(call, 5)
+    assert ended.value.status == 487
 
 
 async def test_no_answer_at_all_is_408():

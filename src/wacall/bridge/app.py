@@ -36,13 +36,14 @@ class BridgedCall:
     user: str
     state: str = "setup"                          # setup, bridged, ended
     dialog: Dialog | None = None
+    sip_call_id: str | None = None                # the INVITE's Call-ID, from the moment it is sent
     setup: asyncio.Task | None = None
     started: float = field(default_factory=time.monotonic)
     answered: float | None = None
 
     @property
     def tag(self) -> str:
-        return f"wacid={self.call_id} sip={self.dialog.call_id if self.dialog else '-'}"
+        return f"wacid={self.call_id} sip={self.sip_call_id or '-'}"
 
 
 class Bridge:
@@ -125,9 +126,12 @@ class Bridge:
                     headers.append((header, str(connect[key])))
             if call.callback_data:
                 headers.append(("x-wa-meta-biz-opaque-callback-data", call.callback_data))
+            if bridged.state == "ended":          # the user hung up while RtpEngine was asked
+                return
+            bridged.sip_call_id = self.ua.new_call_id()
             dialog, ok = await self.ua.invite(
                 f"sip:{s.extension}@{s.domain}", f"sip:+{bridged.user}@{s.from_domain}",
-                f"sip:{s.extension}@{s.domain}", pbx_offer, headers,
+                f"sip:{s.extension}@{s.domain}", pbx_offer, headers, call_id=bridged.sip_call_id,
                 on_provisional=lambda r: log.info("%s PBX: %s %s", bridged.tag, r.status, r.reason))
             bridged.dialog = dialog
             log.info("%s PBX answered: 200 OK", bridged.tag)
@@ -144,6 +148,9 @@ class Bridge:
         except asyncio.CancelledError:
             raise
         except SipFailure as exc:
+            if bridged.state == "ended":          # our own CANCEL (the user hung up while it rang)
+                log.info("%s INVITE ended: %s %s", bridged.tag, exc.status, exc.reason)
+                return
             log.info("%s PBX refused: %s %s: rejecting", bridged.tag, exc.status, exc.reason)
             await self._end(bridged, f"sip {exc.status}", tell_whatsapp=True, tell_pbx=False, reject=True)
         except GraphApiError as exc:
@@ -171,9 +178,9 @@ class Bridge:
         self.calls.pop(bridged.call_id, None)
         current = asyncio.current_task()
         if bridged.setup is not None and bridged.setup is not current and not bridged.setup.done() \
-                and bridged.dialog is None:
-            bridged.setup.cancel()                # ringing at the PBX: the INVITE is cancelled
-            await asyncio.gather(bridged.setup, return_exceptions=True)
+                and bridged.dialog is None and bridged.sip_call_id is not None:
+            self.ua.cancel(bridged.sip_call_id)   # ringing at the PBX: CANCEL (the UA waits for a 1xx first)
+            await asyncio.wait([bridged.setup], timeout=64 * self.config.sip.t1 + 1)
         if tell_pbx and bridged.dialog is not None:
             headers = [("x-wa-meta-wacid", bridged.call_id)]
             if duration is not None:

@@ -53,6 +53,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.on_bye: Callable[[Dialog], None] | None = None
         self._waiting: dict[tuple[str, str], asyncio.Queue[Response]] = {}   # (branch, method) -> responses
         self._cancelled: dict[str, Request] = {}      # branch -> an INVITE we CANCELled (its 487 gets an ACK)
+        self._inviting: dict[str, asyncio.Queue] = {}  # Call-ID -> the pending INVITE's responses
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -120,11 +121,16 @@ class SipUserAgent(asyncio.DatagramProtocol):
         return f"<sip:bridge@{self.host}:{self.port}>"
 
     # -- INVITE ---------------------------------------------------------------------------------------------
+    def new_call_id(self) -> str:
+        return new_call_id(self.host)
+
     async def invite(self, ruri: str, from_uri: str, to_uri: str, sdp: str, headers: list[tuple[str, str]],
-                     *, on_provisional: Callable[[Response], None] | None = None,
+                     *, call_id: str | None = None, on_provisional: Callable[[Response], None] | None = None,
                      timeout: float | None = None) -> tuple[Dialog, Response]:
-        """Place a call; returns the dialog and the 200 OK once ACKed. Raises :class:`SipFailure`."""
-        call_id, tag, branch = new_call_id(self.host), new_tag(), new_branch()
+        """Place a call; returns the dialog and the 200 OK once ACKed. Raises :class:`SipFailure` (487 after
+        :meth:`cancel`). Cancel with :meth:`cancel`, not by cancelling the task: the CANCEL must wait for a
+        provisional answer, and a 200 that crosses it must still be ACKed and ended with a BYE."""
+        call_id, tag, branch = call_id or new_call_id(self.host), new_tag(), new_branch()
         h = Headers()
         h.add("Via", self._via(branch))
         h.add("Max-Forwards", "70")
@@ -139,17 +145,19 @@ class SipUserAgent(asyncio.DatagramProtocol):
         h.add("Content-Type", "application/sdp")
         invite = Request("INVITE", ruri, h, sdp.encode())
         dialog = Dialog(call_id, tag, from_uri, to_uri, target=ruri)
-        queue: asyncio.Queue[Response] = asyncio.Queue()
-        self._waiting[(branch, "INVITE")] = queue
+        queue: asyncio.Queue[Response | None] = asyncio.Queue()
+        self._waiting[(branch, "INVITE")] = queue              # type: ignore[assignment]
+        self._inviting[call_id] = queue
         loop = asyncio.get_running_loop()
         give_up = loop.time() + (timeout if timeout is not None else 64 * self.t1)
-        interval, provisional = self.t1, False
+        interval, provisional, cancelling = self.t1, False, False
         try:
             self._send(invite)
             while True:
                 wait = min(interval, give_up - loop.time()) if not provisional else give_up - loop.time()
                 if wait <= 0:
-                    raise SipFailure(408, "Request Timeout")
+                    raise SipFailure(487 if cancelling else 408, "Request Terminated" if cancelling
+                                     else "Request Timeout")
                 try:
                     response = await asyncio.wait_for(queue.get(), wait)
                 except asyncio.TimeoutError:
@@ -157,11 +165,20 @@ class SipUserAgent(asyncio.DatagramProtocol):
                         self._send(invite)                    # Timer A
                         interval *= 2
                     continue
+                if response is None:                          # cancel(): RFC 3261 9.1
+                    if not cancelling:
+                        cancelling = True
+                        if provisional:
+                            self._cancel(invite, branch)
+                        give_up = min(give_up, loop.time() + 64 * self.t1)
+                    continue
                 if response.status < 200:
+                    if cancelling and not provisional:        # the CANCEL waited for this
+                        self._cancel(invite, branch)
                     provisional = True
-                    if on_provisional is not None:
+                    if on_provisional is not None and not cancelling:
                         on_provisional(response)
-                    if timeout is None:                       # ringing: Timer C's 3 minutes
+                    if timeout is None and not cancelling:    # ringing: Timer C's 3 minutes
                         give_up = max(give_up, loop.time() + 180.0)
                     continue
                 if response.status >= 300:
@@ -173,13 +190,21 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 dialog.route = [str(rr) for rr in reversed(response.name_addrs("Record-Route"))]
                 self.dialogs[call_id] = dialog
                 self._ack_2xx(response)
+                if cancelling:                                # the 200 crossed our CANCEL: end it at once
+                    await self.bye(dialog)
+                    raise SipFailure(487, "Request Terminated")
                 return dialog, response
-        except asyncio.CancelledError:
-            if provisional:                           # RFC 3261 9.1: CANCEL only after a provisional response
-                self._cancel(invite, branch)
-            raise
         finally:
             self._waiting.pop((branch, "INVITE"), None)
+            self._inviting.pop(call_id, None)
+
+    def cancel(self, call_id: str) -> bool:
+        """Give up the INVITE of ``call_id`` (its :meth:`invite` then raises 487); False when none is pending."""
+        queue = self._inviting.get(call_id)
+        if queue is None:
+            return False
+        queue.put_nowait(None)
+        return True
 
     def _ack_failure(self, invite: Request, response: Response) -> None:
         """RFC 3261 17.1.1.3: the ACK of a non-2xx reuses the INVITE's branch, To with the response's tag."""
