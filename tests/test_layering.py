@@ -174,6 +174,16 @@ def test_the_business_library_stands_alone(imports):
         and not imp.target.startswith("wacall.business")])
 
 
+def test_the_bridge_uses_only_the_business_library_and_sans_io_sip(imports):
+    """``wacall.bridge`` runs against Meta: of wacall it may use the business library and the SIP message
+    modules (sans I/O), nothing of the emulator."""
+    allowed = ("wacall.bridge", "wacall.business", "wacall.sip.message", "wacall.sip.uri")
+    _fail("wacall.bridge imports the emulator", [
+        f"{imp.where()}  (wacall.bridge imports {imp.target})" for imp in imports
+        if imp.source.startswith("wacall.bridge") and imp.target.startswith("wacall")
+        and not imp.target.startswith(allowed)])
+
+
 def test_no_import_cycle_among_modules(imports):
     _fail("import cycles among wacall's modules", cycle_violations(imports, "module"))
 

@@ -223,6 +223,34 @@ def cert_ca(directory: Optional[str] = typer.Option(None, "--dir", help=_PKI_DIR
         raise typer.Exit(2)
 
 
+@cli.command()
+def bridge(
+    config: str = typer.Option(..., "--config", "-c", help="the bridge's TOML file (docs/bridge.md)"),
+    json_output: bool = typer.Option(False, "--json", help="print the listeners as one JSON line when ready"),
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING"),
+) -> None:
+    """The WhatsApp-to-PBX bridge (a business's integration module): webhooks in, SIP to the PBX,
+    media through RtpEngine."""
+    import logging
+
+    from .bridge.app import serve as serve_bridge
+    from .bridge.config import load_bridge_config
+    from .bridge.ng import NgError
+
+    try:
+        cfg = load_bridge_config(config)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"wacall bridge: {exc}", err=True)
+        raise typer.Exit(2)
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        asyncio.run(serve_bridge(cfg, json_output=json_output))
+    except (OSError, NgError) as exc:             # a port taken, RtpEngine not answering
+        typer.echo(f"wacall bridge: {exc}", err=True)
+        raise typer.Exit(1)
+
+
 _register_client_commands(cli)
 
 

@@ -1,0 +1,153 @@
+"""``bridge.toml``: the bridge's configuration, read the way ``wacall.config`` reads ``wacall.toml`` (TOML tables
+into dataclasses, unknown keys refused with the table's name, values checked at load). See docs/bridge.md.
+
+    [graph]                       # Meta's Graph API, or wacall standing in for it
+    base_url = "https://graph.facebook.com"
+    version = "v23.0"
+    phone_number_id = "106540352242922"
+    token = "EAAG..."             # or token_env = "WA_TOKEN"
+
+    [webhook]                     # where Meta delivers the calls field (behind the business's TLS proxy)
+    host = "127.0.0.1"
+    port = 8443
+    path = "/webhook"
+    app_secret = "..."            # or app_secret_env
+    verify_token = "..."
+
+    [sip]                         # the PBX side
+    host = "127.0.0.1"            # the bridge's own SIP address (UDP)
+    port = 5070
+    pbx_host = "127.0.0.1"
+    pbx_port = 5060
+    domain = "pbx.example.com"    # the PBX's SIP domain (Request-URI and To host)
+    extension = "c2b-sip"         # the bridging extension user-initiated calls go to
+    from_domain = "whatsapp.bridge"
+
+    [media]
+    mode = "rtpengine"            # the only mode of this slice
+    rtpengine = "127.0.0.1:22222" # RtpEngine's ng listener (UDP)
+    pbx_protocol = "RTP/AVP"      # RTP/AVP (plain) or RTP/SAVP (SDES) toward the PBX
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MEDIA_MODES = ("rtpengine",)
+PBX_PROTOCOLS = ("RTP/AVP", "RTP/SAVP")
+
+
+@dataclass
+class GraphSection:
+    phone_number_id: str = ""
+    token: str = ""
+    token_env: str = ""
+    base_url: str = "https://graph.facebook.com"
+    version: str = "v23.0"
+
+
+@dataclass
+class WebhookSection:
+    app_secret: str = ""
+    app_secret_env: str = ""
+    verify_token: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8443
+    path: str = "/webhook"
+
+
+@dataclass
+class SipSection:
+    pbx_host: str = "127.0.0.1"
+    pbx_port: int = 5060
+    domain: str = ""
+    extension: str = "c2b-sip"
+    host: str = "127.0.0.1"
+    port: int = 5070
+    from_domain: str = "whatsapp.bridge"
+    t1: float = 0.5
+
+
+@dataclass
+class MediaSection:
+    mode: str = "rtpengine"
+    rtpengine: str = "127.0.0.1:22222"
+    pbx_protocol: str = "RTP/AVP"
+    ng_timeout: float = 5.0
+
+    @property
+    def rtpengine_address(self) -> tuple[str, int]:
+        host, _, port = self.rtpengine.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass
+class BridgeConfig:
+    graph: GraphSection = field(default_factory=GraphSection)
+    webhook: WebhookSection = field(default_factory=WebhookSection)
+    sip: SipSection = field(default_factory=SipSection)
+    media: MediaSection = field(default_factory=MediaSection)
+
+    def check(self) -> "BridgeConfig":
+        """Refuse what the bridge cannot run with (ValueError naming the key); secrets from the environment."""
+        if self.graph.token_env and not self.graph.token:
+            self.graph.token = os.environ.get(self.graph.token_env, "")
+        if self.webhook.app_secret_env and not self.webhook.app_secret:
+            self.webhook.app_secret = os.environ.get(self.webhook.app_secret_env, "")
+        for key, value in (("graph.phone_number_id", self.graph.phone_number_id), ("graph.token", self.graph.token),
+                           ("webhook.app_secret", self.webhook.app_secret),
+                           ("webhook.verify_token", self.webhook.verify_token)):
+            if not value:
+                raise ValueError(f"{key} is required")
+        for key, port in (("webhook.port", self.webhook.port), ("sip.port", self.sip.port),
+                          ("sip.pbx_port", self.sip.pbx_port)):
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+                raise ValueError(f"{key} must be a port number (0: any free port), got {port!r}")
+        if self.media.mode not in MEDIA_MODES:
+            raise ValueError(f"media.mode must be one of {', '.join(MEDIA_MODES)} (builtin is not built yet), "
+                             f"got {self.media.mode!r}")
+        if self.media.pbx_protocol not in PBX_PROTOCOLS:
+            raise ValueError(f"media.pbx_protocol must be one of {', '.join(PBX_PROTOCOLS)}")
+        try:
+            self.media.rtpengine_address
+        except ValueError:
+            raise ValueError(f"media.rtpengine must be host:port, got {self.media.rtpengine!r}") from None
+        if not self.webhook.path.startswith("/"):
+            raise ValueError("webhook.path must start with /")
+        if not self.sip.domain:
+            self.sip.domain = self.sip.pbx_host
+        return self
+
+
+def build_bridge_config(raw: dict) -> BridgeConfig:
+    sections = {f.name: f.type for f in dataclasses.fields(BridgeConfig)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ValueError(f"bridge config: unknown tables {', '.join(unknown)}")
+    values = {}
+    for name, cls in ((f.name, f.default_factory) for f in dataclasses.fields(BridgeConfig)):
+        table = raw.get(name) or {}
+        if not isinstance(table, dict):
+            raise ValueError(f"[{name}] must be a table")
+        keys = {f.name for f in dataclasses.fields(cls)}          # type: ignore[arg-type]
+        extra = sorted(set(table) - keys)
+        if extra:
+            raise ValueError(f"[{name}]: unknown keys {', '.join(extra)}")
+        values[name] = cls(**table)                               # type: ignore[operator]
+    return BridgeConfig(**values).check()
+
+
+def load_bridge_config(path: str | Path) -> BridgeConfig:
+    text = Path(path).expanduser().read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return build_bridge_config(raw)
+
+
+__all__ = ["BridgeConfig", "build_bridge_config", "load_bridge_config"]

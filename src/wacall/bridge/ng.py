@@ -1,0 +1,244 @@
+"""RtpEngine's ng control protocol, sans I/O: bencode, the cookie framing, and the commands the bridge sends.
+
+The ng protocol (https://github.com/sipwise/rtpengine/blob/master/docs/ng_control_protocol.md) is one
+datagram per message: ``<cookie> <bencoded dictionary>``; the reply carries the same cookie, so replies are
+matched to requests by cookie and a retransmitted request (same cookie) gets the cached reply back. Every
+request has ``command``; a reply has ``result`` (``ok``, ``pong``, ``error`` with ``error-reason``, or
+``load limit``) and, for ``offer``/``answer``, the rewritten ``sdp``.
+
+Bencode (BitTorrent's encoding, BEP 3): ``i<int>e``, ``<len>:<bytes>``, ``l...e``, ``d...e`` with keys sorted.
+Strings come back as ``bytes``; :func:`decode` leaves them so and :class:`Reply` decodes the ones it names.
+
+No I/O here: :class:`Client` makes the datagram for a command (:meth:`Client.request`) and turns a datagram
+into the reply it answers (:meth:`Client.reply_for`); the bridge's transport sends, waits and retransmits.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Bencodable = Union[int, bytes, str, list, tuple, dict, bool]
+
+
+class NgError(Exception):
+    """A malformed ng datagram, or a reply whose ``result`` is ``error`` (``reason`` is RtpEngine's text)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# -- bencode -------------------------------------------------------------------------------------------------
+
+def encode(value: Bencodable) -> bytes:
+    """Bencode ``value``: str as UTF-8 bytes, bool as 0/1, dict keys sorted as raw bytes (BEP 3)."""
+    out: list[bytes] = []
+    _encode(value, out)
+    return b"".join(out)
+
+
+def _encode(value: Bencodable, out: list[bytes]) -> None:
+    if isinstance(value, bool):
+        out.append(b"i1e" if value else b"i0e")
+    elif isinstance(value, int):
+        out.append(b"i%de" % value)
+    elif isinstance(value, (bytes, str)):
+        raw = value.encode() if isinstance(value, str) else value
+        out.append(b"%d:" % len(raw))
+        out.append(raw)
+    elif isinstance(value, (list, tuple)):
+        out.append(b"l")
+        for item in value:
+            _encode(item, out)
+        out.append(b"e")
+    elif isinstance(value, dict):
+        out.append(b"d")
+        items = [(k.encode() if isinstance(k, str) else k, v) for k, v in value.items()]
+        for key, item in sorted(items, key=lambda kv: kv[0]):
+            if not isinstance(key, bytes):
+                raise TypeError(f"bencode dictionary keys are strings, got {key!r}")
+            _encode(key, out)
+            _encode(item, out)
+        out.append(b"e")
+    else:
+        raise TypeError(f"cannot bencode {type(value).__name__}")
+
+
+MAX_DEPTH = 32
+
+
+def decode(data: bytes) -> Any:
+    """The value bencoded in ``data`` (all of it); strings as bytes. :class:`NgError` when malformed."""
+    value, end = _decode(data, 0, 0)
+    if end != len(data):
+        raise NgError(f"bencode: {len(data) - end} bytes after the value")
+    return value
+
+
+def _decode(data: bytes, i: int, depth: int) -> tuple[Any, int]:
+    if depth > MAX_DEPTH:
+        raise NgError("bencode: nested too deep")
+    if i >= len(data):
+        raise NgError("bencode: truncated")
+    lead = data[i:i + 1]
+    if lead == b"i":
+        end = data.find(b"e", i)
+        if end < 0:
+            raise NgError("bencode: unterminated integer")
+        text = data[i + 1:end]
+        if not text or not (text.isdigit() or (text[:1] == b"-" and text[1:].isdigit() and text != b"-0")) \
+                or (len(text) > 1 and text[:1] == b"0"):
+            raise NgError(f"bencode: bad integer {text!r}")
+        return int(text), end + 1
+    if lead == b"l":
+        items, i = [], i + 1
+        while data[i:i + 1] != b"e":
+            item, i = _decode(data, i, depth + 1)
+            items.append(item)
+        return items, i + 1
+    if lead == b"d":
+        result, i = {}, i + 1
+        while data[i:i + 1] != b"e":
+            key, i = _decode(data, i, depth + 1)
+            if not isinstance(key, bytes):
+                raise NgError("bencode: dictionary key is not a string")
+            result[key.decode("utf-8", "replace")], i = _decode(data, i, depth + 1)
+        return result, i + 1
+    if lead.isdigit():
+        colon = data.find(b":", i)
+        if colon < 0 or not data[i:colon].isdigit():
+            raise NgError("bencode: bad string length")
+        start, size = colon + 1, int(data[i:colon])
+        if start + size > len(data):
+            raise NgError("bencode: string runs past the end")
+        return data[start:start + size], start + size
+    raise NgError(f"bencode: unexpected byte {lead!r} at {i}")
+
+
+# -- messages ------------------------------------------------------------------------------------------------
+
+def frame(cookie: str, message: dict) -> bytes:
+    """One ng datagram: the cookie, a space, the bencoded dictionary."""
+    if not cookie or " " in cookie:
+        raise ValueError("an ng cookie is a non-empty token without spaces")
+    return cookie.encode() + b" " + encode(message)
+
+
+def unframe(datagram: bytes) -> tuple[str, dict]:
+    """``(cookie, dictionary)`` of one ng datagram."""
+    cookie, space, body = datagram.partition(b" ")
+    if not space or not cookie:
+        raise NgError("ng: no cookie")
+    message = decode(body)
+    if not isinstance(message, dict):
+        raise NgError("ng: the message is not a dictionary")
+    return cookie.decode("ascii", "replace"), message
+
+
+def _text(value: Any) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value if isinstance(value, str) else None
+
+
+@dataclass
+class Reply:
+    """RtpEngine's answer to one command."""
+    cookie: str
+    result: str
+    message: dict
+    sdp: str | None = None
+    error_reason: str | None = None
+    warning: str | None = None
+
+    @classmethod
+    def parse(cls, cookie: str, message: dict) -> "Reply":
+        result = _text(message.get("result"))
+        if result is None:
+            raise NgError("ng: reply without result")
+        return cls(cookie, result, message, sdp=_text(message.get("sdp")),
+                   error_reason=_text(message.get("error-reason")), warning=_text(message.get("warning")))
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("ok", "pong")
+
+    def raise_for_error(self) -> "Reply":
+        if not self.ok:
+            raise NgError(f"rtpengine: {self.result}: {self.error_reason or '(no reason)'}", self.error_reason)
+        return self
+
+
+@dataclass
+class Client:
+    """Builds requests with fresh cookies and matches replies to them (sans I/O)."""
+    prefix: str = field(default_factory=lambda: secrets.token_hex(4))
+    pending: dict[str, str] = field(default_factory=dict)      # cookie -> command, until its reply
+    _next: int = 0
+
+    def request(self, command: str, **params: Bencodable) -> tuple[str, bytes]:
+        """``(cookie, datagram)`` for ``command`` with ``params`` (Python names: ``call_id`` → ``call-id``;
+        None values left out). Send the same datagram again to retransmit: RtpEngine answers a repeated cookie
+        from its cache, without running the command twice."""
+        self._next += 1
+        cookie = f"{self.prefix}_{self._next}"
+        message: dict[str, Bencodable] = {"command": command}
+        for name, value in params.items():
+            if value is not None:
+                message[name.replace("_", "-")] = value
+        self.pending[cookie] = command
+        return cookie, frame(cookie, message)
+
+    def reply_for(self, datagram: bytes) -> Reply | None:
+        """The reply in ``datagram``, or None for a cookie this client is not waiting for (late or foreign)."""
+        cookie, message = unframe(datagram)
+        if self.pending.pop(cookie, None) is None:
+            return None
+        return Reply.parse(cookie, message)
+
+
+# -- the bridge's commands -----------------------------------------------------------------------------------
+# What Meta's integration example asks of RtpEngine
+# (https://developers.facebook.com/docs/whatsapp/cloud-api/calling/integration-examples): WebRTC (ICE,
+# DTLS-SRTP, rtcp-mux) toward WhatsApp, plain RTP (or SDES) toward the PBX.
+
+def ice_lite_in_media(sdp: str) -> str:
+    """``a=ice-lite`` repeated in each m-section when the session level has it. Meta's SDP carries it at session
+    level (RFC 8839 5.3), where RtpEngine 10.5 (Debian 12's) does not look (it reads only the m-section, and treats
+    Meta's relay as a full agent: it takes the controlled role after its answer and never nominates a pair, so
+    Meta never sends media). Only RtpEngine reads the result; Meta gets RtpEngine's own SDP."""
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(eol)
+    first_m = next((i for i, line in enumerate(lines) if line.startswith("m=")), len(lines))
+    if "a=ice-lite" not in lines[:first_m]:
+        return sdp
+    trailer = [] if lines[-1] else [lines.pop()]          # the empty string after the last line end
+    out: list[str] = []
+    for i, line in enumerate(lines):                  # at the end of each m-section (its a= lines come last)
+        out.append(line)
+        if i >= first_m and (i + 1 == len(lines) or lines[i + 1].startswith("m=")):
+            out.append("a=ice-lite")
+    return eol.join(out + trailer)
+
+
+def offer_to_pbx(call_id: str, from_tag: str, sdp: str, *, pbx_protocol: str = "RTP/AVP") -> dict[str, Bencodable]:
+    """``offer`` params for Meta's WebRTC offer (a user-initiated call): rewritten for the PBX."""
+    return {"call_id": call_id, "from_tag": from_tag, "sdp": ice_lite_in_media(sdp), "transport_protocol": pbx_protocol,
+            "ICE": "remove", "DTLS": "off", "rtcp_mux": ["demux"], "replace": ["origin", "session-connection"],
+            "flags": ["trust-address"]}
+
+
+def answer_to_whatsapp(call_id: str, from_tag: str, to_tag: str, sdp: str) -> dict[str, Bencodable]:
+    """``answer`` params for the PBX's 200 OK SDP: rewritten back to WebRTC for Meta (the protocol of the
+    offer: ``UDP/TLS/RTP/SAVPF``, ICE, DTLS with RtpEngine's ECDSA certificate, rtcp-mux)."""
+    return {"call_id": call_id, "from_tag": from_tag, "to_tag": to_tag, "sdp": sdp, "ICE": "force",
+            "rtcp_mux": ["offer", "require"], "replace": ["origin", "session-connection"],
+            "flags": ["trust-address"]}
+
+
+def delete(call_id: str, from_tag: str | None = None) -> dict[str, Bencodable]:
+    return {"call_id": call_id, "from_tag": from_tag}
+
+
+__all__ = ["Client", "NgError", "Reply", "answer_to_whatsapp", "decode", "delete", "encode", "frame",
+           "offer_to_pbx", "unframe"]

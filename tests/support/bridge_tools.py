@@ -1,0 +1,179 @@
+"""The real programs around ``wacall bridge`` in its tests: RtpEngine (Debian's ``rtpengine-daemon``, userspace
+only), Kamailio as the PBX (registrar and proxy over UDP, ``tests/data/bridge/kamailio-pbx.cfg``), baresip as the
+agent's phone registered to it over UDP, and the bridge itself as a subprocess. Everything on 127.0.0.1, free
+ports, each process in its own session and killed at teardown (``sip_tools._Process``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support.sip_tools import (LOOPBACK, Baresip, ToolError, _Process, find_binary, free_port, render)
+
+ROOT = Path(__file__).resolve().parents[2]
+KAMAILIO_PBX_CFG = ROOT / "tests" / "data" / "bridge" / "kamailio-pbx.cfg"
+
+
+def free_udp_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def udp_bound(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a UDP socket is bound to ``host:port`` (or the wildcard), from /proc/net/udp."""
+    try:
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        hex_addr, hex_port = line.split()[1].split(":")
+        addr = socket.inet_ntoa(bytes.fromhex(hex_addr)[::-1])
+        if int(hex_port, 16) == port and addr in (host, "0.0.0.0"):
+            return True
+    return False
+
+
+class _UdpProcess(_Process):
+    def _wait_udp(self, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ToolError(f"{self.name} exited early\n{self.logs()}")
+            if udp_bound(port):
+                return
+            time.sleep(0.05)
+        raise ToolError(f"{self.name}: UDP {port} not bound within {timeout}s\n{self.logs()}")
+
+
+class RtpEngineDaemon(_UdpProcess):
+    """``rtpengine`` in the foreground, no kernel module (``--table=-1``), ng on a free UDP port, media ports
+    from a range of ``span`` ports starting at a free one."""
+
+    name = "rtpengine"
+
+    def __init__(self, *, span: int = 60, workdir: str | Path | None = None) -> None:
+        super().__init__(workdir)
+        self.ng_port = 0
+        self.span = span
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.ng_port}"
+
+    def start(self, timeout: float = 15.0) -> "RtpEngineDaemon":
+        binary = find_binary("rtpengine", "rtpengine-daemon")
+        self.ng_port = free_udp_port()
+        low = free_udp_port()
+        low = min(low, 65535 - self.span) & ~1
+        self._spawn([binary, "--config-file=none", "--foreground", "--log-stderr", "--table=-1",
+                     f"--interface={LOOPBACK}", f"--listen-ng={LOOPBACK}:{self.ng_port}",
+                     f"--port-min={low}", f"--port-max={low + self.span}", f"--log-level={os.environ.get('WACALL_RTPENGINE_LOG', '6')}",
+                     f"--pidfile={self.workdir / 'rtpengine.pid'}"])
+        self._wait_udp(self.ng_port, timeout)
+        return self
+
+
+class PbxKamailio(_UdpProcess):
+    """Kamailio as the business's PBX: registrar and proxy on UDP; ``extension`` rings the ``agent``."""
+
+    name = "kamailio-pbx"
+
+    def __init__(self, *, domain: str = "pbx.example.com", extension: str = "c2b-sip", agent: str = "agent",
+                 debug: int = 2, workdir: str | Path | None = None) -> None:
+        super().__init__(workdir)
+        self.domain, self.extension, self.agent, self.debug = domain, extension, agent, debug
+        self.port = 0
+        self.config = self.workdir / "kamailio-pbx.cfg"
+
+    def write_config(self) -> Path:
+        mpath = next((p for p in ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules")
+                      if Path(p).is_dir()), "/usr/lib/x86_64-linux-gnu/kamailio/modules")
+        self.config.write_text(render(KAMAILIO_PBX_CFG.read_text(), {
+            "DEBUG": self.debug, "HOST": LOOPBACK, "PORT": self.port, "DOMAIN": self.domain, "MPATH": mpath,
+            "EXTENSION": self.extension, "AGENT": self.agent}))
+        return self.config
+
+    def start(self, timeout: float = 15.0) -> "PbxKamailio":
+        binary = find_binary("kamailio", "kamailio")
+        self.port = free_udp_port()
+        self.write_config()
+        (self.workdir / "run").mkdir(exist_ok=True)
+        self._spawn([binary, "-DD", "-E", "-f", str(self.config), "-P", str(self.workdir / "kamailio.pid"),
+                     "-Y", str(self.workdir / "run"), "-m", "32", "-M", "8"])
+        self._wait_udp(self.port, timeout)
+        return self
+
+
+class AgentPhone(Baresip):
+    """baresip as the agent's phone: registers ``sip:{user}@{domain}`` with the PBX over UDP, plain RTP, Opus,
+    manual answer (it rings; the test answers with :meth:`accept`)."""
+
+    name = "agent"
+
+    def __init__(self, *, user: str, domain: str, registrar: tuple[str, int], **kwargs) -> None:
+        super().__init__(user=user, domain=domain, answermode="manual", mediaenc="", **kwargs)
+        self.registrar = registrar
+
+    def account_line(self) -> str:
+        host, port = self.registrar
+        return (f"<sip:{self.user}@{self.domain}>;outbound=\"sip:{host}:{port};transport=udp\";"
+                f"regint=600;answermode={self.answermode};audio_codecs={','.join(self.audio_codecs)};ptime=20")
+
+
+    async def wait_registered(self, timeout: float = 10.0) -> None:
+        """Until the registrar's 200 OK (baresip logs ``[1 binding]``; it may come before ctrl_tcp is up)."""
+        deadline = time.monotonic() + timeout
+        while "binding]" not in self.stdout_log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise ToolError(f"agent not registered within {timeout}s\n{self.logs()}")
+            await asyncio.sleep(0.05)
+
+
+class BridgeProcess(_Process):
+    """``python -m wacall bridge --config <file> --json``; :attr:`info` is its ready line."""
+
+    name = "bridge"
+
+    def __init__(self, config_text: str, workdir: str | Path | None = None) -> None:
+        super().__init__(workdir)
+        self.config_path = self.workdir / "bridge.toml"
+        self.config_path.write_text(config_text)
+        self.info: dict = {}
+
+    def start(self, timeout: float = 20.0) -> "BridgeProcess":
+        self._spawn([sys.executable, "-m", "wacall", "bridge", "--config", str(self.config_path), "--json",
+                     "--log-level", "DEBUG"], env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.stdout_log.read_text() if self.stdout_log.exists() else ""
+            for line in text.splitlines():
+                if line.startswith("{"):
+                    self.info = json.loads(line)
+                    return self
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ToolError(f"bridge exited\n{self.logs()}")
+            time.sleep(0.05)
+        raise ToolError(f"bridge not ready within {timeout}s\n{self.logs()}")
+
+    def log_text(self) -> str:
+        return self.stderr_log.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM and wait (graceful: the bridge ends its live calls)."""
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return self.stop()
+
+
+__all__ = ["AgentPhone", "BridgeProcess", "PbxKamailio", "RtpEngineDaemon", "free_port", "free_udp_port"]
