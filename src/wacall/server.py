@@ -39,6 +39,8 @@ from .domain.clock import VirtualClock
 from .domain.ends import MediaFact
 from .domain.events import EventRegistry, MediaConfigure, MediaConnected, ReleaseMedia, SipCallChanged
 from .domain.platform import Platform
+from .domain import recording as call_recording
+from .graph.media import DOWNLOAD_PATH
 from .graph.routes import GRAPH, GraphHost, graph_routes
 from .legs import LegOwner
 from .media.audio import PreEncodedAudio
@@ -96,6 +98,7 @@ class Wacall:
         self.recordings, self._temporary_recordings = self._recordings_for(db)
         self.media_library = MediaLibrary(self._media_files_for(db), self.platform, self.apply, self._media_url_key())
         self._swept_at = time.monotonic()
+        self._captures: set[asyncio.Task] = set()   # calls' recordings and transcripts being made
         workers, certificate, port = self.config.media_workers, self._relay_certificate(), self.config.media_port
         self.media: MediaEngine | MediaWorkers = (
             MediaWorkers(workers, "127.0.0.1", reporter=self, certificate=certificate, port=port,
@@ -277,6 +280,8 @@ class Wacall:
         if self._dispatch_task:
             self._dispatch_task.cancel()
         await asyncio.gather(*(t for t in (self._ticker, self._dispatch_task) if t), return_exceptions=True)
+        for task in list(self._captures):
+            task.cancel()
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
@@ -447,12 +452,56 @@ class Wacall:
         """Who consumes which event after its commit (the webhooks were rendered into the commit itself;
         the SIP gateway registers for ``SipCallChanged`` when it starts)."""
         self.consumers.on(ReleaseMedia, lambda event: self.media.release(event.call_id))
+        self.consumers.on(ReleaseMedia, self._after_call)
         # the relay is configured before the commit of the change that negotiated its media, so what it notes
         # (srtp_ready, dtls_role) joins that commit instead of costing a transaction of its own
         self.consumers.on(MediaConfigure, lambda event: None, prepare=self._configure_media)
-        self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at))
+        self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at,
+                                                                                  event.announcement))
         for event_type in CALL_EVENTS:         # the live stream: which call changed (it reads the view itself)
             self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
+
+    # -- call recording and transcription (domain.recording, media.capture) ------------------------------
+    def _after_call(self, event: ReleaseMedia) -> None:
+        """A call with recording or transcription enabled ended: its audio is processed off the event loop."""
+        call = self.platform.call(event.call_id)
+        if not call_recording.wanted(call):
+            return
+        task = asyncio.get_running_loop().create_task(self._capture(call.id, call.phone_number_id, dict(call.capture)))
+        self._captures.add(task)
+        task.add_done_callback(self._captures.discard)
+
+    async def _capture(self, call_id: str, phone_number_id: str, capture: dict) -> None:
+        from .media import capture as media_capture       # the recogniser's module: only when a call needs it
+        loop = asyncio.get_running_loop()
+        try:
+            await self.media.released(call_id)             # the leg wrote out what the user heard
+            processed = await loop.run_in_executor(None, lambda: media_capture.process(
+                self.recordings, call_id, recording=call_recording.enabled(capture, "recording"),
+                transcription=call_recording.enabled(capture, "transcription"), processed_at=self.clock.now()))
+            if processed is None:
+                self.apply(lambda: call_recording.declined(self.platform, call_id))
+                return
+            recording = transcript = None
+            if processed.recording is not None:
+                recording = self._publish(phone_number_id, processed.recording, "audio/ogg; codecs=opus")
+            if processed.transcript is not None:
+                transcript = self._publish(phone_number_id, codec.dumps(processed.transcript).encode(),
+                                           "application/json")
+            text = processed.transcript["transcript"]["text"] if processed.transcript else None
+            self.apply(lambda: call_recording.available(self.platform, call_id, recording, transcript, text))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:          # Meta: best effort; nothing is sent when processing fails
+            log.warning("recording/transcription of call %s failed: %s", call_id, exc, exc_info=exc)
+            self.apply(lambda: self.platform.media_note(call_id, "recording_failed", reason=str(exc)), defer=True)
+
+    def _publish(self, phone_number_id: str, data: bytes, mime_type: str) -> dict:
+        """Publish webhook media (kept 7 days) and describe it as Meta's webhooks do."""
+        media_id = self.media_library.add_media(phone_number_id, data, mime_type)
+        record = self.platform.media_record(media_id)
+        return {"id": media_id, "sha256": record.sha256 if record else None, "mime_type": mime_type,
+                "url": f"{self.base_url}{DOWNLOAD_PATH}?{self.media_library.url_query(media_id)}"}
 
     def _configure_media(self, event: MediaConfigure) -> None:
         """Configure the relay for a call (a preparer: a failure is logged like a consumer's and the commit

@@ -114,6 +114,10 @@ async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True,
         "biz_opaque_callback_data": call.biz_opaque_callback_data, "cta_payload": call.cta_payload,
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
         "sip": call.sip,                   # the SIP dialog as persisted (restored after a restart)
+        # call recording / transcription (domain.recording): what was asked, and what came of it
+        "capture": call.capture,
+        "recording": (call.captured or {}).get("recording"),
+        "transcript": (call.captured or {}).get("transcript"),
     }
     if with_timeline:
         view["timeline"] = host.timeline(call.id) + host.platform.pending_notes(call.id)

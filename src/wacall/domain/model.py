@@ -207,6 +207,9 @@ class Call(Record):
     # relay carries the call on; opaque to the rules
     media: dict | None = None
     sip: dict | None = None              # the SIP dialog's state (gateway.Dialog.state()): restored on restart
+    # call recording / transcription (domain.recording): the objects of connect/accept, and what came of them
+    capture: dict | None = None          # {"recording": {status, purpose, announcement_language}, "transcription": ...}
+    captured: dict | None = None         # {"recording": {media_id...}, "transcript": {media_id, text}, "declined"}
 
     @property
     def key(self) -> str:

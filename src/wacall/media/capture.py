@@ -30,12 +30,18 @@ import numpy as np
 import numpy.typing as npt
 
 from . import g711
-from .audio import FRAME_SAMPLES, SAMPLE_RATE, OpusEncoder, TtsSource, parse_audio_spec
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, TTS_VOICE, OpusEncoder, TtsSource, parse_audio_spec
 
 Int16Array = npt.NDArray[np.int16]
 ASR_RATE = 16000                       # PocketSphinx's en-us model is a 16 kHz model
 SEGMENT_GAP = 0.6                      # seconds of silence that end a segment
 SPEAKERS = ("Business", "Customer")    # channel 0, channel 1 (Meta's transcript document)
+
+
+def announcement_voice(language_voice: str | None) -> str:
+    """The espeak-ng voice of an announcement: the language's voice with the Klatt variant of ``tts:``."""
+    variant = TTS_VOICE.partition("+")[2]
+    return f"{language_voice or 'en-us'}+{variant}" if variant else (language_voice or "en-us")
 
 
 def announcement_pcm(text: str, voice: str | None = None) -> Int16Array:
@@ -248,22 +254,34 @@ def transcript_document(business: Int16Array, customer: Int16Array, processed_at
 
 # -- after the call --------------------------------------------------------------------------------------
 @dataclass
-class Capture:
-    """What the post-call processing made: None for a user who hung up before the announcement ended."""
-    business: Int16Array
-    customer: Int16Array
+class Processed:
+    """What the post-call processing made: the stereo recording and / or the transcript document."""
+    recording: bytes | None
+    transcript: dict | None
+    seconds: float
 
 
-def capture(business_heard: Int16Array, announcement: Int16Array, offset: int, user_audio: str) -> Capture | None:
-    """Both channels of a call whose announcement started ``offset`` samples into what the user heard
-    (``business_heard``: decoded from the call's recording file). None when the call ended before the
-    announcement did (the user declined by hanging up)."""
-    if len(business_heard) < offset + len(announcement) - FRAME_SAMPLES * 5:
+def process(recordings, call_id: str, *, recording: bool, transcription: bool, processed_at: float) -> Processed | None:
+    """Both channels of an ended call as Meta captures them (after the announcement's mix), as stereo
+    Ogg/Opus and / or Meta's transcript document. ``recordings``: the ``wacall.media.recording.Recordings``
+    holding what the user heard (channel 0, the business, with the announcement mixed in); channel 1, the
+    customer, is the user's own audio source with the announcement mixed in at the same place. None when
+    no announcement played to its end: the user hung up before or during it, which declines."""
+    heard = recordings.heard_pcm(call_id)
+    if heard is None or heard[1] is None:
         return None
-    business = mix(business_heard, announcement, offset)
-    customer = mix(source_pcm(user_audio, len(business)), announcement, offset)[:len(business)]
-    return Capture(business, customer)
+    business, mark = heard
+    offset = int(mark.get("offset_frames", 0)) * FRAME_SAMPLES
+    length = int(mark.get("frames", 0)) * FRAME_SAMPLES
+    if len(business) < offset + length - 5 * FRAME_SAMPLES:       # the call ended during the announcement
+        return None
+    announcement = announcement_pcm(mark["text"], mark.get("voice"))
+    customer = mix(source_pcm(str(mark.get("user_audio", "silence")), len(business)), announcement, offset)
+    customer = customer[:len(business)]
+    return Processed(stereo_ogg(business, customer) if recording else None,
+                     transcript_document(business, customer, processed_at) if transcription else None,
+                     len(business) / SAMPLE_RATE)
 
 
-__all__ = ["Capture", "Recogniser", "Word", "announcement_pcm", "capture", "intro_frames", "mix", "read_stereo",
+__all__ = ["Processed", "Recogniser", "Word", "announcement_pcm", "announcement_voice", "process", "intro_frames", "mix", "read_stereo",
            "segments", "source_pcm", "stereo_ogg", "transcript_document"]

@@ -258,9 +258,34 @@ class MediaEngine:
                 on_error=lambda reason: self.reporter.note(call_id, "recording_failed", reason=reason))
         endpoint.configure(negotiated, user_audio, user_is_caller=user_is_caller)
 
-    def call_connected(self, call_id: str, at: float) -> None:
+    def call_connected(self, call_id: str, at: float, announcement: dict | None = None) -> None:
         if (endpoint := self.endpoint(call_id)) is not None:
             endpoint.phone.connected(at)
+            if announcement is not None:
+                endpoint.phone.awaiting_intro = True       # the user's first words wait for the announcement
+                asyncio.get_running_loop().create_task(self._announce(endpoint, announcement))
+
+    async def _announce(self, endpoint: RelayEndpoint, announcement: dict) -> None:
+        """Recording / transcription enabled: the announcement, rendered and mixed off the event loop, plays
+        in both directions (``wacall.media.capture``); the user's phone sends it from its next tick."""
+        from . import capture                      # TTS and the recogniser's module: only calls that record
+        codec = endpoint.negotiated.send_codec if endpoint.negotiated else "opus"
+        voice = capture.announcement_voice(announcement.get("voice"))
+        try:
+            frames = await asyncio.get_running_loop().run_in_executor(None, lambda: capture.intro_frames(
+                capture.announcement_pcm(announcement["text"], voice), endpoint.phone.audio, codec))
+        except Exception as exc:                   # no espeak-ng: the call goes on unannounced, and says so
+            endpoint.phone.awaiting_intro = False
+            self.reporter.note(endpoint.call_id, "announcement_failed", reason=str(exc))
+            return
+        if endpoint.closed:
+            return
+        if endpoint.fast is not None:              # [fastpath] Python sends while the announcement plays
+            endpoint.fast.stop_tx()
+        endpoint.phone.announce(frames, {"text": announcement["text"], "voice": voice})
+
+    async def released(self, call_id: str) -> None:
+        """Wait until a released leg wrote out its recording (here: at once, release is synchronous)."""
 
     def is_live(self, call_id: str) -> bool:
         return call_id in self.endpoints
