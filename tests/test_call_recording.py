@@ -160,3 +160,50 @@ def test_bad_recording_objects_get_metas_error(wa, business, objects, message):
     error = response.json()["error"]
     assert error["code"] == 100 and message in error["error_data"]["details"], error
     assert wa.call(call_id)["state"] == "RINGING"
+
+
+@pytest.fixture
+def media_wa(media_server):
+    return media_server
+
+
+def test_business_initiated_g711_call_is_recorded_in_both_media_planes(media_wa, tmp_path):
+    """A business-initiated call (G.711 PCMU, so the announcement is mixed and encoded as G.711), with the
+    media in the server process and in worker processes: the business hears the announcement over the
+    user's tone, and the recording has the business's 1000 Hz on channel 0 and the user's 440 Hz on 1."""
+    from support.harness import Receiver
+    from wacall.media.audio import tone_power
+    wa = media_wa
+    business = SdesBusiness(1000.0, g711="PCMU")
+    with Receiver.subscribed_to(wa) as receiver:
+        try:
+            assert wa.graph("POST", f"{wa.pnid}/settings", json={"calling": {
+                "srtp_key_exchange_protocol": "SDES", "audio": {"additional_codecs": ["PCMU"]}}}).status_code == 200
+            assert wa.ctl("POST", f"users/{ALICE}/permission_replies",
+                          {"phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
+            assert wa.ctl("PATCH", f"users/{ALICE}", {"answer_after": 0.2, "audio": "tone:440"}).status_code == 200
+            response = wa.calls_action({"to": ALICE, "action": "connect", "recording": ENABLED,
+                                        "session": {"sdp_type": "offer", "sdp": business.offer(["PCMU"])}})
+            assert response.status_code == 200, response.text
+            call_id = response.json()["calls"][0]["id"]
+            connect = receiver.wait(lambda r: [e for e in r.call_events(call_id) if e.get("event") == "connect"])[0]
+            business.answered(connect["session"]["sdp"])
+            wa.wait_state(call_id, "ACCEPTED")
+            business.run(7.0)
+            heard = np.concatenate(business.received_pcm).astype(np.float64)
+            early, late = heard[:8000 * 3], heard[8000 * 6:]
+
+            def share(pcm):
+                return tone_power(pcm, 8000, 440) / np.mean((pcm / 32768.0) ** 2)
+            assert share(early) < 0.95 and share(late) > 0.99, (share(early), share(late))   # speech mixed in early
+            assert wa.calls_action({"call_id": call_id, "action": "terminate"}).status_code == 200
+            value = receiver.wait_for("calls", id=call_id, event="call_recording_available", timeout=60)
+            item = value["calls"][0]
+            assert item["to"] == ALICE and "call_transcript" not in item
+            _, ogg = _download(wa, item["call_recording"]["audio"]["id"])
+        finally:
+            business.close()
+    channel0, channel1 = capture.read_stereo(ogg)
+    after = slice(48000 * 6, 48000 * 7)
+    assert tone_power(channel0[after], 48000, 1000) > 20 * tone_power(channel0[after], 48000, 440)
+    assert tone_power(channel1[after], 48000, 440) > 20 * tone_power(channel1[after], 48000, 1000)

@@ -163,11 +163,12 @@ class Recogniser:
     def words(cls, pcm48: Int16Array) -> list[Word]:
         """The words recognised in 48 kHz mono speech, with times (seconds) and confidences: each stretch
         of speech between pauses (:func:`utterances`) is decoded as one utterance."""
-        pcm = _to_asr_rate(pcm48)
+        lead = ASR_RATE * 3 // 10                    # 300 ms of silence around: speech at an edge has context
+        pcm = np.concatenate((np.zeros(lead, np.int16), _to_asr_rate(pcm48), np.zeros(lead, np.int16)))
         words: list[Word] = []
         for start, end in utterances(pcm):
-            words += cls._decode(pcm[start:end], start / ASR_RATE)
-        return words
+            words += cls._decode(pcm[start:end], (start - lead) / ASR_RATE)
+        return [Word(w.word, max(0.0, w.start), max(0.0, w.end), w.confidence) for w in words]
 
     @classmethod
     def _decode(cls, pcm: Int16Array, at: float) -> list[Word]:
