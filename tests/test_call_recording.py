@@ -215,3 +215,41 @@ def test_business_initiated_g711_call_is_recorded_in_both_media_planes(media_wa,
     after = slice(48000 * 6, 48000 * 7)
     assert tone_power(channel0[after], 48000, 1000) > 20 * tone_power(channel0[after], 48000, 440)
     assert tone_power(channel1[after], 48000, 440) > 20 * tone_power(channel1[after], 48000, 1000)
+
+
+from test_console_browser import page  # noqa: E402,F401  (the Playwright page fixture)
+
+
+async def test_the_calls_page_plays_the_recording_and_shows_the_transcript(wa, business, page):
+    """The console's call page (Chromium via Playwright): a player for the stereo recording, served from the
+    control API, and the transcript's segments under each speaker."""
+    import asyncio
+
+    def recorded_call() -> str:
+        call_id = _accept(wa, business, recording=ENABLED, transcription=ENABLED)
+        business.run(9.0)
+        assert wa.calls_action({"call_id": call_id, "action": "terminate"}).status_code == 200
+        wa.wait_for(lambda: wa.call(call_id).get("transcript"), timeout=90, what="the transcript")
+        return call_id
+
+    call_id = await asyncio.to_thread(recorded_call)
+    view = await asyncio.to_thread(wa.call, call_id)
+    base = wa.url.replace('127.0.0.1', 'localhost')
+    await page.goto(f"{base}/_wacall/console/calls/{call_id}")
+    await page.wait_for_selector("#transcript table.transcript tbody tr")
+    source = await page.get_attribute("#call-recording audio source", "src")
+    assert source == f"/_wacall/calls/{call_id}/media/{view['recording']['media_id']}"
+    response = await page.request.get(base + source)
+    assert response.ok and response.headers["content-type"] == "audio/ogg; codecs=opus"
+    assert (await response.body())[:4] == b"OggS"
+    duration = await page.evaluate("""src => new Promise((ok, fail) => {
+        const a = new Audio(src); a.onloadedmetadata = () => ok(a.duration); a.onerror = () => fail(a.error.code); })""",
+                                   source)
+    assert 8 < duration < 12                       # Chromium decodes the stereo Ogg/Opus
+    rows = await page.eval_on_selector_all("#transcript table.transcript tbody tr",
+                                           "rows => rows.map(r => [r.cells[1].textContent, r.cells[2].textContent])")
+    assert any(speaker.startswith("Business") and BUSINESS_SAYS in said for speaker, said in rows), rows
+    assert any(speaker.startswith("Customer") for speaker, _ in rows), rows
+    assert page.errors == []
+    other = await page.request.get(f"{base}/_wacall/calls/{call_id}/media/999")
+    assert other.status == 404

@@ -562,7 +562,7 @@ class Wacall:
             reset=self.reset, info=self.info, base_url=lambda: self.base_url,
             faults=self.faults, encode_audio=PreEncodedAudio.get, timeline=store.timeline, journal=dispatcher.journal,
             call_list=store.call_list, media_view=media.view, media_stats=media.stats, send_dtmf=media.send_dtmf,
-            recording_wav=media.recording_wav, webhook_stats=dispatcher.stats,
+            recording_wav=media.recording_wav, webhook_stats=dispatcher.stats, media_file=self.media_library.media_path,
             webhook_faults=dispatcher.fault_plan,
             sip_health=lambda: None if self.sip is None else self.sip.health(),
             sip_hosts=lambda add: None if self.sip is None else self.sip.hosts(add),
