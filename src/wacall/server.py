@@ -20,6 +20,7 @@ import logging
 import resource
 import secrets
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -472,33 +473,45 @@ class Wacall:
         task.add_done_callback(self._captures.discard)
 
     async def _capture(self, call_id: str, phone_number_id: str, capture: dict) -> None:
-        from .media import capture as media_capture       # the recogniser's module: only when a call needs it
-        loop = asyncio.get_running_loop()
+        """Make the call's recording / transcript in a child process (``python -m wacall.media.capture``:
+        the recogniser holds the GIL for seconds, which would stall the calls' media here), publish them and
+        tell the business; a user who hung up during the announcement declined."""
+        process = None
         try:
             await self.media.released(call_id)             # the leg wrote out what the user heard
-            processed = await loop.run_in_executor(None, lambda: media_capture.process(
-                self.recordings, call_id, recording=call_recording.enabled(capture, "recording"),
-                transcription=call_recording.enabled(capture, "transcription"), processed_at=self.clock.now()))
-            if processed is None:
-                self.apply(lambda: call_recording.declined(self.platform, call_id))
-                return
-            recording = transcript = None
-            if processed.recording is not None:
-                recording = self._publish(phone_number_id, processed.recording, "audio/ogg; codecs=opus")
-            if processed.transcript is not None:
-                transcript = self._publish(phone_number_id, codec.dumps(processed.transcript).encode(),
-                                           "application/json")
-            text = processed.transcript["transcript"]["text"] if processed.transcript else None
-            self.apply(lambda: call_recording.available(self.platform, call_id, recording, transcript, text))
+            with tempfile.TemporaryDirectory(prefix="wacall-capture-") as out:
+                args = [sys.executable, "-m", "wacall.media.capture", "--recordings-dir", str(self.recordings.dir),
+                        "--call-id", call_id, "--out", out, "--processed-at", repr(self.clock.now())]
+                args += ["--recording"] if call_recording.enabled(capture, "recording") else []
+                args += ["--transcription"] if call_recording.enabled(capture, "transcription") else []
+                process = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
+                                                               stdout=asyncio.subprocess.PIPE,
+                                                               stderr=asyncio.subprocess.PIPE)
+                stdout, stderr = await process.communicate()
+                if process.returncode != 0:
+                    raise RuntimeError(stderr.decode(errors="replace").strip().splitlines()[-1:] or process.returncode)
+                result = codec.loads(stdout.strip().splitlines()[-1])
+                if result["declined"]:
+                    self.apply(lambda: call_recording.declined(self.platform, call_id))
+                    return
+                recording = transcript = None
+                if result["recording"]:
+                    recording = self._publish(phone_number_id, result["recording"], "audio/ogg; codecs=opus")
+                if result["transcript"]:
+                    transcript = self._publish(phone_number_id, result["transcript"], "application/json")
+            self.apply(lambda: call_recording.available(self.platform, call_id, recording, transcript,
+                                                        result["text"]))
         except asyncio.CancelledError:
+            if process is not None and process.returncode is None:
+                process.kill()
             raise
         except Exception as exc:          # Meta: best effort; nothing is sent when processing fails
-            log.warning("recording/transcription of call %s failed: %s", call_id, exc, exc_info=exc)
+            log.warning("recording/transcription of call %s failed: %s", call_id, exc)
             self.apply(lambda: self.platform.media_note(call_id, "recording_failed", reason=str(exc)), defer=True)
 
-    def _publish(self, phone_number_id: str, data: bytes, mime_type: str) -> dict:
-        """Publish webhook media (kept 7 days) and describe it as Meta's webhooks do."""
-        media_id = self.media_library.add_media(phone_number_id, data, mime_type)
+    def _publish(self, phone_number_id: str, path: str, mime_type: str) -> dict:
+        """Publish a file as webhook media (kept 7 days) and describe it as Meta's webhooks do."""
+        media_id = self.media_library.add_media(phone_number_id, path, mime_type, move=True)
         record = self.platform.media_record(media_id)
         return {"id": media_id, "sha256": record.sha256 if record else None, "mime_type": mime_type,
                 "url": f"{self.base_url}{DOWNLOAD_PATH}?{self.media_library.url_query(media_id)}"}

@@ -13,7 +13,8 @@ and the transcript document (Meta's call recording and call transcription featur
 - :class:`Recogniser`: offline speech recognition with PocketSphinx (PyPI ``pocketsphinx``, which ships
   its US English acoustic model, dictionary and language model in the wheel: nothing is downloaded).
 
-Everything here blocks (TTS, encoding, recognition: seconds): run it in an executor, never on the loop.
+Everything here blocks (TTS, encoding, recognition: seconds): run it in an executor, never on the loop; the
+post-call processing runs in a process of its own (:func:`main`): PocketSphinx holds the GIL while it decodes.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class Recogniser:
     def _get(cls):
         if cls._decoder is None:
             from pocketsphinx import Decoder       # imported here: only transcription needs it
-            cls._decoder = Decoder(samprate=ASR_RATE, loglevel="FATAL")
+            cls._decoder = Decoder(samprate=ASR_RATE, loglevel="FATAL", cmn="batch")
         return cls._decoder
 
     @classmethod
@@ -282,6 +283,51 @@ def process(recordings, call_id: str, *, recording: bool, transcription: bool, p
     return Processed(stereo_ogg(business, customer) if recording else None,
                      transcript_document(business, customer, processed_at) if transcription else None,
                      len(business) / SAMPLE_RATE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wacall.media.capture --recordings-dir D --call-id C --out DIR [--recording] [--transcription]
+    --processed-at T``: :func:`process` in a process of its own (PocketSphinx holds the GIL while it decodes:
+    in a thread of the server it would stall every call's media for seconds), at a lower CPU priority. Writes
+    ``recording.ogg`` / ``transcript.json`` into ``--out`` and prints one JSON line: {"declined", "recording",
+    "transcript", "text", "seconds"}."""
+    import argparse
+    import json
+    import os
+
+    from .recording import Recordings
+
+    parser = argparse.ArgumentParser(prog="python -m wacall.media.capture")
+    parser.add_argument("--recordings-dir", required=True)
+    parser.add_argument("--call-id", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--recording", action="store_true")
+    parser.add_argument("--transcription", action="store_true")
+    parser.add_argument("--processed-at", type=float, required=True)
+    args = parser.parse_args(argv)
+    try:
+        os.nice(10)                     # live calls first
+    except OSError:
+        pass
+    done = process(Recordings(args.recordings_dir), args.call_id, recording=args.recording,
+                   transcription=args.transcription, processed_at=args.processed_at)
+    result: dict = {"declined": done is None, "recording": None, "transcript": None, "text": None, "seconds": None}
+    if done is not None:
+        out = Path(args.out)
+        result["seconds"] = round(done.seconds, 2)
+        if done.recording is not None:
+            (out / "recording.ogg").write_bytes(done.recording)
+            result["recording"] = str(out / "recording.ogg")
+        if done.transcript is not None:
+            (out / "transcript.json").write_text(json.dumps(done.transcript, ensure_ascii=False))
+            result["transcript"] = str(out / "transcript.json")
+            result["text"] = done.transcript["transcript"]["text"]
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 __all__ = ["Processed", "Recogniser", "Word", "announcement_pcm", "announcement_voice", "process", "intro_frames", "mix", "read_stereo",
