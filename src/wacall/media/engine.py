@@ -51,6 +51,9 @@ class _Silent:
         return 20.0, 30.0
 
 
+_ANNOUNCING: set[asyncio.Task] = set()           # recording announcements being rendered
+
+
 def loopback6() -> str | None:
     """``::1`` when this host has IPv6 loopback (the relay then offers an IPv6 candidate), else None."""
     if not socket.has_ipv6:
@@ -263,7 +266,9 @@ class MediaEngine:
             endpoint.phone.connected(at)
             if announcement is not None:
                 endpoint.phone.awaiting_intro = True       # the user's first words wait for the announcement
-                asyncio.get_running_loop().create_task(self._announce(endpoint, announcement))
+                task = asyncio.get_running_loop().create_task(self._announce(endpoint, announcement))
+                _ANNOUNCING.add(task)                       # (a task nobody holds may be collected mid-way)
+                task.add_done_callback(_ANNOUNCING.discard)
 
     async def _announce(self, endpoint: RelayEndpoint, announcement: dict) -> None:
         """Recording / transcription enabled: the announcement, rendered and mixed off the event loop, plays
