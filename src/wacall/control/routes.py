@@ -355,6 +355,7 @@ async def call_media(host: ControlHost, request: web.Request) -> web.StreamRespo
     return web.FileResponse(path, headers={"Content-Type": mime_type})
 
 
+@handler
 async def call_recording(host: ControlHost, request: web.Request) -> web.Response:
     wav = await host.recording_wav(request.match_info["call_id"])
     if wav is None:

@@ -31,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import g711
-from .audio import FRAME_SAMPLES, SAMPLE_RATE, TTS_VOICE, OpusEncoder, TtsSource, parse_audio_spec
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, TTS_VOICE, OpusEncoder, parse_audio_spec
+from .recording import Recordings, announcement_pcm, mix
 
 Int16Array = npt.NDArray[np.int16]
 ASR_RATE = 16000                       # PocketSphinx's en-us model is a 16 kHz model
@@ -43,21 +44,6 @@ def announcement_voice(language_voice: str | None) -> str:
     """The espeak-ng voice of an announcement: the language's voice with the Klatt variant of ``tts:``."""
     variant = TTS_VOICE.partition("+")[2]
     return f"{language_voice or 'en-us'}+{variant}" if variant else (language_voice or "en-us")
-
-
-def announcement_pcm(text: str, voice: str | None = None) -> Int16Array:
-    """The announcement as espeak-ng speaks it (48 kHz mono int16), followed by 300 ms of silence."""
-    return TtsSource(text, voice=voice, pause=0.3, loop=False).pcm
-
-
-def mix(base: Int16Array, overlay: Int16Array, offset: int = 0) -> Int16Array:
-    """``overlay`` added onto ``base`` from sample ``offset`` (``base`` is extended with silence if needed),
-    clipped to int16."""
-    end = offset + len(overlay)
-    out = np.zeros(max(len(base), end), dtype=np.int32)
-    out[:len(base)] = base
-    out[offset:end] += overlay
-    return np.clip(out, -32768, 32767).astype(np.int16)
 
 
 def source_pcm(spec: str, samples: int) -> Int16Array:
@@ -145,20 +131,18 @@ class Word:
 
 
 class Recogniser:
-    """PocketSphinx with the US English model its wheel ships (``pocketsphinx.get_model_path()``).
-    One decoder per process, loaded on first use (~1 s) and used under a lock: recognition is CPU-bound
-    and runs in an executor."""
+    """PocketSphinx with the US English model its wheel ships (``pocketsphinx.get_model_path()``), batch
+    cepstral mean normalisation per utterance. A fresh decoder per channel (~0.7 s to load the model): a
+    decoder carries adaptation from one utterance set to the next, and a transcript must not depend on the
+    calls transcribed before it. CPU-bound and holding the GIL: run it in a process of its own."""
 
-    _decoder = None
-    _lock = threading.Lock()
     language = "en"
+    _lock = threading.Lock()
 
-    @classmethod
-    def _get(cls):
-        if cls._decoder is None:
-            from pocketsphinx import Decoder       # imported here: only transcription needs it
-            cls._decoder = Decoder(samprate=ASR_RATE, loglevel="FATAL", cmn="batch")
-        return cls._decoder
+    @staticmethod
+    def _new():
+        from pocketsphinx import Decoder           # imported here: only transcription needs it
+        return Decoder(samprate=ASR_RATE, loglevel="FATAL", cmn="batch", remove_noise=False)
 
     @classmethod
     def words(cls, pcm48: Int16Array) -> list[Word]:
@@ -167,28 +151,31 @@ class Recogniser:
         lead = ASR_RATE * 3 // 10                    # 300 ms of silence around: speech at an edge has context
         pcm = np.concatenate((np.zeros(lead, np.int16), _to_asr_rate(pcm48), np.zeros(lead, np.int16)))
         words: list[Word] = []
-        for start, end in utterances(pcm):
-            words += cls._decode(pcm[start:end], (start - lead) / ASR_RATE)
+        spans = utterances(pcm)
+        if not spans:
+            return words
+        with cls._lock:
+            decoder = cls._new()
+            for start, end in spans:
+                words += cls._decode(decoder, pcm[start:end], (start - lead) / ASR_RATE)
         return [Word(w.word, max(0.0, w.start), max(0.0, w.end), w.confidence) for w in words]
 
-    @classmethod
-    def _decode(cls, pcm: Int16Array, at: float) -> list[Word]:
-        with cls._lock:
-            decoder = cls._get()
-            frame_rate = decoder.config["frate"]
-            decoder.start_utt()
-            decoder.process_raw(np.ascontiguousarray(pcm, dtype="<i2").tobytes(), full_utt=True)
-            decoder.end_utt()
-            words = []
-            for seg in decoder.seg():
-                word = seg.word
-                if word.startswith("<") or word.startswith("[") or word.startswith("++"):
-                    continue                        # <s>, </s>, <sil>, [NOISE], fillers
-                if "(" in word:
-                    word = word[:word.index("(")]   # alternate pronunciations: "the(2)"
-                words.append(Word(word, round(at + seg.start_frame / frame_rate, 2),
-                                  round(at + (seg.end_frame + 1) / frame_rate, 2),
-                                  round(float(min(1.0, max(0.0, seg.prob))), 2)))
+    @staticmethod
+    def _decode(decoder, pcm: Int16Array, at: float) -> list[Word]:
+        frame_rate = decoder.config["frate"]
+        decoder.start_utt()
+        decoder.process_raw(np.ascontiguousarray(pcm, dtype="<i2").tobytes(), full_utt=True)
+        decoder.end_utt()
+        words = []
+        for seg in decoder.seg():
+            word = seg.word
+            if word.startswith("<") or word.startswith("[") or word.startswith("++"):
+                continue                            # <s>, </s>, <sil>, [NOISE], fillers
+            if "(" in word:
+                word = word[:word.index("(")]       # alternate pronunciations: "the(2)"
+            words.append(Word(word, round(at + seg.start_frame / frame_rate, 2),
+                              round(at + (seg.end_frame + 1) / frame_rate, 2),
+                              round(float(min(1.0, max(0.0, seg.prob))), 2)))
         return words
 
 
@@ -294,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
     import os
-
-    from .recording import Recordings
 
     parser = argparse.ArgumentParser(prog="python -m wacall.media.capture")
     parser.add_argument("--recordings-dir", required=True)

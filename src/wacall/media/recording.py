@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, Recorder
+from .audio import SAMPLE_RATE, Recorder, TtsSource
 from .rtp import RtpError, RtpPacket
 
 log = logging.getLogger("wacall.media")
@@ -39,6 +39,21 @@ LENGTH = struct.Struct("!H")
 FLUSH_BYTES = 32 * 1024           # ~6 s of 32 kbit/s Opus, ~3.5 s of G.711 per call in memory
 PACKETS_PER_SECOND = 50           # 20 ms packets
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+def announcement_pcm(text: str, voice: str | None = None) -> np.ndarray:
+    """A recording announcement as espeak-ng speaks it (48 kHz mono int16), then 300 ms of silence."""
+    return TtsSource(text, voice=voice, pause=0.3, loop=False).pcm
+
+
+def mix(base: np.ndarray, overlay: np.ndarray, offset: int = 0) -> np.ndarray:
+    """``overlay`` added onto ``base`` from sample ``offset`` (``base`` extended with silence if needed),
+    clipped to int16."""
+    end = offset + len(overlay)
+    out = np.zeros(max(len(base), end), dtype=np.int32)
+    out[:len(base)] = base
+    out[offset:end] += overlay
+    return np.clip(out, -32768, 32767).astype(np.int16)
 
 
 class RecordingWriter:
@@ -214,7 +229,6 @@ class Recordings:
         pcm = recorder.pcm() if recorder is not None else np.zeros(0, dtype=np.int16)
         mark = self.announcement(call_id)
         if mark is not None:
-            from .capture import announcement_pcm, mix       # only for calls that were announced
             try:
                 pcm = mix(pcm, announcement_pcm(mark["text"], mark.get("voice")),
                           int(mark.get("offset_frames", 0)) * 960)[:max(len(pcm), 1)]
