@@ -98,6 +98,9 @@ def test_upload_get_download_delete(wa):
     got = download(wa, body["url"])
     assert got.status_code == 200 and got.content == PNG
     assert got.headers["content-type"] == "image/png"
+    head = wa.http.head(body["url"], headers={"Authorization": f"Bearer {A['token']}"})
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(PNG))
+    envelope(wa.http.post(body["url"], headers={"Authorization": f"Bearer {A['token']}"}), 100, 400)
 
     deleted = wa.graph("DELETE", media_id, token=A["token"])
     assert deleted.status_code == 200 and deleted.json() == {"success": True}
@@ -230,6 +233,46 @@ def test_files_on_disk_survive_kill_9_and_retention_removes_them(tmp_path):
         wa.close()
 
 
+def test_kill_9_mid_upload_leaves_nothing_behind(tmp_path):
+    """An upload cut by a crash was never answered: after the restart there is neither a record nor a file."""
+    import threading
+
+    db = tmp_path / "wacall.db"
+    wa = Wacall(db=str(db)).start()
+    media_dir = Path(str(db) + ".media")
+    stop = threading.Event()
+
+    def body():
+        yield (b'--b\r\nContent-Disposition: form-data; name="messaging_product"\r\n\r\nwhatsapp\r\n'
+               b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.pdf"\r\n'
+               b"Content-Type: application/pdf\r\n\r\n")
+        while not stop.is_set():
+            yield b"%" * 65536
+            stop.wait(0.01)
+
+    def send():
+        try:
+            wa.http.post(f"{wa.url}/{VERSION}/{wa.pnid}/media", content=body(),
+                         headers={"Authorization": f"Bearer {wa.token}",
+                                  "Content-Type": "multipart/form-data; boundary=b"})
+        except httpx.HTTPError:
+            pass                                     # the server died under it
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        wa.wait_for(lambda: any(p.stat().st_size > 0 for p in (media_dir / ".incoming").iterdir()),
+                    what="the upload to reach the disk")
+        wa.kill()
+        stop.set()
+        sender.join(10)
+        wa.start()
+        assert list(media_dir.iterdir()) == [media_dir / ".incoming"]
+        assert not list((media_dir / ".incoming").iterdir())
+    finally:
+        stop.set()
+        wa.close()
+
+
 def test_add_media_contract_in_process():
     """``MediaLibrary.add_media`` (what voicemail and recording publish through): webhook media, downloadable
     through the Media API, kept 7 days; ``media_bytes`` reads it back; the temporary directory of a
@@ -316,3 +359,36 @@ def test_graph_versions_configurable(tmp_path):
         envelope(get("v24.0"), 100, 400)               # newer than latest, refused
     finally:
         wa.close()
+
+
+def test_a_large_upload_and_download_are_streamed_not_held_in_memory(wa):
+    """90 MB up and down: the server's peak resident memory grows by far less than the file."""
+    def peak_kb() -> int:
+        status = Path(f"/proc/{wa.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+
+    class Zeros(io.RawIOBase):
+        left = 90 * 1024 * 1024
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            n = min(len(buffer), self.left)
+            buffer[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    before = peak_kb()
+    response = wa.graph("POST", f"{A['number']}/media", token=A["token"], data={"messaging_product": "whatsapp"},
+                        files={"file": ("big.pdf", io.BufferedReader(Zeros(), 1 << 20), "application/pdf")})
+    assert response.status_code == 200, response.text
+    info = wa.graph("GET", response.json()["id"], token=A["token"]).json()
+    assert info["file_size"] == str(90 * 1024 * 1024)
+    got = 0
+    with wa.http.stream("GET", info["url"], headers={"Authorization": f"Bearer {A['token']}"}) as download:
+        for chunk in download.iter_bytes(1 << 20):
+            assert not chunk.strip(b"\0")
+            got += len(chunk)
+    assert got == 90 * 1024 * 1024
+    assert peak_kb() - before < 24 * 1024, (before, peak_kb())

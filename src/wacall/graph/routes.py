@@ -451,6 +451,8 @@ async def download(http: web.Request) -> web.StreamResponse:
     try:
         if host.media is None:
             raise GraphError(100, "Unknown path components", message="Unknown path components")
+        if http.method not in ("GET", "HEAD"):
+            raise GraphError(100, f"Unsupported {http.method.lower()} request: a media URL is only read.")
         req = await parse(host, http)
         app = authenticate(req)
         media_id, ext, hash_ = (str(http.query.get(k, "")) for k in ("mid", "ext", "hash"))
@@ -506,7 +508,7 @@ async def handle(http: web.Request) -> web.Response:
 
 def graph_routes(app: web.Application) -> None:
     """Register the routes; their handlers use the :class:`GraphHost` in ``app[GRAPH]``."""
-    app.router.add_route("GET", DOWNLOAD_PATH, download)        # media URLs (Meta's lookaside.fbsbx.com)
+    app.router.add_route("*", DOWNLOAD_PATH, download)          # media URLs (Meta's lookaside.fbsbx.com)
     app.router.add_route("*", "/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/calling/settings/{object_id}", handle)
     app.router.add_route("*", r"/{version:v[^/]*}/{path:(?s:.*)}", handle)   # (?s): paths may hold %0A
