@@ -308,6 +308,7 @@ def test_no_control_response_carries_a_sip_password_or_app_secret_except_info(wa
              "/_wacall/users": "users", "/_wacall/users/{wa_id}": f"users/{ALICE}", "/_wacall/calls": "calls",
              "/_wacall/calls/{call_id}": f"calls/{call_id}", "/_wacall/webhooks": "webhooks",
              "/_wacall/calls/{call_id}/recording.wav": f"calls/{call_id}/recording.wav",
+             "/_wacall/calls/{call_id}/media/{media_id}": f"calls/{call_id}/media/1",
              "/_wacall/limits": "limits", "/_wacall/numbers/{phone_number_id}": f"numbers/{wa.pnid}",
              "/_wacall/apps/{app_id}": f"apps/{wa.app_id}", "/_wacall/sip/hosts": "sip/hosts",
              "/_wacall/faults": "faults", "/_wacall/webhooks/faults": "webhooks/faults",

@@ -20,6 +20,7 @@ import logging
 import resource
 import secrets
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ from .domain.events import (
     VoicemailRecord,
 )
 from .domain.platform import Platform
+from .domain import recording as call_recording
+from .graph.media import DOWNLOAD_PATH
 from .graph.routes import GRAPH, GraphHost, graph_routes
 from .legs import LegOwner
 from .media.audio import PreEncodedAudio
@@ -106,6 +109,7 @@ class Wacall:
         self.recordings, self._temporary_recordings = self._recordings_for(db)
         self.media_library = MediaLibrary(self._media_files_for(db), self.platform, self.apply, self._media_url_key())
         self._swept_at = time.monotonic()
+        self._captures: set[asyncio.Task] = set()   # calls' recordings and transcripts being made
         workers, certificate, port = self.config.media_workers, self._relay_certificate(), self.config.media_port
         self.media: MediaEngine | MediaWorkers = (
             MediaWorkers(workers, "127.0.0.1", reporter=self, certificate=certificate, port=port,
@@ -287,6 +291,8 @@ class Wacall:
         if self._dispatch_task:
             self._dispatch_task.cancel()
         await asyncio.gather(*(t for t in (self._ticker, self._dispatch_task) if t), return_exceptions=True)
+        for task in list(self._captures):
+            task.cancel()
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
@@ -457,16 +463,72 @@ class Wacall:
         """Who consumes which event after its commit (the webhooks were rendered into the commit itself;
         the SIP gateway registers for ``SipCallChanged`` when it starts)."""
         self.consumers.on(ReleaseMedia, lambda event: self.media.release(event.call_id))
+        self.consumers.on(ReleaseMedia, self._after_call)
         # the relay is configured before the commit of the change that negotiated its media, so what it notes
         # (srtp_ready, dtls_role) joins that commit instead of costing a transaction of its own
         self.consumers.on(MediaConfigure, lambda event: None, prepare=self._configure_media)
-        self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at))
+        self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at,
+                                                                                  event.announcement))
         self.consumers.on(VoicemailAnswer, self._voicemail_answer)
         self.consumers.on(VoicemailRecord, lambda event: self.media.voicemail_record(event.call_id, event.seconds))
         for event_type in (VoicemailAnswer, VoicemailRecord):      # the live stream: the call's voicemail moved on
             self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
         for event_type in CALL_EVENTS:         # the live stream: which call changed (it reads the view itself)
             self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
+
+    # -- call recording and transcription (domain.recording, media.capture) ------------------------------
+    def _after_call(self, event: ReleaseMedia) -> None:
+        """A call with recording or transcription enabled ended: its audio is processed off the event loop."""
+        call = self.platform.call(event.call_id)
+        if not call_recording.wanted(call):
+            return
+        task = asyncio.get_running_loop().create_task(self._capture(call.id, call.phone_number_id, dict(call.capture)))
+        self._captures.add(task)
+        task.add_done_callback(self._captures.discard)
+
+    async def _capture(self, call_id: str, phone_number_id: str, capture: dict) -> None:
+        """Make the call's recording / transcript in a child process (``python -m wacall.media.capture``:
+        the recogniser holds the GIL for seconds, which would stall the calls' media here), publish them and
+        tell the business; a user who hung up during the announcement declined."""
+        process = None
+        try:
+            await self.media.released(call_id)             # the leg wrote out what the user heard
+            with tempfile.TemporaryDirectory(prefix="wacall-capture-") as out:
+                args = [sys.executable, "-m", "wacall.media.capture", "--recordings-dir", str(self.recordings.dir),
+                        "--call-id", call_id, "--out", out, "--processed-at", repr(self.clock.now())]
+                args += ["--recording"] if call_recording.enabled(capture, "recording") else []
+                args += ["--transcription"] if call_recording.enabled(capture, "transcription") else []
+                process = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
+                                                               stdout=asyncio.subprocess.PIPE,
+                                                               stderr=asyncio.subprocess.PIPE)
+                stdout, stderr = await process.communicate()
+                if process.returncode != 0:
+                    raise RuntimeError(stderr.decode(errors="replace").strip().splitlines()[-1:] or process.returncode)
+                result = codec.loads(stdout.strip().splitlines()[-1])
+                if result["declined"]:
+                    self.apply(lambda: call_recording.declined(self.platform, call_id))
+                    return
+                recording = transcript = None
+                if result["recording"]:
+                    recording = self._publish(phone_number_id, result["recording"], "audio/ogg; codecs=opus")
+                if result["transcript"]:
+                    transcript = self._publish(phone_number_id, result["transcript"], "application/json")
+            self.apply(lambda: call_recording.available(self.platform, call_id, recording, transcript,
+                                                        result["text"]))
+        except asyncio.CancelledError:
+            if process is not None and process.returncode is None:
+                process.kill()
+            raise
+        except Exception as exc:          # Meta: best effort; nothing is sent when processing fails
+            log.warning("recording/transcription of call %s failed: %s", call_id, exc)
+            self.apply(lambda: self.platform.media_note(call_id, "recording_failed", reason=str(exc)), defer=True)
+
+    def _publish(self, phone_number_id: str, path: str, mime_type: str) -> dict:
+        """Publish a file as webhook media (kept 7 days) and describe it as Meta's webhooks do."""
+        media_id = self.media_library.add_media(phone_number_id, path, mime_type, move=True)
+        record = self.platform.media_record(media_id)
+        return {"id": media_id, "sha256": record.sha256 if record else None, "mime_type": mime_type,
+                "url": f"{self.base_url}{DOWNLOAD_PATH}?{self.media_library.url_query(media_id)}"}
 
     def _configure_media(self, event: MediaConfigure) -> None:
         """Configure the relay for a call (a preparer: a failure is logged like a consumer's and the commit
@@ -572,7 +634,7 @@ class Wacall:
             reset=self.reset, info=self.info, base_url=lambda: self.base_url,
             faults=self.faults, encode_audio=PreEncodedAudio.get, timeline=store.timeline, journal=dispatcher.journal,
             call_list=store.call_list, media_view=media.view, media_stats=media.stats, send_dtmf=media.send_dtmf,
-            recording_wav=media.recording_wav, webhook_stats=dispatcher.stats,
+            recording_wav=media.recording_wav, webhook_stats=dispatcher.stats, media_file=self.media_library.media_path,
             webhook_faults=dispatcher.fault_plan,
             sip_health=lambda: None if self.sip is None else self.sip.health(),
             sip_hosts=lambda add: None if self.sip is None else self.sip.hosts(add),

@@ -55,6 +55,9 @@ class ControlHost:
     sip_health: Callable[[], dict | None]                    # None when the SIP gateway is off
     sip_hosts: Callable[[dict | None], dict | None]          # add name -> loopback address (OSError); None when off
     resend_webhook: Callable[[int], dict | None] = lambda outbox_id: None   # a copy of a journal entry, queued now
+    # a published media's (mime type, file) for the console's players (recordings, transcripts, voicemails);
+    # KeyError when missing, deleted or expired
+    media_file: Callable[[str], tuple[str, Any]] | None = None
 
 
 CONTROL = web.AppKey("control", ControlHost)
@@ -126,6 +129,10 @@ async def call_view(host: ControlHost, call_id: str, with_webhooks: bool = True,
         "deeplink_payload": call.deeplink_payload, "meta_sdp": call.meta_sdp, "business_sdp": call.business_sdp,
         "sip": call.sip,                   # the SIP dialog as persisted (restored after a restart)
         "voicemail": _voicemail_view(call.voicemail),
+        # call recording / transcription (domain.recording): what was asked, and what came of it
+        "capture": call.capture,
+        "recording": (call.captured or {}).get("recording"),
+        "transcript": (call.captured or {}).get("transcript"),
     }
     if with_timeline:
         view["timeline"] = host.timeline(call.id) + host.platform.pending_notes(call.id)
@@ -392,6 +399,24 @@ async def call_dtmf(host: ControlHost, request: web.Request) -> web.Response:
 
 
 @handler
+async def call_media(host: ControlHost, request: web.Request) -> web.StreamResponse:
+    """A call's published media (recording, transcript, voicemail) for the console on loopback, without the
+    Media API's token and signed URL."""
+    call = host.platform.call(request.match_info["call_id"])
+    media_id = request.match_info["media_id"]
+    if call is None or host.media_file is None:
+        raise ControlError("unknown_call", f"no call {request.match_info['call_id']}", 404)
+    record = host.platform.media_record(media_id)
+    if record is None or record.phone_number_id != call.phone_number_id:
+        raise ControlError("unknown_media", f"no media {media_id} for call {call.id}'s number", 404)
+    try:
+        mime_type, path = host.media_file(media_id)
+    except KeyError:
+        raise ControlError("unknown_media", f"media {media_id} is gone (deleted or past its retention)", 404) from None
+    return web.FileResponse(path, headers={"Content-Type": mime_type})
+
+
+@handler
 async def call_recording(host: ControlHost, request: web.Request) -> web.Response:
     wav = await host.recording_wav(request.match_info["call_id"])
     if wav is None:
@@ -570,6 +595,7 @@ def control_routes(app: web.Application) -> None:
     r.add_post("/_wacall/calls/{call_id}/dtmf", call_dtmf)
     r.add_post("/_wacall/calls/{call_id}/voicemail", call_voicemail)
     r.add_get("/_wacall/calls/{call_id}/recording.wav", call_recording)
+    r.add_get("/_wacall/calls/{call_id}/media/{media_id}", call_media)
     r.add_post("/_wacall/calls/{call_id}/{action}", call_action)
     r.add_get("/_wacall/webhooks", webhooks)
     for method in ("GET", "POST", "DELETE"):

@@ -16,6 +16,7 @@ import zoneinfo
 from typing import Any, Protocol
 
 from . import identity
+from . import recording as call_recording
 from . import settings as calling_settings
 from .ends import failure_code
 from .errors import GraphError
@@ -226,7 +227,7 @@ class CallRules(PlatformState):
             pair.window_opened_at = now            # the user accepting a call opens the service window
         self.put(pair)
         self._set_state(call, ACCEPTED)
-        self.emit(MediaConnected(call.id, now))
+        self.emit(MediaConnected(call.id, now, call_recording.announcement(call.capture)))
 
     # -- the Graph action dispatcher ----------------------------------------------------------
     def wants_new_leg(self, number: PhoneNumber, body: Any) -> bool:
@@ -269,6 +270,7 @@ class CallRules(PlatformState):
             raise GraphError(100, "Param to must be a valid phone number.")
         opaque = _opaque(body)
         sdp, offer = self._session_sdp(body, number, "offer")
+        capture = call_recording.parse(body) or None
         if number.country in BIC_UNAVAILABLE_COUNTRIES:
             raise GraphError(138013)
         if self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING"):
@@ -305,7 +307,7 @@ class CallRules(PlatformState):
         key_exchange, codecs = self._media_options(number)
         call = Call(id=call_id, phone_number_id=number.id, wa_id=wa_id, direction=BUSINESS_INITIATED,
                     app_id=app.id, created_at=now, biz_opaque_callback_data=opaque, business_sdp=sdp,
-                    key_exchange=key_exchange,
+                    key_exchange=key_exchange, capture=capture,
                     signalling="sip" if calling_settings.sip_enabled(number.calling) else "graph")
         call.meta_sdp = build_meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
         call.media = {"leg": leg.to_doc()}
@@ -422,8 +424,11 @@ class CallRules(PlatformState):
         if call.pre_accept_sdp is not None and sdp != call.pre_accept_sdp:
             raise GraphError(100, "SDP Validation error: the SDP answer in accept is different from the SDP "
                                   "answer given in pre_accept for this call_id.")
+        capture = call_recording.parse(body)
         call.business_sdp = sdp
         call.biz_opaque_callback_data = _opaque(body) or call.biz_opaque_callback_data
+        if capture:
+            call.capture = capture
         if call.pre_accept_sdp is None:          # after a pre_accept the relay has this very answer already
             self._configure_media(call, answer)
         self._connected(call)

@@ -96,9 +96,27 @@ class MediaConfigure:
 
 @dataclass
 class MediaConnected:
-    """The call was accepted: the user's phone starts its media clock."""
+    """The call was accepted: the user's phone starts its media clock (and, with recording or transcription
+    enabled, plays ``announcement`` = {"text", "language", "voice"} mixed into both directions first)."""
     call_id: str
     at: float
+    announcement: dict | None = None
+
+
+@dataclass
+class CallRecordingAvailable:
+    """The call's recording is ready: ``media`` = {"id", "sha256", "mime_type", "url"} (Media API)."""
+    call_id: str
+    media: dict
+    timestamp: float
+
+
+@dataclass
+class CallTranscriptionAvailable:
+    """The call's transcript document is ready: ``media`` = {"id", "sha256", "mime_type", "url"}."""
+    call_id: str
+    media: dict
+    timestamp: float
 
 
 @dataclass
@@ -119,7 +137,7 @@ class VoicemailRecord:
 
 Event = (CallConnect | CallStatus | CallTerminate | CallCreated | PermissionReply | MessageStatus
          | SettingsUpdate | InboundMessage | SipCallChanged | ReleaseMedia | MediaConfigure | MediaConnected
-         | VoicemailAnswer | VoicemailRecord)
+         | VoicemailAnswer | VoicemailRecord | CallRecordingAvailable | CallTranscriptionAvailable)
 
 
 class EventRegistry:

@@ -221,6 +221,9 @@ class Call(Record):
     # the platform's voicemail on a user-initiated call (domain.calls): {"trigger", "media_id", "seconds",
     # "phase", "announcement_media_id", "message_seconds", "started_at"}; None when it never went there
     voicemail: dict | None = None
+    # call recording / transcription (domain.recording): the objects of connect/accept, and what came of them
+    capture: dict | None = None          # {"recording": {status, purpose, announcement_language}, "transcription": ...}
+    captured: dict | None = None         # {"recording": {media_id...}, "transcript": {media_id, text}, "declined"}
 
     @property
     def key(self) -> str:

@@ -402,6 +402,11 @@ class FileSource:
         return frame
 
 
+#: espeak-ng's voice for ``tts:TEXT``: US English with the Klatt formant synthesiser, the espeak-ng voice an
+#: offline recogniser (PocketSphinx's en-us model, call transcription) understands best (docs/fidelity.md)
+TTS_VOICE = "en-us+klatt5"
+
+
 def espeak_binary() -> str | None:
     """Path of the espeak-ng binary, if installed."""
     return shutil.which("espeak-ng")
@@ -411,7 +416,7 @@ class TtsSource(FileSource):
     """Text rendered by ``espeak-ng`` (its WAV resampled to 48 kHz), then ``pause`` seconds of
     silence, looped. Raises :class:`AudioSourceUnavailable` without espeak-ng."""
 
-    def __init__(self, text: str, *, voice: str | None = None, pause: float = 1.0, loop: bool = True) -> None:
+    def __init__(self, text: str, *, voice: str | None = TTS_VOICE, pause: float = 1.0, loop: bool = True) -> None:
         binary = espeak_binary()
         if binary is None:
             raise AudioSourceUnavailable("tts: needs the espeak-ng binary (apt-get install espeak-ng)")

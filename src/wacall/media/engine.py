@@ -58,6 +58,9 @@ class _Silent:
         return 20.0, 30.0
 
 
+_ANNOUNCING: set[asyncio.Task] = set()           # recording announcements being rendered
+
+
 def loopback6() -> str | None:
     """``::1`` when this host has IPv6 loopback (the relay then offers an IPv6 candidate), else None."""
     if not socket.has_ipv6:
@@ -306,9 +309,36 @@ class MediaEngine:
         if endpoint is not None and endpoint.voicemail is not None:
             endpoint.voicemail.record(seconds)
 
-    def call_connected(self, call_id: str, at: float) -> None:
+    def call_connected(self, call_id: str, at: float, announcement: dict | None = None) -> None:
         if (endpoint := self.endpoint(call_id)) is not None:
             endpoint.phone.connected(at)
+            if announcement is not None:
+                endpoint.phone.awaiting_intro = True       # the user's first words wait for the announcement
+                task = asyncio.get_running_loop().create_task(self._announce(endpoint, announcement))
+                _ANNOUNCING.add(task)                       # (a task nobody holds may be collected mid-way)
+                task.add_done_callback(_ANNOUNCING.discard)
+
+    async def _announce(self, endpoint: RelayEndpoint, announcement: dict) -> None:
+        """Recording / transcription enabled: the announcement, rendered and mixed off the event loop, plays
+        in both directions (``wacall.media.capture``); the user's phone sends it from its next tick."""
+        from . import capture                      # TTS and the recogniser's module: only calls that record
+        codec = endpoint.negotiated.send_codec if endpoint.negotiated else "opus"
+        voice = capture.announcement_voice(announcement.get("voice"))
+        try:
+            frames = await asyncio.get_running_loop().run_in_executor(None, lambda: capture.intro_frames(
+                capture.announcement_pcm(announcement["text"], voice), endpoint.phone.audio, codec))
+        except Exception as exc:                   # no espeak-ng: the call goes on unannounced, and says so
+            endpoint.phone.awaiting_intro = False
+            self.reporter.note(endpoint.call_id, "announcement_failed", reason=str(exc))
+            return
+        if endpoint.closed:
+            return
+        if endpoint.fast is not None:              # [fastpath] Python sends while the announcement plays
+            endpoint.fast.stop_tx()
+        endpoint.phone.announce(frames, {"text": announcement["text"], "voice": voice})
+
+    async def released(self, call_id: str) -> None:
+        """Wait until a released leg wrote out its recording (here: at once, release is synchronous)."""
 
     def is_live(self, call_id: str) -> bool:
         return call_id in self.endpoints

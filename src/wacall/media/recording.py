@@ -16,6 +16,7 @@ retention (:meth:`Recordings.sweep`) follows ``POST /_wacall/clock/advance`` lik
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -25,16 +26,34 @@ import wave
 from pathlib import Path
 from typing import Callable
 
-from .audio import SAMPLE_RATE, Recorder
+import numpy as np
+
+from .audio import SAMPLE_RATE, Recorder, TtsSource
 from .rtp import RtpError, RtpPacket
 
 log = logging.getLogger("wacall.media")
 MAGIC = b"WACREC1 "
 SUFFIX = ".rec"
+MARK_SUFFIX = ".ann"              # beside a recording: the announcement mixed into what the user heard
 LENGTH = struct.Struct("!H")
 FLUSH_BYTES = 32 * 1024           # ~6 s of 32 kbit/s Opus, ~3.5 s of G.711 per call in memory
 PACKETS_PER_SECOND = 50           # 20 ms packets
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+def announcement_pcm(text: str, voice: str | None = None) -> np.ndarray:
+    """A recording announcement as espeak-ng speaks it (48 kHz mono int16), then 300 ms of silence."""
+    return TtsSource(text, voice=voice, pause=0.3, loop=False).pcm
+
+
+def mix(base: np.ndarray, overlay: np.ndarray, offset: int = 0) -> np.ndarray:
+    """``overlay`` added onto ``base`` from sample ``offset`` (``base`` extended with silence if needed),
+    clipped to int16."""
+    end = offset + len(overlay)
+    out = np.zeros(max(len(base), end), dtype=np.int32)
+    out[:len(base)] = base
+    out[offset:end] += overlay
+    return np.clip(out, -32768, 32767).astype(np.int16)
 
 
 class RecordingWriter:
@@ -94,6 +113,16 @@ class RecordingWriter:
             if self.on_error is not None:
                 self.on_error(self.error)
         self.buffer = bytearray()
+
+    def mark(self, info: dict) -> None:
+        """The recording announcement starts (``info``: text, voice, offset_frames, frames): written beside
+        the recording, so what the user heard is read back with it mixed in (:meth:`Recordings.wav`)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.with_suffix(MARK_SUFFIX).write_text(json.dumps(info))
+        except OSError as exc:
+            if self.on_error is not None:
+                self.on_error(f"cannot write {self.path.with_suffix(MARK_SUFFIX)}: {exc.strerror or exc}")
 
     def _append(self) -> None:
         with open(self.path, "ab") as out:
@@ -168,22 +197,59 @@ class Recordings:
         return RecordingWriter(path, clock=clock, max_packets=int(self.max_seconds * PACKETS_PER_SECOND),
                                on_error=on_error)
 
-    def wav(self, call_id: str) -> bytes | None:
-        """The recording of ``call_id`` as a 48 kHz mono WAV, or None when there is none (blocking: decodes
-        up to ``max_seconds`` of audio, so run it in an executor)."""
+    def announcement(self, call_id: str) -> dict | None:
+        """The recording announcement played on ``call_id`` (text, voice, offset_frames, frames), or None."""
+        path = self.path(call_id)
+        try:
+            return json.loads(path.with_suffix(MARK_SUFFIX).read_text()) if path is not None else None
+        except (OSError, ValueError):
+            return None
+
+    def heard(self, call_id: str) -> Recorder | None | bool:
+        """What the user heard on ``call_id``, decoded (False: no recording file; None: an empty one)."""
         path = self.path(call_id)
         if path is None:
-            return None
+            return False
         try:
             data = path.read_bytes()
         except OSError:
-            return None
+            return False
         try:
             codec, packets = read_packets(data)
         except (ValueError, UnicodeDecodeError):
             log.warning("recording %s is not readable", path)
+            return False
+        return decode(codec, packets) if packets else None
+
+    def heard_pcm(self, call_id: str) -> tuple[np.ndarray, dict | None] | None:
+        """(what the user heard as 48 kHz PCM, with the announcement mixed in, the announcement), or None."""
+        recorder = self.heard(call_id)
+        if recorder is False:
             return None
-        return wav_bytes(decode(codec, packets) if packets else None)
+        pcm = recorder.pcm() if recorder is not None else np.zeros(0, dtype=np.int16)
+        mark = self.announcement(call_id)
+        if mark is not None:
+            try:
+                pcm = mix(pcm, announcement_pcm(mark["text"], mark.get("voice")),
+                          int(mark.get("offset_frames", 0)) * 960)[:max(len(pcm), 1)]
+            except Exception as exc:                          # no espeak-ng any more: the plain recording
+                log.warning("announcement of %s not mixed in: %s", call_id, exc)
+        return pcm, mark
+
+    def wav(self, call_id: str) -> bytes | None:
+        """The recording of ``call_id`` as a 48 kHz mono WAV (with the recording announcement mixed in, when
+        one played), or None when there is none (blocking: decodes up to ``max_seconds`` of audio, so run
+        it in an executor)."""
+        heard = self.heard_pcm(call_id)
+        if heard is None:
+            return None
+        buffer = io.BytesIO()
+        with wave.open(buffer, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(SAMPLE_RATE)
+            out.writeframes(heard[0].astype("<i2").tobytes())
+        return buffer.getvalue()
 
     def sweep(self, now: float, keep: set[str] = frozenset()) -> int:
         """Remove recordings last written more than ``retention_seconds`` before ``now`` (virtual time),
@@ -195,7 +261,8 @@ class Recordings:
         except OSError:
             return 0
         for entry in entries:
-            if not entry.name.endswith(SUFFIX) or entry.name[:-len(SUFFIX)] in keep:
+            suffix = SUFFIX if entry.name.endswith(SUFFIX) else MARK_SUFFIX if entry.name.endswith(MARK_SUFFIX) else None
+            if suffix is None or entry.name[:-len(suffix)] in keep:
                 continue
             try:
                 if entry.stat().st_mtime < cutoff:
@@ -212,7 +279,7 @@ class Recordings:
         except OSError:
             return
         for entry in entries:
-            if entry.name.endswith(SUFFIX):
+            if entry.name.endswith((SUFFIX, MARK_SUFFIX)):
                 try:
                     os.unlink(entry.path)
                 except OSError:

@@ -424,7 +424,11 @@ class RelayEndpoint:
                 self._send(self.srtp.protect(packet.serialize()))
             self.packets_sent += len(events)
         else:                                  # the hot path: one pre-encoded frame, header packed here
+            if phone.intro is not None:        # a recording announcement starts (wacall.domain.recording)
+                phone.begin_intro()
             frame = phone.microphone.next()
+            if phone.after_intro is not None:
+                phone.after_frame()
             if frame is not None:              # (None: a browser in the user's place sent nothing in time)
                 stream = self.stream
                 stream.packet_count += 1
@@ -438,7 +442,7 @@ class RelayEndpoint:
         else:
             self.reports(time.time())
         if self.ports.fast is not None and self.partner is None and not phone.keys \
-                and not (self.dtmf_out and self.dtmf_out.busy):
+                and not (self.dtmf_out and self.dtmf_out.busy) and phone.intro is None and phone.after_intro is None:
             self.ports.fast.promote(self)                   # [fastpath] established: C carries it from here
 
     def reports(self, wall: float, before: Callable[[], None] | None = None) -> bool:

@@ -231,9 +231,9 @@ class MediaWorkers:
         if (worker := self.owner.get(call_id)) is not None:
             worker.send({"op": "voicemail_record", "call_id": call_id, "seconds": seconds})
 
-    def call_connected(self, call_id: str, at: float) -> None:
+    def call_connected(self, call_id: str, at: float, announcement: dict | None = None) -> None:
         if (worker := self.owner.get(call_id)) is not None:
-            worker.send({"op": "connected", "call_id": call_id, "at": at})
+            worker.send({"op": "connected", "call_id": call_id, "at": at, "announcement": announcement})
 
     async def attach_browser(self, call_id: str) -> LocalMedia | None:
         """The browser's leg, in the worker that holds the call's (a bridge never crosses processes)."""
@@ -275,6 +275,12 @@ class MediaWorkers:
         if worker is not None and call_id in worker.live and worker.alive:
             await self._ask(worker, {"op": "recording", "call_id": call_id})
         return await asyncio.get_running_loop().run_in_executor(None, self.recordings.wav, call_id)
+
+    async def released(self, call_id: str) -> None:
+        """Wait until the worker released the leg (its recording written out): it answers in order."""
+        worker = self.owner.get(call_id)
+        if worker is not None and worker.alive:
+            await self._ask(worker, {"op": "recording", "call_id": call_id})
 
     def release(self, call_id: str) -> None:
         worker = self.owner.get(call_id)
@@ -380,7 +386,7 @@ async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None
                 engine.configure(call_id, Negotiated.from_doc(message["negotiated"]), message["user_audio"],
                                  message["user_is_caller"])
             elif op == "connected":
-                engine.call_connected(call_id, message["at"])
+                engine.call_connected(call_id, message["at"], message.get("announcement"))
             elif op == "voicemail_answer":
                 if not engine.voicemail_answer(call_id, [base64.b64decode(f) for f in message["frames"]],
                                                message["user_audio"]):

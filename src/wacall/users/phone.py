@@ -124,7 +124,7 @@ class Phone:
 
     __slots__ = ("_note", "audio", "is_caller", "connected_at", "answered_at", "microphone", "keys",
                  "recording", "heard_codec", "recent", "digits_received", "digits_sent", "_waited", "_noted",
-                 "bridge", "forward")
+                 "bridge", "forward", "intro", "after_intro", "awaiting_intro")
 
     def __init__(self, note: Note) -> None:
         self._note = note
@@ -143,6 +143,9 @@ class Phone:
         self.digits_sent: list[str] = []
         self._waited = 0
         self._noted: set[str] = set()
+        self.intro: tuple[list[bytes], dict] | None = None   # an announcement to play next (frames, what it is)
+        self.after_intro: tuple[Microphone, int] | None = None   # while it plays: the user's own microphone
+        self.awaiting_intro = False                  # an announcement is being rendered: the user waits for it
 
     def _note_once(self, kind: str, **data: Any) -> None:
         if kind not in self._noted:
@@ -242,7 +245,7 @@ class Phone:
     def wants_to_talk(self, business_sent_first: bool) -> bool:
         """The user talks once the phone is answered and the business's media arrived (Meta: the
         business sends the first packet)."""
-        return business_sent_first and self.answered_at is not None
+        return business_sent_first and self.answered_at is not None and not self.awaiting_intro
 
     def start_talking(self, codec: str) -> Microphone | BrowserMicrophone | None:
         """The user's microphone in ``codec`` (opus, pcmu, pcma), or None while its source is still
@@ -269,6 +272,40 @@ class Phone:
         self.microphone = Microphone(frames)
         self._note("user_media_started", codec=codec)
         return self.microphone
+
+    # -- the recording announcement (wacall.domain.recording) -------------------------------------------
+    def announce(self, frames: list[bytes], info: dict) -> None:
+        """Play ``frames`` (the announcement mixed into the user's own audio, in the send codec) from the
+        next tick on, before the user's microphone carries on. ``info`` ({"text", "voice"}) goes beside
+        the recording, with where in it the announcement starts."""
+        self.awaiting_intro = False
+        if frames:
+            self.intro = (frames, info)
+
+    def begin_intro(self) -> None:
+        """The transport is about to send: the announcement starts now (called by the transport's tick)."""
+        frames, info = self.intro
+        self.intro = None
+        own = self.microphone
+        if not isinstance(own, Microphone):      # a browser in the user's place: it hears no announcement
+            self._note_once("announcement_skipped", reason="a browser is in the user's place")
+            return
+        self.after_intro = (own, own.position)
+        self.microphone = Microphone(frames)
+        if self.recording is not None:           # what the user heard gets the announcement mixed in there
+            self.recording.mark({**info, "offset_frames": own.position, "frames": len(frames),
+                                 "user_audio": self.audio})
+        self._note("announcement_started", frames=len(frames), offset_ms=own.position * 20)
+
+    def after_frame(self) -> None:
+        """After each frame sent while announcing: at its end the user's own microphone carries on."""
+        intro = self.microphone
+        if self.after_intro is not None and intro is not None and intro.position >= len(intro.frames):
+            own, at = self.after_intro
+            self.after_intro = None
+            own.position = at + len(intro.frames)
+            self.microphone = own
+            self._note("announcement_ended")
 
     # -- patience -------------------------------------------------------------------------------------
     def gives_up(self, now: float, start_timeout: float, silence_timeout: float,

@@ -242,6 +242,29 @@ def _call_terminate(platform: Platform, event: ev.CallTerminate) -> Rendered:
     return _calls_field(platform, event.call_id, lambda call, number: call_terminate(platform, call, number))
 
 
+def call_capture(platform: Platform, call: Call, number: PhoneNumber, event: str, timestamp: float,
+                 key: str, value: dict) -> dict:
+    """``call_recording_available`` / ``call_transcription_available`` (Meta's call recording and call
+    transcription pages): the media the business downloads through the Media API."""
+    item = {"id": call.id, **_parties(call, number), "timestamp": _ts(timestamp), "event": event, key: value}
+    return {"messaging_product": "whatsapp", "metadata": _metadata(number),
+            "contacts": _contacts(platform, call.wa_id), "calls": [item]}
+
+
+@renders(ev.CallRecordingAvailable)
+def _call_recording(platform: Platform, event: ev.CallRecordingAvailable) -> Rendered:
+    return _calls_field(platform, event.call_id, lambda call, number: call_capture(
+        platform, call, number, "call_recording_available", event.timestamp, "call_recording",
+        {"type": "audio", "audio": event.media}))
+
+
+@renders(ev.CallTranscriptionAvailable)
+def _call_transcription(platform: Platform, event: ev.CallTranscriptionAvailable) -> Rendered:
+    return _calls_field(platform, event.call_id, lambda call, number: call_capture(
+        platform, call, number, "call_transcription_available", event.timestamp, "call_transcript",
+        {"document": event.media}))
+
+
 @renders(ev.PermissionReply)
 def _permission_reply(platform: Platform, event: ev.PermissionReply) -> Rendered:
     number = platform.numbers[event.phone_number_id]

@@ -1,5 +1,6 @@
 // One call: what happened (timeline, SIP ladder, SDPs, media quality, recording), kept current by the stream.
 import { api, app, prefix } from "./api.js";
+import { capture, captureKey } from "./capture.js";
 import { ladder, sipEntries } from "./ladder.js";
 import { plot } from "./plots.js";
 import { act, badge, duration, h, json, since, time } from "./ui.js";
@@ -219,11 +220,13 @@ async function draw() {
   if (!sections.summary) {
     sections = {
       summary: h("div"), timeline: h("div"), sip: h("div"), sdp: h("div"), media: h("div"), recording: h("div"),
+      capture: h("div"),
     };
     main.append(sections.summary,
       h("section", { id: "timeline" }, h("h2", {}, "Timeline"), sections.timeline),
       h("section", { id: "sip", hidden: !isSip }, h("h2", {}, "SIP ladder"), sections.sip),
       h("section", { id: "sdp" }, h("h2", {}, "SDP"), sections.sdp),
+      h("section", { id: "capture" }, h("h2", {}, "Voicemail, call recording and transcript"), sections.capture),
       h("section", { id: "recording" }, h("h2", {}, "Recording"), sections.recording),
       h("section", { id: "media" }, h("h2", {}, "Media quality"), sections.media));
   }
@@ -232,6 +235,10 @@ async function draw() {
   sections.timeline.replaceChildren(timeline(view));
   if (isSip) sections.sip.replaceChildren(sip(view));
   sections.sdp.replaceChildren(sdp(view));
+  if (sections.capture.dataset.key !== captureKey(view)) {     // players keep playing across redraws
+    sections.capture.dataset.key = captureKey(view);
+    sections.capture.replaceChildren(await capture(view));
+  }
   if (view.state === "ENDED" && !sections.recording.dataset.done) {
     sections.recording.dataset.done = "1";
     sections.recording.replaceChildren(await recording(view));
