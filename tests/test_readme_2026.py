@@ -1,7 +1,8 @@
-"""The README's "Media API and Graph versions" and "Voicemail" shell blocks, run as written against a live
-wacall (only G, P and T set, as the curl quickstart sets them): the announcement made, uploaded, read back
-and downloaded byte for byte; voicemail switched on with it; a user's call rejected by the business ends in
-a message; the announcement deleted."""
+"""The README's "Media API and Graph versions", "Voicemail" and "Call recording and transcription" shell
+blocks, run as written against a live wacall (only G, P and T set, as the curl quickstart sets them): the
+announcement made, uploaded, read back and downloaded byte for byte; voicemail switched on with it; a user's
+call rejected by the business ends in a message; the announcement deleted; a call answered with recording
+and transcription gets both."""
 
 from __future__ import annotations
 
@@ -25,15 +26,20 @@ def test_the_readme_media_api_and_voicemail_blocks_run_as_written(tmp_path):
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)      # the README runs from a clone
     server = Wacall().start()
     try:
+        script = ("trap 'kill $(jobs -p) 2>/dev/null' EXIT\n"
+                  + script.replace("python examples/", f"{sys.executable} {ROOT}/examples/"))
         done = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "G": server.url, "P": server.pnid, "T": server.token})
+                              timeout=240, env={**os.environ, "G": server.url, "P": server.pnid, "T": server.token})
         assert done.returncode == 0, done.stdout + done.stderr
         out = done.stdout
         assert "same bytes" in out and '"mime_type":"audio/ogg"' in out and '{"error"' not in out, out
         assert "'trigger': 'REJECT'" in out and "'phase': 'done'" in out, out
-        assert out.rstrip().endswith('{"success":true}'), out                # the DELETE
-        [call] = [c for c in server.ctl("GET", "calls").json()["data"]]
-        assert server.call(call["call_id"])["voicemail"]["phase"] == "done"
+        voicemail, recorded = sorted((c["call_id"] for c in server.ctl("GET", "calls").json()["data"]),
+                                     key=lambda c: server.call(c)["created_at"])
+        assert server.call(voicemail)["voicemail"]["phase"] == "done"
+        recorded = server.call(recorded)
+        assert recorded["recording"]["media_id"] and recorded["transcript"]["media_id"], recorded
+        assert out.rstrip().splitlines()[-1].startswith("{'media_id'"), out  # the recording and transcript
     finally:
         server.close()
     assert (tmp_path / "copy.ogg").read_bytes() == (tmp_path / "hello.ogg").read_bytes()
