@@ -71,6 +71,15 @@ class Identity:
     username: str | None
     name: str
 
+    def contact_ids(self) -> dict:
+        """The ids of a ``contacts[]`` entry, in Meta's order: ``wa_id`` (when shown), ``user_id``,
+        ``parent_user_id`` (when enabled)."""
+        out: dict = {} if self.wa_id is None else {"wa_id": self.wa_id}
+        out["user_id"] = self.user_id
+        if self.parent_user_id is not None:
+            out["parent_user_id"] = self.parent_user_id
+        return out
+
 
 def parents_enabled(state: PlatformState, number: PhoneNumber) -> bool:
     waba = state.wabas.get(number.waba_id)
@@ -159,11 +168,4 @@ def user_changes_number(state: PlatformState, wa_id: str, new_wa_id: str, *, cou
 
 def send_contact(state: PlatformState, number: PhoneNumber, input_: str, wa_id: str) -> dict:
     """The ``contacts[]`` entry of a send (``POST /messages``) response."""
-    ident = identity(state, number, wa_id)
-    out: dict = {"input": input_}
-    if ident.wa_id is not None:
-        out["wa_id"] = ident.wa_id
-    out["user_id"] = ident.user_id
-    if ident.parent_user_id is not None:
-        out["parent_user_id"] = ident.parent_user_id
-    return out
+    return {"input": input_, **identity(state, number, wa_id).contact_ids()}

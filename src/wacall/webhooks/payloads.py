@@ -179,12 +179,7 @@ def _contact(who_is: Who, contact: dict, *, username: bool) -> dict:
     profile = dict(contact.get("profile") or {"name": who.name})
     if username and who.username:
         profile["username"] = who.username
-    out: dict = {"profile": profile}
-    if who.wa_id is not None:
-        out["wa_id"] = who.wa_id
-    out["user_id"] = who.user_id
-    if who.parent_user_id is not None:
-        out["parent_user_id"] = who.parent_user_id
+    out: dict = {"profile": profile, **who.contact_ids()}
     out.update((k, v) for k, v in contact.items() if k not in ("profile", "wa_id", "user_id", "parent_user_id"))
     return out
 
