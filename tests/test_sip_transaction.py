@@ -304,16 +304,52 @@ async def test_2xx_retransmitter_gives_up_after_64_t1(pair):
     assert received == rtx.retransmissions + 1
 
 
-async def test_retransmitter_schedule_unit():
-    loop = asyncio.get_running_loop()
+class ManualLoop:
+    """Just what a Retransmitter asks of its loop (futures, call_later), on a clock moved by hand: the
+    schedule is checked exactly, not against a busy machine's timing."""
+
+    def __init__(self) -> None:
+        self.now, self.timers, self._futures = 0.0, [], asyncio.new_event_loop()
+
+    def create_future(self) -> asyncio.Future:
+        return self._futures.create_future()
+
+    def call_later(self, delay: float, callback) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(self.now + delay, callback, (), self._futures)
+        self.timers.append(handle)
+        return handle
+
+    def run(self, until: float) -> None:
+        while (due := sorted((h for h in self.timers if not h.cancelled() and h.when() <= until),
+                             key=lambda h: h.when())):
+            handle = due[0]
+            self.timers.remove(handle)
+            self.now = handle.when()
+            handle._run()
+        self.now = until
+
+    def close(self) -> None:
+        self._futures.close()
+
+
+def test_retransmitter_schedule_unit():
+    """RFC 3261 13.3.1.4: resend after T1, doubling up to T2, give up at 64*T1 (here T1 = 20 ms, T2 = 80 ms)."""
+    loop = ManualLoop()
     times: list[float] = []
-    start = loop.time()
-    rtx = Retransmitter(lambda: times.append(loop.time() - start), t1=0.02, t2=0.08).start()
-    assert await asyncio.wait_for(rtx.wait(), 5) is False
-    gaps = [round(b - a, 2) for a, b in zip([0.0, *times], times)]
-    assert gaps[:3] == pytest.approx([0.02, 0.04, 0.08], abs=0.015)
-    assert all(g == pytest.approx(0.08, abs=0.02) for g in gaps[3:])
-    assert times[-1] < 64 * 0.02
+    gave_up: list[float] = []
+    rtx = Retransmitter(lambda: times.append(loop.now), t1=0.02, t2=0.08, loop=loop,
+                        on_give_up=lambda: gave_up.append(loop.now)).start()
+    loop.run(until=2.0)
+    gaps = [round(b - a, 6) for a, b in zip([0.0, *times], times)]
+    assert gaps[:3] == [0.02, 0.04, 0.08] and set(gaps[3:]) == {0.08}
+    assert times[-1] < 64 * 0.02 and gave_up == [pytest.approx(64 * 0.02)]
+    assert rtx.done.done() and rtx.done.result() is False and rtx.retransmissions == len(times) == 17
+    acked = Retransmitter(lambda: times.append(loop.now), t1=0.02, t2=0.08, loop=loop).start()
+    loop.run(until=loop.now + 0.07)                                      # resent at +20 and +60 ms
+    acked.ack()
+    loop.run(until=loop.now + 2.0)
+    assert acked.retransmissions == 2 and acked.done.result() is True     # nothing after the ACK
+    loop.close()
 
 
 async def test_connection_loss_fails_pending_client_transaction(pair):
