@@ -47,7 +47,7 @@ verify_token = "{wa.info['verify_token']}"
 
 [sip]
 host = "127.0.0.1"
-port = 0
+port = {pbx.bridge_port}
 pbx_host = "127.0.0.1"
 pbx_port = {pbx.port}
 domain = "{DOMAIN}"
