@@ -90,3 +90,55 @@ async def test_a_call_without_permission_gets_403_with_the_reason(bridged):
     calls = wa.ctl("GET", "calls").json()["data"]
     assert not [c for c in calls if c["direction"] == "BUSINESS_INITIATED"], "no Graph connect without permission"
     assert "no permission to call" in bridge.log_text()
+
+
+async def test_the_agent_hangs_up_while_it_rings_and_the_whatsapp_call_ends(bridged):
+    """CANCEL from the PBX → 487 to it, Graph terminate to Meta."""
+    wa, agent, bridge, _, _ = bridged
+    await asyncio.to_thread(wa.grant_permission, ALICE)
+    call_id = await _agent_dials_alice(wa, agent)
+    await agent.wait_event("CALL_RINGING", 10)
+    await agent.hangup()
+    await agent.wait_event("CALL_CLOSED", 10)
+    ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
+    assert ended["ended_by"] == "business", ended
+    for _ in range(50):
+        if re.search(rf"wacid={re.escape(call_id)} sip=\S+ ended \(pbx cancel\)", bridge.log_text()):
+            break
+        await asyncio.sleep(0.1)
+    assert re.search(rf"wacid={re.escape(call_id)} sip=\S+ ended \(pbx cancel\)", bridge.log_text())
+    assert "Graph on end" not in bridge.log_text(), "Graph accepted the terminate"
+
+
+async def test_no_answer_gets_480(bridged):
+    """The user lets it ring until Meta gives up (wacall's virtual clock): the terminate comes without an
+    ACCEPTED and the PBX gets 480."""
+    wa, agent, bridge, _, _ = bridged
+    await asyncio.to_thread(wa.grant_permission, ALICE)
+    call_id = await _agent_dials_alice(wa, agent)
+    await agent.wait_event("CALL_RINGING", 10)
+    await asyncio.to_thread(wa.advance, 120)
+    closed = await agent.wait_event("CALL_CLOSED", 10)
+    assert "480" in closed.param or "480" in str(closed.raw), closed.raw
+    assert wa.call(call_id)["state"] == "ENDED"
+
+
+async def test_an_accepted_before_its_connect_webhook_waits_for_the_answer_sdp(bridged):
+    """wacall holds the connect webhook (Meta's answer SDP) back 60 virtual seconds: RINGING and ACCEPTED come
+    first; the 200 to the PBX waits for the SDP and goes out when the late connect arrives."""
+    wa, agent, bridge, _, _ = bridged
+    await asyncio.to_thread(wa.grant_permission, ALICE)
+    faults = await asyncio.to_thread(wa.ctl, "POST", "webhooks/faults", {"seed": 1, "rules": [
+        {"kind": "delay", "field": "calls", "event": "connect", "seconds": 60}]})
+    assert faults.status_code == 200, faults.text
+    call_id = await _agent_dials_alice(wa, agent)
+    await agent.wait_event("CALL_RINGING", 10)
+    assert (await asyncio.to_thread(wa.ctl, "POST", f"calls/{call_id}/answer")).status_code == 200
+    await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 10)
+    await asyncio.sleep(0.5)
+    assert "CALL_ESTABLISHED" not in [e.type for e in agent.history], "no 200 without Meta's answer SDP"
+    await asyncio.to_thread(wa.advance, 61)
+    await agent.wait_event("CALL_ESTABLISHED", 10)
+    await _heard_both_ways(wa, agent, call_id)
+    await agent.hangup()
+    await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
