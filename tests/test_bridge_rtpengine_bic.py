@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
+
 from test_bridge_rtpengine import ALICE, DOMAIN, _agent_heard, _heard_both_ways, bridged  # noqa: F401
 from wacall.media.audio import dominant_frequency, tone_power
 
@@ -140,5 +142,31 @@ async def test_an_accepted_before_its_connect_webhook_waits_for_the_answer_sdp(b
     await asyncio.to_thread(wa.advance, 61)
     await agent.wait_event("CALL_ESTABLISHED", 10)
     await _heard_both_ways(wa, agent, call_id)
+    await agent.hangup()
+    await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
+
+
+@pytest.mark.parametrize("bridged", [{"graph": 'permission_request = "May we call you about your order?"'}],
+                         indirect=True)
+async def test_without_permission_the_bridge_asks_for_it_and_the_next_call_goes_through(bridged):
+    """With ``permission_request`` configured, the refused call also sends the user a call permission request
+    (inside the customer service window the user opened); once the user accepts, the agent's next call rings."""
+    wa, agent, bridge, _, _ = bridged
+    opened = await asyncio.to_thread(wa.ctl, "POST", f"users/{ALICE}/messages", {"to": wa.pnid, "text": "hi"})
+    assert opened.status_code == 201, opened.text
+    await agent.dial(f"sip:+{ALICE}@{DOMAIN}")
+    closed = await agent.wait_event("CALL_CLOSED", 10)
+    assert "403" in closed.param or "403" in str(closed.raw), closed.raw
+
+    def asked():
+        [row] = wa.ctl("GET", f"permissions?wa_id={ALICE}").json()["data"]
+        return row["requests_24h"] == 1 and row
+    await asyncio.to_thread(wa.wait_for, asked, 10, "the bridge's call permission request")
+    assert "call permission request sent" in bridge.log_text()
+    reply = await asyncio.to_thread(wa.ctl, "POST", f"users/{ALICE}/permission_replies",
+                                    {"phone_number_id": wa.pnid, "response": "accept", "permanent": False})
+    assert reply.status_code == 200, reply.text
+    call_id = await _agent_dials_alice(wa, agent)
+    await agent.wait_event("CALL_RINGING", 10, after=agent.history.index(closed))
     await agent.hangup()
     await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)

@@ -306,7 +306,7 @@ class Bridge:
                 status = 486 if call.status == "REJECTED" else 480
                 end = (call.end or {}).get("status") or call.status
                 log.info("%s WhatsApp: %s: %s to the PBX", bridged.tag, end, status)
-                self._refuse(bridged, status, "Busy Here" if status == 486 else "Temporarily Unavailable",
+                self._refuse(bridged, status, "User declined the call" if status == 486 else "Temporarily Unavailable",
                              f"WhatsApp call {str(end).lower()}", ended=False)
                 await self._end(bridged, f"whatsapp {end}", tell_whatsapp=False, tell_pbx=False)
                 return
