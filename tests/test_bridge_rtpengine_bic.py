@@ -170,3 +170,23 @@ async def test_without_permission_the_bridge_asks_for_it_and_the_next_call_goes_
     await agent.wait_event("CALL_RINGING", 10, after=agent.history.index(closed))
     await agent.hangup()
     await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
+
+
+async def test_a_user_who_answers_and_hangs_up_before_the_connect_webhook_gives_480(bridged):
+    """ACCEPTED and terminate came, the connect (Meta's answer SDP) is still held back: the call can never be
+    bridged, so the PBX gets 480 rather than waiting; the late connect changes nothing."""
+    wa, agent, bridge, _, _ = bridged
+    await asyncio.to_thread(wa.grant_permission, ALICE)
+    faults = await asyncio.to_thread(wa.ctl, "POST", "webhooks/faults", {"seed": 1, "rules": [
+        {"kind": "delay", "field": "calls", "event": "connect", "seconds": 60}]})
+    assert faults.status_code == 200, faults.text
+    call_id = await _agent_dials_alice(wa, agent)
+    await agent.wait_event("CALL_RINGING", 10)
+    assert (await asyncio.to_thread(wa.ctl, "POST", f"calls/{call_id}/answer")).status_code == 200
+    await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 10)
+    assert (await asyncio.to_thread(wa.ctl, "POST", f"calls/{call_id}/hangup")).status_code == 200
+    closed = await agent.wait_event("CALL_CLOSED", 10)
+    assert "480" in closed.param or "480" in str(closed.raw), closed.raw
+    await asyncio.to_thread(wa.advance, 61)
+    await asyncio.sleep(0.5)
+    assert "CALL_ESTABLISHED" not in [e.type for e in agent.history]

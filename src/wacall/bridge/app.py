@@ -29,6 +29,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from wacall.business import Call, GraphApiError, GraphClient, WebhookReceiver
 
 from wacall.sip.message import SipParseError
@@ -261,6 +263,11 @@ class Bridge:
             self._refuse(bridged, 503, "Service Unavailable", "media relay unavailable")
             await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
             return
+        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError) as exc:
+            log.warning("%s Graph unreachable or unreadable: %r", bridged.tag, exc)
+            self._refuse(bridged, 503, "Service Unavailable", "WhatsApp Graph API unavailable")
+            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            return
         bridged.call_id = wacid
         self.pending.pop(bridged.sip_call_id or "", None)
         if bridged.state == "ended":              # cancelled while Graph connected: end it at Meta
@@ -302,7 +309,7 @@ class Bridge:
                 log.warning("%s rtpengine: %s", bridged.tag, exc)
                 await self._end(bridged, "rtpengine", tell_whatsapp=True, tell_pbx=True)
                 return
-            if call.status == "REJECTED" or (call.ended and call.status != "ACCEPTED"):
+            if call.status == "REJECTED" or (call.ended and not (call.status == "ACCEPTED" and bridged.pbx_sdp)):
                 status = 486 if call.status == "REJECTED" else 480
                 end = (call.end or {}).get("status") or call.status
                 log.info("%s WhatsApp: %s: %s to the PBX", bridged.tag, end, status)
