@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from wacall.business import Call, GraphApiError, GraphClient, WebhookReceiver
-
 from wacall.sip.message import SipParseError
 from wacall.sip.uri import parse_name_addr
 
