@@ -93,6 +93,38 @@ def test_the_bridge_commands_ask_for_plain_rtp_toward_the_pbx_and_webrtc_back():
     assert b"6:to-tag7:pbx-tag" in datagram and b"8:rtcp-mux" in datagram
 
 
+def test_a_business_initiated_call_asks_for_webrtc_toward_meta_and_plain_rtp_back():
+    offer = ng.offer_to_whatsapp("sip-call-id", "agent-tag", "v=0\r\n")
+    assert offer["transport_protocol"] == "UDP/TLS/RTP/SAVPF" and offer["ICE"] == "force"
+    assert offer["SDES"] == ["off"] and "require" in offer["rtcp_mux"]
+    answer = ng.answer_to_pbx("sip-call-id", "agent-tag", "whatsapp", META_OFFER)
+    assert answer["ICE"] == "remove" and answer["rtcp_mux"] == ["demux"] and answer["to_tag"] == "whatsapp"
+    assert "a=ice-lite" in str(answer["sdp"]).split("m=audio")[1], "Meta's lite relay, told to RtpEngine"
+
+
+def test_the_number_a_business_initiated_call_goes_to_comes_from_the_request_uri_or_a_header():
+    from wacall.bridge.app import Bridge
+    from wacall.bridge.sip_ua import Incoming
+    from wacall.sip.message import parse_message
+
+    def invite(ruri_user: str, header: str = "") -> bytes:
+        return (f"INVITE sip:{ruri_user}@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
+                f"From: <sip:agent@pbx>;tag=a\r\nTo: <sip:{ruri_user}@pbx>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n"
+                f"{header}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+
+    def number(config: dict, data: bytes) -> str:
+        bridge = Bridge(build_bridge_config({**BRIDGE_TOML, "sip": {**BRIDGE_TOML["sip"], **config}}))
+        return bridge._number(Incoming(bridge.ua, parse_message(data), ("127.0.0.1", 5060)))
+
+    assert number({}, invite("+447700900001")) == "447700900001"
+    assert number({}, invite("447700900001;user=phone")) == "447700900001"
+    assert number({}, invite("c2b-sip")) == ""                          # not a number: the bridge answers 404
+    by_header = {"number_from": "header:X-WA-To"}
+    assert number(by_header, invite("wa", "X-WA-To: +44 7700 900001\r\n")) == "447700900001"
+    assert number(by_header, invite("wa", "X-WA-To: <sip:+447700900001@pbx>\r\n")) == "447700900001"
+    assert number(by_header, invite("+447700900001")) == "", "the header, not the Request-URI, when configured"
+
+
 BRIDGE_TOML = {
     "graph": {"phone_number_id": "1065", "token": "EAA"},
     "webhook": {"app_secret": "s", "verify_token": "v", "port": 0},
@@ -116,6 +148,8 @@ def test_bridge_config_loads_and_refuses_what_it_cannot_run(monkeypatch):
         ({**BRIDGE_TOML, "media": {"rtpengine": "nohost"}}, "media.rtpengine"),
         ({**BRIDGE_TOML, "webhook": {"app_secret": "", "verify_token": "v"}}, "webhook.app_secret"),
         ({**BRIDGE_TOML, "sip": {"port": 70000}}, "sip.port"),
+        ({**BRIDGE_TOML, "sip": {"number_from": "header:"}}, "sip.number_from"),
+        ({**BRIDGE_TOML, "sip": {"number_from": "from"}}, "sip.number_from"),
     ]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             build_bridge_config(raw)

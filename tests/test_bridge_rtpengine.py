@@ -32,12 +32,15 @@ def _wav(data: bytes | Path) -> np.ndarray:
         return pcm[::2] if w.getnchannels() == 2 else pcm
 
 
-def bridge_toml(wa, rtpengine: RtpEngineDaemon, pbx: PbxKamailio) -> str:
+def bridge_toml(wa, rtpengine: RtpEngineDaemon, pbx: PbxKamailio, extra: dict | None = None) -> str:
+    """The bridge's config; ``extra``: more lines per table (``{"graph": 'permission_request = "..."'}``)."""
+    extra = extra or {}
     return f"""
 [graph]
 base_url = "{wa.url}"
 phone_number_id = "{wa.pnid}"
 token = "{wa.token}"
+{extra.get("graph", "")}
 
 [webhook]
 host = "127.0.0.1"
@@ -47,11 +50,12 @@ verify_token = "{wa.info['verify_token']}"
 
 [sip]
 host = "127.0.0.1"
-port = 0
+port = {pbx.bridge_port}
 pbx_host = "127.0.0.1"
 pbx_port = {pbx.port}
 domain = "{DOMAIN}"
 extension = "c2b-sip"
+{extra.get("sip", "")}
 
 [media]
 mode = "rtpengine"
@@ -60,9 +64,9 @@ rtpengine = "{rtpengine.address}"
 
 
 @pytest.fixture
-async def bridged(wa, tmp_path):
+async def bridged(wa, tmp_path, request):
     """wacall (user Alice plays 440 Hz), RtpEngine, the PBX, the agent's phone (1000 Hz) registered to it, and
-    the bridge subscribed to wacall's calls webhooks."""
+    the bridge subscribed to wacall's calls webhooks (indirect parametrization: more config, see bridge_toml)."""
     wa.reset()
     assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440"}).status_code == 200
     pki = make_test_pki(tmp_path / "pki")
@@ -72,7 +76,7 @@ async def bridged(wa, tmp_path):
                            cert=pki.business.pem, tone_hz=1000, workdir=tmp_path / "agent")
         async with agent:
             await agent.wait_registered()
-            bridge = BridgeProcess(bridge_toml(wa, rtpengine, pbx), workdir=tmp_path / "bridge")
+            bridge = BridgeProcess(bridge_toml(wa, rtpengine, pbx, getattr(request, "param", None)), workdir=tmp_path / "bridge")
             async with bridge:
                 subscribed = await asyncio.to_thread(wa.subscribe, bridge.info["webhook_url"], "calls")
                 assert subscribed.status_code == 200, subscribed.text

@@ -152,3 +152,79 @@ async def test_bye_both_ways():
     answer(ua, ours, 200, tag="pbx2")
     assert await asyncio.wait_for(closing, 5) == 200
     assert await ua.bye(dialog) == 0                                     # once only
+
+
+# -- the UAS side: INVITEs from the PBX (business-initiated calls) ----------------------------------------------
+
+def pbx_invite(call_id: str = "bic1@pbx", branch: str = "z9hG4bKpbx1") -> bytes:
+    return (f"INVITE sip:+447700900001@127.0.0.1:5070 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch={branch}\r\n"
+            f"Record-Route: <sip:127.0.0.1:5060;lr>\r\n"
+            f"From: <sip:agent@pbx.example.com>;tag=agent1\r\nTo: <sip:+447700900001@pbx.example.com>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 10 INVITE\r\nContact: <sip:agent@127.0.0.1:40000>\r\nMax-Forwards: 69\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: 5\r\n\r\nv=0\r\n").encode()
+
+
+def responses(wire: FakeTransport) -> list[int]:
+    return [m.status for m, _ in wire.sent if not isinstance(m, Request)]
+
+
+async def test_an_invite_from_the_pbx_gets_100_then_a_200_resent_until_its_ack():
+    ua, wire = ua_with_fake_transport()
+    seen = []
+    ua.on_invite = seen.append
+    ua.datagram_received(pbx_invite(), PBX)
+    [incoming] = seen
+    assert responses(wire) == [100] and incoming.sdp == "v=0\r\n"
+    incoming.respond(180, "Ringing")
+    ua.datagram_received(pbx_invite(), PBX)                              # a retransmission: the 180 again
+    assert responses(wire) == [100, 180, 180] and len(seen) == 1
+    dialog = incoming.respond(200, "OK", sdp="v=0\r\n")
+    ok = wire.sent[-1][0]
+    assert ok.status == 200 and ok.to.tag == incoming.local_tag and ok.headers.get("Contact")
+    assert ok.headers.get("Record-Route") == "<sip:127.0.0.1:5060;lr>" and ok.body == b"v=0\r\n"
+    await asyncio.sleep(0.12)                                           # Timer G: resent while no ACK
+    assert responses(wire).count(200) >= 2
+    ack = (f"ACK sip:bridge@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKack\r\n"
+           f"From: <sip:agent@pbx.example.com>;tag=agent1\r\nTo: <sip:+447700900001@pbx.example.com>;tag="
+           f"{incoming.local_tag}\r\nCall-ID: bic1@pbx\r\nCSeq: 10 ACK\r\nContent-Length: 0\r\n\r\n").encode()
+    ua.datagram_received(ack, PBX)
+    count = responses(wire).count(200)
+    await asyncio.sleep(0.2)
+    assert responses(wire).count(200) == count, "no 200 after the ACK"
+    status = asyncio.create_task(ua.bye(dialog))                        # our BYE: From is the INVITE's To
+    bye = await wire.next("BYE")
+    assert bye.uri == "sip:agent@127.0.0.1:40000" and bye.headers.get("Route") == "<sip:127.0.0.1:5060;lr>"
+    assert bye.from_.tag == incoming.local_tag and bye.to.tag == "agent1" and str(bye.from_.uri).startswith("sip:+4477")
+    answer(ua, bye, 200, tag="agent1")
+    assert await asyncio.wait_for(status, 5) == 200
+
+
+async def test_the_pbx_cancels_a_ringing_invite_487_and_on_cancel():
+    ua, wire = ua_with_fake_transport()
+    seen, cancelled = [], []
+    ua.on_invite = seen.append
+    ua.datagram_received(pbx_invite(), PBX)
+    seen[0].on_cancel = lambda: cancelled.append(1)
+    seen[0].respond(180)
+    cancel = (b"CANCEL sip:+447700900001@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKpbx1"
+              b"\r\nFrom: <sip:agent@pbx.example.com>;tag=agent1\r\nTo: <sip:+447700900001@pbx.example.com>\r\n"
+              b"Call-ID: bic1@pbx\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n")
+    ua.datagram_received(cancel, PBX)
+    assert responses(wire)[-2:] == [200, 487] and cancelled == [1]
+    seen[0].respond(200, sdp="v=0\r\n")                                # too late: nothing more goes out
+    assert responses(wire)[-1] == 487
+
+
+async def test_a_bye_from_the_pbx_in_an_answered_dialog():
+    ua, wire = ua_with_fake_transport()
+    seen, byes = [], []
+    ua.on_invite, ua.on_bye = seen.append, byes.append
+    ua.datagram_received(pbx_invite(), PBX)
+    dialog = seen[0].respond(200, sdp="v=0\r\n")
+    bye = (f"BYE sip:bridge@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKbye\r\n"
+           f"From: <sip:agent@pbx.example.com>;tag=agent1\r\nTo: <sip:+447700900001@pbx.example.com>;tag="
+           f"{seen[0].local_tag}\r\nCall-ID: bic1@pbx\r\nCSeq: 11 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+    ua.datagram_received(bye, PBX)
+    assert responses(wire)[-1] == 200 and byes == [dialog]
+    seen[0].acked()

@@ -81,7 +81,8 @@ class RtpEngineDaemon(_UdpProcess):
 
 
 class PbxKamailio(_UdpProcess):
-    """Kamailio as the business's PBX: registrar and proxy on UDP; ``extension`` rings the ``agent``."""
+    """Kamailio as the business's PBX: registrar and proxy on UDP; ``extension`` rings the ``agent``; a number
+    dialled as ``+<digits>`` goes to the bridge at ``bridge_port`` (chosen here: the bridge starts later)."""
 
     name = "kamailio-pbx"
 
@@ -90,6 +91,7 @@ class PbxKamailio(_UdpProcess):
         super().__init__(workdir)
         self.domain, self.extension, self.agent, self.debug = domain, extension, agent, debug
         self.port = 0
+        self.bridge_port = free_udp_port()
         self.config = self.workdir / "kamailio-pbx.cfg"
 
     def write_config(self) -> Path:
@@ -97,7 +99,7 @@ class PbxKamailio(_UdpProcess):
                       if Path(p).is_dir()), "/usr/lib/x86_64-linux-gnu/kamailio/modules")
         self.config.write_text(render(KAMAILIO_PBX_CFG.read_text(), {
             "DEBUG": self.debug, "HOST": LOOPBACK, "PORT": self.port, "DOMAIN": self.domain, "MPATH": mpath,
-            "EXTENSION": self.extension, "AGENT": self.agent}))
+            "EXTENSION": self.extension, "AGENT": self.agent, "BRIDGE": f"{LOOPBACK}:{self.bridge_port}"}))
         return self.config
 
     def start(self, timeout: float = 15.0) -> "PbxKamailio":

@@ -6,6 +6,17 @@ media through RtpEngine. User-initiated calls, as Meta's integration example des
     200 OK ─► ACK, ng answer (the PBX's SDP → WebRTC: ICE, DTLS) ─► Graph pre_accept, then accept
     terminate webhook ─► BYE to the PBX;  BYE from the PBX ─► Graph terminate;  each: ng delete
 
+Business-initiated calls (the agent dials a WhatsApp number through the PBX):
+
+    INVITE from the PBX ─► 100 Trying; Graph call_permissions (none ─► 403 with Warning/Reason naming Meta's
+    state, and a permission request when configured) ─► ng offer (the PBX's RTP SDP → WebRTC) ─► Graph connect
+    connect webhook (Meta's answer SDP) ─► ng answer (→ RTP for the PBX);  RINGING ─► 180 Ringing
+    ACCEPTED ─► 200 OK with that SDP;  REJECTED ─► 486;  terminate before ACCEPTED ─► 480;  CANCEL ─► terminate
+    BYE either way ─► the other side ends (Graph terminate / BYE)
+
+The webhooks may come in any order (a connect before Graph's connect answered, ACCEPTED before its connect):
+each one is applied to the CallBook and the call moves on from what the book holds (:meth:`Bridge._advance`).
+
 Every log line of a call names its wacid and, once there is one, the SIP Call-ID (``wacid=… sip=…``).
 """
 
@@ -18,12 +29,16 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from wacall.business import Call, GraphApiError, GraphClient, WebhookReceiver
+from wacall.sip.message import SipParseError
+from wacall.sip.uri import parse_name_addr
 
 from .config import BridgeConfig
 from .ng import NgError
 from .rtpengine import RtpEngine
-from .sip_ua import Dialog, SipFailure, SipUserAgent
+from .sip_ua import Dialog, Incoming, SipFailure, SipUserAgent
 
 log = logging.getLogger("wacall.bridge")
 
@@ -40,10 +55,17 @@ class BridgedCall:
     setup: asyncio.Task | None = None
     started: float = field(default_factory=time.monotonic)
     answered: float | None = None
+    direction: str = "USER_INITIATED"
+    incoming: Incoming | None = None              # business-initiated: the PBX's INVITE
+    ng_call_id: str | None = None                 # the RtpEngine call (the wacid, or the SIP Call-ID for BIC)
+    ng_from_tag: str = WA_SIDE
+    pbx_sdp: str | None = None                    # BIC: Meta's answer rewritten for the PBX
+    ringing_sent: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def tag(self) -> str:
-        return f"wacid={self.call_id} sip={self.sip_call_id or '-'}"
+        return f"wacid={self.call_id or '-'} sip={self.sip_call_id or '-'}"
 
 
 class Bridge:
@@ -53,11 +75,13 @@ class Bridge:
         self.graph = GraphClient(g.phone_number_id, g.token, base_url=g.base_url, version=g.version)
         self.receiver = WebhookReceiver(config.webhook.app_secret, config.webhook.verify_token,
                                         on_connect=self.on_connect, on_terminate=self.on_terminate,
-                                        path=config.webhook.path)
+                                        on_status=self.on_status, path=config.webhook.path)
         self.ua = SipUserAgent(s.host, s.port, (s.pbx_host, s.pbx_port), t1=s.t1)
         self.ua.on_bye = self._on_pbx_bye
+        self.ua.on_invite = self._on_pbx_invite
         self.rtpengine = RtpEngine(config.media.rtpengine_address, timeout=config.media.ng_timeout)
         self.calls: dict[str, BridgedCall] = {}
+        self.pending: dict[str, BridgedCall] = {}     # business-initiated, before Graph's connect answered
         self._tasks: set[asyncio.Task] = set()
         self.webhook_url = ""
 
@@ -75,7 +99,7 @@ class Bridge:
 
     async def stop(self) -> None:
         """End every live call on both sides (BYE, Graph terminate), then close."""
-        for call in list(self.calls.values()):
+        for call in list(self.calls.values()) + list(self.pending.values()):
             await self._end(call, "shutdown", tell_whatsapp=True, tell_pbx=True)
         await self.receiver.stop()
         for task in list(self._tasks):
@@ -93,8 +117,11 @@ class Bridge:
 
     # -- WhatsApp side ----------------------------------------------------------------------------------------
     async def on_connect(self, call: Call) -> None:
+        if call.direction == "BUSINESS_INITIATED":
+            await self._advance(call.call_id)
+            return
         if call.direction != "USER_INITIATED":
-            return                                # business-initiated calls: not in this slice
+            return
         if not call.sdp:
             log.warning("wacid=%s connect without an SDP offer: ignored", call.call_id)
             return
@@ -102,9 +129,15 @@ class Bridge:
         log.info("%s connect from +%s: bridging to %s", bridged.tag, bridged.user, self.config.sip.extension)
         bridged.setup = self._spawn(self._setup(bridged, call))
 
+    async def on_status(self, call: Call, status: str) -> None:
+        await self._advance(call.call_id)
+
     async def on_terminate(self, call: Call) -> None:
         bridged = self.calls.get(call.call_id)
         if bridged is None:
+            return
+        if bridged.direction == "BUSINESS_INITIATED" and bridged.state == "setup":
+            await self._advance(call.call_id)     # REJECTED → 486, else 480
             return
         end = call.end or {}
         log.info("%s terminate from WhatsApp (%s)", bridged.tag, end.get("status"))
@@ -160,6 +193,141 @@ class Bridge:
             log.warning("%s rtpengine: %s", bridged.tag, exc)
             await self._end(bridged, "rtpengine", tell_whatsapp=True, tell_pbx=True, reject=True)
 
+    # -- business-initiated: the PBX calls a WhatsApp user -----------------------------------------------------
+    def _number(self, incoming: Incoming) -> str:
+        source = self.config.sip.number_from
+        if source.startswith("header:"):
+            raw = incoming.request.headers.get(source[7:].strip()) or ""
+            if raw.strip().startswith(("<", "sip:", "tel:")) or "@" in raw:
+                try:
+                    raw = parse_name_addr(raw if "<" in raw else f"<{raw}>").uri.user or ""
+                except SipParseError:
+                    raw = ""
+        else:
+            raw = incoming.request.ruri.user or ""
+        digits = "".join(ch for ch in raw.split(";")[0] if ch.isdigit())
+        return digits if 6 <= len(digits) <= 15 else ""
+
+    def _on_pbx_invite(self, incoming: Incoming) -> None:
+        bridged = BridgedCall("", self._number(incoming), direction="BUSINESS_INITIATED", incoming=incoming,
+                              sip_call_id=incoming.call_id, ng_call_id=incoming.call_id,
+                              ng_from_tag=incoming.request.from_.tag or "pbx")
+        self.pending[incoming.call_id] = bridged
+        incoming.on_cancel = lambda: self._spawn(self._end(bridged, "pbx cancel", tell_whatsapp=True,
+                                                           tell_pbx=False))
+        bridged.setup = self._spawn(self._call_whatsapp(bridged))
+
+    async def _call_whatsapp(self, bridged: BridgedCall) -> None:
+        incoming = bridged.incoming
+        assert incoming is not None
+        if not bridged.user:
+            log.info("%s INVITE without a WhatsApp number (%s): 404", bridged.tag, self.config.sip.number_from)
+            self._refuse(bridged, 404, "Not Found", "no WhatsApp number in the INVITE")
+            return
+        log.info("%s INVITE from the PBX to +%s", bridged.tag, bridged.user)
+        try:
+            answer = await self.graph.call_permission(bridged.user)
+            permission = (answer.get("permission") or {}).get("status", "unknown")
+            start = next((a for a in answer.get("actions") or () if a.get("action_name") == "start_call"), None)
+            allowed = permission in ("temporary", "permanent") and (start is None or start.get("can_perform_action"))
+            if not allowed:
+                why = f"WhatsApp call permission: {permission}" + (
+                    "" if start is None or start.get("can_perform_action") else ", start_call not allowed now")
+                log.info("%s no permission to call +%s (%s): 403", bridged.tag, bridged.user, why)
+                self._refuse(bridged, 403, "Forbidden", why)
+                if self.config.graph.permission_request and permission in ("no_permission", "expired"):
+                    try:
+                        await self.graph.request_call_permission(bridged.user, self.config.graph.permission_request)
+                        log.info("%s call permission request sent to +%s", bridged.tag, bridged.user)
+                    except GraphApiError as exc:
+                        log.warning("%s permission request refused: code %s %s", bridged.tag, exc.code, exc.message)
+                return
+            offer = await self.rtpengine.offer_webrtc(call_id=bridged.ng_call_id, from_tag=bridged.ng_from_tag,
+                                                      sdp=incoming.sdp)
+            log.debug("%s SDP toward WhatsApp:\n%s", bridged.tag, offer)
+            if bridged.state == "ended":          # the PBX cancelled meanwhile
+                return
+            wacid = await self.graph.connect(bridged.user, offer)
+        except asyncio.CancelledError:
+            raise
+        except GraphApiError as exc:
+            log.warning("%s Graph refused: code %s %s", bridged.tag, exc.code, exc.message)
+            self._refuse(bridged, 403 if exc.code == 138006 else 480,
+                         "Forbidden" if exc.code == 138006 else "Temporarily Unavailable",
+                         f"WhatsApp error {exc.code}: {exc.message}")
+            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            return
+        except NgError as exc:
+            log.warning("%s rtpengine: %s", bridged.tag, exc)
+            self._refuse(bridged, 503, "Service Unavailable", "media relay unavailable")
+            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            return
+        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError) as exc:
+            log.warning("%s Graph unreachable or unreadable: %r", bridged.tag, exc)
+            self._refuse(bridged, 503, "Service Unavailable", "WhatsApp Graph API unavailable")
+            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            return
+        bridged.call_id = wacid
+        self.pending.pop(bridged.sip_call_id or "", None)
+        if bridged.state == "ended":              # cancelled while Graph connected: end it at Meta
+            await self._graph_end(bridged, reject=False)
+            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            return
+        self.calls[wacid] = bridged
+        log.info("%s Graph connect to +%s", bridged.tag, bridged.user)
+        await self._advance(wacid)                # webhooks that came before Graph's answer
+
+    def _refuse(self, bridged: BridgedCall, status: int, reason: str, why: str, *, ended: bool = True) -> None:
+        """A final refusal to the PBX's INVITE, with Warning and Reason saying why."""
+        if ended:
+            bridged.state = "ended"
+        self.pending.pop(bridged.sip_call_id or "", None)
+        if bridged.incoming is not None:
+            text = why.replace('"', "'")
+            bridged.incoming.respond(status, reason, headers=[
+                ("Warning", f'399 {self.config.sip.host} "{text}"'),
+                ("Reason", f'SIP;cause={status};text="{text}"')])
+
+    async def _advance(self, wacid: str) -> None:
+        """Move a business-initiated call on from what its webhooks say so far (in whatever order they came)."""
+        bridged = self.calls.get(wacid)
+        call = self.receiver.book.get(wacid)
+        if bridged is None or call is None or bridged.direction != "BUSINESS_INITIATED":
+            return
+        async with bridged.lock:
+            if bridged.state != "setup":
+                return
+            incoming = bridged.incoming
+            assert incoming is not None
+            try:
+                if call.sdp and bridged.pbx_sdp is None:
+                    bridged.pbx_sdp = await self.rtpengine.answer_plain(
+                        call_id=bridged.ng_call_id, from_tag=bridged.ng_from_tag, to_tag=WA_SIDE, sdp=call.sdp)
+                    log.debug("%s SDP toward the PBX:\n%s", bridged.tag, bridged.pbx_sdp)
+            except NgError as exc:
+                log.warning("%s rtpengine: %s", bridged.tag, exc)
+                await self._end(bridged, "rtpengine", tell_whatsapp=True, tell_pbx=True)
+                return
+            if call.status == "REJECTED" or (call.ended and not (call.status == "ACCEPTED" and bridged.pbx_sdp)):
+                status = 486 if call.status == "REJECTED" else 480
+                end = (call.end or {}).get("status") or call.status
+                log.info("%s WhatsApp: %s: %s to the PBX", bridged.tag, end, status)
+                self._refuse(bridged, status, "User declined the call" if status == 486 else "Temporarily Unavailable",
+                             f"WhatsApp call {str(end).lower()}", ended=False)
+                await self._end(bridged, f"whatsapp {end}", tell_whatsapp=False, tell_pbx=False)
+                return
+            if call.status in ("RINGING", "ACCEPTED") and not bridged.ringing_sent:
+                bridged.ringing_sent = True
+                incoming.respond(180, "Ringing", headers=[("x-wa-meta-wacid", wacid)])
+                log.info("%s RINGING: 180 to the PBX", bridged.tag)
+            if call.status == "ACCEPTED" and bridged.pbx_sdp is not None:
+                bridged.dialog = incoming.respond(200, "OK", sdp=bridged.pbx_sdp,
+                                                  headers=[("x-wa-meta-wacid", wacid)])
+                bridged.state, bridged.answered = "bridged", time.monotonic()
+                log.info("%s bridged in %.0f ms", bridged.tag, 1000 * (bridged.answered - bridged.started))
+            if call.ended and bridged.state == "bridged":
+                self._spawn(self._end(bridged, "whatsapp", tell_whatsapp=False, tell_pbx=True))
+
     # -- PBX side ---------------------------------------------------------------------------------------------
     def _on_pbx_bye(self, dialog: Dialog) -> None:
         for bridged in self.calls.values():
@@ -176,6 +344,10 @@ class Bridge:
         was = bridged.state
         bridged.state = "ended"
         self.calls.pop(bridged.call_id, None)
+        self.pending.pop(bridged.sip_call_id or "", None)
+        if bridged.direction == "BUSINESS_INITIATED":
+            await self._end_outbound(bridged, why, was, tell_whatsapp=tell_whatsapp, tell_pbx=tell_pbx)
+            return
         current = asyncio.current_task()
         if bridged.setup is not None and bridged.setup is not current and not bridged.setup.done() \
                 and bridged.dialog is None and bridged.sip_call_id is not None:
@@ -197,6 +369,26 @@ class Bridge:
                 log.info("%s Graph on end: code %s %s", bridged.tag, exc.code, exc.message)
         await self.rtpengine.delete(bridged.call_id, WA_SIDE)
         log.info("%s ended (%s)", bridged.tag, why)
+
+    async def _end_outbound(self, bridged: BridgedCall, why: str, was: str, *, tell_whatsapp: bool,
+                            tell_pbx: bool) -> None:
+        if tell_pbx:
+            if bridged.dialog is not None:
+                status = await self.ua.bye(bridged.dialog, [("x-wa-meta-wacid", bridged.call_id)])
+                log.info("%s BYE to the PBX: %s", bridged.tag, status)
+            elif bridged.incoming is not None and bridged.incoming.final is None:
+                bridged.incoming.respond(480, "Temporarily Unavailable")
+        if tell_whatsapp and bridged.call_id:
+            await self._graph_end(bridged, reject=False)
+        if bridged.ng_call_id:
+            await self.rtpengine.delete(bridged.ng_call_id, bridged.ng_from_tag)
+        log.info("%s ended (%s)", bridged.tag, why)
+
+    async def _graph_end(self, bridged: BridgedCall, *, reject: bool) -> None:
+        try:
+            await (self.graph.reject if reject else self.graph.terminate)(bridged.call_id)
+        except GraphApiError as exc:              # the call already ended at Meta: nothing to end
+            log.info("%s Graph on end: code %s %s", bridged.tag, exc.code, exc.message)
 
 
 async def serve(config: BridgeConfig, *, json_output: bool = False) -> None:

@@ -22,6 +22,7 @@ into dataclasses, unknown keys refused with the table's name, values checked at 
     domain = "pbx.example.com"    # the PBX's SIP domain (Request-URI and To host)
     extension = "c2b-sip"         # the bridging extension user-initiated calls go to
     from_domain = "whatsapp.bridge"
+    number_from = "request-uri"   # business-initiated calls: the user's number in the INVITE (or "header:X-WA-To")
 
     [media]
     mode = "rtpengine"            # the only mode of this slice
@@ -48,6 +49,8 @@ class GraphSection:
     token_env: str = ""
     base_url: str = "https://graph.facebook.com"
     version: str = "v23.0"
+    permission_request: str = ""          # business-initiated calls without permission: this text is sent as
+                                          # a call permission request ("" sends none)
 
 
 @dataclass
@@ -70,6 +73,8 @@ class SipSection:
     port: int = 5070
     from_domain: str = "whatsapp.bridge"
     t1: float = 0.5
+    number_from: str = "request-uri"      # where the PBX's INVITE names the WhatsApp user: "request-uri" (its
+                                          # user part) or "header:<Name>" (e.g. "header:X-WA-To")
 
 
 @dataclass
@@ -116,6 +121,9 @@ class BridgeConfig:
             self.media.rtpengine_address
         except ValueError:
             raise ValueError(f"media.rtpengine must be host:port, got {self.media.rtpengine!r}") from None
+        if self.sip.number_from != "request-uri" and not (self.sip.number_from.startswith("header:")
+                                                           and self.sip.number_from[7:].strip()):
+            raise ValueError(f"sip.number_from must be request-uri or header:<Name>, got {self.sip.number_from!r}")
         if not self.webhook.path.startswith("/"):
             raise ValueError("webhook.path must start with /")
         if not self.sip.domain:

@@ -236,9 +236,25 @@ def answer_to_whatsapp(call_id: str, from_tag: str, to_tag: str, sdp: str) -> di
             "flags": ["trust-address"]}
 
 
+def offer_to_whatsapp(call_id: str, from_tag: str, sdp: str) -> dict[str, Bencodable]:
+    """``offer`` params for the PBX's INVITE SDP (a business-initiated call): rewritten to WebRTC for Meta's
+    ``connect`` (``UDP/TLS/RTP/SAVPF``, ICE, DTLS actpass with RtpEngine's certificate, rtcp-mux, no SDES)."""
+    return {"call_id": call_id, "from_tag": from_tag, "sdp": sdp, "transport_protocol": "UDP/TLS/RTP/SAVPF",
+            "ICE": "force", "SDES": ["off"], "rtcp_mux": ["offer", "require"],
+            "replace": ["origin", "session-connection"], "flags": ["trust-address"]}
+
+
+def answer_to_pbx(call_id: str, from_tag: str, to_tag: str, sdp: str) -> dict[str, Bencodable]:
+    """``answer`` params for Meta's answer SDP (from the connect webhook): rewritten back to the PBX's
+    protocol (that of its offer), no ICE, RTCP demultiplexed."""
+    return {"call_id": call_id, "from_tag": from_tag, "to_tag": to_tag, "sdp": ice_lite_in_media(sdp),
+            "ICE": "remove", "rtcp_mux": ["demux"], "replace": ["origin", "session-connection"],
+            "flags": ["trust-address"]}
+
+
 def delete(call_id: str, from_tag: str | None = None) -> dict[str, Bencodable]:
     return {"call_id": call_id, "from_tag": from_tag}
 
 
 __all__ = ["Client", "NgError", "Reply", "answer_to_whatsapp", "decode", "delete", "encode", "frame",
-           "offer_to_pbx", "unframe"]
+           "offer_to_pbx", "offer_to_whatsapp", "answer_to_pbx", "unframe"]

@@ -72,6 +72,20 @@ class RtpEngine(asyncio.DatagramProtocol):
             raise ng.NgError("rtpengine: offer reply without sdp")
         return reply.sdp
 
+    async def offer_webrtc(self, **params) -> str:
+        """The PBX's SDP rewritten to WebRTC for Meta (a business-initiated call)."""
+        reply = await self.command("offer", ng.offer_to_whatsapp(**params))
+        if not reply.sdp:
+            raise ng.NgError("rtpengine: offer reply without sdp")
+        return reply.sdp
+
+    async def answer_plain(self, **params) -> str:
+        """Meta's answer rewritten for the PBX (a business-initiated call)."""
+        reply = await self.command("answer", ng.answer_to_pbx(**params))
+        if not reply.sdp:
+            raise ng.NgError("rtpengine: answer reply without sdp")
+        return reply.sdp
+
     async def answer(self, **params) -> str:
         reply = await self.command("answer", ng.answer_to_whatsapp(**params))
         if not reply.sdp:

@@ -54,6 +54,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._waiting: dict[tuple[str, str], asyncio.Queue[Response]] = {}   # (branch, method) -> responses
         self._cancelled: dict[str, Request] = {}      # branch -> an INVITE we CANCELled (its 487 gets an ACK)
         self._inviting: dict[str, asyncio.Queue] = {}  # Call-ID -> the pending INVITE's responses
+        self.on_invite: Callable[["Incoming"], None] | None = None   # a new INVITE from the PBX
+        self.incoming: dict[str, Incoming] = {}       # Call-ID -> an INVITE from the PBX not yet ACKed
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -92,7 +94,33 @@ class SipUserAgent(asyncio.DatagramProtocol):
     def _request(self, request: Request, addr: tuple[str, int]) -> None:
         reply_to = self._response_address(request, addr)
         dialog = self.dialogs.get(request.call_id)
+        incoming = self.incoming.get(request.call_id)
         if request.method == "ACK":
+            if incoming is not None and incoming.final is not None:
+                incoming.acked()
+            return
+        if request.method == "INVITE" and request.to.tag is None:
+            if incoming is not None:                          # a retransmission: the last answer again
+                if incoming.last is not None:
+                    self._send(incoming.last, incoming.reply_to)
+                return
+            if request.call_id in self.dialogs:
+                return
+            incoming = self.incoming[request.call_id] = Incoming(self, request, reply_to)
+            incoming.respond(100)
+            if self.on_invite is None:
+                incoming.respond(480)
+            else:
+                self.on_invite(incoming)
+            return
+        if request.method == "CANCEL" and request.to.tag is None:
+            if incoming is None or incoming.final is not None:
+                self._send(response_to(request, 481), reply_to)
+                return
+            self._send(response_to(request, 200), reply_to)
+            incoming.respond(487)
+            if incoming.on_cancel is not None:
+                incoming.on_cancel()
             return
         if dialog is None or (request.to.tag or None) != dialog.local_tag:
             self._send(response_to(request, 481), reply_to)
@@ -281,6 +309,75 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._waiting.pop((branch, "BYE"), None)
 
 
+class Incoming:
+    """An INVITE from the PBX (the UAS side, RFC 3261 13.3 and 17.2.1): 100 Trying at once, then what the bridge
+    answers with :meth:`respond`. A final answer is resent (Timer G) until the ACK or 64*T1; a 2xx makes the
+    :class:`Dialog` (``dialog``) the bridge then uses like one it placed. ``on_cancel`` runs on the PBX's CANCEL
+    (the UA has answered it 200 and the INVITE 487)."""
+
+    def __init__(self, ua: SipUserAgent, request: Request, reply_to: tuple[str, int]) -> None:
+        self.ua, self.request, self.reply_to = ua, request, reply_to
+        self.local_tag = new_tag()
+        self.last: Response | None = None
+        self.final: int | None = None
+        self.dialog: Dialog | None = None
+        self.on_cancel: Callable[[], None] | None = None
+        self._resend: asyncio.TimerHandle | None = None
+
+    @property
+    def call_id(self) -> str:
+        return self.request.call_id
+
+    @property
+    def sdp(self) -> str:
+        return self.request.body.decode("utf-8", "replace")
+
+    def respond(self, status: int, reason: str | None = None, *, sdp: str | None = None,
+                headers: list[tuple[str, str]] = ()) -> Dialog | None:
+        """Answer the INVITE (a no-op once a final answer went out); the dialog for a 2xx."""
+        if self.final is not None:
+            return self.dialog
+        extra = list(headers)
+        if 200 <= status < 300:
+            extra.append(("Contact", self.ua._contact()))
+            extra.extend(("Record-Route", rr) for rr in self.request.headers.get_all("Record-Route"))
+        response = response_to(self.request, status, reason, to_tag=None if status == 100 else self.local_tag,
+                               headers=extra, body=sdp.encode() if sdp else b"",
+                               content_type="application/sdp" if sdp else None)
+        self.last = response
+        self.ua._send(response, self.reply_to)
+        if status < 200:
+            return None
+        self.final = status
+        if status < 300:
+            req = self.request
+            contacts = req.name_addrs("Contact")
+            self.dialog = Dialog(req.call_id, self.local_tag, str(req.to.uri), str(req.from_.uri),
+                                 target=str(contacts[0].uri) if contacts else str(req.from_.uri),
+                                 route=[str(rr) for rr in req.name_addrs("Record-Route")],
+                                 remote_tag=req.from_.tag, cseq=0)
+            self.ua.dialogs[req.call_id] = self.dialog
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 64 * self.ua.t1
+
+        def resend(interval: float) -> None:                  # Timer G (Timer H gives up)
+            if self.last is None or loop.time() >= give_up:
+                self.acked()
+                return
+            self.ua._send(self.last, self.reply_to)
+            self._resend = loop.call_later(min(2 * interval, T2), resend, min(2 * interval, T2))
+        self._resend = loop.call_later(self.ua.t1, resend, self.ua.t1)
+        return self.dialog
+
+    def acked(self) -> None:
+        if self._resend is not None:
+            self._resend.cancel()
+            self._resend = None
+        if self.ua.incoming.get(self.call_id) is self:
+            # kept a little for a retransmitted INVITE or ACK, then forgotten
+            asyncio.get_running_loop().call_later(32 * self.ua.t1, self.ua.incoming.pop, self.call_id, None)
+
+
 def _address(uri: str, default: tuple[str, int]) -> tuple[str, int]:
     try:
         parsed = parse_name_addr(f"<{uri}>").uri
@@ -291,4 +388,4 @@ def _address(uri: str, default: tuple[str, int]) -> tuple[str, int]:
     return (host, port or 5060) if host else default
 
 
-__all__ = ["Dialog", "SipFailure", "SipUserAgent"]
+__all__ = ["Dialog", "Incoming", "SipFailure", "SipUserAgent"]
