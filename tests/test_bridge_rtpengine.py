@@ -105,6 +105,15 @@ async def _heard_both_ways(wa, agent: AgentPhone, call_id: str) -> None:
     assert abs(dominant_frequency(heard, 48000) - 1000) < 5, "the user hears the agent's 1000 Hz"
 
 
+async def _logged(bridge, line: str, seconds: float = 5.0) -> None:
+    """Wait until the bridge's log has ``line`` (it logs after the SIP exchange it reports)."""
+    for _ in range(int(seconds * 10)):
+        if line in bridge.log_text():
+            return
+        await asyncio.sleep(0.1)
+    assert line in bridge.log_text(), bridge.log_text()[-3000:]
+
+
 async def _agent_heard_the_user(agent: AgentPhone) -> None:
     """After the call: the agent's recording holds 1.5 s and more of the user's 440 Hz, not its own tone."""
     await asyncio.sleep(0.3)
@@ -142,11 +151,7 @@ async def test_the_user_hangs_up_and_the_agent_gets_a_bye(bridged):
     assert closed.raw.get("direction") == "incoming"
     ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
     assert ended["ended_by"] == "user"
-    for _ in range(50):
-        if "BYE to the PBX: 200" in bridge.log_text():
-            break
-        await asyncio.sleep(0.1)
-    assert "BYE to the PBX: 200" in bridge.log_text(), bridge.log_text()[-3000:]
+    await _logged(bridge, "BYE to the PBX: 200")
 
 
 async def test_the_agent_declines_and_the_user_call_is_rejected(bridged):

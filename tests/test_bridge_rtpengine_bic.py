@@ -13,7 +13,8 @@ import re
 
 import pytest
 
-from test_bridge_rtpengine import ALICE, DOMAIN, _agent_heard_the_user, _heard_both_ways, bridged  # noqa: F401
+from test_bridge_rtpengine import (ALICE, DOMAIN, _agent_heard_the_user, _heard_both_ways, _logged,  # noqa: F401
+                                   bridged)
 
 async def _accepted_with_the_connect_held_back(wa, agent) -> str:
     """The agent calls Alice (permission granted) while wacall holds the connect webhook (Meta's answer SDP)
@@ -72,11 +73,7 @@ async def test_the_user_hangs_up_and_the_agent_gets_a_bye(bridged):
     await agent.wait_event("CALL_CLOSED", 10, after=agent.history.index(established))   # terminate → BYE
     ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
     assert ended["ended_by"] == "user"
-    for _ in range(50):
-        if "BYE to the PBX: 200" in bridge.log_text():
-            break
-        await asyncio.sleep(0.1)
-    assert "BYE to the PBX: 200" in bridge.log_text(), bridge.log_text()[-3000:]
+    await _logged(bridge, "BYE to the PBX: 200")
 
 
 async def test_the_user_declines_and_the_agent_gets_486(bridged):

@@ -38,6 +38,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wacall.business.graph import GRAPH_URL, VERSION
+
 MEDIA_MODES = ("rtpengine",)
 PBX_PROTOCOLS = ("RTP/AVP", "RTP/SAVP")
 
@@ -47,8 +49,8 @@ class GraphSection:
     phone_number_id: str = ""
     token: str = ""
     token_env: str = ""
-    base_url: str = "https://graph.facebook.com"
-    version: str = "v23.0"
+    base_url: str = GRAPH_URL
+    version: str = VERSION
     permission_request: str = ""          # business-initiated calls without permission: this text is sent as
                                           # a call permission request ("" sends none)
 
