@@ -20,8 +20,6 @@ or not; ``deliveries`` only the accepted ones.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -29,6 +27,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlparse
+
+from ..webhooks.signature import verify
 
 
 @dataclass
@@ -135,8 +135,7 @@ class WebhookReceiver:
                 if status is not None and status != 200:
                     self._answer(status, b"down for a test" if failing else b"")
                     return
-                expected = "sha256=" + hmac.new(receiver.app_secret.encode(), raw, hashlib.sha256).hexdigest()
-                if not hmac.compare_digest(expected, self.headers.get("X-Hub-Signature-256", "")):
+                if not verify(receiver.app_secret, raw, self.headers.get("X-Hub-Signature-256")):
                     with receiver.lock:
                         receiver.bad_signatures += 1
                     self._answer(401, b"bad X-Hub-Signature-256")
