@@ -36,13 +36,17 @@ from wacall.sip.message import SipParseError
 from wacall.sip.uri import parse_name_addr
 
 from .config import BridgeConfig
-from .ng import NgError
-from .rtpengine import RtpEngine
+from .media import MediaError, MediaPath
+from .rtpengine import RtpEngineMedia
 from .sip_ua import Dialog, Incoming, SipFailure, SipUserAgent
 
 log = logging.getLogger("wacall.bridge")
 
-WA_SIDE = "whatsapp"            # the ng from-tag of the WhatsApp leg (the ng call-id is the wacid)
+
+def open_media(config: BridgeConfig) -> MediaPath:
+    """The media path of ``[media] mode``."""
+    m = config.media
+    return RtpEngineMedia(m.rtpengine_address, timeout=m.ng_timeout, pbx_protocol=m.pbx_protocol)
 
 
 @dataclass
@@ -57,8 +61,8 @@ class BridgedCall:
     answered: float | None = None
     direction: str = "USER_INITIATED"
     incoming: Incoming | None = None              # business-initiated: the PBX's INVITE
-    ng_call_id: str | None = None                 # the RtpEngine call (the wacid, or the SIP Call-ID for BIC)
-    ng_from_tag: str = WA_SIDE
+    media_call: str | None = None                 # the media call's name (the wacid, or the SIP Call-ID for BIC)
+    pbx_tag: str = ""                             # BIC: the PBX's From tag
     pbx_sdp: str | None = None                    # BIC: Meta's answer rewritten for the PBX
     ringing_sent: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -79,7 +83,7 @@ class Bridge:
         self.ua = SipUserAgent(s.host, s.port, (s.pbx_host, s.pbx_port), t1=s.t1)
         self.ua.on_bye = self._on_pbx_bye
         self.ua.on_invite = self._on_pbx_invite
-        self.rtpengine = RtpEngine(config.media.rtpengine_address, timeout=config.media.ng_timeout)
+        self.media = open_media(config)
         self.calls: dict[str, BridgedCall] = {}
         self.pending: dict[str, BridgedCall] = {}     # business-initiated, before Graph's connect answered
         self._tasks: set[asyncio.Task] = set()
@@ -88,12 +92,11 @@ class Bridge:
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def start(self) -> dict:
         await self.graph.__aenter__()
-        await self.rtpengine.start()
-        await self.rtpengine.ping()
+        media = await self.media.start()
         sip_port = await self.ua.start()
         self.webhook_url = await self.receiver.start(self.config.webhook.host, self.config.webhook.port)
         info = {"webhook_url": self.webhook_url, "sip": f"{self.config.sip.host}:{sip_port}",
-                "rtpengine": self.config.media.rtpengine, "graph": self.graph.base}
+                "media": media, "graph": self.graph.base}
         log.info("bridge ready: %s", info)
         return info
 
@@ -106,7 +109,7 @@ class Bridge:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.ua.close()
-        self.rtpengine.close()
+        self.media.close()
         await self.graph.close()
 
     def _spawn(self, work) -> asyncio.Task:
@@ -147,8 +150,7 @@ class Bridge:
     async def _setup(self, bridged: BridgedCall, call: Call) -> None:
         s, wacid = self.config.sip, bridged.call_id
         try:
-            pbx_offer = await self.rtpengine.offer(call_id=wacid, from_tag=WA_SIDE, sdp=call.sdp or "",
-                                                   pbx_protocol=self.config.media.pbx_protocol)
+            pbx_offer = await self.media.offer_to_pbx(wacid, call.sdp or "")
             log.debug("%s SDP toward the PBX:\n%s", bridged.tag, pbx_offer)
             headers = [("x-wa-meta-wacid", wacid),
                        ("P-Asserted-Identity", f"<sip:+{bridged.user}@{s.from_domain}>")]
@@ -171,8 +173,8 @@ class Bridge:
             if bridged.state == "ended":          # the user hung up while the 200 was on its way
                 await self.ua.bye(dialog)
                 return
-            answer = await self.rtpengine.answer(call_id=wacid, from_tag=WA_SIDE, to_tag=dialog.remote_tag or "",
-                                                 sdp=ok.body.decode("utf-8", "replace"))
+            answer = await self.media.answer_to_whatsapp(wacid, ok.body.decode("utf-8", "replace"),
+                                                         dialog.remote_tag or "")
             log.debug("%s SDP toward WhatsApp:\n%s", bridged.tag, answer)
             await self.graph.pre_accept(wacid, answer)
             await self.graph.accept(wacid, answer)
@@ -189,9 +191,9 @@ class Bridge:
         except GraphApiError as exc:
             log.warning("%s Graph refused: code %s %s", bridged.tag, exc.code, exc.message)
             await self._end(bridged, f"graph {exc.code}", tell_whatsapp=False, tell_pbx=True)
-        except NgError as exc:
-            log.warning("%s rtpengine: %s", bridged.tag, exc)
-            await self._end(bridged, "rtpengine", tell_whatsapp=True, tell_pbx=True, reject=True)
+        except MediaError as exc:
+            log.warning("%s media: %s", bridged.tag, exc)
+            await self._end(bridged, "media", tell_whatsapp=True, tell_pbx=True, reject=True)
 
     # -- business-initiated: the PBX calls a WhatsApp user -----------------------------------------------------
     def _number(self, incoming: Incoming) -> str:
@@ -210,8 +212,8 @@ class Bridge:
 
     def _on_pbx_invite(self, incoming: Incoming) -> None:
         bridged = BridgedCall("", self._number(incoming), direction="BUSINESS_INITIATED", incoming=incoming,
-                              sip_call_id=incoming.call_id, ng_call_id=incoming.call_id,
-                              ng_from_tag=incoming.request.from_.tag or "pbx")
+                              sip_call_id=incoming.call_id, media_call=incoming.call_id,
+                              pbx_tag=incoming.request.from_.tag or "pbx")
         self.pending[incoming.call_id] = bridged
         incoming.on_cancel = lambda: self._spawn(self._end(bridged, "pbx cancel", tell_whatsapp=True,
                                                            tell_pbx=False))
@@ -242,8 +244,7 @@ class Bridge:
                     except GraphApiError as exc:
                         log.warning("%s permission request refused: code %s %s", bridged.tag, exc.code, exc.message)
                 return
-            offer = await self.rtpengine.offer_webrtc(call_id=bridged.ng_call_id, from_tag=bridged.ng_from_tag,
-                                                      sdp=incoming.sdp)
+            offer = await self.media.offer_to_whatsapp(bridged.media_call or "", incoming.sdp, bridged.pbx_tag)
             log.debug("%s SDP toward WhatsApp:\n%s", bridged.tag, offer)
             if bridged.state == "ended":          # the PBX cancelled meanwhile
                 return
@@ -255,23 +256,23 @@ class Bridge:
             self._refuse(bridged, 403 if exc.code == 138006 else 480,
                          "Forbidden" if exc.code == 138006 else "Temporarily Unavailable",
                          f"WhatsApp error {exc.code}: {exc.message}")
-            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            await self.media.delete(bridged.media_call or "")
             return
-        except NgError as exc:
-            log.warning("%s rtpengine: %s", bridged.tag, exc)
+        except MediaError as exc:
+            log.warning("%s media: %s", bridged.tag, exc)
             self._refuse(bridged, 503, "Service Unavailable", "media relay unavailable")
-            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            await self.media.delete(bridged.media_call or "")
             return
         except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError) as exc:
             log.warning("%s Graph unreachable or unreadable: %r", bridged.tag, exc)
             self._refuse(bridged, 503, "Service Unavailable", "WhatsApp Graph API unavailable")
-            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            await self.media.delete(bridged.media_call or "")
             return
         bridged.call_id = wacid
         self.pending.pop(bridged.sip_call_id or "", None)
         if bridged.state == "ended":              # cancelled while Graph connected: end it at Meta
             await self._graph_end(bridged, reject=False)
-            await self.rtpengine.delete(bridged.ng_call_id or "", bridged.ng_from_tag)
+            await self.media.delete(bridged.media_call or "")
             return
         self.calls[wacid] = bridged
         log.info("%s Graph connect to +%s", bridged.tag, bridged.user)
@@ -301,12 +302,12 @@ class Bridge:
             assert incoming is not None
             try:
                 if call.sdp and bridged.pbx_sdp is None:
-                    bridged.pbx_sdp = await self.rtpengine.answer_plain(
-                        call_id=bridged.ng_call_id, from_tag=bridged.ng_from_tag, to_tag=WA_SIDE, sdp=call.sdp)
+                    bridged.pbx_sdp = await self.media.answer_to_pbx(bridged.media_call or "", call.sdp,
+                                                                     bridged.pbx_tag)
                     log.debug("%s SDP toward the PBX:\n%s", bridged.tag, bridged.pbx_sdp)
-            except NgError as exc:
-                log.warning("%s rtpengine: %s", bridged.tag, exc)
-                await self._end(bridged, "rtpengine", tell_whatsapp=True, tell_pbx=True)
+            except MediaError as exc:
+                log.warning("%s media: %s", bridged.tag, exc)
+                await self._end(bridged, "media", tell_whatsapp=True, tell_pbx=True)
                 return
             if call.status == "REJECTED" or (call.ended and not (call.status == "ACCEPTED" and bridged.pbx_sdp)):
                 status = 486 if call.status == "REJECTED" else 480
@@ -367,7 +368,7 @@ class Bridge:
                     await self.graph.terminate(bridged.call_id)
             except GraphApiError as exc:          # the call already ended at Meta: nothing to end
                 log.info("%s Graph on end: code %s %s", bridged.tag, exc.code, exc.message)
-        await self.rtpengine.delete(bridged.call_id, WA_SIDE)
+        await self.media.delete(bridged.call_id)
         log.info("%s ended (%s)", bridged.tag, why)
 
     async def _end_outbound(self, bridged: BridgedCall, why: str, was: str, *, tell_whatsapp: bool,
@@ -380,8 +381,8 @@ class Bridge:
                 bridged.incoming.respond(480, "Temporarily Unavailable")
         if tell_whatsapp and bridged.call_id:
             await self._graph_end(bridged, reject=False)
-        if bridged.ng_call_id:
-            await self.rtpengine.delete(bridged.ng_call_id, bridged.ng_from_tag)
+        if bridged.media_call:
+            await self.media.delete(bridged.media_call)
         log.info("%s ended (%s)", bridged.tag, why)
 
     async def _graph_end(self, bridged: BridgedCall, *, reject: bool) -> None:
@@ -400,7 +401,7 @@ async def serve(config: BridgeConfig, *, json_output: bool = False) -> None:
         await bridge.stop()
         raise
     print(json.dumps(info) if json_output else f"wacall bridge: webhook {info['webhook_url']}, SIP {info['sip']}, "
-          f"rtpengine {info['rtpengine']}, Graph {info['graph']}", flush=True)
+          f"media {info['media']}, Graph {info['graph']}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

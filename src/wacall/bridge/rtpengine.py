@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from . import ng
+from .media import MediaError
 
 log = logging.getLogger("wacall.bridge.rtpengine")
 
@@ -66,32 +67,6 @@ class RtpEngine(asyncio.DatagramProtocol):
     async def ping(self) -> bool:
         return (await self.command("ping", {})).result == "pong"
 
-    async def offer(self, **params) -> str:
-        reply = await self.command("offer", ng.offer_to_pbx(**params))
-        if not reply.sdp:
-            raise ng.NgError("rtpengine: offer reply without sdp")
-        return reply.sdp
-
-    async def offer_webrtc(self, **params) -> str:
-        """The PBX's SDP rewritten to WebRTC for Meta (a business-initiated call)."""
-        reply = await self.command("offer", ng.offer_to_whatsapp(**params))
-        if not reply.sdp:
-            raise ng.NgError("rtpengine: offer reply without sdp")
-        return reply.sdp
-
-    async def answer_plain(self, **params) -> str:
-        """Meta's answer rewritten for the PBX (a business-initiated call)."""
-        reply = await self.command("answer", ng.answer_to_pbx(**params))
-        if not reply.sdp:
-            raise ng.NgError("rtpengine: answer reply without sdp")
-        return reply.sdp
-
-    async def answer(self, **params) -> str:
-        reply = await self.command("answer", ng.answer_to_whatsapp(**params))
-        if not reply.sdp:
-            raise ng.NgError("rtpengine: answer reply without sdp")
-        return reply.sdp
-
     async def delete(self, call_id: str, from_tag: str | None = None) -> None:
         try:
             await self.command("delete", ng.delete(call_id, from_tag))
@@ -99,4 +74,57 @@ class RtpEngine(asyncio.DatagramProtocol):
             log.info("rtpengine delete %s: %s", call_id, exc)
 
 
-__all__ = ["RtpEngine"]
+WA_SIDE = "whatsapp"            # the ng tag of the WhatsApp leg
+
+
+class RtpEngineMedia:
+    """The ``rtpengine`` media mode (:class:`.media.MediaPath`): RtpEngine rewrites each SDP and relays the
+    packets. The ng call-id is the media call's name; the ng from-tag is the side that offered (``WA_SIDE`` for
+    a user-initiated call, the PBX's tag for a business-initiated one)."""
+
+    def __init__(self, address: tuple[str, int], *, timeout: float = 5.0, pbx_protocol: str = "RTP/AVP") -> None:
+        self.ng = RtpEngine(address, timeout=timeout)
+        self.pbx_protocol = pbx_protocol
+        self._from_tags: dict[str, str] = {}
+
+    async def start(self) -> str:
+        await self.ng.start()
+        try:
+            await self.ng.ping()
+        except ng.NgError as exc:
+            raise MediaError(str(exc)) from None
+        return f"rtpengine {self.ng.address[0]}:{self.ng.address[1]}"
+
+    def close(self) -> None:
+        self.ng.close()
+
+    async def _sdp(self, command: str, params: dict, *, call: str, from_tag: str) -> str:
+        self._from_tags.setdefault(call, from_tag)
+        try:
+            reply = await self.ng.command(command, params)
+        except ng.NgError as exc:
+            raise MediaError(str(exc)) from None
+        if not reply.sdp:
+            raise MediaError(f"rtpengine: {command} reply without sdp")
+        return reply.sdp
+
+    async def offer_to_pbx(self, call: str, whatsapp_offer: str) -> str:
+        return await self._sdp("offer", ng.offer_to_pbx(call, WA_SIDE, whatsapp_offer,
+                                                        pbx_protocol=self.pbx_protocol), call=call, from_tag=WA_SIDE)
+
+    async def answer_to_whatsapp(self, call: str, pbx_answer: str, pbx_tag: str) -> str:
+        return await self._sdp("answer", ng.answer_to_whatsapp(call, WA_SIDE, pbx_tag, pbx_answer),
+                               call=call, from_tag=WA_SIDE)
+
+    async def offer_to_whatsapp(self, call: str, pbx_offer: str, pbx_tag: str) -> str:
+        return await self._sdp("offer", ng.offer_to_whatsapp(call, pbx_tag, pbx_offer), call=call, from_tag=pbx_tag)
+
+    async def answer_to_pbx(self, call: str, whatsapp_answer: str, pbx_tag: str) -> str:
+        return await self._sdp("answer", ng.answer_to_pbx(call, pbx_tag, WA_SIDE, whatsapp_answer),
+                               call=call, from_tag=pbx_tag)
+
+    async def delete(self, call: str) -> None:
+        await self.ng.delete(call, self._from_tags.pop(call, None))
+
+
+__all__ = ["RtpEngine", "RtpEngineMedia", "WA_SIDE"]

@@ -1,0 +1,47 @@
+"""The bridge's media seam: what the call logic (:mod:`.app`) asks of whatever carries the audio between Meta's
+WebRTC leg and the PBX's RTP leg, in SDP terms only. One implementation per ``[media] mode``:
+
+* ``rtpengine`` (:class:`.rtpengine.RtpEngineMedia`): RtpEngine rewrites the SDPs and relays the packets, driven
+  over its ng protocol, as Meta's integration example does.
+* ``builtin``: the bridge terminates ICE/DTLS-SRTP itself (not in this module's scope).
+
+A media call is named by ``call`` (the wacid for a user-initiated call; the PBX's SIP Call-ID for a
+business-initiated one, whose wacid is not known when the media is set up) and the PBX leg by ``pbx_tag`` (the
+PBX's dialog tag). Every method raises :class:`MediaError` when the media cannot be set up; ``delete`` never
+raises (a call already gone has nothing to free).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class MediaError(Exception):
+    """The media could not be set up (the relay refused or did not answer)."""
+
+
+class MediaPath(Protocol):
+    async def start(self) -> str:
+        """Open what the mode needs; a short description for the bridge's ready line."""
+
+    def close(self) -> None: ...
+
+    # user-initiated calls: Meta's offer (connect webhook) → INVITE to the PBX; the PBX's 200 → Graph accept
+    async def offer_to_pbx(self, call: str, whatsapp_offer: str) -> str:
+        """Meta's WebRTC offer → the SDP offer the INVITE carries to the PBX."""
+
+    async def answer_to_whatsapp(self, call: str, pbx_answer: str, pbx_tag: str) -> str:
+        """The PBX's answer (its 200 OK) → the WebRTC answer for Graph ``pre_accept``/``accept``."""
+
+    # business-initiated calls: the PBX's INVITE → Graph connect; Meta's answer (connect webhook) → 200 to the PBX
+    async def offer_to_whatsapp(self, call: str, pbx_offer: str, pbx_tag: str) -> str:
+        """The PBX's offer → the WebRTC offer for Graph ``connect``."""
+
+    async def answer_to_pbx(self, call: str, whatsapp_answer: str, pbx_tag: str) -> str:
+        """Meta's WebRTC answer → the SDP answer of the 200 OK to the PBX."""
+
+    async def delete(self, call: str) -> None:
+        """Free the call's media (both legs)."""
+
+
+__all__ = ["MediaError", "MediaPath"]
