@@ -1,0 +1,365 @@
+"""Benchmark: concurrent bridged calls with media through ``wacall bridge``, its media modes side by side.
+
+The whole chain of issue 12 on this machine, on loopback: wacall as Meta (Graph, webhooks, its media workers and
+its virtual users, who call the business and play Opus), the bridge (``wacall bridge`` as a subprocess), Kamailio
+as the PBX (tests/data/bridge/kamailio-pbx.cfg: the bridging extension rings the registered agent), RtpEngine for
+the ``rtpengine`` mode, and a load agent (bench/pbx_agent.py) registered with Kamailio as the agent: it answers
+every call with a plain RTP SDP and sends and receives RTP at 20 ms.
+
+For each media mode (``--modes``, default ``rtpengine,builtin``; a mode this checkout's bridge does not have is
+reported and skipped) a fresh stack ramps user-initiated calls in cumulative steps (default 50, 100, 200): the
+step's new calls are placed at ``--rate`` per second, then, once their media flows (or ``--setup-timeout``), after
+``--settle`` seconds it measures for ``--hold-seconds``:
+
+* loss user -> PBX: what the agent received, every call (RTP sequence gaps; delivery against the nominal 50/s);
+* loss PBX -> user: what wacall's relay received from the bridge for a sample of calls (``media.received`` of
+  ``GET /_wacall/calls/{id}``, as bench/media_calls.py reads it);
+* CPU of each process (wacall with its media workers, the bridge, RtpEngine, Kamailio with its children, the
+  agent) and of the whole machine (``other_cores``: processes outside the benchmark);
+* set-up time per call: from the user placing the call (the control API) to the INVITE at the agent, and to the
+  first RTP packet from the user at the agent (p50/p95).
+
+A step passes when every call's media came up and both directions have loss < 1 % and >= 99 % delivery. The ramp
+of a mode stops at its first failing step; ``--budget`` bounds the whole run (split between the modes). Prints a
+table and writes bench/results/bridge<timestamp>.json; the processes' logs stay in the printed work directory.
+
+    .venv/bin/python bench/bridge_calls.py                                  # rtpengine and builtin, 50/100/200
+    .venv/bin/python bench/bridge_calls.py --steps 2 --hold-seconds 3 --modes rtpengine   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))               # tests/support: the bridge tests' real programs
+from media_calls import (LOSS_LIMIT, _git_state, _pct, cpu_block, cpu_seconds, create_users,  # noqa: E402
+                         machine_block, machine_times, rss_mb, sample_media, set_limits, summarize_business,
+                         summarize_relay)
+from pbx_agent import AgentHandle  # noqa: E402
+from wacall_process import WacallProcess, start_run  # noqa: E402
+
+DOMAIN = "pbx.example.com"
+GRAPH_VERSION = "v23.0"
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Kamailio's forked children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def bridge_modes() -> tuple[str, ...]:
+    """The media modes this checkout's bridge accepts."""
+    from wacall.bridge.config import MEDIA_MODES
+    return tuple(MEDIA_MODES)
+
+
+def bridge_toml(info: dict, pbx, media: str) -> str:
+    return f"""
+[graph]
+base_url = "{info['graph_url']}"
+phone_number_id = "{info['phone_number_id']}"
+token = "{info['access_token']}"
+
+[webhook]
+host = "127.0.0.1"
+port = 0
+app_secret = "{info['app_secret']}"
+verify_token = "{info['verify_token']}"
+
+[sip]
+host = "127.0.0.1"
+port = {pbx.bridge_port}
+pbx_host = "127.0.0.1"
+pbx_port = {pbx.port}
+domain = "{DOMAIN}"
+extension = "c2b-sip"
+
+[media]
+{media}
+"""
+
+
+def subscribe(info: dict, callback_url: str) -> None:
+    """The bridge's webhook URL subscribed to the calls field, the way Meta's is (docs/bridge.md)."""
+    r = httpx.post(f"{info['graph_url']}/{GRAPH_VERSION}/{info['app_id']}/subscriptions", timeout=30, params={
+        "object": "whatsapp_business_account", "callback_url": callback_url, "fields": "calls",
+        "verify_token": info["verify_token"], "access_token": f"{info['app_id']}|{info['app_secret']}"})
+    if r.status_code != 200:
+        raise RuntimeError(f"subscribing the bridge: {r.status_code} {r.text}")
+
+
+class Stack:
+    """wacall, RtpEngine (rtpengine mode), Kamailio, the load agent and the bridge for one media mode."""
+
+    def __init__(self, mode: str, args, users: int, workdir: Path, log) -> None:
+        self.mode, self.args, self.users, self.workdir, self.log = mode, args, users, workdir, log
+        self.wacall = self.rtpengine = self.pbx = self.agent = self.bridge = None
+
+    def start(self) -> "Stack":
+        from support.bridge_tools import BridgeProcess, PbxKamailio, RtpEngineDaemon
+        args, work = self.args, self.workdir / self.mode
+        work.mkdir(parents=True, exist_ok=True)
+        self.wacall = WacallProcess(extra=["--media-workers", str(args.media_workers)],
+                                    stderr_path=work / "wacall-stderr.log").start()
+        info = self.wacall.info
+        set_limits(info, self.users)
+        self.wa_ids = create_users(info, self.users)
+        if self.mode == "rtpengine":
+            os.environ.setdefault("WACALL_RTPENGINE_LOG", "5")
+            self.rtpengine = RtpEngineDaemon(span=min(20000, 4 * self.users + 200), workdir=work / "rtpengine").start()
+            media = f'mode = "rtpengine"\nrtpengine = "{self.rtpengine.address}"'
+        else:
+            media = f'mode = "{self.mode}"'
+        self.pbx = PbxKamailio(domain=DOMAIN, debug=1, workdir=work / "pbx").start()
+        self.agent = AgentHandle(self.pbx.port, domain=DOMAIN, codec=args.codec)
+        self.agent.call("start")
+        self.bridge = BridgeProcess(bridge_toml(info, self.pbx, media), workdir=work / "bridge").start()
+        subscribe(info, self.bridge.info["webhook_url"])
+        self.pids = {"wacall": self.wacall.pids, "bridge": [self.bridge.pid],
+                     "rtpengine": [self.rtpengine.pid] if self.rtpengine else [],
+                     "kamailio": process_tree(self.pbx.pid), "agent": [self.agent.pid]}
+        return self
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            try:
+                self.log(f"{self.mode}: agent hung up {self.agent.call('hangup_all', 60)['calls']} calls")
+                time.sleep(1.0)
+            except Exception as exc:
+                self.log(f"{self.mode}: hang-up: {exc}")
+        for part in (self.bridge, self.agent, self.pbx, self.rtpengine, self.wacall):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception as exc:
+                    self.log(f"{self.mode}: stopping {type(part).__name__}: {exc}")
+
+
+def place_calls(http: httpx.Client, info: dict, wa_ids: list[str], rate: float) -> tuple[dict[str, float], list]:
+    """Each user calls the business, ``rate`` calls per second: {call_id: monotonic time placed}, failures."""
+    placed, failed = {}, []
+    start = time.monotonic()
+    for i, wa_id in enumerate(wa_ids):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        t = time.monotonic()
+        r = http.post(f"{info['graph_url']}/_wacall/users/{wa_id}/calls",
+                      json={"to": info["phone_number_id"], "entry_point": "call_button"})
+        if r.status_code in (200, 201):
+            placed[r.json()["call_id"]] = t
+        else:
+            failed.append((wa_id, r.status_code, r.text[:200]))
+    return placed, failed
+
+
+def setup_block(placed: dict[str, float], times: dict) -> dict:
+    """Set-up times (ms) of a step's calls: to the INVITE at the agent, to the user's first RTP at the agent."""
+    invite = [1000 * (times[c][0] - t) for c, t in placed.items() if c in times and times[c][0]]
+    media = [1000 * (times[c][2] - t) for c, t in placed.items() if c in times and times[c][2]]
+
+    def r(v):
+        return round(v) if v is not None else None
+    return {"invite_ms_p50": r(_pct(invite, 0.5)), "invite_ms_p95": r(_pct(invite, 0.95)),
+            "media_ms_p50": r(_pct(media, 0.5)), "media_ms_p95": r(_pct(media, 0.95)),
+            "media_ms_max": r(max(media) if media else None), "calls_with_media": len(media)}
+
+
+def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log) -> dict:
+    result: dict = {"mode": mode, "steps": []}
+    stack = Stack(mode, args, max(steps), workdir, log)
+    try:
+        stack.start()
+        info = stack.wacall.info
+        result["pids"] = stack.pids
+        log(f"{mode}: wacall, {'RtpEngine, ' if stack.rtpengine else ''}Kamailio, agent and bridge up "
+            f"(bridge pid {stack.bridge.pid}, media {stack.bridge.info.get('media')})")
+        http = httpx.Client(timeout=60)
+        rng = random.Random(1)
+        placed_all: dict[str, float] = {}
+        sample: list[str] = []
+        per_call = 1.0 / args.rate
+        for step in steps:
+            need = step - len(placed_all)
+            estimate = need * per_call + args.settle + args.hold_seconds + 10
+            if time.monotonic() + estimate > deadline:
+                log(f"{mode}: skipping {step} calls and above (time budget; ~{estimate:.0f} s needed)")
+                result["stopped"] = "time budget"
+                break
+            t_step = time.monotonic()
+            placed, failed = place_calls(http, info, stack.wa_ids[len(placed_all):step], args.rate)
+            placed_all.update(placed)
+            # until every new call's media reaches the agent (or the set-up timeout)
+            wait_until = time.monotonic() + args.setup_timeout
+            while True:
+                times = stack.agent.call("times", wacids=list(placed))["times"]
+                up = sum(1 for c in placed if c in times and times[c][2])
+                if up == len(placed) or time.monotonic() > wait_until:
+                    break
+                time.sleep(0.25)
+            refused = stack.agent.call("times", wacids=[])["refused"]
+            setup = setup_block(placed, times)
+            setup["step_seconds"] = round(time.monotonic() - t_step, 1)
+            log(f"{mode}: +{len(placed)} calls placed ({len(failed)} refused by wacall), media up at the agent for "
+                f"{up}/{len(placed)} in {setup['step_seconds']} s; set-up to first RTP p50 {setup['media_ms_p50']} "
+                f"ms, p95 {setup['media_ms_p95']} ms" + (f"; e.g. {failed[0]}" if failed else "")
+                + (f"; agent refused {refused[:3]}" if refused else ""))
+            fresh = [c for c in placed_all if c not in set(sample)]
+            want = min(args.sample, len(placed_all))
+            if len(sample) < want:
+                sample += rng.sample(fresh, min(len(fresh), want - len(sample)))
+            sample_media(http, info, sample)          # decode the sample's backlog now, not inside the window
+            time.sleep(args.settle)
+            m0 = sample_media(http, info, sample)
+            s0 = stack.agent.call("snapshot")
+            c0 = {p: cpu_seconds(p) for g in stack.pids.values() for p in g}
+            b0 = machine_times()
+            t_window = time.monotonic()
+            time.sleep(args.hold_seconds)
+            s1 = stack.agent.call("snapshot")
+            c1 = {p: cpu_seconds(p) for g in stack.pids.values() for p in g}
+            b1 = machine_times()
+            window = time.monotonic() - t_window
+            m1 = sample_media(http, info, sample)
+            to_pbx = summarize_business([s0], [s1])
+            to_user = summarize_relay(m0, m1)
+            cpu = cpu_block(stack.pids, c0, c1, window, to_pbx["calls"])
+            machine = machine_block(b0, b1, sum(v["cores"] for v in cpu.values()), window)
+            media_up = sum(1 for v in s1["calls"].values() if v[1] > 0)
+            why = []
+            if failed or media_up < step:
+                why.append(f"{step - media_up} calls not up")
+            if to_pbx["sent_rate"] < 1 - LOSS_LIMIT or to_pbx["skipped_frames"]:
+                why.append(f"agent sent only {to_pbx['sent_rate']:.1%} (agent-limited)")
+            if to_pbx["loss"] >= LOSS_LIMIT:
+                why.append(f"user->PBX loss {to_pbx['loss']:.2%}")
+            if to_pbx["delivery"] < 1 - LOSS_LIMIT:
+                why.append(f"the agent received {to_pbx['delivery']:.1%} of the users' packets")
+            if to_user["loss"] >= LOSS_LIMIT:
+                why.append(f"PBX->user loss {to_user['loss']:.2%}")
+            if (to_user["delivery"] or 0) < 1 - LOSS_LIMIT:
+                why.append(f"wacall received {(to_user['delivery'] or 0):.1%} of the agent's packets")
+            passed = not why
+            entry = {"calls": step, "active": media_up, "refused_by_wacall": len(failed),
+                     "why_failed": why, "setup": setup, "window_seconds": round(window, 2),
+                     "user_to_pbx": to_pbx, "pbx_to_user": to_user, "cpu": cpu, "machine": machine,
+                     "loadavg": os.getloadavg(), "bridge_rss_mb": round(rss_mb(stack.bridge.pid)),
+                     "passed": passed}
+            result["steps"].append(entry)
+            log(f"{mode} {step:4d} calls: loss user->PBX {to_pbx['loss']:.2%} (delivery {to_pbx['delivery']:.1%}), "
+                f"PBX->user {to_user['loss']:.2%} (delivery {(to_user['delivery'] or 0):.1%}, "
+                f"{to_user['sampled_calls']} sampled); cores: " + ", ".join(f"{k} {v['cores']:.2f}" for k, v in cpu.items())
+                + f"; machine {machine['busy']:.0%} busy (others {machine['other_cores']:.2f} cores); "
+                f"{'PASS' if passed else 'FAIL: ' + '; '.join(why)}")
+            if not passed and not args.keep_going:
+                result["stopped"] = f"first failing step ({step} calls)"
+                break
+        http.close()
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"{mode}: {result['error']}")
+    finally:
+        stack.stop()
+    return result
+
+
+def report(results: dict, log) -> None:
+    names = ("wacall", "bridge", "rtpengine", "kamailio", "agent")
+    log("")
+    log(f"{'mode':>10} {'calls':>5} {'up':>4} {'loss u->pbx':>11} {'deliv':>6} {'loss pbx->u':>11} {'deliv':>6} "
+        + " ".join(f"{n:>9}" for n in names) + f" {'others':>6} {'machine':>7} {'setup p50':>9} {'p95':>6}  result")
+    summary = {}
+    for mode, r in results["modes"].items():
+        for s in r.get("steps", []):
+            u, p, c = s["user_to_pbx"], s["pbx_to_user"], s["cpu"]
+            log(f"{mode:>10} {s['calls']:>5} {s['active']:>4} {u['loss']:>11.2%} {u['delivery']:>6.1%} "
+                f"{p['loss']:>11.2%} {(p['delivery'] or 0):>6.1%} "
+                + " ".join(f"{c[n]['cores']:>9.2f}" if r.get("pids", {}).get(n) else f"{'-':>9}" for n in names)
+                + f" {s['machine']['other_cores']:>6.2f} {s['machine']['busy']:>7.0%} "
+                f"{s['setup']['media_ms_p50'] or 0:>9} {s['setup']['media_ms_p95'] or 0:>6}  "
+                f"{'pass' if s['passed'] else 'FAIL'}")
+        passed = [s for s in r.get("steps", []) if s["passed"]]
+        summary[mode] = {"max_calls_passed": max((s["calls"] for s in passed), default=0),
+                         "stopped": r.get("stopped") or r.get("error") or r.get("skipped")}
+    results["summary"] = summary
+    log("")
+    for mode, s in summary.items():
+        log(f"{mode}: {s['max_calls_passed']} concurrent bridged calls with < 1 % loss each way"
+            + (f" ({s['stopped']})" if s["stopped"] else ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modes", default="rtpengine,builtin", help="media modes, one ramp each, in this order")
+    ap.add_argument("--steps", default="50,100,200", help="concurrent calls per step (cumulative)")
+    ap.add_argument("--rate", type=float, default=20.0, help="new calls per second within a step")
+    ap.add_argument("--hold-seconds", type=float, default=10.0, help="measurement window per step")
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds between a step's set-up and its window")
+    ap.add_argument("--setup-timeout", type=float, default=30.0,
+                    help="seconds after the last call of a step is placed to wait for every call's media")
+    ap.add_argument("--sample", type=int, default=20, help="calls whose counters are read from wacall (PBX->user)")
+    ap.add_argument("--media-workers", type=int, default=2, help="wacall's media worker processes")
+    ap.add_argument("--codec", choices=("opus", "pcmu"), default="opus", help="what the agent answers with")
+    ap.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run (split between modes)")
+    ap.add_argument("--keep-going", action="store_true", help="do not stop a ramp at its first failing step")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the work directory with the processes' logs")
+    ap.add_argument("--out", help="JSON path (default bench/results/bridge<timestamp>.json)")
+    args = ap.parse_args()
+
+    steps = sorted({int(x) for x in args.steps.split(",") if int(x) > 0})
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    stamp, out, log = start_run("bridge", args.out)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="wacall-bridgebench-"))
+    log(f"work directory (logs): {workdir}")
+    results: dict = {"started": stamp, "args": vars(args), "steps": steps, "git": _git_state(), "modes": {},
+                     "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                 "loadavg_at_start": os.getloadavg()}}
+    available = bridge_modes()
+    runnable = [m for m in modes if m in available]
+    for m in modes:
+        if m not in available:
+            log(f"{m}: not a media mode of this checkout's bridge ({', '.join(available)}): skipped")
+            results["modes"][m] = {"mode": m, "steps": [], "skipped": "mode not in this checkout"}
+    failed = False
+    try:
+        for i, mode in enumerate(runnable):
+            share = (started + args.budget - time.monotonic()) / (len(runnable) - i)
+            results["modes"][mode] = r = ramp(mode, args, steps, time.monotonic() + share, workdir, log)
+            failed = failed or "error" in r
+    finally:
+        results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+        report(results, log)
+        out.write_text(json.dumps(results, indent=1, default=str))
+        log(f"results: {out}")
+        if args.keep_logs or failed:
+            log(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
