@@ -7,7 +7,7 @@ the ``rtpengine`` mode, and a load agent (bench/pbx_agent.py) registered with Ka
 every call with a plain RTP SDP and sends and receives RTP at 20 ms.
 
 For each media mode (``--modes``, default ``rtpengine,builtin``; a mode this checkout's bridge does not have is
-reported and skipped) a fresh stack ramps user-initiated calls in cumulative steps (default 50, 100, 200): the
+reported and skipped) a fresh stack ramps user-initiated calls in cumulative steps (default 50 to 400): the
 step's new calls are placed at ``--rate`` per second, then, once their media flows (or ``--setup-timeout``), after
 ``--settle`` seconds it measures for ``--hold-seconds``:
 
@@ -23,7 +23,7 @@ A step passes when every call's media came up and both directions have loss < 1 
 of a mode stops at its first failing step; ``--budget`` bounds the whole run (split between the modes). Prints a
 table and writes bench/results/bridge<timestamp>.json; the processes' logs stay in the printed work directory.
 
-    .venv/bin/python bench/bridge_calls.py                                  # rtpengine and builtin, 50/100/200
+    .venv/bin/python bench/bridge_calls.py                                  # rtpengine and builtin, 50 to 400 calls
     .venv/bin/python bench/bridge_calls.py --steps 2 --hold-seconds 3 --modes rtpengine   # smoke
 """
 
@@ -311,10 +311,10 @@ def report(results: dict, log) -> None:
             + (f" ({s['stopped']})" if s["stopped"] else ""))
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", default="rtpengine,builtin", help="media modes, one ramp each, in this order")
-    ap.add_argument("--steps", default="50,100,200", help="concurrent calls per step (cumulative)")
+    ap.add_argument("--steps", default="50,100,200,300,400", help="concurrent calls per step (cumulative)")
     ap.add_argument("--rate", type=float, default=20.0, help="new calls per second within a step")
     ap.add_argument("--hold-seconds", type=float, default=10.0, help="measurement window per step")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds between a step's set-up and its window")
@@ -327,7 +327,11 @@ def main() -> None:
     ap.add_argument("--keep-going", action="store_true", help="do not stop a ramp at its first failing step")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory with the processes' logs")
     ap.add_argument("--out", help="JSON path (default bench/results/bridge<timestamp>.json)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     steps = sorted({int(x) for x in args.steps.split(",") if int(x) > 0})
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
