@@ -127,6 +127,10 @@ class Stack:
         info = self.wacall.info
         set_limits(info, self.users)
         self.wa_ids = create_users(info, self.users)
+        if args.direction == "business":
+            t0 = time.monotonic()
+            grant_permissions(info, self.wa_ids)
+            self.log(f"{self.mode}: {len(self.wa_ids)} users gave call permission in {time.monotonic() - t0:.1f} s")
         if self.mode == "rtpengine":
             os.environ.setdefault("WACALL_RTPENGINE_LOG", "5")
             self.rtpengine = RtpEngineDaemon(span=min(20000, 4 * self.users + 200), workdir=work / "rtpengine").start()
@@ -176,16 +180,74 @@ def place_calls(http: httpx.Client, info: dict, wa_ids: list[str], rate: float) 
     return placed, failed
 
 
-def setup_block(placed: dict[str, float], times: dict) -> dict:
-    """Set-up times (ms) of a step's calls: to the INVITE at the agent, to the user's first RTP at the agent."""
-    invite = [1000 * (times[c][0] - t) for c, t in placed.items() if c in times and times[c][0]]
-    media = [1000 * (times[c][2] - t) for c, t in placed.items() if c in times and times[c][2]]
+def setup_block(calls: list[tuple[float, float, float]]) -> dict:
+    """Set-up times (ms) of a step's calls from (placed, signalled, first RTP at the agent), monotonic seconds (0:
+    never): placed is the user's call (control API) or the agent's INVITE; signalled the INVITE reaching the agent
+    or the 200 OK reaching it; first RTP the user's first packet at the agent."""
+    signal = [1000 * (s - t) for t, s, _ in calls if s]
+    media = [1000 * (m - t) for t, _, m in calls if m]
 
     def r(v):
         return round(v) if v is not None else None
-    return {"invite_ms_p50": r(_pct(invite, 0.5)), "invite_ms_p95": r(_pct(invite, 0.95)),
+    return {"signal_ms_p50": r(_pct(signal, 0.5)), "signal_ms_p95": r(_pct(signal, 0.95)),
             "media_ms_p50": r(_pct(media, 0.5)), "media_ms_p95": r(_pct(media, 0.95)),
             "media_ms_max": r(max(media) if media else None), "calls_with_media": len(media)}
+
+
+def grant_permissions(info: dict, wa_ids: list[str]) -> None:
+    """For business-initiated calls: each user answers at once and has given the business permanent call
+    permission the way Meta's docs tell it (the user writes, the business asks, the user accepts)."""
+    ctl, pnid = f"{info['graph_url']}/_wacall", info["phone_number_id"]
+    with httpx.Client(timeout=30) as http:
+        for wa_id in wa_ids:
+            steps = [
+                http.patch(f"{ctl}/users/{wa_id}", json={"incoming": "answer", "answer_after": 0}),
+                http.post(f"{ctl}/users/{wa_id}/messages", json={"to": pnid, "text": "hi"}),
+                http.post(f"{info['graph_url']}/{GRAPH_VERSION}/{pnid}/messages",
+                          headers={"Authorization": f"Bearer {info['access_token']}"},
+                          json={"messaging_product": "whatsapp", "to": wa_id, "type": "interactive",
+                                "interactive": {"type": "call_permission_request",
+                                                "action": {"name": "call_permission_request"},
+                                                "body": {"text": "May we call you?"}}}),
+                http.post(f"{ctl}/users/{wa_id}/permission_replies",
+                          json={"phone_number_id": pnid, "response": "accept", "permanent": True})]
+            for r in steps:
+                if r.status_code >= 300:
+                    raise RuntimeError(f"permission for {wa_id}: {r.request.method} {r.request.url.path}: "
+                                       f"{r.status_code} {r.text[:200]}")
+
+
+def user_calls(stack: "Stack", http: httpx.Client, wa_ids: list[str], args) -> tuple[dict, list, dict]:
+    """A step of user-initiated calls: placed at ``args.rate``, then waited for until every call's media
+    reaches the agent. Returns {wacid: (placed, INVITE at the agent, first RTP)}, failures, counts."""
+    info = stack.wacall.info
+    placed, failed = place_calls(http, info, wa_ids, args.rate)
+    wait_until = time.monotonic() + args.setup_timeout
+    while True:
+        times = stack.agent.call("times", wacids=list(placed))["times"]
+        up = sum(1 for c in placed if c in times and times[c][2])
+        if up == len(placed) or time.monotonic() > wait_until:
+            break
+        time.sleep(0.25)
+    calls = {c: (t, times[c][0], times[c][2]) if c in times else (t, 0.0, 0.0) for c, t in placed.items()}
+    return calls, failed, {"agent_refused": stack.agent.call("times", wacids=[])["refused"]}
+
+
+def agent_calls(stack: "Stack", http: httpx.Client, wa_ids: list[str], args) -> tuple[dict, list, dict]:
+    """A step of business-initiated calls: the agent dials each user through Kamailio and the bridge at
+    ``args.rate``; waited for until every call's media reaches the agent. Returns {wacid: (INVITE sent, 200 OK
+    received, first RTP)}, failures, counts."""
+    stack.agent.call("dial", wa_ids=wa_ids, rate=args.rate)
+    wait_until = time.monotonic() + len(wa_ids) / args.rate + args.setup_timeout
+    while True:
+        report = stack.agent.call("dialed", wa_ids=wa_ids)["calls"]
+        done = sum(1 for c in report.values() if c["times"][2] or c["error"])
+        if done == len(wa_ids) or time.monotonic() > wait_until:
+            break
+        time.sleep(0.25)
+    calls = {c["wacid"]: tuple(c["times"]) for c in report.values() if c["wacid"]}
+    failed = [(w, c["error"]) for w, c in report.items() if c["error"]]
+    return calls, failed, {"not_dialled": len(wa_ids) - len(report)}
 
 
 def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log) -> dict:
@@ -199,34 +261,33 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
             f"(bridge pid {stack.bridge.pid}, media {stack.bridge.info.get('media')})")
         http = httpx.Client(timeout=60)
         rng = random.Random(1)
-        placed_all: dict[str, float] = {}
+        placed_all: dict[str, tuple] = {}
+        prev = 0
         sample: list[str] = []
         per_call = 1.0 / args.rate
         for step in steps:
-            need = step - len(placed_all)
+            need = step - prev
             estimate = need * per_call + args.settle + args.hold_seconds + 10
             if time.monotonic() + estimate > deadline:
                 log(f"{mode}: skipping {step} calls and above (time budget; ~{estimate:.0f} s needed)")
                 result["stopped"] = "time budget"
                 break
             t_step = time.monotonic()
-            placed, failed = place_calls(http, info, stack.wa_ids[len(placed_all):step], args.rate)
+            cs0 = {p: cpu_seconds(p) for g in stack.pids.values() for p in g}
+            batch, prev = stack.wa_ids[prev:step], step
+            placed, failed, extra = (user_calls if args.direction == "user" else agent_calls)(stack, http, batch, args)
+            cs1 = {p: cpu_seconds(p) for g in stack.pids.values() for p in g}
             placed_all.update(placed)
-            # until every new call's media reaches the agent (or the set-up timeout)
-            wait_until = time.monotonic() + args.setup_timeout
-            while True:
-                times = stack.agent.call("times", wacids=list(placed))["times"]
-                up = sum(1 for c in placed if c in times and times[c][2])
-                if up == len(placed) or time.monotonic() > wait_until:
-                    break
-                time.sleep(0.25)
-            refused = stack.agent.call("times", wacids=[])["refused"]
-            setup = setup_block(placed, times)
+            up = sum(1 for t in placed.values() if t[2])
+            setup = setup_block(list(placed.values()))
             setup["step_seconds"] = round(time.monotonic() - t_step, 1)
-            log(f"{mode}: +{len(placed)} calls placed ({len(failed)} refused by wacall), media up at the agent for "
-                f"{up}/{len(placed)} in {setup['step_seconds']} s; set-up to first RTP p50 {setup['media_ms_p50']} "
-                f"ms, p95 {setup['media_ms_p95']} ms" + (f"; e.g. {failed[0]}" if failed else "")
-                + (f"; agent refused {refused[:3]}" if refused else ""))
+            setup["cpu_ms_per_call"] = {name: round(1000 * sum(cs1[p] - cs0[p] for p in group) / max(1, len(batch)), 2)
+                                        for name, group in stack.pids.items() if group}
+            setup.update(extra)
+            log(f"{mode}: +{len(batch)} calls, {len(failed)} failed, media up at the agent for {up} in "
+                f"{setup['step_seconds']} s; set-up to first RTP p50 {setup['media_ms_p50']} ms, p95 "
+                f"{setup['media_ms_p95']} ms; set-up CPU ms/call: {setup['cpu_ms_per_call']}"
+                + (f"; e.g. {failed[0]}" if failed else "") + (f"; {extra}" if any(extra.values()) else ""))
             fresh = [c for c in placed_all if c not in set(sample)]
             want = min(args.sample, len(placed_all))
             if len(sample) < want:
@@ -250,7 +311,7 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
             machine = machine_block(b0, b1, sum(v["cores"] for v in cpu.values()), window)
             media_up = sum(1 for v in s1["calls"].values() if v[1] > 0)
             why = []
-            if failed or media_up < step:
+            if failed or media_up < step or len(placed_all) < step:
                 why.append(f"{step - media_up} calls not up")
             if to_pbx["sent_rate"] < 1 - LOSS_LIMIT or to_pbx["skipped_frames"]:
                 why.append(f"agent sent only {to_pbx['sent_rate']:.1%} (agent-limited)")
@@ -263,7 +324,7 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
             if (to_user["delivery"] or 0) < 1 - LOSS_LIMIT:
                 why.append(f"wacall received {(to_user['delivery'] or 0):.1%} of the agent's packets")
             passed = not why
-            entry = {"calls": step, "active": media_up, "refused_by_wacall": len(failed),
+            entry = {"calls": step, "active": media_up, "failed": len(failed), "failures": failed[:5],
                      "why_failed": why, "setup": setup, "window_seconds": round(window, 2),
                      "user_to_pbx": to_pbx, "pbx_to_user": to_user, "cpu": cpu, "machine": machine,
                      "loadavg": os.getloadavg(), "bridge_rss_mb": round(rss_mb(stack.bridge.pid)),
@@ -315,6 +376,9 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", default="rtpengine,builtin", help="media modes, one ramp each, in this order")
     ap.add_argument("--steps", default="50,100,200,300,400", help="concurrent calls per step (cumulative)")
+    ap.add_argument("--direction", choices=("user", "business"), default="user",
+                    help="user: virtual users call the business (connect webhook -> INVITE to the agent); "
+                         "business: the agent dials the users through the PBX (INVITE -> Graph connect)")
     ap.add_argument("--rate", type=float, default=20.0, help="new calls per second within a step")
     ap.add_argument("--hold-seconds", type=float, default=10.0, help="measurement window per step")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds between a step's set-up and its window")

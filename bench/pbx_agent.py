@@ -91,9 +91,15 @@ def answer_sdp(port: int, codec: str, pt: int, dtmf_pt: int | None) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+def offer_sdp(port: int, codec: str) -> str:
+    """The phone's offer when the agent dials a WhatsApp user: Opus (or PCMU) and telephone-event, plain RTP."""
+    pt = 111 if codec == "opus" else 0
+    return answer_sdp(port, codec, pt, 101)
+
+
 class AgentCall:
     __slots__ = ("wacid", "sip_call_id", "sock", "fd", "pt", "ssrc", "seq", "ts", "step", "sent", "rx",
-                 "first_seq", "max_seq", "t_invite", "t_answer", "t_first_rx", "frame")
+                 "first_seq", "max_seq", "t_invite", "t_answer", "t_first_rx", "frame", "wa_id", "error")
 
     def __init__(self, wacid: str, sip_call_id: str, sock: socket.socket, pt: int, step: int) -> None:
         self.wacid, self.sip_call_id, self.sock, self.fd = wacid, sip_call_id, sock, sock.fileno()
@@ -103,7 +109,8 @@ class AgentCall:
         self.ts = random.getrandbits(32)
         self.sent = self.rx = self.frame = 0
         self.first_seq = self.max_seq = -1              # extended sequence numbers of what was received
-        self.t_invite = self.t_answer = self.t_first_rx = 0.0
+        self.t_invite = self.t_answer = self.t_first_rx = 0.0     # dialing: t_invite is when the INVITE left
+        self.wa_id, self.error = "", ""
 
     def received(self, data: bytes, now: float) -> None:
         if len(data) < 12 or 200 <= data[1] <= 204:     # RTCP (not expected: the PBX leg is demuxed)
@@ -135,6 +142,8 @@ class PbxAgent:
         self.calls: dict[int, AgentCall] = {}            # by socket fd
         self.by_sip: dict[str, AgentCall] = {}
         self.ended: list[AgentCall] = []
+        self.dialed: dict[str, AgentCall] = {}           # by the WhatsApp number dialled
+        self._dialing: set[asyncio.Task] = set()
         self.refused: list[str] = []
         self.ep = select.epoll()
         self.ua = None
@@ -202,6 +211,49 @@ class PbxAgent:
         self.calls[call.fd] = call
         self.by_sip[call.sip_call_id] = call
         self.ep.register(call.fd, select.EPOLLIN)
+
+    def dial(self, wa_ids: list[str], rate: float) -> None:
+        """The agent calls these WhatsApp users through the PBX (``sip:+<wa_id>@domain``: Kamailio routes it to
+        the bridge), ``rate`` INVITEs per second; each call starts its RTP on the 200 OK."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, wa_id in enumerate(wa_ids):
+            task = loop.create_task(self._dial_one(wa_id, max(0.0, start + i / rate - loop.time())))
+            self._dialing.add(task)
+            task.add_done_callback(self._dialing.discard)
+
+    async def _dial_one(self, wa_id: str, delay: float) -> None:
+        from wacall.bridge.sip_ua import SipFailure
+        await asyncio.sleep(delay)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((LOOPBACK, 0))
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+        call_id = self.ua.new_call_id()
+        call = AgentCall("", call_id, sock, 111 if self.codec == "opus" else 0, self.samples)
+        call.wa_id, call.t_invite = wa_id, time.monotonic()
+        self.dialed[wa_id] = call
+        aor = f"sip:{self.user}@{self.domain}"
+        try:
+            _, ok = await self.ua.invite(f"sip:+{wa_id}@{self.domain}", aor, f"sip:+{wa_id}@{self.domain}",
+                                         offer_sdp(sock.getsockname()[1], self.codec), [], call_id=call_id,
+                                         timeout=60.0)
+        except SipFailure as exc:
+            call.error = f"{exc.status} {exc.reason}"
+            sock.close()
+            return
+        call.t_answer = time.monotonic()
+        call.wacid = ok.headers.get("x-wa-meta-wacid") or call_id
+        addr, port, _ = parse_offer(ok.body.decode("utf-8", "replace"))
+        sock.connect((addr, port))
+        self.calls[call.fd] = call
+        self.by_sip[call_id] = call
+        self.ep.register(call.fd, select.EPOLLIN)
+
+    def dial_report(self, wa_ids: list[str]) -> dict:
+        """Per number dialled: its wacid, (INVITE sent, 200 received, first RTP received) and the failure."""
+        return {w: {"wacid": c.wacid, "times": (c.t_invite, c.t_answer, c.t_first_rx), "error": c.error}
+                for w in wa_ids if (c := self.dialed.get(w)) is not None}
 
     def on_bye(self, dialog) -> None:
         call = self.by_sip.pop(dialog.call_id, None)
@@ -289,6 +341,8 @@ class PbxAgent:
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        for task in list(self._dialing):
+            task.cancel()
         for call in list(self.calls.values()):
             self._close(call)
         self.ep.close()
@@ -319,6 +373,11 @@ async def _worker_async(conn, options: dict) -> None:
                     conn.send({"op": "snapshot", **agent.snapshot()})
                 elif op == "times":
                     conn.send({"op": "times", "times": agent.times(cmd["wacids"]), "refused": agent.refused[-20:]})
+                elif op == "dial":
+                    agent.dial(cmd["wa_ids"], cmd["rate"])
+                    conn.send({"op": "dialing"})
+                elif op == "dialed":
+                    conn.send({"op": "dialed", "calls": agent.dial_report(cmd["wa_ids"])})
                 elif op == "hangup_all":
                     conn.send({"op": "hung_up", "calls": await agent.hangup_all()})
                 elif op == "stop":
