@@ -70,6 +70,18 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def cpu_now(pids: dict[str, list[int]]) -> dict[int, float]:
+    """utime + stime of every process in ``pids`` (0 for one that has gone)."""
+    out = {}
+    for group in pids.values():
+        for p in group:
+            try:
+                out[p] = cpu_seconds(p)
+            except OSError:
+                out[p] = 0.0
+    return out
+
+
 def bridge_modes() -> tuple[str, ...]:
     """The media modes this checkout's bridge accepts."""
     from wacall.bridge.config import MEDIA_MODES
@@ -142,10 +154,16 @@ class Stack:
         self.agent.call("start")
         self.bridge = BridgeProcess(bridge_toml(info, self.pbx, media), workdir=work / "bridge").start()
         subscribe(info, self.bridge.info["webhook_url"])
-        self.pids = {"wacall": self.wacall.pids, "bridge": [self.bridge.pid],
-                     "rtpengine": [self.rtpengine.pid] if self.rtpengine else [],
-                     "kamailio": process_tree(self.pbx.pid), "agent": [self.agent.pid]}
+        self.collect_pids()
         return self
+
+    def collect_pids(self) -> dict[str, list[int]]:
+        """The processes whose CPU is measured, by part (children included: wacall's media workers, Kamailio's
+        forks, and any the bridge starts)."""
+        self.pids = {"wacall": process_tree(self.wacall.pid), "bridge": process_tree(self.bridge.pid),
+                     "rtpengine": process_tree(self.rtpengine.pid) if self.rtpengine else [],
+                     "kamailio": process_tree(self.pbx.pid), "agent": [self.agent.pid]}
+        return self.pids
 
     def stop(self) -> None:
         if self.agent is not None:
@@ -263,6 +281,7 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
         rng = random.Random(1)
         placed_all: dict[str, tuple] = {}
         prev = 0
+        running: dict[str, float] = {}            # cores per part in the last window (the running calls' media)
         sample: list[str] = []
         per_call = 1.0 / args.rate
         for step in steps:
@@ -273,16 +292,21 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
                 result["stopped"] = "time budget"
                 break
             t_step = time.monotonic()
-            cs0 = {p: cpu_seconds(p) for g in stack.pids.values() for p in g}
+            cs0 = cpu_now(stack.collect_pids())
             batch, prev = stack.wa_ids[prev:step], step
             placed, failed, extra = (user_calls if args.direction == "user" else agent_calls)(stack, http, batch, args)
-            cs1 = {p: cpu_seconds(p) for g in stack.pids.values() for p in g}
+            cs1 = cpu_now(stack.pids)
             placed_all.update(placed)
             up = sum(1 for t in placed.values() if t[2])
             setup = setup_block(list(placed.values()))
             setup["step_seconds"] = round(time.monotonic() - t_step, 1)
-            setup["cpu_ms_per_call"] = {name: round(1000 * sum(cs1[p] - cs0[p] for p in group) / max(1, len(batch)), 2)
-                                        for name, group in stack.pids.items() if group}
+            setup_s = time.monotonic() - t_step
+            # the set-up's CPU per new call: what each part used while the step's calls came up, less what the
+            # calls already running used in the previous window for as long
+            setup["cpu_ms_per_call"] = {
+                name: round(1000 * max(0.0, sum(cs1[p] - cs0[p] for p in group) - running.get(name, 0.0) * setup_s)
+                            / max(1, len(batch)), 2)
+                for name, group in stack.pids.items() if group}
             setup.update(extra)
             log(f"{mode}: +{len(batch)} calls, {len(failed)} failed, media up at the agent for {up} in "
                 f"{setup['step_seconds']} s; set-up to first RTP p50 {setup['media_ms_p50']} ms, p95 "
@@ -296,12 +320,12 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
             time.sleep(args.settle)
             m0 = sample_media(http, info, sample)
             s0 = stack.agent.call("snapshot")
-            c0 = {p: cpu_seconds(p) for g in stack.pids.values() for p in g}
+            c0 = cpu_now(stack.collect_pids())
             b0 = machine_times()
             t_window = time.monotonic()
             time.sleep(args.hold_seconds)
             s1 = stack.agent.call("snapshot")
-            c1 = {p: cpu_seconds(p) for g in stack.pids.values() for p in g}
+            c1 = cpu_now(stack.pids)
             b1 = machine_times()
             window = time.monotonic() - t_window
             m1 = sample_media(http, info, sample)
@@ -309,6 +333,7 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
             to_user = summarize_relay(m0, m1)
             cpu = cpu_block(stack.pids, c0, c1, window, to_pbx["calls"])
             machine = machine_block(b0, b1, sum(v["cores"] for v in cpu.values()), window)
+            running = {name: v["cores"] for name, v in cpu.items()}
             media_up = sum(1 for v in s1["calls"].values() if v[1] > 0)
             why = []
             if failed or media_up < step or len(placed_all) < step:
@@ -327,7 +352,7 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
             entry = {"calls": step, "active": media_up, "failed": len(failed), "failures": failed[:5],
                      "why_failed": why, "setup": setup, "window_seconds": round(window, 2),
                      "user_to_pbx": to_pbx, "pbx_to_user": to_user, "cpu": cpu, "machine": machine,
-                     "loadavg": os.getloadavg(), "bridge_rss_mb": round(rss_mb(stack.bridge.pid)),
+                     "loadavg": os.getloadavg(), "bridge_rss_mb": round(sum(rss_mb(p) for p in stack.pids["bridge"])),
                      "passed": passed}
             result["steps"].append(entry)
             log(f"{mode} {step:4d} calls: loss user->PBX {to_pbx['loss']:.2%} (delivery {to_pbx['delivery']:.1%}), "

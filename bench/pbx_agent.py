@@ -5,7 +5,8 @@ rings, answers every INVITE at once with a plain RTP SDP (Opus, or PCMU when ``c
 it), and from then on sends one 20 ms RTP packet per call every 20 ms and counts what it receives: RTP sequence
 numbers per call (gaps = loss of the user-to-PBX direction). The SIP side is the bridge's own UDP user agent
 (:class:`wacall.bridge.sip_ua.SipUserAgent`, its UAS half: 100, 200 with the SDP resent until the ACK, BYE
-answered); only the REGISTER is written here.
+answered; its UAC half when the agent dials: ``--direction business``, ``sip:+<wa_id>@domain``, which the PBX
+routes to the bridge); only the REGISTER is written here.
 
 RTP as in bench/business_peer.py: one socket per call, one 20 ms ticker for all calls that drains every readable
 socket (epoll, zero timeout) and then sends one frame per call; nothing wakes the process between ticks. Plain
