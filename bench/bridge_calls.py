@@ -419,6 +419,24 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def markdown(results: dict) -> str:
+    """The run as bench/README.md's table (one row per step and mode)."""
+    names = ("wacall", "bridge", "rtpengine", "kamailio", "agent")
+    rows = ["| mode | calls | up | loss user->PBX | delivery | loss PBX->user | delivery | "
+            + " | ".join(names) + " | others | machine | setup p50 / p95 | signal p50 / p95 | result |",
+            "|---" * (12 + len(names)) + "|"]
+    for mode, r in results["modes"].items():
+        for s in r.get("steps", []):
+            u, p, c, st = s["user_to_pbx"], s["pbx_to_user"], s["cpu"], s["setup"]
+            cores = [f"{c[n]['cores']:.2f}" if r.get("pids", {}).get(n) else "-" for n in names]
+            rows.append(f"| {mode} | {s['calls']} | {s['active']} | {u['loss']:.2%} | {u['delivery']:.1%} | "
+                        f"{p['loss']:.2%} | {(p['delivery'] or 0):.1%} | " + " | ".join(cores)
+                        + f" | {s['machine']['other_cores']:.2f} | {s['machine']['busy']:.0%} | "
+                        f"{st['media_ms_p50']} / {st['media_ms_p95']} ms | {st['signal_ms_p50']} / "
+                        f"{st['signal_ms_p95']} ms | {'pass' if s['passed'] else 'FAIL'} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     args = parser().parse_args()
 
@@ -446,6 +464,8 @@ def main() -> None:
     finally:
         results["elapsed_seconds"] = round(time.monotonic() - started, 1)
         report(results, log)
+        log("")
+        print(markdown(results), flush=True)
         out.write_text(json.dumps(results, indent=1, default=str))
         log(f"results: {out}")
         if args.keep_logs or failed:
