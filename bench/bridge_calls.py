@@ -269,6 +269,8 @@ def agent_calls(stack: "Stack", http: httpx.Client, wa_ids: list[str], args) -> 
 
 
 def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log) -> dict:
+    if args.rate is None:
+        args.rate = 4.0 if args.direction == "business" else 20.0
     result: dict = {"mode": mode, "steps": []}
     stack = Stack(mode, args, max(steps), workdir, log)
     try:
@@ -404,7 +406,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--direction", choices=("user", "business"), default="user",
                     help="user: virtual users call the business (connect webhook -> INVITE to the agent); "
                          "business: the agent dials the users through the PBX (INVITE -> Graph connect)")
-    ap.add_argument("--rate", type=float, default=20.0, help="new calls per second within a step")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="new calls per second within a step (default 20; business direction 4: the bridge asks "
+                         "Graph call_permissions per call, which Meta limits to 5 per second and number, code 613)")
     ap.add_argument("--hold-seconds", type=float, default=10.0, help="measurement window per step")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds between a step's set-up and its window")
     ap.add_argument("--setup-timeout", type=float, default=30.0,
