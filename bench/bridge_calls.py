@@ -241,14 +241,28 @@ def user_calls(stack: "Stack", http: httpx.Client, wa_ids: list[str], args) -> t
     info = stack.wacall.info
     placed, failed = place_calls(http, info, wa_ids, args.rate)
     wait_until = time.monotonic() + args.setup_timeout
+    ended: dict[str, str] = {}
     while True:
         times = stack.agent.call("times", wacids=list(placed))["times"]
-        up = sum(1 for c in placed if c in times and times[c][2])
-        if up == len(placed) or time.monotonic() > wait_until:
+        up = {c for c in placed if c in times and times[c][2]}
+        if len(up) == len(placed) or time.monotonic() > wait_until:
             break
-        time.sleep(0.25)
+        ended = ended_at_wacall(http, info, set(placed) - up)
+        if len(up) + len(ended) >= len(placed):
+            break                                     # the rest ended without media: no point waiting
+        time.sleep(0.5)
+    failed += [(c, f"ended at wacall ({state}) without media at the agent") for c, state in ended.items()]
     calls = {c: (t, times[c][0], times[c][2]) if c in times else (t, 0.0, 0.0) for c, t in placed.items()}
     return calls, failed, {"agent_refused": stack.agent.call("times", wacids=[])["refused"]}
+
+
+def ended_at_wacall(http: httpx.Client, info: dict, call_ids: set[str]) -> dict[str, str]:
+    """Which of these calls have ended at wacall (rejected, terminated, failed), with their end status."""
+    r = http.get(f"{info['graph_url']}/_wacall/calls", params={"state": "ENDED", "limit": 10000})
+    if r.status_code != 200:
+        return {}
+    return {c["call_id"]: str(c.get("end_status") or c.get("ended_by") or c.get("state"))
+            for c in r.json().get("data", []) if c.get("call_id") in call_ids}
 
 
 def agent_calls(stack: "Stack", http: httpx.Client, wa_ids: list[str], args) -> tuple[dict, list, dict]:
@@ -314,6 +328,12 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
                 f"{setup['step_seconds']} s; set-up to first RTP p50 {setup['media_ms_p50']} ms, p95 "
                 f"{setup['media_ms_p95']} ms; set-up CPU ms/call: {setup['cpu_ms_per_call']}"
                 + (f"; e.g. {failed[0]}" if failed else "") + (f"; {extra}" if any(extra.values()) else ""))
+            if not any(t[2] for t in placed_all.values()):
+                result["steps"].append({"calls": step, "active": 0, "failed": len(failed), "failures": failed[:5],
+                                        "why_failed": ["no call's media came up"], "setup": setup, "passed": False})
+                log(f"{mode} {step:4d} calls: no call's media came up: FAIL")
+                result["stopped"] = f"first failing step ({step} calls)"
+                break
             fresh = [c for c in placed_all if c not in set(sample)]
             want = min(args.sample, len(placed_all))
             if len(sample) < want:
@@ -340,7 +360,7 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
             why = []
             if failed or media_up < step or len(placed_all) < step:
                 why.append(f"{step - media_up} calls not up")
-            if to_pbx["sent_rate"] < 1 - LOSS_LIMIT or to_pbx["skipped_frames"]:
+            if to_pbx["calls"] and (to_pbx["sent_rate"] < 1 - LOSS_LIMIT or to_pbx["skipped_frames"]):
                 why.append(f"agent sent only {to_pbx['sent_rate']:.1%} (agent-limited)")
             if to_pbx["loss"] >= LOSS_LIMIT:
                 why.append(f"user->PBX loss {to_pbx['loss']:.2%}")
@@ -382,6 +402,9 @@ def report(results: dict, log) -> None:
     summary = {}
     for mode, r in results["modes"].items():
         for s in r.get("steps", []):
+            if "cpu" not in s:
+                log(f"{mode:>10} {s['calls']:>5} {s['active']:>4}  no call up: {s['why_failed']}; e.g. {s['failures'][:1]}")
+                continue
             u, p, c = s["user_to_pbx"], s["pbx_to_user"], s["cpu"]
             log(f"{mode:>10} {s['calls']:>5} {s['active']:>4} {u['loss']:>11.2%} {u['delivery']:>6.1%} "
                 f"{p['loss']:>11.2%} {(p['delivery'] or 0):>6.1%} "
@@ -431,6 +454,9 @@ def markdown(results: dict) -> str:
             "|---" * (12 + len(names)) + "|"]
     for mode, r in results["modes"].items():
         for s in r.get("steps", []):
+            if "cpu" not in s:
+                rows.append(f"| {mode} | {s['calls']} | 0 | no call up |" + " |" * (7 + len(names)) + " FAIL |")
+                continue
             u, p, c, st = s["user_to_pbx"], s["pbx_to_user"], s["cpu"], s["setup"]
             cores = [f"{c[n]['cores']:.2f}" if r.get("pids", {}).get(n) else "-" for n in names]
             rows.append(f"| {mode} | {s['calls']} | {s['active']} | {u['loss']:.2%} | {u['delivery']:.1%} | "
