@@ -34,6 +34,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -149,6 +150,7 @@ class Stack:
             media = f'mode = "rtpengine"\nrtpengine = "{self.rtpengine.address}"'
         else:
             media = f'mode = "{self.mode}"'
+        media += "".join(f"\n{line}" for line in args.media_config)
         self.pbx = PbxKamailio(domain=DOMAIN, debug=1, workdir=work / "pbx").start()
         self.agent = AgentHandle(self.pbx.port, domain=DOMAIN, codec=args.codec)
         self.agent.call("start")
@@ -438,7 +440,11 @@ def parser() -> argparse.ArgumentParser:
                     help="seconds after the last call of a step is placed to wait for every call's media")
     ap.add_argument("--sample", type=int, default=20, help="calls whose counters are read from wacall (PBX->user)")
     ap.add_argument("--media-workers", type=int, default=2, help="wacall's media worker processes")
-    ap.add_argument("--codec", choices=("opus", "pcmu"), default="opus", help="what the agent answers with")
+    ap.add_argument("--codec", choices=("opus", "pcmu"), default="opus",
+                    help="what the agent answers (or dials) with; pcmu needs a bridge that offers G.711 to the PBX "
+                         "(rtpengine mode: --media-config 'transcode = [\"PCMU\"]')")
+    ap.add_argument("--media-config", action="append", default=[], metavar="LINE",
+                    help="a line added to the bridge's [media] table (repeatable), e.g. 'pbx_protocol = \"RTP/AVP\"'")
     ap.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run (split between modes)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop a ramp at its first failing step")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory with the processes' logs")
@@ -476,7 +482,10 @@ def main() -> None:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="wacall-bridgebench-"))
     log(f"work directory (logs): {workdir}")
-    results: dict = {"started": stamp, "args": vars(args), "steps": steps, "git": _git_state(), "modes": {},
+    git = _git_state()
+    git["dirty_bridge"] = subprocess.run(["git", "status", "--short", "--", "src/wacall/bridge", "bench"], cwd=ROOT,
+                                         capture_output=True, text=True).stdout.splitlines()
+    results: dict = {"started": stamp, "args": vars(args), "steps": steps, "git": git, "modes": {},
                      "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                  "loadavg_at_start": os.getloadavg()}}
     available = bridge_modes()
