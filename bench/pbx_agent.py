@@ -272,21 +272,21 @@ class PbxAgent:
 
     # -- RTP --------------------------------------------------------------------------------------------------
     def drain(self) -> None:
-        poll, calls = self.ep.poll, self.calls
+        """Everything waiting on every call's socket, one epoll pass: bounded by what had arrived, so a busy
+        agent still gets back to its ticker and its SIP (a loop until epoll is empty never ends under load)."""
+        calls = self.calls
         now = time.monotonic()
-        while True:
-            events = poll(0)
-            if not events:
-                return
-            for fd, _ in events:
-                call = calls.get(fd)
-                if call is None:
-                    continue
+        for fd, _ in self.ep.poll(0):
+            call = calls.get(fd)
+            if call is None:
+                continue
+            recv, received = call.sock.recv, call.received
+            for _ in range(64):
                 try:
-                    data = call.sock.recv(2048)
-                except OSError:          # EAGAIN, or ICMP port unreachable after the relay closed
-                    continue
-                call.received(data, now)
+                    data = recv(2048)
+                except OSError:          # EAGAIN (drained), or ICMP port unreachable after the relay closed
+                    break
+                received(data, now)
 
     async def run_ticker(self) -> None:
         start, done = time.monotonic(), 0
@@ -348,6 +348,8 @@ class PbxAgent:
             self._close(call)
         self.ep.close()
         if self.ua is not None:
+            for incoming in list(self.ua.incoming.values()):
+                incoming.acked()         # no more 200 retransmissions on a closed socket
             self.ua.close()
 
 
