@@ -143,7 +143,7 @@ def test_bridge_config_loads_and_refuses_what_it_cannot_run(monkeypatch):
     for raw, message in [
         ({**BRIDGE_TOML, "extra": {}}, "unknown tables extra"),
         ({**BRIDGE_TOML, "sip": {"pbx_prot": 1}}, "[sip]: unknown keys pbx_prot"),
-        ({**BRIDGE_TOML, "media": {"mode": "builtin"}}, "media.mode"),
+        ({**BRIDGE_TOML, "media": {"mode": "freeswitch"}}, "media.mode"),
         ({**BRIDGE_TOML, "media": {"pbx_protocol": "UDP/TLS/RTP/SAVPF"}}, "media.pbx_protocol"),
         ({**BRIDGE_TOML, "media": {"rtpengine": "nohost"}}, "media.rtpengine"),
         ({**BRIDGE_TOML, "webhook": {"app_secret": "", "verify_token": "v"}}, "webhook.app_secret"),

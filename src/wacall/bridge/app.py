@@ -46,6 +46,9 @@ log = logging.getLogger("wacall.bridge")
 def open_media(config: BridgeConfig) -> MediaPath:
     """The media path of ``[media] mode``."""
     m = config.media
+    if m.mode == "builtin":
+        from .builtin import BuiltinMedia
+        return BuiltinMedia(m.rtp_host, pbx_protocol=m.pbx_protocol)
     return RtpEngineMedia(m.rtpengine_address, timeout=m.ng_timeout, pbx_protocol=m.pbx_protocol)
 
 

@@ -25,9 +25,10 @@ into dataclasses, unknown keys refused with the table's name, values checked at 
     number_from = "request-uri"   # business-initiated calls: the user's number in the INVITE (or "header:X-WA-To")
 
     [media]
-    mode = "rtpengine"            # the only mode of this slice
+    mode = "rtpengine"            # or "builtin" (the bridge terminates ICE/DTLS-SRTP itself)
     rtpengine = "127.0.0.1:22222" # RtpEngine's ng listener (UDP)
     pbx_protocol = "RTP/AVP"      # RTP/AVP (plain) or RTP/SAVP (SDES) toward the PBX
+    rtp_host = "127.0.0.1"        # builtin: the address both media legs bind and advertise
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 
 from wacall.business.graph import GRAPH_URL, VERSION
 
-MEDIA_MODES = ("rtpengine",)
+MEDIA_MODES = ("rtpengine", "builtin")
 PBX_PROTOCOLS = ("RTP/AVP", "RTP/SAVP")
 
 
@@ -85,6 +86,7 @@ class MediaSection:
     rtpengine: str = "127.0.0.1:22222"
     pbx_protocol: str = "RTP/AVP"
     ng_timeout: float = 5.0
+    rtp_host: str = "127.0.0.1"           # builtin: the address both media legs bind and advertise
 
     @property
     def rtpengine_address(self) -> tuple[str, int]:
@@ -115,8 +117,7 @@ class BridgeConfig:
             if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
                 raise ValueError(f"{key} must be a port number (0: any free port), got {port!r}")
         if self.media.mode not in MEDIA_MODES:
-            raise ValueError(f"media.mode must be one of {', '.join(MEDIA_MODES)} (builtin is not built yet), "
-                             f"got {self.media.mode!r}")
+            raise ValueError(f"media.mode must be one of {', '.join(MEDIA_MODES)}, got {self.media.mode!r}")
         if self.media.pbx_protocol not in PBX_PROTOCOLS:
             raise ValueError(f"media.pbx_protocol must be one of {', '.join(PBX_PROTOCOLS)}")
         try:
