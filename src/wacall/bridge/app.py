@@ -46,7 +46,8 @@ log = logging.getLogger("wacall.bridge")
 def open_media(config: BridgeConfig) -> MediaPath:
     """The media path of ``[media] mode``."""
     m = config.media
-    return RtpEngineMedia(m.rtpengine_address, timeout=m.ng_timeout, pbx_protocol=m.pbx_protocol)
+    return RtpEngineMedia(m.rtpengine_address, timeout=m.ng_timeout, pbx_protocol=m.pbx_protocol,
+                          transcode=m.transcode)
 
 
 @dataclass

@@ -28,6 +28,7 @@ into dataclasses, unknown keys refused with the table's name, values checked at 
     mode = "rtpengine"            # the only mode of this slice
     rtpengine = "127.0.0.1:22222" # RtpEngine's ng listener (UDP)
     pbx_protocol = "RTP/AVP"      # RTP/AVP (plain) or RTP/SAVP (SDES) toward the PBX
+    transcode = []                # ["PCMU", "PCMA"]: G.711 offered to the PBX too, transcoded by RtpEngine
 """
 
 from __future__ import annotations
@@ -79,12 +80,16 @@ class SipSection:
                                           # user part) or "header:<Name>" (e.g. "header:X-WA-To")
 
 
+TRANSCODE_CODECS = ("PCMU", "PCMA")     # what RtpEngine may transcode Opus to toward the PBX
+
+
 @dataclass
 class MediaSection:
     mode: str = "rtpengine"
     rtpengine: str = "127.0.0.1:22222"
     pbx_protocol: str = "RTP/AVP"
     ng_timeout: float = 5.0
+    transcode: list = field(default_factory=list)   # rtpengine: G.711 toward a PBX without Opus ("PCMU", "PCMA")
 
     @property
     def rtpengine_address(self) -> tuple[str, int]:
@@ -119,6 +124,9 @@ class BridgeConfig:
                              f"got {self.media.mode!r}")
         if self.media.pbx_protocol not in PBX_PROTOCOLS:
             raise ValueError(f"media.pbx_protocol must be one of {', '.join(PBX_PROTOCOLS)}")
+        if not isinstance(self.media.transcode, list) or not set(self.media.transcode) <= set(TRANSCODE_CODECS):
+            raise ValueError(f"media.transcode must be a list of {', '.join(TRANSCODE_CODECS)}, "
+                             f"got {self.media.transcode!r}")
         try:
             self.media.rtpengine_address
         except ValueError:

@@ -1,0 +1,132 @@
+"""``wacall bridge`` in rtpengine mode, the media itself: DTMF both ways, G.711 toward a phone without Opus, and
+SDES-SRTP toward the PBX. The chain is the real one of tests/test_bridge_rtpengine.py: wacall as Meta (a virtual
+user with WebRTC media playing 440 Hz), the bridge as a subprocess, Debian's rtpengine-daemon, Kamailio as the PBX
+and baresip as the agent's phone (1000 Hz). Audio is checked by frequency, digits by what each side reports."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from support.bridge_tools import (PCMU_ONLY, AgentPhone, BridgeProcess, PbxKamailio, RtpEngineDaemon,
+                                  digits_heard_by_user, read_wav, user_sends_digits)
+from support.sip_tools import make_test_pki
+from wacall.media.audio import dominant_frequency, tone_power
+
+ALICE = "447700900001"
+DOMAIN = "pbx.example.com"
+
+
+def bridge_toml(wa, rtpengine: RtpEngineDaemon, pbx: PbxKamailio, media: str = "") -> str:
+    return f"""
+[graph]
+base_url = "{wa.url}"
+phone_number_id = "{wa.pnid}"
+token = "{wa.token}"
+
+[webhook]
+host = "127.0.0.1"
+port = 0
+app_secret = "{wa.info['app_secret']}"
+verify_token = "{wa.info['verify_token']}"
+
+[sip]
+host = "127.0.0.1"
+port = {pbx.bridge_port}
+pbx_host = "127.0.0.1"
+pbx_port = {pbx.port}
+domain = "{DOMAIN}"
+extension = "c2b-sip"
+
+[media]
+mode = "rtpengine"
+rtpengine = "{rtpengine.address}"
+{media}
+"""
+
+
+@pytest.fixture
+async def chain(wa, tmp_path, request):
+    """wacall (Alice plays 440 Hz), RtpEngine, the PBX, the agent's phone (1000 Hz) and the bridge. Indirect
+    parameter: ``{"agent": {AgentPhone keyword arguments}, "media": "more [media] lines"}``."""
+    param = getattr(request, "param", None) or {}
+    wa.reset()
+    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440"}).status_code == 200
+    pki = make_test_pki(tmp_path / "pki")
+    async with RtpEngineDaemon(workdir=tmp_path / "rtpengine") as rtpengine, \
+            PbxKamailio(domain=DOMAIN, workdir=tmp_path / "pbx") as pbx:
+        agent = AgentPhone(user="agent", domain=DOMAIN, registrar=("127.0.0.1", pbx.port), ca=pki.ca_cert,
+                           cert=pki.business.pem, tone_hz=1000, workdir=tmp_path / "agent",
+                           **param.get("agent", {}))
+        async with agent:
+            await agent.wait_registered()
+            bridge = BridgeProcess(bridge_toml(wa, rtpengine, pbx, param.get("media", "")),
+                                   workdir=tmp_path / "bridge")
+            async with bridge:
+                subscribed = await asyncio.to_thread(wa.subscribe, bridge.info["webhook_url"], "calls")
+                assert subscribed.status_code == 200, subscribed.text
+                yield wa, agent, bridge
+
+
+async def _user_call_answered(wa, agent: AgentPhone) -> str:
+    call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
+    await agent.wait_event("CALL_INCOMING", 15)
+    await agent.accept()
+    await agent.wait_event("CALL_ESTABLISHED", 10)
+    await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
+    return call_id
+
+
+async def _agent_calls_user(wa, agent: AgentPhone) -> str:
+    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440", "answer_after": 0.3}).status_code == 200
+    assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
+        "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
+    await agent.dial(f"sip:+{ALICE}@{DOMAIN}")
+    await agent.wait_event("CALL_ESTABLISHED", 20)
+    [call_id] = [c["call_id"] for c in (await asyncio.to_thread(wa.ctl, "GET", "calls")).json()["data"]]
+    await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
+    return call_id
+
+
+async def _user_heard_the_agent(wa, call_id: str) -> dict:
+    """Once wacall has 2 s of the agent's audio: the user's recording holds the agent's 1000 Hz."""
+    def two_seconds():
+        call = wa.call(call_id)
+        return call["media"]["received"]["packets"] >= 100 and call
+    call = await asyncio.to_thread(wa.wait_for, two_seconds, 15, "2 s of the agent's audio at wacall")
+    heard = read_wav(wa.http.get(call["media"]["recording_url"]).content)
+    assert abs(dominant_frequency(heard, 48000) - 1000) < 5, "the user hears the agent's 1000 Hz"
+    return call
+
+
+def _agent_heard_the_user(agent: AgentPhone) -> None:
+    """After the call: the agent's recording holds the user's 440 Hz (at the phone's own sample rate)."""
+    rate = agent.sample_rate
+    at_agent = agent.heard()[rate // 2:]
+    assert len(at_agent) > rate, f"the agent's recording holds {len(at_agent) / rate:.2f} s after the first 0.5 s"
+    assert abs(dominant_frequency(at_agent, rate) - 440) < 5, "the agent hears the user's 440 Hz"
+    assert tone_power(at_agent, rate, 440) > 10 * tone_power(at_agent, rate, 1000)
+
+
+async def _hang_up(wa, agent: AgentPhone, call_id: str) -> None:
+    await agent.hangup()
+    await agent.wait_event("CALL_CLOSED", 10)
+    await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
+    await asyncio.sleep(0.3)                                   # baresip closes its recording
+
+
+async def _dtmf_both_ways(wa, agent: AgentPhone, call_id: str) -> None:
+    await asyncio.to_thread(user_sends_digits, wa, call_id, "12#")
+    assert await agent.wait_digits(3) == "12#", "the agent's phone gets every digit the user pressed"
+    await agent.send_dtmf("9*")
+    assert await asyncio.to_thread(digits_heard_by_user, wa, call_id, 2) == "9*", "the user gets the agent's"
+
+
+async def test_dtmf_both_ways_in_a_user_initiated_call(chain):
+    wa, agent, bridge = chain
+    call_id = await _user_call_answered(wa, agent)
+    await _user_heard_the_agent(wa, call_id)
+    await _dtmf_both_ways(wa, agent, call_id)
+    await _hang_up(wa, agent, call_id)
+    _agent_heard_the_user(agent)
