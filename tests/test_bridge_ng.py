@@ -195,3 +195,10 @@ def test_transcode_takes_only_g711():
     for bad in (["G729"], "PCMU"):
         with pytest.raises(ValueError, match="media.transcode"):
             build_bridge_config({**base, "media": {"transcode": bad}})
+
+
+def test_sdes_toward_the_pbx_offers_only_the_aes_cm_128_suites():
+    sdes = ng.offer_to_pbx("w", "f", META_OFFER, pbx_protocol="RTP/SAVP")["SDES"]
+    assert "no-NULL_HMAC_SHA1_80" in sdes and "no-AEAD_AES_256_GCM" in sdes
+    assert not [s for s in sdes if s.startswith("no-AES_CM_128")]
+    assert "SDES" not in ng.offer_to_pbx("w", "f", META_OFFER)

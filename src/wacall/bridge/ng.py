@@ -301,13 +301,23 @@ def _codec(transcode: "tuple[str, ...] | list[str]") -> dict[str, Bencodable]:
     return {"codec": {"transcode": list(transcode)}} if transcode else {}
 
 
+#: SDES suites RtpEngine 10.5 would offer the PBX besides AES_CM_128_HMAC_SHA1_80/32 (RFC 4568's mandatory ones,
+#: which Meta's SIP SDES uses too), left out: the NULL ones do not encrypt, and RtpEngine writes the longer keys
+#: (GCM, AES-192/256) in base64 without its '=' padding, which baresip 1.0 decodes two bytes short ("srtp keylen
+#: is 42 (should be 44)") and then fails every packet. Only the 30-byte AES_CM_128 key needs no padding.
+OTHER_SDES_SUITES = ("AEAD_AES_256_GCM", "AEAD_AES_128_GCM", "AES_256_CM_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_32",
+                     "AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32", "F8_128_HMAC_SHA1_80",
+                     "F8_128_HMAC_SHA1_32", "NULL_HMAC_SHA1_80", "NULL_HMAC_SHA1_32")
+
+
 def offer_to_pbx(call_id: str, from_tag: str, sdp: str, *, pbx_protocol: str = "RTP/AVP",
                  transcode: "tuple[str, ...] | list[str]" = ()) -> dict[str, Bencodable]:
     """``offer`` params for Meta's WebRTC offer (a user-initiated call): rewritten for the PBX. ``transcode``:
     codecs RtpEngine adds to the offer (``PCMU``, ``PCMA``) and transcodes from and to Opus if the PBX picks one."""
+    sdes = {"SDES": [f"no-{suite}" for suite in OTHER_SDES_SUITES]} if pbx_protocol == "RTP/SAVP" else {}
     return {"call_id": call_id, "from_tag": from_tag, "sdp": events_to_rtpengine(ice_lite_in_media(sdp)),
             "transport_protocol": pbx_protocol, "ICE": "remove", "DTLS": "off", "rtcp_mux": ["demux"],
-            "replace": ["origin", "session-connection"], "flags": ["trust-address"], **_codec(transcode)}
+            "replace": ["origin", "session-connection"], "flags": ["trust-address"], **_codec(transcode), **sdes}
 
 
 def answer_to_whatsapp(call_id: str, from_tag: str, to_tag: str, sdp: str) -> dict[str, Bencodable]:

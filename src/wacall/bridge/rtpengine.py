@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from . import ng
-from .media import MediaError
+from .media import MediaError, NoCommonCodec
 
 log = logging.getLogger("wacall.bridge.rtpengine")
 
@@ -117,7 +117,7 @@ class RtpEngineMedia:
             codecs = sorted({line.split(" ", 1)[1].split("/")[0] for line in sdp.splitlines()
                              if line.startswith("a=rtpmap:") and "telephone-event" not in line})
             hint = "" if self.transcode else " (set [media] transcode = [\"PCMU\", \"PCMA\"] to transcode G.711)"
-            raise MediaError(f"the PBX {what} no codec WhatsApp speaks: {', '.join(codecs) or 'none'}{hint}")
+            raise NoCommonCodec(f"the PBX {what} no codec WhatsApp speaks: {', '.join(codecs) or 'none'}{hint}")
         return sdp
 
     async def offer_to_pbx(self, call: str, whatsapp_offer: str) -> str:
