@@ -184,7 +184,10 @@ def test_an_sdp_rtpengine_wrote_with_both_event_clocks_keeps_the_8khz_one():
 def test_transcoding_asks_rtpengine_for_g711_toward_the_pbx_and_opus_toward_meta():
     assert ng.offer_to_pbx("w", "f", META_OFFER, transcode=("PCMU", "PCMA"))["codec"] == {"transcode": ["PCMU", "PCMA"]}
     assert "codec" not in ng.offer_to_pbx("w", "f", META_OFFER)
-    assert ng.offer_to_whatsapp("c", "p", "v=0\r\n", transcode=True)["codec"] == {"transcode": ["opus/48000/2"]}
+    pcmu = "m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+    assert ng.offer_to_whatsapp("c", "p", pcmu, transcode=True)["codec"] == {
+        "mask": ["all"], "transcode": ["opus/48000/2", "telephone-event/8000"]}, "Meta gets Opus only"
+    assert "codec" not in ng.offer_to_whatsapp("c", "p", META_OFFER, transcode=True), "Opus offered: no transcoding"
     _, datagram = ng.Client().request("offer", **ng.offer_to_pbx("w", "f", META_OFFER, transcode=("PCMU",)))
     assert b"5:codecd9:transcodel4:PCMUee" in datagram
 

@@ -189,9 +189,12 @@ async def test_a_phone_without_opus_sends_digits_to_the_user(chain):
 
 @pytest.mark.parametrize("chain", [G711_PHONE], indirect=True)
 async def test_a_phone_without_opus_calls_a_user_through_rtpengine_transcoding(chain):
-    """Business-initiated: the phone offers PCMU only; RtpEngine adds Opus toward Meta and transcodes."""
+    """Business-initiated: the phone offers PCMU only; Meta is offered Opus only and RtpEngine transcodes."""
     wa, agent, bridge = chain
     call_id = await _agent_calls_user(wa, agent)
+    toward_meta = re.split(r"^\d{4}-\d\d-\d\d ", bridge.log_text().split("SDP toward WhatsApp:", 1)[1], flags=re.M)[0]
+    assert re.search(r"m=audio \d+ UDP/TLS/RTP/SAVPF \d+ \d+\s", toward_meta), toward_meta
+    assert "opus/48000/2" in toward_meta and "PCMU" not in toward_meta and "telephone-event/8000" in toward_meta
     call = await _user_heard_the_agent(wa, call_id)
     assert "opus" in call["media"]["send_codec"].lower(), call["media"]
     await _user_dtmf_reaches_the_agent(wa, agent, call_id)

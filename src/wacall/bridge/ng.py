@@ -331,11 +331,16 @@ def answer_to_whatsapp(call_id: str, from_tag: str, to_tag: str, sdp: str) -> di
 def offer_to_whatsapp(call_id: str, from_tag: str, sdp: str, *, transcode: bool = False) -> dict[str, Bencodable]:
     """``offer`` params for the PBX's INVITE SDP (a business-initiated call): rewritten to WebRTC for Meta's
     ``connect`` (``UDP/TLS/RTP/SAVPF``, ICE, DTLS actpass with RtpEngine's certificate, rtcp-mux, no SDES).
-    ``transcode``: Opus added to the offer (transcoded from and to the PBX's codecs when it offered no Opus)."""
+    ``transcode``: when the PBX offered no Opus, Meta is offered Opus only (RtpEngine masks the PBX's codecs
+    and transcodes them), with a telephone-event when the PBX has one."""
+    codec: dict[str, Bencodable] = {}
+    if transcode and f"opus/{OPUS_CLOCK}" not in sdp.lower():
+        events = ["telephone-event/8000"] if "telephone-event/" in sdp.lower() else []
+        codec = {"codec": {"mask": ["all"], "transcode": ["opus/48000/2", *events]}}
     return {"call_id": call_id, "from_tag": from_tag, "sdp": events_to_rtpengine(sdp),
             "transport_protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force", "SDES": ["off"],
             "rtcp_mux": ["offer", "require"], "replace": ["origin", "session-connection"], "flags": ["trust-address"],
-            **_codec(["opus/48000/2"] if transcode else [])}
+            **codec}
 
 
 def answer_to_pbx(call_id: str, from_tag: str, to_tag: str, sdp: str) -> dict[str, Bencodable]:
