@@ -346,9 +346,9 @@ def offer_to_whatsapp(call_id: str, from_tag: str, sdp: str, *, transcode: bool 
 def answer_to_pbx(call_id: str, from_tag: str, to_tag: str, sdp: str) -> dict[str, Bencodable]:
     """``answer`` params for Meta's answer SDP (from the connect webhook): rewritten back to the PBX's
     protocol (that of its offer), no ICE, RTCP demultiplexed."""
-    return {"call_id": call_id, "from_tag": from_tag, "to_tag": to_tag, "sdp": events_to_rtpengine(ice_lite_in_media(sdp)),
-            "ICE": "remove", "rtcp_mux": ["demux"], "replace": ["origin", "session-connection"],
-            "flags": ["trust-address"]}
+    return {"call_id": call_id, "from_tag": from_tag, "to_tag": to_tag,
+            "sdp": events_to_rtpengine(ice_lite_in_media(sdp)), "ICE": "remove", "rtcp_mux": ["demux"],
+            "replace": ["origin", "session-connection"], "flags": ["trust-address"]}
 
 
 def delete(call_id: str, from_tag: str | None = None) -> dict[str, Bencodable]:
