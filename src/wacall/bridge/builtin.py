@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from .media import MediaError
+from .media import MediaError, NoCommonCodec
 
 log = logging.getLogger("wacall.bridge.builtin")
 
