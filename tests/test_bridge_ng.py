@@ -153,3 +153,55 @@ def test_bridge_config_loads_and_refuses_what_it_cannot_run(monkeypatch):
     ]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             build_bridge_config(raw)
+
+
+PCMU_AND_OPUS = "\r\n".join([
+    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "m=audio 4000 RTP/AVP 111 0 96 126", "c=IN IP4 127.0.0.1",
+    "a=rtpmap:111 opus/48000/2", "a=rtpmap:0 PCMU/8000", "a=rtpmap:96 telephone-event/8000", "a=fmtp:96 0-15",
+    "a=rtpmap:126 telephone-event/48000", "a=fmtp:126 0-15", "a=sendrecv", ""])
+
+
+def test_rtpengine_is_told_the_events_beside_opus_count_the_48khz_audio_clock():
+    """Meta's events carry Opus's 48 kHz timestamps under telephone-event/8000: RtpEngine 10.5 schedules them by
+    the clock it is told, so it reads /48000 and everyone else keeps reading /8000 (docs/bridge.md)."""
+    told = ng.events_to_rtpengine(META_OFFER)
+    assert "a=rtpmap:126 telephone-event/48000" in told and "telephone-event/8000" not in told
+    assert ng.events_from_rtpengine(told) == META_OFFER
+    assert "telephone-event/48000" in ng.offer_to_pbx("w", "f", META_OFFER)["sdp"]
+    assert "telephone-event/48000" in ng.answer_to_pbx("c", "p", "whatsapp", META_OFFER)["sdp"]
+    g711 = META_OFFER.replace("111 126", "0 126").replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:0 PCMU/8000")
+    assert ng.events_to_rtpengine(g711) == g711, "beside G.711 the 8 kHz clock is the audio clock"
+    assert ng.events_to_rtpengine(PCMU_AND_OPUS) == PCMU_AND_OPUS, "a 48 kHz telephone-event is there already"
+
+
+def test_an_sdp_rtpengine_wrote_with_both_event_clocks_keeps_the_8khz_one():
+    """RtpEngine transcoding to G.711 offers telephone-event at both clocks; the PBX gets the 8 kHz one only."""
+    out = ng.events_from_rtpengine(PCMU_AND_OPUS)
+    assert "m=audio 4000 RTP/AVP 111 0 96\r\n" in out
+    assert "a=rtpmap:126" not in out and "a=fmtp:126" not in out and "a=rtpmap:96 telephone-event/8000" in out
+
+
+def test_transcoding_asks_rtpengine_for_g711_toward_the_pbx_and_opus_toward_meta():
+    assert ng.offer_to_pbx("w", "f", META_OFFER, transcode=("PCMU", "PCMA"))["codec"] == {"transcode": ["PCMU", "PCMA"]}
+    assert "codec" not in ng.offer_to_pbx("w", "f", META_OFFER)
+    pcmu = "m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+    assert ng.offer_to_whatsapp("c", "p", pcmu, transcode=True)["codec"] == {
+        "mask": ["all"], "transcode": ["opus/48000/2", "telephone-event/8000"]}, "Meta gets Opus only"
+    assert "codec" not in ng.offer_to_whatsapp("c", "p", META_OFFER, transcode=True), "Opus offered: no transcoding"
+    _, datagram = ng.Client().request("offer", **ng.offer_to_pbx("w", "f", META_OFFER, transcode=("PCMU",)))
+    assert b"5:codecd9:transcodel4:PCMUee" in datagram
+
+
+def test_transcode_takes_only_g711():
+    base = {"graph": {"phone_number_id": "1", "token": "t"}, "webhook": {"app_secret": "s", "verify_token": "v"}}
+    assert build_bridge_config({**base, "media": {"transcode": ["PCMU", "PCMA"]}}).media.transcode == ["PCMU", "PCMA"]
+    for bad in (["G729"], "PCMU"):
+        with pytest.raises(ValueError, match="media.transcode"):
+            build_bridge_config({**base, "media": {"transcode": bad}})
+
+
+def test_sdes_toward_the_pbx_offers_only_the_aes_cm_128_suites():
+    sdes = ng.offer_to_pbx("w", "f", META_OFFER, pbx_protocol="RTP/SAVP")["SDES"]
+    assert "no-NULL_HMAC_SHA1_80" in sdes and "no-AEAD_AES_256_GCM" in sdes
+    assert not [s for s in sdes if s.startswith("no-AES_CM_128")]
+    assert "SDES" not in ng.offer_to_pbx("w", "f", META_OFFER)

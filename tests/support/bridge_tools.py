@@ -13,8 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from support.sip_tools import (LOOPBACK, Baresip, ToolError, _Process, find_binary, free_port, render)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 KAMAILIO_PBX_CFG = ROOT / "tests" / "data" / "bridge" / "kamailio-pbx.cfg"
@@ -113,20 +117,52 @@ class PbxKamailio(_UdpProcess):
         return self
 
 
+#: ``audio_codecs`` of a phone without Opus (baresip loads only its g711 module): PCMU only, 8 kHz.
+PCMU_ONLY = ("PCMU/8000",)
+
+
 class AgentPhone(Baresip):
     """baresip as the agent's phone: registers ``sip:{user}@{domain}`` with the PBX over UDP, plain RTP, Opus,
-    manual answer (it rings; the test answers with :meth:`accept`)."""
+    manual answer (it rings; the test answers with :meth:`accept`).
+
+    ``audio_codecs=PCMU_ONLY`` makes a phone that speaks no Opus (its recordings are then 8 kHz: see
+    :meth:`heard`); ``srtp=True`` one that insists on SDES-SRTP (``mediaenc=srtp-mand``: it offers and accepts
+    only ``RTP/SAVP`` with ``a=crypto``). baresip sends RFC 4733 digits with :meth:`send_dtmf` and reports the
+    ones it receives in :meth:`received_digits` / :meth:`wait_digits`."""
 
     name = "agent"
 
-    def __init__(self, *, user: str, domain: str, registrar: tuple[str, int], **kwargs) -> None:
-        super().__init__(user=user, domain=domain, answermode="manual", mediaenc="", **kwargs)
+    def __init__(self, *, user: str, domain: str, registrar: tuple[str, int], srtp: bool = False, **kwargs) -> None:
+        super().__init__(user=user, domain=domain, answermode="manual", mediaenc="srtp-mand" if srtp else "",
+                         **kwargs)
         self.registrar = registrar
 
     def account_line(self) -> str:
         host, port = self.registrar
+        menc = f";mediaenc={self.mediaenc}" if self.mediaenc else ""
         return (f"<sip:{self.user}@{self.domain}>;outbound=\"sip:{host}:{port};transport=udp\";"
-                f"regint=600;answermode={self.answermode};audio_codecs={','.join(self.audio_codecs)};ptime=20")
+                f"regint=600;answermode={self.answermode};audio_codecs={','.join(self.audio_codecs)};ptime=20"
+                f"{menc}")
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of its recordings: 48000 with Opus, 8000 for a G.711-only phone."""
+        return 48000 if any(c.lower().startswith("opus") for c in self.audio_codecs) else 8000
+
+    def heard(self) -> "np.ndarray":
+        """What the phone received in its (only) call so far, mono int16 at :attr:`sample_rate`."""
+        [received] = self.recordings()["dec"]
+        return read_wav(received)
+
+    async def wait_digits(self, count: int, timeout: float = 10.0) -> str:
+        """The RFC 4733 digits received, once there are ``count`` of them (or what came within ``timeout``:
+        the caller compares, so a missing digit shows in the assertion)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received_digits()) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if len(self.received_digits()) >= count:
+            await asyncio.sleep(0.3)                    # a digit too many would show now
+        return self.received_digits()
 
 
     async def wait_registered(self, timeout: float = 10.0) -> None:
@@ -136,6 +172,36 @@ class AgentPhone(Baresip):
             if time.monotonic() > deadline:
                 raise ToolError(f"agent not registered within {timeout}s\n{self.logs()}")
             await asyncio.sleep(0.05)
+
+
+def read_wav(data: "bytes | Path") -> "np.ndarray":
+    """A WAV file or its bytes as mono int16 samples (the left channel of a stereo file)."""
+    import io
+    import wave
+
+    import numpy as np
+    with wave.open(io.BytesIO(data) if isinstance(data, bytes) else str(data)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        return pcm[::2] if w.getnchannels() == 2 else pcm
+
+
+def user_sends_digits(wa, call_id: str, digits: str) -> None:
+    """The WhatsApp user presses ``digits`` (wacall sends them as RFC 4733 events on the call's media)."""
+    response = wa.ctl("POST", f"calls/{call_id}/dtmf", {"digits": digits})
+    assert response.status_code == 200, response.text
+
+
+def digits_heard_by_user(wa, call_id: str, count: int, timeout: float = 10.0) -> str:
+    """The RFC 4733 digits wacall's user received from the business side, once there are ``count`` of them
+    (or what came within ``timeout``). Blocking: call through ``asyncio.to_thread``."""
+    def digits() -> str:
+        return "".join(d["digit"] for d in wa.call(call_id)["media"]["digits_received"])
+    deadline = time.monotonic() + timeout
+    while len(digits()) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if len(digits()) >= count:
+        time.sleep(0.3)
+    return digits()
 
 
 class BridgeProcess(_Process):
@@ -178,4 +244,5 @@ class BridgeProcess(_Process):
             return self.stop()
 
 
-__all__ = ["AgentPhone", "BridgeProcess", "PbxKamailio", "RtpEngineDaemon", "free_port", "free_udp_port"]
+__all__ = ["AgentPhone", "BridgeProcess", "PCMU_ONLY", "PbxKamailio", "RtpEngineDaemon", "digits_heard_by_user",
+           "free_port", "free_udp_port", "read_wav", "user_sends_digits"]

@@ -36,7 +36,7 @@ from wacall.sip.message import SipParseError
 from wacall.sip.uri import parse_name_addr
 
 from .config import BridgeConfig
-from .media import MediaError, MediaPath
+from .media import MediaError, MediaPath, NoCommonCodec
 from .rtpengine import RtpEngineMedia
 from .sip_ua import Dialog, Incoming, SipFailure, SipUserAgent
 
@@ -49,7 +49,8 @@ def open_media(config: BridgeConfig) -> MediaPath:
     if m.mode == "builtin":
         from .builtin import BuiltinMedia
         return BuiltinMedia(m.rtp_host, pbx_protocol=m.pbx_protocol)
-    return RtpEngineMedia(m.rtpengine_address, timeout=m.ng_timeout, pbx_protocol=m.pbx_protocol)
+    return RtpEngineMedia(m.rtpengine_address, timeout=m.ng_timeout, pbx_protocol=m.pbx_protocol,
+                          transcode=m.transcode)
 
 
 @dataclass
@@ -259,6 +260,11 @@ class Bridge:
             self._refuse(bridged, 403 if exc.code == 138006 else 480,
                          "Forbidden" if exc.code == 138006 else "Temporarily Unavailable",
                          f"WhatsApp error {exc.code}: {exc.message}")
+            await self.media.delete(bridged.media_call or "")
+            return
+        except NoCommonCodec as exc:
+            log.warning("%s media: %s: 488", bridged.tag, exc)
+            self._refuse(bridged, 488, "Not Acceptable Here", str(exc).split(" (set ")[0])
             await self.media.delete(bridged.media_call or "")
             return
         except MediaError as exc:

@@ -29,6 +29,7 @@ into dataclasses, unknown keys refused with the table's name, values checked at 
     rtpengine = "127.0.0.1:22222" # RtpEngine's ng listener (UDP)
     pbx_protocol = "RTP/AVP"      # RTP/AVP (plain) or RTP/SAVP (SDES) toward the PBX
     rtp_host = "127.0.0.1"        # builtin: the address both media legs bind and advertise
+    transcode = []                # ["PCMU", "PCMA"]: G.711 offered to the PBX too, transcoded by RtpEngine
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class SipSection:
                                           # user part) or "header:<Name>" (e.g. "header:X-WA-To")
 
 
+TRANSCODE_CODECS = ("PCMU", "PCMA")     # what RtpEngine may transcode Opus to toward the PBX
+
+
 @dataclass
 class MediaSection:
     mode: str = "rtpengine"
@@ -87,6 +91,7 @@ class MediaSection:
     pbx_protocol: str = "RTP/AVP"
     ng_timeout: float = 5.0
     rtp_host: str = "127.0.0.1"           # builtin: the address both media legs bind and advertise
+    transcode: list = field(default_factory=list)   # rtpengine: G.711 toward a PBX without Opus ("PCMU", "PCMA")
 
     @property
     def rtpengine_address(self) -> tuple[str, int]:
@@ -120,6 +125,9 @@ class BridgeConfig:
             raise ValueError(f"media.mode must be one of {', '.join(MEDIA_MODES)}, got {self.media.mode!r}")
         if self.media.pbx_protocol not in PBX_PROTOCOLS:
             raise ValueError(f"media.pbx_protocol must be one of {', '.join(PBX_PROTOCOLS)}")
+        if not isinstance(self.media.transcode, list) or not set(self.media.transcode) <= set(TRANSCODE_CODECS):
+            raise ValueError(f"media.transcode must be a list of {', '.join(TRANSCODE_CODECS)}, "
+                             f"got {self.media.transcode!r}")
         try:
             self.media.rtpengine_address
         except ValueError:

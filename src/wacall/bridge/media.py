@@ -20,6 +20,10 @@ class MediaError(Exception):
     """The media could not be set up (the relay refused or did not answer)."""
 
 
+class NoCommonCodec(MediaError):
+    """The PBX offered or answered no codec the WhatsApp leg can be given (SIP: 488 Not Acceptable Here)."""
+
+
 class MediaPath(Protocol):
     async def start(self) -> str:
         """Open what the mode needs; a short description for the bridge's ready line."""
@@ -44,4 +48,4 @@ class MediaPath(Protocol):
         """Free the call's media (both legs)."""
 
 
-__all__ = ["MediaError", "MediaPath"]
+__all__ = ["MediaError", "MediaPath", "NoCommonCodec"]

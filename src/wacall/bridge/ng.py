@@ -221,40 +221,140 @@ def ice_lite_in_media(sdp: str) -> str:
     return eol.join(out + trailer)
 
 
-def offer_to_pbx(call_id: str, from_tag: str, sdp: str, *, pbx_protocol: str = "RTP/AVP") -> dict[str, Bencodable]:
-    """``offer`` params for Meta's WebRTC offer (a user-initiated call): rewritten for the PBX."""
-    return {"call_id": call_id, "from_tag": from_tag, "sdp": ice_lite_in_media(sdp), "transport_protocol": pbx_protocol,
-            "ICE": "remove", "DTLS": "off", "rtcp_mux": ["demux"], "replace": ["origin", "session-connection"],
-            "flags": ["trust-address"]}
+# -- the telephone-event clock ------------------------------------------------------------------------------
+# Meta negotiates ``telephone-event/8000`` next to ``opus/48000/2`` and stamps its RFC 4733 packets with the 48 kHz
+# audio timestamps (as libwebrtc does; baresip does the same with Opus). RtpEngine 10.5 reads an event's timestamp
+# in the clock its SDP names and *schedules* every telephone-event packet it forwards by it, even in passthrough
+# (codec.c ``__output_rtp``): a digit 160 ms after the previous one looks 960 ms later, is held ~800 ms, and goes
+# out after the next digit (which, looking more than 1 s ahead, is sent at once), with older sequence numbers that
+# the phone drops: "12#" arrives as "1#". Upstream stopped scheduling passthrough DTMF in mr11.4 (commit 6f57d381,
+# https://github.com/sipwise/rtpengine/issues/1638; also #1530); Debian 12 ships 10.5. So RtpEngine is told the
+# truth about those timestamps: ``telephone-event/48000`` beside Opus in every SDP it reads, renamed back to
+# ``/8000`` in every SDP it writes. Its schedule then matches real time and a telephone-event at the Opus clock is
+# also what it needs to carry DTMF when it transcodes Opus to G.711 (it pairs telephone-event with the primary
+# codec of the same clock).
+
+OPUS_CLOCK, EVENT_CLOCK = 48000, 8000
+
+
+def _sections(sdp: str) -> tuple[str, list[list[str]], list[str]]:
+    """``(eol, [session lines, m-section lines...], trailer)``."""
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(eol)
+    trailer = [] if lines[-1] else [lines.pop()]
+    sections: list[list[str]] = [[]]
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    return eol, sections, trailer
+
+
+def _event_pts(section: list[str], clock: int) -> list[str]:
+    return [line.split(":", 1)[1].split()[0] for line in section
+            if line.startswith("a=rtpmap:") and line.lower().endswith(f" telephone-event/{clock}")]
+
+
+def _has_opus(section: list[str]) -> bool:
+    return any(line.startswith("a=rtpmap:") and f"opus/{OPUS_CLOCK}" in line.lower() for line in section)
+
+
+def _rename_events(section: list[str], pts: list[str], old: int, new: int) -> list[str]:
+    heads = tuple(f"a=rtpmap:{pt} " for pt in pts)
+    return [line[:-len(str(old))] + str(new) if line.startswith(heads) else line for line in section]
+
+
+def _drop_pts(section: list[str], pts: list[str]) -> list[str]:
+    if not pts:
+        return section
+    m = section[0].split(" ")
+    out = [" ".join(m[:3] + [f for f in m[3:] if f not in pts])]
+    attrs = {f"a={kind}:{pt}" for kind in ("rtpmap", "fmtp", "rtcp-fb") for pt in pts}
+    return out + [line for line in section[1:] if line.split(" ", 1)[0] not in attrs]
+
+
+def events_to_rtpengine(sdp: str) -> str:
+    """``telephone-event/8000`` → ``/48000`` in each m-section that has Opus and no 48 kHz telephone-event (see
+    above): the clock the events' timestamps really count."""
+    eol, sections, trailer = _sections(sdp)
+    for i, section in enumerate(sections[1:], 1):
+        if _has_opus(section) and not _event_pts(section, OPUS_CLOCK):
+            sections[i] = _rename_events(section, _event_pts(section, EVENT_CLOCK), EVENT_CLOCK, OPUS_CLOCK)
+    return eol.join([line for section in sections for line in section] + trailer)
+
+
+def events_from_rtpengine(sdp: str) -> str:
+    """The inverse for an SDP RtpEngine wrote, toward Meta or the PBX (neither gets a 48 kHz telephone-event: Meta
+    does not take one, and the events' durations count 8 kHz): ``telephone-event/48000`` → ``/8000``, or dropped
+    where RtpEngine also offers an 8 kHz one (its G.711 transcoding's)."""
+    eol, sections, trailer = _sections(sdp)
+    for i, section in enumerate(sections[1:], 1):
+        wide = _event_pts(section, OPUS_CLOCK)
+        if wide and _event_pts(section, EVENT_CLOCK):
+            sections[i] = _drop_pts(section, wide)
+        elif wide:
+            sections[i] = _rename_events(section, wide, OPUS_CLOCK, EVENT_CLOCK)
+    return eol.join([line for section in sections for line in section] + trailer)
+
+
+def _codec(transcode: "tuple[str, ...] | list[str]") -> dict[str, Bencodable]:
+    return {"codec": {"transcode": list(transcode)}} if transcode else {}
+
+
+#: SDES suites RtpEngine 10.5 would offer the PBX besides AES_CM_128_HMAC_SHA1_80/32 (RFC 4568's mandatory ones,
+#: which Meta's SIP SDES uses too), left out: the NULL ones do not encrypt, and RtpEngine writes the longer keys
+#: (GCM, AES-192/256) in base64 without its '=' padding, which baresip 1.0 decodes two bytes short ("srtp keylen
+#: is 42 (should be 44)") and then fails every packet. Only the 30-byte AES_CM_128 key needs no padding.
+OTHER_SDES_SUITES = ("AEAD_AES_256_GCM", "AEAD_AES_128_GCM", "AES_256_CM_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_32",
+                     "AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32", "F8_128_HMAC_SHA1_80",
+                     "F8_128_HMAC_SHA1_32", "NULL_HMAC_SHA1_80", "NULL_HMAC_SHA1_32")
+
+
+def offer_to_pbx(call_id: str, from_tag: str, sdp: str, *, pbx_protocol: str = "RTP/AVP",
+                 transcode: "tuple[str, ...] | list[str]" = ()) -> dict[str, Bencodable]:
+    """``offer`` params for Meta's WebRTC offer (a user-initiated call): rewritten for the PBX. ``transcode``:
+    codecs RtpEngine adds to the offer (``PCMU``, ``PCMA``) and transcodes from and to Opus if the PBX picks one."""
+    sdes = {"SDES": [f"no-{suite}" for suite in OTHER_SDES_SUITES]} if pbx_protocol == "RTP/SAVP" else {}
+    return {"call_id": call_id, "from_tag": from_tag, "sdp": events_to_rtpengine(ice_lite_in_media(sdp)),
+            "transport_protocol": pbx_protocol, "ICE": "remove", "DTLS": "off", "rtcp_mux": ["demux"],
+            "replace": ["origin", "session-connection"], "flags": ["trust-address"], **_codec(transcode), **sdes}
 
 
 def answer_to_whatsapp(call_id: str, from_tag: str, to_tag: str, sdp: str) -> dict[str, Bencodable]:
     """``answer`` params for the PBX's 200 OK SDP: rewritten back to WebRTC for Meta (the protocol of the
     offer: ``UDP/TLS/RTP/SAVPF``, ICE, DTLS with RtpEngine's ECDSA certificate, rtcp-mux)."""
-    return {"call_id": call_id, "from_tag": from_tag, "to_tag": to_tag, "sdp": sdp, "ICE": "force",
+    return {"call_id": call_id, "from_tag": from_tag, "to_tag": to_tag, "sdp": events_to_rtpengine(sdp), "ICE": "force",
             "rtcp_mux": ["offer", "require"], "replace": ["origin", "session-connection"],
             "flags": ["trust-address"]}
 
 
-def offer_to_whatsapp(call_id: str, from_tag: str, sdp: str) -> dict[str, Bencodable]:
+def offer_to_whatsapp(call_id: str, from_tag: str, sdp: str, *, transcode: bool = False) -> dict[str, Bencodable]:
     """``offer`` params for the PBX's INVITE SDP (a business-initiated call): rewritten to WebRTC for Meta's
-    ``connect`` (``UDP/TLS/RTP/SAVPF``, ICE, DTLS actpass with RtpEngine's certificate, rtcp-mux, no SDES)."""
-    return {"call_id": call_id, "from_tag": from_tag, "sdp": sdp, "transport_protocol": "UDP/TLS/RTP/SAVPF",
-            "ICE": "force", "SDES": ["off"], "rtcp_mux": ["offer", "require"],
-            "replace": ["origin", "session-connection"], "flags": ["trust-address"]}
+    ``connect`` (``UDP/TLS/RTP/SAVPF``, ICE, DTLS actpass with RtpEngine's certificate, rtcp-mux, no SDES).
+    ``transcode``: when the PBX offered no Opus, Meta is offered Opus only (RtpEngine masks the PBX's codecs
+    and transcodes them), with a telephone-event when the PBX has one."""
+    codec: dict[str, Bencodable] = {}
+    if transcode and f"opus/{OPUS_CLOCK}" not in sdp.lower():
+        events = ["telephone-event/8000"] if "telephone-event/" in sdp.lower() else []
+        codec = {"codec": {"mask": ["all"], "transcode": ["opus/48000/2", *events]}}
+    return {"call_id": call_id, "from_tag": from_tag, "sdp": events_to_rtpengine(sdp),
+            "transport_protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force", "SDES": ["off"],
+            "rtcp_mux": ["offer", "require"], "replace": ["origin", "session-connection"], "flags": ["trust-address"],
+            **codec}
 
 
 def answer_to_pbx(call_id: str, from_tag: str, to_tag: str, sdp: str) -> dict[str, Bencodable]:
     """``answer`` params for Meta's answer SDP (from the connect webhook): rewritten back to the PBX's
     protocol (that of its offer), no ICE, RTCP demultiplexed."""
-    return {"call_id": call_id, "from_tag": from_tag, "to_tag": to_tag, "sdp": ice_lite_in_media(sdp),
-            "ICE": "remove", "rtcp_mux": ["demux"], "replace": ["origin", "session-connection"],
-            "flags": ["trust-address"]}
+    return {"call_id": call_id, "from_tag": from_tag, "to_tag": to_tag,
+            "sdp": events_to_rtpengine(ice_lite_in_media(sdp)), "ICE": "remove", "rtcp_mux": ["demux"],
+            "replace": ["origin", "session-connection"], "flags": ["trust-address"]}
 
 
 def delete(call_id: str, from_tag: str | None = None) -> dict[str, Bencodable]:
     return {"call_id": call_id, "from_tag": from_tag}
 
 
-__all__ = ["Client", "NgError", "Reply", "answer_to_whatsapp", "decode", "delete", "encode", "frame",
+__all__ = ["Client", "NgError", "Reply", "answer_to_whatsapp", "decode", "delete", "encode", "events_from_rtpengine",
+           "events_to_rtpengine", "frame",
            "offer_to_pbx", "offer_to_whatsapp", "answer_to_pbx", "unframe"]

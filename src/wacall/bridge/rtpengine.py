@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from . import ng
-from .media import MediaError
+from .media import MediaError, NoCommonCodec
 
 log = logging.getLogger("wacall.bridge.rtpengine")
 
@@ -82,9 +82,11 @@ class RtpEngineMedia:
     packets. The ng call-id is the media call's name; the ng from-tag is the side that offered (``WA_SIDE`` for
     a user-initiated call, the PBX's tag for a business-initiated one)."""
 
-    def __init__(self, address: tuple[str, int], *, timeout: float = 5.0, pbx_protocol: str = "RTP/AVP") -> None:
+    def __init__(self, address: tuple[str, int], *, timeout: float = 5.0, pbx_protocol: str = "RTP/AVP",
+                 transcode: "tuple[str, ...] | list[str]" = ()) -> None:
         self.ng = RtpEngine(address, timeout=timeout)
         self.pbx_protocol = pbx_protocol
+        self.transcode = tuple(transcode)           # G.711 toward the PBX: ("PCMU", "PCMA"); () Opus only
         self._from_tags: dict[str, str] = {}
 
     async def start(self) -> str:
@@ -106,18 +108,29 @@ class RtpEngineMedia:
             raise MediaError(str(exc)) from None
         if not reply.sdp:
             raise MediaError(f"rtpengine: {command} reply without sdp")
-        return reply.sdp
+        return ng.events_from_rtpengine(reply.sdp)
+
+    def _opus_for_whatsapp(self, sdp: str, what: str) -> str:
+        """Meta's WebRTC leg speaks Opus only: an SDP for it without Opus means the PBX offered or answered only
+        codecs RtpEngine was not asked to transcode (``[media] transcode``), and the call cannot have audio."""
+        if "opus/48000" not in sdp.lower():
+            codecs = sorted({line.split(" ", 1)[1].split("/")[0] for line in sdp.splitlines()
+                             if line.startswith("a=rtpmap:") and "telephone-event" not in line})
+            hint = "" if self.transcode else " (set [media] transcode = [\"PCMU\", \"PCMA\"] to transcode G.711)"
+            raise NoCommonCodec(f"the PBX {what} no codec WhatsApp speaks: {', '.join(codecs) or 'none'}{hint}")
+        return sdp
 
     async def offer_to_pbx(self, call: str, whatsapp_offer: str) -> str:
-        return await self._sdp("offer", ng.offer_to_pbx(call, WA_SIDE, whatsapp_offer,
-                                                        pbx_protocol=self.pbx_protocol), call=call, from_tag=WA_SIDE)
+        return await self._sdp("offer", ng.offer_to_pbx(call, WA_SIDE, whatsapp_offer, pbx_protocol=self.pbx_protocol,
+                                                        transcode=self.transcode), call=call, from_tag=WA_SIDE)
 
     async def answer_to_whatsapp(self, call: str, pbx_answer: str, pbx_tag: str) -> str:
-        return await self._sdp("answer", ng.answer_to_whatsapp(call, WA_SIDE, pbx_tag, pbx_answer),
-                               call=call, from_tag=WA_SIDE)
+        return self._opus_for_whatsapp(await self._sdp("answer", ng.answer_to_whatsapp(
+            call, WA_SIDE, pbx_tag, pbx_answer), call=call, from_tag=WA_SIDE), "answered")
 
     async def offer_to_whatsapp(self, call: str, pbx_offer: str, pbx_tag: str) -> str:
-        return await self._sdp("offer", ng.offer_to_whatsapp(call, pbx_tag, pbx_offer), call=call, from_tag=pbx_tag)
+        return self._opus_for_whatsapp(await self._sdp("offer", ng.offer_to_whatsapp(
+            call, pbx_tag, pbx_offer, transcode=bool(self.transcode)), call=call, from_tag=pbx_tag), "offered")
 
     async def answer_to_pbx(self, call: str, whatsapp_answer: str, pbx_tag: str) -> str:
         return await self._sdp("answer", ng.answer_to_pbx(call, pbx_tag, WA_SIDE, whatsapp_answer),
