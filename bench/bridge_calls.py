@@ -124,6 +124,19 @@ def subscribe(info: dict, callback_url: str) -> None:
         raise RuntimeError(f"subscribing the bridge: {r.status_code} {r.text}")
 
 
+def quiet_bridge(log_level: str):
+    """``BridgeProcess`` (which runs the bridge at DEBUG for the tests' diagnostics) at ``log_level``: a log line per
+    STUN message or SDP costs the bridge CPU the benchmark would count."""
+    from support.bridge_tools import BridgeProcess
+
+    class Bridge(BridgeProcess):
+        def _spawn(self, argv, *rest, **options):
+            argv = list(argv)
+            argv[argv.index("--log-level") + 1] = log_level
+            return super()._spawn(argv, *rest, **options)
+    return Bridge
+
+
 class Stack:
     """wacall, RtpEngine (rtpengine mode), Kamailio, the load agent and the bridge for one media mode."""
 
@@ -132,7 +145,7 @@ class Stack:
         self.wacall = self.rtpengine = self.pbx = self.agent = self.bridge = None
 
     def start(self) -> "Stack":
-        from support.bridge_tools import BridgeProcess, PbxKamailio, RtpEngineDaemon
+        from support.bridge_tools import PbxKamailio, RtpEngineDaemon
         args, work = self.args, self.workdir / self.mode
         work.mkdir(parents=True, exist_ok=True)
         self.wacall = WacallProcess(extra=["--media-workers", str(args.media_workers)],
@@ -154,7 +167,8 @@ class Stack:
         self.pbx = PbxKamailio(domain=DOMAIN, debug=1, workdir=work / "pbx").start()
         self.agent = AgentHandle(self.pbx.port, domain=DOMAIN, codec=args.codec)
         self.agent.call("start")
-        self.bridge = BridgeProcess(bridge_toml(info, self.pbx, media), workdir=work / "bridge").start()
+        self.bridge = quiet_bridge(args.bridge_log_level)(bridge_toml(info, self.pbx, media),
+                                                          workdir=work / "bridge").start()
         subscribe(info, self.bridge.info["webhook_url"])
         self.collect_pids()
         return self
@@ -362,8 +376,10 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
             why = []
             if failed or media_up < step or len(placed_all) < step:
                 why.append(f"{step - media_up} calls not up")
+            notes = []                                # the agent fell behind: says why delivery may be short
             if to_pbx["calls"] and (to_pbx["sent_rate"] < 1 - LOSS_LIMIT or to_pbx["skipped_frames"]):
-                why.append(f"agent sent only {to_pbx['sent_rate']:.1%} (agent-limited)")
+                notes.append(f"agent sent {to_pbx['sent_rate']:.1%}, skipped {to_pbx['skipped_frames']} frames "
+                             f"(agent-limited)")
             if to_pbx["loss"] >= LOSS_LIMIT:
                 why.append(f"user->PBX loss {to_pbx['loss']:.2%}")
             if to_pbx["delivery"] < 1 - LOSS_LIMIT:
@@ -374,7 +390,7 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
                 why.append(f"wacall received {(to_user['delivery'] or 0):.1%} of the agent's packets")
             passed = not why
             entry = {"calls": step, "active": media_up, "failed": len(failed), "failures": failed[:5],
-                     "why_failed": why, "setup": setup, "window_seconds": round(window, 2),
+                     "why_failed": why, "notes": notes, "setup": setup, "window_seconds": round(window, 2),
                      "user_to_pbx": to_pbx, "pbx_to_user": to_user, "cpu": cpu, "machine": machine,
                      "loadavg": os.getloadavg(), "bridge_rss_mb": round(sum(rss_mb(p) for p in stack.pids["bridge"])),
                      "passed": passed}
@@ -383,7 +399,7 @@ def ramp(mode: str, args, steps: list[int], deadline: float, workdir: Path, log)
                 f"PBX->user {to_user['loss']:.2%} (delivery {(to_user['delivery'] or 0):.1%}, "
                 f"{to_user['sampled_calls']} sampled); cores: " + ", ".join(f"{k} {v['cores']:.2f}" for k, v in cpu.items())
                 + f"; machine {machine['busy']:.0%} busy (others {machine['other_cores']:.2f} cores); "
-                f"{'PASS' if passed else 'FAIL: ' + '; '.join(why)}")
+                f"{'PASS' if passed else 'FAIL: ' + '; '.join(why)}" + "".join(f" ({n})" for n in notes))
             if not passed and not args.keep_going:
                 result["stopped"] = f"first failing step ({step} calls)"
                 break
@@ -445,6 +461,8 @@ def parser() -> argparse.ArgumentParser:
                          "(rtpengine mode: --media-config 'transcode = [\"PCMU\"]')")
     ap.add_argument("--media-config", action="append", default=[], metavar="LINE",
                     help="a line added to the bridge's [media] table (repeatable), e.g. 'pbx_protocol = \"RTP/AVP\"'")
+    ap.add_argument("--bridge-log-level", default="INFO", help="the bridge's --log-level (DEBUG logs every SDP and, "
+                    "in builtin mode, every STUN message)")
     ap.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run (split between modes)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop a ramp at its first failing step")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory with the processes' logs")
