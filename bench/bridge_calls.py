@@ -463,6 +463,9 @@ def parser() -> argparse.ArgumentParser:
                     help="a line added to the bridge's [media] table (repeatable), e.g. 'pbx_protocol = \"RTP/AVP\"'")
     ap.add_argument("--bridge-log-level", default="INFO", help="the bridge's --log-level (DEBUG logs every SDP and, "
                     "in builtin mode, every STUN message)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the modes' ramps this many times, alternating (a shared machine's load changes: "
+                         "compare modes within a round)")
     ap.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run (split between modes)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop a ramp at its first failing step")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory with the processes' logs")
@@ -514,9 +517,12 @@ def main() -> None:
             results["modes"][m] = {"mode": m, "steps": [], "skipped": "mode not in this checkout"}
     failed = False
     try:
-        for i, mode in enumerate(runnable):
-            share = (started + args.budget - time.monotonic()) / (len(runnable) - i)
-            results["modes"][mode] = r = ramp(mode, args, steps, time.monotonic() + share, workdir, log)
+        runs = [(k, mode) for k in range(args.repeat) for mode in runnable]    # rtpengine, builtin, rtpengine, ...
+        for i, (k, mode) in enumerate(runs):
+            share = (started + args.budget - time.monotonic()) / (len(runs) - i)
+            key = mode if args.repeat == 1 else f"{mode}.{k + 1}"
+            results["modes"][key] = r = ramp(mode, args, steps, time.monotonic() + share,
+                                             workdir if args.repeat == 1 else workdir / f"run{k + 1}", log)
             failed = failed or "error" in r
     finally:
         results["elapsed_seconds"] = round(time.monotonic() - started, 1)
