@@ -142,7 +142,7 @@ class _Transcoder:
         enc = av.CodecContext.create("libopus", "w")
         enc.sample_rate, enc.layout, enc.format, enc.bit_rate = 48000, "mono", "s16", 32000
         enc.time_base = fractions.Fraction(1, 48000)
-        enc.options = {"application": "voip", "frame_duration": "20", "compression_level": "5"}
+        enc.options = {"application": "voip", "frame_duration": "20", "compression_level": "0"}
         enc.open()
         self.dec, self.enc, self.pts = dec, enc, 0
 
