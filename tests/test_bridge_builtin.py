@@ -303,3 +303,55 @@ def test_no_telephone_event_on_one_side_drops_events_both_ways():
     relay.from_whatsapp(meta.protect(_rtp(126, 1, 0, 0x1234, bytes(4))), None)
     relay.from_pbx(_rtp(101, 1, 0, 0x99, bytes(4)), None)
     assert relay.pbx.transport.sent == [] and relay.wa_transport.sent == []
+
+
+class _Pair:
+    remote_addr = ("127.0.0.1", 9)
+
+    def __init__(self, answers) -> None:
+        self.protocol, self.answers = self, answers
+
+    async def request(self, request, addr, integrity_key=None, retransmissions=None):
+        import aioice.stun
+        await asyncio.sleep(0)
+        if not self.answers():
+            raise aioice.stun.TransactionError()
+
+
+async def _consent(monkeypatch, answers) -> bool:
+    """Runs the agent's RFC 7675 consent loop on a pair that answers when ``answers()``; True if consent held."""
+    import wacall.bridge.builtin as builtin
+    monkeypatch.setattr(builtin, "CONSENT_INTERVAL", 0.01)
+    monkeypatch.setattr(builtin, "CONSENT_TIMEOUT", 0.3)
+    agent = builtin._Agent("127.0.0.1")
+    agent.remote_password = "x" * 22
+    agent._nominated = {1: _Pair(answers)}
+    agent.build_request = lambda pair, nominate: object()
+    closed = asyncio.Event()
+
+    async def close():
+        closed.set()
+    agent.close = close
+    task = asyncio.get_running_loop().create_task(agent.query_consent())
+    try:
+        await asyncio.wait_for(closed.wait(), 1.0)
+        return False
+    except asyncio.TimeoutError:
+        return True
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_consent_survives_unanswered_checks_within_30_s_and_expires_after(monkeypatch):
+    """RFC 7675 section 5.1: consent is lost after 30 s (here 0.3 s) without any answer, not after a few checks
+    unanswered in a row; a late answer keeps it."""
+    import wacall.bridge.builtin as builtin
+    calls = {"n": 0}
+
+    def every_fifth():
+        calls["n"] += 1
+        return calls["n"] % 5 == 0
+    for answers, held in ((every_fifth, True), (lambda: False, False)):
+        assert await _consent(monkeypatch, answers) is held
+    assert builtin.CONSENT_TIMEOUT == 0.3
