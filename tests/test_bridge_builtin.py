@@ -237,6 +237,9 @@ class _Capture:
     def sendto(self, data: bytes, addr=None) -> None:
         self.sent.append(data)
 
+    def close(self) -> None:
+        pass
+
 
 def _relay(codec: str, pbx_audio: int, pbx_event: int | None, wa_audio: int = 111, wa_event: int | None = 126):
     relay = _Relay("t", "127.0.0.1", "RTP/AVP", DtlsCertificate.default())
@@ -355,3 +358,13 @@ async def test_consent_survives_unanswered_checks_within_30_s_and_expires_after(
     for answers, held in ((every_fifth, True), (lambda: False, False)):
         assert await _consent(monkeypatch, answers) is held
     assert builtin.CONSENT_TIMEOUT == 0.3
+
+
+async def test_a_deleted_call_relays_nothing_more_either_way():
+    """Packets already queued on either socket when the call is deleted go nowhere (no send on a closed socket)."""
+    relay, meta = _relay("opus", 111, 126)
+    wa = relay.wa_transport
+    await relay.close()
+    relay.from_whatsapp(meta.protect(_rtp(111, 1, 0, 0x1234, b"late")), None)
+    relay.from_pbx(_rtp(111, 1, 0, 0x99, b"late"), None)
+    assert relay.pbx.transport.sent == [] and wa.sent == []

@@ -484,6 +484,7 @@ class _Relay:
 
     async def close(self) -> None:
         self.closed = True
+        self.pbx_remote = self.wa_transport = None              # the per-packet paths stop here (no check added)
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
         if self.task is not None and not self.task.done():
@@ -515,6 +516,7 @@ class BuiltinMedia:
     def close(self) -> None:
         for relay in self.calls.values():
             relay.closed = True
+            relay.pbx_remote = relay.wa_transport = None
             if relay.pbx.transport is not None:
                 relay.pbx.transport.close()
         self.calls.clear()
