@@ -7,15 +7,21 @@ checked by frequency both ways, digits by what each side reports, hang-ups on ea
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import struct
 
+import numpy as np
 import pytest
 
 from support.bridge_tools import (PCMU_ONLY, AgentPhone, BridgeProcess, PbxKamailio, digits_heard_by_user,
                                   read_wav, user_sends_digits)
 from support.sip_tools import make_test_pki
-from wacall.bridge.builtin import parse_sdp
-from wacall.media.audio import dominant_frequency, tone_power
+from wacall.bridge.builtin import _Relay, parse_sdp
+from wacall.media.audio import OpusDecoder, OpusEncoder, dominant_frequency, tone_power
+from wacall.media.certificate import DtlsCertificate
+from wacall.media.g711 import ulaw_decode, ulaw_encode
+from wacall.media.srtp import AES_CM_128_HMAC_SHA1_80, SrtpContext
 
 ALICE = "447700900001"
 DOMAIN = "pbx.example.com"
@@ -221,3 +227,144 @@ def test_the_sdp_reader_takes_what_the_relay_needs():
     assert (sdp.address, sdp.port, sdp.proto, sdp.payloads) == ("10.0.0.1", 4000, "RTP/AVP", [0, 101])
     assert sdp.pt("pcmu", 8000) == 0 and sdp.pt("telephone-event", 8000) == 101 and sdp.pt("opus", 48000) is None
     assert sdp.crypto == [("1", "AES_CM_128_HMAC_SHA1_80", "inline:abc")]
+
+
+# -- the relay's per-packet rewriting, without sockets ------------------------------------------------------
+class _Capture:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr=None) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _relay(codec: str, pbx_audio: int, pbx_event: int | None, wa_audio: int = 111, wa_event: int | None = 126):
+    relay = _Relay("t", "127.0.0.1", "RTP/AVP", DtlsCertificate.default())
+    ours, metas = os.urandom(30), os.urandom(30)
+    meta = SrtpContext(AES_CM_128_HMAC_SHA1_80, metas, ours)
+    relay.plan(codec, pbx_audio, pbx_event, wa_audio, wa_event)
+    relay.pbx.transport, relay.pbx_remote = _Capture(), ("127.0.0.1", 9)
+    assert relay.wa_srtp is None
+    relay.from_pbx(_rtp(pbx_audio, 1, 160, 0x99, bytes(160)), None)    # media held until DTLS has keyed the leg
+    relay.wa_srtp = SrtpContext(AES_CM_128_HMAC_SHA1_80, ours, metas)
+    relay.wa_transport, relay.wa_remote = _Capture(), ("127.0.0.1", 9)
+    return relay, meta
+
+
+def _rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt | (0x80 if marker else 0), seq, ts, ssrc) + payload
+
+
+def test_opus_passes_through_with_payload_types_mapped_and_one_ssrc_toward_whatsapp():
+    relay, meta = _relay("opus", 96, 101)
+    event = bytes([1, 0x0A, 0, 160])                                # digit 1, volume 10, duration 160
+    relay.from_whatsapp(meta.protect(_rtp(111, 7, 48000, 0x1234, b"opus-frame")), None)
+    relay.from_whatsapp(meta.protect(_rtp(126, 8, 48960, 0x1234, event, marker=True)), None)
+    relay.from_whatsapp(meta.protect(_rtp(0, 9, 49920, 0x1234, bytes(160))), None)     # not negotiated: dropped
+    assert relay.pbx.transport.sent == [_rtp(96, 7, 48000, 0x1234, b"opus-frame"),
+                                        _rtp(101, 8, 48960, 0x1234, event, marker=True)]
+    relay.from_pbx(_rtp(96, 50, 960, 0x99, b"agent-frame"), None)
+    relay.from_pbx(_rtp(101, 51, 1920, 0x99, event, marker=True), None)
+    relay.from_pbx(bytes([0x80, 200]) + bytes(26), None)            # RTCP: not relayed
+    ssrc = int.from_bytes(relay.ssrc, "big")
+    assert [meta.unprotect(p) for p in relay.wa_transport.sent] == [
+        _rtp(111, 50, 960, ssrc, b"agent-frame"), _rtp(126, 51, 1920, ssrc, event, marker=True)]
+
+
+def test_g711_is_transcoded_and_events_keep_the_audio_timebase_scaled_6_to_1():
+    relay, meta = _relay("PCMU", 0, 101)
+    enc, t = OpusEncoder(), np.arange(960) / 48000
+    for i in range(25):                                              # 0.5 s of 440 Hz from the user
+        pcm = (np.sin(2 * np.pi * 440 * (t + i * 0.02)) * 8000).astype(np.int16)
+        relay.from_whatsapp(meta.protect(_rtp(111, i, 960 * i, 0x1234, enc.encode(pcm))), None)
+    event = bytes([11, 0x8A, 1, 64])                                 # '#', end bit, duration 320 (8 kHz units)
+    relay.from_whatsapp(meta.protect(_rtp(126, 25, 48000 * 3, 0x1234, event)), None)
+    sent = relay.pbx.transport.sent
+    assert [p[1] & 0x7F for p in sent] == [0] * 25 + [101]
+    assert [int.from_bytes(p[4:8], "big") for p in sent] == [160 * i for i in range(25)] + [24000]
+    assert all(len(p) == 12 + 160 for p in sent[:25]) and sent[25][12:] == event
+    heard = np.concatenate([ulaw_decode(p[12:]) for p in sent[5:25]])
+    assert abs(dominant_frequency(heard, 8000) - 440) < 10
+    t8 = np.arange(160) / 8000
+    for i in range(25):                                              # 0.5 s of 1000 Hz from the agent
+        pcm = (np.sin(2 * np.pi * 1000 * (t8 + i * 0.02)) * 8000).astype(np.int16)
+        relay.from_pbx(_rtp(0, 100 + i, 160 * i, 0x99, ulaw_encode(pcm)), None)
+    relay.from_pbx(_rtp(101, 125, 4000, 0x99, event), None)
+    got = [meta.unprotect(p) for p in relay.wa_transport.sent]
+    assert [p[1] & 0x7F for p in got] == [111] * 25 + [126]
+    assert [int.from_bytes(p[4:8], "big") for p in got] == [960 * i for i in range(25)] + [24000]
+    dec = OpusDecoder()
+    at_user = np.concatenate([dec.decode(p[12:]) for p in got[:25]])[48000 // 10:]
+    assert abs(dominant_frequency(at_user, 48000) - 1000) < 10
+
+
+def test_no_telephone_event_on_one_side_drops_events_both_ways():
+    relay, meta = _relay("opus", 111, None)
+    relay.from_whatsapp(meta.protect(_rtp(126, 1, 0, 0x1234, bytes(4))), None)
+    relay.from_pbx(_rtp(101, 1, 0, 0x99, bytes(4)), None)
+    assert relay.pbx.transport.sent == [] and relay.wa_transport.sent == []
+
+
+class _Pair:
+    remote_addr = ("127.0.0.1", 9)
+
+    def __init__(self, answers) -> None:
+        self.protocol, self.answers = self, answers
+
+    async def request(self, request, addr, integrity_key=None, retransmissions=None):
+        import aioice.stun
+        await asyncio.sleep(0)
+        if not self.answers():
+            raise aioice.stun.TransactionError()
+
+
+async def _consent(monkeypatch, answers) -> bool:
+    """Runs the agent's RFC 7675 consent loop on a pair that answers when ``answers()``; True if consent held."""
+    import wacall.bridge.builtin as builtin
+    monkeypatch.setattr(builtin, "CONSENT_INTERVAL", 0.01)
+    monkeypatch.setattr(builtin, "CONSENT_TIMEOUT", 0.3)
+    agent = builtin._Agent("127.0.0.1")
+    agent.remote_password = "x" * 22
+    agent._nominated = {1: _Pair(answers)}
+    agent.build_request = lambda pair, nominate: object()
+    closed = asyncio.Event()
+
+    async def close():
+        closed.set()
+    agent.close = close
+    task = asyncio.get_running_loop().create_task(agent.query_consent())
+    try:
+        await asyncio.wait_for(closed.wait(), 1.0)
+        return False
+    except asyncio.TimeoutError:
+        return True
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_consent_survives_unanswered_checks_within_30_s_and_expires_after(monkeypatch):
+    """RFC 7675 section 5.1: consent is lost after 30 s (here 0.3 s) without any answer, not after a few checks
+    unanswered in a row; a late answer keeps it."""
+    import wacall.bridge.builtin as builtin
+    calls = {"n": 0}
+
+    def every_fifth():
+        calls["n"] += 1
+        return calls["n"] % 5 == 0
+    for answers, held in ((every_fifth, True), (lambda: False, False)):
+        assert await _consent(monkeypatch, answers) is held
+    assert builtin.CONSENT_TIMEOUT == 0.3
+
+
+async def test_a_deleted_call_relays_nothing_more_either_way():
+    """Packets already queued on either socket when the call is deleted go nowhere (no send on a closed socket)."""
+    relay, meta = _relay("opus", 111, 126)
+    wa = relay.wa_transport
+    await relay.close()
+    relay.from_whatsapp(meta.protect(_rtp(111, 1, 0, 0x1234, b"late")), None)
+    relay.from_pbx(_rtp(111, 1, 0, 0x99, b"late"), None)
+    assert relay.pbx.transport.sent == [] and wa.sent == []

@@ -34,6 +34,7 @@ import struct
 from dataclasses import dataclass, field
 
 import aioice
+import aioice.stun
 import av
 import numpy as np
 
@@ -47,6 +48,8 @@ from .media import MediaError, NoCommonCodec
 log = logging.getLogger("wacall.bridge.builtin")
 
 ICE_TIMEOUT = 30.0
+CONSENT_INTERVAL = 5.0          # RFC 7675 section 5.1: a consent check every 5 s (randomised 0.8-1.2)...
+CONSENT_TIMEOUT = 30.0          # ... and consent lost after 30 s without a response
 G711 = {"PCMU": 0, "PCMA": 8}
 
 
@@ -142,7 +145,7 @@ class _Transcoder:
         enc = av.CodecContext.create("libopus", "w")
         enc.sample_rate, enc.layout, enc.format, enc.bit_rate = 48000, "mono", "s16", 32000
         enc.time_base = fractions.Fraction(1, 48000)
-        enc.options = {"application": "voip", "frame_duration": "20", "compression_level": "5"}
+        enc.options = {"application": "voip", "frame_duration": "20", "compression_level": "0"}
         enc.open()
         self.dec, self.enc, self.pts = dec, enc, 0
 
@@ -201,6 +204,28 @@ class _Agent(aioice.Connection):
             self._local_candidates_start = True
             self._local_candidates += await self.get_component_candidates(component=1, addresses=[self._host])
             self._local_candidates_end = True
+
+    async def query_consent(self) -> None:
+        """RFC 7675 consent freshness: consent expires after 30 s without a response, not after 6 checks in a row
+        unanswered within 0.5 s (aioice's own loop; a response delayed by a busy machine would end the call)."""
+        assert self.remote_password is not None
+        loop = asyncio.get_running_loop()
+        fresh = loop.time()
+        while True:
+            await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
+            for pair in list(self._nominated.values()):
+                try:
+                    await pair.protocol.request(self.build_request(pair, nominate=False), pair.remote_addr,
+                                                integrity_key=self.remote_password.encode("utf8"), retransmissions=3)
+                    fresh = loop.time()
+                except aioice.stun.TransactionError:
+                    pass
+            if loop.time() - fresh > CONSENT_TIMEOUT:
+                log.warning("ICE consent lost (no answer to consent checks for %.0f s): media stopped",
+                            loop.time() - fresh)
+                self._query_consent_task = None
+                await self.close()
+                return
 
 
 class _PbxProtocol(asyncio.DatagramProtocol):
@@ -314,6 +339,12 @@ class _Relay:
             else:
                 self.from_whatsapp(data, addr)
         protocol.datagram_received = datagram_received          # the per-packet path from here on
+        connection_lost = type(protocol).connection_lost
+
+        def lost(exc, _lost=connection_lost, _proto=protocol) -> None:
+            self.wa_transport = None                            # consent lost or closed: nothing more to Meta
+            _lost(_proto, exc)
+        protocol.connection_lost = lost
         log.info("media %s: ICE connected %s → %s", self.name, pair.local_addr, pair.remote_addr)
         assert self.dtls is not None
         self._send_dtls(self.dtls.start())
@@ -453,6 +484,7 @@ class _Relay:
 
     async def close(self) -> None:
         self.closed = True
+        self.pbx_remote = self.wa_transport = None              # the per-packet paths stop here (no check added)
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
         if self.task is not None and not self.task.done():
@@ -484,6 +516,7 @@ class BuiltinMedia:
     def close(self) -> None:
         for relay in self.calls.values():
             relay.closed = True
+            relay.pbx_remote = relay.wa_transport = None
             if relay.pbx.transport is not None:
                 relay.pbx.transport.close()
         self.calls.clear()
