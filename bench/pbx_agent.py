@@ -21,14 +21,12 @@ two.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import select
 import socket
 import struct
 import sys
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from workers import WorkerProcess  # noqa: E402
+from workers import WorkerProcess, serve  # noqa: E402
 
 TICK = 0.020
 MAX_CATCH_UP = 10                     # a tick later than this many intervals skips (and counts) the rest
@@ -360,40 +358,29 @@ def _worker_main(conn, options: dict) -> None:
 
 
 async def _worker_async(conn, options: dict) -> None:
-    loop = asyncio.get_running_loop()
     agent = PbxAgent(**options)
-    inbox: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
-    conn.send({"op": "ready", "pid": os.getpid()})
-    try:
-        while True:
-            cmd = await inbox.get()
-            op = cmd.get("op")
-            try:
-                if op == "start":
-                    conn.send({"op": "started", "sip_port": await agent.start()})
-                elif op == "snapshot":
-                    conn.send({"op": "snapshot", **agent.snapshot()})
-                elif op == "times":
-                    conn.send({"op": "times", "times": agent.times(cmd["wacids"]), "refused": agent.refused[-20:]})
-                elif op == "dial":
-                    agent.dial(cmd["wa_ids"], cmd["rate"])
-                    conn.send({"op": "dialing"})
-                elif op == "dialed":
-                    conn.send({"op": "dialed", "calls": agent.dial_report(cmd["wa_ids"])})
-                elif op == "hangup_all":
-                    conn.send({"op": "hung_up", "calls": await agent.hangup_all()})
-                elif op == "stop":
-                    break
-            except Exception as exc:
-                conn.send({"op": "error", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
-    finally:
-        loop.remove_reader(conn.fileno())
-        await agent.close()
-        try:
-            conn.send({"op": "stopped"})
-        except (BrokenPipeError, OSError):
-            pass
+
+    async def start(cmd: dict) -> dict:
+        return {"op": "started", "sip_port": await agent.start()}
+
+    async def snapshot(cmd: dict) -> dict:
+        return {"op": "snapshot", **agent.snapshot()}
+
+    async def times(cmd: dict) -> dict:
+        return {"op": "times", "times": agent.times(cmd["wacids"]), "refused": agent.refused[-20:]}
+
+    async def dial(cmd: dict) -> dict:
+        agent.dial(cmd["wa_ids"], cmd["rate"])
+        return {"op": "dialing"}
+
+    async def dialed(cmd: dict) -> dict:
+        return {"op": "dialed", "calls": agent.dial_report(cmd["wa_ids"])}
+
+    async def hangup_all(cmd: dict) -> dict:
+        return {"op": "hung_up", "calls": await agent.hangup_all()}
+
+    await serve(conn, {"start": start, "snapshot": snapshot, "times": times, "dial": dial, "dialed": dialed,
+                       "hangup_all": hangup_all}, agent.close)
 
 
 class AgentHandle(WorkerProcess):

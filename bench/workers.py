@@ -7,8 +7,11 @@ leaves on ``{"op": "stop"}``.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
-from typing import Any, Callable
+import os
+import traceback
+from typing import Any, Awaitable, Callable
 
 
 class WorkerProcess:
@@ -41,3 +44,29 @@ class WorkerProcess:
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5)
+
+
+async def serve(conn, handlers: dict[str, Callable[[dict], Awaitable[dict]]],
+                close: Callable[[], Awaitable[None]]) -> None:
+    """The worker's side of the pipe, on its event loop: ``hello`` with its pid, then each command's answer from
+    ``handlers[op](cmd)`` (or ``error``), until ``stop``; ``close`` runs before the last ``stopped``."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    conn.send({"op": "ready", "pid": os.getpid()})
+    try:
+        while True:
+            cmd = await inbox.get()
+            if cmd.get("op") == "stop":
+                break
+            try:
+                conn.send(await handlers[cmd["op"]](cmd))
+            except Exception as exc:
+                conn.send({"op": "error", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+    finally:
+        loop.remove_reader(conn.fileno())
+        await close()
+        try:
+            conn.send({"op": "stopped"})
+        except (BrokenPipeError, OSError):
+            pass
