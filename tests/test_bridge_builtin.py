@@ -221,6 +221,17 @@ async def test_sdes_srtp_toward_the_pbx(chain):
     _agent_heard_the_user(agent)
 
 
+@pytest.mark.parametrize("chain", [{"agent": {"srtp": True}}], indirect=True)
+async def test_an_sdes_phone_calls_a_user_and_is_answered_in_its_own_profile(chain):
+    """Business-initiated: the phone offers RTP/SAVP with a=crypto; the bridge (configured RTP/AVP) answers SDES."""
+    wa, agent, bridge = chain
+    call_id = await _agent_calls_user(wa, agent)
+    assert "AES_CM_128_HMAC_SHA1_80" in (await agent.wait_event("CALL_MENC", 10)).param
+    await _user_heard_the_agent(wa, call_id)
+    await _user_hangs_up(wa, agent, bridge, call_id)
+    _agent_heard_the_user(agent)
+
+
 def test_the_sdp_reader_takes_what_the_relay_needs():
     sdp = parse_sdp("v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
                     "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:abc\r\nm=video 5000 RTP/AVP 96\r\n")

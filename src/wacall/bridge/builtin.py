@@ -583,6 +583,9 @@ class BuiltinMedia:
         event = offer.pt("telephone-event", 8000)
         relay = await self._relay(call)
         self._offers[call] = offer
+        if offer.proto in ("RTP/AVP", "RTP/SAVP") and offer.proto != relay.pbx_protocol:
+            relay.pbx_protocol = offer.proto        # answer the PBX in its own profile (SDES when it offered it)
+            relay.pbx_key = generate_key_salt(AES_CM_128_HMAC_SHA1_80) if offer.proto == "RTP/SAVP" else b""
         relay.plan(name, pt, event, pt if name == "opus" else 111, event if event is not None else 126)
         return relay.whatsapp_sdp("0")
 
