@@ -20,7 +20,7 @@ from support.sip_tools import make_test_pki
 from wacall.bridge.builtin import _Relay, parse_sdp
 from wacall.media.audio import OpusDecoder, OpusEncoder, dominant_frequency, tone_power
 from wacall.media.certificate import DtlsCertificate
-from wacall.media.g711 import ulaw_decode, ulaw_encode
+from wacall.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from wacall.media.srtp import AES_CM_128_HMAC_SHA1_80, SrtpContext
 
 ALICE = "447700900001"
@@ -285,8 +285,11 @@ def test_opus_passes_through_with_payload_types_mapped_and_one_ssrc_toward_whats
         _rtp(111, 50, 960, ssrc, b"agent-frame"), _rtp(126, 51, 1920, ssrc, event, marker=True)]
 
 
-def test_g711_is_transcoded_and_events_keep_the_audio_timebase_scaled_6_to_1():
-    relay, meta = _relay("PCMU", 0, 101)
+@pytest.mark.parametrize("law", ["PCMU", "PCMA"])
+def test_g711_is_transcoded_and_events_keep_the_audio_timebase_scaled_6_to_1(law):
+    static = 0 if law == "PCMU" else 8
+    encode, decode = (ulaw_encode, ulaw_decode) if law == "PCMU" else (alaw_encode, alaw_decode)
+    relay, meta = _relay(law, static, 101)
     enc, t = OpusEncoder(), np.arange(960) / 48000
     for i in range(25):                                              # 0.5 s of 440 Hz from the user
         pcm = (np.sin(2 * np.pi * 440 * (t + i * 0.02)) * 8000).astype(np.int16)
@@ -294,15 +297,15 @@ def test_g711_is_transcoded_and_events_keep_the_audio_timebase_scaled_6_to_1():
     event = bytes([11, 0x8A, 1, 64])                                 # '#', end bit, duration 320 (8 kHz units)
     relay.from_whatsapp(meta.protect(_rtp(126, 25, 48000 * 3, 0x1234, event)), None)
     sent = relay.pbx.transport.sent
-    assert [p[1] & 0x7F for p in sent] == [0] * 25 + [101]
+    assert [p[1] & 0x7F for p in sent] == [static] * 25 + [101]
     assert [int.from_bytes(p[4:8], "big") for p in sent] == [160 * i for i in range(25)] + [24000]
     assert all(len(p) == 12 + 160 for p in sent[:25]) and sent[25][12:] == event
-    heard = np.concatenate([ulaw_decode(p[12:]) for p in sent[5:25]])
+    heard = np.concatenate([decode(p[12:]) for p in sent[5:25]])
     assert abs(dominant_frequency(heard, 8000) - 440) < 10
     t8 = np.arange(160) / 8000
     for i in range(25):                                              # 0.5 s of 1000 Hz from the agent
         pcm = (np.sin(2 * np.pi * 1000 * (t8 + i * 0.02)) * 8000).astype(np.int16)
-        relay.from_pbx(_rtp(0, 100 + i, 160 * i, 0x99, ulaw_encode(pcm)), None)
+        relay.from_pbx(_rtp(static, 100 + i, 160 * i, 0x99, encode(pcm)), None)
     relay.from_pbx(_rtp(101, 125, 4000, 0x99, event), None)
     got = [meta.unprotect(p) for p in relay.wa_transport.sent]
     assert [p[1] & 0x7F for p in got] == [111] * 25 + [126]
