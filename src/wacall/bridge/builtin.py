@@ -306,7 +306,9 @@ class _Relay:
             raise MediaError("WhatsApp's SDP lacks ICE credentials or a fingerprint")
         self.dtls = DtlsSrtpSession(self.certificate, role="client", remote_fingerprint=sdp.fingerprint)
         self.agent.remote_username, self.agent.remote_password = sdp.ice_ufrag, sdp.ice_pwd
-        self.agent.remote_is_lite = sdp.ice_lite
+        # aioice nominates regularly (a check, then USE-CANDIDATE) toward a lite peer and aggressively otherwise;
+        # the flag chooses only that, and Meta asks for regular nomination whatever its SDP says
+        self.agent.remote_is_lite = True
         self.task = asyncio.get_running_loop().create_task(self._connect(sdp))
 
     async def _connect(self, sdp: Sdp) -> None:
