@@ -162,7 +162,11 @@ async def test_user_calls_the_agent_opus_end_to_end_dtmf_both_ways_agent_hangs_u
     call_id = await _user_call_answered(wa, agent)
     await _user_heard_the_agent(wa, call_id)
     assert "opus passed through" in _media_line(bridge)
-    assert "ICE connected" in bridge.log_text() and "DTLS-SRTP keyed" in bridge.log_text()
+    log = bridge.log_text()
+    assert "ICE connected" in log and "DTLS-SRTP keyed" in log
+    assert "nominating pair" in log, "regular nomination: a check, then USE-CANDIDATE on the pair (aioice's log)"
+    [answer] = re.findall(r"SDP toward WhatsApp:\n(.*?)\n\n", log, re.S)
+    assert "a=setup:active" in answer and "a=ice-lite" not in answer and "a=fingerprint:sha-256 " in answer
     await _dtmf_both_ways(wa, agent, call_id)
     await _agent_hangs_up(wa, agent, bridge, call_id)
     _agent_heard_the_user(agent)
