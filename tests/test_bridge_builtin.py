@@ -20,7 +20,7 @@ from support.sip_tools import make_test_pki
 from wacall.bridge.builtin import _Relay, parse_sdp
 from wacall.media.audio import OpusDecoder, OpusEncoder, dominant_frequency, tone_power
 from wacall.media.certificate import DtlsCertificate
-from wacall.media.g711 import ulaw_decode, ulaw_encode
+from wacall.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from wacall.media.srtp import AES_CM_128_HMAC_SHA1_80, SrtpContext
 
 ALICE = "447700900001"
@@ -162,7 +162,11 @@ async def test_user_calls_the_agent_opus_end_to_end_dtmf_both_ways_agent_hangs_u
     call_id = await _user_call_answered(wa, agent)
     await _user_heard_the_agent(wa, call_id)
     assert "opus passed through" in _media_line(bridge)
-    assert "ICE connected" in bridge.log_text() and "DTLS-SRTP keyed" in bridge.log_text()
+    log = bridge.log_text()
+    assert "ICE connected" in log and "DTLS-SRTP keyed" in log
+    assert "nominating pair" in log, "regular nomination: a check, then USE-CANDIDATE on the pair (aioice's log)"
+    [answer] = re.findall(r"SDP toward WhatsApp:\n(.*?)\n\n", log, re.S)
+    assert "a=setup:active" in answer and "a=ice-lite" not in answer and "a=fingerprint:sha-256 " in answer
     await _dtmf_both_ways(wa, agent, call_id)
     await _agent_hangs_up(wa, agent, bridge, call_id)
     _agent_heard_the_user(agent)
@@ -221,6 +225,17 @@ async def test_sdes_srtp_toward_the_pbx(chain):
     _agent_heard_the_user(agent)
 
 
+@pytest.mark.parametrize("chain", [{"agent": {"srtp": True}}], indirect=True)
+async def test_an_sdes_phone_calls_a_user_and_is_answered_in_its_own_profile(chain):
+    """Business-initiated: the phone offers RTP/SAVP with a=crypto; the bridge (configured RTP/AVP) answers SDES."""
+    wa, agent, bridge = chain
+    call_id = await _agent_calls_user(wa, agent)
+    assert "AES_CM_128_HMAC_SHA1_80" in (await agent.wait_event("CALL_MENC", 10)).param
+    await _user_heard_the_agent(wa, call_id)
+    await _user_hangs_up(wa, agent, bridge, call_id)
+    _agent_heard_the_user(agent)
+
+
 def test_the_sdp_reader_takes_what_the_relay_needs():
     sdp = parse_sdp("v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
                     "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:abc\r\nm=video 5000 RTP/AVP 96\r\n")
@@ -274,8 +289,11 @@ def test_opus_passes_through_with_payload_types_mapped_and_one_ssrc_toward_whats
         _rtp(111, 50, 960, ssrc, b"agent-frame"), _rtp(126, 51, 1920, ssrc, event, marker=True)]
 
 
-def test_g711_is_transcoded_and_events_keep_the_audio_timebase_scaled_6_to_1():
-    relay, meta = _relay("PCMU", 0, 101)
+@pytest.mark.parametrize("law", ["PCMU", "PCMA"])
+def test_g711_is_transcoded_and_events_keep_the_audio_timebase_scaled_6_to_1(law):
+    static = 0 if law == "PCMU" else 8
+    encode, decode = (ulaw_encode, ulaw_decode) if law == "PCMU" else (alaw_encode, alaw_decode)
+    relay, meta = _relay(law, static, 101)
     enc, t = OpusEncoder(), np.arange(960) / 48000
     for i in range(25):                                              # 0.5 s of 440 Hz from the user
         pcm = (np.sin(2 * np.pi * 440 * (t + i * 0.02)) * 8000).astype(np.int16)
@@ -283,15 +301,15 @@ def test_g711_is_transcoded_and_events_keep_the_audio_timebase_scaled_6_to_1():
     event = bytes([11, 0x8A, 1, 64])                                 # '#', end bit, duration 320 (8 kHz units)
     relay.from_whatsapp(meta.protect(_rtp(126, 25, 48000 * 3, 0x1234, event)), None)
     sent = relay.pbx.transport.sent
-    assert [p[1] & 0x7F for p in sent] == [0] * 25 + [101]
+    assert [p[1] & 0x7F for p in sent] == [static] * 25 + [101]
     assert [int.from_bytes(p[4:8], "big") for p in sent] == [160 * i for i in range(25)] + [24000]
     assert all(len(p) == 12 + 160 for p in sent[:25]) and sent[25][12:] == event
-    heard = np.concatenate([ulaw_decode(p[12:]) for p in sent[5:25]])
+    heard = np.concatenate([decode(p[12:]) for p in sent[5:25]])
     assert abs(dominant_frequency(heard, 8000) - 440) < 10
     t8 = np.arange(160) / 8000
     for i in range(25):                                              # 0.5 s of 1000 Hz from the agent
         pcm = (np.sin(2 * np.pi * 1000 * (t8 + i * 0.02)) * 8000).astype(np.int16)
-        relay.from_pbx(_rtp(0, 100 + i, 160 * i, 0x99, ulaw_encode(pcm)), None)
+        relay.from_pbx(_rtp(static, 100 + i, 160 * i, 0x99, encode(pcm)), None)
     relay.from_pbx(_rtp(101, 125, 4000, 0x99, event), None)
     got = [meta.unprotect(p) for p in relay.wa_transport.sent]
     assert [p[1] & 0x7F for p in got] == [111] * 25 + [126]

@@ -245,7 +245,8 @@ def bridge(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(serve_bridge(cfg, json_output=json_output))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:     # uvloop: the builtin media's packets
+            runner.run(serve_bridge(cfg, json_output=json_output))
     except (OSError, NgError) as exc:             # a port taken, RtpEngine not answering
         typer.echo(f"wacall bridge: {exc}", err=True)
         raise typer.Exit(1)

@@ -306,7 +306,9 @@ class _Relay:
             raise MediaError("WhatsApp's SDP lacks ICE credentials or a fingerprint")
         self.dtls = DtlsSrtpSession(self.certificate, role="client", remote_fingerprint=sdp.fingerprint)
         self.agent.remote_username, self.agent.remote_password = sdp.ice_ufrag, sdp.ice_pwd
-        self.agent.remote_is_lite = sdp.ice_lite
+        # aioice nominates regularly (a check, then USE-CANDIDATE) toward a lite peer and aggressively otherwise;
+        # the flag chooses only that, and Meta asks for regular nomination whatever its SDP says
+        self.agent.remote_is_lite = True
         self.task = asyncio.get_running_loop().create_task(self._connect(sdp))
 
     async def _connect(self, sdp: Sdp) -> None:
@@ -583,6 +585,9 @@ class BuiltinMedia:
         event = offer.pt("telephone-event", 8000)
         relay = await self._relay(call)
         self._offers[call] = offer
+        if offer.proto in ("RTP/AVP", "RTP/SAVP") and offer.proto != relay.pbx_protocol:
+            relay.pbx_protocol = offer.proto        # answer the PBX in its own profile (SDES when it offered it)
+            relay.pbx_key = generate_key_salt(AES_CM_128_HMAC_SHA1_80) if offer.proto == "RTP/SAVP" else b""
         relay.plan(name, pt, event, pt if name == "opus" else 111, event if event is not None else 126)
         return relay.whatsapp_sdp("0")
 
