@@ -205,3 +205,13 @@ def test_sdes_toward_the_pbx_offers_only_the_aes_cm_128_suites():
     assert "no-NULL_HMAC_SHA1_80" in sdes and "no-AEAD_AES_256_GCM" in sdes
     assert not [s for s in sdes if s.startswith("no-AES_CM_128")]
     assert "SDES" not in ng.offer_to_pbx("w", "f", META_OFFER)
+
+
+def test_an_sdp_for_whatsapp_without_opus_is_no_common_codec():
+    from wacall.bridge.media import NoCommonCodec
+    from wacall.bridge.rtpengine import RtpEngineMedia
+    pcmu = ("v=0\r\nm=audio 4000 UDP/TLS/RTP/SAVPF 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+            "a=rtpmap:101 telephone-event/8000\r\n")
+    with pytest.raises(NoCommonCodec, match=r"offered no codec WhatsApp speaks: PCMU \(set \[media\] transcode"):
+        RtpEngineMedia(("127.0.0.1", 9))._opus_for_whatsapp(pcmu, "offered")
+    assert RtpEngineMedia(("127.0.0.1", 9))._opus_for_whatsapp(META_OFFER, "answered") == META_OFFER
