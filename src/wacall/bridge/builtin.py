@@ -486,7 +486,10 @@ class _Relay:
 
     async def close(self) -> None:
         self.closed = True
-        self.pbx_remote = self.wa_transport = None              # the per-packet paths stop here (no check added)
+        wa, self.pbx_remote, self.wa_transport = self.wa_transport, None, None     # the per-packet paths stop
+        if wa is not None and self.dtls is not None and self.dtls.state == "connected":
+            for datagram in self.dtls.close():                  # close_notify (RFC 5246 7.2.1)
+                wa.sendto(datagram, self.wa_remote)
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
         if self.task is not None and not self.task.done():
