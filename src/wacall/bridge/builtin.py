@@ -174,8 +174,9 @@ def _int16(frame: av.AudioFrame) -> np.ndarray:
     arr = frame.to_ndarray()
     if arr.dtype.kind == "f":
         arr = np.clip(np.rint(arr * 32768.0), -32768, 32767).astype(np.int16)
-    arr = arr.reshape(len(frame.layout.channels), -1) if frame.format.is_planar else arr.reshape(-1, len(frame.layout.channels)).T
-    return arr[0].astype(np.int16, copy=False)
+    channels = len(frame.layout.channels)
+    arr = arr.reshape(channels, -1) if frame.format.is_planar else arr.reshape(-1, channels).T
+    return arr[0].astype(np.int16, copy=False)              # the first channel (libopus decodes mono here)
 
 
 def _payload_offset(rtp: bytes) -> int:
