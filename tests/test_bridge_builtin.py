@@ -403,6 +403,9 @@ async def test_mode_builtin_opens_the_builtin_media_path():
     offer = await media.offer_to_pbx("c1", "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 126\r\n"
                                      "a=rtpmap:111 opus/48000/2\r\na=rtpmap:126 telephone-event/8000\r\n")
     pbx = parse_sdp(offer)
+    counted = await media.stats("c1")
+    assert (counted if isinstance(counted, dict) else vars(counted))["from_whatsapp"] == 0
+    assert await media.stats("nope") is None
     assert pbx.proto == "RTP/SAVP" and pbx.payloads == [111, 0, 8, 126] and pbx.crypto[0][1] == "AES_CM_128_HMAC_SHA1_80"
     await media.delete("c1")
     assert media.calls == {}
