@@ -386,3 +386,31 @@ async def test_a_deleted_call_relays_nothing_more_either_way():
     relay.from_whatsapp(meta.protect(_rtp(111, 1, 0, 0x1234, b"late")), None)
     relay.from_pbx(_rtp(111, 1, 0, 0x99, b"late"), None)
     assert relay.pbx.transport.sent == [] and wa.sent == []
+
+
+async def test_mode_builtin_opens_the_builtin_media_path():
+    from wacall.bridge.app import open_media
+    from wacall.bridge.builtin import BuiltinMedia
+    from wacall.bridge.config import build_bridge_config
+    cfg = build_bridge_config({"graph": {"phone_number_id": "1065", "token": "EAA"},
+                               "webhook": {"app_secret": "s", "verify_token": "v"},
+                               "media": {"mode": "builtin", "rtp_host": "127.0.0.1", "pbx_protocol": "RTP/SAVP"}})
+    media = open_media(cfg)
+    assert isinstance(media, BuiltinMedia) and media.pbx_protocol == "RTP/SAVP"
+    assert (await media.start()).startswith("builtin 127.0.0.1")
+    with pytest.raises(Exception, match="no call"):
+        await media.answer_to_whatsapp("nope", "v=0\r\nm=audio 4000 RTP/AVP 0\r\n", "tag")
+    offer = await media.offer_to_pbx("c1", "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 126\r\n"
+                                     "a=rtpmap:111 opus/48000/2\r\na=rtpmap:126 telephone-event/8000\r\n")
+    pbx = parse_sdp(offer)
+    counted = await media.stats("c1")
+    assert (counted if isinstance(counted, dict) else vars(counted))["from_whatsapp"] == 0
+    assert await media.stats("nope") is None
+    assert pbx.proto == "RTP/SAVP" and pbx.payloads == [111, 0, 8, 126] and pbx.crypto[0][1] == "AES_CM_128_HMAC_SHA1_80"
+    await media.delete("c1")
+    assert media.calls == {}
+    from wacall.bridge.media import NoCommonCodec
+    with pytest.raises(NoCommonCodec):                               # G.722 only: the app answers the PBX 488
+        await media.offer_to_whatsapp("c2", "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 9\r\n", "tag")
+    assert media.calls == {}
+    media.close()

@@ -174,8 +174,9 @@ def _int16(frame: av.AudioFrame) -> np.ndarray:
     arr = frame.to_ndarray()
     if arr.dtype.kind == "f":
         arr = np.clip(np.rint(arr * 32768.0), -32768, 32767).astype(np.int16)
-    arr = arr.reshape(len(frame.layout.channels), -1) if frame.format.is_planar else arr.reshape(-1, len(frame.layout.channels)).T
-    return arr[0].astype(np.int16, copy=False)
+    channels = len(frame.layout.channels)
+    arr = arr.reshape(channels, -1) if frame.format.is_planar else arr.reshape(-1, channels).T
+    return arr[0].astype(np.int16, copy=False)              # the first channel (libopus decodes mono here)
 
 
 def _payload_offset(rtp: bytes) -> int:
@@ -486,7 +487,10 @@ class _Relay:
 
     async def close(self) -> None:
         self.closed = True
-        self.pbx_remote = self.wa_transport = None              # the per-packet paths stop here (no check added)
+        wa, self.pbx_remote, self.wa_transport = self.wa_transport, None, None     # the per-packet paths stop
+        if wa is not None and self.dtls is not None and self.dtls.state == "connected":
+            for datagram in self.dtls.close():                  # close_notify (RFC 5246 7.2.1)
+                wa.sendto(datagram, self.wa_remote)
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
         if self.task is not None and not self.task.done():
@@ -619,9 +623,17 @@ class BuiltinMedia:
             log.info("media %s: deleted (packets %s)", call, relay.packets)
             await relay.close()
 
-    def stats(self, call: str) -> dict | None:
+    async def stats(self, call: str):
+        """The call's packet counts (``metrics.MediaStats`` where the ops branch has it; sequence gaps are not
+        counted, so ``lost_from_*`` stay None): None for an unknown call."""
         relay = self.calls.get(call)
-        return dict(relay.packets) if relay is not None else None
+        if relay is None:
+            return None
+        try:
+            from .metrics import MediaStats             # type: ignore[import-not-found]  # r12-ops
+        except ImportError:
+            return dict(relay.packets)
+        return MediaStats(**relay.packets)
 
 
 def _first_codec(sdp: Sdp, payloads: list[int]) -> tuple[str, int] | None:
