@@ -22,6 +22,7 @@ from support.bridge_tools import AgentPhone, BridgeProcess, PbxKamailio, RtpEngi
 from support.sip_tools import make_test_pki
 from test_bridge_rtpengine import (ALICE, DOMAIN, _agent_heard, _heard_both_ways, _logged,
                                    _user_calls_and_agent_answers, bridge_toml)
+from test_bridge_rtpengine_bic import _agent_dials_alice
 from wacall.bridge.config import build_bridge_config
 from wacall.bridge.logs import JsonFormatter
 from wacall.bridge.media import MediaStats
@@ -293,3 +294,51 @@ def _wav_tail(data: bytes, seconds: float):
     from test_bridge_rtpengine import _wav
     pcm = _wav(data)
     return pcm[-int(seconds * 48000):]
+
+
+async def _kill_and_restart(wa, rtpengine, pbx, tmp_path, bridges, first: BridgeProcess) -> BridgeProcess:
+    """kill -9 the bridge, start another one on the same ports and state directory."""
+    os.kill(first.proc.pid, signal.SIGKILL)
+    assert await _exits(first, 5) == -signal.SIGKILL
+    port = int(first.info["webhook_url"].split(":")[2].split("/")[0])
+    return await start_bridge(wa, rtpengine, pbx, tmp_path, bridges, webhook_port=port, subscribe=False,
+                              name=f"bridge-{len(bridges) + 1}")
+
+
+async def test_a_restored_business_initiated_call_ends_both_legs_on_the_agents_bye(chain, tmp_path):
+    wa, agent, rtpengine, pbx, bridges = chain
+    first = await start_bridge(wa, rtpengine, pbx, tmp_path, bridges)
+    await asyncio.to_thread(wa.grant_permission, ALICE)
+    call_id = await _agent_dials_alice(wa, agent)
+    assert (await asyncio.to_thread(wa.ctl, "POST", f"calls/{call_id}/answer")).status_code == 200
+    await agent.wait_event("CALL_ESTABLISHED", 10)
+    await _heard_both_ways(wa, agent, call_id)
+    second = await _kill_and_restart(wa, rtpengine, pbx, tmp_path, bridges, first)
+    await _logged(second, '"msg": "restored: bridged (BUSINESS_INITIATED)"')
+    await agent.hangup()                                       # BYE to the new bridge → Graph terminate
+    await agent.wait_event("CALL_CLOSED", 10)
+    ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
+    assert ended["ended_by"] == "business", ended
+    await _logged(second, '"msg": "BYE from the PBX"')
+    assert metric(await asyncio.to_thread(scrape, second), "wacall_bridge_calls_restored_total",
+                  outcome="resumed") == 1
+
+
+async def test_a_call_still_ringing_at_a_kill_9_is_ended_on_both_sides_after_the_restart(chain, tmp_path):
+    """Half of a call being set up is gone with the process (the INVITE transaction toward WhatsApp's side is
+    answered, Meta's side is not bridged): the restarted bridge answers the PBX's INVITE it kept (503, which
+    Kamailio forwards as 500) and ends the WhatsApp call."""
+    wa, agent, rtpengine, pbx, bridges = chain
+    first = await start_bridge(wa, rtpengine, pbx, tmp_path, bridges)
+    await asyncio.to_thread(wa.grant_permission, ALICE)
+    call_id = await _agent_dials_alice(wa, agent)
+    ringing = await agent.wait_event("CALL_RINGING", 10)
+    second = await _kill_and_restart(wa, rtpengine, pbx, tmp_path, bridges, first)
+    closed = await agent.wait_event("CALL_CLOSED", 10, after=agent.history.index(ringing))
+    assert re.match(r"50[03] Service Unavailable", closed.param), closed.raw
+    ended = await asyncio.to_thread(wa.wait_for, lambda: (c := wa.call(call_id))["state"] not in
+                                    ("RINGING", "ACCEPTED") and c, 10, "the WhatsApp call ended")
+    assert ended["state"] in ("ENDED", "REJECTED"), ended
+    await _logged(second, "restored in state setup: ending it on both sides")
+    assert metric(await asyncio.to_thread(scrape, second), "wacall_bridge_calls_restored_total",
+                  outcome="ended") == 1

@@ -161,7 +161,7 @@ class Bridge:
         """Every change of a call's state, ids or dialog: metrics, and the state file."""
         if name == "state":
             self.metrics.call_changed(bridged, old, new)
-            if new == "ended" and old is not None and getattr(self.media, "stats", None) is not None:
+            if new == "ended" and old == "bridged" and getattr(self.media, "stats", None) is not None:
                 self._spawn(self._media_stats(bridged.key, bridged.tag))
         if self.store is None or not bridged.key:
             return
