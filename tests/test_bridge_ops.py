@@ -133,6 +133,10 @@ def scrape(bridge: BridgeProcess) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
+def healthz(bridge: BridgeProcess) -> int:
+    return httpx.get(bridge.info["metrics_url"].replace("/metrics", "/healthz"), timeout=5).status_code
+
+
 def metric(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
@@ -158,7 +162,7 @@ async def test_a_bridged_call_shows_in_the_metrics_and_the_json_log(chain, tmp_p
     assert metric(live, "wacall_bridge_calls", state="bridged", direction="USER_INITIATED") == 1
     assert metric(live, "wacall_bridge_calls_started_total", direction="USER_INITIATED") == 1
     assert metric(live, "wacall_bridge_call_setup_seconds_count", direction="USER_INITIATED") == 1
-    assert httpx.get(bridge.info["metrics_url"].replace("/metrics", "/healthz")).status_code == 200
+    assert (await asyncio.to_thread(healthz, bridge)) == 200
     await agent.hangup()
     await agent.wait_event("CALL_CLOSED", 10)
     await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
@@ -216,7 +220,7 @@ async def test_sigterm_drains_refuses_new_calls_and_exits_when_the_last_call_end
     call_id = await _user_calls_and_agent_answers(wa, agent, bridge)
     bridge.proc.send_signal(signal.SIGTERM)
     await _logged(bridge, "draining: 1 live call(s)")
-    assert httpx.get(bridge.info["metrics_url"].replace("/metrics", "/healthz")).status_code == 503
+    assert (await asyncio.to_thread(healthz, bridge)) == 503
     assert metric(await asyncio.to_thread(scrape, bridge), "wacall_bridge_draining") == 1
     assert (await asyncio.to_thread(wa.ctl, "POST", "users", {"wa_id": BOB, "name": "Bob"})).status_code == 201
     bob = (await asyncio.to_thread(wa.user_calls, BOB)).json()["call_id"]      # a new user call: rejected

@@ -27,8 +27,9 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -72,7 +73,7 @@ class BridgedCall:
     why: str = ""                                 # why it ended (metrics: the first word)
     # bookkeeping (metrics, the state file): called as observer(call, name, old, new) when one of _WATCHED
     # changes, and once with ("state", None, state) when the call is made
-    observer: Callable[["BridgedCall", str, Any, Any], None] | None = field(default=None, repr=False,
+    observer: Callable[[BridgedCall, str, Any, Any], None] | None = field(default=None, repr=False,
                                                                              compare=False)
 
     def __post_init__(self) -> None:
@@ -246,7 +247,7 @@ class Bridge:
         while (self.calls or self.pending) and not now.is_set() and loop.time() < deadline:
             try:
                 await asyncio.wait_for(now.wait(), min(0.2, max(0.0, deadline - loop.time())))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self.calls or self.pending:
             log.info("drained: ending %d call(s) left", len(self.calls) + len(self.pending))

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _IDS = re.compile(r"^wacid=(\S+) sip=(\S+) ?")
 
@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
         found = _IDS.match(msg)
         if found:
             wacid, sip, msg = wacid or found[1], sip or found[2], msg[found.end():]
-        line = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+        line = {"ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
                 "level": record.levelname, "logger": record.name, "msg": msg,
                 "wacid": None if wacid in (None, "-") else wacid, "sip_call_id": None if sip in (None, "-") else sip}
         if record.exc_info:

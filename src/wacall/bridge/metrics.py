@@ -22,10 +22,10 @@ What is counted (all names start ``wacall_bridge_``):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -104,7 +104,7 @@ class BridgeMetrics:
     def graph_error(self, code: object) -> None:
         self.graph_errors.labels(str(code) if code is not None else "none").inc()
 
-    def media_stats(self, stats: "MediaStats") -> None:
+    def media_stats(self, stats: MediaStats) -> None:
         for leg, direction, n in (("whatsapp", "in", stats.from_whatsapp), ("whatsapp", "out", stats.to_whatsapp),
                                   ("pbx", "in", stats.from_pbx), ("pbx", "out", stats.to_pbx)):
             if n:
@@ -128,7 +128,7 @@ class BridgeMetrics:
             except GraphApiError as exc:
                 self.graph_error(exc.code)
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, TimeoutError):
                 self.graph_error("unreachable")
                 raise
         graph.request = counted
