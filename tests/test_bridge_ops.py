@@ -227,6 +227,9 @@ async def test_sigterm_drains_refuses_new_calls_and_exits_when_the_last_call_end
     rejected = await asyncio.to_thread(wa.wait_for, lambda: (c := wa.call(bob))["state"] in ("REJECTED", "ENDED")
                                        and c, 10, "Bob's call rejected while draining")
     assert rejected.get("ended_by") in (None, "business"), rejected
+    samples = await asyncio.to_thread(scrape, bridge)
+    assert metric(samples, "wacall_bridge_calls_ended_total", direction="USER_INITIATED", state="setup",
+                  reason="draining") == 1, samples
     assert bridge.proc.poll() is None
     assert (await asyncio.to_thread(wa.call, call_id))["state"] == "ACCEPTED", "the live call goes on"
     await agent.hangup()                                       # the last call ends: the bridge stops by itself

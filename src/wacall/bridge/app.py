@@ -126,6 +126,9 @@ class Bridge:
         await self.graph.__aenter__()
         media = await self.media.start()
         sip_port = await self.ua.start()
+        if self.store is not None and 0 in (self.config.sip.port, self.config.webhook.port):
+            log.warning("bridge.state_dir is set but sip.port or webhook.port is 0: a restart comes back on other "
+                        "ports, and the PBX and Meta cannot reach the calls it restores")
         await self._restore()
         self.webhook_url = await self.receiver.start(self.config.webhook.host, self.config.webhook.port)
         info = {"webhook_url": self.webhook_url, "sip": f"{self.config.sip.host}:{sip_port}",
@@ -266,6 +269,7 @@ class Bridge:
             return
         if self.draining:
             log.info("wacid=%s sip=- connect from +%s while draining: rejected", call.call_id, call.user)
+            self.metrics.refused_while_draining("USER_INITIATED")
             await self._graph_end(BridgedCall(call.call_id, call.user or ""), reject=True)
             return
         bridged = self.calls[call.call_id] = BridgedCall(call.call_id, call.user or "", observer=self._changed)
@@ -357,6 +361,7 @@ class Bridge:
             incoming.respond(503, "Service Unavailable", headers=[
                 ("Warning", f'399 {self.config.sip.host} "bridge shutting down"'), ("Retry-After", "30")])
             self.metrics.sip_refused(503, "bridge")
+            self.metrics.refused_while_draining("BUSINESS_INITIATED")
             return
         bridged = BridgedCall("", self._number(incoming), direction="BUSINESS_INITIATED", incoming=incoming,
                               sip_call_id=incoming.call_id, media_call=incoming.call_id,

@@ -97,6 +97,11 @@ class BridgeMetrics:
             reason = (getattr(call, "why", "") or "unknown").split()[0]
             self.ended.labels(call.direction, old, reason).inc()
 
+    def refused_while_draining(self, direction: str) -> None:
+        """A call turned away while draining (it never became a bridged call: counted begun and ended)."""
+        self.started.labels(direction).inc()
+        self.ended.labels(direction, "setup", "draining").inc()
+
     def sip_refused(self, status: int, by: str) -> None:
         if status >= 300:
             self.sip_refusals.labels(str(status), by).inc()
