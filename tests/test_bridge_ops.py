@@ -349,3 +349,30 @@ async def test_a_call_still_ringing_at_a_kill_9_is_ended_on_both_sides_after_the
     await _logged(second, "restored in state setup: ending it on both sides")
     assert metric(await asyncio.to_thread(scrape, second), "wacall_bridge_calls_restored_total",
                   outcome="ended") == 1
+
+
+async def test_a_bridged_call_whose_media_rtpengine_dropped_meanwhile_is_ended_on_both_sides(chain, tmp_path):
+    """The bridge is killed, and RtpEngine forgets the call before the restart (its media timeout, or its own
+    restart): the restored call cannot carry audio any more, so the new bridge ends it: BYE and Graph terminate."""
+    from wacall.bridge.rtpengine import RtpEngine
+
+    wa, agent, rtpengine, pbx, bridges = chain
+    first = await start_bridge(wa, rtpengine, pbx, tmp_path, bridges)
+    call_id = await _user_calls_and_agent_answers(wa, agent, bridge=first)
+    established = len(agent.history)
+    os.kill(first.proc.pid, signal.SIGKILL)
+    assert await _exits(first, 5) == -signal.SIGKILL
+    client = RtpEngine(("127.0.0.1", rtpengine.ng_port))
+    await client.start()
+    try:
+        await client.command("delete", {"call-id": call_id, "delete delay": 0})   # at once, not in 30 s
+    finally:
+        client.close()
+    port = int(first.info["webhook_url"].split(":")[2].split("/")[0])
+    second = await start_bridge(wa, rtpengine, pbx, tmp_path, bridges, webhook_port=port, subscribe=False,
+                                name="bridge-2")
+    await agent.wait_event("CALL_CLOSED", 10, after=established)
+    ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
+    assert ended["ended_by"] == "business", ended
+    await _logged(second, "restored in state bridged: ending it on both sides")
+    await _logged(second, '"msg": "ended (restart)"')

@@ -179,7 +179,7 @@ class Bridge:
         try:
             stats = await self.media.stats(media_call)          # type: ignore[attr-defined]
         except MediaError as exc:
-            log.info("media stats of %s: %s", media_call, exc)
+            log.info("%s media stats: %s", tag, exc)
             return
         if stats is not None:
             self.metrics.media_stats(stats)
@@ -209,7 +209,7 @@ class Bridge:
                 self.store.delete(key)
                 continue
             resumed = (bridged.state == "bridged" and dialog is not None and bridged.call_id != ""
-                       and restore is not None and restore(bridged.key, record.get("media") or {}))
+                       and restore is not None and await restore(bridged.key, record.get("media") or {}))
             bridged.observer = self._changed
             if resumed:
                 assert dialog is not None

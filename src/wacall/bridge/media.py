@@ -71,8 +71,8 @@ class MediaPath(Protocol):
     # optional (the bridge checks with getattr): media statistics, and a media call kept across a restart
     # async def stats(self, call: str) -> MediaStats | None: packet counts so far (None: unknown call)
     # def snapshot(self, call: str) -> dict | None: what restore() needs, JSON-able (None: cannot survive)
-    # def restore(self, call: str, saved: dict) -> bool: take the call back after a restart (the media kept
-    #     flowing outside this process, as RtpEngine's does)
+    # async def restore(self, call: str, saved: dict) -> bool: take the call back after a restart (the media
+    #     kept flowing outside this process, as RtpEngine's does); False: the media is gone
 
 
 __all__ = ["MediaError", "MediaPath", "MediaStats"]

@@ -142,8 +142,14 @@ class RtpEngineMedia:
     def snapshot(self, call: str) -> dict | None:
         return {"from_tag": self._from_tags.get(call)}
 
-    def restore(self, call: str, saved: dict) -> bool:
-        """RtpEngine holds the media of a call across a restart of the bridge: only the from-tag to learn."""
+    async def restore(self, call: str, saved: dict) -> bool:
+        """RtpEngine holds the media of a call across a restart of the bridge: only the from-tag to learn, once
+        RtpEngine confirms it still has the call (False: it deleted it meanwhile, e.g. after its media timeout)."""
+        try:
+            await self.ng.command("query", {"call-id": call})
+        except ng.NgError as exc:
+            log.info("rtpengine no longer has %s: %s", call, exc)
+            return False
         if saved.get("from_tag"):
             self._from_tags[call] = str(saved["from_tag"])
         return True
