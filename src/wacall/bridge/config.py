@@ -24,11 +24,6 @@ into dataclasses, unknown keys refused with the table's name, values checked at 
     from_domain = "whatsapp.bridge"
     number_from = "request-uri"   # business-initiated calls: the user's number in the INVITE (or "header:X-WA-To")
 
-    [media]
-    mode = "rtpengine"            # the only mode of this slice
-    rtpengine = "127.0.0.1:22222" # RtpEngine's ng listener (UDP)
-    pbx_protocol = "RTP/AVP"      # RTP/AVP (plain) or RTP/SAVP (SDES) toward the PBX
-
     [bridge]                      # operations (docs/bridge.md "Operating it")
     drain_seconds = 0             # SIGTERM: refuse new calls, let live ones finish this long, then end them
     state_dir = ""                # live calls kept here (SQLite) so a restart picks them up ("": not kept)
@@ -37,6 +32,11 @@ into dataclasses, unknown keys refused with the table's name, values checked at 
     enabled = false
     host = "127.0.0.1"
     port = 9466                   # 0: any free port
+
+    [media]
+    mode = "rtpengine"            # the only mode of this slice
+    rtpengine = "127.0.0.1:22222" # RtpEngine's ng listener (UDP)
+    pbx_protocol = "RTP/AVP"      # RTP/AVP (plain) or RTP/SAVP (SDES) toward the PBX
 """
 
 from __future__ import annotations
