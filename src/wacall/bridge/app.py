@@ -140,9 +140,9 @@ class Bridge:
         return info
 
     async def stop(self) -> None:
-        """End every live call on both sides (BYE, Graph terminate), then close."""
-        for call in list(self.calls.values()) + list(self.pending.values()):
-            await self._end(call, "shutdown", tell_whatsapp=True, tell_pbx=True)
+        """End every live call on both sides (BYE, Graph terminate), all at once, then close."""
+        await asyncio.gather(*(self._end(call, "shutdown", tell_whatsapp=True, tell_pbx=True)
+                               for call in list(self.calls.values()) + list(self.pending.values())))
         await self.receiver.stop()
         for task in list(self._tasks):
             task.cancel()
