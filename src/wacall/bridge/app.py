@@ -534,6 +534,7 @@ class Bridge:
                 log.info("%s BYE to the PBX: %s", bridged.tag, status)
             elif bridged.incoming is not None and bridged.incoming.final is None:
                 bridged.incoming.respond(480, "Temporarily Unavailable")
+                self.metrics.sip_refused(480, "bridge")
         if tell_whatsapp and bridged.call_id:
             await self._graph_end(bridged, reject=False)
         if bridged.media_call:
