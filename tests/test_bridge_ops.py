@@ -25,7 +25,7 @@ from test_bridge_rtpengine import (ALICE, DOMAIN, _agent_heard, _heard_both_ways
 from test_bridge_rtpengine_bic import _agent_dials_alice
 from wacall.bridge.config import build_bridge_config
 from wacall.bridge.logs import JsonFormatter
-from wacall.bridge.media import MediaStats
+from wacall.bridge.metrics import MediaStats
 from wacall.bridge.rtpengine import stats_from_query
 from wacall.bridge.state import CallStore
 from wacall.media.audio import dominant_frequency

@@ -39,9 +39,9 @@ from wacall.sip.uri import parse_name_addr
 
 from .config import BridgeConfig
 from .media import MediaError, MediaPath
-from .metrics import BridgeMetrics
 from .rtpengine import RtpEngineMedia
 from .sip_ua import Dialog, Incoming, SipFailure, SipUserAgent
+from .metrics import BridgeMetrics
 from .state import CallStore, snapshot
 
 log = logging.getLogger("wacall.bridge")
@@ -133,10 +133,11 @@ class Bridge:
         self.webhook_url = await self.receiver.start(self.config.webhook.host, self.config.webhook.port)
         info = {"webhook_url": self.webhook_url, "sip": f"{self.config.sip.host}:{sip_port}",
                 "media": media, "graph": self.graph.base}
+        log.info("bridge ready: %s", info)
         if self.config.metrics.enabled:
             info["metrics_url"] = await self.metrics.start(self.config.metrics.host, self.config.metrics.port,
                                                            healthy=lambda: not self.draining)
-        log.info("bridge ready: %s", info)
+            log.info("metrics at %s", info["metrics_url"])
         return info
 
     async def stop(self) -> None:

@@ -7,7 +7,8 @@ import asyncio
 import logging
 
 from . import ng
-from .media import MediaError, MediaStats
+from .media import MediaError
+from .metrics import MediaStats
 
 log = logging.getLogger("wacall.bridge.rtpengine")
 
