@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from .metrics import MediaStats
 from . import ng
 from .media import MediaError
-from .metrics import MediaStats
 
 log = logging.getLogger("wacall.bridge.rtpengine")
 
