@@ -228,11 +228,10 @@ def bridge(
     config: str = typer.Option(..., "--config", "-c", help="the bridge's TOML file (docs/bridge.md)"),
     json_output: bool = typer.Option(False, "--json", help="print the listeners as one JSON line when ready"),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING"),
+    log_json: bool = typer.Option(False, "--log-json", help="log one JSON object per line (wacid, sip_call_id)"),
 ) -> None:
     """The WhatsApp-to-PBX bridge (a business's integration module): webhooks in, SIP to the PBX,
     media through RtpEngine."""
-    import logging
-
     from .bridge.app import serve as serve_bridge
     from .bridge.config import load_bridge_config
     from .bridge.ng import NgError
@@ -242,8 +241,9 @@ def bridge(
     except (OSError, ValueError) as exc:
         typer.echo(f"wacall bridge: {exc}", err=True)
         raise typer.Exit(2)
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from .bridge.logs import configure as configure_logs
+
+    configure_logs(log_level, json_lines=log_json)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:     # uvloop: the builtin media's packets
             runner.run(serve_bridge(cfg, json_output=json_output))

@@ -209,15 +209,16 @@ class BridgeProcess(_Process):
 
     name = "bridge"
 
-    def __init__(self, config_text: str, workdir: str | Path | None = None) -> None:
+    def __init__(self, config_text: str, workdir: str | Path | None = None, *, args: tuple[str, ...] = ()) -> None:
         super().__init__(workdir)
         self.config_path = self.workdir / "bridge.toml"
         self.config_path.write_text(config_text)
         self.info: dict = {}
+        self.args = tuple(args)                   # more command-line options (e.g. "--log-json")
 
     def start(self, timeout: float = 20.0) -> "BridgeProcess":
         self._spawn([sys.executable, "-m", "wacall", "bridge", "--config", str(self.config_path), "--json",
-                     "--log-level", "DEBUG"], env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+                     "--log-level", "DEBUG", *self.args], env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.stdout_log.read_text() if self.stdout_log.exists() else ""

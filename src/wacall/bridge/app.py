@@ -27,18 +27,22 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
 from wacall.business import Call, GraphApiError, GraphClient, WebhookReceiver
-from wacall.sip.message import SipParseError
+from wacall.sip.message import SipParseError, parse_message
 from wacall.sip.uri import parse_name_addr
 
 from .config import BridgeConfig
 from .media import MediaError, MediaPath, NoCommonCodec
 from .rtpengine import RtpEngineMedia
 from .sip_ua import Dialog, Incoming, SipFailure, SipUserAgent
+from .metrics import BridgeMetrics
+from .state import CallStore, snapshot
 
 log = logging.getLogger("wacall.bridge")
 
@@ -70,10 +74,33 @@ class BridgedCall:
     pbx_sdp: str | None = None                    # BIC: Meta's answer rewritten for the PBX
     ringing_sent: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    why: str = ""                                 # why it ended (metrics: the first word)
+    # bookkeeping (metrics, the state file): called as observer(call, name, old, new) when one of _WATCHED
+    # changes, and once with ("state", None, state) when the call is made
+    observer: Callable[[BridgedCall, str, Any, Any], None] | None = field(default=None, repr=False,
+                                                                             compare=False)
+
+    def __post_init__(self) -> None:
+        if self.observer is not None:
+            self.observer(self, "state", None, self.state)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        old = self.__dict__.get(name, value)
+        object.__setattr__(self, name, value)
+        if name in _WATCHED and old is not value and self.__dict__.get("observer") is not None:
+            self.observer(self, name, old, value)      # type: ignore[misc]
 
     @property
     def tag(self) -> str:
         return f"wacid={self.call_id or '-'} sip={self.sip_call_id or '-'}"
+
+    @property
+    def key(self) -> str:
+        """The call's name in the state file: the wacid, or the PBX's Call-ID for a business-initiated call."""
+        return self.media_call or self.call_id
+
+
+_WATCHED = frozenset({"state", "call_id", "sip_call_id", "dialog"})
 
 
 class Bridge:
@@ -92,22 +119,35 @@ class Bridge:
         self.pending: dict[str, BridgedCall] = {}     # business-initiated, before Graph's connect answered
         self._tasks: set[asyncio.Task] = set()
         self.webhook_url = ""
+        # operations: metrics, the state file, draining (docs/bridge.md "Operating it")
+        self.metrics = BridgeMetrics(lambda: list(self.calls.values()) + list(self.pending.values()))
+        self.metrics.watch_graph(self.graph)
+        self.store = CallStore(config.bridge.state_dir) if config.bridge.state_dir else None
+        self.draining = False
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def start(self) -> dict:
         await self.graph.__aenter__()
         media = await self.media.start()
         sip_port = await self.ua.start()
+        if self.store is not None and 0 in (self.config.sip.port, self.config.webhook.port):
+            log.warning("bridge.state_dir is set but sip.port or webhook.port is 0: a restart comes back on other "
+                        "ports, and the PBX and Meta cannot reach the calls it restores")
+        await self._restore()
         self.webhook_url = await self.receiver.start(self.config.webhook.host, self.config.webhook.port)
         info = {"webhook_url": self.webhook_url, "sip": f"{self.config.sip.host}:{sip_port}",
                 "media": media, "graph": self.graph.base}
         log.info("bridge ready: %s", info)
+        if self.config.metrics.enabled:
+            info["metrics_url"] = await self.metrics.start(self.config.metrics.host, self.config.metrics.port,
+                                                           healthy=lambda: not self.draining)
+            log.info("metrics at %s", info["metrics_url"])
         return info
 
     async def stop(self) -> None:
-        """End every live call on both sides (BYE, Graph terminate), then close."""
-        for call in list(self.calls.values()) + list(self.pending.values()):
-            await self._end(call, "shutdown", tell_whatsapp=True, tell_pbx=True)
+        """End every live call on both sides (BYE, Graph terminate), all at once, then close."""
+        await asyncio.gather(*(self._end(call, "shutdown", tell_whatsapp=True, tell_pbx=True)
+                               for call in list(self.calls.values()) + list(self.pending.values())))
         await self.receiver.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -115,12 +155,110 @@ class Bridge:
         self.ua.close()
         self.media.close()
         await self.graph.close()
+        await self.metrics.stop()
+        if self.store is not None:
+            self.store.close()
 
     def _spawn(self, work) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    # -- operations: bookkeeping, restart, draining -----------------------------------------------------------
+    def _changed(self, bridged: BridgedCall, name: str, old: Any, new: Any) -> None:
+        """Every change of a call's state, ids or dialog: metrics, and the state file."""
+        if name == "state":
+            self.metrics.call_changed(bridged, old, new)
+            if new == "ended" and old == "bridged" and getattr(self.media, "stats", None) is not None:
+                self._spawn(self._media_stats(bridged.key, bridged.tag))
+        if self.store is None or not bridged.key:
+            return
+        if bridged.state == "ended":
+            self.store.delete(bridged.key)
+        else:
+            keep = getattr(self.media, "snapshot", None)
+            self.store.save(bridged.key, snapshot(bridged, keep(bridged.key) if keep is not None else None))
+
+    async def _media_stats(self, media_call: str, tag: str) -> None:
+        try:
+            stats = await self.media.stats(media_call)          # type: ignore[attr-defined]
+        except MediaError as exc:
+            log.info("%s media stats: %s", tag, exc)
+            return
+        if stats is not None:
+            self.metrics.media_stats(stats)
+            log.info("%s media: from WhatsApp %s (lost %s) to the PBX %s, from the PBX %s (lost %s) to "
+                     "WhatsApp %s", tag, stats.from_whatsapp, stats.lost_from_whatsapp,
+                     stats.to_pbx, stats.from_pbx, stats.lost_from_pbx, stats.to_whatsapp)
+
+    async def _restore(self) -> None:
+        """The calls a previous run left in the state file: a bridged call whose media outlived the process
+        (RtpEngine) is taken back (its BYE or terminate ends both legs as before); any other is ended on both
+        sides, since half of it is gone (an INVITE still ringing gets 503)."""
+        if self.store is None:
+            return
+        restore = getattr(self.media, "restore", None)
+        for key, record in self.store.load():
+            try:
+                saved = record.get("dialog")
+                dialog = Dialog(**{k: v for k, v in saved.items() if k in Dialog.__dataclass_fields__}) \
+                    if saved else None
+                bridged = BridgedCall(record["call_id"], record["user"], state=record["state"],
+                                      direction=record["direction"], dialog=dialog,
+                                      sip_call_id=record.get("sip_call_id"), media_call=record.get("media_call"),
+                                      pbx_tag=record.get("pbx_tag") or "")
+                bridged.started = time.monotonic() - max(0.0, time.time() - float(record["started_at"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("state: record %s unusable (%r): dropped", key, exc)
+                self.store.delete(key)
+                continue
+            resumed = (bridged.state == "bridged" and dialog is not None and bridged.call_id != ""
+                       and restore is not None and await restore(bridged.key, record.get("media") or {}))
+            bridged.observer = self._changed
+            if resumed:
+                assert dialog is not None
+                self.ua.dialogs[dialog.call_id] = dialog
+                self.calls[bridged.call_id] = bridged
+                # the webhook book learns the call again, so a repeated connect is recognised as one
+                self.receiver.book.calls[bridged.call_id] = Call(
+                    bridged.call_id, direction=bridged.direction, user=bridged.user, status="ACCEPTED",
+                    connect={"restored": True}, events=["connect", "ACCEPTED"])
+                self.metrics.restored.labels("resumed").inc()
+                log.info("%s restored: bridged (%s)", bridged.tag, bridged.direction)
+                continue
+            self.metrics.restored.labels("ended").inc()
+            log.info("%s restored in state %s: ending it on both sides", bridged.tag, bridged.state)
+            if record.get("invite") and record.get("reply_to"):
+                try:
+                    incoming = Incoming(self.ua, parse_message(record["invite"].encode("latin-1")),
+                                        tuple(record["reply_to"]))     # type: ignore[arg-type]
+                    self.ua.incoming[incoming.call_id] = incoming
+                    bridged.incoming = incoming
+                except (SipParseError, TypeError, ValueError) as exc:
+                    log.warning("%s state: INVITE unreadable: %s", bridged.tag, exc)
+            if bridged.incoming is not None:
+                self._refuse(bridged, 503, "Service Unavailable", "bridge restarted", ended=False)
+            if bridged.call_id:
+                self.calls[bridged.call_id] = bridged
+            self._spawn(self._end(bridged, "restart", tell_whatsapp=True, tell_pbx=True))
+
+    async def drain(self, seconds: float, now: asyncio.Event) -> None:
+        """Refuse new calls (503 to the PBX, Graph reject for a new connect) and wait until the live calls have
+        ended, ``seconds`` have passed, or ``now`` is set (a second signal); :meth:`stop` ends what is left."""
+        self.draining = True
+        self.metrics.draining.set(1)
+        live = len(self.calls) + len(self.pending)
+        log.info("draining: %d live call(s), up to %.0f s (a second signal ends them now)", live, seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (self.calls or self.pending) and not now.is_set() and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(now.wait(), min(0.2, max(0.0, deadline - loop.time())))
+            except TimeoutError:
+                pass
+        if self.calls or self.pending:
+            log.info("drained: ending %d call(s) left", len(self.calls) + len(self.pending))
 
     # -- WhatsApp side ----------------------------------------------------------------------------------------
     async def on_connect(self, call: Call) -> None:
@@ -132,7 +270,14 @@ class Bridge:
         if not call.sdp:
             log.warning("wacid=%s connect without an SDP offer: ignored", call.call_id)
             return
-        bridged = self.calls[call.call_id] = BridgedCall(call.call_id, call.user or "")
+        if call.call_id in self.calls:            # restored after a restart: its connect again
+            return
+        if self.draining:
+            log.info("wacid=%s sip=- connect from +%s while draining: rejected", call.call_id, call.user)
+            self.metrics.refused_while_draining("USER_INITIATED")
+            await self._graph_end(BridgedCall(call.call_id, call.user or ""), reject=True)
+            return
+        bridged = self.calls[call.call_id] = BridgedCall(call.call_id, call.user or "", observer=self._changed)
         log.info("%s connect from +%s: bridging to %s", bridged.tag, bridged.user, self.config.sip.extension)
         bridged.setup = self._spawn(self._setup(bridged, call))
 
@@ -191,6 +336,7 @@ class Bridge:
                 log.info("%s INVITE ended: %s %s", bridged.tag, exc.status, exc.reason)
                 return
             log.info("%s PBX refused: %s %s: rejecting", bridged.tag, exc.status, exc.reason)
+            self.metrics.sip_refused(exc.status, "pbx")
             await self._end(bridged, f"sip {exc.status}", tell_whatsapp=True, tell_pbx=False, reject=True)
         except GraphApiError as exc:
             log.warning("%s Graph refused: code %s %s", bridged.tag, exc.code, exc.message)
@@ -215,9 +361,16 @@ class Bridge:
         return digits if 6 <= len(digits) <= 15 else ""
 
     def _on_pbx_invite(self, incoming: Incoming) -> None:
+        if self.draining:
+            log.info("wacid=- sip=%s INVITE from the PBX while draining: 503", incoming.call_id)
+            incoming.respond(503, "Service Unavailable", headers=[
+                ("Warning", f'399 {self.config.sip.host} "bridge shutting down"'), ("Retry-After", "30")])
+            self.metrics.sip_refused(503, "bridge")
+            self.metrics.refused_while_draining("BUSINESS_INITIATED")
+            return
         bridged = BridgedCall("", self._number(incoming), direction="BUSINESS_INITIATED", incoming=incoming,
                               sip_call_id=incoming.call_id, media_call=incoming.call_id,
-                              pbx_tag=incoming.request.from_.tag or "pbx")
+                              pbx_tag=incoming.request.from_.tag or "pbx", observer=self._changed)
         self.pending[incoming.call_id] = bridged
         incoming.on_cancel = lambda: self._spawn(self._end(bridged, "pbx cancel", tell_whatsapp=True,
                                                            tell_pbx=False))
@@ -290,9 +443,11 @@ class Bridge:
     def _refuse(self, bridged: BridgedCall, status: int, reason: str, why: str, *, ended: bool = True) -> None:
         """A final refusal to the PBX's INVITE, with Warning and Reason saying why."""
         if ended:
+            bridged.why = f"refused {status}"
             bridged.state = "ended"
         self.pending.pop(bridged.sip_call_id or "", None)
-        if bridged.incoming is not None:
+        if bridged.incoming is not None and bridged.incoming.final is None:
+            self.metrics.sip_refused(status, "bridge")
             text = why.replace('"', "'")
             bridged.incoming.respond(status, reason, headers=[
                 ("Warning", f'399 {self.config.sip.host} "{text}"'),
@@ -352,6 +507,7 @@ class Bridge:
         if bridged.state == "ended":
             return
         was = bridged.state
+        bridged.why = why
         bridged.state = "ended"
         self.calls.pop(bridged.call_id, None)
         self.pending.pop(bridged.sip_call_id or "", None)
@@ -388,6 +544,7 @@ class Bridge:
                 log.info("%s BYE to the PBX: %s", bridged.tag, status)
             elif bridged.incoming is not None and bridged.incoming.final is None:
                 bridged.incoming.respond(480, "Temporarily Unavailable")
+                self.metrics.sip_refused(480, "bridge")
         if tell_whatsapp and bridged.call_id:
             await self._graph_end(bridged, reject=False)
         if bridged.media_call:
@@ -402,7 +559,8 @@ class Bridge:
 
 
 async def serve(config: BridgeConfig, *, json_output: bool = False) -> None:
-    """Run until SIGINT/SIGTERM; then end the live calls on both sides and stop."""
+    """Run until SIGINT/SIGTERM; then drain (``[bridge] drain_seconds``: new calls refused, live ones may end by
+    themselves; a second signal cuts it short), end the live calls left on both sides, and stop."""
     bridge = Bridge(config)
     try:
         info = await bridge.start()
@@ -411,12 +569,13 @@ async def serve(config: BridgeConfig, *, json_output: bool = False) -> None:
         raise
     print(json.dumps(info) if json_output else f"wacall bridge: webhook {info['webhook_url']}, SIP {info['sip']}, "
           f"media {info['media']}, Graph {info['graph']}", flush=True)
-    stop = asyncio.Event()
+    stop, now = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: now.set() if stop.is_set() else stop.set())
     try:
         await stop.wait()
+        await bridge.drain(config.bridge.drain_seconds, now)
     finally:
         await bridge.stop()
 

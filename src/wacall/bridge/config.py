@@ -24,6 +24,15 @@ into dataclasses, unknown keys refused with the table's name, values checked at 
     from_domain = "whatsapp.bridge"
     number_from = "request-uri"   # business-initiated calls: the user's number in the INVITE (or "header:X-WA-To")
 
+    [bridge]                      # operations (docs/bridge.md "Operating it")
+    drain_seconds = 0             # SIGTERM: refuse new calls, let live ones finish this long, then end them
+    state_dir = ""                # live calls kept here (SQLite) so a restart picks them up ("": not kept)
+
+    [metrics]                     # Prometheus text format at http://host:port/metrics
+    enabled = false
+    host = "127.0.0.1"
+    port = 9466                   # 0: any free port
+
     [media]
     mode = "rtpengine"            # or "builtin" (the bridge terminates ICE/DTLS-SRTP itself)
     rtpengine = "127.0.0.1:22222" # RtpEngine's ng listener (UDP)
@@ -100,11 +109,28 @@ class MediaSection:
 
 
 @dataclass
+class BridgeSection:
+    drain_seconds: float = 0.0            # SIGTERM: new calls refused, live calls get this long to end by
+                                          # themselves, then are ended (0: at once); a second signal: at once
+    state_dir: str = ""                   # where live calls are kept (SQLite, written at each state change)
+                                          # so that a restart, even after kill -9, picks them up ("": not kept)
+
+
+@dataclass
+class MetricsSection:
+    enabled: bool = False                 # Prometheus text format at http://host:port/metrics
+    host: str = "127.0.0.1"
+    port: int = 9466                      # 0: any free port
+
+
+@dataclass
 class BridgeConfig:
     graph: GraphSection = field(default_factory=GraphSection)
     webhook: WebhookSection = field(default_factory=WebhookSection)
     sip: SipSection = field(default_factory=SipSection)
     media: MediaSection = field(default_factory=MediaSection)
+    bridge: BridgeSection = field(default_factory=BridgeSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
 
     def check(self) -> "BridgeConfig":
         """Refuse what the bridge cannot run with (ValueError naming the key); secrets from the environment."""
@@ -135,6 +161,16 @@ class BridgeConfig:
         if self.sip.number_from != "request-uri" and not (self.sip.number_from.startswith("header:")
                                                            and self.sip.number_from[7:].strip()):
             raise ValueError(f"sip.number_from must be request-uri or header:<Name>, got {self.sip.number_from!r}")
+        if isinstance(self.bridge.drain_seconds, bool) or not isinstance(self.bridge.drain_seconds, (int, float)) \
+                or not 0 <= self.bridge.drain_seconds <= 86400:
+            raise ValueError(f"bridge.drain_seconds must be 0..86400, got {self.bridge.drain_seconds!r}")
+        if not isinstance(self.bridge.state_dir, str):
+            raise ValueError("bridge.state_dir must be a directory path (a string)")
+        if not isinstance(self.metrics.enabled, bool):
+            raise ValueError(f"metrics.enabled must be true or false, got {self.metrics.enabled!r}")
+        if isinstance(self.metrics.port, bool) or not isinstance(self.metrics.port, int) \
+                or not 0 <= self.metrics.port <= 65535:
+            raise ValueError(f"metrics.port must be a port number (0: any free port), got {self.metrics.port!r}")
         if not self.webhook.path.startswith("/"):
             raise ValueError("webhook.path must start with /")
         if not self.sip.domain:

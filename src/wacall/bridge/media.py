@@ -47,5 +47,11 @@ class MediaPath(Protocol):
     async def delete(self, call: str) -> None:
         """Free the call's media (both legs)."""
 
+    # optional (the bridge checks with getattr): media statistics, and a media call kept across a restart
+    # async def stats(self, call: str) -> metrics.MediaStats | None: packet counts so far (None: unknown call)
+    # def snapshot(self, call: str) -> dict | None: what restore() needs, JSON-able (None: cannot survive)
+    # async def restore(self, call: str, saved: dict) -> bool: take the call back after a restart (the media
+    #     kept flowing outside this process, as RtpEngine's does); False: the media is gone
+
 
 __all__ = ["MediaError", "MediaPath", "NoCommonCodec"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from .metrics import MediaStats
 from . import ng
 from .media import MediaError, NoCommonCodec
 
@@ -138,6 +139,72 @@ class RtpEngineMedia:
 
     async def delete(self, call: str) -> None:
         await self.ng.delete(call, self._from_tags.pop(call, None))
+
+    # -- operations (bridge/metrics.py, bridge/state.py): additive, see MediaPath ------------------------------
+    async def stats(self, call: str) -> MediaStats | None:
+        """RtpEngine's ``query``: packets received per leg (``stats``: ``packets`` relayed + ``errors`` dropped)
+        and sent to it (``stats_out`` where this RtpEngine has it, else what the other leg relayed). RtpEngine
+        10.5 gives no per-SSRC loss (its ``SSRC`` table stays empty without RTCP reports), so ``lost_from_*``
+        stays None."""
+        try:
+            reply = await self.ng.command("query", {"call-id": call})
+        except ng.NgError as exc:
+            raise MediaError(str(exc)) from None
+        log.debug("rtpengine query %s: %r", call, reply.message)
+        return stats_from_query(reply.message, self._from_tags.get(call) or WA_SIDE)
+
+    def snapshot(self, call: str) -> dict | None:
+        return {"from_tag": self._from_tags.get(call)}
+
+    async def restore(self, call: str, saved: dict) -> bool:
+        """RtpEngine holds the media of a call across a restart of the bridge: only the from-tag to learn, once
+        RtpEngine confirms it still has the call (False: it deleted it meanwhile, e.g. after its media timeout)."""
+        try:
+            await self.ng.command("query", {"call-id": call})
+        except ng.NgError as exc:
+            log.info("rtpengine no longer has %s: %s", call, exc)
+            return False
+        if saved.get("from_tag"):
+            self._from_tags[call] = str(saved["from_tag"])
+        return True
+
+
+def stats_from_query(raw: dict, wa_tag: str) -> MediaStats | None:
+    """A :class:`MediaStats` from an ng ``query`` reply: the leg tagged ``wa_tag`` (or ``WA_SIDE``) is WhatsApp's."""
+    tags = raw.get("tags")
+    if not isinstance(tags, dict) or not tags:
+        return None
+    legs: dict[str, dict] = {}
+    for name, tag in tags.items():
+        if not isinstance(tag, dict):
+            continue
+        side = "whatsapp" if _text(name) in (wa_tag, WA_SIDE) else "pbx"
+        leg = legs.setdefault(side, {"in": 0, "relayed": 0, "out": None})
+        for media in tag.get("medias") or ():
+            for stream in (media.get("streams") or ())[:1]:        # the RTP stream (the next one is RTCP)
+                stats = stream.get("stats") or {}
+                # "packets": received and relayed; "errors": received and dropped (e.g. SRTP that does not
+                # authenticate yet, before the DTLS handshake is done)
+                leg["in"] += _int(stats.get("packets")) + _int(stats.get("errors"))
+                leg["relayed"] += _int(stats.get("packets"))
+                if isinstance(stream.get("stats_out"), dict):
+                    leg["out"] = (leg["out"] or 0) + _int(stream["stats_out"].get("packets"))
+    empty = {"in": 0, "relayed": 0, "out": None}
+    wa, pbx = legs.get("whatsapp", empty), legs.get("pbx", empty)
+    return MediaStats(from_whatsapp=wa["in"], from_pbx=pbx["in"],
+                      to_pbx=pbx["out"] if pbx["out"] is not None else wa["relayed"],
+                      to_whatsapp=wa["out"] if wa["out"] is not None else pbx["relayed"])
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)                                           # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
 
 
 __all__ = ["RtpEngine", "RtpEngineMedia", "WA_SIDE"]
