@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ import pytest
 from support.bridge_tools import ROOT, AgentPhone, BridgeProcess, PbxKamailio, RtpEngineDaemon, free_udp_port
 from support.sip_tools import LOOPBACK, find_binary, free_port, make_test_pki, render
 from test_bridge_rtpengine import ALICE, DOMAIN, _heard_both_ways, _logged
+from test_bridge_sip_ua import pbx_invite
+from wacall.bridge.sip_ua import SipFailure, SipUserAgent
+from wacall.sip.message import StreamFramer, parse_message, response_to
 
 KAMAILIO_AUTH_CFG = ROOT / "tests" / "data" / "bridge" / "kamailio-pbx-auth.cfg"
 BRIDGE_USER, BRIDGE_PASSWORD = "bridge", "s3cret-trunk"
@@ -65,7 +69,8 @@ class AuthPbx(PbxKamailio):
 
 
 def bridge_toml(wa, rtpengine: RtpEngineDaemon, pbx: AuthPbx, transport: str, *, ca: Path,
-                password: str = BRIDGE_PASSWORD, expires: int = 600) -> str:
+                password: str = BRIDGE_PASSWORD, expires: int = 600, pbx_port: int = 0, register: bool = True,
+                t1: float = 0.5) -> str:
     return f"""
 [graph]
 base_url = "{wa.url}"
@@ -82,13 +87,14 @@ verify_token = "{wa.info['verify_token']}"
 host = "127.0.0.1"
 port = 0
 pbx_host = "127.0.0.1"
-pbx_port = {pbx.tls_port if transport == "tls" else pbx.tcp_port}
+pbx_port = {pbx_port or (pbx.tls_port if transport == "tls" else pbx.tcp_port if transport == "tcp" else pbx.port)}
 domain = "{DOMAIN}"
 extension = "c2b-sip"
 transport = "{transport}"
 username = "{BRIDGE_USER}"
 password = "{password}"
-register = true
+register = {"true" if register else "false"}
+t1 = {t1}
 register_expires = {expires}
 register_retry = 1.0
 tls_ca = "{ca}"
@@ -221,3 +227,104 @@ async def test_the_registration_is_refreshed_before_it_expires(chain):
         assert bridge.log_text().count("SIP registered as") == 1, "refreshes are not news"
     finally:
         await asyncio.to_thread(bridge.terminate)
+
+
+async def test_a_200_the_pbx_never_acks_ends_the_call_on_both_sides(chain):
+    """IP trust over UDP (no registration); a PBX (a bare socket here) calls a user through the bridge, the user
+    answers, the bridge's 200 OK is never ACKed: after 64*T1 (Timer H) the bridge sends the PBX a BYE and ends
+    the WhatsApp call through its usual end path (Graph terminate)."""
+    wa = chain[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pbx_sock:
+        pbx_sock.bind(("127.0.0.1", 0))
+        pbx_sock.settimeout(10)
+        bridge = await start_bridge(chain, "udp", register=False, pbx_port=pbx_sock.getsockname()[1], t1=0.05)
+        try:
+            assert "sip_registration" not in bridge.info
+            await asyncio.to_thread(wa.grant_permission, ALICE)
+            assert wa.ctl("PATCH", f"users/{ALICE}", {"incoming": "manual"}).status_code == 200
+            host, port = bridge.info["sip"].rsplit(":", 1)
+            me = pbx_sock.getsockname()
+            sdp = (f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                   f"m=audio {free_udp_port()} RTP/AVP 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
+                   f"a=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
+            invite = (f"INVITE sip:+{ALICE}@{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me[0]}:{me[1]};branch=z9hG4bKnoack"
+                      f"\r\nFrom: <sip:agent@{DOMAIN}>;tag=agent1\r\nTo: <sip:+{ALICE}@{DOMAIN}>\r\n"
+                      f"Call-ID: noack@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:agent@{me[0]}:{me[1]}>\r\n"
+                      f"Max-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}")
+            pbx_sock.sendto(invite.encode(), (host, int(port)))
+
+            def ringing_at_wacall():
+                calls = wa.ctl("GET", "calls?state=RINGING").json()["data"]
+                return [c for c in calls if c["wa_id"] == ALICE and c["direction"] == "BUSINESS_INITIATED"]
+            [call] = await asyncio.to_thread(wa.wait_for, ringing_at_wacall, 15, "the call ringing at wacall")
+            assert (await asyncio.to_thread(wa.ctl, "POST", f"calls/{call['call_id']}/answer")).status_code == 200
+            oks, bye = 0, None
+            while bye is None:                                  # 200s (resent, never ACKed), then the BYE
+                data, addr = await asyncio.to_thread(pbx_sock.recvfrom, 65536)
+                message = parse_message(data)
+                if getattr(message, "status", None) == 200:
+                    oks += 1
+                elif getattr(message, "method", None) == "BYE":
+                    bye = message
+                    pbx_sock.sendto(response_to(message, 200).to_bytes(), addr)
+            assert oks >= 2 and bye.call_id == "noack@pbx" and bye.to.tag == "agent1"
+            ended = await asyncio.to_thread(wa.wait_state, call["call_id"], "ENDED", 10)
+            assert ended["ended_by"] == "business", ended
+            assert "no ACK for our 200 within 64*T1" in bridge.log_text()
+        finally:
+            await asyncio.to_thread(bridge.terminate)
+
+
+# -- the UA's TCP transport against a small TCP peer (no Kamailio) ----------------------------------------------
+
+class StreamPbx:
+    """A PBX over TCP for the UA: collects what the UA sends (framed), answers from the test."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue = asyncio.Queue()
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        framer = StreamFramer()
+        while data := await reader.read(65536):
+            for item in framer.feed(data):
+                if isinstance(item, bytes):
+                    self.received.put_nowait(parse_message(item))
+
+    def send(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(data)
+
+
+async def test_over_tcp_requests_and_answers_share_the_connection_and_a_refused_connect_is_503():
+    pbx = StreamPbx()
+    server = await asyncio.start_server(pbx.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ua = SipUserAgent("127.0.0.1", 0, ("127.0.0.1", port), t1=0.05, transport="tcp", domain="pbx.example.com",
+                      username="bridge", password="s3cret")
+    await ua.start()
+    try:
+        registering = asyncio.create_task(ua.register(60))
+        register = await asyncio.wait_for(pbx.received.get(), 5)
+        via = register.top_via
+        assert via.transport == "TCP" and "alias" in via.params and via.port == ua.port != 0
+        assert register.headers.get("Contact") == f"<sip:bridge@127.0.0.1:{ua.port};transport=tcp>"
+        pbx.send(response_to(register, 200, to_tag="r1").to_bytes())
+        assert (await asyncio.wait_for(registering, 5))[0].status == 200
+        seen = []
+        ua.on_invite = seen.append
+        pbx.send(pbx_invite().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))     # the PBX's INVITE on our connection
+        trying = await asyncio.wait_for(pbx.received.get(), 5)
+        assert trying.status == 100 and len(seen) == 1
+    finally:
+        ua.close()
+        server.close()
+    refused = SipUserAgent("127.0.0.1", 0, ("127.0.0.1", port), t1=0.05, transport="tcp")
+    await refused.start()
+    try:
+        with pytest.raises(SipFailure) as failed:
+            await asyncio.wait_for(refused.register(60), 5)             # nobody listens any more: at once
+        assert failed.value.status == 503 and "connection to 127.0.0.1" in failed.value.reason
+    finally:
+        refused.close()
