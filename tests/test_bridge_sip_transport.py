@@ -328,3 +328,35 @@ async def test_over_tcp_requests_and_answers_share_the_connection_and_a_refused_
         assert failed.value.status == 503 and "connection to 127.0.0.1" in failed.value.reason
     finally:
         refused.close()
+
+
+async def test_with_a_certificate_the_bridge_listens_for_the_pbx_over_tls(tmp_path):
+    """``tls_cert``/``tls_key``: the PBX may open its own TLS connection to the bridge (an INVITE to the bridge's
+    address without registration); the bridge answers on that connection."""
+    import ssl
+
+    from wacall.bridge.sip_ua import tls_contexts
+    pki = make_test_pki(tmp_path / "pki")
+    bridge_cert = pki.issue(["bridge.example.com"], "bridge")
+    client, server = tls_contexts(ca=str(pki.ca_cert), cert=str(bridge_cert.cert), key=str(bridge_cert.key))
+    ua = SipUserAgent("127.0.0.1", 0, ("127.0.0.1", 9), t1=0.05, transport="tls", client_ssl=client,
+                      server_ssl=server)
+    port = await ua.start()
+    try:
+        pbx_side = ssl.create_default_context(cafile=str(pki.ca_cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=pbx_side,
+                                                       server_hostname="bridge.example.com")
+        options = (f"OPTIONS sip:bridge@127.0.0.1:{port};transport=tls SIP/2.0\r\n"
+                   f"Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKopt1\r\nFrom: <sip:pbx@pbx.example.com>;tag=p1\r\n"
+                   f"To: <sip:bridge@pbx.example.com>\r\nCall-ID: opt1@pbx\r\nCSeq: 1 OPTIONS\r\n"
+                   f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+        writer.write(options)
+        framer = StreamFramer()
+        answers: list = []
+        while not answers:
+            answers = [m for m in framer.feed(await asyncio.wait_for(reader.read(65536), 5)) if isinstance(m, bytes)]
+        ok = parse_message(answers[0])
+        assert ok.status == 200 and ok.branch == "z9hG4bKopt1" and ok.to.tag
+        writer.close()
+    finally:
+        ua.close()

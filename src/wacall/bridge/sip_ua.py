@@ -213,7 +213,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._spawn(self._keepalive())
         if self.register_enabled:
             self._reg_task = self._spawn(self._registration_loop())
-            await asyncio.wait([self._spawn(self._reg_done.wait())], timeout=64 * self.t1 + 2)
+            # bounded: a PBX that does not answer must not hold the bridge's start (the loop goes on)
+            await asyncio.wait([self._spawn(self._reg_done.wait())], timeout=min(64 * self.t1, 5.0) + 0.5)
         return self.port
 
     @staticmethod
@@ -500,6 +501,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 self.registration = f"{exc.status} {exc.reason}"
                 log.error("SIP registration as sip:%s@%s failed: %s %s; retrying in %s s", self.user, self.domain,
                           exc.status, exc.reason, delay)
+            except (SipParseError, ValueError, OSError) as exc:     # an unreadable answer: try again later
+                self.registration = f"error: {exc}"
+                log.error("SIP registration as sip:%s@%s: %r; retrying in %s s", self.user, self.domain, exc, delay)
             self._reg_done.set()
             try:
                 await asyncio.wait_for(self._reg_now.wait(), delay)
