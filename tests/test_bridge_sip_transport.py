@@ -247,8 +247,9 @@ async def test_a_200_the_pbx_never_acks_ends_the_call_on_both_sides(chain):
             sdp = (f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
                    f"m=audio {free_udp_port()} RTP/AVP 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
                    f"a=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
-            invite = (f"INVITE sip:+{ALICE}@{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me[0]}:{me[1]};branch=z9hG4bKnoack"
-                      f"\r\nFrom: <sip:agent@{DOMAIN}>;tag=agent1\r\nTo: <sip:+{ALICE}@{DOMAIN}>\r\n"
+            invite = (f"INVITE sip:+{ALICE}@{host}:{port} SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP {me[0]}:{me[1]};branch=z9hG4bKnoack\r\n"
+                      f"From: <sip:agent@{DOMAIN}>;tag=agent1\r\nTo: <sip:+{ALICE}@{DOMAIN}>\r\n"
                       f"Call-ID: noack@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:agent@{me[0]}:{me[1]}>\r\n"
                       f"Max-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}")
             pbx_sock.sendto(invite.encode(), (host, int(port)))

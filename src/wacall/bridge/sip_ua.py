@@ -6,7 +6,8 @@ and digest modules.
   connections (TCP always; TLS when it has a certificate) and puts ``;alias`` in its Via (RFC 5923), so a PBX that
   honours it (Kamailio ``tcp_accept_aliases``) sends its requests back over the bridge's connection. TLS verifies
   the PBX's certificate against ``tls_ca`` (or the system's CAs) and its name (``tls_server_name``), unless told
-  not to. Over a reliable transport nothing is retransmitted (Timers A, E, G are UDP-only); Timers B, F, H stay.
+  not to. Over a reliable transport requests and non-2xx answers are not retransmitted (Timers A, E, G are
+  UDP-only; B, F, H stay); our 2xx to an INVITE is, until its ACK, whatever the transport (RFC 3261 13.3.1.4).
 * Digest (RFC 3261 22, RFC 2617/7616, ``wacall.sip.digest``): a 401/407 to a REGISTER, INVITE or BYE is answered
   once per realm with ``username``/``password`` (again only for ``stale=true``); a second challenge is a refusal.
 * Registration (RFC 3261 10): REGISTER ``sip:<username>@<domain>`` with our Contact, refreshed before the granted
@@ -712,10 +713,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
 
 class Incoming:
     """An INVITE from the PBX (the UAS side, RFC 3261 13.3 and 17.2.1): 100 Trying at once, then what the bridge
-    answers with :meth:`respond`. Over UDP a final answer is resent (Timer G) until the ACK; without an ACK
-    within 64*T1 (Timer H) the transaction ends, and for a 2xx the UA ends the dialog (:meth:`SipUserAgent._no_ack`).
-    A 2xx makes the :class:`Dialog` (``dialog``) the bridge then uses like one it placed. ``on_cancel`` runs on
-    the PBX's CANCEL (the UA has answered it 200 and the INVITE 487)."""
+    answers with :meth:`respond`. A final answer is resent (Timer G; over TCP/TLS only a 2xx) until the ACK;
+    without an ACK within 64*T1 (Timer H) the transaction ends, and for a 2xx the UA ends the dialog
+    (:meth:`SipUserAgent._no_ack`). A 2xx makes the :class:`Dialog` (``dialog``) the bridge then uses like one
+    it placed. ``on_cancel`` runs on the PBX's CANCEL (the UA has answered it 200 and the INVITE 487)."""
 
     def __init__(self, ua: SipUserAgent, request: Request, reply_to: tuple[str, int]) -> None:
         self.ua, self.request, self.reply_to = ua, request, reply_to
@@ -769,8 +770,8 @@ class Incoming:
                 return
             self.ua._send(self.last, self.reply_to)
             self._resend = loop.call_later(min(2 * interval, T2), resend, min(2 * interval, T2))
-        if not self.ua.reliable:
-            self._resend = loop.call_later(self.ua.t1, resend, self.ua.t1)
+        if not self.ua.reliable or status < 300:              # a 2xx is resent end to end whatever the transport
+            self._resend = loop.call_later(self.ua.t1, resend, self.ua.t1)   # (RFC 3261 13.3.1.4)
         return self.dialog
 
     def _no_ack(self) -> None:
