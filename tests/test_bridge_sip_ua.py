@@ -322,6 +322,17 @@ async def test_register_answers_the_challenge_and_reads_the_granted_expiry():
     assert (await asyncio.wait_for(again, 5))[1] == 300
 
 
+async def test_423_interval_too_brief_registers_again_for_the_registrars_minimum():
+    ua, wire = authenticating_ua(register=True, register_expires=30)
+    registering = asyncio.create_task(ua.register(30))
+    first = await wire.next("REGISTER")
+    answer(ua, first, 423, extra=[("Min-Expires", "120")])
+    second = await wire.next("REGISTER")
+    assert second.headers.get("Expires") == "120" and second.cseq[0] == first.cseq[0] + 1
+    answer(ua, second, 200, extra=[("Contact", "<sip:bridge@127.0.0.1:5070>;expires=120")])
+    assert (await asyncio.wait_for(registering, 5))[1] == 120 and ua.register_expires == 120
+
+
 async def test_a_refused_registration_is_reported_and_retried():
     ua, wire = authenticating_ua(register=True, register_retry=0.05)
     loop = asyncio.create_task(ua._registration_loop())
@@ -399,3 +410,13 @@ def test_sip_config_keys_are_checked():
         assert sip(register=True, username="b", password_env="WACALL_TEST_PBX_PASSWORD").password == "from-env"
     finally:
         del os.environ["WACALL_TEST_PBX_PASSWORD"]
+
+
+def test_via_and_contact_per_transport():
+    udp = SipUserAgent("127.0.0.1", 5070, PBX)
+    assert udp._contact() == "<sip:bridge@127.0.0.1:5070>" and udp._via("z9hG4bK1").startswith("SIP/2.0/UDP 127")
+    tcp = SipUserAgent("::1", 5070, ("::1", 5060), transport="tcp", username="trunk")
+    assert tcp._contact() == "<sip:trunk@[::1]:5070;transport=tcp>"
+    assert tcp._via("z9hG4bK1") == "SIP/2.0/TCP [::1]:5070;branch=z9hG4bK1;rport;alias"
+    with pytest.raises(ValueError):
+        SipUserAgent("127.0.0.1", 5070, PBX, transport="sctp")

@@ -370,13 +370,17 @@ class SipUserAgent(asyncio.DatagramProtocol):
         via = request.top_via
         return (via.received or addr[0], via.rport or addr[1]) if via.wants_rport or via.rport else addr
 
+    @property
+    def hostport(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def _via(self, branch: str) -> str:
         alias = ";alias" if self.reliable else ""
-        return f"SIP/2.0/{self.kind.upper()} {self.host}:{self.port};branch={branch};rport{alias}"
+        return f"SIP/2.0/{self.kind.upper()} {self.hostport};branch={branch};rport{alias}"
 
     def _contact(self) -> str:
         suffix = f";transport={self.kind}" if self.reliable else ""
-        return f"<sip:{self.user}@{self.host}:{self.port}{suffix}>"
+        return f"<sip:{self.user}@{self.hostport}{suffix}>"
 
     # -- digest (RFC 3261 22.2, 22.3) ---------------------------------------------------------------------
     def _authorized(self, request: Request, response: Response, tried: set[str]) -> Request | None:
@@ -461,11 +465,17 @@ class SipUserAgent(asyncio.DatagramProtocol):
         h.add("Contact", self._contact())
         h.add("Expires", str(expires))
         h.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")
-        response = await self._request_with_auth(Request("REGISTER", f"sip:{self.domain}", h), self.pbx)
+        request = Request("REGISTER", f"sip:{self.domain}", h)
+        response = await self._request_with_auth(request, self.pbx)
         self._reg_cseq = max(self._reg_cseq, response.cseq[0])
+        floor = (response.headers.get("Min-Expires") or "").strip()
+        if response.status == 423 and floor.isdigit() and expires < int(floor) <= 86400:
+            log.info("SIP registrar asks for at least %s s (423): registering for that", floor)
+            self.register_expires = int(floor)                # RFC 3261 10.2.8: again with the registrar's minimum
+            return await self.register(int(floor))
         granted = expires
         if 200 <= response.status < 300 and expires:
-            mine = f"{self.host}:{self.port}"
+            mine = self.hostport
             for contact in response.headers.get_all("Contact"):
                 for one in re.split(r",(?=\s*(?:\"[^\"]*\"\s*)?<)", contact):
                     m = _EXPIRES.search(one.split(">", 1)[-1])
