@@ -420,3 +420,19 @@ def test_via_and_contact_per_transport():
     assert tcp._via("z9hG4bK1") == "SIP/2.0/TCP [::1]:5070;branch=z9hG4bK1;rport;alias"
     with pytest.raises(ValueError):
         SipUserAgent("127.0.0.1", 5070, PBX, transport="sctp")
+
+
+async def test_a_new_contact_replaces_the_registered_one():
+    """Over TLS without a listener the bridge's address is its connection's; after a reconnection the next
+    REGISTER binds the new Contact and removes the old one (expires=0) in the same request."""
+    ua, wire = authenticating_ua()
+    registering = asyncio.create_task(ua.register(60))
+    first = await wire.next("REGISTER")
+    answer(ua, first, 200, extra=[("Contact", "<sip:bridge@127.0.0.1:5070>;expires=60")])
+    await asyncio.wait_for(registering, 5)
+    ua.port = 5071                                                        # a new flow, a new local port
+    registering = asyncio.create_task(ua.register(60))
+    second = await wire.next("REGISTER")
+    assert second.headers.get_all("Contact") == ["<sip:bridge@127.0.0.1:5071>", "<sip:bridge@127.0.0.1:5070>;expires=0"]
+    answer(ua, second, 200, extra=[("Contact", "<sip:bridge@127.0.0.1:5071>;expires=60")])
+    assert (await asyncio.wait_for(registering, 5))[1] == 60

@@ -181,6 +181,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._reg_call_id = new_call_id(host)
         self._reg_tag = new_tag()
         self._reg_cseq = 0
+        self._bound: str | None = None                # the Contact the registrar holds for us
         self._reg_task: asyncio.Task | None = None
         self._reg_now = asyncio.Event()
         self._reg_done = asyncio.Event()
@@ -453,8 +454,14 @@ class SipUserAgent(asyncio.DatagramProtocol):
         """One REGISTER of our Contact for ``expires`` seconds (0: unregister), answering a challenge; the final
         response and the expiry the registrar granted. Raises :class:`SipFailure` (408/503) when nothing
         answered."""
+        if self.reliable and self._server is None:            # our address is the flow's: wait for it to be up
+            stream = self._stream(self.pbx)
+            await asyncio.wait_for(self._wait_up(stream), CONNECT_TIMEOUT + 1)
+            if stream.transport is None:
+                raise SipFailure(503, f"{self.kind.upper()} connection to {self.pbx[0]}:{self.pbx[1]} failed")
         self._reg_cseq += 1
         aor = f"sip:{self.user}@{self.domain}"
+        contact = self._contact()
         h = Headers()
         h.add("Via", self._via(new_branch()))
         h.add("Max-Forwards", "70")
@@ -462,7 +469,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         h.add("To", f"<{aor}>")
         h.add("Call-ID", self._reg_call_id)
         h.add("CSeq", f"{self._reg_cseq} REGISTER")
-        h.add("Contact", self._contact())
+        h.add("Contact", contact)
+        if expires and self._bound and self._bound != contact:   # a new flow (new local port): the old one goes
+            h.add("Contact", f"{self._bound};expires=0")
         h.add("Expires", str(expires))
         h.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")
         request = Request("REGISTER", f"sip:{self.domain}", h)
@@ -474,6 +483,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self.register_expires = int(floor)                # RFC 3261 10.2.8: again with the registrar's minimum
             return await self.register(int(floor))
         granted = expires
+        if 200 <= response.status < 300:
+            self._bound = contact if expires else None
         if 200 <= response.status < 300 and expires:
             mine = self.hostport
             for contact in response.headers.get_all("Contact"):
