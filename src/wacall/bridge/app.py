@@ -111,7 +111,7 @@ class Bridge:
         self.receiver = WebhookReceiver(config.webhook.app_secret, config.webhook.verify_token,
                                         on_connect=self.on_connect, on_terminate=self.on_terminate,
                                         on_status=self.on_status, path=config.webhook.path)
-        self.ua = SipUserAgent(s.host, s.port, (s.pbx_host, s.pbx_port), t1=s.t1)
+        self.ua = SipUserAgent.from_config(s)
         self.ua.on_bye = self._on_pbx_bye
         self.ua.on_invite = self._on_pbx_invite
         self.media = open_media(config)
@@ -137,6 +137,8 @@ class Bridge:
         self.webhook_url = await self.receiver.start(self.config.webhook.host, self.config.webhook.port)
         info = {"webhook_url": self.webhook_url, "sip": f"{self.config.sip.host}:{sip_port}",
                 "media": media, "graph": self.graph.base}
+        if self.config.sip.register:
+            info["sip_registration"] = self.ua.registration   # "registered", or what the PBX answered
         log.info("bridge ready: %s", info)
         if self.config.metrics.enabled:
             info["metrics_url"] = await self.metrics.start(self.config.metrics.host, self.config.metrics.port,
@@ -152,6 +154,7 @@ class Bridge:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ua.unregister()
         self.ua.close()
         self.media.close()
         await self.graph.close()

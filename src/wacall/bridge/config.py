@@ -23,6 +23,11 @@ into dataclasses, unknown keys refused with the table's name, values checked at 
     extension = "c2b-sip"         # the bridging extension user-initiated calls go to
     from_domain = "whatsapp.bridge"
     number_from = "request-uri"   # business-initiated calls: the user's number in the INVITE (or "header:X-WA-To")
+    transport = "udp"             # udp, tcp or tls toward the PBX (docs/bridge.md "SIP transport and registration")
+    username = ""                 # digest credentials (registration, and INVITEs the PBX challenges)
+    password = ""                 # or password_env = "PBX_PASSWORD"
+    register = false              # true: REGISTER sip:<username>@<domain>; false: the PBX trusts the bridge's address
+    tls_ca = ""                   # the CA file the PBX's certificate is checked against ("" : the system's CAs)
 
     [bridge]                      # operations (docs/bridge.md "Operating it")
     drain_seconds = 0             # SIGTERM: refuse new calls, let live ones finish this long, then end them
@@ -53,6 +58,7 @@ from wacall.business.graph import GRAPH_URL, VERSION
 
 MEDIA_MODES = ("rtpengine", "builtin")
 PBX_PROTOCOLS = ("RTP/AVP", "RTP/SAVP")
+SIP_TRANSPORTS = ("udp", "tcp", "tls")
 
 
 @dataclass
@@ -88,6 +94,42 @@ class SipSection:
     t1: float = 0.5
     number_from: str = "request-uri"      # where the PBX's INVITE names the WhatsApp user: "request-uri" (its
                                           # user part) or "header:<Name>" (e.g. "header:X-WA-To")
+    transport: str = "udp"                # udp, tcp or tls (RFC 3261 18)
+    username: str = ""                    # digest username (also the user of the registered AOR and Contact)
+    password: str = ""
+    password_env: str = ""
+    register: bool = False                # REGISTER with the PBX (else IP trust)
+    register_expires: int = 600           # asked for; refreshed ahead of what the registrar grants
+    register_retry: float = 30.0          # seconds before another REGISTER after a failure
+    tls_ca: str = ""                      # CA file for the PBX's certificate ("": the system's CAs)
+    tls_verify: bool = True               # False: the PBX's certificate is not checked (test PBXs only)
+    tls_server_name: str = ""             # the name the PBX's certificate must carry (default: domain)
+    tls_cert: str = ""                    # the bridge's certificate (PEM): its TLS listener, and a client
+    tls_key: str = ""                     # certificate for a PBX that asks for one
+
+    def check(self) -> None:
+        """Refuse the [sip] values the UA cannot run with (ValueError naming the key)."""
+        if self.password_env and not self.password:
+            self.password = os.environ.get(self.password_env, "")
+        if self.transport not in SIP_TRANSPORTS:
+            raise ValueError(f"sip.transport must be one of {', '.join(SIP_TRANSPORTS)}, got {self.transport!r}")
+        if self.register and not (self.username and self.password):
+            raise ValueError("sip.register needs sip.username and sip.password (or sip.password_env)")
+        if not isinstance(self.register_expires, int) or isinstance(self.register_expires, bool) \
+                or not 1 <= self.register_expires <= 86400:
+            raise ValueError(f"sip.register_expires must be 1..86400 seconds, got {self.register_expires!r}")
+        if not isinstance(self.register_retry, (int, float)) or self.register_retry <= 0:
+            raise ValueError(f"sip.register_retry must be a positive number of seconds, got {self.register_retry!r}")
+        for key in ("register", "tls_verify"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"sip.{key} must be true or false")
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, key)
+            if path and not os.path.isfile(os.path.expanduser(path)):
+                raise ValueError(f"sip.{key}: no such file {path!r}")
+            setattr(self, key, os.path.expanduser(path) if path else "")
+        if bool(self.tls_key) and not self.tls_cert:
+            raise ValueError("sip.tls_key needs sip.tls_cert")
 
 
 TRANSCODE_CODECS = ("PCMU", "PCMA")     # what RtpEngine may transcode Opus to toward the PBX
@@ -175,6 +217,7 @@ class BridgeConfig:
             raise ValueError("webhook.path must start with /")
         if not self.sip.domain:
             self.sip.domain = self.sip.pbx_host
+        self.sip.check()
         return self
 
 

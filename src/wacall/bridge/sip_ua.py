@@ -1,33 +1,61 @@
-"""The bridge's SIP user agent toward the PBX, over UDP (RFC 3261), on wacall's sans-I/O SIP message module.
+"""The bridge's SIP user agent toward the PBX (RFC 3261) over UDP, TCP or TLS, on wacall's sans-I/O SIP message
+and digest modules.
 
-What the first slice needs, and only that: place an INVITE (retransmitted on Timer A until a response, Timer B
-gives up), ACK the final response (a 2xx by a new request along the dialog, a non-2xx hop by hop), send BYE
-and answer the PBX's BYE (200), retransmitting the BYE like any non-INVITE request (Timer E/F). One
-:class:`Dialog` per bridged call; the bridge hears about the remote BYE through ``on_bye``.
+* Transports (RFC 3261 18): UDP as one datagram socket; TCP and TLS as connections framed by Content-Length
+  (``StreamFramer``), one per peer, made on demand and reused both ways. The bridge listens for the PBX's own
+  connections (TCP always; TLS when it has a certificate) and puts ``;alias`` in its Via (RFC 5923), so a PBX that
+  honours it (Kamailio ``tcp_accept_aliases``) sends its requests back over the bridge's connection. TLS verifies
+  the PBX's certificate against ``tls_ca`` (or the system's CAs) and its name (``tls_server_name``), unless told
+  not to. Over a reliable transport requests and non-2xx answers are not retransmitted (Timers A, E, G are
+  UDP-only; B, F, H stay); our 2xx to an INVITE is, until its ACK, whatever the transport (RFC 3261 13.3.1.4).
+* Digest (RFC 3261 22, RFC 2617/7616, ``wacall.sip.digest``): a 401/407 to a REGISTER, INVITE or BYE is answered
+  once per realm with ``username``/``password`` (again only for ``stale=true``); a second challenge is a refusal.
+* Registration (RFC 3261 10): REGISTER ``sip:<username>@<domain>`` with our Contact, refreshed before the granted
+  expiry, retried ``register_retry`` seconds after a failure (or at once when the PBX connection drops),
+  unregistered (Expires: 0) at stop. Without ``register`` the PBX trusts the bridge by address (IP trust).
+* Calls: place an INVITE (Timer A/B), ACK the final answer (a 2xx by a new request along the dialog, a non-2xx
+  hop by hop), CANCEL, BYE both ways; answer the PBX's INVITE (:class:`Incoming`): a 2xx resent until its ACK
+  and, when no ACK comes within 64*T1 (Timer H, RFC 3261 13.3.1.4), the dialog is ended with a BYE and the bridge
+  hears it through ``on_bye`` like a BYE from the PBX.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import ssl
 from dataclasses import dataclass, field
 from typing import Callable
 
-from wacall.sip.message import (Headers, Request, Response, SipParseError, new_branch, new_call_id, new_tag,
-                                parse_message, response_to)
+from wacall.sip.digest import answer as digest_answer, parse_challenge
+from wacall.sip.message import (PING, Headers, Request, Response, SipParseError, StreamFramer, new_branch,
+                                new_call_id, new_tag, parse_message, response_to)
 from wacall.sip.uri import parse_name_addr
 
 log = logging.getLogger("wacall.bridge.sip")
 
 T1, T2 = 0.5, 4.0
+TRANSPORTS = ("udp", "tcp", "tls")
+CONNECT_TIMEOUT = 10.0
+KEEPALIVE = 30.0                    # CRLF CRLF on the PBX connection (RFC 5626 3.5.1) so it outlives idle timers
+_EXPIRES = re.compile(r";\s*expires\s*=\s*(\d+)", re.I)
 
 
 class SipFailure(Exception):
-    """The INVITE ended without a 2xx: ``status`` (408 when nothing answered) and ``reason``."""
+    """A request ended without a 2xx: ``status`` (408 when nothing answered, 503 when the transport failed)
+    and ``reason``."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}")
         self.status, self.reason = status, reason
+
+
+class _Failed:
+    """Put in a transaction's queue when its connection failed (RFC 3261 18.4: reported as a 503)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 @dataclass
@@ -41,40 +69,236 @@ class Dialog:
     remote_tag: str | None = None
     cseq: int = 1
     ended: bool = False
+    unacked: bool = False               # ended by us because our 2xx never got its ACK (Timer H)
+
+
+def tls_contexts(*, ca: str = "", verify: bool = True, cert: str = "", key: str = ""
+                 ) -> tuple[ssl.SSLContext, ssl.SSLContext | None]:
+    """The client context (the PBX's certificate checked against ``ca``, or the system's CAs; not at all
+    when ``verify`` is False) and, with ``cert``/``key``, the server context of the bridge's TLS listener
+    (the same certificate is offered as a client certificate to a PBX that asks for one)."""
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca or None)
+    if not verify:
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+    server = None
+    if cert:
+        client.load_cert_chain(cert, key or None)
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cert, key or None)
+    return client, server
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP/TLS connection: messages cut by :class:`StreamFramer`, handed to the UA with the peer's address
+    (which is also where the UA's answers to them go: RFC 3261 18.2.2, on the same connection)."""
+
+    def __init__(self, ua: "SipUserAgent", peer: tuple[str, int] | None = None) -> None:
+        self.ua, self.peer = ua, peer
+        self.outbound = peer is not None
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.framer = StreamFramer()
+        self.closed = False
+
+    def connection_made(self, transport) -> None:                       # type: ignore[override]
+        self.transport = transport
+        if self.peer is None:                                            # accepted from the PBX
+            self.peer = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
+            self.ua._streams[self.peer] = self                          # type: ignore[index]
+        for data in self.pending:
+            transport.write(data)
+        self.pending.clear()
+        self.ua._stream_up(self)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.transport is None:
+            self.pending.append(data)
+        else:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None and self.peer is not None
+        for item in self.framer.feed(data):
+            if item is PING:
+                self.transport.write(b"\r\n")                           # RFC 5626 4.4.1: pong
+            elif isinstance(item, SipParseError):
+                log.warning("SIP from %s:%s: %s", *self.peer, item)
+                if self.framer.closed:
+                    self.transport.close()
+            else:
+                self.ua._received(item, self.peer)                      # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ua._stream_lost(self, str(exc) if exc else "connection closed")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
 
 class SipUserAgent(asyncio.DatagramProtocol):
-    """A UDP SIP UA bound to ``host:port`` (0: a free port) sending everything to the PBX at ``pbx``."""
+    """A SIP UA on ``host:port`` (0: a free port) over ``transport`` sending its requests to the PBX at ``pbx``."""
 
-    def __init__(self, host: str, port: int, pbx: tuple[str, int], *, t1: float = T1) -> None:
+    def __init__(self, host: str, port: int, pbx: tuple[str, int], *, t1: float = T1, transport: str = "udp",
+                 domain: str = "", username: str = "", password: str = "", register: bool = False,
+                 register_expires: int = 600, register_retry: float = 30.0,
+                 client_ssl: ssl.SSLContext | None = None, server_ssl: ssl.SSLContext | None = None,
+                 tls_server_name: str = "") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         self.host, self.port, self.pbx, self.t1 = host, port, pbx, t1
+        self.kind = transport
+        self.reliable = transport != "udp"
+        self.domain = domain or pbx[0]
+        self.username, self.password = username, password
+        self.user = username or "bridge"
+        self.client_ssl = client_ssl if transport == "tls" else None
+        if transport == "tls" and self.client_ssl is None:
+            self.client_ssl = tls_contexts()[0]
+        self.server_ssl = server_ssl
+        self.tls_server_name = tls_server_name or self.domain
         self.transport: asyncio.DatagramTransport | None = None
         self.dialogs: dict[str, Dialog] = {}
         self.on_bye: Callable[[Dialog], None] | None = None
-        self._waiting: dict[tuple[str, str], asyncio.Queue[Response]] = {}   # (branch, method) -> responses
+        self._waiting: dict[tuple[str, str], asyncio.Queue] = {}    # (branch, method) -> responses
+        self._hops: dict[tuple[str, str], tuple[str, int]] = {}      # (branch, method) -> where it was sent
         self._cancelled: dict[str, Request] = {}      # branch -> an INVITE we CANCELled (its 487 gets an ACK)
         self._inviting: dict[str, asyncio.Queue] = {}  # Call-ID -> the pending INVITE's responses
         self.on_invite: Callable[["Incoming"], None] | None = None   # a new INVITE from the PBX
         self.incoming: dict[str, Incoming] = {}       # Call-ID -> an INVITE from the PBX not yet ACKed
+        self._streams: dict[tuple[str, int], _Stream] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+        # registration (RFC 3261 10.2: one Call-ID and From tag for all of them, CSeq rising)
+        self.register_enabled, self.register_expires, self.register_retry = register, register_expires, register_retry
+        self.registration = "off" if not register else "not yet"   # "registered", or what went wrong
+        self.registered_until = 0.0
+        self._reg_call_id = new_call_id(host)
+        self._reg_tag = new_tag()
+        self._reg_cseq = 0
+        self._bound: str | None = None                # the Contact the registrar holds for us
+        self._reg_task: asyncio.Task | None = None
+        self._reg_now = asyncio.Event()
+        self._reg_done = asyncio.Event()
+
+    @classmethod
+    def from_config(cls, s) -> "SipUserAgent":
+        """From bridge.toml's ``[sip]`` (:class:`wacall.bridge.config.SipSection`)."""
+        client, server = (tls_contexts(ca=s.tls_ca, verify=s.tls_verify, cert=s.tls_cert, key=s.tls_key)
+                          if s.transport == "tls" else (None, None))
+        return cls(s.host, s.port, (s.pbx_host, s.pbx_port), t1=s.t1, transport=s.transport, domain=s.domain,
+                   username=s.username, password=s.password, register=s.register,
+                   register_expires=s.register_expires, register_retry=s.register_retry, client_ssl=client,
+                   server_ssl=server, tls_server_name=s.tls_server_name)
 
     async def start(self) -> int:
+        """Listen (UDP socket; TCP listener; TLS listener when there is a certificate, else the connection to
+        the PBX is opened now and its local port is ours, RFC 5626 style); with ``register``, the first
+        REGISTER's outcome is waited for (bounded) and refreshed from then on. The port."""
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
-        self.port = self.transport.get_extra_info("sockname")[1]
+        if not self.reliable:
+            self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+            self.port = self.transport.get_extra_info("sockname")[1]
+        elif self.kind == "tcp" or self.server_ssl is not None:
+            self._server = await loop.create_server(lambda: _Stream(self), self.host, self.port,
+                                                    ssl=self.server_ssl if self.kind == "tls" else None)
+            self.port = self._server.sockets[0].getsockname()[1]
+        else:
+            stream = self._stream(self.pbx)
+            await asyncio.wait([self._spawn(self._wait_up(stream))], timeout=CONNECT_TIMEOUT + 1)
+        if self.reliable:
+            self._spawn(self._keepalive())
+        if self.register_enabled:
+            self._reg_task = self._spawn(self._registration_loop())
+            # bounded: a PBX that does not answer must not hold the bridge's start (the loop goes on)
+            await asyncio.wait([self._spawn(self._reg_done.wait())], timeout=min(64 * self.t1, 5.0) + 0.5)
         return self.port
 
+    @staticmethod
+    async def _wait_up(stream: _Stream) -> None:
+        while stream.transport is None and not stream.closed:
+            await asyncio.sleep(0.01)
+
     def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self.transport is not None:
             self.transport.close()
+        if self._server is not None:
+            self._server.close()
+        for stream in list(self._streams.values()):
+            stream.close()
+
+    def _spawn(self, work) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- the wire -------------------------------------------------------------------------------------------
     def _send(self, message: Request | Response, addr: tuple[str, int] | None = None) -> None:
+        addr = addr or self.pbx
+        if self.reliable:
+            self._stream(addr).write(message.to_bytes())
+            return
         assert self.transport is not None, "start() first"
-        self.transport.sendto(message.to_bytes(), addr or self.pbx)
+        self.transport.sendto(message.to_bytes(), addr)
+
+    def _stream(self, addr: tuple[str, int]) -> _Stream:
+        """The open connection to ``addr``, or a new one (its messages wait until it is up)."""
+        stream = self._streams.get(addr)
+        if stream is None or stream.closed:
+            stream = self._streams[addr] = _Stream(self, addr)
+            self._spawn(self._connect(stream))
+        return stream
+
+    async def _connect(self, stream: _Stream) -> None:
+        host, port = stream.peer                                         # type: ignore[misc]
+        tls = self.client_ssl if self.kind == "tls" else None
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                lambda: stream, host, port, ssl=tls, server_hostname=self.tls_server_name if tls else None),
+                CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            why = f"{self.kind.upper()} connection to {host}:{port} failed: {exc or type(exc).__name__}"
+            log.warning("SIP %s", why)
+            stream.closed = True
+            self._stream_lost(stream, why, established=False)
+
+    def _stream_up(self, stream: _Stream) -> None:
+        if stream.outbound and stream.peer == self.pbx and self._server is None and stream.transport is not None:
+            self.port = stream.transport.get_extra_info("sockname")[1]   # no listener: this flow is our address
+            if self.register_enabled and self.registration == "registered" and self._reg_cseq:
+                self._reg_now.set()                                      # a new flow: register it
+
+    def _stream_lost(self, stream: _Stream, why: str, *, established: bool = True) -> None:
+        if self._streams.get(stream.peer) is stream:                     # type: ignore[arg-type]
+            del self._streams[stream.peer]                               # type: ignore[arg-type]
+        for key, hop in list(self._hops.items()):                        # RFC 3261 18.4: the transactions fail
+            if hop == stream.peer and key in self._waiting:
+                self._waiting[key].put_nowait(_Failed(why))
+        if established and stream.peer == self.pbx and self.register_enabled and self.registration == "registered":
+            log.info("SIP connection to the PBX lost (%s): registering again", why)
+            self._reg_now.set()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE)
+            stream = self._streams.get(self.pbx)
+            if stream is not None and stream.transport is not None:
+                stream.write(b"\r\n\r\n")
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if not data.strip():
             return                                            # keep-alive
+        self._received(data, addr)
+
+    def _received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             message = parse_message(data)
         except SipParseError as exc:
@@ -122,6 +346,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
             if incoming.on_cancel is not None:
                 incoming.on_cancel()
             return
+        if request.method == "OPTIONS" and request.to.tag is None:   # a PBX's qualify/keep-alive ping
+            self._send(response_to(request, 200, to_tag=new_tag(),
+                                   headers=[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")]), reply_to)
+            return
         if dialog is None or (request.to.tag or None) != dialog.local_tag:
             self._send(response_to(request, 481), reply_to)
             return
@@ -137,16 +365,187 @@ class SipUserAgent(asyncio.DatagramProtocol):
         else:                                                 # re-INVITE: not in this slice
             self._send(response_to(request, 488, "Not Acceptable Here"), reply_to)
 
-    @staticmethod
-    def _response_address(request: Request, addr: tuple[str, int]) -> tuple[str, int]:
+    def _response_address(self, request: Request, addr: tuple[str, int]) -> tuple[str, int]:
+        if self.reliable:
+            return addr                                       # RFC 3261 18.2.2: back on the same connection
         via = request.top_via
         return (via.received or addr[0], via.rport or addr[1]) if via.wants_rport or via.rport else addr
 
+    @property
+    def hostport(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def _via(self, branch: str) -> str:
-        return f"SIP/2.0/UDP {self.host}:{self.port};branch={branch};rport"
+        alias = ";alias" if self.reliable else ""
+        return f"SIP/2.0/{self.kind.upper()} {self.hostport};branch={branch};rport{alias}"
 
     def _contact(self) -> str:
-        return f"<sip:bridge@{self.host}:{self.port}>"
+        suffix = f";transport={self.kind}" if self.reliable else ""
+        return f"<sip:{self.user}@{self.hostport}{suffix}>"
+
+    # -- digest (RFC 3261 22.2, 22.3) ---------------------------------------------------------------------
+    def _authorized(self, request: Request, response: Response, tried: set[str]) -> Request | None:
+        """``request`` again (new branch, CSeq + 1) with credentials answering the 401/407 ``response``; None
+        when there is nothing to answer with or the realm already refused our credentials (not stale)."""
+        if not self.username:
+            return None
+        challenge_header, answer_header = (("WWW-Authenticate", "Authorization") if response.status == 401
+                                           else ("Proxy-Authenticate", "Proxy-Authorization"))
+        for value in response.headers.get_all(challenge_header):
+            try:
+                challenge = parse_challenge(value)
+                if challenge.realm in tried and not challenge.stale:
+                    return None
+                credentials = digest_answer(challenge, username=self.username, password=self.password,
+                                            method=request.method, uri=request.uri, body=request.body)
+            except (SipParseError, ValueError) as exc:
+                log.warning("SIP %s challenge not understood: %s", response.status, exc)
+                continue
+            tried.add(challenge.realm)
+            h = request.headers.copy()
+            h.set("Via", self._via(new_branch()))
+            h.set("CSeq", f"{request.cseq[0] + 1} {request.method}")
+            h.remove("Authorization")
+            h.remove("Proxy-Authorization")
+            h.add(answer_header, credentials.header_value())
+            return Request(request.method, request.uri, h, request.body)
+        return None
+
+    async def _transact(self, request: Request, hop: tuple[str, int]) -> Response:
+        """A non-INVITE client transaction (RFC 3261 17.1.2): Timer E over UDP, Timer F; the final response.
+        Raises :class:`SipFailure` 408 (nothing answered) or 503 (the connection failed)."""
+        key = (request.branch or "", request.method)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._waiting[key], self._hops[key] = queue, hop
+        loop = asyncio.get_running_loop()
+        give_up, interval = loop.time() + 64 * self.t1, self.t1
+        try:
+            self._send(request, hop)
+            while (left := give_up - loop.time()) > 0:
+                try:
+                    response = await asyncio.wait_for(queue.get(), left if self.reliable else min(interval, left))
+                except asyncio.TimeoutError:
+                    if not self.reliable:
+                        self._send(request, hop)              # Timer E
+                        interval = min(interval * 2, T2)
+                    continue
+                if isinstance(response, _Failed):
+                    raise SipFailure(503, response.reason)
+                if response.status >= 200:
+                    return response
+            raise SipFailure(408, "Request Timeout")
+        finally:
+            self._waiting.pop(key, None)
+            self._hops.pop(key, None)
+
+    async def _request_with_auth(self, request: Request, hop: tuple[str, int]) -> Response:
+        tried: set[str] = set()
+        while True:
+            response = await self._transact(request, hop)
+            if response.status in (401, 407):
+                again = self._authorized(request, response, tried)
+                if again is not None:
+                    request = again
+                    continue
+            return response
+
+    # -- registration (RFC 3261 10) -------------------------------------------------------------------------
+    async def register(self, expires: int) -> tuple[Response, int]:
+        """One REGISTER of our Contact for ``expires`` seconds (0: unregister), answering a challenge; the final
+        response and the expiry the registrar granted. Raises :class:`SipFailure` (408/503) when nothing
+        answered."""
+        if self.reliable and self._server is None:            # our address is the flow's: wait for it to be up
+            stream = self._stream(self.pbx)
+            await asyncio.wait_for(self._wait_up(stream), CONNECT_TIMEOUT + 1)
+            if stream.transport is None:
+                raise SipFailure(503, f"{self.kind.upper()} connection to {self.pbx[0]}:{self.pbx[1]} failed")
+        self._reg_cseq += 1
+        aor = f"sip:{self.user}@{self.domain}"
+        contact = self._contact()
+        h = Headers()
+        h.add("Via", self._via(new_branch()))
+        h.add("Max-Forwards", "70")
+        h.add("From", f"<{aor}>;tag={self._reg_tag}")
+        h.add("To", f"<{aor}>")
+        h.add("Call-ID", self._reg_call_id)
+        h.add("CSeq", f"{self._reg_cseq} REGISTER")
+        h.add("Contact", contact)
+        if expires and self._bound and self._bound != contact:   # a new flow (new local port): the old one goes
+            h.add("Contact", f"{self._bound};expires=0")
+        h.add("Expires", str(expires))
+        h.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")
+        request = Request("REGISTER", f"sip:{self.domain}", h)
+        response = await self._request_with_auth(request, self.pbx)
+        self._reg_cseq = max(self._reg_cseq, response.cseq[0])
+        floor = (response.headers.get("Min-Expires") or "").strip()
+        if response.status == 423 and floor.isdigit() and expires < int(floor) <= 86400:
+            log.info("SIP registrar asks for at least %s s (423): registering for that", floor)
+            self.register_expires = int(floor)                # RFC 3261 10.2.8: again with the registrar's minimum
+            return await self.register(int(floor))
+        granted = expires
+        if 200 <= response.status < 300:
+            self._bound = contact if expires else None
+        if 200 <= response.status < 300 and expires:
+            mine = self.hostport
+            for contact in response.headers.get_all("Contact"):
+                for one in re.split(r",(?=\s*(?:\"[^\"]*\"\s*)?<)", contact):
+                    m = _EXPIRES.search(one.split(">", 1)[-1])
+                    if mine in one and m:
+                        granted = int(m.group(1))
+            if granted == expires and (value := response.headers.get("Expires") or "").strip().isdigit():
+                granted = int(value)
+        return response, granted
+
+    def refresh_delay(self, granted: int) -> float:
+        """When to refresh a registration granted for ``granted`` seconds: ahead of its expiry by half of it,
+        at most 30 s ahead."""
+        return max(0.5, granted - min(granted / 2, 30.0))
+
+    async def _registration_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            delay = self.register_retry
+            try:
+                response, granted = await self.register(self.register_expires)
+                if 200 <= response.status < 300:
+                    if self.registration != "registered":
+                        log.info("SIP registered as sip:%s@%s at %s:%s over %s: %s %s, expires in %s s", self.user,
+                                 self.domain, *self.pbx, self.kind.upper(), response.status, response.reason, granted)
+                    self.registration = "registered"
+                    self.registered_until = loop.time() + granted
+                    delay = self.refresh_delay(granted)
+                else:
+                    hint = " (wrong username or password?)" if response.status in (401, 403, 407) else ""
+                    self.registration = f"{response.status} {response.reason}"
+                    log.error("SIP registration as sip:%s@%s refused by the PBX: %s %s%s; retrying in %s s",
+                              self.user, self.domain, response.status, response.reason, hint, delay)
+            except SipFailure as exc:
+                self.registration = f"{exc.status} {exc.reason}"
+                log.error("SIP registration as sip:%s@%s failed: %s %s; retrying in %s s", self.user, self.domain,
+                          exc.status, exc.reason, delay)
+            except (SipParseError, ValueError, OSError) as exc:     # an unreadable answer: try again later
+                self.registration = f"error: {exc}"
+                log.error("SIP registration as sip:%s@%s: %r; retrying in %s s", self.user, self.domain, exc, delay)
+            self._reg_done.set()
+            try:
+                await asyncio.wait_for(self._reg_now.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            self._reg_now.clear()
+
+    async def unregister(self, timeout: float = 5.0) -> None:
+        """Stop refreshing and, when registered, remove our binding (Expires: 0), waiting at most ``timeout``."""
+        if self._reg_task is not None:
+            self._reg_task.cancel()
+            self._reg_task = None
+        if self.registration != "registered":
+            return
+        self.registration = "unregistered"
+        try:
+            response, _ = await asyncio.wait_for(self.register(0), timeout)
+            log.info("SIP unregistered sip:%s@%s: %s %s", self.user, self.domain, response.status, response.reason)
+        except (SipFailure, asyncio.TimeoutError) as exc:
+            log.warning("SIP unregister of sip:%s@%s: %r", self.user, self.domain, exc)
 
     # -- INVITE ---------------------------------------------------------------------------------------------
     def new_call_id(self) -> str:
@@ -157,7 +556,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
                      timeout: float | None = None) -> tuple[Dialog, Response]:
         """Place a call; returns the dialog and the 200 OK once ACKed. Raises :class:`SipFailure` (487 after
         :meth:`cancel`). Cancel with :meth:`cancel`, not by cancelling the task: the CANCEL must wait for a
-        provisional answer, and a 200 that crosses it must still be ACKed and ended with a BYE."""
+        provisional answer, and a 200 that crosses it must still be ACKed and ended with a BYE. A 401/407 is
+        ACKed and the INVITE sent again with credentials (once per realm)."""
         call_id, tag, branch = call_id or new_call_id(self.host), new_tag(), new_branch()
         h = Headers()
         h.add("Via", self._via(branch))
@@ -173,36 +573,41 @@ class SipUserAgent(asyncio.DatagramProtocol):
         h.add("Content-Type", "application/sdp")
         invite = Request("INVITE", ruri, h, sdp.encode())
         dialog = Dialog(call_id, tag, from_uri, to_uri, target=ruri)
-        queue: asyncio.Queue[Response | None] = asyncio.Queue()
-        self._waiting[(branch, "INVITE")] = queue              # type: ignore[assignment]
+        queue: asyncio.Queue = asyncio.Queue()
+        self._waiting[(branch, "INVITE")], self._hops[(branch, "INVITE")] = queue, self.pbx
         self._inviting[call_id] = queue
         loop = asyncio.get_running_loop()
         give_up = loop.time() + (timeout if timeout is not None else 64 * self.t1)
         interval, provisional, cancelling = self.t1, False, False
+        tried: set[str] = set()
         try:
             self._send(invite)
             while True:
-                wait = min(interval, give_up - loop.time()) if not provisional else give_up - loop.time()
+                left = give_up - loop.time()
+                wait = left if provisional or self.reliable else min(interval, left)
                 if wait <= 0:
                     raise SipFailure(487 if cancelling else 408, "Request Terminated" if cancelling
                                      else "Request Timeout")
                 try:
                     response = await asyncio.wait_for(queue.get(), wait)
                 except asyncio.TimeoutError:
-                    if not provisional:
+                    if not provisional and not self.reliable:
                         self._send(invite)                    # Timer A
                         interval *= 2
                     continue
+                if isinstance(response, _Failed):
+                    raise SipFailure(487 if cancelling else 503, "Request Terminated" if cancelling
+                                     else response.reason)
                 if response is None:                          # cancel(): RFC 3261 9.1
                     if not cancelling:
                         cancelling = True
                         if provisional:
-                            self._cancel(invite, branch)
+                            self._cancel(invite, invite.branch or "")
                         give_up = min(give_up, loop.time() + 64 * self.t1)
                     continue
                 if response.status < 200:
                     if cancelling and not provisional:        # the CANCEL waited for this
-                        self._cancel(invite, branch)
+                        self._cancel(invite, invite.branch or "")
                     provisional = True
                     if on_provisional is not None and not cancelling:
                         on_provisional(response)
@@ -211,8 +616,23 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     continue
                 if response.status >= 300:
                     self._ack_failure(invite, response)
-                    raise SipFailure(response.status, response.reason)
+                    again = (self._authorized(invite, response, tried)
+                             if response.status in (401, 407) and not cancelling else None)
+                    if again is None:
+                        raise SipFailure(response.status, response.reason)
+                    old = (invite.branch or "", "INVITE")
+                    self._waiting.pop(old, None)
+                    self._hops.pop(old, None)
+                    invite = again
+                    key = (invite.branch or "", "INVITE")
+                    self._waiting[key], self._hops[key] = queue, self.pbx
+                    interval, provisional = self.t1, False
+                    give_up = loop.time() + (timeout if timeout is not None else 64 * self.t1)
+                    log.debug("SIP INVITE %s challenged (%s): sent again with credentials", call_id, response.status)
+                    self._send(invite)
+                    continue
                 dialog.remote_tag = response.to.tag
+                dialog.cseq = invite.cseq[0]
                 contacts = response.name_addrs("Contact")
                 dialog.target = str(contacts[0].uri) if contacts else ruri
                 dialog.route = [str(rr) for rr in reversed(response.name_addrs("Record-Route"))]
@@ -223,7 +643,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     raise SipFailure(487, "Request Terminated")
                 return dialog, response
         finally:
-            self._waiting.pop((branch, "INVITE"), None)
+            key = (invite.branch or "", "INVITE")
+            self._waiting.pop(key, None)
+            self._hops.pop(key, None)
             self._inviting.pop(call_id, None)
 
     def cancel(self, call_id: str) -> bool:
@@ -243,6 +665,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
         h.add("To", response.headers.get("To") or "")
         h.add("Call-ID", invite.call_id)
         h.add("CSeq", f"{invite.cseq[0]} ACK")
+        for name in ("Authorization", "Proxy-Authorization"):
+            value = invite.headers.get(name)
+            if value:
+                h.add(name, value)
         self._send(Request("ACK", invite.uri, h))
 
     def _cancel(self, invite: Request, branch: str) -> None:
@@ -278,42 +704,40 @@ class SipUserAgent(asyncio.DatagramProtocol):
 
     # -- BYE ------------------------------------------------------------------------------------------------
     async def bye(self, dialog: Dialog, headers: list[tuple[str, str]] = ()) -> int:
-        """End the dialog; the BYE's final status (408 when nothing answered)."""
+        """End the dialog; the BYE's final status (408 when nothing answered, 503 when the connection failed)."""
         if dialog.ended:
             return 0
         dialog.ended = True
         self.dialogs.pop(dialog.call_id, None)
         dialog.cseq += 1
-        branch = new_branch()
-        request = self._in_dialog(dialog, "BYE", dialog.cseq, branch)
+        request = self._in_dialog(dialog, "BYE", dialog.cseq, new_branch())
         for name, value in headers:
             request.headers.add(name, value)
-        queue: asyncio.Queue[Response] = asyncio.Queue()
-        self._waiting[(branch, "BYE")] = queue
-        loop = asyncio.get_running_loop()
-        give_up, interval = loop.time() + 64 * self.t1, self.t1
-        hop = self._next_hop(dialog)
         try:
-            self._send(request, hop)
-            while loop.time() < give_up:
-                try:
-                    response = await asyncio.wait_for(queue.get(), min(interval, give_up - loop.time()))
-                except asyncio.TimeoutError:
-                    self._send(request, hop)                  # Timer E
-                    interval = min(interval * 2, T2)
-                    continue
-                if response.status >= 200:
-                    return response.status
-            return 408
-        finally:
-            self._waiting.pop((branch, "BYE"), None)
+            return (await self._request_with_auth(request, self._next_hop(dialog))).status
+        except SipFailure as exc:
+            return exc.status
+
+    def _no_ack(self, incoming: "Incoming") -> None:
+        """Timer H fired on our 2xx: RFC 3261 13.3.1.4, the dialog is confirmed and ended with a BYE; the bridge
+        hears of it through ``on_bye`` (the same path as the PBX's BYE)."""
+        dialog = incoming.dialog
+        if dialog is None or dialog.ended:
+            return
+        log.warning("SIP Call-ID %s: no ACK for our %s within 64*T1 (%.0f s): BYE", dialog.call_id,
+                    incoming.final, 64 * self.t1)
+        dialog.unacked = True
+        if self.on_bye is not None:
+            self.on_bye(dialog)
+        self._spawn(self.bye(dialog))
 
 
 class Incoming:
     """An INVITE from the PBX (the UAS side, RFC 3261 13.3 and 17.2.1): 100 Trying at once, then what the bridge
-    answers with :meth:`respond`. A final answer is resent (Timer G) until the ACK or 64*T1; a 2xx makes the
-    :class:`Dialog` (``dialog``) the bridge then uses like one it placed. ``on_cancel`` runs on the PBX's CANCEL
-    (the UA has answered it 200 and the INVITE 487)."""
+    answers with :meth:`respond`. A final answer is resent (Timer G; over TCP/TLS only a 2xx) until the ACK;
+    without an ACK within 64*T1 (Timer H) the transaction ends, and for a 2xx the UA ends the dialog
+    (:meth:`SipUserAgent._no_ack`). A 2xx makes the :class:`Dialog` (``dialog``) the bridge then uses like one
+    it placed. ``on_cancel`` runs on the PBX's CANCEL (the UA has answered it 200 and the INVITE 487)."""
 
     def __init__(self, ua: SipUserAgent, request: Request, reply_to: tuple[str, int]) -> None:
         self.ua, self.request, self.reply_to = ua, request, reply_to
@@ -322,7 +746,9 @@ class Incoming:
         self.final: int | None = None
         self.dialog: Dialog | None = None
         self.on_cancel: Callable[[], None] | None = None
+        self.is_acked = False
         self._resend: asyncio.TimerHandle | None = None
+        self._timer_h: asyncio.TimerHandle | None = None
 
     @property
     def call_id(self) -> str:
@@ -358,21 +784,29 @@ class Incoming:
                                  remote_tag=req.from_.tag, cseq=0)
             self.ua.dialogs[req.call_id] = self.dialog
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + 64 * self.ua.t1
+        self._timer_h = loop.call_later(64 * self.ua.t1, self._no_ack)
 
-        def resend(interval: float) -> None:                  # Timer G (Timer H gives up)
-            if self.last is None or loop.time() >= give_up:
-                self.acked()
+        def resend(interval: float) -> None:                  # Timer G
+            if self.last is None or self.is_acked:
                 return
             self.ua._send(self.last, self.reply_to)
             self._resend = loop.call_later(min(2 * interval, T2), resend, min(2 * interval, T2))
-        self._resend = loop.call_later(self.ua.t1, resend, self.ua.t1)
+        if not self.ua.reliable or status < 300:              # a 2xx is resent end to end whatever the transport
+            self._resend = loop.call_later(self.ua.t1, resend, self.ua.t1)   # (RFC 3261 13.3.1.4)
         return self.dialog
 
+    def _no_ack(self) -> None:
+        self._timer_h = None
+        if not self.is_acked and self.final is not None and 200 <= self.final < 300:
+            self.ua._no_ack(self)
+        self.acked()
+
     def acked(self) -> None:
-        if self._resend is not None:
-            self._resend.cancel()
-            self._resend = None
+        self.is_acked = True
+        for timer in (self._resend, self._timer_h):
+            if timer is not None:
+                timer.cancel()
+        self._resend = self._timer_h = None
         if self.ua.incoming.get(self.call_id) is self:
             # kept a little for a retransmitted INVITE or ACK, then forgotten
             asyncio.get_running_loop().call_later(32 * self.ua.t1, self.ua.incoming.pop, self.call_id, None)
@@ -388,4 +822,4 @@ def _address(uri: str, default: tuple[str, int]) -> tuple[str, int]:
     return (host, port or 5060) if host else default
 
 
-__all__ = ["Dialog", "Incoming", "SipFailure", "SipUserAgent"]
+__all__ = ["Dialog", "Incoming", "SipFailure", "SipUserAgent", "TRANSPORTS", "tls_contexts"]
