@@ -18,6 +18,7 @@ parse/serialise round trip unchanged.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import uuid
@@ -650,6 +651,58 @@ def _check_fields(msg: Request | Response) -> None:
         raise _bad("Malformed Max-Forwards", msg)
 
 
+# --- the compiled scanner ------------------------------------------------------------------------
+# ``sipscan.c`` (built by cffi at install time, like the media fast path) cuts a well-formed message's
+# header block into its fields in one pass; whatever it declines (non-ASCII octets, folding, bare CR,
+# a malformed line: see ``sipscan.h``) goes through the Python code below, which stays the reference
+# (tests/test_sip_scan.py runs both on the torture messages and on generated ones and compares).
+
+
+def _load_scanner():  # type: ignore[no-untyped-def]
+    if os.environ.get("WACALL_SIPSCAN", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from ._sipscan import ffi, lib
+    except ImportError:  # pragma: no cover - built at install time; without a compiler Python parses
+        return None
+    return ffi, lib
+
+
+_SCANNER = _load_scanner()
+
+
+class _Canonical(dict):
+    """Header name as written -> canonical name (a memo over :func:`canonical_name`, bounded)."""
+
+    def __missing__(self, name: str) -> str:
+        canonical = _CANONICAL.get(name.lower(), name)
+        if len(self) < 4096:
+            self[name] = canonical
+        return canonical
+
+
+_CANONICAL_OF = _Canonical()
+
+
+def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int] | None:
+    """``(start line, fields with canonical names, rest after the empty line, Content-Length)`` by the compiled
+    scanner (Content-Length -1: none, -2: ask :func:`_content_length`), or None where Python must parse."""
+    ffi, lib = _SCANNER  # type: ignore[misc]
+    n = len(data)
+    info = ffi.new("long[5]")
+    out = ffi.new("unsigned char[]", n + 1)
+    count = lib.sip_scan(data, n, out, n + 1, info)
+    if count < 0:
+        return None
+    start = data[info[0]:info[1]].decode("ascii")
+    if count:
+        parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")
+        fields = list(zip(map(_CANONICAL_OF.__getitem__, parts[0::2]), parts[1::2]))
+    else:
+        fields = []
+    return start, fields, data[info[2]:], info[3]
+
+
 def parse_message(data: bytes) -> Request | Response:
     """Parse one complete SIP message (RFC 3261 section 7).
 
@@ -658,6 +711,26 @@ def parse_message(data: bytes) -> Request | Response:
     without Content-Length the body is the rest of ``data``; a Content-Length larger than what
     is there is an error (RFC 4475 section 3.1.2.2).
     """
+    scanned = _scanned(data) if _SCANNER is not None else None
+    if scanned is not None:
+        start, fields, rest, length = scanned
+        headers = Headers()
+        headers._items = fields
+        msg = _parse_start(start, headers)
+        if length == -1:
+            length = None
+        elif length == -2:
+            try:
+                length = _content_length(headers)
+            except SipParseError as exc:
+                exc.message = msg
+                raise
+        return _finish(msg, rest, length)
+    return _parse_in_python(data)
+
+
+def _parse_in_python(data: bytes) -> Request | Response:
+    """:func:`parse_message` in Python only: the reference, and the path of what the scanner declines."""
     head_bytes, rest = _split_head(data)
     start, fields = _header_lines(head_bytes.decode("utf-8", "surrogateescape"))
     headers = Headers()
@@ -669,6 +742,10 @@ def parse_message(data: bytes) -> Request | Response:
     except SipParseError as exc:
         exc.message = msg
         raise
+    return _finish(msg, rest, length)
+
+
+def _finish(msg: Request | Response, rest: bytes, length: int | None) -> Request | Response:
     if length is None:
         msg.body = rest
     elif length > len(rest):
@@ -781,10 +858,13 @@ class StreamFramer:
         head_len = end + 4
         if head_len > self.max_header:
             return self._fatal(out, SipParseError("Bad Request - Header block too large"))
-        try:
-            length = _content_length(_length_headers(bytes(buf[:end])))
-        except SipParseError as exc:
-            return self._fatal(out, exc)
+        head = bytes(buf[:end])
+        length = _SCANNER[1].sip_frame_length(head, end) if _SCANNER is not None else -1
+        if length < 0:             # not the one plain Content-Length the scanner reads: Python's lenient reading
+            try:
+                length = _content_length(_length_headers(head))
+            except SipParseError as exc:
+                return self._fatal(out, exc)
         if length is None:
             raw = bytes(buf[:head_len])
             del buf[:head_len]
