@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .uri import (
+    FrozenParams,
     NameAddr,
     SipParseError,
     SipUri,
@@ -39,7 +40,7 @@ from .uri import (
     parse_params,
     parse_uri,
     render_params,
-    split_list,
+    split_shared,
 )
 
 __all__ = [
@@ -216,7 +217,7 @@ class Headers:
         """All values of ``name`` in order; list headers are split into one value per element."""
         values = self._values(name)
         if (_LOWER.get(name) or _lower(name)) in LIST_HEADERS:
-            return [e for v in values for e in split_list(v)]
+            return [e for v in values for e in split_shared(v)]
         return list(values)
 
     def add(self, name: str, value: str) -> None:
@@ -338,9 +339,9 @@ _via_memo: dict[str, Via] = {}
 
 def parse_via(text: str) -> Via:
     """Parse one via-parm; whitespace is allowed around ``/``, ``:`` and ``;`` (RFC 4475 3.1.1.1).
-    Memoised by text like the URI parsers (``uri.memoised``); a fresh copy is returned."""
-    known = memoised(_via_memo, text, text, lambda: _parse_via(text))
-    return Via(known.transport, known.host, known.port, dict(known.params))
+    Memoised by text like the URI parsers (``uri.memoised``), and shared like theirs: its ``params`` are
+    read-only (``FrozenParams``); build a new :class:`Via` from ``dict(via.params)`` to change one."""
+    return memoised(_via_memo, text, text, lambda: _parse_via(text))
 
 
 def _parse_via(text: str) -> Via:
@@ -352,7 +353,7 @@ def _parse_via(text: str) -> Via:
     port = int(m["port"]) if m["port"] else None
     if port is not None and port > 65535:
         raise SipParseError("Bad Request - Malformed Via port")
-    return Via(m["transport"], m["host"], port, parse_params(text[m.end():], what="Via"))
+    return Via(m["transport"], m["host"], port, FrozenParams(parse_params(text[m.end():], what="Via")))
 
 
 # --- messages ----------------------------------------------------------------------------------
@@ -407,7 +408,7 @@ class _Message:
     def _top_via_text(self) -> str | None:
         """The first Via element, splitting only the fields up to the one that holds it."""
         for value in self.headers._values("Via"):
-            elements = split_list(value)
+            elements = split_shared(value)
             if elements:
                 return elements[0]
         return None
