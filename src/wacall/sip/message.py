@@ -18,9 +18,11 @@ parse/serialise round trip unchanged.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import secrets
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -164,6 +166,7 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
+_NAME_OF = operator.itemgetter(0)
 _LOWER: dict[str, str] = {}      # header name as written -> its canonical name lower-cased (memo, bounded)
 _NONE: list[str] = []
 
@@ -451,6 +454,20 @@ class _Message:
         return data
 
     def _render_now(self, start_line: str) -> bytes:
+        items, body = self.headers._items, self.body
+        length = str(len(body))
+        lowered = list(map(str.lower, map(_NAME_OF, items)))
+        count = lowered.count("content-length")
+        if count == 0:      # the joins in C: no Python step per header field
+            head = CRLF.join([start_line, *map(": ".join, items), "Content-Length: " + length])
+            return (head + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
+        if count == 1 and items[lowered.index("content-length")][1] == length:
+            head = CRLF.join([start_line, *map(": ".join, items)])
+            return (head + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
+        return self._render_fixing_length(start_line)
+
+    def _render_fixing_length(self, start_line: str) -> bytes:
+        """:meth:`_render_now` where the Content-Length fields must change: one, equal to the body's length."""
         lines = [start_line]
         wrote_length = False
         for name, value in self.headers:
@@ -572,7 +589,25 @@ def _content_length(headers: Headers) -> int | None:
     return int(text)
 
 
+_START_MEMO: dict[str, tuple[int, str] | tuple[str, str]] = {}   # start line -> its checked parts (a memo, bounded)
+
+
 def _parse_start(start: str, headers: Headers) -> Request | Response:
+    """The message the start line makes (a Request or a Response), after its checks; a start line already seen
+    (every request of a call to the same user, every 200 OK) is not checked again."""
+    known = _START_MEMO.get(start)
+    if known is None:
+        msg = _check_start(start, headers)
+        if len(start) <= 512:
+            if len(_START_MEMO) >= 4096:
+                _START_MEMO.clear()
+            _START_MEMO[start] = (msg.status, msg.reason) if isinstance(msg, Response) else (msg.method, msg.uri)
+        return msg
+    a, b = known
+    return Response(a, b, headers) if type(a) is int else Request(a, b, headers)  # type: ignore[arg-type]
+
+
+def _check_start(start: str, headers: Headers) -> Request | Response:
     if start.upper().startswith("SIP/"):
         parts = start.split(" ", 2)
         if len(parts) < 2:
@@ -611,43 +646,48 @@ def _check_version(version: str) -> None:
 def _check_fields(msg: Request | Response) -> None:
     """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
     h = msg.headers
-    for name in ("To", "From", "Call-ID", "CSeq"):     # not list headers: their fields are their values
-        count = len(h._values(name))
+    h._values("Via")                                    # builds the index: the lookups below are dict accesses
+    index: dict[str, list[str]] = h._index               # type: ignore[assignment]
+    for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
+        count = len(index.get(low, _NONE))              # not list headers: their fields are their values
         if count == 0:
             raise _bad(f"Missing {name}", msg)
         if count > 1:
             raise _bad(f"Multiple {name}", msg)
-    if not h.get_all("Via"):
+    via_texts = [e for v in index.get("via", _NONE) for e in split_shared(v)]
+    if not via_texts:
         raise _bad("Missing Via", msg)
-    call_id = h.get("Call-ID") or ""
-    if not call_id or any(c in call_id for c in " \t"):
+    call_id = index["call-id"][0]
+    if not call_id or " " in call_id or "\t" in call_id:
         raise _bad("Malformed Call-ID", msg)
-    try:
-        seq, method = msg.cseq
-    except SipParseError:
-        raise _bad("Malformed CSeq", msg) from None
+    m = _CSEQ_RE.match(index["cseq"][0].strip())
+    if not m or int(m[1]) > _MAX_CSEQ:
+        raise _bad("Malformed CSeq", msg)
+    method = m[2]
     if isinstance(msg, Request) and method != msg.method:
         if msg.method not in KNOWN_METHODS:  # RFC 4475 section 3.1.2.18 prefers 501 here
             err = SipParseError("Not Implemented - CSeq method does not match Request-Line", status=501)
             err.message = msg
             raise err
         raise _bad("CSeq method does not match Request-Line", msg)
-    for name, part in (("From", "from_"), ("To", "to")):
+    for low, name in (("from", "From"), ("to", "To")):
         try:
-            getattr(msg, part)
+            parse_name_addr(index[low][0])
         except SipParseError as exc:
             raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
     try:
-        msg.vias
+        for text in via_texts:
+            parse_via(text)
     except SipParseError:
         raise _bad("Malformed Via", msg) from None
-    contacts = h.get_all("Contact")
+    contacts = [e for v in index.get("contact", _NONE) for e in split_shared(v)]
     if contacts != ["*"]:
         try:
-            msg.name_addrs("Contact")
+            for text in contacts:
+                parse_name_addr(text)
         except SipParseError:
             raise _bad("Malformed Contact", msg) from None
-    mf = h.get_all("Max-Forwards")  # optional in practice (the brief tolerates its absence)
+    mf = index.get("max-forwards", _NONE)  # optional in practice (the brief tolerates its absence)
     if mf and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
         raise _bad("Malformed Max-Forwards", msg)
 
@@ -670,6 +710,7 @@ def _load_scanner():  # type: ignore[no-untyped-def]
 
 
 _SCANNER = _load_scanner()
+_BUFFERS = threading.local()     # the scanner's output buffers, reused (cffi releases the GIL during the call)
 
 
 class _Canonical(dict):
@@ -690,9 +731,11 @@ def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int] | Non
     scanner (Content-Length -1: none, -2: ask :func:`_content_length`), or None where Python must parse."""
     ffi, lib = _SCANNER  # type: ignore[misc]
     n = len(data)
-    info = ffi.new("long[5]")
-    out = ffi.new("unsigned char[]", n + 1)
-    count = lib.sip_scan(data, n, out, n + 1, info)
+    kept = getattr(_BUFFERS, "kept", None)
+    if kept is None or kept[2] <= n:
+        kept = _BUFFERS.kept = (ffi.new("long[5]"), ffi.new("unsigned char[]", max(n + 1, 4096)), max(n + 1, 4096))
+    info, out, cap = kept
+    count = lib.sip_scan(data, n, out, cap, info)
     if count < 0:
         return None
     start = data[info[0]:info[1]].decode("ascii")
