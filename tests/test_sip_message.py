@@ -826,3 +826,17 @@ def test_rendering_joins_agree_with_the_loop_that_fixes_content_length(items, bo
     msg = Request("OPTIONS", "sip:a@b", Headers(), body)
     msg.headers._items = list(items)
     assert msg._render_now("OPTIONS sip:a@b SIP/2.0") == msg._render_fixing_length("OPTIONS sip:a@b SIP/2.0")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([";", " ", "\t", "=", "tag", "lr", "a.b", "[::1]", "1:2", '"q"', '"', ",", "é",
+                                 "x y", "%41"]), max_size=10).map("".join))
+def test_parameters_read_by_regular_expression_agree_with_the_loop(text):
+    from wacall.sip.uri import _parse_params_loop, parse_params
+
+    def outcome(parse):
+        try:
+            return list(parse(text).items())
+        except SipParseError as exc:
+            return exc.reason
+    assert outcome(parse_params) == outcome(_parse_params_loop)

@@ -167,15 +167,22 @@ def canonical_name(name: str) -> str:
 
 
 _NAME_OF = operator.itemgetter(0)
-_LOWER: dict[str, str] = {}      # header name as written -> its canonical name lower-cased (memo, bounded)
+class _Lowered(dict):
+    """Header name as written -> its canonical name lower-cased (a memo, bounded): ``_LOWER[name]``."""
+
+    def __missing__(self, name: str) -> str:
+        low = canonical_name(name).lower()
+        if len(self) < 4096:
+            self[name] = low
+        return low
+
+
+_LOWER = _Lowered()
 _NONE: list[str] = []
 
 
 def _lower(name: str) -> str:
-    low = canonical_name(name).lower()
-    if len(_LOWER) < 4096:
-        _LOWER[name] = low
-    return low
+    return _LOWER[name]
 
 
 class Headers:
@@ -202,14 +209,15 @@ class Headers:
         index = self._index
         if index is None:
             index = self._index = {}
+            lowered = _LOWER
             for n, v in self._items:
-                low = _LOWER.get(n) or _lower(n)
+                low = lowered[n]
                 values = index.get(low)
                 if values is None:
                     index[low] = [v]
                 else:
                     values.append(v)
-        return index.get(_LOWER.get(name) or _lower(name), _NONE)
+        return index.get(_LOWER[name], _NONE)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first header field called ``name``, or ``default``."""
@@ -219,7 +227,7 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """All values of ``name`` in order; list headers are split into one value per element."""
         values = self._values(name)
-        if (_LOWER.get(name) or _lower(name)) in LIST_HEADERS:
+        if _LOWER[name] in LIST_HEADERS:
             return [e for v in values for e in split_shared(v)]
         return list(values)
 
@@ -260,7 +268,7 @@ class Headers:
         checked_name, value = _checked(name, value)
         low = checked_name.lower()
         for i, (n, _) in enumerate(self._items):
-            if (_LOWER.get(n) or _lower(n)) == low:
+            if _LOWER[n] == low:
                 self._items[i] = (n, value)
                 self._index = None
                 self._version += 1
@@ -344,7 +352,8 @@ def parse_via(text: str) -> Via:
     """Parse one via-parm; whitespace is allowed around ``/``, ``:`` and ``;`` (RFC 4475 3.1.1.1).
     Memoised by text like the URI parsers (``uri.memoised``), and shared like theirs: its ``params`` are
     read-only (``FrozenParams``); build a new :class:`Via` from ``dict(via.params)`` to change one."""
-    return memoised(_via_memo, text, text, lambda: _parse_via(text))
+    known = _via_memo.get(text)
+    return known if known is not None else memoised(_via_memo, text, text, lambda: _parse_via(text))
 
 
 def _parse_via(text: str) -> Via:

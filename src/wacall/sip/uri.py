@@ -68,6 +68,8 @@ _TOKEN_FULL = re.compile(TOKEN + r"\Z")
 _WS = " \t"
 #: gen-value = token / host / quoted-string; host may be "[v6]"; Via received= may be bare IPv6
 _GEN_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
+#: one ``;name`` or ``;name=value`` (gen-value, no quoted string) with the whitespace SEMI and EQUAL allow
+_PARAM_RE = re.compile(r"[ \t]*;[ \t]*(" + TOKEN + r")[ \t]*(?:=[ \t]*([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?")
 
 _ESCAPED = r"%[0-9A-Fa-f]{2}"
 _UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
@@ -156,6 +158,23 @@ def parse_params(text: str, *, what: str = "header") -> dict[str, str | None]:
     SEMI and EQUAL allow whitespace around them. Values are ``token``/``host`` or a quoted string
     (kept with its quotes). Empty parameters (``;;``) are an error (RFC 4475 section 3.1.2.1).
     """
+    if '"' not in text:            # no quoted string: one regular expression per parameter, in C
+        params: dict[str, str | None] = {}
+        end, n = 0, len(text)
+        for m in _PARAM_RE.finditer(text):
+            if m.start() != end:
+                break
+            params[m[1]] = m[2]
+            end = m.end()
+        else:
+            if text[end:].strip(_WS) == "":
+                return params
+        # not the plain form: the loop below gives the answer (or the error)
+    return _parse_params_loop(text, what)
+
+
+def _parse_params_loop(text: str, what: str = "header") -> dict[str, str | None]:
+    """:func:`parse_params` one character class at a time: quoted strings, errors, and the reference."""
     params: dict[str, str | None] = {}
     i, n = 0, len(text)
     while True:
@@ -267,7 +286,8 @@ def split_list(value: str) -> list[str]:
 
 def split_shared(value: str) -> tuple[str, ...]:
     """:func:`split_list` as the memo's own tuple (for callers that only read it)."""
-    return memoised(_split_memo, value, value, lambda: tuple(_split_list(value)))
+    known = _split_memo.get(value)
+    return known if known is not None else memoised(_split_memo, value, value, lambda: tuple(_split_list(value)))
 
 
 def _split_list(value: str) -> list[str]:
@@ -398,7 +418,9 @@ def _valid_host(host: str) -> bool:
 
 def parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
     """Parse a SIP or SIPS URI (see :func:`_parse_uri`): a memoised parse, shared (read-only parameters)."""
-    return memoised(_uri_memo, (text, any_scheme), text, lambda: _parse_uri(text, any_scheme=any_scheme))
+    key = (text, any_scheme)
+    known = _uri_memo.get(key)
+    return known if known is not None else memoised(_uri_memo, key, text, lambda: _parse_uri(text, any_scheme=any_scheme))
 
 
 def _parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
@@ -501,7 +523,8 @@ class NameAddr:
 def parse_name_addr(text: str) -> NameAddr:
     """Parse a From, To, Contact or Route value (see :func:`_parse_name_addr`): a memoised parse, shared
     (read-only parameters)."""
-    return memoised(_addr_memo, text, text, lambda: _parse_name_addr(text))
+    known = _addr_memo.get(text)
+    return known if known is not None else memoised(_addr_memo, text, text, lambda: _parse_name_addr(text))
 
 
 def _parse_name_addr(text: str) -> NameAddr:
