@@ -17,7 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wacall.sip import message
-from wacall.sip.message import PING, SipParseError, StreamFramer, _parse_in_python, parse_message
+from wacall.sip.message import (
+    PING,
+    SipParseError,
+    StreamFramer,
+    _parse_in_python,
+    parse_message,
+)
 
 DATA = Path(__file__).parent / "data" / "sip_torture"
 TORTURE = sorted(p.read_bytes() for p in DATA.glob("*.dat"))

@@ -160,7 +160,7 @@ def parse_params(text: str, *, what: str = "header") -> dict[str, str | None]:
     """
     if '"' not in text:            # no quoted string: one regular expression per parameter, in C
         params: dict[str, str | None] = {}
-        end, n = 0, len(text)
+        end = 0
         for m in _PARAM_RE.finditer(text):
             if m.start() != end:
                 break
