@@ -17,7 +17,7 @@ TESTS = Path(__file__).parent
 # module each) that open no socket and start no process. Every other test is ``e2e``: it talks to a
 # running wacall or a real peer (aiortc, Chromium, SIPp, baresip, pywa, openssl) over loopback.
 FAST = {"domain", "test_audio.py", "test_dtmf.py", "test_outbox_store.py", "test_rtp.py", "test_sdp.py",
-        "test_settings.py", "test_sip_digest.py", "test_sip_message.py", "test_sip_torture.py",
+        "test_settings.py", "test_sip_digest.py", "test_sip_message.py", "test_sip_torture.py", "test_sip_scan.py",
         "test_srtp.py", "test_stun.py", "test_negotiation.py", "test_ends.py", "test_legs.py",
         "test_layering.py", "test_console_live.py", "test_config.py", "test_logs.py",
         "test_business_callbook.py", "test_voicemail_audio.py", "test_codec.py", "test_bridge_ng.py",

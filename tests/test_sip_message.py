@@ -7,6 +7,8 @@ spec elides (``…``) with plausible values.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wacall.sip.message import (
     PING,
@@ -750,21 +752,37 @@ class TestStreamFramer:
         assert framer.feed(body[-1:]) == [BIC_INVITE]
 
 
-def test_parsed_values_are_memoised_by_text_but_handed_out_as_copies():
+def test_parsed_values_are_memoised_by_text_and_shared_read_only():
     """parse_uri / parse_name_addr / parse_via keep what they parsed (the same From, To and Via come back in
-    every message of a call): a caller changing its copy changes nothing for the next caller."""
+    every message of a call) and hand the same value to every caller: its parameters cannot be changed in
+    place (nothing a caller does changes the next caller's value); a changed value is built from a copy."""
     text = '"Alice" <sip:+15550001@wa.meta.vc;transport=tls>;tag=abc'
     first = parse_name_addr(text)
-    first.params.pop("tag")
-    first.uri.params["transport"] = "udp"
+    assert parse_name_addr(text) is first
+    with pytest.raises(TypeError):
+        first.params.pop("tag")
+    with pytest.raises(TypeError):
+        first.uri.params["transport"] = "udp"
     again = parse_name_addr(text)
-    assert again.tag == "abc" and again.uri.transport == "tls" and again is not first
+    assert again.tag == "abc" and again.uri.transport == "tls"
+    changed = NameAddr(first.display, first.uri, {k: v for k, v in first.params.items() if k != "tag"})
+    assert str(changed) == '"Alice" <sip:+15550001@wa.meta.vc;transport=tls>' and parse_name_addr(text).tag == "abc"
     uri = parse_uri("sip:+15550001@wa.meta.vc;lr")
-    uri.params.clear()
-    assert parse_uri("sip:+15550001@wa.meta.vc;lr").lr
+    for change in (uri.params.clear, lambda: uri.params.update(x="1"), lambda: uri.params.setdefault("x"),
+                   uri.params.popitem, lambda: uri.headers.__setitem__("a", "b")):
+        with pytest.raises(TypeError):
+            change()
+    assert parse_uri("sip:+15550001@wa.meta.vc;lr").lr and uri.params == {"lr": None}
+    copy = uri.params.copy()
+    copy["x"] = "1"                                       # a copy is a plain, changeable dict
+    assert type(copy) is dict and parse_uri("sip:+15550001@wa.meta.vc;lr").params == {"lr": None}
     via = parse_via("SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1;rport")
-    via.params["received"] = "x"
+    with pytest.raises(TypeError):
+        via.params["received"] = "x"
     assert parse_via("SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1;rport").received is None
+    import copy as copying
+    import pickle
+    assert copying.deepcopy(via) == via and pickle.loads(pickle.dumps(first)) == first
     with pytest.raises(SipParseError):                    # failures are not kept: they fail every time
         parse_uri("sip:a b@host")
     with pytest.raises(SipParseError):
@@ -797,3 +815,28 @@ def test_header_lookups_follow_every_change():
 def test_split_list_splits_at_top_level_commas_only(value: str, expected: list[str]) -> None:
     from wacall.sip.uri import split_list
     assert split_list(value) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Via", "Content-Length", "content-length", "CONTENT-LENGTH", "To", "X"]),
+                          st.sampled_from(["", "0", "3", "4", "x", "é"])), max_size=6),
+       st.sampled_from([b"", b"abc", b"abcd"]))
+def test_rendering_joins_agree_with_the_loop_that_fixes_content_length(items, body):
+    """``to_bytes`` joins the fields in C unless a Content-Length must change; both give what the loop gives."""
+    msg = Request("OPTIONS", "sip:a@b", Headers(), body)
+    msg.headers._items = list(items)
+    assert msg._render_now("OPTIONS sip:a@b SIP/2.0") == msg._render_fixing_length("OPTIONS sip:a@b SIP/2.0")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([";", " ", "\t", "=", "tag", "lr", "a.b", "[::1]", "1:2", '"q"', '"', ",", "é",
+                                 "x y", "%41"]), max_size=10).map("".join))
+def test_parameters_read_by_regular_expression_agree_with_the_loop(text):
+    from wacall.sip.uri import _parse_params_loop, parse_params
+
+    def outcome(parse):
+        try:
+            return list(parse(text).items())
+        except SipParseError as exc:
+            return exc.reason
+    assert outcome(parse_params) == outcome(_parse_params_loop)

@@ -56,7 +56,7 @@ from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
 from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
 from .transport import Connection, TlsTransport, TransportError
-from .uri import parse_name_addr, parse_uri
+from .uri import NameAddr, parse_name_addr, parse_uri
 
 log = logging.getLogger("wacall.sip")
 
@@ -800,8 +800,7 @@ def _without_tag(value: str) -> str:
         addr = parse_name_addr(value)
     except SipParseError:
         return value
-    addr.params.pop("tag", None)
-    return str(addr)
+    return str(NameAddr(addr.display, addr.uri, {k: v for k, v in addr.params.items() if k != "tag"}))
 
 
 def _contact_uri(message: Request | Response) -> str | None:

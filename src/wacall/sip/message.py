@@ -18,14 +18,18 @@ parse/serialise round trip unchanged.
 
 from __future__ import annotations
 
+import operator
+import os
 import re
 import secrets
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
 from .uri import (
+    FrozenParams,
     NameAddr,
     SipParseError,
     SipUri,
@@ -38,7 +42,7 @@ from .uri import (
     parse_params,
     parse_uri,
     render_params,
-    split_list,
+    split_shared,
 )
 
 __all__ = [
@@ -162,15 +166,23 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
-_LOWER: dict[str, str] = {}      # header name as written -> its canonical name lower-cased (memo, bounded)
+_NAME_OF = operator.itemgetter(0)
+class _Lowered(dict):
+    """Header name as written -> its canonical name lower-cased (a memo, bounded): ``_LOWER[name]``."""
+
+    def __missing__(self, name: str) -> str:
+        low = canonical_name(name).lower()
+        if len(self) < 4096:
+            self[name] = low
+        return low
+
+
+_LOWER = _Lowered()
 _NONE: list[str] = []
 
 
 def _lower(name: str) -> str:
-    low = canonical_name(name).lower()
-    if len(_LOWER) < 4096:
-        _LOWER[name] = low
-    return low
+    return _LOWER[name]
 
 
 class Headers:
@@ -197,14 +209,15 @@ class Headers:
         index = self._index
         if index is None:
             index = self._index = {}
+            lowered = _LOWER
             for n, v in self._items:
-                low = _LOWER.get(n) or _lower(n)
+                low = lowered[n]
                 values = index.get(low)
                 if values is None:
                     index[low] = [v]
                 else:
                     values.append(v)
-        return index.get(_LOWER.get(name) or _lower(name), _NONE)
+        return index.get(_LOWER[name], _NONE)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first header field called ``name``, or ``default``."""
@@ -214,8 +227,8 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """All values of ``name`` in order; list headers are split into one value per element."""
         values = self._values(name)
-        if (_LOWER.get(name) or _lower(name)) in LIST_HEADERS:
-            return [e for v in values for e in split_list(v)]
+        if _LOWER[name] in LIST_HEADERS:
+            return [e for v in values for e in split_shared(v)]
         return list(values)
 
     def add(self, name: str, value: str) -> None:
@@ -255,7 +268,7 @@ class Headers:
         checked_name, value = _checked(name, value)
         low = checked_name.lower()
         for i, (n, _) in enumerate(self._items):
-            if (_LOWER.get(n) or _lower(n)) == low:
+            if _LOWER[n] == low:
                 self._items[i] = (n, value)
                 self._index = None
                 self._version += 1
@@ -337,9 +350,10 @@ _via_memo: dict[str, Via] = {}
 
 def parse_via(text: str) -> Via:
     """Parse one via-parm; whitespace is allowed around ``/``, ``:`` and ``;`` (RFC 4475 3.1.1.1).
-    Memoised by text like the URI parsers (``uri.memoised``); a fresh copy is returned."""
-    known = memoised(_via_memo, text, text, lambda: _parse_via(text))
-    return Via(known.transport, known.host, known.port, dict(known.params))
+    Memoised by text like the URI parsers (``uri.memoised``), and shared like theirs: its ``params`` are
+    read-only (``FrozenParams``); build a new :class:`Via` from ``dict(via.params)`` to change one."""
+    known = _via_memo.get(text)
+    return known if known is not None else memoised(_via_memo, text, text, lambda: _parse_via(text))
 
 
 def _parse_via(text: str) -> Via:
@@ -351,7 +365,7 @@ def _parse_via(text: str) -> Via:
     port = int(m["port"]) if m["port"] else None
     if port is not None and port > 65535:
         raise SipParseError("Bad Request - Malformed Via port")
-    return Via(m["transport"], m["host"], port, parse_params(text[m.end():], what="Via"))
+    return Via(m["transport"], m["host"], port, FrozenParams(parse_params(text[m.end():], what="Via")))
 
 
 # --- messages ----------------------------------------------------------------------------------
@@ -406,7 +420,7 @@ class _Message:
     def _top_via_text(self) -> str | None:
         """The first Via element, splitting only the fields up to the one that holds it."""
         for value in self.headers._values("Via"):
-            elements = split_list(value)
+            elements = split_shared(value)
             if elements:
                 return elements[0]
         return None
@@ -449,6 +463,20 @@ class _Message:
         return data
 
     def _render_now(self, start_line: str) -> bytes:
+        items, body = self.headers._items, self.body
+        length = str(len(body))
+        lowered = list(map(str.lower, map(_NAME_OF, items)))
+        count = lowered.count("content-length")
+        if count == 0:      # the joins in C: no Python step per header field
+            head = CRLF.join([start_line, *map(": ".join, items), "Content-Length: " + length])
+            return (head + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
+        if count == 1 and items[lowered.index("content-length")][1] == length:
+            head = CRLF.join([start_line, *map(": ".join, items)])
+            return (head + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
+        return self._render_fixing_length(start_line)
+
+    def _render_fixing_length(self, start_line: str) -> bytes:
+        """:meth:`_render_now` where the Content-Length fields must change: one, equal to the body's length."""
         lines = [start_line]
         wrote_length = False
         for name, value in self.headers:
@@ -570,7 +598,25 @@ def _content_length(headers: Headers) -> int | None:
     return int(text)
 
 
+_START_MEMO: dict[str, tuple[int, str] | tuple[str, str]] = {}   # start line -> its checked parts (a memo, bounded)
+
+
 def _parse_start(start: str, headers: Headers) -> Request | Response:
+    """The message the start line makes (a Request or a Response), after its checks; a start line already seen
+    (every request of a call to the same user, every 200 OK) is not checked again."""
+    known = _START_MEMO.get(start)
+    if known is None:
+        msg = _check_start(start, headers)
+        if len(start) <= 512:
+            if len(_START_MEMO) >= 4096:
+                _START_MEMO.clear()
+            _START_MEMO[start] = (msg.status, msg.reason) if isinstance(msg, Response) else (msg.method, msg.uri)
+        return msg
+    a, b = known
+    return Response(a, b, headers) if type(a) is int else Request(a, b, headers)  # type: ignore[arg-type]
+
+
+def _check_start(start: str, headers: Headers) -> Request | Response:
     if start.upper().startswith("SIP/"):
         parts = start.split(" ", 2)
         if len(parts) < 2:
@@ -609,45 +655,105 @@ def _check_version(version: str) -> None:
 def _check_fields(msg: Request | Response) -> None:
     """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
     h = msg.headers
-    for name in ("To", "From", "Call-ID", "CSeq"):     # not list headers: their fields are their values
-        count = len(h._values(name))
+    h._values("Via")                                    # builds the index: the lookups below are dict accesses
+    index: dict[str, list[str]] = h._index               # type: ignore[assignment]
+    for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
+        count = len(index.get(low, _NONE))              # not list headers: their fields are their values
         if count == 0:
             raise _bad(f"Missing {name}", msg)
         if count > 1:
             raise _bad(f"Multiple {name}", msg)
-    if not h.get_all("Via"):
+    via_texts = [e for v in index.get("via", _NONE) for e in split_shared(v)]
+    if not via_texts:
         raise _bad("Missing Via", msg)
-    call_id = h.get("Call-ID") or ""
-    if not call_id or any(c in call_id for c in " \t"):
+    call_id = index["call-id"][0]
+    if not call_id or " " in call_id or "\t" in call_id:
         raise _bad("Malformed Call-ID", msg)
-    try:
-        seq, method = msg.cseq
-    except SipParseError:
-        raise _bad("Malformed CSeq", msg) from None
+    m = _CSEQ_RE.match(index["cseq"][0].strip())
+    if not m or int(m[1]) > _MAX_CSEQ:
+        raise _bad("Malformed CSeq", msg)
+    method = m[2]
     if isinstance(msg, Request) and method != msg.method:
         if msg.method not in KNOWN_METHODS:  # RFC 4475 section 3.1.2.18 prefers 501 here
             err = SipParseError("Not Implemented - CSeq method does not match Request-Line", status=501)
             err.message = msg
             raise err
         raise _bad("CSeq method does not match Request-Line", msg)
-    for name, part in (("From", "from_"), ("To", "to")):
+    for low, name in (("from", "From"), ("to", "To")):
         try:
-            getattr(msg, part)
+            parse_name_addr(index[low][0])
         except SipParseError as exc:
             raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
     try:
-        msg.vias
+        for text in via_texts:
+            parse_via(text)
     except SipParseError:
         raise _bad("Malformed Via", msg) from None
-    contacts = h.get_all("Contact")
+    contacts = [e for v in index.get("contact", _NONE) for e in split_shared(v)]
     if contacts != ["*"]:
         try:
-            msg.name_addrs("Contact")
+            for text in contacts:
+                parse_name_addr(text)
         except SipParseError:
             raise _bad("Malformed Contact", msg) from None
-    mf = h.get_all("Max-Forwards")  # optional in practice (the brief tolerates its absence)
+    mf = index.get("max-forwards", _NONE)  # optional in practice (the brief tolerates its absence)
     if mf and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
         raise _bad("Malformed Max-Forwards", msg)
+
+
+# --- the compiled scanner ------------------------------------------------------------------------
+# ``sipscan.c`` (built by cffi at install time, like the media fast path) cuts a well-formed message's
+# header block into its fields in one pass; whatever it declines (non-ASCII octets, folding, bare CR,
+# a malformed line: see ``sipscan.h``) goes through the Python code below, which stays the reference
+# (tests/test_sip_scan.py runs both on the torture messages and on generated ones and compares).
+
+
+def _load_scanner():  # type: ignore[no-untyped-def]
+    if os.environ.get("WACALL_SIPSCAN", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from ._sipscan import ffi, lib
+    except ImportError:  # pragma: no cover - built at install time; without a compiler Python parses
+        return None
+    return ffi, lib
+
+
+_SCANNER = _load_scanner()
+_BUFFERS = threading.local()     # the scanner's output buffers, reused (cffi releases the GIL during the call)
+
+
+class _Canonical(dict):
+    """Header name as written -> canonical name (a memo over :func:`canonical_name`, bounded)."""
+
+    def __missing__(self, name: str) -> str:
+        canonical = _CANONICAL.get(name.lower(), name)
+        if len(self) < 4096:
+            self[name] = canonical
+        return canonical
+
+
+_CANONICAL_OF = _Canonical()
+
+
+def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int] | None:
+    """``(start line, fields with canonical names, rest after the empty line, Content-Length)`` by the compiled
+    scanner (Content-Length -1: none, -2: ask :func:`_content_length`), or None where Python must parse."""
+    ffi, lib = _SCANNER  # type: ignore[misc]
+    n = len(data)
+    kept = getattr(_BUFFERS, "kept", None)
+    if kept is None or kept[2] <= n:
+        kept = _BUFFERS.kept = (ffi.new("long[5]"), ffi.new("unsigned char[]", max(n + 1, 4096)), max(n + 1, 4096))
+    info, out, cap = kept
+    count = lib.sip_scan(data, n, out, cap, info)
+    if count < 0:
+        return None
+    start = data[info[0]:info[1]].decode("ascii")
+    if count:
+        parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")
+        fields = list(zip(map(_CANONICAL_OF.__getitem__, parts[0::2]), parts[1::2]))
+    else:
+        fields = []
+    return start, fields, data[info[2]:], info[3]
 
 
 def parse_message(data: bytes) -> Request | Response:
@@ -658,6 +764,26 @@ def parse_message(data: bytes) -> Request | Response:
     without Content-Length the body is the rest of ``data``; a Content-Length larger than what
     is there is an error (RFC 4475 section 3.1.2.2).
     """
+    scanned = _scanned(data) if _SCANNER is not None else None
+    if scanned is not None:
+        start, fields, rest, length = scanned
+        headers = Headers()
+        headers._items = fields
+        msg = _parse_start(start, headers)
+        if length == -1:
+            length = None
+        elif length == -2:
+            try:
+                length = _content_length(headers)
+            except SipParseError as exc:
+                exc.message = msg
+                raise
+        return _finish(msg, rest, length)
+    return _parse_in_python(data)
+
+
+def _parse_in_python(data: bytes) -> Request | Response:
+    """:func:`parse_message` in Python only: the reference, and the path of what the scanner declines."""
     head_bytes, rest = _split_head(data)
     start, fields = _header_lines(head_bytes.decode("utf-8", "surrogateescape"))
     headers = Headers()
@@ -669,6 +795,10 @@ def parse_message(data: bytes) -> Request | Response:
     except SipParseError as exc:
         exc.message = msg
         raise
+    return _finish(msg, rest, length)
+
+
+def _finish(msg: Request | Response, rest: bytes, length: int | None) -> Request | Response:
     if length is None:
         msg.body = rest
     elif length > len(rest):
@@ -781,10 +911,13 @@ class StreamFramer:
         head_len = end + 4
         if head_len > self.max_header:
             return self._fatal(out, SipParseError("Bad Request - Header block too large"))
-        try:
-            length = _content_length(_length_headers(bytes(buf[:end])))
-        except SipParseError as exc:
-            return self._fatal(out, exc)
+        head = bytes(buf[:end])
+        length = _SCANNER[1].sip_frame_length(head, end) if _SCANNER is not None else -1
+        if length < 0:             # not the one plain Content-Length the scanner reads: Python's lenient reading
+            try:
+                length = _content_length(_length_headers(head))
+            except SipParseError as exc:
+                return self._fatal(out, exc)
         if length is None:
             raw = bytes(buf[:head_len])
             del buf[:head_len]

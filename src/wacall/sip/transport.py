@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import PING, Request, Response, SipParseError, StreamFramer, new_tag, parse_message
+from .message import PING, Request, Response, SipParseError, StreamFramer, Via, new_tag, parse_message
 from .uri import split_list
 from .tls import NotLoopbackError, Resolver, is_loopback
 
@@ -602,16 +602,17 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     host, port = peer
     if not host:
         return
-    via = request.top_via
-    changed = False
+    via = request.top_via            # shared with the parser's memo: the changed Via is a new one
+    params: dict[str, str | None] | None = None
     if via.host.strip("[]").lower() != host.lower():
-        _set_param(via.params, "received", host)
-        changed = True
+        params = dict(via.params)
+        _set_param(params, "received", host)
     if via.wants_rport and via.rport is None:
-        _set_param(via.params, "rport", str(port))
-        changed = True
-    if not changed:
+        params = dict(via.params) if params is None else params
+        _set_param(params, "rport", str(port))
+    if params is None:
         return
+    via = Via(via.transport, via.host, via.port, params)
     elements = split_list(request.headers.get("Via") or "")
     elements[0] = str(via)
     request.headers.replace_first("Via", ", ".join(elements))

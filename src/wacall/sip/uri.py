@@ -68,6 +68,8 @@ _TOKEN_FULL = re.compile(TOKEN + r"\Z")
 _WS = " \t"
 #: gen-value = token / host / quoted-string; host may be "[v6]"; Via received= may be bare IPv6
 _GEN_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
+#: one ``;name`` or ``;name=value`` (gen-value, no quoted string) with the whitespace SEMI and EQUAL allow
+_PARAM_RE = re.compile(r"[ \t]*;[ \t]*(" + TOKEN + r")[ \t]*(?:=[ \t]*([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?")
 
 _ESCAPED = r"%[0-9A-Fa-f]{2}"
 _UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
@@ -156,6 +158,23 @@ def parse_params(text: str, *, what: str = "header") -> dict[str, str | None]:
     SEMI and EQUAL allow whitespace around them. Values are ``token``/``host`` or a quoted string
     (kept with its quotes). Empty parameters (``;;``) are an error (RFC 4475 section 3.1.2.1).
     """
+    if '"' not in text:            # no quoted string: one regular expression per parameter, in C
+        params: dict[str, str | None] = {}
+        end = 0
+        for m in _PARAM_RE.finditer(text):
+            if m.start() != end:
+                break
+            params[m[1]] = m[2]
+            end = m.end()
+        else:
+            if text[end:].strip(_WS) == "":
+                return params
+        # not the plain form: the loop below gives the answer (or the error)
+    return _parse_params_loop(text, what)
+
+
+def _parse_params_loop(text: str, what: str = "header") -> dict[str, str | None]:
+    """:func:`parse_params` one character class at a time: quoted strings, errors, and the reference."""
     params: dict[str, str | None] = {}
     i, n = 0, len(text)
     while True:
@@ -211,8 +230,31 @@ def has_param(params: dict[str, str | None], name: str) -> bool:
 # --- memos ---------------------------------------------------------------------------------------
 # A SIP call repeats the same header values (From, To, Via, Contact, the Request-URI) in every message,
 # and each layer looks at them again: the parsers below are pure functions of their text, so a parsed
-# value is kept by its text (short texts only, at most _MEMO_SIZE of each, cleared when full) and a
-# copy is handed out (callers may change what they get). Failures are not kept.
+# value is kept by its text (short texts only, at most _MEMO_SIZE of each, cleared when full) and handed
+# out as it is, shared: its parameter dicts are FrozenParams (read-only), and a caller that wants a changed
+# value builds a new one from a copy (``dict(value.params)``). Failures are not kept.
+
+
+class FrozenParams(dict):
+    """The parameters (or URI headers) of a parsed SIP value: a ``dict`` that cannot be changed in place,
+    because the parsers hand the same value to every message that carries the same text. ``dict(params)``
+    (or ``params.copy()``) is a changeable copy."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("parsed SIP values are shared: change a copy (dict(params)) and build a new value")
+
+    __setitem__ = __delitem__ = pop = popitem = setdefault = update = clear = __ior__ = _refuse  # type: ignore
+
+    def copy(self) -> dict:  # type: ignore[override]
+        return dict(self)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (dict(self),))
+
+
+_NO_PARAMS = FrozenParams()
 _MEMO_SIZE = 4096
 _MEMO_TEXT = 512
 _split_memo: dict[str, tuple[str, ...]] = {}
@@ -239,7 +281,13 @@ def split_list(value: str) -> list[str]:
     Commas inside quoted strings or ``<...>`` do not split. Elements are stripped; empty
     elements are dropped.
     """
-    return list(memoised(_split_memo, value, value, lambda: tuple(_split_list(value))))
+    return list(split_shared(value))
+
+
+def split_shared(value: str) -> tuple[str, ...]:
+    """:func:`split_list` as the memo's own tuple (for callers that only read it)."""
+    known = _split_memo.get(value)
+    return known if known is not None else memoised(_split_memo, value, value, lambda: tuple(_split_list(value)))
 
 
 def _split_list(value: str) -> list[str]:
@@ -369,12 +417,10 @@ def _valid_host(host: str) -> bool:
 
 
 def parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
-    """Parse a SIP or SIPS URI (see :func:`_parse_uri`); a fresh copy of a memoised parse."""
-    return _copy_uri(memoised(_uri_memo, (text, any_scheme), text, lambda: _parse_uri(text, any_scheme=any_scheme)))
-
-
-def _copy_uri(u: SipUri) -> SipUri:
-    return SipUri(u.scheme, u.user, u.password, u.host, u.port, dict(u.params), dict(u.headers), u.opaque)
+    """Parse a SIP or SIPS URI (see :func:`_parse_uri`): a memoised parse, shared (read-only parameters)."""
+    key = (text, any_scheme)
+    known = _uri_memo.get(key)
+    return known if known is not None else memoised(_uri_memo, key, text, lambda: _parse_uri(text, any_scheme=any_scheme))
 
 
 def _parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
@@ -395,7 +441,7 @@ def _parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
             raise SipParseError(f"Unsupported URI Scheme - {scheme}", status=416)
         if not rest or any(c in _OPAQUE_BAD for c in rest):
             raise _bad("Malformed URI")
-        return SipUri(scheme=scheme, opaque=rest)
+        return SipUri(scheme=scheme, params=_NO_PARAMS, headers=_NO_PARAMS, opaque=rest)
     if any(c in _OPAQUE_BAD for c in rest):
         raise _bad("Malformed URI")
 
@@ -444,7 +490,8 @@ def _parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
                 raise _bad("Malformed URI header")
             headers[name] = value
 
-    return SipUri(scheme, user, password, host, port, params, headers)
+    return SipUri(scheme, user, password, host, port, FrozenParams(params) if params else _NO_PARAMS,
+                  FrozenParams(headers) if headers else _NO_PARAMS)
 
 
 # --- name-addr / addr-spec ---------------------------------------------------------------------
@@ -474,10 +521,10 @@ class NameAddr:
 
 
 def parse_name_addr(text: str) -> NameAddr:
-    """Parse a From, To, Contact or Route value (see :func:`_parse_name_addr`); a fresh copy of a memoised
-    parse."""
-    known = memoised(_addr_memo, text, text, lambda: _parse_name_addr(text))
-    return NameAddr(known.display, _copy_uri(known.uri), dict(known.params))
+    """Parse a From, To, Contact or Route value (see :func:`_parse_name_addr`): a memoised parse, shared
+    (read-only parameters)."""
+    known = _addr_memo.get(text)
+    return known if known is not None else memoised(_addr_memo, text, text, lambda: _parse_name_addr(text))
 
 
 def _parse_name_addr(text: str) -> NameAddr:
@@ -525,4 +572,5 @@ def _parse_name_addr(text: str) -> NameAddr:
             raise _bad("Address with ',' or '?' must be enclosed in <>")
         uri = parse_uri(uri_text, any_scheme=True)
         rest = s[end:]
-    return NameAddr(display, uri, parse_params(rest, what="address"))
+    params = parse_params(rest, what="address")
+    return NameAddr(display, uri, FrozenParams(params) if params else _NO_PARAMS)
