@@ -52,10 +52,11 @@ from .phone import phone_digits
 from .pricing import PULSE_SECONDS, price_call
 from .sdp import (
     LocalMedia,
+    MetaSdp,
     SdpError,
     SessionDescription,
-    build_meta_answer,
     build_meta_offer,
+    meta_answer,
     negotiate,
     validate_business_sdp,
 )
@@ -192,14 +193,17 @@ class CallRules(PlatformState):
             waba.bic_seconds_by_month = {month: billed + call.pulses * PULSE_SECONDS}   # older months are done
             self.put(waba)
 
-    def media_setup(self, call: Call, business: SessionDescription | None = None) -> MediaConfigure | None:
+    def media_setup(self, call: Call, business: SessionDescription | None = None,
+                    meta: MetaSdp | None = None) -> MediaConfigure | None:
         """What the relay needs for ``call`` once both SDPs are known: the negotiation (done here, once,
         by ``wacall.domain.sdp.negotiate``) and the user's phone. None before both SDPs are known.
-        ``business``: the business's SDP already parsed (by its validation), not parsed again."""
+        ``business``: the business's SDP already parsed (by its validation), not parsed again; ``meta``:
+        Meta's SDP as its builder returned it (``call.meta_sdp``'s text with what it says), not parsed."""
         if not call.meta_sdp or not call.business_sdp:
             return None
         try:
-            negotiated = negotiate(call.meta_sdp, business or call.business_sdp, call.key_exchange)
+            negotiated = negotiate(meta if meta is not None else call.meta_sdp, business or call.business_sdp,
+                                   call.key_exchange)
         except SdpError as exc:         # validated SDPs: not the business's fault; the media will time out
             self.note(call, "media", event="negotiation_failed", reason=exc.details)
             return None
@@ -207,8 +211,8 @@ class CallRules(PlatformState):
         return MediaConfigure(call.id, negotiated, self.behaviour.voice(user),
                               user_is_caller=call.direction == USER_INITIATED)
 
-    def _configure_media(self, call: Call, business: SessionDescription) -> None:
-        setup = self.media_setup(call, business)
+    def _configure_media(self, call: Call, business: SessionDescription, meta: MetaSdp | None = None) -> None:
+        setup = self.media_setup(call, business, meta)
         if setup is not None:
             self.emit(setup)
 
@@ -309,7 +313,8 @@ class CallRules(PlatformState):
                     app_id=app.id, created_at=now, biz_opaque_callback_data=opaque, business_sdp=sdp,
                     key_exchange=key_exchange, capture=capture,
                     signalling="sip" if calling_settings.sip_enabled(number.calling) else "graph")
-        call.meta_sdp = build_meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
+        answer = meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
+        call.meta_sdp = answer.text
         call.media = {"leg": leg.to_doc()}
         initiated.append(now)
         if to is not None:
@@ -318,7 +323,7 @@ class CallRules(PlatformState):
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id))
         self._emit_call(call, CallStatus(call.id, "RINGING", now))
-        self._configure_media(call, offer)
+        self._configure_media(call, offer, answer)
         self._schedule_user_reaction(call, user)
         return call
 

@@ -38,6 +38,7 @@ __all__ = [
     "CryptoAttribute",
     "LocalMedia",
     "MediaDescription",
+    "MetaSdp",
     "Negotiated",
     "Origin",
     "RtpMap",
@@ -46,6 +47,7 @@ __all__ = [
     "SessionDescription",
     "build_meta_answer",
     "build_meta_offer",
+    "meta_answer",
     "negotiate",
     "parse_crypto",
     "parse_sdp",
@@ -390,6 +392,16 @@ def _telephone_event_pt(audio: MediaDescription) -> int:
     return next(p for p in range(127, 95, -1) if p not in used)
 
 
+@dataclass(frozen=True)
+class MetaSdp:
+    """An SDP Meta built, with what :func:`negotiate` reads of it (its codecs' payload types and its DTLS
+    ``a=setup``), known as it was written: the negotiation a moment later does not parse it again."""
+
+    text: str
+    payload_types: dict[str, int]       # opus / pcmu / pcma / telephone-event -> Meta's payload type
+    setup: str | None = None            # DTLS: active | passive (None for SDES)
+
+
 def build_meta_answer(
     leg: LocalMedia,
     offer: SessionDescription,
@@ -401,6 +413,17 @@ def build_meta_answer(
 
     ``offer`` should already have passed ``validate_business_sdp(role="offer")``.
     """
+    return meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=additional_codecs).text
+
+
+def meta_answer(
+    leg: LocalMedia,
+    offer: SessionDescription,
+    *,
+    key_exchange: str = "DTLS",
+    additional_codecs: Sequence[str] = (),
+) -> MetaSdp:
+    """:func:`build_meta_answer`, with what :func:`negotiate` needs of the answer (``MetaSdp``)."""
     kx = _normalise_key_exchange(key_exchange)
     audio = offer.audio
     if audio is None:
@@ -424,6 +447,7 @@ def build_meta_answer(
         f"c=IN IP4 {leg.host}",
         "a=rtcp:9 IN IP4 0.0.0.0",
     ]
+    setup = None
     if kx == "DTLS":
         found = offer.effective_attribute(audio, "setup")
         offered_setup = found[1] if found else "actpass"
@@ -450,7 +474,11 @@ def build_meta_answer(
         if kx == "DTLS" and f"{opus_pt} transport-cc" in offered_fb:
             lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
         lines.append(_opus_fmtp(opus_pt, kx))
-    return _join(lines + _audio_tail(g711, te_pt, leg))
+    payload_types = {"opus": opus_pt} if opus_pt is not None else {}
+    for name, pt in g711:                       # as _codec_pts reads them back from the text
+        payload_types.setdefault(name.lower(), pt)
+    payload_types.setdefault("telephone-event", te_pt)
+    return MetaSdp(_join(lines + _audio_tail(g711, te_pt, leg)), payload_types, setup)
 
 
 def _opus_fmtp(pt: int, kx: str) -> str:
@@ -540,18 +568,22 @@ def _codec_pts(desc: SessionDescription) -> dict[str, int]:
     return found
 
 
-def negotiate(meta_sdp: str | SessionDescription, business_sdp: str | SessionDescription,
+def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | SessionDescription,
               key_exchange: str) -> Negotiated:
     """What the relay must do for a call whose SDPs are ``meta_sdp`` (Meta's offer or answer, from the
     builders above) and ``business_sdp`` (the business's validated answer or offer): the codecs both
     have with Meta's payload types, the one the user's phone sends (the business's first preference),
     the DTMF payload type, the business's address, and the SDES key or the DTLS role and the
     business's ICE credentials and fingerprint. ``SdpError`` if either cannot be parsed. Either SDP may
-    be given already parsed."""
+    be given already parsed, and Meta's as the ``MetaSdp`` its builder returned (not parsed at all)."""
     kx = _normalise_key_exchange(key_exchange)
-    meta = meta_sdp if isinstance(meta_sdp, SessionDescription) else parse_sdp(meta_sdp)
+    if isinstance(meta_sdp, MetaSdp):
+        meta, ours, meta_setup = None, meta_sdp.payload_types, meta_sdp.setup or "actpass"
+    else:
+        meta = meta_sdp if isinstance(meta_sdp, SessionDescription) else parse_sdp(meta_sdp)
+        ours, meta_setup = _codec_pts(meta), None
     business = business_sdp if isinstance(business_sdp, SessionDescription) else parse_sdp(business_sdp)
-    ours, theirs = _codec_pts(meta), _codec_pts(business)
+    theirs = _codec_pts(business)
     payload_types = {name: pt for name, pt in ours.items() if name in theirs}
     baudio = business.audio
     send_codec = "opus"
@@ -575,7 +607,8 @@ def negotiate(meta_sdp: str | SessionDescription, business_sdp: str | SessionDes
     ufrag = business.effective_attribute(baudio, "ice-ufrag")
     pwd = business.effective_attribute(baudio, "ice-pwd")
     fingerprint = business.effective_attribute(baudio, "fingerprint")
-    meta_setup = (meta.effective_attribute(meta.audio, "setup") or (0, "actpass"))[1] if meta.audio else "actpass"
+    if meta is not None:
+        meta_setup = (meta.effective_attribute(meta.audio, "setup") or (0, "actpass"))[1] if meta.audio else "actpass"
     their_setup = (business.effective_attribute(baudio, "setup") or (0, "active"))[1]
     if meta_setup == "active":
         role = "client"
