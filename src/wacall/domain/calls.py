@@ -85,6 +85,24 @@ def _zone(name: str) -> dt.tzinfo:
         return dt.timezone.utc
 
 
+_MONTHS: dict[str, tuple[float, float, str]] = {}   # zone name -> the middle of a month (from, to) and its "YYYY-MM"
+
+
+def _month(now: float, zone_name: str) -> str:
+    """The calendar month (``YYYY-MM``) ``now`` falls in, in the zone ``zone_name`` (see ``_zone``). The
+    last month asked of each zone is kept, less a day at each end (whatever the zone's offset does around
+    midnight, a time inside that is inside the month): a call's bill asks this once per call."""
+    known = _MONTHS.get(zone_name)
+    if known is not None and known[0] <= now < known[1]:
+        return known[2]
+    local = dt.datetime.fromtimestamp(now, _zone(zone_name))
+    first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (first + dt.timedelta(days=32)).replace(day=1)
+    month = local.strftime("%Y-%m")
+    _MONTHS[zone_name] = (first.timestamp() + DAY, following.timestamp() - DAY, month)
+    return month
+
+
 def _opaque(body: dict) -> str | None:
     value = body.get("biz_opaque_callback_data")
     if value is None:
@@ -186,7 +204,7 @@ class CallRules(PlatformState):
         """Price a connected business-initiated call at the WABA's volume tier of the calendar month (in
         the WABA's timezone), and count its billed seconds into that month's volume (a counter per WABA)."""
         waba = self.wabas[self.numbers[call.phone_number_id].waba_id]
-        month = dt.datetime.fromtimestamp(now, _zone(waba.timezone_id)).strftime("%Y-%m")
+        month = _month(now, waba.timezone_id)
         billed = waba.bic_seconds_by_month.get(month, 0.0)
         call.pulses, call.cost = price_call(self.rate_card, call.wa_id, call.duration or 0, billed / 60.0)
         if call.pulses:

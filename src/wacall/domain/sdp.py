@@ -394,12 +394,14 @@ def _telephone_event_pt(audio: MediaDescription) -> int:
 
 @dataclass(frozen=True)
 class MetaSdp:
-    """An SDP Meta built, with what :func:`negotiate` reads of it (its codecs' payload types and its DTLS
-    ``a=setup``), known as it was written: the negotiation a moment later does not parse it again."""
+    """An SDP Meta built, with what :func:`negotiate` reads of it (its codecs' payload types, its DTLS
+    ``a=setup``, the business's SDES key it accepted), known as it was written: the negotiation a moment
+    later neither parses it again nor chooses the business's ``a=crypto`` a second time."""
 
     text: str
     payload_types: dict[str, int]       # opus / pcmu / pcma / telephone-event -> Meta's payload type
     setup: str | None = None            # DTLS: active | passive (None for SDES)
+    remote_crypto: str | None = None    # SDES: the business's a=crypto value the answer accepted
 
 
 def build_meta_answer(
@@ -462,11 +464,12 @@ def meta_answer(
     lines.append(f"a={_answer_direction(offer, audio)}")
     if audio.has_attribute("rtcp-mux") or kx == "SDES":
         lines.append("a=rtcp-mux")
+    remote_crypto = None
     if kx == "SDES":
         chosen = _chosen_crypto(offer, audio)
         if chosen is None:
             raise SdpError("No acceptable a=crypto line found in the offer")
-        crypto = chosen[1]
+        remote_crypto, crypto = chosen
         lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}")
     if opus_pt is not None:
         lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
@@ -478,7 +481,7 @@ def meta_answer(
     for name, pt in g711:                       # as _codec_pts reads them back from the text
         payload_types.setdefault(name.lower(), pt)
     payload_types.setdefault("telephone-event", te_pt)
-    return MetaSdp(_join(lines + _audio_tail(g711, te_pt, leg)), payload_types, setup)
+    return MetaSdp(_join(lines + _audio_tail(g711, te_pt, leg)), payload_types, setup, remote_crypto)
 
 
 def _opus_fmtp(pt: int, kx: str) -> str:
@@ -602,6 +605,8 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
     if baudio is None:
         return Negotiated(**common)
     if kx == "SDES":
+        if isinstance(meta_sdp, MetaSdp) and meta_sdp.remote_crypto is not None:   # chosen as the answer was built
+            return Negotiated(**common, remote_crypto=meta_sdp.remote_crypto)
         chosen = _chosen_crypto(business, baudio)
         return Negotiated(**common, remote_crypto=chosen[0] if chosen else None)
     ufrag = business.effective_attribute(baudio, "ice-ufrag")
