@@ -12,18 +12,25 @@ from dataclasses import dataclass
 
 import pytest
 
+from wacall import server
 from wacall.config import load_config
 from wacall.domain.model import User
 from wacall.server import Wacall
 
 
 @dataclass(frozen=True)
-class Announced:                      # stands for the SipCallChanged / webhook a state change causes
+class Announced:                      # stands for the SipCallChanged a state change causes (no webhook)
+    wa_id: str
+
+
+@dataclass(frozen=True)
+class Webhooked:                      # stands for an event that makes a webhook
     wa_id: str
 
 
 @pytest.fixture
-async def emulator(tmp_path):
+async def emulator(tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "QUIET_EVENTS", (*server.QUIET_EVENTS, Announced))
     config = load_config()
     config.sip.port = 0
     wacall = await Wacall(config, db=str(tmp_path / "wacall.db"), port=0).start()
@@ -101,3 +108,18 @@ async def test_a_grouped_change_joins_a_commit_made_in_the_same_turn(emulator):
     wacall.apply(create(grouped), group=True)
     wacall.apply(create(direct))
     assert seen == {grouped: True, direct: True} and {grouped, direct} <= durable_users(path)
+
+
+async def test_a_grouped_change_that_makes_a_webhook_is_committed_at_once(emulator):
+    """A webhook's latency counts from the state change: a grouped change that emits a webhook's event does
+    not wait for the end of the loop turn (and takes the turn's grouped changes with it)."""
+    wacall, path = emulator
+    quiet, loud = "447700911021", "447700911022"
+    wacall.apply(lambda: wacall.platform.put(User(wa_id=quiet, name="q", country="GB")), group=True)
+    assert quiet not in durable_users(path)
+
+    def operation() -> None:
+        wacall.platform.put(User(wa_id=loud, name="l", country="GB"))
+        wacall.platform.emit(Webhooked(loud))
+    wacall.apply(operation, group=True)
+    assert {quiet, loud} <= durable_users(path)

@@ -71,6 +71,9 @@ log = logging.getLogger("wacall")
 T = TypeVar("T")
 MAX_BODY = 1024 * 1024
 VOICEMAIL_MIME = "audio/ogg; codecs=opus"      # Meta's voicemail sample
+#: events that make no webhook (consumed inside the process): a grouped change that emits only these may wait
+#: for the end of the loop turn to be committed (``Wacall.apply(group=True)``)
+QUIET_EVENTS = (SipCallChanged, ReleaseMedia, MediaConfigure, MediaConnected, VoicemailAnswer, VoicemailRecord)
 SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
 
 
@@ -367,11 +370,13 @@ class Wacall:
         transaction, and a consumer's trace does not hold up the request that caused it.
 
         ``group`` is for a state change that its caller does not acknowledge itself: everything it
-        causes that leaves the process (the SIP 180/200, webhooks) is sent by the event's consumers,
-        which run after the commit. It is committed, and its consumers run, at the end of this
-        event-loop iteration together with every other change made by then: the SIP requests and
-        timers of one loop turn share one transaction, and still nothing is announced before it is
-        durable. An operation that raises is committed at once (its caller answers the refusal).
+        causes that leaves the process (the SIP 180/200) is sent by the event's consumers, which run
+        after the commit. If it caused no webhook (only ``QUIET_EVENTS`` are pending), it is
+        committed, and its consumers run, at the end of this event-loop iteration together with every
+        other change made by then: the SIP requests and timers of one loop turn share one transaction,
+        and still nothing is announced before it is durable. A webhook does not wait for the loop turn
+        (its latency is measured from the state change), so a change that makes one is committed at
+        once, as is an operation that raises (its caller answers the refusal itself).
         """
         self._applying += 1
         done = False
@@ -381,7 +386,7 @@ class Wacall:
             return result
         finally:
             self._applying -= 1
-            later = defer or (group and done)
+            later = defer or (group and done and all(isinstance(e, QUIET_EVENTS) for e in self.platform.events))
             if not later:
                 self._due = True
             if not self._applying:
