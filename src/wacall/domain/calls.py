@@ -86,20 +86,24 @@ def _zone(name: str) -> dt.tzinfo:
 
 
 _MONTHS: dict[str, tuple[float, float, str]] = {}   # zone name -> the middle of a month (from, to) and its "YYYY-MM"
+_MONTH_MARGIN = 3 * 3600.0                         # clock changes are at most 2 hours
 
 
 def _month(now: float, zone_name: str) -> str:
     """The calendar month (``YYYY-MM``) ``now`` falls in, in the zone ``zone_name`` (see ``_zone``). The
-    last month asked of each zone is kept, less a day at each end (whatever the zone's offset does around
-    midnight, a time inside that is inside the month): a call's bill asks this once per call."""
+    last month asked of each zone is kept, less ``_MONTH_MARGIN`` at each end (more than any zone's clock
+    change around midnight: a time inside that is inside the month): a call's bill asks this once per call."""
     known = _MONTHS.get(zone_name)
     if known is not None and known[0] <= now < known[1]:
         return known[2]
-    local = dt.datetime.fromtimestamp(now, _zone(zone_name))
+    zone = _zone(zone_name)
+    local = dt.datetime.fromtimestamp(now, zone)
     first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     following = (first + dt.timedelta(days=32)).replace(day=1)
     month = local.strftime("%Y-%m")
-    _MONTHS[zone_name] = (first.timestamp() + DAY, following.timestamp() - DAY, month)
+    kept = (first.timestamp() + _MONTH_MARGIN, following.timestamp() - _MONTH_MARGIN, month)
+    if all(dt.datetime.fromtimestamp(end, zone).strftime("%Y-%m") == month for end in (kept[0], kept[1] - 1)):
+        _MONTHS[zone_name] = kept              # (a zone whose clock jumped further at a month's start: not kept)
     return month
 
 
