@@ -11,8 +11,8 @@ import base64
 import pytest
 from support.sdp_samples import FINGERPRINT, business_answer, business_offer
 
-from wacall.domain.sdp import (LocalMedia, Negotiated, SdpError, build_meta_answer, build_meta_offer, negotiate,
-                               parse_crypto, parse_sdp, validate_business_sdp)
+from wacall.domain.sdp import (LocalMedia, Negotiated, SdpError, build_meta_answer, build_meta_offer, meta_answer,
+                               negotiate, parse_crypto, parse_sdp, validate_business_sdp)
 
 LOCAL = LocalMedia(call_id="wacid.N", host="127.0.0.1", port=40000, ice_ufrag="mEtAuFrAg0123456",
                    ice_pwd="mEtApAsSwOrD0123456789abcdefghij", fingerprint="AB:" * 31 + "AB", ssrc=1234,
@@ -33,7 +33,11 @@ def bic(offer: str, key_exchange: str = "DTLS", codecs: tuple[str, ...] = ()) ->
     """Meta's answer to a business's offer and what the relay is told: as the domain does it."""
     parsed = validate_business_sdp(offer, key_exchange=key_exchange, additional_codecs=codecs, role="offer")
     answer = build_meta_answer(LOCAL, parsed, key_exchange=key_exchange, additional_codecs=codecs)
-    return answer, negotiate(answer, offer, key_exchange)
+    negotiated = negotiate(answer, offer, key_exchange)
+    # the domain hands negotiate Meta's answer as its builder returned it (not parsed): the same result
+    built = meta_answer(LOCAL, parsed, key_exchange=key_exchange, additional_codecs=codecs)
+    assert built.text == answer and negotiate(built, parsed, key_exchange) == negotiated
+    return answer, negotiated
 
 
 def test_local_media_is_frozen_and_persists_as_the_leg_did() -> None:
@@ -128,3 +132,28 @@ def test_an_sdp_already_parsed_by_its_validation_negotiates_the_same() -> None:
     offer = business_offer()
     answer, n = bic(offer)
     assert negotiate(parse_sdp(answer), validate_business_sdp(offer, role="offer"), "DTLS") == n
+
+
+@pytest.mark.parametrize("key_exchange", ["DTLS", "SDES"])
+@pytest.mark.parametrize("m_pts, maps", [
+    ("96 0 8 101", ("a=rtpmap:96 opus/48000/2", "a=rtpmap:101 telephone-event/8000")),       # static G.711, no rtpmap
+    ("0 97 8", ("a=rtpmap:97 opus/48000/2",)),                                        # no telephone-event: 126
+    ("98 8 126", ("a=rtpmap:98 PCMA/8000", "a=rtpmap:126 opus/48000/2")),              # opus on 126: events elsewhere
+    ("8 0", ()),                                                                      # G.711 only
+])
+def test_meta_answer_says_what_its_text_says(key_exchange: str, m_pts: str, maps: tuple[str, ...]) -> None:
+    """``MetaSdp``'s payload types and setup are what negotiate would read back from the answer's text."""
+    if key_exchange == "SDES":
+        offer = sdes_offer(*maps, m_line=f"m=audio 19534 RTP/SAVP {m_pts}")
+    else:
+        lines = [line for line in business_offer().split("\r\n") if not line.startswith(("a=rtpmap:", "a=fmtp:"))]
+        offer = "\r\n".join(f"m=audio 9 UDP/TLS/RTP/SAVPF {m_pts}" if line.startswith("m=audio") else
+                             "\r\n".join([*maps, line]) if line == "a=sendrecv" and maps else line for line in lines)
+    for codecs in ((), ("PCMU", "PCMA")):
+        try:
+            parsed = validate_business_sdp(offer, key_exchange=key_exchange, additional_codecs=codecs, role="offer")
+        except SdpError:
+            continue                                    # refused as Meta would: nothing to negotiate
+        built = meta_answer(LOCAL, parsed, key_exchange=key_exchange, additional_codecs=codecs)
+        assert negotiate(built, parsed, key_exchange) == negotiate(built.text, parsed, key_exchange)
+        assert negotiate(built, parsed, key_exchange) == negotiate(parse_sdp(built.text), offer, key_exchange)

@@ -160,3 +160,73 @@ def test_a_wake_starts_the_committed_rows_without_the_dispatch_loop(tmp_path):
         store.close()
         await runner.cleanup()
     asyncio.run(scenario())
+
+
+def _call(call_id: str, created_at: float):
+    from wacall.domain.model import Call
+    return Call(id=call_id, phone_number_id="p", wa_id="u", direction="USER_INITIATED", state="RINGING",
+                created_at=created_at)
+
+
+def test_the_timeline_is_found_by_the_calls_number_not_by_its_random_id(tmp_path):
+    """Calls are numbered in creation order (``calls.n``, also across a reopen) and their timeline rows carry
+    that number: the timeline's index grows at its end instead of taking random call ids. Entries of a call
+    id without a calls row keep working through a partial index of their own. No read scans the table."""
+    path = tmp_path / "n.db"
+    store = Store(str(path))
+    first, second = _call("wacid.Zz", 1.0), _call("wacid.Aa", 2.0)
+    store.commit([first], [], [(first.id, {"t": 1.0, "kind": "api"})])
+    store.commit([second], [], [(second.id, {"t": 2.0, "kind": "api"}), (first.id, {"t": 2.0, "kind": "user"})])
+    store.commit([], [], [("orphan", {"t": 3.0, "kind": "sip_message"}), (second.id, {"t": 3.0, "kind": "state"})])
+    store.close()
+    store = Store(str(path))
+    third = _call("wacid.Mm", 4.0)
+    store.commit([third], [], [(third.id, {"t": 4.0, "kind": "api"}), (first.id, {"t": 4.0, "kind": "media"})])
+    with store.engine.connect() as conn:
+        numbers = dict(conn.execute(text("SELECT call_id, n FROM calls")).all())
+        by_row = conn.execute(text("SELECT call_id, call_n FROM timeline ORDER BY seq")).all()
+    assert numbers["wacid.Zz"] < numbers["wacid.Aa"] < numbers["wacid.Mm"]
+    assert all(n == numbers.get(call_id) for call_id, n in by_row)          # the orphan's: None
+    assert [e["kind"] for e in store.timeline(first.id)] == ["api", "user", "media"]
+    assert [e["kind"] for e in store.timeline(second.id)] == ["api", "state"]
+    assert store.timeline("orphan") == [{"t": 3.0, "kind": "sip_message"}]
+    assert store.timeline("wacid.unknown") == []
+    query_plan = plan(store, str(Store._TIMELINE_SELECT).replace(":call_id", "'wacid.Zz'"))
+    assert "ix_timeline_call_n" in query_plan and "ix_timeline_unnumbered" in query_plan, query_plan
+    assert "SCAN timeline" not in query_plan and "SCAN calls" not in query_plan, query_plan
+    store.close()
+
+
+def test_an_older_database_numbers_its_calls_and_keeps_their_timelines(tmp_path):
+    """A database from before call numbers (timeline indexed by call id): opening it numbers the calls in the
+    order they were written, gives their timeline rows the numbers, drops the index on ids, and every
+    timeline reads back as before, with new entries after the old ones."""
+    path = tmp_path / "old.db"
+    store = Store(str(path))
+    with store.engine.begin() as conn:                     # the schema before call numbers
+        conn.execute(text("DROP INDEX ix_timeline_call_n"))
+        conn.execute(text("DROP INDEX ix_timeline_unnumbered"))
+        conn.execute(text("ALTER TABLE timeline DROP COLUMN call_n"))
+        conn.execute(text("ALTER TABLE calls DROP COLUMN n"))
+        conn.execute(text("CREATE INDEX ix_timeline_call_id ON timeline (call_id)"))
+        for i, call_id in enumerate(("wacid.B", "wacid.A")):
+            conn.execute(text("INSERT INTO calls (call_id, phone_number_id, wa_id, direction, state, created_at, "
+                              "pulses, cost) VALUES (:c, 'p', 'u', 'USER_INITIATED', 'ENDED', :t, 0, 0)"),
+                         {"c": call_id, "t": float(i)})
+        for call_id, kind in (("wacid.B", "api"), ("wacid.A", "api"), ("orphan", "x"), ("wacid.B", "state")):
+            conn.execute(text("INSERT INTO timeline (call_id, t, kind, data) VALUES (:c, 1.0, :k, '{}')"),
+                         {"c": call_id, "k": kind})
+    store.close()
+    store = Store(str(path))
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM sqlite_master WHERE name = 'ix_timeline_call_id'")).first() is None
+        assert dict(conn.execute(text("SELECT call_id, n FROM calls")).all()) == {"wacid.B": 1, "wacid.A": 2}
+    new = _call("wacid.C", 5.0)
+    store.commit([new], [], [(new.id, {"t": 5.0, "kind": "api"}), ("wacid.B", {"t": 5.0, "kind": "user"})])
+    assert [e["kind"] for e in store.timeline("wacid.B")] == ["api", "state", "user"]
+    assert [e["kind"] for e in store.timeline("wacid.A")] == ["api"]
+    assert [e["kind"] for e in store.timeline("orphan")] == ["x"]
+    assert [e["kind"] for e in store.timeline("wacid.C")] == ["api"]
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM calls WHERE call_id = 'wacid.C'")).scalar_one() == 3
+    store.close()

@@ -54,12 +54,16 @@ class LegOwner:
             log.warning("media capacity recovered")
         return call_id, leg
 
-    async def place(self, operation: Callable[[str, LocalMedia], T]) -> T:
+    async def place(self, operation: Callable[[str, LocalMedia], T], *, group: bool = False) -> T:
         """Allocate a leg, apply ``operation(call_id, leg)`` (the domain creating the call), and release
         the leg if it raises: a refused call keeps no media. Raises :class:`MediaUnavailable` before
-        anything is applied when no leg can be had."""
+        anything is applied when no leg can be had. ``group``: the caller acknowledges the new call only
+        through the event's consumers (the SIP gateway's 180), so its commit may join the loop turn's
+        (``Wacall.apply(group=True)``)."""
         call_id, leg = await self.allocate()
         try:
+            if group:
+                return self.apply(lambda: operation(call_id, leg), group=True)
             return self.apply(lambda: operation(call_id, leg))
         except BaseException:
             self.media.release(call_id)

@@ -23,6 +23,7 @@ import socket
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -70,6 +71,9 @@ log = logging.getLogger("wacall")
 T = TypeVar("T")
 MAX_BODY = 1024 * 1024
 VOICEMAIL_MIME = "audio/ogg; codecs=opus"      # Meta's voicemail sample
+#: events that make no webhook (consumed inside the process): a grouped change that emits only these may wait
+#: for the end of the loop turn to be committed (``Wacall.apply(group=True)``)
+QUIET_EVENTS = (SipCallChanged, ReleaseMedia, MediaConfigure, MediaConnected, VoicemailAnswer, VoicemailRecord)
 SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
 
 
@@ -271,7 +275,8 @@ class Wacall:
         host = self.host if self.host in ("127.0.0.1", "::1", "localhost") else "127.0.0.1"
         await transport.start(host, sip.port_for(self.port_requested))
         self.sip = gateway = SipGateway(
-            SipHost(platform=self.platform, apply=self.apply, place_call=self.legs.place), transport,
+            SipHost(platform=self.platform, apply=self.apply,
+                    place_call=partial(self.legs.place, group=True)), transport,   # the 180 is sent by a consumer
             domain=sip.domain, t1=sip.t1)
         self.sip_ca_file = str(ca.cert_path)
         self.consumers.on(SipCallChanged, lambda event: gateway.on_call_changed(event.call_id),
@@ -355,7 +360,7 @@ class Wacall:
                 self.media.release(call.id)
 
     # -- the one path for state changes -----------------------------------------------------------
-    def apply(self, operation: Callable[[], T], *, defer: bool = False) -> T:
+    def apply(self, operation: Callable[[], T], *, defer: bool = False, group: bool = False) -> T:
         """Run ``operation`` (a domain call) and commit what it changed, also when it raises.
 
         Calls nest: an ``apply`` inside another, or inside a consumer reacting to a commit's events,
@@ -363,20 +368,33 @@ class Wacall:
         dialog state, the media plane's notes and positions): they are committed at the end of this
         event-loop iteration with whatever else changed by then, so a burst of them costs one
         transaction, and a consumer's trace does not hold up the request that caused it.
+
+        ``group`` is for a state change that its caller does not acknowledge itself: everything it
+        causes that leaves the process (the SIP 180/200) is sent by the event's consumers, which run
+        after the commit. If it caused no webhook (only ``QUIET_EVENTS`` are pending), it is
+        committed, and its consumers run, at the end of this event-loop iteration together with every
+        other change made by then: the SIP requests and timers of one loop turn share one transaction,
+        and still nothing is announced before it is durable. A webhook does not wait for the loop turn
+        (its latency is measured from the state change), so a change that makes one is committed at
+        once, as is an operation that raises (its caller answers the refusal itself).
         """
         self._applying += 1
+        done = False
         try:
-            return operation()
+            result = operation()
+            done = True
+            return result
         finally:
             self._applying -= 1
-            if not defer:
+            later = defer or (group and done and all(isinstance(e, QUIET_EVENTS) for e in self.platform.events))
+            if not later:
                 self._due = True
             if not self._applying:
                 if self._due:
                     self._commit()
                 else:
                     self._flush_soon()
-            elif defer and not self._preparing:      # (a preparer's changes join the commit under way)
+            elif later and not self._preparing:      # (a preparer's changes join the commit under way)
                 self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -680,7 +698,7 @@ class Wacall:
     async def _tick_loop(self) -> None:
         while not self._stopping:
             try:
-                self.apply(self.platform.tick)
+                self.apply(self.platform.tick, group=True)   # what it causes is sent by consumers
             except Exception:  # a timer bug must not stop every other timer
                 log.exception("timer tick failed")
             if time.monotonic() - self._swept_at >= SWEEP_SECONDS:

@@ -136,3 +136,21 @@ def test_call_analytics_adds_up_the_calls(domain: Domain):
         1, 1, 30, 0, 0)
     assert (bic["start"], bic["end"]) == (0, int(domain.now()))
 
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Sao_Paulo", "Australia/Lord_Howe", "Pacific/Apia", "Asia/Kolkata",
+                                  "not/a-zone"])
+def test_the_billing_month_kept_per_zone_is_the_calendar_month_hour_by_hour(zone: str) -> None:
+    """The month a call is billed in (kept per zone between calls) is the zone's calendar month every quarter of
+    an hour around every month end of two years, DST changes included, and after the clock jumps back and forth."""
+    import datetime as dt
+
+    from wacall.domain.calls import _month, _zone
+    tz = _zone(zone)
+    for k in range(24):
+        start = dt.datetime(2025 + k // 12, k % 12 + 1, 1, tzinfo=tz).timestamp()
+        for quarter in (*range(-27 * 4, 27 * 4), -24 * 14 * 4, 24 * 14 * 4):      # every 15 minutes, and mid-month
+            t = start + quarter * 900 + 0.5
+            assert _month(t, zone) == dt.datetime.fromtimestamp(t, tz).strftime("%Y-%m"), (zone, t)
+    assert _month(0.5, zone) == dt.datetime.fromtimestamp(0.5, tz).strftime("%Y-%m")      # far back, then forward
+    assert _month(2e9, zone) == dt.datetime.fromtimestamp(2e9, tz).strftime("%Y-%m")

@@ -52,10 +52,11 @@ from .phone import phone_digits
 from .pricing import PULSE_SECONDS, price_call
 from .sdp import (
     LocalMedia,
+    MetaSdp,
     SdpError,
     SessionDescription,
-    build_meta_answer,
     build_meta_offer,
+    meta_answer,
     negotiate,
     validate_business_sdp,
 )
@@ -82,6 +83,28 @@ def _zone(name: str) -> dt.tzinfo:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
         return dt.timezone.utc
+
+
+_MONTHS: dict[str, tuple[float, float, str]] = {}   # zone name -> the middle of a month (from, to) and its "YYYY-MM"
+_MONTH_MARGIN = 3 * 3600.0                         # clock changes are at most 2 hours
+
+
+def _month(now: float, zone_name: str) -> str:
+    """The calendar month (``YYYY-MM``) ``now`` falls in, in the zone ``zone_name`` (see ``_zone``). The
+    last month asked of each zone is kept, less ``_MONTH_MARGIN`` at each end (more than any zone's clock
+    change around midnight: a time inside that is inside the month): a call's bill asks this once per call."""
+    known = _MONTHS.get(zone_name)
+    if known is not None and known[0] <= now < known[1]:
+        return known[2]
+    zone = _zone(zone_name)
+    local = dt.datetime.fromtimestamp(now, zone)
+    first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (first + dt.timedelta(days=32)).replace(day=1)
+    month = local.strftime("%Y-%m")
+    kept = (first.timestamp() + _MONTH_MARGIN, following.timestamp() - _MONTH_MARGIN, month)
+    if all(dt.datetime.fromtimestamp(end, zone).strftime("%Y-%m") == month for end in (kept[0], kept[1] - 1)):
+        _MONTHS[zone_name] = kept              # (a zone whose clock jumped further at a month's start: not kept)
+    return month
 
 
 def _opaque(body: dict) -> str | None:
@@ -185,21 +208,24 @@ class CallRules(PlatformState):
         """Price a connected business-initiated call at the WABA's volume tier of the calendar month (in
         the WABA's timezone), and count its billed seconds into that month's volume (a counter per WABA)."""
         waba = self.wabas[self.numbers[call.phone_number_id].waba_id]
-        month = dt.datetime.fromtimestamp(now, _zone(waba.timezone_id)).strftime("%Y-%m")
+        month = _month(now, waba.timezone_id)
         billed = waba.bic_seconds_by_month.get(month, 0.0)
         call.pulses, call.cost = price_call(self.rate_card, call.wa_id, call.duration or 0, billed / 60.0)
         if call.pulses:
             waba.bic_seconds_by_month = {month: billed + call.pulses * PULSE_SECONDS}   # older months are done
             self.put(waba)
 
-    def media_setup(self, call: Call, business: SessionDescription | None = None) -> MediaConfigure | None:
+    def media_setup(self, call: Call, business: SessionDescription | None = None,
+                    meta: MetaSdp | None = None) -> MediaConfigure | None:
         """What the relay needs for ``call`` once both SDPs are known: the negotiation (done here, once,
         by ``wacall.domain.sdp.negotiate``) and the user's phone. None before both SDPs are known.
-        ``business``: the business's SDP already parsed (by its validation), not parsed again."""
+        ``business``: the business's SDP already parsed (by its validation), not parsed again; ``meta``:
+        Meta's SDP as its builder returned it (``call.meta_sdp``'s text with what it says), not parsed."""
         if not call.meta_sdp or not call.business_sdp:
             return None
         try:
-            negotiated = negotiate(call.meta_sdp, business or call.business_sdp, call.key_exchange)
+            negotiated = negotiate(meta if meta is not None else call.meta_sdp, business or call.business_sdp,
+                                   call.key_exchange)
         except SdpError as exc:         # validated SDPs: not the business's fault; the media will time out
             self.note(call, "media", event="negotiation_failed", reason=exc.details)
             return None
@@ -207,8 +233,8 @@ class CallRules(PlatformState):
         return MediaConfigure(call.id, negotiated, self.behaviour.voice(user),
                               user_is_caller=call.direction == USER_INITIATED)
 
-    def _configure_media(self, call: Call, business: SessionDescription) -> None:
-        setup = self.media_setup(call, business)
+    def _configure_media(self, call: Call, business: SessionDescription, meta: MetaSdp | None = None) -> None:
+        setup = self.media_setup(call, business, meta)
         if setup is not None:
             self.emit(setup)
 
@@ -309,7 +335,8 @@ class CallRules(PlatformState):
                     app_id=app.id, created_at=now, biz_opaque_callback_data=opaque, business_sdp=sdp,
                     key_exchange=key_exchange, capture=capture,
                     signalling="sip" if calling_settings.sip_enabled(number.calling) else "graph")
-        call.meta_sdp = build_meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
+        answer = meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=codecs)
+        call.meta_sdp = answer.text
         call.media = {"leg": leg.to_doc()}
         initiated.append(now)
         if to is not None:
@@ -318,7 +345,7 @@ class CallRules(PlatformState):
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id))
         self._emit_call(call, CallStatus(call.id, "RINGING", now))
-        self._configure_media(call, offer)
+        self._configure_media(call, offer, answer)
         self._schedule_user_reaction(call, user)
         return call
 

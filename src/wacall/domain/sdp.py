@@ -38,6 +38,7 @@ __all__ = [
     "CryptoAttribute",
     "LocalMedia",
     "MediaDescription",
+    "MetaSdp",
     "Negotiated",
     "Origin",
     "RtpMap",
@@ -46,6 +47,7 @@ __all__ = [
     "SessionDescription",
     "build_meta_answer",
     "build_meta_offer",
+    "meta_answer",
     "negotiate",
     "parse_crypto",
     "parse_sdp",
@@ -390,6 +392,18 @@ def _telephone_event_pt(audio: MediaDescription) -> int:
     return next(p for p in range(127, 95, -1) if p not in used)
 
 
+@dataclass(frozen=True)
+class MetaSdp:
+    """An SDP Meta built, with what :func:`negotiate` reads of it (its codecs' payload types, its DTLS
+    ``a=setup``, the business's SDES key it accepted), known as it was written: the negotiation a moment
+    later neither parses it again nor chooses the business's ``a=crypto`` a second time."""
+
+    text: str
+    payload_types: dict[str, int]       # opus / pcmu / pcma / telephone-event -> Meta's payload type
+    setup: str | None = None            # DTLS: active | passive (None for SDES)
+    remote_crypto: str | None = None    # SDES: the business's a=crypto value the answer accepted
+
+
 def build_meta_answer(
     leg: LocalMedia,
     offer: SessionDescription,
@@ -401,6 +415,17 @@ def build_meta_answer(
 
     ``offer`` should already have passed ``validate_business_sdp(role="offer")``.
     """
+    return meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=additional_codecs).text
+
+
+def meta_answer(
+    leg: LocalMedia,
+    offer: SessionDescription,
+    *,
+    key_exchange: str = "DTLS",
+    additional_codecs: Sequence[str] = (),
+) -> MetaSdp:
+    """:func:`build_meta_answer`, with what :func:`negotiate` needs of the answer (``MetaSdp``)."""
     kx = _normalise_key_exchange(key_exchange)
     audio = offer.audio
     if audio is None:
@@ -424,6 +449,7 @@ def build_meta_answer(
         f"c=IN IP4 {leg.host}",
         "a=rtcp:9 IN IP4 0.0.0.0",
     ]
+    setup = None
     if kx == "DTLS":
         found = offer.effective_attribute(audio, "setup")
         offered_setup = found[1] if found else "actpass"
@@ -438,11 +464,12 @@ def build_meta_answer(
     lines.append(f"a={_answer_direction(offer, audio)}")
     if audio.has_attribute("rtcp-mux") or kx == "SDES":
         lines.append("a=rtcp-mux")
+    remote_crypto = None
     if kx == "SDES":
         chosen = _chosen_crypto(offer, audio)
         if chosen is None:
             raise SdpError("No acceptable a=crypto line found in the offer")
-        crypto = chosen[1]
+        remote_crypto, crypto = chosen
         lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}")
     if opus_pt is not None:
         lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
@@ -450,7 +477,11 @@ def build_meta_answer(
         if kx == "DTLS" and f"{opus_pt} transport-cc" in offered_fb:
             lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
         lines.append(_opus_fmtp(opus_pt, kx))
-    return _join(lines + _audio_tail(g711, te_pt, leg))
+    payload_types = {"opus": opus_pt} if opus_pt is not None else {}
+    for name, pt in g711:                       # as _codec_pts reads them back from the text
+        payload_types.setdefault(name.lower(), pt)
+    payload_types.setdefault("telephone-event", te_pt)
+    return MetaSdp(_join(lines + _audio_tail(g711, te_pt, leg)), payload_types, setup, remote_crypto)
 
 
 def _opus_fmtp(pt: int, kx: str) -> str:
@@ -540,18 +571,22 @@ def _codec_pts(desc: SessionDescription) -> dict[str, int]:
     return found
 
 
-def negotiate(meta_sdp: str | SessionDescription, business_sdp: str | SessionDescription,
+def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | SessionDescription,
               key_exchange: str) -> Negotiated:
     """What the relay must do for a call whose SDPs are ``meta_sdp`` (Meta's offer or answer, from the
     builders above) and ``business_sdp`` (the business's validated answer or offer): the codecs both
     have with Meta's payload types, the one the user's phone sends (the business's first preference),
     the DTMF payload type, the business's address, and the SDES key or the DTLS role and the
     business's ICE credentials and fingerprint. ``SdpError`` if either cannot be parsed. Either SDP may
-    be given already parsed."""
+    be given already parsed, and Meta's as the ``MetaSdp`` its builder returned (not parsed at all)."""
     kx = _normalise_key_exchange(key_exchange)
-    meta = meta_sdp if isinstance(meta_sdp, SessionDescription) else parse_sdp(meta_sdp)
+    if isinstance(meta_sdp, MetaSdp):
+        meta, ours, meta_setup = None, meta_sdp.payload_types, meta_sdp.setup or "actpass"
+    else:
+        meta = meta_sdp if isinstance(meta_sdp, SessionDescription) else parse_sdp(meta_sdp)
+        ours, meta_setup = _codec_pts(meta), None
     business = business_sdp if isinstance(business_sdp, SessionDescription) else parse_sdp(business_sdp)
-    ours, theirs = _codec_pts(meta), _codec_pts(business)
+    theirs = _codec_pts(business)
     payload_types = {name: pt for name, pt in ours.items() if name in theirs}
     baudio = business.audio
     send_codec = "opus"
@@ -570,12 +605,15 @@ def negotiate(meta_sdp: str | SessionDescription, business_sdp: str | SessionDes
     if baudio is None:
         return Negotiated(**common)
     if kx == "SDES":
+        if isinstance(meta_sdp, MetaSdp) and meta_sdp.remote_crypto is not None:   # chosen as the answer was built
+            return Negotiated(**common, remote_crypto=meta_sdp.remote_crypto)
         chosen = _chosen_crypto(business, baudio)
         return Negotiated(**common, remote_crypto=chosen[0] if chosen else None)
     ufrag = business.effective_attribute(baudio, "ice-ufrag")
     pwd = business.effective_attribute(baudio, "ice-pwd")
     fingerprint = business.effective_attribute(baudio, "fingerprint")
-    meta_setup = (meta.effective_attribute(meta.audio, "setup") or (0, "actpass"))[1] if meta.audio else "actpass"
+    if meta is not None:
+        meta_setup = (meta.effective_attribute(meta.audio, "setup") or (0, "actpass"))[1] if meta.audio else "actpass"
     their_setup = (business.effective_attribute(baudio, "setup") or (0, "active"))[1]
     if meta_setup == "active":
         role = "client"

@@ -127,11 +127,11 @@ class MediaEngine:
     async def _new_endpoint(self, call_id: str, reporter: Reporter) -> RelayEndpoint:
         """A new leg with fresh credentials on the shared ports, behind its relay endpoint."""
         sock, sock6 = await self._home_sockets()
-        leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
+        v6 = {"host6": sock6.host, "port6": sock6.port} if sock6 is not None else {}
+        leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint, **v6)
         while leg.ice_ufrag in self.ports.by_ufrag:      # the ufrag routes datagrams: it must be unique here
-            leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint)
-        if sock6 is not None:
-            leg.local = replace(leg.local, host6=sock6.host, port6=sock6.port)
+            leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint,
+                                  **v6)
         return RelayEndpoint(leg, self.certificate, reporter, self.ports, sock, sock6)
 
     # -- a browser in the user's place (wacall.media.bridge) ------------------------------------------

@@ -24,6 +24,7 @@ from ..domain.sdp import LocalMedia
 
 #: RFC 8839 ``ice-char = ALPHA / DIGIT / "+" / "/"``.
 ICE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_ICE_TABLE = bytes(ord(ICE_CHARS[b & 63]) for b in range(256))   # a random byte -> its ice-char (low 6 bits)
 ICE_UFRAG_LENGTH = 16
 ICE_PWD_LENGTH = 32
 SDES_KEY_SALT_BYTES = 30  # AES_CM_128: 16-byte key + 14-byte salt
@@ -52,19 +53,26 @@ class MediaLeg:
         return getattr(self.local, name)
 
     @classmethod
-    def create(cls, call_id: str, *, host: str = "127.0.0.1", port: int, fingerprint: str) -> MediaLeg:
-        """A leg with fresh random credentials (no socket; :class:`MediaEngine` binds one)."""
+    def create(cls, call_id: str, *, host: str = "127.0.0.1", port: int, fingerprint: str,
+               host6: str | None = None, port6: int | None = None) -> MediaLeg:
+        """A leg with fresh random credentials (no socket; :class:`MediaEngine` binds one), and an IPv6
+        address if given. Its random values come from one read of the OS's generator (one per call)."""
+        ufrag, pwd = ICE_UFRAG_LENGTH, ICE_UFRAG_LENGTH + ICE_PWD_LENGTH
+        key = pwd + SDES_KEY_SALT_BYTES
+        raw = secrets.token_bytes(key + 4 + 8 + 16)
         return cls(LocalMedia(
             call_id=call_id,
             host=host,
             port=port,
-            ice_ufrag=ice_string(ICE_UFRAG_LENGTH),
-            ice_pwd=ice_string(ICE_PWD_LENGTH),
+            ice_ufrag=raw[:ufrag].translate(_ICE_TABLE).decode("ascii"),    # as ice_string: 6 bits a character
+            ice_pwd=raw[ufrag:pwd].translate(_ICE_TABLE).decode("ascii"),
             fingerprint=fingerprint,
-            ssrc=secrets.randbits(32),
-            sdes_key_b64=base64.b64encode(secrets.token_bytes(SDES_KEY_SALT_BYTES)).decode("ascii"),
-            session_id=secrets.randbits(62),            # o= session id (RFC 8866 §5.2): fixed per leg
-            stream_id=str(uuid.uuid4()),                # a=msid-semantic / a=ssrc msid (RFC 8830)
+            ssrc=int.from_bytes(raw[key:key + 4], "big"),
+            sdes_key_b64=base64.b64encode(raw[pwd:key]).decode("ascii"),
+            session_id=int.from_bytes(raw[key + 4:key + 12], "big") >> 2,    # 62 bits: o= session id (RFC 8866 §5.2)
+            stream_id=str(uuid.UUID(bytes=raw[key + 12:key + 28], version=4)),   # a=msid (RFC 8830), a UUID v4
+            host6=host6,
+            port6=port6,
         ))
 
     def to_doc(self) -> dict:

@@ -405,8 +405,8 @@ class SipGateway:
             dialog.conn = txn.conn        # the business's new flow (after a restart, or a reconnect)
         self._send_response(txn, response_to(request, 200, "OK", headers=self._meta_headers()), call_id)
         call = self.platform.call(dialog.call_id)
-        if call is not None:
-            self.host.apply(lambda: self.platform.sip_business_hangs_up(call))
+        if call is not None:        # (answered above: the end joins the loop turn's commit)
+            self.host.apply(lambda: self.platform.sip_business_hangs_up(call), group=True)
         self._forget(dialog)
 
     def on_stray_response(self, response: Response, conn: Connection) -> None:

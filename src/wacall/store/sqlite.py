@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from typing import Iterable, Iterator
 
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
@@ -32,6 +33,7 @@ metadata = MetaData()
 CHECKPOINT_SECONDS = 1.0       # how often a database file's WAL is checkpointed (off the event loop)
 LIVE_STATES = (RINGING, PRE_ACCEPTED, ACCEPTED, VOICEMAIL)
 BATCH = "*"                    # a timeline row holding several entries of one commit (``data``: their JSON list)
+NUMBERS_KEPT = 20_000          # call numbers (``calls.n``) the store remembers by call id (older ones: read back)
 
 records = Table(
     "records", metadata,
@@ -41,13 +43,21 @@ records = Table(
     Column("live", Boolean, nullable=False, default=True, server_default=text("1"), index=True),
 )
 
+# A call's rows are found by its number (``calls.n``, given in creation order), not by its id: call ids are
+# random, and an index on random keys costs more per insert the larger the table (each insert lands on a
+# page of its own); call numbers only grow, so their index is appended to at its end. Entries of a call
+# without a row in ``calls`` (none in wacall's own use) have no number and are found by id through a
+# partial index that holds only them.
 timeline = Table(
     "timeline", metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("call_id", String(200), nullable=False, index=True),
+    Column("call_id", String(200), nullable=False),
     Column("t", Float, nullable=False),
     Column("kind", String(64), nullable=False),
     Column("data", Text, nullable=False),            # the entry's other keys, as a JSON object (BATCH: the entries)
+    Column("call_n", Integer),                       # the call's number in ``calls``; NULL: it has no row there
+    Index("ix_timeline_call_n", "call_n"),
+    Index("ix_timeline_unnumbered", "call_id", sqlite_where=text("call_n IS NULL")),
 )
 
 calls = Table(
@@ -63,6 +73,7 @@ calls = Table(
     Column("duration", Integer),
     Column("pulses", Integer, nullable=False, default=0),
     Column("cost", Float, nullable=False, default=0.0),
+    Column("n", Integer),                            # the call's number, in creation order: its timeline's key
     Index("calls_by_number", "phone_number_id", "direction", "created_at"),
     Index("calls_by_state", "state", "created_at"),
 )
@@ -134,7 +145,7 @@ OUTBOX_COLUMNS = ("app_id", "url", "field", "waba_id", "phone_number_id", "call_
                   "next_attempt_at", "attempts", "status", "last_error", "delivered_at", "fault")
 OUTBOX_DEFAULTS = {"attempts": 0, "status": "pending"}
 CALL_COLUMNS = ("call_id", "phone_number_id", "wa_id", "direction", "state", "created_at", "accepted_at", "ended_at",
-                "duration", "pulses", "cost")
+                "duration", "pulses", "cost", "n")
 CALL_UPDATED = ("state", "accepted_at", "ended_at", "duration", "pulses", "cost")
 
 
@@ -143,7 +154,7 @@ def _write_sql(engine: Engine) -> dict[str, str]:
     records_stmt = sqlite_insert(records)
     calls_stmt = sqlite_insert(calls)
     columns = {"records": ("kind", "key", "doc", "live"), "calls": CALL_COLUMNS,
-               "timeline": ("call_id", "t", "kind", "data"), "outbox": OUTBOX_COLUMNS}
+               "timeline": ("call_id", "t", "kind", "data", "call_n"), "outbox": OUTBOX_COLUMNS}
     statements = {
         "records": records_stmt.values({c: None for c in columns["records"]}).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc, "live": records_stmt.excluded.live}),
@@ -168,10 +179,10 @@ def database_url(path: str) -> str:
 
 
 
-def _call_row(c: Call) -> tuple:
-    """A call's row in the calls index (the columns of ``CALL_COLUMNS``, in order)."""
+def _call_row(c: Call, n: int) -> tuple:
+    """A call's row in the calls index (the columns of ``CALL_COLUMNS``, in order); ``n``: its number."""
     return (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at, c.accepted_at, c.ended_at,
-            c.duration, c.pulses, c.cost)
+            c.duration, c.pulses, c.cost, n)
 
 class Store:
     def __init__(self, path: str = ":memory:") -> None:
@@ -187,9 +198,13 @@ class Store:
         self._writer = None           # the DB-API connection commit() writes with, taken from the pool once
         self._cursor = None           # commit()'s cursor on it, kept between commits
         self._indexed: dict[str, tuple] = {}   # live call id -> its row in the calls index, as committed
+        self._numbers: dict[str, int] = {}     # call id -> its number (calls.n), the most recent NUMBERS_KEPT
+        self._last_number = 0                  # the highest number given (read back at start)
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
         self._upgrade()
+        with self.engine.connect() as conn:
+            self._last_number = conn.execute(select(func.coalesce(func.max(calls.c.n), 0))).scalar_one()
         self._migrate()
 
     def _upgrade(self) -> None:
@@ -199,6 +214,17 @@ class Store:
                 if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"))
             for index in OUTBOX_INDEXES:                         # databases from before the indexes
+                index.create(conn, checkfirst=True)
+            if "n" not in {c["name"] for c in inspect(conn).get_columns("calls")}:
+                # calls numbered in the order their rows were written, and the timeline found by number
+                conn.execute(text("ALTER TABLE calls ADD COLUMN n INTEGER"))
+                conn.execute(text("UPDATE calls SET n = rowid"))
+            if "call_n" not in {c["name"] for c in inspect(conn).get_columns("timeline")}:
+                conn.execute(text("ALTER TABLE timeline ADD COLUMN call_n INTEGER"))
+                conn.execute(text("UPDATE timeline SET call_n = (SELECT n FROM calls WHERE calls.call_id = "
+                                  "timeline.call_id)"))
+                conn.execute(text("DROP INDEX IF EXISTS ix_timeline_call_id"))
+            for index in timeline.indexes:
                 index.create(conn, checkfirst=True)
 
     def _migrate(self) -> None:
@@ -219,9 +245,8 @@ class Store:
                     call = Call.from_doc(doc)
                     live = call.live
                     cursor = conn.connection.dbapi_connection.cursor()
-                    self._index_calls(cursor, [call], self._sql)
-                    self._append_notes(cursor, [(call.id, entry) for entry in entries if isinstance(entry, dict)],
-                                       self._sql)
+                    self._index_calls(cursor, [call])
+                    self._append_notes(cursor, [(call.id, entry) for entry in entries if isinstance(entry, dict)])
                     cursor.close()
                 conn.execute(update(records).where(and_(records.c.kind == row.kind, records.c.key == row.key))
                              .values(doc=codec.dumps(doc), live=live))
@@ -296,19 +321,19 @@ class Store:
         (``_writer``), in one transaction."""
         ids: list[int] = []
         dirty = list(dirty)
-        indexed = self._call_rows([r for r in dirty if isinstance(r, Call)])
         sql = self._sql
         writer = self._writer or self._open_writer()
         cursor = self._cursor or writer.cursor()    # kept for the next commit (not inside _transaction: once
         self._cursor = None                         # per state change, a generator context manager shows)
         try:
+            indexed = self._call_rows(cursor, [r for r in dirty if isinstance(r, Call)])
             if dirty:
                 dumps = codec.dumps_stored
                 cursor.executemany(sql["records"], [(r.KIND, r.key, dumps(r.fields_view()), r.live) for r in dirty])
             if indexed:
                 cursor.executemany(sql["calls"], indexed)
             if notes:
-                self._append_notes(cursor, notes, sql)
+                self._append_notes(cursor, notes)
             for row in new_outbox:
                 cursor.execute(sql["outbox"], self._outbox_params(row))
                 ids.append(cursor.lastrowid)
@@ -325,16 +350,36 @@ class Store:
                 self._indexed.pop(row[0], None)
         return ids
 
-    def _call_rows(self, changed: list[Call]) -> list[tuple]:
+    def _call_rows(self, cursor, changed: list[Call]) -> list[tuple]:
         """The calls index rows of ``changed`` calls that differ from what the index holds: a live call's row
         is written when its state, times or price move, not with every change to its document (the dialog
         state, the media positions)."""
         rows = []
         for c in changed:
-            row = _call_row(c)
+            row = _call_row(c, self._number(cursor, c.id, new=True))
             if self._indexed.get(c.id) != row:
                 rows.append(row)
         return rows
+
+    def _number(self, cursor, call_id: str, *, new: bool = False) -> int | None:
+        """``call_id``'s number (``calls.n``): remembered, else read from its row in ``calls``, else (``new``:
+        its row is about to be written) the next one. None for a call with no row there (not ``new``)."""
+        n = self._numbers.get(call_id)
+        if n is not None:
+            return n
+        cursor.execute("SELECT n FROM calls WHERE call_id = ?", (call_id,))
+        found = cursor.fetchone()
+        if found is not None and found[0] is not None:
+            n = found[0]
+        elif new:
+            n = self._last_number = self._last_number + 1
+        else:
+            return None
+        if len(self._numbers) >= NUMBERS_KEPT:           # forget the oldest half (dicts keep insertion order)
+            for old in list(islice(self._numbers, NUMBERS_KEPT // 2)):
+                del self._numbers[old]
+        self._numbers[call_id] = n
+        return n
 
     @contextmanager
     def _transaction(self) -> Iterator:
@@ -354,13 +399,11 @@ class Store:
     def _outbox_params(row: dict) -> tuple:
         return tuple(row.get(name, OUTBOX_DEFAULTS.get(name)) for name in OUTBOX_COLUMNS)
 
-    @staticmethod
-    def _index_calls(cursor, changed: list[Call], sql: dict[str, str]) -> None:
+    def _index_calls(self, cursor, changed: list[Call]) -> None:
         if changed:
-            cursor.executemany(sql["calls"], [_call_row(c) for c in changed])
+            cursor.executemany(self._sql["calls"], [_call_row(c, self._number(cursor, c.id, new=True)) for c in changed])
 
-    @staticmethod
-    def _append_notes(cursor, notes: Iterable[tuple[str, dict]], sql: dict[str, str]) -> None:
+    def _append_notes(self, cursor, notes: Iterable[tuple[str, dict]]) -> None:
         """A commit's timeline entries: a call's one entry as a row of its own; a call's several entries (a SIP
         message, the state change it caused and the answer to it) as one row of kind ``BATCH`` holding them
         as a JSON list, in order: one row, one index entry and one encoding instead of one per entry."""
@@ -373,14 +416,15 @@ class Store:
                 entries.append(entry)
         rows = []
         for call_id, entries in by_call.items():
+            n = self._number(cursor, call_id)
             if len(entries) == 1:
                 entry = entries[0]
                 data = {k: v for k, v in entry.items() if k != "t" and k != "kind"}
-                rows.append((call_id, entry["t"], entry["kind"], codec.dumps_stored(data)))
+                rows.append((call_id, entry["t"], entry["kind"], codec.dumps_stored(data), n))
             else:
-                rows.append((call_id, entries[0]["t"], BATCH, codec.dumps_stored(entries)))
+                rows.append((call_id, entries[0]["t"], BATCH, codec.dumps_stored(entries), n))
         if rows:
-            cursor.executemany(sql["timeline"], rows)
+            cursor.executemany(self._sql["timeline"], rows)
 
     # -- what the platform reads back (wacall.domain.state.Archive) and the inspector lists --------------
     def load_record(self, kind: str, key: str) -> dict | None:
@@ -410,13 +454,18 @@ class Store:
                 calls.c.direction == BUSINESS_INITIATED, calls.c.accepted_at > since).order_by(calls.c.accepted_at))
             return [(row.phone_number_id, row.wa_id, row.accepted_at) for row in rows]
 
+    # a call's rows: by its number (the index on call_n), and any noted before it had one (the partial index)
+    _TIMELINE_SELECT = text("SELECT seq, t, kind, data FROM timeline WHERE call_n = "
+                            "(SELECT n FROM calls WHERE call_id = :call_id) "
+                            "UNION ALL SELECT seq, t, kind, data FROM timeline WHERE call_n IS NULL AND call_id = :call_id "
+                            "ORDER BY 1")
+
     def timeline(self, call_id: str) -> list[dict]:
         """A call's timeline entries in the order they were noted."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(timeline.c.t, timeline.c.kind, timeline.c.data)
-                                .where(timeline.c.call_id == call_id).order_by(timeline.c.seq))
+            rows = conn.execute(self._TIMELINE_SELECT, {"call_id": call_id})
             out: list[dict] = []
-            for t, kind, data in rows:
+            for _seq, t, kind, data in rows:
                 if kind == BATCH:
                     out.extend(codec.loads(data))
                 else:
@@ -438,6 +487,7 @@ class Store:
 
     def wipe(self) -> None:
         self._indexed.clear()
+        self._numbers.clear()
         with self.engine.begin() as conn:
             for table in (records, outbox, attempts, meta, timeline, calls):
                 conn.execute(delete(table))

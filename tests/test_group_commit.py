@@ -1,0 +1,125 @@
+"""One transaction per loop turn for state changes their callers do not acknowledge themselves
+(``Wacall.apply(..., group=True)``: the SIP gateway's new calls and BYEs, the timers): what leaves the
+process because of them (the SIP 180/200, webhooks) is sent by the events' consumers, which run after the
+commit, so a kill -9 at any moment loses nothing that was announced. Checked here from another SQLite
+connection on the database file, which is what a restarted process would read."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import dataclass
+
+import pytest
+
+from wacall import server
+from wacall.config import load_config
+from wacall.domain.model import User
+from wacall.server import Wacall
+
+
+@dataclass(frozen=True)
+class Announced:                      # stands for the SipCallChanged a state change causes (no webhook)
+    wa_id: str
+
+
+@dataclass(frozen=True)
+class Webhooked:                      # stands for an event that makes a webhook
+    wa_id: str
+
+
+@pytest.fixture
+async def emulator(tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "QUIET_EVENTS", (*server.QUIET_EVENTS, Announced))
+    config = load_config()
+    config.sip.port = 0
+    wacall = await Wacall(config, db=str(tmp_path / "wacall.db"), port=0).start()
+    yield wacall, tmp_path / "wacall.db"
+    await wacall.stop()
+
+
+def durable_users(path) -> set[str]:
+    """The users a process restarted from the database file now would find (another connection)."""
+    with sqlite3.connect(path) as conn:
+        return {key for (key,) in conn.execute("SELECT key FROM records WHERE kind = 'user'")}
+
+
+async def test_grouped_changes_of_one_loop_turn_are_one_commit_announced_only_once_durable(emulator):
+    wacall, path = emulator
+    commits: list[set[str]] = []               # the users each commit wrote (other commits may happen: timers)
+    real_commit = wacall.store.commit
+
+    def counting_commit(dirty, rows, notes=()):
+        dirty = list(dirty)
+        commits.append({r.key for r in dirty if isinstance(r, User)})
+        return real_commit(dirty, rows, notes)
+    wacall.store.commit = counting_commit
+    seen: dict[str, bool] = {}
+    wacall.consumers.on(Announced, lambda event: seen.__setitem__(event.wa_id, event.wa_id in durable_users(path)))
+
+    def create(wa_id: str):
+        def operation() -> None:
+            wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
+            wacall.platform.emit(Announced(wa_id))
+        return operation
+
+    first, second = "447700911001", "447700911002"
+    wacall.apply(create(first), group=True)
+    wacall.apply(create(second), group=True)
+    assert not any(commits) and seen == {}                    # nothing committed, nothing announced yet
+    assert not {first, second} & durable_users(path)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [users for users in commits if users] == [{first, second}]     # both in one transaction
+    assert seen == {first: True, second: True}                # each announced after it was durable
+
+    third = "447700911003"                                    # an ungrouped change: committed at once, as before
+    wacall.apply(create(third))
+    assert commits[-1] == {third} and seen[third] is True and third in durable_users(path)
+
+
+async def test_a_grouped_change_that_raises_is_committed_at_once(emulator):
+    """The caller answers a refusal itself (a SIP 4xx): what the refused operation changed is durable when
+    apply() raises, not at the end of the loop turn."""
+    wacall, path = emulator
+    wa_id = "447700911009"
+
+    def refused() -> None:
+        wacall.platform.put(User(wa_id=wa_id, name="refused", country="GB"))
+        raise RuntimeError("refused")
+    with pytest.raises(RuntimeError):
+        wacall.apply(refused, group=True)
+    assert wa_id in durable_users(path)
+
+
+async def test_a_grouped_change_joins_a_commit_made_in_the_same_turn(emulator):
+    """A grouped change waiting for the end of the turn is written by any commit made before then (a Graph
+    request's), together with that commit's changes, and announced after it."""
+    wacall, path = emulator
+    seen: dict[str, bool] = {}
+    wacall.consumers.on(Announced, lambda event: seen.__setitem__(event.wa_id, event.wa_id in durable_users(path)))
+    grouped, direct = "447700911011", "447700911012"
+
+    def create(wa_id: str):
+        def operation() -> None:
+            wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
+            wacall.platform.emit(Announced(wa_id))
+        return operation
+    wacall.apply(create(grouped), group=True)
+    wacall.apply(create(direct))
+    assert seen == {grouped: True, direct: True} and {grouped, direct} <= durable_users(path)
+
+
+async def test_a_grouped_change_that_makes_a_webhook_is_committed_at_once(emulator):
+    """A webhook's latency counts from the state change: a grouped change that emits a webhook's event does
+    not wait for the end of the loop turn (and takes the turn's grouped changes with it)."""
+    wacall, path = emulator
+    quiet, loud = "447700911021", "447700911022"
+    wacall.apply(lambda: wacall.platform.put(User(wa_id=quiet, name="q", country="GB")), group=True)
+    assert quiet not in durable_users(path)
+
+    def operation() -> None:
+        wacall.platform.put(User(wa_id=loud, name="l", country="GB"))
+        wacall.platform.emit(Webhooked(loud))
+    wacall.apply(operation, group=True)
+    assert {quiet, loud} <= durable_users(path)
