@@ -90,29 +90,8 @@ def bridge_modes() -> tuple[str, ...]:
 
 
 def bridge_toml(info: dict, pbx, media: str) -> str:
-    return f"""
-[graph]
-base_url = "{info['graph_url']}"
-phone_number_id = "{info['phone_number_id']}"
-token = "{info['access_token']}"
-
-[webhook]
-host = "127.0.0.1"
-port = 0
-app_secret = "{info['app_secret']}"
-verify_token = "{info['verify_token']}"
-
-[sip]
-host = "127.0.0.1"
-port = {pbx.bridge_port}
-pbx_host = "127.0.0.1"
-pbx_port = {pbx.port}
-domain = "{DOMAIN}"
-extension = "c2b-sip"
-
-[media]
-{media}
-"""
+    from support.bridge_tools import bridge_toml as tools_bridge_toml, pbx_sip
+    return tools_bridge_toml(info, sip=pbx_sip(pbx), media=media)
 
 
 def subscribe(info: dict, callback_url: str) -> None:

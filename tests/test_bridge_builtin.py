@@ -14,6 +14,8 @@ import struct
 import numpy as np
 import pytest
 
+from support.bridge_tools import bridge_toml as tools_bridge_toml
+from support.bridge_tools import pbx_sip
 from support.bridge_tools import (PCMU_ONLY, AgentPhone, BridgeProcess, PbxKamailio, digits_heard_by_user,
                                   read_wav, user_sends_digits)
 from support.sip_tools import make_test_pki
@@ -28,31 +30,7 @@ DOMAIN = "pbx.example.com"
 
 
 def bridge_toml(wa, pbx: PbxKamailio, media: str = "") -> str:
-    return f"""
-[graph]
-base_url = "{wa.url}"
-phone_number_id = "{wa.pnid}"
-token = "{wa.token}"
-
-[webhook]
-host = "127.0.0.1"
-port = 0
-app_secret = "{wa.info['app_secret']}"
-verify_token = "{wa.info['verify_token']}"
-
-[sip]
-host = "127.0.0.1"
-port = {pbx.bridge_port}
-pbx_host = "127.0.0.1"
-pbx_port = {pbx.port}
-domain = "{DOMAIN}"
-extension = "c2b-sip"
-
-[media]
-mode = "builtin"
-rtp_host = "127.0.0.1"
-{media}
-"""
+    return tools_bridge_toml(wa.info, sip=pbx_sip(pbx), media=f'mode = "builtin"\nrtp_host = "127.0.0.1"\n{media}')
 
 
 @pytest.fixture

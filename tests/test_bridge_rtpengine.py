@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support.bridge_tools import bridge_toml as tools_bridge_toml
+from support.bridge_tools import pbx_sip, rtpengine_media
 from support.bridge_tools import AgentPhone, BridgeProcess, PbxKamailio, RtpEngineDaemon
 from support.sip_tools import make_test_pki
 from wacall.media.audio import dominant_frequency, tone_power
@@ -35,32 +37,8 @@ def _wav(data: bytes | Path) -> np.ndarray:
 def bridge_toml(wa, rtpengine: RtpEngineDaemon, pbx: PbxKamailio, extra: dict | None = None) -> str:
     """The bridge's config; ``extra``: more lines per table (``{"graph": 'permission_request = "..."'}``)."""
     extra = extra or {}
-    return f"""
-[graph]
-base_url = "{wa.url}"
-phone_number_id = "{wa.pnid}"
-token = "{wa.token}"
-{extra.get("graph", "")}
-
-[webhook]
-host = "127.0.0.1"
-port = 0
-app_secret = "{wa.info['app_secret']}"
-verify_token = "{wa.info['verify_token']}"
-
-[sip]
-host = "127.0.0.1"
-port = {pbx.bridge_port}
-pbx_host = "127.0.0.1"
-pbx_port = {pbx.port}
-domain = "{DOMAIN}"
-extension = "c2b-sip"
-{extra.get("sip", "")}
-
-[media]
-mode = "rtpengine"
-rtpengine = "{rtpengine.address}"
-"""
+    return tools_bridge_toml(wa.info, graph=extra.get("graph", ""), sip=pbx_sip(pbx, extra.get("sip", "")),
+                             media=rtpengine_media(rtpengine))
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from support.bridge_tools import bridge_toml as tools_bridge_toml
+from support.bridge_tools import rtpengine_media
 from support.bridge_tools import ROOT, AgentPhone, BridgeProcess, PbxKamailio, RtpEngineDaemon, free_udp_port
 from support.sip_tools import LOOPBACK, find_binary, free_port, make_test_pki, render
 from test_bridge_rtpengine import ALICE, DOMAIN, _heard_both_ways, _logged
@@ -71,23 +73,11 @@ class AuthPbx(PbxKamailio):
 def bridge_toml(wa, rtpengine: RtpEngineDaemon, pbx: AuthPbx, transport: str, *, ca: Path,
                 password: str = BRIDGE_PASSWORD, expires: int = 600, pbx_port: int = 0, register: bool = True,
                 t1: float = 0.5) -> str:
-    return f"""
-[graph]
-base_url = "{wa.url}"
-phone_number_id = "{wa.pnid}"
-token = "{wa.token}"
-
-[webhook]
-host = "127.0.0.1"
-port = 0
-app_secret = "{wa.info['app_secret']}"
-verify_token = "{wa.info['verify_token']}"
-
-[sip]
-host = "127.0.0.1"
+    port = pbx_port or (pbx.tls_port if transport == "tls" else pbx.tcp_port if transport == "tcp" else pbx.port)
+    return tools_bridge_toml(wa.info, media=rtpengine_media(rtpengine), sip=f"""host = "127.0.0.1"
 port = 0
 pbx_host = "127.0.0.1"
-pbx_port = {pbx_port or (pbx.tls_port if transport == "tls" else pbx.tcp_port if transport == "tcp" else pbx.port)}
+pbx_port = {port}
 domain = "{DOMAIN}"
 extension = "c2b-sip"
 transport = "{transport}"
@@ -98,11 +88,7 @@ t1 = {t1}
 register_expires = {expires}
 register_retry = 1.0
 tls_ca = "{ca}"
-
-[media]
-mode = "rtpengine"
-rtpengine = "{rtpengine.address}"
-"""
+""")
 
 
 @pytest.fixture

@@ -43,6 +43,41 @@ def udp_bound(port: int, host: str = LOOPBACK) -> bool:
             return True
     return False
 
+def bridge_toml(info: dict, *, sip: str, media: str, graph: str = "") -> str:
+    """A ``bridge.toml`` toward the wacall of ``info`` (``wacall serve --json``: its Graph URL, number, token, app
+    secret and verify token), webhook listener on a free port; ``sip`` and ``media`` are those tables' lines,
+    ``graph`` more ``[graph]`` lines."""
+    return f"""
+[graph]
+base_url = "{info['graph_url']}"
+phone_number_id = "{info['phone_number_id']}"
+token = "{info['access_token']}"
+{graph}
+
+[webhook]
+host = "127.0.0.1"
+port = 0
+app_secret = "{info['app_secret']}"
+verify_token = "{info['verify_token']}"
+
+[sip]
+{sip}
+
+[media]
+{media}
+"""
+
+
+def pbx_sip(pbx: "PbxKamailio", extra: str = "") -> str:
+    """``[sip]`` lines for the bridge beside :class:`PbxKamailio` over UDP (its bridging extension, its domain)."""
+    return (f'host = "127.0.0.1"\nport = {pbx.bridge_port}\npbx_host = "127.0.0.1"\npbx_port = {pbx.port}\n'
+            f'domain = "{pbx.domain}"\nextension = "{pbx.extension}"\n{extra}')
+
+
+def rtpengine_media(rtpengine: "RtpEngineDaemon", extra: str = "") -> str:
+    return f'mode = "rtpengine"\nrtpengine = "{rtpengine.address}"\n{extra}'
+
+
 
 class _UdpProcess(_Process):
     def _wait_udp(self, port: int, timeout: float) -> None:
