@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from support.bridge_tools import bridge_toml as tools_bridge_toml
-from support.bridge_tools import pbx_sip
-from support.bridge_tools import (PCMU_ONLY, AgentPhone, BridgeProcess, PbxKamailio, digits_heard_by_user,
-                                  read_wav, user_sends_digits)
-from support.sip_tools import make_test_pki
+from support.bridge_tools import (agent_calls_user, agent_heard_the_user, bridge_chain, pbx_sip, user_call_answered,
+                                  user_heard_the_agent)
+from support.bridge_tools import (PCMU_ONLY, AgentPhone, PbxKamailio, digits_heard_by_user,
+                                  user_sends_digits)
 from wacall.bridge.builtin import _Relay, parse_sdp
-from wacall.media.audio import OpusDecoder, OpusEncoder, dominant_frequency, tone_power
+from wacall.media.audio import OpusDecoder, OpusEncoder, dominant_frequency
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from wacall.media.srtp import AES_CM_128_HMAC_SHA1_80, SrtpContext
@@ -38,64 +38,9 @@ async def chain(wa, tmp_path, request):
     """wacall (Alice plays 440 Hz), the PBX, the agent's phone (1000 Hz) and the bridge in builtin mode. Indirect
     parameter: ``{"agent": {AgentPhone keyword arguments}, "media": "more [media] lines"}``."""
     param = getattr(request, "param", None) or {}
-    wa.reset()
-    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440"}).status_code == 200
-    pki = make_test_pki(tmp_path / "pki")
-    async with PbxKamailio(domain=DOMAIN, workdir=tmp_path / "pbx") as pbx:
-        agent = AgentPhone(user="agent", domain=DOMAIN, registrar=("127.0.0.1", pbx.port), ca=pki.ca_cert,
-                           cert=pki.business.pem, tone_hz=1000, workdir=tmp_path / "agent",
-                           **param.get("agent", {}))
-        async with agent:
-            await agent.wait_registered()
-            bridge = BridgeProcess(bridge_toml(wa, pbx, param.get("media", "")), workdir=tmp_path / "bridge")
-            async with bridge:
-                subscribed = await asyncio.to_thread(wa.subscribe, bridge.info["webhook_url"], "calls")
-                assert subscribed.status_code == 200, subscribed.text
-                yield wa, agent, bridge
-
-
-async def _user_call_answered(wa, agent: AgentPhone) -> str:
-    call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
-    ringing = await agent.wait_event("CALL_INCOMING", 15)
-    assert f"+{ALICE}" in ringing.param or f"+{ALICE}" in str(ringing.raw), ringing.raw
-    await agent.accept()
-    await agent.wait_event("CALL_ESTABLISHED", 10)
-    call = await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
-    assert call["direction"] == "USER_INITIATED"
-    return call_id
-
-
-async def _agent_calls_user(wa, agent: AgentPhone) -> str:
-    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440", "answer_after": 0.3}).status_code == 200
-    assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
-        "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
-    await agent.dial(f"sip:+{ALICE}@{DOMAIN}")
-    await agent.wait_event("CALL_ESTABLISHED", 20)
-    [call_id] = [c["call_id"] for c in (await asyncio.to_thread(wa.ctl, "GET", "calls")).json()["data"]]
-    call = await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
-    assert call["direction"] == "BUSINESS_INITIATED"
-    return call_id
-
-
-async def _user_heard_the_agent(wa, call_id: str) -> dict:
-    """Once wacall has 2 s of the agent's audio: the user's recording holds the agent's 1000 Hz."""
-    def two_seconds():
-        call = wa.call(call_id)
-        return call["media"]["received"]["packets"] >= 100 and call
-    call = await asyncio.to_thread(wa.wait_for, two_seconds, 15, "2 s of the agent's audio at wacall")
-    heard = read_wav(wa.http.get(call["media"]["recording_url"]).content)
-    assert abs(dominant_frequency(heard, 48000) - 1000) < 5, "the user hears the agent's 1000 Hz"
-    assert "opus" in call["media"]["send_codec"].lower(), call["media"]
-    return call
-
-
-def _agent_heard_the_user(agent: AgentPhone) -> None:
-    """After the call: the agent's recording holds the user's 440 Hz (at the phone's own sample rate)."""
-    rate = agent.sample_rate
-    at_agent = agent.heard()[rate // 2:]
-    assert len(at_agent) > rate, f"the agent's recording holds {len(at_agent) / rate:.2f} s after the first 0.5 s"
-    assert abs(dominant_frequency(at_agent, rate) - 440) < 5, "the agent hears the user's 440 Hz"
-    assert tone_power(at_agent, rate, 440) > 10 * tone_power(at_agent, rate, 1000)
+    async with bridge_chain(wa, tmp_path, lambda pbx, _: bridge_toml(wa, pbx, param.get("media", "")),
+                            rtpengine=False, agent=param.get("agent")) as (agent, bridge, _, _):
+        yield wa, agent, bridge
 
 
 async def _agent_hangs_up(wa, agent: AgentPhone, bridge, call_id: str) -> None:
@@ -137,8 +82,8 @@ def _media_line(bridge) -> str:
 
 async def test_user_calls_the_agent_opus_end_to_end_dtmf_both_ways_agent_hangs_up(chain):
     wa, agent, bridge = chain
-    call_id = await _user_call_answered(wa, agent)
-    await _user_heard_the_agent(wa, call_id)
+    call_id = await user_call_answered(wa, agent)
+    await user_heard_the_agent(wa, call_id)
     assert "opus passed through" in _media_line(bridge)
     log = bridge.log_text()
     assert "ICE connected" in log and "DTLS-SRTP keyed" in log
@@ -147,18 +92,18 @@ async def test_user_calls_the_agent_opus_end_to_end_dtmf_both_ways_agent_hangs_u
     assert "a=setup:active" in answer and "a=ice-lite" not in answer and "a=fingerprint:sha-256 " in answer
     await _dtmf_both_ways(wa, agent, call_id)
     await _agent_hangs_up(wa, agent, bridge, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
     assert re.search(rf"wacid={re.escape(call_id)} sip=\S+ ended \(pbx\)", bridge.log_text())
 
 
 async def test_agent_calls_the_user_opus_end_to_end_dtmf_both_ways_user_hangs_up(chain):
     wa, agent, bridge = chain
-    call_id = await _agent_calls_user(wa, agent)
-    await _user_heard_the_agent(wa, call_id)
+    call_id = await agent_calls_user(wa, agent)
+    await user_heard_the_agent(wa, call_id)
     assert "opus passed through" in _media_line(bridge)
     await _dtmf_both_ways(wa, agent, call_id)
     await _user_hangs_up(wa, agent, bridge, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 G711_PHONE = {"agent": {"audio_codecs": PCMU_ONLY}}
@@ -169,24 +114,24 @@ async def test_a_phone_without_opus_is_transcoded_to_pcmu_both_directions_of_med
     """The phone speaks PCMU only: the bridge transcodes (Opus ⇄ PCMU), Meta's leg stays Opus, digits pass both
     ways with their payload types and clocks mapped; the user hangs up."""
     wa, agent, bridge = chain
-    call_id = await _user_call_answered(wa, agent)
-    await _user_heard_the_agent(wa, call_id)
+    call_id = await user_call_answered(wa, agent)
+    await user_heard_the_agent(wa, call_id)
     assert "PCMU transcoded" in _media_line(bridge)
     await _dtmf_both_ways(wa, agent, call_id)
     await _user_hangs_up(wa, agent, bridge, call_id)
     assert agent.sample_rate == 8000
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 @pytest.mark.parametrize("chain", [G711_PHONE], indirect=True)
 async def test_a_phone_without_opus_calls_a_user_transcoded(chain):
     wa, agent, bridge = chain
-    call_id = await _agent_calls_user(wa, agent)
-    await _user_heard_the_agent(wa, call_id)
+    call_id = await agent_calls_user(wa, agent)
+    await user_heard_the_agent(wa, call_id)
     assert "PCMU transcoded" in _media_line(bridge)
     await _dtmf_both_ways(wa, agent, call_id)
     await _agent_hangs_up(wa, agent, bridge, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 SRTP_PHONE = {"agent": {"srtp": True}, "media": 'pbx_protocol = "RTP/SAVP"'}
@@ -195,23 +140,23 @@ SRTP_PHONE = {"agent": {"srtp": True}, "media": 'pbx_protocol = "RTP/SAVP"'}
 @pytest.mark.parametrize("chain", [SRTP_PHONE], indirect=True)
 async def test_sdes_srtp_toward_the_pbx(chain):
     wa, agent, bridge = chain
-    call_id = await _user_call_answered(wa, agent)
+    call_id = await user_call_answered(wa, agent)
     assert "AES_CM_128_HMAC_SHA1_80" in (await agent.wait_event("CALL_MENC", 10)).param
-    await _user_heard_the_agent(wa, call_id)
+    await user_heard_the_agent(wa, call_id)
     await _dtmf_both_ways(wa, agent, call_id)
     await _agent_hangs_up(wa, agent, bridge, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 @pytest.mark.parametrize("chain", [{"agent": {"srtp": True}}], indirect=True)
 async def test_an_sdes_phone_calls_a_user_and_is_answered_in_its_own_profile(chain):
     """Business-initiated: the phone offers RTP/SAVP with a=crypto; the bridge (configured RTP/AVP) answers SDES."""
     wa, agent, bridge = chain
-    call_id = await _agent_calls_user(wa, agent)
+    call_id = await agent_calls_user(wa, agent)
     assert "AES_CM_128_HMAC_SHA1_80" in (await agent.wait_event("CALL_MENC", 10)).param
-    await _user_heard_the_agent(wa, call_id)
+    await user_heard_the_agent(wa, call_id)
     await _user_hangs_up(wa, agent, bridge, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 def test_the_sdp_reader_takes_what_the_relay_needs():

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 from support.bridge_tools import bridge_toml as tools_bridge_toml
-from support.bridge_tools import pbx_sip, rtpengine_media
+from support.bridge_tools import bridge_chain, pbx_sip, rtpengine_media
 from support.bridge_tools import AgentPhone, BridgeProcess, PbxKamailio, RtpEngineDaemon
-from support.sip_tools import make_test_pki
 from wacall.media.audio import dominant_frequency, tone_power
 
 ALICE = "447700900001"
@@ -45,20 +44,10 @@ def bridge_toml(wa, rtpengine: RtpEngineDaemon, pbx: PbxKamailio, extra: dict | 
 async def bridged(wa, tmp_path, request):
     """wacall (user Alice plays 440 Hz), RtpEngine, the PBX, the agent's phone (1000 Hz) registered to it, and
     the bridge subscribed to wacall's calls webhooks (indirect parametrization: more config, see bridge_toml)."""
-    wa.reset()
-    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440"}).status_code == 200
-    pki = make_test_pki(tmp_path / "pki")
-    async with RtpEngineDaemon(workdir=tmp_path / "rtpengine") as rtpengine, \
-            PbxKamailio(domain=DOMAIN, workdir=tmp_path / "pbx") as pbx:
-        agent = AgentPhone(user="agent", domain=DOMAIN, registrar=("127.0.0.1", pbx.port), ca=pki.ca_cert,
-                           cert=pki.business.pem, tone_hz=1000, workdir=tmp_path / "agent")
-        async with agent:
-            await agent.wait_registered()
-            bridge = BridgeProcess(bridge_toml(wa, rtpengine, pbx, getattr(request, "param", None)), workdir=tmp_path / "bridge")
-            async with bridge:
-                subscribed = await asyncio.to_thread(wa.subscribe, bridge.info["webhook_url"], "calls")
-                assert subscribed.status_code == 200, subscribed.text
-                yield wa, agent, bridge, rtpengine, pbx
+    extra = getattr(request, "param", None)
+    async with bridge_chain(wa, tmp_path, lambda pbx, engine: bridge_toml(wa, engine, pbx, extra)) as (
+            agent, bridge, rtpengine, pbx):
+        yield wa, agent, bridge, rtpengine, pbx
 
 
 async def _user_calls_and_agent_answers(wa, agent: AgentPhone, bridge: BridgeProcess) -> str:

@@ -11,11 +11,10 @@ import re
 import pytest
 
 from support.bridge_tools import bridge_toml as tools_bridge_toml
-from support.bridge_tools import pbx_sip, rtpengine_media
-from support.bridge_tools import (PCMU_ONLY, AgentPhone, BridgeProcess, PbxKamailio, RtpEngineDaemon,
-                                  digits_heard_by_user, read_wav, user_sends_digits)
-from support.sip_tools import make_test_pki
-from wacall.media.audio import dominant_frequency, tone_power
+from support.bridge_tools import (agent_calls_user, agent_heard_the_user, bridge_chain, pbx_sip, rtpengine_media,
+                                  user_call_answered, user_heard_the_agent)
+from support.bridge_tools import (PCMU_ONLY, AgentPhone, PbxKamailio, RtpEngineDaemon,
+                                  digits_heard_by_user, user_sends_digits)
 
 ALICE = "447700900001"
 DOMAIN = "pbx.example.com"
@@ -30,62 +29,9 @@ async def chain(wa, tmp_path, request):
     """wacall (Alice plays 440 Hz), RtpEngine, the PBX, the agent's phone (1000 Hz) and the bridge. Indirect
     parameter: ``{"agent": {AgentPhone keyword arguments}, "media": "more [media] lines"}``."""
     param = getattr(request, "param", None) or {}
-    wa.reset()
-    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440"}).status_code == 200
-    pki = make_test_pki(tmp_path / "pki")
-    async with RtpEngineDaemon(workdir=tmp_path / "rtpengine") as rtpengine, \
-            PbxKamailio(domain=DOMAIN, workdir=tmp_path / "pbx") as pbx:
-        agent = AgentPhone(user="agent", domain=DOMAIN, registrar=("127.0.0.1", pbx.port), ca=pki.ca_cert,
-                           cert=pki.business.pem, tone_hz=1000, workdir=tmp_path / "agent",
-                           **param.get("agent", {}))
-        async with agent:
-            await agent.wait_registered()
-            bridge = BridgeProcess(bridge_toml(wa, rtpengine, pbx, param.get("media", "")),
-                                   workdir=tmp_path / "bridge")
-            async with bridge:
-                subscribed = await asyncio.to_thread(wa.subscribe, bridge.info["webhook_url"], "calls")
-                assert subscribed.status_code == 200, subscribed.text
-                yield wa, agent, bridge
-
-
-async def _user_call_answered(wa, agent: AgentPhone) -> str:
-    call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
-    await agent.wait_event("CALL_INCOMING", 15)
-    await agent.accept()
-    await agent.wait_event("CALL_ESTABLISHED", 10)
-    await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
-    return call_id
-
-
-async def _agent_calls_user(wa, agent: AgentPhone) -> str:
-    assert wa.ctl("PATCH", f"users/{ALICE}", {"audio": "tone:440", "answer_after": 0.3}).status_code == 200
-    assert wa.ctl("POST", f"users/{ALICE}/permission_replies", {
-        "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
-    await agent.dial(f"sip:+{ALICE}@{DOMAIN}")
-    await agent.wait_event("CALL_ESTABLISHED", 20)
-    [call_id] = [c["call_id"] for c in (await asyncio.to_thread(wa.ctl, "GET", "calls")).json()["data"]]
-    await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
-    return call_id
-
-
-async def _user_heard_the_agent(wa, call_id: str) -> dict:
-    """Once wacall has 2 s of the agent's audio: the user's recording holds the agent's 1000 Hz."""
-    def two_seconds():
-        call = wa.call(call_id)
-        return call["media"]["received"]["packets"] >= 100 and call
-    call = await asyncio.to_thread(wa.wait_for, two_seconds, 15, "2 s of the agent's audio at wacall")
-    heard = read_wav(wa.http.get(call["media"]["recording_url"]).content)
-    assert abs(dominant_frequency(heard, 48000) - 1000) < 5, "the user hears the agent's 1000 Hz"
-    return call
-
-
-def _agent_heard_the_user(agent: AgentPhone) -> None:
-    """After the call: the agent's recording holds the user's 440 Hz (at the phone's own sample rate)."""
-    rate = agent.sample_rate
-    at_agent = agent.heard()[rate // 2:]
-    assert len(at_agent) > rate, f"the agent's recording holds {len(at_agent) / rate:.2f} s after the first 0.5 s"
-    assert abs(dominant_frequency(at_agent, rate) - 440) < 5, "the agent hears the user's 440 Hz"
-    assert tone_power(at_agent, rate, 440) > 10 * tone_power(at_agent, rate, 1000)
+    async with bridge_chain(wa, tmp_path, lambda pbx, engine: bridge_toml(wa, engine, pbx, param.get("media", "")),
+                            agent=param.get("agent")) as (agent, bridge, _, _):
+        yield wa, agent, bridge
 
 
 async def _hang_up(wa, agent: AgentPhone, call_id: str) -> None:
@@ -112,20 +58,20 @@ async def _dtmf_both_ways(wa, agent: AgentPhone, call_id: str) -> None:
 
 async def test_dtmf_both_ways_in_a_user_initiated_call(chain):
     wa, agent, bridge = chain
-    call_id = await _user_call_answered(wa, agent)
-    await _user_heard_the_agent(wa, call_id)
+    call_id = await user_call_answered(wa, agent)
+    await user_heard_the_agent(wa, call_id)
     await _dtmf_both_ways(wa, agent, call_id)
     await _hang_up(wa, agent, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 async def test_dtmf_both_ways_in_a_business_initiated_call(chain):
     wa, agent, bridge = chain
-    call_id = await _agent_calls_user(wa, agent)
-    await _user_heard_the_agent(wa, call_id)
+    call_id = await agent_calls_user(wa, agent)
+    await user_heard_the_agent(wa, call_id)
     await _dtmf_both_ways(wa, agent, call_id)
     await _hang_up(wa, agent, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 TRANSCODE = 'transcode = ["PCMU", "PCMA"]'
@@ -144,14 +90,14 @@ async def test_a_phone_without_opus_gets_g711_transcoded_by_rtpengine(chain):
     """``transcode = ["PCMU", "PCMA"]``: RtpEngine offers the phone Opus, PCMU and PCMA; the phone answers PCMU and
     RtpEngine transcodes both ways (and carries the digits between telephone-event clocks); Meta's leg stays Opus."""
     wa, agent, bridge = chain
-    call_id = await _user_call_answered(wa, agent)
-    call = await _user_heard_the_agent(wa, call_id)
+    call_id = await user_call_answered(wa, agent)
+    call = await user_heard_the_agent(wa, call_id)
     assert "opus" in call["media"]["send_codec"].lower(), call["media"]
     assert re.search(r"^m=audio \d+ RTP/AVP 0 ", _pbx_sdp(agent, "SIP/2.0 200 Answering"), re.M), "PCMU answered"
     await _user_dtmf_reaches_the_agent(wa, agent, call_id)
     await _hang_up(wa, agent, call_id)
     assert agent.sample_rate == 8000
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 @pytest.mark.xfail(strict=True, reason="RtpEngine 10.5 re-stamps the repeated end packets of an event it transcodes "
@@ -160,8 +106,8 @@ async def test_a_phone_without_opus_gets_g711_transcoded_by_rtpengine(chain):
 @pytest.mark.parametrize("chain", [G711_PHONE], indirect=True)
 async def test_a_phone_without_opus_sends_digits_to_the_user(chain):
     wa, agent, bridge = chain
-    call_id = await _user_call_answered(wa, agent)
-    await _user_heard_the_agent(wa, call_id)
+    call_id = await user_call_answered(wa, agent)
+    await user_heard_the_agent(wa, call_id)
     await _agent_dtmf_reaches_the_user(wa, agent, call_id)
 
 
@@ -169,25 +115,25 @@ async def test_a_phone_without_opus_sends_digits_to_the_user(chain):
 async def test_a_phone_without_opus_calls_a_user_through_rtpengine_transcoding(chain):
     """Business-initiated: the phone offers PCMU only; Meta is offered Opus only and RtpEngine transcodes."""
     wa, agent, bridge = chain
-    call_id = await _agent_calls_user(wa, agent)
+    call_id = await agent_calls_user(wa, agent)
     toward_meta = re.split(r"^\d{4}-\d\d-\d\d ", bridge.log_text().split("SDP toward WhatsApp:", 1)[1], flags=re.M)[0]
     assert re.search(r"m=audio \d+ UDP/TLS/RTP/SAVPF \d+ \d+\s", toward_meta), toward_meta
     assert "opus/48000/2" in toward_meta and "PCMU" not in toward_meta and "telephone-event/8000" in toward_meta
-    call = await _user_heard_the_agent(wa, call_id)
+    call = await user_heard_the_agent(wa, call_id)
     assert "opus" in call["media"]["send_codec"].lower(), call["media"]
     await _user_dtmf_reaches_the_agent(wa, agent, call_id)
     await _hang_up(wa, agent, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 @pytest.mark.parametrize("chain", [{"media": TRANSCODE}], indirect=True)
 async def test_with_transcoding_on_an_opus_phone_keeps_opus_and_dtmf(chain):
     wa, agent, bridge = chain
-    call_id = await _user_call_answered(wa, agent)
-    await _user_heard_the_agent(wa, call_id)
+    call_id = await user_call_answered(wa, agent)
+    await user_heard_the_agent(wa, call_id)
     await _dtmf_both_ways(wa, agent, call_id)
     await _hang_up(wa, agent, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 @pytest.mark.parametrize("chain", [{"agent": {"audio_codecs": PCMU_ONLY}}], indirect=True)
@@ -222,24 +168,24 @@ async def test_sdes_srtp_toward_the_pbx(chain):
     """``pbx_protocol = "RTP/SAVP"``: RtpEngine offers the phone SDES-SRTP (a=crypto); a phone that insists on SRTP
     answers, the media is encrypted on that leg, and audio and digits pass both ways."""
     wa, agent, bridge = chain
-    call_id = await _user_call_answered(wa, agent)
+    call_id = await user_call_answered(wa, agent)
     menc = await agent.wait_event("CALL_MENC", 10)
     assert "AES_CM_128_HMAC_SHA1_80" in menc.param, menc.raw
     invite = _pbx_sdp(agent, "INVITE sip:agent")
     assert re.search(r"^m=audio \d+ RTP/SAVP ", invite, re.M) and "a=crypto:" in invite, invite
     suites = set(re.findall(r"^a=crypto:\d+ (\S+)", invite, re.M))
     assert suites == {"AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"}, suites
-    await _user_heard_the_agent(wa, call_id)
+    await user_heard_the_agent(wa, call_id)
     await _dtmf_both_ways(wa, agent, call_id)
     await _hang_up(wa, agent, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)
 
 
 @pytest.mark.parametrize("chain", [SRTP_PHONE], indirect=True)
 async def test_sdes_srtp_phone_calls_a_user(chain):
     wa, agent, bridge = chain
-    call_id = await _agent_calls_user(wa, agent)
+    call_id = await agent_calls_user(wa, agent)
     assert "AES_CM_128_HMAC_SHA1" in (await agent.wait_event("CALL_MENC", 10)).param
-    await _user_heard_the_agent(wa, call_id)
+    await user_heard_the_agent(wa, call_id)
     await _hang_up(wa, agent, call_id)
-    _agent_heard_the_user(agent)
+    agent_heard_the_user(agent)

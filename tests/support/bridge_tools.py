@@ -6,6 +6,7 @@ ports, each process in its own session and killed at teardown (``sip_tools._Proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -282,3 +283,79 @@ class BridgeProcess(_Process):
 
 __all__ = ["AgentPhone", "BridgeProcess", "PCMU_ONLY", "PbxKamailio", "RtpEngineDaemon", "digits_heard_by_user",
            "free_port", "free_udp_port", "read_wav", "user_sends_digits"]
+
+
+@contextlib.asynccontextmanager
+async def bridge_chain(wa, workdir: Path, config, *, rtpengine: bool = True, agent: dict | None = None,
+                       user: str = "447700900001", domain: str = "pbx.example.com"):
+    """The bridge tests' chain: wacall's ``user`` plays 440 Hz; RtpEngine (when ``rtpengine``), Kamailio as the PBX,
+    the agent's baresip (1000 Hz, ``agent``: more :class:`AgentPhone` keyword arguments) registered to it, and the
+    bridge (``config(pbx, rtpengine_or_None)`` -> its bridge.toml) subscribed to wacall's ``calls`` webhooks.
+    Yields ``(agent, bridge, rtpengine_or_None, pbx)``."""
+    from support.sip_tools import make_test_pki
+    wa.reset()
+    assert wa.ctl("PATCH", f"users/{user}", {"audio": "tone:440"}).status_code == 200
+    pki = make_test_pki(workdir / "pki")
+    async with contextlib.AsyncExitStack() as stack:
+        engine = (await stack.enter_async_context(RtpEngineDaemon(workdir=workdir / "rtpengine"))
+                  if rtpengine else None)
+        pbx = await stack.enter_async_context(PbxKamailio(domain=domain, workdir=workdir / "pbx"))
+        phone = await stack.enter_async_context(AgentPhone(
+            user="agent", domain=domain, registrar=("127.0.0.1", pbx.port), ca=pki.ca_cert, cert=pki.business.pem,
+            tone_hz=1000, workdir=workdir / "agent", **(agent or {})))
+        await phone.wait_registered()
+        bridge = await stack.enter_async_context(BridgeProcess(config(pbx, engine), workdir=workdir / "bridge"))
+        subscribed = await asyncio.to_thread(wa.subscribe, bridge.info["webhook_url"], "calls")
+        assert subscribed.status_code == 200, subscribed.text
+        yield phone, bridge, engine, pbx
+
+
+# -- what the end-to-end tests check on a bridged call (wacall's user 447700900001, the agent's baresip) --------
+USER = "447700900001"
+PBX_DOMAIN = "pbx.example.com"
+
+
+async def user_call_answered(wa, agent: AgentPhone) -> str:
+    call_id = (await asyncio.to_thread(wa.user_calls, USER)).json()["call_id"]
+    ringing = await agent.wait_event("CALL_INCOMING", 15)
+    assert f"+{USER}" in ringing.param or f"+{USER}" in str(ringing.raw), ringing.raw
+    await agent.accept()
+    await agent.wait_event("CALL_ESTABLISHED", 10)
+    call = await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
+    assert call["direction"] == "USER_INITIATED"
+    return call_id
+
+
+async def agent_calls_user(wa, agent: AgentPhone) -> str:
+    assert wa.ctl("PATCH", f"users/{USER}", {"audio": "tone:440", "answer_after": 0.3}).status_code == 200
+    assert wa.ctl("POST", f"users/{USER}/permission_replies", {
+        "phone_number_id": wa.pnid, "response": "accept", "via": "business_profile"}).status_code == 200
+    await agent.dial(f"sip:+{USER}@{PBX_DOMAIN}")
+    await agent.wait_event("CALL_ESTABLISHED", 20)
+    [call_id] = [c["call_id"] for c in (await asyncio.to_thread(wa.ctl, "GET", "calls")).json()["data"]]
+    call = await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 15)
+    assert call["direction"] == "BUSINESS_INITIATED"
+    return call_id
+
+
+async def user_heard_the_agent(wa, call_id: str) -> dict:
+    """Once wacall has 2 s of the agent's audio: the user's recording holds the agent's 1000 Hz."""
+    from wacall.media.audio import dominant_frequency
+    def two_seconds():
+        call = wa.call(call_id)
+        return call["media"]["received"]["packets"] >= 100 and call
+    call = await asyncio.to_thread(wa.wait_for, two_seconds, 15, "2 s of the agent's audio at wacall")
+    heard = read_wav(wa.http.get(call["media"]["recording_url"]).content)
+    assert abs(dominant_frequency(heard, 48000) - 1000) < 5, "the user hears the agent's 1000 Hz"
+    assert "opus" in call["media"]["send_codec"].lower(), call["media"]
+    return call
+
+
+def agent_heard_the_user(agent: AgentPhone) -> None:
+    """After the call: the agent's recording holds the user's 440 Hz (at the phone's own sample rate)."""
+    from wacall.media.audio import dominant_frequency, tone_power
+    rate = agent.sample_rate
+    at_agent = agent.heard()[rate // 2:]
+    assert len(at_agent) > rate, f"the agent's recording holds {len(at_agent) / rate:.2f} s after the first 0.5 s"
+    assert abs(dominant_frequency(at_agent, rate) - 440) < 5, "the agent hears the user's 440 Hz"
+    assert tone_power(at_agent, rate, 440) > 10 * tone_power(at_agent, rate, 1000)
