@@ -18,12 +18,11 @@ import fractions
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workers import WorkerProcess  # noqa: E402
+from workers import WorkerProcess, serve  # noqa: E402
 
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
@@ -151,33 +150,20 @@ def _worker_main(conn, options: dict) -> None:
 
 
 async def _worker_async(conn, options: dict) -> None:
-    loop = asyncio.get_running_loop()
     pairs = Pairs(**options)
-    inbox: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
-    conn.send({"op": "ready", "pid": os.getpid()})
-    try:
-        while True:
-            cmd = await inbox.get()
-            try:
-                if cmd["op"] == "add":
-                    conn.send({"op": "added", **(await pairs.add(cmd["n"]))})
-                elif cmd["op"] == "snapshot":
-                    conn.send({"op": "snapshot", **(await pairs.snapshot())})
-                elif cmd["op"] == "stop":
-                    break
-            except Exception as exc:
-                conn.send({"op": "error", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
-    finally:
-        loop.remove_reader(conn.fileno())
+
+    async def close() -> None:
         try:
             await asyncio.wait_for(pairs.close(), 20)
         except Exception:
             pass
-        try:
-            conn.send({"op": "stopped"})
-        except (BrokenPipeError, OSError):
-            pass
+
+    await serve(conn, {"add": lambda cmd: _answer("added", pairs.add(cmd["n"])),
+                       "snapshot": lambda cmd: _answer("snapshot", pairs.snapshot())}, close)
+
+
+async def _answer(op: str, work) -> dict:
+    return {"op": op, **(await work)}
 
 
 class AiortcWorker(WorkerProcess):

@@ -40,7 +40,6 @@ import socket
 import struct
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from pylibsrtp import Error as SrtpLibError, Policy, Session
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workers import WorkerProcess  # noqa: E402
+from workers import WorkerProcess, serve  # noqa: E402
 
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
@@ -845,38 +844,26 @@ def _worker_main(conn, info: dict, options: dict) -> None:
 
 
 async def _worker_async(conn, info: dict, options: dict) -> None:
-    loop = asyncio.get_running_loop()
     peer = PeerProcess(info, **options)
-    inbox: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
-    conn.send({"op": "ready", "pid": os.getpid()})
-    try:
-        while True:
-            cmd = await inbox.get()
-            op = cmd.get("op")
-            try:
-                if op == "add":
-                    conn.send({"op": "added", **(await peer.add(cmd["wa_ids"]))})
-                elif op == "end":
-                    conn.send({"op": "ended", **(await peer.end(cmd["call_ids"]))})
-                elif op == "soak":
-                    peer.start_soak(cmd["wa_ids"], cmd["total"], cmd["rate"], cmd["hold"])
-                    conn.send({"op": "soaking"})
-                elif op == "soak_progress":
-                    conn.send({"op": "soak_progress", **peer.soak_stats})
-                elif op == "snapshot":
-                    conn.send({"op": "snapshot", **peer.snapshot()})
-                elif op == "stop":
-                    break
-            except Exception as exc:
-                conn.send({"op": "error", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
-    finally:
-        loop.remove_reader(conn.fileno())
-        await peer.close()
-        try:
-            conn.send({"op": "stopped"})
-        except (BrokenPipeError, OSError):
-            pass
+
+    async def added(cmd: dict) -> dict:
+        return {"op": "added", **(await peer.add(cmd["wa_ids"]))}
+
+    async def ended(cmd: dict) -> dict:
+        return {"op": "ended", **(await peer.end(cmd["call_ids"]))}
+
+    async def soak(cmd: dict) -> dict:
+        peer.start_soak(cmd["wa_ids"], cmd["total"], cmd["rate"], cmd["hold"])
+        return {"op": "soaking"}
+
+    async def soak_progress(cmd: dict) -> dict:
+        return {"op": "soak_progress", **peer.soak_stats}
+
+    async def snapshot(cmd: dict) -> dict:
+        return {"op": "snapshot", **peer.snapshot()}
+
+    await serve(conn, {"add": added, "end": ended, "soak": soak, "soak_progress": soak_progress,
+                       "snapshot": snapshot}, peer.close)
 
 
 class WorkerHandle(WorkerProcess):
