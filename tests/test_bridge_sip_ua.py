@@ -215,6 +215,14 @@ async def test_only_the_pbx_may_start_a_call_through_the_bridge():
     assert len(seen) == 1 and responses(wire) == [403, 100]
 
 
+async def test_an_invite_whose_record_route_cannot_be_read_gets_400():
+    ua, wire = ua_with_fake_transport()
+    seen = []
+    ua.on_invite = seen.append
+    ua.datagram_received(pbx_invite().replace(b"Record-Route: <sip:127.0.0.1:5060;lr>", b"Record-Route: <sip:"), PBX)
+    assert responses(wire) == [400] and seen == [] and not ua.incoming
+
+
 async def test_the_pbx_cancels_a_ringing_invite_487_and_on_cancel():
     ua, wire = ua_with_fake_transport()
     seen, cancelled = [], []

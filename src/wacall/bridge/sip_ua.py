@@ -342,6 +342,11 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 log.warning("INVITE from %s:%s, not the PBX: 403", addr[0], addr[1])   # only the PBX may
                 self._send(response_to(request, 403, "Forbidden"), reply_to)
                 return
+            try:                                            # the dialog is built from them when it is answered
+                request.name_addrs("Contact"), request.name_addrs("Record-Route")
+            except SipParseError as exc:
+                self._send(response_to(request, 400, f"Bad Request ({exc})"[:120]), reply_to)
+                return
             incoming = self.incoming[request.call_id] = Incoming(self, request, reply_to)
             incoming.respond(100)
             if self.on_invite is None:
@@ -645,9 +650,14 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     continue
                 dialog.remote_tag = response.to.tag
                 dialog.cseq = invite.cseq[0]
-                contacts = response.name_addrs("Contact")
+                try:
+                    contacts = response.name_addrs("Contact")
+                    route = [str(rr) for rr in reversed(response.name_addrs("Record-Route"))]
+                except SipParseError as exc:                  # no dialog can be built on it: a failed INVITE
+                    log.warning("SIP INVITE %s: a 2xx with an unreadable Contact/Record-Route: %s", call_id, exc)
+                    raise SipFailure(502, "Bad Gateway") from None
                 dialog.target = str(contacts[0].uri) if contacts else ruri
-                dialog.route = [str(rr) for rr in reversed(response.name_addrs("Record-Route"))]
+                dialog.route = route
                 self.dialogs[call_id] = dialog
                 self._ack_2xx(response)
                 if cancelling:                                # the 200 crossed our CANCEL: end it at once
