@@ -539,7 +539,8 @@ class Wacall:
             raise
         except Exception as exc:          # Meta: best effort; nothing is sent when processing fails
             log.warning("recording/transcription of call %s failed: %s", call_id, exc)
-            self.apply(lambda: self.platform.media_note(call_id, "recording_failed", reason=str(exc)), defer=True)
+            reason = str(exc)             # (the deferred note runs after this block, where exc is gone)
+            self.apply(lambda: self.platform.media_note(call_id, "recording_failed", reason=reason), defer=True)
 
     def _publish(self, phone_number_id: str, path: str, mime_type: str) -> dict:
         """Publish a file as webhook media (kept 7 days) and describe it as Meta's webhooks do."""

@@ -269,11 +269,11 @@ async def waba_node(req: Request, waba: Waba) -> dict:
         raise unsupported(waba.id, req.http.method.lower())
     fields = str(req.param("fields") or "id,name")
     out: dict[str, Any] = {"id": waba.id}
-    for field in re.split(r",(?![^(]*\))", fields):
-        field = field.strip()
-        name = field.split(".")[0]
+    for asked in re.split(r",(?![^(]*\))", fields):
+        asked = asked.strip()
+        name = asked.split(".")[0]
         if name == "call_analytics":
-            args = {k: v for k, v in ANALYTICS_ARG.findall(field)}
+            args = {k: v for k, v in ANALYTICS_ARG.findall(asked)}
             try:
                 start = float(args["start"]) if "start" in args else None
                 end = float(args["end"]) if "end" in args else None
