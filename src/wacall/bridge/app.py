@@ -124,7 +124,7 @@ class PermissionChecks:
     async def _slot(self, deadline: float) -> None:
         now = self.clock()
         at = max(now, self._next)
-        if at > deadline:
+        if at > now and at > deadline:           # no waiting past the deadline (a check due now still goes)
             raise PermissionCheckBusy(f"{len(self)} call permission checks queued for Meta's rate limit")
         self._next = at + self.interval
         if at > now:
@@ -465,14 +465,15 @@ class Bridge:
         except asyncio.CancelledError:
             raise
         except PermissionCheckBusy as exc:
-            log.warning("%s %s: 503", bridged.tag, exc)
-            self._refuse(bridged, 503, "Service Unavailable", "call permission checks above Meta's rate limit",
+            log.warning("%s %s: 480", bridged.tag, exc)
+            self._refuse(bridged, 480, "Temporarily Unavailable", "call permission checks above Meta's rate limit",
                          extra=[("Retry-After", "1")])
             return
         except GraphApiError as exc:
             log.warning("%s Graph refused: code %s %s", bridged.tag, exc.code, exc.message)
-            if exc.code in PermissionChecks.RATE_LIMITED:
-                self._refuse(bridged, 503, "Service Unavailable", f"WhatsApp error {exc.code}: {exc.message}",
+            if exc.code in PermissionChecks.RATE_LIMITED:   # 480, not 503: a proxy turns 503 into 500 (RFC 3261
+                # 16.7) and drops the Warning; Retry-After: Meta's window is one second
+                self._refuse(bridged, 480, "Temporarily Unavailable", f"WhatsApp error {exc.code}: {exc.message}",
                              extra=[("Retry-After", "1")])
                 await self.media.delete(bridged.media_call or "")
                 return
