@@ -117,3 +117,15 @@ async def test_a_rate_limit_that_persists_is_a_480_naming_metas_code(bridged):  
     assert re.search(r'^Warning: 399 \S+ "WhatsApp error 613: ', trace, re.M), trace[-3000:]
     assert re.search(r"^Retry-After: 1", trace, re.M), trace[-3000:]
     assert not [c for c in wa.ctl("GET", "calls").json()["data"] if c["direction"] == "BUSINESS_INITIATED"]
+
+
+@pytest.mark.parametrize("key,value", [("permission_checks_per_second", -1), ("permission_wait_seconds", "10"),
+                                       ("permission_wait_seconds", True)])
+def test_the_pacing_keys_are_checked(key, value):
+    from wacall.bridge.config import build_bridge_config
+    raw = {"graph": {"phone_number_id": "1", "token": "t", key: value},
+           "webhook": {"app_secret": "s", "verify_token": "v"}}
+    with pytest.raises(ValueError, match=f"graph.{key}"):
+        build_bridge_config(raw)
+    raw["graph"][key] = 2.5
+    assert getattr(build_bridge_config(raw).graph, key) == 2.5
