@@ -203,6 +203,26 @@ async def test_an_invite_from_the_pbx_gets_100_then_a_200_resent_until_its_ack()
     assert await asyncio.wait_for(status, 5) == 200
 
 
+async def test_only_the_pbx_may_start_a_call_through_the_bridge():
+    """An INVITE from anywhere but the PBX's addresses is refused (403) and never reaches the bridge: a call
+    placed through the bridge is a WhatsApp call the business pays for."""
+    ua, wire = ua_with_fake_transport()
+    seen = []
+    ua.on_invite = seen.append
+    ua.datagram_received(pbx_invite(), ("127.0.0.7", 5060))
+    assert responses(wire) == [403] and seen == [] and not ua.incoming
+    ua.datagram_received(pbx_invite("bic2@pbx"), PBX)
+    assert len(seen) == 1 and responses(wire) == [403, 100]
+
+
+async def test_an_invite_whose_record_route_cannot_be_read_gets_400():
+    ua, wire = ua_with_fake_transport()
+    seen = []
+    ua.on_invite = seen.append
+    ua.datagram_received(pbx_invite().replace(b"Record-Route: <sip:127.0.0.1:5060;lr>", b"Record-Route: <sip:"), PBX)
+    assert responses(wire) == [400] and seen == [] and not ua.incoming
+
+
 async def test_the_pbx_cancels_a_ringing_invite_487_and_on_cancel():
     ua, wire = ua_with_fake_transport()
     seen, cancelled = [], []

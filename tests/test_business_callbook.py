@@ -69,6 +69,14 @@ def test_call_statuses_only_move_forward_and_stop_at_the_end():
     assert book.apply("messages", message_status) == [] and book.get("wamid.X") is None
 
 
+def test_malformed_elements_are_skipped_not_raised():
+    book = CallBook()
+    assert book.apply("calls", {"metadata": "x", "calls": ["junk", 3, None], "statuses": "nope"}) == []
+    assert book.apply("calls", ["not", "a", "dict"]) == []                       # type: ignore[arg-type]
+    happened = book.apply("calls", {"calls": [7, {"id": "wacid.A", "event": "connect", "from": "1"}]})
+    assert [kind for kind, _, _ in happened] == ["connect"]
+
+
 def test_ended_calls_are_remembered_up_to_a_bound():
     book = CallBook(keep_ended=2)
     for n in range(3):

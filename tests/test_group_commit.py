@@ -1,5 +1,5 @@
 """One transaction per loop turn for state changes their callers do not acknowledge themselves
-(``Wacall.apply(..., group=True)``: the SIP gateway's new calls and BYEs, the timers): what leaves the
+(``Wacall.apply(..., group=True)``: the SIP gateway's new calls, the timers): what leaves the
 process because of them (the SIP 180/200, webhooks) is sent by the events' consumers, which run after the
 commit, so a kill -9 at any moment loses nothing that was announced. Checked here from another SQLite
 connection on the database file, which is what a restarted process would read."""

@@ -1,5 +1,6 @@
-"""The bridge: WhatsApp calls (Graph API and webhooks, through ``wacall.business``) to a PBX (SIP over UDP), the
-media through RtpEngine. User-initiated calls, as Meta's integration example describes them
+"""The bridge: WhatsApp calls (Graph API and webhooks, through ``wacall.business``) to a PBX (SIP over UDP, TCP
+or TLS: :mod:`.sip_ua`), the media through the ``[media] mode``'s :class:`.media.MediaPath` (RtpEngine, or the
+bridge itself: :mod:`.builtin`); the steps below name RtpEngine's ng commands. User-initiated calls, as Meta's integration example describes them
 (https://developers.facebook.com/docs/whatsapp/cloud-api/calling/integration-examples):
 
     connect webhook ─► ng offer (Meta's WebRTC SDP → plain RTP) ─► INVITE to the bridging extension
@@ -45,6 +46,8 @@ from .metrics import BridgeMetrics
 from .state import CallStore, snapshot
 
 log = logging.getLogger("wacall.bridge")
+
+GRAPH_UNREACHABLE = (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError)   # no answer, or not Graph's
 
 
 def open_media(config: BridgeConfig) -> MediaPath:
@@ -198,7 +201,8 @@ class Bridge:
     async def stop(self) -> None:
         """End every live call on both sides (BYE, Graph terminate), all at once, then close."""
         await asyncio.gather(*(self._end(call, "shutdown", tell_whatsapp=True, tell_pbx=True)
-                               for call in list(self.calls.values()) + list(self.pending.values())))
+                               for call in list(self.calls.values()) + list(self.pending.values())),
+                             return_exceptions=True)
         await self.receiver.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -362,7 +366,8 @@ class Bridge:
                     headers.append((header, str(connect[key])))
             if call.callback_data:
                 headers.append(("x-wa-meta-biz-opaque-callback-data", call.callback_data))
-            if bridged.state == "ended":          # the user hung up while RtpEngine was asked
+            if bridged.state == "ended":          # the user hung up while the media was set up
+                await self.media.delete(wacid)
                 return
             bridged.sip_call_id = self.ua.new_call_id()
             dialog, ok = await self.ua.invite(
@@ -379,6 +384,8 @@ class Bridge:
             log.debug("%s SDP toward WhatsApp:\n%s", bridged.tag, answer)
             await self.graph.pre_accept(wacid, answer)
             await self.graph.accept(wacid, answer)
+            if bridged.state == "ended":          # a terminate or the PBX's BYE while Graph accepted
+                return
             bridged.state, bridged.answered = "bridged", time.monotonic()
             log.info("%s bridged in %.0f ms", bridged.tag, 1000 * (bridged.answered - bridged.started))
         except asyncio.CancelledError:
@@ -393,6 +400,9 @@ class Bridge:
         except GraphApiError as exc:
             log.warning("%s Graph refused: code %s %s", bridged.tag, exc.code, exc.message)
             await self._end(bridged, f"graph {exc.code}", tell_whatsapp=False, tell_pbx=True)
+        except GRAPH_UNREACHABLE as exc:
+            log.warning("%s Graph unreachable or unreadable: %r", bridged.tag, exc)
+            await self._end(bridged, "graph unreachable", tell_whatsapp=True, tell_pbx=True, reject=True)
         except MediaError as exc:
             log.warning("%s media: %s", bridged.tag, exc)
             await self._end(bridged, "media", tell_whatsapp=True, tell_pbx=True, reject=True)
@@ -460,6 +470,7 @@ class Bridge:
             offer = await self.media.offer_to_whatsapp(bridged.media_call or "", incoming.sdp, bridged.pbx_tag)
             log.debug("%s SDP toward WhatsApp:\n%s", bridged.tag, offer)
             if bridged.state == "ended":          # the PBX cancelled meanwhile
+                await self.media.delete(bridged.media_call or "")
                 return
             wacid = await self.graph.connect(bridged.user, offer)
         except asyncio.CancelledError:
@@ -492,7 +503,7 @@ class Bridge:
             self._refuse(bridged, 503, "Service Unavailable", "media relay unavailable")
             await self.media.delete(bridged.media_call or "")
             return
-        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError) as exc:
+        except GRAPH_UNREACHABLE as exc:
             log.warning("%s Graph unreachable or unreadable: %r", bridged.tag, exc)
             self._refuse(bridged, 503, "Service Unavailable", "WhatsApp Graph API unavailable")
             await self.media.delete(bridged.media_call or "")
@@ -537,6 +548,8 @@ class Bridge:
                     bridged.pbx_sdp = await self.media.answer_to_pbx(bridged.media_call or "", call.sdp,
                                                                      bridged.pbx_tag)
                     log.debug("%s SDP toward the PBX:\n%s", bridged.tag, bridged.pbx_sdp)
+                    if bridged.state != "setup":  # the PBX cancelled, or the call ended, meanwhile
+                        return
             except MediaError as exc:
                 log.warning("%s media: %s", bridged.tag, exc)
                 await self._end(bridged, "media", tell_whatsapp=True, tell_pbx=True)
@@ -599,13 +612,7 @@ class Bridge:
             status = await self.ua.bye(bridged.dialog, headers)
             log.info("%s BYE to the PBX: %s", bridged.tag, status)
         if tell_whatsapp:
-            try:
-                if reject or was == "setup":
-                    await self.graph.reject(bridged.call_id)
-                else:
-                    await self.graph.terminate(bridged.call_id)
-            except GraphApiError as exc:          # the call already ended at Meta: nothing to end
-                log.info("%s Graph on end: code %s %s", bridged.tag, exc.code, exc.message)
+            await self._graph_end(bridged, reject=reject or was == "setup")
         await self.media.delete(bridged.call_id)
         log.info("%s ended (%s)", bridged.tag, why)
 
@@ -629,6 +636,8 @@ class Bridge:
             await (self.graph.reject if reject else self.graph.terminate)(bridged.call_id)
         except GraphApiError as exc:              # the call already ended at Meta: nothing to end
             log.info("%s Graph on end: code %s %s", bridged.tag, exc.code, exc.message)
+        except GRAPH_UNREACHABLE as exc:          # the end goes on: the PBX leg and the media are freed anyway
+            log.warning("%s Graph unreachable on end: %r", bridged.tag, exc)
 
 
 async def serve(config: BridgeConfig, *, json_output: bool = False) -> None:

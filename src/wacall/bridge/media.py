@@ -3,7 +3,8 @@ WebRTC leg and the PBX's RTP leg, in SDP terms only. One implementation per ``[m
 
 * ``rtpengine`` (:class:`.rtpengine.RtpEngineMedia`): RtpEngine rewrites the SDPs and relays the packets, driven
   over its ng protocol, as Meta's integration example does.
-* ``builtin``: the bridge terminates ICE/DTLS-SRTP itself (not in this module's scope).
+* ``builtin`` (:class:`.builtin.BuiltinMedia`): the bridge terminates ICE/DTLS-SRTP itself and relays RTP/SDES
+  toward the PBX.
 
 A media call is named by ``call`` (the wacid for a user-initiated call; the PBX's SIP Call-ID for a
 business-initiated one, whose wacid is not known when the media is set up) and the PBX leg by ``pbx_tag`` (the

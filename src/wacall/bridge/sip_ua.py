@@ -14,7 +14,8 @@ and digest modules.
   expiry, retried ``register_retry`` seconds after a failure (or at once when the PBX connection drops),
   unregistered (Expires: 0) at stop. Without ``register`` the PBX trusts the bridge by address (IP trust).
 * Calls: place an INVITE (Timer A/B), ACK the final answer (a 2xx by a new request along the dialog, a non-2xx
-  hop by hop), CANCEL, BYE both ways; answer the PBX's INVITE (:class:`Incoming`): a 2xx resent until its ACK
+  hop by hop), CANCEL (sent once, after a provisional answer; not retransmitted), BYE both ways; answer the PBX's
+  INVITE (only from the PBX's own addresses: anyone else gets 403) (:class:`Incoming`): a 2xx resent until its ACK
   and, when no ACK comes within 64*T1 (Timer H, RFC 3261 13.3.1.4), the dialog is ended with a BYE and the bridge
   hears it through ``on_bye`` like a BYE from the PBX.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Callable
@@ -152,6 +154,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         self.host, self.port, self.pbx, self.t1 = host, port, pbx, t1
+        self.trusted: set[str] = {pbx[0]}               # the PBX's addresses (resolved at start)
         self.kind = transport
         self.reliable = transport != "udp"
         self.domain = domain or pbx[0]
@@ -201,6 +204,11 @@ class SipUserAgent(asyncio.DatagramProtocol):
         the PBX is opened now and its local port is ours, RFC 5626 style); with ``register``, the first
         REGISTER's outcome is waited for (bounded) and refreshed from then on. The port."""
         loop = asyncio.get_running_loop()
+        try:                                      # who may start a call here: the PBX (its addresses), no one else
+            infos = await loop.getaddrinfo(self.pbx[0], self.pbx[1], type=socket.SOCK_DGRAM)
+            self.trusted = {info[4][0] for info in infos}
+        except OSError:
+            self.trusted = {self.pbx[0]}
         if not self.reliable:
             self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
             self.port = self.transport.get_extra_info("sockname")[1]
@@ -329,6 +337,15 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     self._send(incoming.last, incoming.reply_to)
                 return
             if request.call_id in self.dialogs:
+                return
+            if addr[0] not in self.trusted:                 # a call placed through the bridge costs the business:
+                log.warning("INVITE from %s:%s, not the PBX: 403", addr[0], addr[1])   # only the PBX may
+                self._send(response_to(request, 403, "Forbidden"), reply_to)
+                return
+            try:                                            # the dialog is built from them when it is answered
+                request.name_addrs("Contact"), request.name_addrs("Record-Route")
+            except SipParseError as exc:
+                self._send(response_to(request, 400, f"Bad Request ({exc})"[:120]), reply_to)
                 return
             incoming = self.incoming[request.call_id] = Incoming(self, request, reply_to)
             incoming.respond(100)
@@ -633,9 +650,14 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     continue
                 dialog.remote_tag = response.to.tag
                 dialog.cseq = invite.cseq[0]
-                contacts = response.name_addrs("Contact")
+                try:
+                    contacts = response.name_addrs("Contact")
+                    route = [str(rr) for rr in reversed(response.name_addrs("Record-Route"))]
+                except SipParseError as exc:                  # no dialog can be built on it: a failed INVITE
+                    log.warning("SIP INVITE %s: a 2xx with an unreadable Contact/Record-Route: %s", call_id, exc)
+                    raise SipFailure(502, "Bad Gateway") from None
                 dialog.target = str(contacts[0].uri) if contacts else ruri
-                dialog.route = [str(rr) for rr in reversed(response.name_addrs("Record-Route"))]
+                dialog.route = route
                 self.dialogs[call_id] = dialog
                 self._ack_2xx(response)
                 if cancelling:                                # the 200 crossed our CANCEL: end it at once

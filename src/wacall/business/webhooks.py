@@ -71,6 +71,12 @@ Handler = Callable[[Call], Awaitable[None]]
 StatusHandler = Callable[[Call, str], Awaitable[None]]
 
 
+
+def _list(items: object) -> list[dict]:
+    """The objects of a webhook's list, without what is not one (a sender's malformed element is skipped, not
+    a 500 that makes Meta retry the whole delivery)."""
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
 class CallBook:
     """Calls by wacid, updated by webhooks in whatever order and number they come (see the module)."""
 
@@ -85,11 +91,15 @@ class CallBook:
     def apply(self, field_name: str, value: dict) -> list[tuple[str, Call, str | None]]:
         """Apply one change of a webhook; returns what is new, as (``connect`` | ``terminate`` |
         ``status``, the call, the status or None), in order. Duplicates and late events return nothing."""
-        if field_name != "calls" and not any(s.get("type") == "call" for s in value.get("statuses") or ()):
+        if not isinstance(value, dict):
             return []
-        pnid = (value.get("metadata") or {}).get("phone_number_id")
+        if field_name != "calls" and not any(isinstance(s, dict) and s.get("type") == "call"
+                                             for s in _list(value.get("statuses"))):
+            return []
+        metadata = value.get("metadata")
+        pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
         happened: list[tuple[str, Call, str | None]] = []
-        for event in value.get("calls") or ():
+        for event in _list(value.get("calls")):
             call = self._call(event.get("id"), pnid)
             if call is None:
                 continue
@@ -116,7 +126,7 @@ class CallBook:
                 continue
             call.events.append(kind)
             happened.append((kind, call, None))
-        for status in value.get("statuses") or ():
+        for status in _list(value.get("statuses")):
             if status.get("type") != "call":
                 continue
             call = self._call(status.get("id"), pnid)

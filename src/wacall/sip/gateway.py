@@ -403,10 +403,10 @@ class SipGateway:
         dialog.remote_cseq = cseq
         if dialog.conn is None or not dialog.conn.is_open:
             dialog.conn = txn.conn        # the business's new flow (after a restart, or a reconnect)
-        self._send_response(txn, response_to(request, 200, "OK", headers=self._meta_headers()), call_id)
         call = self.platform.call(dialog.call_id)
-        if call is not None:        # (answered above: the end joins the loop turn's commit)
-            self.host.apply(lambda: self.platform.sip_business_hangs_up(call), group=True)
+        if call is not None:        # committed before the 200 says so: a kill -9 after the 200 keeps the end
+            self.host.apply(lambda: self.platform.sip_business_hangs_up(call))
+        self._send_response(txn, response_to(request, 200, "OK", headers=self._meta_headers()), call_id)
         self._forget(dialog)
 
     def on_stray_response(self, response: Response, conn: Connection) -> None:
