@@ -137,7 +137,7 @@ class PermissionChecks:
         """Checks waiting for their slot now (roughly: the queue in front of a new one)."""
         return max(0, round((self._next - self.clock()) / self.interval)) if self.interval else 0
 
-    async def check(self, user: str, deadline: float) -> dict:
+    async def check(self, user: str, deadline: float, tag: str = "wacid=- sip=-") -> dict:
         while True:
             await self._slot(deadline)
             try:
@@ -146,8 +146,8 @@ class PermissionChecks:
             except GraphApiError as exc:
                 if exc.code not in self.RATE_LIMITED or self.clock() + self.WINDOW > deadline:
                     raise
-                log.info("call_permissions for +%s rate-limited by Meta (code %s): again in %.0f s", user,
-                         exc.code, self.WINDOW)
+                log.info("%s call_permissions for +%s rate-limited by Meta (code %s): again in %.0f s", tag,
+                         user, exc.code, self.WINDOW)
                 self._next = max(self._next, self.clock() + self.WINDOW)   # every queued check waits it out
 
 
@@ -449,7 +449,7 @@ class Bridge:
         try:
             # the PBX gave up on the INVITE after 64*T1 (Timer B; 100 Trying sent): answer well before that
             wait = min(self.config.graph.permission_wait_seconds, 64 * self.config.sip.t1 - 2)
-            answer = await self.permissions.check(bridged.user, time.monotonic() + max(0.0, wait))
+            answer = await self.permissions.check(bridged.user, time.monotonic() + max(0.0, wait), bridged.tag)
             if bridged.state == "ended":          # the PBX cancelled while the check waited
                 return
             permission = (answer.get("permission") or {}).get("status", "unknown")
