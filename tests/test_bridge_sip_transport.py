@@ -258,6 +258,10 @@ async def test_a_200_the_pbx_never_acks_ends_the_call_on_both_sides(chain):
             ended = await asyncio.to_thread(wa.wait_state, call["call_id"], "ENDED", 10)
             assert ended["ended_by"] == "business", ended
             assert "no ACK for our 200 within 64*T1" in bridge.log_text()
+            assert "no ACK from the PBX for our 200: ending" in bridge.log_text()
+            assert "BYE from the PBX" not in bridge.log_text()
+            await _logged(bridge, "ended (no_ack)")       # logged after Graph's answer to the terminate
+            assert "ended (no_ack)" in bridge.log_text()
         finally:
             await asyncio.to_thread(bridge.terminate)
 

@@ -103,6 +103,54 @@ class BridgedCall:
         return self.media_call or self.call_id
 
 
+class PermissionCheckBusy(Exception):
+    """No ``call_permissions`` slot within Meta's rate before the PBX's INVITE must be answered."""
+
+
+class PermissionChecks:
+    """``GET call_permissions`` for business-initiated calls, paced to Meta's rate limit for that endpoint (5
+    requests per second per number in production; error 613 above it) and, when Meta still answers a rate-limit
+    error, retried after Meta's one-second window while the PBX's INVITE can still wait (``deadline``, a
+    ``clock()`` value). Nothing is cached: every INVITE reads the permission and its ``start_call`` action anew,
+    because both change with every call and expire (docs/bridge.md "Permission checks")."""
+
+    RATE_LIMITED = frozenset({4, 17, 613, 80007, 130429})
+    WINDOW = 1.0                                  # Meta's limit counts requests in a 1 second window
+
+    def __init__(self, graph: GraphClient, per_second: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.graph = graph
+        self.interval = 1.1 / per_second if per_second > 0 else 0.0   # 10 % under the rate: jitter on the wire
+        self.clock, self.sleep = clock, sleep
+        self._next = 0.0                          # the earliest time of the next check
+
+    async def _slot(self, deadline: float) -> None:
+        now = self.clock()
+        at = max(now, self._next)
+        if at > now and at > deadline:           # no waiting past the deadline (a check due now still goes)
+            raise PermissionCheckBusy(f"{len(self)} call permission checks queued for Meta's rate limit")
+        self._next = at + self.interval
+        if at > now:
+            await self.sleep(at - now)
+
+    def __len__(self) -> int:
+        """Checks waiting for their slot now (roughly: the queue in front of a new one)."""
+        return max(0, round((self._next - self.clock()) / self.interval)) if self.interval else 0
+
+    async def check(self, user: str, deadline: float, tag: str = "wacid=- sip=-") -> dict:
+        while True:
+            await self._slot(deadline)
+            try:
+                return await self.graph.request("GET", f"{self.graph.phone_number_id}/call_permissions",
+                                                params={"user_wa_id": user}, idempotent=False)
+            except GraphApiError as exc:
+                if exc.code not in self.RATE_LIMITED or self.clock() + self.WINDOW > deadline:
+                    raise
+                log.info("%s call_permissions for +%s rate-limited by Meta (code %s): again in %.0f s", tag,
+                         user, exc.code, self.WINDOW)
+                self._next = max(self._next, self.clock() + self.WINDOW)   # every queued check waits it out
+
+
 _WATCHED = frozenset({"state", "call_id", "sip_call_id", "dialog"})
 
 
@@ -118,6 +166,7 @@ class Bridge:
         self.ua.on_bye = self._on_pbx_bye
         self.ua.on_invite = self._on_pbx_invite
         self.media = open_media(config)
+        self.permissions = PermissionChecks(self.graph, g.permission_checks_per_second)
         self.calls: dict[str, BridgedCall] = {}
         self.pending: dict[str, BridgedCall] = {}     # business-initiated, before Graph's connect answered
         self._tasks: set[asyncio.Task] = set()
@@ -398,7 +447,11 @@ class Bridge:
             return
         log.info("%s INVITE from the PBX to +%s", bridged.tag, bridged.user)
         try:
-            answer = await self.graph.call_permission(bridged.user)
+            # the PBX gave up on the INVITE after 64*T1 (Timer B; 100 Trying sent): answer well before that
+            wait = min(self.config.graph.permission_wait_seconds, 64 * self.config.sip.t1 - 2)
+            answer = await self.permissions.check(bridged.user, time.monotonic() + max(0.0, wait), bridged.tag)
+            if bridged.state == "ended":          # the PBX cancelled while the check waited
+                return
             permission = (answer.get("permission") or {}).get("status", "unknown")
             start = next((a for a in answer.get("actions") or () if a.get("action_name") == "start_call"), None)
             allowed = permission in ("temporary", "permanent") and (start is None or start.get("can_perform_action"))
@@ -422,8 +475,19 @@ class Bridge:
             wacid = await self.graph.connect(bridged.user, offer)
         except asyncio.CancelledError:
             raise
+        except PermissionCheckBusy as exc:
+            log.warning("%s %s: 480", bridged.tag, exc)
+            self._refuse(bridged, 480, "Temporarily Unavailable", "call permission checks above Meta's rate limit",
+                         extra=[("Retry-After", "1")])
+            return
         except GraphApiError as exc:
             log.warning("%s Graph refused: code %s %s", bridged.tag, exc.code, exc.message)
+            if exc.code in PermissionChecks.RATE_LIMITED:   # 480, not 503: a proxy turns 503 into 500 (RFC 3261
+                # 16.7) and drops the Warning; Retry-After: Meta's window is one second
+                self._refuse(bridged, 480, "Temporarily Unavailable", f"WhatsApp error {exc.code}: {exc.message}",
+                             extra=[("Retry-After", "1")])
+                await self.media.delete(bridged.media_call or "")
+                return
             self._refuse(bridged, 403 if exc.code == 138006 else 480,
                          "Forbidden" if exc.code == 138006 else "Temporarily Unavailable",
                          f"WhatsApp error {exc.code}: {exc.message}")
@@ -454,7 +518,8 @@ class Bridge:
         log.info("%s Graph connect to +%s", bridged.tag, bridged.user)
         await self._advance(wacid)                # webhooks that came before Graph's answer
 
-    def _refuse(self, bridged: BridgedCall, status: int, reason: str, why: str, *, ended: bool = True) -> None:
+    def _refuse(self, bridged: BridgedCall, status: int, reason: str, why: str, *, ended: bool = True,
+                extra: list[tuple[str, str]] = ()) -> None:
         """A final refusal to the PBX's INVITE, with Warning and Reason saying why."""
         if ended:
             bridged.why = f"refused {status}"
@@ -465,7 +530,7 @@ class Bridge:
             text = why.replace('"', "'")
             bridged.incoming.respond(status, reason, headers=[
                 ("Warning", f'399 {self.config.sip.host} "{text}"'),
-                ("Reason", f'SIP;cause={status};text="{text}"')])
+                ("Reason", f'SIP;cause={status};text="{text}"'), *extra])
 
     async def _advance(self, wacid: str) -> None:
         """Move a business-initiated call on from what its webhooks say so far (in whatever order they came)."""
@@ -513,8 +578,13 @@ class Bridge:
     def _on_pbx_bye(self, dialog: Dialog) -> None:
         for bridged in self.calls.values():
             if bridged.dialog is dialog:
-                log.info("%s BYE from the PBX", bridged.tag)
-                self._spawn(self._end(bridged, "pbx", tell_whatsapp=True, tell_pbx=False))
+                if dialog.unacked:                # Timer H on our 200: the UA sends the BYE itself
+                    log.warning("%s no ACK from the PBX for our 200: ending", bridged.tag)
+                    why = "no_ack"
+                else:
+                    log.info("%s BYE from the PBX", bridged.tag)
+                    why = "pbx"
+                self._spawn(self._end(bridged, why, tell_whatsapp=True, tell_pbx=False))
                 return
 
     # -- both -------------------------------------------------------------------------------------------------

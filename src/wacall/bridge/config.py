@@ -70,6 +70,10 @@ class GraphSection:
     version: str = VERSION
     permission_request: str = ""          # business-initiated calls without permission: this text is sent as
                                           # a call permission request ("" sends none)
+    permission_checks_per_second: float = 5.0   # GET call_permissions paced to Meta's limit (5/s per number;
+                                                # 613 above it); 0: not paced
+    permission_wait_seconds: float = 10.0       # how long a PBX INVITE may wait for a rate-limited check
+                                                # (capped below the PBX's INVITE timer, 64*T1)
 
 
 @dataclass
@@ -203,6 +207,10 @@ class BridgeConfig:
         if self.sip.number_from != "request-uri" and not (self.sip.number_from.startswith("header:")
                                                            and self.sip.number_from[7:].strip()):
             raise ValueError(f"sip.number_from must be request-uri or header:<Name>, got {self.sip.number_from!r}")
+        for key, value in (("graph.permission_checks_per_second", self.graph.permission_checks_per_second),
+                           ("graph.permission_wait_seconds", self.graph.permission_wait_seconds)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3600:
+                raise ValueError(f"{key} must be 0..3600, got {value!r}")
         if isinstance(self.bridge.drain_seconds, bool) or not isinstance(self.bridge.drain_seconds, (int, float)) \
                 or not 0 <= self.bridge.drain_seconds <= 86400:
             raise ValueError(f"bridge.drain_seconds must be 0..86400, got {self.bridge.drain_seconds!r}")

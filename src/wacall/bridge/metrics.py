@@ -5,8 +5,8 @@ What is counted (all names start ``wacall_bridge_``):
 
 * ``calls{state, direction}``: live calls (``setup``, ``bridged``) right now, read from the bridge at scrape time;
   ``calls_started_total{direction}``, ``calls_ended_total{direction, state, reason}`` (``state``: where the call
-  was when it ended; ``reason``: ``whatsapp``, ``pbx``, ``shutdown``, ``media``, ``sip``, ``graph``, ``refused``
-  ...); ``call_setup_seconds{direction}``: from the connect webhook (user-initiated) or the PBX's INVITE
+  was when it ended; ``reason``: ``whatsapp``, ``pbx``, ``shutdown``, ``media``, ``sip``, ``graph``, ``refused``,
+  ``no_ack`` (the PBX never ACKed the bridge's 200 OK: Timer H ended the dialog) ...); ``call_setup_seconds{direction}``: from the connect webhook (user-initiated) or the PBX's INVITE
   (business-initiated) to the call bridged.
 * ``graph_errors_total{code}``: every Graph request Meta refused, by Meta's code (``138006``, ``138003`` ...;
   ``none`` without one, ``unreachable`` when no answer came).
