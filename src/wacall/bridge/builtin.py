@@ -47,7 +47,8 @@ from .media import MediaError, NoCommonCodec
 
 log = logging.getLogger("wacall.bridge.builtin")
 
-ICE_TIMEOUT = 30.0
+ICE_TIMEOUT = 30.0              # no nominated pair by then: the WhatsApp leg failed
+DTLS_TIMEOUT = 30.0             # no DTLS-SRTP keys this long after ICE connected: the WhatsApp leg failed
 CONSENT_INTERVAL = 5.0          # RFC 7675 section 5.1: a consent check every 5 s (randomised 0.8-1.2)...
 CONSENT_TIMEOUT = 30.0          # ... and consent lost after 30 s without a response
 G711 = {"PCMU": 0, "PCMA": 8}
@@ -199,6 +200,7 @@ class _Agent(aioice.Connection):
     def __init__(self, host: str) -> None:
         super().__init__(ice_controlling=True, components=1, use_ipv6=":" in host, use_ipv4=":" not in host)
         self._host = host
+        self.on_consent_lost = lambda: None
 
     async def gather_candidates(self) -> None:
         if not self._local_candidates_start:
@@ -225,6 +227,7 @@ class _Agent(aioice.Connection):
                 log.warning("ICE consent lost (no answer to consent checks for %.0f s): media stopped",
                             loop.time() - fresh)
                 self._query_consent_task = None
+                self.on_consent_lost()
                 await self.close()
                 return
 
@@ -248,10 +251,14 @@ class _Relay:
     """One bridged call's media: the WebRTC leg (ICE, DTLS-SRTP) and the PBX leg (RTP or SDES), and the packet
     relay between them."""
 
-    def __init__(self, name: str, host: str, pbx_protocol: str, certificate: DtlsCertificate) -> None:
+    def __init__(self, name: str, host: str, pbx_protocol: str, certificate: DtlsCertificate,
+                 on_failure=None) -> None:
         self.name, self.host, self.certificate = name, host, certificate
         self.pbx_protocol = pbx_protocol
+        self.ice_timeout = ICE_TIMEOUT
+        self.on_failure = on_failure            # (call, reason): the WhatsApp leg failed (ICE, DTLS, consent)
         self.agent = _Agent(host)
+        self.agent.on_consent_lost = lambda: self._fail("ICE consent lost")
         self.pbx = _PbxProtocol(self)
         self.pbx_port = 0
         self.pbx_remote: tuple[str, int] | None = None
@@ -262,6 +269,8 @@ class _Relay:
         self.wa_srtp: SrtpContext | None = None
         self.dtls: DtlsSrtpSession | None = None
         self._dtls_timer: asyncio.TimerHandle | None = None
+        self._dtls_deadline: asyncio.TimerHandle | None = None
+        self.failed = ""
         self.ssrc = struct.pack("!I", random.getrandbits(32))
         self.session = random.getrandbits(40)
         # the codec plan: payload types on each side; transcoder when the PBX speaks G.711
@@ -323,14 +332,17 @@ class _Relay:
                         (":" in candidate.host) == (":" in self.host):
                     await self.agent.add_remote_candidate(candidate)
             await self.agent.add_remote_candidate(None)
-            await asyncio.wait_for(self.agent.connect(), ICE_TIMEOUT)
+            await asyncio.wait_for(self.agent.connect(), self.ice_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:                # ConnectionError, TimeoutError: no pair
-            log.warning("media %s: ICE failed: %r", self.name, exc)
+            self._fail(f"ICE failed: {exc!r}" if str(exc) else "ICE failed: no nominated pair in time")
             return
         pair = self.agent._nominated.get(1)
-        if pair is None or self.closed:
+        if self.closed:
+            return
+        if pair is None:
+            self._fail("ICE failed: no nominated pair")
             return
         protocol = pair.protocol
         self.wa_transport, self.wa_remote = protocol.transport, pair.remote_addr
@@ -350,7 +362,23 @@ class _Relay:
         protocol.connection_lost = lost
         log.info("media %s: ICE connected %s → %s", self.name, pair.local_addr, pair.remote_addr)
         assert self.dtls is not None
+        self._dtls_deadline = asyncio.get_running_loop().call_later(DTLS_TIMEOUT, self._dtls_expired)
         self._send_dtls(self.dtls.start())
+
+    def _dtls_expired(self) -> None:
+        if self.wa_srtp is None:
+            self._fail(f"DTLS handshake timed out after {DTLS_TIMEOUT:.0f} s")
+
+    def _fail(self, reason: str) -> None:
+        """The WhatsApp leg is gone for good (no pair, DTLS failed or timed out, consent lost): tell the bridge
+        once, which ends the call on both sides."""
+        if self.closed or self.failed:
+            return
+        self.failed = reason
+        self.wa_transport = None
+        log.warning("media %s: WhatsApp leg failed: %s", self.name, reason)
+        if self.on_failure is not None:
+            self.on_failure(self.name, reason)
 
     def _send_dtls(self, datagrams: list[bytes]) -> None:
         if self.wa_transport is None or self.closed:
@@ -367,7 +395,7 @@ class _Relay:
                 self._dtls_timer = asyncio.get_running_loop().call_later(
                     max(due, 0.01), lambda: self._send_dtls(self.dtls.handle_timeout()))   # type: ignore[union-attr]
         elif self.dtls.state == "failed":
-            log.warning("media %s: DTLS failed: %s", self.name, self.dtls.failure_reason)
+            self._fail(f"DTLS failed: {self.dtls.failure_reason}")
 
     # -- per packet -------------------------------------------------------------------------------------------
     def from_whatsapp(self, data: bytes, addr) -> None:
@@ -493,6 +521,8 @@ class _Relay:
                 wa.sendto(datagram, self.wa_remote)
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
+        if self._dtls_deadline is not None:
+            self._dtls_deadline.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
@@ -514,6 +544,8 @@ class BuiltinMedia:
         self.certificate: DtlsCertificate | None = None
         self.calls: dict[str, _Relay] = {}
         self._offers: dict[str, Sdp] = {}
+        self.ice_timeout = ICE_TIMEOUT
+        self.on_failure = None                  # MediaPath's optional failure callback: (call, reason)
 
     async def start(self) -> str:
         self.certificate = DtlsCertificate.default()
@@ -533,7 +565,8 @@ class BuiltinMedia:
         old = self.calls.pop(call, None)
         if old is not None:
             await old.close()
-        relay = self.calls[call] = _Relay(call, self.host, self.pbx_protocol, self.certificate)
+        relay = self.calls[call] = _Relay(call, self.host, self.pbx_protocol, self.certificate, self._failed)
+        relay.ice_timeout = self.ice_timeout
         try:
             await relay.open()
         except OSError as exc:
@@ -541,6 +574,10 @@ class BuiltinMedia:
             await relay.close()
             raise MediaError(f"builtin media: no socket on {self.host}: {exc}") from None
         return relay
+
+    def _failed(self, call: str, reason: str) -> None:
+        if self.on_failure is not None and call in self.calls:
+            self.on_failure(call, reason)
 
     def _get(self, call: str) -> _Relay:
         relay = self.calls.get(call)
