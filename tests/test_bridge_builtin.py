@@ -264,7 +264,7 @@ class _Pair:
 
 async def _consent(monkeypatch, answers) -> bool:
     """Runs the agent's RFC 7675 consent loop on a pair that answers when ``answers()``; True if consent held."""
-    import wacall.bridge.builtin as builtin
+    import wacall.business.webrtc as builtin
     monkeypatch.setattr(builtin, "CONSENT_INTERVAL", 0.01)
     monkeypatch.setattr(builtin, "CONSENT_TIMEOUT", 0.3)
     agent = builtin._Agent("127.0.0.1")
@@ -290,7 +290,7 @@ async def _consent(monkeypatch, answers) -> bool:
 async def test_consent_survives_unanswered_checks_within_30_s_and_expires_after(monkeypatch):
     """RFC 7675 section 5.1: consent is lost after 30 s (here 0.3 s) without any answer, not after a few checks
     unanswered in a row; a late answer keeps it."""
-    import wacall.bridge.builtin as builtin
+    import wacall.business.webrtc as builtin
     calls = {"n": 0}
 
     def every_fifth():
