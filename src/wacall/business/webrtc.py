@@ -225,25 +225,24 @@ class WhatsAppLeg:
     async def answer(self, meta_offer: str) -> str:
         """Meta's offer (the connect webhook's SDP) → our answer for ``pre_accept``/``accept``; ICE and DTLS start
         in the background."""
-        sdp = parse_sdp(meta_offer)
-        opus = sdp.pt("opus", 48000)
-        if opus is None:
-            raise WebRtcError("WhatsApp's offer has no opus/48000")
-        event = sdp.pt("telephone-event", 8000)
-        self.wa_audio, self.wa_event = opus, event if event is not None else -1
+        sdp = self._take_codecs(meta_offer, "offer")
         await self.open()
         self.whatsapp_leg(sdp)
         return self.whatsapp_sdp(sdp.mid or "audio")
 
     def start(self, meta_answer: str) -> None:
         """Meta's answer (the connect webhook of a business-initiated call) → ICE and DTLS start."""
-        sdp = parse_sdp(meta_answer)
+        self.whatsapp_leg(self._take_codecs(meta_answer, "answer"))
+
+    def _take_codecs(self, text: str, what: str) -> Sdp:
+        """Meta's SDP parsed, its Opus and telephone-event payload types taken (no events: ``event_pt`` -1)."""
+        sdp = parse_sdp(text)
         opus = sdp.pt("opus", 48000)
         if opus is None:
-            raise WebRtcError("WhatsApp's answer has no opus/48000")
+            raise WebRtcError(f"WhatsApp's {what} has no opus/48000")
         event = sdp.pt("telephone-event", 8000)
         self.wa_audio, self.wa_event = opus, event if event is not None else -1
-        self.whatsapp_leg(sdp)
+        return sdp
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Until DTLS has keyed the leg (media may flow); WebRtcError if it failed, TimeoutError after ``timeout``."""
