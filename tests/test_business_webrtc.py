@@ -67,3 +67,20 @@ async def _speak(leg: WhatsAppLeg) -> None:
         leg.send(struct.pack("!BBHII", 0x80, leg.audio_pt, seq & 0xFFFF, 960 * seq, ssrc) + enc.encode(pcm))
         seq += 1
         await asyncio.sleep(0.02)
+
+
+async def test_wait_connected_raises_once_the_leg_failed_and_send_holds_media():
+    from wacall.business.webrtc import WebRtcError
+    failures: list[tuple[str, str]] = []
+    leg = WhatsAppLeg(name="c", on_failure=lambda name, reason: failures.append((name, reason)))
+    assert leg.send(b"\x80\x6f" + bytes(10)) is False                  # held: not keyed yet
+    waiting = asyncio.get_running_loop().create_task(leg.wait_connected(5))
+    await asyncio.sleep(0)
+    leg._dtls_expired()
+    try:
+        await waiting
+        raise AssertionError("wait_connected returned on a failed leg")
+    except WebRtcError as exc:
+        assert "DTLS handshake timed out" in str(exc)
+    assert failures == [("c", leg.failed)] and leg.stats()["failed"] == leg.failed
+    await leg.close()
