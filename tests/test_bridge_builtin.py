@@ -264,7 +264,7 @@ class _Pair:
 
 async def _consent(monkeypatch, answers) -> bool:
     """Runs the agent's RFC 7675 consent loop on a pair that answers when ``answers()``; True if consent held."""
-    import wacall.bridge.builtin as builtin
+    import wacall.business.webrtc as builtin
     monkeypatch.setattr(builtin, "CONSENT_INTERVAL", 0.01)
     monkeypatch.setattr(builtin, "CONSENT_TIMEOUT", 0.3)
     agent = builtin._Agent("127.0.0.1")
@@ -290,7 +290,7 @@ async def _consent(monkeypatch, answers) -> bool:
 async def test_consent_survives_unanswered_checks_within_30_s_and_expires_after(monkeypatch):
     """RFC 7675 section 5.1: consent is lost after 30 s (here 0.3 s) without any answer, not after a few checks
     unanswered in a row; a late answer keeps it."""
-    import wacall.bridge.builtin as builtin
+    import wacall.business.webrtc as builtin
     calls = {"n": 0}
 
     def every_fifth():
@@ -337,3 +337,89 @@ async def test_mode_builtin_opens_the_builtin_media_path():
         await media.offer_to_whatsapp("c2", "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 9\r\n", "tag")
     assert media.calls == {}
     media.close()
+
+
+# -- the WhatsApp leg failing: the bridge is told, and ends the call on both sides --------------------------------
+_SILENT_OFFER = """v=0\r
+o=- 1 2 IN IP4 127.0.0.1\r
+s=-\r
+t=0 0\r
+a=ice-lite\r
+m=audio {port} UDP/TLS/RTP/SAVPF 111 126\r
+c=IN IP4 127.0.0.1\r
+a=mid:0\r
+a=ice-ufrag:silentpeer\r
+a=ice-pwd:silentpeersilentpeersilentpeer\r
+a=fingerprint:sha-256 {fp}\r
+a=setup:actpass\r
+a=rtpmap:111 opus/48000/2\r
+a=rtpmap:126 telephone-event/8000\r
+a=candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host\r
+"""
+_PBX_ANSWER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n" \
+    "m=audio {port} RTP/AVP 111 126\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:126 telephone-event/8000\r\n"
+
+
+async def test_ice_toward_a_peer_that_never_answers_reports_the_failure_once():
+    """A WhatsApp candidate that swallows every check: no nominated pair within the ICE timeout (here 0.5 s) → the
+    mode's on_failure gets (call, reason) once, and the call's relay is still deletable."""
+    from wacall.bridge.builtin import BuiltinMedia
+    loop = asyncio.get_running_loop()
+    silent, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    port = silent.get_extra_info("sockname")[1]
+    media = BuiltinMedia("127.0.0.1")
+    await media.start()
+    media.ice_timeout = 0.5
+    failures: list[tuple[str, str]] = []
+    failed = asyncio.Event()
+    media.on_failure = lambda call, reason: (failures.append((call, reason)), failed.set())
+    try:
+        fp = DtlsCertificate.default().fingerprint
+        await media.offer_to_pbx("wacid.X", _SILENT_OFFER.format(port=port, fp=fp))
+        answer = await media.answer_to_whatsapp("wacid.X", _PBX_ANSWER.format(port=port), "tag")
+        assert "a=setup:active" in answer
+        await asyncio.wait_for(failed.wait(), 10)
+        await asyncio.sleep(0)
+        assert len(failures) == 1 and failures[0][0] == "wacid.X" and "ICE failed" in failures[0][1]
+        await media.delete("wacid.X")
+    finally:
+        media.close()
+        silent.close()
+
+
+def test_dtls_failure_timeout_and_consent_loss_each_report_once():
+    for trigger in ("dtls", "timeout", "consent"):
+        failures: list[tuple[str, str]] = []
+        relay = _Relay("c", "127.0.0.1", "RTP/AVP", DtlsCertificate.default(),
+                       lambda call, reason: failures.append((call, reason)))
+        if trigger == "timeout":
+            relay._dtls_expired()
+        elif trigger == "consent":
+            relay.agent.on_consent_lost()
+        else:
+            relay._fail("DTLS failed: fingerprint mismatch")
+        relay._fail("again")
+        assert len(failures) == 1 and failures[0][0] == "c", trigger
+        assert relay.wa_transport is None
+
+
+async def test_the_bridge_ends_a_call_whose_media_failed_on_both_sides():
+    """app.Bridge wires the mode's on_failure to its end path: BYE to the PBX and Graph terminate."""
+    from wacall.bridge.app import Bridge
+    ended: list[tuple] = []
+
+    class Bridged:
+        call_id, media_call, tag = "wacid.Y", None, "wacid=wacid.Y sip=s"
+
+    class Stub:
+        calls, pending = {"wacid.Y": Bridged()}, {}
+
+        def _spawn(self, coro):
+            return asyncio.get_running_loop().create_task(coro)
+
+        async def _end(self, bridged, why, *, tell_whatsapp, tell_pbx):
+            ended.append((bridged.call_id, why, tell_whatsapp, tell_pbx))
+    Bridge._on_media_failure(Stub(), "wacid.Y", "ICE failed")
+    Bridge._on_media_failure(Stub(), "unknown", "ICE failed")
+    await asyncio.sleep(0)
+    assert ended == [("wacid.Y", "media", True, True)]

@@ -167,6 +167,8 @@ class Bridge:
         self.ua.on_invite = self._on_pbx_invite
         self.media = open_media(config)
         self.permissions = PermissionChecks(self.graph, g.permission_checks_per_second)
+        if hasattr(self.media, "on_failure"):
+            self.media.on_failure = self._on_media_failure    # type: ignore[attr-defined]
         self.calls: dict[str, BridgedCall] = {}
         self.pending: dict[str, BridgedCall] = {}     # business-initiated, before Graph's connect answered
         self._tasks: set[asyncio.Task] = set()
@@ -588,6 +590,14 @@ class Bridge:
                 return
 
     # -- both -------------------------------------------------------------------------------------------------
+    def _on_media_failure(self, media_call: str, reason: str) -> None:
+        """The media mode lost a call's WhatsApp leg for good (ICE, DTLS, consent): end it on both sides."""
+        for bridged in list(self.calls.values()) + list(self.pending.values()):
+            if media_call in (bridged.media_call, bridged.call_id):
+                log.warning("%s media failed toward WhatsApp: %s", bridged.tag, reason)
+                self._spawn(self._end(bridged, "media", tell_whatsapp=True, tell_pbx=True))
+                return
+
     async def _end(self, bridged: BridgedCall, why: str, *, tell_whatsapp: bool, tell_pbx: bool,
                    reject: bool = False, duration: object = None) -> None:
         if bridged.state == "ended":

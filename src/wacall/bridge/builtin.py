@@ -29,107 +29,28 @@ import base64
 import binascii
 import fractions
 import logging
-import random
-import struct
-from dataclasses import dataclass, field
 
-import aioice
-import aioice.stun
 import av
 import numpy as np
 
 import wacall.media.g711 as g711
 from wacall.media.certificate import DtlsCertificate
-from wacall.media.dtls import DtlsSrtpSession
+from wacall.business.webrtc import _STATIC, ICE_TIMEOUT, Sdp, WebRtcError, WhatsAppLeg
+from wacall.business.webrtc import parse_sdp as _parse_sdp
 from wacall.media.srtp import AES_CM_128_HMAC_SHA1_80, SrtpContext, generate_key_salt, sdes_crypto_line
 
 from .media import MediaError, NoCommonCodec
 
 log = logging.getLogger("wacall.bridge.builtin")
 
-ICE_TIMEOUT = 30.0
-CONSENT_INTERVAL = 5.0          # RFC 7675 section 5.1: a consent check every 5 s (randomised 0.8-1.2)...
-CONSENT_TIMEOUT = 30.0          # ... and consent lost after 30 s without a response
 G711 = {"PCMU": 0, "PCMA": 8}
 
 
-# -- SDP: only what the relay needs ---------------------------------------------------------------------------
-@dataclass
-class Sdp:
-    address: str = ""
-    port: int = 0
-    proto: str = ""
-    payloads: list[int] = field(default_factory=list)
-    rtpmap: dict[int, tuple[str, int]] = field(default_factory=dict)      # pt → (lower-case name, clock)
-    ice_ufrag: str = ""
-    ice_pwd: str = ""
-    ice_lite: bool = False
-    fingerprint: str = ""
-    candidates: list[str] = field(default_factory=list)
-    crypto: list[tuple[str, str, str]] = field(default_factory=list)       # (tag, suite, key params)
-    mid: str = ""
-
-    def pt(self, name: str, clock: int) -> int | None:
-        """The first payload type of the m= line carrying ``name/clock`` (static PCMU/PCMA without rtpmap)."""
-        for pt in self.payloads:
-            if self.rtpmap.get(pt, _STATIC.get(pt)) == (name, clock):
-                return pt
-        return None
-
-
-_STATIC = {0: ("pcmu", 8000), 8: ("pcma", 8000)}
-
-
 def parse_sdp(text: str) -> Sdp:
-    sdp, media, session_c = Sdp(), False, ""
-    for line in text.replace("\r\n", "\n").split("\n"):
-        kind, _, value = line.strip().partition("=")
-        if kind == "m":
-            if media:                           # the first audio section is the call's
-                break
-            parts = value.split()
-            if len(parts) < 4 or parts[0] != "audio":
-                continue
-            media = True
-            try:
-                sdp.port, sdp.proto, sdp.payloads = int(parts[1]), parts[2], [int(p) for p in parts[3:]]
-            except ValueError:
-                raise MediaError(f"SDP: bad m= line {value!r}") from None
-        elif kind == "c":
-            address = value.split()[-1].split("/")[0] if value.split() else ""
-            if media:
-                sdp.address = address
-            else:
-                session_c = address
-        elif kind == "a":
-            name, _, arg = value.partition(":")
-            if name == "ice-lite":
-                sdp.ice_lite = True
-            elif name == "ice-ufrag":
-                sdp.ice_ufrag = arg.strip()
-            elif name == "ice-pwd":
-                sdp.ice_pwd = arg.strip()
-            elif name == "fingerprint":
-                sdp.fingerprint = arg.strip()
-            elif name == "mid" and media:
-                sdp.mid = arg.strip()
-            elif name == "candidate" and media:
-                sdp.candidates.append(arg.strip())
-            elif name == "crypto" and media:
-                parts = arg.split()
-                if len(parts) >= 3:
-                    sdp.crypto.append((parts[0], parts[1], parts[2]))
-            elif name == "rtpmap" and media:
-                pt, _, codec = arg.partition(" ")
-                bits = codec.strip().split("/")
-                try:
-                    sdp.rtpmap[int(pt)] = (bits[0].lower(), int(bits[1]) if len(bits) > 1 else 8000)
-                except ValueError:
-                    continue
-    if not media:
-        raise MediaError("SDP without an audio m= line")
-    sdp.address = sdp.address or session_c
-    return sdp
+    try:
+        return _parse_sdp(text)
+    except WebRtcError as exc:
+        raise MediaError(str(exc)) from None
 
 
 # -- Opus through PyAV ----------------------------------------------------------------------------------------
@@ -193,42 +114,6 @@ def _payload(rtp: bytes) -> bytes:
 
 
 # -- one call -------------------------------------------------------------------------------------------------
-class _Agent(aioice.Connection):
-    """aioice's full agent, controlling, its one host candidate on the configured address only."""
-
-    def __init__(self, host: str) -> None:
-        super().__init__(ice_controlling=True, components=1, use_ipv6=":" in host, use_ipv4=":" not in host)
-        self._host = host
-
-    async def gather_candidates(self) -> None:
-        if not self._local_candidates_start:
-            self._local_candidates_start = True
-            self._local_candidates += await self.get_component_candidates(component=1, addresses=[self._host])
-            self._local_candidates_end = True
-
-    async def query_consent(self) -> None:
-        """RFC 7675 consent freshness: consent expires after 30 s without a response, not after 6 checks in a row
-        unanswered within 0.5 s (aioice's own loop; a response delayed by a busy machine would end the call)."""
-        assert self.remote_password is not None
-        loop = asyncio.get_running_loop()
-        fresh = loop.time()
-        while True:
-            await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
-            for pair in list(self._nominated.values()):
-                try:
-                    await pair.protocol.request(self.build_request(pair, nominate=False), pair.remote_addr,
-                                                integrity_key=self.remote_password.encode("utf8"), retransmissions=3)
-                    fresh = loop.time()
-                except aioice.stun.TransactionError:
-                    pass
-            if loop.time() - fresh > CONSENT_TIMEOUT:
-                log.warning("ICE consent lost (no answer to consent checks for %.0f s): media stopped",
-                            loop.time() - fresh)
-                self._query_consent_task = None
-                await self.close()
-                return
-
-
 class _PbxProtocol(asyncio.DatagramProtocol):
     def __init__(self, relay: "_Relay") -> None:
         self.relay = relay
@@ -244,41 +129,37 @@ class _PbxProtocol(asyncio.DatagramProtocol):
         pass
 
 
-class _Relay:
-    """One bridged call's media: the WebRTC leg (ICE, DTLS-SRTP) and the PBX leg (RTP or SDES), and the packet
-    relay between them."""
+class _Relay(WhatsAppLeg):
+    """One bridged call's media: the WebRTC leg (:class:`wacall.business.webrtc.WhatsAppLeg`: ICE, DTLS-SRTP), the
+    PBX leg (RTP or SDES), and the packet relay between them."""
 
-    def __init__(self, name: str, host: str, pbx_protocol: str, certificate: DtlsCertificate) -> None:
-        self.name, self.host, self.certificate = name, host, certificate
+    def __init__(self, name: str, host: str, pbx_protocol: str, certificate: DtlsCertificate,
+                 on_failure=None) -> None:
+        super().__init__(host, certificate=certificate, name=name, on_failure=on_failure)
         self.pbx_protocol = pbx_protocol
-        self.agent = _Agent(host)
         self.pbx = _PbxProtocol(self)
         self.pbx_port = 0
         self.pbx_remote: tuple[str, int] | None = None
         self.pbx_key = generate_key_salt(AES_CM_128_HMAC_SHA1_80) if pbx_protocol == "RTP/SAVP" else b""
         self.pbx_srtp: SrtpContext | None = None
-        self.wa_transport: asyncio.DatagramTransport | None = None
-        self.wa_remote: tuple[str, int] | None = None
-        self.wa_srtp: SrtpContext | None = None
-        self.dtls: DtlsSrtpSession | None = None
-        self._dtls_timer: asyncio.TimerHandle | None = None
-        self.ssrc = struct.pack("!I", random.getrandbits(32))
-        self.session = random.getrandbits(40)
         # the codec plan: payload types on each side; transcoder when the PBX speaks G.711
-        self.wa_audio, self.wa_event = 111, 126
         self.pbx_audio, self.pbx_event = 111, 126
         self.pbx_codec = "opus"
         self.transcoder: _Transcoder | None = None
-        self.task: asyncio.Task | None = None
-        self.closed = False
         self.packets = {"from_whatsapp": 0, "to_pbx": 0, "from_pbx": 0, "to_whatsapp": 0}
 
     # -- set-up -----------------------------------------------------------------------------------------------
+    def whatsapp_leg(self, sdp: Sdp) -> None:
+        try:
+            super().whatsapp_leg(sdp)
+        except WebRtcError as exc:
+            raise MediaError(str(exc)) from None
+
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self.pbx, local_addr=(self.host, 0))
         self.pbx_port = transport.get_extra_info("sockname")[1]
-        await self.agent.gather_candidates()
+        await super().open()
 
     def plan(self, codec: str, pbx_audio: int, pbx_event: int | None, wa_audio: int, wa_event: int | None) -> None:
         self.pbx_codec, self.pbx_audio, self.wa_audio = codec, pbx_audio, wa_audio
@@ -301,111 +182,30 @@ class _Relay:
             except (ValueError, binascii.Error) as exc:
                 raise MediaError(f"the PBX's SDES key: {exc}") from None
 
-    def whatsapp_leg(self, sdp: Sdp) -> None:
-        """Start ICE toward Meta's candidates, then the DTLS handshake as client (in the background)."""
-        if not (sdp.ice_ufrag and sdp.ice_pwd and sdp.fingerprint):
-            raise MediaError("WhatsApp's SDP lacks ICE credentials or a fingerprint")
-        self.dtls = DtlsSrtpSession(self.certificate, role="client", remote_fingerprint=sdp.fingerprint)
-        self.agent.remote_username, self.agent.remote_password = sdp.ice_ufrag, sdp.ice_pwd
-        # aioice nominates regularly (a check, then USE-CANDIDATE) toward a lite peer and aggressively otherwise;
-        # the flag chooses only that, and Meta asks for regular nomination whatever its SDP says
-        self.agent.remote_is_lite = True
-        self.task = asyncio.get_running_loop().create_task(self._connect(sdp))
-
-    async def _connect(self, sdp: Sdp) -> None:
-        try:
-            for line in sdp.candidates:
-                try:
-                    candidate = aioice.Candidate.from_sdp(line)
-                except (ValueError, IndexError):
-                    continue
-                if candidate.transport.lower() == "udp" and candidate.component == 1 and \
-                        (":" in candidate.host) == (":" in self.host):
-                    await self.agent.add_remote_candidate(candidate)
-            await self.agent.add_remote_candidate(None)
-            await asyncio.wait_for(self.agent.connect(), ICE_TIMEOUT)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:                # ConnectionError, TimeoutError: no pair
-            log.warning("media %s: ICE failed: %r", self.name, exc)
-            return
-        pair = self.agent._nominated.get(1)
-        if pair is None or self.closed:
-            return
-        protocol = pair.protocol
-        self.wa_transport, self.wa_remote = protocol.transport, pair.remote_addr
-        stun_received = type(protocol).datagram_received
-
-        def datagram_received(data: bytes, addr, _stun=stun_received, _proto=protocol) -> None:
-            if data and data[0] < 4:
-                _stun(_proto, data, addr)
-            else:
-                self.from_whatsapp(data, addr)
-        protocol.datagram_received = datagram_received          # the per-packet path from here on
-        connection_lost = type(protocol).connection_lost
-
-        def lost(exc, _lost=connection_lost, _proto=protocol) -> None:
-            self.wa_transport = None                            # consent lost or closed: nothing more to Meta
-            _lost(_proto, exc)
-        protocol.connection_lost = lost
-        log.info("media %s: ICE connected %s → %s", self.name, pair.local_addr, pair.remote_addr)
-        assert self.dtls is not None
-        self._send_dtls(self.dtls.start())
-
-    def _send_dtls(self, datagrams: list[bytes]) -> None:
-        if self.wa_transport is None or self.closed:
-            return
-        for datagram in datagrams:
-            self.wa_transport.sendto(datagram, self.wa_remote)
-        if self._dtls_timer is not None:
-            self._dtls_timer.cancel()
-            self._dtls_timer = None
-        assert self.dtls is not None
-        if self.wa_srtp is None and self.dtls.state == "connecting":
-            due = self.dtls.timeout()
-            if due is not None:
-                self._dtls_timer = asyncio.get_running_loop().call_later(
-                    max(due, 0.01), lambda: self._send_dtls(self.dtls.handle_timeout()))   # type: ignore[union-attr]
-        elif self.dtls.state == "failed":
-            log.warning("media %s: DTLS failed: %s", self.name, self.dtls.failure_reason)
-
     # -- per packet -------------------------------------------------------------------------------------------
-    def from_whatsapp(self, data: bytes, addr) -> None:
-        first = data[0]
-        if 127 < first < 192:
-            srtp = self.wa_srtp
-            if srtp is None or 191 < data[1] < 224:             # before the keys, or SRTCP: not relayed
-                return
-            rtp = srtp.try_unprotect(data)
-            if rtp is None:
-                return
-            self.packets["from_whatsapp"] += 1
-            pt = rtp[1] & 0x7F
-            if pt == self.wa_audio:
-                if self.transcoder is not None:
-                    payload = self.transcoder.opus_to_g711(_payload(rtp))
-                    if payload is None:
-                        return
-                    ts = (int.from_bytes(rtp[4:8], "big") // 6) & 0xFFFFFFFF
-                    rtp = b"\x80" + bytes([(rtp[1] & 0x80) | self.pbx_audio]) + rtp[2:4] + \
-                        ts.to_bytes(4, "big") + rtp[8:12] + payload
-                elif self.pbx_audio != pt:
-                    rtp = rtp[:1] + bytes([(rtp[1] & 0x80) | self.pbx_audio]) + rtp[2:]
-            elif pt == self.wa_event:
-                if self.transcoder is not None:
-                    ts = (int.from_bytes(rtp[4:8], "big") // 6) & 0xFFFFFFFF
-                    rtp = b"\x80" + bytes([(rtp[1] & 0x80) | self.pbx_event]) + rtp[2:4] + \
-                        ts.to_bytes(4, "big") + rtp[8:12] + _payload(rtp)
-                elif self.pbx_event != pt:
-                    rtp = rtp[:1] + bytes([(rtp[1] & 0x80) | self.pbx_event]) + rtp[2:]
-            else:
-                return
-            self._to_pbx(rtp)
-        elif 19 < first < 64 and self.dtls is not None:
-            self._send_dtls(self.dtls.feed(data))
-            if self.wa_srtp is None and self.dtls.state == "connected":
-                self.wa_srtp = self.dtls.srtp()
-                log.info("media %s: DTLS-SRTP keyed (%s)", self.name, self.dtls.srtp_profile)
+    def received(self, rtp: bytes) -> None:
+        """One decrypted RTP packet from WhatsApp (:class:`WhatsAppLeg`), relayed in place."""
+        pt = rtp[1] & 0x7F
+        if pt == self.wa_audio:
+            if self.transcoder is not None:
+                payload = self.transcoder.opus_to_g711(_payload(rtp))
+                if payload is None:
+                    return
+                ts = (int.from_bytes(rtp[4:8], "big") // 6) & 0xFFFFFFFF
+                rtp = b"\x80" + bytes([(rtp[1] & 0x80) | self.pbx_audio]) + rtp[2:4] + \
+                    ts.to_bytes(4, "big") + rtp[8:12] + payload
+            elif self.pbx_audio != pt:
+                rtp = rtp[:1] + bytes([(rtp[1] & 0x80) | self.pbx_audio]) + rtp[2:]
+        elif pt == self.wa_event:
+            if self.transcoder is not None:
+                ts = (int.from_bytes(rtp[4:8], "big") // 6) & 0xFFFFFFFF
+                rtp = b"\x80" + bytes([(rtp[1] & 0x80) | self.pbx_event]) + rtp[2:4] + \
+                    ts.to_bytes(4, "big") + rtp[8:12] + _payload(rtp)
+            elif self.pbx_event != pt:
+                rtp = rtp[:1] + bytes([(rtp[1] & 0x80) | self.pbx_event]) + rtp[2:]
+        else:
+            return
+        self._to_pbx(rtp)
 
     def _to_pbx(self, rtp: bytes) -> None:
         if self.pbx_remote is None or self.pbx.transport is None:
@@ -446,31 +246,9 @@ class _Relay:
                 rtp = data[:1] + bytes([(data[1] & 0x80) | self.wa_event]) + data[2:8] + self.ssrc + data[12:]
         else:
             return
-        self.wa_transport.sendto(srtp.protect(rtp), self.wa_remote)
-        self.packets["to_whatsapp"] += 1
+        self.send(rtp)
 
     # -- SDP we send ------------------------------------------------------------------------------------------
-    def whatsapp_sdp(self, mid: str) -> str:
-        """Our WebRTC SDP (offer or answer: DTLS client either way, ``a=setup:active``)."""
-        candidates = self.agent.local_candidates
-        port = candidates[0].port if candidates else 9
-        ip = "IP6" if ":" in self.host else "IP4"
-        pts = [self.wa_audio] + ([self.wa_event] if self.wa_event >= 0 else [])
-        lines = ["v=0", f"o=- {self.session} 2 IN {ip} {self.host}", "s=-", "t=0 0",
-                 f"a=group:BUNDLE {mid}", "a=msid-semantic: WMS wacall-bridge",
-                 f"m=audio {port} UDP/TLS/RTP/SAVPF {' '.join(map(str, pts))}", f"c=IN {ip} {self.host}",
-                 f"a=rtcp:{port} IN {ip} {self.host}"]
-        lines += [f"a=candidate:{c.to_sdp()}" for c in candidates]
-        lines += [f"a=ice-ufrag:{self.agent.local_username}", f"a=ice-pwd:{self.agent.local_password}",
-                  f"a=fingerprint:sha-256 {self.certificate.fingerprint}", "a=setup:active", f"a=mid:{mid}",
-                  "a=sendrecv", "a=rtcp-mux", f"a=rtpmap:{self.wa_audio} opus/48000/2",
-                  f"a=fmtp:{self.wa_audio} minptime=10;useinbandfec=1", "a=ptime:20"]
-        if self.wa_event >= 0:
-            lines += [f"a=rtpmap:{self.wa_event} telephone-event/8000", f"a=fmtp:{self.wa_event} 0-15"]
-        ssrc = int.from_bytes(self.ssrc, "big")
-        lines += [f"a=ssrc:{ssrc} cname:wacall-bridge", f"a=ssrc:{ssrc} msid:wacall-bridge audio"]
-        return "\r\n".join(lines) + "\r\n"
-
     def pbx_sdp(self, codecs: list[tuple[int, str, int]]) -> str:
         """Our SDP toward the PBX: ``codecs`` as (pt, name, clock), in preference order."""
         ip = "IP6" if ":" in self.host else "IP4"
@@ -486,24 +264,10 @@ class _Relay:
         return "\r\n".join(lines) + "\r\n"
 
     async def close(self) -> None:
-        self.closed = True
-        wa, self.pbx_remote, self.wa_transport = self.wa_transport, None, None     # the per-packet paths stop
-        if wa is not None and self.dtls is not None and self.dtls.state == "connected":
-            for datagram in self.dtls.close():                  # close_notify (RFC 5246 7.2.1)
-                wa.sendto(datagram, self.wa_remote)
-        if self._dtls_timer is not None:
-            self._dtls_timer.cancel()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        self.closed, self.pbx_remote = True, None               # the per-packet paths stop
         if self.pbx.transport is not None:
             self.pbx.transport.close()
-        if self.dtls is not None:
-            self.dtls.release()
-        try:
-            await self.agent.close()
-        except Exception as exc:                # aioice on an agent that never connected
-            log.debug("media %s: ICE close: %r", self.name, exc)
+        await super().close()
 
 
 class BuiltinMedia:
@@ -514,6 +278,8 @@ class BuiltinMedia:
         self.certificate: DtlsCertificate | None = None
         self.calls: dict[str, _Relay] = {}
         self._offers: dict[str, Sdp] = {}
+        self.ice_timeout = ICE_TIMEOUT
+        self.on_failure = None                  # MediaPath's optional failure callback: (call, reason)
 
     async def start(self) -> str:
         self.certificate = DtlsCertificate.default()
@@ -533,7 +299,8 @@ class BuiltinMedia:
         old = self.calls.pop(call, None)
         if old is not None:
             await old.close()
-        relay = self.calls[call] = _Relay(call, self.host, self.pbx_protocol, self.certificate)
+        relay = self.calls[call] = _Relay(call, self.host, self.pbx_protocol, self.certificate, self._failed)
+        relay.ice_timeout = self.ice_timeout
         try:
             await relay.open()
         except OSError as exc:
@@ -541,6 +308,10 @@ class BuiltinMedia:
             await relay.close()
             raise MediaError(f"builtin media: no socket on {self.host}: {exc}") from None
         return relay
+
+    def _failed(self, call: str, reason: str) -> None:
+        if self.on_failure is not None and call in self.calls:
+            self.on_failure(call, reason)
 
     def _get(self, call: str) -> _Relay:
         relay = self.calls.get(call)

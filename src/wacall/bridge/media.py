@@ -48,6 +48,10 @@ class MediaPath(Protocol):
     async def delete(self, call: str) -> None:
         """Free the call's media (both legs)."""
 
+    # optional attribute: ``on_failure``, set by the bridge to a callable ``(call, reason)`` that the mode calls once
+    # when a call's media failed for good after its set-up returned (builtin: no nominated ICE pair toward
+    # WhatsApp, DTLS handshake failure or timeout, ICE consent lost); the bridge then ends the call on both sides
+    # (BYE to the PBX, Graph terminate). A mode without the attribute never reports failures.
     # optional (the bridge checks with getattr): media statistics, and a media call kept across a restart
     # async def stats(self, call: str) -> metrics.MediaStats | None: packet counts so far (None: unknown call)
     # def snapshot(self, call: str) -> dict | None: what restore() needs, JSON-able (None: cannot survive)
