@@ -84,3 +84,15 @@ async def test_wait_connected_raises_once_the_leg_failed_and_send_holds_media():
         assert "DTLS handshake timed out" in str(exc)
     assert failures == [("c", leg.failed)] and leg.stats()["failed"] == leg.failed
     await leg.close()
+
+
+async def test_short_and_junk_datagrams_on_the_whatsapp_port_are_dropped():
+    """What arrives on the ICE port after the pair is chosen is noise until it is RTP or DTLS: an empty or
+    one-byte datagram, or a truncated RTP header, is dropped (no IndexError in the datagram handler)."""
+    leg = WhatsAppLeg(name="c")
+    got: list[bytes] = []
+    leg.on_rtp = got.append
+    for junk in (b"", b"\x80", b"\x80\x6f", b"\x16\xfe\xfd", bytes(11), b"\x80\x6f" + bytes(9)):
+        leg.from_whatsapp(junk, ("127.0.0.1", 9))
+    assert got == [] and leg.stats()["from_whatsapp"] == 0
+    await leg.close()

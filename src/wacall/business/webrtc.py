@@ -358,6 +358,8 @@ class WhatsAppLeg:
 
     # -- per packet -------------------------------------------------------------------------------------------
     def from_whatsapp(self, data: bytes, addr) -> None:
+        if len(data) < 12:                                      # shorter than any RTP or DTLS record: noise
+            return
         first = data[0]
         if 127 < first < 192:
             srtp = self.wa_srtp
