@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from support.bridge_tools import bridge_toml as tools_bridge_toml
+from support.bridge_tools import wait_logged as _logged
 from support.bridge_tools import (agent_calls_user, agent_heard_the_user, bridge_chain, pbx_sip, user_call_answered,
                                   user_heard_the_agent)
 from support.bridge_tools import (PCMU_ONLY, AgentPhone, PbxKamailio, digits_heard_by_user,
@@ -59,14 +60,6 @@ async def _user_hangs_up(wa, agent: AgentPhone, bridge, call_id: str) -> None:
     assert ended["ended_by"] == "user", ended
     await asyncio.sleep(0.3)
     await _logged(bridge, "BYE to the PBX: 200")
-
-
-async def _logged(bridge, line: str, seconds: float = 5.0) -> None:
-    for _ in range(int(seconds * 10)):
-        if line in bridge.log_text():
-            return
-        await asyncio.sleep(0.1)
-    assert line in bridge.log_text(), bridge.log_text()[-3000:]
 
 
 async def _dtmf_both_ways(wa, agent: AgentPhone, call_id: str) -> None:

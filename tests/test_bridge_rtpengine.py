@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from support.bridge_tools import bridge_toml as tools_bridge_toml
+from support.bridge_tools import wait_logged as _logged
 from support.bridge_tools import bridge_chain, pbx_sip, rtpengine_media
 from support.bridge_tools import AgentPhone, BridgeProcess, PbxKamailio, RtpEngineDaemon
 from wacall.media.audio import dominant_frequency, tone_power
@@ -70,15 +71,6 @@ async def _heard_both_ways(wa, agent: AgentPhone, call_id: str) -> None:
     call = await asyncio.to_thread(wa.wait_for, two_seconds_received, 15, "2 s of the agent's audio at wacall")
     heard = _wav(wa.http.get(call["media"]["recording_url"]).content)
     assert abs(dominant_frequency(heard, 48000) - 1000) < 5, "the user hears the agent's 1000 Hz"
-
-
-async def _logged(bridge, line: str, seconds: float = 5.0) -> None:
-    """Wait until the bridge's log has ``line`` (it logs after the SIP exchange it reports)."""
-    for _ in range(int(seconds * 10)):
-        if line in bridge.log_text():
-            return
-        await asyncio.sleep(0.1)
-    assert line in bridge.log_text(), bridge.log_text()[-3000:]
 
 
 async def _agent_heard_the_user(agent: AgentPhone) -> None:

@@ -359,3 +359,12 @@ def agent_heard_the_user(agent: AgentPhone) -> None:
     assert len(at_agent) > rate, f"the agent's recording holds {len(at_agent) / rate:.2f} s after the first 0.5 s"
     assert abs(dominant_frequency(at_agent, rate) - 440) < 5, "the agent hears the user's 440 Hz"
     assert tone_power(at_agent, rate, 440) > 10 * tone_power(at_agent, rate, 1000)
+
+
+async def wait_logged(bridge: "BridgeProcess", line: str, seconds: float = 5.0) -> None:
+    """Wait until the bridge's log has ``line`` (it logs after the SIP exchange it reports)."""
+    for _ in range(int(seconds * 10)):
+        if line in bridge.log_text():
+            return
+        await asyncio.sleep(0.1)
+    assert line in bridge.log_text(), bridge.log_text()[-3000:]

@@ -39,7 +39,7 @@ from wacall.business.webrtc import _STATIC, ICE_TIMEOUT, Sdp, WebRtcError, Whats
 from wacall.business.webrtc import parse_sdp as _parse_sdp
 from wacall.media.srtp import AES_CM_128_HMAC_SHA1_80, SrtpContext, generate_key_salt, sdes_crypto_line
 
-from .media import MediaError, NoCommonCodec
+from .media import MediaError, MediaStats, NoCommonCodec
 
 log = logging.getLogger("wacall.bridge.builtin")
 
@@ -395,16 +395,10 @@ class BuiltinMedia:
             await relay.close()
 
     async def stats(self, call: str):
-        """The call's packet counts (``metrics.MediaStats`` where the ops branch has it; sequence gaps are not
-        counted, so ``lost_from_*`` stay None): None for an unknown call."""
+        """The call's packet counts (sequence gaps are not counted, so ``lost_from_*`` stay None): None for an
+        unknown call."""
         relay = self.calls.get(call)
-        if relay is None:
-            return None
-        try:
-            from .metrics import MediaStats             # type: ignore[import-not-found]  # r12-ops
-        except ImportError:
-            return dict(relay.packets)
-        return MediaStats(**relay.packets)
+        return None if relay is None else MediaStats(**relay.packets)
 
 
 def _first_codec(sdp: Sdp, payloads: list[int]) -> tuple[str, int] | None:

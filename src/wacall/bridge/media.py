@@ -14,6 +14,7 @@ raises (a call already gone has nothing to free).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -59,4 +60,28 @@ class MediaPath(Protocol):
     #     kept flowing outside this process, as RtpEngine's does); False: the media is gone
 
 
-__all__ = ["MediaError", "MediaPath", "NoCommonCodec"]
+@dataclass
+class MediaStats:
+    """RTP packets of one media call as the media path counted them (what a ``MediaPath.stats`` returns).
+    ``from_*``: received from that leg; ``to_*``: sent to it; ``lost_from_*``: missing in what came from that
+    leg (sequence-number gaps), None where the path cannot tell."""
+    from_whatsapp: int = 0
+    to_pbx: int = 0
+    from_pbx: int = 0
+    to_whatsapp: int = 0
+    lost_from_whatsapp: int | None = None
+    lost_from_pbx: int | None = None
+
+    @property
+    def loss_toward_pbx(self) -> float | None:
+        """The share of the user's packets (sent or received) that did not reach the PBX."""
+        sent = self.from_whatsapp + (self.lost_from_whatsapp or 0)
+        return None if not sent else max(0.0, 1 - self.to_pbx / sent)
+
+    @property
+    def loss_toward_whatsapp(self) -> float | None:
+        sent = self.from_pbx + (self.lost_from_pbx or 0)
+        return None if not sent else max(0.0, 1 - self.to_whatsapp / sent)
+
+
+__all__ = ["MediaError", "MediaPath", "MediaStats", "NoCommonCodec"]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -34,35 +33,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .media import MediaStats
+
 log = logging.getLogger("wacall.bridge.metrics")
 
 SETUP_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 LIVE_STATES = ("setup", "bridged")
-
-
-@dataclass
-class MediaStats:
-    """RTP packets of one media call as the media path counted them (what a ``MediaPath.stats`` returns).
-    ``from_*``: received from that leg; ``to_*``: sent to it; ``lost_from_*``: missing in what came from that
-    leg (sequence-number gaps), None where the path cannot tell."""
-    from_whatsapp: int = 0
-    to_pbx: int = 0
-    from_pbx: int = 0
-    to_whatsapp: int = 0
-    lost_from_whatsapp: int | None = None
-    lost_from_pbx: int | None = None
-
-    @property
-    def loss_toward_pbx(self) -> float | None:
-        """The share of the user's packets (sent or received) that did not reach the PBX."""
-        sent = self.from_whatsapp + (self.lost_from_whatsapp or 0)
-        return None if not sent else max(0.0, 1 - self.to_pbx / sent)
-
-    @property
-    def loss_toward_whatsapp(self) -> float | None:
-        sent = self.from_pbx + (self.lost_from_pbx or 0)
-        return None if not sent else max(0.0, 1 - self.to_whatsapp / sent)
 
 
 class _LiveCalls:
@@ -190,4 +167,4 @@ class BridgeMetrics:
             self._runner = None
 
 
-__all__ = ["BridgeMetrics", "MediaStats"]
+__all__ = ["BridgeMetrics"]

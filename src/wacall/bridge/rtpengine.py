@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .metrics import MediaStats
 from . import ng
-from .media import MediaError, NoCommonCodec
+from .media import MediaError, MediaStats, NoCommonCodec
 
 log = logging.getLogger("wacall.bridge.rtpengine")
 

@@ -773,11 +773,7 @@ def parse_message(data: bytes) -> Request | Response:
         if length == -1:
             length = None
         elif length == -2:
-            try:
-                length = _content_length(headers)
-            except SipParseError as exc:
-                exc.message = msg
-                raise
+            length = _length_of(msg)
         return _finish(msg, rest, length)
     return _parse_in_python(data)
 
@@ -790,12 +786,16 @@ def _parse_in_python(data: bytes) -> Request | Response:
     # _header_lines checked every name (a token) and a line holds no CR/LF: only the names to canonicalise
     headers._items = [(_CANONICAL.get(name.lower(), name), value) for name, value in fields]
     msg = _parse_start(start, headers)
+    return _finish(msg, rest, _length_of(msg))
+
+
+def _length_of(msg: Request | Response) -> int | None:
+    """The message's Content-Length (None: none given); a bad one raises with the parsed message attached."""
     try:
-        length = _content_length(headers)
+        return _content_length(msg.headers)
     except SipParseError as exc:
         exc.message = msg
         raise
-    return _finish(msg, rest, length)
 
 
 def _finish(msg: Request | Response, rest: bytes, length: int | None) -> Request | Response:
