@@ -72,6 +72,8 @@ class Dialog:
     cseq: int = 1
     ended: bool = False
     unacked: bool = False               # ended by us because our 2xx never got its ACK (Timer H)
+    local_sdp: str = ""                 # the SDP the bridge gave the PBX last (its offer, or its answer)
+    remote_sdp: str = ""                # the PBX's last SDP (re-INVITE/UPDATE offers are compared with it)
 
 
 def tls_contexts(*, ca: str = "", verify: bool = True, cert: str = "", key: str = ""
@@ -171,6 +173,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._waiting: dict[tuple[str, str], asyncio.Queue] = {}    # (branch, method) -> responses
         self._hops: dict[tuple[str, str], tuple[str, int]] = {}      # (branch, method) -> where it was sent
         self._cancelled: dict[str, Request] = {}      # branch -> an INVITE we CANCELled (its 487 gets an ACK)
+        self._finished: dict[str, Request] = {}       # branch -> an INVITE whose transaction ended, for 64*T1
+        self._strays: dict[tuple[str, str], Dialog] = {}   # (Call-ID, To tag) -> a 2xx's dialog we ended at once
+        self._reinvites: dict[tuple[str, int], Incoming] = {}   # (Call-ID, CSeq) -> the PBX's re-INVITE
         self._inviting: dict[str, asyncio.Queue] = {}  # Call-ID -> the pending INVITE's responses
         self.on_invite: Callable[["Incoming"], None] | None = None   # a new INVITE from the PBX
         self.incoming: dict[str, Incoming] = {}       # Call-ID -> an INVITE from the PBX not yet ACKed
@@ -319,7 +324,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
             elif message.cseq[1] == "INVITE" and message.status >= 300 and message.branch in self._cancelled:
                 self._ack_failure(self._cancelled[message.branch], message)
             elif message.cseq[1] == "INVITE" and 200 <= message.status < 300:
-                self._ack_2xx(message)                        # a retransmitted 2xx: our ACK was lost
+                self._late_2xx(message)
             return
         self._request(message, addr)
 
@@ -330,6 +335,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         if request.method == "ACK":
             if incoming is not None and incoming.final is not None:
                 incoming.acked()
+            reinvite = self._reinvites.get((request.call_id, request.cseq[0]))
+            if reinvite is not None and reinvite.final is not None:
+                reinvite.acked()
             return
         if request.method == "INVITE" and request.to.tag is None:
             if incoming is not None:                          # a retransmission: the last answer again
@@ -377,10 +385,52 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 self.dialogs.pop(dialog.call_id, None)
                 if self.on_bye is not None:
                     self.on_bye(dialog)
-        elif request.method in ("OPTIONS", "INFO", "UPDATE", "NOTIFY"):
+        elif request.method in ("INVITE", "UPDATE"):
+            self._offered(dialog, request, reply_to)
+        elif request.method in ("OPTIONS", "INFO", "NOTIFY"):
             self._send(response_to(request, 200), reply_to)
-        else:                                                 # re-INVITE: not in this slice
+        else:
             self._send(response_to(request, 488, "Not Acceptable Here"), reply_to)
+
+    def _offered(self, dialog: Dialog, request: Request, reply_to: tuple[str, int]) -> None:
+        """A re-INVITE or UPDATE from the PBX in an established dialog: a session refresh (RFC 4028), hold or
+        resume, or a media change. Answered at once from what the dialog holds (:func:`answer_offer`); a 2xx to a
+        re-INVITE is resent until its ACK like the first one (Timer G/H)."""
+        key = (request.call_id, request.cseq[0])
+        if request.method == "INVITE":
+            earlier = self._reinvites.get(key)
+            if earlier is not None:                           # a retransmission: the same answer again
+                if earlier.last is not None:
+                    self._send(earlier.last, earlier.reply_to)
+                return
+            if any(tx.dialog is dialog and not tx.is_acked for tx in self._reinvites.values()):
+                # RFC 3261 14.2: a re-INVITE while our 2xx to the previous one waits for its ACK
+                self._send(response_to(request, 500, "Server Internal Error", headers=[("Retry-After", "1")]),
+                           reply_to)
+                return
+        status, sdp = answer_offer(dialog, request.method, request.body.decode("utf-8", "replace"))
+        headers: list[tuple[str, str]] = []
+        if status < 300:
+            headers = _session_timer(request)
+            try:                                              # a target refresh request (RFC 3261 12.2.2)
+                contacts = request.name_addrs("Contact")
+                if contacts:
+                    dialog.target = str(contacts[0].uri)
+            except SipParseError:
+                pass
+            log.info("SIP %s in dialog %s: %s%s", request.method, dialog.call_id, status,
+                     " (session refresh)" if headers else "")
+        else:
+            headers = [("Warning", f'399 {self.host} "the bridge cannot change the media of a call in progress"')]
+            log.warning("SIP %s in dialog %s changes the media: %s", request.method, dialog.call_id, status)
+        if request.method == "INVITE":
+            tx = self._reinvites[key] = Incoming(self, request, reply_to, dialog=dialog)
+            tx.respond(status, sdp=sdp, headers=headers)
+            return
+        if status < 300:
+            headers.append(("Contact", self._contact()))
+        self._send(response_to(request, status, headers=headers, body=sdp.encode() if sdp else b"",
+                               content_type="application/sdp" if sdp else None), reply_to)
 
     def _response_address(self, request: Request, addr: tuple[str, int]) -> tuple[str, int]:
         if self.reliable:
@@ -570,11 +620,13 @@ class SipUserAgent(asyncio.DatagramProtocol):
 
     async def invite(self, ruri: str, from_uri: str, to_uri: str, sdp: str, headers: list[tuple[str, str]],
                      *, call_id: str | None = None, on_provisional: Callable[[Response], None] | None = None,
+                     on_sending: Callable[[Request], None] | None = None,
                      timeout: float | None = None) -> tuple[Dialog, Response]:
         """Place a call; returns the dialog and the 200 OK once ACKed. Raises :class:`SipFailure` (487 after
         :meth:`cancel`). Cancel with :meth:`cancel`, not by cancelling the task: the CANCEL must wait for a
         provisional answer, and a 200 that crosses it must still be ACKed and ended with a BYE. A 401/407 is
-        ACKed and the INVITE sent again with credentials (once per realm)."""
+        ACKed and the INVITE sent again with credentials (once per realm). ``on_sending`` sees each INVITE just
+        before it first goes out (the bridge keeps it in its state file, to CANCEL it after a restart)."""
         call_id, tag, branch = call_id or new_call_id(self.host), new_tag(), new_branch()
         h = Headers()
         h.add("Via", self._via(branch))
@@ -597,7 +649,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
         give_up = loop.time() + (timeout if timeout is not None else 64 * self.t1)
         interval, provisional, cancelling = self.t1, False, False
         tried: set[str] = set()
+        sent = [invite]                                       # every INVITE of this call (new branch per challenge)
         try:
+            if on_sending is not None:
+                on_sending(invite)
             self._send(invite)
             while True:
                 left = give_up - loop.time()
@@ -641,6 +696,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     self._waiting.pop(old, None)
                     self._hops.pop(old, None)
                     invite = again
+                    sent.append(invite)
+                    if on_sending is not None:
+                        on_sending(invite)
                     key = (invite.branch or "", "INVITE")
                     self._waiting[key], self._hops[key] = queue, self.pbx
                     interval, provisional = self.t1, False
@@ -648,6 +706,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     log.debug("SIP INVITE %s challenged (%s): sent again with credentials", call_id, response.status)
                     self._send(invite)
                     continue
+                if cancelling:                                # the 2xx crossed our CANCEL: end it at once
+                    self._stray(invite, response)
+                    raise SipFailure(487, "Request Terminated")
                 dialog.remote_tag = response.to.tag
                 dialog.cseq = invite.cseq[0]
                 try:
@@ -658,17 +719,81 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     raise SipFailure(502, "Bad Gateway") from None
                 dialog.target = str(contacts[0].uri) if contacts else ruri
                 dialog.route = route
+                dialog.local_sdp, dialog.remote_sdp = sdp, response.body.decode("utf-8", "replace")
                 self.dialogs[call_id] = dialog
-                self._ack_2xx(response)
-                if cancelling:                                # the 200 crossed our CANCEL: end it at once
-                    await self.bye(dialog)
-                    raise SipFailure(487, "Request Terminated")
+                self._ack(dialog, response.cseq[0])
                 return dialog, response
         finally:
             key = (invite.branch or "", "INVITE")
             self._waiting.pop(key, None)
             self._hops.pop(key, None)
             self._inviting.pop(call_id, None)
+            for one in sent:
+                self._finish(one)
+
+    def _finish(self, invite: Request) -> None:
+        """The INVITE's client transaction is over (answered, refused, CANCELled, timed out or given up), but for
+        64*T1 (RFC 6026 "Accepted") a 2xx to it is still recognised: ACKed, and ended unless it is the call's."""
+        branch = invite.branch or ""
+        self._finished[branch] = invite
+        asyncio.get_running_loop().call_later(64 * self.t1, self._forget, branch, invite)
+
+    def _forget(self, branch: str, invite: Request) -> None:
+        if self._finished.get(branch) is invite:
+            del self._finished[branch]
+
+    def _late_2xx(self, response: Response) -> None:
+        """A 2xx after its INVITE's transaction ended (RFC 3261 13.2.2.4 and 15, RFC 6026): the dialog the call holds
+        gets its ACK again (ours was lost); any other (the INVITE was CANCELled or given up, the call ended
+        meanwhile, another fork answered too) is ACKed and ended with a BYE, once: never left to the PBX's
+        retransmissions."""
+        dialog = self.dialogs.get(response.call_id)
+        if dialog is not None and dialog.remote_tag == response.to.tag:
+            self._ack(dialog, response.cseq[0])
+            return
+        stray = self._strays.get((response.call_id, response.to.tag or ""))
+        if stray is not None:
+            self._ack(stray, response.cseq[0])
+            return
+        invite = self._finished.get(response.branch or "")
+        if invite is None:
+            log.warning("SIP %s %s to an INVITE we do not know (Call-ID %s): ignored", response.status,
+                        response.reason, response.call_id)
+            return
+        self._stray(invite, response)
+
+    def _stray(self, invite: Request, response: Response) -> None:
+        """The 2xx to ``invite`` made a dialog the bridge does not want: ACK it and end it with a BYE (RFC 3261 15)."""
+        try:
+            contacts = response.name_addrs("Contact")
+            route = [str(rr) for rr in reversed(response.name_addrs("Record-Route"))]
+        except SipParseError as exc:
+            log.warning("SIP INVITE %s: a 2xx with an unreadable Contact/Record-Route: %s", invite.call_id, exc)
+            return
+        dialog = Dialog(invite.call_id, invite.from_.tag or "", str(invite.from_.uri), str(invite.to.uri),
+                        target=str(contacts[0].uri) if contacts else invite.uri, route=route,
+                        remote_tag=response.to.tag, cseq=invite.cseq[0])
+        key = (dialog.call_id, response.to.tag or "")
+        self._strays[key] = dialog
+        asyncio.get_running_loop().call_later(64 * self.t1, self._strays.pop, key, None)
+        log.info("SIP INVITE %s: %s %s after the bridge gave it up: ACK and BYE", invite.call_id, response.status,
+                 response.reason)
+        self._ack(dialog, response.cseq[0])
+        self._spawn(self.bye(dialog))
+
+    def abandon(self, invite_text: str) -> bool:
+        """Give up an INVITE a previous run of the bridge sent (kept in the state file, its answer unknown): CANCEL
+        it now, ACK its 487, and ACK then BYE a 2xx to it (:meth:`_late_2xx`). False when it cannot be read."""
+        try:
+            invite = parse_message(invite_text.encode("latin-1"))
+        except (SipParseError, UnicodeEncodeError) as exc:
+            log.warning("SIP INVITE from the state file unreadable: %s", exc)
+            return False
+        if not isinstance(invite, Request) or invite.method != "INVITE":
+            return False
+        self._finish(invite)
+        self._cancel(invite, invite.branch or "")
+        return True
 
     def cancel(self, call_id: str) -> bool:
         """Give up the INVITE of ``call_id`` (its :meth:`invite` then raises 487); False when none is pending."""
@@ -694,13 +819,24 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._send(Request("ACK", invite.uri, h))
 
     def _cancel(self, invite: Request, branch: str) -> None:
+        """CANCEL ``invite`` (RFC 3261 9.1): a non-INVITE client transaction of its own (17.1.2: Timer E over UDP,
+        doubling up to T2, until a response; Timer F gives up after 64*T1), sent now; its 487 gets an ACK."""
         h = Headers()
         for name in ("Via", "Max-Forwards", "From", "To", "Call-ID"):
             h.add(name, invite.headers.get(name) or "")
         h.add("CSeq", f"{invite.cseq[0]} CANCEL")
+        for value in invite.headers.get_all("Route"):      # RFC 3261 9.1: the INVITE's Route set
+            h.add("Route", value)
         self._cancelled[branch] = invite
         asyncio.get_running_loop().call_later(64 * self.t1, self._cancelled.pop, branch, None)
-        self._send(Request("CANCEL", invite.uri, h))
+        self._spawn(self._cancel_transaction(Request("CANCEL", invite.uri, h)))
+
+    async def _cancel_transaction(self, request: Request) -> None:
+        try:
+            response = await self._transact(request, self.pbx)
+            log.debug("SIP CANCEL %s: %s %s", request.call_id, response.status, response.reason)
+        except SipFailure as exc:
+            log.info("SIP CANCEL %s: %s %s", request.call_id, exc.status, exc.reason)
 
     def _in_dialog(self, dialog: Dialog, method: str, cseq: int, branch: str) -> Request:
         h = Headers()
@@ -714,11 +850,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
             h.add("Route", route)
         return Request(method, dialog.target, h)
 
-    def _ack_2xx(self, response: Response) -> None:
-        dialog = self.dialogs.get(response.call_id)
-        if dialog is None:
-            return
-        self._send(self._in_dialog(dialog, "ACK", response.cseq[0], new_branch()), self._next_hop(dialog))
+    def _ack(self, dialog: Dialog, cseq: int) -> None:
+        """The ACK of a 2xx (RFC 3261 13.2.2.4): a new transaction along the dialog."""
+        self._send(self._in_dialog(dialog, "ACK", cseq, new_branch()), self._next_hop(dialog))
 
     def _next_hop(self, dialog: Dialog) -> tuple[str, int]:
         """Where requests of the dialog go: the first Route (a loose router: the proxy) or else the PBX."""
@@ -730,7 +864,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         if dialog.ended:
             return 0
         dialog.ended = True
-        self.dialogs.pop(dialog.call_id, None)
+        if self.dialogs.get(dialog.call_id) is dialog:
+            del self.dialogs[dialog.call_id]
         dialog.cseq += 1
         request = self._in_dialog(dialog, "BYE", dialog.cseq, new_branch())
         for name, value in headers:
@@ -761,12 +896,14 @@ class Incoming:
     (:meth:`SipUserAgent._no_ack`). A 2xx makes the :class:`Dialog` (``dialog``) the bridge then uses like one
     it placed. ``on_cancel`` runs on the PBX's CANCEL (the UA has answered it 200 and the INVITE 487)."""
 
-    def __init__(self, ua: SipUserAgent, request: Request, reply_to: tuple[str, int]) -> None:
+    def __init__(self, ua: SipUserAgent, request: Request, reply_to: tuple[str, int], *,
+                 dialog: Dialog | None = None) -> None:
         self.ua, self.request, self.reply_to = ua, request, reply_to
-        self.local_tag = new_tag()
+        self.in_dialog = dialog is not None               # a re-INVITE in ``dialog``, not a new call
+        self.local_tag = dialog.local_tag if dialog is not None else new_tag()
         self.last: Response | None = None
         self.final: int | None = None
-        self.dialog: Dialog | None = None
+        self.dialog: Dialog | None = dialog
         self.on_cancel: Callable[[], None] | None = None
         self.is_acked = False
         self._resend: asyncio.TimerHandle | None = None
@@ -788,7 +925,8 @@ class Incoming:
         extra = list(headers)
         if 200 <= status < 300:
             extra.append(("Contact", self.ua._contact()))
-            extra.extend(("Record-Route", rr) for rr in self.request.headers.get_all("Record-Route"))
+            if not self.in_dialog:                        # the route set is made once, by the dialog's first 2xx
+                extra.extend(("Record-Route", rr) for rr in self.request.headers.get_all("Record-Route"))
         response = response_to(self.request, status, reason, to_tag=None if status == 100 else self.local_tag,
                                headers=extra, body=sdp.encode() if sdp else b"",
                                content_type="application/sdp" if sdp else None)
@@ -797,13 +935,13 @@ class Incoming:
         if status < 200:
             return None
         self.final = status
-        if status < 300:
+        if status < 300 and not self.in_dialog:
             req = self.request
             contacts = req.name_addrs("Contact")
             self.dialog = Dialog(req.call_id, self.local_tag, str(req.to.uri), str(req.from_.uri),
                                  target=str(contacts[0].uri) if contacts else str(req.from_.uri),
                                  route=[str(rr) for rr in req.name_addrs("Record-Route")],
-                                 remote_tag=req.from_.tag, cseq=0)
+                                 remote_tag=req.from_.tag, cseq=0, local_sdp=sdp or "", remote_sdp=self.sdp)
             self.ua.dialogs[req.call_id] = self.dialog
         loop = asyncio.get_running_loop()
         self._timer_h = loop.call_later(64 * self.ua.t1, self._no_ack)
@@ -832,6 +970,113 @@ class Incoming:
         if self.ua.incoming.get(self.call_id) is self:
             # kept a little for a retransmitted INVITE or ACK, then forgotten
             asyncio.get_running_loop().call_later(32 * self.ua.t1, self.ua.incoming.pop, self.call_id, None)
+        key = (self.call_id, self.request.cseq[0])
+        if self.ua._reinvites.get(key) is self:
+            asyncio.get_running_loop().call_later(32 * self.ua.t1, self.ua._reinvites.pop, key, None)
+
+
+# -- offers in an established dialog (RFC 3264 8, RFC 3311, RFC 4028) ------------------------------------------
+# The media path (RtpEngine or the builtin relay) is set up once per call; the bridge does not move it mid-call.
+# So a re-offer is taken when its media are those of the PBX's last SDP (addresses, ports, transports, payload
+# types and their rtpmap/fmtp, crypto, RTCP): the direction alone may change (hold, resume), and the answer is the
+# bridge's current SDP with the mirrored direction (its o= version raised only when that changes the SDP). Any
+# other change is refused with 488; the session goes on as it was (RFC 3261 14.2).
+_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+_COMPARED = ("rtpmap", "fmtp", "crypto", "rtcp", "rtcp-mux")
+
+
+def _sdp_media(sdp: str) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Per m= section: what a re-offer is compared on (the m= line, its connection address, the attributes of
+    ``_COMPARED``, sorted), and its direction."""
+    session_c, session_dir = "", "sendrecv"
+    sections: list[list[str]] = []
+    conns: list[str] = []
+    directions: list[str] = []
+    for line in (one.strip() for one in sdp.splitlines()):
+        if line.startswith("m="):
+            sections.append([])
+            conns.append("")
+            directions.append(session_dir)
+            sections[-1].append(line)
+        elif line.startswith("c="):
+            if sections:
+                conns[-1] = line
+            else:
+                session_c = line
+        elif line.startswith("a="):
+            name = line[2:].split(":", 1)[0]
+            if name in _DIRECTIONS:
+                if sections:
+                    directions[-1] = name
+                else:
+                    session_dir = name
+            elif name in _COMPARED and sections:
+                sections[-1].append(line)
+    compared = [(m[0], conns[i] or session_c, *sorted(m[1:])) for i, m in enumerate(sections)]
+    return compared, directions
+
+
+def _with_directions(sdp: str, directions: list[str]) -> str:
+    """``sdp`` with each m= section's direction set to ``directions`` (session-level ones dropped) and its o=
+    version raised by one."""
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    out: list[str] = []
+    section = -1
+
+    def close_section() -> None:
+        if section >= 0:
+            out.append(f"a={directions[section]}")
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            close_section()
+            section += 1
+        elif line.startswith("a=") and line[2:].strip() in _DIRECTIONS:
+            continue
+        elif line.startswith("o="):
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].isdigit():
+                fields[2] = str(int(fields[2]) + 1)
+                line = " ".join(fields)
+        if line:
+            out.append(line)
+    close_section()
+    return newline.join(out) + newline
+
+
+def answer_offer(dialog: Dialog, method: str, offer: str) -> tuple[int, str | None]:
+    """The status and SDP answering a re-INVITE or UPDATE carrying ``offer`` (may be empty) in ``dialog``; the
+    dialog's SDPs follow what was answered. Without an offer: a re-INVITE gets the current SDP (as the offer its
+    ACK answers), an UPDATE none."""
+    if not offer.strip():
+        if method == "UPDATE":
+            return 200, None
+        return (200, dialog.local_sdp) if dialog.local_sdp else (488, None)
+    if not dialog.local_sdp or not dialog.remote_sdp:  # a dialog restored from a record without its SDPs
+        return 488, None
+    media, directions = _sdp_media(offer)
+    before, _ = _sdp_media(dialog.remote_sdp)
+    ours, current = _sdp_media(dialog.local_sdp)
+    if media != before or len(ours) != len(directions):
+        return 488, None
+    wanted = [_MIRROR[d] for d in directions]
+    if wanted != current:
+        dialog.local_sdp = _with_directions(dialog.local_sdp, wanted)
+    dialog.remote_sdp = offer
+    return 200, dialog.local_sdp
+
+
+def _session_timer(request: Request) -> list[tuple[str, str]]:
+    """RFC 4028 9: a request with ``Session-Expires`` from a PBX that supports ``timer`` gets it back with the PBX
+    as the refresher (``refresher=uac``: the bridge keeps no timer of its own; the PBX's next refresh is again a
+    re-INVITE or UPDATE answered here). When the PBX asks the bridge to refresh (``refresher=uas``) none is
+    returned, which means no session expiry (RFC 4028 7.2)."""
+    value = request.headers.get("Session-Expires") or ""
+    supported = {t.strip().lower() for v in request.headers.get_all("Supported") for t in v.split(",")}
+    interval, _, params = value.partition(";")
+    if not interval.strip().isdigit() or "timer" not in supported or "refresher=uas" in params.replace(" ", "").lower():
+        return []
+    return [("Session-Expires", f"{interval.strip()};refresher=uac"), ("Require", "timer")]
 
 
 def _address(uri: str, default: tuple[str, int]) -> tuple[str, int]:
