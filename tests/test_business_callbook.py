@@ -77,6 +77,21 @@ def test_malformed_elements_are_skipped_not_raised():
     assert [kind for kind, _, _ in happened] == ["connect"]
 
 
+def test_an_ended_call_is_kept_without_its_sdps_and_up_to_a_documented_bound():
+    from wacall.business.webhooks import KEEP_ENDED
+    book = CallBook()
+    book.apply("calls", connect("wacid.S"))
+    call = book.get("wacid.S")
+    assert call.sdp == "v=0\r\n" and call.connect["session"]["sdp"] == "v=0\r\n"     # live: the offer is there
+    book.apply("calls", terminate("wacid.S"))
+    assert call.sdp is None and "sdp" not in call.connect["session"], "an ended call keeps no SDP"
+    assert call.connect["session"] == {"sdp_type": "offer"} and call.user == "447700900001"
+    assert book.keep_ended == KEEP_ENDED == 10_000                     # docs/business.md names it
+    for n in range(KEEP_ENDED):
+        book.apply("calls", terminate(f"wacid.{n}"))
+    assert book.get("wacid.S") is None and book.get(f"wacid.{KEEP_ENDED - 1}").ended
+
+
 def test_ended_calls_are_remembered_up_to_a_bound():
     book = CallBook(keep_ended=2)
     for n in range(3):

@@ -19,7 +19,9 @@ https://developers.facebook.com/docs/whatsapp/cloud-api/calling/reference#call-c
   call ended. :class:`CallBook` applies each webhook to the call's record so that each handler runs at
   most once per call and event: ``on_connect`` only for a call that has not ended, ``on_terminate`` once,
   ``on_status`` once per status and never backwards (``RINGING`` after ``ACCEPTED`` is stale). What came
-  too late is kept on the record (``late``) for the logs.
+  too late is kept on the record (``late``) for the logs. An ended call is kept small (its SDPs are dropped:
+  a handler that runs after the terminate was applied sees ``sdp`` None), and only the last ``keep_ended``
+  (``KEEP_ENDED``) ended calls are remembered.
 - The 200 goes back as soon as the signature is checked; handlers run afterwards (a task per webhook,
   one call's handlers one after another), because a slow answer makes Meta retry.
 """
@@ -42,7 +44,10 @@ log = logging.getLogger("wacall.business")
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 # a call status only moves forward; the end comes from the terminate webhook
 _STATUS_RANK = {"RINGING": 1, "ACCEPTED": 2, "REJECTED": 3}
-KEEP_ENDED = 100_000          # ended calls remembered (a late connect for one of them is recognised)
+# Ended calls remembered, oldest forgotten first, so that a late or repeated webhook for one of them is recognised
+# (Meta redelivers within minutes): 10 000 calls, a few hours of a busy number, about 12 MB (each is kept small, ~1.2 KB:
+# its SDPs are dropped when it ends).
+KEEP_ENDED = 10_000
 
 
 def signature(app_secret: str, raw: bytes) -> str:
@@ -151,6 +156,12 @@ class CallBook:
         return call
 
     def _retire(self, call: Call) -> None:
+        """The call ended: kept among the ended ones without its SDPs (the bulk of a record, of no use once it is
+        over), up to ``keep_ended``."""
+        call.sdp = None
+        session = (call.connect or {}).get("session")
+        if isinstance(session, dict) and "sdp" in session:
+            call.connect = {**call.connect, "session": {k: v for k, v in session.items() if k != "sdp"}}  # type: ignore[dict-item]
         self.calls.pop(call.call_id, None)
         self._ended[call.call_id] = call
         while len(self._ended) > self.keep_ended:
