@@ -376,3 +376,23 @@ async def test_a_bridged_call_whose_media_rtpengine_dropped_meanwhile_is_ended_o
     assert ended["ended_by"] == "business", ended
     await _logged(second, "restored in state bridged: ending it on both sides")
     await _logged(second, '"msg": "ended (restart)"')
+
+
+async def test_a_users_call_still_ringing_at_the_agent_at_a_kill_9_is_cancelled_after_the_restart(chain, tmp_path):
+    """The bridge's INVITE to the PBX had no final answer when the process died (the agent's phone rings): it is in
+    the state file as sent, so the restarted bridge CANCELs it (the agent stops ringing, not at Kamailio's
+    fr_inv_timer two minutes later) and rejects the user's call at Meta (it was never accepted)."""
+    wa, agent, rtpengine, pbx, bridges = chain
+    first = await start_bridge(wa, rtpengine, pbx, tmp_path, bridges)
+    call_id = (await asyncio.to_thread(wa.user_calls, ALICE)).json()["call_id"]
+    ringing = await agent.wait_event("CALL_INCOMING", 15)
+    second = await _kill_and_restart(wa, rtpengine, pbx, tmp_path, bridges, first)
+    await agent.wait_event("CALL_CLOSED", 10, after=agent.history.index(ringing))
+    ended = await asyncio.to_thread(wa.wait_for, lambda: (c := wa.call(call_id))["state"] not in
+                                    ("RINGING", "ACCEPTED") and c, 10, "the WhatsApp call ended")
+    assert ended["state"] in ("ENDED", "REJECTED"), ended
+    await _logged(second, "restored with its INVITE to the PBX unanswered: CANCEL")
+    assert metric(await asyncio.to_thread(scrape, second), "wacall_bridge_calls_restored_total",
+                  outcome="ended") == 1
+    with sqlite3.connect(tmp_path / "state" / "bridge-calls.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM calls").fetchone() == (0,), "no call left behind"

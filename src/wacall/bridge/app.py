@@ -67,6 +67,7 @@ class BridgedCall:
     state: str = "setup"                          # setup, bridged, ended
     dialog: Dialog | None = None
     sip_call_id: str | None = None                # the INVITE's Call-ID, from the moment it is sent
+    sent_invite: str | None = None                # user-initiated: the INVITE as sent, until the PBX's dialog
     setup: asyncio.Task | None = None
     started: float = field(default_factory=time.monotonic)
     answered: float | None = None
@@ -151,7 +152,7 @@ class PermissionChecks:
                 self._next = max(self._next, self.clock() + self.WINDOW)   # every queued check waits it out
 
 
-_WATCHED = frozenset({"state", "call_id", "sip_call_id", "dialog"})
+_WATCHED = frozenset({"state", "call_id", "sip_call_id", "sent_invite", "dialog"})
 
 
 class Bridge:
@@ -297,6 +298,9 @@ class Bridge:
                     log.warning("%s state: INVITE unreadable: %s", bridged.tag, exc)
             if bridged.incoming is not None:
                 self._refuse(bridged, 503, "Service Unavailable", "bridge restarted", ended=False)
+            if dialog is None and record.get("sent_invite") and self.ua.abandon(record["sent_invite"]):
+                # our INVITE's answer died with the previous run: CANCEL it (a 2xx to it gets ACK and BYE)
+                log.info("%s restored with its INVITE to the PBX unanswered: CANCEL", bridged.tag)
             if bridged.call_id:
                 self.calls[bridged.call_id] = bridged
             self._spawn(self._end(bridged, "restart", tell_whatsapp=True, tell_pbx=True))
@@ -323,7 +327,7 @@ class Bridge:
         if call.direction == "BUSINESS_INITIATED":
             await self._advance(call.call_id)
             return
-        if call.direction != "USER_INITIATED":
+        if call.direction != "USER_INITIATED" or call.ended:   # ended before this ran: nothing to bridge
             return
         if not call.sdp:
             log.warning("wacid=%s connect without an SDP offer: ignored", call.call_id)
@@ -375,7 +379,9 @@ class Bridge:
             dialog, ok = await self.ua.invite(
                 f"sip:{s.extension}@{s.domain}", f"sip:+{bridged.user}@{s.from_domain}",
                 f"sip:{s.extension}@{s.domain}", pbx_offer, headers, call_id=bridged.sip_call_id,
-                on_provisional=lambda r: log.info("%s PBX: %s %s", bridged.tag, r.status, r.reason))
+                on_provisional=lambda r: log.info("%s PBX: %s %s", bridged.tag, r.status, r.reason),
+                # in the state file before it goes out: a restart CANCELs it (docs/bridge.md "Restart")
+                on_sending=lambda invite: setattr(bridged, "sent_invite", invite.to_bytes().decode("latin-1")))
             bridged.dialog = dialog
             log.info("%s PBX answered: 200 OK", bridged.tag)
             if bridged.state == "ended":          # the user hung up while the 200 was on its way
@@ -622,7 +628,7 @@ class Bridge:
             status = await self.ua.bye(bridged.dialog, headers)
             log.info("%s BYE to the PBX: %s", bridged.tag, status)
         if tell_whatsapp:
-            await self._graph_end(bridged, reject=reject or was == "setup")
+            await self._graph_end(bridged, reject=reject or was == "setup", restarted=why == "restart")
         await self.media.delete(bridged.call_id)
         log.info("%s ended (%s)", bridged.tag, why)
 
@@ -641,11 +647,16 @@ class Bridge:
             await self.media.delete(bridged.media_call)
         log.info("%s ended (%s)", bridged.tag, why)
 
-    async def _graph_end(self, bridged: BridgedCall, *, reject: bool) -> None:
+    async def _graph_end(self, bridged: BridgedCall, *, reject: bool, restarted: bool = False) -> None:
+        """Meta's rules: ``reject`` a user's call not yet accepted, ``terminate`` any other. A call restored in
+        setup may have been accepted just before the previous run died (its state not yet written): when Meta
+        refuses the reject, it is terminated."""
         try:
             await (self.graph.reject if reject else self.graph.terminate)(bridged.call_id)
         except GraphApiError as exc:              # the call already ended at Meta: nothing to end
             log.info("%s Graph on end: code %s %s", bridged.tag, exc.code, exc.message)
+            if reject and restarted:
+                await self._graph_end(bridged, reject=False)
         except GRAPH_UNREACHABLE as exc:          # the end goes on: the PBX leg and the media are freed anyway
             log.warning("%s Graph unreachable on end: %r", bridged.tag, exc)
 

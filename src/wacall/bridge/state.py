@@ -6,8 +6,10 @@ calls that end with it anyway.
 
 What a row holds is :func:`snapshot`'s JSON: the wacid, direction, user, state, SIP Call-ID, the PBX dialog
 (tags, URIs, route, CSeq: enough to send and to recognise a BYE), the media path's own (``MediaPath.snapshot``,
-e.g. RtpEngine's from-tag), and for a business-initiated call still ringing, the PBX's INVITE as it came (so the
-restarted bridge can still answer it).
+e.g. RtpEngine's from-tag), for a business-initiated call still ringing, the PBX's INVITE as it came (so the
+restarted bridge can still answer it), and for a user-initiated call whose INVITE to the PBX has no dialog yet,
+that INVITE as sent (so the restarted bridge can CANCEL it). The dialog carries both SDPs (the bridge's and the
+PBX's last), so a restored call still answers the PBX's re-INVITEs.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ def snapshot(call: Any, media: dict | None) -> dict:
         "dialog": dataclasses.asdict(call.dialog) if call.dialog is not None else None,
         "media": media,
     }
+    if call.dialog is None and getattr(call, "sent_invite", None):   # our INVITE, still unanswered
+        record["sent_invite"] = call.sent_invite
     incoming = call.incoming
     if incoming is not None and incoming.final is None:
         record["invite"] = incoming.request.to_bytes().decode("latin-1")
