@@ -185,3 +185,33 @@ async def test_sigterm_ends_a_bridged_call_on_both_sides(bridged):
     ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
     assert ended["ended_by"] == "business"
     assert f"wacid={call_id}" in bridge.log_text() and "ended (shutdown)" in bridge.log_text()
+
+
+async def test_the_agent_puts_the_user_on_hold_and_back_and_the_call_goes_on(bridged):
+    """baresip's hold and resume are re-INVITEs through Kamailio (``a=sendonly``, then ``a=sendrecv``) in the
+    bridge's dialog: each is answered 200 (the bridge's SDP, direction mirrored), the call stays up, the audio
+    flows again after the resume, and the agent's BYE still ends it at Meta."""
+    wa, agent, bridge, _, _ = bridged
+    call_id = await _user_calls_and_agent_answers(wa, agent, bridge)
+    await _heard_both_ways(wa, agent, call_id)
+    answered = re.compile(r"SIP INVITE in dialog \S+: 200")
+
+    async def answered_reinvites(count: int) -> None:
+        for _ in range(100):
+            if len(answered.findall(bridge.log_text())) >= count:
+                break
+            await asyncio.sleep(0.1)
+        assert len(answered.findall(bridge.log_text())) == count, bridge.log_text()[-3000:]
+    assert (await agent.command("hold"))["ok"], "baresip's hold"
+    await answered_reinvites(1)
+    assert (await agent.command("resume"))["ok"], "baresip's resume"
+    await answered_reinvites(2)
+    assert "changes the media" not in bridge.log_text()
+    before = wa.call(call_id)["media"]["received"]["packets"]
+    await asyncio.to_thread(wa.wait_for, lambda: wa.call(call_id)["media"]["received"]["packets"] >= before + 50,
+                            10, "the agent's audio after the resume")
+    assert wa.call(call_id)["state"] == "ACCEPTED"
+    await agent.hangup()
+    await agent.wait_event("CALL_CLOSED", 10)
+    ended = await asyncio.to_thread(wa.wait_state, call_id, "ENDED", 10)
+    assert ended["ended_by"] == "business", ended
