@@ -14,10 +14,13 @@ and digest modules.
   expiry, retried ``register_retry`` seconds after a failure (or at once when the PBX connection drops),
   unregistered (Expires: 0) at stop. Without ``register`` the PBX trusts the bridge by address (IP trust).
 * Calls: place an INVITE (Timer A/B), ACK the final answer (a 2xx by a new request along the dialog, a non-2xx
-  hop by hop), CANCEL (sent once, after a provisional answer; not retransmitted), BYE both ways; answer the PBX's
-  INVITE (only from the PBX's own addresses: anyone else gets 403) (:class:`Incoming`): a 2xx resent until its ACK
-  and, when no ACK comes within 64*T1 (Timer H, RFC 3261 13.3.1.4), the dialog is ended with a BYE and the bridge
-  hears it through ``on_bye`` like a BYE from the PBX.
+  hop by hop), CANCEL (after a provisional answer, a non-INVITE transaction of its own: Timers E/F), BYE both
+  ways; a 2xx to an INVITE given up (CANCELled, timed out, another fork) is ACKed and ended with a BYE; answer
+  the PBX's INVITE (only from the PBX's own addresses: anyone else gets 403) (:class:`Incoming`): a 2xx resent
+  until its ACK and, when no ACK comes within 64*T1 (Timer H, RFC 3261 13.3.1.4), the dialog is ended with a BYE
+  and the bridge hears it through ``on_bye`` like a BYE from the PBX.
+* In a call: the PBX's re-INVITE and UPDATE (session refresh, hold, resume) are answered from the dialog's SDPs
+  (:func:`answer_offer`: the same media or 488), ``Session-Expires`` echoed with the PBX as refresher.
 """
 
 from __future__ import annotations
