@@ -292,11 +292,21 @@ async def test_a_session_refresh_re_invite_gets_the_same_sdp_and_its_200_waits_f
 async def test_hold_and_resume_are_answered_with_the_mirrored_direction(peer):
     ua, pbx = peer
     dialog, request, ack = await established(ua, pbx)
+    kept = []                                                      # what the bridge writes to its state file
+    sent: list = []                                                # what the UA sent, in order
+    send = ua._send
+    ua._send = lambda message, addr=None: (sent.append(message), send(message, addr))[1]   # type: ignore[method-assign]
+    ua.on_dialog_changed = lambda changed: kept.append((changed.local_sdp, len(sent)))
     hold = request("INVITE", pbx_sdp(version=2, direction="sendonly"))
     held = await pbx.response((hold.cseq[0], "INVITE"))
     ack(hold)
     assert held.status == 200 and "a=recvonly" in held.body.decode() and "a=sendrecv" not in held.body.decode()
     assert o_version(held.body) == 2                              # our SDP changed: its version too
+    [(sdp, before)] = kept
+    assert sdp == held.body.decode() and before < len(sent)
+    assert [m.cseq for m in sent[before:] if isinstance(m, Response)][0] == (hold.cseq[0], "INVITE"), \
+        "kept before the 200 went out"
+    assert not [m for m in sent[:before] if isinstance(m, Response) and m.cseq == (hold.cseq[0], "INVITE")]
     resume = request("UPDATE", pbx_sdp(version=3))
     resumed = await pbx.response((resume.cseq[0], "UPDATE"))
     assert resumed.status == 200 and "a=sendrecv" in resumed.body.decode() and o_version(resumed.body) == 3
@@ -305,6 +315,7 @@ async def test_hold_and_resume_are_answered_with_the_mirrored_direction(peer):
     ack(refresh)
     assert offered.status == 200 and offered.body == resumed.body
     assert dialog.local_sdp == resumed.body.decode()
+    assert [sdp for sdp, _ in kept] == [held.body.decode(), resumed.body.decode()]   # not for the refresh
 
 
 async def test_a_media_change_mid_call_is_refused_with_488_and_the_call_goes_on(peer):

@@ -165,6 +165,7 @@ class Bridge:
                                         on_status=self.on_status, path=config.webhook.path)
         self.ua = SipUserAgent.from_config(s)
         self.ua.on_bye = self._on_pbx_bye
+        self.ua.on_dialog_changed = self._on_dialog_changed
         self.ua.on_invite = self._on_pbx_invite
         self.media = open_media(config)
         self.permissions = PermissionChecks(self.graph, g.permission_checks_per_second)
@@ -593,6 +594,14 @@ class Bridge:
                     log.info("%s BYE from the PBX", bridged.tag)
                     why = "pbx"
                 self._spawn(self._end(bridged, why, tell_whatsapp=True, tell_pbx=False))
+                return
+
+    def _on_dialog_changed(self, dialog: Dialog) -> None:
+        """A re-INVITE/UPDATE changed the dialog (hold, resume, a new target): written to the state file before
+        the UA's 200 goes out, so a restart answers the next one from it."""
+        for bridged in self.calls.values():
+            if bridged.dialog is dialog:
+                self._changed(bridged, "dialog", dialog, dialog)
                 return
 
     # -- both -------------------------------------------------------------------------------------------------

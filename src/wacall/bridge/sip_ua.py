@@ -173,6 +173,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.dialogs: dict[str, Dialog] = {}
         self.on_bye: Callable[[Dialog], None] | None = None
+        # a re-INVITE/UPDATE changed the dialog (its SDPs, its target): called before the 2xx goes out
+        self.on_dialog_changed: Callable[[Dialog], None] | None = None
         self._waiting: dict[tuple[str, str], asyncio.Queue] = {}    # (branch, method) -> responses
         self._hops: dict[tuple[str, str], tuple[str, int]] = {}      # (branch, method) -> where it was sent
         self._cancelled: dict[str, Request] = {}      # branch -> an INVITE we CANCELled (its 487 gets an ACK)
@@ -411,6 +413,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 self._send(response_to(request, 500, "Server Internal Error", headers=[("Retry-After", "1")]),
                            reply_to)
                 return
+        before = (dialog.local_sdp, dialog.remote_sdp, dialog.target)
         status, sdp = answer_offer(dialog, request.method, request.body.decode("utf-8", "replace"))
         headers: list[tuple[str, str]] = []
         if status < 300:
@@ -421,6 +424,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
                     dialog.target = str(contacts[0].uri)
             except SipParseError:
                 pass
+            if (dialog.local_sdp, dialog.remote_sdp, dialog.target) != before and self.on_dialog_changed:
+                self.on_dialog_changed(dialog)                # kept (the state file) before the 2xx says so
             log.info("SIP %s in dialog %s: %s%s", request.method, dialog.call_id, status,
                      " (session refresh)" if headers else "")
         else:
