@@ -226,6 +226,28 @@ async def test_a_200_after_timer_b_is_acked_and_ended():
         pbx.close()
 
 
+async def test_an_invite_of_a_previous_run_is_cancelled_and_a_2xx_to_it_acked_and_ended(peer):
+    """After a restart (tests/test_bridge_ops.py: the 487 path against Kamailio): the INVITE a previous run sent is
+    CANCELled at once, and the agent's 200 that crossed the CANCEL is ACKed and ended with a BYE."""
+    ua, pbx = peer
+    earlier = SipUserAgent(LOOPBACK, 0, pbx.address, t1=0.05)       # the bridge before its kill -9
+    await earlier.start()
+    call = invite_task(earlier)
+    invite = await pbx.next("INVITE")
+    call.cancel()
+    earlier.close()
+    assert ua.abandon(invite.to_bytes().decode("latin-1"))
+    cancel = await pbx.next("CANCEL")
+    assert cancel.branch == invite.branch and cancel.cseq == (invite.cseq[0], "CANCEL")
+    answer(pbx, cancel, 200)
+    answer(pbx, invite, 200, sdp=pbx_sdp())                         # the agent had answered
+    ack = await pbx.next("ACK")
+    bye = await pbx.next("BYE")
+    assert ack.to.tag == bye.to.tag == "pbx1" and bye.call_id == invite.call_id and bye.from_.tag == invite.from_.tag
+    answer(pbx, bye, 200)
+    assert not ua.abandon("not SIP at all")
+
+
 # -- re-INVITE and UPDATE from the PBX in a call (RFC 3261 14.2, RFC 3311, RFC 3264 8, RFC 4028) ----------------------
 
 async def established(ua: SipUserAgent, pbx: ScriptedPbx):
