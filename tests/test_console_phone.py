@@ -89,12 +89,18 @@ class PhonePage:
     def click(self, selector: str) -> None:
         self.browser.run(self.page.click(selector, timeout=5000))
 
-    def dial(self, wa_id: str, to: str) -> None:
+    def be(self, wa_id: str) -> None:
+        """Be this user, with the WAV as it is (no noise suppression, no AGC), as a person picks them."""
         async def go():
             await self.page.select_option("#user", wa_id)
+            await self.page.uncheck("#processing")
+        self.browser.run(go())
+
+    def dial(self, wa_id: str, to: str) -> None:
+        async def go():
             await self.page.fill("#to", to)
-            await self.page.uncheck("#processing")     # the WAV as it is: no noise suppression, no AGC
             await self.page.click("#call")
+        self.be(wa_id)
         self.browser.run(go())
 
     def state(self) -> dict:
@@ -319,6 +325,7 @@ async def test_the_browser_calls_a_business(phone_wa, phone):
 async def test_the_browser_answers_a_business_call(phone_wa, phone):
     wa = phone_wa
     await asyncio.to_thread(wa.grant_permission, ALICE, permanent=True)
+    await asyncio.to_thread(phone.be, ALICE)                 # before the call rings, as a person waits for it
     async with AiortcBusiness(tone_hz=BUSINESS_HZ) as business:
         offer = await business.offer()
         response = await asyncio.to_thread(wa.calls_action, {"to": ALICE, "action": "connect",
@@ -326,9 +333,6 @@ async def test_the_browser_answers_a_business_call(phone_wa, phone):
         assert response.status_code == 200, response.text
         call_id = response.json()["calls"][0]["id"]
         await business.accept_answer((await asyncio.to_thread(wa.call, call_id))["meta_sdp"])
-
-        await asyncio.to_thread(phone.js, f"() => {{ document.getElementById('user').value = '{ALICE}'; "
-                                          "document.getElementById('processing').checked = false; }")
         await asyncio.to_thread(phone.wait, lambda s: s["ringing"] == call_id, 10, "the call ringing on the page")
         await asyncio.to_thread(phone.click, "#answer")
         await asyncio.to_thread(wa.wait_state, call_id, "ACCEPTED", 5)
