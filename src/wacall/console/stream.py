@@ -155,10 +155,10 @@ class LiveStream:
         call_id = request.query.get("call_id") or None
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
-        await response.prepare(request)
         listener = Listener(call_id)
-        self.listeners.add(listener)
+        self.listeners.add(listener)       # before the headers go: a client that sees it open misses nothing
         try:
+            await response.prepare(request)
             await response.write(b"retry: 1000\n: connected\n\n")
             while True:
                 try:

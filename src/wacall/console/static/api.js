@@ -18,12 +18,14 @@ export async function api(method, path, body) {
   return data;
 }
 
-// handlers: {call(data), webhook(data), clock(data)}; the indicator in the header shows the connection
-export function follow(handlers, callId) {
+// handlers: {call(data), webhook(data), clock(data), open()}; the indicator in the header shows the connection.
+// open() runs each time the stream (re)connects: the stream tells changes only, so what changed while it was
+// not connected is for the page to read again (the server listens before it answers: nothing is lost after).
+export function follow({ open, ...handlers }, callId) {
   const url = "/_wacall/stream" + (callId ? `?call_id=${encodeURIComponent(callId)}` : "");
   const source = new EventSource(url);
   const dot = document.getElementById("live");
-  source.onopen = () => dot && dot.classList.add("on");
+  source.onopen = () => { if (dot) dot.classList.add("on"); if (open) open(); };
   source.onerror = () => dot && dot.classList.remove("on");
   for (const [kind, handler] of Object.entries(handlers)) {
     source.addEventListener(kind, (event) => handler(JSON.parse(event.data)));

@@ -2,7 +2,7 @@
 import { api, app, follow } from "./api.js";
 import { clockTime } from "./ui.js";
 
-const listeners = { call: [], webhook: [], clock: [] };
+const listeners = { call: [], webhook: [], clock: [], open: [] };     // open: the stream (re)connected
 export const bus = { on: (kind, fn) => listeners[kind].push(fn) };
 
 function showClock(clock) {
@@ -23,6 +23,7 @@ async function main() {
     call: (data) => listeners.call.forEach((fn) => fn(data)),
     webhook: (data) => listeners.webhook.forEach((fn) => fn(data)),
     clock: (data) => listeners.clock.forEach((fn) => fn(data)),
+    open: () => listeners.open.forEach((fn) => fn()),
   }, page === "call" ? app.dataset.callId : undefined);
   api("GET", "clock").then(showClock).catch(() => {});
   const module = await pages[page]();

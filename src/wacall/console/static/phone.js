@@ -4,7 +4,8 @@
 // business; this page answers with one RTCPeerConnection. Signalling: JSON under /_wacall/console/phone
 // (see wacall/console/phone.py); keys, answer and hang-up: the control API (/_wacall/calls/{id}/...).
 // Incoming calls and state changes come from the console's live stream (the bus console.js hands to
-// render); the page also polls the call it is on, and the ringing calls while the stream is down.
+// render); the page also polls the call it is on, and looks at the ringing calls when it starts, each time
+// the stream (re)connects and while it is down (see lookForRinging).
 // window.phone exposes what the page knows (used by the tests).
 
 const PAGE = `<div class="phone">
@@ -49,7 +50,6 @@ const PAGE = `<div class="phone">
   </section>
 
   <p id="message" role="status"></p>
-  <audio id="speaker" autoplay></audio>
   <audio id="speaker" autoplay></audio>
 </div>`;
 
@@ -215,6 +215,7 @@ async function press(key) {
 // -- what the server says about calls --------------------------------------------------------------------
 function onCall(full) {
   const {timeline, webhooks, ...view} = full;    // (GET /_wacall/calls/{id} has them; the page needs neither)
+  for (const heard of looking) heard.add(view.call_id);
   if (call && view.call_id === call.call_id) {
     call = {...call, ...view};
     if (view.state === "ENDED") {
@@ -228,19 +229,37 @@ function onCall(full) {
   show();
 }
 
-let polled = false;
+// The stream tells changes only: a call that began ringing before it connected (the page opening, the
+// stream reconnecting, another user picked) sends this page no event. So the page looks at the ringing
+// calls when it starts, each time the stream connects (the server listens before it answers: nothing is
+// lost after that), when the user changes and while the stream is down. A look's answer is older than the
+// events that came while it was on its way and than a later look's answer: it overrules neither.
+const looking = new Set();     // per look on its way: the calls the stream told of meanwhile
+let looksSent = 0, lookApplied = 0;
+async function lookForRinging() {
+  const number = ++looksSent, heard = new Set();
+  looking.add(heard);
+  try {
+    const live = await api("GET", "/_wacall/calls?state=live&limit=100");
+    if (number < lookApplied) return;
+    lookApplied = number;
+    if (call || (ringing && heard.has(ringing.call_id))) return;
+    const mine = (live.data || []).map((c) => ({...c, call_id: c.call_id || c.id})).find((c) =>
+      c.direction === "BUSINESS_INITIATED" && c.state === "RINGING" && c.wa_id === $("user").value
+      && !heard.has(c.call_id));
+    ringing = mine || null;
+    show();
+  } catch (_) { /* the server restarts: the next look */ } finally {
+    looking.delete(heard);
+    log("looked", number);
+  }
+}
+
 async function poll() {               // the stream's safety net (and all there is without it)
   try {
     if (call) onCall(await api("GET", `/_wacall/calls/${call.call_id}`));
-    if ((!streamUp() || !polled) && !call) {       // (the first time: a call ringing before the stream opened)
-      polled = true;
-      const live = await api("GET", "/_wacall/calls?state=live&limit=100");
-      const mine = (live.data || []).find((c) => c.direction === "BUSINESS_INITIATED" && c.state === "RINGING"
-                                                 && c.wa_id === $("user").value);
-      ringing = mine ? {call_id: mine.call_id || mine.id, ...mine} : null;
-      show();
-    }
   } catch (_) { /* the server restarts, or the call is gone: next time */ }
+  if (!streamUp() && !call) await lookForRinging();
   setTimeout(poll, 1000);
 }
 
@@ -281,6 +300,7 @@ export async function render(main, bus) {
   }
   main.innerHTML = PAGE;             // (static markup: nothing from the server goes in as HTML)
   bus.on("call", onCall);
+  bus.on("open", () => { lookForRinging(); });
   await start();
 }
 
@@ -305,7 +325,7 @@ async function start() {
   $("hangup").addEventListener("click", endCall);
   $("answer").addEventListener("click", answerCall);
   $("reject").addEventListener("click", rejectCall);
-  $("user").addEventListener("change", () => { ringing = null; show(); });
+  $("user").addEventListener("change", () => { ringing = null; show(); lookForRinging(); });
   for (const key of $("keypad").querySelectorAll("button")) key.addEventListener("click", () => press(key.textContent));
   // closing or leaving the page hangs up, as a phone's user does (keepalive: the request outlives the page)
   window.addEventListener("pagehide", () => {
@@ -315,7 +335,8 @@ async function start() {
     }
   });
   if (wanted.get("call")) await takeOver(wanted.get("call"));
-  poll();
+  lookForRinging();                  // what rang before this page listened (and the stream's opens since)
+  setTimeout(poll, 1000);
   show();
   requestAnimationFrame(meters);
   window.phone.ready = true;
