@@ -49,8 +49,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import PING, Request, Response, SipParseError, StreamFramer, Via, new_tag, parse_message
-from .uri import split_list
+from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, new_tag, parse_message,
+                      remember_via)
+from .uri import FrozenParams, split_shared
 from .tls import NotLoopbackError, Resolver, is_loopback
 
 log = logging.getLogger(__name__)
@@ -612,9 +613,11 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
         _set_param(params, "rport", str(port))
     if params is None:
         return
-    via = Via(via.transport, via.host, via.port, params)
-    elements = split_list(request.headers.get("Via") or "")
-    elements[0] = str(via)
+    via = Via(via.transport, via.host, via.port, FrozenParams(params))
+    text = str(via)
+    remember_via(text, via)          # the layers above read this Via next: not parsed again from its text
+    elements = list(split_shared(request.headers.get("Via") or ""))
+    elements[0] = text
     request.headers.replace_first("Via", ", ".join(elements))
 
 
