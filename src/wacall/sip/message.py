@@ -914,6 +914,15 @@ class StreamFramer:
         out: list[bytes | SipParseError | _Ping] = []
         if self.closed:
             return out
+        if not self._buf and type(data) is bytes and _SCANNER is not None:
+            # the usual read: exactly one whole message with one plain Content-Length, nothing buffered before:
+            # it is the message, with no copy through the buffer (anything else: the steps below)
+            end = data.find(b"\r\n\r\n")
+            if 0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n":
+                length = _SCANNER[1].sip_frame_length(data, end)
+                if 0 <= length <= self.max_body and end + 4 + length == len(data):
+                    out.append(data)
+                    return out
         self._buf += data
         while self._step(out):
             pass
