@@ -894,3 +894,17 @@ def test_tokens_come_fresh_from_the_kernel_and_a_forked_child_draws_its_own():
     os.close(read)
     os.waitpid(pid, 0)
     assert len(child) == 16 and child != token_hex(8)     # not the parent's next value from a copied block
+
+
+def test_a_parsed_message_kept_for_64_t1_leaves_its_index_to_no_cyclic_collection():
+    """An INVITE server transaction keeps its request (and 2xx) for 64*T1 in the Accepted state (RFC 6026);
+    its header index holds tuples of str, which the cyclic collector stops tracking, not lists it walks."""
+    import gc
+    request = parse_message(b"INVITE sip:+447955500001@wa.meta.vc SIP/2.0\r\nVia: SIP/2.0/TLS a;branch=z9hG4bK1\r\n"
+                            b"Via: SIP/2.0/TLS b;branch=z9hG4bK2\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
+                            b"Call-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    assert request.headers.get_all("Via") == ["SIP/2.0/TLS a;branch=z9hG4bK1", "SIP/2.0/TLS b;branch=z9hG4bK2"]
+    gc.collect()
+    index = request.headers._index
+    assert index is not None and index["via"] == ("SIP/2.0/TLS a;branch=z9hG4bK1", "SIP/2.0/TLS b;branch=z9hG4bK2")
+    assert not any(gc.is_tracked(values) for values in index.values())

@@ -194,7 +194,7 @@ class _Lowered(dict):
 
 
 _LOWER = _Lowered()
-_NONE: list[str] = []
+_NONE: tuple[str, ...] = ()
 
 
 def _lower(name: str) -> str:
@@ -214,25 +214,32 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
-        self._index: dict[str, list[str]] | None = None   # lower-case name -> values, built on first lookup
+        # lower-case name -> its values, built on first lookup; tuples of str, which the cyclic collector stops
+        # tracking: an INVITE kept by its transaction for 64*T1 (RFC 6026 Accepted) adds no lists to scan
+        self._index: dict[str, tuple[str, ...]] | None = None
         self._version = 0                                  # counts changes (a message's rendering is kept per version)
         for name, value in items:
             self.add(name, value)
 
-    def _values(self, name: str) -> list[str]:
+    def _values(self, name: str) -> tuple[str, ...]:
         """The values of ``name`` in order, from the index (rebuilt after any change): a lookup is a dict
         access, not a scan of every field (the gateway looks up ~100 header values per call)."""
         index = self._index
         if index is None:
             index = self._index = {}
             lowered = _LOWER
+            several: dict[str, list[str]] = {}          # names with more than one field: collected in lists
             for n, v in self._items:
                 low = lowered[n]
                 values = index.get(low)
                 if values is None:
-                    index[low] = [v]
+                    index[low] = (v,)
+                elif low in several:
+                    several[low].append(v)
                 else:
-                    values.append(v)
+                    several[low] = [*values, v]
+            for low, collected in several.items():
+                index[low] = tuple(collected)
         return index.get(_LOWER[name], _NONE)
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -290,7 +297,7 @@ class Headers:
                 index = self._index
                 if index is not None:      # the first value of that name changes: the index stays good
                     values = index[low]
-                    index[low] = [value, *values[1:]]
+                    index[low] = (value, *values[1:])
                 return
         self.add(checked_name, value)
 
@@ -706,7 +713,7 @@ def _check_fields(msg: Request | Response) -> None:
     """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
     h = msg.headers
     h._values("Via")                                    # builds the index: the lookups below are dict accesses
-    index: dict[str, list[str]] = h._index               # type: ignore[assignment]
+    index: dict[str, tuple[str, ...]] = h._index         # type: ignore[assignment]
     for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
         count = len(index.get(low, _NONE))              # not list headers: their fields are their values
         if count == 0:
