@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from wacall.sip.digest import (
     Challenge,
@@ -333,3 +335,29 @@ def test_memory_is_bounded(clock: Clock) -> None:
 
 def test_verdict_is_a_str() -> None:
     assert Verdict.OK == "ok" and Verdict("stale") is Verdict.STALE
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(["username", "realm", "nonce", "URI", "=", " = ", '"', '"a b"', '"x\\"y"', "abc",
+                                 ",", " , ", ",,", " ", "\t", "é", '""', "a=b", "sip:+1@wa.meta.vc;transport=tls",
+                                 "\r"]), max_size=9).map("".join))
+@example('username="+1",realm="wa.meta.vc",nonce="n",uri="sip:+2@wa.meta.vc;transport=tls",response="r",algorithm=MD5')
+@example('username = "a" , , nc=00000001,qop=auth ,')
+@example('username="a\\"b",realm=x')
+@example('a="x"b=c')
+@example('a=b"c"')
+@example('a=b c=d')
+@example('a="unterminated')
+def test_auth_parameters_read_by_regular_expression_agree_with_the_loop(rest):
+    """The usual credentials are read one regular expression per parameter; the character loop is the
+    reference (quoted-pairs, odd separators, errors): the same parameters or the same error."""
+    from wacall.sip.digest import _parse_auth_params, _parse_auth_params_loop
+
+    def outcome(parse, value):
+        try:
+            return list(parse(value).items())
+        except SipParseError as exc:
+            return exc.reason
+    value = "Digest " + rest
+    after_scheme = value.strip().partition(" ")[2]        # what _parse_auth_params hands its loop
+    assert outcome(_parse_auth_params, value) == outcome(_parse_auth_params_loop, after_scheme)

@@ -7,7 +7,7 @@ spec elides (``…``) with plausible values.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wacall.sip.message import (
@@ -840,3 +840,71 @@ def test_parameters_read_by_regular_expression_agree_with_the_loop(text):
         except SipParseError as exc:
             return exc.reason
     assert outcome(parse_params) == outcome(_parse_params_loop)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(["SIP/2.0/TLS ", "SIP/2.0/", "sip/2.0/tcp ", "SIP / 2.0 / UDP ", "SIP/3.0/TLS ",
+                                 "127.0.0.1", "[::1]", "wa.meta.vc", ":5061", ":99999", ":05070", ": 5060", " ",
+                                 ";branch=z9hG4bK-1", ";rport", ";rport=1", ";received=[::1]", ";x=\"a b\"", ";",
+                                 ";;", "=", ";branch=z9hG4bK-2", ";RPORT", "\t", ",", "é"]),
+                max_size=7).map("".join))
+@example("SIP/2.0/TLS wa.meta.vc:99999;branch=z9hG4bK-1")
+@example("SIP/2.0/TLS wa.meta.vc:05070;branch=z9hG4bK-1;branch=z9hG4bK-2;rport")
+@example("SIP/2.0/TLS [::1];received=[::1];rport=1;x")
+@example("SIP/2.0/TLS a:5061;branch=")
+@example("SIP/2.0/TLS a:5061 ;branch=z9hG4bK-1")
+@example("SIP/2.0/tls a:5061;x=\"a b\"")
+def test_plain_vias_read_by_one_match_agree_with_the_general_parser(text):
+    """``_parse_via`` reads the form senders write with one regular expression; the general parser (whitespace,
+    quoted values, errors) is the reference: the same Via, or the same error, for any text."""
+    from wacall.sip.message import _parse_via, _parse_via_general
+
+    def outcome(parse):
+        try:
+            via = parse(text)
+        except SipParseError as exc:
+            return exc.reason
+        return via.transport, via.host, via.port, list(via.params.items())
+    assert outcome(_parse_via) == outcome(_parse_via_general)
+
+
+def test_the_plain_via_path_takes_what_sipp_sends():
+    from wacall.sip import message
+    text = "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport"
+    assert message._VIA_PLAIN_RE.match(text) is not None
+    via = message._parse_via(text)
+    assert (via.transport, via.host, via.port, dict(via.params)) == (
+        "TLS", "127.0.0.1", 5070, {"branch": "z9hG4bK-1-1-0", "rport": None})
+
+
+def test_tokens_come_fresh_from_the_kernel_and_a_forked_child_draws_its_own():
+    import os
+
+    from wacall.sip.randomness import token_hex
+    tokens = [token_hex(8) for _ in range(2000)]          # more than one 4 KiB block
+    assert len(set(tokens)) == 2000 and all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
+    assert len(token_hex(5000)) == 10000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                          # the child: what it draws next, to the parent
+        os.write(write, token_hex(8).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 16 and child != token_hex(8)     # not the parent's next value from a copied block
+
+
+def test_a_parsed_message_kept_for_64_t1_leaves_its_index_to_no_cyclic_collection():
+    """An INVITE server transaction keeps its request (and 2xx) for 64*T1 in the Accepted state (RFC 6026);
+    its header index holds tuples of str, which the cyclic collector stops tracking, not lists it walks."""
+    import gc
+    request = parse_message(b"INVITE sip:+447955500001@wa.meta.vc SIP/2.0\r\nVia: SIP/2.0/TLS a;branch=z9hG4bK1\r\n"
+                            b"Via: SIP/2.0/TLS b;branch=z9hG4bK2\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
+                            b"Call-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    assert request.headers.get_all("Via") == ["SIP/2.0/TLS a;branch=z9hG4bK1", "SIP/2.0/TLS b;branch=z9hG4bK2"]
+    gc.collect()
+    index = request.headers._index
+    assert index is not None and index["via"] == ("SIP/2.0/TLS a;branch=z9hG4bK1", "SIP/2.0/TLS b;branch=z9hG4bK2")
+    assert not any(gc.is_tracked(values) for values in index.values())

@@ -185,3 +185,42 @@ def test_frame_length_reads_only_the_plain_case() -> None:
     for odd in (b"Content-Length: 4, 4", b"Content-Length: x", b"Content-Length: 4\r\nl: 4", b"X: 1"):
         h = head.replace(b"Content-Length: 4", odd)
         assert lib.sip_frame_length(h, len(h)) == -1
+
+
+def whole_reads(parts: list[bytes], scanner) -> list:
+    """What the framer makes of ``parts`` each arriving as one read (the usual case on a SIP connection)."""
+    saved = message._SCANNER
+    message._SCANNER = scanner
+    try:
+        framer = StreamFramer(max_header=4096, max_body=4096)
+        out: list = []
+        for part in parts:
+            for item in framer.feed(part):
+                out.append(item if isinstance(item, bytes) or item is PING else ("error", item.status, item.reason))
+        return out
+    finally:
+        message._SCANNER = saved
+
+
+def test_a_read_of_one_whole_message_is_the_message() -> None:
+    """The framer hands a read that is exactly one message on as it is (no copy through its buffer), and a
+    read of anything else goes through the buffer as before."""
+    framer = StreamFramer()
+    (item,) = framer.feed(INVITE)
+    assert item is INVITE and not framer._buf
+    assert framer.feed(INVITE[:10]) == [] and framer.feed(INVITE[10:]) == [INVITE]
+    assert framer.feed(INVITE + INVITE[:5]) == [INVITE] and bytes(framer._buf) == INVITE[:5]
+
+
+def test_framer_agrees_on_whole_reads_of_mutated_messages() -> None:
+    rng = random.Random(3261)
+    seeds = TORTURE + [INVITE]
+    for _ in range(400):
+        parts = [_mutate(rng, rng.choice(seeds)) + rng.choice([b"", b"", b"\r\n", b"\r\n\r\n"]) for _ in range(4)]
+        assert whole_reads(parts, message._SCANNER) == whole_reads(parts, None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(messages(), min_size=1, max_size=4))
+def test_framer_agrees_on_generated_whole_reads(parts: list[bytes]) -> None:
+    assert whole_reads(parts, message._SCANNER) == whole_reads(parts, None)

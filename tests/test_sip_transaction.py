@@ -406,3 +406,31 @@ async def test_send_request_validation(pair):
     with pytest.raises(ValueError):
         uac.layer.send_request(req, conn)
     await uac.layer.close()
+
+
+async def test_no_trying_timer_when_the_tu_answers_at_once(pair):
+    """A TU that answers from on_request (the 407 challenge) leaves no 100 Trying timer behind; one that answers
+    later still gets its 100 after trying_delay (test_invite_trying_then_486_and_ack_absorbed)."""
+    uas, uac, conn = await pair(trying_delay=10)
+    answered: list[ServerTransaction] = []
+    armed: list[float] = []
+    loop = uas.layer.loop
+
+    class CountingLoop:                       # the layer's loop, counting the timers it is asked for
+        def __getattr__(self, name):
+            return getattr(loop, name)
+
+        def call_later(self, delay, *args):
+            armed.append(delay)
+            return loop.call_later(delay, *args)
+
+    uas.layer.loop = CountingLoop()
+
+    def challenge(request, txn):
+        txn.respond(response_to(request, 407, to_tag=txn.local_tag))
+        answered.append(txn)
+
+    uas.layer.on_request = challenge
+    txn = uac.layer.send_request(make_request("INVITE"), conn)
+    assert (await asyncio.wait_for(txn.final(), 5)).status == 407
+    assert answered and armed == [64 * T1]     # Timer H only: no 100 Trying timer armed and cancelled

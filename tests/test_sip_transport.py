@@ -434,3 +434,20 @@ async def test_connections_over_the_cap_are_refused_before_the_handshake_and_log
             w.close()
     finally:
         await transport.close()
+
+
+def test_stamped_via_is_what_its_text_parses_to():
+    """``received``/``rport`` (RFC 3261 18.2.1, RFC 3581 4) rewrite the top Via; the Via the layers above read
+    next is the one built here, equal to what the general parser makes of the new text."""
+    from wacall.sip.message import _parse_via_general, parse_via
+    from wacall.sip.transport import stamp_via
+    raw = (b"OPTIONS sip:wa.meta.vc SIP/2.0\r\n"
+           b"Via: SIP/2.0/TLS pbx.example:5070;branch=z9hG4bK-77;rport, SIP/2.0/TLS proxy.example;branch=z9hG4bK-1\r\n"
+           b"From: <sip:a@pbx.example>;tag=1\r\nTo: <sip:b@wa.meta.vc>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n"
+           b"Content-Length: 0\r\n\r\n")
+    request = parse_message(raw)
+    stamp_via(request, ("127.0.0.1", 40123))
+    text = "SIP/2.0/TLS pbx.example:5070;branch=z9hG4bK-77;rport=40123;received=127.0.0.1"
+    assert request.headers.get("Via") == text + ", SIP/2.0/TLS proxy.example;branch=z9hG4bK-1"
+    assert request.top_via is parse_via(text) and request.top_via == _parse_via_general(text)
+    assert [v.host for v in request.vias] == ["pbx.example", "proxy.example"]

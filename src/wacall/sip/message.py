@@ -21,13 +21,13 @@ from __future__ import annotations
 import operator
 import os
 import re
-import secrets
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+from .randomness import token_hex
 from .uri import (
     FrozenParams,
     NameAddr,
@@ -154,11 +154,27 @@ LIST_HEADERS: Final[frozenset[str]] = frozenset({
 
 def _checked(name: str, value: str) -> tuple[str, str]:
     """Canonical name, after refusing what would corrupt the wire form (header injection)."""
-    if name not in _KNOWN_SPELLINGS and not is_token(name):
-        raise ValueError(f"invalid header name {name!r}")
+    canonical = _CANONICAL_OF.get(name)
+    if canonical is None:                 # a spelling not seen yet: check it once (the memo keeps tokens only)
+        if name not in _KNOWN_SPELLINGS and not is_token(name):
+            raise ValueError(f"invalid header name {name!r}")
+        canonical = _CANONICAL_OF[name]
     if "\r" in value or "\n" in value:
         raise ValueError(f"CR/LF in the value of {name}")
-    return canonical_name(name), value
+    return canonical, value
+
+
+class _Canonical(dict):
+    """Header name as written -> canonical name (a memo over :func:`canonical_name`, bounded)."""
+
+    def __missing__(self, name: str) -> str:
+        canonical = _CANONICAL.get(name.lower(), name)
+        if len(self) < 4096:
+            self[name] = canonical
+        return canonical
+
+
+_CANONICAL_OF = _Canonical()
 
 
 def canonical_name(name: str) -> str:
@@ -178,7 +194,7 @@ class _Lowered(dict):
 
 
 _LOWER = _Lowered()
-_NONE: list[str] = []
+_NONE: tuple[str, ...] = ()
 
 
 def _lower(name: str) -> str:
@@ -198,25 +214,32 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
-        self._index: dict[str, list[str]] | None = None   # lower-case name -> values, built on first lookup
+        # lower-case name -> its values, built on first lookup; tuples of str, which the cyclic collector stops
+        # tracking: an INVITE kept by its transaction for 64*T1 (RFC 6026 Accepted) adds no lists to scan
+        self._index: dict[str, tuple[str, ...]] | None = None
         self._version = 0                                  # counts changes (a message's rendering is kept per version)
         for name, value in items:
             self.add(name, value)
 
-    def _values(self, name: str) -> list[str]:
+    def _values(self, name: str) -> tuple[str, ...]:
         """The values of ``name`` in order, from the index (rebuilt after any change): a lookup is a dict
         access, not a scan of every field (the gateway looks up ~100 header values per call)."""
         index = self._index
         if index is None:
             index = self._index = {}
             lowered = _LOWER
+            several: dict[str, list[str]] = {}          # names with more than one field: collected in lists
             for n, v in self._items:
                 low = lowered[n]
                 values = index.get(low)
                 if values is None:
-                    index[low] = [v]
+                    index[low] = (v,)
+                elif low in several:
+                    several[low].append(v)
                 else:
-                    values.append(v)
+                    several[low] = [*values, v]
+            for low, collected in several.items():
+                index[low] = tuple(collected)
         return index.get(_LOWER[name], _NONE)
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -270,8 +293,11 @@ class Headers:
         for i, (n, _) in enumerate(self._items):
             if _LOWER[n] == low:
                 self._items[i] = (n, value)
-                self._index = None
                 self._version += 1
+                index = self._index
+                if index is not None:      # the first value of that name changes: the index stays good
+                    values = index[low]
+                    index[low] = (value, *values[1:])
                 return
         self.add(checked_name, value)
 
@@ -356,7 +382,38 @@ def parse_via(text: str) -> Via:
     return known if known is not None else memoised(_via_memo, text, text, lambda: _parse_via(text))
 
 
+#: the form every sender writes (``SIP/2.0/TLS host:port;branch=...;rport``: no whitespace, no quoted value):
+#: read by one full match and a split, the same result as :func:`_parse_via_general` (the reference, which
+#: takes everything else: whitespace, quoted values, errors; tests/test_sip_message.py compares the two)
+_VIA_PLAIN_RE = re.compile(
+    r"SIP/2\.0/([A-Za-z0-9\-.!%*_+`'~]+) (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*)\Z"
+)
+
+
+def remember_via(text: str, via: Via) -> None:
+    """Keep ``via`` (read-only ``params``) as what ``parse_via(text)`` returns: for a Via built here whose
+    text the layers above will read again (the transport's ``received``/``rport``, RFC 3261 section 18.2.1)."""
+    memoised(_via_memo, text, text, lambda: via)
+
+
 def _parse_via(text: str) -> Via:
+    m = _VIA_PLAIN_RE.match(text)
+    if m is None:
+        return _parse_via_general(text)
+    transport, host, port_text, param_text = m.groups()
+    port = int(port_text) if port_text else None
+    if port is not None and port > 65535:
+        raise SipParseError("Bad Request - Malformed Via port")
+    params: dict[str, str | None] = {}
+    if param_text:
+        for item in param_text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            params[name] = value if eq else None
+    return Via(transport, host, port, FrozenParams(params))
+
+
+def _parse_via_general(text: str) -> Via:
     m = _VIA_RE.match(text)
     if not m:
         raise SipParseError("Bad Request - Malformed Via")
@@ -656,7 +713,7 @@ def _check_fields(msg: Request | Response) -> None:
     """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
     h = msg.headers
     h._values("Via")                                    # builds the index: the lookups below are dict accesses
-    index: dict[str, list[str]] = h._index               # type: ignore[assignment]
+    index: dict[str, tuple[str, ...]] = h._index         # type: ignore[assignment]
     for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
         count = len(index.get(low, _NONE))              # not list headers: their fields are their values
         if count == 0:
@@ -722,17 +779,6 @@ _SCANNER = _load_scanner()
 _BUFFERS = threading.local()     # the scanner's output buffers, reused (cffi releases the GIL during the call)
 
 
-class _Canonical(dict):
-    """Header name as written -> canonical name (a memo over :func:`canonical_name`, bounded)."""
-
-    def __missing__(self, name: str) -> str:
-        canonical = _CANONICAL.get(name.lower(), name)
-        if len(self) < 4096:
-            self[name] = canonical
-        return canonical
-
-
-_CANONICAL_OF = _Canonical()
 
 
 def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int] | None:
@@ -875,6 +921,15 @@ class StreamFramer:
         out: list[bytes | SipParseError | _Ping] = []
         if self.closed:
             return out
+        if not self._buf and type(data) is bytes and _SCANNER is not None:
+            # the usual read: exactly one whole message with one plain Content-Length, nothing buffered before:
+            # it is the message, with no copy through the buffer (anything else: the steps below)
+            end = data.find(b"\r\n\r\n")
+            if 0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n":
+                length = _SCANNER[1].sip_frame_length(data, end)
+                if 0 <= length <= self.max_body and end + 4 + length == len(data):
+                    out.append(data)
+                    return out
         self._buf += data
         while self._step(out):
             pass
@@ -981,12 +1036,12 @@ def response_to(
 
 def new_branch() -> str:
     """A fresh RFC 3261 branch: the magic cookie ``z9hG4bK`` plus 64 random bits (section 8.1.1.7)."""
-    return "z9hG4bK" + secrets.token_hex(8)
+    return "z9hG4bK" + token_hex(8)
 
 
 def new_tag() -> str:
     """A fresh From/To tag with 64 random bits (section 19.3 asks for at least 32)."""
-    return secrets.token_hex(8)
+    return token_hex(8)
 
 
 def new_call_id(host: str) -> str:

@@ -108,7 +108,7 @@ class _Transaction:
         self.method = request.method
         self.state = state
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._terminated = asyncio.Event()
+        self._terminated: asyncio.Event | None = None     # made when someone waits (most never do)
 
     @property
     def is_invite(self) -> bool:
@@ -143,13 +143,18 @@ class _Transaction:
             handle.cancel()
         self._timers.clear()
         self.layer._remove(self)
-        self._terminated.set()
+        if self._terminated is not None:
+            self._terminated.set()
 
     @property
     def terminated(self) -> bool:
         return self.state is State.TERMINATED
 
     async def wait_terminated(self) -> None:
+        if self.state is State.TERMINATED:
+            return
+        if self._terminated is None:
+            self._terminated = asyncio.Event()
         await self._terminated.wait()
 
 
@@ -161,13 +166,20 @@ class ServerTransaction(_Transaction):
         self.last_response: Response | None = None
         #: Suggested To tag for this transaction's responses; also used for the 200 to a CANCEL (9.2).
         self.local_tag = new_tag()
-        self.cancelled = asyncio.Event()
+        self._cancelled: asyncio.Event | None = None
         self.cancel_request: Request | None = None
         #: The ACK that confirmed a non-2xx final response (INVITE only).
         self.ack: Request | None = None
         #: Timer H fired: a non-2xx final response was never acknowledged.
         self.timed_out = False
         self.transport_error: str | None = None
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set when a CANCEL matched this INVITE (section 9.2); made on first use (most transactions never ask)."""
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+        return self._cancelled
 
     @property
     def to_tag(self) -> str | None:
@@ -412,15 +424,21 @@ class Retransmitter:
         self.gave_up = False
         self.done: asyncio.Future[bool] = self.loop.create_future()
         self._interval = t1
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        self._left = 64 * t1             # until giving up, from the time the timer was last armed
+        self._timer: asyncio.TimerHandle | None = None     # one timer: the next resend, or giving up
 
     def start(self) -> Retransmitter:
-        """Arm the timers (the first transmission is the caller's)."""
-        if self._deadline is None and not self.done.done():
-            self._timer = self.loop.call_later(self._interval, self._tick)
-            self._deadline = self.loop.call_later(64 * self.t1, self._give_up)
+        """Arm the timer (the first transmission is the caller's)."""
+        if self._timer is None and not self.done.done():
+            self._arm()
         return self
+
+    def _arm(self) -> None:
+        if self._interval < self._left:
+            self._left -= self._interval
+            self._timer = self.loop.call_later(self._interval, self._tick)
+        else:
+            self._timer = self.loop.call_later(self._left, self._give_up)
 
     def _tick(self) -> None:
         if self.done.done():
@@ -431,12 +449,11 @@ class Retransmitter:
         except Exception:
             log.exception("2xx retransmission failed")
         self._interval = min(2 * self._interval, self.t2)
-        self._timer = self.loop.call_later(self._interval, self._tick)
+        self._arm()
 
     def _stop(self, result: bool) -> None:
-        for handle in (self._timer, self._deadline):
-            if handle is not None:
-                handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if not self.done.done():
             self.done.set_result(result)
 
@@ -547,11 +564,8 @@ class TransactionLayer:
         if request.method == "CANCEL":
             self._receive_cancel(request, txn)
             return
-        if txn.is_invite:
-            if self.trying_delay <= 0:
-                txn._send_trying()
-            else:
-                txn._start_timer("trying", self.trying_delay, txn._send_trying)
+        if txn.is_invite and self.trying_delay <= 0:
+            txn._send_trying()
         if self.on_request is None:
             txn.respond(response_to(request, 503, "Service Unavailable", to_tag=txn.local_tag))
             return
@@ -561,6 +575,10 @@ class TransactionLayer:
             log.exception("on_request failed for %s", request.method)
             self._internal_error(txn)
             return
+        if txn.is_invite and txn.last_response is None and txn.state is State.PROCEEDING:
+            # the TU did not answer at once (a 407 or a refusal is sent from on_request): the 100 Trying of
+            # section 17.2.1, unless it answers within trying_delay (the 200 ms the section allows)
+            txn._start_timer("trying", self.trying_delay, txn._send_trying)
         if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
             task = asyncio.ensure_future(result)
             task.add_done_callback(lambda t: self._tu_task_done(t, txn))

@@ -49,8 +49,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import PING, Request, Response, SipParseError, StreamFramer, Via, new_tag, parse_message
-from .uri import split_list
+from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, new_tag, parse_message,
+                      remember_via)
+from .uri import FrozenParams, split_shared
 from .tls import NotLoopbackError, Resolver, is_loopback
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class Connection(asyncio.Protocol):
         self._partial_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
-        self._closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
         self._close_callbacks: list[Callable[[Connection], None]] = []
 
     def __repr__(self) -> str:
@@ -146,8 +148,9 @@ class Connection(asyncio.Protocol):
                 log.exception("close callback failed for %r", self)
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        self.owner.stats.bytes_in += len(data)
+        size = len(data)
+        self.bytes_in += size
+        self.owner.stats.bytes_in += size
         self._touch()
         try:
             items = self._framer.feed(data)
@@ -235,7 +238,7 @@ class Connection(asyncio.Protocol):
         timeout = self.owner.idle_timeout
         if not timeout or self._transport is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._last_activity = loop.time()
         if self._idle_timer is None:
             self._idle_timer = loop.call_later(timeout, self._idle_check)
@@ -272,8 +275,9 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             raise TransportError(f"{self!r} is closed")
         transport.write(data)
-        self.bytes_out += len(data)
-        self.owner.stats.bytes_out += len(data)
+        size = len(data)
+        self.bytes_out += size
+        self.owner.stats.bytes_out += size
         self._touch()
         if transport.get_write_buffer_size() > self.owner.max_write_buffer:
             log.warning("%r: peer is not reading (%d bytes queued), aborting", self, transport.get_write_buffer_size())
@@ -612,10 +616,13 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
         _set_param(params, "rport", str(port))
     if params is None:
         return
-    via = Via(via.transport, via.host, via.port, params)
-    elements = split_list(request.headers.get("Via") or "")
-    elements[0] = str(via)
-    request.headers.replace_first("Via", ", ".join(elements))
+    via = Via(via.transport, via.host, via.port, FrozenParams(params))
+    text = str(via)
+    remember_via(text, via)          # the layers above read this Via next: not parsed again from its text
+    field = request.headers.get("Via") or ""
+    if "," in field:                 # more Via elements in the first field: rewrite the first only
+        text = ", ".join([text, *split_shared(field)[1:]])
+    request.headers.replace_first("Via", text)
 
 
 def _set_param(params: dict[str, str | None], name: str, value: str) -> None:

@@ -132,6 +132,8 @@ def quoted_end(text: str, i: int) -> int:
 def unquote_string(quoted: str) -> str:
     """The content of a quoted-string with quoted-pairs resolved (``"a \\"b\\""`` -> ``a "b"``)."""
     inner = quoted[1:-1]
+    if "\\" not in inner:                      # no quoted-pair (nearly every value): nothing to resolve
+        return inner
     return re.sub(r"\\(.)", r"\1", inner, flags=re.DOTALL)
 
 
@@ -286,6 +288,9 @@ def split_list(value: str) -> list[str]:
 
 def split_shared(value: str) -> tuple[str, ...]:
     """:func:`split_list` as the memo's own tuple (for callers that only read it)."""
+    if "," not in value:            # one element (a Via, a Contact): nothing to split, nothing worth keeping
+        element = value.strip(_WS)
+        return (element,) if element else ()
     known = _split_memo.get(value)
     return known if known is not None else memoised(_split_memo, value, value, lambda: tuple(_split_list(value)))
 
@@ -364,6 +369,8 @@ class SipUri:
         """True if the host is an IPv4 address or a bracketed IPv6 reference."""
         if self.host.startswith("["):
             return True
+        if not self.host[-1:].isdigit():     # a dotted quad ends in a digit: a host name (wa.meta.vc) is not one
+            return False
         try:
             ipaddress.IPv4Address(self.host)
         except ValueError:
