@@ -406,13 +406,13 @@ class Wacall:
             if not self._applying:
                 self._commit()
             return
-        if not self._flush_scheduled:
+        if not self._flush_scheduled:   # one commit at the end of the iteration takes everything
             self._flush_scheduled = True
+            loop.call_soon(self._flush)
 
-            def flush() -> None:
-                self._flush_scheduled = False
-                self._commit()
-            loop.call_soon(flush)
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._commit()
 
     def _commit(self) -> None:
         """Commit in rounds: each persists the domain's changes (records, timeline entries, outbox rows)

@@ -45,12 +45,23 @@ class Record:
         return dataclasses.asdict(self)
 
     def fields_view(self) -> dict[str, Any]:
-        """The fields as they are (no copy): for serialising at once, e.g. by the store (on every commit
-        of a changed record, so the field names are looked up once per class)."""
+        """The stored fields as they are (no copy; do not change it): for serialising at once, e.g. by the
+        store on every commit of a changed record. A dataclass keeps its fields in ``__dict__``, in field
+        order, so when the instance carries nothing else that dict is the view itself (no dict built per
+        commit), less its ``NOT_STORED`` fields if the class has any."""
         names = _FIELD_NAMES.get(type(self))
         if names is None:
             names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self)
                                                      if f.name not in self.NOT_STORED)
+        fields = self.__dict__
+        left_out = self.NOT_STORED
+        if len(fields) == len(names) + len(left_out):    # nothing but its fields (all set by __init__)
+            if not left_out:
+                return fields
+            fields = fields.copy()                      # a copy without what is not stored (C-level steps)
+            for name in left_out:
+                del fields[name]
+            return fields
         return {name: getattr(self, name) for name in names}
 
     @classmethod

@@ -300,8 +300,10 @@ class PlatformState:
 
     def note(self, call: Call, kind: str, **data) -> None:
         """A timeline entry for ``call``: appended to the call's timeline table with the next commit."""
-        entry = {"t": round(self.now(), 3), "kind": kind}
-        entry.update({k: v for k, v in data.items() if v is not None})
+        entry = {"t": round(self.clock.now(), 3), "kind": kind}
+        for key, value in data.items():      # built once, as stored and read back (None: left out)
+            if value is not None:
+                entry[key] = value
         self.notes.append((call.id, entry))
 
     # -- lookups ----------------------------------------------------------------------------

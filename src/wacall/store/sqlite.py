@@ -316,20 +316,28 @@ class Store:
         new outbox ids.
 
         This runs once per state change (several times per SIP call), so it skips SQLAlchemy's statement
-        building: the statements are fixed SQL strings (``_WRITE_SQL``, compiled once per store for its
+        building: the statements are fixed SQL strings (``_write_sql``, compiled once per store for its
         dialect) executed with ``executemany`` on a DB-API connection the store keeps for its writes
-        (``_writer``), in one transaction."""
+        (``_writer``), in one transaction: at most one statement per table. Each record is encoded once
+        (its fields as they are, ``Record.fields_view``), in the one pass that also finds the calls whose
+        row in the calls index moved."""
         ids: list[int] = []
-        dirty = list(dirty)
         sql = self._sql
-        writer = self._writer or self._open_writer()
+        writer = (self._writer or self._open_writer()).dbapi_connection   # the driver's own (no pool proxy)
         cursor = self._cursor or writer.cursor()    # kept for the next commit (not inside _transaction: once
         self._cursor = None                         # per state change, a generator context manager shows)
+        indexed: list[tuple] = []
         try:
-            indexed = self._call_rows(cursor, [r for r in dirty if isinstance(r, Call)])
-            if dirty:
-                dumps = codec.dumps_stored
-                cursor.executemany(sql["records"], [(r.KIND, r.key, dumps(r.fields_view()), r.live) for r in dirty])
+            docs = []
+            dumps, known = codec.dumps_stored, self._indexed
+            for r in dirty:
+                if isinstance(r, Call):
+                    row = _call_row(r, self._number(cursor, r.id, new=True))
+                    if known.get(r.id) != row:    # its state, times or price moved (not only its dialog/media)
+                        indexed.append(row)
+                docs.append((r.KIND, r.key, dumps(r.fields_view()), r.live))
+            if docs:
+                cursor.executemany(sql["records"], docs)
             if indexed:
                 cursor.executemany(sql["calls"], indexed)
             if notes:
@@ -349,17 +357,6 @@ class Store:
             else:
                 self._indexed.pop(row[0], None)
         return ids
-
-    def _call_rows(self, cursor, changed: list[Call]) -> list[tuple]:
-        """The calls index rows of ``changed`` calls that differ from what the index holds: a live call's row
-        is written when its state, times or price move, not with every change to its document (the dialog
-        state, the media positions)."""
-        rows = []
-        for c in changed:
-            row = _call_row(c, self._number(cursor, c.id, new=True))
-            if self._indexed.get(c.id) != row:
-                rows.append(row)
-        return rows
 
     def _number(self, cursor, call_id: str, *, new: bool = False) -> int | None:
         """``call_id``'s number (``calls.n``): remembered, else read from its row in ``calls``, else (``new``:
@@ -415,16 +412,19 @@ class Store:
             else:
                 entries.append(entry)
         rows = []
+        dumps, numbers = codec.dumps_stored, self._numbers
         for call_id, entries in by_call.items():
-            n = self._number(cursor, call_id)
+            n = numbers.get(call_id)
+            if n is None:
+                n = self._number(cursor, call_id)
             if len(entries) == 1:
                 entry = entries[0]
-                data = {k: v for k, v in entry.items() if k != "t" and k != "kind"}
-                rows.append((call_id, entry["t"], entry["kind"], codec.dumps_stored(data), n))
+                data = entry.copy()               # the entry's other keys: t and kind have columns
+                del data["t"], data["kind"]
+                rows.append((call_id, entry["t"], entry["kind"], dumps(data), n))
             else:
-                rows.append((call_id, entries[0]["t"], BATCH, codec.dumps_stored(entries), n))
-        if rows:
-            cursor.executemany(self._sql["timeline"], rows)
+                rows.append((call_id, entries[0]["t"], BATCH, dumps(entries), n))
+        cursor.executemany(self._sql["timeline"], rows)
 
     # -- what the platform reads back (wacall.domain.state.Archive) and the inspector lists --------------
     def load_record(self, kind: str, key: str) -> dict | None:
