@@ -79,11 +79,14 @@ class LocalMedia:
     port6: int | None = None
 
     def to_doc(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _LOCAL_MEDIA_FIELDS}
 
     @classmethod
     def from_doc(cls, doc: dict) -> LocalMedia:
-        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
+        return cls(**{name: doc[name] for name in _LOCAL_MEDIA_FIELDS if name in doc})
+
+
+_LOCAL_MEDIA_FIELDS = tuple(f.name for f in fields(LocalMedia))     # (fields() looks them up anew each time)
 
 # --------------------------------------------------------------------------------------------
 # Validation of a business's SDP
@@ -110,6 +113,8 @@ def _check_raw_text(text: str) -> None:
         raise line_error(
             1, first, "sdp must be the raw SDP text, not a JSON-encoded object (JSON-in-JSON)"
         )
+    if text.endswith("\r\n") and text.count("\n") == text.count("\r\n"):
+        return                              # every line ends in CRLF: nothing to point at
     pieces = text.split("\n")
     for index, piece in enumerate(pieces[:-1]):
         if not piece.endswith("\r"):
@@ -201,11 +206,14 @@ def _check_sdes(sd: SessionDescription, audio: MediaDescription) -> None:
     problems: list[tuple[int, str]] = []
     for line, value in audio.attributes_named("crypto"):
         try:
-            parse_crypto(value or "")
+            crypto = parse_crypto(value or "")
         except ValueError as exc:
             problems.append((line, str(exc)))
         else:
-            return  # at least one usable key is enough; other suites are simply not chosen
+            # at least one usable key is enough; other suites are simply not chosen. The first usable one at
+            # media level is the one _chosen_crypto picks: kept, not parsed again for the answer
+            audio.chosen_crypto = (value or "", crypto)
+            return
     if problems:
         # Prefer a malformed line of a supported suite over a merely unsupported suite.
         line, reason = min(problems, key=lambda p: (p[1].startswith("unsupported crypto suite"), p[0]))
@@ -496,12 +504,16 @@ def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> lis
 
 def _chosen_crypto(sd: SessionDescription, audio: MediaDescription) -> tuple[str, CryptoAttribute] | None:
     """The business's ``a=crypto`` Meta uses (value and parsed): the first acceptable one, media level
-    first. The one SDES choice: the answer's tag and suite and the relay's key both come from here."""
+    first. The one SDES choice: the answer's tag and suite and the relay's key both come from here (made
+    once per SDP: kept as ``audio.chosen_crypto``, by the validation already for a business's SDP)."""
+    if audio.chosen_crypto is not None:
+        return audio.chosen_crypto
     for _, value in [*audio.attributes_named("crypto"), *sd.attributes_named("crypto")]:
         try:
-            return value or "", parse_crypto(value or "")
+            audio.chosen_crypto = (value or "", parse_crypto(value or ""))
         except ValueError:
             continue
+        return audio.chosen_crypto
     return None
 
 

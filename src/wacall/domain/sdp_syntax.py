@@ -146,6 +146,10 @@ class MediaDescription(_Attributes):
     fmtp: dict[int, str] = field(default_factory=dict)
     #: 1-based line number of the ``m=`` line.
     line: int = 0
+    #: SDES: the ``a=crypto`` Meta chose of this section's SDP (value and parsed), kept by whoever chose it
+    #: first (``wacall.domain.sdp``: the validation) so that the answer and the negotiation do not parse the
+    #: key again; not part of the description (not compared, not shown)
+    chosen_crypto: tuple[str, CryptoAttribute] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_rtp(self) -> bool:
@@ -198,10 +202,12 @@ class SessionDescription(_Attributes):
 # Parser
 # --------------------------------------------------------------------------------------------
 
-_LINE_RE = re.compile(r"^([a-z])=(.*)$", re.DOTALL)
 _SESSION_TYPES = set("vosiuepcbtrzka")
 _MEDIA_TYPES = set("icbka")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")  # RFC 8866 token
+#: attribute names every SDP here carries: tokens already, so not matched against _TOKEN_RE line by line
+_COMMON_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "crypto", "ptime", "maxptime", "sendrecv", "rtcp-mux", "mid",
+                                "candidate", "ice-ufrag", "ice-pwd", "fingerprint", "setup", "ssrc", "rtcp"})
 _RTPMAP_RE = re.compile(r"^(\d{1,3}) ([^\s/]+)/(\d+)(?:/(\d+))?$")
 _FMTP_RE = re.compile(r"^(\d{1,3}) (.+)$")
 
@@ -261,7 +267,7 @@ def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
 
 def _parse_attribute(number: int, raw: str, value: str) -> tuple[str, str | None]:
     name, sep, attr_value = value.partition(":")
-    if not name or not _TOKEN_RE.match(name):
+    if name not in _COMMON_ATTRIBUTES and (not name or not _TOKEN_RE.match(name)):
         raise line_error(number, raw, "invalid attribute name")
     return name, (attr_value if sep else None)
 
@@ -287,6 +293,11 @@ def _add_media_attribute(media: MediaDescription, number: int, raw: str, name: s
 
 def _split_lines(text: str) -> list[str]:
     """Split on LF, dropping one CR before each LF; the final terminator yields no line."""
+    if text.count("\n") == text.count("\r\n"):        # every line ends in CRLF (as Meta asks): one split
+        pieces = text.split("\r\n")
+        if pieces[-1] == "":
+            pieces.pop()
+        return pieces
     pieces = text.split("\n")
     if pieces and pieces[-1] == "":
         pieces.pop()
@@ -307,14 +318,13 @@ def parse_sdp(text: str) -> SessionDescription:
             raise line_error(number, raw, "empty line")
         if "\r" in raw:
             raise line_error(number, raw.replace("\r", "\\r"), "stray CR inside the line")
-        match = _LINE_RE.match(raw)
-        if match is None:
+        kind = raw[0]
+        if raw[1:2] != "=" or not "a" <= kind <= "z":      # <type>=<value>: one lowercase ASCII letter
             raise line_error(number, raw, "expected '<type>=<value>' with a single lowercase letter type")
-        kind, value = match.group(1), match.group(2)
+        value = raw[2:]
         # RFC 8866 section 5: v=, o=, s= come first and in this order.
-        expected_first = {1: "v", 2: "o", 3: "s"}.get(number)
-        if expected_first is not None and kind != expected_first:
-            raise line_error(number, raw, f"expected a '{expected_first}=' line here")
+        if number <= 3 and kind != "vos"[number - 1]:
+            raise line_error(number, raw, f"expected a '{'vos'[number - 1]}=' line here")
         if kind == "v":
             if number != 1:
                 raise line_error(number, raw, "v= must appear only as the first line")
