@@ -538,6 +538,9 @@ class Negotiated:
     send_codec: str = "opus"
     #: Meta's payload type per codec both sides have: opus / pcmu / pcma / telephone-event
     payload_types: dict[str, int] = field(default_factory=dict)
+    #: SDES: ``remote_crypto`` parsed, when the negotiation had it parsed already (the relay then does not
+    #: parse the key again); not part of the document (``to_doc``): whoever reads one parses remote_crypto
+    remote_key: CryptoAttribute | None = field(default=None, compare=False, repr=False)
 
     @property
     def telephone_event_pt(self) -> int:
@@ -550,14 +553,14 @@ class Negotiated:
         return {pt: name for name, pt in self.payload_types.items() if name in ("opus", "pcmu", "pcma")}
 
     def to_doc(self) -> dict:
-        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "remote_key"}
         doc["remote_addr"] = list(self.remote_addr) if self.remote_addr else None
         doc["payload_types"] = dict(self.payload_types)
         return doc
 
     @classmethod
     def from_doc(cls, doc: dict) -> Negotiated:
-        values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc}
+        values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc and f.name != "remote_key"}
         addr = values.get("remote_addr")
         values["remote_addr"] = (str(addr[0]), int(addr[1])) if addr else None
         values["payload_types"] = {str(k): int(v) for k, v in (values.get("payload_types") or {}).items()}
@@ -617,10 +620,11 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
     if baudio is None:
         return Negotiated(**common)
     if kx == "SDES":
+        chosen = _chosen_crypto(business, baudio)      # made once per SDP (by the validation, for a business's)
         if isinstance(meta_sdp, MetaSdp) and meta_sdp.remote_crypto is not None:   # chosen as the answer was built
-            return Negotiated(**common, remote_crypto=meta_sdp.remote_crypto)
-        chosen = _chosen_crypto(business, baudio)
-        return Negotiated(**common, remote_crypto=chosen[0] if chosen else None)
+            key = chosen[1] if chosen is not None and chosen[0] == meta_sdp.remote_crypto else None
+            return Negotiated(**common, remote_crypto=meta_sdp.remote_crypto, remote_key=key)
+        return Negotiated(**common, remote_crypto=chosen[0] if chosen else None, remote_key=chosen[1] if chosen else None)
     ufrag = business.effective_attribute(baudio, "ice-ufrag")
     pwd = business.effective_attribute(baudio, "ice-pwd")
     fingerprint = business.effective_attribute(baudio, "fingerprint")
