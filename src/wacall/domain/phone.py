@@ -31,9 +31,11 @@ def phone_digits(value: Any) -> str | None:
 def ascii_digits(value: Any) -> str:
     """Every ASCII digit in ``str(value)``, in order (for lenient lookups such as a SIP user part)."""
     text = str(value)
-    if text.isascii() and text.isdigit():        # already digits only (most SIP user parts): as it is
-        return text
-    return "".join(ch for ch in text if ch in ASCII_DIGITS)
+    if not (text.isascii() and text.isdigit()):
+        text = text.translate(_NO_SEPARATORS)     # "+4479…" (most SIP user parts): digits once the + is gone
+        if not (text.isascii() and text.isdigit()):
+            return "".join(ch for ch in text if ch in ASCII_DIGITS)
+    return text
 
 
 _NO_SEPARATORS = str.maketrans("", "", "".join(SEPARATORS))

@@ -187,7 +187,10 @@ class SessionDescription(_Attributes):
 
     @property
     def audio(self) -> MediaDescription | None:
-        return next((m for m in self.media if m.kind == "audio"), None)
+        for media in self.media:
+            if media.kind == "audio":
+                return media
+        return None
 
     def effective_attribute(self, media: MediaDescription, name: str) -> tuple[int, str | None] | None:
         """``(line, value)`` of ``name`` at media level, falling back to session level."""
@@ -312,8 +315,7 @@ def parse_sdp(text: str) -> SessionDescription:
     sd = SessionDescription(lines=lines)
     current: MediaDescription | None = None
     seen: set[str] = set()
-    for index, raw in enumerate(lines):
-        number = index + 1
+    for number, raw in enumerate(lines, 1):
         if raw == "":
             raise line_error(number, raw, "empty line")
         if "\r" in raw:
@@ -339,7 +341,14 @@ def parse_sdp(text: str) -> SessionDescription:
             seen.add(kind)
         elif kind not in _MEDIA_TYPES and kind != "m":
             raise line_error(number, raw, f"'{kind}=' is not allowed inside a media section")
-        if kind == "o":
+        if kind == "a":                        # most lines: first
+            name, attr_value = _parse_attribute(number, raw, value)
+            if current is None:
+                sd.attributes.append((name, attr_value))
+                sd.attribute_lines.append(number)
+            else:
+                _add_media_attribute(current, number, raw, name, attr_value)
+        elif kind == "o":
             sd.origin = _parse_origin(number, raw, value)
         elif kind == "s":
             if value == "":
@@ -361,13 +370,6 @@ def parse_sdp(text: str) -> SessionDescription:
                 raise line_error(number, raw, "m= line before any t= line")
             current = _parse_media_line(number, raw, value)
             sd.media.append(current)
-        elif kind == "a":
-            name, attr_value = _parse_attribute(number, raw, value)
-            if current is None:
-                sd.attributes.append((name, attr_value))
-                sd.attribute_lines.append(number)
-            else:
-                _add_media_attribute(current, number, raw, name, attr_value)
         # i= u= e= p= b= r= z= k= are syntactically accepted and not modelled.
     for required in "ost":
         if required not in seen:
