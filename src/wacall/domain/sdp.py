@@ -481,8 +481,7 @@ def meta_answer(
         lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}")
     if opus_pt is not None:
         lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
-        offered_fb = {v for _, v in audio.attributes_named("rtcp-fb")}
-        if kx == "DTLS" and f"{opus_pt} transport-cc" in offered_fb:
+        if kx == "DTLS" and any(v == f"{opus_pt} transport-cc" for _, v in audio.attributes_named("rtcp-fb")):
             lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
         lines.append(_opus_fmtp(opus_pt, kx))
     payload_types = {"opus": opus_pt} if opus_pt is not None else {}

@@ -165,9 +165,10 @@ class MediaDescription(_Attributes):
 
     def find_codec(self, encoding: str, clock_rate: int, channels: int | None = None) -> int | None:
         """First payload type on the m-line carrying that codec."""
+        rtpmap = self.rtpmap
         for pt in self.payload_types:
-            codec = self.codec(pt)
-            if codec is not None and codec.matches(encoding, clock_rate, channels):
+            codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)      # self.codec(pt), inlined (a hot loop)
+            if codec is not None and codec.clock_rate == clock_rate and codec.matches(encoding, clock_rate, channels):
                 return pt
         return None
 
