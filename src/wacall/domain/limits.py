@@ -8,6 +8,7 @@ public test numbers and sandbox accounts. Every field can be overridden from the
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 DAY = 86400.0
@@ -66,11 +67,20 @@ BIC_UNAVAILABLE_COUNTRIES = frozenset({"US", "CA", "EG", "VN", "NG"})
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
+    text = str(version)
+    return _known_version(text) if len(text) <= 64 else _version_tuple(text)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
-    for piece in str(version).split("."):
+    for piece in version.split("."):
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits[:12] or 0))   # int() refuses 4300+ digits
     return tuple(parts)
+
+
+#: a handful of client versions, compared on every call placed: each read once (real ones are short)
+_known_version = functools.lru_cache(maxsize=256)(_version_tuple)
 
 
 def version_at_least(version: str, minimum: str) -> bool:

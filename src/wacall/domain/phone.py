@@ -24,12 +24,18 @@ def phone_digits(value: Any) -> str | None:
         return str(value) if value > 0 else None
     if not isinstance(value, str) or not value:
         return None
-    if not all(ch in ASCII_DIGITS or ch in SEPARATORS for ch in value):
-        return None
-    digits = "".join(ch for ch in value if ch in ASCII_DIGITS)
-    return digits or None
+    digits = value.translate(_NO_SEPARATORS)     # what is left must be ASCII digits only
+    return digits if digits.isascii() and digits.isdigit() else None
 
 
 def ascii_digits(value: Any) -> str:
     """Every ASCII digit in ``str(value)``, in order (for lenient lookups such as a SIP user part)."""
-    return "".join(ch for ch in str(value) if ch in ASCII_DIGITS)
+    text = str(value)
+    if not (text.isascii() and text.isdigit()):
+        text = text.translate(_NO_SEPARATORS)     # "+4479…" (most SIP user parts): digits once the + is gone
+        if not (text.isascii() and text.isdigit()):
+            return "".join(ch for ch in text if ch in ASCII_DIGITS)
+    return text
+
+
+_NO_SEPARATORS = str.maketrans("", "", "".join(SEPARATORS))

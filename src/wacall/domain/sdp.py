@@ -79,11 +79,14 @@ class LocalMedia:
     port6: int | None = None
 
     def to_doc(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _LOCAL_MEDIA_FIELDS}
 
     @classmethod
     def from_doc(cls, doc: dict) -> LocalMedia:
-        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
+        return cls(**{name: doc[name] for name in _LOCAL_MEDIA_FIELDS if name in doc})
+
+
+_LOCAL_MEDIA_FIELDS = tuple(f.name for f in fields(LocalMedia))     # (fields() looks them up anew each time)
 
 # --------------------------------------------------------------------------------------------
 # Validation of a business's SDP
@@ -110,6 +113,8 @@ def _check_raw_text(text: str) -> None:
         raise line_error(
             1, first, "sdp must be the raw SDP text, not a JSON-encoded object (JSON-in-JSON)"
         )
+    if text.endswith("\r\n") and text.count("\n") == text.count("\r\n"):
+        return                              # every line ends in CRLF: nothing to point at
     pieces = text.split("\n")
     for index, piece in enumerate(pieces[:-1]):
         if not piece.endswith("\r"):
@@ -201,11 +206,14 @@ def _check_sdes(sd: SessionDescription, audio: MediaDescription) -> None:
     problems: list[tuple[int, str]] = []
     for line, value in audio.attributes_named("crypto"):
         try:
-            parse_crypto(value or "")
+            crypto = parse_crypto(value or "")
         except ValueError as exc:
             problems.append((line, str(exc)))
         else:
-            return  # at least one usable key is enough; other suites are simply not chosen
+            # at least one usable key is enough; other suites are simply not chosen. The first usable one at
+            # media level is the one _chosen_crypto picks: kept, not parsed again for the answer
+            audio.chosen_crypto = (value or "", crypto)
+            return
     if problems:
         # Prefer a malformed line of a supported suite over a merely unsupported suite.
         line, reason = min(problems, key=lambda p: (p[1].startswith("unsupported crypto suite"), p[0]))
@@ -473,8 +481,7 @@ def meta_answer(
         lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}")
     if opus_pt is not None:
         lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
-        offered_fb = {v for _, v in audio.attributes_named("rtcp-fb")}
-        if kx == "DTLS" and f"{opus_pt} transport-cc" in offered_fb:
+        if kx == "DTLS" and any(v == f"{opus_pt} transport-cc" for _, v in audio.attributes_named("rtcp-fb")):
             lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
         lines.append(_opus_fmtp(opus_pt, kx))
     payload_types = {"opus": opus_pt} if opus_pt is not None else {}
@@ -496,12 +503,16 @@ def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> lis
 
 def _chosen_crypto(sd: SessionDescription, audio: MediaDescription) -> tuple[str, CryptoAttribute] | None:
     """The business's ``a=crypto`` Meta uses (value and parsed): the first acceptable one, media level
-    first. The one SDES choice: the answer's tag and suite and the relay's key both come from here."""
+    first. The one SDES choice: the answer's tag and suite and the relay's key both come from here (made
+    once per SDP: kept as ``audio.chosen_crypto``, by the validation already for a business's SDP)."""
+    if audio.chosen_crypto is not None:
+        return audio.chosen_crypto
     for _, value in [*audio.attributes_named("crypto"), *sd.attributes_named("crypto")]:
         try:
-            return value or "", parse_crypto(value or "")
+            audio.chosen_crypto = (value or "", parse_crypto(value or ""))
         except ValueError:
             continue
+        return audio.chosen_crypto
     return None
 
 
@@ -526,6 +537,9 @@ class Negotiated:
     send_codec: str = "opus"
     #: Meta's payload type per codec both sides have: opus / pcmu / pcma / telephone-event
     payload_types: dict[str, int] = field(default_factory=dict)
+    #: SDES: ``remote_crypto`` parsed, when the negotiation had it parsed already (the relay then does not
+    #: parse the key again); not part of the document (``to_doc``): whoever reads one parses remote_crypto
+    remote_key: CryptoAttribute | None = field(default=None, compare=False, repr=False)
 
     @property
     def telephone_event_pt(self) -> int:
@@ -538,14 +552,14 @@ class Negotiated:
         return {pt: name for name, pt in self.payload_types.items() if name in ("opus", "pcmu", "pcma")}
 
     def to_doc(self) -> dict:
-        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "remote_key"}
         doc["remote_addr"] = list(self.remote_addr) if self.remote_addr else None
         doc["payload_types"] = dict(self.payload_types)
         return doc
 
     @classmethod
     def from_doc(cls, doc: dict) -> Negotiated:
-        values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc}
+        values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc and f.name != "remote_key"}
         addr = values.get("remote_addr")
         values["remote_addr"] = (str(addr[0]), int(addr[1])) if addr else None
         values["payload_types"] = {str(k): int(v) for k, v in (values.get("payload_types") or {}).items()}
@@ -605,10 +619,11 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
     if baudio is None:
         return Negotiated(**common)
     if kx == "SDES":
+        chosen = _chosen_crypto(business, baudio)      # made once per SDP (by the validation, for a business's)
         if isinstance(meta_sdp, MetaSdp) and meta_sdp.remote_crypto is not None:   # chosen as the answer was built
-            return Negotiated(**common, remote_crypto=meta_sdp.remote_crypto)
-        chosen = _chosen_crypto(business, baudio)
-        return Negotiated(**common, remote_crypto=chosen[0] if chosen else None)
+            key = chosen[1] if chosen is not None and chosen[0] == meta_sdp.remote_crypto else None
+            return Negotiated(**common, remote_crypto=meta_sdp.remote_crypto, remote_key=key)
+        return Negotiated(**common, remote_crypto=chosen[0] if chosen else None, remote_key=chosen[1] if chosen else None)
     ufrag = business.effective_attribute(baudio, "ice-ufrag")
     pwd = business.effective_attribute(baudio, "ice-pwd")
     fingerprint = business.effective_attribute(baudio, "fingerprint")

@@ -146,6 +146,10 @@ class MediaDescription(_Attributes):
     fmtp: dict[int, str] = field(default_factory=dict)
     #: 1-based line number of the ``m=`` line.
     line: int = 0
+    #: SDES: the ``a=crypto`` Meta chose of this section's SDP (value and parsed), kept by whoever chose it
+    #: first (``wacall.domain.sdp``: the validation) so that the answer and the negotiation do not parse the
+    #: key again; not part of the description (not compared, not shown)
+    chosen_crypto: tuple[str, CryptoAttribute] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_rtp(self) -> bool:
@@ -161,9 +165,10 @@ class MediaDescription(_Attributes):
 
     def find_codec(self, encoding: str, clock_rate: int, channels: int | None = None) -> int | None:
         """First payload type on the m-line carrying that codec."""
+        rtpmap = self.rtpmap
         for pt in self.payload_types:
-            codec = self.codec(pt)
-            if codec is not None and codec.matches(encoding, clock_rate, channels):
+            codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)      # self.codec(pt), inlined (a hot loop)
+            if codec is not None and codec.clock_rate == clock_rate and codec.matches(encoding, clock_rate, channels):
                 return pt
         return None
 
@@ -183,7 +188,10 @@ class SessionDescription(_Attributes):
 
     @property
     def audio(self) -> MediaDescription | None:
-        return next((m for m in self.media if m.kind == "audio"), None)
+        for media in self.media:
+            if media.kind == "audio":
+                return media
+        return None
 
     def effective_attribute(self, media: MediaDescription, name: str) -> tuple[int, str | None] | None:
         """``(line, value)`` of ``name`` at media level, falling back to session level."""
@@ -198,10 +206,12 @@ class SessionDescription(_Attributes):
 # Parser
 # --------------------------------------------------------------------------------------------
 
-_LINE_RE = re.compile(r"^([a-z])=(.*)$", re.DOTALL)
 _SESSION_TYPES = set("vosiuepcbtrzka")
 _MEDIA_TYPES = set("icbka")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")  # RFC 8866 token
+#: attribute names every SDP here carries: tokens already, so not matched against _TOKEN_RE line by line
+_COMMON_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "crypto", "ptime", "maxptime", "sendrecv", "rtcp-mux", "mid",
+                                "candidate", "ice-ufrag", "ice-pwd", "fingerprint", "setup", "ssrc", "rtcp"})
 _RTPMAP_RE = re.compile(r"^(\d{1,3}) ([^\s/]+)/(\d+)(?:/(\d+))?$")
 _FMTP_RE = re.compile(r"^(\d{1,3}) (.+)$")
 
@@ -261,7 +271,7 @@ def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
 
 def _parse_attribute(number: int, raw: str, value: str) -> tuple[str, str | None]:
     name, sep, attr_value = value.partition(":")
-    if not name or not _TOKEN_RE.match(name):
+    if name not in _COMMON_ATTRIBUTES and (not name or not _TOKEN_RE.match(name)):
         raise line_error(number, raw, "invalid attribute name")
     return name, (attr_value if sep else None)
 
@@ -287,6 +297,11 @@ def _add_media_attribute(media: MediaDescription, number: int, raw: str, name: s
 
 def _split_lines(text: str) -> list[str]:
     """Split on LF, dropping one CR before each LF; the final terminator yields no line."""
+    if text.count("\n") == text.count("\r\n"):        # every line ends in CRLF (as Meta asks): one split
+        pieces = text.split("\r\n")
+        if pieces[-1] == "":
+            pieces.pop()
+        return pieces
     pieces = text.split("\n")
     if pieces and pieces[-1] == "":
         pieces.pop()
@@ -301,20 +316,18 @@ def parse_sdp(text: str) -> SessionDescription:
     sd = SessionDescription(lines=lines)
     current: MediaDescription | None = None
     seen: set[str] = set()
-    for index, raw in enumerate(lines):
-        number = index + 1
+    for number, raw in enumerate(lines, 1):
         if raw == "":
             raise line_error(number, raw, "empty line")
         if "\r" in raw:
             raise line_error(number, raw.replace("\r", "\\r"), "stray CR inside the line")
-        match = _LINE_RE.match(raw)
-        if match is None:
+        kind = raw[0]
+        if raw[1:2] != "=" or not "a" <= kind <= "z":      # <type>=<value>: one lowercase ASCII letter
             raise line_error(number, raw, "expected '<type>=<value>' with a single lowercase letter type")
-        kind, value = match.group(1), match.group(2)
+        value = raw[2:]
         # RFC 8866 section 5: v=, o=, s= come first and in this order.
-        expected_first = {1: "v", 2: "o", 3: "s"}.get(number)
-        if expected_first is not None and kind != expected_first:
-            raise line_error(number, raw, f"expected a '{expected_first}=' line here")
+        if number <= 3 and kind != "vos"[number - 1]:
+            raise line_error(number, raw, f"expected a '{'vos'[number - 1]}=' line here")
         if kind == "v":
             if number != 1:
                 raise line_error(number, raw, "v= must appear only as the first line")
@@ -329,7 +342,14 @@ def parse_sdp(text: str) -> SessionDescription:
             seen.add(kind)
         elif kind not in _MEDIA_TYPES and kind != "m":
             raise line_error(number, raw, f"'{kind}=' is not allowed inside a media section")
-        if kind == "o":
+        if kind == "a":                        # most lines: first
+            name, attr_value = _parse_attribute(number, raw, value)
+            if current is None:
+                sd.attributes.append((name, attr_value))
+                sd.attribute_lines.append(number)
+            else:
+                _add_media_attribute(current, number, raw, name, attr_value)
+        elif kind == "o":
             sd.origin = _parse_origin(number, raw, value)
         elif kind == "s":
             if value == "":
@@ -351,13 +371,6 @@ def parse_sdp(text: str) -> SessionDescription:
                 raise line_error(number, raw, "m= line before any t= line")
             current = _parse_media_line(number, raw, value)
             sd.media.append(current)
-        elif kind == "a":
-            name, attr_value = _parse_attribute(number, raw, value)
-            if current is None:
-                sd.attributes.append((name, attr_value))
-                sd.attribute_lines.append(number)
-            else:
-                _add_media_attribute(current, number, raw, name, attr_value)
         # i= u= e= p= b= r= z= k= are syntactically accepted and not modelled.
     for required in "ost":
         if required not in seen:

@@ -60,10 +60,12 @@ class SipRules(CallRules):
         of it (``bar.foo.com`` configured, ``From: …@foo.com`` matches). Otherwise 403 with a Warning."""
         domain = from_domain.lower().rstrip(".")
         if calling_settings.sip_enabled(number.calling):
-            for server in calling_settings.sip_servers(number.calling):
+            # the stored servers read in place (sip_servers would deep-copy them all for every INVITE); the
+            # one that matches is handed out as a copy
+            for server in (number.calling.get("sip") or {}).get("servers", []):
                 host = str(server.get("hostname", "")).lower().rstrip(".")
                 if host == domain or host.endswith("." + domain):
-                    return server
+                    return dict(server)
         raise SipRefusal(403, f"SIP server {from_domain} from INVITE does not match any SIP server configured "
                               f"for phone number id {number.id}", warning=True)
 

@@ -185,7 +185,7 @@ class RelayEndpoint:
             if n.remote_crypto is None:
                 self.failure = (MediaFact.NO_SDES_KEY, "no usable a=crypto line from the business")
                 return
-            crypto = parse_crypto(n.remote_crypto)
+            crypto = n.remote_key or parse_crypto(n.remote_crypto)      # (parsed already by the negotiation)
             self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.sdes_key_b64), crypto)
             if n.remote_addr is not None:               # c=/m= of the business: media goes there first
                 self._latch(n.remote_addr, persist=False)     # (restore() runs after configure: no need to save it)
