@@ -272,6 +272,14 @@ def test_parse_accepts_lf_only_text() -> None:
     assert sd.audio is not None and sd.audio.attribute("setup") == "active"
 
 
+
+def test_a_last_line_ending_in_a_bare_cr_parses_as_it_did_before_the_crlf_fast_path():
+    """The one-split path for all-CRLF text must not take text whose end is a lone CR (its LF count still
+    equals its CRLF count): that CR is dropped like any line's, as for LF-only text."""
+    text = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r"
+    assert parse_sdp(text).audio.port == 4000
+    assert parse_sdp(text).lines == parse_sdp(text[:-1] + "\n").lines
+
 def test_parse_sessions_level_connection_and_static_codec() -> None:
     sd = parse_sdp(SDES_OFFER)
     assert sd.connection is not None and sd.connection.address == "168.86.138.232"

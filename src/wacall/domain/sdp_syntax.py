@@ -297,7 +297,7 @@ def _add_media_attribute(media: MediaDescription, number: int, raw: str, name: s
 
 def _split_lines(text: str) -> list[str]:
     """Split on LF, dropping one CR before each LF; the final terminator yields no line."""
-    if text.count("\n") == text.count("\r\n"):        # every line ends in CRLF (as Meta asks): one split
+    if text.count("\n") == text.count("\r\n") and not text.endswith("\r"):   # every line ends in CRLF: one split
         pieces = text.split("\r\n")
         if pieces[-1] == "":
             pieces.pop()
