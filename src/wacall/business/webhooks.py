@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -45,9 +45,12 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 # a call status only moves forward; the end comes from the terminate webhook
 _STATUS_RANK = {"RINGING": 1, "ACCEPTED": 2, "REJECTED": 3}
 # Ended calls remembered, oldest forgotten first, so that a late or repeated webhook for one of them is recognised
-# (Meta redelivers within minutes): 10 000 calls, a few hours of a busy number, about 12 MB (each is kept small, ~1.2 KB:
-# its SDPs are dropped when it ends).
+# (Meta retries a delivery for up to 7 days): 10 000 calls whole, about 12 MB (each is kept small, ~1.2 KB: its SDPs
+# are dropped once KEEP_SDPS calls have ended after it, when no handler still reads them), and the ids of 100 000 more
+# (~10 MB), whose webhooks are then dropped as late instead of ringing a call that is over.
 KEEP_ENDED = 10_000
+KEEP_ENDED_IDS = 100_000
+KEEP_SDPS = 100
 
 
 def signature(app_secret: str, raw: bytes) -> str:
@@ -85,10 +88,12 @@ def _list(items: object) -> list[dict]:
 class CallBook:
     """Calls by wacid, updated by webhooks in whatever order and number they come (see the module)."""
 
-    def __init__(self, keep_ended: int = KEEP_ENDED) -> None:
+    def __init__(self, keep_ended: int = KEEP_ENDED, keep_ended_ids: int = KEEP_ENDED_IDS) -> None:
         self.calls: dict[str, Call] = {}
         self._ended: OrderedDict[str, Call] = OrderedDict()
-        self.keep_ended = keep_ended
+        self._with_sdps: deque[Call] = deque()          # the last KEEP_SDPS calls ended, still whole
+        self._forgotten: OrderedDict[str, None] = OrderedDict()   # ids of ended calls no longer kept whole
+        self.keep_ended, self.keep_ended_ids = keep_ended, keep_ended_ids
 
     def get(self, call_id: str) -> Call | None:
         return self.calls.get(call_id) or self._ended.get(call_id)
@@ -151,21 +156,33 @@ class CallBook:
         if not isinstance(call_id, str) or not call_id:
             return None
         call = self.get(call_id)
+        if call is None and call_id in self._forgotten:     # over long ago: what comes for it is late
+            return Call(call_id, phone_number_id=pnid, ended=True)
         if call is None:
             call = self.calls[call_id] = Call(call_id, phone_number_id=pnid)
         return call
 
     def _retire(self, call: Call) -> None:
-        """The call ended: kept among the ended ones without its SDPs (the bulk of a record, of no use once it is
-        over), up to ``keep_ended``."""
-        call.sdp = None
-        session = (call.connect or {}).get("session")
-        if isinstance(session, dict) and "sdp" in session:
-            call.connect = {**call.connect, "session": {k: v for k, v in session.items() if k != "sdp"}}  # type: ignore[dict-item]
+        """The call ended: kept among the ended ones, up to ``keep_ended``, then by its id only. Its SDPs (the bulk
+        of a record, of no use once it is over) are dropped ``KEEP_SDPS`` ended calls later, not now: a handler of
+        its connect may still be on its way to read them (the terminate can be applied before it runs)."""
         self.calls.pop(call.call_id, None)
         self._ended[call.call_id] = call
+        self._with_sdps.append(call)
+        if len(self._with_sdps) > KEEP_SDPS:
+            _drop_sdps(self._with_sdps.popleft())
         while len(self._ended) > self.keep_ended:
-            self._ended.popitem(last=False)
+            old_id, _ = self._ended.popitem(last=False)
+            self._forgotten[old_id] = None
+        while len(self._forgotten) > self.keep_ended_ids:
+            self._forgotten.popitem(last=False)
+
+
+def _drop_sdps(call: Call) -> None:
+    call.sdp = None
+    session = (call.connect or {}).get("session")
+    if isinstance(session, dict) and "sdp" in session:
+        call.connect = {**call.connect, "session": {k: v for k, v in session.items() if k != "sdp"}}  # type: ignore[dict-item]
 
 
 class WebhookReceiver:
