@@ -178,6 +178,22 @@ async def test_a_cancel_never_answered_gives_up_after_64_t1(peer):
     assert len(cancels) >= 4 and {c.branch for c in cancels} == {invite.branch}
 
 
+async def test_a_provisional_answer_to_an_invite_already_given_up_is_cancelled(peer):
+    ua, pbx = peer
+    call = asyncio.create_task(ua.invite("sip:c2b-sip@pbx.example.com", "sip:+447700900001@bridge",
+                                         "sip:c2b-sip@pbx.example.com", OUR_SDP, [], timeout=0.3))
+    invite = await pbx.next("INVITE")
+    with pytest.raises(SipFailure):                               # nothing came in time: the bridge gave up
+        await asyncio.wait_for(call, 5)
+    answer(pbx, invite, 180)                                      # ... and then the agent's phone rings
+    cancel = await pbx.next("CANCEL")
+    assert cancel.branch == invite.branch and cancel.cseq == (invite.cseq[0], "CANCEL")
+    answer(pbx, cancel, 200)
+    answer(pbx, invite, 487)
+    ack = await pbx.next("ACK")
+    assert ack.branch == invite.branch
+
+
 # -- a 2xx to an INVITE the bridge gave up on: ACK, then BYE (RFC 3261 15, RFC 6026) ----------------------------------
 
 async def test_a_200_from_another_fork_after_the_487_is_acked_and_ended(peer):

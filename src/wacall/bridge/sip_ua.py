@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import socket
 import ssl
@@ -330,6 +331,11 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 self._ack_failure(self._cancelled[message.branch], message)
             elif message.cseq[1] == "INVITE" and 200 <= message.status < 300:
                 self._late_2xx(message)
+            elif (message.cseq[1] == "INVITE" and message.status < 200 and message.branch in self._finished
+                  and message.branch not in self._cancelled and message.call_id not in self.dialogs):
+                # a provisional answer to an INVITE given up before any came (Timer B, or a CANCEL waiting for
+                # one): CANCEL it now (RFC 3261 9.1), or the agent's phone rings on until the PBX gives up
+                self._cancel(self._finished[message.branch], message.branch)
             return
         self._request(message, addr)
 
@@ -410,7 +416,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 return
             if any(tx.dialog is dialog and not tx.is_acked for tx in self._reinvites.values()):
                 # RFC 3261 14.2: a re-INVITE while our 2xx to the previous one waits for its ACK
-                self._send(response_to(request, 500, "Server Internal Error", headers=[("Retry-After", "1")]),
+                self._send(response_to(request, 500, "Server Internal Error",    # 0-10 s at random (14.2)
+                                       headers=[("Retry-After", str(random.randint(0, 10)))]),
                            reply_to)
                 return
         before = (dialog.local_sdp, dialog.remote_sdp, dialog.target)

@@ -63,7 +63,10 @@ let digitsSent = "";
 // the console's header shows whether its live stream is connected
 const streamUp = () => { const dot = document.getElementById("live"); return !!(dot && dot.classList.contains("on")); };
 const events = [];
-const log = (what, data) => events.push({t: Math.round(performance.now()), what, data});
+const log = (what, data) => {      // what the page did, for its tests: the last 500 entries
+  events.push({t: Math.round(performance.now()), what, data});
+  if (events.length > 500) events.splice(0, events.length - 500);
+};
 
 async function api(method, path, body) {
   const init = {method, headers: {}};
