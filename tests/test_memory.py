@@ -23,7 +23,8 @@ import pytest
 from support.harness import Wacall, graph_error, take_user_call, wait_until
 from support.sdp_samples import business_answer, business_offer
 from wacall.config import DEFAULT_TOML
-from wacall.media.audio import ByteLRU, PreEncodedAudio, dominant_frequency
+from wacall.media.audio import dominant_frequency
+from wacall.media.playout import ByteLRU, PreEncodedAudio
 from wacall.media.recording import RecordingWriter, Recordings, read_packets
 from wacall.testing.peer import AiortcBusiness
 

@@ -53,7 +53,7 @@ from .domain import recording as call_recording
 from .graph.media import DOWNLOAD_PATH
 from .graph.routes import GRAPH, GraphHost, graph_routes
 from .legs import LegOwner
-from .media.audio import PreEncodedAudio
+from .media.playout import PreEncodedAudio
 from .media.certificate import DtlsCertificate
 from .media.engine import MediaEngine
 from .media.recording import Recordings
