@@ -67,6 +67,11 @@ def smaps_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def rss_mb(pid: int) -> float:
+    """A process's Rss in MB (bench/bridge_calls.py reads the bridge's)."""
+    return smaps_kb(pid).get("Rss", 0) / 1024
+
+
 def memory_footprint(pids: list[int]) -> dict:
     """The whole footprint of a set of processes (wacall's server and its media workers): Rss and Pss summed,
     and each process's Rss, Pss and private (dirty + clean) memory, in KB."""
