@@ -97,15 +97,14 @@ class RecordingWriter:
 
     def add_encoded(self, codec: str, chunk: bytes, packets: int) -> None:
         """``packets`` received packets already in the file's format (length + packet each), from the
-        compiled media path, which stops at ``max_packets`` itself."""
+        compiled media path, which stops at ``max_packets`` itself, and appended at once (C buffered them)."""
         if self.error is not None or not packets:
             return
         if self.codec is None:
             self.codec = codec
         self.packets += packets
         self.buffer += chunk
-        if len(self.buffer) >= self.flush_bytes:
-            self.flush()
+        self.flush()
 
     def flush(self) -> None:
         """Append what is buffered (open, write, close)."""
