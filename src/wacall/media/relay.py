@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 from ..domain.ends import MediaFact
 from ..domain.sdp import Negotiated, parse_crypto
-from ..users.phone import NO_MEDIA_AT_START, Phone, heard_level
+from ..users.phone import NO_MEDIA_AT_START, Phone, heard_level, level_field
 from .certificate import DtlsCertificate
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
@@ -584,20 +584,4 @@ class RelayEndpoint:
         return view
 
 
-def level_field(level: float | None) -> float | None:
-    """The level as the inspector shows it: dBFS to 0.1, None when nothing was heard."""
-    return None if level is None or level == float("-inf") else round(level, 1)
-
-
-def measure_level(view: dict) -> dict:
-    """Put the level into a view made with ``level=False`` (and into its browser leg's part), from the
-    packets it carries: the server measures for its media workers, whose processes never load PyAV."""
-    for part in (view, view.get("browser")):
-        heard = part.pop("heard", None) if isinstance(part, dict) else None
-        if heard and isinstance(part.get("received"), dict):
-            packets = [base64.b64decode(p) for p in heard["packets"]]
-            part["received"]["level_dbfs"] = level_field(heard_level(heard["codec"], packets))
-    return view
-
-
-__all__ = ["RelayEndpoint", "Reporter", "level_field", "measure_level"]
+__all__ = ["RelayEndpoint", "Reporter"]

@@ -21,7 +21,7 @@ The two sides talk over the child's stdin/stdout, one JSON object per line:
 A worker loads no audio stack (PyAV and numpy take ~29 MB in each process): the main process encodes what
 the users say and sends each source's Opus packets once per worker (``audio``, before the first call that
 plays it), and the views and final statistics a worker sends carry the last packets each leg heard, whose
-level the main process measures (``wacall.media.relay.measure_level``). Rarer audio work (G.711 loops,
+level the main process measures (``wacall.users.phone.measure_level``). Rarer audio work (G.711 loops,
 voicemail, recording announcements) imports them in the worker when it happens.
 
 Each worker's engine has its own shared ports. After a restart, the calls a worker had are restored
@@ -45,16 +45,18 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from ..loop import loop_factory
 from .certificate import DtlsCertificate
-from .engine import MediaEngine
 from ..domain.sdp import LocalMedia, Negotiated
 from .playout import PreEncodedAudio
 from .recording import Recordings
-from .relay import Reporter, measure_level
+from ..users.phone import measure_level
+
+if TYPE_CHECKING:
+    from .relay import Reporter
 
 log = logging.getLogger("wacall.media.workers")
 PIPE_LIMIT = 1 << 20
@@ -403,6 +405,7 @@ def _emit(message: dict) -> None:
 
 
 async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None, fastpath: bool = True) -> None:
+    from .engine import MediaEngine     # the relay (DTLS, SRTP, the compiled path): only the worker runs it
     reporter = _PipeReporter()
     engine = MediaEngine(host=host, reporter=reporter, port=port, recordings=recordings, fastpath=fastpath)
     engine.encodes_audio = engine.measures_level = False     # the main process does both (module docstring)

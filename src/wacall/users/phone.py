@@ -29,6 +29,7 @@ media packet or the accept, whichever comes first, as answered; a phone that is 
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from typing import Any, Callable
 
@@ -51,6 +52,22 @@ Note = Callable[..., None]               # note(kind, **data): a fact for the ca
 def heard_level(codec: str, packets: list[bytes]) -> float:
     """The level (dBFS) of the last 200 ms of ``packets`` (plain RTP of ``codec``), decoded now."""
     return decode(codec, packets).level_dbfs
+
+
+def level_field(level: float | None) -> float | None:
+    """The level as the inspector shows it: dBFS to 0.1, None when nothing was heard."""
+    return None if level is None or level == float("-inf") else round(level, 1)
+
+
+def measure_level(view: dict) -> dict:
+    """Put the level into a view made with ``level=False`` (and into its browser leg's part), from the
+    packets it carries: the server measures for its media workers, whose processes never load PyAV."""
+    for part in (view, view.get("browser")):
+        heard = part.pop("heard", None) if isinstance(part, dict) else None
+        if heard and isinstance(part.get("received"), dict):
+            packets = [base64.b64decode(p) for p in heard["packets"]]
+            part["received"]["level_dbfs"] = level_field(heard_level(heard["codec"], packets))
+    return view
 
 
 class G711Loop:
@@ -334,4 +351,4 @@ class Phone:
         return None
 
 
-__all__ = ["BrowserMicrophone", "G711Loop", "Microphone", "Phone", "NO_MEDIA_AT_START", "SILENCE", "heard_level"]
+__all__ = ["BrowserMicrophone", "G711Loop", "Microphone", "Phone", "NO_MEDIA_AT_START", "SILENCE", "heard_level", "level_field", "measure_level"]
