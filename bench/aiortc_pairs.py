@@ -70,7 +70,7 @@ def _make_track_class():
 class Pairs:
     def __init__(self, audio: str = "tone:440") -> None:
         _patch_loopback()
-        from wacall.media.audio import PreEncodedAudio
+        from wacall.media.playout import PreEncodedAudio
         self.frames = PreEncodedAudio.get(audio).frames
         self.Track = _make_track_class()
         self.pairs: list[tuple] = []

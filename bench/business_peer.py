@@ -10,7 +10,7 @@ Every call takes the full WebRTC path a business's media server takes against Me
   (RFC 7675) every ~5 s afterwards;
 * DTLS 1.2 as the client (``a=setup:active``) with the call's own certificate, whose sha-256
   fingerprint is in the answer, checking Meta's fingerprint; DTLS-SRTP keys from the handshake;
-* SRTP: pre-encoded 20 ms Opus (``wacall.media.audio.PreEncodedAudio``) sent every 20 ms on one
+* SRTP: pre-encoded 20 ms Opus (``wacall.media.playout.PreEncodedAudio``) sent every 20 ms on one
   SSRC, an RTCP sender report every 5 s; everything received is SRTP-authenticated and decrypted,
   and the user's RTP sequence numbers are tracked (gaps = loss).
 
@@ -53,7 +53,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 from wacall.media.leg import ice_string
-from wacall.media.audio import PreEncodedAudio  # noqa: E402
+from wacall.media.playout import PreEncodedAudio  # noqa: E402
 from wacall.media.certificate import DtlsCertificate  # noqa: E402
 from wacall.media.dtls import DtlsSrtpSession  # noqa: E402
 from wacall.media.rtcp import build_compound, ntp_timestamp  # noqa: E402

@@ -50,12 +50,65 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def smaps_kb(pid: int) -> dict[str, int]:
+    """A process's ``/proc/<pid>/smaps_rollup`` in KB: ``Rss`` counts every page it maps (libraries shared
+    with the other processes too), ``Pss`` divides each shared page between the processes sharing it (the
+    processes' Pss add up to the memory they take together)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                fields = rest.split()
+                if len(fields) == 2 and fields[1] == "kB":
+                    out[key] = int(fields[0])
+    except OSError:
+        pass
+    return out
+
+
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """A process's Rss in MB (bench/bridge_calls.py reads the bridge's)."""
+    return smaps_kb(pid).get("Rss", 0) / 1024
+
+
+def memory_footprint(pids: list[int]) -> dict:
+    """The whole footprint of a set of processes (wacall's server and its media workers): Rss and Pss summed,
+    and each process's Rss, Pss and private (dirty + clean) memory, in KB."""
+    processes = []
+    for pid in pids:
+        m = smaps_kb(pid)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                role = "media worker" if b"wacall.media.workers" in f.read() else "server"
+        except OSError:
+            role = "?"
+        processes.append({"pid": pid, "role": role, "rss_kb": m.get("Rss", 0), "pss_kb": m.get("Pss", 0),
+                          "private_kb": m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)})
+    return {"rss_kb": sum(p["rss_kb"] for p in processes), "pss_kb": sum(p["pss_kb"] for p in processes),
+            "processes": processes}
+
+
+def memory_per_call(first: dict, last: dict, idle: dict | None = None) -> dict:
+    """KB per live call at the last point (``{"calls", "memory"}``): the whole footprint divided by the calls,
+    and per call added since the first point; for Rss and Pss."""
+    calls, added = last["calls"], last["calls"] - first["calls"]
+    out: dict = {"calls": calls, "rss_mb": round(last["memory"]["rss_kb"] / 1024, 1),
+                 "pss_mb": round(last["memory"]["pss_kb"] / 1024, 1)}
+    if idle is not None:
+        out.update(idle_rss_mb=round(idle["rss_kb"] / 1024, 1), idle_pss_mb=round(idle["pss_kb"] / 1024, 1))
+    for kind in ("rss", "pss"):
+        out[f"{kind}_kb_per_call"] = round(last["memory"][f"{kind}_kb"] / calls, 1) if calls else None
+        out[f"{kind}_kb_per_added_call"] = (round((last["memory"][f"{kind}_kb"] - first["memory"][f"{kind}_kb"])
+                                                  / added, 1) if added > 0 else None)
+    return out
+
+
+def memory_line(m: dict) -> str:
+    idle = f", {m['idle_rss_mb']} / {m['idle_pss_mb']} MB with no call" if "idle_rss_mb" in m else ""
+    return (f"{m['calls']} calls: Rss {m['rss_mb']} MB, Pss {m['pss_mb']} MB{idle}; per live call (whole "
+            f"footprint / calls) Rss {m['rss_kb_per_call']} KB, Pss {m['pss_kb_per_call']} KB; per added call "
+            f"Rss {m['rss_kb_per_added_call']} KB, Pss {m['pss_kb_per_added_call']} KB")
 
 
 def machine_times() -> tuple[float, float, float]:
@@ -244,6 +297,9 @@ def ramp_wacall(args, steps: list[int], deadline: float, log, media_path: str = 
         t0 = time.monotonic()
         wa_ids = create_users(info, max(steps))
         log(f"wacall up (pid {wacall.pid}), {len(wa_ids)} users created in {time.monotonic() - t0:.1f} s")
+        result["memory_idle"] = memory_footprint(wacall.pids)      # the base footprint: users, no call
+        log(f"{tag}: no call: Rss {result['memory_idle']['rss_kb'] / 1024:.1f} MB, "
+            f"Pss {result['memory_idle']['pss_kb'] / 1024:.1f} MB")
         cpus = os.cpu_count() or 1
         gen_cpus = None
         if args.pin and cpus >= 2 and not args.media_workers:
@@ -331,15 +387,18 @@ def ramp_wacall(args, steps: list[int], deadline: float, log, media_path: str = 
                                                  if a.get("ice_dtls_ms_median")], 0.5),
                      "window_seconds": round(window, 2),
                      "user_to_business": business, "business_to_user": relay, "cpu": cpu,
-                     "machine_busy": round(busy, 3), "machine": machine, "wacall_rss_mb": round(sum(rss_mb(p) for p in wacall.pids)),
+                     "machine_busy": round(busy, 3), "machine": machine, "memory": memory_footprint(wacall.pids),
                      "passed": passed}
+            entry["wacall_rss_mb"] = round(entry["memory"]["rss_kb"] / 1024)
+            entry["wacall_pss_mb"] = round(entry["memory"]["pss_kb"] / 1024)
             result["steps"].append(entry)
             log(f"{tag} {step:5d} calls: loss user->biz {business['loss']:.2%} (delivery "
                 f"{business['delivery']:.1%}), biz->user {relay['loss']:.2%} (delivery "
                 f"{(relay['delivery'] or 0):.1%}, {relay['sampled_calls']} sampled); CPU wacall "
                 f"{cpu['wacall']['cores']:.2f} cores = {cpu['wacall']['ms_per_call_second']:.3f} ms/call-s, "
                 f"generator {cpu['generator']['cores']:.2f} cores; machine {busy:.0%} busy "
-                f"(other processes {machine['other_cores']:.2f} cores); RSS {entry['wacall_rss_mb']} MB; "
+                f"(other processes {machine['other_cores']:.2f} cores); Rss {entry['wacall_rss_mb']} MB, "
+                f"Pss {entry['wacall_pss_mb']} MB; "
                 f"{'PASS' if passed else 'FAIL: ' + '; '.join(why)}")
             if not passed and not args.keep_going:
                 result["stopped"] = f"first failing step ({step} calls)"
@@ -356,6 +415,10 @@ def ramp_wacall(args, steps: list[int], deadline: float, log, media_path: str = 
         pstats.Stats(args.profile_wacall, stream=buf).sort_stats("tottime").print_stats(30)
         result["profile_top"] = buf.getvalue()
         log(buf.getvalue())
+    done = [s for s in result["steps"] if s["active"]]
+    if done:
+        result["memory"] = memory_per_call(done[0], done[-1], result.get("memory_idle"))
+        log(f"{tag} memory: {memory_line(result['memory'])}")
     return result
 
 
@@ -437,14 +500,14 @@ def _wacall_table(title: str, w: list[dict], log) -> None:
     log(title)
     log(f"{'calls':>6} {'up':>5} {'loss u->b':>10} {'deliv':>7} {'loss b->u':>10} {'deliv':>7} "
         f"{'wacall cores':>12} {'ms/call-s':>10} {'gen cores':>10} {'gen ms/call-s':>13} {'machine':>8} "
-        f"{'setup ms':>8} {'ICE+DTLS':>8} {'RSS MB':>7}  result")
+        f"{'setup ms':>8} {'ICE+DTLS':>8} {'RSS MB':>7} {'PSS MB':>7}  result")
     for s in w:
         u, r, c = s["user_to_business"], s["business_to_user"], s["cpu"]
         log(f"{s['calls']:>6} {s['active']:>5} {u['loss']:>10.2%} {u['delivery']:>7.1%} {r['loss']:>10.2%} "
             f"{(r['delivery'] or 0):>7.1%} {c['wacall']['cores']:>12.2f} {c['wacall']['ms_per_call_second'] or 0:>10.3f} "
             f"{c['generator']['cores']:>10.2f} {c['generator']['ms_per_call_second'] or 0:>13.3f} "
             f"{s['machine_busy']:>8.0%} {s['setup_ms_median'] or 0:>8.0f} {s.get('ice_dtls_ms_median') or 0:>8.0f} "
-            f"{s['wacall_rss_mb']:>7}  "
+            f"{s['wacall_rss_mb']:>7} {s.get('wacall_pss_mb', ''):>7}  "
             f"{'pass' if s['passed'] else 'FAIL'}")
 
 
@@ -501,6 +564,11 @@ def report(results: dict, log) -> None:
             f"generator {s['generator_ms_per_call_second']:.3f} ms per call-second")
     else:
         log("wacall: no step passed")
+    for key, label in (("wacall", "wacall memory"), ("wacall_python", "wacall memory, every packet in Python")):
+        memory = results.get(key, {}).get("memory")
+        if memory:
+            summary.setdefault(key, {})["memory"] = memory
+            log(f"{label}: {memory_line(memory)}")
     if results.get("summary_python"):
         s = results["summary_python"]["wacall"]
         log(f"wacall, every packet in Python: {s['max_calls_under_1pct_loss']} concurrent calls with < 1 % loss; "

@@ -1,8 +1,9 @@
 """Benchmark: what wacall keeps in memory per live media call and per ended call, and a soak.
 
 ``percall``: one wacall on a database file (so the store is on disk, as in real use), media in the
-server process unless ``--media-workers``. RSS (``VmRSS`` of the server and its media workers, from
-``/proc``) is read
+server process unless ``--media-workers``. RSS (``Rss`` of the server and its media workers, from
+``/proc/<pid>/smaps_rollup``; around the live media calls ``Pss`` too, which divides the pages the processes
+share between them) is read
 
 * while ``--ended`` short calls are placed and ended one after the other, signalling only (the user
   calls, the business accepts and terminates): KB per ended call, during the first ``keep_ended``
@@ -46,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
-from media_calls import create_users  # noqa: E402
+from media_calls import create_users, memory_footprint  # noqa: E402
 from wacall_process import WacallProcess, baseline_src, start_run  # noqa: E402
 
 GRAPH_VERSION = "v23.0"
@@ -112,6 +113,11 @@ class Target:
 
     def rss(self) -> int:
         return rss_kb(self.pids)
+
+    def memory(self) -> dict:
+        """Rss and Pss (KB) of the server and its media workers, summed: ``{"rss_kb", "pss_kb"}``."""
+        m = memory_footprint(self.pids)
+        return {"rss_kb": m["rss_kb"], "pss_kb": m["pss_kb"]}
 
     def ctl(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
         return self.http.request(method, f"{self.base}/_wacall/{path}", json=body)
@@ -179,17 +185,18 @@ def measure(name: str, directory: Path, args, src: str | None, log) -> dict:
 
         # live media calls
         time.sleep(2)
-        before = target.rss()
+        before_memory = target.memory()
+        before = before_memory["rss_kb"]
         t_add = time.monotonic()
         generator.send({"op": "add", "wa_ids": media_users})
         added = generator.recv()
         up = time.monotonic()
         log(f"{name}: {added['ok']} media calls up in {up - t_add:.0f} s ({added['n_failed']} failed)")
         result["media_calls_up"] = added["ok"]
-        result["media"].append({"hold_s": 0, "rss_kb": target.rss()})
+        result["media"].append({"hold_s": 0, **target.memory()})
         for mark in args.marks:
             time.sleep(max(0.0, up + mark - time.monotonic()))
-            result["media"].append({"hold_s": mark, "rss_kb": target.rss()})
+            result["media"].append({"hold_s": mark, **target.memory()})
         generator.send({"op": "snapshot"})
         snap = generator.recv()
         received = sum(c[1] for c in snap["calls"].values())
@@ -200,6 +207,7 @@ def measure(name: str, directory: Path, args, src: str | None, log) -> dict:
         time.sleep(5)
         after = target.rss()
         result["media_before_kb"] = before
+        result["media_before_pss_kb"] = before_memory["pss_kb"]
         result["media_after_end_kb"] = after
         log(f"{name}: RSS before media {before // 1024} MB, " + ", ".join(
             f"{m['hold_s']} s: {m['rss_kb'] // 1024} MB" for m in result["media"]) + f", after end {after // 1024} MB")
@@ -222,6 +230,11 @@ def summarize_percall(result: dict, args) -> None:
         "kb_per_ended_call_first_1000": round(slope(filling), 2) if slope(filling) is not None else None,
         "kb_per_ended_call_steady": round(slope(steady), 2) if slope(steady) is not None else None,
         "kb_per_live_media_call": {m["hold_s"]: round((m["rss_kb"] - before) / n, 1) for m in result["media"]},
+        "pss_kb_per_live_media_call": {m["hold_s"]: round((m["pss_kb"] - result["media_before_pss_kb"]) / n, 1)
+                                       for m in result["media"]},
+        # the whole footprint of wacall's processes divided by its live calls (what 1000 calls would average)
+        "footprint_kb_per_live_call": {m["hold_s"]: {"rss": round(m["rss_kb"] / n, 1), "pss": round(m["pss_kb"] / n, 1)}
+                                       for m in result["media"]},
         "kb_per_media_call_after_end": round((result["media_after_end_kb"] - before) / n, 1),
     }
 
@@ -245,6 +258,11 @@ def percall(args, log) -> dict:
         log(f"{t['name']:<10} {s['kb_per_ended_call_first_1000']!s:>27} {s['kb_per_ended_call_steady']!s:>23} "
             + " ".join(f"{s['kb_per_live_media_call'].get(m)!s:>17}" for m in marks)
             + f" {s['kb_per_media_call_after_end']!s:>18}")
+    for t in results["targets"]:
+        s = t["summary"]
+        log(f"{t['name']}: per live call, Pss " + ", ".join(
+            f"{m} s: {s['pss_kb_per_live_media_call'].get(m)} KB" for m in marks) + "; whole footprint / live calls "
+            + ", ".join(f"{m} s: Rss {v['rss']} KB, Pss {v['pss']} KB" for m, v in s["footprint_kb_per_live_call"].items()))
     if len(results["targets"]) == 2:
         base, new = (t["summary"] for t in results["targets"])
         last = marks[-1]

@@ -43,7 +43,7 @@ HEADER = struct.Struct("!BBHII")
 
 
 def opus_frames(spec: str = "tone:1000") -> list[bytes]:
-    from wacall.media.audio import PreEncodedAudio
+    from wacall.media.playout import PreEncodedAudio
     return list(PreEncodedAudio.get(spec).frames)
 
 

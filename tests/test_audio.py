@@ -20,7 +20,6 @@ from wacall.media.audio import (
     FileSource,
     OpusDecoder,
     OpusEncoder,
-    PreEncodedAudio,
     Recorder,
     SilenceSource,
     ToneSource,
@@ -32,6 +31,7 @@ from wacall.media.audio import (
     write_wav,
 )
 from wacall.media.dtmf import RtpStreamState
+from wacall.media.playout import PreEncodedAudio
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

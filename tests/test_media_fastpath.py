@@ -23,7 +23,7 @@ import pytest
 from wacall.media import fastpath as fastpath_module
 from wacall.media import relay as relay_module
 from wacall.domain.sdp import build_meta_answer, build_meta_offer, negotiate, parse_sdp
-from wacall.media.audio import PreEncodedAudio
+from wacall.media.playout import PreEncodedAudio
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.dtmf import RtpStreamState
 from wacall.media.engine import _Silent

@@ -319,6 +319,29 @@ async def test_media_workers_restore_a_configured_port_on_the_worker_it_belongs_
     assert workers.owner["wacid.A"].index == 2 and workers.owner["wacid.C"].index == 0
 
 
+async def test_a_crashed_media_worker_is_replaced_once_however_many_calls_ask() -> None:
+    """Calls allocated while a crashed worker is being replaced wait for that one replacement instead of each
+    starting a process of their own (which nobody would ever stop)."""
+    from types import SimpleNamespace
+
+    from wacall.media.workers import MediaWorkers, _Worker
+
+    workers = MediaWorkers(2)
+    workers.workers = [_Worker(i, SimpleNamespace(stdin=None)) for i in range(2)]   # no processes needed
+    workers.workers[1].alive = False
+    spawned: list[int] = []
+
+    async def spawn(index):
+        spawned.append(index)
+        await asyncio.sleep(0.01)                    # starting a process takes a while
+        return _Worker(index, SimpleNamespace(stdin=None))
+
+    workers._spawn = spawn
+    chosen = await asyncio.gather(*(workers._least_loaded() for _ in range(5)))
+    assert spawned == [1]
+    assert all(worker.alive for worker in chosen) and workers.workers[1].alive
+
+
 async def test_concurrent_binds_of_one_port_share_the_socket() -> None:
     """A restore retrying its old port while a new call's allocate binds the same (configured) port gets
     the socket the other one bound, instead of waiting for itself and giving up."""

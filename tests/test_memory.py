@@ -23,7 +23,8 @@ import pytest
 from support.harness import Wacall, graph_error, take_user_call, wait_until
 from support.sdp_samples import business_answer, business_offer
 from wacall.config import DEFAULT_TOML
-from wacall.media.audio import ByteLRU, PreEncodedAudio, dominant_frequency
+from wacall.media.audio import dominant_frequency
+from wacall.media.playout import ByteLRU, PreEncodedAudio
 from wacall.media.recording import RecordingWriter, Recordings, read_packets
 from wacall.testing.peer import AiortcBusiness
 
@@ -351,6 +352,43 @@ async def test_recording_of_an_ended_call_is_served_from_disk_until_retention(tm
         gone = await call_api(wa.http.get, url)
         assert gone.status_code == 404 and gone.json()["error"]["reason"] == "no_recording"
         assert not file.exists()
+    finally:
+        wa.close()
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+async def test_media_workers_carry_calls_without_the_audio_stack_and_the_server_measures_the_level(tmp_path):
+    """A media worker never loads PyAV nor numpy (~29 MB a process): the server encodes what the user says
+    and sends the packets, and measures the level of what the user heard from the packets a view carries."""
+    wa = Wacall(db=str(tmp_path / "w.db"), extra=["--media-workers", "2"]).start()
+    try:
+        await call_api(wa.reset, media_timeouts=True)
+        with open(f"/proc/{wa.proc.pid}/task/{wa.proc.pid}/children") as f:
+            workers = [int(p) for p in f.read().split()]
+        assert len(workers) == 2
+        call_id = (await call_api(wa.user_calls, ALICE)).json()["call_id"]
+        async with AiortcBusiness(tone_hz=1000) as business:
+            await take_user_call(wa, business, call_id)
+            while (await call_api(wa.call, call_id))["media"]["received"]["packets"] < 100:
+                await asyncio.sleep(0.1)
+            live = (await call_api(wa.call, call_id))["media"]
+            assert live["sent"]["packets"] > 0                     # the user talks: the server's packets
+            assert -30 < live["received"]["level_dbfs"] < 0        # the business's tone, measured by the server
+            assert "heard" not in live
+            for pid in workers:
+                assert "libavcodec" not in _maps(pid) and "numpy" not in _maps(pid), pid
+            response = await call_api(wa.calls_action, {"call_id": call_id, "action": "terminate"})
+            assert response.status_code == 200
+        final = await call_api(wait_until, lambda: next(
+            (e["media"] for e in wa.call(call_id).get("timeline", []) if e.get("event") == "final_stats"), None),
+            what="the final statistics")
+        assert -30 < final["received"]["level_dbfs"] < 0 and "heard" not in final
+        for pid in workers:
+            assert "libavcodec" not in _maps(pid) and "numpy" not in _maps(pid), pid
     finally:
         wa.close()
 

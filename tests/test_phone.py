@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from wacall.media.audio import PreEncodedAudio
+from wacall.media.playout import PreEncodedAudio
 from wacall.media.dtmf import DtmfDigit
 from wacall.media.recording import Recordings, read_packets
 from wacall.media.rtp import RTP_HEADER

@@ -9,7 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from wacall.media.audio import SAMPLE_RATE, AudioError, PreEncodedAudio, dominant_frequency
+from wacall.media.audio import SAMPLE_RATE, AudioError, dominant_frequency
+from wacall.media.playout import PreEncodedAudio
 from wacall.media.recording import Recordings
 from wacall.media.voicemail import (
     VoicemailMachine,

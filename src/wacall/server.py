@@ -25,7 +25,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -53,9 +53,8 @@ from .domain import recording as call_recording
 from .graph.media import DOWNLOAD_PATH
 from .graph.routes import GRAPH, GraphHost, graph_routes
 from .legs import LegOwner
-from .media.audio import PreEncodedAudio
+from .media.playout import PreEncodedAudio
 from .media.certificate import DtlsCertificate
-from .media.engine import MediaEngine
 from .media.recording import Recordings
 from .media.voicemail import announcement_frames
 from .media.workers import MediaWorkers
@@ -67,6 +66,9 @@ from .store.sqlite import Store
 from .users import behaviour
 from .webhooks.delivery import Dispatcher, outbox_rows
 
+if TYPE_CHECKING:
+    from .media.engine import MediaEngine
+
 log = logging.getLogger("wacall")
 T = TypeVar("T")
 MAX_BODY = 1024 * 1024
@@ -75,6 +77,13 @@ VOICEMAIL_MIME = "audio/ogg; codecs=opus"      # Meta's voicemail sample
 #: for the end of the loop turn to be committed (``Wacall.apply(group=True)``)
 QUIET_EVENTS = (SipCallChanged, ReleaseMedia, MediaConfigure, MediaConnected, VoicemailAnswer, VoicemailRecord)
 SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
+
+
+def _media_engine() -> type[MediaEngine]:
+    """The in-process relay's engine, imported only when the media runs in this process: with media workers
+    the server loads no DTLS, SRTP nor compiled media path."""
+    from .media.engine import MediaEngine
+    return MediaEngine
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -118,8 +127,8 @@ class Wacall:
         self.media: MediaEngine | MediaWorkers = (
             MediaWorkers(workers, "127.0.0.1", reporter=self, certificate=certificate, port=port,
                          recordings=self.recordings, fastpath=self.config.media_fastpath) if workers
-            else MediaEngine(host="127.0.0.1", reporter=self, certificate=certificate, port=port,
-                             recordings=self.recordings, fastpath=self.config.media_fastpath))
+            else _media_engine()(host="127.0.0.1", reporter=self, certificate=certificate, port=port,
+                                 recordings=self.recordings, fastpath=self.config.media_fastpath))
         self.legs = LegOwner(self.media, self.apply)      # allocates new calls' legs, releases refused ones
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None

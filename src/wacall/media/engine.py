@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from .audio import PreEncodedAudio
+from .playout import PreEncodedAudio
 from .bridge import BrowserReporter, browser_leg_id, join, part
 from .certificate import DtlsCertificate
 from ..domain.sdp import LocalMedia, Negotiated
@@ -25,7 +25,6 @@ from .leg import MediaLeg
 from .ports import BIND_RETRY_SECONDS, PortSocket, Ports
 from .recording import Recordings
 from .relay import RelayEndpoint, Reporter
-from .voicemail import VoicemailMachine, ogg_opus
 
 log = logging.getLogger("wacall.media")
 TICK = 0.020
@@ -94,6 +93,11 @@ class MediaEngine:
         self._home6: PortSocket | None = None
         self._ipv6_retry_at = 0.0
         self._unbindable: dict[tuple[str, int], str] = {}   # old ports a restore could not bind, and why
+        # a media worker (wacall.media.workers) leaves the audio stack (PyAV, numpy: ~29 MB a process) to the
+        # server: the server encodes what the users say and sends the packets, and measures the levels its
+        # views carry the packets for
+        self.encodes_audio = True
+        self.measures_level = True
 
     # -- the shared ports --------------------------------------------------------------------------
     async def _home_sockets(self) -> tuple[PortSocket, PortSocket | None]:
@@ -260,7 +264,7 @@ class MediaEngine:
         endpoint = self.endpoints.get(call_id)
         if endpoint is None:
             return
-        if not PreEncodedAudio.cached(user_audio):      # encode a new source once, off the event loop
+        if self.encodes_audio and not PreEncodedAudio.cached(user_audio):   # a new source, once, off the loop
             asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, user_audio)
         if self.recordings is not None and endpoint.phone.recording is None:
             endpoint.phone.recording = self.recordings.writer(
@@ -276,7 +280,8 @@ class MediaEngine:
         endpoint = self.endpoints.get(call_id)
         if endpoint is None or endpoint.closed:
             return False
-        if not PreEncodedAudio.cached(user_audio):      # the user's message source, encoded off the loop
+        from .voicemail import VoicemailMachine, ogg_opus   # PyAV's Ogg muxer: only a process with voicemail
+        if self.encodes_audio and not PreEncodedAudio.cached(user_audio):   # the user's message, off the loop
             asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, user_audio)
         phone = endpoint.phone
         phone.set_up(user_audio, True)
@@ -355,12 +360,12 @@ class MediaEngine:
         fast = {"fast_legs": len(self.fast.legs), "fast_packets_sent": self.fast.packets_sent} if self.fast else {}
         return {"live": len(self.endpoints), **self.ports.view(), **fast}
 
-    @staticmethod
-    def _view(endpoint: RelayEndpoint) -> dict:
-        view = {**endpoint.view(), "packets_received": endpoint.leg.packets_received}
+    def _view(self, endpoint: RelayEndpoint) -> dict:
+        view = {**endpoint.view(level=self.measures_level), "packets_received": endpoint.leg.packets_received}
         if endpoint.partner is not None:                 # a browser in the user's place: its leg, briefly
-            browser = endpoint.partner.view()
-            view["browser"] = {key: browser[key] for key in ("ice", "dtls", "send_codec", "received", "sent")}
+            browser = endpoint.partner.view(level=self.measures_level)
+            view["browser"] = {key: browser[key] for key in ("ice", "dtls", "send_codec", "received", "sent", "heard")
+                               if key in browser}
         return view
 
     async def view(self, call_id: str) -> dict | None:

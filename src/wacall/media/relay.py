@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 from ..domain.ends import MediaFact
 from ..domain.sdp import Negotiated, parse_crypto
-from ..users.phone import NO_MEDIA_AT_START, Phone
+from ..users.phone import NO_MEDIA_AT_START, Phone, heard_level, level_field
 from .certificate import DtlsCertificate
 from .dtls import DtlsSrtpSession, is_dtls
 from .dtmf import DtmfReceiver, DtmfSender, RtpStreamState
@@ -542,12 +542,14 @@ class RelayEndpoint:
         return (MediaFact.SILENCE, f"no media (neither RTP nor RTCP) from the business for {silence_timeout:g} s")
 
     # -- what the inspector shows ---------------------------------------------------------------------
-    def view(self) -> dict:
+    def view(self, *, level: bool = True) -> dict:
+        """What the inspector shows of this leg. ``level=False`` (a media worker): the level is left to the
+        process that reads the view, ``heard`` carrying the last packets heard (see :func:`level_field`)."""
         if self.fast is not None:                           # [fastpath] what C counted, first
             self.fast.sync()
         phone = self.phone
-        level = phone.level_dbfs()
-        return {
+        heard = phone.heard_recently()
+        view = {
             "host": self.leg.host, "port": self.leg.port, "host6": self.leg.host6, "port6": self.leg.port6,
             "key_exchange": self.negotiated.key_exchange if self.negotiated else None,
             "ice": {"connected": self.ice.connected,
@@ -561,7 +563,7 @@ class RelayEndpoint:
                 "packets": self.stats.received, "lost": self.stats.lost,
                 "loss": round(self.stats.lost / self.stats.expected, 4) if self.stats.expected else 0.0,
                 "jitter_ms": round(max((s.jitter_ms for s in self.stats.sources.values()), default=0.0), 2),
-                "level_dbfs": None if level is None or level == float("-inf") else round(level, 1),
+                "level_dbfs": level_field(heard_level(*heard)) if heard is not None and level else None,
                 "first_packet_ms_after_accept": None if self.first_packet_at is None or phone.connected_at is None
                 else round((self.first_packet_at - phone.connected_at) * 1000),
                 "clipped_packets": self.clipped_packets,
@@ -577,6 +579,9 @@ class RelayEndpoint:
             "digits_received": list(phone.digits_received),
             "digits_sent": "".join(phone.digits_sent),
         }
+        if heard is not None and not level:
+            view["heard"] = {"codec": heard[0], "packets": [base64.b64encode(p).decode("ascii") for p in heard[1]]}
+        return view
 
 
 __all__ = ["RelayEndpoint", "Reporter"]

@@ -7,16 +7,22 @@ least-loaded one. Signalling, the store and the domain stay in the main process.
 
 The two sides talk over the child's stdin/stdout, one JSON object per line:
 
-- main → worker: ``{"op": "certificate" | "allocate" | "restore" | "configure" | "connected" | "dtmf" |
-  "release" | "view" | "stats" | "recording" | "clock" | "check" | "attach_browser" | "connect_browser" |
-  "detach_browser" | "voicemail_answer" | "voicemail_record", ...}``; operations that answer carry
-  an ``id``.
+- main → worker: ``{"op": "certificate" | "audio" | "allocate" | "restore" | "configure" | "connected" |
+  "dtmf" | "release" | "view" | "stats" | "recording" | "clock" | "check" | "attach_browser" |
+  "connect_browser" | "detach_browser" | "voicemail_answer" | "voicemail_record", ...}``; operations that
+  answer carry an ``id``.
 - worker → main: ``{"re": id, "value": ...}`` answers, and the relay's reports
   ``{"report": "note" | "ended" | "persist" | "voicemail_heard" | "voicemail_recorded", "call_id": ..., ...}``
   (the voicemail's Opus frames and Ogg file travel base64-encoded) which the main process applies to
   the domain exactly as it does for in-process media (``ended`` carries a neutral fact, not a code).
 
 ``configure`` and ``restore`` carry the domain's negotiation (``Negotiated.to_doc()``), never the SDPs.
+
+A worker loads no audio stack (PyAV and numpy take ~29 MB in each process): the main process encodes what
+the users say and sends each source's Opus packets once per worker (``audio``, before the first call that
+plays it), and the views and final statistics a worker sends carry the last packets each leg heard, whose
+level the main process measures (``wacall.users.phone.measure_level``). Rarer audio work (G.711 loops,
+voicemail, recording announcements) imports them in the worker when it happens.
 
 Each worker's engine has its own shared ports. After a restart, the calls a worker had are restored
 together on one new worker, which binds their old ports again.
@@ -39,15 +45,18 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from ..loop import loop_factory
 from .certificate import DtlsCertificate
-from .engine import MediaEngine
 from ..domain.sdp import LocalMedia, Negotiated
+from .playout import PreEncodedAudio
 from .recording import Recordings
-from .relay import Reporter
+from ..users.phone import measure_level
+
+if TYPE_CHECKING:
+    from .relay import Reporter
 
 log = logging.getLogger("wacall.media.workers")
 PIPE_LIMIT = 1 << 20
@@ -65,6 +74,7 @@ class _Worker:
     pending: dict[int, asyncio.Future] = field(default_factory=dict)
     reader: asyncio.Task | None = None
     alive: bool = True
+    audio: set[str] = field(default_factory=set)       # the sources whose packets it was sent
 
     def send(self, message: dict) -> None:
         if self.alive and self.process.stdin is not None and not self.process.stdin.is_closing():
@@ -91,6 +101,7 @@ class MediaWorkers:
         self._clock_sent: tuple[float, float, float] | None = None
         self._sync_task: asyncio.Task | None = None
         self._closing = False
+        self._respawn = asyncio.Lock()               # one replacement per crashed worker, however many calls ask
 
     async def start(self) -> MediaWorkers:
         for index in range(self.count):
@@ -113,7 +124,29 @@ class MediaWorkers:
         if self.certificate is not None:
             worker.send({"op": "certificate", "cert": self.certificate.cert_pem.decode("ascii"),
                          "key": self.certificate.key_pem.decode("ascii")})
+        self._send_audio(worker, "silence")          # what a phone says when its own source fails
         return worker
+
+    def _send_audio(self, worker: _Worker, spec: str) -> None:
+        """Make sure ``worker`` has ``spec``'s Opus packets: sent now when encoded here already, else encoded
+        off the event loop first (meanwhile the worker's phone waits for them, as for its own encoding)."""
+        if spec in worker.audio:
+            return
+        worker.audio.add(spec)
+        if PreEncodedAudio.cached(spec):
+            self._audio_to(worker, spec, PreEncodedAudio.get(spec))
+            return
+
+        def encoded(future: asyncio.Future) -> None:
+            if future.cancelled() or future.exception() is not None:
+                worker.audio.discard(spec)   # the worker's phone tries itself and notes why it cannot
+            else:
+                self._audio_to(worker, spec, future.result())
+        asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, spec).add_done_callback(encoded)
+
+    @staticmethod
+    def _audio_to(worker: _Worker, spec: str, audio: PreEncodedAudio) -> None:
+        worker.send({"op": "audio", "spec": spec, "frames": [base64.b64encode(f).decode("ascii") for f in audio.frames]})
 
     async def _read(self, worker: _Worker) -> None:
         assert worker.process.stdout is not None
@@ -137,7 +170,10 @@ class MediaWorkers:
             if future is not None and not future.done():
                 future.set_result(message.get("value"))
         elif self.reporter is not None and message.get("report") == "note":
-            self.reporter.note(message["call_id"], message["kind"], **message.get("data", {}))
+            data = message.get("data", {})
+            if message["kind"] == "final_stats" and isinstance(data.get("media"), dict):
+                measure_level(data["media"])
+            self.reporter.note(message["call_id"], message["kind"], **data)
         elif self.reporter is not None and message.get("report") == "ended":
             self.reporter.ended(message["call_id"], message["fact"], message["reason"])
         elif self.reporter is not None and message.get("report") == "persist":
@@ -177,10 +213,11 @@ class MediaWorkers:
 
     # -- the media plane interface ------------------------------------------------------------------
     async def _least_loaded(self) -> _Worker:
-        for i, worker in enumerate(self.workers):          # a crashed worker is replaced for new calls
-            if not worker.alive:
-                self.workers[i] = await self._spawn(i)
-                self._clock_sent = None
+        async with self._respawn:                          # a crashed worker is replaced for new calls, once
+            for i, worker in enumerate(self.workers):
+                if not worker.alive:
+                    self.workers[i] = await self._spawn(i)
+                    self._clock_sent = None
         self._sync_clock()
         return min((w for w in self.workers if w.alive), key=lambda w: len(w.live))
 
@@ -209,6 +246,8 @@ class MediaWorkers:
                 # from worker i, whose new calls could then never get a leg
                 worker = self.workers[port - self.port]
             self._by_port[port] = worker
+        if kwargs.get("user_audio"):
+            self._send_audio(worker, kwargs["user_audio"])
         restored = await self._ask(worker, {"op": "restore", "call_id": call_id, "leg": leg_doc, "state": state,
                                             "negotiated": negotiated.to_doc() if negotiated else None, **kwargs})
         self._own(worker, call_id)
@@ -216,6 +255,7 @@ class MediaWorkers:
 
     def configure(self, call_id: str, negotiated: Negotiated, user_audio: str, user_is_caller: bool) -> None:
         if (worker := self.owner.get(call_id)) is not None:
+            self._send_audio(worker, user_audio)
             worker.send({"op": "configure", "call_id": call_id, "negotiated": negotiated.to_doc(),
                          "user_audio": user_audio, "user_is_caller": user_is_caller})
 
@@ -223,6 +263,7 @@ class MediaWorkers:
         worker = self.owner.get(call_id)
         if worker is None or call_id not in worker.live or not worker.alive:
             return False
+        self._send_audio(worker, user_audio)
         worker.send({"op": "voicemail_answer", "call_id": call_id, "user_audio": user_audio,
                      "frames": [base64.b64encode(f).decode("ascii") for f in announcement]})
         return True
@@ -265,7 +306,10 @@ class MediaWorkers:
 
     async def view(self, call_id: str) -> dict | None:
         worker = self.owner.get(call_id)
-        return await self._ask(worker, {"op": "view", "call_id": call_id}) if worker and worker.alive else None
+        if worker is None or not worker.alive:
+            return None
+        view = await self._ask(worker, {"op": "view", "call_id": call_id})
+        return measure_level(view) if isinstance(view, dict) else view
 
     async def recording_wav(self, call_id: str) -> bytes | None:
         """The call's recording file as a WAV; a live call's worker first writes out what it buffered."""
@@ -361,8 +405,10 @@ def _emit(message: dict) -> None:
 
 
 async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None, fastpath: bool = True) -> None:
+    from .engine import MediaEngine     # the relay (DTLS, SRTP, the compiled path): only the worker runs it
     reporter = _PipeReporter()
     engine = MediaEngine(host=host, reporter=reporter, port=port, recordings=recordings, fastpath=fastpath)
+    engine.encodes_audio = engine.measures_level = False     # the main process does both (module docstring)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=PIPE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -378,6 +424,8 @@ async def _serve_pipe(host: str, port: int, recordings: Recordings | None = None
                 args = {key: message[key] for key in RESTORE_ARGS}
                 args["negotiated"] = Negotiated.from_doc(args["negotiated"]) if args["negotiated"] else None
                 value = await engine.restore(call_id, message["leg"], message["state"], **args)
+            elif op == "audio":
+                PreEncodedAudio.add(message["spec"], [base64.b64decode(f) for f in message["frames"]])
             elif op == "certificate":
                 engine.certificate = DtlsCertificate.from_pem(message["cert"].encode(), message["key"].encode())
             elif op == "stats":

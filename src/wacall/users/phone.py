@@ -29,14 +29,12 @@ media packet or the accept, whichever comes first, as answered; a phone that is 
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from typing import Any, Callable
 
-import numpy as np
-
-from ..media import g711
-from ..media.audio import ByteLRU, PreEncodedAudio, frames_size, parse_audio_spec
 from ..media.dtmf import DtmfDigit
+from ..media.playout import ByteLRU, PreEncodedAudio, frames_size
 from ..media.rtp import rtp_payload
 from ..media.recording import RecordingWriter, decode
 
@@ -51,6 +49,27 @@ SILENCE = "silence"
 Note = Callable[..., None]               # note(kind, **data): a fact for the call's timeline
 
 
+def heard_level(codec: str, packets: list[bytes]) -> float:
+    """The level (dBFS) of the last 200 ms of ``packets`` (plain RTP of ``codec``), decoded now."""
+    return decode(codec, packets).level_dbfs
+
+
+def level_field(level: float | None) -> float | None:
+    """The level as the inspector shows it: dBFS to 0.1, None when nothing was heard."""
+    return None if level is None or level == float("-inf") else round(level, 1)
+
+
+def measure_level(view: dict) -> dict:
+    """Put the level into a view made with ``level=False`` (and into its browser leg's part), from the
+    packets it carries: the server measures for its media workers, whose processes never load PyAV."""
+    for part in (view, view.get("browser")):
+        heard = part.pop("heard", None) if isinstance(part, dict) else None
+        if heard and isinstance(part.get("received"), dict):
+            packets = [base64.b64decode(p) for p in heard["packets"]]
+            part["received"]["level_dbfs"] = level_field(heard_level(heard["codec"], packets))
+    return view
+
+
 class G711Loop:
     """A user's source encoded once as 20 ms G.711 frames (160 bytes), shared between calls; the cache
     keeps the most recently used sources up to ``MAX_CACHE_BYTES`` (~100 KB per 10 s source)."""
@@ -63,6 +82,9 @@ class G711Loop:
         key = (spec, codec)
         frames = cls._cache.get(key)
         if frames is None:
+            import numpy as np                   # numpy: only a process that encodes G.711 loads it
+            from ..media import g711
+            from ..media.audio import parse_audio_spec
             source = parse_audio_spec(spec)
             count = int(seconds * 50)
             pcm = np.concatenate([np.asarray(source.read(), dtype=np.int16) for _ in range(count)])
@@ -205,9 +227,15 @@ class Phone:
 
     def level_dbfs(self) -> float | None:
         """The level of the last 200 ms heard (decoded now from the last packets), None before any."""
+        heard = self.heard_recently()
+        return None if heard is None else heard_level(*heard)
+
+    def heard_recently(self) -> tuple[str, list[bytes]] | None:
+        """(codec, the last packets heard) for the level, None before any (a media worker sends them to the
+        server, which decodes them: see :func:`heard_level`)."""
         if not self.recent or self.heard_codec is None:
             return None
-        return decode(self.heard_codec, list(self.recent)).level_dbfs
+        return self.heard_codec, list(self.recent)
 
     def flush_recording(self) -> None:
         """Write what is buffered of the recording to its file (before someone reads it, and at the end)."""
@@ -323,4 +351,4 @@ class Phone:
         return None
 
 
-__all__ = ["BrowserMicrophone", "G711Loop", "Microphone", "Phone", "NO_MEDIA_AT_START", "SILENCE"]
+__all__ = ["BrowserMicrophone", "G711Loop", "Microphone", "Phone", "NO_MEDIA_AT_START", "SILENCE", "heard_level", "level_field", "measure_level"]
