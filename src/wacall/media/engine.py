@@ -133,7 +133,7 @@ class MediaEngine:
         sock, sock6 = await self._home_sockets()
         v6 = {"host6": sock6.host, "port6": sock6.port} if sock6 is not None else {}
         leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint, **v6)
-        while leg.ice_ufrag in self.ports.by_ufrag:      # the ufrag routes datagrams: it must be unique here
+        while leg.local.ice_ufrag in self.ports.by_ufrag:      # the ufrag routes datagrams: it must be unique here
             leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint,
                                   **v6)
         return RelayEndpoint(leg, self.certificate, reporter, self.ports, sock, sock6)
@@ -237,12 +237,12 @@ class MediaEngine:
         endpoint.close()
         if self._closing:                    # a shutdown does not end the call: no final statistics
             return
-        final = self._view(endpoint)
+        final = self._view(endpoint)                     # computed once: kept, and noted (nobody changes it)
         self.finished[call_id] = final
         while len(self.finished) > KEEP_FINISHED:
             self.finished.pop(next(iter(self.finished)))
         if endpoint.negotiated is not None:
-            self.reporter.note(call_id, "final_stats", media=dict(final))
+            self.reporter.note(call_id, "final_stats", media=final)
 
     async def close(self) -> None:
         self._closing = True
@@ -351,7 +351,7 @@ class MediaEngine:
     async def send_dtmf(self, call_id: str, digits: str) -> bool:
         """Press keys on the user's phone; False when the call has no media connection yet."""
         endpoint = self.endpoints.get(call_id)
-        if endpoint is None or endpoint.srtp is None or endpoint.dtmf_out is None:
+        if endpoint is None or endpoint.srtp is None or endpoint.negotiated is None:
             return False
         endpoint.press(digits)
         return True
@@ -361,7 +361,8 @@ class MediaEngine:
         return {"live": len(self.endpoints), **self.ports.view(), **fast}
 
     def _view(self, endpoint: RelayEndpoint) -> dict:
-        view = {**endpoint.view(level=self.measures_level), "packets_received": endpoint.leg.packets_received}
+        view = endpoint.view(level=self.measures_level)
+        view["packets_received"] = endpoint.leg.packets_received
         if endpoint.partner is not None:                 # a browser in the user's place: its leg, briefly
             browser = endpoint.partner.view(level=self.measures_level)
             view["browser"] = {key: browser[key] for key in ("ice", "dtls", "send_codec", "received", "sent", "heard")

@@ -36,6 +36,16 @@ def ice_string(length: int) -> str:
     return "".join(ICE_CHARS[b & 63] for b in secrets.token_bytes(length))
 
 
+def _uuid4(random16: bytes) -> str:
+    """A UUID version 4 (RFC 9562 section 5.4) from 16 random bytes, as ``str(uuid.UUID(bytes=..., version=4))``
+    writes it (the uuid module's object cost ~2 µs per call; this is the same bits and text)."""
+    value = bytearray(random16)
+    value[6] = (value[6] & 0x0F) | 0x40          # version 4
+    value[8] = (value[8] & 0x3F) | 0x80          # variant RFC 9562
+    h = value.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 @dataclass(slots=True)
 class MediaLeg:
     """One call's Meta-side media endpoint: what Meta's SDP advertises of it (``local``, frozen; its
@@ -70,7 +80,7 @@ class MediaLeg:
             ssrc=int.from_bytes(raw[key:key + 4], "big"),
             sdes_key_b64=base64.b64encode(raw[pwd:key]).decode("ascii"),
             session_id=int.from_bytes(raw[key + 4:key + 12], "big") >> 2,    # 62 bits: o= session id (RFC 8866 §5.2)
-            stream_id=str(uuid.UUID(bytes=raw[key + 12:key + 28], version=4)),   # a=msid (RFC 8830), a UUID v4
+            stream_id=_uuid4(raw[key + 12:key + 28]),                            # a=msid (RFC 8830), a UUID v4
             host6=host6,
             port6=port6,
         ))

@@ -28,6 +28,7 @@ import asyncio
 import base64
 import functools
 import logging
+import secrets
 import struct
 import time
 from typing import Any, Callable, Protocol
@@ -54,6 +55,21 @@ CHECKPOINT_INTERVAL = 30.0               # seconds between persisted positions o
 MAX_RESUME_GAP = 30000                   # packets skipped after a restart (libsrtp guesses within 2^15)
 
 
+_CODECS_BY_SHAPE: dict[tuple, dict[int, str]] = {}    # payload types -> Negotiated.audio_codecs, shared (read only)
+
+
+def _audio_codecs(payload_types: dict[str, int]) -> dict[int, str]:
+    """``Negotiated.audio_codecs`` for these payload types, computed once per shape (every call of a
+    business usually negotiates the same codecs); the dict is shared between legs and never changed."""
+    shape = tuple(payload_types.items())
+    codecs = _CODECS_BY_SHAPE.get(shape)
+    if codecs is None:
+        if len(_CODECS_BY_SHAPE) >= 256:                  # a bound; shapes are few in practice
+            _CODECS_BY_SHAPE.clear()
+        codecs = _CODECS_BY_SHAPE[shape] = Negotiated(key_exchange="", payload_types=payload_types).audio_codecs
+    return codecs
+
+
 class Reporter(Protocol):
     """How the relay talks to the platform (implemented by the server)."""
 
@@ -69,15 +85,16 @@ class Reporter(Protocol):
 class RelayEndpoint:
     def __init__(self, leg: MediaLeg, certificate: DtlsCertificate, reporter: Reporter, ports: Ports,
                  sock: PortSocket | None, sock6: PortSocket | None = None) -> None:
+        local = leg.local                                 # (read once: MediaLeg's fields read through)
         self.leg = leg
         self.certificate = certificate
         self.reporter = reporter
-        self.call_id = leg.call_id
-        self.ice_ufrag = leg.ice_ufrag
+        self.call_id = call_id = local.call_id
+        self.ice_ufrag = local.ice_ufrag
         self.ports = ports
         self.sock = sock                                  # the shared IPv4 socket (None: the leg is dead)
         self.sock6 = sock6                                # the shared IPv6 one, where the host has it
-        self.ice = IceLiteAgent(leg.ice_ufrag, leg.ice_pwd)
+        self.ice = IceLiteAgent(local.ice_ufrag, local.ice_pwd)
         self.negotiated: Negotiated | None = None
         self.dtls: DtlsSrtpSession | None = None
         self.srtp: SrtpContext | None = None
@@ -85,9 +102,12 @@ class RelayEndpoint:
         self._remote_sock: PortSocket | None = None
         self.failure: tuple[str, str] | None = None        # why media never came up: (MediaFact, reason)
         self.closed = False
-        self.phone = Phone(functools.partial(reporter.note, leg.call_id))   # no cycle back to the relay
-        self.stream = RtpStreamState.random(ssrc=leg.ssrc)  # the user's stream: audio and DTMF
+        self.phone = Phone(functools.partial(reporter.note, call_id))   # no cycle back to the relay
+        start = int.from_bytes(secrets.token_bytes(6), "big")   # random first sequence number and timestamp
+        # the user's stream: audio and DTMF (RFC 3550 5.1: random sequence number and timestamp bases)
+        self.stream = RtpStreamState(ssrc=local.ssrc, sequence_number=start & 0xFFFF, timestamp=start >> 16)
         self._first_seq = self.stream.sequence_number     # SRTP index = first sequence number + packets sent
+        # made when first needed: the first keys the user presses, the business's first RFC 4733 packet
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in: DtmfReceiver | None = None
         self._codec_by_pt: dict[int, str] = {}
@@ -178,15 +198,13 @@ class RelayEndpoint:
         te = n.telephone_event_pt
         self._te_pt = te
         self.stats.event_payload_types = frozenset({te})   # RFC 4733 packets count for loss, not jitter
-        self._codec_by_pt = n.audio_codecs
-        self.dtmf_out = DtmfSender(self.stream, payload_type=te)
-        self.dtmf_in = DtmfReceiver(payload_type=te)
+        self._codec_by_pt = _audio_codecs(n.payload_types)
         if n.key_exchange == "SDES":
             if n.remote_crypto is None:
                 self.failure = (MediaFact.NO_SDES_KEY, "no usable a=crypto line from the business")
                 return
             crypto = n.remote_key or parse_crypto(n.remote_crypto)      # (parsed already by the negotiation)
-            self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.sdes_key_b64), crypto)
+            self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.local.sdes_key_b64), crypto)
             if n.remote_addr is not None:               # c=/m= of the business: media goes there first
                 self._latch(n.remote_addr, persist=False)     # (restore() runs after configure: no need to save it)
                 self.ports.learn(n.remote_addr, self)
@@ -390,6 +408,8 @@ class RelayEndpoint:
         except RtpError:
             self._note_once("rtp_malformed")
             return
+        if self.dtmf_in is None:
+            self.dtmf_in = DtmfReceiver(payload_type=self._te_pt)
         for digit in self.dtmf_in.receive(packet, arrival):
             self.phone.heard_digit(digit)
 
@@ -416,7 +436,9 @@ class RelayEndpoint:
             self.sending = True
             self._send_pt = self.negotiated.payload_types[self.negotiated.send_codec]
             self._checkpoint(time.time())
-        if phone.keys and self.dtmf_out is not None:
+        if phone.keys:
+            if self.dtmf_out is None:
+                self.dtmf_out = DtmfSender(self.stream, payload_type=self._te_pt)
             self.dtmf_out.send(phone.take_keys())
         events = self.dtmf_out.tick() if self.dtmf_out and self.dtmf_out.busy else []
         if events:
@@ -547,29 +569,31 @@ class RelayEndpoint:
         process that reads the view, ``heard`` carrying the last packets heard (see :func:`level_field`)."""
         if self.fast is not None:                           # [fastpath] what C counted, first
             self.fast.sync()
-        phone = self.phone
+        phone, local, negotiated, dtls, stats = self.phone, self.leg.local, self.negotiated, self.dtls, self.stats
         heard = phone.heard_recently()
+        sources = stats.sources
+        expected = stats.expected if sources else 0         # (the sums over sources, each taken once)
         view = {
-            "host": self.leg.host, "port": self.leg.port, "host6": self.leg.host6, "port6": self.leg.port6,
-            "key_exchange": self.negotiated.key_exchange if self.negotiated else None,
+            "host": local.host, "port": local.port, "host6": local.host6, "port6": local.port6,
+            "key_exchange": negotiated.key_exchange if negotiated else None,
             "ice": {"connected": self.ice.connected,
                     "remote": f"{self.remote[0]}:{self.remote[1]}" if self.remote else None},
-            "dtls": {"role": self.negotiated.dtls_role if self.negotiated else None,
-                     "state": self.dtls.state if self.dtls else None,
-                     "profile": self.dtls.srtp_profile.name if self.dtls and self.dtls.srtp_profile else None},
-            "send_codec": self.negotiated.send_codec if self.negotiated else None,
-            "payload_types": self.negotiated.payload_types if self.negotiated else {},
+            "dtls": {"role": negotiated.dtls_role if negotiated else None,
+                     "state": dtls.state if dtls else None,
+                     "profile": dtls.srtp_profile.name if dtls and dtls.srtp_profile else None},
+            "send_codec": negotiated.send_codec if negotiated else None,
+            "payload_types": negotiated.payload_types if negotiated else {},
             "received": {
-                "packets": self.stats.received, "lost": self.stats.lost,
-                "loss": round(self.stats.lost / self.stats.expected, 4) if self.stats.expected else 0.0,
-                "jitter_ms": round(max((s.jitter_ms for s in self.stats.sources.values()), default=0.0), 2),
+                "packets": stats.received if sources else 0, "lost": stats.lost if sources else 0,
+                "loss": round(stats.lost / expected, 4) if expected else 0.0,
+                "jitter_ms": round(max((s.jitter_ms for s in sources.values()), default=0.0), 2),
                 "level_dbfs": level_field(heard_level(*heard)) if heard is not None and level else None,
                 "first_packet_ms_after_accept": None if self.first_packet_at is None or phone.connected_at is None
                 else round((self.first_packet_at - phone.connected_at) * 1000),
                 "clipped_packets": self.clipped_packets,
                 "srtp_auth_failures": self.srtp.auth_failures if self.srtp else 0,
                 "wrong_payload_types": sorted(self.wrong_payload_types),
-                "ssrcs": len(self.stats.sources),
+                "ssrcs": len(sources),
             },
             "sent": {"packets": self.packets_sent, "ssrc": self.stream.ssrc, "audio": phone.audio,
                      "skipped_ticks": self.skipped_ticks},

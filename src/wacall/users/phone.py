@@ -180,12 +180,12 @@ class Phone:
         self.audio, self.is_caller = audio, is_caller
 
     def connected(self, at: float) -> None:
-        """The call was accepted (the business accepted the user's call, or the user picked up)."""
+        """The call was accepted (the business accepted the user's call, or the user picked up). The phone
+        is answered now unless media answered it before; no note: the call's timeline has the accept."""
         if self.connected_at is None:
             self.connected_at = at
             if self.answered_at is None:
                 self.answered_at = at
-                self._note("user_answered", trigger="accept")
 
     def answer_on_media(self, now: float) -> bool:
         """Media arrived before the phone was answered: the caller's phone counts it as answered (True);
