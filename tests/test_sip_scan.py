@@ -24,6 +24,7 @@ from wacall.sip.message import (
     _parse_in_python,
     parse_message,
 )
+from wacall.sip.transport import stamp_via
 
 DATA = Path(__file__).parent / "data" / "sip_torture"
 TORTURE = sorted(p.read_bytes() for p in DATA.glob("*.dat"))
@@ -49,7 +50,26 @@ def _shape(msg) -> tuple:
 def agree(data: bytes) -> tuple:
     python = outcome(_parse_in_python, data)
     assert outcome(parse_message, data) == python, data
+    if python[0] == "ok":
+        same_wire_form(data)
     return python
+
+
+def same_wire_form(data: bytes) -> None:
+    """Where the scanner keeps the received octets as the wire form (and the transport's Via stamp splices
+    into them), ``to_bytes`` is still exactly what rendering the Python parser's message gives."""
+    kept, rendered = parse_message(data), _parse_in_python(data)
+    assert kept.to_bytes() == rendered.to_bytes(), data
+    for peer in (("127.0.0.1", 5070), ("192.0.2.7", 40000)):
+        kept, rendered = parse_message(data), _parse_in_python(data)
+        if not isinstance(kept, message.Request):
+            return
+        try:
+            stamp_via(kept, peer)
+        except SipParseError:
+            continue
+        stamp_via(rendered, peer)
+        assert kept.to_bytes() == rendered.to_bytes(), data
 
 
 INVITE = (b"INVITE sip:+447955500001@wa.meta.vc;transport=tls SIP/2.0\r\n"
@@ -64,11 +84,16 @@ def test_the_scanner_takes_the_common_case() -> None:
     """A test of the C path, not only of the fallback: a plain INVITE is cut by C (and agrees)."""
     scanned = message._scanned(INVITE)
     assert scanned is not None
-    start, fields, rest, length = scanned
+    start, fields, rest, length, verbatim = scanned
     assert start == "INVITE sip:+447955500001@wa.meta.vc;transport=tls SIP/2.0"
     assert fields[0] == ("Via", "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport")
     assert fields[-1] == ("Content-Length", "4") and (rest, length) == (b"v=0\n", 4)
     assert agree(INVITE)[0] == "ok"
+    assert verbatim and parse_message(INVITE).to_bytes() is INVITE       # the received octets, not rendered again
+    stamped = parse_message(INVITE)
+    stamp_via(stamped, ("127.0.0.1", 40000))                              # the stamp is spliced into them
+    assert stamped._wire[2] == stamped.headers._version
+    assert stamped.to_bytes() == INVITE.replace(b";rport", b";rport=40000")
     compact = INVITE.replace(b"Via:", b"v :").replace(b"Content-Length:", b"l:\t")
     assert message._scanned(compact)[1][0] == ("Via", "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport")
     agree(compact)
@@ -119,7 +144,7 @@ _NAMES = st.sampled_from(["Via", "v", "From", "f", "To", "t", "Call-ID", "i", "C
                           "", "Allow"])
 _VALUES = st.sampled_from([
     "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK1", "<sip:a@b>;tag=1", "sip:c@d", "x@y", "1 INVITE", "2 BYE",
-    "0", "4", " 4 ", "4, 4", "4,5", "-1", "99999999999999999999", "", "*", "70", "INVITE, ACK",
+    "0", "4", "04", " 4 ", "4, 4", "4,5", "-1", "99999999999999999999", "", "*", "70", "INVITE, ACK",
     '"A, B" <sip:a@b>', "a:b:c", "\t tabs \t",
 ])
 _BREAKS = st.sampled_from(["\r\n", "\n"])
@@ -129,7 +154,7 @@ _BREAKS = st.sampled_from(["\r\n", "\n"])
 def messages(draw) -> bytes:
     start = draw(st.sampled_from(["INVITE sip:a@b SIP/2.0", "BYE sip:a@b SIP/2.0", "SIP/2.0 200 OK",
                                   "SIP/2.0 180", "OPTIONS sip:a@b SIP/3.0", "INVITE  sip:a@b SIP/2.0"]))
-    lines = [f"{draw(_NAMES)}{draw(st.sampled_from([':', ' :', ':  ', '']))}{draw(_VALUES)}"
+    lines = [f"{draw(_NAMES)}{draw(st.sampled_from([': ', ':', ' :', ':  ', '']))}{draw(_VALUES)}"
              for _ in range(draw(st.integers(0, 12)))]
     text = draw(st.sampled_from(["", "\r\n", "\n\n"])) + start
     for line in lines:

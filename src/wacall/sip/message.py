@@ -506,17 +506,35 @@ class _Message:
         """
         return [parse_name_addr(v) for v in self.headers.get_all(name)]
 
+    def replace_first(self, name: str, value: str) -> None:
+        """``headers.replace_first`` that keeps the wire form already rendered (or received) by splicing the one
+        field in: the transport stamps the top Via of every request it receives (RFC 3261 section 18.2.1),
+        and the call's timeline shows that request with the stamp; rendering it whole again cost more."""
+        headers = self.headers
+        version = headers._version
+        olds = headers._values(name)
+        headers.replace_first(name, value)
+        kept = self._wire
+        if kept is None or not olds or kept[1] is not headers or kept[2] != version or kept[3] is not self.body:
+            return
+        # the kept octets are exactly the rendered fields: the first "\r\n<Name>: <old>\r\n" is the first field
+        # of that name (a value holds no CR/LF, the header block comes before the body)
+        canonical = _CANONICAL_OF[name]
+        spliced = kept[4].replace(f"\r\n{canonical}: {olds[0]}\r\n".encode("utf-8", "surrogateescape"),
+                                  f"\r\n{canonical}: {value}\r\n".encode("utf-8", "surrogateescape"), 1)
+        self._wire = (kept[0], headers, headers._version, self.body, spliced)
+
     def _render(self, start_line: str) -> bytes:
         """The wire form, rendered once per content: a message is rendered for its transport and for the call's
         timeline (and a 2xx again for each retransmission), so the bytes are kept while the start line, the
         headers (their version) and the body stay the same."""
         headers, body = self.headers, self.body
-        kept = self.__dict__.get("_wire")
+        kept = self._wire
         if (kept is not None and kept[1] is headers and kept[2] == headers._version and kept[3] is body
                 and kept[0] == start_line):
             return kept[4]
         data = self._render_now(start_line)
-        self.__dict__["_wire"] = (start_line, headers, headers._version, body, data)
+        self._wire = (start_line, headers, headers._version, body, data)
         return data
 
     def _render_now(self, start_line: str) -> bytes:
@@ -556,6 +574,8 @@ class Request(_Message):
     uri: str
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
+    #: the wire form last rendered (or received): (start line, headers, their version, body, octets)
+    _wire: tuple[str, Headers, int, bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def ruri(self) -> SipUri:
@@ -580,6 +600,8 @@ class Response(_Message):
     reason: str
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
+    #: the wire form last rendered (or received): (start line, headers, their version, body, octets)
+    _wire: tuple[str, Headers, int, bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_bytes(self) -> bytes:
         """Wire form: CRLF line ends, full header names, Content-Length = len(body)."""
@@ -781,25 +803,30 @@ _BUFFERS = threading.local()     # the scanner's output buffers, reused (cffi re
 
 
 
-def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int] | None:
-    """``(start line, fields with canonical names, rest after the empty line, Content-Length)`` by the compiled
-    scanner (Content-Length -1: none, -2: ask :func:`_content_length`), or None where Python must parse."""
+def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int, bool] | None:
+    """``(start line, fields with canonical names, rest after the empty line, Content-Length, verbatim)`` by the
+    compiled scanner (Content-Length -1: none, -2: ask :func:`_content_length`; verbatim: the octets up to the
+    body's end are what :meth:`Request.to_bytes` renders), or None where Python must parse."""
     ffi, lib = _SCANNER  # type: ignore[misc]
     n = len(data)
     kept = getattr(_BUFFERS, "kept", None)
     if kept is None or kept[2] <= n:
-        kept = _BUFFERS.kept = (ffi.new("long[5]"), ffi.new("unsigned char[]", max(n + 1, 4096)), max(n + 1, 4096))
+        kept = _BUFFERS.kept = (ffi.new("long[6]"), ffi.new("unsigned char[]", max(n + 1, 4096)), max(n + 1, 4096))
     info, out, cap = kept
     count = lib.sip_scan(data, n, out, cap, info)
     if count < 0:
         return None
     start = data[info[0]:info[1]].decode("ascii")
+    verbatim = False
     if count:
         parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")
-        fields = list(zip(map(_CANONICAL_OF.__getitem__, parts[0::2]), parts[1::2]))
+        names = parts[0::2]
+        canonical = list(map(_CANONICAL_OF.__getitem__, names))
+        fields = list(zip(canonical, parts[1::2]))
+        verbatim = bool(info[5]) and canonical == names    # compact or odd spellings render differently
     else:
         fields = []
-    return start, fields, data[info[2]:], info[3]
+    return start, fields, data[info[2]:], info[3], verbatim
 
 
 def parse_message(data: bytes) -> Request | Response:
@@ -812,7 +839,7 @@ def parse_message(data: bytes) -> Request | Response:
     """
     scanned = _scanned(data) if _SCANNER is not None else None
     if scanned is not None:
-        start, fields, rest, length = scanned
+        start, fields, rest, length, verbatim = scanned
         headers = Headers()
         headers._items = fields
         msg = _parse_start(start, headers)
@@ -820,7 +847,11 @@ def parse_message(data: bytes) -> Request | Response:
             length = None
         elif length == -2:
             length = _length_of(msg)
-        return _finish(msg, rest, length)
+        _finish(msg, rest, length)
+        if verbatim:     # the received octets are the wire form: the timeline's copy is not rendered again
+            end = len(data) - len(rest) + length
+            msg._wire = (start, headers, headers._version, msg.body, data if end == len(data) else data[:end])
+        return msg
     return _parse_in_python(data)
 
 

@@ -81,6 +81,10 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
     info[0] = (long)head_start;
     info[1] = (long)start_end;
     info[2] = (long)body;
+    /* verbatim: the octets are already the form Message.to_bytes renders (no leading line breaks, CRLF
+     * everywhere, "name: value" with one SP and nothing trailing, one Content-Length in plain digits);
+     * Python checks the names' spelling and keeps the received octets as the message's wire form */
+    int verbatim = head_start == 0 && start_end < head_end && data[start_end] == '\r' && body == head_end + 4;
     long long length = -1;
     int lengths = 0;
     long fields = 0;
@@ -103,6 +107,8 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
         size_t vs = c + 1, ve = e;
         while (vs < ve && (data[vs] == ' ' || data[vs] == '\t')) vs++;
         while (ve > vs && (data[ve - 1] == ' ' || data[ve - 1] == '\t')) ve--;
+        if (verbatim && (ne != c || vs != c + 2 || data[c + 1] != ' ' || ve != e || (after != head_end && data[e] != '\r')))
+            verbatim = 0;
         size_t need = (ne - i) + (ve - vs) + 2;
         if (o + need > out_cap) return -1;
         if (fields) out[o++] = '\n';
@@ -112,6 +118,7 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
         if (is_length_name(data + i, ne - i)) {
             lengths++;
             length = digits_value(data + vs, ve - vs);
+            if (data[vs] == '0' && ve - vs > 1) verbatim = 0;              /* rendered without leading zeros */
         }
         fields++;
         i = after;
@@ -120,6 +127,7 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
     else if (lengths == 1 && length >= 0) info[3] = (long)length;
     else info[3] = -2;
     info[4] = (long)o;
+    info[5] = verbatim && fields > 0 && info[3] >= 0;
     return fields;
 }
 

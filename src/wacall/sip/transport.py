@@ -622,7 +622,7 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     field = request.headers.get("Via") or ""
     if "," in field:                 # more Via elements in the first field: rewrite the first only
         text = ", ".join([text, *split_shared(field)[1:]])
-    request.headers.replace_first("Via", text)
+    request.replace_first("Via", text)    # the received octets stay the wire form, with this Via
 
 
 def _set_param(params: dict[str, str | None], name: str, value: str) -> None:
