@@ -61,37 +61,29 @@ class ScriptedPbx(asyncio.DatagramProtocol):
 
     async def next(self, method: str, timeout: float = 5.0) -> Request:
         """The next request ``method`` received (others before it are passed over)."""
+        return await self._first(lambda m: isinstance(m, Request) and m.method == method, f"no {method} from the "
+                                 "bridge", timeout)
+
+    async def response(self, cseq: tuple[int, str], timeout: float = 5.0) -> Response:
+        return await self._first(lambda m: isinstance(m, Response) and m.cseq == cseq, f"no response to {cseq}",
+                                 timeout)
+
+    async def _first(self, wanted, missing: str, timeout: float):
+        """The next message received that is ``wanted`` (those before it are passed over)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             while self.taken < len(self.received):
                 message = self.received[self.taken]
                 self.taken += 1
-                if isinstance(message, Request) and message.method == method:
+                if wanted(message):
                     return message
             self.arrived.clear()
             left = deadline - loop.time()
             if left <= 0:
-                raise AssertionError(f"no {method} from the bridge; got {[_name(m) for m in self.received]}")
+                raise AssertionError(f"{missing}; got {[_name(m) for m in self.received]}")
             try:
                 await asyncio.wait_for(self.arrived.wait(), left)
-            except asyncio.TimeoutError:
-                pass
-
-    async def response(self, cseq: tuple[int, str], timeout: float = 5.0) -> Response:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            while self.taken < len(self.received):
-                message = self.received[self.taken]
-                self.taken += 1
-                if isinstance(message, Response) and message.cseq == cseq:
-                    return message
-            self.arrived.clear()
-            if loop.time() > deadline:
-                raise AssertionError(f"no response to {cseq}; got {[_name(m) for m in self.received]}")
-            try:
-                await asyncio.wait_for(self.arrived.wait(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 pass
 
