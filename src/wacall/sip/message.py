@@ -848,7 +848,7 @@ def parse_message(data: bytes) -> Request | Response:
         elif length == -2:
             length = _length_of(msg)
         _finish(msg, rest, length)
-        if verbatim:     # the received octets are the wire form: the timeline's copy is not rendered again
+        if verbatim and length is not None:     # the received octets are the wire form: not rendered again
             end = len(data) - len(rest) + length
             msg._wire = (start, headers, headers._version, msg.body, data if end == len(data) else data[:end])
         return msg

@@ -412,11 +412,9 @@ class Store:
             else:
                 entries.append(entry)
         rows = []
-        dumps, numbers = codec.dumps_stored, self._numbers
+        dumps = codec.dumps_stored
         for call_id, entries in by_call.items():
-            n = numbers.get(call_id)
-            if n is None:
-                n = self._number(cursor, call_id)
+            n = self._number(cursor, call_id)
             if len(entries) == 1:
                 entry = entries[0]
                 data = entry.copy()               # the entry's other keys: t and kind have columns
