@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -59,7 +60,9 @@ class WacallProcess:
 
     def start(self) -> "WacallProcess":
         py = ROOT / ".venv" / "bin" / "python"
-        args = [str(py if py.exists() else sys.executable)]
+        # WACALL_BENCH_PREFIX: a command put in front of wacall's, e.g. "valgrind --tool=callgrind
+        # --callgrind-out-file=/tmp/w.%p" to count its instructions per flow (steady where CPU time drifts)
+        args = [*shlex.split(os.environ.get("WACALL_BENCH_PREFIX", "")), str(py if py.exists() else sys.executable)]
         if self.profile:        # inflates wacall's CPU: for hot spots, not for figures
             args += ["-m", "cProfile", "-o", self.profile]
         args += ["-m", "wacall", "serve", "--json", "--port", "0", "--db", self.db, *self.extra]
