@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import sys
 from typing import Optional
+
+# numpy's OpenBLAS keeps a pool of threads that spin after a call; wacall's vectors are 20 ms audio frames, far
+# below what OpenBLAS splits across threads, so the pool only burns CPU (set before anything imports numpy)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 from rich.console import Console
