@@ -265,3 +265,29 @@ def test_a_records_live_flag_follows_it_while_its_document_alone_is_rewritten(tm
     assert reopened.load_record("call", "wacid.1")["state"] == "ENDED"
     reopened.close()
 
+
+def test_a_timeline_entrys_time_is_rounded_exactly_as_round_does():
+    """``round_ms`` (a timeline entry's ``t``) gives the very float ``round(x, 3)`` gives: for clock readings,
+    for values on and beside every kind of half-thousandth (the near-ties it hands to round()), for values
+    whose product by 1000 lands near a whole number, and outside the range it computes itself."""
+    import math
+    import random
+    import time
+
+    from wacall.domain.state import round_ms
+
+    rng = random.Random(19)
+    now = time.time()
+    values = [now + rng.uniform(-1e6, 1e6) for _ in range(100_000)]
+    values += [rng.uniform(0, 4e9) for _ in range(100_000)]
+    for _ in range(20_000):
+        k = rng.randrange(0, 4_000_000_000_000)
+        for exact in ((k + 0.5) / 1000, k / 1000):          # a half-thousandth; a whole thousandth
+            below = math.nextafter(exact, 0.0)
+            values += [exact, below, math.nextafter(below, 0.0), math.nextafter(exact, math.inf),
+                       math.nextafter(math.nextafter(exact, math.inf), math.inf)]
+    values += [0.0, 0.0005, 0.0015, 0.0025, 1.0005, 2.675, 1e-300, 3.9999999e9, 4e9, 5e9, 1e16, -0.0, -1.0005,
+               -2.675, math.inf, -math.inf]
+    for x in values:
+        assert repr(round_ms(x)) == repr(round(x, 3)), x
+    assert math.isnan(round_ms(math.nan))
