@@ -230,3 +230,64 @@ def test_an_older_database_numbers_its_calls_and_keeps_their_timelines(tmp_path)
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT n FROM calls WHERE call_id = 'wacid.C'")).scalar_one() == 3
     store.close()
+
+
+def test_a_records_live_flag_follows_it_while_its_document_alone_is_rewritten(tmp_path):
+    """A live record of a kind that leaves the working set once (Record.LEAVES_ONCE: a call, a pair) is
+    rewritten without touching the ``live`` flag (and its index); one that leaves (an ended call) or may come
+    back (a message) is written with it. Either way the stored flag is the record's own, as a restart loads
+    the working set by it, and the documents read back are the last ones committed."""
+    from wacall.domain.model import Call, Message, Pair
+    path = tmp_path / "live.db"
+    store = Store(str(path))
+    call = Call(id="wacid.1", phone_number_id="p", wa_id="u", direction="BUSINESS_INITIATED", state="RINGING")
+    pair = Pair(phone_number_id="p", wa_id="u")
+    message = Message(id="wamid.1", phone_number_id="p", wa_id="u", direction="inbound", type="text", kind="text",
+                      created_at=1.0, deadline=3.0)
+    assert Call.LEAVES_ONCE and Pair.LEAVES_ONCE and not Message.LEAVES_ONCE
+
+    def stored() -> dict:
+        with store.engine.connect() as conn:
+            return {key: bool(live) for key, live in conn.execute(text("SELECT key, live FROM records"))}
+
+    store.commit([call, pair, message], [])
+    assert stored() == {"wacid.1": True, "p:u": True, "wamid.1": True}
+    call.state, message.deadline = "ACCEPTED", None
+    store.commit([call, pair, message], [])
+    assert stored() == {"wacid.1": True, "p:u": True, "wamid.1": False}
+    assert store.load_record("call", "wacid.1")["state"] == "ACCEPTED"
+    call.state, message.deadline = "ENDED", 9.0
+    store.commit([call, message], [])
+    assert stored() == {"wacid.1": False, "p:u": True, "wamid.1": True}
+    store.close()
+    reopened = Store(str(path))
+    assert sorted(kind for kind, _ in reopened.load_live_records()) == ["message", "pair"]
+    assert reopened.load_record("call", "wacid.1")["state"] == "ENDED"
+    reopened.close()
+
+
+def test_a_timeline_entrys_time_is_rounded_exactly_as_round_does():
+    """``round_ms`` (a timeline entry's ``t``) gives the very float ``round(x, 3)`` gives: for clock readings,
+    for values on and beside every kind of half-thousandth (the near-ties it hands to round()), for values
+    whose product by 1000 lands near a whole number, and outside the range it computes itself."""
+    import math
+    import random
+    import time
+
+    from wacall.domain.state import round_ms
+
+    rng = random.Random(19)
+    now = time.time()
+    values = [now + rng.uniform(-1e6, 1e6) for _ in range(100_000)]
+    values += [rng.uniform(0, 4e9) for _ in range(100_000)]
+    for _ in range(20_000):
+        k = rng.randrange(0, 4_000_000_000_000)
+        for exact in ((k + 0.5) / 1000, k / 1000):          # a half-thousandth; a whole thousandth
+            below = math.nextafter(exact, 0.0)
+            values += [exact, below, math.nextafter(below, 0.0), math.nextafter(exact, math.inf),
+                       math.nextafter(math.nextafter(exact, math.inf), math.inf)]
+    values += [0.0, 0.0005, 0.0015, 0.0025, 1.0005, 2.675, 1e-300, 3.9999999e9, 4e9, 5e9, 1e16, -0.0, -1.0005,
+               -2.675, math.inf, -math.inf]
+    for x in values:
+        assert repr(round_ms(x)) == repr(round(x, 3)), x
+    assert math.isnan(round_ms(math.nan))

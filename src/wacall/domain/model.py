@@ -29,6 +29,9 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 class Record:
     KIND: ClassVar[str] = ""
     NOT_STORED: ClassVar[frozenset[str]] = frozenset()   # fields the platform rebuilds at start, not kept in the doc
+    # leaves the working set once and for good (a call's ENDED is final): a record of this kind that is live
+    # now was live at every earlier commit, so the store need not rewrite its stored ``live`` flag
+    LEAVES_ONCE: ClassVar[bool] = True
 
     @property
     def key(self) -> str:
@@ -270,6 +273,7 @@ class Call(Record):
 @dataclass
 class Message(Record):
     KIND: ClassVar[str] = "message"
+    LEAVES_ONCE: ClassVar[bool] = False       # (its deadline comes and goes: the store writes ``live`` each time)
     id: str
     phone_number_id: str
     wa_id: str

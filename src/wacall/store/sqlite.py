@@ -153,11 +153,16 @@ def _write_sql(engine: Engine) -> dict[str, str]:
     """The hot write statements as SQL text for this engine's dialect, in positional form (compiled once)."""
     records_stmt = sqlite_insert(records)
     calls_stmt = sqlite_insert(calls)
-    columns = {"records": ("kind", "key", "doc", "live"), "calls": CALL_COLUMNS,
+    columns = {"records": ("kind", "key", "doc", "live"), "records_doc": ("kind", "key", "doc", "live"),
+               "calls": CALL_COLUMNS,
                "timeline": ("call_id", "t", "kind", "data", "call_n"), "outbox": OUTBOX_COLUMNS}
     statements = {
         "records": records_stmt.values({c: None for c in columns["records"]}).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc, "live": records_stmt.excluded.live}),
+        # a record still live whose stored row (if any) is live too (Record.LEAVES_ONCE): its document only, so
+        # the index on ``live`` is left alone (SQLite rewrites an index entry for every column in SET)
+        "records_doc": records_stmt.values({c: None for c in columns["records"]}).on_conflict_do_update(
+            index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc}),
         "calls": calls_stmt.values({c: None for c in CALL_COLUMNS}).on_conflict_do_update(
             index_elements=["call_id"], set_={name: calls_stmt.excluded[name] for name in CALL_UPDATED}),
         "timeline": timeline.insert().values({c: None for c in columns["timeline"]}),
@@ -328,16 +333,19 @@ class Store:
         self._cursor = None                         # per state change, a generator context manager shows)
         indexed: list[tuple] = []
         try:
-            docs = []
+            docs, moved = [], []            # documents of records still live; of those whose ``live`` may change
             dumps, known = codec.dumps_stored, self._indexed
             for r in dirty:
                 if isinstance(r, Call):
                     row = _call_row(r, self._number(cursor, r.id, new=True))
                     if known.get(r.id) != row:    # its state, times or price moved (not only its dialog/media)
                         indexed.append(row)
-                docs.append((r.KIND, r.key, dumps(r.fields_view()), r.live))
+                live = r.live
+                (docs if live and r.LEAVES_ONCE else moved).append((r.KIND, r.key, dumps(r.fields_view()), live))
             if docs:
-                cursor.executemany(sql["records"], docs)
+                cursor.executemany(sql["records_doc"], docs)
+            if moved:
+                cursor.executemany(sql["records"], moved)
             if indexed:
                 cursor.executemany(sql["calls"], indexed)
             if notes:
