@@ -10,7 +10,6 @@ says what is missing; the Graph layer puts it into ``error_data.details`` of a c
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from collections.abc import Iterator
@@ -122,12 +121,16 @@ class _Attributes:
                 yield line, value
 
     def has_attribute(self, name: str) -> bool:
-        return any(attr == name for attr, _ in self.attributes)
+        for attr, _ in self.attributes:         # (a loop, not any() over a generator: asked on every answer)
+            if attr == name:
+                return True
+        return False
 
     def attribute(self, name: str) -> str | None:
         """Value of the first ``name`` attribute (``None`` if absent or a flag)."""
-        for _, value in self.attributes_named(name):
-            return value
+        for attr, value in self.attributes:
+            if attr == name:
+                return value
         return None
 
 
@@ -203,10 +206,12 @@ class SessionDescription(_Attributes):
 
     def effective_attribute(self, media: MediaDescription, name: str) -> tuple[int, str | None] | None:
         """``(line, value)`` of ``name`` at media level, falling back to session level."""
-        for found in media.attributes_named(name):
-            return found
-        for found in self.attributes_named(name):
-            return found
+        for (attr, value), line in zip(media.attributes, media.attribute_lines):
+            if attr == name:
+                return line, value
+        for (attr, value), line in zip(self.attributes, self.attribute_lines):
+            if attr == name:
+                return line, value
         return None
 
 
@@ -435,8 +440,8 @@ def parse_crypto(value: str) -> CryptoAttribute:
     if not first.startswith("inline:"):
         raise ValueError("key parameter must use the 'inline:' method")
     key_b64, *extras = first[len("inline:"):].split("|")
-    try:
-        key = base64.b64decode(key_b64, validate=True)
+    try:       # base64.b64decode(key_b64, validate=True) without its wrapper (a str of ASCII or a ValueError)
+        key = binascii.a2b_base64(key_b64.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValueError("key material is not valid base64") from None
     if len(key) != SDES_SUITES[suite]:
