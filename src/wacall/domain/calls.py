@@ -170,7 +170,10 @@ class CallRules(PlatformState):
         if number.calling.get("status") != "ENABLED":
             raise GraphError(138000)
 
-    def _emit_call(self, call: Call, event) -> None:
+    def _emit_call(self, call: Call, event, *, signal: bool = True) -> None:
+        """``event`` for the business's webhooks; on a SIP call, the SIP gateway told of the change instead
+        (``signal=False``: a further event of the same change follows at once, and its signal serves both:
+        the gateway reads the call as it is when it handles the signal)."""
         if call.signalling == "graph":
             self.emit(event)
             return
@@ -182,7 +185,8 @@ class CallRules(PlatformState):
         else:
             self.note(call, "webhook_suppressed", reason="number is SIP-enabled; calling webhooks are not sent",
                       event=type(event).__name__)
-        self.emit(SipCallChanged(call.id))         # the SIP gateway signals the change
+        if signal:
+            self.emit(SipCallChanged(call.id))     # the SIP gateway signals the change
 
     def _set_state(self, call: Call, state: str, **why) -> None:
         previous, call.state = call.state, state
@@ -343,7 +347,7 @@ class CallRules(PlatformState):
             identity.phone_used(self, number, wa_id)
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
-        self._emit_call(call, CallConnect(call.id))
+        self._emit_call(call, CallConnect(call.id), signal=False)     # (one SipCallChanged for both)
         self._emit_call(call, CallStatus(call.id, "RINGING", now))
         self._configure_media(call, offer, answer)
         self._schedule_user_reaction(call, user)
