@@ -379,7 +379,7 @@ def parse_sdp(text: str) -> SessionDescription:
             sd.session_name = value
         elif kind == "t":
             parts = value.split(" ")
-            if len(parts) != 2 or not all(_number(p) for p in parts):
+            if len(parts) != 2 or not (_number(parts[0]) and _number(parts[1])):
                 raise line_error(number, raw, "expected 't=<start-time> <stop-time>'")
             sd.timing.append((int(parts[0]), int(parts[1])))
         elif kind == "c":
