@@ -284,13 +284,6 @@ def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
                             line=number, parsed_payload_types=tuple(payload_types))
 
 
-def _parse_attribute(number: int, raw: str, value: str) -> tuple[str, str | None]:
-    name, sep, attr_value = value.partition(":")
-    if name not in _COMMON_ATTRIBUTES and (not name or not _TOKEN_RE.match(name)):
-        raise line_error(number, raw, "invalid attribute name")
-    return name, (attr_value if sep else None)
-
-
 def _add_codec_attribute(media: MediaDescription, number: int, raw: str, name: str, value: str | None) -> None:
     """An ``a=rtpmap`` or ``a=fmtp`` of ``media`` (already in its attributes), read into its codec tables."""
     if name == "rtpmap":
