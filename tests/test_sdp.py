@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import re
 
 import pytest
@@ -11,13 +12,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from support import sdp_reference
+from support.sdp_samples import FINGERPRINT, business_answer, business_offer
+
+import wacall.domain.sdp as sdp_rules
 from wacall.media.certificate import DtlsCertificate
 from wacall.media.leg import MediaLeg
 from wacall.domain.sdp import (
+    LocalMedia,
     RtpMap,
     SdpError,
     build_meta_answer,
     build_meta_offer,
+    meta_answer,
+    negotiate,
     parse_crypto,
     parse_sdp,
     validate_business_sdp,
@@ -790,3 +798,104 @@ def test_certificate(cert: DtlsCertificate) -> None:
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
     assert DtlsCertificate.default() is DtlsCertificate.default()
     assert DtlsCertificate.generate().fingerprint != cert.fingerprint
+
+
+# --------------------------------------------------------------------------------------------
+# The parser against its reference (the line-by-line parser before the hot loop was tightened)
+# --------------------------------------------------------------------------------------------
+
+_SEEDS = [CHROMIUM_OFFER, CHROMIUM_ANSWER, AIORTC_OFFER, AIORTC_ANSWER, SDES_OFFER, business_offer(),
+          business_answer(),
+          # the SIP bench's offer (tests/support/sip_tools.py sdes_offer_sdp)
+          "v=0\r\no=- 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/SAVP 111 126\r\n"
+          f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{SDES_KEY}\r\na=rtpmap:111 opus/48000/2\r\n"
+          "a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:126 telephone-event/8000\r\na=fmtp:126 0-15\r\n"
+          "a=ptime:20\r\na=sendrecv\r\n",
+          "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000/2 RTP/AVP 0 8\r\n"
+          "m=video 0 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"]
+#: what a mutation inserts: the characters the parser's every check turns on
+_PIECES = ["\r", "\n", "\r\n", " ", "/", "=", ":", "a=", "m=", "c=", "t=", "o=", "s=", "v=", "0", "9", "127", "128",
+           "x", "\u00b9", "-", "RTP/", "a=rtpmap:", "a=fmtp:", "a=crypto:", "@", "A", "\t", ""]
+
+
+def _mutations(rng: random.Random, text: str) -> str:
+    for _ in range(rng.randint(1, 3)):
+        lines = text.split("\r\n")
+        op = rng.randrange(6)
+        at = rng.randrange(len(text) + 1)
+        if op == 0:                                         # insert a piece
+            text = text[:at] + rng.choice(_PIECES) + text[at:]
+        elif op == 1:                                       # delete a run
+            text = text[:at] + text[at + rng.randint(1, 4):]
+        elif op == 2 and len(lines) > 2:                    # swap two lines
+            i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+            text = "\r\n".join(lines)
+        elif op == 3 and lines:                             # duplicate a line
+            i = rng.randrange(len(lines))
+            lines.insert(rng.randrange(len(lines) + 1), lines[i])
+            text = "\r\n".join(lines)
+        elif op == 4:                                       # one line ending changed
+            text = text.replace("\r\n", rng.choice(["\n", "\r", "\r\r\n", " \r\n"]), 1) if rng.random() < 0.5 \
+                else text.replace("\r\n", "\n")
+        else:                                               # a token of a line replaced
+            text = text[:at] + rng.choice(_PIECES) + text[at + rng.randint(1, 3):]
+    return text
+
+
+def _parsed(parse, text: str):
+    try:
+        return parse(text)
+    except SdpError as exc:
+        return ("error", exc.details, exc.line)
+
+
+def _sdp_cases(n: int) -> list[str]:
+    rng = random.Random(20261201)
+    return [*_SEEDS, *(_mutations(rng, rng.choice(_SEEDS)) for _ in range(n))]
+
+
+def test_parse_sdp_matches_the_reference_parser_on_mutated_sdps() -> None:
+    """Every description the parser builds (or the error, and its line) is the reference parser's, and
+    the payload types it keeps are those the reference converts on each asking."""
+    parsed_some = 0
+    for text in _sdp_cases(4000):
+        ours, reference = _parsed(parse_sdp, text), _parsed(sdp_reference.parse_sdp, text)
+        assert ours == reference, text
+        if not isinstance(ours, tuple):
+            parsed_some += 1
+            for media, ref_media in zip(ours.media, reference.media):
+                assert media.payload_types == sdp_reference.payload_types(ref_media), text
+                for codec in (("opus", 48000, 2), ("PCMU", 8000), ("telephone-event", 8000)):
+                    assert media.find_codec(*codec) == ref_media.find_codec(*codec), text
+    assert parsed_some > 400          # the mutations leave enough SDPs whole for the comparison to mean something
+
+
+@pytest.mark.parametrize("key_exchange", ["DTLS", "SDES"])
+@pytest.mark.parametrize("role", ["offer", "answer"])
+def test_validation_answer_and_negotiation_match_the_reference_parser(monkeypatch, key_exchange, role) -> None:
+    """Meta's validation, its answer and the negotiation come out the same on the parser's descriptions as on
+    the reference parser's (which the rules read through the general ``payload_types``)."""
+    leg = LocalMedia(call_id="c", host="192.0.2.9", port=40000, ice_ufrag="uFrAg0001", ice_pwd="p" * 24,
+                     fingerprint=FINGERPRINT.split(" ", 1)[1], ssrc=1234, sdes_key_b64=SDES_KEY, session_id=42,
+                     stream_id="stream")
+
+    def outcome(text: str):
+        try:
+            sd = validate_business_sdp(text, key_exchange=key_exchange, additional_codecs=["PCMA"], role=role)
+        except SdpError as exc:
+            return ("invalid", exc.details)
+        if role == "answer":
+            return ("valid", negotiate(build_meta_offer(leg, key_exchange=key_exchange), sd, key_exchange))
+        try:
+            answer = meta_answer(leg, sd, key_exchange=key_exchange, additional_codecs=["PCMA"])
+        except SdpError as exc:
+            return ("no answer", exc.details)
+        return ("valid", answer, negotiate(answer, sd, key_exchange))
+
+    cases = _sdp_cases(1500)
+    ours = [outcome(text) for text in cases]
+    monkeypatch.setattr(sdp_rules, "parse_sdp", sdp_reference.parse_sdp)
+    reference = [outcome(text) for text in cases]
+    assert ours == reference
+    assert sum(o[0] == "valid" for o in ours) > 10, [o[0] for o in ours].count("valid")

@@ -59,6 +59,22 @@ def test_sip_number_without_webhook_delivery_sends_no_calling_webhook(domain, de
     assert any(isinstance(e, SipCallChanged) for e in events), "the gateway still hears of every change"
 
 
+@pytest.mark.parametrize("delivery", [None, "ENABLED"])
+def test_the_gateway_hears_once_of_each_change_of_a_sip_call(domain, delivery):
+    """Connect's two calling events (connect, RINGING) are one change for the gateway: one SipCallChanged
+    after both (it reads the call then: RINGING, its 180); the answer and the end are one each."""
+    _sip_number(domain, delivery)
+    call = _sip_bic(domain)
+    changes = [e for e in domain.events() if isinstance(e, SipCallChanged)]
+    assert changes == [SipCallChanged(call.id)] and call.state == "RINGING"
+    assert [n["event"] for n in domain.notes(call) if n["kind"] == "webhook_suppressed"] == \
+        (["CallStatus"] if delivery else ["CallConnect", "CallStatus"])
+    domain.advance(2.5)                          # Alice answers
+    assert [e for e in domain.events() if isinstance(e, SipCallChanged)] == [SipCallChanged(call.id)]
+    domain.platform.sip_business_hangs_up(call)
+    assert [e for e in domain.events() if isinstance(e, SipCallChanged)] == [SipCallChanged(call.id)]
+
+
 def test_business_initiated_sip_call_sends_call_created_and_terminate(domain):
     _sip_number(domain, "ENABLED")
     call = _sip_bic(domain)

@@ -170,7 +170,10 @@ class CallRules(PlatformState):
         if number.calling.get("status") != "ENABLED":
             raise GraphError(138000)
 
-    def _emit_call(self, call: Call, event) -> None:
+    def _emit_call(self, call: Call, event, *, signal: bool = True) -> None:
+        """``event`` for the business's webhooks; on a SIP call, the SIP gateway told of the change instead
+        (``signal=False``: a further event of the same change follows at once, and its signal serves both:
+        the gateway reads the call as it is when it handles the signal)."""
         if call.signalling == "graph":
             self.emit(event)
             return
@@ -182,7 +185,8 @@ class CallRules(PlatformState):
         else:
             self.note(call, "webhook_suppressed", reason="number is SIP-enabled; calling webhooks are not sent",
                       event=type(event).__name__)
-        self.emit(SipCallChanged(call.id))         # the SIP gateway signals the change
+        if signal:
+            self.emit(SipCallChanged(call.id))     # the SIP gateway signals the change
 
     def _set_state(self, call: Call, state: str, **why) -> None:
         previous, call.state = call.state, state
@@ -342,11 +346,11 @@ class CallRules(PlatformState):
         if to is not None:
             identity.phone_used(self, number, wa_id)
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
+        self._schedule_user_reaction(call, user, now)     # before the state's put: that one put keeps both
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
-        self._emit_call(call, CallConnect(call.id))
+        self._emit_call(call, CallConnect(call.id), signal=False)     # (one SipCallChanged for both)
         self._emit_call(call, CallStatus(call.id, "RINGING", now))
         self._configure_media(call, offer, answer)
-        self._schedule_user_reaction(call, user)
         return call
 
     def _callable(self, user: User | None) -> bool:
@@ -354,16 +358,14 @@ class CallRules(PlatformState):
                     and user.platform not in UNCALLABLE_PLATFORMS
                     and version_at_least(user.client_version, self.limits.min_client_version))
 
-    def _schedule_user_reaction(self, call: Call, user: User) -> None:
-        """The user's phone rings: the user reacts when it decides to (wacall.users.behaviour), and a call
-        nobody answers rings until Meta's ring timeout."""
-        now = self.now()
+    def _schedule_user_reaction(self, call: Call, user: User, now: float) -> None:
+        """The user's phone rings (at ``now``): the user reacts when it decides to (wacall.users.behaviour), and
+        a call nobody answers rings until Meta's ring timeout. Sets the call's timer; the caller puts the call."""
         reaction = self.behaviour.when_called(user)
         if reaction is not None:
             call.deadline, call.deadline_kind = now + reaction.after, f"user_{reaction.action}"
         else:
             call.deadline, call.deadline_kind = now + self.limits.bic_ring_seconds, "ring_timeout"
-        self.put(call)
 
     def user_answers(self, call: Call) -> None:
         if call.state != RINGING or call.direction != BUSINESS_INITIATED:

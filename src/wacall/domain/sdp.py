@@ -79,6 +79,9 @@ class LocalMedia:
     port6: int | None = None
 
     def to_doc(self) -> dict:
+        fields_set = self.__dict__               # a dataclass's fields, in order, set by __init__: copied at C level
+        if len(fields_set) == len(_LOCAL_MEDIA_FIELDS):
+            return dict(fields_set)
         return {name: getattr(self, name) for name in _LOCAL_MEDIA_FIELDS}
 
     @classmethod
@@ -108,10 +111,11 @@ def _normalise_key_exchange(key_exchange: str) -> str:
 def _check_raw_text(text: str) -> None:
     if not isinstance(text, str) or not text.strip():
         raise SdpError("SDP is empty")
-    first = text.lstrip().split("\n", 1)[0].rstrip("\r")
-    if text.lstrip().startswith(("{", '"')):
+    stripped = text.lstrip()
+    if stripped.startswith(("{", '"')):
         raise line_error(
-            1, first, "sdp must be the raw SDP text, not a JSON-encoded object (JSON-in-JSON)"
+            1, stripped.split("\n", 1)[0].rstrip("\r"),
+            "sdp must be the raw SDP text, not a JSON-encoded object (JSON-in-JSON)"
         )
     if text.endswith("\r\n") and text.count("\n") == text.count("\r\n"):
         return                              # every line ends in CRLF: nothing to point at
@@ -146,8 +150,9 @@ def _check_payload_types(sd: SessionDescription, audio: MediaDescription, extra:
     do not support Opus (call settings, audio codec): with them enabled a G.711-only endpoint is fine.
     """
     raw = sd.lines[audio.line - 1]
+    rtpmap = audio.rtpmap
     for pt in audio.payload_types:
-        if audio.codec(pt) is None:
+        if pt not in rtpmap and pt not in STATIC_PAYLOAD_TYPES:       # audio.codec(pt) is None
             raise line_error(audio.line, raw, f"payload type {pt} has no a=rtpmap")
     if audio.find_codec("opus", 48000, 2) is not None:
         return
@@ -571,8 +576,9 @@ def _codec_pts(desc: SessionDescription) -> dict[str, int]:
     found: dict[str, int] = {}
     if audio is None:
         return found
+    rtpmap = audio.rtpmap
     for pt in audio.payload_types:
-        codec = audio.codec(pt)
+        codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)     # audio.codec(pt), inlined
         if codec is None:
             continue
         name = codec.encoding.lower()

@@ -10,7 +10,6 @@ says what is missing; the Graph layer puts it into ``error_data.details`` of a c
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from collections.abc import Iterator
@@ -122,12 +121,16 @@ class _Attributes:
                 yield line, value
 
     def has_attribute(self, name: str) -> bool:
-        return any(attr == name for attr, _ in self.attributes)
+        for attr, _ in self.attributes:         # (a loop, not any() over a generator: asked on every answer)
+            if attr == name:
+                return True
+        return False
 
     def attribute(self, name: str) -> str | None:
         """Value of the first ``name`` attribute (``None`` if absent or a flag)."""
-        for _, value in self.attributes_named(name):
-            return value
+        for attr, value in self.attributes:
+            if attr == name:
+                return value
         return None
 
 
@@ -150,6 +153,9 @@ class MediaDescription(_Attributes):
     #: first (``wacall.domain.sdp``: the validation) so that the answer and the negotiation do not parse the
     #: key again; not part of the description (not compared, not shown)
     chosen_crypto: tuple[str, CryptoAttribute] | None = field(default=None, compare=False, repr=False)
+    #: the payload types as the parser read them off the m-line (a section is not changed after parsing): the
+    #: rules ask for them several times per SDP, and each asking would convert every format again
+    parsed_payload_types: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_rtp(self) -> bool:
@@ -157,6 +163,8 @@ class MediaDescription(_Attributes):
 
     @property
     def payload_types(self) -> list[int]:
+        if self.parsed_payload_types is not None:
+            return list(self.parsed_payload_types)
         return [int(f) for f in self.formats] if self.is_rtp else []
 
     def codec(self, pt: int) -> RtpMap | None:
@@ -166,11 +174,14 @@ class MediaDescription(_Attributes):
     def find_codec(self, encoding: str, clock_rate: int, channels: int | None = None) -> int | None:
         """First payload type on the m-line carrying that codec."""
         rtpmap = self.rtpmap
-        for pt in self.payload_types:
+        for pt in self.parsed_payload_types if self.parsed_payload_types is not None else self.payload_types:
             codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)      # self.codec(pt), inlined (a hot loop)
             if codec is not None and codec.clock_rate == clock_rate and codec.matches(encoding, clock_rate, channels):
                 return pt
         return None
+
+
+_NO_ORIGIN = Origin("-", "0", "0", "IN", "IP4", "0.0.0.0")
 
 
 @dataclass
@@ -178,7 +189,7 @@ class SessionDescription(_Attributes):
     """A parsed SDP session description."""
 
     version: int = 0
-    origin: Origin = field(default_factory=lambda: Origin("-", "0", "0", "IN", "IP4", "0.0.0.0"))
+    origin: Origin = _NO_ORIGIN         # (frozen, so one instance serves every description)
     session_name: str = "-"
     connection: Connection | None = None
     timing: list[tuple[int, int]] = field(default_factory=list)
@@ -195,10 +206,12 @@ class SessionDescription(_Attributes):
 
     def effective_attribute(self, media: MediaDescription, name: str) -> tuple[int, str | None] | None:
         """``(line, value)`` of ``name`` at media level, falling back to session level."""
-        for found in media.attributes_named(name):
-            return found
-        for found in self.attributes_named(name):
-            return found
+        for (attr, value), line in zip(media.attributes, media.attribute_lines):
+            if attr == name:
+                return line, value
+        for (attr, value), line in zip(self.attributes, self.attribute_lines):
+            if attr == name:
+                return line, value
         return None
 
 
@@ -212,6 +225,8 @@ _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")  # RFC 8866 token
 #: attribute names every SDP here carries: tokens already, so not matched against _TOKEN_RE line by line
 _COMMON_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "crypto", "ptime", "maxptime", "sendrecv", "rtcp-mux", "mid",
                                 "candidate", "ice-ufrag", "ice-pwd", "fingerprint", "setup", "ssrc", "rtcp"})
+#: ``<proto>``: tokens joined by ``/`` (every part a _TOKEN_RE token, in one match)
+_PROTO_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+(?:/[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+)*$")
 _RTPMAP_RE = re.compile(r"^(\d{1,3}) ([^\s/]+)/(\d+)(?:/(\d+))?$")
 _FMTP_RE = re.compile(r"^(\d{1,3}) (.+)$")
 
@@ -257,28 +272,20 @@ def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
         if not _number(count_part) or int(count_part) < 1:
             raise line_error(number, raw, "invalid port count")
         port_count = int(count_part)
-    if not all(_TOKEN_RE.match(p) for p in proto.split("/")):
+    if not _PROTO_RE.match(proto):
         raise line_error(number, raw, "invalid transport protocol")
-    media = MediaDescription(
-        kind=kind, port=int(port_part), port_count=port_count, proto=proto, formats=formats, line=number
-    )
-    if media.is_rtp:
+    payload_types: list[int] = []
+    if "RTP/" in proto:                     # MediaDescription.is_rtp
         for fmt in formats:
-            if not _number(fmt) or int(fmt) > 127:
+            if not (fmt.isascii() and fmt.isdigit()) or int(fmt) > 127:     # (_number, inlined)
                 raise line_error(number, raw, f"invalid RTP payload type {fmt!r}")
-    return media
+            payload_types.append(int(fmt))
+    return MediaDescription(kind=kind, port=int(port_part), port_count=port_count, proto=proto, formats=formats,
+                            line=number, parsed_payload_types=tuple(payload_types))
 
 
-def _parse_attribute(number: int, raw: str, value: str) -> tuple[str, str | None]:
-    name, sep, attr_value = value.partition(":")
-    if name not in _COMMON_ATTRIBUTES and (not name or not _TOKEN_RE.match(name)):
-        raise line_error(number, raw, "invalid attribute name")
-    return name, (attr_value if sep else None)
-
-
-def _add_media_attribute(media: MediaDescription, number: int, raw: str, name: str, value: str | None) -> None:
-    media.attributes.append((name, value))
-    media.attribute_lines.append(number)
+def _add_codec_attribute(media: MediaDescription, number: int, raw: str, name: str, value: str | None) -> None:
+    """An ``a=rtpmap`` or ``a=fmtp`` of ``media`` (already in its attributes), read into its codec tables."""
     if name == "rtpmap":
         match = _RTPMAP_RE.match(value or "")
         if match is None or int(match.group(1)) > 127:
@@ -313,21 +320,36 @@ def parse_sdp(text: str) -> SessionDescription:
     if not isinstance(text, str) or not text.strip():
         raise SdpError("SDP is empty")
     lines = _split_lines(text)
+    # a CR inside a line is an error; a text whose every CR ends a line (before its LF) has none in any line,
+    # so the lines are then not searched one by one
+    stray_cr = text.count("\r") != text.count("\r\n")
     sd = SessionDescription(lines=lines)
     current: MediaDescription | None = None
+    attributes, attribute_lines = sd.attributes, sd.attribute_lines      # where an a= line goes: this section's
     seen: set[str] = set()
     for number, raw in enumerate(lines, 1):
         if raw == "":
             raise line_error(number, raw, "empty line")
-        if "\r" in raw:
+        if stray_cr and "\r" in raw:
             raise line_error(number, raw.replace("\r", "\\r"), "stray CR inside the line")
         kind = raw[0]
         if raw[1:2] != "=" or not "a" <= kind <= "z":      # <type>=<value>: one lowercase ASCII letter
             raise line_error(number, raw, "expected '<type>=<value>' with a single lowercase letter type")
-        value = raw[2:]
         # RFC 8866 section 5: v=, o=, s= come first and in this order.
         if number <= 3 and kind != "vos"[number - 1]:
             raise line_error(number, raw, f"expected a '{'vos'[number - 1]}=' line here")
+        if kind == "a":                        # most lines (allowed in either part; never a duplicate)
+            name, sep, attr_value = raw[2:].partition(":")
+            if name not in _COMMON_ATTRIBUTES and (not name or not _TOKEN_RE.match(name)):
+                raise line_error(number, raw, "invalid attribute name")
+            if not sep:
+                attr_value = None
+            attributes.append((name, attr_value))
+            attribute_lines.append(number)
+            if current is not None and (name == "rtpmap" or name == "fmtp"):
+                _add_codec_attribute(current, number, raw, name, attr_value)
+            continue
+        value = raw[2:]
         if kind == "v":
             if number != 1:
                 raise line_error(number, raw, "v= must appear only as the first line")
@@ -342,14 +364,7 @@ def parse_sdp(text: str) -> SessionDescription:
             seen.add(kind)
         elif kind not in _MEDIA_TYPES and kind != "m":
             raise line_error(number, raw, f"'{kind}=' is not allowed inside a media section")
-        if kind == "a":                        # most lines: first
-            name, attr_value = _parse_attribute(number, raw, value)
-            if current is None:
-                sd.attributes.append((name, attr_value))
-                sd.attribute_lines.append(number)
-            else:
-                _add_media_attribute(current, number, raw, name, attr_value)
-        elif kind == "o":
+        if kind == "o":
             sd.origin = _parse_origin(number, raw, value)
         elif kind == "s":
             if value == "":
@@ -357,7 +372,7 @@ def parse_sdp(text: str) -> SessionDescription:
             sd.session_name = value
         elif kind == "t":
             parts = value.split(" ")
-            if len(parts) != 2 or not all(_number(p) for p in parts):
+            if len(parts) != 2 or not (_number(parts[0]) and _number(parts[1])):
                 raise line_error(number, raw, "expected 't=<start-time> <stop-time>'")
             sd.timing.append((int(parts[0]), int(parts[1])))
         elif kind == "c":
@@ -371,6 +386,7 @@ def parse_sdp(text: str) -> SessionDescription:
                 raise line_error(number, raw, "m= line before any t= line")
             current = _parse_media_line(number, raw, value)
             sd.media.append(current)
+            attributes, attribute_lines = current.attributes, current.attribute_lines
         # i= u= e= p= b= r= z= k= are syntactically accepted and not modelled.
     for required in "ost":
         if required not in seen:
@@ -417,8 +433,8 @@ def parse_crypto(value: str) -> CryptoAttribute:
     if not first.startswith("inline:"):
         raise ValueError("key parameter must use the 'inline:' method")
     key_b64, *extras = first[len("inline:"):].split("|")
-    try:
-        key = base64.b64decode(key_b64, validate=True)
+    try:       # base64.b64decode(key_b64, validate=True) without its wrapper (a str of ASCII or a ValueError)
+        key = binascii.a2b_base64(key_b64.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValueError("key material is not valid base64") from None
     if len(key) != SDES_SUITES[suite]:
