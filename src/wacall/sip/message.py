@@ -540,6 +540,11 @@ class _Message:
     def _render_now(self, start_line: str) -> bytes:
         items, body = self.headers._items, self.body
         length = str(len(body))
+        head = CRLF.join([start_line, *map(": ".join, items)])
+        # no field called Content-Length (in any case): the usual message, told by one search of the lowered
+        # head (a field's line starts after a CRLF, and no value holds one) instead of lowering each name
+        if "\r\ncontent-length: " not in head.lower():
+            return (head + "\r\nContent-Length: " + length + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
         lowered = list(map(str.lower, map(_NAME_OF, items)))
         count = lowered.count("content-length")
         if count == 0:      # the joins in C: no Python step per header field
