@@ -648,6 +648,28 @@ class TestResponseTo:
         assert resp.reason == "Not Found"
         assert resp.to.tag == "t1" and resp.to.uri.params == {}
 
+    @pytest.mark.parametrize("extra", [
+        [], [("Allow", "INVITE, ACK")], [("Content-Type", "text/plain")], [("c", "text/plain"), ("X-A", "1")],
+        [("X-A", "1"), ("content-type", "text/plain"), ("Content-Type", "a/b"), ("k", "timer")],
+    ])
+    @pytest.mark.parametrize("content_type", [None, "application/sdp"])
+    def test_fields_filled_directly_agree_with_add_and_set(self, extra, content_type) -> None:
+        """response_to fills the new Headers without add()/set(): the same fields, names and order as those give."""
+        req = parse_message(BIC_INVITE)
+        assert isinstance(req, Request)
+        resp = response_to(req, 200, "OK", to_tag="t1", headers=extra, content_type=content_type)
+        reference = Headers([*[f for f in req.headers if f[0] == "Via"], ("From", req.headers.get("From")),
+                             ("To", req.headers.get("To") + ";tag=t1"), ("Call-ID", req.call_id),
+                             ("CSeq", req.headers.get("CSeq"))])
+        for name, value in extra:
+            reference.add(name, value)
+        if content_type is not None:
+            reference.set("Content-Type", content_type)
+        assert list(resp.headers) == list(reference)
+        assert resp.to_bytes() == Response(200, "OK", reference).to_bytes()
+        with pytest.raises(ValueError):
+            response_to(req, 200, "OK", headers=[("X-A", "1\r\nX-B: 2")])
+
     def test_reasons(self) -> None:
         for code in (100, 180, 183, 200, 400, 401, 403, 404, 405, 407, 408, 420, 480, 481, 482, 483, 486,
                      487, 488, 500, 501, 503, 504, 505, 513):

@@ -351,6 +351,9 @@ class Verdict(str, Enum):
     MISSING_PARAMS = "missing_params"  # required parameter absent or malformed
 
 
+_NC_RE = re.compile(r"[0-9A-Fa-f]{8}")     # nonce-count: 8LHEX (RFC 2617 section 3.2.2)
+
+
 @dataclass
 class _Issued:
     issued_at: float
@@ -389,6 +392,7 @@ class NonceBook:
         self.max_nonces = max_nonces
         self._now = now
         self._issued: OrderedDict[str, _Issued] = OrderedDict()
+        self._qops = [q.strip() for q in (qop or "").split(",")]      # the qop values a response may use
 
     def __len__(self) -> int:
         return len(self._issued)
@@ -431,9 +435,9 @@ class NonceBook:
         if self.qop is not None or creds.qop is not None:
             if creds.qop is None or creds.cnonce is None or creds.nc is None:
                 return Verdict.MISSING_PARAMS
-            if creds.qop not in [q.strip() for q in (self.qop or "").split(",")]:
+            if creds.qop not in self._qops:
                 return Verdict.MISSING_PARAMS
-            if not re.fullmatch(r"[0-9A-Fa-f]{8}", creds.nc):
+            if not _NC_RE.fullmatch(creds.nc):
                 return Verdict.MISSING_PARAMS
             nc_value = int(creds.nc, 16)
         if creds.realm != (expected_realm if expected_realm is not None else self.realm):

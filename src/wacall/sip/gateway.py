@@ -109,6 +109,7 @@ class Dialog:
     server: dict | None = None         # the business's configured server: {"hostname", "port"}
     outgoing: Response | None = None   # a 180/200 prepared with the commit of its state change, sent after it
     peer: tuple[str, int] | None = None  # where the business's connection came from / what we dialled
+    answer_headers: tuple[tuple[str, str], ...] | None = None   # Meta's fields of its 180 and 200 (BIC), built once
 
     # -- persistence (Call.sip) ---------------------------------------------------------------------
     def state(self) -> dict:
@@ -145,6 +146,9 @@ class SipGateway:
         self.layer.on_stray_response = self.on_stray_response
         transport.in_use = self._carries_dialog      # a connection with a live dialog is never idle-closed
         self.nonces = digest.NonceBook(domain, now=time.monotonic)
+        # fields that depend on the domain only: built once, not per response
+        self.meta_headers: tuple[tuple[str, str], ...] = (("X-FB-External-Domain", domain),)
+        self._meta_routes_reversed = tuple(reversed(meta_record_routes(domain)))
         self.dialogs: dict[str, Dialog] = {}           # by wacall call id
         self.by_sip_call_id: dict[str, Dialog] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -168,13 +172,23 @@ class SipGateway:
         self.dialogs[dialog.call_id] = dialog
         self.by_sip_call_id[dialog.sip_call_id] = dialog
 
-    def _save(self, dialog: Dialog) -> None:
+    def _save(self, dialog: Dialog, direction: str | None = None, message: Request | Response | None = None) -> None:
         """Keep the dialog's state with its call (what :meth:`restore` rebuilds), committed with the
-        SIP trace of the message that changed it."""
+        SIP trace of the message that changed it: given here, it is traced in the same (deferred) apply."""
         call = self.platform.call(dialog.call_id)
-        if call is not None and call.state != ENDED:
-            state = dialog.state()
-            self.host.apply(lambda: self.platform.sip_dialog_state(call, state), defer=True)
+        if call is None:
+            return
+        if call.state == ENDED:
+            if message is not None:
+                self.host.apply(lambda: self._note_message(call, direction, message), defer=True)
+            return
+        state = dialog.state()
+
+        def save() -> None:
+            if message is not None:
+                self._note_message(call, direction, message)
+            self.platform.sip_dialog_state(call, state)
+        self.host.apply(save, defer=True)
 
     def restore(self) -> None:
         """After a restart: rebuild the dialogs of the SIP calls still in progress from their records.
@@ -225,19 +239,17 @@ class SipGateway:
 
     def _note_message(self, call: Call, direction: str, message: Request | Response) -> None:
         raw = message.to_bytes().decode("utf-8", "replace")
-        self.platform.note(call, "sip_message", direction=direction, line=raw.split("\r\n", 1)[0],
+        end = raw.find("\r\n")            # the start line (a rendered message always has one CRLF)
+        self.platform.note(call, "sip_message", direction=direction, line=raw if end < 0 else raw[:end],
                            raw=raw[:TRACE_LIMIT])
 
     def _send_response(self, txn: ServerTransaction, response: Response, call_id: str | None = None) -> None:
         self.trace(call_id, "out", response)
         txn.respond(response)
 
-    def _meta_headers(self) -> list[tuple[str, str]]:
-        return [("X-FB-External-Domain", self.domain)]
-
     def _refuse(self, txn: ServerTransaction, request: Request, refusal: SipRefusal, call_id: str | None = None,
                 to_tag: str | None = None) -> None:
-        headers = self._meta_headers()
+        headers = list(self.meta_headers)
         if refusal.warning:
             headers.append(("Warning", f'399 {self.domain} "{refusal.reason}"'))
         self.stats["refused"] += 1
@@ -259,7 +271,7 @@ class SipGateway:
                 dialog = self.by_sip_call_id.get(request.call_id)
                 self.trace(dialog.call_id if dialog else None, "in", request)
                 self._send_response(txn, response_to(request, 500, "Internal Server Error",
-                                                     headers=self._meta_headers()),
+                                                     headers=self.meta_headers),
                                     dialog.call_id if dialog else None)   # re-INVITE: unsupported (FAQ)
                 return None
             return self._business_invite(request, txn)
@@ -267,14 +279,14 @@ class SipGateway:
             self._on_bye(request, txn)
         elif method == "OPTIONS":
             txn.respond(response_to(request, 200, "OK", to_tag=txn.local_tag, headers=[
-                ("Allow", ALLOW), ("Accept", SDP), *self._meta_headers()]))
+                ("Allow", ALLOW), ("Accept", SDP), *self.meta_headers]))
         elif method == "REGISTER":
-            txn.respond(response_to(request, 403, "Forbidden", to_tag=txn.local_tag, headers=self._meta_headers()))
+            txn.respond(response_to(request, 403, "Forbidden", to_tag=txn.local_tag, headers=self.meta_headers))
         elif method == "NOTIFY":
             txn.respond(response_to(request, 481, "Call/Transaction Does Not Exist", to_tag=txn.local_tag))
         else:
             txn.respond(response_to(request, 405, "Method Not Allowed", to_tag=txn.local_tag,
-                                    headers=[("Allow", ALLOW), *self._meta_headers()]))
+                                    headers=[("Allow", ALLOW), *self.meta_headers]))
         return None
 
     def _business_invite(self, request: Request, txn: ServerTransaction) -> Awaitable[None] | None:
@@ -296,7 +308,7 @@ class SipGateway:
             challenge = self.nonces.issue()
             txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
                                     headers=[("Proxy-Authenticate", challenge.header_value()),
-                                             *self._meta_headers()]))
+                                             *self.meta_headers]))
             return None
         try:
             number = self.platform.sip_number(from_uri.user or "")
@@ -307,7 +319,7 @@ class SipGateway:
         except _Stale:                   # right password, old nonce: a fresh challenge (RFC 2617 §3.2.1)
             txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
                                     headers=[("Proxy-Authenticate", self.nonces.issue(stale=True).header_value()),
-                                             *self._meta_headers()]))
+                                             *self.meta_headers]))
             return None
         except SipRefusal as refusal:
             self._refuse(txn, request, refusal)
@@ -368,7 +380,7 @@ class SipGateway:
         self.trace(dialog.call_id, "in", cancel)
         dialog.final_status = 487
         self._send_response(txn, response_to(txn.request, 487, "Request Terminated", to_tag=dialog.local_tag,
-                                             headers=self._meta_headers()), dialog.call_id)
+                                             headers=self.meta_headers), dialog.call_id)
         call = self.platform.call(dialog.call_id)
         if call is not None and call.state != ENDED:
             self.host.apply(lambda: self.platform.sip_business_hangs_up(call))
@@ -378,35 +390,48 @@ class SipGateway:
         dialog = self.by_sip_call_id.get(ack.call_id)
         if dialog is None:
             return
-        self.trace(dialog.call_id, "in", ack)
         if dialog.retransmitter:
             dialog.retransmitter.ack()
         if not dialog.confirmed and dialog.final_status == 200:
             dialog.confirmed = True
-            self._save(dialog)
+            self._save(dialog, "in", ack)
+        else:
+            self.trace(dialog.call_id, "in", ack)
 
     def _on_bye(self, request: Request, txn: ServerTransaction) -> None:
         dialog = self.by_sip_call_id.get(request.call_id)
-        call_id = dialog.call_id if dialog else None
-        self.trace(call_id, "in", request)
         if dialog is None:
             txn.respond(response_to(request, 481, "Call/Transaction Does Not Exist", to_tag=txn.local_tag))
             return
-        if dialog.broken_route:           # Meta's proxies cannot route it: the business's Route set is wrong
-            self._send_response(txn, response_to(request, 404, "Not Found", headers=self._meta_headers()), call_id)
-            return
+        call_id = dialog.call_id
         cseq = request.cseq[0]
-        if dialog.remote_cseq is not None and cseq < dialog.remote_cseq:   # out of order (RFC 3261 §12.2.2)
-            self._send_response(txn, response_to(request, 500, "Server Internal Error",
-                                                 headers=self._meta_headers()), call_id)
+        if not dialog.broken_route and (dialog.remote_cseq is None or cseq >= dialog.remote_cseq):
+            self._business_hangs_up(request, txn, dialog)
             return
-        dialog.remote_cseq = cseq
+        self.trace(call_id, "in", request)
+        if dialog.broken_route:           # Meta's proxies cannot route it: the business's Route set is wrong
+            self._send_response(txn, response_to(request, 404, "Not Found", headers=self.meta_headers), call_id)
+            return
+        # out of order (RFC 3261 §12.2.2)
+        self._send_response(txn, response_to(request, 500, "Server Internal Error",
+                                             headers=self.meta_headers), call_id)
+
+    def _business_hangs_up(self, bye: Request, txn: ServerTransaction, dialog: Dialog) -> None:
+        """The business's BYE in its dialog, in order: the call ends, then the 200."""
+        dialog.remote_cseq = bye.cseq[0]
         if dialog.conn is None or not dialog.conn.is_open:
             dialog.conn = txn.conn        # the business's new flow (after a restart, or a reconnect)
         call = self.platform.call(dialog.call_id)
         if call is not None:        # committed before the 200 says so: a kill -9 after the 200 keeps the end
-            self.host.apply(lambda: self.platform.sip_business_hangs_up(call))
-        self._send_response(txn, response_to(request, 200, "OK", headers=self._meta_headers()), call_id)
+
+            def hang_up() -> None:
+                self._note_message(call, "in", bye)      # the BYE's trace, in the same commit
+                self.platform.sip_business_hangs_up(call)
+            self.host.apply(hang_up)
+        ok = response_to(bye, 200, "OK", headers=self.meta_headers)
+        if call is not None:
+            self.host.apply(lambda: self._note_message(call, "out", ok), defer=True)
+        txn.respond(ok)
         self._forget(dialog)
 
     def on_stray_response(self, response: Response, conn: Connection) -> None:
@@ -452,7 +477,8 @@ class SipGateway:
         elif call.state == ACCEPTED:
             dialog.final_status = 200
             dialog.outgoing = self._dialog_response(dialog.invite, dialog, 200, "OK", sdp=call.meta_sdp)
-            self._save(dialog)
+            self._save(dialog, "out", dialog.outgoing)
+            return
         else:
             return
         self.trace(call.id, "out", dialog.outgoing)
@@ -488,7 +514,7 @@ class SipGateway:
                 status, reason = sip_final_for_ended(call)
                 dialog.final_status = status
                 self._send_response(txn, response_to(invite, status, reason, to_tag=dialog.local_tag,
-                                                     headers=self._meta_headers()), call.id)
+                                                     headers=self.meta_headers), call.id)
                 self._forget(dialog)
         elif call.state == ENDED and call.ended_by != "business" and not dialog.bye_sent:
             self._spawn(self._send_bye(call, dialog))
@@ -502,13 +528,16 @@ class SipGateway:
     def _dialog_response(self, invite: Request, dialog: Dialog, status: int, reason: str, *,
                          sdp: str | None = None) -> Response:
         """Meta's 180/200 to a business INVITE (§8.2): Record-Route, Contact, Allow, Supported, X-FB."""
-        # the business's own Record-Route entries as received, then Meta's two (RFC 3261 §12.1.1)
-        headers = [("Record-Route", rr) for rr in
-                   [*invite.headers.get_all("Record-Route"), *reversed(meta_record_routes(self.domain))]]
-        user = invite.ruri.user_number or ""
-        headers += [("Allow", ALLOW), ("Supported", "timer"), *self._meta_headers(),
-                    ("Contact", f"<sip:{user}@{self.domain};transport=tls;ob;"
-                                f"X-FB-Sip-Smc-Tier=collaboration.sip_gateway.sip.prod>;isfocus")]
+        headers = dialog.answer_headers
+        if headers is None:           # the same for the dialog's 180 and 200: built for the first of them
+            # the business's own Record-Route entries as received, then Meta's two (RFC 3261 §12.1.1)
+            user = invite.ruri.user_number or ""
+            headers = dialog.answer_headers = (
+                *[("Record-Route", rr) for rr in
+                  [*invite.headers.get_all("Record-Route"), *self._meta_routes_reversed]],
+                ("Allow", ALLOW), ("Supported", "timer"), *self.meta_headers,
+                ("Contact", f"<sip:{user}@{self.domain};transport=tls;ob;"
+                            f"X-FB-Sip-Smc-Tier=collaboration.sip_gateway.sip.prod>;isfocus"))
         body = sdp.encode() if sdp else b""
         return response_to(invite, status, reason, to_tag=dialog.local_tag, headers=headers, body=body,
                            content_type=SDP if sdp else None)

@@ -540,6 +540,11 @@ class _Message:
     def _render_now(self, start_line: str) -> bytes:
         items, body = self.headers._items, self.body
         length = str(len(body))
+        head = CRLF.join([start_line, *map(": ".join, items)])
+        # no field called Content-Length (in any case): the usual message, told by one search of the lowered
+        # head (a field's line starts after a CRLF, and no value holds one) instead of lowering each name
+        if "\r\ncontent-length: " not in head.lower():
+            return (head + "\r\nContent-Length: " + length + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
         lowered = list(map(str.lower, map(_NAME_OF, items)))
         count = lowered.count("content-length")
         if count == 0:      # the joins in C: no Python step per header field
@@ -1044,24 +1049,32 @@ def response_to(
     copying for dialog-creating responses (section 12.1.1) is the dialog layer's job.
     """
     h = Headers()
-    copied = h._items           # the request's own fields were checked when they were added or parsed
-    copied.extend(field for field in request.headers._items if field[0] == "Via")
+    items = h._items            # the request's own fields were checked when they were added or parsed
+    fields = request.headers
+    items.extend(field for field in fields._items if field[0] == "Via")
     for name in ("From", "To", "Call-ID", "CSeq"):
-        value = request.headers.get(name)
+        value = fields.get(name)
         if value is None:
             continue
         if name == "To" and to_tag is not None and parse_name_addr(value).tag is None:
-            h.add(name, f"{value};tag={to_tag}")
+            items.append(_checked(name, f"{value};tag={to_tag}"))
         else:
-            copied.append((name, value))
+            items.append((name, value))
     if status == 100:
-        timestamp = request.headers.get("Timestamp")
+        timestamp = fields.get("Timestamp")
         if timestamp is not None:
-            h.add("Timestamp", timestamp)
-    for name, value in headers:
-        h.add(name, value)
+            items.append(_checked("Timestamp", timestamp))
+    # the new Headers is filled directly (its index is built on first lookup): what add() does, one field
+    # at a time, without its bookkeeping
+    extra = [_checked(name, value) for name, value in headers]
+    items.extend(extra)
     if content_type is not None:
-        h.set("Content-Type", content_type)
+        # checked names are canonical ("c", "content-type" -> "Content-Type"), and the request's fields copied
+        # above are never a Content-Type: set() only when the extra fields have one
+        if operator.countOf(map(_NAME_OF, extra), "Content-Type"):
+            h.set("Content-Type", content_type)
+        else:
+            items.append(_checked("Content-Type", content_type))
     return Response(status, reason if reason is not None else REASONS.get(status, ""), h, body)
 
 
