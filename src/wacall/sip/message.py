@@ -33,6 +33,7 @@ from .uri import (
     NameAddr,
     SipParseError,
     SipUri,
+    _addr_memo,
     has_param,
     is_digits,
     is_token,
@@ -346,6 +347,8 @@ class Via:
     host: str
     port: int | None = None
     params: dict[str, str | None] = field(default_factory=dict)
+    #: the text ``str(self)`` renders, when parsed from exactly that (see :func:`is_canonical_via`), else None
+    _canonical: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def branch(self) -> str | None:
@@ -397,6 +400,12 @@ def remember_via(text: str, via: Via) -> None:
     memoised(_via_memo, text, text, lambda: via)
 
 
+def is_canonical_via(text: str, via: Via) -> bool:
+    """True if ``str(via)`` is ``text`` itself, for ``via = parse_via(text)`` (a stamp may then splice into the
+    text instead of rendering the Via): known from the parse, see :func:`_parse_via`."""
+    return via._canonical == text
+
+
 def _parse_via(text: str) -> Via:
     m = _VIA_PLAIN_RE.match(text)
     if m is None:
@@ -407,10 +416,16 @@ def _parse_via(text: str) -> Via:
         raise SipParseError("Bad Request - Malformed Via port")
     params: dict[str, str | None] = {}
     if param_text:
-        for item in param_text[1:].split(";"):
+        items = param_text[1:].split(";")
+        for item in items:
             name, eq, value = item.partition("=")
             params[name] = value if eq else None
-    return Via(transport, host, port, FrozenParams(params))
+    else:
+        items = ()
+    via = Via(transport, host, port, FrozenParams(params))
+    if len(params) == len(items) and (port_text is None or port_text[0] != "0" or port_text == "0"):
+        via._canonical = text         # the port in plain digits, no parameter twice: str(via) is the text
+    return via
 
 
 def _parse_via_general(text: str) -> Via:
@@ -444,10 +459,10 @@ class _Message:
     body: bytes
 
     def _single(self, name: str) -> str:
-        value = self.headers.get(name)
-        if value is None:
+        values = self.headers._values(name)
+        if not values:
             raise SipParseError(f"Bad Request - Missing {canonical_name(name)}")
-        return value
+        return values[0]
 
     @property
     def call_id(self) -> str:
@@ -456,18 +471,20 @@ class _Message:
     @property
     def cseq(self) -> tuple[int, str]:
         """``(sequence number, method)`` from CSeq (section 20.16)."""
-        m = _CSEQ_RE.match(self._single("CSeq").strip())
-        if not m or int(m[1]) > _MAX_CSEQ:
+        number, method = _cseq(self._single("CSeq"))
+        if number is None:
             raise SipParseError("Bad Request - Malformed CSeq")
-        return int(m[1]), m[2]
+        return number, method  # type: ignore[return-value]
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self._single("From"))
+        text = self._single("From")
+        return _addr_memo.get(text) or parse_name_addr(text)
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self._single("To"))
+        text = self._single("To")
+        return _addr_memo.get(text) or parse_name_addr(text)
 
     @property
     def vias(self) -> list[Via]:
@@ -734,50 +751,78 @@ def _check_version(version: str) -> None:
 def _check_fields(msg: Request | Response) -> None:
     """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
     h = msg.headers
-    h._values("Via")                                    # builds the index: the lookups below are dict accesses
-    index: dict[str, tuple[str, ...]] = h._index         # type: ignore[assignment]
-    for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
-        count = len(index.get(low, _NONE))              # not list headers: their fields are their values
-        if count == 0:
-            raise _bad(f"Missing {name}", msg)
-        if count > 1:
-            raise _bad(f"Multiple {name}", msg)
-    via_texts = [e for v in index.get("via", _NONE) for e in split_shared(v)]
+    index = h._index
+    if index is None:
+        h._values("Via")                                # builds the index: the lookups below are dict accesses
+        index = h._index                                # type: ignore[assignment]
+    to, from_, call_ids, cseqs = index.get("to"), index.get("from"), index.get("call-id"), index.get("cseq")
+    if (to is None or from_ is None or call_ids is None or cseqs is None
+            or len(to) != 1 or len(from_) != 1 or len(call_ids) != 1 or len(cseqs) != 1):
+        for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
+            count = len(index.get(low, _NONE))          # not list headers: their fields are their values
+            if count == 0:
+                raise _bad(f"Missing {name}", msg)
+            if count > 1:
+                raise _bad(f"Multiple {name}", msg)
+    vias = index.get("via", _NONE)
+    via_texts = split_shared(vias[0]) if len(vias) == 1 else [e for v in vias for e in split_shared(v)]
     if not via_texts:
         raise _bad("Missing Via", msg)
-    call_id = index["call-id"][0]
+    call_id = call_ids[0]                               # type: ignore[index]
     if not call_id or " " in call_id or "\t" in call_id:
         raise _bad("Malformed Call-ID", msg)
-    m = _CSEQ_RE.match(index["cseq"][0].strip())
-    if not m or int(m[1]) > _MAX_CSEQ:
+    method = _cseq(cseqs[0])[1]                         # type: ignore[index]
+    if method is None:
         raise _bad("Malformed CSeq", msg)
-    method = m[2]
     if isinstance(msg, Request) and method != msg.method:
         if msg.method not in KNOWN_METHODS:  # RFC 4475 section 3.1.2.18 prefers 501 here
             err = SipParseError("Not Implemented - CSeq method does not match Request-Line", status=501)
             err.message = msg
             raise err
         raise _bad("CSeq method does not match Request-Line", msg)
-    for low, name in (("from", "From"), ("to", "To")):
-        try:
-            parse_name_addr(index[low][0])
-        except SipParseError as exc:
-            raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
+    addrs = _addr_memo
+    for value, name in ((from_[0], "From"), (to[0], "To")):           # type: ignore[index]
+        if value not in addrs:                          # a value seen before parsed (the memo keeps successes)
+            try:
+                parse_name_addr(value)
+            except SipParseError as exc:
+                raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
     try:
         for text in via_texts:
-            parse_via(text)
+            if text not in _via_memo:
+                parse_via(text)
     except SipParseError:
         raise _bad("Malformed Via", msg) from None
-    contacts = [e for v in index.get("contact", _NONE) for e in split_shared(v)]
-    if contacts != ["*"]:
-        try:
-            for text in contacts:
-                parse_name_addr(text)
-        except SipParseError:
-            raise _bad("Malformed Contact", msg) from None
-    mf = index.get("max-forwards", _NONE)  # optional in practice (the brief tolerates its absence)
-    if mf and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
+    contact_fields = index.get("contact")
+    if contact_fields is not None:
+        contacts = [e for v in contact_fields for e in split_shared(v)]
+        if contacts != ["*"]:
+            try:
+                for text in contacts:
+                    if text not in addrs:
+                        parse_name_addr(text)
+            except SipParseError:
+                raise _bad("Malformed Contact", msg) from None
+    mf = index.get("max-forwards")  # optional in practice (the brief tolerates its absence)
+    if mf is not None and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
         raise _bad("Malformed Max-Forwards", msg)
+
+
+_cseq_memo: dict[str, tuple[int, str] | tuple[None, None]] = {}
+
+
+def _cseq(value: str) -> tuple[int, str] | tuple[None, None]:
+    """``(sequence number, method)`` of a CSeq value (section 20.16), ``(None, None)`` if malformed; memoised by
+    text (the same few values in every call), bounded like the URI memos."""
+    known = _cseq_memo.get(value)
+    if known is None:
+        m = _CSEQ_RE.match(value.strip())
+        known = (int(m[1]), m[2]) if m and int(m[1]) <= _MAX_CSEQ else (None, None)
+        if len(value) <= 64:
+            if len(_cseq_memo) >= 4096:
+                _cseq_memo.clear()
+            _cseq_memo[value] = known
+    return known
 
 
 # --- the compiled scanner ------------------------------------------------------------------------

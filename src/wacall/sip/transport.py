@@ -49,8 +49,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, new_tag, parse_message,
-                      remember_via)
+from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, is_canonical_via, new_tag,
+                      parse_message, parse_via, remember_via)
 from .uri import FrozenParams, split_shared
 from .tls import NotLoopbackError, Resolver, is_loopback
 
@@ -606,6 +606,13 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     host, port = peer
     if not host:
         return
+    first = request.headers.get("Via")
+    if first is None or not first.endswith(";rport") or not _stamp_rport(request, first, host, port):
+        _stamp_any(request, host, port)
+
+
+def _stamp_any(request: Request, host: str, port: int) -> None:
+    """:func:`stamp_via` for every Via (the reference for :func:`_stamp_rport`)."""
     via = request.top_via            # shared with the parser's memo: the changed Via is a new one
     params: dict[str, str | None] | None = None
     if via.host.strip("[]").lower() != host.lower():
@@ -623,6 +630,25 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     if "," in field:                 # more Via elements in the first field: rewrite the first only
         text = ", ".join([text, *split_shared(field)[1:]])
     request.replace_first("Via", text)    # the received octets stay the wire form, with this Via
+
+
+def _stamp_rport(request: Request, first: str, host: str, port: int) -> bool:
+    """:func:`stamp_via` for what nearly every client sends: the first Via field is one element, written as the
+    parser reads it back (``Via.__str__`` gives the same text), from the packet's source host, ending with the one
+    valueless ``rport`` it has: the stamp is ``=<port>`` appended to that text (False: the general way decides;
+    tests/test_sip_transport.py compares the two)."""
+    if "," in first or first.lower().count(";rport") != 1:
+        return False
+    via = parse_via(first)                       # the parser's memo: checked when the request was parsed
+    if via.host.strip("[]").lower() != host.lower() or not is_canonical_via(first, via):
+        return False
+    rport = str(port)
+    params = dict(via.params)
+    params["rport"] = rport                      # the last parameter: its position is kept
+    text = f"{first}={rport}"
+    remember_via(text, Via(via.transport, via.host, via.port, FrozenParams(params)))
+    request.replace_first("Via", text)
+    return True
 
 
 def _set_param(params: dict[str, str | None], name: str, value: str) -> None:
