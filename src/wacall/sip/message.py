@@ -33,6 +33,8 @@ from .uri import (
     NameAddr,
     SipParseError,
     SipUri,
+    _MEMO_SIZE,
+    _MEMO_TEXT,
     _addr_memo,
     has_param,
     is_digits,
@@ -227,25 +229,31 @@ class Headers:
         access, not a scan of every field (the gateway looks up ~100 header values per call)."""
         index = self._index
         if index is None:
-            index = self._index = {}
-            lowered = _LOWER
-            several: dict[str, list[str]] = {}          # names with more than one field: collected in lists
-            for n, v in self._items:
-                low = lowered[n]
-                values = index.get(low)
-                if values is None:
-                    index[low] = (v,)
-                elif low in several:
-                    several[low].append(v)
-                else:
-                    several[low] = [*values, v]
-            for low, collected in several.items():
-                index[low] = tuple(collected)
+            index = self._indexed()
         return index.get(_LOWER[name], _NONE)
+
+    def _indexed(self) -> dict[str, tuple[str, ...]]:
+        """The index: lower-case canonical name -> values (see :meth:`_values`), built now."""
+        index = self._index = {}
+        lowered = _LOWER
+        several: dict[str, list[str]] = {}      # names with more than one field: collected in lists
+        for n, v in self._items:
+            low = lowered[n]
+            values = index.get(low)
+            if values is None:
+                index[low] = (v,)
+            elif low in several:
+                several[low].append(v)
+            else:
+                several[low] = [*values, v]
+        for low, collected in several.items():
+            index[low] = tuple(collected)
+        return index
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first header field called ``name``, or ``default``."""
-        values = self._values(name)
+        index = self._index                             # _values inline: the most frequent header access
+        values = (self._indexed() if index is None else index).get(_LOWER[name])
         return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
@@ -397,7 +405,10 @@ _VIA_PLAIN_RE = re.compile(
 def remember_via(text: str, via: Via) -> None:
     """Keep ``via`` (read-only ``params``) as what ``parse_via(text)`` returns: for a Via built here whose
     text the layers above will read again (the transport's ``received``/``rport``, RFC 3261 section 18.2.1)."""
-    memoised(_via_memo, text, text, lambda: via)
+    if text not in _via_memo and len(text) <= _MEMO_TEXT:       # uri.memoised's bounds, without a parse to call
+        if len(_via_memo) >= _MEMO_SIZE:
+            _via_memo.clear()
+        _via_memo[text] = via
 
 
 def is_canonical_via(text: str, via: Via) -> bool:
@@ -494,6 +505,11 @@ class _Message:
     def _top_via_text(self) -> str | None:
         """The first Via element, splitting only the fields up to the one that holds it."""
         for value in self.headers._values("Via"):
+            if "," not in value:                    # split_shared's own shortcut, without the call
+                value = value.strip(" \t")
+                if value:
+                    return value
+                continue
             elements = split_shared(value)
             if elements:
                 return elements[0]
@@ -504,13 +520,13 @@ class _Message:
         text = self._top_via_text()
         if text is None:
             raise SipParseError("Bad Request - Missing Via")
-        return parse_via(text)
+        return _via_memo.get(text) or parse_via(text)
 
     @property
     def branch(self) -> str | None:
         """The branch parameter of the top Via, or None (no Via, or no branch)."""
         text = self._top_via_text()
-        return parse_via(text).branch if text is not None else None
+        return (_via_memo.get(text) or parse_via(text)).branch if text is not None else None
 
     @property
     def content_type(self) -> str | None:
@@ -753,8 +769,7 @@ def _check_fields(msg: Request | Response) -> None:
     h = msg.headers
     index = h._index
     if index is None:
-        h._values("Via")                                # builds the index: the lookups below are dict accesses
-        index = h._index                                # type: ignore[assignment]
+        index = h._indexed()                            # the lookups below are dict accesses
     to, from_, call_ids, cseqs = index.get("to"), index.get("from"), index.get("call-id"), index.get("cseq")
     if (to is None or from_ is None or call_ids is None or cseqs is None
             or len(to) != 1 or len(from_) != 1 or len(call_ids) != 1 or len(cseqs) != 1):
