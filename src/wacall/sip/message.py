@@ -1008,6 +1008,11 @@ class StreamFramer:
         self._buf = bytearray()
         self._scan = 0  # where to resume searching for the end of the header block
 
+    @property
+    def buffered(self) -> int:
+        """Octets held of an incomplete message (0 between messages: the transport's slowloris guard asks)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[bytes | SipParseError | _Ping]:
         out: list[bytes | SipParseError | _Ping] = []
         if self.closed:

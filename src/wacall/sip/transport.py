@@ -224,8 +224,7 @@ class Connection(asyncio.Protocol):
     # -- timers -----------------------------------------------------------------------------------
     def _arm_partial_timer(self) -> None:
         """Slowloris guard: a message may not stay incomplete for longer than half_message_timeout."""
-        pending = _framer_pending(self._framer)
-        if not pending:
+        if not self._framer.buffered:
             if self._partial_timer is not None:
                 self._partial_timer.cancel()
                 self._partial_timer = None
@@ -588,14 +587,6 @@ class TlsTransport:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-def _framer_pending(framer: StreamFramer) -> bool:
-    """True while the framer holds bytes of an incomplete message."""
-    value = getattr(framer, "buffered", None)  # public name asked of message.py
-    if value is None:
-        value = len(getattr(framer, "_buf", b""))
-    return bool(value() if callable(value) else value)
-
 
 def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     """RFC 3261 section 18.2.1 ``received`` and RFC 3581 section 4 ``rport`` on the top Via.
