@@ -876,17 +876,15 @@ def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int, bool]
     count = lib.sip_scan(data, n, out, cap, info)
     if count < 0:
         return None
-    start = data[info[0]:info[1]].decode("ascii")
-    verbatim = False
+    parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")     # the start line, then names and values
     if count:
-        parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")
-        names = parts[0::2]
+        names = parts[1::2]
         canonical = list(map(_CANONICAL_OF.__getitem__, names))
-        fields = list(zip(canonical, parts[1::2]))
+        fields = list(zip(canonical, parts[2::2]))
         verbatim = bool(info[5]) and canonical == names    # compact or odd spellings render differently
     else:
-        fields = []
-    return start, fields, data[info[2]:], info[3], verbatim
+        fields, verbatim = [], False
+    return parts[0], fields, data[info[2]:], info[3], verbatim
 
 
 def parse_message(data: bytes) -> Request | Response:

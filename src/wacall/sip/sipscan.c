@@ -95,7 +95,9 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
     long long length = -1;
     int lengths = 0;
     long fields = 0;
-    size_t o = 0;
+    size_t o = start_end - head_start;               /* out starts with the start line */
+    if (o > out_cap) return -1;
+    memcpy(out, data + head_start, o);
     i = next;
     while (i < head_end) {
         size_t e;
@@ -118,7 +120,7 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
             verbatim = 0;
         size_t need = (ne - i) + (ve - vs) + 2;
         if (o + need > out_cap) return -1;
-        if (fields) out[o++] = '\n';
+        out[o++] = '\n';
         memcpy(out + o, data + i, ne - i); o += ne - i;
         out[o++] = '\n';
         memcpy(out + o, data + vs, ve - vs); o += ve - vs;
