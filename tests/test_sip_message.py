@@ -930,3 +930,19 @@ def test_a_parsed_message_kept_for_64_t1_leaves_its_index_to_no_cyclic_collectio
     index = request.headers._index
     assert index is not None and index["via"] == ("SIP/2.0/TLS a;branch=z9hG4bK1", "SIP/2.0/TLS b;branch=z9hG4bK2")
     assert not any(gc.is_tracked(values) for values in index.values())
+
+
+@pytest.mark.parametrize("text", ["sip:+442071838750@127.0.0.1:5070;transport=tls", "SIPS:a@[::1]:05061;lr?x=y",
+                                  "sip:wa.meta.vc", "tel:+1234", "sip:u:pw@h;a;b=c"])
+def test_a_parsed_uri_keeps_its_rendering_and_a_built_one_renders_its_changes(text: str) -> None:
+    """``str()`` of a parsed SipUri (shared through the memo, never changed) is kept after the first rendering:
+    it is what rendering a SipUri with the same fields gives; a SipUri built by hand renders every time."""
+    import dataclasses
+
+    from wacall.sip.uri import SipUri, parse_uri
+    parsed = parse_uri(text, any_scheme=True)
+    built = SipUri(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(SipUri)})
+    assert str(parsed) == str(parsed) == str(built) == built._render()
+    assert "_rendered" not in built.__dict__
+    built.port = 5999
+    assert str(built) == built._render() and (parsed.opaque is not None or ":5999" in str(built))

@@ -451,3 +451,41 @@ def test_stamped_via_is_what_its_text_parses_to():
     assert request.headers.get("Via") == text + ", SIP/2.0/TLS proxy.example;branch=z9hG4bK-1"
     assert request.top_via is parse_via(text) and request.top_via == _parse_via_general(text)
     assert [v.host for v in request.vias] == ["pbx.example", "proxy.example"]
+
+
+@pytest.mark.parametrize("via", [
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport",          # the usual: "=<port>" appended
+    "SIP/2.0/TLS 127.0.0.1;branch=z9hG4bK-1;rport",
+    "SIP/2.0/TLS [::1]:5070;branch=z9hG4bK-1;rport",
+    "SIP/2.0/TLS pbx.example:5070;branch=z9hG4bK-1;rport",         # received too: the general way
+    "SIP/2.0/TLS 127.0.0.1:05070;branch=z9hG4bK-1;rport",         # renders as :5070
+    "SIP/2.0/TLS 127.0.0.1:0;branch=z9hG4bK-1;rport",
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport=7;rport",   # given twice
+    "SIP/2.0/TLS 127.0.0.1:5070;RPORT;branch=z9hG4bK-1;rport",     # another spelling first
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;xrport;rport",
+    "SIP/2.0/TLS 127.0.0.1:5070 ;branch=z9hG4bK-1 ; rport",       # whitespace
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport, SIP/2.0/TLS proxy.example;rport",
+    "sip/2.0/tls 127.0.0.1:5070;branch=z9hG4bK-1;rport",
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=\"z9hG4bK-1\";rport",
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport=1234",
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1",
+])
+@pytest.mark.parametrize("scan", [True, False])
+def test_the_rport_splice_is_the_general_stamp(via: str, scan: bool) -> None:
+    """``stamp_via``'s splice of ``=<port>`` (the usual Via) gives what the general way gives: the same header
+    fields, the same octets on the wire, the same Via read back (or it leaves the request to the general way)."""
+    from wacall.sip import message
+    from wacall.sip.transport import _stamp_any, stamp_via
+    raw = (f"OPTIONS sip:wa.meta.vc SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@pbx.example>;tag=1\r\n"
+           f"To: <sip:b@wa.meta.vc>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    parse = message.parse_message if scan else message._parse_in_python
+    for peer in (("127.0.0.1", 40123), ("::1", 40124), ("192.0.2.1", 40125)):
+        fast, general = parse(raw), parse(raw)
+        stamp_via(fast, peer)
+        _stamp_any(general, *peer)
+        assert list(fast.headers) == list(general.headers)
+        assert fast.to_bytes() == general.to_bytes() == message._parse_in_python(general.to_bytes()).to_bytes()
+        assert fast.top_via == general.top_via == message._parse_via_general(general.vias[0].__str__())
+    usual = parse(raw.replace(via.encode(), b"SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport"))
+    stamp_via(usual, ("127.0.0.1", 40123))
+    assert usual.headers.get("Via") == "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport=40123"

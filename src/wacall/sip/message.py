@@ -33,6 +33,9 @@ from .uri import (
     NameAddr,
     SipParseError,
     SipUri,
+    _MEMO_SIZE,
+    _MEMO_TEXT,
+    _addr_memo,
     has_param,
     is_digits,
     is_token,
@@ -226,25 +229,31 @@ class Headers:
         access, not a scan of every field (the gateway looks up ~100 header values per call)."""
         index = self._index
         if index is None:
-            index = self._index = {}
-            lowered = _LOWER
-            several: dict[str, list[str]] = {}          # names with more than one field: collected in lists
-            for n, v in self._items:
-                low = lowered[n]
-                values = index.get(low)
-                if values is None:
-                    index[low] = (v,)
-                elif low in several:
-                    several[low].append(v)
-                else:
-                    several[low] = [*values, v]
-            for low, collected in several.items():
-                index[low] = tuple(collected)
+            index = self._indexed()
         return index.get(_LOWER[name], _NONE)
+
+    def _indexed(self) -> dict[str, tuple[str, ...]]:
+        """The index: lower-case canonical name -> values (see :meth:`_values`), built now."""
+        index = self._index = {}
+        lowered = _LOWER
+        several: dict[str, list[str]] = {}      # names with more than one field: collected in lists
+        for n, v in self._items:
+            low = lowered[n]
+            values = index.get(low)
+            if values is None:
+                index[low] = (v,)
+            elif low in several:
+                several[low].append(v)
+            else:
+                several[low] = [*values, v]
+        for low, collected in several.items():
+            index[low] = tuple(collected)
+        return index
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first header field called ``name``, or ``default``."""
-        values = self._values(name)
+        index = self._index                             # _values inline: the most frequent header access
+        values = (self._indexed() if index is None else index).get(_LOWER[name])
         return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
@@ -346,6 +355,8 @@ class Via:
     host: str
     port: int | None = None
     params: dict[str, str | None] = field(default_factory=dict)
+    #: the text ``str(self)`` renders, when parsed from exactly that (see :func:`is_canonical_via`), else None
+    _canonical: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def branch(self) -> str | None:
@@ -394,7 +405,16 @@ _VIA_PLAIN_RE = re.compile(
 def remember_via(text: str, via: Via) -> None:
     """Keep ``via`` (read-only ``params``) as what ``parse_via(text)`` returns: for a Via built here whose
     text the layers above will read again (the transport's ``received``/``rport``, RFC 3261 section 18.2.1)."""
-    memoised(_via_memo, text, text, lambda: via)
+    if text not in _via_memo and len(text) <= _MEMO_TEXT:       # uri.memoised's bounds, without a parse to call
+        if len(_via_memo) >= _MEMO_SIZE:
+            _via_memo.clear()
+        _via_memo[text] = via
+
+
+def is_canonical_via(text: str, via: Via) -> bool:
+    """True if ``str(via)`` is ``text`` itself, for ``via = parse_via(text)`` (a stamp may then splice into the
+    text instead of rendering the Via): known from the parse, see :func:`_parse_via`."""
+    return via._canonical == text
 
 
 def _parse_via(text: str) -> Via:
@@ -407,10 +427,16 @@ def _parse_via(text: str) -> Via:
         raise SipParseError("Bad Request - Malformed Via port")
     params: dict[str, str | None] = {}
     if param_text:
-        for item in param_text[1:].split(";"):
+        items = param_text[1:].split(";")
+        for item in items:
             name, eq, value = item.partition("=")
             params[name] = value if eq else None
-    return Via(transport, host, port, FrozenParams(params))
+    else:
+        items = ()
+    via = Via(transport, host, port, FrozenParams(params))
+    if len(params) == len(items) and (port_text is None or port_text[0] != "0" or port_text == "0"):
+        via._canonical = text         # the port in plain digits, no parameter twice: str(via) is the text
+    return via
 
 
 def _parse_via_general(text: str) -> Via:
@@ -444,10 +470,10 @@ class _Message:
     body: bytes
 
     def _single(self, name: str) -> str:
-        value = self.headers.get(name)
-        if value is None:
+        values = self.headers._values(name)
+        if not values:
             raise SipParseError(f"Bad Request - Missing {canonical_name(name)}")
-        return value
+        return values[0]
 
     @property
     def call_id(self) -> str:
@@ -456,18 +482,20 @@ class _Message:
     @property
     def cseq(self) -> tuple[int, str]:
         """``(sequence number, method)`` from CSeq (section 20.16)."""
-        m = _CSEQ_RE.match(self._single("CSeq").strip())
-        if not m or int(m[1]) > _MAX_CSEQ:
+        number, method = _cseq(self._single("CSeq"))
+        if number is None:
             raise SipParseError("Bad Request - Malformed CSeq")
-        return int(m[1]), m[2]
+        return number, method  # type: ignore[return-value]
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self._single("From"))
+        text = self._single("From")
+        return _addr_memo.get(text) or parse_name_addr(text)
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self._single("To"))
+        text = self._single("To")
+        return _addr_memo.get(text) or parse_name_addr(text)
 
     @property
     def vias(self) -> list[Via]:
@@ -477,6 +505,11 @@ class _Message:
     def _top_via_text(self) -> str | None:
         """The first Via element, splitting only the fields up to the one that holds it."""
         for value in self.headers._values("Via"):
+            if "," not in value:                    # split_shared's own shortcut, without the call
+                value = value.strip(" \t")
+                if value:
+                    return value
+                continue
             elements = split_shared(value)
             if elements:
                 return elements[0]
@@ -487,13 +520,13 @@ class _Message:
         text = self._top_via_text()
         if text is None:
             raise SipParseError("Bad Request - Missing Via")
-        return parse_via(text)
+        return _via_memo.get(text) or parse_via(text)
 
     @property
     def branch(self) -> str | None:
         """The branch parameter of the top Via, or None (no Via, or no branch)."""
         text = self._top_via_text()
-        return parse_via(text).branch if text is not None else None
+        return (_via_memo.get(text) or parse_via(text)).branch if text is not None else None
 
     @property
     def content_type(self) -> str | None:
@@ -739,50 +772,77 @@ def _check_version(version: str) -> None:
 def _check_fields(msg: Request | Response) -> None:
     """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
     h = msg.headers
-    h._values("Via")                                    # builds the index: the lookups below are dict accesses
-    index: dict[str, tuple[str, ...]] = h._index         # type: ignore[assignment]
-    for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
-        count = len(index.get(low, _NONE))              # not list headers: their fields are their values
-        if count == 0:
-            raise _bad(f"Missing {name}", msg)
-        if count > 1:
-            raise _bad(f"Multiple {name}", msg)
-    via_texts = [e for v in index.get("via", _NONE) for e in split_shared(v)]
+    index = h._index
+    if index is None:
+        index = h._indexed()                            # the lookups below are dict accesses
+    to, from_, call_ids, cseqs = index.get("to"), index.get("from"), index.get("call-id"), index.get("cseq")
+    if (to is None or from_ is None or call_ids is None or cseqs is None
+            or len(to) != 1 or len(from_) != 1 or len(call_ids) != 1 or len(cseqs) != 1):
+        for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
+            count = len(index.get(low, _NONE))          # not list headers: their fields are their values
+            if count == 0:
+                raise _bad(f"Missing {name}", msg)
+            if count > 1:
+                raise _bad(f"Multiple {name}", msg)
+    vias = index.get("via", _NONE)
+    via_texts = split_shared(vias[0]) if len(vias) == 1 else [e for v in vias for e in split_shared(v)]
     if not via_texts:
         raise _bad("Missing Via", msg)
-    call_id = index["call-id"][0]
+    call_id = call_ids[0]                               # type: ignore[index]
     if not call_id or " " in call_id or "\t" in call_id:
         raise _bad("Malformed Call-ID", msg)
-    m = _CSEQ_RE.match(index["cseq"][0].strip())
-    if not m or int(m[1]) > _MAX_CSEQ:
+    method = _cseq(cseqs[0])[1]                         # type: ignore[index]
+    if method is None:
         raise _bad("Malformed CSeq", msg)
-    method = m[2]
     if isinstance(msg, Request) and method != msg.method:
         if msg.method not in KNOWN_METHODS:  # RFC 4475 section 3.1.2.18 prefers 501 here
             err = SipParseError("Not Implemented - CSeq method does not match Request-Line", status=501)
             err.message = msg
             raise err
         raise _bad("CSeq method does not match Request-Line", msg)
-    for low, name in (("from", "From"), ("to", "To")):
-        try:
-            parse_name_addr(index[low][0])
-        except SipParseError as exc:
-            raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
+    addrs = _addr_memo
+    for value, name in ((from_[0], "From"), (to[0], "To")):           # type: ignore[index]
+        if value not in addrs:                          # a value seen before parsed (the memo keeps successes)
+            try:
+                parse_name_addr(value)
+            except SipParseError as exc:
+                raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
     try:
         for text in via_texts:
-            parse_via(text)
+            if text not in _via_memo:
+                parse_via(text)
     except SipParseError:
         raise _bad("Malformed Via", msg) from None
-    contacts = [e for v in index.get("contact", _NONE) for e in split_shared(v)]
-    if contacts != ["*"]:
-        try:
-            for text in contacts:
-                parse_name_addr(text)
-        except SipParseError:
-            raise _bad("Malformed Contact", msg) from None
-    mf = index.get("max-forwards", _NONE)  # optional in practice (the brief tolerates its absence)
-    if mf and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
+    contact_fields = index.get("contact")
+    if contact_fields is not None:
+        contacts = [e for v in contact_fields for e in split_shared(v)]
+        if contacts != ["*"]:
+            try:
+                for text in contacts:
+                    if text not in addrs:
+                        parse_name_addr(text)
+            except SipParseError:
+                raise _bad("Malformed Contact", msg) from None
+    mf = index.get("max-forwards")  # optional in practice (the brief tolerates its absence)
+    if mf is not None and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
         raise _bad("Malformed Max-Forwards", msg)
+
+
+_cseq_memo: dict[str, tuple[int, str] | tuple[None, None]] = {}
+
+
+def _cseq(value: str) -> tuple[int, str] | tuple[None, None]:
+    """``(sequence number, method)`` of a CSeq value (section 20.16), ``(None, None)`` if malformed; memoised by
+    text (the same few values in every call), bounded like the URI memos."""
+    known = _cseq_memo.get(value)
+    if known is None:
+        m = _CSEQ_RE.match(value.strip())
+        known = (int(m[1]), m[2]) if m and int(m[1]) <= _MAX_CSEQ else (None, None)
+        if len(value) <= 64:
+            if len(_cseq_memo) >= 4096:
+                _cseq_memo.clear()
+            _cseq_memo[value] = known
+    return known
 
 
 # --- the compiled scanner ------------------------------------------------------------------------
@@ -821,17 +881,15 @@ def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int, bool]
     count = lib.sip_scan(data, n, out, cap, info)
     if count < 0:
         return None
-    start = data[info[0]:info[1]].decode("ascii")
-    verbatim = False
+    parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")     # the start line, then names and values
     if count:
-        parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")
-        names = parts[0::2]
+        names = parts[1::2]
         canonical = list(map(_CANONICAL_OF.__getitem__, names))
-        fields = list(zip(canonical, parts[1::2]))
+        fields = list(zip(canonical, parts[2::2]))
         verbatim = bool(info[5]) and canonical == names    # compact or odd spellings render differently
     else:
-        fields = []
-    return start, fields, data[info[2]:], info[3], verbatim
+        fields, verbatim = [], False
+    return parts[0], fields, data[info[2]:], info[3], verbatim
 
 
 def parse_message(data: bytes) -> Request | Response:
@@ -952,6 +1010,11 @@ class StreamFramer:
         self.closed = False
         self._buf = bytearray()
         self._scan = 0  # where to resume searching for the end of the header block
+
+    @property
+    def buffered(self) -> int:
+        """Octets held of an incomplete message (0 between messages: the transport's slowloris guard asks)."""
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes | SipParseError | _Ping]:
         out: list[bytes | SipParseError | _Ping] = []

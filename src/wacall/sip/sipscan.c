@@ -39,6 +39,9 @@ static long long digits_value(const unsigned char *v, size_t n) {
     return x;
 }
 
+/* not a line break, NUL or non-ASCII (what the header-end search steps over) */
+static int ordinary(unsigned char c) { return c < 0x80 && c != 0 && c != '\r' && c != '\n'; }
+
 /* the end of the first line break "\r?\n" at or after i (its first octet's index in *brk), or 0 */
 static size_t line_end(const unsigned char *d, size_t i, size_t n, size_t *brk) {
     const unsigned char *p = memchr(d + i, '\n', n - i);
@@ -52,21 +55,25 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
     size_t i = 0;
     while (i < len && (data[i] == '\r' || data[i] == '\n')) i++;          /* section 7.5 */
     size_t head_start = i;
-    /* the header block ends at the first "\r?\n\r?\n" (what message._HEADER_END_RE finds) */
+    /* the header block ends at the first "\r?\n\r?\n" (what message._HEADER_END_RE finds); on the way every octet
+     * before it is checked: no NUL, nothing over 0x7f, no CR but in CRLF (those go to Python). One pass. */
     size_t head_end = 0, body = 0;
-    for (size_t p = head_start; p < len; p++) {
+    size_t p = head_start;
+    for (;;) {
+        while (p < len && ordinary(data[p])) p++;
+        if (p >= len) return -1;                      /* no empty line */
         size_t q;
-        if (data[p] == '\r' && p + 1 < len && data[p + 1] == '\n') q = p + 2;
-        else if (data[p] == '\n') q = p + 1;
-        else continue;
+        if (data[p] == '\r') {
+            if (p + 1 >= len || data[p + 1] != '\n') return -1;      /* bare CR (or no empty line after it) */
+            q = p + 2;
+        } else if (data[p] == '\n') {
+            q = p + 1;
+        } else {
+            return -1;                                /* NUL or non-ASCII: decoding and odd octets are Python's */
+        }
         if (q < len && data[q] == '\r' && q + 1 < len && data[q + 1] == '\n') { head_end = p; body = q + 2; break; }
         if (q < len && data[q] == '\n') { head_end = p; body = q + 1; break; }
-    }
-    if (body == 0) return -1;
-    for (size_t p = head_start; p < head_end; p++) {
-        unsigned char c = data[p];
-        if (c >= 0x80 || c == 0) return -1;           /* decoding and odd octets: Python's */
-        if (c == '\r' && !(p + 1 < head_end + 1 && data[p + 1] == '\n')) return -1;   /* bare CR */
+        p = q;
     }
     /* start line */
     size_t brk;
@@ -88,7 +95,9 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
     long long length = -1;
     int lengths = 0;
     long fields = 0;
-    size_t o = 0;
+    size_t o = start_end - head_start;               /* out starts with the start line */
+    if (o > out_cap) return -1;
+    memcpy(out, data + head_start, o);
     i = next;
     while (i < head_end) {
         size_t e;
@@ -111,7 +120,7 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
             verbatim = 0;
         size_t need = (ne - i) + (ve - vs) + 2;
         if (o + need > out_cap) return -1;
-        if (fields) out[o++] = '\n';
+        out[o++] = '\n';
         memcpy(out + o, data + i, ne - i); o += ne - i;
         out[o++] = '\n';
         memcpy(out + o, data + vs, ve - vs); o += ve - vs;

@@ -49,8 +49,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, new_tag, parse_message,
-                      remember_via)
+from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, is_canonical_via, new_tag,
+                      parse_message, parse_via, remember_via)
 from .uri import FrozenParams, split_shared
 from .tls import NotLoopbackError, Resolver, is_loopback
 
@@ -224,8 +224,7 @@ class Connection(asyncio.Protocol):
     # -- timers -----------------------------------------------------------------------------------
     def _arm_partial_timer(self) -> None:
         """Slowloris guard: a message may not stay incomplete for longer than half_message_timeout."""
-        pending = _framer_pending(self._framer)
-        if not pending:
+        if not self._framer.buffered:
             if self._partial_timer is not None:
                 self._partial_timer.cancel()
                 self._partial_timer = None
@@ -589,14 +588,6 @@ class TlsTransport:
 
 # -- helpers --------------------------------------------------------------------------------------
 
-def _framer_pending(framer: StreamFramer) -> bool:
-    """True while the framer holds bytes of an incomplete message."""
-    value = getattr(framer, "buffered", None)  # public name asked of message.py
-    if value is None:
-        value = len(getattr(framer, "_buf", b""))
-    return bool(value() if callable(value) else value)
-
-
 def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     """RFC 3261 section 18.2.1 ``received`` and RFC 3581 section 4 ``rport`` on the top Via.
 
@@ -606,6 +597,13 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     host, port = peer
     if not host:
         return
+    first = request.headers.get("Via")
+    if first is None or not first.endswith(";rport") or not _stamp_rport(request, first, host, port):
+        _stamp_any(request, host, port)
+
+
+def _stamp_any(request: Request, host: str, port: int) -> None:
+    """:func:`stamp_via` for every Via (the reference for :func:`_stamp_rport`)."""
     via = request.top_via            # shared with the parser's memo: the changed Via is a new one
     params: dict[str, str | None] | None = None
     if via.host.strip("[]").lower() != host.lower():
@@ -623,6 +621,25 @@ def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     if "," in field:                 # more Via elements in the first field: rewrite the first only
         text = ", ".join([text, *split_shared(field)[1:]])
     request.replace_first("Via", text)    # the received octets stay the wire form, with this Via
+
+
+def _stamp_rport(request: Request, first: str, host: str, port: int) -> bool:
+    """:func:`stamp_via` for what nearly every client sends: the first Via field is one element, written as the
+    parser reads it back (``Via.__str__`` gives the same text), from the packet's source host, ending with the one
+    valueless ``rport`` it has: the stamp is ``=<port>`` appended to that text (False: the general way decides;
+    tests/test_sip_transport.py compares the two)."""
+    if "," in first or first.lower().count(";rport") != 1:
+        return False
+    via = parse_via(first)                       # the parser's memo: checked when the request was parsed
+    if via.host.strip("[]").lower() != host.lower() or not is_canonical_via(first, via):
+        return False
+    rport = str(port)
+    params = dict(via.params)
+    params["rport"] = rport                      # the last parameter: its position is kept
+    text = f"{first}={rport}"
+    remember_via(text, Via(via.transport, via.host, via.port, FrozenParams(params)))
+    request.replace_first("Via", text)
+    return True
 
 
 def _set_param(params: dict[str, str | None], name: str, value: str) -> None:

@@ -394,6 +394,15 @@ class SipUri:
         return has_param(self.params, "lr")
 
     def __str__(self) -> str:
+        known = self.__dict__.get("_rendered")         # a parsed URI (shared, never changed): rendered once
+        if known is not None:
+            return known
+        text = self._render()
+        if "_rendered" in self.__dict__:
+            self._rendered = text
+        return text
+
+    def _render(self) -> str:
         if self.opaque is not None:
             return f"{self.scheme}:{self.opaque}"
         out = [self.scheme, ":"]
@@ -497,8 +506,10 @@ def _parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
                 raise _bad("Malformed URI header")
             headers[name] = value
 
-    return SipUri(scheme, user, password, host, port, FrozenParams(params) if params else _NO_PARAMS,
-                  FrozenParams(headers) if headers else _NO_PARAMS)
+    uri = SipUri(scheme, user, password, host, port, FrozenParams(params) if params else _NO_PARAMS,
+                 FrozenParams(headers) if headers else _NO_PARAMS)
+    uri._rendered = None        # parsed, so shared and never changed: str() keeps its text (SipUri.__str__)
+    return uri
 
 
 # --- name-addr / addr-spec ---------------------------------------------------------------------
