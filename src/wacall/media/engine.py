@@ -90,6 +90,7 @@ class MediaEngine:
         self.finished: dict[str, dict] = {}              # final statistics of released legs (view dicts)
         self._closing = False
         self._tick_handle: asyncio.TimerHandle | asyncio.Handle | None = None   # the ticker's next run
+        self._loop: asyncio.AbstractEventLoop | None = None   # the ticker's (asking costs Python 3.11 a getpid())
         self._framing = False                            # ticking every 20 ms (else only at housekeeping)
         self._next_tick = 0.0                            # time.monotonic() of the next 20 ms frame
         self._last_check = 0.0                           # of the last housekeeping
@@ -407,7 +408,8 @@ class MediaEngine:
         if self._tick_handle is None:
             self._framing = False
             self._last_check = time.monotonic()      # (a new leg has nothing due: no check right away)
-            self._tick_handle = asyncio.get_running_loop().call_later(HOUSEKEEPING, self._tick)
+            self._loop = asyncio.get_running_loop()
+            self._tick_handle = self._loop.call_later(HOUSEKEEPING, self._tick)
 
     def _frames_now(self) -> None:
         """A leg may start sending (the business's first media, a restored call, voicemail): frames every
@@ -418,7 +420,8 @@ class MediaEngine:
             self._tick_handle.cancel()
         self._framing = True
         self._next_tick = time.monotonic()
-        self._tick_handle = asyncio.get_running_loop().call_soon(self._tick)
+        self._loop = asyncio.get_running_loop()
+        self._tick_handle = self._loop.call_soon(self._tick)
 
     def _tick(self) -> None:
         self._tick_handle = None
@@ -467,7 +470,8 @@ class MediaEngine:
                         endpoint.skipped_ticks += skipped
                 self._next_tick = time.monotonic()
                 delay = 0
-        self._tick_handle = asyncio.get_running_loop().call_later(max(0.0, delay), self._tick)
+        assert self._loop is not None                # (set with the handle that ran this tick)
+        self._tick_handle = self._loop.call_later(max(0.0, delay), self._tick)
 
     def check_timeouts(self) -> None:
         now = self.reporter.now()
