@@ -355,3 +355,37 @@ async def test_concurrent_binds_of_one_port_share_the_socket() -> None:
         assert first is second and first.port == port
     finally:
         ports.close()
+
+
+async def test_the_ticker_sends_frames_once_the_business_sent_media_and_the_recording_opens_with_it(tmp_path) -> None:
+    """A configured leg has nothing to send before the business's first media (Meta: the business sends
+    first): the 20 ms ticker does not run for it, and its recording is not opened. The business's first
+    SRTP packet starts both: the user's phone is heard, recorded and talks back."""
+    from wacall.domain.sdp import Negotiated
+    from wacall.media.recording import Recordings
+    from wacall.media.rtp import RTP_HEADER
+    from wacall.media.srtp import SrtpContext
+
+    eng = MediaEngine(recordings=Recordings(tmp_path))
+    business = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    business.bind(("127.0.0.1", 0))
+    try:
+        local = await eng.allocate("wacid.T1")
+        key = bytes(range(30))
+        eng.configure("wacid.T1", Negotiated(
+            key_exchange="SDES", remote_crypto="1 AES_CM_128_HMAC_SHA1_80 inline:" + base64.b64encode(key).decode(),
+            remote_addr=business.getsockname(), payload_types={"opus": 111, "telephone-event": 126}), "silence", True)
+        endpoint = eng.endpoint("wacid.T1")
+        await asyncio.sleep(0.05)
+        assert not eng._framing and endpoint.packets_sent == 0 and endpoint.phone.recording is None
+        srtp = SrtpContext("AES_CM_128_HMAC_SHA1_80", key, base64.b64decode(local.sdes_key_b64))
+        business.sendto(srtp.protect(RTP_HEADER.pack(0x80, 111, 1, 960, 0x1234) + b"\xf8\xff\xfe"), (local.host, local.port))
+        await _wait_for(lambda: endpoint.business_sent_first)
+        assert eng._framing and endpoint.phone.recording is not None and endpoint.phone.recording.packets == 1
+        await _wait_for(lambda: endpoint.packets_sent > 0, timeout=5.0)
+        assert srtp.unprotect(await _recv(business))[1] & 0x7F == 111        # the user talks back
+        eng.release("wacid.T1")
+        assert (tmp_path / "wacid.T1.rec").exists()                          # what the user heard is on disk
+    finally:
+        business.close()
+        await eng.close()

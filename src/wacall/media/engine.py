@@ -10,6 +10,7 @@ inspector shows them for every ended call, also after a restart."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -23,7 +24,7 @@ from ..domain.sdp import LocalMedia, Negotiated
 from .fastpath import HOUSEKEEPING, load as load_fastpath
 from .leg import MediaLeg
 from .ports import BIND_RETRY_SECONDS, PortSocket, Ports
-from .recording import Recordings
+from .recording import RecordingWriter, Recordings
 from .relay import RelayEndpoint, Reporter
 
 log = logging.getLogger("wacall.media")
@@ -88,7 +89,11 @@ class MediaEngine:
         self.recordings = recordings                     # None: nothing is recorded
         self.finished: dict[str, dict] = {}              # final statistics of released legs (view dicts)
         self._closing = False
-        self._ticker: asyncio.Task | None = None
+        self._tick_handle: asyncio.TimerHandle | asyncio.Handle | None = None   # the ticker's next run
+        self._loop: asyncio.AbstractEventLoop | None = None   # the ticker's (asking costs Python 3.11 a getpid())
+        self._framing = False                            # ticking every 20 ms (else only at housekeeping)
+        self._next_tick = 0.0                            # time.monotonic() of the next 20 ms frame
+        self._last_check = 0.0                           # of the last housekeeping
         self._home: PortSocket | None = None
         self._home6: PortSocket | None = None
         self._ipv6_retry_at = 0.0
@@ -218,6 +223,7 @@ class MediaEngine:
     def _add(self, endpoint: RelayEndpoint) -> None:
         self.ports.add(endpoint)
         self.endpoints[endpoint.call_id] = endpoint
+        endpoint.may_send = self._frames_now
         self._ensure_ticker()
 
     def get(self, call_id: str) -> MediaLeg | None:
@@ -246,10 +252,9 @@ class MediaEngine:
 
     async def close(self) -> None:
         self._closing = True
-        if self._ticker:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
-            self._ticker = None
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         for call_id in list(self.endpoints):
             self.release(call_id)
         self.ports.close()
@@ -267,10 +272,14 @@ class MediaEngine:
         if self.encodes_audio and not PreEncodedAudio.cached(user_audio):   # a new source, once, off the loop
             asyncio.get_running_loop().run_in_executor(None, PreEncodedAudio.get, user_audio)
         if self.recordings is not None and endpoint.phone.recording is None:
-            endpoint.phone.recording = self.recordings.writer(
-                call_id, self.reporter.now,
-                on_error=lambda reason: self.reporter.note(call_id, "recording_failed", reason=reason))
+            endpoint.phone.records = functools.partial(self._recording, call_id)   # opened with the first packet
         endpoint.configure(negotiated, user_audio, user_is_caller=user_is_caller)
+
+    def _recording(self, call_id: str) -> RecordingWriter | None:
+        """The writer of what the user hears on ``call_id`` (its phone opens it with the first packet)."""
+        assert self.recordings is not None
+        return self.recordings.writer(call_id, self.reporter.now, on_error=lambda reason: self.reporter.note(
+            call_id, "recording_failed", reason=reason))
 
     # -- the platform's voicemail (wacall.media.voicemail) ---------------------------------------------
     def voicemail_answer(self, call_id: str, announcement: list[bytes], user_audio: str) -> bool:
@@ -287,9 +296,7 @@ class MediaEngine:
         phone.set_up(user_audio, True)
         phone.microphone = None           # the message is Opus (a browser in the user's place talks on)
         if self.recordings is not None and phone.recording is None:
-            phone.recording = self.recordings.writer(
-                call_id, self.reporter.now,
-                on_error=lambda reason: self.reporter.note(call_id, "recording_failed", reason=reason))
+            phone.records = functools.partial(self._recording, call_id)
         phone.answered_at = phone.answered_at or self.reporter.now()
         reporter = self.reporter
 
@@ -305,7 +312,7 @@ class MediaEngine:
 
         endpoint.take_over(VoicemailMachine(phone, announcement, heard=lambda: reporter.voicemail_heard(call_id),
                                             recorded=recorded))
-        self._ensure_ticker()
+        self._frames_now()
         return True
 
     def voicemail_record(self, call_id: str, seconds: float) -> None:
@@ -391,44 +398,80 @@ class MediaEngine:
         return await asyncio.get_running_loop().run_in_executor(None, self.recordings.wav, call_id)
 
     # -- the 20 ms ticker ---------------------------------------------------------------------------
+    # It sends every leg's 20 ms frames while some leg may send (Meta: the business sends the first packet,
+    # so a leg may send from the business's first media on, or when voicemail takes over), and otherwise
+    # wakes only for the housekeeping (RTCP and checkpoints of compiled-path legs, the users' patience):
+    # a call set up and ended before any media (a rejected or unanswered call, a short SIP flow) costs
+    # no 20 ms wake-ups. A chain of loop callbacks, not a task: a tick is one timer, no future.
     def _ensure_ticker(self) -> None:
-        if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.get_running_loop().create_task(self._run())
+        """A leg was added: the housekeeping runs from now on, every ``HOUSEKEEPING`` seconds."""
+        if self._tick_handle is None:
+            self._framing = False
+            self._last_check = time.monotonic()      # (a new leg has nothing due: no check right away)
+            self._loop = asyncio.get_running_loop()
+            self._tick_handle = self._loop.call_later(HOUSEKEEPING, self._tick)
 
-    async def _run(self) -> None:
-        next_at = time.monotonic()
-        last_check = 0.0
+    def _frames_now(self) -> None:
+        """A leg may start sending (the business's first media, a restored call, voicemail): frames every
+        20 ms from now on, until no leg may send any more."""
+        if self._framing and self._tick_handle is not None:
+            return
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._framing = True
+        self._next_tick = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._tick_handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        if not self.endpoints:
+            self._framing = False
+            return                                  # the next leg starts the ticker again
+        now = time.monotonic()
+        framing = False
         fast = self.fast
-        while self.endpoints:
-            now = time.monotonic()
-            for endpoint in list(self.endpoints.values()):
-                if endpoint.fast is not None and endpoint.fast.tx:
-                    continue                       # the compiled path sends this one (below)
-                try:
-                    endpoint.tick(now)
-                except Exception:
-                    log.exception("relay %s: tick failed", endpoint.call_id)
+        for endpoint in list(self.endpoints.values()):
+            if endpoint.fast is not None and endpoint.fast.tx:
+                framing = True
+                continue                       # the compiled path sends this one (below)
+            if not endpoint.business_sent_first and endpoint.voicemail is None:
+                continue                       # it sends nothing before the business's first media
+            framing = True
+            try:
+                endpoint.tick(now)
+            except Exception:
+                log.exception("relay %s: tick failed", endpoint.call_id)
+        if fast is not None and framing:
+            fast.send()
+        if now - self._last_check >= HOUSEKEEPING:
+            self._last_check = now
             if fast is not None:
-                fast.send()
-            if now - last_check >= HOUSEKEEPING:
-                last_check = now
-                if fast is not None:
-                    try:
-                        fast.housekeeping(time.time())   # RTCP, checkpoints, media seen, for fast legs
-                    except Exception:
-                        log.exception("media: fast path housekeeping failed")
-                self.check_timeouts()
-            next_at += TICK
-            delay = next_at - time.monotonic()
+                try:
+                    fast.housekeeping(time.time())   # RTCP, checkpoints, media seen, for fast legs
+                except Exception:
+                    log.exception("media: fast path housekeeping failed")
+            self.check_timeouts()
+        if self._tick_handle is not None or not self.endpoints:
+            return                             # (what this tick caused restarted the ticker, or ended the last leg)
+        if not framing:                        # nothing to send: only the housekeeping, unless a leg may send
+            self._framing = False
+            delay = self._last_check + HOUSEKEEPING - time.monotonic()
+        else:
+            if not self._framing:              # (a leg that was sending before is still at it)
+                self._next_tick = now
+            self._framing = True
+            self._next_tick += TICK
+            delay = self._next_tick - time.monotonic()
             if delay < -0.2:        # fell far behind: skip, don't burst, and say so per call
                 skipped = int(-delay / TICK)
                 for endpoint in self.endpoints.values():
                     if endpoint.sending:
                         endpoint.skipped_ticks += skipped
-                next_at = time.monotonic()
+                self._next_tick = time.monotonic()
                 delay = 0
-            await asyncio.sleep(max(0.0, delay))
-        self._ticker = None
+        assert self._loop is not None                # (set with the handle that ran this tick)
+        self._tick_handle = self._loop.call_later(max(0.0, delay), self._tick)
 
     def check_timeouts(self) -> None:
         now = self.reporter.now()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..domain.sdp import LocalMedia
 
@@ -56,6 +56,9 @@ class MediaLeg:
     packets_received: int = 0
     bytes_received: int = 0
     last_remote_addr: tuple[str, int] | None = None
+    #: the random bases of the user's RTP sequence number (low 16 bits) and timestamp (the 32 above them),
+    #: RFC 3550 section 5.1; drawn with the credentials by :meth:`create`
+    rtp_start: int = field(default_factory=lambda: secrets.randbits(48))
 
     def __getattr__(self, name: str):
         if name == "local":                     # not set yet (copy, unpickling): no recursion
@@ -69,7 +72,7 @@ class MediaLeg:
         address if given. Its random values come from one read of the OS's generator (one per call)."""
         ufrag, pwd = ICE_UFRAG_LENGTH, ICE_UFRAG_LENGTH + ICE_PWD_LENGTH
         key = pwd + SDES_KEY_SALT_BYTES
-        raw = secrets.token_bytes(key + 4 + 8 + 16)
+        raw = secrets.token_bytes(key + 4 + 8 + 16 + 6)
         return cls(LocalMedia(
             call_id=call_id,
             host=host,
@@ -83,7 +86,7 @@ class MediaLeg:
             stream_id=_uuid4(raw[key + 12:key + 28]),                            # a=msid (RFC 8830), a UUID v4
             host6=host6,
             port6=port6,
-        ))
+        ), rtp_start=int.from_bytes(raw[key + 28:key + 34], "big"))
 
     def to_doc(self) -> dict:
         """What a restarted relay needs to answer as this leg again (no counters)."""

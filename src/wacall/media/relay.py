@@ -28,7 +28,6 @@ import asyncio
 import base64
 import functools
 import logging
-import secrets
 import struct
 import time
 from typing import Any, Callable, Protocol
@@ -103,7 +102,7 @@ class RelayEndpoint:
         self.failure: tuple[str, str] | None = None        # why media never came up: (MediaFact, reason)
         self.closed = False
         self.phone = Phone(functools.partial(reporter.note, call_id))   # no cycle back to the relay
-        start = int.from_bytes(secrets.token_bytes(6), "big")   # random first sequence number and timestamp
+        start = leg.rtp_start                             # random first sequence number and timestamp
         # the user's stream: audio and DTMF (RFC 3550 5.1: random sequence number and timestamp bases)
         self.stream = RtpStreamState(ssrc=local.ssrc, sequence_number=start & 0xFFFF, timestamp=start >> 16)
         self._first_seq = self.stream.sequence_number     # SRTP index = first sequence number + packets sent
@@ -134,6 +133,9 @@ class RelayEndpoint:
         self.partner: RelayEndpoint | None = None
         # the platform's voicemail in the business's place (wacall.media.voicemail): it alone talks to the phone
         self.voicemail: Any = None
+        # told when the leg may start sending (the business's first media, a restored call): the engine's
+        # ticker then sends 20 ms frames (it has nothing to tick before)
+        self.may_send: Callable[[], None] | None = None
 
     # -- plumbing ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -379,6 +381,8 @@ class RelayEndpoint:
             connected_at = self.phone.connected_at
             after = None if connected_at is None else round((now - connected_at) * 1000)
             self.reporter.note(self.call_id, "first_media_from_business", ms_after_accept=after)
+            if self.may_send is not None:
+                self.may_send()
         self.last_media_at = now
         phone = self.phone
         if phone.answered_at is None and not phone.answer_on_media(now):
@@ -534,6 +538,8 @@ class RelayEndpoint:
                              rx_ssrc=rx.get("ssrc"), rx_index=rx.get("index"))
             self.business_sent_first = True           # the user's phone picks up where it was
             self.ports.expect_claims(self, False)
+            if self.may_send is not None:
+                self.may_send()
         self._patience_from_now(connected_at)
         self.reporter.note(self.call_id, "media_restored", remote=f"{self.remote[0]}:{self.remote[1]}"
                            if self.remote else None, resumed_streams=bool(tx and self.srtp is not None))

@@ -145,7 +145,7 @@ class Phone:
     times come in as arguments (the platform's virtual clock), the phone keeps none of its own."""
 
     __slots__ = ("_note", "audio", "is_caller", "connected_at", "answered_at", "microphone", "keys",
-                 "recording", "heard_codec", "recent", "digits_received", "digits_sent", "_waited", "_noted",
+                 "recording", "records", "heard_codec", "recent", "digits_received", "digits_sent", "_waited", "_noted",
                  "bridge", "forward", "intro", "after_intro", "awaiting_intro")
 
     def __init__(self, note: Note) -> None:
@@ -158,7 +158,10 @@ class Phone:
         self.bridge: BrowserMicrophone | None = None     # a browser talks in the user's place (console phone)
         self.forward: Callable[[bytes], None] | None = None   # and hears what the user hears
         self.keys = ""                               # pressed, not yet handed to the transport
-        self.recording: RecordingWriter | None = None    # set by the engine: the file of what is heard
+        self.recording: RecordingWriter | None = None    # the file of what is heard, once anything is
+        # how the recording opens (set by the engine): called with the first packet heard, so a call without
+        # media costs no writer (nothing was ever written for it anyway: a writer creates its file on a flush)
+        self.records: Callable[[], RecordingWriter | None] | None = None
         self.heard_codec: str | None = None
         self.recent: deque[bytes] = deque(maxlen=LEVEL_PACKETS)   # the last packets heard (plain RTP)
         self.digits_received: list[dict] = []
@@ -215,8 +218,11 @@ class Phone:
                 return
             self.heard_codec = codec
         self.recent.append(plain)
-        if self.recording is not None:
-            self.recording.add(codec, plain)
+        recording = self.recording
+        if recording is None and self.records is not None:
+            recording = self.open_recording()
+        if recording is not None:
+            recording.add(codec, plain)
         if self.forward is not None and codec == "opus":
             self.forward(plain)
 
@@ -236,6 +242,12 @@ class Phone:
         if not self.recent or self.heard_codec is None:
             return None
         return self.heard_codec, list(self.recent)
+
+    def open_recording(self) -> RecordingWriter | None:
+        """The recording of what the user hears, opened now if the engine gave the phone one to open."""
+        if self.recording is None and self.records is not None:
+            self.recording, self.records = self.records(), None
+        return self.recording
 
     def flush_recording(self) -> None:
         """Write what is buffered of the recording to its file (before someone reads it, and at the end)."""
@@ -320,7 +332,7 @@ class Phone:
             return
         self.after_intro = (own, own.position)
         self.microphone = Microphone(frames)
-        if self.recording is not None:           # what the user heard gets the announcement mixed in there
+        if self.open_recording() is not None:    # what the user heard gets the announcement mixed in there
             self.recording.mark({**info, "offset_frames": own.position, "frames": len(frames),
                                  "user_audio": self.audio})
         self._note("announcement_started", frames=len(frames), offset_ms=own.position * 20)
