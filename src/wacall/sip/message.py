@@ -33,8 +33,6 @@ from .uri import (
     NameAddr,
     SipParseError,
     SipUri,
-    _MEMO_SIZE,
-    _MEMO_TEXT,
     _addr_memo,
     has_param,
     is_digits,
@@ -44,6 +42,7 @@ from .uri import (
     parse_name_addr,
     parse_params,
     parse_uri,
+    remember,
     render_params,
     split_shared,
 )
@@ -405,10 +404,8 @@ _VIA_PLAIN_RE = re.compile(
 def remember_via(text: str, via: Via) -> None:
     """Keep ``via`` (read-only ``params``) as what ``parse_via(text)`` returns: for a Via built here whose
     text the layers above will read again (the transport's ``received``/``rport``, RFC 3261 section 18.2.1)."""
-    if text not in _via_memo and len(text) <= _MEMO_TEXT:       # uri.memoised's bounds, without a parse to call
-        if len(_via_memo) >= _MEMO_SIZE:
-            _via_memo.clear()
-        _via_memo[text] = via
+    if text not in _via_memo:
+        remember(_via_memo, text, text, via)
 
 
 def is_canonical_via(text: str, via: Via) -> bool:
@@ -833,15 +830,12 @@ _cseq_memo: dict[str, tuple[int, str] | tuple[None, None]] = {}
 
 def _cseq(value: str) -> tuple[int, str] | tuple[None, None]:
     """``(sequence number, method)`` of a CSeq value (section 20.16), ``(None, None)`` if malformed; memoised by
-    text (the same few values in every call), bounded like the URI memos."""
+    text (the same few values in every call), bounded like the URI memos (:func:`uri.remember`)."""
     known = _cseq_memo.get(value)
     if known is None:
         m = _CSEQ_RE.match(value.strip())
-        known = (int(m[1]), m[2]) if m and int(m[1]) <= _MAX_CSEQ else (None, None)
-        if len(value) <= 64:
-            if len(_cseq_memo) >= 4096:
-                _cseq_memo.clear()
-            _cseq_memo[value] = known
+        known = remember(_cseq_memo, value, value,
+                         (int(m[1]), m[2]) if m and int(m[1]) <= _MAX_CSEQ else (None, None))
     return known
 
 

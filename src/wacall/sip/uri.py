@@ -269,12 +269,18 @@ def memoised(memo: dict, key, text: str, parse: Callable[[], T]) -> T:
     """``memo[key]``, or ``parse()`` kept there when ``text`` is short (a failure raises and is not kept)."""
     known = memo.get(key)
     if known is None:
-        known = parse()
-        if len(text) <= _MEMO_TEXT:
-            if len(memo) >= _MEMO_SIZE:
-                memo.clear()
-            memo[key] = known
+        known = remember(memo, key, text, parse())
     return known
+
+
+def remember(memo: dict, key, text: str, value: T) -> T:
+    """Keep ``value`` as ``memo[key]`` when ``text`` is short (the memos' one bound: at most ``_MEMO_SIZE``
+    entries, cleared when full); returns ``value``."""
+    if len(text) <= _MEMO_TEXT:
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[key] = value
+    return value
 
 
 def split_list(value: str) -> list[str]:
