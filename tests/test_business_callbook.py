@@ -7,6 +7,7 @@ import pytest
 
 from wacall.business import (AuthError, CallBook, CallLimitReached, CallPermissionMissing, GraphApiError,
                              InvalidRequest, RateLimited, ServiceUnavailable, error_from, signature)
+from wacall.business.webhooks import LATE_KEPT
 
 PNID = "106540352242922"
 META = {"display_phone_number": "447700900123", "phone_number_id": PNID}
@@ -139,3 +140,14 @@ def test_signature_is_over_the_raw_bytes():
     assert signature("s3cret", raw) == \
         "sha256=" + __import__("hmac").new(b"s3cret", raw, "sha256").hexdigest()
     assert signature("s3cret", raw) != signature("s3cret", '{"name":"Zoë"}'.encode())
+
+
+def test_late_events_of_one_call_are_bounded():
+    # a sender that redelivers a terminate without end must not grow the call: the first LATE_KEPT named, the rest counted
+    book = CallBook()
+    book.apply("calls", connect("wacid.L"))
+    book.apply("calls", terminate("wacid.L"))
+    for _ in range(LATE_KEPT + 50):
+        assert book.apply("calls", terminate("wacid.L")) == []
+    call = book.get("wacid.L")
+    assert call.late == ["terminate"] * LATE_KEPT and call.late_more == 50

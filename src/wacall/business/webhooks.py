@@ -51,6 +51,7 @@ _STATUS_RANK = {"RINGING": 1, "ACCEPTED": 2, "REJECTED": 3}
 KEEP_ENDED = 10_000
 KEEP_ENDED_IDS = 100_000
 KEEP_SDPS = 100
+LATE_KEPT = 32      # late or repeated events named per call (Call.late); more are only counted
 
 
 def signature(app_secret: str, raw: bytes) -> str:
@@ -73,6 +74,15 @@ class Call:
     callback_data: str | None = None      # biz_opaque_callback_data, when the business set one
     events: list[str] = field(default_factory=list)    # what was applied, in arrival order
     late: list[str] = field(default_factory=list)      # what came after the end, or twice, and was dropped
+    late_more: int = 0                    # how many more were dropped once ``late`` held LATE_KEPT
+
+    def drop(self, what: str) -> None:
+        """Note an event dropped as late: the first LATE_KEPT by name, then only counted (a sender that
+        redelivers without end must not grow the call without bound)."""
+        if len(self.late) < LATE_KEPT:
+            self.late.append(what)
+        else:
+            self.late_more += 1
 
 
 Handler = Callable[[Call], Awaitable[None]]
@@ -116,7 +126,7 @@ class CallBook:
             kind = event.get("event")
             if kind == "connect":
                 if call.ended or call.connect is not None:
-                    call.late.append("connect")
+                    call.drop("connect")
                     continue
                 call.connect = event
                 call.direction = event.get("direction")
@@ -125,7 +135,7 @@ class CallBook:
                 call.callback_data = event.get("biz_opaque_callback_data", call.callback_data)
             elif kind == "terminate":
                 if call.ended:
-                    call.late.append("terminate")
+                    call.drop("terminate")
                     continue
                 call.ended, call.end = True, event
                 call.direction = call.direction or event.get("direction")
@@ -144,7 +154,7 @@ class CallBook:
             if call is None:
                 continue
             if call.ended or _STATUS_RANK.get(name, 0) <= _STATUS_RANK.get(call.status or "", 0):
-                call.late.append(name)
+                call.drop(name)
                 continue
             call.status = name
             call.callback_data = status.get("biz_opaque_callback_data", call.callback_data)
