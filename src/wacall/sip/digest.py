@@ -203,15 +203,13 @@ class Challenge:
     def header_value(self) -> str:
         """Rendered like Meta's sample: ``Digest realm="wa.meta.vc",nonce="...",opaque="...",
         algorithm=MD5,qop="auth"`` (``stale=TRUE`` appended when set)."""
-        parts = [f"realm={_q(self.realm)}", f"nonce={_q(self.nonce)}"]
+        value = f"Digest realm={_q(self.realm)},nonce={_q(self.nonce)}"
         if self.opaque is not None:
-            parts.append(f"opaque={_q(self.opaque)}")
-        parts.append(f"algorithm={self.algorithm}")
+            value += f",opaque={_q(self.opaque)}"
+        value += f",algorithm={self.algorithm}"
         if self.qop is not None:
-            parts.append(f"qop={_q(self.qop)}")
-        if self.stale:
-            parts.append("stale=TRUE")
-        return "Digest " + ",".join(parts)
+            value += f",qop={_q(self.qop)}"
+        return value + ",stale=TRUE" if self.stale else value
 
 
 def parse_challenge(header_value: str) -> Challenge:

@@ -56,7 +56,7 @@ from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
 from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
 from .transport import Connection, TlsTransport, TransportError
-from .uri import NameAddr, parse_name_addr, parse_uri
+from .uri import NameAddr, parse_name_addr, parse_uri, remember
 
 log = logging.getLogger("wacall.sip")
 
@@ -823,13 +823,28 @@ class _Stale(Exception):
     """The digest was right but its nonce expired."""
 
 
+_tagless: dict[str, str] = {}         # a From/To text without its final ";tag=…" -> its rendering without tag
+
+
 def _without_tag(value: str) -> str:
-    """A From/To value without its tag: the dialog adds the tags itself."""
+    """A From/To value without its tag: the dialog adds the tags itself. The rendering depends on the text
+    before a final ``;tag=<tag>`` only, which a business repeats on each call (its From, the user's To): it is
+    made once per such text and remembered."""
     try:
         addr = parse_name_addr(value)
     except SipParseError:
         return value
-    return str(NameAddr(addr.display, addr.uri, {k: v for k, v in addr.params.items() if k != "tag"}))
+    tag = addr.params.get("tag")
+    if tag is None:
+        head = value if "tag" not in addr.params else None
+    else:
+        head = value[:-len(tag) - 5] if value.endswith(f";tag={tag}") else None
+    if head is not None:
+        known = _tagless.get(head)
+        if known is not None:
+            return known
+    rendered = str(NameAddr(addr.display, addr.uri, {k: v for k, v in addr.params.items() if k != "tag"}))
+    return rendered if head is None else remember(_tagless, head, head, rendered)
 
 
 def _contact_uri(message: Request | Response) -> str | None:
