@@ -173,9 +173,11 @@ class MediaDescription(_Attributes):
     def find_codec(self, encoding: str, clock_rate: int, channels: int | None = None) -> int | None:
         """First payload type on the m-line carrying that codec."""
         rtpmap = self.rtpmap
+        wanted = encoding.lower()
         for pt in self.parsed_payload_types if self.parsed_payload_types is not None else self.payload_types:
             codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)      # self.codec(pt), inlined (a hot loop)
-            if codec is not None and codec.clock_rate == clock_rate and codec.matches(encoding, clock_rate, channels):
+            if (codec is not None and codec.clock_rate == clock_rate and codec.encoding.lower() == wanted
+                    and (channels is None or (codec.channels or 1) == channels)):    # codec.matches(), inlined
                 return pt
         return None
 
