@@ -434,7 +434,8 @@ def parse_crypto(value: str) -> CryptoAttribute:
     match = _CRYPTO_RE.match(value)
     if match is None:
         raise ValueError("expected 'a=crypto:<tag> <crypto-suite> inline:<key||salt>'")
-    tag, suite, key_params = int(match.group(1)), match.group(2), match.group(3)
+    tag_text, suite, key_params, session_params = match.groups()     # (one call, not one per group)
+    tag = int(tag_text)
     if suite not in SDES_SUITES:
         raise ValueError(f"unsupported crypto suite {suite} (use AES_CM_128_HMAC_SHA1_80 or AES_CM_128_HMAC_SHA1_32)")
     first = key_params.split(";")[0]  # RFC 4568 allows several keys; the first one is used
@@ -453,5 +454,5 @@ def parse_crypto(value: str) -> CryptoAttribute:
             mki = extra
         else:
             lifetime = extra
-    params = tuple(match.group(4).split()) if match.group(4) else ()
+    params = tuple(session_params.split()) if session_params else ()
     return CryptoAttribute(tag, suite, key_b64, key, lifetime, mki, params)

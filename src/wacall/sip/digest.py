@@ -86,23 +86,19 @@ def compute_response(
     Raises ValueError for an unsupported algorithm or qop.
     """
     new_hash, sess = _hash_for(algorithm)
-
-    def h(text: str | bytes) -> str:
-        data = text.encode("utf-8") if isinstance(text, str) else text
-        return new_hash(data).hexdigest()
-
-    ha1 = h(f"{username}:{realm}:{password}")
+    # H(x): the hash's hex digest of x's UTF-8 octets (written out below: three per response, every INVITE)
+    ha1 = new_hash(f"{username}:{realm}:{password}".encode()).hexdigest()
     if sess:
-        ha1 = h(f"{ha1}:{nonce}:{cnonce or ''}")
+        ha1 = new_hash(f"{ha1}:{nonce}:{cnonce or ''}".encode()).hexdigest()
     if qop == "auth-int":
-        ha2 = h(f"{method}:{uri}:{h(body)}")
+        ha2 = new_hash(f"{method}:{uri}:{new_hash(body).hexdigest()}".encode()).hexdigest()
     elif qop in (None, "auth"):
-        ha2 = h(f"{method}:{uri}")
+        ha2 = new_hash(f"{method}:{uri}".encode()).hexdigest()
     else:
         raise ValueError(f"unsupported qop {qop!r}")
     if qop is None:
-        return h(f"{ha1}:{nonce}:{ha2}")
-    return h(f"{ha1}:{nonce}:{_nc_text(nc)}:{cnonce or ''}:{qop}:{ha2}")
+        return new_hash(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    return new_hash(f"{ha1}:{nonce}:{_nc_text(nc)}:{cnonce or ''}:{qop}:{ha2}".encode()).hexdigest()
 
 
 # --- header values -----------------------------------------------------------------------------
