@@ -899,3 +899,32 @@ def test_validation_answer_and_negotiation_match_the_reference_parser(monkeypatc
     reference = [outcome(text) for text in cases]
     assert ours == reference
     assert sum(o[0] == "valid" for o in ours) > 10, [o[0] for o in ours].count("valid")
+
+
+@pytest.mark.parametrize("media_lines, session_line", [
+    (["a=mid:0", "a=sendrecv", "a=rtcp-mux"], None),
+    (["a=mid:first", "a=mid:second", "a=sendonly"], None),
+    (["a=mid", "a=recvonly", "a=inactive", "a=rtcp-mux"], "a=sendonly"),
+    (["a=rtcp-mux"], "a=recvonly"),
+    ([], None),
+])
+def test_metas_answer_reads_mid_direction_and_rtcp_mux_as_the_attribute_lookups_do(media_lines, session_line):
+    """meta_answer reads the offer's a=mid, direction and rtcp-mux in one pass: what the general lookups
+    (attribute, the direction at media then session level, has_attribute) read."""
+    lines = business_offer().split("\r\n")
+    lines = [ln for ln in lines if ln not in ("a=mid:0", "a=sendrecv", "a=rtcp-mux")]
+    at = lines.index("a=rtpmap:111 opus/48000/2")
+    lines[at:at] = media_lines
+    if session_line is not None:
+        lines.insert(lines.index("a=group:BUNDLE 0") + 1, session_line)
+    offer = validate_business_sdp("\r\n".join(lines), role="offer")
+    audio = offer.audio
+    leg = LocalMedia(call_id="c", host="192.0.2.9", port=40000, ice_ufrag="uFrAg0001", ice_pwd="p" * 24,
+                     fingerprint=FINGERPRINT.split(" ", 1)[1], ssrc=1234, sdes_key_b64="A" * 40, session_id=42,
+                     stream_id="stream")
+    answer = meta_answer(leg, offer).text.split("\r\n")
+    mid = audio.attribute("mid") or "audio"
+    assert f"a=mid:{mid}" in answer and f"a=group:BUNDLE {mid}" in answer
+    directions = [ln for ln in answer if ln in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")]
+    assert directions == [f"a={sdp_rules._answer_direction(offer, audio)}"]
+    assert ("a=rtcp-mux" in answer) == audio.has_attribute("rtcp-mux")

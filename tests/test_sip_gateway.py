@@ -269,3 +269,26 @@ def test_a_dialog_state_wacall_did_not_write_is_refused_not_crashed_on(state):
     call = Call(id="wacid.X", phone_number_id="1", wa_id=ALICE, direction=USER_INITIATED, signalling="sip")
     with pytest.raises((KeyError, TypeError, ValueError, IndexError)):
         Dialog.from_state(call, state)
+
+
+@pytest.mark.parametrize("value", [
+    "<sip:+442071838750@pbx.business.example>;tag=123SIPpTag001", "<sip:+447700900001@wa.meta.vc>",
+    '"Biz Line" <sip:+1555@pbx;transport=tls>;x=1;tag=abc', "sip:+1555@pbx;tag=abc", "<sip:a@b>;tag=a;tag=b",
+    "<sip:a@b>;TAG=x", "<sip:a@b>;tag", "<sip:a@b> ; tag = x ", "<sip:a@b>;tag=x;foo", "not an address <",
+])
+def test_a_from_or_to_without_its_tag_is_rendered_as_the_general_way_does(value):
+    """_without_tag remembers the rendering of the text before a final ;tag=: on the first call and on the
+    next (from the memo, with another tag too) it is what rendering the parsed address without "tag" gives."""
+    from wacall.sip.gateway import _without_tag
+    from wacall.sip.uri import NameAddr, SipParseError, parse_name_addr
+
+    def general(text: str) -> str:
+        try:
+            addr = parse_name_addr(text)
+        except SipParseError:
+            return text
+        return str(NameAddr(addr.display, addr.uri, {k: v for k, v in addr.params.items() if k != "tag"}))
+
+    other = value.replace("tag=abc", "tag=zyx").replace("Tag001", "Tag002")
+    for text in (value, value, other, other):
+        assert _without_tag(text) == general(text), text

@@ -142,7 +142,10 @@ class CallRules(PlatformState):
     def _media_options(self, number: PhoneNumber) -> tuple[str, list[str]]:
         return calling_settings.srtp_protocol(number.calling), calling_settings.additional_codecs(number.calling)
 
-    def _session_sdp(self, body: dict, number: PhoneNumber, role: str):
+    def _session_sdp(self, body: dict, number: PhoneNumber, role: str,
+                     media_options: tuple[str, list[str]] | None = None):
+        """The business's SDP of ``body``'s ``session``, validated for ``role`` with the number's media options
+        (``media_options`` when the caller has them already): (the text, parsed)."""
         session = body.get("session")
         if session is None:
             raise GraphError(100, "The parameter session is required.")
@@ -157,7 +160,7 @@ class CallRules(PlatformState):
             raise GraphError(100, f"Param session[sdp_type] must be '{role}' - got {sdp_type!r}.")
         if not isinstance(sdp, str) or not sdp:
             raise GraphError(100, "Param session[sdp] must be a non-empty string.")
-        key_exchange, codecs = self._media_options(number)
+        key_exchange, codecs = media_options or self._media_options(number)
         try:
             parsed = validate_business_sdp(sdp, key_exchange=key_exchange, additional_codecs=codecs, role=role)
         except SdpError as exc:
@@ -299,7 +302,8 @@ class CallRules(PlatformState):
         if wa_id is None:
             raise GraphError(100, "Param to must be a valid phone number.")
         opaque = _opaque(body)
-        sdp, offer = self._session_sdp(body, number, "offer")
+        key_exchange, codecs = self._media_options(number)
+        sdp, offer = self._session_sdp(body, number, "offer", (key_exchange, codecs))
         capture = call_recording.parse(body) or None
         if number.country in BIC_UNAVAILABLE_COUNTRIES:
             raise GraphError(138013)
@@ -334,7 +338,6 @@ class CallRules(PlatformState):
                 f"{dt.datetime.fromtimestamp(next_allowed, dt.timezone.utc).isoformat()})."))
         if call_id is None or leg is None:
             raise GraphError(138004)
-        key_exchange, codecs = self._media_options(number)
         call = Call(id=call_id, phone_number_id=number.id, wa_id=wa_id, direction=BUSINESS_INITIATED,
                     app_id=app.id, created_at=now, biz_opaque_callback_data=opaque, business_sdp=sdp,
                     key_exchange=key_exchange, capture=capture,

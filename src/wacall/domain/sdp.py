@@ -348,6 +348,8 @@ def _join(lines: list[str]) -> str:
 
 
 def _enabled_g711(additional_codecs: Sequence[str]) -> list[tuple[str, int]]:
+    if not additional_codecs:                  # (the usual: Opus only)
+        return []
     wanted = {c.upper() for c in additional_codecs}
     return [(name, pt) for name, pt in _G711 if name in wanted]
 
@@ -454,7 +456,19 @@ def meta_answer(
         raise SdpError("No opus/48000/2 rtpmap (nor an enabled PCMU/PCMA) found in the offer")
     # a G.711-only offer (a legacy endpoint without Opus) gets a G.711-only answer
     pts = [*([opus_pt] if opus_pt is not None else []), *(pt for _, pt in g711), te_pt]
-    mid = audio.attribute("mid") or "audio"
+    # the offer's a=mid, its direction and rtcp-mux at media level, read in one pass over its attributes
+    mid = direction = None
+    seen_mid = rtcp_mux = False
+    for attr, value in audio.attributes:
+        if attr == "mid":
+            if not seen_mid:                    # (the first a=mid, as audio.attribute("mid") reads it)
+                mid, seen_mid = value, True
+        elif attr in _DIRECTION_ANSWER:
+            if direction is None:
+                direction = _DIRECTION_ANSWER[attr]
+        elif attr == "rtcp-mux":
+            rtcp_mux = True
+    mid = mid or "audio"
     proto = DTLS_PROTO if kx == "DTLS" else SDES_PROTO
     lines = _session_header(leg, mid, ice_lite=kx == "DTLS")
     lines += [
@@ -474,8 +488,8 @@ def meta_answer(
             ext_id, _, uri = (value or "").partition(" ")
             if uri.split(" ")[0] in _EXTMAPS:
                 lines.append(f"a=extmap:{ext_id} {uri.split(' ')[0]}")
-    lines.append(f"a={_answer_direction(offer, audio)}")
-    if audio.has_attribute("rtcp-mux") or kx == "SDES":
+    lines.append(f"a={direction or _answer_direction(offer, audio)}")     # (else the session level's)
+    if rtcp_mux or kx == "SDES":
         lines.append("a=rtcp-mux")
     remote_crypto = None
     if kx == "SDES":

@@ -57,9 +57,9 @@ def line_error(number: int, raw: str, reason: str) -> SdpError:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Origin:
-    """``o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address>``."""
+class Origin(NamedTuple):
+    """``o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address>``. (A named tuple, as
+    RtpMap: read-only like a frozen dataclass, made at a third of its cost, once per SDP parsed.)"""
 
     username: str
     session_id: str
@@ -69,9 +69,8 @@ class Origin:
     address: str
 
 
-@dataclass(frozen=True)
-class Connection:
-    """``c=<nettype> <addrtype> <connection-address>``."""
+class Connection(NamedTuple):
+    """``c=<nettype> <addrtype> <connection-address>`` (a named tuple, as Origin)."""
 
     nettype: str
     addrtype: str
@@ -174,9 +173,11 @@ class MediaDescription(_Attributes):
     def find_codec(self, encoding: str, clock_rate: int, channels: int | None = None) -> int | None:
         """First payload type on the m-line carrying that codec."""
         rtpmap = self.rtpmap
+        wanted = encoding.lower()
         for pt in self.parsed_payload_types if self.parsed_payload_types is not None else self.payload_types:
             codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)      # self.codec(pt), inlined (a hot loop)
-            if codec is not None and codec.clock_rate == clock_rate and codec.matches(encoding, clock_rate, channels):
+            if (codec is not None and codec.clock_rate == clock_rate and codec.encoding.lower() == wanted
+                    and (channels is None or (codec.channels or 1) == channels)):    # codec.matches(), inlined
                 return pt
         return None
 
@@ -189,7 +190,7 @@ class SessionDescription(_Attributes):
     """A parsed SDP session description."""
 
     version: int = 0
-    origin: Origin = _NO_ORIGIN         # (frozen, so one instance serves every description)
+    origin: Origin = _NO_ORIGIN         # (read-only, so one instance serves every description)
     session_name: str = "-"
     connection: Connection | None = None
     timing: list[tuple[int, int]] = field(default_factory=list)
@@ -226,6 +227,10 @@ _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")  # RFC 8866 token
 _COMMON_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "crypto", "ptime", "maxptime", "sendrecv", "rtcp-mux", "mid",
                                 "candidate", "ice-ufrag", "ice-pwd", "fingerprint", "setup", "ssrc", "rtcp"})
 #: ``<proto>``: tokens joined by ``/`` (every part a _TOKEN_RE token, in one match)
+#: the start of every valid line: ``<type>=`` with a lowercase ASCII letter type (RFC 8866 section 5)
+_LINE_STARTS = frozenset(f"{chr(c)}=" for c in range(ord("a"), ord("z") + 1))
+#: the attributes a media section's codec tables are read from
+_CODEC_ATTRIBUTES = frozenset({"rtpmap", "fmtp"})
 _PROTO_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+(?:/[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+)*$")
 _RTPMAP_RE = re.compile(r"^(\d{1,3}) ([^\s/]+)/(\d+)(?:/(\d+))?$")
 _FMTP_RE = re.compile(r"^(\d{1,3}) (.+)$")
@@ -290,16 +295,17 @@ def _add_codec_attribute(media: MediaDescription, number: int, raw: str, name: s
         match = _RTPMAP_RE.match(value or "")
         if match is None or int(match.group(1)) > 127:
             raise line_error(number, raw, "expected 'a=rtpmap:<payload type> <encoding>/<clock rate>[/<channels>]'")
-        pt = int(match.group(1))
+        pt_text, encoding, clock_rate, channels = match.groups()      # (one call, not one per group)
+        pt = int(pt_text)
         if pt in media.rtpmap:
             raise line_error(number, raw, f"duplicate rtpmap for payload type {pt}")
-        channels = int(match.group(4)) if match.group(4) else None
-        media.rtpmap[pt] = RtpMap(match.group(2), int(match.group(3)), channels)
+        media.rtpmap[pt] = RtpMap(encoding, int(clock_rate), int(channels) if channels else None)
     elif name == "fmtp":
         match = _FMTP_RE.match(value or "")
         if match is None:
             raise line_error(number, raw, "expected 'a=fmtp:<payload type> <parameters>'")
-        media.fmtp[int(match.group(1))] = match.group(2)
+        pt_text, parameters = match.groups()
+        media.fmtp[int(pt_text)] = parameters
 
 
 def _split_lines(text: str) -> list[str]:
@@ -328,13 +334,15 @@ def parse_sdp(text: str) -> SessionDescription:
     attributes, attribute_lines = sd.attributes, sd.attribute_lines      # where an a= line goes: this section's
     seen: set[str] = set()
     for number, raw in enumerate(lines, 1):
-        if raw == "":
-            raise line_error(number, raw, "empty line")
+        if raw[:2] not in _LINE_STARTS:        # <type>=<value>: one lowercase ASCII letter (an empty line neither)
+            if raw == "":
+                raise line_error(number, raw, "empty line")
+            if stray_cr and "\r" in raw:
+                raise line_error(number, raw.replace("\r", "\\r"), "stray CR inside the line")
+            raise line_error(number, raw, "expected '<type>=<value>' with a single lowercase letter type")
         if stray_cr and "\r" in raw:
             raise line_error(number, raw.replace("\r", "\\r"), "stray CR inside the line")
         kind = raw[0]
-        if raw[1:2] != "=" or not "a" <= kind <= "z":      # <type>=<value>: one lowercase ASCII letter
-            raise line_error(number, raw, "expected '<type>=<value>' with a single lowercase letter type")
         # RFC 8866 section 5: v=, o=, s= come first and in this order.
         if number <= 3 and kind != "vos"[number - 1]:
             raise line_error(number, raw, f"expected a '{'vos'[number - 1]}=' line here")
@@ -346,7 +354,7 @@ def parse_sdp(text: str) -> SessionDescription:
                 attr_value = None
             attributes.append((name, attr_value))
             attribute_lines.append(number)
-            if current is not None and (name == "rtpmap" or name == "fmtp"):
+            if name in _CODEC_ATTRIBUTES and current is not None:
                 _add_codec_attribute(current, number, raw, name, attr_value)
             continue
         value = raw[2:]
@@ -426,7 +434,8 @@ def parse_crypto(value: str) -> CryptoAttribute:
     match = _CRYPTO_RE.match(value)
     if match is None:
         raise ValueError("expected 'a=crypto:<tag> <crypto-suite> inline:<key||salt>'")
-    tag, suite, key_params = int(match.group(1)), match.group(2), match.group(3)
+    tag_text, suite, key_params, session_params = match.groups()     # (one call, not one per group)
+    tag = int(tag_text)
     if suite not in SDES_SUITES:
         raise ValueError(f"unsupported crypto suite {suite} (use AES_CM_128_HMAC_SHA1_80 or AES_CM_128_HMAC_SHA1_32)")
     first = key_params.split(";")[0]  # RFC 4568 allows several keys; the first one is used
@@ -445,5 +454,5 @@ def parse_crypto(value: str) -> CryptoAttribute:
             mki = extra
         else:
             lifetime = extra
-    params = tuple(match.group(4).split()) if match.group(4) else ()
+    params = tuple(session_params.split()) if session_params else ()
     return CryptoAttribute(tag, suite, key_b64, key, lifetime, mki, params)

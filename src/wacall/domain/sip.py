@@ -50,7 +50,8 @@ class SipRules(CallRules):
     # -- who is calling (business-initiated INVITE) ---------------------------------------------------
     def sip_number(self, from_user: str) -> PhoneNumber:
         """The business number in the INVITE's From user part, or 400 (calling-wire-spec §7.2)."""
-        number = self.number_by_address(ascii_digits(from_user.split(";", 1)[0])) if ascii_digits(from_user) else None
+        digits = ascii_digits(from_user.split(";", 1)[0])     # (digits only after a ";" name no number either)
+        number = self.number_by_address(digits) if digits else None
         if number is None:
             raise SipRefusal(400, UNKNOWN_NUMBER)
         return number

@@ -86,23 +86,19 @@ def compute_response(
     Raises ValueError for an unsupported algorithm or qop.
     """
     new_hash, sess = _hash_for(algorithm)
-
-    def h(text: str | bytes) -> str:
-        data = text.encode("utf-8") if isinstance(text, str) else text
-        return new_hash(data).hexdigest()
-
-    ha1 = h(f"{username}:{realm}:{password}")
+    # H(x): the hash's hex digest of x's UTF-8 octets (written out below: three per response, every INVITE)
+    ha1 = new_hash(f"{username}:{realm}:{password}".encode()).hexdigest()
     if sess:
-        ha1 = h(f"{ha1}:{nonce}:{cnonce or ''}")
+        ha1 = new_hash(f"{ha1}:{nonce}:{cnonce or ''}".encode()).hexdigest()
     if qop == "auth-int":
-        ha2 = h(f"{method}:{uri}:{h(body)}")
+        ha2 = new_hash(f"{method}:{uri}:{new_hash(body).hexdigest()}".encode()).hexdigest()
     elif qop in (None, "auth"):
-        ha2 = h(f"{method}:{uri}")
+        ha2 = new_hash(f"{method}:{uri}".encode()).hexdigest()
     else:
         raise ValueError(f"unsupported qop {qop!r}")
     if qop is None:
-        return h(f"{ha1}:{nonce}:{ha2}")
-    return h(f"{ha1}:{nonce}:{_nc_text(nc)}:{cnonce or ''}:{qop}:{ha2}")
+        return new_hash(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    return new_hash(f"{ha1}:{nonce}:{_nc_text(nc)}:{cnonce or ''}:{qop}:{ha2}".encode()).hexdigest()
 
 
 # --- header values -----------------------------------------------------------------------------
@@ -203,15 +199,13 @@ class Challenge:
     def header_value(self) -> str:
         """Rendered like Meta's sample: ``Digest realm="wa.meta.vc",nonce="...",opaque="...",
         algorithm=MD5,qop="auth"`` (``stale=TRUE`` appended when set)."""
-        parts = [f"realm={_q(self.realm)}", f"nonce={_q(self.nonce)}"]
+        value = f"Digest realm={_q(self.realm)},nonce={_q(self.nonce)}"
         if self.opaque is not None:
-            parts.append(f"opaque={_q(self.opaque)}")
-        parts.append(f"algorithm={self.algorithm}")
+            value += f",opaque={_q(self.opaque)}"
+        value += f",algorithm={self.algorithm}"
         if self.qop is not None:
-            parts.append(f"qop={_q(self.qop)}")
-        if self.stale:
-            parts.append("stale=TRUE")
-        return "Digest " + ",".join(parts)
+            value += f",qop={_q(self.qop)}"
+        return value + ",stale=TRUE" if self.stale else value
 
 
 def parse_challenge(header_value: str) -> Challenge:

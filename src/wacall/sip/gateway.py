@@ -56,7 +56,7 @@ from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
 from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
 from .transport import Connection, TlsTransport, TransportError
-from .uri import NameAddr, parse_name_addr, parse_uri
+from .uri import NameAddr, parse_name_addr, parse_uri, remember
 
 log = logging.getLogger("wacall.sip")
 
@@ -168,6 +168,11 @@ class SipGateway:
     def _carries_dialog(self, conn: Connection) -> bool:
         return any(dialog.conn is conn for dialog in self.dialogs.values())
 
+    def _call(self, call_id: str):
+        """``platform.call``: a call in memory (every call with a dialog busy) by one dict lookup, else the
+        platform's own lookup (which reads an ended call back from the archive)."""
+        return self.platform.calls.get(call_id) or self.platform.call(call_id)
+
     def _register(self, dialog: Dialog) -> None:
         self.dialogs[dialog.call_id] = dialog
         self.by_sip_call_id[dialog.sip_call_id] = dialog
@@ -175,7 +180,7 @@ class SipGateway:
     def _save(self, dialog: Dialog, direction: str | None = None, message: Request | Response | None = None) -> None:
         """Keep the dialog's state with its call (what :meth:`restore` rebuilds), committed with the
         SIP trace of the message that changed it: given here, it is traced in the same (deferred) apply."""
-        call = self.platform.call(dialog.call_id)
+        call = self._call(dialog.call_id)
         if call is None:
             return
         if call.state == ENDED:
@@ -233,7 +238,7 @@ class SipGateway:
 
     def trace(self, call_id: str | None, direction: str, message: Request | Response) -> None:
         """Put a SIP message on the call's timeline (``in`` from the business, ``out`` from Meta)."""
-        call = self.platform.call(call_id) if call_id else None
+        call = self._call(call_id) if call_id else None
         if call is not None:
             self.host.apply(lambda: self._note_message(call, direction, message), defer=True)
 
@@ -421,7 +426,7 @@ class SipGateway:
         dialog.remote_cseq = bye.cseq[0]
         if dialog.conn is None or not dialog.conn.is_open:
             dialog.conn = txn.conn        # the business's new flow (after a restart, or a reconnect)
-        call = self.platform.call(dialog.call_id)
+        call = self._call(dialog.call_id)
         if call is not None:        # committed before the 200 says so: a kill -9 after the 200 keeps the end
 
             def hang_up() -> None:
@@ -444,7 +449,7 @@ class SipGateway:
 
     # -- the domain changed a SIP call: say it in SIP ------------------------------------------------
     def on_call_changed(self, call_id: str) -> None:
-        call = self.platform.call(call_id)
+        call = self._call(call_id)
         if call is None:
             return
         dialog = self.dialogs.get(call_id)
@@ -468,7 +473,7 @@ class SipGateway:
         if (dialog is None or dialog.direction != BUSINESS_INITIATED or dialog.final_status is not None
                 or dialog.outgoing is not None or dialog.invite is None or dialog.server_txn is None):
             return
-        call = self.platform.call(call_id)
+        call = self._call(call_id)
         if call is None:
             return
         if call.state == RINGING and not dialog.sent_ringing:
@@ -635,7 +640,7 @@ class SipGateway:
         raise TransportError("; ".join(problems) or "no route to the business: no TLS hop and no SIP server")
 
     def _timeline(self, call_id: str, event: str, **data: Any) -> None:
-        call = self.platform.call(call_id)
+        call = self._call(call_id)
         if call is not None:
             self.host.apply(lambda: self.platform.note(call, "sip", event=event, **data), defer=True)
 
@@ -823,13 +828,28 @@ class _Stale(Exception):
     """The digest was right but its nonce expired."""
 
 
+_tagless: dict[str, str] = {}         # a From/To text without its final ";tag=…" -> its rendering without tag
+
+
 def _without_tag(value: str) -> str:
-    """A From/To value without its tag: the dialog adds the tags itself."""
+    """A From/To value without its tag: the dialog adds the tags itself. The rendering depends on the text
+    before a final ``;tag=<tag>`` only, which a business repeats on each call (its From, the user's To): it is
+    made once per such text and remembered."""
     try:
         addr = parse_name_addr(value)
     except SipParseError:
         return value
-    return str(NameAddr(addr.display, addr.uri, {k: v for k, v in addr.params.items() if k != "tag"}))
+    tag = addr.params.get("tag")
+    if tag is None:
+        head = value if "tag" not in addr.params else None
+    else:
+        head = value[:-len(tag) - 5] if value.endswith(f";tag={tag}") else None
+    if head is not None:
+        known = _tagless.get(head)
+        if known is not None:
+            return known
+    rendered = str(NameAddr(addr.display, addr.uri, {k: v for k, v in addr.params.items() if k != "tag"}))
+    return rendered if head is None else remember(_tagless, head, head, rendered)
 
 
 def _contact_uri(message: Request | Response) -> str | None:
