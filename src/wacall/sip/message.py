@@ -21,7 +21,6 @@ from __future__ import annotations
 import operator
 import os
 import re
-import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -840,50 +839,33 @@ def _cseq(value: str) -> tuple[int, str] | tuple[None, None]:
 
 
 # --- the compiled scanner ------------------------------------------------------------------------
-# ``sipscan.c`` (built by cffi at install time, like the media fast path) cuts a well-formed message's
-# header block into its fields in one pass; whatever it declines (non-ASCII octets, folding, bare CR,
-# a malformed line: see ``sipscan.h``) goes through the Python code below, which stays the reference
-# (tests/test_sip_scan.py runs both on the torture messages and on generated ones and compares).
+# ``sipscan.c`` (the CPython extension ``_sipscan``, built by setup.py at install time, like the media fast path)
+# cuts a well-formed message's header block into the fields and the lookup index Headers keeps, in one pass;
+# whatever it declines (non-ASCII octets, folding, bare CR, a malformed line: see ``sipscan.c``) goes through the
+# Python code below, which stays the reference (tests/test_sip_scan.py runs both on the torture messages and on
+# generated ones and compares).
 
 
 def _load_scanner():  # type: ignore[no-untyped-def]
     if os.environ.get("WACALL_SIPSCAN", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        from ._sipscan import ffi, lib
+        from . import _sipscan
     except ImportError:  # pragma: no cover - built at install time; without a compiler Python parses
         return None
-    return ffi, lib
+    # an older build (the cffi scanner of the same name) lacks these: Python parses
+    return _sipscan if hasattr(_sipscan, "scan") and hasattr(_sipscan, "frame_length") else None
 
 
 _SCANNER = _load_scanner()
-_BUFFERS = threading.local()     # the scanner's output buffers, reused (cffi releases the GIL during the call)
 
 
-
-
-def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int, bool] | None:
-    """``(start line, fields with canonical names, rest after the empty line, Content-Length, verbatim)`` by the
-    compiled scanner (Content-Length -1: none, -2: ask :func:`_content_length`; verbatim: the octets up to the
-    body's end are what :meth:`Request.to_bytes` renders), or None where Python must parse."""
-    ffi, lib = _SCANNER  # type: ignore[misc]
-    n = len(data)
-    kept = getattr(_BUFFERS, "kept", None)
-    if kept is None or kept[2] <= n:
-        kept = _BUFFERS.kept = (ffi.new("long[6]"), ffi.new("unsigned char[]", max(n + 1, 4096)), max(n + 1, 4096))
-    info, out, cap = kept
-    count = lib.sip_scan(data, n, out, cap, info)
-    if count < 0:
-        return None
-    parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")     # the start line, then names and values
-    if count:
-        names = parts[1::2]
-        canonical = list(map(_CANONICAL_OF.__getitem__, names))
-        fields = list(zip(canonical, parts[2::2]))
-        verbatim = bool(info[5]) and canonical == names    # compact or odd spellings render differently
-    else:
-        fields, verbatim = [], False
-    return parts[0], fields, data[info[2]:], info[3], verbatim
+def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], dict[str, tuple[str, ...]], bytes, int, bool] | None:
+    """``(start line, fields with canonical names, their index (see Headers._index), rest after the empty line,
+    Content-Length, verbatim)`` by the compiled scanner (Content-Length -1: none, -2: ask
+    :func:`_content_length`; verbatim: the octets up to the body's end are what :meth:`Request.to_bytes`
+    renders), or None where Python must parse."""
+    return _SCANNER.scan(data)  # type: ignore[union-attr]
 
 
 def parse_message(data: bytes) -> Request | Response:
@@ -894,11 +876,12 @@ def parse_message(data: bytes) -> Request | Response:
     without Content-Length the body is the rest of ``data``; a Content-Length larger than what
     is there is an error (RFC 4475 section 3.1.2.2).
     """
-    scanned = _scanned(data) if _SCANNER is not None else None
+    scanned = _SCANNER.scan(data) if _SCANNER is not None else None
     if scanned is not None:
-        start, fields, rest, length, verbatim = scanned
+        start, fields, index, rest, length, verbatim = scanned
         headers = Headers()
         headers._items = fields
+        headers._index = index                  # what Headers._indexed builds from these fields
         msg = _parse_start(start, headers)
         if length == -1:
             length = None
@@ -1019,7 +1002,7 @@ class StreamFramer:
             # it is the message, with no copy through the buffer (anything else: the steps below)
             end = data.find(b"\r\n\r\n")
             if 0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n":
-                length = _SCANNER[1].sip_frame_length(data, end)
+                length = _SCANNER.frame_length(data, end)
                 if 0 <= length <= self.max_body and end + 4 + length == len(data):
                     out.append(data)
                     return out
@@ -1060,7 +1043,7 @@ class StreamFramer:
         if head_len > self.max_header:
             return self._fatal(out, SipParseError("Bad Request - Header block too large"))
         head = bytes(buf[:end])
-        length = _SCANNER[1].sip_frame_length(head, end) if _SCANNER is not None else -1
+        length = _SCANNER.frame_length(head, end) if _SCANNER is not None else -1
         if length < 0:             # not the one plain Content-Length the scanner reads: Python's lenient reading
             try:
                 length = _content_length(_length_headers(head))
