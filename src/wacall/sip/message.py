@@ -36,7 +36,6 @@ from .uri import (
     has_param,
     is_digits,
     is_token,
-    memoised,
     param,
     parse_name_addr,
     parse_params,
@@ -388,7 +387,7 @@ def parse_via(text: str) -> Via:
     Memoised by text like the URI parsers (``uri.memoised``), and shared like theirs: its ``params`` are
     read-only (``FrozenParams``); build a new :class:`Via` from ``dict(via.params)`` to change one."""
     known = _via_memo.get(text)
-    return known if known is not None else memoised(_via_memo, text, text, lambda: _parse_via(text))
+    return known if known is not None else remember(_via_memo, text, text, _parse_via(text))
 
 
 #: the form every sender writes (``SIP/2.0/TLS host:port;branch=...;rport``: no whitespace, no quoted value):
@@ -771,23 +770,23 @@ def _check_fields(msg: Request | Response) -> None:
     index = h._index
     if index is None:
         index = h._indexed()                            # the lookups below are dict accesses
-    to, from_, call_ids, cseqs = index.get("to"), index.get("from"), index.get("call-id"), index.get("cseq")
-    if (to is None or from_ is None or call_ids is None or cseqs is None
-            or len(to) != 1 or len(from_) != 1 or len(call_ids) != 1 or len(cseqs) != 1):
+    try:       # one field each (not list headers: their fields are their values); else the first problem
+        (to,), (from_,), (call_id,), (cseq,) = index["to"], index["from"], index["call-id"], index["cseq"]
+    except (KeyError, ValueError):
         for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
-            count = len(index.get(low, _NONE))          # not list headers: their fields are their values
+            count = len(index.get(low, _NONE))
             if count == 0:
-                raise _bad(f"Missing {name}", msg)
+                raise _bad(f"Missing {name}", msg) from None
             if count > 1:
-                raise _bad(f"Multiple {name}", msg)
+                raise _bad(f"Multiple {name}", msg) from None
+        raise
     vias = index.get("via", _NONE)
     via_texts = split_shared(vias[0]) if len(vias) == 1 else [e for v in vias for e in split_shared(v)]
     if not via_texts:
         raise _bad("Missing Via", msg)
-    call_id = call_ids[0]                               # type: ignore[index]
     if not call_id or " " in call_id or "\t" in call_id:
         raise _bad("Malformed Call-ID", msg)
-    method = _cseq(cseqs[0])[1]                         # type: ignore[index]
+    method = _cseq(cseq)[1]
     if method is None:
         raise _bad("Malformed CSeq", msg)
     if isinstance(msg, Request) and method != msg.method:
@@ -796,13 +795,11 @@ def _check_fields(msg: Request | Response) -> None:
             err.message = msg
             raise err
         raise _bad("CSeq method does not match Request-Line", msg)
-    addrs = _addr_memo
-    for value, name in ((from_[0], "From"), (to[0], "To")):           # type: ignore[index]
-        if value not in addrs:                          # a value seen before parsed (the memo keeps successes)
-            try:
-                parse_name_addr(value)
-            except SipParseError as exc:
-                raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
+    addrs = _addr_memo                                  # a value seen before parsed (the memo keeps successes)
+    if from_ not in addrs:
+        _check_address(from_, "From", msg)
+    if to not in addrs:
+        _check_address(to, "To", msg)
     try:
         for text in via_texts:
             if text not in _via_memo:
@@ -811,8 +808,9 @@ def _check_fields(msg: Request | Response) -> None:
         raise _bad("Malformed Via", msg) from None
     contact_fields = index.get("contact")
     if contact_fields is not None:
-        contacts = [e for v in contact_fields for e in split_shared(v)]
-        if contacts != ["*"]:
+        contacts = (split_shared(contact_fields[0]) if len(contact_fields) == 1
+                    else [e for v in contact_fields for e in split_shared(v)])
+        if len(contacts) != 1 or contacts[0] != "*":
             try:
                 for text in contacts:
                     if text not in addrs:
@@ -820,8 +818,21 @@ def _check_fields(msg: Request | Response) -> None:
             except SipParseError:
                 raise _bad("Malformed Contact", msg) from None
     mf = index.get("max-forwards")  # optional in practice (the brief tolerates its absence)
-    if mf is not None and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
+    if mf is not None and (len(mf) > 1 or mf[0] not in _PLAIN_MAX_FORWARDS and (not is_digits(mf[0])
+                                                                               or int(mf[0]) > 255)):
         raise _bad("Malformed Max-Forwards", msg)
+
+
+#: Max-Forwards values 0-255 as senders write them (no leading zeros): accepted without is_digits and int()
+_PLAIN_MAX_FORWARDS: Final[frozenset[str]] = frozenset(map(str, range(256)))
+
+
+def _check_address(value: str, name: str, msg: Request | Response) -> None:
+    """From or To parsed (and memoised), or the 400 that names it."""
+    try:
+        parse_name_addr(value)
+    except SipParseError as exc:
+        raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
 
 
 _cseq_memo: dict[str, tuple[int, str] | tuple[None, None]] = {}
