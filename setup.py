@@ -1,7 +1,9 @@
 """Only the compiled parts live here (everything else is in pyproject.toml): cffi builds
-``wacall.media._fastpath`` from ``src/wacall/media/fastpath.c`` and ``wacall.sip._sipscan`` from
-``src/wacall/sip/sipscan.c`` at install time."""
+``wacall.media._fastpath`` from ``src/wacall/media/fastpath.c`` at install time, and setuptools the CPython
+extension ``wacall.sip._sipscan`` (the SIP scanner, which makes the parser's Python objects itself) from
+``src/wacall/sip/sipscan.c``."""
 
-from setuptools import setup
+from setuptools import Extension, setup
 
-setup(cffi_modules=["src/wacall/media/fastpath_build.py:ffibuilder", "src/wacall/sip/sipscan_build.py:ffibuilder"])
+setup(cffi_modules=["src/wacall/media/fastpath_build.py:ffibuilder"],
+      ext_modules=[Extension("wacall.sip._sipscan", ["src/wacall/sip/sipscan.c"], extra_compile_args=["-O2"])])

@@ -21,14 +21,16 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def baseline_src(ref: str) -> str:
-    """``git archive REF src`` into a temporary directory, with its compiled parts (cffi) built from that
-    commit's C; returns the directory holding ``wacall`` (for ``WacallProcess(src=...)``: another commit's
-    code side by side in the same run, the C fast paths included as pip would build them)."""
+    """``git archive REF src setup.py pyproject.toml`` into a temporary directory, with its compiled parts (cffi
+    modules and extensions) built from that commit's C by its setup.py; returns the directory holding ``wacall``
+    (for ``WacallProcess(src=...)``: another commit's code side by side in the same run, the C fast paths
+    included as pip would build them)."""
     target = Path(tempfile.mkdtemp(prefix="wacall-baseline-"))
-    archive = subprocess.run(["git", "archive", ref, "src"], cwd=ROOT, capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "archive", ref, "src", "setup.py", "pyproject.toml"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    for build in sorted((target / "src").rglob("*_build.py")):   # its compiled parts, as pip would build them
-        subprocess.run([sys.executable, str(build)], cwd=target, capture_output=True, check=True)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=target, capture_output=True,
+                   check=True)
     return str(target / "src")
 
 

@@ -52,7 +52,19 @@ def agree(data: bytes) -> tuple:
     assert outcome(parse_message, data) == python, data
     if python[0] == "ok":
         same_wire_form(data)
+        same_index(data)
     return python
+
+
+def same_index(data: bytes) -> None:
+    """The lookup index the scanner hands over is the one ``Headers`` builds from the same fields."""
+    scanned = message._scanned(data)
+    if scanned is not None:
+        fields, index = scanned[1], scanned[2]
+        rebuilt = message.Headers()
+        rebuilt._items = list(fields)
+        assert index == rebuilt._indexed(), data
+        assert all(type(values) is tuple for values in index.values())
 
 
 def same_wire_form(data: bytes) -> None:
@@ -84,10 +96,11 @@ def test_the_scanner_takes_the_common_case() -> None:
     """A test of the C path, not only of the fallback: a plain INVITE is cut by C (and agrees)."""
     scanned = message._scanned(INVITE)
     assert scanned is not None
-    start, fields, rest, length, verbatim = scanned
+    start, fields, index, rest, length, verbatim = scanned
     assert start == "INVITE sip:+447955500001@wa.meta.vc;transport=tls SIP/2.0"
     assert fields[0] == ("Via", "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport")
     assert fields[-1] == ("Content-Length", "4") and (rest, length) == (b"v=0\n", 4)
+    assert index["call-id"] == ("1-abc@127.0.0.1",) and index["via"] == (fields[0][1],)
     assert agree(INVITE)[0] == "ok"
     assert verbatim and parse_message(INVITE).to_bytes() is INVITE       # the received octets, not rendered again
     stamped = parse_message(INVITE)
@@ -204,12 +217,27 @@ def test_framer_agrees_on_generated_streams(parts: list[bytes], rng: random.Rand
 
 
 def test_frame_length_reads_only_the_plain_case() -> None:
-    lib = message._SCANNER[1]
+    frame_length = message._SCANNER.frame_length
     head = INVITE[:INVITE.index(b"\r\n\r\n")]
-    assert lib.sip_frame_length(head, len(head)) == 4
+    assert frame_length(head, len(head)) == 4 and frame_length(INVITE, len(head)) == 4
     for odd in (b"Content-Length: 4, 4", b"Content-Length: x", b"Content-Length: 4\r\nl: 4", b"X: 1"):
         h = head.replace(b"Content-Length: 4", odd)
-        assert lib.sip_frame_length(h, len(h)) == -1
+        assert frame_length(h, len(h)) == -1
+    assert frame_length(head.replace(b"Content-Length:", b"l :"), len(head) - 12) == 4
+    assert frame_length(head.replace(b"Content-Length:", b"CONTENT-length:"), len(head)) == 4
+
+
+def test_the_scanner_knows_the_names_python_knows() -> None:
+    """The C name table (canonical names, compact forms) is Python's ``_CANONICAL``: a name added to one
+    and not the other would make the two parsers disagree on a message that carries it."""
+    assert message._SCANNER.known_names() == message._CANONICAL
+    for low, canonical in message._CANONICAL.items():
+        spelled = low.upper() if len(low) > 1 else low
+        data = INVITE.replace(b"Max-Forwards: 70", f"{spelled}: x".encode())
+        fields, index = message._scanned(data)[1:3]
+        assert ("Max-Forwards", "70") not in fields and (canonical, "x") in fields
+        assert "x" in index[canonical.lower()]
+        agree(data)
 
 
 def whole_reads(parts: list[bytes], scanner) -> list:

@@ -489,3 +489,105 @@ def test_the_rport_splice_is_the_general_stamp(via: str, scan: bool) -> None:
     usual = parse(raw.replace(via.encode(), b"SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport"))
     stamp_via(usual, ("127.0.0.1", 40123))
     assert usual.headers.get("Via") == "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport=40123"
+
+
+def _received_both_ways(raw: bytes, peer: tuple[str, int]) -> tuple:
+    """``parse_received`` (the octets stamped before the parse when the request is the usual one) and the
+    general way (``parse_message`` then ``stamp_via``): the outcome of each, as comparable values."""
+    from wacall.sip import message
+    from wacall.sip.transport import parse_received, stamp_via
+
+    def general(data: bytes):
+        msg = message.parse_message(data)
+        if isinstance(msg, Request):
+            stamp_via(msg, peer)
+        return msg
+
+    outcomes = []
+    for way in (parse_received, lambda data, _peer: general(data)):
+        try:
+            msg = way(raw, peer)
+        except message.SipParseError as exc:
+            outcomes.append(("error", exc.status, exc.reason))
+            continue
+        start = (msg.method, msg.uri) if isinstance(msg, Request) else (msg.status, msg.reason)
+        top = msg.top_via if msg.headers.get("Via") is not None else None
+        outcomes.append((type(msg).__name__, start, list(msg.headers), msg.body, msg.to_bytes(), top))
+    return tuple(outcomes)
+
+
+_USUAL = (b"INVITE sip:+447955500001@wa.meta.vc;transport=tls SIP/2.0\r\n"
+          b"Via: SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport\r\nMax-Forwards: 70\r\n"
+          b"From: <sip:+442071838750@pbx.business.example>;tag=1SIPpTag001\r\n"
+          b"To: <sip:+447955500001@wa.meta.vc>\r\nCall-ID: 1-abc@127.0.0.1\r\nCSeq: 2 INVITE\r\n"
+          b"Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n")
+_PEERS = [("127.0.0.1", 40123), ("::1", 40124), ("192.0.2.1", 5), ("", 0)]
+
+
+def test_the_usual_request_is_stamped_before_its_parse() -> None:
+    """A test of the path itself, not only of the fallback: the usual request comes out stamped, its received
+    octets (with the stamp) kept as its wire form, and its stamped Via the one parse made."""
+    from wacall.sip.message import parse_via
+    from wacall.sip.transport import parse_received
+    msg = parse_received(_USUAL, ("127.0.0.1", 40123))
+    stamped = _USUAL.replace(b";rport", b";rport=40123")
+    assert msg.headers.get("Via") == "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport=40123"
+    assert msg.to_bytes() == stamped and msg._wire[2] == 0        # the parsed octets themselves, not a splice
+    assert msg.top_via is parse_via(msg.headers.get("Via")) and msg.top_via.rport == 40123
+    for peer in _PEERS:
+        before, general = _received_both_ways(_USUAL, peer)
+        assert before == general and before[0] == "Request"
+
+
+@pytest.mark.parametrize("data", [
+    _USUAL,
+    _USUAL.replace(b"127.0.0.1:5070", b"pbx.example:5070"),                      # received too: the general way
+    _USUAL.replace(b";rport", b";rport;rport"),
+    _USUAL.replace(b";rport", b";RPORT"),
+    _USUAL.replace(b";rport", b";rport, SIP/2.0/TLS proxy.example;rport"),
+    _USUAL.replace(b";rport", b";rport\r\n ;folded"),
+    _USUAL.replace(b";rport", b";rport\r\n \t"),
+    _USUAL.replace(b";rport", b";rport \t"),
+    _USUAL.replace(b"5070", b"05070"),
+    _USUAL.replace(b"Via: ", b"v: "),
+    _USUAL.replace(b"Via: ", b"VIA: "),
+    _USUAL.replace(b"Via: ", b"Via:  "),
+    _USUAL.replace(b"Via: ", b"X: 1\r\nVia: "),
+    _USUAL.replace(b"SIP/2.0\r\nVia", b"SIP/2.0\nVia: SIP/2.0/TLS 127.0.0.1:5070;rport=40123\r\nVia"),
+    _USUAL.replace(b"SIP/2.0\r\nVia", b"SIP/2.0\nX: 1\r\nVia"),
+    b"\r\n" + _USUAL,
+    b"\r" + _USUAL,
+    _USUAL.replace(b"INVITE sip", b"SIP/2.0 200 OK\r\nX: sip").replace(b"CSeq: 2 INVITE", b"CSeq: 2 INVITE"),
+    _USUAL.replace(b"INVITE sip:+447955500001@wa.meta.vc;transport=tls SIP/2.0", b"sip/2.0 200 OK"),
+    _USUAL.replace(b"CSeq: 2 INVITE", b"CSeq: 2 BYE"),                            # a 400 either way
+    _USUAL.replace(b"branch=z9hG4bK-1-1-0", b"branch=\"z\""),
+    _USUAL.replace(b"branch=z9hG4bK-1-1-0", b"branch=z9hG4bK\xff"),
+    _USUAL.replace(b"Content-Length: 4", b"Content-Length: 40"),
+])
+def test_the_stamp_before_the_parse_is_the_general_stamp(data: bytes) -> None:
+    for peer in _PEERS:
+        before, general = _received_both_ways(data, peer)
+        assert before == general, (data, peer)
+
+
+def test_the_stamp_before_the_parse_agrees_on_torture_and_mutations() -> None:
+    import random
+    from pathlib import Path
+    torture = sorted(p.read_bytes() for p in (Path(__file__).parent / "data" / "sip_torture").glob("*.dat"))
+    seeds = [*torture, _USUAL, _USUAL.replace(b"127.0.0.1:5070", b"[::1]:5070")]
+    rng = random.Random(3581)
+    nasty = [b"\r\n", b"\n", b" ", b",", b";", b";rport", b"=", b"Via: ", b"\r\n ", b"\xff", b"1"]
+    cases = list(seeds)
+    for _ in range(1500):
+        data = rng.choice(seeds)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(min(len(data), 200) + 1)
+            if rng.random() < 0.6:
+                data = data[:i] + rng.choice(nasty) + data[i:]
+            else:
+                data = data[:i] + data[i + rng.randint(1, 6):]
+        cases.append(data)
+    for data in cases:
+        for peer in _PEERS[:3]:
+            before, general = _received_both_ways(data, peer)
+            assert before == general, (data, peer)

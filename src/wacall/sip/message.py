@@ -21,7 +21,6 @@ from __future__ import annotations
 import operator
 import os
 import re
-import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from .uri import (
     has_param,
     is_digits,
     is_token,
-    memoised,
     param,
     parse_name_addr,
     parse_params,
@@ -389,7 +387,7 @@ def parse_via(text: str) -> Via:
     Memoised by text like the URI parsers (``uri.memoised``), and shared like theirs: its ``params`` are
     read-only (``FrozenParams``); build a new :class:`Via` from ``dict(via.params)`` to change one."""
     known = _via_memo.get(text)
-    return known if known is not None else memoised(_via_memo, text, text, lambda: _parse_via(text))
+    return known if known is not None else remember(_via_memo, text, text, _parse_via(text))
 
 
 #: the form every sender writes (``SIP/2.0/TLS host:port;branch=...;rport``: no whitespace, no quoted value):
@@ -772,23 +770,23 @@ def _check_fields(msg: Request | Response) -> None:
     index = h._index
     if index is None:
         index = h._indexed()                            # the lookups below are dict accesses
-    to, from_, call_ids, cseqs = index.get("to"), index.get("from"), index.get("call-id"), index.get("cseq")
-    if (to is None or from_ is None or call_ids is None or cseqs is None
-            or len(to) != 1 or len(from_) != 1 or len(call_ids) != 1 or len(cseqs) != 1):
+    try:       # one field each (not list headers: their fields are their values); else the first problem
+        (to,), (from_,), (call_id,), (cseq,) = index["to"], index["from"], index["call-id"], index["cseq"]
+    except (KeyError, ValueError):
         for low, name in (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
-            count = len(index.get(low, _NONE))          # not list headers: their fields are their values
+            count = len(index.get(low, _NONE))
             if count == 0:
-                raise _bad(f"Missing {name}", msg)
+                raise _bad(f"Missing {name}", msg) from None
             if count > 1:
-                raise _bad(f"Multiple {name}", msg)
+                raise _bad(f"Multiple {name}", msg) from None
+        raise
     vias = index.get("via", _NONE)
     via_texts = split_shared(vias[0]) if len(vias) == 1 else [e for v in vias for e in split_shared(v)]
     if not via_texts:
         raise _bad("Missing Via", msg)
-    call_id = call_ids[0]                               # type: ignore[index]
     if not call_id or " " in call_id or "\t" in call_id:
         raise _bad("Malformed Call-ID", msg)
-    method = _cseq(cseqs[0])[1]                         # type: ignore[index]
+    method = _cseq(cseq)[1]
     if method is None:
         raise _bad("Malformed CSeq", msg)
     if isinstance(msg, Request) and method != msg.method:
@@ -797,13 +795,11 @@ def _check_fields(msg: Request | Response) -> None:
             err.message = msg
             raise err
         raise _bad("CSeq method does not match Request-Line", msg)
-    addrs = _addr_memo
-    for value, name in ((from_[0], "From"), (to[0], "To")):           # type: ignore[index]
-        if value not in addrs:                          # a value seen before parsed (the memo keeps successes)
-            try:
-                parse_name_addr(value)
-            except SipParseError as exc:
-                raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
+    addrs = _addr_memo                                  # a value seen before parsed (the memo keeps successes)
+    if from_ not in addrs:
+        _check_address(from_, "From", msg)
+    if to not in addrs:
+        _check_address(to, "To", msg)
     try:
         for text in via_texts:
             if text not in _via_memo:
@@ -812,8 +808,9 @@ def _check_fields(msg: Request | Response) -> None:
         raise _bad("Malformed Via", msg) from None
     contact_fields = index.get("contact")
     if contact_fields is not None:
-        contacts = [e for v in contact_fields for e in split_shared(v)]
-        if contacts != ["*"]:
+        contacts = (split_shared(contact_fields[0]) if len(contact_fields) == 1
+                    else [e for v in contact_fields for e in split_shared(v)])
+        if len(contacts) != 1 or contacts[0] != "*":
             try:
                 for text in contacts:
                     if text not in addrs:
@@ -821,8 +818,21 @@ def _check_fields(msg: Request | Response) -> None:
             except SipParseError:
                 raise _bad("Malformed Contact", msg) from None
     mf = index.get("max-forwards")  # optional in practice (the brief tolerates its absence)
-    if mf is not None and (len(mf) > 1 or not is_digits(mf[0]) or int(mf[0]) > 255):
+    if mf is not None and (len(mf) > 1 or mf[0] not in _PLAIN_MAX_FORWARDS and (not is_digits(mf[0])
+                                                                               or int(mf[0]) > 255)):
         raise _bad("Malformed Max-Forwards", msg)
+
+
+#: Max-Forwards values 0-255 as senders write them (no leading zeros): accepted without is_digits and int()
+_PLAIN_MAX_FORWARDS: Final[frozenset[str]] = frozenset(map(str, range(256)))
+
+
+def _check_address(value: str, name: str, msg: Request | Response) -> None:
+    """From or To parsed (and memoised), or the 400 that names it."""
+    try:
+        parse_name_addr(value)
+    except SipParseError as exc:
+        raise _bad(f"Malformed {name}: {exc.reason.removeprefix('Bad Request - ')}", msg) from None
 
 
 _cseq_memo: dict[str, tuple[int, str] | tuple[None, None]] = {}
@@ -840,50 +850,33 @@ def _cseq(value: str) -> tuple[int, str] | tuple[None, None]:
 
 
 # --- the compiled scanner ------------------------------------------------------------------------
-# ``sipscan.c`` (built by cffi at install time, like the media fast path) cuts a well-formed message's
-# header block into its fields in one pass; whatever it declines (non-ASCII octets, folding, bare CR,
-# a malformed line: see ``sipscan.h``) goes through the Python code below, which stays the reference
-# (tests/test_sip_scan.py runs both on the torture messages and on generated ones and compares).
+# ``sipscan.c`` (the CPython extension ``_sipscan``, built by setup.py at install time, like the media fast path)
+# cuts a well-formed message's header block into the fields and the lookup index Headers keeps, in one pass;
+# whatever it declines (non-ASCII octets, folding, bare CR, a malformed line: see ``sipscan.c``) goes through the
+# Python code below, which stays the reference (tests/test_sip_scan.py runs both on the torture messages and on
+# generated ones and compares).
 
 
 def _load_scanner():  # type: ignore[no-untyped-def]
     if os.environ.get("WACALL_SIPSCAN", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        from ._sipscan import ffi, lib
+        from . import _sipscan
     except ImportError:  # pragma: no cover - built at install time; without a compiler Python parses
         return None
-    return ffi, lib
+    # an older build (the cffi scanner of the same name) lacks these: Python parses
+    return _sipscan if hasattr(_sipscan, "scan") and hasattr(_sipscan, "frame_length") else None
 
 
 _SCANNER = _load_scanner()
-_BUFFERS = threading.local()     # the scanner's output buffers, reused (cffi releases the GIL during the call)
 
 
-
-
-def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], bytes, int, bool] | None:
-    """``(start line, fields with canonical names, rest after the empty line, Content-Length, verbatim)`` by the
-    compiled scanner (Content-Length -1: none, -2: ask :func:`_content_length`; verbatim: the octets up to the
-    body's end are what :meth:`Request.to_bytes` renders), or None where Python must parse."""
-    ffi, lib = _SCANNER  # type: ignore[misc]
-    n = len(data)
-    kept = getattr(_BUFFERS, "kept", None)
-    if kept is None or kept[2] <= n:
-        kept = _BUFFERS.kept = (ffi.new("long[6]"), ffi.new("unsigned char[]", max(n + 1, 4096)), max(n + 1, 4096))
-    info, out, cap = kept
-    count = lib.sip_scan(data, n, out, cap, info)
-    if count < 0:
-        return None
-    parts = ffi.buffer(out, info[4])[:].decode("ascii").split("\n")     # the start line, then names and values
-    if count:
-        names = parts[1::2]
-        canonical = list(map(_CANONICAL_OF.__getitem__, names))
-        fields = list(zip(canonical, parts[2::2]))
-        verbatim = bool(info[5]) and canonical == names    # compact or odd spellings render differently
-    else:
-        fields, verbatim = [], False
-    return parts[0], fields, data[info[2]:], info[3], verbatim
+def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], dict[str, tuple[str, ...]], bytes, int, bool] | None:
+    """``(start line, fields with canonical names, their index (see Headers._index), rest after the empty line,
+    Content-Length, verbatim)`` by the compiled scanner (Content-Length -1: none, -2: ask
+    :func:`_content_length`; verbatim: the octets up to the body's end are what :meth:`Request.to_bytes`
+    renders), or None where Python must parse."""
+    return _SCANNER.scan(data)  # type: ignore[union-attr]
 
 
 def parse_message(data: bytes) -> Request | Response:
@@ -894,11 +887,12 @@ def parse_message(data: bytes) -> Request | Response:
     without Content-Length the body is the rest of ``data``; a Content-Length larger than what
     is there is an error (RFC 4475 section 3.1.2.2).
     """
-    scanned = _scanned(data) if _SCANNER is not None else None
+    scanned = _SCANNER.scan(data) if _SCANNER is not None else None
     if scanned is not None:
-        start, fields, rest, length, verbatim = scanned
+        start, fields, index, rest, length, verbatim = scanned
         headers = Headers()
         headers._items = fields
+        headers._index = index                  # what Headers._indexed builds from these fields
         msg = _parse_start(start, headers)
         if length == -1:
             length = None
@@ -1019,7 +1013,7 @@ class StreamFramer:
             # it is the message, with no copy through the buffer (anything else: the steps below)
             end = data.find(b"\r\n\r\n")
             if 0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n":
-                length = _SCANNER[1].sip_frame_length(data, end)
+                length = _SCANNER.frame_length(data, end)
                 if 0 <= length <= self.max_body and end + 4 + length == len(data):
                     out.append(data)
                     return out
@@ -1060,7 +1054,7 @@ class StreamFramer:
         if head_len > self.max_header:
             return self._fatal(out, SipParseError("Bad Request - Header block too large"))
         head = bytes(buf[:end])
-        length = _SCANNER[1].sip_frame_length(head, end) if _SCANNER is not None else -1
+        length = _SCANNER.frame_length(head, end) if _SCANNER is not None else -1
         if length < 0:             # not the one plain Content-Length the scanner reads: Python's lenient reading
             try:
                 length = _content_length(_length_headers(head))

@@ -1,31 +1,85 @@
-/* The compiled SIP scanner (see sipscan.h and wacall.sip.message): the common case of RFC 3261 section 7's
- * message layout in one pass, with the pure-Python parser as the reference and the fallback. */
+/* The compiled SIP scanner, ``wacall.sip._sipscan`` (a CPython extension built by setup.py; see
+ * wacall.sip.message): the common case of RFC 3261 section 7's message layout in one pass, straight into the
+ * Python objects the parser keeps (the header fields with their canonical names, and the lookup index), with
+ * the pure-Python parser as the reference and the fallback.
+ *
+ * scan(data: bytes) -> (start line, fields, index, rest, content length, verbatim) or None
+ *   On the common well-formed case (an ASCII header block without NUL, folding or bare CR, every header line
+ *   ``token [SP/HTAB] : value``): the start line; the fields as a list of (canonical name, value) tuples (a
+ *   compact or well-known name in its usual spelling, as message._CANONICAL gives it; others as written;
+ *   values stripped of SP/HTAB); the index Headers builds, lower-case canonical name -> tuple of its values in
+ *   order; the octets after the empty line; the Content-Length (-1: none, -2: let Python read it: several,
+ *   or not plain digits); and whether the octets are laid out as Message.to_bytes renders them (CRLF line
+ *   ends, "Name: value" with the canonical name, one SP and nothing trailing, no leading line breaks, one
+ *   Content-Length in plain digits without leading zeros, at least one field). None for everything else:
+ *   the Python parser, the reference, handles those, errors included.
+ * frame_length(head: bytes, end: int) -> int
+ *   The Content-Length of the unfolded ASCII header block head[:end] (the stream framer's question), when it
+ *   has exactly one Content-Length (or "l") field whose value is 1-18 digits between SP/HTAB; -1 for anything
+ *   else (none, several, folded, odd values: Python's lenient reading decides).
+ * known_names() -> dict
+ *   The name table below (lower-case spelling -> canonical name): tests compare it with message._CANONICAL. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
-#include "sipscan.h"
 
 /* RFC 3261 section 25.1 token characters: alphanum - . ! % * _ + ` ' ~ */
-static int is_token_char(unsigned char c) {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return 1;
-    switch (c) {
-    case '-': case '.': case '!': case '%': case '*': case '_': case '+': case '`': case '\'': case '~':
-        return 1;
-    default:
-        return 0;
-    }
+static unsigned char token_char[256];
+
+static void init_token_chars(void) {
+    for (int c = 0; c < 256; c++)
+        token_char[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+                        || (c != 0 && strchr("-.!%*_+`'~", c) != NULL);
 }
 
 static unsigned char lower(unsigned char c) { return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c; }
 
-/* name[0..n) is "content-length" or "l", case-insensitively */
-static int is_length_name(const unsigned char *name, size_t n) {
-    static const char cl[] = "content-length";
-    if (n == 1) return lower(name[0]) == 'l';
-    if (n != sizeof cl - 1) return 0;
-    for (size_t i = 0; i < n; i++)
-        if (lower(name[i]) != (unsigned char)cl[i]) return 0;
-    return 1;
+/* The header names message._CANONICAL knows (its _KNOWN_NAMES and COMPACT): lower-case spelling -> canonical
+ * name. tests/test_sip_scan.py checks this table against Python's. */
+static const char *const KNOWN[][2] = {
+    {"accept", "Accept"}, {"accept-encoding", "Accept-Encoding"}, {"accept-language", "Accept-Language"},
+    {"alert-info", "Alert-Info"}, {"allow", "Allow"}, {"allow-events", "Allow-Events"},
+    {"authentication-info", "Authentication-Info"}, {"authorization", "Authorization"}, {"call-id", "Call-ID"},
+    {"call-info", "Call-Info"}, {"contact", "Contact"}, {"content-disposition", "Content-Disposition"},
+    {"content-encoding", "Content-Encoding"}, {"content-language", "Content-Language"},
+    {"content-length", "Content-Length"}, {"content-type", "Content-Type"}, {"cseq", "CSeq"}, {"date", "Date"},
+    {"error-info", "Error-Info"}, {"event", "Event"}, {"expires", "Expires"}, {"from", "From"},
+    {"in-reply-to", "In-Reply-To"}, {"max-forwards", "Max-Forwards"}, {"min-expires", "Min-Expires"},
+    {"min-se", "Min-SE"}, {"mime-version", "MIME-Version"}, {"organization", "Organization"}, {"path", "Path"},
+    {"priority", "Priority"}, {"proxy-authenticate", "Proxy-Authenticate"},
+    {"proxy-authorization", "Proxy-Authorization"}, {"proxy-require", "Proxy-Require"}, {"rack", "RAck"},
+    {"reason", "Reason"}, {"record-route", "Record-Route"}, {"refer-to", "Refer-To"},
+    {"referred-by", "Referred-By"}, {"reply-to", "Reply-To"}, {"require", "Require"},
+    {"retry-after", "Retry-After"}, {"route", "Route"}, {"rseq", "RSeq"}, {"server", "Server"},
+    {"service-route", "Service-Route"}, {"session-expires", "Session-Expires"}, {"subject", "Subject"},
+    {"subscription-state", "Subscription-State"}, {"supported", "Supported"}, {"timestamp", "Timestamp"},
+    {"to", "To"}, {"unsupported", "Unsupported"}, {"user-agent", "User-Agent"}, {"via", "Via"},
+    {"warning", "Warning"}, {"www-authenticate", "WWW-Authenticate"},
+    {"p-asserted-identity", "P-Asserted-Identity"}, {"p-preferred-identity", "P-Preferred-Identity"},
+    {"privacy", "Privacy"},
+    /* compact forms (RFC 3261 section 7.3.3 and the RFCs message.COMPACT names) */
+    {"i", "Call-ID"}, {"m", "Contact"}, {"e", "Content-Encoding"}, {"l", "Content-Length"},
+    {"c", "Content-Type"}, {"f", "From"}, {"s", "Subject"}, {"k", "Supported"}, {"t", "To"}, {"v", "Via"},
+    {"o", "Event"}, {"r", "Refer-To"}, {"u", "Allow-Events"}, {"x", "Session-Expires"},
+};
+#define N_KNOWN ((int)(sizeof KNOWN / sizeof KNOWN[0]))
+#define MAX_KNOWN_LEN 24
+static Py_ssize_t known_len[N_KNOWN];
+static PyObject *known_canonical[N_KNOWN];     /* the canonical name (interned) */
+static PyObject *known_key[N_KNOWN];           /* its lower-case form: the index key (interned) */
+/* the entries of each name length, in table order, -1 ended (a name is looked up among those of its length) */
+static signed char by_length[MAX_KNOWN_LEN + 1][N_KNOWN + 1];
+static char is_length[N_KNOWN];                /* the entries of Content-Length: "content-length" and "l" */
+
+/* the entry whose lower-case spelling is name[0..n) in any case, or -1 */
+static int known_entry(const unsigned char *name, size_t n) {
+    if (n > MAX_KNOWN_LEN) return -1;
+    char low[MAX_KNOWN_LEN];
+    for (size_t k = 0; k < n; k++) low[k] = (char)lower(name[k]);
+    for (const signed char *e = by_length[n]; *e >= 0; e++)
+        if (memcmp(KNOWN[*e][0], low, n) == 0) return *e;
+    return -1;
 }
 
 /* digits only, 1-18 of them: the value; else -1 */
@@ -51,7 +105,46 @@ static size_t line_end(const unsigned char *d, size_t i, size_t n, size_t *brk) 
     return at + 1;
 }
 
-long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t out_cap, long *info) {
+/* an ASCII str of d[0..n) (the header block was checked: nothing over 0x7f) */
+static PyObject *ascii_str(const unsigned char *d, size_t n) {
+    PyObject *s = PyUnicode_New((Py_ssize_t)n, 127);
+    if (s != NULL) memcpy(PyUnicode_1BYTE_DATA(s), d, n);
+    return s;
+}
+
+/* index[key] gets value appended (a new tuple: the index holds tuples, see Headers._index) */
+static int index_add(PyObject *index, PyObject *key, PyObject *value) {
+    PyObject *values = PyDict_GetItemWithError(index, key);        /* borrowed */
+    PyObject *grown;
+    if (values == NULL) {
+        if (PyErr_Occurred()) return -1;
+        grown = PyTuple_New(1);
+        if (grown == NULL) return -1;
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(grown, 0, value);
+    } else {
+        Py_ssize_t n = PyTuple_GET_SIZE(values);
+        grown = PyTuple_New(n + 1);
+        if (grown == NULL) return -1;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *v = PyTuple_GET_ITEM(values, k);
+            Py_INCREF(v);
+            PyTuple_SET_ITEM(grown, k, v);
+        }
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(grown, n, value);
+    }
+    PyObject_GC_UnTrack(grown);       /* strs only: never part of a cycle, nothing for the collector to scan */
+    int rc = PyDict_SetItem(index, key, grown);
+    Py_DECREF(grown);
+    return rc;
+}
+
+static PyObject *scan(PyObject *module, PyObject *arg) {
+    (void)module;
+    if (!PyBytes_CheckExact(arg)) Py_RETURN_NONE;               /* bytes only; Python takes anything else */
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(arg);
+    size_t len = (size_t)PyBytes_GET_SIZE(arg);
     size_t i = 0;
     while (i < len && (data[i] == '\r' || data[i] == '\n')) i++;          /* section 7.5 */
     size_t head_start = i;
@@ -61,15 +154,15 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
     size_t p = head_start;
     for (;;) {
         while (p < len && ordinary(data[p])) p++;
-        if (p >= len) return -1;                      /* no empty line */
+        if (p >= len) Py_RETURN_NONE;                 /* no empty line */
         size_t q;
         if (data[p] == '\r') {
-            if (p + 1 >= len || data[p + 1] != '\n') return -1;      /* bare CR (or no empty line after it) */
+            if (p + 1 >= len || data[p + 1] != '\n') Py_RETURN_NONE;    /* bare CR (or no empty line after it) */
             q = p + 2;
         } else if (data[p] == '\n') {
             q = p + 1;
         } else {
-            return -1;                                /* NUL or non-ASCII: decoding and odd octets are Python's */
+            Py_RETURN_NONE;                           /* NUL or non-ASCII: decoding and odd octets are Python's */
         }
         if (q < len && data[q] == '\r' && q + 1 < len && data[q + 1] == '\n') { head_end = p; body = q + 2; break; }
         if (q < len && data[q] == '\n') { head_end = p; body = q + 1; break; }
@@ -85,62 +178,104 @@ long sip_scan(const unsigned char *data, size_t len, unsigned char *out, size_t 
     } else {
         start_end = brk;
     }
-    info[0] = (long)head_start;
-    info[1] = (long)start_end;
-    info[2] = (long)body;
-    /* verbatim: the octets are already the form Message.to_bytes renders (no leading line breaks, CRLF
-     * everywhere, "name: value" with one SP and nothing trailing, one Content-Length in plain digits);
-     * Python checks the names' spelling and keeps the received octets as the message's wire form */
+    /* verbatim: see the top of the file */
     int verbatim = head_start == 0 && start_end < head_end && data[start_end] == '\r' && body == head_end + 4;
     long long length = -1;
     int lengths = 0;
-    long fields = 0;
-    size_t o = start_end - head_start;               /* out starts with the start line */
-    if (o > out_cap) return -1;
-    memcpy(out, data + head_start, o);
+    PyObject *fields = PyList_New(0), *index = PyDict_New(), *name = NULL, *key = NULL, *value = NULL;
+    if (fields == NULL || index == NULL) goto failed;
     i = next;
     while (i < head_end) {
         size_t e;
         size_t after = line_end(data, i, head_end, &e);
         if (after == 0) { e = head_end; after = head_end; }
         /* the line is data[i..e) */
-        if (data[i] == ' ' || data[i] == '\t') return -1;     /* folding: Python's */
-        size_t c = i;
-        while (c < e && data[c] != ':') c++;
-        if (c == e) return -1;                                  /* no colon */
+        if (data[i] == ' ' || data[i] == '\t') goto declined;      /* folding: Python's */
+        const unsigned char *colon = memchr(data + i, ':', e - i);
+        if (colon == NULL) goto declined;                            /* no colon */
+        size_t c = (size_t)(colon - data);
         size_t ne = c;
         while (ne > i && (data[ne - 1] == ' ' || data[ne - 1] == '\t')) ne--;
-        if (ne == i) return -1;
+        if (ne == i) goto declined;
         for (size_t k = i; k < ne; k++)
-            if (!is_token_char(data[k])) return -1;
+            if (!token_char[data[k]]) goto declined;
         size_t vs = c + 1, ve = e;
         while (vs < ve && (data[vs] == ' ' || data[vs] == '\t')) vs++;
         while (ve > vs && (data[ve - 1] == ' ' || data[ve - 1] == '\t')) ve--;
         if (verbatim && (ne != c || vs != c + 2 || data[c + 1] != ' ' || ve != e || (after != head_end && data[e] != '\r')))
             verbatim = 0;
-        size_t need = (ne - i) + (ve - vs) + 2;
-        if (o + need > out_cap) return -1;
-        out[o++] = '\n';
-        memcpy(out + o, data + i, ne - i); o += ne - i;
-        out[o++] = '\n';
-        memcpy(out + o, data + vs, ve - vs); o += ve - vs;
-        if (is_length_name(data + i, ne - i)) {
+        int known = known_entry(data + i, ne - i);
+        if (known >= 0) {
+            name = known_canonical[known];
+            key = known_key[known];
+            Py_INCREF(name);
+            Py_INCREF(key);
+            if (verbatim && (known_len[known] != (Py_ssize_t)(ne - i)
+                             || memcmp(PyUnicode_1BYTE_DATA(name), data + i, ne - i) != 0))
+                verbatim = 0;                         /* compact or odd spellings render differently */
+        } else {
+            name = ascii_str(data + i, ne - i);
+            if (name == NULL) goto failed;
+            key = PyObject_CallMethod(name, "lower", NULL);
+            if (key == NULL) goto failed;
+        }
+        value = ascii_str(data + vs, ve - vs);
+        if (value == NULL) goto failed;
+        if (known >= 0 && is_length[known]) {
             lengths++;
             length = digits_value(data + vs, ve - vs);
             if (data[vs] == '0' && ve - vs > 1) verbatim = 0;              /* rendered without leading zeros */
         }
-        fields++;
+        PyObject *field = PyTuple_New(2);
+        if (field == NULL) goto failed;
+        PyTuple_SET_ITEM(field, 0, name);
+        name = NULL;
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(field, 1, value);
+        PyObject_GC_UnTrack(field);
+        int rc = PyList_Append(fields, field);
+        Py_DECREF(field);
+        if (rc < 0 || index_add(index, key, value) < 0) goto failed;
+        Py_CLEAR(key);
+        Py_CLEAR(value);
         i = after;
     }
-    if (lengths == 0) info[3] = -1;
-    else if (lengths == 1 && length >= 0) info[3] = (long)length;
-    else info[3] = -2;
-    info[4] = (long)o;
-    info[5] = verbatim && fields > 0 && info[3] >= 0;
-    return fields;
+    long long content_length = lengths == 0 ? -1 : (lengths == 1 && length >= 0) ? length : -2;
+    verbatim = verbatim && PyList_GET_SIZE(fields) > 0 && content_length >= 0;
+    PyObject *start = ascii_str(data + head_start, start_end - head_start);
+    PyObject *rest = start == NULL ? NULL : PyBytes_FromStringAndSize((const char *)data + body, (Py_ssize_t)(len - body));
+    if (rest == NULL) { Py_XDECREF(start); goto failed; }
+    return Py_BuildValue("(NNNNLO)", start, fields, index, rest, content_length, verbatim ? Py_True : Py_False);
+declined:
+    Py_DECREF(fields);
+    Py_DECREF(index);
+    Py_XDECREF(name);
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    Py_RETURN_NONE;
+failed:
+    Py_XDECREF(fields);
+    Py_XDECREF(index);
+    Py_XDECREF(name);
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    return NULL;
 }
 
-long long sip_frame_length(const unsigned char *head, size_t len) {
+static PyObject *frame_length(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "frame_length(head: bytes, end: int)");
+        return NULL;
+    }
+    Py_ssize_t end = PyLong_AsSsize_t(args[1]);
+    if (end == -1 && PyErr_Occurred()) return NULL;
+    if (end < 0 || end > PyBytes_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "end outside head");
+        return NULL;
+    }
+    const unsigned char *head = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    size_t len = (size_t)end;
     long long found = -1;
     int count = 0;
     size_t i = 0;
@@ -150,20 +285,80 @@ long long sip_frame_length(const unsigned char *head, size_t len) {
         if (p == NULL) break;
         i = (size_t)(p - head) + 1;
         if (i >= len) break;
-        if (head[i] == ' ' || head[i] == '\t') return -1;       /* folded: Python's */
+        if (head[i] == ' ' || head[i] == '\t') return PyLong_FromLong(-1);      /* folded: Python's */
         size_t e = i;
         while (e < len && head[e] != ':' && head[e] != '\r' && head[e] != '\n') e++;
         if (e >= len || head[e] != ':') continue;
         size_t ne = e;
         while (ne > i && (head[ne - 1] == ' ' || head[ne - 1] == '\t')) ne--;
-        if (!is_length_name(head + i, ne - i)) continue;
+        size_t n = ne - i;
+        int known = (n == 1 || n == 14) ? known_entry(head + i, n) : -1;
+        if (known < 0 || !is_length[known]) continue;
         size_t vs = e + 1, ve = vs;
         while (ve < len && head[ve] != '\r' && head[ve] != '\n') ve++;
         while (vs < ve && (head[vs] == ' ' || head[vs] == '\t')) vs++;
         while (ve > vs && (head[ve - 1] == ' ' || head[ve - 1] == '\t')) ve--;
         found = digits_value(head + vs, ve - vs);
-        if (found < 0) return -1;
+        if (found < 0) return PyLong_FromLong(-1);
         count++;
     }
-    return count == 1 ? found : -1;
+    return PyLong_FromLongLong(count == 1 ? found : -1);
+}
+
+static PyObject *known_names(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    PyObject *names = PyDict_New();
+    if (names == NULL) return NULL;
+    for (int k = 0; k < N_KNOWN; k++) {
+        PyObject *low = PyUnicode_FromString(KNOWN[k][0]);
+        if (low == NULL || PyDict_SetItem(names, low, known_canonical[k]) < 0) {
+            Py_XDECREF(low);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(low);
+    }
+    return names;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_O, "The common case of a SIP message's header block (see sipscan.c), or None."},
+    {"frame_length", (PyCFunction)(void (*)(void))frame_length, METH_FASTCALL,
+     "The one plain Content-Length of head[:end], or -1."},
+    {"known_names", known_names, METH_NOARGS, "The scanner's name table: lower-case spelling -> canonical name."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_sipscan", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__sipscan(void) {
+    init_token_chars();
+    int filled[MAX_KNOWN_LEN + 1] = {0};
+    for (int k = 0; k < N_KNOWN; k++) {
+        size_t n = strlen(KNOWN[k][0]);
+        known_len[k] = (Py_ssize_t)strlen(KNOWN[k][1]);
+        if (n > MAX_KNOWN_LEN) return PyErr_Format(PyExc_SystemError, "name %s too long", KNOWN[k][0]);
+        by_length[n][filled[n]++] = (signed char)k;
+        is_length[k] = strcmp(KNOWN[k][1], "Content-Length") == 0;
+        if (known_canonical[k] == NULL) {
+            known_canonical[k] = PyUnicode_InternFromString(KNOWN[k][1]);
+            if (known_canonical[k] == NULL) return NULL;
+            known_key[k] = PyUnicode_InternFromString(KNOWN[k][0]);
+            if (known_key[k] == NULL) return NULL;
+        }
+    }
+    for (int n = 0; n <= MAX_KNOWN_LEN; n++) by_length[n][filled[n]] = -1;
+    /* a compact name's key is its full name's ("v" -> "via") */
+    for (int k = 0; k < N_KNOWN; k++) {
+        if (strlen(KNOWN[k][0]) != 1) continue;
+        for (int j = 0; j < N_KNOWN; j++) {
+            if (strlen(KNOWN[j][0]) > 1 && strcmp(KNOWN[j][1], KNOWN[k][1]) == 0) {
+                Py_INCREF(known_key[j]);
+                Py_SETREF(known_key[k], known_key[j]);
+                break;
+            }
+        }
+    }
+    return PyModule_Create(&module_def);
 }

@@ -182,7 +182,7 @@ class Connection(asyncio.Protocol):
     def _on_frame(self, raw: bytes) -> None:
         owner = self.owner
         try:
-            msg = parse_message(raw)
+            msg = parse_received(raw, self.peer)
         except SipParseError as exc:
             owner.stats.parse_errors += 1
             self._answer_bad_request(raw, exc.status, exc.reason)
@@ -194,11 +194,6 @@ class Connection(asyncio.Protocol):
             return
         self.messages_in += 1
         owner.stats.messages_in += 1
-        if isinstance(msg, Request):
-            try:
-                stamp_via(msg, self.peer)
-            except SipParseError:  # pragma: no cover - parse_message already checked the Via
-                pass
         owner._deliver(msg, self)
 
     def _answer_bad_request(self, raw: bytes, status: int, reason: str) -> None:
@@ -587,6 +582,47 @@ class TlsTransport:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+def parse_received(raw: bytes, peer: tuple[str, int]) -> Message:
+    """A message received from ``peer``: :func:`parse_message`, then :func:`stamp_via` if it is a request (errors
+    are parse_message's). The usual request, whose first header line is ``Via: ...;rport`` from the host that
+    Via names, is stamped in its octets first (``=<port>`` appended to that line) and parsed once: what the
+    stamp would make of the parsed request, without a second Via built and the field spliced in again
+    (the parse checks that it is; tests/test_sip_transport.py compares the two ways)."""
+    host, port = peer
+    lf = raw.find(b"\n")
+    if host and lf > 1 and raw[lf - 1] == 13 and raw.startswith(b"Via: ", lf + 1) and raw[:4].upper() != b"SIP/":
+        end = raw.find(b"\r\n", lf + 6)
+        if end > 0 and raw.endswith(b";rport", 0, end):
+            rport = str(port)
+            try:
+                msg = parse_message(b"".join((raw[:end], b"=", rport.encode(), raw[end:])))
+            except Exception:       # the message as received decides (the same error, or the general stamp)
+                msg = None
+            if msg is not None and _stamped_as_usual(msg, host, rport):
+                return msg
+    msg = parse_message(raw)
+    if isinstance(msg, Request):
+        try:
+            stamp_via(msg, peer)
+        except SipParseError:  # pragma: no cover - parse_message already checked the Via
+            pass
+    return msg
+
+
+def _stamped_as_usual(msg: Message, host: str, rport: str) -> bool:
+    """True if ``msg``, parsed from octets whose first header line got ``=<rport>`` appended, is a request whose
+    first field is that Via, and the Via before the stamp is one :func:`_stamp_rport` stamps so (one element,
+    written as the parser reads it back, from ``host``, its one ``rport`` the last parameter)."""
+    items = msg.headers._items
+    if type(msg) is not Request or not items:
+        return False
+    name, text = items[0]
+    if name != "Via" or not text.endswith(";rport=" + rport) or "," in text or text.lower().count(";rport") != 1:
+        return False
+    via = parse_via(text)                            # the parse checked it: the memo's (unless a long text)
+    return via.host.strip("[]").lower() == host.lower() and is_canonical_via(text, via)
+
 
 def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     """RFC 3261 section 18.2.1 ``received`` and RFC 3581 section 4 ``rport`` on the top Via.

@@ -548,7 +548,7 @@ def parse_name_addr(text: str) -> NameAddr:
     """Parse a From, To, Contact or Route value (see :func:`_parse_name_addr`): a memoised parse, shared
     (read-only parameters)."""
     known = _addr_memo.get(text)
-    return known if known is not None else memoised(_addr_memo, text, text, lambda: _parse_name_addr(text))
+    return known if known is not None else remember(_addr_memo, text, text, _parse_name_addr(text))
 
 
 def _parse_name_addr(text: str) -> NameAddr:
@@ -573,7 +573,9 @@ def _parse_name_addr(text: str) -> NameAddr:
         uri_start = i + 1
     else:
         lt = s.find("<")
-        if lt >= 0:
+        if lt == 0:                         # no display name (the usual From and To)
+            uri_start = 1
+        elif lt > 0:
             words = s[:lt].split()
             if not all(is_token(w) for w in words):
                 raise _bad("Malformed display name")
