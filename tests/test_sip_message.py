@@ -844,10 +844,28 @@ def test_split_list_splits_at_top_level_commas_only(value: str, expected: list[s
                           st.sampled_from(["", "0", "3", "4", "x", "é"])), max_size=6),
        st.sampled_from([b"", b"abc", b"abcd"]))
 def test_rendering_joins_agree_with_the_loop_that_fixes_content_length(items, body):
-    """``to_bytes`` joins the fields in C unless a Content-Length must change; both give what the loop gives."""
-    msg = Request("OPTIONS", "sip:a@b", Headers(), body)
-    msg.headers._items = list(items)
+    """``to_bytes`` joins the fields in C unless a Content-Length must change; both give what the loop gives.
+    The fields go in through ``Headers``, as every message's do: with their names made canonical."""
+    msg = Request("OPTIONS", "sip:a@b", Headers(items), body)
     assert msg._render_now("OPTIONS sip:a@b SIP/2.0") == msg._render_fixing_length("OPTIONS sip:a@b SIP/2.0")
+
+
+@pytest.mark.parametrize("spelling", ["l", "L", "content-length", "CONTENT-LENGTH", "Content-length"])
+def test_field_names_come_out_canonical_however_they_went_in(spelling):
+    """Rendering finds a Content-Length field by its canonical spelling alone (one search of the joined head):
+    each way of filling a Headers (both parsers, add, set, prepend, replace_first) gives it that spelling, so
+    such a field is never missed and written twice."""
+    from wacall.sip.message import _parse_in_python
+
+    raw = MINIMAL.replace(b"Content-Length: 0", f"{spelling}: 0".encode())
+    for msg in (parse_message(raw), _parse_in_python(raw)):
+        assert [n for n, _ in msg.headers][-1] == "Content-Length"
+        assert msg.to_bytes() == MINIMAL
+    for fill in ("add", "set", "prepend", "replace_first"):
+        headers = Headers([("Call-ID", "x")])
+        getattr(headers, fill)(spelling, "3")
+        assert "Content-Length" in [n for n, _ in headers]
+        assert Response(200, "OK", headers, b"abc").to_bytes().count(b"Content-Length: 3\r\n") == 1
 
 
 @settings(max_examples=1000, deadline=None)

@@ -364,6 +364,54 @@ async def test_connection_loss_fails_pending_client_transaction(pair):
     assert (await txn2.final()).status == 503 and txn2.terminated
 
 
+async def test_tu_coroutine_runs_at_once_and_a_task_goes_on_where_it_waits(pair):
+    """A coroutine from on_request runs before the layer returns, up to its first wait (no Task for one that never
+    waits); one that waits goes on in a Task, which sends in what it awaited and throws in its cancellation."""
+    uas, uac, conn = await pair()
+    loop = asyncio.get_running_loop()
+    seen: list = []
+
+    async def at_once(request, txn):
+        seen.append(asyncio.current_task())                 # None: run by the layer itself, not by a Task
+        txn.respond(response_to(request, 200, to_tag=txn.local_tag))
+
+    uas.layer.on_request = at_once
+    txn = uac.layer.send_request(make_request("MESSAGE"), conn)
+    assert (await asyncio.wait_for(txn.final(), 5)).status == 200 and seen == [None]
+
+    later: asyncio.Future = loop.create_future()
+    cancelled = asyncio.Event()
+
+    async def waits(request, txn):
+        seen.append(asyncio.current_task())
+        try:
+            status = await later                               # the value set below comes back here
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        seen.append(asyncio.current_task())
+        txn.respond(response_to(request, status, to_tag=txn.local_tag))
+
+    uas.layer.on_request = waits
+    txn = uac.layer.send_request(make_request("MESSAGE"), conn)
+    while len(seen) < 2:
+        await asyncio.sleep(0.01)
+    later.set_result(202)
+    assert (await asyncio.wait_for(txn.final(), 5)).status == 202
+    assert seen[1] is None and isinstance(seen[2], asyncio.Task)
+
+    later = loop.create_future()
+    uas.layer.on_request = waits
+    uac.layer.send_request(make_request("MESSAGE"), conn)
+    while len(seen) < 4:
+        await asyncio.sleep(0.01)
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
+             and "_resumed" in repr(t.get_coro())]
+    assert len(tasks) == 1
+    tasks[0].cancel()
+    await asyncio.wait_for(cancelled.wait(), 5)
+
+
 async def test_tu_exception_gives_500(pair):
     uas, uac, conn = await pair()
 

@@ -207,7 +207,8 @@ class Headers:
     Iteration yields ``(name, value)`` in message order. :meth:`get` returns the first header
     field's whole value; :meth:`get_all` returns every value, with the list headers
     (:data:`LIST_HEADERS`: Via, Route, Record-Route, Contact, Allow, ...) split at top-level commas,
-    so each element is one value.
+    so each element is one value. A field's name is kept canonical (:func:`canonical_name`) whichever way it
+    came in (parsed, added, set): rendering and :func:`response_to` rely on it.
     """
 
     __slots__ = ("_items", "_index", "_version")
@@ -567,20 +568,15 @@ class _Message:
 
     def _render_now(self, start_line: str) -> bytes:
         items, body = self.headers._items, self.body
-        length = str(len(body))
-        head = CRLF.join([start_line, *map(": ".join, items)])
-        # no field called Content-Length (in any case): the usual message, told by one search of the lowered
-        # head (a field's line starts after a CRLF, and no value holds one) instead of lowering each name
-        if "\r\ncontent-length: " not in head.lower():
-            return (head + "\r\nContent-Length: " + length + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
-        lowered = list(map(str.lower, map(_NAME_OF, items)))
-        count = lowered.count("content-length")
-        if count == 0:      # the joins in C: no Python step per header field
-            head = CRLF.join([start_line, *map(": ".join, items), "Content-Length: " + length])
-            return (head + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
-        if count == 1 and items[lowered.index("content-length")][1] == length:
-            head = CRLF.join([start_line, *map(": ".join, items)])
-            return (head + CRLF + CRLF).encode("utf-8", "surrogateescape") + body
+        head = CRLF.join([start_line, *map(": ".join, items), ""])       # the joins in C: no Python step per field
+        # no Content-Length field: the usual message, told by one search of the head. Every way of filling a
+        # Headers gives a field its canonical name ("l", "content-length" -> "Content-Length") and no value holds
+        # a CR or LF, so such a field shows as this exact text after the CRLF that ends the field before it
+        if "\r\nContent-Length: " not in head:
+            return f"{head}Content-Length: {len(body)}\r\n\r\n".encode("utf-8", "surrogateescape") + body
+        names = list(map(_NAME_OF, items))
+        if names.count("Content-Length") == 1 and items[names.index("Content-Length")][1] == str(len(body)):
+            return (head + CRLF).encode("utf-8", "surrogateescape") + body
         return self._render_fixing_length(start_line)
 
     def _render_fixing_length(self, start_line: str) -> bytes:
@@ -1099,30 +1095,48 @@ def response_to(
     Extra ``headers`` follow; Content-Type is set when ``content_type`` is given. Record-Route
     copying for dialog-creating responses (section 12.1.1) is the dialog layer's job.
     """
-    h = Headers()
-    items = h._items            # the request's own fields were checked when they were added or parsed
-    fields = request.headers
-    items.extend(field for field in fields._items if field[0] == "Via")
-    for name in ("From", "To", "Call-ID", "CSeq"):
-        value = fields.get(name)
-        if value is None:
-            continue
-        if name == "To" and to_tag is not None and parse_name_addr(value).tag is None:
-            items.append(_checked(name, f"{value};tag={to_tag}"))
-        else:
-            items.append((name, value))
+    index = request.headers._index
+    if index is None:
+        index = request.headers._indexed()
+    # the request's fields were checked when they were added or parsed, and their names are canonical: the
+    # copies come from its index (a dict access per name), not from a scan of every field
+    items = [("Via", via) for via in index.get("via", _NONE)]
+    value = index.get("from")
+    if value:
+        items.append(("From", value[0]))
+    value = index.get("to")
+    if value:
+        to = value[0]
+        # no "tag" anywhere in the To: no tag parameter, without parsing it (the usual INVITE); else parse it
+        if to_tag is not None and ("tag" not in to.lower() or parse_name_addr(to).tag is None):
+            if "\r" in to_tag or "\n" in to_tag:
+                raise ValueError("CR/LF in the value of To")
+            to = f"{to};tag={to_tag}"
+        items.append(("To", to))
+    value = index.get("call-id")
+    if value:
+        items.append(("Call-ID", value[0]))
+    value = index.get("cseq")
+    if value:
+        items.append(("CSeq", value[0]))
     if status == 100:
-        timestamp = fields.get("Timestamp")
-        if timestamp is not None:
-            items.append(_checked("Timestamp", timestamp))
-    # the new Headers is filled directly (its index is built on first lookup): what add() does, one field
-    # at a time, without its bookkeeping
-    extra = [_checked(name, value) for name, value in headers]
-    items.extend(extra)
+        value = index.get("timestamp")
+        if value:
+            items.append(("Timestamp", value[0]))
+    # the extra fields checked as add() checks them (a name seen before is a token: only its value to check)
+    known = _CANONICAL_OF
+    for name, value in headers:
+        canonical = known.get(name)
+        if canonical is None or "\r" in value or "\n" in value:
+            canonical, value = _checked(name, value)
+        items.append((canonical, value))
+    # the new Headers filled directly (its index is built on first lookup): what add() does, one field at a
+    # time, without its bookkeeping
+    h = Headers()
+    h._items = items
     if content_type is not None:
-        # checked names are canonical ("c", "content-type" -> "Content-Type"), and the request's fields copied
-        # above are never a Content-Type: set() only when the extra fields have one
-        if operator.countOf(map(_NAME_OF, extra), "Content-Type"):
+        # the request's fields copied above are never a Content-Type: set() only when the extra fields have one
+        if "Content-Type" in map(_NAME_OF, items):
             h.set("Content-Type", content_type)
         else:
             items.append(_checked("Content-Type", content_type))

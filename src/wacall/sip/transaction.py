@@ -45,6 +45,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import types
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Union
 
@@ -96,6 +97,34 @@ def _log_task_error(task: asyncio.Future[Any]) -> None:
         log.error("TU callback task failed", exc_info=task.exception())
 
 
+async def _resumed(coro: Any, yielded: Any) -> Any:
+    """The rest of a coroutine already run up to its first wait, which gave ``yielded``, as a coroutine a Task can
+    run (what Python 3.12's eager tasks do)."""
+    return await _resume(coro, yielded)
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Any:
+    """``yield from coro`` for a coroutine that has already yielded ``yielded``: that first, then the same
+    delegation (values sent and exceptions thrown in go on to ``coro``)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:          # a Task's cancellation included: the coroutine sees it where it waits
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
 class _Transaction:
     """State, timers and the termination event shared by the four transaction kinds."""
 
@@ -107,7 +136,9 @@ class _Transaction:
         self.key = key
         self.method = request.method
         self.state = state
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # the one RFC 3261 timer running, if any: a transaction's timers follow each other, never overlap
+        # (server: 100 Trying, then H or L; client: B or F, then M)
+        self._timer: asyncio.TimerHandle | None = None
         self._terminated: asyncio.Event | None = None     # made when someone waits (most never do)
 
     @property
@@ -121,27 +152,28 @@ class _Transaction:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method} {self.branch} {self.state.value}>"
 
-    def _start_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer(name)
-        self._timers[name] = self.layer.loop.call_later(delay, self._fire, name, callback)
+    def _start_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in ``delay`` seconds (unless terminated by then), replacing the timer running, if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.layer.loop.call_later(delay, self._fire, callback)
 
-    def _fire(self, name: str, callback: Callable[[], None]) -> None:
-        self._timers.pop(name, None)
+    def _fire(self, callback: Callable[[], None]) -> None:
+        self._timer = None
         if self.state is not State.TERMINATED:
             callback()
 
-    def _cancel_timer(self, name: str) -> None:
-        handle = self._timers.pop(name, None)
-        if handle is not None:
-            handle.cancel()
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
 
     def _terminate(self) -> None:
         if self.state is State.TERMINATED:
             return
         self.state = State.TERMINATED
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
+        self._cancel_timer()
         self.layer._remove(self)
         if self._terminated is not None:
             self._terminated.set()
@@ -206,7 +238,8 @@ class ServerTransaction(_Transaction):
                 self.state is State.ACCEPTED and not 200 <= status < 300):
             log.debug("%r: not sending %d in state %s", self, status, self.state.value)
             return False
-        self._cancel_timer("trying")
+        if self.last_response is None:
+            self._cancel_timer()          # the 100 Trying timer (it runs until the first response)
         self.last_response = response
         self._send(response)
         if status < 200:
@@ -215,10 +248,10 @@ class ServerTransaction(_Transaction):
         elif self.is_invite and status < 300:
             if self.state is not State.ACCEPTED:
                 self.state = State.ACCEPTED  # RFC 6026 section 7.1
-                self._start_timer("L", 64 * self.layer.t1, self._terminate)
+                self._start_timer(64 * self.layer.t1, self._terminate)      # Timer L
         elif self.is_invite:
             self.state = State.COMPLETED
-            self._start_timer("H", 64 * self.layer.t1, self._timer_h)
+            self._start_timer(64 * self.layer.t1, self._timer_h)          # Timer H
         else:
             self.state = State.COMPLETED
             self._terminate()  # Timer J = 0 on reliable transports (17.2.2)
@@ -323,7 +356,7 @@ class ClientTransaction(_Transaction):
         except TransportError as exc:
             self._fail(503, "Service Unavailable", f"transport: {exc}")
             return
-        self._start_timer("BF", 64 * self.layer.t1, self._on_timeout)  # Timer B or F
+        self._start_timer(64 * self.layer.t1, self._on_timeout)  # Timer B or F
 
     def _on_conn_closed(self, conn: Connection) -> None:
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
@@ -370,17 +403,17 @@ class ClientTransaction(_Transaction):
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
             if status < 200:
                 if self.is_invite:
-                    self._cancel_timer("BF")  # Timer B only runs in Calling
+                    self._cancel_timer()  # Timer B only runs in Calling
                 self.state = State.PROCEEDING
                 self.provisional = response
                 self._pass_up(response)
                 _run_callback(self.on_provisional, response)
                 return
-            self._cancel_timer("BF")
+            self._cancel_timer()  # Timer B or F
             self.final_response = response
             if self.is_invite and status < 300:
                 self.state = State.ACCEPTED  # RFC 6026 section 7.2
-                self._start_timer("M", 64 * self.layer.t1, self._terminate)
+                self._start_timer(64 * self.layer.t1, self._terminate)  # Timer M
             elif self.is_invite:
                 self.state = State.COMPLETED
                 self._send_ack(response)
@@ -422,14 +455,24 @@ class Retransmitter:
         self.retransmissions = 0
         self.acked = False
         self.gave_up = False
-        self.done: asyncio.Future[bool] = self.loop.create_future()
+        self._result: bool | None = None                  # what ``done`` resolves to, once stopped
+        self._done: asyncio.Future[bool] | None = None     # made when someone asks (the gateway never does)
         self._interval = t1
         self._left = 64 * t1             # until giving up, from the time the timer was last armed
         self._timer: asyncio.TimerHandle | None = None     # one timer: the next resend, or giving up
 
+    @property
+    def done(self) -> asyncio.Future[bool]:
+        """Resolves True once ACKed, False once it gave up or was cancelled."""
+        if self._done is None:
+            self._done = self.loop.create_future()
+            if self._result is not None:
+                self._done.set_result(self._result)
+        return self._done
+
     def start(self) -> Retransmitter:
         """Arm the timer (the first transmission is the caller's)."""
-        if self._timer is None and not self.done.done():
+        if self._timer is None and self._result is None:
             self._arm()
         return self
 
@@ -441,7 +484,7 @@ class Retransmitter:
             self._timer = self.loop.call_later(self._left, self._give_up)
 
     def _tick(self) -> None:
-        if self.done.done():
+        if self._result is not None:
             return
         self.retransmissions += 1
         try:
@@ -454,12 +497,14 @@ class Retransmitter:
     def _stop(self, result: bool) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if not self.done.done():
-            self.done.set_result(result)
+        if self._result is None:
+            self._result = result
+            if self._done is not None:
+                self._done.set_result(result)
 
     def ack(self) -> None:
         """The ACK for the 2xx arrived: stop."""
-        if not self.done.done():
+        if self._result is None:
             self.acked = True
         self._stop(True)
 
@@ -467,7 +512,7 @@ class Retransmitter:
         self._stop(False)
 
     def _give_up(self) -> None:
-        if self.done.done():
+        if self._result is not None:
             return
         self.gave_up = True
         self._stop(False)
@@ -481,7 +526,8 @@ class Retransmitter:
 class TransactionLayer:
     """Matches messages to transactions and runs their timers; installs itself on ``transport``.
 
-    TU hooks (plain functions or coroutines):
+    TU hooks (plain functions or coroutines; a coroutine from ``on_request`` runs at once up to its first
+    wait, and goes on in a Task only if it waits):
 
     * ``on_request(request, server_txn)`` -- a new request; ``server_txn`` is None for an ACK that
       matches no transaction (the ACK to a 2xx, an end-to-end request for the dialog layer).
@@ -571,6 +617,19 @@ class TransactionLayer:
             return
         try:
             result = self.on_request(request, txn)
+            if result is not None and inspect.iscoroutine(result):     # None: the common case, no ABC check
+                # run now up to its first real wait: the gateway's placing of a call mostly never waits (its
+                # media leg is allocated in this process), and then needs no Task and no turns of the loop
+                yielded = result.send(None)
+                task = self.loop.create_task(_resumed(result, yielded))     # it waits: a Task goes on with it
+                task.add_done_callback(lambda t: self._tu_task_done(t, txn))
+            elif result is not None and inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                task.add_done_callback(lambda t: self._tu_task_done(t, txn))
+        except StopIteration:
+            pass                                  # the coroutine ran to its end without waiting
+        except asyncio.CancelledError:
+            pass                                  # as a cancelled Task: no 500
         except Exception:
             log.exception("on_request failed for %s", request.method)
             self._internal_error(txn)
@@ -578,10 +637,7 @@ class TransactionLayer:
         if txn.is_invite and txn.last_response is None and txn.state is State.PROCEEDING:
             # the TU did not answer at once (a 407 or a refusal is sent from on_request): the 100 Trying of
             # section 17.2.1, unless it answers within trying_delay (the 200 ms the section allows)
-            txn._start_timer("trying", self.trying_delay, txn._send_trying)
-        if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
-            task = asyncio.ensure_future(result)
-            task.add_done_callback(lambda t: self._tu_task_done(t, txn))
+            txn._start_timer(self.trying_delay, txn._send_trying)
 
     def _tu_task_done(self, task: asyncio.Future[Any], txn: ServerTransaction) -> None:
         if not task.cancelled() and task.exception() is not None:
