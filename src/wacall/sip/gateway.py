@@ -264,8 +264,8 @@ class SipGateway:
     # -- requests from business servers ---------------------------------------------------------
     def on_request(self, request: Request, txn: ServerTransaction | None) -> Awaitable[None] | None:
         """A request from a business server. Answered here and now, except an authenticated INVITE: the
-        call is placed by the coroutine returned (the transaction layer runs it as a task), so only
-        those requests pay for one."""
+        call is placed by the coroutine returned (the transaction layer runs it at once, and in a task only
+        from its first real wait: with media in this process it never waits)."""
         method = request.method
         if txn is None:                       # an ACK outside any transaction: the ACK to our 2xx
             if method == "ACK":
