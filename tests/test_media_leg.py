@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import socket
+import uuid
 
 import pytest
 
@@ -59,6 +61,24 @@ async def test_allocate_gives_fresh_credentials_on_one_shared_port(engine: Media
     assert leg.fingerprint == engine.certificate.fingerprint == DtlsCertificate.default().fingerprint
     assert engine.get("wacid.A").local == leg and engine.get("nope") is None
     assert len(engine) == 2
+
+
+def test_a_new_legs_local_media_is_the_one_its_fields_make_and_its_stream_id_a_uuid4() -> None:
+    """MediaLeg.create fills LocalMedia's fields at once and writes the a=msid UUID itself: the same object
+    (equal, same hash, same document in the same order) as LocalMedia's own __init__ makes, and the text
+    the uuid module writes for those random bytes."""
+    from wacall.domain.sdp import LocalMedia
+    from wacall.media.leg import _uuid4
+    for host6, port6 in ((None, None), ("::1", 40002)):
+        local = MediaLeg.create("wacid.A", host="127.0.0.1", port=40000, fingerprint="AB:CD", host6=host6,
+                                port6=port6).local
+        made = LocalMedia(**local.to_doc())
+        assert local == made and hash(local) == hash(made) and local.to_doc() == made.to_doc()
+        assert list(local.to_doc()) == list(made.to_doc()) and LocalMedia.from_doc(local.to_doc()) == local
+        with pytest.raises(AttributeError):               # still frozen
+            local.port = 1  # type: ignore[misc]
+    for random16 in [bytes(16), b"\xff" * 16] + [os.urandom(16) for _ in range(2000)]:
+        assert _uuid4(random16) == str(uuid.UUID(bytes=random16, version=4))
 
 
 async def test_many_legs_cost_no_descriptors(engine: MediaEngine) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import functools
 import logging
 import struct
@@ -69,6 +70,9 @@ def _audio_codecs(payload_types: dict[str, int]) -> dict[int, str]:
     return codecs
 
 
+_EVENT_TYPES: dict[int, frozenset[int]] = {}    # telephone-event payload type -> frozenset({it}), shared (<= 128)
+
+
 class Reporter(Protocol):
     """How the relay talks to the platform (implemented by the server)."""
 
@@ -82,6 +86,15 @@ class Reporter(Protocol):
 
 
 class RelayEndpoint:
+    # slots: a leg's ~45 fields are more than an instance dict's shared keys hold (CPython gives each such
+    # instance its own growing dict: ~8 k instructions more per call set up)
+    __slots__ = ("leg", "certificate", "reporter", "call_id", "ice_ufrag", "ports", "sock", "sock6", "ice", "negotiated",
+                 "dtls", "srtp", "remote", "_remote_sock", "failure", "closed", "phone", "stream", "_first_seq",
+                 "dtmf_out", "dtmf_in", "_codec_by_pt", "_te_pt", "stats", "_send_pt", "sending", "business_sent_first",
+                 "first_packet_at", "last_media_at", "clipped_packets", "junk_datagrams", "wrong_payload_types",
+                 "packets_sent", "rtcp_sent", "skipped_ticks", "_noted", "_last_rtcp", "_last_checkpoint", "_dtls_timer",
+                 "restored", "fast", "partner", "voicemail", "may_send")
+
     def __init__(self, leg: MediaLeg, certificate: DtlsCertificate, reporter: Reporter, ports: Ports,
                  sock: PortSocket | None, sock6: PortSocket | None = None) -> None:
         local = leg.local                                 # (read once: MediaLeg's fields read through)
@@ -199,14 +212,15 @@ class RelayEndpoint:
         self.negotiated = n = negotiated
         te = n.telephone_event_pt
         self._te_pt = te
-        self.stats.event_payload_types = frozenset({te})   # RFC 4733 packets count for loss, not jitter
+        # RFC 4733 packets count for loss, not jitter
+        self.stats.event_payload_types = _EVENT_TYPES.get(te) or _EVENT_TYPES.setdefault(te, frozenset((te,)))
         self._codec_by_pt = _audio_codecs(n.payload_types)
         if n.key_exchange == "SDES":
             if n.remote_crypto is None:
                 self.failure = (MediaFact.NO_SDES_KEY, "no usable a=crypto line from the business")
                 return
             crypto = n.remote_key or parse_crypto(n.remote_crypto)      # (parsed already by the negotiation)
-            self.srtp = SrtpContext.from_sdes(base64.b64decode(self.leg.local.sdes_key_b64), crypto)
+            self.srtp = SrtpContext.from_sdes(binascii.a2b_base64(self.leg.local.sdes_key_b64), crypto)
             if n.remote_addr is not None:               # c=/m= of the business: media goes there first
                 self._latch(n.remote_addr, persist=False)     # (restore() runs after configure: no need to save it)
                 self.ports.learn(n.remote_addr, self)
@@ -579,6 +593,8 @@ class RelayEndpoint:
         heard = phone.heard_recently()
         sources = stats.sources
         expected = stats.expected if sources else 0         # (the sums over sources, each taken once)
+        # (round(x, 2) goes through decimal digits: a leg that heard nothing has no jitter to round)
+        jitter = round(max(s.jitter_ms for s in sources.values()), 2) if sources else 0.0
         view = {
             "host": local.host, "port": local.port, "host6": local.host6, "port6": local.port6,
             "key_exchange": negotiated.key_exchange if negotiated else None,
@@ -592,7 +608,7 @@ class RelayEndpoint:
             "received": {
                 "packets": stats.received if sources else 0, "lost": stats.lost if sources else 0,
                 "loss": round(stats.lost / expected, 4) if expected else 0.0,
-                "jitter_ms": round(max((s.jitter_ms for s in sources.values()), default=0.0), 2),
+                "jitter_ms": jitter,
                 "level_dbfs": level_field(heard_level(*heard)) if heard is not None and level else None,
                 "first_packet_ms_after_accept": None if self.first_packet_at is None or phone.connected_at is None
                 else round((self.first_packet_at - phone.connected_at) * 1000),

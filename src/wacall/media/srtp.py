@@ -226,20 +226,25 @@ class SrtpContext:
     are counted in :attr:`auth_failures`, :attr:`replays` and :attr:`other_errors`.
     """
 
+    # counters: class-level zeros until the first count (a context made for a call that ends before its first
+    # packet sets none of them)
+    auth_failures = 0
+    replays = 0
+    other_errors = 0
+    packets_protected = 0
+    packets_unprotected = 0
+
     def __init__(self, profile: SrtpProfile | str, local_key_salt: bytes, remote_key_salt: bytes) -> None:
-        self.profile = get_profile(profile)
-        _check_key(self.profile, local_key_salt, "local_key_salt")
-        _check_key(self.profile, remote_key_salt, "remote_key_salt")
+        self.profile = profile = profile if type(profile) is SrtpProfile else get_profile(profile)
+        size = profile.key_length + profile.salt_length
+        if len(local_key_salt) != size or len(remote_key_salt) != size:
+            _check_key(profile, local_key_salt, "local_key_salt")
+            _check_key(profile, remote_key_salt, "remote_key_salt")
         self.local_key_salt = bytes(local_key_salt)
         self.remote_key_salt = bytes(remote_key_salt)
         # The two libsrtp sessions (``_tx``, ``_rx`` and their direct handles) are made on first use, by
         # __getattr__: their key derivation was ~4 % of a SIP flow's CPU (bench/README.md), and a call that
         # ends before its first packet (answered and hung up at once) never needs them.
-        self.auth_failures = 0
-        self.replays = 0
-        self.other_errors = 0
-        self.packets_protected = 0
-        self.packets_unprotected = 0
 
     def __getattr__(self, name: str) -> Any:
         """``_tx``, ``_rx``, ``_fast_tx``, ``_fast_rx``: the sessions, made at the first look (then plain
