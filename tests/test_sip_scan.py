@@ -277,3 +277,151 @@ def test_framer_agrees_on_whole_reads_of_mutated_messages() -> None:
 @given(st.lists(messages(), min_size=1, max_size=4))
 def test_framer_agrees_on_generated_whole_reads(parts: list[bytes]) -> None:
     assert whole_reads(parts, message._SCANNER) == whole_reads(parts, None)
+
+
+# --- Via and name-addr values: the C pieces (sipscan.c via/name_addr) against the Python parsers ----------
+
+from wacall.sip import uri as uri_module  # noqa: E402
+
+
+def via_outcome(parse, text: str) -> tuple:
+    """What a Via parser makes of ``text``: the Via (its params read-only, whether it is its text) or the error."""
+    try:
+        via = parse(text)
+    except SipParseError as exc:
+        return ("error", exc.status, exc.reason)
+    return ("ok", via.transport, via.host, via.port, type(via.params), list(via.params.items()),
+            message.is_canonical_via(text, via), str(via))
+
+
+def addr_outcome(parse, text: str) -> tuple:
+    """What a name-addr parser makes of ``text``: every field of the NameAddr and its SipUri, the read-only
+    parameter types, the URI's rendering and its memo entry; or the error."""
+    try:
+        addr = parse(text)
+    except SipParseError as exc:
+        return ("error", exc.status, exc.reason)
+    uri = addr.uri
+    return ("ok", addr.display, type(addr.params), list(addr.params.items()), uri.scheme, uri.user, uri.password,
+            uri.host, uri.port, type(uri.params), list(uri.params.items()), type(uri.headers),
+            list(uri.headers.items()), uri.opaque, "_rendered" in uri.__dict__, str(uri), str(addr))
+
+
+def agree_on_via(text: str) -> tuple:
+    """The compiled path and the Python one (whose plain form tests/test_sip_message.py compares with the
+    general parser) give the same Via, canonical mark included, or the same error."""
+    python = via_outcome(message._parse_via_python, text)
+    assert via_outcome(message._parse_via, text) == python, text
+    return python
+
+
+def agree_on_addr(text: str) -> tuple:
+    """The compiled path and the general one give the same NameAddr (or error) and leave the same URI memo:
+    from an empty memo, and when the memo already holds the URI (then both hand out that same SipUri)."""
+    memo = uri_module._uri_memo
+    saved = dict(memo)
+    try:
+        memo.clear()
+        python = addr_outcome(uri_module._parse_name_addr_general, text)
+        python_memo = memo_shape(memo)
+        memo.clear()
+        assert addr_outcome(uri_module._parse_name_addr, text) == python, text
+        assert memo_shape(memo) == python_memo, text
+        if python[0] == "ok":                           # the memo holds the URI now: both take that one
+            assert uri_module._parse_name_addr(text).uri is uri_module._parse_name_addr_general(text).uri
+    finally:
+        memo.clear()
+        memo.update(saved)
+    return python
+
+
+def memo_shape(memo: dict) -> dict:
+    """The URI memo as comparable values: key -> the shape of a NameAddr around that SipUri."""
+    return {key: addr_outcome(lambda _: uri_module.NameAddr(None, uri, {}), "") for key, uri in memo.items()}
+
+
+def _torture_values(names: tuple[str, ...]) -> list[str]:
+    values = []
+    for data in TORTURE + [INVITE]:
+        try:
+            msg = _parse_in_python(data)
+        except SipParseError:
+            continue
+        for name in names:
+            for value in msg.headers.get_all(name):
+                values += uri_module.split_list(value)
+    return values
+
+
+VIA_SEEDS = _torture_values(("Via",)) + [
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport", "SIP/2.0/TLS wa.meta.vc:05070;branch=a;branch=b",
+    "SIP/2.0/TLS wa.meta.vc:99999;branch=z9hG4bK-1", "SIP/2.0/TLS wa.meta.vc:123456", "SIP/2.0/TLS a:0;x",
+    "SIP/2.0/TCP [2001:db8::1]:5060;received=[2001:db8::1]", "SIP/2.0/UDP h;received=1.2.3.4;rport=5",
+]
+ADDR_SEEDS = _torture_values(("From", "To", "Contact", "Route", "Record-Route")) + [
+    '"Alice" <sip:+15551234567@wa.meta.vc;transport=tls>;tag=1928301774', "<sip:+1@wa.meta.vc:5061>",
+    '"" <sip:a@b>', '"A"<sip:a@b.>;tag=x;tag=y', "<sips:a;tgrp=x;trunk-context=y@10.0.0.1:65535;lr;lr=2>",
+    "<sip:a@b:65536>", "<sip:a@b:007>", "<sip:a@-b>", "<sip:a@b->", "<sip:a@b;x=>", "<sip:a@b;=1>",
+    "<sip:a@b>;x=", "<sip:a@b>;;x", "<sip:a@b> ;x", "<SIP:a@b>", "<sip:a:pw@b>", "<sip:%41@b>", "<sip:a@[::1]>",
+    "<tel:+1555>", "Alice <sip:a@b>", "sip:a@b;tag=1", "<sip:a@b?x=y>", "<sip:@b>", "<sip:b>", "<sip:a@b>>",
+    '"A\\"B" <sip:a@b>', '"A\tB" <sip:a@b>', " <sip:a@b>", "<sip:a@b> ", "<sip:a@b;p=[x]/:&+$>;r=[::1]:5",
+]
+
+
+def _mutate_text(rng: random.Random, text: str) -> str:
+    nasty = [" ", "\t", ";", "=", ":", "@", "<", ">", '"', "\\", "%41", "[", "]", "?", ",", "é", "0", "99999",
+             "sips:", "SIP/2.0/", "/", ".", "-", ";lr", ";tag=x"]
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(text) + 1)
+        op = rng.randrange(3)
+        if op == 0:
+            text = text[:i] + rng.choice(nasty) + text[i:]
+        elif op == 1:
+            text = text[:i] + text[i + rng.randint(1, 6):]
+        else:
+            text = text[:i] + chr(rng.randrange(32, 127)) + text[i + 1:]
+    return text
+
+
+def test_the_compiled_value_parsers_take_the_usual_forms() -> None:
+    from wacall.sip import _sipscan
+    assert _sipscan.via("SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport") == (
+        "TLS", "127.0.0.1", 5070, {"branch": "z9hG4bK-1-1-0", "rport": None}, True)
+    assert _sipscan.name_addr('"Alice" <sip:+1555@wa.meta.vc;transport=tls>;tag=x') == (
+        "Alice", "sip:+1555@wa.meta.vc;transport=tls", "sip", "+1555", "wa.meta.vc", None, {"transport": "tls"},
+        {"tag": "x"})
+    for text in ["<sip:a@[::1]>", "Alice <sip:a@b>", "sip:a@b", '"A\\"B" <sip:a@b>', "<sip:a@b> ;x"]:
+        assert _sipscan.name_addr(text) is None, text      # Python's: unusual forms
+    assert _sipscan.via("SIP/2.0/TLS [::1]:5060") is None
+
+
+def test_torture_values_agree() -> None:
+    assert {agree_on_via(text)[0] for text in VIA_SEEDS} == {"ok", "error"}
+    assert {agree_on_addr(text)[0] for text in ADDR_SEEDS} == {"ok", "error"}
+
+
+def test_mutated_values_agree() -> None:
+    rng = random.Random(3261)
+    for _ in range(3000):
+        agree_on_via(_mutate_text(rng, rng.choice(VIA_SEEDS)))
+        agree_on_addr(_mutate_text(rng, rng.choice(ADDR_SEEDS)))
+
+
+_PIECES = st.sampled_from(["a", "Z", "9", "0", "-", ".", "_", "!", "~", "*", "'", "(", ")", "%", "%41", "&", "=",
+                           "+", "$", ",", ";", "?", "/", "#", ":", "@", "[", "]", "<", ">", '"', "\\", " ", "\t",
+                           "sip:", "sips:", "tel:", "tag", "lr", "5061", "65535", "65536", "é", "\x00"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(['"A" <sip:', "<sip:", "<sips:", "", '"" ']), st.lists(_PIECES, max_size=10).map("".join),
+       st.sampled_from(["@wa.meta.vc", "@1.2.3.4:5061", "@h", ""]), st.lists(_PIECES, max_size=6).map("".join),
+       st.sampled_from([">", ">;tag=", ">;tag=x", ""]), st.lists(_PIECES, max_size=6).map("".join))
+def test_generated_addresses_agree(head: str, user: str, host: str, uri_params: str, close: str, params: str) -> None:
+    agree_on_addr(head + user + host + uri_params + close + params)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(["SIP/2.0/", "SIP/2.0/TLS ", "SIP/2.0/TLS wa.meta.vc", "SIP/2.0/UDP 1.2.3.4:", "sip/2.0/"]),
+       st.lists(_PIECES, max_size=12).map("".join))
+def test_generated_vias_agree(head: str, tail: str) -> None:
+    agree_on_via(head + tail)

@@ -33,6 +33,7 @@ from .uri import (
     SipParseError,
     SipUri,
     _addr_memo,
+    _load_compiled,
     has_param,
     is_digits,
     is_token,
@@ -413,7 +414,22 @@ def is_canonical_via(text: str, via: Via) -> bool:
     return via._canonical == text
 
 
+#: the same plain form cut into its pieces in C (sipscan.c), or None (WACALL_SIPSCAN=0, not built)
+_VIA_C = _load_compiled("via")
+
+
 def _parse_via(text: str) -> Via:
+    got = _VIA_C(text) if _VIA_C is not None else None
+    if got is not None:
+        transport, host, port, params, canonical = got
+        via = Via(transport, host, port, FrozenParams(params))
+        if canonical:
+            via._canonical = text
+        return via
+    return _parse_via_python(text)
+
+
+def _parse_via_python(text: str) -> Via:
     m = _VIA_PLAIN_RE.match(text)
     if m is None:
         return _parse_via_general(text)

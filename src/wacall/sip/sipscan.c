@@ -17,6 +17,8 @@
  *   The Content-Length of the unfolded ASCII header block head[:end] (the stream framer's question), when it
  *   has exactly one Content-Length (or "l") field whose value is 1-18 digits between SP/HTAB; -1 for anything
  *   else (none, several, folded, odd values: Python's lenient reading decides).
+ * via(text: str), name_addr(text: str)
+ *   The plain forms of a Via and a name-addr, in pieces (see below), or None: Python parses the rest.
  * known_names() -> dict
  *   The name table below (lower-case spelling -> canonical name): tests compare it with message._CANONICAL. */
 #define PY_SSIZE_T_CLEAN
@@ -322,10 +324,214 @@ static PyObject *known_names(PyObject *module, PyObject *unused) {
     return names;
 }
 
+/* --- Via and name-addr: the plain forms (message._parse_via, uri._parse_name_addr are the reference) ------ */
+
+/* character classes of RFC 3261 section 25.1 as uri.py's expressions spell them (no "%" escapes here: an
+ * escaped URI goes to Python) */
+static unsigned char via_value_char[256];  /* Via gen-value: token / host ":" "[" "]" (message._VIA_PLAIN_RE) */
+static unsigned char host_char[256];       /* a host name: alphanum _ . - (uri._HOSTNAME_RE) */
+static unsigned char user_char[256];       /* uri._USER_RE: unreserved & = + $ , ; ? / # */
+static unsigned char pchar[256];           /* uri._PCHAR_RE: unreserved [ ] / : & + $ */
+
+static void init_value_chars(void) {
+    for (int c = 0; c < 256; c++) {
+        int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        int unreserved = alnum || (c != 0 && strchr("-_.!~*'()", c) != NULL);
+        via_value_char[c] = token_char[c] || c == ':' || c == '[' || c == ']';
+        host_char[c] = alnum || c == '_' || c == '.' || c == '-';
+        user_char[c] = unreserved || (c != 0 && strchr("&=+$,;?/#", c) != NULL);
+        pchar[c] = unreserved || (c != 0 && strchr("[]/:&+$", c) != NULL);
+    }
+}
+
+static int is_alnum(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* the str of s[a..b) */
+static PyObject *piece(PyObject *s, Py_ssize_t a, Py_ssize_t b) { return PyUnicode_Substring(s, a, b); }
+
+/* ``;name[=value]`` ... from d[i] to d[n]: names of token characters, values of the given class (both
+ * non-empty), nothing else (no whitespace, no quotes), into dict ``params``; 0 if the text is not that form,
+ * -1 on a Python error. *count is the number of parameters read (a repeated name counts twice). */
+static int plain_params(PyObject *s, const unsigned char *d, Py_ssize_t i, Py_ssize_t n,
+                        const unsigned char *name_class, const unsigned char *value_class,
+                        PyObject *params, Py_ssize_t *count) {
+    *count = 0;
+    while (i < n) {
+        if (d[i] != ';') return 0;
+        Py_ssize_t a = ++i;
+        while (i < n && name_class[d[i]]) i++;
+        if (i == a) return 0;
+        PyObject *name = piece(s, a, i);
+        if (name == NULL) return -1;
+        PyObject *value = Py_None;
+        Py_INCREF(value);
+        if (i < n && d[i] == '=') {
+            Py_ssize_t b = ++i;
+            while (i < n && value_class[d[i]]) i++;
+            Py_DECREF(value);
+            value = i > b ? piece(s, b, i) : NULL;
+            if (value == NULL) {
+                Py_DECREF(name);
+                return PyErr_Occurred() ? -1 : 0;
+            }
+        }
+        int rc = PyDict_SetItem(params, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (rc < 0) return -1;
+        (*count)++;
+    }
+    return 1;
+}
+
+/* 1-5 digits at d[i..j) as a port 0-65535 into *port; 0 if not */
+static int plain_port(const unsigned char *d, Py_ssize_t i, Py_ssize_t j, long *port) {
+    if (j <= i || j - i > 5) return 0;
+    long v = 0;
+    for (Py_ssize_t k = i; k < j; k++) {
+        if (d[k] < '0' || d[k] > '9') return 0;
+        v = v * 10 + (d[k] - '0');
+    }
+    if (v > 65535) return 0;
+    *port = v;
+    return 1;
+}
+
+/* via(text: str) -> (transport, host, port or None, params dict, canonical) or None
+ *   The form every sender writes, ``SIP/2.0/TLS host[:port][;name[=value]]...`` (no whitespace, no quoted
+ *   value, a host name or IPv4 address): the pieces message._parse_via builds its Via from, and whether
+ *   str(via) is the text itself (the port in plain digits, no parameter twice). None for everything else. */
+static PyObject *via(PyObject *module, PyObject *text) {
+    (void)module;
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
+    const unsigned char *d = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 8;
+    if (n < 10 || memcmp(d, "SIP/2.0/", 8) != 0) Py_RETURN_NONE;
+    while (i < n && token_char[d[i]]) i++;
+    Py_ssize_t transport_end = i;
+    if (transport_end == 8 || i >= n || d[i] != ' ') Py_RETURN_NONE;
+    Py_ssize_t host_start = ++i;
+    while (i < n && host_char[d[i]]) i++;
+    Py_ssize_t host_end = i;
+    if (host_end == host_start) Py_RETURN_NONE;
+    long port = -1;
+    int canonical = 1;
+    if (i < n && d[i] == ':') {
+        Py_ssize_t p = ++i;
+        while (i < n && d[i] >= '0' && d[i] <= '9') i++;
+        if (!plain_port(d, p, i, &port)) Py_RETURN_NONE;        /* 6 digits, over 65535: Python says */
+        if (d[p] == '0' && i - p > 1) canonical = 0;              /* str(via) drops the leading zeros */
+    }
+    PyObject *params = PyDict_New();
+    if (params == NULL) return NULL;
+    Py_ssize_t count;
+    int rc = plain_params(text, d, i, n, token_char, via_value_char, params, &count);
+    if (rc <= 0) {
+        Py_DECREF(params);
+        if (rc < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (PyDict_GET_SIZE(params) != count) canonical = 0;         /* a repeated name renders once */
+    PyObject *port_obj = port < 0 ? (Py_INCREF(Py_None), Py_None) : PyLong_FromLong(port);
+    PyObject *transport = piece(text, 8, transport_end), *host = piece(text, host_start, host_end);
+    PyObject *out = NULL;
+    if (port_obj != NULL && transport != NULL && host != NULL)
+        out = PyTuple_Pack(5, transport, host, port_obj, params, canonical ? Py_True : Py_False);
+    Py_XDECREF(port_obj);
+    Py_XDECREF(transport);
+    Py_XDECREF(host);
+    Py_DECREF(params);
+    return out;
+}
+
+/* name_addr(text: str) -> (display or None, uri text, scheme, user or None, host, port or None, uri params,
+ *                          params) or None
+ *   The usual From/To/Contact: ``["display"] <sip:user@host[:port];uri-params>;params`` (a quoted display
+ *   name without quoted-pairs, optional; a sip/sips URI in lower case with a user part and a host name or
+ *   IPv4 address, no password, escapes or headers; header parameters ``;name[=value]`` of tokens and hosts,
+ *   no whitespace or quotes): the pieces uri._parse_name_addr builds its NameAddr and SipUri from. None for
+ *   everything else (token display names, addr-specs, other schemes, IPv6, ...): Python parses. */
+static PyObject *name_addr(PyObject *module, PyObject *text) {
+    (void)module;
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
+    const unsigned char *d = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
+    Py_ssize_t display_start = -1, display_end = -1;
+    if (n > 0 && d[0] == '"') {
+        i = 1;
+        while (i < n && d[i] >= 0x20 && d[i] < 0x7f && d[i] != '"' && d[i] != '\\') i++;
+        if (i >= n || d[i] != '"') Py_RETURN_NONE;
+        display_start = 1;
+        display_end = i++;
+        while (i < n && (d[i] == ' ' || d[i] == '\t')) i++;
+    }
+    if (i >= n || d[i] != '<') Py_RETURN_NONE;
+    Py_ssize_t uri_start = ++i, scheme_end;
+    if (n - i > 5 && memcmp(d + i, "sips:", 5) == 0) scheme_end = i + 4;
+    else if (n - i > 4 && memcmp(d + i, "sip:", 4) == 0) scheme_end = i + 3;
+    else Py_RETURN_NONE;
+    Py_ssize_t user_start = i = scheme_end + 1;
+    while (i < n && user_char[d[i]]) i++;
+    if (i >= n || d[i] != '@' || i == user_start) Py_RETURN_NONE;   /* no user part, a password, escapes */
+    Py_ssize_t user_end = i, host_start = ++i;
+    while (i < n && host_char[d[i]]) i++;
+    Py_ssize_t host_end = i;
+    /* uri._HOSTNAME_RE: begins with alphanum, ends with alphanum or "." */
+    if (host_end == host_start || !is_alnum(d[host_start])
+        || !(is_alnum(d[host_end - 1]) || d[host_end - 1] == '.')) Py_RETURN_NONE;
+    long port = -1;
+    if (i < n && d[i] == ':') {
+        Py_ssize_t p = ++i;
+        while (i < n && d[i] >= '0' && d[i] <= '9') i++;
+        if (!plain_port(d, p, i, &port)) Py_RETURN_NONE;
+    }
+    Py_ssize_t uri_params_start = i;
+    while (i < n && d[i] != '>') i++;
+    if (i >= n) Py_RETURN_NONE;
+    Py_ssize_t uri_end = i;
+    PyObject *uri_params = PyDict_New(), *params = PyDict_New();
+    PyObject *out = NULL, *display = NULL, *uri_text = NULL, *scheme = NULL, *user = NULL, *host = NULL,
+             *port_obj = NULL;
+    Py_ssize_t count;
+    int rc;
+    if (uri_params == NULL || params == NULL) goto done;
+    rc = plain_params(text, d, uri_params_start, uri_end, pchar, pchar, uri_params, &count);
+    if (rc > 0) rc = plain_params(text, d, uri_end + 1, n, token_char, via_value_char, params, &count);
+    if (rc <= 0) {
+        if (rc == 0) {
+            out = Py_None;
+            Py_INCREF(out);
+        }
+        goto done;
+    }
+    display = display_start < 0 ? (Py_INCREF(Py_None), Py_None) : piece(text, display_start, display_end);
+    uri_text = piece(text, uri_start, uri_end);
+    scheme = piece(text, uri_start, scheme_end);
+    user = piece(text, user_start, user_end);
+    host = piece(text, host_start, host_end);
+    port_obj = port < 0 ? (Py_INCREF(Py_None), Py_None) : PyLong_FromLong(port);
+    if (display && uri_text && scheme && user && host && port_obj)
+        out = PyTuple_Pack(8, display, uri_text, scheme, user, host, port_obj, uri_params, params);
+done:
+    Py_XDECREF(uri_params);
+    Py_XDECREF(params);
+    Py_XDECREF(display);
+    Py_XDECREF(uri_text);
+    Py_XDECREF(scheme);
+    Py_XDECREF(user);
+    Py_XDECREF(host);
+    Py_XDECREF(port_obj);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "The common case of a SIP message's header block (see sipscan.c), or None."},
     {"frame_length", (PyCFunction)(void (*)(void))frame_length, METH_FASTCALL,
      "The one plain Content-Length of head[:end], or -1."},
+    {"via", via, METH_O, "The plain form of a Via's pieces (see sipscan.c), or None."},
+    {"name_addr", name_addr, METH_O, "The usual form of a name-addr's pieces (see sipscan.c), or None."},
     {"known_names", known_names, METH_NOARGS, "The scanner's name table: lower-case spelling -> canonical name."},
     {NULL, NULL, 0, NULL},
 };
@@ -334,6 +540,7 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_sipscan", NULL,
 
 PyMODINIT_FUNC PyInit__sipscan(void) {
     init_token_chars();
+    init_value_chars();
     int filled[MAX_KNOWN_LEN + 1] = {0};
     for (int k = 0; k < N_KNOWN; k++) {
         size_t n = strlen(KNOWN[k][0]);

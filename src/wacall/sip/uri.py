@@ -21,6 +21,7 @@ Representation choices, made so that a parsed value renders back the way it came
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
@@ -551,7 +552,39 @@ def parse_name_addr(text: str) -> NameAddr:
     return known if known is not None else remember(_addr_memo, text, text, _parse_name_addr(text))
 
 
+def _load_compiled(name: str):  # type: ignore[no-untyped-def]
+    """``wacall.sip._sipscan.<name>`` (sipscan.c, built by setup.py), or None: when WACALL_SIPSCAN=0 asks for
+    the pure-Python parsers, or the extension is missing or older (then Python parses)."""
+    if os.environ.get("WACALL_SIPSCAN", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from . import _sipscan
+    except ImportError:  # pragma: no cover - built at install time; without a compiler Python parses
+        return None
+    return getattr(_sipscan, name, None)
+
+
+#: the usual ``["display"] <sip:user@host[:port];uri-params>;params`` cut into its pieces in C (sipscan.c), or
+#: None for anything else; :func:`_parse_name_addr_general` is the reference (tests/test_sip_scan.py compares them)
+_NAME_ADDR_C = _load_compiled("name_addr")
+
+
 def _parse_name_addr(text: str) -> NameAddr:
+    got = _NAME_ADDR_C(text) if _NAME_ADDR_C is not None else None
+    if got is None:
+        return _parse_name_addr_general(text)
+    display, uri_text, scheme, user, host, port, uri_params, params = got
+    key = (uri_text, True)                       # parse_uri's memo, as the general path fills it
+    uri = _uri_memo.get(key)
+    if uri is None:
+        uri = SipUri(scheme, user, None, host, port, FrozenParams(uri_params) if uri_params else _NO_PARAMS,
+                     _NO_PARAMS)
+        uri._rendered = None    # parsed, so shared and never changed (as _parse_uri leaves it)
+        remember(_uri_memo, key, uri_text, uri)
+    return NameAddr(display, uri, FrozenParams(params) if params else _NO_PARAMS)
+
+
+def _parse_name_addr_general(text: str) -> NameAddr:
     """Parse ``( name-addr / addr-spec ) *( SEMI param )`` as in From, To, Contact, Route.
 
     * ``"Name" <sip:..>;tag=x`` and ``Name <sip:..>`` (display-name = *(token LWS) / quoted-string);
