@@ -19,7 +19,6 @@ parse/serialise round trip unchanged.
 from __future__ import annotations
 
 import operator
-import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator
@@ -870,14 +869,9 @@ def _cseq(value: str) -> tuple[int, str] | tuple[None, None]:
 
 
 def _load_scanner():  # type: ignore[no-untyped-def]
-    if os.environ.get("WACALL_SIPSCAN", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
-    try:
-        from . import _sipscan
-    except ImportError:  # pragma: no cover - built at install time; without a compiler Python parses
-        return None
+    scanner = _load_compiled()
     # an older build (the cffi scanner of the same name) lacks these: Python parses
-    return _sipscan if hasattr(_sipscan, "scan") and hasattr(_sipscan, "frame_length") else None
+    return scanner if hasattr(scanner, "scan") and hasattr(scanner, "frame_length") else None
 
 
 _SCANNER = _load_scanner()

@@ -552,16 +552,17 @@ def parse_name_addr(text: str) -> NameAddr:
     return known if known is not None else remember(_addr_memo, text, text, _parse_name_addr(text))
 
 
-def _load_compiled(name: str):  # type: ignore[no-untyped-def]
-    """``wacall.sip._sipscan.<name>`` (sipscan.c, built by setup.py), or None: when WACALL_SIPSCAN=0 asks for
-    the pure-Python parsers, or the extension is missing or older (then Python parses)."""
+def _load_compiled(name: str | None = None):  # type: ignore[no-untyped-def]
+    """The extension ``wacall.sip._sipscan`` (sipscan.c, built by setup.py), or its function ``name``; None when
+    WACALL_SIPSCAN=0 asks for the pure-Python parsers, or the extension is missing or older (then Python
+    parses). The one loader of the compiled SIP parsers (message.py's scanner too)."""
     if os.environ.get("WACALL_SIPSCAN", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
         from . import _sipscan
     except ImportError:  # pragma: no cover - built at install time; without a compiler Python parses
         return None
-    return getattr(_sipscan, name, None)
+    return _sipscan if name is None else getattr(_sipscan, name, None)
 
 
 #: the usual ``["display"] <sip:user@host[:port];uri-params>;params`` cut into its pieces in C (sipscan.c), or
