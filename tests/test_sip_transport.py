@@ -522,6 +522,11 @@ _USUAL = (b"INVITE sip:+447955500001@wa.meta.vc;transport=tls SIP/2.0\r\n"
           b"To: <sip:+447955500001@wa.meta.vc>\r\nCall-ID: 1-abc@127.0.0.1\r\nCSeq: 2 INVITE\r\n"
           b"Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n")
 _PEERS = [("127.0.0.1", 40123), ("::1", 40124), ("192.0.2.1", 5), ("", 0)]
+#: the start line ends in CRLF, every header line in a bare LF (the parser takes both), the Via already carries
+#: the rport, and the body has a line ending in ";rport" followed by CRLF
+_START, _FIELDS = _USUAL.split(b"SIP/2.0\r\n", 1)
+_BARE_LF_HEADERS = _START + b"SIP/2.0\r\n" + _FIELDS.replace(b";rport\r\n", b";rport=40123\r\n").replace(
+    b"\r\n", b"\n").replace(b"Content-Length: 4\n\nv=0\n", b"Content-Length: 20\n\nv=0\na=x-foo;rport\r\n\r\n" + b"x" * 20)
 
 
 def test_the_usual_request_is_stamped_before_its_parse() -> None:
@@ -563,6 +568,10 @@ def test_the_usual_request_is_stamped_before_its_parse() -> None:
     _USUAL.replace(b"branch=z9hG4bK-1-1-0", b"branch=\"z\""),
     _USUAL.replace(b"branch=z9hG4bK-1-1-0", b"branch=z9hG4bK\xff"),
     _USUAL.replace(b"Content-Length: 4", b"Content-Length: 40"),
+    # a Via line ending in a bare LF (the parser takes it) and carrying its rport already: the stamp is not
+    # spliced into a later line that ends in ";rport" (a header, or the body)
+    _USUAL.replace(b";rport\r\nMax-Forwards: 70\r\n", b";rport=40123\nX-Note: a;rport\r\nMax-Forwards: 70\r\n"),
+    _BARE_LF_HEADERS,
 ])
 def test_the_stamp_before_the_parse_is_the_general_stamp(data: bytes) -> None:
     for peer in _PEERS:

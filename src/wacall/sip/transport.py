@@ -593,7 +593,8 @@ def parse_received(raw: bytes, peer: tuple[str, int]) -> Message:
     lf = raw.find(b"\n")
     if host and lf > 1 and raw[lf - 1] == 13 and raw.startswith(b"Via: ", lf + 1) and raw[:4].upper() != b"SIP/":
         end = raw.find(b"\r\n", lf + 6)
-        if end > 0 and raw.endswith(b";rport", 0, end):
+        # the Via line's own end: a line ending in a bare LF (which the parser takes) ends before that CRLF
+        if end > 0 and raw.endswith(b";rport", 0, end) and raw.find(b"\n", lf + 1, end) < 0:
             rport = str(port)
             try:
                 msg = parse_message(b"".join((raw[:end], b"=", rport.encode(), raw[end:])))
