@@ -16,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.mutation import mutate, random_octet, random_printable
+
 from wacall.sip import message
 from wacall.sip.message import (
     PING,
@@ -130,19 +132,12 @@ def test_torture_messages_agree() -> None:
     assert outcomes == {"ok", "error"}
 
 
+_NASTY_OCTETS = [b"\r\n", b"\r", b"\n", b" ", b"\t", b":", b";", b",", b"\x00", b"\xff", b"l:", b"Content-Length: 9",
+                 b"\r\n\r\n", b"\n\n", b"\r\n "]
+
+
 def _mutate(rng: random.Random, data: bytes) -> bytes:
-    nasty = [b"\r\n", b"\r", b"\n", b" ", b"\t", b":", b";", b",", b"\x00", b"\xff", b"l:", b"Content-Length: 9",
-             b"\r\n\r\n", b"\n\n", b"\r\n "]
-    for _ in range(rng.randint(1, 4)):
-        i = rng.randrange(len(data) + 1)
-        op = rng.randrange(3)
-        if op == 0:
-            data = data[:i] + rng.choice(nasty) + data[i:]
-        elif op == 1:
-            data = data[:i] + data[i + rng.randint(1, 8):]
-        else:
-            data = data[:i] + bytes([rng.randrange(256)]) + data[i + 1:]
-    return data
+    return mutate(rng, data, _NASTY_OCTETS, random_octet)
 
 
 def test_mutated_torture_messages_agree() -> None:
@@ -368,19 +363,12 @@ ADDR_SEEDS = _torture_values(("From", "To", "Contact", "Route", "Record-Route"))
 ]
 
 
+_NASTY_TEXT = [" ", "\t", ";", "=", ":", "@", "<", ">", '"', "\\", "%41", "[", "]", "?", ",", "é", "0", "99999",
+               "sips:", "SIP/2.0/", "/", ".", "-", ";lr", ";tag=x"]
+
+
 def _mutate_text(rng: random.Random, text: str) -> str:
-    nasty = [" ", "\t", ";", "=", ":", "@", "<", ">", '"', "\\", "%41", "[", "]", "?", ",", "é", "0", "99999",
-             "sips:", "SIP/2.0/", "/", ".", "-", ";lr", ";tag=x"]
-    for _ in range(rng.randint(1, 3)):
-        i = rng.randrange(len(text) + 1)
-        op = rng.randrange(3)
-        if op == 0:
-            text = text[:i] + rng.choice(nasty) + text[i:]
-        elif op == 1:
-            text = text[:i] + text[i + rng.randint(1, 6):]
-        else:
-            text = text[:i] + chr(rng.randrange(32, 127)) + text[i + 1:]
-    return text
+    return mutate(rng, text, _NASTY_TEXT, random_printable, edits=3, cut=6)
 
 
 def test_the_compiled_value_parsers_take_the_usual_forms() -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from support.mutation import mutate, random_octet
+
 from wacall.sip.message import PING, Request, Response, SipParseError, StreamFramer, parse_message
 
 DATA = Path(__file__).parent / "data" / "sip_torture"
@@ -362,16 +364,7 @@ _NASTY = [b"\r\n", b"\r", b"\n", b" ", b"\t", b":", b";", b",", b"<", b">", b'"'
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:
-    for _ in range(rng.randint(1, 4)):
-        i = rng.randrange(len(data) + 1)
-        op = rng.randrange(3)
-        if op == 0:
-            data = data[:i] + rng.choice(_NASTY) + data[i:]
-        elif op == 1:
-            data = data[:i] + data[i + rng.randint(1, 8):]
-        else:
-            data = data[:i] + bytes([rng.randrange(256)]) + data[i + 1:]
-    return data
+    return mutate(rng, data, _NASTY, random_octet)
 
 
 def test_mutations_never_crash() -> None:
