@@ -619,10 +619,7 @@ def _stamped_as_usual(msg: Message, host: str, rport: str) -> bool:
     if type(msg) is not Request or not items:
         return False
     name, text = items[0]
-    if name != "Via" or not text.endswith(";rport=" + rport) or "," in text or text.lower().count(";rport") != 1:
-        return False
-    via = parse_via(text)                            # the parse checked it: the memo's (unless a long text)
-    return via.host.strip("[]").lower() == host.lower() and is_canonical_via(text, via)
+    return name == "Via" and text.endswith(";rport=" + rport) and _splice_form(text, host) is not None
 
 
 def stamp_via(request: Request, peer: tuple[str, int]) -> None:
@@ -665,10 +662,8 @@ def _stamp_rport(request: Request, first: str, host: str, port: int) -> bool:
     parser reads it back (``Via.__str__`` gives the same text), from the packet's source host, ending with the one
     valueless ``rport`` it has: the stamp is ``=<port>`` appended to that text (False: the general way decides;
     tests/test_sip_transport.py compares the two)."""
-    if "," in first or first.lower().count(";rport") != 1:
-        return False
-    via = parse_via(first)                       # the parser's memo: checked when the request was parsed
-    if via.host.strip("[]").lower() != host.lower() or not is_canonical_via(first, via):
+    via = _splice_form(first, host)
+    if via is None:
         return False
     rport = str(port)
     params = dict(via.params)
@@ -677,6 +672,18 @@ def _stamp_rport(request: Request, first: str, host: str, port: int) -> bool:
     remember_via(text, Via(via.transport, via.host, via.port, FrozenParams(params)))
     request.replace_first("Via", text)
     return True
+
+
+def _splice_form(text: str, host: str) -> Via | None:
+    """The Via of a first Via field the rport stamp is spliced into (by :func:`_stamp_rport` after the parse, by
+    :func:`parse_received` before it): one element with one ``rport`` (the caller checks it ends the text),
+    written as the parser reads it back, from ``host``; else None."""
+    if "," in text or text.lower().count(";rport") != 1:
+        return None
+    via = parse_via(text)                        # the parser's memo: checked when the request was parsed
+    if via.host.strip("[]").lower() != host.lower() or not is_canonical_via(text, via):
+        return None
+    return via
 
 
 def _set_param(params: dict[str, str | None], name: str, value: str) -> None:
