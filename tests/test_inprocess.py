@@ -54,6 +54,28 @@ async def test_virtual_clock_runs_timers(emulator):
         assert call["errors"][0]["code"] == 138007
 
 
+async def test_a_deadline_brought_forward_wakes_the_timers_in_the_next_loop_iteration(emulator):
+    """The timers sleep until their next look (the next deadline, at most 0.5 s later); a commit that brings a
+    deadline before it (a user who answers at once) has them look in the next loop iteration instead."""
+    info = emulator.info()
+    async with ControlClient(info["control_url"]) as control:
+        call_id = await control.user_calls("447700900001", info["phone_number_id"])
+    await asyncio.sleep(0.05)                            # the timers wait for their next look
+    platform = emulator.platform
+    call = platform.call(call_id)
+    assert call.state == "RINGING" and call.deadline_kind == "accept_timeout"
+    assert call.deadline > emulator.clock.now() + 1      # the business's accept window, not yet due
+
+    def due_now() -> None:
+        call.deadline = emulator.clock.now()
+        platform.put(call)
+    emulator.apply(due_now)                              # committed: the deadline comes before the planned look
+    for _ in range(3):
+        await asyncio.sleep(0)
+    ended = platform.call(call_id)
+    assert ended.state == "ENDED" and ended.end_reason == "not_answered"
+
+
 async def test_stop_right_after_a_state_change_stops():
     """A state change wakes the timer loop; a stop in the same loop iteration must still end it (Python
     3.11's wait_for swallows a cancel that arrives as its inner wait finishes)."""

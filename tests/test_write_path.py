@@ -58,6 +58,14 @@ def test_the_registry_routes_by_type_in_registration_order():
     assert len(registry.handlers(ReleaseMedia)) == 2 and registry.handlers(CallTerminate) == []
 
 
+def test_a_preparer_without_a_handler_prepares_and_nothing_is_published():
+    registry, seen = EventRegistry(), []
+    registry.on(ReleaseMedia, None, prepare=lambda e: seen.append(("prepared", e.call_id)))
+    registry.prepare(ReleaseMedia("a"))
+    registry.publish(ReleaseMedia("a"))
+    assert seen == [("prepared", "a")] and registry.handlers(ReleaseMedia) == [] and registry.prepares
+
+
 def test_a_failing_handler_keeps_no_other_from_the_event():
     registry, seen, failures = EventRegistry(), [], []
 

@@ -135,10 +135,10 @@ class Wacall:
         self.runner: web.AppRunner | None = None
         self._http: asyncio.AbstractServer | None = None
         self.exposure = guard.Exposure.build(host, self.config.server.allowed_hosts, self.config.server.control_token)
-        self._ticker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None   # the loop start() ran on (asking costs a getpid())
+        self._tick_timer: asyncio.TimerHandle | asyncio.Handle | None = None   # the timers' next look
         self._dispatch_task: asyncio.Task | None = None
-        self._tick_wake = asyncio.Event()
-        self._tick_planned = float("-inf")     # when (clock time) the timer loop will look next; -inf: it is running
+        self._tick_planned = float("-inf")     # when (clock time) the timers look next; -inf: now (or not started)
         self._stopping = False
         self.sip: SipGateway | None = None     # the SIP gateway, when enabled
         self.sip_ca_file: str | None = None
@@ -257,7 +257,7 @@ class Wacall:
         sock.bind((self.host, self.port))
         self.port_requested, self.port = self.port, sock.getsockname()[1]
         # the runner's connections, with requests aiohttp's parser refuses answered in Meta's envelope
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._http = await loop.create_server(guard.protocol_factory(self.runner.server, loop, access_log=None),
                                               sock=sock)
         if isinstance(self.media, MediaWorkers):
@@ -265,7 +265,7 @@ class Wacall:
         if self.config.sip.port_for(self.port_requested) >= 0:
             await self._start_sip()        # SIP dialogs first: a call that ends while media comes back gets its BYE
         await self._reopen_media()
-        self._ticker = asyncio.create_task(self._tick_loop())
+        self._tick_timer = loop.call_soon(self._tick)
         self._dispatch_task = asyncio.create_task(self.dispatcher.run())
         return self
 
@@ -293,18 +293,15 @@ class Wacall:
         gateway.restore()                  # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:
-        # the tick loop also checks this flag: Python 3.11's wait_for returns normally, swallowing the
-        # cancel, when its inner wait finished in the same loop iteration (a state change just before stop)
-        self._stopping = True
-        self._tick_wake.set()
-        for task in (self._ticker,):
-            if task:
-                task.cancel()
+        self._stopping = True              # (a tick under way schedules no next one)
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
         if self.dispatcher:
             await self.dispatcher.stop()
         if self._dispatch_task:
             self._dispatch_task.cancel()
-        await asyncio.gather(*(t for t in (self._ticker, self._dispatch_task) if t), return_exceptions=True)
+            await asyncio.gather(self._dispatch_task, return_exceptions=True)
         for task in list(self._captures):
             task.cancel()
         if self.sip is not None:
@@ -395,7 +392,13 @@ class Wacall:
             return result
         finally:
             self._applying -= 1
-            later = defer or (group and done and all(isinstance(e, QUIET_EVENTS) for e in self.platform.events))
+            later = defer
+            if group and done and not defer:
+                later = True
+                for event in self.platform.events:       # (a loop: a generator in all() costs more)
+                    if not isinstance(event, QUIET_EVENTS):
+                        later = False
+                        break
             if not later:
                 self._due = True
             if not self._applying:
@@ -408,13 +411,15 @@ class Wacall:
 
     def _flush_soon(self) -> None:
         """Commit at the end of this event-loop iteration (now, without a running loop)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:            # a synchronous caller: there is no later
-            self._due = True
-            if not self._applying:
-                self._commit()
-            return
+        loop = self._loop               # kept: Python 3.11's get_running_loop() makes a getpid() syscall
+        if loop is None or not loop.is_running():
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:        # a synchronous caller: there is no later
+                self._due = True
+                if not self._applying:
+                    self._commit()
+                return
         if not self._flush_scheduled:   # one commit at the end of the iteration takes everything
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -456,13 +461,13 @@ class Wacall:
         self._wake_timers()
 
     def _wake_timers(self) -> None:
-        """Wake the timer loop when a commit made a deadline earlier than the loop's next look (a call the
-        user answers at once); other commits leave it asleep (the next deadline comes from a heap)."""
-        if self._tick_wake.is_set():
+        """Wake the timers when a commit made a deadline earlier than their next look (a call the user answers
+        at once); other commits leave them asleep (the next deadline comes from a heap)."""
+        if self._tick_planned == float("-inf"):     # they look now already (or have not started)
             return
         due = self.platform.next_deadline()
         if due is not None and due < self._tick_planned:
-            self._tick_wake.set()
+            self._wake_tick()
 
     def _prepare(self, events: list, dirty: list) -> list:
         """Let the consumers prepare the events before they are committed: what they note or save joins this
@@ -493,15 +498,19 @@ class Wacall:
         self.consumers.on(ReleaseMedia, self._after_call)
         # the relay is configured before the commit of the change that negotiated its media, so what it notes
         # (srtp_ready, dtls_role) joins that commit instead of costing a transaction of its own
-        self.consumers.on(MediaConfigure, lambda event: None, prepare=self._configure_media)
+        self.consumers.on(MediaConfigure, None, prepare=self._configure_media)
         self.consumers.on(MediaConnected, lambda event: self.media.call_connected(event.call_id, event.at,
                                                                                   event.announcement))
         self.consumers.on(VoicemailAnswer, self._voicemail_answer)
         self.consumers.on(VoicemailRecord, lambda event: self.media.voicemail_record(event.call_id, event.seconds))
         for event_type in (VoicemailAnswer, VoicemailRecord):      # the live stream: the call's voicemail moved on
-            self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
+            self.consumers.on(event_type, self._live_call_changed)
         for event_type in CALL_EVENTS:         # the live stream: which call changed (it reads the view itself)
-            self.consumers.on(event_type, lambda event: self.live.call_changed(event.call_id))
+            self.consumers.on(event_type, self._live_call_changed)
+
+    def _live_call_changed(self, event: Any) -> None:
+        if self.live.listeners:                # (nobody watching, the usual case: one call less per event)
+            self.live.call_changed(event.call_id)
 
     # -- call recording and transcription (domain.recording, media.capture) ------------------------------
     def _after_call(self, event: ReleaseMedia) -> None:
@@ -701,33 +710,46 @@ class Wacall:
         self.recordings.sweep(self.clock.now(), set(self.platform.active_calls))
         self.media_library.expire()         # media past their retention (virtual clock), and their files
         self.media.check_timeouts()
-        self._tick_wake.set()
+        self._wake_tick()
         if self.dispatcher:
             self.dispatcher.wake()
 
-    async def _tick_loop(self) -> None:
-        while not self._stopping:
+    def _wake_tick(self) -> None:
+        """The timers look in the next loop iteration instead of when planned."""
+        if self._tick_planned == float("-inf") or self._tick_timer is None or self._loop is None:
+            return                      # they look now already, or have not started, or have stopped
+        self._tick_timer.cancel()
+        self._tick_planned = float("-inf")
+        self._tick_timer = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """Run the timers that are due, then plan the next look: at the next deadline, at least every 0.5 s
+        (a timer handle of the loop, woken earlier by :meth:`_wake_tick`; no task waits in between)."""
+        self._tick_timer = None
+        self._tick_planned = float("-inf")
+        if self._stopping:
+            return
+        delay = 0.5
+        try:
             try:
                 self.apply(self.platform.tick, group=True)   # what it causes is sent by consumers
             except Exception:  # a timer bug must not stop every other timer
                 log.exception("timer tick failed")
             if time.monotonic() - self._swept_at >= SWEEP_SECONDS:
                 self._swept_at = time.monotonic()
-                asyncio.get_running_loop().run_in_executor(None, self.recordings.sweep, self.clock.now(),
-                                                           set(self.platform.active_calls))
+                self._loop.run_in_executor(None, self.recordings.sweep, self.clock.now(),
+                                           set(self.platform.active_calls))
                 try:
                     self.media_library.expire()
                 except Exception:
                     log.exception("media retention sweep failed")
             next_deadline = self.platform.next_deadline()
-            delay = 0.5 if next_deadline is None else max(0.005, min(0.5, next_deadline - self.clock.now()))
-            self._tick_wake.clear()
-            self._tick_planned = self.clock.now() + delay
-            try:
-                await asyncio.wait_for(self._tick_wake.wait(), timeout=delay)
-            except asyncio.TimeoutError:
-                pass
-            self._tick_planned = float("-inf")
+            if next_deadline is not None:
+                delay = max(0.005, min(0.5, next_deadline - self.clock.now()))
+        finally:
+            if not self._stopping:
+                self._tick_planned = self.clock.now() + delay
+                self._tick_timer = self._loop.call_later(delay, self._tick)
 
     # -- what a client needs ----------------------------------------------------------------------
     @property

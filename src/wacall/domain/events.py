@@ -150,12 +150,14 @@ class EventRegistry:
         self._handlers: dict[type, list[Callable[[Any], None]]] = {}
         self._preparers: dict[type, list[Callable[[Any], None]]] = {}
 
-    def on(self, event_type: type, handler: Callable[[Any], None], *,
+    def on(self, event_type: type, handler: Callable[[Any], None] | None, *,
            prepare: Callable[[Any], None] | None = None) -> None:
         """``handler`` consumes the event after its commit. ``prepare``, if given, sees it before the commit:
         what it notes or saves (through the one write path) joins that same commit, e.g. the SIP response a
-        state change causes, put on the call's timeline and sent by ``handler`` once the change is durable."""
-        self._handlers.setdefault(event_type, []).append(handler)
+        state change causes, put on the call's timeline and sent by ``handler`` once the change is durable.
+        A consumer with nothing left to do after the commit gives ``handler`` None."""
+        if handler is not None:
+            self._handlers.setdefault(event_type, []).append(handler)
         if prepare is not None:
             self._preparers.setdefault(event_type, []).append(prepare)
 
