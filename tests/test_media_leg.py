@@ -431,3 +431,21 @@ async def test_a_leg_without_media_makes_nothing_media_needs_and_views_as_one_th
     assert await engine.view("wacid.Q1") == quiet
     engine.release("wacid.Q1")
     assert engine.finished["wacid.Q1"] == quiet
+
+
+async def test_release_forgets_the_addresses_a_leg_learned_and_only_those_it_still_owns(engine: MediaEngine) -> None:
+    """Ports.remove drops the validated addresses the released leg learned (each leg's own list, no walk over
+    every call's): an address another leg learned since stays routed to that leg, and the other leg's own
+    addresses stay too."""
+    await engine.allocate("wacid.A"), await engine.allocate("wacid.B")
+    a, b = engine.endpoint("wacid.A"), engine.endpoint("wacid.B")
+    ports = engine.ports
+    ports.learn(("127.0.0.1", 1001), a)
+    ports.learn(("127.0.0.1", 1002), a)
+    ports.learn(("127.0.0.1", 1002), b)             # the business's address moved to the other call
+    ports.learn(("127.0.0.1", 1003), b)
+    ports.learn(("127.0.0.1", 1003), b)             # (learned again: listed once)
+    engine.release("wacid.A")
+    assert ports.by_addr == {("127.0.0.1", 1002): b, ("127.0.0.1", 1003): b}
+    engine.release("wacid.B")
+    assert ports.by_addr == {} and ports.learned == {}
