@@ -409,3 +409,43 @@ async def test_the_ticker_sends_frames_once_the_business_sent_media_and_the_reco
     finally:
         business.close()
         await eng.close()
+
+
+async def test_a_leg_without_media_makes_nothing_media_needs_and_views_as_one_that_had(engine: MediaEngine) -> None:
+    """Allocated, configured (SDES), connected and released without a packet (the SIP flow the bench runs): the
+    ICE-lite agent, the user's RTP stream, the receive statistics and the phone's packet ring are never made,
+    and the leg's view (its final statistics on the timeline) is the one it shows with them made, still empty."""
+    from wacall.domain.sdp import Negotiated
+
+    local = await engine.allocate("wacid.Q1")
+    engine.configure("wacid.Q1", Negotiated(
+        key_exchange="SDES", remote_crypto="1 AES_CM_128_HMAC_SHA1_80 inline:" + base64.b64encode(bytes(30)).decode(),
+        remote_addr=("127.0.0.1", 9), payload_types={"opus": 111, "telephone-event": 101}), "silence", False)
+    engine.call_connected("wacid.Q1", 100.0)
+    endpoint = engine.endpoint("wacid.Q1")
+    assert (endpoint.ice, endpoint.stream, endpoint.stats, endpoint.phone.recent) == (None, None, None, None)
+    quiet = await engine.view("wacid.Q1")
+    assert quiet["received"]["packets"] == 0 and quiet["sent"]["ssrc"] == local.ssrc and not quiet["ice"]["connected"]
+    endpoint._ice(), endpoint._start_stream(), endpoint._receive_stats()     # what media would have made
+    assert endpoint.stats.event_payload_types == frozenset({101}) and endpoint.stream.ssrc == local.ssrc
+    assert await engine.view("wacid.Q1") == quiet
+    engine.release("wacid.Q1")
+    assert engine.finished["wacid.Q1"] == quiet
+
+
+async def test_release_forgets_the_addresses_a_leg_learned_and_only_those_it_still_owns(engine: MediaEngine) -> None:
+    """Ports.remove drops the validated addresses the released leg learned (each leg's own list, no walk over
+    every call's): an address another leg learned since stays routed to that leg, and the other leg's own
+    addresses stay too."""
+    await engine.allocate("wacid.A"), await engine.allocate("wacid.B")
+    a, b = engine.endpoint("wacid.A"), engine.endpoint("wacid.B")
+    ports = engine.ports
+    ports.learn(("127.0.0.1", 1001), a)
+    ports.learn(("127.0.0.1", 1002), a)
+    ports.learn(("127.0.0.1", 1002), b)             # the business's address moved to the other call
+    ports.learn(("127.0.0.1", 1003), b)
+    ports.learn(("127.0.0.1", 1003), b)             # (learned again: listed once)
+    engine.release("wacid.A")
+    assert ports.by_addr == {("127.0.0.1", 1002): b, ("127.0.0.1", 1003): b}
+    engine.release("wacid.B")
+    assert ports.by_addr == {} and ports.learned == {}

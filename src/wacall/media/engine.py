@@ -130,17 +130,21 @@ class MediaEngine:
         existing = self.endpoints.get(call_id)
         if existing is not None:
             return existing.leg.local
-        self._add(await self._new_endpoint(call_id, self.reporter))
-        return self.endpoints[call_id].leg.local
+        endpoint = await self._new_endpoint(call_id, self.reporter)
+        self._add(endpoint)
+        return endpoint.leg.local
 
     async def _new_endpoint(self, call_id: str, reporter: Reporter) -> RelayEndpoint:
         """A new leg with fresh credentials on the shared ports, behind its relay endpoint."""
-        sock, sock6 = await self._home_sockets()
-        v6 = {"host6": sock6.host, "port6": sock6.port} if sock6 is not None else {}
-        leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint, **v6)
-        while leg.local.ice_ufrag in self.ports.by_ufrag:      # the ufrag routes datagrams: it must be unique here
-            leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=self.certificate.fingerprint,
-                                  **v6)
+        sock, sock6 = self._home, self._home6
+        if sock is None or not sock.is_open or (self.host6 and (sock6 is None or not sock6.is_open)):
+            sock, sock6 = await self._home_sockets()      # (bound already, the usual case: no coroutine)
+        host6, port6 = (sock6.host, sock6.port) if sock6 is not None else (None, None)
+        fingerprint, by_ufrag = self.certificate.fingerprint, self.ports.by_ufrag
+        leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=fingerprint, host6=host6, port6=port6)
+        while leg.local.ice_ufrag in by_ufrag:                # the ufrag routes datagrams: it must be unique here
+            leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=fingerprint, host6=host6,
+                                  port6=port6)
         return RelayEndpoint(leg, self.certificate, reporter, self.ports, sock, sock6)
 
     # -- a browser in the user's place (wacall.media.bridge) ------------------------------------------
@@ -239,7 +243,8 @@ class MediaEngine:
         endpoint = self.endpoints.pop(call_id, None)
         if endpoint is None:
             return
-        self.detach_browser(call_id)
+        if endpoint.partner is not None:                 # a browser in the user's place (joined as its partner)
+            self.detach_browser(call_id)
         endpoint.close()
         if self._closing:                    # a shutdown does not end the call: no final statistics
             return
@@ -322,7 +327,7 @@ class MediaEngine:
             endpoint.voicemail.record(seconds)
 
     def call_connected(self, call_id: str, at: float, announcement: dict | None = None) -> None:
-        if (endpoint := self.endpoint(call_id)) is not None:
+        if (endpoint := self.endpoints.get(call_id)) is not None:
             endpoint.phone.connected(at)
             if announcement is not None:
                 endpoint.phone.awaiting_intro = True       # the user's first words wait for the announcement

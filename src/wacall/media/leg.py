@@ -15,6 +15,7 @@ credentials.
 from __future__ import annotations
 
 import binascii
+import os
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +29,12 @@ _ICE_TABLE = bytes(ord(ICE_CHARS[b & 63]) for b in range(256))   # a random byte
 ICE_UFRAG_LENGTH = 16
 ICE_PWD_LENGTH = 32
 SDES_KEY_SALT_BYTES = 30  # AES_CM_128: 16-byte key + 14-byte salt
+# where MediaLeg.create finds each value in its one random read: the ICE ufrag and password, the SDES key, then
+# the SSRC (4 bytes), the o= session id (8), the a=msid UUID (16) and the RTP stream's random bases (6)
+_UFRAG = ICE_UFRAG_LENGTH
+_PWD = _UFRAG + ICE_PWD_LENGTH
+_KEY = _PWD + SDES_KEY_SALT_BYTES
+_RANDOM_BYTES = _KEY + 4 + 8 + 16 + 6
 
 
 def ice_string(length: int) -> str:
@@ -71,15 +78,15 @@ class MediaLeg:
                host6: str | None = None, port6: int | None = None) -> MediaLeg:
         """A leg with fresh random credentials (no socket; :class:`MediaEngine` binds one), and an IPv6
         address if given. Its random values come from one read of the OS's generator (one per call)."""
-        ufrag, pwd = ICE_UFRAG_LENGTH, ICE_UFRAG_LENGTH + ICE_PWD_LENGTH
-        key = pwd + SDES_KEY_SALT_BYTES
-        raw = secrets.token_bytes(key + 4 + 8 + 16 + 6)
+        ufrag, pwd, key = _UFRAG, _PWD, _KEY
+        raw = os.urandom(_RANDOM_BYTES)                            # (what secrets.token_bytes reads)
+        ice = raw[:pwd].translate(_ICE_TABLE).decode("ascii")     # as ice_string: 6 bits a character
         local = LocalMedia.made(
             call_id=call_id,
             host=host,
             port=port,
-            ice_ufrag=raw[:ufrag].translate(_ICE_TABLE).decode("ascii"),    # as ice_string: 6 bits a character
-            ice_pwd=raw[ufrag:pwd].translate(_ICE_TABLE).decode("ascii"),
+            ice_ufrag=ice[:ufrag],
+            ice_pwd=ice[ufrag:],
             fingerprint=fingerprint,
             ssrc=int.from_bytes(raw[key:key + 4], "big"),
             sdes_key_b64=binascii.b2a_base64(raw[pwd:key], newline=False).decode("ascii"),

@@ -163,6 +163,7 @@ class Ports:
         "unknown_source": 0, "unknown_ufrag": 0, "claimed": 0, "send_errors": 0})
     sockets: dict[Addr, PortSocket] = field(default_factory=dict)
     by_addr: dict[Addr, Leg] = field(default_factory=dict)
+    learned: dict[Leg, list[Addr]] = field(default_factory=dict)   # the addresses each leg learned (for remove)
     by_ufrag: dict[str, Leg] = field(default_factory=dict)
     waiting: dict[str, Leg] = field(default_factory=dict)      # SDES legs that may claim a new source
     strangers: OrderedDict = field(default_factory=OrderedDict)
@@ -212,6 +213,7 @@ class Ports:
             sock.close()
         self.sockets.clear()
         self.by_addr.clear()
+        self.learned.clear()
         self.by_ufrag.clear()
         self.waiting.clear()
         self.early.clear()
@@ -228,13 +230,20 @@ class Ports:
         if self.by_ufrag.get(leg.ice_ufrag) is leg:
             del self.by_ufrag[leg.ice_ufrag]
         self.waiting.pop(leg.call_id, None)
-        for addr in [a for a, owner in self.by_addr.items() if owner is leg]:
-            del self.by_addr[addr]
+        by_addr = self.by_addr
+        for addr in self.learned.pop(leg, ()):       # (its own addresses: no walk over every call's)
+            if by_addr.get(addr) is leg:
+                del by_addr[addr]
 
     def learn(self, addr: Addr, leg: Leg) -> None:
         """``addr`` belongs to ``leg`` (a valid ICE check, authenticated SRTP, or the SDES business's
         own SDP). Media it sent before that was lost: the leg counts it as clipping."""
         self.by_addr[addr] = leg
+        learned = self.learned.get(leg)
+        if learned is None:
+            self.learned[leg] = [addr]
+        elif addr not in learned:
+            learned.append(addr)
         self.strangers.pop(addr, None)
         early = self.early.pop(addr, None)
         if early is not None:

@@ -71,6 +71,10 @@ def _audio_codecs(payload_types: dict[str, int]) -> dict[int, str]:
 
 
 _EVENT_TYPES: dict[int, frozenset[int]] = {}    # telephone-event payload type -> frozenset({it}), shared (<= 128)
+_NO_CODECS: dict[int, str] = {}                  # a leg's codecs by payload type before configure (never changed)
+_NONE: frozenset = frozenset()                   # an empty set shared by legs until their first member
+_NO_SOURCES: dict = {}                           # the sources a leg without statistics has heard (never changed)
+_DEFAULT_EVENT_TYPES = ReceiveStats.event_payload_types
 
 
 class Reporter(Protocol):
@@ -90,7 +94,7 @@ class RelayEndpoint:
     # instance its own growing dict: ~8 k instructions more per call set up)
     __slots__ = ("leg", "certificate", "reporter", "call_id", "ice_ufrag", "ports", "sock", "sock6", "ice", "negotiated",
                  "dtls", "srtp", "remote", "_remote_sock", "failure", "closed", "phone", "stream", "_first_seq",
-                 "dtmf_out", "dtmf_in", "_codec_by_pt", "_te_pt", "stats", "_send_pt", "sending", "business_sent_first",
+                 "dtmf_out", "dtmf_in", "_codec_by_pt", "_te_pt", "_event_types", "stats", "_send_pt", "sending", "business_sent_first",
                  "first_packet_at", "last_media_at", "clipped_packets", "junk_datagrams", "wrong_payload_types",
                  "packets_sent", "rtcp_sent", "skipped_ticks", "_noted", "_last_rtcp", "_last_checkpoint", "_dtls_timer",
                  "restored", "fast", "partner", "voicemail", "may_send")
@@ -106,7 +110,12 @@ class RelayEndpoint:
         self.ports = ports
         self.sock = sock                                  # the shared IPv4 socket (None: the leg is dead)
         self.sock6 = sock6                                # the shared IPv6 one, where the host has it
-        self.ice = IceLiteAgent(local.ice_ufrag, local.ice_pwd)
+        # What a leg needs only once media flows is made then (a call ended before its first packet makes
+        # none of it): the ICE-lite agent with the business's credentials or first check (:meth:`_ice`), the
+        # user's RTP stream when the user starts talking (:meth:`_start_stream`), the receive statistics with
+        # the business's first RTP or RTCP (:meth:`_receive_stats`), the DTMF sender and receiver with the
+        # first key pressed / first RFC 4733 packet, the sets below with their first member.
+        self.ice: IceLiteAgent | None = None
         self.negotiated: Negotiated | None = None
         self.dtls: DtlsSrtpSession | None = None
         self.srtp: SrtpContext | None = None
@@ -115,16 +124,14 @@ class RelayEndpoint:
         self.failure: tuple[str, str] | None = None        # why media never came up: (MediaFact, reason)
         self.closed = False
         self.phone = Phone(functools.partial(reporter.note, call_id))   # no cycle back to the relay
-        start = leg.rtp_start                             # random first sequence number and timestamp
-        # the user's stream: audio and DTMF (RFC 3550 5.1: random sequence number and timestamp bases)
-        self.stream = RtpStreamState(ssrc=local.ssrc, sequence_number=start & 0xFFFF, timestamp=start >> 16)
-        self._first_seq = self.stream.sequence_number     # SRTP index = first sequence number + packets sent
-        # made when first needed: the first keys the user presses, the business's first RFC 4733 packet
+        self.stream: RtpStreamState | None = None         # the user's stream: audio and DTMF
+        self._first_seq = 0                               # SRTP index = first sequence number + packets sent
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in: DtmfReceiver | None = None
-        self._codec_by_pt: dict[int, str] = {}
+        self._codec_by_pt: dict[int, str] = _NO_CODECS
         self._te_pt = -1
-        self.stats = ReceiveStats()
+        self._event_types = _DEFAULT_EVENT_TYPES          # RFC 4733 payload types: loss counted, not jitter
+        self.stats: ReceiveStats | None = None
         self._send_pt = 111
         self.sending = False
         self.business_sent_first = False
@@ -132,11 +139,11 @@ class RelayEndpoint:
         self.last_media_at: float | None = None
         self.clipped_packets = 0
         self.junk_datagrams = 0                             # empty, unclassifiable or undecodable datagrams
-        self.wrong_payload_types: set[int] = set()
+        self.wrong_payload_types: frozenset[int] | set[int] = _NONE   # (a set from the first one)
         self.packets_sent = 0
         self.rtcp_sent = 0
         self.skipped_ticks = 0                              # 20 ms intervals the engine could not serve
-        self._noted: set[str] = set()
+        self._noted: frozenset[str] | set[str] = _NONE      # kinds noted once (a set from the first one)
         self._last_rtcp = 0.0
         self._last_checkpoint = 0.0
         self._dtls_timer: asyncio.TimerHandle | None = None
@@ -149,6 +156,34 @@ class RelayEndpoint:
         # told when the leg may start sending (the business's first media, a restored call): the engine's
         # ticker then sends 20 ms frames (it has nothing to tick before)
         self.may_send: Callable[[], None] | None = None
+
+    def _ice(self) -> IceLiteAgent:
+        """The leg's ICE-lite agent, made at its first use (a DTLS leg's configure, the first STUN check)."""
+        ice = self.ice
+        if ice is None:
+            local = self.leg.local
+            ice = self.ice = IceLiteAgent(local.ice_ufrag, local.ice_pwd)
+        return ice
+
+    def _receive_stats(self) -> ReceiveStats:
+        """The receive statistics (RFC 3550 A.1, A.8), made with the business's first RTP or RTCP packet, or
+        when a restored leg resumes: a leg that may send has them (its RTCP reports read them)."""
+        stats = self.stats
+        if stats is None:
+            stats = self.stats = ReceiveStats(event_payload_types=self._event_types)
+        return stats
+
+    def _start_stream(self) -> RtpStreamState:
+        """The user's RTP stream (audio and DTMF on one SSRC), made when the user starts talking or a restored
+        leg resumes it: random sequence number and timestamp bases (RFC 3550 section 5.1) drawn with the leg's
+        credentials (``MediaLeg.rtp_start``)."""
+        stream = self.stream
+        if stream is None:
+            start = self.leg.rtp_start
+            stream = self.stream = RtpStreamState(ssrc=self.leg.local.ssrc, sequence_number=start & 0xFFFF,
+                                                  timestamp=start >> 16)
+            self._first_seq = stream.sequence_number
+        return stream
 
     # -- plumbing ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -200,7 +235,7 @@ class RelayEndpoint:
 
     def _note_once(self, kind: str, **data: Any) -> None:
         if kind not in self._noted:
-            self._noted.add(kind)
+            self._noted = {*self._noted, kind}         # (a new set: the first one is the shared empty one)
             self.reporter.note(self.call_id, kind, **data)
 
     # -- configuration (from the signalling) ------------------------------------------------------
@@ -212,8 +247,8 @@ class RelayEndpoint:
         self.negotiated = n = negotiated
         te = n.telephone_event_pt
         self._te_pt = te
-        # RFC 4733 packets count for loss, not jitter
-        self.stats.event_payload_types = _EVENT_TYPES.get(te) or _EVENT_TYPES.setdefault(te, frozenset((te,)))
+        # RFC 4733 packets count for loss, not jitter (in the statistics made with the first packet)
+        self._event_types = _EVENT_TYPES.get(te) or _EVENT_TYPES.setdefault(te, frozenset((te,)))
         self._codec_by_pt = _audio_codecs(n.payload_types)
         if n.key_exchange == "SDES":
             if n.remote_crypto is None:
@@ -228,7 +263,7 @@ class RelayEndpoint:
             self.reporter.note(self.call_id, "srtp_ready", key_exchange="SDES", suite=crypto.suite)
             return
         if n.remote_ufrag and n.remote_pwd:
-            self.ice.set_remote_credentials(n.remote_ufrag, n.remote_pwd)
+            self._ice().set_remote_credentials(n.remote_ufrag, n.remote_pwd)
         self.dtls = DtlsSrtpSession(self.certificate, role=n.dtls_role or "server",
                                     remote_fingerprint=n.remote_fingerprint or "")
         self.reporter.note(self.call_id, "dtls_role", role=n.dtls_role)
@@ -289,7 +324,7 @@ class RelayEndpoint:
                                                  f"(first: {why})")
 
     def _on_stun(self, data: bytes, addr: Addr, sock: PortSocket) -> None:
-        result = self.ice.handle(data, addr)
+        result = self._ice().handle(data, addr)
         if result.response:
             sock.sendto(result.response, addr)          # answered from where the check arrived
         for event in result.events:
@@ -365,7 +400,7 @@ class RelayEndpoint:
                 return
             for report in reports:
                 if isinstance(report, RtcpSenderReport):
-                    self.stats.on_sender_report(report.ssrc, report.ntp_timestamp, time.monotonic())
+                    self._receive_stats().on_sender_report(report.ssrc, report.ntp_timestamp, time.monotonic())
             self.last_media_at = self.reporter.now()
             return
         try:
@@ -389,6 +424,7 @@ class RelayEndpoint:
         if not self.business_sent_first:
             self.business_sent_first = True
             self.first_packet_at = now
+            self._receive_stats()
             if self.dtls is not None:       # its SRTP proves the business has our last flight: ~90 KB freed
                 self.dtls.release()
             self.ports.expect_claims(self, False)
@@ -405,9 +441,10 @@ class RelayEndpoint:
                                                           "lost (clipping)")
             return
         arrival = time.monotonic()
-        self.stats.update_fields(ssrc, sequence_number, timestamp, payload_type, len(plain) - 12, arrival)
-        if len(self.stats.sources) > 1:
-            self._note_once("multiple_ssrcs", ssrcs=sorted(self.stats.ssrcs_seen))
+        stats = self.stats                     # (made with the business's first packet, above)
+        stats.update_fields(ssrc, sequence_number, timestamp, payload_type, len(plain) - 12, arrival)
+        if len(stats.sources) > 1:
+            self._note_once("multiple_ssrcs", ssrcs=sorted(stats.ssrcs_seen))
         codec = self._codec_by_pt.get(payload_type)
         if self.voicemail is not None:
             return                             # the business left the call: the voicemail talks to the user now
@@ -416,7 +453,7 @@ class RelayEndpoint:
         elif payload_type == self._te_pt:
             self._on_event(plain, arrival)
         elif payload_type not in self.wrong_payload_types:
-            self.wrong_payload_types.add(payload_type)
+            self.wrong_payload_types = {*self.wrong_payload_types, payload_type}   # (the first: a shared empty one)
             self.reporter.note(self.call_id, "wrong_payload_type", payload_type=payload_type)
 
     def _on_event(self, plain: bytes, arrival: float) -> None:
@@ -452,6 +489,7 @@ class RelayEndpoint:
             if phone.start_talking(self.negotiated.send_codec) is None:
                 return
             self.sending = True
+            self._start_stream()
             self._send_pt = self.negotiated.payload_types[self.negotiated.send_codec]
             self._checkpoint(time.time())
         if phone.keys:
@@ -516,7 +554,7 @@ class RelayEndpoint:
         state: dict[str, Any] = {"tx": {"index": self._first_seq + self.packets_sent, "ts": self.stream.timestamp,
                                         "packets": self.stream.packet_count, "octets": self.stream.octet_count,
                                         "rtcp": self.rtcp_sent, "at": wall}}
-        source = next(iter(self.stats.sources.values()), None)
+        source = next(iter(self.stats.sources.values()), None) if self.stats is not None else None
         if source is not None:
             state["rx"] = {"ssrc": source.ssrc, "index": source.cycles + source.max_seq}
         self.reporter.persist(self.call_id, state)
@@ -536,21 +574,23 @@ class RelayEndpoint:
                                     base64.b64decode(keys["remote"]))
         if state.get("remote"):
             remote = (str(state["remote"][0]), int(state["remote"][1]))
-            self.ice.resume(remote)
+            self._ice().resume(remote)
             self.ports.learn(remote, self)
             self._latch(remote)
         tx, rx = state.get("tx"), state.get("rx") or {}
         if tx and self.srtp is not None:
             gap = min(MAX_RESUME_GAP, int(max(0.0, time.time() - tx["at"]) * 50) + 50)
             index = tx["index"] + gap
-            self.stream.sequence_number = index & 0xFFFF
-            self.stream.timestamp = (tx["ts"] + gap * self.stream.samples_per_packet) & 0xFFFFFFFF
-            self.stream.packet_count, self.stream.octet_count = tx["packets"], tx["octets"]
+            stream = self._start_stream()
+            stream.sequence_number = index & 0xFFFF
+            stream.timestamp = (tx["ts"] + gap * stream.samples_per_packet) & 0xFFFFFFFF
+            stream.packet_count, stream.octet_count = tx["packets"], tx["octets"]
             self._first_seq = index - self.packets_sent
             self.rtcp_sent = tx.get("rtcp", 0)
-            self.srtp.resume(tx_ssrc=self.stream.ssrc, tx_index=index - 1, rtcp_sent=self.rtcp_sent + gap // 250 + 2,
+            self.srtp.resume(tx_ssrc=stream.ssrc, tx_index=index - 1, rtcp_sent=self.rtcp_sent + gap // 250 + 2,
                              rx_ssrc=rx.get("ssrc"), rx_index=rx.get("index"))
             self.business_sent_first = True           # the user's phone picks up where it was
+            self._receive_stats()
             self.ports.expect_claims(self, False)
             if self.may_send is not None:
                 self.may_send()
@@ -590,15 +630,15 @@ class RelayEndpoint:
         if self.fast is not None:                           # [fastpath] what C counted, first
             self.fast.sync()
         phone, local, negotiated, dtls, stats = self.phone, self.leg.local, self.negotiated, self.dtls, self.stats
-        heard = phone.heard_recently()
-        sources = stats.sources
+        heard = phone.heard_recently() if phone.recent else None      # (None: nothing heard, the usual at release)
+        sources = stats.sources if stats is not None else _NO_SOURCES
         expected = stats.expected if sources else 0         # (the sums over sources, each taken once)
         # (round(x, 2) goes through decimal digits: a leg that heard nothing has no jitter to round)
         jitter = round(max(s.jitter_ms for s in sources.values()), 2) if sources else 0.0
         view = {
             "host": local.host, "port": local.port, "host6": local.host6, "port6": local.port6,
             "key_exchange": negotiated.key_exchange if negotiated else None,
-            "ice": {"connected": self.ice.connected,
+            "ice": {"connected": self.ice is not None and self.ice.connected,
                     "remote": f"{self.remote[0]}:{self.remote[1]}" if self.remote else None},
             "dtls": {"role": negotiated.dtls_role if negotiated else None,
                      "state": dtls.state if dtls else None,
@@ -614,10 +654,10 @@ class RelayEndpoint:
                 else round((self.first_packet_at - phone.connected_at) * 1000),
                 "clipped_packets": self.clipped_packets,
                 "srtp_auth_failures": self.srtp.auth_failures if self.srtp else 0,
-                "wrong_payload_types": sorted(self.wrong_payload_types),
+                "wrong_payload_types": sorted(self.wrong_payload_types) if self.wrong_payload_types else [],
                 "ssrcs": len(sources),
             },
-            "sent": {"packets": self.packets_sent, "ssrc": self.stream.ssrc, "audio": phone.audio,
+            "sent": {"packets": self.packets_sent, "ssrc": local.ssrc, "audio": phone.audio,
                      "skipped_ticks": self.skipped_ticks},
             "junk_datagrams": self.junk_datagrams,
             "restored": self.restored,

@@ -263,7 +263,7 @@ class SrtpContext:
 
         The suite is the remote line's (in offer/answer both lines carry the same suite).
         """
-        profile = get_profile(remote_crypto.suite)
+        profile = PROFILES.get(remote_crypto.suite) or get_profile(remote_crypto.suite)   # (its SDES name, usually)
         if remote_crypto.mki is not None:
             raise ValueError("a=crypto with an MKI is not supported")
         return cls(profile, local_key_salt, remote_crypto.key)

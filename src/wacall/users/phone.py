@@ -47,6 +47,7 @@ NO_MEDIA_AT_START = "no_media_at_start"
 SILENCE = "silence"
 
 Note = Callable[..., None]               # note(kind, **data): a fact for the call's timeline
+_NONE: frozenset = frozenset()           # an empty set shared by phones until their first member
 
 
 def heard_level(codec: str, packets: list[bytes]) -> float:
@@ -163,18 +164,20 @@ class Phone:
         # media costs no writer (nothing was ever written for it anyway: a writer creates its file on a flush)
         self.records: Callable[[], RecordingWriter | None] | None = None
         self.heard_codec: str | None = None
-        self.recent: deque[bytes] = deque(maxlen=LEVEL_PACKETS)   # the last packets heard (plain RTP)
-        self.digits_received: list[dict] = []
-        self.digits_sent: list[str] = []
+        # made with their first member (a call without media makes none of them): the last packets heard
+        # (plain RTP, from the first one), the digits heard and sent (empty tuples until then), the kinds noted once
+        self.recent: deque[bytes] | None = None
+        self.digits_received: list[dict] | tuple[()] = ()
+        self.digits_sent: list[str] | tuple[()] = ()
         self._waited = 0
-        self._noted: set[str] = set()
+        self._noted: set[str] | frozenset[str] = _NONE
         self.intro: tuple[list[bytes], dict] | None = None   # an announcement to play next (frames, what it is)
         self.after_intro: tuple[Microphone, int] | None = None   # while it plays: the user's own microphone
         self.awaiting_intro = False                  # an announcement is being rendered: the user waits for it
 
     def _note_once(self, kind: str, **data: Any) -> None:
         if kind not in self._noted:
-            self._noted.add(kind)
+            self._noted = {*self._noted, kind}         # (a new set: the first one is the shared empty one)
             self._note(kind, **data)
 
     # -- set-up and the call's progress ---------------------------------------------------------------
@@ -217,6 +220,7 @@ class Phone:
                 self._note_once("codec_switch", codec=codec)
                 return
             self.heard_codec = codec
+            self.recent = deque(maxlen=LEVEL_PACKETS)
         self.recent.append(plain)
         recording = self.recording
         if recording is None and self.records is not None:
@@ -228,6 +232,8 @@ class Phone:
 
     def heard_digit(self, digit: DtmfDigit) -> None:
         entry = {"digit": digit.digit, "duration_ms": round(digit.duration_ms)}
+        if not self.digits_received:                 # (the empty tuple: no list before the first digit)
+            self.digits_received = []
         self.digits_received.append(entry)
         self._note("dtmf_from_business", **entry)
 
@@ -258,6 +264,8 @@ class Phone:
     def press(self, digits: str) -> None:
         """The user presses keys; the transport sends them on its next 20 ms tick."""
         self.keys += digits
+        if not self.digits_sent:                     # (the empty tuple: no list before the first key)
+            self.digits_sent = []
         self.digits_sent.extend(digits)
 
     def take_keys(self) -> str:
