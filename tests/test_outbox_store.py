@@ -291,3 +291,33 @@ def test_a_timeline_entrys_time_is_rounded_exactly_as_round_does():
     for x in values:
         assert repr(round_ms(x)) == repr(round(x, 3)), x
     assert math.isnan(round_ms(math.nan))
+
+
+def test_a_new_database_has_small_pages_and_an_older_one_keeps_its_own(tmp_path):
+    """A new database file is made with PAGE_SIZE pages (each commit copies the pages it changes whole); a file
+    written with SQLite's default 4 KiB pages keeps them and is read and written as before."""
+    from wacall.store.sqlite import PAGE_SIZE
+
+    def page_size(store: Store) -> int:
+        with store.engine.connect() as conn:
+            return conn.execute(text("PRAGMA page_size")).scalar_one()
+
+    old_path = tmp_path / "old.db"
+    conn = sqlite3.connect(old_path)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    store = Store(str(old_path))
+    call = _call("wacid.1", 1.0)
+    store.commit([call], [], [(call.id, {"t": 1.0, "kind": "api"})])
+    assert page_size(store) == 4096
+    store.close()
+    store = Store(str(old_path))
+    assert store.load_record("call", "wacid.1")["id"] == "wacid.1" and store.timeline("wacid.1") == [{"t": 1.0, "kind": "api"}]
+    store.close()
+    store = Store(str(tmp_path / "new.db"))
+    assert PAGE_SIZE == 2048 and page_size(store) == PAGE_SIZE
+    store.close()
+    memory = Store(":memory:")
+    assert page_size(memory) == PAGE_SIZE
+    memory.close()
