@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 from .sdp_syntax import (STATIC_PAYLOAD_TYPES, Connection, CryptoAttribute, MediaDescription, Origin, RtpMap,
-                         SdpError, SessionDescription, line_error, parse_crypto, parse_sdp)
+                         SdpError, SessionDescription, line_error, made, parse_crypto, parse_sdp)
 
 __all__ = [
     "Connection",
@@ -93,9 +93,7 @@ class LocalMedia:
         """``cls(**values)`` for the media engine, which makes one per call with every field, in order: set at
         once (the frozen dataclass's ``__init__`` sets each field by ``object.__setattr__``, ~18 k instructions
         more per call). The same object: tests/test_media_leg.py compares the two."""
-        local = object.__new__(cls)
-        vars(local).update(values)
-        return local
+        return made(cls, values)
 
 
 _LOCAL_MEDIA_FIELDS = tuple(f.name for f in fields(LocalMedia))     # (fields() looks them up anew each time)
@@ -516,7 +514,8 @@ def meta_answer(
     for name, pt in g711:                       # as _codec_pts reads them back from the text
         payload_types.setdefault(name.lower(), pt)
     payload_types.setdefault("telephone-event", te_pt)
-    return MetaSdp(_join(lines + _audio_tail(g711, te_pt, leg)), payload_types, setup, remote_crypto)
+    return made(MetaSdp, {"text": _join(lines + _audio_tail(g711, te_pt, leg)), "payload_types": payload_types,
+                          "setup": setup, "remote_crypto": remote_crypto})
 
 
 def _opus_fmtp(pt: int, kx: str) -> str:
@@ -643,16 +642,16 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
     connection = baudio.connection if baudio and baudio.connection else business.connection
     if baudio and connection and connection.address not in ("0.0.0.0", "::") and baudio.port not in (0, 9):
         remote_addr = (connection.address, baudio.port)
-    common = {"key_exchange": kx, "remote_addr": remote_addr, "send_codec": send_codec,
-              "payload_types": payload_types}
     if baudio is None:
-        return Negotiated(**common)
+        return _negotiated(kx, remote_addr, send_codec, payload_types)
     if kx == "SDES":
         chosen = _chosen_crypto(business, baudio)      # made once per SDP (by the validation, for a business's)
         if isinstance(meta_sdp, MetaSdp) and meta_sdp.remote_crypto is not None:   # chosen as the answer was built
             key = chosen[1] if chosen is not None and chosen[0] == meta_sdp.remote_crypto else None
-            return Negotiated(**common, remote_crypto=meta_sdp.remote_crypto, remote_key=key)
-        return Negotiated(**common, remote_crypto=chosen[0] if chosen else None, remote_key=chosen[1] if chosen else None)
+            return _negotiated(kx, remote_addr, send_codec, payload_types, remote_crypto=meta_sdp.remote_crypto,
+                               remote_key=key)
+        return _negotiated(kx, remote_addr, send_codec, payload_types, remote_crypto=chosen[0] if chosen else None,
+                           remote_key=chosen[1] if chosen else None)
     ufrag = business.effective_attribute(baudio, "ice-ufrag")
     pwd = business.effective_attribute(baudio, "ice-pwd")
     fingerprint = business.effective_attribute(baudio, "fingerprint")
@@ -665,5 +664,18 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
         role = "server"
     else:   # Meta offered actpass: the business's answer decides
         role = "client" if their_setup == "passive" else "server"
-    return Negotiated(**common, dtls_role=role, remote_ufrag=ufrag[1] if ufrag else None,
-                      remote_pwd=pwd[1] if pwd else None, remote_fingerprint=fingerprint[1] if fingerprint else None)
+    return _negotiated(kx, remote_addr, send_codec, payload_types, dtls_role=role,
+                       remote_fingerprint=fingerprint[1] if fingerprint else None,
+                       remote_ufrag=ufrag[1] if ufrag else None, remote_pwd=pwd[1] if pwd else None)
+
+
+def _negotiated(key_exchange: str, remote_addr: Addr | None, send_codec: str, payload_types: dict[str, int], *,
+                dtls_role: str | None = None, remote_fingerprint: str | None = None, remote_ufrag: str | None = None,
+                remote_pwd: str | None = None, remote_crypto: str | None = None,
+                remote_key: CryptoAttribute | None = None) -> Negotiated:
+    """``Negotiated(...)`` made at once (``made``: every field, in order), once per call set up."""
+    return made(Negotiated, {
+        "key_exchange": key_exchange, "dtls_role": dtls_role, "remote_fingerprint": remote_fingerprint,
+        "remote_ufrag": remote_ufrag, "remote_pwd": remote_pwd, "remote_crypto": remote_crypto,
+        "remote_addr": remote_addr, "send_codec": send_codec, "payload_types": payload_types,
+        "remote_key": remote_key})
