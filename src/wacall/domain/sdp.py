@@ -341,15 +341,6 @@ def _dtls_transport_lines(leg: LocalMedia, setup: str, *, trickle: bool = False)
     return lines
 
 
-def _ssrc_lines(leg: LocalMedia) -> list[str]:
-    return [
-        f"a=ssrc:{leg.ssrc} cname:{_SSRC_CNAME}",
-        f"a=ssrc:{leg.ssrc} msid:{leg.stream_id} {_TRACK_ID}",
-        f"a=ssrc:{leg.ssrc} mslabel:{leg.stream_id}",
-        f"a=ssrc:{leg.ssrc} label:{_TRACK_ID}",
-    ]
-
-
 def _join(lines: list[str]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
@@ -387,7 +378,7 @@ def build_meta_offer(
     if kx == "DTLS":
         lines.append(f"a=rtcp-fb:{OPUS_PT} transport-cc")
     lines.append(_opus_fmtp(OPUS_PT, kx))
-    return _join(lines + _audio_tail(g711, TELEPHONE_EVENT_PT, leg))
+    return _join(lines) + _audio_tail(g711, TELEPHONE_EVENT_PT, leg)
 
 
 _DIRECTION_ANSWER = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
@@ -462,7 +453,10 @@ def meta_answer(
     if opus_pt is None and not g711:
         raise SdpError("No opus/48000/2 rtpmap (nor an enabled PCMU/PCMA) found in the offer")
     # a G.711-only offer (a legacy endpoint without Opus) gets a G.711-only answer
-    pts = [*([opus_pt] if opus_pt is not None else []), *(pt for _, pt in g711), te_pt]
+    pts = [] if opus_pt is None else [opus_pt]
+    if g711:
+        pts += [pt for _, pt in g711]
+    pts.append(te_pt)
     # the offer's a=mid, its direction and rtcp-mux at media level, read in one pass over its attributes
     mid = direction = None
     seen_mid = rtcp_mux = False
@@ -514,7 +508,7 @@ def meta_answer(
     for name, pt in g711:                       # as _codec_pts reads them back from the text
         payload_types.setdefault(name.lower(), pt)
     payload_types.setdefault("telephone-event", te_pt)
-    return made(MetaSdp, {"text": _join(lines + _audio_tail(g711, te_pt, leg)), "payload_types": payload_types,
+    return made(MetaSdp, {"text": _join(lines) + _audio_tail(g711, te_pt, leg), "payload_types": payload_types,
                           "setup": setup, "remote_crypto": remote_crypto})
 
 
@@ -522,10 +516,14 @@ def _opus_fmtp(pt: int, kx: str) -> str:
     return f"a=fmtp:{pt} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}"
 
 
-def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> list[str]:
-    """How both of Meta's SDPs end: G.711 codecs, RFC 4733 events, packet time, the leg's SSRC."""
-    return [*(f"a=rtpmap:{pt} {name}/8000" for name, pt in g711),
-            f"a=rtpmap:{te_pt} telephone-event/8000", "a=ptime:20", "a=maxptime:20", *_ssrc_lines(leg)]
+def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> str:
+    """How both of Meta's SDPs end, as text: G.711 codecs, RFC 4733 events, packet time, the leg's SSRC
+    (RFC 5576: cname, msid, mslabel, label), each line ending in CRLF."""
+    ssrc, stream = leg.ssrc, leg.stream_id
+    g711_lines = "".join([f"a=rtpmap:{pt} {name}/8000\r\n" for name, pt in g711]) if g711 else ""
+    return (f"{g711_lines}a=rtpmap:{te_pt} telephone-event/8000\r\na=ptime:20\r\na=maxptime:20\r\n"
+            f"a=ssrc:{ssrc} cname:{_SSRC_CNAME}\r\na=ssrc:{ssrc} msid:{stream} {_TRACK_ID}\r\n"
+            f"a=ssrc:{ssrc} mslabel:{stream}\r\na=ssrc:{ssrc} label:{_TRACK_ID}\r\n")
 
 
 def _chosen_crypto(sd: SessionDescription, audio: MediaDescription) -> tuple[str, CryptoAttribute] | None:
