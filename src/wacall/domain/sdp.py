@@ -216,7 +216,9 @@ def _check_sdes(sd: SessionDescription, audio: MediaDescription) -> None:
             f"transport must be {SDES_PROTO} for SDES key exchange (got {audio.proto})",
         )
     problems: list[tuple[int, str]] = []
-    for line, value in audio.attributes_named("crypto"):
+    for (attr, value), line in zip(audio.attributes, audio.attribute_lines):     # audio.attributes_named("crypto")
+        if attr != "crypto":
+            continue
         try:
             crypto = parse_crypto(value or "")
         except ValueError as exc:
@@ -269,7 +271,7 @@ def validate_business_sdp(
     kx = _normalise_key_exchange(key_exchange)
     if role not in ("offer", "answer"):
         raise ValueError(f"role must be 'offer' or 'answer', not {role!r}")
-    extra = {c.upper() for c in additional_codecs}
+    extra = {c.upper() for c in additional_codecs} if additional_codecs else set()    # (usually none)
     _check_raw_text(text)
     sd = parse_sdp(text)
     audio = _single_audio(sd)
