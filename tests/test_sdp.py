@@ -30,6 +30,9 @@ from wacall.domain.sdp import (
     parse_sdp,
     validate_business_sdp,
 )
+from wacall.domain.sdp import CryptoAttribute, MetaSdp, Negotiated
+import wacall.domain.sdp_syntax as sdp_syntax
+from wacall.domain.sdp_syntax import forget_memos, made
 
 
 def crlf(text: str) -> str:
@@ -869,6 +872,72 @@ def test_parse_sdp_matches_the_reference_parser_on_mutated_sdps() -> None:
                 for codec in (("opus", 48000, 2), ("PCMU", 8000), ("telephone-event", 8000)):
                     assert media.find_codec(*codec) == ref_media.find_codec(*codec), text
     assert parsed_some > 400          # the mutations leave enough SDPs whole for the comparison to mean something
+
+
+#: an m-line's port replaced: the parser's memo of m-lines read before but for their port must check it as ever
+_PORTS = ["0", "9", "40002", "65535", "65536", "", "4000/2", "4000/0", "x1", "\u00b9", "+1", " 1", "0009"]
+
+
+def _port_changed(rng: random.Random, text: str) -> str:
+    at = text.find("m=audio ")
+    if at < 0:
+        return text
+    start = at + len("m=audio ")
+    end = text.find(" ", start)
+    return text if end < 0 else text[:start] + rng.choice(_PORTS) + text[end:]
+
+
+def test_the_parsers_memos_change_no_parse() -> None:
+    """The parser's memos (a=rtpmap / a=fmtp values, m-lines but for their port) change nothing: every case
+    parses the same (description, or error and its line) with them empty, filled by the seeds (other ports,
+    the usual lines), and filled by the case itself."""
+    rng = random.Random(7)
+    cases = _sdp_cases(2500)
+    cases += [_port_changed(rng, rng.choice(_SEEDS)) for _ in range(1000)]
+    cases += [_port_changed(rng, rng.choice(cases)) for _ in range(500)]
+    hits = 0
+    for text in cases:
+        forget_memos()
+        cold = _parsed(parse_sdp, text)
+        for seed in _SEEDS:
+            parse_sdp(seed)
+        for line in text.split("\n"):       # an m-line whose media type, protocol and formats a seed had
+            kind, _, rest = line[2:].rstrip("\r").partition(" ")
+            hits += line.startswith("m=") and (kind, rest.partition(" ")[2]) in sdp_syntax._MEDIA_TAILS
+        from_seeds = _parsed(parse_sdp, text)
+        again = _parsed(parse_sdp, text)
+        assert cold == from_seeds == again, text
+    forget_memos()
+    assert hits > 1000          # m-lines (of other ports, of mutated values) met the memo
+
+
+def test_made_is_the_frozen_dataclass_init() -> None:
+    """``made`` (fields set at once) makes what the frozen dataclass's ``__init__`` makes: the same fields, in the
+    same order, equal, and frozen as ever; negotiate's ``Negotiated`` carries every field in order."""
+    key = base64.b64decode(SDES_KEY)
+    for cls, values in [
+        (CryptoAttribute, {"tag": 1, "suite": "AES_CM_128_HMAC_SHA1_80", "key_b64": SDES_KEY, "key": key,
+                           "lifetime": "2^20", "mki": "1:4", "session_params": ("UNENCRYPTED_SRTCP",)}),
+        (MetaSdp, {"text": "v=0\r\n", "payload_types": {"opus": 111}, "setup": "active", "remote_crypto": None}),
+        (Negotiated, {"key_exchange": "SDES", "dtls_role": None, "remote_fingerprint": None, "remote_ufrag": None,
+                      "remote_pwd": None, "remote_crypto": "1 x", "remote_addr": ("192.0.2.1", 4000),
+                      "send_codec": "opus", "payload_types": {"opus": 111}, "remote_key": None}),
+    ]:
+        ours, theirs = made(cls, values), cls(**values)
+        assert type(ours) is cls and ours == theirs and vars(ours) == vars(theirs)
+        assert list(vars(ours)) == list(vars(theirs))
+        with pytest.raises(AttributeError):
+            ours.x = 1
+    crypto = parse_crypto(f"7 AES_CM_128_HMAC_SHA1_32 inline:{SDES_KEY}|2^20|1:4 KDR=1")
+    assert vars(crypto) == vars(CryptoAttribute(7, "AES_CM_128_HMAC_SHA1_32", SDES_KEY, key, "2^20", "1:4",
+                                                ("KDR=1",)))
+    for case in _SEEDS:
+        for kx in ("DTLS", "SDES"):
+            try:
+                negotiated = negotiate(case, case, kx)
+            except SdpError:
+                continue
+            assert list(vars(negotiated)) == list(vars(Negotiated(**vars(negotiated))))
 
 
 @pytest.mark.parametrize("key_exchange", ["DTLS", "SDES"])

@@ -123,3 +123,27 @@ def test_call_rules_run_alone_with_stand_in_collaborators():
         rules.call_action(seeded.app, seeded.number, body, new_call_id="wacid.alone4", leg=seeded.leg("wacid.alone4"))
     assert refused.value.code == 138006
     assert not isinstance(rules, Platform)
+
+
+def test_a_timeline_entry_is_built_as_ever_with_and_without_none_values(domain):
+    """``note`` copies the values at once when none is None and goes value by value otherwise: either way the
+    entry is ``t``, ``kind``, then every value that is not None, in the order given."""
+    import itertools
+    from wacall.domain.state import round_ms
+
+    domain.grant(ALICE)
+    call = domain.connect(ALICE)
+    domain.platform.drain_notes()
+    values = [None, 0, "", False, "x", 1.5, [], {"a": None}]
+    cases = []
+    for n in range(4):
+        for combo in itertools.product(values, repeat=n):
+            data = {f"k{i}": value for i, value in enumerate(combo)}
+            domain.platform.note(call, "media", **data)
+            cases.append(data)
+    entries = [entry for _, entry in domain.platform.drain_notes()]
+    t = round_ms(domain.now())
+    assert entries == [{"t": t, "kind": "media", **{k: v for k, v in data.items() if v is not None}}
+                       for data in cases]
+    assert all(list(entry) == ["t", "kind", *(k for k, v in data.items() if v is not None)]
+               for entry, data in zip(entries, cases))

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 from .sdp_syntax import (STATIC_PAYLOAD_TYPES, Connection, CryptoAttribute, MediaDescription, Origin, RtpMap,
-                         SdpError, SessionDescription, line_error, parse_crypto, parse_sdp)
+                         SdpError, SessionDescription, line_error, made, parse_crypto, parse_sdp)
 
 __all__ = [
     "Connection",
@@ -93,9 +93,7 @@ class LocalMedia:
         """``cls(**values)`` for the media engine, which makes one per call with every field, in order: set at
         once (the frozen dataclass's ``__init__`` sets each field by ``object.__setattr__``, ~18 k instructions
         more per call). The same object: tests/test_media_leg.py compares the two."""
-        local = object.__new__(cls)
-        vars(local).update(values)
-        return local
+        return made(cls, values)
 
 
 _LOCAL_MEDIA_FIELDS = tuple(f.name for f in fields(LocalMedia))     # (fields() looks them up anew each time)
@@ -218,7 +216,9 @@ def _check_sdes(sd: SessionDescription, audio: MediaDescription) -> None:
             f"transport must be {SDES_PROTO} for SDES key exchange (got {audio.proto})",
         )
     problems: list[tuple[int, str]] = []
-    for line, value in audio.attributes_named("crypto"):
+    for (attr, value), line in zip(audio.attributes, audio.attribute_lines):     # audio.attributes_named("crypto")
+        if attr != "crypto":
+            continue
         try:
             crypto = parse_crypto(value or "")
         except ValueError as exc:
@@ -271,7 +271,7 @@ def validate_business_sdp(
     kx = _normalise_key_exchange(key_exchange)
     if role not in ("offer", "answer"):
         raise ValueError(f"role must be 'offer' or 'answer', not {role!r}")
-    extra = {c.upper() for c in additional_codecs}
+    extra = {c.upper() for c in additional_codecs} if additional_codecs else set()    # (usually none)
     _check_raw_text(text)
     sd = parse_sdp(text)
     audio = _single_audio(sd)
@@ -343,15 +343,6 @@ def _dtls_transport_lines(leg: LocalMedia, setup: str, *, trickle: bool = False)
     return lines
 
 
-def _ssrc_lines(leg: LocalMedia) -> list[str]:
-    return [
-        f"a=ssrc:{leg.ssrc} cname:{_SSRC_CNAME}",
-        f"a=ssrc:{leg.ssrc} msid:{leg.stream_id} {_TRACK_ID}",
-        f"a=ssrc:{leg.ssrc} mslabel:{leg.stream_id}",
-        f"a=ssrc:{leg.ssrc} label:{_TRACK_ID}",
-    ]
-
-
 def _join(lines: list[str]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
@@ -389,7 +380,7 @@ def build_meta_offer(
     if kx == "DTLS":
         lines.append(f"a=rtcp-fb:{OPUS_PT} transport-cc")
     lines.append(_opus_fmtp(OPUS_PT, kx))
-    return _join(lines + _audio_tail(g711, TELEPHONE_EVENT_PT, leg))
+    return _join(lines) + _audio_tail(g711, TELEPHONE_EVENT_PT, leg)
 
 
 _DIRECTION_ANSWER = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
@@ -464,7 +455,10 @@ def meta_answer(
     if opus_pt is None and not g711:
         raise SdpError("No opus/48000/2 rtpmap (nor an enabled PCMU/PCMA) found in the offer")
     # a G.711-only offer (a legacy endpoint without Opus) gets a G.711-only answer
-    pts = [*([opus_pt] if opus_pt is not None else []), *(pt for _, pt in g711), te_pt]
+    pts = [] if opus_pt is None else [opus_pt]
+    if g711:
+        pts += [pt for _, pt in g711]
+    pts.append(te_pt)
     # the offer's a=mid, its direction and rtcp-mux at media level, read in one pass over its attributes
     mid = direction = None
     seen_mid = rtcp_mux = False
@@ -516,17 +510,22 @@ def meta_answer(
     for name, pt in g711:                       # as _codec_pts reads them back from the text
         payload_types.setdefault(name.lower(), pt)
     payload_types.setdefault("telephone-event", te_pt)
-    return MetaSdp(_join(lines + _audio_tail(g711, te_pt, leg)), payload_types, setup, remote_crypto)
+    return made(MetaSdp, {"text": _join(lines) + _audio_tail(g711, te_pt, leg), "payload_types": payload_types,
+                          "setup": setup, "remote_crypto": remote_crypto})
 
 
 def _opus_fmtp(pt: int, kx: str) -> str:
     return f"a=fmtp:{pt} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}"
 
 
-def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> list[str]:
-    """How both of Meta's SDPs end: G.711 codecs, RFC 4733 events, packet time, the leg's SSRC."""
-    return [*(f"a=rtpmap:{pt} {name}/8000" for name, pt in g711),
-            f"a=rtpmap:{te_pt} telephone-event/8000", "a=ptime:20", "a=maxptime:20", *_ssrc_lines(leg)]
+def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> str:
+    """How both of Meta's SDPs end, as text: G.711 codecs, RFC 4733 events, packet time, the leg's SSRC
+    (RFC 5576: cname, msid, mslabel, label), each line ending in CRLF."""
+    ssrc, stream = leg.ssrc, leg.stream_id
+    g711_lines = "".join([f"a=rtpmap:{pt} {name}/8000\r\n" for name, pt in g711]) if g711 else ""
+    return (f"{g711_lines}a=rtpmap:{te_pt} telephone-event/8000\r\na=ptime:20\r\na=maxptime:20\r\n"
+            f"a=ssrc:{ssrc} cname:{_SSRC_CNAME}\r\na=ssrc:{ssrc} msid:{stream} {_TRACK_ID}\r\n"
+            f"a=ssrc:{ssrc} mslabel:{stream}\r\na=ssrc:{ssrc} label:{_TRACK_ID}\r\n")
 
 
 def _chosen_crypto(sd: SessionDescription, audio: MediaDescription) -> tuple[str, CryptoAttribute] | None:
@@ -643,16 +642,16 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
     connection = baudio.connection if baudio and baudio.connection else business.connection
     if baudio and connection and connection.address not in ("0.0.0.0", "::") and baudio.port not in (0, 9):
         remote_addr = (connection.address, baudio.port)
-    common = {"key_exchange": kx, "remote_addr": remote_addr, "send_codec": send_codec,
-              "payload_types": payload_types}
     if baudio is None:
-        return Negotiated(**common)
+        return _negotiated(kx, remote_addr, send_codec, payload_types)
     if kx == "SDES":
         chosen = _chosen_crypto(business, baudio)      # made once per SDP (by the validation, for a business's)
         if isinstance(meta_sdp, MetaSdp) and meta_sdp.remote_crypto is not None:   # chosen as the answer was built
             key = chosen[1] if chosen is not None and chosen[0] == meta_sdp.remote_crypto else None
-            return Negotiated(**common, remote_crypto=meta_sdp.remote_crypto, remote_key=key)
-        return Negotiated(**common, remote_crypto=chosen[0] if chosen else None, remote_key=chosen[1] if chosen else None)
+            return _negotiated(kx, remote_addr, send_codec, payload_types, remote_crypto=meta_sdp.remote_crypto,
+                               remote_key=key)
+        return _negotiated(kx, remote_addr, send_codec, payload_types, remote_crypto=chosen[0] if chosen else None,
+                           remote_key=chosen[1] if chosen else None)
     ufrag = business.effective_attribute(baudio, "ice-ufrag")
     pwd = business.effective_attribute(baudio, "ice-pwd")
     fingerprint = business.effective_attribute(baudio, "fingerprint")
@@ -665,5 +664,18 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
         role = "server"
     else:   # Meta offered actpass: the business's answer decides
         role = "client" if their_setup == "passive" else "server"
-    return Negotiated(**common, dtls_role=role, remote_ufrag=ufrag[1] if ufrag else None,
-                      remote_pwd=pwd[1] if pwd else None, remote_fingerprint=fingerprint[1] if fingerprint else None)
+    return _negotiated(kx, remote_addr, send_codec, payload_types, dtls_role=role,
+                       remote_fingerprint=fingerprint[1] if fingerprint else None,
+                       remote_ufrag=ufrag[1] if ufrag else None, remote_pwd=pwd[1] if pwd else None)
+
+
+def _negotiated(key_exchange: str, remote_addr: Addr | None, send_codec: str, payload_types: dict[str, int], *,
+                dtls_role: str | None = None, remote_fingerprint: str | None = None, remote_ufrag: str | None = None,
+                remote_pwd: str | None = None, remote_crypto: str | None = None,
+                remote_key: CryptoAttribute | None = None) -> Negotiated:
+    """``Negotiated(...)`` made at once (``made``: every field, in order), once per call set up."""
+    return made(Negotiated, {
+        "key_exchange": key_exchange, "dtls_role": dtls_role, "remote_fingerprint": remote_fingerprint,
+        "remote_ufrag": remote_ufrag, "remote_pwd": remote_pwd, "remote_crypto": remote_crypto,
+        "remote_addr": remote_addr, "send_codec": send_codec, "payload_types": payload_types,
+        "remote_key": remote_key})

@@ -14,7 +14,9 @@ import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+_T = TypeVar("_T")
 
 __all__ = [
     "SDES_SUITES",
@@ -27,6 +29,7 @@ __all__ = [
     "SdpError",
     "SessionDescription",
     "line_error",
+    "made",
     "parse_crypto",
     "parse_sdp",
 ]
@@ -50,6 +53,15 @@ def _quote(raw: str) -> str:
 
 def line_error(number: int, raw: str, reason: str) -> SdpError:
     return SdpError(f"SDP line {number} '{_quote(raw)}': {reason}", line=number)
+
+
+def made(cls: type[_T], values: dict[str, object]) -> _T:
+    """``cls(**values)`` for a frozen dataclass given every one of its fields, in order: the fields set at once
+    (a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, ~1.5 k instructions a
+    field; SDP values made once or more per call). The same object: tests/test_sdp.py compares the two."""
+    made_ = object.__new__(cls)
+    vars(made_).update(values)
+    return made_
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +275,22 @@ def _parse_origin(number: int, raw: str, value: str) -> Origin:
 
 
 def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
+    kind, _, rest = value.partition(" ")
+    port_text, _, tail = rest.partition(" ")
+    known = _MEDIA_TAILS.get((kind, tail))
+    if known is not None and port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535:
+        proto, formats, payload_types = known      # an m-line read before but for its port: the same checks passed
+        return MediaDescription(kind=kind, port=int(port_text), proto=proto, formats=list(formats), line=number,
+                                parsed_payload_types=payload_types)
+    media = _read_media_line(number, raw, value)
+    if media.port_count is None:
+        _remember(_MEDIA_TAILS, (kind, tail), (media.proto, tuple(media.formats), media.parsed_payload_types))
+    return media
+
+
+def _read_media_line(number: int, raw: str, value: str) -> MediaDescription:
+    """An m-line read and checked in full (``_parse_media_line`` skips this for the media type, protocol and
+    formats of one read before)."""
     parts = value.split(" ")
     if len(parts) < 4 or not all(parts):
         raise line_error(number, raw, "expected 'm=<media> <port> <proto> <fmt> ...'")
@@ -292,20 +320,51 @@ def _parse_media_line(number: int, raw: str, value: str) -> MediaDescription:
 def _add_codec_attribute(media: MediaDescription, number: int, raw: str, name: str, value: str | None) -> None:
     """An ``a=rtpmap`` or ``a=fmtp`` of ``media`` (already in its attributes), read into its codec tables."""
     if name == "rtpmap":
-        match = _RTPMAP_RE.match(value or "")
-        if match is None or int(match.group(1)) > 127:
-            raise line_error(number, raw, "expected 'a=rtpmap:<payload type> <encoding>/<clock rate>[/<channels>]'")
-        pt_text, encoding, clock_rate, channels = match.groups()      # (one call, not one per group)
-        pt = int(pt_text)
+        read = _RTPMAPS.get(value)
+        if read is None:
+            match = _RTPMAP_RE.match(value or "")
+            if match is None or int(match.group(1)) > 127:
+                raise line_error(number, raw, "expected 'a=rtpmap:<payload type> <encoding>/<clock rate>[/<channels>]'")
+            pt_text, encoding, clock_rate, channels = match.groups()      # (one call, not one per group)
+            read = (int(pt_text), RtpMap(encoding, int(clock_rate), int(channels) if channels else None))
+            _remember(_RTPMAPS, value, read)
+        pt, codec = read
         if pt in media.rtpmap:
             raise line_error(number, raw, f"duplicate rtpmap for payload type {pt}")
-        media.rtpmap[pt] = RtpMap(encoding, int(clock_rate), int(channels) if channels else None)
+        media.rtpmap[pt] = codec
     elif name == "fmtp":
-        match = _FMTP_RE.match(value or "")
-        if match is None:
-            raise line_error(number, raw, "expected 'a=fmtp:<payload type> <parameters>'")
-        pt_text, parameters = match.groups()
-        media.fmtp[int(pt_text)] = parameters
+        read = _FMTPS.get(value)
+        if read is None:
+            match = _FMTP_RE.match(value or "")
+            if match is None:
+                raise line_error(number, raw, "expected 'a=fmtp:<payload type> <parameters>'")
+            pt_text, parameters = match.groups()
+            read = (int(pt_text), parameters)
+            _remember(_FMTPS, value, read)
+        media.fmtp[read[0]] = read[1]
+
+
+# What the parser read of the parts of lines that come back call after call from one SDP stack (its codecs'
+# a=rtpmap and a=fmtp values, its m-line but for the port): kept, so each is checked and converted once. A
+# value is kept only once read without error; ``tests/test_sdp.py`` compares parses with these memos full
+# and empty (and with the reference parser).
+_RTPMAPS: dict[str | None, tuple[int, RtpMap]] = {}
+_FMTPS: dict[str | None, tuple[int, str]] = {}
+_MEDIA_TAILS: dict[tuple[str, str], tuple[str, tuple[str, ...], tuple[int, ...]]] = {}
+_MEMO_SIZE = 256        # per memo: a sender varying these without end empties it now and then
+
+
+def _remember(memo: dict, key: object, value: object) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
+def forget_memos() -> None:
+    """Empty the parser's memos (tests compare a parse with them and without)."""
+    _RTPMAPS.clear()
+    _FMTPS.clear()
+    _MEDIA_TAILS.clear()
 
 
 def _split_lines(text: str) -> list[str]:
@@ -455,4 +514,5 @@ def parse_crypto(value: str) -> CryptoAttribute:
         else:
             lifetime = extra
     params = tuple(session_params.split()) if session_params else ()
-    return CryptoAttribute(tag, suite, key_b64, key, lifetime, mki, params)
+    return made(CryptoAttribute, {"tag": tag, "suite": suite, "key_b64": key_b64, "key": key, "lifetime": lifetime,
+                                  "mki": mki, "session_params": params})

@@ -162,13 +162,17 @@ class PlatformState:
 
     def put(self, record: Record) -> Record:
         """Keep ``record`` and mark it for persistence with the next commit."""
-        self._hold(record)
-        self.dirty[(record.KIND, record.key)] = record
+        slot = (record.KIND, record.key)
+        self._hold(record, slot)
+        self.dirty[slot] = record
         return record
 
-    def _hold(self, record: Record) -> None:
-        """Keep ``record`` in memory and in the indexes."""
-        self._table(record.KIND)[record.key] = record
+    def _hold(self, record: Record, slot: tuple[str, str] | None = None) -> None:
+        """Keep ``record`` (whose ``(KIND, key)`` is ``slot``, when the caller has it) in memory and in the
+        indexes."""
+        if slot is None:
+            slot = (record.KIND, record.key)
+        self._tables[slot[0]][slot[1]] = record
         if isinstance(record, Call):
             self._index_call(record)
         elif isinstance(record, Message):
@@ -178,7 +182,6 @@ class PlatformState:
                 self.pending_messages.pop(record.id, None)
         else:
             return
-        slot = (record.KIND, record.key)
         if record.live:
             self.ended.pop(slot, None)
         else:
@@ -318,10 +321,15 @@ class PlatformState:
 
     def note(self, call: Call, kind: str, **data) -> None:
         """A timeline entry for ``call``: appended to the call's timeline table with the next commit."""
-        entry = {"t": round_ms(self.clock.now()), "kind": kind}
-        for key, value in data.items():      # built once, as stored and read back (None: left out)
-            if value is not None:
-                entry[key] = value
+        # built once, as stored and read back: a None value is left out (most entries have none: then the
+        # values are copied at once, not one by one)
+        if None in data.values():
+            entry = {"t": round_ms(self.clock.now()), "kind": kind}
+            for key, value in data.items():
+                if value is not None:
+                    entry[key] = value
+        else:
+            entry = {"t": round_ms(self.clock.now()), "kind": kind, **data}
         self.notes.append((call.id, entry))
 
     # -- lookups ----------------------------------------------------------------------------
