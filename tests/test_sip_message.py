@@ -1008,3 +1008,25 @@ def test_the_compiled_rendering_is_the_python_one() -> None:
             assert got == want, (start, msg.headers._items, msg.body)
         assert msg._render_now(start) == want
     assert rendered > 50 and declined > 10
+
+
+@pytest.mark.parametrize("fields", [
+    [("Via", "SIP/2.0/TLS h:5070;branch=z9hG4bK1;rport")],
+    [("Via", "  SIP/2.0/TLS h;branch=z9hG4bK1 ")],
+    [("Via", "SIP/2.0/TLS a;branch=z9hG4bK1, SIP/2.0/TLS b;branch=z9hG4bK2")],
+    [("Via", ""), ("Via", "SIP/2.0/TLS b;branch=z9hG4bK2")],
+    [("Via", " , SIP/2.0/TLS c;branch=z9hG4bK3")],
+    [("Via", "SIP/2.0/TLS d;branch=z9hG4bK4\t"), ("Via", "SIP/2.0/TLS e")],
+])
+def test_top_via_read_inline_is_the_general_reading(fields) -> None:
+    """``top_via`` reads the usual first Via field inline; whatever it is, the Via is the first element
+    ``_top_via_text`` (the general reading) finds, and ``server_key`` keys on its branch as ``Via.branch`` gives it."""
+    from wacall.sip.message import parse_via
+    from wacall.sip.transaction import TransactionLayer
+    request = Request("OPTIONS", "sip:wa.meta.vc", Headers([*fields, ("From", "<sip:a@b>;tag=1"), ("To", "<sip:c@d>"),
+                                                              ("Call-ID", "x"), ("CSeq", "1 OPTIONS")]))
+    request.headers.get("Via")                        # the index built, as after a parse
+    via = parse_via(request._top_via_text())
+    assert request.top_via == via
+    key = TransactionLayer.server_key(request)
+    assert key[0] == (via.branch if (via.branch or "").startswith("z9hG4bK") else "2543")

@@ -528,6 +528,13 @@ class _Message:
 
     @property
     def top_via(self) -> Via:
+        index = self.headers._index
+        values = index.get("via") if index is not None else None
+        if values:
+            text = values[0]
+            if "," not in text and text and text[0] not in " \t" and text[-1] not in " \t":
+                # the usual first Via field: one element, as the parsers leave it (_top_via_text inline)
+                return _via_memo.get(text) or parse_via(text)
         text = self._top_via_text()
         if text is None:
             raise SipParseError("Bad Request - Missing Via")

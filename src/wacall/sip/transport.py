@@ -168,7 +168,7 @@ class Connection(asyncio.Protocol):
             elif isinstance(item, SipParseError):
                 self._on_framing_error(item)
             else:
-                self._on_frame(bytes(item))
+                self._on_frame(item)          # bytes: the framer's messages are
         if self._framer.closed:
             log.info("framing lost on %r: closing", self)
             self.close()
@@ -194,7 +194,17 @@ class Connection(asyncio.Protocol):
             return
         self.messages_in += 1
         owner.stats.messages_in += 1
-        owner._deliver(msg, self)
+        callback = owner.on_message            # delivered here, in the one place messages come from
+        if callback is None:
+            return
+        try:
+            result = callback(msg, self)
+        except Exception:
+            owner.stats.callback_errors += 1
+            log.exception("on_message failed for %s from %r", _describe(msg), self)
+            return
+        if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
+            owner._spawn(owner._await_callback(result, msg, self))
 
     def _answer_bad_request(self, raw: bytes, status: int, reason: str) -> None:
         """RFC 3261 section 21.4.1 400 if enough of the request survives to address a response."""
@@ -287,7 +297,7 @@ class Connection(asyncio.Protocol):
     def send(self, msg: Message | bytes) -> None:
         """Serialise and write one SIP message."""
         data = msg if isinstance(msg, (bytes, bytearray)) else msg.to_bytes()
-        self.write(bytes(data))
+        self.write(data if type(data) is bytes else bytes(data))
         self.messages_out += 1
         self.owner.stats.messages_out += 1
 
@@ -489,19 +499,6 @@ class TlsTransport:
         for key, value in list(self._outgoing.items()):
             if value is conn:
                 del self._outgoing[key]
-
-    def _deliver(self, msg: Message, conn: Connection) -> None:
-        callback = self.on_message
-        if callback is None:
-            return
-        try:
-            result = callback(msg, conn)
-        except Exception:
-            self.stats.callback_errors += 1
-            log.exception("on_message failed for %s from %r", _describe(msg), conn)
-            return
-        if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
-            self._spawn(self._await_callback(result, msg, conn))
 
     async def _await_callback(self, result: Awaitable[None], msg: Message, conn: Connection) -> None:
         try:
