@@ -964,3 +964,69 @@ def test_a_parsed_uri_keeps_its_rendering_and_a_built_one_renders_its_changes(te
     assert "_rendered" not in built.__dict__
     built.port = 5999
     assert str(built) == built._render() and (parsed.opaque is not None or ":5999" in str(built))
+
+
+def test_the_compiled_rendering_is_the_python_one() -> None:
+    """``_sipscan.render`` (what ``to_bytes`` uses) gives the octets of ``_render_in_python`` (the reference), or
+    declines, on the torture messages, mutations of them, and responses with odd Content-Length fields."""
+    import random
+    from pathlib import Path
+    from wacall.sip import message
+    if message._RENDER is None:
+        pytest.skip("the compiled scanner is not built (WACALL_SIPSCAN=0)")
+    torture = sorted(p.read_bytes() for p in (Path(__file__).parent / "data" / "sip_torture").glob("*.dat"))
+    rng = random.Random(3261)
+    messages = []
+    for data in torture:
+        try:
+            messages.append(message._parse_in_python(data))
+        except message.SipParseError as exc:
+            if isinstance(exc.message, (message.Request, message.Response)):
+                messages.append(exc.message)
+    invite = message.Request("INVITE", "sip:a@b", message.Headers([("Via", "SIP/2.0/TLS h;branch=z9hG4bK1"),
+                             ("From", "<sip:a@b>;tag=1"), ("To", "<sip:c@d>"), ("Call-ID", "x"), ("CSeq", "1 INVITE")]))
+    for body in (b"", b"v=0\r\n", "é".encode()):
+        for extra in ([], [("Content-Length", str(len(body)))], [("Content-Length", "7")], [("Content-Length", "0")],
+                      [("Content-Length", str(len(body))), ("Content-Length", str(len(body)))],
+                      [("Subject", "caf\udcc3\udca9")], [("X", "é")]):
+            messages.append(message.response_to(invite, 200, "OK", to_tag="t", headers=extra, body=body))
+    rendered = declined = 0
+    for msg in messages * 3:
+        if rng.random() < 0.5 and msg.headers._items:     # a field changed: another name, value or position
+            items = list(msg.headers._items)
+            i = rng.randrange(len(items))
+            items[i] = rng.choice([("Content-Length", items[i][1]), (items[i][0], "é"), (items[i][0], ""),
+                                   ("content-length", "3"), items[i]])
+            msg.headers._items = items
+        start = "SIP/2.0 200 OK" if isinstance(msg, message.Response) else f"{msg.method} {msg.uri} SIP/2.0"
+        got = message._RENDER(start, msg.headers._items, msg.body)
+        want = msg._render_in_python(start)
+        if got is None:
+            declined += 1
+        else:
+            rendered += 1
+            assert got == want, (start, msg.headers._items, msg.body)
+        assert msg._render_now(start) == want
+    assert rendered > 50 and declined > 10
+
+
+@pytest.mark.parametrize("fields", [
+    [("Via", "SIP/2.0/TLS h:5070;branch=z9hG4bK1;rport")],
+    [("Via", "  SIP/2.0/TLS h;branch=z9hG4bK1 ")],
+    [("Via", "SIP/2.0/TLS a;branch=z9hG4bK1, SIP/2.0/TLS b;branch=z9hG4bK2")],
+    [("Via", ""), ("Via", "SIP/2.0/TLS b;branch=z9hG4bK2")],
+    [("Via", " , SIP/2.0/TLS c;branch=z9hG4bK3")],
+    [("Via", "SIP/2.0/TLS d;branch=z9hG4bK4\t"), ("Via", "SIP/2.0/TLS e")],
+])
+def test_top_via_read_inline_is_the_general_reading(fields) -> None:
+    """``top_via`` reads the usual first Via field inline; whatever it is, the Via is the first element
+    ``_top_via_text`` (the general reading) finds, and ``server_key`` keys on its branch as ``Via.branch`` gives it."""
+    from wacall.sip.message import parse_via
+    from wacall.sip.transaction import TransactionLayer
+    request = Request("OPTIONS", "sip:wa.meta.vc", Headers([*fields, ("From", "<sip:a@b>;tag=1"), ("To", "<sip:c@d>"),
+                                                              ("Call-ID", "x"), ("CSeq", "1 OPTIONS")]))
+    request.headers.get("Via")                        # the index built, as after a parse
+    via = parse_via(request._top_via_text())
+    assert request.top_via == via
+    key = TransactionLayer.server_key(request)
+    assert key[0] == (via.branch if (via.branch or "").startswith("z9hG4bK") else "2543")

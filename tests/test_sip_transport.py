@@ -600,3 +600,36 @@ def test_the_stamp_before_the_parse_agrees_on_torture_and_mutations() -> None:
         for peer in _PEERS[:3]:
             before, general = _received_both_ways(data, peer)
             assert before == general, (data, peer)
+
+
+def test_the_compiled_rport_splice_is_the_python_one() -> None:
+    """``_sipscan.rport_spliced`` (what parse_received calls) gives what ``transport.rport_spliced`` (the reference)
+    gives, on the usual request, the torture messages and mutations of them around the Via line."""
+    import random
+    from pathlib import Path
+    from wacall.sip.transport import _RPORT_SPLICED, rport_spliced
+    if _RPORT_SPLICED is None:
+        pytest.skip("the compiled scanner is not built (WACALL_SIPSCAN=0)")
+    assert _RPORT_SPLICED(_USUAL, 40123) == _USUAL.replace(b";rport", b";rport=40123") == rport_spliced(_USUAL, 40123)
+    torture = sorted(p.read_bytes() for p in (Path(__file__).parent / "data" / "sip_torture").glob("*.dat"))
+    seeds = [*torture, _USUAL, _BARE_LF_HEADERS, _USUAL.replace(b"INVITE sip", b"SIP/2.0 200 OK\r\nX: sip")]
+    rng = random.Random(5626)
+    nasty = [b"\r\n", b"\n", b"\r", b" ", b",", b";", b";rport", b";RpOrT", b"=", b"Via: ", b"\r\n ", b"\xff", b"1",
+             b"sIp/"]
+    cases = list(seeds)
+    for _ in range(3000):
+        data = rng.choice(seeds)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(min(len(data), 140) + 1)
+            if rng.random() < 0.6:
+                data = data[:i] + rng.choice(nasty) + data[i:]
+            else:
+                data = data[:i] + data[i + rng.randint(1, 6):]
+        cases.append(data)
+    spliced = 0
+    for data in cases:
+        for port in (0, 5, 40123, 65535, 65536):
+            got = _RPORT_SPLICED(data, port)
+            assert got == rport_spliced(data, port), (data, port)
+            spliced += got is not None
+    assert spliced > 200          # the mutations keep the usual form often enough for the comparison to count

@@ -528,6 +528,13 @@ class _Message:
 
     @property
     def top_via(self) -> Via:
+        index = self.headers._index
+        values = index.get("via") if index is not None else None
+        if values:
+            text = values[0]
+            if "," not in text and text and text[0] not in " \t" and text[-1] not in " \t":
+                # the usual first Via field: one element, as the parsers leave it (_top_via_text inline)
+                return _via_memo.get(text) or parse_via(text)
         text = self._top_via_text()
         if text is None:
             raise SipParseError("Bad Request - Missing Via")
@@ -582,6 +589,16 @@ class _Message:
         return data
 
     def _render_now(self, start_line: str) -> bytes:
+        items, body = self.headers._items, self.body
+        if _RENDER is not None:
+            data = _RENDER(start_line, items, body)      # the same octets, made in C (None: not all ASCII, ...)
+            if data is not None:
+                return data
+        return self._render_in_python(start_line)
+
+    def _render_in_python(self, start_line: str) -> bytes:
+        """:meth:`_render_now` in Python: the reference of the compiled ``_sipscan.render``, and the way of text
+        it declines (non-ASCII octets, Content-Length fields to fix); tests/test_sip_message.py compares them."""
         items, body = self.headers._items, self.body
         head = CRLF.join([start_line, *map(": ".join, items), ""])       # the joins in C: no Python step per field
         # no Content-Length field: the usual message, told by one search of the head. Every way of filling a
@@ -875,6 +892,8 @@ def _load_scanner():  # type: ignore[no-untyped-def]
 
 
 _SCANNER = _load_scanner()
+#: :meth:`_Message._render_now` in C (sipscan.c), or None (WACALL_SIPSCAN=0, an older build)
+_RENDER = _load_compiled("render")
 
 
 def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], dict[str, tuple[str, ...]], bytes, int, bool] | None:

@@ -19,6 +19,17 @@
  *   else (none, several, folded, odd values: Python's lenient reading decides).
  * via(text: str), name_addr(text: str)
  *   The plain forms of a Via and a name-addr, in pieces (see below), or None: Python parses the rest.
+ * rport_spliced(data: bytes, port: int) -> bytes or None
+ *   The usual request with the transport's RFC 3581 stamp in its octets: when data is not a response (its first
+ *   four octets are not "SIP/" in any case), its first line ends in CRLF, its second line is "Via: <value>"
+ *   ending in CRLF, and that value ends in ";rport", holds no "," (one element) and ";rport" once (in any
+ *   case): data with "=<port>" inserted after that ";rport". None for anything else (transport.parse_received
+ *   stamps those after the parse, the general way). What transport.parse_received checked in Python before.
+ * render(start_line: str, fields: list, body: bytes) -> bytes or None
+ *   A message's wire form as message._Message._render_now gives it, when the start line and every field (a
+ *   (name, value) tuple of str) are ASCII: the start line, "Name: value" per field, each ended by CRLF, then
+ *   "Content-Length: <len(body)>" if no field is called "Content-Length", the empty line and the body. None
+ *   (Python renders) for anything else: non-ASCII text, other types, or Content-Length fields to fix.
  * known_names() -> dict
  *   The name table below (lower-case spelling -> canonical name): tests compare it with message._CANONICAL. */
 #define PY_SSIZE_T_CLEAN
@@ -307,6 +318,100 @@ static PyObject *frame_length(PyObject *module, PyObject *const *args, Py_ssize_
     return PyLong_FromLongLong(count == 1 ? found : -1);
 }
 
+static PyObject *rport_spliced(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "rport_spliced(data: bytes, port: int)");
+        return NULL;
+    }
+    long port = PyLong_AsLong(args[1]);
+    if (port == -1 && PyErr_Occurred()) return NULL;
+    if (port < 0 || port > 65535) Py_RETURN_NONE;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    size_t n = (size_t)PyBytes_GET_SIZE(args[0]);
+    if (n >= 4 && lower(d[0]) == 's' && lower(d[1]) == 'i' && lower(d[2]) == 'p' && d[3] == '/') Py_RETURN_NONE;
+    const unsigned char *p = memchr(d, '\n', n);
+    if (p == NULL) Py_RETURN_NONE;
+    size_t lf = (size_t)(p - d);
+    if (lf < 2 || d[lf - 1] != '\r' || n - lf < 7 || memcmp(d + lf + 1, "Via: ", 5) != 0) Py_RETURN_NONE;
+    size_t vs = lf + 6;                                /* the Via value */
+    p = memchr(d + vs, '\n', n - vs);                 /* the Via line's end: a bare LF ends it too */
+    if (p == NULL) Py_RETURN_NONE;
+    size_t end = (size_t)(p - d);
+    if (end == vs || d[end - 1] != '\r') Py_RETURN_NONE;
+    end--;                                             /* the CR of its CRLF */
+    static const char RPORT[] = ";rport";
+    size_t rl = sizeof RPORT - 1;
+    if (end - vs < rl) Py_RETURN_NONE;
+    int rports = 0;
+    for (size_t k = vs; k < end; k++) {
+        if (d[k] == ',' || d[k] == '\r') Py_RETURN_NONE;
+        if (d[k] == ';' && k + rl <= end) {
+            size_t m = 1;
+            while (m < rl && lower(d[k + m]) == (unsigned char)RPORT[m]) m++;
+            if (m == rl) rports++;
+        }
+    }
+    if (rports != 1 || memcmp(d + end - rl, RPORT, rl) != 0) Py_RETURN_NONE;
+    char stamp[8];
+    int sl = snprintf(stamp, sizeof stamp, "=%ld", port);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n + (size_t)sl));
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, d, end);
+    memcpy(o + end, stamp, (size_t)sl);
+    memcpy(o + end + sl, d + end, n - end);
+    return out;
+}
+
+static PyObject *render(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3 || !PyUnicode_CheckExact(args[0]) || !PyList_CheckExact(args[1]) || !PyBytes_CheckExact(args[2]))
+        Py_RETURN_NONE;
+    PyObject *start = args[0], *fields = args[1], *body = args[2];
+    if (!PyUnicode_IS_ASCII(start)) Py_RETURN_NONE;
+    Py_ssize_t nf = PyList_GET_SIZE(fields), blen = PyBytes_GET_SIZE(body);
+    size_t total = (size_t)PyUnicode_GET_LENGTH(start) + 2;
+    int lengths = 0;
+    for (Py_ssize_t k = 0; k < nf; k++) {
+        PyObject *f = PyList_GET_ITEM(fields, k);
+        if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 2) Py_RETURN_NONE;
+        PyObject *n = PyTuple_GET_ITEM(f, 0), *v = PyTuple_GET_ITEM(f, 1);
+        if (!PyUnicode_CheckExact(n) || !PyUnicode_CheckExact(v) || !PyUnicode_IS_ASCII(n) || !PyUnicode_IS_ASCII(v))
+            Py_RETURN_NONE;
+        Py_ssize_t nl = PyUnicode_GET_LENGTH(n);
+        if (nl == 14 && memcmp(PyUnicode_1BYTE_DATA(n), "Content-Length", 14) == 0) {
+            /* the one Content-Length must already say the body's length (else Python fixes it) */
+            char want[24];
+            int wl = snprintf(want, sizeof want, "%zd", blen);
+            if (++lengths > 1 || PyUnicode_GET_LENGTH(v) != wl || memcmp(PyUnicode_1BYTE_DATA(v), want, (size_t)wl) != 0)
+                Py_RETURN_NONE;
+        }
+        total += (size_t)nl + 2 + (size_t)PyUnicode_GET_LENGTH(v) + 2;
+    }
+    char tail[48];
+    int tl = lengths ? snprintf(tail, sizeof tail, "\r\n") : snprintf(tail, sizeof tail, "Content-Length: %zd\r\n\r\n", blen);
+    total += (size_t)tl + (size_t)blen;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    Py_ssize_t sl = PyUnicode_GET_LENGTH(start);
+    memcpy(o, PyUnicode_1BYTE_DATA(start), (size_t)sl); o += sl;
+    *o++ = '\r'; *o++ = '\n';
+    for (Py_ssize_t k = 0; k < nf; k++) {
+        PyObject *f = PyList_GET_ITEM(fields, k);
+        PyObject *n = PyTuple_GET_ITEM(f, 0), *v = PyTuple_GET_ITEM(f, 1);
+        Py_ssize_t nl = PyUnicode_GET_LENGTH(n), vl = PyUnicode_GET_LENGTH(v);
+        memcpy(o, PyUnicode_1BYTE_DATA(n), (size_t)nl); o += nl;
+        *o++ = ':'; *o++ = ' ';
+        memcpy(o, PyUnicode_1BYTE_DATA(v), (size_t)vl); o += vl;
+        *o++ = '\r'; *o++ = '\n';
+    }
+    memcpy(o, tail, (size_t)tl); o += tl;
+    memcpy(o, PyBytes_AS_STRING(body), (size_t)blen);
+    return out;
+}
+
 static PyObject *known_names(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
@@ -532,6 +637,10 @@ static PyMethodDef methods[] = {
      "The one plain Content-Length of head[:end], or -1."},
     {"via", via, METH_O, "The plain form of a Via's pieces (see sipscan.c), or None."},
     {"name_addr", name_addr, METH_O, "The usual form of a name-addr's pieces (see sipscan.c), or None."},
+    {"rport_spliced", (PyCFunction)(void (*)(void))rport_spliced, METH_FASTCALL,
+     "The usual request with =<port> after its first Via's ;rport (see sipscan.c), or None."},
+    {"render", (PyCFunction)(void (*)(void))render, METH_FASTCALL,
+     "A message's wire form from its start line, fields and body (see sipscan.c), or None."},
     {"known_names", known_names, METH_NOARGS, "The scanner's name table: lower-case spelling -> canonical name."},
     {NULL, NULL, 0, NULL},
 };

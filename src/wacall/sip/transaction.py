@@ -51,6 +51,7 @@ from typing import Any, Union
 
 from .message import Headers, Request, Response, SipParseError, new_tag, response_to
 from .transport import Connection, TlsTransport, TransportError
+from .uri import param
 
 log = logging.getLogger(__name__)
 
@@ -556,11 +557,14 @@ class TransactionLayer:
     def server_key(request: Request) -> tuple[Any, ...]:
         """Section 17.2.3: branch + sent-by + method, ACK (and CANCEL's target) as INVITE."""
         via = request.top_via
-        method = "INVITE" if request.method == "ACK" else request.method
-        branch = via.branch or ""
-        sent_by = (via.host.lower(), via.port or 5061)
+        method = request.method
+        if method == "ACK":
+            method = "INVITE"
+        params = via.params            # Via.branch inline (the branch is nearly always spelled so)
+        branch = (params["branch"] if "branch" in params else param(params, "branch")) or ""
         if branch.startswith(MAGIC_COOKIE):
-            return (branch, sent_by, method)
+            return (branch, (via.host.lower(), via.port or 5061), method)
+        sent_by = (via.host.lower(), via.port or 5061)
         # RFC 2543 fallback (17.2.3 end): To tag excluded so the ACK matches its INVITE.
         return ("2543", request.call_id, request.from_.tag, request.cseq[0], str(via), method)
 

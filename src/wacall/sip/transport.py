@@ -49,9 +49,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, is_canonical_via, new_tag,
-                      parse_message, parse_via, remember_via)
-from .uri import FrozenParams, split_shared
+from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, _via_memo, is_canonical_via,
+                      new_tag, parse_message, parse_via, remember_via)
+from .uri import FrozenParams, _load_compiled, split_shared
 from .tls import NotLoopbackError, Resolver, is_loopback
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class Connection(asyncio.Protocol):
             elif isinstance(item, SipParseError):
                 self._on_framing_error(item)
             else:
-                self._on_frame(bytes(item))
+                self._on_frame(item)          # bytes: the framer's messages are
         if self._framer.closed:
             log.info("framing lost on %r: closing", self)
             self.close()
@@ -194,7 +194,17 @@ class Connection(asyncio.Protocol):
             return
         self.messages_in += 1
         owner.stats.messages_in += 1
-        owner._deliver(msg, self)
+        callback = owner.on_message            # delivered here, in the one place messages come from
+        if callback is None:
+            return
+        try:
+            result = callback(msg, self)
+        except Exception:
+            owner.stats.callback_errors += 1
+            log.exception("on_message failed for %s from %r", _describe(msg), self)
+            return
+        if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
+            owner._spawn(owner._await_callback(result, msg, self))
 
     def _answer_bad_request(self, raw: bytes, status: int, reason: str) -> None:
         """RFC 3261 section 21.4.1 400 if enough of the request survives to address a response."""
@@ -287,7 +297,7 @@ class Connection(asyncio.Protocol):
     def send(self, msg: Message | bytes) -> None:
         """Serialise and write one SIP message."""
         data = msg if isinstance(msg, (bytes, bytearray)) else msg.to_bytes()
-        self.write(bytes(data))
+        self.write(data if type(data) is bytes else bytes(data))
         self.messages_out += 1
         self.owner.stats.messages_out += 1
 
@@ -490,19 +500,6 @@ class TlsTransport:
             if value is conn:
                 del self._outgoing[key]
 
-    def _deliver(self, msg: Message, conn: Connection) -> None:
-        callback = self.on_message
-        if callback is None:
-            return
-        try:
-            result = callback(msg, conn)
-        except Exception:
-            self.stats.callback_errors += 1
-            log.exception("on_message failed for %s from %r", _describe(msg), conn)
-            return
-        if result is not None and inspect.isawaitable(result):   # None: the common case, no ABC check
-            self._spawn(self._await_callback(result, msg, conn))
-
     async def _await_callback(self, result: Awaitable[None], msg: Message, conn: Connection) -> None:
         try:
             await result
@@ -586,21 +583,18 @@ class TlsTransport:
 def parse_received(raw: bytes, peer: tuple[str, int]) -> Message:
     """A message received from ``peer``: :func:`parse_message`, then :func:`stamp_via` if it is a request (errors
     are parse_message's). The usual request, whose first header line is ``Via: ...;rport`` from the host that
-    Via names, is stamped in its octets first (``=<port>`` appended to that line) and parsed once: what the
-    stamp would make of the parsed request, without a second Via built and the field spliced in again
-    (the parse checks that it is; tests/test_sip_transport.py compares the two ways)."""
+    Via names, is stamped in its octets first (``=<port>`` appended to that line, :func:`rport_spliced`) and parsed
+    once: what the stamp would make of the parsed request, without a second Via built and the field spliced in
+    again (the parse checks that it is; tests/test_sip_transport.py compares the two ways)."""
     host, port = peer
-    lf = raw.find(b"\n")
-    if host and lf > 1 and raw[lf - 1] == 13 and raw.startswith(b"Via: ", lf + 1) and raw[:4].upper() != b"SIP/":
-        end = raw.find(b"\r\n", lf + 6)
-        # the Via line's own end: a line ending in a bare LF (which the parser takes) ends before that CRLF
-        if end > 0 and raw.endswith(b";rport", 0, end) and raw.find(b"\n", lf + 1, end) < 0:
-            rport = str(port)
+    if host:
+        spliced = _RPORT_SPLICED(raw, port) if _RPORT_SPLICED is not None else rport_spliced(raw, port)
+        if spliced is not None:
             try:
-                msg = parse_message(b"".join((raw[:end], b"=", rport.encode(), raw[end:])))
+                msg = parse_message(spliced)
             except Exception:       # the message as received decides (the same error, or the general stamp)
                 msg = None
-            if msg is not None and _stamped_as_usual(msg, host, rport):
+            if msg is not None and _stamped_as_usual(msg, host, str(port)):
                 return msg
     msg = parse_message(raw)
     if isinstance(msg, Request):
@@ -609,6 +603,29 @@ def parse_received(raw: bytes, peer: tuple[str, int]) -> Message:
         except SipParseError:  # pragma: no cover - parse_message already checked the Via
             pass
     return msg
+
+
+def rport_spliced(raw: bytes, port: int) -> bytes | None:
+    """``raw`` with ``=<port>`` after the ``;rport`` that ends its first header line, when that line is
+    ``Via: <one element with one ;rport>`` in CRLF and ``raw`` is not a response; else None. The reference of the
+    compiled ``_sipscan.rport_spliced`` (one call instead of six byte searches per request received;
+    tests/test_sip_transport.py compares the two)."""
+    lf = raw.find(b"\n")
+    if not (0 <= port <= 65535 and lf > 1 and raw[lf - 1] == 13 and raw.startswith(b"Via: ", lf + 1)
+            and raw[:4].upper() != b"SIP/"):
+        return None
+    end = raw.find(b"\r\n", lf + 6)
+    # the Via line's own end: a line ending in a bare LF (which the parser takes) ends before that CRLF
+    if end < 0 or not raw.endswith(b";rport", 0, end) or raw.find(b"\n", lf + 1, end) >= 0:
+        return None
+    value = raw[lf + 6:end]
+    if b"," in value or b"\r" in value or value.lower().count(b";rport") != 1:
+        return None
+    return b"".join((raw[:end], b"=", str(port).encode(), raw[end:]))
+
+
+#: :func:`rport_spliced` in C (sipscan.c), or None (WACALL_SIPSCAN=0, not built)
+_RPORT_SPLICED = _load_compiled("rport_spliced")
 
 
 def _stamped_as_usual(msg: Message, host: str, rport: str) -> bool:
@@ -680,8 +697,8 @@ def _splice_form(text: str, host: str) -> Via | None:
     written as the parser reads it back, from ``host``; else None."""
     if "," in text or text.lower().count(";rport") != 1:
         return None
-    via = parse_via(text)                        # the parser's memo: checked when the request was parsed
-    if via.host.strip("[]").lower() != host.lower() or not is_canonical_via(text, via):
+    via = _via_memo.get(text) or parse_via(text)     # the parser's memo: checked when the request was parsed
+    if not is_canonical_via(text, via) or (via.host != host and via.host.strip("[]").lower() != host.lower()):
         return None
     return via
 
