@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 
@@ -579,24 +580,29 @@ def test_the_stamp_before_the_parse_is_the_general_stamp(data: bytes) -> None:
         assert before == general, (data, peer)
 
 
-def test_the_stamp_before_the_parse_agrees_on_torture_and_mutations() -> None:
-    import random
-    from pathlib import Path
-    torture = sorted(p.read_bytes() for p in (Path(__file__).parent / "data" / "sip_torture").glob("*.dat"))
-    seeds = [*torture, _USUAL, _USUAL.replace(b"127.0.0.1:5070", b"[::1]:5070")]
-    rng = random.Random(3581)
-    nasty = [b"\r\n", b"\n", b" ", b",", b";", b";rport", b"=", b"Via: ", b"\r\n ", b"\xff", b"1"]
+def _head_mutations(seeds: list[bytes], nasty: list[bytes], *, seed: int, count: int, span: int) -> list[bytes]:
+    """The seeds, then ``count`` of them with 1 to 3 edits in their first ``span`` octets (where the start line
+    and the first Via are): a ``nasty`` piece inserted, or 1 to 6 octets cut."""
+    rng = random.Random(seed)
     cases = list(seeds)
-    for _ in range(1500):
+    for _ in range(count):
         data = rng.choice(seeds)
         for _ in range(rng.randint(1, 3)):
-            i = rng.randrange(min(len(data), 200) + 1)
+            i = rng.randrange(min(len(data), span) + 1)
             if rng.random() < 0.6:
                 data = data[:i] + rng.choice(nasty) + data[i:]
             else:
                 data = data[:i] + data[i + rng.randint(1, 6):]
         cases.append(data)
-    for data in cases:
+    return cases
+
+
+def test_the_stamp_before_the_parse_agrees_on_torture_and_mutations() -> None:
+    from pathlib import Path
+    torture = sorted(p.read_bytes() for p in (Path(__file__).parent / "data" / "sip_torture").glob("*.dat"))
+    seeds = [*torture, _USUAL, _USUAL.replace(b"127.0.0.1:5070", b"[::1]:5070")]
+    nasty = [b"\r\n", b"\n", b" ", b",", b";", b";rport", b"=", b"Via: ", b"\r\n ", b"\xff", b"1"]
+    for data in _head_mutations(seeds, nasty, seed=3581, count=1500, span=200):
         for peer in _PEERS[:3]:
             before, general = _received_both_ways(data, peer)
             assert before == general, (data, peer)
@@ -605,7 +611,6 @@ def test_the_stamp_before_the_parse_agrees_on_torture_and_mutations() -> None:
 def test_the_compiled_rport_splice_is_the_python_one() -> None:
     """``_sipscan.rport_spliced`` (what parse_received calls) gives what ``transport.rport_spliced`` (the reference)
     gives, on the usual request, the torture messages and mutations of them around the Via line."""
-    import random
     from pathlib import Path
     from wacall.sip.transport import _RPORT_SPLICED, rport_spliced
     if _RPORT_SPLICED is None:
@@ -613,21 +618,10 @@ def test_the_compiled_rport_splice_is_the_python_one() -> None:
     assert _RPORT_SPLICED(_USUAL, 40123) == _USUAL.replace(b";rport", b";rport=40123") == rport_spliced(_USUAL, 40123)
     torture = sorted(p.read_bytes() for p in (Path(__file__).parent / "data" / "sip_torture").glob("*.dat"))
     seeds = [*torture, _USUAL, _BARE_LF_HEADERS, _USUAL.replace(b"INVITE sip", b"SIP/2.0 200 OK\r\nX: sip")]
-    rng = random.Random(5626)
     nasty = [b"\r\n", b"\n", b"\r", b" ", b",", b";", b";rport", b";RpOrT", b"=", b"Via: ", b"\r\n ", b"\xff", b"1",
              b"sIp/"]
-    cases = list(seeds)
-    for _ in range(3000):
-        data = rng.choice(seeds)
-        for _ in range(rng.randint(1, 3)):
-            i = rng.randrange(min(len(data), 140) + 1)
-            if rng.random() < 0.6:
-                data = data[:i] + rng.choice(nasty) + data[i:]
-            else:
-                data = data[:i] + data[i + rng.randint(1, 6):]
-        cases.append(data)
     spliced = 0
-    for data in cases:
+    for data in _head_mutations(seeds, nasty, seed=5626, count=3000, span=140):
         for port in (0, 5, 40123, 65535, 65536):
             got = _RPORT_SPLICED(data, port)
             assert got == rport_spliced(data, port), (data, port)
