@@ -36,8 +36,9 @@ BATCH = "*"                    # a timeline row holding several entries of one c
 # SQLite's page size for a new database. A commit copies every page it changes whole (into the rollback
 # journal of an in-memory database, into the WAL of a file), and a SIP call's commits change a few rows on
 # each of several B-trees (its document, its calls row and their indexes, the timeline's last page): with
-# 2 KiB pages a flow's commits cost ~8 % fewer instructions than with SQLite's 4 KiB (16 KiB: more; 1 KiB:
-# a call's document of ~2.5 KiB spills to overflow pages).
+# 2 KiB pages a flow's commits cost ~8 % fewer instructions than with SQLite's 4 KiB, measured, although a
+# call's document (2-2.7 KiB) then keeps its tail in an overflow page (a 2 KiB leaf holds at most 2013
+# bytes of a row); 8 KiB cost more, and 1 KiB more than 2 KiB.
 PAGE_SIZE = 2048
 NUMBERS_KEPT = 20_000          # call numbers (``calls.n``) the store remembers by call id (older ones: read back)
 
