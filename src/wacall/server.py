@@ -509,8 +509,7 @@ class Wacall:
             self.consumers.on(event_type, self._live_call_changed)
 
     def _live_call_changed(self, event: Any) -> None:
-        if self.live.listeners:                # (nobody watching, the usual case: one call less per event)
-            self.live.call_changed(event.call_id)
+        self.live.call_changed(event.call_id)  # (it does nothing while nobody watches, the usual case)
 
     # -- call recording and transcription (domain.recording, media.capture) ------------------------------
     def _after_call(self, event: ReleaseMedia) -> None:
