@@ -139,3 +139,44 @@ async def test_a_deferred_consumer_change_waits_for_the_end_of_the_loop_iteratio
     assert len(wacall.commits) == 1                  # the event's commit; the consumer's change not yet
     await asyncio.sleep(0)
     assert len(wacall.commits) == 2
+
+
+class ReleasingMedia:
+    """Stands for the media plane: releasing a leg notes its final statistics (a deferred change, as
+    ``Wacall.note`` is) and is counted."""
+
+    def __init__(self, wacall: Wacall) -> None:
+        self.wacall, self.released = wacall, []
+
+    def release(self, call_id: str) -> None:
+        self.released.append((call_id, len(self.wacall.commits)))
+        self.wacall.apply(lambda: touch(self.wacall), defer=True)
+
+
+async def test_a_leg_is_released_before_the_commit_that_ends_its_call_and_its_notes_join_that_commit(wacall):
+    """ReleaseMedia is prepared: the leg's final statistics join the commit of the change that ended the
+    call (one transaction, where the release as a consumer made a second one at the end of the loop turn),
+    and the leg is released once, before that commit."""
+    wacall.media = media = ReleasingMedia(wacall)
+    wacall.apply(lambda: (touch(wacall), wacall.platform.emit(ReleaseMedia("a"))))
+    assert media.released == [("a", 0)]              # before the commit
+    assert wacall.commits == [(1, 0)]                # the operation's change and the release's, together
+    await asyncio.sleep(0)
+    assert wacall.commits == [(1, 0)]                # nothing left for a second transaction
+    assert media.released == [("a", 0)]              # and the consumers released nothing again
+
+
+async def test_a_leg_released_before_a_commit_that_fails_is_not_released_again(wacall):
+    wacall.media = media = ReleasingMedia(wacall)
+    counting = wacall.store.commit
+
+    def failing(dirty, rows, notes=()):
+        counting(dirty, rows, notes)
+        raise OSError("disk full")
+    wacall.store.commit = failing
+    with pytest.raises(OSError):
+        wacall.apply(lambda: (touch(wacall), wacall.platform.emit(ReleaseMedia("a"))))
+    wacall.store.commit = counting
+    wacall.apply(lambda: touch(wacall))              # the write path goes on
+    await asyncio.sleep(0)
+    assert media.released == [("a", 0)]

@@ -290,6 +290,9 @@ class Wacall:
         self.sip_ca_file = str(ca.cert_path)
         self.consumers.on(SipCallChanged, lambda event: gateway.on_call_changed(event.call_id),
                           prepare=lambda event: gateway.prepare_call_changed(event.call_id))
+        # after the media plane's release (registered in _route_events): the BYE's 200 is traced after final_stats
+        self.consumers.on(ReleaseMedia, None,
+                          prepare=lambda event: gateway.prepare_released(event.call_id))
         gateway.restore()                  # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:
@@ -494,8 +497,9 @@ class Wacall:
     def _route_events(self) -> None:
         """Who consumes which event after its commit (the webhooks were rendered into the commit itself;
         the SIP gateway registers for ``SipCallChanged`` when it starts)."""
-        self.consumers.on(ReleaseMedia, lambda event: self.media.release(event.call_id))
-        self.consumers.on(ReleaseMedia, self._after_call)
+        # the leg is released before the commit that ends the call, so its final_stats join that commit (and the
+        # SIP 200 to a BYE, traced after them) instead of costing a transaction of their own
+        self.consumers.on(ReleaseMedia, self._after_call, prepare=self._release_media)
         # the relay is configured before the commit of the change that negotiated its media, so what it notes
         # (srtp_ready, dtls_role) joins that commit instead of costing a transaction of its own
         self.consumers.on(MediaConfigure, None, prepare=self._configure_media)
@@ -565,6 +569,15 @@ class Wacall:
         record = self.platform.media_record(media_id)
         return {"id": media_id, "sha256": record.sha256 if record else None, "mime_type": mime_type,
                 "url": f"{self.base_url}{DOWNLOAD_PATH}?{self.media_library.url_query(media_id)}"}
+
+    def _release_media(self, event: ReleaseMedia) -> None:
+        """Release the call's leg (a preparer: a failure is logged like a consumer's and the commit goes on).
+        Should that commit fail, the leg is gone all the same: the call has ended in memory, and the
+        consumers, which do not run then, release nothing a second time."""
+        try:
+            self.media.release(event.call_id)
+        except Exception as exc:
+            self._consumer_failed(event, exc)
 
     def _configure_media(self, event: MediaConfigure) -> None:
         """Configure the relay for a call (a preparer: a failure is logged like a consumer's and the commit

@@ -5,7 +5,8 @@ The webhooks layer renders events into Meta's envelopes (``wacall.webhooks.paylo
 table from event type to renderer, before the commit: the outbox rows are part of the transaction);
 after the commit the server publishes every event through an :class:`EventRegistry`, where the media
 plane (configure, connected, release) and the SIP gateway (``SipCallChanged``) registered for the
-types they consume. No consumer asks ``isinstance``: the type is the address.
+types they consume (configure and release are prepared: done before the commit, so what they note joins
+it). No consumer asks ``isinstance``: the type is the address.
 """
 
 from __future__ import annotations

@@ -108,6 +108,7 @@ class Dialog:
     remote_cseq: int | None = None     # the business's last CSeq in the dialog (RFC 3261 §12.2.2)
     server: dict | None = None         # the business's configured server: {"hostname", "port"}
     outgoing: Response | None = None   # a 180/200 prepared with the commit of its state change, sent after it
+    bye_ok: Response | None = None     # the 200 to the business's BYE, traced in the commit that ends the call
     peer: tuple[str, int] | None = None  # where the business's connection came from / what we dialled
     answer_headers: tuple[tuple[str, str], ...] | None = None   # Meta's fields of its 180 and 200 (BIC), built once
 
@@ -427,15 +428,17 @@ class SipGateway:
         if dialog.conn is None or not dialog.conn.is_open:
             dialog.conn = txn.conn        # the business's new flow (after a restart, or a reconnect)
         call = self._call(dialog.call_id)
+        ok = response_to(bye, 200, "OK", headers=self.meta_headers)
         if call is not None:        # committed before the 200 says so: a kill -9 after the 200 keeps the end
 
             def hang_up() -> None:
                 self._note_message(call, "in", bye)      # the BYE's trace, in the same commit
                 self.platform.sip_business_hangs_up(call)
+            dialog.bye_ok = ok       # traced by prepare_released in that commit, after the media's final_stats
             self.host.apply(hang_up)
-        ok = response_to(bye, 200, "OK", headers=self.meta_headers)
-        if call is not None:
-            self.host.apply(lambda: self._note_message(call, "out", ok), defer=True)
+            if dialog.bye_ok is not None:     # the call had ended already (no release): the 200 traced on its own
+                dialog.bye_ok = None
+                self.host.apply(lambda: self._note_message(call, "out", ok), defer=True)
         txn.respond(ok)
         self._forget(dialog)
 
@@ -487,6 +490,20 @@ class SipGateway:
         else:
             return
         self.trace(call.id, "out", dialog.outgoing)
+
+    def prepare_released(self, call_id: str) -> None:
+        """Before the commit that ends a call, once its media leg was released (a ``ReleaseMedia`` preparer
+        registered after the media plane's): the 200 to the business's BYE goes on the timeline after the
+        leg's final statistics, in that same commit (not a transaction of its own); it is sent once the
+        commit is done (:meth:`_business_hangs_up`)."""
+        dialog = self.dialogs.get(call_id)
+        if dialog is None or dialog.bye_ok is None:
+            return
+        call = self._call(call_id)
+        if call is None:
+            return
+        ok, dialog.bye_ok = dialog.bye_ok, None
+        self.host.apply(lambda: self._note_message(call, "out", ok), defer=True)
 
     def _send_prepared(self, dialog: Dialog) -> None:
         response, dialog.outgoing = dialog.outgoing, None
