@@ -481,4 +481,91 @@ async def test_no_trying_timer_when_the_tu_answers_at_once(pair):
     uas.layer.on_request = challenge
     txn = uac.layer.send_request(make_request("INVITE"), conn)
     assert (await asyncio.wait_for(txn.final(), 5)).status == 407
-    assert answered and armed == [64 * T1]     # Timer H only: no 100 Trying timer armed and cancelled
+    assert answered and armed == []            # no 100 Trying timer armed and cancelled
+    queue = uas.layer.timers_64t1._queue       # Timer H went to the 64*T1 queue
+    assert len(queue) == 1
+    await asyncio.wait_for(answered[0].wait_terminated(), 5)     # the 407's ACK: Timer H cancelled
+    assert all(timer.txn is None for timer in queue)
+
+    # a TU that answers later in the same loop turn (the gateway's 180 leaves with the commit at its end): no
+    # 100 Trying timer either
+    later: list[ServerTransaction] = []
+
+    def ring_at_the_end_of_the_turn(request, txn):
+        loop.call_soon(lambda: txn.respond(response_to(request, 180, to_tag=txn.local_tag)))
+        later.append(txn)
+
+    uas.layer.on_request = ring_at_the_end_of_the_turn
+    ringing = uac.layer.send_request(make_request("INVITE"), conn)
+    ringing.on_provisional = lambda response: provisional.set_result(response.status)
+    provisional = loop.create_future()
+    assert await asyncio.wait_for(provisional, 5) == 180
+    assert later and armed == []
+
+
+class _ManualLoop:
+    """A loop whose clock moves when the test says; call_at only records (the test runs what is due)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.handles: list[list] = []            # [when, callback, cancelled]
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when, callback):
+        handle = [when, callback, False]
+        self.handles.append(handle)
+
+        class Handle:
+            def cancel(self_inner):
+                handle[2] = True
+        return Handle()
+
+    def run_due(self) -> None:
+        for handle in [h for h in self.handles if h[0] <= self.now and not h[2]]:
+            self.handles.remove(handle)
+            handle[1]()
+
+
+class _Txn:
+    def __init__(self, name: str, fired: list) -> None:
+        self.name, self.fired, self._timer = name, fired, None
+
+    def _fire(self, callback) -> None:
+        self._timer = None
+        callback()
+
+
+def test_fixed_delay_timers_expire_in_order_share_loop_timers_and_forget_cancelled_ones():
+    """Timers H/L/B/F/M (64*T1) on one queue: they expire in the order started, timers started within the slack
+    of one another share one loop timer, a cancelled one neither runs nor keeps its transaction, and a timer
+    started by an expiring callback gets a loop timer of its own."""
+    from wacall.sip.transaction import _FixedDelayTimers
+    loop, fired = _ManualLoop(), []
+    timers = _FixedDelayTimers(loop, delay=32.0, slack=0.5)
+    a, b, c = (_Txn(name, fired) for name in "abc")
+    ta = timers.start(a, lambda: fired.append("a"))
+    loop.now += 0.2
+    tb = timers.start(b, lambda: fired.append("b"))
+    loop.now += 0.1
+    timers.start(c, lambda: fired.append("c"))
+    assert len(loop.handles) == 1 and loop.handles[0][0] == 100.0 + 32.0 + 0.5    # one loop timer for the three
+    tb.cancel()
+    assert tb.txn is None and tb.callback is None         # the cancelled one keeps nothing alive
+    loop.now = 131.9
+    loop.run_due()
+    assert fired == []                                     # not before its time
+    loop.now = 132.5
+
+    def restart():
+        fired.append("c")
+        timers.start(c, lambda: fired.append("c again"))
+    timers._queue[-1].callback = restart
+    loop.run_due()
+    assert fired == ["a", "c"]                             # in order, b cancelled; all three due by 132.5
+    assert ta.txn is None
+    assert len(loop.handles) == 1 and loop.handles[0][0] == 132.5 + 32.0 + 0.5    # the restarted one's
+    loop.now = 165.0
+    loop.run_due()
+    assert fired == ["a", "c", "c again"] and not timers._queue and not loop.handles
