@@ -147,6 +147,17 @@ def test_mutated_torture_messages_agree() -> None:
         agree(_mutate(rng, rng.choice(seeds)))
 
 
+def test_every_odd_octet_at_every_position_agrees() -> None:
+    """The header-end search steps over eight octets at a time (sipscan.c skip_ordinary): a NUL, non-ASCII
+    octet, bare CR, LF, CRLF or empty line at each position of the header block (each offset in a word, the word's first
+    and last) gives what the octet-by-octet Python parser gives."""
+    head_end = INVITE.index(b"\r\n\r\n")
+    for octet in (b"\x00", b"\x80", b"\xff", b"\x7f", b"\r", b"\n", b"\r\n", b"\n\n", b"\n\r\n", b"\r\n\r\n",
+                  b"\x0e", b"\x8d", b"\x8a"):
+        for at in range(head_end + 2):
+            agree(INVITE[:at] + octet + INVITE[at + 1:])
+
+
 _NAMES = st.sampled_from(["Via", "v", "From", "f", "To", "t", "Call-ID", "i", "CSeq", "Contact", "m",
                           "Content-Length", "l", "content-LENGTH", "Max-Forwards", "X-Odd", "Route", "Bad Name",
                           "", "Allow"])
