@@ -30,6 +30,9 @@
  *   (name, value) tuple of str) are ASCII: the start line, "Name: value" per field, each ended by CRLF, then
  *   "Content-Length: <len(body)>" if no field is called "Content-Length", the empty line and the body. None
  *   (Python renders) for anything else: non-ASCII text, other types, or Content-Length fields to fix.
+ * fields_checked(index, method or None, addresses: dict, vias: dict) -> int or None
+ *   message._check_fields on the usual message (see the function): the bits of the From, To, Via and Contact
+ *   values left for Python to parse (none of them in its memo), or None: Python checks it all (the reference).
  * known_names() -> dict
  *   The name table below (lower-case spelling -> canonical name): tests compare it with message._CANONICAL. */
 #define PY_SSIZE_T_CLEAN
