@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from support.mutation import mutate, random_octet, random_printable
 
-from wacall.sip import message
+from wacall.sip import message, uri
 from wacall.sip.message import (
     PING,
     SipParseError,
@@ -145,6 +145,79 @@ def test_mutated_torture_messages_agree() -> None:
     seeds = TORTURE + [INVITE]
     for _ in range(3000):
         agree(_mutate(rng, rng.choice(seeds)))
+
+
+def test_every_odd_octet_at_every_position_agrees() -> None:
+    """The header-end search steps over eight octets at a time (sipscan.c skip_ordinary): a NUL, non-ASCII
+    octet, bare CR, LF, CRLF or empty line at each position of the header block (each offset in a word, the word's first
+    and last) gives what the octet-by-octet Python parser gives."""
+    head_end = INVITE.index(b"\r\n\r\n")
+    for octet in (b"\x00", b"\x80", b"\xff", b"\x7f", b"\r", b"\n", b"\r\n", b"\n\n", b"\n\r\n", b"\r\n\r\n",
+                  b"\x0e", b"\x8d", b"\x8a"):
+        for at in range(head_end + 2):
+            agree(INVITE[:at] + octet + INVITE[at + 1:])
+
+
+def fields_checked_agree(data: bytes) -> bool:
+    """The mandatory fields' checks in C (``_sipscan.fields_checked``, then Python parses what its memos lack) give
+    what the Python checks alone give, with the memos empty and with them warm; True if C took the message."""
+    outcomes = []
+    saved = message._FIELDS_CHECKED
+    for compiled in (saved, None):
+        message._FIELDS_CHECKED = compiled
+        try:
+            uri._addr_memo.clear()
+            message._via_memo.clear()
+            outcomes.append((outcome(parse_message, data), outcome(parse_message, data)))
+        finally:
+            message._FIELDS_CHECKED = saved
+    assert outcomes[0] == outcomes[1], data
+    scanned = message._scanned(data)
+    if scanned is None:
+        return False
+    start = scanned[0]
+    method = None if start.upper().startswith("SIP/") else start.split(" ")[0]
+    return saved(scanned[2], method, {}, {}) is not None
+
+
+def test_the_compiled_field_checks_take_the_usual_message() -> None:
+    index = message._scanned(INVITE)[2]
+    assert message._FIELDS_CHECKED(index, "INVITE", {}, {}) == 1 | 2 | 4 | 8      # all four to parse
+    parse_message(INVITE)
+    assert message._FIELDS_CHECKED(index, "INVITE", uri._addr_memo, message._via_memo) == 0
+    assert message._FIELDS_CHECKED(index, "BYE", {}, {}) is None                  # the CSeq's method: Python says
+    assert message._FIELDS_CHECKED(index, None, {}, {}) is not None               # a response has no method to match
+
+
+@pytest.mark.parametrize("edit", [
+    (b"CSeq: 2 INVITE", b"CSeq: 2147483648 INVITE"), (b"CSeq: 2 INVITE", b"CSeq: 2147483647 INVITE"),
+    (b"CSeq: 2 INVITE", b"CSeq: 02 INVITE"), (b"CSeq: 2 INVITE", b"CSeq: 2\tINVITE"),
+    (b"CSeq: 2 INVITE", b"CSeq: 2INVITE"), (b"CSeq: 2 INVITE", b"CSeq: INVITE"), (b"CSeq: 2 INVITE", b"CSeq: 2 "),
+    (b"CSeq: 2 INVITE", b"CSeq: 2 INVITE x"), (b"CSeq: 2 INVITE", b"CSeq: 2 invite"),
+    (b"Max-Forwards: 70", b"Max-Forwards: 256"), (b"Max-Forwards: 70", b"Max-Forwards: 255"),
+    (b"Max-Forwards: 70", b"Max-Forwards: 070"), (b"Max-Forwards: 70", b"Max-Forwards: 0"),
+    (b"Max-Forwards: 70", b"Max-Forwards: 7a"), (b"Max-Forwards: 70", b"Max-Forwards: 70\r\nMax-Forwards: 70"),
+    (b"Max-Forwards: 70\r\n", b""), (b"Call-ID: 1-abc", b"Call-ID: 1 abc"), (b"Call-ID: 1-abc", b"Call-ID: "),
+    (b"Contact: <", b"Contact: *\r\nX: <"), (b"Contact: <", b"Contact: <sip:a@b>, <"), (b"Contact: <", b"Contact: <<"),
+    (b"Contact: <sip:+442071838750@127.0.0.1:5070;transport=tls>\r\n", b""), (b"Contact: <", b"Contact: x <"),
+    (b"Via: SIP/2.0/TLS", b"Via: SIP/2.0/TLS 127.0.0.1, SIP/2.0/TLS"), (b"Via: SIP/2.0/TLS", b"Via: SIP/2.0/TLX"),
+    (b"Via: SIP/2.0/TLS", b"Via: SIP/3.0/TLS"), (b"Via: SIP/2.0/TLS 127.0.0.1:5070", b"Via: SIP/2.0/TLS 127.0.0.1:99999"),
+    (b"From: <", b"From: <<"), (b"From: <", b"From: x y <"), (b"To: <", b"To: <<"), (b"To: <", b"To: <sip:a@b>\r\nTo: <"),
+    (b"From: <sip:+442071838750@pbx.business.example>;tag=1SIPpTag001\r\n", b""),
+    (b"Call-ID: 1-abc@127.0.0.1\r\n", b""), (b"CSeq: 2 INVITE\r\n", b""), (b"INVITE sip", b"SIP/2.0 200 OK\r\nX: sip"),
+    (b"Call-ID: 1-abc", b"Call-ID: 1-\xc3\xa9"), (b"To: <", b"To: \"\xc3\xa9\" <"),
+])
+def test_the_compiled_field_checks_are_the_python_ones(edit: tuple[bytes, bytes]) -> None:
+    fields_checked_agree(INVITE.replace(*edit))
+
+
+def test_the_compiled_field_checks_agree_on_torture_and_mutations() -> None:
+    rng = random.Random(3261)
+    taken = sum(fields_checked_agree(data) for data in TORTURE)
+    seeds = TORTURE + [INVITE]
+    for _ in range(2000):
+        taken += fields_checked_agree(_mutate(rng, rng.choice(seeds)))
+    assert taken > 300                  # C took enough of them for the comparison to count
 
 
 _NAMES = st.sampled_from(["Via", "v", "From", "f", "To", "t", "Call-ID", "i", "CSeq", "Contact", "m",

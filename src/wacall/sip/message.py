@@ -793,11 +793,44 @@ def _check_version(version: str) -> None:
 
 
 def _check_fields(msg: Request | Response) -> None:
-    """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2)."""
+    """Mandatory headers and their syntax (sections 8.1.1, 8.2.2, 20; RFC 4475 section 3.1.2): the usual message's
+    checked in C (``_sipscan.fields_checked``), which leaves Python only the From, To, Via or Contact values its
+    memos have not seen to parse; :func:`_check_fields_in_python` is the reference and takes everything else."""
     h = msg.headers
     index = h._index
     if index is None:
         index = h._indexed()                            # the lookups below are dict accesses
+    if _FIELDS_CHECKED is not None:
+        missing = _FIELDS_CHECKED(index, msg.method if isinstance(msg, Request) else None, _addr_memo, _via_memo)
+        if missing is not None:
+            if missing:
+                _parse_unseen(msg, index, missing)
+            return
+    _check_fields_in_python(msg, index)
+
+
+def _parse_unseen(msg: Request | Response, index: dict[str, tuple[str, ...]], missing: int) -> None:
+    """The values ``fields_checked`` found in no memo parsed, in the reference's order, with its errors (bits: 1
+    From, 2 To, 4 Via, 8 Contact; each the one element of its one field)."""
+    if missing & 1:
+        _check_address(index["from"][0], "From", msg)
+    if missing & 2:
+        _check_address(index["to"][0], "To", msg)
+    if missing & 4:
+        try:
+            parse_via(index["via"][0])
+        except SipParseError:
+            raise _bad("Malformed Via", msg) from None
+    if missing & 8:
+        try:
+            parse_name_addr(index["contact"][0])
+        except SipParseError:
+            raise _bad("Malformed Contact", msg) from None
+
+
+def _check_fields_in_python(msg: Request | Response, index: dict[str, tuple[str, ...]]) -> None:
+    """:func:`_check_fields` in Python: the reference of ``_sipscan.fields_checked`` (tests/test_sip_scan.py compares
+    them), and the way of every message it declines."""
     try:       # one field each (not list headers: their fields are their values); else the first problem
         (to,), (from_,), (call_id,), (cseq,) = index["to"], index["from"], index["call-id"], index["cseq"]
     except (KeyError, ValueError):
@@ -894,6 +927,8 @@ def _load_scanner():  # type: ignore[no-untyped-def]
 _SCANNER = _load_scanner()
 #: :meth:`_Message._render_now` in C (sipscan.c), or None (WACALL_SIPSCAN=0, an older build)
 _RENDER = _load_compiled("render")
+#: the usual message's :func:`_check_fields` in C (sipscan.c), or None (WACALL_SIPSCAN=0, an older build)
+_FIELDS_CHECKED = _load_compiled("fields_checked")
 
 
 def _scanned(data: bytes) -> tuple[str, list[tuple[str, str]], dict[str, tuple[str, ...]], bytes, int, bool] | None:

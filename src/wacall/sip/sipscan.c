@@ -30,11 +30,15 @@
  *   (name, value) tuple of str) are ASCII: the start line, "Name: value" per field, each ended by CRLF, then
  *   "Content-Length: <len(body)>" if no field is called "Content-Length", the empty line and the body. None
  *   (Python renders) for anything else: non-ASCII text, other types, or Content-Length fields to fix.
+ * fields_checked(index, method or None, addresses: dict, vias: dict) -> int or None
+ *   message._check_fields on the usual message (see the function): the bits of the From, To, Via and Contact
+ *   values left for Python to parse (none of them in its memo), or None: Python checks it all (the reference).
  * known_names() -> dict
  *   The name table below (lower-case spelling -> canonical name): tests compare it with message._CANONICAL. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 /* RFC 3261 section 25.1 token characters: alphanum - . ! % * _ + ` ' ~ */
@@ -109,6 +113,24 @@ static long long digits_value(const unsigned char *v, size_t n) {
 /* not a line break, NUL or non-ASCII (what the header-end search steps over) */
 static int ordinary(unsigned char c) { return c < 0x80 && c != 0 && c != '\r' && c != '\n'; }
 
+/* the first index at or after p (up to n) whose octet is not ordinary(): eight octets at a time while none of
+ * them is (a header block is ~95 % ordinary octets; octet by octet costs ~10 instructions each), then octet by
+ * octet. A word has a zero octet iff (w - 0x01..01) & ~w & 0x80..80 is not 0 (exact as a yes/no); CR and LF
+ * are found as zero octets of w ^ 0x0d..0d and w ^ 0x0a..0a, non-ASCII by the top bits. */
+static size_t skip_ordinary(const unsigned char *d, size_t p, size_t n) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (p + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, d + p, 8);
+        uint64_t cr = w ^ (ones * '\r'), lf = w ^ (ones * '\n');
+        uint64_t odd = (w | ((w - ones) & ~w) | ((cr - ones) & ~cr) | ((lf - ones) & ~lf)) & highs;
+        if (odd) break;
+        p += 8;
+    }
+    while (p < n && ordinary(d[p])) p++;
+    return p;
+}
+
 /* the end of the first line break "\r?\n" at or after i (its first octet's index in *brk), or 0 */
 static size_t line_end(const unsigned char *d, size_t i, size_t n, size_t *brk) {
     const unsigned char *p = memchr(d + i, '\n', n - i);
@@ -125,29 +147,30 @@ static PyObject *ascii_str(const unsigned char *d, size_t n) {
     return s;
 }
 
-/* index[key] gets value appended (a new tuple: the index holds tuples, see Headers._index) */
+/* index[key] gets value appended (a new tuple: the index holds tuples, see Headers._index). A name's first field
+ * (nearly every one) costs one dict look-up: its 1-tuple is put in by PyDict_SetDefault, which hands back what
+ * the key already held otherwise. */
 static int index_add(PyObject *index, PyObject *key, PyObject *value) {
-    PyObject *values = PyDict_GetItemWithError(index, key);        /* borrowed */
-    PyObject *grown;
-    if (values == NULL) {
-        if (PyErr_Occurred()) return -1;
-        grown = PyTuple_New(1);
-        if (grown == NULL) return -1;
-        Py_INCREF(value);
-        PyTuple_SET_ITEM(grown, 0, value);
-    } else {
-        Py_ssize_t n = PyTuple_GET_SIZE(values);
-        grown = PyTuple_New(n + 1);
-        if (grown == NULL) return -1;
-        for (Py_ssize_t k = 0; k < n; k++) {
-            PyObject *v = PyTuple_GET_ITEM(values, k);
-            Py_INCREF(v);
-            PyTuple_SET_ITEM(grown, k, v);
-        }
-        Py_INCREF(value);
-        PyTuple_SET_ITEM(grown, n, value);
+    PyObject *one = PyTuple_New(1);
+    if (one == NULL) return -1;
+    Py_INCREF(value);
+    PyTuple_SET_ITEM(one, 0, value);
+    PyObject_GC_UnTrack(one);         /* strs only: never part of a cycle, nothing for the collector to scan */
+    PyObject *values = PyDict_SetDefault(index, key, one);        /* borrowed */
+    Py_DECREF(one);
+    if (values == NULL) return -1;
+    if (values == one) return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(values);
+    PyObject *grown = PyTuple_New(n + 1);
+    if (grown == NULL) return -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyTuple_GET_ITEM(values, k);
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(grown, k, v);
     }
-    PyObject_GC_UnTrack(grown);       /* strs only: never part of a cycle, nothing for the collector to scan */
+    Py_INCREF(value);
+    PyTuple_SET_ITEM(grown, n, value);
+    PyObject_GC_UnTrack(grown);
     int rc = PyDict_SetItem(index, key, grown);
     Py_DECREF(grown);
     return rc;
@@ -166,7 +189,7 @@ static PyObject *scan(PyObject *module, PyObject *arg) {
     size_t head_end = 0, body = 0;
     size_t p = head_start;
     for (;;) {
-        while (p < len && ordinary(data[p])) p++;
+        p = skip_ordinary(data, p, len);
         if (p >= len) Py_RETURN_NONE;                 /* no empty line */
         size_t q;
         if (data[p] == '\r') {
@@ -195,7 +218,7 @@ static PyObject *scan(PyObject *module, PyObject *arg) {
     int verbatim = head_start == 0 && start_end < head_end && data[start_end] == '\r' && body == head_end + 4;
     long long length = -1;
     int lengths = 0;
-    PyObject *fields = PyList_New(0), *index = PyDict_New(), *name = NULL, *key = NULL, *value = NULL;
+    PyObject *fields = PyList_New(0), *index = _PyDict_NewPresized(12), *name = NULL, *key = NULL, *value = NULL;
     if (fields == NULL || index == NULL) goto failed;
     i = next;
     while (i < head_end) {
@@ -631,6 +654,99 @@ done:
     return out;
 }
 
+/* --- the mandatory fields' checks (message._check_fields is the reference) ------------------------------------ */
+
+/* the index keys the checks read (interned, as the scanner's keys are) */
+static PyObject *KEY_TO, *KEY_FROM, *KEY_CALL_ID, *KEY_CSEQ, *KEY_VIA, *KEY_MAX_FORWARDS, *KEY_CONTACT;
+
+/* the one value of index[key] (a tuple of one str), or NULL when the key has none or several (set *absent when none) */
+static PyObject *single(PyObject *index, PyObject *key, int *absent) {
+    PyObject *values = PyDict_GetItemWithError(index, key);       /* borrowed (an error: taken as absent) */
+    PyErr_Clear();
+    *absent = values == NULL;
+    if (values == NULL || !PyTuple_CheckExact(values) || PyTuple_GET_SIZE(values) != 1) return NULL;
+    PyObject *v = PyTuple_GET_ITEM(values, 0);
+    return PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v) ? v : NULL;
+}
+
+/* an ASCII str without SP/HTAB at either end, not empty, without "," (one list element as split_shared leaves it) */
+static int one_element(PyObject *v) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+    const unsigned char *d = PyUnicode_1BYTE_DATA(v);
+    if (n == 0 || d[0] == ' ' || d[0] == '\t' || d[n - 1] == ' ' || d[n - 1] == '\t') return 0;
+    return memchr(d, ',', (size_t)n) == NULL;
+}
+
+/* fields_checked(index, method or None, addresses, vias) -> int or None
+ *   message._check_fields on the usual message: To, From, Call-ID and CSeq once each, one Via field of one
+ *   element, a Call-ID without SP/HTAB, "CSeq: <digits up to 2**31-1> <method>" with the request's method
+ *   (method None: a response), Max-Forwards absent or 0-255 as senders write it, Contact absent or one field of
+ *   one element. Then the values whose syntax only a parse tells: a bit for each not already in its memo
+ *   (``addresses``: uri._addr_memo, ``vias``: message._via_memo, which keep successes only): 1 From, 2 To, 4 Via,
+ *   8 Contact ("*" needs none), for Python to parse in that order. None for anything else: Python checks it all. */
+static PyObject *fields_checked(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]))
+        Py_RETURN_NONE;
+    PyObject *index = args[0], *method = args[1];
+    int absent;
+    PyObject *to = single(index, KEY_TO, &absent), *from = single(index, KEY_FROM, &absent);
+    PyObject *call_id = single(index, KEY_CALL_ID, &absent), *cseq = single(index, KEY_CSEQ, &absent);
+    PyObject *via = single(index, KEY_VIA, &absent);
+    if (!to || !from || !call_id || !cseq || !via || !one_element(via)) Py_RETURN_NONE;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(call_id);
+    const unsigned char *d = PyUnicode_1BYTE_DATA(call_id);
+    if (n == 0 || memchr(d, ' ', (size_t)n) || memchr(d, '\t', (size_t)n)) Py_RETURN_NONE;
+    /* CSeq: message._CSEQ_RE on the value, the number at most 2**31 - 1 */
+    n = PyUnicode_GET_LENGTH(cseq);
+    d = PyUnicode_1BYTE_DATA(cseq);
+    Py_ssize_t i = 0;
+    long long number = 0;
+    while (i < n && d[i] >= '0' && d[i] <= '9') {
+        number = number * 10 + (d[i] - '0');
+        if (number > 2147483647LL) Py_RETURN_NONE;
+        i++;
+    }
+    Py_ssize_t digits_end = i;
+    while (i < n && (d[i] == ' ' || d[i] == '\t')) i++;
+    if (digits_end == 0 || i == digits_end || i == n) Py_RETURN_NONE;
+    for (Py_ssize_t k = i; k < n; k++)
+        if (!token_char[d[k]]) Py_RETURN_NONE;
+    if (method != Py_None) {
+        if (!PyUnicode_CheckExact(method) || !PyUnicode_IS_ASCII(method) || PyUnicode_GET_LENGTH(method) != n - i
+            || memcmp(PyUnicode_1BYTE_DATA(method), d + i, (size_t)(n - i)) != 0)
+            Py_RETURN_NONE;
+    }
+    PyObject *max_forwards = single(index, KEY_MAX_FORWARDS, &absent);
+    if (!absent) {
+        if (max_forwards == NULL) Py_RETURN_NONE;
+        n = PyUnicode_GET_LENGTH(max_forwards);
+        d = PyUnicode_1BYTE_DATA(max_forwards);
+        long v = 0;
+        for (i = 0; i < n; i++) {
+            if (d[i] < '0' || d[i] > '9') Py_RETURN_NONE;
+            v = v * 10 + (d[i] - '0');
+        }
+        if (n == 0 || n > 3 || (d[0] == '0' && n > 1) || v > 255) Py_RETURN_NONE;   /* message._PLAIN_MAX_FORWARDS */
+    }
+    PyObject *contact = single(index, KEY_CONTACT, &absent);
+    if (!absent && (contact == NULL || !one_element(contact))) Py_RETURN_NONE;
+    long missing = 0;
+    PyObject *addresses = args[2], *vias = args[3];
+    int rc;
+    if ((rc = PyDict_Contains(addresses, from)) < 0) return NULL;
+    if (!rc) missing |= 1;
+    if ((rc = PyDict_Contains(addresses, to)) < 0) return NULL;
+    if (!rc) missing |= 2;
+    if ((rc = PyDict_Contains(vias, via)) < 0) return NULL;
+    if (!rc) missing |= 4;
+    if (contact != NULL && !(PyUnicode_GET_LENGTH(contact) == 1 && PyUnicode_1BYTE_DATA(contact)[0] == '*')) {
+        if ((rc = PyDict_Contains(addresses, contact)) < 0) return NULL;
+        if (!rc) missing |= 8;
+    }
+    return PyLong_FromLong(missing);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "The common case of a SIP message's header block (see sipscan.c), or None."},
     {"frame_length", (PyCFunction)(void (*)(void))frame_length, METH_FASTCALL,
@@ -641,6 +757,8 @@ static PyMethodDef methods[] = {
      "The usual request with =<port> after its first Via's ;rport (see sipscan.c), or None."},
     {"render", (PyCFunction)(void (*)(void))render, METH_FASTCALL,
      "A message's wire form from its start line, fields and body (see sipscan.c), or None."},
+    {"fields_checked", (PyCFunction)(void (*)(void))fields_checked, METH_FASTCALL,
+     "The usual message's mandatory fields checked (see sipscan.c): bits of the values left to parse, or None."},
     {"known_names", known_names, METH_NOARGS, "The scanner's name table: lower-case spelling -> canonical name."},
     {NULL, NULL, 0, NULL},
 };
@@ -665,6 +783,17 @@ PyMODINIT_FUNC PyInit__sipscan(void) {
         }
     }
     for (int n = 0; n <= MAX_KNOWN_LEN; n++) by_length[n][filled[n]] = -1;
+    if (KEY_TO == NULL) {
+        KEY_TO = PyUnicode_InternFromString("to");
+        KEY_FROM = PyUnicode_InternFromString("from");
+        KEY_CALL_ID = PyUnicode_InternFromString("call-id");
+        KEY_CSEQ = PyUnicode_InternFromString("cseq");
+        KEY_VIA = PyUnicode_InternFromString("via");
+        KEY_MAX_FORWARDS = PyUnicode_InternFromString("max-forwards");
+        KEY_CONTACT = PyUnicode_InternFromString("contact");
+        if (!KEY_TO || !KEY_FROM || !KEY_CALL_ID || !KEY_CSEQ || !KEY_VIA || !KEY_MAX_FORWARDS || !KEY_CONTACT)
+            return NULL;
+    }
     /* a compact name's key is its full name's ("v" -> "via") */
     for (int k = 0; k < N_KNOWN; k++) {
         if (strlen(KNOWN[k][0]) != 1) continue;
