@@ -321,3 +321,41 @@ def test_a_new_database_has_small_pages_and_an_older_one_keeps_its_own(tmp_path)
     memory = Store(":memory:")
     assert page_size(memory) == PAGE_SIZE
     memory.close()
+
+
+def test_a_calls_times_are_null_until_set_and_documents_are_stored_as_text(tmp_path):
+    """A call's row binds its missing times and duration as NO_VALUE, which its statement stores as NULL (the
+    counts and the 24-hour lists read NULL, never ''), and its times once they are set; documents and timeline
+    rows are bound as UTF-8 bytes and stored as the TEXT they are. All of it reads back after a reopen."""
+    from wacall.store.sqlite import NO_VALUE
+
+    path = tmp_path / "types.db"
+    store = Store(str(path))
+    call = _call("wacid.1", 1.0)
+    assert call.accepted_at is None and call.ended_at is None and call.duration is None
+
+    def calls_row() -> tuple:
+        with store.engine.connect() as conn:
+            return tuple(conn.execute(text("SELECT accepted_at, typeof(accepted_at), ended_at, typeof(ended_at), "
+                                           "duration, typeof(duration) FROM calls")).one())
+
+    store.commit([call], [], [(call.id, {"t": 1.0, "kind": "api", "text": "é\r\n"})])
+    assert calls_row() == (None, "null", None, "null", None, "null")
+    call.state, call.accepted_at = "ACCEPTED", 0.0          # a time that is a false value is a time
+    store.commit([call], [])
+    assert calls_row() == (0.0, "real", None, "null", None, "null")
+    call.state, call.ended_at = "ENDED", 7.4
+    store.commit([call], [], [(call.id, {"t": 8.0, "kind": "state"}), (call.id, {"t": 8.5, "kind": "sip", "x": "ü"})])
+    assert calls_row() == (0.0, "real", 7.4, "real", 7, "integer")
+    assert NO_VALUE not in calls_row()
+    store.close()
+    store = Store(str(path))
+    with store.engine.connect() as conn:
+        assert {t for (t,) in conn.execute(text("SELECT typeof(doc) FROM records"))} == {"text"}
+        assert {t for (t,) in conn.execute(text("SELECT typeof(data) FROM timeline"))} == {"text"}
+    assert calls_row() == (0.0, "real", 7.4, "real", 7, "integer")
+    assert store.load_record("call", "wacid.1")["ended_at"] == 7.4
+    assert store.timeline("wacid.1") == [{"t": 1.0, "kind": "api", "text": "é\r\n"}, {"t": 8.0, "kind": "state"},
+                                         {"t": 8.5, "kind": "sip", "x": "ü"}]
+    assert store.call_totals(["p"], "USER_INITIATED", 0.0, 10.0)["completed_count"] == 1
+    store.close()

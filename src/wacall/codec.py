@@ -15,25 +15,25 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def dumps_stored(value: Any) -> str:
-    """JSON for the store's own columns (records, timeline rows), read back only by :func:`loads`: the same
-    value as :func:`dumps`, encoded by orjson (~6x faster on a call's document and SIP traces, which every
-    commit encodes). The text may differ from :func:`dumps` in form (``1e16`` for ``1e+16``), never in what
-    :func:`loads` reads back; what orjson refuses (an int beyond 64 bits, a lone surrogate) goes through
-    :func:`dumps`. A dict key that is not a string is written as :func:`dumps` writes it, by orjson's
-    non-string-key mode: a third more work per document, so only for a value that has one. Not for bytes
-    anyone else reads or signs (Graph responses, webhook bodies). Stored documents hold no NaN or infinity
-    (orjson would write ``null``)."""
+def dumps_stored(value: Any) -> bytes:
+    """UTF-8 JSON for the store's own columns (records, timeline rows), read back only by :func:`loads`: the
+    same value as :func:`dumps`, encoded by orjson (~6x faster on a call's document and SIP traces, which every
+    commit encodes), as the bytes orjson writes (the store binds them without decoding them into a str). The
+    text may differ from :func:`dumps` in form (``1e16`` for ``1e+16``), never in what :func:`loads` reads
+    back; what orjson refuses (an int beyond 64 bits, a lone surrogate) goes through :func:`dump_bytes`. A dict
+    key that is not a string is written as :func:`dumps` writes it, by orjson's non-string-key mode: a third
+    more work per document, so only for a value that has one. Not for bytes anyone else reads or signs (Graph
+    responses, webhook bodies). Stored documents hold no NaN or infinity (orjson would write ``null``)."""
     if orjson is not None:
         try:
-            return orjson.dumps(value).decode()
+            return orjson.dumps(value)
         except TypeError:              # (orjson.JSONEncodeError is one) a non-string key, or what orjson refuses
             pass
         try:
-            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
         except TypeError:
             pass
-    return dumps(value)
+    return dump_bytes(value)
 
 
 def dump_bytes(value: Any) -> bytes:

@@ -21,7 +21,8 @@ from itertools import islice
 from typing import Iterable, Iterator
 
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        and_, create_engine, delete, event, func, inspect, select, text, update)
+                        and_, bindparam, cast, create_engine, delete, event, func, inspect, literal_column, select, text,
+                        update)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
@@ -154,6 +155,17 @@ OUTBOX_DEFAULTS = {"attempts": 0, "status": "pending"}
 CALL_COLUMNS = ("call_id", "phone_number_id", "wa_id", "direction", "state", "created_at", "accepted_at", "ended_at",
                 "duration", "pulses", "cost", "n")
 CALL_UPDATED = ("state", "accepted_at", "ended_at", "duration", "pulses", "cost")
+# A call's times and duration are NULL until it connects and ends. Its row binds them as NO_VALUE instead of None,
+# and the statement turns that back into NULL (NULLIF(?, '')): the sqlite3 driver binds None only after a failed
+# look-up in its adapter registry (~3 k instructions per value; ~5 such values per SIP flow), a str at once.
+NO_VALUE = ""
+CALL_NULLABLE = ("accepted_at", "ended_at", "duration")
+
+
+def as_text(name: str):
+    """A JSON column's parameter: bound as the UTF-8 bytes the codec writes (a ``bytearray``: the sqlite3 driver
+    binds one at once, where ``bytes`` go through a failed adapter look-up first), stored as the TEXT it is."""
+    return cast(bindparam(name), Text)
 
 
 def _write_sql(engine: Engine) -> dict[str, str]:
@@ -163,16 +175,18 @@ def _write_sql(engine: Engine) -> dict[str, str]:
     columns = {"records": ("kind", "key", "doc", "live"), "records_doc": ("kind", "key", "doc", "live"),
                "calls": CALL_COLUMNS,
                "timeline": ("call_id", "t", "kind", "data", "call_n"), "outbox": OUTBOX_COLUMNS}
+    record_values = {c: as_text(c) if c == "doc" else None for c in columns["records"]}
     statements = {
-        "records": records_stmt.values({c: None for c in columns["records"]}).on_conflict_do_update(
+        "records": records_stmt.values({**record_values}).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc, "live": records_stmt.excluded.live}),
         # a record still live whose stored row (if any) is live too (Record.LEAVES_ONCE): its document only, so
         # the index on ``live`` is left alone (SQLite rewrites an index entry for every column in SET)
-        "records_doc": records_stmt.values({c: None for c in columns["records"]}).on_conflict_do_update(
+        "records_doc": records_stmt.values({**record_values}).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc}),
-        "calls": calls_stmt.values({c: None for c in CALL_COLUMNS}).on_conflict_do_update(
+        "calls": calls_stmt.values({c: func.nullif(bindparam(c), literal_column(repr(NO_VALUE))) if c in CALL_NULLABLE
+                                    else None for c in CALL_COLUMNS}).on_conflict_do_update(
             index_elements=["call_id"], set_={name: calls_stmt.excluded[name] for name in CALL_UPDATED}),
-        "timeline": timeline.insert().values({c: None for c in columns["timeline"]}),
+        "timeline": timeline.insert().values({c: as_text(c) if c == "data" else None for c in columns["timeline"]}),
         "outbox": outbox.insert().values({c: None for c in OUTBOX_COLUMNS}),
     }
     out = {}
@@ -192,9 +206,16 @@ def database_url(path: str) -> str:
 
 
 def _call_row(c: Call, n: int) -> tuple:
-    """A call's row in the calls index (the columns of ``CALL_COLUMNS``, in order); ``n``: its number."""
-    return (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at, c.accepted_at, c.ended_at,
-            c.duration, c.pulses, c.cost, n)
+    """A call's row in the calls index (the columns of ``CALL_COLUMNS``, in order, NO_VALUE for NULL in those of
+    ``CALL_NULLABLE``); ``n``: its number."""
+    accepted_at, ended_at = c.accepted_at, c.ended_at
+    if ended_at is None:
+        return (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at,
+                NO_VALUE if accepted_at is None else accepted_at, NO_VALUE, NO_VALUE, c.pulses, c.cost, n)
+    duration = c.duration
+    return (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at,
+            NO_VALUE if accepted_at is None else accepted_at, ended_at, NO_VALUE if duration is None else duration,
+            c.pulses, c.cost, n)
 
 class Store:
     def __init__(self, path: str = ":memory:") -> None:
@@ -353,7 +374,8 @@ class Store:
                 # ``live`` as the int SQLite stores: a bool is not an exact int, and the driver then looks for an
                 # adapter (its microprotocols registry) before binding it as one, ~3 k instructions per value
                 live = 1 if r.live else 0
-                (docs if live and r.LEAVES_ONCE else moved).append((r.KIND, r.key, dumps(r.fields_view()), live))
+                (docs if live and r.LEAVES_ONCE else moved).append((r.KIND, r.key, bytearray(dumps(r.fields_view())),
+                                                                     live))
             if docs:
                 cursor.executemany(sql["records_doc"], docs)
             if moved:
@@ -439,9 +461,9 @@ class Store:
                 entry = entries[0]
                 data = entry.copy()               # the entry's other keys: t and kind have columns
                 del data["t"], data["kind"]
-                rows.append((call_id, entry["t"], entry["kind"], dumps(data), n))
+                rows.append((call_id, entry["t"], entry["kind"], bytearray(dumps(data)), n))
             else:
-                rows.append((call_id, entries[0]["t"], BATCH, dumps(entries), n))
+                rows.append((call_id, entries[0]["t"], BATCH, bytearray(dumps(entries)), n))
         cursor.executemany(self._sql["timeline"], rows)
 
     # -- what the platform reads back (wacall.domain.state.Archive) and the inspector lists --------------
