@@ -109,6 +109,8 @@ _ICE_RE = re.compile(r"^[A-Za-z0-9+/]+$")
 
 
 def _normalise_key_exchange(key_exchange: str) -> str:
+    if key_exchange == "SDES" or key_exchange == "DTLS":        # (as the settings store it: no upper() to make)
+        return key_exchange
     kx = key_exchange.upper()
     if kx not in ("DTLS", "SDES"):
         raise ValueError(f"key_exchange must be 'DTLS' or 'SDES', not {key_exchange!r}")
@@ -116,7 +118,7 @@ def _normalise_key_exchange(key_exchange: str) -> str:
 
 
 def _check_raw_text(text: str) -> None:
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text or text.isspace():       # (not text.strip(): no copy of the text)
         raise SdpError("SDP is empty")
     stripped = text.lstrip()
     if stripped.startswith(("{", '"')):
