@@ -269,7 +269,7 @@ def _parse_origin(number: int, raw: str, value: str) -> Origin:
             number, raw,
             "expected 'o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>'",
         )
-    if not _number(parts[1]) or not _number(parts[2]):
+    if not (parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()):   # (_number)
         raise line_error(number, raw, "session id and version must be numeric")
     return Origin(*parts)
 
@@ -447,7 +447,8 @@ def parse_sdp(text: str) -> SessionDescription:
             sd.session_name = value
         elif kind == "t":
             parts = value.split(" ")
-            if len(parts) != 2 or not (_number(parts[0]) and _number(parts[1])):
+            if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit() and parts[1].isascii()
+                                       and parts[1].isdigit()):      # (_number, inlined: once per SDP)
                 raise line_error(number, raw, "expected 't=<start-time> <stop-time>'")
             sd.timing.append((int(parts[0]), int(parts[1])))
         elif kind == "c":
