@@ -136,3 +136,69 @@ def parse_sdp(text: str) -> SessionDescription:
         if media.connection is None and sd.connection is None:
             raise line_error(media.line, lines[media.line - 1], "no c= line at session or media level")
     return sd
+
+
+# --------------------------------------------------------------------------------------------
+# Meta's answer as it was written line by line (wacall 904b47e, ``wacall.domain.sdp.meta_answer``), the
+# reference its text written in a few pieces is compared with
+# --------------------------------------------------------------------------------------------
+
+def meta_answer_text(leg, offer: SessionDescription, *, key_exchange: str, additional_codecs=()) -> str:
+    from wacall.domain import sdp as rules
+
+    kx = rules._normalise_key_exchange(key_exchange)
+    audio = offer.audio
+    if audio is None:
+        raise SdpError("No m=audio line found in SDP")
+    opus_pt = audio.find_codec("opus", 48000, 2)
+    te_pt = rules._telephone_event_pt(audio)
+    g711 = []
+    for name, _ in rules._enabled_g711(additional_codecs):
+        offered_pt = audio.find_codec(name, 8000)
+        if offered_pt is not None:
+            g711.append((name, offered_pt))
+    if opus_pt is None and not g711:
+        raise SdpError("No opus/48000/2 rtpmap (nor an enabled PCMU/PCMA) found in the offer")
+    pts = [] if opus_pt is None else [opus_pt]
+    if g711:
+        pts += [pt for _, pt in g711]
+    pts.append(te_pt)
+    mid = audio.attribute("mid") or "audio"
+    proto = rules.DTLS_PROTO if kx == "DTLS" else rules.SDES_PROTO
+    lines = rules._session_header(leg, mid, ice_lite=kx == "DTLS")
+    lines += [
+        f"m=audio {leg.port} {proto} {' '.join(map(str, pts))}",
+        f"c=IN IP4 {leg.host}",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+    ]
+    if kx == "DTLS":
+        found = offer.effective_attribute(audio, "setup")
+        offered_setup = found[1] if found else "actpass"
+        setup = "passive" if offered_setup == "active" else "active"
+        lines += rules._dtls_transport_lines(leg, setup, trickle=True)
+    lines.append(f"a=mid:{mid}")
+    if kx == "DTLS":
+        for _, value in audio.attributes_named("extmap"):
+            ext_id, _, uri = (value or "").partition(" ")
+            if uri.split(" ")[0] in rules._EXTMAPS:
+                lines.append(f"a=extmap:{ext_id} {uri.split(' ')[0]}")
+    lines.append(f"a={rules._answer_direction(offer, audio)}")
+    if audio.has_attribute("rtcp-mux") or kx == "SDES":
+        lines.append("a=rtcp-mux")
+    if kx == "SDES":
+        chosen = rules._chosen_crypto(offer, audio)
+        if chosen is None:
+            raise SdpError("No acceptable a=crypto line found in the offer")
+        crypto = chosen[1]
+        lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}")
+    if opus_pt is not None:
+        lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
+        if kx == "DTLS" and any(v == f"{opus_pt} transport-cc" for _, v in audio.attributes_named("rtcp-fb")):
+            lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
+        lines.append(rules._opus_fmtp(opus_pt, kx))
+    ssrc, stream = leg.ssrc, leg.stream_id
+    lines += [f"a=rtpmap:{pt} {name}/8000" for name, pt in g711]
+    lines += [f"a=rtpmap:{te_pt} telephone-event/8000", "a=ptime:20", "a=maxptime:20",
+              f"a=ssrc:{ssrc} cname:WhatsAppAudioStream1", f"a=ssrc:{ssrc} msid:{stream} WhatsAppTrack1",
+              f"a=ssrc:{ssrc} mslabel:{stream}", f"a=ssrc:{ssrc} label:WhatsAppTrack1"]
+    return "\r\n".join(lines) + "\r\n"

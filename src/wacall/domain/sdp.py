@@ -109,6 +109,8 @@ _ICE_RE = re.compile(r"^[A-Za-z0-9+/]+$")
 
 
 def _normalise_key_exchange(key_exchange: str) -> str:
+    if key_exchange == "SDES" or key_exchange == "DTLS":        # (as the settings store it: no upper() to make)
+        return key_exchange
     kx = key_exchange.upper()
     if kx not in ("DTLS", "SDES"):
         raise ValueError(f"key_exchange must be 'DTLS' or 'SDES', not {key_exchange!r}")
@@ -116,7 +118,7 @@ def _normalise_key_exchange(key_exchange: str) -> str:
 
 
 def _check_raw_text(text: str) -> None:
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text or text.isspace():       # (not text.strip(): no copy of the text)
         raise SdpError("SDP is empty")
     stripped = text.lstrip()
     if stripped.startswith(("{", '"')):
@@ -303,6 +305,7 @@ _OPUS_FMTP_GRAPH = "minptime=10;useinbandfec=1"
 _OPUS_FMTP_SIP = "maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;sprop-maxcapturerate=16000;useinbandfec=1"
 _G711 = (("PCMU", 0), ("PCMA", 8))
 _SSRC_CNAME = "WhatsAppAudioStream1"
+_ICE_LITE = "a=ice-lite\r\n"
 _TRACK_ID = "WhatsAppTrack1"
 
 
@@ -472,45 +475,44 @@ def meta_answer(
         elif attr == "rtcp-mux":
             rtcp_mux = True
     mid = mid or "audio"
-    proto = DTLS_PROTO if kx == "DTLS" else SDES_PROTO
-    lines = _session_header(leg, mid, ice_lite=kx == "DTLS")
-    lines += [
-        f"m=audio {leg.port} {proto} {' '.join(map(str, pts))}",
-        f"c=IN IP4 {leg.host}",
-        "a=rtcp:9 IN IP4 0.0.0.0",
-    ]
-    setup = None
-    if kx == "DTLS":
+    dtls = kx == "DTLS"
+    # the text written in a few pieces, not line by line (the lines _session_header, the m-line, ... make for
+    # Meta's offer); the same bytes: tests/test_sdp.py compares it with the line-by-line answer
+    text = (f"v=0\r\no=- {leg.session_id} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {mid}\r\n"
+            f"a=msid-semantic: WMS {leg.stream_id}\r\n{_ICE_LITE if dtls else ''}"
+            f"m=audio {leg.port} {DTLS_PROTO if dtls else SDES_PROTO} {' '.join(map(str, pts))}\r\n"
+            f"c=IN IP4 {leg.host}\r\na=rtcp:9 IN IP4 0.0.0.0\r\n")
+    setup = remote_crypto = None
+    if dtls:
         found = offer.effective_attribute(audio, "setup")
         offered_setup = found[1] if found else "actpass"
         setup = "passive" if offered_setup == "active" else "active"
-        lines += _dtls_transport_lines(leg, setup, trickle=True)
-    lines.append(f"a=mid:{mid}")
-    if kx == "DTLS":
+        text += _join(_dtls_transport_lines(leg, setup, trickle=True))
+    text += f"a=mid:{mid}\r\n"
+    if dtls:
         for _, value in audio.attributes_named("extmap"):
             ext_id, _, uri = (value or "").partition(" ")
             if uri.split(" ")[0] in _EXTMAPS:
-                lines.append(f"a=extmap:{ext_id} {uri.split(' ')[0]}")
-    lines.append(f"a={direction or _answer_direction(offer, audio)}")     # (else the session level's)
-    if rtcp_mux or kx == "SDES":
-        lines.append("a=rtcp-mux")
-    remote_crypto = None
-    if kx == "SDES":
+                text += f"a=extmap:{ext_id} {uri.split(' ')[0]}\r\n"
+    text += f"a={direction or _answer_direction(offer, audio)}\r\n"     # (else the session level's)
+    if rtcp_mux or not dtls:
+        text += "a=rtcp-mux\r\n"
+    if not dtls:
         chosen = _chosen_crypto(offer, audio)
         if chosen is None:
             raise SdpError("No acceptable a=crypto line found in the offer")
         remote_crypto, crypto = chosen
-        lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}")
+        text += f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}\r\n"
     if opus_pt is not None:
-        lines.append(f"a=rtpmap:{opus_pt} opus/48000/2")
-        if kx == "DTLS" and any(v == f"{opus_pt} transport-cc" for _, v in audio.attributes_named("rtcp-fb")):
-            lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
-        lines.append(_opus_fmtp(opus_pt, kx))
+        text += f"a=rtpmap:{opus_pt} opus/48000/2\r\n"
+        if dtls and any(v == f"{opus_pt} transport-cc" for _, v in audio.attributes_named("rtcp-fb")):
+            text += f"a=rtcp-fb:{opus_pt} transport-cc\r\n"
+        text += f"a=fmtp:{opus_pt} {_OPUS_FMTP_GRAPH if dtls else _OPUS_FMTP_SIP}\r\n"      # (_opus_fmtp)
     payload_types = {"opus": opus_pt} if opus_pt is not None else {}
     for name, pt in g711:                       # as _codec_pts reads them back from the text
         payload_types.setdefault(name.lower(), pt)
     payload_types.setdefault("telephone-event", te_pt)
-    return made(MetaSdp, {"text": _join(lines) + _audio_tail(g711, te_pt, leg), "payload_types": payload_types,
+    return made(MetaSdp, {"text": text + _audio_tail(g711, te_pt, leg), "payload_types": payload_types,
                           "setup": setup, "remote_crypto": remote_crypto})
 
 
@@ -521,7 +523,7 @@ def _opus_fmtp(pt: int, kx: str) -> str:
 def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> str:
     """How both of Meta's SDPs end, as text: G.711 codecs, RFC 4733 events, packet time, the leg's SSRC
     (RFC 5576: cname, msid, mslabel, label), each line ending in CRLF."""
-    ssrc, stream = leg.ssrc, leg.stream_id
+    ssrc, stream = str(leg.ssrc), leg.stream_id          # (the number written once, not four times)
     g711_lines = "".join([f"a=rtpmap:{pt} {name}/8000\r\n" for name, pt in g711]) if g711 else ""
     return (f"{g711_lines}a=rtpmap:{te_pt} telephone-event/8000\r\na=ptime:20\r\na=maxptime:20\r\n"
             f"a=ssrc:{ssrc} cname:{_SSRC_CNAME}\r\na=ssrc:{ssrc} msid:{stream} {_TRACK_ID}\r\n"

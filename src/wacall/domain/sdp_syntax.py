@@ -233,14 +233,14 @@ class SessionDescription(_Attributes):
 # --------------------------------------------------------------------------------------------
 
 _SESSION_TYPES = set("vosiuepcbtrzka")
+#: a line's <type>: one lowercase ASCII letter (RFC 8866 section 5)
+_LINE_TYPES = frozenset("abcdefghijklmnopqrstuvwxyz")
 _MEDIA_TYPES = set("icbka")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")  # RFC 8866 token
 #: attribute names every SDP here carries: tokens already, so not matched against _TOKEN_RE line by line
 _COMMON_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "crypto", "ptime", "maxptime", "sendrecv", "rtcp-mux", "mid",
                                 "candidate", "ice-ufrag", "ice-pwd", "fingerprint", "setup", "ssrc", "rtcp"})
 #: ``<proto>``: tokens joined by ``/`` (every part a _TOKEN_RE token, in one match)
-#: the start of every valid line: ``<type>=`` with a lowercase ASCII letter type (RFC 8866 section 5)
-_LINE_STARTS = frozenset(f"{chr(c)}=" for c in range(ord("a"), ord("z") + 1))
 #: the attributes a media section's codec tables are read from
 _CODEC_ATTRIBUTES = frozenset({"rtpmap", "fmtp"})
 _PROTO_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+(?:/[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+)*$")
@@ -269,7 +269,7 @@ def _parse_origin(number: int, raw: str, value: str) -> Origin:
             number, raw,
             "expected 'o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>'",
         )
-    if not _number(parts[1]) or not _number(parts[2]):
+    if not (parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()):   # (_number)
         raise line_error(number, raw, "session id and version must be numeric")
     return Origin(*parts)
 
@@ -382,18 +382,26 @@ def _split_lines(text: str) -> list[str]:
 
 def parse_sdp(text: str) -> SessionDescription:
     """Parse RFC 8866 SDP. Accepts CRLF or LF endings (the CRLF rule is Meta's, see validate)."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text or text.isspace():       # (not text.strip(): no copy of the text)
         raise SdpError("SDP is empty")
-    lines = _split_lines(text)
-    # a CR inside a line is an error; a text whose every CR ends a line (before its LF) has none in any line,
-    # so the lines are then not searched one by one
-    stray_cr = text.count("\r") != text.count("\r\n")
+    lines = text.split("\r\n")
+    crlfs = len(lines) - 1
+    if text.count("\n") == crlfs and not text.endswith("\r"):      # every LF ends a CRLF: the lines are split
+        if lines[-1] == "":
+            lines.pop()
+        # a CR inside a line is an error; a text whose every CR ends a line (before its LF) has none in any line,
+        # so the lines are then not searched one by one
+        stray_cr = text.count("\r") != crlfs
+    else:
+        lines = _split_lines(text)
+        stray_cr = text.count("\r") != text.count("\r\n")
     sd = SessionDescription(lines=lines)
     current: MediaDescription | None = None
     attributes, attribute_lines = sd.attributes, sd.attribute_lines      # where an a= line goes: this section's
     seen: set[str] = set()
     for number, raw in enumerate(lines, 1):
-        if raw[:2] not in _LINE_STARTS:        # <type>=<value>: one lowercase ASCII letter (an empty line neither)
+        kind = raw[:1]                         # (a slice: the empty line has no raw[0])
+        if raw[1:2] != "=" or kind not in _LINE_TYPES:     # <type>=<value>: one lowercase ASCII letter
             if raw == "":
                 raise line_error(number, raw, "empty line")
             if stray_cr and "\r" in raw:
@@ -401,21 +409,21 @@ def parse_sdp(text: str) -> SessionDescription:
             raise line_error(number, raw, "expected '<type>=<value>' with a single lowercase letter type")
         if stray_cr and "\r" in raw:
             raise line_error(number, raw.replace("\r", "\\r"), "stray CR inside the line")
-        kind = raw[0]
-        # RFC 8866 section 5: v=, o=, s= come first and in this order.
-        if number <= 3 and kind != "vos"[number - 1]:
-            raise line_error(number, raw, f"expected a '{'vos'[number - 1]}=' line here")
-        if kind == "a":                        # most lines (allowed in either part; never a duplicate)
-            name, sep, attr_value = raw[2:].partition(":")
+        if kind == "a" and number > 3:         # most lines (allowed in either part; never a duplicate)
+            head, sep, attr_value = raw.partition(":")     # (no ':' in "a=": head[2:] is the name)
+            name = head[2:]
             if name not in _COMMON_ATTRIBUTES and (not name or not _TOKEN_RE.match(name)):
                 raise line_error(number, raw, "invalid attribute name")
             if not sep:
                 attr_value = None
             attributes.append((name, attr_value))
             attribute_lines.append(number)
-            if name in _CODEC_ATTRIBUTES and current is not None:
+            if current is not None and name in _CODEC_ATTRIBUTES:
                 _add_codec_attribute(current, number, raw, name, attr_value)
             continue
+        # RFC 8866 section 5: v=, o=, s= come first and in this order.
+        if number <= 3 and kind != "vos"[number - 1]:
+            raise line_error(number, raw, f"expected a '{'vos'[number - 1]}=' line here")
         value = raw[2:]
         if kind == "v":
             if number != 1:
@@ -439,7 +447,8 @@ def parse_sdp(text: str) -> SessionDescription:
             sd.session_name = value
         elif kind == "t":
             parts = value.split(" ")
-            if len(parts) != 2 or not (_number(parts[0]) and _number(parts[1])):
+            if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit() and parts[1].isascii()
+                                       and parts[1].isdigit()):      # (_number, inlined: once per SDP)
                 raise line_error(number, raw, "expected 't=<start-time> <stop-time>'")
             sd.timing.append((int(parts[0]), int(parts[1])))
         elif kind == "c":
