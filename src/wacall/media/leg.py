@@ -17,10 +17,12 @@ from __future__ import annotations
 import binascii
 import os
 import secrets
+import struct
 import uuid
 from dataclasses import dataclass, field
 
 from ..domain.sdp import LocalMedia
+from ..domain.sdp_syntax import made
 
 
 #: RFC 8839 ``ice-char = ALPHA / DIGIT / "+" / "/"``.
@@ -35,6 +37,8 @@ _UFRAG = ICE_UFRAG_LENGTH
 _PWD = _UFRAG + ICE_PWD_LENGTH
 _KEY = _PWD + SDES_KEY_SALT_BYTES
 _RANDOM_BYTES = _KEY + 4 + 8 + 16 + 6
+#: the numbers after the SDES key: the SSRC, the o= session id, (the UUID's 16 bytes), the 48-bit RTP bases as 16 + 32
+_NUMBERS = struct.Struct("!IQ16xHI")
 
 
 def ice_string(length: int) -> str:
@@ -81,21 +85,23 @@ class MediaLeg:
         ufrag, pwd, key = _UFRAG, _PWD, _KEY
         raw = os.urandom(_RANDOM_BYTES)                            # (what secrets.token_bytes reads)
         ice = raw[:pwd].translate(_ICE_TABLE).decode("ascii")     # as ice_string: 6 bits a character
-        local = LocalMedia.made(
-            call_id=call_id,
-            host=host,
-            port=port,
-            ice_ufrag=ice[:ufrag],
-            ice_pwd=ice[ufrag:],
-            fingerprint=fingerprint,
-            ssrc=int.from_bytes(raw[key:key + 4], "big"),
-            sdes_key_b64=binascii.b2a_base64(raw[pwd:key], newline=False).decode("ascii"),
-            session_id=int.from_bytes(raw[key + 4:key + 12], "big") >> 2,    # 62 bits: o= session id (RFC 8866 §5.2)
-            stream_id=_uuid4(raw[key + 12:key + 28]),                            # a=msid (RFC 8830), a UUID v4
-            host6=host6,
-            port6=port6,
-        )
-        return cls(local, rtp_start=int.from_bytes(raw[key + 28:key + 34], "big"))
+        ssrc, session_id, start_high, start_low = _NUMBERS.unpack_from(raw, key)   # (one unpack: ~2 k each by int.from_bytes)
+        # the frozen LocalMedia with every field at once, from a dict literal (its keyword form costs ~3 k more)
+        local = made(LocalMedia, {
+            "call_id": call_id,
+            "host": host,
+            "port": port,
+            "ice_ufrag": ice[:ufrag],
+            "ice_pwd": ice[ufrag:],
+            "fingerprint": fingerprint,
+            "ssrc": ssrc,
+            "sdes_key_b64": binascii.b2a_base64(raw[pwd:key], newline=False).decode("ascii"),
+            "session_id": session_id >> 2,                      # 62 bits: o= session id (RFC 8866 §5.2)
+            "stream_id": _uuid4(raw[key + 12:key + 28]),         # a=msid (RFC 8830), a UUID v4
+            "host6": host6,
+            "port6": port6,
+        })
+        return cls(local, rtp_start=start_high << 32 | start_low)
 
     def to_doc(self) -> dict:
         """What a restarted relay needs to answer as this leg again (no counters)."""
