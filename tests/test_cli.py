@@ -477,3 +477,13 @@ def test_serve_refuses_a_port_out_of_range_in_one_line(option, value):
                           capture_output=True, text=True, timeout=30, env={**os.environ, **WIDE})
     assert done.returncode == 2 and "Traceback" not in done.stderr and "Unclosed" not in done.stderr
     assert f"Invalid value for '{option}'" in done.stderr
+
+
+def test_serving_freezes_start_up_and_widens_the_young_generation():
+    """The collector's policy serve applies once started (in a child: the policy is process-wide)."""
+    probe = ("import gc; from wacall.cli import collect_for_serving, SERVING_YOUNG_GENERATION as Y;"
+             "before = gc.get_threshold(); collect_for_serving();"
+             "print(before[0], Y, *gc.get_threshold(), int(gc.get_freeze_count() > 0), before[1:] == gc.get_threshold()[1:])")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    default, young, now_young, *_, frozen, older_kept = done.stdout.split()
+    assert (default, now_young, frozen, older_kept) == ("700", young, "1", "True") and int(young) > 700

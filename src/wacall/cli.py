@@ -136,9 +136,7 @@ async def _serve(cfg, host: str, port: int, db: str, json_output: bool) -> None:
                    f"--sip-port {cfg.sip.port_for(port)}; --port 0 picks free ports for every listener, "
                    "--sip-port -1 turns SIP off)", err=True)
         raise typer.Exit(2)
-    # what start-up made (modules, config, certificates) lives as long as the process: out of the cyclic
-    # collector's sight, so its full collections walk only what calls and requests allocate
-    gc.freeze()
+    collect_for_serving()
     info = wacall.info()
     if json_output:
         sys.stdout.write(codec.dumps(info) + "\n")
@@ -151,6 +149,23 @@ async def _serve(cfg, host: str, port: int, db: str, json_output: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await wacall.stop()
+
+
+#: the cyclic collector's young generation while serving (Python's default is 700 objects)
+SERVING_YOUNG_GENERATION = 10_000
+
+
+def collect_for_serving() -> None:
+    """The cyclic collector's policy once the server has started.
+
+    What start-up made (modules, config, certificates) lives as long as the process: frozen, out of the
+    collector's sight, so its full collections walk only what calls and requests allocate. The young
+    generation is larger than Python's 700: a SIP flow leaves ~80 container objects alive for a while (its
+    transactions, dialog and timers), so at 700 a collection came every ~8 flows and walked each flow's
+    objects while they were still in use; at 10 000 most of them have died by reference count before a
+    collection looks at them (at 300 flows/s the collector's CPU fell from ~108 to ~53 µs per flow)."""
+    gc.freeze()
+    gc.set_threshold(SERVING_YOUNG_GENERATION, *gc.get_threshold()[1:])
 
 
 def _print_banner(info: dict) -> None:
