@@ -88,13 +88,6 @@ class LocalMedia:
     def from_doc(cls, doc: dict) -> LocalMedia:
         return cls(**{name: doc[name] for name in _LOCAL_MEDIA_FIELDS if name in doc})
 
-    @classmethod
-    def made(cls, **values: object) -> LocalMedia:
-        """``cls(**values)`` for the media engine, which makes one per call with every field, in order: set at
-        once (the frozen dataclass's ``__init__`` sets each field by ``object.__setattr__``, ~18 k instructions
-        more per call). The same object: tests/test_media_leg.py compares the two."""
-        return made(cls, values)
-
 
 _LOCAL_MEDIA_FIELDS = tuple(f.name for f in fields(LocalMedia))     # (fields() looks them up anew each time)
 

@@ -176,6 +176,17 @@ static int index_add(PyObject *index, PyObject *key, PyObject *value) {
     return rc;
 }
 
+
+/* The header index of one message, sized for a usual message's dozen names (one allocation, no resize).
+   _PyDict_NewPresized is CPython's own (not in the limited API); where it is not declared, a plain dict. */
+static PyObject *new_index(void) {
+#if PY_VERSION_HEX < 0x030D0000
+    return _PyDict_NewPresized(12);
+#else
+    return PyDict_New();
+#endif
+}
+
 static PyObject *scan(PyObject *module, PyObject *arg) {
     (void)module;
     if (!PyBytes_CheckExact(arg)) Py_RETURN_NONE;               /* bytes only; Python takes anything else */
@@ -218,7 +229,7 @@ static PyObject *scan(PyObject *module, PyObject *arg) {
     int verbatim = head_start == 0 && start_end < head_end && data[start_end] == '\r' && body == head_end + 4;
     long long length = -1;
     int lengths = 0;
-    PyObject *fields = PyList_New(0), *index = _PyDict_NewPresized(12), *name = NULL, *key = NULL, *value = NULL;
+    PyObject *fields = PyList_New(0), *index = new_index(), *name = NULL, *key = NULL, *value = NULL;
     if (fields == NULL || index == NULL) goto failed;
     i = next;
     while (i < head_end) {
