@@ -352,6 +352,40 @@ def test_retransmitter_schedule_unit():
     loop.close()
 
 
+@pytest.mark.parametrize("stop", ["ack", "cancel", "give_up"])
+def test_a_stopped_retransmitter_lets_go_of_its_dialog(stop):
+    """The gateway's dialog holds its retransmitter, whose give-up callback holds the dialog: once stopped (ACKed,
+    cancelled, or given up after 64*T1), the retransmitter drops its callbacks and timer, so the pair dies by
+    reference counting when the call forgets the dialog, with the garbage collector off."""
+    import gc
+    import weakref
+
+    class Dialog:                                   # what the gateway's Dialog is to it: a holder of the retransmitter
+        retransmitter = None
+
+    def retransmit(dialog: Dialog) -> None:             # as SipGateway._send_prepared: callbacks closing over it
+        dialog.retransmitter = Retransmitter(lambda: dialog, t1=0.02, t2=0.08, loop=loop,
+                                             on_give_up=lambda: gave_up.append(dialog is not None)).start()
+
+    loop = ManualLoop()
+    gave_up: list[bool] = []
+    dialog = Dialog()
+    retransmit(dialog)
+    if stop == "give_up":
+        loop.run(until=2.0)
+        assert gave_up == [True] and dialog.retransmitter.gave_up
+    else:
+        getattr(dialog.retransmitter, stop)()
+    gone, gone_rtx = weakref.ref(dialog), weakref.ref(dialog.retransmitter)
+    gc.disable()
+    try:
+        del dialog
+        assert gone() is None and gone_rtx() is None
+    finally:
+        gc.enable()
+        loop.close()
+
+
 async def test_connection_loss_fails_pending_client_transaction(pair):
     uas, uac, conn = await pair(uas_layer=False)
     txn = uac.layer.send_request(make_request("OPTIONS"), conn)

@@ -530,7 +530,7 @@ class Retransmitter:
     def __init__(self, send: Callable[[], Any], *, t1: float = T1, t2: float = T2,
                  on_give_up: Callable[[], Any] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
-        self._send = send
+        self._send: Callable[[], Any] | None = send      # both callbacks: None once stopped
         self.t1 = t1
         self.t2 = t2
         self.on_give_up = on_give_up
@@ -579,6 +579,10 @@ class Retransmitter:
     def _stop(self, result: bool) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        # Stopped: let go of the callbacks. They hold the dialog that holds this retransmitter (a cycle only
+        # the garbage collector would free, once per call); now the dialog dies when its call forgets it.
+        self._send = self.on_give_up = None
         if self._result is None:
             self._result = result
             if self._done is not None:
@@ -597,8 +601,9 @@ class Retransmitter:
         if self._result is not None:
             return
         self.gave_up = True
+        give_up = self.on_give_up
         self._stop(False)
-        _run_callback(self.on_give_up)
+        _run_callback(give_up)
 
     async def wait(self) -> bool:
         """True if ACKed, False if it gave up or was cancelled."""
