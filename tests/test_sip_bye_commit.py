@@ -91,3 +91,39 @@ async def test_the_business_bye_ends_the_call_in_one_commit_and_the_timeline_kee
                               "out SIP/2.0 200 OK"], timeline
     ending = [commit for commit in commits if (call_id, "in BYE") in commit]
     assert ending == [[(call_id, entry) for entry in timeline[bye:]]], commits   # one transaction for all five
+
+
+def test_a_refused_bye_leaves_no_200_to_trace_later():
+    """A business BYE the platform refuses (its hang-up raises: the transaction layer answers it 500) leaves
+    nothing on the dialog for the media release to trace later as a 200 that was never sent."""
+    import types
+
+    from wacall.sip.gateway import Dialog, SipGateway
+    from wacall.sip.message import parse_message
+
+    bye = parse_message(b"BYE sip:wa.meta.vc SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK1\r\n"
+                        b"Max-Forwards: 70\r\nFrom: <sip:b@pbx>;tag=1\r\nTo: <sip:a@wa.meta.vc>;tag=2\r\n"
+                        b"Call-ID: x1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n")
+    notes: list[tuple[str, object]] = []
+
+    class Refused(Exception):
+        pass
+
+    class Platform:                      # a call whose state refuses the business's terminate (e.g. in voicemail)
+        def sip_business_hangs_up(self, call):
+            raise Refused
+
+    class Host:
+        def apply(self, op, defer=False, group=False):
+            return op()
+
+    gateway = object.__new__(SipGateway)
+    gateway.platform, gateway.host, gateway.meta_headers = Platform(), Host(), ()
+    gateway.dialogs, gateway.by_sip_call_id = {}, {}
+    gateway._call = lambda call_id: types.SimpleNamespace(id=call_id)
+    gateway._note_message = lambda call, direction, message: notes.append((direction, message))
+    dialog = Dialog(call_id="wacid.1", direction="USER_INITIATED", sip_call_id="x1", local_tag="2")
+    txn = types.SimpleNamespace(conn=None, respond=lambda response: notes.append(("sent", response.status)))
+    with pytest.raises(Refused):
+        gateway._business_hangs_up(bye, txn, dialog)
+    assert dialog.bye_ok is None and notes == [("in", bye)]      # the BYE's trace only: no 200 left to trace

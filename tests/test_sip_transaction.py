@@ -603,3 +603,25 @@ def test_fixed_delay_timers_expire_in_order_share_loop_timers_and_forget_cancell
     loop.now = 165.0
     loop.run_due()
     assert fired == ["a", "c", "c again"] and not timers._queue and not loop.handles
+
+
+def test_fixed_delay_timers_go_on_after_a_callback_raised_past_the_queue():
+    """A timer's callback that raises what the queue does not catch (a BaseException, such as a task's
+    cancellation) propagates, and the timers after it still get their loop timer: none is left queued with
+    nothing to wake it."""
+    from wacall.sip.transaction import _FixedDelayTimers
+    loop, fired = _ManualLoop(), []
+    timers = _FixedDelayTimers(loop, delay=32.0, slack=0.5)
+
+    def cancelled():
+        raise asyncio.CancelledError
+    timers.start(_Txn("a", fired), cancelled)
+    loop.now += 1.0
+    timers.start(_Txn("b", fired), lambda: fired.append("b"))
+    loop.now = 132.5
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_due()
+    assert [h[0] for h in loop.handles if not h[2]] == [101.0 + 32.0 + 0.5]     # b's loop timer
+    loop.now = 133.5
+    loop.run_due()
+    assert fired == ["b"] and not timers._queue

@@ -435,9 +435,11 @@ class SipGateway:
                 self._note_message(call, "in", bye)      # the BYE's trace, in the same commit
                 self.platform.sip_business_hangs_up(call)
             dialog.bye_ok = ok       # traced by prepare_released in that commit, after the media's final_stats
-            self.host.apply(hang_up)
-            if dialog.bye_ok is not None:     # the call had ended already (no release): the 200 traced on its own
-                dialog.bye_ok = None
+            try:
+                self.host.apply(hang_up)
+            finally:                 # (refused: no 200 to trace later, by the release or here)
+                alone, dialog.bye_ok = dialog.bye_ok is not None, None
+            if alone:                # the call had ended already (no release): the 200 traced on its own
                 self.host.apply(lambda: self._note_message(call, "out", ok), defer=True)
         txn.respond(ok)
         self._forget(dialog)

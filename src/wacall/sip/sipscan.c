@@ -733,12 +733,13 @@ static PyObject *fields_checked(PyObject *module, PyObject *const *args, Py_ssiz
         if (max_forwards == NULL) Py_RETURN_NONE;
         n = PyUnicode_GET_LENGTH(max_forwards);
         d = PyUnicode_1BYTE_DATA(max_forwards);
+        if (n == 0 || n > 3) Py_RETURN_NONE;          /* (before summing: a long digit string would overflow) */
         long v = 0;
         for (i = 0; i < n; i++) {
             if (d[i] < '0' || d[i] > '9') Py_RETURN_NONE;
             v = v * 10 + (d[i] - '0');
         }
-        if (n == 0 || n > 3 || (d[0] == '0' && n > 1) || v > 255) Py_RETURN_NONE;   /* message._PLAIN_MAX_FORWARDS */
+        if ((d[0] == '0' && n > 1) || v > 255) Py_RETURN_NONE;   /* message._PLAIN_MAX_FORWARDS */
     }
     PyObject *contact = single(index, KEY_CONTACT, &absent);
     if (!absent && (contact == NULL || !one_element(contact))) Py_RETURN_NONE;

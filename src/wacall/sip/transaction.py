@@ -183,12 +183,12 @@ class _FixedDelayTimers:
                         txn._fire(callback)
                     except Exception:
                         log.exception("%r: timer callback %r failed", txn, callback)
-        finally:
+        finally:           # (re-armed even when a callback raised past ``except Exception``: the others still fire)
             self._expiring = False
-        while queue and queue[0].txn is None:     # cancelled: nothing to wake up for
-            queue.popleft()
-        if queue:
-            self._handle = self.loop.call_at(queue[0].due + self.slack, self._expire)
+            while queue and queue[0].txn is None:     # cancelled: nothing to wake up for
+                queue.popleft()
+            if queue and self._handle is None:
+                self._handle = self.loop.call_at(queue[0].due + self.slack, self._expire)
 
     def close(self) -> None:
         if self._handle is not None:
