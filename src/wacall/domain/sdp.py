@@ -429,18 +429,10 @@ def build_meta_answer(
     return meta_answer(leg, offer, key_exchange=key_exchange, additional_codecs=additional_codecs).text
 
 
-def meta_answer(
-    leg: LocalMedia,
-    offer: SessionDescription,
-    *,
-    key_exchange: str = "DTLS",
-    additional_codecs: Sequence[str] = (),
-) -> MetaSdp:
-    """:func:`build_meta_answer`, with what :func:`negotiate` needs of the answer (``MetaSdp``)."""
-    kx = _normalise_key_exchange(key_exchange)
-    audio = offer.audio
-    if audio is None:
-        raise SdpError("No m=audio line found in SDP")
+def answer_codecs(audio: MediaDescription, additional_codecs: Sequence[str] = ()
+                  ) -> tuple[int | None, list[tuple[str, int]], int, list[int]]:
+    """The codecs of Meta's answer to an offer's audio: Opus's payload type (None if not offered), the enabled
+    G.711 codecs offered (name, payload type), the RFC 4733 events' type, and the m-line's types in order."""
     opus_pt = audio.find_codec("opus", 48000, 2)
     te_pt = _telephone_event_pt(audio)
     g711: list[tuple[str, int]] = []
@@ -455,6 +447,22 @@ def meta_answer(
     if g711:
         pts += [pt for _, pt in g711]
     pts.append(te_pt)
+    return opus_pt, g711, te_pt, pts
+
+
+def meta_answer(
+    leg: LocalMedia,
+    offer: SessionDescription,
+    *,
+    key_exchange: str = "DTLS",
+    additional_codecs: Sequence[str] = (),
+) -> MetaSdp:
+    """:func:`build_meta_answer`, with what :func:`negotiate` needs of the answer (``MetaSdp``)."""
+    kx = _normalise_key_exchange(key_exchange)
+    audio = offer.audio
+    if audio is None:
+        raise SdpError("No m=audio line found in SDP")
+    opus_pt, g711, te_pt, pts = answer_codecs(audio, additional_codecs)
     # the offer's a=mid, its direction and rtcp-mux at media level, read in one pass over its attributes
     mid = direction = None
     seen_mid = rtcp_mux = False

@@ -177,11 +177,11 @@ def _write_sql(engine: Engine) -> dict[str, str]:
                "timeline": ("call_id", "t", "kind", "data", "call_n"), "outbox": OUTBOX_COLUMNS}
     record_values = {c: as_text(c) if c == "doc" else None for c in columns["records"]}
     statements = {
-        "records": records_stmt.values({**record_values}).on_conflict_do_update(
+        "records": records_stmt.values(record_values).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc, "live": records_stmt.excluded.live}),
         # a record still live whose stored row (if any) is live too (Record.LEAVES_ONCE): its document only, so
         # the index on ``live`` is left alone (SQLite rewrites an index entry for every column in SET)
-        "records_doc": records_stmt.values({**record_values}).on_conflict_do_update(
+        "records_doc": records_stmt.values(record_values).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc}),
         "calls": calls_stmt.values({c: func.nullif(bindparam(c), literal_column(repr(NO_VALUE))) if c in CALL_NULLABLE
                                     else None for c in CALL_COLUMNS}).on_conflict_do_update(
@@ -209,13 +209,10 @@ def _call_row(c: Call, n: int) -> tuple:
     """A call's row in the calls index (the columns of ``CALL_COLUMNS``, in order, NO_VALUE for NULL in those of
     ``CALL_NULLABLE``); ``n``: its number."""
     accepted_at, ended_at = c.accepted_at, c.ended_at
-    if ended_at is None:
-        return (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at,
-                NO_VALUE if accepted_at is None else accepted_at, NO_VALUE, NO_VALUE, c.pulses, c.cost, n)
-    duration = c.duration
+    duration = None if ended_at is None else c.duration          # (a call's duration is known once it ended)
     return (c.id, c.phone_number_id, c.wa_id, c.direction, c.state, c.created_at,
-            NO_VALUE if accepted_at is None else accepted_at, ended_at, NO_VALUE if duration is None else duration,
-            c.pulses, c.cost, n)
+            NO_VALUE if accepted_at is None else accepted_at, NO_VALUE if ended_at is None else ended_at,
+            NO_VALUE if duration is None else duration, c.pulses, c.cost, n)
 
 class Store:
     def __init__(self, path: str = ":memory:") -> None:
