@@ -37,11 +37,15 @@ class LegOwner:
         self.apply = apply
         self._exhausted = False            # media capacity ran out: said once per episode, not per call
 
-    async def allocate(self) -> tuple[str, LocalMedia]:
-        """A new call id and its leg; :class:`MediaUnavailable` when the relay has no room (a port, a
-        worker process or descriptors ran out), which each wire layer answers with Meta's transient error."""
+    async def place(self, operation: Callable[[str, LocalMedia], T], *, group: bool = False) -> T:
+        """Allocate a leg under a new call id, apply ``operation(call_id, leg)`` (the domain creating the
+        call), and release the leg if it raises: a refused call keeps no media. Raises
+        :class:`MediaUnavailable` before anything is applied when no leg can be had (a port, a worker process
+        or descriptors ran out), which each wire layer answers with Meta's transient error. ``group``: the
+        caller acknowledges the new call only through the event's consumers (the SIP gateway's 180), so its
+        commit may join the loop turn's (``Wacall.apply(group=True)``)."""
         call_id = new_id("wacid")
-        try:
+        try:                                  # (here, not in a coroutine of its own: one fewer per call)
             leg = await self.media.allocate(call_id)
         except (OSError, RuntimeError) as exc:
             if not self._exhausted:
@@ -52,15 +56,6 @@ class LegOwner:
         if self._exhausted:
             self._exhausted = False
             log.warning("media capacity recovered")
-        return call_id, leg
-
-    async def place(self, operation: Callable[[str, LocalMedia], T], *, group: bool = False) -> T:
-        """Allocate a leg, apply ``operation(call_id, leg)`` (the domain creating the call), and release
-        the leg if it raises: a refused call keeps no media. Raises :class:`MediaUnavailable` before
-        anything is applied when no leg can be had. ``group``: the caller acknowledges the new call only
-        through the event's consumers (the SIP gateway's 180), so its commit may join the loop turn's
-        (``Wacall.apply(group=True)``)."""
-        call_id, leg = await self.allocate()
         try:
             if group:
                 return self.apply(lambda: operation(call_id, leg), group=True)

@@ -130,15 +130,17 @@ class MediaEngine:
         existing = self.endpoints.get(call_id)
         if existing is not None:
             return existing.leg.local
-        endpoint = await self._new_endpoint(call_id, self.reporter)
-        self._add(endpoint)
-        return endpoint.leg.local
-
-    async def _new_endpoint(self, call_id: str, reporter: Reporter) -> RelayEndpoint:
-        """A new leg with fresh credentials on the shared ports, behind its relay endpoint."""
         sock, sock6 = self._home, self._home6
         if sock is None or not sock.is_open or (self.host6 and (sock6 is None or not sock6.is_open)):
             sock, sock6 = await self._home_sockets()      # (bound already, the usual case: no coroutine)
+        endpoint = self._new_endpoint(call_id, self.reporter, sock, sock6)
+        self._add(endpoint)
+        return endpoint.leg.local
+
+    def _new_endpoint(self, call_id: str, reporter: Reporter, sock: PortSocket,
+                      sock6: PortSocket | None) -> RelayEndpoint:
+        """A new leg with fresh credentials on the shared ports ``sock`` and ``sock6``, behind its relay
+        endpoint (a function, not a coroutine: the caller awaits the ports only when they are not bound)."""
         host6, port6 = (sock6.host, sock6.port) if sock6 is not None else (None, None)
         fingerprint, by_ufrag = self.certificate.fingerprint, self.ports.by_ufrag
         leg = MediaLeg.create(call_id, host=sock.host, port=sock.port, fingerprint=fingerprint, host6=host6, port6=port6)
@@ -155,7 +157,8 @@ class MediaEngine:
         if call is None or call.closed:
             return None
         self.detach_browser(call_id)
-        browser = await self._new_endpoint(browser_leg_id(call_id), BrowserReporter(self.reporter, call_id))
+        sock, sock6 = await self._home_sockets()
+        browser = self._new_endpoint(browser_leg_id(call_id), BrowserReporter(self.reporter, call_id), sock, sock6)
         if self.endpoints.get(call_id) is not call:      # the call ended meanwhile
             return None
         self._add(browser)

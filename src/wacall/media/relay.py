@@ -55,22 +55,25 @@ CHECKPOINT_INTERVAL = 30.0               # seconds between persisted positions o
 MAX_RESUME_GAP = 30000                   # packets skipped after a restart (libsrtp guesses within 2^15)
 
 
-_CODECS_BY_SHAPE: dict[tuple, dict[int, str]] = {}    # payload types -> Negotiated.audio_codecs, shared (read only)
+_SHAPES: dict[tuple, tuple[int, frozenset[int], dict[int, str]]] = {}   # by payload types, shared (read only)
 
 
-def _audio_codecs(payload_types: dict[str, int]) -> dict[int, str]:
-    """``Negotiated.audio_codecs`` for these payload types, computed once per shape (every call of a
-    business usually negotiates the same codecs); the dict is shared between legs and never changed."""
+def _payload_shape(payload_types: dict[str, int]) -> tuple[int, frozenset[int], dict[int, str]]:
+    """For these negotiated payload types: the telephone-event one (``Negotiated.telephone_event_pt``), it as
+    the set of RFC 4733 payload types of the receive statistics, and ``Negotiated.audio_codecs``; computed
+    once per shape (every call of a business usually negotiates the same codecs), shared between legs and
+    never changed."""
     shape = tuple(payload_types.items())
-    codecs = _CODECS_BY_SHAPE.get(shape)
-    if codecs is None:
-        if len(_CODECS_BY_SHAPE) >= 256:                  # a bound; shapes are few in practice
-            _CODECS_BY_SHAPE.clear()
-        codecs = _CODECS_BY_SHAPE[shape] = Negotiated(key_exchange="", payload_types=payload_types).audio_codecs
-    return codecs
+    known = _SHAPES.get(shape)
+    if known is None:
+        if len(_SHAPES) >= 256:                           # a bound; shapes are few in practice
+            _SHAPES.clear()
+        negotiated = Negotiated(key_exchange="", payload_types=payload_types)
+        te = negotiated.telephone_event_pt
+        known = _SHAPES[shape] = (te, frozenset((te,)), negotiated.audio_codecs)
+    return known
 
 
-_EVENT_TYPES: dict[int, frozenset[int]] = {}    # telephone-event payload type -> frozenset({it}), shared (<= 128)
 _NO_CODECS: dict[int, str] = {}                  # a leg's codecs by payload type before configure (never changed)
 _NONE: frozenset = frozenset()                   # an empty set shared by legs until their first member
 _NO_SOURCES: dict = {}                           # the sources a leg without statistics has heard (never changed)
@@ -245,11 +248,8 @@ class RelayEndpoint:
             return
         self.phone.set_up(user_audio, user_is_caller)
         self.negotiated = n = negotiated
-        te = n.telephone_event_pt
-        self._te_pt = te
         # RFC 4733 packets count for loss, not jitter (in the statistics made with the first packet)
-        self._event_types = _EVENT_TYPES.get(te) or _EVENT_TYPES.setdefault(te, frozenset((te,)))
-        self._codec_by_pt = _audio_codecs(n.payload_types)
+        self._te_pt, self._event_types, self._codec_by_pt = _payload_shape(n.payload_types)
         if n.key_exchange == "SDES":
             if n.remote_crypto is None:
                 self.failure = (MediaFact.NO_SDES_KEY, "no usable a=crypto line from the business")
