@@ -361,3 +361,18 @@ def test_auth_parameters_read_by_regular_expression_agree_with_the_loop(rest):
     value = "Digest " + rest
     after_scheme = value.strip().partition(" ")[2]        # what _parse_auth_params hands its loop
     assert outcome(_parse_auth_params, value) == outcome(_parse_auth_params_loop, after_scheme)
+
+
+def test_remembered_ha1_follows_the_password_and_the_algorithm() -> None:
+    """H(A1) is hashed once per user, realm, password and algorithm and then remembered: each answer still
+    equals the response written out from the RFC 2617 formula (a changed password or algorithm is not
+    answered from the memo)."""
+    def written_out(algorithm, password):
+        h = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[algorithm]
+        hx = lambda text: h(text.encode()).hexdigest()      # noqa: E731
+        ha1, ha2 = hx(f"+1555:wa.meta.vc:{password}"), hx("INVITE:sip:+1666@wa.meta.vc")
+        return hx(f"{ha1}:n0nce:00000001:c:auth:{ha2}")
+    for algorithm, password in [("MD5", "pw1"), ("MD5", "pw1"), ("MD5", "pw2"), ("SHA-256", "pw2"), ("MD5", "pw1")]:
+        assert compute_response(username="+1555", realm="wa.meta.vc", password=password, method="INVITE",
+                                uri="sip:+1666@wa.meta.vc", nonce="n0nce", algorithm=algorithm, qop="auth",
+                                nc=1, cnonce="c") == written_out(algorithm, password)

@@ -28,7 +28,7 @@ from enum import Enum
 from typing import Any
 
 from .randomness import token_hex
-from .uri import SipParseError, quoted_end, unquote_string
+from .uri import SipParseError, quoted_end, remember, unquote_string
 
 __all__ = [
     "Challenge",
@@ -86,8 +86,22 @@ def compute_response(
     Raises ValueError for an unsupported algorithm or qop.
     """
     new_hash, sess = _hash_for(algorithm)
-    # H(x): the hash's hex digest of x's UTF-8 octets (written out below: three per response, every INVITE)
-    ha1 = new_hash(f"{username}:{realm}:{password}".encode()).hexdigest()
+    return _response(new_hash, sess, username, realm, password, method, uri, nonce, qop, nc, cnonce, body)
+
+
+_ha1s: dict[tuple[Callable[[bytes], Any], str], str] = {}   # (hash, "username:realm:password") -> H(A1)
+
+
+def _response(new_hash: Callable[[bytes], Any], sess: bool, username: str, realm: str, password: str, method: str,
+              uri: str, nonce: str, qop: str | None, nc: int | str | None, cnonce: str | None, body: bytes) -> str:
+    """:func:`compute_response` once the algorithm is known (what :meth:`NonceBook.verify` calls: its algorithm
+    is looked up once, not per INVITE)."""
+    # H(x): the hash's hex digest of x's UTF-8 octets (written out below: three per response, every INVITE).
+    # H(A1) depends on the user's password only, the same on each of its calls: hashed once, then remembered
+    a1 = f"{username}:{realm}:{password}"
+    ha1 = _ha1s.get((new_hash, a1))
+    if ha1 is None:
+        ha1 = remember(_ha1s, (new_hash, a1), a1, new_hash(a1.encode()).hexdigest())
     if sess:
         ha1 = new_hash(f"{ha1}:{nonce}:{cnonce or ''}".encode()).hexdigest()
     if qop == "auth-int":
@@ -175,7 +189,9 @@ def _parse_auth_params_loop(rest: str) -> dict[str, str]:
 
 
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if '"' in text or "\\" in text:      # rare: the usual value is quoted without two replace calls
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
 
 
 @dataclass
@@ -378,7 +394,7 @@ class NonceBook:
         max_nonces: int = 4096,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
-        _hash_for(algorithm)  # validate early
+        self._hash, self._sess = _hash_for(algorithm)  # validated early, looked up once
         self.realm = realm
         self.algorithm = algorithm
         self.qop = qop
@@ -395,10 +411,10 @@ class NonceBook:
         """A fresh challenge; ``stale=True`` after a :attr:`Verdict.STALE` verdict."""
         now = self._now()
         self._purge(now)
-        nonce = token_hex(8)
+        fresh = token_hex(16)            # nonce and opaque: 8 random octets each, drawn at once
+        nonce, opaque = fresh[:16], fresh[16:]
         while nonce in self._issued:  # pragma: no cover - 64-bit collision
             nonce = token_hex(8)
-        opaque = token_hex(8)
         self._issued[nonce] = _Issued(now, opaque)
         while len(self._issued) > self.max_nonces:
             self._issued.popitem(last=False)
@@ -441,14 +457,13 @@ class NonceBook:
             return Verdict.UNKNOWN_NONCE
         if creds.opaque != rec.opaque:
             return Verdict.BAD_OPAQUE
-        if (creds.algorithm or "MD5").upper() != self.algorithm.upper():
+        algorithm = creds.algorithm
+        if algorithm != self.algorithm and (algorithm or "MD5").upper() != self.algorithm.upper():
             return Verdict.BAD_RESPONSE
         try:
-            expected = compute_response(
-                username=creds.username, realm=creds.realm, password=password,  # type: ignore[arg-type]
-                method=method, uri=creds.uri, nonce=creds.nonce,  # type: ignore[arg-type]
-                algorithm=self.algorithm, qop=creds.qop, nc=creds.nc, cnonce=creds.cnonce, body=body,
-            )
+            expected = _response(self._hash, self._sess, creds.username, creds.realm,  # type: ignore[arg-type]
+                                 password, method, creds.uri, creds.nonce, creds.qop,  # type: ignore[arg-type]
+                                 creds.nc, creds.cnonce, body)
         except ValueError:
             return Verdict.BAD_RESPONSE
         if not hmac.compare_digest(expected, creds.response.lower()):  # type: ignore[union-attr]
