@@ -359,3 +359,44 @@ def test_a_calls_times_are_null_until_set_and_documents_are_stored_as_text(tmp_p
                                          {"t": 8.5, "kind": "sip", "x": "ü"}]
     assert store.call_totals(["p"], "USER_INITIATED", 0.0, 10.0)["completed_count"] == 1
     store.close()
+
+
+def test_a_live_calls_rows_updated_in_place_equal_those_the_upserts_write(tmp_path):
+    """A live call whose rows this store wrote is rewritten by UPDATE (its document, and its calls row when its
+    state, times or price moved); a store that remembers nothing (reopened before every commit) writes the same
+    commits by INSERT ... ON CONFLICT. Both databases hold the same rows. A row gone behind the store's back is
+    written whole again, not lost by an UPDATE that found nothing."""
+    from wacall.domain.model import Pair
+
+    def rows(store: Store) -> list:
+        with store.engine.connect() as conn:
+            return [conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2")).all()
+                    for table in ("records", "calls", "timeline")]
+
+    call, pair = _call("wacid.1", 1.0), Pair(phone_number_id="p", wa_id="u")
+    steps = [("RINGING", {}), ("RINGING", {"media": {"x": 1}}), ("ACCEPTED", {"accepted_at": 2.0}),
+             ("ACCEPTED", {"pulses": 1, "cost": 0.5}), ("ENDED", {"ended_at": 9.5})]
+    kept, reopened_path = Store(str(tmp_path / "kept.db")), tmp_path / "reopened.db"
+    for i, (state, changes) in enumerate(steps):
+        call.state = state
+        for name, value in changes.items():
+            setattr(call, name, value)
+        commit = ([call, pair], [], [(call.id, {"t": float(i), "kind": "state", "state": state})])
+        kept.commit(*commit)
+        reopened = Store(str(reopened_path))
+        reopened.commit(*commit)
+        assert rows(kept) == rows(reopened), state
+        reopened.close()
+    assert kept.load_record("call", "wacid.1")["state"] == "ENDED"
+    assert kept.call_totals(["p"], "USER_INITIATED", 0.0, 10.0)["completed_count"] == 1
+
+    again = _call("wacid.2", 3.0)
+    kept.commit([again], [])
+    with kept.engine.begin() as conn:
+        conn.execute(text("DELETE FROM records WHERE key = 'wacid.2'"))
+        conn.execute(text("DELETE FROM calls WHERE call_id = 'wacid.2'"))
+    again.state = "ACCEPTED"
+    kept.commit([again], [])
+    assert kept.load_record("call", "wacid.2")["state"] == "ACCEPTED"
+    assert [row["state"] for row in kept.call_list(limit=5) if row["call_id"] == "wacid.2"] == ["ACCEPTED"]
+    kept.close()

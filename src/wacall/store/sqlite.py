@@ -173,9 +173,14 @@ def _write_sql(engine: Engine) -> dict[str, str]:
     records_stmt = sqlite_insert(records)
     calls_stmt = sqlite_insert(calls)
     columns = {"records": ("kind", "key", "doc", "live"), "records_doc": ("kind", "key", "doc", "live"),
-               "calls": CALL_COLUMNS,
+               "calls": CALL_COLUMNS, "call_doc": ("doc", "key"),
+               "calls_update": CALL_UPDATED + ("call_id",),
                "timeline": ("call_id", "t", "kind", "data", "call_n"), "outbox": OUTBOX_COLUMNS}
     record_values = {c: as_text(c) if c == "doc" else None for c in columns["records"]}
+    call_values = {c: func.nullif(bindparam(c), literal_column(repr(NO_VALUE))) if c in CALL_NULLABLE else None
+                   for c in CALL_COLUMNS}
+    calls_upsert = calls_stmt.values(call_values).on_conflict_do_update(
+        index_elements=["call_id"], set_={name: calls_stmt.excluded[name] for name in CALL_UPDATED})
     statements = {
         "records": records_stmt.values(record_values).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc, "live": records_stmt.excluded.live}),
@@ -183,9 +188,13 @@ def _write_sql(engine: Engine) -> dict[str, str]:
         # the index on ``live`` is left alone (SQLite rewrites an index entry for every column in SET)
         "records_doc": records_stmt.values(record_values).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc}),
-        "calls": calls_stmt.values({c: func.nullif(bindparam(c), literal_column(repr(NO_VALUE))) if c in CALL_NULLABLE
-                                    else None for c in CALL_COLUMNS}).on_conflict_do_update(
-            index_elements=["call_id"], set_={name: calls_stmt.excluded[name] for name in CALL_UPDATED}),
+        "calls": calls_upsert,
+        # rows this store wrote and that are still there (a live call's, ``Store._indexed``): UPDATE, not INSERT
+        # ON CONFLICT, which first builds and checks the whole row as an insert (~3 k instructions a row)
+        "call_doc": update(records).where(and_(records.c.kind == literal_column(repr(Call.KIND)),
+                                               records.c.key == bindparam("key"))).values(doc=as_text("doc")),
+        "calls_update": update(calls).where(calls.c.call_id == bindparam("call_id")).values(
+            {c: call_values[c] if c in CALL_NULLABLE else bindparam(c) for c in CALL_UPDATED}),
         "timeline": timeline.insert().values({c: as_text(c) if c == "data" else None for c in columns["timeline"]}),
         "outbox": outbox.insert().values({c: None for c in OUTBOX_COLUMNS}),
     }
@@ -362,23 +371,43 @@ class Store:
         indexed: list[tuple] = []
         try:
             docs, moved = [], []            # documents of records still live; of those whose ``live`` may change
+            call_docs, upserted, updated = [], [], []   # a live call's document and calls rows (see below)
             dumps, known = codec.dumps_stored, self._indexed
             for r in dirty:
-                if isinstance(r, Call):
-                    row = _call_row(r, self._number(cursor, r.id, new=True))
-                    if known.get(r.id) != row:    # its state, times or price moved (not only its dialog/media)
-                        indexed.append(row)
                 # ``live`` as the int SQLite stores: a bool is not an exact int, and the driver then looks for an
                 # adapter (its microprotocols registry) before binding it as one, ~3 k instructions per value
                 live = 1 if r.live else 0
-                (docs if live and r.LEAVES_ONCE else moved).append((r.KIND, r.key, bytearray(dumps(r.fields_view())),
-                                                                     live))
+                doc = bytearray(dumps(r.fields_view()))
+                if isinstance(r, Call):
+                    stored = known.get(r.id)
+                    if stored is not None:        # a live call whose rows this store wrote: UPDATE them
+                        row = _call_row(r, stored[-1])
+                        if row != stored:         # its state, times or price moved (not only its dialog/media)
+                            indexed.append(row)
+                            updated.append((row[4],) + row[6:11] + (row[0],))   # CALL_UPDATED, then call_id
+                        if live:
+                            call_docs.append((doc, r.key))
+                            continue
+                    else:
+                        row = _call_row(r, self._number(cursor, r.id, new=True))
+                        indexed.append(row)
+                        upserted.append(row)
+                (docs if live and r.LEAVES_ONCE else moved).append((r.KIND, r.key, doc, live))
+            if call_docs:
+                cursor.executemany(sql["call_doc"], call_docs)
+                if cursor.rowcount != len(call_docs):    # a row gone behind the store's back: write them whole
+                    docs.extend((Call.KIND, key, doc, 1) for doc, key in call_docs)
             if docs:
                 cursor.executemany(sql["records_doc"], docs)
             if moved:
                 cursor.executemany(sql["records"], moved)
-            if indexed:
-                cursor.executemany(sql["calls"], indexed)
+            if updated:
+                cursor.executemany(sql["calls_update"], updated)
+                if cursor.rowcount != len(updated):      # (as above)
+                    ids_updated = {u[-1] for u in updated}
+                    upserted.extend(row for row in indexed if row[0] in ids_updated)
+            if upserted:
+                cursor.executemany(sql["calls"], upserted)
             if notes:
                 self._append_notes(cursor, notes)
             for row in new_outbox:
