@@ -1030,3 +1030,58 @@ def test_top_via_read_inline_is_the_general_reading(fields) -> None:
     assert request.top_via == via
     key = TransactionLayer.server_key(request)
     assert key[0] == (via.branch if (via.branch or "").startswith("z9hG4bK") else "2543")
+
+
+def test_the_compiled_response_fields_are_the_python_ones() -> None:
+    """``_sipscan.response_fields`` (what ``response_to`` uses) gives the fields of ``_response_fields_in_python``
+    (the reference), or declines, for requests from the torture messages and mutations of them, with or without a
+    To tag, extra fields (known, unknown, odd values) and a Content-Type; declined ones still get Python's fields."""
+    import random
+    from pathlib import Path
+    from support.mutation import mutate, random_octet
+    from wacall.sip import message
+    if message._RESPONSE_FIELDS is None:
+        pytest.skip("the compiled scanner is not built (WACALL_SIPSCAN=0)")
+    torture = sorted(p.read_bytes() for p in (Path(__file__).parent / "data" / "sip_torture").glob("*.dat"))
+    rng = random.Random(3262)
+    invite = (b"INVITE sip:+447955500000@wa.meta.vc;transport=tls SIP/2.0\r\n"
+              b"Via: SIP/2.0/TLS 127.0.0.1:41593;branch=z9hG4bK-1-1-0;rport=5070\r\nVia: SIP/2.0/TLS b;branch=z9hG4bK2\r\n"
+              b"From: <sip:+447700900123@pbx.business.example>;tag=1SIPpTag001\r\nTo: <sip:+447955500000@wa.meta.vc>\r\n"
+              b"Call-ID: 1-1@127.0.0.1\r\nCSeq: 1 INVITE\r\nTimestamp: 54\r\nContent-Length: 0\r\n\r\n")
+    nasty = [b"tag", b";TaG=x", b"\xc3\xa9", b",", b"\r\nTo: <sip:x@y>", b"\r\nVia: SIP/2.0/UDP c", b"\r\nTimestamp: 1"]
+    requests = []
+    for data in [*torture, invite, *(mutate(rng, rng.choice([invite, *torture]), nasty, random_octet) for _ in range(300))]:
+        try:
+            msg = message._parse_in_python(data)
+        except message.SipParseError as exc:
+            msg = exc.message
+        except Exception:            # a mutation no parser takes
+            continue
+        if isinstance(msg, message.Request):
+            requests.append(msg)
+    extras = [(), [("Record-Route", "<sip:wa.meta.vc;transport=tls;lr>"), ("X-FB-External-Domain", "wa.meta.vc")],
+              (("supported", "timer"), ("l", "0")), [("Content-Type", "text/plain"), ("c", "x/y")], [("X-Odd-Name", "1")],
+              [("Allow", "é")], [("Allow", "a\r\nb")], [("Bad Name", "1")]]
+    compiled = declined = 0
+    for request in requests:
+        index = request.headers._index or request.headers._indexed()
+        for to_tag in (None, "5cda9d6c5532dad4", "é", "a\nb"):
+            for extra in extras:
+                for content_type in (None, "application/sdp", "bad\r\n"):
+                    for timestamp in (False, True):
+                        try:
+                            want = message._response_fields_in_python(index, to_tag, extra, content_type, timestamp)
+                        except (ValueError, message.SipParseError) as exc:
+                            want = type(exc)
+                        got = message._RESPONSE_FIELDS(index, to_tag, extra, content_type, timestamp,
+                                                       message._CANONICAL_OF)
+                        if got is None:
+                            declined += 1
+                        else:
+                            compiled += 1
+                            assert got == want, (request, to_tag, extra, content_type, timestamp)
+                        response = message.response_to(request, 100 if timestamp else 200, to_tag=to_tag,
+                                                       headers=extra, content_type=content_type) \
+                            if not isinstance(want, type) else None
+                        assert response is None or response.headers._items == want
+    assert compiled > 500 and declined > 500

@@ -1162,8 +1162,30 @@ def response_to(
     index = request.headers._index
     if index is None:
         index = request.headers._indexed()
-    # the request's fields were checked when they were added or parsed, and their names are canonical: the
-    # copies come from its index (a dict access per name), not from a scan of every field
+    # the request's fields were checked when they were added or parsed, and their names are canonical: the copies
+    # come from its index (a dict access per name), not from a scan of every field; the usual response's in C
+    timestamp = status == 100
+    items = (_RESPONSE_FIELDS(index, to_tag, headers, content_type, timestamp, _CANONICAL_OF)
+             if _RESPONSE_FIELDS is not None else None)
+    if items is None:
+        items = _response_fields_in_python(index, to_tag, headers, content_type, timestamp)
+    # the new Headers filled directly (its index is built on first lookup): what add() does, one field at a time,
+    # without its bookkeeping
+    h = Headers()
+    h._items = items
+    return Response(status, reason if reason is not None else REASONS.get(status, ""), h, body)
+
+
+#: :func:`_response_fields_in_python` in C (sipscan.c: the usual response's fields in one call), or None
+_RESPONSE_FIELDS = _load_compiled("response_fields")
+
+
+def _response_fields_in_python(index: dict[str, tuple[str, ...]], to_tag: str | None,
+                               headers: Iterable[tuple[str, str]], content_type: str | None,
+                               timestamp: bool) -> list[tuple[str, str]]:
+    """The fields of :func:`response_to`'s response to the request with header index ``index``: the reference of
+    the compiled ``_sipscan.response_fields`` (tests/test_sip_message.py compares them), and the way of whatever
+    it declines (a To that may have a tag, an extra field name not seen before, non-ASCII or CR/LF values)."""
     items = [("Via", via) for via in index.get("via", _NONE)]
     value = index.get("from")
     if value:
@@ -1183,7 +1205,7 @@ def response_to(
     value = index.get("cseq")
     if value:
         items.append(("CSeq", value[0]))
-    if status == 100:
+    if timestamp:
         value = index.get("timestamp")
         if value:
             items.append(("Timestamp", value[0]))
@@ -1194,17 +1216,15 @@ def response_to(
         if canonical is None or "\r" in value or "\n" in value:
             canonical, value = _checked(name, value)
         items.append((canonical, value))
-    # the new Headers filled directly (its index is built on first lookup): what add() does, one field at a
-    # time, without its bookkeeping
-    h = Headers()
-    h._items = items
     if content_type is not None:
         # the request's fields copied above are never a Content-Type: set() only when the extra fields have one
         if "Content-Type" in map(_NAME_OF, items):
+            h = Headers()
+            h._items = items
             h.set("Content-Type", content_type)
         else:
             items.append(_checked("Content-Type", content_type))
-    return Response(status, reason if reason is not None else REASONS.get(status, ""), h, body)
+    return items
 
 
 def new_branch() -> str:
