@@ -1085,3 +1085,23 @@ def test_the_compiled_response_fields_are_the_python_ones() -> None:
                             if not isinstance(want, type) else None
                         assert response is None or response.headers._items == want
     assert compiled > 500 and declined > 500
+
+
+def test_reads_of_whole_messages_are_cut_as_the_buffer_cuts_them() -> None:
+    """``StreamFramer.feed`` cuts a read of whole messages (the usual ACK and INVITE in one read) without its
+    buffer; any read of a stream, cut anywhere, gives what feeding it octet by octet (the buffer's steps) gives."""
+    import random
+    stream_parts = [BIC_INVITE, META_407, b"\r\n\r\n", META_200, b"\r\n", BYE, MINIMAL,
+                    MINIMAL.replace(b"Content-Length: 0", b"l: 0"), BIC_INVITE]
+    rng = random.Random(18)
+    for _ in range(200):
+        parts = rng.sample(stream_parts, rng.randint(1, len(stream_parts)))
+        stream = b"".join(parts)
+        slow = StreamFramer()
+        want = [x for i in range(len(stream)) for x in slow.feed(stream[i:i + 1])]
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 3))))
+        framer = StreamFramer()
+        got = [x for a, b in zip([0, *cuts], [*cuts, len(stream)]) for x in framer.feed(stream[a:b])]
+        assert got == want and framer.pings == slow.pings and framer.pongs == slow.pongs
+        whole = StreamFramer()
+        assert whole.feed(stream) == want and whole.buffered == slow.buffered == framer.buffered

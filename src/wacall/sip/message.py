@@ -1069,14 +1069,24 @@ class StreamFramer:
         if self.closed:
             return out
         if not self._buf and type(data) is bytes and _SCANNER is not None:
-            # the usual read: exactly one whole message with one plain Content-Length, nothing buffered before:
-            # it is the message, with no copy through the buffer (anything else: the steps below)
-            end = data.find(b"\r\n\r\n")
-            if 0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n":
+            # the usual read: whole messages with one plain Content-Length each, nothing buffered before (one, or
+            # an ACK and the INVITE after it): each is cut from the read, the last is the read itself, with no
+            # copy through the buffer. Whatever is left (a partial message, anything odd): the steps below
+            while True:
+                end = data.find(b"\r\n\r\n")
+                if not (0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n"):
+                    break
                 length = _SCANNER.frame_length(data, end)
-                if 0 <= length <= self.max_body and end + 4 + length == len(data):
+                if not 0 <= length <= self.max_body:
+                    break
+                whole = end + 4 + length
+                if whole == len(data):
                     out.append(data)
                     return out
+                if whole > len(data):
+                    break
+                out.append(data[:whole])
+                data = data[whole:]
         self._buf += data
         while self._step(out):
             pass
