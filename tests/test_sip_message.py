@@ -1030,3 +1030,78 @@ def test_top_via_read_inline_is_the_general_reading(fields) -> None:
     assert request.top_via == via
     key = TransactionLayer.server_key(request)
     assert key[0] == (via.branch if (via.branch or "").startswith("z9hG4bK") else "2543")
+
+
+def test_the_compiled_response_fields_are_the_python_ones() -> None:
+    """``_sipscan.response_fields`` (what ``response_to`` uses) gives the fields of ``_response_fields_in_python``
+    (the reference), or declines, for requests from the torture messages and mutations of them, with or without a
+    To tag, extra fields (known, unknown, odd values) and a Content-Type; declined ones still get Python's fields."""
+    import random
+    from pathlib import Path
+    from support.mutation import mutate, random_octet
+    from wacall.sip import message
+    if message._RESPONSE_FIELDS is None:
+        pytest.skip("the compiled scanner is not built (WACALL_SIPSCAN=0)")
+    torture = sorted(p.read_bytes() for p in (Path(__file__).parent / "data" / "sip_torture").glob("*.dat"))
+    rng = random.Random(3262)
+    invite = (b"INVITE sip:+447955500000@wa.meta.vc;transport=tls SIP/2.0\r\n"
+              b"Via: SIP/2.0/TLS 127.0.0.1:41593;branch=z9hG4bK-1-1-0;rport=5070\r\nVia: SIP/2.0/TLS b;branch=z9hG4bK2\r\n"
+              b"From: <sip:+447700900123@pbx.business.example>;tag=1SIPpTag001\r\nTo: <sip:+447955500000@wa.meta.vc>\r\n"
+              b"Call-ID: 1-1@127.0.0.1\r\nCSeq: 1 INVITE\r\nTimestamp: 54\r\nContent-Length: 0\r\n\r\n")
+    nasty = [b"tag", b";TaG=x", b"\xc3\xa9", b",", b"\r\nTo: <sip:x@y>", b"\r\nVia: SIP/2.0/UDP c", b"\r\nTimestamp: 1"]
+    requests = []
+    for data in [*torture, invite, *(mutate(rng, rng.choice([invite, *torture]), nasty, random_octet) for _ in range(300))]:
+        try:
+            msg = message._parse_in_python(data)
+        except message.SipParseError as exc:
+            msg = exc.message
+        except Exception:            # a mutation no parser takes
+            continue
+        if isinstance(msg, message.Request):
+            requests.append(msg)
+    extras = [(), [("Record-Route", "<sip:wa.meta.vc;transport=tls;lr>"), ("X-FB-External-Domain", "wa.meta.vc")],
+              (("supported", "timer"), ("l", "0")), [("Content-Type", "text/plain"), ("c", "x/y")], [("X-Odd-Name", "1")],
+              [("Allow", "é")], [("Allow", "a\r\nb")], [("Bad Name", "1")]]
+    compiled = declined = 0
+    for request in requests:
+        index = request.headers._index or request.headers._indexed()
+        for to_tag in (None, "5cda9d6c5532dad4", "é", "a\nb"):
+            for extra in extras:
+                for content_type in (None, "application/sdp", "bad\r\n"):
+                    for timestamp in (False, True):
+                        try:
+                            want = message._response_fields_in_python(index, to_tag, extra, content_type, timestamp)
+                        except (ValueError, message.SipParseError) as exc:
+                            want = type(exc)
+                        got = message._RESPONSE_FIELDS(index, to_tag, extra, content_type, timestamp,
+                                                       message._CANONICAL_OF)
+                        if got is None:
+                            declined += 1
+                        else:
+                            compiled += 1
+                            assert got == want, (request, to_tag, extra, content_type, timestamp)
+                        response = message.response_to(request, 100 if timestamp else 200, to_tag=to_tag,
+                                                       headers=extra, content_type=content_type) \
+                            if not isinstance(want, type) else None
+                        assert response is None or response.headers._items == want
+    assert compiled > 500 and declined > 500
+
+
+def test_reads_of_whole_messages_are_cut_as_the_buffer_cuts_them() -> None:
+    """``StreamFramer.feed`` cuts a read of whole messages (the usual ACK and INVITE in one read) without its
+    buffer; any read of a stream, cut anywhere, gives what feeding it octet by octet (the buffer's steps) gives."""
+    import random
+    stream_parts = [BIC_INVITE, META_407, b"\r\n\r\n", META_200, b"\r\n", BYE, MINIMAL,
+                    MINIMAL.replace(b"Content-Length: 0", b"l: 0"), BIC_INVITE]
+    rng = random.Random(18)
+    for _ in range(200):
+        parts = rng.sample(stream_parts, rng.randint(1, len(stream_parts)))
+        stream = b"".join(parts)
+        slow = StreamFramer()
+        want = [x for i in range(len(stream)) for x in slow.feed(stream[i:i + 1])]
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 3))))
+        framer = StreamFramer()
+        got = [x for a, b in zip([0, *cuts], [*cuts, len(stream)]) for x in framer.feed(stream[a:b])]
+        assert got == want and framer.pings == slow.pings and framer.pongs == slow.pongs
+        whole = StreamFramer()
+        assert whole.feed(stream) == want and whole.buffered == slow.buffered == framer.buffered

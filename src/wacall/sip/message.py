@@ -480,32 +480,38 @@ class _Message:
     headers: Headers
     body: bytes
 
-    def _single(self, name: str) -> str:
-        values = self.headers._values(name)
+    def _single(self, key: str) -> str:
+        """The first value of the field whose lower-case canonical name is ``key`` (read from the index inline, not
+        through Headers._values: the layers above read Call-ID, CSeq, From and To ~20 times per call)."""
+        headers = self.headers
+        index = headers._index
+        values = (headers._indexed() if index is None else index).get(key)
         if not values:
-            raise SipParseError(f"Bad Request - Missing {canonical_name(name)}")
+            raise SipParseError(f"Bad Request - Missing {canonical_name(key)}")
         return values[0]
 
     @property
     def call_id(self) -> str:
-        return self._single("Call-ID")
+        return self._single("call-id")
 
     @property
     def cseq(self) -> tuple[int, str]:
         """``(sequence number, method)`` from CSeq (section 20.16)."""
-        number, method = _cseq(self._single("CSeq"))
+        text = self._single("cseq")
+        known = _cseq_memo.get(text)                    # _cseq's memo read inline
+        number, method = _cseq(text) if known is None else known
         if number is None:
             raise SipParseError("Bad Request - Malformed CSeq")
         return number, method  # type: ignore[return-value]
 
     @property
     def from_(self) -> NameAddr:
-        text = self._single("From")
+        text = self._single("from")
         return _addr_memo.get(text) or parse_name_addr(text)
 
     @property
     def to(self) -> NameAddr:
-        text = self._single("To")
+        text = self._single("to")
         return _addr_memo.get(text) or parse_name_addr(text)
 
     @property
@@ -1069,14 +1075,24 @@ class StreamFramer:
         if self.closed:
             return out
         if not self._buf and type(data) is bytes and _SCANNER is not None:
-            # the usual read: exactly one whole message with one plain Content-Length, nothing buffered before:
-            # it is the message, with no copy through the buffer (anything else: the steps below)
-            end = data.find(b"\r\n\r\n")
-            if 0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n":
+            # the usual read: whole messages with one plain Content-Length each, nothing buffered before (one, or
+            # an ACK and the INVITE after it): each is cut from the read, the last is the read itself, with no
+            # copy through the buffer. Whatever is left (a partial message, anything odd): the steps below
+            while True:
+                end = data.find(b"\r\n\r\n")
+                if not (0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n"):
+                    break
                 length = _SCANNER.frame_length(data, end)
-                if 0 <= length <= self.max_body and end + 4 + length == len(data):
+                if not 0 <= length <= self.max_body:
+                    break
+                whole = end + 4 + length
+                if whole == len(data):
                     out.append(data)
                     return out
+                if whole > len(data):
+                    break
+                out.append(data[:whole])
+                data = data[whole:]
         self._buf += data
         while self._step(out):
             pass
@@ -1162,8 +1178,30 @@ def response_to(
     index = request.headers._index
     if index is None:
         index = request.headers._indexed()
-    # the request's fields were checked when they were added or parsed, and their names are canonical: the
-    # copies come from its index (a dict access per name), not from a scan of every field
+    # the request's fields were checked when they were added or parsed, and their names are canonical: the copies
+    # come from its index (a dict access per name), not from a scan of every field; the usual response's in C
+    timestamp = status == 100
+    items = (_RESPONSE_FIELDS(index, to_tag, headers, content_type, timestamp, _CANONICAL_OF)
+             if _RESPONSE_FIELDS is not None else None)
+    if items is None:
+        items = _response_fields_in_python(index, to_tag, headers, content_type, timestamp)
+    # the new Headers filled directly (its index is built on first lookup): what add() does, one field at a time,
+    # without its bookkeeping
+    h = Headers()
+    h._items = items
+    return Response(status, reason if reason is not None else REASONS.get(status, ""), h, body)
+
+
+#: :func:`_response_fields_in_python` in C (sipscan.c: the usual response's fields in one call), or None
+_RESPONSE_FIELDS = _load_compiled("response_fields")
+
+
+def _response_fields_in_python(index: dict[str, tuple[str, ...]], to_tag: str | None,
+                               headers: Iterable[tuple[str, str]], content_type: str | None,
+                               timestamp: bool) -> list[tuple[str, str]]:
+    """The fields of :func:`response_to`'s response to the request with header index ``index``: the reference of
+    the compiled ``_sipscan.response_fields`` (tests/test_sip_message.py compares them), and the way of whatever
+    it declines (a To that may have a tag, an extra field name not seen before, non-ASCII or CR/LF values)."""
     items = [("Via", via) for via in index.get("via", _NONE)]
     value = index.get("from")
     if value:
@@ -1183,7 +1221,7 @@ def response_to(
     value = index.get("cseq")
     if value:
         items.append(("CSeq", value[0]))
-    if status == 100:
+    if timestamp:
         value = index.get("timestamp")
         if value:
             items.append(("Timestamp", value[0]))
@@ -1194,17 +1232,15 @@ def response_to(
         if canonical is None or "\r" in value or "\n" in value:
             canonical, value = _checked(name, value)
         items.append((canonical, value))
-    # the new Headers filled directly (its index is built on first lookup): what add() does, one field at a
-    # time, without its bookkeeping
-    h = Headers()
-    h._items = items
     if content_type is not None:
         # the request's fields copied above are never a Content-Type: set() only when the extra fields have one
         if "Content-Type" in map(_NAME_OF, items):
+            h = Headers()
+            h._items = items
             h.set("Content-Type", content_type)
         else:
             items.append(_checked("Content-Type", content_type))
-    return Response(status, reason if reason is not None else REASONS.get(status, ""), h, body)
+    return items
 
 
 def new_branch() -> str:

@@ -33,6 +33,9 @@
  * fields_checked(index, method or None, addresses: dict, vias: dict) -> int or None
  *   message._check_fields on the usual message (see the function): the bits of the From, To, Via and Contact
  *   values left for Python to parse (none of them in its memo), or None: Python checks it all (the reference).
+ * response_fields(index, to_tag, headers, content_type, timestamp, known) -> list or None
+ *   The fields message.response_to gives a response to the request with that header index (see the function),
+ *   or None: Python builds them (the reference).
  * known_names() -> dict
  *   The name table below (lower-case spelling -> canonical name): tests compare it with message._CANONICAL. */
 #define PY_SSIZE_T_CLEAN
@@ -759,6 +762,128 @@ static PyObject *fields_checked(PyObject *module, PyObject *const *args, Py_ssiz
     return PyLong_FromLong(missing);
 }
 
+/* --- a response's fields (message._response_fields_in_python is the reference) ---------------------------- */
+
+static PyObject *NAME_VIA, *NAME_FROM, *NAME_TO, *NAME_CALL_ID, *NAME_CSEQ, *NAME_TIMESTAMP, *NAME_CONTENT_TYPE;
+static PyObject *KEY_TIMESTAMP;
+
+/* an ASCII str holding no CR or LF (what message._checked lets into a field's value) */
+static int plain_value(PyObject *v) {
+    if (!PyUnicode_CheckExact(v) || !PyUnicode_IS_ASCII(v)) return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+    const char *d = (const char *)PyUnicode_1BYTE_DATA(v);
+    return memchr(d, '\r', (size_t)n) == NULL && memchr(d, '\n', (size_t)n) == NULL;
+}
+
+/* fields.append((name, value)) with a new tuple of two strs (untracked: never part of a cycle) */
+static int append_field(PyObject *fields, PyObject *name, PyObject *value) {
+    PyObject *f = PyTuple_Pack(2, name, value);
+    if (f == NULL) return -1;
+    PyObject_GC_UnTrack(f);
+    int rc = PyList_Append(fields, f);
+    Py_DECREF(f);
+    return rc;
+}
+
+/* *value = the first value of index[key] (borrowed): 1; 0 when the key has no value; -1 when its entry is not a
+ * tuple of strs (not what a Headers index holds: Python decides); -2 on a Python error */
+static int first_value(PyObject *index, PyObject *key, PyObject **value) {
+    *value = NULL;
+    PyObject *values = PyDict_GetItemWithError(index, key);
+    if (values == NULL) return PyErr_Occurred() ? -2 : 0;
+    if (!PyTuple_CheckExact(values)) return -1;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(values); k++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(values, k))) return -1;
+    if (PyTuple_GET_SIZE(values) == 0) return 0;
+    *value = PyTuple_GET_ITEM(values, 0);
+    return 1;
+}
+
+/* response_fields(index, to_tag or None, headers, content_type or None, timestamp: bool, known: dict)
+ *     -> list or None
+ *   message._response_fields_in_python: the fields of a response to the request whose header index is ``index``
+ *   (every Via, From, To with ";tag=<to_tag>" added, Call-ID, CSeq, Timestamp if ``timestamp``; then the extra
+ *   ``headers`` with their canonical names from ``known`` (message._CANONICAL_OF), then Content-Type). None
+ *   (Python builds them, the reference) for anything else: a To that may hold a tag already (its text says "tag"
+ *   in any case: only a parse tells), an extra field whose name ``known`` lacks, a value or to_tag not ASCII or
+ *   with CR/LF, an extra Content-Type with ``content_type`` given, headers not a list or tuple of 2-tuples. */
+static PyObject *response_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 6 || !PyDict_CheckExact(args[0]) || !PyDict_Check(args[5])) Py_RETURN_NONE;
+    PyObject *index = args[0], *to_tag = args[1], *extra = args[2], *content_type = args[3], *known = args[5];
+    int timestamp = PyObject_IsTrue(args[4]);
+    if (timestamp < 0) return NULL;
+    if (!PyList_CheckExact(extra) && !PyTuple_CheckExact(extra)) Py_RETURN_NONE;
+    if (to_tag != Py_None && !plain_value(to_tag)) Py_RETURN_NONE;
+    if (content_type != Py_None && !plain_value(content_type)) Py_RETURN_NONE;
+    /* the request's fields copied: every Via, then the first From, To, Call-ID, CSeq (and Timestamp) */
+    PyObject *keys[6] = {KEY_VIA, KEY_FROM, KEY_TO, KEY_CALL_ID, KEY_CSEQ, KEY_TIMESTAMP};
+    PyObject *names[6] = {NAME_VIA, NAME_FROM, NAME_TO, NAME_CALL_ID, NAME_CSEQ, NAME_TIMESTAMP};
+    PyObject *found[6];
+    for (int k = 0; k < 6; k++) {
+        int rc = k == 5 && !timestamp ? 0 : first_value(index, keys[k], &found[k]);
+        if (rc == -2) return NULL;
+        if (rc == -1) Py_RETURN_NONE;
+        if (rc == 0) found[k] = NULL;
+    }
+    PyObject *to = found[2];
+    if (to != NULL && to_tag != Py_None) {
+        if (!PyUnicode_IS_ASCII(to)) Py_RETURN_NONE;
+        const unsigned char *d = PyUnicode_1BYTE_DATA(to);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(to);
+        for (Py_ssize_t k = 0; k + 3 <= n; k++)           /* "tag" anywhere in any case: a parse decides */
+            if (lower(d[k]) == 't' && lower(d[k + 1]) == 'a' && lower(d[k + 2]) == 'g') Py_RETURN_NONE;
+    }
+    Py_ssize_t n_extra = PySequence_Fast_GET_SIZE(extra);
+    PyObject **extra_items = PySequence_Fast_ITEMS(extra);
+    PyObject *fields = PyList_New(0), *tagged = NULL;
+    if (fields == NULL) return NULL;
+    PyObject *vias = PyDict_GetItem(index, KEY_VIA);     /* borrowed; a tuple of strs (first_value checked) */
+    if (vias != NULL) {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(vias); k++)
+            if (append_field(fields, NAME_VIA, PyTuple_GET_ITEM(vias, k)) < 0) goto failed;
+    }
+    for (int k = 1; k < 6; k++) {
+        PyObject *v = found[k];
+        if (v == NULL) continue;
+        if (k == 2 && to_tag != Py_None) {
+            Py_ssize_t tl = PyUnicode_GET_LENGTH(v), gl = PyUnicode_GET_LENGTH(to_tag);
+            tagged = PyUnicode_New(tl + 5 + gl, 127);
+            if (tagged == NULL) goto failed;
+            unsigned char *o = PyUnicode_1BYTE_DATA(tagged);
+            memcpy(o, PyUnicode_1BYTE_DATA(v), (size_t)tl);
+            memcpy(o + tl, ";tag=", 5);
+            memcpy(o + tl + 5, PyUnicode_1BYTE_DATA(to_tag), (size_t)gl);
+            v = tagged;
+        }
+        if (append_field(fields, names[k], v) < 0) goto failed;
+        Py_CLEAR(tagged);
+    }
+    for (Py_ssize_t k = 0; k < n_extra; k++) {
+        PyObject *f = extra_items[k];
+        if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 2) goto declined;
+        PyObject *name = PyTuple_GET_ITEM(f, 0), *value = PyTuple_GET_ITEM(f, 1);
+        if (!PyUnicode_CheckExact(name) || !plain_value(value)) goto declined;
+        PyObject *canonical = PyDict_GetItemWithError(known, name);      /* borrowed; no __missing__ */
+        if (canonical == NULL) {
+            if (PyErr_Occurred()) goto failed;
+            goto declined;                                                /* a name not seen yet: Python checks it */
+        }
+        if (!PyUnicode_CheckExact(canonical)) goto declined;
+        if (content_type != Py_None && PyUnicode_Compare(canonical, NAME_CONTENT_TYPE) == 0) goto declined;
+        if (append_field(fields, canonical, value) < 0) goto failed;
+    }
+    if (content_type != Py_None && append_field(fields, NAME_CONTENT_TYPE, content_type) < 0) goto failed;
+    return fields;
+declined:
+    Py_DECREF(fields);
+    Py_RETURN_NONE;
+failed:
+    Py_XDECREF(tagged);
+    Py_DECREF(fields);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "The common case of a SIP message's header block (see sipscan.c), or None."},
     {"frame_length", (PyCFunction)(void (*)(void))frame_length, METH_FASTCALL,
@@ -771,6 +896,8 @@ static PyMethodDef methods[] = {
      "A message's wire form from its start line, fields and body (see sipscan.c), or None."},
     {"fields_checked", (PyCFunction)(void (*)(void))fields_checked, METH_FASTCALL,
      "The usual message's mandatory fields checked (see sipscan.c): bits of the values left to parse, or None."},
+    {"response_fields", (PyCFunction)(void (*)(void))response_fields, METH_FASTCALL,
+     "The fields of a response to a request with this header index (see sipscan.c), or None."},
     {"known_names", known_names, METH_NOARGS, "The scanner's name table: lower-case spelling -> canonical name."},
     {NULL, NULL, 0, NULL},
 };
@@ -803,7 +930,17 @@ PyMODINIT_FUNC PyInit__sipscan(void) {
         KEY_VIA = PyUnicode_InternFromString("via");
         KEY_MAX_FORWARDS = PyUnicode_InternFromString("max-forwards");
         KEY_CONTACT = PyUnicode_InternFromString("contact");
-        if (!KEY_TO || !KEY_FROM || !KEY_CALL_ID || !KEY_CSEQ || !KEY_VIA || !KEY_MAX_FORWARDS || !KEY_CONTACT)
+        KEY_TIMESTAMP = PyUnicode_InternFromString("timestamp");
+        NAME_VIA = PyUnicode_InternFromString("Via");
+        NAME_FROM = PyUnicode_InternFromString("From");
+        NAME_TO = PyUnicode_InternFromString("To");
+        NAME_CALL_ID = PyUnicode_InternFromString("Call-ID");
+        NAME_CSEQ = PyUnicode_InternFromString("CSeq");
+        NAME_TIMESTAMP = PyUnicode_InternFromString("Timestamp");
+        NAME_CONTENT_TYPE = PyUnicode_InternFromString("Content-Type");
+        if (!KEY_TO || !KEY_FROM || !KEY_CALL_ID || !KEY_CSEQ || !KEY_VIA || !KEY_MAX_FORWARDS || !KEY_CONTACT
+            || !KEY_TIMESTAMP || !NAME_VIA || !NAME_FROM || !NAME_TO || !NAME_CALL_ID || !NAME_CSEQ || !NAME_TIMESTAMP
+            || !NAME_CONTENT_TYPE)
             return NULL;
     }
     /* a compact name's key is its full name's ("v" -> "via") */
