@@ -188,3 +188,20 @@ def test_entries_of_one_millisecond_share_its_t_and_the_next_millisecond_rounds_
         clock[0] = T0 + step
         platform.note(call, "media", step=step)
     assert [entry["t"] for _, entry in platform.drain_notes()] == [round(T0 + step, 3) for step in steps]
+
+
+def test_a_new_id_is_written_as_secrets_token_urlsafe_writes_its_random_octets():
+    """``new_id``'s text (binascii in C) against ``secrets.token_urlsafe``'s own way (base64.urlsafe_b64encode,
+    padding stripped) for the same octets, every length around 24; and a new id's shape."""
+    import base64
+    import random
+    import re
+
+    from wacall.domain.state import new_id, urlsafe_text
+
+    rng = random.Random(24)
+    for n in [*range(0, 40), *([24] * 2000)]:
+        raw = rng.randbytes(n)
+        assert urlsafe_text(raw) == base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    ids = {new_id("wacid") for _ in range(1000)}
+    assert len(ids) == 1000 and all(re.fullmatch(r"wacid\.[A-Za-z0-9_-]{32}", i) for i in ids)
