@@ -147,3 +147,61 @@ def test_a_timeline_entry_is_built_as_ever_with_and_without_none_values(domain):
                        for data in cases]
     assert all(list(entry) == ["t", "kind", *(k for k, v in data.items() if v is not None)]
                for entry, data in zip(entries, cases))
+
+
+def test_a_timeline_entrys_millisecond_interval_holds_only_readings_that_round_to_its_t():
+    """``millisecond`` (what ``note`` compares a clock reading with before rounding it again): every reading
+    inside the interval rounds to the same t (round(x, 3)) (the interval is a little narrower than the
+    millisecond: a reading at its edge may be outside, and is then rounded again); outside round_ms's own
+    range the interval is empty."""
+    import math
+    import random
+    import time
+
+    from wacall.domain.state import millisecond
+
+    rng = random.Random(24)
+    now = time.time()
+    readings = [now + rng.uniform(-1e6, 1e6) for _ in range(20_000)] + [rng.uniform(1e-3, 4e9) for _ in range(20_000)]
+    for x in readings:
+        t, low, high = millisecond(x)
+        assert t == round(x, 3) and low < high, x
+        for inside in (math.nextafter(low, math.inf), math.nextafter(high, 0.0), rng.uniform(low, high)):
+            if low < inside < high:
+                assert round(inside, 3) == t, (x, inside)
+    for x in (0.0, -1.0005, 5e9, math.inf):
+        t, low, high = millisecond(x)
+        assert repr(t) == repr(round(x, 3)) and not low < x < high
+
+
+def test_entries_of_one_millisecond_share_its_t_and_the_next_millisecond_rounds_again():
+    """Entries noted within one millisecond take the t the first computed; one noted later is rounded anew."""
+    from wacall.domain.model import Call
+
+    clock = [T0 + 0.0101]
+    domain = Domain()
+    domain.clock._source = lambda: clock[0]
+    platform = domain.platform
+    call = Call(id="wacid.t", phone_number_id=domain.number.id, wa_id=ALICE, direction="BUSINESS_INITIATED")
+    steps = [0.0101, 0.01014, 0.0104, 0.01049, 0.0106, 0.0110, 0.01151, 0.0115, 1.0, 1.0004996, 1.0005004]
+    for step in steps:
+        clock[0] = T0 + step
+        platform.note(call, "media", step=step)
+    assert [entry["t"] for _, entry in platform.drain_notes()] == [round(T0 + step, 3) for step in steps]
+
+
+def test_a_new_id_is_written_as_secrets_token_urlsafe_writes_its_random_octets():
+    """``new_id``'s text (binascii in C) against ``secrets.token_urlsafe``'s own way (base64.urlsafe_b64encode,
+    padding stripped) for the same octets, every length around 24; and a new id's shape."""
+    import base64
+    import random
+    import re
+
+    from wacall.domain.state import new_id, urlsafe_text
+
+    rng = random.Random(24)
+    for n in [*range(0, 40), *([24] * 2000)]:
+        raw = rng.randbytes(n)
+        assert urlsafe_text(raw) == base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    ids = {new_id("wacid") for _ in range(1000)}
+    assert len(ids) == 1000 and all(re.fullmatch(r"wacid\.[A-Za-z0-9_-]{32}", i) for i in ids)
