@@ -32,7 +32,7 @@ from wacall.domain.sdp import (
 )
 from wacall.domain.sdp import CryptoAttribute, MetaSdp, Negotiated
 import wacall.domain.sdp_syntax as sdp_syntax
-from wacall.domain.sdp_syntax import forget_memos, made
+from wacall.domain.sdp_syntax import forget_memos, made, parse_sdp_in_python
 
 
 def crlf(text: str) -> str:
@@ -859,7 +859,7 @@ def _sdp_cases(n: int) -> list[str]:
 
 
 def test_parse_sdp_matches_the_reference_parser_on_mutated_sdps() -> None:
-    """Every description the parser builds (or the error, and its line) is the reference parser's, and
+    """Every description (the compiled scanner's, where it reads the text; the Python parser's otherwise) the parser builds (or the error, and its line) is the reference parser's, and
     the payload types it keeps are those the reference converts on each asking."""
     parsed_some = 0
     for text in _sdp_cases(4000):
@@ -898,14 +898,14 @@ def test_the_parsers_memos_change_no_parse() -> None:
     hits = 0
     for text in cases:
         forget_memos()
-        cold = _parsed(parse_sdp, text)
+        cold = _parsed(parse_sdp_in_python, text)
         for seed in _SEEDS:
-            parse_sdp(seed)
+            parse_sdp_in_python(seed)
         for line in text.split("\n"):       # an m-line whose media type, protocol and formats a seed had
             kind, _, rest = line[2:].rstrip("\r").partition(" ")
             hits += line.startswith("m=") and (kind, rest.partition(" ")[2]) in sdp_syntax._MEDIA_TAILS
-        from_seeds = _parsed(parse_sdp, text)
-        again = _parsed(parse_sdp, text)
+        from_seeds = _parsed(parse_sdp_in_python, text)
+        again = _parsed(parse_sdp_in_python, text)
         assert cold == from_seeds == again, text
     forget_memos()
     assert hits > 1000          # m-lines (of other ports, of mutated values) met the memo
@@ -1030,3 +1030,128 @@ def test_metas_answer_reads_mid_direction_and_rtcp_mux_as_the_attribute_lookups_
     directions = [ln for ln in answer if ln in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")]
     assert directions == [f"a={sdp_rules._answer_direction(offer, audio)}"]
     assert ("a=rtcp-mux" in answer) == audio.has_attribute("rtcp-mux")
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled scanner (domain/sdpscan.c) against the Python parser, its reference and fallback
+# --------------------------------------------------------------------------------------------
+
+needs_scanner = pytest.mark.skipif(sdp_syntax._SCAN is None, reason="the compiled SDP scanner is not built")
+
+
+def _same(ours, theirs) -> bool:
+    """``ours`` and ``theirs`` equal and of the same types all the way down (a named tuple is no plain tuple, an
+    int no bool), a dataclass's fields (compared or not) in the same order."""
+    if type(ours) is not type(theirs):
+        return False
+    if isinstance(ours, (sdp_syntax.SessionDescription, sdp_syntax.MediaDescription)):
+        return list(vars(ours)) == list(vars(theirs)) and all(_same(vars(ours)[k], vars(theirs)[k]) for k in vars(ours))
+    if isinstance(ours, (list, tuple)):
+        return len(ours) == len(theirs) and all(_same(a, b) for a, b in zip(ours, theirs))
+    if isinstance(ours, dict):
+        return list(ours) == list(theirs) and all(_same(ours[k], theirs[k]) for k in ours)
+    return ours == theirs
+
+
+def _left_to_python(text: str) -> bool:
+    """What the scanner leaves to Python though Python reads it: non-ASCII text, a number of 19 digits or more,
+    an m-line of more than 64 formats."""
+    return (not text.isascii() or re.search(r"\d{19}", text) is not None
+            or any(line.startswith("m=") and line.count(" ") > 66 for line in re.split("\r?\n", text)))
+
+
+#: what the scanner's own checks turn on, beside _PIECES: the characters regular expressions' \s takes (0x1c-0x1f
+#: among them), NUL, DEL, the biggest numbers it reads itself and the first it leaves, ports and payload types
+#: about their limits, token and non-token characters
+_SCANNER_PIECES = [*_PIECES, "\x1c", "\x1f", "\x0b", "\x0c", "\x00", "\x7f", "\x80", "1000000000000000000",
+                   "1000000000000000001", "99999999999999999999", "65535", "65536", "0127", "0128", "1000",
+                   "/0", "/1", "//", "~", "!", "(", "\"", "a=rtpmap:96 x/1/2", "a=fmtp:1000 x", "a=fmtp:0 ",
+                   "m=audio 9 RTP/AVP 0\r\n", "c=IN IP6 ::1\r\n", "\r\na=rtpmap:0 PCMU/8000", "IP4", "IP6",
+                   "b=AS:64\r\n", "i=x\r\n", "k=clear\r\n", " 0" * 70]
+
+
+def _scanner_mutation(rng: random.Random, text: str) -> str:
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(len(text) + 1)
+        piece = rng.choice(_SCANNER_PIECES)
+        text = text[:at] + piece + text[at + rng.choice([0, 0, 1, 2, 3]):]
+    return text
+
+
+#: what a token of a line (between spaces, '/', ':' and '=') is replaced with: the values about every limit the
+#: parser checks (ports, port counts, payload types, the digits of numbers, the address types, empty)
+_TOKENS = ["", "0", "1", "00", "9", "127", "128", "0127", "999", "1000", "65535", "65536", "065535", "4000/0",
+           "1000000000000000000", "1000000000000000001", "x", "IP4", "IP6", "IN", "RTP/AVP", "RTP", "opus", "-",
+           "a b", "\x1c", "\t", "~", "(", "\u00b2"]
+
+
+def _token_mutation(rng: random.Random, text: str) -> str:
+    lines = text.split("\r\n")
+    for _ in range(rng.randint(1, 2)):
+        i = rng.randrange(len(lines))
+        pieces = re.split("([ /:=])", lines[i])
+        at = rng.randrange(0, len(pieces), 2)
+        if rng.random() < 0.25:                 # the line cut after a separator (an empty last field)
+            del pieces[at:]
+        else:
+            pieces[at] = rng.choice(_TOKENS)
+        lines[i] = "".join(pieces)
+    return "\r\n".join(lines)
+
+
+def _scanner_cases() -> list[str]:
+    rng = random.Random(24)
+    seeds = [*_SEEDS, *(seed.replace("\r\n", "\n") for seed in _SEEDS),
+             *(seed[:-2] for seed in _SEEDS), *(seed[:-1] for seed in _SEEDS)]    # LF only; no last CRLF, a bare CR
+    return [*_sdp_cases(3000), *seeds, *(_scanner_mutation(rng, rng.choice(seeds)) for _ in range(3000)),
+            *(_token_mutation(rng, rng.choice(_SEEDS)) for _ in range(3000))]
+
+
+@needs_scanner
+def test_the_compiled_scanner_reads_what_the_python_parser_reads() -> None:
+    """The scanner's description of a text is the Python parser's, to the type of every value; a text it leaves
+    (None) is one Python refuses, or one of the few kinds it leaves to Python on purpose; and parse_sdp gives the
+    Python parser's description or error whichever reads it."""
+    scanned = refused = left = 0
+    for text in _scanner_cases():
+        python = _parsed(parse_sdp_in_python, text)
+        ours = sdp_syntax._SCAN(text)
+        if ours is None:
+            if isinstance(python, tuple):
+                refused += 1
+            else:
+                assert _left_to_python(text), text
+                left += 1
+        else:
+            assert not isinstance(python, tuple), (text, python)
+            assert _same(ours, python), text
+            scanned += 1
+        assert _same(_parsed(parse_sdp, text), python), text
+    assert scanned > 1500 and refused > 4000 and left > 200, (scanned, refused, left)
+
+
+@needs_scanner
+def test_the_compiled_scanner_takes_only_text() -> None:
+    """Anything but a str (a subclass too) is left to Python, whose errors are the ones the callers know."""
+    class Text(str):
+        pass
+
+    for value in (None, b"v=0\r\n", 0, Text(_SEEDS[0]), ""):
+        assert sdp_syntax._SCAN(value) is None
+    with pytest.raises(SdpError, match="SDP is empty"):
+        parse_sdp(b"v=0")      # type: ignore[arg-type]
+    assert _same(parse_sdp(Text(_SEEDS[0])), parse_sdp_in_python(_SEEDS[0]))
+
+
+@needs_scanner
+def test_the_scanners_descriptions_are_what_the_rules_read() -> None:
+    """A description from the scanner is an ordinary one: its media section changed as the rules change it
+    (the chosen a=crypto kept), its fields read and set like the Python parser's."""
+    sd = parse_sdp(_SEEDS[7])
+    audio = sd.audio
+    assert sdp_syntax._SCAN(_SEEDS[7]) is not None and audio is not None
+    validate_business_sdp(_SEEDS[7], key_exchange="SDES", role="offer")
+    audio.chosen_crypto = ("x", None)
+    assert audio.chosen_crypto == ("x", None) and audio == parse_sdp_in_python(_SEEDS[7]).audio
+    assert audio.payload_types == [111, 126] and audio.find_codec("opus", 48000, 2) == 111
+    assert sd.origin.session_id == "7" and sd.connection.address == "127.0.0.1"
