@@ -1127,7 +1127,7 @@ def test_the_compiled_scanner_reads_what_the_python_parser_reads() -> None:
             assert _same(ours, python), text
             scanned += 1
         assert _same(_parsed(parse_sdp, text), python), text
-    assert scanned > 1500 and refused > 4000 and left > 200, (scanned, refused, left)
+    assert scanned > 1500 and refused > 4000 and left > 50, (scanned, refused, left)
 
 
 @needs_scanner
@@ -1155,3 +1155,15 @@ def test_the_scanners_descriptions_are_what_the_rules_read() -> None:
     assert audio.chosen_crypto == ("x", None) and audio == parse_sdp_in_python(_SEEDS[7]).audio
     assert audio.payload_types == [111, 126] and audio.find_codec("opus", 48000, 2) == 111
     assert sd.origin.session_id == "7" and sd.connection.address == "127.0.0.1"
+
+
+@needs_scanner
+def test_the_compiled_scanner_reads_origins_of_any_number_of_digits() -> None:
+    """An o= line's session id and version are kept as text: the scanner reads them however long (Chromium's and
+    wacall's own 62-bit session ids have 19 digits most of the time), as the Python parser does."""
+    assert re.search(r"^o=- \d{19} ", CHROMIUM_OFFER, re.M) and re.search(r"^o=- \d{19} ", CHROMIUM_ANSWER, re.M)
+    for text in (CHROMIUM_OFFER, CHROMIUM_ANSWER,
+                 _SEEDS[7].replace("o=- 7 7 ", "o=- 99999999999999999999999 0018446744073709551616 ")):
+        ours = sdp_syntax._SCAN(text)
+        assert ours is not None, text
+        assert _same(ours, parse_sdp_in_python(text))

@@ -386,7 +386,7 @@ def parse_sdp(text: str) -> SessionDescription:
 
     A well-formed ASCII text is read by the compiled scanner (``_sdpscan.scan``, sdpscan.c: the same checks in
     one pass, ~10x fewer instructions); everything else, every error included, by :func:`parse_sdp_in_python`,
-    the reference (tests/test_sdp_scan.py compares the two)."""
+    the reference (tests/test_sdp.py compares the two)."""
     if _SCAN is not None:
         sd = _SCAN(text)
         if sd is not None:
