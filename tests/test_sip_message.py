@@ -1105,3 +1105,24 @@ def test_reads_of_whole_messages_are_cut_as_the_buffer_cuts_them() -> None:
         assert got == want and framer.pings == slow.pings and framer.pongs == slow.pongs
         whole = StreamFramer()
         assert whole.feed(stream) == want and whole.buffered == slow.buffered == framer.buffered
+
+
+def test_a_read_of_many_small_messages_is_not_copied_once_per_message(monkeypatch) -> None:
+    """``StreamFramer.feed`` cuts only the first few whole messages of a read itself (each cut copies the rest of
+    the read); a peer's read of thousands of small ones goes through the buffer, in time linear in its length."""
+    from wacall.sip import message
+    if message._SCANNER is None:
+        pytest.skip("the compiled scanner is not built (WACALL_SIPSCAN=0)")
+    scanned = []
+
+    class Counting:
+        def frame_length(self, head: bytes, end: int) -> int:
+            scanned.append(len(head))
+            return message._SCANNER_REAL.frame_length(head, end)
+
+    monkeypatch.setattr(message, "_SCANNER_REAL", message._SCANNER, raising=False)
+    monkeypatch.setattr(message, "_SCANNER", Counting())
+    data = b"A sip:x SIP/2.0\r\nl: 0\r\n\r\n" * 2000
+    out = StreamFramer().feed(data)
+    assert len(out) == 2000 and b"".join(out) == data
+    assert sum(scanned) < 20 * len(data), sum(scanned) / len(data)

@@ -1039,6 +1039,10 @@ class _Ping:
 PING: Final = _Ping()
 
 
+#: whole messages :meth:`StreamFramer.feed` cuts from one read before handing the rest to its buffer
+_CUTS_PER_READ: Final = 8
+
+
 class StreamFramer:
     """Cut a TLS/TCP byte stream into messages (RFC 3261 section 18.3).
 
@@ -1077,8 +1081,10 @@ class StreamFramer:
         if not self._buf and type(data) is bytes and _SCANNER is not None:
             # the usual read: whole messages with one plain Content-Length each, nothing buffered before (one, or
             # an ACK and the INVITE after it): each is cut from the read, the last is the read itself, with no
-            # copy through the buffer. Whatever is left (a partial message, anything odd): the steps below
-            while True:
+            # copy through the buffer. Whatever is left (a partial message, anything odd, the messages after the
+            # first few: each cut copies the rest of the read, so a read of many small ones would cost the square of
+            # its length): the steps below
+            for _ in range(_CUTS_PER_READ):
                 end = data.find(b"\r\n\r\n")
                 if not (0 < end and end + 4 <= self.max_header and data[0] not in b"\r\n"):
                     break
