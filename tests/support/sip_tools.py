@@ -33,6 +33,7 @@ import asyncio
 import atexit
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -71,8 +72,28 @@ def find_binary(name: str, package: str) -> str:
     raise ToolError(f"{name} not found: install the Debian package {package} (scripts/apt-packages)")
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections' local ports)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that was free a moment ago (bound to port 0, then released)."""
+    """A TCP port that was free a moment ago, for a tool that takes its port on its command line (SIPp, baresip,
+    Kamailio). Chosen at random below the kernel's ephemeral range: a port from that range (what binding to port 0
+    gives) can be taken by any outgoing connection before the tool binds it (seen: SIPp's "Unable to bind main
+    socket, errno = 98" among 20 SIPp processes connecting through stunnel in bench/sip_flows.py)."""
+    low = _ephemeral_low()
+    for _ in range(100 if low > 11024 else 0):
+        port = random.randrange(10000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
