@@ -270,7 +270,7 @@ def _parse_origin(number: int, raw: str, value: str) -> Origin:
             number, raw,
             "expected 'o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>'",
         )
-    if not (parts[1].isascii() and parts[1].isdigit() and parts[2].isascii() and parts[2].isdigit()):   # (_number)
+    if not _number(parts[1]) or not _number(parts[2]):
         raise line_error(number, raw, "session id and version must be numeric")
     return Origin(*parts)
 
@@ -461,8 +461,7 @@ def parse_sdp_in_python(text: str) -> SessionDescription:
             sd.session_name = value
         elif kind == "t":
             parts = value.split(" ")
-            if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit() and parts[1].isascii()
-                                       and parts[1].isdigit()):      # (_number, inlined: once per SDP)
+            if len(parts) != 2 or not (_number(parts[0]) and _number(parts[1])):
                 raise line_error(number, raw, "expected 't=<start-time> <stop-time>'")
             sd.timing.append((int(parts[0]), int(parts[1])))
         elif kind == "c":
