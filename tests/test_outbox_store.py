@@ -400,3 +400,56 @@ def test_a_live_calls_rows_updated_in_place_equal_those_the_upserts_write(tmp_pa
     assert kept.load_record("call", "wacid.2")["state"] == "ACCEPTED"
     assert [row["state"] for row in kept.call_list(limit=5) if row["call_id"] == "wacid.2"] == ["ACCEPTED"]
     kept.close()
+
+
+def test_a_call_list_by_state_finds_live_calls_by_the_records_index_and_no_state_index_is_kept(tmp_path):
+    """Calls have no index on their state (each state change would move its entry): lists of live calls (``live``
+    or one live state) find them through the records' ``live`` index, ENDED walks the calls newest first. Every
+    list is what filtering all calls by state gives, in the same order (limit, before, equal creation times),
+    also in an older database made with the state index, which opening drops."""
+    import random
+
+    from wacall.control.routes import CALL_LIST_STATES
+    from wacall.store.sqlite import LIVE_STATES
+
+    rng = random.Random(25)
+    path = tmp_path / "states.db"
+    store = Store(str(path))
+    with store.engine.begin() as conn:                      # the index an older wacall made
+        conn.execute(text("CREATE INDEX calls_by_state ON calls (state, created_at)"))
+    store.close()
+    store = Store(str(path))
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM sqlite_master WHERE name = 'calls_by_state'")).first() is None
+    states = ["RINGING", "PRE_ACCEPTED", "ACCEPTED", "VOICEMAIL", "ENDED"]
+    everything = {}
+    for i in range(300):
+        call = _call(f"wacid.{i:03d}", float(rng.randrange(60)))    # equal creation times, ordered by id then
+        for state in states[:rng.randrange(1, 6)]:           # through some states, each in a commit
+            call.state = rng.choice([state, "ENDED"]) if state != "ENDED" else state
+            store.commit([call], [])
+            if call.state == "ENDED":
+                break
+        everything[call.id] = (call.created_at, call.state)
+    assert {state for _, state in everything.values()} == set(states)
+
+    def expected(limit, before, state):
+        rows = sorted(((t, call_id) for call_id, (t, s) in everything.items()
+                       if (before is None or t < before) and (state is None or s == state
+                                                              or (state == "live" and s in LIVE_STATES))),
+                      reverse=True)[:limit]
+        return [call_id for _, call_id in reversed(rows)]
+
+    for state in sorted(CALL_LIST_STATES) + [None]:
+        for limit, before in ((1000, None), (7, None), (5, 30.0), (3, 0.5)):
+            got = store.call_list(limit=limit, before=before, state=state)
+            assert [row["call_id"] for row in got] == expected(limit, before, state), (state, limit, before)
+            assert all(row["state"] == everything[row["call_id"]][1] for row in got)
+    for state, uses in (("live", "ix_records_live"), ("RINGING", "ix_records_live"),
+                        ("ENDED", "ix_calls_created_at"), (None, "ix_calls_created_at")):
+        for before in (None, 30.0):         # never every call read (a plain SCAN), nor every match sorted
+            query = store._call_list_query(5, before, state)
+            steps = plan(store, str(query.compile(store.engine, compile_kwargs={"literal_binds": True})))
+            assert uses in steps and "SCAN calls " not in steps.replace("SCAN calls USING", ""), (state, steps)
+            assert state in ("live", "RINGING") or "TEMP B-TREE FOR ORDER BY" not in steps, (state, steps)
+    store.close()
