@@ -453,3 +453,39 @@ def test_a_call_list_by_state_finds_live_calls_by_the_records_index_and_no_state
             assert uses in steps and "SCAN calls " not in steps.replace("SCAN calls USING", ""), (state, steps)
             assert state in ("live", "RINGING") or "TEMP B-TREE FOR ORDER BY" not in steps, (state, steps)
     store.close()
+
+
+def test_a_call_the_store_does_not_remember_keeps_its_number_and_a_new_one_takes_the_next(tmp_path):
+    """A call the store has not numbered (as far as it remembers) is inserted with the next number, without a
+    look-up first; if it had a row already (written before a reopen, or its number forgotten), that row and its
+    number stay, the row is brought up to date, and its timeline goes on under that number. New calls in the
+    same commit keep the numbers they were given, after every number used before."""
+    from wacall.store import sqlite as store_module
+
+    path = tmp_path / "numbers.db"
+    store = Store(str(path))
+    old = _call("wacid.old", 1.0)
+    store.commit([old], [], [(old.id, {"t": 1.0, "kind": "api"})])
+    store.close()
+    store = Store(str(path))                                  # remembers no number
+    new, old.state = _call("wacid.new", 2.0), "ACCEPTED"
+    store.commit([new, old], [], [(new.id, {"t": 2.0, "kind": "api"}), (old.id, {"t": 2.0, "kind": "state"})])
+    with store.engine.connect() as conn:
+        numbers = dict(conn.execute(text("SELECT call_id, n FROM calls")).all())
+        assert conn.execute(text("SELECT state FROM calls WHERE call_id = 'wacid.old'")).scalar_one() == "ACCEPTED"
+    assert numbers["wacid.old"] == 1 and numbers["wacid.new"] > 1
+    assert [e["kind"] for e in store.timeline("wacid.old")] == ["api", "state"]
+    assert [e["kind"] for e in store.timeline("wacid.new")] == ["api"]
+    store._numbers.clear()                                    # (as when NUMBERS_KEPT newer calls pushed it out)
+    store._indexed.clear()
+    old.state, later = "ENDED", _call("wacid.later", 3.0)
+    store.commit([old, later], [], [(old.id, {"t": 3.0, "kind": "state"}), (later.id, {"t": 3.0, "kind": "api"})])
+    with store.engine.connect() as conn:
+        after = dict(conn.execute(text("SELECT call_id, n FROM calls")).all())
+    assert after["wacid.old"] == 1 and after["wacid.new"] == numbers["wacid.new"]
+    assert after["wacid.later"] > max(numbers.values())
+    assert [e["kind"] for e in store.timeline("wacid.old")] == ["api", "state", "state"]
+    assert [e["kind"] for e in store.timeline("wacid.later")] == ["api"]
+    assert store.load_record("call", "wacid.old")["state"] == "ENDED"
+    assert store_module.NUMBERS_KEPT > 2
+    store.close()

@@ -175,7 +175,7 @@ def _write_sql(engine: Engine) -> dict[str, str]:
     records_stmt = sqlite_insert(records)
     calls_stmt = sqlite_insert(calls)
     columns = {"records": ("kind", "key", "doc", "live"), "records_doc": ("kind", "key", "doc", "live"),
-               "calls": CALL_COLUMNS, "call_doc": ("doc", "key"),
+               "calls": CALL_COLUMNS, "calls_new": CALL_COLUMNS, "call_doc": ("doc", "key"),
                "calls_update": CALL_UPDATED + ("call_id",),
                "timeline": ("call_id", "t", "kind", "data", "call_n"), "outbox": OUTBOX_COLUMNS}
     record_values = {c: as_text(c) if c == "doc" else None for c in columns["records"]}
@@ -191,6 +191,9 @@ def _write_sql(engine: Engine) -> dict[str, str]:
         "records_doc": records_stmt.values(record_values).on_conflict_do_update(
             index_elements=["kind", "key"], set_={"doc": records_stmt.excluded.doc}),
         "calls": calls_upsert,
+        # a call this store has not numbered (as far as it remembers): its row with the next number, unless the
+        # call has a row already (then that row and its number stay, and commit() upserts it: _renumbered)
+        "calls_new": calls_stmt.values(call_values).on_conflict_do_nothing(index_elements=["call_id"]),
         # rows this store wrote and that are still there (a live call's, ``Store._indexed``): UPDATE, not INSERT
         # ON CONFLICT, which first builds and checks the whole row as an insert (~3 k instructions a row)
         "call_doc": update(records).where(and_(records.c.kind == literal_column(repr(Call.KIND)),
@@ -375,6 +378,7 @@ class Store:
         try:
             docs, moved = [], []            # documents of records still live; of those whose ``live`` may change
             call_docs, upserted, updated = [], [], []   # a live call's document and calls rows (see below)
+            inserted = []                   # calls rows of calls not numbered yet (calls_new)
             dumps, known = codec.dumps_stored, self._indexed
             for r in dirty:
                 # ``live`` as the int SQLite stores: a bool is not an exact int, and the driver then looks for an
@@ -392,9 +396,15 @@ class Store:
                             call_docs.append((doc, r.key))
                             continue
                     else:
-                        row = _call_row(r, self._number(cursor, r.id, new=True))
+                        n = self._numbers.get(r.id)
+                        if n is None:             # (a new call, most likely: no look-up before its insert)
+                            n = self._last_number = self._last_number + 1
+                            row = _call_row(r, n)
+                            inserted.append(row)
+                        else:
+                            row = _call_row(r, n)
+                            upserted.append(row)
                         indexed.append(row)
-                        upserted.append(row)
                 (docs if live and r.LEAVES_ONCE else moved).append((r.KIND, r.key, doc, live))
             if call_docs:
                 cursor.executemany(sql["call_doc"], call_docs)
@@ -409,6 +419,12 @@ class Store:
                 if cursor.rowcount != len(updated):      # (as above)
                     ids_updated = {u[-1] for u in updated}
                     upserted.extend(row for row in indexed if row[0] in ids_updated)
+            if inserted:
+                cursor.executemany(sql["calls_new"], inserted)
+                if cursor.rowcount != len(inserted):     # some had a row already: theirs, with its number
+                    upserted.extend(self._renumbered(cursor, inserted, indexed))
+                for row in inserted:
+                    self._remember(row[0], row[-1])
             if upserted:
                 cursor.executemany(sql["calls"], upserted)
             if notes:
@@ -443,11 +459,29 @@ class Store:
             n = self._last_number = self._last_number + 1
         else:
             return None
+        self._remember(call_id, n)
+        return n
+
+    def _remember(self, call_id: str, n: int) -> None:
         if len(self._numbers) >= NUMBERS_KEPT:           # forget the oldest half (dicts keep insertion order)
             for old in list(islice(self._numbers, NUMBERS_KEPT // 2)):
                 del self._numbers[old]
         self._numbers[call_id] = n
-        return n
+
+    def _renumbered(self, cursor, inserted: list[tuple], indexed: list[tuple]) -> list[tuple]:
+        """After calls_new: the rows of ``inserted`` whose call had a row already (not inserted), given that row's
+        number, to be upserted; ``inserted`` and ``indexed`` take the renumbered rows in their place."""
+        again = []
+        for i, row in enumerate(inserted):
+            cursor.execute("SELECT n FROM calls WHERE call_id = ?", (row[0],))
+            found = cursor.fetchone()[0]
+            if found is not None and found != row[-1]:   # (None: a row from before numbers; it keeps the new one)
+                renumbered = inserted[i] = row[:-1] + (found,)
+                indexed[indexed.index(row)] = renumbered
+                again.append(renumbered)
+            elif found is None:
+                again.append(row)
+        return again
 
     @contextmanager
     def _transaction(self) -> Iterator:
