@@ -399,6 +399,12 @@ def test_a_live_calls_rows_updated_in_place_equal_those_the_upserts_write(tmp_pa
     kept.commit([again], [])
     assert kept.load_record("call", "wacid.2")["state"] == "ACCEPTED"
     assert [row["state"] for row in kept.call_list(limit=5) if row["call_id"] == "wacid.2"] == ["ACCEPTED"]
+    with kept.engine.begin() as conn:                 # and as it ends (its document with the live flag)
+        conn.execute(text("DELETE FROM records WHERE key = 'wacid.2'"))
+    again.state, again.ended_at = "ENDED", 4.0
+    kept.commit([again], [])
+    assert kept.load_record("call", "wacid.2")["state"] == "ENDED"
+    assert "wacid.2" not in {doc["id"] for kind, doc in kept.load_live_records() if kind == "call"}
     kept.close()
 
 

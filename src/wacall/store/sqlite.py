@@ -176,6 +176,7 @@ def _write_sql(engine: Engine) -> dict[str, str]:
     calls_stmt = sqlite_insert(calls)
     columns = {"records": ("kind", "key", "doc", "live"), "records_doc": ("kind", "key", "doc", "live"),
                "calls": CALL_COLUMNS, "calls_new": CALL_COLUMNS, "call_doc": ("doc", "key"),
+               "call_ended": ("doc", "key"),
                "calls_update": CALL_UPDATED + ("call_id",),
                "timeline": ("call_id", "t", "kind", "data", "call_n"), "outbox": OUTBOX_COLUMNS}
     record_values = {c: as_text(c) if c == "doc" else None for c in columns["records"]}
@@ -198,6 +199,10 @@ def _write_sql(engine: Engine) -> dict[str, str]:
         # ON CONFLICT, which first builds and checks the whole row as an insert (~3 k instructions a row)
         "call_doc": update(records).where(and_(records.c.kind == literal_column(repr(Call.KIND)),
                                                records.c.key == bindparam("key"))).values(doc=as_text("doc")),
+        # (a live call's rows, as above, as the call ends: its document and its live flag)
+        "call_ended": update(records).where(and_(records.c.kind == literal_column(repr(Call.KIND)),
+                                                 records.c.key == bindparam("key"))).values(doc=as_text("doc"),
+                                                                                            live=literal_column("0")),
         "calls_update": update(calls).where(calls.c.call_id == bindparam("call_id")).values(
             {c: call_values[c] if c in CALL_NULLABLE else bindparam(c) for c in CALL_UPDATED}),
         "timeline": timeline.insert().values({c: as_text(c) if c == "data" else None for c in columns["timeline"]}),
@@ -378,6 +383,7 @@ class Store:
         try:
             docs, moved = [], []            # documents of records still live; of those whose ``live`` may change
             call_docs, upserted, updated = [], [], []   # a live call's document and calls rows (see below)
+            ended = []                      # the document of a call this store wrote while it was live, now ended
             inserted = []                   # calls rows of calls not numbered yet (calls_new)
             dumps, known = codec.dumps_stored, self._indexed
             for r in dirty:
@@ -392,9 +398,8 @@ class Store:
                         if row != stored:         # its state, times or price moved (not only its dialog/media)
                             indexed.append(row)
                             updated.append((row[4],) + row[6:11] + (row[0],))   # CALL_UPDATED, then call_id
-                        if live:
-                            call_docs.append((doc, r.key))
-                            continue
+                        (call_docs if live else ended).append((doc, r.key))
+                        continue
                     else:
                         n = self._numbers.get(r.id)
                         if n is None:             # (a new call, most likely: no look-up before its insert)
@@ -410,6 +415,10 @@ class Store:
                 cursor.executemany(sql["call_doc"], call_docs)
                 if cursor.rowcount != len(call_docs):    # a row gone behind the store's back: write them whole
                     docs.extend((Call.KIND, key, doc, 1) for doc, key in call_docs)
+            if ended:
+                cursor.executemany(sql["call_ended"], ended)
+                if cursor.rowcount != len(ended):        # (as above)
+                    moved.extend((Call.KIND, key, doc, 0) for doc, key in ended)
             if docs:
                 cursor.executemany(sql["records_doc"], docs)
             if moved:
