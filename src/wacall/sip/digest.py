@@ -41,8 +41,13 @@ __all__ = [
     "parse_credentials",
 ]
 
+try:        # CPython's own MD5 (hashlib's fallback): ~2 k instructions less per hash than OpenSSL's EVP calls
+    from _md5 import md5 as _md5
+except ImportError:  # pragma: no cover - a Python built without it
+    _md5 = hashlib.md5
+
 _HASHES: dict[str, Callable[[bytes], Any]] = {
-    "MD5": hashlib.md5,
+    "MD5": _md5,
     "SHA-256": hashlib.sha256,
 }
 
@@ -209,13 +214,10 @@ class Challenge:
     def header_value(self) -> str:
         """Rendered like Meta's sample: ``Digest realm="wa.meta.vc",nonce="...",opaque="...",
         algorithm=MD5,qop="auth"`` (``stale=TRUE`` appended when set)."""
-        value = f"Digest realm={_q(self.realm)},nonce={_q(self.nonce)}"
-        if self.opaque is not None:
-            value += f",opaque={_q(self.opaque)}"
-        value += f",algorithm={self.algorithm}"
-        if self.qop is not None:
-            value += f",qop={_q(self.qop)}"
-        return value + ",stale=TRUE" if self.stale else value
+        opaque = "" if self.opaque is None else f",opaque={_q(self.opaque)}"
+        qop = "" if self.qop is None else f",qop={_q(self.qop)}"
+        stale = ",stale=TRUE" if self.stale else ""
+        return f"Digest realm={_q(self.realm)},nonce={_q(self.nonce)}{opaque},algorithm={self.algorithm}{qop}{stale}"
 
 
 def parse_challenge(header_value: str) -> Challenge:
