@@ -337,30 +337,92 @@ def test_verdict_is_a_str() -> None:
     assert Verdict.OK == "ok" and Verdict("stale") is Verdict.STALE
 
 
-@settings(max_examples=1000, deadline=None)
+def _auth_outcome(parse, value):
+    try:
+        return list(parse(value).items())            # the order too: the same dict, filled the same way
+    except SipParseError as exc:
+        return exc.reason
+
+
+def _read_by_the_loop(value: str) -> dict[str, str]:
+    """:func:`_parse_auth_params` without the compiled reading: the scheme, then the character loop (the
+    reference)."""
+    from wacall.sip.digest import _parse_auth_params_loop
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "digest":
+        raise SipParseError("Bad Request - Unsupported authentication scheme")
+    return _parse_auth_params_loop(rest)
+
+
+_USUAL_CREDENTIALS = [
+    # SIPp's [authentication] (bench/sip_flows.py, tests/data/sipp)
+    'Digest username="+15550001111",realm="wa.meta.vc",cnonce="6b8b4567",nc=00000001,qop=auth,'
+    'uri="sip:+15550002222@wa.meta.vc;transport=tls",nonce="0123456789abcdef",response="00112233445566778899aabbcc'
+    'ddeeff",algorithm=MD5,opaque="fedcba9876543210"',
+    # Meta's sample (calling-wire-spec section 8.3) and what Credentials.header_value renders
+    'Digest username="17125550259", realm="wa.meta.vc", nonce="419ac2415577f8e1", '
+    'uri="sip:+12195550714@wa.meta.vc;transport=tls", response="d5ba0f87b2d5d4a1b9e4d3c8", algorithm=MD5, '
+    'cnonce="/mVZtYFCEj65YQJCrBEAAg", opaque="5ea4a4b4e3a1b1c1", qop=auth, nc=00000001',
+    # a challenge like Meta's 407
+    'Digest realm="wa.meta.vc",nonce="0123456789abcdef",opaque="fedcba9876543210",algorithm=MD5,qop="auth"',
+    'digest  username = "17125550259" ,realm="wa.meta.vc",nonce="abc",  uri="sip:+1@h", response="0123",'
+    'cnonce=xyz,qop="auth",nc=00000002,userhash=false,  extension="a, b" , ,',
+    "DIGEST Realm=x,REALM=y,a=b=c,Nonce=\"\",x.y-Z!%*_+`'~=1",
+]
+
+
+def test_the_compiled_reading_takes_the_usual_credentials() -> None:
+    """SIPp's, baresip's and Meta's shapes are read in C (not handed to Python), into what the loop reads."""
+    from wacall.sip import digest
+    if digest._AUTH_PARAMS_C is None:
+        pytest.skip("the compiled scanner is not built")
+    for value in _USUAL_CREDENTIALS:
+        assert digest._AUTH_PARAMS_C(value) is not None, value
+        assert _auth_outcome(digest._AUTH_PARAMS_C, value) == _auth_outcome(_read_by_the_loop, value)
+    assert digest._AUTH_PARAMS_C(_USUAL_CREDENTIALS[-1]) == {"realm": "y", "a": "b=c", "nonce": "", "x.y-z!%*_+`'~": "1"}
+
+
+_HOSTILE_CREDENTIALS = [
+    "", "Digest", "Digest ", " Digest a=b", "Digest a=b ", "Digest a=b\t", "Digest\ta=b", "Digestx a=b",
+    "Basic dXNlcjpwYXNz", 'Digest realm="unterminated', "Digest realm", 'Digest realm="a" nonce="b"', "Digest =x",
+    'Digest a="x\\"y"', 'Digest a="x\\\\"', 'Digest a="x"b=c', 'Digest a=b"c"', "Digest a=b c=d", "Digest a=,b=c",
+    "Digest a=", "Digest a= ", "Digest ,", "Digest ,,, ,", "Digest a=b,,", 'Digest a="\r\n"', "Digest a=b\r\n",
+    "Digest a=\x00", "Digest a=b\x7f", "Digest a=\x1cb", "Digest a=\x0bb", "Digest a=b\x1c", 'Digest a="é"',
+    "Digest a=é", "Digest é=a", "Digest a\u00a0=b", "Digest a=b\u00a0", "Digest a=b;c=d", "Digest a:b",
+    "Digest (a)=b", 'Digest a= "b" ,c =d', "Digest a = b , c", "Digest a=b, =c", 'Digest a=""""',
+    "Digest " + "n" * 20 + "=v", "Digest " + "USERNAME" + "=v", "DiGeSt uri=sip:a@b;c=d",
+]
+
+
+@pytest.mark.parametrize("value", _HOSTILE_CREDENTIALS + _USUAL_CREDENTIALS)
+def test_credentials_read_in_c_agree_with_the_loop(value: str) -> None:
+    """Malformed, hostile and odd values: the compiled reading gives the loop's parameters or hands the value to
+    it (the same parameters, or the same error, hence the same 4xx answer); parse_credentials agrees."""
+    from wacall.sip.digest import _parse_auth_params
+    assert _auth_outcome(_parse_auth_params, value) == _auth_outcome(_read_by_the_loop, value)
+
+
+@settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from(["username", "realm", "nonce", "URI", "=", " = ", '"', '"a b"', '"x\\"y"', "abc",
                                  ",", " , ", ",,", " ", "\t", "é", '""', "a=b", "sip:+1@wa.meta.vc;transport=tls",
-                                 "\r"]), max_size=9).map("".join))
-@example('username="+1",realm="wa.meta.vc",nonce="n",uri="sip:+2@wa.meta.vc;transport=tls",response="r",algorithm=MD5')
-@example('username = "a" , , nc=00000001,qop=auth ,')
-@example('username="a\\"b",realm=x')
-@example('a="x"b=c')
-@example('a=b"c"')
-@example('a=b c=d')
-@example('a="unterminated')
-def test_auth_parameters_read_by_regular_expression_agree_with_the_loop(rest):
-    """The usual credentials are read one regular expression per parameter; the character loop is the
-    reference (quoted-pairs, odd separators, errors): the same parameters or the same error."""
-    from wacall.sip.digest import _parse_auth_params, _parse_auth_params_loop
-
-    def outcome(parse, value):
-        try:
-            return list(parse(value).items())
-        except SipParseError as exc:
-            return exc.reason
-    value = "Digest " + rest
-    after_scheme = value.strip().partition(" ")[2]        # what _parse_auth_params hands its loop
-    assert outcome(_parse_auth_params, value) == outcome(_parse_auth_params_loop, after_scheme)
+                                 "\r", "\x00", "\x1f", "\x7f", "\\", "'", "(", ";", "nc=00000001"]),
+                max_size=12).map("".join),
+       st.sampled_from(["Digest ", "digest ", "DIGEST  ", "Digest\t", "Basic ", " Digest ", ""]),
+       st.sampled_from(["", " ", "\t", ",", "\r\n"]))
+@example('username="+1",realm="wa.meta.vc",nonce="n",uri="sip:+2@wa.meta.vc;transport=tls",response="r",algorithm=MD5',
+         "Digest ", "")
+@example('username = "a" , , nc=00000001,qop=auth ,', "Digest ", "")
+@example('username="a\\"b",realm=x', "Digest ", "")
+@example('a="x"b=c', "Digest ", "")
+@example('a=b"c"', "Digest ", "")
+@example('a=b c=d', "Digest ", "")
+@example('a="unterminated', "Digest ", "")
+def test_auth_parameters_read_in_c_agree_with_the_loop(rest, scheme, tail):
+    """The usual credentials are read in C (sipscan.c); the character loop is the reference (quoted-pairs, odd
+    separators, errors): the same parameters in the same order, or the same error."""
+    from wacall.sip.digest import _parse_auth_params
+    value = scheme + rest + tail
+    assert _auth_outcome(_parse_auth_params, value) == _auth_outcome(_read_by_the_loop, value)
 
 
 def test_remembered_ha1_follows_the_password_and_the_algorithm() -> None:

@@ -320,7 +320,7 @@ class SipGateway:
         try:
             number = self.platform.sip_number(from_uri.user or "")
             server = self.platform.sip_server(number, from_uri.host)
-            self._check_digest(request, authorization, number, server)
+            self._check_digest(request, authorization, from_uri, number, server)
             if not request.body or (request.content_type or "").split(";")[0].strip().lower() != SDP:
                 raise SipRefusal(403, "SDP Validation error: the INVITE carries no SDP offer")
         except _Stale:                   # right password, old nonce: a fresh challenge (RFC 2617 §3.2.1)
@@ -363,12 +363,12 @@ class SipGateway:
             self._refuse(txn, request, refusal)
             return
 
-    def _check_digest(self, request: Request, authorization: str, number, server: dict) -> None:
+    def _check_digest(self, request: Request, authorization: str, from_uri, number, server: dict) -> None:
         try:
             creds = digest.parse_credentials(authorization)
         except (ValueError, SipParseError):
             raise SipRefusal(403, BAD_DIGEST) from None
-        from_user = (request.from_.uri.user_number or "").lstrip("+")
+        from_user = (from_uri.user_number or "").lstrip("+")
         if (creds.username or "").lstrip("+") != from_user:
             raise SipRefusal(403, BAD_DIGEST)
         if creds.uri is None or not _same_uri(creds.uri, request.uri):
@@ -905,6 +905,8 @@ def _tls_hop(value: str) -> tuple[str, int] | None:
 def _same_uri(digest_uri: str, request_uri: str) -> bool:
     """Meta checks the digest ``uri`` against the Request-URI; compare parsed, so case and order of
     parameters do not matter but user, host and port do."""
+    if digest_uri == request_uri:        # the usual case (the client copies the Request-URI): no parse
+        return True
     try:
         a, b = parse_uri(digest_uri), parse_uri(request_uri)
     except SipParseError:

@@ -884,6 +884,8 @@ failed:
     return NULL;
 }
 
+static PyObject *auth_params(PyObject *module, PyObject *value);     /* digest credentials: at the end */
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "The common case of a SIP message's header block (see sipscan.c), or None."},
     {"frame_length", (PyCFunction)(void (*)(void))frame_length, METH_FASTCALL,
@@ -898,6 +900,7 @@ static PyMethodDef methods[] = {
      "The usual message's mandatory fields checked (see sipscan.c): bits of the values left to parse, or None."},
     {"response_fields", (PyCFunction)(void (*)(void))response_fields, METH_FASTCALL,
      "The fields of a response to a request with this header index (see sipscan.c), or None."},
+    {"auth_params", auth_params, METH_O, "The usual digest credentials' parameters (see sipscan.c), or None."},
     {"known_names", known_names, METH_NOARGS, "The scanner's name table: lower-case spelling -> canonical name."},
     {NULL, NULL, 0, NULL},
 };
@@ -955,4 +958,116 @@ PyMODINIT_FUNC PyInit__sipscan(void) {
         }
     }
     return PyModule_Create(&module_def);
+}
+
+/* --- digest credentials ---------------------------------------------------------------------------------------
+ * auth_params(value: str) -> dict or None
+ *   What digest._parse_auth_params gives for the usual Authorization/Proxy-Authorization (or challenge) value:
+ *   {lower-case name: value} of ``Digest name=value, name="value", ...``. Taken only when the value is ASCII
+ *   without control characters (HTAB aside), starts with "Digest" in any case followed by one SP, does not
+ *   end in SP/HTAB, and every parameter is ``[SP/HTAB/,]* token [SP/HTAB]* = [SP/HTAB]* (quoted | bare)
+ *   [SP/HTAB]*`` followed by "," or the end (a quoted value without backslash, a bare value without SP, HTAB,
+ *   "," or DQUOTE); a later parameter of the same name wins, like the dict Python fills. None for anything
+ *   else (another scheme, quoted-pairs, stray characters, errors): Python's character loop, the reference,
+ *   reads those and raises the errors (tests/test_sip_digest.py compares the two). */
+
+static const char *AUTH_NAME_TEXT[] = {"username", "realm", "nonce", "uri", "response", "algorithm", "cnonce",
+                                       "opaque", "qop", "nc"};
+#define N_AUTH_NAMES (sizeof(AUTH_NAME_TEXT) / sizeof(AUTH_NAME_TEXT[0]))
+static PyObject *auth_name[N_AUTH_NAMES];     /* the usual names, interned once: no new key string per call */
+static Py_ssize_t auth_name_len[N_AUTH_NAMES];
+
+/* the character classes of a parameter, one table look-up per character */
+enum { AUTH_TOKEN = 1, AUTH_QUOTED = 2, AUTH_BARE = 4 };
+static unsigned char auth_class[256];
+
+static int auth_init(void) {
+    for (size_t k = 0; k < N_AUTH_NAMES; k++) {
+        auth_name_len[k] = (Py_ssize_t)strlen(AUTH_NAME_TEXT[k]);
+        auth_name[k] = PyUnicode_InternFromString(AUTH_NAME_TEXT[k]);
+        if (auth_name[k] == NULL) return -1;
+    }
+    for (int c = 0x20; c < 0x7f; c++) {        /* control characters, DEL and non-ASCII: in no class */
+        unsigned char cls = 0;
+        if (strchr("-.!%*_+`'~", c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+            cls |= AUTH_TOKEN;                 /* digest._NAME_RE */
+        if (c != '"' && c != '\\') cls |= AUTH_QUOTED;     /* a quoted value without quoted-pairs */
+        if (c != ' ' && c != ',' && c != '"') cls |= AUTH_BARE;  /* digest._BARE_VALUE_RE */
+        auth_class[c] = cls;
+    }
+    return 0;
+}
+
+/* the parameter name d[0:n], lower-cased: an interned usual name, or a new string */
+static PyObject *auth_key(const unsigned char *d, Py_ssize_t n) {
+    if (n <= 9) {                              /* "algorithm", the longest usual name */
+        char low[9];
+        for (Py_ssize_t k = 0; k < n; k++) low[k] = (char)Py_TOLOWER(d[k]);
+        for (size_t k = 0; k < N_AUTH_NAMES; k++) {
+            if (auth_name_len[k] == n && memcmp(low, AUTH_NAME_TEXT[k], (size_t)n) == 0) {
+                Py_INCREF(auth_name[k]);
+                return auth_name[k];
+            }
+        }
+    }
+    PyObject *key = PyUnicode_New(n, 127);
+    if (key == NULL) return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(key);
+    for (Py_ssize_t k = 0; k < n; k++) out[k] = (Py_UCS1)Py_TOLOWER(d[k]);
+    return key;
+}
+
+static PyObject *auth_params(PyObject *module, PyObject *value) {
+    if (!PyUnicode_Check(value) || !PyUnicode_IS_ASCII(value)) Py_RETURN_NONE;
+    if (auth_name[0] == NULL && auth_init() < 0) return NULL;
+    const unsigned char *d = PyUnicode_1BYTE_DATA(value);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    /* "Digest" SP ...: Python strips the value and splits it at its first SP; anything else is Python's */
+    if (n < 7 || PyOS_strnicmp((const char *)d, "digest", 6) != 0 || d[6] != ' ' || d[n - 1] == ' '
+        || d[n - 1] == '\t')
+        Py_RETURN_NONE;
+    PyObject *params = PyDict_New();
+    if (params == NULL) return NULL;
+    Py_ssize_t i = 7;
+    for (;;) {
+        while (i < n && (d[i] == ' ' || d[i] == '\t' || d[i] == ',')) i++;
+        if (i >= n) return params;
+        Py_ssize_t name = i;
+        while (i < n && (auth_class[d[i]] & AUTH_TOKEN)) i++;
+        Py_ssize_t name_end = i;
+        while (i < n && (d[i] == ' ' || d[i] == '\t')) i++;
+        if (name_end == name || i >= n || d[i] != '=') goto declined;
+        i++;
+        while (i < n && (d[i] == ' ' || d[i] == '\t')) i++;
+        Py_ssize_t start, end;
+        if (i < n && d[i] == '"') {
+            start = ++i;
+            while (i < n && (auth_class[d[i]] & AUTH_QUOTED)) i++;
+            if (i >= n || d[i] != '"') goto declined;       /* unterminated, a quoted-pair, a control character */
+            end = i++;
+        } else {
+            start = i;
+            while (i < n && (auth_class[d[i]] & AUTH_BARE)) i++;
+            end = i;
+            if (end == start) goto declined;
+        }
+        while (i < n && (d[i] == ' ' || d[i] == '\t')) i++;
+        if (i < n && d[i] != ',') goto declined;            /* a DQUOTE or a control character after a bare value */
+        PyObject *key = auth_key(d + name, name_end - name);
+        if (key == NULL) goto failed;
+        PyObject *text = PyUnicode_Substring(value, start, end);
+        if (text == NULL || PyDict_SetItem(params, key, text) < 0) {
+            Py_DECREF(key);
+            Py_XDECREF(text);
+            goto failed;
+        }
+        Py_DECREF(key);
+        Py_DECREF(text);
+    }
+declined:
+    Py_DECREF(params);
+    Py_RETURN_NONE;
+failed:
+    Py_DECREF(params);
+    return NULL;
 }
