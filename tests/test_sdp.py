@@ -32,7 +32,7 @@ from wacall.domain.sdp import (
 )
 from wacall.domain.sdp import CryptoAttribute, MetaSdp, Negotiated
 import wacall.domain.sdp_syntax as sdp_syntax
-from wacall.domain.sdp_syntax import forget_memos, made, parse_sdp_in_python
+from wacall.domain.sdp_syntax import forget_memos, made, made_in_python, parse_crypto_in_python, parse_sdp_in_python
 
 
 def crlf(text: str) -> str:
@@ -923,11 +923,12 @@ def test_made_is_the_frozen_dataclass_init() -> None:
                       "remote_pwd": None, "remote_crypto": "1 x", "remote_addr": ("192.0.2.1", 4000),
                       "send_codec": "opus", "payload_types": {"opus": 111}, "remote_key": None}),
     ]:
-        ours, theirs = made(cls, values), cls(**values)
-        assert type(ours) is cls and ours == theirs and vars(ours) == vars(theirs)
-        assert list(vars(ours)) == list(vars(theirs))
-        with pytest.raises(AttributeError):
-            ours.x = 1
+        theirs = cls(**values)
+        for ours in (made(cls, values), made_in_python(cls, values)):     # (the compiled one and its reference)
+            assert type(ours) is cls and ours == theirs and vars(ours) == vars(theirs)
+            assert list(vars(ours)) == list(vars(theirs))
+            with pytest.raises(AttributeError):
+                ours.x = 1
     crypto = parse_crypto(f"7 AES_CM_128_HMAC_SHA1_32 inline:{SDES_KEY}|2^20|1:4 KDR=1")
     assert vars(crypto) == vars(CryptoAttribute(7, "AES_CM_128_HMAC_SHA1_32", SDES_KEY, key, "2^20", "1:4",
                                                 ("KDR=1",)))
@@ -1167,3 +1168,51 @@ def test_the_compiled_scanner_reads_origins_of_any_number_of_digits() -> None:
         ours = sdp_syntax._SCAN(text)
         assert ours is not None, text
         assert _same(ours, parse_sdp_in_python(text))
+
+
+#: what an a=crypto mutation inserts: the characters and pieces parse_crypto's checks turn on
+_CRYPTO_PIECES = [" ", "  ", "|", ";", ":", "=", "==", "A", "+", "/", "-", "_", "\t", "\r", "\n", "\x1c", "\x00",
+                  "\x7f", "\u00e9", "\u0661", "inline:", "2^20", "1:4", "AES_CM_128_HMAC_SHA1_32", "0", "1234567890"]
+_CRYPTO_SEEDS = [
+    f"1 AES_CM_128_HMAC_SHA1_80 inline:{SDES_KEY}",
+    f"7 AES_CM_128_HMAC_SHA1_32 inline:{SDES_KEY}|2^20|1:4 KDR=1 UNENCRYPTED_SRTCP",
+    f"123456789 AES_CM_128_HMAC_SHA1_80 inline:{SDES_KEY}|1:4|2^31;inline:{SDES_KEY}",
+    f"2 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(bytes(range(200, 230))).decode()}||",
+    f"3 AEAD_AES_256_GCM inline:{base64.b64encode(bytes(44)).decode()}",
+    f"1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(bytes(29)).decode()}",
+]
+
+
+def _crypto_outcome(parse, value):  # type: ignore[no-untyped-def]
+    try:
+        crypto = parse(value)
+    except (ValueError, TypeError) as exc:
+        return type(exc), str(exc)
+    return list(vars(crypto).items())
+
+
+@needs_scanner
+def test_the_compiled_crypto_reader_reads_what_python_reads() -> None:
+    """``parse_crypto`` (the compiled reader for the usual values) gives what ``parse_crypto_in_python`` gives, to
+    every field's type and order, or its error, on a=crypto values and thousands of mutations of them (random
+    keys, malformed ones included); the compiled reader leaves only values it does not take (None)."""
+    rng = random.Random(25)
+    values = [*_CRYPTO_SEEDS, "", "1", f"1 AES_CM_128_HMAC_SHA1_80 inline:{SDES_KEY} ", None, b"1"]
+    for _ in range(4000):
+        value = rng.choice(_CRYPTO_SEEDS).replace(SDES_KEY, base64.b64encode(rng.randbytes(30)).decode())
+        for _ in range(rng.randint(0, 3)):
+            at = rng.randrange(len(value) + 1)
+            value = value[:at] + rng.choice(_CRYPTO_PIECES) + value[at + rng.choice([0, 0, 1, 2, 5]):]
+        values.append(value)
+    read = left = 0
+    for value in values:
+        python = _crypto_outcome(parse_crypto_in_python, value)
+        assert _crypto_outcome(parse_crypto, value) == python, value
+        ours = sdp_syntax._CRYPTO(value)
+        if ours is None:
+            left += 1
+        else:
+            assert type(ours) is CryptoAttribute and list(vars(ours).items()) == python, value
+            assert [type(v) for v in vars(ours).values()] == [type(v) for _, v in python], value
+            read += 1
+    assert read > 600 and left > 2000, (read, left)

@@ -6,11 +6,20 @@
  * bind(session, media, origin, connection, rtpmap)
  *   The classes the scanner makes (sdp_syntax calls it once, at import): two dataclasses, whose instances get
  *   their fields in their __init__'s order, and three named tuples.
+ * bind_crypto(crypto)
+ *   The class crypto() makes (sdp_syntax.CryptoAttribute, a frozen dataclass), bound once it is defined.
  * scan(text: str) -> SessionDescription or None
  *   The description parse_sdp_in_python gives, for an ASCII text it accepts; None for everything else (every
  *   text it refuses, and the non-ASCII ones, and numbers past 10^18 but an origin's): Python parses those, and
  *   raises its errors with their line numbers. The checks below are parse_sdp_in_python's, line for line (the comments name
  *   its pieces); tests/test_sdp.py compares the two on the SDP corpus and thousands of mutated SDPs.
+ * crypto(value: str) -> CryptoAttribute or None
+ *   An RFC 4568 a=crypto value as sdp_syntax.parse_crypto_in_python reads it, for the usual shape: printable
+ *   ASCII, an AES_CM_128 suite, an inline key of 40 base64 characters (30 bytes, no padding); None for everything
+ *   else (every error included: Python reads those and says what is wrong). tests/test_sdp.py compares the two.
+ * made(cls, values: dict) -> instance
+ *   sdp_syntax.made: object.__new__(cls) with each of values' items set as object.__setattr__ sets it (into
+ *   the instance's inline values), in the dict's order.
  *
  * The domain stays I/O-free: this is a parser, nothing more. */
 #define PY_SSIZE_T_CLEAN
@@ -547,10 +556,137 @@ static PyObject *bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * made(cls, values) and crypto(value): the SDP values a flow makes besides the description
+ * --------------------------------------------------------------------------------------------------------- */
+
+/* sdp_syntax.made: object.__new__(cls), then every item of the dict values set in its order as
+ * object.__setattr__ sets it (a frozen dataclass's __init__ does that field by field, through its keyword
+ * arguments: ~1.5 k instructions a field) */
+static PyObject *made(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "made(cls, values: dict)");
+        return NULL;
+    }
+    PyObject *obj = PyBaseObject_Type.tp_new((PyTypeObject *)args[0], empty_tuple, NULL);
+    Py_ssize_t at = 0;
+    PyObject *name, *value;
+    while (obj != NULL && PyDict_Next(args[1], &at, &name, &value))
+        if (PyObject_GenericSetAttr(obj, name, value) < 0) Py_CLEAR(obj);
+    return obj;
+}
+
+static PyTypeObject *crypto_cls;
+enum { C_TAG, C_SUITE, C_KEY_B64, C_KEY, C_LIFETIME, C_MKI, C_SESSION_PARAMS, C_FIELDS };
+static const char *const CRYPTO_FIELDS[C_FIELDS] = {
+    "tag", "suite", "key_b64", "key", "lifetime", "mki", "session_params"};
+static PyObject *crypto_names[C_FIELDS];
+/* sdp_syntax.SDES_SUITES: both take 30 bytes of key||salt, 40 base64 characters */
+static const char *const SUITES[] = {"AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"};
+#define N_SUITES 2
+#define SUITE_LEN 23
+#define KEY_CHARS 40
+#define KEY_BYTES 30
+static PyObject *suite_str[N_SUITES];
+/* the value of each base64 character (RFC 4648 section 4), -1 for the others ('=' included) */
+static signed char base64_value[256];
+#define MAX_SESSION_PARAMS 16
+
+static PyObject *crypto(PyObject *module, PyObject *arg) {
+    (void)module;
+    if (crypto_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_sdpscan.bind_crypto() was not called");
+        return NULL;
+    }
+    if (!PyUnicode_CheckExact(arg) || !PyUnicode_IS_ASCII(arg)) Py_RETURN_NONE;
+    text_t v = PyUnicode_1BYTE_DATA(arg);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    /* printable characters and single spaces between them: then _CRYPTO_RE's \S+ pieces are the pieces between
+     * spaces (a tab, a line end, any other control character: Python reads it) */
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (v[k] < ' ' || v[k] > '~') Py_RETURN_NONE;
+    text_t s[3 + MAX_SESSION_PARAMS];
+    Py_ssize_t l[3 + MAX_SESSION_PARAMS];
+    int count = split_spaces(v, n, s, l, 3 + MAX_SESSION_PARAMS);
+    if (count < 3 || !all_filled(l, count)) Py_RETURN_NONE;
+    /* <tag>: \d{1,9} */
+    long long tag;
+    if (l[0] > 9 || !number(s[0], l[0], &tag)) Py_RETURN_NONE;
+    /* <crypto-suite>: one of SDES_SUITES */
+    int suite = -1;
+    for (int k = 0; k < N_SUITES; k++)
+        if (l[1] == SUITE_LEN && memcmp(s[1], SUITES[k], SUITE_LEN) == 0) suite = k;
+    if (suite < 0) Py_RETURN_NONE;
+    /* <key-params>: the first of its ';' keys, "inline:<key||salt>[|lifetime][|MKI:length]" */
+    text_t first = s[2];
+    text_t semicolon = memchr(first, ';', (size_t)l[2]);
+    Py_ssize_t first_len = semicolon == NULL ? l[2] : semicolon - first;
+    if (first_len < 7 || memcmp(first, "inline:", 7) != 0) Py_RETURN_NONE;
+    text_t key = first + 7, end = first + first_len;
+    text_t bar = memchr(key, '|', (size_t)(end - key));
+    if ((bar == NULL ? end : bar) - key != KEY_CHARS) Py_RETURN_NONE;
+    /* binascii.a2b_base64(strict_mode=True) of 40 characters of the alphabet: 30 bytes, no padding */
+    unsigned char key_salt[KEY_BYTES];
+    for (int k = 0; k < KEY_CHARS; k += 4) {
+        int a = base64_value[key[k]], b = base64_value[key[k + 1]], c = base64_value[key[k + 2]],
+            d = base64_value[key[k + 3]];
+        if ((a | b | c | d) < 0) Py_RETURN_NONE;
+        unsigned char *out = key_salt + k / 4 * 3;
+        out[0] = (unsigned char)(a << 2 | b >> 4);
+        out[1] = (unsigned char)(b << 4 | c >> 2);
+        out[2] = (unsigned char)(c << 6 | d);
+    }
+    PyObject *values[C_FIELDS] = {NULL};
+    values[C_TAG] = PyLong_FromLongLong(tag);
+    values[C_SUITE] = Py_NewRef(suite_str[suite]);
+    values[C_KEY_B64] = new_str(key, KEY_CHARS);
+    values[C_KEY] = PyBytes_FromStringAndSize((const char *)key_salt, KEY_BYTES);
+    values[C_LIFETIME] = Py_NewRef(Py_None);
+    values[C_MKI] = Py_NewRef(Py_None);
+    values[C_SESSION_PARAMS] = PyTuple_New(count - 3);
+    int failed = 0;
+    /* the pieces after the key: one with ':' is the MKI, the others the lifetime (the last of each kind wins) */
+    for (text_t piece = bar; piece != NULL && !failed;) {
+        piece++;
+        text_t next = memchr(piece, '|', (size_t)(end - piece));
+        Py_ssize_t piece_len = (next == NULL ? end : next) - piece;
+        PyObject *text = new_str(piece, piece_len);
+        if (text == NULL) failed = 1;
+        else Py_SETREF(values[memchr(piece, ':', (size_t)piece_len) != NULL ? C_MKI : C_LIFETIME], text);
+        piece = next;
+    }
+    for (int k = 0; k < C_FIELDS; k++) failed |= values[k] == NULL;
+    for (int k = 3; k < count && !failed; k++) {
+        PyObject *param = new_str(s[k], l[k]);
+        if (param == NULL) failed = 1;
+        else PyTuple_SET_ITEM(values[C_SESSION_PARAMS], k - 3, param);
+    }
+    if (failed) {
+        for (int k = 0; k < C_FIELDS; k++) Py_XDECREF(values[k]);
+        return NULL;
+    }
+    return instance(crypto_cls, crypto_names, values, C_FIELDS);
+}
+
+static PyObject *bind_crypto(PyObject *module, PyObject *arg) {
+    (void)module;
+    if (!PyType_Check(arg) || ((PyTypeObject *)arg)->tp_dictoffset == 0) {
+        PyErr_SetString(PyExc_TypeError, "bind_crypto(crypto): a class with a __dict__");
+        return NULL;
+    }
+    Py_INCREF(arg);
+    Py_XSETREF(crypto_cls, (PyTypeObject *)arg);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
      "bind(session, media, origin, connection, rtpmap, no_origin): the classes scan() makes."},
     {"scan", scan, METH_O, "The SessionDescription of a well-formed ASCII SDP text (see sdpscan.c), or None."},
+    {"bind_crypto", bind_crypto, METH_O, "bind_crypto(crypto): the class crypto() makes."},
+    {"crypto", crypto, METH_O, "The CryptoAttribute of a usual a=crypto value (see sdpscan.c), or None."},
+    {"made", (PyCFunction)(void (*)(void))made, METH_FASTCALL, "made(cls, values): see sdp_syntax.made."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -573,5 +709,14 @@ PyMODINIT_FUNC PyInit__sdpscan(void) {
         if (media_names[k] == NULL && (media_names[k] = PyUnicode_InternFromString(MEDIA_FIELDS[k])) == NULL)
             return NULL;
     if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL) return NULL;
+    for (int k = 0; k < C_FIELDS; k++)
+        if (crypto_names[k] == NULL && (crypto_names[k] = PyUnicode_InternFromString(CRYPTO_FIELDS[k])) == NULL)
+            return NULL;
+    for (int k = 0; k < N_SUITES; k++)
+        if (suite_str[k] == NULL && (suite_str[k] = PyUnicode_InternFromString(SUITES[k])) == NULL) return NULL;
+    memset(base64_value, -1, sizeof base64_value);
+    for (int k = 0; k < 64; k++)
+        base64_value[(unsigned char)"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[k]] =
+            (signed char)k;
     return PyModule_Create(&module_def);
 }
