@@ -292,3 +292,22 @@ def test_a_from_or_to_without_its_tag_is_rendered_as_the_general_way_does(value)
     other = value.replace("tag=abc", "tag=zyx").replace("Tag001", "Tag002")
     for text in (value, value, other, other):
         assert _without_tag(text) == general(text), text
+
+
+@pytest.mark.parametrize("first, then", [
+    ("<sip:a@b>", "<sip:a@b>;tag=x"), ("<sip:a@b> ", "<sip:a@b> ;tag=x"), ("<sip:a@b>;tag=1", "<sip:a@b>;tag=x>"),
+    ("<sip:a@b>;tag=1", "<sip:a@b>;tag=x;y=2"), ("<sip:a@b>;tag=1", "<sip:a@b>;tag= x"), ("<sip:a@b>", "<sip:a@b>;TAG=x"),
+    ("<sip:a@b>;tag=1", "<sip:a@b>;tag=1;tag=2"), ("<sip:a;tag=1@b>", "<sip:a;tag=2@b>"), ("sip:a@b;x=1", "sip:a@b;x=1;tag=t"),
+    ('"A" <sip:a@b>;p;tag=1', '"A" <sip:a@b>;p;tag=x.y-z!%*_+`\'~'), ("<sip:a@b>;tag=1", "<sip:a@b>;tag="),
+])
+def test_a_from_or_to_found_in_the_memo_is_what_parsing_it_gives(first, then):
+    """_without_tag's memo look-up without parsing (a remembered head, then a final ;tag=<token>, or no tag at all)
+    gives what the parsed way (_without_tag_parsed, which fills the memo) gives, whatever was remembered before."""
+    from wacall.sip.gateway import _tagless, _without_tag, _without_tag_parsed
+
+    _tagless.clear()
+    assert _without_tag(first) == _without_tag_parsed(first)
+    expected = _without_tag_parsed(then)
+    _tagless.clear()
+    _without_tag(first)                      # the memo holds what the first text taught it
+    assert _without_tag(then) == expected, (first, then)

@@ -288,11 +288,9 @@ class Wacall:
                     place_call=partial(self.legs.place, group=True)), transport,   # the 180 is sent by a consumer
             domain=sip.domain, t1=sip.t1)
         self.sip_ca_file = str(ca.cert_path)
-        self.consumers.on(SipCallChanged, lambda event: gateway.on_call_changed(event.call_id),
-                          prepare=lambda event: gateway.prepare_call_changed(event.call_id))
+        self.consumers.on(SipCallChanged, gateway.on_call_changed, prepare=gateway.prepare_call_changed)
         # after the media plane's release (registered in _route_events): the BYE's 200 is traced after final_stats
-        self.consumers.on(ReleaseMedia, None,
-                          prepare=lambda event: gateway.prepare_released(event.call_id))
+        self.consumers.on(ReleaseMedia, None, prepare=gateway.prepare_released)
         gateway.restore()                  # dialogs of SIP calls in progress before a restart
 
     async def stop(self) -> None:

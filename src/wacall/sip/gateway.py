@@ -48,6 +48,7 @@ from typing import Any, Awaitable, Callable
 
 from ..domain import settings as calling_settings
 from ..domain.errors import MediaUnavailable
+from ..domain.events import ReleaseMedia, SipCallChanged
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, ENDED, RINGING, USER_INITIATED, VOICEMAIL, Call
 from ..domain.ends import BAD_DIGEST, MEDIA_UNAVAILABLE, SipRefusal, refusal_for_cause, sip_final_for_ended
 from ..domain.platform import Platform
@@ -118,9 +119,9 @@ class Dialog:
         return {"call_id": self.sip_call_id, "uac": "business" if self.direction == BUSINESS_INITIATED else "meta",
                 "local_tag": self.local_tag, "remote_tag": self.remote_tag, "local_uri": self.local_uri,
                 "remote_uri": self.remote_uri, "remote_target": self.remote_target,
-                "route_set": list(self.route_set), "local_cseq": self.local_cseq, "remote_cseq": self.remote_cseq,
+                "route_set": [*self.route_set], "local_cseq": self.local_cseq, "remote_cseq": self.remote_cseq,
                 "final_status": self.final_status, "confirmed": self.confirmed, "server": self.server,
-                "peer": list(self.peer) if self.peer else None}
+                "peer": [*self.peer] if self.peer else None}
 
     @classmethod
     def from_state(cls, call: Call, state: dict) -> Dialog:
@@ -149,7 +150,12 @@ class SipGateway:
         self.nonces = digest.NonceBook(domain, now=time.monotonic)
         # fields that depend on the domain only: built once, not per response
         self.meta_headers: tuple[tuple[str, str], ...] = (("X-FB-External-Domain", domain),)
-        self._meta_routes_reversed = tuple(reversed(meta_record_routes(domain)))
+        self._domain_is_ip = parse_uri(f"sip:{domain}").is_ip_host    # a Request-URI on an IP host is refused (404)
+        # what Meta's 180 and 200 carry after the business's own Record-Route entries: its two (reversed, RFC 3261
+        # §12.1.1), Allow, Supported and X-FB-External-Domain (the Contact, which names the user, follows them)
+        self._answer_fields: tuple[tuple[str, str], ...] = (
+            *[("Record-Route", rr) for rr in reversed(meta_record_routes(domain))],
+            ("Allow", ALLOW), ("Supported", "timer"), *self.meta_headers)
         self.dialogs: dict[str, Dialog] = {}           # by wacall call id
         self.by_sip_call_id: dict[str, Dialog] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -178,12 +184,15 @@ class SipGateway:
         self.dialogs[dialog.call_id] = dialog
         self.by_sip_call_id[dialog.sip_call_id] = dialog
 
-    def _save(self, dialog: Dialog, direction: str | None = None, message: Request | Response | None = None) -> None:
+    def _save(self, dialog: Dialog, direction: str | None = None, message: Request | Response | None = None,
+              call: Call | None = None) -> None:
         """Keep the dialog's state with its call (what :meth:`restore` rebuilds), committed with the
-        SIP trace of the message that changed it: given here, it is traced in the same (deferred) apply."""
-        call = self._call(dialog.call_id)
+        SIP trace of the message that changed it: given here, it is traced in the same (deferred) apply.
+        ``call``: the dialog's call when the caller has it already (not looked up again)."""
         if call is None:
-            return
+            call = self._call(dialog.call_id)
+            if call is None:
+                return
         if call.state == ENDED:
             if message is not None:
                 self.host.apply(lambda: self._note_message(call, direction, message), defer=True)
@@ -306,7 +315,7 @@ class SipGateway:
         except SipParseError as exc:
             txn.respond(response_to(request, 400, exc.reason, to_tag=txn.local_tag))
             return None
-        if ruri.is_ip_host or ruri.host.lower() != self.domain:
+        if ruri.host.lower() != self.domain or self._domain_is_ip:     # (is_ip_host of the host, which is the domain)
             self._refuse(txn, request, SipRefusal(404, "Not found"))
             return None
         authorization = request.headers.get("Proxy-Authorization")
@@ -321,7 +330,9 @@ class SipGateway:
             number = self.platform.sip_number(from_uri.user or "")
             server = self.platform.sip_server(number, from_uri.host)
             self._check_digest(request, authorization, from_uri, number, server)
-            if not request.body or (request.content_type or "").split(";")[0].strip().lower() != SDP:
+            content_type = request.content_type       # (as the business sends it, the usual one: no split)
+            if not request.body or (content_type != SDP
+                                    and (content_type or "").split(";")[0].strip().lower() != SDP):
                 raise SipRefusal(403, "SDP Validation error: the INVITE carries no SDP offer")
         except _Stale:                   # right password, old nonce: a fresh challenge (RFC 2617 §3.2.1)
             txn.respond(response_to(request, 407, "Proxy Authentication Required", to_tag=txn.local_tag,
@@ -454,7 +465,9 @@ class SipGateway:
                 self._send_ack(dialog, response, conn)
 
     # -- the domain changed a SIP call: say it in SIP ------------------------------------------------
-    def on_call_changed(self, call_id: str) -> None:
+    # (the three consumers below take the event itself: registered as they are, no lambda frame per event)
+    def on_call_changed(self, event: SipCallChanged) -> None:
+        call_id = event.call_id
         call = self._call(call_id)
         if call is None:
             return
@@ -471,10 +484,11 @@ class SipGateway:
         elif dialog is not None and call.state in (ENDED, VOICEMAIL):    # voicemail: CANCEL a pending INVITE
             self._spawn(self._uic_end(call, dialog))
 
-    def prepare_call_changed(self, call_id: str) -> None:
+    def prepare_call_changed(self, event: SipCallChanged) -> None:
         """Before the commit of a change to a business-initiated SIP call: build the 180 or 200 it causes, and
         put it on the call's timeline (with the dialog state the 200 sets) in that same commit. It is sent by
         :meth:`on_call_changed` once the commit is done, as before: never ahead of the state it announces."""
+        call_id = event.call_id
         dialog = self.dialogs.get(call_id)
         if (dialog is None or dialog.direction != BUSINESS_INITIATED or dialog.final_status is not None
                 or dialog.outgoing is not None or dialog.invite is None or dialog.server_txn is None):
@@ -482,23 +496,22 @@ class SipGateway:
         call = self._call(call_id)
         if call is None:
             return
-        if call.state == RINGING and not dialog.sent_ringing:
+        state = call.state
+        if state == RINGING and not dialog.sent_ringing:
             dialog.sent_ringing = True
-            dialog.outgoing = self._dialog_response(dialog.invite, dialog, 180, "Ringing")
-        elif call.state == ACCEPTED:
+            ringing = dialog.outgoing = self._dialog_response(dialog.invite, dialog, 180, "Ringing")
+            self.host.apply(lambda: self._note_message(call, "out", ringing), defer=True)   # (trace(), the call known)
+        elif state == ACCEPTED:
             dialog.final_status = 200
             dialog.outgoing = self._dialog_response(dialog.invite, dialog, 200, "OK", sdp=call.meta_sdp)
-            self._save(dialog, "out", dialog.outgoing)
-            return
-        else:
-            return
-        self.trace(call.id, "out", dialog.outgoing)
+            self._save(dialog, "out", dialog.outgoing, call)
 
-    def prepare_released(self, call_id: str) -> None:
+    def prepare_released(self, event: ReleaseMedia) -> None:
         """Before the commit that ends a call, once its media leg was released (a ``ReleaseMedia`` preparer
         registered after the media plane's): the 200 to the business's BYE goes on the timeline after the
         leg's final statistics, in that same commit (not a transaction of its own); it is sent once the
         commit is done (:meth:`_business_hangs_up`)."""
+        call_id = event.call_id
         dialog = self.dialogs.get(call_id)
         if dialog is None or dialog.bye_ok is None:
             return
@@ -558,9 +571,7 @@ class SipGateway:
             # the business's own Record-Route entries as received, then Meta's two (RFC 3261 §12.1.1)
             user = invite.ruri.user_number or ""
             headers = dialog.answer_headers = (
-                *[("Record-Route", rr) for rr in
-                  [*invite.headers.get_all("Record-Route"), *self._meta_routes_reversed]],
-                ("Allow", ALLOW), ("Supported", "timer"), *self.meta_headers,
+                *[("Record-Route", rr) for rr in invite.headers.get_all("Record-Route")], *self._answer_fields,
                 ("Contact", f"<sip:{user}@{self.domain};transport=tls;ob;"
                             f"X-FB-Sip-Smc-Tier=collaboration.sip_gateway.sip.prod>;isfocus"))
         body = sdp.encode() if sdp else b""
@@ -851,10 +862,29 @@ class _Stale(Exception):
 _tagless: dict[str, str] = {}         # a From/To text without its final ";tag=…" -> its rendering without tag
 
 
+_TAG_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")     # RFC 3261 token: what a tag parameter's value is
+
+
 def _without_tag(value: str) -> str:
     """A From/To value without its tag: the dialog adds the tags itself. The rendering depends on the text
     before a final ``;tag=<tag>`` only, which a business repeats on each call (its From, the user's To): it is
-    made once per such text and remembered."""
+    made once per such text and remembered. A text seen before is found without parsing it: its head remembered
+    and after it a final ``;tag=`` with a token, or no tag anywhere."""
+    head, tagged, tag = value.rpartition(";tag=")
+    if tagged:
+        if _TAG_TOKEN.match(tag):
+            known = _tagless.get(head)
+            if known is not None:
+                return known
+    elif "tag" not in value.lower():
+        known = _tagless.get(value)
+        if known is not None:
+            return known
+    return _without_tag_parsed(value)
+
+
+def _without_tag_parsed(value: str) -> str:
+    """:func:`_without_tag` from the parsed address (what fills its memo)."""
     try:
         addr = parse_name_addr(value)
     except SipParseError:
