@@ -35,7 +35,9 @@ the transaction fails at once with a local 503 (section 8.1.3.1 transport error)
 waiting for Timer B/F, since over TLS the response can only come back on that connection.
 
 2xx retransmission for INVITE is the UAS core's job (section 13.3.1.4, "even if the transport is
-reliable"): :class:`Retransmitter` / :meth:`TransactionLayer.retransmit_2xx`.
+reliable"): :class:`Retransmitter` / :meth:`TransactionLayer.retransmit_2xx`. The layer's retransmitters
+start their first resend (after T1) on one more fixed-delay queue (``timers_t1``, each up to 1 ms late): the
+ACK nearly always comes first, and a queued timer forgotten costs less than a loop timer started and cancelled.
 
 Matching: server transactions by (branch, sent-by, method) with ACK matching INVITE (17.2.3);
 client transactions by (branch, CSeq method) of the response (17.1.3). Requests whose branch lacks
