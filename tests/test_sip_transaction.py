@@ -314,8 +314,14 @@ class ManualLoop:
     def create_future(self) -> asyncio.Future:
         return self._futures.create_future()
 
+    def time(self) -> float:
+        return self.now
+
     def call_later(self, delay: float, callback) -> asyncio.TimerHandle:
-        handle = asyncio.TimerHandle(self.now + delay, callback, (), self._futures)
+        return self.call_at(self.now + delay, callback)
+
+    def call_at(self, when: float, callback) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, (), self._futures)
         self.timers.append(handle)
         return handle
 
@@ -350,6 +356,42 @@ def test_retransmitter_schedule_unit():
     loop.run(until=loop.now + 2.0)
     assert acked.retransmissions == 2 and acked.done.result() is True     # nothing after the ACK
     loop.close()
+
+
+def test_retransmitter_first_resend_on_the_shared_queue_keeps_the_schedule():
+    """The layer's 2xx retransmitters start their first resend on one queue of T1 timers (TransactionLayer.timers_t1,
+    up to 1 ms late) instead of a loop timer each: the same resends at the same times (to the millisecond) as a
+    retransmitter on loop timers alone; one ACKed before T1 sends nothing and its queued timer lets go of it, and
+    retransmitters started together share one loop timer."""
+    from wacall.sip.transaction import _FixedDelayTimers
+
+    def schedule(shared: bool) -> tuple[list[float], list[float], int]:
+        loop = ManualLoop()
+        first = _FixedDelayTimers(loop, 0.02, 0.001) if shared else None
+        times: list[float] = []
+        gave_up: list[float] = []
+        rtx = Retransmitter(lambda: times.append(loop.now), t1=0.02, t2=0.08, loop=loop, first=first,
+                            on_give_up=lambda: gave_up.append(loop.now)).start()
+        loop.run(until=2.0)
+        assert rtx.done.result() is False and rtx.gave_up
+        acked = [Retransmitter(lambda: times.append(loop.now), t1=0.02, t2=0.08, loop=loop, first=first).start()
+                 for _ in range(3)]
+        loops = len([h for h in loop.timers if not h.cancelled()])
+        loop.run(until=loop.now + 0.015)
+        for one in acked:
+            one.ack()
+        loop.run(until=loop.now + 2.0)
+        assert all(one.done.result() is True and one.retransmissions == 0 for one in acked)
+        if shared:
+            assert all(timer.txn is None for timer in first._queue)
+        loop.close()
+        return times, gave_up, loops
+
+    times, gave_up, loops = schedule(shared=False)
+    shared_times, shared_gave_up, shared_loops = schedule(shared=True)
+    assert len(shared_times) == len(times) == 17 and shared_gave_up == pytest.approx(gave_up, abs=0.0011)
+    assert shared_times == pytest.approx(times, abs=0.0011)
+    assert (loops, shared_loops) == (3, 1)
 
 
 @pytest.mark.parametrize("stop", ["ack", "cancel", "give_up"])

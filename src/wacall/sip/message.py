@@ -257,6 +257,8 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """All values of ``name`` in order; list headers are split into one value per element."""
         values = self._values(name)
+        if not values:                  # (Record-Route, Route: mostly absent) no list comprehension to run
+            return []
         if _LOWER[name] in LIST_HEADERS:
             return [e for v in values for e in split_shared(v)]
         return list(values)

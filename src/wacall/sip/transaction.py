@@ -35,7 +35,9 @@ the transaction fails at once with a local 503 (section 8.1.3.1 transport error)
 waiting for Timer B/F, since over TLS the response can only come back on that connection.
 
 2xx retransmission for INVITE is the UAS core's job (section 13.3.1.4, "even if the transport is
-reliable"): :class:`Retransmitter` / :meth:`TransactionLayer.retransmit_2xx`.
+reliable"): :class:`Retransmitter` / :meth:`TransactionLayer.retransmit_2xx`. The layer's retransmitters
+start their first resend (after T1) on one more fixed-delay queue (``timers_t1``, each up to 1 ms late): the
+ACK nearly always comes first, and a queued timer forgotten costs less than a loop timer started and cancelled.
 
 Matching: server transactions by (branch, sent-by, method) with ACK matching INVITE (17.2.3);
 client transactions by (branch, CSeq method) of the response (17.1.3). Requests whose branch lacks
@@ -131,13 +133,14 @@ def _resume(coro: Any, yielded: Any) -> Any:
 
 
 class _Timer:
-    """One timer of a :class:`_FixedDelayTimers`: the transaction and what it runs when the timer expires."""
+    """One timer of a :class:`_FixedDelayTimers`: the transaction (or 2xx :class:`Retransmitter`: whatever has a
+    ``_fire(callback)``) and what it runs when the timer expires."""
 
     __slots__ = ("due", "txn", "callback")
 
-    def __init__(self, due: float, txn: _Transaction, callback: Callable[[], None]) -> None:
+    def __init__(self, due: float, txn: _Transaction | Retransmitter, callback: Callable[[], None]) -> None:
         self.due = due
-        self.txn: _Transaction | None = txn
+        self.txn: _Transaction | Retransmitter | None = txn
         self.callback: Callable[[], None] | None = callback
 
     def cancel(self) -> None:
@@ -162,7 +165,7 @@ class _FixedDelayTimers:
         self._handle: asyncio.TimerHandle | None = None
         self._expiring = False
 
-    def start(self, txn: _Transaction, callback: Callable[[], None]) -> _Timer:
+    def start(self, txn: _Transaction | Retransmitter, callback: Callable[[], None]) -> _Timer:
         timer = _Timer(self.loop.time() + self.delay, txn, callback)
         self._queue.append(timer)
         if self._handle is None and not self._expiring:
@@ -274,8 +277,7 @@ class ServerTransaction(_Transaction):
     def __init__(self, layer: TransactionLayer, request: Request, conn: Connection, key: tuple[Any, ...]) -> None:
         super().__init__(layer, request, conn, key, State.PROCEEDING if request.method == "INVITE" else State.TRYING)
         self.last_response: Response | None = None
-        #: Suggested To tag for this transaction's responses; also used for the 200 to a CANCEL (9.2).
-        self.local_tag = new_tag()
+        self._local_tag: str | None = None
         self._cancelled: asyncio.Event | None = None
         self.cancel_request: Request | None = None
         #: The ACK that confirmed a non-2xx final response (INVITE only).
@@ -283,6 +285,15 @@ class ServerTransaction(_Transaction):
         #: Timer H fired: a non-2xx final response was never acknowledged.
         self.timed_out = False
         self.transport_error: str | None = None
+
+    @property
+    def local_tag(self) -> str:
+        """Suggested To tag for this transaction's responses; also used for the 200 to a CANCEL (9.2). Drawn on
+        first use: a BYE's 200 (the To has its tag) and a CANCEL's transaction never ask."""
+        tag = self._local_tag
+        if tag is None:
+            tag = self._local_tag = new_tag()
+        return tag
 
     @property
     def cancelled(self) -> asyncio.Event:
@@ -312,22 +323,24 @@ class ServerTransaction(_Transaction):
         (the UAS core's retransmissions); Completed and later accept nothing.
         """
         status = response.status
-        if self.state in (State.COMPLETED, State.CONFIRMED, State.TERMINATED) or (
-                self.state is State.ACCEPTED and not 200 <= status < 300):
-            log.debug("%r: not sending %d in state %s", self, status, self.state.value)
+        state = self.state
+        if state in (State.COMPLETED, State.CONFIRMED, State.TERMINATED) or (
+                state is State.ACCEPTED and not 200 <= status < 300):
+            log.debug("%r: not sending %d in state %s", self, status, state.value)
             return False
-        if self.last_response is None:
+        if self.last_response is None and self._timer is not None:
             self._cancel_timer()          # the 100 Trying timer (it runs until the first response)
         self.last_response = response
         self._send(response)
+        invite = self.method == "INVITE"
         if status < 200:
-            if not self.is_invite:
+            if not invite:
                 self.state = State.PROCEEDING
-        elif self.is_invite and status < 300:
+        elif invite and status < 300:
             if self.state is not State.ACCEPTED:
                 self.state = State.ACCEPTED  # RFC 6026 section 7.1
                 self._start_64t1(self._terminate)      # Timer L
-        elif self.is_invite:
+        elif invite:
             self.state = State.COMPLETED
             self._start_64t1(self._timer_h)          # Timer H
         else:
@@ -337,9 +350,9 @@ class ServerTransaction(_Transaction):
 
     def _send(self, response: Response) -> None:
         conn = self.conn
-        if conn is not None and conn.is_open:
+        if conn is not None:
             try:
-                conn.send(response)
+                conn.send(response)       # (a closed connection raises: no is_open asked first, send asks it)
                 return
             except TransportError:
                 pass
@@ -528,8 +541,12 @@ class Retransmitter:
     """
 
     def __init__(self, send: Callable[[], Any], *, t1: float = T1, t2: float = T2,
-                 on_give_up: Callable[[], Any] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 on_give_up: Callable[[], Any] | None = None, loop: asyncio.AbstractEventLoop | None = None,
+                 first: _FixedDelayTimers | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
+        # the first resend (after T1) on this shared queue of T1 timers, if given: nearly every 2xx is ACKed
+        # before it, and a queued timer cancelled costs less than a loop timer started and cancelled
+        self._first = first if first is not None and first.delay == t1 else None
         self._send: Callable[[], Any] | None = send      # both callbacks: None once stopped
         self.t1 = t1
         self.t2 = t2
@@ -541,7 +558,7 @@ class Retransmitter:
         self._done: asyncio.Future[bool] | None = None     # made when someone asks (the gateway never does)
         self._interval = t1
         self._left = 64 * t1             # until giving up, from the time the timer was last armed
-        self._timer: asyncio.TimerHandle | None = None     # one timer: the next resend, or giving up
+        self._timer: asyncio.TimerHandle | _Timer | None = None     # one timer: the next resend, or giving up
 
     @property
     def done(self) -> asyncio.Future[bool]:
@@ -555,8 +572,18 @@ class Retransmitter:
     def start(self) -> Retransmitter:
         """Arm the timer (the first transmission is the caller's)."""
         if self._timer is None and self._result is None:
-            self._arm()
+            first = self._first
+            if first is not None and self._interval < self._left:     # _arm's first step, on the shared queue
+                self._left -= self._interval
+                self._timer = first.start(self, self._tick)
+            else:
+                self._arm()
         return self
+
+    def _fire(self, callback: Callable[[], None]) -> None:
+        """The shared queue's timer expired (see :meth:`start`)."""
+        self._timer = None
+        callback()
 
     def _arm(self) -> None:
         if self._interval < self._left:
@@ -637,6 +664,9 @@ class TransactionLayer:
         self.server_transactions: dict[tuple[Any, ...], ServerTransaction] = {}
         self.client_transactions: dict[tuple[Any, ...], ClientTransaction] = {}
         self.timers_64t1 = _FixedDelayTimers(self.loop, 64 * t1, t1)      # Timers H, L, B, F, M
+        # the 2xx retransmitters' first resends (13.3.1.4), each up to a millisecond late: the loop's clock counts
+        # milliseconds, so this is about as exact as a loop timer of its own
+        self.timers_t1 = _FixedDelayTimers(self.loop, t1, 0.001)
         transport.on_message = self.receive
 
     # -- keys -------------------------------------------------------------------------------------
@@ -687,7 +717,8 @@ class TransactionLayer:
     def _receive_request(self, request: Request, conn: Connection) -> None:
         key = self.server_key(request)
         txn = self.server_transactions.get(key)
-        if request.method == "ACK":
+        method = request.method
+        if method == "ACK":
             if txn is not None:
                 txn._on_ack(request)
             else:
@@ -698,10 +729,11 @@ class TransactionLayer:
             return
         txn = ServerTransaction(self, request, conn, key)
         self.server_transactions[key] = txn
-        if request.method == "CANCEL":
+        if method == "CANCEL":
             self._receive_cancel(request, txn)
             return
-        if txn.is_invite and self.trying_delay <= 0:
+        invite = method == "INVITE"
+        if invite and self.trying_delay <= 0:
             txn._send_trying()
         if self.on_request is None:
             txn.respond(response_to(request, 503, "Service Unavailable", to_tag=txn.local_tag))
@@ -722,10 +754,10 @@ class TransactionLayer:
         except asyncio.CancelledError:
             pass                                  # as a cancelled Task: no 500
         except Exception:
-            log.exception("on_request failed for %s", request.method)
+            log.exception("on_request failed for %s", method)
             self._internal_error(txn)
             return
-        if txn.is_invite and txn.last_response is None and txn.state is State.PROCEEDING:
+        if invite and txn.last_response is None and txn.state is State.PROCEEDING:
             # the TU did not answer at once (a 407 or a refusal is sent from on_request): the 100 Trying of
             # section 17.2.1, unless it answers within trying_delay (the 200 ms the section allows). It may
             # answer later in this loop turn (the gateway's 180 leaves with the commit made at its end): the
@@ -822,13 +854,15 @@ class TransactionLayer:
             elif txn.conn is not None and txn.conn.is_open:
                 txn.conn.send(response)
 
-        return Retransmitter(resend, t1=self.t1, t2=self.t2, on_give_up=on_give_up, loop=self.loop).start()
+        return Retransmitter(resend, t1=self.t1, t2=self.t2, on_give_up=on_give_up, loop=self.loop,
+                             first=self.timers_t1).start()
 
     async def close(self) -> None:
         """Terminate every transaction (pending client ones fail with a local 503)."""
         for txn in [*self.client_transactions.values(), *self.server_transactions.values()]:
             txn._terminate()
         self.timers_64t1.close()
+        self.timers_t1.close()
 
 
 # -- request builders -----------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, _via_memo, is_canonical_via,
+from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, _via_memo,
                       new_tag, parse_message, parse_via, remember_via)
 from .uri import FrozenParams, _load_compiled, split_shared
 from .tls import NotLoopbackError, Resolver, is_loopback
@@ -169,11 +169,13 @@ class Connection(asyncio.Protocol):
                 self._on_framing_error(item)
             else:
                 self._on_frame(item)          # bytes: the framer's messages are
-        if self._framer.closed:
+        framer = self._framer
+        if framer.closed:
             log.info("framing lost on %r: closing", self)
             self.close()
             return
-        self._arm_partial_timer()
+        if framer.buffered or self._partial_timer is not None:    # (the usual read leaves neither: no call)
+            self._arm_partial_timer()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -698,7 +700,8 @@ def _splice_form(text: str, host: str) -> Via | None:
     if "," in text or text.lower().count(";rport") != 1:
         return None
     via = _via_memo.get(text) or parse_via(text)     # the parser's memo: checked when the request was parsed
-    if not is_canonical_via(text, via) or (via.host != host and via.host.strip("[]").lower() != host.lower()):
+    # is_canonical_via inline (a received request asks this once)
+    if via._canonical != text or (via.host != host and via.host.strip("[]").lower() != host.lower()):
         return None
     return via
 
