@@ -650,6 +650,9 @@ class Wacall:
 
     # -- the media plane's reporter (wacall.media.relay.Reporter) ------------------------------------
     def note(self, call_id: str, kind: str, **data) -> None:
+        if self._preparing:      # a preparer's (configure's srtp_ready, release's final_stats): the commit under way
+            self.platform.media_note(call_id, kind, **data)     # takes it, as apply(defer=True) would have let it
+            return
         self.apply(lambda: self.platform.media_note(call_id, kind, **data), defer=True)
 
     def ended(self, call_id: str, fact: str, reason: str) -> None:
