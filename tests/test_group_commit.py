@@ -183,3 +183,17 @@ async def test_a_deferred_fact_is_committed_by_stop(tmp_path):
     wacall.apply(lambda: wacall.platform.put(User(wa_id=wa_id, name="s", country="GB")), defer=True)
     await wacall.stop()
     assert wa_id in durable_users(path)
+
+
+async def test_what_the_apis_show_is_durable_even_inside_a_deferred_window(emulator):
+    """A deferred fact is visible in memory at once; before any HTTP request is answered it is committed, so what
+    the control or Graph API showed survives a kill -9 that follows the answer."""
+    import aiohttp
+    wacall, path = emulator
+    wa_id = "447700911061"
+    wacall.apply(lambda: wacall.platform.put(User(wa_id=wa_id, name="shown", country="GB")), defer=True)
+    assert wa_id not in durable_users(path)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{wacall.base_url}/_wacall/users/{wa_id}") as response:
+            assert response.status == 200, await response.text()
+    assert wa_id in durable_users(path)

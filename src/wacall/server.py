@@ -80,6 +80,7 @@ QUIET_EVENTS = (SipCallChanged, ReleaseMedia, MediaConfigure, MediaConnected, Vo
 # any commit before then takes it along. Nobody was told of it, so a kill -9 inside the window loses no promise
 # (a dialog whose ACK it was comes back unconfirmed and its 200 is sent again, which the business ACKs again,
 # RFC 3261 13.3.1.4); under load it joins another transaction instead of costing one of its own (a SIP flow's ACK).
+# The HTTP APIs commit what still waits before they answer (Wacall._settled): what anyone was shown is durable.
 DEFERRED_WITHIN = 0.02
 SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
 
@@ -108,6 +109,17 @@ def raise_open_file_limit() -> tuple[int, int]:
 def _differing(old: dict, new: dict) -> list[str]:
     """The fields two documents disagree on."""
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+SETTLE = web.AppKey("settle", Callable[[], None])
+
+
+@web.middleware
+async def settled(request: web.Request, handler):
+    """Deferred facts still waiting for their commit are committed before an HTTP request is answered, so what the
+    Graph and control APIs show has been made durable (a kill -9 after the answer keeps it)."""
+    request.app[SETTLE]()
+    return await handler(request)
 
 
 class Wacall:
@@ -244,11 +256,12 @@ class Wacall:
         self.dispatcher = Dispatcher(self.store, self.clock, self.session, self.config.webhooks,
                                      lambda app_id: (self.platform.apps.get(app_id) or None) and
                                      self.platform.apps[app_id].secret)
-        middlewares = [guard.guard_middleware, root_redirect]
+        middlewares = [guard.guard_middleware, settled, root_redirect]
         if logs.http.isEnabledFor(logging.INFO):     # decided once: below INFO a request pays nothing for it
             middlewares.insert(0, logs.request_middleware)
         app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         app[guard.EXPOSURE] = self.exposure
+        app[SETTLE] = self.settle
         app[CONTROL] = self._control_host()
         app[GRAPH] = self._graph_host()
         self.dispatcher.on_attempt = self.live.webhook_attempted
@@ -456,6 +469,11 @@ class Wacall:
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._commit()
+
+    def settle(self) -> None:
+        """Commit the deferred facts still waiting for their window (see ``settled``)."""
+        if self._deferred is not None and not self._applying:
+            self._commit()
 
     def _commit(self) -> None:
         """Commit in rounds: each persists the domain's changes (records, timeline entries, outbox rows)
