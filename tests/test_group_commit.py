@@ -123,3 +123,77 @@ async def test_a_grouped_change_that_makes_a_webhook_is_committed_at_once(emulat
         wacall.platform.emit(Webhooked(loud))
     wacall.apply(operation, group=True)
     assert {quiet, loud} <= durable_users(path)
+
+
+async def test_a_deferred_fact_rides_with_the_next_commit_or_is_committed_within_its_window(emulator):
+    """A deferred fact (apply(defer=True): a SIP trace, a dialog's state, a media note) nobody was told of waits
+    up to ``DEFERRED_WITHIN`` for another commit to take it along (under load: a SIP flow's ACK costs no
+    transaction of its own), and is committed alone once the window is over."""
+    wacall, path = emulator
+    commits: list[set[str]] = []
+    real_commit = wacall.store.commit
+
+    def counting_commit(dirty, rows, notes=()):
+        dirty = list(dirty)
+        commits.append({r.key for r in dirty if isinstance(r, User)})
+        return real_commit(dirty, rows, notes)
+    wacall.store.commit = counting_commit
+
+    def create(wa_id: str):
+        return lambda: wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
+
+    deferred, later = "447700911031", "447700911032"
+    wacall.apply(create(deferred), defer=True)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)                     # a loop turn went by: still waiting for company
+    assert deferred not in durable_users(path) and not any(commits)
+    wacall.apply(create(later), group=True)    # a grouped change of a later turn takes it along
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [users for users in commits if users] == [{deferred, later}]
+
+    alone = "447700911033"
+    wacall.apply(create(alone), defer=True)
+    for _ in range(200):                       # (no timed assertion: wait for the window's commit)
+        if alone in durable_users(path):
+            break
+        await asyncio.sleep(server.DEFERRED_WITHIN)
+    assert [users for users in commits if users][-1] == {alone}
+
+
+async def test_a_deferred_fact_that_makes_a_webhook_does_not_wait_for_the_window(emulator):
+    wacall, path = emulator
+    loud = "447700911041"
+
+    def operation() -> None:
+        wacall.platform.put(User(wa_id=loud, name="l", country="GB"))
+        wacall.platform.emit(Webhooked(loud))
+    wacall.apply(operation, defer=True)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert loud in durable_users(path)
+
+
+async def test_a_deferred_fact_is_committed_by_stop(tmp_path):
+    config = load_config()
+    config.sip.port = 0
+    path = tmp_path / "wacall.db"
+    wacall = await Wacall(config, db=str(path), port=0).start()
+    wa_id = "447700911051"
+    wacall.apply(lambda: wacall.platform.put(User(wa_id=wa_id, name="s", country="GB")), defer=True)
+    await wacall.stop()
+    assert wa_id in durable_users(path)
+
+
+async def test_what_the_apis_show_is_durable_even_inside_a_deferred_window(emulator):
+    """A deferred fact is visible in memory at once; before any HTTP request is answered it is committed, so what
+    the control or Graph API showed survives a kill -9 that follows the answer."""
+    import aiohttp
+    wacall, path = emulator
+    wa_id = "447700911061"
+    wacall.apply(lambda: wacall.platform.put(User(wa_id=wa_id, name="shown", country="GB")), defer=True)
+    assert wa_id not in durable_users(path)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{wacall.base_url}/_wacall/users/{wa_id}") as response:
+            assert response.status == 200, await response.text()
+    assert wa_id in durable_users(path)

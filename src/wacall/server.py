@@ -76,6 +76,12 @@ VOICEMAIL_MIME = "audio/ogg; codecs=opus"      # Meta's voicemail sample
 #: events that make no webhook (consumed inside the process): a grouped change that emits only these may wait
 #: for the end of the loop turn to be committed (``Wacall.apply(group=True)``)
 QUIET_EVENTS = (SipCallChanged, ReleaseMedia, MediaConfigure, MediaConnected, VoicemailAnswer, VoicemailRecord)
+# How long a deferred fact (apply(defer=True): a SIP trace, a dialog's state, a media note) may wait for its commit:
+# any commit before then takes it along. Nobody was told of it, so a kill -9 inside the window loses no promise
+# (a dialog whose ACK it was comes back unconfirmed and its 200 is sent again, which the business ACKs again,
+# RFC 3261 13.3.1.4); under load it joins another transaction instead of costing one of its own (a SIP flow's ACK).
+# The HTTP APIs commit what still waits before they answer (Wacall._settled): what anyone was shown is durable.
+DEFERRED_WITHIN = 0.02
 SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
 
 
@@ -103,6 +109,17 @@ def raise_open_file_limit() -> tuple[int, int]:
 def _differing(old: dict, new: dict) -> list[str]:
     """The fields two documents disagree on."""
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+SETTLE = web.AppKey("settle", Callable[[], None])
+
+
+@web.middleware
+async def settled(request: web.Request, handler):
+    """Deferred facts still waiting for their commit are committed before an HTTP request is answered, so what the
+    Graph and control APIs show has been made durable (a kill -9 after the answer keeps it)."""
+    request.app[SETTLE]()
+    return await handler(request)
 
 
 class Wacall:
@@ -145,6 +162,7 @@ class Wacall:
         self._applying = 0                     # apply() calls and commits in progress (they nest: one commit)
         self._due = False                      # a nested apply() wants its commit now, not deferred
         self._flush_scheduled = False
+        self._deferred: asyncio.TimerHandle | None = None   # the commit of deferred facts, DEFERRED_WITHIN away
         self._preparing = False                # consumers are preparing a commit's events (see _commit_round)
         self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
         self.clock.on_advance(self._on_clock_advance)
@@ -238,11 +256,12 @@ class Wacall:
         self.dispatcher = Dispatcher(self.store, self.clock, self.session, self.config.webhooks,
                                      lambda app_id: (self.platform.apps.get(app_id) or None) and
                                      self.platform.apps[app_id].secret)
-        middlewares = [guard.guard_middleware, root_redirect]
+        middlewares = [guard.guard_middleware, settled, root_redirect]
         if logs.http.isEnabledFor(logging.INFO):     # decided once: below INFO a request pays nothing for it
             middlewares.insert(0, logs.request_middleware)
         app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         app[guard.EXPOSURE] = self.exposure
+        app[SETTLE] = self.settle
         app[CONTROL] = self._control_host()
         app[GRAPH] = self._graph_host()
         self.dispatcher.on_attempt = self.live.webhook_attempted
@@ -308,6 +327,8 @@ class Wacall:
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
+        if self._deferred is not None:     # deferred facts (the last traces, final statistics): committed now
+            self._commit()
         self.live.close()                  # open streams end: the runner's cleanup does not wait on them
         if self._http is not None:
             self._http.close()
@@ -372,9 +393,10 @@ class Wacall:
 
         Calls nest: an ``apply`` inside another, or inside a consumer reacting to a commit's events,
         is committed by the one around it. ``defer`` is for facts no caller waits on (SIP traces and
-        dialog state, the media plane's notes and positions): they are committed at the end of this
-        event-loop iteration with whatever else changed by then, so a burst of them costs one
-        transaction, and a consumer's trace does not hold up the request that caused it.
+        dialog state, the media plane's notes and positions): they are committed with the next commit,
+        at the latest ``DEFERRED_WITHIN`` later (at the end of this event-loop iteration if they caused a
+        webhook), so a burst of them costs one transaction, and a consumer's trace does not hold up the
+        request that caused it.
 
         ``group`` is for a state change that its caller does not acknowledge itself: everything it
         causes that leaves the process (the SIP 180/200) is sent by the event's consumers, which run
@@ -394,21 +416,28 @@ class Wacall:
         finally:
             self._applying -= 1
             later = defer
-            if group and done and not defer:
-                later = True
+            quiet = True
+            if (group and done) or defer:
                 for event in self.platform.events:       # (a loop: a generator in all() costs more)
                     if not isinstance(event, QUIET_EVENTS):
-                        later = False
+                        quiet = False
                         break
+                if not defer:
+                    later = quiet
             if not later:
                 self._due = True
             if not self._applying:
                 if self._due:
                     self._commit()
+                elif defer and quiet:
+                    self._flush_deferred()
                 else:
                     self._flush_soon()
             elif later and not self._preparing:      # (a preparer's changes join the commit under way)
-                self._flush_soon()
+                if defer and quiet:
+                    self._flush_deferred()
+                else:
+                    self._flush_soon()
 
     def _flush_soon(self) -> None:
         """Commit at the end of this event-loop iteration (now, without a running loop)."""
@@ -425,9 +454,24 @@ class Wacall:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
 
+    def _flush_deferred(self) -> None:
+        """Commit within ``DEFERRED_WITHIN`` (any commit before then takes these changes along)."""
+        if self._deferred is not None or self._flush_scheduled:
+            return
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            self._flush_soon()              # (it finds the running loop, or commits now without one)
+            return
+        self._deferred = loop.call_later(DEFERRED_WITHIN, self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._commit()
+
+    def settle(self) -> None:
+        """Commit the deferred facts still waiting for their window (see ``settled``)."""
+        if self._deferred is not None and not self._applying:
+            self._commit()
 
     def _commit(self) -> None:
         """Commit in rounds: each persists the domain's changes (records, timeline entries, outbox rows)
@@ -441,6 +485,9 @@ class Wacall:
         finally:
             self._applying -= 1
             self._due = False
+        if self._deferred is not None:  # the deferred changes went with this commit
+            self._deferred.cancel()
+            self._deferred = None
         self.platform.trim()            # ended calls beyond the working set leave memory (persisted now)
 
     def _commit_round(self) -> None:
