@@ -205,3 +205,31 @@ def test_a_new_id_is_written_as_secrets_token_urlsafe_writes_its_random_octets()
         assert urlsafe_text(raw) == base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
     ids = {new_id("wacid") for _ in range(1000)}
     assert len(ids) == 1000 and all(re.fullmatch(r"wacid\.[A-Za-z0-9_-]{32}", i) for i in ids)
+
+
+def test_the_clock_unmoved_reads_wall_time_itself_and_the_method_once_moved():
+    """A VirtualClock on wall time with no offset hands out time.time as its ``now`` (no frame of its own); the
+    method (source + offset) reads alike within the same instant, takes over once the clock is moved or set off
+    zero, and gives way again when set back to zero; another source always keeps the method (its type kept)."""
+    import time
+
+    from wacall.domain.clock import VirtualClock
+
+    clock = VirtualClock()
+    assert clock.now is time.time
+    before = time.time()
+    general = VirtualClock.now(clock)               # the method itself, the general reading
+    assert before <= general <= time.time() and before <= clock.now() <= time.time()
+    clock.advance(3600.0)
+    assert clock.now is not time.time and clock.offset == 3600.0
+    before = time.time()
+    reading = clock.now()
+    assert before + 3600.0 <= reading <= time.time() + 3600.0
+    clock.set_offset(0.0)
+    assert clock.now is time.time
+    assert VirtualClock(offset=5.0).now is not time.time
+    assert VirtualClock(5.0).now() - time.time() >= 4.0
+    fixed = VirtualClock(source=lambda: 1000)
+    assert fixed.now is not time.time and fixed.now() == 1000.0 and isinstance(fixed.now(), float)
+    fixed.advance(1.5)
+    assert fixed.now() == 1001.5

@@ -97,7 +97,8 @@ def console_routes(app: web.Application, live: LiveStream) -> None:
     routes' catch-all); the pages read and act through the control API in ``app[CONTROL]``."""
     host: ControlHost = app[CONTROL]
     stream_routes(app, live)
-    samples = app[SAMPLES] = MediaSamples(lambda: list(host.platform.active_calls), host.media_view, host.clock.now,
+    samples = app[SAMPLES] = MediaSamples(lambda: list(host.platform.active_calls), host.media_view,
+                                          lambda: host.clock.now(),     # (read each time: see domain.clock)
                                           wanted=lambda: bool(live.listeners))
 
     async def start(app: web.Application) -> None:

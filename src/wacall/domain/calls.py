@@ -307,7 +307,8 @@ class CallRules(PlatformState):
         capture = call_recording.parse(body) or None
         if number.country in BIC_UNAVAILABLE_COUNTRIES:
             raise GraphError(138013)
-        if self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING"):
+        now = self.now()                 # one reading for every check and record of the connect
+        if self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING", now):
             raise GraphError(138014)
         if not number.payment_method:
             raise GraphError(131044, "Business-initiated calls need a valid payment method on the account.")
@@ -324,11 +325,10 @@ class CallRules(PlatformState):
         if self.active_count(number.id) >= self.limits.concurrent_calls:
             raise GraphError(138002, f"Limit reached for maximum concurrent calls "
                                      f"({self.limits.concurrent_calls}) for the given number")
-        now = self.now()
-        initiated = self.bic_initiated_last_24h(number.id)
+        initiated = self.bic_initiated_last_24h(number.id, now)
         if len(initiated) >= self.limits.bic_initiations_per_24h:
             raise GraphError(138005)
-        connected = self.bic_connected_last_24h(pair)
+        connected = self.bic_connected_last_24h(pair, now)
         if len(connected) >= self.limits.bic_connected_per_24h:
             next_allowed = connected[-self.limits.bic_connected_per_24h] + DAY
             raise GraphError(138012, (
@@ -347,7 +347,7 @@ class CallRules(PlatformState):
         call.media = {"leg": leg.to_doc()}
         initiated.append(now)
         if to is not None:
-            identity.phone_used(self, number, wa_id)
+            identity.phone_used(self, number, wa_id, now)
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
         self._schedule_user_reaction(call, user, now)     # before the state's put: that one put keeps both
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
@@ -375,7 +375,7 @@ class CallRules(PlatformState):
             raise ControlError("not_ringing", f"call {call.id} is {call.state}, not ringing on the user's phone")
         self.note(call, "user", action="answer")
         self._connected(call)
-        self._emit_call(call, CallStatus(call.id, "ACCEPTED", self.now()))
+        self._emit_call(call, CallStatus(call.id, "ACCEPTED", call.accepted_at))
 
     def user_rejects(self, call: Call) -> None:
         if call.state == ENDED:
@@ -699,14 +699,17 @@ class CallRules(PlatformState):
                 self._end(call, status="FAILED", reason="not_answered", by="platform",
                           errors=[GraphError(138007, "Business did not accept the call within the accept "
                                                      "window.").as_webhook_error()])
-        for message in [m for m in self.pending_messages.values() if m.deadline is not None and m.deadline <= now]:
-            self.message_rules.message_due(message)
+        if self.pending_messages:          # (mostly none: no list built for nothing)
+            for message in [m for m in self.pending_messages.values() if m.deadline is not None and m.deadline <= now]:
+                self.message_rules.message_due(message)
 
     def next_deadline(self) -> float | None:
         """When the next timer falls due: the calls' from their heap (``due_calls``), the few pending
         messages' by looking."""
-        deadlines = [m.deadline for m in self.pending_messages.values() if m.deadline is not None]
         first = self.next_call_deadline()
+        if not self.pending_messages:       # (mostly none: no list built for nothing)
+            return first
+        deadlines = [m.deadline for m in self.pending_messages.values() if m.deadline is not None]
         if first is not None:
             deadlines.append(first)
         return min(deadlines) if deadlines else None

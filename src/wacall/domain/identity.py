@@ -107,10 +107,11 @@ def identity(state: PlatformState, number: PhoneNumber, wa_id: str) -> Identity:
                     name=user.name if user else wa_id)
 
 
-def phone_used(state: PlatformState, number: PhoneNumber, wa_id: str) -> None:
-    """A message or call was exchanged with ``wa_id`` by phone number: the 30 days start again."""
+def phone_used(state: PlatformState, number: PhoneNumber, wa_id: str, now: float | None = None) -> None:
+    """A message or call was exchanged with ``wa_id`` by phone number (at ``now``, the clock's time unless the
+    caller read it already): the 30 days start again."""
     pair = state.pair(number.id, wa_id)
-    pair.phone_seen_at = state.now()
+    pair.phone_seen_at = state.now() if now is None else now
     state.put(pair)
 
 

@@ -87,7 +87,8 @@ class SipRules(CallRules):
         app = self.sip_check_app(number, server)
         # the Request-URI user is the user's number, or its BSUID / parent BSUID (Graph's `recipient`)
         user_id = to_user.lstrip("+")        # sip:+US.1349...@wa.meta.vc or sip:US.1349...@wa.meta.vc
-        by_id = is_bsuid(user_id) or is_parent_bsuid(user_id)
+        # (a BSUID and a parent BSUID have a dot after their country: a number, the usual user, has none)
+        by_id = user_id[2:3] == "." and (is_bsuid(user_id) or is_parent_bsuid(user_id))
         target = {"recipient": user_id} if by_id else {"to": ascii_digits(to_user)}
         body = {**target, "session": {"sdp_type": "offer", "sdp": sdp}}
         try:

@@ -28,7 +28,7 @@ from .clock import VirtualClock
 from .errors import GraphError
 from .events import Event
 from .limits import DAY, Limits
-from .model import (Call, App, Message, Pair, PhoneNumber, Record, RECORD_TYPES, Template, User,
+from .model import (ENDED, Call, App, Message, Pair, PhoneNumber, Record, RECORD_TYPES, Template, User,
                     Waba)
 from .phone import phone_digits
 from .pricing import RateCard
@@ -67,31 +67,29 @@ class ControlError(Exception):
 
 def round_ms(seconds: float) -> float:
     """``round(seconds, 3)``, the same float, at about a third of its cost (``float.__round__`` converts through
-    decimal digits; a timeline entry's ``t`` is rounded like this ~18 times per SIP call). Below 4e9 (the year
-    2096) ``seconds * 1000`` is under 2**42, so the float product is within 2**-12 of the exact one: a fraction
-    not within 0.0005 of a half rounds as the exact one does, and ``k / 1000`` is then the float nearest to k
-    thousandths, as round() gives. A near-tie, a zero, a negative or a larger time goes to round() itself."""
-    if 0.0 < seconds < 4e9:              # (not 0.0 itself: round keeps the sign of a -0.0)
-        thousandths = seconds * 1000.0
-        whole = math.floor(thousandths)
-        fraction = thousandths - whole
-        if fraction < 0.4995:
-            return whole / 1000.0
-        if fraction > 0.5005:
-            return (whole + 1) / 1000.0
-    return round(seconds, 3)
+    decimal digits): the t of :func:`millisecond`."""
+    return millisecond(seconds)[0]
 
 
 def millisecond(seconds: float) -> tuple[float, float, float]:
-    """``round_ms(seconds)`` and an open interval around ``seconds`` where every reading rounds to that same
-    value (``(k - 0.49) / 1000`` to ``(k + 0.49) / 1000`` for ``k`` thousandths: inside the half-thousandth on
-    either side by far more than the products' and quotients' error below 4e9); an empty one for a time
-    round_ms hands to round() itself (zero, negative, larger)."""
-    t = round_ms(seconds)
-    if 0.0 < seconds < 4e9:
-        k = round(t * 1000.0)
-        return t, (k - 0.49) / 1000.0, (k + 0.49) / 1000.0
-    return t, seconds, seconds
+    """``round(seconds, 3)`` (a timeline entry's ``t``) and an open interval around ``seconds`` where every
+    reading rounds to that same value (``(k - 0.49) / 1000`` to ``(k + 0.49) / 1000`` for ``k`` thousandths:
+    inside the half-thousandth on either side by far more than the products' and quotients' error below 4e9).
+
+    Below 4e9 (the year 2096) ``seconds * 1000`` is under 2**42, so the float product is within 2**-12 of the
+    exact one: a fraction not within 0.0005 of a half rounds as the exact one does, and ``k / 1000`` is then
+    the float nearest to k thousandths, as round() gives (a near-tie asks round() which k). A zero, a negative
+    or a larger time goes to round() itself, with an empty interval."""
+    if 0.0 < seconds < 4e9:              # (not 0.0 itself: round keeps the sign of a -0.0)
+        thousandths = seconds * 1000.0
+        k = math.floor(thousandths)
+        fraction = thousandths - k
+        if fraction > 0.5005:
+            k += 1
+        elif fraction >= 0.4995:
+            k = round(round(seconds, 3) * 1000.0)
+        return k / 1000.0, (k - 0.49) / 1000.0, (k + 0.49) / 1000.0
+    return round(seconds, 3), seconds, seconds
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")      # base64's two symbols in the URL-safe alphabet (RFC 4648 section 5)
@@ -188,7 +186,10 @@ class PlatformState:
 
     def put(self, record: Record) -> Record:
         """Keep ``record`` and mark it for persistence with the next commit."""
-        slot = (record.KIND, record.key)
+        if type(record) is Call:      # (a call's key is its id: read without the property's frame, ~5 puts per call)
+            slot = ("call", record.id)
+        else:
+            slot = (record.KIND, record.key)
         self._hold(record, slot)
         self.dirty[slot] = record
         return record
@@ -200,31 +201,40 @@ class PlatformState:
             slot = (record.KIND, record.key)
         self._tables[slot[0]][slot[1]] = record
         if isinstance(record, Call):
-            self._index_call(record)
+            if self._index_call(record):
+                return                 # live before and now: not among the ended (a call's ENDED is final)
+            live = record.live
         elif isinstance(record, Message):
-            if record.deadline is not None:
+            live = record.live
+            if live:
                 self.pending_messages[record.id] = record
             else:
                 self.pending_messages.pop(record.id, None)
         else:
             return
-        if record.live:
+        if live:
             self.ended.pop(slot, None)
         else:
             self.ended[slot] = None
             self.ended.move_to_end(slot)
 
-    def _index_call(self, call: Call) -> None:
-        pair = (call.phone_number_id, call.wa_id)
-        if call.live:
-            if self.active_calls.get(call.id) is None:
-                self.active_per_number[call.phone_number_id] = self.active_per_number.get(call.phone_number_id, 0) + 1
-            self.active_calls[call.id] = call
-            self.active_by_pair[pair] = call
-            if call.deadline is not None and self._timed.get(call.id) != call.deadline:
+    def _index_call(self, call: Call) -> bool:
+        """The active-call indexes and the timer heap for ``call``; True when it was active already and still
+        is (the usual put of a call in progress), when nothing but its pair slot and its timer can change."""
+        call_id = call.id
+        if call.state != ENDED:        # (call.live, without the property's frame)
+            active = self.active_calls.get(call_id)
+            self.active_by_pair[(call.phone_number_id, call.wa_id)] = call
+            deadline = call.deadline
+            if deadline is not None and self._timed.get(call_id) != deadline:
                 self._push_timer(call)
-        elif self.active_calls.pop(call.id, None) is not None:
-            self._timed.pop(call.id, None)
+            if active is call:
+                return True
+            if active is None:
+                self.active_per_number[call.phone_number_id] = self.active_per_number.get(call.phone_number_id, 0) + 1
+            self.active_calls[call_id] = call
+        elif self.active_calls.pop(call_id, None) is not None:
+            self._timed.pop(call_id, None)
             if len(self.timers) > 2 * len(self.active_calls) + 64:    # ended calls' entries: drop them now
                 self._rebuild_timers()
             left = self.active_per_number.get(call.phone_number_id, 1) - 1
@@ -232,8 +242,10 @@ class PlatformState:
                 self.active_per_number[call.phone_number_id] = left
             else:
                 self.active_per_number.pop(call.phone_number_id, None)
-            if (held := self.active_by_pair.get(pair)) is not None and held.id == call.id:
+            pair = (call.phone_number_id, call.wa_id)
+            if (held := self.active_by_pair.get(pair)) is not None and held.id == call_id:
                 del self.active_by_pair[pair]
+        return False
 
     # -- the calls' timers: a heap, so a tick and the next deadline never scan every active call ----------
     def _push_timer(self, call: Call) -> None:
@@ -444,22 +456,27 @@ class PlatformState:
     def active_count(self, phone_number_id: str) -> int:
         return self.active_per_number.get(phone_number_id, 0)
 
-    def bic_initiated_last_24h(self, phone_number_id: str) -> deque[float]:
-        """When this number's business-initiated calls of the last 24 hours were created, oldest first."""
+    def bic_initiated_last_24h(self, phone_number_id: str, now: float | None = None) -> deque[float]:
+        """When this number's business-initiated calls of the last 24 hours (before ``now``, the clock's time
+        unless the caller read it already) were created, oldest first."""
         times = self.bic_initiations.setdefault(phone_number_id, deque())
-        cutoff = self.now() - DAY
+        cutoff = (self.now() if now is None else now) - DAY
         while times and times[0] <= cutoff:
             times.popleft()
         return times
 
-    def bic_connected_last_24h(self, pair: Pair) -> list[float]:
-        """When this pair's business-initiated calls of the last 24 hours were connected, oldest first (the
-        list is kept in time order: a bisection, not a scan and a sort per call)."""
+    def bic_connected_last_24h(self, pair: Pair, now: float | None = None) -> list[float]:
+        """When this pair's business-initiated calls of the last 24 hours (before ``now``, as above) were
+        connected, oldest first (the list is kept in time order: a bisection, not a scan and a sort per call)."""
         times = pair.bic_connected_times
-        return times[bisect.bisect_right(times, self.now() - DAY):]
+        return times[bisect.bisect_right(times, (self.now() if now is None else now) - DAY):]
 
-    def active_restriction(self, number: PhoneNumber, type_: str) -> dict | None:
-        now = self.now()
+    def active_restriction(self, number: PhoneNumber, type_: str, now: float | None = None) -> dict | None:
+        """The number's restriction of ``type_`` in force at ``now`` (as above), if any."""
+        if not number.restrictions:
+            return None
+        if now is None:
+            now = self.now()
         for restriction in number.restrictions:
             if restriction.get("type") == type_ and float(restriction.get("expiration", 0)) > now:
                 return restriction
