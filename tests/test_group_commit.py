@@ -44,9 +44,9 @@ def durable_users(path) -> set[str]:
         return {key for (key,) in conn.execute("SELECT key FROM records WHERE kind = 'user'")}
 
 
-async def test_grouped_changes_of_one_loop_turn_are_one_commit_announced_only_once_durable(emulator):
-    wacall, path = emulator
-    commits: list[set[str]] = []               # the users each commit wrote (other commits may happen: timers)
+def users_per_commit(wacall: Wacall) -> list[set[str]]:
+    """The users each commit from now on writes, one set per commit (other commits may happen: timers)."""
+    commits: list[set[str]] = []
     real_commit = wacall.store.commit
 
     def counting_commit(dirty, rows, notes=()):
@@ -54,6 +54,12 @@ async def test_grouped_changes_of_one_loop_turn_are_one_commit_announced_only_on
         commits.append({r.key for r in dirty if isinstance(r, User)})
         return real_commit(dirty, rows, notes)
     wacall.store.commit = counting_commit
+    return commits
+
+
+async def test_grouped_changes_of_one_loop_turn_are_one_commit_announced_only_once_durable(emulator):
+    wacall, path = emulator
+    commits = users_per_commit(wacall)
     seen: dict[str, bool] = {}
     wacall.consumers.on(Announced, lambda event: seen.__setitem__(event.wa_id, event.wa_id in durable_users(path)))
 
@@ -130,14 +136,7 @@ async def test_a_deferred_fact_rides_with_the_next_commit_or_is_committed_within
     up to ``DEFERRED_WITHIN`` for another commit to take it along (under load: a SIP flow's ACK costs no
     transaction of its own), and is committed alone once the window is over."""
     wacall, path = emulator
-    commits: list[set[str]] = []
-    real_commit = wacall.store.commit
-
-    def counting_commit(dirty, rows, notes=()):
-        dirty = list(dirty)
-        commits.append({r.key for r in dirty if isinstance(r, User)})
-        return real_commit(dirty, rows, notes)
-    wacall.store.commit = counting_commit
+    commits = users_per_commit(wacall)
 
     def create(wa_id: str):
         return lambda: wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
