@@ -476,6 +476,10 @@ class Wacall:
     def _commit(self) -> None:
         """Commit in rounds: each persists the domain's changes (records, timeline entries, outbox rows)
         in one transaction, then publishes its events; a consumer's own apply() makes another round."""
+        # the deferred changes waiting go with this commit: their window closes now, not when it ends, so that a
+        # consumer's deferred fact (a trace of what it sent) opens a window of its own (this commit's last round
+        # does not take it); the timer stays if the commit fails (it tries again)
+        taken, self._deferred = self._deferred, None
         self._applying += 1             # consumers' apply() calls do not commit on their own
         try:
             self._due = True
@@ -485,9 +489,8 @@ class Wacall:
         finally:
             self._applying -= 1
             self._due = False
-        if self._deferred is not None:  # the deferred changes went with this commit
-            self._deferred.cancel()
-            self._deferred = None
+        if taken is not None:
+            taken.cancel()
         self.platform.trim()            # ended calls beyond the working set leave memory (persisted now)
 
     def _commit_round(self) -> None:
