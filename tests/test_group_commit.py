@@ -219,3 +219,16 @@ async def test_a_deferred_fact_of_a_consumer_keeps_its_window(emulator, waiting)
     assert wacall._deferred is not None or wacall._flush_scheduled     # ... which is open
     wacall.settle()                            # what an HTTP request does before it is answered
     assert traced in durable_users(path)
+
+
+async def test_what_the_apis_show_of_a_grouped_change_is_durable(emulator):
+    """A grouped change waits for the end of its loop turn; an HTTP request's task may run in that turn before the
+    commit does: settle (the ``settled`` middleware) commits it too before the request is answered."""
+    wacall, path = emulator
+    for _ in range(3):
+        await asyncio.sleep(0)
+    grouped = "447700911081"
+    wacall.apply(lambda: wacall.platform.put(User(wa_id=grouped, name="g", country="GB")), group=True)
+    assert grouped not in durable_users(path) and wacall._flush_scheduled
+    wacall.settle()
+    assert grouped in durable_users(path)

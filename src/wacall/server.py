@@ -469,8 +469,9 @@ class Wacall:
         self._commit()
 
     def settle(self) -> None:
-        """Commit the deferred facts still waiting for their window (see ``settled``)."""
-        if self._deferred is not None and not self._applying:
+        """Commit the changes still waiting for their commit (see ``settled``): deferred facts in their window, and
+        grouped changes waiting for the end of the loop turn (an HTTP request's task may run before that)."""
+        if (self._deferred is not None or self._flush_scheduled) and not self._applying:
             self._commit()
 
     def _commit(self) -> None:
