@@ -232,3 +232,19 @@ async def test_what_the_apis_show_of_a_grouped_change_is_durable(emulator):
     assert grouped not in durable_users(path) and wacall._flush_scheduled
     wacall.settle()
     assert grouped in durable_users(path)
+
+
+async def test_a_deferred_fact_of_a_consumer_of_the_last_commit_is_committed_by_stop(tmp_path, monkeypatch):
+    """stop() commits the deferred facts waiting; that commit's consumers may defer more (a trace of what they
+    sent): those are committed by stop() too, not left to a window that would close on a closed store."""
+    monkeypatch.setattr(server, "QUIET_EVENTS", (*server.QUIET_EVENTS, Announced))
+    config = load_config()
+    config.sip.port = 0
+    path = tmp_path / "wacall.db"
+    wacall = await Wacall(config, db=str(path), port=0).start()
+    traced = "447700911091"
+    wacall.consumers.on(Announced, lambda event: wacall.apply(
+        lambda: wacall.platform.put(User(wa_id=traced, name="t", country="GB")), defer=True))
+    wacall.apply(lambda: wacall.platform.emit(Announced("447700911092")), defer=True)
+    await wacall.stop()
+    assert traced in durable_users(path) and wacall._deferred is None

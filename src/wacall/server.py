@@ -327,7 +327,9 @@ class Wacall:
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
-        if self._deferred is not None:     # deferred facts (the last traces, final statistics): committed now
+        for _ in range(8):                 # deferred facts (the last traces, final statistics): committed now, and
+            if self._deferred is None:     # those the consumers of that commit deferred (bounded: not a loop
+                break                      # that a consumer deferring on each commit would keep going)
             self._commit()
         self.live.close()                  # open streams end: the runner's cleanup does not wait on them
         if self._http is not None:
