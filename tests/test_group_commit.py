@@ -196,3 +196,54 @@ async def test_what_the_apis_show_is_durable_even_inside_a_deferred_window(emula
         async with session.get(f"{wacall.base_url}/_wacall/users/{wa_id}") as response:
             assert response.status == 200, await response.text()
     assert wa_id in durable_users(path)
+
+
+
+@pytest.mark.parametrize("waiting", [False, True], ids=["no-window-open", "window-open"])
+async def test_a_deferred_fact_of_a_consumer_keeps_its_window(emulator, waiting):
+    """A consumer of a commit's event that defers a fact (the SIP gateway tracing the 200 it sends for a
+    SipCallChanged) opens its window while that commit is under way; the commit must not close that window when
+    it ends (it did not take the fact along: the fact came after its last round), else nothing commits the fact
+    but whatever commit comes next, maybe none: not the window's timer, not the APIs' settle, not stop()."""
+    wacall, path = emulator
+    for _ in range(3):                         # nothing else pending: only this test's commits below
+        await asyncio.sleep(0)
+    traced = "447700911071"
+    wacall.consumers.on(Announced, lambda event: wacall.apply(
+        lambda: wacall.platform.put(User(wa_id=traced, name="t", country="GB")), defer=True))
+    if waiting:                                # a deferred fact waits already: this commit takes it along
+        wacall.apply(lambda: wacall.platform.put(User(wa_id="447700911072", name="w", country="GB")), defer=True)
+    wacall.apply(lambda: wacall.platform.emit(Announced("447700911073")))
+    assert traced not in durable_users(path)   # deferred: it waits for its window
+    assert wacall._deferred is not None or wacall._flush_scheduled     # ... which is open
+    wacall.settle()                            # what an HTTP request does before it is answered
+    assert traced in durable_users(path)
+
+
+async def test_what_the_apis_show_of_a_grouped_change_is_durable(emulator):
+    """A grouped change waits for the end of its loop turn; an HTTP request's task may run in that turn before the
+    commit does: settle (the ``settled`` middleware) commits it too before the request is answered."""
+    wacall, path = emulator
+    for _ in range(3):
+        await asyncio.sleep(0)
+    grouped = "447700911081"
+    wacall.apply(lambda: wacall.platform.put(User(wa_id=grouped, name="g", country="GB")), group=True)
+    assert grouped not in durable_users(path) and wacall._flush_scheduled
+    wacall.settle()
+    assert grouped in durable_users(path)
+
+
+async def test_a_deferred_fact_of_a_consumer_of_the_last_commit_is_committed_by_stop(tmp_path, monkeypatch):
+    """stop() commits the deferred facts waiting; that commit's consumers may defer more (a trace of what they
+    sent): those are committed by stop() too, not left to a window that would close on a closed store."""
+    monkeypatch.setattr(server, "QUIET_EVENTS", (*server.QUIET_EVENTS, Announced))
+    config = load_config()
+    config.sip.port = 0
+    path = tmp_path / "wacall.db"
+    wacall = await Wacall(config, db=str(path), port=0).start()
+    traced = "447700911091"
+    wacall.consumers.on(Announced, lambda event: wacall.apply(
+        lambda: wacall.platform.put(User(wa_id=traced, name="t", country="GB")), defer=True))
+    wacall.apply(lambda: wacall.platform.emit(Announced("447700911092")), defer=True)
+    await wacall.stop()
+    assert traced in durable_users(path) and wacall._deferred is None

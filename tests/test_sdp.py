@@ -929,6 +929,10 @@ def test_made_is_the_frozen_dataclass_init() -> None:
             assert list(vars(ours)) == list(vars(theirs))
             with pytest.raises(AttributeError):
                 ours.x = 1
+    for cls in (int, str, bytes, tuple, type, RtpMap):    # object.__new__ refuses them: so does the compiled one
+        for make in (made, made_in_python):
+            with pytest.raises(TypeError, match="is not safe"):
+                make(cls, {})
     crypto = parse_crypto(f"7 AES_CM_128_HMAC_SHA1_32 inline:{SDES_KEY}|2^20|1:4 KDR=1")
     assert vars(crypto) == vars(CryptoAttribute(7, "AES_CM_128_HMAC_SHA1_32", SDES_KEY, key, "2^20", "1:4",
                                                 ("KDR=1",)))

@@ -327,7 +327,9 @@ class Wacall:
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
-        if self._deferred is not None:     # deferred facts (the last traces, final statistics): committed now
+        for _ in range(8):                 # deferred facts (the last traces, final statistics): committed now, and
+            if self._deferred is None:     # those the consumers of that commit deferred (bounded: not a loop
+                break                      # that a consumer deferring on each commit would keep going)
             self._commit()
         self.live.close()                  # open streams end: the runner's cleanup does not wait on them
         if self._http is not None:
@@ -469,13 +471,18 @@ class Wacall:
         self._commit()
 
     def settle(self) -> None:
-        """Commit the deferred facts still waiting for their window (see ``settled``)."""
-        if self._deferred is not None and not self._applying:
+        """Commit the changes still waiting for their commit (see ``settled``): deferred facts in their window, and
+        grouped changes waiting for the end of the loop turn (an HTTP request's task may run before that)."""
+        if (self._deferred is not None or self._flush_scheduled) and not self._applying:
             self._commit()
 
     def _commit(self) -> None:
         """Commit in rounds: each persists the domain's changes (records, timeline entries, outbox rows)
         in one transaction, then publishes its events; a consumer's own apply() makes another round."""
+        # the deferred changes waiting go with this commit: their window closes now, not when it ends, so that a
+        # consumer's deferred fact (a trace of what it sent) opens a window of its own (this commit's last round
+        # does not take it); the timer stays if the commit fails (it tries again)
+        taken, self._deferred = self._deferred, None
         self._applying += 1             # consumers' apply() calls do not commit on their own
         try:
             self._due = True
@@ -485,9 +492,8 @@ class Wacall:
         finally:
             self._applying -= 1
             self._due = False
-        if self._deferred is not None:  # the deferred changes went with this commit
-            self._deferred.cancel()
-            self._deferred = None
+        if taken is not None:
+            taken.cancel()
         self.platform.trim()            # ended calls beyond the working set leave memory (persisted now)
 
     def _commit_round(self) -> None:

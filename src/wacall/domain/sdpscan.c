@@ -569,7 +569,12 @@ static PyObject *made(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "made(cls, values: dict)");
         return NULL;
     }
-    PyObject *obj = PyBaseObject_Type.tp_new((PyTypeObject *)args[0], empty_tuple, NULL);
+    /* object.__new__(cls) itself for a class whose instances object's tp_new does not make (int, str, type, a
+     * named tuple, ...): it refuses them ("is not safe"); called on them directly it would hand back a
+     * half-made object of a built-in type */
+    PyObject *obj = ((PyTypeObject *)args[0])->tp_new == PyBaseObject_Type.tp_new
+        ? PyBaseObject_Type.tp_new((PyTypeObject *)args[0], empty_tuple, NULL)
+        : PyObject_CallMethod((PyObject *)&PyBaseObject_Type, "__new__", "O", args[0]);
     Py_ssize_t at = 0;
     PyObject *name, *value;
     while (obj != NULL && PyDict_Next(args[1], &at, &name, &value))
