@@ -985,7 +985,10 @@ static int auth_init(void) {
     for (size_t k = 0; k < N_AUTH_NAMES; k++) {
         auth_name_len[k] = (Py_ssize_t)strlen(AUTH_NAME_TEXT[k]);
         auth_name[k] = PyUnicode_InternFromString(AUTH_NAME_TEXT[k]);
-        if (auth_name[k] == NULL) return -1;
+        if (auth_name[k] == NULL) {            /* none kept: auth_name[0] NULL, the next call tries again */
+            for (size_t j = 0; j < k; j++) Py_CLEAR(auth_name[j]);
+            return -1;
+        }
     }
     for (int c = 0x20; c < 0x7f; c++) {        /* control characters, DEL and non-ASCII: in no class */
         unsigned char cls = 0;

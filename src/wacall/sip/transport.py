@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, _via_memo,
+from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, _via_memo, is_canonical_via,
                       new_tag, parse_message, parse_via, remember_via)
 from .uri import FrozenParams, _load_compiled, split_shared
 from .tls import NotLoopbackError, Resolver, is_loopback
@@ -700,8 +700,7 @@ def _splice_form(text: str, host: str) -> Via | None:
     if "," in text or text.lower().count(";rport") != 1:
         return None
     via = _via_memo.get(text) or parse_via(text)     # the parser's memo: checked when the request was parsed
-    # is_canonical_via inline (a received request asks this once)
-    if via._canonical != text or (via.host != host and via.host.strip("[]").lower() != host.lower()):
+    if not is_canonical_via(text, via) or (via.host != host and via.host.strip("[]").lower() != host.lower()):
         return None
     return via
 
