@@ -80,7 +80,7 @@ QUIET_EVENTS = (SipCallChanged, ReleaseMedia, MediaConfigure, MediaConnected, Vo
 # any commit before then takes it along. Nobody was told of it, so a kill -9 inside the window loses no promise
 # (a dialog whose ACK it was comes back unconfirmed and its 200 is sent again, which the business ACKs again,
 # RFC 3261 13.3.1.4); under load it joins another transaction instead of costing one of its own (a SIP flow's ACK).
-# The HTTP APIs commit what still waits before they answer (Wacall._settled): what anyone was shown is durable.
+# The HTTP APIs commit what still waits before they answer (the `settled` middleware): what was shown is durable.
 DEFERRED_WITHIN = 0.02
 SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
 

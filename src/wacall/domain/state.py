@@ -187,7 +187,7 @@ class PlatformState:
     def put(self, record: Record) -> Record:
         """Keep ``record`` and mark it for persistence with the next commit."""
         if type(record) is Call:      # (a call's key is its id: read without the property's frame, ~5 puts per call)
-            slot = ("call", record.id)
+            slot = (Call.KIND, record.id)
         else:
             slot = (record.KIND, record.key)
         self._hold(record, slot)
