@@ -57,7 +57,7 @@ from . import digest
 from .message import Headers, Request, Response, SipParseError, new_branch, response_to
 from .transaction import ClientTransaction, Retransmitter, ServerTransaction, TransactionLayer
 from .transport import Connection, TlsTransport, TransportError
-from .uri import NameAddr, parse_name_addr, parse_uri, remember
+from .uri import NameAddr, is_token, parse_name_addr, parse_uri, remember
 
 log = logging.getLogger("wacall.sip")
 
@@ -862,9 +862,6 @@ class _Stale(Exception):
 _tagless: dict[str, str] = {}         # a From/To text without its final ";tag=…" -> its rendering without tag
 
 
-_TAG_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")     # RFC 3261 token: what a tag parameter's value is
-
-
 def _without_tag(value: str) -> str:
     """A From/To value without its tag: the dialog adds the tags itself. The rendering depends on the text
     before a final ``;tag=<tag>`` only, which a business repeats on each call (its From, the user's To): it is
@@ -872,7 +869,7 @@ def _without_tag(value: str) -> str:
     and after it a final ``;tag=`` with a token, or no tag anywhere."""
     head, tagged, tag = value.rpartition(";tag=")
     if tagged:
-        if _TAG_TOKEN.match(tag):
+        if is_token(tag):                   # (what a tag parameter's value is)
             known = _tagless.get(head)
             if known is not None:
                 return known
