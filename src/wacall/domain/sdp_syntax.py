@@ -56,11 +56,10 @@ def line_error(number: int, raw: str, reason: str) -> SdpError:
     return SdpError(f"SDP line {number} '{_quote(raw)}': {reason}", line=number)
 
 
-def made_in_python(cls: type[_T], values: dict[str, object]) -> _T:
+def made(cls: type[_T], values: dict[str, object]) -> _T:
     """``cls(**values)`` for a frozen dataclass given every one of its fields, in order: the fields set at once
     (a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, ~1.5 k instructions a
-    field; SDP values made once or more per call). The same object: tests/test_sdp.py compares the two. The
-    reference of :func:`made`, which the compiled scanner's module does in C where it is built."""
+    field; SDP values made once or more per call). The same object: tests/test_sdp.py compares the two."""
     made_ = object.__new__(cls)
     vars(made_).update(values)
     return made_
@@ -503,9 +502,6 @@ def _load_scanner():  # type: ignore[no-untyped-def]
 
 _SCANNER = _load_scanner()
 _SCAN = _SCANNER.scan if _SCANNER is not None else None
-#: ``cls(**values)`` for a frozen dataclass given every one of its fields, in order (see :func:`made_in_python`,
-#: the reference: the compiled one sets them without a Python call per object, ~4 k instructions less)
-made = _SCANNER.made if _SCANNER is not None else made_in_python
 
 
 # --------------------------------------------------------------------------------------------

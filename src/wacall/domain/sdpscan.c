@@ -17,9 +17,6 @@
  *   An RFC 4568 a=crypto value as sdp_syntax.parse_crypto_in_python reads it, for the usual shape: printable
  *   ASCII, an AES_CM_128 suite, an inline key of 40 base64 characters (30 bytes, no padding); None for everything
  *   else (every error included: Python reads those and says what is wrong). tests/test_sdp.py compares the two.
- * made(cls, values: dict) -> instance
- *   sdp_syntax.made: object.__new__(cls) with each of values' items set as object.__setattr__ sets it (into
- *   the instance's inline values), in the dict's order.
  *
  * The domain stays I/O-free: this is a parser, nothing more. */
 #define PY_SSIZE_T_CLEAN
@@ -557,30 +554,8 @@ static PyObject *bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ---------------------------------------------------------------------------------------------------------
- * made(cls, values) and crypto(value): the SDP values a flow makes besides the description
+ * crypto(value): the SDES key a flow reads besides the description
  * --------------------------------------------------------------------------------------------------------- */
-
-/* sdp_syntax.made: object.__new__(cls), then every item of the dict values set in its order as
- * object.__setattr__ sets it (a frozen dataclass's __init__ does that field by field, through its keyword
- * arguments: ~1.5 k instructions a field) */
-static PyObject *made(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    (void)module;
-    if (nargs != 2 || !PyType_Check(args[0]) || !PyDict_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "made(cls, values: dict)");
-        return NULL;
-    }
-    /* object.__new__(cls) itself for a class whose instances object's tp_new does not make (int, str, type, a
-     * named tuple, ...): it refuses them ("is not safe"); called on them directly it would hand back a
-     * half-made object of a built-in type */
-    PyObject *obj = ((PyTypeObject *)args[0])->tp_new == PyBaseObject_Type.tp_new
-        ? PyBaseObject_Type.tp_new((PyTypeObject *)args[0], empty_tuple, NULL)
-        : PyObject_CallMethod((PyObject *)&PyBaseObject_Type, "__new__", "O", args[0]);
-    Py_ssize_t at = 0;
-    PyObject *name, *value;
-    while (obj != NULL && PyDict_Next(args[1], &at, &name, &value))
-        if (PyObject_GenericSetAttr(obj, name, value) < 0) Py_CLEAR(obj);
-    return obj;
-}
 
 static PyTypeObject *crypto_cls;
 enum { C_TAG, C_SUITE, C_KEY_B64, C_KEY, C_LIFETIME, C_MKI, C_SESSION_PARAMS, C_FIELDS };
@@ -691,7 +666,6 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "The SessionDescription of a well-formed ASCII SDP text (see sdpscan.c), or None."},
     {"bind_crypto", bind_crypto, METH_O, "bind_crypto(crypto): the class crypto() makes."},
     {"crypto", crypto, METH_O, "The CryptoAttribute of a usual a=crypto value (see sdpscan.c), or None."},
-    {"made", (PyCFunction)(void (*)(void))made, METH_FASTCALL, "made(cls, values): see sdp_syntax.made."},
     {NULL, NULL, 0, NULL},
 };
 
