@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
 from .. import codec
+from . import memdb
 from ..domain.model import ACCEPTED, BUSINESS_INITIATED, PRE_ACCEPTED, RINGING, VOICEMAIL, Call, Record
 
 metadata = MetaData()
@@ -236,12 +237,8 @@ def _call_row(c: Call, n: int) -> tuple:
 class Store:
     def __init__(self, path: str = ":memory:") -> None:
         url = database_url(path)
-        kwargs: dict = {}
-        if url == "sqlite://":
-            kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
-        self.engine: Engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", self._sqlite_pragmas)
+        self._memory = url == "sqlite://"
+        self.engine: Engine = self._memory_engine() if self._memory else self._engine(url)
         metadata.create_all(self.engine)
         self._sql = _write_sql(self.engine)
         self._writer = None           # the DB-API connection commit() writes with, taken from the pool once
@@ -255,6 +252,26 @@ class Store:
         with self.engine.connect() as conn:
             self._last_number = conn.execute(select(func.coalesce(func.max(calls.c.n), 0))).scalar_one()
         self._migrate()
+
+    @classmethod
+    def _engine(cls, url: str, **kwargs) -> Engine:
+        engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(engine, "connect", cls._sqlite_pragmas)
+        return engine
+
+    @classmethod
+    def _memory_engine(cls) -> Engine:
+        """An in-memory database: SQLite's memdb VFS with its size cap lifted, else plain ``:memory:`` (see
+        ``memdb``: the first's commits cost the same at any size, the second's grow with it)."""
+        kwargs: dict = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        url, name = memdb.new_url()
+        engine = cls._engine(url, **kwargs)
+        with engine.connect() as conn:          # (StaticPool: this is the one connection every use gets)
+            if memdb.lift_limit(conn.connection.dbapi_connection, name):
+                return engine
+        engine.dispose()
+        return cls._engine("sqlite://", **kwargs)
 
     def _upgrade(self) -> None:
         """Bring a database written by an older wacall up to this schema (columns and indexes added since)."""
@@ -317,7 +334,7 @@ class Store:
         automatic checkpoint copies pages into the database and syncs it, a stall every ~1000 pages."""
         writer = self._writer = self.engine.raw_connection()
         path = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
-        if path and path != ":memory:" and self._checkpointer is None:
+        if path and not self._memory and self._checkpointer is None:
             cursor = writer.cursor()
             cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
