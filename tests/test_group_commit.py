@@ -31,6 +31,7 @@ class Webhooked:                      # stands for an event that makes a webhook
 @pytest.fixture
 async def emulator(tmp_path, monkeypatch):
     monkeypatch.setattr(server, "QUIET_EVENTS", (*server.QUIET_EVENTS, Announced))
+    monkeypatch.setattr(server, "GROUPED_WITHIN", 0.0)    # the loop turn, here (the window: its own test below)
     config = load_config()
     config.sip.port = 0
     wacall = await Wacall(config, db=str(tmp_path / "wacall.db"), port=0).start()
@@ -237,6 +238,7 @@ async def test_a_deferred_fact_of_a_consumer_of_the_last_commit_is_committed_by_
     """stop() commits the deferred facts waiting; that commit's consumers may defer more (a trace of what they
     sent): those are committed by stop() too, not left to a window that would close on a closed store."""
     monkeypatch.setattr(server, "QUIET_EVENTS", (*server.QUIET_EVENTS, Announced))
+    monkeypatch.setattr(server, "GROUPED_WITHIN", 0.0)    # the loop turn, here (the window: its own test below)
     config = load_config()
     config.sip.port = 0
     path = tmp_path / "wacall.db"
@@ -247,3 +249,55 @@ async def test_a_deferred_fact_of_a_consumer_of_the_last_commit_is_committed_by_
     wacall.apply(lambda: wacall.platform.emit(Announced("447700911092")), defer=True)
     await wacall.stop()
     assert traced in durable_users(path) and wacall._deferred is None
+
+
+async def test_grouped_changes_soon_after_a_commit_wait_for_the_window(tmp_path, monkeypatch):
+    """Under load a grouped change made within ``GROUPED_WITHIN`` of the last commit waits for the window's end,
+    so that one transaction takes the changes of several loop turns (a SIP flow's INVITE, its user's answer and
+    another call's BYE); a change that makes a webhook, an API answer and stop() do not wait for it."""
+    import aiohttp
+    monkeypatch.setattr(server, "QUIET_EVENTS", (*server.QUIET_EVENTS, Announced))
+    monkeypatch.setattr(server, "GROUPED_WITHIN", 3600.0)    # (a window that cannot end during the test)
+    config = load_config()
+    config.sip.port = 0
+    path = tmp_path / "wacall.db"
+    wacall = await Wacall(config, db=str(path), port=0).start()
+    commits = users_per_commit(wacall)
+
+    def create(wa_id: str, *events):
+        def operation() -> None:
+            wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
+            for event in events:
+                wacall.platform.emit(event)
+        return operation
+
+    first, second, third, loud = "447700911071", "447700911072", "447700911073", "447700911074"
+    wacall.apply(create(first))                               # committed at once: the window opens
+    wacall.apply(create(second, Announced(second)), group=True)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    wacall.apply(create(third, Announced(third)), group=True)  # a later loop turn: joins the same commit
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [users for users in commits if users] == [{first}]
+    assert not {second, third} & durable_users(path)
+    wacall.apply(create(loud, Webhooked(loud)), defer=True)   # a webhook does not wait: everything goes now
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [users for users in commits if users] == [{first}, {second, third, loud}]
+
+    shown = "447700911075"                                   # an API answer commits what waits first
+    wacall.apply(create(shown, Announced(shown)), group=True)
+    await asyncio.sleep(0)
+    assert shown not in durable_users(path)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{wacall.base_url}/_wacall/users/{shown}") as response:
+            assert response.status == 200, await response.text()
+    assert shown in durable_users(path)
+
+    last = "447700911076"                                    # and stop() does
+    wacall.apply(create(last, Announced(last)), group=True)
+    await asyncio.sleep(0)
+    assert last not in durable_users(path)
+    await wacall.stop()
+    assert last in durable_users(path)

@@ -82,6 +82,10 @@ QUIET_EVENTS = (SipCallChanged, ReleaseMedia, MediaConfigure, MediaConnected, Vo
 # RFC 3261 13.3.1.4); under load it joins another transaction instead of costing one of its own (a SIP flow's ACK).
 # The HTTP APIs commit what still waits before they answer (the `settled` middleware): what was shown is durable.
 DEFERRED_WITHIN = 0.02
+# How long after a commit a grouped change (apply(group=True): a SIP request's or a timer's change, whose 180/200
+# the consumers send after its commit) waits for the next one: one commit a GROUPED_WITHIN at most under load,
+# taking every change made by then, at once when the last commit is older (an idle server answers as before).
+GROUPED_WITHIN = 0.002
 SWEEP_SECONDS = 60.0          # how often (wall time) recordings past their retention are removed
 
 
@@ -162,6 +166,8 @@ class Wacall:
         self._applying = 0                     # apply() calls and commits in progress (they nest: one commit)
         self._due = False                      # a nested apply() wants its commit now, not deferred
         self._flush_scheduled = False
+        self._committed_at = float("-inf")   # the loop's time of the last commit (see GROUPED_WITHIN)
+        self._grouped: asyncio.TimerHandle | None = None    # the commit of grouped changes, at that window's end
         self._deferred: asyncio.TimerHandle | None = None   # the commit of deferred facts, DEFERRED_WITHIN away
         self._preparing = False                # consumers are preparing a commit's events (see _commit_round)
         self.faults: dict[str, int] = {"connect_error": 0}   # fault injection: counts of failures to cause
@@ -327,10 +333,10 @@ class Wacall:
         if self.sip is not None:
             await self.sip.close()
         await self.media.close()
-        for _ in range(8):                 # deferred facts (the last traces, final statistics): committed now, and
-            if self._deferred is None:     # those the consumers of that commit deferred (bounded: not a loop
-                break                      # that a consumer deferring on each commit would keep going)
-            self._commit()
+        for _ in range(8):                 # deferred facts (the last traces, final statistics) and grouped changes
+            if self._deferred is None and self._grouped is None:   # waiting for their window: committed now, and
+                break                      # those the consumers of that commit deferred (bounded: not a loop
+            self._commit()                 # that a consumer deferring on each commit would keep going)
         self.live.close()                  # open streams end: the runner's cleanup does not wait on them
         if self._http is not None:
             self._http.close()
@@ -434,15 +440,16 @@ class Wacall:
                 elif defer and quiet:
                     self._flush_deferred()
                 else:
-                    self._flush_soon()
+                    self._flush_soon(quiet)
             elif later and not self._preparing:      # (a preparer's changes join the commit under way)
                 if defer and quiet:
                     self._flush_deferred()
                 else:
-                    self._flush_soon()
+                    self._flush_soon(quiet)
 
-    def _flush_soon(self) -> None:
-        """Commit at the end of this event-loop iteration (now, without a running loop)."""
+    def _flush_soon(self, quiet: bool = False) -> None:
+        """Commit at the end of this event-loop iteration (now, without a running loop); ``quiet`` (the changes
+        make no webhook): at the end of ``GROUPED_WITHIN`` after the last commit if that is later."""
         loop = self._loop               # kept: Python 3.11's get_running_loop() makes a getpid() syscall
         if loop is None or not loop.is_running():
             try:
@@ -452,8 +459,16 @@ class Wacall:
                 if not self._applying:
                     self._commit()
                 return
-        if not self._flush_scheduled:   # one commit at the end of the iteration takes everything
-            self._flush_scheduled = True
+        if self._flush_scheduled and (quiet or self._grouped is None):
+            return                      # one commit takes everything (a webhook's does not wait for the window)
+        if self._grouped is not None:
+            self._grouped.cancel()
+            self._grouped = None
+        self._flush_scheduled = True
+        wait = self._committed_at + GROUPED_WITHIN - loop.time() if quiet else 0.0
+        if wait > 0:                    # (a commit a moment ago: the changes of the next turns join this one)
+            self._grouped = loop.call_later(wait, self._flush)
+        else:
             loop.call_soon(self._flush)
 
     def _flush_deferred(self) -> None:
@@ -468,6 +483,7 @@ class Wacall:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._grouped = None
         self._commit()
 
     def settle(self) -> None:
@@ -483,6 +499,10 @@ class Wacall:
         # consumer's deferred fact (a trace of what it sent) opens a window of its own (this commit's last round
         # does not take it); the timer stays if the commit fails (it tries again)
         taken, self._deferred = self._deferred, None
+        if self._grouped is not None:   # the grouped changes waiting for their window go with this commit too
+            self._grouped.cancel()
+            self._grouped = None
+            self._flush_scheduled = False
         self._applying += 1             # consumers' apply() calls do not commit on their own
         try:
             self._due = True
@@ -506,6 +526,8 @@ class Wacall:
         if not events and not dirty and not notes:
             return
         ids = self.store.commit(dirty, rows, notes)
+        if self._loop is not None:
+            self._committed_at = self._loop.time()
         if rows and self.dispatcher:              # first: the webhooks leave now, in this loop turn
             self.dispatcher.committed(rows, ids)
         if notes and logs.calls.isEnabledFor(logging.INFO):
