@@ -233,3 +233,12 @@ def test_the_clock_unmoved_reads_wall_time_itself_and_the_method_once_moved():
     assert fixed.now is not time.time and fixed.now() == 1000.0 and isinstance(fixed.now(), float)
     fixed.advance(1.5)
     assert fixed.now() == 1001.5
+
+    class Stopped(VirtualClock):                    # a subclass's own now() is never shadowed
+        def now(self) -> float:
+            return 42.0 + self.offset
+    stopped = Stopped()
+    assert stopped.now() == 42.0
+    stopped.advance(1.0)
+    stopped.set_offset(0.0)
+    assert stopped.now() == 42.0

@@ -38,8 +38,9 @@ class VirtualClock:
         self._offset = float(offset)
         # Not moved (a server that was never advanced: the usual case), wall time is the reading: ``now`` is then
         # time.time itself, read without this method's frame (~30 readings per SIP call); time.time + 0.0 is the
-        # same float. Any other source keeps the method (a test's source may return an int).
-        if self._offset == 0.0 and self._source is time.time:
+        # same float. Any other source keeps the method (a test's source may return an int), and so does a subclass
+        # with a now() of its own.
+        if self._offset == 0.0 and self._source is time.time and type(self).now is VirtualClock.now:
             self.now = time.time          # type: ignore[method-assign]
         elif self.now is time.time:       # (moved: the method again)
             del self.now
