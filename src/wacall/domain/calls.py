@@ -158,14 +158,19 @@ class CallRules(PlatformState):
         allowed = ("offer",) if role == "offer" else ("answer", "offer")  # docs' table says "offer"; samples "answer"
         if sdp_type not in allowed:
             raise GraphError(100, f"Param session[sdp_type] must be '{role}' - got {sdp_type!r}.")
+        return sdp, self._business_sdp(sdp, number, role, media_options)
+
+    def _business_sdp(self, sdp: Any, number: PhoneNumber, role: str,
+                      media_options: tuple[str, list[str]] | None = None) -> SessionDescription:
+        """``sdp`` (a session's ``sdp``; a SIP INVITE's body) validated for ``role`` with the number's media
+        options, parsed."""
         if not isinstance(sdp, str) or not sdp:
             raise GraphError(100, "Param session[sdp] must be a non-empty string.")
         key_exchange, codecs = media_options or self._media_options(number)
         try:
-            parsed = validate_business_sdp(sdp, key_exchange=key_exchange, additional_codecs=codecs, role=role)
+            return validate_business_sdp(sdp, key_exchange=key_exchange, additional_codecs=codecs, role=role)
         except SdpError as exc:
             raise GraphError(100, f"SDP Validation error: {exc.details}") from None
-        return sdp, parsed
 
     def _require_calling(self, number: PhoneNumber) -> None:
         if calling_settings.sip_enabled(number.calling):
@@ -197,7 +202,7 @@ class CallRules(PlatformState):
         self.put(call)
 
     def _end(self, call: Call, *, status: str, reason: str, by: str, errors: list[dict] | None = None) -> None:
-        now = self.now()
+        now = self.clock.now()
         call.ended_at = now
         call.end_status = status
         call.end_reason = reason
@@ -247,7 +252,7 @@ class CallRules(PlatformState):
 
     def _connected(self, call: Call) -> None:
         """A call got connected: counters the docs tie to connected calls move here."""
-        now = self.now()
+        now = self.clock.now()
         call.accepted_at = now
         call.deadline = call.deadline_kind = None
         pair = self.pair(call.phone_number_id, call.wa_id)
@@ -290,9 +295,21 @@ class CallRules(PlatformState):
     # -- business-initiated calls -------------------------------------------------------------
     def business_connect(self, app, number: PhoneNumber, body: dict, call_id: str | None,
                          leg: LocalMedia | None) -> Call:
+        """Graph's ``connect``: the body read, then :meth:`place_business_call`."""
         to = body.get("to")
-        if to is None and body.get("recipient") is not None:     # a BSUID; `to` wins when both are sent
-            wa_id = identity.recipient_wa_id(self, number, body.get("recipient"))
+        wa_id = self.bic_recipient(number, to, body.get("recipient"))
+        opaque = _opaque(body)
+        media_options = self._media_options(number)
+        sdp, offer = self._session_sdp(body, number, "offer", media_options)
+        capture = call_recording.parse(body) or None
+        return self.place_business_call(app, number, wa_id, sdp, offer, media_options, call_id, leg,
+                                        by_phone=to is not None, opaque=opaque, capture=capture)
+
+    def bic_recipient(self, number: PhoneNumber, to: Any, recipient: Any) -> str:
+        """The wa_id a business-initiated call is placed to: ``to`` (a phone number), else ``recipient`` (a
+        BSUID; ``to`` wins when both are given). Meta's refusals as GraphError."""
+        if to is None and recipient is not None:
+            wa_id = identity.recipient_wa_id(self, number, recipient)
             if wa_id is None:
                 raise GraphError(138001)      # no WhatsApp user of this business has that BSUID
         elif to is None:
@@ -301,13 +318,18 @@ class CallRules(PlatformState):
             wa_id = phone_digits(to)
         if wa_id is None:
             raise GraphError(100, "Param to must be a valid phone number.")
-        opaque = _opaque(body)
-        key_exchange, codecs = self._media_options(number)
-        sdp, offer = self._session_sdp(body, number, "offer", (key_exchange, codecs))
-        capture = call_recording.parse(body) or None
+        return wa_id
+
+    def place_business_call(self, app, number: PhoneNumber, wa_id: str, sdp: str, offer: SessionDescription,
+                            media_options: tuple[str, list[str]], call_id: str | None, leg: LocalMedia | None, *,
+                            by_phone: bool, opaque: str | None = None, capture: dict | None = None) -> Call:
+        """A business-initiated call to ``wa_id`` (by phone number or, ``by_phone`` False, by BSUID) with the
+        business's validated offer ``sdp`` (``offer`` parsed): the connect rules past the request's own
+        parameters (Graph's ``connect`` after its body is read; a SIP INVITE after its digest)."""
+        key_exchange, codecs = media_options
         if number.country in BIC_UNAVAILABLE_COUNTRIES:
             raise GraphError(138013)
-        now = self.now()                 # one reading for every check and record of the connect
+        now = self.clock.now()           # one reading for every check and record of the connect
         if self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING", now):
             raise GraphError(138014)
         if not number.payment_method:
@@ -346,7 +368,7 @@ class CallRules(PlatformState):
         call.meta_sdp = answer.text
         call.media = {"leg": leg.to_doc()}
         initiated.append(now)
-        if to is not None:
+        if by_phone:
             identity.phone_used(self, number, wa_id, now)
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
         self._schedule_user_reaction(call, user, now)     # before the state's put: that one put keeps both
@@ -653,7 +675,7 @@ class CallRules(PlatformState):
     # -- what the media plane reports -------------------------------------------------------------
     def media_note(self, call_id: str, kind: str, **data) -> None:
         """A media fact for the call's timeline (ICE, DTLS, first packet, DTMF, anomalies)."""
-        call = self.call(call_id)
+        call = self.calls.get(call_id) or self.call(call_id)     # (in memory: the usual, without the archive's path)
         if call is not None:
             self.note(call, "media", event=kind, **data)
 
@@ -679,7 +701,7 @@ class CallRules(PlatformState):
     # -- timers ---------------------------------------------------------------------------------
     def tick(self) -> None:
         """Run every timer that is due on the clock."""
-        now = self.now()
+        now = self.clock.now()
         for call in self.due_calls(now):
             kind = call.deadline_kind
             call.deadline = call.deadline_kind = None
