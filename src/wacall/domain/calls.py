@@ -330,7 +330,7 @@ class CallRules(PlatformState):
         if number.country in BIC_UNAVAILABLE_COUNTRIES:
             raise GraphError(138013)
         now = self.clock.now()           # one reading for every check and record of the connect
-        if self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING", now):
+        if number.restrictions and self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING", now):
             raise GraphError(138014)
         if not number.payment_method:
             raise GraphError(131044, "Business-initiated calls need a valid payment method on the account.")
@@ -342,9 +342,9 @@ class CallRules(PlatformState):
         pair = self.pair(number.id, wa_id)
         if self.permission_rules.permission_status(pair) == "no_permission":
             raise GraphError(138006)
-        if self.active_call_between(number.id, wa_id):
+        if (number.id, wa_id) in self.active_by_pair:             # (active_call_between, without its frame)
             raise GraphError(138003)
-        if self.active_count(number.id) >= self.limits.concurrent_calls:
+        if self.active_per_number.get(number.id, 0) >= self.limits.concurrent_calls:       # (active_count)
             raise GraphError(138002, f"Limit reached for maximum concurrent calls "
                                      f"({self.limits.concurrent_calls}) for the given number")
         initiated = self.bic_initiated_last_24h(number.id, now)
@@ -675,7 +675,7 @@ class CallRules(PlatformState):
     # -- what the media plane reports -------------------------------------------------------------
     def media_note(self, call_id: str, kind: str, **data) -> None:
         """A media fact for the call's timeline (ICE, DTLS, first packet, DTMF, anomalies)."""
-        call = self.calls.get(call_id) or self.call(call_id)     # (in memory: the usual, without the archive's path)
+        call = self.call(call_id)
         if call is not None:
             self.note(call, "media", event=kind, **data)
 

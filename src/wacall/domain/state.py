@@ -192,7 +192,10 @@ class PlatformState:
             self._index_call(record, slot)
         else:
             slot = (record.KIND, record.key)
-            self._hold(record, slot)
+            if isinstance(record, (Message, Call)):
+                self._hold(record, slot)
+            else:                     # (a pair, a WABA, ...: in no index; 3 puts per SIP flow)
+                self._tables[slot[0]][slot[1]] = record
         self.dirty[slot] = record
         return record
 
@@ -442,7 +445,8 @@ class PlatformState:
 
     def call(self, call_id: object) -> Call | None:
         """Any call, live or ended: from memory, else read back from the archive (and kept a while)."""
-        return self._find(Call.KIND, call_id)  # type: ignore[return-value]
+        found = self.calls.get(call_id) if type(call_id) is str else None     # (in memory, the usual: one frame)
+        return found if found is not None else self._find(Call.KIND, call_id)  # type: ignore[return-value]
 
     def message(self, message_id: object) -> Message | None:
         return self._find(Message.KIND, message_id)  # type: ignore[return-value]
