@@ -411,7 +411,8 @@ class PlatformState:
     def number_by_address(self, address: str) -> PhoneNumber | None:
         if address in self.numbers:
             return self.numbers[address]
-        digits = phone_digits(address)
+        # (digits already, as a SIP From user's: phone_digits would hand them back as they are)
+        digits = address if type(address) is str and address.isdigit() and address.isascii() else phone_digits(address)
         if digits is None:
             return None
         for number in self.numbers.values():
