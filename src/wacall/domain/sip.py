@@ -3,7 +3,8 @@
 The SIP gateway (``wacall.sip.gateway``) translates messages; everything it asks here is a domain
 question: which number an INVITE's ``From`` names, which configured server its domain matches, which
 password the digest must use, whether the app behind the server may call, and then the very same
-``business_connect`` / ``business_accept`` / ``business_terminate`` the Graph path uses. Refusals
+rules the Graph path uses: ``place_business_call`` (Graph's ``business_connect`` once its body is read),
+``business_accept``, ``business_terminate``. Refusals
 come back as :class:`SipRefusal` with Meta's status and reason text (calling-wire-spec §7.2), chosen by
 the one table in ``wacall.domain.ends``.
 """
