@@ -1219,3 +1219,32 @@ def test_the_compiled_crypto_reader_reads_what_python_reads() -> None:
             assert [type(v) for v in vars(ours).values()] == [type(v) for _, v in python], value
             read += 1
     assert read > 600 and left > 2000, (read, left)
+
+
+def test_answer_codecs_in_one_pass_choose_as_find_codec_does() -> None:
+    """answer_codecs reads the offer's payload types once: the first of each codec, as find_codec chooses (the
+    reference in tests/support/sdp_reference.py), over random m-lines with codecs repeated, at other channel
+    counts and clock rates, in other cases, and static types; with and without G.711 enabled; or the same error."""
+    rng = random.Random(26)
+    codecs = ["opus/48000/2", "opus/48000", "opus/48000/1", "OPUS/48000/2", "PCMU/8000", "pcma/8000", "PCMA/16000",
+              "telephone-event/8000", "telephone-event/48000", "TELEPHONE-EVENT/8000", "G722/8000", "red/48000/2"]
+    chosen = 0
+    for _ in range(800):
+        pts = rng.sample(range(96, 128), rng.randint(1, 6)) + rng.sample([0, 8, 9], rng.randint(0, 2))
+        rng.shuffle(pts)
+        rtpmaps = "".join(f"a=rtpmap:{pt} {rng.choice(codecs)}\r\n" for pt in pts if pt >= 96)
+        text = ("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+                f"m=audio 4000 RTP/SAVP {' '.join(map(str, pts))}\r\n{rtpmaps}")
+        audio = parse_sdp(text).audio
+        for extra in ([], ["PCMA"], ["pcmu", "PCMA"]):
+            try:
+                ours = sdp_rules.answer_codecs(audio, extra)
+            except SdpError as exc:
+                ours = ("error", exc.details)
+            try:
+                reference = sdp_reference.answer_codecs(audio, extra)
+            except SdpError as exc:
+                reference = ("error", exc.details)
+            assert ours == reference, (text, extra)
+            chosen += ours[0] != "error" and len(ours[1]) > 0
+    assert chosen > 100

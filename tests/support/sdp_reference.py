@@ -140,8 +140,28 @@ def parse_sdp(text: str) -> SessionDescription:
 
 # --------------------------------------------------------------------------------------------
 # Meta's answer as it was written line by line (wacall 904b47e, ``wacall.domain.sdp.meta_answer``), the
-# reference its text written in a few pieces is compared with (the codec choice is shared: ``answer_codecs``)
+# reference its text written in a few pieces is compared with, and its codec choice by find_codec (wacall
+# 63fcc6f's ``answer_codecs``, which reads the payload types once per codec, not once for all)
 # --------------------------------------------------------------------------------------------
+
+def answer_codecs(audio, additional_codecs=()):
+    from wacall.domain import sdp as rules
+
+    opus_pt = audio.find_codec("opus", 48000, 2)
+    te_pt = rules._telephone_event_pt(audio)
+    g711 = []
+    for name, _ in rules._enabled_g711(additional_codecs):
+        offered_pt = audio.find_codec(name, 8000)
+        if offered_pt is not None:
+            g711.append((name, offered_pt))
+    if opus_pt is None and not g711:
+        raise SdpError("No opus/48000/2 rtpmap (nor an enabled PCMU/PCMA) found in the offer")
+    pts = [] if opus_pt is None else [opus_pt]
+    if g711:
+        pts += [pt for _, pt in g711]
+    pts.append(te_pt)
+    return opus_pt, g711, te_pt, pts
+
 
 def meta_answer_text(leg, offer: SessionDescription, *, key_exchange: str, additional_codecs=()) -> str:
     from wacall.domain import sdp as rules
@@ -150,7 +170,7 @@ def meta_answer_text(leg, offer: SessionDescription, *, key_exchange: str, addit
     audio = offer.audio
     if audio is None:
         raise SdpError("No m=audio line found in SDP")
-    opus_pt, g711, te_pt, pts = rules.answer_codecs(audio, additional_codecs)    # (the choice is not what is compared)
+    opus_pt, g711, te_pt, pts = answer_codecs(audio, additional_codecs)
     mid = audio.attribute("mid") or "audio"
     proto = rules.DTLS_PROTO if kx == "DTLS" else rules.SDES_PROTO
     lines = rules._session_header(leg, mid, ice_lite=kx == "DTLS")

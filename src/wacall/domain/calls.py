@@ -158,14 +158,19 @@ class CallRules(PlatformState):
         allowed = ("offer",) if role == "offer" else ("answer", "offer")  # docs' table says "offer"; samples "answer"
         if sdp_type not in allowed:
             raise GraphError(100, f"Param session[sdp_type] must be '{role}' - got {sdp_type!r}.")
+        return sdp, self._business_sdp(sdp, number, role, media_options)
+
+    def _business_sdp(self, sdp: Any, number: PhoneNumber, role: str,
+                      media_options: tuple[str, list[str]] | None = None) -> SessionDescription:
+        """``sdp`` (a session's ``sdp``; a SIP INVITE's body) validated for ``role`` with the number's media
+        options, parsed."""
         if not isinstance(sdp, str) or not sdp:
             raise GraphError(100, "Param session[sdp] must be a non-empty string.")
         key_exchange, codecs = media_options or self._media_options(number)
         try:
-            parsed = validate_business_sdp(sdp, key_exchange=key_exchange, additional_codecs=codecs, role=role)
+            return validate_business_sdp(sdp, key_exchange=key_exchange, additional_codecs=codecs, role=role)
         except SdpError as exc:
             raise GraphError(100, f"SDP Validation error: {exc.details}") from None
-        return sdp, parsed
 
     def _require_calling(self, number: PhoneNumber) -> None:
         if calling_settings.sip_enabled(number.calling):
@@ -177,19 +182,20 @@ class CallRules(PlatformState):
         """``event`` for the business's webhooks; on a SIP call, the SIP gateway told of the change instead
         (``signal=False``: a further event of the same change follows at once, and its signal serves both:
         the gateway reads the call as it is when it handles the signal)."""
+        events = self.events              # (self.emit's list, appended to without its frame: ~9 events a SIP flow)
         if call.signalling == "graph":
-            self.emit(event)
+            events.append(event)
             return
         # SIP numbers: no calling webhooks, unless sip.webhook_delivery is ENABLED: then the call's creation
         # (call_created, for its connect) and its terminate, and nothing else (Meta's call-settings page)
         delivered = _SIP_WEBHOOKS.get(type(event))
         if delivered is not None and calling_settings.sip_webhook_delivery(self.numbers[call.phone_number_id].calling):
-            self.emit(delivered(call.id))
+            events.append(delivered(call.id))
         else:
             self.note(call, "webhook_suppressed", reason="number is SIP-enabled; calling webhooks are not sent",
                       event=type(event).__name__)
         if signal:
-            self.emit(SipCallChanged(call.id))     # the SIP gateway signals the change
+            events.append(SipCallChanged(call.id))     # the SIP gateway signals the change
 
     def _set_state(self, call: Call, state: str, **why) -> None:
         previous, call.state = call.state, state
@@ -197,7 +203,7 @@ class CallRules(PlatformState):
         self.put(call)
 
     def _end(self, call: Call, *, status: str, reason: str, by: str, errors: list[dict] | None = None) -> None:
-        now = self.now()
+        now = self.clock.now()
         call.ended_at = now
         call.end_status = status
         call.end_reason = reason
@@ -209,7 +215,7 @@ class CallRules(PlatformState):
             self._bill(call, now)
         self._set_state(call, ENDED, reason=reason, by=by)
         self._emit_call(call, CallTerminate(call.id))
-        self.emit(ReleaseMedia(call.id))
+        self.events.append(ReleaseMedia(call.id))       # (emit)
 
     def _bill(self, call: Call, now: float) -> None:
         """Price a connected business-initiated call at the WABA's volume tier of the calendar month (in
@@ -247,7 +253,7 @@ class CallRules(PlatformState):
 
     def _connected(self, call: Call) -> None:
         """A call got connected: counters the docs tie to connected calls move here."""
-        now = self.now()
+        now = self.clock.now()
         call.accepted_at = now
         call.deadline = call.deadline_kind = None
         pair = self.pair(call.phone_number_id, call.wa_id)
@@ -260,7 +266,8 @@ class CallRules(PlatformState):
             pair.window_opened_at = now            # the user accepting a call opens the service window
         self.put(pair)
         self._set_state(call, ACCEPTED)
-        self.emit(MediaConnected(call.id, now, call_recording.announcement(call.capture)))
+        announcement = call_recording.announcement(call.capture) if call.capture else None   # (none: no 3 frames)
+        self.events.append(MediaConnected(call.id, now, announcement))     # (emit)
 
     # -- the Graph action dispatcher ----------------------------------------------------------
     def wants_new_leg(self, number: PhoneNumber, body: Any) -> bool:
@@ -290,9 +297,21 @@ class CallRules(PlatformState):
     # -- business-initiated calls -------------------------------------------------------------
     def business_connect(self, app, number: PhoneNumber, body: dict, call_id: str | None,
                          leg: LocalMedia | None) -> Call:
+        """Graph's ``connect``: the body read, then :meth:`place_business_call`."""
         to = body.get("to")
-        if to is None and body.get("recipient") is not None:     # a BSUID; `to` wins when both are sent
-            wa_id = identity.recipient_wa_id(self, number, body.get("recipient"))
+        wa_id = self.bic_recipient(number, to, body.get("recipient"))
+        opaque = _opaque(body)
+        media_options = self._media_options(number)
+        sdp, offer = self._session_sdp(body, number, "offer", media_options)
+        capture = call_recording.parse(body) or None
+        return self.place_business_call(app, number, wa_id, sdp, offer, media_options, call_id, leg,
+                                        by_phone=to is not None, opaque=opaque, capture=capture)
+
+    def bic_recipient(self, number: PhoneNumber, to: Any, recipient: Any) -> str:
+        """The wa_id a business-initiated call is placed to: ``to`` (a phone number), else ``recipient`` (a
+        BSUID; ``to`` wins when both are given). Meta's refusals as GraphError."""
+        if to is None and recipient is not None:
+            wa_id = identity.recipient_wa_id(self, number, recipient)
             if wa_id is None:
                 raise GraphError(138001)      # no WhatsApp user of this business has that BSUID
         elif to is None:
@@ -301,14 +320,19 @@ class CallRules(PlatformState):
             wa_id = phone_digits(to)
         if wa_id is None:
             raise GraphError(100, "Param to must be a valid phone number.")
-        opaque = _opaque(body)
-        key_exchange, codecs = self._media_options(number)
-        sdp, offer = self._session_sdp(body, number, "offer", (key_exchange, codecs))
-        capture = call_recording.parse(body) or None
+        return wa_id
+
+    def place_business_call(self, app, number: PhoneNumber, wa_id: str, sdp: str, offer: SessionDescription,
+                            media_options: tuple[str, list[str]], call_id: str | None, leg: LocalMedia | None, *,
+                            by_phone: bool, opaque: str | None = None, capture: dict | None = None) -> Call:
+        """A business-initiated call to ``wa_id`` (by phone number or, ``by_phone`` False, by BSUID) with the
+        business's validated offer ``sdp`` (``offer`` parsed): the connect rules past the request's own
+        parameters (Graph's ``connect`` after its body is read; a SIP INVITE after its digest)."""
+        key_exchange, codecs = media_options
         if number.country in BIC_UNAVAILABLE_COUNTRIES:
             raise GraphError(138013)
-        now = self.now()                 # one reading for every check and record of the connect
-        if self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING", now):
+        now = self.clock.now()           # one reading for every check and record of the connect
+        if number.restrictions and self.active_restriction(number, "RESTRICTED_BUSINESS_INITIATED_CALLING", now):
             raise GraphError(138014)
         if not number.payment_method:
             raise GraphError(131044, "Business-initiated calls need a valid payment method on the account.")
@@ -320,9 +344,9 @@ class CallRules(PlatformState):
         pair = self.pair(number.id, wa_id)
         if self.permission_rules.permission_status(pair) == "no_permission":
             raise GraphError(138006)
-        if self.active_call_between(number.id, wa_id):
+        if (number.id, wa_id) in self.active_by_pair:             # (active_call_between, without its frame)
             raise GraphError(138003)
-        if self.active_count(number.id) >= self.limits.concurrent_calls:
+        if self.active_per_number.get(number.id, 0) >= self.limits.concurrent_calls:       # (active_count)
             raise GraphError(138002, f"Limit reached for maximum concurrent calls "
                                      f"({self.limits.concurrent_calls}) for the given number")
         initiated = self.bic_initiated_last_24h(number.id, now)
@@ -346,7 +370,7 @@ class CallRules(PlatformState):
         call.meta_sdp = answer.text
         call.media = {"leg": leg.to_doc()}
         initiated.append(now)
-        if to is not None:
+        if by_phone:
             identity.phone_used(self, number, wa_id, now)
         self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
         self._schedule_user_reaction(call, user, now)     # before the state's put: that one put keeps both
@@ -679,7 +703,7 @@ class CallRules(PlatformState):
     # -- timers ---------------------------------------------------------------------------------
     def tick(self) -> None:
         """Run every timer that is due on the clock."""
-        now = self.now()
+        now = self.clock.now()
         for call in self.due_calls(now):
             kind = call.deadline_kind
             call.deadline = call.deadline_kind = None

@@ -83,5 +83,11 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 _known_version = functools.lru_cache(maxsize=256)(_version_tuple)
 
 
-def version_at_least(version: str, minimum: str) -> bool:
+def _version_at_least(version: str, minimum: str) -> bool:
     return version_tuple(version) >= version_tuple(minimum)
+
+
+#: whether a client ``version`` is ``minimum`` or newer (both strings: the user fields and the limits are
+#: checked as such): a handful of pairs, asked on every call placed, each answered once (no Python frame when
+#: known: three a call before)
+version_at_least = functools.lru_cache(maxsize=256)(_version_at_least)

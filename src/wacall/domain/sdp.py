@@ -101,8 +101,13 @@ _FINGERPRINT_RE = re.compile(r"^([A-Za-z0-9-]+) ((?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa
 _ICE_RE = re.compile(r"^[A-Za-z0-9+/]+$")
 
 
+#: the key exchanges as the settings store them: taken as they are (no upper() to make, no call of
+#: _normalise_key_exchange: ``kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_...``)
+_KEY_EXCHANGES = frozenset({"DTLS", "SDES"})
+
+
 def _normalise_key_exchange(key_exchange: str) -> str:
-    if key_exchange == "SDES" or key_exchange == "DTLS":        # (as the settings store it: no upper() to make)
+    if key_exchange == "SDES" or key_exchange == "DTLS":
         return key_exchange
     kx = key_exchange.upper()
     if kx not in ("DTLS", "SDES"):
@@ -263,7 +268,7 @@ def validate_business_sdp(
     ``key_exchange`` is the number's ``srtp_key_exchange_protocol``; ``additional_codecs`` its
     ``audio.additional_codecs`` (``PCMA``/``PCMU``).
     """
-    kx = _normalise_key_exchange(key_exchange)
+    kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_key_exchange(key_exchange)
     if role not in ("offer", "answer"):
         raise ValueError(f"role must be 'offer' or 'answer', not {role!r}")
     extra = {c.upper() for c in additional_codecs} if additional_codecs else set()    # (usually none)
@@ -354,7 +359,7 @@ def build_meta_offer(
     leg: LocalMedia, *, key_exchange: str = "DTLS", additional_codecs: Sequence[str] = ()
 ) -> str:
     """Meta's SDP offer for a user-initiated call (connect webhook / SIP INVITE)."""
-    kx = _normalise_key_exchange(key_exchange)
+    kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_key_exchange(key_exchange)
     g711 = _enabled_g711(additional_codecs)
     pts = [OPUS_PT, *(pt for _, pt in g711), TELEPHONE_EVENT_PT]
     proto = DTLS_PROTO if kx == "DTLS" else SDES_PROTO
@@ -432,14 +437,37 @@ def build_meta_answer(
 def answer_codecs(audio: MediaDescription, additional_codecs: Sequence[str] = ()
                   ) -> tuple[int | None, list[tuple[str, int]], int, list[int]]:
     """The codecs of Meta's answer to an offer's audio: Opus's payload type (None if not offered), the enabled
-    G.711 codecs offered (name, payload type), the RFC 4733 events' type, and the m-line's types in order."""
-    opus_pt = audio.find_codec("opus", 48000, 2)
-    te_pt = _telephone_event_pt(audio)
+    G.711 codecs offered (name, payload type), the RFC 4733 events' type, and the m-line's types in order.
+    Each the first payload type on the m-line with that codec (``audio.find_codec``), found in one pass over
+    them (tests/test_sdp.py compares it with find_codec's choice)."""
+    opus_pt = te_pt = pcmu_pt = pcma_pt = None
+    rtpmap = audio.rtpmap
+    for pt in audio.parsed_payload_types if audio.parsed_payload_types is not None else audio.payload_types:
+        codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)      # audio.codec(pt), inlined
+        if codec is None:
+            continue
+        name = codec.encoding.lower()
+        if name == "opus":
+            if opus_pt is None and codec.clock_rate == 48000 and (codec.channels or 1) == 2:
+                opus_pt = pt
+        elif codec.clock_rate != 8000:
+            continue
+        elif name == "telephone-event":
+            if te_pt is None:
+                te_pt = pt
+        elif name == "pcmu":
+            if pcmu_pt is None:
+                pcmu_pt = pt
+        elif name == "pcma" and pcma_pt is None:
+            pcma_pt = pt
+    if te_pt is None:
+        te_pt = _telephone_event_pt(audio)
     g711: list[tuple[str, int]] = []
-    for name, _ in _enabled_g711(additional_codecs):
-        offered_pt = audio.find_codec(name, 8000)
-        if offered_pt is not None:
-            g711.append((name, offered_pt))
+    if additional_codecs:                       # (the usual: Opus only)
+        for name, _ in _enabled_g711(additional_codecs):
+            offered_pt = pcmu_pt if name == "PCMU" else pcma_pt
+            if offered_pt is not None:
+                g711.append((name, offered_pt))
     if opus_pt is None and not g711:
         raise SdpError("No opus/48000/2 rtpmap (nor an enabled PCMU/PCMA) found in the offer")
     # a G.711-only offer (a legacy endpoint without Opus) gets a G.711-only answer
@@ -450,6 +478,31 @@ def answer_codecs(audio: MediaDescription, additional_codecs: Sequence[str] = ()
     return opus_pt, g711, te_pt, pts
 
 
+#: the codec part of Meta's answer by what it depends on (DTLS or SDES, the payload types, the offer's Opus
+#: transport-cc): the m-line's formats and the lines from Opus's a=rtpmap to a=maxptime, written once per
+#: shape (a few in a run; bounded) and filled in per call with the leg's own values
+_ANSWER_CODEC_TEXT: dict[tuple, tuple[str, str]] = {}
+
+
+def _answer_codec_text(dtls: bool, opus_pt: int | None, g711: list[tuple[str, int]], te_pt: int,
+                       pts: list[int], transport_cc: bool) -> tuple[str, str]:
+    key = (dtls, opus_pt, *g711, te_pt, transport_cc)
+    known = _ANSWER_CODEC_TEXT.get(key)
+    if known is not None:
+        return known
+    lines = ""
+    if opus_pt is not None:
+        lines = f"a=rtpmap:{opus_pt} opus/48000/2\r\n"
+        if transport_cc:
+            lines += f"a=rtcp-fb:{opus_pt} transport-cc\r\n"
+        lines += f"a=fmtp:{opus_pt} {_OPUS_FMTP_GRAPH if dtls else _OPUS_FMTP_SIP}\r\n"      # (_opus_fmtp)
+    known = (" ".join(map(str, pts)), lines + _codecs_tail(g711, te_pt))
+    if len(_ANSWER_CODEC_TEXT) >= 64:
+        _ANSWER_CODEC_TEXT.clear()
+    _ANSWER_CODEC_TEXT[key] = known
+    return known
+
+
 def meta_answer(
     leg: LocalMedia,
     offer: SessionDescription,
@@ -458,7 +511,7 @@ def meta_answer(
     additional_codecs: Sequence[str] = (),
 ) -> MetaSdp:
     """:func:`build_meta_answer`, with what :func:`negotiate` needs of the answer (``MetaSdp``)."""
-    kx = _normalise_key_exchange(key_exchange)
+    kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_key_exchange(key_exchange)
     audio = offer.audio
     if audio is None:
         raise SdpError("No m=audio line found in SDP")
@@ -476,57 +529,66 @@ def meta_answer(
         elif attr == "rtcp-mux":
             rtcp_mux = True
     mid = mid or "audio"
-    dtls = kx == "DTLS"
-    # the text written in a few pieces, not line by line (the lines _session_header, the m-line, ... make for
-    # Meta's offer); the same bytes: tests/test_sdp.py compares it with the line-by-line answer
-    text = (f"v=0\r\no=- {leg.session_id} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {mid}\r\n"
-            f"a=msid-semantic: WMS {leg.stream_id}\r\n{_ICE_LITE if dtls else ''}"
-            f"m=audio {leg.port} {DTLS_PROTO if dtls else SDES_PROTO} {' '.join(map(str, pts))}\r\n"
-            f"c=IN IP4 {leg.host}\r\na=rtcp:9 IN IP4 0.0.0.0\r\n")
-    setup = remote_crypto = None
-    if dtls:
-        found = offer.effective_attribute(audio, "setup")
-        offered_setup = found[1] if found else "actpass"
-        setup = "passive" if offered_setup == "active" else "active"
-        text += _join(_dtls_transport_lines(leg, setup, trickle=True))
-    text += f"a=mid:{mid}\r\n"
-    if dtls:
-        for _, value in audio.attributes_named("extmap"):
-            ext_id, _, uri = (value or "").partition(" ")
-            if uri.split(" ")[0] in _EXTMAPS:
-                text += f"a=extmap:{ext_id} {uri.split(' ')[0]}\r\n"
-    text += f"a={direction or _answer_direction(offer, audio)}\r\n"     # (else the session level's)
-    if rtcp_mux or not dtls:
-        text += "a=rtcp-mux\r\n"
-    if not dtls:
-        chosen = _chosen_crypto(offer, audio)
-        if chosen is None:
-            raise SdpError("No acceptable a=crypto line found in the offer")
-        remote_crypto, crypto = chosen
-        text += f"a=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}\r\n"
-    if opus_pt is not None:
-        text += f"a=rtpmap:{opus_pt} opus/48000/2\r\n"
-        if dtls and any(v == f"{opus_pt} transport-cc" for _, v in audio.attributes_named("rtcp-fb")):
-            text += f"a=rtcp-fb:{opus_pt} transport-cc\r\n"
-        text += f"a=fmtp:{opus_pt} {_OPUS_FMTP_GRAPH if dtls else _OPUS_FMTP_SIP}\r\n"      # (_opus_fmtp)
+    direction = direction or _answer_direction(offer, audio)      # (else the session level's)
     payload_types = {"opus": opus_pt} if opus_pt is not None else {}
     for name, pt in g711:                       # as _codec_pts reads them back from the text
         payload_types.setdefault(name.lower(), pt)
     payload_types.setdefault("telephone-event", te_pt)
-    return made(MetaSdp, {"text": text + _audio_tail(g711, te_pt, leg), "payload_types": payload_types,
-                          "setup": setup, "remote_crypto": remote_crypto})
+    ssrc, stream = str(leg.ssrc), leg.stream_id          # (the number written once, not four times)
+    ssrc_lines = (f"a=ssrc:{ssrc} cname:{_SSRC_CNAME}\r\na=ssrc:{ssrc} msid:{stream} {_TRACK_ID}\r\n"
+                  f"a=ssrc:{ssrc} mslabel:{stream}\r\na=ssrc:{ssrc} label:{_TRACK_ID}\r\n")
+    # the text written in a few pieces, not line by line (the lines _session_header, the m-line, ... make for
+    # Meta's offer), its codec part from a template per shape; the same bytes: tests/test_sdp.py compares it
+    # with the line-by-line answer
+    if kx == "SDES":
+        chosen = _chosen_crypto(offer, audio)
+        if chosen is None:
+            raise SdpError("No acceptable a=crypto line found in the offer")
+        remote_crypto, crypto = chosen
+        formats, codec_lines = _answer_codec_text(False, opus_pt, g711, te_pt, pts, False)
+        text = (f"v=0\r\no=- {leg.session_id} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {mid}\r\n"
+                f"a=msid-semantic: WMS {stream}\r\nm=audio {leg.port} {SDES_PROTO} {formats}\r\n"
+                f"c=IN IP4 {leg.host}\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=mid:{mid}\r\na={direction}\r\n"
+                f"a=rtcp-mux\r\na=crypto:{crypto.tag} {crypto.suite} inline:{leg.sdes_key_b64}\r\n"
+                f"{codec_lines}{ssrc_lines}")
+        return made(MetaSdp, {"text": text, "payload_types": payload_types, "setup": None,
+                              "remote_crypto": remote_crypto})
+    found = offer.effective_attribute(audio, "setup")
+    offered_setup = found[1] if found else "actpass"
+    setup = "passive" if offered_setup == "active" else "active"
+    transport_cc = opus_pt is not None and any(v == f"{opus_pt} transport-cc"
+                                               for _, v in audio.attributes_named("rtcp-fb"))
+    formats, codec_lines = _answer_codec_text(True, opus_pt, g711, te_pt, pts, transport_cc)
+    text = (f"v=0\r\no=- {leg.session_id} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {mid}\r\n"
+            f"a=msid-semantic: WMS {stream}\r\n{_ICE_LITE}m=audio {leg.port} {DTLS_PROTO} {formats}\r\n"
+            f"c=IN IP4 {leg.host}\r\na=rtcp:9 IN IP4 0.0.0.0\r\n"
+            f"{_join(_dtls_transport_lines(leg, setup, trickle=True))}a=mid:{mid}\r\n")
+    for _, value in audio.attributes_named("extmap"):
+        ext_id, _, uri = (value or "").partition(" ")
+        if uri.split(" ")[0] in _EXTMAPS:
+            text += f"a=extmap:{ext_id} {uri.split(' ')[0]}\r\n"
+    text += f"a={direction}\r\n"
+    if rtcp_mux:
+        text += "a=rtcp-mux\r\n"
+    return made(MetaSdp, {"text": f"{text}{codec_lines}{ssrc_lines}", "payload_types": payload_types,
+                          "setup": setup, "remote_crypto": None})
 
 
 def _opus_fmtp(pt: int, kx: str) -> str:
     return f"a=fmtp:{pt} {_OPUS_FMTP_GRAPH if kx == 'DTLS' else _OPUS_FMTP_SIP}"
 
 
+def _codecs_tail(g711: list[tuple[str, int]], te_pt: int) -> str:
+    """The codec lines both of Meta's SDPs end with: G.711 codecs, RFC 4733 events, packet time."""
+    g711_lines = "".join([f"a=rtpmap:{pt} {name}/8000\r\n" for name, pt in g711]) if g711 else ""
+    return f"{g711_lines}a=rtpmap:{te_pt} telephone-event/8000\r\na=ptime:20\r\na=maxptime:20\r\n"
+
+
 def _audio_tail(g711: list[tuple[str, int]], te_pt: int, leg: LocalMedia) -> str:
     """How both of Meta's SDPs end, as text: G.711 codecs, RFC 4733 events, packet time, the leg's SSRC
     (RFC 5576: cname, msid, mslabel, label), each line ending in CRLF."""
     ssrc, stream = str(leg.ssrc), leg.stream_id          # (the number written once, not four times)
-    g711_lines = "".join([f"a=rtpmap:{pt} {name}/8000\r\n" for name, pt in g711]) if g711 else ""
-    return (f"{g711_lines}a=rtpmap:{te_pt} telephone-event/8000\r\na=ptime:20\r\na=maxptime:20\r\n"
+    return (f"{_codecs_tail(g711, te_pt)}"
             f"a=ssrc:{ssrc} cname:{_SSRC_CNAME}\r\na=ssrc:{ssrc} msid:{stream} {_TRACK_ID}\r\n"
             f"a=ssrc:{ssrc} mslabel:{stream}\r\na=ssrc:{ssrc} label:{_TRACK_ID}\r\n")
 
@@ -596,13 +658,14 @@ class Negotiated:
         return cls(**values)
 
 
-def _codec_pts(desc: SessionDescription) -> dict[str, int]:
-    audio = desc.audio
+def _codec_pts(audio: MediaDescription | None) -> dict[str, int]:
+    """The first payload type of each codec the relay knows on ``audio``: opus (at 48000), pcmu, pcma and
+    telephone-event (at 8000)."""
     found: dict[str, int] = {}
     if audio is None:
         return found
     rtpmap = audio.rtpmap
-    for pt in audio.payload_types:
+    for pt in audio.parsed_payload_types if audio.parsed_payload_types is not None else audio.payload_types:
         codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)     # audio.codec(pt), inlined
         if codec is None:
             continue
@@ -624,37 +687,46 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
     the DTMF payload type, the business's address, and the SDES key or the DTLS role and the
     business's ICE credentials and fingerprint. ``SdpError`` if either cannot be parsed. Either SDP may
     be given already parsed, and Meta's as the ``MetaSdp`` its builder returned (not parsed at all)."""
-    kx = _normalise_key_exchange(key_exchange)
+    kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_key_exchange(key_exchange)
     if isinstance(meta_sdp, MetaSdp):
         meta, ours, meta_setup = None, meta_sdp.payload_types, meta_sdp.setup or "actpass"
     else:
         meta = meta_sdp if isinstance(meta_sdp, SessionDescription) else parse_sdp(meta_sdp)
-        ours, meta_setup = _codec_pts(meta), None
+        ours, meta_setup = _codec_pts(meta.audio), None
     business = business_sdp if isinstance(business_sdp, SessionDescription) else parse_sdp(business_sdp)
-    theirs = _codec_pts(business)
-    payload_types = {name: pt for name, pt in ours.items() if name in theirs}
     baudio = business.audio
+    theirs = _codec_pts(baudio)
+    payload_types = {}
+    for name, pt in ours.items():               # (a loop: a comprehension is a frame of its own)
+        if name in theirs:
+            payload_types[name] = pt
     send_codec = "opus"
-    for pt in (baudio.payload_types if baudio else []):          # the business's preference
-        codec = baudio.codec(pt)
-        name = codec.encoding.lower() if codec else ""
-        if name in ("opus", "pcmu", "pcma") and name in payload_types:
-            send_codec = name
-            break
     remote_addr = None
-    connection = baudio.connection if baudio and baudio.connection else business.connection
-    if baudio and connection and connection.address not in ("0.0.0.0", "::") and baudio.port not in (0, 9):
-        remote_addr = (connection.address, baudio.port)
+    if baudio is not None:
+        rtpmap = baudio.rtpmap
+        for pt in (baudio.parsed_payload_types if baudio.parsed_payload_types is not None
+                   else baudio.payload_types):            # the business's preference
+            codec = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)     # baudio.codec(pt), inlined
+            name = codec.encoding.lower() if codec else ""
+            if name in ("opus", "pcmu", "pcma") and name in payload_types:
+                send_codec = name
+                break
+        connection = baudio.connection or business.connection
+        if connection and connection.address not in ("0.0.0.0", "::") and baudio.port not in (0, 9):
+            remote_addr = (connection.address, baudio.port)
+    values = {"key_exchange": kx, "dtls_role": None, "remote_fingerprint": None, "remote_ufrag": None,
+              "remote_pwd": None, "remote_crypto": None, "remote_addr": remote_addr, "send_codec": send_codec,
+              "payload_types": payload_types, "remote_key": None}      # every field of Negotiated, in order
     if baudio is None:
-        return _negotiated(kx, remote_addr, send_codec, payload_types)
+        return made(Negotiated, values)
     if kx == "SDES":
-        chosen = _chosen_crypto(business, baudio)      # made once per SDP (by the validation, for a business's)
+        chosen = baudio.chosen_crypto or _chosen_crypto(business, baudio)   # (kept by the validation, for a business's)
         if isinstance(meta_sdp, MetaSdp) and meta_sdp.remote_crypto is not None:   # chosen as the answer was built
-            key = chosen[1] if chosen is not None and chosen[0] == meta_sdp.remote_crypto else None
-            return _negotiated(kx, remote_addr, send_codec, payload_types, remote_crypto=meta_sdp.remote_crypto,
-                               remote_key=key)
-        return _negotiated(kx, remote_addr, send_codec, payload_types, remote_crypto=chosen[0] if chosen else None,
-                           remote_key=chosen[1] if chosen else None)
+            values["remote_crypto"] = meta_sdp.remote_crypto
+            values["remote_key"] = chosen[1] if chosen is not None and chosen[0] == meta_sdp.remote_crypto else None
+        elif chosen is not None:
+            values["remote_crypto"], values["remote_key"] = chosen
+        return made(Negotiated, values)
     ufrag = business.effective_attribute(baudio, "ice-ufrag")
     pwd = business.effective_attribute(baudio, "ice-pwd")
     fingerprint = business.effective_attribute(baudio, "fingerprint")
@@ -667,18 +739,8 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
         role = "server"
     else:   # Meta offered actpass: the business's answer decides
         role = "client" if their_setup == "passive" else "server"
-    return _negotiated(kx, remote_addr, send_codec, payload_types, dtls_role=role,
-                       remote_fingerprint=fingerprint[1] if fingerprint else None,
-                       remote_ufrag=ufrag[1] if ufrag else None, remote_pwd=pwd[1] if pwd else None)
-
-
-def _negotiated(key_exchange: str, remote_addr: Addr | None, send_codec: str, payload_types: dict[str, int], *,
-                dtls_role: str | None = None, remote_fingerprint: str | None = None, remote_ufrag: str | None = None,
-                remote_pwd: str | None = None, remote_crypto: str | None = None,
-                remote_key: CryptoAttribute | None = None) -> Negotiated:
-    """``Negotiated(...)`` made at once (``made``: every field, in order), once per call set up."""
-    return made(Negotiated, {
-        "key_exchange": key_exchange, "dtls_role": dtls_role, "remote_fingerprint": remote_fingerprint,
-        "remote_ufrag": remote_ufrag, "remote_pwd": remote_pwd, "remote_crypto": remote_crypto,
-        "remote_addr": remote_addr, "send_codec": send_codec, "payload_types": payload_types,
-        "remote_key": remote_key})
+    values["dtls_role"] = role
+    values["remote_fingerprint"] = fingerprint[1] if fingerprint else None
+    values["remote_ufrag"] = ufrag[1] if ufrag else None
+    values["remote_pwd"] = pwd[1] if pwd else None
+    return made(Negotiated, values)

@@ -3,7 +3,8 @@
 The SIP gateway (``wacall.sip.gateway``) translates messages; everything it asks here is a domain
 question: which number an INVITE's ``From`` names, which configured server its domain matches, which
 password the digest must use, whether the app behind the server may call, and then the very same
-``business_connect`` / ``business_accept`` / ``business_terminate`` the Graph path uses. Refusals
+rules the Graph path uses: ``place_business_call`` (Graph's ``business_connect`` once its body is read),
+``business_accept``, ``business_terminate``. Refusals
 come back as :class:`SipRefusal` with Meta's status and reason text (calling-wire-spec §7.2), chosen by
 the one table in ``wacall.domain.ends``.
 """
@@ -89,13 +90,15 @@ class SipRules(CallRules):
         user_id = to_user.lstrip("+")        # sip:+US.1349...@wa.meta.vc or sip:US.1349...@wa.meta.vc
         # (a BSUID and a parent BSUID have a dot after their country: a number, the usual user, has none)
         by_id = user_id[2:3] == "." and (is_bsuid(user_id) or is_parent_bsuid(user_id))
-        target = {"recipient": user_id} if by_id else {"to": ascii_digits(to_user)}
-        body = {**target, "session": {"sdp_type": "offer", "sdp": sdp}}
-        try:
-            call = self.business_connect(app, number, body, call_id, leg)
+        try:         # Graph's connect rules, its body's checks but for the `to` and the SDP left out: none to read
+            wa_id = self.bic_recipient(number, None, user_id) if by_id else self.bic_recipient(
+                number, ascii_digits(to_user), None)
+            media_options = self._media_options(number)
+            offer = self._business_sdp(sdp, number, "offer", media_options)
+            return self.place_business_call(app, number, wa_id, sdp, offer, media_options, call_id, leg,
+                                            by_phone=not by_id)
         except GraphError as error:
             raise refusal_for(error) from None
-        return call
 
     def sip_user_headers(self, call: Call) -> list[tuple[str, str]]:
         """Meta's user-identity headers on the INVITE of a user-initiated call (the BSUID page's SIP section;

@@ -186,11 +186,16 @@ class PlatformState:
 
     def put(self, record: Record) -> Record:
         """Keep ``record`` and mark it for persistence with the next commit."""
-        if type(record) is Call:      # (a call's key is its id: read without the property's frame, ~5 puts per call)
-            slot = (Call.KIND, record.id)
+        if type(record) is Call:      # (~5 puts per call: its key is its id, read without the property's frame, and
+            slot = (Call.KIND, record.id)   # its table and indexes set here, without _hold's frame and tests)
+            self.calls[record.id] = record
+            self._index_call(record, slot)
         else:
             slot = (record.KIND, record.key)
-        self._hold(record, slot)
+            if isinstance(record, (Message, Call)):
+                self._hold(record, slot)
+            else:                     # (a pair, a WABA, ...: in no index; 3 puts per SIP flow)
+                self._tables[slot[0]][slot[1]] = record
         self.dirty[slot] = record
         return record
 
@@ -201,10 +206,9 @@ class PlatformState:
             slot = (record.KIND, record.key)
         self._tables[slot[0]][slot[1]] = record
         if isinstance(record, Call):
-            if self._index_call(record):
-                return                 # live before and now: not among the ended (a call's ENDED is final)
-            live = record.live
-        elif isinstance(record, Message):
+            self._index_call(record, slot)
+            return
+        if isinstance(record, Message):
             live = record.live
             if live:
                 self.pending_messages[record.id] = record
@@ -218,9 +222,10 @@ class PlatformState:
             self.ended[slot] = None
             self.ended.move_to_end(slot)
 
-    def _index_call(self, call: Call) -> bool:
-        """The active-call indexes and the timer heap for ``call``; True when it was active already and still
-        is (the usual put of a call in progress), when nothing but its pair slot and its timer can change."""
+    def _index_call(self, call: Call, slot: tuple[str, str]) -> None:
+        """The active-call indexes, the timer heap and the ended calls' order for ``call`` (whose ``(KIND, key)``
+        is ``slot``). The usual put of a call in progress (active already and still) changes nothing but its
+        pair slot and its timer: a call's ENDED is final, so it is not among the ended."""
         call_id = call.id
         if call.state != ENDED:        # (call.live, without the property's frame)
             active = self.active_calls.get(call_id)
@@ -229,11 +234,13 @@ class PlatformState:
             if deadline is not None and self._timed.get(call_id) != deadline:
                 self._push_timer(call)
             if active is call:
-                return True
+                return
             if active is None:
                 self.active_per_number[call.phone_number_id] = self.active_per_number.get(call.phone_number_id, 0) + 1
             self.active_calls[call_id] = call
-        elif self.active_calls.pop(call_id, None) is not None:
+            self.ended.pop(slot, None)
+            return
+        if self.active_calls.pop(call_id, None) is not None:
             self._timed.pop(call_id, None)
             if len(self.timers) > 2 * len(self.active_calls) + 64:    # ended calls' entries: drop them now
                 self._rebuild_timers()
@@ -245,7 +252,8 @@ class PlatformState:
             pair = (call.phone_number_id, call.wa_id)
             if (held := self.active_by_pair.get(pair)) is not None and held.id == call_id:
                 del self.active_by_pair[pair]
-        return False
+        self.ended[slot] = None
+        self.ended.move_to_end(slot)
 
     # -- the calls' timers: a heap, so a tick and the next deadline never scan every active call ----------
     def _push_timer(self, call: Call) -> None:
@@ -324,7 +332,7 @@ class PlatformState:
             if slot in self.dirty:               # not persisted yet: keep until the next commit
                 break
             del self.ended[slot]
-            self._table(slot[0]).pop(slot[1], None)
+            self._tables[slot[0]].pop(slot[1], None)
 
     def load(self, docs: Iterable[tuple[str, dict]]) -> None:
         """Load the working set after a restart, and rebuild the indexes that need history."""
@@ -403,7 +411,8 @@ class PlatformState:
     def number_by_address(self, address: str) -> PhoneNumber | None:
         if address in self.numbers:
             return self.numbers[address]
-        digits = phone_digits(address)
+        # (digits already, as a SIP From user's: phone_digits would hand them back as they are)
+        digits = address if type(address) is str and address.isdigit() and address.isascii() else phone_digits(address)
         if digits is None:
             return None
         for number in self.numbers.values():
@@ -427,7 +436,7 @@ class PlatformState:
     def _find(self, kind: str, key: object) -> Record | None:
         if not isinstance(key, str):
             return None
-        found = self._table(kind).get(key)
+        found = self._tables[kind].get(key)
         if found is None and self.archive is not None and key:
             doc = self.archive.load_record(kind, key)
             if doc is not None:
@@ -437,7 +446,8 @@ class PlatformState:
 
     def call(self, call_id: object) -> Call | None:
         """Any call, live or ended: from memory, else read back from the archive (and kept a while)."""
-        return self._find(Call.KIND, call_id)  # type: ignore[return-value]
+        found = self.calls.get(call_id) if type(call_id) is str else None     # (in memory, the usual: one frame)
+        return found if found is not None else self._find(Call.KIND, call_id)  # type: ignore[return-value]
 
     def message(self, message_id: object) -> Message | None:
         return self._find(Message.KIND, message_id)  # type: ignore[return-value]
