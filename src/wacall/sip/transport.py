@@ -643,7 +643,7 @@ def _stamped_as_usual(msg: Message, host: str, rport: str) -> bool:
 
 def _splices(text: str, host: str) -> bool:
     """``_splice_form(text, host) is not None``, for a plain Via from its facts read in C (sipscan.c via_facts)
-    without a Via made (the transaction layer's key needs none either); tests/test_sip_transport.py compares."""
+    without a Via made (the transaction layer's key needs none either); tests/test_sip_scan.py compares them."""
     facts = _VIA_FACTS(text) if _VIA_FACTS is not None else None
     if facts is None:
         return _splice_form(text, host) is not None
