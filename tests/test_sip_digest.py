@@ -139,6 +139,10 @@ def test_challenge_renders_like_meta() -> None:
     stale = Challenge("wa.meta.vc", "n", None, stale=True).header_value()
     assert stale == 'Digest realm="wa.meta.vc",nonce="n",algorithm=MD5,qop="auth",stale=TRUE'
     assert parse_challenge(stale).stale
+    # a value to escape takes the general way (the usual one is written without _q calls)
+    odd = Challenge('wa"meta', "n\\1", "o").header_value()
+    assert odd == 'Digest realm="wa\\"meta",nonce="n\\\\1",opaque="o",algorithm=MD5,qop="auth"'
+    assert parse_challenge(odd) == Challenge('wa"meta', "n\\1", "o")
 
 
 def test_credentials_render_like_meta() -> None:

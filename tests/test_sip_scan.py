@@ -182,8 +182,18 @@ def fields_checked_agree(data: bytes) -> bool:
 
 def test_the_compiled_field_checks_take_the_usual_message() -> None:
     index = message._scanned(INVITE)[2]
-    assert message._FIELDS_CHECKED(index, "INVITE", {}, {}) == 1 | 2 | 4 | 8      # all four to parse
-    parse_message(INVITE)
+    # the plain forms (via() and name_addr() read them) are checked in C: nothing for Python to parse, no object made
+    assert message._FIELDS_CHECKED(index, "INVITE", {}, {}) == 0
+    odd = (INVITE.replace(b"From: <", b"From: Alice <").replace(b"To: <", b"To: Bob <")
+           .replace(b"Via: SIP/2.0/TLS ", b"Via: SIP/2.0/TLS  ").replace(b"Contact: <", b"Contact: C <"))
+    assert message._FIELDS_CHECKED(message._scanned(odd)[2], "INVITE", {}, {}) == 1 | 2 | 4 | 8   # all four to parse
+    uri._addr_memo.clear()
+    message._via_memo.clear()
+    request = parse_message(INVITE)
+    assert INVITE.decode().split("From: ")[1].split("\r\n")[0] not in uri._addr_memo    # made when first read
+    assert str(request.from_) == "<sip:+442071838750@pbx.business.example>;tag=1SIPpTag001"
+    parse_message(odd)
+    assert message._FIELDS_CHECKED(message._scanned(odd)[2], "INVITE", uri._addr_memo, message._via_memo) == 0
     assert message._FIELDS_CHECKED(index, "INVITE", uri._addr_memo, message._via_memo) == 0
     assert message._FIELDS_CHECKED(index, "BYE", {}, {}) is None                  # the CSeq's method: Python says
     assert message._FIELDS_CHECKED(index, None, {}, {}) is not None               # a response has no method to match
@@ -487,3 +497,68 @@ def test_generated_addresses_agree(head: str, user: str, host: str, uri_params: 
        st.lists(_PIECES, max_size=12).map("".join))
 def test_generated_vias_agree(head: str, tail: str) -> None:
     agree_on_via(head + tail)
+
+
+# --- a Via's facts read in C without the Via made (sipscan.c via_facts): the transaction key and the rport splice ---
+
+from wacall.sip import transport as transport_module  # noqa: E402
+from wacall.sip.message import Headers, Request  # noqa: E402
+from wacall.sip.transaction import TransactionLayer  # noqa: E402
+
+FACT_SEEDS = VIA_SEEDS + [
+    "SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1;rport", "SIP/2.0/TLS 127.0.0.1:5070;Branch=z9hG4bK-1;rport",
+    "SIP/2.0/TLS h;branch=z9hG4bK-1;BRANCH=z9hG4bK-2", "SIP/2.0/TLS h;branch=z9hG4bK-1;branch=z9hG4bK-2;rport",
+    "SIP/2.0/TLS h;branch;rport", "SIP/2.0/TLS h;rport;branch=1234", "SIP/2.0/TLS H.Example:0;branch=z9hG4bKx",
+    "SIP/2.0/TLS h:05061;branch=z9hG4bKx;rport", "SIP/2.0/TLS h;branch=z9hG4bKx;rport;rport",
+    "SIP/2.0/TLS h;branch=z9hG4bKx;RPORT", "SIP/2.0/TLS h" + ";p" * 20 + ";branch=z9hG4bKx;rport",
+    "SIP/2.0/TLS 127.0.0.1;branch=z9hG4bK;rport=5;rport",
+]
+
+
+def _outcome(call) -> tuple:
+    try:
+        return ("ok", call())
+    except Exception as exc:       # noqa: BLE001 - compared, not hidden
+        return ("error", type(exc).__name__, str(exc))
+
+
+def agree_on_via_facts(text: str) -> None:
+    """The transaction key and the splice check from the Via's text in C give what they give from the parsed Via."""
+    for method in ("INVITE", "ACK", "BYE"):
+        request = Request(method, "sip:a@b", Headers([("Via", text), ("Call-ID", "c"), ("CSeq", f"1 {method}"),
+                                                     ("From", "<sip:a@b>;tag=1"), ("To", "<sip:b@c>")]))
+        request.headers._indexed()
+        assert (_outcome(lambda: TransactionLayer.server_key(request))
+                == _outcome(lambda: TransactionLayer._server_key_in_python(request))), (text, method)
+    hosts = ["127.0.0.1", "h", "H", "wa.meta.vc", "[2001:db8::1]", "2001:db8::1"]
+    facts = transport_module._VIA_FACTS(text)
+    if facts is not None:
+        hosts += [facts[0], facts[0].upper()]
+    for host in hosts:
+        assert (_outcome(lambda: transport_module._splices(text, host))
+                == _outcome(lambda: transport_module._splice_form(text, host) is not None)), (text, host)
+
+
+def test_via_facts_take_the_usual_via() -> None:
+    from wacall.sip import _sipscan
+    assert _sipscan.via_facts("SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport=5") == (
+        "127.0.0.1", 5070, "z9hG4bK-1-1-0", True)
+    for text in ["SIP/2.0/TLS h;Branch=z9hG4bK1", "SIP/2.0/TLS h;branch=z9hG4bK1;branch=z9hG4bK2",
+                 "SIP/2.0/TLS [::1]:5060;branch=z9hG4bK1", "SIP/2.0/TLS h ;branch=z9hG4bK1"]:
+        assert _sipscan.via_facts(text) is None, text        # Python's Via answers those
+
+
+def test_via_facts_agree_on_seeds_and_mutations() -> None:
+    for text in FACT_SEEDS:
+        agree_on_via_facts(text)
+    rng = random.Random(17023)
+    for _ in range(3000):
+        agree_on_via_facts(_mutate_text(rng, rng.choice(FACT_SEEDS)))
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.sampled_from(["SIP/2.0/TLS h", "SIP/2.0/TLS 127.0.0.1:5070", "SIP/2.0/TLS h;branch=z9hG4bK"]),
+       st.lists(st.sampled_from([";branch=z9hG4bK1", ";Branch=z9hG4bK2", ";branch", ";rport", ";rport=5", ";x=1",
+                                 ";x", ":5", "0", " ", ",", "=", ";"]), max_size=6).map("".join))
+def test_generated_via_facts_agree(head: str, tail: str) -> None:
+    agree_on_via_facts(head + tail)

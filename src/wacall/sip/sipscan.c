@@ -19,6 +19,8 @@
  *   else (none, several, folded, odd values: Python's lenient reading decides).
  * via(text: str), name_addr(text: str)
  *   The plain forms of a Via and a name-addr, in pieces (see below), or None: Python parses the rest.
+ * via_facts(text: str) -> (host, port, branch, canonical) or None
+ *   What the transaction key and the rport splice read of a plain Via, without a Via made (see below).
  * rport_spliced(data: bytes, port: int) -> bytes or None
  *   The usual request with the transport's RFC 3581 stamp in its octets: when data is not a response (its first
  *   four octets are not "SIP/" in any case), its first line ends in CRLF, its second line is "Via: <value>"
@@ -494,8 +496,9 @@ static int is_alnum(unsigned char c) {
 static PyObject *piece(PyObject *s, Py_ssize_t a, Py_ssize_t b) { return PyUnicode_Substring(s, a, b); }
 
 /* ``;name[=value]`` ... from d[i] to d[n]: names of token characters, values of the given class (both
- * non-empty), nothing else (no whitespace, no quotes), into dict ``params``; 0 if the text is not that form,
- * -1 on a Python error. *count is the number of parameters read (a repeated name counts twice). */
+ * non-empty), nothing else (no whitespace, no quotes), into dict ``params`` (NULL: the form only checked);
+ * 0 if the text is not that form, -1 on a Python error. *count is the number of parameters read (a repeated
+ * name counts twice). */
 static int plain_params(PyObject *s, const unsigned char *d, Py_ssize_t i, Py_ssize_t n,
                         const unsigned char *name_class, const unsigned char *value_class,
                         PyObject *params, Py_ssize_t *count) {
@@ -505,6 +508,15 @@ static int plain_params(PyObject *s, const unsigned char *d, Py_ssize_t i, Py_ss
         Py_ssize_t a = ++i;
         while (i < n && name_class[d[i]]) i++;
         if (i == a) return 0;
+        if (params == NULL) {                 /* the form checked only: no pieces made */
+            if (i < n && d[i] == '=') {
+                Py_ssize_t b = ++i;
+                while (i < n && value_class[d[i]]) i++;
+                if (i == b) return 0;
+            }
+            (*count)++;
+            continue;
+        }
         PyObject *name = piece(s, a, i);
         if (name == NULL) return -1;
         PyObject *value = Py_None;
@@ -541,35 +553,50 @@ static int plain_port(const unsigned char *d, Py_ssize_t i, Py_ssize_t j, long *
     return 1;
 }
 
+/* The plain form of a Via (see via below) checked: 1 if ``text`` is that form (its pieces' ends in *at: transport
+ * end, host start, host end, params start; the port in *port, -1 if none; whether str(via) gives the text back
+ * as far as the port tells, in *canonical), else 0. No Python object is made. */
+static int via_form(PyObject *text, Py_ssize_t *at, long *port, int *canonical) {
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text)) return 0;
+    const unsigned char *d = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 8;
+    if (n < 10 || memcmp(d, "SIP/2.0/", 8) != 0) return 0;
+    while (i < n && token_char[d[i]]) i++;
+    at[0] = i;
+    if (at[0] == 8 || i >= n || d[i] != ' ') return 0;
+    at[1] = ++i;
+    while (i < n && host_char[d[i]]) i++;
+    at[2] = i;
+    if (at[2] == at[1]) return 0;
+    *port = -1;
+    *canonical = 1;
+    if (i < n && d[i] == ':') {
+        Py_ssize_t p = ++i;
+        while (i < n && d[i] >= '0' && d[i] <= '9') i++;
+        if (!plain_port(d, p, i, port)) return 0;          /* 6 digits, over 65535: Python says */
+        if (d[p] == '0' && i - p > 1) *canonical = 0;       /* str(via) drops the leading zeros */
+    }
+    at[3] = i;
+    Py_ssize_t count;
+    return plain_params(text, d, i, n, token_char, via_value_char, NULL, &count);
+}
+
 /* via(text: str) -> (transport, host, port or None, params dict, canonical) or None
  *   The form every sender writes, ``SIP/2.0/TLS host[:port][;name[=value]]...`` (no whitespace, no quoted
  *   value, a host name or IPv4 address): the pieces message._parse_via builds its Via from, and whether
  *   str(via) is the text itself (the port in plain digits, no parameter twice). None for everything else. */
 static PyObject *via(PyObject *module, PyObject *text) {
     (void)module;
-    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
+    Py_ssize_t at[4];
+    long port;
+    int canonical;
+    if (!via_form(text, at, &port, &canonical)) Py_RETURN_NONE;
     const unsigned char *d = PyUnicode_1BYTE_DATA(text);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 8;
-    if (n < 10 || memcmp(d, "SIP/2.0/", 8) != 0) Py_RETURN_NONE;
-    while (i < n && token_char[d[i]]) i++;
-    Py_ssize_t transport_end = i;
-    if (transport_end == 8 || i >= n || d[i] != ' ') Py_RETURN_NONE;
-    Py_ssize_t host_start = ++i;
-    while (i < n && host_char[d[i]]) i++;
-    Py_ssize_t host_end = i;
-    if (host_end == host_start) Py_RETURN_NONE;
-    long port = -1;
-    int canonical = 1;
-    if (i < n && d[i] == ':') {
-        Py_ssize_t p = ++i;
-        while (i < n && d[i] >= '0' && d[i] <= '9') i++;
-        if (!plain_port(d, p, i, &port)) Py_RETURN_NONE;        /* 6 digits, over 65535: Python says */
-        if (d[p] == '0' && i - p > 1) canonical = 0;              /* str(via) drops the leading zeros */
-    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     PyObject *params = PyDict_New();
     if (params == NULL) return NULL;
     Py_ssize_t count;
-    int rc = plain_params(text, d, i, n, token_char, via_value_char, params, &count);
+    int rc = plain_params(text, d, at[3], n, token_char, via_value_char, params, &count);
     if (rc <= 0) {
         Py_DECREF(params);
         if (rc < 0) return NULL;
@@ -577,7 +604,7 @@ static PyObject *via(PyObject *module, PyObject *text) {
     }
     if (PyDict_GET_SIZE(params) != count) canonical = 0;         /* a repeated name renders once */
     PyObject *port_obj = port < 0 ? (Py_INCREF(Py_None), Py_None) : PyLong_FromLong(port);
-    PyObject *transport = piece(text, 8, transport_end), *host = piece(text, host_start, host_end);
+    PyObject *transport = piece(text, 8, at[0]), *host = piece(text, at[1], at[2]);
     PyObject *out = NULL;
     if (port_obj != NULL && transport != NULL && host != NULL)
         out = PyTuple_Pack(5, transport, host, port_obj, params, canonical ? Py_True : Py_False);
@@ -588,6 +615,62 @@ static PyObject *via(PyObject *module, PyObject *text) {
     return out;
 }
 
+/* via_facts(text: str) -> (host, port or None, branch or None, canonical) or None
+ *   What the transaction layer's key (RFC 3261 section 17.2.3) and the transport's rport splice read of a Via of
+ *   the plain form via() reads, without the Via made: its host and port as via() gives them, the value of its
+ *   one parameter named "branch" (None: a valueless one, or none), and whether str(via) is the text (as via()
+ *   says). None for everything else, and for a "branch" in another case or twice (Python's Via answers those). */
+static PyObject *via_facts(PyObject *module, PyObject *text) {
+    (void)module;
+    Py_ssize_t at[4];
+    long port;
+    int canonical;
+    if (!via_form(text, at, &port, &canonical)) Py_RETURN_NONE;
+    const unsigned char *d = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = at[3];
+    Py_ssize_t names[16][2], branch[2] = {-1, -1};
+    int k = 0, branches = 0;
+    while (i < n) {                                   /* ";name[=value]" each (via_form checked the form) */
+        Py_ssize_t a = ++i;
+        while (i < n && token_char[d[i]]) i++;
+        Py_ssize_t b = i, va = -1, vb = -1;
+        if (i < n && d[i] == '=') {
+            va = ++i;
+            while (i < n && via_value_char[d[i]]) i++;
+            vb = i;
+        }
+        if (k == 16) Py_RETURN_NONE;                  /* (16 parameters: more are Python's) */
+        for (int j = 0; j < k; j++)
+            if (names[j][1] - names[j][0] == b - a && memcmp(d + names[j][0], d + a, (size_t)(b - a)) == 0)
+                canonical = 0;                        /* a repeated name renders once */
+        names[k][0] = a;
+        names[k][1] = b;
+        k++;
+        if (b - a == 6) {
+            int same = 1, exact = 1;
+            for (int c = 0; c < 6; c++) {
+                if (lower(d[a + c]) != (unsigned char)"branch"[c]) same = 0;
+                if (d[a + c] != (unsigned char)"branch"[c]) exact = 0;
+            }
+            if (same) {
+                if (!exact || branches++) Py_RETURN_NONE;
+                branch[0] = va;
+                branch[1] = vb;
+            }
+        }
+    }
+    PyObject *host = piece(text, at[1], at[2]);
+    PyObject *port_obj = port < 0 ? (Py_INCREF(Py_None), Py_None) : PyLong_FromLong(port);
+    PyObject *branch_obj = branch[0] < 0 ? (Py_INCREF(Py_None), Py_None) : piece(text, branch[0], branch[1]);
+    PyObject *out = NULL;
+    if (host != NULL && port_obj != NULL && branch_obj != NULL)
+        out = PyTuple_Pack(4, host, port_obj, branch_obj, canonical ? Py_True : Py_False);
+    Py_XDECREF(host);
+    Py_XDECREF(port_obj);
+    Py_XDECREF(branch_obj);
+    return out;
+}
+
 /* name_addr(text: str) -> (display or None, uri text, scheme, user or None, host, port or None, uri params,
  *                          params) or None
  *   The usual From/To/Contact: ``["display"] <sip:user@host[:port];uri-params>;params`` (a quoted display
@@ -595,52 +678,66 @@ static PyObject *via(PyObject *module, PyObject *text) {
  *   IPv4 address, no password, escapes or headers; header parameters ``;name[=value]`` of tokens and hosts,
  *   no whitespace or quotes): the pieces uri._parse_name_addr builds its NameAddr and SipUri from. None for
  *   everything else (token display names, addr-specs, other schemes, IPv6, ...): Python parses. */
-static PyObject *name_addr(PyObject *module, PyObject *text) {
-    (void)module;
-    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
+/* The usual name-addr (see name_addr below) checked: 1 if ``text`` is that form (its pieces' offsets in *at:
+ * display start (-1: none), display end, uri start, scheme end, user start, user end, host start, host end,
+ * uri params start, uri end; the port in *port, -1 if none), else 0 (-1 never: no Python object is made). */
+static int name_addr_form(PyObject *text, Py_ssize_t *at, long *port) {
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text)) return 0;
     const unsigned char *d = PyUnicode_1BYTE_DATA(text);
     Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
-    Py_ssize_t display_start = -1, display_end = -1;
+    at[0] = at[1] = -1;
     if (n > 0 && d[0] == '"') {
         i = 1;
         while (i < n && d[i] >= 0x20 && d[i] < 0x7f && d[i] != '"' && d[i] != '\\') i++;
-        if (i >= n || d[i] != '"') Py_RETURN_NONE;
-        display_start = 1;
-        display_end = i++;
+        if (i >= n || d[i] != '"') return 0;
+        at[0] = 1;
+        at[1] = i++;
         while (i < n && (d[i] == ' ' || d[i] == '\t')) i++;
     }
-    if (i >= n || d[i] != '<') Py_RETURN_NONE;
-    Py_ssize_t uri_start = ++i, scheme_end;
-    if (n - i > 5 && memcmp(d + i, "sips:", 5) == 0) scheme_end = i + 4;
-    else if (n - i > 4 && memcmp(d + i, "sip:", 4) == 0) scheme_end = i + 3;
-    else Py_RETURN_NONE;
-    Py_ssize_t user_start = i = scheme_end + 1;
+    if (i >= n || d[i] != '<') return 0;
+    at[2] = ++i;
+    if (n - i > 5 && memcmp(d + i, "sips:", 5) == 0) at[3] = i + 4;
+    else if (n - i > 4 && memcmp(d + i, "sip:", 4) == 0) at[3] = i + 3;
+    else return 0;
+    at[4] = i = at[3] + 1;
     while (i < n && user_char[d[i]]) i++;
-    if (i >= n || d[i] != '@' || i == user_start) Py_RETURN_NONE;   /* no user part, a password, escapes */
-    Py_ssize_t user_end = i, host_start = ++i;
+    if (i >= n || d[i] != '@' || i == at[4]) return 0;     /* no user part, a password, escapes */
+    at[5] = i;
+    at[6] = ++i;
     while (i < n && host_char[d[i]]) i++;
-    Py_ssize_t host_end = i;
+    at[7] = i;
     /* uri._HOSTNAME_RE: begins with alphanum, ends with alphanum or "." */
-    if (host_end == host_start || !is_alnum(d[host_start])
-        || !(is_alnum(d[host_end - 1]) || d[host_end - 1] == '.')) Py_RETURN_NONE;
-    long port = -1;
+    if (at[7] == at[6] || !is_alnum(d[at[6]]) || !(is_alnum(d[at[7] - 1]) || d[at[7] - 1] == '.')) return 0;
+    *port = -1;
     if (i < n && d[i] == ':') {
         Py_ssize_t p = ++i;
         while (i < n && d[i] >= '0' && d[i] <= '9') i++;
-        if (!plain_port(d, p, i, &port)) Py_RETURN_NONE;
+        if (!plain_port(d, p, i, port)) return 0;
     }
-    Py_ssize_t uri_params_start = i;
+    at[8] = i;
     while (i < n && d[i] != '>') i++;
-    if (i >= n) Py_RETURN_NONE;
-    Py_ssize_t uri_end = i;
+    if (i >= n) return 0;
+    at[9] = i;
+    Py_ssize_t count;
+    return plain_params(text, d, at[8], at[9], pchar, pchar, NULL, &count) > 0
+           && plain_params(text, d, at[9] + 1, n, token_char, via_value_char, NULL, &count) > 0;
+}
+
+static PyObject *name_addr(PyObject *module, PyObject *text) {
+    (void)module;
+    Py_ssize_t at[10];
+    long port;
+    if (!name_addr_form(text, at, &port)) Py_RETURN_NONE;
+    const unsigned char *d = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     PyObject *uri_params = PyDict_New(), *params = PyDict_New();
     PyObject *out = NULL, *display = NULL, *uri_text = NULL, *scheme = NULL, *user = NULL, *host = NULL,
              *port_obj = NULL;
     Py_ssize_t count;
     int rc;
     if (uri_params == NULL || params == NULL) goto done;
-    rc = plain_params(text, d, uri_params_start, uri_end, pchar, pchar, uri_params, &count);
-    if (rc > 0) rc = plain_params(text, d, uri_end + 1, n, token_char, via_value_char, params, &count);
+    rc = plain_params(text, d, at[8], at[9], pchar, pchar, uri_params, &count);
+    if (rc > 0) rc = plain_params(text, d, at[9] + 1, n, token_char, via_value_char, params, &count);
     if (rc <= 0) {
         if (rc == 0) {
             out = Py_None;
@@ -648,11 +745,11 @@ static PyObject *name_addr(PyObject *module, PyObject *text) {
         }
         goto done;
     }
-    display = display_start < 0 ? (Py_INCREF(Py_None), Py_None) : piece(text, display_start, display_end);
-    uri_text = piece(text, uri_start, uri_end);
-    scheme = piece(text, uri_start, scheme_end);
-    user = piece(text, user_start, user_end);
-    host = piece(text, host_start, host_end);
+    display = at[0] < 0 ? (Py_INCREF(Py_None), Py_None) : piece(text, at[0], at[1]);
+    uri_text = piece(text, at[2], at[9]);
+    scheme = piece(text, at[2], at[3]);
+    user = piece(text, at[4], at[5]);
+    host = piece(text, at[6], at[7]);
     port_obj = port < 0 ? (Py_INCREF(Py_None), Py_None) : PyLong_FromLong(port);
     if (display && uri_text && scheme && user && host && port_obj)
         out = PyTuple_Pack(8, display, uri_text, scheme, user, host, port_obj, uri_params, params);
@@ -696,7 +793,9 @@ static int one_element(PyObject *v) {
  *   element, a Call-ID without SP/HTAB, "CSeq: <digits up to 2**31-1> <method>" with the request's method
  *   (method None: a response), Max-Forwards absent or 0-255 as senders write it, Contact absent or one field of
  *   one element. Then the values whose syntax only a parse tells: a bit for each not already in its memo
- *   (``addresses``: uri._addr_memo, ``vias``: message._via_memo, which keep successes only): 1 From, 2 To, 4 Via,
+ *   (``addresses``: uri._addr_memo, ``vias``: message._via_memo, which keep successes only) and not of the plain
+ *   form via() / name_addr() read (a value of that form parses: it is checked here, and its object is made when
+ *   a layer above first reads it; the ACK's To, with the tag of the 407, never is): 1 From, 2 To, 4 Via,
  *   8 Contact ("*" needs none), for Python to parse in that order. None for anything else: Python checks it all. */
 static PyObject *fields_checked(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
@@ -749,15 +848,18 @@ static PyObject *fields_checked(PyObject *module, PyObject *const *args, Py_ssiz
     long missing = 0;
     PyObject *addresses = args[2], *vias = args[3];
     int rc;
+    Py_ssize_t at[10];
+    long port;
+    int canonical;
     if ((rc = PyDict_Contains(addresses, from)) < 0) return NULL;
-    if (!rc) missing |= 1;
+    if (!rc && !name_addr_form(from, at, &port)) missing |= 1;
     if ((rc = PyDict_Contains(addresses, to)) < 0) return NULL;
-    if (!rc) missing |= 2;
+    if (!rc && !name_addr_form(to, at, &port)) missing |= 2;
     if ((rc = PyDict_Contains(vias, via)) < 0) return NULL;
-    if (!rc) missing |= 4;
+    if (!rc && !via_form(via, at, &port, &canonical)) missing |= 4;
     if (contact != NULL && !(PyUnicode_GET_LENGTH(contact) == 1 && PyUnicode_1BYTE_DATA(contact)[0] == '*')) {
         if ((rc = PyDict_Contains(addresses, contact)) < 0) return NULL;
-        if (!rc) missing |= 8;
+        if (!rc && !name_addr_form(contact, at, &port)) missing |= 8;
     }
     return PyLong_FromLong(missing);
 }
@@ -892,6 +994,7 @@ static PyMethodDef methods[] = {
      "The one plain Content-Length of head[:end], or -1."},
     {"via", via, METH_O, "The plain form of a Via's pieces (see sipscan.c), or None."},
     {"name_addr", name_addr, METH_O, "The usual form of a name-addr's pieces (see sipscan.c), or None."},
+    {"via_facts", via_facts, METH_O, "A plain Via's host, port, branch and canonical flag (see sipscan.c), or None."},
     {"rport_spliced", (PyCFunction)(void (*)(void))rport_spliced, METH_FASTCALL,
      "The usual request with =<port> after its first Via's ;rport (see sipscan.c), or None."},
     {"render", (PyCFunction)(void (*)(void))render, METH_FASTCALL,

@@ -638,7 +638,22 @@ def _stamped_as_usual(msg: Message, host: str, rport: str) -> bool:
     if type(msg) is not Request or not items:
         return False
     name, text = items[0]
-    return name == "Via" and text.endswith(";rport=" + rport) and _splice_form(text, host) is not None
+    return name == "Via" and text.endswith(";rport=" + rport) and _splices(text, host)
+
+
+def _splices(text: str, host: str) -> bool:
+    """``_splice_form(text, host) is not None``, for a plain Via from its facts read in C (sipscan.c via_facts)
+    without a Via made (the transaction layer's key needs none either); tests/test_sip_scan.py compares them."""
+    facts = _VIA_FACTS(text) if _VIA_FACTS is not None else None
+    if facts is None:
+        return _splice_form(text, host) is not None
+    if text.lower().count(";rport") != 1:      # (a plain Via holds no ",")
+        return False
+    via_host, _, _, canonical = facts
+    return canonical and (via_host == host or via_host.strip("[]").lower() == host.lower())
+
+
+_VIA_FACTS = _load_compiled("via_facts")
 
 
 def stamp_via(request: Request, peer: tuple[str, int]) -> None:
