@@ -496,15 +496,18 @@ class SipGateway:
         call = self._call(call_id)
         if call is None:
             return
+        # A preparer's changes join the commit under way: they are made here directly, as an apply() inside it
+        # would make them (it neither commits nor defers there), without its frame and closure.
         state = call.state
         if state == RINGING and not dialog.sent_ringing:
             dialog.sent_ringing = True
             ringing = dialog.outgoing = self._dialog_response(dialog.invite, dialog, 180, "Ringing")
-            self.host.apply(lambda: self._note_message(call, "out", ringing), defer=True)   # (trace(), the call known)
+            self._note_message(call, "out", ringing)              # (trace(), the call known)
         elif state == ACCEPTED:
             dialog.final_status = 200
-            dialog.outgoing = self._dialog_response(dialog.invite, dialog, 200, "OK", sdp=call.meta_sdp)
-            self._save(dialog, "out", dialog.outgoing, call)
+            ok = dialog.outgoing = self._dialog_response(dialog.invite, dialog, 200, "OK", sdp=call.meta_sdp)
+            self._note_message(call, "out", ok)                   # (_save(), the call known and not ended)
+            self.platform.sip_dialog_state(call, dialog.state())
 
     def prepare_released(self, event: ReleaseMedia) -> None:
         """Before the commit that ends a call, once its media leg was released (a ``ReleaseMedia`` preparer
@@ -519,7 +522,7 @@ class SipGateway:
         if call is None:
             return
         ok, dialog.bye_ok = dialog.bye_ok, None
-        self.host.apply(lambda: self._note_message(call, "out", ok), defer=True)
+        self._note_message(call, "out", ok)       # (in the commit under way, as in prepare_call_changed)
 
     def _send_prepared(self, dialog: Dialog) -> None:
         response, dialog.outgoing = dialog.outgoing, None
