@@ -190,6 +190,37 @@ def test_entries_of_one_millisecond_share_its_t_and_the_next_millisecond_rounds_
     assert [entry["t"] for _, entry in platform.drain_notes()] == [round(T0 + step, 3) for step in steps]
 
 
+def test_note_values_makes_the_entry_note_makes_and_note_leaves_out_none():
+    """The hot paths' ``note_values`` (a dict of values none of which is None) against ``note`` (keyword values):
+    the same entries, in the same key order (what the store encodes), t from the same clock readings; and
+    ``note`` leaves a None value out."""
+    from wacall.domain.model import Call
+    clock = [T0 + 0.0101]
+    domain = Domain()
+    domain.clock._source = lambda: clock[0]
+    platform = domain.platform
+    call = Call(id="wacid.t", phone_number_id=domain.number.id, wa_id=ALICE, direction="BUSINESS_INITIATED")
+    values = [("state", {"state": "ENDED", "previous": "ACCEPTED", "reason": "completed", "by": "business"}),
+              ("user", {"action": "answer"}), ("sip_message", {"direction": "in", "line": "BYE x", "raw": "BYE x\r\n"}),
+              ("webhook_suppressed", {"reason": "r", "event": "CallStatus"}), ("api", {})]
+    made = {}
+    for way in ("note", "note_values"):
+        clock[0] = T0 + 0.0101
+        for kind, data in values:
+            clock[0] += 0.0004
+            if way == "note":
+                platform.note(call, kind, **data)
+            else:
+                platform.note_values(call, kind, dict(data))
+        made[way] = platform.drain_notes()
+    assert made["note"] == made["note_values"]
+    assert [list(entry.items()) for _, entry in made["note"]] == [list(entry.items()) for _, entry in made["note_values"]]
+    assert [list(entry) for _, entry in made["note"]][0] == ["t", "kind", "state", "previous", "reason", "by"]
+    platform.note(call, "media", event="dtls_connected", profile=None, role="server")
+    assert [entry for _, entry in platform.drain_notes()] == [
+        {"t": round(clock[0], 3), "kind": "media", "event": "dtls_connected", "role": "server"}]
+
+
 def test_a_new_id_is_written_as_secrets_token_urlsafe_writes_its_random_octets():
     """``new_id``'s text (binascii in C) against ``secrets.token_urlsafe``'s own way (base64.urlsafe_b64encode,
     padding stripped) for the same octets, every length around 24; and a new id's shape."""

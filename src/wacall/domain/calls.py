@@ -67,6 +67,7 @@ UNCALLABLE_PLATFORMS = {"web", "desktop"}
 ENTRY_POINTS = ("call_icon", "call_button", "deeplink", "call_log")
 #: the calling webhooks a SIP call sends with ``calling.sip.webhook_delivery`` ENABLED, by the Graph event
 _SIP_WEBHOOKS: dict[type, type] = {CallConnect: CallCreated, CallTerminate: CallTerminate}
+_SIP_SUPPRESSED = "number is SIP-enabled; calling webhooks are not sent"     # the others' webhook_suppressed reason
 
 # voicemail (docs/fidelity.md, "Voicemail"): what the user says when it leaves a message and nobody chose
 # otherwise, the longest message the control API accepts, and how long past what the relay should take
@@ -192,14 +193,13 @@ class CallRules(PlatformState):
         if delivered is not None and calling_settings.sip_webhook_delivery(self.numbers[call.phone_number_id].calling):
             events.append(delivered(call.id))
         else:
-            self.note(call, "webhook_suppressed", reason="number is SIP-enabled; calling webhooks are not sent",
-                      event=type(event).__name__)
+            self.note_values(call, "webhook_suppressed", {"reason": _SIP_SUPPRESSED, "event": type(event).__name__})
         if signal:
             events.append(SipCallChanged(call.id))     # the SIP gateway signals the change
 
     def _set_state(self, call: Call, state: str, **why) -> None:
         previous, call.state = call.state, state
-        self.note(call, "state", state=state, previous=previous, **why)
+        self.note_values(call, "state", {"state": state, "previous": previous, **why})
         self.put(call)
 
     def _end(self, call: Call, *, status: str, reason: str, by: str, errors: list[dict] | None = None) -> None:
@@ -372,7 +372,7 @@ class CallRules(PlatformState):
         initiated.append(now)
         if by_phone:
             identity.phone_used(self, number, wa_id, now)
-        self.note(call, "api", action="connect", app_id=app.id, to=wa_id)
+        self.note_values(call, "api", {"action": "connect", "app_id": app.id, "to": wa_id})
         self._schedule_user_reaction(call, user, now)     # before the state's put: that one put keeps both
         self._set_state(call, RINGING, direction=BUSINESS_INITIATED)
         self._emit_call(call, CallConnect(call.id), signal=False)     # (one SipCallChanged for both)
@@ -397,7 +397,7 @@ class CallRules(PlatformState):
     def user_answers(self, call: Call) -> None:
         if call.state != RINGING or call.direction != BUSINESS_INITIATED:
             raise ControlError("not_ringing", f"call {call.id} is {call.state}, not ringing on the user's phone")
-        self.note(call, "user", action="answer")
+        self.note_values(call, "user", {"action": "answer"})
         self._connected(call)
         self._emit_call(call, CallStatus(call.id, "ACCEPTED", call.accepted_at))
 

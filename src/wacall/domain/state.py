@@ -366,26 +366,23 @@ class PlatformState:
         self._timed.clear()
 
     def note(self, call: Call, kind: str, **data) -> None:
-        """A timeline entry for ``call``: appended to the call's timeline table with the next commit."""
-        now = self.clock.now()
-        if self._note_low < now < self._note_high:      # the last entry's millisecond: its t (round_ms(now))
-            t = self._note_t
-        else:
-            self._note_t, self._note_low, self._note_high = millisecond(now)
-            t = self._note_t
-        # built once, as stored and read back: a None value is left out (most entries have none: then the
-        # values are copied at once, not one by one; a loop finds a None sooner than `None in data.values()`,
-        # which compares each value with None through its type's __eq__)
+        """A timeline entry for ``call``: appended to the call's timeline table with the next commit. A None
+        value is left out (most entries have none: a loop finds a None sooner than `None in data.values()`,
+        which compares each value with None through its type's __eq__)."""
         for value in data.values():
             if value is None:
-                entry = {"t": t, "kind": kind}
-                for key, value in data.items():
-                    if value is not None:
-                        entry[key] = value
+                data = {key: value for key, value in data.items() if value is not None}
                 break
-        else:
-            entry = {"t": t, "kind": kind, **data}
-        self.notes.append((call.id, entry))
+        self.note_values(call, kind, data)
+
+    def note_values(self, call: Call, kind: str, values: dict) -> None:
+        """:meth:`note` for the hot paths (a SIP flow's 17 entries): its values as a dict, none of them None (kept
+        as they are). No keyword arguments packed again and no None looked for: ~1-3 k instructions less an entry.
+        The entry is built once, as stored and read back: t, kind, then the values in their order."""
+        now = self.clock.now()
+        if not self._note_low < now < self._note_high:   # not the last entry's millisecond: round (round_ms(now))
+            self._note_t, self._note_low, self._note_high = millisecond(now)
+        self.notes.append((call.id, {"t": self._note_t, "kind": kind, **values}))
 
     # -- lookups ----------------------------------------------------------------------------
     def app_for_token(self, token: str | None) -> App | None:

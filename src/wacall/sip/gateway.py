@@ -256,8 +256,8 @@ class SipGateway:
         raw = message.to_bytes().decode("utf-8", "replace")
         # the start line (a rendered message always has one CRLF): one partition, ~0.6 k instructions less than
         # a find and a slice
-        self.platform.note(call, "sip_message", direction=direction, line=raw.partition("\r\n")[0],
-                           raw=raw[:TRACE_LIMIT])
+        self.platform.note_values(call, "sip_message", {"direction": direction, "line": raw.partition("\r\n")[0],
+                                                        "raw": raw[:TRACE_LIMIT]})
 
     def _send_response(self, txn: ServerTransaction, response: Response, call_id: str | None = None) -> None:
         self.trace(call_id, "out", response)
