@@ -274,6 +274,8 @@ async def test_grouped_changes_soon_after_a_commit_wait_for_the_window(tmp_path,
     first, second, third, loud = "447700911071", "447700911072", "447700911073", "447700911074"
     wacall.apply(create(first))                               # committed at once: the window opens
     wacall.apply(create(second, Announced(second)), group=True)
+    assert wacall._grouped is not None                        # its commit is planned, at the window's end
+    assert wacall._grouped.when() == pytest.approx(wacall._committed_at + 3600.0)
     for _ in range(3):
         await asyncio.sleep(0)
     wacall.apply(create(third, Announced(third)), group=True)  # a later loop turn: joins the same commit

@@ -74,7 +74,8 @@ T = TypeVar("T")
 MAX_BODY = 1024 * 1024
 VOICEMAIL_MIME = "audio/ogg; codecs=opus"      # Meta's voicemail sample
 #: events that make no webhook (consumed inside the process): a grouped change that emits only these may wait
-#: for the end of the loop turn to be committed (``Wacall.apply(group=True)``)
+#: for the end of the loop turn, or of GROUPED_WITHIN after the last commit, to be committed
+#: (``Wacall.apply(group=True)``)
 QUIET_EVENTS = (SipCallChanged, ReleaseMedia, MediaConfigure, MediaConnected, VoicemailAnswer, VoicemailRecord)
 # How long a deferred fact (apply(defer=True): a SIP trace, a dialog's state, a media note) may wait for its commit:
 # any commit before then takes it along. Nobody was told of it, so a kill -9 inside the window loses no promise
@@ -334,8 +335,8 @@ class Wacall:
             await self.sip.close()
         await self.media.close()
         for _ in range(8):                 # deferred facts (the last traces, final statistics) and grouped changes
-            if self._deferred is None and self._grouped is None:   # waiting for their window: committed now, and
-                break                      # those the consumers of that commit deferred (bounded: not a loop
+            if self._deferred is None and not self._flush_scheduled:   # waiting for their commit: committed now,
+                break                      # and those the consumers of that commit deferred (bounded: not a loop
             self._commit()                 # that a consumer deferring on each commit would keep going)
         self.live.close()                  # open streams end: the runner's cleanup does not wait on them
         if self._http is not None:
@@ -410,8 +411,9 @@ class Wacall:
         causes that leaves the process (the SIP 180/200) is sent by the event's consumers, which run
         after the commit. If it caused no webhook (only ``QUIET_EVENTS`` are pending), it is
         committed, and its consumers run, at the end of this event-loop iteration together with every
-        other change made by then: the SIP requests and timers of one loop turn share one transaction,
-        and still nothing is announced before it is durable. A webhook does not wait for the loop turn
+        other change made by then (under load: at the end of ``GROUPED_WITHIN`` after the last commit): the
+        SIP requests and timers of one loop turn share one transaction, and still nothing is announced
+        before it is durable. A webhook does not wait for the loop turn
         (its latency is measured from the state change), so a change that makes one is committed at
         once, as is an operation that raises (its caller answers the refusal itself).
         """
@@ -483,12 +485,12 @@ class Wacall:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self._grouped = None
         self._commit()
 
     def settle(self) -> None:
         """Commit the changes still waiting for their commit (see ``settled``): deferred facts in their window, and
-        grouped changes waiting for the end of the loop turn (an HTTP request's task may run before that)."""
+        grouped changes waiting for the end of the loop turn or of their GROUPED_WITHIN window (an HTTP request's
+        task may run before that)."""
         if (self._deferred is not None or self._flush_scheduled) and not self._applying:
             self._commit()
 

@@ -87,7 +87,13 @@ def _version_at_least(version: str, minimum: str) -> bool:
     return version_tuple(version) >= version_tuple(minimum)
 
 
-#: whether a client ``version`` is ``minimum`` or newer (both strings: the user fields and the limits are
-#: checked as such): a handful of pairs, asked on every call placed, each answered once (no Python frame when
-#: known: three a call before)
-version_at_least = functools.lru_cache(maxsize=256)(_version_at_least)
+_known_at_least = functools.lru_cache(maxsize=256)(_version_at_least)
+
+
+def version_at_least(version: str, minimum: str) -> bool:
+    """Whether a client ``version`` is ``minimum`` or newer (both strings: the user fields and the limits are
+    checked as such): a handful of pairs, asked on every call placed, each answered once; a long string (a
+    client_version nobody bounded) is answered without being kept."""
+    if len(version) <= 64 and len(minimum) <= 64:
+        return _known_at_least(version, minimum)
+    return _version_at_least(version, minimum)
