@@ -215,6 +215,9 @@ def test_note_values_makes_the_entry_note_makes_and_note_leaves_out_none():
         made[way] = platform.drain_notes()
     assert made["note"] == made["note_values"]
     assert [list(entry.items()) for _, entry in made["note"]] == [list(entry.items()) for _, entry in made["note_values"]]
+    expected = [{"t": round(T0 + 0.0101 + 0.0004 * n, 3), "kind": kind, **data}   # the entries as stored, spelled out
+                for n, (kind, data) in enumerate(values, start=1)]
+    assert [list(entry.items()) for _, entry in made["note_values"]] == [list(entry.items()) for entry in expected]
     assert [list(entry) for _, entry in made["note"]][0] == ["t", "kind", "state", "previous", "reason", "by"]
     platform.note(call, "media", event="dtls_connected", profile=None, role="server")
     assert [entry for _, entry in platform.drain_notes()] == [
