@@ -234,6 +234,17 @@ def _call_row(c: Call, n: int) -> tuple:
             NO_VALUE if accepted_at is None else accepted_at, NO_VALUE if ended_at is None else ended_at,
             NO_VALUE if duration is None else duration, c.pulses, c.cost, n)
 
+def _pragmas(journal_mode: str, synchronous: str):
+    """A connection listener: a new database's pages are PAGE_SIZE bytes (an existing one keeps its own; set
+    before WAL, which fixes it: see PAGE_SIZE), then its journal mode and syncs."""
+    def listener(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        for pragma in (f"page_size={PAGE_SIZE}", f"journal_mode={journal_mode}", f"synchronous={synchronous}"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+    return listener
+
+
 class Store:
     def __init__(self, path: str = ":memory:") -> None:
         url = database_url(path)
@@ -253,15 +264,15 @@ class Store:
             self._last_number = conn.execute(select(func.coalesce(func.max(calls.c.n), 0))).scalar_one()
         self._migrate()
 
-    @classmethod
-    def _engine(cls, url: str, **kwargs) -> Engine:
-        engine = create_engine(url, **kwargs)
+    @staticmethod
+    def _engine(url: str) -> Engine:
+        engine = create_engine(url)
         if url.startswith("sqlite"):
-            event.listen(engine, "connect", cls._sqlite_pragmas)
+            event.listen(engine, "connect", _pragmas("WAL", "NORMAL"))
         return engine
 
-    @classmethod
-    def _memory_engine(cls) -> Engine:
+    @staticmethod
+    def _memory_engine() -> Engine:
         """``--db :memory:``: SQLite's private temporary database (an empty file name), not its ``:memory:`` one.
 
         A ``:memory:`` database keeps every page in its page cache, and each commit that grows it scans that
@@ -273,16 +284,8 @@ class Store:
         60 000 rows, with no size cap."""
         engine = create_engine("sqlite://", poolclass=StaticPool,
                                creator=lambda: sqlite3.connect("", check_same_thread=False))
-        event.listen(engine, "connect", cls._temporary_pragmas)
+        event.listen(engine, "connect", _pragmas("MEMORY", "OFF"))
         return engine
-
-    @staticmethod
-    def _temporary_pragmas(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        cursor.execute("PRAGMA journal_mode=MEMORY")
-        cursor.execute("PRAGMA synchronous=OFF")
-        cursor.close()
 
     def _upgrade(self) -> None:
         """Bring a database written by an older wacall up to this schema (columns and indexes added since)."""
@@ -328,16 +331,6 @@ class Store:
                     cursor.close()
                 conn.execute(update(records).where(and_(records.c.kind == row.kind, records.c.key == row.key))
                              .values(doc=codec.dumps(doc), live=live))
-
-    @staticmethod
-    def _sqlite_pragmas(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        # A new database's pages are PAGE_SIZE bytes (an existing one keeps its own; set before WAL, which
-        # fixes it): see PAGE_SIZE.
-        cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
 
     def _open_writer(self):
         """The DB-API connection the hot paths write and read with. For a database file its WAL is
