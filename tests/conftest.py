@@ -21,7 +21,7 @@ FAST = {"domain", "test_audio.py", "test_dtmf.py", "test_outbox_store.py", "test
         "test_srtp.py", "test_stun.py", "test_negotiation.py", "test_ends.py", "test_legs.py",
         "test_layering.py", "test_console_live.py", "test_config.py", "test_logs.py",
         "test_business_callbook.py", "test_voicemail_audio.py", "test_codec.py", "test_bridge_ng.py",
-        "test_bridge_sip_ua.py"}
+        "test_bridge_sip_ua.py", "test_sip_dialog.py"}
 
 
 def _fast_path(path: Path) -> bool:

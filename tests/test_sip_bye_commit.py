@@ -125,5 +125,5 @@ def test_a_refused_bye_leaves_no_200_to_trace_later():
     dialog = Dialog(call_id="wacid.1", direction="USER_INITIATED", sip_call_id="x1", local_tag="2")
     txn = types.SimpleNamespace(conn=None, respond=lambda response: notes.append(("sent", response.status)))
     with pytest.raises(Refused):
-        gateway._business_hangs_up(bye, txn, dialog)
+        gateway._business_hangs_up(bye, txn, dialog, bye.cseq[0])
     assert dialog.bye_ok is None and notes == [("in", bye)]      # the BYE's trace only: no 200 left to trace

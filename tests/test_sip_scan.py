@@ -532,7 +532,7 @@ def agree_on_via_facts(text: str) -> bool:
         assert (_outcome(lambda: TransactionLayer.server_key(request))
                 == _outcome(lambda: TransactionLayer._server_key_in_python(request))), (text, method)
     hosts = ["127.0.0.1", "h", "H", "wa.meta.vc", "[2001:db8::1]", "2001:db8::1"]
-    facts = transport_module._VIA_FACTS(text)
+    facts = transport_module.VIA_FACTS(text)
     if facts is not None:
         hosts += [facts[0], facts[0].upper()]
     for host in hosts:

@@ -499,11 +499,11 @@ class Wacall:
         in one transaction, then publishes its events; a consumer's own apply() makes another round."""
         # the deferred changes waiting go with this commit: their window closes now, not when it ends, so that a
         # consumer's deferred fact (a trace of what it sent) opens a window of its own (this commit's last round
-        # does not take it); the timer stays if the commit fails (it tries again)
+        # does not take it); so do the grouped changes waiting for their window. Either timer stays if the
+        # commit fails (it tries again)
         taken, self._deferred = self._deferred, None
-        if self._grouped is not None:   # the grouped changes waiting for their window go with this commit too
-            self._grouped.cancel()
-            self._grouped = None
+        grouped, self._grouped = self._grouped, None
+        if grouped is not None:
             self._flush_scheduled = False
         self._applying += 1             # consumers' apply() calls do not commit on their own
         try:
@@ -516,6 +516,8 @@ class Wacall:
             self._due = False
         if taken is not None:
             taken.cancel()
+        if grouped is not None:
+            grouped.cancel()
         self.platform.trim()            # ended calls beyond the working set leave memory (persisted now)
 
     def _commit_round(self) -> None:

@@ -101,13 +101,8 @@ _FINGERPRINT_RE = re.compile(r"^([A-Za-z0-9-]+) ((?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa
 _ICE_RE = re.compile(r"^[A-Za-z0-9+/]+$")
 
 
-#: the key exchanges as the settings store them: taken as they are (no upper() to make, no call of
-#: _normalise_key_exchange: ``kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_...``)
-_KEY_EXCHANGES = frozenset({"DTLS", "SDES"})
-
-
 def _normalise_key_exchange(key_exchange: str) -> str:
-    if key_exchange == "SDES" or key_exchange == "DTLS":
+    if key_exchange == "SDES" or key_exchange == "DTLS":     # as the settings store them: taken as they are
         return key_exchange
     kx = key_exchange.upper()
     if kx not in ("DTLS", "SDES"):
@@ -268,7 +263,7 @@ def validate_business_sdp(
     ``key_exchange`` is the number's ``srtp_key_exchange_protocol``; ``additional_codecs`` its
     ``audio.additional_codecs`` (``PCMA``/``PCMU``).
     """
-    kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_key_exchange(key_exchange)
+    kx = _normalise_key_exchange(key_exchange)
     if role not in ("offer", "answer"):
         raise ValueError(f"role must be 'offer' or 'answer', not {role!r}")
     extra = {c.upper() for c in additional_codecs} if additional_codecs else set()    # (usually none)
@@ -359,7 +354,7 @@ def build_meta_offer(
     leg: LocalMedia, *, key_exchange: str = "DTLS", additional_codecs: Sequence[str] = ()
 ) -> str:
     """Meta's SDP offer for a user-initiated call (connect webhook / SIP INVITE)."""
-    kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_key_exchange(key_exchange)
+    kx = _normalise_key_exchange(key_exchange)
     g711 = _enabled_g711(additional_codecs)
     pts = [OPUS_PT, *(pt for _, pt in g711), TELEPHONE_EVENT_PT]
     proto = DTLS_PROTO if kx == "DTLS" else SDES_PROTO
@@ -511,7 +506,7 @@ def meta_answer(
     additional_codecs: Sequence[str] = (),
 ) -> MetaSdp:
     """:func:`build_meta_answer`, with what :func:`negotiate` needs of the answer (``MetaSdp``)."""
-    kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_key_exchange(key_exchange)
+    kx = _normalise_key_exchange(key_exchange)
     audio = offer.audio
     if audio is None:
         raise SdpError("No m=audio line found in SDP")
@@ -687,7 +682,7 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
     the DTMF payload type, the business's address, and the SDES key or the DTLS role and the
     business's ICE credentials and fingerprint. ``SdpError`` if either cannot be parsed. Either SDP may
     be given already parsed, and Meta's as the ``MetaSdp`` its builder returned (not parsed at all)."""
-    kx = key_exchange if key_exchange in _KEY_EXCHANGES else _normalise_key_exchange(key_exchange)
+    kx = _normalise_key_exchange(key_exchange)
     if isinstance(meta_sdp, MetaSdp):
         meta, ours, meta_setup = None, meta_sdp.payload_types, meta_sdp.setup or "actpass"
     else:
@@ -720,7 +715,7 @@ def negotiate(meta_sdp: str | SessionDescription | MetaSdp, business_sdp: str | 
     if baudio is None:
         return made(Negotiated, values)
     if kx == "SDES":
-        chosen = baudio.chosen_crypto or _chosen_crypto(business, baudio)   # (kept by the validation, for a business's)
+        chosen = _chosen_crypto(business, baudio)   # (kept by the validation already, for a business's)
         if isinstance(meta_sdp, MetaSdp) and meta_sdp.remote_crypto is not None:   # chosen as the answer was built
             values["remote_crypto"] = meta_sdp.remote_crypto
             values["remote_key"] = chosen[1] if chosen is not None and chosen[0] == meta_sdp.remote_crypto else None

@@ -438,11 +438,10 @@ class SipGateway:
         self._send_response(txn, response_to(request, 500, "Server Internal Error",
                                              headers=self.meta_headers), call_id)
 
-    def _business_hangs_up(self, bye: Request, txn: ServerTransaction, dialog: Dialog,
-                           cseq: int | None = None) -> None:
+    def _business_hangs_up(self, bye: Request, txn: ServerTransaction, dialog: Dialog, cseq: int) -> None:
         """The business's BYE in its dialog, in order: the call ends, then the 200. ``cseq``: its CSeq number
-        when the caller has read it already."""
-        dialog.remote_cseq = bye.cseq[0] if cseq is None else cseq
+        (the caller has read it already)."""
+        dialog.remote_cseq = cseq
         if dialog.conn is None or not dialog.conn.is_open:
             dialog.conn = txn.conn        # the business's new flow (after a restart, or a reconnect)
         call = self._call(dialog.call_id)

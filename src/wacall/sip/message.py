@@ -420,6 +420,9 @@ def is_canonical_via(text: str, via: Via) -> bool:
 
 #: the same plain form cut into its pieces in C (sipscan.c), or None (WACALL_SIPSCAN=0, not built)
 _VIA_C = _load_compiled("via")
+#: a plain Via's host, port, branch and canonical flag, read in C without a Via made (sipscan.c via_facts), or
+#: None (the transaction layer's key and the transport's rport splice)
+VIA_FACTS = _load_compiled("via_facts")
 
 
 def _parse_via(text: str) -> Via:

@@ -55,9 +55,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Union
 
-from .message import Headers, Request, Response, SipParseError, new_tag, response_to
+from .message import VIA_FACTS, Headers, Request, Response, SipParseError, new_tag, response_to
 from .transport import Connection, TlsTransport, TransportError
-from .uri import _load_compiled, param
+from .uri import param
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,6 @@ T2 = 4.0  #: maximum retransmit interval for non-INVITE requests and INVITE resp
 T4 = 5.0  #: maximum duration a message remains in the network
 TRYING_DELAY = 0.2
 MAGIC_COOKIE = "z9hG4bK"
-#: a plain Via's host, port, branch and canonical flag, read in C without a Via made (sipscan.c via_facts), or None
-_VIA_FACTS = _load_compiled("via_facts")
 
 __all__ = [
     "ClientTransaction", "Retransmitter", "ServerTransaction", "State", "TransactionLayer",
@@ -679,9 +677,9 @@ class TransactionLayer:
         made (nothing else of a flow reads it: ~10 k instructions a request); :meth:`_server_key_in_python` is the
         reference (tests/test_sip_scan.py compares them) and the way of everything else."""
         index = request.headers._index
-        values = index.get("via") if index is not None and _VIA_FACTS is not None else None
+        values = index.get("via") if index is not None and VIA_FACTS is not None else None
         if values:
-            facts = _VIA_FACTS(values[0])
+            facts = VIA_FACTS(values[0])
             if facts is not None:
                 host, port, branch, _ = facts
                 if branch is not None and branch.startswith(MAGIC_COOKIE):

@@ -49,8 +49,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .message import (PING, Request, Response, SipParseError, StreamFramer, Via, _via_memo, is_canonical_via,
-                      new_tag, parse_message, parse_via, remember_via)
+from .message import (PING, VIA_FACTS, Request, Response, SipParseError, StreamFramer, Via, _via_memo,
+                      is_canonical_via, new_tag, parse_message, parse_via, remember_via)
 from .uri import FrozenParams, _load_compiled, split_shared
 from .tls import NotLoopbackError, Resolver, is_loopback
 
@@ -644,7 +644,7 @@ def _stamped_as_usual(msg: Message, host: str, rport: str) -> bool:
 def _splices(text: str, host: str) -> bool:
     """``_splice_form(text, host) is not None``, for a plain Via from its facts read in C (sipscan.c via_facts)
     without a Via made (the transaction layer's key needs none either); tests/test_sip_scan.py compares them."""
-    facts = _VIA_FACTS(text) if _VIA_FACTS is not None else None
+    facts = VIA_FACTS(text) if VIA_FACTS is not None else None
     if facts is None:
         return _splice_form(text, host) is not None
     if text.lower().count(";rport") != 1:      # (a plain Via holds no ",")
@@ -653,7 +653,6 @@ def _splices(text: str, host: str) -> bool:
     return canonical and (via_host == host or via_host.strip("[]").lower() == host.lower())
 
 
-_VIA_FACTS = _load_compiled("via_facts")
 
 
 def stamp_via(request: Request, peer: tuple[str, int]) -> None:
