@@ -80,19 +80,28 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_HANDED_OUT: set[int] = set()      # free_port's ports so far (a few hundred in a test run at most)
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that was free a moment ago, for a tool that takes its port on its command line (SIPp, baresip,
     Kamailio). Chosen at random below the kernel's ephemeral range: a port from that range (what binding to port 0
     gives) can be taken by any outgoing connection before the tool binds it (seen: SIPp's "Unable to bind main
-    socket, errno = 98" among 20 SIPp processes connecting through stunnel in bench/sip_flows.py)."""
+    socket, errno = 98" among 20 SIPp processes connecting through stunnel in bench/sip_flows.py). A port this
+    process handed out before is not handed out again: two tools started one after the other do not both get it
+    before either binds it (40 SIPp processes drawing from ~22 000 ports: two alike about once in 30 steps; a step
+    of bench/sip_flows.py --users 40 failed with errno 98, likely so)."""
     low = _ephemeral_low()
     for _ in range(100 if low > 11024 else 0):
         port = random.randrange(10000, low)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
