@@ -24,7 +24,11 @@ call. With both targets the report puts them side by side with ratios.
 
     .venv/bin/python bench/sip_flows.py --target kamailio
     .venv/bin/python bench/sip_flows.py --target kamailio --target wacall --users 20
+    .venv/bin/python bench/sip_flows.py --target kamailio --target wacall --rates 600 --seconds 6
     .venv/bin/python bench/sip_flows.py --target kamailio --rates 50 --seconds 2        # smoke test
+
+The third is issue 9's goal, at its own load: <= 1.5 ms of wacall CPU per flow at 600 flows/s (one core
+carries >= 600 flows/s); add ``--baseline-ref REF --repeat 5`` for the code at REF beside it, five times each.
 
 The target is pinned to CPU 0 and SIPp + stunnel to the other CPUs (``--no-pin`` turns it off).
 Results go to bench/results/sip-<UTC timestamp>.json (git-ignored).
