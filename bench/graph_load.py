@@ -61,7 +61,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from wacall_process import WacallProcess, baseline_src, start_run  # noqa: E402
+from wacall_process import WacallProcess, baseline_src, git_state, start_run  # noqa: E402
 from support.sdp_samples import business_answer, business_offer  # noqa: E402
 from support.sip_tools import process_tree_cpu_seconds  # noqa: E402
 
@@ -530,7 +530,8 @@ def main() -> None:
                 wacall.stop()
                 if not args.no_pin:
                     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    out.write_text(json.dumps({"bench": "graph_load", "when": stamp, "cpus": os.cpu_count(), "mix": MIX,
+    out.write_text(json.dumps({"bench": "graph_load", "when": stamp, "git": git_state(), "baseline_ref": args.baseline_ref,
+                               "cpus": os.cpu_count(), "mix": MIX,
                                "hold_s": args.hold, "pinned": not args.no_pin, "steps": results}, indent=2))
     log(f"results: {out}")
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from wacall_process import WacallProcess, start_run  # noqa: E402
+from wacall_process import WacallProcess, git_state, start_run  # noqa: E402
 NOMINAL_PPS = 50.0
 LOSS_LIMIT = 0.01
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -586,13 +585,8 @@ def report(results: dict, log) -> None:
 
 
 def _git_state() -> dict:
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except Exception:
-            return ""
-    return {"commit": run("rev-parse", "--short", "HEAD"),
-            "dirty_media": run("status", "--short", "--", "src/wacall/media").splitlines()}
+    state = git_state("src/wacall/media")
+    return {"commit": state["commit"], "dirty_media": state["dirty"]}
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 from media_calls import create_users, memory_footprint  # noqa: E402
-from wacall_process import WacallProcess, baseline_src, start_run  # noqa: E402
+from wacall_process import WacallProcess, baseline_src, git_state, start_run  # noqa: E402
 
 GRAPH_VERSION = "v23.0"
 
@@ -519,9 +519,8 @@ def main() -> None:
         args.marks = [int(x) for x in args.marks.split(",")]
     stamp, out, log = start_run(f"memory-{args.mode}-", args.out)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    results = {"run": stamp, "commit": commit, "args": vars(args),
+    git = git_state()
+    results = {"run": stamp, "commit": git["commit"], "git": git, "args": vars(args),
                "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
     results.update(percall(args, log) if args.mode == "percall" else soak(args, log))
     out.write_text(json.dumps(results, indent=1, default=str))

@@ -54,7 +54,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from wacall_process import WacallProcess, baseline_src  # noqa: E402
+from wacall_process import WacallProcess, baseline_src, git_state  # noqa: E402
 from support.sip_tools import (  # noqa: E402
     Kamailio, Sipp, Stunnel, TestPki, bic_auth_uri, bic_keys, make_test_pki, process_tree_cpu_seconds,
 )
@@ -426,7 +426,8 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out_dir / f"sip-{stamp}.json"
     out.write_text(json.dumps({
-        "bench": "sip_flows", "when": stamp, "cpus": os.cpu_count(), "seconds_per_step": args.seconds,
+        "bench": "sip_flows", "when": stamp, "git": git_state(), "baseline_ref": args.baseline_ref,
+        "cpus": os.cpu_count(), "seconds_per_step": args.seconds,
         "users": users, "limit": limit, "hold_ms": args.hold_ms, "pinned": not args.no_pin,
         "ramps": {r.target: [s.as_dict() for s in r.steps] for r in ramps}, "summary": summary,
     }, indent=2))

@@ -34,6 +34,18 @@ def baseline_src(ref: str) -> str:
     return str(target / "src")
 
 
+def git_state(*paths: str) -> dict:
+    """What a result measured: this checkout's commit, and the files under ``paths`` (default ``src``) that
+    differ from it (a run of uncommitted code says so)."""
+    def run(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
+        except Exception:
+            return ""
+    return {"commit": run("rev-parse", "--short", "HEAD"),
+            "dirty": run("status", "--short", "--", *(paths or ("src",))).splitlines()}
+
+
 def start_run(name: str, out: str | None) -> tuple[str, Path, Callable[[str], None]]:
     """A benchmark run's UTC stamp, its results file (``bench/results/<name><stamp>.json`` unless ``out``)
     and a log that prefixes each line with the seconds since now."""

@@ -303,3 +303,35 @@ async def test_grouped_changes_soon_after_a_commit_wait_for_the_window(tmp_path,
     assert last not in durable_users(path)
     await wacall.stop()
     assert last in durable_users(path)
+
+
+async def test_a_failed_commit_leaves_no_timer_to_fire_after_stop(tmp_path, monkeypatch):
+    """A commit drains what the grouped and deferred timers waited for, so it cancels both whatever its
+    outcome: after a failed one no timer fires later (after stop(), on a closed store)."""
+    monkeypatch.setattr(server, "QUIET_EVENTS", (*server.QUIET_EVENTS, Announced))
+    monkeypatch.setattr(server, "GROUPED_WITHIN", 3600.0)
+    config = load_config()
+    config.sip.port = 0
+    wacall = await Wacall(config, db=str(tmp_path / "wacall.db"), port=0).start()
+
+    def create(wa_id: str, *events):
+        def operation() -> None:
+            wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
+            for event in events:
+                wacall.platform.emit(event)
+        return operation
+    wacall.apply(create("447700911081"))                              # a commit: the window opens
+    wacall.apply(create("447700911082", Announced("447700911082")), group=True)
+    grouped = wacall._grouped
+    assert grouped is not None and not grouped.cancelled()
+
+    real_commit = wacall.store.commit
+
+    def failing_commit(dirty, rows, notes=()):
+        raise OSError("disk gone")
+    wacall.store.commit = failing_commit
+    with pytest.raises(OSError):
+        wacall.apply(create("447700911083"))
+    wacall.store.commit = real_commit
+    assert grouped.cancelled() and wacall._grouped is None and not wacall._flush_scheduled
+    await wacall.stop()

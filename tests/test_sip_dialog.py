@@ -9,10 +9,11 @@ from wacall.sip import gateway
 from wacall.sip.gateway import Dialog
 
 
-def test_the_business_invite_builds_its_dialog_in_the_fields_order() -> None:
+def test_dialog_field_order_and_the_business_invites_value_count() -> None:
     """``SipGateway._business_invite`` makes its Dialog positionally (a frame less per INVITE), its comments naming
-    each value's field: a field added to or moved in Dialog must be placed there too. This pins the order the
-    call was written for, and that the call still passes one value per field."""
+    each value's field: a field added to or moved in Dialog must be placed there too. This pins the field order
+    the call was written for, and that the call passes one value per field but the last (it does not see two
+    values swapped within the call: their comments there say which is which)."""
     assert [f.name for f in dataclasses.fields(Dialog)] == [
         "call_id", "direction", "sip_call_id", "local_tag", "conn", "remote_tag", "local_uri", "remote_uri",
         "remote_target", "route_set", "local_cseq", "invite", "server_txn", "client_txn", "retransmitter",

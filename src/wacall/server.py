@@ -499,8 +499,9 @@ class Wacall:
         in one transaction, then publishes its events; a consumer's own apply() makes another round."""
         # the deferred changes waiting go with this commit: their window closes now, not when it ends, so that a
         # consumer's deferred fact (a trace of what it sent) opens a window of its own (this commit's last round
-        # does not take it); so do the grouped changes waiting for their window. Either timer stays if the
-        # commit fails (it tries again)
+        # does not take it); so do the grouped changes waiting for their window. Neither timer outlives this
+        # commit, even a failed one: its first round drained what they waited for (a failed commit loses it, and
+        # its caller or the loop's handler sees the error), and a timer left would fire after stop()
         taken, self._deferred = self._deferred, None
         grouped, self._grouped = self._grouped, None
         if grouped is not None:
@@ -514,10 +515,10 @@ class Wacall:
         finally:
             self._applying -= 1
             self._due = False
-        if taken is not None:
-            taken.cancel()
-        if grouped is not None:
-            grouped.cancel()
+            if taken is not None:
+                taken.cancel()
+            if grouped is not None:
+                grouped.cancel()
         self.platform.trim()            # ended calls beyond the working set leave memory (persisted now)
 
     def _commit_round(self) -> None:

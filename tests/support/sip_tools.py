@@ -105,7 +105,9 @@ def free_port(host: str = LOOPBACK) -> int:
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 def free_port_pair(host: str = LOOPBACK) -> int:
@@ -113,7 +115,7 @@ def free_port_pair(host: str = LOOPBACK) -> int:
     TLS transport listens on ``p + 1``."""
     for _ in range(200):
         port = free_port(host)
-        if port >= 65535:
+        if port >= 65535 or port + 1 in _HANDED_OUT:
             continue
         socks = []
         try:
@@ -122,6 +124,7 @@ def free_port_pair(host: str = LOOPBACK) -> int:
                 s = socket.socket(socket.AF_INET, kind)
                 socks.append(s)
                 s.bind((host, p))
+            _HANDED_OUT.add(port + 1)
             return port
         except OSError:
             continue

@@ -653,8 +653,6 @@ def _splices(text: str, host: str) -> bool:
     return canonical and (via_host == host or via_host.strip("[]").lower() == host.lower())
 
 
-
-
 def stamp_via(request: Request, peer: tuple[str, int]) -> None:
     """RFC 3261 section 18.2.1 ``received`` and RFC 3581 section 4 ``rport`` on the top Via.
 
