@@ -58,6 +58,15 @@ def users_per_commit(wacall: Wacall) -> list[set[str]]:
     return commits
 
 
+def creating(wacall: Wacall, wa_id: str, *events):
+    """An operation that puts the user ``wa_id`` and emits ``events``."""
+    def operation() -> None:
+        wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
+        for event in events:
+            wacall.platform.emit(event)
+    return operation
+
+
 async def test_grouped_changes_of_one_loop_turn_are_one_commit_announced_only_once_durable(emulator):
     wacall, path = emulator
     commits = users_per_commit(wacall)
@@ -265,11 +274,7 @@ async def test_grouped_changes_soon_after_a_commit_wait_for_the_window(tmp_path,
     commits = users_per_commit(wacall)
 
     def create(wa_id: str, *events):
-        def operation() -> None:
-            wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
-            for event in events:
-                wacall.platform.emit(event)
-        return operation
+        return creating(wacall, wa_id, *events)
 
     first, second, third, loud = "447700911071", "447700911072", "447700911073", "447700911074"
     wacall.apply(create(first))                               # committed at once: the window opens
@@ -315,11 +320,7 @@ async def test_a_failed_commit_leaves_no_timer_to_fire_after_stop(tmp_path, monk
     wacall = await Wacall(config, db=str(tmp_path / "wacall.db"), port=0).start()
 
     def create(wa_id: str, *events):
-        def operation() -> None:
-            wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
-            for event in events:
-                wacall.platform.emit(event)
-        return operation
+        return creating(wacall, wa_id, *events)
     wacall.apply(create("447700911081"))                              # a commit: the window opens
     wacall.apply(create("447700911082", Announced("447700911082")), group=True)
     grouped = wacall._grouped
