@@ -584,11 +584,6 @@ def report(results: dict, log) -> None:
             f"= {r['cpu_one_end']}x, aiortc pair / (wacall + generator) = {r['cpu_both_ends']}x")
 
 
-def _git_state() -> dict:
-    state = git_state("src/wacall/media")
-    return {"commit": state["commit"], "dirty_media": state["dirty"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", default="25,50,100,200,300,400,500,600,700,850,1000",
@@ -628,7 +623,7 @@ def main() -> None:
     started = time.monotonic()
 
     results: dict = {"started": stamp, "args": vars(args), "steps": steps, "aiortc_steps": a_steps,
-                     "git": _git_state(),
+                     "git": git_state("src/wacall/media"),      # (its commit, and uncommitted media files)
                      "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                  "loadavg_at_start": os.getloadavg()}}
     try:

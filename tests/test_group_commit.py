@@ -7,6 +7,7 @@ connection on the database file, which is what a restarted process would read.""
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from dataclasses import dataclass
 
@@ -74,10 +75,7 @@ async def test_grouped_changes_of_one_loop_turn_are_one_commit_announced_only_on
     wacall.consumers.on(Announced, lambda event: seen.__setitem__(event.wa_id, event.wa_id in durable_users(path)))
 
     def create(wa_id: str):
-        def operation() -> None:
-            wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
-            wacall.platform.emit(Announced(wa_id))
-        return operation
+        return creating(wacall, wa_id, Announced(wa_id))
 
     first, second = "447700911001", "447700911002"
     wacall.apply(create(first), group=True)
@@ -117,10 +115,7 @@ async def test_a_grouped_change_joins_a_commit_made_in_the_same_turn(emulator):
     grouped, direct = "447700911011", "447700911012"
 
     def create(wa_id: str):
-        def operation() -> None:
-            wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
-            wacall.platform.emit(Announced(wa_id))
-        return operation
+        return creating(wacall, wa_id, Announced(wa_id))
     wacall.apply(create(grouped), group=True)
     wacall.apply(create(direct))
     assert seen == {grouped: True, direct: True} and {grouped, direct} <= durable_users(path)
@@ -149,7 +144,7 @@ async def test_a_deferred_fact_rides_with_the_next_commit_or_is_committed_within
     commits = users_per_commit(wacall)
 
     def create(wa_id: str):
-        return lambda: wacall.platform.put(User(wa_id=wa_id, name=wa_id, country="GB"))
+        return creating(wacall, wa_id)
 
     deferred, later = "447700911031", "447700911032"
     wacall.apply(create(deferred), defer=True)
@@ -273,8 +268,7 @@ async def test_grouped_changes_soon_after_a_commit_wait_for_the_window(tmp_path,
     wacall = await Wacall(config, db=str(path), port=0).start()
     commits = users_per_commit(wacall)
 
-    def create(wa_id: str, *events):
-        return creating(wacall, wa_id, *events)
+    create = functools.partial(creating, wacall)
 
     first, second, third, loud = "447700911071", "447700911072", "447700911073", "447700911074"
     wacall.apply(create(first))                               # committed at once: the window opens
@@ -319,8 +313,7 @@ async def test_a_failed_commit_leaves_no_timer_to_fire_after_stop(tmp_path, monk
     config.sip.port = 0
     wacall = await Wacall(config, db=str(tmp_path / "wacall.db"), port=0).start()
 
-    def create(wa_id: str, *events):
-        return creating(wacall, wa_id, *events)
+    create = functools.partial(creating, wacall)
     wacall.apply(create("447700911081"))                              # a commit: the window opens
     wacall.apply(create("447700911082", Announced("447700911082")), group=True)
     grouped = wacall._grouped

@@ -234,6 +234,7 @@ def _call_row(c: Call, n: int) -> tuple:
             NO_VALUE if accepted_at is None else accepted_at, NO_VALUE if ended_at is None else ended_at,
             NO_VALUE if duration is None else duration, c.pulses, c.cost, n)
 
+
 def _pragmas(journal_mode: str, synchronous: str):
     """A connection listener: a new database's pages are PAGE_SIZE bytes (an existing one keeps its own; set
     before WAL, which fixes it: see PAGE_SIZE), then its journal mode and syncs."""
