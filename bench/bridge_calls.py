@@ -34,7 +34,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,11 +45,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))               # tests/support: the bridge tests' real programs
-from media_calls import (LOSS_LIMIT, _git_state, _pct, cpu_block, cpu_seconds, create_users,  # noqa: E402
+from media_calls import (LOSS_LIMIT, _pct, cpu_block, cpu_seconds, create_users,  # noqa: E402
                          machine_block, machine_times, rss_mb, sample_media, set_limits, summarize_business,
                          summarize_relay)
 from pbx_agent import AgentHandle  # noqa: E402
-from wacall_process import WacallProcess, start_run  # noqa: E402
+from wacall_process import WacallProcess, git_state, start_run  # noqa: E402
 
 DOMAIN = "pbx.example.com"
 GRAPH_VERSION = "v23.0"
@@ -482,9 +481,7 @@ def main() -> None:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="wacall-bridgebench-"))
     log(f"work directory (logs): {workdir}")
-    git = _git_state()
-    git["dirty_bridge"] = subprocess.run(["git", "status", "--short", "--", "src/wacall/bridge", "bench"], cwd=ROOT,
-                                         capture_output=True, text=True).stdout.splitlines()
+    git = git_state("src/wacall/media", "src/wacall/bridge", "bench")
     results: dict = {"started": stamp, "args": vars(args), "steps": steps, "git": git, "modes": {},
                      "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                  "loadavg_at_start": os.getloadavg()}}
